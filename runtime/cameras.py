@@ -1,0 +1,53 @@
+"""Camera-group names: one normalisation used by adaptation (groups) and routing (runtime)."""
+
+from __future__ import annotations
+
+import re
+
+# Words that camera makers put in EXIF Make but that carry no identity.
+_NOISE_WORDS = {
+    "corporation", "corp", "co", "ltd", "inc", "company", "imaging", "optical",
+    "camera", "cameras", "electronics", "digital", "gmbh", "ag", "kk", "sa", "plc",
+}
+_ALIASES = {
+    "eastman": "kodak",
+    "olympus": "olympus",
+    "om": "olympus",
+    "hmd": "nokia",
+}
+
+
+def normalise_camera_name(make: str) -> str:
+    """Turn an EXIF Make (or any user-given name) into a short lowercase group name.
+
+    >>> normalise_camera_name("NIKON CORPORATION")
+    'nikon'
+    >>> normalise_camera_name("Canon")
+    'canon'
+    >>> normalise_camera_name("FUJIFILM")
+    'fujifilm'
+
+    Returns an empty string when nothing usable is left.
+    """
+    words = re.findall(r"[a-z0-9]+", make.lower())
+    kept = [w for w in words if w not in _NOISE_WORDS]
+    if not kept:
+        return ""
+    first = kept[0]
+    return _ALIASES.get(first, first)
+
+
+_VALID_GROUP = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def validate_group_name(name: str) -> str:
+    """Check that a group name is safe to use as a directory name; return it lowercased."""
+    from runtime.errors import CameraError
+
+    low = name.strip().lower()
+    if not _VALID_GROUP.match(low) or low in {".", ".."}:
+        raise CameraError(
+            f"invalid camera group name {name!r}: use 1-64 characters from a-z, 0-9, '_', '-', '.',"
+            " starting with a letter or digit"
+        )
+    return low

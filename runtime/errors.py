@@ -1,0 +1,44 @@
+"""Typed exceptions shared by every stage.
+
+Every message says what was wrong and what to do about it. Stages subclass
+:class:`AdassrError` so a CLI can catch one type and print a clean message.
+"""
+
+from __future__ import annotations
+
+
+class AdassrError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ImageError(AdassrError):
+    """An image could not be read or written."""
+
+
+class WeightsError(AdassrError):
+    """Model weights are missing, corrupt or do not match the architecture."""
+
+
+class ShapeError(AdassrError):
+    """A tensor or array has the wrong shape."""
+
+    def __init__(self, what: str, actual: tuple[int, ...], expected: str) -> None:
+        super().__init__(f"{what}: got shape {tuple(actual)}, expected {expected}")
+        self.actual = tuple(actual)
+        self.expected = expected
+
+
+class StoreError(AdassrError):
+    """The artifact store is missing, unwritable, or holds files that fail their checksum."""
+
+
+class ConfigError(AdassrError):
+    """An option or argument has an invalid value."""
+
+
+class CameraError(AdassrError):
+    """A camera group is unknown or has no usable images."""
+
+
+class BackendError(AdassrError):
+    """An inference backend could not be created or failed to run."""
