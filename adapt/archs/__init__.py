@@ -1,0 +1,25 @@
+"""Backbone architectures and the explicit backbone registry."""
+
+from __future__ import annotations
+
+from adapt.archs.registry import (
+    DEFAULT_BACKBONE,
+    ArchParams,
+    BackboneEntry,
+    BackboneRegistry,
+    WeightSource,
+    default_registry,
+)
+from adapt.archs.rrdbnet import RRDB, ResidualDenseBlock, RRDBNet
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "RRDB",
+    "ArchParams",
+    "BackboneEntry",
+    "BackboneRegistry",
+    "RRDBNet",
+    "ResidualDenseBlock",
+    "WeightSource",
+    "default_registry",
+]

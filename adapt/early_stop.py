@@ -1,0 +1,49 @@
+"""NIQE early stopping (§IV-A1): evaluate every T steps, stop when the metric decreased by less
+than ``min_delta`` on ``patience`` consecutive evaluations; remember the best evaluation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    step: int
+    score: float
+    is_best: bool
+    stop: bool
+    reason: str
+
+
+class EarlyStopper:
+    """Tracks a lower-is-better metric. The first observation is the unadapted baseline."""
+
+    def __init__(self, *, min_delta: float = 0.05, patience: int = 3) -> None:
+        self.min_delta = min_delta
+        self.patience = patience
+        self.best_score = math.inf
+        self.best_step: int | None = None
+        self._previous: float | None = None
+        self._small_decreases = 0
+        self.history: list[tuple[int, float]] = []
+
+    def observe(self, step: int, score: float) -> StopDecision:
+        if math.isnan(score):
+            raise ValueError(f"NIQE at step {step} is NaN: the model output is broken")
+        self.history.append((step, score))
+        is_best = score < self.best_score
+        if is_best:
+            self.best_score, self.best_step = score, step
+        stop, reason = False, ""
+        if self._previous is not None:
+            decrease = self._previous - score
+            self._small_decreases = self._small_decreases + 1 if decrease < self.min_delta else 0
+            if self._small_decreases >= self.patience:
+                stop = True
+                reason = (
+                    f"NIQE decreased by less than {self.min_delta} on {self.patience} consecutive "
+                    f"evaluations (last at step {step})"
+                )
+        self._previous = score
+        return StopDecision(step, score, is_best, stop, reason)

@@ -1,0 +1,39 @@
+"""Exponential moving average of weights (Eq. 16), kept in fp32 whatever the training precision."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+class WeightEma:
+    """Theta_A,t = alpha * Theta_A,t-1 + (1 - alpha) * Theta_t, for the named parameters given.
+
+    Starts at the parameters' current values (Theta_A,0 = Theta_e^(k+1)).
+    """
+
+    def __init__(self, named_parameters: Iterable[tuple[str, nn.Parameter]], decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self._params = dict(named_parameters)
+        self.shadow: dict[str, torch.Tensor] = {
+            name: p.detach().to(torch.float32).clone() for name, p in self._params.items()
+        }
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, param in self._params.items():
+            self.shadow[name].lerp_(param.detach().to(torch.float32), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: t.clone() for name, t in self.shadow.items()}
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the EMA weights into ``model`` (parameters with the same names)."""
+        own = dict(model.named_parameters())
+        for name, value in self.shadow.items():
+            own[name].copy_(value.to(own[name].dtype))

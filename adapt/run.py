@@ -1,0 +1,237 @@
+"""One adaptation run end to end: group -> kernel -> weight maps -> ADMM (internal [+ external])
+-> artifacts in the store (``adapted.safetensors`` + ``manifest.json``).
+
+ADMM (Eq. 5-8), with u the scaled multiplier and k = 1..K:
+    external (k > 1): Theta_e <- argmin L_ext(Theta_e) + mu ||Theta_e - (Theta^(k) - u)||^2
+    internal:         Theta   <- argmin L_int(Theta)   + mu ||Theta   - (Theta_e + u)||^2, from Theta_e
+    u <- u + Theta_e - Theta
+For K = 1 (the default) Theta_e is the pretrained backbone and u = 0, so Theta_tilde = Theta_e.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adapt.config import AdaptConfig
+from adapt.groups import CameraGroup
+from adapt.loop import InternalResult, ProgressEvent, center_crops, run_internal_step
+from adapt.precision import Precision, resolve_device, resolve_precision
+from runtime.errors import ConfigError
+from runtime.store import CameraStore
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "adapted.safetensors"
+
+
+@dataclass(frozen=True)
+class AdaptOutcome:
+    camera: str
+    store_dir: Path
+    weights_path: Path
+    niqe_before: float
+    niqe_after: float
+    kept_backbone: bool
+    steps: int
+    stop_reason: str
+    wall_time_s: float
+
+
+def load_group_images(group: CameraGroup, *, min_side: int) -> list[np.ndarray]:
+    """Read the group's images as float32 RGB in [0, 1]; check each is large enough."""
+    from runtime.images import read_image, to_float32
+
+    images = []
+    for member in group.members:
+        loaded = read_image(member.path)
+        pixels = to_float32(loaded.pixels)
+        if pixels.shape[2] == 1:
+            pixels = np.repeat(pixels, 3, axis=2)
+        h, w = pixels.shape[:2]
+        if min(h, w) < min_side:
+            raise ConfigError(
+                f"{member.path} is {w}x{h}: too small for scale and patch; every image of the group "
+                f"must be at least {min_side}x{min_side} LR pixels (lower --patch to use it)"
+            )
+        images.append(np.ascontiguousarray(pixels))
+    if not images:
+        raise ConfigError(f"camera group {group.name!r} has no images")
+    return images
+
+
+def minimum_side(scale: int, lr_patch: int) -> int:
+    """Smallest LR image side that yields a y_r patch of lr_patch*scale plus a kernel margin."""
+    return lr_patch * scale + 2 * scale
+
+
+def _versions() -> dict[str, str]:
+    import adassr
+
+    versions = {"adassr": adassr.__version__, "torch": torch.__version__, "numpy": np.__version__,
+                "python": platform.python_version()}
+    if torch.cuda.is_available():
+        versions["cuda"] = str(torch.version.cuda)
+    return versions
+
+
+def _resolve_trainable(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        return "all" if device.type == "cuda" else "tail"
+    return requested
+
+
+def _estimate_kernel(images: Sequence[np.ndarray], scale: int, mode: str) -> Any:
+    from adapt.kernel import bicubic_kernel_estimate, estimate_kernel
+
+    if mode == "bicubic":
+        return bicubic_kernel_estimate(scale)
+    return estimate_kernel(images, scale=scale)
+
+
+def _weight_maps(model: torch.nn.Module, images: Sequence[np.ndarray], config: AdaptConfig,
+                 device: torch.device, precision: Precision) -> list[np.ndarray] | None:
+    if config.attention.mode == "uniform":
+        return None
+    from adapt.attention import compute_weight_map
+
+    return [compute_weight_map(model, image, config.attention, device=device, precision=precision)
+            for image in images]
+
+
+def _niqe_metric(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    from adapt.quality.niqe_torch import niqe_torch
+
+    def metric(batch: torch.Tensor) -> torch.Tensor:
+        return niqe_torch(batch.to(device))
+
+    return metric
+
+
+def _perceptual(config: AdaptConfig, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    if config.lambda_perceptual <= 0:
+        return None
+    from adapt.quality.lpips import load_lpips
+
+    lpips = load_lpips("vgg", device=device)
+    for p in lpips.parameters():
+        p.requires_grad_(False)
+    return lpips
+
+
+def _delta(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: a[k] - b[k] for k in a}
+
+
+def adapt_camera(
+    group: CameraGroup,
+    config: AdaptConfig,
+    *,
+    store_root: Path,
+    backbone_name: str = "realesrgan-x4plus",
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> AdaptOutcome:
+    """Adapt the backbone to ``group`` and publish the result into ``<store_root>/<camera>/``."""
+    from adapt.archs import load_backbone
+    from adapt.pairs import PairConfig, make_pair_sampler
+
+    start = time.perf_counter()
+    store = CameraStore.open(store_root, group.name, create=True)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    trainable = _resolve_trainable(config.trainable, device)
+    with store.lock():
+        backbone = load_backbone(backbone_name, device=str(device))
+        model = backbone.model
+        scale = backbone.scale
+        images = load_group_images(group, min_side=minimum_side(scale, config.lr_patch))
+        kernel = _estimate_kernel(images, scale, config.kernel)
+        weights = _weight_maps(model, images, config, device, precision)
+        metric = _niqe_metric(device)
+        perceptual = _perceptual(config, device)
+        crops = center_crops(images, config.eval_crop, config.eval_max_images)
+        pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
+
+        theta_e = {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()}
+        u = {k: torch.zeros_like(v) for k, v in theta_e.items()}
+        result: InternalResult | None = None
+        for k in range(1, config.admm_iters + 1):
+            if k > 1:
+                from adapt.external import run_external_step
+
+                theta = result.state_dict  # type: ignore[union-attr]
+                anchor_e = {n: theta[n] - u[n] for n in theta}
+                model.load_state_dict(theta_e)
+                theta_e = run_external_step(model, anchor_e, config, device=device, precision=precision,
+                                            scale=scale, seed=config.seed + k)
+            model.load_state_dict(theta_e)
+            anchors = {n: theta_e[n] + u[n] for n in theta_e}
+            sampler = make_pair_sampler(images, kernel.kernel, pair_config, weights=weights,
+                                        seed=config.seed + 1000 * k)
+            result = run_internal_step(model, sampler, crops, metric, config, device=device,
+                                       precision=precision, trainable=trainable, anchors=anchors,
+                                       perceptual=perceptual, progress=progress)
+            u = {n: u[n] + theta_e[n] - result.state_dict[n] for n in u}
+        assert result is not None
+
+        weights_record = _publish_weights(store, result.state_dict, backbone_name)
+        wall = round(time.perf_counter() - start, 2)
+        niqe_before, niqe_after = float(np.mean(result.niqe_before)), float(np.mean(result.niqe_after))
+        crop_names = [str(m.path) for m in group.members][: len(crops)]
+
+        def record(manifest: dict[str, Any]) -> None:
+            manifest.update({
+                "images": group.to_manifest(),
+                "backbone": {"name": backbone_name, "weights_sha256": backbone.weights_sha256,
+                             "source": backbone.source},
+                "scale": scale,
+                "kernel": kernel.to_dict(),
+                "niqe_before": niqe_before,
+                "niqe_after": niqe_after,
+                "niqe_evaluation": {"crop": config.eval_crop, "images": crop_names,
+                                    "history": result.history},
+                "per_image": [{"path": p, "niqe_before": b, "niqe_after": a}
+                              for p, b, a in zip(crop_names, result.niqe_before, result.niqe_after)],
+                "steps": result.steps,
+                "best_step": result.best_step,
+                "kept_backbone": result.kept_backbone,
+                "stop_reason": result.stop_reason,
+                "seed": config.seed,
+                "precision": precision.name,
+                "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+                "trainable": trainable,
+                "wall_time_s": wall,
+                "attention": json.loads(json.dumps(config.attention.__dict__)),
+                "versions": _versions(),
+                "weights_sha256": weights_record["sha256"],
+                "config": config.to_dict(),
+            })
+            # Exported models were made from older weights: forget them (export again).
+            manifest.pop("exports", None)
+            artifacts = manifest.get("artifacts", {})
+            for name in [n for n, r in artifacts.items() if r.get("stage") == "export"]:
+                del artifacts[name]
+
+        store.update_manifest(record)
+    return AdaptOutcome(group.name, store.directory, store.path(WEIGHTS_FILE), niqe_before, niqe_after,
+                        result.kept_backbone, result.steps, result.stop_reason, wall)
+
+
+def _publish_weights(store: CameraStore, state: dict[str, torch.Tensor], backbone_name: str) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu().float() for k, v in state.items()}
+
+    def write(path: Path) -> None:
+        save_file(tensors, str(path), metadata={"backbone": backbone_name, "format": "adassr-rrdbnet"})
+
+    return store.publish(WEIGHTS_FILE, write, stage="adapt", extra={"backbone": backbone_name})

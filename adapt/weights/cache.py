@@ -1,0 +1,131 @@
+"""On-disk cache of converted backbones (safetensors) and atomic file writing.
+
+Location: ``$ADASSR_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/adassr`` (absolute paths only, per
+the XDG spec), else ``~/.cache/adassr``; a backbone lives in ``backbones/<name>.safetensors``.
+
+The safetensors metadata records ``format``, ``backbone``, ``weights_sha256`` (the tensor digest of
+:func:`adapt.weights.state.state_dict_sha256`) and the sha256 of the source ``.param`` / ``.bin``.
+A cache file is used only when it reads cleanly, its metadata matches the current source files,
+its keys and shapes match the architecture and its tensors hash to the recorded digest; otherwise
+a warning is logged and the caller rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_safetensors_bytes
+from torch import Tensor
+
+from adapt.weights.state import check_state_dict, state_dict_sha256
+from runtime.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "ADASSR_CACHE_DIR"
+CACHE_FORMAT = "adassr-backbone-cache/1"
+
+
+def default_cache_dir() -> Path:
+    """The user cache root (see the module docstring); not created here."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "adassr"
+    return Path.home() / ".cache" / "adassr"
+
+
+def backbone_cache_path(name: str, cache_dir: str | Path | None = None) -> Path:
+    """Cache file of backbone ``name`` under ``cache_dir`` (default: :func:`default_cache_dir`)."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / "backbones" / f"{name}.safetensors"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``).
+
+    Creates the parent folders; raises ``OSError`` when that or the write fails (no partial file
+    is left behind).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_cached_state(path: str | Path, state: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
+    """Store ``state`` with ``metadata`` plus ``format`` and ``weights_sha256``; return the digest.
+
+    Raises ``OSError`` if the file cannot be written.
+    """
+    digest = state_dict_sha256(state)
+    meta = {**metadata, "format": CACHE_FORMAT, "weights_sha256": digest}
+    atomic_write_bytes(path, save_safetensors_bytes(dict(state), metadata=meta))
+    return digest
+
+
+def read_cached_state(
+    path: str | Path, metadata: Mapping[str, str], shapes: Mapping[str, torch.Size]
+) -> tuple[dict[str, Tensor], str] | None:
+    """Return ``(state, weights_sha256)`` from a valid cache file, else ``None``.
+
+    ``None`` without a warning when the file does not exist; with a warning (and the reason) when
+    it is unreadable, truncated, stale (``metadata`` differs), mis-shaped or fails its checksum.
+    """
+    path = Path(path)
+    if not path.exists():
+        log.debug("no backbone cache at %s", path)
+        return None
+    try:
+        return _read_valid(path, metadata, shapes)
+    except (OSError, SafetensorError, WeightsError) as exc:
+        log.warning("backbone cache %s is unusable (%s); rebuilding it from the ncnn files", path, exc)
+        return None
+
+
+def _read_valid(
+    path: Path, metadata: Mapping[str, str], shapes: Mapping[str, torch.Size]
+) -> tuple[dict[str, Tensor], str]:
+    with safe_open(str(path), framework="pt") as handle:
+        stored = handle.metadata() or {}
+        wanted = {**metadata, "format": CACHE_FORMAT}
+        stale = sorted(key for key, value in wanted.items() if stored.get(key) != value)
+        if stale:
+            raise WeightsError(f"metadata {', '.join(stale)} does not match the current source (stale or foreign)")
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    state = check_state_dict(state, shapes, origin=str(path))
+    digest = state_dict_sha256(state)
+    if digest != stored.get("weights_sha256"):
+        raise WeightsError(f"checksum mismatch: tensors hash to {digest[:12]}..., recorded {str(stored.get('weights_sha256'))[:12]}...")
+    return state, digest

@@ -1,0 +1,112 @@
+"""Weights from files: official Real-ESRGAN ``.pth`` checkpoints and adapted ``.safetensors``.
+
+``.pth`` files are read with ``torch.load(weights_only=True)`` (no arbitrary unpickling); the
+state dict is taken from ``params_ema`` if present, else ``params``, else the file itself.
+Adapted weights are written as safetensors with metadata ``format``, ``backbone`` and
+``weights_sha256``; reading them checks all three when present.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_safetensors_bytes
+from torch import Tensor, nn
+
+from adapt.archs.registry import DEFAULT_BACKBONE, BackboneEntry, BackboneRegistry, default_registry
+from adapt.weights.cache import atomic_write_bytes
+from adapt.weights.state import LoadedBackbone, assemble, state_dict_sha256
+from runtime.errors import WeightsError
+
+WEIGHTS_FORMAT = "adassr-weights/1"
+PTH_KEYS = ("params_ema", "params")
+
+
+def _entry(arch: str | BackboneEntry, registry: BackboneRegistry | None) -> BackboneEntry:
+    return arch if isinstance(arch, BackboneEntry) else (registry or default_registry()).get(arch)
+
+
+def read_pth_state(path: str | Path) -> Mapping[str, object]:
+    """The state dict inside a ``.pth`` file (``params_ema`` > ``params`` > bare dict)."""
+    try:
+        loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise WeightsError(f"cannot read checkpoint {path}: {exc}; check the path and that it is a torch .pth file") from exc
+    if not isinstance(loaded, Mapping):
+        raise WeightsError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
+    for key in PTH_KEYS:
+        if key in loaded:
+            inner = loaded[key]
+            if not isinstance(inner, Mapping):
+                raise WeightsError(f"checkpoint {path}: {key!r} is a {type(inner).__name__}, not a state dict")
+            return inner
+    return loaded
+
+
+def load_checkpoint(
+    path: str | Path,
+    arch: str | BackboneEntry = DEFAULT_BACKBONE,
+    *,
+    device: str | torch.device = "cpu",
+    registry: BackboneRegistry | None = None,
+) -> LoadedBackbone:
+    """Load an official Real-ESRGAN / BasicSR ``.pth`` into the architecture of ``arch``.
+
+    ``WeightsError`` names the first missing, unexpected or mis-shaped key.
+    """
+    entry = _entry(arch, registry)
+    return assemble(entry, read_pth_state(path), source=f"checkpoint {path}", device=device)
+
+
+def save_safetensors_weights(
+    path: str | Path,
+    weights: nn.Module | Mapping[str, Tensor],
+    entry: BackboneEntry,
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> str:
+    """Write float32 weights atomically as safetensors; return their ``weights_sha256``.
+
+    ``metadata`` adds string fields (it cannot override ``format``, ``backbone``, ``weights_sha256``).
+    """
+    raw = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in raw.items()}
+    digest = state_dict_sha256(state)
+    meta = {**(metadata or {}), "format": WEIGHTS_FORMAT, "backbone": entry.name, "weights_sha256": digest}
+    atomic_write_bytes(path, save_safetensors_bytes(state, metadata=meta))
+    return digest
+
+
+def load_safetensors_weights(
+    path: str | Path,
+    entry: str | BackboneEntry = DEFAULT_BACKBONE,
+    *,
+    device: str | torch.device = "cpu",
+    registry: BackboneRegistry | None = None,
+) -> LoadedBackbone:
+    """Load weights written by :func:`save_safetensors_weights` (or any RRDBNet safetensors file).
+
+    ``WeightsError`` if the file is unreadable, was saved for another backbone, fails its recorded
+    ``weights_sha256``, or does not match the architecture.
+    """
+    entry = _entry(entry, registry)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (OSError, SafetensorError) as exc:
+        raise WeightsError(f"cannot read weights {path}: {exc}; the file is missing, truncated or not safetensors") from exc
+    saved_for = meta.get("backbone")
+    if saved_for is not None and saved_for != entry.name:
+        raise WeightsError(f"{path} holds weights for backbone {saved_for!r}, not {entry.name!r}; load it with that backbone")
+    loaded = assemble(entry, state, source=f"safetensors {path}", device=device)
+    recorded = meta.get("weights_sha256")
+    if recorded is not None and recorded != loaded.weights_sha256:
+        raise WeightsError(
+            f"{path}: tensors hash to {loaded.weights_sha256}, but the file records {recorded}; the file is corrupt"
+        )
+    return loaded

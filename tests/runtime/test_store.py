@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import CameraError, StoreError
+from runtime.store import CameraStore, atomic_write_bytes, list_cameras, sha256_file
+
+
+def _publish_text(store: CameraStore, name: str, text: str) -> dict:
+    return store.publish(name, lambda p: p.write_text(text), stage="test")
+
+
+def test_publish_records_checksum_and_verifies(tmp_path: Path) -> None:
+    store = CameraStore.open(tmp_path, "Nikon", create=True)
+    assert store.camera == "nikon"
+    record = _publish_text(store, "a.bin", "hello")
+    assert record["sha256"] == sha256_file(store.path("a.bin"))
+    manifest = store.read_manifest()
+    assert manifest["artifacts"]["a.bin"]["bytes"] == 5
+    assert store.verified_path("a.bin") == store.path("a.bin")
+    assert list_cameras(tmp_path) == ["nikon"]
+
+
+def test_tampered_artifact_is_detected(tmp_path: Path) -> None:
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _publish_text(store, "model.onnx", "original bytes")
+    store.path("model.onnx").write_text("tampered bytes")
+    with pytest.raises(StoreError, match="fails its checksum"):
+        store.verified_path("model.onnx")
+    store.path("model.onnx").unlink()
+    with pytest.raises(StoreError, match="missing"):
+        store.verified_path("model.onnx")
+    with pytest.raises(StoreError, match="no other.onnx"):
+        store.verified_path("other.onnx")
+
+
+def test_crash_during_write_keeps_previous_artifact(tmp_path: Path) -> None:
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _publish_text(store, "w.bin", "good")
+
+    def crashing_writer(p: Path) -> None:
+        p.write_text("half-writ")
+        raise KeyboardInterrupt  # simulated Ctrl-C in the middle of a write
+
+    with pytest.raises(KeyboardInterrupt):
+        store.publish("w.bin", crashing_writer, stage="test")
+    assert store.path("w.bin").read_text() == "good"
+    assert store.verified_path("w.bin")
+    leftovers = [p.name for p in store.directory.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_empty_artifact_is_refused(tmp_path: Path) -> None:
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    with pytest.raises(StoreError, match="empty"):
+        store.publish("e.bin", lambda p: None, stage="test")
+    assert not store.path("e.bin").exists()
+
+
+def test_manifest_errors_are_clear(tmp_path: Path) -> None:
+    store = CameraStore.open(tmp_path, "sony", create=True)
+    with pytest.raises(StoreError, match="adapt --camera sony"):
+        store.read_manifest()
+    atomic_write_bytes(store.manifest_path, b"{not json")
+    with pytest.raises(StoreError, match="not valid JSON"):
+        store.read_manifest()
+    store.manifest_path.write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(StoreError, match="schema_version 99"):
+        store.read_manifest()
+
+
+def test_missing_store_and_bad_names(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        CameraStore.open(tmp_path / "nope", "canon")
+    for bad in ["../etc", "", "a/b", ".hidden", "x" * 80]:
+        with pytest.raises(CameraError):
+            CameraStore.open(tmp_path, bad, create=True)
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    with pytest.raises(StoreError):
+        store.path("../manifest.json")
+
+
+def test_unwritable_store(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match="cannot create the store folder"):
+        CameraStore.open(blocker, "canon", create=True)
+
+
+def _hold_lock(root: str, ready, release) -> None:  # runs in a child process
+    store = CameraStore.open(root, "canon", create=True)
+    with store.lock():
+        ready.set()
+        release.wait(10)
+
+
+def test_lock_serialises_writers(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_hold_lock, args=(str(tmp_path), ready, release))
+    child.start()
+    try:
+        assert ready.wait(20)
+        store = CameraStore.open(tmp_path, "canon", create=True)
+        with pytest.raises(StoreError, match="another adassr process"):
+            with store.lock(timeout_s=0.3):
+                pass
+    finally:
+        release.set()
+        child.join(10)
+    with store.lock(timeout_s=5):
+        pass
