@@ -224,8 +224,8 @@ def run_internal_step(
                 loss = loss + config.lambda_gan * gan_generator_loss(disc, sr)
             if config.prox_mu > 0:
                 loss = loss + proximal_penalty(train_params.items(), anchors, config.prox_mu)
-            if not torch.isfinite(loss):
-                stop_reason = f"the loss became {float(loss)} at step {step}; kept the best weights so far"
+            if not torch.isfinite(loss.detach()):
+                stop_reason = f"the loss became {float(loss.detach())} at step {step}; kept the best weights so far"
                 log.warning(stop_reason)
                 break
             optimizer.zero_grad(set_to_none=True)
@@ -241,17 +241,18 @@ def run_internal_step(
                 gan_discriminator_loss(disc, sr, hr).backward()
                 disc_opt.step()
             ema.update()
-            losses.append((step, float(loss)))
+            loss_value = float(loss.detach())
+            losses.append((step, loss_value))
             evaluate_now = step % config.eval_every == 0 or step == config.steps
             if not evaluate_now:
-                notify(ProgressEvent(step, config.steps, float(loss), None))
+                notify(ProgressEvent(step, config.steps, loss_value, None))
                 continue
             ema.copy_to(ema_model)
             scores = evaluator(ema_model)
             decision = stopper.observe(step, float(np.mean(scores)))
             if decision.is_best:
                 best_scores, best_state = scores, ema.state_dict()
-            notify(ProgressEvent(step, config.steps, float(loss), decision.score))
+            notify(ProgressEvent(step, config.steps, loss_value, decision.score))
             bank = None  # fresh augmented pairs for the next period
             if decision.stop:
                 stop_reason = decision.reason

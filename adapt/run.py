@@ -47,8 +47,8 @@ class AdaptOutcome:
     wall_time_s: float
 
 
-def load_group_images(group: CameraGroup, *, min_side: int) -> list[np.ndarray]:
-    """Read the group's images as float32 RGB in [0, 1]; check each is large enough."""
+def load_group_images(group: CameraGroup) -> list[np.ndarray]:
+    """Read the group's images as float32 RGB in [0, 1] (gray is replicated to RGB)."""
     from runtime.images import read_image, to_float32
 
     images = []
@@ -57,21 +57,10 @@ def load_group_images(group: CameraGroup, *, min_side: int) -> list[np.ndarray]:
         pixels = to_float32(loaded.pixels)
         if pixels.shape[2] == 1:
             pixels = np.repeat(pixels, 3, axis=2)
-        h, w = pixels.shape[:2]
-        if min(h, w) < min_side:
-            raise ConfigError(
-                f"{member.path} is {w}x{h}: too small for scale and patch; every image of the group "
-                f"must be at least {min_side}x{min_side} LR pixels (lower --patch to use it)"
-            )
         images.append(np.ascontiguousarray(pixels))
     if not images:
         raise ConfigError(f"camera group {group.name!r} has no images")
     return images
-
-
-def minimum_side(scale: int, lr_patch: int) -> int:
-    """Smallest LR image side that yields a y_r patch of lr_patch*scale plus a kernel margin."""
-    return lr_patch * scale + 2 * scale
 
 
 def _versions() -> dict[str, str]:
@@ -141,8 +130,8 @@ def adapt_camera(
     progress: Callable[[ProgressEvent], None] | None = None,
 ) -> AdaptOutcome:
     """Adapt the backbone to ``group`` and publish the result into ``<store_root>/<camera>/``."""
-    from adapt.archs import load_backbone
-    from adapt.pairs import PairConfig, make_pair_sampler
+    from adapt.weights import load_backbone
+    from adapt.pairs import PairConfig, make_pair_sampler, validate_images
 
     start = time.perf_counter()
     store = CameraStore.open(store_root, group.name, create=True)
@@ -153,13 +142,15 @@ def adapt_camera(
         backbone = load_backbone(backbone_name, device=str(device))
         model = backbone.model
         scale = backbone.scale
-        images = load_group_images(group, min_side=minimum_side(scale, config.lr_patch))
+        images = load_group_images(group)
+        pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
         kernel = _estimate_kernel(images, scale, config.kernel)
+        validate_images(images, pair_config, kernel_shape=np.asarray(kernel.kernel).shape,
+                        names=[str(p) for p in group.paths])
         weights = _weight_maps(model, images, config, device, precision)
         metric = _niqe_metric(device)
         perceptual = _perceptual(config, device)
         crops = center_crops(images, config.eval_crop, config.eval_max_images)
-        pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
 
         theta_e = {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()}
         u = {k: torch.zeros_like(v) for k, v in theta_e.items()}
@@ -183,7 +174,7 @@ def adapt_camera(
             u = {n: u[n] + theta_e[n] - result.state_dict[n] for n in u}
         assert result is not None
 
-        weights_record = _publish_weights(store, result.state_dict, backbone_name)
+        weights_record = _publish_weights(store, result.state_dict, backbone.entry)
         wall = round(time.perf_counter() - start, 2)
         niqe_before, niqe_after = float(np.mean(result.niqe_before)), float(np.mean(result.niqe_after))
         crop_names = [str(m.path) for m in group.members][: len(crops)]
@@ -212,7 +203,7 @@ def adapt_camera(
                 "wall_time_s": wall,
                 "attention": json.loads(json.dumps(config.attention.__dict__)),
                 "versions": _versions(),
-                "weights_sha256": weights_record["sha256"],
+                "weights_sha256": weights_record["weights_sha256"],
                 "config": config.to_dict(),
             })
             # Exported models were made from older weights: forget them (export again).
@@ -226,12 +217,15 @@ def adapt_camera(
                         result.kept_backbone, result.steps, result.stop_reason, wall)
 
 
-def _publish_weights(store: CameraStore, state: dict[str, torch.Tensor], backbone_name: str) -> dict[str, Any]:
-    from safetensors.torch import save_file
+def _publish_weights(store: CameraStore, state: dict[str, torch.Tensor], entry: Any) -> dict[str, Any]:
+    """Publish ``adapted.safetensors``; the record carries both the file's and the weights' digest."""
+    from adapt.weights import save_safetensors_weights
 
-    tensors = {k: v.detach().contiguous().cpu().float() for k, v in state.items()}
+    digest: dict[str, str] = {}
 
     def write(path: Path) -> None:
-        save_file(tensors, str(path), metadata={"backbone": backbone_name, "format": "adassr-rrdbnet"})
+        digest["weights"] = save_safetensors_weights(path, state, entry, metadata={"stage": "adapt"})
 
-    return store.publish(WEIGHTS_FILE, write, stage="adapt", extra={"backbone": backbone_name})
+    record = store.publish(WEIGHTS_FILE, write, stage="adapt", extra={"backbone": entry.name})
+    record["weights_sha256"] = digest["weights"]
+    return record

@@ -12,8 +12,9 @@ Backends:
   set before triton was imported). Head dim must be 16, 32, 64 or 128.
 * ``"reference"``: the chunked PyTorch path of :mod:`cuda_kernels.reference`
   (any device, any head dim), ``O(B * H * rows * N)`` memory.
-* ``"auto"``: Triton for CUDA tensors whose head dim the kernel supports, the
-  reference otherwise (CPU tensors, or an unusual head dim on CUDA).
+* ``"auto"``: Triton for CUDA tensors whose head dim the kernel supports when
+  triton is installed, the reference otherwise (CPU tensors, an unusual head dim
+  on CUDA, no triton).
 
 Exclusion (``exclude_radius = r > 0``): tokens lie on a row-major grid of width
 ``grid_w`` (token ``t`` at row ``t // grid_w``, column ``t % grid_w``); the pairs
@@ -25,6 +26,7 @@ rows the sum is exactly ``N`` up to rounding.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -83,6 +85,18 @@ def _validate(
         )
 
 
+def _triton_module():  # type: ignore[no-untyped-def]
+    """Import the Triton kernels lazily (imports triton)."""
+    try:
+        from . import triton_colsum
+    except ImportError as exc:
+        raise BackendError(
+            f"the Triton backend needs the triton package ({exc}); install triton or use "
+            "backend='reference'"
+        ) from exc
+    return triton_colsum
+
+
 def select_backend(q: torch.Tensor, backend: str = "auto") -> str:
     """Resolve ``backend`` to ``"triton"`` or ``"reference"`` for this input.
 
@@ -92,20 +106,15 @@ def select_backend(q: torch.Tensor, backend: str = "auto") -> str:
     if backend == "reference":
         return "reference"
     if backend == "auto":
-        return "triton" if q.is_cuda and d in TRITON_HEAD_DIMS else "reference"
+        usable = q.is_cuda and d in TRITON_HEAD_DIMS and importlib.util.find_spec("triton") is not None
+        return "triton" if usable else "reference"
     if d not in TRITON_HEAD_DIMS:
         raise ConfigError(
             f"the Triton kernel supports head dims {TRITON_HEAD_DIMS}, got d={d}; "
             "use backend='reference' or change the number of heads"
         )
+    triton_colsum = _triton_module()
     if not q.is_cuda:
-        try:
-            from . import triton_colsum
-        except ImportError as exc:
-            raise BackendError(
-                f"backend='triton' needs the triton package ({exc}); install it or use "
-                "backend='reference'"
-            ) from exc
         if not triton_colsum.interpreter_active():
             raise BackendError(
                 f"backend='triton' got tensors on {q.device}: it runs on CUDA tensors, or on "
@@ -146,9 +155,7 @@ def attention_colsum(
     _validate(q, k, scale, grid_w, exclude_radius, backend)
     chosen = select_backend(q, backend)
     if chosen == "triton":
-        from . import triton_colsum
-
-        return triton_colsum.colsum_triton(
+        return _triton_module().colsum_triton(
             q, k, float(scale), grid_w=grid_w, exclude_radius=exclude_radius
         )
     return reference.chunked_colsum(

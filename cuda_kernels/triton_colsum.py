@@ -216,20 +216,15 @@ def n_bucket(n: int) -> int:
 
 
 def _gpu_configs() -> list[Any]:
-    configs = []
-    for bm, bn in ((64, 64), (64, 128), (128, 64), (128, 128)):
-        for warps in (4, 8):
-            for stages in (2, 3):
-                if bm * bn >= 128 * 128 and warps == 4:
-                    continue
-                configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn},
-                                             num_warps=warps, num_stages=stages))
-    return configs
+    """Candidate launch configurations on a GPU (kept small: each one is compiled)."""
+    shapes = ((64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 64, 8), (64, 128, 8), (128, 128, 8))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=3)
+            for bm, bn, w in shapes]
 
 
-def _prune_for_n(configs: list[Any], named_args: dict[str, Any], **_: Any) -> list[Any]:
+def _prune_for_n(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
     """Drop block sizes far larger than the problem (small images)."""
-    n = int(named_args["N"])
+    n = int({**named_args, **kwargs}["N"])
     kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, n) and c.kwargs["BLOCK_N"] <= max(64, n)]
     return kept or configs[:1]
 
@@ -284,29 +279,30 @@ def colsum_triton(
         k = k.contiguous()
     interpret = interpreter_active()
     dot_fp32, precision = _dot_settings(q.dtype, interpret)
-    exclude = exclude_radius > 0
     lse = torch.empty(b * h, n, dtype=torch.float32, device=q.device)
     out = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
-    common = dict(
-        H=h, N=n, N_BUCKET=n_bucket(n), qk_scale=float(scale) * LOG2E,
-        grid_w=int(grid_w) if grid_w else 1, radius=int(exclude_radius),
-        D=d, EXCLUDE=exclude, DOT_FP32=dot_fp32, PRECISION=precision,
+    # Runtime arguments positionally (autotune prune hooks only see positional ones
+    # in some Triton versions), compile-time ones by keyword.
+    runtime_args = (
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        h, n, n_bucket(n), float(scale) * LOG2E, int(grid_w) if grid_w else 1, int(exclude_radius),
     )
-    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
+    constexprs = dict(D=d, EXCLUDE=exclude_radius > 0, DOT_FP32=dot_fp32, PRECISION=precision)
 
     if lse_config is None and colsum_config is None and not interpret:
         lse_kernel, colsum_kernel = _autotuned("lse"), _autotuned("colsum")
-        lse_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), b * h)](q, k, lse, *strides, **common)
+        lse_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), b * h)](
+            q, k, lse, *runtime_args, **constexprs)
         colsum_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), b * h)](
-            q, k, lse, out, *strides, **common)
+            q, k, lse, out, *runtime_args, **constexprs)
         return out
 
     c1 = lse_config or INTERPRET_LSE_CONFIG
     c2 = colsum_config or INTERPRET_COLSUM_CONFIG
     _row_lse_kernel[(triton.cdiv(n, c1.block_m), b * h)](
-        q, k, lse, *strides, **common, BLOCK_M=c1.block_m, BLOCK_N=c1.block_n,
+        q, k, lse, *runtime_args, **constexprs, BLOCK_M=c1.block_m, BLOCK_N=c1.block_n,
         num_warps=c1.num_warps, num_stages=c1.num_stages)
     _colsum_kernel[(triton.cdiv(n, c2.block_n), b * h)](
-        q, k, lse, out, *strides, **common, BLOCK_M=c2.block_m, BLOCK_N=c2.block_n,
+        q, k, lse, out, *runtime_args, **constexprs, BLOCK_M=c2.block_m, BLOCK_N=c2.block_n,
         num_warps=c2.num_warps, num_stages=c2.num_stages)
     return out

@@ -126,12 +126,17 @@ class RRDBNet(nn.Module):
         trunk = feat + self.conv_body(self.body[n_frozen:](h))
         return self._upsample(trunk)
 
-    def tail_parameters(self, n_frozen: int) -> list[nn.Parameter]:
-        """Parameters trained in "tail" mode: ``body[n_frozen:]``, ``conv_body`` and the upsampler."""
+    def tail_parameters(self, n_frozen: int) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` pairs trained in "tail" mode, in ``named_parameters`` order.
+
+        The tail is ``body[n_frozen:]``, ``conv_body``, ``conv_up1``, ``conv_up2``, ``conv_hr`` and
+        ``conv_last``; names are full state-dict keys (``body.20.rdb1.conv1.weight``). The pairs can
+        go straight into ``dict(...)`` or a torch optimizer.
+        """
         self._check_split(n_frozen)
-        modules: list[nn.Module] = [*self.body[n_frozen:]]
-        modules += [getattr(self, name) for name in TAIL_MODULES]
-        return [p for module in modules for p in module.parameters()]
+        prefixes = tuple(f"body.{i}." for i in range(n_frozen, self.num_block))
+        prefixes += tuple(f"{name}." for name in TAIL_MODULES)
+        return [(name, p) for name, p in self.named_parameters() if name.startswith(prefixes)]
 
     def _upsample(self, trunk: Tensor) -> Tensor:
         x = _lrelu(self.conv_up1(F.interpolate(trunk, scale_factor=2, mode="nearest")))

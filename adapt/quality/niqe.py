@@ -1,4 +1,4 @@
-"""NIQE (Mittal, Soundararajan and Bovik 2012), numpy/scipy float64 reference.
+"""NIQE (Mittal, Soundararajan and Bovik 2012), numpy float64 reference (no scipy needed).
 
 A faithful port of the original MATLAB release (``computequality.m``,
 ``computefeature.m``, ``estimateaggdparam.m``) with its pristine model
@@ -16,7 +16,7 @@ A faithful port of the original MATLAB release (``computequality.m``,
    inside the block like MATLAB ``circshift``): 18 features per scale. AGGD shape
    is the first minimiser of ``(r(gamma) - rhatnorm)^2`` over ``gamma = 0.2:0.001:10``.
    The second scale is MATLAB ``imresize(I, 0.5)`` (bicubic a = -0.5 with
-   antialiasing, symmetric borders), implemented exactly in :func:`imresize_matrix`.
+   antialiasing, symmetric borders), implemented exactly in :func:`imresize_weights`.
 4. All blocks are used (the sharpness selection exists only in the training code).
    ``nanmean`` over blocks per feature, ``nancov`` over blocks without NaN (N - 1
    normalisation), quality = sqrt(d' pinv((C_pris + C_dist) / 2) d) with MATLAB's
@@ -38,12 +38,11 @@ which returns the same index as the full argmin.
 from __future__ import annotations
 
 import functools
+import math
 from importlib import resources
 from typing import Literal
 
 import numpy as np
-from scipy.ndimage import correlate1d
-from scipy.special import gamma as gamma_fn
 
 from runtime.errors import ConfigError, ImageError, ShapeError
 
@@ -82,6 +81,7 @@ def aggd_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     Arrays are read-only.
     """
     gam = _matlab_colon(0.2, 0.001, 10.0)
+    gamma_fn = np.vectorize(math.gamma, otypes=[np.float64])
     r_gam = gamma_fn(2.0 / gam) ** 2 / (gamma_fn(1.0 / gam) * gamma_fn(3.0 / gam))
     beta = np.sqrt(gamma_fn(1.0 / gam) / gamma_fn(3.0 / gam))
     mean = gamma_fn(2.0 / gam) / gamma_fn(1.0 / gam)
@@ -122,16 +122,17 @@ def _cubic(x: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def imresize_matrix(in_length: int, scale: float = 0.5) -> np.ndarray:
-    """Dense (out, in) matrix of MATLAB ``imresize(..., scale)`` bicubic along one axis.
+def imresize_weights(in_length: int, scale: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """``(weights, indices)``, each (out, taps), of MATLAB ``imresize`` bicubic along one axis.
 
     Follows ``imresize.m``'s ``contributions``: antialiasing for scale < 1 (kernel
     ``scale * cubic(scale * x)``, width ``4 / scale``), output length
     ``ceil(in * scale)``, per-row normalised weights, symmetric (mirror, edge
-    repeated) index folding. Read-only.
+    repeated) index folding (0-based here), all-zero tap columns removed.
+    Output ``i`` is ``sum_k weights[i, k] * x[indices[i, k]]``. Read-only.
     """
     if in_length < 1 or scale <= 0:
-        raise ConfigError(f"imresize_matrix: in_length {in_length} and scale {scale} must be positive")
+        raise ConfigError(f"imresize_weights: in_length {in_length} and scale {scale} must be positive")
     out_length = int(np.ceil(in_length * scale))
     kernel_width = 4.0
     if scale < 1:
@@ -149,18 +150,30 @@ def imresize_matrix(in_length: int, scale: float = 0.5) -> np.ndarray:
     weights = weights / weights.sum(axis=1, keepdims=True)
     aux = np.concatenate([np.arange(in_length), np.arange(in_length - 1, -1, -1)])
     folded = aux[np.mod(indices.astype(np.int64) - 1, aux.size)]
-    matrix = np.zeros((out_length, in_length), dtype=np.float64)
-    rows = np.broadcast_to(np.arange(out_length)[:, None], folded.shape)
-    np.add.at(matrix, (rows, folded), weights)
-    matrix.setflags(write=False)
-    return matrix
+    keep = np.any(weights != 0, axis=0)
+    weights = np.ascontiguousarray(weights[:, keep])
+    folded = np.ascontiguousarray(folded[:, keep])
+    weights.setflags(write=False)
+    folded.setflags(write=False)
+    return weights, folded
+
+
+def _resize_axis(x: np.ndarray, axis: int, scale: float) -> np.ndarray:
+    weights, indices = imresize_weights(x.shape[axis], scale)
+    acc = np.zeros(x.shape[:axis] + (weights.shape[0],) + x.shape[axis + 1 :], dtype=np.float64)
+    shape = [1] * x.ndim
+    shape[axis] = weights.shape[0]
+    for k in range(weights.shape[1]):  # taps in order, as imresizemex accumulates
+        acc = acc + weights[:, k].reshape(shape) * np.take(x, indices[:, k], axis=axis)
+    return acc
 
 
 def matlab_imresize(image: np.ndarray, scale: float = 0.5) -> np.ndarray:
-    """MATLAB ``imresize(image, scale)`` (bicubic, antialiasing) of a 2-D float64 array."""
-    rows = imresize_matrix(image.shape[0], scale)
-    cols = imresize_matrix(image.shape[1], scale)
-    return (rows @ image) @ cols.T  # MATLAB resizes rows (dim 1) first for equal scales
+    """MATLAB ``imresize(image, scale)`` (bicubic, antialiasing) of a 2-D float64 array.
+
+    Rows (dim 1) are resized first, as MATLAB does for equal scales.
+    """
+    return _resize_axis(_resize_axis(image, 0, scale), 1, scale)
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
@@ -201,15 +214,30 @@ def to_luma(image: np.ndarray, convert: Convert = "gray") -> np.ndarray:
     return _round_half_away(16.0 + (c0 * r + c1 * g + c2 * b) / 255.0)
 
 
+def gaussian_blur(image: np.ndarray) -> np.ndarray:
+    """``imfilter(image, window, 'replicate')`` with the NIQE window, separably.
+
+    Like MATLAB for a rank-1 kernel on double data: columns (dim 1) first, then rows;
+    taps are accumulated in a fixed order with separate multiply and add, so the
+    float64 result is reproducible across machines and equal to :mod:`.niqe_torch`'s.
+    """
+    g = gaussian_window_1d()
+    r = GAUSSIAN_SIZE // 2
+    out = image
+    for axis in (0, 1):
+        padded = np.pad(out, [(r, r) if a == axis else (0, 0) for a in range(2)], mode="edge")
+        n = out.shape[axis]
+        acc = np.zeros_like(out)
+        for k in range(GAUSSIAN_SIZE):
+            acc = acc + g[k] * (padded[k : k + n] if axis == 0 else padded[:, k : k + n])
+        out = acc
+    return out
+
+
 def mscn(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(structdis, sigma)``: MSCN coefficients with C = 1 and the local deviation."""
-    g = gaussian_window_1d()
-
-    def blur(x: np.ndarray) -> np.ndarray:
-        return correlate1d(correlate1d(x, g, axis=0, mode="nearest"), g, axis=1, mode="nearest")
-
-    mu = blur(image)
-    sigma = np.sqrt(np.abs(blur(image * image) - mu * mu))
+    mu = gaussian_blur(image)
+    sigma = np.sqrt(np.abs(gaussian_blur(image * image) - mu * mu))
     return (image - mu) / (sigma + 1.0), sigma
 
 

@@ -1,4 +1,7 @@
-"""On-disk cache of converted backbones (safetensors) and atomic file writing.
+"""On-disk cache of converted backbones (safetensors).
+
+Files are written with :func:`runtime.store.atomic_write_bytes` (re-exported here as
+``atomic_write_bytes``, with ``file_sha256`` = :func:`runtime.store.sha256_file`).
 
 Location: ``$ADASSR_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/adassr`` (absolute paths only, per
 the XDG spec), else ``~/.cache/adassr``; a backbone lives in ``backbones/<name>.safetensors``.
@@ -12,10 +15,8 @@ a warning is logged and the caller rebuilds it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +27,19 @@ from torch import Tensor
 
 from adapt.weights.state import check_state_dict, state_dict_sha256
 from runtime.errors import WeightsError
+from runtime.store import atomic_write_bytes
+from runtime.store import sha256_file as file_sha256
+
+__all__ = [
+    "CACHE_ENV",
+    "CACHE_FORMAT",
+    "atomic_write_bytes",
+    "backbone_cache_path",
+    "default_cache_dir",
+    "file_sha256",
+    "read_cached_state",
+    "write_cached_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,40 +62,6 @@ def backbone_cache_path(name: str, cache_dir: str | Path | None = None) -> Path:
     """Cache file of backbone ``name`` under ``cache_dir`` (default: :func:`default_cache_dir`)."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return root / "backbones" / f"{name}.safetensors"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``).
-
-    Creates the parent folders; raises ``OSError`` when that or the write fails (no partial file
-    is left behind).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_cached_state(path: str | Path, state: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
@@ -127,5 +107,6 @@ def _read_valid(
     state = check_state_dict(state, shapes, origin=str(path))
     digest = state_dict_sha256(state)
     if digest != stored.get("weights_sha256"):
-        raise WeightsError(f"checksum mismatch: tensors hash to {digest[:12]}..., recorded {str(stored.get('weights_sha256'))[:12]}...")
+        recorded = stored.get("weights_sha256", "(none)")
+        raise WeightsError(f"checksum mismatch: tensors hash to {digest[:12]}..., recorded {recorded[:12]}...")
     return state, digest

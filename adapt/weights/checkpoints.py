@@ -34,7 +34,13 @@ def read_pth_state(path: str | Path) -> Mapping[str, object]:
     """The state dict inside a ``.pth`` file (``params_ema`` > ``params`` > bare dict)."""
     try:
         loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+    except pickle.UnpicklingError as exc:
+        reason = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), str(exc)[:200])
+        raise WeightsError(
+            f"cannot read checkpoint {path} safely: it holds objects other than tensors and plain containers "
+            f"({reason}); re-save it as a plain state dict with torch.save(model.state_dict(), path)"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - garbage input raises arbitrary types; re-raised typed, chained
         raise WeightsError(f"cannot read checkpoint {path}: {exc}; check the path and that it is a torch .pth file") from exc
     if not isinstance(loaded, Mapping):
         raise WeightsError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")

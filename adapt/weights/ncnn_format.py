@@ -60,6 +60,12 @@ class NcnnLayer:
             raise WeightsError(f"layer {self.name} (line {self.line}): key {key} is an array, expected a number")
         return int(float(value))
 
+    def float_param(self, key: int, default: float) -> float:
+        value = self.params.get(key, str(default))
+        if isinstance(value, tuple):
+            raise WeightsError(f"layer {self.name} (line {self.line}): key {key} is an array, expected a number")
+        return float(value)
+
     def array_param(self, key: int) -> tuple[float, ...] | None:
         value = self.params.get(key)
         return value if isinstance(value, tuple) or value is None else (float(value),)
@@ -266,7 +272,7 @@ def _check_wiring(graph: NcnnGraph, convs: Sequence[NcnnLayer], num_block: int) 
 
 
 def _scales(interp: NcnnLayer) -> tuple[float, float]:
-    return float(interp.params.get(1, "1")), float(interp.params.get(2, "1"))  # type: ignore[arg-type]
+    return interp.float_param(1, 1.0), interp.float_param(2, 1.0)
 
 
 def _close(got: tuple[float, ...] | None, wanted: tuple[float, ...]) -> bool:
@@ -277,7 +283,9 @@ def _close(got: tuple[float, ...] | None, wanted: tuple[float, ...]) -> bool:
 # .bin
 
 
-def read_conv_weights(data: bytes | memoryview, specs: Sequence[ConvSpec], *, origin: str = "<bin>") -> list[tuple[np.ndarray, np.ndarray]]:
+def read_conv_weights(
+    data: bytes | memoryview, specs: Sequence[ConvSpec], *, origin: str = "<bin>"
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Split ``.bin`` bytes into float32 ``(weight OIHW, bias)`` pairs, one per spec; every byte must be used."""
     offset = 0
     out: list[tuple[np.ndarray, np.ndarray]] = []
@@ -296,7 +304,8 @@ def read_conv_weights(data: bytes | memoryview, specs: Sequence[ConvSpec], *, or
             )
         weight = np.frombuffer(_take(data, offset, nbytes, where, origin), dtype=dtype)
         offset += (nbytes + 3) // 4 * 4
-        bias = np.frombuffer(_take(data, offset, spec.out_ch * 4, where, origin), dtype="<f4")
+        last = index == len(specs) - 1
+        bias = np.frombuffer(_take(data, offset, spec.out_ch * 4, where, origin, last=last), dtype="<f4")
         offset += spec.out_ch * 4
         shape = (spec.out_ch, spec.in_ch, spec.kernel, spec.kernel)
         out.append((weight.astype(np.float32).reshape(shape), bias.astype(np.float32)))
@@ -308,14 +317,17 @@ def read_conv_weights(data: bytes | memoryview, specs: Sequence[ConvSpec], *, or
     return out
 
 
-def _take(data: bytes | memoryview, offset: int, size: int, where: str, origin: str) -> bytes | memoryview:
-    """Slice ``size`` bytes at ``offset`` (padding included in ``offset`` bookkeeping by the caller)."""
+def _take(data: bytes | memoryview, offset: int, size: int, where: str, origin: str, *, last: bool = False) -> bytes | memoryview:
+    """The ``size`` bytes at ``offset``; the read must fit with its padding to 4 bytes.
+
+    ``last`` marks the final read of the file, where the shortfall is the exact number of missing bytes.
+    """
     padded = (size + 3) // 4 * 4
     if offset + padded > len(data):
         missing = offset + padded - len(data)
+        amount = f"{missing} bytes" if last else f"at least {missing} bytes"
         raise WeightsError(
-            f"{origin}: file ends {missing} bytes short while reading {where} (file has {len(data)} bytes); "
-            f"it is truncated or {_ADVICE}"
+            f"{origin}: {amount} missing: the file ({len(data)} bytes) ends inside {where}; {_ADVICE}"
         )
     return data[offset : offset + size]
 

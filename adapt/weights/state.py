@@ -36,6 +36,16 @@ class LoadedBackbone:
     weights_sha256: str
     source: str
 
+    def provenance(self) -> dict[str, str]:
+        """Strings for a manifest: backbone name, scale, weights digest, source and licence."""
+        return {
+            "backbone": self.entry.name,
+            "scale": str(self.scale),
+            "weights_sha256": self.weights_sha256,
+            "source": self.source,
+            "licence": self.entry.licence,
+        }
+
 
 def state_dict_sha256(state: Mapping[str, Tensor]) -> str:
     """Hex sha256 of a state dict's keys, dtypes, shapes and bytes (see the module docstring)."""

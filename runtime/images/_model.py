@@ -16,8 +16,10 @@ SUPPORTED_READ_SUFFIXES: tuple[str, ...] = (
 )
 SUPPORTED_WRITE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
-# Pillow format names that read_image accepts (sniffed from the content, not the suffix).
+# Formats read_image accepts (sniffed from the content, not the suffix).
 READ_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP")
+# Pillow opener names: MPO has no opener of its own, the JPEG one returns MPO files as such.
+PILLOW_OPENERS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
 
 _DTYPE_BITS = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}
 
@@ -69,3 +71,11 @@ class LoadedImage:
     @property
     def channels(self) -> int:
         return int(self.pixels.shape[2])
+
+
+class ImageWarning(UserWarning):
+    """Something about an image was tolerated (e.g. an unreadable EXIF block)."""
+
+
+class AlphaDroppedWarning(ImageWarning):
+    """An alpha channel was dropped because the output format cannot store it (JPEG)."""

@@ -1,0 +1,181 @@
+"""The external step of ADMM (Eq. 8), used when ``--admm-iters`` K > 1.
+
+Theta_e <- argmin  sum_i L_p(N(y_i | Theta_e), x_i) + mu ||Theta_e - Theta_tilde_e||^2
+
+over clean HR images x_i (``--external-hr DIR``) degraded with a Real-ESRGAN-style synthetic
+pipeline (blur, random resize, Gaussian/Poisson noise, JPEG, twice, then the final resize to
+1/scale), trained with Adam and an fp32 EMA (§IV-A2: "T_step is also 1,500 with EMA").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from adapt.config import AdaptConfig
+from adapt.ema import WeightEma
+from adapt.losses import proximal_penalty, weighted_l1
+from adapt.precision import Precision
+from runtime.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_INTERPOLATIONS = (cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC)
+
+
+def _gaussian_kernel(rng: np.random.Generator, size: int = 21) -> np.ndarray:
+    sx, sy = rng.uniform(0.2, 3.0, size=2)
+    if rng.random() < 0.5:
+        sy = sx
+    theta = rng.uniform(0, np.pi)
+    half = size // 2
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+    c, s = np.cos(theta), np.sin(theta)
+    u, v = c * xx + s * yy, -s * xx + c * yy
+    k = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2))
+    return (k / k.sum()).astype(np.float32)
+
+
+def _noise(img: np.ndarray, rng: np.random.Generator, gauss_max: float, poisson_max: float) -> np.ndarray:
+    if rng.random() < 0.5:
+        sigma = rng.uniform(1.0, gauss_max) / 255.0
+        if rng.random() < 0.4:  # grey noise
+            noise = rng.normal(0.0, sigma, img.shape[:2])[..., None]
+        else:
+            noise = rng.normal(0.0, sigma, img.shape)
+        return img + noise.astype(np.float32)
+    scale = rng.uniform(0.05, poisson_max)
+    vals = 10 ** 2.5 / scale  # photons per unit intensity
+    noisy = rng.poisson(np.clip(img, 0, 1) * vals) / vals
+    return noisy.astype(np.float32)
+
+
+def _jpeg(img: np.ndarray, rng: np.random.Generator, quality: tuple[int, int]) -> np.ndarray:
+    q = int(rng.integers(quality[0], quality[1] + 1))
+    u8 = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", u8[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
+    if not ok:  # pragma: no cover - OpenCV always encodes a valid uint8 image
+        raise RuntimeError("JPEG encoding failed")
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+
+
+def degrade_realesrgan(hr: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
+    """Real-ESRGAN-style two-stage degradation of an HR patch (H, W, 3) in [0, 1] to (H/s, W/s, 3)."""
+    h, w = hr.shape[:2]
+    if h % scale or w % scale:
+        raise ConfigError(f"HR patch {w}x{h} is not a multiple of the scale {scale}")
+    img = hr.astype(np.float32)
+    for stage, (resize_range, gauss_max, poisson_max, quality) in enumerate(
+        (((0.15, 1.5), 30.0, 3.0, (30, 95)), ((0.3, 1.2), 25.0, 2.5, (30, 95)))
+    ):
+        if stage == 1 and rng.random() < 0.2:
+            break  # the second stage is skipped now and then
+        img = cv2.filter2D(img, -1, _gaussian_kernel(rng), borderType=cv2.BORDER_REFLECT)
+        factor = rng.uniform(*resize_range) if stage == 0 else rng.uniform(*resize_range) / scale * 2
+        size = (max(4, int(round(w * factor))), max(4, int(round(h * factor))))
+        img = cv2.resize(img, size, interpolation=_INTERPOLATIONS[rng.integers(3)])
+        img = np.clip(_noise(img, rng, gauss_max, poisson_max), 0.0, 1.0)
+        img = _jpeg(img, rng, quality)
+    img = cv2.resize(img, (w // scale, h // scale), interpolation=_INTERPOLATIONS[rng.integers(3)])
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ExternalBatch:
+    lr: np.ndarray
+    hr: np.ndarray
+    weight: np.ndarray
+
+
+class ExternalPairSampler:
+    """Random HR crops of the external images, each degraded on the fly."""
+
+    def __init__(self, images: Sequence[np.ndarray], *, scale: int, lr_patch: int, seed: int) -> None:
+        self.hr_patch = lr_patch * scale
+        small = [i for i, im in enumerate(images) if min(im.shape[:2]) < self.hr_patch]
+        if small:
+            raise ConfigError(
+                f"external HR image #{small[0]} is smaller than the HR patch {self.hr_patch}x{self.hr_patch}; "
+                "use larger images or a smaller --patch"
+            )
+        self.images = list(images)
+        self.scale = scale
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, n: int) -> ExternalBatch:
+        lrs, hrs = [], []
+        p = self.hr_patch
+        for _ in range(n):
+            img = self.images[int(self.rng.integers(len(self.images)))]
+            top = int(self.rng.integers(img.shape[0] - p + 1))
+            left = int(self.rng.integers(img.shape[1] - p + 1))
+            hr = img[top : top + p, left : left + p]
+            if self.rng.random() < 0.5:
+                hr = hr[:, ::-1]
+            hr = np.ascontiguousarray(hr)
+            lrs.append(degrade_realesrgan(hr, self.scale, self.rng).transpose(2, 0, 1))
+            hrs.append(hr.transpose(2, 0, 1))
+        lr, hr_arr = np.stack(lrs), np.stack(hrs)
+        return ExternalBatch(lr, hr_arr, np.ones((n, 1, p, p), np.float32))
+
+
+def load_external_images(directory: Path) -> list[np.ndarray]:
+    from adapt.groups import IMAGE_SUFFIXES
+    from runtime.images import read_image, to_float32
+
+    root = Path(directory)
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
+    if not paths:
+        raise ConfigError(f"--external-hr {root}: no images found (need clean HR images for the external step)")
+    images = []
+    for path in paths:
+        pixels = to_float32(read_image(path).pixels)
+        images.append(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels)
+    return images
+
+
+def run_external_step(
+    model: torch.nn.Module,
+    anchors: dict[str, torch.Tensor],
+    config: AdaptConfig,
+    *,
+    device: torch.device,
+    precision: Precision,
+    scale: int,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """Train ``model`` on the external set with the proximal term to ``anchors``; return the EMA
+    weights (fp32, CPU) of every parameter."""
+    assert config.external_hr is not None
+    sampler = ExternalPairSampler(load_external_images(config.external_hr), scale=scale,
+                                  lr_patch=config.lr_patch, seed=seed)
+    model.to(device).train()
+    params = dict(model.named_parameters())
+    for p in params.values():
+        p.requires_grad_(True)
+    anchor_dev = {n: anchors[n].to(device, torch.float32) for n in params}
+    ema = WeightEma(params.items(), config.ema_decay)
+    optimizer = torch.optim.Adam(params.values(), lr=config.lr)
+    steps = config.external_steps or config.steps
+    for step in range(1, steps + 1):
+        batch = sampler.sample(config.batch)
+        lr = torch.from_numpy(batch.lr).to(device)
+        hr = torch.from_numpy(batch.hr).to(device)
+        with precision.autocast():
+            sr = model(lr)
+        loss = weighted_l1(sr, hr) + proximal_penalty(params.items(), anchor_dev, config.prox_mu)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ema.update()
+        if step % max(1, steps // 10) == 0:
+            log.info("external step %d/%d loss %.4f", step, steps, float(loss))
+    state = {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()}
+    state.update({k: v.cpu() for k, v in ema.state_dict().items()})
+    return state

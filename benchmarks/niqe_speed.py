@@ -1,0 +1,148 @@
+"""Speed of the numpy NIQE reference (target: 1-megapixel image <= 1 s) and of the torch port.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=. python benchmarks/niqe_speed.py [--machine "2-core CPU dev machine, no GPU"]
+        [--repeats 5] [--torch-device cpu|cuda] [--out-dir benchmarks/results]
+
+Inputs: a 1000x1000 (1.0 MP) centre crop and the full 2000x1072 (2.1 MP) frame of
+``samples/cameras/canon/xmp_test.jpg``. Reports the median wall time over ``--repeats``
+runs after one warm-up, a per-stage breakdown of the numpy path for the 1 MP image,
+and the torch time (CUDA synchronised) on ``--torch-device``. Also prints both scores so
+a speed change that alters results is visible.
+
+Results: ``<out-dir>/niqe_speed.md`` and ``.json`` (atomic writes), with the machine named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = ROOT / "samples" / "cameras" / "canon" / "xmp_test.jpg"
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    result = fn()  # warm-up (caches of imresize taps and AGGD tables)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def _stages(luma: np.ndarray, repeats: int) -> dict[str, float]:
+    from adapt.quality import niqe as n
+
+    h, w = (s // n.BLOCK_SIZE * n.BLOCK_SIZE for s in luma.shape)
+    img = luma[:h, :w]
+    sd1, _ = n.mscn(img)
+    half = n.matlab_imresize(img)
+    sd2, _ = n.mscn(half)
+    feats = np.concatenate([n.block_features(sd1, 96), n.block_features(sd2, 48)], axis=1)
+    stages = {
+        "mscn (both scales)": lambda: (n.mscn(img), n.mscn(half)),
+        "imresize 0.5": lambda: n.matlab_imresize(img),
+        "block features (both scales)": lambda: (n.block_features(sd1, 96), n.block_features(sd2, 48)),
+        "MVG distance": lambda: n.niqe_distance(feats),
+    }
+    return {name: _median_time(fn, repeats)[0] for name, fn in stages.items()}
+
+
+def _torch_time(pixels: np.ndarray, device: str, repeats: int) -> tuple[float, float]:
+    import torch
+
+    from adapt.quality.niqe_torch import niqe_torch
+
+    x = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0).to(device)
+
+    def run() -> float:
+        out = niqe_torch(x)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        return float(out[0])
+
+    t, score = _median_time(run, repeats)
+    return t, float(score)  # type: ignore[arg-type]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--machine", default="2-core CPU dev machine, no GPU", help="name of this machine for the record")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch-device", default="cpu")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from adapt.quality.niqe import niqe, to_luma
+    from runtime.images import read_image
+
+    full = read_image(IMAGE).pixels
+    h, w = full.shape[:2]
+    top, left = (h - 1000) // 2, (w - 1000) // 2
+    crops = {"1000x1000 (1.0 MP)": full[top : top + 1000, left : left + 1000], f"{w}x{h} ({w * h / 1e6:.1f} MP)": full}
+
+    rows = []
+    for label, pixels in crops.items():
+        t_np, score_np = _median_time(lambda p=pixels: niqe(p), args.repeats)
+        t_torch, score_torch = _torch_time(pixels, args.torch_device, args.repeats)
+        rows.append({"image": label, "numpy_s": t_np, "numpy_niqe": score_np,
+                     f"torch_{args.torch_device}_s": t_torch, "torch_niqe": score_torch})
+    stages = _stages(to_luma(crops["1000x1000 (1.0 MP)"]), args.repeats)
+
+    import torch
+
+    record = {
+        "machine": args.machine,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_device": args.torch_device,
+        "repeats": args.repeats,
+        "source_image": str(IMAGE.relative_to(ROOT)),
+        "rows": rows,
+        "numpy_stages_1mp_s": stages,
+    }
+    md = [f"# NIQE speed ({args.machine})", "",
+          f"Python {record['python']}, numpy {record['numpy']}, torch {record['torch']} "
+          f"({record['torch_threads']} threads), median of {args.repeats} runs after a warm-up.",
+          f"Source: `{record['source_image']}`. Target: numpy NIQE of a 1 MP image <= 1 s.", "",
+          f"| image | numpy (s) | torch {args.torch_device} (s) | NIQE numpy | NIQE torch |",
+          "|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['image']} | {r['numpy_s']:.3f} | {r[f'torch_{args.torch_device}_s']:.3f} | "
+                  f"{r['numpy_niqe']:.6f} | {r['torch_niqe']:.6f} |")
+    md += ["", "numpy stages, 1 MP image:", "", "| stage | s |", "|---|---|"]
+    md += [f"| {k} | {v:.3f} |" for k, v in stages.items()]
+    text = "\n".join(md) + "\n"
+    print(text)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(args.out_dir / "niqe_speed.md", text)
+    _atomic_write(args.out_dir / "niqe_speed.json", json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Pooled global self-attention map: pooling, head split and column sum in one call.
+
+``pooled_attention_map(features, pool, heads)`` average-pools a feature map by
+``pool`` (``ceil_mode``: the ragged last window averages only the pixels it
+covers, so every pixel counts and the grid is ``ceil(H / pool) x ceil(W / pool)``),
+flattens it row-major into ``N = h * w`` tokens, optionally applies a token
+transform, splits the channels into ``heads`` heads of dimension ``d = C / heads``
+and returns ``mean over heads of attention_colsum(Q=tokens, K=tokens)`` reshaped
+to the pooled grid.
+
+Building good tokens (removing local means, normalising by one global scale, a
+temperature) belongs to the adaptation stage: pass features that already carry
+local structure, or a ``token_transform`` acting on the pooled ``(B, N, C)`` tokens.
+This function neither normalises the tokens nor the map: without exclusion the map
+sums to ``N`` (mean 1) per image by construction; with ``exclude_radius`` it sums to
+``N`` minus the fully excluded rows (see :mod:`cuda_kernels.colsum`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from runtime.errors import ConfigError, ShapeError
+
+from .colsum import DTYPES, attention_colsum
+
+TokenTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def pooled_attention_map(
+    features: torch.Tensor,
+    pool: int,
+    heads: int,
+    *,
+    scale: float | None = None,
+    exclude_radius: int = 0,
+    token_transform: TokenTransform | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Attention received by each pooled position, averaged over heads.
+
+    Args:
+        features: ``(B, C, H, W)`` float feature map (float64 is computed in float32).
+        pool: average-pooling factor ``n`` (>= 1, ceil mode).
+        heads: number of heads; the token channel count must divide by it.
+        scale: logit multiplier; default ``1 / sqrt(d)`` with ``d = channels / heads``.
+        exclude_radius: pairs within this Chebyshev distance on the pooled grid are
+            left out (see :func:`cuda_kernels.attention_colsum`).
+        token_transform: optional map ``(B, N, C) -> (B, N, C')`` applied to the pooled
+            tokens before the head split (e.g. a global normalisation).
+        backend: passed to :func:`cuda_kernels.attention_colsum`.
+
+    Returns:
+        ``(B, h, w)`` float32 with ``h = ceil(H / pool)``, ``w = ceil(W / pool)``.
+
+    Raises:
+        ShapeError: features not 4-D, or channels not divisible by ``heads``.
+        ConfigError: invalid ``pool``, ``heads`` or other options.
+    """
+    if not isinstance(features, torch.Tensor) or features.dim() != 4:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else ()
+        raise ShapeError("features", shape, "(B, C, H, W)")
+    if not features.is_floating_point():
+        raise ConfigError(f"features must be a float tensor, got {features.dtype}")
+    for name, value in (("pool", pool), ("heads", heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+    if features.dtype not in DTYPES:
+        features = features.to(torch.float32)
+
+    b = features.shape[0]
+    pooled = F.avg_pool2d(features, pool, ceil_mode=True) if pool > 1 else features
+    h, w = pooled.shape[-2:]
+    n = h * w
+    tokens = pooled.flatten(2).transpose(1, 2)  # (B, N, C), row-major over the grid
+    if token_transform is not None:
+        tokens = token_transform(tokens)
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3 or tokens.shape[:2] != (b, n):
+            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else ()
+            raise ShapeError("token_transform output", shape, f"({b}, {n}, C')")
+        if tokens.dtype not in DTYPES:
+            tokens = tokens.to(torch.float32)
+    channels = tokens.shape[-1]
+    if channels % heads != 0:
+        raise ShapeError(
+            "tokens", tuple(tokens.shape),
+            f"(B, N, C) with C divisible by heads={heads}; choose heads dividing {channels}",
+        )
+    d = channels // heads
+    qk = tokens.reshape(b, n, heads, d).transpose(1, 2).contiguous()  # (B, heads, N, d)
+    logit_scale = 1.0 / math.sqrt(d) if scale is None else scale
+    colsum = attention_colsum(
+        qk, qk, logit_scale, grid_w=w, exclude_radius=exclude_radius, backend=backend
+    )
+    return colsum.mean(dim=1).reshape(b, h, w)

@@ -1,0 +1,114 @@
+"""Small, specification-level helpers on PNG and TIFF bytes.
+
+Pillow decodes 16-bit colour to 8 bits, so those images go through OpenCV; OpenCV's TIFF decoder
+applies the TIFF orientation tag itself while its PNG decoder ignores eXIf. To keep one
+orientation code path, the bytes handed to OpenCV carry no orientation (PNG eXIf chunks dropped,
+TIFF tag 274 set to 1) and :func:`runtime.images.orientation.apply_orientation` does the turning.
+OpenCV cannot encode 2-channel images, so 16-bit grey+alpha PNG is encoded here.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class PngHeader:
+    width: int
+    height: int
+    bit_depth: int
+    colour_type: int  # 0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA
+
+
+def read_png_header(head: bytes) -> PngHeader | None:
+    """Parse the IHDR chunk from the first 26+ bytes of a PNG; None if they are not a PNG."""
+    if len(head) < 26 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return PngHeader(width, height, head[24], head[25])
+
+
+def png_without_exif(data: bytes) -> tuple[bytes, bytes | None]:
+    """(the PNG with its eXIf chunks removed, the first eXIf payload or None).
+
+    Other chunks stay byte-identical; the chunk is found wherever it is (before or after IDAT).
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        return data, None
+    parts = [PNG_SIGNATURE]
+    payload: bytes | None = None
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        end = pos + 12 + length
+        if end > len(data):
+            break  # malformed or truncated: leave the rest for the decoder to judge
+        if data[pos + 4 : pos + 8] != b"eXIf":
+            parts.append(data[pos:end])
+        elif payload is None:
+            payload = data[pos + 8 : pos + 8 + length]
+        pos = end
+    parts.append(data[pos:])
+    return b"".join(parts), payload
+
+
+def tiff_without_orientation(data: bytes) -> bytes:
+    """The TIFF (classic or BigTIFF) with tag 274 of the first IFD set to 1 (as stored)."""
+    if data[:2] == b"II":
+        order = "<"
+    elif data[:2] == b"MM":
+        order = ">"
+    else:
+        return data
+    if len(data) < 16:
+        return data
+    (magic,) = struct.unpack(order + "H", data[2:4])
+    if magic == 42:
+        (ifd,) = struct.unpack(order + "I", data[4:8])
+        count_fmt, count_size, entry_size, value_at = "H", 2, 12, 8
+    elif magic == 43:
+        (ifd,) = struct.unpack(order + "Q", data[8:16])
+        count_fmt, count_size, entry_size, value_at = "Q", 8, 20, 12
+    else:
+        return data
+    if ifd + count_size > len(data):
+        return data
+    (count,) = struct.unpack(order + count_fmt, data[ifd : ifd + count_size])
+    for i in range(count):
+        pos = ifd + count_size + i * entry_size
+        if pos + entry_size > len(data):
+            return data
+        tag, typ = struct.unpack(order + "HH", data[pos : pos + 4])
+        if tag == 274 and typ in (3, 4):  # SHORT or LONG
+            patched = bytearray(data)
+            value = struct.pack(order + ("H" if typ == 3 else "I"), 1)
+            patched[pos + value_at : pos + value_at + len(value)] = value
+            return bytes(patched)
+    return data
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def encode_png_grey_alpha16(grey: np.ndarray, alpha: np.ndarray) -> bytes:
+    """A 16-bit grey+alpha PNG (colour type 4) from two H x W uint16 arrays."""
+    h, w = grey.shape
+    samples = np.empty((h, w, 2), dtype=">u2")
+    samples[..., 0] = grey
+    samples[..., 1] = alpha
+    rows = np.zeros((h, 1 + 4 * w), dtype=np.uint8)  # filter byte 0 (None) per row
+    rows[:, 1:] = samples.view(np.uint8).reshape(h, 4 * w)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)
+    return (
+        PNG_SIGNATURE
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+        + _png_chunk(b"IEND", b"")
+    )

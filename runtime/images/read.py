@@ -1,0 +1,357 @@
+"""Decoding image files into :class:`LoadedImage`.
+
+Strategy: Pillow opens every file (format sniffed from the content, restricted to PNG, JPEG, MPO,
+WebP, TIFF and BMP) and gives the header: size, mode, EXIF. The pixel count is checked against
+``max_pixels`` before any pixel is decoded. Pillow decodes everything except 16-bit colour
+(PNG/TIFF RGB, RGBA and PNG grey+alpha), which Pillow would cut to 8 bits; those go through
+``cv2.imdecode(IMREAD_UNCHANGED)``. Orientation is always applied here, by one function, from the
+header read before decoding; decoders get bytes whose orientation metadata is neutralised (TIFF
+tag 274 set to 1, PNG eXIf dropped for OpenCV), because OpenCV's TIFF decoder rotates by itself and
+Pillow >= 12 rotates TIFFs while decoding, inconsistently (Pillow 13 drops the tag without
+rotating when it memory-maps an uncompressed file).
+
+Strictness: a truncated or damaged file raises :class:`ImageError` (Pillow's
+``LOAD_TRUNCATED_IMAGES`` must stay False; if other code turned it on, reading refuses to run
+rather than return a grey-filled image). Pillow's decompression-bomb warning is superseded by
+``max_pixels``; its hard error (above ``2 * PIL.Image.MAX_IMAGE_PIXELS``) becomes ImageError.
+
+Conversions: palette -> RGB (grey palette -> grey), with alpha when the palette has transparency;
+single-colour PNG transparency (tRNS) -> alpha; 1-bit -> grey 0/255; CMYK, YCbCr, HSV -> RGB
+(Pillow's formulas, no ICC colour management); premultiplied RGBa/La -> straight alpha. 32-bit
+integer ('I'), float ('F') and other modes raise ImageError: convert them to 8 or 16 bit first.
+MPO, multi-page TIFF and animated WebP: the first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import struct
+import threading
+import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from runtime.errors import ConfigError, ImageError
+from runtime.images._model import (
+    DEFAULT_MAX_PIXELS,
+    PILLOW_OPENERS,
+    READ_FORMATS,
+    ImageWarning,
+    LoadedImage,
+    bit_depth_of,
+)
+from runtime.images.containers import (
+    png_without_exif,
+    read_png_header,
+    tiff_without_orientation,
+)
+from runtime.images.orientation import ORIENTATION_TAG, apply_orientation
+
+_MAKE_TAG = 271
+_MODEL_TAG = 272
+
+# Errors Pillow raises for damaged data (besides ImageError's own cases).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
+
+# Guards the warning-filter change around Image.open against our own concurrent calls.
+_OPEN_LOCK = threading.Lock()
+
+_TO_RGB_MODES = {"CMYK", "YCbCr", "HSV", "RGBX"}
+_UINT16_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def read_image(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> LoadedImage:
+    """Decode an image file, with EXIF orientation applied and alpha split off.
+
+    Raises :class:`ImageError` naming the file and the reason for a missing, empty, truncated,
+    damaged, unsupported or too large (over ``max_pixels``, checked from the header before
+    decoding) file.
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    p = _checked_file(path)
+    with _open_header(p) as im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageError(
+                f"{p}: image is {width}x{height} = {width * height:,} pixels, above the limit of "
+                f"{max_pixels:,} (max_pixels); downscale it or raise max_pixels if you trust it"
+            )
+        pixels, alpha, exif = _decode(p, im)
+    make, model, orientation = _camera_fields(exif)
+    return LoadedImage(
+        pixels=apply_orientation(pixels, orientation),
+        alpha=None if alpha is None else apply_orientation(alpha, orientation),
+        bit_depth=bit_depth_of(pixels.dtype) or 0,
+        exif_make=make,
+        exif_model=model,
+        path=p,
+    )
+
+
+def read_camera_exif(path: str | os.PathLike[str]) -> tuple[str | None, str | None]:
+    """EXIF (Make, Model) from the file header, without decoding pixels.
+
+    Values are stripped of NULs and whitespace; None when absent. For PNG only an eXIf chunk
+    placed before the image data is seen (a trailing one would need a full decode).
+    """
+    p = _checked_file(path)
+    with _open_header(p) as im:
+        if im.format == "PNG" and "exif" not in im.info:
+            return None, None  # PngImageFile.getexif() would decode the whole image to look
+        make, model, _ = _camera_fields(_exif(im, p))
+    return make, model
+
+
+# ----------------------------------------------------------------------------- file and header
+
+
+def _checked_file(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ImageError(f"{p}: no such file; check the path") from None
+    except OSError as e:
+        raise ImageError(f"{p}: cannot access the file ({e.strerror}); check the path") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{p}: is a directory, not an image file; pass an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{p}: is not a regular file; pass an image file")
+    if st.st_size == 0:
+        raise ImageError(f"{p}: file is empty (0 bytes); it was not written completely, re-copy it")
+    return p
+
+
+def _head(p: Path, n: int = 64) -> bytes:
+    try:
+        with open(p, "rb") as f:
+            return f.read(n)
+    except OSError as e:
+        raise ImageError(f"{p}: cannot read the file ({e.strerror})") from e
+
+
+@contextmanager
+def _open_header(p: Path, source: Path | io.BytesIO | None = None) -> Iterator[ImageFile.ImageFile]:
+    """Open with Pillow (header only) and close afterwards; every failure is an ImageError.
+
+    ``source`` (default: the file ``p``) may be the file's bytes, with ``p`` naming it in errors.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise ImageError(
+            f"{p}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by other code), which would "
+            "turn truncated files into grey-filled images; set it back to False"
+        )
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            # max_pixels is the limit that counts; read_image checks it right after opening.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p if source is None else source, formats=PILLOW_OPENERS)
+    except Image.DecompressionBombError as e:
+        raise ImageError(
+            f"{p}: image dimensions exceed Pillow's hard limit ({e}); refusing to decode a "
+            "possible decompression bomb (raise PIL.Image.MAX_IMAGE_PIXELS only for trusted files)"
+        ) from e
+    except PermissionError as e:
+        raise ImageError(f"{p}: permission denied; check the file's permissions") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(
+            f"{p}: not a readable image (supported: {', '.join(READ_FORMATS)}); the file is "
+            "another format, damaged, or not an image"
+        ) from e
+    except _DECODE_ERRORS as e:
+        raise ImageError(
+            f"{p}: cannot read the image header ({e}); the file is damaged or unreadable"
+        ) from e
+    try:
+        yield im
+    finally:
+        im.close()
+
+
+def _read_bytes(p: Path) -> bytes:
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{p}: cannot read the file ({e.strerror})") from e
+
+
+def _exif(im: Image.Image, p: Path) -> Image.Exif:
+    try:
+        return im.getexif()
+    except (*_DECODE_ERRORS, KeyError, TypeError, IndexError) as e:
+        warnings.warn(
+            f"{p}: unreadable EXIF block ignored ({e}); no camera name, orientation as stored",
+            ImageWarning,
+            stacklevel=3,
+        )
+        return Image.Exif()
+
+
+def _camera_fields(exif: Image.Exif) -> tuple[str | None, str | None, int]:
+    orientation = exif.get(ORIENTATION_TAG, 1)
+    if not isinstance(orientation, int):
+        orientation = 1
+    return _clean_text(exif.get(_MAKE_TAG)), _clean_text(exif.get(_MODEL_TAG)), orientation
+
+
+def _clean_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str):
+        return None
+    text = value.split("\x00", 1)[0].strip()
+    return text or None
+
+
+# ----------------------------------------------------------------------------- decoders
+
+
+def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | None, Image.Exif]:
+    """(pixels, alpha, EXIF) in stored orientation."""
+    if im.format == "TIFF":
+        exif = _exif(im, p)  # from the header, before any decoder can act on tag 274
+        data = tiff_without_orientation(_read_bytes(p))
+        bits = im.tag_v2.get(258, 8)  # type: ignore[attr-defined]
+        if im.mode not in _UINT16_MODES and 16 in (bits if isinstance(bits, tuple) else (bits,)):
+            stored = (im.tag_v2[256], im.tag_v2[257])  # type: ignore[attr-defined]
+            return (*_decode_opencv(p, data, stored, grey=False), exif)
+        with _open_header(p, io.BytesIO(data)) as neutral:
+            return (*_decode_pillow(p, neutral), exif)
+    if im.format == "PNG":
+        png = read_png_header(_head(p))
+        if png is not None and png.bit_depth == 16 and png.colour_type in (2, 4, 6):
+            data, payload = png_without_exif(_read_bytes(p))
+            pixels, alpha = _decode_opencv(p, data, im.size, grey=png.colour_type == 4)
+            return pixels, alpha, _exif_from_payload(payload, p)
+    pixels, alpha = _decode_pillow(p, im)
+    return pixels, alpha, _exif(im, p)
+
+
+def _decode_pillow(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        im.load()  # full decode: a truncated file raises here
+        return _pillow_arrays(im, p)
+    except _DECODE_ERRORS as e:
+        raise ImageError(
+            f"{p}: image data is truncated or damaged ({e}); re-copy or re-export the file"
+        ) from e
+
+
+def _pillow_arrays(im: Image.Image, p: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = im.mode
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or im.has_transparency_data
+        arr = np.array(im.convert("RGBA" if has_alpha else "RGB"))
+        if mode == "P" and _palette_is_grey(im):
+            return _split(arr[..., [0, 3]] if has_alpha else arr[..., :1])
+        return _split(arr)
+    if mode == "1":
+        return _split(np.array(im.convert("L")))
+    if mode in _TO_RGB_MODES:
+        return _split(np.array(im.convert("RGB")))
+    if mode == "RGBa":
+        return _split(np.array(im.convert("RGBA")))
+    if mode == "La":
+        return _split(np.array(im.convert("LA")))
+    if mode in ("L", "LA", "RGB", "RGBA") or mode in _UINT16_MODES:
+        arr = np.array(im)
+        if mode in _UINT16_MODES:
+            arr = arr.astype(np.uint16)  # native byte order
+        pixels, alpha = _split(arr)
+        if alpha is None and "transparency" in im.info:
+            alpha = _colour_key_alpha(pixels, im.info["transparency"])
+        return pixels, alpha
+    raise ImageError(
+        f"{p}: unsupported pixel mode {mode!r} (e.g. 32-bit integer or float); convert the image "
+        "to 8- or 16-bit grey or RGB first"
+    )
+
+
+def _split(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """H x W (x C) with C in 1..4 -> (H x W x {1,3} pixels, H x W alpha or None)."""
+    if arr.ndim == 2:
+        return np.ascontiguousarray(arr[..., None]), None
+    c = arr.shape[2]
+    if c in (1, 3):
+        return np.ascontiguousarray(arr), None
+    return np.ascontiguousarray(arr[..., : c - 1]), np.ascontiguousarray(arr[..., c - 1])
+
+
+def _palette_is_grey(im: Image.Image) -> bool:
+    palette = im.getpalette("RGB")
+    if not palette:
+        return False
+    rgb = np.asarray(palette, dtype=np.int32).reshape(-1, 3)
+    used = np.unique(np.asarray(im))
+    used = used[used < len(rgb)]
+    entries = rgb[used]
+    return bool(np.all(entries == entries[:, :1]))
+
+
+def _colour_key_alpha(pixels: np.ndarray, key: object) -> np.ndarray | None:
+    """Alpha from a single transparent colour (PNG tRNS for grey or RGB images)."""
+    peak = np.iinfo(pixels.dtype).max
+    if pixels.shape[2] == 1 and isinstance(key, int):
+        hit = pixels[..., 0] == key
+    elif pixels.shape[2] == 3 and isinstance(key, tuple) and len(key) == 3:
+        hit = np.all(pixels == np.asarray(key, dtype=pixels.dtype), axis=-1)
+    else:
+        return None
+    return np.where(hit, 0, peak).astype(pixels.dtype)
+
+
+def _exif_from_payload(payload: bytes | None, p: Path) -> Image.Exif:
+    exif = Image.Exif()
+    if payload is None:
+        return exif
+    try:
+        exif.load(payload)
+    except (*_DECODE_ERRORS, KeyError, TypeError, IndexError) as e:
+        warnings.warn(
+            f"{p}: unreadable EXIF block ignored ({e}); no camera name, orientation as stored",
+            ImageWarning,
+            stacklevel=4,
+        )
+        return Image.Exif()
+    return exif
+
+
+def _decode_opencv(
+    p: Path, data: bytes, stored_size: tuple[int, int], *, grey: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """16-bit decode by OpenCV of ``data`` (orientation already neutralised); BGR(A) -> RGB(A)."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    width, height = stored_size
+    if arr is None:
+        raise ImageError(
+            f"{p}: 16-bit image data is truncated, damaged or in an encoding OpenCV cannot "
+            "decode; re-copy or re-export the file"
+        )
+    if arr.dtype != np.uint16 or arr.shape[:2] != (height, width):
+        raise ImageError(
+            f"{p}: decoded {arr.shape} {arr.dtype}, but the header says {width}x{height} 16-bit; "
+            "the file is inconsistent, re-export it"
+        )
+    if arr.ndim == 2:
+        pixels, alpha = arr[..., None], None
+    elif arr.shape[2] == 3:
+        pixels, alpha = arr[..., ::-1], None
+    elif arr.shape[2] == 4:
+        pixels, alpha = arr[..., 2::-1], arr[..., 3]
+    else:
+        raise ImageError(f"{p}: unsupported channel count {arr.shape[2]} in a 16-bit image")
+    if grey and pixels.shape[2] == 3:
+        pixels = pixels[..., :1]
+    return np.ascontiguousarray(pixels), None if alpha is None else np.ascontiguousarray(alpha)

@@ -1,0 +1,133 @@
+"""The internal-step loop on a tiny random-weight RRDBNet with scripted metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from adapt.archs import RRDBNet
+from adapt.config import AdaptConfig
+from adapt.loop import center_crops, run_internal_step
+from adapt.precision import Precision
+
+FP32 = Precision("fp32", "cpu")
+
+
+@dataclass
+class _Batch:
+    lr: np.ndarray
+    hr: np.ndarray
+    weight: np.ndarray
+
+
+class _Sampler:
+    def __init__(self, seed: int = 0, p: int = 8) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.p = p
+
+    def sample(self, n: int) -> _Batch:
+        hr = self.rng.random((n, 3, 4 * self.p, 4 * self.p), dtype=np.float32)
+        lr = hr.reshape(n, 3, self.p, 4, self.p, 4).mean(axis=(3, 5))
+        return _Batch(lr, hr, np.ones((n, 1, 4 * self.p, 4 * self.p), np.float32))
+
+
+def _tiny(seed: int = 0) -> RRDBNet:
+    torch.manual_seed(seed)
+    return RRDBNet(num_feat=8, num_block=3, num_grow_ch=4)
+
+
+def _scripted(scores: list[float]):
+    calls = iter(scores)
+
+    def metric(sr: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([next(calls)])
+
+    return metric
+
+
+CROPS = [np.random.default_rng(1).random((12, 12, 3), dtype=np.float32)]
+
+
+def _config(**kw) -> AdaptConfig:
+    base = dict(steps=6, lr_patch=8, batch=2, eval_every=2, feature_bank=4, tail_blocks=1, seed=3,
+                ema_decay=0.5, lr=1e-3)
+    base.update(kw)
+    return AdaptConfig(**base)
+
+
+@pytest.mark.parametrize("trainable", ["all", "tail"])
+def test_keeps_best_ema_weights_and_stops(trainable: str) -> None:
+    model = _tiny()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    # baseline 5.0, then improvements and a plateau -> stop after patience 2
+    result = run_internal_step(model, _Sampler(), CROPS, _scripted([5.0, 4.0, 3.99, 3.98]),
+                               _config(stop_patience=2), device=torch.device("cpu"), precision=FP32,
+                               trainable=trainable)
+    assert not result.kept_backbone
+    assert result.best_step == 6 and result.steps == 6
+    assert "consecutive" in result.stop_reason
+    assert result.niqe_before == [5.0] and result.niqe_after == pytest.approx([3.98])
+    changed = [k for k in start if not torch.equal(start[k], result.state_dict[k])]
+    assert changed
+    if trainable == "tail":  # the frozen front never moves
+        assert all(not k.startswith(("conv_first", "body.0.", "body.1.")) for k in changed)
+        assert any(k.startswith("body.2.") for k in changed)
+
+
+def test_never_returns_weights_worse_than_backbone() -> None:
+    model = _tiny()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_internal_step(model, _Sampler(), CROPS, _scripted([3.0, 3.5, 3.6, 3.7]), _config(),
+                               device=torch.device("cpu"), precision=FP32, trainable="all")
+    assert result.kept_backbone and result.best_step == 0
+    assert "backbone is kept" in result.stop_reason
+    assert all(torch.equal(start[k], result.state_dict[k]) for k in start)
+    assert result.niqe_after == result.niqe_before == [3.0]
+
+
+def test_deterministic_with_seed() -> None:
+    outs = []
+    for _ in range(2):
+        result = run_internal_step(_tiny(), _Sampler(seed=5), CROPS, _scripted([5.0, 4.0, 3.0, 2.0]),
+                                   _config(), device=torch.device("cpu"), precision=FP32, trainable="tail")
+        outs.append(result.state_dict)
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+
+def test_interrupt_keeps_best_so_far() -> None:
+    class _Interrupting(_Sampler):
+        calls = 0
+
+        def sample(self, n: int) -> _Batch:
+            self.calls += 1
+            if self.calls > 3:
+                raise KeyboardInterrupt
+            return super().sample(n)
+
+    result = run_internal_step(_tiny(), _Interrupting(), CROPS, _scripted([5.0, 4.0, 3.0]),
+                               _config(batch=1), device=torch.device("cpu"), precision=FP32, trainable="all")
+    assert "interrupted" in result.stop_reason
+    assert result.best_step == 2 and result.niqe_after == [4.0]
+
+
+def test_proximal_term_pulls_towards_anchor() -> None:
+    def run(mu: float) -> float:
+        model = _tiny()
+        anchors = {k: v.detach().clone() for k, v in model.named_parameters()}
+        result = run_internal_step(model, _Sampler(), CROPS, _scripted([9.0, 8.0, 7.0, 6.0]),
+                                   _config(prox_mu=mu, ema_decay=0.0, lr=1e-2), device=torch.device("cpu"),
+                                   precision=FP32, trainable="all", anchors=anchors)
+        return float(sum((result.state_dict[k] - anchors[k]).pow(2).sum() for k in anchors))
+
+    assert run(10.0) < run(0.0)
+
+
+def test_center_crops() -> None:
+    image = np.arange(10 * 20 * 3, dtype=np.float32).reshape(10, 20, 3)
+    crops = center_crops([image, image[:4]], 6, max_images=5)
+    assert crops[0].shape == (6, 6, 3) and np.array_equal(crops[0], image[2:8, 7:13])
+    assert crops[1].shape == (4, 6, 3)
+    assert len(center_crops([image] * 3, 6, max_images=2)) == 2

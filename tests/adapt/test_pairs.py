@@ -1,0 +1,326 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from adapt.augment import (
+    NOISE_GAUSSIAN,
+    NoiseParams,
+    add_noise,
+    NOISE_NONE,
+    NOISE_POISSON,
+    PHOTOMETRIC_OPS,
+    apply_photometric,
+    dihedral,
+    noise_kind,
+    photometric_op,
+)
+from adapt.degradation import gaussian_kernel
+from adapt.pairs import PairConfig, make_pair_sampler, min_image_size, validate_images
+from runtime.errors import ConfigError, ImageError, ShapeError
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "hr"
+
+
+def _load(name: str) -> np.ndarray:
+    return np.asarray(Image.open(DATA / name).convert("RGB"), dtype=np.float32) / 255.0
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return _load("chelsea.png")  # 451 x 300
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[np.ndarray]:
+    return [_load("chelsea.png"), _load("coffee.png")]
+
+
+PLAIN = PairConfig(scale=4, lr_patch=12).without_augmentation()
+KERNEL = gaussian_kernel(2.2, 1.1, 0.6, scale=4)  # 14x14, anisotropic
+
+
+def _crop_of(image: np.ndarray, sampler, params) -> np.ndarray:
+    """The un-augmented crop a plain sample was cut from."""
+    geo = sampler.geometry
+    half = (geo.crop - 1) / 2.0
+    x0 = int(round(params.centre_xy[0] - half))
+    y0 = int(round(params.centre_xy[1] - half))
+    return image[y0 : y0 + geo.crop, x0 : x0 + geo.crop]
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_batch_shapes_dtypes_and_ranges(photos: list[np.ndarray]) -> None:
+    config = PairConfig(scale=4, lr_patch=12, p_affine=1.0, p_photometric=1.0, p_usm=0.5)
+    batch = make_pair_sampler(photos, KERNEL, config, seed=3).sample(6)
+    assert batch.lr.shape == (6, 3, 12, 12) and batch.hr.shape == (6, 3, 48, 48)
+    assert batch.weight.shape == (6, 1, 48, 48)
+    for array in (batch.lr, batch.hr, batch.weight):
+        assert array.dtype == np.float32 and array.flags.c_contiguous
+    assert np.all(batch.weight == 1.0)
+    assert batch.lr.min() >= 0.0 and batch.lr.max() <= 1.0
+    assert batch.hr.min() >= 0.0 and batch.hr.max() <= 1.0
+    assert len(batch.params) == 6
+
+
+def test_plain_pair_is_convolution_then_centre_sampling(photo: np.ndarray) -> None:
+    # Independent float64 reference of y_rd[i,j] = sum k[u,v] y[s i + (s-1)/2 - (u - cu), ...],
+    # with an asymmetric kernel so a correlation (unflipped kernel) would fail.
+    rng = np.random.default_rng(0)
+    kernel = rng.random((6, 6)) ** 3
+    kernel /= kernel.sum()
+    sampler = make_pair_sampler([photo], kernel, PLAIN, seed=1)
+    geo = sampler.geometry
+    s, p, m = 4, 12, geo.margin
+    batch = sampler.sample(3)
+    for n, params in enumerate(batch.params):
+        crop = _crop_of(photo, sampler, params).astype(np.float64)
+        np.testing.assert_array_equal(batch.hr[n].transpose(1, 2, 0), crop[m : m + 48, m : m + 48])
+        ref = np.zeros((p, p, 3))
+        kh, kw = kernel.shape
+        for u in range(kh):
+            for v in range(kw):
+                dy = (s + kh) // 2 - 1 - u  # (s-1)/2 - (u - (kh-1)/2), an integer for even s, kh
+                dx = (s + kw) // 2 - 1 - v
+                ref += kernel[u, v] * crop[m + dy : m + dy + s * p : s, m + dx : m + dx + s * p : s]
+        np.testing.assert_allclose(batch.lr[n].transpose(1, 2, 0), ref, atol=2e-5)
+
+
+def test_phase_with_delta_and_box_kernels(photo: np.ndarray) -> None:
+    delta = np.ones((1, 1))
+    x3 = make_pair_sampler([photo], delta, dataclasses.replace(PLAIN, scale=3), seed=0).sample(2)
+    np.testing.assert_allclose(x3.lr, x3.hr[:, :, 1::3, 1::3], atol=1e-6)
+
+    x4 = make_pair_sampler([photo], delta, PLAIN, seed=0).sample(2)
+    h = x4.hr
+    mean = (h[:, :, 1::4, 1::4] + h[:, :, 2::4, 1::4] + h[:, :, 1::4, 2::4] + h[:, :, 2::4, 2::4]) / 4
+    np.testing.assert_allclose(x4.lr, mean, atol=1e-6)
+
+    box = make_pair_sampler([photo], np.full((4, 4), 1 / 16), PLAIN, seed=0).sample(2)
+    for n in range(2):
+        area = cv2.resize(box.hr[n].transpose(1, 2, 0), (12, 12), interpolation=cv2.INTER_AREA)
+        np.testing.assert_allclose(box.lr[n].transpose(1, 2, 0), area, atol=1e-5)
+
+
+def test_dihedral_samples_are_transformed_crops(photo: np.ndarray) -> None:
+    config = dataclasses.replace(PLAIN, p_flip_rot=1.0)
+    sampler = make_pair_sampler([photo], KERNEL, config, seed=5)
+    batch = sampler.sample(24)
+    m = sampler.geometry.margin
+    assert len({p.dihedral for p in batch.params}) >= 6
+    for n, params in enumerate(batch.params):
+        expected = dihedral(_crop_of(photo, sampler, params), params.dihedral)[m : m + 48, m : m + 48]
+        np.testing.assert_array_equal(batch.hr[n].transpose(1, 2, 0), expected)
+    assert {dihedral(np.arange(4).reshape(2, 2), i).tobytes() for i in range(8)}.__len__() == 8
+
+
+def test_affine_warp_matches_reference_resampling(photo: np.ndarray) -> None:
+    config = dataclasses.replace(PLAIN, p_affine=1.0, affine_antialias=False)
+    sampler = make_pair_sampler([photo], KERNEL, config, seed=11)
+    geo = sampler.geometry
+    batch = sampler.sample(4)
+    half = (geo.crop - 1) / 2.0
+    ty, tx = np.mgrid[0 : geo.crop, 0 : geo.crop].astype(np.float64)
+    for n, params in enumerate(batch.params):
+        inv = params.affine.inverse_matrix()
+        sx = params.centre_xy[0] + inv[0, 0] * (tx - half) + inv[0, 1] * (ty - half)
+        sy = params.centre_xy[1] + inv[1, 0] * (tx - half) + inv[1, 1] * (ty - half)
+        ref = np.stack([ndimage.map_coordinates(photo[..., c], [sy, sx], order=1) for c in range(3)], -1)
+        ref = ref[geo.margin : geo.margin + 48, geo.margin : geo.margin + 48]
+        error = np.abs(batch.hr[n].transpose(1, 2, 0) - ref)
+        assert error.mean() < 2e-3 and error.max() < 0.03, (params.affine, error.mean(), error.max())
+
+
+def test_affine_scale_below_one_zooms_out(photo: np.ndarray) -> None:
+    # scale 0.5, no rotation/shear: target pixel t samples the source at centre + (t - half) / 0.5.
+    config = dataclasses.replace(PLAIN, p_affine=1.0, affine_scale=(0.5, 0.5), affine_rotate_deg=0.0,
+                                 affine_shear_deg=0.0, affine_antialias=False)
+    sampler = make_pair_sampler([photo], KERNEL, config, seed=12)
+    geo = sampler.geometry
+    half = (geo.crop - 1) / 2.0
+    t = np.arange(geo.margin, geo.margin + 48) - half
+    batch = sampler.sample(3)
+    for n, params in enumerate(batch.params):
+        sx = params.centre_xy[0] + 2.0 * t
+        sy = params.centre_xy[1] + 2.0 * t
+        yy, xx = np.meshgrid(sy, sx, indexing="ij")
+        ref = np.stack([ndimage.map_coordinates(photo[..., c], [yy, xx], order=1) for c in range(3)], -1)
+        assert np.abs(batch.hr[n].transpose(1, 2, 0) - ref).mean() < 2e-3
+
+
+# --------------------------------------------------------------------------- augmentation draws
+
+
+def test_affine_draws_cover_paper_range(photo: np.ndarray) -> None:
+    config = PairConfig(scale=4, lr_patch=12, p_affine=1.0)
+    sampler = make_pair_sampler([photo], KERNEL, config, seed=2)
+    draws = [sampler.draw_params().affine for _ in range(2000)]
+    scales = np.array([a.scale for a in draws])
+    assert scales.min() >= 0.5 and scales.max() <= 1.0
+    assert scales.min() < 0.51 and scales.max() > 0.99
+    assert abs(scales.mean() - 0.75) < 0.015
+    assert max(abs(a.rotate_deg) for a in draws) <= 10.0
+    assert max(abs(a.shear_deg) for a in draws) <= 5.0
+
+
+def test_small_image_raises_lower_scale_bound_and_still_renders(photo: np.ndarray) -> None:
+    config = PairConfig(scale=4, lr_patch=12, p_affine=1.0)
+    side = min_image_size(config, KERNEL.shape) + 10
+    sampler = make_pair_sampler([photo[:side, :side]], KERNEL, config, seed=2)
+    low = sampler.affine_scale_low(0)
+    assert 0.5 < low < 1.0
+    batch = sampler.sample(64)  # renders every draw; a footprint outside the image would raise
+    assert min(p.affine.scale for p in batch.params) >= low
+
+
+def test_noise_flip_and_image_choice_frequencies(photos: list[np.ndarray]) -> None:
+    assert noise_kind(0.0, 0.24, 0.16) == NOISE_GAUSSIAN
+    assert noise_kind(0.2399, 0.24, 0.16) == NOISE_GAUSSIAN
+    assert noise_kind(0.24, 0.24, 0.16) == NOISE_POISSON
+    assert noise_kind(0.3999, 0.24, 0.16) == NOISE_POISSON
+    assert noise_kind(0.40, 0.24, 0.16) == NOISE_NONE
+
+    config = PairConfig(scale=4, lr_patch=12)
+    sampler = make_pair_sampler(photos, KERNEL, config, seed=9)
+    draws = [sampler.draw_params() for _ in range(2000)]
+    kinds = [d.noise.kind for d in draws]
+    assert abs(kinds.count(NOISE_GAUSSIAN) / 2000 - 0.24) < 0.03
+    assert abs(kinds.count(NOISE_POISSON) / 2000 - 0.16) < 0.03
+    sigmas = [d.noise.level for d in draws if d.noise.kind == NOISE_GAUSSIAN]
+    assert 1 / 255 <= min(sigmas) and max(sigmas) <= 10 / 255
+    flips = np.bincount([d.dihedral for d in draws], minlength=8)
+    assert flips.min() > 180 and flips.max() < 320  # 250 expected each
+    # Probability proportional to area: chelsea 451x300, coffee 600x400.
+    share = sum(d.image_index == 1 for d in draws) / 2000
+    assert abs(share - 240000 / (240000 + 135300)) < 0.035
+    uniform = make_pair_sampler(photos, KERNEL, dataclasses.replace(config, image_choice="uniform"), seed=9)
+    share = sum(uniform.draw_params().image_index == 1 for _ in range(2000)) / 2000
+    assert abs(share - 0.5) < 0.035
+
+
+def test_noise_and_usm_touch_the_input_only(photo: np.ndarray) -> None:
+    delta = np.ones((1, 1))
+    base = dataclasses.replace(PLAIN, scale=3)
+    noisy_config = dataclasses.replace(base, p_gauss_noise=1.0, gauss_sigma_range=(0.03, 0.03))
+    sampler = make_pair_sampler([photo], delta, noisy_config, seed=4)
+    batch = sampler.sample(4)
+    for n, params in enumerate(batch.params):
+        crop = _crop_of(photo, sampler, params)
+        np.testing.assert_array_equal(batch.hr[n].transpose(1, 2, 0), crop)  # margin 0 at 1x1
+    residual = batch.lr - batch.hr[:, :, 1::3, 1::3]
+    assert 0.02 < residual.std() < 0.032
+
+    usm_config = dataclasses.replace(base, p_usm=1.0)
+    sampler = make_pair_sampler([photo], delta, usm_config, seed=4)
+    batch = sampler.sample(4)
+    for n, params in enumerate(batch.params):
+        np.testing.assert_array_equal(batch.hr[n].transpose(1, 2, 0), _crop_of(photo, sampler, params))
+    plain = batch.hr[:, :, 1::3, 1::3]
+    assert np.abs(batch.lr - plain).mean() > 1e-3
+    # Sharpening raises local contrast of the input.
+    lap = lambda x: np.abs(np.diff(x, axis=-1)).mean()  # noqa: E731
+    assert lap(batch.lr) > lap(plain)
+
+
+def test_noise_fields_have_the_documented_strength() -> None:
+    flat = np.full((64, 64, 3), 0.5, dtype=np.float32)
+    poisson = add_noise(flat, NoiseParams(NOISE_POISSON, 1.0, gray=False, seed=1)) - flat
+    assert abs(poisson.std() - np.sqrt(0.5 * 255) / 255) < 0.005  # about 11/255 at mid-grey
+    half = add_noise(flat, NoiseParams(NOISE_POISSON, 0.5, gray=False, seed=1)) - flat
+    np.testing.assert_allclose(half, 0.5 * poisson, atol=1e-6)
+    gray = add_noise(flat, NoiseParams(NOISE_GAUSSIAN, 0.02, gray=True, seed=2)) - flat
+    np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+    assert abs(gray.std() - 0.02) < 0.002
+    color = add_noise(flat, NoiseParams(NOISE_GAUSSIAN, 0.02, gray=False, seed=2)) - flat
+    assert np.abs(color[..., 0] - color[..., 2]).mean() > 0.01
+    np.testing.assert_array_equal(add_noise(flat, NoiseParams()), flat)
+
+
+def test_photometric_ops_stay_in_range_and_are_shared(photo: np.ndarray) -> None:
+    patch = photo[:64, :64]
+    grey = np.full((8, 8, 3), 0.4, dtype=np.float32)
+    for name in PHOTOMETRIC_OPS:
+        np.testing.assert_allclose(photometric_op(patch, name, 0.0), patch, atol=1e-6)
+        for value in (-1.0, 1.0):
+            out = photometric_op(patch, name, value)
+            assert out.min() >= 0.0 and out.max() <= 1.0 and out.dtype == np.float32
+            assert np.abs(out - patch).mean() > 1e-3, name
+        if name in ("saturation", "hue"):
+            np.testing.assert_allclose(photometric_op(grey, name, 1.0), grey, atol=1e-5)
+    assert photometric_op(patch, "brightness", 1.0).mean() > patch.mean()
+    assert photometric_op(patch, "gamma", 1.0).mean() < patch.mean()
+
+    # Applied before degradation: with a delta kernel at x3 input and target still match exactly,
+    # and the target is the photometric op of the crop.
+    config = dataclasses.replace(PLAIN, scale=3, p_photometric=1.0, photometric_magnitude=10.0)
+    sampler = make_pair_sampler([photo], np.ones((1, 1)), config, seed=6)
+    batch = sampler.sample(8)
+    np.testing.assert_allclose(batch.lr, batch.hr[:, :, 1::3, 1::3], atol=1e-6)
+    for n, params in enumerate(batch.params):
+        assert 1 <= len(params.photometric) <= 2
+        crop = _crop_of(photo, sampler, params)
+        expected = apply_photometric(crop, params.photometric)
+        np.testing.assert_allclose(batch.hr[n].transpose(1, 2, 0), expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- weights, seeds, errors
+
+
+def test_weights_follow_the_target_geometry(photos: list[np.ndarray]) -> None:
+    config = PairConfig(scale=4, lr_patch=12, p_flip_rot=1.0, p_affine=0.7, p_photometric=0.0,
+                        p_usm=1.0, p_gauss_noise=0.5, p_poisson_noise=0.5)
+    weights = [p[..., 1].copy() for p in photos]  # weight map = green channel
+    batch = make_pair_sampler(photos, KERNEL, config, weights=weights, seed=8).sample(16)
+    assert any(p.affine is not None for p in batch.params)
+    assert any(p.dihedral not in (0,) for p in batch.params)
+    np.testing.assert_array_equal(batch.weight[:, 0], batch.hr[:, 1])
+
+
+def test_same_seed_same_batches_other_seed_differs(photos: list[np.ndarray]) -> None:
+    config = PairConfig(scale=4, lr_patch=12, p_affine=0.5, p_photometric=0.5, p_usm=0.5)
+    a = make_pair_sampler(photos, KERNEL, config, seed=42)
+    b = make_pair_sampler(photos, KERNEL, config, seed=42)
+    c = make_pair_sampler(photos, KERNEL, config, seed=43)
+    for _ in range(3):
+        ba, bb, bc = a.sample(4), b.sample(4), c.sample(4)
+        for name in ("lr", "hr", "weight"):
+            np.testing.assert_array_equal(getattr(ba, name), getattr(bb, name))
+        assert not np.array_equal(ba.hr, bc.hr)
+    state = np.random.get_state()[1].copy()
+    a.sample(2)
+    np.testing.assert_array_equal(np.random.get_state()[1], state)  # global RNG untouched
+
+
+@pytest.mark.parametrize("affine", [0.0, 0.5])
+def test_too_small_images_name_the_minimum(photo: np.ndarray, affine: float) -> None:
+    config = PairConfig(scale=4, lr_patch=12, p_affine=affine, affine_rotate_deg=20.0, affine_shear_deg=10.0)
+    minimum = min_image_size(config, KERNEL.shape)
+    assert minimum >= 48 + 2 * 4  # target patch plus at least one LR pixel of margin per side
+    # Every draw must fit an image of exactly the minimum size (renders raise otherwise).
+    make_pair_sampler([photo[:minimum, :minimum]], KERNEL, config, seed=0).sample(64)
+    with pytest.raises(ConfigError) as info:
+        make_pair_sampler([photo, photo[: minimum - 1, :200]], KERNEL, config, seed=0)
+    message = str(info.value)
+    assert f"at least {minimum} LR pixels" in message and "image 1" in message
+    assert "lr_patch <=" in message
+
+
+def test_bad_inputs_raise_typed_errors(photo: np.ndarray) -> None:
+    with pytest.raises(ConfigError, match="exclusive"):
+        PairConfig(p_gauss_noise=0.7, p_poisson_noise=0.5)
+    with pytest.raises(ConfigError, match="sum to 1"):
+        make_pair_sampler([photo], KERNEL * 2, PLAIN, seed=0)
+    with pytest.raises(ShapeError):
+        make_pair_sampler([photo], KERNEL, PLAIN, weights=[np.ones((10, 10), np.float32)], seed=0)
+    with pytest.raises(ImageError, match="float32"):
+        validate_images([(photo * 255).astype(np.uint8)], PLAIN)
+    with pytest.raises(ConfigError, match="no images"):
+        validate_images([], PLAIN)

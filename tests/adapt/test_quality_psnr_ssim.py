@@ -1,0 +1,96 @@
+"""PSNR / SSIM: calibration values, closed-form cases, invariances and errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import convolve2d
+
+from adapt.quality.psnr_ssim import psnr, ssim
+from runtime.errors import ConfigError, ShapeError
+from runtime.images import read_image, to_float32
+
+ROOT = Path(__file__).resolve().parents[2]
+CALIB = ROOT / "tests" / "data" / "calibration"
+RGB_PSNR = {"I04": 20.99, "I06": 27.01}  # ../shared/data/README.md
+OFFICIAL_SSIM = {"I04": 0.9978, "I06": 0.9989}  # the original SSIM code (on MATLAB rgb2gray)
+
+
+def _pair(name: str) -> tuple[np.ndarray, np.ndarray]:
+    return read_image(CALIB / f"dist_{name}.png").pixels, read_image(CALIB / f"ref_{name}.png").pixels
+
+
+@pytest.mark.parametrize("name", sorted(RGB_PSNR))
+def test_rgb_psnr_matches_reference(name: str) -> None:
+    dist, ref = _pair(name)
+    assert abs(psnr(dist, ref, channel="rgb") - RGB_PSNR[name]) <= 0.02
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_SSIM))
+def test_gray_ssim_matches_original_code(name: str) -> None:
+    dist, ref = _pair(name)
+    assert abs(ssim(dist, ref, channel="gray") - OFFICIAL_SSIM[name]) <= 1e-4
+
+
+def test_identical_images() -> None:
+    dist, _ = _pair("I04")
+    for channel in ("y", "rgb", "gray"):
+        assert psnr(dist, dist, channel=channel) == math.inf
+        assert ssim(dist, dist, channel=channel) == 1.0
+
+
+def test_symmetric() -> None:
+    dist, ref = _pair("I06")
+    for channel in ("y", "rgb"):
+        assert psnr(dist, ref, channel=channel) == psnr(ref, dist, channel=channel)
+        assert ssim(dist, ref, channel=channel) == ssim(ref, dist, channel=channel)
+
+
+def test_psnr_closed_form_on_constant_offsets() -> None:
+    base = np.full((32, 32, 3), 100, dtype=np.uint8)
+    shifted = base + np.uint8(5)
+    assert psnr(shifted, base, channel="rgb") == pytest.approx(10 * math.log10(255**2 / 25))
+    dy = 5 * (65.481 + 128.553 + 24.966) / 255  # the BT.601 luma moves by 5 * 219 / 255
+    assert psnr(shifted, base) == pytest.approx(10 * math.log10(255**2 / dy**2))
+
+
+def test_ssim_equals_direct_valid_2d_filtering() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (40, 50, 1)).astype(np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    x = np.arange(11) - 5.0
+    g = np.exp(-x * x / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    fa, fb = a[..., 0].astype(float), b[..., 0].astype(float)
+
+    def f(img: np.ndarray) -> np.ndarray:
+        return convolve2d(img, w, mode="valid")
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    ma, mb = f(fa), f(fb)
+    va, vb, cab = f(fa * fa) - ma**2, f(fb * fb) - mb**2, f(fa * fb) - ma * mb
+    expected = (((2 * ma * mb + c1) * (2 * cab + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))).mean()
+    assert ssim(a, b) == pytest.approx(expected, rel=1e-12)
+
+
+def test_input_types_and_crop_border() -> None:
+    dist, ref = _pair("I04")
+    assert psnr(to_float32(dist), to_float32(ref)) == pytest.approx(psnr(dist, ref), rel=1e-6)
+    assert psnr(dist.astype(np.uint16) * 257, ref.astype(np.uint16) * 257) == pytest.approx(psnr(dist, ref), rel=1e-12)
+    assert psnr(dist, ref, crop_border=4) == psnr(dist[4:-4, 4:-4], ref[4:-4, 4:-4])
+    assert ssim(dist, ref, crop_border=4, channel="rgb") == ssim(dist[4:-4, 4:-4], ref[4:-4, 4:-4], channel="rgb")
+
+
+def test_errors() -> None:
+    dist, ref = _pair("I04")
+    with pytest.raises(ShapeError):
+        psnr(dist, ref[:-1])
+    with pytest.raises(ShapeError):
+        ssim(dist[:8, :8], ref[:8, :8])
+    with pytest.raises(ConfigError):
+        psnr(dist, ref, channel="lab")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        ssim(dist, ref, crop_border=-1)

@@ -1,0 +1,96 @@
+"""EMA, proximal term, weighted L1, early stopping and the external degradation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from adapt.early_stop import EarlyStopper
+from adapt.ema import WeightEma
+from adapt.external import ExternalPairSampler, degrade_realesrgan
+from adapt.losses import proximal_penalty, weighted_l1
+from runtime.errors import ConfigError, ShapeError
+
+
+def test_ema_follows_eq16() -> None:
+    lin = nn.Linear(3, 2)
+    start = {n: p.detach().clone() for n, p in lin.named_parameters()}
+    ema = WeightEma(lin.named_parameters(), decay=0.9)
+    targets = []
+    with torch.no_grad():
+        for step in range(3):
+            for p in lin.parameters():
+                p.add_(1.0)
+            targets.append({n: p.detach().clone() for n, p in lin.named_parameters()})
+            ema.update()
+    for name in start:
+        expected = start[name]
+        for t in targets:
+            expected = 0.9 * expected + 0.1 * t[name]
+        assert torch.allclose(ema.shadow[name], expected, atol=1e-6)
+    other = nn.Linear(3, 2)
+    ema.copy_to(other)
+    assert torch.equal(other.weight, ema.shadow["weight"])
+    with pytest.raises(ValueError):
+        WeightEma(lin.named_parameters(), decay=1.0)
+
+
+def test_proximal_penalty_value_and_gradient() -> None:
+    p = nn.Parameter(torch.tensor([1.0, 2.0, 4.0]))
+    anchor = {"p": torch.tensor([1.0, 0.0, 1.0])}
+    value = proximal_penalty([("p", p)], anchor, mu=1e-2)
+    assert value.item() == pytest.approx(1e-2 * (0 + 4 + 9))
+    value.backward()
+    assert torch.allclose(p.grad, 2e-2 * torch.tensor([0.0, 2.0, 3.0]))
+
+
+def test_weighted_l1() -> None:
+    sr = torch.zeros(2, 3, 4, 4)
+    hr = torch.ones(2, 3, 4, 4)
+    w = torch.zeros(2, 1, 4, 4)
+    w[:, :, :2] = 2.0
+    assert weighted_l1(sr, hr).item() == pytest.approx(1.0)
+    assert weighted_l1(sr, hr, w).item() == pytest.approx(1.0)  # half the pixels at weight 2
+    with pytest.raises(ShapeError):
+        weighted_l1(sr, hr[:, :, :2])
+    with pytest.raises(ShapeError):
+        weighted_l1(sr, hr, w[:, :, :2])
+
+
+def test_early_stopping_with_scripted_metric() -> None:
+    stopper = EarlyStopper(min_delta=0.05, patience=3)
+    scripted = [5.0, 4.8, 4.5, 4.49, 4.47, 4.6]  # step 0 is the backbone
+    decisions = [stopper.observe(i * 100, s) for i, s in enumerate(scripted)]
+    assert [d.stop for d in decisions] == [False, False, False, False, False, True]
+    assert stopper.best_step == 400 and stopper.best_score == pytest.approx(4.47)
+    # a big decrease resets the count of small ones
+    stopper = EarlyStopper(min_delta=0.05, patience=2)
+    flags = [stopper.observe(i, s).stop for i, s in enumerate([5.0, 4.99, 4.5, 4.49, 4.48])]
+    assert flags == [False, False, False, False, True]
+    # never better than the baseline: best stays at step 0
+    stopper = EarlyStopper()
+    for i, s in enumerate([3.0, 3.2, 3.3, 3.4]):
+        stopper.observe(i, s)
+    assert stopper.best_step == 0
+    with pytest.raises(ValueError, match="NaN"):
+        stopper.observe(9, float("nan"))
+
+
+def test_external_degradation_shapes_and_randomness() -> None:
+    rng = np.random.default_rng(0)
+    hr = np.random.default_rng(1).random((64, 64, 3)).astype(np.float32)
+    lr = degrade_realesrgan(hr, 4, rng)
+    assert lr.shape == (16, 16, 3) and lr.dtype == np.float32
+    assert 0.0 <= lr.min() and lr.max() <= 1.0
+    assert not np.allclose(lr, degrade_realesrgan(hr, 4, rng))
+    with pytest.raises(ConfigError):
+        degrade_realesrgan(hr[:63], 4, rng)
+    sampler = ExternalPairSampler([hr], scale=4, lr_patch=8, seed=3)
+    batch = sampler.sample(2)
+    assert batch.lr.shape == (2, 3, 8, 8) and batch.hr.shape == (2, 3, 32, 32)
+    again = ExternalPairSampler([hr], scale=4, lr_patch=8, seed=3).sample(2)
+    assert np.array_equal(batch.lr, again.lr)
+    with pytest.raises(ConfigError, match="smaller than the HR patch"):
+        ExternalPairSampler([hr], scale=4, lr_patch=32, seed=0)

@@ -1,0 +1,715 @@
+"""Tests of runtime.images: decoding, EXIF, orientation, strictness, atomic writing."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageFile, ImageOps
+
+from runtime.errors import ConfigError, ImageError
+from runtime.images import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_READ_SUFFIXES,
+    SUPPORTED_WRITE_SUFFIXES,
+    AlphaDroppedWarning,
+    LoadedImage,
+    from_float32,
+    read_camera_exif,
+    read_image,
+    to_float32,
+    write_image,
+)
+from runtime.images import write as write_module
+from runtime.images.convert import uint16_to_uint8
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "samples" / "cameras"
+HR = REPO / "tests" / "data" / "hr"
+FUJI = Path("/work/shared/data/cameras/fujifilm/fujifilm.mpo")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _photo(h: int = 48, w: int = 64) -> np.ndarray:
+    """A crop of a real photo (uint8 RGB)."""
+    with Image.open(HR / "chelsea.png") as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return rgb[100 : 100 + h, 150 : 150 + w].copy()
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _exif_bytes(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[274] = orientation
+    exif[271] = "TestMake"
+    raw = exif.tobytes()
+    return raw[6:] if raw.startswith(b"Exif\x00\x00") else raw
+
+
+def _png_with_exif(png: bytes, orientation: int, *, after_idat: bool = False) -> bytes:
+    """Insert an eXIf chunk after IHDR (or just before IEND)."""
+    chunk = _png_chunk(b"eXIf", _exif_bytes(orientation))
+    if after_idat:
+        iend = png.rindex(b"IEND") - 4
+        return png[:iend] + chunk + png[iend:]
+    after_ihdr = 8 + 8 + 13 + 4
+    return png[:after_ihdr] + chunk + png[after_ihdr:]
+
+
+def _tiff16(a: np.ndarray, orientation: int | None = None) -> bytes:
+    """A minimal little-endian uncompressed 16-bit TIFF (IFD first, one strip); a: H x W x C."""
+    h, w, c = a.shape
+    data = a.astype("<u2").tobytes()
+    tags: dict[int, tuple[int, list[int]]] = {
+        256: (3, [w]), 257: (3, [h]), 258: (3, [16] * c), 259: (3, [1]),
+        262: (3, [2 if c >= 3 else 1]), 273: (4, [0]), 277: (3, [c]), 278: (3, [h]),
+        279: (4, [len(data)]), 284: (3, [1]),
+    }
+    if c == 4:
+        tags[338] = (3, [2])
+    if orientation is not None:
+        tags[274] = (3, [orientation])
+    ifd_size = 2 + 12 * len(tags) + 4
+    extra = b""
+    entries = []
+    for tag in sorted(tags):
+        typ, vals = tags[tag]
+        raw = b"".join(struct.pack("<H" if typ == 3 else "<I", v) for v in vals)
+        if len(raw) > 4:
+            entries.append([tag, typ, len(vals), struct.pack("<I", 8 + ifd_size + len(extra))])
+            extra += raw
+        else:
+            entries.append([tag, typ, len(vals), raw.ljust(4, b"\0")])
+    data_offset = 8 + ifd_size + len(extra)
+    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries))
+    for tag, typ, count, raw in entries:
+        if tag == 273:
+            raw = struct.pack("<I", data_offset)
+        out += struct.pack("<HHI", tag, typ, count) + raw
+    return out + b"\0\0\0\0" + extra + data
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height grey pixels but holds almost no data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    chunks = _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def _save(path: Path, im: Image.Image, **kw: object) -> Path:
+    im.save(path, **kw)
+    return path
+
+
+@pytest.fixture
+def no_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any pixel decode (Pillow or OpenCV) fail the test."""
+
+    def fail(*_a: object, **_k: object) -> None:
+        raise AssertionError("pixel data was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
+    monkeypatch.setattr(cv2, "imdecode", fail)
+
+
+# Where the stored top-left and stored top-right pixels appear after applying each EXIF
+# orientation (EXIF 2.3, tag 0x0112: "0th row / 0th column" positions).
+_CORNERS = {
+    1: ("TL", "TR"), 2: ("TR", "TL"), 3: ("BR", "BL"), 4: ("BL", "BR"),
+    5: ("TL", "BL"), 6: ("TR", "BR"), 7: ("BR", "TR"), 8: ("BL", "TL"),
+}
+
+
+def _corner(a: np.ndarray, where: str) -> np.ndarray:
+    return a[0 if where[0] == "T" else -1, 0 if where[1] == "L" else -1]
+
+
+def _check_orientation(stored: np.ndarray, shown: np.ndarray, orientation: int) -> None:
+    h, w = stored.shape[:2]
+    assert shown.shape[:2] == ((w, h) if orientation >= 5 else (h, w))
+    tl, tr = _CORNERS[orientation]
+    np.testing.assert_array_equal(_corner(shown, tl), stored[0, 0])
+    np.testing.assert_array_equal(_corner(shown, tr), stored[0, -1])
+
+
+# ----------------------------------------------------------------------------- import hygiene
+
+
+def test_import_loads_no_torch() -> None:
+    code = "import sys, runtime.images; assert 'torch' not in sys.modules, 'torch was imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+
+
+def test_constants() -> None:
+    assert DEFAULT_MAX_PIXELS == 100_000_000
+    assert set(SUPPORTED_WRITE_SUFFIXES) <= set(SUPPORTED_READ_SUFFIXES)
+    expected = {".png", ".jpg", ".jpeg", ".mpo", ".webp", ".tif", ".tiff", ".bmp"}
+    assert set(SUPPORTED_READ_SUFFIXES) == expected
+
+
+# ----------------------------------------------------------------------------- camera samples
+
+
+@pytest.mark.parametrize(
+    ("rel", "make", "model", "size"),
+    [
+        ("nintendo/sugarshack.mpo", "Nintendo", "Nintendo 3DS", (480, 640)),
+        ("canon/flower.jpg", "Canon", "Canon PowerShot S40", (360, 480)),
+        ("nokia/iptc.jpg", "Nokia", "N70-1", (480, 640)),
+    ],
+)
+def test_camera_samples(rel: str, make: str, model: str, size: tuple[int, int]) -> None:
+    path = SAMPLES / rel
+    img = read_image(path)
+    assert (img.height, img.width, img.channels) == (*size, 3)
+    assert img.pixels.dtype == np.uint8 and img.bit_depth == 8 and img.alpha is None
+    assert (img.exif_make, img.exif_model) == (make, model)
+    assert img.path == path
+    assert read_camera_exif(path) == (make, model)
+    with Image.open(path) as ref:
+        np.testing.assert_array_equal(img.pixels, np.asarray(ref.convert("RGB")))
+
+
+def test_mpo_reads_first_frame() -> None:
+    path = SAMPLES / "nintendo" / "sugarshack.mpo"
+    img = read_image(path)
+    with Image.open(path) as ref:
+        assert ref.n_frames == 2
+        ref.seek(1)
+        second = np.asarray(ref.convert("RGB"))
+    assert img.pixels.shape == second.shape
+    assert not np.array_equal(img.pixels, second)
+
+
+def test_read_camera_exif_decodes_no_pixels(no_decode: None) -> None:
+    assert read_camera_exif(SAMPLES / "canon" / "flower.jpg") == ("Canon", "Canon PowerShot S40")
+    assert read_camera_exif(SAMPLES / "nintendo" / "frozenpond.mpo") == ("Nintendo", "Nintendo 3DS")
+    assert read_camera_exif(HR / "chelsea.png") == (None, None)
+
+
+def test_exif_text_is_stripped(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[271] = "  ACME Corp\x00\x00"
+    exif[272] = "   "
+    path = _save(tmp_path / "a.jpg", Image.fromarray(_photo()), exif=exif)
+    assert read_camera_exif(path) == ("ACME Corp", None)
+    img = read_image(path)
+    assert (img.exif_make, img.exif_model) == ("ACME Corp", None)
+
+
+def test_corrupt_exif_does_not_block_pixels(tmp_path: Path) -> None:
+    rgb = _photo()
+    broken = b"Exif\x00\x00II*\x00\xff\xff\xff\x7f"  # IFD offset far past the end
+    path = _save(tmp_path / "bad.jpg", Image.fromarray(rgb), exif=broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow reports the corrupt block itself
+        img = read_image(path)
+        assert read_camera_exif(path) == (None, None)
+    assert (img.exif_make, img.exif_model) == (None, None)
+    assert _psnr(img.pixels, rgb) > 32
+
+
+# ----------------------------------------------------------------------------- orientation
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_png_8bit(tmp_path: Path, orientation: int) -> None:
+    stored = _photo(5, 7)
+    exif = Image.Exif()
+    exif[274] = orientation
+    path = _save(tmp_path / "o.png", Image.fromarray(stored), exif=exif)
+    shown = read_image(path).pixels
+    _check_orientation(stored, shown, orientation)
+    with Image.open(path) as ref:
+        np.testing.assert_array_equal(shown, np.asarray(ImageOps.exif_transpose(ref)))
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 6, 8])
+def test_orientation_tiff_webp_jpeg_and_alpha(tmp_path: Path, orientation: int) -> None:
+    # Flat quadrants so that lossy JPEG keeps the corner colours.
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:16, :32] = (255, 0, 0)
+    stored[:16, 32:] = (0, 255, 0)
+    stored[16:, :32] = (0, 0, 255)
+    stored[16:, 32:] = (255, 255, 0)
+    alpha = np.full((32, 64), 255, np.uint8)
+    alpha[:16, :32] = 7
+    exif = Image.Exif()
+    exif[274] = orientation
+    rgba = Image.fromarray(np.dstack([stored, alpha]))
+    tif = read_image(_save(tmp_path / "o.tif", rgba, tiffinfo={274: orientation}))
+    _check_orientation(stored, tif.pixels, orientation)
+    assert tif.alpha is not None
+    _check_orientation(alpha, tif.alpha, orientation)
+    webp = read_image(_save(tmp_path / "o.webp", Image.fromarray(stored), exif=exif, lossless=True))
+    np.testing.assert_array_equal(webp.pixels, tif.pixels)
+    jpg = read_image(_save(tmp_path / "o.jpg", Image.fromarray(stored), exif=exif, quality=95))
+    assert jpg.pixels.shape == tif.pixels.shape
+    for where in ("TL", "TR", "BL", "BR"):  # corners: far from the chroma bleeding at edges
+        diff = _corner(jpg.pixels, where).astype(int) - _corner(tif.pixels, where)
+        assert np.abs(diff).max() <= 16, where
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_16bit_colour(tmp_path: Path, orientation: int) -> None:
+    rng = np.random.default_rng(orientation)
+    stored = rng.integers(0, 65536, (6, 9, 3), dtype=np.uint16)
+    # Expected result from Pillow's own transpose of an index map (independent of our code).
+    index = Image.fromarray(np.arange(6 * 9, dtype=np.uint16).reshape(6, 9))
+    exif = Image.Exif()
+    exif[274] = orientation
+    index.info["exif"] = exif.tobytes()
+    moved = np.asarray(ImageOps.exif_transpose(index)).astype(np.intp)
+    expected = stored.reshape(-1, 3)[moved]
+
+    ok, buf = cv2.imencode(".png", stored[..., ::-1])
+    assert ok
+    for name, data in [
+        ("early.png", _png_with_exif(buf.tobytes(), orientation)),
+        ("late.png", _png_with_exif(buf.tobytes(), orientation, after_idat=True)),
+        ("o.tiff", _tiff16(stored, orientation)),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        img = read_image(tmp_path / name)
+        assert img.bit_depth == 16 and img.pixels.dtype == np.uint16, name
+        np.testing.assert_array_equal(img.pixels, expected, err_msg=name)
+        _check_orientation(stored, img.pixels, orientation)
+
+
+def test_orientation_16bit_rgba_tiff(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    stored = rng.integers(0, 65536, (5, 8, 4), dtype=np.uint16)
+    path = tmp_path / "rgba.tiff"
+    path.write_bytes(_tiff16(stored, 6))
+    img = read_image(path)
+    np.testing.assert_array_equal(img.pixels, np.rot90(stored[..., :3], -1))
+    assert img.alpha is not None
+    np.testing.assert_array_equal(img.alpha, np.rot90(stored[..., 3], -1))
+
+
+def test_orientation_out_of_range_is_ignored(tmp_path: Path) -> None:
+    stored = _photo(5, 7)
+    exif = Image.Exif()
+    exif[274] = 9
+    path = _save(tmp_path / "o.png", Image.fromarray(stored), exif=exif)
+    np.testing.assert_array_equal(read_image(path).pixels, stored)
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def test_grey_rgba_la_png(tmp_path: Path) -> None:
+    rgb = _photo()
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    alpha = rgb[..., 1].copy()
+    img = read_image(_save(tmp_path / "g.png", Image.fromarray(grey)))
+    assert img.channels == 1 and img.alpha is None
+    np.testing.assert_array_equal(img.pixels[..., 0], grey)
+    img = read_image(_save(tmp_path / "rgba.png", Image.fromarray(np.dstack([rgb, alpha]))))
+    assert img.channels == 3
+    np.testing.assert_array_equal(img.pixels, rgb)
+    np.testing.assert_array_equal(img.alpha, alpha)
+    img = read_image(_save(tmp_path / "la.png", Image.fromarray(np.dstack([grey, alpha]))))
+    assert img.channels == 1
+    np.testing.assert_array_equal(img.pixels[..., 0], grey)
+    np.testing.assert_array_equal(img.alpha, alpha)
+
+
+def test_palette_images(tmp_path: Path) -> None:
+    colour = Image.fromarray(_photo()).quantize(16)
+    lut = np.asarray(colour.getpalette("RGB"), np.uint8).reshape(-1, 3)
+    index = np.asarray(colour)
+    img = read_image(_save(tmp_path / "p.png", colour))
+    assert img.channels == 3 and img.alpha is None
+    np.testing.assert_array_equal(img.pixels, lut[index])
+
+    transparent = int(index[0, 0])
+    img = read_image(_save(tmp_path / "pt.png", colour, transparency=transparent))
+    assert img.alpha is not None
+    np.testing.assert_array_equal(img.alpha == 0, index == transparent)
+    np.testing.assert_array_equal(img.pixels, lut[index])
+
+    grey = Image.new("P", (4, 2))
+    grey.putpalette([v for g in (0, 60, 120, 250) for v in (g, g, g)])
+    grey.putdata([0, 1, 2, 3, 3, 2, 1, 0])
+    img = read_image(_save(tmp_path / "pg.png", grey, transparency=2))
+    assert img.channels == 1
+    np.testing.assert_array_equal(img.pixels[..., 0], [[0, 60, 120, 250], [250, 120, 60, 0]])
+    np.testing.assert_array_equal(img.alpha, [[255, 255, 0, 255], [255, 0, 255, 255]])
+
+
+def test_colour_key_transparency_and_bilevel(tmp_path: Path) -> None:
+    rgb = np.zeros((3, 4, 3), np.uint8)
+    rgb[1, 2] = (10, 20, 30)
+    img = read_image(_save(tmp_path / "t.png", Image.fromarray(rgb), transparency=(10, 20, 30)))
+    assert img.alpha is not None and img.alpha.dtype == np.uint8
+    assert img.alpha[1, 2] == 0 and (img.alpha == 255).sum() == 11
+    bits = Image.fromarray(np.array([[0, 255, 0]], np.uint8)).convert("1")
+    img = read_image(_save(tmp_path / "b.png", bits))
+    np.testing.assert_array_equal(img.pixels[..., 0], [[0, 255, 0]])
+
+
+def test_16bit_grey_png_and_tiff(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 65536, (7, 11), dtype=np.uint16)
+    for name in ("g16.png", "g16.tif"):
+        path = _save(tmp_path / name, Image.fromarray(a))
+        with Image.open(path) as im:
+            assert im.mode == "I;16"
+        img = read_image(path)
+        assert img.bit_depth == 16 and img.pixels.dtype == np.uint16 and img.channels == 1
+        np.testing.assert_array_equal(img.pixels[..., 0], a)
+
+
+def test_16bit_colour_from_opencv_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 65536, (6, 10, 3), dtype=np.uint16)
+    rgb[0, 0] = (65535, 0, 0)  # pure red: must land in channel 0 (RGB order)
+    alpha = rng.integers(0, 65536, (6, 10), dtype=np.uint16)
+    for name in ("c.png", "c.tiff"):
+        assert cv2.imwrite(str(tmp_path / name), rgb[..., ::-1])
+        img = read_image(tmp_path / name)
+        assert img.bit_depth == 16 and img.alpha is None
+        np.testing.assert_array_equal(img.pixels, rgb)
+        assert tuple(img.pixels[0, 0]) == (65535, 0, 0)
+    assert cv2.imwrite(str(tmp_path / "a.png"), np.dstack([rgb[..., ::-1], alpha]))
+    img = read_image(tmp_path / "a.png")
+    np.testing.assert_array_equal(img.pixels, rgb)
+    np.testing.assert_array_equal(img.alpha, alpha)
+
+
+def test_cmyk_bmp_webp(tmp_path: Path) -> None:
+    img = read_image(_save(tmp_path / "c.jpg", Image.new("CMYK", (5, 4), (0, 0, 0, 0))))
+    assert img.channels == 3
+    assert img.pixels.min() >= 250  # CMYK white -> RGB white
+    rgb = _photo()
+    bmp = read_image(_save(tmp_path / "p.bmp", Image.fromarray(rgb)))
+    np.testing.assert_array_equal(bmp.pixels, rgb)
+    rgba = np.dstack([rgb, rgb[..., 0]])
+    img = read_image(_save(tmp_path / "p.webp", Image.fromarray(rgba), lossless=True, exact=True))
+    np.testing.assert_array_equal(img.pixels, rgb)
+    np.testing.assert_array_equal(img.alpha, rgb[..., 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_32bit_modes_are_refused(tmp_path: Path, dtype: type) -> None:
+    path = _save(tmp_path / "x.tif", Image.fromarray(np.zeros((4, 6), dtype)))
+    with pytest.raises(ImageError, match="unsupported pixel mode") as err:
+        read_image(path)
+    assert str(path) in str(err.value)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_directory_empty_text_gif(tmp_path: Path) -> None:
+    cases = {
+        tmp_path / "nope.png": "no such file",
+        tmp_path: "is a directory",
+        tmp_path / "empty.png": "empty",
+        tmp_path / "notes.png": "not a readable image",
+        tmp_path / "anim.gif": "not a readable image",
+    }
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("this is not an image\n" * 20)
+    Image.fromarray(_photo()).save(tmp_path / "anim.gif")
+    for path, reason in cases.items():
+        for fn in (read_image, read_camera_exif):
+            with pytest.raises(ImageError, match=reason) as err:
+                fn(path)
+            assert str(path) in str(err.value)
+
+
+def _truncated_files(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(4)
+    ok, png16 = cv2.imencode(".png", rng.integers(0, 65536, (64, 80, 3), dtype=np.uint16))
+    assert ok
+    sources = {
+        "half.jpg": (SAMPLES / "canon" / "flower.jpg").read_bytes(),
+        "half.mpo": (SAMPLES / "nintendo" / "sugarshack.mpo").read_bytes()[:60_000],
+        "half.png": (HR / "chelsea.png").read_bytes(),
+        "half16.png": png16.tobytes(),
+        "half16.tiff": _tiff16(rng.integers(0, 65536, (64, 80, 3), dtype=np.uint16)),
+    }
+    out = []
+    for name, data in sources.items():
+        path = tmp_path / name
+        path.write_bytes(data[: len(data) // 2])
+        out.append(path)
+    return out
+
+
+def test_truncated_files_raise(tmp_path: Path) -> None:
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    for path in _truncated_files(tmp_path):
+        with pytest.raises(ImageError, match="truncated") as err:
+            read_image(path)
+        assert str(path) in str(err.value)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_refuses_when_truncated_loading_was_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(ImageError, match="LOAD_TRUNCATED_IMAGES"):
+        read_image(HR / "chelsea.png")
+
+
+def test_decompression_bomb_headers(tmp_path: Path, no_decode: None) -> None:
+    huge = tmp_path / "huge.png"  # 900 Mpx: beyond Pillow's hard limit
+    huge.write_bytes(_png_claiming(30_000, 30_000))
+    big = tmp_path / "big.png"  # 110 Mpx: Pillow only warns; max_pixels must refuse
+    big.write_bytes(_png_claiming(11_000, 10_000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageError, match="decompression bomb") as err:
+            read_image(huge)
+        assert str(huge) in str(err.value)
+        with pytest.raises(ImageError, match="max_pixels") as err:
+            read_image(big)
+        assert "110,000,000" in str(err.value) and str(big) in str(err.value)
+        with pytest.raises(ImageError, match="max_pixels"):
+            read_image(HR / "chelsea.png", max_pixels=1000)
+
+
+def test_pillow_warning_superseded_by_max_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _save(tmp_path / "g.png", Image.fromarray(_photo(40, 40)[..., 0]))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 px: Pillow warns, below 2x
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(path).pixels.shape == (40, 40, 1)
+        with pytest.raises(ImageError, match="max_pixels"):
+            read_image(path, max_pixels=1599)
+    leaked = [f for f in warnings.filters if f[2] is Image.DecompressionBombWarning]
+    assert leaked == []  # read_image's filter change did not outlive the call
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, True])
+def test_bad_max_pixels(value: object) -> None:
+    with pytest.raises(ConfigError, match="max_pixels"):
+        read_image(HR / "chelsea.png", max_pixels=value)  # type: ignore[arg-type]
+
+
+def test_concurrent_reads_match_serial() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [SAMPLES / "canon" / "flower.jpg", SAMPLES / "nokia" / "iptc.jpg", HR / "chelsea.png"]
+    paths *= 3
+    filters_before = list(warnings.filters)
+    serial = [read_image(p).pixels for p in paths]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = [img.pixels for img in pool.map(read_image, paths)]
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert list(warnings.filters) == filters_before
+
+
+# ----------------------------------------------------------------------------- large real photo
+
+
+@pytest.mark.skipif(not FUJI.is_file(), reason=f"{FUJI} not present on this machine")
+def test_large_real_photo(monkeypatch: pytest.MonkeyPatch) -> None:
+    t0 = time.perf_counter()
+    img = read_image(FUJI)
+    decode_s = time.perf_counter() - t0
+    assert (img.height, img.width, img.channels) == (2736, 3648, 3)
+    assert (img.exif_make, img.exif_model) == ("FUJIFILM", "FinePix REAL 3D W3")
+    assert img.pixels[::8, ::8].std() > 10  # a real photo, not a flat fill
+
+    calls: list[str] = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda *_a, **_k: calls.append("pillow"))
+    monkeypatch.setattr(cv2, "imdecode", lambda *_a, **_k: calls.append("opencv"))
+    t0 = time.perf_counter()
+    with pytest.raises(ImageError, match="9,980,928 pixels") as err:
+        read_image(FUJI, max_pixels=5_000_000)
+    reject_s = time.perf_counter() - t0
+    assert "5,000,000" in str(err.value)
+    assert calls == []
+    assert reject_s < decode_s / 3, (reject_s, decode_s)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _roundtrip(path: Path, pixels: np.ndarray, alpha: np.ndarray | None = None) -> LoadedImage:
+    assert write_image(path, pixels, alpha=alpha) == path
+    return read_image(path)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".TIFF"])
+def test_write_lossless_roundtrips(tmp_path: Path, suffix: str) -> None:
+    rgb = _photo()
+    rng = np.random.default_rng(5)
+    rgb16 = rng.integers(0, 65536, (9, 13, 3), dtype=np.uint16)
+    a16 = rng.integers(0, 65536, (9, 13), dtype=np.uint16)
+    cases: list[tuple[np.ndarray, np.ndarray | None]] = [
+        (rgb, None),
+        (rgb[..., :1], None),
+        (rgb, rgb[..., 2].copy()),
+        (rgb16, None),
+        (rgb16[..., 1:2], None),
+        (rgb16, a16),
+    ]
+    if suffix == ".png":
+        cases += [(rgb[..., :1], rgb[..., 0].copy()), (rgb16[..., :1], a16)]
+    for i, (px, al) in enumerate(cases):
+        img = _roundtrip(tmp_path / f"r{i}{suffix}", px, al)
+        assert img.pixels.dtype == px.dtype and img.bit_depth == (8 if px.dtype == np.uint8 else 16)
+        np.testing.assert_array_equal(img.pixels, px, err_msg=f"case {i}")
+        if al is None:
+            assert img.alpha is None
+        else:
+            np.testing.assert_array_equal(img.alpha, al, err_msg=f"case {i}")
+
+
+def test_write_2d_grey_and_16bit_grey_alpha_tiff(tmp_path: Path) -> None:
+    grey = _photo()[..., 0].copy()
+    np.testing.assert_array_equal(_roundtrip(tmp_path / "g.png", grey).pixels[..., 0], grey)
+    g16 = grey.astype(np.uint16) * 257
+    with pytest.raises(ImageError, match="grey\\+alpha TIFF"):
+        write_image(tmp_path / "ga.tif", g16, alpha=g16)
+    assert not (tmp_path / "ga.tif").exists()
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+def test_write_jpeg_webp_approximate(tmp_path: Path) -> None:
+    rgb = _photo(96, 128)
+    for suffix in (".jpg", ".jpeg", ".webp"):
+        img = _roundtrip(tmp_path / f"a{suffix}", rgb)
+        assert img.pixels.shape == rgb.shape and img.pixels.dtype == np.uint8
+        assert _psnr(img.pixels, rgb) > 32, suffix
+    low = write_image(tmp_path / "low.jpg", rgb, quality=10)
+    assert low.stat().st_size < (tmp_path / "a.jpg").stat().st_size / 2
+    grey = _photo(96, 128)[..., :1]
+    img = _roundtrip(tmp_path / "g.jpg", grey)
+    assert img.channels == 1 and _psnr(img.pixels, grey) > 32
+    img = _roundtrip(tmp_path / "g.webp", grey)  # WebP has no grey mode: stored as RGB
+    assert img.channels == 3 and _psnr(img.pixels, np.repeat(grey, 3, axis=2)) > 32
+
+
+def test_write_webp_keeps_alpha_jpeg_drops_it(tmp_path: Path) -> None:
+    rgb = _photo()
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :20] = 0
+    img = _roundtrip(tmp_path / "a.webp", rgb, alpha)
+    np.testing.assert_array_equal(img.alpha, alpha)
+    with pytest.warns(AlphaDroppedWarning, match="alpha"):
+        write_image(tmp_path / "a.jpg", rgb, alpha=alpha)
+    assert read_image(tmp_path / "a.jpg").alpha is None
+
+
+def test_write_16bit_to_8bit_formats_rounds(tmp_path: Path) -> None:
+    levels = np.array([0, 128, 129, 385, 386, 32896, 65407, 65535], np.uint16)
+    flat = np.repeat(np.repeat(levels, 8)[None, :], 8, axis=0)  # 8 x 64, flat 8x8 blocks
+    img = _roundtrip(tmp_path / "a.jpg", flat[..., None])
+    assert img.bit_depth == 8
+    expected = np.round(flat.astype(np.float64) * 255 / 65535)
+    assert np.abs(img.pixels[..., 0].astype(int) - expected).max() <= 1
+    every = np.arange(65536, dtype=np.uint16)
+    exact = np.round(every.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(uint16_to_uint8(every), exact)
+
+
+def test_write_rejects_bad_input_and_leaves_nothing(tmp_path: Path) -> None:
+    rgb = _photo()
+    bad = [
+        (tmp_path / "a.gif", rgb, {}, ImageError, ".png"),
+        (tmp_path / "a", rgb, {}, ImageError, ".tiff"),
+        (tmp_path / "f.png", rgb.astype(np.float32), {}, ImageError, "from_float32"),
+        (tmp_path / "i.png", rgb.astype(np.int16), {}, ImageError, "uint16"),
+        (tmp_path / "c4.png", np.dstack([rgb, rgb[..., :1]]), {}, ImageError, "alpha="),
+        (tmp_path / "e.png", rgb[:0], {}, ImageError, "non-empty"),
+        (tmp_path / "ad.png", rgb, {"alpha": rgb[..., 0].astype(np.uint16)}, ImageError, "alpha"),
+        (tmp_path / "as.png", rgb, {"alpha": rgb[:-1, :, 0]}, ImageError, "alpha"),
+        (tmp_path / "q.jpg", rgb, {"quality": 0}, ConfigError, "quality"),
+        (tmp_path / "nodir" / "a.png", rgb, {}, ImageError, "does not exist"),
+    ]
+    for path, px, kw, exc, needle in bad:
+        with pytest.raises(exc, match=needle.replace(".", "\\.")):
+            write_image(path, px, **kw)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fail_at", ["fsync", "replace"])
+def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: str) -> None:
+    path = tmp_path / "out.png"
+    write_image(path, _photo())
+    before = path.read_bytes()
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(write_module.os, fail_at, broken)
+    with pytest.raises(ImageError, match="No space left") as err:
+        write_image(path, _photo()[::-1].copy())
+    assert str(path) in str(err.value)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_written_file_has_normal_permissions(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    path = write_image(tmp_path / "a.png", _photo())
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    overwritten = write_image(tmp_path / "a.png", _photo()[::-1].copy())
+    np.testing.assert_array_equal(read_image(overwritten).pixels, _photo()[::-1])
+
+
+# ----------------------------------------------------------------------------- float conversion
+
+
+def test_float_roundtrip_is_exact() -> None:
+    for dtype, bits in ((np.uint8, 8), (np.uint16, 16)):
+        every = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)
+        f = to_float32(every)
+        assert f.dtype == np.float32 and f[0] == 0.0 and f[-1] == 1.0
+        np.testing.assert_array_equal(from_float32(f, bits), every)
+
+
+def test_from_float32_clips_rounds_and_refuses() -> None:
+    a = np.array([-0.5, 0.0, 0.4 / 255, 0.6 / 255, 1.0, 7.0], np.float32)
+    np.testing.assert_array_equal(from_float32(a, 8), [0, 0, 0, 1, 255, 255])
+    assert from_float32(a, 16).dtype == np.uint16
+    assert from_float32(np.array([1.0], np.float16), 16)[0] == 65535  # no float16 overflow
+    with pytest.raises(ImageError, match="NaN"):
+        from_float32(np.array([0.5, np.nan], np.float32), 8)
+    with pytest.raises(ConfigError, match="bit_depth"):
+        from_float32(a, 12)
+    with pytest.raises(ImageError, match="floating"):
+        from_float32(np.zeros(3, np.uint8), 8)
+    with pytest.raises(ImageError, match="uint8 or uint16"):
+        to_float32(np.zeros(3, np.float32))
+
+
+def test_loaded_image_validates() -> None:
+    px = np.zeros((2, 3, 3), np.uint8)
+    img = LoadedImage(px, None, 8, None, None, None)
+    assert (img.height, img.width, img.channels) == (2, 3, 3)
+    with pytest.raises(ImageError):
+        LoadedImage(px, None, 16, None, None, None)
+    with pytest.raises(ImageError):
+        LoadedImage(px, np.zeros((2, 3), np.uint16), 8, None, None, None)
+    with pytest.raises(ImageError):
+        LoadedImage(np.zeros((2, 3, 2), np.uint8), None, 8, None, None, None)
