@@ -29,7 +29,7 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--lambda-perceptual", type=float, help="LPIPS-VGG perceptual weight (1.0)")
     train.add_argument("--lambda-gan", type=float, help="internal patch-GAN weight (0 = off)")
     train.add_argument("--eval-every", type=int, help="NIQE evaluation period in steps (GPU 100, CPU 50)")
-    train.add_argument("--eval-crop", type=int, help="LR crop side for NIQE evaluation (GPU 128, CPU 64)")
+    train.add_argument("--eval-crop", type=int, help="LR crop side for NIQE evaluation (GPU 128, CPU 96)")
     train.add_argument("--trainable", choices=TRAINABLE, help="all | tail (auto: tail on CPU, all on GPU)")
     train.add_argument("--tail-blocks", type=int, help="RRDB blocks trained in tail mode (3)")
     train.add_argument("--precision", choices=PRECISIONS, help="mixed precision (auto)")

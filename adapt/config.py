@@ -111,7 +111,7 @@ def gpu_defaults() -> AdaptConfig:
 def cpu_demo_defaults() -> AdaptConfig:
     """A budget that adapts a small camera group in a few minutes on 2 CPU cores.
 
-    Tail training with cached front features, 200 steps, NIQE every 50 steps on 64x64 LR crops,
+    Tail training with cached front features, 200 steps, NIQE every 50 steps on 96x96 LR crops,
     attention computed on the image resized to a 256-pixel longer side, EMA alpha 0.99 (the low
     end of the paper's best range, Table V: with 200 steps alpha 0.999 would move the EMA weights
     only 18% of the way).
@@ -120,7 +120,7 @@ def cpu_demo_defaults() -> AdaptConfig:
         steps=200,
         lr_patch=24,
         eval_every=50,
-        eval_crop=64,
+        eval_crop=96,
         eval_max_images=4,
         feature_bank=64,
         ema_decay=0.99,

@@ -99,6 +99,7 @@ class KernelEstimationConfig:
     calibrate: bool = True  # False: raw cross-scale sigmas (used to fit the calibration)
     min_signal_to_noise: float = 4.0  # structured gradient energy / noise energy to be usable
     coherence_power: float = 0.0  # rank pixels by energy * coherence^p (p > 0 favours edges)
+    derivative_sigma: float = 1.0  # Gaussian-derivative filter sigma (LR px); 0: finite differences
 
     def __post_init__(self) -> None:
         if not 0.02 <= self.structure_fraction <= 1.0:
@@ -238,23 +239,48 @@ def bicubic_kernel_estimate(scale: int = 4, *, method: str = METHOD_BICUBIC,
 
 # --------------------------------------------------------------------------- features
 
-_DX = np.array([[0.0, 0.0, 0.0], [-0.5, 0.0, 0.5], [0.0, 0.0, 0.0]])
-_SMOOTH = np.array([0.25, 0.5, 0.25])
+class _DerivativeBank:
+    """Separable filters for gx, gy, gxx, gxy, gyy (correlation form), optionally dilated.
+
+    ``sigma > 0``: sampled derivatives of a Gaussian of that sigma (grid pixels): their responses
+    are power laws times a Gaussian, so the 2nd/1st-order energy ratio of a power-law spectrum
+    depends on the blur only (no spectral-slope bias). ``sigma == 0``: 3x3 finite differences.
+    ``step = 2`` dilates the taps: applied to an image at full rate this gives, at every pixel,
+    the derivative of the x2-downsampled image of that pixel's phase.
+    """
+
+    def __init__(self, sigma: float, step: int = 1) -> None:
+        if sigma > 0:
+            r = max(1, math.ceil(4.0 * sigma))
+            u = np.arange(-r, r + 1, dtype=np.float64)
+            g0 = np.exp(-0.5 * (u / sigma) ** 2)
+            g0 /= g0.sum()
+            g1 = u * g0
+            g1 /= float((u * g1).sum())  # exact on ramps: correlation with x = u gives 1
+            g2 = (u * u / sigma**2 - 1.0) * g0
+            g2 -= g0 * float(g2.sum())  # no response to constants
+            g2 *= 2.0 / float((u * u * g2).sum())  # exact on x^2: correlation gives 2
+        else:
+            g0 = np.array([0.25, 0.5, 0.25])
+            g1 = np.array([-0.5, 0.0, 0.5])
+            g2 = np.array([1.0, -2.0, 1.0])
+        if step > 1:
+            g0, g1, g2 = (_dilate1(v, step) for v in (g0, g1, g2))
+        # (kernel along x, kernel along y) for gx, gy, gxx, gxy, gyy
+        self.pairs = [(g1, g0), (g0, g1), (g2, g0), (g1, g1), (g0, g2)]
+
+    def apply(self, img: np.ndarray) -> list[np.ndarray]:
+        return [cv2.sepFilter2D(img, cv2.CV_64F, kx, ky, borderType=cv2.BORDER_REFLECT)
+                for kx, ky in self.pairs]
+
+    def gradient_noise_gain(self) -> float:
+        """``E[gx^2 + gy^2]`` for unit white noise."""
+        return float(sum(np.sum(kx * kx) * np.sum(ky * ky) for kx, ky in self.pairs[:2]))
 
 
-def _filters() -> list[np.ndarray]:
-    """Derivative filters (correlation form) for gx, gy, gxx, gxy, gyy, each 3x3."""
-    d1 = np.array([-0.5, 0.0, 0.5])
-    d2 = np.array([1.0, -2.0, 1.0])
-    fx = np.outer(_SMOOTH, d1)
-    fxx = np.outer(_SMOOTH, d2)
-    fxy = np.outer(d1, d1)
-    return [fx, fx.T.copy(), fxx, fxy, fxx.T.copy()]
-
-
-def _dilate(f: np.ndarray, step: int) -> np.ndarray:
-    out = np.zeros(((f.shape[0] - 1) * step + 1, (f.shape[1] - 1) * step + 1))
-    out[::step, ::step] = f
+def _dilate1(v: np.ndarray, step: int) -> np.ndarray:
+    out = np.zeros((v.size - 1) * step + 1)
+    out[::step] = v
     return out
 
 
@@ -339,11 +365,8 @@ def _structure_mask(gx: np.ndarray, gy: np.ndarray, fraction: float,
 class _Sample:
     """One LR luma tile: its spectrum, structured-pixel mask and own features."""
 
-    _FILTERS = _filters()
-    _FILTERS_2 = [_dilate(f, 2) for f in _FILTERS]
-
     def __init__(self, y: np.ndarray, fraction: float, dirs: _Directions, aniso_w: float,
-                 coherence_power: float) -> None:
+                 coherence_power: float, derivative_sigma: float) -> None:
         h, w = y.shape
         self.shape = (h, w)
         self.dirs = dirs
@@ -354,7 +377,9 @@ class _Sample:
         fy = np.fft.fftfreq(2 * h)[:, None]
         fx = np.fft.rfftfreq(2 * w)[None, :]
         self.fxx, self.fxy, self.fyy = fx * fx, fx * fy, fy * fy
-        grads = self._derivatives(y, self._FILTERS)
+        self.bank = _DerivativeBank(derivative_sigma)
+        self.bank2 = _DerivativeBank(derivative_sigma, step=2)
+        grads = self.bank.apply(y)
         mask, self.structure_energy = _structure_mask(grads[0], grads[1], fraction, coherence_power)
         self.index = np.flatnonzero(mask)
         self.noise_sigma = _noise_sigma(y)
@@ -362,10 +387,6 @@ class _Sample:
         if self.n_pixels:
             e1, e2 = dirs.energies(self._masked(grads))
             self.reference = self._features(e1, e2)
-
-    @staticmethod
-    def _derivatives(img: np.ndarray, filters: list[np.ndarray]) -> list[np.ndarray]:
-        return [cv2.filter2D(img, cv2.CV_64F, f, borderType=cv2.BORDER_REFLECT) for f in filters]
 
     def _masked(self, grads: list[np.ndarray]) -> np.ndarray:
         return np.stack([g.ravel()[self.index] for g in grads])
@@ -376,9 +397,7 @@ class _Sample:
         return np.concatenate([l2 - l1, self.aniso_w * (l1 - l1.mean())])
 
     def informative(self, min_snr: float) -> bool:
-        # Gradient energy (|grad|^2 of the 3x3 filters) that white noise of sigma n would give:
-        # ||fx||^2 + ||fy||^2 = 2 * 0.1875 = 0.375.
-        noise_energy = 0.375 * self.noise_sigma**2
+        noise_energy = self.bank.gradient_noise_gain() * self.noise_sigma**2
         return self.n_pixels >= 64 and self.structure_energy > max(min_snr * noise_energy, 1e-10)
 
     def mismatch(self, cov_lr: np.ndarray) -> np.ndarray:
@@ -388,13 +407,15 @@ class _Sample:
         h, w = self.shape
         blurred = np.fft.irfft2(self.spectrum * t, s=(2 * h, 2 * w))[:h, :w]
         # Derivatives on the x2-downsampled grid of every phase = dilated filters at full rate.
-        e1, e2 = self.dirs.energies(self._masked(self._derivatives(blurred, self._FILTERS_2)))
+        e1, e2 = self.dirs.energies(self._masked(self.bank2.apply(blurred)))
         return self.reference - self._features(e1, e2)
 
 
-def _cov_from_log(v: np.ndarray) -> np.ndarray:
+def _cov_from_log(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Covariance ``expm(S)`` of ``S = [[v0, v2], [v2, v1]]``, eigen-sigmas clipped to [lo, hi]."""
     s = np.array([[v[0], v[2]], [v[2], v[1]]])
     w, u = np.linalg.eigh(s)
+    w = np.clip(w, 2.0 * math.log(lo), 2.0 * math.log(hi))
     return (u * np.exp(w)) @ u.T
 
 
@@ -455,7 +476,7 @@ def estimate_kernel(
     noise: list[float] = []
     for i in chosen:
         tiles = [_Sample(t, config.structure_fraction, dirs, config.anisotropy_weight,
-                         config.coherence_power)
+                         config.coherence_power, config.derivative_sigma)
                  for t in _tiles(lumas[i], config)]
         good = [s for s in tiles if s.informative(config.min_signal_to_noise)]
         if not good:
@@ -480,15 +501,16 @@ def estimate_kernel(
     weights = np.array([w for _, w in samples])
     weights = weights / weights.sum()
 
+    lo, hi = config.sigma_lr_range
+
     def loss(v: np.ndarray) -> float:
-        cov = _cov_from_log(v)
+        cov = _cov_from_log(v, lo, hi)
         total = 0.0
         for (s, _), w in zip(samples, weights):
             d = s.mismatch(cov)
             total += w * float(d @ d)
         return total
 
-    lo, hi = config.sigma_lr_range
     grid = np.linspace(math.log(lo), math.log(hi), 16)
     iso = [loss(np.array([2 * g, 2 * g, 0.0])) for g in grid]
     g0 = grid[int(np.argmin(iso))]
@@ -497,7 +519,7 @@ def estimate_kernel(
     res = minimize(loss, x0, method="Nelder-Mead",
                    options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-7,
                             "maxfev": config.max_evaluations})
-    cov_lr = _cov_from_log(res.x)
+    cov_lr = _cov_from_log(res.x, lo, hi)
     raw_major, raw_minor, theta = params_from_covariance(cov_lr)
     a, b = _calibration(scale, mode) if config.calibrate else (1.0, 0.0)
     floor = 0.4 / scale  # the map is linear; keep a positive sigma (0.4 HR px) for tiny blurs

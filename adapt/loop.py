@@ -39,6 +39,7 @@ from adapt.losses import (
     weighted_l1,
 )
 from adapt.precision import Precision
+from runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,31 @@ def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).to(device, torch.float32)
 
 
-def center_crops(images: Sequence[np.ndarray], size: int, max_images: int) -> list[np.ndarray]:
-    """Evaluation crops: the central ``size`` x ``size`` LR crop of up to ``max_images`` images."""
+def evaluation_crops(images: Sequence[np.ndarray], size: int, max_images: int) -> list[np.ndarray]:
+    """Evaluation crops: for up to ``max_images`` images, the ``size`` x ``size`` LR window with
+    the most structure (largest mean squared Laplacian on a grid of candidate positions).
+
+    NIQE is undefined on flat regions (NaN), and a central crop of sky says nothing about the
+    textures the adaptation is meant to improve.
+    """
     crops = []
     for image in list(images)[:max_images]:
         h, w = image.shape[:2]
         ch, cw = min(size, h), min(size, w)
-        top, left = (h - ch) // 2, (w - cw) // 2
+        gray = image.mean(axis=2) if image.ndim == 3 else image
+        lap = np.zeros_like(gray)
+        lap[1:-1, 1:-1] = (gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:]
+                           - 4 * gray[1:-1, 1:-1])
+        energy = np.pad(np.cumsum(np.cumsum(lap ** 2, 0), 1), ((1, 0), (1, 0)))
+        step_y, step_x = max(1, (h - ch) // 8), max(1, (w - cw) // 8)
+        best, best_pos = -1.0, ((h - ch) // 2, (w - cw) // 2)
+        for top in range(0, h - ch + 1, step_y):
+            for left in range(0, w - cw + 1, step_x):
+                e = (energy[top + ch, left + cw] - energy[top, left + cw]
+                     - energy[top + ch, left] + energy[top, left])
+                if e > best:
+                    best, best_pos = e, (top, left)
+        top, left = best_pos
         crops.append(np.ascontiguousarray(image[top : top + ch, left : left + cw]))
     return crops
 
@@ -113,6 +132,17 @@ class _Evaluator:
                     sr = model(x)
             scores.append(float(self.metric(sr.float().clamp(0, 1))[0]))
         return scores
+
+
+def _group_score(scores: Sequence[float], step: int) -> float:
+    """Mean NIQE over the crops that have one (NIQE is NaN on featureless crops)."""
+    finite = [s for s in scores if math.isfinite(s)]
+    if not finite:
+        raise ConfigError(
+            f"NIQE is undefined (NaN) on every evaluation crop at step {step}: the images are too "
+            "flat; use larger or more textured images, or a larger --eval-crop"
+        )
+    return float(np.mean(finite))
 
 
 class _FeatureBank:
@@ -194,9 +224,9 @@ def run_internal_step(
     evaluator = _Evaluator(model, eval_crops, metric, device=device, precision=precision, tail_from=tail_from)
     stopper = EarlyStopper(min_delta=config.stop_min_delta, patience=config.stop_patience)
     before = evaluator(ema_model)
-    stopper.observe(0, float(np.mean(before)))
+    stopper.observe(0, _group_score(before, 0))
     best_scores, best_state = before, ema.state_dict()
-    notify(ProgressEvent(0, config.steps, None, float(np.mean(before)), "backbone"))
+    notify(ProgressEvent(0, config.steps, None, _group_score(before, 0), "backbone"))
 
     bank = None
     losses: list[tuple[int, float]] = []
@@ -249,7 +279,7 @@ def run_internal_step(
                 continue
             ema.copy_to(ema_model)
             scores = evaluator(ema_model)
-            decision = stopper.observe(step, float(np.mean(scores)))
+            decision = stopper.observe(step, _group_score(scores, step))
             if decision.is_best:
                 best_scores, best_state = scores, ema.state_dict()
             notify(ProgressEvent(step, config.steps, loss_value, decision.score))

@@ -24,7 +24,7 @@ import torch
 
 from adapt.config import AdaptConfig
 from adapt.groups import CameraGroup
-from adapt.loop import InternalResult, ProgressEvent, center_crops, run_internal_step
+from adapt.loop import InternalResult, ProgressEvent, evaluation_crops, run_internal_step
 from adapt.precision import Precision, resolve_device, resolve_precision
 from runtime.errors import ConfigError
 from runtime.store import CameraStore
@@ -150,7 +150,7 @@ def adapt_camera(
         weights = _weight_maps(model, images, config, device, precision)
         metric = _niqe_metric(device)
         perceptual = _perceptual(config, device)
-        crops = center_crops(images, config.eval_crop, config.eval_max_images)
+        crops = evaluation_crops(images, config.eval_crop, config.eval_max_images)
 
         theta_e = {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()}
         u = {k: torch.zeros_like(v) for k, v in theta_e.items()}
@@ -176,7 +176,7 @@ def adapt_camera(
 
         weights_record = _publish_weights(store, result.state_dict, backbone.entry)
         wall = round(time.perf_counter() - start, 2)
-        niqe_before, niqe_after = float(np.mean(result.niqe_before)), float(np.mean(result.niqe_after))
+        niqe_before, niqe_after = float(np.nanmean(result.niqe_before)), float(np.nanmean(result.niqe_after))
         crop_names = [str(m.path) for m in group.members][: len(crops)]
 
         def record(manifest: dict[str, Any]) -> None:

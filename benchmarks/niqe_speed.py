@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     record = {
         "machine": args.machine,
+        "load_average_1min": os.getloadavg()[0],
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     md = [f"# NIQE speed ({args.machine})", "",
           f"Python {record['python']}, numpy {record['numpy']}, torch {record['torch']} "
-          f"({record['torch_threads']} threads), median of {args.repeats} runs after a warm-up.",
+          f"({record['torch_threads']} threads), median of {args.repeats} runs after a warm-up; "
+          f"1-min load average {record['load_average_1min']:.1f} (shared machine).",
           f"Source: `{record['source_image']}`. Target: numpy NIQE of a 1 MP image <= 1 s.", "",
           f"| image | numpy (s) | torch {args.torch_device} (s) | NIQE numpy | NIQE torch |",
           "|---|---|---|---|---|"]

@@ -7,7 +7,8 @@ Two passes over the implicit ``N x N`` score matrix ``s_ij = scale * q_i . k_j``
    blocks with an online max / sum and writes the row log-sum-exp ``lse_i``
    (base 2) to an ``(B*H, N)`` float32 buffer.
 2. ``_colsum_kernel``: one program per (key block, batch*head) streams all query
-   blocks and accumulates ``sum_i exp2(s_ij - lse_i)`` in float32 registers.
+   blocks and accumulates ``exp2(s_ij - lse_i)`` in float32 registers (a 2-D tile
+   in the MMA's layout, reduced over the queries once at the end).
    Each program owns its output block: no atomics, deterministic results.
 
 Scores are accumulated in float32 by ``tl.dot`` and scaled by
@@ -179,9 +180,11 @@ def _colsum_kernel(Q, K, LSE, OUT,
                 mask=offs_n[:, None] < N, other=0.0)
     if DOT_FP32:
         k = k.to(tl.float32)
-    kt = tl.trans(k)
 
-    acc = tl.zeros([BLOCK_N], tl.float32)
+    # Scores are computed transposed, (keys, queries), so that the key block is the
+    # MMA's M side; the sum over queries is deferred: a 2-D accumulator in the dot's
+    # register layout costs one add per score and no reduction inside the loop.
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     for start_m in range(0, N, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         # Rows past N: q = 0 and lse = +inf, so their terms are exactly 0.
@@ -190,14 +193,14 @@ def _colsum_kernel(Q, K, LSE, OUT,
         if DOT_FP32:
             q = q.to(tl.float32)
         lse = tl.load(lse_base + offs_m, mask=offs_m < N, other=float("inf"))
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        p = tl.exp2(s - lse[:, None])
+        s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+        p_t = tl.exp2(s_t - lse[None, :])
         if EXCLUDE:
             if _blocks_near(start_m, start_n, grid_w, radius, BLOCK_M, BLOCK_N):
-                p = tl.where(_excluded(offs_m, offs_n, grid_w, radius), 0.0, p)
-        acc += tl.sum(p, 0)
+                p_t = tl.where(_excluded(offs_n, offs_m, grid_w, radius), 0.0, p_t)
+        acc += p_t
     # Columns past N may hold garbage (q . 0 - lse): never stored.
-    tl.store(OUT + pid_bh.to(tl.int64) * N + offs_n, acc, mask=offs_n < N)
+    tl.store(OUT + pid_bh.to(tl.int64) * N + offs_n, tl.sum(acc, 1), mask=offs_n < N)
 
 
 # --------------------------------------------------------------------------- host side

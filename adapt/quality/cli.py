@@ -111,10 +111,15 @@ def _lpips_scorer(device: str, crop: int) -> Callable[[Any, Any], float]:
     import torch
 
     from adapt.quality.lpips import load_lpips
-    from runtime.errors import ShapeError
     from runtime.images import to_float32
 
-    model = load_lpips("alex", device=device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {device!r} is not a torch device ({exc}); use cpu or cuda") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} but no CUDA GPU is available here; use --device cpu")
+    model = load_lpips("alex", device=dev)
 
     def tensor(pixels: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(to_float32(pixels)).permute(2, 0, 1)
@@ -122,11 +127,9 @@ def _lpips_scorer(device: str, crop: int) -> Callable[[Any, Any], float]:
             x = x.expand(3, -1, -1)
         if crop:
             x = x[:, crop:-crop, crop:-crop]
-        return x.unsqueeze(0).to(device)
+        return x.unsqueeze(0).to(dev)
 
     def score(img: np.ndarray, ref: np.ndarray) -> float:
-        if img.shape[:2] != ref.shape[:2]:
-            raise ShapeError("image vs reference", img.shape, f"the reference's size {ref.shape}")
         with torch.no_grad():
             return float(model(tensor(img), tensor(ref))[0])
 

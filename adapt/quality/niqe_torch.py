@@ -12,8 +12,8 @@ CUDA synchronises once with the host (PyTorch documents this for its SVD).
 
 Input: ``(B, 3, H, W)`` RGB or ``(B, 1, H, W)`` gray, floating point in **[0, 1]**
 (values outside are clamped), quantised to 8-bit levels first (round(255 x)), i.e.
-scored as the image that would be saved as 8-bit PNG. Images whose crop holds
-fewer than two complete (NaN-free) blocks give NaN.
+scored as the image that would be saved as 8-bit PNG. Images with fewer than two
+blocks of finite features (flat images) give NaN, as the numpy reference.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _distance(features: Tensor) -> Tensor:
     pooled = (cov_p + cov_d) / 2.0
     inv = torch.linalg.pinv(pooled, rtol=max(pooled.shape[-2:]) * _EPS64)
     diff = mu_p - mu_d
-    value = torch.sqrt(torch.einsum("bi,bij,bj->b", diff, inv, diff))
+    value = torch.sqrt(torch.einsum("bi,bij,bj->b", diff, inv, diff).clamp_min(0.0))
     enough = n.squeeze(-1) >= 2
     return torch.where(enough, value, torch.full_like(value, float("nan")))
 

@@ -10,7 +10,7 @@ import torch
 
 from adapt.archs import RRDBNet
 from adapt.config import AdaptConfig
-from adapt.loop import center_crops, run_internal_step
+from adapt.loop import evaluation_crops, run_internal_step
 from adapt.precision import Precision
 
 FP32 = Precision("fp32", "cpu")
@@ -125,9 +125,20 @@ def test_proximal_term_pulls_towards_anchor() -> None:
     assert run(10.0) < run(0.0)
 
 
-def test_center_crops() -> None:
-    image = np.arange(10 * 20 * 3, dtype=np.float32).reshape(10, 20, 3)
-    crops = center_crops([image, image[:4]], 6, max_images=5)
-    assert crops[0].shape == (6, 6, 3) and np.array_equal(crops[0], image[2:8, 7:13])
-    assert crops[1].shape == (4, 6, 3)
-    assert len(center_crops([image] * 3, 6, max_images=2)) == 2
+def test_evaluation_crops_pick_the_most_structured_window() -> None:
+    image = np.full((40, 60, 3), 0.5, np.float32)
+    texture = np.random.default_rng(0).random((10, 10, 3), dtype=np.float32)
+    image[28:38, 45:55] = texture  # the only structure, far from the centre
+    crops = evaluation_crops([image, image[:4]], 12, max_images=5)
+    assert crops[0].shape == (12, 12, 3)
+    assert (crops[0] == texture[0, 0]).all(axis=2).any()  # the textured patch is inside the crop
+    assert crops[1].shape == (4, 12, 3)
+    assert len(evaluation_crops([image] * 3, 12, max_images=2)) == 2
+
+
+def test_all_nan_niqe_is_a_clear_error() -> None:
+    from runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="too flat"):
+        run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([float("nan")]), _config(),
+                          device=torch.device("cpu"), precision=FP32, trainable="all")

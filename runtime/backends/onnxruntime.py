@@ -1,0 +1,204 @@
+"""onnxruntime backend with explicitly chosen, verified execution providers.
+
+Providers are named ``tensorrt``, ``cuda`` or ``cpu`` (or by their full onnxruntime names) in
+priority order. A requested provider that this onnxruntime build lacks, or that the session did
+not take (onnxruntime-gpu silently runs on CPU without the CUDA libraries), is a *fallback*: it is
+logged as a WARNING naming the provider, or raised as :class:`BackendError` with ``require=True``.
+The session's own ``get_providers()`` is the truth, not the list of available providers.
+
+onnxruntime is imported when the backend is opened, not when this module is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import Backend
+from runtime.errors import BackendError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+PROVIDER_ALIASES: dict[str, str] = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+"""Short provider names accepted on the command line -> onnxruntime execution provider names."""
+
+_ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def resolve_providers(providers: Sequence[str] | str) -> tuple[str, ...]:
+    """Map short or full provider names to onnxruntime names, keeping order, dropping duplicates.
+
+    >>> resolve_providers("cuda,cpu")
+    ('CUDAExecutionProvider', 'CPUExecutionProvider')
+    """
+    items = [p.strip() for p in providers.split(",")] if isinstance(providers, str) else [str(p).strip() for p in providers]
+    by_lower = {k: v for k, v in PROVIDER_ALIASES.items()} | {v.lower(): v for v in PROVIDER_ALIASES.values()}
+    out: list[str] = []
+    for item in items:
+        if not item:
+            continue
+        full = by_lower.get(item.lower())
+        if full is None:
+            valid = ", ".join(PROVIDER_ALIASES)
+            raise ConfigError(
+                f"unknown execution provider {item!r}; valid providers are {valid} "
+                f"(or {', '.join(PROVIDER_ALIASES.values())})"
+            )
+        if full not in out:
+            out.append(full)
+    if not out:
+        raise ConfigError(f"no execution provider given; choose from {', '.join(PROVIDER_ALIASES)}")
+    return tuple(out)
+
+
+class OnnxRuntimeBackend(Backend):
+    """An onnxruntime ``InferenceSession`` over one ONNX file (one NCHW float input, one output)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        providers: Sequence[str] | str = ("CPUExecutionProvider",),
+        threads: int | None = None,
+        require: bool = False,
+        input_name: str | None = None,
+        output_name: str | None = None,
+    ) -> None:
+        super().__init__(model_path)
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1 (or None for onnxruntime's default), got {threads}")
+        self._requested = resolve_providers(providers)
+        self._threads = threads
+        self._require = require
+        self._want_input = input_name
+        self._want_output = output_name
+        self._session: Any = None
+        self._actual: tuple[str, ...] = ()
+        self._input_name = ""
+        self._output_name = ""
+        self._input_dtype: type[np.floating[Any]] = np.float32
+
+    @property
+    def name(self) -> str:
+        return "onnxruntime"
+
+    @property
+    def requested_providers(self) -> tuple[str, ...]:
+        return self._requested
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """Providers the session actually uses (``session.get_providers()``), empty until opened."""
+        return self._actual
+
+    @property
+    def input_dtype(self) -> np.dtype[Any]:
+        return np.dtype(self._input_dtype)
+
+    def _fallback(self, missing: Sequence[str], why: str) -> None:
+        message = (
+            f"requested execution provider(s) {', '.join(missing)} not in use for "
+            f"{self.model_path.name}: {why}; install onnxruntime-gpu with matching CUDA / TensorRT "
+            "libraries, or request --providers cpu"
+        )
+        if self._require:
+            raise BackendError(message)
+        logger.warning(message)
+
+    def _open(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendError(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from exc
+        if not self.model_path.is_file():
+            raise BackendError(f"ONNX model {self.model_path} does not exist; export it with `adassr export`")
+        available = set(ort.get_available_providers())
+        usable = [p for p in self._requested if p in available]
+        missing = [p for p in self._requested if p not in available]
+        if missing:
+            self._fallback(missing, f"this onnxruntime build offers only {', '.join(sorted(available))}")
+        if not usable:
+            usable = ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        if self._threads is not None:
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=usable)
+        except Exception as exc:  # onnxruntime raises several unrelated pybind exception types
+            raise BackendError(
+                f"onnxruntime cannot load {self.model_path}: {exc}; the file is not a valid model for "
+                "this onnxruntime: re-export it with `adassr export`"
+            ) from exc
+        actual = tuple(session.get_providers())
+        dropped = [p for p in usable if p not in actual]
+        if dropped:
+            self._fallback(dropped, f"the session runs on {', '.join(actual)}")
+        self._bind_io(session)
+        self._session = session
+        self._actual = actual
+        logger.debug("opened %s with providers %s", self.model_path, actual)
+
+    def _bind_io(self, session: Any) -> None:
+        inputs = session.get_inputs()
+        outputs = session.get_outputs()
+        if len(inputs) != 1:
+            raise BackendError(
+                f"{self.model_path.name} has {len(inputs)} inputs ({[i.name for i in inputs]}); "
+                "an SR model must have exactly one NCHW image input"
+            )
+        inp = inputs[0]
+        if self._want_input is not None and inp.name != self._want_input:
+            raise BackendError(
+                f"{self.model_path.name} has input {inp.name!r}, the manifest says {self._want_input!r}; "
+                "re-export the model"
+            )
+        dtype = _ONNX_FLOAT_TYPES.get(inp.type)
+        if dtype is None:
+            raise BackendError(
+                f"{self.model_path.name} input {inp.name!r} has type {inp.type}; expected "
+                "tensor(float) or tensor(float16)"
+            )
+        shape = list(inp.shape)
+        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+            raise BackendError(f"{self.model_path.name} input {inp.name!r} has shape {shape}; expected [N, 3, H, W]")
+        names = [o.name for o in outputs]
+        if self._want_output is not None:
+            if self._want_output not in names:
+                raise BackendError(
+                    f"{self.model_path.name} has no output {self._want_output!r} (outputs: {names}); "
+                    "re-export the model"
+                )
+            out_name = self._want_output
+        elif len(names) == 1:
+            out_name = names[0]
+        else:
+            raise BackendError(f"{self.model_path.name} has outputs {names}; name the image output")
+        self._input_name = inp.name
+        self._output_name = out_name
+        self._input_dtype = dtype
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        session = self._session  # a local reference stays valid if another thread closes us
+        if session is None:
+            raise BackendError(f"the onnxruntime session for {self.model_path.name} is closed")
+        x = batch.astype(self._input_dtype, copy=False)
+        try:
+            (out,) = session.run([self._output_name], {self._input_name: x})
+        except Exception as exc:  # onnxruntime's pybind exception types share no useful base
+            raise BackendError(
+                f"onnxruntime failed on {self.model_path.name} with input {x.shape} {x.dtype}: {exc}"
+            ) from exc
+        return np.asarray(out)
+
+    def _close(self) -> None:
+        self._session = None
+        self._actual = ()
