@@ -40,12 +40,21 @@ class AttentionConfig:
     heads: int = 4
     exclude_radius: int = 1
     max_side: int | None = None  # resize the LR image so its longer side is at most this (CPU budget)
+    temperature: float = 16.0  # logit multiplier on the soft-normalised tokens (|token| < 1 per head)
+    highpass: int = 9  # odd box size of the local mean removed from the trunk features
+    texture_floor: float = 0.5  # soft-normalisation floor, relative to the image's RMS token norm
 
     def __post_init__(self) -> None:
         _check_choice("weights", self.mode, WEIGHT_MODES)
         _check_positive("attention_pool", self.pool)
         _check_positive("attention_heads", self.heads)
         _check_positive("exclude_radius", self.exclude_radius, allow_zero=True)
+        _check_positive("attention_temperature", self.temperature)
+        _check_positive("attention_texture_floor", self.texture_floor)
+        if self.highpass < 3 or self.highpass % 2 == 0:
+            raise ConfigError(f"--attention-highpass must be an odd int >= 3, got {self.highpass}")
+        if self.max_side is not None and self.max_side < 8:
+            raise ConfigError(f"--attention-max-side must be >= 8 pixels (or unset), got {self.max_side}")
 
 
 @dataclass(frozen=True)

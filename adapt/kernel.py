@@ -100,10 +100,15 @@ class KernelEstimationConfig:
     min_signal_to_noise: float = 4.0  # structured gradient energy / noise energy to be usable
     coherence_power: float = 0.0  # rank pixels by energy * coherence^p (p > 0 favours edges)
     derivative_sigma: float = 1.0  # Gaussian-derivative filter sigma (LR px); 0: finite differences
+    orders: tuple[int, int] = (1, 2)  # derivative orders whose energy ratio measures the blur
 
     def __post_init__(self) -> None:
         if not 0.02 <= self.structure_fraction <= 1.0:
             raise ConfigError(f"structure_fraction must be in [0.02, 1], got {self.structure_fraction}")
+        if tuple(self.orders) not in ((1, 2), (2, 3), (1, 3)):
+            raise ConfigError(f"orders must be (1, 2), (2, 3) or (1, 3), got {self.orders}")
+        if self.derivative_sigma < 0:
+            raise ConfigError(f"derivative_sigma must be >= 0, got {self.derivative_sigma}")
         if self.n_directions < 3:
             raise ConfigError(f"n_directions must be >= 3, got {self.n_directions}")
         if self.anisotropy_weight < 0:
@@ -239,43 +244,33 @@ def bicubic_kernel_estimate(scale: int = 4, *, method: str = METHOD_BICUBIC,
 
 # --------------------------------------------------------------------------- features
 
-class _DerivativeBank:
-    """Separable filters for gx, gy, gxx, gxy, gyy (correlation form), optionally dilated.
+def _derivative_taps(sigma: float) -> list[np.ndarray]:
+    """1-D correlation taps of the 0th..3rd derivative (exact on polynomials up to that order).
 
-    ``sigma > 0``: sampled derivatives of a Gaussian of that sigma (grid pixels): their responses
-    are power laws times a Gaussian, so the 2nd/1st-order energy ratio of a power-law spectrum
-    depends on the blur only (no spectral-slope bias). ``sigma == 0``: 3x3 finite differences.
-    ``step = 2`` dilates the taps: applied to an image at full rate this gives, at every pixel,
-    the derivative of the x2-downsampled image of that pixel's phase.
+    ``sigma > 0``: sampled derivatives of a Gaussian (grid pixels); their responses are a power of
+    the frequency times a Gaussian, so energy ratios of power-law spectra depend on the blur
+    only. ``sigma == 0``: the smallest finite differences (3 or 5 taps).
     """
-
-    def __init__(self, sigma: float, step: int = 1) -> None:
-        if sigma > 0:
-            r = max(1, math.ceil(4.0 * sigma))
-            u = np.arange(-r, r + 1, dtype=np.float64)
-            g0 = np.exp(-0.5 * (u / sigma) ** 2)
-            g0 /= g0.sum()
-            g1 = u * g0
-            g1 /= float((u * g1).sum())  # exact on ramps: correlation with x = u gives 1
-            g2 = (u * u / sigma**2 - 1.0) * g0
-            g2 -= g0 * float(g2.sum())  # no response to constants
-            g2 *= 2.0 / float((u * u * g2).sum())  # exact on x^2: correlation gives 2
-        else:
-            g0 = np.array([0.25, 0.5, 0.25])
-            g1 = np.array([-0.5, 0.0, 0.5])
-            g2 = np.array([1.0, -2.0, 1.0])
-        if step > 1:
-            g0, g1, g2 = (_dilate1(v, step) for v in (g0, g1, g2))
-        # (kernel along x, kernel along y) for gx, gy, gxx, gxy, gyy
-        self.pairs = [(g1, g0), (g0, g1), (g2, g0), (g1, g1), (g0, g2)]
-
-    def apply(self, img: np.ndarray) -> list[np.ndarray]:
-        return [cv2.sepFilter2D(img, cv2.CV_64F, kx, ky, borderType=cv2.BORDER_REFLECT)
-                for kx, ky in self.pairs]
-
-    def gradient_noise_gain(self) -> float:
-        """``E[gx^2 + gy^2]`` for unit white noise."""
-        return float(sum(np.sum(kx * kx) * np.sum(ky * ky) for kx, ky in self.pairs[:2]))
+    if sigma > 0:
+        r = max(2, math.ceil(4.0 * sigma))
+        u = np.arange(-r, r + 1, dtype=np.float64)
+        g0 = np.exp(-0.5 * (u / sigma) ** 2)
+        g0 /= g0.sum()
+        h = [g0, u * g0, (u * u / sigma**2 - 1.0) * g0, (u**3 / sigma**2 - 3.0 * u) * g0]
+    else:
+        u = np.arange(-2, 3, dtype=np.float64)
+        h = [np.array([0.0, 0.25, 0.5, 0.25, 0.0]), np.array([0.0, -0.5, 0.0, 0.5, 0.0]),
+             np.array([0.0, 1.0, -2.0, 1.0, 0.0]), np.array([-0.5, 1.0, 0.0, -1.0, 0.5])]
+    taps = [h[0]]
+    for n in (1, 2, 3):
+        t = h[n].copy()
+        # Remove responses to lower-order monomials of the same parity, then fix the scale so
+        # that correlating with u^n gives n!.
+        for m in range(n - 2, -1, -2):
+            t -= taps[m] * float((u**m * t).sum()) / float((u**m * taps[m]).sum())
+        t *= math.factorial(n) / float((u**n * t).sum())
+        taps.append(t)
+    return taps
 
 
 def _dilate1(v: np.ndarray, step: int) -> np.ndarray:
@@ -284,23 +279,59 @@ def _dilate1(v: np.ndarray, step: int) -> np.ndarray:
     return out
 
 
+class _DerivativeBank:
+    """All partial derivatives of the given orders, as separable filters, optionally dilated.
+
+    ``step = 2`` dilates the taps: applied to an image at full rate this gives, at every pixel,
+    the derivative of the x2-downsampled image of that pixel's phase (in its own grid units).
+    """
+
+    def __init__(self, sigma: float, orders: tuple[int, ...], step: int = 1) -> None:
+        taps = _derivative_taps(sigma)
+        if step > 1:
+            taps = [_dilate1(t, step) for t in taps]
+        self.taps = taps
+        self.orders = orders
+        # order n -> [(kernel along x, kernel along y)] for d^n / dx^(n-k) dy^k, k = 0..n
+        self.filters = {n: [(taps[n - k], taps[k]) for k in range(n + 1)] for n in orders}
+
+    def apply(self, img: np.ndarray, index: np.ndarray) -> dict[int, np.ndarray]:
+        """Derivatives at the flat pixel ``index`` of ``img``: order -> (n + 1, len(index))."""
+        return {
+            n: np.stack([
+                cv2.sepFilter2D(img, cv2.CV_64F, kx, ky, borderType=cv2.BORDER_REFLECT).ravel()[index]
+                for kx, ky in self.filters[n]
+            ])
+            for n in self.orders
+        }
+
+    def gradient(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t0, t1 = self.taps[0], self.taps[1]
+        gx = cv2.sepFilter2D(img, cv2.CV_64F, t1, t0, borderType=cv2.BORDER_REFLECT)
+        gy = cv2.sepFilter2D(img, cv2.CV_64F, t0, t1, borderType=cv2.BORDER_REFLECT)
+        return gx, gy
+
+    def gradient_noise_gain(self) -> float:
+        """``E[gx^2 + gy^2]`` for unit white noise."""
+        return 2.0 * float(np.sum(self.taps[1] ** 2) * np.sum(self.taps[0] ** 2))
+
+
 class _Directions:
-    """Maps derivative moments to directional energies for ``n`` directions in [0, pi)."""
+    """Directional derivative energies ``E_n(d)`` for ``count`` directions in [0, pi)."""
 
-    def __init__(self, n: int) -> None:
-        th = np.arange(n) * np.pi / n
+    def __init__(self, count: int, orders: tuple[int, ...]) -> None:
+        th = np.arange(count) * np.pi / count
         c, s = np.cos(th), np.sin(th)
-        self.v = np.stack([c * c, 2.0 * c * s, s * s], axis=1)  # on (xx, xy, yy) / (gxx, gxy, gyy)
+        # d^n/dd^n = sum_k C(n, k) c^(n-k) s^k d^n/dx^(n-k)dy^k
+        self.v = {n: np.stack([math.comb(n, k) * c ** (n - k) * s**k for k in range(n + 1)], axis=1)
+                  for n in orders}
 
-    def energies(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``g``: (5, N) masked derivatives gx, gy, gxx, gxy, gyy -> (E1(d), E2(d))."""
-        n = g.shape[1]
-        m1 = np.array([g[0] @ g[0], g[0] @ g[1], g[1] @ g[1]]) / n
-        h = g[2:5]
-        m2 = (h @ h.T) / n
-        e1 = self.v @ m1
-        e2 = np.einsum("ki,ij,kj->k", self.v, m2, self.v)
-        return e1, e2
+    def energies(self, derivs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        out = {}
+        for n, h in derivs.items():
+            m = (h @ h.T) / h.shape[1]
+            out[n] = np.einsum("ki,ij,kj->k", self.v[n], m, self.v[n])
+        return out
 
 
 def _luma(image: np.ndarray, index: int) -> np.ndarray:
@@ -362,42 +393,47 @@ def _structure_mask(gx: np.ndarray, gy: np.ndarray, fraction: float,
     return mask, float(chosen.mean()) if chosen.size else 0.0
 
 
+class _FeatureSpec:
+    """Filters and feature layout shared by all samples of one estimate."""
+
+    def __init__(self, config: KernelEstimationConfig) -> None:
+        self.low, self.high = config.orders
+        orders = (self.low, self.high)
+        self.bank = _DerivativeBank(config.derivative_sigma, orders)
+        self.bank2 = _DerivativeBank(config.derivative_sigma, orders, step=2)
+        self.dirs = _Directions(config.n_directions, orders)
+        self.aniso_w = config.anisotropy_weight
+
+    def features(self, derivs: dict[int, np.ndarray]) -> np.ndarray:
+        e = self.dirs.energies(derivs)
+        lo = np.log(np.maximum(e[self.low], 1e-30))
+        hi = np.log(np.maximum(e[self.high], 1e-30))
+        return np.concatenate([hi - lo, self.aniso_w * (lo - lo.mean())])
+
+
 class _Sample:
     """One LR luma tile: its spectrum, structured-pixel mask and own features."""
 
-    def __init__(self, y: np.ndarray, fraction: float, dirs: _Directions, aniso_w: float,
-                 coherence_power: float, derivative_sigma: float) -> None:
+    def __init__(self, y: np.ndarray, spec: _FeatureSpec, fraction: float, coherence_power: float) -> None:
         h, w = y.shape
         self.shape = (h, w)
-        self.dirs = dirs
-        self.aniso_w = aniso_w
+        self.spec = spec
         ext = np.concatenate([y, y[::-1]], axis=0)
         ext = np.concatenate([ext, ext[:, ::-1]], axis=1)
         self.spectrum = np.fft.rfft2(ext)
         fy = np.fft.fftfreq(2 * h)[:, None]
         fx = np.fft.rfftfreq(2 * w)[None, :]
         self.fxx, self.fxy, self.fyy = fx * fx, fx * fy, fy * fy
-        self.bank = _DerivativeBank(derivative_sigma)
-        self.bank2 = _DerivativeBank(derivative_sigma, step=2)
-        grads = self.bank.apply(y)
-        mask, self.structure_energy = _structure_mask(grads[0], grads[1], fraction, coherence_power)
+        gx, gy = spec.bank.gradient(y)
+        mask, self.structure_energy = _structure_mask(gx, gy, fraction, coherence_power)
         self.index = np.flatnonzero(mask)
         self.noise_sigma = _noise_sigma(y)
         self.n_pixels = int(self.index.size)
         if self.n_pixels:
-            e1, e2 = dirs.energies(self._masked(grads))
-            self.reference = self._features(e1, e2)
-
-    def _masked(self, grads: list[np.ndarray]) -> np.ndarray:
-        return np.stack([g.ravel()[self.index] for g in grads])
-
-    def _features(self, e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
-        l1 = np.log(np.maximum(e1, 1e-30))
-        l2 = np.log(np.maximum(e2, 1e-30))
-        return np.concatenate([l2 - l1, self.aniso_w * (l1 - l1.mean())])
+            self.reference = spec.features(spec.bank.apply(y, self.index))
 
     def informative(self, min_snr: float) -> bool:
-        noise_energy = self.bank.gradient_noise_gain() * self.noise_sigma**2
+        noise_energy = self.spec.bank.gradient_noise_gain() * self.noise_sigma**2
         return self.n_pixels >= 64 and self.structure_energy > max(min_snr * noise_energy, 1e-10)
 
     def mismatch(self, cov_lr: np.ndarray) -> np.ndarray:
@@ -407,8 +443,7 @@ class _Sample:
         h, w = self.shape
         blurred = np.fft.irfft2(self.spectrum * t, s=(2 * h, 2 * w))[:h, :w]
         # Derivatives on the x2-downsampled grid of every phase = dilated filters at full rate.
-        e1, e2 = self.dirs.energies(self._masked(self.bank2.apply(blurred)))
-        return self.reference - self._features(e1, e2)
+        return self.reference - self.spec.features(self.spec.bank2.apply(blurred, self.index))
 
 
 def _cov_from_log(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -470,13 +505,12 @@ def estimate_kernel(
         if min(y.shape) < config.min_side:
             raise ShapeError(f"image {i}", y.shape, f"at least {config.min_side}x{config.min_side} LR pixels")
     chosen = _select_images(lumas, config.max_images)
-    dirs = _Directions(config.n_directions)
+    spec = _FeatureSpec(config)
     samples: list[tuple[_Sample, float]] = []  # (sample, weight)
     skipped: list[int] = []
     noise: list[float] = []
     for i in chosen:
-        tiles = [_Sample(t, config.structure_fraction, dirs, config.anisotropy_weight,
-                         config.coherence_power, config.derivative_sigma)
+        tiles = [_Sample(t, spec, config.structure_fraction, config.coherence_power)
                  for t in _tiles(lumas[i], config)]
         good = [s for s in tiles if s.informative(config.min_signal_to_noise)]
         if not good:

@@ -231,9 +231,7 @@ def dense_bytes(case: Case) -> int:
 # ----------------------------------------------------------------------------- timing
 
 
-def time_method(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
+def time_method(fn: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:
     times = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -285,8 +283,10 @@ def run_row(method: str, case: Case, device: torch.device, info: DeviceInfo,
     scale = 1.0 / math.sqrt(case.d)
     call = lambda: fn(q, k, scale)  # noqa: E731
     try:
+        for _ in range(warmup):  # compiles and autotunes (its benchmark buffers) before measuring
+            call()
         row.peak_extra_mib = peak_extra_mib(call, device)
-        times = time_method(call, device, repeats, warmup)
+        times = time_method(call, device, repeats)
     except torch.cuda.OutOfMemoryError as exc:
         row.status, row.note = "oom", str(exc).splitlines()[0][:160]
         return row

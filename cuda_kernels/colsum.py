@@ -138,8 +138,8 @@ def attention_colsum(
     Args:
         q, k: ``(B, H, N, d)``, float32 / float16 / bfloat16, same dtype and device.
         scale: logit multiplier, typically ``1 / sqrt(d)``.
-        grid_w: width of the row-major token grid; required when ``exclude_radius > 0``
-            and then ``N`` must be a multiple of it.
+        grid_w: width of the row-major token grid; required when ``exclude_radius > 0``.
+            When given, ``N`` must be a multiple of it.
         exclude_radius: pairs within this Chebyshev distance on the grid are left out
             of the softmax and of the sums (0: nothing excluded).
         backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see the module docstring).

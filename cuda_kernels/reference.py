@@ -1,13 +1,15 @@
 """PyTorch references for the attention column sum.
 
 ``colsum_j = sum_i softmax_j(scale * q_i . k_j)`` for every (batch, head), with
-optional exclusion of the pairs (i, j) closer than ``exclude_radius`` (Chebyshev
-distance) on a row-major token grid of width ``grid_w``.
+optional exclusion of the pairs (i, j) within Chebyshev distance ``exclude_radius``
+(``i == j`` included) on a row-major token grid of width ``grid_w``.
 
 * :func:`chunked_colsum` is the production fallback (CPU, or CUDA when the
   Triton path does not apply). It processes ``rows`` query rows at a time, so
-  its working memory is ``B * H * rows * N`` floats: it never holds the
-  ``N x N`` matrix unless ``rows`` is set to ``N`` on purpose.
+  working memory is a few ``B * H * rows * N`` float32 blocks (the scores and
+  the temporaries of ``logsumexp``): it never holds the ``N x N`` matrix unless
+  ``rows`` is set to ``N`` on purpose. By default ``rows`` keeps one block under
+  64 MiB on CPU and 256 MiB on CUDA.
 * :func:`dense_colsum_float64` materialises the full matrix in float64. It is
   the ground truth for tests and small benchmarks only.
 

@@ -2,7 +2,8 @@
 
 Usage: ``python aot_worker.py`` with TRITON_INTERPRET unset. Prints one JSON line
 per compiled variant: target, kernel, dtype, head dim, exclusion, block config,
-and counts read from the PTX (wgmma / mma.sync instructions, ex2.approx).
+counts read from the PTX (wgmma / mma.sync instructions, ex2.approx) and the
+per-thread stack size (register spills) from cuobjdump.
 Triton's bundled ptxas turns the PTX into a cubin, so a kernel that cannot run on
 the GPU (bad types, too many resources for ptxas, unsupported dot precision)
 fails here, which the interpreter tests cannot catch.
@@ -11,6 +12,10 @@ fails here, which the interpreter tests cannot catch.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -39,6 +44,20 @@ def signature(kernel, dtype: str) -> dict[str, str]:
     return sig
 
 
+def stack_bytes(cubin: bytes) -> int | None:
+    """Per-thread stack (register spills) from Triton's bundled cuobjdump; None without it."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.access(tool, os.X_OK):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(cubin)
+        fh.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", fh.name], capture_output=True,
+                             text=True, check=True).stdout
+    match = re.search(r"STACK:(\d+)", out)
+    return int(match.group(1)) if match else None
+
+
 def compile_one(kernel, cc: int, dtype: str, d: int, exclude: bool, cfg) -> dict[str, object]:
     precision = "tf32x3" if dtype == "fp32" else "tf32"
     constexprs = dict(D=d, EXCLUDE=exclude, DOT_FP32=False, PRECISION=precision,
@@ -50,7 +69,7 @@ def compile_one(kernel, cc: int, dtype: str, d: int, exclude: bool, cfg) -> dict
     return dict(cc=cc, kernel=kernel.__name__, dtype=dtype, d=d, exclude=exclude,
                 block_m=cfg.kwargs["BLOCK_M"], block_n=cfg.kwargs["BLOCK_N"],
                 num_warps=cfg.num_warps, cubin_bytes=len(compiled.asm["cubin"]),
-                wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
+                stack=stack_bytes(compiled.asm["cubin"]), wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
                 ex2=ptx.count("ex2.approx"))
 
 

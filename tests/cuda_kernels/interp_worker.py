@@ -18,7 +18,7 @@ import torch
 
 def main(in_path: str, out_path: str) -> None:
     torch.set_num_threads(1)
-    from cuda_kernels import attention_colsum, triton_colsum  # noqa: F401
+    from cuda_kernels import attention_colsum
     from cuda_kernels.triton_colsum import BlockConfig, colsum_triton, interpreter_active
 
     jobs = torch.load(in_path)

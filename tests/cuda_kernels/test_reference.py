@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ import torch
 from cuda_kernels import attention_colsum, select_backend
 from cuda_kernels.reference import chunked_colsum, dense_colsum_float64
 from runtime.errors import BackendError, ConfigError, ShapeError
+
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def test_reference_matches_float64_dense(colsum_case) -> None:
@@ -90,7 +93,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and RLIMIT_AS")
 def test_chunked_never_materialises_n_by_n(tmp_path) -> None:
     """N = 20000 under an address-space limit far below N x N floats."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)
@@ -168,5 +171,6 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error() -> None:
 
 def test_import_does_not_load_triton() -> None:
     code = "import sys, cuda_kernels; assert 'triton' not in sys.modules, 'triton imported'"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-2000:]

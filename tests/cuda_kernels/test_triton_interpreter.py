@@ -19,6 +19,7 @@ from cuda_kernels.reference import dense_colsum_float64
 
 pytest.importorskip("triton")
 
+ROOT = str(Path(__file__).resolve().parents[2])
 WORKER = Path(__file__).with_name("interp_worker.py")
 # Block configurations besides the interpreter defaults (32x64 / 64x32): small and
 # square blocks, so block edges fall at other places of the ragged N and the grid.
@@ -37,7 +38,7 @@ def interp_results(tmp_path_factory, all_colsum_cases) -> dict[str, object]:
             for tag, (c1, c2) in EXTRA_CONFIGS.items():
                 jobs[f"{case.name}@{tag}"] = (q, k, case.scale, case.grid_w, case.radius, c1, c2)
     torch.save(jobs, tmp / "in.pt")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, str(WORKER), str(tmp / "in.pt"), str(tmp / "out.pt")],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,123 @@
+"""``adassr upscale --backend torch``: PyTorch eager inference with the same tiling, I/O and
+batch handling as the runtime (``runtime.upscale_cli.run_batch``), only the model differs.
+
+Which weights serve an image: the camera's ``adapted.safetensors`` (checked against the sha256
+in its manifest) when the camera (``--camera``, else the image's EXIF Make) has been adapted,
+otherwise the ``--backbone`` registry backbone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.backends.base import Backend
+from runtime.cameras import normalise_camera_name
+from runtime.errors import ConfigError
+from runtime.images import LoadedImage
+from runtime.pipeline import UpscaleResult, upscale_image
+from runtime.store import CameraStore
+from runtime.tiling import TilingOptions
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "adapted.safetensors"
+
+
+class TorchBackend(Backend):
+    """A runtime :class:`Backend` over an in-memory PyTorch model (NCHW float32 in [0, 1])."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, label: str) -> None:
+        super().__init__(Path(label))
+        self._model = model.eval().to(device)
+        self._device = device
+        self._label = label
+
+    @property
+    def name(self) -> str:
+        return "torch"
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return (str(self._device),)
+
+    def _open(self) -> None:
+        return None
+
+    @torch.no_grad()
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
+        return self._model(x).float().cpu().numpy()
+
+    def _close(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class TorchModelChoice:
+    label: str
+    model: torch.nn.Module
+    scale: int
+
+
+def choose_weights(store_root: Path, camera: str | None, backbone: str, device: torch.device) -> TorchModelChoice:
+    """The camera's adapted weights when present, else the backbone."""
+    from adapt.weights import load_backbone, load_safetensors_weights
+
+    if camera and store_root.is_dir():
+        store = CameraStore.open(store_root, camera)
+        if (store.directory / WEIGHTS_FILE).exists():
+            manifest = store.read_manifest()
+            path = store.verified_path(WEIGHTS_FILE, manifest)
+            name = manifest.get("backbone", {}).get("name", backbone)
+            loaded = load_safetensors_weights(path, name, device=str(device))
+            return TorchModelChoice(f"{store.camera}/{WEIGHTS_FILE} (adapted {name})", loaded.model, loaded.scale)
+    loaded = load_backbone(backbone, device=str(device))
+    return TorchModelChoice(f"backbone {backbone}", loaded.model, loaded.scale)
+
+
+def _camera_of(image: LoadedImage, explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    name = normalise_camera_name(image.exif_make or "")
+    return name or None
+
+
+def run_torch_upscale(args: argparse.Namespace) -> int:
+    """Upscale files or a folder with PyTorch (see the module docstring for model choice)."""
+    from adapt.precision import resolve_device
+    from runtime.upscale_cli import plan_outputs, run_batch
+
+    if not 1 <= args.quality <= 100:
+        raise ConfigError(f"--quality must be 1-100, got {args.quality}")
+    device = resolve_device(getattr(args, "device", "auto") or "auto")
+    tiling = TilingOptions(tile=args.tile, overlap=args.tile_overlap, pre_pad=args.pre_pad,
+                           batch_size=args.tile_batch, pad_to_tile=False)
+    pairs = plan_outputs(args.input, args.output, args.ext)
+    choices: dict[str | None, TorchModelChoice] = {}
+
+    def serve(image: LoadedImage, tiles: Callable[[int, int], None] | None) -> UpscaleResult:
+        camera = _camera_of(image, args.camera)
+        if camera not in choices:
+            choices[camera] = choose_weights(args.store, camera, args.backbone, device)
+        choice = choices[camera]
+        start = time.perf_counter()
+        progress = tiles
+        if progress is None and image.height * image.width > 256 * 256:
+            print(f"upscaling {image.path} ({image.width}x{image.height}) on {device}...", file=sys.stderr)
+        with TorchBackend(choice.model, device, choice.label) as backend:
+            result = upscale_image(image, backend, scale=choice.scale, tiling=tiling, outscale=args.outscale,
+                                   progress=progress)
+        log.info("%s took %.1f s", image.path, time.perf_counter() - start)
+        return UpscaleResult(result.pixels, result.alpha, result.bit_depth, result.scale, result.outscale,
+                             None, choice.label)
+
+    return run_batch(pairs, serve, quality=args.quality, progress=not args.no_progress)

@@ -1,0 +1,203 @@
+"""``adassr bench latency``: runtime latency per backend and input size, against PyTorch eager.
+
+For each LR size (square crops of a bundled photo): one warm-up, then ``--repeats`` timed
+calls; p50/p95/p99 latency, output megapixels per second and the process's peak RSS. The same
+weights run in PyTorch eager fp32 (the way Real-ESRGAN's inference script runs them) for the
+speed ratio, and the largest size also runs tiled vs untiled in the runtime. Results are written
+as JSON and Markdown under ``--out`` (default ``benchmarks/results``), named after the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "cameras" / "nokia" / "iptc.jpg"
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    lat = sub.add_parser("latency", help="upscaling latency per backend and size")
+    lat.add_argument("--camera", default="_fallback", help="camera whose exported model to time (default: the fallback)")
+    lat.add_argument("--store", type=Path, default=Path("models"), help="model store (default ./models)")
+    lat.add_argument("--backend", default="onnxruntime", choices=("onnxruntime",), help="runtime backend")
+    lat.add_argument("--providers", default="cpu", help="onnxruntime providers (default cpu)")
+    lat.add_argument("--sizes", default="64,128", help="LR sizes, comma separated (default 64,128)")
+    lat.add_argument("--tile", type=int, default=96, help="tile size for the tiled-vs-untiled run (default 96)")
+    lat.add_argument("--tile-overlap", type=int, default=16, help="tile overlap (default 16)")
+    lat.add_argument("--repeats", type=int, default=5, help="timed calls per case (default 5)")
+    lat.add_argument("--threads", type=int, default=None, help="threads for both onnxruntime and torch")
+    lat.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
+    lat.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
+
+
+def _sizes(text: str) -> list[int]:
+    from runtime.errors import ConfigError
+
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 8:
+        raise ConfigError(f"--sizes needs sizes >= 8, got {text!r}")
+    return sizes
+
+
+def _crop(size: int) -> np.ndarray:
+    """A ``size`` x ``size`` crop of a real photo (resized up if the photo is smaller), float32."""
+    import cv2
+
+    from runtime.images import read_image, to_float32
+
+    image = to_float32(read_image(SAMPLE).pixels)
+    h, w = image.shape[:2]
+    if min(h, w) < size:
+        f = size / min(h, w)
+        image = cv2.resize(image, (int(np.ceil(w * f)), int(np.ceil(h * f))), interpolation=cv2.INTER_CUBIC)
+        h, w = image.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(image[top : top + size, left : left + size])
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_calls(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
+    """One warm-up call, then ``repeats`` timed calls; latency percentiles in milliseconds."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    arr = np.asarray(times)
+    return {"p50_ms": float(np.percentile(arr, 50)), "p95_ms": float(np.percentile(arr, 95)),
+            "p99_ms": float(np.percentile(arr, 99)), "mean_ms": float(arr.mean()), "repeats": repeats}
+
+
+def machine_name() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def run_latency(args: argparse.Namespace) -> dict[str, Any]:
+    from runtime.backends import open_backend
+    from runtime.errors import ConfigError
+    from runtime.routing import resolve_model
+    from runtime.tiling import TilingOptions, upscale_tiled
+
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    sizes = _sizes(args.sizes)
+    route = resolve_model(args.store, camera=args.camera)
+    providers = tuple(args.providers.split(","))
+    rows: list[dict[str, Any]] = []
+    torch_model = None
+    if not args.no_torch:
+        torch_model = _torch_model(route, args.threads)
+    with open_backend(args.backend, route.onnx_path, providers=providers, threads=args.threads,
+                      input_name=route.input_name, output_name=route.output_name) as backend:
+        for size in sizes:
+            x = _crop(size).transpose(2, 0, 1)[None].copy()
+            out_mp = (size * route.scale) ** 2 / 1e6
+            stats = time_calls(lambda: backend.infer(x), args.repeats)
+            rows.append({"backend": f"{args.backend} ({','.join(backend.providers)})", "size": size, **stats,
+                         "out_mpix_per_s": out_mp / (stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb()})
+            if torch_model is not None:
+                t_stats = time_calls(lambda: torch_model(x), args.repeats)
+                rows.append({"backend": "torch eager fp32", "size": size, **t_stats,
+                             "out_mpix_per_s": out_mp / (t_stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb()})
+        big = max(sizes)
+        image = _crop(big)
+        untiled = time_calls(lambda: upscale_tiled(image, backend.infer, scale=route.scale,
+                                                   options=TilingOptions(tile=0, pad_to_tile=False)), args.repeats)
+        tiling = TilingOptions(tile=args.tile, overlap=args.tile_overlap, pad_to_tile=False)
+        tiled = time_calls(lambda: upscale_tiled(image, backend.infer, scale=route.scale, options=tiling),
+                           args.repeats)
+    ratios = {}
+    for size in sizes:
+        ort = next(r for r in rows if r["size"] == size and not r["backend"].startswith("torch"))
+        tor = next((r for r in rows if r["size"] == size and r["backend"].startswith("torch")), None)
+        if tor is not None:
+            ratios[str(size)] = tor["p50_ms"] / ort["p50_ms"]
+    return {
+        "machine": machine_name(),
+        "model": {"camera": route.model_camera, "file": str(route.onnx_path), "sha256": route.sha256,
+                  "scale": route.scale, "reason": route.reason},
+        "threads": args.threads,
+        "rows": rows,
+        "onnxruntime_speedup_vs_torch": ratios,
+        "tiled_vs_untiled": {"size": big, "tile": args.tile, "overlap": args.tile_overlap,
+                             "untiled": untiled, "tiled": tiled,
+                             "ratio": tiled["p50_ms"] / untiled["p50_ms"]},
+    }
+
+
+def _torch_model(route: Any, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """The same weights in PyTorch eager fp32."""
+    import torch
+
+    from adapt.infer import choose_weights
+
+    if threads:
+        torch.set_num_threads(threads)
+    camera = None if route.is_fallback else route.model_camera
+    backbone = route.manifest.get("backbone", {}).get("name", "realesrgan-x4plus")
+    choice = choose_weights(route.store.root, camera, backbone, torch.device("cpu"))
+    model = choice.model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = [f"# Latency ({result['machine']})", "",
+             f"Model: {result['model']['camera']} ({Path(result['model']['file']).name}, x{result['model']['scale']}); "
+             f"threads: {result['threads'] or 'default'}.", "",
+             "| backend | LR size | p50 ms | p95 ms | p99 ms | output MP/s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['backend']} | {r['size']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} "
+                     f"| {r['out_mpix_per_s']:.3f} | {r['peak_rss_mb']:.0f} |")
+    lines.append("")
+    for size, ratio in result["onnxruntime_speedup_vs_torch"].items():
+        lines.append(f"- onnxruntime vs PyTorch eager fp32 at LR {size}x{size}: {ratio:.2f}x faster (p50)")
+    t = result["tiled_vs_untiled"]
+    lines.append(f"- tiled (tile {t['tile']}, overlap {t['overlap']}) vs untiled at LR {t['size']}x{t['size']}: "
+                 f"{t['ratio']:.2f}x the untiled time (p50)")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from runtime.store import atomic_write_bytes
+
+    result = run_latency(args)
+    text = to_markdown(result)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = "".join(c if c.isalnum() else "-" for c in result["machine"].lower()).strip("-")[:60]
+    atomic_write_bytes(args.out / f"latency_{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(args.out / f"latency_{tag}.md", text.encode())
+    print(f"results: {args.out / f'latency_{tag}.md'}")
+    return 0

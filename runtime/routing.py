@@ -1,0 +1,205 @@
+"""Camera routing: which exported model in the store serves an image.
+
+The camera group comes from the request (an explicit name) or from the image's EXIF Make,
+normalised with :func:`runtime.cameras.normalise_camera_name` (the same function the adapt stage
+uses to name groups). A group with no exported model, an explicit name with no folder, and an
+image without a usable Make are all served by ``<store>/_fallback`` (an unadapted backbone); the
+decision's ``reason`` says which case applied. A damaged manifest or a file that fails its
+sha256 is an error, never a silent fallback.
+
+Export records are read from ``manifest["exports"]``: ``"onnx"`` (fp32) and ``"onnx_fp16"``, each
+``{"file", "scale", "precision", "input_name", "output_name", ...}``. When fp16 is asked for and a
+camera has only fp32, its fp32 model serves (an adapted model is worth more than the precision);
+the reason says so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.cameras import normalise_camera_name, validate_group_name
+from runtime.errors import ConfigError, StoreError
+from runtime.images import LoadedImage, read_camera_exif
+from runtime.store import FALLBACK_CAMERA, CameraStore
+
+PRECISIONS = ("fp32", "fp16")
+EXPORT_KEYS: Mapping[str, str] = {"fp32": "onnx", "fp16": "onnx_fp16"}
+FALLBACK_HOWTO = "export one with `adassr export --backbone realesrgan-x4plus`"
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Which model serves an image, and why."""
+
+    camera_requested: str | None  # the explicit --camera name, None when routed by EXIF
+    camera_group: str | None  # group asked for (explicit or from EXIF Make); None if unknown
+    model_camera: str  # store folder whose model serves it (the group, or "_fallback")
+    reason: str  # "explicit", "exif-make", or "fallback: ..."
+    onnx_path: Path
+    export_key: str  # "onnx" or "onnx_fp16"
+    precision: str  # precision actually served
+    sha256: str  # expected checksum from the manifest
+    scale: int
+    input_name: str | None
+    output_name: str | None
+    multiple_of: int
+    store: CameraStore = field(repr=False)
+    manifest: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.model_camera == FALLBACK_CAMERA
+
+    @property
+    def label(self) -> str:
+        """Short human label: ``canon/model.onnx (fp32, sha256 0123456789ab)``."""
+        return f"{self.model_camera}/{self.onnx_path.name} ({self.precision}, sha256 {self.sha256[:12]})"
+
+    def verify(self) -> Path:
+        """Check the model file against the manifest's sha256 (StoreError if it fails); return it."""
+        return self.store.verified_path(self.onnx_path.name, self.manifest)
+
+
+@dataclass(frozen=True)
+class _Found:
+    store: CameraStore
+    manifest: Mapping[str, Any]
+    key: str
+    record: Mapping[str, Any]
+
+
+def _find_export(root: Path, camera: str, precision: str) -> tuple[_Found | None, str]:
+    """The camera's export record for ``precision`` (or fp32), or None and why there is none."""
+    store = CameraStore.open(root, camera)
+    if not store.exists():
+        return None, "no manifest"
+    manifest = store.read_manifest()
+    exports = manifest.get("exports") or {}
+    if not isinstance(exports, Mapping):
+        raise StoreError(f"{store.manifest_path}: 'exports' is not an object; rerun `adassr export`")
+    for key in dict.fromkeys((EXPORT_KEYS[precision], EXPORT_KEYS["fp32"])):
+        record = exports.get(key)
+        if record is None:
+            continue
+        if not isinstance(record, Mapping) or not isinstance(record.get("file"), str):
+            raise StoreError(
+                f"{store.manifest_path}: exports[{key!r}] has no 'file'; rerun `adassr export --camera {camera}`"
+            )
+        return _Found(store, manifest, key, record), ""
+    return None, "adapted but not exported" if manifest.get("weights_sha256") else "no exported model"
+
+
+def _decision(found: _Found, *, requested: str | None, group: str | None, reason: str) -> RouteDecision:
+    store, manifest, key, record = found.store, found.manifest, found.key, found.record
+    name = str(record["file"])
+    artifact = (manifest.get("artifacts") or {}).get(name)
+    if not isinstance(artifact, Mapping) or not artifact.get("sha256"):
+        raise StoreError(
+            f"{store.manifest_path}: {name} is exported but has no sha256 artifact record; "
+            f"rerun `adassr export` for {store.camera!r}"
+        )
+    scale = record.get("scale", manifest.get("scale"))
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise StoreError(f"{store.manifest_path}: exports[{key!r}] has no valid integer 'scale' (got {scale!r})")
+    multiple = record.get("multiple_of", 1)
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise StoreError(f"{store.manifest_path}: exports[{key!r}]['multiple_of'] must be a positive integer")
+    precision = "fp16" if key == EXPORT_KEYS["fp16"] else "fp32"
+    return RouteDecision(
+        camera_requested=requested,
+        camera_group=group,
+        model_camera=store.camera,
+        reason=reason,
+        onnx_path=store.path(name),
+        export_key=key,
+        precision=precision,
+        sha256=str(artifact["sha256"]),
+        scale=scale,
+        input_name=record.get("input_name"),
+        output_name=record.get("output_name"),
+        multiple_of=multiple,
+        store=store,
+        manifest=manifest,
+    )
+
+
+def camera_group_of(image: LoadedImage | str | os.PathLike[str] | None) -> tuple[str | None, str | None]:
+    """``(group, exif_make)`` of an image from its EXIF Make; group None when there is no usable Make."""
+    if image is None:
+        return None, None
+    make = image.exif_make if isinstance(image, LoadedImage) else read_camera_exif(image)[0]
+    if not make:
+        return None, None
+    group = normalise_camera_name(make)
+    return (validate_group_name(group) if group else None), make
+
+
+def resolve_model(
+    store_root: str | os.PathLike[str],
+    *,
+    camera: str | None = None,
+    image: LoadedImage | str | os.PathLike[str] | None = None,
+    precision: str = "fp32",
+    verify: bool = True,
+) -> RouteDecision:
+    """Pick the model for an explicit ``camera`` or, without one, for the image's EXIF Make.
+
+    ``camera="_fallback"`` asks for the unadapted fallback model explicitly.
+
+    With ``verify`` the model file's sha256 is checked against the manifest (StoreError on a
+    mismatch); without it the caller must call :meth:`RouteDecision.verify` before opening it.
+    Raises StoreError if the store is missing or no model (not even the fallback) can serve.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    root = Path(store_root).expanduser()
+    CameraStore.open(root, FALLBACK_CAMERA)  # StoreError with a clear message if the store is missing
+    if camera is not None:
+        group: str | None = camera if camera == FALLBACK_CAMERA else validate_group_name(camera)
+        requested: str | None = camera
+        source = "explicit"
+        make = None
+    else:
+        requested = None
+        source = "exif-make"
+        group, make = camera_group_of(image)
+
+    if group is not None:
+        found, why = _find_export(root, group, precision)
+        if found is not None:
+            reason = source
+            if found.key != EXPORT_KEYS[precision]:
+                reason += f"; no {precision} export for {group!r}, serving fp32"
+            decision = _decision(found, requested=requested, group=group, reason=reason)
+            if verify:
+                decision.verify()
+            return decision
+        if camera is not None:
+            reason = f"fallback: no model for explicitly requested camera {group!r} ({why})"
+        else:
+            reason = f"fallback: no model for {group!r} ({why})"
+    elif make:
+        reason = f"fallback: EXIF Make {make!r} names no camera group"
+    elif image is not None:
+        reason = "fallback: no EXIF Make"
+    else:
+        reason = "fallback: no camera given"
+
+    fallback, why = _find_export(root, FALLBACK_CAMERA, precision)
+    if fallback is None:
+        wanted = f"camera {group!r}" if group else "this image (no camera group)"
+        raise StoreError(
+            f"no model for {wanted} in {root} and no fallback model in {root / FALLBACK_CAMERA} "
+            f"({why}); {FALLBACK_HOWTO}, or adapt and export the camera with "
+            f"`adapt --camera NAME` then `adassr export --camera NAME`"
+        )
+    if fallback.key != EXPORT_KEYS[precision]:
+        reason += f"; no {precision} fallback export, serving fp32"
+    decision = _decision(fallback, requested=requested, group=group, reason=reason)
+    if verify:
+        decision.verify()
+    return decision

@@ -1,0 +1,378 @@
+"""``adassr upscale``: upscale a file or a folder with the camera's exported model (torch-free).
+
+- ``-i FILE -o OUT``: OUT is the output file when it has an image suffix (and is not an existing
+  folder), otherwise a folder (created) that receives ``<stem>.<ext>``.
+- ``-i DIR -o OUTDIR``: every image directly inside DIR (suffixes of
+  ``runtime.images.SUPPORTED_READ_SUFFIXES``, sorted by name) goes to ``OUTDIR/<stem>.<ext>``; two
+  inputs that would get the same name keep their input suffix in the stem (``a_jpg.png``).
+  A bad file is reported on stderr (file and reason) and skipped; it never aborts the batch nor
+  leaves a partial output (files are written atomically).
+- ``--ext auto`` keeps the input's format where it can be written (MPO -> jpg, BMP -> png).
+- Each image prints which model served it; a summary line ends the run.
+- Exit status: 0 all images done, 1 some failed, 2 bad arguments or no usable store
+  (raised as AdassrError for the umbrella CLI to print).
+- ``--backend torch`` hands the whole run to ``adapt.infer.run_torch_upscale(args)`` (needs the
+  ``adapt`` extra); the runtime never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from runtime.errors import AdassrError, ConfigError
+from runtime.images import (
+    SUPPORTED_READ_SUFFIXES,
+    SUPPORTED_WRITE_SUFFIXES,
+    ImageWarning,
+    LoadedImage,
+    read_image,
+    write_image,
+)
+from runtime.pipeline import RuntimeOptions, UpscaleResult, Upscaler
+from runtime.routing import PRECISIONS, RouteDecision
+from runtime.store import DEFAULT_STORE, FALLBACK_CAMERA, CameraStore
+from runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, TilingOptions
+
+CLI_BACKENDS = ("onnxruntime", "torch")
+_AUTO_EXT = {".mpo": ".jpg", ".bmp": ".png"}
+
+
+def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``adassr upscale`` options to ``parser``."""
+    parser.add_argument("-i", "--input", required=True, type=Path, help="an image file or a folder of images")
+    parser.add_argument("-o", "--output", required=True, type=Path,
+                        help="output file (for one input file) or folder")
+    parser.add_argument("--camera", default=None,
+                        help="camera group whose model to use (default: from each image's EXIF Make)")
+    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default ./{DEFAULT_STORE})")
+    parser.add_argument("--backend", choices=CLI_BACKENDS, default="onnxruntime",
+                        help="onnxruntime (the runtime, default) or torch (PyTorch eager, needs the adapt extra)")
+    parser.add_argument("--providers", default="cpu",
+                        help="onnxruntime execution providers in priority order, from tensorrt,cuda,cpu (default cpu)")
+    parser.add_argument("--require-providers", action="store_true",
+                        help="fail instead of falling back when a requested provider is not in use")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="model precision (default fp32)")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                        help=f"tile size in input pixels, 0 = no tiling (default {DEFAULT_TILE})")
+    parser.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP,
+                        help=f"input pixels shared by neighbouring tiles (default {DEFAULT_OVERLAP})")
+    parser.add_argument("--tile-batch", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"tiles per model call (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--pre-pad", type=int, default=DEFAULT_PRE_PAD,
+                        help=f"reflect padding around the image, input pixels (default {DEFAULT_PRE_PAD})")
+    parser.add_argument("--outscale", type=float, default=None,
+                        help="final upscaling factor (default: the model's scale, e.g. 4)")
+    parser.add_argument("--ext", default="auto",
+                        help="output format for folders / output folders: auto (as the input), png, jpg, webp, tif")
+    parser.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (default 95)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    torch_opts = parser.add_argument_group("--backend torch (PyTorch eager)")
+    torch_opts.add_argument("--backbone", default="realesrgan-x4plus",
+                            help="backbone used when the camera has no adapted weights (default %(default)s)")
+    torch_opts.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                            help="device for --backend torch (default auto)")
+
+
+# -- paths ----------------------------------------------------------------------------------------
+def _output_suffix(ext: str, source: Path) -> str:
+    if ext == "auto":
+        suffix = source.suffix.lower()
+        suffix = _AUTO_EXT.get(suffix, suffix)
+        return suffix if suffix in SUPPORTED_WRITE_SUFFIXES else ".png"
+    suffix = "." + ext.lower().lstrip(".")
+    if suffix not in SUPPORTED_WRITE_SUFFIXES:
+        raise ConfigError(
+            f"--ext {ext!r} is not a writable format; choose auto or one of "
+            f"{', '.join(s.lstrip('.') for s in SUPPORTED_WRITE_SUFFIXES)}"
+        )
+    return suffix
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUPPORTED_READ_SUFFIXES
+    )
+
+
+def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]]:
+    """``(input, output)`` pairs for a file or a folder (see the module docstring)."""
+    if not source.exists():
+        raise ConfigError(f"input {source} does not exist")
+    if source.is_dir():
+        if output.exists() and not output.is_dir():
+            raise ConfigError(f"the input is a folder, so the output {output} must be a folder, not a file")
+        if output.exists() and output.resolve() == source.resolve():
+            raise ConfigError(f"the output folder {output} is the input folder; choose another -o")
+        inputs = _list_images(source)
+        if not inputs:
+            raise ConfigError(
+                f"no images in {source} (looked for {', '.join(SUPPORTED_READ_SUFFIXES)})"
+            )
+        names = [(p, p.stem + _output_suffix(ext, p)) for p in inputs]
+        counts: dict[str, int] = {}
+        for _, name in names:
+            counts[name.lower()] = counts.get(name.lower(), 0) + 1
+        pairs = []
+        for p, name in names:
+            if counts[name.lower()] > 1:
+                suffix = Path(name).suffix
+                name = f"{p.stem}_{p.suffix.lower().lstrip('.')}{suffix}"
+            pairs.append((p, output / name))
+        return pairs
+    is_file_target = output.suffix.lower() in SUPPORTED_WRITE_SUFFIXES and not output.is_dir()
+    if is_file_target:
+        if ext != "auto" and _output_suffix(ext, source) != output.suffix.lower():
+            raise ConfigError(f"--ext {ext} contradicts the output file name {output.name}; drop one")
+        target = output
+    else:
+        target = output / (source.stem + _output_suffix(ext, source))
+    if target.exists() and target.resolve() == source.resolve():
+        raise ConfigError(f"the output {target} would overwrite the input; choose another -o")
+    return [(source, target)]
+
+
+# -- progress ---------------------------------------------------------------------------------
+class _Progress:
+    """Images done (a folder) or tiles done (one file), on stderr.
+
+    Uses tqdm when it is installed (it is not a runtime dependency), else a plain counter line.
+    """
+
+    def __init__(self, total: int, *, enabled: bool, stream: TextIO) -> None:
+        self._stream = stream
+        self._total = total
+        self._done = 0
+        self._enabled = enabled
+        self._tqdm: Any = None
+        if enabled and importlib.util.find_spec("tqdm") is not None:
+            from tqdm import tqdm
+
+            self._tqdm = tqdm
+        self._bar: Any = None
+        if enabled and total > 1:
+            self._bar = self._make_bar(total, "img", leave=True)
+
+    def _make_bar(self, total: int, unit: str, *, leave: bool) -> Any:
+        if self._tqdm is None:
+            return None
+        return self._tqdm(total=total, unit=unit, file=self._stream, dynamic_ncols=True, leave=leave)
+
+    def write(self, line: str, *, file: TextIO) -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=file)
+        else:
+            print(line, file=file, flush=True)
+
+    def advance(self, name: str) -> None:
+        self._done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        elif self._enabled and self._total > 1:
+            print(f"[{self._done}/{self._total}] {name}", file=self._stream, flush=True)
+
+    def tiles(self) -> Callable[[int, int], None] | None:
+        """A tile-progress callback for a single-image run (None for folders or when disabled)."""
+        if not self._enabled or self._total != 1:
+            return None
+
+        def update(done: int, total: int) -> None:
+            if total <= 1:
+                return
+            if self._tqdm is None:
+                print(f"\rtiles {done}/{total}", end="\n" if done == total else "", file=self._stream, flush=True)
+                return
+            if self._bar is None:
+                self._bar = self._make_bar(total, "tile", leave=False)
+            self._bar.update(done - self._bar.n)
+            if done == total:
+                self._bar.close()
+                self._bar = None
+
+        return update
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+# -- run ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Outcome:
+    """What happened to one input (no pixels: a folder run keeps one of these per image)."""
+
+    source: Path
+    target: Path | None
+    group: str | None  # camera group the image was routed as
+    model: str | None  # the model that served it
+    error: str | None
+
+
+def _process_one(
+    serve: Callable[[LoadedImage, Callable[[int, int], None] | None], UpscaleResult],
+    source: Path,
+    target: Path,
+    *,
+    quality: int,
+    tiles: Callable[[int, int], None] | None,
+) -> tuple[UpscaleResult, list[str]]:
+    image = read_image(source)
+    result = serve(image, tiles)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageWarning)
+        write_image(target, result.pixels, alpha=result.alpha, quality=quality)
+    notes = [str(w.message) for w in caught if issubclass(w.category, ImageWarning)]
+    for w in caught:  # re-emit anything that is not ours to handle
+        if not issubclass(w.category, ImageWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result, notes
+
+
+def _options_from_args(args: argparse.Namespace) -> RuntimeOptions:
+    tiling = TilingOptions(
+        tile=args.tile,
+        overlap=args.tile_overlap,
+        pre_pad=args.pre_pad,
+        batch_size=args.tile_batch,
+        # onnxruntime models take any size: a small image is run at its own size, not a full tile.
+        pad_to_tile=args.backend not in ("onnxruntime",),
+    )
+    return RuntimeOptions(
+        store=args.store,
+        backend=args.backend,
+        providers=tuple(args.providers.split(",")) if isinstance(args.providers, str) else tuple(args.providers),
+        precision=args.precision,
+        threads=args.threads,
+        require_providers=args.require_providers,
+        tiling=tiling,
+        outscale=args.outscale,
+    )
+
+
+def run_upscale(
+    args: argparse.Namespace,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run ``adassr upscale``; returns the exit status (0 ok, 1 some images failed).
+
+    Argument and store problems raise :class:`AdassrError` (the umbrella CLI prints them, exit 2).
+    """
+    if args.backend == "torch":
+        return _run_torch(args)
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    if not 1 <= args.quality <= 100:
+        raise ConfigError(f"--quality must be 1-100, got {args.quality}")
+    options = _options_from_args(args)
+    pairs = plan_outputs(args.input, args.output, args.ext)
+    CameraStore.open(options.store, FALLBACK_CAMERA)  # a missing store fails once, up front
+    if args.camera is not None:
+        CameraStore.open(options.store, args.camera)  # validates the name (CameraError)
+
+    for folder in sorted({target.parent for _, target in pairs}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
+
+    with Upscaler(options) as upscaler:
+        return run_batch(
+            pairs,
+            lambda image, tiles: upscaler.upscale(image, camera=args.camera, progress=tiles),
+            quality=args.quality,
+            progress=not args.no_progress,
+            stdout=out,
+            stderr=err,
+        )
+
+
+Serve = Callable[[LoadedImage, "Callable[[int, int], None] | None"], UpscaleResult]
+
+
+def run_batch(
+    pairs: list[tuple[Path, Path]],
+    serve: Serve,
+    *,
+    quality: int = 95,
+    progress: bool = True,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Upscale each (source, target) pair with ``serve``; one bad file is reported and skipped.
+
+    Shared by the runtime and the PyTorch path. Returns 0 when every file succeeded, else 1.
+    """
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    for folder in sorted({target.parent for _, target in pairs}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
+    start = time.perf_counter()
+    outcomes: list[_Outcome] = []
+    bar = _Progress(len(pairs), enabled=progress, stream=err)
+    try:
+        for source, target in pairs:
+            try:
+                result, notes = _process_one(serve, source, target, quality=quality, tiles=bar.tiles())
+            except (AdassrError, MemoryError) as exc:
+                reason = str(exc) or type(exc).__name__
+                where = "" if str(source) in reason else f"{source}: "
+                bar.write(f"error: {where}{reason} (skipped)", file=err)
+                outcomes.append(_Outcome(source, None, None, None, reason))
+            else:
+                route = result.route
+                served = f"{route.label}, {route.reason}" if route else result.model_label
+                bar.write(f"{source} -> {target}  [model {served}]", file=out)
+                for note in notes:
+                    bar.write(f"note: {target}: {note}", file=err)
+                group = (route.camera_group or "(no camera)") if route else "(all)"
+                model = f"{route.model_camera}/{route.onnx_path.name}" if route else result.model_label
+                outcomes.append(_Outcome(source, target, group, model, None))
+            bar.advance(source.name)
+    finally:
+        bar.close()
+    print(_summary(outcomes, time.perf_counter() - start), file=out, flush=True)
+    return 1 if any(o.error for o in outcomes) else 0
+
+
+def _summary(outcomes: list[_Outcome], seconds: float) -> str:
+    ok = [o for o in outcomes if o.error is None]
+    failed = [o for o in outcomes if o.error is not None]
+    served: dict[str, str] = {}
+    for o in ok:
+        if o.group is not None and o.model is not None:
+            served.setdefault(o.group, o.model)
+    models = "; ".join(f"{g} -> {m}" for g, m in sorted(served.items())) or "none"
+    line = f"upscaled {len(ok)} ok, {len(failed)} failed in {seconds:.1f} s; models: {models}"
+    if failed:
+        line += "; failed: " + ", ".join(str(o.source) for o in failed)
+    return line
+
+
+def _run_torch(args: argparse.Namespace) -> int:
+    """Hand the run to the PyTorch path (adapt extra); imported only here."""
+    try:
+        infer = importlib.import_module("adapt.infer")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("adapt", "adapt.infer", "torch"):
+            raise ConfigError(
+                f"--backend torch needs the PyTorch path ({exc.name} is not installed): "
+                "pip install 'adassr[adapt]', or use --backend onnxruntime"
+            ) from exc
+        raise
+    run: Callable[[argparse.Namespace], int] = infer.run_torch_upscale
+    return int(run(args))

@@ -1,0 +1,69 @@
+"""`adapt --camera` end to end with the real Real-ESRGAN backbone on small crops (CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adassr.cli import main
+from runtime.images import read_image, write_image
+from runtime.store import CameraStore
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
+REQUIRED_KEYS = {"camera", "images", "backbone", "scale", "kernel", "niqe_before", "niqe_after", "per_image",
+                 "steps", "stop_reason", "seed", "precision", "device", "wall_time_s", "attention", "versions",
+                 "weights_sha256", "schema_version", "artifacts"}
+
+
+@pytest.fixture(scope="module")
+def camera_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    group = root / "nokia"
+    group.mkdir()
+    pixels = read_image(SAMPLES / "nokia" / "iptc.jpg").pixels
+    write_image(group / "crop.png", np.ascontiguousarray(pixels[200:330, 250:380]))
+    return root
+
+
+def _adapt(camera_dir: Path, store: Path, *extra: str) -> int:
+    return main(["adapt", "--camera", "nokia", "--images", str(camera_dir), "--store", str(store),
+                 "--steps", "2", "--eval-every", "1", "--patch", "12", "--eval-crop", "48", "--seed", "1",
+                 "--lambda-perceptual", "0", *extra])
+
+
+def test_adapt_end_to_end_writes_artifacts(camera_dir: Path, tmp_path: Path, capsys) -> None:
+    store = tmp_path / "store"
+    assert _adapt(camera_dir, store) == 0
+    out = capsys.readouterr().out
+    assert "NIQE" in out and "artifacts:" in out
+    cam = CameraStore.open(store, "nokia")
+    manifest = cam.read_manifest()
+    assert REQUIRED_KEYS <= set(manifest)
+    assert manifest["backbone"]["name"] == "realesrgan-x4plus" and manifest["scale"] == 4
+    kernel = np.asarray(manifest["kernel"]["kernel"])
+    assert kernel.ndim == 2 and abs(kernel.sum() - 1) < 1e-6
+    assert manifest["steps"] == 2 and manifest["seed"] == 1
+    assert manifest["images"][0]["derivation"] == "folder"
+    assert cam.verified_path("adapted.safetensors").stat().st_size > 60_000_000
+    if manifest["kept_backbone"]:
+        assert manifest["niqe_after"] == manifest["niqe_before"]
+    else:
+        assert manifest["niqe_after"] < manifest["niqe_before"]
+    json.dumps(manifest)  # plain JSON
+
+
+def test_adapt_errors_are_clear(camera_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(["adapt", "--camera", "sony", "--images", str(camera_dir), "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown camera group 'sony'" in err and "nokia" in err
+    assert main(["adapt", "--images", str(camera_dir)]) == 2
+    assert "--camera NAME is required" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _adapt(camera_dir, blocker) == 2
+    assert "store folder" in capsys.readouterr().err
+    assert _adapt(camera_dir, tmp_path / "s", "--patch", "64") == 2
+    assert "at least" in capsys.readouterr().err

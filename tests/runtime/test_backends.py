@@ -1,0 +1,246 @@
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from runtime.backends import BACKENDS, Backend, ModelCache, ModelKey, open_backend
+from runtime.backends.onnxruntime import OnnxRuntimeBackend, resolve_providers
+from runtime.errors import BackendError, ConfigError, ShapeError
+
+from ._models import SCALE, write_model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_model(tmp_path_factory.mktemp("models") / "tiny.onnx", seed=5)
+
+
+@pytest.fixture(scope="module")
+def model_fp16_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_model(tmp_path_factory.mktemp("models16") / "tiny_fp16.onnx", seed=5, fp16=True)
+
+
+def _batch(n: int = 2, h: int = 12, w: int = 9) -> np.ndarray:
+    return np.random.default_rng(0).random((n, 3, h, w), dtype=np.float32)
+
+
+def _unavailable_gpu_provider() -> str:
+    available = set(ort.get_available_providers())
+    for short, full in (("tensorrt", "TensorrtExecutionProvider"), ("cuda", "CUDAExecutionProvider")):
+        if full not in available:
+            return short
+    pytest.skip("this onnxruntime has every GPU provider: no fallback to provoke")
+
+
+def test_provider_names_are_resolved_in_order() -> None:
+    assert resolve_providers("cuda,cpu") == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert resolve_providers(["TensorRT", "CPUExecutionProvider", "cpu"]) == (
+        "TensorrtExecutionProvider",
+        "CPUExecutionProvider",
+    )
+    with pytest.raises(ConfigError, match="valid providers are tensorrt, cuda, cpu"):
+        resolve_providers("cpu,rocm")
+    with pytest.raises(ConfigError, match="no execution provider"):
+        resolve_providers(" , ")
+
+
+def test_onnxruntime_backend_runs_on_cpu_and_matches_the_session(model_path: Path) -> None:
+    x = _batch()
+    with OnnxRuntimeBackend(model_path, providers=("cpu",), threads=1) as backend:
+        assert backend.name == "onnxruntime"
+        assert backend.providers == ("CPUExecutionProvider",)
+        assert backend.input_dtype == np.float32
+        y = backend.infer(x)
+    assert y.dtype == np.float32 and y.shape == (2, 3, 12 * SCALE, 9 * SCALE)
+    ref = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    np.testing.assert_allclose(y, ref, atol=1e-6)
+
+
+def test_float64_input_is_accepted_and_output_is_float32(model_path: Path) -> None:
+    with OnnxRuntimeBackend(model_path) as backend:
+        y64 = backend.infer(_batch(1).astype(np.float64))
+        y32 = backend.infer(_batch(1))
+    assert y64.dtype == np.float32
+    np.testing.assert_allclose(y64, y32, atol=1e-6)
+
+
+def test_fp16_model_gets_a_cast_input_and_returns_float32(model_path: Path, model_fp16_path: Path) -> None:
+    x = _batch(1, 16, 16)
+    with OnnxRuntimeBackend(model_fp16_path) as b16, OnnxRuntimeBackend(model_path) as b32:
+        assert b16.input_dtype == np.float16
+        y16 = b16.infer(x)
+        y32 = b32.infer(x)
+    assert y16.dtype == np.float32
+    assert np.abs(y16 - y32).max() < 4e-3  # half-precision input / output rounding
+
+
+def test_unavailable_provider_falls_back_with_a_warning(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    gpu = _unavailable_gpu_provider()
+    full = resolve_providers(gpu)[0]
+    with caplog.at_level(logging.WARNING, logger="runtime.backends.onnxruntime"):
+        with OnnxRuntimeBackend(model_path, providers=(gpu, "cpu")) as backend:
+            assert backend.providers == ("CPUExecutionProvider",)
+            assert backend.infer(_batch(1)).shape[0] == 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and full in warnings[0].getMessage()
+    with pytest.raises(BackendError, match=full):
+        OnnxRuntimeBackend(model_path, providers=(gpu, "cpu"), require=True).open()
+
+
+def test_session_provider_drop_is_detected(model_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    """onnxruntime-gpu without CUDA libraries lists CUDA as available but the session runs on CPU."""
+    real_available = ort.get_available_providers
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [*real_available(), "CUDAExecutionProvider"])
+    real_session = ort.InferenceSession
+
+    def session(path, sess_options=None, providers=None):
+        return real_session(path, sess_options=sess_options, providers=[p for p in providers if p in real_available()])
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    with caplog.at_level(logging.WARNING, logger="runtime.backends.onnxruntime"):
+        with OnnxRuntimeBackend(model_path, providers="cuda,cpu") as backend:
+            assert backend.providers == ("CPUExecutionProvider",)
+    assert any("CUDAExecutionProvider" in r.getMessage() and "runs on" in r.getMessage() for r in caplog.records)
+    with pytest.raises(BackendError, match="CUDAExecutionProvider"):
+        OnnxRuntimeBackend(model_path, providers="cuda,cpu", require=True).open()
+
+
+def test_infer_validates_its_input(model_path: Path) -> None:
+    backend = OnnxRuntimeBackend(model_path)
+    with pytest.raises(BackendError, match="not open"):
+        backend.infer(_batch())
+    with backend:
+        with pytest.raises(ShapeError, match=r"\(N, 3, H, W\)"):
+            backend.infer(np.zeros((1, 1, 8, 8), np.float32))
+        with pytest.raises(ShapeError):
+            backend.infer(np.zeros((3, 8, 8), np.float32))
+        with pytest.raises(BackendError, match="float"):
+            backend.infer(np.zeros((1, 3, 8, 8), np.uint8))
+        with pytest.raises(ShapeError, match="empty"):
+            backend.infer(np.zeros((0, 3, 8, 8), np.float32))
+
+
+def test_context_manager_closes_and_a_closed_backend_refuses(model_path: Path) -> None:
+    with open_backend("onnxruntime", model_path) as backend:
+        assert backend.is_open
+        backend.infer(_batch(1))
+    assert not backend.is_open and backend.providers == ()
+    with pytest.raises(BackendError, match="closed"):
+        backend.infer(_batch(1))
+    backend.close()  # twice is fine
+
+
+def test_manifest_io_names_are_checked(model_path: Path) -> None:
+    with pytest.raises(BackendError, match="manifest says 'image'"):
+        open_backend("onnxruntime", model_path, input_name="image")
+    with pytest.raises(BackendError, match="no output 'out'"):
+        open_backend("onnxruntime", model_path, output_name="out")
+    open_backend("onnxruntime", model_path, input_name="lr", output_name="sr").close()
+
+
+def test_broken_or_missing_model_is_a_backend_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07this is not an onnx model" * 10)
+    with pytest.raises(BackendError, match="cannot load"):
+        open_backend("onnxruntime", bad)
+    with pytest.raises(BackendError, match="does not exist"):
+        open_backend("onnxruntime", tmp_path / "absent.onnx")
+
+
+def test_registry_is_explicit() -> None:
+    assert list(BACKENDS) == ["onnxruntime", "tensorrt"]
+    with pytest.raises(ConfigError, match="valid backends are onnxruntime, tensorrt"):
+        open_backend("openvino", "m.onnx")
+    with pytest.raises(BackendError, match="not available in this build"):
+        open_backend("tensorrt", "m.onnx")
+    with pytest.raises(ConfigError, match="valid providers"):
+        open_backend("onnxruntime", "m.onnx", providers=("gpu",))
+
+
+# -- the LRU ------------------------------------------------------------------------------------
+class _CountingBackend(Backend):
+    opened = 0
+
+    def __init__(self, tag: str, delay: float = 0.0) -> None:
+        super().__init__(Path(f"{tag}.onnx"))
+        self.delay = delay
+        self.closed = 0
+
+    @property
+    def name(self) -> str:
+        return "counting"
+
+    def _open(self) -> None:
+        time.sleep(self.delay)
+        type(self).opened += 1
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return batch
+
+    def _close(self) -> None:
+        self.closed += 1
+
+
+def _key(camera: str) -> ModelKey:
+    return ModelKey(camera, f"sha-{camera}", "fp32", ("CPUExecutionProvider",))
+
+
+def test_lru_evicts_and_closes_the_least_recently_used() -> None:
+    cache = ModelCache(max_entries=2)
+    a = cache.get(_key("a"), lambda: _CountingBackend("a"))
+    b = cache.get(_key("b"), lambda: _CountingBackend("b"))
+    assert cache.get(_key("a"), lambda: pytest.fail("must be cached")) is a
+    c = cache.get(_key("c"), lambda: _CountingBackend("c"))  # evicts b (a was used more recently)
+    assert b.closed == 1 and not b.is_open and a.is_open and c.is_open
+    assert cache.keys() == [_key("a"), _key("c")] and len(cache) == 2
+    assert _key("b") not in cache
+    cache.clear()
+    assert a.closed == 1 and c.closed == 1 and len(cache) == 0
+
+
+def test_lru_key_includes_checksum_precision_and_providers(model_path: Path) -> None:
+    with ModelCache(4) as cache:
+        k1 = ModelKey("canon", "aaa", "fp32", ("CPUExecutionProvider",))
+        b1 = cache.get(k1, lambda: open_backend("onnxruntime", model_path))
+        for other in (
+            ModelKey("canon", "bbb", "fp32", ("CPUExecutionProvider",)),
+            ModelKey("canon", "aaa", "fp16", ("CPUExecutionProvider",)),
+            ModelKey("canon", "aaa", "fp32", ("CUDAExecutionProvider", "CPUExecutionProvider")),
+        ):
+            assert cache.get(other, lambda: open_backend("onnxruntime", model_path)) is not b1
+        assert len(cache) == 4
+    assert not b1.is_open
+
+
+def test_lru_opens_a_model_once_under_concurrency() -> None:
+    _CountingBackend.opened = 0
+    cache = ModelCache(2)
+    got: list[Backend] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(cache.get(_key("x"), lambda: _CountingBackend("x", 0.05))))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _CountingBackend.opened == 1 and len({id(b) for b in got}) == 1
+
+
+def test_failed_open_leaves_no_entry() -> None:
+    cache = ModelCache(2)
+
+    def boom() -> Backend:
+        raise BackendError("cannot open")
+
+    with pytest.raises(BackendError):
+        cache.get(_key("z"), boom)
+    assert len(cache) == 0
+    with pytest.raises(ConfigError, match=">= 1"):
+        ModelCache(0)

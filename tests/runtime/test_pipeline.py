@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.backends.onnxruntime import OnnxRuntimeBackend
+from runtime.errors import BackendError, ConfigError, StoreError
+from runtime.images import LoadedImage, read_image, to_float32, write_image
+from runtime.pipeline import LUMA_BT601, RuntimeOptions, Upscaler, output_size, upscale_image, upscale_pixels
+from runtime.store import FALLBACK_CAMERA
+from runtime.tiling import TilingOptions
+
+from ._models import SCALE, publish_camera, write_model
+
+ROOT = Path(__file__).resolve().parents[2]
+HR = ROOT / "tests" / "data" / "hr"
+CANON_JPG = ROOT / "samples" / "cameras" / "canon" / "flower.jpg"
+TILING = TilingOptions(tile=64, overlap=16)
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory):
+    path = write_model(tmp_path_factory.mktemp("m") / "tiny.onnx", seed=2)
+    with OnnxRuntimeBackend(path, threads=1) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def rgb8() -> np.ndarray:
+    img = np.asarray(Image.open(HR / "chelsea.png").convert("RGB"))[100:148, 150:206]
+    return np.ascontiguousarray(img)
+
+
+def _model_rgb(backend, rgb8: np.ndarray) -> np.ndarray:
+    """The model's float output for an RGB uint8 image, through the same tiling."""
+    out, _ = upscale_pixels(rgb8, backend.infer, scale=SCALE, tiling=TILING)
+    return out
+
+
+def test_rgb8_in_rgb8_out(backend, rgb8: np.ndarray) -> None:
+    out, alpha = upscale_pixels(rgb8, backend.infer, scale=SCALE, tiling=TILING)
+    assert out.dtype == np.uint8 and out.shape == (48 * 4, 56 * 4, 3) and alpha is None
+    # a real upscale: close to bicubic, not equal to it
+    bicubic = cv2.resize(rgb8, (56 * 4, 48 * 4), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    err = np.abs(out.astype(np.float32) - bicubic)
+    assert 1.0 < err.mean() < 20.0
+
+
+def test_sixteen_bit_keeps_sixteen_bits(backend, rgb8: np.ndarray, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    px16 = (rgb8.astype(np.uint16) * 257 + rng.integers(0, 257, rgb8.shape)).astype(np.uint16)
+    path = write_image(tmp_path / "in16.png", px16)
+    image = read_image(path)
+    assert image.bit_depth == 16
+    result = upscale_image(image, backend, scale=SCALE, tiling=TILING)
+    assert result.bit_depth == 16 and result.pixels.dtype == np.uint16
+    assert np.any(result.pixels % 257 != 0)  # finer than 8-bit levels
+    out = read_image(write_image(tmp_path / "out16.png", result.pixels))
+    assert out.bit_depth == 16 and out.pixels.shape == (48 * 4, 56 * 4, 3)
+    # the same picture as the 8-bit path, within 8-bit rounding
+    out8 = _model_rgb(backend, rgb8).astype(np.float32) / 255
+    assert np.abs(to_float32(result.pixels) - out8).max() < 6 / 255
+
+
+def test_grey_goes_back_to_grey_by_luma(backend, rgb8: np.ndarray) -> None:
+    grey = cv2.cvtColor(rgb8, cv2.COLOR_RGB2GRAY)[..., None]
+    out, _ = upscale_pixels(grey, backend.infer, scale=SCALE, tiling=TILING)
+    assert out.shape == (48 * 4, 56 * 4, 1) and out.dtype == np.uint8
+    replicated = _model_rgb(backend, np.repeat(grey, 3, axis=2)).astype(np.float32)
+    expected = replicated @ LUMA_BT601
+    assert np.abs(out[..., 0].astype(np.float32) - expected).max() <= 1.0
+    # the model tints a grey input a little; luma, not one channel, brings it back
+    assert np.abs(replicated[..., 0] - replicated[..., 2]).max() > 1
+
+
+def test_rgba_alpha_is_upscaled_bicubically_and_apart(backend, rgb8: np.ndarray) -> None:
+    yy, xx = np.mgrid[0:48, 0:56]
+    alpha = np.where((yy - 24) ** 2 + (xx - 28) ** 2 < 300, 255, 0).astype(np.uint8)
+    out, out_alpha = upscale_pixels(rgb8, backend.infer, scale=SCALE, tiling=TILING, alpha=alpha)
+    assert out_alpha is not None and out_alpha.shape == (192, 224) and out_alpha.dtype == np.uint8
+    ref = cv2.resize(alpha.astype(np.float32) / 255, (224, 192), interpolation=cv2.INTER_CUBIC)
+    expected = np.rint(np.clip(ref, 0, 1) * 255)
+    assert np.abs(out_alpha.astype(np.float32) - expected).max() <= 1
+    np.testing.assert_array_equal(out, _model_rgb(backend, rgb8))  # colour does not see alpha
+
+
+def test_outscale_shrinks_with_area_and_enlarges_with_cubic(backend, rgb8: np.ndarray) -> None:
+    x4 = _model_rgb(backend, rgb8).astype(np.float32) / 255
+    out2, _ = upscale_pixels(rgb8, backend.infer, scale=SCALE, tiling=TILING, outscale=2)
+    assert out2.shape == (96, 112, 3)
+    area = cv2.resize(x4, (112, 96), interpolation=cv2.INTER_AREA)
+    assert np.abs(out2.astype(np.float32) / 255 - area).max() <= 1.5 / 255
+    out8, _ = upscale_pixels(rgb8, backend.infer, scale=SCALE, tiling=TILING, outscale=8)
+    assert out8.shape == (384, 448, 3)
+    odd, _ = upscale_pixels(rgb8[:47, :55], backend.infer, scale=SCALE, tiling=TILING, outscale=2.5)
+    assert output_size(47, 55, 2.5) == (118, 138) and odd.shape == (118, 138, 3)
+    with pytest.raises(ConfigError, match="outscale"):
+        upscale_pixels(rgb8, backend.infer, scale=SCALE, tiling=TILING, outscale=0)
+
+
+def test_non_finite_model_output_is_an_error(rgb8: np.ndarray) -> None:
+    def nan_model(batch: np.ndarray) -> np.ndarray:
+        out = batch.repeat(4, axis=2).repeat(4, axis=3)
+        out[:, :, 100, 100] = np.nan
+        return out
+
+    with pytest.raises(BackendError, match="NaN or Inf"):
+        upscale_pixels(rgb8, nan_model, scale=4, tiling=TILING)
+
+
+def test_upscaler_routes_caches_and_reports_the_model(tmp_path: Path) -> None:
+    publish_camera(tmp_path, FALLBACK_CAMERA, seed=0)
+    publish_camera(tmp_path, "canon", seed=1)
+    full = read_image(CANON_JPG)
+    small = LoadedImage(full.pixels[:40, :50].copy(), None, 8, full.exif_make, full.exif_model, None)
+    nameless = LoadedImage(small.pixels, None, 8, None, None, None)
+    opts = RuntimeOptions(store=tmp_path, tiling=TilingOptions(tile=32, overlap=8), outscale=2, cache_size=1)
+    with Upscaler(opts) as up:
+        a = up.upscale(small)
+        assert a.route is not None and a.route.model_camera == "canon" and a.route.reason == "exif-make"
+        assert a.pixels.shape == (80, 100, 3) and a.outscale == 2 and a.scale == 4
+        assert "canon/model.onnx" in a.model_label
+        b = up.upscale(nameless)
+        assert b.route is not None and b.route.is_fallback
+        assert len(up.cache) == 1  # cache_size 1: canon's session was evicted and closed
+        c = up.upscale(nameless, camera="canon")
+        assert c.route is not None and c.route.reason == "explicit"
+        assert not np.array_equal(a.pixels, b.pixels)  # two different models
+        np.testing.assert_array_equal(a.pixels, c.pixels)
+
+
+def test_upscaler_verifies_the_checksum_before_opening(tmp_path: Path) -> None:
+    publish_camera(tmp_path, FALLBACK_CAMERA, seed=0)
+    model = tmp_path / FALLBACK_CAMERA / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-10] + b"0123456789")
+    image = LoadedImage(np.zeros((8, 8, 3), np.uint8), None, 8, None, None, None)
+    with Upscaler(RuntimeOptions(store=tmp_path)) as up, pytest.raises(StoreError, match="fails its checksum"):
+        up.upscale(image)
+
+
+def test_runtime_options_validate() -> None:
+    with pytest.raises(ConfigError, match="valid providers"):
+        RuntimeOptions(store=Path("x"), providers=("metal",))
+    with pytest.raises(ConfigError, match="precision"):
+        RuntimeOptions(store=Path("x"), precision="int8")
+    assert RuntimeOptions(store=Path("x"), providers=("cuda", "cpu")).providers == (
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    )

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from runtime.errors import CameraError, StoreError
+from runtime.images import read_image
+from runtime.routing import resolve_model
+from runtime.store import FALLBACK_CAMERA, CameraStore
+
+from ._models import publish_camera
+
+ROOT = Path(__file__).resolve().parents[2]
+CANON_JPG = ROOT / "samples" / "cameras" / "canon" / "flower.jpg"  # EXIF Make "Canon"
+NOKIA_JPG = ROOT / "samples" / "cameras" / "nokia" / "iptc.jpg"  # EXIF Make "Nokia"
+NO_EXIF_PNG = ROOT / "tests" / "data" / "hr" / "astronaut.png"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    publish_camera(tmp_path, FALLBACK_CAMERA, seed=0)
+    publish_camera(tmp_path, "canon", seed=1, fp16=True)
+    return tmp_path
+
+
+def test_explicit_camera(store: Path) -> None:
+    d = resolve_model(store, camera="Canon")
+    assert (d.camera_requested, d.camera_group, d.model_camera, d.reason) == ("Canon", "canon", "canon", "explicit")
+    assert d.onnx_path == store / "canon" / "model.onnx" and d.onnx_path.is_file()
+    assert d.precision == "fp32" and d.export_key == "onnx" and d.scale == 4 and not d.is_fallback
+    assert d.input_name == "lr" and d.output_name == "sr"
+    assert d.sha256 == d.manifest["artifacts"]["model.onnx"]["sha256"]
+    assert d.label.startswith("canon/model.onnx (fp32, sha256 ")
+
+
+def test_fallback_can_be_asked_for(store: Path) -> None:
+    d = resolve_model(store, camera=FALLBACK_CAMERA, image=CANON_JPG)
+    assert d.model_camera == FALLBACK_CAMERA and d.reason == "explicit" and d.is_fallback
+
+
+def test_exif_make_routes_to_the_camera_group(store: Path) -> None:
+    image = read_image(CANON_JPG)
+    assert image.exif_make and image.exif_make.lower().startswith("canon")
+    for source in (image, CANON_JPG):
+        d = resolve_model(store, image=source)
+        assert (d.camera_requested, d.camera_group, d.model_camera, d.reason) == (None, "canon", "canon", "exif-make")
+
+
+def test_group_without_a_model_is_served_by_the_fallback(store: Path) -> None:
+    d = resolve_model(store, image=NOKIA_JPG)
+    assert d.camera_group == "nokia" and d.model_camera == FALLBACK_CAMERA and d.is_fallback
+    assert d.reason.startswith("fallback: no model for 'nokia'")
+    assert d.onnx_path == store / FALLBACK_CAMERA / "model.onnx"
+
+
+def test_unknown_explicit_camera_falls_back_and_says_so(store: Path) -> None:
+    d = resolve_model(store, camera="nikon")
+    assert d.model_camera == FALLBACK_CAMERA and d.camera_requested == "nikon"
+    assert "explicitly requested camera 'nikon'" in d.reason and d.reason.startswith("fallback:")
+
+
+def test_image_without_exif_make_falls_back(store: Path) -> None:
+    d = resolve_model(store, image=NO_EXIF_PNG)
+    assert d.camera_group is None and d.reason == "fallback: no EXIF Make"
+
+
+def test_adapted_but_not_exported_camera_falls_back(store: Path) -> None:
+    nikon = CameraStore.open(store, "nikon", create=True)
+    nikon.update_manifest(lambda m: m.update(weights_sha256="0" * 64))
+    d = resolve_model(store, camera="nikon")
+    assert d.is_fallback and "adapted but not exported" in d.reason
+
+
+def test_precision_choice(store: Path) -> None:
+    d = resolve_model(store, camera="canon", precision="fp16")
+    assert d.export_key == "onnx_fp16" and d.precision == "fp16" and d.onnx_path.name == "model_fp16.onnx"
+    d = resolve_model(store, image=NOKIA_JPG, precision="fp16")  # the fallback has only fp32
+    assert d.is_fallback and d.precision == "fp32" and "serving fp32" in d.reason
+
+
+def test_no_fallback_says_how_to_make_one(tmp_path: Path) -> None:
+    publish_camera(tmp_path, "canon")
+    assert resolve_model(tmp_path, camera="canon").model_camera == "canon"
+    with pytest.raises(StoreError, match=r"adassr export --backbone realesrgan-x4plus"):
+        resolve_model(tmp_path, camera="nikon")
+
+
+def test_missing_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        resolve_model(tmp_path / "nowhere", camera="canon")
+
+
+def test_tampered_model_is_caught_by_its_checksum(store: Path) -> None:
+    path = store / "canon" / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit in the weights: still a loadable model
+    path.write_bytes(bytes(data))
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # onnxruntime would not notice
+    with pytest.raises(StoreError, match="fails its checksum"):
+        resolve_model(store, camera="canon")
+    d = resolve_model(store, camera="canon", verify=False)  # routing alone does not read the file
+    with pytest.raises(StoreError, match="model.onnx fails its checksum"):
+        d.verify()
+    path.unlink()
+    with pytest.raises(StoreError, match="missing"):
+        resolve_model(store, camera="canon")
+
+
+def test_damaged_manifest_is_an_error_not_a_fallback(store: Path) -> None:
+    (store / "canon" / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreError, match="not valid JSON"):
+        resolve_model(store, image=CANON_JPG)
+
+
+def test_invalid_camera_name(store: Path) -> None:
+    with pytest.raises(CameraError, match="invalid camera group name"):
+        resolve_model(store, camera="../etc")

@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from runtime.errors import ConfigError, ShapeError
+from runtime.tiling import TilingOptions, make_canvas, plan_tiles, upscale_tiled
+
+from ._models import RF_RADIUS, SCALE, build_tiny_sr
+
+ROOT = Path(__file__).resolve().parents[2]
+HR = ROOT / "tests" / "data" / "hr"
+ARTIFACTS = ROOT / "tests" / "_artifacts"
+FUJI = Path("/work/shared/data/cameras/fujifilm/fujifilm.mpo")
+
+SIZES = [(1, 1), (2, 3), (5, 7), (31, 64), (64, 64), (65, 200), (97, 181), (300, 301), (44, 45)]
+OPTIONS = [
+    TilingOptions(tile=0),
+    TilingOptions(tile=32, overlap=8, pre_pad=0),
+    TilingOptions(tile=64, overlap=16),
+    TilingOptions(tile=64, overlap=24, pre_pad=3),
+    TilingOptions(tile=48, overlap=0),
+    TilingOptions(tile=64, overlap=16, pad_to_tile=False),
+]
+
+
+def _photo(name: str, y: int, x: int, h: int, w: int) -> np.ndarray:
+    img = np.asarray(Image.open(HR / name).convert("RGB"), dtype=np.float32) / 255.0
+    crop = img[y : y + h, x : x + w]
+    assert crop.shape == (h, w, 3)
+    return np.ascontiguousarray(crop)
+
+
+@pytest.fixture(scope="module")
+def tiny_infer():
+    session = ort.InferenceSession(build_tiny_sr(seed=3), providers=["CPUExecutionProvider"])
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {"lr": batch})[0]
+
+    return infer
+
+
+def _nearest(scale: int, calls: list[tuple[int, ...]] | None = None):
+    def infer(batch: np.ndarray) -> np.ndarray:
+        if calls is not None:
+            calls.append(batch.shape)
+        return batch.repeat(scale, axis=2).repeat(scale, axis=3)
+
+    return infer
+
+
+# -- the plan ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: f"t{o.tile}o{o.overlap}p{o.pre_pad}{'' if o.pad_to_tile else 'np'}")
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_plan_covers_every_pixel_with_fixed_tiles(size: tuple[int, int], opts: TilingOptions) -> None:
+    h, w = size
+    plan = plan_tiles(h, w, opts)
+    ch, cw = plan.canvas_shape
+    th, tw = plan.tile_shape
+    assert ch >= h + 2 * opts.pre_pad and cw >= w + 2 * opts.pre_pad
+    if opts.tile and opts.pad_to_tile:
+        assert (th, tw) == (opts.tile, opts.tile)  # one static shape for every image
+    cover = np.zeros((ch, cw), dtype=np.int32)
+    for _, _, y, x in plan.tiles():
+        assert 0 <= y and y + th <= ch and 0 <= x and x + tw <= cw  # never cut short
+        cover[y : y + th, x : x + tw] += 1
+    assert cover.min() >= 1
+    for axis in (plan.rows, plan.cols):
+        starts = axis.starts
+        assert list(starts) == sorted(set(starts))
+        shared = [starts[k] + axis.tile - starts[k + 1] for k in range(len(starts) - 1)]
+        assert all(s >= opts.overlap for s in shared)
+        if len(starts) > 1:  # the fewest tiles that keep the overlap
+            stride = axis.tile - opts.overlap
+            assert (len(starts) - 2) * stride + axis.tile < axis.canvas
+        # HR blending weights are a partition of unity, zero in each tile's pure-context margin
+        for s in (1, 4):
+            total = np.zeros(axis.canvas * s)
+            for k, start in enumerate(starts):
+                wk = axis.weights(k, s)
+                assert wk.min() >= 0 and wk.max() <= 1
+                total[start * s : (start + axis.tile) * s] += wk
+                margin = int(s * 3 * opts.overlap / 8)
+                if k > 0 and margin:
+                    assert np.all(wk[:margin] == 0)
+                if k < len(starts) - 1 and margin:
+                    assert np.all(wk[-margin:] == 0)
+            np.testing.assert_allclose(total, 1.0, atol=1e-12)
+
+
+def test_small_image_is_padded_to_one_tile_or_run_at_its_size() -> None:
+    plan = plan_tiles(5, 7, TilingOptions(tile=64, overlap=16, pre_pad=10))
+    assert plan.n_tiles == 1 and plan.tile_shape == (64, 64) and plan.canvas_shape == (64, 64)
+    own = plan_tiles(5, 7, TilingOptions(tile=64, overlap=16, pre_pad=10, pad_to_tile=False))
+    assert own.n_tiles == 1 and own.tile_shape == (25, 27)
+    untiled = plan_tiles(300, 301, TilingOptions(tile=0, pre_pad=10), multiple_of=8)
+    assert untiled.n_tiles == 1 and untiled.tile_shape == (320, 328)
+
+
+def test_canvas_is_reflect_padded() -> None:
+    img = np.arange(5 * 7 * 3, dtype=np.float32).reshape(5, 7, 3)
+    plan = plan_tiles(5, 7, TilingOptions(tile=32, overlap=8, pre_pad=2))
+    canvas = make_canvas(img, plan)
+    assert canvas.shape == (32, 32, 3)
+    np.testing.assert_array_equal(canvas[2:7, 2:9], img)
+    np.testing.assert_array_equal(canvas[0, 2:9], img[2])  # reflect, not edge or zero
+    np.testing.assert_array_equal(canvas[2:7, 1], img[:, 1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(tile=64, overlap=32), "less than half the tile"),
+        (dict(tile=-1), "tile must be"),
+        (dict(overlap=-2), "overlap"),
+        (dict(batch_size=0), "batch size"),
+        (dict(pre_pad=-1), "pre_pad"),
+    ],
+)
+def test_invalid_options_name_the_fix(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        TilingOptions(**kwargs)
+
+
+def test_tile_must_respect_model_multiple() -> None:
+    with pytest.raises(ConfigError, match="--tile 72"):
+        plan_tiles(100, 100, TilingOptions(tile=70, overlap=8), multiple_of=8)
+    plan = plan_tiles(100, 100, TilingOptions(tile=72, overlap=8), multiple_of=8)
+    assert plan.canvas_shape[0] % 8 == 0
+
+
+# -- stitching -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (97, 181), (130, 64)])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_pixelwise_model_is_stitched_exactly(size: tuple[int, int], batch_size: int) -> None:
+    rng = np.random.default_rng(1)
+    img = rng.random((*size, 3), dtype=np.float32)
+    calls: list[tuple[int, ...]] = []
+    opts = TilingOptions(tile=32, overlap=8, batch_size=batch_size)
+    out = upscale_tiled(img, _nearest(2, calls), scale=2, options=opts)
+    np.testing.assert_allclose(out, img.repeat(2, 0).repeat(2, 1), atol=1e-6)
+    assert {c[1:] for c in calls} == {(3, 32, 32)}  # one fixed tile shape
+    assert max(c[0] for c in calls) <= batch_size
+    assert sum(c[0] for c in calls) == plan_tiles(*size, opts).n_tiles
+
+
+def test_wrong_model_scale_is_a_shape_error() -> None:
+    img = np.zeros((40, 40, 3), np.float32)
+    with pytest.raises(ShapeError, match="x4 model"):
+        upscale_tiled(img, _nearest(2), scale=4, options=TilingOptions(tile=32, overlap=8))
+
+
+def test_progress_reports_every_tile() -> None:
+    seen: list[tuple[int, int]] = []
+    img = np.zeros((100, 100, 3), np.float32)
+    opts = TilingOptions(tile=32, overlap=8, batch_size=4)
+    upscale_tiled(img, _nearest(1), scale=1, options=opts, progress=lambda d, t: seen.append((d, t)))
+    total = plan_tiles(100, 100, opts).n_tiles
+    assert seen[-1] == (total, total) and len(seen) == -(-total // 4)
+
+
+# -- equivalence with a real (tiny) convolutional model -------------------------------------------
+CROPS = [("astronaut.png", 100, 100, 200, 160), ("chelsea.png", 0, 0, 150, 230), ("coffee.png", 300, 50, 97, 181)]
+
+
+@pytest.mark.parametrize("crop", CROPS, ids=lambda c: c[0])
+def test_tiled_equals_untiled_within_one_level(crop: tuple, tiny_infer) -> None:
+    img = _photo(*crop)
+    untiled = upscale_tiled(img, tiny_infer, scale=SCALE, options=TilingOptions(tile=0))
+    # pure context of 3/8 * overlap = 12 px >= the model's receptive field radius (10 px)
+    assert 3 * 32 / 8 >= RF_RADIUS
+    for opts in (TilingOptions(tile=80, overlap=32, batch_size=4), TilingOptions(tile=128, overlap=32, batch_size=2)):
+        tiled = upscale_tiled(img, tiny_infer, scale=SCALE, options=opts)
+        assert plan_tiles(*img.shape[:2], opts).n_tiles > 1
+        assert np.abs(tiled - untiled).max() <= 1 / 255
+
+
+def test_without_overlap_the_seams_show(tiny_infer) -> None:
+    """Control: the equivalence test above can fail (the model's receptive field crosses tiles)."""
+    img = _photo(*CROPS[0])
+    untiled = upscale_tiled(img, tiny_infer, scale=SCALE, options=TilingOptions(tile=0))
+    tiled = upscale_tiled(img, tiny_infer, scale=SCALE, options=TilingOptions(tile=64, overlap=0))
+    assert np.abs(tiled - untiled).max() > 4 / 255
+
+
+def test_no_seam_on_the_10mp_fujifilm_photo(tiny_infer) -> None:
+    if not FUJI.is_file():
+        pytest.skip(f"{FUJI} is not on this machine (shared data set)")
+    from runtime.images import read_image
+
+    image = read_image(FUJI)
+    assert image.width * image.height > 9_000_000
+    cy, cx = image.height // 2, image.width // 2
+    lr = image.pixels[cy - 256 : cy + 256, cx - 256 : cx + 256].astype(np.float32) / 255.0
+    opts = TilingOptions(tile=128, overlap=32, batch_size=4)
+    plan = plan_tiles(512, 512, opts)
+    assert plan.n_tiles >= 16
+    tiled = upscale_tiled(lr, tiny_infer, scale=SCALE, options=opts)
+    untiled = upscale_tiled(lr, tiny_infer, scale=SCALE, options=TilingOptions(tile=0))
+    diff = np.abs(tiled - untiled)
+    assert diff.max() <= 1 / 255
+    # a seam would show as a jump across the cross-fade centre: compare the step there to untiled
+    seam = int(round((plan.cols.seams[1] - opts.pre_pad) * SCALE))
+    step_tiled = np.abs(tiled[:, seam] - tiled[:, seam - 1]).mean()
+    step_untiled = np.abs(untiled[:, seam] - untiled[:, seam - 1]).mean()
+    assert abs(step_tiled - step_untiled) < 1e-3
+    # a 256 x 256 HR crop centred on a tile corner, for a human to look at
+    row = int(round((plan.rows.seams[1] - opts.pre_pad) * SCALE))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    crop = np.clip(tiled[row - 128 : row + 128, seam - 128 : seam + 128], 0, 1)
+    Image.fromarray((crop * 255 + 0.5).astype(np.uint8)).save(ARTIFACTS / "fujifilm_tile_corner_x4.png")
+    amplified = np.clip(diff[row - 128 : row + 128, seam - 128 : seam + 128] * 255 * 50, 0, 255)
+    Image.fromarray(amplified.astype(np.uint8)).save(ARTIFACTS / "fujifilm_tile_corner_diff_x50.png")

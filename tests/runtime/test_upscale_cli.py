@@ -1,0 +1,186 @@
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.errors import CameraError, ConfigError, StoreError
+from runtime.images import read_image, write_image
+from runtime.store import FALLBACK_CAMERA
+from runtime.tiling import TilingOptions, plan_tiles
+from runtime.upscale_cli import add_upscale_arguments, plan_outputs, run_upscale
+
+from ._models import publish_camera
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "samples" / "cameras"
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="adassr upscale")
+    add_upscale_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def _run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run_upscale(_parse(*argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _small_jpeg_with_exif(src: Path, dst: Path, size: int = 40) -> Path:
+    """A small crop of a real camera JPEG that keeps its EXIF Make."""
+    with Image.open(src) as im:
+        exif = im.getexif()
+        exif[0x0112] = 1  # orientation: as stored
+        im.convert("RGB").crop((100, 100, 100 + size, 100 + size)).save(dst, quality=92, exif=exif.tobytes())
+    return dst
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    publish_camera(root, FALLBACK_CAMERA, seed=0)
+    publish_camera(root, "canon", seed=1)
+    return root
+
+
+def test_folder_with_one_corrupt_image(store: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    _small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", src / "a_canon.jpg")
+    _small_jpeg_with_exif(SAMPLES / "nokia" / "iptc.jpg", src / "b_nokia.jpg")
+    full = (SAMPLES / "canon" / "flower.jpg").read_bytes()
+    (src / "c_broken.jpg").write_bytes(full[: len(full) // 2])  # truncated copy of a real JPEG
+    write_image(src / "d_grey.png", np.full((20, 30, 1), 90, np.uint8))
+    (src / "notes.txt").write_text("not an image")
+    dst = tmp_path / "out"
+
+    code, out, err = _run("-i", str(src), "-o", str(dst), "--store", str(store), "--tile", "32",
+                          "--tile-overlap", "8", "--no-progress")
+
+    assert code == 1
+    assert sorted(p.name for p in dst.iterdir()) == ["a_canon.jpg", "b_nokia.jpg", "d_grey.png"]  # nothing partial
+    assert "c_broken.jpg" in err and "skipped" in err
+    lines = {line.split(" -> ")[0]: line for line in out.splitlines() if " -> " in line and "[model" in line}
+    assert "canon/model.onnx" in lines[str(src / "a_canon.jpg")] and "exif-make" in lines[str(src / "a_canon.jpg")]
+    assert "_fallback/model.onnx" in lines[str(src / "b_nokia.jpg")]
+    assert "no model for 'nokia'" in lines[str(src / "b_nokia.jpg")]
+    summary = out.strip().splitlines()[-1]
+    assert "3 ok, 1 failed" in summary and "canon -> canon/model.onnx" in summary
+    assert "nokia -> _fallback/model.onnx" in summary and "c_broken.jpg" in summary
+    assert read_image(dst / "a_canon.jpg").pixels.shape == (160, 160, 3)
+    assert read_image(dst / "d_grey.png").pixels.shape == (80, 120, 1)
+
+
+def test_all_good_folder_exits_zero_with_progress(store: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(2):
+        write_image(src / f"img{k}.png", np.full((12, 10, 3), 40 * k, np.uint8))
+    code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--camera", "canon",
+                          "--ext", "webp")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0.webp", "img1.webp"]
+    assert "2 ok, 0 failed" in out and "explicit" in out
+    assert "2/2" in err  # the progress display
+
+
+def test_sixteen_bit_png_in_sixteen_bit_png_out(store: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    px = rng.integers(0, 65536, (24, 20, 3)).astype(np.uint16)
+    src = write_image(tmp_path / "deep.png", px)
+    dst = tmp_path / "result.png"
+    code, out, _ = _run("-i", str(src), "-o", str(dst), "--store", str(store), "--outscale", "2")
+    assert code == 0
+    result = read_image(dst)
+    assert result.bit_depth == 16 and result.pixels.shape == (48, 40, 3)
+    assert "fallback: no EXIF Make" in out
+
+
+def test_rgba_in_rgba_out(store: Path, tmp_path: Path) -> None:
+    px = np.full((16, 16, 3), 120, np.uint8)
+    alpha = np.zeros((16, 16), np.uint8)
+    alpha[4:12, 4:12] = 255
+    src = write_image(tmp_path / "logo.png", px, alpha=alpha)
+    code, _, _ = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store))
+    assert code == 0
+    result = read_image(tmp_path / "out" / "logo.png")
+    assert result.alpha is not None and result.alpha.shape == (64, 64)
+    assert result.alpha[32, 32] == 255 and result.alpha[2, 2] == 0
+    # JPEG cannot hold alpha: written without it, and the user is told
+    code, _, err = _run("-i", str(src), "-o", str(tmp_path / "flat.jpg"), "--store", str(store))
+    assert code == 0 and "note:" in err and read_image(tmp_path / "flat.jpg").alpha is None
+
+
+def test_output_naming(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.jpg", "a.png", "b.mpo", "b.JPG", "c.bmp", "d.txt"):
+        (src / name).write_bytes(b"x")
+    pairs = {s.name: t.name for s, t in plan_outputs(src, tmp_path / "out", "auto")}
+    assert pairs == {"a.jpg": "a.jpg", "a.png": "a.png", "b.mpo": "b_mpo.jpg", "b.JPG": "b_jpg.jpg", "c.bmp": "c.png"}
+    pairs = {s.name: t.name for s, t in plan_outputs(src, tmp_path / "out", "png")}
+    assert pairs["a.jpg"] == "a_jpg.png" and pairs["a.png"] == "a_png.png"
+    one = src / "a.jpg"
+    assert plan_outputs(one, tmp_path / "x.png", "auto") == [(one, tmp_path / "x.png")]
+    assert plan_outputs(one, tmp_path / "dir", "auto") == [(one, tmp_path / "dir" / "a.jpg")]
+    with pytest.raises(ConfigError, match="overwrite the input"):
+        plan_outputs(one, one, "auto")
+    with pytest.raises(ConfigError, match="is the input folder"):
+        plan_outputs(src, src, "auto")
+    with pytest.raises(ConfigError, match="not a writable format"):
+        plan_outputs(src, tmp_path / "out", "gif")
+
+
+def test_argument_and_store_problems_raise(store: Path, tmp_path: Path) -> None:
+    img = write_image(tmp_path / "i.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(StoreError, match="does not exist"):
+        _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(tmp_path / "no_store"))
+    with pytest.raises(ConfigError, match="valid providers"):
+        _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), "--providers", "cpu,npu")
+    with pytest.raises(ConfigError, match="less than half the tile"):
+        _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), "--tile", "32", "--tile-overlap", "16")
+    with pytest.raises(CameraError):
+        _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), "--camera", "no/such")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no images"):
+        _run("-i", str(empty), "-o", str(tmp_path / "o"), "--store", str(store))
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_torch_backend_is_handed_to_adapt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[argparse.Namespace] = []
+    fake = types.ModuleType("adapt.infer")
+    fake.run_torch_upscale = lambda args: seen.append(args) or 7  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "adapt.infer", fake)
+    args = _parse("-i", "x.png", "-o", "y.png", "--backend", "torch")
+    assert run_upscale(args) == 7 and seen == [args]
+    monkeypatch.setitem(sys.modules, "adapt.infer", None)  # as if the module were absent
+    with pytest.raises(ConfigError, match=r"adassr\[adapt\]"):
+        run_upscale(args)
+
+
+def test_progress_without_tqdm(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tqdm" else real(name, *a))
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(2):
+        write_image(src / f"img{k}.png", np.full((40, 40, 3), 60, np.uint8))
+    code, _, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store))
+    assert code == 0 and "[1/2] img0.png" in err and "[2/2] img1.png" in err
+    # one file: tiles are counted instead
+    code, _, err = _run("-i", str(src / "img0.png"), "-o", str(tmp_path / "one.png"), "--store", str(store),
+                        "--tile", "32", "--tile-overlap", "8")
+    n = plan_tiles(40, 40, TilingOptions(tile=32, overlap=8)).n_tiles
+    assert code == 0 and n > 1 and f"tiles {n}/{n}\n" in err
