@@ -214,7 +214,8 @@ def _resize_longer_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
 
 
 def _checked_image(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+    valid = isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+    if not valid or min(image.shape[:2]) < 1:
         shape = tuple(image.shape) if isinstance(image, np.ndarray) else ()
         raise ShapeError("LR image", shape, "H x W x 3 (RGB, float in [0, 1])")
     if not np.issubdtype(image.dtype, np.floating):

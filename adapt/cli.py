@@ -19,8 +19,8 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--backbone", default="realesrgan-x4plus", help="pretrained backbone (default %(default)s)")
     model.add_argument("--store", type=Path, default=Path("models"), help="artifact store (default ./models)")
     train = parser.add_argument_group("training (defaults: the paper's on a GPU, a small budget on CPU)")
-    train.add_argument("--steps", type=int, help="T_step: maximum steps (GPU 1500, CPU 200)")
-    train.add_argument("--patch", type=int, dest="lr_patch", help="LR patch size y_rd (GPU 32, CPU 24)")
+    train.add_argument("--steps", type=int, help="T_step: maximum steps (GPU 1500, CPU 100)")
+    train.add_argument("--patch", type=int, dest="lr_patch", help="LR patch size y_rd (GPU 32, CPU 16)")
     train.add_argument("--batch", type=int, help="batch size (4)")
     train.add_argument("--lr", type=float, help="Adam learning rate (1e-4)")
     train.add_argument("--ema-decay", type=float, help="EMA alpha (GPU 0.999, CPU 0.99)")
@@ -28,10 +28,12 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--lambda-l1", type=float, help="weighted L1 weight (1.0)")
     train.add_argument("--lambda-perceptual", type=float, help="LPIPS-VGG perceptual weight (1.0)")
     train.add_argument("--lambda-gan", type=float, help="internal patch-GAN weight (0 = off)")
-    train.add_argument("--eval-every", type=int, help="NIQE evaluation period in steps (GPU 100, CPU 50)")
+    train.add_argument("--eval-every", type=int, help="NIQE evaluation period in steps (GPU 100, CPU 25)")
     train.add_argument("--eval-crop", type=int, help="LR crop side for NIQE evaluation (GPU 128, CPU 96)")
     train.add_argument("--trainable", choices=TRAINABLE, help="all | tail (auto: tail on CPU, all on GPU)")
     train.add_argument("--tail-blocks", type=int, help="RRDB blocks trained in tail mode (3)")
+    train.add_argument("--feature-bank", type=int,
+                       help="tail mode: augmented pairs whose front features are cached per period (GPU 128, CPU 64)")
     train.add_argument("--precision", choices=PRECISIONS, help="mixed precision (auto)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto | cpu | cuda")
     train.add_argument("--seed", type=int, help="random seed (0)")
@@ -52,7 +54,7 @@ def _config(args: argparse.Namespace):
     base = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
     overrides = {name: getattr(args, name) for name in (
         "steps", "lr_patch", "batch", "lr", "ema_decay", "prox_mu", "lambda_l1", "lambda_perceptual",
-        "lambda_gan", "eval_every", "eval_crop", "trainable", "tail_blocks", "precision", "device",
+        "lambda_gan", "eval_every", "eval_crop", "trainable", "tail_blocks", "feature_bank", "precision", "device",
         "seed", "kernel", "admm_iters", "external_hr")}
     config = base.with_overrides(**overrides)
     if args.weight_mode:

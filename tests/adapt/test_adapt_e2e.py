@@ -31,7 +31,7 @@ def camera_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _adapt(camera_dir: Path, store: Path, *extra: str) -> int:
     return main(["adapt", "--camera", "nokia", "--images", str(camera_dir), "--store", str(store),
                  "--steps", "2", "--eval-every", "1", "--patch", "12", "--eval-crop", "48", "--seed", "1",
-                 "--lambda-perceptual", "0", *extra])
+                 "--lambda-perceptual", "0", "--feature-bank", "4", *extra])
 
 
 def test_adapt_end_to_end_writes_artifacts(camera_dir: Path, tmp_path: Path, capsys) -> None:

@@ -1,0 +1,58 @@
+"""Blur-kernel estimation from LR images only (one kernel per camera group or per image).
+
+Model: an LR image is ``y = downsample(x * k, s)`` (:mod:`adapt.degradation` conventions) with
+``k`` an anisotropic Gaussian of covariance ``Sigma_k`` in HR pixels; in LR pixels ``y`` carries
+a blur of covariance about ``Sigma_b = Sigma_k / s^2`` (plus the scene's own softness).
+
+Method -- cross-scale derivative-energy matching, a training-free relative of Michaeli & Irani's
+(2013) cross-scale patch recurrence: blurring ``y`` by ``G(3 Sigma_b)`` and downsampling by 2
+gives an image ``z`` whose blur relative to its own grid, ``(Sigma_b + 3 Sigma_b) / 4``, equals
+that of ``y``. Edges (and power-law textures) are scale invariant, so at the right ``Sigma_b``
+``y`` and ``z`` have the same contrast-free derivative statistics: per direction ``d`` the ratio
+of mean squared 2nd to 1st directional derivative (``~ 1 / blur variance along d``) and the
+shape of the 1st-derivative energy over directions (:mod:`adapt.kernel.features`). ``Sigma_b``
+(3 parameters via its matrix logarithm) minimises the squared mismatch, averaged over the
+group's images: a 1-D isotropic search, then Nelder-Mead. ``G(3 Sigma_b)`` is applied exactly
+in the Fourier domain on the mirror-extended image; ``z``'s four phases are pooled. Large images
+contribute their most structured tiles.
+
+The raw LR sigmas (principal axes) go through a linear calibration whose constants
+(:data:`adapt.kernel.estimate.CALIBRATION`) were fitted by ``benchmarks/kernel_calibration.py``
+on photos that are not the acceptance images; it absorbs the finite-difference filters, the
+aliasing of small kernels and the average non-self-similarity of photographed scenes. Measured
+accuracy and its limits: ``benchmarks/results/kernel_estimation.md``. In short: one kernel per
+group of several images is much more reliable than one per image, because scene content (fur,
+lattices, smooth shading, depth of field) biases a single image's estimate by up to +-30%.
+
+Deviations from the paper: AdaSSR takes the kernel from an external estimator; this one is
+training-free and restricted to anisotropic Gaussians.
+
+Flat inputs: an image whose most structured pixels hold no more gradient energy than its noise
+carries no blur information; it is skipped in group mode, and when no image is usable the result
+is the bicubic kernel (the backbones' training degradation, the same as ``--kernel bicubic``)
+with ``method="fallback-bicubic"``, ``confidence=0`` and the reason in ``diagnostics``, so a
+camera group does not fail on a flat picture. Malformed input (not arrays, wrong shape, NaN,
+uint8, no images, sides below ``min_side``) raises a typed error.
+"""
+
+from __future__ import annotations
+
+from adapt.kernel.estimate import CALIBRATION, KernelEstimationConfig, estimate_kernel
+from adapt.kernel.result import (
+    METHOD_BICUBIC,
+    METHOD_CROSS_SCALE,
+    METHOD_FALLBACK,
+    KernelEstimate,
+    bicubic_kernel_estimate,
+)
+
+__all__ = [
+    "CALIBRATION",
+    "METHOD_BICUBIC",
+    "METHOD_CROSS_SCALE",
+    "METHOD_FALLBACK",
+    "KernelEstimate",
+    "KernelEstimationConfig",
+    "bicubic_kernel_estimate",
+    "estimate_kernel",
+]

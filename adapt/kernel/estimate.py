@@ -1,0 +1,240 @@
+"""``estimate_kernel``: one anisotropic Gaussian blur kernel from LR images (see the package doc)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy.optimize import minimize
+
+from adapt.degradation import gaussian_kernel, kernel_size, params_from_covariance
+from adapt.kernel.features import CrossScaleSample, FeatureSpec
+from adapt.kernel.result import METHOD_CROSS_SCALE, KernelEstimate, bicubic_kernel_estimate
+from runtime.errors import ConfigError, ImageError, ShapeError
+
+__all__ = ["CALIBRATION", "KernelEstimationConfig", "estimate_kernel"]
+
+# Linear calibration per scale and mode: raw_lr_sigma = a * true_lr_sigma + b (LR pixels, both
+# principal axes). Fitted by benchmarks/kernel_calibration.py on crops of
+# samples/cameras/canon/xmp_test.jpg, of the first frame of fujifilm.mpo (both downscaled by
+# 2-4 with antialiasing to act as sharp HR) and of tests/data/calibration/ref_I0{4,6}.png --
+# never on tests/data/hr, the acceptance images. Scales without an entry use the x4 constants.
+CALIBRATION: Mapping[int, Mapping[str, tuple[float, float]]] = MappingProxyType({
+    4: MappingProxyType({"group": (1.0, 0.0), "single": (1.0, 0.0)}),
+})
+_FALLBACK_SCALE = 4
+_LUMA = np.array([0.299, 0.587, 0.114])
+_MIN_HR_SIGMA = 0.4  # the linear map is clipped here (sigmas below ~0.8 HR px are aliased at x4)
+
+
+@dataclass(frozen=True)
+class KernelEstimationConfig:
+    """Settings of :func:`estimate_kernel`; the defaults are the calibrated ones."""
+
+    structure_fraction: float = 1.0  # share of pixels (most structured first) that count
+    n_directions: int = 8  # directions of the directional-derivative energies
+    anisotropy_weight: float = 0.5  # weight of the 1st-derivative shape features
+    derivative_sigma: float = 0.0  # 0: finite differences; > 0: Gaussian derivatives (LR px)
+    orders: tuple[int, int] = (1, 2)  # derivative orders whose energy ratio measures the blur
+    isotropy_prior: float = 0.0  # weight of (log sigma_major / sigma_minor)^2 in the loss
+    robust_scale: float = 0.0  # group mode: c * log(1 + loss_i / c) per image (0: plain mean)
+    max_images: int = 16  # larger groups: this many images, evenly spaced
+    tile: int = 160  # images above max_tiles_per_image tiles: the most structured tiles ...
+    max_tiles_per_image: int = 4  # ... of this side, at most this many
+    min_side: int = 32  # smallest usable LR side
+    sigma_lr_range: tuple[float, float] = (0.1, 1.8)  # search range of the LR blur sigma
+    max_evaluations: int = 300  # Nelder-Mead budget
+    calibrate: bool = True  # False: raw cross-scale sigmas (used to fit the calibration)
+    min_signal_to_noise: float = 4.0  # structure energy / noise energy for an image to count
+
+    def __post_init__(self) -> None:
+        if not 0.02 <= self.structure_fraction <= 1.0:
+            raise ConfigError(f"structure_fraction must be in [0.02, 1], got {self.structure_fraction}")
+        if self.n_directions < 3:
+            raise ConfigError(f"n_directions must be >= 3, got {self.n_directions}")
+        if self.anisotropy_weight < 0 or self.isotropy_prior < 0 or self.derivative_sigma < 0:
+            raise ConfigError("anisotropy_weight, isotropy_prior and derivative_sigma must be >= 0")
+        if tuple(self.orders) not in ((1, 2), (1, 3), (2, 3)):
+            raise ConfigError(f"orders must be (1, 2), (1, 3) or (2, 3), got {self.orders}")
+        if self.max_images < 1 or self.max_tiles_per_image < 1:
+            raise ConfigError("max_images and max_tiles_per_image must be >= 1")
+        if self.min_side < 16 or self.tile < self.min_side:
+            raise ConfigError(f"need tile >= min_side >= 16, got tile={self.tile}, min_side={self.min_side}")
+        lo, hi = self.sigma_lr_range
+        if not 0 < lo < hi:
+            raise ConfigError(f"sigma_lr_range must be (low, high) with 0 < low < high, got {self.sigma_lr_range}")
+        if self.max_evaluations < 10:
+            raise ConfigError(f"max_evaluations must be >= 10, got {self.max_evaluations}")
+
+
+def _check_scale(scale: Any) -> int:
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 2:
+        raise ConfigError(f"scale must be an integer >= 2, got {scale!r}")
+    return int(scale)
+
+
+def _luma(image: Any, index: int) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"image {index} is a {type(image).__name__}, expected a numpy array (HxW or HxWx3)")
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        y = image[..., :3].astype(np.float64) @ _LUMA
+    elif image.ndim == 3 and image.shape[2] == 1:
+        y = image[..., 0].astype(np.float64)
+    elif image.ndim == 2:
+        y = image.astype(np.float64)
+    else:
+        raise ShapeError(f"image {index}", image.shape, "(H, W) or (H, W, 3), float in [0, 1]")
+    if y.size == 0 or not np.all(np.isfinite(y)):
+        raise ImageError(f"image {index} is empty or has NaN/inf values; pass finite float images in [0, 1]")
+    if image.dtype == np.uint8 or y.max() > 1.5 or y.min() < -0.5:
+        raise ImageError(
+            f"image {index} is not in [0, 1] (dtype {image.dtype}, range {y.min():.3g}..{y.max():.3g}); "
+            "convert to float32 and divide by 255"
+        )
+    return y
+
+
+def _tiles(y: np.ndarray, config: KernelEstimationConfig) -> list[np.ndarray]:
+    """The image itself, or its most structured ``tile``-sized squares when it is larger."""
+    h, w = y.shape
+    t = config.tile
+    if h * w <= t * t * config.max_tiles_per_image or h < t or w < t:
+        return [y]
+    gx = cv2.Sobel(y, cv2.CV_64F, 1, 0)
+    gy = cv2.Sobel(y, cv2.CV_64F, 0, 1)
+    energy = gx * gx + gy * gy
+    cands = [(float(np.median(energy[r:r + t, c:c + t])), r, c)
+             for r in range(0, h - t + 1, t) for c in range(0, w - t + 1, t)]
+    cands.sort(key=lambda item: -item[0])
+    return [y[r:r + t, c:c + t] for _, r, c in cands[:config.max_tiles_per_image]]
+
+
+def _select_images(n: int, max_images: int) -> list[int]:
+    if n <= max_images:
+        return list(range(n))
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, max_images)})
+
+
+def _cov_from_log(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Covariance ``expm(S)``, ``S = [[v0, v2], [v2, v1]]``, eigen-sigmas clipped to [lo, hi]."""
+    s = np.array([[v[0], v[2]], [v[2], v[1]]])
+    w, u = np.linalg.eigh(s)
+    w = np.clip(w, 2.0 * math.log(lo), 2.0 * math.log(hi))
+    return (u * np.exp(w)) @ u.T
+
+
+def _calibration(scale: int, mode: str) -> tuple[float, float]:
+    return CALIBRATION.get(scale, CALIBRATION[_FALLBACK_SCALE])[mode]
+
+
+def estimate_kernel(
+    images: Sequence[np.ndarray],
+    *,
+    scale: int = 4,
+    config: KernelEstimationConfig = KernelEstimationConfig(),
+) -> KernelEstimate:
+    """Estimate one anisotropic Gaussian blur kernel (HR pixels) from LR images of one camera.
+
+    ``images``: LR float images in [0, 1], ``HxW`` or ``HxWx3`` (RGB; the luma is used). One
+    image is single-image mode; several are pooled into one kernel (group mode: the mean of the
+    per-image losses, each image weighted equally). ``scale``: the SR factor the kernel is for.
+
+    Returns a :class:`KernelEstimate` with ``method="cross-scale-derivative-energy"``, or the
+    bicubic kernel with ``method="fallback-bicubic"`` and ``confidence=0`` when no image carries
+    structure above its noise (flat images; the reason is in ``diagnostics["reason"]``).
+    ``confidence`` = ``clip(1 - residual_rms / 0.3, 0, 1) * min(1, pixels / 4000)``: a heuristic
+    from the fit's feature residual and the amount of data. Raises :class:`ConfigError`,
+    :class:`ImageError` or :class:`ShapeError` on malformed input.
+    """
+    t0 = time.perf_counter()
+    if isinstance(images, np.ndarray):
+        raise ConfigError("images must be a sequence of arrays, not one array: pass [image]")
+    scale = _check_scale(scale)
+    images = list(images)
+    if not images:
+        raise ConfigError("no images given to estimate_kernel: pass at least one LR image")
+    lumas = [_luma(img, i) for i, img in enumerate(images)]
+    for i, y in enumerate(lumas):
+        if min(y.shape) < config.min_side:
+            raise ShapeError(f"image {i}", y.shape, f"at least {config.min_side}x{config.min_side} LR pixels")
+    spec = FeatureSpec(derivative_sigma=config.derivative_sigma, orders=tuple(config.orders),
+                       n_directions=config.n_directions, anisotropy_weight=config.anisotropy_weight)
+    chosen = _select_images(len(lumas), config.max_images)
+    per_image: list[list[CrossScaleSample]] = []  # the usable tiles of each usable image
+    skipped: list[int] = []
+    noise: list[float] = []
+    for i in chosen:
+        tiles = [CrossScaleSample(t, spec, config.structure_fraction) for t in _tiles(lumas[i], config)]
+        good = [s for s in tiles if s.informative(config.min_signal_to_noise)]
+        if not good:
+            skipped.append(i)
+            continue
+        noise.append(float(np.median([s.noise_sigma for s in good])))
+        per_image.append(good)
+    mode = "group" if len(images) > 1 else "single"
+    diag: dict[str, Any] = {
+        "mode": mode,
+        "n_images": len(images),
+        "images_used": [i for i in chosen if i not in skipped],
+        "images_skipped_flat": skipped,
+    }
+    if not per_image:
+        fallback = bicubic_kernel_estimate(
+            scale, reason="no image has structure above its noise (flat or pure-noise images carry no "
+                          "blur information); using the bicubic kernel, as --kernel bicubic would")
+        diag.update(fallback.diagnostics)
+        diag["wall_time_s"] = time.perf_counter() - t0
+        return KernelEstimate(fallback.sigma_x, fallback.sigma_y, fallback.theta, scale,
+                              fallback.kernel, fallback.method, 0.0, diag)
+
+    lo, hi = config.sigma_lr_range
+    c = config.robust_scale if len(per_image) > 1 else 0.0
+
+    def image_loss(tiles: list[CrossScaleSample], cov: np.ndarray) -> float:
+        return float(np.mean([float(d @ d) for d in (t.mismatch(cov) for t in tiles)]))
+
+    def loss(v: np.ndarray) -> float:
+        cov = _cov_from_log(v, lo, hi)
+        losses = [image_loss(tiles, cov) for tiles in per_image]
+        total = float(np.mean([c * math.log1p(x / c) for x in losses] if c > 0 else losses))
+        if config.isotropy_prior > 0:
+            ev = np.linalg.eigvalsh(cov)
+            total += config.isotropy_prior * (0.5 * math.log(ev[1] / ev[0])) ** 2
+        return total
+
+    grid = np.linspace(math.log(lo), math.log(hi), 16)
+    iso = [loss(np.array([2.0 * g, 2.0 * g, 0.0])) for g in grid]
+    g0 = grid[int(np.argmin(iso))]
+    x0 = np.array([2.0 * g0, 2.0 * g0, 0.0])
+    simplex = np.array([x0, x0 + [0.4, -0.4, 0.0], x0 + [0.0, 0.0, 0.4], x0 + [0.3, 0.3, 0.0]])
+    res = minimize(loss, x0, method="Nelder-Mead",
+                   options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-7,
+                            "maxfev": config.max_evaluations})
+    raw_major, raw_minor, theta = params_from_covariance(_cov_from_log(res.x, lo, hi))
+    a, b = _calibration(scale, mode) if config.calibrate else (1.0, 0.0)
+    floor = _MIN_HR_SIGMA / scale
+    sx = max((raw_major - b) / a, floor) * scale
+    sy = max((raw_minor - b) / a, floor) * scale
+    if sy > sx:
+        sx, sy = sy, sx
+    residual = math.sqrt(float(res.fun) / spec.size)
+    n_pix = int(sum(t.n_pixels for tiles in per_image for t in tiles))
+    confidence = float(np.clip(1.0 - residual / 0.3, 0.0, 1.0) * min(1.0, n_pix / 4000.0))
+    diag.update({
+        "raw_sigma_lr": [raw_major, raw_minor],
+        "calibration": [a, b],
+        "residual_rms": residual,
+        "n_pixels": n_pix,
+        "n_tiles": sum(len(tiles) for tiles in per_image),
+        "noise_sigma": float(np.median(noise)),
+        "evaluations": int(res.nfev) + len(grid),
+        "wall_time_s": time.perf_counter() - t0,
+    })
+    kernel = gaussian_kernel(sx, sy, theta, scale=scale, size=kernel_size(sx, scale))
+    return KernelEstimate(sx, sy, theta, scale, kernel, METHOD_CROSS_SCALE, confidence, diag)

@@ -1,0 +1,152 @@
+"""The kernel record handed to the pair maker and written to the manifest."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from adapt.degradation import bicubic_kernel, gaussian_kernel
+from runtime.errors import ConfigError
+
+__all__ = ["KernelEstimate", "bicubic_kernel_estimate", "METHOD_BICUBIC", "METHOD_CROSS_SCALE",
+           "METHOD_FALLBACK"]
+
+METHOD_CROSS_SCALE = "cross-scale-derivative-energy"
+METHOD_BICUBIC = "bicubic"
+METHOD_FALLBACK = "fallback-bicubic"
+
+CONVENTION = (
+    "y_rd = adapt.degradation.blur_downsample(y_r, kernel, scale): convolve with the kernel, then "
+    "sample HR positions s*j + (s-1)/2 (pixel centres, as MATLAB imresize / cv2.INTER_AREA); "
+    "sigma_x is the major axis, theta_deg turns it from +x (columns) towards +y (rows, down)"
+)
+
+
+@dataclass(frozen=True)
+class KernelEstimate:
+    """An estimated (or fixed) HR-resolution blur kernel for ``y_rd = downsample(y_r * k, s)``.
+
+    ``sigma_x >= sigma_y``: standard deviations in HR pixels along the principal axes.
+    ``theta``: radians in ``(-pi/2, pi/2]``, direction of the ``sigma_x`` axis from +x (columns)
+    towards +y (rows, downwards); :meth:`to_dict` reports it in degrees. ``kernel``: the
+    normalised float64 array (read-only) that :func:`adapt.degradation.blur_downsample` uses, its
+    sides of the parity of ``scale``. For the bicubic kernel the sigmas are those of the closest
+    Gaussian (L2), for reference only. ``confidence`` in [0, 1] is a heuristic (see
+    :func:`adapt.kernel.estimate_kernel`); ``diagnostics`` holds JSON-friendly details.
+    """
+
+    sigma_x: float
+    sigma_y: float
+    theta: float
+    scale: int
+    kernel: np.ndarray = field(compare=False, repr=False)
+    method: str
+    confidence: float
+    diagnostics: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        k = np.array(self.kernel, dtype=np.float64)
+        if k.ndim != 2 or not np.all(np.isfinite(k)) or not math.isclose(float(k.sum()), 1.0, abs_tol=1e-6):
+            raise ConfigError(
+                f"kernel must be a finite 2-D array summing to 1, got shape {k.shape} and sum "
+                f"{float(k.sum()) if k.size else 0.0:.6g}; normalise it first"
+            )
+        k.setflags(write=False)
+        object.__setattr__(self, "kernel", k)
+        object.__setattr__(self, "diagnostics", MappingProxyType(dict(self.diagnostics)))
+
+    @property
+    def theta_deg(self) -> float:
+        return math.degrees(self.theta)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for the manifest (angle in degrees, kernel as a 2-D list)."""
+        return {
+            "method": self.method,
+            "scale": self.scale,
+            "sigma_x": round(float(self.sigma_x), 6),
+            "sigma_y": round(float(self.sigma_y), 6),
+            "theta_deg": round(self.theta_deg, 4),
+            "confidence": round(float(self.confidence), 4),
+            "kernel_size": list(self.kernel.shape),
+            "kernel": [[float(v) for v in row] for row in self.kernel],
+            "convention": CONVENTION,
+            "diagnostics": _jsonable(dict(self.diagnostics)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KernelEstimate:
+        """Inverse of :meth:`to_dict` (a later stage reading the manifest)."""
+        try:
+            return cls(
+                sigma_x=float(data["sigma_x"]),
+                sigma_y=float(data["sigma_y"]),
+                theta=math.radians(float(data["theta_deg"])),
+                scale=int(data["scale"]),
+                kernel=np.asarray(data["kernel"], dtype=np.float64),
+                method=str(data["method"]),
+                confidence=float(data["confidence"]),
+                diagnostics=dict(data.get("diagnostics", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"the manifest's kernel entry is malformed ({exc!r}); re-run `adapt` to estimate it again"
+            ) from exc
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    return value
+
+
+def _bicubic_equivalent_sigma(scale: int) -> float:
+    kb = bicubic_kernel(scale)
+
+    def dist(sigma: float) -> float:
+        g = gaussian_kernel(sigma, sigma, 0.0, scale=scale, size=kb.shape[0])
+        return float(np.sum((g - kb) ** 2))
+
+    res = minimize_scalar(dist, bounds=(0.1 * scale, 1.0 * scale), method="bounded",
+                          options={"xatol": 1e-4})
+    return float(res.x)
+
+
+def bicubic_kernel_estimate(scale: int = 4, *, reason: str | None = None) -> KernelEstimate:
+    """The kernel of antialiased bicubic downscaling, for ``--kernel bicubic``.
+
+    ``kernel`` is :func:`adapt.degradation.bicubic_kernel` (Keys cubic, a = -0.5, stretched by
+    ``scale``), so pairs made with it through ``blur_downsample`` are downscaled exactly like
+    MATLAB ``imresize(x, 1/s, 'bicubic')`` / Pillow ``BICUBIC`` (away from the borders) -- the
+    degradation the backbones were trained on. ``sigma_x = sigma_y`` is the L2-closest Gaussian
+    (1.57 at x4), for reference. With ``reason`` the estimate is the estimator's fallback
+    (``method="fallback-bicubic"``, ``confidence=0``, the reason in ``diagnostics``).
+    """
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ConfigError(f"scale must be a positive integer, got {scale!r}")
+    scale = int(scale)
+    sigma = _bicubic_equivalent_sigma(scale)
+    diagnostics: dict[str, Any] = {"equivalent_gaussian": "L2-closest isotropic Gaussian, same support"}
+    method, confidence = METHOD_BICUBIC, 1.0
+    if reason is not None:
+        diagnostics["reason"] = reason
+        method, confidence = METHOD_FALLBACK, 0.0
+    return KernelEstimate(sigma_x=sigma, sigma_y=sigma, theta=0.0, scale=scale,
+                          kernel=bicubic_kernel(scale), method=method, confidence=confidence,
+                          diagnostics=diagnostics)

@@ -1,0 +1,128 @@
+"""Adaptation speed: steps per second of the real internal step (issue 4, item 13).
+
+Runs ``adapt.loop.run_internal_step`` with the real Real-ESRGAN x4plus backbone on a bundled
+photo for each precision (fp32, bf16; fp16 too on CUDA) and each trainable mode (tail, all),
+with the perceptual term on (LPIPS-VGG, when its weights are present). The time per step is
+the difference between a run of ``--steps`` steps and a run of 1 step divided by the extra
+steps, so loading, the feature bank and evaluation cancel out; the one-step run's wall time is
+reported as setup time.
+
+    python benchmarks/adaptation_speed.py [--device cpu|cuda] [--steps 12] [--threads N]
+
+Writes benchmarks/results/adaptation_speed_<cpu|gpu>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "cameras" / "nokia" / "iptc.jpg"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    cpu = platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"CPU {cpu}, {torch.get_num_threads()} torch threads"
+
+
+def _run(model_state, build, sampler_factory, crops, config, device, precision, trainable, perceptual) -> float:
+    from adapt.loop import run_internal_step
+
+    model = build()
+    model.load_state_dict(model_state)
+    start = time.perf_counter()
+    run_internal_step(model, sampler_factory(), crops, lambda sr: torch.zeros(sr.shape[0]), config,
+                      device=device, precision=precision, trainable=trainable, perceptual=perceptual)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from adapt.config import cpu_demo_defaults, gpu_defaults
+    from adapt.degradation import gaussian_kernel
+    from adapt.loop import evaluation_crops
+    from adapt.pairs import PairConfig, make_pair_sampler
+    from adapt.precision import Precision, resolve_device
+    from adapt.quality.lpips import load_lpips
+    from adapt.quality.lpips_weights import lpips_weights_present
+    from adapt.weights import load_backbone
+    from runtime.images import read_image, to_float32
+
+    device = resolve_device(args.device)
+    base = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
+    image = to_float32(read_image(SAMPLE).pixels)
+    kernel = gaussian_kernel(1.6, 1.6, 0.0, scale=4)
+    backbone = load_backbone(device=str(device))
+    state = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    entry = backbone.entry
+    perceptual = load_lpips("vgg", device=device) if lpips_weights_present("vgg") else None
+    crops = evaluation_crops([image], base.eval_crop, 1)
+    precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    rows = []
+    for trainable in ("tail", "all"):
+        for name in precisions:
+            precision = Precision(name, device.type)
+            config = replace(base, eval_every=10**6, feature_bank=max(base.batch, 16))
+
+            def sampler_factory(config=config):
+                return make_pair_sampler([image], kernel, PairConfig(scale=4, lr_patch=config.lr_patch), seed=0)
+
+            one = _run(state, entry.build, sampler_factory, crops, replace(config, steps=1), device, precision,
+                       trainable, perceptual)
+            many = _run(state, entry.build, sampler_factory, crops, replace(config, steps=args.steps), device,
+                        precision, trainable, perceptual)
+            per_step = (many - one) / (args.steps - 1)
+            rows.append({"trainable": trainable, "precision": name, "s_per_step": per_step,
+                         "steps_per_s": 1.0 / per_step, "setup_s": one,
+                         "lr_patch": config.lr_patch, "batch": config.batch,
+                         "perceptual": perceptual is not None})
+            print(rows[-1], flush=True)
+
+    label = device_label(device)
+    result = {"device": label, "steps_timed": args.steps, "rows": rows,
+              "note": "per-step time excludes setup (front-feature bank, evaluation) by differencing runs"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = "gpu" if device.type == "cuda" else "cpu"
+    (args.out / f"adaptation_speed_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# Adaptation speed ({label})", "",
+             f"Real-ESRGAN x4plus, batch {rows[0]['batch']}, LR patch {rows[0]['lr_patch']}, "
+             f"perceptual LPIPS-VGG {'on' if rows[0]['perceptual'] else 'off'}; time per step from "
+             f"{args.steps}-step minus 1-step runs.", "",
+             "| trainable | precision | s/step | steps/s | setup s (1-step run) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['trainable']} | {r['precision']} | {r['s_per_step']:.3f} | {r['steps_per_s']:.2f} "
+                     f"| {r['setup_s']:.1f} |")
+    (args.out / f"adaptation_speed_{tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

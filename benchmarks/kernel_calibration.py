@@ -1,0 +1,172 @@
+"""Fit the linear calibration of the blur-kernel estimator (adapt.kernel.estimate.CALIBRATION).
+
+The estimator's raw output is an LR-pixel sigma per principal axis. This script synthesises LR
+images with known anisotropic Gaussian kernels from photos that are NOT the acceptance images
+(tests/data/hr is never read here):
+
+* samples/cameras/canon/xmp_test.jpg (2000x1072) and the first frame of
+  /work/shared/data/cameras/fujifilm/fujifilm.mpo (3648x2736; skipped with a warning if absent),
+  each downscaled by 2, 3 and 4 with antialiasing (cv2.INTER_AREA) to act as sharp HR, cut
+  into non-overlapping 480x480 crops;
+* tests/data/calibration/ref_I04.png and ref_I06.png (Kodak, 512x384) as they are.
+
+Random kernels (sigma_major uniform in [0.8, 3.4] HR px, axis ratio uniform in [1, 3] with
+sigma_minor >= 0.8, any angle;
+half of the images with Gaussian noise of sigma 2/255) are applied with
+adapt.degradation.blur_downsample; the raw estimates of random groups of five crops (group
+mode) and of single crops (single mode) are regressed on the truth with a robust (soft-L1)
+fit of ``log((raw - b) / a) = log(true)`` over both axes. Paste the printed table into
+adapt/kernel/estimate.py.
+
+    python benchmarks/kernel_calibration.py [--scales 2 3 4] [--kernels 40] [--seed 0]
+
+Writes benchmarks/results/kernel_calibration.json (the constants and fit residuals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from scipy.optimize import least_squares
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from adapt.degradation import blur_downsample, gaussian_kernel  # noqa: E402
+from adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
+
+CANON = ROOT / "samples" / "cameras" / "canon" / "xmp_test.jpg"
+FUJI = Path("/work/shared/data/cameras/fujifilm/fujifilm.mpo")
+KODAK = [ROOT / "tests" / "data" / "calibration" / f"ref_I0{i}.png" for i in (4, 6)]
+RESULTS = ROOT / "benchmarks" / "results"
+CROP = 480
+
+
+def _load(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        im.seek(0)  # first frame of an MPO
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def calibration_images() -> list[tuple[str, np.ndarray]]:
+    """Sharp HR calibration crops (name, float32 RGB)."""
+    out: list[tuple[str, np.ndarray]] = []
+    sources = [("canon", CANON), ("fuji", FUJI)]
+    for name, path in sources:
+        if not path.exists():
+            print(f"warning: {path} not found, calibrating without it", file=sys.stderr)
+            continue
+        img = _load(path)
+        for factor in (2, 3, 4):
+            h, w = img.shape[:2]
+            small = cv2.resize(img, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+            sh, sw = small.shape[:2]
+            for r in range(0, max(1, sh // CROP)):
+                for c in range(0, max(1, sw // CROP)):
+                    crop = small[r * CROP:(r + 1) * CROP, c * CROP:(c + 1) * CROP]
+                    if min(crop.shape[:2]) >= 256:
+                        out.append((f"{name}/x{factor}/{r}{c}", np.ascontiguousarray(crop)))
+    for path in KODAK:
+        out.append((f"kodak/{path.stem}", _load(path)))
+    return out
+
+
+def _degrade(hr: np.ndarray, k: tuple[float, float, float], scale: int, noise: float,
+             rng: np.random.Generator) -> np.ndarray:
+    h, w = (hr.shape[0] // scale) * scale, (hr.shape[1] // scale) * scale
+    lr = blur_downsample(hr[:h, :w], gaussian_kernel(*k, scale=scale), scale)
+    if noise > 0:
+        lr = lr + rng.normal(0.0, noise, lr.shape).astype(np.float32)
+    return np.clip(lr, 0.0, 1.0)
+
+
+def collect(images: list[np.ndarray], scale: int, n_kernels: int, seed: int,
+            config: KernelEstimationConfig) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Raw estimates: mode -> [(true_major, true_minor, raw_major, raw_minor)] in LR pixels."""
+    rng = np.random.default_rng(seed + 1000 * scale)
+    rows: dict[str, list[tuple[float, float, float, float]]] = {"group": [], "single": []}
+    for _ in range(n_kernels):
+        major = rng.uniform(0.8, 3.4)
+        minor = major / rng.uniform(1.0, min(3.0, major / 0.8))
+        k = (major, minor, rng.uniform(0.0, math.pi))
+        noise = 2.0 / 255.0 if rng.random() < 0.5 else 0.0
+        for _group in range(2):
+            members = rng.choice(len(images), size=min(5, len(images)), replace=False)
+            lrs = [_degrade(images[i], k, scale, noise, rng) for i in members]
+            est = estimate_kernel(lrs, scale=scale, config=config)
+            rows["group"].append((major / scale, minor / scale, *est.diagnostics["raw_sigma_lr"]))
+        for i in rng.choice(len(images), size=min(4, len(images)), replace=False):
+            est = estimate_kernel([_degrade(images[i], k, scale, noise, rng)], scale=scale, config=config)
+            rows["single"].append((major / scale, minor / scale, *est.diagnostics["raw_sigma_lr"]))
+    return rows
+
+
+def fit(rows: list[tuple[float, float, float, float]]) -> tuple[float, float, float]:
+    """Robust fit of raw = a * true + b (LR px); returns (a, b, median |log error| after the map)."""
+    arr = np.asarray(rows)
+    true = np.concatenate([arr[:, 0], arr[:, 1]])
+    raw = np.concatenate([arr[:, 2], arr[:, 3]])
+
+    def residual(p: np.ndarray) -> np.ndarray:
+        a, b = p
+        est = np.maximum((raw - b) / a, 1e-3)
+        return np.log(est) - np.log(true)
+
+    res = least_squares(residual, x0=[1.0, 0.0], loss="soft_l1", f_scale=0.1,
+                        bounds=([0.3, -1.0], [3.0, 1.0]))
+    a, b = (float(v) for v in res.x)
+    return a, b, float(np.median(np.abs(residual(res.x))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--kernels", type=int, default=40, help="random kernels per scale")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "kernel_calibration.json")
+    args = parser.parse_args(argv)
+
+    named = calibration_images()
+    images = [img for _, img in named]
+    print(f"{len(images)} calibration crops: {', '.join(n for n, _ in named)}")
+    raw_config = replace(KernelEstimationConfig(), calibrate=False)
+    table: dict[int, dict[str, tuple[float, float]]] = {}
+    report: dict[str, object] = {"images": [n for n, _ in named], "kernels_per_scale": args.kernels,
+                                 "seed": args.seed, "scales": {}}
+    for scale in args.scales:
+        t0 = time.perf_counter()
+        rows = collect(images, scale, args.kernels, args.seed, raw_config)
+        table[scale] = {}
+        entry: dict[str, object] = {"seconds": round(time.perf_counter() - t0, 1)}
+        for mode, data in rows.items():
+            a, b, med = fit(data)
+            table[scale][mode] = (round(a, 4), round(b, 4))
+            entry[mode] = {"a": round(a, 4), "b": round(b, 4), "n": len(data),
+                           "median_abs_log_error": round(med, 4)}
+            print(f"x{scale} {mode:6s}: a={a:.4f} b={b:+.4f} (n={len(data)}, median |log err| {med:.3f})")
+        report["scales"][str(scale)] = entry  # type: ignore[index]
+    print("\nCALIBRATION = MappingProxyType({")
+    for scale, modes in sorted(table.items()):
+        inner = ", ".join(f'"{m}": {v}' for m, v in modes.items())
+        print(f"    {scale}: MappingProxyType({{{inner}}}),")
+    print("})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

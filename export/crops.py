@@ -1,0 +1,141 @@
+"""Real-photo crops the exported models are validated on.
+
+A crop is the ``size`` x ``size`` window with the highest gradient energy on a ``size / 2`` grid
+(textured content drives the network hardest; a flat sky crop would prove little). The validation
+batch holds the two most textured windows (batch 2) plus a smaller non-square window (other H and W)
+so one validation run also exercises the dynamic batch, height and width of the exported graph.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.errors import ExportError
+from runtime.errors import ImageError
+
+CROP_SIZE = 32
+SMALL_CROP = (20, 28)  # (H, W) of the non-square window, cut from the most textured crop
+SAMPLE_PHOTO = Path("samples") / "cameras" / "nokia" / "iptc.jpg"
+SAMPLES_DIR = Path("samples") / "cameras"
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".mpo", ".tif", ".tiff", ".webp", ".bmp"})
+
+
+@dataclass(frozen=True)
+class ValidationInput:
+    """One NCHW float32 batch in [0, 1] and a human-readable description of where it came from."""
+
+    batch: np.ndarray
+    description: str
+
+
+def _repo_candidates(relative: Path) -> list[Path]:
+    return [Path.cwd() / relative, Path(__file__).resolve().parents[1] / relative]
+
+
+def bundled_photos() -> list[Path]:
+    """The bundled sample photos (``samples/cameras/*/*``), or ``[]`` outside a checkout."""
+    for root in _repo_candidates(SAMPLES_DIR):
+        if root.is_dir():
+            return sorted(p for p in root.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return []
+
+
+def find_validation_photo(images: Iterable[Mapping[str, object]] = (), explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The photo to validate on: ``explicit``, else the first readable file among ``images``
+    (manifest ``images`` entries, ``{"path": ...}``), else the bundled ``samples/cameras/nokia/iptc.jpg``.
+    """
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ExportError(f"validation image {path} does not exist; pass an existing photo with --validation-image")
+        return path
+    for entry in images:
+        raw = entry.get("path") if isinstance(entry, Mapping) else None
+        if isinstance(raw, str) and Path(raw).is_file():
+            return Path(raw)
+    for candidate in _repo_candidates(SAMPLE_PHOTO):
+        if candidate.is_file():
+            return candidate
+    raise ExportError(
+        "no photo to validate the export on: the camera's images are not readable from here and the bundled "
+        f"{SAMPLE_PHOTO} was not found; pass one with --validation-image PATH"
+    )
+
+
+def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """A photo as float32 RGB H x W x 3 in [0, 1] (grey replicated, alpha dropped)."""
+    from runtime.images import read_image, to_float32
+
+    pixels = to_float32(read_image(path).pixels)
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(pixels[:, :, :3], dtype=np.float32)
+
+
+def textured_windows(image: np.ndarray, size: int, count: int) -> list[tuple[int, int]]:
+    """Top-left corners of up to ``count`` non-overlapping ``size`` windows (on a ``size / 2`` grid)
+    with the most gradient energy, most textured first."""
+    h, w = image.shape[:2]
+    luma = image.mean(axis=2, dtype=np.float64)
+    energy = np.zeros((h, w))
+    energy[:, 1:] += np.abs(np.diff(luma, axis=1))
+    energy[1:, :] += np.abs(np.diff(luma, axis=0))
+    integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    step = max(1, size // 2)
+    ys = np.array(sorted({*range(0, h - size + 1, step), h - size}))
+    xs = np.array(sorted({*range(0, w - size + 1, step), w - size}))
+    y, x = np.meshgrid(ys, xs, indexing="ij")
+    y, x = y.ravel(), x.ravel()
+    total = integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
+    chosen: list[tuple[int, int]] = []
+    for i in np.argsort(-total, kind="stable"):
+        cy, cx = int(y[i]), int(x[i])
+        if all(abs(cy - py) >= size or abs(cx - px) >= size for py, px in chosen):
+            chosen.append((cy, cx))
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+def validation_inputs(photo: str | os.PathLike[str], *, size: int = CROP_SIZE) -> list[ValidationInput]:
+    """Batch 2 of the two most textured ``size`` crops of ``photo``, and one smaller non-square crop."""
+    try:
+        image = read_rgb(photo)
+    except ImageError as exc:
+        raise ExportError(f"cannot read the validation photo {photo}: {exc}") from exc
+    h, w = image.shape[:2]
+    size = min(size, h, w)
+    if size < 8:
+        raise ExportError(f"validation photo {photo} is {w}x{h}; it needs at least 8x8 pixels")
+    corners = textured_windows(image, size, 2)
+    if len(corners) < 2:
+        corners = corners * 2
+    crops = np.stack([image[y : y + size, x : x + size].transpose(2, 0, 1) for y, x in corners])
+    sh, sw = min(SMALL_CROP[0], size), min(SMALL_CROP[1], size)
+    y0, x0 = corners[0]
+    small = crops[:1, :, :sh, :sw]
+    where = ", ".join(f"(y={y}, x={x})" for y, x in corners)
+    return [
+        ValidationInput(np.ascontiguousarray(crops), f"{photo}: {size}x{size} crops at {where} as a batch of 2"),
+        ValidationInput(np.ascontiguousarray(small), f"{photo}: {sh}x{sw} crop at (y={y0}, x={x0})"),
+    ]
+
+
+def photo_crops(paths: Sequence[str | os.PathLike[str]], *, size: int = CROP_SIZE) -> ValidationInput | None:
+    """The most textured ``size`` crop of each photo in ``paths`` (smaller ones skipped) as one batch."""
+    crops, names = [], []
+    for path in paths:
+        image = read_rgb(path)
+        if min(image.shape[:2]) < size:
+            continue
+        (y, x), = textured_windows(image, size, 1)
+        crops.append(image[y : y + size, x : x + size].transpose(2, 0, 1))
+        names.append(Path(path).name)
+    if not crops:
+        return None
+    return ValidationInput(np.ascontiguousarray(np.stack(crops)), f"{size}x{size} most textured crop of each of {', '.join(names)}")

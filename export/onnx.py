@@ -1,0 +1,482 @@
+"""Export a camera's adapted weights (or a registry backbone) to validated ONNX files in the store.
+
+Pipeline (all in memory; nothing reaches the store until every requested precision validated):
+
+1. ``torch.onnx.export(..., dynamo=True)``, opset 20, one self-contained file (no external data),
+   input ``lr`` (N, 3, H, W) float32, output ``sr`` (N, 3, 4H, 4W), dynamic batch / height / width
+   (``torch.export.Dim`` with min 1; RRDBNet has no size constraint). Per-node metadata the exporter
+   attaches (source stack traces, FX names) is stripped; the model's ``metadata_props`` record
+   camera, scale, backbone, weights_sha256, adassr version, precision, I/O names and dtype.
+2. fp32 validation: ``onnx.checker`` (full check), then onnxruntime CPU vs PyTorch fp32 on real photo
+   crops (see :mod:`export.crops`: batch 2 of 32x32 plus one 20x28 crop, so the dynamic axes are
+   exercised); max abs error <= :data:`FP32_TOLERANCE`.
+3. fp16 (:mod:`export.fp16`): the fp32 graph converted to fp16 with float32 I/O, ``conv_first``
+   kept in fp32. Validation: ``onnx.checker``; the fp16-storage evaluation of the graph on the same
+   crops plus the most textured crop of every bundled photo: no inf / NaN and max abs error vs
+   PyTorch fp32 <= :data:`FP16_TOLERANCE`; onnxruntime CPU must load and run the file within the
+   same tolerance (on x86 it upcasts fp16 to fp32, so that run checks types and weight rounding
+   only; both numbers are recorded).
+4. Publish under the camera's store lock: ``model.onnx`` / ``model_fp16.onnx`` through
+   :meth:`CameraStore.publish` (atomic, sha256 in ``artifacts``) and ``manifest["exports"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from export.crops import ValidationInput, bundled_photos, find_validation_photo, photo_crops, validation_inputs
+from export.errors import ExportError
+from runtime.errors import StoreError
+from runtime.store import FALLBACK_CAMERA, CameraStore
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+    from adapt.archs.registry import BackboneRegistry
+    from adapt.weights import LoadedBackbone
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "lr"
+OUTPUT_NAME = "sr"
+OPSET = 20
+FP32_TOLERANCE = 1e-4
+FP16_TOLERANCE = 2e-2  # max abs on [0, 1]; measured worst case 0.0056 (docs/export.md)
+WEIGHTS_FILE = "adapted.safetensors"  # written by adapt.run (WEIGHTS_FILE there)
+PRECISIONS = ("fp32", "fp16")
+MODEL_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx"}
+EXPORT_KEYS = {"fp32": "onnx", "fp16": "onnx_fp16"}
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What an exported file is: recorded in its ``metadata_props`` and the manifest."""
+
+    camera: str
+    backbone: str
+    scale: int
+    weights_sha256: str
+
+    def metadata(self, precision: str, **extra: str) -> dict[str, str]:
+        import adassr
+
+        return {
+            "camera": self.camera,
+            "scale": str(self.scale),
+            "backbone": self.backbone,
+            "weights_sha256": self.weights_sha256,
+            "adassr_version": adassr.__version__,
+            "precision": precision,
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+            "io_dtype": "float32",
+            "opset": str(OPSET),
+            **extra,
+        }
+
+
+@dataclass(frozen=True)
+class ValidatedModel:
+    """A serialized model that passed validation, and its ``manifest["exports"]`` record."""
+
+    precision: str
+    data: bytes = field(repr=False)
+    record: dict[str, Any]
+
+    @property
+    def file(self) -> str:
+        return MODEL_FILES[self.precision]
+
+    @property
+    def key(self) -> str:
+        return EXPORT_KEYS[self.precision]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What was published: the camera folder and ``manifest["exports"]`` records by key."""
+
+    camera: str
+    directory: Path
+    exports: dict[str, dict[str, Any]]
+
+
+def resolve_precisions(precision: str) -> tuple[str, ...]:
+    """``fp32`` / ``fp16`` / ``both`` -> the precisions to export."""
+    if precision == "both":
+        return PRECISIONS
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; use fp32, fp16 or both")
+    return (precision,)
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+def export_fp32(model: torch.nn.Module, identity: ModelIdentity) -> onnx.ModelProto:
+    """Export ``model`` (CPU, fp32) with dynamic N/H/W; the proto carries ``identity``'s metadata."""
+    import torch
+
+    example = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=1), 3: torch.export.Dim("width", min=1)}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=(dims,), opset_version=OPSET, external_data=False, optimize=True, verbose=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types; re-raised typed, chained
+        raise ExportError(f"torch.onnx.export failed: {exc}; nothing was published") from exc
+    finally:
+        model.train(was_training)
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program; nothing was published")
+    proto = program.model_proto
+    tidy_node_metadata(proto)
+    set_metadata(proto, identity.metadata("fp32"))
+    return proto
+
+
+def tidy_node_metadata(proto: onnx.ModelProto) -> None:
+    """Name each node after its module (``body.3.rdb2.conv5/conv2d_57``, from the exporter's
+    ``name_scopes``) and drop the exporter's per-node / per-value metadata (stack traces with local
+    paths, FX names), which would otherwise bloat the file and make it depend on the checkout path."""
+    import ast
+
+    graph = proto.graph
+    for node in graph.node:
+        meta = {entry.key: entry.value for entry in node.metadata_props}
+        scopes_text = meta.get("pkg.torch.onnx.name_scopes")
+        if scopes_text:
+            scopes = [s for s in ast.literal_eval(scopes_text) if s]
+            node.name = "/".join(scopes[-2:])
+    for item in [*graph.node, *graph.initializer, *graph.value_info, *graph.input, *graph.output]:
+        del item.metadata_props[:]
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
+    """Replace the model-level ``metadata_props`` with ``metadata``."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+
+
+def read_metadata(proto: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def torch_reference(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+    """PyTorch fp32 output for an NCHW float32 batch (the reference every export is compared to)."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(batch)).float().numpy()
+
+
+def open_session(data: bytes) -> Any:
+    """An onnxruntime CPU session for a serialized model, with the I/O names checked."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ExportError(f"onnxruntime cannot load the exported model: {exc}; nothing was published") from exc
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+        raise ExportError(
+            f"exported model has I/O {[i.name for i in inputs]} -> {[o.name for o in outputs]}, expected "
+            f"['{INPUT_NAME}'] -> ['{OUTPUT_NAME}']; nothing was published"
+        )
+    return session
+
+
+def run_session(session: Any, batch: np.ndarray) -> np.ndarray:
+    """Run an onnxruntime session on an NCHW batch (cast to the session's input type)."""
+    dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+    (output,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch.astype(dtype)})
+    return np.asarray(output, dtype=np.float32)
+
+
+def _check(proto: onnx.ModelProto, what: str) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"{what} fails onnx.checker: {exc}; nothing was published") from exc
+
+
+def _compare(name: str, got: np.ndarray, want: np.ndarray, tolerance: float, where: str) -> float:
+    if got.shape != want.shape:
+        raise ExportError(f"{name} returned shape {got.shape}, PyTorch {want.shape}, on {where}; nothing was published")
+    if not np.isfinite(got).all():
+        raise ExportError(f"{name} produced inf/NaN on {where}; nothing was published")
+    error = float(np.abs(got - want).max())
+    if not error <= tolerance:
+        raise ExportError(
+            f"{name} differs from PyTorch by max abs {error:.3g} (tolerance {tolerance:g}) on {where}; "
+            "nothing was published"
+        )
+    return error
+
+
+@dataclass(frozen=True)
+class Case:
+    """A validation input and the PyTorch fp32 output for it."""
+
+    input: ValidationInput
+    reference: np.ndarray
+
+
+def reference_cases(model: torch.nn.Module, inputs: Sequence[ValidationInput], scale: int) -> list[Case]:
+    """Run PyTorch on every input and check the output shape is (N, 3, scale*H, scale*W)."""
+    cases = []
+    for item in inputs:
+        want = torch_reference(model, item.batch)
+        n, _, h, w = item.batch.shape
+        if want.shape != (n, 3, scale * h, scale * w):
+            raise ExportError(f"the model maps {item.batch.shape} to {want.shape}, not (N, 3, {scale}H, {scale}W)")
+        cases.append(Case(item, want))
+    return cases
+
+
+def validate_fp32(data: bytes, proto: onnx.ModelProto, cases: Sequence[Case], *,
+                  tolerance: float = FP32_TOLERANCE) -> float:
+    """Checker + onnxruntime CPU vs PyTorch on every case; returns the max abs error."""
+    _check(proto, "the fp32 ONNX model")
+    session = open_session(data)
+    error = 0.0
+    for case in cases:
+        got = run_session(session, case.input.batch)
+        error = max(error, _compare("onnxruntime (fp32 model)", got, case.reference, tolerance, case.input.description))
+    return error
+
+
+@dataclass(frozen=True)
+class Fp16Report:
+    max_abs_error: float  # fp16-storage evaluation vs PyTorch fp32, all inputs
+    mean_abs_error: float
+    onnxruntime_max_abs_error: float  # onnxruntime CPU (computes in fp32 on x86) vs PyTorch fp32
+    max_abs_activation: float  # largest |fp16 tensor| seen (fp16 max is 65504)
+    largest_nodes: tuple[tuple[str, float], ...]
+
+
+def validate_fp16(data: bytes, proto: onnx.ModelProto, cases: Sequence[Case], *,
+                  tolerance: float = FP16_TOLERANCE, onnxruntime_cases: int = 2) -> Fp16Report:
+    """Checker; fp16-storage evaluation of every case (no inf/NaN, within ``tolerance``);
+    onnxruntime CPU on the first ``onnxruntime_cases`` cases."""
+    from export.fp16 import evaluate_fp16_storage
+
+    _check(proto, "the fp16 ONNX model")
+    session = open_session(data) if onnxruntime_cases > 0 else None
+    worst = abs_sum = ort_worst = activation = 0.0
+    count = 0
+    largest: dict[str, float] = {}
+    for index, case in enumerate(cases):
+        where = case.input.description
+        evaluation = evaluate_fp16_storage(proto, {INPUT_NAME: case.input.batch})
+        if evaluation.nonfinite_nodes:
+            raise ExportError(
+                f"the fp16 model overflows (inf/NaN) at nodes {', '.join(evaluation.nonfinite_nodes)} on {where}; "
+                "keep those nodes in fp32 (export/fp16.py) or export fp32 only; nothing was published"
+            )
+        got = evaluation.output
+        worst = max(worst, _compare("the fp16 model (fp16-storage evaluation)", got, case.reference, tolerance, where))
+        abs_sum += float(np.abs(got - case.reference).sum(dtype=np.float64))
+        count += got.size
+        activation = max(activation, evaluation.max_abs_fp16)
+        for name, value in evaluation.largest:
+            largest[name] = max(largest.get(name, 0.0), value)
+        if session is not None and index < onnxruntime_cases:
+            got_ort = run_session(session, case.input.batch)
+            ort_worst = max(ort_worst, _compare("onnxruntime (fp16 model)", got_ort, case.reference, tolerance, where))
+    ranked = tuple(sorted(largest.items(), key=lambda kv: -kv[1])[:5])
+    return Fp16Report(worst, abs_sum / max(count, 1), ort_worst, activation, ranked)
+
+
+# -- build (export + validate, nothing written) -----------------------------------------------
+
+
+def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Sequence[str],
+                 inputs: Sequence[ValidationInput], *, fp16_extra_inputs: Sequence[ValidationInput] = ()) -> list[ValidatedModel]:
+    """Export and validate every requested precision; raises ``ExportError`` on the first failure."""
+    from export.fp16 import convert_to_fp16, default_fp32_nodes
+
+    where = "; ".join(item.description for item in inputs)
+    start = time.perf_counter()
+    proto = export_fp32(model, identity)
+    export_s = round(time.perf_counter() - start, 2)
+    log.info("exported %s (%s) in %.1f s", identity.camera, identity.backbone, export_s)
+    data = proto.SerializeToString()
+    base = {
+        "scale": identity.scale, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "io_dtype": "float32",
+        "opset": OPSET, "weights_sha256": identity.weights_sha256, "backbone": identity.backbone,
+        "export_time_s": export_s, "validated_on": where,
+    }
+    start = time.perf_counter()
+    cases = reference_cases(model, inputs, identity.scale)
+    error = validate_fp32(data, proto, cases)
+    log.info("fp32 model: max abs error vs PyTorch %.3g (validated in %.1f s)", error, time.perf_counter() - start)
+    models = []
+    if "fp32" in precisions:
+        models.append(ValidatedModel("fp32", data, {
+            "file": MODEL_FILES["fp32"], "precision": "fp32", **base,
+            "max_abs_error_vs_torch": error, "tolerance": FP32_TOLERANCE,
+        }))
+    if "fp16" in precisions:
+        start = time.perf_counter()
+        kept = sorted(default_fp32_nodes(proto))
+        proto16 = convert_to_fp16(proto, keep_fp32=kept)
+        set_metadata(proto16, identity.metadata("fp16", fp32_nodes=",".join(kept)))
+        data16 = proto16.SerializeToString()
+        all_inputs = [*inputs, *fp16_extra_inputs]
+        cases16 = [*cases, *reference_cases(model, fp16_extra_inputs, identity.scale)]
+        report = validate_fp16(data16, proto16, cases16, onnxruntime_cases=len(cases))
+        log.info("fp16 model: max abs error vs PyTorch fp32 %.3g (converted and validated in %.1f s)",
+                 report.max_abs_error, time.perf_counter() - start)
+        models.append(ValidatedModel("fp16", data16, {
+            "file": MODEL_FILES["fp16"], "precision": "fp16", **base,
+            "validated_on": "; ".join(item.description for item in all_inputs),
+            "max_abs_error_vs_torch": report.max_abs_error, "mean_abs_error_vs_torch": report.mean_abs_error,
+            "tolerance": FP16_TOLERANCE,
+            "validation_method": (
+                "fp16-storage evaluation of the ONNX graph (float32 arithmetic, every float16 tensor rounded to "
+                "float16; export/fp16.py) vs PyTorch fp32; onnxruntime CPU run of the same file"
+            ),
+            "onnxruntime_cpu_max_abs_error_vs_torch": report.onnxruntime_max_abs_error,
+            "max_abs_activation": report.max_abs_activation,
+            "largest_activations": [[name, value] for name, value in report.largest_nodes],
+            "fp32_nodes": kept,
+        }))
+    return models
+
+
+# -- publish ----------------------------------------------------------------------------------
+
+
+def publish_models(store: CameraStore, models: Sequence[ValidatedModel], identity: ModelIdentity,
+                   manifest_fields: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Publish validated models atomically and record them (call while holding ``store.lock()``).
+
+    Export records and export artifacts made from other weights are dropped from the manifest.
+    """
+    records: dict[str, dict[str, Any]] = {}
+    for item in models:
+        payload = item.data
+
+        def write(tmp: Path, payload: bytes = payload) -> None:
+            tmp.write_bytes(payload)
+
+        artifact = store.publish(item.file, write, stage="export",
+                                 extra={"precision": item.precision, "weights_sha256": identity.weights_sha256})
+        records[item.key] = {**item.record, "sha256": artifact["sha256"], "bytes": artifact["bytes"]}
+
+    def update(manifest: dict[str, Any]) -> None:
+        if manifest_fields:
+            manifest.update(manifest_fields)
+        exports = manifest.setdefault("exports", {})
+        for key in [k for k, r in exports.items() if r.get("weights_sha256") != identity.weights_sha256]:
+            del exports[key]
+        artifacts = manifest.setdefault("artifacts", {})
+        for name in [n for n, r in artifacts.items()
+                     if r.get("stage") == "export" and r.get("weights_sha256") != identity.weights_sha256]:
+            del artifacts[name]
+        exports.update(records)
+
+    store.update_manifest(update)
+    return records
+
+
+# -- entry points -----------------------------------------------------------------------------
+
+
+def _fp16_extra(precisions: Sequence[str]) -> list[ValidationInput]:
+    if "fp16" not in precisions:
+        return []
+    extra = photo_crops(bundled_photos())
+    return [extra] if extra is not None else []
+
+
+def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision: str = "fp32",
+                  validation_image: str | os.PathLike[str] | None = None,
+                  registry: BackboneRegistry | None = None) -> ExportResult:
+    """Export ``<store>/<camera>/adapted.safetensors`` (sha256-checked) to ONNX and publish it."""
+    from adapt.weights import load_safetensors_weights
+
+    precisions = resolve_precisions(precision)
+    store = CameraStore.open(store_root, camera)
+    with store.lock():
+        manifest = store.read_manifest()
+        backbone = manifest.get("backbone")
+        name = backbone.get("name") if isinstance(backbone, Mapping) else None
+        digest = manifest.get("weights_sha256")
+        if not isinstance(name, str) or not isinstance(digest, str) or "scale" not in manifest:
+            raise StoreError(
+                f"{store.manifest_path} lacks backbone.name, weights_sha256 or scale (written by adapt); "
+                f"rerun `adapt --camera {camera}`"
+            )
+        weights = store.verified_path(WEIGHTS_FILE, manifest)
+        loaded = load_safetensors_weights(weights, name, registry=registry)
+        if loaded.weights_sha256 != digest:
+            raise StoreError(
+                f"{weights} holds weights {loaded.weights_sha256[:12]}..., the manifest records {digest[:12]}...; "
+                f"the store is inconsistent: rerun `adapt --camera {camera}`"
+            )
+        if int(manifest["scale"]) != loaded.scale:
+            raise StoreError(f"manifest scale {manifest['scale']} differs from backbone {name!r} (x{loaded.scale}); rerun adapt")
+        identity = ModelIdentity(store.camera, name, loaded.scale, digest)
+        photo = find_validation_photo(manifest.get("images") or (), validation_image)
+        models = build_models(loaded.model, identity, precisions, validation_inputs(photo),
+                              fp16_extra_inputs=_fp16_extra(precisions))
+        records = publish_models(store, models, identity)
+    return ExportResult(store.camera, store.directory, records)
+
+
+def export_loaded_fallback(store_root: str | os.PathLike[str], loaded: LoadedBackbone, *, precision: str = "fp32",
+                           validation_image: str | os.PathLike[str] | None = None) -> ExportResult:
+    """Export an unadapted backbone as the fallback model into ``<store>/_fallback/``."""
+    from adapt.weights import state_dict_sha256
+
+    precisions = resolve_precisions(precision)
+    digest = loaded.weights_sha256 or state_dict_sha256(loaded.model.state_dict())
+    identity = ModelIdentity(FALLBACK_CAMERA, loaded.entry.name, loaded.scale, digest)
+    store = CameraStore.open(store_root, FALLBACK_CAMERA, create=True)
+    photo = find_validation_photo((), validation_image)
+    with store.lock():
+        models = build_models(loaded.model, identity, precisions, validation_inputs(photo),
+                              fp16_extra_inputs=_fp16_extra(precisions))
+        fields = {
+            "backbone": {"name": loaded.entry.name, "weights_sha256": digest, "source": loaded.source,
+                         "licence": loaded.entry.licence},
+            "scale": loaded.scale,
+            "weights_sha256": digest,
+        }
+        records = publish_models(store, models, identity, fields)
+    return ExportResult(store.camera, store.directory, records)
+
+
+def export_fallback(store_root: str | os.PathLike[str], backbone: str, *, precision: str = "fp32",
+                    validation_image: str | os.PathLike[str] | None = None,
+                    registry: BackboneRegistry | None = None) -> ExportResult:
+    """Load registry backbone ``backbone`` and export it as the fallback model."""
+    from adapt.weights import load_backbone
+
+    loaded = load_backbone(backbone, registry=registry)
+    return export_loaded_fallback(store_root, loaded, precision=precision, validation_image=validation_image)

@@ -1,0 +1,324 @@
+"""Export to ONNX: round trip, metadata, manifest, fp16, refusal paths (tiny random RRDBNet), and one
+real-backbone export (slow)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import adassr
+from adapt.archs.registry import ArchParams, BackboneEntry, BackboneRegistry, WeightSource
+from adapt.weights import load_safetensors_weights, save_safetensors_weights
+from export import onnx as onnx_export
+from export.cli import add_export_arguments, run_export
+from export.crops import bundled_photos, photo_crops, read_rgb, textured_windows
+from export.errors import ExportError
+from export.fp16 import FP16_MAX, convert_to_fp16, evaluate_fp16_storage
+from runtime.errors import StoreError
+from runtime.store import FALLBACK_CAMERA, CameraStore, sha256_file
+
+REPO = Path(__file__).resolve().parents[2]
+PHOTO = REPO / "samples" / "cameras" / "canon" / "flower.jpg"
+TINY = BackboneEntry(
+    name="tiny-test",
+    scale=4,
+    arch=ArchParams(num_feat=16, num_block=2, num_grow_ch=8),
+    source=WeightSource("none", "none", "none.param", "none.bin"),
+    licence="test only",
+    description="tiny random-weight RRDBNet for tests",
+)
+REGISTRY = BackboneRegistry([TINY])
+CAMERA = "testcam"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def make_store(root: Path, camera: str = CAMERA, seed: int = 0) -> str:
+    """A store like the adapt stage leaves it: adapted.safetensors (tiny random weights) + manifest."""
+    torch.manual_seed(seed)
+    model = TINY.build()
+    store = CameraStore.open(root, camera, create=True)
+    digest: dict[str, str] = {}
+
+    def write(path: Path) -> None:
+        digest["weights"] = save_safetensors_weights(path, model, TINY, metadata={"stage": "adapt"})
+
+    store.publish("adapted.safetensors", write, stage="adapt", extra={"backbone": TINY.name})
+    store.update_manifest(lambda m: m.update({
+        "images": [{"path": str(REPO / "no-such-photo.jpg"), "derivation": "exif"},
+                   {"path": str(PHOTO), "derivation": "exif"}],
+        "backbone": {"name": TINY.name, "weights_sha256": "unused"},
+        "scale": 4,
+        "weights_sha256": digest["weights"],
+    }))
+    return digest["weights"]
+
+
+def torch_model(root: Path, camera: str = CAMERA) -> torch.nn.Module:
+    return load_safetensors_weights(root / camera / "adapted.safetensors", TINY).model
+
+
+def photo_batch(shape: tuple[int, int, int], offset: int = 0) -> np.ndarray:
+    """(N, 3, H, W) float32 crops of a real photo, at different places for each batch item."""
+    n, h, w = shape
+    image = read_rgb(PHOTO)
+    crops = [image[100 + offset + 37 * i : 100 + offset + 37 * i + h, 150 + 23 * i : 150 + 23 * i + w] for i in range(n)]
+    return np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, onnx_export.ExportResult]:
+    root = tmp_path_factory.mktemp("store")
+    make_store(root)
+    result = onnx_export.export_camera(root, CAMERA, precision="both", registry=REGISTRY)
+    return root, result
+
+
+def test_round_trip_matches_torch_at_two_sizes_and_batch_2(exported: tuple[Path, onnx_export.ExportResult]) -> None:
+    root, _ = exported
+    store = CameraStore.open(root, CAMERA)
+    path = store.verified_path("model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["lr"] and [o.name for o in session.get_outputs()] == ["sr"]
+    model = torch_model(root)
+    for shape in [(1, 24, 40), (2, 36, 28)]:
+        batch = photo_batch(shape)
+        got = session.run(["sr"], {"lr": batch})[0]
+        with torch.no_grad():
+            want = model(torch.from_numpy(batch)).numpy()
+        assert got.shape == (shape[0], 3, 4 * shape[1], 4 * shape[2])
+        assert np.abs(got - want).max() <= onnx_export.FP32_TOLERANCE
+        assert np.abs(want).max() > 0.01  # the comparison is not between two near-zero outputs
+
+
+def test_model_is_one_file_with_dynamic_axes_and_metadata(exported: tuple[Path, onnx_export.ExportResult]) -> None:
+    root, _ = exported
+    manifest = CameraStore.open(root, CAMERA).read_manifest()
+    for name, precision in [("model.onnx", "fp32"), ("model_fp16.onnx", "fp16")]:
+        proto = onnx.load(str(root / CAMERA / name), load_external_data=False)
+        assert all(init.data_location != TensorProto.EXTERNAL for init in proto.graph.initializer)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta["camera"] == CAMERA
+        assert meta["scale"] == "4"
+        assert meta["backbone"] == TINY.name
+        assert meta["weights_sha256"] == manifest["weights_sha256"]
+        assert meta["adassr_version"] == adassr.__version__
+        assert meta["precision"] == precision
+        assert (meta["input_name"], meta["output_name"], meta["io_dtype"]) == ("lr", "sr", "float32")
+        dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
+        assert {o.domain or "" for o in proto.opset_import} >= {""}
+        assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == onnx_export.OPSET
+    # Only the expected files, no external-data side files.
+    assert sorted(p.name for p in (root / CAMERA).iterdir() if not p.name.startswith(".")) == [
+        "adapted.safetensors", "manifest.json", "model.onnx", "model_fp16.onnx"]
+
+
+def test_manifest_records_exports_with_checksums(exported: tuple[Path, onnx_export.ExportResult]) -> None:
+    root, result = exported
+    manifest = json.loads((root / CAMERA / "manifest.json").read_text())
+    onnx_rec, fp16_rec = manifest["exports"]["onnx"], manifest["exports"]["onnx_fp16"]
+    assert result.exports == manifest["exports"]
+    for rec, file, precision in [(onnx_rec, "model.onnx", "fp32"), (fp16_rec, "model_fp16.onnx", "fp16")]:
+        assert rec["file"] == file and rec["precision"] == precision
+        assert (rec["input_name"], rec["output_name"], rec["scale"], rec["opset"]) == ("lr", "sr", 4, 20)
+        assert rec["weights_sha256"] == manifest["weights_sha256"]
+        assert rec["sha256"] == sha256_file(root / CAMERA / file) == manifest["artifacts"][file]["sha256"]
+        assert manifest["artifacts"][file]["stage"] == "export"
+        assert str(PHOTO) in rec["validated_on"]  # the first *readable* camera image
+    assert 0 <= onnx_rec["max_abs_error_vs_torch"] <= 1e-4 == onnx_rec["tolerance"]
+    assert 0 < fp16_rec["max_abs_error_vs_torch"] <= fp16_rec["tolerance"] == onnx_export.FP16_TOLERANCE
+    assert fp16_rec["fp32_nodes"] == ["conv_first/conv2d"]
+    assert 0 < fp16_rec["max_abs_activation"] < FP16_MAX
+    # fp16 validation covered every bundled photo.
+    for photo in bundled_photos():
+        assert photo.name in fp16_rec["validated_on"]
+
+
+def test_fp16_graph_is_half_except_conv_first(exported: tuple[Path, onnx_export.ExportResult]) -> None:
+    root, _ = exported
+    proto = onnx.load(str(root / CAMERA / "model_fp16.onnx"))
+    inits = {i.name: i for i in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 1 + 2 * 3 * 5 + 5  # conv_first, 2 RRDB x 3 RDB x 5 convs, body/up1/up2/hr/last
+    for node in convs:
+        want = TensorProto.FLOAT if node.name == "conv_first/conv2d" else TensorProto.FLOAT16
+        assert inits[node.input[1]].data_type == want, node.name
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert sum(n.op_type == "Cast" for n in proto.graph.node) == 2  # after conv_first, before the output
+
+
+def test_fp16_model_on_bundled_photos_is_finite_and_close(exported: tuple[Path, onnx_export.ExportResult]) -> None:
+    root, _ = exported
+    proto = onnx.load(str(CameraStore.open(root, CAMERA).verified_path("model_fp16.onnx")))
+    crops = photo_crops(bundled_photos(), size=24)
+    assert crops is not None and crops.batch.shape[0] == 5
+    with torch.no_grad():
+        want = torch_model(root)(torch.from_numpy(crops.batch)).numpy()
+    evaluation = evaluate_fp16_storage(proto, {"lr": crops.batch})
+    assert evaluation.nonfinite_nodes == ()
+    assert np.isfinite(evaluation.output).all()
+    error = np.abs(evaluation.output - want).max()
+    assert 0 < error <= onnx_export.FP16_TOLERANCE  # > 0: the activations really were rounded to half
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(["sr"], {"lr": crops.batch})[0]
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    assert np.abs(got - want).max() <= onnx_export.FP16_TOLERANCE
+
+
+def test_tampered_weights_are_refused(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    weights = tmp_path / CAMERA / "adapted.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="checksum"):
+        onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
+    assert not (tmp_path / CAMERA / "model.onnx").exists()
+
+
+def test_missing_store_camera_and_weights(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        onnx_export.export_camera(tmp_path / "nowhere", CAMERA, registry=REGISTRY)
+    with pytest.raises(StoreError, match="adapt --camera"):
+        onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
+    make_store(tmp_path)
+    (tmp_path / CAMERA / "adapted.safetensors").unlink()
+    with pytest.raises(StoreError, match="missing"):
+        onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
+
+
+def _published(root: Path) -> tuple[list[str], dict]:
+    manifest = CameraStore.open(root, CAMERA).read_manifest()
+    files = sorted(p.name for p in (root / CAMERA).glob("model*.onnx"))
+    return files, manifest
+
+
+def test_failed_fp32_validation_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_store(tmp_path)
+    real = onnx_export.torch_reference
+    monkeypatch.setattr(onnx_export, "torch_reference", lambda model, batch: real(model, batch) + 2e-4)
+    with pytest.raises(ExportError, match=r"max abs 0\.0002.*nothing was published"):
+        onnx_export.export_camera(tmp_path, CAMERA, precision="both", registry=REGISTRY)
+    files, manifest = _published(tmp_path)
+    assert files == [] and "exports" not in manifest
+    assert set(manifest["artifacts"]) == {"adapted.safetensors"}
+
+
+def test_failed_fp16_validation_publishes_neither_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.fp16 as fp16
+
+    make_store(tmp_path)
+    real = fp16.evaluate_fp16_storage
+
+    def overflowing(model: onnx.ModelProto, inputs: dict) -> fp16.Fp16Evaluation:
+        result = real(model, inputs)
+        return fp16.Fp16Evaluation(result.output, np.inf, result.largest, ("body.1.rdb3.conv5/conv2d_30",))
+
+    monkeypatch.setattr(fp16, "evaluate_fp16_storage", overflowing)
+    with pytest.raises(ExportError, match="overflows"):
+        onnx_export.export_camera(tmp_path, CAMERA, precision="both", registry=REGISTRY)
+    files, manifest = _published(tmp_path)
+    assert files == [] and "exports" not in manifest
+
+
+def test_fallback_export_manifest(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    weights = tmp_path / "tiny.safetensors"
+    save_safetensors_weights(weights, TINY.build(), TINY)
+    loaded = load_safetensors_weights(weights, TINY)
+    result = onnx_export.export_loaded_fallback(tmp_path / "store", loaded, validation_image=PHOTO)
+    store = CameraStore.open(tmp_path / "store", FALLBACK_CAMERA)
+    manifest = store.read_manifest()
+    assert result.camera == manifest["camera"] == FALLBACK_CAMERA
+    assert manifest["backbone"]["name"] == TINY.name and manifest["scale"] == 4
+    assert manifest["weights_sha256"] == loaded.weights_sha256 == manifest["exports"]["onnx"]["weights_sha256"]
+    assert "onnx_fp16" not in manifest["exports"]
+    proto = onnx.load(str(store.verified_path("model.onnx")))
+    assert {p.key: p.value for p in proto.metadata_props}["camera"] == FALLBACK_CAMERA
+
+
+def test_keep_fp32_fixes_an_overflowing_op() -> None:
+    """The converter's fp32 islands: x*1000*1000*1e-6 overflows fp16 (1e6 > 65504) unless the
+    second and third Mul stay in fp32, and the fp16-storage evaluation detects the overflow."""
+    consts = [numpy_helper.from_array(np.array(v, np.float32), f"k{i}") for i, v in enumerate([1000.0, 1000.0, 1e-6])]
+    nodes = [helper.make_node("Mul", ["x", "k0"], ["a"], name="m0"),
+             helper.make_node("Mul", ["a", "k1"], ["b"], name="m1"),
+             helper.make_node("Mul", ["b", "k2"], ["y"], name="m2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    x = np.array([[0.1, 0.5, 1.0, 2.0]], np.float32)
+
+    half = convert_to_fp16(model, keep_fp32=[])
+    onnx.checker.check_model(half, full_check=True)
+    assert evaluate_fp16_storage(half, {"x": x}).nonfinite_nodes == ("m1", "m2")
+
+    mixed = convert_to_fp16(model, keep_fp32=["m1", "m2"])
+    onnx.checker.check_model(mixed, full_check=True)
+    evaluation = evaluate_fp16_storage(mixed, {"x": x})
+    assert evaluation.nonfinite_nodes == ()
+    np.testing.assert_allclose(evaluation.output, x, rtol=1e-3)
+    got = ort.InferenceSession(mixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x, rtol=1e-3)
+
+
+def test_textured_windows_prefers_texture_and_do_not_overlap() -> None:
+    rng = np.random.default_rng(0)
+    image = np.full((64, 128, 3), 0.5, np.float32)
+    image[:, 64:] = rng.random((64, 64, 3), dtype=np.float32)
+    windows = textured_windows(image, 32, 2)
+    assert len(windows) == 2
+    assert all(x >= 64 for _, x in windows)
+    (y0, x0), (y1, x1) = windows
+    assert abs(y0 - y1) >= 32 or abs(x0 - x1) >= 32
+
+
+def _cli(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_export_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_arguments_and_missing_store(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        _cli(["--camera", "a", "--backbone", "b"])
+    with pytest.raises(SystemExit):
+        _cli([])
+    args = _cli(["--camera", "nokia", "--store", str(tmp_path / "none"), "--precision", "both"])
+    assert args.precision == "both" and args.backbone is None
+    with pytest.raises(StoreError, match="does not exist"):
+        run_export(args)
+
+
+@pytest.mark.slow
+def test_real_backbone_fallback_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The 23-block Real-ESRGAN x4plus through the CLI: fp32 within 1e-4, fp16 validated on every bundled photo."""
+    from adapt.weights import load_backbone
+
+    assert run_export(_cli(["--backbone", "realesrgan-x4plus", "--store", str(tmp_path), "--precision", "both"])) == 0
+    assert "model_fp16.onnx" in capsys.readouterr().out
+    store = CameraStore.open(tmp_path, FALLBACK_CAMERA)
+    manifest = store.read_manifest()
+    fp32, fp16 = manifest["exports"]["onnx"], manifest["exports"]["onnx_fp16"]
+    assert fp32["max_abs_error_vs_torch"] <= 1e-4
+    assert fp16["max_abs_error_vs_torch"] <= onnx_export.FP16_TOLERANCE
+    assert fp16["max_abs_activation"] < FP16_MAX / 100  # wide headroom below the fp16 range
+    # An independent check at another size: onnxruntime fp32 vs PyTorch on a 24x40 crop.
+    batch = photo_batch((1, 24, 40))
+    session = ort.InferenceSession(str(store.verified_path("model.onnx")), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = load_backbone("realesrgan-x4plus").model(torch.from_numpy(batch)).numpy()
+    assert np.abs(session.run(["sr"], {"lr": batch})[0] - want).max() <= 1e-4
