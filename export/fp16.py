@@ -7,16 +7,21 @@ the input is cast after the kept-fp32 consumers and the output is cast back to f
 client feeds and reads float32 either way. Resize's ``roi`` / ``scales`` inputs stay float32 (the
 ONNX spec requires it).
 
-Which nodes stay in fp32 (:func:`default_fp32_nodes`): the Conv nodes that read the graph input
-(RRDBNet's ``conv_first``, 3 -> 64 channels, about 0.01 % of the MACs). Measured on the bundled
-photos with Real-ESRGAN x4plus: no activation of RRDBNet comes near the fp16 range (largest
-|activation| about 26 for x4plus, 50 for RealSR DF2K, 35 for the anime model, in the dense-block
-conv4 / conv5 outputs of the last RRDB blocks, against 65504), so nothing *overflows*. The worst
-precision loss is rounding the [0, 1] input to fp16 (up to 2.4e-4), which the GAN-trained network
-amplifies to about 0.01 at single output pixels; reading the input in fp32 halves the worst-case
-error (0.012 -> 0.0056 max abs). Keeping the residual stream in fp32 as well lowered the mean error
-by a further ~1.5x but not the worst case, at the price of casts around every dense block, so it is
-not done. See docs/export.md for the numbers.
+Which nodes stay in fp32 (:func:`default_fp32_nodes`, policy :data:`FP32_POLICY`):
+
+- the Conv nodes that read the graph input (RRDBNet's ``conv_first``, 3 -> 64 channels, about
+  0.01 % of the MACs): rounding the [0, 1] input to fp16 (up to 2.4e-4) is amplified by the
+  GAN-trained network to about 0.01 at single output pixels;
+- every Add and Mul node: in RRDBNet these are exactly the residual connections (``x + 0.2 *
+  conv5``, ``x + 0.2 * rdb3``, ``feat + conv_body``), a running sum over 69 + 23 + 1 additions whose
+  value (up to about 7) grows while the increments stay small, so fp16 rounding accumulates there.
+
+Measured with :func:`evaluate_fp16_storage` on the bundled photos and ``tests/data/hr`` (20 inputs),
+max abs error vs fp32 for Real-ESRGAN x4plus / RealSR DF2K / x4plus-anime: all fp16 0.012 / 0.030 /
+0.010; conv_first in fp32 0.009 / 0.014 / 0.011; conv_first and the residual stream in fp32 (this
+policy) 0.0039 / 0.0046 / 0.0038. No activation comes near the fp16 range (largest |activation|
+39 / 53 / 53, in dense-block conv outputs, against 65504), so nothing *overflows*; the Casts cost
+MAC-free elementwise work (142 Casts for 23 blocks). See docs/export.md.
 
 Evaluation (:func:`evaluate_fp16_storage`): onnxruntime's CPU provider on x86 has no float16 Conv
 kernel; it silently inserts Casts and runs an fp16 graph in fp32, so it cannot show an fp16
@@ -51,10 +56,18 @@ class Fp16Error(ExportError):
     """The fp16 conversion or evaluation met a graph it does not support."""
 
 
+FP32_POLICY = "conv_first (reads the float32 input) and the residual sums (every Add and Mul) in float32"
+
+
 def default_fp32_nodes(model: onnx.ModelProto) -> frozenset[str]:
-    """Names of the nodes kept in fp32 by default: the Conv nodes reading a graph input."""
+    """Nodes kept in fp32 by default (:data:`FP32_POLICY`): the Conv nodes reading a graph input,
+    and every Add / Mul node (RRDBNet's residual connections)."""
     inputs = {value.name for value in model.graph.input}
-    return frozenset(n.name for n in model.graph.node if n.op_type == "Conv" and inputs.intersection(n.input))
+    return frozenset(
+        n.name
+        for n in model.graph.node
+        if (n.op_type == "Conv" and inputs.intersection(n.input)) or n.op_type in ("Add", "Mul")
+    )
 
 
 def _data_inputs(node: onnx.NodeProto) -> list[int]:
@@ -117,6 +130,9 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: Collection[str] | None
         key = (name, elem)
         if key in converted:
             return converted[key]
+        source_type = initializers[name].data_type if name in initializers else dtype[name]
+        if source_type != elem and source_type not in _NUMPY:
+            raise Fp16Error(f"tensor {name!r} of element type {source_type} feeds a float input; it cannot be cast")
         if name in initializers:
             init = initializers[name]
             if init.data_type == elem:

@@ -4,27 +4,32 @@ Pipeline (all in memory; nothing reaches the store until every requested precisi
 
 1. ``torch.onnx.export(..., dynamo=True)``, opset 20, one self-contained file (no external data),
    input ``lr`` (N, 3, H, W) float32, output ``sr`` (N, 3, 4H, 4W), dynamic batch / height / width
-   (``torch.export.Dim`` with min 1; RRDBNet has no size constraint). Per-node metadata the exporter
-   attaches (source stack traces, FX names) is stripped; the model's ``metadata_props`` record
-   camera, scale, backbone, weights_sha256, adassr version, precision, I/O names and dtype.
+   (``torch.export.Dim`` with min 1; RRDBNet has no size constraint). Nodes are named after their
+   module; the exporter's per-node metadata (stack traces, FX names) is dropped; the model's
+   ``metadata_props`` record camera, scale, backbone, weights_sha256, adassr version, precision,
+   I/O names and dtype.
 2. fp32 validation: ``onnx.checker`` (full check), then onnxruntime CPU vs PyTorch fp32 on real photo
    crops (see :mod:`export.crops`: batch 2 of 32x32 plus one 20x28 crop, so the dynamic axes are
    exercised); max abs error <= :data:`FP32_TOLERANCE`.
-3. fp16 (:mod:`export.fp16`): the fp32 graph converted to fp16 with float32 I/O, ``conv_first``
-   kept in fp32. Validation: ``onnx.checker``; the fp16-storage evaluation of the graph on the same
-   crops plus the most textured crop of every bundled photo: no inf / NaN and max abs error vs
-   PyTorch fp32 <= :data:`FP16_TOLERANCE`; onnxruntime CPU must load and run the file within the
-   same tolerance (on x86 it upcasts fp16 to fp32, so that run checks types and weight rounding
-   only; both numbers are recorded).
-4. Publish under the camera's store lock: ``model.onnx`` / ``model_fp16.onnx`` through
+3. fp16 (:mod:`export.fp16`): the fp32 graph converted to fp16 with float32 I/O, ``conv_first`` and
+   the residual sums kept in fp32. Validation: ``onnx.checker``; the fp16-storage evaluation of the
+   graph on the same crops plus the most textured crop of every bundled photo: no inf / NaN, max abs
+   error vs PyTorch fp32 <= :data:`FP16_TOLERANCE`, mean <= :data:`FP16_MEAN_TOLERANCE`;
+   onnxruntime CPU must load and run the file within the same tolerance (on x86 it upcasts fp16 to
+   fp32, so that run checks types and weight rounding only; both numbers are recorded).
+4. Publish under the camera's store lock (held from reading the manifest to the last write, so the
+   adapt stage cannot replace the weights mid-export): ``model.onnx`` / ``model_fp16.onnx`` through
    :meth:`CameraStore.publish` (atomic, sha256 in ``artifacts``) and ``manifest["exports"]``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+import warnings
+from collections.abc import Iterator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +55,8 @@ INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"
 OPSET = 20
 FP32_TOLERANCE = 1e-4
-FP16_TOLERANCE = 2e-2  # max abs on [0, 1]; measured worst case 0.0056 (docs/export.md)
-WEIGHTS_FILE = "adapted.safetensors"  # written by adapt.run (WEIGHTS_FILE there)
+FP16_TOLERANCE = 2e-2  # max abs on [0, 1]; measured worst case 0.0046 (docs/export.md)
+FP16_MEAN_TOLERANCE = 2e-3  # mean abs; measured at most 1.5e-4 (a systematic error shows here first)
 PRECISIONS = ("fp32", "fp16")
 MODEL_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx"}
 EXPORT_KEYS = {"fp32": "onnx", "fp16": "onnx_fp16"}
@@ -122,6 +127,27 @@ def resolve_precisions(precision: str) -> tuple[str, ...]:
 # -- export -----------------------------------------------------------------------------------
 
 
+class _DropTorchvisionNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torchvision" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the exporter's notices that do not concern RRDBNet during one export: "torchvision is
+    not installed" (the project has no torchvision, FACTS.md) and torch's own LeafSpec deprecation."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notice = _DropTorchvisionNotice()
+    logger.addFilter(notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        logger.removeFilter(notice)
+
+
+
 def export_fp32(model: torch.nn.Module, identity: ModelIdentity) -> onnx.ModelProto:
     """Export ``model`` (CPU, fp32) with dynamic N/H/W; the proto carries ``identity``'s metadata."""
     import torch
@@ -131,7 +157,7 @@ def export_fp32(model: torch.nn.Module, identity: ModelIdentity) -> onnx.ModelPr
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(
                 model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_shapes=(dims,), opset_version=OPSET, external_data=False, optimize=True, verbose=False,
@@ -158,8 +184,11 @@ def tidy_node_metadata(proto: onnx.ModelProto) -> None:
     for node in graph.node:
         meta = {entry.key: entry.value for entry in node.metadata_props}
         scopes_text = meta.get("pkg.torch.onnx.name_scopes")
-        if scopes_text:
-            scopes = [s for s in ast.literal_eval(scopes_text) if s]
+        try:
+            scopes = [s for s in ast.literal_eval(scopes_text or "[]") if isinstance(s, str) and s]
+        except (ValueError, SyntaxError):  # another exporter format: keep the exporter's node name
+            scopes = []
+        if scopes:
             node.name = "/".join(scopes[-2:])
     for item in [*graph.node, *graph.initializer, *graph.value_info, *graph.input, *graph.output]:
         del item.metadata_props[:]
@@ -171,10 +200,6 @@ def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(value)
-
-
-def read_metadata(proto: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in proto.metadata_props}
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -279,9 +304,10 @@ class Fp16Report:
 
 
 def validate_fp16(data: bytes, proto: onnx.ModelProto, cases: Sequence[Case], *,
-                  tolerance: float = FP16_TOLERANCE, onnxruntime_cases: int = 2) -> Fp16Report:
-    """Checker; fp16-storage evaluation of every case (no inf/NaN, within ``tolerance``);
-    onnxruntime CPU on the first ``onnxruntime_cases`` cases."""
+                  tolerance: float = FP16_TOLERANCE, mean_tolerance: float = FP16_MEAN_TOLERANCE,
+                  onnxruntime_cases: int = 2) -> Fp16Report:
+    """Checker; fp16-storage evaluation of every case (no inf/NaN, max abs error within ``tolerance``,
+    mean abs error within ``mean_tolerance``); onnxruntime CPU on the first ``onnxruntime_cases`` cases."""
     from export.fp16 import evaluate_fp16_storage
 
     _check(proto, "the fp16 ONNX model")
@@ -307,8 +333,14 @@ def validate_fp16(data: bytes, proto: onnx.ModelProto, cases: Sequence[Case], *,
         if session is not None and index < onnxruntime_cases:
             got_ort = run_session(session, case.input.batch)
             ort_worst = max(ort_worst, _compare("onnxruntime (fp16 model)", got_ort, case.reference, tolerance, where))
+    mean = abs_sum / max(count, 1)
+    if not mean <= mean_tolerance:
+        raise ExportError(
+            f"the fp16 model differs from PyTorch fp32 by mean abs {mean:.3g} (tolerance {mean_tolerance:g}); "
+            "nothing was published"
+        )
     ranked = tuple(sorted(largest.items(), key=lambda kv: -kv[1])[:5])
-    return Fp16Report(worst, abs_sum / max(count, 1), ort_worst, activation, ranked)
+    return Fp16Report(worst, mean, ort_worst, activation, ranked)
 
 
 # -- build (export + validate, nothing written) -----------------------------------------------
@@ -317,7 +349,7 @@ def validate_fp16(data: bytes, proto: onnx.ModelProto, cases: Sequence[Case], *,
 def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Sequence[str],
                  inputs: Sequence[ValidationInput], *, fp16_extra_inputs: Sequence[ValidationInput] = ()) -> list[ValidatedModel]:
     """Export and validate every requested precision; raises ``ExportError`` on the first failure."""
-    from export.fp16 import convert_to_fp16, default_fp32_nodes
+    from export.fp16 import FP32_POLICY, convert_to_fp16, default_fp32_nodes
 
     where = "; ".join(item.description for item in inputs)
     start = time.perf_counter()
@@ -344,7 +376,7 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
         start = time.perf_counter()
         kept = sorted(default_fp32_nodes(proto))
         proto16 = convert_to_fp16(proto, keep_fp32=kept)
-        set_metadata(proto16, identity.metadata("fp16", fp32_nodes=",".join(kept)))
+        set_metadata(proto16, identity.metadata("fp16", fp32_policy=FP32_POLICY))
         data16 = proto16.SerializeToString()
         all_inputs = [*inputs, *fp16_extra_inputs]
         cases16 = [*cases, *reference_cases(model, fp16_extra_inputs, identity.scale)]
@@ -355,7 +387,7 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
             "file": MODEL_FILES["fp16"], "precision": "fp16", **base,
             "validated_on": "; ".join(item.description for item in all_inputs),
             "max_abs_error_vs_torch": report.max_abs_error, "mean_abs_error_vs_torch": report.mean_abs_error,
-            "tolerance": FP16_TOLERANCE,
+            "tolerance": FP16_TOLERANCE, "mean_tolerance": FP16_MEAN_TOLERANCE,
             "validation_method": (
                 "fp16-storage evaluation of the ONNX graph (float32 arithmetic, every float16 tensor rounded to "
                 "float16; export/fp16.py) vs PyTorch fp32; onnxruntime CPU run of the same file"
@@ -363,7 +395,8 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
             "onnxruntime_cpu_max_abs_error_vs_torch": report.onnxruntime_max_abs_error,
             "max_abs_activation": report.max_abs_activation,
             "largest_activations": [[name, value] for name, value in report.largest_nodes],
-            "fp32_nodes": kept,
+            "fp32_policy": FP32_POLICY,
+            "fp32_node_count": len(kept),
         }))
     return models
 
@@ -418,6 +451,7 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
                   validation_image: str | os.PathLike[str] | None = None,
                   registry: BackboneRegistry | None = None) -> ExportResult:
     """Export ``<store>/<camera>/adapted.safetensors`` (sha256-checked) to ONNX and publish it."""
+    from adapt.run import WEIGHTS_FILE
     from adapt.weights import load_safetensors_weights
 
     precisions = resolve_precisions(precision)
@@ -426,8 +460,8 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
         manifest = store.read_manifest()
         backbone = manifest.get("backbone")
         name = backbone.get("name") if isinstance(backbone, Mapping) else None
-        digest = manifest.get("weights_sha256")
-        if not isinstance(name, str) or not isinstance(digest, str) or "scale" not in manifest:
+        digest, scale = manifest.get("weights_sha256"), manifest.get("scale")
+        if not isinstance(name, str) or not isinstance(digest, str) or not isinstance(scale, int):
             raise StoreError(
                 f"{store.manifest_path} lacks backbone.name, weights_sha256 or scale (written by adapt); "
                 f"rerun `adapt --camera {camera}`"
@@ -439,8 +473,8 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
                 f"{weights} holds weights {loaded.weights_sha256[:12]}..., the manifest records {digest[:12]}...; "
                 f"the store is inconsistent: rerun `adapt --camera {camera}`"
             )
-        if int(manifest["scale"]) != loaded.scale:
-            raise StoreError(f"manifest scale {manifest['scale']} differs from backbone {name!r} (x{loaded.scale}); rerun adapt")
+        if scale != loaded.scale:
+            raise StoreError(f"manifest scale {scale} differs from backbone {name!r} (x{loaded.scale}); rerun adapt")
         identity = ModelIdentity(store.camera, name, loaded.scale, digest)
         photo = find_validation_photo(manifest.get("images") or (), validation_image)
         models = build_models(loaded.model, identity, precisions, validation_inputs(photo),

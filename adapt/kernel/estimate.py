@@ -21,12 +21,17 @@ from runtime.errors import ConfigError, ImageError, ShapeError
 __all__ = ["CALIBRATION", "KernelEstimationConfig", "estimate_kernel"]
 
 # Linear calibration per scale and mode: raw_lr_sigma = a * true_lr_sigma + b (LR pixels, both
-# principal axes). Fitted by benchmarks/kernel_calibration.py on crops of
-# samples/cameras/canon/xmp_test.jpg, of the first frame of fujifilm.mpo (both downscaled by
-# 2-4 with antialiasing to act as sharp HR) and of tests/data/calibration/ref_I0{4,6}.png --
-# never on tests/data/hr, the acceptance images. Scales without an entry use the x4 constants.
+# principal axes; the estimate is (raw - b) / a, clipped at 0.4 HR px). Fitted by
+# `python benchmarks/kernel_calibration.py --scales 4 3 2 --kernels 40 --seed 0` (robust soft-L1
+# fit of the log error over random kernels, sigmas 0.8-3.4 HR px, axis ratio <= 3, half with
+# noise 2/255) on crops of samples/cameras/canon/xmp_test.jpg and of the first frame of
+# fujifilm.mpo (both downscaled by 2-4 with antialiasing to act as sharp HR) and on
+# tests/data/calibration/ref_I0{4,6}.png -- never on tests/data/hr, the acceptance images.
+# Its output: benchmarks/results/kernel_calibration.json. Other scales use the x4 constants.
 CALIBRATION: Mapping[int, Mapping[str, tuple[float, float]]] = MappingProxyType({
-    4: MappingProxyType({"group": (1.0, 0.0), "single": (1.0, 0.0)}),
+    2: MappingProxyType({"group": (0.8936, 0.0709), "single": (1.0175, -0.0117)}),
+    3: MappingProxyType({"group": (1.0792, -0.0441), "single": (1.1572, -0.0748)}),
+    4: MappingProxyType({"group": (1.2924, -0.1011), "single": (1.3310, -0.1021)}),
 })
 _FALLBACK_SCALE = 4
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -48,9 +53,11 @@ class KernelEstimationConfig:
     tile: int = 160  # images above max_tiles_per_image tiles: the most structured tiles ...
     max_tiles_per_image: int = 4  # ... of this side, at most this many
     min_side: int = 32  # smallest usable LR side
-    sigma_lr_range: tuple[float, float] = (0.1, 1.8)  # search range of the LR blur sigma
+    sigma_lr_range: tuple[float, float] = (0.18, 1.8)  # LR sigmas searched (below ~0.2: aliased)
     max_evaluations: int = 300  # Nelder-Mead budget
     calibrate: bool = True  # False: raw cross-scale sigmas (used to fit the calibration)
+    calibration: tuple[tuple[float, float], tuple[float, float]] | None = None  # (group, single)
+    # (a, b) pairs replacing CALIBRATION, e.g. after refitting with benchmarks/kernel_calibration.py
     min_signal_to_noise: float = 4.0  # structure energy / noise energy for an image to count
 
     def __post_init__(self) -> None:
@@ -69,6 +76,10 @@ class KernelEstimationConfig:
         lo, hi = self.sigma_lr_range
         if not 0 < lo < hi:
             raise ConfigError(f"sigma_lr_range must be (low, high) with 0 < low < high, got {self.sigma_lr_range}")
+        if self.calibration is not None and (
+                len(self.calibration) != 2 or any(len(p) != 2 or not p[0] > 0 for p in self.calibration)):
+            raise ConfigError(f"calibration must be ((a, b), (a, b)) for (group, single) with a > 0, "
+                              f"got {self.calibration}")
         if self.max_evaluations < 10:
             raise ConfigError(f"max_evaluations must be >= 10, got {self.max_evaluations}")
 
@@ -217,7 +228,12 @@ def estimate_kernel(
                    options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-7,
                             "maxfev": config.max_evaluations})
     raw_major, raw_minor, theta = params_from_covariance(_cov_from_log(res.x, lo, hi))
-    a, b = _calibration(scale, mode) if config.calibrate else (1.0, 0.0)
+    if not config.calibrate:
+        a, b = 1.0, 0.0
+    elif config.calibration is not None:
+        a, b = config.calibration[0 if mode == "group" else 1]
+    else:
+        a, b = _calibration(scale, mode)
     floor = _MIN_HR_SIGMA / scale
     sx = max((raw_major - b) / a, floor) * scale
     sy = max((raw_minor - b) / a, floor) * scale

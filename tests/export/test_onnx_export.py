@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import adassr
 from adapt.archs.registry import ArchParams, BackboneEntry, BackboneRegistry, WeightSource
-from adapt.weights import load_safetensors_weights, save_safetensors_weights
+from adapt.weights import LoadedBackbone, load_safetensors_weights, save_safetensors_weights
 from export import onnx as onnx_export
 from export.cli import add_export_arguments, run_export
 from export.crops import bundled_photos, photo_crops, read_rgb, textured_windows
@@ -102,6 +102,37 @@ def test_round_trip_matches_torch_at_two_sizes_and_batch_2(exported: tuple[Path,
         assert np.abs(want).max() > 0.01  # the comparison is not between two near-zero outputs
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_runtime_serves_the_exported_model_like_pytorch(exported: tuple[Path, onnx_export.ExportResult],
+                                                        precision: str) -> None:
+    """Export -> torch-free runtime (routing by camera name, onnxruntime backend, untiled):
+    the 8-bit result equals PyTorch's fp32 output quantised the same way, within one level
+    (no pre-padding: the runtime's reflect pre-pad would change the border on purpose)."""
+    from runtime.images import LoadedImage
+    from runtime.pipeline import RuntimeOptions, Upscaler
+    from runtime.tiling import TilingOptions
+
+    root, _ = exported
+    crop = np.ascontiguousarray(read_rgb(PHOTO)[120:150, 160:204])
+    pixels = np.round(crop * 255).astype(np.uint8)
+    image = LoadedImage(pixels, None, 8, None, None, None)
+    options = RuntimeOptions(store=root, precision=precision, tiling=TilingOptions(tile=0, pre_pad=0))
+    upscaler = Upscaler(options)
+    try:
+        result = upscaler.upscale(image, camera=CAMERA)
+    finally:
+        upscaler.close()
+    assert result.route is not None and result.route.precision == precision
+    assert result.route.model_camera == CAMERA
+    with torch.no_grad():
+        lr = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]
+        want = torch_model(root)(lr)[0].permute(1, 2, 0).clamp(0, 1).numpy()
+    want8 = np.round(want * 255).astype(np.int16)
+    assert result.pixels.shape == (120, 176, 3) and result.pixels.dtype == np.uint8
+    assert np.abs(result.pixels.astype(np.int16) - want8).max() <= 1
+    assert want8.std() > 2  # a real image came out, not a constant
+
+
 def test_model_is_one_file_with_dynamic_axes_and_metadata(exported: tuple[Path, onnx_export.ExportResult]) -> None:
     root, _ = exported
     manifest = CameraStore.open(root, CAMERA).read_manifest()
@@ -139,25 +170,37 @@ def test_manifest_records_exports_with_checksums(exported: tuple[Path, onnx_expo
         assert str(PHOTO) in rec["validated_on"]  # the first *readable* camera image
     assert 0 <= onnx_rec["max_abs_error_vs_torch"] <= 1e-4 == onnx_rec["tolerance"]
     assert 0 < fp16_rec["max_abs_error_vs_torch"] <= fp16_rec["tolerance"] == onnx_export.FP16_TOLERANCE
-    assert fp16_rec["fp32_nodes"] == ["conv_first/conv2d"]
+    # conv_first + 2 RRDB x (3 RDB x (Mul + Add) + Mul + Add) + the trunk Add
+    assert fp16_rec["fp32_node_count"] == 1 + 2 * (3 * 2 + 2) + 1
     assert 0 < fp16_rec["max_abs_activation"] < FP16_MAX
     # fp16 validation covered every bundled photo.
     for photo in bundled_photos():
         assert photo.name in fp16_rec["validated_on"]
 
 
-def test_fp16_graph_is_half_except_conv_first(exported: tuple[Path, onnx_export.ExportResult]) -> None:
+def test_fp16_graph_is_half_except_conv_first_and_residual_sums(exported: tuple[Path, onnx_export.ExportResult]) -> None:
     root, _ = exported
     proto = onnx.load(str(root / CAMERA / "model_fp16.onnx"))
-    inits = {i.name: i for i in proto.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    types.update({i.name: i.data_type for i in proto.graph.initializer})
+    types.update({v.name: v.type.tensor_type.elem_type for v in proto.graph.input})
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     assert len(convs) == 1 + 2 * 3 * 5 + 5  # conv_first, 2 RRDB x 3 RDB x 5 convs, body/up1/up2/hr/last
-    for node in convs:
-        want = TensorProto.FLOAT if node.name == "conv_first/conv2d" else TensorProto.FLOAT16
-        assert inits[node.input[1]].data_type == want, node.name
-    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
-    assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
-    assert sum(n.op_type == "Cast" for n in proto.graph.node) == 2  # after conv_first, before the output
+    for node in proto.graph.node:
+        if node.op_type == "Cast":
+            continue
+        fp32 = node.name == "conv_first/conv2d" or node.op_type in ("Add", "Mul")
+        want = TensorProto.FLOAT if fp32 else TensorProto.FLOAT16
+        assert types[node.output[0]] == want, node.name
+        if node.op_type == "Conv":  # the weights are stored in the node's precision
+            assert types[node.input[1]] == want, node.name
+    assert types["lr"] == types["sr"] == TensorProto.FLOAT
+    casts = [n for n in proto.graph.node if n.op_type == "Cast"]
+    # to fp16: the input of each of the 6 dense blocks (the first is conv_first's output), of
+    # conv_body and of the upsampler (the trunk); to fp32: each conv5 and conv_body output entering
+    # a residual sum; and the model output.
+    assert len(casts) == (2 * 3 + 1 + 1) + (2 * 3 + 1) + 1
 
 
 def test_fp16_model_on_bundled_photos_is_finite_and_close(exported: tuple[Path, onnx_export.ExportResult]) -> None:
@@ -234,20 +277,39 @@ def test_failed_fp16_validation_publishes_neither_file(tmp_path: Path, monkeypat
     assert files == [] and "exports" not in manifest
 
 
-def test_fallback_export_manifest(tmp_path: Path) -> None:
-    torch.manual_seed(3)
-    weights = tmp_path / "tiny.safetensors"
-    save_safetensors_weights(weights, TINY.build(), TINY)
-    loaded = load_safetensors_weights(weights, TINY)
-    result = onnx_export.export_loaded_fallback(tmp_path / "store", loaded, validation_image=PHOTO)
+def _tiny_loaded(path: Path, seed: int) -> LoadedBackbone:
+    torch.manual_seed(seed)
+    save_safetensors_weights(path, TINY.build(), TINY)
+    return load_safetensors_weights(path, TINY)
+
+
+def test_fallback_export_manifest_and_stale_exports_dropped(tmp_path: Path) -> None:
+    first = _tiny_loaded(tmp_path / "a.safetensors", seed=3)
+    onnx_export.export_loaded_fallback(tmp_path / "store", first, precision="both", validation_image=PHOTO)
     store = CameraStore.open(tmp_path / "store", FALLBACK_CAMERA)
+    assert set(store.read_manifest()["exports"]) == {"onnx", "onnx_fp16"}
+
+    loaded = _tiny_loaded(tmp_path / "b.safetensors", seed=4)  # other weights, fp32 only
+    result = onnx_export.export_loaded_fallback(tmp_path / "store", loaded, validation_image=PHOTO)
     manifest = store.read_manifest()
     assert result.camera == manifest["camera"] == FALLBACK_CAMERA
     assert manifest["backbone"]["name"] == TINY.name and manifest["scale"] == 4
+    assert loaded.weights_sha256 != first.weights_sha256
     assert manifest["weights_sha256"] == loaded.weights_sha256 == manifest["exports"]["onnx"]["weights_sha256"]
-    assert "onnx_fp16" not in manifest["exports"]
+    # The fp16 model of the first weights is no longer listed, so the runtime cannot serve it.
+    assert set(manifest["exports"]) == {"onnx"} and "model_fp16.onnx" not in manifest["artifacts"]
+    with pytest.raises(StoreError, match="no model_fp16.onnx"):
+        store.verified_path("model_fp16.onnx")
     proto = onnx.load(str(store.verified_path("model.onnx")))
-    assert {p.key: p.value for p in proto.metadata_props}["camera"] == FALLBACK_CAMERA
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert (meta["camera"], meta["weights_sha256"]) == (FALLBACK_CAMERA, loaded.weights_sha256)
+
+
+def test_export_refuses_while_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    with CameraStore.open(tmp_path, CAMERA).lock(), pytest.raises(StoreError, match="another adassr process"):
+        onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
+    assert not (tmp_path / CAMERA / "model.onnx").exists()
 
 
 def test_keep_fp32_fixes_an_overflowing_op() -> None:

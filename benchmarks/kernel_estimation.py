@@ -1,0 +1,322 @@
+"""Accuracy and speed of blur-kernel estimation (issue 4, item 2) on synthetic cameras.
+
+The five clean photos of tests/data/hr are blurred with known anisotropic Gaussian kernels
+(HR sigmas 0.8-3.2 px, axis ratios up to 3, six angles), downsampled x4 with
+adapt.degradation.blur_downsample, with and without Gaussian noise (sigma 2/255). Each kernel is
+estimated once from all five LR images (group mode, the camera-group case) and once per image
+(single-image mode). The estimator's calibration was fitted on other photos
+(benchmarks/kernel_calibration.py); nothing here is tuned to these images.
+
+Yardstick: bicubic x4 is close to a Gaussian of sigma 1.57, so the best fixed guess for this
+grid is G(1.6). "closer" counts estimates whose L2 distance to the true kernel (normalised
+kernels at HR resolution, same 26x26 support) is smaller than G(1.6)'s. Relative sigma error is
+per principal axis (estimated major vs true major, minor vs minor); axes with a true sigma
+below 1.2 HR px (aliased at x4) are reported separately. Angle error (mod 180 degrees) is over
+kernels with axis ratio >= 2.
+
+Targets: group mode closer >= 85 %, median relative sigma error <= 20 %, median angle error
+<= 15 degrees; single-image mode closer >= 75 %, median relative sigma error <= 25 %.
+
+    python benchmarks/kernel_estimation.py [--quick] [--out DIR]
+
+Writes <out>/kernel_estimation.md and kernel_estimation.json (default benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from adapt.degradation import bicubic_kernel, blur_downsample, gaussian_kernel  # noqa: E402
+from adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
+
+HR_DIR = ROOT / "tests" / "data" / "hr"
+RESULTS = ROOT / "benchmarks" / "results"
+MACHINE = "2-core CPU dev machine, no GPU"
+SCALE = 4
+SUPPORT = 26  # even (x4 parity), covers +-3 sigma of 3.2 HR px with margin
+SIGMAS = (0.8, 1.2, 1.6, 2.4, 3.2)
+ANGLES = (0.0, 30.0, 60.0, 90.0, 120.0, 150.0)
+NOISES = (0.0, 2.0)  # Gaussian noise sigma, in 1/255
+TARGETS = {"group": {"closer": 0.85, "rel": 0.20, "angle": 15.0},
+           "single": {"closer": 0.75, "rel": 0.25, "angle": None}}
+
+
+def kernel_grid(sigmas: tuple[float, ...] = SIGMAS, angles: tuple[float, ...] = ANGLES,
+                max_ratio: float = 3.0) -> list[tuple[float, float, float]]:
+    """(major, minor, angle_deg): isotropic kernels once, anisotropic ones at every angle."""
+    out = []
+    for major in sigmas:
+        for minor in sigmas:
+            if minor > major or major / minor > max_ratio + 1e-9:
+                continue
+            out.extend([(major, minor, 0.0)] if major == minor else [(major, minor, a) for a in angles])
+    return out
+
+
+def load_hr() -> list[tuple[str, np.ndarray]]:
+    out = []
+    for path in sorted(HR_DIR.glob("*.png")):
+        with Image.open(path) as im:
+            img = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        h, w = (img.shape[0] // SCALE) * SCALE, (img.shape[1] // SCALE) * SCALE
+        out.append((path.stem, np.ascontiguousarray(img[:h, :w])))
+    return out
+
+
+def synthesize(hr: np.ndarray, k: tuple[float, float, float], noise_255: float,
+               rng: np.random.Generator) -> np.ndarray:
+    lr = blur_downsample(hr, gaussian_kernel(k[0], k[1], math.radians(k[2]), scale=SCALE), SCALE)
+    if noise_255 > 0:
+        lr = lr + rng.normal(0.0, noise_255 / 255.0, lr.shape).astype(np.float32)
+    return np.clip(lr, 0.0, 1.0)
+
+
+def support_kernel(sx: float, sy: float, theta_deg: float) -> np.ndarray:
+    return gaussian_kernel(sx, sy, math.radians(theta_deg), scale=SCALE, size=SUPPORT)
+
+
+def angle_error(a: float, b: float) -> float:
+    d = (a - b) % 180.0
+    return min(d, 180.0 - d)
+
+
+@dataclass
+class Row:
+    mode: str
+    image: str
+    noise: float
+    true: tuple[float, float, float]
+    est: tuple[float, float, float]
+    dist_est: float
+    dist_g16: float
+    seconds: float
+    confidence: float
+
+    @property
+    def closer(self) -> bool:
+        return self.dist_est < self.dist_g16
+
+    @property
+    def aliased(self) -> bool:
+        return self.true[1] < 1.2
+
+
+def evaluate(true: tuple[float, float, float], est, mode: str, image: str, noise: float,
+             seconds: float, g16: np.ndarray) -> Row:
+    kt = support_kernel(*true)
+    ke = support_kernel(est.sigma_x, est.sigma_y, est.theta_deg)
+    return Row(mode, image, noise, true, (est.sigma_x, est.sigma_y, est.theta_deg),
+               float(np.linalg.norm(ke - kt)), float(np.linalg.norm(g16 - kt)), seconds, est.confidence)
+
+
+@dataclass
+class Summary:
+    n: int
+    closer: float
+    rel_main: float
+    rel_aliased: float
+    angle: float
+    p90_rel_main: float
+    extra: dict = field(default_factory=dict)
+
+
+def summarize(rows: list[Row]) -> Summary:
+    rel_main, rel_alias, angles = [], [], []
+    for r in rows:
+        for t, e in ((r.true[0], r.est[0]), (r.true[1], r.est[1])):
+            (rel_main if t >= 1.2 else rel_alias).append(abs(e - t) / t)
+        if r.true[0] / r.true[1] >= 2.0:
+            angles.append(angle_error(r.est[2], r.true[2]))
+
+    def med(v: list[float]) -> float:
+        return float(np.median(v)) if v else float("nan")
+
+    return Summary(
+        n=len(rows),
+        closer=float(np.mean([r.closer for r in rows])) if rows else float("nan"),
+        rel_main=med(rel_main),
+        rel_aliased=med(rel_alias),
+        angle=med(angles),
+        p90_rel_main=float(np.quantile(rel_main, 0.9)) if rel_main else float("nan"),
+    )
+
+
+def run(quick: bool, config: KernelEstimationConfig) -> dict:
+    hrs = load_hr()
+    kernels = kernel_grid(angles=(0.0, 60.0, 120.0)) if quick else kernel_grid()
+    g16 = support_kernel(1.6, 1.6, 0.0)
+    bic = bicubic_kernel(SCALE)
+    pad = (SUPPORT - bic.shape[0]) // 2
+    bic = np.pad(bic, pad)
+    rows: list[Row] = []
+    bicubic_closer = []
+    rng = np.random.default_rng(0)
+    for noise in NOISES:
+        for k in kernels:
+            lrs = [synthesize(hr, k, noise, rng) for _, hr in hrs]
+            t0 = time.perf_counter()
+            est = estimate_kernel(lrs, scale=SCALE, config=config)
+            rows.append(evaluate(k, est, "group", "all", noise, time.perf_counter() - t0, g16))
+            for (name, _), lr in zip(hrs, lrs):
+                t0 = time.perf_counter()
+                est = estimate_kernel([lr], scale=SCALE, config=config)
+                rows.append(evaluate(k, est, "single", name, noise, time.perf_counter() - t0, g16))
+            if noise == NOISES[0]:
+                kt = support_kernel(*k)
+                bicubic_closer.append(float(np.linalg.norm(bic - kt)) < float(np.linalg.norm(g16 - kt)))
+    lr_sizes = {name: [s // SCALE for s in hr.shape[:2]] for name, hr in hrs}
+    return {"rows": rows, "kernels": kernels, "bicubic_closer_than_g16": float(np.mean(bicubic_closer)),
+            "lr_sizes": lr_sizes}
+
+
+NOTES = [
+    "## Method and limits",
+    "",
+    "Cross-scale derivative-energy matching (adapt/kernel): for a candidate LR blur covariance C, "
+    "z = (y * G(3C)) downsampled x2 (all four phases pooled) has the same blur relative to its grid "
+    "as y; C is chosen so that y and z have the same contrast-free statistics (per direction, the "
+    "ratio of mean squared 2nd to 1st directional derivative, and the directional shape of the 1st "
+    "derivative energy), averaged over the group's images; 1-D isotropic search then Nelder-Mead on "
+    "the matrix logarithm of C; then the linear calibration per mode.",
+    "",
+    "- The only group-mode misses are the kernels next to the yardstick itself: G(1.6) is exact for "
+    "(1.6, 1.6) and within 0.047 L2 of (1.6, 1.2), and the estimates there come out 10-20 % too wide. "
+    "On the sigma >= 1.2 subset that makes 'closer' 82 %; all aliased kernels (an axis of 0.8) are closer.",
+    "- Scene content biases one image's raw estimate by up to about +-30 % (fur, lattices, smooth "
+    "shading, depth of field; see the per-photo table); group mode averages much of it out and is "
+    "the mode to use. In development the raw estimates on these five photos came out about 15-20 % "
+    "wider than on the calibration crops for the same kernels; the calibration (slope 1.29 at x4, "
+    "fitted on the calibration crops alone, where raw major axes also grow faster than the truth) "
+    "compresses large sigmas and removes most of that here. Expect group biases of 10-20 % on "
+    "cameras whose scenes differ from both sets. Sigmas of 0.8 HR px (0.2 LR px) are aliased and "
+    "cannot be resolved: the search stops at 0.18 LR px and such axes come out near 1.0-1.3 HR px.",
+    "- Calibration: benchmarks/kernel_calibration.py (results/kernel_calibration.json): median "
+    "|log error| on the calibration crops 0.09 (group) and 0.11 (single) at x4.",
+]
+
+
+def _fmt(v: float, pct: bool = False) -> str:
+    if v != v:  # nan
+        return "-"
+    return f"{100 * v:.0f} %" if pct else f"{v:.1f}"
+
+
+def report(result: dict, config: KernelEstimationConfig, wall: float) -> tuple[str, dict]:
+    rows: list[Row] = result["rows"]
+    lines = [
+        "# Blur-kernel estimation accuracy (issue 4, item 2)",
+        "",
+        f"Machine: {MACHINE} (Python {platform.python_version()}, numpy {np.__version__}). "
+        f"Generated by `benchmarks/kernel_estimation.py` in {wall:.0f} s.",
+        "",
+        f"Test images: tests/data/hr (5 photos; LR sizes {result['lr_sizes']}). Kernels: "
+        f"{len(result['kernels'])} anisotropic Gaussians, HR sigmas in {list(SIGMAS)}, axis ratio <= 3, "
+        f"angles {list(ANGLES)} deg; x{SCALE}; noise sigma {list(NOISES)} /255. The calibration "
+        "(adapt/kernel/estimate.py CALIBRATION) was fitted by benchmarks/kernel_calibration.py on "
+        "other photos (canon xmp_test, fujifilm, Kodak ref_I04/I06); nothing was fitted on these.",
+        "",
+        "closer = L2 distance to the true kernel (normalised, HR resolution, 26x26 support) below "
+        "that of the fixed G(1.6); rel = median relative sigma error per principal axis; angle = "
+        "median angle error for axis ratio >= 2. 'aliased' = kernels with a true sigma < 1.2 HR px "
+        "(reported separately, as the issue allows). For reference, the bicubic kernel is closer "
+        f"than G(1.6) for {100 * result['bicubic_closer_than_g16']:.0f} % of these kernels.",
+        "",
+        "| mode | noise /255 | kernels | n | closer | rel (axes >= 1.2) | p90 rel | rel (axes < 1.2) | angle (deg) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    data: dict = {"machine": MACHINE, "summaries": [], "targets": TARGETS}
+    verdicts = []
+    for mode in ("group", "single"):
+        for noise in (*NOISES, None):
+            for subset in ("all", "sigma >= 1.2", "aliased"):
+                sel = [r for r in rows if r.mode == mode and (noise is None or r.noise == noise)]
+                if subset == "sigma >= 1.2":
+                    sel = [r for r in sel if not r.aliased]
+                elif subset == "aliased":
+                    sel = [r for r in sel if r.aliased]
+                s = summarize(sel)
+                noise_label = "both" if noise is None else f"{noise:g}"
+                lines.append(
+                    f"| {mode} | {noise_label} | {subset} | {s.n} | {_fmt(s.closer, True)} | "
+                    f"{_fmt(s.rel_main, True)} | {_fmt(s.p90_rel_main, True)} | {_fmt(s.rel_aliased, True)} | "
+                    f"{_fmt(s.angle)} |")
+                data["summaries"].append({"mode": mode, "noise": noise_label, "subset": subset,
+                                          **{k: v for k, v in s.__dict__.items() if k != "extra"}})
+                if noise is None and subset == "all":
+                    t = TARGETS[mode]
+                    ok_closer = s.closer >= t["closer"]
+                    ok_rel = s.rel_main <= t["rel"]
+                    ok_angle = t["angle"] is None or s.angle <= t["angle"]
+                    verdicts.append(
+                        f"- {mode}: closer {_fmt(s.closer, True)} (target >= {100 * t['closer']:.0f} %) "
+                        f"{'PASS' if ok_closer else 'FAIL'}; median rel sigma error {_fmt(s.rel_main, True)} "
+                        f"(target <= {100 * t['rel']:.0f} %) {'PASS' if ok_rel else 'FAIL'}"
+                        + ("" if t["angle"] is None else
+                           f"; median angle error {_fmt(s.angle)} deg (target <= {t['angle']:.0f}) "
+                           f"{'PASS' if ok_angle else 'FAIL'}"))
+    group_t = [r.seconds for r in rows if r.mode == "group"]
+    single_t = [r.seconds for r in rows if r.mode == "single"]
+    lines += ["", "Acceptance (both noise levels, all kernels; relative error over axes >= 1.2 px):", *verdicts,
+              "", f"Speed: group of 5 images median {np.median(group_t):.2f} s (max {max(group_t):.2f} s); "
+              f"single image median {np.median(single_t):.2f} s (max {max(single_t):.2f} s); one process, "
+              "OMP_NUM_THREADS=1, other jobs sharing the 2 cores.", "", *NOTES, "",
+              "## Group-mode estimates per kernel (HR px, degrees)", "",
+              "| true (sx, sy, deg) | noise | estimate (sx, sy, deg) | dist est | dist G(1.6) | closer |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.mode != "group":
+            continue
+        lines.append(f"| {r.true[0]:.1f}, {r.true[1]:.1f}, {r.true[2]:.0f} | {r.noise:g} | "
+                     f"{r.est[0]:.2f}, {r.est[1]:.2f}, {r.est[2]:.0f} | {r.dist_est:.4f} | {r.dist_g16:.4f} | "
+                     f"{'yes' if r.closer else 'no'} |")
+    lines += ["", "## Single-image mode per photo (both noise levels, all kernels)", "",
+              "| photo | closer | rel (axes >= 1.2) | angle (deg) |", "|---|---|---|---|"]
+    for name in sorted({r.image for r in rows if r.mode == "single"}):
+        s = summarize([r for r in rows if r.mode == "single" and r.image == name])
+        lines.append(f"| {name} | {_fmt(s.closer, True)} | {_fmt(s.rel_main, True)} | {_fmt(s.angle)} |")
+    data["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}
+    data["rows"] = [{**r.__dict__, "closer": r.closer} for r in rows]
+    data["seconds"] = {"group_median": float(np.median(group_t)), "single_median": float(np.median(single_t))}
+    return "\n".join(lines) + "\n", data
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 angles instead of 6")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--config-json", default="{}", help="KernelEstimationConfig overrides (development)")
+    args = parser.parse_args(argv)
+    overrides = json.loads(args.config_json)
+    config = KernelEstimationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    t0 = time.perf_counter()
+    result = run(args.quick, config)
+    text, data = report(result, config, time.perf_counter() - t0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write(args.out / "kernel_estimation.md", text)
+    _write(args.out / "kernel_estimation.json", json.dumps(data, indent=1) + "\n")
+    print(text.split("## Group-mode")[0])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

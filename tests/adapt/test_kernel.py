@@ -1,0 +1,204 @@
+"""Blur-kernel estimation (adapt.kernel): accuracy on synthetic cameras, API and edge cases.
+
+The accuracy tests are a reduced version of benchmarks/kernel_estimation.py with the same
+criteria (closer to the true kernel than the fixed G(1.6), median relative sigma error, median
+angle error), on the bundled clean photos; the estimator's calibration was fitted on other
+photos (benchmarks/kernel_calibration.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adapt.degradation import bicubic_kernel, blur_downsample, gaussian_kernel
+from adapt.kernel import (
+    CALIBRATION,
+    METHOD_BICUBIC,
+    METHOD_CROSS_SCALE,
+    METHOD_FALLBACK,
+    KernelEstimate,
+    KernelEstimationConfig,
+    bicubic_kernel_estimate,
+    estimate_kernel,
+)
+from runtime.errors import ConfigError, ImageError, ShapeError
+
+HR = Path(__file__).resolve().parents[1] / "data" / "hr"
+SCALE = 4
+SUPPORT = 26
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[np.ndarray]:
+    out = []
+    for path in sorted(HR.glob("*.png")):
+        with Image.open(path) as im:
+            img = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        out.append(img[: img.shape[0] // SCALE * SCALE, : img.shape[1] // SCALE * SCALE])
+    assert len(out) == 5
+    return out
+
+
+def _lr(hr: np.ndarray, k: tuple[float, float, float], noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    lr = blur_downsample(hr, gaussian_kernel(k[0], k[1], math.radians(k[2]), scale=SCALE), SCALE)
+    if noise:
+        lr = lr + np.random.default_rng(seed).normal(0.0, noise, lr.shape).astype(np.float32)
+    return np.clip(lr, 0.0, 1.0)
+
+
+def _dist(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    ka = gaussian_kernel(a[0], a[1], math.radians(a[2]), scale=SCALE, size=SUPPORT)
+    kb = gaussian_kernel(b[0], b[1], math.radians(b[2]), scale=SCALE, size=SUPPORT)
+    return float(np.linalg.norm(ka - kb))
+
+
+def _angle_err(a: float, b: float) -> float:
+    d = (a - b) % 180.0
+    return min(d, 180.0 - d)
+
+
+def _score(cases: list[tuple[tuple[float, float, float], KernelEstimate]]) -> tuple[float, float, float]:
+    closer, rel, ang = [], [], []
+    for true, est in cases:
+        got = (est.sigma_x, est.sigma_y, est.theta_deg)
+        closer.append(_dist(got, true) < _dist((1.6, 1.6, 0.0), true))
+        rel += [abs(e - t) / t for t, e in zip(true[:2], got[:2]) if t >= 1.2]
+        if true[0] / true[1] >= 2:
+            ang.append(_angle_err(got[2], true[2]))
+    return float(np.mean(closer)), float(np.median(rel)), float(np.median(ang)) if ang else 0.0
+
+
+# Seven points of the benchmark grid (sigmas 0.8-3.2, axis ratio <= 3), fixed before measuring.
+GROUP_KERNELS = [(1.2, 1.2, 0.0), (2.4, 1.2, 30.0), (3.2, 1.6, 120.0), (2.4, 0.8, 60.0),
+                 (3.2, 3.2, 0.0), (1.6, 0.8, 150.0), (3.2, 1.2, 90.0)]
+
+
+def test_group_mode_accuracy_on_synthetic_cameras(photos):
+    cases = []
+    for i, k in enumerate(GROUP_KERNELS):
+        noise = 2.0 / 255.0 if i % 2 else 0.0  # every other camera has mild noise
+        est = estimate_kernel([_lr(p, k, noise, seed=j) for j, p in enumerate(photos)], scale=SCALE)
+        assert est.method == METHOD_CROSS_SCALE and est.diagnostics["mode"] == "group"
+        cases.append((k, est))
+    closer, rel, ang = _score(cases)
+    report = [(k, round(e.sigma_x, 2), round(e.sigma_y, 2), round(e.theta_deg)) for k, e in cases]
+    assert closer >= 0.85, report
+    assert rel <= 0.20, report
+    assert ang <= 15.0, report
+
+
+def test_single_image_accuracy(photos):
+    motorcycle = photos[4]
+    cases = [(k, estimate_kernel([_lr(motorcycle, k)], scale=SCALE))
+             for k in [(2.4, 1.2, 30.0), (3.2, 1.6, 120.0), (1.2, 1.2, 0.0), (3.2, 3.2, 0.0)]]
+    assert all(e.diagnostics["mode"] == "single" for _, e in cases)
+    closer, rel, _ = _score(cases)
+    assert closer >= 0.75, [(k, e.sigma_x, e.sigma_y, e.theta_deg) for k, e in cases]
+    assert rel <= 0.25
+
+
+def test_transposed_images_give_the_mirrored_kernel(photos):
+    k = (2.4, 1.2, 30.0)
+    lr = _lr(photos[0], k)
+    est = estimate_kernel([lr], scale=SCALE)
+    est_t = estimate_kernel([np.ascontiguousarray(lr.transpose(1, 0, 2))], scale=SCALE)
+    # Transposing swaps x and y: an axis at theta moves to 90 - theta.
+    assert _angle_err(est_t.theta_deg, 90.0 - est.theta_deg) < 3.0
+    assert est_t.sigma_x == pytest.approx(est.sigma_x, rel=0.03)
+    assert est_t.sigma_y == pytest.approx(est.sigma_y, rel=0.03)
+
+
+def test_kernel_array_matches_parameters_and_feeds_blur_downsample(photos):
+    est = estimate_kernel([_lr(photos[1], (2.4, 1.2, 60.0))], scale=SCALE)
+    assert est.kernel.shape[0] % 2 == SCALE % 2 and est.kernel.sum() == pytest.approx(1.0)
+    expect = gaussian_kernel(est.sigma_x, est.sigma_y, est.theta, scale=SCALE)
+    np.testing.assert_allclose(est.kernel, expect, atol=1e-12)
+    assert est.sigma_x >= est.sigma_y > 0 and -90.0 < est.theta_deg <= 90.0
+    assert not est.kernel.flags.writeable
+    y_rd = blur_downsample(photos[1][:64, :64], est.kernel, SCALE)
+    assert y_rd.shape == (16, 16, 3)
+    assert 0.0 <= est.confidence <= 1.0 and est.diagnostics["wall_time_s"] < 30
+
+
+def test_to_dict_is_json_and_round_trips(photos):
+    est = estimate_kernel([_lr(p, (2.4, 1.6, 0.0)) for p in photos[:2]], scale=SCALE)
+    d = json.loads(json.dumps(est.to_dict()))
+    assert d["method"] == METHOD_CROSS_SCALE and d["scale"] == SCALE
+    assert d["theta_deg"] == pytest.approx(est.theta_deg, abs=1e-3)
+    assert np.asarray(d["kernel"]).shape == est.kernel.shape
+    assert d["diagnostics"]["mode"] == "group" and len(d["diagnostics"]["raw_sigma_lr"]) == 2
+    back = KernelEstimate.from_dict(d)
+    assert (back.method, back.scale, back.sigma_x, back.sigma_y) == (est.method, est.scale, est.sigma_x, est.sigma_y)
+    assert back.theta == pytest.approx(est.theta, abs=1e-12)
+    np.testing.assert_allclose(back.kernel, est.kernel, atol=1e-12)
+    with pytest.raises(ConfigError):
+        KernelEstimate.from_dict({"sigma_x": 1.0})
+
+
+def test_bicubic_estimate_is_the_imresize_kernel():
+    est = bicubic_kernel_estimate(4)
+    assert est.method == METHOD_BICUBIC and est.confidence == 1.0
+    np.testing.assert_array_equal(est.kernel, bicubic_kernel(4))
+    assert est.sigma_x == est.sigma_y == pytest.approx(1.57, abs=0.02)  # FACTS: bicubic x4 ~ G(1.57)
+    assert bicubic_kernel_estimate(3).kernel.shape == (11, 11)
+    with pytest.raises(ConfigError):
+        bicubic_kernel_estimate(0)
+
+
+def test_flat_and_pure_noise_images_fall_back_to_bicubic_with_a_reason():
+    flat = np.full((96, 96, 3), 0.4, dtype=np.float32)
+    noise = np.clip(0.5 + np.random.default_rng(0).normal(0, 0.02, (96, 96)), 0, 1).astype(np.float32)
+    for images in ([flat], [flat, flat], [noise]):
+        est = estimate_kernel(images, scale=SCALE)
+        assert est.method == METHOD_FALLBACK and est.confidence == 0.0
+        assert "no image has structure" in est.diagnostics["reason"]
+        np.testing.assert_array_equal(est.kernel, bicubic_kernel(SCALE))
+
+
+def test_group_skips_a_flat_image(photos):
+    flat = np.full((100, 120, 3), 0.7, dtype=np.float32)
+    lrs = [flat] + [_lr(p, (2.4, 1.2, 30.0)) for p in photos[:2]]
+    est = estimate_kernel(lrs, scale=SCALE)
+    assert est.method == METHOD_CROSS_SCALE
+    assert est.diagnostics["images_skipped_flat"] == [0] and est.diagnostics["images_used"] == [1, 2]
+
+
+def test_large_images_use_their_most_structured_tiles(photos):
+    lr = _lr(photos[0], (2.4, 1.2, 30.0))
+    big = np.concatenate([np.concatenate([lr, lr], 1), np.concatenate([lr, lr], 1)], 0)
+    est = estimate_kernel([big], scale=SCALE, config=KernelEstimationConfig(tile=96, max_tiles_per_image=3))
+    assert est.diagnostics["n_tiles"] == 3
+
+
+def test_invalid_inputs_raise_typed_errors(photos):
+    lr = _lr(photos[0], (1.6, 1.6, 0.0))
+    with pytest.raises(ConfigError):
+        estimate_kernel([], scale=SCALE)
+    with pytest.raises(ConfigError):
+        estimate_kernel(lr, scale=SCALE)  # one array instead of a list
+    with pytest.raises(ConfigError):
+        estimate_kernel([lr], scale=1)
+    with pytest.raises(ImageError):
+        estimate_kernel([(lr * 255).astype(np.uint8)], scale=SCALE)
+    with pytest.raises(ImageError):
+        estimate_kernel([np.full((64, 64), np.nan, dtype=np.float32)], scale=SCALE)
+    with pytest.raises(ShapeError):
+        estimate_kernel([lr[:20, :20]], scale=SCALE)
+    with pytest.raises(ShapeError):
+        estimate_kernel([np.zeros((64, 64, 2), dtype=np.float32)], scale=SCALE)
+    with pytest.raises(ConfigError):
+        KernelEstimationConfig(structure_fraction=0.0)
+    with pytest.raises(ConfigError):
+        KernelEstimationConfig(calibration=((0.0, 0.0), (1.0, 0.0)))
+
+
+def test_calibration_table_covers_the_default_scale():
+    assert set(CALIBRATION[4]) == {"group", "single"}
+    for a, b in CALIBRATION[4].values():
+        assert 0.5 < a < 3.0 and -0.5 < b < 0.5
