@@ -31,7 +31,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     lat.add_argument("--backend", default="onnxruntime", choices=("onnxruntime",), help="runtime backend")
     lat.add_argument("--providers", default="cpu", help="onnxruntime providers (default cpu)")
     lat.add_argument("--sizes", default="64,128", help="LR sizes, comma separated (default 64,128)")
-    lat.add_argument("--tile", type=int, default=96, help="tile size for the tiled-vs-untiled run (default 96)")
+    lat.add_argument("--tiled-size", type=int, default=256,
+                     help="LR size of the tiled-vs-untiled comparison (default 256)")
+    lat.add_argument("--tile", type=int, default=0,
+                     help="tile size for that comparison; 0 = the smallest tile that covers the image with 2x2 tiles")
     lat.add_argument("--tile-overlap", type=int, default=16, help="tile overlap (default 16)")
     lat.add_argument("--repeats", type=int, default=5, help="timed calls per case (default 5)")
     lat.add_argument("--threads", type=int, default=None, help="threads for both onnxruntime and torch")
@@ -102,7 +105,7 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     from runtime.backends import open_backend
     from runtime.errors import ConfigError
     from runtime.routing import resolve_model
-    from runtime.tiling import TilingOptions, upscale_tiled
+    from runtime.tiling import TilingOptions, plan_tiles, upscale_tiled
 
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
@@ -125,11 +128,13 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
                 t_stats = time_calls(lambda: torch_model(x), args.repeats)
                 rows.append({"backend": "torch eager fp32", "size": size, **t_stats,
                              "out_mpix_per_s": out_mp / (t_stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb()})
-        big = max(sizes)
+        big = args.tiled_size
         image = _crop(big)
-        untiled = time_calls(lambda: upscale_tiled(image, backend.infer, scale=route.scale,
-                                                   options=TilingOptions(tile=0, pad_to_tile=False)), args.repeats)
-        tiling = TilingOptions(tile=args.tile, overlap=args.tile_overlap, pad_to_tile=False)
+        untiled_opts = TilingOptions(tile=0, pad_to_tile=False)
+        untiled = time_calls(lambda: upscale_tiled(image, backend.infer, scale=route.scale, options=untiled_opts),
+                             args.repeats)
+        tile = args.tile or -(-(big + 2 * untiled_opts.pre_pad + args.tile_overlap) // 2)
+        tiling = TilingOptions(tile=tile, overlap=args.tile_overlap, pad_to_tile=False)
         tiled = time_calls(lambda: upscale_tiled(image, backend.infer, scale=route.scale, options=tiling),
                            args.repeats)
     ratios = {}
@@ -145,7 +150,8 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "rows": rows,
         "onnxruntime_speedup_vs_torch": ratios,
-        "tiled_vs_untiled": {"size": big, "tile": args.tile, "overlap": args.tile_overlap,
+        "tiled_vs_untiled": {"size": big, "tile": tile, "overlap": args.tile_overlap,
+                             "tiles": plan_tiles(big, big, tiling).n_tiles,
                              "untiled": untiled, "tiled": tiled,
                              "ratio": tiled["p50_ms"] / untiled["p50_ms"]},
     }
@@ -184,7 +190,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     for size, ratio in result["onnxruntime_speedup_vs_torch"].items():
         lines.append(f"- onnxruntime vs PyTorch eager fp32 at LR {size}x{size}: {ratio:.2f}x faster (p50)")
     t = result["tiled_vs_untiled"]
-    lines.append(f"- tiled (tile {t['tile']}, overlap {t['overlap']}) vs untiled at LR {t['size']}x{t['size']}: "
+    lines.append(f"- tiled ({t['tiles']} tiles of {t['tile']}, overlap {t['overlap']}) vs untiled at LR "
+                 f"{t['size']}x{t['size']}: "
                  f"{t['ratio']:.2f}x the untiled time (p50)")
     return "\n".join(lines) + "\n"
 

@@ -37,7 +37,7 @@ from runtime.images import (
     write_image,
 )
 from runtime.pipeline import RuntimeOptions, UpscaleResult, Upscaler
-from runtime.routing import PRECISIONS, RouteDecision
+from runtime.routing import PRECISIONS
 from runtime.store import DEFAULT_STORE, FALLBACK_CAMERA, CameraStore
 from runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, TilingOptions
 

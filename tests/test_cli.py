@@ -1,0 +1,48 @@
+"""The umbrella CLI: every subcommand is wired, and building the parser loads no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from adassr.cli import SUBCOMMANDS, build_parser, main
+
+
+def test_parser_builds_without_torch_or_onnxruntime() -> None:
+    code = (
+        "import sys\n"
+        "from adassr.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = sorted(m for m in ('torch', 'onnxruntime', 'triton', 'cv2') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-W", "error", "-c", code], check=True)
+
+
+def test_every_subcommand_is_reachable(capsys) -> None:
+    names = {c.name for c in SUBCOMMANDS}
+    assert {"adapt", "export", "upscale", "bench", "metrics", "fetch-weights"} <= names
+    parser = build_parser()
+    for name in names:
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([name, "--help"])
+        assert info.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_errors_exit_2_with_one_clear_line(tmp_path, capsys) -> None:
+    code = main(["upscale", "-i", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o.png"),
+                 "--store", str(tmp_path / "nostore")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_console_scripts_run() -> None:
+    bin_dir = __import__("pathlib").Path(sys.executable).parent
+    out = subprocess.run([bin_dir / "adassr", "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("adassr ")
+    helptext = subprocess.run([bin_dir / "adapt", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--camera" in helptext and "--admm-iters" in helptext
