@@ -67,3 +67,31 @@ def test_adapt_errors_are_clear(camera_dir: Path, tmp_path: Path, capsys) -> Non
     assert "store folder" in capsys.readouterr().err
     assert _adapt(camera_dir, tmp_path / "s", "--patch", "64") == 2
     assert "at least" in capsys.readouterr().err
+
+
+def test_adapt_export_upscale_round_trip(camera_dir: Path, tmp_path: Path, capsys) -> None:
+    """adapt -> export -> torch-free runtime: the runtime serves the camera's adapted weights."""
+    import torch
+
+    from adapt.weights import load_safetensors_weights
+
+    store = tmp_path / "store"
+    assert _adapt(camera_dir, store) == 0
+    assert main(["export", "--camera", "nokia", "--store", str(store)]) == 0
+    manifest = CameraStore.open(store, "nokia").read_manifest()
+    assert manifest["exports"]["onnx"]["weights_sha256"] == manifest["weights_sha256"]
+    src = camera_dir / "nokia" / "crop.png"
+    small = tmp_path / "small.png"
+    write_image(small, read_image(src).pixels[:40, :48])
+    out = tmp_path / "sr.png"
+    capsys.readouterr()
+    assert main(["upscale", "-i", str(small), "-o", str(out), "--camera", "nokia", "--store", str(store),
+                 "--tile", "0", "--pre-pad", "0", "--no-progress"]) == 0
+    assert "nokia" in capsys.readouterr().out
+    lr = read_image(small).pixels.astype(np.float32) / 255
+    model = load_safetensors_weights(CameraStore.open(store, "nokia").path("adapted.safetensors")).model
+    with torch.no_grad():
+        ref = model(torch.from_numpy(lr.transpose(2, 0, 1)[None].copy()))[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    got = read_image(out).pixels.astype(np.float32) / 255
+    assert got.shape == (160, 192, 3)
+    assert np.abs(got - ref).max() <= 1 / 255 + 1e-4
