@@ -95,3 +95,18 @@ def test_adapt_export_upscale_round_trip(camera_dir: Path, tmp_path: Path, capsy
     got = read_image(out).pixels.astype(np.float32) / 255
     assert got.shape == (160, 192, 3)
     assert np.abs(got - ref).max() <= 1 / 255 + 1e-4
+
+
+def test_admm_with_an_external_step_runs(camera_dir: Path, tmp_path: Path) -> None:
+    """K = 2 ADMM iterations: internal, external on clean HR photos (Eq. 8), internal again."""
+    hr_dir = Path(__file__).resolve().parents[1] / "data" / "hr"
+    store = tmp_path / "store"
+    assert _adapt(camera_dir, store, "--admm-iters", "2", "--external-hr", str(hr_dir), "--batch", "2") == 0
+    manifest = CameraStore.open(store, "nokia").read_manifest()
+    assert manifest["config"]["admm_iters"] == 2
+    assert manifest["config"]["external_hr"] == str(hr_dir)
+
+
+def test_admm_needs_external_images(camera_dir: Path, tmp_path: Path, capsys) -> None:
+    assert _adapt(camera_dir, tmp_path / "s", "--admm-iters", "2") == 2
+    assert "--external-hr" in capsys.readouterr().err

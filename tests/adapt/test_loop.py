@@ -142,3 +142,14 @@ def test_all_nan_niqe_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="too flat"):
         run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([float("nan")]), _config(),
                           device=torch.device("cpu"), precision=FP32, trainable="all")
+
+
+def test_internal_patch_gan_term_runs_and_changes_the_result() -> None:
+    def run(lambda_gan: float) -> dict[str, torch.Tensor]:
+        return run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.0, 3.0, 2.0]),
+                                 _config(lambda_gan=lambda_gan), device=torch.device("cpu"), precision=FP32,
+                                 trainable="all").state_dict
+
+    plain, with_gan = run(0.0), run(0.5)
+    assert any(not torch.equal(plain[k], with_gan[k]) for k in plain)
+    assert all(torch.isfinite(v).all() for v in with_gan.values())
