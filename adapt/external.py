@@ -175,7 +175,7 @@ def run_external_step(
         optimizer.step()
         ema.update()
         if step % max(1, steps // 10) == 0:
-            log.info("external step %d/%d loss %.4f", step, steps, float(loss))
+            log.info("external step %d/%d loss %.4f", step, steps, float(loss.detach()))
     state = {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()}
     state.update({k: v.cpu() for k, v in ema.state_dict().items()})
     return state
