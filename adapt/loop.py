@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -309,10 +308,3 @@ def run_internal_step(
         losses=losses,
     )
 
-
-def mean_or_nan(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if values else math.nan
-
-
-def elapsed(start: float) -> float:
-    return round(time.perf_counter() - start, 3)

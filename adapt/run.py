@@ -10,12 +10,11 @@ For K = 1 (the default) Theta_e is the pretrained backbone and u = 0, so Theta_t
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +116,6 @@ def _perceptual(config: AdaptConfig, device: torch.device) -> Callable[[torch.Te
     return lpips
 
 
-def _delta(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: a[k] - b[k] for k in a}
-
-
 def adapt_camera(
     group: CameraGroup,
     config: AdaptConfig,
@@ -201,7 +196,7 @@ def adapt_camera(
                 "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
                 "trainable": trainable,
                 "wall_time_s": wall,
-                "attention": json.loads(json.dumps(config.attention.__dict__)),
+                "attention": asdict(config.attention),
                 "versions": _versions(),
                 "weights_sha256": weights_record["weights_sha256"],
                 "config": config.to_dict(),
