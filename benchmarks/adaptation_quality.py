@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=None, help="override the device default")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--trainable", choices=("auto", "all", "tail"), default=None, help="override the default")
+    parser.add_argument("--lambda-gan", type=float, default=None, help="internal patch-GAN weight (default off)")
+    parser.add_argument("--tag", default="", help="suffix of the result files (for variants)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     config = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
-    config = config.with_overrides(steps=args.steps, device=device.type)
+    config = config.with_overrides(steps=args.steps, device=device.type, trainable=args.trainable,
+                                   lambda_gan=args.lambda_gan)
     with tempfile.TemporaryDirectory() as tmp:
         hrs = synthesize_camera(Path(tmp))
         group = select_group(tmp, "synthcam")
@@ -142,14 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         "scores": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = "gpu" if device.type == "cuda" else "cpu"
+    tag = ("gpu" if device.type == "cuda" else "cpu") + (f"_{args.tag}" if args.tag else "")
     (args.out / f"adaptation_quality_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# Adaptation quality on a synthetic camera ({device_name})", "",
         f"Camera: anisotropic Gaussian blur sigma ({CAMERA['sigma_x']}, {CAMERA['sigma_y']}) HR px at "
         f"{CAMERA['theta_deg']} deg, x4, Gaussian noise {CAMERA['noise_sigma_255']}/255, JPEG q{CAMERA['jpeg_quality']}; "
         f"images: {', '.join(sorted(lrs))} (tests/data/hr).",
-        f"Adaptation: {outcome.steps} steps, LR patch {patch}, {adapt_s:.0f} s; stop: {outcome.stop_reason}.",
+        f"Adaptation: {outcome.steps} steps, LR patch {patch}, trainable {config.trainable}, lambda_gan "
+        f"{config.lambda_gan}, {adapt_s:.0f} s; stop: {outcome.stop_reason}.",
         f"Estimated kernel: {json.dumps({k: v for k, v in manifest['kernel'].items() if k != 'kernel'})}", "",
         "| model | NIQE (lower better) | LPIPS-Alex vs HR (lower better) | PSNR-Y dB |", "|---|---|---|---|",
     ]
