@@ -20,8 +20,9 @@ from pathlib import Path
 
 from runtime.cameras import normalise_camera_name, validate_group_name
 from runtime.errors import CameraError, ImageError
+from runtime.images import SUPPORTED_READ_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".mpo", ".webp", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = SUPPORTED_READ_SUFFIXES
 UNGROUPED = "ungrouped"
 _PREFIX = re.compile(r"^([A-Za-z][A-Za-z]+)[_\-]")
 

@@ -24,12 +24,12 @@ from runtime.cameras import normalise_camera_name
 from runtime.errors import ConfigError
 from runtime.images import LoadedImage
 from runtime.pipeline import UpscaleResult, upscale_image
-from runtime.store import CameraStore
+from runtime.store import ADAPTED_WEIGHTS, CameraStore
 from runtime.tiling import TilingOptions
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "adapted.safetensors"
+WEIGHTS_FILE = ADAPTED_WEIGHTS
 
 
 class TorchBackend(Backend):

@@ -26,11 +26,11 @@ from adapt.groups import CameraGroup
 from adapt.loop import InternalResult, ProgressEvent, evaluation_crops, run_internal_step
 from adapt.precision import Precision, resolve_device, resolve_precision
 from runtime.errors import ConfigError
-from runtime.store import CameraStore
+from runtime.store import ADAPTED_WEIGHTS, CameraStore
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "adapted.safetensors"
+WEIGHTS_FILE = ADAPTED_WEIGHTS
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -136,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                    for n, lr in lrs.items()}
         rows["bicubic"] = score(bicubic, hrs, lpips_model)
 
+    from export.bench import machine_name
+
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+        f"CPU {machine_name()}, {torch.get_num_threads()} torch threads")
     result = {
         "device": device_name, "camera": CAMERA, "images": sorted(lrs), "adapt_wall_s": round(adapt_s, 1),
         "config": config.to_dict(), "steps": outcome.steps, "stop_reason": outcome.stop_reason,

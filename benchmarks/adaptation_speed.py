@@ -29,16 +29,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def device_label(device: torch.device) -> str:
+    from export.bench import machine_name
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"CPU {cpu}, {torch.get_num_threads()} torch threads"
+    return f"CPU {machine_name()}, {torch.get_num_threads()} torch threads"
 
 
 def _run(model_state, build, sampler_factory, crops, config, device, precision, trainable, perceptual) -> float:

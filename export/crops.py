@@ -17,12 +17,13 @@ import numpy as np
 
 from export.errors import ExportError
 from runtime.errors import ImageError
+from runtime.images import SUPPORTED_READ_SUFFIXES
 
 CROP_SIZE = 32
 SMALL_CROP = (20, 28)  # (H, W) of the non-square window, cut from the most textured crop
 SAMPLE_PHOTO = Path("samples") / "cameras" / "nokia" / "iptc.jpg"
 SAMPLES_DIR = Path("samples") / "cameras"
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".mpo", ".tif", ".tiff", ".webp", ".bmp"})
+IMAGE_SUFFIXES = frozenset(SUPPORTED_READ_SUFFIXES)
 
 
 @dataclass(frozen=True)

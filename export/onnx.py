@@ -451,7 +451,7 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
                   validation_image: str | os.PathLike[str] | None = None,
                   registry: BackboneRegistry | None = None) -> ExportResult:
     """Export ``<store>/<camera>/adapted.safetensors`` (sha256-checked) to ONNX and publish it."""
-    from adapt.run import WEIGHTS_FILE
+    from runtime.store import ADAPTED_WEIGHTS as WEIGHTS_FILE
     from adapt.weights import load_safetensors_weights
 
     precisions = resolve_precisions(precision)

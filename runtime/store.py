@@ -45,6 +45,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
 FALLBACK_CAMERA = "_fallback"
+ADAPTED_WEIGHTS = "adapted.safetensors"  # the adapt stage's output, read by export and --backend torch
 DEFAULT_STORE = Path("models")
 
 
