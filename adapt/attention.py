@@ -15,7 +15,7 @@ Construction (mode ``attention``), for an LR image ``y`` of size ``H x W``:
 4. ``Q = K = t``; ``A = softmax(temperature * Q K^T)`` row-wise, with the pairs within Chebyshev
    distance ``exclude_radius`` on the token grid left out of every row (a token and its overlapping
    neighbours always match themselves); ``map_j = sum_i A_ij`` averaged over heads, computed by
-   :func:`cuda_kernels.pooled_attention_map` (chunked, never ``N x N``).
+   :func:`adassr.cuda_kernels.pooled_attention_map` (chunked, never ``N x N``).
 5. The token map is upsampled bilinearly (token centres aligned) to the LR size and normalised to
    mean 1; the loss weight is ``w = clip(0.9 * map + 0.1, 0.1, 3.0)`` (§IV-A1).
 
@@ -50,11 +50,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adapt.archs.rrdbnet import RRDBNet
-from adapt.config import AttentionConfig
-from adapt.precision import Precision
-from cuda_kernels import pooled_attention_map
-from runtime.errors import ConfigError, ShapeError
+from adassr.adapt.archs.rrdbnet import RRDBNet
+from adassr.adapt.config import AttentionConfig
+from adassr.adapt.precision import Precision
+from adassr.cuda_kernels import pooled_attention_map
+from adassr.runtime.errors import ConfigError, ShapeError
 
 MAP_WEIGHT = 0.9  # w = MAP_WEIGHT * map + (1 - MAP_WEIGHT), then clipped (§IV-A1)
 WEIGHT_MIN = 0.1
@@ -111,7 +111,7 @@ def guidance_map(
     elif config.mode == "attention":
         grid = self_similarity_grid(features, config)
     else:  # AttentionConfig validates the mode; this guards a new mode without a branch here
-        raise ConfigError(f"weight mode {config.mode!r} has no implementation in adapt.attention")
+        raise ConfigError(f"weight mode {config.mode!r} has no implementation in adassr.adapt.attention")
     return _to_image_map(grid, config.pool, small.shape[:2], (height, width))
 
 

@@ -1,6 +1,6 @@
 """Augmentation operations for internal training pairs (paper §III-C3, §IV-A1).
 
-Pure functions on float32 HxWxC arrays in [0, 1]; the random draws live in :mod:`adapt.pairs`.
+Pure functions on float32 HxWxC arrays in [0, 1]; the random draws live in :mod:`adassr.adapt.pairs`.
 Where each op acts, and why:
 
 * Geometric (dihedral flip/rotation, random affine) act on the target-resolution crop of y_r *and*

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from adapt.config import KERNEL_MODES, PRECISIONS, TRAINABLE, WEIGHT_MODES
+from adassr.adapt.config import KERNEL_MODES, PRECISIONS, TRAINABLE, WEIGHT_MODES
 
 
 def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +47,8 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace):
     from dataclasses import replace
 
-    from adapt.config import cpu_demo_defaults, gpu_defaults
-    from adapt.precision import resolve_device
+    from adassr.adapt.config import cpu_demo_defaults, gpu_defaults
+    from adassr.adapt.precision import resolve_device
 
     device = resolve_device(args.device or "auto")
     base = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
@@ -63,8 +63,8 @@ def _config(args: argparse.Namespace):
 
 
 def _select(args: argparse.Namespace):
-    from adapt.groups import default_images_dir, select_group, single_image_group
-    from runtime.errors import ConfigError
+    from adassr.adapt.groups import default_images_dir, select_group, single_image_group
+    from adassr.runtime.errors import ConfigError
 
     if args.image is not None:
         if args.images is not None:
@@ -95,12 +95,12 @@ def _progress_printer(total_hint: int):
 
 def run_adapt(args: argparse.Namespace) -> int:
     if args.list:
-        from adapt.groups import default_images_dir, discover_groups
+        from adassr.adapt.groups import default_images_dir, discover_groups
 
         for group in discover_groups(args.images or default_images_dir()).values():
             print(group.describe())
         return 0
-    from adapt.run import adapt_camera
+    from adassr.adapt.run import adapt_camera
 
     group = _select(args)
     config = _config(args)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError
+from adassr.runtime.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRAINABLE = ("auto", "all", "tail")

@@ -32,7 +32,7 @@ import math
 import cv2
 import numpy as np
 
-from runtime.errors import ConfigError, ShapeError
+from adassr.runtime.errors import ConfigError, ShapeError
 
 __all__ = [
     "bicubic_kernel",

@@ -18,11 +18,11 @@ import cv2
 import numpy as np
 import torch
 
-from adapt.config import AdaptConfig
-from adapt.ema import WeightEma
-from adapt.losses import proximal_penalty, weighted_l1
-from adapt.precision import Precision
-from runtime.errors import ConfigError
+from adassr.adapt.config import AdaptConfig
+from adassr.adapt.ema import WeightEma
+from adassr.adapt.losses import proximal_penalty, weighted_l1
+from adassr.adapt.precision import Precision
+from adassr.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,8 @@ class ExternalPairSampler:
 
 
 def load_external_images(directory: Path) -> list[np.ndarray]:
-    from adapt.groups import IMAGE_SUFFIXES
-    from runtime.images import read_image, to_float32
+    from adassr.adapt.groups import IMAGE_SUFFIXES
+    from adassr.runtime.images import read_image, to_float32
 
     root = Path(directory)
     paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []

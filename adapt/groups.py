@@ -7,7 +7,7 @@ A group is found for each image of ``--images DIR`` in this order:
 3. ``filename-prefix``: a RealSR-style name (``Nikon_006_LR4.png`` -> ``nikon``);
 4. otherwise the image is listed under ``ungrouped``.
 
-Torch-free: the runtime's router uses the same normalisation (``runtime.cameras``).
+Torch-free: the runtime's router uses the same normalisation (``adassr.runtime.cameras``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.cameras import normalise_camera_name, validate_group_name
-from runtime.errors import CameraError, ImageError
-from runtime.images import SUPPORTED_READ_SUFFIXES
+from adassr.runtime.cameras import normalise_camera_name, validate_group_name
+from adassr.runtime.errors import CameraError, ImageError
+from adassr.runtime.images import SUPPORTED_READ_SUFFIXES
 
 IMAGE_SUFFIXES = SUPPORTED_READ_SUFFIXES
 UNGROUPED = "ungrouped"
@@ -67,7 +67,7 @@ def _is_image(path: Path) -> bool:
 
 
 def _group_by_metadata(path: Path) -> tuple[str, str]:
-    from runtime.images import read_camera_exif
+    from adassr.runtime.images import read_camera_exif
 
     try:
         make, _model = read_camera_exif(path)

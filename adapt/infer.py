@@ -1,5 +1,5 @@
 """``adassr upscale --backend torch``: PyTorch eager inference with the same tiling, I/O and
-batch handling as the runtime (``runtime.upscale_cli.run_batch``), only the model differs.
+batch handling as the runtime (``adassr.runtime.upscale_cli.run_batch``), only the model differs.
 
 Which weights serve an image: the camera's ``adapted.safetensors`` (checked against the sha256
 in its manifest) when the camera (``--camera``, else the image's EXIF Make) has been adapted,
@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.backends.base import Backend
-from runtime.cameras import normalise_camera_name
-from runtime.errors import ConfigError
-from runtime.images import LoadedImage
-from runtime.pipeline import UpscaleResult, upscale_image
-from runtime.store import ADAPTED_WEIGHTS, CameraStore
-from runtime.tiling import TilingOptions
+from adassr.runtime.backends.base import Backend
+from adassr.runtime.cameras import normalise_camera_name
+from adassr.runtime.errors import ConfigError
+from adassr.runtime.images import LoadedImage
+from adassr.runtime.pipeline import UpscaleResult, upscale_image
+from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore
+from adassr.runtime.tiling import TilingOptions
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class TorchModelChoice:
 
 def choose_weights(store_root: Path, camera: str | None, backbone: str, device: torch.device) -> TorchModelChoice:
     """The camera's adapted weights when present, else the backbone."""
-    from adapt.weights import load_backbone, load_safetensors_weights
+    from adassr.adapt.weights import load_backbone, load_safetensors_weights
 
     if camera and store_root.is_dir():
         store = CameraStore.open(store_root, camera)
@@ -93,8 +93,8 @@ def _camera_of(image: LoadedImage, explicit: str | None) -> str | None:
 
 def run_torch_upscale(args: argparse.Namespace) -> int:
     """Upscale files or a folder with PyTorch (see the module docstring for model choice)."""
-    from adapt.precision import resolve_device
-    from runtime.upscale_cli import plan_outputs, run_batch
+    from adassr.adapt.precision import resolve_device
+    from adassr.runtime.upscale_cli import plan_outputs, run_batch
 
     if not 1 <= args.quality <= 100:
         raise ConfigError(f"--quality must be 1-100, got {args.quality}")

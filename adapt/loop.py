@@ -27,18 +27,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapt.config import AdaptConfig
-from adapt.early_stop import EarlyStopper
-from adapt.ema import WeightEma
-from adapt.losses import (
+from adassr.adapt.config import AdaptConfig
+from adassr.adapt.early_stop import EarlyStopper
+from adassr.adapt.ema import WeightEma
+from adassr.adapt.losses import (
     PatchDiscriminator,
     gan_discriminator_loss,
     gan_generator_loss,
     proximal_penalty,
     weighted_l1,
 )
-from adapt.precision import Precision
-from runtime.errors import ConfigError
+from adassr.adapt.precision import Precision
+from adassr.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

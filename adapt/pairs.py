@@ -2,9 +2,9 @@
 
 The target is a crop of the group's own LR image y_r; the input y_rd is that crop blurred with the
 estimated kernel k_e and downsampled by the backbone scale s. Augmentations: see
-:mod:`adapt.augment` for what each op does and where it acts.
+:mod:`adassr.adapt.augment` for what each op does and where it acts.
 
-Degradation convention: :func:`adapt.degradation.blur_downsample` (reused, on the crop only)::
+Degradation convention: :func:`adassr.adapt.degradation.blur_downsample` (reused, on the crop only)::
 
     y_rd[i, j] = (y_r * k)(s*i + (s-1)/2, s*j + (s-1)/2)
 
@@ -36,7 +36,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from adapt.augment import (
+from adassr.adapt.augment import (
     DIHEDRAL_COUNT,
     NOISE_NONE,
     PHOTOMETRIC_OPS,
@@ -52,8 +52,8 @@ from adapt.augment import (
     unsharp_mask,
     warp_affine_crop,
 )
-from adapt.degradation import blur_downsample
-from runtime.errors import ConfigError, ImageError, ShapeError
+from adassr.adapt.degradation import blur_downsample
+from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 # Kernel size assumed by :func:`validate_images` when the kernel is not known yet.
 DEFAULT_KERNEL_SIZE = 21
@@ -149,7 +149,7 @@ def prepare_kernel(kernel: np.ndarray, scale: int) -> np.ndarray:
     Checks it is a finite 2-D array summing to 1 (within 1e-3; renormalised). Per axis whose size
     differs in parity from ``scale`` the kernel is shifted by half a pixel (convolved with
     [0.5, 0.5], one tap longer), so its centre lands on the sampling positions of
-    :func:`adapt.degradation.blur_downsample`; conforming kernels (``gaussian_kernel(...,
+    :func:`adassr.adapt.degradation.blur_downsample`; conforming kernels (``gaussian_kernel(...,
     scale=s)``) are returned unchanged apart from the dtype.
     """
     k = np.asarray(kernel, dtype=np.float64)
@@ -212,7 +212,7 @@ def _prepared_shape(kernel_shape: tuple[int, int], scale: int) -> tuple[int, int
 def blur_downsample_crop(crop: np.ndarray, prepared: np.ndarray, geometry: PairGeometry) -> np.ndarray:
     """y_rd patch (lr_patch x lr_patch x 3) of a ``geometry.crop`` square crop of y_r.
 
-    Uses :func:`adapt.degradation.blur_downsample` on the crop only (see :class:`PairGeometry`).
+    Uses :func:`adassr.adapt.degradation.blur_downsample` on the crop only (see :class:`PairGeometry`).
     """
     o, p = geometry.lr_offset, geometry.lr_patch
     out = blur_downsample(crop, prepared, geometry.scale)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.errors import ConfigError
+from adassr.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from adapt.config import AdaptConfig
-from adapt.groups import CameraGroup
-from adapt.loop import InternalResult, ProgressEvent, evaluation_crops, run_internal_step
-from adapt.precision import Precision, resolve_device, resolve_precision
-from runtime.errors import ConfigError
-from runtime.store import ADAPTED_WEIGHTS, CameraStore
+from adassr.adapt.config import AdaptConfig
+from adassr.adapt.groups import CameraGroup
+from adassr.adapt.loop import InternalResult, ProgressEvent, evaluation_crops, run_internal_step
+from adassr.adapt.precision import Precision, resolve_device, resolve_precision
+from adassr.runtime.errors import ConfigError
+from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class AdaptOutcome:
 
 def load_group_images(group: CameraGroup) -> list[np.ndarray]:
     """Read the group's images as float32 RGB in [0, 1] (gray is replicated to RGB)."""
-    from runtime.images import read_image, to_float32
+    from adassr.runtime.images import read_image, to_float32
 
     images = []
     for member in group.members:
@@ -79,7 +79,7 @@ def _resolve_trainable(requested: str, device: torch.device) -> str:
 
 
 def _estimate_kernel(images: Sequence[np.ndarray], scale: int, mode: str) -> Any:
-    from adapt.kernel import bicubic_kernel_estimate, estimate_kernel
+    from adassr.adapt.kernel import bicubic_kernel_estimate, estimate_kernel
 
     if mode == "bicubic":
         return bicubic_kernel_estimate(scale)
@@ -90,14 +90,14 @@ def _weight_maps(model: torch.nn.Module, images: Sequence[np.ndarray], config: A
                  device: torch.device, precision: Precision) -> list[np.ndarray] | None:
     if config.attention.mode == "uniform":
         return None
-    from adapt.attention import compute_weight_map
+    from adassr.adapt.attention import compute_weight_map
 
     return [compute_weight_map(model, image, config.attention, device=device, precision=precision)
             for image in images]
 
 
 def _niqe_metric(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    from adapt.quality.niqe_torch import niqe_torch
+    from adassr.adapt.quality.niqe_torch import niqe_torch
 
     def metric(batch: torch.Tensor) -> torch.Tensor:
         return niqe_torch(batch.to(device))
@@ -108,7 +108,7 @@ def _niqe_metric(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]
 def _perceptual(config: AdaptConfig, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
     if config.lambda_perceptual <= 0:
         return None
-    from adapt.quality.lpips import load_lpips
+    from adassr.adapt.quality.lpips import load_lpips
 
     lpips = load_lpips("vgg", device=device)
     for p in lpips.parameters():
@@ -125,8 +125,8 @@ def adapt_camera(
     progress: Callable[[ProgressEvent], None] | None = None,
 ) -> AdaptOutcome:
     """Adapt the backbone to ``group`` and publish the result into ``<store_root>/<camera>/``."""
-    from adapt.weights import load_backbone
-    from adapt.pairs import PairConfig, make_pair_sampler, validate_images
+    from adassr.adapt.weights import load_backbone
+    from adassr.adapt.pairs import PairConfig, make_pair_sampler, validate_images
 
     start = time.perf_counter()
     store = CameraStore.open(store_root, group.name, create=True)
@@ -152,7 +152,7 @@ def adapt_camera(
         result: InternalResult | None = None
         for k in range(1, config.admm_iters + 1):
             if k > 1:
-                from adapt.external import run_external_step
+                from adassr.adapt.external import run_external_step
 
                 theta = result.state_dict  # type: ignore[union-attr]
                 anchor_e = {n: theta[n] - u[n] for n in theta}
@@ -214,7 +214,7 @@ def adapt_camera(
 
 def _publish_weights(store: CameraStore, state: dict[str, torch.Tensor], entry: Any) -> dict[str, Any]:
     """Publish ``adapted.safetensors``; the record carries both the file's and the weights' digest."""
-    from adapt.weights import save_safetensors_weights
+    from adassr.adapt.weights import save_safetensors_weights
 
     digest: dict[str, str] = {}
 

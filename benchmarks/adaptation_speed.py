@@ -1,6 +1,6 @@
 """Adaptation speed: steps per second of the real internal step (issue 4, item 13).
 
-Runs ``adapt.loop.run_internal_step`` with the real Real-ESRGAN x4plus backbone on a bundled
+Runs ``adassr.adapt.loop.run_internal_step`` with the real Real-ESRGAN x4plus backbone on a bundled
 photo for each precision (fp32, bf16; fp16 too on CUDA) and each trainable mode (tail, all),
 with the perceptual term on (LPIPS-VGG, when its weights are present). The time per step is
 the difference between a run of ``--steps`` steps and a run of 1 step divided by the extra
@@ -29,7 +29,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def device_label(device: torch.device) -> str:
-    from export.bench import machine_name
+    from adassr.export.bench import machine_name
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -37,7 +37,7 @@ def device_label(device: torch.device) -> str:
 
 
 def _run(model_state, build, sampler_factory, crops, config, device, precision, trainable, perceptual) -> float:
-    from adapt.loop import run_internal_step
+    from adassr.adapt.loop import run_internal_step
 
     model = build()
     model.load_state_dict(model_state)
@@ -59,15 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from adapt.config import cpu_demo_defaults, gpu_defaults
-    from adapt.degradation import gaussian_kernel
-    from adapt.loop import evaluation_crops
-    from adapt.pairs import PairConfig, make_pair_sampler
-    from adapt.precision import Precision, resolve_device
-    from adapt.quality.lpips import load_lpips
-    from adapt.quality.lpips_weights import lpips_weights_present
-    from adapt.weights import load_backbone
-    from runtime.images import read_image, to_float32
+    from adassr.adapt.config import cpu_demo_defaults, gpu_defaults
+    from adassr.adapt.degradation import gaussian_kernel
+    from adassr.adapt.loop import evaluation_crops
+    from adassr.adapt.pairs import PairConfig, make_pair_sampler
+    from adassr.adapt.precision import Precision, resolve_device
+    from adassr.adapt.quality.lpips import load_lpips
+    from adassr.adapt.quality.lpips_weights import lpips_weights_present
+    from adassr.adapt.weights import load_backbone
+    from adassr.runtime.images import read_image, to_float32
 
     device = resolve_device(args.device)
     base = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()

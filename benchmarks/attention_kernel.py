@@ -12,7 +12,7 @@ subprocess), used by the test suite to keep this script working::
 Methods, each computing ``colsum_j = sum_i softmax_j(scale q_i . k_j)`` for
 ``B = 1``, ``H`` heads, ``N`` tokens, head dim ``d``:
 
-* ``fused``: :func:`cuda_kernels.attention_colsum` (Triton, two passes, O(N) memory).
+* ``fused``: :func:`adassr.cuda_kernels.attention_colsum` (Triton, two passes, O(N) memory).
 * ``fused_excl1``: the same with ``exclude_radius=1`` on a square grid (the
   adaptation's setting), when N is a perfect square.
 * ``dense``: ``softmax(float32(q k^T) * scale).sum(-2)``, materialised; skipped when
@@ -21,7 +21,7 @@ Methods, each computing ``colsum_j = sum_i softmax_j(scale q_i . k_j)`` for
   with ``v.requires_grad``, ``out.backward(ones)`` gives ``v.grad = A^T 1``, i.e. the
   column sums in every channel, through the flash / memory-efficient kernels (the
   math fallback is disabled so it cannot materialise). Time = forward + backward.
-* ``chunked``: :func:`cuda_kernels.reference.chunked_colsum` (PyTorch, row chunks).
+* ``chunked``: :func:`adassr.cuda_kernels.reference.chunked_colsum` (PyTorch, row chunks).
 
 Reported per row: median time (CUDA events, after warm-up; wall clock on CPU), peak
 extra memory (``max_memory_allocated`` above the inputs; CUDA only), effective
@@ -58,8 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a plain checkout (GPU box)
     sys.path.insert(0, str(ROOT))
 
-from cuda_kernels import attention_colsum  # noqa: E402
-from cuda_kernels.reference import chunked_colsum, dense_colsum_float64  # noqa: E402
+from adassr.cuda_kernels import attention_colsum  # noqa: E402
+from adassr.cuda_kernels.reference import chunked_colsum, dense_colsum_float64  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 METHODS = ("fused", "fused_excl1", "dense", "sdpa_bwd", "chunked")
@@ -363,7 +363,7 @@ def run_checks(methods: list[str], device: torch.device, smoke: bool) -> list[di
 def interp_worker(spec_json: str) -> None:
     """Run the fused rows and checks under TRITON_INTERPRET=1; print one JSON line."""
     spec = json.loads(spec_json)
-    from cuda_kernels import triton_colsum
+    from adassr.cuda_kernels import triton_colsum
 
     if not triton_colsum.interpreter_active():
         raise SystemExit("interp worker: TRITON_INTERPRET=1 was not active when triton loaded")

@@ -1,4 +1,4 @@
-"""Fit the linear calibration of the blur-kernel estimator (adapt.kernel.estimate.CALIBRATION).
+"""Fit the linear calibration of the blur-kernel estimator (adassr.adapt.kernel.estimate.CALIBRATION).
 
 The estimator's raw output is an LR-pixel sigma per principal axis. This script synthesises LR
 images with known anisotropic Gaussian kernels from photos that are NOT the acceptance images
@@ -13,7 +13,7 @@ images with known anisotropic Gaussian kernels from photos that are NOT the acce
 Random kernels (sigma_major uniform in [0.8, 3.4] HR px, axis ratio uniform in [1, 3] with
 sigma_minor >= 0.8, any angle;
 half of the images with Gaussian noise of sigma 2/255) are applied with
-adapt.degradation.blur_downsample; the raw estimates of random groups of five crops (group
+adassr.adapt.degradation.blur_downsample; the raw estimates of random groups of five crops (group
 mode) and of single crops (single mode) are regressed on the truth with a robust (soft-L1)
 fit of ``log((raw - b) / a) = log(true)`` over both axes. Paste the printed table into
 adapt/kernel/estimate.py.
@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from adapt.degradation import blur_downsample, gaussian_kernel  # noqa: E402
-from adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
+from adassr.adapt.degradation import blur_downsample, gaussian_kernel  # noqa: E402
+from adassr.adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
 
 CANON = ROOT / "samples" / "cameras" / "canon" / "xmp_test.jpg"
 FUJI = Path("/work/shared/data/cameras/fujifilm/fujifilm.mpo")

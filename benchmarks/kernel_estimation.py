@@ -2,7 +2,7 @@
 
 The five clean photos of tests/data/hr are blurred with known anisotropic Gaussian kernels
 (HR sigmas 0.8-3.2 px, axis ratios up to 3, six angles), downsampled x4 with
-adapt.degradation.blur_downsample, with and without Gaussian noise (sigma 2/255). Each kernel is
+adassr.adapt.degradation.blur_downsample, with and without Gaussian noise (sigma 2/255). Each kernel is
 estimated once from all five LR images (group mode, the camera-group case) and once per image
 (single-image mode). The estimator's calibration was fitted on other photos
 (benchmarks/kernel_calibration.py); nothing here is tuned to these images.
@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from adapt.degradation import bicubic_kernel, blur_downsample, gaussian_kernel  # noqa: E402
-from adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
+from adassr.adapt.degradation import bicubic_kernel, blur_downsample, gaussian_kernel  # noqa: E402
+from adassr.adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
 
 HR_DIR = ROOT / "tests" / "data" / "hr"
 RESULTS = ROOT / "benchmarks" / "results"

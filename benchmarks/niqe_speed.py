@@ -43,7 +43,7 @@ def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]
 
 
 def _stages(luma: np.ndarray, repeats: int) -> dict[str, float]:
-    from adapt.quality import niqe as n
+    from adassr.adapt.quality import niqe as n
 
     h, w = (s // n.BLOCK_SIZE * n.BLOCK_SIZE for s in luma.shape)
     img = luma[:h, :w]
@@ -63,7 +63,7 @@ def _stages(luma: np.ndarray, repeats: int) -> dict[str, float]:
 def _torch_time(pixels: np.ndarray, device: str, repeats: int) -> tuple[float, float]:
     import torch
 
-    from adapt.quality.niqe_torch import niqe_torch
+    from adassr.adapt.quality.niqe_torch import niqe_torch
 
     x = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0).to(device)
 
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from adapt.quality.niqe import niqe, to_luma
-    from runtime.images import read_image
+    from adassr.adapt.quality.niqe import niqe, to_luma
+    from adassr.runtime.images import read_image
 
     full = read_image(IMAGE).pixels
     h, w = full.shape[:2]

@@ -7,10 +7,10 @@ the ``N x N`` matrix.
 
 Backends:
 
-* ``"triton"``: the fused two-pass kernel of :mod:`cuda_kernels.triton_colsum`
+* ``"triton"``: the fused two-pass kernel of :mod:`adassr.cuda_kernels.triton_colsum`
   (CUDA tensors; CPU tensors only when the process runs with ``TRITON_INTERPRET=1``
   set before triton was imported). Head dim must be 16, 32, 64 or 128.
-* ``"reference"``: the chunked PyTorch path of :mod:`cuda_kernels.reference`
+* ``"reference"``: the chunked PyTorch path of :mod:`adassr.cuda_kernels.reference`
   (any device, any head dim), ``O(B * H * rows * N)`` memory.
 * ``"auto"``: Triton for CUDA tensors whose head dim the kernel supports when
   triton is installed, the reference otherwise (CPU tensors, an unusual head dim
@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from runtime.errors import BackendError, ConfigError, ShapeError
+from adassr.runtime.errors import BackendError, ConfigError, ShapeError
 
 from . import reference
 

@@ -13,7 +13,7 @@ temperature) belongs to the adaptation stage: pass features that already carry
 local structure, or a ``token_transform`` acting on the pooled ``(B, N, C)`` tokens.
 This function neither normalises the tokens nor the map: without exclusion the map
 sums to ``N`` (mean 1) per image by construction; with ``exclude_radius`` it sums to
-``N`` minus the fully excluded rows (see :mod:`cuda_kernels.colsum`).
+``N`` minus the fully excluded rows (see :mod:`adassr.cuda_kernels.colsum`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from runtime.errors import ConfigError, ShapeError
+from adassr.runtime.errors import ConfigError, ShapeError
 
 from .colsum import DTYPES, attention_colsum
 
@@ -49,10 +49,10 @@ def pooled_attention_map(
         heads: number of heads; the token channel count must divide by it.
         scale: logit multiplier; default ``1 / sqrt(d)`` with ``d = channels / heads``.
         exclude_radius: pairs within this Chebyshev distance on the pooled grid are
-            left out (see :func:`cuda_kernels.attention_colsum`).
+            left out (see :func:`adassr.cuda_kernels.attention_colsum`).
         token_transform: optional map ``(B, N, C) -> (B, N, C')`` applied to the pooled
             tokens before the head split (e.g. a global normalisation).
-        backend: passed to :func:`cuda_kernels.attention_colsum`.
+        backend: passed to :func:`adassr.cuda_kernels.attention_colsum`.
 
     Returns:
         ``(B, h, w)`` float32 with ``h = ceil(H / pool)``, ``w = ceil(W / pool)``.

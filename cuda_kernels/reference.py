@@ -17,7 +17,7 @@ Both share the documented edge case: a query row whose keys are all excluded
 (possible on tiny grids with a large radius) has no softmax and contributes
 nothing, so ``sum_j colsum_j = N - (number of fully excluded rows)``.
 
-Inputs are validated by :func:`cuda_kernels.colsum.attention_colsum`; these
+Inputs are validated by :func:`adassr.cuda_kernels.colsum.attention_colsum`; these
 functions assume already-validated arguments.
 """
 

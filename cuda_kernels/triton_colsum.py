@@ -29,7 +29,7 @@ power-of-two bucket of N, so images of similar size reuse one tuning); under
 does not run in the interpreter, and bf16 tiles are cast to float32 before
 ``tl.dot`` because the interpreter's bf16 dot is wrong (FACTS, GPU side).
 
-Importing this module imports triton; :mod:`cuda_kernels.colsum` imports it
+Importing this module imports triton; :mod:`adassr.cuda_kernels.colsum` imports it
 lazily. Whether the kernels run interpreted is fixed when this module is first
 imported (``TRITON_INTERPRET`` is read by ``triton.jit``).
 """
@@ -268,7 +268,7 @@ def colsum_triton(
     lse_config: BlockConfig | None = None,
     colsum_config: BlockConfig | None = None,
 ) -> torch.Tensor:
-    """Launch both passes; arguments validated by :func:`cuda_kernels.attention_colsum`.
+    """Launch both passes; arguments validated by :func:`adassr.cuda_kernels.attention_colsum`.
 
     ``lse_config`` / ``colsum_config`` force fixed block sizes (tests); by default
     the interpreter uses :data:`INTERPRET_LSE_CONFIG` / :data:`INTERPRET_COLSUM_CONFIG`

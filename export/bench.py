@@ -43,7 +43,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sizes(text: str) -> list[int]:
-    from runtime.errors import ConfigError
+    from adassr.runtime.errors import ConfigError
 
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
@@ -58,7 +58,7 @@ def _crop(size: int) -> np.ndarray:
     """A ``size`` x ``size`` crop of a real photo (resized up if the photo is smaller), float32."""
     import cv2
 
-    from runtime.images import read_image, to_float32
+    from adassr.runtime.images import read_image, to_float32
 
     image = to_float32(read_image(SAMPLE).pixels)
     h, w = image.shape[:2]
@@ -102,10 +102,10 @@ def machine_name() -> str:
 
 
 def run_latency(args: argparse.Namespace) -> dict[str, Any]:
-    from runtime.backends import open_backend
-    from runtime.errors import ConfigError
-    from runtime.routing import resolve_model
-    from runtime.tiling import TilingOptions, plan_tiles, upscale_tiled
+    from adassr.runtime.backends import open_backend
+    from adassr.runtime.errors import ConfigError
+    from adassr.runtime.routing import resolve_model
+    from adassr.runtime.tiling import TilingOptions, plan_tiles, upscale_tiled
 
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
@@ -161,7 +161,7 @@ def _torch_model(route: Any, threads: int | None) -> Callable[[np.ndarray], np.n
     """The same weights in PyTorch eager fp32."""
     import torch
 
-    from adapt.infer import choose_weights
+    from adassr.adapt.infer import choose_weights
 
     if threads:
         torch.set_num_threads(threads)
@@ -197,7 +197,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from runtime.store import atomic_write_bytes
+    from adassr.runtime.store import atomic_write_bytes
 
     result = run_latency(args)
     text = to_markdown(result)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runtime.store import DEFAULT_STORE
+from adassr.runtime.store import DEFAULT_STORE
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from export.onnx import export_camera, export_fallback
+    from adassr.export.onnx import export_camera, export_fallback
 
     if args.camera is not None:
         result = export_camera(args.store, args.camera, precision=args.precision,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.errors import ExportError
-from runtime.errors import ImageError
-from runtime.images import SUPPORTED_READ_SUFFIXES
+from adassr.export.errors import ExportError
+from adassr.runtime.errors import ImageError
+from adassr.runtime.images import SUPPORTED_READ_SUFFIXES
 
 CROP_SIZE = 32
 SMALL_CROP = (20, 28)  # (H, W) of the non-square window, cut from the most textured crop
@@ -70,7 +70,7 @@ def find_validation_photo(images: Iterable[Mapping[str, object]] = (), explicit:
 
 def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     """A photo as float32 RGB H x W x 3 in [0, 1] (grey replicated, alpha dropped)."""
-    from runtime.images import read_image, to_float32
+    from adassr.runtime.images import read_image, to_float32
 
     pixels = to_float32(read_image(path).pixels)
     if pixels.shape[2] == 1:

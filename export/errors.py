@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.errors import AdassrError
+from adassr.runtime.errors import AdassrError
 
 
 class ExportError(AdassrError):

@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.errors import ExportError
+from adassr.export.errors import ExportError
 
 FP16_MAX = 65504.0
 

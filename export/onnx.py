@@ -9,9 +9,9 @@ Pipeline (all in memory; nothing reaches the store until every requested precisi
    ``metadata_props`` record camera, scale, backbone, weights_sha256, adassr version, precision,
    I/O names and dtype.
 2. fp32 validation: ``onnx.checker`` (full check), then onnxruntime CPU vs PyTorch fp32 on real photo
-   crops (see :mod:`export.crops`: batch 2 of 32x32 plus one 20x28 crop, so the dynamic axes are
+   crops (see :mod:`adassr.export.crops`: batch 2 of 32x32 plus one 20x28 crop, so the dynamic axes are
    exercised); max abs error <= :data:`FP32_TOLERANCE`.
-3. fp16 (:mod:`export.fp16`): the fp32 graph converted to fp16 with float32 I/O, ``conv_first`` and
+3. fp16 (:mod:`adassr.export.fp16`): the fp32 graph converted to fp16 with float32 I/O, ``conv_first`` and
    the residual sums kept in fp32. Validation: ``onnx.checker``; the fp16-storage evaluation of the
    graph on the same crops plus the most textured crop of every bundled photo: no inf / NaN, max abs
    error vs PyTorch fp32 <= :data:`FP16_TOLERANCE`, mean <= :data:`FP16_MEAN_TOLERANCE`;
@@ -37,17 +37,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from export.crops import ValidationInput, bundled_photos, find_validation_photo, photo_crops, validation_inputs
-from export.errors import ExportError
-from runtime.errors import StoreError
-from runtime.store import FALLBACK_CAMERA, CameraStore
+from adassr.export.crops import ValidationInput, bundled_photos, find_validation_photo, photo_crops, validation_inputs
+from adassr.export.errors import ExportError
+from adassr.runtime.errors import StoreError
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
 
 if TYPE_CHECKING:
     import onnx
     import torch
 
-    from adapt.archs.registry import BackboneRegistry
-    from adapt.weights import LoadedBackbone
+    from adassr.adapt.archs.registry import BackboneRegistry
+    from adassr.adapt.weights import LoadedBackbone
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ def validate_fp16(data: bytes, proto: onnx.ModelProto, cases: Sequence[Case], *,
                   onnxruntime_cases: int = 2) -> Fp16Report:
     """Checker; fp16-storage evaluation of every case (no inf/NaN, max abs error within ``tolerance``,
     mean abs error within ``mean_tolerance``); onnxruntime CPU on the first ``onnxruntime_cases`` cases."""
-    from export.fp16 import evaluate_fp16_storage
+    from adassr.export.fp16 import evaluate_fp16_storage
 
     _check(proto, "the fp16 ONNX model")
     session = open_session(data) if onnxruntime_cases > 0 else None
@@ -349,7 +349,7 @@ def validate_fp16(data: bytes, proto: onnx.ModelProto, cases: Sequence[Case], *,
 def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Sequence[str],
                  inputs: Sequence[ValidationInput], *, fp16_extra_inputs: Sequence[ValidationInput] = ()) -> list[ValidatedModel]:
     """Export and validate every requested precision; raises ``ExportError`` on the first failure."""
-    from export.fp16 import FP32_POLICY, convert_to_fp16, default_fp32_nodes
+    from adassr.export.fp16 import FP32_POLICY, convert_to_fp16, default_fp32_nodes
 
     where = "; ".join(item.description for item in inputs)
     start = time.perf_counter()
@@ -451,8 +451,8 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
                   validation_image: str | os.PathLike[str] | None = None,
                   registry: BackboneRegistry | None = None) -> ExportResult:
     """Export ``<store>/<camera>/adapted.safetensors`` (sha256-checked) to ONNX and publish it."""
-    from runtime.store import ADAPTED_WEIGHTS as WEIGHTS_FILE
-    from adapt.weights import load_safetensors_weights
+    from adassr.runtime.store import ADAPTED_WEIGHTS as WEIGHTS_FILE
+    from adassr.adapt.weights import load_safetensors_weights
 
     precisions = resolve_precisions(precision)
     store = CameraStore.open(store_root, camera)
@@ -486,7 +486,7 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
 def export_loaded_fallback(store_root: str | os.PathLike[str], loaded: LoadedBackbone, *, precision: str = "fp32",
                            validation_image: str | os.PathLike[str] | None = None) -> ExportResult:
     """Export an unadapted backbone as the fallback model into ``<store>/_fallback/``."""
-    from adapt.weights import state_dict_sha256
+    from adassr.adapt.weights import state_dict_sha256
 
     precisions = resolve_precisions(precision)
     digest = loaded.weights_sha256 or state_dict_sha256(loaded.model.state_dict())
@@ -510,7 +510,7 @@ def export_fallback(store_root: str | os.PathLike[str], backbone: str, *, precis
                     validation_image: str | os.PathLike[str] | None = None,
                     registry: BackboneRegistry | None = None) -> ExportResult:
     """Load registry backbone ``backbone`` and export it as the fallback model."""
-    from adapt.weights import load_backbone
+    from adassr.adapt.weights import load_backbone
 
     loaded = load_backbone(backbone, registry=registry)
     return export_loaded_fallback(store_root, loaded, precision=precision, validation_image=validation_image)

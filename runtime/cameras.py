@@ -42,7 +42,7 @@ _VALID_GROUP = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 def validate_group_name(name: str) -> str:
     """Check that a group name is safe to use as a directory name; return it lowercased."""
-    from runtime.errors import CameraError
+    from adassr.runtime.errors import CameraError
 
     low = name.strip().lower()
     if not _VALID_GROUP.match(low) or low in {".", ".."}:

@@ -15,7 +15,7 @@
   (e.g. x2 from a x4 model: an exact 2x2 box average, which is anti-aliased, whereas OpenCV's
   Lanczos keeps its fixed 8-tap support when shrinking and aliases fine GAN textures) and
   ``cv2.INTER_CUBIC`` when enlarging (then clipped: cubic can overshoot). EXIF orientation has been
-  applied by :func:`runtime.images.read_image` before any of this.
+  applied by :func:`adassr.runtime.images.read_image` before any of this.
 - Non-finite model output (e.g. an fp16 overflow) is a BackendError naming the model.
 """
 
@@ -30,12 +30,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.backends import Backend, ModelCache, ModelKey, open_backend
-from runtime.backends.onnxruntime import resolve_providers
-from runtime.errors import BackendError, ConfigError
-from runtime.images import LoadedImage, from_float32, to_float32
-from runtime.routing import PRECISIONS, RouteDecision, resolve_model
-from runtime.tiling import InferFn, TilingOptions, upscale_tiled
+from adassr.runtime.backends import Backend, ModelCache, ModelKey, open_backend
+from adassr.runtime.backends.onnxruntime import resolve_providers
+from adassr.runtime.errors import BackendError, ConfigError
+from adassr.runtime.images import LoadedImage, from_float32, to_float32
+from adassr.runtime.routing import PRECISIONS, RouteDecision, resolve_model
+from adassr.runtime.tiling import InferFn, TilingOptions, upscale_tiled
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

@@ -1,7 +1,7 @@
 """Camera routing: which exported model in the store serves an image.
 
 The camera group comes from the request (an explicit name) or from the image's EXIF Make,
-normalised with :func:`runtime.cameras.normalise_camera_name` (the same function the adapt stage
+normalised with :func:`adassr.runtime.cameras.normalise_camera_name` (the same function the adapt stage
 uses to name groups). A group with no exported model, an explicit name with no folder, and an
 image without a usable Make are all served by ``<store>/_fallback`` (an unadapted backbone); the
 decision's ``reason`` says which case applied. A damaged manifest or a file that fails its
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.cameras import normalise_camera_name, validate_group_name
-from runtime.errors import ConfigError, StoreError
-from runtime.images import LoadedImage, read_camera_exif
-from runtime.store import FALLBACK_CAMERA, CameraStore
+from adassr.runtime.cameras import normalise_camera_name, validate_group_name
+from adassr.runtime.errors import ConfigError, StoreError
+from adassr.runtime.images import LoadedImage, read_camera_exif
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
 
 PRECISIONS = ("fp32", "fp16")
 EXPORT_KEYS: Mapping[str, str] = {"fp32": "onnx", "fp16": "onnx_fp16"}

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.cameras import validate_group_name
-from runtime.errors import StoreError
+from adassr.runtime.cameras import validate_group_name
+from adassr.runtime.errors import StoreError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.errors import ConfigError, ShapeError
+from adassr.runtime.errors import ConfigError, ShapeError
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32

@@ -3,7 +3,7 @@
 - ``-i FILE -o OUT``: OUT is the output file when it has an image suffix (and is not an existing
   folder), otherwise a folder (created) that receives ``<stem>.<ext>``.
 - ``-i DIR -o OUTDIR``: every image directly inside DIR (suffixes of
-  ``runtime.images.SUPPORTED_READ_SUFFIXES``, sorted by name) goes to ``OUTDIR/<stem>.<ext>``; two
+  ``adassr.runtime.images.SUPPORTED_READ_SUFFIXES``, sorted by name) goes to ``OUTDIR/<stem>.<ext>``; two
   inputs that would get the same name keep their input suffix in the stem (``a_jpg.png``).
   A bad file is reported on stderr (file and reason) and skipped; it never aborts the batch nor
   leaves a partial output (files are written atomically).
@@ -11,7 +11,7 @@
 - Each image prints which model served it; a summary line ends the run.
 - Exit status: 0 all images done, 1 some failed, 2 bad arguments or no usable store
   (raised as AdassrError for the umbrella CLI to print).
-- ``--backend torch`` hands the whole run to ``adapt.infer.run_torch_upscale(args)`` (needs the
+- ``--backend torch`` hands the whole run to ``adassr.adapt.infer.run_torch_upscale(args)`` (needs the
   ``adapt`` extra); the runtime never imports torch.
 """
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from runtime.errors import AdassrError, ConfigError
-from runtime.images import (
+from adassr.runtime.errors import AdassrError, ConfigError
+from adassr.runtime.images import (
     SUPPORTED_READ_SUFFIXES,
     SUPPORTED_WRITE_SUFFIXES,
     ImageWarning,
@@ -36,10 +36,10 @@ from runtime.images import (
     read_image,
     write_image,
 )
-from runtime.pipeline import RuntimeOptions, UpscaleResult, Upscaler
-from runtime.routing import PRECISIONS
-from runtime.store import DEFAULT_STORE, FALLBACK_CAMERA, CameraStore
-from runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, TilingOptions
+from adassr.runtime.pipeline import RuntimeOptions, UpscaleResult, Upscaler
+from adassr.runtime.routing import PRECISIONS
+from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA, CameraStore
+from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, TilingOptions
 
 CLI_BACKENDS = ("onnxruntime", "torch")
 _AUTO_EXT = {".mpo": ".jpg", ".bmp": ".png"}
@@ -366,9 +366,9 @@ def _summary(outcomes: list[_Outcome], seconds: float) -> str:
 def _run_torch(args: argparse.Namespace) -> int:
     """Hand the run to the PyTorch path (adapt extra); imported only here."""
     try:
-        infer = importlib.import_module("adapt.infer")
+        infer = importlib.import_module("adassr.adapt.infer")
     except ModuleNotFoundError as exc:
-        if exc.name in ("adapt", "adapt.infer", "torch"):
+        if exc.name in ("adapt", "adassr.adapt.infer", "torch"):
             raise ConfigError(
                 f"--backend torch needs the PyTorch path ({exc.name} is not installed): "
                 "pip install 'adassr[adapt]', or use --backend onnxruntime"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapt.archs.registry import (
+from adassr.adapt.archs.registry import (
     DEFAULT_BACKBONE,
     ArchParams,
     BackboneEntry,
@@ -10,7 +10,7 @@ from adapt.archs.registry import (
     WeightSource,
     default_registry,
 )
-from adapt.archs.rrdbnet import RRDB, ResidualDenseBlock, RRDBNet
+from adassr.adapt.archs.rrdbnet import RRDB, ResidualDenseBlock, RRDBNet
 
 __all__ = [
     "DEFAULT_BACKBONE",

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapt.archs.rrdbnet import SUPPORTED_SCALE, RRDBNet
-from runtime.errors import ConfigError, WeightsError
+from adassr.adapt.archs.rrdbnet import SUPPORTED_SCALE, RRDBNet
+from adassr.runtime.errors import ConfigError, WeightsError
 
 DEFAULT_BACKBONE = "realesrgan-x4plus"
 

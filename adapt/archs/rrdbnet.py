@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from runtime.errors import ConfigError
+from adassr.runtime.errors import ConfigError
 
 LRELU_SLOPE = 0.2
 RESIDUAL_SCALE = 0.2

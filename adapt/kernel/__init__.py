@@ -1,6 +1,6 @@
 """Blur-kernel estimation from LR images only (one kernel per camera group or per image).
 
-Model: an LR image is ``y = downsample(x * k, s)`` (:mod:`adapt.degradation` conventions) with
+Model: an LR image is ``y = downsample(x * k, s)`` (:mod:`adassr.adapt.degradation` conventions) with
 ``k`` an anisotropic Gaussian of covariance ``Sigma_k`` in HR pixels; in LR pixels ``y`` carries
 a blur of covariance about ``Sigma_b = Sigma_k / s^2`` (plus the scene's own softness).
 
@@ -10,14 +10,14 @@ gives an image ``z`` whose blur relative to its own grid, ``(Sigma_b + 3 Sigma_b
 that of ``y``. Edges (and power-law textures) are scale invariant, so at the right ``Sigma_b``
 ``y`` and ``z`` have the same contrast-free derivative statistics: per direction ``d`` the ratio
 of mean squared 2nd to 1st directional derivative (``~ 1 / blur variance along d``) and the
-shape of the 1st-derivative energy over directions (:mod:`adapt.kernel.features`). ``Sigma_b``
+shape of the 1st-derivative energy over directions (:mod:`adassr.adapt.kernel.features`). ``Sigma_b``
 (3 parameters via its matrix logarithm) minimises the squared mismatch, averaged over the
 group's images: a 1-D isotropic search, then Nelder-Mead. ``G(3 Sigma_b)`` is applied exactly
 in the Fourier domain on the mirror-extended image; ``z``'s four phases are pooled. Large images
 contribute their most structured tiles.
 
 The raw LR sigmas (principal axes) go through a linear calibration whose constants
-(:data:`adapt.kernel.estimate.CALIBRATION`) were fitted by ``benchmarks/kernel_calibration.py``
+(:data:`adassr.adapt.kernel.estimate.CALIBRATION`) were fitted by ``benchmarks/kernel_calibration.py``
 on photos that are not the acceptance images; it absorbs the finite-difference filters, the
 aliasing of small kernels and the average non-self-similarity of photographed scenes. Measured
 accuracy and its limits: ``benchmarks/results/kernel_estimation.md``. In short: one kernel per
@@ -37,8 +37,8 @@ uint8, no images, sides below ``min_side``) raises a typed error.
 
 from __future__ import annotations
 
-from adapt.kernel.estimate import CALIBRATION, KernelEstimationConfig, estimate_kernel
-from adapt.kernel.result import (
+from adassr.adapt.kernel.estimate import CALIBRATION, KernelEstimationConfig, estimate_kernel
+from adassr.adapt.kernel.result import (
     METHOD_BICUBIC,
     METHOD_CROSS_SCALE,
     METHOD_FALLBACK,

@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 from scipy.optimize import minimize
 
-from adapt.degradation import gaussian_kernel, kernel_size, params_from_covariance
-from adapt.kernel.features import CrossScaleSample, FeatureSpec
-from adapt.kernel.result import METHOD_CROSS_SCALE, KernelEstimate, bicubic_kernel_estimate
-from runtime.errors import ConfigError, ImageError, ShapeError
+from adassr.adapt.degradation import gaussian_kernel, kernel_size, params_from_covariance
+from adassr.adapt.kernel.features import CrossScaleSample, FeatureSpec
+from adassr.adapt.kernel.result import METHOD_CROSS_SCALE, KernelEstimate, bicubic_kernel_estimate
+from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 __all__ = ["CALIBRATION", "KernelEstimationConfig", "estimate_kernel"]
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from adapt.degradation import bicubic_kernel, gaussian_kernel
-from runtime.errors import ConfigError
+from adassr.adapt.degradation import bicubic_kernel, gaussian_kernel
+from adassr.runtime.errors import ConfigError
 
 __all__ = ["KernelEstimate", "bicubic_kernel_estimate", "METHOD_BICUBIC", "METHOD_CROSS_SCALE",
            "METHOD_FALLBACK"]
@@ -22,7 +22,7 @@ METHOD_BICUBIC = "bicubic"
 METHOD_FALLBACK = "fallback-bicubic"
 
 CONVENTION = (
-    "y_rd = adapt.degradation.blur_downsample(y_r, kernel, scale): convolve with the kernel, then "
+    "y_rd = adassr.adapt.degradation.blur_downsample(y_r, kernel, scale): convolve with the kernel, then "
     "sample HR positions s*j + (s-1)/2 (pixel centres, as MATLAB imresize / cv2.INTER_AREA); "
     "sigma_x is the major axis, theta_deg turns it from +x (columns) towards +y (rows, down)"
 )
@@ -35,10 +35,10 @@ class KernelEstimate:
     ``sigma_x >= sigma_y``: standard deviations in HR pixels along the principal axes.
     ``theta``: radians in ``(-pi/2, pi/2]``, direction of the ``sigma_x`` axis from +x (columns)
     towards +y (rows, downwards); :meth:`to_dict` reports it in degrees. ``kernel``: the
-    normalised float64 array (read-only) that :func:`adapt.degradation.blur_downsample` uses, its
+    normalised float64 array (read-only) that :func:`adassr.adapt.degradation.blur_downsample` uses, its
     sides of the parity of ``scale``. For the bicubic kernel the sigmas are those of the closest
     Gaussian (L2), for reference only. ``confidence`` in [0, 1] is a heuristic (see
-    :func:`adapt.kernel.estimate_kernel`); ``diagnostics`` holds JSON-friendly details.
+    :func:`adassr.adapt.kernel.estimate_kernel`); ``diagnostics`` holds JSON-friendly details.
     """
 
     sigma_x: float
@@ -131,7 +131,7 @@ def _bicubic_equivalent_sigma(scale: int) -> float:
 def bicubic_kernel_estimate(scale: int = 4, *, reason: str | None = None) -> KernelEstimate:
     """The kernel of antialiased bicubic downscaling, for ``--kernel bicubic``.
 
-    ``kernel`` is :func:`adapt.degradation.bicubic_kernel` (Keys cubic, a = -0.5, stretched by
+    ``kernel`` is :func:`adassr.adapt.degradation.bicubic_kernel` (Keys cubic, a = -0.5, stretched by
     ``scale``), so pairs made with it through ``blur_downsample`` are downscaled exactly like
     MATLAB ``imresize(x, 1/s, 'bicubic')`` / Pillow ``BICUBIC`` (away from the borders) -- the
     degradation the backbones were trained on. ``sigma_x = sigma_y`` is the L2-closest Gaussian

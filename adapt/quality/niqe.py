@@ -39,7 +39,7 @@ window, rows first, SVD factors) gave differences of 6e-5 to 1.1e-3 there.
 
 Deviations: the original cannot score images with fewer than two 96x96 blocks
 meaningfully (MATLAB's ``nancov`` of a single row is a scalar); we raise
-:class:`~runtime.errors.ShapeError` instead. When fewer than two blocks have all 36
+:class:`~adassr.runtime.errors.ShapeError` instead. When fewer than two blocks have all 36
 features finite (flat images: an AGGD side without samples gives NaN, as in MATLAB)
 the score is NaN. Block statistics are computed with array reshapes (no loop over
 blocks); the grid argmin uses the strict monotonicity of ``r(gamma)`` (a binary
@@ -56,7 +56,7 @@ from typing import Literal
 
 import numpy as np
 
-from runtime.errors import ConfigError, ImageError, ShapeError
+from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 Convert = Literal["gray", "y"]
 
@@ -107,7 +107,7 @@ def aggd_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=1)
 def pristine_params() -> tuple[np.ndarray, np.ndarray]:
     """``(mu (36,), cov (36, 36))`` of the original pristine model, float64, read-only."""
-    ref = resources.files("adapt.quality").joinpath("data/niqe_pris_params.npz")
+    ref = resources.files("adassr.adapt.quality").joinpath("data/niqe_pris_params.npz")
     with ref.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
         mu = np.asarray(data["mu_pris_param"], dtype=np.float64).reshape(36)
         cov = np.asarray(data["cov_pris_param"], dtype=np.float64).reshape(36, 36)
@@ -354,7 +354,7 @@ def niqe(image: np.ndarray, *, crop_border: int = 0, convert: Convert = "gray") 
     ``crop_border``: pixels removed on each side before scoring (SR papers use the scale).
     ``convert``: ``'gray'`` (original ``rgb2gray``) or ``'y'`` (BT.601 Y).
     Returns NaN when fewer than two blocks give finite features (e.g. flat images);
-    raises :class:`~runtime.errors.ShapeError` below two 96x96 blocks.
+    raises :class:`~adassr.runtime.errors.ShapeError` below two 96x96 blocks.
     """
     if crop_border < 0:
         raise ConfigError(f"crop_border must be >= 0, got {crop_border}")

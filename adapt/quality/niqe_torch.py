@@ -1,4 +1,4 @@
-"""Batched NIQE in torch (CPU and CUDA), the same algorithm as :mod:`adapt.quality.niqe`.
+"""Batched NIQE in torch (CPU and CUDA), the same algorithm as :mod:`adassr.adapt.quality.niqe`.
 
 For the adaptation's early stopping: scores a batch of SR outputs on their device
 without copying image data to the host (no ``.item()``, no ``.cpu()``). Constant
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adapt.quality.niqe import (
+from adassr.adapt.quality.niqe import (
     BLOCK_SIZE,
     BT601_Y_COEFFS,
     GAUSSIAN_SIZE,
@@ -33,7 +33,7 @@ from adapt.quality.niqe import (
     imresize_weights,
     pristine_params,
 )
-from runtime.errors import ConfigError, ShapeError
+from adassr.runtime.errors import ConfigError, ShapeError
 
 _SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
 _EPS64 = float(torch.finfo(torch.float64).eps)
@@ -163,7 +163,7 @@ def _distance(features: Tensor) -> Tensor:
 def niqe_torch(images: Tensor, *, crop_border: int = 0, convert: Convert = "gray") -> Tensor:
     """NIQE of each image of a batch: ``(B, C, H, W)`` float in [0, 1] -> float64 ``(B,)``.
 
-    Same options as :func:`adapt.quality.niqe.niqe`: ``crop_border`` pixels removed on
+    Same options as :func:`adassr.adapt.quality.niqe.niqe`: ``crop_border`` pixels removed on
     each side, ``convert`` ``'gray'`` (MATLAB rgb2gray, default) or ``'y'`` (BT.601).
     Not differentiable (quantises to 8 bits); run it under ``torch.no_grad()``.
     """

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 from scipy.ndimage import correlate1d
 
-from runtime.errors import ConfigError, ImageError, ShapeError
+from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 Channel = Literal["y", "rgb", "gray"]
 
@@ -74,7 +74,7 @@ def _prepare(image: np.ndarray, reference: np.ndarray, crop_border: int, channel
 
 def _gray(image: np.ndarray) -> np.ndarray:
     """MATLAB rgb2gray on 8-bit levels, rounded, as uint8 HxW (gray input passes through)."""
-    from adapt.quality.niqe import to_luma
+    from adassr.adapt.quality.niqe import to_luma
 
     return to_luma(np.asarray(image), "gray").astype(np.uint8)
 

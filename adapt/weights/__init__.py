@@ -7,16 +7,16 @@ Public entry points: :func:`load_backbone` (registered backbone, default Real-ES
 
 from __future__ import annotations
 
-from adapt.weights.cache import CACHE_ENV, backbone_cache_path, default_cache_dir
-from adapt.weights.checkpoints import (
+from adassr.adapt.weights.cache import CACHE_ENV, backbone_cache_path, default_cache_dir
+from adassr.adapt.weights.checkpoints import (
     load_checkpoint,
     load_safetensors_weights,
     read_pth_state,
     save_safetensors_weights,
 )
-from adapt.weights.loader import load_backbone
-from adapt.weights.ncnn_format import convert_ncnn
-from adapt.weights.state import LoadedBackbone, state_dict_sha256
+from adassr.adapt.weights.loader import load_backbone
+from adassr.adapt.weights.ncnn_format import convert_ncnn
+from adassr.adapt.weights.state import LoadedBackbone, state_dict_sha256
 
 __all__ = [
     "CACHE_ENV",

@@ -1,13 +1,13 @@
 """On-disk cache of converted backbones (safetensors).
 
-Files are written with :func:`runtime.store.atomic_write_bytes` (re-exported here as
-``atomic_write_bytes``, with ``file_sha256`` = :func:`runtime.store.sha256_file`).
+Files are written with :func:`adassr.runtime.store.atomic_write_bytes` (re-exported here as
+``atomic_write_bytes``, with ``file_sha256`` = :func:`adassr.runtime.store.sha256_file`).
 
 Location: ``$ADASSR_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/adassr`` (absolute paths only, per
 the XDG spec), else ``~/.cache/adassr``; a backbone lives in ``backbones/<name>.safetensors``.
 
 The safetensors metadata records ``format``, ``backbone``, ``weights_sha256`` (the tensor digest of
-:func:`adapt.weights.state.state_dict_sha256`) and the sha256 of the source ``.param`` / ``.bin``.
+:func:`adassr.adapt.weights.state.state_dict_sha256`) and the sha256 of the source ``.param`` / ``.bin``.
 A cache file is used only when it reads cleanly, its metadata matches the current source files,
 its keys and shapes match the architecture and its tensors hash to the recorded digest; otherwise
 a warning is logged and the caller rebuilds it.
@@ -25,10 +25,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 
-from adapt.weights.state import check_state_dict, state_dict_sha256
-from runtime.errors import WeightsError
-from runtime.store import atomic_write_bytes
-from runtime.store import sha256_file as file_sha256
+from adassr.adapt.weights.state import check_state_dict, state_dict_sha256
+from adassr.runtime.errors import WeightsError
+from adassr.runtime.store import atomic_write_bytes
+from adassr.runtime.store import sha256_file as file_sha256
 
 __all__ = [
     "CACHE_ENV",

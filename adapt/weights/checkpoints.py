@@ -17,10 +17,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor, nn
 
-from adapt.archs.registry import DEFAULT_BACKBONE, BackboneEntry, BackboneRegistry, default_registry
-from adapt.weights.cache import atomic_write_bytes
-from adapt.weights.state import LoadedBackbone, assemble, state_dict_sha256
-from runtime.errors import WeightsError
+from adassr.adapt.archs.registry import DEFAULT_BACKBONE, BackboneEntry, BackboneRegistry, default_registry
+from adassr.adapt.weights.cache import atomic_write_bytes
+from adassr.adapt.weights.state import LoadedBackbone, assemble, state_dict_sha256
+from adassr.runtime.errors import WeightsError
 
 WEIGHTS_FORMAT = "adassr-weights/1"
 PTH_KEYS = ("params_ema", "params")

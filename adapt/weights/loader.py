@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from adapt.archs.registry import DEFAULT_BACKBONE, BackboneEntry, BackboneRegistry, default_registry
-from adapt.weights import cache, ncnn_format
-from adapt.weights.state import LoadedBackbone, assemble, expected_shapes
-from runtime.errors import WeightsError
+from adassr.adapt.archs.registry import DEFAULT_BACKBONE, BackboneEntry, BackboneRegistry, default_registry
+from adassr.adapt.weights import cache, ncnn_format
+from adassr.adapt.weights.state import LoadedBackbone, assemble, expected_shapes
+from adassr.runtime.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def load_backbone(
 ) -> LoadedBackbone:
     """Load backbone ``name`` (``ConfigError`` listing the valid names if unknown).
 
-    Uses the cache under ``cache_dir`` (default: :func:`adapt.weights.cache.default_cache_dir`);
+    Uses the cache under ``cache_dir`` (default: :func:`adassr.adapt.weights.cache.default_cache_dir`);
     converts the ncnn files and rewrites the cache when it is missing, stale or corrupt. An
     unwritable cache only costs a warning. ``WeightsError`` if the package files are missing or
     do not match the pinned checksum or the architecture.

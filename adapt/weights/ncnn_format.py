@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from adapt.archs.registry import ArchParams
-from adapt.archs.rrdbnet import LRELU_SLOPE, RESIDUAL_SCALE, RRDBNet
-from runtime.errors import WeightsError
+from adassr.adapt.archs.registry import ArchParams
+from adassr.adapt.archs.rrdbnet import LRELU_SLOPE, RESIDUAL_SCALE, RRDBNet
+from adassr.runtime.errors import WeightsError
 
 NCNN_MAGIC = 7767517
 TAG_FLOAT16 = 0x01306B47

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from adapt.archs.registry import BackboneEntry
-from adapt.archs.rrdbnet import RRDBNet
-from runtime.errors import WeightsError
+from adassr.adapt.archs.registry import BackboneEntry
+from adassr.adapt.archs.rrdbnet import RRDBNet
+from adassr.runtime.errors import WeightsError
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ Importing this package imports no inference library; each backend imports its ow
 
 from __future__ import annotations
 
-from runtime.backends.base import Backend
-from runtime.backends.cache import ModelCache, ModelKey
-from runtime.backends.registry import BACKENDS, open_backend
+from adassr.runtime.backends.base import Backend
+from adassr.runtime.backends.cache import ModelCache, ModelKey
+from adassr.runtime.backends.registry import BACKENDS, open_backend
 
 __all__ = ["BACKENDS", "Backend", "ModelCache", "ModelKey", "open_backend"]

@@ -13,7 +13,7 @@ from types import TracebackType
 
 import numpy as np
 
-from runtime.errors import BackendError, ShapeError
+from adassr.runtime.errors import BackendError, ShapeError
 
 
 class Backend(abc.ABC):
@@ -81,7 +81,7 @@ class Backend(abc.ABC):
         if not np.issubdtype(batch.dtype, np.floating):
             raise BackendError(
                 f"model input must be a float array in [0, 1], got dtype {batch.dtype}; "
-                "convert images with runtime.images.to_float32 first"
+                "convert images with adassr.runtime.images.to_float32 first"
             )
         if min(batch.shape) < 1:
             raise ShapeError("model input batch", batch.shape, "no empty dimension")

@@ -13,8 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from runtime.backends.base import Backend
-from runtime.errors import ConfigError
+from adassr.runtime.backends.base import Backend
+from adassr.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)

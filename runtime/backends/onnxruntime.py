@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend
-from runtime.errors import BackendError, ConfigError
+from adassr.runtime.backends.base import Backend
+from adassr.runtime.errors import BackendError, ConfigError
 
 logger = logging.getLogger(__name__)
 

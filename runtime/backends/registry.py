@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
-from runtime.backends.base import Backend
-from runtime.errors import BackendError, ConfigError
+from adassr.runtime.backends.base import Backend
+from adassr.runtime.errors import BackendError, ConfigError
 
 
 def _make_onnxruntime(
@@ -23,7 +23,7 @@ def _make_onnxruntime(
     input_name: str | None,
     output_name: str | None,
 ) -> Backend:
-    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(
         model_path,

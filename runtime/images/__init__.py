@@ -1,13 +1,13 @@
 """Image I/O for the torch-free runtime: decode, EXIF camera name and orientation, atomic write.
 
 Pixels are numpy arrays H x W x C (C = 1 grey or 3 RGB), uint8 or uint16, in display orientation,
-with alpha kept separately. See :mod:`runtime.images.read` and :mod:`runtime.images.write` for the
+with alpha kept separately. See :mod:`adassr.runtime.images.read` and :mod:`adassr.runtime.images.write` for the
 decoding strategy and the per-format rules.
 """
 
 from __future__ import annotations
 
-from runtime.images._model import (
+from adassr.runtime.images._model import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_READ_SUFFIXES,
     SUPPORTED_WRITE_SUFFIXES,
@@ -15,10 +15,10 @@ from runtime.images._model import (
     ImageWarning,
     LoadedImage,
 )
-from runtime.images.convert import from_float32, to_float32
-from runtime.images.orientation import apply_orientation
-from runtime.images.read import read_camera_exif, read_image
-from runtime.images.write import write_image
+from adassr.runtime.images.convert import from_float32, to_float32
+from adassr.runtime.images.orientation import apply_orientation
+from adassr.runtime.images.read import read_camera_exif, read_image
+from adassr.runtime.images.write import write_image
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import ImageError
+from adassr.runtime.errors import ImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 

@@ -3,7 +3,7 @@
 Pillow decodes 16-bit colour to 8 bits, so those images go through OpenCV; OpenCV's TIFF decoder
 applies the TIFF orientation tag itself while its PNG decoder ignores eXIf. To keep one
 orientation code path, the bytes handed to OpenCV carry no orientation (PNG eXIf chunks dropped,
-TIFF tag 274 set to 1) and :func:`runtime.images.orientation.apply_orientation` does the turning.
+TIFF tag 274 set to 1) and :func:`adassr.runtime.images.orientation.apply_orientation` does the turning.
 OpenCV cannot encode 2-channel images, so 16-bit grey+alpha PNG is encoded here.
 """
 

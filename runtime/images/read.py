@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from runtime.errors import ConfigError, ImageError
-from runtime.images._model import (
+from adassr.runtime.errors import ConfigError, ImageError
+from adassr.runtime.images._model import (
     DEFAULT_MAX_PIXELS,
     PILLOW_OPENERS,
     READ_FORMATS,
@@ -47,12 +47,12 @@ from runtime.images._model import (
     LoadedImage,
     bit_depth_of,
 )
-from runtime.images.containers import (
+from adassr.runtime.images.containers import (
     png_without_exif,
     read_png_header,
     tiff_without_orientation,
 )
-from runtime.images.orientation import ORIENTATION_TAG, apply_orientation
+from adassr.runtime.images.orientation import ORIENTATION_TAG, apply_orientation
 
 _MAKE_TAG = 271
 _MODEL_TAG = 272

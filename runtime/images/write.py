@@ -5,7 +5,7 @@ uint16 is rounded to uint8 there. Alpha is written by PNG, WebP and TIFF and dro
 :class:`AlphaDroppedWarning`) by JPEG. WebP has no grey mode: grey is stored as RGB.
 
 Encoders: 8-bit by Pillow; 16-bit by OpenCV (Pillow has no 16-bit colour), except 16-bit
-grey+alpha PNG, by :mod:`runtime.images.containers`; 16-bit grey+alpha TIFF is refused (no
+grey+alpha PNG, by :mod:`adassr.runtime.images.containers`; 16-bit grey+alpha TIFF is refused (no
 encoder here writes it and Pillow cannot read it back). JPEG uses 4:4:4 chroma at quality >= 90
 and 4:2:0 below; WebP is lossy at ``quality`` with ``exact`` (RGB kept under transparent pixels);
 PNG uses zlib level 1 (speed over a few percent of size); TIFF uses Deflate (8-bit) or OpenCV's
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runtime.errors import ConfigError, ImageError
-from runtime.images._model import SUPPORTED_WRITE_SUFFIXES, AlphaDroppedWarning
-from runtime.images.containers import encode_png_grey_alpha16
-from runtime.images.convert import uint16_to_uint8
+from adassr.runtime.errors import ConfigError, ImageError
+from adassr.runtime.images._model import SUPPORTED_WRITE_SUFFIXES, AlphaDroppedWarning
+from adassr.runtime.images.containers import encode_png_grey_alpha16
+from adassr.runtime.images.convert import uint16_to_uint8
 
 # zlib level 1: on a 1600x1200 photo 5.6x faster than level 6 for 6.5% larger files.
 _PNG_LEVEL = 1

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from adassr.cli import main
-from runtime.images import read_image, write_image
-from runtime.store import CameraStore
+from adassr.runtime.images import read_image, write_image
+from adassr.runtime.store import CameraStore
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
 REQUIRED_KEYS = {"camera", "images", "backbone", "scale", "kernel", "niqe_before", "niqe_after", "per_image",
@@ -73,7 +73,7 @@ def test_adapt_export_upscale_round_trip(camera_dir: Path, tmp_path: Path, capsy
     """adapt -> export -> torch-free runtime: the runtime serves the camera's adapted weights."""
     import torch
 
-    from adapt.weights import load_safetensors_weights
+    from adassr.adapt.weights import load_safetensors_weights
 
     store = tmp_path / "store"
     assert _adapt(camera_dir, store) == 0

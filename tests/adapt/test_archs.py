@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from adapt.archs import DEFAULT_BACKBONE, ArchParams, BackboneRegistry, RRDBNet, WeightSource, default_registry
-from runtime.errors import ConfigError, WeightsError
+from adassr.adapt.archs import DEFAULT_BACKBONE, ArchParams, BackboneRegistry, RRDBNet, WeightSource, default_registry
+from adassr.runtime.errors import ConfigError, WeightsError
 
 HR_IMAGE = "tests/data/hr/chelsea.png"
 

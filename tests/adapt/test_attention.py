@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapt.archs.rrdbnet import RRDBNet
-from adapt.attention import (
+from adassr.adapt.archs.rrdbnet import RRDBNet
+from adassr.adapt.attention import (
     compute_weight_map,
     gradient_grid,
     guidance_map,
@@ -22,10 +22,10 @@ from adapt.attention import (
     similarity_grid,
     weight_from_map,
 )
-from adapt.config import AttentionConfig
-from adapt.precision import Precision, resolve_precision
-from runtime.errors import ConfigError, ShapeError
-from runtime.images import read_image, to_float32
+from adassr.adapt.config import AttentionConfig
+from adassr.adapt.precision import Precision, resolve_precision
+from adassr.runtime.errors import ConfigError, ShapeError
+from adassr.runtime.images import read_image, to_float32
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -35,7 +35,7 @@ MODES = ("attention", "uniform", "gradient", "similarity")
 
 @pytest.fixture(scope="module")
 def real_model() -> RRDBNet:
-    from adapt.weights import load_backbone
+    from adassr.adapt.weights import load_backbone
 
     return load_backbone().model
 

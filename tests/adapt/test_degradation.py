@@ -1,4 +1,4 @@
-"""Kernel generation and blur+downsample geometry (adapt.degradation)."""
+"""Kernel generation and blur+downsample geometry (adassr.adapt.degradation)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapt.degradation import (
+from adassr.adapt.degradation import (
     bicubic_kernel,
     blur_downsample,
     box_kernel,
@@ -21,7 +21,7 @@ from adapt.degradation import (
     kernel_size,
     params_from_covariance,
 )
-from runtime.errors import ConfigError, ShapeError
+from adassr.runtime.errors import ConfigError, ShapeError
 
 HR = Path(__file__).resolve().parents[1] / "data" / "hr"
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapt.groups import discover_groups, select_group, single_image_group
-from runtime.errors import CameraError
+from adassr.adapt.groups import discover_groups, select_group, single_image_group
+from adassr.runtime.errors import CameraError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
 

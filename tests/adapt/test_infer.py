@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from adassr.cli import main
-from adapt.weights import load_backbone, save_safetensors_weights
-from runtime.images import read_image, write_image
-from runtime.store import CameraStore
+from adassr.adapt.weights import load_backbone, save_safetensors_weights
+from adassr.runtime.images import read_image, write_image
+from adassr.runtime.store import CameraStore
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
 

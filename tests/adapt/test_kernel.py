@@ -1,4 +1,4 @@
-"""Blur-kernel estimation (adapt.kernel): accuracy on synthetic cameras, API and edge cases.
+"""Blur-kernel estimation (adassr.adapt.kernel): accuracy on synthetic cameras, API and edge cases.
 
 The accuracy tests are a reduced version of benchmarks/kernel_estimation.py with the same
 criteria (closer to the true kernel than the fixed G(1.6), median relative sigma error, median
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapt.degradation import bicubic_kernel, blur_downsample, gaussian_kernel
-from adapt.kernel import (
+from adassr.adapt.degradation import bicubic_kernel, blur_downsample, gaussian_kernel
+from adassr.adapt.kernel import (
     CALIBRATION,
     METHOD_BICUBIC,
     METHOD_CROSS_SCALE,
@@ -27,7 +27,7 @@ from adapt.kernel import (
     bicubic_kernel_estimate,
     estimate_kernel,
 )
-from runtime.errors import ConfigError, ImageError, ShapeError
+from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 HR = Path(__file__).resolve().parents[1] / "data" / "hr"
 SCALE = 4

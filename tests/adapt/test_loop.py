@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.archs import RRDBNet
-from adapt.config import AdaptConfig
-from adapt.loop import evaluation_crops, run_internal_step
-from adapt.precision import Precision
+from adassr.adapt.archs import RRDBNet
+from adassr.adapt.config import AdaptConfig
+from adassr.adapt.loop import evaluation_crops, run_internal_step
+from adassr.adapt.precision import Precision
 
 FP32 = Precision("fp32", "cpu")
 
@@ -137,7 +137,7 @@ def test_evaluation_crops_pick_the_most_structured_window() -> None:
 
 
 def test_all_nan_niqe_is_a_clear_error() -> None:
-    from runtime.errors import ConfigError
+    from adassr.runtime.errors import ConfigError
 
     with pytest.raises(ConfigError, match="too flat"):
         run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([float("nan")]), _config(),

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from adapt.augment import (
+from adassr.adapt.augment import (
     NOISE_GAUSSIAN,
     NoiseParams,
     add_noise,
@@ -21,9 +21,9 @@ from adapt.augment import (
     noise_kind,
     photometric_op,
 )
-from adapt.degradation import gaussian_kernel
-from adapt.pairs import PairConfig, make_pair_sampler, min_image_size, validate_images
-from runtime.errors import ConfigError, ImageError, ShapeError
+from adassr.adapt.degradation import gaussian_kernel
+from adassr.adapt.pairs import PairConfig, make_pair_sampler, min_image_size, validate_images
+from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "hr"
 

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapt.quality import lpips_weights as lw
-from adapt.quality.cli import (
+from adassr.adapt.quality import lpips_weights as lw
+from adassr.adapt.quality.cli import (
     add_fetch_weights_arguments,
     add_metrics_arguments,
     run_fetch_weights,
     run_metrics,
 )
-from adapt.quality.niqe import niqe
-from adapt.quality.psnr_ssim import psnr
-from adapt.weights.cache import CACHE_ENV, default_cache_dir
-from runtime.images import read_image
+from adassr.adapt.quality.niqe import niqe
+from adassr.adapt.quality.psnr_ssim import psnr
+from adassr.adapt.weights.cache import CACHE_ENV, default_cache_dir
+from adassr.runtime.images import read_image
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "tests" / "data" / "calibration"
@@ -113,6 +113,6 @@ def test_fetch_weights_failure_is_reported(capsys: pytest.CaptureFixture[str], t
 
 
 def test_cli_module_does_not_import_torch() -> None:
-    code = "import sys, adapt.quality.cli; print('torch' in sys.modules)"
+    code = "import sys, adassr.adapt.quality.cli; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "False"

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.quality import lpips_weights as lw
-from adapt.quality.lpips import LPIPS, load_lpips
-from adapt.weights.cache import default_cache_dir
-from runtime.errors import ShapeError, WeightsError
-from runtime.images import read_image, to_float32
+from adassr.adapt.quality import lpips_weights as lw
+from adassr.adapt.quality.lpips import LPIPS, load_lpips
+from adassr.adapt.weights.cache import default_cache_dir
+from adassr.runtime.errors import ShapeError, WeightsError
+from adassr.runtime.images import read_image, to_float32
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "tests" / "data" / "calibration"

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from adapt.quality import niqe as niqe_mod
-from adapt.quality.niqe import aggd_fit, imresize_weights, matlab_imresize, niqe, to_luma
-from adapt.quality.niqe_torch import niqe_torch
-from runtime.errors import ConfigError, ShapeError
-from runtime.images import read_image, to_float32
+from adassr.adapt.quality import niqe as niqe_mod
+from adassr.adapt.quality.niqe import aggd_fit, imresize_weights, matlab_imresize, niqe, to_luma
+from adassr.adapt.quality.niqe_torch import niqe_torch
+from adassr.runtime.errors import ConfigError, ShapeError
+from adassr.runtime.images import read_image, to_float32
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "tests" / "data" / "calibration"

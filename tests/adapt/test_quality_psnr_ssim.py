@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.signal import convolve2d
 
-from adapt.quality.psnr_ssim import psnr, ssim
-from runtime.errors import ConfigError, ShapeError
-from runtime.images import read_image, to_float32
+from adassr.adapt.quality.psnr_ssim import psnr, ssim
+from adassr.runtime.errors import ConfigError, ShapeError
+from adassr.runtime.images import read_image, to_float32
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "tests" / "data" / "calibration"

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from adapt.early_stop import EarlyStopper
-from adapt.ema import WeightEma
-from adapt.external import ExternalPairSampler, degrade_realesrgan
-from adapt.losses import proximal_penalty, weighted_l1
-from runtime.errors import ConfigError, ShapeError
+from adassr.adapt.early_stop import EarlyStopper
+from adassr.adapt.ema import WeightEma
+from adassr.adapt.external import ExternalPairSampler, degrade_realesrgan
+from adassr.adapt.losses import proximal_penalty, weighted_l1
+from adassr.runtime.errors import ConfigError, ShapeError
 
 
 def test_ema_follows_eq16() -> None:

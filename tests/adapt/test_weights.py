@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from adapt.archs import ArchParams, BackboneEntry, BackboneRegistry, RRDBNet, default_registry
-from adapt.weights import (
+from adassr.adapt.archs import ArchParams, BackboneEntry, BackboneRegistry, RRDBNet, default_registry
+from adassr.adapt.weights import (
     CACHE_ENV,
     backbone_cache_path,
     convert_ncnn,
@@ -25,9 +25,9 @@ from adapt.weights import (
     save_safetensors_weights,
     state_dict_sha256,
 )
-from adapt.weights import ncnn_format
-from adapt.weights.ncnn_format import read_param
-from runtime.errors import ConfigError, WeightsError
+from adassr.adapt.weights import ncnn_format
+from adassr.adapt.weights.ncnn_format import read_param
+from adassr.runtime.errors import ConfigError, WeightsError
 
 PHOTO = "samples/cameras/nokia/iptc.jpg"
 ANIME = "realesrgan-x4plus-anime"  # 6 blocks: the fast real model for cache / corruption tests
@@ -236,7 +236,7 @@ def test_corrupt_cache_is_rebuilt(
         data = bytearray(b"not a safetensors file")
     cache_file.write_bytes(bytes(data))
 
-    with caplog.at_level(logging.WARNING, logger="adapt.weights.cache"):
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.weights.cache"):
         rebuilt = load_backbone(ANIME, cache_dir=tmp_path)
     assert spy.calls == 2
     assert any("unusable" in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records)
@@ -251,7 +251,7 @@ def test_stale_cache_metadata_triggers_rebuild(tmp_path: Path, spy: _ConvertSpy,
     meta = {"format": "adassr-backbone-cache/1", "backbone": ANIME, "source_bin_sha256": "0" * 64,
             "source_param_sha256": "0" * 64, "weights_sha256": loaded.weights_sha256}
     save_file(loaded.model.state_dict(), str(cache_file), metadata=meta)
-    with caplog.at_level(logging.WARNING, logger="adapt.weights.cache"):
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.weights.cache"):
         load_backbone(ANIME, cache_dir=tmp_path)
     assert spy.calls == 2
     assert any("source_bin_sha256" in r.getMessage() for r in caplog.records)
@@ -277,7 +277,7 @@ def test_unwritable_cache_still_loads(
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv(CACHE_ENV, str(blocker))
-    with caplog.at_level(logging.WARNING, logger="adapt.weights.loader"):
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.weights.loader"):
         loaded = load_backbone(ANIME)
     reference = load_backbone(ANIME, cache_dir=tmp_path / "ok")
     assert any("cannot write the backbone cache" in r.getMessage() for r in caplog.records)

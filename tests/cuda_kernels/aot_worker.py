@@ -21,7 +21,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from cuda_kernels import triton_colsum as tc
+from adassr.cuda_kernels import triton_colsum as tc
 
 POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 RUNTIME_INTS = ("stride_qb", "stride_qh", "stride_qn", "stride_kb", "stride_kh", "stride_kn",

@@ -18,8 +18,8 @@ import torch
 
 def main(in_path: str, out_path: str) -> None:
     torch.set_num_threads(1)
-    from cuda_kernels import attention_colsum
-    from cuda_kernels.triton_colsum import BlockConfig, colsum_triton, interpreter_active
+    from adassr.cuda_kernels import attention_colsum
+    from adassr.cuda_kernels.triton_colsum import BlockConfig, colsum_triton, interpreter_active
 
     jobs = torch.load(in_path)
     results: dict[str, object] = {"__interpreter__": interpreter_active()}

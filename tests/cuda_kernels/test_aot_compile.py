@@ -38,7 +38,7 @@ def compiled(tmp_path_factory) -> list[dict[str, object]]:
 
 
 def test_every_variant_compiles(compiled) -> None:
-    from cuda_kernels.triton_colsum import _gpu_configs
+    from adassr.cuda_kernels.triton_colsum import _gpu_configs
 
     assert len(compiled) == 2 * (len(_gpu_configs()) + 5)
     assert all(v["cubin_bytes"] > 0 for v in compiled)

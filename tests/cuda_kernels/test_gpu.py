@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from cuda_kernels import attention_colsum, pooled_attention_map, select_backend
-from cuda_kernels.reference import chunked_colsum, dense_colsum_float64
+from adassr.cuda_kernels import attention_colsum, pooled_attention_map, select_backend
+from adassr.cuda_kernels.reference import chunked_colsum, dense_colsum_float64
 
 pytestmark = [
     pytest.mark.gpu,
@@ -24,7 +24,7 @@ CUDA = torch.device("cuda")
 @pytest.fixture(scope="module", autouse=True)
 def _compiled_not_interpreted() -> None:
     pytest.importorskip("triton")
-    from cuda_kernels import triton_colsum
+    from adassr.cuda_kernels import triton_colsum
 
     if triton_colsum.interpreter_active():
         pytest.skip("TRITON_INTERPRET=1 is set: unset it to test the compiled kernel")
@@ -46,7 +46,7 @@ def test_autotuned_kernel_matches_float64(colsum_case) -> None:
 
 @pytest.mark.parametrize("blocks", [(16, 16, 16, 16), (128, 64, 64, 128), (64, 128, 128, 64)])
 def test_fixed_block_configs(blocks: tuple[int, int, int, int]) -> None:
-    from cuda_kernels.triton_colsum import BlockConfig, colsum_triton
+    from adassr.cuda_kernels.triton_colsum import BlockConfig, colsum_triton
 
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(2, 3, 1000, 64, generator=gen).to(CUDA, torch.bfloat16)

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cuda_kernels import pooled_attention_map
-from cuda_kernels.reference import dense_colsum_float64
-from runtime.errors import ConfigError, ShapeError
+from adassr.cuda_kernels import pooled_attention_map
+from adassr.cuda_kernels.reference import dense_colsum_float64
+from adassr.runtime.errors import ConfigError, ShapeError
 
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "hr" / "chelsea.png"
 

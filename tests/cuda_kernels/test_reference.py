@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cuda_kernels import attention_colsum, select_backend
-from cuda_kernels.reference import chunked_colsum, dense_colsum_float64
-from runtime.errors import BackendError, ConfigError, ShapeError
+from adassr.cuda_kernels import attention_colsum, select_backend
+from adassr.cuda_kernels.reference import chunked_colsum, dense_colsum_float64
+from adassr.runtime.errors import BackendError, ConfigError, ShapeError
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -70,7 +70,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     import resource, sys, time
     import torch
     torch.set_num_threads(1)
-    from cuda_kernels.reference import chunked_colsum
+    from adassr.cuda_kernels.reference import chunked_colsum
     n, d = 20000, 16
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(1, 1, n, d, generator=gen)
@@ -160,7 +160,7 @@ def test_auto_uses_reference_on_cpu() -> None:
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error() -> None:
     pytest.importorskip("triton")
-    from cuda_kernels import triton_colsum
+    from adassr.cuda_kernels import triton_colsum
 
     if triton_colsum.interpreter_active():
         pytest.skip("this process runs the Triton interpreter (TRITON_INTERPRET=1)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cuda_kernels.reference import dense_colsum_float64
+from adassr.cuda_kernels.reference import dense_colsum_float64
 
 pytest.importorskip("triton")
 

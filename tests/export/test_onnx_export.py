@@ -15,15 +15,15 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import adassr
-from adapt.archs.registry import ArchParams, BackboneEntry, BackboneRegistry, WeightSource
-from adapt.weights import LoadedBackbone, load_safetensors_weights, save_safetensors_weights
-from export import onnx as onnx_export
-from export.cli import add_export_arguments, run_export
-from export.crops import bundled_photos, photo_crops, read_rgb, textured_windows
-from export.errors import ExportError
-from export.fp16 import FP16_MAX, convert_to_fp16, evaluate_fp16_storage
-from runtime.errors import StoreError
-from runtime.store import FALLBACK_CAMERA, CameraStore, sha256_file
+from adassr.adapt.archs.registry import ArchParams, BackboneEntry, BackboneRegistry, WeightSource
+from adassr.adapt.weights import LoadedBackbone, load_safetensors_weights, save_safetensors_weights
+from adassr.export import onnx as onnx_export
+from adassr.export.cli import add_export_arguments, run_export
+from adassr.export.crops import bundled_photos, photo_crops, read_rgb, textured_windows
+from adassr.export.errors import ExportError
+from adassr.export.fp16 import FP16_MAX, convert_to_fp16, evaluate_fp16_storage
+from adassr.runtime.errors import StoreError
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO / "samples" / "cameras" / "canon" / "flower.jpg"
@@ -108,9 +108,9 @@ def test_runtime_serves_the_exported_model_like_pytorch(exported: tuple[Path, on
     """Export -> torch-free runtime (routing by camera name, onnxruntime backend, untiled):
     the 8-bit result equals PyTorch's fp32 output quantised the same way, within one level
     (no pre-padding: the runtime's reflect pre-pad would change the border on purpose)."""
-    from runtime.images import LoadedImage
-    from runtime.pipeline import RuntimeOptions, Upscaler
-    from runtime.tiling import TilingOptions
+    from adassr.runtime.images import LoadedImage
+    from adassr.runtime.pipeline import RuntimeOptions, Upscaler
+    from adassr.runtime.tiling import TilingOptions
 
     root, _ = exported
     crop = np.ascontiguousarray(read_rgb(PHOTO)[120:150, 160:204])
@@ -261,7 +261,7 @@ def test_failed_fp32_validation_publishes_nothing(tmp_path: Path, monkeypatch: p
 
 
 def test_failed_fp16_validation_publishes_neither_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import export.fp16 as fp16
+    import adassr.export.fp16 as fp16
 
     make_store(tmp_path)
     real = fp16.evaluate_fp16_storage
@@ -368,7 +368,7 @@ def test_cli_arguments_and_missing_store(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_real_backbone_fallback_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The 23-block Real-ESRGAN x4plus through the CLI: fp32 within 1e-4, fp16 validated on every bundled photo."""
-    from adapt.weights import load_backbone
+    from adassr.adapt.weights import load_backbone
 
     assert run_export(_cli(["--backbone", "realesrgan-x4plus", "--store", str(tmp_path), "--precision", "both"])) == 0
     assert "model_fp16.onnx" in capsys.readouterr().out

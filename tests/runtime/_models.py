@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.store import CameraStore
+from adassr.runtime.store import CameraStore
 
 SCALE = 4
 RF_RADIUS = 10  # 1 + 2 + 4 + 2 + 1

@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from runtime.backends import BACKENDS, Backend, ModelCache, ModelKey, open_backend
-from runtime.backends.onnxruntime import OnnxRuntimeBackend, resolve_providers
-from runtime.errors import BackendError, ConfigError, ShapeError
+from adassr.runtime.backends import BACKENDS, Backend, ModelCache, ModelKey, open_backend
+from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend, resolve_providers
+from adassr.runtime.errors import BackendError, ConfigError, ShapeError
 
 from ._models import SCALE, write_model
 
@@ -83,7 +83,7 @@ def test_fp16_model_gets_a_cast_input_and_returns_float32(model_path: Path, mode
 def test_unavailable_provider_falls_back_with_a_warning(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     gpu = _unavailable_gpu_provider()
     full = resolve_providers(gpu)[0]
-    with caplog.at_level(logging.WARNING, logger="runtime.backends.onnxruntime"):
+    with caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"):
         with OnnxRuntimeBackend(model_path, providers=(gpu, "cpu")) as backend:
             assert backend.providers == ("CPUExecutionProvider",)
             assert backend.infer(_batch(1)).shape[0] == 1
@@ -103,7 +103,7 @@ def test_session_provider_drop_is_detected(model_path: Path, caplog: pytest.LogC
         return real_session(path, sess_options=sess_options, providers=[p for p in providers if p in real_available()])
 
     monkeypatch.setattr(ort, "InferenceSession", session)
-    with caplog.at_level(logging.WARNING, logger="runtime.backends.onnxruntime"):
+    with caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"):
         with OnnxRuntimeBackend(model_path, providers="cuda,cpu") as backend:
             assert backend.providers == ("CPUExecutionProvider",)
     assert any("CUDAExecutionProvider" in r.getMessage() and "runs on" in r.getMessage() for r in caplog.records)

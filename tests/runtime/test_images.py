@@ -1,4 +1,4 @@
-"""Tests of runtime.images: decoding, EXIF, orientation, strictness, atomic writing."""
+"""Tests of adassr.runtime.images: decoding, EXIF, orientation, strictness, atomic writing."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from runtime.errors import ConfigError, ImageError
-from runtime.images import (
+from adassr.runtime.errors import ConfigError, ImageError
+from adassr.runtime.images import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_READ_SUFFIXES,
     SUPPORTED_WRITE_SUFFIXES,
@@ -28,8 +28,8 @@ from runtime.images import (
     to_float32,
     write_image,
 )
-from runtime.images import write as write_module
-from runtime.images.convert import uint16_to_uint8
+from adassr.runtime.images import write as write_module
+from adassr.runtime.images.convert import uint16_to_uint8
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples" / "cameras"
@@ -150,7 +150,7 @@ def _check_orientation(stored: np.ndarray, shown: np.ndarray, orientation: int) 
 
 
 def test_import_loads_no_torch() -> None:
-    code = "import sys, runtime.images; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import sys, adassr.runtime.images; assert 'torch' not in sys.modules, 'torch was imported'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
 

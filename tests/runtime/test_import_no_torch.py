@@ -8,8 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = (
-    "runtime, runtime.tiling, runtime.backends, runtime.backends.onnxruntime, runtime.routing, "
-    "runtime.pipeline, runtime.store, runtime.images, runtime.upscale_cli"
+    "adassr.runtime, adassr.runtime.tiling, adassr.runtime.backends, adassr.runtime.backends.onnxruntime, adassr.runtime.routing, "
+    "adassr.runtime.pipeline, adassr.runtime.store, adassr.runtime.images, adassr.runtime.upscale_cli"
 )
 
 
@@ -43,8 +43,8 @@ sys.meta_path.insert(0, _Block())
 sys.path.insert(0, {str(ROOT / 'tests' / 'runtime')!r})
 import argparse, numpy as np
 from _models import publish_camera
-from runtime.images import write_image
-from runtime.upscale_cli import add_upscale_arguments, run_upscale
+from adassr.runtime.images import write_image
+from adassr.runtime.upscale_cli import add_upscale_arguments, run_upscale
 root = {str(tmp_path)!r}
 publish_camera(__import__('pathlib').Path(root) / 'store', '_fallback')
 write_image(root + '/in.png', np.zeros((8, 8, 3), np.uint8))

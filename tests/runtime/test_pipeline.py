@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.backends.onnxruntime import OnnxRuntimeBackend
-from runtime.errors import BackendError, ConfigError, StoreError
-from runtime.images import LoadedImage, read_image, to_float32, write_image
-from runtime.pipeline import LUMA_BT601, RuntimeOptions, Upscaler, output_size, upscale_image, upscale_pixels
-from runtime.store import FALLBACK_CAMERA
-from runtime.tiling import TilingOptions
+from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from adassr.runtime.errors import BackendError, ConfigError, StoreError
+from adassr.runtime.images import LoadedImage, read_image, to_float32, write_image
+from adassr.runtime.pipeline import LUMA_BT601, RuntimeOptions, Upscaler, output_size, upscale_image, upscale_pixels
+from adassr.runtime.store import FALLBACK_CAMERA
+from adassr.runtime.tiling import TilingOptions
 
 from ._models import SCALE, publish_camera, write_model
 

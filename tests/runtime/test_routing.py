@@ -5,10 +5,10 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from runtime.errors import CameraError, StoreError
-from runtime.images import read_image
-from runtime.routing import resolve_model
-from runtime.store import FALLBACK_CAMERA, CameraStore
+from adassr.runtime.errors import CameraError, StoreError
+from adassr.runtime.images import read_image
+from adassr.runtime.routing import resolve_model
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
 
 from ._models import publish_camera
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import CameraError, StoreError
-from runtime.store import CameraStore, atomic_write_bytes, list_cameras, sha256_file
+from adassr.runtime.errors import CameraError, StoreError
+from adassr.runtime.store import CameraStore, atomic_write_bytes, list_cameras, sha256_file
 
 
 def _publish_text(store: CameraStore, name: str, text: str) -> dict:

@@ -7,8 +7,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from runtime.errors import ConfigError, ShapeError
-from runtime.tiling import TilingOptions, make_canvas, plan_tiles, upscale_tiled
+from adassr.runtime.errors import ConfigError, ShapeError
+from adassr.runtime.tiling import TilingOptions, make_canvas, plan_tiles, upscale_tiled
 
 from ._models import RF_RADIUS, SCALE, build_tiny_sr
 
@@ -191,7 +191,7 @@ def test_without_overlap_the_seams_show(tiny_infer) -> None:
 def test_no_seam_on_the_10mp_fujifilm_photo(tiny_infer) -> None:
     if not FUJI.is_file():
         pytest.skip(f"{FUJI} is not on this machine (shared data set)")
-    from runtime.images import read_image
+    from adassr.runtime.images import read_image
 
     image = read_image(FUJI)
     assert image.width * image.height > 9_000_000

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.errors import CameraError, ConfigError, StoreError
-from runtime.images import read_image, write_image
-from runtime.store import FALLBACK_CAMERA
-from runtime.tiling import TilingOptions, plan_tiles
-from runtime.upscale_cli import add_upscale_arguments, plan_outputs, run_upscale
+from adassr.runtime.errors import CameraError, ConfigError, StoreError
+from adassr.runtime.images import read_image, write_image
+from adassr.runtime.store import FALLBACK_CAMERA
+from adassr.runtime.tiling import TilingOptions, plan_tiles
+from adassr.runtime.upscale_cli import add_upscale_arguments, plan_outputs, run_upscale
 
 from ._models import publish_camera
 
@@ -158,12 +158,12 @@ def test_argument_and_store_problems_raise(store: Path, tmp_path: Path) -> None:
 
 def test_torch_backend_is_handed_to_adapt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     seen: list[argparse.Namespace] = []
-    fake = types.ModuleType("adapt.infer")
+    fake = types.ModuleType("adassr.adapt.infer")
     fake.run_torch_upscale = lambda args: seen.append(args) or 7  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "adapt.infer", fake)
+    monkeypatch.setitem(sys.modules, "adassr.adapt.infer", fake)
     args = _parse("-i", "x.png", "-o", "y.png", "--backend", "torch")
     assert run_upscale(args) == 7 and seen == [args]
-    monkeypatch.setitem(sys.modules, "adapt.infer", None)  # as if the module were absent
+    monkeypatch.setitem(sys.modules, "adassr.adapt.infer", None)  # as if the module were absent
     with pytest.raises(ConfigError, match=r"adassr\[adapt\]"):
         run_upscale(args)
 
