@@ -31,8 +31,8 @@ Parameters the paper leaves open (documented deviations / choices):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np

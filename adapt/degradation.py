@@ -227,7 +227,7 @@ def blur_downsample(image: np.ndarray, kernel: np.ndarray, scale: int) -> np.nda
     pad_t, pad_l = max(0, -oy), max(0, -ox)
     pad_b = max(0, scale * (out_h - 1) + oy + kh - h)
     pad_r = max(0, scale * (out_w - 1) + ox + kw - w)
-    src = img.astype(np.float32, copy=False)
+    src: np.ndarray = img.astype(np.float32, copy=False)
     if max(pad_t, pad_b, pad_l, pad_r) > min(h, w):
         # Reflection needs the pad to be smaller than the image; repeat reflecting in steps.
         src = np.pad(src, ((pad_t, pad_b), (pad_l, pad_r)) + ((0, 0),) * (img.ndim - 2),

@@ -62,7 +62,10 @@ def _jpeg(img: np.ndarray, rng: np.random.Generator, quality: tuple[int, int]) -
     ok, buf = cv2.imencode(".jpg", u8[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
     if not ok:  # pragma: no cover - OpenCV always encodes a valid uint8 image
         raise RuntimeError("JPEG encoding failed")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if decoded is None:  # pragma: no cover - OpenCV decodes what it has just encoded
+        raise RuntimeError("JPEG decoding failed")
+    return decoded[..., ::-1].astype(np.float32) / 255.0
 
 
 def degrade_realesrgan(hr: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
@@ -70,7 +73,7 @@ def degrade_realesrgan(hr: np.ndarray, scale: int, rng: np.random.Generator) -> 
     h, w = hr.shape[:2]
     if h % scale or w % scale:
         raise ConfigError(f"HR patch {w}x{h} is not a multiple of the scale {scale}")
-    img = hr.astype(np.float32)
+    img: np.ndarray = hr.astype(np.float32)
     for stage, (resize_range, gauss_max, poisson_max, quality) in enumerate(
         (((0.15, 1.5), 30.0, 3.0, (30, 95)), ((0.3, 1.2), 25.0, 2.5, (30, 95)))
     ):
@@ -130,7 +133,8 @@ def load_external_images(directory: Path) -> list[np.ndarray]:
     from adassr.runtime.images import read_image, to_float32
 
     root = Path(directory)
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
+    found = root.rglob("*") if root.is_dir() else iter(())
+    paths = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ConfigError(f"--external-hr {root}: no images found (need clean HR images for the external step)")
     images = []

@@ -22,11 +22,12 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
+from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.adapt.config import AdaptConfig
 from adassr.adapt.early_stop import EarlyStopper
 from adassr.adapt.ema import WeightEma
@@ -44,6 +45,25 @@ log = logging.getLogger(__name__)
 
 Metric = Callable[[torch.Tensor], torch.Tensor]  # (B,3,H,W) in [0,1] -> (B,) lower is better
 Perceptual = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (sr, hr) -> (B,)
+
+
+class PairBatchLike(Protocol):
+    """A batch of training pairs, NCHW float32 numpy arrays (see :class:`adassr.adapt.pairs.PairBatch`)."""
+
+    @property
+    def lr(self) -> np.ndarray: ...  # (n, 3, p, p): the degraded input y_rd
+    @property
+    def hr(self) -> np.ndarray: ...  # (n, 3, s*p, s*p): the target y_r
+    @property
+    def weight(self) -> np.ndarray: ...  # (n, 1, s*p, s*p): per-pixel loss weight
+
+
+class PairSource(Protocol):
+    """Where training pairs come from (:class:`adassr.adapt.pairs.PairSampler` is one)."""
+
+    def sample(self, batch_size: int) -> PairBatchLike:
+        """Draw ``batch_size`` pairs; the same source with the same seed draws the same batches."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -103,10 +123,14 @@ def evaluation_crops(images: Sequence[np.ndarray], size: int, max_images: int) -
     return crops
 
 
+def _float_pair(pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return pair[0].float(), pair[1].float()
+
+
 class _Evaluator:
     """NIQE of a model's SR outputs on fixed LR crops; in tail mode the front is computed once."""
 
-    def __init__(self, model: nn.Module, crops: Sequence[np.ndarray], metric: Metric, *,
+    def __init__(self, model: RRDBNet, crops: Sequence[np.ndarray], metric: Metric, *,
                  device: torch.device, precision: Precision, tail_from: int | None) -> None:
         self.metric = metric
         self.device = device
@@ -116,15 +140,15 @@ class _Evaluator:
         self.fronts: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         if tail_from is not None:
             with torch.no_grad(), precision.autocast():
-                self.fronts = [tuple(t.float() for t in model.run_front(x, tail_from)) for x in self.inputs]
+                self.fronts = [_float_pair(model.run_front(x, tail_from)) for x in self.inputs]
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module) -> list[float]:
+    def __call__(self, model: RRDBNet) -> list[float]:
         scores = []
         model.eval()
         for i, x in enumerate(self.inputs):
             with self.precision.autocast():
-                if self.fronts is not None:
+                if self.fronts is not None and self.tail_from is not None:
                     feat, h = self.fronts[i]
                     sr = model.run_tail(feat, h, self.tail_from)
                 else:
@@ -147,7 +171,7 @@ def _group_score(scores: Sequence[float], step: int) -> float:
 class _FeatureBank:
     """Tail mode: a bank of augmented pairs with the frozen front's features precomputed."""
 
-    def __init__(self, model: nn.Module, sample: Callable[[int], object], size: int, *,
+    def __init__(self, model: RRDBNet, sample: Callable[[int], PairBatchLike], size: int, *,
                  device: torch.device, precision: Precision, tail_from: int, chunk: int = 8) -> None:
         feats, hs, hrs, weights = [], [], [], []
         remaining = size
@@ -174,8 +198,8 @@ class _FeatureBank:
 
 
 def run_internal_step(
-    model: nn.Module,
-    sampler: object,
+    model: RRDBNet,
+    sampler: PairSource,
     eval_crops: Sequence[np.ndarray],
     metric: Metric,
     config: AdaptConfig,

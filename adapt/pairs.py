@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -338,7 +339,7 @@ class PairSampler:
         self._kernel = prepared_kernel
         self._config = config
         self._has_weights = has_weights
-        self._geometry = pair_geometry(config, prepared_kernel.shape)  # type: ignore[arg-type]
+        self._geometry = pair_geometry(config, prepared_kernel.shape)
         self._rng = np.random.default_rng(seed)
         areas = np.array([s.data.shape[0] * s.data.shape[1] for s in sources], dtype=np.float64)
         if config.image_choice == "uniform":
@@ -429,10 +430,7 @@ class PairSampler:
         lr = blur_downsample_crop(rgb, self._kernel, geo)
         m, n = geo.margin, geo.hr_patch
         hr = rgb[m : m + n, m : m + n]
-        if self._has_weights:
-            weight = crop[m : m + n, m : m + n, 3]
-        else:
-            weight = np.ones((n, n), dtype=np.float32)
+        weight = crop[m : m + n, m : m + n, 3] if self._has_weights else np.ones((n, n), dtype=np.float32)
         if params.usm is not None:
             lr = unsharp_mask(lr, params.usm)
         lr = add_noise(lr, params.noise)
@@ -488,7 +486,7 @@ def make_pair_sampler(
     if weights is not None and len(weights) != len(images):
         raise ConfigError(f"got {len(weights)} weight maps for {len(images)} images; give one per image")
     worst = max_inverse_row_sums(config.affine_rotate_deg, config.affine_shear_deg)
-    geometry = pair_geometry(config, prepared.shape)  # type: ignore[arg-type]
+    geometry = pair_geometry(config, prepared.shape)
     sources: list[_Source] = []
     for index, image in enumerate(images):
         data = np.asarray(image, dtype=np.float32)

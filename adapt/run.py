@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.adapt.config import AdaptConfig
 from adassr.adapt.groups import CameraGroup
 from adassr.adapt.loop import InternalResult, ProgressEvent, evaluation_crops, run_internal_step
@@ -86,7 +87,7 @@ def _estimate_kernel(images: Sequence[np.ndarray], scale: int, mode: str) -> Any
     return estimate_kernel(images, scale=scale)
 
 
-def _weight_maps(model: torch.nn.Module, images: Sequence[np.ndarray], config: AdaptConfig,
+def _weight_maps(model: RRDBNet, images: Sequence[np.ndarray], config: AdaptConfig,
                  device: torch.device, precision: Precision) -> list[np.ndarray] | None:
     if config.attention.mode == "uniform":
         return None
@@ -105,7 +106,9 @@ def _niqe_metric(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]
     return metric
 
 
-def _perceptual(config: AdaptConfig, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+def _perceptual(
+    config: AdaptConfig, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
     if config.lambda_perceptual <= 0:
         return None
     from adassr.adapt.quality.lpips import load_lpips
@@ -125,8 +128,8 @@ def adapt_camera(
     progress: Callable[[ProgressEvent], None] | None = None,
 ) -> AdaptOutcome:
     """Adapt the backbone to ``group`` and publish the result into ``<store_root>/<camera>/``."""
-    from adassr.adapt.weights import load_backbone
     from adassr.adapt.pairs import PairConfig, make_pair_sampler, validate_images
+    from adassr.adapt.weights import load_backbone
 
     start = time.perf_counter()
     store = CameraStore.open(store_root, group.name, create=True)
@@ -186,7 +189,7 @@ def adapt_camera(
                 "niqe_evaluation": {"crop": config.eval_crop, "images": crop_names,
                                     "history": result.history},
                 "per_image": [{"path": p, "niqe_before": b, "niqe_after": a}
-                              for p, b, a in zip(crop_names, result.niqe_before, result.niqe_after)],
+                              for p, b, a in zip(crop_names, result.niqe_before, result.niqe_after, strict=True)],
                 "steps": result.steps,
                 "best_step": result.best_step,
                 "kept_backbone": result.kept_backbone,

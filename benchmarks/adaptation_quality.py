@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Adaptation quality on a synthetic camera ({device_name})", "",
         f"Camera: anisotropic Gaussian blur sigma ({CAMERA['sigma_x']}, {CAMERA['sigma_y']}) HR px at "
-        f"{CAMERA['theta_deg']} deg, x4, Gaussian noise {CAMERA['noise_sigma_255']}/255, JPEG q{CAMERA['jpeg_quality']}; "
+        f"{CAMERA['theta_deg']} deg, x4, Gaussian noise {CAMERA['noise_sigma_255']}/255, "
+        f"JPEG q{CAMERA['jpeg_quality']}; "
         f"images: {', '.join(sorted(lrs))} (tests/data/hr).",
         f"Adaptation: {outcome.steps} steps, LR patch {patch}, trainable {config.trainable}, lambda_gan "
         f"{config.lambda_gan}, {adapt_s:.0f} s; stop: {outcome.stop_reason}.",

@@ -38,6 +38,7 @@ Results: ``<out-dir>/attention_kernel_<device>.json`` and ``.md`` (atomic writes
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -48,9 +49,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -334,14 +336,14 @@ def run_checks(methods: list[str], device: torch.device, smoke: bool) -> list[di
         ref = dense_colsum_float64(q, k, scale, grid_w=spec["grid_w"], exclude_radius=spec["radius"])
         fns: dict[str, Callable[[], torch.Tensor]] = {}
         if "fused" in methods:
-            fns["fused"] = lambda: attention_colsum(
-                q, k, scale, grid_w=spec["grid_w"], exclude_radius=spec["radius"], backend="triton")
+            fns["fused"] = functools.partial(
+                attention_colsum, q, k, scale, grid_w=spec["grid_w"], exclude_radius=spec["radius"], backend="triton")
         if "chunked" in methods:
-            fns["chunked"] = lambda: chunked_colsum(
-                q, k, scale, grid_w=spec["grid_w"], exclude_radius=spec["radius"],
+            fns["chunked"] = functools.partial(
+                chunked_colsum, q, k, scale, grid_w=spec["grid_w"], exclude_radius=spec["radius"],
                 rows=max(1, case.n // 3))
         if "sdpa_bwd" in methods and spec["radius"] == 0 and spec["logit"] == 1.0:
-            fns["sdpa_bwd"] = lambda: sdpa_colsum(q, k, scale)
+            fns["sdpa_bwd"] = functools.partial(sdpa_colsum, q, k, scale)
         for name, fn in fns.items():
             # Tolerance: float32 accumulation; low-precision SDPA outputs on the GPU.
             tol = 2e-2 if name == "sdpa_bwd" else 2e-3 * max(1.0, ref.abs().max().item()) ** 0.5

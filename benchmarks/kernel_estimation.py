@@ -171,7 +171,7 @@ def run(quick: bool, config: KernelEstimationConfig) -> dict:
             t0 = time.perf_counter()
             est = estimate_kernel(lrs, scale=SCALE, config=config)
             rows.append(evaluate(k, est, "group", "all", noise, time.perf_counter() - t0, g16))
-            for (name, _), lr in zip(hrs, lrs):
+            for (name, _), lr in zip(hrs, lrs, strict=True):
                 t0 = time.perf_counter()
                 est = estimate_kernel([lr], scale=SCALE, config=config)
                 rows.append(evaluate(k, est, "single", name, noise, time.perf_counter() - t0, g16))

@@ -88,7 +88,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--machine", default="2-core CPU dev machine, no GPU", help="name of this machine for the record")
+    parser.add_argument("--machine", default="2-core CPU dev machine, no GPU",
+                        help="name of this machine for the record")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-device", default="cpu")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")

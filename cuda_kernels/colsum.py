@@ -20,7 +20,8 @@ Exclusion (``exclude_radius = r > 0``): tokens lie on a row-major grid of width
 ``grid_w`` (token ``t`` at row ``t // grid_w``, column ``t % grid_w``); the pairs
 within Chebyshev distance ``r`` (including ``i == j``) are removed from both the
 softmax normaliser and the sums. A query row with every key removed (a token within
-distance ``r`` of every grid position: only on tiny grids) contributes nothing, so ``sum_j colsum_j = N - (number of such rows)``; without fully excluded
+distance ``r`` of every grid position: only on tiny grids) contributes nothing, so
+``sum_j colsum_j = N - (number of such rows)``; without fully excluded
 rows the sum is exactly ``N`` up to rounding.
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from types import ModuleType
 
 import torch
 
@@ -85,7 +87,7 @@ def _validate(
         )
 
 
-def _triton_module():  # type: ignore[no-untyped-def]
+def _triton_module() -> ModuleType:
     """Import the Triton kernels lazily (imports triton)."""
     try:
         from . import triton_colsum
@@ -114,13 +116,12 @@ def select_backend(q: torch.Tensor, backend: str = "auto") -> str:
             "use backend='reference' or change the number of heads"
         )
     triton_colsum = _triton_module()
-    if not q.is_cuda:
-        if not triton_colsum.interpreter_active():
-            raise BackendError(
-                f"backend='triton' got tensors on {q.device}: it runs on CUDA tensors, or on "
-                "CPU only when TRITON_INTERPRET=1 is set before triton is first imported; "
-                "move the tensors to CUDA or use backend='reference'"
-            )
+    if not q.is_cuda and not triton_colsum.interpreter_active():
+        raise BackendError(
+            f"backend='triton' got tensors on {q.device}: it runs on CUDA tensors, or on "
+            "CPU only when TRITON_INTERPRET=1 is set before triton is first imported; "
+            "move the tensors to CUDA or use backend='reference'"
+        )
     return "triton"
 
 

@@ -19,7 +19,7 @@ sums to ``N`` (mean 1) per image by construction; with ``exclude_radius`` it sum
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -37,8 +37,9 @@ imported (``TRITON_INTERPRET`` is read by ``triton.jit``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import triton
@@ -236,7 +237,7 @@ def _prune_for_n(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) 
 _AUTOTUNED: dict[str, Callable[..., Any]] = {}
 
 
-def _autotuned(name: str) -> Callable[..., Any]:
+def _autotuned(name: str) -> Any:
     """Autotuned wrapper of a kernel, built on first GPU use (never at import)."""
     if name not in _AUTOTUNED:
         kernel = {"lse": _row_lse_kernel, "colsum": _colsum_kernel}[name]

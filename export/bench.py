@@ -10,6 +10,7 @@ as JSON and Markdown under ``--out`` (default ``benchmarks/results``), named aft
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import resource
@@ -26,7 +27,8 @@ SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "cameras" / "nokia" /
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
     lat = sub.add_parser("latency", help="upscaling latency per backend and size")
-    lat.add_argument("--camera", default="_fallback", help="camera whose exported model to time (default: the fallback)")
+    lat.add_argument("--camera", default="_fallback",
+                     help="camera whose exported model to time (default: the fallback)")
     lat.add_argument("--store", type=Path, default=Path("models"), help="model store (default ./models)")
     lat.add_argument("--backend", default="onnxruntime", choices=("onnxruntime",), help="runtime backend")
     lat.add_argument("--providers", default="cpu", help="onnxruntime providers (default cpu)")
@@ -121,11 +123,11 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         for size in sizes:
             x = _crop(size).transpose(2, 0, 1)[None].copy()
             out_mp = (size * route.scale) ** 2 / 1e6
-            stats = time_calls(lambda: backend.infer(x), args.repeats)
+            stats = time_calls(functools.partial(backend.infer, x), args.repeats)
             rows.append({"backend": f"{args.backend} ({','.join(backend.providers)})", "size": size, **stats,
                          "out_mpix_per_s": out_mp / (stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb()})
             if torch_model is not None:
-                t_stats = time_calls(lambda: torch_model(x), args.repeats)
+                t_stats = time_calls(functools.partial(torch_model, x), args.repeats)
                 rows.append({"backend": "torch eager fp32", "size": size, **t_stats,
                              "out_mpix_per_s": out_mp / (t_stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb()})
         big = args.tiled_size

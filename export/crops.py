@@ -46,7 +46,9 @@ def bundled_photos() -> list[Path]:
     return []
 
 
-def find_validation_photo(images: Iterable[Mapping[str, object]] = (), explicit: str | os.PathLike[str] | None = None) -> Path:
+def find_validation_photo(
+    images: Iterable[Mapping[str, object]] = (), explicit: str | os.PathLike[str] | None = None
+) -> Path:
     """The photo to validate on: ``explicit``, else the first readable file among ``images``
     (manifest ``images`` entries, ``{"path": ...}``), else the bundled ``samples/cameras/nokia/iptc.jpg``.
     """
@@ -139,4 +141,5 @@ def photo_crops(paths: Sequence[str | os.PathLike[str]], *, size: int = CROP_SIZ
         names.append(Path(path).name)
     if not crops:
         return None
-    return ValidationInput(np.ascontiguousarray(np.stack(crops)), f"{size}x{size} most textured crop of each of {', '.join(names)}")
+    label = f"{size}x{size} most textured crop of each of {', '.join(names)}"
+    return ValidationInput(np.ascontiguousarray(np.stack(crops)), label)

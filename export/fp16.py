@@ -35,9 +35,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+
+if TYPE_CHECKING:
+    import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from adassr.export.errors import ExportError
@@ -179,7 +183,8 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: Collection[str] | None
             dtype[new.output[i]] = elem
         nodes.append(new)
     for name, inner in internal.items():
-        nodes.append(helper.make_node("Cast", [inner], [name], name=_unique(f"cast_{name}", taken), to=TensorProto.FLOAT))
+        cast = helper.make_node("Cast", [inner], [name], name=_unique(f"cast_{name}", taken), to=TensorProto.FLOAT)
+        nodes.append(cast)
         dtype[name] = TensorProto.FLOAT
 
     graph = helper.make_graph(nodes, src.name, list(src.input), list(src.output), list(new_inits.values()))
@@ -195,7 +200,7 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: Collection[str] | None
     return out
 
 
-_NUMPY = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
+_NUMPY: dict[int, type[np.floating[Any]]] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 
 
 def _suffix(elem: int) -> str:
@@ -215,7 +220,7 @@ class Fp16Evaluation:
     nonfinite_nodes: tuple[str, ...]  # first nodes (up to 10) whose fp16 output held inf / NaN
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -247,7 +252,8 @@ def evaluate_fp16_storage(model: onnx.ModelProto, inputs: Mapping[str, np.ndarra
     def same_type(node: onnx.NodeProto, names: list[str]) -> int:
         kinds = {types[n] for n in names}
         if len(kinds) != 1:
-            raise Fp16Error(f"node {node.name!r} ({node.op_type}) mixes element types {sorted(kinds)}: the graph is invalid")
+            raise Fp16Error(
+                f"node {node.name!r} ({node.op_type}) mixes element types {sorted(kinds)}: the graph is invalid")
         return kinds.pop()
 
     with torch.no_grad():
@@ -259,7 +265,10 @@ def evaluate_fp16_storage(model: onnx.ModelProto, inputs: Mapping[str, np.ndarra
                 elem = same_type(node, [n for n in ins if n])
             elif op in ("LeakyRelu", "Relu", "Identity"):
                 x = values[ins[0]]
-                y = F.leaky_relu(x, float(a.get("alpha", 0.01))) if op == "LeakyRelu" else torch.relu(x) if op == "Relu" else x
+                if op == "LeakyRelu":
+                    y = F.leaky_relu(x, float(a.get("alpha", 0.01)))
+                else:
+                    y = torch.relu(x) if op == "Relu" else x
                 elem = types[ins[0]]
             elif op == "Concat":
                 y = torch.cat([values[n] for n in ins], dim=int(a["axis"]))
@@ -298,21 +307,21 @@ def evaluate_fp16_storage(model: onnx.ModelProto, inputs: Mapping[str, np.ndarra
     )
 
 
-def _conv(node: onnx.NodeProto, a: Mapping[str, object], values: Mapping[str, object]) -> object:
+def _conv(node: onnx.NodeProto, a: Mapping[str, Any], values: Mapping[str, torch.Tensor]) -> torch.Tensor:
     from torch.nn import functional as F
 
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or a.get("group", 1) != 1:
         raise Fp16Error(f"Conv {node.name!r}: only explicit pads and group=1 are supported")
-    pads = list(a.get("pads", [0, 0, 0, 0]))  # type: ignore[call-overload]
+    pads = list(a.get("pads", [0, 0, 0, 0]))
     if pads[0] != pads[2] or pads[1] != pads[3]:
         raise Fp16Error(f"Conv {node.name!r}: asymmetric pads {pads} are not supported")
     bias = values[node.input[2]] if len(node.input) > 2 and node.input[2] else None
-    return F.conv2d(values[node.input[0]], values[node.input[1]], bias,  # type: ignore[arg-type]
-                    stride=tuple(a.get("strides", [1, 1])), padding=(pads[0], pads[1]),  # type: ignore[call-overload]
-                    dilation=tuple(a.get("dilations", [1, 1])))  # type: ignore[call-overload]
+    return F.conv2d(values[node.input[0]], values[node.input[1]], bias,
+                    stride=tuple(a.get("strides", [1, 1])), padding=(pads[0], pads[1]),
+                    dilation=tuple(a.get("dilations", [1, 1])))
 
 
-def _resize_nearest(node: onnx.NodeProto, a: Mapping[str, object], values: Mapping[str, object]) -> object:
+def _resize_nearest(node: onnx.NodeProto, a: Mapping[str, Any], values: Mapping[str, torch.Tensor]) -> torch.Tensor:
     import torch
     from torch.nn import functional as F
 

@@ -29,8 +29,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,7 +152,8 @@ def export_fp32(model: torch.nn.Module, identity: ModelIdentity) -> onnx.ModelPr
     import torch
 
     example = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=1), 3: torch.export.Dim("width", min=1)}
+    dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=1),
+            3: torch.export.Dim("width", min=1)}
     was_training = model.training
     model.eval()
     try:
@@ -347,7 +347,8 @@ def validate_fp16(data: bytes, proto: onnx.ModelProto, cases: Sequence[Case], *,
 
 
 def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Sequence[str],
-                 inputs: Sequence[ValidationInput], *, fp16_extra_inputs: Sequence[ValidationInput] = ()) -> list[ValidatedModel]:
+                 inputs: Sequence[ValidationInput], *,
+                 fp16_extra_inputs: Sequence[ValidationInput] = ()) -> list[ValidatedModel]:
     """Export and validate every requested precision; raises ``ExportError`` on the first failure."""
     from adassr.export.fp16 import FP32_POLICY, convert_to_fp16, default_fp32_nodes
 
@@ -451,8 +452,8 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
                   validation_image: str | os.PathLike[str] | None = None,
                   registry: BackboneRegistry | None = None) -> ExportResult:
     """Export ``<store>/<camera>/adapted.safetensors`` (sha256-checked) to ONNX and publish it."""
-    from adassr.runtime.store import ADAPTED_WEIGHTS as WEIGHTS_FILE
     from adassr.adapt.weights import load_safetensors_weights
+    from adassr.runtime.store import ADAPTED_WEIGHTS as WEIGHTS_FILE
 
     precisions = resolve_precisions(precision)
     store = CameraStore.open(store_root, camera)

@@ -29,7 +29,7 @@ def normalise_camera_name(make: str) -> str:
 
     Returns an empty string when nothing usable is left.
     """
-    words = re.findall(r"[a-z0-9]+", make.lower())
+    words: list[str] = re.findall(r"[a-z0-9]+", make.lower())
     kept = [w for w in words if w not in _NOISE_WORDS]
     if not kept:
         return ""

@@ -65,7 +65,10 @@ def output_size(height: int, width: int, outscale: float) -> tuple[int, int]:
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize float32 ``H x W [x C]`` to ``size = (height, width)``: INTER_AREA shrinking, INTER_CUBIC otherwise; clipped to [0, 1]."""
+    """Resize float32 ``H x W [x C]`` to ``size = (height, width)``.
+
+    INTER_AREA when shrinking, INTER_CUBIC otherwise; the result is clipped to [0, 1].
+    """
     h, w = image.shape[:2]
     if (h, w) == size:
         return image

@@ -183,9 +183,11 @@ def plan_tiles(
             f"tile {options.tile} is not a multiple of {multiple_of}, which this model requires; "
             f"use --tile {_round_up(options.tile, multiple_of)}"
         )
-    kw = dict(tile=options.tile, overlap=options.overlap, pad_to_tile=options.pad_to_tile, multiple_of=multiple_of)
-    rows = _plan_axis(height + 2 * options.pre_pad, **kw)
-    cols = _plan_axis(width + 2 * options.pre_pad, **kw)
+    rows, cols = (
+        _plan_axis(length + 2 * options.pre_pad, tile=options.tile, overlap=options.overlap,
+                   pad_to_tile=options.pad_to_tile, multiple_of=multiple_of)
+        for length in (height, width)
+    )
     return TilePlan(height=height, width=width, pre_pad=options.pre_pad, rows=rows, cols=cols)
 
 

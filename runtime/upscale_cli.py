@@ -36,7 +36,7 @@ from adassr.runtime.images import (
     read_image,
     write_image,
 )
-from adassr.runtime.pipeline import RuntimeOptions, UpscaleResult, Upscaler
+from adassr.runtime.pipeline import RuntimeOptions, Upscaler, UpscaleResult
 from adassr.runtime.routing import PRECISIONS
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA, CameraStore
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, TilingOptions

@@ -109,7 +109,8 @@ class BackboneRegistry:
         names = [e.name for e in entries]
         clashes = sorted({n for n in names if n in self._entries or names.count(n) > 1})
         if clashes:
-            raise ConfigError(f"backbone name(s) already registered or repeated: {', '.join(clashes)}; nothing was added")
+            raise ConfigError(
+                f"backbone name(s) already registered or repeated: {', '.join(clashes)}; nothing was added")
         for entry in entries:
             self._entries[entry.name] = entry
 

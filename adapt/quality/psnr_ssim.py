@@ -52,7 +52,9 @@ def to_255(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prepare(image: np.ndarray, reference: np.ndarray, crop_border: int, channel: Channel) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(
+    image: np.ndarray, reference: np.ndarray, crop_border: int, channel: Channel
+) -> tuple[np.ndarray, np.ndarray]:
     if channel not in ("y", "rgb", "gray"):
         raise ConfigError(f"channel must be 'y', 'rgb' or 'gray', got {channel!r}")
     if channel == "gray":

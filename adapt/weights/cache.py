@@ -103,7 +103,7 @@ def _read_valid(
         stale = sorted(key for key, value in wanted.items() if stored.get(key) != value)
         if stale:
             raise WeightsError(f"metadata {', '.join(stale)} does not match the current source (stale or foreign)")
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
+        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - a safetensors handle, not a dict
     state = check_state_dict(state, shapes, origin=str(path))
     digest = state_dict_sha256(state)
     if digest != stored.get("weights_sha256"):

@@ -41,7 +41,8 @@ def read_pth_state(path: str | Path) -> Mapping[str, object]:
             f"({reason}); re-save it as a plain state dict with torch.save(model.state_dict(), path)"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - garbage input raises arbitrary types; re-raised typed, chained
-        raise WeightsError(f"cannot read checkpoint {path}: {exc}; check the path and that it is a torch .pth file") from exc
+        raise WeightsError(
+            f"cannot read checkpoint {path}: {exc}; check the path and that it is a torch .pth file") from exc
     if not isinstance(loaded, Mapping):
         raise WeightsError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
     for key in PTH_KEYS:
@@ -103,12 +104,14 @@ def load_safetensors_weights(
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - a safetensors handle, not a dict
     except (OSError, SafetensorError) as exc:
-        raise WeightsError(f"cannot read weights {path}: {exc}; the file is missing, truncated or not safetensors") from exc
+        raise WeightsError(
+            f"cannot read weights {path}: {exc}; the file is missing, truncated or not safetensors") from exc
     saved_for = meta.get("backbone")
     if saved_for is not None and saved_for != entry.name:
-        raise WeightsError(f"{path} holds weights for backbone {saved_for!r}, not {entry.name!r}; load it with that backbone")
+        raise WeightsError(
+            f"{path} holds weights for backbone {saved_for!r}, not {entry.name!r}; load it with that backbone")
     loaded = assemble(entry, state, source=f"safetensors {path}", device=device)
     recorded = meta.get("weights_sha256")
     if recorded is not None and recorded != loaded.weights_sha256:

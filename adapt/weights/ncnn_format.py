@@ -24,6 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,7 +139,8 @@ def parse_param(text: str, *, origin: str = "<param>") -> NcnnGraph:
         )
     blobs = {blob for layer in layers for blob in layer.outputs}
     if len(blobs) != blob_count:
-        raise WeightsError(f"{origin}: header declares {blob_count} blobs but the layers produce {len(blobs)}; {_ADVICE}")
+        raise WeightsError(
+            f"{origin}: header declares {blob_count} blobs but the layers produce {len(blobs)}; {_ADVICE}")
     return NcnnGraph(layers, blob_count, origin)
 
 
@@ -152,7 +154,8 @@ def _parse_layer(line: str, line_no: int, origin: str) -> NcnnLayer:
     if len(tokens) < blobs_end:
         raise WeightsError(f"{where}: layer {tokens[1]} lists fewer blobs than its counts {n_in}/{n_out}; {_ADVICE}")
     params = dict(_parse_param_token(tok, where) for tok in tokens[blobs_end:])
-    return NcnnLayer(tokens[0], tokens[1], tuple(tokens[4 : 4 + n_in]), tuple(tokens[4 + n_in : blobs_end]), params, line_no)
+    inputs, outputs = tuple(tokens[4 : 4 + n_in]), tuple(tokens[4 + n_in : blobs_end])
+    return NcnnLayer(tokens[0], tokens[1], inputs, outputs, params, line_no)
 
 
 def _parse_param_token(token: str, where: str) -> tuple[int, ParamValue]:
@@ -276,7 +279,9 @@ def _scales(interp: NcnnLayer) -> tuple[float, float]:
 
 
 def _close(got: tuple[float, ...] | None, wanted: tuple[float, ...]) -> bool:
-    return got is not None and len(got) == len(wanted) and all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(got, wanted))
+    if got is None or len(got) != len(wanted):
+        return False
+    return all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(got, wanted, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +298,7 @@ def read_conv_weights(
         where = f"convolution {index + 1} of {len(specs)} ({spec.name})"
         tag = int.from_bytes(_take(data, offset, 4, where, origin), "little")
         offset += 4
+        dtype: np.dtype[Any]
         if tag == TAG_FLOAT16:
             dtype, nbytes = np.dtype("<f2"), spec.weight_count * 2
         elif tag == TAG_FLOAT32:
@@ -317,7 +323,9 @@ def read_conv_weights(
     return out
 
 
-def _take(data: bytes | memoryview, offset: int, size: int, where: str, origin: str, *, last: bool = False) -> bytes | memoryview:
+def _take(
+    data: bytes | memoryview, offset: int, size: int, where: str, origin: str, *, last: bool = False
+) -> bytes | memoryview:
     """The ``size`` bytes at ``offset``; the read must fit with its padding to 4 bytes.
 
     ``last`` marks the final read of the file, where the shortfall is the exact number of missing bytes.

@@ -66,7 +66,9 @@ def expected_shapes(entry: BackboneEntry) -> dict[str, torch.Size]:
     return {key: value.shape for key, value in model.state_dict().items()}
 
 
-def check_state_dict(state: Mapping[str, object], expected: Mapping[str, torch.Size], *, origin: str) -> dict[str, Tensor]:
+def check_state_dict(
+    state: Mapping[str, object], expected: Mapping[str, torch.Size], *, origin: str
+) -> dict[str, Tensor]:
     """Validate keys and shapes; return float32 contiguous tensors in ``expected`` order.
 
     Raises ``WeightsError`` naming the first missing, mis-shaped, non-tensor or unexpected key.
@@ -78,7 +80,8 @@ def check_state_dict(state: Mapping[str, object], expected: Mapping[str, torch.S
         if value is None:
             raise WeightsError(f"{origin}: missing key {key!r} ({len(state)} keys present); {advice}")
         if not isinstance(value, Tensor) or not value.is_floating_point():
-            raise WeightsError(f"{origin}: key {key!r} is not a floating-point tensor ({type(value).__name__}); {advice}")
+            raise WeightsError(
+                f"{origin}: key {key!r} is not a floating-point tensor ({type(value).__name__}); {advice}")
         if value.shape != shape:
             raise WeightsError(
                 f"{origin}: key {key!r} has shape {tuple(value.shape)}, expected {tuple(shape)}; {advice}"

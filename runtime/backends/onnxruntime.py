@@ -30,7 +30,7 @@ PROVIDER_ALIASES: dict[str, str] = {
 }
 """Short provider names accepted on the command line -> onnxruntime execution provider names."""
 
-_ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ONNX_FLOAT_TYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def resolve_providers(providers: Sequence[str] | str) -> tuple[str, ...]:
@@ -39,7 +39,10 @@ def resolve_providers(providers: Sequence[str] | str) -> tuple[str, ...]:
     >>> resolve_providers("cuda,cpu")
     ('CUDAExecutionProvider', 'CPUExecutionProvider')
     """
-    items = [p.strip() for p in providers.split(",")] if isinstance(providers, str) else [str(p).strip() for p in providers]
+    if isinstance(providers, str):
+        items = [p.strip() for p in providers.split(",")]
+    else:
+        items = [str(p).strip() for p in providers]
     by_lower = {k: v for k, v in PROVIDER_ALIASES.items()} | {v.lower(): v for v in PROVIDER_ALIASES.values()}
     out: list[str] = []
     for item in items:

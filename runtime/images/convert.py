@@ -30,7 +30,7 @@ def from_float32(a: np.ndarray, bit_depth: int) -> np.ndarray:
     if np.isnan(work).any():
         raise ImageError("from_float32: the array contains NaN; fix the computation that made it")
     peak = 255 if bit_depth == 8 else 65535
-    scaled = np.rint(np.clip(work, 0.0, 1.0) * peak)
+    scaled: np.ndarray = np.rint(np.clip(work, 0.0, 1.0) * peak)
     return scaled.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 

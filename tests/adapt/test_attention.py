@@ -110,7 +110,7 @@ def _texture_pair(seed: int, height: int = 96, half: int = 96,
     single_img = 0.5 + 0.08 * single
     single_img = 0.5 + (single_img - 0.5) * math.sqrt(_sobel_energy(repeated_img) / _sobel_energy(single_img))
     for half_img in (repeated_img, single_img):  # no clipping: the energies stay equal
-        assert 0.0 <= half_img.min() and half_img.max() <= 1.0
+        assert half_img.min() >= 0.0 and half_img.max() <= 1.0
     return repeated_img.astype(np.float32), single_img.astype(np.float32)
 
 

@@ -64,7 +64,8 @@ def test_angle_convention_x_right_y_down():
     np.testing.assert_allclose(wide_y, wide_x.T, atol=1e-12)
     diag = kernel_covariance(gaussian_kernel(3.0, 1.0, math.pi / 4, size=31))
     assert diag[0, 1] > 0  # +45 deg turns +x towards +y (down): x and y grow together
-    assert gaussian_kernel(3.0, 1.0, math.pi / 4, size=31)[20, 20] > gaussian_kernel(3.0, 1.0, math.pi / 4, size=31)[10, 20]
+    k = gaussian_kernel(3.0, 1.0, math.pi / 4, size=31)
+    assert k[20, 20] > k[10, 20]
 
 
 def test_covariance_round_trip_and_ranges():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from adassr.cli import main
 from adassr.adapt.weights import load_backbone, save_safetensors_weights
+from adassr.cli import main
 from adassr.runtime.images import read_image, write_image
 from adassr.runtime.store import CameraStore
 

@@ -68,7 +68,7 @@ def _score(cases: list[tuple[tuple[float, float, float], KernelEstimate]]) -> tu
     for true, est in cases:
         got = (est.sigma_x, est.sigma_y, est.theta_deg)
         closer.append(_dist(got, true) < _dist((1.6, 1.6, 0.0), true))
-        rel += [abs(e - t) / t for t, e in zip(true[:2], got[:2]) if t >= 1.2]
+        rel += [abs(e - t) / t for t, e in zip(true[:2], got[:2], strict=True) if t >= 1.2]
         if true[0] / true[1] >= 2:
             ang.append(_angle_err(got[2], true[2]))
     return float(np.mean(closer)), float(np.median(rel)), float(np.median(ang)) if ang else 0.0

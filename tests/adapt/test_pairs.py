@@ -11,11 +11,11 @@ from scipy import ndimage
 
 from adassr.adapt.augment import (
     NOISE_GAUSSIAN,
-    NoiseParams,
-    add_noise,
     NOISE_NONE,
     NOISE_POISSON,
     PHOTOMETRIC_OPS,
+    NoiseParams,
+    add_noise,
     apply_photometric,
     dihedral,
     noise_kind,
@@ -195,7 +195,7 @@ def test_noise_flip_and_image_choice_frequencies(photos: list[np.ndarray]) -> No
     assert abs(kinds.count(NOISE_GAUSSIAN) / 2000 - 0.24) < 0.03
     assert abs(kinds.count(NOISE_POISSON) / 2000 - 0.16) < 0.03
     sigmas = [d.noise.level for d in draws if d.noise.kind == NOISE_GAUSSIAN]
-    assert 1 / 255 <= min(sigmas) and max(sigmas) <= 10 / 255
+    assert min(sigmas) >= 1 / 255 and max(sigmas) <= 10 / 255
     flips = np.bincount([d.dihedral for d in draws], minlength=8)
     assert flips.min() > 180 and flips.max() < 320  # 250 expected each
     # Probability proportional to area: chelsea 451x300, coffee 600x400.

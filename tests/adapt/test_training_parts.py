@@ -20,7 +20,7 @@ def test_ema_follows_eq16() -> None:
     ema = WeightEma(lin.named_parameters(), decay=0.9)
     targets = []
     with torch.no_grad():
-        for step in range(3):
+        for _ in range(3):
             for p in lin.parameters():
                 p.add_(1.0)
             targets.append({n: p.detach().clone() for n, p in lin.named_parameters()})
@@ -83,7 +83,7 @@ def test_external_degradation_shapes_and_randomness() -> None:
     hr = np.random.default_rng(1).random((64, 64, 3)).astype(np.float32)
     lr = degrade_realesrgan(hr, 4, rng)
     assert lr.shape == (16, 16, 3) and lr.dtype == np.float32
-    assert 0.0 <= lr.min() and lr.max() <= 1.0
+    assert lr.min() >= 0.0 and lr.max() <= 1.0
     assert not np.allclose(lr, degrade_realesrgan(hr, 4, rng))
     with pytest.raises(ConfigError):
         degrade_realesrgan(hr[:63], 4, rng)

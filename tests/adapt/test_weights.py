@@ -22,10 +22,10 @@ from adassr.adapt.weights import (
     load_backbone,
     load_checkpoint,
     load_safetensors_weights,
+    ncnn_format,
     save_safetensors_weights,
     state_dict_sha256,
 )
-from adassr.adapt.weights import ncnn_format
 from adassr.adapt.weights.ncnn_format import read_param
 from adassr.runtime.errors import ConfigError, WeightsError
 
@@ -118,7 +118,8 @@ def _write(tmp_path: Path, param_text: str, bin_bytes: bytes) -> tuple[Path, Pat
 
 def test_truncated_bin_is_rejected(tmp_path: Path, anime_files: tuple[str, bytes]) -> None:
     text, data = anime_files
-    expected = r": 4 bytes missing: .*ends inside convolution 96 of 96 \(conv_last\).*corrupt or belongs to another model"
+    expected = (r": 4 bytes missing: .*ends inside convolution 96 of 96 \(conv_last\)"
+                r".*corrupt or belongs to another model")
     with pytest.raises(WeightsError, match=expected):
         convert_ncnn(*_write(tmp_path, text, data[:-4]), _entry(ANIME).arch)
     with pytest.raises(WeightsError, match=r"at least \d+ bytes missing"):
@@ -245,7 +246,9 @@ def test_corrupt_cache_is_rebuilt(
     assert spy.calls == 2  # the rewritten cache is valid again
 
 
-def test_stale_cache_metadata_triggers_rebuild(tmp_path: Path, spy: _ConvertSpy, caplog: pytest.LogCaptureFixture) -> None:
+def test_stale_cache_metadata_triggers_rebuild(
+    tmp_path: Path, spy: _ConvertSpy, caplog: pytest.LogCaptureFixture
+) -> None:
     loaded = load_backbone(ANIME, cache_dir=tmp_path)
     cache_file = backbone_cache_path(ANIME, tmp_path)
     meta = {"format": "adassr-backbone-cache/1", "backbone": ANIME, "source_bin_sha256": "0" * 64,

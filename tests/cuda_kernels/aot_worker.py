@@ -69,7 +69,8 @@ def compile_one(kernel, cc: int, dtype: str, d: int, exclude: bool, cfg) -> dict
     return dict(cc=cc, kernel=kernel.__name__, dtype=dtype, d=d, exclude=exclude,
                 block_m=cfg.kwargs["BLOCK_M"], block_n=cfg.kwargs["BLOCK_N"],
                 num_warps=cfg.num_warps, cubin_bytes=len(compiled.asm["cubin"]),
-                stack=stack_bytes(compiled.asm["cubin"]), wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
+                stack=stack_bytes(compiled.asm["cubin"]), wgmma=ptx.count("wgmma.mma_async"),
+                mma_sync=ptx.count("mma.sync"),
                 ex2=ptx.count("ex2.approx"))
 
 

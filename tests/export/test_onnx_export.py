@@ -73,7 +73,8 @@ def photo_batch(shape: tuple[int, int, int], offset: int = 0) -> np.ndarray:
     """(N, 3, H, W) float32 crops of a real photo, at different places for each batch item."""
     n, h, w = shape
     image = read_rgb(PHOTO)
-    crops = [image[100 + offset + 37 * i : 100 + offset + 37 * i + h, 150 + 23 * i : 150 + 23 * i + w] for i in range(n)]
+    crops = [image[100 + offset + 37 * i : 100 + offset + 37 * i + h, 150 + 23 * i : 150 + 23 * i + w]
+             for i in range(n)]
     return np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2))
 
 
@@ -178,7 +179,9 @@ def test_manifest_records_exports_with_checksums(exported: tuple[Path, onnx_expo
         assert photo.name in fp16_rec["validated_on"]
 
 
-def test_fp16_graph_is_half_except_conv_first_and_residual_sums(exported: tuple[Path, onnx_export.ExportResult]) -> None:
+def test_fp16_graph_is_half_except_conv_first_and_residual_sums(
+    exported: tuple[Path, onnx_export.ExportResult],
+) -> None:
     root, _ = exported
     proto = onnx.load(str(root / CAMERA / "model_fp16.onnx"))
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)

@@ -83,10 +83,10 @@ def test_fp16_model_gets_a_cast_input_and_returns_float32(model_path: Path, mode
 def test_unavailable_provider_falls_back_with_a_warning(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     gpu = _unavailable_gpu_provider()
     full = resolve_providers(gpu)[0]
-    with caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"):
-        with OnnxRuntimeBackend(model_path, providers=(gpu, "cpu")) as backend:
-            assert backend.providers == ("CPUExecutionProvider",)
-            assert backend.infer(_batch(1)).shape[0] == 1
+    with (caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"),
+          OnnxRuntimeBackend(model_path, providers=(gpu, "cpu")) as backend):
+        assert backend.providers == ("CPUExecutionProvider",)
+        assert backend.infer(_batch(1)).shape[0] == 1
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and full in warnings[0].getMessage()
     with pytest.raises(BackendError, match=full):
@@ -103,9 +103,9 @@ def test_session_provider_drop_is_detected(model_path: Path, caplog: pytest.LogC
         return real_session(path, sess_options=sess_options, providers=[p for p in providers if p in real_available()])
 
     monkeypatch.setattr(ort, "InferenceSession", session)
-    with caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"):
-        with OnnxRuntimeBackend(model_path, providers="cuda,cpu") as backend:
-            assert backend.providers == ("CPUExecutionProvider",)
+    with (caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"),
+          OnnxRuntimeBackend(model_path, providers="cuda,cpu") as backend):
+        assert backend.providers == ("CPUExecutionProvider",)
     assert any("CUDAExecutionProvider" in r.getMessage() and "runs on" in r.getMessage() for r in caplog.records)
     with pytest.raises(BackendError, match="CUDAExecutionProvider"):
         OnnxRuntimeBackend(model_path, providers="cuda,cpu", require=True).open()

@@ -106,9 +106,8 @@ def test_lock_serialises_writers(tmp_path: Path) -> None:
     try:
         assert ready.wait(20)
         store = CameraStore.open(tmp_path, "canon", create=True)
-        with pytest.raises(StoreError, match="another adassr process"):
-            with store.lock(timeout_s=0.3):
-                pass
+        with pytest.raises(StoreError, match="another adassr process"), store.lock(timeout_s=0.3):
+            pass
     finally:
         release.set()
         child.join(10)

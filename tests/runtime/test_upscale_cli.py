@@ -146,7 +146,8 @@ def test_argument_and_store_problems_raise(store: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="valid providers"):
         _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), "--providers", "cpu,npu")
     with pytest.raises(ConfigError, match="less than half the tile"):
-        _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), "--tile", "32", "--tile-overlap", "16")
+        _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store),
+             "--tile", "32", "--tile-overlap", "16")
     with pytest.raises(CameraError):
         _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), "--camera", "no/such")
     empty = tmp_path / "empty"
