@@ -74,8 +74,8 @@ def choose_weights(store_root: Path, camera: str | None, backbone: str, device: 
 
     if camera and store_root.is_dir():
         store = CameraStore.open(store_root, camera)
-        if (store.directory / WEIGHTS_FILE).exists():
-            manifest = store.read_manifest()
+        manifest = store.read_manifest() if store.exists() else {}
+        if WEIGHTS_FILE in (manifest.get("artifacts") or {}):
             path = store.verified_path(WEIGHTS_FILE, manifest)
             name = manifest.get("backbone", {}).get("name", backbone)
             loaded = load_safetensors_weights(path, name, device=str(device))

@@ -27,7 +27,7 @@ from adassr.adapt.groups import CameraGroup
 from adassr.adapt.loop import InternalResult, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
 from adassr.runtime.errors import ConfigError
-from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore
+from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,9 @@ def adapt_camera(
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     trainable = _resolve_trainable(config.trainable, device)
-    with store.lock():
+    # The transaction validates the store (lock, manifest, schema) before any work; nothing is
+    # published unless the run completes, and then weights and manifest entry commit together.
+    with store.transaction() as tx:
         backbone = load_backbone(backbone_name, device=str(device))
         model = backbone.model
         scale = backbone.scale
@@ -172,7 +174,7 @@ def adapt_camera(
             u = {n: u[n] + theta_e[n] - result.state_dict[n] for n in u}
         assert result is not None
 
-        weights_record = _publish_weights(store, result.state_dict, backbone.entry)
+        weights_record = _publish_weights(tx, result.state_dict, backbone.entry)
         wall = round(time.perf_counter() - start, 2)
         niqe_before, niqe_after = float(np.nanmean(result.niqe_before)), float(np.nanmean(result.niqe_after))
         crop_names = [str(m.path) for m in group.members][: len(crops)]
@@ -210,20 +212,20 @@ def adapt_camera(
             for name in [n for n, r in artifacts.items() if r.get("stage") == "export"]:
                 del artifacts[name]
 
-        store.update_manifest(record)
-    return AdaptOutcome(group.name, store.directory, store.path(WEIGHTS_FILE), niqe_before, niqe_after,
+        committed = tx.commit(record)
+    return AdaptOutcome(group.name, store.directory, store.artifact_path(WEIGHTS_FILE, committed), niqe_before, niqe_after,
                         result.kept_backbone, result.steps, result.stop_reason, wall)
 
 
-def _publish_weights(store: CameraStore, state: dict[str, torch.Tensor], entry: Any) -> dict[str, Any]:
-    """Publish ``adapted.safetensors``; the record carries both the file's and the weights' digest."""
+def _publish_weights(tx: StoreTransaction, state: dict[str, torch.Tensor], entry: Any) -> dict[str, Any]:
+    """Stage ``adapted.safetensors`` in ``tx``; the record carries both the file's and the weights' digest."""
     from adassr.adapt.weights import save_safetensors_weights
 
     digest: dict[str, str] = {}
 
-    def write(path: Path) -> None:
-        digest["weights"] = save_safetensors_weights(path, state, entry, metadata={"stage": "adapt"})
+    def write(path: Path) -> None:  # path is already the transaction's temporary file: write it directly
+        digest["weights"] = save_safetensors_weights(path, state, entry, metadata={"stage": "adapt"}, atomic=False)
 
-    record = store.publish(WEIGHTS_FILE, write, stage="adapt", extra={"backbone": entry.name})
+    record = tx.stage(WEIGHTS_FILE, write, stage="adapt", extra={"backbone": entry.name})
     record["weights_sha256"] = digest["weights"]
     return record

@@ -17,9 +17,11 @@ Pipeline (all in memory; nothing reaches the store until every requested precisi
    error vs PyTorch fp32 <= :data:`FP16_TOLERANCE`, mean <= :data:`FP16_MEAN_TOLERANCE`;
    onnxruntime CPU must load and run the file within the same tolerance (on x86 it upcasts fp16 to
    fp32, so that run checks types and weight rounding only; both numbers are recorded).
-4. Publish under the camera's store lock (held from reading the manifest to the last write, so the
-   adapt stage cannot replace the weights mid-export): ``model.onnx`` / ``model_fp16.onnx`` through
-   :meth:`CameraStore.publish` (atomic, sha256 in ``artifacts``) and ``manifest["exports"]``.
+4. Publish in one store transaction (the camera's lock is held from reading the manifest to the
+   commit, so the adapt stage cannot replace the weights mid-export): ``model.onnx`` /
+   ``model_fp16.onnx`` are staged under content-addressed names and committed together with their
+   ``artifacts`` and ``manifest["exports"]`` records; a failure before the commit leaves the
+   previous export in place.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import numpy as np
 from adassr.export.crops import ValidationInput, bundled_photos, find_validation_photo, photo_crops, validation_inputs
 from adassr.export.errors import ExportError
 from adassr.runtime.errors import StoreError
-from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, StoreTransaction
 
 if TYPE_CHECKING:
     import onnx
@@ -405,11 +407,12 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
 # -- publish ----------------------------------------------------------------------------------
 
 
-def publish_models(store: CameraStore, models: Sequence[ValidatedModel], identity: ModelIdentity,
+def publish_models(tx: StoreTransaction, models: Sequence[ValidatedModel], identity: ModelIdentity,
                    manifest_fields: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Publish validated models atomically and record them (call while holding ``store.lock()``).
+    """Stage validated models in ``tx`` and commit them with their manifest records in one step.
 
-    Export records and export artifacts made from other weights are dropped from the manifest.
+    Export records and export artifacts made from other weights are dropped from the manifest (their
+    files are removed after the commit).
     """
     records: dict[str, dict[str, Any]] = {}
     for item in models:
@@ -418,9 +421,10 @@ def publish_models(store: CameraStore, models: Sequence[ValidatedModel], identit
         def write(tmp: Path, payload: bytes = payload) -> None:
             tmp.write_bytes(payload)
 
-        artifact = store.publish(item.file, write, stage="export",
-                                 extra={"precision": item.precision, "weights_sha256": identity.weights_sha256})
+        artifact = tx.stage(item.file, write, stage="export",
+                            extra={"precision": item.precision, "weights_sha256": identity.weights_sha256})
         records[item.key] = {**item.record, "sha256": artifact["sha256"], "bytes": artifact["bytes"]}
+    published = {MODEL_FILES[p] for p in PRECISIONS if EXPORT_KEYS[p] in records}
 
     def update(manifest: dict[str, Any]) -> None:
         if manifest_fields:
@@ -430,11 +434,12 @@ def publish_models(store: CameraStore, models: Sequence[ValidatedModel], identit
             del exports[key]
         artifacts = manifest.setdefault("artifacts", {})
         for name in [n for n, r in artifacts.items()
-                     if r.get("stage") == "export" and r.get("weights_sha256") != identity.weights_sha256]:
+                     if n not in published and r.get("stage") == "export"
+                     and r.get("weights_sha256") != identity.weights_sha256]:
             del artifacts[name]
         exports.update(records)
 
-    store.update_manifest(update)
+    tx.commit(update)
     return records
 
 
@@ -457,8 +462,10 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
 
     precisions = resolve_precisions(precision)
     store = CameraStore.open(store_root, camera)
-    with store.lock():
-        manifest = store.read_manifest()
+    if not store.exists():
+        store.read_manifest()  # StoreError naming the camera and what to run first
+    with store.transaction() as tx:
+        manifest = tx.manifest
         backbone = manifest.get("backbone")
         name = backbone.get("name") if isinstance(backbone, Mapping) else None
         digest, scale = manifest.get("weights_sha256"), manifest.get("scale")
@@ -480,7 +487,7 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
         photo = find_validation_photo(manifest.get("images") or (), validation_image)
         models = build_models(loaded.model, identity, precisions, validation_inputs(photo),
                               fp16_extra_inputs=_fp16_extra(precisions))
-        records = publish_models(store, models, identity)
+        records = publish_models(tx, models, identity)
     return ExportResult(store.camera, store.directory, records)
 
 
@@ -494,7 +501,7 @@ def export_loaded_fallback(store_root: str | os.PathLike[str], loaded: LoadedBac
     identity = ModelIdentity(FALLBACK_CAMERA, loaded.entry.name, loaded.scale, digest)
     store = CameraStore.open(store_root, FALLBACK_CAMERA, create=True)
     photo = find_validation_photo((), validation_image)
-    with store.lock():
+    with store.transaction() as tx:
         models = build_models(loaded.model, identity, precisions, validation_inputs(photo),
                               fp16_extra_inputs=_fp16_extra(precisions))
         fields = {
@@ -503,7 +510,7 @@ def export_loaded_fallback(store_root: str | os.PathLike[str], loaded: LoadedBac
             "scale": loaded.scale,
             "weights_sha256": digest,
         }
-        records = publish_models(store, models, identity, fields)
+        records = publish_models(tx, models, identity, fields)
     return ExportResult(store.camera, store.directory, records)
 
 

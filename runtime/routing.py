@@ -39,7 +39,8 @@ class RouteDecision:
     camera_group: str | None  # group asked for (explicit or from EXIF Make); None if unknown
     model_camera: str  # store folder whose model serves it (the group, or "_fallback")
     reason: str  # "explicit", "exif-make", or "fallback: ..."
-    onnx_path: Path
+    onnx_path: Path  # the file on disk (content-addressed name)
+    artifact: str  # the artifact's logical name in the manifest, e.g. "model.onnx"
     export_key: str  # "onnx" or "onnx_fp16"
     precision: str  # precision actually served
     sha256: str  # expected checksum from the manifest
@@ -57,11 +58,16 @@ class RouteDecision:
     @property
     def label(self) -> str:
         """Short human label: ``canon/model.onnx (fp32, sha256 0123456789ab)``."""
-        return f"{self.model_camera}/{self.onnx_path.name} ({self.precision}, sha256 {self.sha256[:12]})"
+        return f"{self.model_camera}/{self.artifact} ({self.precision}, sha256 {self.sha256[:12]})"
+
+    @property
+    def model_name(self) -> str:
+        """``<camera folder>/<artifact name>``, e.g. ``canon/model.onnx``."""
+        return f"{self.model_camera}/{self.artifact}"
 
     def verify(self) -> Path:
         """Check the model file against the manifest's sha256 (StoreError if it fails); return it."""
-        return self.store.verified_path(self.onnx_path.name, self.manifest)
+        return self.store.verified_path(self.artifact, self.manifest)
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,8 @@ def _decision(found: _Found, *, requested: str | None, group: str | None, reason
         camera_group=group,
         model_camera=store.camera,
         reason=reason,
-        onnx_path=store.path(name),
+        onnx_path=store.artifact_path(name, manifest),
+        artifact=name,
         export_key=key,
         precision=precision,
         sha256=str(artifact["sha256"]),

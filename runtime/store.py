@@ -2,36 +2,52 @@
 
 Layout::
 
-    <store>/<camera>/manifest.json          provenance, settings, checksums (schema below)
-    <store>/<camera>/adapted.safetensors    adapted weights (adapt stage)
-    <store>/<camera>/model.onnx             exported model (export stage), model_fp16.onnx ...
-    <store>/_fallback/                      an unadapted backbone exported for cameras with no model
+    <store>/<camera>/manifest.json                       provenance, settings, checksums (schema below)
+    <store>/<camera>/adapted.<sha256[:16]>.safetensors   adapted weights (adapt stage)
+    <store>/<camera>/model.<sha256[:16]>.onnx            exported model (export stage), model_fp16...
+    <store>/_fallback/                                   an unadapted backbone for cameras with no model
 
-Every file is published atomically (temporary file in the same folder, fsync, rename) and
-recorded in ``manifest["artifacts"][<file name>] = {"sha256", "bytes", "stage", "created"}``.
-Readers verify the sha256 before trusting a file. Writers of one camera are serialised with an
-exclusive lock on ``<store>/<camera>/.lock``.
+Artifacts have a logical name (``adapted.safetensors``, ``model.onnx``, ...), the key of
+``manifest["artifacts"][<name>] = {"file", "sha256", "bytes", "stage", "created", ...}``; the
+file on disk (``file``) is content-addressed, so a new version never overwrites the one the
+current manifest describes. Readers resolve names through the manifest and verify the sha256
+before trusting a file (:meth:`CameraStore.verified_path`).
 
-Manifest schema (``schema_version`` 1), top-level keys, each owned by one stage:
+Transactions (:meth:`CameraStore.transaction`): a writer takes the camera's exclusive lock
+(``<store>/<camera>/.lock``), removes temporary files of killed writers, reads and validates the
+manifest (so a damaged store fails before any work), stages new artifact files, and commits by
+replacing ``manifest.json`` atomically: that rename is the single commit point, so a reader sees
+the old set of files or the new one, never a mix. Files no manifest refers to any more are
+removed after the commit (and by the next lock holder after a crash). Nothing staged by an
+aborted transaction is ever referenced. Every file is written through a temporary file, fsynced
+and renamed; file modes follow the umask.
+
+ONNX artifacts may not use external-data files unless each is listed with its sha256 in the
+record's ``external_data`` (``[{"file", "sha256"}]``); the export stage never makes them.
+
+Manifest schema (``schema_version`` 1), top-level keys, each owned by one stage, checked on load
+by :func:`validate_manifest`:
 
 - ``schema_version`` (int), ``camera`` (str), ``updated`` (ISO time)
-- adapt: ``images``, ``backbone`` ({name, weights_sha256, ...}), ``scale``, ``kernel``,
+- adapt: ``images``, ``backbone`` ({name, weights_sha256, ...}), ``scale`` (int 1-16), ``kernel``,
   ``niqe_before``, ``niqe_after``, ``per_image``, ``steps``, ``stop_reason``, ``seed``,
   ``precision``, ``device``, ``wall_time_s``, ``attention``, ``versions``, ``weights_sha256``,
-  ``config``
-- export: ``exports`` ({"onnx": {...}, "onnx_fp16": {...}})
+  ``config``, ``interrupted`` (bool, only with ``--keep-on-interrupt``)
+- export: ``exports`` ({"onnx": {...}, "onnx_fp16": {...}}, each with ``file``, ``scale`` (1-16),
+  optional ``multiple_of`` (1-1024), ``input_name``, ``output_name``)
 - all: ``artifacts`` as above.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import errno
 import hashlib
 import json
 import os
-import tempfile
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +56,7 @@ from typing import Any
 
 from adassr.runtime.cameras import validate_group_name
 from adassr.runtime.errors import StoreError
+from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -47,6 +64,11 @@ LOCK_NAME = ".lock"
 FALLBACK_CAMERA = "_fallback"
 ADAPTED_WEIGHTS = "adapted.safetensors"  # the adapt stage's output, read by export and --backend torch
 DEFAULT_STORE = Path("models")
+MAX_SCALE = 16
+MAX_MULTIPLE_OF = 1024
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CONTENT_NAME = re.compile(r"^.+\.[0-9a-f]{16}(\.[A-Za-z0-9_]+)?$")
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
@@ -71,18 +93,26 @@ def _fsync_dir(directory: Path) -> None:
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    The temporary file is named after the writer's pid (removed by a later run if the writer is
+    killed) and gets the umask-derived mode of a plain ``open()``. On any exception it is removed
+    and ``path`` is left as it was. ``OSError`` while writing (disk full, permissions) becomes a
+    :class:`StoreError` naming the file.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = create_temp(target)
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write {target}: {exc.strerror or exc}; check free space and permissions "
+                "(nothing was changed)"
+            ) from exc
         _fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -105,6 +135,111 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def content_file_name(name: str, sha256: str) -> str:
+    """On-disk name of artifact ``name`` with digest ``sha256``: ``model.onnx`` -> ``model.<16 hex>.onnx``."""
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or not stem:
+        return f"{name}.{sha256[:16]}"
+    return f"{stem}.{sha256[:16]}.{suffix}"
+
+
+def _plain_name(name: object) -> bool:
+    return (isinstance(name, str) and name not in {"", ".", ".."} and "/" not in name and "\\" not in name
+            and "\x00" not in name)
+
+
+# -- manifest validation -----------------------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_artifact(path: Path, name: object, record: object) -> None:
+    where = f"{path}: artifacts[{name!r}]"
+    if not _plain_name(name):
+        raise StoreError(f"{path}: artifact name {name!r} is not a plain file name; rerun the stage that wrote it")
+    if not isinstance(record, Mapping):
+        raise StoreError(f"{where} is not an object; rerun the stage that wrote it")
+    if not isinstance(record.get("sha256"), str) or not _HEX64.match(record["sha256"]):
+        raise StoreError(f"{where} has no valid sha256 (64 hex digits); rerun the stage that wrote it")
+    if "bytes" in record and (not _is_int(record["bytes"]) or record["bytes"] < 0):
+        raise StoreError(f"{where}['bytes'] must be a non-negative integer, got {record['bytes']!r}")
+    if "file" in record and not _plain_name(record["file"]):
+        raise StoreError(f"{where}['file'] must be a plain file name, got {record['file']!r}")
+    if "stage" in record and not isinstance(record["stage"], str):
+        raise StoreError(f"{where}['stage'] must be a string, got {record['stage']!r}")
+    external = record.get("external_data", [])
+    if not isinstance(external, list):
+        raise StoreError(f"{where}['external_data'] must be a list of {{file, sha256}} objects")
+    for item in external:
+        if (not isinstance(item, Mapping) or not _plain_name(item.get("file"))
+                or not isinstance(item.get("sha256"), str) or not _HEX64.match(item["sha256"])):
+            raise StoreError(
+                f"{where}['external_data'] holds {item!r}: each entry needs a plain 'file' name and a 64-hex 'sha256'"
+            )
+
+
+def _check_scale(where: str, value: object) -> None:
+    if not _is_int(value) or not 1 <= value <= MAX_SCALE:  # type: ignore[operator]
+        raise StoreError(f"{where} must be an integer from 1 to {MAX_SCALE}, got {value!r}; rerun the stage that wrote it")
+
+
+def validate_manifest(data: object, path: Path) -> dict[str, Any]:
+    """Type- and range-check a parsed manifest; return it, or raise :class:`StoreError` saying what is wrong."""
+    if not isinstance(data, dict):
+        raise StoreError(f"{path} does not hold a JSON object; rerun the stage that wrote it")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION or not _is_int(version):
+        raise StoreError(
+            f"{path} has schema_version {version!r}, this adassr reads {SCHEMA_VERSION}; "
+            "rerun the stage that wrote it with this version"
+        )
+    if "camera" in data and not isinstance(data["camera"], str):
+        raise StoreError(f"{path}: 'camera' must be a string, got {data['camera']!r}")
+    artifacts = data.get("artifacts", {})
+    if not isinstance(artifacts, dict):
+        raise StoreError(f"{path}: 'artifacts' must be an object, got {type(artifacts).__name__}; "
+                         "the store is damaged: rerun the stage that wrote it")
+    for name, record in artifacts.items():
+        _check_artifact(path, name, record)
+    if "scale" in data:
+        _check_scale(f"{path}: 'scale'", data["scale"])
+    for key in ("weights_sha256",):
+        if key in data and not isinstance(data[key], str):
+            raise StoreError(f"{path}: {key!r} must be a string, got {data[key]!r}; rerun adapt")
+    if "backbone" in data:
+        backbone = data["backbone"]
+        if not isinstance(backbone, Mapping) or not isinstance(backbone.get("name"), str):
+            raise StoreError(f"{path}: 'backbone' must be an object with a string 'name'; rerun the stage that wrote it")
+    if "interrupted" in data and not isinstance(data["interrupted"], bool):
+        raise StoreError(f"{path}: 'interrupted' must be true or false, got {data['interrupted']!r}")
+    exports = data.get("exports", {})
+    if not isinstance(exports, dict):
+        raise StoreError(f"{path}: 'exports' must be an object, got {type(exports).__name__}; rerun `adassr export`")
+    for key, record in exports.items():
+        where = f"{path}: exports[{key!r}]"
+        if not isinstance(record, Mapping) or not _plain_name(record.get("file")):
+            raise StoreError(f"{where} needs a plain 'file' name; rerun `adassr export`")
+        if "scale" in record:
+            _check_scale(f"{where}['scale']", record["scale"])
+        multiple = record.get("multiple_of", 1)
+        if not _is_int(multiple) or not 1 <= multiple <= MAX_MULTIPLE_OF:
+            raise StoreError(f"{where}['multiple_of'] must be an integer from 1 to {MAX_MULTIPLE_OF}, got {multiple!r}")
+        for io_key in ("input_name", "output_name"):
+            if record.get(io_key) is not None and not isinstance(record[io_key], str):
+                raise StoreError(f"{where}[{io_key!r}] must be a string, got {record[io_key]!r}")
+    return data
+
+
+def _referenced_files(manifest: Mapping[str, Any]) -> set[str]:
+    files: set[str] = set()
+    for name, record in (manifest.get("artifacts") or {}).items():
+        files.add(str(record.get("file", name)))
+        files.update(str(item["file"]) for item in record.get("external_data", []))
+    return files
 
 
 @dataclass(frozen=True)
@@ -149,17 +284,25 @@ class CameraStore:
         return self.directory / MANIFEST_NAME
 
     def path(self, name: str) -> Path:
-        """Path of an artifact file inside this camera's folder (no checks)."""
-        if "/" in name or "\\" in name or name in {"", ".", ".."}:
+        """Path of a plain file name inside this camera's folder (no manifest lookup, no checks)."""
+        if not _plain_name(name):
             raise StoreError(f"invalid artifact name {name!r}: a plain file name is required")
         return self.directory / name
+
+    def artifact_path(self, name: str, manifest: Mapping[str, Any] | None = None) -> Path:
+        """On-disk path of artifact ``name`` as the manifest records it (not verified)."""
+        manifest = self.read_manifest() if manifest is None else manifest
+        record = (manifest.get("artifacts") or {}).get(name)
+        if not isinstance(record, Mapping):
+            return self.path(name)
+        return self.path(str(record.get("file", name)))
 
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
     # -- manifest -------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any]:
-        """Read and validate the manifest; StoreError if missing, unreadable or of another schema."""
+        """Read and validate the manifest; StoreError if missing, unreadable, of another schema or invalid."""
         path = self.manifest_path
         try:
             text = path.read_text(encoding="utf-8")
@@ -168,24 +311,16 @@ class CameraStore:
                 f"no manifest for camera {self.camera!r} at {path}; adapt it with "
                 f"`adapt --camera {self.camera}` (or export a backbone) first"
             ) from None
-        except OSError as exc:
-            raise StoreError(f"cannot read {path}: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreError(f"cannot read {path}: {exc}; rerun the stage that wrote it") from exc
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
+            msg = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
             raise StoreError(
-                f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); the store is damaged: "
-                "rerun the stage that wrote it"
+                f"{path} is not valid JSON ({msg}); the store is damaged: rerun the stage that wrote it"
             ) from exc
-        if not isinstance(data, dict):
-            raise StoreError(f"{path} does not hold a JSON object; rerun the stage that wrote it")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise StoreError(
-                f"{path} has schema_version {version!r}, this adassr reads {SCHEMA_VERSION}; "
-                "rerun the stage that wrote it with this version"
-            )
-        return data
+        return validate_manifest(data, path)
 
     def read_manifest_or_empty(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
@@ -193,76 +328,87 @@ class CameraStore:
         return self.read_manifest()
 
     def update_manifest(self, update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Read (or start) the manifest, apply ``update`` in place, and write it atomically.
-
-        Call it while holding :meth:`lock` when other writers may run.
-        """
-        manifest = self.read_manifest_or_empty()
-        update(manifest)
-        manifest["schema_version"] = SCHEMA_VERSION
-        manifest["camera"] = self.camera
-        manifest["updated"] = _now()
-        atomic_write_json(self.manifest_path, manifest)
-        return manifest
+        """Change the manifest (no new files) in one transaction (takes the lock; waits up to 10 s)."""
+        with self.transaction(timeout_s=10.0) as tx:
+            return tx.commit(update)
 
     # -- artifacts ------------------------------------------------------------------------
     def publish(
         self, name: str, write: Callable[[Path], None], *, stage: str, extra: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Write an artifact through ``write(tmp_path)``, publish it atomically, record its sha256.
+        """Write one artifact through ``write(tmp_path)`` and commit it in its own transaction.
 
         Returns the artifact record stored in the manifest.
         """
-        target = self.path(name)
-        with atomic_output(target) as tmp:
-            write(tmp)
-            if not tmp.exists() or tmp.stat().st_size == 0:
-                raise StoreError(f"writing {name} produced an empty file; nothing was published")
-            digest = sha256_file(tmp)
-            size = tmp.stat().st_size
-        record: dict[str, Any] = {"sha256": digest, "bytes": size, "stage": stage, "created": _now()}
-        if extra:
-            record.update(extra)
-
-        def _record(manifest: dict[str, Any]) -> None:
-            manifest.setdefault("artifacts", {})[name] = record
-
-        self.update_manifest(_record)
+        with self.transaction(timeout_s=10.0) as tx:
+            record = tx.stage(name, write, stage=stage, extra=extra)
+            tx.commit()
         return record
 
     def verified_path(self, name: str, manifest: Mapping[str, Any] | None = None) -> Path:
-        """Return the artifact's path after checking it against the sha256 in the manifest."""
+        """Return the artifact's path after checking it (and any external data) against the manifest."""
         manifest = self.read_manifest() if manifest is None else manifest
-        record = manifest.get("artifacts", {}).get(name)
-        path = self.path(name)
-        if record is None:
-            have = ", ".join(sorted(manifest.get("artifacts", {}))) or "none"
+        record = (manifest.get("artifacts") or {}).get(name)
+        if not isinstance(record, Mapping):
+            have = ", ".join(sorted(manifest.get("artifacts") or {})) or "none"
             raise StoreError(
                 f"camera {self.camera!r} has no {name} in its manifest (artifacts: {have}); "
                 "run the stage that makes it"
             )
+        path = self.path(str(record.get("file", name)))
         if not path.is_file():
-            raise StoreError(f"{path} is listed in the manifest but missing; rerun the stage that made it")
+            raise StoreError(
+                f"{path} ({name}) is listed in the manifest but missing (another process may have just "
+                "replaced it: retry); otherwise rerun the stage that made it"
+            )
         digest = sha256_file(path)
         if digest != record.get("sha256"):
             raise StoreError(
-                f"{path} fails its checksum (sha256 {digest[:12]}..., manifest says "
+                f"{path} ({name}) fails its checksum (sha256 {digest[:12]}..., manifest says "
                 f"{str(record.get('sha256'))[:12]}...): the file was modified or damaged; "
                 "rerun the stage that made it"
             )
+        if name.endswith(".onnx"):
+            self._check_external_data(name, path, record)
         return path
 
-    # -- locking --------------------------------------------------------------------------
+    def _check_external_data(self, name: str, path: Path, record: Mapping[str, Any]) -> None:
+        from adassr.runtime.onnx_external import external_data_files
+
+        locations = external_data_files(path.read_bytes(), name=str(path))
+        listed = {str(item["file"]): str(item["sha256"]) for item in record.get("external_data", [])}
+        for location in locations:
+            if not _plain_name(location) or location not in listed:
+                raise StoreError(
+                    f"{path} ({name}) loads external data from {location!r}, which the manifest does not "
+                    "list with a sha256; refusing to load unverified files (re-export with `adassr export`, "
+                    "which writes self-contained models)"
+                )
+            data_path = self.path(location)
+            if not data_path.is_file() or sha256_file(data_path) != listed[location]:
+                raise StoreError(
+                    f"{data_path} (external data of {name}) is missing or fails its checksum; "
+                    "rerun the stage that made it"
+                )
+
+    # -- locking and transactions ---------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, *, timeout_s: float = 0.0, poll_s: float = 0.2) -> Iterator[None]:
         """Exclusive lock on this camera's folder (fcntl.flock on ``.lock``).
 
-        With ``timeout_s`` 0 fail at once when another process holds it.
+        With ``timeout_s`` 0 fail at once when another process holds it. Not re-entrant: inside a
+        transaction, use the transaction's methods, not :meth:`publish` / :meth:`update_manifest`.
         """
         import fcntl
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open the lock file {self.directory / LOCK_NAME}: {exc.strerror or exc}; "
+                "choose a writable location with --store DIR"
+            ) from exc
         deadline = time.monotonic() + timeout_s
         try:
             while True:
@@ -279,11 +425,135 @@ class CameraStore:
                             "finish, or use another --store"
                         ) from None
                     time.sleep(poll_s)
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
             yield
         finally:
             os.close(fd)  # closing releases the flock
+
+    @contextlib.contextmanager
+    def transaction(self, *, timeout_s: float = 0.0) -> Iterator[StoreTransaction]:
+        """Lock the camera, clean up after killed writers, validate the manifest, yield a transaction.
+
+        Everything that can fail before work starts fails here: the lock (StoreError if another
+        process holds it past ``timeout_s``), an unreadable or invalid manifest. Files staged
+        but not committed are removed when the block exits.
+        """
+        with self.lock(timeout_s=timeout_s):
+            remove_stale_temps(self.directory)
+            manifest = self.read_manifest_or_empty()
+            self._remove_orphans(manifest, previous=None)
+            tx = StoreTransaction(self, manifest)
+            try:
+                yield tx
+            finally:
+                tx._discard()
+
+    def _remove_orphans(self, manifest: Mapping[str, Any], previous: Mapping[str, Any] | None) -> list[str]:
+        """Remove content-addressed files (and files ``previous`` referenced) that ``manifest`` does not refer to."""
+        keep = _referenced_files(manifest) | {MANIFEST_NAME, LOCK_NAME}
+        candidates = set(_referenced_files(previous)) if previous is not None else set()
+        with contextlib.suppress(OSError):
+            candidates.update(e.name for e in os.scandir(self.directory)
+                              if _CONTENT_NAME.match(e.name) and not e.name.startswith("."))
+        removed = []
+        for name in sorted(candidates - keep):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                (self.directory / name).unlink()
+                removed.append(name)
+        return removed
+
+
+class StoreTransaction:
+    """New artifacts and manifest changes of one camera, published together by :meth:`commit`.
+
+    Made by :meth:`CameraStore.transaction` (which holds the lock). ``manifest`` is a private copy
+    of the validated current manifest; staged files are referenced only once committed.
+    """
+
+    def __init__(self, store: CameraStore, manifest: dict[str, Any]) -> None:
+        self.store = store
+        self.previous = manifest
+        self.manifest = copy.deepcopy(manifest)
+        self._staged: dict[str, dict[str, Any]] = {}
+        self._committed = False
+
+    def stage(
+        self, name: str, write: Callable[[Path], None], *, stage: str, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Write artifact ``name`` through ``write(tmp_path)`` under its content-addressed name.
+
+        The file is not referenced until :meth:`commit`. An empty file, and an ONNX file with
+        external data, are refused (StoreError). Returns the artifact record.
+        """
+        if self._committed:
+            raise StoreError("this store transaction is already committed; open a new one")
+        target = self.store.path(name)  # validates the name
+        fd, tmp = create_temp(target)
+        os.close(fd)
+        try:
+            try:
+                write(tmp)
+                if not tmp.exists() or tmp.stat().st_size == 0:
+                    raise StoreError(f"writing {name} produced an empty file; nothing was published")
+                if name.endswith(".onnx"):
+                    from adassr.runtime.onnx_external import external_data_files
+
+                    if external_data_files(tmp.read_bytes(), name=name):
+                        raise StoreError(
+                            f"{name} refers to external-data files; the store keeps self-contained ONNX "
+                            "models only (export with external_data=False)"
+                        )
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                digest = sha256_file(tmp)
+                size = tmp.stat().st_size
+                final = self.store.path(content_file_name(name, digest))
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot write {name} in {self.store.directory}: {exc.strerror or exc}; check free space "
+                    "and permissions (the previous model is unchanged)"
+                ) from exc
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        _fsync_dir(self.store.directory)
+        record: dict[str, Any] = {"file": final.name, "sha256": digest, "bytes": size, "stage": stage,
+                                  "created": _now()}
+        if extra:
+            record.update(extra)
+        self._staged[name] = record
+        self.manifest.setdefault("artifacts", {})[name] = record
+        return record
+
+    def commit(self, update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Apply ``update`` to the new manifest, replace ``manifest.json`` atomically (the commit point),
+        then remove the files no longer referenced. Returns the committed manifest."""
+        if self._committed:
+            raise StoreError("this store transaction is already committed; open a new one")
+        manifest = self.manifest
+        if update is not None:
+            update(manifest)
+        manifest["schema_version"] = SCHEMA_VERSION
+        manifest["camera"] = self.store.camera
+        manifest["updated"] = _now()
+        validate_manifest(manifest, self.store.manifest_path)
+        atomic_write_json(self.store.manifest_path, manifest)
+        self._committed = True
+        self.store._remove_orphans(manifest, previous=self.previous)
+        return manifest
+
+    def _discard(self) -> None:
+        if self._committed:
+            return
+        keep = _referenced_files(self.previous)
+        for record in self._staged.values():
+            if record["file"] not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    self.store.path(record["file"]).unlink()
 
 
 def list_cameras(root: str | os.PathLike[str]) -> list[str]:

@@ -340,7 +340,7 @@ def run_batch(
                 for note in notes:
                     bar.write(f"note: {target}: {note}", file=err)
                 group = (route.camera_group or "(no camera)") if route else "(all)"
-                model = f"{route.model_camera}/{route.onnx_path.name}" if route else result.model_label
+                model = route.model_name if route else result.model_label
                 outcomes.append(_Outcome(source, target, group, model, None))
             bar.advance(source.name)
     finally:

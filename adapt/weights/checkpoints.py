@@ -75,16 +75,23 @@ def save_safetensors_weights(
     entry: BackboneEntry,
     *,
     metadata: Mapping[str, str] | None = None,
+    atomic: bool = True,
 ) -> str:
-    """Write float32 weights atomically as safetensors; return their ``weights_sha256``.
+    """Write float32 weights as safetensors; return their ``weights_sha256``.
 
     ``metadata`` adds string fields (it cannot override ``format``, ``backbone``, ``weights_sha256``).
+    With ``atomic`` (default) the file is written through a temporary file and renamed; pass
+    ``atomic=False`` when ``path`` already is a temporary file (e.g. a store transaction's).
     """
     raw = weights.state_dict() if isinstance(weights, nn.Module) else weights
     state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in raw.items()}
     digest = state_dict_sha256(state)
     meta = {**(metadata or {}), "format": WEIGHTS_FORMAT, "backbone": entry.name, "weights_sha256": digest}
-    atomic_write_bytes(path, save_safetensors_bytes(state, metadata=meta))
+    data = save_safetensors_bytes(state, metadata=meta)
+    if atomic:
+        atomic_write_bytes(path, data)
+    else:
+        Path(path).write_bytes(data)
     return digest
 
 

@@ -89,7 +89,7 @@ def test_adapt_export_upscale_round_trip(camera_dir: Path, tmp_path: Path, capsy
                  "--tile", "0", "--pre-pad", "0", "--no-progress"]) == 0
     assert "nokia" in capsys.readouterr().out
     lr = read_image(small).pixels.astype(np.float32) / 255
-    model = load_safetensors_weights(CameraStore.open(store, "nokia").path("adapted.safetensors")).model
+    model = load_safetensors_weights(CameraStore.open(store, "nokia").verified_path("adapted.safetensors")).model
     with torch.no_grad():
         ref = model(torch.from_numpy(lr.transpose(2, 0, 1)[None].copy()))[0].clamp(0, 1).permute(1, 2, 0).numpy()
     got = read_image(out).pixels.astype(np.float32) / 255

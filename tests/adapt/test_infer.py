@@ -56,7 +56,7 @@ def test_torch_backend_uses_adapted_weights_of_the_camera(small_inputs: Path, tm
     b = read_image(out_b).pixels.astype(float)
     assert a.mean() > b.mean() + 20
     # tampering with the adapted weights is detected by the manifest's sha256
-    path = store.path("adapted.safetensors")
+    path = store.artifact_path("adapted.safetensors")
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))

@@ -52,7 +52,7 @@ def make_store(root: Path, camera: str = CAMERA, seed: int = 0) -> str:
     digest: dict[str, str] = {}
 
     def write(path: Path) -> None:
-        digest["weights"] = save_safetensors_weights(path, model, TINY, metadata={"stage": "adapt"})
+        digest["weights"] = save_safetensors_weights(path, model, TINY, metadata={"stage": "adapt"}, atomic=False)
 
     store.publish("adapted.safetensors", write, stage="adapt", extra={"backbone": TINY.name})
     store.update_manifest(lambda m: m.update({
@@ -66,7 +66,7 @@ def make_store(root: Path, camera: str = CAMERA, seed: int = 0) -> str:
 
 
 def torch_model(root: Path, camera: str = CAMERA) -> torch.nn.Module:
-    return load_safetensors_weights(root / camera / "adapted.safetensors", TINY).model
+    return load_safetensors_weights(CameraStore.open(root, camera).verified_path("adapted.safetensors"), TINY).model
 
 
 def photo_batch(shape: tuple[int, int, int], offset: int = 0) -> np.ndarray:
@@ -138,7 +138,7 @@ def test_model_is_one_file_with_dynamic_axes_and_metadata(exported: tuple[Path, 
     root, _ = exported
     manifest = CameraStore.open(root, CAMERA).read_manifest()
     for name, precision in [("model.onnx", "fp32"), ("model_fp16.onnx", "fp16")]:
-        proto = onnx.load(str(root / CAMERA / name), load_external_data=False)
+        proto = onnx.load(str(CameraStore.open(root, CAMERA).artifact_path(name, manifest)), load_external_data=False)
         assert all(init.data_location != TensorProto.EXTERNAL for init in proto.graph.initializer)
         meta = {p.key: p.value for p in proto.metadata_props}
         assert meta["camera"] == CAMERA
@@ -153,8 +153,10 @@ def test_model_is_one_file_with_dynamic_axes_and_metadata(exported: tuple[Path, 
         assert {o.domain or "" for o in proto.opset_import} >= {""}
         assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == onnx_export.OPSET
     # Only the expected files, no external-data side files.
-    assert sorted(p.name for p in (root / CAMERA).iterdir() if not p.name.startswith(".")) == [
-        "adapted.safetensors", "manifest.json", "model.onnx", "model_fp16.onnx"]
+    manifest = CameraStore.open(root, CAMERA).read_manifest()
+    files = {record["file"] for record in manifest["artifacts"].values()} | {"manifest.json"}
+    assert set(manifest["artifacts"]) == {"adapted.safetensors", "model.onnx", "model_fp16.onnx"}
+    assert sorted(p.name for p in (root / CAMERA).iterdir() if not p.name.startswith(".")) == sorted(files)
 
 
 def test_manifest_records_exports_with_checksums(exported: tuple[Path, onnx_export.ExportResult]) -> None:
@@ -166,7 +168,8 @@ def test_manifest_records_exports_with_checksums(exported: tuple[Path, onnx_expo
         assert rec["file"] == file and rec["precision"] == precision
         assert (rec["input_name"], rec["output_name"], rec["scale"], rec["opset"]) == ("lr", "sr", 4, 20)
         assert rec["weights_sha256"] == manifest["weights_sha256"]
-        assert rec["sha256"] == sha256_file(root / CAMERA / file) == manifest["artifacts"][file]["sha256"]
+        on_disk = root / CAMERA / manifest["artifacts"][file]["file"]
+        assert rec["sha256"] == sha256_file(on_disk) == manifest["artifacts"][file]["sha256"]
         assert manifest["artifacts"][file]["stage"] == "export"
         assert str(PHOTO) in rec["validated_on"]  # the first *readable* camera image
     assert 0 <= onnx_rec["max_abs_error_vs_torch"] <= 1e-4 == onnx_rec["tolerance"]
@@ -183,7 +186,7 @@ def test_fp16_graph_is_half_except_conv_first_and_residual_sums(
     exported: tuple[Path, onnx_export.ExportResult],
 ) -> None:
     root, _ = exported
-    proto = onnx.load(str(root / CAMERA / "model_fp16.onnx"))
+    proto = onnx.load(str(CameraStore.open(root, CAMERA).verified_path("model_fp16.onnx")))
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
     types.update({i.name: i.data_type for i in proto.graph.initializer})
@@ -226,13 +229,13 @@ def test_fp16_model_on_bundled_photos_is_finite_and_close(exported: tuple[Path, 
 
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     make_store(tmp_path)
-    weights = tmp_path / CAMERA / "adapted.safetensors"
+    weights = CameraStore.open(tmp_path, CAMERA).artifact_path("adapted.safetensors")
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0x01
     weights.write_bytes(bytes(data))
     with pytest.raises(StoreError, match="checksum"):
         onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
-    assert not (tmp_path / CAMERA / "model.onnx").exists()
+    assert not list((tmp_path / CAMERA).glob("model*.onnx"))
 
 
 def test_missing_store_camera_and_weights(tmp_path: Path) -> None:
@@ -241,7 +244,7 @@ def test_missing_store_camera_and_weights(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="adapt --camera"):
         onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
     make_store(tmp_path)
-    (tmp_path / CAMERA / "adapted.safetensors").unlink()
+    CameraStore.open(tmp_path, CAMERA).artifact_path("adapted.safetensors").unlink()
     with pytest.raises(StoreError, match="missing"):
         onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
 
@@ -301,6 +304,9 @@ def test_fallback_export_manifest_and_stale_exports_dropped(tmp_path: Path) -> N
     assert manifest["weights_sha256"] == loaded.weights_sha256 == manifest["exports"]["onnx"]["weights_sha256"]
     # The fp16 model of the first weights is no longer listed, so the runtime cannot serve it.
     assert set(manifest["exports"]) == {"onnx"} and "model_fp16.onnx" not in manifest["artifacts"]
+    # The files of the first export are gone from disk: only the new model and the manifest remain.
+    on_disk = sorted(p.name for p in store.directory.iterdir() if not p.name.startswith("."))
+    assert on_disk == sorted(["manifest.json", manifest["artifacts"]["model.onnx"]["file"]])
     with pytest.raises(StoreError, match="no model_fp16.onnx"):
         store.verified_path("model_fp16.onnx")
     proto = onnx.load(str(store.verified_path("model.onnx")))
@@ -312,7 +318,7 @@ def test_export_refuses_while_another_writer_holds_the_lock(tmp_path: Path) -> N
     make_store(tmp_path)
     with CameraStore.open(tmp_path, CAMERA).lock(), pytest.raises(StoreError, match="another adassr process"):
         onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
-    assert not (tmp_path / CAMERA / "model.onnx").exists()
+    assert not list((tmp_path / CAMERA).glob("model*.onnx"))
 
 
 def test_keep_fp32_fixes_an_overflowing_op() -> None:

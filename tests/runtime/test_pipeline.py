@@ -11,7 +11,7 @@ from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from adassr.runtime.errors import BackendError, ConfigError, StoreError
 from adassr.runtime.images import LoadedImage, read_image, to_float32, write_image
 from adassr.runtime.pipeline import LUMA_BT601, RuntimeOptions, Upscaler, output_size, upscale_image, upscale_pixels
-from adassr.runtime.store import FALLBACK_CAMERA
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
 from adassr.runtime.tiling import TilingOptions
 
 from ._models import SCALE, publish_camera, write_model
@@ -135,7 +135,7 @@ def test_upscaler_routes_caches_and_reports_the_model(tmp_path: Path) -> None:
 
 def test_upscaler_verifies_the_checksum_before_opening(tmp_path: Path) -> None:
     publish_camera(tmp_path, FALLBACK_CAMERA, seed=0)
-    model = tmp_path / FALLBACK_CAMERA / "model.onnx"
+    model = CameraStore.open(tmp_path, FALLBACK_CAMERA).artifact_path("model.onnx")
     model.write_bytes(model.read_bytes()[:-10] + b"0123456789")
     image = LoadedImage(np.zeros((8, 8, 3), np.uint8), None, 8, None, None, None)
     with Upscaler(RuntimeOptions(store=tmp_path)) as up, pytest.raises(StoreError, match="fails its checksum"):

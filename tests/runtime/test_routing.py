@@ -28,7 +28,8 @@ def store(tmp_path: Path) -> Path:
 def test_explicit_camera(store: Path) -> None:
     d = resolve_model(store, camera="Canon")
     assert (d.camera_requested, d.camera_group, d.model_camera, d.reason) == ("Canon", "canon", "canon", "explicit")
-    assert d.onnx_path == store / "canon" / "model.onnx" and d.onnx_path.is_file()
+    assert d.onnx_path == CameraStore.open(store, "canon").artifact_path("model.onnx") and d.onnx_path.is_file()
+    assert d.artifact == "model.onnx" and d.onnx_path.name.startswith("model.")
     assert d.precision == "fp32" and d.export_key == "onnx" and d.scale == 4 and not d.is_fallback
     assert d.input_name == "lr" and d.output_name == "sr"
     assert d.sha256 == d.manifest["artifacts"]["model.onnx"]["sha256"]
@@ -52,7 +53,7 @@ def test_group_without_a_model_is_served_by_the_fallback(store: Path) -> None:
     d = resolve_model(store, image=NOKIA_JPG)
     assert d.camera_group == "nokia" and d.model_camera == FALLBACK_CAMERA and d.is_fallback
     assert d.reason.startswith("fallback: no model for 'nokia'")
-    assert d.onnx_path == store / FALLBACK_CAMERA / "model.onnx"
+    assert d.onnx_path == CameraStore.open(store, FALLBACK_CAMERA).artifact_path("model.onnx")
 
 
 def test_unknown_explicit_camera_falls_back_and_says_so(store: Path) -> None:
@@ -75,7 +76,7 @@ def test_adapted_but_not_exported_camera_falls_back(store: Path) -> None:
 
 def test_precision_choice(store: Path) -> None:
     d = resolve_model(store, camera="canon", precision="fp16")
-    assert d.export_key == "onnx_fp16" and d.precision == "fp16" and d.onnx_path.name == "model_fp16.onnx"
+    assert d.export_key == "onnx_fp16" and d.precision == "fp16" and d.artifact == "model_fp16.onnx"
     d = resolve_model(store, image=NOKIA_JPG, precision="fp16")  # the fallback has only fp32
     assert d.is_fallback and d.precision == "fp32" and "serving fp32" in d.reason
 
@@ -93,7 +94,7 @@ def test_missing_store(tmp_path: Path) -> None:
 
 
 def test_tampered_model_is_caught_by_its_checksum(store: Path) -> None:
-    path = store / "canon" / "model.onnx"
+    path = CameraStore.open(store, "canon").artifact_path("model.onnx")
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit in the weights: still a loadable model
     path.write_bytes(bytes(data))
@@ -101,7 +102,7 @@ def test_tampered_model_is_caught_by_its_checksum(store: Path) -> None:
     with pytest.raises(StoreError, match="fails its checksum"):
         resolve_model(store, camera="canon")
     d = resolve_model(store, camera="canon", verify=False)  # routing alone does not read the file
-    with pytest.raises(StoreError, match="model.onnx fails its checksum"):
+    with pytest.raises(StoreError, match=r"\(model.onnx\) fails its checksum"):
         d.verify()
     path.unlink()
     with pytest.raises(StoreError, match="missing"):

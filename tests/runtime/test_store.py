@@ -18,22 +18,24 @@ def test_publish_records_checksum_and_verifies(tmp_path: Path) -> None:
     store = CameraStore.open(tmp_path, "Nikon", create=True)
     assert store.camera == "nikon"
     record = _publish_text(store, "a.bin", "hello")
-    assert record["sha256"] == sha256_file(store.path("a.bin"))
+    path = store.artifact_path("a.bin")
+    assert path.name == f"a.{record['sha256'][:16]}.bin"
+    assert record["sha256"] == sha256_file(path)
     manifest = store.read_manifest()
     assert manifest["artifacts"]["a.bin"]["bytes"] == 5
-    assert store.verified_path("a.bin") == store.path("a.bin")
+    assert store.verified_path("a.bin") == path
     assert list_cameras(tmp_path) == ["nikon"]
 
 
 def test_tampered_artifact_is_detected(tmp_path: Path) -> None:
     store = CameraStore.open(tmp_path, "canon", create=True)
-    _publish_text(store, "model.onnx", "original bytes")
-    store.path("model.onnx").write_text("tampered bytes")
+    _publish_text(store, "model.bin", "original bytes")
+    store.artifact_path("model.bin").write_text("tampered bytes")
     with pytest.raises(StoreError, match="fails its checksum"):
-        store.verified_path("model.onnx")
-    store.path("model.onnx").unlink()
+        store.verified_path("model.bin")
+    store.artifact_path("model.bin").unlink()
     with pytest.raises(StoreError, match="missing"):
-        store.verified_path("model.onnx")
+        store.verified_path("model.bin")
     with pytest.raises(StoreError, match="no other.onnx"):
         store.verified_path("other.onnx")
 
@@ -48,8 +50,7 @@ def test_crash_during_write_keeps_previous_artifact(tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         store.publish("w.bin", crashing_writer, stage="test")
-    assert store.path("w.bin").read_text() == "good"
-    assert store.verified_path("w.bin")
+    assert store.verified_path("w.bin").read_text() == "good"
     leftovers = [p.name for p in store.directory.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
 
@@ -58,7 +59,8 @@ def test_empty_artifact_is_refused(tmp_path: Path) -> None:
     store = CameraStore.open(tmp_path, "canon", create=True)
     with pytest.raises(StoreError, match="empty"):
         store.publish("e.bin", lambda p: None, stage="test")
-    assert not store.path("e.bin").exists()
+    assert "e.bin" not in store.read_manifest_or_empty()["artifacts"]
+    assert sorted(p.name for p in store.directory.iterdir()) == [".lock"]
 
 
 def test_manifest_errors_are_clear(tmp_path: Path) -> None:

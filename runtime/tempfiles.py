@@ -1,0 +1,98 @@
+"""Temporary files beside their target: naming, file modes and clean-up after killed processes.
+
+A temporary file for ``<folder>/<name>`` is ``<folder>/.<name>.<pid>.<token>.tmp``: hidden, in the
+same folder (so the final ``os.replace`` is atomic), and carrying the writer's process id, so a
+later run can tell a live writer's file from one left by a process that was killed (``kill -9``,
+power loss) and remove only the latter.
+
+Files made this way get the mode a plain ``open()`` would give (``0o666`` minus the umask), not
+the ``0o600`` of :func:`tempfile.mkstemp`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import threading
+from pathlib import Path
+
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]+)\.tmp$")
+_UMASK_LOCK = threading.Lock()
+
+
+def temp_path(target: Path) -> Path:
+    """A fresh temporary path beside ``target`` (see the module docstring for the name)."""
+    return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux), else briefly set."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """``0o666`` minus the umask: the mode ``open(path, "w")`` would give a new file."""
+    return 0o666 & ~current_umask()
+
+
+def create_temp(target: Path) -> tuple[int, Path]:
+    """Create an empty temporary file for ``target`` (O_EXCL, umask-derived mode); ``(fd, path)``."""
+    while True:
+        tmp = temp_path(target)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        return fd, tmp
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM  # exists, owned by someone else
+    return True
+
+
+def is_stale_temp(name: str) -> bool:
+    """True for a temporary-file name (see :func:`temp_path`) whose writer process is gone."""
+    match = _TEMP_RE.match(name)
+    return match is not None and not _pid_alive(int(match.group("pid")))
+
+
+def remove_stale_temps(folder: Path, *, target: str | None = None) -> list[str]:
+    """Remove temporary files in ``folder`` left by dead processes (only ``target``'s when given).
+
+    Returns the names removed. Files of live processes and all other files are left alone.
+    """
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_RE.match(entry.name)
+        if match is None or (target is not None and match.group("target") != target):
+            continue
+        if _pid_alive(int(match.group("pid"))):
+            continue
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+    return removed

@@ -1,0 +1,169 @@
+"""Store transactions: validation before work, old-or-new publication, clean-up, modes, external data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from adassr.runtime.errors import StoreError
+from adassr.runtime.routing import resolve_model
+from adassr.runtime.store import CameraStore, sha256_file
+from adassr.runtime.tempfiles import remove_stale_temps
+
+from ._models import build_tiny_sr, publish_camera
+
+
+def _text(store: CameraStore, name: str, text: str) -> dict:
+    return store.publish(name, lambda p: p.write_text(text), stage="test")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"scale": 1e9}, "'scale' must be an integer from 1 to 16"),
+    ({"scale": 10**9}, "'scale' must be an integer from 1 to 16"),
+    ({"artifacts": "oops"}, "'artifacts' must be an object"),
+    ({"artifacts": {"model.onnx": {"sha256": "x"}}}, "no valid sha256"),
+    ({"artifacts": {"model.onnx": {"sha256": "0" * 64, "file": "../x"}}}, "plain file name"),
+    ({"exports": []}, "'exports' must be an object"),
+    ({"exports": {"onnx": {"file": "model.onnx", "multiple_of": True}}}, "multiple_of"),
+    ({"backbone": "realesrgan"}, "'backbone' must be an object"),
+])
+def test_bad_manifest_values_are_store_errors_for_every_reader(tmp_path: Path, change: dict, match: str) -> None:
+    store = publish_camera(tmp_path, "canon")
+    data = json.loads(store.manifest_path.read_text())
+    data.update(change)
+    store.manifest_path.write_text(json.dumps(data))
+    with pytest.raises(StoreError, match=match):
+        store.read_manifest()
+    with pytest.raises(StoreError, match=match):
+        resolve_model(tmp_path, camera="canon")
+
+
+def test_failed_transaction_leaves_the_previous_version_and_no_files(tmp_path: Path) -> None:
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _text(store, "w.bin", "old")
+    before = sorted(p.name for p in store.directory.iterdir())
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.stage("w.bin", lambda p: p.write_text("new"), stage="test")
+        assert store.verified_path("w.bin").read_text() == "old"  # staged, not visible
+        raise RuntimeError("crash before the commit")
+    assert store.verified_path("w.bin").read_text() == "old"
+    assert sorted(p.name for p in store.directory.iterdir()) == before
+
+
+def test_artifacts_and_manifest_commit_together_and_old_files_go(tmp_path: Path) -> None:
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _text(store, "a.bin", "a1")
+    _text(store, "b.bin", "b1")
+    old_files = {store.artifact_path("a.bin"), store.artifact_path("b.bin")}
+    with store.transaction() as tx:
+        tx.stage("a.bin", lambda p: p.write_text("a2"), stage="test")
+        tx.stage("b.bin", lambda p: p.write_text("b2"), stage="test")
+        # Before the commit a reader still sees the complete old version.
+        old = store.read_manifest()
+        assert [store.verified_path(n, old).read_text() for n in ("a.bin", "b.bin")] == ["a1", "b1"]
+        tx.commit(lambda m: m.update({"note": "v2"}))
+    new = store.read_manifest()
+    assert new["note"] == "v2"
+    assert [store.verified_path(n, new).read_text() for n in ("a.bin", "b.bin")] == ["a2", "b2"]
+    assert not any(p.exists() for p in old_files)  # orphans removed after the commit
+
+
+def _crash_after_staging(root: str) -> None:  # runs in a child process
+    store = CameraStore.open(root, "canon")
+    with store.transaction() as tx:
+        tx.stage("w.bin", lambda p: p.write_text("new"), stage="test")
+        os._exit(9)  # killed between staging and commit: no clean-up runs
+
+
+def test_killed_writer_leaves_old_model_and_next_lock_holder_cleans_up(tmp_path: Path) -> None:
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _text(store, "w.bin", "old")
+    code = f"from tests.runtime.test_store_transactions import _crash_after_staging; _crash_after_staging({str(tmp_path)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 9
+    stale = tmp_path / "canon" / f".w.bin.{_dead_pid()}.0123abcd.tmp"
+    stale.write_text("left by kill -9")
+    names = {p.name for p in store.directory.iterdir()}
+    assert len(names) == 5  # .lock, manifest, old file, orphaned staged file, stale tmp
+    assert store.verified_path("w.bin").read_text() == "old"  # readers are unaffected
+    with store.transaction() as tx:
+        tx.commit()
+    assert sorted(p.name for p in store.directory.iterdir()) == sorted(
+        [".lock", "manifest.json", store.artifact_path("w.bin").name])
+
+
+def test_stale_temporaries_of_live_processes_are_kept(tmp_path: Path) -> None:
+    live = tmp_path / f".x.png.{os.getpid()}.00ff.tmp"
+    dead = tmp_path / f".x.png.{_dead_pid()}.00ff.tmp"
+    other = tmp_path / "x.png.tmp"
+    for p in (live, dead, other):
+        p.write_text("t")
+    assert remove_stale_temps(tmp_path) == [dead.name]
+    assert live.exists() and other.exists() and not dead.exists()
+
+
+def test_store_files_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        store = CameraStore.open(tmp_path, "canon", create=True)
+        _text(store, "w.bin", "x")
+        assert store.artifact_path("w.bin").stat().st_mode & 0o777 == 0o644
+        assert store.manifest_path.stat().st_mode & 0o777 == 0o644
+        os.umask(0o002)
+        _text(store, "w.bin", "y")
+        assert store.artifact_path("w.bin").stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)
+
+
+def _model_with_external_data(folder: Path) -> Path:
+    weight = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / "ext.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    return path
+
+
+def test_onnx_with_external_data_is_refused_unless_listed_with_sha256(tmp_path: Path) -> None:
+    src = _model_with_external_data(tmp_path)
+    store = CameraStore.open(tmp_path / "store", "canon", create=True)
+    with pytest.raises(StoreError, match="external-data"):
+        store.publish("model.onnx", lambda p: p.write_bytes(src.read_bytes()), stage="export")
+    # Hand-placed files: refused until the manifest lists the external file with its sha256.
+    (store.directory / "model.onnx").write_bytes(src.read_bytes())
+    (store.directory / "weights.bin").write_bytes((tmp_path / "weights.bin").read_bytes())
+    record = {"sha256": sha256_file(src), "stage": "export"}
+    store.update_manifest(lambda m: m["artifacts"].update({"model.onnx": record}))
+    with pytest.raises(StoreError, match="weights.bin' which the manifest does not list|does not list"):
+        store.verified_path("model.onnx")
+    listed = {**record, "external_data": [{"file": "weights.bin", "sha256": sha256_file(store.directory / "weights.bin")}]}
+    store.update_manifest(lambda m: m["artifacts"].update({"model.onnx": listed}))
+    assert store.verified_path("model.onnx") == store.directory / "model.onnx"
+    (store.directory / "weights.bin").write_bytes(b"\0" * 36)
+    with pytest.raises(StoreError, match="fails its checksum"):
+        store.verified_path("model.onnx")
+
+
+def test_self_contained_model_has_no_external_data() -> None:
+    from adassr.runtime.onnx_external import external_data_files
+
+    assert external_data_files(build_tiny_sr()) == []
+    with pytest.raises(StoreError, match="not a well-formed ONNX"):
+        external_data_files(b"\xff\xff\xff")
