@@ -6,17 +6,22 @@
   script use), so a model that tints slightly cannot shift the grey level the way a plain channel
   pick could.
 - Alpha: never goes through the model. It is resized on its own straight to the output size with
-  bicubic interpolation (``cv2.INTER_CUBIC``, clipped to [0, 1]; ``INTER_AREA`` if the output is
-  smaller than the input), as Real-ESRGAN does with its non-model alpha option.
+  bicubic interpolation on its integer values (``cv2.INTER_CUBIC``, saturated; ``INTER_AREA`` if the
+  output is smaller than the input), as Real-ESRGAN does with its non-model alpha option.
 - Bit depth: the output has the input's bit depth (16-bit in, 16-bit out; the writer rounds to
   8 bits for JPEG / WebP).
-- ``outscale``: the model's x``scale`` output is resized to ``round(outscale * size)``.
+- ``outscale``: the model's x``scale`` output, already in the output dtype, is resized to
+  ``round(outscale * size)`` (as Real-ESRGAN resizes its 8-bit output).
   Real-ESRGAN uses ``cv2.INTER_LANCZOS4`` both ways; we use ``cv2.INTER_AREA`` when shrinking
   (e.g. x2 from a x4 model: an exact 2x2 box average, which is anti-aliased, whereas OpenCV's
   Lanczos keeps its fixed 8-tap support when shrinking and aliases fine GAN textures) and
-  ``cv2.INTER_CUBIC`` when enlarging (then clipped: cubic can overshoot). EXIF orientation has been
+  ``cv2.INTER_CUBIC`` when enlarging (saturated: cubic can overshoot). EXIF orientation has been
   applied by :func:`adassr.runtime.images.read_image` before any of this.
 - Non-finite model output (e.g. an fp16 overflow) is a BackendError naming the model.
+- Limits: ``outscale`` at most :data:`MAX_OUTSCALE`; an image's output (and the model's x``scale``
+  output) at most :data:`MAX_OUTPUT_PIXELS` pixels, checked before any large allocation. The output
+  is written tile by tile straight into its final dtype (uint8 / uint16), so peak memory is about
+  the output array (plus the resized one with ``outscale``), the input and one batch of tiles.
 """
 
 from __future__ import annotations
@@ -32,10 +37,10 @@ import numpy as np
 
 from adassr.runtime.backends import Backend, ModelCache, ModelKey, open_backend
 from adassr.runtime.backends.onnxruntime import resolve_providers
-from adassr.runtime.errors import BackendError, ConfigError
-from adassr.runtime.images import LoadedImage, from_float32, to_float32
+from adassr.runtime.errors import BackendError, ConfigError, ImageError
+from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import PRECISIONS, RouteDecision, resolve_model
-from adassr.runtime.tiling import InferFn, TilingOptions, upscale_tiled
+from adassr.runtime.tiling import InferFn, TilingOptions, run_tiles
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -59,15 +64,46 @@ class UpscaleResult:
         return self.model_name or "(model given directly)"
 
 
+MAX_OUTSCALE = 16.0
+"""Largest ``outscale`` accepted (the CLI checks it before the first image, exit 2)."""
+
+MAX_OUTPUT_PIXELS = 400_000_000
+"""Largest output (height x width) one image may produce: 1.2 GB as 8-bit RGB. Checked from the
+input's size before any large allocation; a larger request fails that image (ImageError)."""
+
+
+def check_outscale(outscale: float | None) -> None:
+    """ConfigError unless ``outscale`` is None or a finite number in (0, :data:`MAX_OUTSCALE`]."""
+    if outscale is None:
+        return
+    if isinstance(outscale, bool) or not isinstance(outscale, (int, float)) or not math.isfinite(outscale) \
+            or not 0 < outscale <= MAX_OUTSCALE:
+        raise ConfigError(f"outscale must be a number in (0, {MAX_OUTSCALE:g}], got {outscale!r}")
+
+
 def output_size(height: int, width: int, outscale: float) -> tuple[int, int]:
     """``(round(outscale * height), round(outscale * width))``, at least 1 x 1."""
     return max(1, int(round(height * outscale))), max(1, int(round(width * outscale)))
 
 
-def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize float32 ``H x W [x C]`` to ``size = (height, width)``.
+def check_output_budget(height: int, width: int, scale: int, outscale: float,
+                        max_output_pixels: int = MAX_OUTPUT_PIXELS) -> tuple[int, int]:
+    """Output size of an ``height x width`` input; ImageError if it (or the x``scale`` model output) is too large."""
+    target = output_size(height, width, outscale)
+    model_out = height * scale * width * scale
+    largest = max(target[0] * target[1], model_out)
+    if largest > max_output_pixels:
+        raise ImageError(
+            f"a {width}x{height} input at x{outscale:g} (model x{scale}) needs {largest:,} output pixels, above "
+            f"the limit of {max_output_pixels:,}; downscale the input or use a smaller --outscale"
+        )
+    return target
 
-    INTER_AREA when shrinking, INTER_CUBIC otherwise; the result is clipped to [0, 1].
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``H x W [x C]`` to ``size = (height, width)``: INTER_AREA shrinking, INTER_CUBIC otherwise.
+
+    Float input is clipped to [0, 1]; uint8 / uint16 input is saturated by OpenCV. The dtype is kept.
     """
     h, w = image.shape[:2]
     if (h, w) == size:
@@ -77,7 +113,28 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     out = cv2.resize(image, (size[1], size[0]), interpolation=interp)
     if image.ndim == 3 and out.ndim == 2:  # OpenCV drops a trailing channel axis of size 1
         out = out[..., None]
-    return np.clip(out, 0.0, 1.0, out=out) if not shrinking else out
+    if np.issubdtype(out.dtype, np.floating) and not shrinking:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _finisher(channels: int, dtype: np.dtype) -> Callable[[np.ndarray], np.ndarray]:
+    """float32 RGB block -> the output dtype with ``channels`` channels (clip, luma for grey, round)."""
+    peak = np.float32(np.iinfo(dtype).max)
+
+    def finish(block: np.ndarray) -> np.ndarray:
+        if not np.isfinite(block).all():
+            raise BackendError(
+                "the model produced NaN or Inf values (an fp16 overflow?); use --precision fp32 or re-export"
+            )
+        work = np.clip(block, 0.0, 1.0)
+        if channels == 1:
+            work = np.clip((work @ LUMA_BT601)[..., None], 0.0, 1.0)
+        work *= peak
+        np.rint(work, out=work)
+        return work.astype(dtype)
+
+    return finish
 
 
 def upscale_pixels(
@@ -90,38 +147,44 @@ def upscale_pixels(
     outscale: float | None = None,
     multiple_of: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    max_output_pixels: int = MAX_OUTPUT_PIXELS,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Upscale uint8/uint16 ``H x W x C`` pixels (C 1 or 3) and optional ``H x W`` alpha.
 
-    Returns ``(pixels, alpha)`` with the input's dtype and channel count.
+    Returns ``(pixels, alpha)`` with the input's dtype and channel count. Memory: the model's
+    ``scale`` x output is allocated once in the final dtype and filled tile by tile (see
+    :func:`adassr.runtime.tiling.run_tiles`); with an ``outscale`` other than ``scale`` it is then
+    resized into a second array of the target size. Sizes are checked against
+    ``max_output_pixels`` before anything large is allocated (ImageError).
     """
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
         raise ConfigError(f"pixels must be H x W x 1 or H x W x 3, got shape {pixels.shape}")
-    bit_depth = 16 if pixels.dtype == np.uint16 else 8
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise ConfigError(f"pixels must be uint8 or uint16, got {pixels.dtype}")
+    check_outscale(outscale)
     factor = float(scale if outscale is None else outscale)
-    if not math.isfinite(factor) or factor <= 0:
-        raise ConfigError(f"outscale must be a positive number, got {outscale!r}")
     h, w, channels = pixels.shape
-    rgb = to_float32(pixels)
-    if channels == 1:
-        rgb = np.repeat(rgb, 3, axis=2)
-    sr = upscale_tiled(rgb, infer, scale=scale, options=tiling, multiple_of=multiple_of, progress=progress)
-    if not np.isfinite(sr).all():
-        raise BackendError(
-            "the model produced NaN or Inf values (an fp16 overflow?); use --precision fp32 or re-export"
-        )
-    np.clip(sr, 0.0, 1.0, out=sr)
-    target = output_size(h, w, factor)
-    sr = resize(sr, target)
-    if channels == 1:
-        sr = (sr @ LUMA_BT601)[..., None]
-    out = from_float32(sr, bit_depth)
-    out_alpha = None
-    if alpha is not None:
-        if alpha.shape != (h, w):
-            raise ConfigError(f"alpha must be {h} x {w}, got shape {alpha.shape}")
-        out_alpha = from_float32(resize(to_float32(alpha), target), bit_depth)
-    return out, out_alpha
+    if alpha is not None and alpha.shape != (h, w):
+        raise ConfigError(f"alpha must be {h} x {w}, got shape {alpha.shape}")
+    target = check_output_budget(h, w, scale, factor, max_output_pixels)
+    peak = np.float32(np.iinfo(pixels.dtype).max)
+
+    def to_float(tile: np.ndarray) -> np.ndarray:
+        rgb = tile.astype(np.float32) / peak
+        return np.repeat(rgb, 3, axis=2) if channels == 1 else rgb
+
+    out = np.empty((h * scale, w * scale, channels), dtype=pixels.dtype)
+    finish = _finisher(channels, pixels.dtype)
+
+    def sink(y: int, x: int, block: np.ndarray) -> None:
+        out[y : y + block.shape[0], x : x + block.shape[1]] = finish(block)
+
+    run_tiles(pixels, infer, scale=scale, options=tiling, sink=sink, multiple_of=multiple_of,
+              to_float=to_float, progress=progress)
+    result = resize(out, target)
+    del out
+    out_alpha = None if alpha is None else resize(alpha, target)
+    return result, out_alpha
 
 
 def upscale_image(
@@ -167,8 +230,7 @@ class RuntimeOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
-        if self.outscale is not None and (not math.isfinite(self.outscale) or self.outscale <= 0):
-            raise ConfigError(f"outscale must be a positive number, got {self.outscale}")
+        check_outscale(self.outscale)
         object.__setattr__(self, "providers", resolve_providers(self.providers))
 
 

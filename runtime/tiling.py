@@ -22,6 +22,9 @@ How an image is cut (:func:`plan_tiles` computes it, one pure function):
    ``overlap / 4`` is centred on the band; the outer ``3/8 * overlap`` (at least) on each side is pure
    context for the tile that has faded out there. The weights of the tiles covering a pixel sum to
    1 (normalised explicitly); they are separable, so no 2-D weight image is stored.
+5. Memory (:func:`run_tiles`): the output is streamed to a sink region by region. Pixels covered
+   by one tile leave straight from the tile; only the cross-fade seams (``overlap / 4`` LR pixels
+   wide) are accumulated in float32, so no full-size float image exists at any time.
 
 Exactness rule: a model whose receptive-field radius is at most ``3/8 * overlap`` gives tiled output
 equal to untiled output (to float rounding); the tests check this (within 1/255) with a tiny
@@ -204,6 +207,184 @@ def make_canvas(image: np.ndarray, plan: TilePlan) -> np.ndarray:
     return np.pad(image, pads, mode="reflect")
 
 
+RegionSink = Callable[[int, int, np.ndarray], None]
+"""Receives finished output: ``sink(y, x, block)`` with ``block`` an ``h x w x 3`` float32 array of final
+(blended, unclipped) values for output rows ``y:y+h`` and columns ``x:x+w``. Every output pixel is
+delivered exactly once."""
+
+
+@dataclass(frozen=True)
+class _AxisSpans:
+    """Per tile along one axis: its weighted HR range in output coordinates and normalised weights."""
+
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+    weights: tuple[np.ndarray, ...]  # normalised weight over [lo, hi)
+
+    def seam(self, k: int) -> tuple[int, int]:
+        """Output range shared by tiles ``k`` and ``k + 1`` (empty ``(a, a)`` when they do not overlap)."""
+        a, b = self.lo[k + 1], self.hi[k]
+        return (a, b) if b > a else (a, a)
+
+    def segments(self, k: int) -> list[tuple[str, int, int]]:
+        """``[(kind, start, end)]`` covering tile ``k``'s range: ``before`` (seam with k - 1), ``own``, ``after``."""
+        n = len(self.lo)
+        start, end = self.lo[k], self.hi[k]
+        before = self.seam(k - 1)[1] if k > 0 else start
+        after = self.seam(k)[0] if k < n - 1 else end
+        before, after = max(before, start), min(max(after, before), end)
+        parts = [("before", start, before), ("own", before, after), ("after", after, end)]
+        return [p for p in parts if p[2] > p[1]]
+
+
+def _axis_spans(axis: AxisPlan, scale: int, off: int, limit: int) -> _AxisSpans:
+    raw = [axis.weights(k, scale) for k in range(len(axis.starts))]
+    norm = np.zeros(limit, dtype=np.float64)
+    lo: list[int] = []
+    hi: list[int] = []
+    for k, start in enumerate(axis.starts):
+        first = start * scale - off
+        nz = np.nonzero(raw[k])[0]
+        a = max(first + int(nz[0]), 0) if nz.size else 0
+        b = min(first + int(nz[-1]) + 1, limit) if nz.size else 0
+        lo.append(a)
+        hi.append(max(a, b))
+        if b > a:
+            norm[a:b] += raw[k][a - first : b - first]
+    if np.any(norm <= 0):  # a plan bug, never a user error
+        raise AssertionError("tile plan left output pixels uncovered")
+    weights = tuple(
+        (raw[k][lo[k] - (axis.starts[k] * scale - off) : hi[k] - (axis.starts[k] * scale - off)] / norm[lo[k] : hi[k]])
+        .astype(np.float32)
+        for k in range(len(axis.starts))
+    )
+    for k in range(len(lo) - 1):  # at most two tiles share a pixel: seams never touch
+        if lo[k + 1] < lo[k] or hi[k + 1] < hi[k] or (k > 0 and lo[k + 1] < hi[k - 1]):
+            raise AssertionError("tile plan has overlapping seams")
+    return _AxisSpans(tuple(lo), tuple(hi), weights)
+
+
+def _reflect_index(start: int, length: int, n: int, pre_pad: int) -> np.ndarray:
+    """Image indices of canvas positions ``start .. start + length`` (reflect padding, no edge repeat)."""
+    k = np.arange(start - pre_pad, start - pre_pad + length)
+    if n == 1:
+        return np.zeros_like(k)
+    period = 2 * (n - 1)
+    m = np.mod(k, period)
+    return np.where(m < n, m, period - m)
+
+
+def run_tiles(
+    image: np.ndarray,
+    infer: InferFn,
+    *,
+    scale: int,
+    options: TilingOptions,
+    sink: RegionSink,
+    multiple_of: int = 1,
+    to_float: Callable[[np.ndarray], np.ndarray] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Run ``infer`` tile by tile over an ``H x W x C`` image and deliver the blended output to ``sink``.
+
+    Memory is bounded by the tiles, not the image: tiles are cut from ``image`` (any dtype) on the
+    fly with reflect padding and converted by ``to_float`` (tile ``h x w x C`` -> float32
+    ``h x w x 3`` in [0, 1]; default: a float32 cast of a 3-channel image). A pixel covered by
+    one tile goes to ``sink`` straight from that tile; the seams where two neighbours cross-fade
+    are accumulated in float32 buffers one seam wide (a full-width strip for row seams, a
+    tile-high strip for column seams) and delivered once complete.
+    ``progress(done_tiles, total_tiles)`` is called after each batch.
+    """
+    if image.ndim != 3:
+        raise ShapeError("image", image.shape, "(H, W, C)")
+    if to_float is None:
+        if image.shape[2] != 3:
+            raise ShapeError("image", image.shape, "(H, W, 3)")
+
+        def to_float(tile: np.ndarray) -> np.ndarray:
+            return tile.astype(np.float32, copy=False)
+
+    if scale < 1:
+        raise ConfigError(f"scale must be >= 1, got {scale}")
+    h, w = image.shape[:2]
+    plan = plan_tiles(h, w, options, multiple_of=multiple_of)
+    th, tw = plan.tile_shape
+    s = scale
+    off = plan.pre_pad * s
+    hs, ws = h * s, w * s
+    rows = _axis_spans(plan.rows, s, off, hs)
+    cols = _axis_spans(plan.cols, s, off, ws)
+    n_rows, n_cols = len(plan.rows.starts), len(plan.cols.starts)
+
+    row_before: np.ndarray | None = None  # seam (i - 1, i): full output width
+    row_after: np.ndarray | None = None  # seam (i, i + 1)
+    col_before: np.ndarray | None = None  # seam (j - 1, j) over tile row i's own rows
+    col_after: np.ndarray | None = None
+
+    def _place(i: int, j: int, tile: np.ndarray) -> None:
+        nonlocal row_before, row_after, col_before, col_after
+        oy = plan.rows.starts[i] * s - off
+        ox = plan.cols.starts[j] * s - off
+        if j == 0:
+            a, b = rows.seam(i) if i < n_rows - 1 else (0, 0)
+            row_after = np.zeros((b - a, ws, 3), np.float32) if b > a else None
+        for rkind, ya, yb in rows.segments(i):
+            wy = rows.weights[i][ya - rows.lo[i] : yb - rows.lo[i]]
+            for ckind, xa, xb in cols.segments(j):
+                wx = cols.weights[j][xa - cols.lo[j] : xb - cols.lo[j]]
+                block = tile[:, ya - oy : yb - oy, xa - ox : xb - ox].transpose(1, 2, 0)
+                if rkind == "own" and ckind == "own":
+                    sink(ya, xa, np.ascontiguousarray(block, dtype=np.float32))
+                    continue
+                weighted = block * (wy[:, None, None] * wx[None, :, None])
+                if rkind == "before":
+                    assert row_before is not None
+                    sa = rows.seam(i - 1)[0]
+                    row_before[ya - sa : yb - sa, xa:xb] += weighted
+                elif rkind == "after":
+                    assert row_after is not None
+                    sa = rows.seam(i)[0]
+                    row_after[ya - sa : yb - sa, xa:xb] += weighted
+                elif ckind == "before":
+                    assert col_before is not None
+                    col_before[:, : xb - xa] += weighted
+                else:  # own rows, seam with the next column
+                    if col_after is None:
+                        col_after = np.zeros((yb - ya, xb - xa, 3), np.float32)
+                    col_after += weighted
+        own = [(ya, yb) for kind, ya, yb in rows.segments(i) if kind == "own"]
+        if col_before is not None and own:
+            xa = cols.seam(j - 1)[0]
+            sink(own[0][0], xa, col_before)
+        col_before, col_after = col_after, None
+        if j == n_cols - 1:
+            col_before = None
+            if row_before is not None:
+                sink(rows.seam(i - 1)[0], 0, row_before)
+            row_before, row_after = row_after, None
+
+    tiles = list(plan.tiles())
+    total = len(tiles)
+    for first in range(0, total, options.batch_size):
+        chunk = tiles[first : first + options.batch_size]
+        crops = []
+        for _, _, y, x in chunk:
+            iy = _reflect_index(y, th, h, plan.pre_pad)
+            ix = _reflect_index(x, tw, w, plan.pre_pad)
+            crops.append(to_float(image[iy[:, None], ix[None, :]]).transpose(2, 0, 1))
+        batch = np.ascontiguousarray(np.stack(crops), dtype=np.float32)
+        del crops
+        result = infer(batch)
+        expected = (len(chunk), 3, th * s, tw * s)
+        if result.shape != expected:
+            raise ShapeError("model output", result.shape, f"{expected} (a x{s} model)")
+        for k, (i, j, _, _) in enumerate(chunk):
+            _place(i, j, result[k])
+        del result, batch
+        if progress is not None:
+            progress(min(first + len(chunk), total), total)
+
+
 def upscale_tiled(
     image: np.ndarray,
     infer: InferFn,
@@ -215,59 +396,17 @@ def upscale_tiled(
 ) -> np.ndarray:
     """Run ``infer`` over an ``H x W x 3`` float32 image tile by tile; return ``sH x sW x 3`` float32.
 
-    ``progress(done_tiles, total_tiles)`` is called after each batch. Values are not clipped.
+    A convenience over :func:`run_tiles` that collects the output in one float32 array (the
+    upscale pipeline writes straight into its final integer dtype instead). Values are not clipped.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ShapeError("image", image.shape, "(H, W, 3)")
-    if scale < 1:
-        raise ConfigError(f"scale must be >= 1, got {scale}")
     h, w = image.shape[:2]
-    plan = plan_tiles(h, w, options, multiple_of=multiple_of)
-    canvas = make_canvas(np.asarray(image, dtype=np.float32), plan)
-    th, tw = plan.tile_shape
-    s = scale
-    off = plan.pre_pad * s
-    out = np.zeros((h * s, w * s, 3), dtype=np.float32)
-    norm_y = np.zeros(h * s, dtype=np.float64)
-    norm_x = np.zeros(w * s, dtype=np.float64)
-    wy = [plan.rows.weights(i, s) for i in range(len(plan.rows.starts))]
-    wx = [plan.cols.weights(j, s) for j in range(len(plan.cols.starts))]
+    out = np.empty((h * max(scale, 1), w * max(scale, 1), 3), dtype=np.float32)
 
-    def _clip(start_hr: int, length_hr: int, limit: int) -> tuple[int, int, int, int]:
-        """Intersect a tile's HR span (canvas coords) with the output; return dst and src ranges."""
-        lo = max(start_hr - off, 0)
-        hi = min(start_hr - off + length_hr, limit)
-        return lo, hi, lo - (start_hr - off), hi - (start_hr - off)
+    def sink(y: int, x: int, block: np.ndarray) -> None:
+        out[y : y + block.shape[0], x : x + block.shape[1]] = block
 
-    for i, y in enumerate(plan.rows.starts):
-        lo, hi, a, b = _clip(y * s, th * s, h * s)
-        if hi > lo:
-            norm_y[lo:hi] += wy[i][a:b]
-    for j, x in enumerate(plan.cols.starts):
-        lo, hi, a, b = _clip(x * s, tw * s, w * s)
-        if hi > lo:
-            norm_x[lo:hi] += wx[j][a:b]
-
-    tiles = list(plan.tiles())
-    total = len(tiles)
-    for first in range(0, total, options.batch_size):
-        chunk = tiles[first : first + options.batch_size]
-        batch = np.stack([canvas[y : y + th, x : x + tw].transpose(2, 0, 1) for _, _, y, x in chunk])
-        result = infer(np.ascontiguousarray(batch, dtype=np.float32))
-        expected = (len(chunk), 3, th * s, tw * s)
-        if result.shape != expected:
-            raise ShapeError("model output", result.shape, f"{expected} (a x{s} model)")
-        for k, (i, j, y, x) in enumerate(chunk):
-            ylo, yhi, ya, yb = _clip(y * s, th * s, h * s)
-            xlo, xhi, xa, xb = _clip(x * s, tw * s, w * s)
-            if yhi <= ylo or xhi <= xlo:
-                continue
-            weight = (wy[i][ya:yb, None] * wx[j][None, xa:xb]).astype(np.float32)
-            out[ylo:yhi, xlo:xhi] += result[k, :, ya:yb, xa:xb].transpose(1, 2, 0) * weight[..., None]
-        if progress is not None:
-            progress(min(first + len(chunk), total), total)
-    if np.any(norm_y <= 0) or np.any(norm_x <= 0):  # a plan bug, never a user error
-        raise AssertionError("tile plan left output pixels uncovered")
-    out /= norm_y.astype(np.float32)[:, None, None]
-    out /= norm_x.astype(np.float32)[None, :, None]
+    run_tiles(np.asarray(image, dtype=np.float32), infer, scale=scale, options=options, sink=sink,
+              multiple_of=multiple_of, progress=progress)
     return out
