@@ -213,7 +213,8 @@ def adapt_camera(
                 del artifacts[name]
 
         committed = tx.commit(record)
-    return AdaptOutcome(group.name, store.directory, store.artifact_path(WEIGHTS_FILE, committed), niqe_before, niqe_after,
+    weights_path = store.artifact_path(WEIGHTS_FILE, committed)
+    return AdaptOutcome(group.name, store.directory, weights_path, niqe_before, niqe_after,
                         result.kept_backbone, result.steps, result.stop_reason, wall)
 
 

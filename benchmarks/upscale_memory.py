@@ -116,7 +116,8 @@ def main() -> None:
              "| input | tile | output uint8 | baseline RSS | peak RSS | target | meets | time |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['width']}x{r['height']} | {r['tile']} | {r['output_uint8_mb']} MB | {r['baseline_rss_mb']} MB | "
+        lines.append(f"| {r['width']}x{r['height']} | {r['tile']} | {r['output_uint8_mb']} MB | "
+                     f"{r['baseline_rss_mb']} MB | "
                      f"{r['peak_rss_mb']} MB | {r['target_mb']} MB | {'yes' if r['meets_target'] else 'NO'} | "
                      f"{r['seconds']} s (shared cores) |")
     text = "\n".join(lines) + "\n"

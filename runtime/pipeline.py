@@ -132,7 +132,8 @@ def _finisher(channels: int, dtype: np.dtype) -> Callable[[np.ndarray], np.ndarr
             work = np.clip((work @ LUMA_BT601)[..., None], 0.0, 1.0)
         work *= peak
         np.rint(work, out=work)
-        return work.astype(dtype)
+        converted: np.ndarray = work.astype(dtype)
+        return converted
 
     return finish
 
@@ -182,7 +183,6 @@ def upscale_pixels(
     run_tiles(pixels, infer, scale=scale, options=tiling, sink=sink, multiple_of=multiple_of,
               to_float=to_float, progress=progress)
     result = resize(out, target)
-    del out
     out_alpha = None if alpha is None else resize(alpha, target)
     return result, out_alpha
 

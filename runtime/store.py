@@ -184,7 +184,9 @@ def _check_artifact(path: Path, name: object, record: object) -> None:
 
 def _check_scale(where: str, value: object) -> None:
     if not _is_int(value) or not 1 <= value <= MAX_SCALE:  # type: ignore[operator]
-        raise StoreError(f"{where} must be an integer from 1 to {MAX_SCALE}, got {value!r}; rerun the stage that wrote it")
+        raise StoreError(
+            f"{where} must be an integer from 1 to {MAX_SCALE}, got {value!r}; rerun the stage that wrote it"
+        )
 
 
 def validate_manifest(data: object, path: Path) -> dict[str, Any]:
@@ -213,7 +215,9 @@ def validate_manifest(data: object, path: Path) -> dict[str, Any]:
     if "backbone" in data:
         backbone = data["backbone"]
         if not isinstance(backbone, Mapping) or not isinstance(backbone.get("name"), str):
-            raise StoreError(f"{path}: 'backbone' must be an object with a string 'name'; rerun the stage that wrote it")
+            raise StoreError(
+                f"{path}: 'backbone' must be an object with a string 'name'; rerun the stage that wrote it"
+            )
     if "interrupted" in data and not isinstance(data["interrupted"], bool):
         raise StoreError(f"{path}: 'interrupted' must be true or false, got {data['interrupted']!r}")
     exports = data.get("exports", {})

@@ -24,7 +24,10 @@ def camera_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("manifest", ['{"schema_version": 99}', "{not json", '{"schema_version": 1, "artifacts": "oops"}'])
+BAD_MANIFESTS = ['{"schema_version": 99}', "{not json", '{"schema_version": 1, "artifacts": "oops"}']
+
+
+@pytest.mark.parametrize("manifest", BAD_MANIFESTS)
 def test_invalid_manifest_fails_before_training_and_keeps_the_model(
     camera_dir: Path, tmp_path: Path, manifest: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -46,7 +49,9 @@ def test_invalid_manifest_fails_before_training_and_keeps_the_model(
     assert store.manifest_path.read_text() == manifest
 
 
-def test_weights_are_written_once_not_through_a_nested_atomic_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weights_are_written_once_not_through_a_nested_atomic_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import adassr.adapt.weights.checkpoints as checkpoints
     from adassr.adapt.run import _publish_weights
     from adassr.adapt.weights import load_backbone

@@ -86,9 +86,12 @@ def test_outscale_has_an_upper_bound(outscale: float) -> None:
         RuntimeOptions(store=Path("models"), outscale=outscale)
 
 
-def test_cli_outscale_1000_is_a_usage_error_before_any_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_outscale_1000_is_a_usage_error_before_any_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = Path(__file__).resolve().parents[2] / "tests" / "data" / "hr" / "astronaut.png"
-    code = main(["upscale", "-i", str(src), "-o", str(tmp_path / "o.png"), "--store", str(tmp_path), "--outscale", "1000"])
+    code = main(["upscale", "-i", str(src), "-o", str(tmp_path / "o.png"), "--store", str(tmp_path),
+                 "--outscale", "1000"])
     assert code == 2
     assert "outscale must be a number in (0, 16]" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()

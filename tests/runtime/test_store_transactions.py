@@ -26,7 +26,8 @@ def _text(store: CameraStore, name: str, text: str) -> dict:
 
 
 def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
     return int(proc.stdout)
 
 
@@ -91,7 +92,8 @@ def _crash_after_staging(root: str) -> None:  # runs in a child process
 def test_killed_writer_leaves_old_model_and_next_lock_holder_cleans_up(tmp_path: Path) -> None:
     store = CameraStore.open(tmp_path, "canon", create=True)
     _text(store, "w.bin", "old")
-    code = f"from tests.runtime.test_store_transactions import _crash_after_staging; _crash_after_staging({str(tmp_path)!r})"
+    code = ("from tests.runtime.test_store_transactions import _crash_after_staging; "
+            f"_crash_after_staging({str(tmp_path)!r})")
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 9
     stale = tmp_path / "canon" / f".w.bin.{_dead_pid()}.0123abcd.tmp"
@@ -153,7 +155,8 @@ def test_onnx_with_external_data_is_refused_unless_listed_with_sha256(tmp_path: 
     store.update_manifest(lambda m: m["artifacts"].update({"model.onnx": record}))
     with pytest.raises(StoreError, match="weights.bin' which the manifest does not list|does not list"):
         store.verified_path("model.onnx")
-    listed = {**record, "external_data": [{"file": "weights.bin", "sha256": sha256_file(store.directory / "weights.bin")}]}
+    external = [{"file": "weights.bin", "sha256": sha256_file(store.directory / "weights.bin")}]
+    listed = {**record, "external_data": external}
     store.update_manifest(lambda m: m["artifacts"].update({"model.onnx": listed}))
     assert store.verified_path("model.onnx") == store.directory / "model.onnx"
     (store.directory / "weights.bin").write_bytes(b"\0" * 36)
