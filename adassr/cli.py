@@ -37,6 +37,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "adassr.export.cli", "add_export_arguments", "run_export"),
     Subcommand("upscale", "upscale images or folders with a camera's model",
                "adassr.runtime.upscale_cli", "add_upscale_arguments", "run_upscale"),
+    Subcommand("serve", "HTTP server: upscaling with camera routing, dynamic batching and metrics",
+               "adassr.runtime.serve_cli", "add_serve_arguments", "run_serve"),
     Subcommand("bench", "benchmarks (latency)", "adassr.export.bench", "add_bench_arguments", "run_bench"),
     Subcommand("metrics", "image-quality metrics: niqe, lpips, psnr, ssim",
                "adassr.adapt.quality.cli", "add_metrics_arguments", "run_metrics"),

@@ -15,6 +15,10 @@ class ImageError(AdassrError):
     """An image could not be read or written."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image's pixel count is over the reader's limit (checked from the header, before decoding)."""
+
+
 class WeightsError(AdassrError):
     """Model weights are missing, corrupt or do not match the architecture."""
 

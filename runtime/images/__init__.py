@@ -18,7 +18,7 @@ from adassr.runtime.images._model import (
 from adassr.runtime.images.convert import from_float32, to_float32
 from adassr.runtime.images.orientation import apply_orientation
 from adassr.runtime.images.read import read_camera_exif, read_image
-from adassr.runtime.images.write import write_image
+from adassr.runtime.images.write import encode_image, write_image
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -28,6 +28,7 @@ __all__ = [
     "ImageWarning",
     "LoadedImage",
     "apply_orientation",
+    "encode_image",
     "from_float32",
     "read_camera_exif",
     "read_image",

@@ -36,9 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
-
-from adassr.runtime.errors import ConfigError, ImageError
+from adassr.runtime.errors import ConfigError, ImageError, ImageTooLargeError
 from adassr.runtime.images._model import (
     DEFAULT_MAX_PIXELS,
     PILLOW_OPENERS,
@@ -53,6 +51,7 @@ from adassr.runtime.images.containers import (
     tiff_without_orientation,
 )
 from adassr.runtime.images.orientation import ORIENTATION_TAG, apply_orientation
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 _MAKE_TAG = 271
 _MODEL_TAG = 272
@@ -82,7 +81,7 @@ def read_image(
     with _open_header(p) as im:
         width, height = im.size
         if width * height > max_pixels:
-            raise ImageError(
+            raise ImageTooLargeError(
                 f"{p}: image is {width}x{height} = {width * height:,} pixels, above the limit of "
                 f"{max_pixels:,} (max_pixels); downscale it or raise max_pixels if you trust it"
             )
@@ -157,7 +156,7 @@ def _open_header(p: Path, source: Path | io.BytesIO | None = None) -> Iterator[I
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(p if source is None else source, formats=PILLOW_OPENERS)
     except Image.DecompressionBombError as e:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"{p}: image dimensions exceed Pillow's hard limit ({e}); refusing to decode a "
             "possible decompression bomb (raise PIL.Image.MAX_IMAGE_PIXELS only for trusted files)"
         ) from e

@@ -26,12 +26,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from adassr.runtime.errors import ConfigError, ImageError
 from adassr.runtime.images._model import SUPPORTED_WRITE_SUFFIXES, AlphaDroppedWarning
 from adassr.runtime.images.containers import encode_png_grey_alpha16
 from adassr.runtime.images.convert import uint16_to_uint8
+from PIL import Image
 
 # zlib level 1: on a 1600x1200 photo 5.6x faster than level 6 for 6.5% larger files.
 _PNG_LEVEL = 1
@@ -58,18 +57,38 @@ def write_image(
     ``alpha`` is H x W with the pixels' dtype. ``quality`` (1-100) applies to JPEG and WebP.
     """
     p = Path(path)
-    fmt = _FORMAT_BY_SUFFIX.get(p.suffix.lower())
+    data = _encode_for(p, p.suffix, pixels, alpha, quality)
+    _atomic_write(p, data)
+    return p
+
+
+def encode_image(
+    suffix: str,
+    pixels: np.ndarray,
+    *,
+    alpha: np.ndarray | None = None,
+    quality: int = 95,
+) -> bytes:
+    """The bytes :func:`write_image` would write to a file ending in ``suffix`` (e.g. ``".png"``).
+
+    Same rules and errors as :func:`write_image`; nothing touches the filesystem.
+    """
+    return _encode_for(Path(f"image{suffix}"), suffix, pixels, alpha, quality)
+
+
+def _encode_for(
+    p: Path, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None, quality: int
+) -> bytes:
+    fmt = _FORMAT_BY_SUFFIX.get(suffix.lower())
     if fmt is None:
         raise ImageError(
-            f"{p}: cannot write suffix {p.suffix or '(none)'!r}; use one of "
+            f"{p}: cannot write suffix {suffix or '(none)'!r}; use one of "
             f"{', '.join(SUPPORTED_WRITE_SUFFIXES)}"
         )
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ConfigError(f"quality must be an integer from 1 to 100, got {quality!r}")
     px, al = _validated(p, pixels, alpha)
-    data = _encode(p, fmt, px, al, quality)
-    _atomic_write(p, data)
-    return p
+    return _encode(p, fmt, px, al, quality)
 
 
 def _validated(
@@ -107,7 +126,7 @@ def _encode(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: i
             f"{p}: JPEG cannot store alpha; the alpha channel was dropped (write .png, .webp or "
             ".tiff to keep it)",
             AlphaDroppedWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         al = None
     if fmt in ("JPEG", "WEBP") and px.dtype == np.uint16:

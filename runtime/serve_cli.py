@@ -1,0 +1,176 @@
+"""``adassr serve``: the HTTP upscaling server on uvicorn (torch-free; needs the ``serve`` extra).
+
+Binds to 127.0.0.1 unless ``--host`` says otherwise. SIGTERM (or Ctrl-C) drains: the server
+stops accepting connections and upscale requests (503, ``/readyz`` 503), finishes the requests
+in flight (up to ``--drain-timeout`` seconds), then exits. starlette and uvicorn are imported
+inside :func:`run_serve` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from adassr.runtime.backends import BACKENDS
+from adassr.runtime.errors import ConfigError
+from adassr.runtime.routing import PRECISIONS
+from adassr.runtime.store import (
+    DEFAULT_STORE,
+    FALLBACK_CAMERA,
+    CameraStore,
+    list_cameras,
+)
+from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
+
+logger = logging.getLogger(__name__)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``adassr serve`` options to ``parser``."""
+    from adassr.runtime.server.config import (
+        DEFAULT_HOST,
+        DEFAULT_PORT,
+        DEFAULT_TILE,
+        Limits,
+        ServerConfig,
+    )
+
+    d = ServerConfig(store=DEFAULT_STORE)
+    lim = Limits()
+    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default ./{DEFAULT_STORE})")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default="onnxruntime", help="inference backend")
+    parser.add_argument("--providers", default="cpu",
+                        help="onnxruntime execution providers in priority order, from tensorrt,cuda,cpu (default cpu)")
+    parser.add_argument("--gpu", type=int, default=None, metavar="N",
+                        help="CUDA device index for GPU providers (sets CUDA_VISIBLE_DEVICES=N)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="model precision (default fp32)")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model call")
+    parser.add_argument("--workers", type=int, default=d.workers,
+                        help=f"requests processed at once (default {d.workers})")
+    parser.add_argument("--max-queue", type=int, default=d.max_queue,
+                        help=f"requests waiting for a worker before new ones get 429 (default {d.max_queue})")
+    parser.add_argument("--max-batch", type=int, default=d.max_batch,
+                        help=f"tiles per model call, across requests (default {d.max_batch})")
+    parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                        help=f"how long a tile waits for a batch to fill (default {d.max_wait_ms:g} ms)")
+    parser.add_argument("--inference-threads", type=int, default=d.inference_threads,
+                        help=f"model calls running at once (default {d.inference_threads})")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"tile size, input pixels (default {DEFAULT_TILE})")
+    parser.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP,
+                        help=f"overlap between tiles (default {DEFAULT_OVERLAP})")
+    parser.add_argument("--pre-pad", type=int, default=DEFAULT_PRE_PAD, help=f"reflect padding (default {DEFAULT_PRE_PAD})")
+    parser.add_argument("--pad-to-tile", action="store_true",
+                        help="pad small images to a full tile (static shapes: more batching, more compute)")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="file holding a bearer token; then /v1/* and /metrics need 'Authorization: Bearer <token>'")
+    parser.add_argument("--max-body-mb", type=float, default=lim.max_body_bytes / 2**20,
+                        help=f"largest request body in MiB (default {lim.max_body_bytes / 2**20:g})")
+    parser.add_argument("--max-pixels", type=int, default=lim.max_pixels,
+                        help=f"largest decoded input in pixels (default {lim.max_pixels:,})")
+    parser.add_argument("--request-timeout", type=float, default=lim.request_timeout_s,
+                        help=f"deadline per request in seconds, then 504 (default {lim.request_timeout_s:g})")
+    parser.add_argument("--body-timeout", type=float, default=lim.body_timeout_s,
+                        help=f"seconds for the body to arrive, then 408 (default {lim.body_timeout_s:g})")
+    parser.add_argument("--reload-interval", type=float, default=d.reload_interval_s,
+                        help=f"seconds between checks of the store for changed models (default {d.reload_interval_s:g})")
+    parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s,
+                        help=f"seconds SIGTERM waits for in-flight requests (default {d.drain_timeout_s:g})")
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`ServerConfig` for parsed ``serve`` arguments (ConfigError on bad values)."""
+    from adassr.runtime.server.config import Limits, ServerConfig, read_token_file
+
+    if not args.max_body_mb > 0:
+        raise ConfigError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    limits = Limits(
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_pixels=args.max_pixels,
+        request_timeout_s=args.request_timeout,
+        body_timeout_s=args.body_timeout,
+    )
+    return ServerConfig(
+        store=args.store,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        providers=tuple(args.providers.split(",")),
+        precision=args.precision,
+        threads=args.threads,
+        workers=args.workers,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        inference_threads=args.inference_threads,
+        tile=args.tile,
+        overlap=args.tile_overlap,
+        pre_pad=args.pre_pad,
+        pad_to_tile=args.pad_to_tile,
+        reload_interval_s=args.reload_interval,
+        drain_timeout_s=args.drain_timeout,
+        token=read_token_file(args.token_file) if args.token_file is not None else None,
+        limits=limits,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM / SIGINT; 0 after a clean drain."""
+    missing = [m for m in ("starlette", "uvicorn", "prometheus_client", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"adassr serve needs {', '.join(missing)}: pip install 'adassr[serve]'"
+        )
+    import os
+
+    if args.gpu is not None:
+        if args.gpu < 0:
+            raise ConfigError(f"--gpu must be a device index >= 0, got {args.gpu}")
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    config = config_from_args(args)
+    CameraStore.open(config.store, FALLBACK_CAMERA)  # a missing store fails here, with its message
+    if not list_cameras(config.store):
+        raise ConfigError(
+            f"the store {config.store} has no camera with a manifest; export a model first "
+            "(`adassr export --backbone realesrgan-x4plus` for the fallback)"
+        )
+
+    import uvicorn
+    from adassr.runtime.server.app import create_app
+
+    app = create_app(config)
+    server_state = app.state.server
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, which marks the app draining as soon as a stop signal arrives."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            server_state.start_draining()
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after shutting down; a clean drain exits with 0 instead.
+            self._captured_signals.clear()
+
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        lifespan="on",
+        timeout_graceful_shutdown=int(max(1, round(config.drain_timeout_s))),
+        timeout_keep_alive=5,
+        log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+        if logging.getLogger().getEffectiveLevel() < logging.WARNING else "warning",
+        access_log=logging.getLogger().getEffectiveLevel() <= logging.INFO,
+        server_header=False,
+    )
+    server = DrainingServer(uv_config)
+    print(f"adassr serve: http://{config.host}:{config.port} (store {config.store}, "
+          f"{config.workers} workers, batch {config.max_batch}); SIGTERM drains", flush=True)
+    server.run()
+    print("adassr serve: stopped", flush=True)
+    return 0

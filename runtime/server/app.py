@@ -1,0 +1,572 @@
+"""The HTTP API of ``adassr serve``: a Starlette app built from a frozen :class:`ServerConfig`.
+
+Endpoints:
+
+- ``POST /v1/upscale``: the body is the image file's bytes (any ``Content-Type`` but
+  multipart), or ``multipart/form-data`` with the image in a file part named ``image``. Options
+  as query parameters (or multipart fields): ``camera`` (a camera group; default: the image's
+  EXIF Make, else the fallback model), ``outscale`` (final factor, default the model's scale),
+  ``format`` (``png``, ``jpeg``, ``webp``; default ``png``), ``quality`` (1-100, JPEG/WebP,
+  default 95). The response is the image, with headers ``X-Adassr-Model`` (camera folder and
+  file), ``X-Adassr-Model-Sha256``, ``X-Adassr-Camera-Group``, ``X-Adassr-Route`` (why this
+  model), ``X-Adassr-Latency-Ms`` (server-side) and ``Server-Timing``.
+- ``GET /v1/cameras``: the loaded models with their manifest summaries, and refused models.
+- ``GET /healthz``: the process answers. ``GET /readyz``: 200 when a model is loaded and the
+  server is not draining, else 503.
+- ``GET /metrics``: Prometheus text format (see :mod:`adassr.runtime.server.metrics`).
+
+Status codes: 400 malformed request (bad multipart, bad Content-Length), 401 missing or wrong
+bearer token, 404 unknown camera or no model for the image, 405/404 wrong method or path,
+408 body not received within the body timeout, 413 body or pixel count over a limit,
+415 not a supported image, 422 invalid parameter, 429 overloaded (with ``Retry-After``),
+500 model failure, 503 not ready or draining (with ``Retry-After``), 504 deadline exceeded.
+Every error body is ``{"error": <kind>, "status": <code>, "message": <what to do>}``.
+
+Request processing: admission (429 beyond ``workers + max_queue``), then the body is read
+under its size and time limits, decoded, routed and tiled in a worker thread; tiles go through
+the dynamic batcher (:mod:`adassr.runtime.server.scheduler`). A client that disconnects or a
+request whose deadline passes cancels its queued tiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import contextlib
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from adassr.runtime.backends import Backend
+from adassr.runtime.errors import (
+    AdassrError,
+    BackendError,
+    CameraError,
+    ImageError,
+    ImageTooLargeError,
+)
+from adassr.runtime.pipeline import output_size, upscale_pixels
+from adassr.runtime.routing import RouteDecision
+from adassr.runtime.server.codec import UploadFolder, encode
+from adassr.runtime.server.config import OUTPUT_FORMATS, ServerConfig
+from adassr.runtime.server.metrics import ServerMetrics
+from adassr.runtime.server.models import (
+    ModelRegistry,
+    NoModel,
+    UnknownCamera,
+    default_opener,
+)
+from adassr.runtime.server.scheduler import (
+    BatchRecord,
+    DeadlineExceeded,
+    RequestCancelled,
+    Ticket,
+    TileBatcher,
+)
+from starlette.applications import Starlette
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+logger = logging.getLogger(__name__)
+
+PARAMETERS = ("camera", "outscale", "format", "quality")
+CLIENT_GONE = 499  # recorded in metrics only: nobody reads the response
+
+
+class HttpError(Exception):
+    """An error answered as ``{"error", "status", "message"}`` JSON."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.headers = dict(headers or {})
+
+    def response(self) -> JSONResponse:
+        body = {"error": self.kind, "status": self.status, "message": self.message}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+@dataclass(frozen=True)
+class UpscaleParams:
+    camera: str | None
+    outscale: float | None
+    suffix: str
+    media_type: str
+    quality: int
+
+
+@dataclass(frozen=True)
+class UpscaleOutput:
+    data: bytes
+    media_type: str
+    headers: dict[str, str]
+    camera: str
+
+
+def parse_params(values: Mapping[str, str], max_outscale: float) -> UpscaleParams:
+    """Validate request options (HttpError 422 naming the parameter and the valid values)."""
+    unknown = sorted(set(values) - set(PARAMETERS))
+    if unknown:
+        raise HttpError(422, "invalid_parameter",
+                        f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(PARAMETERS)}")
+    camera = values.get("camera") or None
+    outscale: float | None = None
+    if values.get("outscale") not in (None, ""):
+        try:
+            outscale = float(values["outscale"])
+        except ValueError:
+            outscale = math.nan
+        if not math.isfinite(outscale) or not 0 < outscale <= max_outscale:
+            raise HttpError(422, "invalid_parameter",
+                            f"outscale must be a number in (0, {max_outscale:g}], got {values['outscale']!r}")
+    fmt = (values.get("format") or "png").lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise HttpError(422, "invalid_parameter",
+                        f"format {values.get('format')!r} is not supported; use png, jpeg or webp")
+    quality = 95
+    if values.get("quality") not in (None, ""):
+        text = values["quality"]
+        if not text.isdigit() or not 1 <= int(text) <= 100:
+            raise HttpError(422, "invalid_parameter", f"quality must be an integer from 1 to 100, got {text!r}")
+        quality = int(text)
+    suffix, media_type = OUTPUT_FORMATS[fmt]
+    return UpscaleParams(camera, outscale, suffix, media_type, quality)
+
+
+def _header_safe(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")
+
+
+class Server:
+    """Everything one app instance holds: config, models, batcher, workers, metrics, state."""
+
+    def __init__(self, config: ServerConfig, *, open_model: Callable[[RouteDecision], Backend] | None = None) -> None:
+        self.config = config
+        self.metrics = ServerMetrics(config.max_batch)
+        self.registry = ModelRegistry(
+            config.store,
+            precision=config.precision,
+            open_model=open_model or default_opener(config.backend, providers=config.providers, threads=config.threads),
+            on_load=lambda camera, ok: self.metrics.model_loads.labels(camera, "ok" if ok else "failed").inc(),
+            on_error=lambda kind: self.metrics.errors.labels(kind).inc(),
+        )
+        self.batches: list[BatchRecord] = []  # the last model calls (bounded), for tests and debugging
+        self.batcher: TileBatcher | None = None
+        self.workers: cf.ThreadPoolExecutor | None = None
+        self.uploads: UploadFolder | None = None
+        self.ready = False
+        self.draining = False
+        self.admitted = 0
+        self.waiting = 0
+        self._watcher: asyncio.Task[None] | None = None
+        self.metrics.bind_depths(lambda: self.waiting, lambda: self.batcher.depth if self.batcher else 0)
+        self._lock = threading.Lock()
+        self._token = config.token.encode("utf-8") if config.token else None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.uploads = UploadFolder()
+        self.workers = cf.ThreadPoolExecutor(self.config.workers, thread_name_prefix="adassr-worker")
+        self.batcher = TileBatcher(
+            max_batch=self.config.max_batch,
+            max_wait_s=self.config.max_wait_ms / 1000.0,
+            threads=self.config.inference_threads,
+            on_batch=self._record_batch,
+            on_cancelled_tiles=lambda n: self.metrics.tiles_cancelled.inc(n),
+        )
+        await self.refresh()
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def refresh(self) -> None:
+        """Reload changed models (in a thread); ready once any model serves."""
+        await asyncio.to_thread(self.registry.refresh)
+        self.metrics.models_loaded.set(len(self.registry.models))
+        self.ready = bool(self.registry.models)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # never let the watcher die: log and keep serving
+                logger.exception("model refresh failed")
+                self.metrics.errors.labels("model_load").inc()
+
+    async def stop(self) -> None:
+        self.draining = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self.workers is not None:
+            await asyncio.to_thread(self.workers.shutdown, True)
+        if self.batcher is not None:
+            await asyncio.to_thread(self.batcher.close, 10.0)
+        if self.uploads is not None:
+            self.uploads.close()
+
+    def _count_waiting(self, delta: int) -> None:
+        with self._lock:
+            self.waiting += delta
+
+    def start_draining(self) -> None:
+        """Stop admitting upscale requests (503) and report not ready; in-flight work continues."""
+        self.draining = True
+
+    def _record_batch(self, record: BatchRecord) -> None:
+        self.metrics.batch_tiles.observe(record.tiles)
+        self.batches.append(record)
+        if len(self.batches) > 1000:
+            del self.batches[:500]
+
+    # -- checks -------------------------------------------------------------------------------
+    def check_auth(self, request: Request) -> None:
+        if self._token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        given = value.strip().encode("utf-8", "replace") if scheme.lower() == "bearer" else b""
+        if not hmac.compare_digest(given, self._token):
+            raise HttpError(401, "unauthorized",
+                            "missing or wrong bearer token; send 'Authorization: Bearer <token>' with the "
+                            "token from the server's token file",
+                            {"WWW-Authenticate": 'Bearer realm="adassr"'})
+
+    def check_ready(self) -> None:
+        if self.draining:
+            raise HttpError(503, "not_ready", "the server is shutting down; retry on another instance",
+                            {"Retry-After": "5", "Connection": "close"})
+        if not self.ready:
+            raise HttpError(503, "not_ready",
+                            "no model is loaded yet (or none loads); GET /v1/cameras shows why; retry later",
+                            {"Retry-After": "5"})
+
+    def retry_after(self) -> str:
+        """Seconds a rejected client should wait: about one worker round (at least 1)."""
+        return str(max(1, math.ceil(self.config.max_wait_ms / 1000.0 + 1)))
+
+    # -- the work of one request (worker thread) ---------------------------------------------
+    def process(self, body: bytes, params: UpscaleParams, ticket: Ticket) -> UpscaleOutput:
+        ticket.check()
+        assert self.uploads is not None and self.batcher is not None
+        limits = self.config.limits
+        start = time.perf_counter()
+        image = self.uploads.decode(body, max_pixels=limits.max_pixels)
+        decoded = time.perf_counter()
+        route = self.registry.route(params.camera, image)
+        model = route.model
+        factor = float(model.route.scale if params.outscale is None else params.outscale)
+        out_h, out_w = output_size(image.height, image.width, factor)
+        if out_h * out_w > limits.max_output_pixels:
+            raise ImageTooLargeError(
+                f"the output would be {out_w}x{out_h} = {out_h * out_w:,} pixels, above the limit of "
+                f"{limits.max_output_pixels:,}; send a smaller image or a smaller outscale"
+            )
+        infer = self.batcher.infer_fn(model.key, model.backend, ticket)
+        pixels, alpha = upscale_pixels(
+            image.pixels, infer, scale=model.route.scale, tiling=self.config.tiling, alpha=image.alpha,
+            outscale=params.outscale, multiple_of=model.route.multiple_of,
+        )
+        inferred = time.perf_counter()
+        ticket.check()
+        data, notes = encode(pixels, alpha, suffix=params.suffix, quality=params.quality)
+        encoded = time.perf_counter()
+        timing = (f"decode;dur={1000 * (decoded - start):.1f}, upscale;dur={1000 * (inferred - decoded):.1f}, "
+                  f"encode;dur={1000 * (encoded - inferred):.1f}")
+        headers = {
+            "X-Adassr-Model": f"{model.camera}/{model.route.onnx_path.name}",
+            "X-Adassr-Model-Sha256": model.sha256,
+            "X-Adassr-Camera-Group": route.group or "",
+            "X-Adassr-Route": _header_safe(route.reason),
+            "Server-Timing": timing,
+        }
+        if notes:
+            headers["X-Adassr-Note"] = _header_safe("; ".join(notes))
+        return UpscaleOutput(data, params.media_type, headers, model.camera)
+
+    # -- the HTTP side of one request ---------------------------------------------------------
+    async def upscale(self, request: Request) -> Response:
+        arrived = time.monotonic()
+        self.check_auth(request)
+        self.check_ready()
+        if self.admitted >= self.config.max_admitted:
+            raise HttpError(429, "overloaded",
+                            f"the server is busy ({self.admitted} requests admitted, limit "
+                            f"{self.config.max_admitted}); retry after the Retry-After seconds",
+                            {"Retry-After": self.retry_after()})
+        self.admitted += 1
+        self.metrics.inflight.inc()
+        try:
+            return await self._admitted(request, arrived)
+        finally:
+            self.admitted -= 1
+            self.metrics.inflight.dec()
+
+    async def _admitted(self, request: Request, arrived: float) -> Response:
+        limits = self.config.limits
+        ticket = Ticket(arrived + limits.request_timeout_s)
+        camera_label = "none"
+        status = 200
+        try:
+            body, params = await self._read_request(request)
+            loop = asyncio.get_running_loop()
+            assert self.workers is not None
+            self._count_waiting(+1)
+            claim = threading.Lock()  # whoever takes it first decides: the worker runs, or the request gave up
+            started = False
+
+            def _run() -> UpscaleOutput:
+                nonlocal started
+                with claim:
+                    if ticket.cancelled:
+                        raise RequestCancelled("request abandoned before it started")
+                    started = True
+                    self._count_waiting(-1)
+                return self.process(body, params, ticket)
+
+            work: asyncio.Future[UpscaleOutput] = asyncio.ensure_future(loop.run_in_executor(self.workers, _run))
+            gone: asyncio.Future[None] = asyncio.ensure_future(_wait_disconnect(request))
+            waiting: list[asyncio.Future[Any]] = [work, gone]
+            try:
+                done, _ = await asyncio.wait(waiting, timeout=max(0.0, ticket.remaining()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if work not in done:
+                with claim:
+                    ticket.cancel("client disconnected" if gone in done else "deadline")
+                    if not started:
+                        self._count_waiting(-1)
+                if gone in done:
+                    work.add_done_callback(_consume)
+                    self.metrics.errors.labels("client_disconnect").inc()
+                    status = CLIENT_GONE
+                    return Response(status_code=CLIENT_GONE)
+                work.add_done_callback(_consume)
+                raise DeadlineExceeded("deadline")
+            output = work.result()
+            camera_label = output.camera
+            elapsed_ms = 1000 * (time.monotonic() - arrived)
+            headers = dict(output.headers, **{"X-Adassr-Latency-Ms": f"{elapsed_ms:.1f}"})
+            return Response(output.data, media_type=output.media_type, headers=headers)
+        except HttpError as exc:
+            status = exc.status
+            raise
+        except ClientDisconnect:
+            self.metrics.errors.labels("client_disconnect").inc()
+            status = CLIENT_GONE
+            return Response(status_code=CLIENT_GONE)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error, never a traceback
+            error = self._to_http(exc, limits.request_timeout_s)
+            status = error.status
+            raise error from None
+        finally:
+            self.metrics.latency.labels(camera_label, str(status)).observe(time.monotonic() - arrived)
+
+    def _to_http(self, exc: Exception, timeout_s: float) -> HttpError:
+        if isinstance(exc, DeadlineExceeded):
+            return HttpError(504, "deadline",
+                             f"the request did not finish within the server's deadline of {timeout_s:g} s; "
+                             "send a smaller image, retry later, or raise --request-timeout")
+        if isinstance(exc, RequestCancelled):
+            return HttpError(503, "not_ready", "the request was cancelled while the server shut down; retry")
+        if isinstance(exc, ImageTooLargeError):
+            return HttpError(413, "too_large", str(exc))
+        if isinstance(exc, ImageError):
+            return HttpError(415, "unsupported_image", str(exc))
+        if isinstance(exc, UnknownCamera):
+            return HttpError(404, "unknown_camera", str(exc))
+        if isinstance(exc, NoModel):
+            return HttpError(404, "unknown_camera", str(exc))
+        if isinstance(exc, CameraError):
+            return HttpError(422, "invalid_parameter", str(exc))
+        if isinstance(exc, BackendError):
+            logger.error("inference failed: %s", exc)
+            return HttpError(500, "inference", f"the model failed on this image: {exc}")
+        if isinstance(exc, AdassrError):
+            return HttpError(422, "invalid_parameter", str(exc))
+        logger.exception("unexpected error while upscaling")
+        return HttpError(500, "internal", "unexpected server error; the server log has the details")
+
+    async def _read_request(self, request: Request) -> tuple[bytes, UpscaleParams]:
+        limits = self.config.limits
+        values = dict(request.query_params)
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise HttpError(400, "bad_request", f"invalid Content-Length {length!r}")
+            if int(length) > limits.max_body_bytes:
+                raise HttpError(413, "too_large",
+                                f"the body is {int(length):,} bytes, above the limit of {limits.max_body_bytes:,}; "
+                                "send a smaller image", {"Connection": "close"})
+        body = await self._read_body(request)
+        content_type = request.headers.get("content-type", "")
+        if content_type.lower().startswith("multipart/"):
+            body, fields = await _parse_multipart(request.headers, body)
+            for name, value in fields.items():
+                if name in values:
+                    raise HttpError(422, "invalid_parameter", f"parameter {name!r} given twice (query and form)")
+                values[name] = value
+        params = parse_params(values, limits.max_outscale)
+        return body, params
+
+    async def _read_body(self, request: Request) -> bytes:
+        limits = self.config.limits
+        chunks: list[bytes] = []
+        total = 0
+
+        async def collect() -> None:
+            nonlocal total
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limits.max_body_bytes:
+                    raise HttpError(413, "too_large",
+                                    f"the body is over the limit of {limits.max_body_bytes:,} bytes; send a smaller image",
+                                    {"Connection": "close"})
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(collect(), timeout=limits.body_timeout_s)
+        except TimeoutError:
+            raise HttpError(408, "body_timeout",
+                            f"the body did not arrive within {limits.body_timeout_s:g} s; check the connection "
+                            "and resend", {"Connection": "close"}) from None
+        return b"".join(chunks)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    """Return when the client has gone (called after the body has been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned worker's outcome so that asyncio does not log it."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _parse_multipart(headers: Headers, body: bytes) -> tuple[bytes, dict[str, str]]:
+    """The ``image`` file part's bytes and the text fields of a multipart body (HttpError 400/422)."""
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+        yield b""
+
+    parser = MultiPartParser(headers, stream(), max_files=1, max_fields=len(PARAMETERS), max_part_size=64 * 1024)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise HttpError(400, "bad_request",
+                        f"malformed multipart body ({exc}); send one file part named 'image' plus optional "
+                        f"fields {', '.join(PARAMETERS)}, or send the image bytes as the body") from None
+    try:
+        image: bytes | None = None
+        fields: dict[str, str] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name != "image":
+                    raise HttpError(422, "invalid_parameter", f"the file part is named {name!r}; name it 'image'")
+                image = await value.read()
+            elif name in fields:
+                raise HttpError(422, "invalid_parameter", f"field {name!r} given twice")
+            else:
+                fields[name] = value
+        if image is None:
+            raise HttpError(400, "bad_request",
+                            "the multipart body has no file part named 'image'; attach the image as "
+                            "-F image=@photo.jpg")
+        return image, fields
+    finally:
+        await form.close()
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, indent=1, sort_keys=True) + "\n", status_code=status,
+                    media_type="application/json")
+
+
+def create_app(config: ServerConfig, *, open_model: Callable[[RouteDecision], Backend] | None = None) -> Starlette:
+    """The ASGI app; ``app.state.server`` is its :class:`Server`. ``open_model`` replaces model opening (tests)."""
+    server = Server(config, open_model=open_model)
+
+    def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HttpError as exc:
+                server.metrics.errors.labels(exc.kind).inc()
+                return exc.response()
+            except ClientDisconnect:
+                server.metrics.errors.labels("client_disconnect").inc()
+                return Response(status_code=CLIENT_GONE)
+
+        return endpoint
+
+    async def upscale(request: Request) -> Response:
+        return await server.upscale(request)
+
+    async def cameras(request: Request) -> Response:
+        server.check_auth(request)
+        models = server.registry.models
+        return _json({
+            "cameras": {name: model.summary() for name, model in sorted(models.items())},
+            "refused": dict(sorted(server.registry.problems.items())),
+            "fallback": "_fallback" in models,
+        })
+
+    async def healthz(request: Request) -> Response:
+        return _json({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        if server.draining:
+            return _json({"status": "draining"}, 503)
+        if not server.ready:
+            return _json({"status": "not ready", "reason": "no model loaded (GET /v1/cameras shows why)"}, 503)
+        return _json({"status": "ready", "models": len(server.registry.models)})
+
+    async def metrics(request: Request) -> Response:
+        server.check_auth(request)
+        return Response(server.metrics.render(), media_type=server.metrics.content_type)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        hint = " (endpoints: POST /v1/upscale, GET /v1/cameras, /healthz, /readyz, /metrics)"
+        return HttpError(exc.status_code, kind, f"{exc.detail}{hint}", exc.headers).response()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/upscale", guarded(upscale), methods=["POST"]),
+            Route("/v1/cameras", guarded(cameras), methods=["GET"]),
+            Route("/healthz", guarded(healthz), methods=["GET"]),
+            Route("/readyz", guarded(readyz), methods=["GET"]),
+            Route("/metrics", guarded(metrics), methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    return app

@@ -1,0 +1,73 @@
+"""Uploaded bytes -> :class:`LoadedImage`, and upscaled pixels -> response bytes.
+
+Decoding goes through :func:`adassr.runtime.images.read_image` (format sniffing, EXIF camera
+name and orientation, the pixel limit checked from the header before decoding, Pillow's
+decompression-bomb guard): the upload is written to a file with a random name in a private
+folder the server made for itself (mode 0700), read, and deleted. Nothing from the request
+is used to name it. Error messages name "the uploaded image", never that file.
+
+Encoding uses :func:`adassr.runtime.images.encode_image`, the same encoder ``adassr upscale``
+writes files with, so a response is byte-identical to the CLI's file for the same pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from adassr.runtime.errors import ImageError, ImageTooLargeError
+from adassr.runtime.images import ImageWarning, LoadedImage, encode_image, read_image
+
+UPLOAD_NAME = "the uploaded image"
+
+
+class UploadFolder:
+    """A private temporary folder for decoding uploads; :meth:`close` removes it."""
+
+    def __init__(self) -> None:
+        shm = Path("/dev/shm")
+        base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+        self.path = Path(tempfile.mkdtemp(prefix="adassr-serve-", dir=base))
+        os.chmod(self.path, 0o700)
+
+    def decode(self, data: bytes, *, max_pixels: int) -> LoadedImage:
+        """Decode uploaded bytes; ImageError / ImageTooLargeError with messages about the upload."""
+        if not data:
+            raise ImageError(f"{UPLOAD_NAME} is empty; send the image file's bytes as the request body")
+        fd, name = tempfile.mkstemp(prefix="upload-", dir=self.path)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ImageWarning)
+                try:
+                    image = read_image(name, max_pixels=max_pixels)
+                except ImageTooLargeError as exc:
+                    raise ImageTooLargeError(_scrub(str(exc), name)) from None
+                except ImageError as exc:
+                    raise ImageError(_scrub(str(exc), name)) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        return LoadedImage(image.pixels, image.alpha, image.bit_depth, image.exif_make, image.exif_model, None)
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _scrub(message: str, path: str) -> str:
+    return message.replace(path, UPLOAD_NAME)
+
+
+def encode(pixels: np.ndarray, alpha: np.ndarray | None, *, suffix: str, quality: int) -> tuple[bytes, list[str]]:
+    """Encoded image bytes and the notes the encoder raised (e.g. alpha dropped by JPEG)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageWarning)
+        data = encode_image(suffix, pixels, alpha=alpha, quality=quality)
+    notes = [str(w.message).split(": ", 1)[-1] for w in caught if issubclass(w.category, ImageWarning)]
+    return data, notes

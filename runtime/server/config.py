@@ -1,0 +1,151 @@
+"""The server's configuration: one frozen, validated dataclass built by the CLI (or by tests).
+
+Every limit the server enforces is here, with its default; :func:`adassr.runtime.server.app.create_app`
+takes nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adassr.runtime.backends import BACKENDS
+from adassr.runtime.backends.onnxruntime import resolve_providers
+from adassr.runtime.errors import ConfigError
+from adassr.runtime.routing import PRECISIONS
+from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, TilingOptions
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_TILE = 256
+OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
+    "png": (".png", "image/png"),
+    "jpeg": (".jpg", "image/jpeg"),
+    "jpg": (".jpg", "image/jpeg"),
+    "webp": (".webp", "image/webp"),
+}
+"""``format`` request values -> (writer suffix, media type)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; over a limit the server answers 413 (sizes) or 422 (values)."""
+
+    max_body_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 16_000_000  # decoded input pixels (checked from the header before decoding)
+    max_output_pixels: int = 256_000_000
+    max_outscale: float = 8.0
+    body_timeout_s: float = 30.0  # the whole body must arrive within this time (else 408)
+    request_timeout_s: float = 120.0  # deadline from arrival to response (else 504)
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_pixels", "max_output_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("max_outscale", "body_timeout_s", "request_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How ``adassr serve`` runs. Frozen: the app never changes its configuration.
+
+    - ``workers``: requests processed at once (decode, tiling, encode run in that many threads);
+      ``max_queue``: admitted requests waiting for a worker. A request beyond
+      ``workers + max_queue`` gets 429 with Retry-After at once.
+    - ``max_batch`` / ``max_wait_ms``: the dynamic batcher runs up to ``max_batch`` tiles of the
+      same model and shape together, waiting at most ``max_wait_ms`` for a batch to fill.
+      ``inference_threads`` model calls run at once.
+    - ``tile``/``overlap``/``pre_pad``: the tiling plan (see :mod:`adassr.runtime.tiling`);
+      ``pad_to_tile`` gives every tile the same shape (static-shape engines, more batching) at
+      the cost of padding small images up to a tile.
+    - ``reload_interval_s``: how often the store's manifests and model files are checked.
+    - ``token``: when set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <token>``.
+    """
+
+    store: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    backend: str = "onnxruntime"
+    providers: tuple[str, ...] = ("cpu",)
+    precision: str = "fp32"
+    threads: int | None = None
+    workers: int = 4
+    max_queue: int = 16
+    max_batch: int = 4
+    max_wait_ms: float = 5.0
+    inference_threads: int = 1
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
+    pre_pad: int = DEFAULT_PRE_PAD
+    pad_to_tile: bool = False
+    reload_interval_s: float = 2.0
+    drain_timeout_s: float = 30.0
+    token: str | None = field(default=None, repr=False)
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "store", Path(self.store).expanduser())
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; valid backends are {', '.join(BACKENDS)}")
+        object.__setattr__(self, "providers", resolve_providers(self.providers))
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}")
+        for name in ("workers", "max_batch", "inference_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise ConfigError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        for name in ("max_wait_ms",):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value!r}")
+        for name in ("reload_interval_s", "drain_timeout_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
+        if self.token is not None and not self.token:
+            raise ConfigError("the token is empty; put a non-empty secret in the token file")
+        self.tiling  # validates tile / overlap / pre_pad  # noqa: B018
+
+    @property
+    def tiling(self) -> TilingOptions:
+        """The tiling plan's options; ``batch_size`` is the batcher's maximum batch."""
+        return TilingOptions(
+            tile=self.tile,
+            overlap=self.overlap,
+            pre_pad=self.pre_pad,
+            batch_size=self.max_batch,
+            pad_to_tile=self.pad_to_tile,
+        )
+
+    @property
+    def max_admitted(self) -> int:
+        """Requests admitted at once (processing plus waiting); one more gets 429."""
+        return self.workers + self.max_queue
+
+
+def read_token_file(path: str | Path) -> str:
+    """The bearer token stored in ``path`` (surrounding whitespace stripped); ConfigError if unusable."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"token file {p} does not exist; create it with a secret on one line") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read token file {p}: {exc}") from exc
+    token = text.strip()
+    if not token or any(ch.isspace() for ch in token):
+        raise ConfigError(
+            f"token file {p} must hold one non-empty secret without spaces (e.g. `openssl rand -hex 32 > {p}`)"
+        )
+    return token

@@ -1,0 +1,268 @@
+"""The server's loaded models: one per camera group of the store, reloaded when the store changes.
+
+:meth:`ModelRegistry.refresh` (run at start and then every ``reload_interval_s`` by the app)
+looks at every camera folder with a manifest. For a camera whose manifest or model file changed
+since the last look (size, mtime, inode), it reads the export record through
+:func:`adassr.runtime.routing.resolve_model` and:
+
+- a new model sha256: verifies the file against the manifest and opens it; on success the new
+  model replaces the old one in one assignment (requests already running keep the old backend
+  object until they finish; nothing is closed under them); on failure (checksum, load error) the
+  previous model keeps serving, the failure is counted (``model_loads_total{result="failed"}``,
+  ``errors_total{kind="model_checksum"|"model_load"}``) and shown in ``GET /v1/cameras``;
+- the same sha256 but a changed file: re-verified; a file that now fails its checksum (tampered
+  with while serving) is reported the same way, and the model loaded in memory keeps serving;
+- a camera folder without a manifest any more: the model is dropped.
+
+Routing (:meth:`ModelRegistry.route`) follows :mod:`adassr.runtime.routing`: an explicit camera,
+else the image's EXIF Make normalised to a group, else the ``_fallback`` model; but an
+explicitly named camera with no loaded model is an error (404), not a silent fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from adassr.runtime.backends import Backend, open_backend
+from adassr.runtime.cameras import validate_group_name
+from adassr.runtime.errors import AdassrError, CameraError, StoreError
+from adassr.runtime.images import LoadedImage
+from adassr.runtime.routing import RouteDecision, camera_group_of, resolve_model
+from adassr.runtime.store import FALLBACK_CAMERA, MANIFEST_NAME, list_cameras
+
+logger = logging.getLogger(__name__)
+
+_Signature = tuple[tuple[int, int, int], tuple[int, int, int] | None]
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """An open model and the manifest record it came from."""
+
+    camera: str
+    route: RouteDecision
+    backend: Backend
+    loaded_at: float  # time.time()
+
+    @property
+    def sha256(self) -> str:
+        return self.route.sha256
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Batch identity: tiles of one key may share a model call."""
+        return self.camera, self.route.sha256
+
+    def summary(self) -> dict[str, Any]:
+        """What ``GET /v1/cameras`` shows for this model (no filesystem paths)."""
+        manifest = self.route.manifest
+        backbone = manifest.get("backbone")
+        return {
+            "model": f"{self.camera}/{self.route.onnx_path.name}",
+            "sha256": self.route.sha256,
+            "precision": self.route.precision,
+            "scale": self.route.scale,
+            "adapted": bool(manifest.get("weights_sha256")),
+            "backbone": backbone.get("name") if isinstance(backbone, Mapping) else None,
+            "niqe_before": manifest.get("niqe_before"),
+            "niqe_after": manifest.get("niqe_after"),
+            "manifest_updated": manifest.get("updated"),
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+        }
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which loaded model serves a request, and why."""
+
+    model: LoadedModel
+    group: str | None
+    reason: str
+
+
+class UnknownCamera(CameraError):
+    """A request named a camera that has no loaded model."""
+
+
+class NoModel(StoreError):
+    """No loaded model can serve a request (no camera model and no fallback)."""
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+class ModelRegistry:
+    """Loaded models by camera group, swapped atomically on reload. Thread-safe.
+
+    ``open_model(route)`` opens a verified model file (default: :func:`open_backend`);
+    ``on_load(camera, ok)`` and ``on_error(kind)`` feed the metrics.
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        *,
+        precision: str = "fp32",
+        open_model: Callable[[RouteDecision], Backend],
+        on_load: Callable[[str, bool], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._precision = precision
+        self._open_model = open_model
+        self._on_load = on_load or (lambda camera, ok: None)
+        self._on_error = on_error or (lambda kind: None)
+        self._models: Mapping[str, LoadedModel] = MappingProxyType({})
+        self._signatures: dict[str, _Signature] = {}
+        self._problems: dict[str, str] = {}
+        self._refresh_lock = threading.Lock()
+
+    # -- reading ----------------------------------------------------------------------------
+    @property
+    def models(self) -> Mapping[str, LoadedModel]:
+        """An immutable snapshot: camera -> loaded model."""
+        return self._models
+
+    @property
+    def problems(self) -> Mapping[str, str]:
+        """Cameras whose latest model could not be loaded, with the reason (no paths)."""
+        return MappingProxyType(dict(self._problems))
+
+    def route(self, camera: str | None, image: LoadedImage) -> Route:
+        """The model for an explicit ``camera`` or for the image's EXIF Make (see module docstring)."""
+        models = self._models
+        if camera is not None:
+            name = camera if camera == FALLBACK_CAMERA else validate_group_name(camera)
+            model = models.get(name)
+            if model is None:
+                known = ", ".join(sorted(models)) or "none"
+                raise UnknownCamera(
+                    f"camera {name!r} has no model on this server (cameras: {known}); omit 'camera' to "
+                    "route by the image's EXIF Make, or adapt and export that camera"
+                )
+            return Route(model, name, "explicit")
+        try:
+            group, make = camera_group_of(image)
+        except CameraError:
+            group, make = None, None
+        if group is not None and group in models:
+            return Route(models[group], group, "exif-make")
+        fallback = models.get(FALLBACK_CAMERA)
+        if fallback is None:
+            raise NoModel(
+                "this image names no camera with a model here and the server has no fallback model; "
+                "pass 'camera' (GET /v1/cameras lists them), or export one with "
+                "`adassr export --backbone realesrgan-x4plus`"
+            )
+        if group is not None:
+            reason = f"fallback: no model for {group!r}"
+        elif make:
+            reason = f"fallback: EXIF Make {make!r} names no camera group"
+        else:
+            reason = "fallback: no EXIF Make"
+        return Route(fallback, group, reason)
+
+    # -- loading ----------------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Look at the store once and load what changed; return True if the served set changed."""
+        with self._refresh_lock:
+            current = dict(self._models)
+            changed = False
+            seen = set(list_cameras(self._store))
+            for camera in sorted(set(current) - seen):  # manifest gone: stop serving it
+                logger.warning("camera %s has no manifest any more; its model is no longer served", camera)
+                del current[camera]
+                self._signatures.pop(camera, None)
+                self._problems.pop(camera, None)
+                changed = True
+            for camera in sorted(seen):
+                changed |= self._refresh_camera(camera, current)
+            if changed:
+                self._models = MappingProxyType(current)
+            return changed
+
+    def _signature(self, camera: str, model_file: str | None) -> _Signature:
+        folder = self._store / camera
+        manifest = _stat(folder / MANIFEST_NAME) or (0, 0, 0)
+        return manifest, (_stat(folder / model_file) if model_file else None)
+
+    def _refresh_camera(self, camera: str, current: dict[str, LoadedModel]) -> bool:
+        old = current.get(camera)
+        sig = self._signature(camera, old.route.onnx_path.name if old else None)
+        if self._signatures.get(camera) == sig:
+            return False
+        try:
+            decision = resolve_model(self._store, camera=camera, precision=self._precision, verify=False)
+        except AdassrError as exc:
+            self._refused(camera, "model_load", f"cannot read the manifest: {exc}", sig)
+            return False
+        if decision.model_camera != camera:  # adapted but not exported (yet): keep what serves
+            self._signatures[camera] = sig
+            return False
+        sig = self._signature(camera, decision.onnx_path.name)
+        if old is not None and old.sha256 == decision.sha256:
+            try:
+                decision.verify()
+            except StoreError as exc:
+                self._refused(camera, "model_checksum", f"{exc}; the model loaded before keeps serving", sig)
+                return False
+            self._signatures[camera] = sig
+            self._problems.pop(camera, None)
+            return False
+        try:
+            decision.verify()
+        except StoreError as exc:
+            self._refused(camera, "model_checksum", str(exc), sig, load_failed=True)
+            return False
+        try:
+            backend = self._open_model(decision)
+        except AdassrError as exc:
+            self._refused(camera, "model_load", str(exc), sig, load_failed=True)
+            return False
+        current[camera] = LoadedModel(camera, decision, backend, time.time())
+        self._signatures[camera] = sig
+        self._problems.pop(camera, None)
+        self._on_load(camera, True)
+        logger.info("serving %s for camera %s", decision.label, camera)
+        return True
+
+    def _refused(self, camera: str, kind: str, message: str, sig: _Signature, *, load_failed: bool = False) -> None:
+        self._signatures[camera] = sig  # report a broken state once, not at every poll
+        text = message.replace(str(self._store), "<store>")
+        keeps = " (the previous model keeps serving)" if camera in self._models else ""
+        self._problems[camera] = text + keeps
+        self._on_error(kind)
+        if load_failed:
+            self._on_load(camera, False)
+        logger.error("camera %s: model refused: %s%s", camera, message, keeps)
+
+
+def default_opener(
+    backend: str, *, providers: tuple[str, ...], threads: int | None
+) -> Callable[[RouteDecision], Backend]:
+    """Open a verified route's model with :func:`open_backend`."""
+
+    def _open(route: RouteDecision) -> Backend:
+        return open_backend(
+            backend,
+            route.onnx_path,
+            providers=providers,
+            threads=threads,
+            input_name=route.input_name,
+            output_name=route.output_name,
+        )
+
+    return _open

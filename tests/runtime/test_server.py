@@ -1,0 +1,478 @@
+"""``adassr serve``: endpoints, status codes, batching, limits, auth, reload and faults (loopback).
+
+Every test runs a real uvicorn server on a 127.0.0.1 port with tiny ONNX models and compares the
+images it returns with what ``adassr upscale`` writes for the same input.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from adassr.runtime.backends import Backend
+from adassr.runtime.errors import ConfigError
+from adassr.runtime.routing import RouteDecision
+from adassr.runtime.server.config import Limits, ServerConfig, read_token_file
+from adassr.runtime.server.models import default_opener
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
+
+from ._models import build_tiny_sr, publish_camera
+from ._server import (
+    SAMPLES,
+    cli_output,
+    decode,
+    max_diff,
+    running_server,
+    small_jpeg_with_exif,
+    small_png,
+)
+
+TILE, OVERLAP = 32, 8
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    publish_camera(root, FALLBACK_CAMERA, seed=0)
+    publish_camera(root, "canon", seed=1)
+    return root
+
+
+def _config(store: Path, **kw: object) -> ServerConfig:
+    base: dict[str, object] = {"store": store, "tile": TILE, "overlap": OVERLAP, "threads": 1}
+    base.update(kw)
+    return ServerConfig(**base)  # type: ignore[arg-type]
+
+
+class GatedBackend(Backend):
+    """A real onnxruntime model whose calls wait for ``gate`` (and optionally sleep): holds work in flight."""
+
+    def __init__(self, inner: Backend, gate: threading.Event, delay: float = 0.0) -> None:
+        super().__init__(inner.model_path)
+        self.inner, self.gate, self.delay = inner, gate, delay
+        self.calls: list[int] = []
+
+    @property
+    def name(self) -> str:
+        return "gated"
+
+    def _open(self) -> None:
+        self.inner.open()
+
+    def _infer(self, batch):  # type: ignore[no-untyped-def]
+        self.gate.wait(60)
+        if self.delay:
+            time.sleep(self.delay)
+        self.calls.append(batch.shape[0])
+        return self.inner.infer(batch)
+
+    def _close(self) -> None:
+        self.inner.close()
+
+
+def gated_opener(gate: threading.Event, delay: float = 0.0) -> Callable[[RouteDecision], Backend]:
+    real = default_opener("onnxruntime", providers=("CPUExecutionProvider",), threads=1)
+    return lambda route: GatedBackend(real(route), gate, delay).open()
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(\{[^}]*\})?") + r" ([0-9.e+-]+)"
+    return sum(float(m.group(m.lastindex or 1)) for m in re.finditer(pattern, text))
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def _assert_json_error(response: httpx.Response, status: int, kind: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == status and body["error"] == kind
+    assert isinstance(body["message"], str) and len(body["message"]) > 20
+    return str(body["message"])
+
+
+# --------------------------------------------------------------------------------- endpoints
+
+
+def test_endpoints_and_responses_match_the_cli(store: Path, tmp_path: Path) -> None:
+    canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 48)
+    nokia = small_jpeg_with_exif(SAMPLES / "nokia" / "iptc.jpg", 40)
+    grey = small_png(30, 45, seed=3, channels=1)
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        assert client.get("/healthz").json() == {"status": "alive"}
+        assert client.get("/readyz").status_code == 200
+        cams = client.get("/v1/cameras").json()
+        assert set(cams["cameras"]) == {"_fallback", "canon"} and cams["fallback"] is True
+        assert cams["cameras"]["canon"]["scale"] == 4 and len(cams["cameras"]["canon"]["sha256"]) == 64
+        assert str(store) not in client.get("/v1/cameras").text  # no filesystem paths leak
+
+        # Raw body, routed by EXIF Make: byte-identical to the CLI's PNG.
+        r = client.post("/v1/upscale", content=canon)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert r.headers["x-adassr-model"] == "canon/model.onnx"
+        assert r.headers["x-adassr-model-sha256"] == cams["cameras"]["canon"]["sha256"]
+        assert r.headers["x-adassr-route"] == "exif-make" and float(r.headers["x-adassr-latency-ms"]) > 0
+        ref = cli_output(store, canon, tmp_path, name="canon.jpg", tile=TILE, overlap=OVERLAP)
+        assert decode(r.content).shape == (192, 192, 3)
+        assert r.content == ref
+
+        # A camera without a model goes to the fallback, as in the CLI.
+        r = client.post("/v1/upscale", content=nokia)
+        assert r.headers["x-adassr-model"] == "_fallback/model.onnx"
+        assert "no model for 'nokia'" in r.headers["x-adassr-route"]
+        assert max_diff(r.content, cli_output(store, nokia, tmp_path, name="nokia.jpg", tile=TILE, overlap=OVERLAP)) <= 1
+
+        # Multipart with options; explicit camera; outscale 2; grey stays grey.
+        r = client.post("/v1/upscale", files={"image": ("g.png", grey)}, data={"camera": "canon", "outscale": "2"})
+        assert r.status_code == 200 and r.headers["x-adassr-route"] == "explicit"
+        ref = cli_output(store, grey, tmp_path, name="grey.png", tile=TILE, overlap=OVERLAP, camera="canon",
+                         extra=("--outscale", "2"))
+        assert decode(r.content).shape == (60, 90) and max_diff(r.content, ref) <= 1
+
+        for fmt, media in (("jpeg", "image/jpeg"), ("webp", "image/webp")):
+            r = client.post("/v1/upscale", params={"format": fmt, "quality": "90"}, content=canon)
+            assert r.status_code == 200 and r.headers["content-type"] == media
+            assert decode(r.content).shape == (192, 192, 3)
+
+        metrics = client.get("/metrics")
+        assert metrics.headers["content-type"].startswith("text/plain")
+        text = metrics.text
+        assert _metric(text, "adassr_request_duration_seconds_count", 'camera="canon",status="200"') >= 4
+        assert _metric(text, "adassr_model_loads_total", 'camera="canon",result="ok"') == 1
+        for name in ("adassr_queue_depth", "adassr_inflight_requests", "adassr_batch_tiles_count"):
+            assert name in text
+
+
+def test_status_codes_and_error_bodies(store: Path) -> None:
+    canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 48)
+    limits = Limits(max_body_bytes=200_000, max_pixels=70 * 70)
+    with running_server(_config(store, limits=limits)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        _assert_json_error(c.post("/v1/upscale", content=b"not an image at all"), 415, "unsupported_image")
+        truncated = canon[: len(canon) // 2]
+        _assert_json_error(c.post("/v1/upscale", content=truncated), 415, "unsupported_image")
+        _assert_json_error(c.post("/v1/upscale", content=b""), 415, "unsupported_image")
+        message = _assert_json_error(c.post("/v1/upscale", content=b"\0" * 300_000), 413, "too_large")
+        assert "200,000" in message
+        big = small_png(80, 80)
+        message = _assert_json_error(c.post("/v1/upscale", content=big), 413, "too_large")
+        assert "6,400" in message and "/dev/shm" not in message and "upload-" not in message
+        for params in ({"outscale": "0"}, {"outscale": "nan"}, {"outscale": "9"}, {"format": "gif"},
+                       {"quality": "0"}, {"quality": "high"}, {"colour": "red"}, {"camera": "../etc"}):
+            _assert_json_error(c.post("/v1/upscale", params=params, content=canon), 422, "invalid_parameter")
+        message = _assert_json_error(c.post("/v1/upscale", params={"camera": "nikon"}, content=canon),
+                                     404, "unknown_camera")
+        assert "canon" in message
+        _assert_json_error(c.get("/v2/nothing"), 404, "not_found")
+        _assert_json_error(c.get("/v1/upscale"), 405, "method_not_allowed")
+        bad_multipart = b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a\"\r\n\r\nabc"
+        r = c.post("/v1/upscale", content=bad_multipart, headers={"content-type": "multipart/form-data; boundary=xyz"})
+        assert r.status_code in (400, 415)  # cut-off multipart: either malformed or an unreadable image part
+        r = c.post("/v1/upscale", content=b"--", headers={"content-type": "multipart/form-data"})
+        _assert_json_error(r, 400, "bad_request")
+        r = c.post("/v1/upscale", files={"photo": ("a.jpg", canon)})
+        _assert_json_error(r, 422, "invalid_parameter")
+        r = c.post("/v1/upscale", data={"camera": "canon"}, files={})
+        assert r.status_code in (400, 415)
+        # After all that, the server still serves.
+        assert c.post("/v1/upscale", content=canon).status_code == 200
+        text = c.get("/metrics").text
+        assert _metric(text, "adassr_errors_total", 'kind="unsupported_image"') >= 3
+        assert _metric(text, "adassr_errors_total", 'kind="too_large"') >= 2
+
+
+def test_token_auth(store: Path, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    token = read_token_file(token_file)
+    canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
+    with running_server(_config(store, token=token)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        r = c.post("/v1/upscale", content=canon)
+        _assert_json_error(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        _assert_json_error(c.post("/v1/upscale", content=canon, headers={"authorization": "Bearer s3cret-tokeX"}),
+                           401, "unauthorized")
+        _assert_json_error(c.post("/v1/upscale", content=canon, headers={"authorization": "Basic s3cret-token"}),
+                           401, "unauthorized")
+        _assert_json_error(c.get("/metrics"), 401, "unauthorized")
+        _assert_json_error(c.get("/v1/cameras"), 401, "unauthorized")
+        ok = {"authorization": "Bearer s3cret-token"}
+        assert c.post("/v1/upscale", content=canon, headers=ok).status_code == 200
+        assert c.get("/metrics", headers=ok).status_code == 200
+    token_file.write_text("  \n")
+    with pytest.raises(ConfigError, match="non-empty"):
+        read_token_file(token_file)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_token_file(tmp_path / "missing")
+
+
+def test_config_validation(store: Path) -> None:
+    with pytest.raises(ConfigError, match="workers"):
+        ServerConfig(store=store, workers=0)
+    with pytest.raises(ConfigError, match="backend"):
+        ServerConfig(store=store, backend="tflite")
+    with pytest.raises(ConfigError, match="overlap"):
+        ServerConfig(store=store, tile=32, overlap=16)
+    with pytest.raises(ConfigError, match="max_pixels"):
+        Limits(max_pixels=0)
+    assert ServerConfig(store=store).host == "127.0.0.1"
+
+
+# --------------------------------------------------------------------------------- scheduling
+
+
+def test_tiles_from_concurrent_requests_share_batches(store: Path, tmp_path: Path) -> None:
+    gate = threading.Event()
+    images = [small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40, offset=60 + 20 * k) for k in range(4)]
+    config = _config(store, workers=4, max_batch=8, max_wait_ms=200.0)
+    with running_server(config, open_model=gated_opener(gate)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        with cf.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(c.post, "/v1/upscale", content=data) for data in images]
+            _wait_for(lambda: live.server.batcher is not None and live.server.batcher.depth >= 4)
+            gate.set()
+            responses = [f.result() for f in futures]
+        assert all(r.status_code == 200 for r in responses)
+        batches = list(live.server.batches)
+        assert max(b.requests for b in batches) >= 2, batches  # one model call served several requests
+        assert max(b.tiles for b in batches) >= 4
+        text = c.get("/metrics").text
+        count = _metric(text, "adassr_batch_tiles_count")
+        total = _metric(text, "adassr_batch_tiles_sum")
+        assert count == len(batches) and total / count > 1.0
+        for k, (data, r) in enumerate(zip(images, responses)):
+            ref = cli_output(store, data, tmp_path, name=f"b{k}.jpg", tile=TILE, overlap=OVERLAP)
+            assert max_diff(r.content, ref) <= 1
+
+
+def test_overload_answers_429_with_retry_after(store: Path) -> None:
+    gate = threading.Event()
+    canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
+    config = _config(store, workers=1, max_queue=1)
+    with running_server(config, open_model=gated_opener(gate)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        with cf.ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(c.post, "/v1/upscale", content=canon) for _ in range(2)]
+            _wait_for(lambda: live.server.admitted == 2)
+            r = c.post("/v1/upscale", content=canon)
+            _assert_json_error(r, 429, "overloaded")
+            assert int(r.headers["retry-after"]) >= 1
+            assert "queue" in c.get("/metrics").text
+            gate.set()
+            assert [f.result().status_code for f in held] == [200, 200]
+        assert c.post("/v1/upscale", content=canon).status_code == 200
+
+
+def test_deadline_answers_504_and_cancels_queued_tiles(store: Path) -> None:
+    gate = threading.Event()
+    image = small_png(100, 100, seed=1)  # 16 tiles of 32 px
+    limits = Limits(request_timeout_s=0.5)
+    config = _config(store, limits=limits, max_batch=1)
+    with running_server(config, open_model=gated_opener(gate)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        started = time.monotonic()
+        message = _assert_json_error(c.post("/v1/upscale", content=image), 504, "deadline")
+        assert time.monotonic() - started < 5 and "0.5 s" in message
+        gate.set()
+        _wait_for(lambda: live.server.batcher is not None and live.server.batcher.depth == 0)
+        text = c.get("/metrics").text
+        assert _metric(text, "adassr_errors_total", 'kind="deadline"') == 1
+        assert _metric(text, "adassr_request_duration_seconds_count", 'camera="none",status="504"') == 1
+        small = small_png(20, 20, seed=2)
+        assert c.post("/v1/upscale", content=small).status_code == 200
+
+
+def _raw_request(url: str, body: bytes, *, send_body: int | None = None, path: str = "/v1/upscale") -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    sock.sendall(head + body[: len(body) if send_body is None else send_body])
+    return sock
+
+
+def test_client_disconnect_cancels_queued_tiles(store: Path) -> None:
+    gate = threading.Event()
+    image = small_png(100, 100, seed=4)
+    config = _config(store, max_batch=2)
+    with running_server(config, open_model=gated_opener(gate)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        pool = cf.ThreadPoolExecutor(1)
+        first = pool.submit(c.post, "/v1/upscale", content=small_png(20, 20, seed=5))  # holds the model call
+        _wait_for(lambda: live.server.admitted == 1 and live.server.batcher is not None
+                  and live.server.batcher.depth == 0 and live.server.waiting == 0)
+        time.sleep(0.2)
+        # Mid-response: the whole request is sent, then the client goes away while its tiles wait.
+        sock = _raw_request(live.url, image)
+        _wait_for(lambda: live.server.batcher is not None and live.server.batcher.depth >= 1)
+        sock.close()
+        _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_tiles_cancelled_total") >= 1)
+        assert live.server.batcher is not None and live.server.batcher.depth == 0
+        # Mid-upload: the client sends half the body and disconnects.
+        sock = _raw_request(live.url, image, send_body=len(image) // 2)
+        time.sleep(0.2)
+        sock.close()
+        _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_errors_total", 'kind="client_disconnect"') >= 2)
+        gate.set()
+        assert first.result().status_code == 200  # the other request was not disturbed
+        pool.shutdown()
+        _wait_for(lambda: live.server.admitted == 0)
+        assert c.post("/v1/upscale", content=small_png(20, 20)).status_code == 200
+
+
+def test_slow_body_gets_408(store: Path) -> None:
+    image = small_png(40, 40)
+    config = _config(store, limits=Limits(body_timeout_s=0.5))
+    with running_server(config) as live:
+        sock = _raw_request(live.url, image, send_body=100)
+        sock.settimeout(10)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in reply
+
+
+# --------------------------------------------------------------------------------- lifecycle
+
+
+def test_manifest_change_reloads_and_swaps_without_failing_in_flight(store: Path, tmp_path: Path) -> None:
+    gate = threading.Event()
+    gate.set()
+    canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
+    config = _config(store, reload_interval_s=0.1)
+    with running_server(config, open_model=gated_opener(gate)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        old_sha = c.get("/v1/cameras").json()["cameras"]["canon"]["sha256"]
+        gate.clear()
+        with cf.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(c.post, "/v1/upscale", content=canon)
+            _wait_for(lambda: live.server.admitted == 1 and live.server.waiting == 0)
+            time.sleep(0.2)  # its first tiles are inside the (held) model call
+            publish_camera(store, "canon", seed=7)  # re-exported: a new model file and manifest
+            _wait_for(lambda: c.get("/v1/cameras").json()["cameras"]["canon"]["sha256"] != old_sha)
+            gate.set()
+            r = in_flight.result()
+        assert r.status_code == 200 and r.headers["x-adassr-model-sha256"] == old_sha
+        new = c.post("/v1/upscale", content=canon)
+        new_sha = c.get("/v1/cameras").json()["cameras"]["canon"]["sha256"]
+        assert new.headers["x-adassr-model-sha256"] == new_sha != old_sha
+        ref = cli_output(store, canon, tmp_path, name="new.jpg", tile=TILE, overlap=OVERLAP)
+        assert new.content == ref
+        assert _metric(c.get("/metrics").text, "adassr_model_loads_total", 'camera="canon",result="ok"') == 2
+
+
+def test_tampered_model_is_refused_and_the_previous_keeps_serving(store: Path, tmp_path: Path) -> None:
+    canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
+    config = _config(store, reload_interval_s=0.1)
+    with running_server(config) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        before = c.post("/v1/upscale", content=canon)
+        sha = before.headers["x-adassr-model-sha256"]
+        # 1. The served file is modified in place: refused, the loaded model keeps serving.
+        model = store / "canon" / "model.onnx"
+        data = bytearray(model.read_bytes())
+        data[-10] ^= 0xFF
+        model.write_bytes(bytes(data))
+        _wait_for(lambda: "canon" in c.get("/v1/cameras").json()["refused"])
+        refused = c.get("/v1/cameras").json()["refused"]["canon"]
+        assert "checksum" in refused and "keeps serving" in refused and str(store) not in refused
+        after = c.post("/v1/upscale", content=canon)
+        assert after.status_code == 200 and after.headers["x-adassr-model-sha256"] == sha
+        assert after.content == before.content
+        assert _metric(c.get("/metrics").text, "adassr_errors_total", 'kind="model_checksum"') >= 1
+        # 2. A new export whose file fails its checksum: not loaded, counted as a failed load.
+        good = build_tiny_sr(seed=9)
+        bad = bytearray(good)
+        bad[-10] ^= 0xFF
+        model.write_bytes(bytes(bad))
+        cam = CameraStore.open(store, "canon")
+        cam.update_manifest(lambda m: m["artifacts"]["model.onnx"].update(sha256=hashlib.sha256(good).hexdigest()))
+        _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_model_loads_total",
+                                  'camera="canon",result="failed"') >= 1)
+        assert c.get("/v1/cameras").json()["cameras"]["canon"]["sha256"] == sha
+        still = c.post("/v1/upscale", content=canon)
+        assert still.status_code == 200 and still.content == before.content
+        assert c.get("/readyz").status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sigterm_drains_in_flight_requests(store: Path, tmp_path: Path) -> None:
+    """A real `adassr serve` process: SIGTERM while a request runs; it completes, then the process exits 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adassr.cli", "serve", "--store", str(store), "--port", str(port), "--tile", "32",
+         "--tile-overlap", "8", "--max-batch", "1", "--threads", "1", "--drain-timeout", "60"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    image = small_png(400, 400, seed=6)  # about 250 tiles: long enough to be in flight at SIGTERM
+    try:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            def ready() -> bool:
+                try:
+                    return c.get("/readyz").status_code == 200
+                except httpx.TransportError:
+                    assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                    return False
+
+            _wait_for(ready, timeout=60)
+            with cf.ThreadPoolExecutor(1) as pool:
+                in_flight = pool.submit(c.post, "/v1/upscale", content=image)
+                _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_batch_tiles_count") >= 3)
+                proc.send_signal(signal.SIGTERM)
+                response = in_flight.result()
+        assert response.status_code == 200
+        assert decode(response.content).shape == (1600, 1600, 3)
+        assert proc.wait(timeout=60) == 0
+        with pytest.raises(httpx.TransportError):  # nothing listens any more
+            httpx.get(f"{url}/healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    output = proc.stdout.read() if proc.stdout else ""
+    assert "stopped" in output
+
+
+def test_server_modules_import_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked')\n"
+        "sys.meta_path.insert(0, _Block())\n"
+        "import adassr.runtime.server.app, adassr.runtime.serve_cli, adassr.runtime.server.triton_client\n"
+        "from adassr.cli import build_parser\n"
+        "build_parser().parse_args(['serve', '--store', 'x'])\n"
+        "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
