@@ -42,46 +42,110 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServerConfig(store=DEFAULT_STORE)
     lim = Limits()
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default ./{DEFAULT_STORE})")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for all)")
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for all)",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--backend", choices=tuple(BACKENDS), default="onnxruntime", help="inference backend")
-    parser.add_argument("--providers", default="cpu",
-                        help="onnxruntime execution providers in priority order, from tensorrt,cuda,cpu (default cpu)")
-    parser.add_argument("--gpu", type=int, default=None, metavar="N",
-                        help="CUDA device index for GPU providers (sets CUDA_VISIBLE_DEVICES=N)")
+    parser.add_argument(
+        "--providers",
+        default="cpu",
+        help="onnxruntime execution providers in priority order, from tensorrt,cuda,cpu (default cpu)",
+    )
+    parser.add_argument(
+        "--gpu",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CUDA device index for GPU providers (sets CUDA_VISIBLE_DEVICES=N)",
+    )
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="model precision (default fp32)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model call")
-    parser.add_argument("--workers", type=int, default=d.workers,
-                        help=f"requests processed at once (default {d.workers})")
-    parser.add_argument("--max-queue", type=int, default=d.max_queue,
-                        help=f"requests waiting for a worker before new ones get 429 (default {d.max_queue})")
-    parser.add_argument("--max-batch", type=int, default=d.max_batch,
-                        help=f"tiles per model call, across requests (default {d.max_batch})")
-    parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
-                        help=f"how long a tile waits for a batch to fill (default {d.max_wait_ms:g} ms)")
-    parser.add_argument("--inference-threads", type=int, default=d.inference_threads,
-                        help=f"model calls running at once (default {d.inference_threads})")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"tile size, input pixels (default {DEFAULT_TILE})")
-    parser.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP,
-                        help=f"overlap between tiles (default {DEFAULT_OVERLAP})")
-    parser.add_argument("--pre-pad", type=int, default=DEFAULT_PRE_PAD, help=f"reflect padding (default {DEFAULT_PRE_PAD})")
-    parser.add_argument("--pad-to-tile", action="store_true",
-                        help="pad small images to a full tile (static shapes: more batching, more compute)")
-    parser.add_argument("--token-file", type=Path, default=None,
-                        help="file holding a bearer token; then /v1/* and /metrics need 'Authorization: Bearer <token>'")
-    parser.add_argument("--max-body-mb", type=float, default=lim.max_body_bytes / 2**20,
-                        help=f"largest request body in MiB (default {lim.max_body_bytes / 2**20:g})")
-    parser.add_argument("--max-pixels", type=int, default=lim.max_pixels,
-                        help=f"largest decoded input in pixels (default {lim.max_pixels:,})")
-    parser.add_argument("--request-timeout", type=float, default=lim.request_timeout_s,
-                        help=f"deadline per request in seconds, then 504 (default {lim.request_timeout_s:g})")
-    parser.add_argument("--body-timeout", type=float, default=lim.body_timeout_s,
-                        help=f"seconds for the body to arrive, then 408 (default {lim.body_timeout_s:g})")
-    parser.add_argument("--reload-interval", type=float, default=d.reload_interval_s,
-                        help=f"seconds between checks of the store for changed models (default {d.reload_interval_s:g})")
-    parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s,
-                        help=f"seconds SIGTERM waits for in-flight requests (default {d.drain_timeout_s:g})")
+    parser.add_argument(
+        "--workers", type=int, default=d.workers, help=f"requests processed at once (default {d.workers})"
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=d.max_queue,
+        help=f"requests waiting for a worker before new ones get 429 (default {d.max_queue})",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=d.max_batch,
+        help=f"tiles per model call, across requests (default {d.max_batch})",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=d.max_wait_ms,
+        help=f"how long a tile waits for a batch to fill (default {d.max_wait_ms:g} ms)",
+    )
+    parser.add_argument(
+        "--inference-threads",
+        type=int,
+        default=d.inference_threads,
+        help=f"model calls running at once (default {d.inference_threads})",
+    )
+    parser.add_argument(
+        "--tile", type=int, default=DEFAULT_TILE, help=f"tile size, input pixels (default {DEFAULT_TILE})"
+    )
+    parser.add_argument(
+        "--tile-overlap", type=int, default=DEFAULT_OVERLAP, help=f"overlap between tiles (default {DEFAULT_OVERLAP})"
+    )
+    parser.add_argument(
+        "--pre-pad", type=int, default=DEFAULT_PRE_PAD, help=f"reflect padding (default {DEFAULT_PRE_PAD})"
+    )
+    parser.add_argument(
+        "--pad-to-tile",
+        action="store_true",
+        help="pad small images to a full tile (static shapes: more batching, more compute)",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file holding a bearer token; then /v1/* and /metrics need 'Authorization: Bearer <token>'",
+    )
+    parser.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=lim.max_body_bytes / 2**20,
+        help=f"largest request body in MiB (default {lim.max_body_bytes / 2**20:g})",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=lim.max_pixels,
+        help=f"largest decoded input in pixels (default {lim.max_pixels:,})",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=lim.request_timeout_s,
+        help=f"deadline per request in seconds, then 504 (default {lim.request_timeout_s:g})",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=lim.body_timeout_s,
+        help=f"seconds for the body to arrive, then 408 (default {lim.body_timeout_s:g})",
+    )
+    parser.add_argument(
+        "--reload-interval",
+        type=float,
+        default=d.reload_interval_s,
+        help=f"seconds between checks of the store for changed models (default {d.reload_interval_s:g})",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=d.drain_timeout_s,
+        help=f"seconds SIGTERM waits for in-flight requests (default {d.drain_timeout_s:g})",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -122,11 +186,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM / SIGINT; 0 after a clean drain."""
-    missing = [m for m in ("starlette", "uvicorn", "prometheus_client", "multipart") if importlib.util.find_spec(m) is None]
+    missing = [
+        m for m in ("starlette", "uvicorn", "prometheus_client", "multipart") if importlib.util.find_spec(m) is None
+    ]
     if missing:
-        raise ConfigError(
-            f"adassr serve needs {', '.join(missing)}: pip install 'adassr[serve]'"
-        )
+        raise ConfigError(f"adassr serve needs {', '.join(missing)}: pip install 'adassr[serve]'")
     import os
 
     if args.gpu is not None:
@@ -142,6 +206,7 @@ def run_serve(args: argparse.Namespace) -> int:
         )
 
     import uvicorn
+
     from adassr.runtime.server.app import create_app
 
     app = create_app(config)
@@ -164,13 +229,17 @@ def run_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(max(1, round(config.drain_timeout_s))),
         timeout_keep_alive=5,
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-        if logging.getLogger().getEffectiveLevel() < logging.WARNING else "warning",
+        if logging.getLogger().getEffectiveLevel() < logging.WARNING
+        else "warning",
         access_log=logging.getLogger().getEffectiveLevel() <= logging.INFO,
         server_header=False,
     )
     server = DrainingServer(uv_config)
-    print(f"adassr serve: http://{config.host}:{config.port} (store {config.store}, "
-          f"{config.workers} workers, batch {config.max_batch}); SIGTERM drains", flush=True)
+    print(
+        f"adassr serve: http://{config.host}:{config.port} (store {config.store}, "
+        f"{config.workers} workers, batch {config.max_batch}); SIGTERM drains",
+        flush=True,
+    )
     server.run()
     print("adassr serve: stopped", flush=True)
     return 0

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from adassr.runtime.errors import ImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from adassr.runtime.errors import ConfigError, ImageError
 
 _MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}

@@ -36,6 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
 from adassr.runtime.errors import ConfigError, ImageError, ImageTooLargeError
 from adassr.runtime.images._model import (
     DEFAULT_MAX_PIXELS,
@@ -51,7 +53,6 @@ from adassr.runtime.images.containers import (
     tiff_without_orientation,
 )
 from adassr.runtime.images.orientation import ORIENTATION_TAG, apply_orientation
-from PIL import Image, ImageFile, UnidentifiedImageError
 
 _MAKE_TAG = 271
 _MODEL_TAG = 272

@@ -43,6 +43,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.applications import Starlette
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from adassr.runtime.backends import Backend
 from adassr.runtime.errors import (
     AdassrError,
@@ -69,13 +77,6 @@ from adassr.runtime.server.scheduler import (
     Ticket,
     TileBatcher,
 )
-from starlette.applications import Starlette
-from starlette.datastructures import Headers, UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +120,9 @@ def parse_params(values: Mapping[str, str], max_outscale: float) -> UpscaleParam
     """Validate request options (HttpError 422 naming the parameter and the valid values)."""
     unknown = sorted(set(values) - set(PARAMETERS))
     if unknown:
-        raise HttpError(422, "invalid_parameter",
-                        f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(PARAMETERS)}")
+        raise HttpError(
+            422, "invalid_parameter", f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(PARAMETERS)}"
+        )
     camera = values.get("camera") or None
     outscale: float | None = None
     if values.get("outscale") not in (None, ""):
@@ -129,12 +131,16 @@ def parse_params(values: Mapping[str, str], max_outscale: float) -> UpscaleParam
         except ValueError:
             outscale = math.nan
         if not math.isfinite(outscale) or not 0 < outscale <= max_outscale:
-            raise HttpError(422, "invalid_parameter",
-                            f"outscale must be a number in (0, {max_outscale:g}], got {values['outscale']!r}")
+            raise HttpError(
+                422,
+                "invalid_parameter",
+                f"outscale must be a number in (0, {max_outscale:g}], got {values['outscale']!r}",
+            )
     fmt = (values.get("format") or "png").lower()
     if fmt not in OUTPUT_FORMATS:
-        raise HttpError(422, "invalid_parameter",
-                        f"format {values.get('format')!r} is not supported; use png, jpeg or webp")
+        raise HttpError(
+            422, "invalid_parameter", f"format {values.get('format')!r} is not supported; use png, jpeg or webp"
+        )
     quality = 95
     if values.get("quality") not in (None, ""):
         text = values["quality"]
@@ -239,19 +245,29 @@ class Server:
         scheme, _, value = header.partition(" ")
         given = value.strip().encode("utf-8", "replace") if scheme.lower() == "bearer" else b""
         if not hmac.compare_digest(given, self._token):
-            raise HttpError(401, "unauthorized",
-                            "missing or wrong bearer token; send 'Authorization: Bearer <token>' with the "
-                            "token from the server's token file",
-                            {"WWW-Authenticate": 'Bearer realm="adassr"'})
+            raise HttpError(
+                401,
+                "unauthorized",
+                "missing or wrong bearer token; send 'Authorization: Bearer <token>' with the "
+                "token from the server's token file",
+                {"WWW-Authenticate": 'Bearer realm="adassr"'},
+            )
 
     def check_ready(self) -> None:
         if self.draining:
-            raise HttpError(503, "not_ready", "the server is shutting down; retry on another instance",
-                            {"Retry-After": "5", "Connection": "close"})
+            raise HttpError(
+                503,
+                "not_ready",
+                "the server is shutting down; retry on another instance",
+                {"Retry-After": "5", "Connection": "close"},
+            )
         if not self.ready:
-            raise HttpError(503, "not_ready",
-                            "no model is loaded yet (or none loads); GET /v1/cameras shows why; retry later",
-                            {"Retry-After": "5"})
+            raise HttpError(
+                503,
+                "not_ready",
+                "no model is loaded yet (or none loads); GET /v1/cameras shows why; retry later",
+                {"Retry-After": "5"},
+            )
 
     def retry_after(self) -> str:
         """Seconds a rejected client should wait: about one worker round (at least 1)."""
@@ -276,17 +292,24 @@ class Server:
             )
         infer = self.batcher.infer_fn(model.key, model.backend, ticket)
         pixels, alpha = upscale_pixels(
-            image.pixels, infer, scale=model.route.scale, tiling=self.config.tiling, alpha=image.alpha,
-            outscale=params.outscale, multiple_of=model.route.multiple_of,
+            image.pixels,
+            infer,
+            scale=model.route.scale,
+            tiling=self.config.tiling,
+            alpha=image.alpha,
+            outscale=params.outscale,
+            multiple_of=model.route.multiple_of,
         )
         inferred = time.perf_counter()
         ticket.check()
         data, notes = encode(pixels, alpha, suffix=params.suffix, quality=params.quality)
         encoded = time.perf_counter()
-        timing = (f"decode;dur={1000 * (decoded - start):.1f}, upscale;dur={1000 * (inferred - decoded):.1f}, "
-                  f"encode;dur={1000 * (encoded - inferred):.1f}")
+        timing = (
+            f"decode;dur={1000 * (decoded - start):.1f}, upscale;dur={1000 * (inferred - decoded):.1f}, "
+            f"encode;dur={1000 * (encoded - inferred):.1f}"
+        )
         headers = {
-            "X-Adassr-Model": f"{model.camera}/{model.route.onnx_path.name}",
+            "X-Adassr-Model": model.route.model_name,
             "X-Adassr-Model-Sha256": model.sha256,
             "X-Adassr-Camera-Group": route.group or "",
             "X-Adassr-Route": _header_safe(route.reason),
@@ -302,10 +325,13 @@ class Server:
         self.check_auth(request)
         self.check_ready()
         if self.admitted >= self.config.max_admitted:
-            raise HttpError(429, "overloaded",
-                            f"the server is busy ({self.admitted} requests admitted, limit "
-                            f"{self.config.max_admitted}); retry after the Retry-After seconds",
-                            {"Retry-After": self.retry_after()})
+            raise HttpError(
+                429,
+                "overloaded",
+                f"the server is busy ({self.admitted} requests admitted, limit "
+                f"{self.config.max_admitted}); retry after the Retry-After seconds",
+                {"Retry-After": self.retry_after()},
+            )
         self.admitted += 1
         self.metrics.inflight.inc()
         try:
@@ -340,8 +366,9 @@ class Server:
             gone: asyncio.Future[None] = asyncio.ensure_future(_wait_disconnect(request))
             waiting: list[asyncio.Future[Any]] = [work, gone]
             try:
-                done, _ = await asyncio.wait(waiting, timeout=max(0.0, ticket.remaining()),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    waiting, timeout=max(0.0, ticket.remaining()), return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 gone.cancel()
             if work not in done:
@@ -377,9 +404,12 @@ class Server:
 
     def _to_http(self, exc: Exception, timeout_s: float) -> HttpError:
         if isinstance(exc, DeadlineExceeded):
-            return HttpError(504, "deadline",
-                             f"the request did not finish within the server's deadline of {timeout_s:g} s; "
-                             "send a smaller image, retry later, or raise --request-timeout")
+            return HttpError(
+                504,
+                "deadline",
+                f"the request did not finish within the server's deadline of {timeout_s:g} s; "
+                "send a smaller image, retry later, or raise --request-timeout",
+            )
         if isinstance(exc, RequestCancelled):
             return HttpError(503, "not_ready", "the request was cancelled while the server shut down; retry")
         if isinstance(exc, ImageTooLargeError):
@@ -408,9 +438,13 @@ class Server:
             if not length.isdigit():
                 raise HttpError(400, "bad_request", f"invalid Content-Length {length!r}")
             if int(length) > limits.max_body_bytes:
-                raise HttpError(413, "too_large",
-                                f"the body is {int(length):,} bytes, above the limit of {limits.max_body_bytes:,}; "
-                                "send a smaller image", {"Connection": "close"})
+                raise HttpError(
+                    413,
+                    "too_large",
+                    f"the body is {int(length):,} bytes, above the limit of {limits.max_body_bytes:,}; "
+                    "send a smaller image",
+                    {"Connection": "close"},
+                )
         body = await self._read_body(request)
         content_type = request.headers.get("content-type", "")
         if content_type.lower().startswith("multipart/"):
@@ -432,17 +466,23 @@ class Server:
             async for chunk in request.stream():
                 total += len(chunk)
                 if total > limits.max_body_bytes:
-                    raise HttpError(413, "too_large",
-                                    f"the body is over the limit of {limits.max_body_bytes:,} bytes; send a smaller image",
-                                    {"Connection": "close"})
+                    raise HttpError(
+                        413,
+                        "too_large",
+                        f"the body is over the limit of {limits.max_body_bytes:,} bytes; send a smaller image",
+                        {"Connection": "close"},
+                    )
                 chunks.append(chunk)
 
         try:
             await asyncio.wait_for(collect(), timeout=limits.body_timeout_s)
         except TimeoutError:
-            raise HttpError(408, "body_timeout",
-                            f"the body did not arrive within {limits.body_timeout_s:g} s; check the connection "
-                            "and resend", {"Connection": "close"}) from None
+            raise HttpError(
+                408,
+                "body_timeout",
+                f"the body did not arrive within {limits.body_timeout_s:g} s; check the connection and resend",
+                {"Connection": "close"},
+            ) from None
         return b"".join(chunks)
 
 
@@ -471,9 +511,12 @@ async def _parse_multipart(headers: Headers, body: bytes) -> tuple[bytes, dict[s
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise HttpError(400, "bad_request",
-                        f"malformed multipart body ({exc}); send one file part named 'image' plus optional "
-                        f"fields {', '.join(PARAMETERS)}, or send the image bytes as the body") from None
+        raise HttpError(
+            400,
+            "bad_request",
+            f"malformed multipart body ({exc}); send one file part named 'image' plus optional "
+            f"fields {', '.join(PARAMETERS)}, or send the image bytes as the body",
+        ) from None
     try:
         image: bytes | None = None
         fields: dict[str, str] = {}
@@ -487,17 +530,20 @@ async def _parse_multipart(headers: Headers, body: bytes) -> tuple[bytes, dict[s
             else:
                 fields[name] = value
         if image is None:
-            raise HttpError(400, "bad_request",
-                            "the multipart body has no file part named 'image'; attach the image as "
-                            "-F image=@photo.jpg")
+            raise HttpError(
+                400,
+                "bad_request",
+                "the multipart body has no file part named 'image'; attach the image as -F image=@photo.jpg",
+            )
         return image, fields
     finally:
         await form.close()
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data, indent=1, sort_keys=True) + "\n", status_code=status,
-                    media_type="application/json")
+    return Response(
+        json.dumps(data, indent=1, sort_keys=True) + "\n", status_code=status, media_type="application/json"
+    )
 
 
 def create_app(config: ServerConfig, *, open_model: Callable[[RouteDecision], Backend] | None = None) -> Starlette:
@@ -523,11 +569,13 @@ def create_app(config: ServerConfig, *, open_model: Callable[[RouteDecision], Ba
     async def cameras(request: Request) -> Response:
         server.check_auth(request)
         models = server.registry.models
-        return _json({
-            "cameras": {name: model.summary() for name, model in sorted(models.items())},
-            "refused": dict(sorted(server.registry.problems.items())),
-            "fallback": "_fallback" in models,
-        })
+        return _json(
+            {
+                "cameras": {name: model.summary() for name, model in sorted(models.items())},
+                "refused": dict(sorted(server.registry.problems.items())),
+                "fallback": "_fallback" in models,
+            }
+        )
 
     async def healthz(request: Request) -> Response:
         return _json({"status": "alive"})

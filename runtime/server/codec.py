@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
 from adassr.runtime.errors import ImageError, ImageTooLargeError
 from adassr.runtime.images import ImageWarning, LoadedImage, encode_image, read_image
 

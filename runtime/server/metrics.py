@@ -36,8 +36,11 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.latency = Histogram(
-            "adassr_request_duration_seconds", "Server-side latency of /v1/upscale requests",
-            ("camera", "status"), buckets=LATENCY_BUCKETS, registry=r,
+            "adassr_request_duration_seconds",
+            "Server-side latency of /v1/upscale requests",
+            ("camera", "status"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge("adassr_queue_depth", "Items waiting", ("queue",), registry=r)
         self.inflight = Gauge("adassr_inflight_requests", "Upscale requests admitted and not answered", registry=r)

@@ -66,7 +66,7 @@ class LoadedModel:
         manifest = self.route.manifest
         backbone = manifest.get("backbone")
         return {
-            "model": f"{self.camera}/{self.route.onnx_path.name}",
+            "model": self.route.model_name,
             "sha256": self.route.sha256,
             "precision": self.route.precision,
             "scale": self.route.scale,

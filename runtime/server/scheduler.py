@@ -27,6 +27,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from adassr.runtime.backends import Backend
 from adassr.runtime.errors import AdassrError, BackendError
 from adassr.runtime.tiling import InferFn
@@ -158,7 +159,11 @@ class TileBatcher:
 
     def infer_fn(self, key: Hashable, backend: Backend, ticket: Ticket) -> InferFn:
         """An ``InferFn`` that sends each tile of a batch through the batcher and waits for all."""
-        ticket.on_cancel(lambda: self.cancel(ticket))
+
+        def _drop_queued() -> None:
+            self.cancel(ticket)
+
+        ticket.on_cancel(_drop_queued)
 
         def infer(batch: np.ndarray) -> np.ndarray:
             ticket.check()

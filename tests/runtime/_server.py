@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import uvicorn
+from PIL import Image
+
 from adassr.runtime.backends import Backend
 from adassr.runtime.routing import RouteDecision
 from adassr.runtime.server.app import Server, create_app
 from adassr.runtime.server.config import ServerConfig
 from adassr.runtime.upscale_cli import add_upscale_arguments, run_upscale
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "cameras"
@@ -36,8 +37,9 @@ def running_server(
     config: ServerConfig, *, open_model: Callable[[RouteDecision], Backend] | None = None
 ) -> Iterator[LiveServer]:
     app = create_app(config, open_model=open_model)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                                       timeout_graceful_shutdown=10))
+    uv = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", timeout_graceful_shutdown=10)
+    )
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -73,16 +75,37 @@ def small_png(height: int, width: int, *, seed: int = 0, channels: int = 3) -> b
     return buf.getvalue()
 
 
-def cli_output(store: Path, data: bytes, tmp: Path, *, name: str, tile: int, overlap: int,
-               camera: str | None = None, extra: tuple[str, ...] = ()) -> bytes:
+def cli_output(
+    store: Path,
+    data: bytes,
+    tmp: Path,
+    *,
+    name: str,
+    tile: int,
+    overlap: int,
+    camera: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> bytes:
     """What ``adassr upscale`` writes (PNG) for the same input bytes and tiling."""
     src = tmp / name
     src.write_bytes(data)
     dst = tmp / (src.stem + "_cli.png")
     parser = argparse.ArgumentParser()
     add_upscale_arguments(parser)
-    argv = ["-i", str(src), "-o", str(dst), "--store", str(store), "--tile", str(tile),
-            "--tile-overlap", str(overlap), "--no-progress", *extra]
+    argv = [
+        "-i",
+        str(src),
+        "-o",
+        str(dst),
+        "--store",
+        str(store),
+        "--tile",
+        str(tile),
+        "--tile-overlap",
+        str(overlap),
+        "--no-progress",
+        *extra,
+    ]
     if camera:
         argv += ["--camera", camera]
     code = run_upscale(parser.parse_args(argv), stdout=io.StringIO(), stderr=io.StringIO())
