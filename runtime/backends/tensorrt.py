@@ -1,0 +1,237 @@
+"""Native TensorRT backend: a serialized engine run through ``execute_async_v3`` (no torch, no pycuda).
+
+One :class:`TensorRTBackend` owns the deserialized engine and ``streams`` *slots*; a slot is one
+execution context with its own CUDA stream, device buffers (sized for the largest profile shape)
+and pinned host buffers. A call splits its batch into chunks of at most the engine's largest batch
+and sends consecutive chunks to consecutive slots, so the host-to-device copy of one chunk
+overlaps the inference of the previous one; concurrent callers take free slots (a slot is
+locked while in use). With ``cuda_graph=True`` the inference of each (slot, input shape) is
+captured once as a CUDA graph after one ordinary warm-up run, and replayed afterwards (the copies
+stay outside the graph): this removes the per-layer launch overhead for the fixed tile shape.
+
+The engine file is checked against nothing here: callers pass a path they got from
+:class:`adassr.runtime.engines.EngineCache` (sha256-verified, key matching this GPU and TensorRT).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from adassr.runtime.backends.base import Backend
+from adassr.runtime.engines.trt import deserialize, load_tensorrt
+from adassr.runtime.errors import BackendError, ConfigError, ShapeError
+from adassr.runtime.gpu import cudart
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+
+@dataclass
+class _Slot:
+    """One execution context with its stream and buffers."""
+
+    context: trt.IExecutionContext
+    stream: cudart.Stream
+    device_in: cudart.DeviceBuffer
+    device_out: cudart.DeviceBuffer
+    host_in: cudart.PinnedBuffer
+    host_out: cudart.PinnedBuffer
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    graphs: dict[tuple[int, ...], cudart.CudaGraph] = field(default_factory=dict)
+    pending: tuple[int, tuple[int, ...]] | None = None  # (chunk index, output shape) awaiting copy-out
+
+    def free(self) -> None:
+        for graph in self.graphs.values():
+            graph.destroy()
+        self.graphs.clear()
+        for buffer in (self.device_in, self.device_out):
+            buffer.free()
+        for host in (self.host_in, self.host_out):
+            host.free()
+        self.stream.destroy()
+
+
+@dataclass(frozen=True)
+class _Io:
+    input_name: str
+    output_name: str
+    input_dtype: np.dtype[Any]
+    output_dtype: np.dtype[Any]
+    max_input: tuple[int, int, int, int]
+    scale: int
+
+
+class TensorRTBackend(Backend):
+    """A TensorRT engine file on GPU ``device`` (see the module docstring)."""
+
+    def __init__(self, engine_path: str | Path, *, device: int = 0, streams: int = 2, cuda_graph: bool = False,
+                 scale: int = 4) -> None:
+        super().__init__(engine_path)
+        if streams < 1:
+            raise ConfigError(f"streams must be >= 1, got {streams}")
+        if device < 0:
+            raise ConfigError(f"--gpu must be >= 0, got {device}")
+        self._device = device
+        self._n_streams = streams
+        self._cuda_graph = cuda_graph
+        self._scale = scale
+        self._engine: trt.ICudaEngine | None = None
+        self._slots: list[_Slot] = []
+        self._io: _Io | None = None
+        self._next = 0
+        self._pick = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return "tensorrt"
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return (f"cuda:{self._device}",) if self._opened else ()
+
+    # -- open / close -----------------------------------------------------------------------------
+    def _open(self) -> None:
+        load_tensorrt()
+        import tensorrt as trt
+
+        if not self.model_path.is_file():
+            raise BackendError(f"engine {self.model_path} does not exist; build it with `adassr export --engine tensorrt`")
+        cudart.set_device(self._device)
+        engine = deserialize(self.model_path.read_bytes())
+        io = self._describe(trt, engine)
+        slots: list[_Slot] = []
+        try:
+            for _ in range(self._n_streams):
+                slots.append(self._make_slot(engine, io))
+        except BaseException:
+            for slot in slots:
+                slot.free()
+            raise
+        self._engine, self._io, self._slots = engine, io, slots
+
+    def _describe(self, trt: Any, engine: trt.ICudaEngine) -> _Io:
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise BackendError(f"{self.model_path.name} has inputs {inputs} and outputs {outputs}; an SR engine has one of each")
+        name_in, name_out = inputs[0], outputs[0]
+        largest: tuple[int, int, int, int] | None = None
+        for profile in range(engine.num_optimization_profiles):
+            _, _, high = engine.get_tensor_profile_shape(name_in, profile)
+            dims = tuple(int(high[i]) for i in range(len(high)))
+            if len(dims) != 4:
+                raise BackendError(f"{self.model_path.name} input {name_in} has rank {len(dims)}; expected NCHW")
+            shape = (dims[0], dims[1], dims[2], dims[3])
+            if largest is None or np.prod(shape) > np.prod(largest):
+                largest = shape
+        if largest is None:
+            raise BackendError(f"{self.model_path.name} has no optimisation profile")
+        return _Io(name_in, name_out, np.dtype(trt.nptype(engine.get_tensor_dtype(name_in))),
+                   np.dtype(trt.nptype(engine.get_tensor_dtype(name_out))), largest, self._scale)
+
+    def _make_slot(self, engine: trt.ICudaEngine, io: _Io) -> _Slot:
+        context = engine.create_execution_context()
+        if context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {self.model_path.name} (out of GPU memory?)")
+        n, c, h, w = io.max_input
+        in_bytes = n * c * h * w * io.input_dtype.itemsize
+        out_bytes = n * c * h * w * io.scale * io.scale * io.output_dtype.itemsize
+        stream = cudart.Stream()
+        slot = _Slot(context, stream, cudart.DeviceBuffer(in_bytes), cudart.DeviceBuffer(out_bytes),
+                     cudart.PinnedBuffer(in_bytes), cudart.PinnedBuffer(out_bytes))
+        context.set_tensor_address(io.input_name, slot.device_in.ptr)
+        context.set_tensor_address(io.output_name, slot.device_out.ptr)
+        return slot
+
+    def _close(self) -> None:
+        for slot in self._slots:
+            with slot.lock:
+                slot.free()
+        self._slots = []
+        self._engine = None
+        self._io = None
+
+    # -- inference --------------------------------------------------------------------------------
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        io = self._io
+        if io is None or not self._slots:
+            raise BackendError(f"the TensorRT engine {self.model_path.name} is closed")
+        n, c, h, w = batch.shape
+        if c != io.max_input[1] or h > io.max_input[2] or w > io.max_input[3]:
+            raise ShapeError("TensorRT engine input", batch.shape,
+                             f"at most {io.max_input} (rebuild the engine for this tile size)")
+        step = io.max_input[0]
+        chunks = [batch[i:i + step] for i in range(0, n, step)]
+        results: list[np.ndarray | None] = [None] * len(chunks)
+        slots = self._take_slots(min(len(chunks), len(self._slots)))
+        try:
+            for index, chunk in enumerate(chunks):
+                slot = slots[index % len(slots)]
+                self._drain(slot, results)
+                self._enqueue(slot, io, chunk, index)
+            for slot in slots:
+                self._drain(slot, results)
+        finally:
+            for slot in slots:
+                slot.pending = None
+                slot.lock.release()
+        return np.concatenate([r for r in results if r is not None], axis=0)
+
+    def _take_slots(self, count: int) -> list[_Slot]:
+        """``count`` slots, locked, starting at the next one in turn (waits when others hold them)."""
+        with self._pick:
+            start = self._next
+            self._next = (self._next + count) % len(self._slots)
+        chosen = [self._slots[(start + i) % len(self._slots)] for i in range(count)]
+        for slot in chosen:
+            slot.lock.acquire()
+        return chosen
+
+    def _enqueue(self, slot: _Slot, io: _Io, chunk: np.ndarray, index: int) -> None:
+        shape = tuple(int(s) for s in chunk.shape)
+        out_shape = (shape[0], shape[1], shape[2] * io.scale, shape[3] * io.scale)
+        host_in = slot.host_in.view(io.input_dtype, shape)
+        np.copyto(host_in, chunk, casting="same_kind")
+        in_bytes = host_in.nbytes
+        cudart.copy_to_device(slot.device_in, slot.host_in, in_bytes, slot.stream)
+        if not slot.context.set_input_shape(io.input_name, shape):
+            raise ShapeError("TensorRT engine input", shape, "a shape inside the engine's optimisation profiles")
+        self._execute(slot, shape)
+        out_bytes = int(np.prod(out_shape)) * io.output_dtype.itemsize
+        cudart.copy_to_host(slot.host_out, slot.device_out, out_bytes, slot.stream)
+        slot.pending = (index, out_shape)
+
+    def _execute(self, slot: _Slot, shape: tuple[int, ...]) -> None:
+        if not self._cuda_graph:
+            if not slot.context.execute_async_v3(slot.stream.ptr):
+                raise BackendError(f"TensorRT execution failed for input {shape} on {self.model_path.name}")
+            return
+        graph = slot.graphs.get(shape)
+        if graph is None:
+            # TensorRT needs one ordinary run after a shape change before its work can be captured.
+            if not slot.context.execute_async_v3(slot.stream.ptr):
+                raise BackendError(f"TensorRT execution failed for input {shape} on {self.model_path.name}")
+            graph = cudart.CudaGraph()
+            graph.begin(slot.stream)
+            ok = slot.context.execute_async_v3(slot.stream.ptr)
+            graph.end(slot.stream)
+            if not ok:
+                graph.destroy()
+                raise BackendError(f"TensorRT execution could not be captured as a CUDA graph for input {shape}")
+            slot.graphs[shape] = graph
+        graph.launch(slot.stream)
+
+    def _drain(self, slot: _Slot, results: list[np.ndarray | None]) -> None:
+        """Wait for the slot's pending chunk and copy its output out of the pinned buffer."""
+        if slot.pending is None or self._io is None:
+            return
+        index, out_shape = slot.pending
+        slot.stream.synchronize()
+        results[index] = np.array(slot.host_out.view(self._io.output_dtype, out_shape), dtype=np.float32)
+        slot.pending = None

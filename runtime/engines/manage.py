@@ -1,0 +1,181 @@
+"""Get the engine a camera needs on this machine: stored, refitted from a shared base, or built.
+
+:func:`ensure_camera_engine` is the one entry point used by ``adassr export --engine tensorrt``
+and by the runtime (which builds on demand when no stored engine fits). For a camera and a
+precision it
+
+1. picks the camera's ONNX file for that precision from its manifest (``model_fp16.onnx`` for
+   fp16, ``model.onnx`` for fp32 and bf16; sha256-verified);
+2. computes the key this machine needs (ONNX sha256, TensorRT version, GPU name and compute
+   capability, precision, profiles, optimisation level);
+3. with ``refit`` and a known network structure hash (recorded by export as
+   ``structure_sha256`` on the ONNX export record): ensures the shared refittable base engine
+   for (structure, GPU, TensorRT, precision, profiles) in ``<store>/_engines`` (built once for the
+   whole fleet), then ensures the camera engine by *refitting* that base with the camera's ONNX
+   weights; the camera's record names its base. Without ``refit`` (or no structure hash) it
+   builds the camera engine from its ONNX directly.
+
+The TensorRT work goes through an :class:`EngineToolkit` (the real one is
+:class:`TensorRTToolkit`), so this bookkeeping is testable without TensorRT. The camera's lock
+is held throughout (adaptation cannot replace the ONNX mid-build); the shared folder's lock is
+taken inside it (base engines and the timing cache live there), always in that order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from adassr.runtime.engines.cache import BuildOutput, EngineCache, EngineRecord
+from adassr.runtime.engines.key import EngineKey, GpuIdentity, ProfileShape
+from adassr.runtime.errors import StoreError
+from adassr.runtime.store import CameraStore
+
+log = logging.getLogger(__name__)
+
+ONNX_EXPORT_FOR: Mapping[str, str] = {"fp32": "onnx", "fp16": "onnx_fp16", "bf16": "onnx"}
+"""Engine precision -> the ``manifest["exports"]`` record whose ONNX file the engine is built from."""
+
+
+class EngineToolkit(Protocol):
+    """The TensorRT operations the engine bookkeeping needs."""
+
+    def tensorrt_version(self) -> str: ...
+
+    def gpu(self, device: int) -> GpuIdentity: ...
+
+    def build(self, onnx_path: Path, key: EngineKey, *, input_name: str, timing_cache: Path, target: Path) -> float:
+        """Build the engine described by ``key`` from ``onnx_path`` into ``target``; return seconds."""
+        ...
+
+    def refit(self, base_engine: Path, onnx_path: Path, target: Path) -> float:
+        """Refit ``base_engine`` with the weights of ``onnx_path`` into ``target``; return seconds."""
+        ...
+
+
+class TensorRTToolkit:
+    """:class:`EngineToolkit` over the real TensorRT and cuda-python."""
+
+    def tensorrt_version(self) -> str:
+        from adassr.runtime.engines.trt import tensorrt_version
+
+        return tensorrt_version()
+
+    def gpu(self, device: int) -> GpuIdentity:
+        from adassr.runtime.gpu import device_identity, set_device
+
+        set_device(device)
+        return device_identity(device)
+
+    def build(self, onnx_path: Path, key: EngineKey, *, input_name: str, timing_cache: Path, target: Path) -> float:
+        from adassr.runtime.engines.trt import BuildSpec, build_engine
+
+        spec = BuildSpec(onnx_path, key.precision, key.profiles, input_name=input_name,
+                         optimization_level=key.optimization_level, refittable=key.refittable,
+                         weight_stripped=key.weight_stripped)
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        data, report = build_engine(spec, timing_cache)
+        target.write_bytes(data)
+        return report.seconds
+
+    def refit(self, base_engine: Path, onnx_path: Path, target: Path) -> float:
+        from adassr.runtime.engines.trt import refit_engine
+
+        data, seconds = refit_engine(base_engine.read_bytes(), onnx_path)
+        target.write_bytes(data)
+        return seconds
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """Which engine a caller wants."""
+
+    store_root: Path
+    camera: str
+    precision: str
+    profiles: tuple[ProfileShape, ...]
+    device: int = 0
+    optimization_level: int = 3
+    refit: bool = True
+    weight_stripped: bool = True
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """The engine to load, and what happened to get it."""
+
+    path: Path
+    record: EngineRecord
+    built: bool  # the camera engine was built or refitted now
+    base: EngineRecord | None  # the shared base engine used (refit mode)
+    base_built: bool
+    scale: int
+
+
+def _onnx_for(store: CameraStore, manifest: Mapping[str, Any], precision: str) -> tuple[Path, Mapping[str, Any]]:
+    key = ONNX_EXPORT_FOR.get(precision)
+    record = (manifest.get("exports") or {}).get(key) if key else None
+    if not isinstance(record, Mapping) or not isinstance(record.get("file"), str):
+        what = "--precision fp16" if precision == "fp16" else "--precision fp32"
+        raise StoreError(
+            f"camera {store.camera!r} has no {key} export for a {precision} engine; run "
+            f"`adassr export --camera {store.camera} {what}` first"
+        )
+    return store.verified_path(str(record["file"]), manifest), record
+
+
+def ensure_camera_engine(request: EngineRequest, toolkit: EngineToolkit, *,
+                         lock_timeout_s: float = 1800.0) -> EngineResult:
+    """The camera's engine for this machine (see the module docstring)."""
+    store = CameraStore.open(request.store_root, request.camera)
+    version = toolkit.tensorrt_version()
+    gpu = toolkit.gpu(request.device)
+    cameras = EngineCache.for_camera(store)
+    with cameras.lock(lock_timeout_s):
+        manifest = store.read_manifest()
+        onnx_path, export = _onnx_for(store, manifest, request.precision)
+        onnx_sha = str(manifest["artifacts"][onnx_path.name]["sha256"])
+        input_name = str(export.get("input_name") or "lr")
+        scale = int(export.get("scale") or manifest.get("scale") or 4)
+        structure = export.get("structure_sha256")
+        shared = EngineCache.shared(request.store_root)
+        common: dict[str, Any] = dict(tensorrt_version=version, gpu=gpu, precision=request.precision,
+                                      profiles=request.profiles, optimization_level=request.optimization_level)
+        if request.refit and isinstance(structure, str):
+            base_key = EngineKey(kind="base", source_sha256=structure, refittable=True,
+                                 weight_stripped=request.weight_stripped, **common)
+
+            def build_base(tmp: Path) -> BuildOutput:
+                return BuildOutput(toolkit.build(onnx_path, base_key, input_name=input_name,
+                                                 timing_cache=shared.timing_cache_path(base_key), target=tmp),
+                                   source_file=f"{store.camera}/{onnx_path.name}")
+
+            with shared.lock(lock_timeout_s):
+                base, base_built = shared.ensure(base_key, build_base, locked=True)
+                base_path = shared.path_of(base)
+                camera_key = EngineKey(kind="camera", source_sha256=onnx_sha, refittable=True,
+                                       weight_stripped=False, **common)
+
+                def refit(tmp: Path) -> BuildOutput:
+                    seconds = toolkit.refit(base_path, onnx_path, tmp)
+                    return BuildOutput(seconds, base=base_key.digest, base_file=base.file, refit_s=seconds,
+                                       source_file=onnx_path.name)
+
+                record, built = cameras.ensure(camera_key, refit, base=base_key.digest, locked=True)
+            return EngineResult(cameras.path_of(record), record, built, base, base_built, scale)
+        if request.refit:
+            log.info("camera %r: no structure hash recorded for %s, building its own engine (no refit)",
+                     store.camera, onnx_path.name)
+        camera_key = EngineKey(kind="camera", source_sha256=onnx_sha, **common)
+
+        def build(tmp: Path) -> BuildOutput:
+            return BuildOutput(toolkit.build(onnx_path, camera_key, input_name=input_name,
+                                             timing_cache=shared.timing_cache_path(camera_key), target=tmp),
+                               source_file=onnx_path.name)
+
+        with shared.lock(lock_timeout_s):  # the timing cache is shared by every build on this machine
+            record, built = cameras.ensure(camera_key, build, locked=True)
+        return EngineResult(cameras.path_of(record), record, built, None, False, scale)

@@ -1,0 +1,229 @@
+"""Build, refit and inspect TensorRT engines with the ``tensorrt`` Python API (imported lazily).
+
+- :func:`load_tensorrt` imports TensorRT and checks it is the real library: the ``tensorrt-stubs``
+  package installs a ``tensorrt/`` folder of ``.pyi`` files that Python imports as an empty
+  namespace package, so "importable" is not "installed".
+- :func:`build_engine`: ONNX parser -> network -> builder config -> serialized engine.
+  Precision: ``fp32`` builds a strongly typed network from the fp32 ONNX with TF32 off;
+  ``fp16`` builds a strongly typed network from the fp16 ONNX (``model_fp16.onnx``, whose graph
+  already keeps ``conv_first`` and the residual sums in fp32, see ``adassr.export.fp16``), so
+  TensorRT runs exactly the validated mixed-precision graph; ``bf16`` has no ONNX of its own and
+  builds the fp32 ONNX weakly typed with ``BuilderFlag.BF16``, keeping the same layers (the
+  convolution reading the input, every elementwise sum/product) in fp32 with precision
+  constraints. Optimisation profiles come from :mod:`adassr.runtime.engines.profiles`; the timing
+  cache is read from and written back to a file (callers hold the shared folder's lock);
+  ``refittable`` sets ``BuilderFlag.REFIT`` and ``weight_stripped`` ``BuilderFlag.STRIP_PLAN``.
+- :func:`refit_engine`: deserialize an engine, refit every weight from an ONNX file with
+  ``OnnxParserRefitter.refit_from_file``, return the refitted engine serialized with its weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from adassr.runtime.engines.key import ENGINE_PRECISIONS, ProfileShape
+from adassr.runtime.errors import BackendError, ConfigError
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "install TensorRT on the GPU box (`pip install tensorrt`, NVIDIA's package; the "
+    "`tensorrt-stubs` type stubs are not TensorRT)"
+)
+
+
+def load_tensorrt() -> ModuleType:
+    """The ``tensorrt`` module; BackendError if it is absent or only type stubs."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise BackendError(f"TensorRT is not installed ({exc}); {INSTALL_HINT}") from exc
+    if not hasattr(tensorrt, "Builder") or not hasattr(tensorrt, "Runtime"):
+        raise BackendError(f"the importable `tensorrt` has no Builder/Runtime (type stubs only?); {INSTALL_HINT}")
+    module: ModuleType = tensorrt
+    return module
+
+
+def tensorrt_available() -> bool:
+    """Whether the real TensorRT library imports here."""
+    try:
+        load_tensorrt()
+    except BackendError:
+        return False
+    return True
+
+
+def tensorrt_version() -> str:
+    return str(load_tensorrt().__version__)
+
+
+@functools.lru_cache(maxsize=1)
+def _logger() -> trt.ILogger:
+    load_tensorrt()
+    import tensorrt as trt
+
+    return trt.Logger(trt.Logger.WARNING)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """How to build one engine."""
+
+    onnx_path: Path
+    precision: str
+    profiles: tuple[ProfileShape, ...]
+    input_name: str = "lr"
+    optimization_level: int = 3
+    refittable: bool = False
+    weight_stripped: bool = False
+    workspace_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in ENGINE_PRECISIONS:
+            raise ConfigError(f"engine precision must be one of {', '.join(ENGINE_PRECISIONS)}, got {self.precision!r}")
+        if self.weight_stripped and not self.refittable:
+            raise ConfigError("a weight-stripped engine must be refittable")
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    seconds: float
+    timing_cache_bytes: int
+    kept_fp32_layers: int
+
+
+def _parse(builder: trt.Builder, spec: BuildSpec) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+    import tensorrt as trt
+
+    flags = 0
+    if spec.precision in ("fp32", "fp16"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network: trt.INetworkDefinition = builder.create_network(flags)
+    parser: trt.OnnxParser = trt.OnnxParser(network, _logger())
+    if not spec.onnx_path.is_file():
+        raise BackendError(f"ONNX model {spec.onnx_path} does not exist; export it with `adassr export`")
+    if not parser.parse_from_file(str(spec.onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT's ONNX parser rejected {spec.onnx_path}: {errors}; re-export the model")
+    return network, parser
+
+
+def keep_fp32_layers(network: trt.INetworkDefinition) -> int:
+    """Constrain the convolution reading the network input and every elementwise layer to fp32."""
+    import tensorrt as trt
+
+    inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    kept = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        reads_input = any(
+            layer.get_input(j) is not None and layer.get_input(j).name in inputs for j in range(layer.num_inputs)
+        )
+        if layer.type == trt.LayerType.ELEMENTWISE or (layer.type == trt.LayerType.CONVOLUTION and reads_input):
+            layer.precision = trt.DataType.FLOAT
+            for out in range(layer.num_outputs):
+                layer.set_output_type(out, trt.DataType.FLOAT)
+            kept += 1
+    return kept
+
+
+def _config(builder: trt.Builder, network: trt.INetworkDefinition, spec: BuildSpec) -> tuple[trt.IBuilderConfig, int]:
+    import tensorrt as trt
+
+    config: trt.IBuilderConfig = builder.create_builder_config()
+    config.builder_optimization_level = spec.optimization_level
+    if spec.workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_bytes)
+    kept = 0
+    if spec.precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
+    elif spec.precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        kept = keep_fp32_layers(network)
+    if spec.refittable:
+        config.set_flag(trt.BuilderFlag.REFIT)
+    if spec.weight_stripped:
+        config.set_flag(trt.BuilderFlag.STRIP_PLAN)
+    for shape in spec.profiles:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(spec.input_name, trt.Dims(list(shape.min)), trt.Dims(list(shape.opt)),
+                          trt.Dims(list(shape.max)))
+        config.add_optimization_profile(profile)
+    return config, kept
+
+
+def build_engine(spec: BuildSpec, timing_cache: Path | None = None) -> tuple[bytes, BuildReport]:
+    """Build a serialized engine from ``spec``; read and update ``timing_cache`` when given."""
+    load_tensorrt()
+    import tensorrt as trt
+    start = time.perf_counter()
+    builder: trt.Builder = trt.Builder(_logger())
+    network, _parser = _parse(builder, spec)
+    if network.num_inputs != 1 or network.get_input(0).name != spec.input_name:
+        names = [network.get_input(i).name for i in range(network.num_inputs)]
+        raise BackendError(f"{spec.onnx_path} has inputs {names}; expected one input named {spec.input_name!r}")
+    config, kept = _config(builder, network, spec)
+    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BackendError(
+            f"TensorRT could not build an engine from {spec.onnx_path} ({spec.precision}); run with -vv "
+            "for TensorRT's log, or lower --tile / --tile-batch if it ran out of memory"
+        )
+    data = bytes(memoryview(serialized))
+    updated = bytes(memoryview(config.get_timing_cache().serialize()))
+    if timing_cache is not None:
+        from adassr.runtime.store import atomic_write_bytes
+
+        atomic_write_bytes(timing_cache, updated)
+    seconds = time.perf_counter() - start
+    log.info("built %s engine from %s in %.1f s (%d layers kept in fp32)", spec.precision, spec.onnx_path, seconds, kept)
+    return data, BuildReport(seconds, len(updated), kept)
+
+
+def deserialize(data: bytes) -> trt.ICudaEngine:
+    """An engine from its bytes; BackendError if this TensorRT / GPU cannot load it."""
+    load_tensorrt()
+    import tensorrt as trt
+    runtime: trt.Runtime = trt.Runtime(_logger())
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise BackendError(
+            "TensorRT could not deserialize the engine (built by another TensorRT version or for another "
+            "GPU?); delete it and rebuild with `adassr export --engine tensorrt`"
+        )
+    return engine
+
+
+def refit_engine(engine_data: bytes, onnx_path: Path) -> tuple[bytes, float]:
+    """Refit every weight of a refittable engine from ``onnx_path``; return its bytes and the seconds taken."""
+    load_tensorrt()
+    import tensorrt as trt
+    start = time.perf_counter()
+    engine = deserialize(engine_data)
+    refitter: trt.Refitter = trt.Refitter(engine, _logger())
+    parser_refitter: trt.OnnxParserRefitter = trt.OnnxParserRefitter(refitter, _logger())
+    if not parser_refitter.refit_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser_refitter.get_error(i)) for i in range(parser_refitter.num_errors))
+        raise BackendError(f"refitting from {onnx_path} failed: {errors}; the ONNX does not match the base engine")
+    missing = refitter.get_missing_weights()
+    if missing:
+        raise BackendError(f"refitting from {onnx_path} left weights unset ({', '.join(missing[:5])}...)")
+    if not refitter.refit_cuda_engine():
+        raise BackendError(f"TensorRT refused the weights of {onnx_path}; rebuild the base engine")
+    config = engine.create_serialization_config()
+    config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)  # a stripped base: keep the refitted weights
+    data = bytes(memoryview(engine.serialize_with_config(config)))
+    return data, time.perf_counter() - start

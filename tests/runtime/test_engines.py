@@ -1,0 +1,274 @@
+"""Engine cache keys, invalidation, profile planning, the build lock and refit bookkeeping.
+
+TensorRT itself is not needed: the engine manager takes its TensorRT operations from an
+``EngineToolkit``; here a toolkit writes small files whose bytes say what they were built from,
+so the tests check what the bookkeeping does with real files, manifests and locks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adassr.runtime.engines import (
+    EngineCache,
+    EngineKey,
+    GpuIdentity,
+    ProfileShape,
+    exact_profile,
+    explain_mismatch,
+    plan_profiles,
+    select_profile,
+)
+from adassr.runtime.engines.manage import EngineRequest, ensure_camera_engine
+from adassr.runtime.errors import ConfigError, ShapeError, StoreError
+from adassr.runtime.store import CameraStore, sha256_file
+from adassr.runtime.tiling import TilingOptions, upscale_tiled
+
+H200 = GpuIdentity("NVIDIA H200", (9, 0))
+A100 = GpuIdentity("NVIDIA A100-SXM4-80GB", (8, 0))
+PROFILE = (ProfileShape((1, 3, 64, 64), (2, 3, 64, 64), (2, 3, 64, 64)),)
+
+
+def _key(**changes: object) -> EngineKey:
+    base = EngineKey(kind="camera", source_sha256="a" * 64, tensorrt_version="10.13.0", gpu=H200,
+                     precision="fp16", profiles=PROFILE)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+
+def test_key_digest_changes_with_every_field_and_round_trips() -> None:
+    key = _key()
+    variants = [
+        _key(source_sha256="b" * 64), _key(tensorrt_version="10.14.1"), _key(gpu=A100),
+        _key(gpu=GpuIdentity("NVIDIA H200", (9, 1))), _key(precision="bf16"),
+        _key(profiles=(exact_profile(1, 64, 64),)), _key(optimization_level=5), _key(refittable=True),
+        _key(kind="base"),
+    ]
+    digests = {key.digest, *(v.digest for v in variants)}
+    assert len(digests) == len(variants) + 1
+    assert EngineKey.from_json(json.loads(json.dumps(key.to_json()))) == key
+    assert key.digest == _key().digest  # deterministic
+    assert key.file_name.startswith("camera-fp16-nvidia-h200-sm90-trt10.13.0-")
+    assert key.file_name.endswith(key.digest[:16] + ".engine")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"precision": "int8"}, "precision must be one of fp32, fp16, bf16"),
+    ({"source_sha256": "xyz"}, "64 lowercase hex"),
+    ({"profiles": ()}, "at least one optimisation profile"),
+    ({"optimization_level": 9}, "0-5"),
+    ({"weight_stripped": True}, "must be refittable"),
+])
+def test_invalid_keys_are_rejected(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _key(**changes)
+
+
+def test_mismatch_explains_other_gpu_and_other_tensorrt() -> None:
+    reasons = explain_mismatch(_key(gpu=A100, tensorrt_version="10.3.0"), _key())
+    assert "built with TensorRT 10.3.0, this is TensorRT 10.13.0" in reasons
+    assert "built for NVIDIA A100-SXM4-80GB (sm_80), this GPU is NVIDIA H200 (sm_90)" in reasons
+    assert explain_mismatch(_key(), _key()) == []
+
+
+# -- profiles -------------------------------------------------------------------------------------
+
+
+def test_profile_for_padded_tiles_is_the_tile_shape_up_to_the_batch() -> None:
+    plan = plan_profiles(TilingOptions(tile=100, batch_size=4), multiple_of=8)
+    assert plan.profiles == (ProfileShape((1, 3, 104, 104), (4, 3, 104, 104), (4, 3, 104, 104)),)
+    assert plan.fixed_tile == 104
+
+
+def test_every_call_the_runtime_makes_fits_the_planned_profile() -> None:
+    for options in (TilingOptions(tile=48, overlap=8, batch_size=3), TilingOptions(tile=0),
+                    TilingOptions(tile=48, overlap=8, batch_size=2, pad_to_tile=False)):
+        plan = plan_profiles(options, min_side=8, max_side=160)
+        shapes: list[tuple[int, ...]] = []
+
+        def infer(batch: np.ndarray) -> np.ndarray:
+            shapes.append(batch.shape)
+            return np.repeat(np.repeat(batch, 2, axis=2), 2, axis=3)
+
+        for h, w in ((70, 130), (20, 30)):
+            upscale_tiled(np.random.default_rng(0).random((h, w, 3), dtype=np.float32), infer, scale=2,
+                          options=options)
+        assert shapes
+        for shape in shapes:
+            assert plan.select(shape) == 0, (options, shape)
+
+
+def test_select_profile_refuses_shapes_outside_every_profile() -> None:
+    with pytest.raises(ShapeError, match="rebuild the engine for these tile settings"):
+        select_profile(PROFILE, (3, 3, 64, 64))
+    assert select_profile((exact_profile(1, 8, 8), *PROFILE), (2, 3, 64, 64)) == 1
+
+
+# -- the engine manager with a file-writing toolkit -----------------------------------------------
+
+
+class FileToolkit:
+    """Writes engines as text naming their inputs; counts builds and refits in a log file."""
+
+    def __init__(self, gpu: GpuIdentity = H200, version: str = "10.13.0", log: Path | None = None,
+                 delay_s: float = 0.0) -> None:
+        self._gpu, self._version, self._log, self._delay = gpu, version, log, delay_s
+
+    def tensorrt_version(self) -> str:
+        return self._version
+
+    def gpu(self, device: int) -> GpuIdentity:
+        return self._gpu
+
+    def _note(self, line: str) -> None:
+        if self._log is not None:
+            with open(self._log, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+
+    def build(self, onnx_path: Path, key: EngineKey, *, input_name: str, timing_cache: Path, target: Path) -> float:
+        time.sleep(self._delay)
+        target.write_text(f"engine {key.kind} {key.digest} from {sha256_file(onnx_path)} input {input_name}")
+        timing_cache.write_text("timing")
+        self._note(f"build {key.kind} {onnx_path.parent.name}")
+        return 0.5
+
+    def refit(self, base_engine: Path, onnx_path: Path, target: Path) -> float:
+        target.write_text(f"{base_engine.read_text()} refitted with {sha256_file(onnx_path)}")
+        self._note(f"refit {onnx_path.parent.name}")
+        return 0.1
+
+
+def _camera(root: Path, name: str, weights: bytes, structure: str | None = "c" * 64) -> CameraStore:
+    store = CameraStore.open(root, name, create=True)
+    with store.lock():
+        store.publish("model.onnx", lambda tmp: tmp.write_bytes(weights), stage="export")
+        record = {"file": "model.onnx", "scale": 4, "input_name": "lr", "output_name": "sr", "precision": "fp32"}
+        if structure:
+            record["structure_sha256"] = structure
+        store.update_manifest(lambda m: m.setdefault("exports", {}).update({"onnx": record}))
+    return store
+
+
+def _request(root: Path, camera: str, **kw: object) -> EngineRequest:
+    return EngineRequest(store_root=root, camera=camera, precision=str(kw.pop("precision", "fp32")),
+                         profiles=PROFILE, **kw)  # type: ignore[arg-type]
+
+
+def test_refit_mode_builds_one_base_per_structure_and_refits_each_camera(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    kit = FileToolkit(log=log)
+    _camera(tmp_path, "canon", b"canon weights")
+    _camera(tmp_path, "nokia", b"nokia weights")
+    first = ensure_camera_engine(_request(tmp_path, "canon"), kit)
+    second = ensure_camera_engine(_request(tmp_path, "nokia"), kit)
+    assert (first.built, first.base_built, second.built, second.base_built) == (True, True, True, False)
+    assert log.read_text().splitlines() == ["build base canon", "refit canon", "refit nokia"]
+    assert first.base is not None and second.base is not None and first.base.file == second.base.file
+    assert first.record.base == second.record.base == first.base.key.digest
+    assert first.base.key.weight_stripped and first.base.key.refittable
+    assert "refitted with " + sha256_file(tmp_path / "nokia" / "model.onnx") in second.path.read_text()
+    manifest = CameraStore.open(tmp_path, "nokia").read_manifest()
+    (record,) = manifest["engines"].values()
+    assert record["base_file"] == first.base.file and record["sha256"] == sha256_file(second.path)
+    assert (tmp_path / "_engines" / "index.json").is_file()
+    assert list((tmp_path / "_engines").glob("timing-nvidia-h200-sm90-trt10.13.0.cache"))
+
+
+def test_second_run_builds_nothing(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    _camera(tmp_path, "canon", b"w")
+    first = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit(log=log))
+    again = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit(log=log))
+    assert not again.built and not again.base_built and again.path == first.path
+    assert len(log.read_text().splitlines()) == 2
+
+
+def test_other_gpu_or_tensorrt_never_loads_a_foreign_engine_and_says_why(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _camera(tmp_path, "canon", b"w", structure=None)
+    h200 = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
+    with caplog.at_level(logging.WARNING, logger="adassr.runtime.engines"):
+        a100 = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit(gpu=A100))
+        newer = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit(version="10.14.1"))
+    assert a100.built and newer.built and len({h200.path, a100.path, newer.path}) == 3
+    text = caplog.text
+    assert "built for NVIDIA H200 (sm_90), this GPU is NVIDIA A100-SXM4-80GB (sm_80)" in text
+    assert "built with TensorRT 10.13.0, this is TensorRT 10.14.1" in text
+    assert h200.path.is_file()  # engines of other machines are kept for them
+    again = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit(gpu=A100))
+    assert not again.built and again.path == a100.path
+
+
+def test_reexported_onnx_rebuilds_and_removes_the_stale_engine(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _camera(tmp_path, "canon", b"old", structure=None)
+    old = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
+    _camera(tmp_path, "canon", b"new", structure=None)
+    with caplog.at_level(logging.WARNING):
+        new = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
+    assert new.built and not old.path.exists()
+    assert "built from ONNX model" in caplog.text
+    assert len(CameraStore.open(tmp_path, "canon").read_manifest()["engines"]) == 1
+
+
+def test_damaged_engine_is_rebuilt_not_loaded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _camera(tmp_path, "canon", b"w", structure=None)
+    first = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
+    first.path.write_text("truncated")
+    with caplog.at_level(logging.WARNING):
+        again = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
+    assert again.built and "fails its checksum" in caplog.text
+    assert again.path.read_text().startswith("engine camera")
+
+
+def test_damaged_base_is_rebuilt_and_refitted_engines_stay_valid(tmp_path: Path) -> None:
+    _camera(tmp_path, "canon", b"w")
+    first = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit())
+    assert first.base is not None
+    EngineCache.shared(tmp_path).path_of(first.base).write_text("damaged base")
+    again = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit())
+    # a refitted camera engine holds all its weights: it does not depend on the base's bytes
+    assert again.base_built and not again.built and again.path == first.path
+
+
+def test_camera_engine_refitted_from_another_base_is_refitted_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _camera(tmp_path, "canon", b"w")
+    stripped = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit())
+    with caplog.at_level(logging.WARNING):
+        full = ensure_camera_engine(_request(tmp_path, "canon", weight_stripped=False), FileToolkit())
+    assert full.base_built and full.built
+    assert stripped.base is not None and full.base is not None and full.record.base == full.base.key.digest
+    assert f"was refitted from base engine {stripped.base.key.digest[:16]}" in caplog.text
+
+
+def test_missing_export_for_the_precision_names_the_command(tmp_path: Path) -> None:
+    _camera(tmp_path, "canon", b"w")
+    with pytest.raises(StoreError, match="adassr export --camera canon --precision fp16"):
+        ensure_camera_engine(_request(tmp_path, "canon", precision="fp16"), FileToolkit())
+
+
+def _worker(root: str, log: str) -> None:
+    ensure_camera_engine(_request(Path(root), "canon"), FileToolkit(log=Path(log), delay_s=1.0))
+
+
+def test_two_processes_build_an_engine_once(tmp_path: Path) -> None:
+    _camera(tmp_path, "canon", b"w")
+    log = tmp_path / "calls.txt"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path), str(log))) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    assert log.read_text().splitlines() == ["build base canon", "refit canon"]

@@ -1,0 +1,115 @@
+"""The CUDA / TensorRT layer without a GPU: API conformance, clear errors, and the type check.
+
+``cuda-python`` imports on machines without a driver (its calls then return an error code), so
+the declared subset of the CUDA runtime API is checked against the installed module here; the
+TensorRT code is type-checked against ``tensorrt-stubs`` by ``.ci/typecheck_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adassr.runtime.errors import BackendError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cuda_runtime() -> object:
+    return pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")
+
+
+def test_declared_cuda_runtime_subset_exists_with_these_parameter_names() -> None:
+    from adassr.runtime.gpu.cudart import RUNTIME_ENUMS, CudaRuntimeApi
+
+    module = _cuda_runtime()
+    declared = {name: fn for name, fn in vars(CudaRuntimeApi).items() if name.startswith("cuda") and callable(fn)}
+    assert len(declared) >= 20
+    for name, fn in declared.items():
+        real = getattr(module, name, None)
+        assert real is not None, f"cuda.bindings.runtime has no {name}"
+        want = [p for p in inspect.signature(fn).parameters if p != "self"]
+        have = list(inspect.signature(real).parameters)
+        assert have == want, f"{name}: cuda-python takes {have}, the facade declares {want}"
+    for enum, members in RUNTIME_ENUMS.items():
+        for member in members:
+            assert hasattr(getattr(module, enum), member), f"{enum}.{member}"
+
+
+def test_no_driver_gives_zero_devices_and_a_clear_gpu_error() -> None:
+    _cuda_runtime()
+    from adassr.runtime.gpu import device_count, set_device
+
+    if device_count() > 0:
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(BackendError, match="--gpu 0 is not available: this machine has no CUDA device"):
+        set_device(0)
+
+
+def test_type_stubs_are_not_mistaken_for_tensorrt() -> None:
+    from adassr.runtime.engines.trt import load_tensorrt, tensorrt_available
+
+    try:
+        import tensorrt
+    except ImportError:
+        tensorrt = None
+    if tensorrt is not None and hasattr(tensorrt, "Builder"):
+        pytest.skip("real TensorRT is installed")
+    assert not tensorrt_available()
+    with pytest.raises(BackendError, match="pip install tensorrt"):
+        load_tensorrt()
+
+
+def test_tensorrt_backend_without_tensorrt_fails_on_open_with_the_install_hint(tmp_path: Path) -> None:
+    from adassr.runtime.backends.tensorrt import TensorRTBackend
+    from adassr.runtime.engines.trt import tensorrt_available
+
+    if tensorrt_available():
+        pytest.skip("real TensorRT is installed")
+    backend = TensorRTBackend(tmp_path / "x.engine")
+    with pytest.raises(BackendError, match="TensorRT"):
+        backend.open()
+    assert not backend.is_open
+    with pytest.raises(BackendError, match="not open"):
+        backend.infer(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_tensorrt_and_cuda_code_type_checks_against_the_stubs() -> None:
+    pytest.importorskip("mypy", reason="mypy is not installed")
+    try:
+        import importlib.metadata as md
+
+        md.distribution("tensorrt-stubs")
+    except Exception:  # noqa: BLE001
+        pytest.skip("tensorrt-stubs is not installed (pip install --no-deps tensorrt-stubs)")
+    result = subprocess.run([sys.executable, str(ROOT / ".ci" / "typecheck_gpu.py")], capture_output=True,
+                            text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rejected, so the stubs are in use" in result.stdout
+
+
+@pytest.mark.gpu
+def test_pinned_and_device_buffers_round_trip_on_a_gpu() -> None:
+    _cuda_runtime()
+    from adassr.runtime.gpu import device_count
+    from adassr.runtime.gpu.cudart import DeviceBuffer, PinnedBuffer, Stream, copy_to_device, copy_to_host
+
+    if device_count() == 0:
+        pytest.skip("no CUDA device")
+    data = np.arange(1000, dtype=np.float32)
+    stream, dev, host_a, host_b = Stream(), DeviceBuffer(data.nbytes), PinnedBuffer(data.nbytes), PinnedBuffer(data.nbytes)
+    try:
+        host_a.view(np.dtype(np.float32), data.shape)[:] = data
+        copy_to_device(dev, host_a, data.nbytes, stream)
+        copy_to_host(host_b, dev, data.nbytes, stream)
+        stream.synchronize()
+        np.testing.assert_array_equal(host_b.view(np.dtype(np.float32), data.shape), data)
+    finally:
+        for item in (dev, host_a, host_b):
+            item.free()
+        stream.destroy()
