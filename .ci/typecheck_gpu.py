@@ -59,7 +59,7 @@ def repair_stub(text: str) -> str:
             params, _, tail = rest.rpartition(")")
             parts, depth, current = [], 0, ""
             for ch in params:
-                depth += ch in "[(" 
+                depth += ch in "[("
                 depth -= ch in "])"
                 if ch == "," and depth == 0:
                     parts.append(current)
@@ -144,7 +144,8 @@ def main() -> int:
         canary = tmp / "src" / "canary_misuse.py"
         canary.write_text(CANARY, encoding="utf-8")
         check = run_mypy(tmp, [canary.name])
-        caught = check.returncode != 0 and "FP16_TYPO" in check.stdout and "Incompatible types in assignment" in check.stdout
+        caught = check.returncode != 0 and "FP16_TYPO" in check.stdout
+        caught = caught and "Incompatible types in assignment" in check.stdout
         print("canary (a misspelt BuilderFlag and a str optimisation level):",
               "rejected, so the stubs are in use" if caught else "NOT rejected: the stubs were not used")
         if not caught:

@@ -100,7 +100,9 @@ class TensorRTBackend(Backend):
         import tensorrt as trt
 
         if not self.model_path.is_file():
-            raise BackendError(f"engine {self.model_path} does not exist; build it with `adassr export --engine tensorrt`")
+            raise BackendError(
+                f"engine {self.model_path} does not exist; build it with `adassr export --engine tensorrt`"
+            )
         cudart.set_device(self._device)
         engine = deserialize(self.model_path.read_bytes())
         io = self._describe(trt, engine)
@@ -119,7 +121,9 @@ class TensorRTBackend(Backend):
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise BackendError(f"{self.model_path.name} has inputs {inputs} and outputs {outputs}; an SR engine has one of each")
+            raise BackendError(
+                f"{self.model_path.name} has inputs {inputs} and outputs {outputs}; an SR engine has one of each"
+            )
         name_in, name_out = inputs[0], outputs[0]
         largest: tuple[int, int, int, int] | None = None
         for profile in range(engine.num_optimization_profiles):
@@ -138,7 +142,9 @@ class TensorRTBackend(Backend):
     def _make_slot(self, engine: trt.ICudaEngine, io: _Io) -> _Slot:
         context = engine.create_execution_context()
         if context is None:
-            raise BackendError(f"TensorRT could not create an execution context for {self.model_path.name} (out of GPU memory?)")
+            raise BackendError(
+                f"TensorRT could not create an execution context for {self.model_path.name} (out of GPU memory?)"
+            )
         n, c, h, w = io.max_input
         in_bytes = n * c * h * w * io.input_dtype.itemsize
         out_bytes = n * c * h * w * io.scale * io.scale * io.output_dtype.itemsize

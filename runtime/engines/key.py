@@ -55,7 +55,7 @@ class ProfileShape:
     def __post_init__(self) -> None:
         for name in ("min", "opt", "max"):
             _shape(getattr(self, name), f"profile {name} shape")
-        if not all(a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)):
+        if not all(a <= b <= c for a, b, c in zip(self.min, self.opt, self.max, strict=True)):
             raise ConfigError(
                 f"profile shapes must satisfy min <= opt <= max in every dimension, got min {self.min}, "
                 f"opt {self.opt}, max {self.max}"
@@ -63,7 +63,7 @@ class ProfileShape:
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
         """Whether an input of ``shape`` lies inside this profile."""
-        return len(shape) == 4 and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
+        return len(shape) == 4 and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max, strict=False))
 
     def to_json(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
@@ -193,7 +193,9 @@ def explain_mismatch(stored: EngineKey, wanted: EngineKey) -> list[str]:
         reasons.append(f"built for {stored.gpu}, this GPU is {wanted.gpu}")
     if stored.source_sha256 != wanted.source_sha256:
         what = "network structure" if wanted.kind == "base" else "ONNX model"
-        reasons.append(f"built from {what} {stored.source_sha256[:12]}..., the current one is {wanted.source_sha256[:12]}...")
+        reasons.append(
+            f"built from {what} {stored.source_sha256[:12]}..., the current one is {wanted.source_sha256[:12]}..."
+        )
     if stored.precision != wanted.precision:
         reasons.append(f"precision {stored.precision}, {wanted.precision} is wanted")
     if stored.profiles != wanted.profiles:

@@ -189,7 +189,8 @@ def build_engine(spec: BuildSpec, timing_cache: Path | None = None) -> tuple[byt
 
         atomic_write_bytes(timing_cache, updated)
     seconds = time.perf_counter() - start
-    log.info("built %s engine from %s in %.1f s (%d layers kept in fp32)", spec.precision, spec.onnx_path, seconds, kept)
+    log.info("built %s engine from %s in %.1f s (%d layers kept in fp32)",
+             spec.precision, spec.onnx_path, seconds, kept)
     return data, BuildReport(seconds, len(updated), kept)
 
 

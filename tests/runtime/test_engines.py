@@ -96,7 +96,7 @@ def test_every_call_the_runtime_makes_fits_the_planned_profile() -> None:
         plan = plan_profiles(options, min_side=8, max_side=160)
         shapes: list[tuple[int, ...]] = []
 
-        def infer(batch: np.ndarray) -> np.ndarray:
+        def infer(batch: np.ndarray, shapes: list[tuple[int, ...]] = shapes) -> np.ndarray:
             shapes.append(batch.shape)
             return np.repeat(np.repeat(batch, 2, axis=2), 2, axis=3)
 
@@ -209,7 +209,8 @@ def test_other_gpu_or_tensorrt_never_loads_a_foreign_engine_and_says_why(
     assert not again.built and again.path == a100.path
 
 
-def test_reexported_onnx_rebuilds_and_removes_the_stale_engine(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_reexported_onnx_rebuilds_and_removes_the_stale_engine(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _camera(tmp_path, "canon", b"old", structure=None)
     old = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
     _camera(tmp_path, "canon", b"new", structure=None)

@@ -102,7 +102,8 @@ def test_pinned_and_device_buffers_round_trip_on_a_gpu() -> None:
     if device_count() == 0:
         pytest.skip("no CUDA device")
     data = np.arange(1000, dtype=np.float32)
-    stream, dev, host_a, host_b = Stream(), DeviceBuffer(data.nbytes), PinnedBuffer(data.nbytes), PinnedBuffer(data.nbytes)
+    stream, dev = Stream(), DeviceBuffer(data.nbytes)
+    host_a, host_b = PinnedBuffer(data.nbytes), PinnedBuffer(data.nbytes)
     try:
         host_a.view(np.dtype(np.float32), data.shape)[:] = data
         copy_to_device(dev, host_a, data.nbytes, stream)
