@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from adassr.runtime.backends.base import Backend
+from adassr.runtime.backends.ort_options import TRT_EP, GpuProviderSettings, provider_options
 from adassr.runtime.errors import BackendError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class OnnxRuntimeBackend(Backend):
         require: bool = False,
         input_name: str | None = None,
         output_name: str | None = None,
+        gpu: GpuProviderSettings | None = None,
     ) -> None:
         super().__init__(model_path)
         if threads is not None and threads < 1:
@@ -83,6 +85,7 @@ class OnnxRuntimeBackend(Backend):
         self._require = require
         self._want_input = input_name
         self._want_output = output_name
+        self._gpu = gpu if gpu is not None else GpuProviderSettings()
         self._session: Any = None
         self._actual: tuple[str, ...] = ()
         self._input_name = ""
@@ -134,8 +137,11 @@ class OnnxRuntimeBackend(Backend):
         if self._threads is not None:
             options.intra_op_num_threads = self._threads
             options.inter_op_num_threads = 1
+        if self._gpu.cache_dir is not None and TRT_EP in usable:
+            self._gpu.cache_dir.mkdir(parents=True, exist_ok=True)
         try:
-            session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=usable)
+            session = ort.InferenceSession(str(self.model_path), sess_options=options,
+                                           providers=provider_options(usable, self._gpu))
         except Exception as exc:  # onnxruntime raises several unrelated pybind exception types
             raise BackendError(
                 f"onnxruntime cannot load {self.model_path}: {exc}; the file is not a valid model for "
