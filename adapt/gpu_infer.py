@@ -64,7 +64,7 @@ class TorchRunner:
         self._dtype = _DTYPES[options.precision]
         self._format = torch.channels_last if options.channels_last else torch.contiguous_format
         model = model.eval().to(self._device, dtype=self._dtype)
-        self._model = model.to(memory_format=self._format)
+        self._model = model.to(memory_format=self._format)  # type: ignore[call-overload]  # untyped overload
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     @property

@@ -69,7 +69,8 @@ def write_safetensors(tensors: dict[str, np.ndarray]) -> bytes:
     for name in sorted(tensors):
         array = np.ascontiguousarray(tensors[name])
         raw = array.tobytes()
-        header[name] = {"dtype": names[array.dtype], "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {"dtype": names[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
         chunks.append(raw)
         offset += len(raw)
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -134,11 +135,11 @@ def pack(budget_mib: float, cache: Path, carry: Path = CARRY) -> dict[str, Any]:
         name = "lpips_alex.safetensors" if alex_mode == "exact" else "lpips_alex.fp16.safetensors.z"
         if not add(name, data, kind="lpips-alex", transform=alex_mode):
             missing.append(f"LPIPS-alex: does not fit the budget ({budget_mib} MiB)")
-    if "vgg" in present:
-        if vgg_mode is None or not add("lpips_vgg.fp16.safetensors.z", packed["vgg"], kind="lpips-vgg",
-                                       transform="float16"):
-            missing.append(f"LPIPS-vgg: does not fit the budget ({budget_mib} MiB); the GPU adaptation runs "
-                           "without its perceptual term")
+    vgg_name = "lpips_vgg.fp16.safetensors.z"
+    if "vgg" in present and (vgg_mode is None
+                             or not add(vgg_name, packed["vgg"], kind="lpips-vgg", transform="float16")):
+        missing.append(f"LPIPS-vgg: does not fit the budget ({budget_mib} MiB); the GPU adaptation runs "
+                       "without its perceptual term")
     report = {"budget_mib": budget_mib, "bytes": used, "items": items, "missing": missing}
     (carry / "carry.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -191,10 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("dest", type=Path)
     u.add_argument("--carry", type=Path, default=CARRY)
     args = parser.parse_args(argv)
-    if args.command == "pack":
-        report = pack(args.budget_mib, args.cache, args.carry)
-    else:
-        report = unpack(args.dest, args.carry)
+    report = pack(args.budget_mib, args.cache, args.carry) if args.command == "pack" else unpack(args.dest, args.carry)
     print(json.dumps(report, indent=2))
     return 0
 

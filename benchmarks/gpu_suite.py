@@ -110,7 +110,8 @@ def section_env(out: Path, smoke: bool) -> dict[str, Any]:
         info[name] = _importable(name)
     from adassr.runtime.engines.trt import tensorrt_available
 
-    info["tensorrt"] = _importable("tensorrt") if tensorrt_available() else "absent (not importable, or type stubs only)"
+    absent = "absent (not importable, or type stubs only)"
+    info["tensorrt"] = _importable("tensorrt") if tensorrt_available() else absent
     try:
         import onnxruntime as ort
 
@@ -333,7 +334,8 @@ def run_section(name: str, out: Path, smoke: bool) -> int:
     except ImportError as exc:
         result = {"status": "skipped", "reason": f"missing module: {exc}"}
     except Exception as exc:  # noqa: BLE001 - recorded, and the driver goes on with the next section
-        result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+        result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}",
+                  "traceback": traceback.format_exc()[-4000:]}
     result["seconds"] = round(time.perf_counter() - start, 1)
     _write_json(out / f"gpu_check_{name}.json", result)
     return 0

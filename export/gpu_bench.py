@@ -138,8 +138,15 @@ def torch_rows(model_factory: Callable[[], Any], frame: np.ndarray, roofline: Ro
                 torch.cuda.reset_peak_memory_stats()
             runner = TorchRunner(model_factory(), options)
             x = torch.from_numpy(frame).to(device)
-            dev = time_ms(lambda runner=runner, x=x: runner.run_tensor(x), sync, warmup=warmup, repeats=repeats)
-            e2e = time_ms(lambda runner=runner: runner(frame), sync, warmup=1, repeats=repeats)
+
+            def on_device(runner: TorchRunner = runner, x: torch.Tensor = x) -> object:
+                return runner.run_tensor(x)
+
+            def end_to_end(runner: TorchRunner = runner) -> object:
+                return runner(frame)
+
+            dev = time_ms(on_device, sync, warmup=warmup, repeats=repeats)
+            e2e = time_ms(end_to_end, sync, warmup=1, repeats=repeats)
             memory = torch.cuda.max_memory_allocated() / 2**20 if is_cuda else None
             rows.append(roofline.row(label + " (device)", dev, out_pixels, gpu_memory_mib=memory))
             rows.append(roofline.row(label + " (end-to-end)", e2e, out_pixels, gpu_memory_mib=memory))

@@ -36,7 +36,7 @@ from typing import Any
 
 from adassr.runtime.engines.key import EngineKey, explain_mismatch
 from adassr.runtime.errors import ConfigError, StoreError
-from adassr.runtime.store import CameraStore, atomic_output, atomic_write_json, sha256_file
+from adassr.runtime.store import CameraStore, StoreTransaction, atomic_output, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ class EngineCache:
     def __init__(self, store: CameraStore, *, shared: bool) -> None:
         self._store = store
         self._shared = shared
+        self._tx: StoreTransaction | None = None  # the camera's open store transaction while locked
 
     @classmethod
     def for_camera(cls, store: CameraStore) -> EngineCache:
@@ -186,7 +187,8 @@ class EngineCache:
                 raise StoreError(f"{index} is unreadable ({exc}); delete it to rebuild the shared engines") from exc
             engines = data.get(MANIFEST_KEY, {}) if isinstance(data, dict) else {}
         else:
-            engines = self._store.read_manifest_or_empty().get(MANIFEST_KEY, {})
+            manifest = self._tx.manifest if self._tx is not None else self._store.read_manifest_or_empty()
+            engines = manifest.get(MANIFEST_KEY, {})
         if not isinstance(engines, dict):
             raise StoreError(f"the engine records of {self.label} are not a JSON object; delete them to rebuild")
         return engines
@@ -201,7 +203,11 @@ class EngineCache:
                 engines = manifest.setdefault(MANIFEST_KEY, {})
                 change(engines)
 
-            self._store.update_manifest(update)
+            if self._tx is None:
+                self._store.update_manifest(update)
+            else:  # commit, and keep a transaction open on the committed manifest (the lock is still held)
+                committed = self._tx.commit(update)
+                self._tx = StoreTransaction(self._store, committed)
 
     def _verified(self, record: EngineRecord) -> Path | None:
         path = self.path_of(record)
@@ -224,11 +230,28 @@ class EngineCache:
             return None, (f"{lookup.record.file} is missing or damaged",)
         return lookup.record, ()
 
+    @property
+    def transaction(self) -> StoreTransaction | None:
+        """The camera's store transaction while :meth:`lock` is held (None for the shared folder)."""
+        return self._tx
+
     @contextlib.contextmanager
     def lock(self, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Iterator[None]:
-        """The folder's exclusive lock (the camera's store lock, or the shared folder's)."""
-        with self._store.lock(timeout_s=timeout_s):
-            yield
+        """The folder's exclusive lock: a store transaction for a camera, the plain lock for the shared folder.
+
+        Not re-entrant. While it is held, this cache reads and commits the camera's manifest
+        through the transaction (:attr:`transaction`).
+        """
+        if self._shared:
+            with self._store.lock(timeout_s=timeout_s):
+                yield
+            return
+        with self._store.transaction(timeout_s=timeout_s) as tx:
+            self._tx = tx
+            try:
+                yield
+            finally:
+                self._tx = None
 
     def ensure(
         self,

@@ -115,7 +115,8 @@ class EngineResult:
     scale: int
 
 
-def _onnx_for(store: CameraStore, manifest: Mapping[str, Any], precision: str) -> tuple[Path, Mapping[str, Any]]:
+def _onnx_for(store: CameraStore, manifest: Mapping[str, Any], precision: str) -> tuple[Path, str, Mapping[str, Any]]:
+    """The verified ONNX path for ``precision``, its artifact name and its export record."""
     key = ONNX_EXPORT_FOR.get(precision)
     record = (manifest.get("exports") or {}).get(key) if key else None
     if not isinstance(record, Mapping) or not isinstance(record.get("file"), str):
@@ -124,7 +125,8 @@ def _onnx_for(store: CameraStore, manifest: Mapping[str, Any], precision: str) -
             f"camera {store.camera!r} has no {key} export for a {precision} engine; run "
             f"`adassr export --camera {store.camera} {what}` first"
         )
-    return store.verified_path(str(record["file"]), manifest), record
+    name = str(record["file"])
+    return store.verified_path(name, manifest), name, record
 
 
 def ensure_camera_engine(request: EngineRequest, toolkit: EngineToolkit, *,
@@ -135,9 +137,13 @@ def ensure_camera_engine(request: EngineRequest, toolkit: EngineToolkit, *,
     gpu = toolkit.gpu(request.device)
     cameras = EngineCache.for_camera(store)
     with cameras.lock(lock_timeout_s):
-        manifest = store.read_manifest()
-        onnx_path, export = _onnx_for(store, manifest, request.precision)
-        onnx_sha = str(manifest["artifacts"][onnx_path.name]["sha256"])
+        assert cameras.transaction is not None
+        manifest = cameras.transaction.manifest
+        if not manifest.get("exports"):
+            raise StoreError(f"camera {store.camera!r} has no exported model; run `adassr export --camera "
+                             f"{store.camera}` first")
+        onnx_path, onnx_name, export = _onnx_for(store, manifest, request.precision)
+        onnx_sha = str(manifest["artifacts"][onnx_name]["sha256"])
         input_name = str(export.get("input_name") or "lr")
         scale = int(export.get("scale") or manifest.get("scale") or 4)
         structure = export.get("structure_sha256")
@@ -151,7 +157,7 @@ def ensure_camera_engine(request: EngineRequest, toolkit: EngineToolkit, *,
             def build_base(tmp: Path) -> BuildOutput:
                 return BuildOutput(toolkit.build(onnx_path, base_key, input_name=input_name,
                                                  timing_cache=shared.timing_cache_path(base_key), target=tmp),
-                                   source_file=f"{store.camera}/{onnx_path.name}")
+                                   source_file=f"{store.camera}/{onnx_name}")
 
             with shared.lock(lock_timeout_s):
                 base, base_built = shared.ensure(base_key, build_base, locked=True)
@@ -162,19 +168,19 @@ def ensure_camera_engine(request: EngineRequest, toolkit: EngineToolkit, *,
                 def refit(tmp: Path) -> BuildOutput:
                     seconds = toolkit.refit(base_path, onnx_path, tmp)
                     return BuildOutput(seconds, base=base_key.digest, base_file=base.file, refit_s=seconds,
-                                       source_file=onnx_path.name)
+                                       source_file=onnx_name)
 
                 record, built = cameras.ensure(camera_key, refit, base=base_key.digest, locked=True)
             return EngineResult(cameras.path_of(record), record, built, base, base_built, scale)
         if request.refit:
             log.info("camera %r: no structure hash recorded for %s, building its own engine (no refit)",
-                     store.camera, onnx_path.name)
+                     store.camera, onnx_name)
         camera_key = EngineKey(kind="camera", source_sha256=onnx_sha, **common)
 
         def build(tmp: Path) -> BuildOutput:
             return BuildOutput(toolkit.build(onnx_path, camera_key, input_name=input_name,
                                              timing_cache=shared.timing_cache_path(camera_key), target=tmp),
-                               source_file=onnx_path.name)
+                               source_file=onnx_name)
 
         with shared.lock(lock_timeout_s):  # the timing cache is shared by every build on this machine
             record, built = cameras.ensure(camera_key, build, locked=True)

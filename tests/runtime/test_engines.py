@@ -32,6 +32,8 @@ from adassr.runtime.errors import ConfigError, ShapeError, StoreError
 from adassr.runtime.store import CameraStore, sha256_file
 from adassr.runtime.tiling import TilingOptions, upscale_tiled
 
+from ._models import build_tiny_sr
+
 H200 = GpuIdentity("NVIDIA H200", (9, 0))
 A100 = GpuIdentity("NVIDIA A100-SXM4-80GB", (8, 0))
 PROFILE = (ProfileShape((1, 3, 64, 64), (2, 3, 64, 64), (2, 3, 64, 64)),)
@@ -148,14 +150,16 @@ class FileToolkit:
         return 0.1
 
 
-def _camera(root: Path, name: str, weights: bytes, structure: str | None = "c" * 64) -> CameraStore:
+def _camera(root: Path, name: str, seed: int, structure: str | None = "c" * 64) -> CameraStore:
+    """A camera with a real (tiny) exported ONNX model whose weights depend on ``seed``."""
+    weights = build_tiny_sr(seed=seed)
     store = CameraStore.open(root, name, create=True)
-    with store.lock():
-        store.publish("model.onnx", lambda tmp: tmp.write_bytes(weights), stage="export")
-        record = {"file": "model.onnx", "scale": 4, "input_name": "lr", "output_name": "sr", "precision": "fp32"}
-        if structure:
-            record["structure_sha256"] = structure
-        store.update_manifest(lambda m: m.setdefault("exports", {}).update({"onnx": record}))
+    record = {"file": "model.onnx", "scale": 4, "input_name": "lr", "output_name": "sr", "precision": "fp32"}
+    if structure:
+        record["structure_sha256"] = structure
+    with store.transaction() as tx:
+        tx.stage("model.onnx", lambda tmp: tmp.write_bytes(weights), stage="export")
+        tx.commit(lambda m: m.setdefault("exports", {}).update({"onnx": record}))
     return store
 
 
@@ -167,8 +171,8 @@ def _request(root: Path, camera: str, **kw: object) -> EngineRequest:
 def test_refit_mode_builds_one_base_per_structure_and_refits_each_camera(tmp_path: Path) -> None:
     log = tmp_path / "calls.txt"
     kit = FileToolkit(log=log)
-    _camera(tmp_path, "canon", b"canon weights")
-    _camera(tmp_path, "nokia", b"nokia weights")
+    _camera(tmp_path, "canon", 1)
+    _camera(tmp_path, "nokia", 2)
     first = ensure_camera_engine(_request(tmp_path, "canon"), kit)
     second = ensure_camera_engine(_request(tmp_path, "nokia"), kit)
     assert (first.built, first.base_built, second.built, second.base_built) == (True, True, True, False)
@@ -176,7 +180,8 @@ def test_refit_mode_builds_one_base_per_structure_and_refits_each_camera(tmp_pat
     assert first.base is not None and second.base is not None and first.base.file == second.base.file
     assert first.record.base == second.record.base == first.base.key.digest
     assert first.base.key.weight_stripped and first.base.key.refittable
-    assert "refitted with " + sha256_file(tmp_path / "nokia" / "model.onnx") in second.path.read_text()
+    nokia_onnx = CameraStore.open(tmp_path, "nokia").verified_path("model.onnx")
+    assert "refitted with " + sha256_file(nokia_onnx) in second.path.read_text()
     manifest = CameraStore.open(tmp_path, "nokia").read_manifest()
     (record,) = manifest["engines"].values()
     assert record["base_file"] == first.base.file and record["sha256"] == sha256_file(second.path)
@@ -186,7 +191,7 @@ def test_refit_mode_builds_one_base_per_structure_and_refits_each_camera(tmp_pat
 
 def test_second_run_builds_nothing(tmp_path: Path) -> None:
     log = tmp_path / "calls.txt"
-    _camera(tmp_path, "canon", b"w")
+    _camera(tmp_path, "canon", 0)
     first = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit(log=log))
     again = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit(log=log))
     assert not again.built and not again.base_built and again.path == first.path
@@ -195,7 +200,7 @@ def test_second_run_builds_nothing(tmp_path: Path) -> None:
 
 def test_other_gpu_or_tensorrt_never_loads_a_foreign_engine_and_says_why(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    _camera(tmp_path, "canon", b"w", structure=None)
+    _camera(tmp_path, "canon", 0, structure=None)
     h200 = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
     with caplog.at_level(logging.WARNING, logger="adassr.runtime.engines"):
         a100 = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit(gpu=A100))
@@ -211,9 +216,9 @@ def test_other_gpu_or_tensorrt_never_loads_a_foreign_engine_and_says_why(
 
 def test_reexported_onnx_rebuilds_and_removes_the_stale_engine(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    _camera(tmp_path, "canon", b"old", structure=None)
+    _camera(tmp_path, "canon", 3, structure=None)
     old = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
-    _camera(tmp_path, "canon", b"new", structure=None)
+    _camera(tmp_path, "canon", 4, structure=None)
     with caplog.at_level(logging.WARNING):
         new = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
     assert new.built and not old.path.exists()
@@ -222,7 +227,7 @@ def test_reexported_onnx_rebuilds_and_removes_the_stale_engine(
 
 
 def test_damaged_engine_is_rebuilt_not_loaded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    _camera(tmp_path, "canon", b"w", structure=None)
+    _camera(tmp_path, "canon", 0, structure=None)
     first = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
     first.path.write_text("truncated")
     with caplog.at_level(logging.WARNING):
@@ -232,7 +237,7 @@ def test_damaged_engine_is_rebuilt_not_loaded(tmp_path: Path, caplog: pytest.Log
 
 
 def test_damaged_base_is_rebuilt_and_refitted_engines_stay_valid(tmp_path: Path) -> None:
-    _camera(tmp_path, "canon", b"w")
+    _camera(tmp_path, "canon", 0)
     first = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit())
     assert first.base is not None
     EngineCache.shared(tmp_path).path_of(first.base).write_text("damaged base")
@@ -243,7 +248,7 @@ def test_damaged_base_is_rebuilt_and_refitted_engines_stay_valid(tmp_path: Path)
 
 def test_camera_engine_refitted_from_another_base_is_refitted_again(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    _camera(tmp_path, "canon", b"w")
+    _camera(tmp_path, "canon", 0)
     stripped = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit())
     with caplog.at_level(logging.WARNING):
         full = ensure_camera_engine(_request(tmp_path, "canon", weight_stripped=False), FileToolkit())
@@ -253,7 +258,7 @@ def test_camera_engine_refitted_from_another_base_is_refitted_again(
 
 
 def test_missing_export_for_the_precision_names_the_command(tmp_path: Path) -> None:
-    _camera(tmp_path, "canon", b"w")
+    _camera(tmp_path, "canon", 0)
     with pytest.raises(StoreError, match="adassr export --camera canon --precision fp16"):
         ensure_camera_engine(_request(tmp_path, "canon", precision="fp16"), FileToolkit())
 
@@ -263,7 +268,7 @@ def _worker(root: str, log: str) -> None:
 
 
 def test_two_processes_build_an_engine_once(tmp_path: Path) -> None:
-    _camera(tmp_path, "canon", b"w")
+    _camera(tmp_path, "canon", 0)
     log = tmp_path / "calls.txt"
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_worker, args=(str(tmp_path), str(log))) for _ in range(2)]
