@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# GPU check of the attention column-sum kernel, in one command (see benchmarks/README.md):
-#   1. the GPU tests (pytest -m gpu tests/cuda_kernels/test_gpu.py), when pytest is installed;
-#   2. benchmarks/attention_kernel.py (its own float64 correctness checks, then the timings).
+# Every GPU check of the project in one command, within about 8 minutes on one H100 / H200
+# (benchmarks/gpu_suite.py; see benchmarks/README.md "GPU check"):
+#   env, latency (480x270 frame: PyTorch eager / fp16 / bf16 / CUDA graphs, TensorRT and
+#   onnxruntime-gpu when importable, vs the compute bound), CUDA NIQE vs numpy NIQE, adaptation
+#   s/step, the attention kernel tests and benchmark, one adaptation at the paper's budget.
 # Results go to $OUT when set (the device tool's output folder), else benchmarks/results/:
-#   attention_kernel_<gpu>.json / .md, attention_gpu_tests.txt, attention_gpu_env.txt.
-# Extra arguments are passed to the benchmark (e.g. --sizes 4096,16384 --dtypes bf16).
-# Exit status: 0 when the tests and the benchmark checks all passed.
+#   gpu_check.json / gpu_check.md, gpu_check_<section>.json, and the files of the scripts it runs.
+# Weights: if .gpu_carry/ exists (python benchmarks/gpu_carry.py pack, on a machine that has them),
+# it is unpacked to a temporary folder and used (backbone package on PYTHONPATH, ADASSR_CACHE_DIR).
+# Arguments go to gpu_suite.py, e.g. --cpu-smoke (tiny CPU run), --only latency,niqe, --budget-s 300.
+# Exit status: 0 when every section that ran passed (absent libraries are skips, not failures).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -14,24 +18,20 @@ mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET  # the compiled kernels, not the interpreter
-status=0
 
-{
-  date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true
-  "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__); print('device', torch.cuda.get_device_name(0))" 2>&1
-} | tee "$OUT_DIR/attention_gpu_env.txt"
-
-if "$PY" -c "import pytest" 2>/dev/null; then
-  "$PY" -m pytest -m gpu tests/cuda_kernels/test_gpu.py -q -ra -p no:cacheprovider 2>&1 | tee "$OUT_DIR/attention_gpu_tests.txt"
-  test "${PIPESTATUS[0]}" -eq 0 || status=1
-else
-  echo "pytest is not installed: GPU tests skipped; the benchmark's --check still compares" \
-       "every method with a float64 reference" | tee "$OUT_DIR/attention_gpu_tests.txt"
+if [ -f .gpu_carry/carry.json ]; then
+  CARRY_DEST="$(mktemp -d)"
+  trap 'rm -rf "$CARRY_DEST"' EXIT
+  if "$PY" benchmarks/gpu_carry.py unpack "$CARRY_DEST" > "$OUT_DIR/gpu_carry_unpack.txt" 2>&1; then
+    export PYTHONPATH="$CARRY_DEST/site:$PYTHONPATH"
+    export ADASSR_CACHE_DIR="$CARRY_DEST/cache"
+    export ADASSR_CARRY_REPORT="$CARRY_DEST/carry_report.json"
+  else
+    echo "gpu_check: .gpu_carry could not be unpacked (see $OUT_DIR/gpu_carry_unpack.txt); using the machine's own weights"
+  fi
 fi
 
-"$PY" benchmarks/attention_kernel.py --out-dir "$OUT_DIR" "$@" 2>&1 | tee "$OUT_DIR/attention_kernel_log.txt"
-test "${PIPESTATUS[0]}" -eq 0 || status=1
-
+"$PY" benchmarks/gpu_suite.py --out "$OUT_DIR" "$@"
+status=$?
 echo "gpu_check: exit status $status; results in $OUT_DIR"
 exit $status

@@ -184,12 +184,19 @@ def section_latency(out: Path, smoke: bool) -> dict[str, Any]:
             "skipped": skipped}
 
 
-def _export_onnx(factory: Callable[[], Any], root: Path, camera: str, smoke: bool) -> Path:
-    """Export the model into a scratch store as camera ``camera`` (fp32 + fp16 ONNX)."""
-    from adassr.adapt.weights.state import LoadedBackbone  # noqa: F401 - import check only
-    from adassr.export.tensorrt import export_model_for_engines
+def _export_onnx(factory: Callable[[], Any], root: Path, camera: str, seed: int) -> Path:
+    """Export the model as camera ``camera`` of a scratch store (fp32 + fp16 ONNX); ``seed`` > 0 nudges
+    the last convolution's bias so that two cameras share the structure but not the weights."""
+    import torch
 
-    return export_model_for_engines(factory(), root, camera, precision="both")
+    from adassr.export.tensorrt import export_model_as_camera
+
+    model = factory()
+    if seed:
+        with torch.no_grad():
+            bias = model.conv_last.bias
+            bias.add_(1e-3 * torch.randn(bias.shape, generator=torch.Generator().manual_seed(seed)))
+    return export_model_as_camera(model, root, camera, precision="both")
 
 
 def _tensorrt_rows(factory: Callable[[], Any], frame: Any, roofline: Any, out: Path, smoke: bool,
@@ -210,8 +217,8 @@ def _tensorrt_rows(factory: Callable[[], Any], frame: Any, roofline: Any, out: P
     _, _, h, w = frame.shape
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for camera in ("cam_a", "cam_b"):
-            _export_onnx(factory, root, camera, smoke)
+        for seed, camera in enumerate(("cam_a", "cam_b")):
+            _export_onnx(factory, root, camera, seed)
         request = EngineRequest(root, "cam_a", "fp16", (exact_profile(1, h, w),))
         start = time.perf_counter()
         first = ensure_camera_engine(request, TensorRTToolkit())
@@ -248,9 +255,12 @@ def _ort_gpu_rows(factory: Callable[[], Any], frame: Any, roofline: Any, out: Pa
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_dir = _export_onnx(factory, Path(tmp), "cam_a", smoke)
+        from adassr.runtime.store import CameraStore
+
+        _export_onnx(factory, Path(tmp), "cam_a", 0)
+        store = CameraStore.open(Path(tmp), "cam_a")
         for name, precision in (("model.onnx", "fp32"), ("model_fp16.onnx", "fp16")):
-            with OnnxRuntimeBackend(onnx_dir / name, providers="cuda", require=True,
+            with OnnxRuntimeBackend(store.verified_path(name), providers="cuda", require=True,
                                     gpu=GpuProviderSettings(device_id=0)) as backend:
                 rows.append(backend_row(f"onnxruntime CUDA {precision} (end-to-end)", backend.infer, frame,
                                         roofline, warmup=3, repeats=20, scale=4, providers=list(backend.providers)))

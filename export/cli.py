@@ -18,22 +18,41 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="export this unadapted registry backbone as the fallback model (<store>/_fallback/)")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, metavar="DIR",
                         help=f"model store folder (default: {DEFAULT_STORE})")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "both"), default="fp32",
+    parser.add_argument("--precision", choices=("fp32", "fp16", "both", "bf16"), default="fp32",
                         help="model.onnx (fp32), model_fp16.onnx (fp16: half weights and activations, "
-                             "float32 I/O), or both (default: fp32)")
+                             "float32 I/O), or both (default: fp32); with --engine tensorrt also the engine's "
+                             "precision (both -> fp16; bf16 only with --engine tensorrt)")
     parser.add_argument("--validation-image", type=Path, default=None, metavar="PATH",
                         help="photo whose crops validate the export (default: the camera's first readable "
                              "image, else samples/cameras/nokia/iptc.jpg)")
+    engine = parser.add_argument_group("TensorRT engine (on a GPU box with TensorRT)")
+    engine.add_argument("--engine", choices=("none", "tensorrt"), default="none",
+                        help="also build (or reuse) the camera's TensorRT engine for this GPU (default none)")
+    engine.add_argument("--gpu", type=int, default=0, metavar="N", help="CUDA device to build for (default 0)")
+    engine.add_argument("--opt-level", type=int, default=3, choices=range(6), metavar="0-5",
+                        help="TensorRT builder optimisation level (default 3; 5 searches longest)")
+    engine.add_argument("--no-refit", action="store_true",
+                        help="build the camera's own engine instead of refitting the shared base engine of its "
+                             "backbone (one build per camera instead of one per GPU type)")
+    engine.add_argument("--tile", type=int, default=512,
+                        help="runtime tile size the engine's profile is built for (0 = untiled, default 512)")
+    engine.add_argument("--tile-batch", type=int, default=1, help="tiles per call the profile allows (default 1)")
 
 
 def run_export(args: argparse.Namespace) -> int:
     from adassr.export.onnx import export_camera, export_fallback
+    from adassr.runtime.errors import ConfigError
 
+    engine = getattr(args, "engine", "none")
+    if args.precision == "bf16" and engine != "tensorrt":
+        raise ConfigError("--precision bf16 exists only for TensorRT engines: add --engine tensorrt, or export "
+                          "fp32 / fp16 ONNX")
+    onnx_precision = "fp32" if args.precision == "bf16" else args.precision
     if args.camera is not None:
-        result = export_camera(args.store, args.camera, precision=args.precision,
+        result = export_camera(args.store, args.camera, precision=onnx_precision,
                                validation_image=args.validation_image)
     else:
-        result = export_fallback(args.store, args.backbone, precision=args.precision,
+        result = export_fallback(args.store, args.backbone, precision=onnx_precision,
                                  validation_image=args.validation_image)
     for record in result.exports.values():
         path = result.directory / record["file"]
@@ -43,4 +62,28 @@ def run_export(args: argparse.Namespace) -> int:
             f"{record['max_abs_error_vs_torch']:.2g} (tolerance {record['tolerance']:g}), "
             f"export {record['export_time_s']:.1f} s"
         )
+    if engine == "tensorrt":
+        _build_engine(args, result.camera)
     return 0
+
+
+def _build_engine(args: argparse.Namespace, camera: str) -> None:
+    from adassr.export.tensorrt import EngineOptions, export_engine
+    from adassr.runtime.tiling import TilingOptions
+
+    precision = "fp16" if args.precision == "both" else args.precision
+    tiling = TilingOptions(tile=args.tile, overlap=min(32, max(0, (args.tile - 1) // 2)) if args.tile else 0,
+                           batch_size=args.tile_batch)
+    options = EngineOptions(precision=precision, device=args.gpu, optimization_level=args.opt_level,
+                            refit=not args.no_refit, tiling=tiling)
+    result = export_engine(args.store, camera, options)
+    record = result.record
+    how = "reused" if not result.built else ("refitted" if record.base else "built")
+    line = (f"{camera}: TensorRT {precision} engine {result.path} {how} for {record.key.gpu} "
+            f"(TensorRT {record.key.tensorrt_version}, key {record.key.digest[:16]})")
+    if result.base is not None:
+        base_how = "built now" if result.base_built else "reused"
+        line += f"; base engine {result.base.file} {base_how}"
+        if record.refit_s is not None and result.built:
+            line += f"; refit {record.refit_s:.1f} s"
+    print(line)

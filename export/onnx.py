@@ -353,6 +353,7 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
                  fp16_extra_inputs: Sequence[ValidationInput] = ()) -> list[ValidatedModel]:
     """Export and validate every requested precision; raises ``ExportError`` on the first failure."""
     from adassr.export.fp16 import FP32_POLICY, convert_to_fp16, default_fp32_nodes
+    from adassr.export.structure import structure_sha256
 
     where = "; ".join(item.description for item in inputs)
     start = time.perf_counter()
@@ -372,7 +373,7 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
     models = []
     if "fp32" in precisions:
         models.append(ValidatedModel("fp32", data, {
-            "file": MODEL_FILES["fp32"], "precision": "fp32", **base,
+            "file": MODEL_FILES["fp32"], "precision": "fp32", **base, "structure_sha256": structure_sha256(proto),
             "max_abs_error_vs_torch": error, "tolerance": FP32_TOLERANCE,
         }))
     if "fp16" in precisions:
@@ -387,7 +388,7 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
         log.info("fp16 model: max abs error vs PyTorch fp32 %.3g (converted and validated in %.1f s)",
                  report.max_abs_error, time.perf_counter() - start)
         models.append(ValidatedModel("fp16", data16, {
-            "file": MODEL_FILES["fp16"], "precision": "fp16", **base,
+            "file": MODEL_FILES["fp16"], "precision": "fp16", **base, "structure_sha256": structure_sha256(proto16),
             "validated_on": "; ".join(item.description for item in all_inputs),
             "max_abs_error_vs_torch": report.max_abs_error, "mean_abs_error_vs_torch": report.mean_abs_error,
             "tolerance": FP16_TOLERANCE, "mean_tolerance": FP16_MEAN_TOLERANCE,
