@@ -25,7 +25,7 @@ from adassr.runtime.errors import ConfigError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.pipeline import UpscaleResult, upscale_image
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore
-from adassr.runtime.tiling import TilingOptions
+from adassr.runtime.tile_shape import tiling_options
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ def run_torch_upscale(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:
         raise ConfigError(f"--quality must be 1-100, got {args.quality}")
     device = resolve_device(getattr(args, "device", "auto") or "auto")
-    tiling = TilingOptions(tile=args.tile, overlap=args.tile_overlap, pre_pad=args.pre_pad,
-                           batch_size=args.tile_batch, pad_to_tile=False)
+    tiling = tiling_options(args.tile, overlap=args.tile_overlap, pre_pad=args.pre_pad,
+                            batch_size=args.tile_batch, pad_to_tile=False)
     pairs = plan_outputs(args.input, args.output, args.ext)
     choices: dict[str | None, TorchModelChoice] = {}
 

@@ -76,8 +76,13 @@ class TilingOptions:
     pre_pad: int = DEFAULT_PRE_PAD
     batch_size: int = DEFAULT_BATCH_SIZE
     pad_to_tile: bool = True
+    # When set, each image gets its own tile shape (``tile`` is ignored): the least total work with
+    # tiles of at most this many input pixels (adassr.runtime.tile_shape).
+    max_tile_pixels: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_tile_pixels is not None and self.max_tile_pixels < 1:
+            raise ConfigError(f"max_tile_pixels must be >= 1 (or None for fixed tiles), got {self.max_tile_pixels}")
         if self.tile < 0:
             raise ConfigError(f"tile must be >= 0 (0 = untiled), got {self.tile}")
         if self.overlap < 0:
@@ -181,15 +186,25 @@ def plan_tiles(
         raise ShapeError("image", (height, width), "at least 1 x 1 pixels")
     if multiple_of < 1:
         raise ConfigError(f"multiple_of must be >= 1, got {multiple_of}")
-    if options.tile and options.tile % multiple_of:
+    if options.max_tile_pixels is None and options.tile and options.tile % multiple_of:
         raise ConfigError(
             f"tile {options.tile} is not a multiple of {multiple_of}, which this model requires; "
             f"use --tile {_round_up(options.tile, multiple_of)}"
         )
+    padded_h, padded_w = height + 2 * options.pre_pad, width + 2 * options.pre_pad
+    if options.max_tile_pixels is not None:
+        from adassr.runtime.tile_shape import choose_tile_shape
+
+        th, tw = choose_tile_shape(_round_up(padded_h, multiple_of), _round_up(padded_w, multiple_of),
+                                   max_pixels=options.max_tile_pixels, overlap=options.overlap,
+                                   multiple_of=multiple_of)
+        rows = _plan_axis(padded_h, tile=th, overlap=options.overlap, pad_to_tile=False, multiple_of=multiple_of)
+        cols = _plan_axis(padded_w, tile=tw, overlap=options.overlap, pad_to_tile=False, multiple_of=multiple_of)
+        return TilePlan(height=height, width=width, pre_pad=options.pre_pad, rows=rows, cols=cols)
     rows, cols = (
-        _plan_axis(length + 2 * options.pre_pad, tile=options.tile, overlap=options.overlap,
+        _plan_axis(length, tile=options.tile, overlap=options.overlap,
                    pad_to_tile=options.pad_to_tile, multiple_of=multiple_of)
-        for length in (height, width)
+        for length in (padded_h, padded_w)
     )
     return TilePlan(height=height, width=width, pre_pad=options.pre_pad, rows=rows, cols=cols)
 

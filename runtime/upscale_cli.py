@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
 from adassr.runtime.errors import AdassrError, ConfigError
 from adassr.runtime.images import (
     SUPPORTED_READ_SUFFIXES,
@@ -39,7 +40,8 @@ from adassr.runtime.images import (
 from adassr.runtime.pipeline import RuntimeOptions, Upscaler, UpscaleResult
 from adassr.runtime.routing import PRECISIONS
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA, CameraStore
-from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, TilingOptions
+from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
+from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD
 
 CLI_BACKENDS = ("onnxruntime", "torch")
 _AUTO_EXT = {".mpo": ".jpg", ".bmp": ".png"}
@@ -60,9 +62,11 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--require-providers", action="store_true",
                         help="fail instead of falling back when a requested provider is not in use")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="model precision (default fp32)")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                        help=f"tile size in input pixels, 0 = no tiling (default {DEFAULT_TILE})")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (default: one per usable physical core, or $ADASSR_THREADS)")
+    parser.add_argument("--tile", type=tile_argument, default=AUTO_TILE,
+                        help="tile size in input pixels, 0 = no tiling, or auto (default): the least work "
+                             "with tiles that fit half the free memory (the whole image when it fits)")
     parser.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP,
                         help=f"input pixels shared by neighbouring tiles (default {DEFAULT_OVERLAP})")
     parser.add_argument("--tile-batch", type=int, default=DEFAULT_BATCH_SIZE,
@@ -239,8 +243,8 @@ def _process_one(
 
 
 def _options_from_args(args: argparse.Namespace) -> RuntimeOptions:
-    tiling = TilingOptions(
-        tile=args.tile,
+    tiling = tiling_options(
+        args.tile,
         overlap=args.tile_overlap,
         pre_pad=args.pre_pad,
         batch_size=args.tile_batch,
@@ -276,6 +280,7 @@ def run_upscale(
     if not 1 <= args.quality <= 100:
         raise ConfigError(f"--quality must be 1-100, got {args.quality}")
     options = _options_from_args(args)
+    limit_opencv_threads(options.threads or intra_op_threads())
     pairs = plan_outputs(args.input, args.output, args.ext)
     CameraStore.open(options.store, FALLBACK_CAMERA)  # a missing store fails once, up front
     if args.camera is not None:

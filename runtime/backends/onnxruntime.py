@@ -20,6 +20,7 @@ import numpy as np
 
 from adassr.runtime.backends.base import Backend
 from adassr.runtime.backends.ort_options import TRT_EP, GpuProviderSettings, provider_options
+from adassr.runtime.cpu_info import intra_op_threads
 from adassr.runtime.errors import BackendError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class OnnxRuntimeBackend(Backend):
     ) -> None:
         super().__init__(model_path)
         if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be >= 1 (or None for onnxruntime's default), got {threads}")
+            raise ConfigError(f"threads must be >= 1 (or None for one per usable physical core), got {threads}")
         self._requested = resolve_providers(providers)
         self._threads = threads
         self._require = require
@@ -134,9 +135,11 @@ class OnnxRuntimeBackend(Backend):
         if not usable:
             usable = ["CPUExecutionProvider"]
         options = ort.SessionOptions()
-        if self._threads is not None:
-            options.intra_op_num_threads = self._threads
-            options.inter_op_num_threads = 1
+        # One intra-op pool of one thread per usable physical core (cgroup quota and SMT applied):
+        # onnxruntime's own default counts every core of the host, also in a CPU-limited container.
+        options.intra_op_num_threads = self._threads if self._threads is not None else intra_op_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self._gpu.cache_dir is not None and TRT_EP in usable:
             self._gpu.cache_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -25,6 +25,8 @@ OPTIONS = [
     TilingOptions(tile=64, overlap=24, pre_pad=3),
     TilingOptions(tile=48, overlap=0),
     TilingOptions(tile=64, overlap=16, pad_to_tile=False),
+    TilingOptions(overlap=16, max_tile_pixels=48 * 48),
+    TilingOptions(overlap=8, pre_pad=0, max_tile_pixels=40 * 30),
 ]
 
 
@@ -56,7 +58,7 @@ def _nearest(scale: int, calls: list[tuple[int, ...]] | None = None):
 
 # -- the plan ------------------------------------------------------------------------------------
 def _opts_id(o: TilingOptions) -> str:
-    return f"t{o.tile}o{o.overlap}p{o.pre_pad}{'' if o.pad_to_tile else 'np'}"
+    return f"t{o.tile}o{o.overlap}p{o.pre_pad}{'' if o.pad_to_tile else 'np'}m{o.max_tile_pixels}"
 
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=_opts_id)
@@ -67,7 +69,9 @@ def test_plan_covers_every_pixel_with_fixed_tiles(size: tuple[int, int], opts: T
     ch, cw = plan.canvas_shape
     th, tw = plan.tile_shape
     assert ch >= h + 2 * opts.pre_pad and cw >= w + 2 * opts.pre_pad
-    if opts.tile and opts.pad_to_tile:
+    if opts.max_tile_pixels is not None:
+        assert th * tw <= opts.max_tile_pixels
+    elif opts.tile and opts.pad_to_tile:
         assert (th, tw) == (opts.tile, opts.tile)  # one static shape for every image
     cover = np.zeros((ch, cw), dtype=np.int32)
     for _, _, y, x in plan.tiles():
@@ -178,7 +182,8 @@ def test_tiled_equals_untiled_within_one_level(crop: tuple, tiny_infer) -> None:
     untiled = upscale_tiled(img, tiny_infer, scale=SCALE, options=TilingOptions(tile=0))
     # pure context of 3/8 * overlap = 12 px >= the model's receptive field radius (10 px)
     assert RF_RADIUS <= 3 * 32 / 8
-    for opts in (TilingOptions(tile=80, overlap=32, batch_size=4), TilingOptions(tile=128, overlap=32, batch_size=2)):
+    for opts in (TilingOptions(tile=80, overlap=32, batch_size=4), TilingOptions(tile=128, overlap=32, batch_size=2),
+                 TilingOptions(overlap=32, max_tile_pixels=100 * 90)):
         tiled = upscale_tiled(img, tiny_infer, scale=SCALE, options=opts)
         assert plan_tiles(*img.shape[:2], opts).n_tiles > 1
         assert np.abs(tiled - untiled).max() <= 1 / 255

@@ -185,3 +185,23 @@ def test_progress_without_tqdm(store: Path, tmp_path: Path, monkeypatch: pytest.
                         "--tile", "32", "--tile-overlap", "8")
     n = plan_tiles(40, 40, TilingOptions(tile=32, overlap=8)).n_tiles
     assert code == 0 and n > 1 and f"tiles {n}/{n}\n" in err
+
+
+def test_tile_auto_is_the_default_and_matches_fixed_tiles(store: Path, tmp_path: Path) -> None:
+    src = _small_jpeg_with_exif(SAMPLES / "nokia" / "iptc.jpg", tmp_path / "n.jpg", size=48)
+    assert _parse("-i", "x", "-o", "y").tile == "auto"
+    code, _, err = _run("-i", str(src), "-o", str(tmp_path / "auto.png"), "--store", str(store), "--no-progress")
+    assert code == 0, err
+    code, _, err = _run("-i", str(src), "-o", str(tmp_path / "whole.png"), "--store", str(store), "--tile", "0",
+                        "--no-progress")
+    assert code == 0, err
+    # a 48 px image fits one call: auto runs it whole, exactly like --tile 0
+    auto, whole = read_image(tmp_path / "auto.png").pixels, read_image(tmp_path / "whole.png").pixels
+    np.testing.assert_array_equal(auto, whole)
+
+
+@pytest.mark.parametrize("bad", ["big", "-3"])
+def test_bad_tile_value_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _parse("-i", "x", "-o", "y", "--tile", bad)
+    assert exc.value.code == 2 and "--tile" in capsys.readouterr().err

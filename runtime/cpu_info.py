@@ -1,0 +1,301 @@
+"""What the CPU offers: usable cores, vector ISA, native bf16, and its nominal fp32 peak (torch-free).
+
+Detection reads Linux's ``/proc/cpuinfo``, the process's CPU affinity, the cgroup CPU quota
+(containers and CI runners often see every host CPU but may use only a few) and, when the kernel
+exposes it, ``cpufreq/cpuinfo_max_freq``. Elsewhere it falls back to ``os.cpu_count()`` and an
+unknown clock.
+
+Usable physical cores = min(CPUs in the affinity mask, ceil(cgroup quota)) / hardware threads per
+core (at least 1). Intra-op thread pools should use that many threads: more threads than cores
+only makes the spinning workers of OpenMP / onnxruntime steal each other's time.
+
+Nominal fp32 peak (GFLOP/s) = usable physical cores x clock (GHz) x FMA units per core x fp32
+lanes per vector x 2 (an FMA is a multiply and an add):
+
+================================  =====  =========  =============================================
+vector ISA (flags)                lanes  FMA units  notes
+================================  =====  =========  =============================================
+AVX-512 (``avx512f``)             16     2          Intel server cores; AMD Zen 5 (family 26)
+AVX-512 on AMD Zen 4 (family 25)  16     1          512-bit FMAs issue as two 256-bit halves
+AVX2 + FMA (``avx2``, ``fma``)    8      2          Intel Haswell and later, AMD Zen 2 and later
+AVX2 + FMA on AMD Zen 1           8      1          family 23 below model 0x30: 128-bit FMA units
+AVX without FMA                   8      1          a multiply and an add per cycle
+SSE2                              4      1          a multiply and an add per cycle
+================================  =====  =========  =============================================
+
+The clock is the maximum frequency when the kernel reports it, else the ``cpu MHz`` line of
+``/proc/cpuinfo`` (on virtual machines usually the base clock, so turbo can exceed the "peak").
+Some Intel AVX-512 parts have one FMA unit and all parts lower their clock under heavy vector
+load: the figure is a nominal ceiling, not a guarantee; pass a measured value where it matters.
+
+A ``ISA cap`` limits the vector width used in the formula to what a library was told to use
+(``ONEDNN_MAX_CPU_ISA=AVX2`` / ``ATEN_CPU_CAPABILITY=avx2`` for PyTorch). onnxruntime's MLAS
+kernels choose their ISA from ``cpuid`` and have no run-time switch, so onnxruntime always runs
+the CPU's own ISA.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ISAS = ("sse2", "avx", "avx2", "avx512")
+"""Vector ISA levels, narrowest first."""
+
+_LANES = {"sse2": 4, "avx": 8, "avx2": 8, "avx512": 16}
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU as this process can use it."""
+
+    model_name: str
+    vendor: str  # vendor_id, e.g. GenuineIntel / AuthenticAMD ("" when unknown)
+    family: int | None  # cpu family (x86), None when unknown
+    model: int | None  # model number within the family, None when unknown
+    flags: frozenset[str]
+    logical_cpus: int  # usable logical CPUs (affinity and cgroup quota applied)
+    physical_cores: int  # usable physical cores (>= 1)
+    threads_per_core: int  # hardware threads per core (SMT), >= 1
+    clock_mhz: float | None
+    clock_source: str  # "cpuinfo_max_freq", "cpu MHz" or "unknown"
+
+    @property
+    def isa(self) -> str:
+        """The widest vector ISA the CPU has: avx512, avx2 (with FMA), avx or sse2."""
+        if "avx512f" in self.flags:
+            return "avx512"
+        if "avx2" in self.flags and "fma" in self.flags:
+            return "avx2"
+        if "avx" in self.flags:
+            return "avx"
+        return "sse2"
+
+    @property
+    def native_bf16(self) -> bool:
+        """True when the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16)."""
+        return bool({"avx512_bf16", "amx_bf16"} & self.flags)
+
+    @property
+    def label(self) -> str:
+        """``<model name>, <n> cores, flags <the ones that matter>`` for benchmark records."""
+        wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni")
+        flags = " ".join(f for f in wanted if f in self.flags) or "none of avx2/avx512"
+        return f"{self.model_name}, {self.physical_cores} cores, flags {flags}"
+
+
+@dataclass(frozen=True)
+class Fp32Peak:
+    """Nominal fp32 peak and the numbers that make it (see the module docstring)."""
+
+    cores: int
+    clock_ghz: float | None
+    fma_units: int
+    lanes: int
+    isa: str
+
+    @property
+    def gflops(self) -> float | None:
+        """cores x GHz x FMA units x lanes x 2, or None when the clock is unknown."""
+        if self.clock_ghz is None:
+            return None
+        return self.cores * self.clock_ghz * self.fma_units * self.lanes * 2
+
+    @property
+    def formula(self) -> str:
+        clock = "?" if self.clock_ghz is None else f"{self.clock_ghz:.3f}"
+        value = "unknown (no clock)" if self.gflops is None else f"{self.gflops:.1f} GFLOP/s"
+        return (f"{self.cores} cores x {clock} GHz x {self.fma_units} FMA units x {self.lanes} fp32 lanes "
+                f"({self.isa}) x 2 FLOP/FMA = {value}")
+
+
+def parse_cpuinfo(text: str) -> dict[str, str]:
+    """The first processor block of ``/proc/cpuinfo`` as ``{key: value}``; also counts cores.
+
+    Adds ``_physical_cores`` (distinct (physical id, core id) pairs, "" when not listed) and
+    ``_processors`` (number of processor blocks).
+    """
+    first: dict[str, str] = {}
+    cores: set[tuple[str, str]] = set()
+    processors = 0
+    current: dict[str, str] = {}
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if current:
+                processors += 1
+                if "core id" in current:
+                    cores.add((current.get("physical id", "0"), current["core id"]))
+                if not first:
+                    first = dict(current)
+                current = {}
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            current[key.strip()] = value.strip()
+    first["_physical_cores"] = str(len(cores)) if cores else ""
+    first["_processors"] = str(processors)
+    return first
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup quota (v2 ``cpu.max`` or v1 ``cfs_quota_us``), None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max" and float(period) > 0:
+            return float(quota) / float(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        q = float((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        p = float((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _max_freq_mhz(sys_cpu: Path) -> float | None:
+    try:
+        return float((sys_cpu / "cpu0" / "cpufreq" / "cpuinfo_max_freq").read_text()) / 1000.0
+    except (OSError, ValueError):
+        return None
+
+
+def _int(text: str | None, base: int = 10) -> int | None:
+    try:
+        return int(text, base) if text else None
+    except ValueError:
+        return None
+
+
+def detect_cpu(
+    cpuinfo: Path = Path("/proc/cpuinfo"),
+    *,
+    sys_cpu: Path = Path("/sys/devices/system/cpu"),
+    cgroup: Path = Path("/sys/fs/cgroup"),
+    affinity: int | None = None,
+) -> CpuInfo:
+    """Detect the CPU this process runs on (see the module docstring for the rules)."""
+    try:
+        info = parse_cpuinfo(cpuinfo.read_text())
+    except OSError:
+        info = {"_physical_cores": "", "_processors": "0"}
+    if affinity is None:
+        try:
+            affinity = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            affinity = os.cpu_count() or 1
+    logical = max(1, affinity)
+    quota = cgroup_cpu_limit(cgroup)
+    if quota is not None:
+        logical = max(1, min(logical, math.ceil(quota)))
+    processors = _int(info.get("_processors")) or 0
+    physical_all = _int(info.get("_physical_cores"))
+    tpc = 1
+    if physical_all and processors > physical_all:
+        tpc = max(1, round(processors / physical_all))
+    elif "siblings" in info and "cpu cores" in info:
+        siblings, per_socket = _int(info.get("siblings")), _int(info.get("cpu cores"))
+        if siblings and per_socket and siblings > per_socket:
+            tpc = max(1, siblings // per_socket)
+    physical = max(1, logical // tpc)
+    clock = _max_freq_mhz(sys_cpu)
+    source = "cpuinfo_max_freq"
+    if clock is None:
+        try:
+            clock = float(info["cpu MHz"]) if "cpu MHz" in info else None
+        except ValueError:
+            clock = None
+        source = "cpu MHz" if clock is not None else "unknown"
+    import platform
+
+    return CpuInfo(
+        model_name=info.get("model name") or platform.processor() or platform.machine() or "unknown CPU",
+        vendor=info.get("vendor_id", ""),
+        family=_int(info.get("cpu family")),
+        model=_int(info.get("model")),
+        flags=frozenset(info.get("flags", "").split()),
+        logical_cpus=logical,
+        physical_cores=physical,
+        threads_per_core=tpc,
+        clock_mhz=clock,
+        clock_source=source,
+    )
+
+
+def isa_cap_from_env(environ: dict[str, str] | None = None) -> str | None:
+    """The ISA PyTorch was limited to by ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA``, if any."""
+    env = os.environ if environ is None else environ
+    caps = []
+    aten = env.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if aten in ("default",):
+        caps.append("sse2")
+    elif aten.startswith("avx512"):
+        caps.append("avx512")
+    elif aten.startswith("avx2"):
+        caps.append("avx2")
+    onednn = env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if onednn:
+        if onednn.startswith("AVX512") or onednn.startswith("AVX10") or onednn == "ALL":
+            caps.append("avx512")
+        elif onednn.startswith("AVX2"):
+            caps.append("avx2")
+        elif onednn.startswith("AVX"):
+            caps.append("avx")
+        elif onednn.startswith("SSE"):
+            caps.append("sse2")
+    if not caps:
+        return None
+    return min(caps, key=ISAS.index)
+
+
+def fp32_peak(cpu: CpuInfo, *, isa_cap: str | None = None, cores: int | None = None) -> Fp32Peak:
+    """The nominal fp32 peak of ``cores`` (default: the usable physical cores) at the ISA in use."""
+    isa = cpu.isa
+    if isa_cap is not None:
+        if isa_cap not in ISAS:
+            raise ValueError(f"isa_cap must be one of {ISAS}, got {isa_cap!r}")
+        isa = min(isa, isa_cap, key=ISAS.index)
+    amd = cpu.vendor == "AuthenticAMD"
+    if isa == "avx512":
+        units = 1 if amd and cpu.family == 25 else 2
+    elif isa == "avx2":
+        zen1 = amd and cpu.family == 23 and (cpu.model or 0) < 0x30
+        units = 1 if zen1 else 2
+    else:
+        units = 1
+    n = cores if cores is not None else cpu.physical_cores
+    clock = None if cpu.clock_mhz is None else cpu.clock_mhz / 1000.0
+    return Fp32Peak(cores=n, clock_ghz=clock, fma_units=units, lanes=_LANES[isa], isa=isa)
+
+
+def intra_op_threads(cpu: CpuInfo | None = None) -> int:
+    """Threads for one intra-op pool: the usable physical cores (``ADASSR_THREADS`` overrides)."""
+    override = os.environ.get("ADASSR_THREADS", "").strip()
+    if override:
+        value = _int(override)
+        if value is None or value < 1:
+            from adassr.runtime.errors import ConfigError
+
+            raise ConfigError(f"ADASSR_THREADS must be a positive integer, got {override!r}")
+        return value
+    return (cpu or detect_cpu()).physical_cores
+
+
+_MODEL_RE = re.compile(r"\s+")
+
+
+def cpu_key(cpu: CpuInfo) -> str:
+    """A short stable key for caches that depend on the CPU: model name, ISA and bf16 support."""
+    name = _MODEL_RE.sub(" ", cpu.model_name).strip()
+    return f"{name}|{cpu.vendor}|{cpu.family}|{cpu.model}|{cpu.isa}|bf16={int(cpu.native_bf16)}"
+
+
+def limit_opencv_threads(threads: int) -> None:
+    """Give OpenCV's pool ``threads`` threads (its default counts every logical CPU of the host)."""
+    import cv2
+
+    cv2.setNumThreads(max(1, threads))

@@ -1,0 +1,82 @@
+"""Automatic tile shapes: least work within a pixel budget, and the budget from free memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adassr.runtime.errors import ConfigError
+from adassr.runtime.tile_shape import (
+    MAX_AUTO_TILE_PIXELS,
+    MIN_AUTO_TILE_PIXELS,
+    auto_max_tile_pixels,
+    choose_tile_shape,
+    mem_available_bytes,
+)
+from adassr.runtime.tiling import TilingOptions, plan_tiles, upscale_tiled
+
+
+def _work(plan) -> int:  # type: ignore[no-untyped-def]
+    th, tw = plan.tile_shape
+    return plan.n_tiles * th * tw
+
+
+def test_vga_photo_takes_two_narrow_tiles_not_two_512_squares() -> None:
+    fixed = plan_tiles(480, 640, TilingOptions(tile=512, overlap=32, pad_to_tile=False))
+    auto = plan_tiles(480, 640, TilingOptions(overlap=32, max_tile_pixels=512 * 512))
+    assert fixed.n_tiles == 2 and fixed.tile_shape == (500, 512)
+    assert auto.n_tiles == 2 and auto.tile_shape == (500, 346)
+    assert _work(auto) / _work(fixed) < 0.7
+
+
+def test_whole_image_when_it_fits() -> None:
+    plan = plan_tiles(480, 640, TilingOptions(overlap=32, max_tile_pixels=500 * 660))
+    assert plan.n_tiles == 1 and plan.tile_shape == (500, 660)
+
+
+@pytest.mark.parametrize("shape", [(3000, 4000), (1000, 90), (97, 181), (4000, 33)])
+@pytest.mark.parametrize("budget", [64 * 64, 200 * 150, 512 * 512])
+def test_budget_is_respected_and_work_is_least(shape: tuple[int, int], budget: int) -> None:
+    h, w = shape
+    opts = TilingOptions(overlap=16, pre_pad=10, max_tile_pixels=budget)
+    plan = plan_tiles(h, w, opts)
+    th, tw = plan.tile_shape
+    assert th * tw <= budget
+    # never more work than square tiles of the same budget
+    side = int(budget ** 0.5)
+    square = plan_tiles(h, w, TilingOptions(tile=side, overlap=16, pre_pad=10, pad_to_tile=False))
+    assert _work(plan) <= _work(square)
+
+
+def test_multiple_of_is_kept() -> None:
+    plan = plan_tiles(301, 455, TilingOptions(overlap=16, max_tile_pixels=150 * 150), multiple_of=8)
+    assert plan.tile_shape[0] % 8 == 0 and plan.tile_shape[1] % 8 == 0
+
+
+def test_impossible_budget_names_the_fix() -> None:
+    with pytest.raises(ConfigError, match="tile-overlap"):
+        choose_tile_shape(500, 500, max_pixels=60 * 60, overlap=32)
+    with pytest.raises(ConfigError, match="max_tile_pixels"):
+        TilingOptions(max_tile_pixels=0)
+
+
+def test_auto_stitches_a_pixelwise_model_exactly() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.random((97, 181, 3), dtype=np.float32)
+    opts = TilingOptions(overlap=8, max_tile_pixels=50 * 60)
+    assert plan_tiles(97, 181, opts).n_tiles > 1
+    out = upscale_tiled(img, lambda b: b.repeat(2, axis=2).repeat(2, axis=3), scale=2, options=opts)
+    np.testing.assert_allclose(out, img.repeat(2, 0).repeat(2, 1), atol=1e-6)
+
+
+def test_budget_from_memory(tmp_path: Path) -> None:
+    assert auto_max_tile_pixels(1 << 40) == MAX_AUTO_TILE_PIXELS
+    assert auto_max_tile_pixels(1 << 20) == MIN_AUTO_TILE_PIXELS
+    mid = auto_max_tile_pixels(2 * 1024**3)
+    assert MIN_AUTO_TILE_PIXELS < mid < MAX_AUTO_TILE_PIXELS
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24684000 kB\nMemAvailable:    1000 kB\n")
+    assert mem_available_bytes(meminfo) == 1000 * 1024
+    assert mem_available_bytes(tmp_path / "absent") is None
