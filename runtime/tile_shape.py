@@ -121,7 +121,9 @@ def tile_argument(text: str) -> str | int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a whole number of pixels (0 = untiled), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto' or a whole number of pixels (0 = untiled), got {text!r}"
+        ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 'auto' or >= 0 (0 = untiled), got {value}")
     return value
