@@ -104,7 +104,9 @@ def machine_name() -> str:
 
 
 def run_latency(args: argparse.Namespace) -> dict[str, Any]:
+    from adassr.export.roofline import conv_macs_per_input_pixel, cpu_roofline, ort_gemm_gflops, torch_gemm_gflops
     from adassr.runtime.backends import open_backend
+    from adassr.runtime.cpu_info import intra_op_threads
     from adassr.runtime.errors import ConfigError
     from adassr.runtime.routing import resolve_model
     from adassr.runtime.tiling import TilingOptions, plan_tiles, upscale_tiled
@@ -115,21 +117,27 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     route = resolve_model(args.store, camera=args.camera)
     providers = tuple(args.providers.split(","))
     rows: list[dict[str, Any]] = []
+    threads = args.threads or intra_op_threads()
     torch_model = None
     if not args.no_torch:
-        torch_model = _torch_model(route, args.threads)
-    with open_backend(args.backend, route.onnx_path, providers=providers, threads=args.threads,
+        torch_model = _torch_model(route, threads)
+    with open_backend(args.backend, route.onnx_path, providers=providers, threads=threads,
                       input_name=route.input_name, output_name=route.output_name) as backend:
+        on_cpu = tuple(backend.providers) == ("CPUExecutionProvider",)
         for size in sizes:
             x = _crop(size).transpose(2, 0, 1)[None].copy()
             out_mp = (size * route.scale) ** 2 / 1e6
+            ceiling = {"gemm_gflops": ort_gemm_gflops(threads)} if on_cpu else {}  # measured just before
             stats = time_calls(functools.partial(backend.infer, x), args.repeats)
             rows.append({"backend": f"{args.backend} ({','.join(backend.providers)})", "size": size, **stats,
-                         "out_mpix_per_s": out_mp / (stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb()})
+                         "out_mpix_per_s": out_mp / (stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb(),
+                         **ceiling})
             if torch_model is not None:
+                t_ceiling = {"gemm_gflops": torch_gemm_gflops(threads)}
                 t_stats = time_calls(functools.partial(torch_model, x), args.repeats)
                 rows.append({"backend": "torch eager fp32", "size": size, **t_stats,
-                             "out_mpix_per_s": out_mp / (t_stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb()})
+                             "out_mpix_per_s": out_mp / (t_stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb(),
+                             **t_ceiling})
         big = args.tiled_size
         image = _crop(big)
         untiled_opts = TilingOptions(tile=0, pad_to_tile=False)
@@ -145,11 +153,15 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         tor = next((r for r in rows if r["size"] == size and r["backend"].startswith("torch")), None)
         if tor is not None:
             ratios[str(size)] = tor["p50_ms"] / ort["p50_ms"]
+    roofline = None
+    if on_cpu:
+        roofline = cpu_roofline(rows, conv_macs_per_input_pixel(route.onnx_path), threads)
     return {
+        "cpu_roofline": roofline,
         "machine": machine_name(),
         "model": {"camera": route.model_camera, "file": str(route.onnx_path), "sha256": route.sha256,
                   "scale": route.scale, "reason": route.reason},
-        "threads": args.threads,
+        "threads": threads,
         "rows": rows,
         "onnxruntime_speedup_vs_torch": ratios,
         "tiled_vs_untiled": {"size": big, "tile": tile, "overlap": args.tile_overlap,
@@ -195,6 +207,10 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines.append(f"- tiled ({t['tiles']} tiles of {t['tile']}, overlap {t['overlap']}) vs untiled at LR "
                  f"{t['size']}x{t['size']}: "
                  f"{t['ratio']:.2f}x the untiled time (p50)")
+    if result.get("cpu_roofline"):
+        from adassr.export.roofline import roofline_markdown
+
+        lines += roofline_markdown(result["cpu_roofline"])
     return "\n".join(lines) + "\n"
 
 

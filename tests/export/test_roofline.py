@@ -1,0 +1,64 @@
+"""CPU roofline: Conv work counted from the ONNX graph, achieved vs nominal / measured ceilings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from adassr.export.roofline import conv_macs_per_input_pixel, cpu_roofline, ort_gemm_gflops, roofline_markdown
+from adassr.runtime.cpu_info import CpuInfo
+
+from ..runtime._models import write_model
+
+
+def _upsampling_model(path: Path) -> Path:
+    """conv 3->4 at LR, nearest x2, conv 4->3 at 2x: 9*3*4 + 4 * 9*4*3 = 540 MAC per LR pixel."""
+    inits = [numpy_helper.from_array(np.zeros((4, 3, 3, 3), np.float32), "w0"),
+             numpy_helper.from_array(np.zeros((3, 4, 3, 3), np.float32), "w1"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Conv", ["lr", "w0"], ["a"], pads=[1] * 4),
+             helper.make_node("Resize", ["a", "", "scales"], ["b"], mode="nearest"),
+             helper.make_node("Conv", ["b", "w1"], ["sr"], pads=[1] * 4)]
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("lr", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["N", 3, "SH", "SW"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_conv_macs_follow_the_resolution(tmp_path: Path) -> None:
+    assert conv_macs_per_input_pixel(_upsampling_model(tmp_path / "up.onnx")) == pytest.approx(540)
+    # tiny SR: 3->8->8->8->8->48 3x3 convs at LR resolution
+    tiny = write_model(tmp_path / "tiny.onnx", channels=8)
+    assert conv_macs_per_input_pixel(tiny) == pytest.approx(9 * (3 * 8 + 3 * 8 * 8 + 8 * 48))
+
+
+def _cpu() -> CpuInfo:
+    return CpuInfo(model_name="Test CPU", vendor="GenuineIntel", family=6, model=85,
+                   flags=frozenset({"avx", "avx2", "fma"}), logical_cpus=2, physical_cores=2,
+                   threads_per_core=1, clock_mhz=2500.0, clock_source="cpu MHz")
+
+
+def test_roofline_ratios() -> None:
+    rows = [{"backend": "onnxruntime (CPUExecutionProvider)", "size": 100, "p50_ms": 1000.0, "gemm_gflops": 100.0},
+            {"backend": "torch eager fp32", "size": 100, "p50_ms": 2000.0}]
+    roof = cpu_roofline(rows, 1e6, 2, cpu=_cpu())
+    peak = 2 * 2.5 * 2 * 8 * 2  # 160 GFLOP/s
+    ort, torch_row = roof["rows"]
+    assert ort["achieved_gflops"] == pytest.approx(20.0)  # 2 * 1e6 * 1e4 FLOP in 1 s
+    assert ort["of_nominal_peak"] == pytest.approx(20.0 / peak)
+    assert ort["of_measured_gemm"] == pytest.approx(0.2)
+    assert torch_row["achieved_gflops"] == pytest.approx(10.0) and torch_row["of_measured_gemm"] is None
+    text = "\n".join(roofline_markdown(roof))
+    assert "2 cores x 2.500 GHz x 2 FMA units x 8 fp32 lanes (avx2) x 2 FLOP/FMA = 160.0 GFLOP/s" in text
+    assert "| onnxruntime (CPUExecutionProvider) | 100 | 20.0 | 20.0 | 100.0 | 12% | 20% |" in text
+    assert set(roof["nominal_peak"]) == {"onnxruntime", "torch"}
+
+
+def test_ort_gemm_runs() -> None:
+    assert ort_gemm_gflops(1, n=128, repeats=2) > 0
