@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from adassr.export.triton_repo import PLATFORMS
 from adassr.runtime.store import DEFAULT_STORE
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--camera", metavar="NAME", help="camera group whose adapted.safetensors is exported")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--camera", metavar="NAME", action="append",
+                        help="camera group whose adapted.safetensors is exported (repeatable with --triton-repo)")
     source.add_argument("--backbone", metavar="NAME",
                         help="export this unadapted registry backbone as the fallback model (<store>/_fallback/)")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, metavar="DIR",
@@ -35,11 +37,55 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="build the camera's own engine instead of refitting the shared base engine of its "
                              "backbone (one build per camera instead of one per GPU type)")
     engine.add_argument("--tile", type=int, default=512,
-                        help="runtime tile size the engine's profile is built for (0 = untiled, default 512)")
+                        help="runtime tile size the engine's profile is built for (0 = untiled, default 512); "
+                             "with --triton-repo the tile shape of the Triton models")
     engine.add_argument("--tile-batch", type=int, default=1, help="tiles per call the profile allows (default 1)")
+    triton = parser.add_argument_group(
+        "--triton-repo (a Triton Inference Server model repository from the store's exports; no torch)")
+    triton.add_argument("--triton-repo", type=Path, default=None, metavar="DIR",
+                        help="write one Triton model per camera (default: every exported camera) into DIR")
+    triton.add_argument("--platform", choices=PLATFORMS, default="onnxruntime_onnx",
+                        help="Triton platform (default onnxruntime_onnx; tensorrt_plan needs the camera's engine)")
+    triton.add_argument("--max-batch", type=int, default=8, help="Triton max_batch_size (default 8)")
+    triton.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
+    triton.add_argument("--instance-kind", choices=("KIND_GPU", "KIND_CPU"), default="KIND_GPU",
+                        help="where instances run (default KIND_GPU)")
+    triton.add_argument("--trt-accelerator", action="store_true",
+                        help="let Triton's onnxruntime backend run the model through TensorRT")
+    triton.add_argument("--triton-prefix", default="adassr_", help="model name prefix (default adassr_)")
+
+
+def _run_triton(args: argparse.Namespace) -> int:
+    from adassr.export.errors import ExportError
+    from adassr.export.triton_repo import TritonRepoOptions, write_repository
+
+    if args.backbone is not None:
+        raise ExportError("--triton-repo publishes existing exports; export the backbone first, then rerun")
+    if args.precision not in ("fp32", "fp16"):
+        raise ExportError("--triton-repo publishes one precision per model: use --precision fp32 or fp16")
+    options = TritonRepoOptions(
+        platform=args.platform, tile=args.tile, max_batch_size=args.max_batch,
+        preferred_batch_sizes=tuple(b for b in (args.max_batch // 2, args.max_batch) if b >= 1),
+        instance_count=args.instances, instance_kind=args.instance_kind, prefix=args.triton_prefix,
+        trt_accelerator=args.trt_accelerator, precision=args.precision,
+    )
+    for model in write_repository(args.triton_repo, args.store, args.camera, options):
+        state = "new version" if model.new_version else "unchanged"
+        print(f"{model.camera}: {model.directory}/{model.version} ({state}, sha256 {model.sha256[:12]}...)")
+    return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.triton_repo is not None:
+        return _run_triton(args)
+    if args.camera is None and args.backbone is None:
+        from adassr.export.errors import ExportError
+
+        raise ExportError("name what to export: --camera NAME or --backbone NAME (or --triton-repo DIR)")
+    if args.camera is not None and len(args.camera) > 1:
+        from adassr.export.errors import ExportError
+
+        raise ExportError("export one --camera at a time (several are accepted with --triton-repo only)")
     from adassr.export.onnx import export_camera, export_fallback
     from adassr.runtime.errors import ConfigError
 
@@ -49,7 +95,7 @@ def run_export(args: argparse.Namespace) -> int:
                           "fp32 / fp16 ONNX")
     onnx_precision = "fp32" if args.precision == "bf16" else args.precision
     if args.camera is not None:
-        result = export_camera(args.store, args.camera, precision=onnx_precision,
+        result = export_camera(args.store, args.camera[0], precision=onnx_precision,
                                validation_image=args.validation_image)
     else:
         result = export_fallback(args.store, args.backbone, precision=onnx_precision,

@@ -1,0 +1,315 @@
+"""A Triton Inference Server model repository from the store: one Triton model per camera group.
+
+Layout written (``adassr export --triton-repo DIR``)::
+
+    DIR/<prefix><camera>/config.pbtxt          platform, tile shape, dynamic batching, instances
+    DIR/<prefix><camera>/<version>/model.onnx  (or model.plan for --platform tensorrt_plan)
+
+- Model names: ``<prefix><camera>`` (``adassr_canon``; the fallback folder ``_fallback`` becomes
+  ``adassr__fallback``), so the camera routing of ``adassr serve`` maps one to one.
+- Input and output: the names, element type (``io_dtype``) and scale recorded by the export in
+  the camera's manifest. Dimensions are the fixed tile shape ``[3, tile, tile]`` ->
+  ``[3, scale*tile, scale*tile]`` (batch dimension implicit, up to ``max_batch_size``): a
+  client pads every tile to that shape (see :mod:`adassr.runtime.server.triton_client`), which
+  static TensorRT engines need and which lets Triton batch tiles of different images.
+- Versions: the model file of the camera's current export is copied into a new numbered version
+  folder unless an existing version already holds exactly these bytes (compared by sha256), so
+  re-running the command is a no-op and every new adaptation or re-export becomes version n+1.
+  ``version_policy`` serves the latest version; older ones stay for rollback.
+- ``--platform tensorrt_plan``: the camera's TensorRT engine (``adassr export --engine tensorrt``,
+  built on the serving GPU type) for the precision, whose optimisation profile takes batches of
+  1..``max_batch_size`` tiles of the tile shape, is copied as ``model.plan``. Without one use
+  ``onnxruntime_onnx`` with ``--trt-accelerator``, which lets Triton's onnxruntime backend build
+  TensorRT engines itself.
+
+Every file is written atomically (temporary file + rename); a version folder is complete before
+it appears under its number. Model files are verified against the manifest's sha256 first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adassr.export.errors import ExportError
+from adassr.runtime.engines.cache import ENGINES_DIR
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, atomic_write_bytes, list_cameras, sha256_file
+
+PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
+MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
+DEFAULT_PREFIX = "adassr_"
+PROVENANCE = "adassr_versions.json"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class TritonRepoOptions:
+    """How the Triton models are configured."""
+
+    platform: str = "onnxruntime_onnx"
+    tile: int = 256
+    max_batch_size: int = 8
+    preferred_batch_sizes: tuple[int, ...] = (4, 8)
+    max_queue_delay_us: int = 2000
+    instance_count: int = 1
+    instance_kind: str = "KIND_GPU"
+    prefix: str = DEFAULT_PREFIX
+    trt_accelerator: bool = False
+    precision: str = "fp32"  # which ONNX export (fp32 or fp16) to publish
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORMS:
+            raise ExportError(f"unknown Triton platform {self.platform!r}; valid: {', '.join(PLATFORMS)}")
+        if self.tile < 8:
+            raise ExportError(f"--tile must be at least 8 input pixels, got {self.tile}")
+        if self.max_batch_size < 1:
+            raise ExportError(f"--max-batch must be >= 1, got {self.max_batch_size}")
+        if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ExportError(
+                f"preferred batch sizes {self.preferred_batch_sizes} must lie in 1..{self.max_batch_size}"
+            )
+        if self.max_queue_delay_us < 0 or self.instance_count < 1:
+            raise ExportError("max queue delay must be >= 0 and the instance count >= 1")
+        if self.instance_kind not in INSTANCE_KINDS:
+            raise ExportError(f"unknown instance kind {self.instance_kind!r}; valid: {', '.join(INSTANCE_KINDS)}")
+        if not re.match(r"^[A-Za-z0-9_.-]*$", self.prefix):
+            raise ExportError(f"model name prefix {self.prefix!r} may use only letters, digits, '_', '-', '.'")
+        if self.trt_accelerator and self.platform != "onnxruntime_onnx":
+            raise ExportError("--trt-accelerator applies to --platform onnxruntime_onnx only")
+        if self.precision not in ("fp32", "fp16"):
+            raise ExportError(f"unknown precision {self.precision!r}; valid: fp32, fp16")
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """One model written (or confirmed) in the repository."""
+
+    name: str
+    camera: str
+    version: int
+    new_version: bool
+    sha256: str
+    directory: Path
+
+
+def model_name(camera: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Triton model name of a camera group: ``<prefix><camera>``."""
+    name = f"{prefix}{camera}"
+    if not _NAME.match(name):
+        raise ExportError(f"Triton model name {name!r} is not valid; choose another --triton-prefix")
+    return name
+
+
+def _pb_string(text: str) -> str:
+    return json.dumps(text)  # a JSON string literal is a valid protobuf text-format string
+
+
+def render_config(
+    name: str,
+    *,
+    camera: str,
+    record: Mapping[str, Any],
+    scale: int,
+    options: TritonRepoOptions,
+) -> str:
+    """The ``config.pbtxt`` text for one camera's model."""
+    io_dtype = str(record.get("io_dtype", "float32"))
+    dtype = TRITON_TYPES.get(io_dtype)
+    if dtype is None:
+        raise ExportError(f"camera {camera!r}: export io_dtype {io_dtype!r} has no Triton type (float32/float16)")
+    input_name = record.get("input_name")
+    output_name = record.get("output_name")
+    if not isinstance(input_name, str) or not isinstance(output_name, str):
+        raise ExportError(
+            f"camera {camera!r}: the export record names no input/output tensor; re-export with `adassr export`"
+        )
+    multiple = int(record.get("multiple_of", 1))
+    if options.tile % multiple:
+        raise ExportError(f"camera {camera!r}: --tile {options.tile} is not a multiple of {multiple}, which it needs")
+    t, hr = options.tile, scale * options.tile
+    preferred = " ".join(f"{b}" for b in options.preferred_batch_sizes)
+    lines = [
+        f"name: {_pb_string(name)}",
+        f"platform: {_pb_string(options.platform)}",
+        f"max_batch_size: {options.max_batch_size}",
+        "version_policy: { latest: { num_versions: 1 } }",
+        "input [",
+        f"  {{ name: {_pb_string(input_name)} data_type: {dtype} dims: [ 3, {t}, {t} ] }}",
+        "]",
+        "output [",
+        f"  {{ name: {_pb_string(output_name)} data_type: {dtype} dims: [ 3, {hr}, {hr} ] }}",
+        "]",
+        "dynamic_batching {",
+        f"  preferred_batch_size: [ {preferred.replace(' ', ', ')} ]" if preferred else "",
+        f"  max_queue_delay_microseconds: {options.max_queue_delay_us}",
+        "}",
+        f"instance_group [ {{ count: {options.instance_count} kind: {options.instance_kind} }} ]",
+    ]
+    if options.trt_accelerator:
+        precision = "FP16" if options.precision == "fp16" else "FP32"
+        lines += [
+            "optimization { execution_accelerators { gpu_execution_accelerator: [ {",
+            '  name: "tensorrt"',
+            f'  parameters {{ key: "precision_mode" value: "{precision}" }}',
+            "} ] } }",
+        ]
+    for key, value in (
+        ("adassr_camera", camera),
+        ("adassr_scale", str(scale)),
+        ("adassr_tile", str(t)),
+        ("adassr_multiple_of", str(multiple)),
+    ):
+        lines.append(f"parameters {{ key: {_pb_string(key)} value: {{ string_value: {_pb_string(value)} }} }}")
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def _source(
+    store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions
+) -> tuple[Mapping[str, Any], Path]:
+    """The export record to publish (io names, scale) and the verified file to copy."""
+    exports = manifest.get("exports") or {}
+    key = "onnx_fp16" if options.precision == "fp16" else "onnx"
+    if key not in exports:
+        raise ExportError(
+            f"camera {store.camera!r} has no {options.precision} ONNX export; run "
+            f"`adassr export --camera {store.camera}" + (" --precision fp16`" if key == "onnx_fp16" else "`")
+        )
+    record = exports[key]
+    try:
+        path = store.verified_path(str(record["file"]), manifest)
+    except Exception as exc:  # noqa: BLE001 - StoreError with the reason (missing, checksum)
+        raise ExportError(f"camera {store.camera!r}: {exc}") from exc
+    if options.platform == "tensorrt_plan":
+        path = _engine(store, manifest, options)
+    return record, path
+
+
+def _covers(profile: Mapping[str, Any], shape: tuple[int, ...], batch: int) -> bool:
+    low, high = list(profile.get("min", ())), list(profile.get("max", ()))
+    want_low, want_high = [1, *shape], [batch, *shape]
+    return (
+        len(low) == len(high) == 4
+        and all(a <= b for a, b in zip(low, want_low, strict=True))
+        and all(a >= b for a, b in zip(high, want_high, strict=True))
+    )
+
+
+def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> Path:
+    """The camera's TensorRT engine for this precision whose profile takes ``1..max_batch x 3 x tile x tile``."""
+    shape = (3, options.tile, options.tile)
+    found: list[tuple[str, Mapping[str, Any]]] = []
+    for record in (manifest.get("engines") or {}).values():
+        key = record.get("key") if isinstance(record, Mapping) else None
+        if not isinstance(key, Mapping) or key.get("precision") != options.precision:
+            continue
+        if any(_covers(p, shape, options.max_batch_size) for p in key.get("profiles", ())):
+            found.append((str(key.get("gpu_name")), record))
+    if not found:
+        raise ExportError(
+            f"camera {store.camera!r} has no {options.precision} TensorRT engine whose profile takes batches of "
+            f"1-{options.max_batch_size} tiles of {options.tile}x{options.tile}; build one on the serving GPU with "
+            f"`adassr export --camera {store.camera} --engine tensorrt --tile {options.tile} --tile-batch "
+            f"{options.max_batch_size}`, or use --platform onnxruntime_onnx (--trt-accelerator lets Triton build "
+            "TensorRT engines itself)"
+        )
+    gpus = sorted({gpu for gpu, _ in found})
+    if len(gpus) > 1:
+        raise ExportError(
+            f"camera {store.camera!r} has matching engines for several GPUs ({', '.join(gpus)}); a Triton "
+            "repository holds one plan per model: write one repository per GPU type from a store with that GPU's "
+            "engines only"
+        )
+    record = found[0][1]
+    path = store.directory / ENGINES_DIR / str(record.get("file"))
+    if not path.is_file() or sha256_file(path) != record.get("sha256"):
+        raise ExportError(
+            f"camera {store.camera!r}: the engine {record.get('file')} is missing or fails its checksum; rebuild it "
+            "with `adassr export --engine tensorrt`"
+        )
+    return path
+
+
+def _versions(model_dir: Path) -> dict[int, Path]:
+    if not model_dir.is_dir():
+        return {}
+    return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+
+
+def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root: Path) -> TritonModel:
+    """Write (or update) one camera's Triton model; return what was done."""
+    store = CameraStore.open(store_root, camera)
+    manifest = store.read_manifest()
+    record, source = _source(store, manifest, options)
+    scale = int(record.get("scale", manifest.get("scale", 0)))
+    name = model_name(camera, options.prefix)
+    model_dir = repo / name
+    file_name = MODEL_FILES[options.platform]
+    digest = sha256_file(source)
+    versions = _versions(model_dir)
+    existing = next(
+        (v for v, d in sorted(versions.items()) if (d / file_name).is_file() and sha256_file(d / file_name) == digest),
+        None,
+    )
+    config = render_config(name, camera=camera, record=record, scale=scale, options=options)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    new = existing is None
+    version = existing if existing is not None else max(versions, default=0) + 1
+    if new:
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+        try:
+            shutil.copyfile(source, staging / file_name)
+            with open(staging / file_name, "rb") as fh:
+                os.fsync(fh.fileno())
+            if sha256_file(staging / file_name) != digest:
+                raise ExportError(f"copying {camera!r}'s model changed its bytes; check the disk and retry")
+            os.chmod(staging, 0o755)
+            os.rename(staging, model_dir / str(version))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    atomic_write_bytes(model_dir / "config.pbtxt", config.encode("utf-8"))
+    provenance_path = model_dir / PROVENANCE
+    try:
+        provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        provenance = {}
+    provenance[str(version)] = {
+        "camera": camera,
+        "sha256": digest,
+        "source_file": str(record["file"]),
+        "precision": record.get("precision"),
+        "manifest_updated": manifest.get("updated"),
+        "weights_sha256": manifest.get("weights_sha256"),
+    }
+    atomic_write_bytes(provenance_path, (json.dumps(provenance, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    return TritonModel(name, camera, version, new, digest, model_dir)
+
+
+def write_repository(
+    repo: str | os.PathLike[str],
+    store_root: str | os.PathLike[str],
+    cameras: Sequence[str] | None = None,
+    options: TritonRepoOptions | None = None,
+) -> list[TritonModel]:
+    """Write the Triton model of every camera in ``cameras`` (default: every exported camera, fallback included)."""
+    opts = options or TritonRepoOptions()
+    root = Path(store_root).expanduser()
+    CameraStore.open(root, FALLBACK_CAMERA)  # StoreError if the store is missing
+    if cameras:
+        chosen = list(dict.fromkeys(cameras))
+    else:
+        chosen = [c for c in list_cameras(root) if (CameraStore.open(root, c).read_manifest().get("exports") or {})]
+        if not chosen:
+            raise ExportError(f"no camera in {root} has an export; run `adassr export` first")
+    out = Path(repo).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    return [write_model(out, camera, opts, root) for camera in chosen]

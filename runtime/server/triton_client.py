@@ -1,0 +1,187 @@
+"""Upscale with a Triton Inference Server that serves the repository ``adassr export --triton-repo`` wrote.
+
+Tiling runs on the client with the runtime's own code (:func:`adassr.runtime.pipeline.upscale_pixels`):
+every tile is padded to the model's fixed tile shape (read from the model's config on the server)
+and sent to Triton in batches of up to ``max_batch_size`` tiles over HTTP (binary tensors), so
+the output equals ``adassr upscale`` with the same tile size and ``pad_to_tile``. Triton's
+dynamic batcher then merges tiles from all its clients.
+
+Example::
+
+    from adassr.runtime.images import read_image, write_image
+    from adassr.runtime.server.triton_client import TritonUpscaler
+
+    with TritonUpscaler("localhost:8000") as triton:
+        image = read_image("photo.jpg")
+        pixels, alpha, model = triton.upscale(image)          # routed by the photo's EXIF Make
+        write_image("photo_x4.png", pixels, alpha=alpha)
+
+Needs ``tritonclient[http]`` (in the ``serve`` extra); it is imported when a client is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from adassr.runtime.errors import BackendError, ConfigError
+from adassr.runtime.images import LoadedImage
+from adassr.runtime.pipeline import upscale_pixels
+from adassr.runtime.routing import camera_group_of
+from adassr.runtime.store import FALLBACK_CAMERA
+from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, TilingOptions
+
+DEFAULT_PREFIX = "adassr_"
+_NUMPY_TYPES = {"TYPE_FP32": ("FP32", np.float32), "TYPE_FP16": ("FP16", np.float16)}
+
+
+@dataclass(frozen=True)
+class TritonModelInfo:
+    """What the client needs from a model's Triton config."""
+
+    name: str
+    input_name: str
+    output_name: str
+    datatype: str  # Triton wire type, "FP32" or "FP16"
+    tile: int
+    scale: int
+    multiple_of: int
+    max_batch_size: int
+
+
+def parse_model_config(config: Mapping[str, Any]) -> TritonModelInfo:
+    """Read a model config (the JSON form ``get_model_config`` returns) written by ``--triton-repo``."""
+    try:
+        name = str(config["name"])
+        (inp,) = config["input"]
+        (out,) = config["output"]
+        dims = [int(d) for d in inp["dims"]]
+        out_dims = [int(d) for d in out["dims"]]
+        params = {k: v.get("string_value") for k, v in (config.get("parameters") or {}).items()}
+        wire, _ = _NUMPY_TYPES[str(inp["data_type"])]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BackendError(f"the Triton model config is not one adassr wrote ({exc!r}); rerun --triton-repo") from exc
+    if len(dims) != 3 or dims[0] != 3 or dims[1] != dims[2] or dims[1] < 1:
+        raise BackendError(f"model {name!r} input dims {dims}: expected [3, tile, tile]")
+    scale = int(params.get("adassr_scale") or out_dims[1] // dims[1])
+    if out_dims != [3, scale * dims[1], scale * dims[2]]:
+        raise BackendError(f"model {name!r} output dims {out_dims} do not match x{scale} of {dims}")
+    return TritonModelInfo(
+        name=name,
+        input_name=str(inp["name"]),
+        output_name=str(out["name"]),
+        datatype=wire,
+        tile=dims[1],
+        scale=scale,
+        multiple_of=int(params.get("adassr_multiple_of") or 1),
+        max_batch_size=max(1, int(config.get("max_batch_size", 1))),
+    )
+
+
+class TritonUpscaler:
+    """A tritonclient HTTP client plus the model configs it has read (cached per model name)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        overlap: int = DEFAULT_OVERLAP,
+        pre_pad: int = DEFAULT_PRE_PAD,
+        timeout_s: float = 120.0,
+    ) -> None:
+        try:
+            import tritonclient.http as httpclient
+        except ImportError as exc:
+            raise ConfigError(
+                f"the Triton client needs tritonclient[http] ({exc}); pip install 'adassr[serve]'"
+            ) from exc
+        self._http = httpclient
+        self._client = httpclient.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+        self._prefix = prefix
+        self._overlap = overlap
+        self._pre_pad = pre_pad
+        self._models: dict[str, TritonModelInfo] = {}
+
+    def model_info(self, name: str) -> TritonModelInfo:
+        if name not in self._models:
+            try:
+                config = self._client.get_model_config(name)
+            except Exception as exc:  # noqa: BLE001 - tritonclient raises its own exception types
+                raise BackendError(f"Triton has no usable model {name!r}: {exc}") from exc
+            self._models[name] = parse_model_config(config)
+        return self._models[name]
+
+    def model_for(self, image: LoadedImage, camera: str | None = None) -> str:
+        """``<prefix><camera>``; without ``camera`` the EXIF Make's group if Triton has it, else the fallback."""
+        if camera is not None:
+            return f"{self._prefix}{camera}"
+        group, _ = camera_group_of(image)
+        if group is not None:
+            name = f"{self._prefix}{group}"
+            try:
+                if self._client.is_model_ready(name):
+                    return name
+            except Exception:  # noqa: BLE001, S110 - an unreachable or unknown model: use the fallback
+                pass
+        return f"{self._prefix}{FALLBACK_CAMERA}"
+
+    def infer_fn(self, info: TritonModelInfo) -> Any:
+        """An ``InferFn`` sending ``N x 3 x tile x tile`` batches to ``info``'s model."""
+        http = self._http
+        dtype = _NUMPY_TYPES["TYPE_FP16" if info.datatype == "FP16" else "TYPE_FP32"][1]
+
+        def infer(batch: np.ndarray) -> np.ndarray:
+            data = np.ascontiguousarray(batch, dtype=dtype)
+            inp = http.InferInput(info.input_name, list(data.shape), info.datatype)
+            inp.set_data_from_numpy(data, binary_data=True)
+            out = http.InferRequestedOutput(info.output_name, binary_data=True)
+            try:
+                result = self._client.infer(info.name, [inp], outputs=[out])
+            except Exception as exc:  # noqa: BLE001 - tritonclient raises its own exception types
+                raise BackendError(f"Triton failed on model {info.name!r} with input {data.shape}: {exc}") from exc
+            array = result.as_numpy(info.output_name)
+            if array is None:
+                raise BackendError(f"Triton returned no {info.output_name!r} for model {info.name!r}")
+            return np.asarray(array, dtype=np.float32)
+
+        return infer
+
+    def upscale(
+        self, image: LoadedImage, *, camera: str | None = None, model: str | None = None, outscale: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """``(pixels, alpha, model name)``: the image upscaled by its camera's model on Triton."""
+        name = model or self.model_for(image, camera)
+        info = self.model_info(name)
+        tiling = TilingOptions(
+            tile=info.tile,
+            overlap=self._overlap,
+            pre_pad=self._pre_pad,
+            batch_size=info.max_batch_size,
+            pad_to_tile=True,
+        )
+        pixels, alpha = upscale_pixels(
+            image.pixels,
+            self.infer_fn(info),
+            scale=info.scale,
+            tiling=tiling,
+            alpha=image.alpha,
+            outscale=outscale,
+            multiple_of=info.multiple_of,
+        )
+        return pixels, alpha, name
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> TritonUpscaler:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,164 @@
+"""``adassr export --triton-repo``: every config.pbtxt parses with Triton's own ModelConfig schema."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from adassr.cli import main
+from adassr.export.errors import ExportError
+from adassr.export.triton_repo import TritonRepoOptions, write_repository
+from adassr.runtime.server.triton_client import parse_model_config
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
+
+from ..runtime._models import publish_camera
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    publish_camera(root, FALLBACK_CAMERA, seed=0)
+    publish_camera(root, "canon", seed=1, fp16=True)
+    return root
+
+
+def _parse(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_repository_layout_and_configs_parse(store: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    models = write_repository(
+        repo, store, options=TritonRepoOptions(tile=64, max_batch_size=8, preferred_batch_sizes=(4, 8))
+    )
+    assert sorted(m.name for m in models) == ["adassr__fallback", "adassr_canon"]
+    for model in models:
+        config = _parse(repo / model.name / "config.pbtxt")
+        assert config.name == model.name and config.platform == "onnxruntime_onnx"
+        assert config.max_batch_size == 8
+        (inp,) = config.input
+        (out,) = config.output
+        assert (inp.name, list(inp.dims), inp.data_type) == ("lr", [3, 64, 64], model_config_pb2.TYPE_FP32)
+        assert (out.name, list(out.dims), out.data_type) == ("sr", [3, 256, 256], model_config_pb2.TYPE_FP32)
+        assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+        assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        assert config.version_policy.latest.num_versions == 1
+        assert config.parameters["adassr_scale"].string_value == "4"
+        onnx_file = repo / model.name / "1" / "model.onnx"
+        camera = "canon" if model.name.endswith("canon") else FALLBACK_CAMERA
+        expected = CameraStore.open(store, camera).verified_path("model.onnx")
+        assert _sha(onnx_file) == _sha(expected) == model.sha256
+        # The client reads the same config in the JSON form Triton's HTTP API returns.
+        info = parse_model_config(json_format.MessageToDict(config, preserving_proto_field_name=True))
+        assert (info.tile, info.scale, info.input_name, info.output_name, info.max_batch_size) == (64, 4, "lr", "sr", 8)
+
+
+def test_the_schema_check_is_real(store: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_repository(repo, store, ["canon"])
+    text = (repo / "adassr_canon" / "config.pbtxt").read_text()
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse(text.replace("max_batch_size", "max_batch"), model_config_pb2.ModelConfig())
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse(text.replace("TYPE_FP32", "TYPE_FLOAT"), model_config_pb2.ModelConfig())
+
+
+def test_new_adaptation_becomes_a_new_version(store: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (first,) = write_repository(repo, store, ["canon"])
+    assert (first.version, first.new_version) == (1, True)
+    (again,) = write_repository(repo, store, ["canon"])
+    assert (again.version, again.new_version) == (1, False)  # same bytes: no new version
+    publish_camera(store, "canon", seed=5)  # re-adapted and re-exported
+    (second,) = write_repository(repo, store, ["canon"])
+    assert (second.version, second.new_version) == (2, True) and second.sha256 != first.sha256
+    model_dir = repo / "adassr_canon"
+    assert sorted(p.name for p in model_dir.iterdir() if p.is_dir()) == ["1", "2"]
+    assert _sha(model_dir / "1" / "model.onnx") == first.sha256  # the old version stays for rollback
+    assert not [p for p in model_dir.iterdir() if p.name.startswith(".")]  # no staging leftovers
+    _parse(model_dir / "config.pbtxt")
+
+
+def test_options_fp16_cpu_instances_and_trt_accelerator(store: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    options = TritonRepoOptions(precision="fp16", instance_kind="KIND_CPU", instance_count=2, trt_accelerator=True)
+    (model,) = write_repository(repo, store, ["canon"], options)
+    config = _parse(repo / model.name / "config.pbtxt")
+    assert config.instance_group[0].count == 2
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    accel = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
+    fp16_file = CameraStore.open(store, "canon").verified_path("model_fp16.onnx")
+    assert model.sha256 == _sha(fp16_file)
+
+
+def test_tensorrt_plan_needs_an_engine_in_the_store(store: Path, tmp_path: Path) -> None:
+    options = TritonRepoOptions(platform="tensorrt_plan", tile=64, max_batch_size=4, preferred_batch_sizes=(4,))
+    with pytest.raises(ExportError, match="no fp32 TensorRT engine"):
+        write_repository(tmp_path / "repo", store, ["canon"], options)
+    # An engine record as the engine cache writes it (the bytes stand in for a plan: no TensorRT here).
+    cam = CameraStore.open(store, "canon")
+    engine = b"serialized-engine-bytes-for-the-layout-test"
+    (cam.directory / "engines").mkdir()
+    (cam.directory / "engines" / "e1.plan").write_bytes(engine)
+    profile = {"min": [1, 3, 32, 32], "opt": [4, 3, 64, 64], "max": [4, 3, 128, 128]}
+    record = {
+        "file": "e1.plan",
+        "sha256": hashlib.sha256(engine).hexdigest(),
+        "bytes": len(engine),
+        "key": {"precision": "fp32", "gpu_name": "NVIDIA H200", "profiles": [profile]},
+    }
+    cam.update_manifest(lambda m: m.setdefault("engines", {}).update(abc=record))
+    (model,) = write_repository(tmp_path / "repo", store, ["canon"], options)
+    assert (model.directory / "1" / "model.plan").read_bytes() == engine
+    config = _parse(model.directory / "config.pbtxt")
+    assert config.platform == "tensorrt_plan" and list(config.input[0].dims) == [3, 64, 64]
+    small = TritonRepoOptions(platform="tensorrt_plan", tile=256, max_batch_size=4, preferred_batch_sizes=(4,))
+    with pytest.raises(ExportError, match="profile takes batches"):  # the profile does not take 256 px tiles
+        write_repository(tmp_path / "repo2", store, ["canon"], small)
+
+
+def test_refuses_a_tampered_model(store: Path, tmp_path: Path) -> None:
+    path = CameraStore.open(store, "canon").verified_path("model.onnx")
+    path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ExportError, match="checksum"):
+        write_repository(tmp_path / "repo", store, ["canon"])
+    assert not (tmp_path / "repo" / "adassr_canon" / "1").exists()
+
+
+def test_cli(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = tmp_path / "repo"
+    code = main(
+        [
+            "export",
+            "--triton-repo",
+            str(repo),
+            "--store",
+            str(store),
+            "--camera",
+            "canon",
+            "--camera",
+            FALLBACK_CAMERA,
+            "--tile",
+            "128",
+            "--instance-kind",
+            "KIND_CPU",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "canon:" in out and "new version" in out
+    assert list(_parse(repo / "adassr_canon" / "config.pbtxt").input[0].dims) == [3, 128, 128]
+    assert main(["export", "--triton-repo", str(repo), "--store", str(store), "--platform", "tensorrt_plan"]) == 2
+    assert "TensorRT engine" in capsys.readouterr().err
+    assert main(["export", "--store", str(store)]) == 2
+    assert "--camera NAME or --backbone NAME" in capsys.readouterr().err
