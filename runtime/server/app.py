@@ -291,15 +291,17 @@ class Server:
                 f"{limits.max_output_pixels:,}; send a smaller image or a smaller outscale"
             )
         infer = self.batcher.infer_fn(model.key, model.backend, ticket)
-        pixels, alpha = upscale_pixels(
-            image.pixels,
-            infer,
-            scale=model.route.scale,
-            tiling=self.config.tiling,
-            alpha=image.alpha,
-            outscale=params.outscale,
-            multiple_of=model.route.multiple_of,
-        )
+        with self.batcher.producer():
+            pixels, alpha = upscale_pixels(
+                image.pixels,
+                infer,
+                scale=model.route.scale,
+                tiling=self.config.tiling,
+                alpha=image.alpha,
+                outscale=params.outscale,
+                multiple_of=model.route.multiple_of,
+                max_output_pixels=limits.max_output_pixels,
+            )
         inferred = time.perf_counter()
         ticket.check()
         data, notes = encode(pixels, alpha, suffix=params.suffix, quality=params.quality)

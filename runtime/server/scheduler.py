@@ -131,6 +131,8 @@ class TileBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self._depth = 0
+        self._producers = 0  # pipelines that may still submit tiles
+        self._blocked = 0  # of those, how many are waiting for results (and so cannot add tiles)
         self._on_batch = on_batch
         self._on_cancelled = on_cancelled_tiles
         self._threads = [
@@ -168,6 +170,16 @@ class TileBatcher:
         def infer(batch: np.ndarray) -> np.ndarray:
             ticket.check()
             futures = [self.submit((key, batch.shape[1:]), backend, batch[i], ticket) for i in range(batch.shape[0])]
+            with self._cond:
+                self._blocked += 1
+                self._cond.notify()
+            try:
+                return _collect(futures)
+            finally:
+                with self._cond:
+                    self._blocked -= 1
+
+        def _collect(futures: list[cf.Future[np.ndarray]]) -> np.ndarray:
             outputs: list[np.ndarray] = []
             try:
                 for future in futures:
@@ -186,6 +198,17 @@ class TileBatcher:
             return np.stack(outputs)
 
         return infer
+
+    def producer(self) -> _Producer:
+        """Context manager around one request's pipeline: while every open pipeline is waiting for
+        results, nobody can add tiles to a batch, so due batches run at once instead of waiting
+        ``max_wait``."""
+        return _Producer(self)
+
+    def _add_producer(self, delta: int) -> None:
+        with self._cond:
+            self._producers += delta
+            self._cond.notify()
 
     def cancel(self, ticket: Ticket) -> int:
         """Drop every queued tile of ``ticket``; return how many were dropped."""
@@ -217,7 +240,8 @@ class TileBatcher:
                     continue
                 key, queue = min(self._queues.items(), key=lambda kv: kv[1][0].enqueued)
                 waited = time.monotonic() - queue[0].enqueued
-                if len(queue) >= self._max_batch or waited >= self._max_wait or self._closed:
+                idle = self._blocked >= self._producers  # no pipeline is preparing tiles
+                if len(queue) >= self._max_batch or waited >= self._max_wait or self._closed or idle:
                     jobs = [queue.popleft() for _ in range(min(self._max_batch, len(queue)))]
                     if not queue:
                         del self._queues[key]
@@ -248,3 +272,14 @@ class TileBatcher:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout)
+
+
+class _Producer:
+    def __init__(self, batcher: TileBatcher) -> None:
+        self._batcher = batcher
+
+    def __enter__(self) -> None:
+        self._batcher._add_producer(+1)
+
+    def __exit__(self, *exc: object) -> None:
+        self._batcher._add_producer(-1)
