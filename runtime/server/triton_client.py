@@ -157,9 +157,10 @@ class TritonUpscaler:
         """``(pixels, alpha, model name)``: the image upscaled by its camera's model on Triton."""
         name = model or self.model_for(image, camera)
         info = self.model_info(name)
+        overlap = min(self._overlap, (info.tile - 1) // 2)  # a small tile cannot take the default overlap
         tiling = TilingOptions(
             tile=info.tile,
-            overlap=self._overlap,
+            overlap=overlap,
             pre_pad=self._pre_pad,
             batch_size=info.max_batch_size,
             pad_to_tile=True,

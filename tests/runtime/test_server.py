@@ -535,7 +535,7 @@ def test_server_modules_import_without_torch() -> None:
         "        if name == 'torch' or name.startswith('torch.'):\n"
         "            raise ImportError('torch is blocked')\n"
         "sys.meta_path.insert(0, _Block())\n"
-        "import adassr.runtime.server.app, adassr.runtime.serve_cli\n"
+        "import adassr.runtime.server.app, adassr.runtime.serve_cli, adassr.runtime.server.triton_client\n"
         "from adassr.cli import build_parser\n"
         "build_parser().parse_args(['serve', '--store', 'x'])\n"
         "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules\n"

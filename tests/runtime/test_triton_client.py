@@ -1,0 +1,108 @@
+"""The Triton client against a real tritonserver (opt-in) and its config reading (always).
+
+The integration test needs a Python 3.12 environment with ``nvidia-pytriton`` and ``onnxruntime``
+(PyTriton's bundled tritonserver runs its Python-backend stub under 3.12 only; about 370 MB):
+set ``ADASSR_PYTRITON_PYTHON`` to that interpreter, and ``ADASSR_PYTRITON_LIBDIR`` to the folder
+holding its ``libpython3.12.so.1.0`` if the loader cannot find it (pyenv: ``<prefix>/lib``).
+Without them it is skipped: too heavy for the default test run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adassr.export.triton_repo import TritonRepoOptions, write_repository
+from adassr.runtime.images import read_image
+from adassr.runtime.server.triton_client import TritonUpscaler, parse_model_config
+from adassr.runtime.store import FALLBACK_CAMERA
+
+from ._models import publish_camera
+from ._server import SAMPLES, cli_output, decode, small_jpeg_with_exif
+
+PYTRITON_PYTHON = os.environ.get("ADASSR_PYTRITON_PYTHON")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [int(s.getsockname()[1]) for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_parse_model_config_rejects_foreign_configs() -> None:
+    good = {
+        "name": "adassr_canon",
+        "max_batch_size": 8,
+        "input": [{"name": "lr", "data_type": "TYPE_FP32", "dims": ["3", "64", "64"]}],
+        "output": [{"name": "sr", "data_type": "TYPE_FP32", "dims": ["3", "256", "256"]}],
+        "parameters": {"adassr_scale": {"string_value": "4"}},
+    }
+    info = parse_model_config(good)
+    assert (info.tile, info.scale, info.max_batch_size, info.datatype) == (64, 4, 8, "FP32")
+    from adassr.runtime.errors import BackendError
+
+    with pytest.raises(BackendError, match="input dims"):
+        parse_model_config({**good, "input": [{"name": "lr", "data_type": "TYPE_FP32", "dims": [3, 64, 32]}]})
+    with pytest.raises(BackendError, match="output dims"):
+        parse_model_config({**good, "output": [{"name": "sr", "data_type": "TYPE_FP32", "dims": [3, 128, 128]}]})
+    with pytest.raises(BackendError, match="not one adassr wrote"):
+        parse_model_config({"name": "x"})
+
+
+@pytest.mark.skipif(not PYTRITON_PYTHON, reason="set ADASSR_PYTRITON_PYTHON to a Python 3.12 with nvidia-pytriton")
+def test_client_tiles_through_a_real_tritonserver(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0)
+    publish_camera(store, "canon", seed=1)
+    repo = tmp_path / "repo"
+    write_repository(repo, store, options=TritonRepoOptions(tile=32, instance_kind="KIND_CPU"))
+    http, grpc, metrics = _free_ports(3)
+    env = dict(os.environ)
+    if os.environ.get("ADASSR_PYTRITON_LIBDIR"):
+        env["LD_LIBRARY_PATH"] = os.environ["ADASSR_PYTRITON_LIBDIR"] + os.pathsep + env.get("LD_LIBRARY_PATH", "")
+    script = Path(__file__).with_name("_pytriton_server.py")
+    log = (tmp_path / "triton.log").open("w")
+    proc = subprocess.Popen(
+        [str(PYTRITON_PYTHON), str(script), str(repo), "adassr_canon", str(http), str(grpc), str(metrics)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    try:
+        data = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 48)
+        (tmp_path / "in.jpg").write_bytes(data)
+        image = read_image(tmp_path / "in.jpg")
+        deadline = time.monotonic() + 120
+        with TritonUpscaler(f"127.0.0.1:{http}", overlap=8) as client:
+            while True:
+                try:
+                    if client._client.is_model_ready("adassr_canon"):
+                        break
+                except Exception:  # noqa: BLE001 - not up yet
+                    pass
+                assert proc.poll() is None, (tmp_path / "triton.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "tritonserver did not load the model in time"
+                time.sleep(0.5)
+            pixels, alpha, name = client.upscale(image)  # routed by the EXIF Make to adassr_canon
+        assert name == "adassr_canon" and alpha is None and pixels.shape == (192, 192, 3)
+        ref = decode(cli_output(store, data, tmp_path, name="ref.jpg", tile=32, overlap=8, camera="canon"))
+        assert int(np.abs(pixels.astype(np.int32) - ref.astype(np.int32)).max()) <= 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
