@@ -366,8 +366,8 @@ def _cli(argv: list[str]) -> argparse.Namespace:
 def test_cli_arguments_and_missing_store(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         _cli(["--camera", "a", "--backbone", "b"])
-    with pytest.raises(SystemExit):
-        _cli([])
+    with pytest.raises(ExportError, match="--camera NAME or --backbone NAME"):  # --triton-repo needs neither
+        run_export(_cli([]))
     args = _cli(["--camera", "nokia", "--store", str(tmp_path / "none"), "--precision", "both"])
     assert args.precision == "both" and args.backbone is None
     with pytest.raises(StoreError, match="does not exist"):
