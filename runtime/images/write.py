@@ -13,7 +13,9 @@ default LZW (16-bit).
 
 The file is encoded in memory first, then written to a temporary file in the destination
 directory, fsynced and renamed over the destination: a failure leaves no partial file and an
-existing destination untouched.
+existing destination untouched. A writer killed mid-write leaves its hidden temporary file
+(named with its pid, see :mod:`adassr.runtime.tempfiles`); the next write of the same file
+removes it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 import warnings
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from adassr.runtime.errors import ConfigError, ImageError
 from adassr.runtime.images._model import SUPPORTED_WRITE_SUFFIXES, AlphaDroppedWarning
 from adassr.runtime.images.containers import encode_png_grey_alpha16
 from adassr.runtime.images.convert import uint16_to_uint8
+from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
 # zlib level 1: on a 1600x1200 photo 5.6x faster than level 6 for 6.5% larger files.
 _PNG_LEVEL = 1
@@ -189,10 +191,11 @@ def _atomic_write(p: Path, data: bytes) -> None:
     parent = p.parent
     if not parent.is_dir():
         raise ImageError(f"{p}: directory {parent} does not exist; create it first")
-    tmp = parent / f".{p.name}.{secrets.token_hex(6)}.tmp"
+    # Temporary files of writers that were killed (their pid is gone) are removed first.
+    remove_stale_temps(parent, target=p.name)
     try:
         # O_EXCL: never clobber; mode 0o666 lets the umask decide, like a plain open().
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        fd, tmp = create_temp(p)
     except OSError as e:
         raise ImageError(f"{p}: cannot create a file in {parent} ({e.strerror})") from e
     try:
