@@ -29,7 +29,7 @@ pytestmark = pytest.mark.faults
 
 BUDGET = 64 * 64  # pixels: the seeds are 24 x 20, so any header that grows the image trips it
 EXAMPLES = 250
-FUZZ = settings(max_examples=EXAMPLES, deadline=3000, derandomize=True, database=None,
+FUZZ = settings(max_examples=EXAMPLES, deadline=10_000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
