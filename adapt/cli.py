@@ -36,6 +36,7 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
                        help="tail mode: augmented pairs whose front features are cached per period (GPU 128, CPU 64)")
     train.add_argument("--precision", choices=PRECISIONS, help="mixed precision (auto)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto | cpu | cuda")
+    train.add_argument("--gpu", type=int, default=None, metavar="N", help="CUDA device to use (default: the first)")
     train.add_argument("--seed", type=int, help="random seed (0)")
     train.add_argument("--kernel", choices=KERNEL_MODES, help="estimate the blur kernel, or bicubic")
     train.add_argument("--weights", dest="weight_mode", choices=WEIGHT_MODES,
@@ -100,8 +101,10 @@ def run_adapt(args: argparse.Namespace) -> int:
         for group in discover_groups(args.images or default_images_dir()).values():
             print(group.describe())
         return 0
+    from adassr.adapt.precision import select_gpu
     from adassr.adapt.run import adapt_camera
 
+    select_gpu(getattr(args, "gpu", None))
     group = _select(args)
     config = _config(args)
     print(f"adapting {args.backbone} to camera group '{group.name}' ({len(group.members)} image(s)); "

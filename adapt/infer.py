@@ -98,6 +98,10 @@ def run_torch_upscale(args: argparse.Namespace) -> int:
 
     if not 1 <= args.quality <= 100:
         raise ConfigError(f"--quality must be 1-100, got {args.quality}")
+    from adassr.adapt.precision import select_gpu
+
+    if getattr(args, "device", "auto") != "cpu" and torch.cuda.is_available():
+        select_gpu(getattr(args, "gpu", None))
     device = resolve_device(getattr(args, "device", "auto") or "auto")
     tiling = tiling_options(args.tile, overlap=args.tile_overlap, pre_pad=args.pre_pad,
                             batch_size=args.tile_batch, pad_to_tile=False)

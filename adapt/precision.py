@@ -50,6 +50,20 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def select_gpu(index: int | None) -> None:
+    """Make CUDA device ``index`` the current one (``--gpu N``), so ``torch.device("cuda")`` means it.
+
+    ``None`` leaves the default. ConfigError names the valid range when the device does not exist.
+    """
+    if index is None:
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not 0 <= index < count:
+        have = f"CUDA devices 0-{count - 1}" if count else "no CUDA device visible to torch"
+        raise ConfigError(f"--gpu {index} is not available: this machine has {have}")
+    torch.cuda.set_device(index)
+
+
 def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16).
 

@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -37,6 +38,7 @@ import numpy as np
 
 from adassr.runtime.backends import Backend, ModelCache, ModelKey, open_backend
 from adassr.runtime.backends.onnxruntime import resolve_providers
+from adassr.runtime.backends.ort_options import GpuProviderSettings
 from adassr.runtime.errors import BackendError, ConfigError, ImageError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import PRECISIONS, RouteDecision, resolve_model
@@ -226,12 +228,41 @@ class RuntimeOptions:
     tiling: TilingOptions = field(default_factory=TilingOptions)
     outscale: float | None = None
     cache_size: int = 4
+    gpu: int = 0  # CUDA device for the tensorrt backend and onnxruntime's CUDA / TensorRT providers
+    cuda_graph: bool = False  # tensorrt backend: replay each tile shape as a CUDA graph
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         check_outscale(self.outscale)
         object.__setattr__(self, "providers", resolve_providers(self.providers))
+
+
+def gpu_settings(route: RouteDecision, opts: RuntimeOptions) -> GpuProviderSettings:
+    """GPU settings for a route: device, fp16 for an fp16 model, TensorRT caches inside the camera's
+    folder keyed by the model, and profiles equal to the shapes the tiling sends."""
+    from adassr.runtime.backends.ort_options import ort_trt_cache_dir
+    from adassr.runtime.engines import plan_profiles
+
+    profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of).profiles
+    version = "unknown"
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        version = onnxruntime.__version__
+    cache = ort_trt_cache_dir(route.store.directory, route.sha256, route.precision, profiles, version)
+    return GpuProviderSettings(device_id=opts.gpu, fp16=route.precision == "fp16", cache_dir=cache,
+                               profiles=profiles, input_name=route.input_name or "lr")
+
+
+def engine_for_route(route: RouteDecision, opts: RuntimeOptions) -> Path:
+    """The route's TensorRT engine for this machine: stored, else refitted or built now (logged)."""
+    from adassr.runtime.engines import plan_profiles
+    from adassr.runtime.engines.manage import EngineRequest, TensorRTToolkit, ensure_camera_engine
+
+    profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of).profiles
+    request = EngineRequest(route.store.root, route.model_camera, route.precision, profiles, device=opts.gpu)
+    return ensure_camera_engine(request, TensorRTToolkit()).path
 
 
 class Upscaler:
@@ -254,10 +285,14 @@ class Upscaler:
     def backend_for(self, route: RouteDecision) -> Backend:
         """The open backend for a route, from the cache or opened after verifying the sha256."""
         opts = self.options
-        key = ModelKey(route.model_camera, route.sha256, route.precision, opts.providers, opts.backend)
+        providers = (f"cuda:{opts.gpu}",) if opts.backend == "tensorrt" else opts.providers
+        key = ModelKey(route.model_camera, route.sha256, route.precision, providers, opts.backend)
 
         def _open() -> Backend:
             path = route.verify()
+            gpu = gpu_settings(route, opts)
+            if opts.backend == "tensorrt":
+                path = engine_for_route(route, opts)
             return open_backend(
                 opts.backend,
                 path,
@@ -266,6 +301,8 @@ class Upscaler:
                 require=opts.require_providers,
                 input_name=route.input_name,
                 output_name=route.output_name,
+                gpu=gpu,
+                cuda_graph=opts.cuda_graph,
             )
 
         return self.cache.get(key, _open)

@@ -43,7 +43,7 @@ from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA, CameraStore
 from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD
 
-CLI_BACKENDS = ("onnxruntime", "torch")
+CLI_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 _AUTO_EXT = {".mpo": ".jpg", ".bmp": ".png"}
 
 
@@ -56,7 +56,14 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
                         help="camera group whose model to use (default: from each image's EXIF Make)")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default ./{DEFAULT_STORE})")
     parser.add_argument("--backend", choices=CLI_BACKENDS, default="onnxruntime",
-                        help="onnxruntime (the runtime, default) or torch (PyTorch eager, needs the adapt extra)")
+                        help="onnxruntime (the runtime, default), tensorrt (a TensorRT engine per camera, built "
+                             "or refitted on first use and cached in the store) or torch (PyTorch, needs the "
+                             "adapt extra)")
+    parser.add_argument("--gpu", type=int, default=0, metavar="N",
+                        help="CUDA device for --backend tensorrt / torch and onnxruntime's cuda / tensorrt "
+                             "providers (default 0)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="--backend tensorrt: replay each tile shape as a CUDA graph")
     parser.add_argument("--providers", default="cpu",
                         help="onnxruntime execution providers in priority order, from tensorrt,cuda,cpu (default cpu)")
     parser.add_argument("--require-providers", action="store_true",
@@ -260,6 +267,8 @@ def _options_from_args(args: argparse.Namespace) -> RuntimeOptions:
         require_providers=args.require_providers,
         tiling=tiling,
         outscale=args.outscale,
+        gpu=getattr(args, "gpu", 0),
+        cuda_graph=getattr(args, "cuda_graph", False),
     )
 
 
@@ -273,6 +282,10 @@ def run_upscale(
 
     Argument and store problems raise :class:`AdassrError` (the umbrella CLI prints them, exit 2).
     """
+    if args.backend == "tensorrt":  # a missing TensorRT is a whole-run problem, not a per-image one
+        from adassr.runtime.engines.trt import load_tensorrt
+
+        load_tensorrt()
     if args.backend == "torch":
         return _run_torch(args)
     out = stdout if stdout is not None else sys.stdout

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from adassr.runtime.backends.base import Backend
+from adassr.runtime.backends.ort_options import GpuProviderSettings
 from adassr.runtime.errors import BackendError, ConfigError
 
 
@@ -22,6 +23,7 @@ def _make_onnxruntime(
     require: bool,
     input_name: str | None,
     output_name: str | None,
+    gpu: GpuProviderSettings | None = None,
 ) -> Backend:
     from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -32,21 +34,27 @@ def _make_onnxruntime(
         require=require,
         input_name=input_name,
         output_name=output_name,
+        gpu=gpu,
     )
 
 
-def _tensorrt_not_built(model_path: Path, **_: object) -> Backend:
-    raise BackendError(
-        "the native TensorRT backend is not available in this build (it comes with the TensorRT "
-        f"engine issue; nothing was opened for {model_path.name}); use --backend onnxruntime, "
-        "optionally with --providers tensorrt,cuda,cpu to use onnxruntime's TensorRT execution provider"
-    )
+def _make_tensorrt(model_path: Path, *, gpu: GpuProviderSettings | None = None, cuda_graph: bool = False,
+                   streams: int = 2, **_: object) -> Backend:
+    """A TensorRT engine file (``model_path``), e.g. from :func:`adassr.runtime.engines.manage.ensure_camera_engine`."""
+    from adassr.runtime.backends.tensorrt import TensorRTBackend
+
+    if model_path.suffix != ".engine":
+        raise BackendError(
+            f"the tensorrt backend runs TensorRT engines, not {model_path.name}; build one with "
+            "`adassr export --camera NAME --engine tensorrt` (adassr upscale --backend tensorrt does this on demand)"
+        )
+    return TensorRTBackend(model_path, device=gpu.device_id if gpu else 0, streams=streams, cuda_graph=cuda_graph)
 
 
 BACKENDS: Mapping[str, Callable[..., Backend]] = MappingProxyType(
     {
         "onnxruntime": _make_onnxruntime,
-        "tensorrt": _tensorrt_not_built,
+        "tensorrt": _make_tensorrt,
     }
 )
 """Every backend kind this build knows, in preference order."""
@@ -61,8 +69,14 @@ def open_backend(
     require: bool = False,
     input_name: str | None = None,
     output_name: str | None = None,
+    gpu: GpuProviderSettings | None = None,
+    cuda_graph: bool = False,
 ) -> Backend:
-    """Build the ``kind`` backend for ``model_path`` and open it. Close it (or use ``with``) after."""
+    """Build the ``kind`` backend for ``model_path`` and open it. Close it (or use ``with``) after.
+
+    ``gpu`` carries the GPU settings (device, onnxruntime provider options); ``cuda_graph`` applies
+    to the tensorrt backend.
+    """
     factory = BACKENDS.get(kind)
     if factory is None:
         raise ConfigError(f"unknown backend {kind!r}; valid backends are {', '.join(BACKENDS)}")
@@ -73,5 +87,7 @@ def open_backend(
         require=require,
         input_name=input_name,
         output_name=output_name,
+        gpu=gpu,
+        **({"cuda_graph": cuda_graph} if kind == "tensorrt" else {}),
     )
     return backend.open()

@@ -278,3 +278,24 @@ def test_two_processes_build_an_engine_once(tmp_path: Path) -> None:
         proc.join(60)
         assert proc.exitcode == 0
     assert log.read_text().splitlines() == ["build base canon", "refit canon"]
+
+
+# -- the runtime's tensorrt backend without TensorRT ------------------------------------------------
+
+
+def test_upscale_with_tensorrt_backend_without_tensorrt_says_what_to_install(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adassr.cli import main
+    from adassr.runtime.engines.trt import tensorrt_available
+
+    from ._models import publish_camera
+
+    if tensorrt_available():
+        pytest.skip("real TensorRT is installed")
+    publish_camera(tmp_path / "store", "_fallback")
+    image = Path(__file__).resolve().parents[2] / "samples" / "cameras" / "nokia" / "iptc.jpg"
+    code = main(["upscale", "-i", str(image), "-o", str(tmp_path / "out.png"), "--store", str(tmp_path / "store"),
+                 "--backend", "tensorrt", "--gpu", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "TensorRT" in err and "pip install tensorrt" in err
+    assert "Traceback" not in err and not (tmp_path / "out.png").exists()
