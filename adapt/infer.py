@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adassr.adapt.gpu_infer import TorchRunner, TorchRunOptions
 from adassr.runtime.backends.base import Backend
 from adassr.runtime.cameras import normalise_camera_name
 from adassr.runtime.errors import ConfigError
@@ -35,11 +36,12 @@ WEIGHTS_FILE = ADAPTED_WEIGHTS
 class TorchBackend(Backend):
     """A runtime :class:`Backend` over an in-memory PyTorch model (NCHW float32 in [0, 1])."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, label: str) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, label: str,
+                 options: TorchRunOptions | None = None) -> None:
         super().__init__(Path(label))
-        self._model = model.eval().to(device)
         self._device = device
         self._label = label
+        self._runner = TorchRunner(model, options or TorchRunOptions(str(device)))
 
     @property
     def name(self) -> str:
@@ -47,15 +49,13 @@ class TorchBackend(Backend):
 
     @property
     def providers(self) -> tuple[str, ...]:
-        return (str(self._device),)
+        return (f"{self._device} ({self._runner.options.label})",)
 
     def _open(self) -> None:
         return None
 
-    @torch.no_grad()
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
-        return self._model(x).float().cpu().numpy()
+        return self._runner(batch)
 
     def _close(self) -> None:
         return None
@@ -103,10 +103,15 @@ def run_torch_upscale(args: argparse.Namespace) -> int:
     if getattr(args, "device", "auto") != "cpu" and torch.cuda.is_available():
         select_gpu(getattr(args, "gpu", None))
     device = resolve_device(getattr(args, "device", "auto") or "auto")
+    on_gpu = device.type == "cuda"
+    # On a GPU: channels_last, the requested precision, optionally CUDA graphs of the fixed tile shape.
+    options = TorchRunOptions(str(device), precision=args.precision if on_gpu else "fp32", channels_last=on_gpu,
+                              cuda_graph=on_gpu and bool(getattr(args, "cuda_graph", False)))
     tiling = tiling_options(args.tile, overlap=args.tile_overlap, pre_pad=args.pre_pad,
-                            batch_size=args.tile_batch, pad_to_tile=False)
+                            batch_size=args.tile_batch, pad_to_tile=options.cuda_graph)
     pairs = plan_outputs(args.input, args.output, args.ext)
     choices: dict[str | None, TorchModelChoice] = {}
+    backends: dict[str | None, TorchBackend] = {}
 
     def serve(image: LoadedImage, tiles: Callable[[int, int], None] | None) -> UpscaleResult:
         camera = _camera_of(image, args.camera)
@@ -117,9 +122,10 @@ def run_torch_upscale(args: argparse.Namespace) -> int:
         progress = tiles
         if progress is None and image.height * image.width > 256 * 256:
             print(f"upscaling {image.path} ({image.width}x{image.height}) on {device}...", file=sys.stderr)
-        with TorchBackend(choice.model, device, choice.label) as backend:
-            result = upscale_image(image, backend, scale=choice.scale, tiling=tiling, outscale=args.outscale,
-                                   progress=progress)
+        if camera not in backends:  # one runner per model: CUDA graphs are captured once
+            backends[camera] = TorchBackend(choice.model, device, choice.label, options).open()
+        result = upscale_image(image, backends[camera], scale=choice.scale, tiling=tiling, outscale=args.outscale,
+                               progress=progress)
         log.info("%s took %.1f s", image.path, time.perf_counter() - start)
         return UpscaleResult(result.pixels, result.alpha, result.bit_depth, result.scale, result.outscale,
                              None, choice.label)

@@ -244,7 +244,10 @@ def gpu_settings(route: RouteDecision, opts: RuntimeOptions) -> GpuProviderSetti
     from adassr.runtime.backends.ort_options import ort_trt_cache_dir
     from adassr.runtime.engines import plan_profiles
 
-    profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of).profiles
+    # Tiles sized per image (--tile auto) have no fixed shape: onnxruntime's TensorRT provider then
+    # builds per shape (cached), without explicit profiles.
+    fixed = opts.tiling.max_tile_pixels is None
+    profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of).profiles if fixed else ()
     version = "unknown"
     with contextlib.suppress(ImportError):
         import onnxruntime

@@ -250,8 +250,11 @@ def _process_one(
 
 
 def _options_from_args(args: argparse.Namespace) -> RuntimeOptions:
+    tile = args.tile
+    if args.backend == "tensorrt" and tile == AUTO_TILE:
+        tile = DEFAULT_TILE  # engines are built for one fixed tile shape
     tiling = tiling_options(
-        args.tile,
+        tile,
         overlap=args.tile_overlap,
         pre_pad=args.pre_pad,
         batch_size=args.tile_batch,

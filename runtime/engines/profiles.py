@@ -51,6 +51,11 @@ def plan_profiles(
     """
     if multiple_of < 1:
         raise ConfigError(f"multiple_of must be >= 1, got {multiple_of}")
+    if tiling.max_tile_pixels is not None:
+        raise ConfigError(
+            "TensorRT engines need a fixed tile shape, but the tiles are sized per image (--tile auto); "
+            "pass --tile N (for example --tile 512)"
+        )
     batch = tiling.batch_size
     if tiling.tile and tiling.pad_to_tile:
         side = _round_up(tiling.tile, multiple_of)
