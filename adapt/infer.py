@@ -123,7 +123,9 @@ def run_torch_upscale(args: argparse.Namespace) -> int:
         if progress is None and image.height * image.width > 256 * 256:
             print(f"upscaling {image.path} ({image.width}x{image.height}) on {device}...", file=sys.stderr)
         if camera not in backends:  # one runner per model: CUDA graphs are captured once
-            backends[camera] = TorchBackend(choice.model, device, choice.label, options).open()
+            backend = TorchBackend(choice.model, device, choice.label, options)
+            backend.open()
+            backends[camera] = backend
         result = upscale_image(image, backends[camera], scale=choice.scale, tiling=tiling, outscale=args.outscale,
                                progress=progress)
         log.info("%s took %.1f s", image.path, time.perf_counter() - start)
