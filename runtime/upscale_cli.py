@@ -41,7 +41,7 @@ from adassr.runtime.pipeline import RuntimeOptions, Upscaler, UpscaleResult
 from adassr.runtime.routing import PRECISIONS
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA, CameraStore
 from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
-from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD
+from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE
 
 CLI_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 _AUTO_EXT = {".mpo": ".jpg", ".bmp": ".png"}

@@ -299,3 +299,8 @@ def test_upscale_with_tensorrt_backend_without_tensorrt_says_what_to_install(
     err = capsys.readouterr().err
     assert code == 2 and "TensorRT" in err and "pip install tensorrt" in err
     assert "Traceback" not in err and not (tmp_path / "out.png").exists()
+
+
+def test_tiles_sized_per_image_cannot_make_an_engine_profile() -> None:
+    with pytest.raises(ConfigError, match="pass --tile N"):
+        plan_profiles(TilingOptions(max_tile_pixels=512 * 512))
