@@ -30,7 +30,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     lat.add_argument("--camera", default="_fallback",
                      help="camera whose exported model to time (default: the fallback)")
     lat.add_argument("--store", type=Path, default=Path("models"), help="model store (default ./models)")
-    lat.add_argument("--backend", default="onnxruntime", choices=("onnxruntime",), help="runtime backend")
+    lat.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "torch"),
+                     help="onnxruntime (default), tensorrt (an engine for each size, built or reused from the "
+                          "store) or torch; tensorrt, torch and --gpu switch to the GPU report (p50/p95/p99, "
+                          "MP/s, effective TFLOP/s and the fraction of the compute bound)")
+    lat.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                     help="model precision for the GPU report (default fp32)")
+    lat.add_argument("--batch", type=int, default=1, help="frames per call in the GPU report (default 1)")
+    lat.add_argument("--gpu", type=int, default=None, metavar="N", help="CUDA device: time on the GPU")
+    lat.add_argument("--frame", default=None, metavar="WxH",
+                     help="one LR frame size instead of --sizes, e.g. 480x270 (1920x1080 output)")
+    lat.add_argument("--cuda-graph", action="store_true",
+                     help="tensorrt / torch on a GPU: also time CUDA-graph replay")
     lat.add_argument("--providers", default="cpu", help="onnxruntime providers (default cpu)")
     lat.add_argument("--sizes", default="64,128", help="LR sizes, comma separated (default 64,128)")
     lat.add_argument("--tiled-size", type=int, default=256,
@@ -217,8 +228,14 @@ def to_markdown(result: dict[str, Any]) -> str:
 def run_bench(args: argparse.Namespace) -> int:
     from adassr.runtime.store import atomic_write_bytes
 
-    result = run_latency(args)
-    text = to_markdown(result)
+    if getattr(args, "gpu", None) is not None or getattr(args, "backend", "onnxruntime") != "onnxruntime":
+        from adassr.export.gpu_bench import gpu_markdown, run_gpu_latency
+
+        result = run_gpu_latency(args)
+        text = gpu_markdown(result)
+    else:
+        result = run_latency(args)
+        text = to_markdown(result)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "".join(c if c.isalnum() else "-" for c in result["machine"].lower()).strip("-")[:60]

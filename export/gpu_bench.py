@@ -164,3 +164,166 @@ def backend_row(label: str, infer: Callable[[np.ndarray], np.ndarray], frame: np
     n, _, h, w = frame.shape
     times = time_ms(lambda: infer(frame), lambda: None, warmup=warmup, repeats=repeats)
     return roofline.row(label, times, n * h * w * scale * scale, **extra)
+
+
+# -- `adassr bench latency` on a GPU (or with --backend torch / tensorrt) ----------------------------
+
+
+def _sides(args: Any) -> list[tuple[int, int]]:
+    """LR (height, width) cases: ``--frame WxH`` if given, else the square ``--sizes``."""
+    from adassr.runtime.errors import ConfigError
+
+    if getattr(args, "frame", None):
+        try:
+            width, height = (int(v) for v in str(args.frame).lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--frame must be WIDTHxHEIGHT, e.g. 480x270, got {args.frame!r}") from None
+        return [(height, width)]
+    return [(s, s) for s in (int(v) for v in str(args.sizes).split(",") if v.strip())]
+
+
+def _gpu_name(device: int) -> str | None:
+    try:
+        from adassr.runtime.gpu import device_identity
+
+        return device_identity(device).name
+    except Exception:  # noqa: BLE001 - no cuda-python or no driver: try torch, else unknown
+        try:
+            import torch
+
+            return str(torch.cuda.get_device_name(device)) if torch.cuda.is_available() else None
+        except ImportError:
+            return None
+
+
+def _device_used_mib() -> float | None:
+    try:
+        from adassr.runtime.gpu import memory_info
+
+        free, total = memory_info()
+        return (total - free) / 2**20
+    except Exception:  # noqa: BLE001 - memory is reported when cuda-python can read it
+        return None
+
+
+def run_gpu_latency(args: Any) -> dict[str, Any]:
+    """Latency rows for ``--backend onnxruntime|tensorrt|torch`` with ``--precision``, ``--batch``, ``--gpu``."""
+    from adassr.export.bench import _crop, machine_name
+    from adassr.export.roofline import conv_macs_per_input_pixel
+    from adassr.runtime.errors import ConfigError
+    from adassr.runtime.routing import resolve_model
+
+    precision = args.precision
+    if args.batch < 1 or args.repeats < 1:
+        raise ConfigError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
+    if args.backend == "onnxruntime" and precision == "bf16":
+        raise ConfigError("onnxruntime has no bf16 model; use --precision fp32 or fp16, or --backend tensorrt / torch")
+    route = resolve_model(args.store, camera=args.camera, precision="fp16" if precision == "fp16" else "fp32")
+    fp32_route = resolve_model(args.store, camera=args.camera, precision="fp32")
+    macs = conv_macs_per_input_pixel(fp32_route.onnx_path)
+    device = 0 if args.gpu is None else args.gpu
+    on_gpu = args.gpu is not None or args.backend == "tensorrt"
+    name = _gpu_name(device) if on_gpu else None
+    peak = gpu_peak(name) if name else None
+    rows: list[dict[str, Any]] = []
+    for h, w in _sides(args):
+        crop = _crop(max(h, w))[:h, :w].transpose(2, 0, 1)
+        frame = np.ascontiguousarray(np.repeat(crop[None], args.batch, axis=0))
+        roofline = Roofline(macs, args.batch * h * w, peak[1] if peak else None, peak[0] if peak else None)
+        common = {"lr_size": f"{w}x{h}", "batch": args.batch, "precision": precision}
+        if args.backend == "torch":
+            rows += [{**common, **row} for row in _torch_bench_rows(args, route, frame, roofline, on_gpu, device)]
+        elif args.backend == "tensorrt":
+            rows.append({**common, **_tensorrt_bench_row(args, frame, roofline, device)})
+        else:
+            rows.append({**common, **_ort_bench_row(args, route, frame, roofline, on_gpu, device)})
+    return {"machine": name or machine_name(), "gpu": name, "peak": peak, "macs_per_lr_pixel": macs,
+            "model": {"camera": route.model_camera, "file": route.onnx_path.name, "sha256": route.sha256},
+            "backend": args.backend, "rows": rows}
+
+
+def _torch_bench_rows(args: Any, route: Any, frame: np.ndarray, roofline: Roofline, on_gpu: bool,
+                      device: int) -> list[dict[str, Any]]:
+    import torch
+
+    from adassr.adapt.infer import choose_weights
+    from adassr.adapt.precision import select_gpu
+
+    if on_gpu:
+        select_gpu(device)
+    target = torch.device("cuda", device) if on_gpu else torch.device("cpu")
+    camera = None if route.is_fallback else route.model_camera
+    backbone = route.manifest.get("backbone", {}).get("name", "realesrgan-x4plus")
+    choice = choose_weights(route.store.root, camera, backbone, torch.device("cpu"))
+    state = {k: v.clone() for k, v in choice.model.state_dict().items()}
+
+    def factory() -> Any:
+        model = choose_weights(route.store.root, camera, backbone, torch.device("cpu")).model
+        model.load_state_dict(state)
+        return model
+
+    modes = [(args.precision, on_gpu, False)] + ([(args.precision, True, True)] if on_gpu and args.cuda_graph else [])
+    return torch_rows(factory, frame, roofline, device=str(target), modes=modes, warmup=2, repeats=args.repeats,
+                      scale=route.scale)
+
+
+def _tensorrt_bench_row(args: Any, frame: np.ndarray, roofline: Roofline, device: int) -> dict[str, Any]:
+    from adassr.runtime.backends.tensorrt import TensorRTBackend
+    from adassr.runtime.engines import exact_profile
+    from adassr.runtime.engines.manage import EngineRequest, TensorRTToolkit, ensure_camera_engine
+    from adassr.runtime.store import FALLBACK_CAMERA
+
+    n, _, h, w = frame.shape
+    request = EngineRequest(args.store, args.camera or FALLBACK_CAMERA, args.precision, (exact_profile(n, h, w),),
+                            device=device)
+    result = ensure_camera_engine(request, TensorRTToolkit())
+    before = _device_used_mib()
+    with TensorRTBackend(result.path, device=device, cuda_graph=args.cuda_graph, streams=1) as backend:
+        after = _device_used_mib()
+        memory = None if before is None or after is None else after - before
+        label = f"tensorrt {args.precision}{' CUDA graph' if args.cuda_graph else ''}"
+        return backend_row(label, backend.infer, frame, roofline, warmup=3, repeats=args.repeats, scale=4,
+                           gpu_memory_mib=memory, engine=result.path.name, engine_built=result.built,
+                           refit_s=result.record.refit_s)
+
+
+def _ort_bench_row(args: Any, route: Any, frame: np.ndarray, roofline: Roofline, on_gpu: bool,
+                   device: int) -> dict[str, Any]:
+    from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from adassr.runtime.backends.ort_options import GpuProviderSettings, ort_trt_cache_dir
+    from adassr.runtime.engines import exact_profile
+
+    n, _, h, w = frame.shape
+    profiles = (exact_profile(n, h, w),)
+    import onnxruntime
+
+    cache = ort_trt_cache_dir(route.store.directory, route.sha256, route.precision, profiles, onnxruntime.__version__)
+    settings = GpuProviderSettings(device_id=device, fp16=route.precision == "fp16", cache_dir=cache,
+                                   profiles=profiles, input_name=route.input_name or "lr")
+    before = _device_used_mib() if on_gpu else None
+    with OnnxRuntimeBackend(route.verify(), providers=args.providers, threads=args.threads, gpu=settings,
+                            input_name=route.input_name, output_name=route.output_name) as backend:
+        after = _device_used_mib() if on_gpu else None
+        memory = None if before is None or after is None else after - before
+        return backend_row(f"onnxruntime {route.precision} ({','.join(backend.providers)})", backend.infer, frame,
+                           roofline, warmup=3, repeats=args.repeats, scale=route.scale, gpu_memory_mib=memory)
+
+
+def gpu_markdown(result: dict[str, Any]) -> str:
+    """The Markdown report of :func:`run_gpu_latency`."""
+    peak = result.get("peak")
+    bound = f"{peak[0]} dense fp16 peak {peak[1] / 1e12:.0f} TFLOP/s." if peak else "an unknown peak (no GPU entry)."
+    lines = [f"# Latency, {result['backend']} ({result['machine']})", "",
+             f"Model: {result['model']['camera']} ({result['model']['file']}); "
+             f"{result['macs_per_lr_pixel'] / 1e6:.2f} M MAC per LR pixel; compute bound at {bound}",
+             "", "| mode | LR | batch | p50 ms | p95 ms | p99 ms | output MP/s | TFLOP/s | of bound | GPU MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['mode']} | {r.get('lr_size', '')} | {r.get('batch', '')} | error: {r['error']} |||||||")
+            continue
+        frac = "-" if r.get("fraction_of_bound") is None else f"{r['fraction_of_bound']:.1%}"
+        mem = "-" if r.get("gpu_memory_mib") is None else f"{r['gpu_memory_mib']:.0f}"
+        lines.append(f"| {r['mode']} | {r['lr_size']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['out_mpix_per_s']:.2f} | {r['effective_tflops']:.2f} | {frac} | {mem} |")
+    return "\n".join(lines) + "\n"

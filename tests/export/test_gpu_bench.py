@@ -1,0 +1,65 @@
+"""The GPU latency report of `adassr bench latency`, run on the CPU (no GPU here: no bound, no memory)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from adassr.export.gpu_bench import Roofline, gpu_markdown, gpu_peak, run_gpu_latency
+from adassr.runtime.errors import ConfigError
+
+from ..runtime._models import publish_camera
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    publish_camera(tmp_path / "store", "_fallback", fp16=True)
+    return tmp_path / "store"
+
+
+def _args(store: Path, **kw: object) -> argparse.Namespace:
+    base = {"store": store, "camera": "_fallback", "backend": "onnxruntime", "providers": "cpu", "threads": 1,
+            "precision": "fp32", "batch": 2, "gpu": None, "frame": "40x24", "sizes": "64", "repeats": 3,
+            "cuda_graph": False}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_onnxruntime_rows_with_batch_and_precision(store: Path) -> None:
+    for precision in ("fp32", "fp16"):
+        result = run_gpu_latency(_args(store, precision=precision))
+        (row,) = result["rows"]
+        assert row["lr_size"] == "40x24" and row["batch"] == 2 and row["repeats"] == 3
+        assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert row["out_mpix_per_s"] == pytest.approx(2 * 40 * 24 * 16 / 1e6 / (row["p50_ms"] / 1e3))
+        assert row["fraction_of_bound"] is None and result["peak"] is None
+        assert row["mode"].startswith(f"onnxruntime {precision}")
+    assert "| onnxruntime fp16" in gpu_markdown(result)
+
+
+def test_bf16_onnxruntime_is_refused_with_the_alternatives(store: Path) -> None:
+    with pytest.raises(ConfigError, match="--backend tensorrt / torch"):
+        run_gpu_latency(_args(store, precision="bf16"))
+
+
+def test_cli_writes_the_gpu_report_for_the_torch_backend(store: Path, tmp_path: Path) -> None:
+    from adassr.cli import main
+
+    out = tmp_path / "results"
+    code = main(["bench", "latency", "--store", str(store), "--backend", "torch", "--precision", "bf16",
+                 "--frame", "24x16", "--batch", "1", "--repeats", "2", "--out", str(out)])
+    assert code == 0
+    (report,) = out.glob("latency_*.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["torch bf16 (device)", "torch bf16 (end-to-end)"]
+
+
+def test_roofline_fraction_against_the_h200_peak() -> None:
+    roofline = Roofline(17.93e6, 480 * 270, *reversed(gpu_peak("NVIDIA H200") or ("", 0.0)))
+    assert roofline.flop == pytest.approx(4.65e12, rel=1e-3)
+    assert roofline.bound_ms == pytest.approx(4.70, abs=0.01)
+    row = roofline.row("x", [9.4, 9.4, 9.4], 1920 * 1080)
+    assert row["fraction_of_bound"] == pytest.approx(0.5, abs=0.01)
+    assert row["effective_tflops"] == pytest.approx(4.65e12 / 9.4e-3 / 1e12, rel=1e-3)
