@@ -23,7 +23,9 @@ What it does:
    sends the next input, waits for the answer, and on 429 waits 50 ms before its next request.
 5. Reports per client count: completed images/s, output megapixels/s, p50/p95/p99 latency of the
    successful requests, counts by status (and transport errors / client timeouts), corrupt
-   responses, and the server's RSS (peak so far, from /proc). With ``--workers 4 --max-queue 12``
+   responses, the server's RSS (peak so far, from /proc) and the CPU it used (cores = CPU seconds
+   per wall second; images per server CPU second: how efficiently it worked, independent of
+   how much CPU other processes left it). With ``--workers 4 --max-queue 12``
    the server admits 16 requests, so 64 clients are a 4x overload.
 
 Targets (checked and printed): 16 clients reach at least 1.3x the images/s of 1 client; no lost
@@ -200,6 +202,13 @@ class LevelStats:
     corrupt_names: list[str] = field(default_factory=list)
     server_rss_mb: float = 0.0
     server_peak_rss_mb: float = 0.0
+    server_cpu_s: float = 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used (all threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> tuple[float, float]:
@@ -264,8 +273,10 @@ async def run_level(
                 await asyncio.sleep(0.25)
 
         t0 = time.monotonic()
+        cpu0 = _cpu_s(pid)
         await asyncio.gather(sample_rss(), *(worker(k) for k in range(clients)))
         stats.seconds = time.monotonic() - t0
+        stats.server_cpu_s = _cpu_s(pid) - cpu0
     stats.server_peak_rss_mb = _rss_mb(pid)[1]
     return stats, suspicious
 
@@ -294,6 +305,8 @@ def summarise(stats: LevelStats) -> dict[str, Any]:
         "corrupt": stats.corrupt,
         "corrupt_names": stats.corrupt_names[:10],
         "server_rss_mb_max": round(stats.server_rss_mb, 1),
+        "server_cpu_cores": round(stats.server_cpu_s / stats.seconds, 2),
+        "images_per_server_cpu_s": round(ok / max(1e-9, stats.server_cpu_s), 2),
         "server_peak_rss_mb": round(stats.server_peak_rss_mb, 1),
     }
 
@@ -305,7 +318,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--max-queue", type=int, default=12)
     parser.add_argument("--max-batch", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads per model call (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per model call (default 1)")
+    parser.add_argument(
+        "--inference-threads", type=int, default=os.cpu_count() or 1, help="model calls at once (default: one per core)"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, s (default 60)")
     parser.add_argument("--store", type=Path, default=None, help="benchmark this store instead of the built one")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -350,6 +366,8 @@ def main() -> None:
             str(args.max_batch),
             "--threads",
             str(args.threads),
+            "--inference-threads",
+            str(args.inference_threads),
             "--request-timeout",
             str(args.timeout - 5),
         ]
@@ -401,6 +419,9 @@ def main() -> None:
         ratio = by[16]["images_per_s"] / max(1e-9, by[1]["images_per_s"])
         checks["throughput_16_vs_1"] = round(ratio, 2)
         checks["throughput_target_met"] = ratio >= 1.3
+        checks["cpu_efficiency_16_vs_1"] = round(
+            by[16]["images_per_server_cpu_s"] / max(1e-9, by[1]["images_per_server_cpu_s"]), 2
+        )
     checks["no_corrupt_responses"] = all(r["corrupt"] == 0 for r in results)
     if 64 in by:
         bad = {k: v for k, v in by[64]["statuses"].items() if k not in ("200", "429")}
@@ -418,6 +439,7 @@ def main() -> None:
             "max_queue": args.max_queue,
             "max_batch": args.max_batch,
             "threads": args.threads,
+            "inference_threads": args.inference_threads,
             "tile": TILE,
             "overlap": OVERLAP,
         },
@@ -433,18 +455,20 @@ def main() -> None:
         f"Machine: {machine}; load average at the end {load[0]:.2f} (other agents shared the cores: timings are "
         "indicative). Model: " + result["model"] + f"; {len(inputs)} inputs (3 cameras, 4 sizes 64x64-160x120), "
         f"tile {TILE}/overlap {OVERLAP}; server workers {args.workers}, queue {args.max_queue}, "
-        f"batch {args.max_batch}, {args.threads} onnxruntime threads; {args.duration:g} s per level.",
+        f"batch {args.max_batch}, {args.inference_threads} model calls at once x {args.threads} onnxruntime "
+        f"threads; {args.duration:g} s per level.",
         "",
         "| clients | images/s | output MP/s | p50 ms | p95 ms | p99 ms | statuses | identical / within 1/255 / corrupt "
-        "| server RSS max / peak MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server RSS max / peak MB | server CPU (cores) | images per server CPU-s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         statuses = ", ".join(f"{k}: {v}" for k, v in r["statuses"].items())
         lines.append(
             f"| {r['clients']} | {r['images_per_s']} | {r['output_mp_per_s']} | {r['p50_ms']} | {r['p95_ms']} | "
             f"{r['p99_ms']} | {statuses} | {r['byte_identical']} / {r['within_1_of_255']} / {r['corrupt']} | "
-            f"{r['server_rss_mb_max']} / {r['server_peak_rss_mb']} |"
+            f"{r['server_rss_mb_max']} / {r['server_peak_rss_mb']} | {r['server_cpu_cores']} | "
+            f"{r['images_per_server_cpu_s']} |"
         )
     lines += [
         "",
