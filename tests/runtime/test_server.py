@@ -494,7 +494,7 @@ def test_sigterm_drains_in_flight_requests(store: Path, tmp_path: Path) -> None:
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    image = small_png(400, 400, seed=6)  # about 250 tiles: long enough to be in flight at SIGTERM
+    image = small_png(400, 400, seed=6)  # about 250 tiles each: long enough to be in flight at SIGTERM
     try:
         with httpx.Client(base_url=url, timeout=120) as c:
 
@@ -506,13 +506,17 @@ def test_sigterm_drains_in_flight_requests(store: Path, tmp_path: Path) -> None:
                     return False
 
             _wait_for(ready, timeout=60)
-            with cf.ThreadPoolExecutor(1) as pool:
-                in_flight = pool.submit(c.post, "/v1/upscale", content=image)
-                _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_batch_tiles_count") >= 3)
+            with cf.ThreadPoolExecutor(3) as pool:
+                clients = [httpx.Client(base_url=url, timeout=120) for _ in range(3)]
+                in_flight = [pool.submit(k.post, "/v1/upscale", content=image) for k in clients]
+                _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_inflight_requests") == 3)
                 proc.send_signal(signal.SIGTERM)
-                response = in_flight.result()
-        assert response.status_code == 200
-        assert decode(response.content).shape == (1600, 1600, 3)
+                responses = [f.result() for f in in_flight]
+                for k in clients:
+                    k.close()
+        assert [r.status_code for r in responses] == [200, 200, 200]
+        assert all(decode(r.content).shape == (1600, 1600, 3) for r in responses)
+        assert len({r.content for r in responses}) == 1
         assert proc.wait(timeout=60) == 0
         with pytest.raises(httpx.TransportError):  # nothing listens any more
             httpx.get(f"{url}/healthz", timeout=2)
@@ -550,3 +554,15 @@ def test_server_modules_import_without_torch() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_draining_answers_503(store: Path) -> None:
+    canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        assert c.post("/v1/upscale", content=canon).status_code == 200
+        live.server.start_draining()
+        r = c.post("/v1/upscale", content=canon)
+        _assert_json_error(r, 503, "not_ready")
+        assert r.headers["retry-after"] == "5"
+        assert c.get("/readyz").json() == {"status": "draining"} and c.get("/readyz").status_code == 503
+        assert c.get("/healthz").status_code == 200
