@@ -129,6 +129,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"deadline per request in seconds, then 504 (default {lim.request_timeout_s:g})",
     )
     parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=lim.header_timeout_s,
+        help=f"seconds for request headers to arrive, then the connection closes (default {lim.header_timeout_s:g})",
+    )
+    parser.add_argument(
         "--body-timeout",
         type=float,
         default=lim.body_timeout_s,
@@ -159,6 +165,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         max_pixels=args.max_pixels,
         request_timeout_s=args.request_timeout,
         body_timeout_s=args.body_timeout,
+        header_timeout_s=args.header_timeout,
     )
     return ServerConfig(
         store=args.store,
@@ -221,8 +228,11 @@ def run_serve(args: argparse.Namespace) -> int:
             # uvicorn re-raises the signal after shutting down; a clean drain exits with 0 instead.
             self._captured_signals.clear()
 
+    from adassr.runtime.server.http_protocol import header_timeout_protocol
+
     uv_config = uvicorn.Config(
         app,
+        http=header_timeout_protocol(config.limits.header_timeout_s),
         host=config.host,
         port=config.port,
         lifespan="on",

@@ -36,6 +36,7 @@ class Limits:
     max_pixels: int = 16_000_000  # decoded input pixels (checked from the header before decoding)
     max_output_pixels: int = 256_000_000
     max_outscale: float = 8.0
+    header_timeout_s: float = 10.0  # request headers must arrive within this time (else the connection closes)
     body_timeout_s: float = 30.0  # the whole body must arrive within this time (else 408)
     request_timeout_s: float = 120.0  # deadline from arrival to response (else 504)
 
@@ -44,7 +45,7 @@ class Limits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("max_outscale", "body_timeout_s", "request_timeout_s"):
+        for name in ("max_outscale", "header_timeout_s", "body_timeout_s", "request_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")

@@ -19,6 +19,7 @@ from adassr.runtime.backends import Backend
 from adassr.runtime.routing import RouteDecision
 from adassr.runtime.server.app import Server, create_app
 from adassr.runtime.server.config import ServerConfig
+from adassr.runtime.server.http_protocol import header_timeout_protocol
 from adassr.runtime.upscale_cli import add_upscale_arguments, run_upscale
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +39,15 @@ def running_server(
 ) -> Iterator[LiveServer]:
     app = create_app(config, open_model=open_model)
     uv = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", timeout_graceful_shutdown=10)
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            lifespan="on",
+            log_level="warning",
+            timeout_graceful_shutdown=10,
+            http=header_timeout_protocol(config.limits.header_timeout_s),
+        )
     )
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()

@@ -566,3 +566,29 @@ def test_draining_answers_503(store: Path) -> None:
         assert r.headers["retry-after"] == "5"
         assert c.get("/readyz").json() == {"status": "draining"} and c.get("/readyz").status_code == 503
         assert c.get("/healthz").status_code == 200
+
+
+def test_slow_headers_close_the_connection(store: Path) -> None:
+    config = _config(store, limits=Limits(header_timeout_s=0.5))
+    with running_server(config) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        host, port = live.url.removeprefix("http://").split(":")
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(b"POST /v1/upscale HTTP/1.1\r\nHost: x\r\n")  # the head never completes
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server
+        assert time.monotonic() - started < 5
+        sock.close()
+        # A keep-alive connection that starts a second request head and stalls is closed too.
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b"alive" not in first:
+            chunk = sock.recv(4096)
+            assert chunk, first
+            first += chunk
+        assert first.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        assert sock.recv(4096) == b""
+        sock.close()
+        # A normal client is not affected.
+        assert c.get("/healthz").status_code == 200
