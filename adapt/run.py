@@ -153,6 +153,7 @@ def adapt_camera(
         crops = evaluation_crops(images, config.eval_crop, config.eval_max_images)
 
         theta_e = {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()}
+        base_state = dict(theta_e)  # the backbone before adaptation: the weights file stores what differs
         u = {k: torch.zeros_like(v) for k, v in theta_e.items()}
         result: InternalResult | None = None
         for k in range(1, config.admm_iters + 1):
@@ -174,7 +175,7 @@ def adapt_camera(
             u = {n: u[n] + theta_e[n] - result.state_dict[n] for n in u}
         assert result is not None
 
-        weights_record = _publish_weights(tx, result.state_dict, backbone.entry)
+        weights_record = _publish_weights(tx, result.state_dict, backbone, base_state)
         wall = round(time.perf_counter() - start, 2)
         niqe_before, niqe_after = float(np.nanmean(result.niqe_before)), float(np.nanmean(result.niqe_after))
         crop_names = [str(m.path) for m in group.members][: len(crops)]
@@ -218,15 +219,20 @@ def adapt_camera(
                         result.kept_backbone, result.steps, result.stop_reason, wall)
 
 
-def _publish_weights(tx: StoreTransaction, state: dict[str, torch.Tensor], entry: Any) -> dict[str, Any]:
-    """Stage ``adapted.safetensors`` in ``tx``; the record carries both the file's and the weights' digest."""
-    from adassr.adapt.weights import save_safetensors_weights
+def _publish_weights(tx: StoreTransaction, state: dict[str, torch.Tensor], backbone: Any,
+                     base_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Stage ``adapted.safetensors`` in ``tx`` as a delta on the backbone (only the changed tensors and
+    the backbone's identity); the record carries both the file's and the full weights' digest."""
+    from adassr.adapt.weights import save_delta_weights
 
     digest: dict[str, str] = {}
 
     def write(path: Path) -> None:  # path is already the transaction's temporary file: write it directly
-        digest["weights"] = save_safetensors_weights(path, state, entry, metadata={"stage": "adapt"}, atomic=False)
+        digest["weights"] = save_delta_weights(path, state, backbone, base_state=base_state,
+                                               metadata={"stage": "adapt"}, atomic=False)
 
-    record = tx.stage(WEIGHTS_FILE, write, stage="adapt", extra={"backbone": entry.name})
+    record = tx.stage(WEIGHTS_FILE, write, stage="adapt",
+                      extra={"backbone": backbone.entry.name, "format": "delta",
+                             "backbone_weights_sha256": backbone.weights_sha256})
     record["weights_sha256"] = digest["weights"]
     return record

@@ -2,7 +2,8 @@
 
 Public entry points: :func:`load_backbone` (registered backbone, default Real-ESRGAN x4plus),
 :func:`load_checkpoint` (official ``.pth``), :func:`load_safetensors_weights` /
-:func:`save_safetensors_weights` (adapted weights). Each loader returns a :class:`LoadedBackbone`.
+:func:`save_safetensors_weights` (full weights), :func:`save_delta_weights` (a camera's adapted
+weights as the tensors that differ from its backbone, rebuilt on load). Each loader returns a :class:`LoadedBackbone`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from adassr.adapt.weights.checkpoints import (
     load_checkpoint,
     load_safetensors_weights,
     read_pth_state,
+    save_delta_weights,
     save_safetensors_weights,
 )
 from adassr.adapt.weights.loader import load_backbone
@@ -28,6 +30,7 @@ __all__ = [
     "load_checkpoint",
     "load_safetensors_weights",
     "read_pth_state",
+    "save_delta_weights",
     "save_safetensors_weights",
     "state_dict_sha256",
 ]

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from adassr.adapt.archs.registry import DEFAULT_BACKBONE, BackboneEntry, BackboneRegistry, default_registry
 from adassr.adapt.weights.cache import atomic_write_bytes
+from adassr.adapt.weights.delta import DELTA_FORMAT
 from adassr.adapt.weights.state import LoadedBackbone, assemble, state_dict_sha256
 from adassr.runtime.errors import WeightsError
 
@@ -95,17 +96,49 @@ def save_safetensors_weights(
     return digest
 
 
+def save_delta_weights(
+    path: str | Path,
+    weights: nn.Module | Mapping[str, Tensor],
+    backbone: LoadedBackbone,
+    *,
+    base_state: Mapping[str, Tensor] | None = None,
+    metadata: Mapping[str, str] | None = None,
+    atomic: bool = True,
+) -> str:
+    """Write only the tensors that differ from the backbone (:mod:`adassr.adapt.weights.delta`).
+
+    ``base_state`` is the backbone's weights before adaptation (default: ``backbone.model``'s, which
+    must then be untouched). Returns the ``weights_sha256`` of the full weights.
+    """
+    from adassr.adapt.weights.delta import changed_tensors, delta_metadata
+
+    raw = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    base = base_state if base_state is not None else backbone.model.state_dict()
+    delta = changed_tensors(raw, base)
+    meta = {**(metadata or {}), **delta_metadata(raw, delta, backbone.entry.name, backbone.weights_sha256)}
+    data = save_safetensors_bytes(delta, metadata=meta)
+    if atomic:
+        atomic_write_bytes(path, data)
+    else:
+        Path(path).write_bytes(data)
+    return meta["weights_sha256"]
+
+
 def load_safetensors_weights(
     path: str | Path,
     entry: str | BackboneEntry = DEFAULT_BACKBONE,
     *,
     device: str | torch.device = "cpu",
     registry: BackboneRegistry | None = None,
+    base: LoadedBackbone | None = None,
 ) -> LoadedBackbone:
-    """Load weights written by :func:`save_safetensors_weights` (or any RRDBNet safetensors file).
+    """Load weights written by :func:`save_safetensors_weights` or :func:`save_delta_weights`
+    (or any RRDBNet safetensors file).
 
-    ``WeightsError`` if the file is unreadable, was saved for another backbone, fails its recorded
-    ``weights_sha256``, or does not match the architecture.
+    A delta file is combined with the backbone (``base``, default: the registry backbone
+    ``entry`` loaded now) after checking that it is the backbone the delta was made from.
+    ``WeightsError`` if the file is unreadable, was saved for another backbone, is a delta on other
+    backbone weights, fails its recorded ``weights_sha256``, or does not match the architecture.
     """
     entry = _entry(entry, registry)
     try:
@@ -119,6 +152,12 @@ def load_safetensors_weights(
     if saved_for is not None and saved_for != entry.name:
         raise WeightsError(
             f"{path} holds weights for backbone {saved_for!r}, not {entry.name!r}; load it with that backbone")
+    if meta.get("format") == DELTA_FORMAT:
+        from adassr.adapt.weights.delta import rebuild_state
+        from adassr.adapt.weights.loader import load_backbone
+
+        base = base if base is not None else load_backbone(entry.name, registry=registry)
+        state = rebuild_state(state, meta, base.model.state_dict(), base.weights_sha256, origin=str(path))
     loaded = assemble(entry, state, source=f"safetensors {path}", device=device)
     recorded = meta.get("weights_sha256")
     if recorded is not None and recorded != loaded.weights_sha256:

@@ -47,7 +47,13 @@ def test_adapt_end_to_end_writes_artifacts(camera_dir: Path, tmp_path: Path, cap
     assert kernel.ndim == 2 and abs(kernel.sum() - 1) < 1e-6
     assert manifest["steps"] == 2 and manifest["seed"] == 1
     assert manifest["images"][0]["derivation"] == "folder"
-    assert cam.verified_path("adapted.safetensors").stat().st_size > 60_000_000
+    weights = cam.verified_path("adapted.safetensors")
+    # a delta on the backbone: the tail's tensors only (about 9 MB), not the 67 MB network
+    assert weights.stat().st_size < 20_000_000
+    assert manifest["artifacts"]["adapted.safetensors"]["format"] == "delta"
+    from adassr.adapt.weights import load_safetensors_weights
+
+    assert load_safetensors_weights(weights).weights_sha256 == manifest["weights_sha256"]
     if manifest["kept_backbone"]:
         assert manifest["niqe_after"] == manifest["niqe_before"]
     else:

@@ -60,10 +60,12 @@ def test_weights_are_written_once_not_through_a_nested_atomic_write(
         raise AssertionError("atomic_write_bytes inside a store transaction: the weights are written twice")
 
     monkeypatch.setattr(checkpoints, "atomic_write_bytes", forbidden)
-    entry = load_backbone().entry
-    state = {"w": __import__("torch").zeros(2)}
+    backbone = load_backbone()
+    base = backbone.model.state_dict()
+    first = next(iter(base))
+    state = {**base, first: base[first] + 1.0}  # one adapted tensor: the file is a one-tensor delta
     store = CameraStore.open(tmp_path, "nokia", create=True)
     with store.transaction() as tx:
-        record = _publish_weights(tx, state, entry)
+        record = _publish_weights(tx, state, backbone, base)
         tx.commit()
     assert json.loads(store.manifest_path.read_text())["artifacts"]["adapted.safetensors"]["sha256"] == record["sha256"]

@@ -1,0 +1,83 @@
+"""Per-camera weights stored as a delta on the backbone: round trip, size, refusal of another backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from adassr.adapt.archs.registry import ArchParams, BackboneEntry, WeightSource
+from adassr.adapt.weights import load_safetensors_weights, save_delta_weights, save_safetensors_weights
+from adassr.adapt.weights.state import LoadedBackbone, assemble, state_dict_sha256
+from adassr.runtime.errors import WeightsError
+
+TINY = BackboneEntry(name="tiny-test", scale=4, arch=ArchParams(num_feat=16, num_block=3, num_grow_ch=8),
+                     source=WeightSource("none", "none", "none.param", "none.bin"), licence="test only",
+                     description="tiny random-weight RRDBNet for tests")
+TAIL = ("body.2.", "conv_body.", "conv_up1.", "conv_up2.", "conv_hr.", "conv_last.")
+
+
+def _backbone(seed: int) -> LoadedBackbone:
+    torch.manual_seed(seed)
+    return assemble(TINY, TINY.build().state_dict(), source=f"random seed {seed}")
+
+
+def _adapted(backbone: LoadedBackbone) -> dict[str, torch.Tensor]:
+    """The backbone with only its tail changed, as tail training does."""
+    state = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    for key in state:
+        if key.startswith(TAIL):
+            state[key] += 0.01 * torch.randn(state[key].shape, generator=torch.Generator().manual_seed(len(key)))
+    return state
+
+
+def test_delta_round_trip_holds_only_the_changed_tensors(tmp_path: Path) -> None:
+    backbone = _backbone(0)
+    adapted = _adapted(backbone)
+    delta_file, full_file = tmp_path / "delta.safetensors", tmp_path / "full.safetensors"
+    digest = save_delta_weights(delta_file, adapted, backbone)
+    assert digest == save_safetensors_weights(full_file, adapted, TINY) == state_dict_sha256(adapted)
+    assert delta_file.stat().st_size < 0.6 * full_file.stat().st_size
+    loaded = load_safetensors_weights(delta_file, TINY, base=backbone)
+    assert loaded.weights_sha256 == digest
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, adapted[key]), key
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        reference = TINY.build()
+        reference.load_state_dict(adapted)
+        assert torch.equal(loaded.model(x), reference.eval()(x))
+
+
+def test_delta_on_other_backbone_weights_is_refused(tmp_path: Path) -> None:
+    backbone = _backbone(0)
+    path = tmp_path / "delta.safetensors"
+    save_delta_weights(path, _adapted(backbone), backbone)
+    with pytest.raises(WeightsError, match="refusing to combine them"):
+        load_safetensors_weights(path, TINY, base=_backbone(1))
+
+
+def test_unchanged_weights_make_an_empty_delta_that_rebuilds_the_backbone(tmp_path: Path) -> None:
+    backbone = _backbone(0)
+    path = tmp_path / "delta.safetensors"
+    save_delta_weights(path, backbone.model.state_dict(), backbone)
+    loaded = load_safetensors_weights(path, TINY, base=backbone)
+    assert loaded.weights_sha256 == backbone.weights_sha256
+
+
+def test_a_tampered_delta_fails_its_digest(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    backbone = _backbone(0)
+    path = tmp_path / "delta.safetensors"
+    save_delta_weights(path, _adapted(backbone), backbone)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    tensors = load_file(str(path))
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key] + 1.0
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(WeightsError, match="corrupt"):
+        load_safetensors_weights(path, TINY, base=backbone)
