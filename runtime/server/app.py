@@ -39,16 +39,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from adassr.runtime.backends import Backend
@@ -62,7 +60,7 @@ from adassr.runtime.errors import (
 from adassr.runtime.pipeline import output_size, upscale_pixels
 from adassr.runtime.routing import RouteDecision
 from adassr.runtime.server.codec import UploadFolder, encode
-from adassr.runtime.server.config import OUTPUT_FORMATS, ServerConfig
+from adassr.runtime.server.config import ServerConfig
 from adassr.runtime.server.metrics import ServerMetrics
 from adassr.runtime.server.models import (
     ModelRegistry,
@@ -70,6 +68,7 @@ from adassr.runtime.server.models import (
     UnknownCamera,
     default_opener,
 )
+from adassr.runtime.server.requests import HttpError, UpscaleParams, parse_multipart, parse_params
 from adassr.runtime.server.scheduler import (
     BatchRecord,
     DeadlineExceeded,
@@ -80,32 +79,7 @@ from adassr.runtime.server.scheduler import (
 
 logger = logging.getLogger(__name__)
 
-PARAMETERS = ("camera", "outscale", "format", "quality")
 CLIENT_GONE = 499  # recorded in metrics only: nobody reads the response
-
-
-class HttpError(Exception):
-    """An error answered as ``{"error", "status", "message"}`` JSON."""
-
-    def __init__(self, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
-        self.headers = dict(headers or {})
-
-    def response(self) -> JSONResponse:
-        body = {"error": self.kind, "status": self.status, "message": self.message}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
-
-
-@dataclass(frozen=True)
-class UpscaleParams:
-    camera: str | None
-    outscale: float | None
-    suffix: str
-    media_type: str
-    quality: int
 
 
 @dataclass(frozen=True)
@@ -114,41 +88,6 @@ class UpscaleOutput:
     media_type: str
     headers: dict[str, str]
     camera: str
-
-
-def parse_params(values: Mapping[str, str], max_outscale: float) -> UpscaleParams:
-    """Validate request options (HttpError 422 naming the parameter and the valid values)."""
-    unknown = sorted(set(values) - set(PARAMETERS))
-    if unknown:
-        raise HttpError(
-            422, "invalid_parameter", f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(PARAMETERS)}"
-        )
-    camera = values.get("camera") or None
-    outscale: float | None = None
-    if values.get("outscale") not in (None, ""):
-        try:
-            outscale = float(values["outscale"])
-        except ValueError:
-            outscale = math.nan
-        if not math.isfinite(outscale) or not 0 < outscale <= max_outscale:
-            raise HttpError(
-                422,
-                "invalid_parameter",
-                f"outscale must be a number in (0, {max_outscale:g}], got {values['outscale']!r}",
-            )
-    fmt = (values.get("format") or "png").lower()
-    if fmt not in OUTPUT_FORMATS:
-        raise HttpError(
-            422, "invalid_parameter", f"format {values.get('format')!r} is not supported; use png, jpeg or webp"
-        )
-    quality = 95
-    if values.get("quality") not in (None, ""):
-        text = values["quality"]
-        if not text.isdigit() or not 1 <= int(text) <= 100:
-            raise HttpError(422, "invalid_parameter", f"quality must be an integer from 1 to 100, got {text!r}")
-        quality = int(text)
-    suffix, media_type = OUTPUT_FORMATS[fmt]
-    return UpscaleParams(camera, outscale, suffix, media_type, quality)
 
 
 def _header_safe(text: str) -> str:
@@ -450,7 +389,7 @@ class Server:
         body = await self._read_body(request)
         content_type = request.headers.get("content-type", "")
         if content_type.lower().startswith("multipart/"):
-            body, fields = await _parse_multipart(request.headers, body)
+            body, fields = await parse_multipart(request.headers, body)
             for name, value in fields.items():
                 if name in values:
                     raise HttpError(422, "invalid_parameter", f"parameter {name!r} given twice (query and form)")
@@ -500,46 +439,6 @@ def _consume(future: asyncio.Future[Any]) -> None:
     """Retrieve an abandoned worker's outcome so that asyncio does not log it."""
     if not future.cancelled():
         future.exception()
-
-
-async def _parse_multipart(headers: Headers, body: bytes) -> tuple[bytes, dict[str, str]]:
-    """The ``image`` file part's bytes and the text fields of a multipart body (HttpError 400/422)."""
-
-    async def stream() -> AsyncGenerator[bytes, None]:
-        yield body
-        yield b""
-
-    parser = MultiPartParser(headers, stream(), max_files=1, max_fields=len(PARAMETERS), max_part_size=64 * 1024)
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise HttpError(
-            400,
-            "bad_request",
-            f"malformed multipart body ({exc}); send one file part named 'image' plus optional "
-            f"fields {', '.join(PARAMETERS)}, or send the image bytes as the body",
-        ) from None
-    try:
-        image: bytes | None = None
-        fields: dict[str, str] = {}
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if name != "image":
-                    raise HttpError(422, "invalid_parameter", f"the file part is named {name!r}; name it 'image'")
-                image = await value.read()
-            elif name in fields:
-                raise HttpError(422, "invalid_parameter", f"field {name!r} given twice")
-            else:
-                fields[name] = value
-        if image is None:
-            raise HttpError(
-                400,
-                "bad_request",
-                "the multipart body has no file part named 'image'; attach the image as -F image=@photo.jpg",
-            )
-        return image, fields
-    finally:
-        await form.close()
 
 
 def _json(data: Any, status: int = 200) -> Response:

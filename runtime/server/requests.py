@@ -1,0 +1,121 @@
+"""Request parsing for ``POST /v1/upscale``: options, multipart bodies, and JSON errors.
+
+Options come from query parameters or multipart text fields (one source each); the image from
+the body or the multipart file part named ``image``. Everything invalid becomes an
+:class:`HttpError` whose message says what to send instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.responses import JSONResponse
+
+from adassr.runtime.server.config import OUTPUT_FORMATS
+
+PARAMETERS = ("camera", "outscale", "format", "quality")
+
+
+class HttpError(Exception):
+    """An error answered as ``{"error", "status", "message"}`` JSON."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.headers = dict(headers or {})
+
+    def response(self) -> JSONResponse:
+        body = {"error": self.kind, "status": self.status, "message": self.message}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+@dataclass(frozen=True)
+class UpscaleParams:
+    """Validated options of one upscale request (``suffix``/``media_type`` from ``format``)."""
+
+    camera: str | None
+    outscale: float | None
+    suffix: str
+    media_type: str
+    quality: int
+
+
+def parse_params(values: Mapping[str, str], max_outscale: float) -> UpscaleParams:
+    """Validate request options (HttpError 422 naming the parameter and the valid values)."""
+    unknown = sorted(set(values) - set(PARAMETERS))
+    if unknown:
+        raise HttpError(
+            422, "invalid_parameter", f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(PARAMETERS)}"
+        )
+    camera = values.get("camera") or None
+    outscale: float | None = None
+    if values.get("outscale") not in (None, ""):
+        try:
+            outscale = float(values["outscale"])
+        except ValueError:
+            outscale = math.nan
+        if not math.isfinite(outscale) or not 0 < outscale <= max_outscale:
+            raise HttpError(
+                422,
+                "invalid_parameter",
+                f"outscale must be a number in (0, {max_outscale:g}], got {values['outscale']!r}",
+            )
+    fmt = (values.get("format") or "png").lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise HttpError(
+            422, "invalid_parameter", f"format {values.get('format')!r} is not supported; use png, jpeg or webp"
+        )
+    quality = 95
+    if values.get("quality") not in (None, ""):
+        text = values["quality"]
+        if not text.isdigit() or not 1 <= int(text) <= 100:
+            raise HttpError(422, "invalid_parameter", f"quality must be an integer from 1 to 100, got {text!r}")
+        quality = int(text)
+    suffix, media_type = OUTPUT_FORMATS[fmt]
+    return UpscaleParams(camera, outscale, suffix, media_type, quality)
+
+
+async def parse_multipart(headers: Headers, body: bytes) -> tuple[bytes, dict[str, str]]:
+    """The ``image`` file part's bytes and the text fields of a multipart body (HttpError 400/422)."""
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+        yield b""
+
+    parser = MultiPartParser(headers, stream(), max_files=1, max_fields=len(PARAMETERS), max_part_size=64 * 1024)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise HttpError(
+            400,
+            "bad_request",
+            f"malformed multipart body ({exc}); send one file part named 'image' plus optional "
+            f"fields {', '.join(PARAMETERS)}, or send the image bytes as the body",
+        ) from None
+    try:
+        image: bytes | None = None
+        fields: dict[str, str] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name != "image":
+                    raise HttpError(422, "invalid_parameter", f"the file part is named {name!r}; name it 'image'")
+                image = await value.read()
+            elif name in fields:
+                raise HttpError(422, "invalid_parameter", f"field {name!r} given twice")
+            else:
+                fields[name] = value
+        if image is None:
+            raise HttpError(
+                400,
+                "bad_request",
+                "the multipart body has no file part named 'image'; attach the image as -F image=@photo.jpg",
+            )
+        return image, fields
+    finally:
+        await form.close()
