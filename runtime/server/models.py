@@ -70,7 +70,7 @@ class LoadedModel:
             "sha256": self.route.sha256,
             "precision": self.route.precision,
             "scale": self.route.scale,
-            "adapted": bool(manifest.get("weights_sha256")),
+            "adapted": self.camera != FALLBACK_CAMERA and ("steps" in manifest or bool(manifest.get("images"))),
             "backbone": backbone.get("name") if isinstance(backbone, Mapping) else None,
             "niqe_before": manifest.get("niqe_before"),
             "niqe_after": manifest.get("niqe_after"),

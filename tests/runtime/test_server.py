@@ -117,6 +117,7 @@ def test_endpoints_and_responses_match_the_cli(store: Path, tmp_path: Path) -> N
         cams = client.get("/v1/cameras").json()
         assert set(cams["cameras"]) == {"_fallback", "canon"} and cams["fallback"] is True
         assert cams["cameras"]["canon"]["scale"] == 4 and len(cams["cameras"]["canon"]["sha256"]) == 64
+        assert cams["cameras"]["_fallback"]["adapted"] is False and cams["refused"] == {}
         assert str(store) not in client.get("/v1/cameras").text  # no filesystem paths leak
 
         # Raw body, routed by EXIF Make: byte-identical to the CLI's PNG.
