@@ -8,6 +8,9 @@ one that fails, times out or lacks a library is recorded as such and the next on
 ``env``          GPU, driver, versions; which optional pieces import here (real TensorRT, not the
                  type stubs; onnxruntime's providers; cuda-python and its device count); LPIPS /
                  backbone weights found.
+``gpu_tests``    the GPU / TensorRT tests of the runtime and the PyTorch GPU mode (pytest, when
+                 installed): TensorRT build, run, refit and reuse against onnxruntime; CUDA buffers;
+                 CUDA-graph replays.
 ``latency``      one 480x270 LR frame (1920x1080 output) through Real-ESRGAN x4plus: PyTorch eager
                  fp32, channels_last fp16 / bf16, with and without CUDA graphs (adapt/gpu_infer.py);
                  a TensorRT fp16 engine (build, refit of a second camera, run with and without a
@@ -29,10 +32,12 @@ run with ``--help``): it checks the plumbing in seconds and its numbers mean not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -44,7 +49,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 FRAME = (270, 480)  # LR height, width: 1920x1080 output at x4
 
-SECTION_LIMITS_S = {"env": 30, "latency": 100, "niqe": 30, "adapt_speed": 90, "attention": 90, "adapt_full": 200}
+SECTION_LIMITS_S = {"env": 20, "gpu_tests": 90, "latency": 90, "niqe": 25, "adapt_speed": 80, "attention": 80,
+                    "adapt_full": 200}
+"""Seconds each section may take; the last one also gets no more than what is left of ``--budget-s``."""
 ORDER = tuple(SECTION_LIMITS_S)
 
 
@@ -65,16 +72,35 @@ def _importable(name: str) -> str:
     return str(getattr(module, "__version__", "present"))
 
 
+def _run_group(cmd: list[str], timeout_s: float, *, capture: bool) -> tuple[int | None, str]:
+    """Run ``cmd`` in its own process group; on timeout kill the whole group (grandchildren too).
+
+    Returns ``(exit status or None on timeout, captured output)``.
+    """
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE if capture else None,
+                            stderr=subprocess.STDOUT if capture else None)
+    try:
+        out, _ = proc.communicate(timeout=max(1.0, timeout_s))
+        return proc.returncode, out or ""
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return None, out or ""
+
+
 def _run_script(args: list[str], timeout_s: float) -> dict[str, Any]:
     start = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        return {"status": "timeout", "seconds": timeout_s, "tail": out[-3000:]}
-    return {"status": "ok" if proc.returncode == 0 else f"exit {proc.returncode}",
-            "seconds": round(time.perf_counter() - start, 1), "tail": (proc.stdout + proc.stderr)[-3000:]}
+    limit = min(timeout_s, _DEADLINE - time.monotonic()) if _DEADLINE else timeout_s
+    code, out = _run_group([sys.executable, *args], limit, capture=True)
+    if code is None:
+        return {"status": "timeout", "seconds": round(limit, 1), "tail": out[-3000:]}
+    return {"status": "ok" if code == 0 else f"exit {code}",
+            "seconds": round(time.perf_counter() - start, 1), "tail": out[-3000:]}
+
+
+_DEADLINE = 0.0  # time.monotonic() by which a section child must be done (0 = none); set by --limit-s
 
 
 def _device(smoke: bool) -> str:
@@ -131,6 +157,20 @@ def section_env(out: Path, smoke: bool) -> dict[str, Any]:
     if report is not None and report.is_file():
         info["carry_notes"] = json.loads(report.read_text()).get("notes", [])
     return info
+
+
+GPU_TESTS = ("tests/runtime/test_tensorrt_gpu.py", "tests/runtime/test_gpu_api.py", "tests/adapt/test_gpu_infer.py")
+
+
+def section_gpu_tests(out: Path, smoke: bool) -> dict[str, Any]:
+    if _importable("pytest").startswith("absent"):
+        return {"status": "skipped", "reason": "pytest is not installed"}
+    collect = ["--collect-only"] if smoke else []  # the smoke run checks the tests import, in seconds
+    result = _run_script(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *collect, *GPU_TESTS],
+                         SECTION_LIMITS_S["gpu_tests"] - 5)
+    (out / "gpu_tests.txt").write_text(result.get("tail", ""))
+    return {"pytest": result, **({"status": "error", "reason": "GPU tests failed"}
+                                 if result["status"] not in ("ok",) else {})}
 
 
 def _model_factory(smoke: bool) -> tuple[Callable[[], Any], str]:
@@ -328,8 +368,8 @@ def section_adapt_full(out: Path, smoke: bool) -> dict[str, Any]:
 
 
 SECTIONS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
-    "env": section_env, "latency": section_latency, "niqe": section_niqe, "adapt_speed": section_adapt_speed,
-    "attention": section_attention, "adapt_full": section_adapt_full,
+    "env": section_env, "gpu_tests": section_gpu_tests, "latency": section_latency, "niqe": section_niqe,
+    "adapt_speed": section_adapt_speed, "attention": section_attention, "adapt_full": section_adapt_full,
 }
 
 
@@ -384,9 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(ORDER), help=f"sections to run (default all: {','.join(ORDER)})")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (plumbing check)")
     parser.add_argument("--section", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--limit-s", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.section:
+        global _DEADLINE
+        _DEADLINE = time.monotonic() + args.limit_s if args.limit_s > 0 else 0.0
         return run_section(args.section, args.out, args.cpu_smoke)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SECTIONS]
@@ -402,16 +445,18 @@ def main(argv: list[str] | None = None) -> int:
         if limit < 10:
             summary["sections"][name] = {"status": "skipped", "reason": f"time budget spent ({left:.0f} s left)"}
             continue
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--out", str(args.out)]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--out", str(args.out),
+               "--limit-s", str(limit - 3)]
         if args.cpu_smoke:
             cmd.append("--cpu-smoke")
         section_start = time.perf_counter()
-        try:
-            subprocess.run(cmd, cwd=ROOT, timeout=limit, check=False)
-            path = args.out / f"gpu_check_{name}.json"
+        path = args.out / f"gpu_check_{name}.json"
+        path.unlink(missing_ok=True)
+        code, _ = _run_group(cmd, limit, capture=False)
+        if code is None:
+            result = {"status": "timeout", "reason": f"stopped after {limit:.0f} s (its processes were killed)"}
+        else:
             result = json.loads(path.read_text()) if path.is_file() else {"status": "error", "reason": "no result"}
-        except subprocess.TimeoutExpired:
-            result = {"status": "timeout", "reason": f"stopped after {limit:.0f} s"}
         result.setdefault("seconds", round(time.perf_counter() - section_start, 1))
         summary["sections"][name] = result
         if result.get("status") not in ("ok", "skipped"):

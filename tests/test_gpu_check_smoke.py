@@ -24,7 +24,8 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["mode"] == "cpu-smoke"
-    assert list(summary["sections"]) == ["env", "latency", "niqe", "adapt_speed", "attention", "adapt_full"]
+    assert list(summary["sections"]) == ["env", "gpu_tests", "latency", "niqe", "adapt_speed", "attention",
+                                           "adapt_full"]
     assert all(s["status"] == "ok" for s in summary["sections"].values()), summary
     latency = summary["sections"]["latency"]
     modes = [row["mode"] for row in latency["rows"]]
