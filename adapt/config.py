@@ -81,6 +81,7 @@ class AdaptConfig:
     seed: int = 0
     kernel: str = "estimate"
     admm_iters: int = 1
+    augment: bool = True  # False: plain crops of the LR images (no flips, affine, noise, photometric, USM)
     external_hr: Path | None = None
     external_steps: int | None = None  # default: same as steps
     attention: AttentionConfig = field(default_factory=AttentionConfig)

@@ -144,6 +144,8 @@ def adapt_camera(
         scale = backbone.scale
         images = load_group_images(group)
         pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
+        if not config.augment:
+            pair_config = pair_config.without_augmentation()
         kernel = _estimate_kernel(images, scale, config.kernel)
         validate_images(images, pair_config, kernel_shape=np.asarray(kernel.kernel).shape,
                         names=[str(p) for p in group.paths])
