@@ -293,6 +293,91 @@ def validate_images(
             )
 
 
+MIN_LR_PATCH = 8  # smallest LR patch a group falls back to when no image fits the configured one
+
+
+@dataclass(frozen=True)
+class UsableImages:
+    """Which images of a group can give training pairs, and with which patch.
+
+    ``indices``: the usable images, in input order. ``skipped``: (label, width, height) of the
+    images too small even for ``config``. ``config``: the requested pair config, or a copy with
+    a smaller ``lr_patch`` when no image fitted the requested one. ``minimum``: the side (LR
+    pixels) an image needs for ``config.lr_patch``.
+    """
+
+    indices: tuple[int, ...]
+    skipped: tuple[tuple[str, int, int], ...]
+    config: PairConfig
+    minimum: int
+    requested_patch: int
+
+    @property
+    def patch_reduced(self) -> bool:
+        return self.config.lr_patch != self.requested_patch
+
+    def warning(self) -> str | None:
+        """One message naming the skipped images and any patch reduction (None when neither)."""
+        parts = []
+        if self.patch_reduced:
+            parts.append(f"no image fits the {self.requested_patch}-px LR patch; using lr_patch "
+                         f"{self.config.lr_patch}")
+        if self.skipped:
+            listed = ", ".join(f"{label} ({w}x{h})" for label, w, h in self.skipped)
+            parts.append(f"skipped {len(self.skipped)} image(s) smaller than {self.minimum} LR pixels "
+                         f"per side (the minimum for lr_patch {self.config.lr_patch}): {listed}")
+        return "; ".join(parts) or None
+
+
+def select_usable_images(
+    images: Sequence[np.ndarray],
+    config: PairConfig,
+    *,
+    kernel_shape: tuple[int, int] = (DEFAULT_KERNEL_SIZE,) * 2,
+    names: Sequence[str] | None = None,
+    min_patch: int = MIN_LR_PATCH,
+) -> UsableImages:
+    """Keep the images large enough for ``config``; never fail while one image can be used.
+
+    Images whose shorter side is below :func:`min_image_size` are skipped. When that leaves none,
+    the LR patch shrinks to the largest size (not below ``min_patch``) that the largest image
+    fits, and the images fitting that patch are used. Raises ConfigError when no image fits even
+    ``min_patch``, giving the minimum size; shape, dtype and range problems of any image raise as
+    in :func:`validate_images`.
+    """
+    if len(images) == 0:
+        raise ConfigError("no images to cut training pairs from; give at least one LR image")
+    labels = [names[i] if names is not None else f"image {i}" for i in range(len(images))]
+    sides = []
+    for index, raw in enumerate(images):
+        image = np.asarray(raw)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ShapeError(labels[index], image.shape, "(H, W, 3) RGB")
+        sides.append((int(image.shape[1]), int(image.shape[0])))
+    chosen = config
+    minimum = min_image_size(config, kernel_shape)
+    if all(min(w, h) < minimum for w, h in sides):
+        largest = max(min(w, h) for w, h in sides)
+        patch = _largest_fitting_patch(config, kernel_shape, largest)
+        floor = min(min_patch, config.lr_patch)
+        if patch < floor:
+            need = min_image_size(dataclasses.replace(config, lr_patch=floor), kernel_shape)
+            listed = ", ".join(f"{label} ({w}x{h})" for label, (w, h) in zip(labels, sides))
+            raise ConfigError(
+                f"no image is large enough to adapt to: each side must be at least {need} LR pixels "
+                f"(lr_patch {floor} at scale {config.scale} with a {kernel_shape[0]}x{kernel_shape[1]} "
+                f"kernel; {minimum} for the configured lr_patch {config.lr_patch}); got {listed}. "
+                "Use larger images."
+            )
+        chosen = dataclasses.replace(config, lr_patch=patch)
+        minimum = min_image_size(chosen, kernel_shape)
+    keep = tuple(i for i, (w, h) in enumerate(sides) if min(w, h) >= minimum)
+    skipped = tuple((labels[i], w, h) for i, (w, h) in enumerate(sides) if i not in keep)
+    validate_images([images[i] for i in keep], chosen, kernel_shape=kernel_shape,
+                    names=[labels[i] for i in keep])
+    return UsableImages(keep, skipped, chosen, minimum, config.lr_patch)
+
+
 # --------------------------------------------------------------------------- sampler
 
 

@@ -87,6 +87,28 @@ def _estimate_kernel(images: Sequence[np.ndarray], scale: int, mode: str) -> Any
     return estimate_kernel(images, scale=scale)
 
 
+def _usable_images_and_kernel(images: list[np.ndarray], group: CameraGroup, pair_config: Any,
+                              kernel_mode: str) -> tuple[list[np.ndarray], Any, Any]:
+    """The images that can give training pairs, the kernel estimated from them, and the selection.
+
+    Images too small for the LR patch are skipped with one warning naming them; when none fits,
+    the patch shrinks (see :func:`adassr.adapt.pairs.select_usable_images`), and when no image
+    can be used at all a ConfigError gives the minimum size. A first pass with the default
+    kernel size keeps tiny images out of kernel estimation; the final pass uses the kernel's size.
+    """
+    from adassr.adapt.pairs import select_usable_images
+
+    names = [str(p) for p in group.paths]
+    first = select_usable_images(images, pair_config, names=names)
+    kernel = _estimate_kernel([images[i] for i in first.indices], pair_config.scale, kernel_mode)
+    usable = select_usable_images(images, pair_config, names=names,
+                                  kernel_shape=tuple(np.asarray(kernel.kernel).shape))  # type: ignore[arg-type]
+    message = usable.warning()
+    if message:
+        log.warning("camera group %r: %s", group.name, message)
+    return [images[i] for i in usable.indices], kernel, usable
+
+
 def _weight_maps(model: RRDBNet, images: Sequence[np.ndarray], config: AdaptConfig,
                  device: torch.device, precision: Precision) -> list[np.ndarray] | None:
     if config.attention.mode == "uniform":
@@ -128,7 +150,7 @@ def adapt_camera(
     progress: Callable[[ProgressEvent], None] | None = None,
 ) -> AdaptOutcome:
     """Adapt the backbone to ``group`` and publish the result into ``<store_root>/<camera>/``."""
-    from adassr.adapt.pairs import PairConfig, make_pair_sampler, validate_images
+    from adassr.adapt.pairs import PairConfig, make_pair_sampler
     from adassr.adapt.weights import load_backbone
 
     start = time.perf_counter()
@@ -146,9 +168,8 @@ def adapt_camera(
         pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
         if not config.augment:
             pair_config = pair_config.without_augmentation()
-        kernel = _estimate_kernel(images, scale, config.kernel)
-        validate_images(images, pair_config, kernel_shape=np.asarray(kernel.kernel).shape,
-                        names=[str(p) for p in group.paths])
+        images, kernel, usable = _usable_images_and_kernel(images, group, pair_config, config.kernel)
+        pair_config = usable.config
         weights = _weight_maps(model, images, config, device, precision)
         metric = _niqe_metric(device)
         perceptual = _perceptual(config, device)
@@ -180,7 +201,8 @@ def adapt_camera(
         weights_record = _publish_weights(tx, result.state_dict, backbone, base_state)
         wall = round(time.perf_counter() - start, 2)
         niqe_before, niqe_after = float(np.nanmean(result.niqe_before)), float(np.nanmean(result.niqe_after))
-        crop_names = [str(m.path) for m in group.members][: len(crops)]
+        used_paths = [str(group.members[i].path) for i in usable.indices]
+        crop_names = used_paths[: len(crops)]
 
         def record(manifest: dict[str, Any]) -> None:
             manifest.update({
@@ -189,6 +211,11 @@ def adapt_camera(
                              "source": backbone.source},
                 "scale": scale,
                 "kernel": kernel.to_dict(),
+                "pairs": {"lr_patch": pair_config.lr_patch, "requested_lr_patch": config.lr_patch,
+                          "min_side": usable.minimum, "images_used": used_paths,
+                          "images_skipped": [{"path": p, "width": w, "height": h,
+                                              "reason": f"smaller than {usable.minimum} LR px per side"}
+                                             for p, w, h in usable.skipped]},
                 "niqe_before": niqe_before,
                 "niqe_after": niqe_after,
                 "niqe_evaluation": {"crop": config.eval_crop, "images": crop_names,

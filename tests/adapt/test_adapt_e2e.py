@@ -71,8 +71,12 @@ def test_adapt_errors_are_clear(camera_dir: Path, tmp_path: Path, capsys) -> Non
     blocker.write_text("x")
     assert _adapt(camera_dir, blocker) == 2
     assert "store folder" in capsys.readouterr().err
-    assert _adapt(camera_dir, tmp_path / "s", "--patch", "64") == 2
-    assert "at least" in capsys.readouterr().err
+    tiny_root = tmp_path / "tiny"
+    (tiny_root / "nokia").mkdir(parents=True)
+    write_image(tiny_root / "nokia" / "thumb.png", read_image(camera_dir / "nokia" / "crop.png").pixels[:40, :40])
+    assert _adapt(tiny_root, tmp_path / "s") == 2
+    err = capsys.readouterr().err
+    assert "at least" in err and "LR pixels" in err and "thumb.png (40x40)" in err
 
 
 def test_adapt_export_upscale_round_trip(camera_dir: Path, tmp_path: Path, capsys) -> None:
@@ -116,3 +120,24 @@ def test_admm_with_an_external_step_runs(camera_dir: Path, tmp_path: Path) -> No
 def test_admm_needs_external_images(camera_dir: Path, tmp_path: Path, capsys) -> None:
     assert _adapt(camera_dir, tmp_path / "s", "--admm-iters", "2") == 2
     assert "--external-hr" in capsys.readouterr().err
+
+
+def test_small_image_is_skipped_with_one_warning(camera_dir: Path, tmp_path: Path, caplog) -> None:
+    """A group with one image too small for the patch adapts on the others and names it once."""
+    import logging
+
+    root = tmp_path / "images"
+    (root / "nokia").mkdir(parents=True)
+    pixels = read_image(camera_dir / "nokia" / "crop.png").pixels
+    write_image(root / "nokia" / "crop.png", pixels)
+    write_image(root / "nokia" / "thumb.png", np.ascontiguousarray(pixels[:50, :64]))
+    store = tmp_path / "store"
+    with caplog.at_level(logging.WARNING):
+        assert _adapt(root, store) == 0
+    warnings = [r.getMessage() for r in caplog.records if "thumb.png" in r.getMessage()]
+    assert len(warnings) == 1 and "skipped 1 image" in warnings[0] and "64x50" in warnings[0]
+    manifest = CameraStore.open(store, "nokia").read_manifest()
+    pairs = manifest["pairs"]
+    assert pairs["lr_patch"] == 12 and [Path(p).name for p in pairs["images_used"]] == ["crop.png"]
+    assert [Path(s["path"]).name for s in pairs["images_skipped"]] == ["thumb.png"]
+    assert [Path(p["path"]).name for p in manifest["per_image"]] == ["crop.png"]

@@ -22,7 +22,13 @@ from adassr.adapt.augment import (
     photometric_op,
 )
 from adassr.adapt.degradation import gaussian_kernel
-from adassr.adapt.pairs import PairConfig, make_pair_sampler, min_image_size, validate_images
+from adassr.adapt.pairs import (
+    PairConfig,
+    make_pair_sampler,
+    min_image_size,
+    select_usable_images,
+    validate_images,
+)
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "hr"
@@ -324,3 +330,55 @@ def test_bad_inputs_raise_typed_errors(photo: np.ndarray) -> None:
         validate_images([(photo * 255).astype(np.uint8)], PLAIN)
     with pytest.raises(ConfigError, match="no images"):
         validate_images([], PLAIN)
+
+
+# --------------------------------------------------------------------------- small images in a group
+
+
+def test_images_too_small_for_the_patch_are_skipped_and_named(photos: list[np.ndarray]) -> None:
+    config = PairConfig(scale=4, lr_patch=24)
+    minimum = min_image_size(config, KERNEL.shape)
+    small = photos[0][: minimum - 1, : minimum + 30]
+    usable = select_usable_images([photos[0], small, photos[1]], config, kernel_shape=KERNEL.shape,
+                                  names=["a.png", "tiny.png", "c.png"])
+    assert usable.indices == (0, 2)
+    assert usable.skipped == (("tiny.png", minimum + 30, minimum - 1),)
+    assert usable.config == config and not usable.patch_reduced and usable.minimum == minimum
+    message = usable.warning()
+    assert message is not None and "tiny.png" in message and f"smaller than {minimum} LR pixels" in message
+    assert "a.png" not in message
+    # The kept images give pairs with the requested patch.
+    sampler = make_pair_sampler([photos[0], photos[1]], KERNEL, usable.config, seed=0)
+    assert sampler.sample(2).lr.shape == (2, 3, 24, 24)
+    assert select_usable_images(photos, config, kernel_shape=KERNEL.shape).warning() is None
+
+
+def test_patch_shrinks_when_no_image_fits_it(photo: np.ndarray) -> None:
+    config = PairConfig(scale=4, lr_patch=32)
+    side = min_image_size(dataclasses.replace(config, lr_patch=14), KERNEL.shape)
+    images = [photo[:side, :side], photo[: side - 20, : side - 20]]
+    usable = select_usable_images(images, config, kernel_shape=KERNEL.shape, names=["big", "small"])
+    assert usable.patch_reduced and usable.config.lr_patch == 14 and usable.requested_patch == 32
+    assert usable.indices == (0,) and usable.skipped[0][0] == "small"
+    message = usable.warning()
+    assert message is not None and "using lr_patch 14" in message and "small" in message
+    batch = make_pair_sampler([images[0]], KERNEL, usable.config, seed=1).sample(3)
+    assert batch.lr.shape == (3, 3, 14, 14) and batch.hr.shape == (3, 3, 56, 56)
+
+
+def test_group_fails_only_when_no_image_can_be_used(photo: np.ndarray) -> None:
+    config = PairConfig(scale=4, lr_patch=24)
+    need = min_image_size(dataclasses.replace(config, lr_patch=8), KERNEL.shape)
+    with pytest.raises(ConfigError) as info:
+        select_usable_images([photo[:40, :60], photo[: need - 1, :300]], config, kernel_shape=KERNEL.shape,
+                             names=["x.png", "y.png"])
+    message = str(info.value)
+    assert f"at least {need} LR pixels" in message and "x.png (60x40)" in message
+    assert f"y.png (300x{need - 1})" in message
+    # Exactly the minimum is enough.
+    usable = select_usable_images([photo[:need, :need]], config, kernel_shape=KERNEL.shape)
+    assert usable.config.lr_patch == 8 and usable.indices == (0,)
+    with pytest.raises(ConfigError, match="no images"):
+        select_usable_images([], config)
+    with pytest.raises(ShapeError):
+        select_usable_images([photo[..., 0]], config)
