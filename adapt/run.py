@@ -26,7 +26,7 @@ from adassr.adapt.config import AdaptConfig
 from adassr.adapt.groups import CameraGroup
 from adassr.adapt.loop import InternalResult, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
-from adassr.runtime.errors import ConfigError
+from adassr.runtime.errors import ConfigError, StoreError
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,7 @@ def adapt_camera(
         assert result is not None
 
         weights_record = _publish_weights(tx, result.state_dict, backbone, base_state)
+        report = _publish_report(tx, group.name, result, images[0], None if weights is None else weights[0])
         wall = round(time.perf_counter() - start, 2)
         niqe_before, niqe_after = float(np.nanmean(result.niqe_before)), float(np.nanmean(result.niqe_after))
         used_paths = [str(group.members[i].path) for i in usable.indices]
@@ -218,6 +219,7 @@ def adapt_camera(
                                              for p, w, h in usable.skipped]},
                 "niqe_before": niqe_before,
                 "niqe_after": niqe_after,
+                "report": report,
                 "niqe_evaluation": {"crop": config.eval_crop, "images": crop_names,
                                     "history": result.history},
                 "per_image": [{"path": p, "niqe_before": b, "niqe_after": a}
@@ -265,3 +267,27 @@ def _publish_weights(tx: StoreTransaction, state: dict[str, torch.Tensor], backb
                              "backbone_weights_sha256": backbone.weights_sha256})
     record["weights_sha256"] = digest["weights"]
     return record
+
+
+def _publish_report(tx: StoreTransaction, camera: str, result: InternalResult, image: np.ndarray,
+                    weight: np.ndarray | None) -> str | None:
+    """Stage ``report.png`` (NIQE history, one weight map) in ``tx``; None when it was skipped.
+
+    A missing matplotlib or a failed drawing never fails the run: it is logged and skipped.
+    """
+    from adassr.adapt.report import REPORT_FILE, matplotlib_available, render_report
+
+    if not matplotlib_available():
+        log.info("report.png skipped: matplotlib is not installed (pip install 'adassr[plots]')")
+        return None
+
+    def write(path: Path) -> None:
+        render_report(path, title=f"camera {camera}: {result.stop_reason}", history=result.history,
+                      losses=result.losses, image=image, weight=weight, best_step=result.best_step)
+
+    try:
+        tx.stage(REPORT_FILE, write, stage="adapt")
+    except (StoreError, OSError, ValueError, RuntimeError) as exc:
+        log.warning("report.png skipped: drawing it failed (%s)", exc)
+        return None
+    return REPORT_FILE

@@ -141,3 +141,10 @@ def test_small_image_is_skipped_with_one_warning(camera_dir: Path, tmp_path: Pat
     assert pairs["lr_patch"] == 12 and [Path(p).name for p in pairs["images_used"]] == ["crop.png"]
     assert [Path(s["path"]).name for s in pairs["images_skipped"]] == ["thumb.png"]
     assert [Path(p["path"]).name for p in manifest["per_image"]] == ["crop.png"]
+    from adassr.adapt.report import matplotlib_available
+
+    if matplotlib_available():
+        assert manifest["report"] == "report.png"
+        assert CameraStore.open(store, "nokia").verified_path("report.png").read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert manifest["report"] is None

@@ -1,0 +1,52 @@
+"""``report.png``: published with a checksum next to the manifest, skipped with a log line without matplotlib."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adassr.adapt import report as report_module
+from adassr.adapt.loop import InternalResult
+from adassr.adapt.run import _publish_report
+from adassr.runtime.images import read_image
+from adassr.runtime.store import CameraStore
+
+PHOTO = Path(__file__).resolve().parents[1] / "data" / "hr" / "chelsea.png"
+
+
+def _result() -> InternalResult:
+    return InternalResult(state_dict={"w": torch.zeros(1)}, kept_backbone=False, niqe_before=[5.0], niqe_after=[4.6],
+                          steps=20, best_step=10, stop_reason="reached the step budget (20 steps)",
+                          history=[(0, 5.0), (10, 4.6), (20, 4.7)], losses=[(i, 1.0 / i) for i in range(1, 21)])
+
+
+@pytest.mark.skipif(not report_module.matplotlib_available(), reason="matplotlib (the plots extra) not installed")
+def test_report_png_is_published_and_recorded(tmp_path: Path) -> None:
+    store = CameraStore.open(tmp_path, "cam", create=True)
+    image = read_image(PHOTO).pixels.astype(np.float32) / 255
+    weight = np.linspace(0.1, 3.0, image.shape[0] * image.shape[1], dtype=np.float32).reshape(image.shape[:2])
+    with store.transaction() as tx:
+        assert _publish_report(tx, "cam", _result(), image, weight) == "report.png"
+        tx.commit()
+    path = store.verified_path("report.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shown = read_image(path).pixels
+    assert shown.shape[0] > 200 and shown.shape[1] > 500 and shown.std() > 10  # a drawn figure, not blank
+    assert store.read_manifest()["artifacts"]["report.png"]["stage"] == "adapt"
+    with store.transaction() as tx:
+        assert _publish_report(tx, "cam", _result(), image, None) == "report.png"  # uniform weights
+        tx.commit()
+
+
+def test_report_is_skipped_with_a_log_line_without_matplotlib(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(report_module, "matplotlib_available", lambda: False)
+    store = CameraStore.open(tmp_path, "cam", create=True)
+    image = np.zeros((40, 40, 3), np.float32)
+    with caplog.at_level(logging.INFO, logger="adassr.adapt.run"), store.transaction() as tx:
+        assert _publish_report(tx, "cam", _result(), image, None) is None
+        assert "report.png" not in tx.manifest.get("artifacts", {})
+    assert any("report.png skipped" in r.getMessage() and "matplotlib" in r.getMessage() for r in caplog.records)
