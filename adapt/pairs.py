@@ -362,7 +362,7 @@ def select_usable_images(
         floor = min(min_patch, config.lr_patch)
         if patch < floor:
             need = min_image_size(dataclasses.replace(config, lr_patch=floor), kernel_shape)
-            listed = ", ".join(f"{label} ({w}x{h})" for label, (w, h) in zip(labels, sides))
+            listed = ", ".join(f"{label} ({w}x{h})" for label, (w, h) in zip(labels, sides, strict=True))
             raise ConfigError(
                 f"no image is large enough to adapt to: each side must be at least {need} LR pixels "
                 f"(lr_patch {floor} at scale {config.scale} with a {kernel_shape[0]}x{kernel_shape[1]} "

@@ -44,7 +44,7 @@ def render_report(
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ax = axes[0]
     if history:
-        steps, scores = zip(*history)
+        steps, scores = zip(*history, strict=True)
         ax.plot(steps, scores, marker="o", color="tab:blue", label="NIQE (eval crops)")
         ax.axhline(scores[0], color="gray", ls="--", lw=0.8, label="backbone")
         if best_step:

@@ -101,8 +101,8 @@ def _usable_images_and_kernel(images: list[np.ndarray], group: CameraGroup, pair
     names = [str(p) for p in group.paths]
     first = select_usable_images(images, pair_config, names=names)
     kernel = _estimate_kernel([images[i] for i in first.indices], pair_config.scale, kernel_mode)
-    usable = select_usable_images(images, pair_config, names=names,
-                                  kernel_shape=tuple(np.asarray(kernel.kernel).shape))  # type: ignore[arg-type]
+    kh, kw = np.asarray(kernel.kernel).shape
+    usable = select_usable_images(images, pair_config, names=names, kernel_shape=(int(kh), int(kw)))
     message = usable.warning()
     if message:
         log.warning("camera group %r: %s", group.name, message)

@@ -74,12 +74,12 @@ class GroupSpec:
 
 
 # Fujifilm frames are 3648x2736: a 3x2 grid of 1024 crops starting at (top, left) multiples below.
-_FUJI_GRID = [(t, l) for t in (200, 1400) for l in (300, 1312, 2324)]
+_FUJI_GRID = [(top, left) for top in (200, 1400) for left in (300, 1312, 2324)]
 GROUPS: tuple[GroupSpec, ...] = (
-    GroupSpec("fuji-aniso", tuple(("fuji", 0, t, l) for t, l in _FUJI_GRID[:4]), (2.8, 1.4, 45.0), 2.0, 85),
-    GroupSpec("fuji-noisy", tuple(("fuji", 1, t, l) for t, l in _FUJI_GRID[1:5]), (1.8, 1.0, 120.0), 5.0, 60),
+    GroupSpec("fuji-aniso", tuple(("fuji", 0, t, x) for t, x in _FUJI_GRID[:4]), (2.8, 1.4, 45.0), 2.0, 85),
+    GroupSpec("fuji-noisy", tuple(("fuji", 1, t, x) for t, x in _FUJI_GRID[1:5]), (1.8, 1.0, 120.0), 5.0, 60),
     GroupSpec("canon-bicubic", (("canon", 0, 24, 0), ("canon", 0, 24, 976))
-              + tuple(("fuji", 0, t, l) for t, l in _FUJI_GRID[4:6]), None, 0.0, 95),
+              + tuple(("fuji", 0, t, x) for t, x in _FUJI_GRID[4:6]), None, 0.0, 95),
 )
 
 
@@ -232,9 +232,11 @@ def _machine(device: torch.device) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16") if f" {f}" in flags]
-    return f"CPU {machine_name()} ({os.cpu_count()} cores; {', '.join(isa) or 'no avx2'}), {torch.get_num_threads()} torch threads"
+    return (f"CPU {machine_name()} ({os.cpu_count()} cores; {', '.join(isa) or 'no avx2'}), "
+            f"{torch.get_num_threads()} torch threads")
 
 
 def _commit() -> str:
@@ -325,7 +327,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     real = result.get("real_groups", {})
     if real:
         lines += ["", "## Real camera groups (samples/cameras, no HR): NIQE on the evaluation crops", "",
-                  "| group | images | NIQE backbone | NIQE adapted | steps | stop | wall s |", "|---|---|---|---|---|---|---|"]
+                  "| group | images | NIQE backbone | NIQE adapted | steps | stop | wall s |",
+                  "|---|---|---|---|---|---|---|"]
         for gname, r in real.items():
             lines.append(f"| {gname} | {r['images']} | {r['niqe_before']:.3f} | {r['niqe_after']:.3f} | {r['steps']} | "
                          f"{r['stop_reason']} | {r['wall_s']:.0f} |")
@@ -383,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"adaptation_quality_v2_{'gpu' if device.type == 'cuda' else 'cpu'}" + (f"_{args.tag}" if args.tag else "")
     result: dict[str, Any] = {"machine": _machine(device), "ablation": ablation_label(args),
                               "seeds": list(range(args.seeds)), "config": config.to_dict(),
-                              "load_start": _load(), "commit": _commit(), "groups": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                              "load_start": _load(), "commit": _commit(), "groups": {},
+                              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     lpips_model = load_lpips("alex")
     backbone = load_backbone(device="cpu").model.eval()
     cache: dict[tuple[str, int], np.ndarray] = {}
@@ -398,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             spec = specs[name]
             hrs, lrs = build_group(spec, args.fujifilm, cache)
-            g: dict[str, Any] = {"degradation": spec.describe(), "images": {k: list(v.shape[:2]) for k, v in lrs.items()},
+            g: dict[str, Any] = {"degradation": spec.describe(),
+                                 "images": {k: list(v.shape[:2]) for k, v in lrs.items()},
                                  "sources": [list(s) for s in spec.sources], "runs": []}
             result["groups"][name] = g
             t0 = time.perf_counter()
@@ -417,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                 manifest = json.loads((outcome.store_dir / "manifest.json").read_text())
                 adapted = load_safetensors_weights(outcome.weights_path, device="cpu").model.eval()
                 adapted_sr = {k: super_resolve(adapted, v) for k, v in lrs.items()}
-                run = {"seed": seed, "wall_s": round(wall, 1), "steps": outcome.steps, "stop_reason": outcome.stop_reason,
+                run = {"seed": seed, "wall_s": round(wall, 1), "steps": outcome.steps,
+                       "stop_reason": outcome.stop_reason,
                        "kept_backbone": outcome.kept_backbone, "best_step": manifest.get("best_step"),
                        "kernel": {k: v for k, v in manifest["kernel"].items() if k not in ("kernel", "convention")},
                        "niqe_eval_crops": {"before": outcome.niqe_before, "after": outcome.niqe_after},

@@ -73,7 +73,7 @@ def crop_grid(pics: dict[str, dict[str, np.ndarray]], path: Path, *, title: str,
         bic = cv2.resize(lr, (lr.shape[1] * SCALE, lr.shape[0] * SCALE), interpolation=cv2.INTER_CUBIC)
         panels = (np.kron(lr_crop, np.ones((SCALE, SCALE, 1))), bic[hs], pics["backbone"][name][hs],
                   pics["adapted"][name][hs], pics["hr"][name][hs])
-        for col, (label, panel) in enumerate(zip(cols, panels)):
+        for col, (label, panel) in enumerate(zip(cols, panels, strict=True)):
             ax = axes[row, col]
             ax.imshow(np.clip(panel, 0, 1), interpolation="nearest")
             ax.set_xticks([])
