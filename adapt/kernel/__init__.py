@@ -42,6 +42,7 @@ from adassr.adapt.kernel.result import (
     METHOD_BICUBIC,
     METHOD_CROSS_SCALE,
     METHOD_FALLBACK,
+    METHOD_FIXED_GAUSSIAN,
     KernelEstimate,
     bicubic_kernel_estimate,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "METHOD_BICUBIC",
     "METHOD_CROSS_SCALE",
     "METHOD_FALLBACK",
+    "METHOD_FIXED_GAUSSIAN",
     "KernelEstimate",
     "KernelEstimationConfig",
     "bicubic_kernel_estimate",

@@ -15,7 +15,12 @@ from scipy.optimize import minimize
 
 from adassr.adapt.degradation import gaussian_kernel, kernel_size, params_from_covariance
 from adassr.adapt.kernel.features import CrossScaleSample, FeatureSpec
-from adassr.adapt.kernel.result import METHOD_CROSS_SCALE, KernelEstimate, bicubic_kernel_estimate
+from adassr.adapt.kernel.result import (
+    METHOD_CROSS_SCALE,
+    METHOD_FIXED_GAUSSIAN,
+    KernelEstimate,
+    bicubic_kernel_estimate,
+)
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 __all__ = ["CALIBRATION", "KernelEstimationConfig", "estimate_kernel"]
@@ -59,6 +64,13 @@ class KernelEstimationConfig:
     calibration: tuple[tuple[float, float], tuple[float, float]] | None = None  # (group, single)
     # (a, b) pairs replacing CALIBRATION, e.g. after refitting with benchmarks/kernel_calibration.py
     min_signal_to_noise: float = 4.0  # structure energy / noise energy for an image to count
+    # Fallback (see estimate_kernel): when the fixed Gaussian G(fallback_sigma) HR px explains the
+    # cross-scale statistics within a relative loss gap of ``fallback_gap`` of the best fit (plus
+    # ``fallback_gap_per_blockiness`` per unit of JPEG blockiness), the data cannot tell them apart
+    # and the fixed Gaussian is returned. 0 disables the fallback.
+    fallback_sigma: float = 1.6
+    fallback_gap: float = 0.0
+    fallback_gap_per_blockiness: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.02 <= self.structure_fraction <= 1.0:
@@ -80,6 +92,8 @@ class KernelEstimationConfig:
                 len(self.calibration) != 2 or any(len(p) != 2 or not p[0] > 0 for p in self.calibration)):
             raise ConfigError(f"calibration must be ((a, b), (a, b)) for (group, single) with a > 0, "
                               f"got {self.calibration}")
+        if self.fallback_sigma <= 0 or self.fallback_gap < 0 or self.fallback_gap_per_blockiness < 0:
+            raise ConfigError("fallback_sigma must be > 0 and the fallback gaps >= 0")
         if self.max_evaluations < 10:
             raise ConfigError(f"max_evaluations must be >= 10, got {self.max_evaluations}")
 
@@ -124,6 +138,25 @@ def _tiles(y: np.ndarray, config: KernelEstimationConfig) -> list[np.ndarray]:
              for r in range(0, h - t + 1, t) for c in range(0, w - t + 1, t)]
     cands.sort(key=lambda item: -item[0])
     return [y[r:r + t, c:c + t] for _, r, c in cands[:config.max_tiles_per_image]]
+
+
+def jpeg_blockiness(y: np.ndarray, block: int = 8) -> float:
+    """How much stronger luma steps are across the 8x8 JPEG block grid than inside blocks.
+
+    ``mean |step| on grid boundaries / mean |step| elsewhere - 1`` over rows and columns (grid
+    aligned to the image origin, as a camera's JPEG is): about 0 for an uncompressed image,
+    growing as quantisation gets coarser. Images under 4 blocks per side give 0.
+    """
+    if min(y.shape) < 4 * block:
+        return 0.0
+    ratios = []
+    for diff in (np.abs(np.diff(y, axis=1)), np.abs(np.diff(y, axis=0)).T):
+        on = (np.arange(diff.shape[1]) % block) == block - 1
+        inside = float(diff[:, ~on].mean())
+        if inside <= 1e-6:
+            continue
+        ratios.append(float(diff[:, on].mean()) / inside - 1.0)
+    return max(0.0, float(np.mean(ratios))) if ratios else 0.0
 
 
 def _select_images(n: int, max_images: int) -> list[int]:
@@ -234,6 +267,13 @@ def estimate_kernel(
         a, b = config.calibration[0 if mode == "group" else 1]
     else:
         a, b = _calibration(scale, mode)
+    # The fixed Gaussian's raw (uncalibrated) LR sigma, and how much worse it fits than the optimum.
+    raw_fixed = float(np.clip(a * config.fallback_sigma / scale + b, lo, hi))
+    loss_fixed = loss(np.array([2.0 * math.log(raw_fixed), 2.0 * math.log(raw_fixed), 0.0]))
+    best_loss = min(float(res.fun), loss_fixed)
+    gap = (loss_fixed - best_loss) / max(best_loss, 1e-12)
+    blockiness = float(np.median([jpeg_blockiness(lumas[i]) for i in chosen if i not in skipped]))
+    allowed_gap = config.fallback_gap + config.fallback_gap_per_blockiness * blockiness
     floor = _MIN_HR_SIGMA / scale
     sx = max((raw_major - b) / a, floor) * scale
     sy = max((raw_minor - b) / a, floor) * scale
@@ -242,7 +282,17 @@ def estimate_kernel(
     residual = math.sqrt(float(res.fun) / spec.size)
     n_pix = int(sum(t.n_pixels for tiles in per_image for t in tiles))
     confidence = float(np.clip(1.0 - residual / 0.3, 0.0, 1.0) * min(1.0, n_pix / 4000.0))
+    if allowed_gap > 0:
+        # Distinguishability from the fixed Gaussian: 0 at the fallback threshold, 1 at 4x it.
+        confidence *= float(np.clip((gap - allowed_gap) / (3.0 * allowed_gap), 0.0, 1.0))
+    estimated = {"sigma_x": sx, "sigma_y": sy, "theta_deg": math.degrees(theta)}
+    fallback = allowed_gap > 0 and gap <= allowed_gap
     diag.update({
+        "fixed_gaussian_sigma": config.fallback_sigma,
+        "fixed_gaussian_loss_gap": gap,
+        "fallback_gap_allowed": allowed_gap,
+        "jpeg_blockiness": blockiness,
+        "estimate_before_fallback": estimated,
         "raw_sigma_lr": [raw_major, raw_minor],
         "calibration": [a, b],
         "residual_rms": residual,
@@ -252,5 +302,14 @@ def estimate_kernel(
         "evaluations": int(res.nfev) + len(grid),
         "wall_time_s": time.perf_counter() - t0,
     })
+    method = METHOD_CROSS_SCALE
+    if fallback:
+        diag["reason"] = (
+            f"the fixed Gaussian G({config.fallback_sigma:g}) fits the cross-scale statistics within "
+            f"{100 * gap:.1f} % of the best estimate (allowed {100 * allowed_gap:.1f} % at JPEG blockiness "
+            f"{blockiness:.2f}): the images cannot tell them apart, so the fixed Gaussian is used")
+        sx = sy = float(config.fallback_sigma)
+        theta = 0.0
+        method = METHOD_FIXED_GAUSSIAN
     kernel = gaussian_kernel(sx, sy, theta, scale=scale, size=kernel_size(sx, scale))
-    return KernelEstimate(sx, sy, theta, scale, kernel, METHOD_CROSS_SCALE, confidence, diag)
+    return KernelEstimate(sx, sy, theta, scale, kernel, method, confidence, diag)

@@ -15,11 +15,12 @@ from adassr.adapt.degradation import bicubic_kernel, gaussian_kernel
 from adassr.runtime.errors import ConfigError
 
 __all__ = ["KernelEstimate", "bicubic_kernel_estimate", "METHOD_BICUBIC", "METHOD_CROSS_SCALE",
-           "METHOD_FALLBACK"]
+           "METHOD_FALLBACK", "METHOD_FIXED_GAUSSIAN"]
 
 METHOD_CROSS_SCALE = "cross-scale-derivative-energy"
 METHOD_BICUBIC = "bicubic"
 METHOD_FALLBACK = "fallback-bicubic"
+METHOD_FIXED_GAUSSIAN = "fallback-fixed-gaussian"
 
 CONVENTION = (
     "y_rd = adassr.adapt.degradation.blur_downsample(y_r, kernel, scale): convolve with the kernel, then "

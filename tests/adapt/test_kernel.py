@@ -22,6 +22,7 @@ from adassr.adapt.kernel import (
     METHOD_BICUBIC,
     METHOD_CROSS_SCALE,
     METHOD_FALLBACK,
+    METHOD_FIXED_GAUSSIAN,
     KernelEstimate,
     KernelEstimationConfig,
     bicubic_kernel_estimate,
@@ -202,3 +203,50 @@ def test_calibration_table_covers_the_default_scale():
     assert set(CALIBRATION[4]) == {"group", "single"}
     for a, b in CALIBRATION[4].values():
         assert 0.5 < a < 3.0 and -0.5 < b < 0.5
+
+
+# --------------------------------------------------------------------------- JPEG and the fixed-Gaussian fallback
+
+
+def _jpeg(lr: np.ndarray, quality: int) -> np.ndarray:
+    import cv2
+
+    u8 = (np.clip(lr, 0, 1) * 255 + 0.5).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(u8[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+
+
+def test_jpeg_blockiness_grows_with_compression(photos):
+    from adassr.adapt.kernel.estimate import jpeg_blockiness
+
+    lr = _lr(photos[2], (2.4, 1.2, 30.0))  # coffee
+    luma = np.array([0.299, 0.587, 0.114])
+    plain = jpeg_blockiness(lr @ luma)
+    q95 = jpeg_blockiness(_jpeg(lr, 95) @ luma)
+    q60 = jpeg_blockiness(_jpeg(lr, 60) @ luma)
+    assert plain < 0.05 and q95 < 0.1 and q60 > 0.15
+    assert jpeg_blockiness(np.zeros((20, 20))) == 0.0  # under 4 blocks per side
+
+
+def test_fallback_returns_the_fixed_gaussian_with_the_reason(photos):
+    k = (2.4, 1.2, 60.0)
+    lrs = [_jpeg(_lr(p, k, noise=3.0 / 255, seed=i), 70) for i, p in enumerate(photos)]
+    plain = estimate_kernel(lrs, scale=SCALE, config=KernelEstimationConfig(fallback_gap=0.0))
+    assert plain.method == METHOD_CROSS_SCALE
+    gap = plain.diagnostics["fixed_gaussian_loss_gap"]
+    assert gap > 0 and plain.diagnostics["jpeg_blockiness"] > 0
+    # A threshold above the measured gap: the images cannot tell the estimate from G(1.6).
+    forced = estimate_kernel(lrs, scale=SCALE, config=KernelEstimationConfig(fallback_gap=gap * 1.5 + 1e-6))
+    assert forced.method == METHOD_FIXED_GAUSSIAN
+    assert forced.sigma_x == forced.sigma_y == 1.6 and forced.theta == 0.0 and forced.confidence == 0.0
+    assert "G(1.6)" in forced.diagnostics["reason"]
+    before = forced.diagnostics["estimate_before_fallback"]
+    assert before["sigma_x"] == pytest.approx(plain.sigma_x) and before["theta_deg"] == pytest.approx(plain.theta_deg)
+    np.testing.assert_allclose(forced.kernel.sum(), 1.0)
+    # Below the gap the estimate stands, with a confidence reduced by how close the gap is.
+    kept = estimate_kernel(lrs, scale=SCALE, config=KernelEstimationConfig(fallback_gap=gap / 8))
+    assert kept.method == METHOD_CROSS_SCALE and 0.0 < kept.confidence <= plain.confidence
+    assert json.loads(json.dumps(forced.to_dict()))["method"] == METHOD_FIXED_GAUSSIAN
+    with pytest.raises(ConfigError, match="fallback"):
+        KernelEstimationConfig(fallback_gap=-1.0)
