@@ -286,7 +286,7 @@ def estimate_kernel(
         # Distinguishability from the fixed Gaussian: 0 at the fallback threshold, 1 at 4x it.
         confidence *= float(np.clip((gap - allowed_gap) / (3.0 * allowed_gap), 0.0, 1.0))
     estimated = {"sigma_x": sx, "sigma_y": sy, "theta_deg": math.degrees(theta)}
-    fallback = allowed_gap > 0 and gap <= allowed_gap
+    use_fixed = allowed_gap > 0 and gap <= allowed_gap
     diag.update({
         "fixed_gaussian_sigma": config.fallback_sigma,
         "fixed_gaussian_loss_gap": gap,
@@ -303,7 +303,7 @@ def estimate_kernel(
         "wall_time_s": time.perf_counter() - t0,
     })
     method = METHOD_CROSS_SCALE
-    if fallback:
+    if use_fixed:
         diag["reason"] = (
             f"the fixed Gaussian G({config.fallback_sigma:g}) fits the cross-scale statistics within "
             f"{100 * gap:.1f} % of the best estimate (allowed {100 * allowed_gap:.1f} % at JPEG blockiness "
