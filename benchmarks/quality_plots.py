@@ -103,3 +103,45 @@ def attention_figure(items: list[tuple[str, np.ndarray, np.ndarray]], path: Path
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def attention_maps_main(argv: list[str] | None = None) -> int:
+    """Write ``attention_maps.png``: the CPU default attention weight map over two bundled photos."""
+    import argparse
+    import sys
+
+    import torch
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from adassr.adapt.attention import compute_weight_map
+    from adassr.adapt.config import cpu_demo_defaults
+    from adassr.adapt.precision import resolve_precision
+    from adassr.adapt.weights import load_backbone
+    from adassr.runtime.images import read_image, to_float32
+
+    parser = argparse.ArgumentParser(description=attention_maps_main.__doc__)
+    parser.add_argument("--images", nargs="+", type=Path, default=[
+        root / "samples" / "cameras" / "canon" / "flower.jpg", root / "samples" / "cameras" / "nokia" / "iptc.jpg"])
+    parser.add_argument("--out", type=Path, default=root / "benchmarks" / "results" / "attention_maps.png")
+    args = parser.parse_args(argv)
+    device = torch.device("cpu")
+    model = load_backbone(device="cpu").model.eval()
+    config = cpu_demo_defaults().attention
+    items = []
+    for path in args.images:
+        pixels = to_float32(read_image(path).pixels)
+        image = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+        weight = compute_weight_map(model, np.ascontiguousarray(image), config, device=device,
+                                    precision=resolve_precision("fp32", device))
+        items.append((f"{path.parent.name}/{path.name} ({image.shape[1]}x{image.shape[0]})", image, weight))
+        print(f"{path.name}: weight map {weight.shape}, range {weight.min():.2f}..{weight.max():.2f}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    attention_figure(items, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(attention_maps_main())

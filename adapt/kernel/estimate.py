@@ -67,10 +67,12 @@ class KernelEstimationConfig:
     # Fallback (see estimate_kernel): when the fixed Gaussian G(fallback_sigma) HR px explains the
     # cross-scale statistics within a relative loss gap of ``fallback_gap`` of the best fit (plus
     # ``fallback_gap_per_blockiness`` per unit of JPEG blockiness), the data cannot tell them apart
-    # and the fixed Gaussian is returned. 0 disables the fallback.
+    # and the fixed Gaussian is returned; both 0 disable it. Defaults fitted by
+    # `python benchmarks/kernel_fallback_calibration.py --kernels 10` (noise 0-5/255 x JPEG
+    # none/95/75/60 on the calibration crops, never tests/data/hr): results/kernel_fallback_calibration.json.
     fallback_sigma: float = 1.6
     fallback_gap: float = 0.0
-    fallback_gap_per_blockiness: float = 0.0
+    fallback_gap_per_blockiness: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.02 <= self.structure_fraction <= 1.0:
