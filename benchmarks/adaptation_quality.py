@@ -344,6 +344,29 @@ def _save(result: dict[str, Any], out: Path, stem: str) -> None:
     write_markdown(result, out / f"{stem}.md")
 
 
+def merge_results(paths: list[Path], out: Path, tag: str) -> int:
+    """Union of the groups (and real groups) of several result files of the same ablation."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    ablations = {p["ablation"] for p in parts}
+    if len(ablations) != 1:
+        print(f"refusing to merge different ablations: {sorted(ablations)}", file=sys.stderr)
+        return 2
+    merged = dict(parts[0])
+    merged["groups"], merged["real_groups"] = {}, {}
+    merged["merged_from"] = [{"machine": p["machine"], "commit": p.get("commit"), "started": p.get("started"),
+                              "load_start": p.get("load_start"), "groups": sorted(p["groups"])} for p in parts]
+    for part in parts:
+        merged["groups"].update(part["groups"])
+        merged["real_groups"].update(part.get("real_groups", {}))
+    merged["seeds"] = sorted({s for p in parts for s in p["seeds"]})
+    merged["load_start"] = max(p.get("load_start", float("nan")) for p in parts)
+    stem = "adaptation_quality_v2_" + ("gpu" if "GPU" in merged["machine"] or "NVIDIA" in merged["machine"]
+                                       else "cpu") + (f"_{tag}" if tag else "")
+    _save(merged, out, stem)
+    print((out / f"{stem}.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
@@ -365,7 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     ablation.add_argument("--ema-decay", type=float, default=None)
     parser.add_argument("--tag", default="", help="suffix of the result files (for ablations)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="combine result files of one ablation run as separate processes (e.g. one per "
+                        "group) into <out>/adaptation_quality_v2_cpu[_<tag>].*, then exit")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_results(args.merge, args.out, args.tag)
     if args.threads:
         torch.set_num_threads(args.threads)
 
