@@ -1,4 +1,4 @@
-"""Does adaptation work? A synthetic camera with ground truth (issue 4, item 12).
+"""Does adaptation work? A synthetic camera with ground truth.
 
 The camera: the five clean photos of tests/data/hr blurred with one fixed anisotropic Gaussian
 kernel, downsampled x4, with Gaussian noise and JPEG compression. `adapt_camera` adapts the

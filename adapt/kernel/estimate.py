@@ -167,6 +167,47 @@ def estimate_kernel(
     if isinstance(images, np.ndarray):
         raise ConfigError("images must be a sequence of arrays, not one array: pass [image]")
     scale = _check_scale(scale)
+    lumas = _checked_lumas(images, config)
+    spec = FeatureSpec(derivative_sigma=config.derivative_sigma, orders=config.orders,
+                       n_directions=config.n_directions, anisotropy_weight=config.anisotropy_weight)
+    chosen = _select_images(len(lumas), config.max_images)
+    per_image, skipped, noise = _usable_tiles(lumas, chosen, spec, config)
+    mode = "group" if len(lumas) > 1 else "single"
+    diag: dict[str, Any] = {
+        "mode": mode,
+        "n_images": len(lumas),
+        "images_used": [i for i in chosen if i not in skipped],
+        "images_skipped_flat": skipped,
+    }
+    if not per_image:
+        return _bicubic_fallback(scale, diag, t0)
+    res, evaluations = _fit_covariance(per_image, config)
+    raw_major, raw_minor, theta = params_from_covariance(_cov_from_log(res.x, *config.sigma_lr_range))
+    a, b = _calibration_of(config, scale, mode)
+    floor = _MIN_HR_SIGMA / scale
+    sx = max((raw_major - b) / a, floor) * scale
+    sy = max((raw_minor - b) / a, floor) * scale
+    if sy > sx:
+        sx, sy = sy, sx
+    residual = math.sqrt(float(res.fun) / spec.size)
+    n_pix = int(sum(t.n_pixels for tiles in per_image for t in tiles))
+    confidence = float(np.clip(1.0 - residual / 0.3, 0.0, 1.0) * min(1.0, n_pix / 4000.0))
+    diag.update({
+        "raw_sigma_lr": [raw_major, raw_minor],
+        "calibration": [a, b],
+        "residual_rms": residual,
+        "n_pixels": n_pix,
+        "n_tiles": sum(len(tiles) for tiles in per_image),
+        "noise_sigma": float(np.median(noise)),
+        "evaluations": evaluations,
+        "wall_time_s": time.perf_counter() - t0,
+    })
+    kernel = gaussian_kernel(sx, sy, theta, scale=scale, size=kernel_size(sx, scale))
+    return KernelEstimate(sx, sy, theta, scale, kernel, METHOD_CROSS_SCALE, confidence, diag)
+
+
+def _checked_lumas(images: Sequence[np.ndarray], config: KernelEstimationConfig) -> list[np.ndarray]:
+    """The luma of each image; ``ConfigError`` / ``ShapeError`` for no images or too small ones."""
     images = list(images)
     if not images:
         raise ConfigError("no images given to estimate_kernel: pass at least one LR image")
@@ -174,10 +215,14 @@ def estimate_kernel(
     for i, y in enumerate(lumas):
         if min(y.shape) < config.min_side:
             raise ShapeError(f"image {i}", y.shape, f"at least {config.min_side}x{config.min_side} LR pixels")
-    spec = FeatureSpec(derivative_sigma=config.derivative_sigma, orders=config.orders,
-                       n_directions=config.n_directions, anisotropy_weight=config.anisotropy_weight)
-    chosen = _select_images(len(lumas), config.max_images)
-    per_image: list[list[CrossScaleSample]] = []  # the usable tiles of each usable image
+    return lumas
+
+
+def _usable_tiles(
+    lumas: Sequence[np.ndarray], chosen: Sequence[int], spec: FeatureSpec, config: KernelEstimationConfig
+) -> tuple[list[list[CrossScaleSample]], list[int], list[float]]:
+    """``(informative tiles per usable image, indices of images with none, noise sigma per usable image)``."""
+    per_image: list[list[CrossScaleSample]] = []
     skipped: list[int] = []
     noise: list[float] = []
     for i in chosen:
@@ -188,22 +233,22 @@ def estimate_kernel(
             continue
         noise.append(float(np.median([s.noise_sigma for s in good])))
         per_image.append(good)
-    mode = "group" if len(images) > 1 else "single"
-    diag: dict[str, Any] = {
-        "mode": mode,
-        "n_images": len(images),
-        "images_used": [i for i in chosen if i not in skipped],
-        "images_skipped_flat": skipped,
-    }
-    if not per_image:
-        fallback = bicubic_kernel_estimate(
-            scale, reason="no image has structure above its noise (flat or pure-noise images carry no "
-                          "blur information); using the bicubic kernel, as --kernel bicubic would")
-        diag.update(fallback.diagnostics)
-        diag["wall_time_s"] = time.perf_counter() - t0
-        return KernelEstimate(fallback.sigma_x, fallback.sigma_y, fallback.theta, scale,
-                              fallback.kernel, fallback.method, 0.0, diag)
+    return per_image, skipped, noise
 
+
+def _bicubic_fallback(scale: int, diag: dict[str, Any], t0: float) -> KernelEstimate:
+    fallback = bicubic_kernel_estimate(
+        scale, reason="no image has structure above its noise (flat or pure-noise images carry no "
+                      "blur information); using the bicubic kernel, as --kernel bicubic would")
+    diag.update(fallback.diagnostics)
+    diag["wall_time_s"] = time.perf_counter() - t0
+    return KernelEstimate(fallback.sigma_x, fallback.sigma_y, fallback.theta, scale,
+                          fallback.kernel, fallback.method, 0.0, diag)
+
+
+def _fit_covariance(per_image: list[list[CrossScaleSample]], config: KernelEstimationConfig) -> tuple[Any, int]:
+    """Minimise the (robust, group-mode) cross-scale mismatch over log-covariances: a coarse isotropic
+    grid, then Nelder-Mead. Returns the optimiser's result and the number of loss evaluations."""
     lo, hi = config.sigma_lr_range
     c = config.robust_scale if len(per_image) > 1 else 0.0
 
@@ -227,30 +272,13 @@ def estimate_kernel(
     res = minimize(loss, x0, method="Nelder-Mead",
                    options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-7,
                             "maxfev": config.max_evaluations})
-    raw_major, raw_minor, theta = params_from_covariance(_cov_from_log(res.x, lo, hi))
+    return res, int(res.nfev) + len(grid)
+
+
+def _calibration_of(config: KernelEstimationConfig, scale: int, mode: str) -> tuple[float, float]:
+    """``(a, b)`` of the linear calibration ``raw = a * true + b`` (identity when disabled)."""
     if not config.calibrate:
-        a, b = 1.0, 0.0
-    elif config.calibration is not None:
-        a, b = config.calibration[0 if mode == "group" else 1]
-    else:
-        a, b = _calibration(scale, mode)
-    floor = _MIN_HR_SIGMA / scale
-    sx = max((raw_major - b) / a, floor) * scale
-    sy = max((raw_minor - b) / a, floor) * scale
-    if sy > sx:
-        sx, sy = sy, sx
-    residual = math.sqrt(float(res.fun) / spec.size)
-    n_pix = int(sum(t.n_pixels for tiles in per_image for t in tiles))
-    confidence = float(np.clip(1.0 - residual / 0.3, 0.0, 1.0) * min(1.0, n_pix / 4000.0))
-    diag.update({
-        "raw_sigma_lr": [raw_major, raw_minor],
-        "calibration": [a, b],
-        "residual_rms": residual,
-        "n_pixels": n_pix,
-        "n_tiles": sum(len(tiles) for tiles in per_image),
-        "noise_sigma": float(np.median(noise)),
-        "evaluations": int(res.nfev) + len(grid),
-        "wall_time_s": time.perf_counter() - t0,
-    })
-    kernel = gaussian_kernel(sx, sy, theta, scale=scale, size=kernel_size(sx, scale))
-    return KernelEstimate(sx, sy, theta, scale, kernel, METHOD_CROSS_SCALE, confidence, diag)
+        return 1.0, 0.0
+    if config.calibration is not None:
+        return config.calibration[0 if mode == "group" else 1]
+    return _calibration(scale, mode)
