@@ -238,7 +238,10 @@ def adapt_camera(
     """Adapt backbone ``backbone_name`` (of ``registry``, default: the bundled backbones) to ``group``
     and publish ``adapted.safetensors`` and the manifest into ``<store_root>/<camera>/``.
 
-    Holds the camera's store lock while it runs; the published files replace the old ones atomically.
+    Runs inside one store transaction (the camera's lock is held; nothing is published unless the
+    run completes, then weights and manifest commit together). Steps: load the backbone, prepare
+    the inputs (:func:`_prepare_inputs`), run ADMM (:func:`_run_admm`), stage the weights, build the
+    manifest record (:func:`manifest_record`) and commit.
     """
     from adassr.adapt.weights import load_backbone
 
