@@ -267,12 +267,16 @@ def gpu_settings(route: RouteDecision, opts: RuntimeOptions) -> GpuProviderSetti
                                profiles=profiles, input_name=route.input_name or "lr")
 
 
+TENSORRT_STREAMS = 2
+"""Concurrent streams of the runtime's TensorRT backend (its engines hold one profile per stream)."""
+
+
 def engine_for_route(route: RouteDecision, opts: RuntimeOptions) -> Path:
     """The route's TensorRT engine for this machine: stored, else refitted or built now (logged)."""
     from adassr.runtime.engines import plan_profiles
     from adassr.runtime.engines.manage import EngineRequest, TensorRTToolkit, ensure_camera_engine
 
-    profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of).profiles
+    profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of, copies=TENSORRT_STREAMS).profiles
     request = EngineRequest(route.store.root, route.model_camera, route.precision, profiles, device=opts.gpu)
     return ensure_camera_engine(request, TensorRTToolkit()).path
 
