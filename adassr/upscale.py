@@ -25,7 +25,8 @@ from adassr.runtime.upscale_cli import add_upscale_arguments as _add_runtime_arg
 from adassr.runtime.upscale_cli import run_upscale as _run_runtime
 from adassr.runtime.upscalers import ImageUpscaler, UpscalerEntry, UpscalerRegistry, runtime_upscalers
 
-ADAPT_EXTRA = "pip install 'adassr[adapt]'"
+ADAPT_EXTRA = "pip install 'adassr[adapt,cpu-torch]'"  # CPU torch; a GPU box installs a CUDA torch first
+ADAPT_EXTRA_GPU = "on a GPU box, a CUDA torch then 'adassr[adapt]'"
 
 
 def _torch_upscaler(options: RuntimeOptions) -> ImageUpscaler:
@@ -33,8 +34,8 @@ def _torch_upscaler(options: RuntimeOptions) -> ImageUpscaler:
         from adassr.adapt.infer import TorchUpscaler
     except ModuleNotFoundError as exc:
         raise ConfigError(
-            f"--backend torch needs PyTorch ({exc.name} is not installed): {ADAPT_EXTRA}, "
-            "or use --backend onnxruntime"
+            f"--backend torch needs PyTorch ({exc.name} is not installed): {ADAPT_EXTRA} "
+            f"({ADAPT_EXTRA_GPU}), or use --backend onnxruntime"
         ) from exc
     return TorchUpscaler(options)
 
@@ -52,7 +53,7 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
     if importlib.util.find_spec("torch") is None:
         raise StoreError(
             f"no model in {store} to serve this yet and PyTorch is not installed to export one; "
-            f"run: {ADAPT_EXTRA} && {command}"
+            f"run: {ADAPT_EXTRA} && {command} ({ADAPT_EXTRA_GPU})"
         )
     from adassr.export.crops import bundled_photos
     from adassr.export.onnx import export_fallback
