@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from adassr.adapt.config import KERNEL_MODES, PRECISIONS, TRAINABLE, WEIGHT_MODES
+from adassr.adapt.config import AdaptConfig, AttentionConfig, CliField, cli_fields
+from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE
 
 
 def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,51 +19,34 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--image", type=Path, help="adapt on this one image (single-image mode)")
     src.add_argument("--list", action="store_true", help="list the camera groups found and exit")
     model = parser.add_argument_group("model")
-    model.add_argument("--backbone", default="realesrgan-x4plus", help="pretrained backbone (default %(default)s)")
-    model.add_argument("--store", type=Path, default=Path("models"), help="artifact store (default ./models)")
+    model.add_argument("--backbone", default=FALLBACK_BACKBONE, help="pretrained backbone (default %(default)s)")
+    model.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"artifact store (default ./{DEFAULT_STORE})")
     train = parser.add_argument_group("training (defaults: the paper's on a GPU, a small budget on CPU)")
-    train.add_argument("--steps", type=int, help="T_step: maximum steps (GPU 1500, CPU 500)")
-    train.add_argument("--patch", type=int, dest="lr_patch", help="LR patch size y_rd (GPU 32, CPU 24)")
-    train.add_argument("--batch", type=int, help="batch size (4)")
-    train.add_argument("--lr", type=float, help="Adam learning rate (1e-4)")
-    train.add_argument("--ema-decay", type=float, help="EMA alpha (GPU 0.999, CPU 0.99)")
-    train.add_argument("--prox-mu", type=float, help="proximal weight mu (1e-4)")
-    train.add_argument("--lambda-l1", type=float, help="weighted L1 weight (1.0)")
-    train.add_argument("--lambda-perceptual", type=float, help="LPIPS-VGG perceptual weight (1.0)")
-    train.add_argument("--lambda-gan", type=float, help="internal patch-GAN weight (0 = off)")
-    train.add_argument("--eval-every", type=int, help="NIQE evaluation period in steps (GPU 100, CPU 50)")
-    train.add_argument("--eval-crop", type=int, help="LR crop side for NIQE evaluation (GPU 128, CPU 128)")
-    train.add_argument("--trainable", choices=TRAINABLE, help="all | tail (auto: tail on CPU, all on GPU)")
-    train.add_argument("--tail-blocks", type=int, help="RRDB blocks trained in tail mode (3)")
-    train.add_argument("--feature-bank", type=int,
-                       help="tail mode: augmented pairs whose front features are cached per period (GPU 128, CPU 64)")
-    train.add_argument("--precision", choices=PRECISIONS, help="mixed precision (auto)")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto | cpu | cuda")
+    for option in _config_options():
+        kwargs: dict[str, Any] = {"dest": option.dest, "help": option.help}
+        if option.choices is not None:
+            kwargs["choices"] = option.choices
+        else:
+            kwargs["type"] = option.type
+        train.add_argument(option.flag, **kwargs)
     train.add_argument("--gpu", type=int, default=None, metavar="N", help="CUDA device to use (default: the first)")
-    train.add_argument("--seed", type=int, help="random seed (0)")
-    train.add_argument("--kernel", choices=KERNEL_MODES, help="estimate the blur kernel, or bicubic")
-    train.add_argument("--weights", dest="weight_mode", choices=WEIGHT_MODES,
-                       help="loss weighting: attention (default) | uniform | gradient | similarity")
-    train.add_argument("--admm-iters", type=int, help="ADMM outer iterations K (1)")
-    train.add_argument("--external-hr", type=Path, help="clean HR images for the external step (K > 1)")
 
 
-def _config(args: argparse.Namespace):
-    from dataclasses import replace
+def _config_options() -> list[CliField]:
+    """The options of the adaptation config: every field of AdaptConfig and AttentionConfig with a flag."""
+    return cli_fields(AdaptConfig) + cli_fields(AttentionConfig)
 
+
+def _config(args: argparse.Namespace) -> AdaptConfig:
     from adassr.adapt.config import cpu_demo_defaults, gpu_defaults
     from adassr.adapt.precision import resolve_device
 
     device = resolve_device(args.device or "auto")
     base = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
-    overrides = {name: getattr(args, name) for name in (
-        "steps", "lr_patch", "batch", "lr", "ema_decay", "prox_mu", "lambda_l1", "lambda_perceptual",
-        "lambda_gan", "eval_every", "eval_crop", "trainable", "tail_blocks", "feature_bank", "precision", "device",
-        "seed", "kernel", "admm_iters", "external_hr")}
-    config = base.with_overrides(**overrides)
-    if args.weight_mode:
-        config = replace(config, attention=replace(config.attention, mode=args.weight_mode))
-    return config
+    given = vars(args)
+    config = base.with_overrides(**{o.name: given[o.dest] for o in cli_fields(AdaptConfig)})
+    attention = config.attention.with_overrides(**{o.name: given[o.dest] for o in cli_fields(AttentionConfig)})
+    return replace(config, attention=attention)
 
 
 def _select(args: argparse.Namespace):

@@ -7,35 +7,78 @@ a row. :func:`cpu_demo_defaults` shrinks the budget so a run fits minutes on a 2
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import functools
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from adassr.runtime.errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPUTE_PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtypes of training (not exported-model precisions)
+TRAINING_PRECISIONS = ("auto", *COMPUTE_PRECISIONS)  # what --precision of `adapt` accepts
 TRAINABLE = ("auto", "all", "tail")
 KERNEL_MODES = ("estimate", "bicubic")
 WEIGHT_MODES = ("attention", "uniform", "gradient", "similarity")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def cli(help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Field metadata: the field is set by the command-line option ``flag`` (default: ``--field-name``)."""
+    return {"help": help, "flag": flag, "choices": choices}
+
+
+@dataclass(frozen=True)
+class CliField:
+    """A config field that a command-line option sets."""
+
+    name: str  # the dataclass field
+    flag: str  # what users type, e.g. --patch
+    dest: str  # the argparse destination
+    help: str
+    type: type
+    choices: tuple[str, ...] | None
+
+
+def cli_fields(cls: type) -> list[CliField]:
+    """The fields of config dataclass ``cls`` that have a command-line option, in field order."""
+    hints = get_type_hints(cls)
+    found = []
+    for f in fields(cls):
+        if "help" not in f.metadata:
+            continue
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        value_type = next((t for t in get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+        found.append(CliField(f.name, flag, flag.lstrip("-").replace("-", "_"), f.metadata["help"], value_type,
+                              f.metadata["choices"]))
+    return found
+
+
+def _label(cls: type, name: str) -> str:
+    """How messages name field ``name``: the flag users type, else ``ClassName.field``."""
+    for f in fields(cls):
+        if f.name == name and "help" in f.metadata:
+            return str(f.metadata["flag"] or "--" + name.replace("_", "-"))
+    return f"{cls.__name__}.{name}"
+
+
+def _check_choice(label: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not valid; choose one of: {', '.join(choices)}")
+        raise ConfigError(f"{label} {value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
-def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+def _check_positive(label: str, value: float, *, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+        raise ConfigError(f"{label} must be {bound}, got {value}")
 
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    """Self-similarity weight map (§III-C1); see adapt/attention.py for the construction."""
+    """Self-similarity weight map (§III-C1); see :mod:`adassr.adapt.attention` for the construction."""
 
-    mode: str = "attention"
+    mode: str = field(default="attention", metadata=cli(
+        "loss weighting: attention (default) | uniform | gradient | similarity", flag="--weights",
+        choices=WEIGHT_MODES))
     pool: int = 4
     heads: int = 4
     exclude_radius: int = 1
@@ -45,62 +88,70 @@ class AttentionConfig:
     texture_floor: float = 0.6  # soft-normalisation floor, relative to the image's RMS token norm
 
     def __post_init__(self) -> None:
-        _check_choice("weights", self.mode, WEIGHT_MODES)
-        _check_positive("attention_pool", self.pool)
-        _check_positive("attention_heads", self.heads)
-        _check_positive("exclude_radius", self.exclude_radius, allow_zero=True)
-        _check_positive("attention_temperature", self.temperature)
-        _check_positive("attention_texture_floor", self.texture_floor)
+        label = functools.partial(_label, AttentionConfig)
+        _check_choice(label("mode"), self.mode, WEIGHT_MODES)
+        for name in ("pool", "heads", "temperature", "texture_floor"):
+            _check_positive(label(name), getattr(self, name))
+        _check_positive(label("exclude_radius"), self.exclude_radius, allow_zero=True)
         if self.highpass < 3 or self.highpass % 2 == 0:
-            raise ConfigError(f"--attention-highpass must be an odd int >= 3, got {self.highpass}")
+            raise ConfigError(f"{label('highpass')} must be an odd int >= 3, got {self.highpass}")
         if self.max_side is not None and self.max_side < 8:
-            raise ConfigError(f"--attention-max-side must be >= 8 pixels (or unset), got {self.max_side}")
+            raise ConfigError(f"{label('max_side')} must be >= 8 pixels (or unset), got {self.max_side}")
+
+    def with_overrides(self, **changes: Any) -> AttentionConfig:
+        """A copy with the given fields replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    steps: int = 1500
-    lr_patch: int = 32
-    batch: int = 4
-    lr: float = 1e-4
-    ema_decay: float = 0.999
-    prox_mu: float = 1e-4
-    lambda_l1: float = 1.0
-    lambda_perceptual: float = 1.0
-    lambda_gan: float = 0.0
-    eval_every: int = 100
+    """One adaptation run's settings. Fields with ``cli(...)`` metadata are ``adapt`` options."""
+
+    steps: int = field(default=1500, metadata=cli("T_step: maximum steps (GPU 1500, CPU 500)"))
+    lr_patch: int = field(default=32, metadata=cli("LR patch size y_rd (GPU 32, CPU 24)", flag="--patch"))
+    batch: int = field(default=4, metadata=cli("batch size (4)"))
+    lr: float = field(default=1e-4, metadata=cli("Adam learning rate (1e-4)"))
+    ema_decay: float = field(default=0.999, metadata=cli("EMA alpha (GPU 0.999, CPU 0.99)"))
+    prox_mu: float = field(default=1e-4, metadata=cli("proximal weight mu (1e-4)"))
+    lambda_l1: float = field(default=1.0, metadata=cli("weighted L1 weight (1.0)"))
+    lambda_perceptual: float = field(default=1.0, metadata=cli("LPIPS-VGG perceptual weight (1.0)"))
+    lambda_gan: float = field(default=0.0, metadata=cli("internal patch-GAN weight (0 = off)"))
+    eval_every: int = field(default=100, metadata=cli("NIQE evaluation period in steps (GPU 100, CPU 50)"))
     stop_min_delta: float = 0.05
     stop_patience: int = 3
-    eval_crop: int = 128  # LR crop side used for NIQE evaluation (per image)
+    eval_crop: int = field(default=128, metadata=cli("LR crop side for NIQE evaluation (GPU 128, CPU 128)"))
     eval_max_images: int = 8
-    trainable: str = "auto"
-    tail_blocks: int = 3
-    feature_bank: int = 128  # tail mode: cached front-feature pairs (refreshed each evaluation)
-    precision: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    kernel: str = "estimate"
-    admm_iters: int = 1
+    trainable: str = field(default="auto", metadata=cli(
+        "all | tail (auto: tail on CPU, all on GPU)", choices=TRAINABLE))
+    tail_blocks: int = field(default=3, metadata=cli("RRDB blocks trained in tail mode (3)"))
+    feature_bank: int = field(default=128, metadata=cli(
+        "tail mode: augmented pairs whose front features are cached per period (GPU 128, CPU 64)"))
+    precision: str = field(default="auto", metadata=cli("mixed precision (auto)", choices=TRAINING_PRECISIONS))
+    device: str = field(default="auto", metadata=cli("auto | cpu | cuda", choices=DEVICES))
+    seed: int = field(default=0, metadata=cli("random seed (0)"))
+    kernel: str = field(default="estimate", metadata=cli("estimate the blur kernel, or bicubic", choices=KERNEL_MODES))
+    admm_iters: int = field(default=1, metadata=cli("ADMM outer iterations K (1)"))
     augment: bool = True  # False: plain crops of the LR images (no flips, affine, noise, photometric, USM)
-    external_hr: Path | None = None
+    external_hr: Path | None = field(default=None, metadata=cli("clean HR images for the external step (K > 1)"))
     external_steps: int | None = None  # default: same as steps
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def __post_init__(self) -> None:
+        label = functools.partial(_label, AdaptConfig)
         for name in ("steps", "lr_patch", "batch", "eval_every", "stop_patience", "eval_crop",
                      "eval_max_images", "tail_blocks", "admm_iters", "feature_bank"):
-            _check_positive(name, getattr(self, name))
+            _check_positive(label(name), getattr(self, name))
         for name in ("lr", "prox_mu", "lambda_l1", "lambda_perceptual", "lambda_gan", "stop_min_delta"):
-            _check_positive(name, getattr(self, name), allow_zero=name != "lr")
+            _check_positive(label(name), getattr(self, name), allow_zero=name != "lr")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("trainable", self.trainable, TRAINABLE)
-        _check_choice("kernel", self.kernel, KERNEL_MODES)
-        _check_choice("device", self.device, DEVICES)
+            raise ConfigError(f"{label('ema_decay')} must be in [0, 1), got {self.ema_decay}")
+        _check_choice(label("precision"), self.precision, TRAINING_PRECISIONS)
+        _check_choice(label("trainable"), self.trainable, TRAINABLE)
+        _check_choice(label("kernel"), self.kernel, KERNEL_MODES)
+        _check_choice(label("device"), self.device, DEVICES)
         if self.admm_iters > 1 and self.external_hr is None:
             raise ConfigError(
-                "--admm-iters > 1 needs --external-hr DIR (clean HR images for the external step)"
+                f"{label('admm_iters')} > 1 needs {label('external_hr')} DIR (clean HR images for the external step)"
             )
 
     def with_overrides(self, **changes: Any) -> AdaptConfig:

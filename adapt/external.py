@@ -129,12 +129,11 @@ class ExternalPairSampler:
 
 
 def load_external_images(directory: Path) -> list[np.ndarray]:
-    from adassr.adapt.groups import IMAGE_SUFFIXES
-    from adassr.runtime.images import read_image, to_float32
+    from adassr.runtime.images import is_image_file, read_image, to_float32
 
     root = Path(directory)
     found = root.rglob("*") if root.is_dir() else iter(())
-    paths = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in found if is_image_file(p))
     if not paths:
         raise ConfigError(f"--external-hr {root}: no images found (need clean HR images for the external step)")
     images = []

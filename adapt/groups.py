@@ -25,9 +25,8 @@ from pathlib import Path
 
 from adassr.runtime.cameras import normalise_camera_name, validate_group_name
 from adassr.runtime.errors import CameraError, ImageError
-from adassr.runtime.images import SUPPORTED_READ_SUFFIXES
+from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file
 
-IMAGE_SUFFIXES = SUPPORTED_READ_SUFFIXES
 UNGROUPED = "ungrouped"
 _PREFIX = re.compile(r"^([A-Za-z][A-Za-z]+)[_\-]")
 
@@ -65,10 +64,6 @@ def default_images_dir() -> Path:
         "no --images folder given and the bundled samples (samples/cameras) were not found; "
         "pass --images DIR with one subfolder per camera, or --image PATH"
     )
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 @dataclass(frozen=True)
@@ -129,7 +124,7 @@ def _group_by_metadata(path: Path) -> tuple[str, str, str | None]:
 
 
 def _sorted_images(paths: Iterable[Path]) -> list[Path]:
-    return sorted(p for p in paths if _is_image(p))
+    return sorted(p for p in paths if is_image_file(p))
 
 
 def scan_groups(directory: str | Path) -> GroupScan:
@@ -189,7 +184,7 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
         raise CameraError(f"camera group {wanted!r} in {directory} is ambiguous: {scan.conflicts[wanted]}")
     if not groups:
         raise CameraError(
-            f"no images found in {directory} (looked for {', '.join(IMAGE_SUFFIXES)} files in it "
+            f"no images found in {directory} (looked for {', '.join(SUPPORTED_READ_SUFFIXES)} files in it "
             "and in its subfolders)"
         )
     if wanted not in groups:
@@ -201,9 +196,9 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
 def single_image_group(path: str | Path, camera: str | None = None) -> CameraGroup:
     """A one-image group (single-image mode); the name comes from ``camera`` or the metadata."""
     image = Path(path).expanduser()
-    if not _is_image(image):
+    if not is_image_file(image):
         raise CameraError(
-            f"--image {image} is not an image file this tool reads ({', '.join(IMAGE_SUFFIXES)})"
+            f"--image {image} is not an image file this tool reads ({', '.join(SUPPORTED_READ_SUFFIXES)})"
         )
     if camera:
         return CameraGroup(validate_group_name(camera), (GroupMember(image, "single-image"),))

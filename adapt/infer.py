@@ -1,5 +1,7 @@
 """``adassr upscale --backend torch``: PyTorch eager inference with the same tiling, I/O and
-batch handling as the runtime (``adassr.runtime.upscale_cli.run_batch``), only the model differs.
+batch handling as the runtime; only the model differs. :class:`TorchUpscaler` is an upscaler of
+:mod:`adassr.runtime.upscalers` (the umbrella CLI registers it) and serves through
+:class:`TorchBackend`, a runtime :class:`~adassr.runtime.backends.base.Backend`.
 
 Which weights serve an image: the camera's ``adapted.safetensors`` (checked against the sha256
 in its manifest) when the camera (``--camera``, else the image's EXIF Make) has been adapted,
@@ -8,12 +10,11 @@ otherwise the ``--backbone`` registry backbone.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,9 @@ import torch
 from adassr.adapt.gpu_infer import TorchRunner, TorchRunOptions
 from adassr.runtime.backends.base import Backend
 from adassr.runtime.cameras import normalise_camera_name
-from adassr.runtime.errors import ConfigError
 from adassr.runtime.images import LoadedImage
-from adassr.runtime.pipeline import UpscaleResult, upscale_image
+from adassr.runtime.pipeline import RuntimeOptions, UpscaleResult, upscale_image
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore
-from adassr.runtime.tile_shape import tiling_options
 
 log = logging.getLogger(__name__)
 
@@ -91,45 +90,53 @@ def _camera_of(image: LoadedImage, explicit: str | None) -> str | None:
     return name or None
 
 
-def run_torch_upscale(args: argparse.Namespace) -> int:
-    """Upscale files or a folder with PyTorch (see the module docstring for model choice)."""
-    from adassr.adapt.precision import resolve_device
-    from adassr.runtime.upscale_cli import plan_outputs, run_batch
+class TorchUpscaler:
+    """The ``torch`` upscaler of ``adassr upscale``: the runtime's tiling and image handling with a
+    PyTorch model (see the module docstring for which weights serve an image).
 
-    if not 1 <= args.quality <= 100:
-        raise ConfigError(f"--quality must be 1-100, got {args.quality}")
-    from adassr.adapt.precision import select_gpu
+    Uses ``options.store``, ``options.backbone``, ``options.device``, ``options.gpu``,
+    ``options.precision`` and ``options.cuda_graph`` (on a GPU: channels_last, the requested
+    precision, optionally CUDA graphs of the fixed tile shape), ``options.tiling`` and
+    ``options.outscale``. Keeps one loaded model and runner per camera until closed.
+    """
 
-    if getattr(args, "device", "auto") != "cpu" and torch.cuda.is_available():
-        select_gpu(getattr(args, "gpu", None))
-    device = resolve_device(getattr(args, "device", "auto") or "auto")
-    on_gpu = device.type == "cuda"
-    # On a GPU: channels_last, the requested precision, optionally CUDA graphs of the fixed tile shape.
-    options = TorchRunOptions(str(device), precision=args.precision if on_gpu else "fp32", channels_last=on_gpu,
-                              cuda_graph=on_gpu and bool(getattr(args, "cuda_graph", False)))
-    tiling = tiling_options(args.tile, overlap=args.tile_overlap, pre_pad=args.pre_pad,
-                            batch_size=args.tile_batch, pad_to_tile=options.cuda_graph)
-    pairs = plan_outputs(args.input, args.output, args.ext)
-    choices: dict[str | None, TorchModelChoice] = {}
-    backends: dict[str | None, TorchBackend] = {}
+    def __init__(self, options: RuntimeOptions) -> None:
+        from adassr.adapt.precision import resolve_device, select_gpu
 
-    def serve(image: LoadedImage, tiles: Callable[[int, int], None] | None) -> UpscaleResult:
-        camera = _camera_of(image, args.camera)
-        if camera not in choices:
-            choices[camera] = choose_weights(args.store, camera, args.backbone, device)
-        choice = choices[camera]
+        if options.device != "cpu" and torch.cuda.is_available():
+            select_gpu(options.gpu)
+        self.options = options
+        self.device = resolve_device(options.device)
+        on_gpu = self.device.type == "cuda"
+        self.run_options = TorchRunOptions(str(self.device), precision=options.precision if on_gpu else "fp32",
+                                           channels_last=on_gpu, cuda_graph=on_gpu and options.cuda_graph)
+        # CUDA graphs replay one shape: every tile is padded to the full tile size then.
+        self.tiling = replace(options.tiling, pad_to_tile=self.run_options.cuda_graph)
+        self._choices: dict[str | None, TorchModelChoice] = {}
+        self._backends: dict[str | None, TorchBackend] = {}
+
+    def upscale(
+        self, image: LoadedImage, *, camera: str | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> UpscaleResult:
+        """Upscale ``image`` with the weights of ``camera`` (None: from its EXIF Make)."""
+        chosen = _camera_of(image, camera)
+        if chosen not in self._choices:
+            self._choices[chosen] = choose_weights(self.options.store, chosen, self.options.backbone, self.device)
+        choice = self._choices[chosen]
         start = time.perf_counter()
-        progress = tiles
         if progress is None and image.height * image.width > 256 * 256:
-            print(f"upscaling {image.path} ({image.width}x{image.height}) on {device}...", file=sys.stderr)
-        if camera not in backends:  # one runner per model: CUDA graphs are captured once
-            backend = TorchBackend(choice.model, device, choice.label, options)
+            print(f"upscaling {image.path} ({image.width}x{image.height}) on {self.device}...", file=sys.stderr)
+        if chosen not in self._backends:  # one runner per model: CUDA graphs are captured once
+            backend = TorchBackend(choice.model, self.device, choice.label, self.run_options)
             backend.open()
-            backends[camera] = backend
-        result = upscale_image(image, backends[camera], scale=choice.scale, tiling=tiling, outscale=args.outscale,
-                               progress=progress)
+            self._backends[chosen] = backend
+        result = upscale_image(image, self._backends[chosen], scale=choice.scale, tiling=self.tiling,
+                               outscale=self.options.outscale, progress=progress)
         log.info("%s took %.1f s", image.path, time.perf_counter() - start)
-        return UpscaleResult(result.pixels, result.alpha, result.bit_depth, result.scale, result.outscale,
-                             None, choice.label)
+        return replace(result, model_name=choice.label)
 
-    return run_batch(pairs, serve, quality=args.quality, progress=not args.no_progress)
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+        self._choices.clear()

@@ -12,7 +12,7 @@ The unadapted backbone is evaluation 0: weights that never beat it are not retur
 
 In ``tail`` mode only the last ``tail_blocks`` RRDB blocks and the upsampler train; the frozen
 front's features of a bank of augmented pairs are computed once per evaluation period and reused
-by every step (about 5x cheaper per step on CPU).
+by every step (much cheaper per step on CPU: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -197,6 +197,166 @@ class _FeatureBank:
         return self.feat[idx], self.h[idx], self.hr[idx], self.weight[idx]
 
 
+@dataclass
+class _Trainer:
+    """What one training step touches: the model, its trainable parameters and the optimisers."""
+
+    model: RRDBNet
+    params: dict[str, torch.nn.Parameter]
+    anchors: dict[str, torch.Tensor]
+    config: AdaptConfig
+    precision: Precision
+    tail_from: int | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None = None
+    disc: PatchDiscriminator | None = None
+    disc_opt: torch.optim.Optimizer | None = None
+    perceptual: Perceptual | None = None
+
+    def loss(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss of ``batch`` (Eq. 10 + proximal term) and the SR output it was computed on."""
+        config, precision = self.config, self.precision
+        with precision.autocast():
+            sr = self._forward(batch)
+        loss = config.lambda_l1 * weighted_l1(sr, batch.hr, batch.weight)
+        if self.perceptual is not None and config.lambda_perceptual > 0:
+            with precision.autocast():
+                loss = loss + config.lambda_perceptual * self.perceptual(sr.float(), batch.hr).mean()
+        if self.disc is not None:
+            loss = loss + config.lambda_gan * gan_generator_loss(self.disc, sr)
+        if config.prox_mu > 0:
+            loss = loss + proximal_penalty(self.params.items(), self.anchors, config.prox_mu)
+        return loss, sr
+
+    def _forward(self, batch: _Batch) -> torch.Tensor:
+        if batch.lr is not None:
+            return self.model(batch.lr)
+        assert batch.feat is not None and batch.h is not None and self.tail_from is not None
+        return self.model.run_tail(batch.feat, batch.h, self.tail_from)
+
+    def update(self, loss: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> None:
+        """One optimiser step on ``loss`` (with the GradScaler in fp16), then one discriminator step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.disc is not None and self.disc_opt is not None:
+            self.disc_opt.zero_grad(set_to_none=True)
+            gan_discriminator_loss(self.disc, sr, hr).backward()
+            self.disc_opt.step()
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One training batch on the device: LR input (or the frozen front's features in tail mode)."""
+
+    hr: torch.Tensor
+    weight: torch.Tensor
+    lr: torch.Tensor | None = None
+    feat: torch.Tensor | None = None
+    h: torch.Tensor | None = None
+
+
+def _trainable(model: RRDBNet, trainable: str, tail_blocks: int) -> tuple[int | None, dict[str, torch.nn.Parameter]]:
+    """``(tail_from, parameters to train)``: the last ``tail_blocks`` blocks and the upsampler, or all."""
+    if trainable != "tail":
+        return None, dict(model.named_parameters())
+    tail_from = len(model.body) - min(tail_blocks, len(model.body))
+    return tail_from, dict(model.tail_parameters(tail_from))
+
+
+def _make_trainer(
+    model: RRDBNet, config: AdaptConfig, start_state: dict[str, torch.Tensor], *, device: torch.device,
+    precision: Precision, trainable: str, anchors: dict[str, torch.Tensor] | None, perceptual: Perceptual | None,
+) -> _Trainer:
+    tail_from, params = _trainable(model, trainable, config.tail_blocks)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in params)
+    chosen = anchors if anchors is not None else {n: start_state[n] for n in params}
+    return _Trainer(model, params, {n: chosen[n].to(device, torch.float32) for n in params}, config, precision,
+                    tail_from, torch.optim.Adam(params.values(), lr=config.lr), perceptual=perceptual)
+
+
+def _add_optimisers(trainer: _Trainer, device: torch.device) -> None:
+    """The GradScaler (fp16) and the internal patch discriminator (``lambda_gan > 0``)."""
+    if trainer.precision.needs_grad_scaler:
+        trainer.scaler = torch.amp.GradScaler(device.type)
+    if trainer.config.lambda_gan > 0:
+        trainer.disc = PatchDiscriminator().to(device)
+        trainer.disc_opt = torch.optim.Adam(trainer.disc.parameters(), lr=trainer.config.lr, betas=(0.9, 0.99))
+
+
+def _ema_copy(model: RRDBNet, trainer: _Trainer) -> tuple[WeightEma, RRDBNet]:
+    """The EMA of the trainable weights and a frozen copy of the model to evaluate it in."""
+    ema = WeightEma(trainer.params.items(), trainer.config.ema_decay)
+    ema_model = copy.deepcopy(model).eval()
+    for p in ema_model.parameters():
+        p.requires_grad_(False)
+    return ema, ema_model
+
+
+class _BatchSource:
+    """Training batches: drawn from the sampler, or (tail mode) from a feature bank refreshed per period."""
+
+    def __init__(self, sampler: PairSource, trainer: _Trainer, rng: np.random.Generator, device: torch.device) -> None:
+        self.sampler, self.trainer, self.rng, self.device = sampler, trainer, rng, device
+        self.bank: _FeatureBank | None = None
+
+    def next(self) -> _Batch:
+        config, tail_from = self.trainer.config, self.trainer.tail_from
+        if tail_from is None:
+            batch = self.sampler.sample(config.batch)
+            return _Batch(_to_tensor(batch.hr, self.device), _to_tensor(batch.weight, self.device),
+                          lr=_to_tensor(batch.lr, self.device))
+        if self.bank is None:
+            self.bank = _FeatureBank(self.trainer.model, self.sampler.sample, max(config.feature_bank, config.batch),
+                                     device=self.device, precision=self.trainer.precision, tail_from=tail_from)
+        feat, h, hr, weight = self.bank.draw(config.batch, self.rng)
+        return _Batch(hr, weight, feat=feat, h=h)
+
+    def refresh(self) -> None:
+        """Fresh augmented pairs for the next evaluation period."""
+        self.bank = None
+
+
+@dataclass
+class _Progress:
+    """What the loop has done so far: the best evaluation and why it stopped."""
+
+    before: list[float]
+    best_scores: list[float]
+    best_state: dict[str, torch.Tensor]
+    stop_reason: str
+    step: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+
+
+def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stopper: EarlyStopper) -> InternalResult:
+    """The step's result: the best EMA weights over the start, or the start when no evaluation beat it."""
+    kept_backbone = stopper.best_step in (0, None)
+    final = dict(start_state)
+    stop_reason = run.stop_reason
+    if not kept_backbone:
+        final.update({n: t.detach().to("cpu", torch.float32) for n, t in run.best_state.items()})
+    else:
+        stop_reason += "; no evaluation beat the unadapted backbone's NIQE, so the backbone is kept"
+    return InternalResult(
+        state_dict=final,
+        kept_backbone=kept_backbone,
+        niqe_before=[float(s) for s in run.before],
+        niqe_after=[float(s) for s in (run.before if kept_backbone else run.best_scores)],
+        steps=run.step,
+        best_step=int(stopper.best_step or 0),
+        stop_reason=stop_reason,
+        history=list(stopper.history),
+        losses=run.losses,
+    )
+
+
 def run_internal_step(
     model: RRDBNet,
     sampler: PairSource,
@@ -215,120 +375,66 @@ def run_internal_step(
 
     ``sampler.sample(n)`` returns a batch with numpy ``lr`` (n,3,p,p), ``hr`` (n,3,ps,ps) and
     ``weight`` (n,1,ps,ps). ``anchors`` is Theta_tilde (default: the starting weights).
+    ``trainable`` is ``"all"`` or ``"tail"``. Stops at ``config.steps``, on early stopping, on a
+    non-finite loss or on Ctrl-C, always returning the best weights evaluated so far.
     """
-    notify = progress or (lambda event: None)
+    notify = progress or _ignore
     rng = np.random.default_rng(config.seed + 7919)
     torch.manual_seed(config.seed)
     model.to(device)
     start_state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
-
-    tail_from: int | None = None
-    if trainable == "tail":
-        tail_from = len(model.body) - min(config.tail_blocks, len(model.body))
-        train_params = dict(model.tail_parameters(tail_from))
-    else:
-        train_params = {n: p for n, p in model.named_parameters()}
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in train_params)
-    anchors = anchors if anchors is not None else {n: start_state[n] for n in train_params}
-    anchors = {n: anchors[n].to(device, torch.float32) for n in train_params}
-
-    ema = WeightEma(train_params.items(), config.ema_decay)
-    ema_model = copy.deepcopy(model).eval()
-    for p in ema_model.parameters():
-        p.requires_grad_(False)
-    optimizer = torch.optim.Adam(train_params.values(), lr=config.lr)
-    scaler = torch.amp.GradScaler(device.type) if precision.needs_grad_scaler else None
-    disc = disc_opt = None
-    if config.lambda_gan > 0:
-        disc = PatchDiscriminator().to(device)
-        disc_opt = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=(0.9, 0.99))
-
-    evaluator = _Evaluator(model, eval_crops, metric, device=device, precision=precision, tail_from=tail_from)
+    trainer = _make_trainer(model, config, start_state, device=device, precision=precision, trainable=trainable,
+                            anchors=anchors, perceptual=perceptual)
+    ema, ema_model = _ema_copy(model, trainer)
+    _add_optimisers(trainer, device)
+    evaluator = _Evaluator(model, eval_crops, metric, device=device, precision=precision, tail_from=trainer.tail_from)
     stopper = EarlyStopper(min_delta=config.stop_min_delta, patience=config.stop_patience)
     before = evaluator(ema_model)
     stopper.observe(0, _group_score(before, 0))
-    best_scores, best_state = before, ema.state_dict()
+    run = _Progress(before, before, ema.state_dict(), f"reached the step budget ({config.steps} steps)")
     notify(ProgressEvent(0, config.steps, None, _group_score(before, 0), "backbone"))
-
-    bank = None
-    losses: list[tuple[int, float]] = []
-    stop_reason = f"reached the step budget ({config.steps} steps)"
-    step = 0
+    batches = _BatchSource(sampler, trainer, rng, device)
     try:
         for step in range(1, config.steps + 1):
-            model.train()
-            if tail_from is not None:
-                if bank is None:
-                    bank = _FeatureBank(model, sampler.sample, max(config.feature_bank, config.batch),
-                                        device=device, precision=precision, tail_from=tail_from)
-                feat, h, hr, weight = bank.draw(config.batch, rng)
-            else:
-                batch = sampler.sample(config.batch)
-                lr = _to_tensor(batch.lr, device)
-                hr, weight = _to_tensor(batch.hr, device), _to_tensor(batch.weight, device)
-            with precision.autocast():
-                sr = model.run_tail(feat, h, tail_from) if tail_from is not None else model(lr)
-            loss = config.lambda_l1 * weighted_l1(sr, hr, weight)
-            if perceptual is not None and config.lambda_perceptual > 0:
-                with precision.autocast():
-                    loss = loss + config.lambda_perceptual * perceptual(sr.float(), hr).mean()
-            if disc is not None:
-                loss = loss + config.lambda_gan * gan_generator_loss(disc, sr)
-            if config.prox_mu > 0:
-                loss = loss + proximal_penalty(train_params.items(), anchors, config.prox_mu)
-            if not torch.isfinite(loss.detach()):
-                stop_reason = f"the loss became {float(loss.detach())} at step {step}; kept the best weights so far"
-                log.warning(stop_reason)
-                break
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if disc is not None and disc_opt is not None:
-                disc_opt.zero_grad(set_to_none=True)
-                gan_discriminator_loss(disc, sr, hr).backward()
-                disc_opt.step()
-            ema.update()
-            loss_value = float(loss.detach())
-            losses.append((step, loss_value))
-            evaluate_now = step % config.eval_every == 0 or step == config.steps
-            if not evaluate_now:
-                notify(ProgressEvent(step, config.steps, loss_value, None))
-                continue
-            ema.copy_to(ema_model)
-            scores = evaluator(ema_model)
-            decision = stopper.observe(step, _group_score(scores, step))
-            if decision.is_best:
-                best_scores, best_state = scores, ema.state_dict()
-            notify(ProgressEvent(step, config.steps, loss_value, decision.score))
-            bank = None  # fresh augmented pairs for the next period
-            if decision.stop:
-                stop_reason = decision.reason
+            run.step = step
+            if _train_one_step(trainer, batches, ema, ema_model, evaluator, stopper, run, notify):
                 break
     except KeyboardInterrupt:
-        stop_reason = f"interrupted at step {step}; kept the best weights evaluated so far"
-        log.warning(stop_reason)
+        run.stop_reason = f"interrupted at step {run.step}; kept the best weights evaluated so far"
+        log.warning(run.stop_reason)
+    return internal_result(start_state, run, stopper)
 
-    kept_backbone = stopper.best_step in (0, None)
-    final = dict(start_state)
-    if not kept_backbone:
-        final.update({n: t.detach().to("cpu", torch.float32) for n, t in best_state.items()})
-    else:
-        stop_reason += "; no evaluation beat the unadapted backbone's NIQE, so the backbone is kept"
-    return InternalResult(
-        state_dict=final,
-        kept_backbone=kept_backbone,
-        niqe_before=[float(s) for s in before],
-        niqe_after=[float(s) for s in (before if kept_backbone else best_scores)],
-        steps=step,
-        best_step=int(stopper.best_step or 0),
-        stop_reason=stop_reason,
-        history=list(stopper.history),
-        losses=losses,
-    )
 
+def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, ema_model: RRDBNet,
+                    evaluator: _Evaluator, stopper: EarlyStopper, run: _Progress,
+                    notify: Callable[[ProgressEvent], None]) -> bool:
+    """Step ``run.step``: train, update the EMA, evaluate at the period's end. True when the loop must stop."""
+    config, step = trainer.config, run.step
+    trainer.model.train()
+    batch = batches.next()
+    loss, sr = trainer.loss(batch)
+    if not torch.isfinite(loss.detach()):
+        run.stop_reason = f"the loss became {float(loss.detach())} at step {step}; kept the best weights so far"
+        log.warning(run.stop_reason)
+        return True
+    trainer.update(loss, sr, batch.hr)
+    ema.update()
+    loss_value = float(loss.detach())
+    run.losses.append((step, loss_value))
+    if step % config.eval_every != 0 and step != config.steps:
+        notify(ProgressEvent(step, config.steps, loss_value, None))
+        return False
+    ema.copy_to(ema_model)
+    scores = evaluator(ema_model)
+    decision = stopper.observe(step, _group_score(scores, step))
+    if decision.is_best:
+        run.best_scores, run.best_state = scores, ema.state_dict()
+    notify(ProgressEvent(step, config.steps, loss_value, decision.score))
+    batches.refresh()
+    if decision.stop:
+        run.stop_reason = decision.reason
+    return decision.stop
+
+
+def _ignore(event: ProgressEvent) -> None:
+    return None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from adassr.adapt.config import COMPUTE_PRECISIONS, TRAINING_PRECISIONS
 from adassr.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ def select_gpu(index: int | None) -> None:
 def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16).
 
-    On such CPUs bf16 autocast trains RRDBNet 1.4-1.8x faster (measured, see FACTS and
-    benchmarks/adaptation.py); elsewhere bf16 is emulated and slower than fp32.
+    On such CPUs bf16 autocast trains RRDBNet faster than fp32 (docs/performance.md); elsewhere
+    bf16 is emulated and slower than fp32.
     """
     try:
         text = cpuinfo.read_text()
@@ -95,7 +96,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
         name = requested
     if name == "fp16" and kind == "cpu":
         raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
-    if name not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"--precision {requested!r} is not valid; choose auto, fp32, bf16 or fp16")
+    if name not in COMPUTE_PRECISIONS:
+        raise ConfigError(f"--precision {requested!r} is not valid; choose one of: {', '.join(TRAINING_PRECISIONS)}")
     log.info("precision %s on %s", name, kind)
     return Precision(name, kind)

@@ -10,17 +10,19 @@ For K = 1 (the default) Theta_e is the pretrained backbone and u = 0, so Theta_t
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from adassr.adapt.archs.registry import DEFAULT_BACKBONE, BackboneRegistry
 from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.adapt.config import AdaptConfig
 from adassr.adapt.groups import CameraGroup
@@ -28,6 +30,11 @@ from adassr.adapt.loop import InternalResult, ProgressEvent, evaluation_crops, r
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
 from adassr.runtime.errors import ConfigError, StoreError
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
+
+if TYPE_CHECKING:
+    from adassr.adapt.kernel.result import KernelEstimate
+    from adassr.adapt.pairs import PairConfig, UsableImages
+    from adassr.adapt.weights import LoadedBackbone
 
 log = logging.getLogger(__name__)
 
@@ -79,34 +86,12 @@ def _resolve_trainable(requested: str, device: torch.device) -> str:
     return requested
 
 
-def _estimate_kernel(images: Sequence[np.ndarray], scale: int, mode: str) -> Any:
+def _estimate_kernel(images: Sequence[np.ndarray], scale: int, mode: str) -> KernelEstimate:
     from adassr.adapt.kernel import bicubic_kernel_estimate, estimate_kernel
 
     if mode == "bicubic":
         return bicubic_kernel_estimate(scale)
     return estimate_kernel(images, scale=scale)
-
-
-def _usable_images_and_kernel(images: list[np.ndarray], group: CameraGroup, pair_config: Any,
-                              kernel_mode: str) -> tuple[list[np.ndarray], Any, Any]:
-    """The images that can give training pairs, the kernel estimated from them, and the selection.
-
-    Images too small for the LR patch are skipped with one warning naming them; when none fits,
-    the patch shrinks (see :func:`adassr.adapt.pairs.select_usable_images`), and when no image
-    can be used at all a ConfigError gives the minimum size. A first pass with the default
-    kernel size keeps tiny images out of kernel estimation; the final pass uses the kernel's size.
-    """
-    from adassr.adapt.pairs import select_usable_images
-
-    names = [str(p) for p in group.paths]
-    first = select_usable_images(images, pair_config, names=names)
-    kernel = _estimate_kernel([images[i] for i in first.indices], pair_config.scale, kernel_mode)
-    kh, kw = np.asarray(kernel.kernel).shape
-    usable = select_usable_images(images, pair_config, names=names, kernel_shape=(int(kh), int(kw)))
-    message = usable.warning()
-    if message:
-        log.warning("camera group %r: %s", group.name, message)
-    return [images[i] for i in usable.indices], kernel, usable
 
 
 def _weight_maps(model: RRDBNet, images: Sequence[np.ndarray], config: AdaptConfig,
@@ -141,16 +126,149 @@ def _perceptual(
     return lpips
 
 
+def _usable_images_and_kernel(images: list[np.ndarray], group: CameraGroup, pair_config: PairConfig,
+                              kernel_mode: str) -> tuple[list[np.ndarray], KernelEstimate, UsableImages]:
+    """The images that can give training pairs, the kernel estimated from them, and the selection.
+
+    Images too small for the LR patch are skipped with one warning naming them; when none fits,
+    the patch shrinks (see :func:`adassr.adapt.pairs.select_usable_images`), and when no image
+    can be used at all a ConfigError gives the minimum size. A first pass with the default
+    kernel size keeps tiny images out of kernel estimation; the final pass uses the kernel's size.
+    """
+    from adassr.adapt.pairs import select_usable_images
+
+    names = [str(p) for p in group.paths]
+    first = select_usable_images(images, pair_config, names=names)
+    kernel = _estimate_kernel([images[i] for i in first.indices], pair_config.scale, kernel_mode)
+    kh, kw = np.asarray(kernel.kernel).shape
+    usable = select_usable_images(images, pair_config, names=names, kernel_shape=(int(kh), int(kw)))
+    message = usable.warning()
+    if message:
+        log.warning("camera group %r: %s", group.name, message)
+    return [images[i] for i in usable.indices], kernel, usable
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Everything the ADMM iterations read: the group's images and what was derived from them."""
+
+    images: list[np.ndarray]  # the usable ones (see ``usable``)
+    kernel: KernelEstimate
+    pair_config: PairConfig
+    usable: UsableImages
+    used_paths: list[str]
+    weights: list[np.ndarray] | None
+    crops: list[np.ndarray]
+    metric: Callable[[torch.Tensor], torch.Tensor]
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+
+
+def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, scale: int, *,
+                    device: torch.device, precision: Precision) -> _Inputs:
+    """Read the group, keep the images large enough for the patch (:func:`_usable_images_and_kernel`),
+    estimate the kernel from them, and build the weight maps and metrics."""
+    from adassr.adapt.pairs import PairConfig
+
+    pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
+    if not config.augment:
+        pair_config = pair_config.without_augmentation()
+    images, kernel, usable = _usable_images_and_kernel(load_group_images(group), group, pair_config, config.kernel)
+    used_paths = [str(group.members[i].path) for i in usable.indices]
+    return _Inputs(images, kernel, usable.config, usable, used_paths,
+                   _weight_maps(model, images, config, device, precision),
+                   evaluation_crops(images, config.eval_crop, config.eval_max_images), _niqe_metric(device),
+                   _perceptual(config, device))
+
+
+def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mapping[str, torch.Tensor], *,
+              scale: int, device: torch.device, precision: Precision, trainable: str,
+              progress: Callable[[ProgressEvent], None] | None) -> InternalResult:
+    """K ADMM iterations from the weights ``start`` (module docstring); returns the last internal step's result."""
+    from adassr.adapt.pairs import make_pair_sampler
+
+    theta_e = dict(start)
+    u = {k: torch.zeros_like(v) for k, v in theta_e.items()}
+    result: InternalResult | None = None
+    for k in range(1, config.admm_iters + 1):
+        if result is not None:
+            from adassr.adapt.external import run_external_step
+
+            anchor_e = {n: result.state_dict[n] - u[n] for n in result.state_dict}
+            model.load_state_dict(theta_e)
+            theta_e = run_external_step(model, anchor_e, config, device=device, precision=precision,
+                                        scale=scale, seed=config.seed + k)
+        model.load_state_dict(theta_e)
+        anchors = {n: theta_e[n] + u[n] for n in theta_e}
+        sampler = make_pair_sampler(inputs.images, inputs.kernel.kernel, inputs.pair_config, weights=inputs.weights,
+                                    seed=config.seed + 1000 * k)
+        result = run_internal_step(model, sampler, inputs.crops, inputs.metric, config, device=device,
+                                   precision=precision, trainable=trainable, anchors=anchors,
+                                   perceptual=inputs.perceptual, progress=progress)
+        u = {n: u[n] + theta_e[n] - result.state_dict[n] for n in u}
+    if result is None:  # admm_iters >= 1 is validated by AdaptConfig
+        raise ConfigError(f"--admm-iters must be >= 1, got {config.admm_iters}")
+    return result
+
+
+def manifest_record(
+    group: CameraGroup, config: AdaptConfig, backbone: LoadedBackbone, kernel: Mapping[str, Any],
+    result: InternalResult, crop_names: Sequence[str], *, precision: str, device: str, trainable: str,
+    wall_time_s: float, weights_sha256: str, versions: Mapping[str, str],
+) -> dict[str, Any]:
+    """The adapt stage's manifest fields (see :mod:`adassr.runtime.store`); pure: no I/O, no clock."""
+    return {
+        "images": group.to_manifest(),
+        "backbone": {"name": backbone.entry.name, "weights_sha256": backbone.weights_sha256,
+                     "source": backbone.source},
+        "scale": backbone.scale,
+        "kernel": dict(kernel),
+        "niqe_before": float(np.nanmean(result.niqe_before)),
+        "niqe_after": float(np.nanmean(result.niqe_after)),
+        "niqe_evaluation": {"crop": config.eval_crop, "images": list(crop_names), "history": result.history},
+        "per_image": [{"path": p, "niqe_before": b, "niqe_after": a}
+                      for p, b, a in zip(crop_names, result.niqe_before, result.niqe_after, strict=True)],
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "kept_backbone": result.kept_backbone,
+        "stop_reason": result.stop_reason,
+        "seed": config.seed,
+        "precision": precision,
+        "device": device,
+        "trainable": trainable,
+        "wall_time_s": wall_time_s,
+        "attention": asdict(config.attention),
+        "versions": dict(versions),
+        "weights_sha256": weights_sha256,
+        "config": config.to_dict(),
+    }
+
+
+def _replace_adapt_fields(manifest: dict[str, Any], record: Mapping[str, Any]) -> None:
+    """Write the adapt fields; exports made from older weights are forgotten (export again)."""
+    manifest.update(record)
+    manifest.pop("exports", None)
+    artifacts = manifest.get("artifacts", {})
+    for name in [n for n, r in artifacts.items() if r.get("stage") == "export"]:
+        del artifacts[name]
+
+
 def adapt_camera(
     group: CameraGroup,
     config: AdaptConfig,
     *,
     store_root: Path,
-    backbone_name: str = "realesrgan-x4plus",
+    backbone_name: str = DEFAULT_BACKBONE,
+    registry: BackboneRegistry | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
 ) -> AdaptOutcome:
-    """Adapt the backbone to ``group`` and publish the result into ``<store_root>/<camera>/``."""
-    from adassr.adapt.pairs import PairConfig, make_pair_sampler
+    """Adapt backbone ``backbone_name`` (of ``registry``, default: the bundled backbones) to ``group``
+    and publish ``adapted.safetensors`` and the manifest into ``<store_root>/<camera>/``.
+
+    Runs inside one store transaction (the camera's lock is held; nothing is published unless the
+    run completes, then weights and manifest commit together). Steps: load the backbone, prepare
+    the inputs (:func:`_prepare_inputs`), run ADMM (:func:`_run_admm`), stage the weights, build the
+    manifest record (:func:`manifest_record`) and commit.
+    """
     from adassr.adapt.weights import load_backbone
 
     start = time.perf_counter()
@@ -161,96 +279,39 @@ def adapt_camera(
     # The transaction validates the store (lock, manifest, schema) before any work; nothing is
     # published unless the run completes, and then weights and manifest entry commit together.
     with store.transaction() as tx:
-        backbone = load_backbone(backbone_name, device=str(device))
-        model = backbone.model
-        scale = backbone.scale
-        images = load_group_images(group)
-        pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
-        if not config.augment:
-            pair_config = pair_config.without_augmentation()
-        images, kernel, usable = _usable_images_and_kernel(images, group, pair_config, config.kernel)
-        pair_config = usable.config
-        weights = _weight_maps(model, images, config, device, precision)
-        metric = _niqe_metric(device)
-        perceptual = _perceptual(config, device)
-        crops = evaluation_crops(images, config.eval_crop, config.eval_max_images)
-
-        theta_e = {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()}
-        base_state = dict(theta_e)  # the backbone before adaptation: the weights file stores what differs
-        u = {k: torch.zeros_like(v) for k, v in theta_e.items()}
-        result: InternalResult | None = None
-        for k in range(1, config.admm_iters + 1):
-            if k > 1:
-                from adassr.adapt.external import run_external_step
-
-                theta = result.state_dict  # type: ignore[union-attr]
-                anchor_e = {n: theta[n] - u[n] for n in theta}
-                model.load_state_dict(theta_e)
-                theta_e = run_external_step(model, anchor_e, config, device=device, precision=precision,
-                                            scale=scale, seed=config.seed + k)
-            model.load_state_dict(theta_e)
-            anchors = {n: theta_e[n] + u[n] for n in theta_e}
-            sampler = make_pair_sampler(images, kernel.kernel, pair_config, weights=weights,
-                                        seed=config.seed + 1000 * k)
-            result = run_internal_step(model, sampler, crops, metric, config, device=device,
-                                       precision=precision, trainable=trainable, anchors=anchors,
-                                       perceptual=perceptual, progress=progress)
-            u = {n: u[n] + theta_e[n] - result.state_dict[n] for n in u}
-        assert result is not None
-
+        backbone = load_backbone(backbone_name, device=str(device), registry=registry)
+        # the backbone before adaptation: the weights file stores what differs from it
+        base_state = {k: v.detach().cpu().float().clone() for k, v in backbone.model.state_dict().items()}
+        inputs = _prepare_inputs(group, config, backbone.model, backbone.scale, device=device, precision=precision)
+        result = _run_admm(backbone.model, inputs, config, base_state, scale=backbone.scale, device=device,
+                           precision=precision, trainable=trainable, progress=progress)
         weights_record = _publish_weights(tx, result.state_dict, backbone, base_state)
-        report = _publish_report(tx, group.name, result, images[0], None if weights is None else weights[0])
+        report = _publish_report(tx, group.name, result, inputs.images[0],
+                                 None if inputs.weights is None else inputs.weights[0])
         wall = round(time.perf_counter() - start, 2)
-        niqe_before, niqe_after = float(np.nanmean(result.niqe_before)), float(np.nanmean(result.niqe_after))
-        used_paths = [str(group.members[i].path) for i in usable.indices]
-        crop_names = used_paths[: len(crops)]
-
-        def record(manifest: dict[str, Any]) -> None:
-            manifest.update({
-                "images": group.to_manifest(),
-                "backbone": {"name": backbone_name, "weights_sha256": backbone.weights_sha256,
-                             "source": backbone.source},
-                "scale": scale,
-                "kernel": kernel.to_dict(),
-                "pairs": {"lr_patch": pair_config.lr_patch, "requested_lr_patch": config.lr_patch,
-                          "min_side": usable.minimum, "images_used": used_paths,
-                          "images_skipped": [{"path": p, "width": w, "height": h,
-                                              "reason": f"smaller than {usable.minimum} LR px per side"}
-                                             for p, w, h in usable.skipped]},
-                "niqe_before": niqe_before,
-                "niqe_after": niqe_after,
-                "report": report,
-                "niqe_evaluation": {"crop": config.eval_crop, "images": crop_names,
-                                    "history": result.history},
-                "per_image": [{"path": p, "niqe_before": b, "niqe_after": a}
-                              for p, b, a in zip(crop_names, result.niqe_before, result.niqe_after, strict=True)],
-                "steps": result.steps,
-                "best_step": result.best_step,
-                "kept_backbone": result.kept_backbone,
-                "stop_reason": result.stop_reason,
-                "seed": config.seed,
-                "precision": precision.name,
-                "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-                "trainable": trainable,
-                "wall_time_s": wall,
-                "attention": asdict(config.attention),
-                "versions": _versions(),
-                "weights_sha256": weights_record["weights_sha256"],
-                "config": config.to_dict(),
-            })
-            # Exported models were made from older weights: forget them (export again).
-            manifest.pop("exports", None)
-            artifacts = manifest.get("artifacts", {})
-            for name in [n for n, r in artifacts.items() if r.get("stage") == "export"]:
-                del artifacts[name]
-
-        committed = tx.commit(record)
-    weights_path = store.artifact_path(WEIGHTS_FILE, committed)
-    return AdaptOutcome(group.name, store.directory, weights_path, niqe_before, niqe_after,
-                        result.kept_backbone, result.steps, result.stop_reason, wall)
+        record = manifest_record(
+            group, config, backbone, inputs.kernel.to_dict(), result,
+            inputs.used_paths[: len(inputs.crops)],
+            precision=precision.name, trainable=trainable, wall_time_s=wall, versions=_versions(),
+            device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            weights_sha256=weights_record["weights_sha256"],
+        )
+        usable = inputs.usable
+        record["pairs"] = {
+            "lr_patch": usable.config.lr_patch, "requested_lr_patch": config.lr_patch, "min_side": usable.minimum,
+            "images_used": inputs.used_paths,
+            "images_skipped": [{"path": p, "width": w, "height": h,
+                                "reason": f"smaller than {usable.minimum} LR px per side"}
+                               for p, w, h in usable.skipped],
+        }
+        record["report"] = report
+        committed = tx.commit(functools.partial(_replace_adapt_fields, record=record))
+    return AdaptOutcome(group.name, store.directory, store.artifact_path(WEIGHTS_FILE, committed),
+                        record["niqe_before"], record["niqe_after"], result.kept_backbone, result.steps,
+                        result.stop_reason, wall)
 
 
-def _publish_weights(tx: StoreTransaction, state: dict[str, torch.Tensor], backbone: Any,
+def _publish_weights(tx: StoreTransaction, state: dict[str, torch.Tensor], backbone: LoadedBackbone,
                      base_state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Stage ``adapted.safetensors`` in ``tx`` as a delta on the backbone (only the changed tensors and
     the backbone's identity); the record carries both the file's and the full weights' digest."""

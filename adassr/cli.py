@@ -36,7 +36,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("export", "export a camera's adapted weights (or a backbone) to ONNX",
                "adassr.export.cli", "add_export_arguments", "run_export"),
     Subcommand("upscale", "upscale images or folders with a camera's model",
-               "adassr.runtime.upscale_cli", "add_upscale_arguments", "run_upscale"),
+               "adassr.upscale", "add_upscale_arguments", "run_upscale"),
     Subcommand("serve", "HTTP server: upscaling with camera routing, dynamic batching and metrics",
                "adassr.runtime.serve_cli", "add_serve_arguments", "run_serve"),
     Subcommand("bench", "benchmarks (latency)", "adassr.export.bench", "add_bench_arguments", "run_bench"),
@@ -55,12 +55,17 @@ def build_parser(commands: Sequence[Subcommand] = SUBCOMMANDS) -> argparse.Argum
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in commands:
-        add_arguments, run = command.load()
-        child = sub.add_parser(command.name, help=command.help, description=command.help)
-        child.add_argument("-v", "--verbose", dest="verbose_sub", action="count", default=0,
-                           help="more log output (-vv: debug)")
-        add_arguments(child)
-        child.set_defaults(_run=run)
+        _fill(sub.add_parser(command.name, help=command.help, description=command.help), command)
+    return parser
+
+
+def _fill(parser: argparse.ArgumentParser, command: Subcommand) -> argparse.ArgumentParser:
+    """Add ``command``'s options (and ``-v``) to ``parser``; parsing sets ``_run`` to its run function."""
+    add_arguments, run = command.load()
+    parser.add_argument("-v", "--verbose", dest="verbose_sub", action="count", default=0,
+                        help="more log output (-vv: debug)")
+    add_arguments(parser)
+    parser.set_defaults(_run=run)
     return parser
 
 
@@ -90,11 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def adapt_main(argv: Sequence[str] | None = None) -> int:
     """``adapt ...`` is ``adassr adapt ...``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(tuple(c for c in SUBCOMMANDS if c.name == "adapt"))
-    parser.prog = "adapt"
-    args = parser.parse_args(["adapt", *argv])
-    return _dispatch(args)
+    command = next(c for c in SUBCOMMANDS if c.name == "adapt")
+    parser = _fill(argparse.ArgumentParser(prog="adapt", description=command.help), command)
+    return _dispatch(parser.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

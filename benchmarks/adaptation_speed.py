@@ -1,4 +1,4 @@
-"""Adaptation speed: steps per second of the real internal step (issue 4, item 13).
+"""Adaptation speed: steps per second of the real internal step.
 
 Runs ``adassr.adapt.loop.run_internal_step`` with the real Real-ESRGAN x4plus backbone on a bundled
 photo for each precision (fp32, bf16; fp16 too on CUDA) and each trainable mode (tail, all),

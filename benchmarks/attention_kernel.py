@@ -395,7 +395,7 @@ def run_interp_subprocess(cases: list[Case], methods: list[str], info: DeviceInf
 
 
 def targets(rows: list[Row]) -> list[dict[str, Any]]:
-    """The issue's H100 targets at N=16384, d=32, H=4, bf16 and at N=65536."""
+    """The H100 performance targets at N=16384, d=32, H=4, bf16 and at N=65536."""
     def get(method: str, n: int, d: int = 32, dtype: str = "bf16") -> Row | None:
         return next((r for r in rows if (r.method, r.n, r.d, r.dtype) == (method, n, d, dtype)), None)
 

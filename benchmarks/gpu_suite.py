@@ -19,7 +19,7 @@ one that fails, times out or lacks a library is recorded as such and the next on
                  fraction of the compute bound (export/gpu_bench.py).
 ``niqe``         CUDA NIQE (adapt/quality/niqe_torch.py) vs numpy NIQE on photo crops: values and times.
 ``adapt_speed``  benchmarks/adaptation_speed.py on the GPU: s/step, tail vs all, fp32/bf16/fp16.
-``attention``    the GPU tests and benchmarks/attention_kernel.py (the issue's target case).
+``attention``    the GPU tests and benchmarks/attention_kernel.py (the H100 target case).
 ``adapt_full``   benchmarks/adaptation_quality.py on the GPU: one adaptation at the paper's budget
                  on the synthetic camera, NIQE / LPIPS / PSNR vs the backbone.
 

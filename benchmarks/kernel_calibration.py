@@ -4,8 +4,8 @@ The estimator's raw output is an LR-pixel sigma per principal axis. This script 
 images with known anisotropic Gaussian kernels from photos that are NOT the acceptance images
 (tests/data/hr is never read here):
 
-* samples/cameras/canon/xmp_test.jpg (2000x1072) and the first frame of
-  /work/shared/data/cameras/fujifilm/fujifilm.mpo (3648x2736; skipped with a warning if absent),
+* samples/cameras/canon/xmp_test.jpg (2000x1072) and, with ``--extra-photo PATH``, the first
+  frame of further large photos (the published table also used a 3648x2736 Fujifilm MPO),
   each downscaled by 2, 3 and 4 with antialiasing (cv2.INTER_AREA) to act as sharp HR, cut
   into non-overlapping 480x480 crops;
 * tests/data/calibration/ref_I04.png and ref_I06.png (Kodak, 512x384) as they are.
@@ -18,7 +18,7 @@ mode) and of single crops (single mode) are regressed on the truth with a robust
 fit of ``log((raw - b) / a) = log(true)`` over both axes. Paste the printed table into
 adapt/kernel/estimate.py.
 
-    python benchmarks/kernel_calibration.py [--scales 2 3 4] [--kernels 40] [--seed 0]
+    python benchmarks/kernel_calibration.py [--scales 2 3 4] [--kernels 40] [--seed 0] [--extra-photo PATH]
 
 Writes benchmarks/results/kernel_calibration.json (the constants and fit residuals).
 """
@@ -46,7 +46,6 @@ from adassr.adapt.degradation import blur_downsample, gaussian_kernel  # noqa: E
 from adassr.adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
 
 CANON = ROOT / "samples" / "cameras" / "canon" / "xmp_test.jpg"
-FUJI = Path("/work/shared/data/cameras/fujifilm/fujifilm.mpo")
 KODAK = [ROOT / "tests" / "data" / "calibration" / f"ref_I0{i}.png" for i in (4, 6)]
 RESULTS = ROOT / "benchmarks" / "results"
 CROP = 480
@@ -58,10 +57,10 @@ def _load(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def calibration_images() -> list[tuple[str, np.ndarray]]:
-    """Sharp HR calibration crops (name, float32 RGB)."""
+def calibration_images(extra: list[Path] | None = None) -> list[tuple[str, np.ndarray]]:
+    """Sharp HR calibration crops (name, float32 RGB) of the bundled photo and the ``extra`` ones."""
     out: list[tuple[str, np.ndarray]] = []
-    sources = [("canon", CANON), ("fuji", FUJI)]
+    sources = [("canon", CANON), *((p.stem, p) for p in extra or [])]
     for name, path in sources:
         if not path.exists():
             print(f"warning: {path} not found, calibrating without it", file=sys.stderr)
@@ -134,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernels", type=int, default=40, help="random kernels per scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "kernel_calibration.json")
+    parser.add_argument("--extra-photo", type=Path, action="append", default=[],
+                        help="another large sharp photo to calibrate on (repeatable)")
     args = parser.parse_args(argv)
 
-    named = calibration_images()
+    named = calibration_images(args.extra_photo)
     images = [img for _, img in named]
     print(f"{len(images)} calibration crops: {', '.join(n for n, _ in named)}")
     raw_config = replace(KernelEstimationConfig(), calibrate=False)

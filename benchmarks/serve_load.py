@@ -22,7 +22,8 @@ What it does:
    that many clients (asyncio + httpx, one connection each) for ``--duration`` seconds. A client
    sends the next input, waits for the answer, and on 429 waits 50 ms before its next request.
 5. Reports per client count: completed images/s, output megapixels/s, p50/p95/p99 latency of the
-   successful requests, counts by status (and transport errors / client timeouts), corrupt
+   successful requests as the clients saw it and as the server measured it
+   (``X-Adassr-Latency-Ms``), counts by status (and transport errors / client timeouts), corrupt
    responses, the server's RSS (peak so far, from /proc) and the CPU it used (cores = CPU seconds
    per wall second; images per server CPU second: how efficiently it worked, independent of
    how much CPU other processes left it). With ``--workers 4 --max-queue 12``
@@ -194,6 +195,7 @@ class LevelStats:
     clients: int
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    server_latencies: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     output_pixels: int = 0
     identical: int = 0
@@ -254,6 +256,7 @@ async def run_level(
                 stats.statuses[str(r.status_code)] = stats.statuses.get(str(r.status_code), 0) + 1
                 if r.status_code == 200:
                     stats.latencies.append(elapsed)
+                    stats.server_latencies.append(float(r.headers.get("x-adassr-latency-ms", "nan")))
                     digest, pixels = refs[name]
                     stats.output_pixels += pixels
                     if hashlib.sha256(r.content).hexdigest() == digest:
@@ -289,6 +292,7 @@ def _free_port() -> int:
 
 def summarise(stats: LevelStats) -> dict[str, Any]:
     lat = np.array(stats.latencies) * 1000 if stats.latencies else np.array([np.nan])
+    srv = np.array(stats.server_latencies) if stats.server_latencies else np.array([np.nan])
     ok = stats.statuses.get("200", 0)
     return {
         "clients": stats.clients,
@@ -299,6 +303,8 @@ def summarise(stats: LevelStats) -> dict[str, Any]:
         "p50_ms": round(float(np.percentile(lat, 50)), 1),
         "p95_ms": round(float(np.percentile(lat, 95)), 1),
         "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "server_p50_ms": round(float(np.percentile(srv, 50)), 1),
+        "server_p99_ms": round(float(np.percentile(srv, 99)), 1),
         "statuses": dict(sorted(stats.statuses.items())),
         "byte_identical": stats.identical,
         "within_1_of_255": stats.within_1,
@@ -458,15 +464,17 @@ def main() -> None:
         f"batch {args.max_batch}, {args.inference_threads} model calls at once x {args.threads} onnxruntime "
         f"threads; {args.duration:g} s per level.",
         "",
-        "| clients | images/s | output MP/s | p50 ms | p95 ms | p99 ms | statuses | identical / within 1/255 / corrupt "
-        "| server RSS max / peak MB | server CPU (cores) | images per server CPU-s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| clients | images/s | output MP/s | p50 ms | p95 ms | p99 ms | server-side p50 / p99 ms | statuses "
+        "| identical / within 1/255 / corrupt | server RSS max / peak MB | server CPU (cores) "
+        "| images per server CPU-s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         statuses = ", ".join(f"{k}: {v}" for k, v in r["statuses"].items())
         lines.append(
             f"| {r['clients']} | {r['images_per_s']} | {r['output_mp_per_s']} | {r['p50_ms']} | {r['p95_ms']} | "
-            f"{r['p99_ms']} | {statuses} | {r['byte_identical']} / {r['within_1_of_255']} / {r['corrupt']} | "
+            f"{r['p99_ms']} | {r['server_p50_ms']} / {r['server_p99_ms']} | {statuses} | "
+            f"{r['byte_identical']} / {r['within_1_of_255']} / {r['corrupt']} | "
             f"{r['server_rss_mb_max']} / {r['server_peak_rss_mb']} | {r['server_cpu_cores']} | "
             f"{r['images_per_server_cpu_s']} |"
         )

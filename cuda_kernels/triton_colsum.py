@@ -27,7 +27,7 @@ Block sizes: autotuned on a GPU (key: head dim, exclusion flag, dtype and a
 power-of-two bucket of N, so images of similar size reuse one tuning); under
 ``TRITON_INTERPRET=1`` a fixed configuration is used because ``triton.autotune``
 does not run in the interpreter, and bf16 tiles are cast to float32 before
-``tl.dot`` because the interpreter's bf16 dot is wrong (FACTS, GPU side).
+``tl.dot`` because the interpreter's bf16 dot gives wrong results.
 
 Importing this module imports triton; :mod:`adassr.cuda_kernels.colsum` imports it
 lazily. Whether the kernels run interpreted is fixed when this module is first

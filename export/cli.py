@@ -9,7 +9,9 @@ import argparse
 from pathlib import Path
 
 from adassr.export.triton_repo import PLATFORMS
-from adassr.runtime.store import DEFAULT_STORE
+from adassr.runtime.store import DEFAULT_STORE, MODEL_PRECISIONS
+
+EXPORT_CHOICES = (*MODEL_PRECISIONS, "both", "bf16")  # what --precision accepts (bf16: TensorRT engines only)
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +22,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="export this unadapted registry backbone as the fallback model (<store>/_fallback/)")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, metavar="DIR",
                         help=f"model store folder (default: {DEFAULT_STORE})")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "both", "bf16"), default="fp32",
+    parser.add_argument("--precision", choices=EXPORT_CHOICES, default="fp32",
                         help="model.onnx (fp32), model_fp16.onnx (fp16: half weights and activations, "
                              "float32 I/O), or both (default: fp32); with --engine tensorrt also the engine's "
                              "precision (both -> fp16; bf16 only with --engine tensorrt)")

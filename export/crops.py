@@ -17,13 +17,12 @@ import numpy as np
 
 from adassr.export.errors import ExportError
 from adassr.runtime.errors import ImageError
-from adassr.runtime.images import SUPPORTED_READ_SUFFIXES
+from adassr.runtime.images import is_image_file
 
 CROP_SIZE = 32
 SMALL_CROP = (20, 28)  # (H, W) of the non-square window, cut from the most textured crop
 SAMPLE_PHOTO = Path("samples") / "cameras" / "nokia" / "iptc.jpg"
 SAMPLES_DIR = Path("samples") / "cameras"
-IMAGE_SUFFIXES = frozenset(SUPPORTED_READ_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def bundled_photos() -> list[Path]:
     """The bundled sample photos (``samples/cameras/*/*``), or ``[]`` outside a checkout."""
     for root in _repo_candidates(SAMPLES_DIR):
         if root.is_dir():
-            return sorted(p for p in root.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            return sorted(p for p in root.glob("*/*") if is_image_file(p))
     return []
 
 

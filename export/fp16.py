@@ -95,13 +95,8 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: Collection[str] | None = None) -> onnx.ModelProto:
-    """Return an fp16 copy of the fp32 ``model`` with float32 I/O (see the module docstring).
-
-    ``keep_fp32``: node names computed in fp32 (default :func:`default_fp32_nodes`).
-    """
+def _check_convertible(model: onnx.ModelProto, keep: frozenset[str]) -> None:
     src = model.graph
-    keep = default_fp32_nodes(model) if keep_fp32 is None else frozenset(keep_fp32)
     unknown = keep - {n.name for n in src.node}
     if unknown:
         raise Fp16Error(f"keep_fp32 names nodes that are not in the graph: {sorted(unknown)}")
@@ -109,61 +104,67 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: Collection[str] | None
         if value.type.tensor_type.elem_type != TensorProto.FLOAT:
             raise Fp16Error(f"graph I/O {value.name!r} is not float32; convert an fp32 model")
 
-    def precision(node: onnx.NodeProto) -> int:
-        return TensorProto.FLOAT if node.name in keep else TensorProto.FLOAT16
 
-    initializers = {init.name: init for init in src.initializer}
-    # The element type each consumer wants of each initializer (its own type where it is not data).
-    wanted: dict[str, set[int]] = {}
-    for node in src.node:
-        data = set(_data_inputs(node))
-        for i, name in enumerate(node.input):
-            if name in initializers:
-                want = precision(node) if i in data else initializers[name].data_type
-                wanted.setdefault(name, set()).add(want)
+class _Fp16Graph:
+    """The converted graph under construction: new nodes, initializers and each tensor's element type."""
 
-    taken = set(initializers) | {v.name for v in src.input} | {n.name for n in src.node}
-    taken |= {out for n in src.node for out in n.output}
-    dtype: dict[str, int] = {v.name: v.type.tensor_type.elem_type for v in src.input}
-    new_inits: dict[str, onnx.TensorProto] = {}
-    converted: dict[tuple[str, int], str] = {}
-    nodes: list[onnx.NodeProto] = []
+    def __init__(self, src: onnx.GraphProto, keep: frozenset[str]) -> None:
+        self.keep = keep
+        self.initializers = {init.name: init for init in src.initializer}
+        # The element type each consumer wants of each initializer (its own type where it is not data).
+        self.wanted: dict[str, set[int]] = {}
+        for node in src.node:
+            data = set(_data_inputs(node))
+            for i, name in enumerate(node.input):
+                if name in self.initializers:
+                    want = self.precision(node) if i in data else self.initializers[name].data_type
+                    self.wanted.setdefault(name, set()).add(want)
+        self.taken = set(self.initializers) | {v.name for v in src.input} | {n.name for n in src.node}
+        self.taken |= {out for n in src.node for out in n.output}
+        self.dtype: dict[str, int] = {v.name: v.type.tensor_type.elem_type for v in src.input}
+        self.new_inits: dict[str, onnx.TensorProto] = {}
+        self.converted: dict[tuple[str, int], str] = {}
+        self.nodes: list[onnx.NodeProto] = []
 
-    def as_type(name: str, elem: int) -> str:
+    def precision(self, node: onnx.NodeProto) -> int:
+        return TensorProto.FLOAT if node.name in self.keep else TensorProto.FLOAT16
+
+    def as_type(self, name: str, elem: int) -> str:
         """``name`` as a tensor of ``elem``: a converted initializer or the output of a Cast."""
         key = (name, elem)
-        if key in converted:
-            return converted[key]
-        source_type = initializers[name].data_type if name in initializers else dtype[name]
+        if key in self.converted:
+            return self.converted[key]
+        source_type = self.initializers[name].data_type if name in self.initializers else self.dtype[name]
         if source_type != elem and source_type not in _NUMPY:
             raise Fp16Error(f"tensor {name!r} of element type {source_type} feeds a float input; it cannot be cast")
-        if name in initializers:
-            init = initializers[name]
-            if init.data_type == elem:
-                new_inits[name] = init
-                target = name
-            else:
-                target = name if wanted[name] == {elem} else _unique(f"{name}_{_suffix(elem)}", taken)
-                array = numpy_helper.to_array(init).astype(_NUMPY[elem])
-                new_inits[target] = numpy_helper.from_array(array, target)
-        elif dtype[name] == elem:
+        if name in self.initializers:
+            target = self._initializer_as(name, elem)
+        elif self.dtype[name] == elem:
             target = name
         else:
-            target = _unique(f"{name}_{_suffix(elem)}", taken)
-            nodes.append(helper.make_node("Cast", [name], [target], name=_unique(f"cast_{target}", taken), to=elem))
-            dtype[target] = elem
-        converted[key] = target
+            target = _unique(f"{name}_{_suffix(elem)}", self.taken)
+            self.cast(name, target, elem)
+        self.converted[key] = target
         return target
 
-    # Graph outputs produced in fp16 are computed under an internal name and cast back at the end.
-    producers = {out: node for node in src.node for out in node.output}
-    internal = {
-        v.name: _unique(f"{v.name}_{_suffix(TensorProto.FLOAT16)}", taken)
-        for v in src.output
-        if v.name in producers and precision(producers[v.name]) == TensorProto.FLOAT16
-    }
-    for node in src.node:
-        elem = precision(node)
+    def _initializer_as(self, name: str, elem: int) -> str:
+        init = self.initializers[name]
+        if init.data_type == elem:
+            self.new_inits[name] = init
+            return name
+        target = name if self.wanted[name] == {elem} else _unique(f"{name}_{_suffix(elem)}", self.taken)
+        array = numpy_helper.to_array(init).astype(_NUMPY[elem])
+        self.new_inits[target] = numpy_helper.from_array(array, target)
+        return target
+
+    def cast(self, source: str, target: str, elem: int) -> None:
+        self.nodes.append(helper.make_node("Cast", [source], [target], name=_unique(f"cast_{target}", self.taken),
+                                           to=elem))
+        self.dtype[target] = elem
+
+    def add_node(self, node: onnx.NodeProto, internal: Mapping[str, str]) -> None:
+        """``node`` computed in its precision, its data inputs cast to it; outputs renamed by ``internal``."""
+        elem = self.precision(node)
         data = set(_data_inputs(node))
         new = onnx.NodeProto()
         new.CopyFrom(node)
@@ -173,26 +174,46 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: Collection[str] | None
             if not name:
                 new.input.append(name)
             elif i in data:
-                new.input.append(as_type(name, elem))
-            elif name in initializers:
-                new.input.append(as_type(name, initializers[name].data_type))
+                new.input.append(self.as_type(name, elem))
+            elif name in self.initializers:
+                new.input.append(self.as_type(name, self.initializers[name].data_type))
             else:
                 new.input.append(name)
         for i, name in enumerate(node.output):
             new.output[i] = internal.get(name, name)
-            dtype[new.output[i]] = elem
-        nodes.append(new)
-    for name, inner in internal.items():
-        cast = helper.make_node("Cast", [inner], [name], name=_unique(f"cast_{name}", taken), to=TensorProto.FLOAT)
-        nodes.append(cast)
-        dtype[name] = TensorProto.FLOAT
+            self.dtype[new.output[i]] = elem
+        self.nodes.append(new)
 
-    graph = helper.make_graph(nodes, src.name, list(src.input), list(src.output), list(new_inits.values()))
+
+def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: Collection[str] | None = None) -> onnx.ModelProto:
+    """Return an fp16 copy of the fp32 ``model`` with float32 I/O (see the module docstring).
+
+    ``keep_fp32``: node names computed in fp32 (default :func:`default_fp32_nodes`).
+    """
+    src = model.graph
+    keep = default_fp32_nodes(model) if keep_fp32 is None else frozenset(keep_fp32)
+    _check_convertible(model, keep)
+    build = _Fp16Graph(src, keep)
+    # Graph outputs produced in fp16 are computed under an internal name and cast back at the end.
+    producers = {out: node for node in src.node for out in node.output}
+    internal = {
+        v.name: _unique(f"{v.name}_{_suffix(TensorProto.FLOAT16)}", build.taken)
+        for v in src.output
+        if v.name in producers and build.precision(producers[v.name]) == TensorProto.FLOAT16
+    }
+    for node in src.node:
+        build.add_node(node, internal)
+    for name, inner in internal.items():
+        build.nodes.append(helper.make_node("Cast", [inner], [name], name=_unique(f"cast_{name}", build.taken),
+                                           to=TensorProto.FLOAT))
+        build.dtype[name] = TensorProto.FLOAT
+
+    graph = helper.make_graph(build.nodes, src.name, list(src.input), list(src.output), list(build.new_inits.values()))
     for info in src.value_info:
-        if info.name in dtype and info.name not in initializers:
+        if info.name in build.dtype and info.name not in build.initializers:
             copy = onnx.ValueInfoProto()
             copy.CopyFrom(info)
-            copy.type.tensor_type.elem_type = dtype[info.name]
+            copy.type.tensor_type.elem_type = build.dtype[info.name]
             graph.value_info.append(copy)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -232,67 +253,16 @@ def evaluate_fp16_storage(model: onnx.ModelProto, inputs: Mapping[str, np.ndarra
     as float32 tensors rounded to float16 where the graph says float16 (torch's float16 CPU ops are
     slow; the rounding is the same).
     """
-    import math
-
     import torch
-    from torch.nn import functional as F
 
-    values: dict[str, torch.Tensor] = {}  # float32 tensors, already rounded to their element type
-    types: dict[str, int] = {}
-    for init in model.graph.initializer:
-        array = numpy_helper.to_array(init)
-        values[init.name] = torch.from_numpy(array.astype(array.dtype if array.dtype.kind != "f" else np.float32))
-        types[init.name] = init.data_type
-    for value in model.graph.input:
-        values[value.name] = torch.from_numpy(np.asarray(inputs[value.name], dtype=np.float32))
-        types[value.name] = TensorProto.FLOAT
+    values, types = _initial_values(model, inputs)
     largest: dict[str, float] = {}
     nonfinite: list[str] = []
-
-    def same_type(node: onnx.NodeProto, names: list[str]) -> int:
-        kinds = {types[n] for n in names}
-        if len(kinds) != 1:
-            raise Fp16Error(
-                f"node {node.name!r} ({node.op_type}) mixes element types {sorted(kinds)}: the graph is invalid")
-        return kinds.pop()
-
     with torch.no_grad():
         for node in model.graph.node:
-            a = _attrs(node)
-            op, ins = node.op_type, list(node.input)
-            if op == "Conv":
-                y = _conv(node, a, values)
-                elem = same_type(node, [n for n in ins if n])
-            elif op in ("LeakyRelu", "Relu", "Identity"):
-                x = values[ins[0]]
-                if op == "LeakyRelu":
-                    y = F.leaky_relu(x, float(a.get("alpha", 0.01)))
-                else:
-                    y = torch.relu(x) if op == "Relu" else x
-                elem = types[ins[0]]
-            elif op == "Concat":
-                y = torch.cat([values[n] for n in ins], dim=int(a["axis"]))
-                elem = same_type(node, ins)
-            elif op in ("Add", "Mul"):
-                y = values[ins[0]] + values[ins[1]] if op == "Add" else values[ins[0]] * values[ins[1]]
-                elem = same_type(node, ins[:2])
-            elif op == "Resize":
-                y = _resize_nearest(node, a, values)
-                elem = types[ins[0]]
-            elif op == "Cast":
-                y, elem = values[ins[0]], int(a["to"])
-            else:
-                raise Fp16Error(f"fp16 evaluation does not support op {op!r} (node {node.name!r})")
+            y, elem = _run_node(node, values, types)
             if elem == TensorProto.FLOAT16:
-                if op not in _EXACT_OPS:  # the others move already-rounded values: no new rounding
-                    y = y.to(torch.float16).to(torch.float32)
-                low, high = torch.aminmax(y) if y.numel() else (torch.zeros(()), torch.zeros(()))
-                peak = max(-float(low), float(high))  # inf propagates; NaN makes the max NaN below
-                peak = peak if not (math.isnan(float(low)) or math.isnan(float(high))) else math.nan
-                if not math.isfinite(peak) and len(nonfinite) < 10:
-                    nonfinite.append(node.name)
-                if op != "Cast":
-                    largest[node.name] = peak if math.isfinite(peak) else math.inf
+                y = _stored_fp16(node, y, largest, nonfinite)
             elif elem != TensorProto.FLOAT:
                 raise Fp16Error(f"node {node.name!r} produces element type {elem}, not float16/float32")
             values[node.output[0]] = y
@@ -305,6 +275,79 @@ def evaluate_fp16_storage(model: onnx.ModelProto, inputs: Mapping[str, np.ndarra
         largest=ranked,
         nonfinite_nodes=tuple(nonfinite),
     )
+
+
+def _initial_values(
+    model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """The initializers and graph inputs as float32 tensors (already rounded), with their element types."""
+    import torch
+
+    values: dict[str, torch.Tensor] = {}
+    types: dict[str, int] = {}
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        values[init.name] = torch.from_numpy(array.astype(array.dtype if array.dtype.kind != "f" else np.float32))
+        types[init.name] = init.data_type
+    for value in model.graph.input:
+        values[value.name] = torch.from_numpy(np.asarray(inputs[value.name], dtype=np.float32))
+        types[value.name] = TensorProto.FLOAT
+    return values, types
+
+
+def _run_node(node: onnx.NodeProto, values: Mapping[str, torch.Tensor],
+              types: Mapping[str, int]) -> tuple[torch.Tensor, int]:
+    """One node computed in float32: ``(output, its element type)``."""
+    import torch
+    from torch.nn import functional as F
+
+    def same_type(names: list[str]) -> int:
+        kinds = {types[n] for n in names}
+        if len(kinds) != 1:
+            raise Fp16Error(
+                f"node {node.name!r} ({node.op_type}) mixes element types {sorted(kinds)}: the graph is invalid")
+        return kinds.pop()
+
+    a = _attrs(node)
+    op, ins = node.op_type, list(node.input)
+    if op == "Conv":
+        return _conv(node, a, values), same_type([n for n in ins if n])
+    if op in ("LeakyRelu", "Relu", "Identity"):
+        x = values[ins[0]]
+        if op == "LeakyRelu":
+            return F.leaky_relu(x, float(a.get("alpha", 0.01))), types[ins[0]]
+        return (torch.relu(x) if op == "Relu" else x), types[ins[0]]
+    if op == "Concat":
+        return torch.cat([values[n] for n in ins], dim=int(a["axis"])), same_type(ins)
+    if op in ("Add", "Mul"):
+        y = values[ins[0]] + values[ins[1]] if op == "Add" else values[ins[0]] * values[ins[1]]
+        return y, same_type(ins[:2])
+    if op == "Resize":
+        return _resize_nearest(node, a, values), types[ins[0]]
+    if op == "Cast":
+        return values[ins[0]], int(a["to"])
+    raise Fp16Error(f"fp16 evaluation does not support op {op!r} (node {node.name!r})")
+
+
+def _stored_fp16(
+    node: onnx.NodeProto, y: torch.Tensor, largest: dict[str, float], nonfinite: list[str]
+) -> torch.Tensor:
+    """``y`` rounded to float16 storage; records its largest magnitude and whether it overflowed."""
+    import math
+
+    import torch
+
+    op = node.op_type
+    if op not in _EXACT_OPS:  # the others move already-rounded values: no new rounding
+        y = y.to(torch.float16).to(torch.float32)
+    low, high = torch.aminmax(y) if y.numel() else (torch.zeros(()), torch.zeros(()))
+    peak = max(-float(low), float(high))  # inf propagates; NaN makes the max NaN below
+    peak = peak if not (math.isnan(float(low)) or math.isnan(float(high))) else math.nan
+    if not math.isfinite(peak) and len(nonfinite) < 10:
+        nonfinite.append(node.name)
+    if op != "Cast":
+        largest[node.name] = peak if math.isfinite(peak) else math.inf
+    return y
 
 
 def _conv(node: onnx.NodeProto, a: Mapping[str, Any], values: Mapping[str, torch.Tensor]) -> torch.Tensor:

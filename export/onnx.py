@@ -41,7 +41,14 @@ import numpy as np
 from adassr.export.crops import ValidationInput, bundled_photos, find_validation_photo, photo_crops, validation_inputs
 from adassr.export.errors import ExportError
 from adassr.runtime.errors import StoreError
-from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, StoreTransaction
+from adassr.runtime.store import (
+    EXPORT_KEYS,
+    FALLBACK_CAMERA,
+    MODEL_FILES,
+    MODEL_PRECISIONS,
+    CameraStore,
+    StoreTransaction,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -58,9 +65,6 @@ OPSET = 20
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2  # max abs on [0, 1]; measured worst case 0.0046 (docs/export.md)
 FP16_MEAN_TOLERANCE = 2e-3  # mean abs; measured at most 1.5e-4 (a systematic error shows here first)
-PRECISIONS = ("fp32", "fp16")
-MODEL_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx"}
-EXPORT_KEYS = {"fp32": "onnx", "fp16": "onnx_fp16"}
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,9 @@ class ExportResult:
 def resolve_precisions(precision: str) -> tuple[str, ...]:
     """``fp32`` / ``fp16`` / ``both`` -> the precisions to export."""
     if precision == "both":
-        return PRECISIONS
-    if precision not in PRECISIONS:
-        raise ExportError(f"unknown precision {precision!r}; use fp32, fp16 or both")
+        return MODEL_PRECISIONS
+    if precision not in MODEL_PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; use {', '.join(MODEL_PRECISIONS)} or both")
     return (precision,)
 
 
@@ -136,7 +140,7 @@ class _DropTorchvisionNotice(logging.Filter):
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Hide the exporter's notices that do not concern RRDBNet during one export: "torchvision is
-    not installed" (the project has no torchvision, FACTS.md) and torch's own LeafSpec deprecation."""
+    not installed" (the project does not use torchvision) and torch's own LeafSpec deprecation."""
     logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     notice = _DropTorchvisionNotice()
     logger.addFilter(notice)
@@ -217,8 +221,12 @@ def torch_reference(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
 
 def open_session(data: bytes) -> Any:
     """An onnxruntime CPU session for a serialized model, with the I/O names checked."""
-    import onnxruntime as ort
-
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ExportError(
+            f"validating the export needs onnxruntime ({exc}); pip install 'adassr[cpu]' or 'adassr[gpu]'"
+        ) from exc
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
@@ -425,7 +433,7 @@ def publish_models(tx: StoreTransaction, models: Sequence[ValidatedModel], ident
         artifact = tx.stage(item.file, write, stage="export",
                             extra={"precision": item.precision, "weights_sha256": identity.weights_sha256})
         records[item.key] = {**item.record, "sha256": artifact["sha256"], "bytes": artifact["bytes"]}
-    published = {MODEL_FILES[p] for p in PRECISIONS if EXPORT_KEYS[p] in records}
+    published = {MODEL_FILES[p] for p in MODEL_PRECISIONS if EXPORT_KEYS[p] in records}
 
     def update(manifest: dict[str, Any]) -> None:
         if manifest_fields:

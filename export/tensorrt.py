@@ -50,6 +50,7 @@ class EngineOptions:
     refit: bool = True
     tiling: TilingOptions = TilingOptions()
     max_side: int = 1024  # largest untiled input side (tile=0 only)
+    streams: int = 2  # profile copies: the runtime's TensorRT backend runs one stream per copy
 
     def __post_init__(self) -> None:
         if self.precision not in ENGINE_PRECISIONS:
@@ -79,7 +80,7 @@ def export_engine(store_root: str | os.PathLike[str], camera: str, options: Engi
             export_fallback(store_root, str((manifest.get("backbone") or {}).get("name")), precision=onnx_precision)
         else:
             export_camera(store_root, camera, precision=onnx_precision)
-    plan = plan_profiles(options.tiling, max_side=options.max_side)
+    plan = plan_profiles(options.tiling, max_side=options.max_side, copies=options.streams)
     request = EngineRequest(Path(store_root), camera, options.precision, plan.profiles, device=options.device,
                             optimization_level=options.optimization_level, refit=options.refit)
     return ensure_camera_engine(request, toolkit or TensorRTToolkit())

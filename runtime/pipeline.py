@@ -42,6 +42,7 @@ from adassr.runtime.backends.ort_options import GpuProviderSettings
 from adassr.runtime.errors import BackendError, ConfigError, ImageError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import PRECISIONS, RouteDecision, resolve_model
+from adassr.runtime.store import FALLBACK_BACKBONE
 from adassr.runtime.tiling import InferFn, TilingOptions, run_tiles
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -217,7 +218,13 @@ def upscale_image(
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How the runtime serves images: where models live, which backend, tiling and output size."""
+    """How the runtime serves images: where models live, which upscaler, tiling and output size.
+
+    ``backend`` names the upscaler (see :mod:`adassr.runtime.upscalers`); ``providers``, ``threads`` and
+    ``require_providers`` configure onnxruntime; ``device`` (auto, cpu, cuda) and ``backbone`` (the
+    registry backbone that serves cameras without adapted weights) configure upscalers that run a
+    model themselves (PyTorch) and the first-use export of the fallback model.
+    """
 
     store: Path
     backend: str = "onnxruntime"
@@ -230,6 +237,8 @@ class RuntimeOptions:
     cache_size: int = 4
     gpu: int = 0  # CUDA device for the tensorrt backend and onnxruntime's CUDA / TensorRT providers
     cuda_graph: bool = False  # tensorrt backend: replay each tile shape as a CUDA graph
+    device: str = "auto"
+    backbone: str = FALLBACK_BACKBONE
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -258,12 +267,16 @@ def gpu_settings(route: RouteDecision, opts: RuntimeOptions) -> GpuProviderSetti
                                profiles=profiles, input_name=route.input_name or "lr")
 
 
+TENSORRT_STREAMS = 2
+"""Concurrent streams of the runtime's TensorRT backend (its engines hold one profile per stream)."""
+
+
 def engine_for_route(route: RouteDecision, opts: RuntimeOptions) -> Path:
     """The route's TensorRT engine for this machine: stored, else refitted or built now (logged)."""
     from adassr.runtime.engines import plan_profiles
     from adassr.runtime.engines.manage import EngineRequest, TensorRTToolkit, ensure_camera_engine
 
-    profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of).profiles
+    profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of, copies=TENSORRT_STREAMS).profiles
     request = EngineRequest(route.store.root, route.model_camera, route.precision, profiles, device=opts.gpu)
     return ensure_camera_engine(request, TensorRTToolkit()).path
 

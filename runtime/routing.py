@@ -24,11 +24,10 @@ from typing import Any
 from adassr.runtime.cameras import normalise_camera_name, validate_group_name
 from adassr.runtime.errors import CameraError, ConfigError, StoreError
 from adassr.runtime.images import LoadedImage, read_camera_exif
-from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
+from adassr.runtime.store import EXPORT_KEYS, FALLBACK_BACKBONE, FALLBACK_CAMERA, MODEL_PRECISIONS, CameraStore
 
-PRECISIONS = ("fp32", "fp16")
-EXPORT_KEYS: Mapping[str, str] = {"fp32": "onnx", "fp16": "onnx_fp16"}
-FALLBACK_HOWTO = "export one with `adassr export --backbone realesrgan-x4plus`"
+PRECISIONS = MODEL_PRECISIONS  # what a route can serve
+FALLBACK_HOWTO = f"export one with `adassr export --backbone {FALLBACK_BACKBONE}`"
 
 
 @dataclass(frozen=True)
@@ -150,6 +149,28 @@ def camera_group_of(image: LoadedImage | str | os.PathLike[str] | None) -> tuple
         return None, make
 
 
+def can_serve(store_root: str | os.PathLike[str], *, camera: str | None = None, precision: str = "fp32") -> bool:
+    """Whether the store holds an exported model for the explicit ``camera`` or a fallback model.
+
+    Reads manifests only (no checksums); ``StoreError`` if one is damaged.
+    """
+    root = Path(store_root).expanduser()
+    if not root.is_dir():
+        return False
+    if camera is not None and camera != FALLBACK_CAMERA:
+        found, _ = _find_export(root, validate_group_name(camera), precision)
+        if found is not None:
+            return True
+    return _find_export(root, FALLBACK_CAMERA, precision)[0] is not None
+
+
+def _no_group_reason(make: str | None, image: object) -> str:
+    if make:
+        shown = make if len(make) <= 40 else make[:40] + "..."
+        return f"fallback: EXIF Make {shown!r} names no valid camera group"
+    return "fallback: no EXIF Make" if image is not None else "fallback: no camera given"
+
+
 def resolve_model(
     store_root: str | os.PathLike[str],
     *,
@@ -190,17 +211,10 @@ def resolve_model(
             if verify:
                 decision.verify()
             return decision
-        if camera is not None:
-            reason = f"fallback: no model for explicitly requested camera {group!r} ({why})"
-        else:
-            reason = f"fallback: no model for {group!r} ({why})"
-    elif make:
-        shown = make if len(make) <= 40 else make[:40] + "..."
-        reason = f"fallback: EXIF Make {shown!r} names no valid camera group"
-    elif image is not None:
-        reason = "fallback: no EXIF Make"
+        explicit = "explicitly requested camera " if camera is not None else ""
+        reason = f"fallback: no model for {explicit}{group!r} ({why})"
     else:
-        reason = "fallback: no camera given"
+        reason = _no_group_reason(make, image)
 
     fallback, why = _find_export(root, FALLBACK_CAMERA, precision)
     if fallback is None:

@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from adassr.runtime.cameras import validate_group_name
@@ -62,6 +63,10 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
 FALLBACK_CAMERA = "_fallback"
+FALLBACK_BACKBONE = "realesrgan-x4plus"  # the registry backbone exported as the fallback by default
+MODEL_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")  # precisions of exported models (not training)
+MODEL_FILES: Mapping[str, str] = MappingProxyType({"fp32": "model.onnx", "fp16": "model_fp16.onnx"})
+EXPORT_KEYS: Mapping[str, str] = MappingProxyType({"fp32": "onnx", "fp16": "onnx_fp16"})  # manifest["exports"] keys
 ADAPTED_WEIGHTS = "adapted.safetensors"  # the adapt stage's output, read by export and --backend torch
 DEFAULT_STORE = Path("models")
 MAX_SCALE = 16

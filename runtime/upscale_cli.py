@@ -11,13 +11,15 @@
 - Each image prints which model served it; a summary line ends the run.
 - Exit status: 0 all images done, 1 some failed, 2 bad arguments or no usable store
   (raised as AdassrError for the umbrella CLI to print).
-- ``--backend torch`` hands the whole run to ``adassr.adapt.infer.run_torch_upscale(args)`` (needs the
-  ``adapt`` extra); the runtime never imports torch.
+- ``--backend NAME`` picks an upscaler from the registry the caller passes (see
+  :mod:`adassr.runtime.upscalers`); on its own the runtime offers ``onnxruntime``, and the umbrella
+  CLI adds ``torch`` from the adapt layer. The runtime never imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import sys
 import time
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from adassr.runtime.cameras import validate_group_name
 from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
 from adassr.runtime.errors import AdassrError, ConfigError
 from adassr.runtime.images import (
@@ -34,36 +37,38 @@ from adassr.runtime.images import (
     SUPPORTED_WRITE_SUFFIXES,
     ImageWarning,
     LoadedImage,
+    check_quality,
+    is_image_file,
     read_image,
     write_image,
 )
-from adassr.runtime.pipeline import RuntimeOptions, Upscaler, UpscaleResult
+from adassr.runtime.pipeline import RuntimeOptions, UpscaleResult
 from adassr.runtime.routing import PRECISIONS
-from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA, CameraStore
+from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA
 from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE
+from adassr.runtime.upscalers import TileProgress, UpscalerRegistry, runtime_upscalers
 
-CLI_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 _AUTO_EXT = {".mpo": ".jpg", ".bmp": ".png"}
 
 
-def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``adassr upscale`` options to ``parser``."""
+def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRegistry | None = None) -> None:
+    """Add the ``adassr upscale`` options to ``parser``; ``--backend`` offers the upscalers of ``upscalers``
+    (default: the runtime's own, :func:`~adassr.runtime.upscalers.runtime_upscalers`)."""
+    registry = upscalers if upscalers is not None else runtime_upscalers()
     parser.add_argument("-i", "--input", required=True, type=Path, help="an image file or a folder of images")
     parser.add_argument("-o", "--output", required=True, type=Path,
                         help="output file (for one input file) or folder")
     parser.add_argument("--camera", default=None,
                         help="camera group whose model to use (default: from each image's EXIF Make)")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default ./{DEFAULT_STORE})")
-    parser.add_argument("--backend", choices=CLI_BACKENDS, default="onnxruntime",
-                        help="onnxruntime (the runtime, default), tensorrt (a TensorRT engine per camera, built "
-                             "or refitted on first use and cached in the store) or torch (PyTorch, needs the "
-                             "adapt extra)")
+    parser.add_argument("--backend", choices=registry.names(), default=registry.names()[0],
+                        help=f"upscaler: {registry.describe()} (default %(default)s)")
     parser.add_argument("--gpu", type=int, default=0, metavar="N",
                         help="CUDA device for --backend tensorrt / torch and onnxruntime's cuda / tensorrt "
                              "providers (default 0)")
     parser.add_argument("--cuda-graph", action="store_true",
-                        help="--backend tensorrt: replay each tile shape as a CUDA graph")
+                        help="--backend tensorrt / torch on a GPU: replay each tile shape as a CUDA graph")
     parser.add_argument("--providers", default="cpu",
                         help="onnxruntime execution providers in priority order, from tensorrt,cuda,cpu (default cpu)")
     parser.add_argument("--require-providers", action="store_true",
@@ -86,8 +91,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output format for folders / output folders: auto (as the input), png, jpg, webp, tif")
     parser.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (default 95)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    torch_opts = parser.add_argument_group("--backend torch (PyTorch eager)")
-    torch_opts.add_argument("--backbone", default="realesrgan-x4plus",
+    torch_opts = parser.add_argument_group("upscalers that run the model themselves (--backend torch)")
+    torch_opts.add_argument("--backbone", default=FALLBACK_BACKBONE,
                             help="backbone used when the camera has no adapted weights (default %(default)s)")
     torch_opts.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                             help="device for --backend torch (default auto)")
@@ -109,10 +114,7 @@ def _output_suffix(ext: str, source: Path) -> str:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUPPORTED_READ_SUFFIXES
-    )
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
 def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]]:
@@ -249,77 +251,67 @@ def _process_one(
     return result, notes
 
 
-def _options_from_args(args: argparse.Namespace) -> RuntimeOptions:
+def options_from_args(args: argparse.Namespace, upscalers: UpscalerRegistry) -> RuntimeOptions:
+    """The runtime options of parsed ``adassr upscale`` arguments (validated)."""
+    entry = upscalers.get(args.backend)
     tile = args.tile
-    if args.backend == "tensorrt" and tile == AUTO_TILE:
-        tile = DEFAULT_TILE  # engines are built for one fixed tile shape
-    tiling = tiling_options(
-        tile,
-        overlap=args.tile_overlap,
-        pre_pad=args.pre_pad,
-        batch_size=args.tile_batch,
-        # onnxruntime models take any size: a small image is run at its own size, not a full tile.
-        pad_to_tile=args.backend not in ("onnxruntime",),
-    )
+    if not entry.any_size and tile == AUTO_TILE:
+        tile = DEFAULT_TILE  # fixed-shape models (TensorRT engines) are built for one tile shape
+    # A model that takes any size runs a small image at its own size, not padded to a full tile.
+    tiling = tiling_options(tile, overlap=args.tile_overlap, pre_pad=args.pre_pad,
+                            batch_size=args.tile_batch, pad_to_tile=not entry.any_size)
     return RuntimeOptions(
         store=args.store,
-        backend=args.backend,
+        backend=entry.name,
         providers=tuple(args.providers.split(",")) if isinstance(args.providers, str) else tuple(args.providers),
         precision=args.precision,
         threads=args.threads,
         require_providers=args.require_providers,
         tiling=tiling,
         outscale=args.outscale,
-        gpu=getattr(args, "gpu", 0),
-        cuda_graph=getattr(args, "cuda_graph", False),
+        gpu=args.gpu,
+        cuda_graph=args.cuda_graph,
+        device=args.device,
+        backbone=args.backbone,
     )
 
 
 def run_upscale(
     args: argparse.Namespace,
     *,
+    upscalers: UpscalerRegistry | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
-    """Run ``adassr upscale``; returns the exit status (0 ok, 1 some images failed).
+    """Run ``adassr upscale`` with the upscaler ``args.backend`` of ``upscalers`` (default: the runtime's).
 
-    Argument and store problems raise :class:`AdassrError` (the umbrella CLI prints them, exit 2).
+    Returns the exit status (0 ok, 1 some images failed). Argument and store problems raise
+    :class:`AdassrError` before any image is read (the umbrella CLI prints them, exit 2).
     """
-    if args.backend == "tensorrt":  # a missing TensorRT is a whole-run problem, not a per-image one
-        from adassr.runtime.engines.trt import load_tensorrt
-
-        load_tensorrt()
-    if args.backend == "torch":
-        return _run_torch(args)
-    out = stdout if stdout is not None else sys.stdout
-    err = stderr if stderr is not None else sys.stderr
-    if not 1 <= args.quality <= 100:
-        raise ConfigError(f"--quality must be 1-100, got {args.quality}")
-    options = _options_from_args(args)
+    registry = upscalers if upscalers is not None else runtime_upscalers()
+    check_quality(args.quality, what="--quality")
+    options = options_from_args(args, registry)
     limit_opencv_threads(options.threads or intra_op_threads())
     pairs = plan_outputs(args.input, args.output, args.ext)
-    CameraStore.open(options.store, FALLBACK_CAMERA)  # a missing store fails once, up front
-    if args.camera is not None:
-        CameraStore.open(options.store, args.camera)  # validates the name (CameraError)
-
-    for folder in sorted({target.parent for _, target in pairs}):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
-
-    with Upscaler(options) as upscaler:
+    camera: str | None = args.camera
+    if camera is not None and camera != FALLBACK_CAMERA:
+        validate_group_name(camera)  # CameraError for a bad name, before any work
+    entry = registry.get(options.backend)
+    if entry.prepare is not None:
+        entry.prepare(options, camera=camera, sample=pairs[0][0])
+    with contextlib.closing(entry.factory(options)) as upscaler:
         return run_batch(
             pairs,
-            lambda image, tiles: upscaler.upscale(image, camera=args.camera, progress=tiles),
+            lambda image, tiles: upscaler.upscale(image, camera=camera, progress=tiles),
             quality=args.quality,
             progress=not args.no_progress,
-            stdout=out,
-            stderr=err,
+            stdout=stdout,
+            stderr=stderr,
         )
 
 
-Serve = Callable[[LoadedImage, "Callable[[int, int], None] | None"], UpscaleResult]
+Serve = Callable[[LoadedImage, "TileProgress | None"], UpscaleResult]
+"""``serve(image, tile_progress)``: upscale one loaded image."""
 
 
 def run_batch(
@@ -382,18 +374,3 @@ def _summary(outcomes: list[_Outcome], seconds: float) -> str:
     if failed:
         line += "; failed: " + ", ".join(str(o.source) for o in failed)
     return line
-
-
-def _run_torch(args: argparse.Namespace) -> int:
-    """Hand the run to the PyTorch path (adapt extra); imported only here."""
-    try:
-        infer = importlib.import_module("adassr.adapt.infer")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("adapt", "adassr.adapt.infer", "torch"):
-            raise ConfigError(
-                f"--backend torch needs the PyTorch path ({exc.name} is not installed): "
-                "pip install 'adassr[adapt]', or use --backend onnxruntime"
-            ) from exc
-        raise
-    run: Callable[[argparse.Namespace], int] = infer.run_torch_upscale
-    return int(run(args))

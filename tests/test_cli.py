@@ -45,4 +45,19 @@ def test_console_scripts_run() -> None:
     out = subprocess.run([bin_dir / "adassr", "--version"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("adassr ")
     helptext = subprocess.run([bin_dir / "adapt", "--help"], capture_output=True, text=True, check=True).stdout
-    assert "--camera" in helptext and "--admm-iters" in helptext
+    assert helptext.startswith("usage: adapt ") and "--camera" in helptext and "--admm-iters" in helptext
+
+
+def test_adapt_options_come_from_the_config_fields(capsys) -> None:
+    """Every AdaptConfig / AttentionConfig field with a flag is an `adapt` option, and messages name the flag."""
+    from adassr.adapt.config import AdaptConfig, AttentionConfig, cli_fields
+    from adassr.cli import adapt_main
+
+    with pytest.raises(SystemExit):
+        adapt_main(["--help"])
+    helptext = capsys.readouterr().out
+    flags = [f.flag for f in cli_fields(AdaptConfig) + cli_fields(AttentionConfig)]
+    assert {"--steps", "--patch", "--weights", "--external-hr"} <= set(flags)
+    assert all(flag in helptext for flag in flags)
+    assert adapt_main(["--camera", "nokia", "--patch", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --patch must be > 0, got 0"

@@ -7,6 +7,7 @@ from adassr.adapt.archs.registry import (
     ArchParams,
     BackboneEntry,
     BackboneRegistry,
+    SafetensorsSource,
     WeightSource,
     default_registry,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "BackboneRegistry",
     "RRDBNet",
     "ResidualDenseBlock",
+    "SafetensorsSource",
     "WeightSource",
     "default_registry",
 ]

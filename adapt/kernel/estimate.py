@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -202,74 +202,25 @@ def estimate_kernel(
     if isinstance(images, np.ndarray):
         raise ConfigError("images must be a sequence of arrays, not one array: pass [image]")
     scale = _check_scale(scale)
-    images = list(images)
-    if not images:
-        raise ConfigError("no images given to estimate_kernel: pass at least one LR image")
-    lumas = [_luma(img, i) for i, img in enumerate(images)]
-    for i, y in enumerate(lumas):
-        if min(y.shape) < config.min_side:
-            raise ShapeError(f"image {i}", y.shape, f"at least {config.min_side}x{config.min_side} LR pixels")
+    lumas = _checked_lumas(images, config)
     spec = FeatureSpec(derivative_sigma=config.derivative_sigma, orders=config.orders,
                        n_directions=config.n_directions, anisotropy_weight=config.anisotropy_weight)
     chosen = _select_images(len(lumas), config.max_images)
-    per_image: list[list[CrossScaleSample]] = []  # the usable tiles of each usable image
-    skipped: list[int] = []
-    noise: list[float] = []
-    for i in chosen:
-        tiles = [CrossScaleSample(t, spec, config.structure_fraction) for t in _tiles(lumas[i], config)]
-        good = [s for s in tiles if s.informative(config.min_signal_to_noise)]
-        if not good:
-            skipped.append(i)
-            continue
-        noise.append(float(np.median([s.noise_sigma for s in good])))
-        per_image.append(good)
-    mode = "group" if len(images) > 1 else "single"
+    per_image, skipped, noise = _usable_tiles(lumas, chosen, spec, config)
+    mode = "group" if len(lumas) > 1 else "single"
     diag: dict[str, Any] = {
         "mode": mode,
-        "n_images": len(images),
+        "n_images": len(lumas),
         "images_used": [i for i in chosen if i not in skipped],
         "images_skipped_flat": skipped,
     }
     if not per_image:
-        fallback = bicubic_kernel_estimate(
-            scale, reason="no image has structure above its noise (flat or pure-noise images carry no "
-                          "blur information); using the bicubic kernel, as --kernel bicubic would")
-        diag.update(fallback.diagnostics)
-        diag["wall_time_s"] = time.perf_counter() - t0
-        return KernelEstimate(fallback.sigma_x, fallback.sigma_y, fallback.theta, scale,
-                              fallback.kernel, fallback.method, 0.0, diag)
-
-    lo, hi = config.sigma_lr_range
-    c = config.robust_scale if len(per_image) > 1 else 0.0
-
-    def image_loss(tiles: list[CrossScaleSample], cov: np.ndarray) -> float:
-        return float(np.mean([float(d @ d) for d in (t.mismatch(cov) for t in tiles)]))
-
-    def loss(v: np.ndarray) -> float:
-        cov = _cov_from_log(v, lo, hi)
-        losses = [image_loss(tiles, cov) for tiles in per_image]
-        total = float(np.mean([c * math.log1p(x / c) for x in losses] if c > 0 else losses))
-        if config.isotropy_prior > 0:
-            ev = np.linalg.eigvalsh(cov)
-            total += config.isotropy_prior * (0.5 * math.log(ev[1] / ev[0])) ** 2
-        return total
-
-    grid = np.linspace(math.log(lo), math.log(hi), 16)
-    iso = [loss(np.array([2.0 * g, 2.0 * g, 0.0])) for g in grid]
-    g0 = grid[int(np.argmin(iso))]
-    x0 = np.array([2.0 * g0, 2.0 * g0, 0.0])
-    simplex = np.array([x0, x0 + [0.4, -0.4, 0.0], x0 + [0.0, 0.0, 0.4], x0 + [0.3, 0.3, 0.0]])
-    res = minimize(loss, x0, method="Nelder-Mead",
-                   options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-7,
-                            "maxfev": config.max_evaluations})
-    raw_major, raw_minor, theta = params_from_covariance(_cov_from_log(res.x, lo, hi))
-    if not config.calibrate:
-        a, b = 1.0, 0.0
-    elif config.calibration is not None:
-        a, b = config.calibration[0 if mode == "group" else 1]
-    else:
-        a, b = _calibration(scale, mode)
+        return _bicubic_fallback(scale, diag, t0)
+    res, evaluations, loss = _fit_covariance(per_image, config)
+    raw_major, raw_minor, theta = params_from_covariance(_cov_from_log(res.x, *config.sigma_lr_range))
+    a, b = _calibration_of(config, scale, mode)
     # The fixed Gaussian's raw (uncalibrated) LR sigma, and how much worse it fits than the optimum.
+    lo, hi = config.sigma_lr_range
     raw_fixed = float(np.clip(a * config.fallback_sigma / scale + b, lo, hi))
     loss_fixed = loss(np.array([2.0 * math.log(raw_fixed), 2.0 * math.log(raw_fixed), 0.0]))
     best_loss = min(float(res.fun), loss_fixed)
@@ -301,7 +252,7 @@ def estimate_kernel(
         "n_pixels": n_pix,
         "n_tiles": sum(len(tiles) for tiles in per_image),
         "noise_sigma": float(np.median(noise)),
-        "evaluations": int(res.nfev) + len(grid),
+        "evaluations": evaluations,
         "wall_time_s": time.perf_counter() - t0,
     })
     method = METHOD_CROSS_SCALE
@@ -315,3 +266,84 @@ def estimate_kernel(
         method = METHOD_FIXED_GAUSSIAN
     kernel = gaussian_kernel(sx, sy, theta, scale=scale, size=kernel_size(sx, scale))
     return KernelEstimate(sx, sy, theta, scale, kernel, method, confidence, diag)
+
+
+def _checked_lumas(images: Sequence[np.ndarray], config: KernelEstimationConfig) -> list[np.ndarray]:
+    """The luma of each image; ``ConfigError`` / ``ShapeError`` for no images or too small ones."""
+    images = list(images)
+    if not images:
+        raise ConfigError("no images given to estimate_kernel: pass at least one LR image")
+    lumas = [_luma(img, i) for i, img in enumerate(images)]
+    for i, y in enumerate(lumas):
+        if min(y.shape) < config.min_side:
+            raise ShapeError(f"image {i}", y.shape, f"at least {config.min_side}x{config.min_side} LR pixels")
+    return lumas
+
+
+def _usable_tiles(
+    lumas: Sequence[np.ndarray], chosen: Sequence[int], spec: FeatureSpec, config: KernelEstimationConfig
+) -> tuple[list[list[CrossScaleSample]], list[int], list[float]]:
+    """``(informative tiles per usable image, indices of images with none, noise sigma per usable image)``."""
+    per_image: list[list[CrossScaleSample]] = []
+    skipped: list[int] = []
+    noise: list[float] = []
+    for i in chosen:
+        tiles = [CrossScaleSample(t, spec, config.structure_fraction) for t in _tiles(lumas[i], config)]
+        good = [s for s in tiles if s.informative(config.min_signal_to_noise)]
+        if not good:
+            skipped.append(i)
+            continue
+        noise.append(float(np.median([s.noise_sigma for s in good])))
+        per_image.append(good)
+    return per_image, skipped, noise
+
+
+def _bicubic_fallback(scale: int, diag: dict[str, Any], t0: float) -> KernelEstimate:
+    fallback = bicubic_kernel_estimate(
+        scale, reason="no image has structure above its noise (flat or pure-noise images carry no "
+                      "blur information); using the bicubic kernel, as --kernel bicubic would")
+    diag.update(fallback.diagnostics)
+    diag["wall_time_s"] = time.perf_counter() - t0
+    return KernelEstimate(fallback.sigma_x, fallback.sigma_y, fallback.theta, scale,
+                          fallback.kernel, fallback.method, 0.0, diag)
+
+
+def _fit_covariance(
+    per_image: list[list[CrossScaleSample]], config: KernelEstimationConfig
+) -> tuple[Any, int, Callable[[np.ndarray], float]]:
+    """Minimise the (robust, group-mode) cross-scale mismatch over log-covariances: a coarse isotropic
+    grid, then Nelder-Mead. Returns the optimiser's result, the number of loss evaluations and the
+    loss (of the log-covariance vector ``[log var_x, log var_y, cov term]``)."""
+    lo, hi = config.sigma_lr_range
+    c = config.robust_scale if len(per_image) > 1 else 0.0
+
+    def image_loss(tiles: list[CrossScaleSample], cov: np.ndarray) -> float:
+        return float(np.mean([float(d @ d) for d in (t.mismatch(cov) for t in tiles)]))
+
+    def loss(v: np.ndarray) -> float:
+        cov = _cov_from_log(v, lo, hi)
+        losses = [image_loss(tiles, cov) for tiles in per_image]
+        total = float(np.mean([c * math.log1p(x / c) for x in losses] if c > 0 else losses))
+        if config.isotropy_prior > 0:
+            ev = np.linalg.eigvalsh(cov)
+            total += config.isotropy_prior * (0.5 * math.log(ev[1] / ev[0])) ** 2
+        return total
+
+    grid = np.linspace(math.log(lo), math.log(hi), 16)
+    iso = [loss(np.array([2.0 * g, 2.0 * g, 0.0])) for g in grid]
+    g0 = grid[int(np.argmin(iso))]
+    x0 = np.array([2.0 * g0, 2.0 * g0, 0.0])
+    simplex = np.array([x0, x0 + [0.4, -0.4, 0.0], x0 + [0.0, 0.0, 0.4], x0 + [0.3, 0.3, 0.0]])
+    res = minimize(loss, x0, method="Nelder-Mead",
+                   options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-7,
+                            "maxfev": config.max_evaluations})
+    return res, int(res.nfev) + len(grid), loss
+
+
+def _calibration_of(config: KernelEstimationConfig, scale: int, mode: str) -> tuple[float, float]:
+    """``(a, b)`` of the linear calibration ``raw = a * true + b`` (identity when disabled)."""
+    if not config.calibrate:
+        return 1.0, 0.0
+    if config.calibration is not None:
+        return config.calibration[0 if mode == "group" else 1]
+    return _calibration(scale, mode)

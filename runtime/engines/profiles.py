@@ -43,12 +43,22 @@ def plan_profiles(
     min_side: int = 16,
     opt_side: int = 256,
     max_side: int = 1024,
+    copies: int = 1,
 ) -> ProfilePlan:
     """Profiles covering every input the runtime sends with ``tiling`` (see the module docstring).
 
     ``min_side`` / ``opt_side`` / ``max_side`` bound the dynamic profile used for untiled inference
-    or unpadded tiles; they are rounded up to ``multiple_of``.
+    or unpadded tiles; they are rounded up to ``multiple_of``. ``copies`` repeats the profile: an
+    execution context runs with one profile at a time, so each of the TensorRT backend's concurrent
+    streams gets its own copy.
     """
+    if copies < 1:
+        raise ConfigError(f"profile copies must be >= 1, got {copies}")
+    plan = _plan_one(tiling, multiple_of=multiple_of, min_side=min_side, opt_side=opt_side, max_side=max_side)
+    return ProfilePlan(plan.profiles * copies, plan.fixed_tile)
+
+
+def _plan_one(tiling: TilingOptions, *, multiple_of: int, min_side: int, opt_side: int, max_side: int) -> ProfilePlan:
     if multiple_of < 1:
         raise ConfigError(f"multiple_of must be >= 1, got {multiple_of}")
     if tiling.max_tile_pixels is not None:

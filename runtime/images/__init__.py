@@ -14,11 +14,12 @@ from adassr.runtime.images._model import (
     AlphaDroppedWarning,
     ImageWarning,
     LoadedImage,
+    is_image_file,
 )
 from adassr.runtime.images.convert import from_float32, to_float32
 from adassr.runtime.images.orientation import apply_orientation
 from adassr.runtime.images.read import read_camera_exif, read_image
-from adassr.runtime.images.write import encode_image, write_image
+from adassr.runtime.images.write import check_quality, encode_image, write_image
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -28,7 +29,9 @@ __all__ = [
     "ImageWarning",
     "LoadedImage",
     "apply_orientation",
+    "check_quality",
     "encode_image",
+    "is_image_file",
     "from_float32",
     "read_camera_exif",
     "read_image",

@@ -16,6 +16,14 @@ SUPPORTED_READ_SUFFIXES: tuple[str, ...] = (
 )
 SUPPORTED_WRITE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` is a visible file (name not starting with ``.``) with a readable image suffix.
+
+    The one rule every stage uses to list the images of a folder; the content is checked when read.
+    """
+    return not path.name.startswith(".") and path.suffix.lower() in SUPPORTED_READ_SUFFIXES and path.is_file()
+
 # Formats read_image accepts (sniffed from the content, not the suffix).
 READ_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP")
 # Pillow opener names: MPO has no opener of its own, the JPEG one returns MPO files as such.

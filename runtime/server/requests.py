@@ -15,6 +15,8 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse
 
+from adassr.runtime.errors import ConfigError
+from adassr.runtime.images import check_quality
 from adassr.runtime.server.config import OUTPUT_FORMATS
 
 PARAMETERS = ("camera", "outscale", "format", "quality")
@@ -74,9 +76,10 @@ def parse_params(values: Mapping[str, str], max_outscale: float) -> UpscaleParam
     quality = 95
     if values.get("quality") not in (None, ""):
         text = values["quality"]
-        if not text.isdigit() or not 1 <= int(text) <= 100:
-            raise HttpError(422, "invalid_parameter", f"quality must be an integer from 1 to 100, got {text!r}")
-        quality = int(text)
+        try:
+            quality = check_quality(int(text) if text.isdigit() else text)
+        except ConfigError as exc:
+            raise HttpError(422, "invalid_parameter", str(exc)) from None
     suffix, media_type = OUTPUT_FORMATS[fmt]
     return UpscaleParams(camera, outscale, suffix, media_type, quality)
 

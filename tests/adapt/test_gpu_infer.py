@@ -55,3 +55,12 @@ def test_cuda_graph_replays_match_eager(precision: str) -> None:
     for seed in (1, 2):
         batch = np.random.default_rng(seed).random((2, 3, 16, 16), dtype=np.float32)
         np.testing.assert_allclose(graph(batch), eager(batch), atol=1e-3)
+
+
+def test_gpu_flag_names_the_devices_that_exist(capsys: pytest.CaptureFixture[str]) -> None:
+    from adassr.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA devices")
+    assert main(["adapt", "--camera", "nokia", "--gpu", "1"]) == 2
+    assert "--gpu 1 is not available: this machine has no CUDA device visible to torch" in capsys.readouterr().err

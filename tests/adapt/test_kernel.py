@@ -146,7 +146,7 @@ def test_bicubic_estimate_is_the_imresize_kernel():
     est = bicubic_kernel_estimate(4)
     assert est.method == METHOD_BICUBIC and est.confidence == 1.0
     np.testing.assert_array_equal(est.kernel, bicubic_kernel(4))
-    assert est.sigma_x == est.sigma_y == pytest.approx(1.57, abs=0.02)  # FACTS: bicubic x4 ~ G(1.57)
+    assert est.sigma_x == est.sigma_y == pytest.approx(1.57, abs=0.02)  # bicubic x4 ~ a Gaussian of sigma 1.57
     assert bicubic_kernel_estimate(3).kernel.shape == (11, 11)
     with pytest.raises(ConfigError):
         bicubic_kernel_estimate(0)

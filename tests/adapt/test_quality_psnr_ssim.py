@@ -15,7 +15,7 @@ from adassr.runtime.images import read_image, to_float32
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "tests" / "data" / "calibration"
-RGB_PSNR = {"I04": 20.99, "I06": 27.01}  # ../shared/data/README.md
+RGB_PSNR = {"I04": 20.99, "I06": 27.01}  # reference values published with these TID2013 crops (NOTICE)
 OFFICIAL_SSIM = {"I04": 0.9978, "I06": 0.9989}  # the original SSIM code (on MATLAB rgb2gray)
 
 

@@ -304,3 +304,10 @@ def test_upscale_with_tensorrt_backend_without_tensorrt_says_what_to_install(
 def test_tiles_sized_per_image_cannot_make_an_engine_profile() -> None:
     with pytest.raises(ConfigError, match="pass --tile N"):
         plan_profiles(TilingOptions(max_tile_pixels=512 * 512))
+
+
+def test_profile_copies_give_each_stream_its_own_profile() -> None:
+    plan = plan_profiles(TilingOptions(tile=128, batch_size=2), copies=3)
+    assert len(plan.profiles) == 3 and len(set(plan.profiles)) == 1
+    with pytest.raises(ConfigError, match="copies must be >= 1"):
+        plan_profiles(TilingOptions(tile=128), copies=0)

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULES = (
     "adassr.runtime, adassr.runtime.tiling, adassr.runtime.backends, adassr.runtime.backends.onnxruntime, "
     "adassr.runtime.routing, "
-    "adassr.runtime.pipeline, adassr.runtime.store, adassr.runtime.images, adassr.runtime.upscale_cli"
+    "adassr.runtime.pipeline, adassr.runtime.store, adassr.runtime.images, adassr.runtime.upscale_cli, "
+    "adassr.runtime.upscalers"
 )
 
 

@@ -593,3 +593,32 @@ def test_slow_headers_close_the_connection(store: Path) -> None:
         sock.close()
         # A normal client is not affected.
         assert c.get("/healthz").status_code == 200
+
+
+def test_alpha_and_16_bit_images_match_the_cli(store: Path, tmp_path: Path) -> None:
+    import io
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    rgba = rng.integers(0, 256, (36, 44, 4), dtype=np.uint8)
+    rgba[..., 3] = np.linspace(0, 255, 44, dtype=np.uint8)[None, :]
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    ok, png16 = cv2.imencode(".png", rng.integers(0, 65536, (30, 34, 3), dtype=np.uint16))
+    assert ok
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        for name, data in (("rgba.png", buf.getvalue()), ("deep.png", png16.tobytes())):
+            r = c.post("/v1/upscale", params={"camera": "canon"}, content=data)
+            assert r.status_code == 200, r.text
+            ref = cli_output(store, data, tmp_path, name=name, tile=TILE, overlap=OVERLAP, camera="canon")
+            assert r.content == ref
+        out = decode(c.post("/v1/upscale", params={"camera": "canon"}, content=buf.getvalue()).content)
+        assert out.shape == (144, 176, 4)
+        r = c.post("/v1/upscale", params={"camera": "canon", "format": "jpeg"}, content=buf.getvalue())
+        assert r.status_code == 200 and "alpha" in r.headers["x-adassr-note"].lower()
+        deep = c.post("/v1/upscale", content=png16.tobytes()).content
+        decoded = cv2.imdecode(np.frombuffer(deep, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded.dtype == np.uint16 and decoded.shape == (120, 136, 3)  # 16 bits in, 16 bits out

@@ -46,13 +46,13 @@ def test_engine_matches_onnxruntime_and_refit_and_reuse(tmp_path: Path, precisio
     for seed, camera in enumerate(("cam_a", "cam_b")):
         store = publish_camera(tmp_path, camera, seed=seed, fp16=True)
         store.update_manifest(lambda m: [r.update(structure_sha256="d" * 64) for r in m["exports"].values()])
-    profiles = (ProfileShape((1, 3, 32, 32), (2, 3, 32, 32), (2, 3, 32, 32)),)
+    profiles = (ProfileShape((1, 3, 32, 32), (2, 3, 32, 32), (2, 3, 32, 32)),) * 2  # one per stream
     kit = TensorRTToolkit()
     results = [ensure_camera_engine(EngineRequest(tmp_path, c, precision, profiles), kit) for c in ("cam_a", "cam_b")]
     assert results[0].base_built and not results[1].base_built and results[1].record.refit_s is not None
     again = ensure_camera_engine(EngineRequest(tmp_path, "cam_b", precision, profiles), kit)
     assert not again.built and not again.base_built
-    batch = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)  # 3 > profile batch 2: chunked
+    batch = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)  # 3 chunks over 2 streams
     tolerance = 2e-4 if precision == "fp32" else 2e-2
     for camera, result in zip(("cam_a", "cam_b"), results, strict=True):
         onnx_name = "model_fp16.onnx" if precision == "fp16" else "model.onnx"

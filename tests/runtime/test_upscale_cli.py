@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
-import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,11 @@ from PIL import Image
 
 from adassr.runtime.errors import CameraError, ConfigError, StoreError
 from adassr.runtime.images import read_image, write_image
+from adassr.runtime.pipeline import RuntimeOptions, Upscaler
 from adassr.runtime.store import FALLBACK_CAMERA
 from adassr.runtime.tiling import TilingOptions, plan_tiles
 from adassr.runtime.upscale_cli import add_upscale_arguments, plan_outputs, run_upscale
+from adassr.runtime.upscalers import UpscalerEntry, runtime_upscalers
 
 from ._models import publish_camera
 
@@ -157,16 +158,38 @@ def test_argument_and_store_problems_raise(store: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "o.png").exists()
 
 
-def test_torch_backend_is_handed_to_adapt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    seen: list[argparse.Namespace] = []
-    fake = types.ModuleType("adassr.adapt.infer")
-    fake.run_torch_upscale = lambda args: seen.append(args) or 7  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "adassr.adapt.infer", fake)
-    args = _parse("-i", "x.png", "-o", "y.png", "--backend", "torch")
-    assert run_upscale(args) == 7 and seen == [args]
-    monkeypatch.setitem(sys.modules, "adassr.adapt.infer", None)  # as if the module were absent
-    with pytest.raises(ConfigError, match=r"adassr\[adapt\]"):
-        run_upscale(args)
+def test_a_registered_upscaler_serves_the_run(store: Path, tmp_path: Path) -> None:
+    """An upscaler another layer registers gets typed options (no argparse Namespace) and serves every image."""
+    seen: list[RuntimeOptions] = []
+    prepared: list[tuple[str | None, Path | None]] = []
+
+    class Halve:  # a stand-in: the runtime's own onnxruntime upscaler, with a fixed outscale
+        def __init__(self, options: RuntimeOptions) -> None:
+            seen.append(options)
+            self.inner = Upscaler(replace(options, backend="onnxruntime", outscale=2.0))
+
+        def upscale(self, image, *, camera=None, progress=None):  # type: ignore[no-untyped-def]
+            return self.inner.upscale(image, camera=camera, progress=progress)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    upscalers = runtime_upscalers()
+    upscalers.register(UpscalerEntry("half", Halve, "test upscaler", any_size=False,
+                                 prepare=lambda options, *, camera, sample: prepared.append((camera, sample))))
+    parser = argparse.ArgumentParser()
+    add_upscale_arguments(parser, upscalers)
+    img = write_image(tmp_path / "in.png", np.full((16, 20, 3), 90, np.uint8))
+    args = parser.parse_args(["-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store),
+                              "--backend", "half", "--camera", "canon", "--tile", "8", "--tile-overlap", "2"])
+    err = io.StringIO()
+    assert run_upscale(args, upscalers=upscalers, stdout=io.StringIO(), stderr=err) == 0, err.getvalue()
+    assert len(seen) == 1 and isinstance(seen[0], RuntimeOptions) and seen[0].backend == "half"
+    assert seen[0].tiling.pad_to_tile  # a fixed-shape upscaler gets full tiles
+    assert prepared == [("canon", img)]
+    assert read_image(tmp_path / "o.png").pixels.shape == (32, 40, 3)
+    with pytest.raises(SystemExit):  # the runtime alone does not offer it
+        _parse("-i", str(img), "-o", str(tmp_path / "p.png"), "--backend", "torch")
 
 
 def test_progress_without_tqdm(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

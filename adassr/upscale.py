@@ -1,0 +1,85 @@
+"""``adassr upscale`` as the full install composes it: the runtime's command with every layer's upscaler.
+
+The runtime (:mod:`adassr.runtime.upscale_cli`) knows only its own ``onnxruntime`` upscaler. Here
+the umbrella CLI adds
+
+- the ``torch`` upscaler of the adapt layer (:class:`adassr.adapt.infer.TorchUpscaler`), imported when
+  a run asks for it, so ``--help`` and onnxruntime runs never load torch;
+- the first-run export: when the store cannot serve an image (no store yet, or no fallback model)
+  and torch is installed, the fallback backbone is exported into ``<store>/_fallback`` once, with a
+  note on stderr; without torch, a one-line error says the exact command to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from adassr.runtime.errors import ConfigError, StoreError
+from adassr.runtime.pipeline import RuntimeOptions
+from adassr.runtime.routing import can_serve
+from adassr.runtime.store import FALLBACK_CAMERA
+from adassr.runtime.upscale_cli import add_upscale_arguments as _add_runtime_arguments
+from adassr.runtime.upscale_cli import run_upscale as _run_runtime
+from adassr.runtime.upscalers import ImageUpscaler, UpscalerEntry, UpscalerRegistry, runtime_upscalers
+
+ADAPT_EXTRA = "pip install 'adassr[adapt,cpu-torch]'"  # CPU torch; a GPU box installs a CUDA torch first
+ADAPT_EXTRA_GPU = "on a GPU box, a CUDA torch then 'adassr[adapt]'"
+
+
+def _torch_upscaler(options: RuntimeOptions) -> ImageUpscaler:
+    try:
+        from adassr.adapt.infer import TorchUpscaler
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"--backend torch needs PyTorch ({exc.name} is not installed): {ADAPT_EXTRA} "
+            f"({ADAPT_EXTRA_GPU}), or use --backend onnxruntime"
+        ) from exc
+    return TorchUpscaler(options)
+
+
+def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None:
+    """Make sure the store can serve: export ``options.backbone`` as the fallback model when needed.
+
+    Nothing happens when the store already has the requested camera's model or a fallback model.
+    Raises ``StoreError`` with the command to run when torch is not installed.
+    """
+    store = Path(options.store)
+    if can_serve(store, camera=camera, precision=options.precision):
+        return
+    command = f"adassr export --backbone {options.backbone} --store {store}"
+    if importlib.util.find_spec("torch") is None:
+        raise StoreError(
+            f"no model in {store} to serve this yet and PyTorch is not installed to export one; "
+            f"run: {ADAPT_EXTRA} && {command} ({ADAPT_EXTRA_GPU})"
+        )
+    from adassr.export.crops import bundled_photos
+    from adassr.export.onnx import export_fallback
+
+    print(
+        f"no model in the store {store} yet: exporting the fallback backbone {options.backbone} to "
+        f"{store / FALLBACK_CAMERA} (first use only; same as `{command}`)...",
+        file=sys.stderr, flush=True,
+    )
+    # fp32 only: it serves fp16 requests too (the router says so); `adassr export` makes fp16.
+    validation = None if bundled_photos() else sample
+    export_fallback(store, options.backbone, precision="fp32", validation_image=validation)
+
+
+def upscalers() -> UpscalerRegistry:
+    """The upscalers of the full install: onnxruntime (with the first-run export), then torch."""
+    registry = runtime_upscalers(prepare=export_fallback_on_first_use)
+    registry.register(UpscalerEntry("torch", _torch_upscaler, "PyTorch eager, needs the adapt extra"))
+    return registry
+
+
+def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``adassr upscale`` options, with every upscaler of :func:`upscalers`."""
+    _add_runtime_arguments(parser, upscalers())
+
+
+def run_upscale(args: argparse.Namespace) -> int:
+    """Run ``adassr upscale`` with the upscalers of :func:`upscalers`."""
+    return _run_runtime(args, upscalers=upscalers())

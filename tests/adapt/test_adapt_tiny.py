@@ -1,0 +1,90 @@
+"""adapt -> export -> runtime with a tiny backbone from a caller's registry (seconds, not minutes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adassr.adapt.archs import ArchParams, BackboneEntry, BackboneRegistry, SafetensorsSource
+from adassr.adapt.config import cpu_demo_defaults
+from adassr.adapt.groups import select_group
+from adassr.adapt.run import adapt_camera, manifest_record
+from adassr.adapt.weights import load_backbone, load_safetensors_weights, save_safetensors_weights
+from adassr.export.onnx import export_camera
+from adassr.runtime.images import read_image, write_image
+from adassr.runtime.pipeline import RuntimeOptions, Upscaler
+from adassr.runtime.store import CameraStore
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> BackboneRegistry:
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    entry = BackboneEntry(name="tiny", scale=4, arch=ArchParams(num_feat=8, num_block=2, num_grow_ch=4),
+                          source=SafetensorsSource(path), licence="test only", description="tiny random RRDBNet")
+    torch.manual_seed(0)
+    save_safetensors_weights(path, entry.build(), entry)
+    return BackboneRegistry([entry])
+
+
+@pytest.fixture(scope="module")
+def camera_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    (root / "nokia").mkdir()
+    pixels = read_image(SAMPLES / "nokia" / "iptc.jpg").pixels
+    write_image(root / "nokia" / "crop.png", np.ascontiguousarray(pixels[200:330, 250:380]))
+    return root
+
+
+def test_registry_backbone_from_a_safetensors_file(tiny: BackboneRegistry) -> None:
+    loaded = load_backbone("tiny", registry=tiny)
+    assert loaded.entry.name == "tiny" and len(loaded.model.body) == 2
+    assert loaded.source.startswith("safetensors ")
+
+
+def test_adapt_export_serve_with_a_tiny_backbone(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    config = cpu_demo_defaults().with_overrides(steps=3, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4)
+    group = select_group(camera_dir, "nokia")
+    store = tmp_path / "store"
+    outcome = adapt_camera(group, config, store_root=store, backbone_name="tiny", registry=tiny)
+    manifest = CameraStore.open(store, "nokia").read_manifest()
+    assert manifest["backbone"]["name"] == "tiny" and manifest["steps"] == outcome.steps
+    assert [h[0] for h in manifest["niqe_evaluation"]["history"]][:2] == [0, 1]
+    adapted = load_safetensors_weights(outcome.weights_path, "tiny", registry=tiny)
+    assert adapted.weights_sha256 == manifest["weights_sha256"]
+
+    export_camera(store, "nokia", registry=tiny)
+    photo = read_image(camera_dir / "nokia" / "crop.png")
+    with Upscaler(RuntimeOptions(store=store)) as upscaler:
+        result = upscaler.upscale(photo, camera="nokia")
+    assert result.route is not None and result.route.model_camera == "nokia"
+    assert result.pixels.shape == (4 * 130, 4 * 130, 3)
+    # the adapted weights served: the same pixels as the adapted model run directly (away from the borders)
+    with torch.no_grad():
+        x = torch.from_numpy(photo.pixels.astype(np.float32).transpose(2, 0, 1)[None] / 255)
+        ref = adapted.model(x)[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    got = result.pixels.astype(np.float32) / 255
+    assert np.abs(got[100:420, 100:420] - ref[100:420, 100:420]).max() <= 2 / 255
+
+
+def test_manifest_record_is_a_pure_function_of_its_inputs(tiny: BackboneRegistry, camera_dir: Path) -> None:
+    from adassr.adapt.loop import InternalResult
+
+    backbone = load_backbone("tiny", registry=tiny)
+    result = InternalResult(state_dict={}, kept_backbone=False, niqe_before=[5.0, 7.0], niqe_after=[4.0, 6.0],
+                            steps=10, best_step=10, stop_reason="budget", history=[(0, 6.0), (10, 5.0)])
+    group = select_group(camera_dir, "nokia")
+    args = (group, cpu_demo_defaults(), backbone, {"kernel": [[1.0]]}, result, ["a.png", "b.png"])
+    kw = dict(precision="fp32", device="cpu", trainable="tail", wall_time_s=1.5, weights_sha256="ab",
+              versions={"adassr": "0"})
+    record = manifest_record(*args, **kw)
+    assert record == manifest_record(*args, **kw)
+    assert record["niqe_before"] == 6.0 and record["niqe_after"] == 5.0
+    assert record["per_image"][1] == {"path": "b.png", "niqe_before": 7.0, "niqe_after": 6.0}
+    assert record["backbone"]["name"] == "tiny" and record["scale"] == 4 and record["kernel"] == {"kernel": [[1.0]]}

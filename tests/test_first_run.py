@@ -1,0 +1,53 @@
+"""First run: `adassr upscale -i photo -o out.png` with no store serves the fallback backbone."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adassr.cli import main
+from adassr.runtime.images import read_image, write_image
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "cameras"
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    pixels = read_image(SAMPLES / "canon" / "flower.jpg").pixels
+    return write_image(tmp_path / "photo.png", np.ascontiguousarray(pixels[100:148, 200:248]))
+
+
+def test_without_torch_one_line_says_the_command(photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    store = tmp_path / "models"
+    code = main(["upscale", "-i", str(photo), "-o", str(tmp_path / "out.png"), "--store", str(store)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    command = f"pip install 'adassr[adapt,cpu-torch]' && adassr export --backbone realesrgan-x4plus --store {store}"
+    assert command in err[0]
+    assert not (tmp_path / "out.png").exists() and not store.exists()
+
+
+@pytest.mark.slow
+def test_with_torch_the_fallback_is_exported_once(photo: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "models"
+    out = tmp_path / "out.png"
+    assert main(["upscale", "-i", str(photo), "-o", str(out), "--store", str(store), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "exporting the fallback backbone realesrgan-x4plus" in captured.err
+    assert "_fallback/model.onnx" in captured.out
+    assert read_image(out).pixels.shape == (192, 192, 3)
+    manifest = CameraStore.open(store, FALLBACK_CAMERA).read_manifest()
+    assert manifest["backbone"]["name"] == "realesrgan-x4plus" and "onnx" in manifest["exports"]
+    # the next run serves the exported model without exporting again
+    assert main(["upscale", "-i", str(photo), "-o", str(tmp_path / "again.png"), "--store", str(store),
+                 "--no-progress"]) == 0
+    assert "exporting" not in capsys.readouterr().err
