@@ -4,16 +4,14 @@ onnxruntime's CPU provider runs convolutions in a blocked channel layout (NCHWc)
 back to plain NCHW around any node it cannot run blocked. In RRDBNet the residual scaling of each
 RRDB block, ``0.2 * x``, is a Mul by a scalar constant on a tensor that no convolution produces
 directly, so it cannot be folded into a convolution; it is run in NCHW, and with it every Concat
-that reads its result: the exported x4plus model then carries 331 ReorderInput and 333
-ReorderOutput nodes, memory traffic around each of the 23 blocks.
+that reads its result, with layout conversions (ReorderInput / ReorderOutput nodes) around each
+block: memory traffic without arithmetic.
 
 :func:`scalar_muls_as_convs` rewrites such a Mul ``x * c`` (c a scalar constant, x a 4-D tensor
 with C channels not produced by a Conv) as a 1x1 Conv with weight ``c * I_C``: the same numbers
-(each output is one product plus exact zeros), 4096 extra multiply-accumulates per pixel per block
-for C = 64 (0.5% of RRDBNet x4's work), and the whole graph stays blocked (one ReorderOutput left).
-Measured on the development machine (one thread, CPU seconds): 6% less time per image at LR 64
-and 128. A Mul whose input comes from a Conv is left alone: onnxruntime already folds it into
-that Conv's weights.
+(each output is one product plus exact zeros), C * C extra multiply-accumulates per pixel, and
+the graph stays blocked. A Mul whose input comes from a Conv is left alone: onnxruntime already
+folds it into that Conv's weights. Measured effect: docs/performance.md.
 """
 
 from __future__ import annotations
