@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -333,6 +334,7 @@ class _Progress:
     stop_reason: str
     step: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
+    deadline: float | None = None  # time.monotonic() after which the run evaluates and stops
 
 
 def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stopper: EarlyStopper) -> InternalResult:
@@ -392,6 +394,8 @@ def run_internal_step(
     before = evaluator(ema_model)
     stopper.observe(0, _group_score(before, 0))
     run = _Progress(before, before, ema.state_dict(), f"reached the step budget ({config.steps} steps)")
+    if config.time_budget is not None:
+        run.deadline = time.monotonic() + config.time_budget
     notify(ProgressEvent(0, config.steps, None, _group_score(before, 0), "backbone"))
     batches = _BatchSource(sampler, trainer, rng, device)
     try:
@@ -421,7 +425,8 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
     ema.update()
     loss_value = float(loss.detach())
     run.losses.append((step, loss_value))
-    if step % config.eval_every != 0 and step != config.steps:
+    out_of_time = run.deadline is not None and time.monotonic() >= run.deadline
+    if step % config.eval_every != 0 and step != config.steps and not out_of_time:
         notify(ProgressEvent(step, config.steps, loss_value, None))
         return False
     ema.copy_to(ema_model)
@@ -433,6 +438,9 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
     batches.refresh()
     if decision.stop:
         run.stop_reason = decision.reason
+    elif out_of_time and step != config.steps:
+        run.stop_reason = f"reached the time budget ({config.time_budget:g} s of training) at step {step}"
+        return True
     return decision.stop
 
 

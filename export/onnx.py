@@ -361,6 +361,7 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
                  fp16_extra_inputs: Sequence[ValidationInput] = ()) -> list[ValidatedModel]:
     """Export and validate every requested precision; raises ``ExportError`` on the first failure."""
     from adassr.export.fp16 import FP32_POLICY, convert_to_fp16, default_fp32_nodes
+    from adassr.export.ort_layout import scalar_muls_as_convs
     from adassr.export.structure import structure_sha256
 
     where = "; ".join(item.description for item in inputs)
@@ -368,7 +369,10 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
     proto = export_fp32(model, identity)
     export_s = round(time.perf_counter() - start, 2)
     log.info("exported %s (%s) in %.1f s", identity.camera, identity.backbone, export_s)
-    data = proto.SerializeToString()
+    # The fp32 file gets the layout-friendly scalings (export/ort_layout.py); fp16 converts the export as is.
+    fp32_proto, rewritten = scalar_muls_as_convs(proto)
+    log.info("%d scalar Mul node(s) written as 1x1 Conv for onnxruntime's blocked CPU layout", rewritten)
+    data = fp32_proto.SerializeToString()
     base = {
         "scale": identity.scale, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "io_dtype": "float32",
         "opset": OPSET, "weights_sha256": identity.weights_sha256, "backbone": identity.backbone,
@@ -376,12 +380,12 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
     }
     start = time.perf_counter()
     cases = reference_cases(model, inputs, identity.scale)
-    error = validate_fp32(data, proto, cases)
+    error = validate_fp32(data, fp32_proto, cases)
     log.info("fp32 model: max abs error vs PyTorch %.3g (validated in %.1f s)", error, time.perf_counter() - start)
     models = []
     if "fp32" in precisions:
         models.append(ValidatedModel("fp32", data, {
-            "file": MODEL_FILES["fp32"], "precision": "fp32", **base, "structure_sha256": structure_sha256(proto),
+            "file": MODEL_FILES["fp32"], "precision": "fp32", **base, "structure_sha256": structure_sha256(fp32_proto),
             "max_abs_error_vs_torch": error, "tolerance": FP32_TOLERANCE,
         }))
     if "fp16" in precisions:

@@ -12,8 +12,9 @@ with the fewest total pixels (ties: fewer tiles). The whole canvas is one tile w
 
 ``max_pixels`` bounds the memory of one model call. :func:`auto_max_tile_pixels` derives it from
 the memory available now: half of ``MemAvailable`` divided by the activation memory per input
-pixel (RRDBNet x4 in onnxruntime fp32 peaks at about 16 kB per input pixel: 64 channels at 16
-output pixels, a few tensors alive at once), clamped to [128 x 128, 512 x 512] pixels. The upper
+pixel (RRDBNet x4 in onnxruntime fp32 peaks at about 16 kB per input pixel, docs/performance.md:
+64 channels at 16 output pixels, a few tensors alive at once), clamped to [128 x 128, 512 x 512]
+pixels. The upper
 bound is the memory of the fixed 512-pixel tiles used before, so no run needs more memory than
 it did.
 """

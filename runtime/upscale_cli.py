@@ -14,6 +14,8 @@
 - ``--backend NAME`` picks an upscaler from the registry the caller passes (see
   :mod:`adassr.runtime.upscalers`); on its own the runtime offers ``onnxruntime``, and the umbrella
   CLI adds ``torch`` from the adapt layer. The runtime never imports torch.
+- ``--triton URL [--triton-model NAME]`` sends the images to a Triton Inference Server instead
+  (see :mod:`adassr.runtime.server.triton_upscale`); the store and local backend options are unused.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from adassr.runtime.cameras import validate_group_name
 from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
@@ -44,10 +46,14 @@ from adassr.runtime.images import (
 )
 from adassr.runtime.pipeline import RuntimeOptions, UpscaleResult
 from adassr.runtime.routing import PRECISIONS
+from adassr.runtime.server.triton_client import DEFAULT_PREFIX as DEFAULT_TRITON_PREFIX
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA
 from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE
 from adassr.runtime.upscalers import TileProgress, UpscalerRegistry, runtime_upscalers
+
+if TYPE_CHECKING:
+    from adassr.runtime.server.triton_upscale import TritonRunOptions
 
 _AUTO_EXT = {".mpo": ".jpg", ".bmp": ".png"}
 
@@ -91,6 +97,15 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
                         help="output format for folders / output folders: auto (as the input), png, jpg, webp, tif")
     parser.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (default 95)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    triton = parser.add_argument_group("a Triton Inference Server instead of local models")
+    triton.add_argument("--triton", default=None, metavar="URL",
+                        help="upscale on the Triton server at URL (host:port of its HTTP endpoint) serving "
+                             "the repository of `adassr export --triton-repo`; tiles are cut here")
+    triton.add_argument("--triton-model", default=None, metavar="NAME",
+                        help="Triton model for every image (default: by --camera, else EXIF Make, else "
+                             f"{DEFAULT_TRITON_PREFIX}{FALLBACK_CAMERA})")
+    triton.add_argument("--triton-prefix", default=DEFAULT_TRITON_PREFIX, metavar="P",
+                        help="model name prefix the repository was written with (default %(default)s)")
     torch_opts = parser.add_argument_group("upscalers that run the model themselves (--backend torch)")
     torch_opts.add_argument("--backbone", default=FALLBACK_BACKBONE,
                             help="backbone used when the camera has no adapted weights (default %(default)s)")
@@ -290,12 +305,25 @@ def run_upscale(
     """
     registry = upscalers if upscalers is not None else runtime_upscalers()
     check_quality(args.quality, what="--quality")
+    triton = _triton_options(args)
     options = options_from_args(args, registry)
     limit_opencv_threads(options.threads or intra_op_threads())
     pairs = plan_outputs(args.input, args.output, args.ext)
     camera: str | None = args.camera
     if camera is not None and camera != FALLBACK_CAMERA:
         validate_group_name(camera)  # CameraError for a bad name, before any work
+    if triton is not None:
+        from adassr.runtime.server.triton_upscale import open_triton
+
+        with contextlib.closing(open_triton(triton, camera=camera)) as remote:
+            return run_batch(
+                pairs,
+                lambda image, tiles: remote.upscale(image, camera=camera, progress=tiles),
+                quality=args.quality,
+                progress=not args.no_progress,
+                stdout=stdout,
+                stderr=stderr,
+            )
     entry = registry.get(options.backend)
     if entry.prepare is not None:
         entry.prepare(options, camera=camera, sample=pairs[0][0])
@@ -308,6 +336,23 @@ def run_upscale(
             stdout=stdout,
             stderr=stderr,
         )
+
+
+def _triton_options(args: argparse.Namespace) -> TritonRunOptions | None:
+    """The ``--triton`` options (None without ``--triton``); ``ConfigError`` for contradictions."""
+    url: str | None = getattr(args, "triton", None)
+    model: str | None = getattr(args, "triton_model", None)
+    prefix: str = getattr(args, "triton_prefix", DEFAULT_TRITON_PREFIX)
+    if url is None:
+        if model is not None or prefix != DEFAULT_TRITON_PREFIX:
+            raise ConfigError("--triton-model and --triton-prefix need --triton URL (the server to send images to)")
+        return None
+    if model is not None and args.camera is not None:
+        raise ConfigError("--triton-model and --camera both choose the model; give one of them")
+    from adassr.runtime.server.triton_upscale import TritonRunOptions
+
+    return TritonRunOptions(url=url, model=model, prefix=prefix, overlap=args.tile_overlap,
+                            pre_pad=args.pre_pad, outscale=args.outscale)
 
 
 Serve = Callable[[LoadedImage, "TileProgress | None"], UpscaleResult]
@@ -365,11 +410,11 @@ def run_batch(
 def _summary(outcomes: list[_Outcome], seconds: float) -> str:
     ok = [o for o in outcomes if o.error is None]
     failed = [o for o in outcomes if o.error is not None]
-    served: dict[str, str] = {}
+    served: dict[str, list[str]] = {}
     for o in ok:
-        if o.group is not None and o.model is not None:
-            served.setdefault(o.group, o.model)
-    models = "; ".join(f"{g} -> {m}" for g, m in sorted(served.items())) or "none"
+        if o.group is not None and o.model is not None and o.model not in served.setdefault(o.group, []):
+            served[o.group].append(o.model)
+    models = "; ".join(f"{g} -> {', '.join(m)}" for g, m in sorted(served.items())) or "none"
     line = f"upscaled {len(ok)} ok, {len(failed)} failed in {seconds:.1f} s; models: {models}"
     if failed:
         line += "; failed: " + ", ".join(str(o.source) for o in failed)

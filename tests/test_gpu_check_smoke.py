@@ -51,7 +51,12 @@ def test_safetensors_round_trip_and_carry_of_lpips_weights(tmp_path: Path) -> No
     (cache / "alex.safetensors").write_bytes(data)
     (cache / "vgg.safetensors").write_bytes(gpu_carry.write_safetensors({"v": np.full(1000, 0.1, np.float32)}))
     carry = tmp_path / "carry"
-    report = gpu_carry.pack(0.01, tmp_path / "cache", carry)  # 10 KiB: no room for the backbone
+    import zipfile
+
+    wheel = tmp_path / "adassr_carry_probe-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("adassr_carry_probe/__init__.py", "VALUE = 7\n")
+    report = gpu_carry.pack(0.01, tmp_path / "cache", carry, [wheel])  # 10 KiB: no room for the backbone
     assert any("backbone" in m for m in report["missing"])
     unpacked = gpu_carry.unpack(tmp_path / "dest", carry)
     lpips = tmp_path / "dest" / "cache" / "lpips"
@@ -64,3 +69,6 @@ def test_safetensors_round_trip_and_carry_of_lpips_weights(tmp_path: Path) -> No
     vgg = gpu_carry.read_safetensors((lpips / "vgg.safetensors").read_bytes())
     assert vgg["v"].dtype == np.float32 and abs(float(vgg["v"][0]) - 0.1) < 1e-4
     assert any("LPIPS-vgg weights were rounded to float16" in note for note in unpacked["notes"])
+    probe = tmp_path / "dest" / "site" / "adassr_carry_probe" / "__init__.py"
+    assert probe.read_text() == "VALUE = 7\n"  # not installed here, so unpacked onto the carried site folder
+    assert any("adassr_carry_probe was not installed" in note for note in unpacked["notes"])

@@ -21,7 +21,7 @@ Needs ``tritonclient[http]`` (in the ``serve`` extra); it is imported when a cli
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -93,6 +93,7 @@ class TritonUpscaler:
         overlap: int = DEFAULT_OVERLAP,
         pre_pad: int = DEFAULT_PRE_PAD,
         timeout_s: float = 120.0,
+        connect_timeout_s: float | None = None,
     ) -> None:
         try:
             import tritonclient.http as httpclient
@@ -101,11 +102,26 @@ class TritonUpscaler:
                 f"the Triton client needs tritonclient[http] ({exc}); pip install 'adassr[serve]'"
             ) from exc
         self._http = httpclient
-        self._client = httpclient.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+        connect = timeout_s if connect_timeout_s is None else connect_timeout_s
+        self._url = url
+        self._client = httpclient.InferenceServerClient(url, connection_timeout=connect, network_timeout=timeout_s)
         self._prefix = prefix
         self._overlap = overlap
         self._pre_pad = pre_pad
         self._models: dict[str, TritonModelInfo] = {}
+
+    def check_live(self) -> None:
+        """``ConfigError`` (one line, what to check) unless the server answers that it is live."""
+        try:
+            live = bool(self._client.is_server_live())
+        except Exception as exc:  # noqa: BLE001 - connection errors come from tritonclient's HTTP library
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(
+                f"cannot reach a Triton server at {self._url} ({reason}); start tritonserver with the "
+                "repository of `adassr export --triton-repo`, or fix the URL (host:port of its HTTP endpoint)"
+            ) from exc
+        if not live:
+            raise ConfigError(f"the Triton server at {self._url} says it is not live; check its log")
 
     def model_info(self, name: str) -> TritonModelInfo:
         if name not in self._models:
@@ -152,9 +168,18 @@ class TritonUpscaler:
         return infer
 
     def upscale(
-        self, image: LoadedImage, *, camera: str | None = None, model: str | None = None, outscale: float | None = None
+        self,
+        image: LoadedImage,
+        *,
+        camera: str | None = None,
+        model: str | None = None,
+        outscale: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, str]:
-        """``(pixels, alpha, model name)``: the image upscaled by its camera's model on Triton."""
+        """``(pixels, alpha, model name)``: the image upscaled by its camera's model on Triton.
+
+        ``progress(done, total)`` is called after each batch of tiles.
+        """
         name = model or self.model_for(image, camera)
         info = self.model_info(name)
         overlap = min(self._overlap, (info.tile - 1) // 2)  # a small tile cannot take the default overlap
@@ -173,6 +198,7 @@ class TritonUpscaler:
             alpha=image.alpha,
             outscale=outscale,
             multiple_of=info.multiple_of,
+            progress=progress,
         )
         return pixels, alpha, name
 

@@ -12,6 +12,7 @@ from adassr.adapt.archs import RRDBNet
 from adassr.adapt.config import AdaptConfig
 from adassr.adapt.loop import evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision
+from adassr.runtime.errors import ConfigError
 
 FP32 = Precision("fp32", "cpu")
 
@@ -153,3 +154,19 @@ def test_internal_patch_gan_term_runs_and_changes_the_result() -> None:
     plain, with_gan = run(0.0), run(0.5)
     assert any(not torch.equal(plain[k], with_gan[k]) for k in plain)
     assert all(torch.isfinite(v).all() for v in with_gan.values())
+
+
+def test_time_budget_evaluates_then_stops() -> None:
+    # a budget already spent when the first step ends: that step is evaluated, kept, and the run stops
+    result = run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.0]), _config(time_budget=1e-9),
+                               device=torch.device("cpu"), precision=FP32, trainable="tail")
+    assert result.steps == 1 and result.best_step == 1 and result.niqe_after == [4.0]
+    assert "time budget" in result.stop_reason and [s for s, _ in result.history] == [0, 1]
+    roomy = run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.0, 3.0, 2.0]), _config(time_budget=3600),
+                              device=torch.device("cpu"), precision=FP32, trainable="tail")
+    assert roomy.steps == 6 and "step budget" in roomy.stop_reason
+
+
+def test_time_budget_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="time-budget"):
+        _config(time_budget=0)

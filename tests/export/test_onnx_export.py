@@ -159,6 +159,20 @@ def test_model_is_one_file_with_dynamic_axes_and_metadata(exported: tuple[Path, 
     assert sorted(p.name for p in (root / CAMERA).iterdir() if not p.name.startswith(".")) == sorted(files)
 
 
+def test_fp32_model_keeps_the_rrdb_scalings_as_1x1_convs(exported: tuple[Path, onnx_export.ExportResult]) -> None:
+    """The RRDB-level 0.2 scalings (one per block, not after a Conv) are 1x1 Convs in the fp32 file only."""
+    root, _ = exported
+    store = CameraStore.open(root, CAMERA)
+    manifest = store.read_manifest()
+    fp32 = onnx.load(str(store.artifact_path("model.onnx", manifest)), load_external_data=False)
+    fp16 = onnx.load(str(store.artifact_path("model_fp16.onnx", manifest)), load_external_data=False)
+    as_conv = [n for n in fp32.graph.node if n.name.endswith("/scale_as_conv")]
+    assert len(as_conv) == 2 and all(n.op_type == "Conv" for n in as_conv)  # the tiny model has 2 RRDB blocks
+    producers = {out: n.op_type for n in fp32.graph.node for out in n.output}
+    assert all(producers.get(i) == "Conv" for n in fp32.graph.node if n.op_type == "Mul" for i in n.input[:1])
+    assert not any(n.name.endswith("/scale_as_conv") for n in fp16.graph.node)
+
+
 def test_manifest_records_exports_with_checksums(exported: tuple[Path, onnx_export.ExportResult]) -> None:
     root, result = exported
     manifest = json.loads((root / CAMERA / "manifest.json").read_text())

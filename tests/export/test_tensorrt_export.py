@@ -106,3 +106,16 @@ def test_bf16_needs_the_engine_flag(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     assert main(["export", "--backbone", "realesrgan-x4plus", "--store", str(tmp_path), "--precision", "bf16"]) == 2
     assert "--precision bf16 exists only for TensorRT engines" in capsys.readouterr().err
+
+
+def test_engine_export_without_tensorrt_fails_before_exporting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adassr.cli import main
+    from adassr.runtime.engines.trt import tensorrt_available
+
+    if tensorrt_available():
+        pytest.skip("real TensorRT is installed")
+    assert main(["export", "--backbone", "realesrgan-x4plus", "--store", str(tmp_path), "--engine", "tensorrt",
+                 "--precision", "fp16"]) == 2
+    assert "pip install tensorrt" in capsys.readouterr().err
+    assert not (tmp_path / "_fallback").exists()  # nothing was exported

@@ -11,7 +11,7 @@ MODULES = (
     "adassr.runtime, adassr.runtime.tiling, adassr.runtime.backends, adassr.runtime.backends.onnxruntime, "
     "adassr.runtime.routing, "
     "adassr.runtime.pipeline, adassr.runtime.store, adassr.runtime.images, adassr.runtime.upscale_cli, "
-    "adassr.runtime.upscalers"
+    "adassr.runtime.upscalers, adassr.runtime.server.triton_upscale"
 )
 
 

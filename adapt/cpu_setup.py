@@ -1,0 +1,160 @@
+"""CPU set-up for adaptation: thread pools sized to the usable physical cores, and bf16 only where it pays.
+
+Threads: PyTorch's intra-op pool and OpenCV's pool get one thread per usable physical core
+(:func:`adassr.runtime.cpu_info.intra_op_threads`: affinity, cgroup quota and SMT applied;
+``ADASSR_THREADS`` overrides), PyTorch's inter-op pool one thread. More threads than cores make
+OpenMP's spinning workers steal each other's time, which on a CPU-limited container costs far more
+than it gains.
+
+Precision (``--precision auto`` on CPU): fp32 unless the CPU executes bf16 natively
+(``avx512_bf16`` or ``amx_bf16``, and PyTorch not limited below AVX-512 by ``ATEN_CPU_CAPABILITY`` /
+``ONEDNN_MAX_CPU_ISA``) *and* a short start-up probe measured bf16 autocast faster than fp32: a
+train step of a stack of RRDBNet-shaped convolutions, best of three each, alternated. The verdict
+is cached in ``<cache dir>/cpu_precision.json`` keyed by the CPU (model, ISA, bf16 flag), the
+torch version and the thread count, so the probe runs once per machine. Without native bf16,
+PyTorch emulates it and it is slower than fp32: nothing is measured and fp32 is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from adassr.runtime.cpu_info import CpuInfo, cpu_key, detect_cpu, intra_op_threads, isa_cap_from_env
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = "cpu_precision.json"
+BF16_MIN_SPEEDUP = 1.1
+"""bf16 is chosen only when the probe ran at least this much faster than fp32."""
+
+
+def configure_cpu_threads(threads: int | None = None) -> int:
+    """Size PyTorch's and OpenCV's pools (see the module docstring); returns the intra-op thread count."""
+    n = threads or intra_op_threads()
+    torch.set_num_threads(n)
+    with contextlib.suppress(RuntimeError):  # only settable before the first inter-op work
+        torch.set_num_interop_threads(1)
+    from adassr.runtime.cpu_info import limit_opencv_threads
+
+    limit_opencv_threads(n)
+    return n
+
+
+def torch_has_native_bf16(cpu: CpuInfo | None = None) -> bool:
+    """True when the CPU has bf16 instructions and PyTorch is allowed to use AVX-512."""
+    cpu = cpu or detect_cpu()
+    cap = isa_cap_from_env()
+    return cpu.native_bf16 and cap in (None, "avx512")
+
+
+@dataclass(frozen=True)
+class Bf16Probe:
+    """One start-up measurement (seconds per probe step, best of three)."""
+
+    key: str
+    fp32_s: float
+    bf16_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_s / self.bf16_s
+
+    @property
+    def choice(self) -> str:
+        return "bf16" if self.speedup >= BF16_MIN_SPEEDUP else "fp32"
+
+
+def _probe_step_fn(bf16: bool) -> Callable[[], None]:
+    torch.manual_seed(0)
+    convs = nn.Sequential(
+        nn.Conv2d(64, 32, 3, padding=1), nn.LeakyReLU(0.2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.LeakyReLU(0.2),
+        nn.Conv2d(64, 64, 3, padding=1),
+    )
+    x = torch.rand(4, 64, 48, 48)
+
+    def step() -> None:
+        convs.zero_grad(set_to_none=True)
+        if bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = convs(x)
+        else:
+            y = convs(x)
+        y.float().square().mean().backward()
+
+    return step
+
+
+def measure_bf16(key: str, repeats: int = 3) -> Bf16Probe:
+    """Time the probe step in fp32 and in bf16 autocast, alternating; best of ``repeats`` each."""
+    steps = {"fp32": _probe_step_fn(False), "bf16": _probe_step_fn(True)}
+    best = {"fp32": float("inf"), "bf16": float("inf")}
+    for fn in steps.values():
+        fn()  # warm-up (oneDNN primitive creation)
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return Bf16Probe(key, best["fp32"], best["bf16"])
+
+
+def probe_key(cpu: CpuInfo | None = None) -> str:
+    cpu = cpu or detect_cpu()
+    return f"{cpu_key(cpu)}|torch={torch.__version__}|threads={torch.get_num_threads()}"
+
+
+def _read_cache(path: Path) -> dict[str, dict[str, float]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def choose_cpu_precision(
+    cache_dir: Path | None = None,
+    *,
+    cpu: CpuInfo | None = None,
+    measure: Callable[[str], Bf16Probe] = measure_bf16,
+) -> str:
+    """``bf16`` or ``fp32`` for ``--precision auto`` on CPU (see the module docstring)."""
+    cpu = cpu or detect_cpu()
+    if not torch_has_native_bf16(cpu):
+        return "fp32"
+    if cache_dir is None:
+        from adassr.adapt.weights.cache import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    path = cache_dir / CACHE_FILE
+    key = probe_key(cpu)
+    entry = _read_cache(path).get(key)
+    if isinstance(entry, dict):
+        try:
+            probe = Bf16Probe(key, float(entry["fp32_s"]), float(entry["bf16_s"]))
+            if probe.fp32_s > 0 and probe.bf16_s > 0:
+                return probe.choice
+        except (KeyError, TypeError, ValueError):
+            pass  # a damaged entry is measured again
+    probe = measure(key)
+    log.info("bf16 probe on %s: fp32 %.3f s, bf16 %.3f s (%.2fx) -> %s",
+             cpu.model_name, probe.fp32_s, probe.bf16_s, probe.speedup, probe.choice)
+    try:
+        from adassr.runtime.store import atomic_write_bytes
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        data = _read_cache(path)
+        data[key] = {k: v for k, v in asdict(probe).items() if k != "key"}
+        atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    except OSError as exc:  # a read-only cache only costs the probe next time
+        log.warning("could not cache the bf16 probe in %s: %s", path, exc)
+    return probe.choice

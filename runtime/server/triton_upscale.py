@@ -1,0 +1,112 @@
+"""``adassr upscale --triton URL``: the upscale command's images served by a Triton Inference Server.
+
+:class:`TritonImageUpscaler` adapts :class:`~adassr.runtime.server.triton_client.TritonUpscaler`
+(client-side tiling, tritonclient over HTTP) to the upscale command's upscaler interface, so the
+command's batch loop (folders, bad files skipped and named, atomic output writes, exit codes) is
+the same as with the local models.
+
+Model choice per image, as ``adassr export --triton-repo`` names the models (``<prefix><camera>``):
+``--triton-model NAME`` for every image; else ``--camera NAME`` -> ``<prefix>NAME``; else the
+image's EXIF Make group when the server has that model ready; else ``<prefix>_fallback``.
+
+Checked once before the first image (one-line error, exit 2): tritonclient is installed, the
+server answers that it is live, and an explicitly chosen model (``--triton-model`` or ``--camera``)
+is one the server has and that ``--triton-repo`` wrote. Tiles have the model's fixed tile shape
+(from its Triton config); ``--tile-overlap`` and ``--pre-pad`` apply as for local models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adassr.runtime.errors import ConfigError
+from adassr.runtime.images import LoadedImage
+from adassr.runtime.pipeline import UpscaleResult, check_outscale
+from adassr.runtime.server.triton_client import DEFAULT_PREFIX, TritonUpscaler
+from adassr.runtime.store import FALLBACK_CAMERA
+from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
+from adassr.runtime.upscalers import TileProgress
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long to wait for a TCP connection to the server before giving up."""
+
+
+def triton_url(url: str) -> str:
+    """The ``host:port[/path]`` tritonclient wants; ``http://`` is accepted and dropped."""
+    text = url.strip().rstrip("/")
+    if text.lower().startswith("http://"):
+        text = text[len("http://"):]
+    if text.lower().startswith("https://") or "://" in text:
+        raise ConfigError(f"--triton {url!r}: give the server's HTTP endpoint as host:port (https is not supported)")
+    if not text or text.startswith(("/", ":")):
+        raise ConfigError(f"--triton {url!r}: give the server's HTTP endpoint as host:port, e.g. localhost:8000")
+    return text
+
+
+@dataclass(frozen=True)
+class TritonRunOptions:
+    """Where the Triton server is and how its models are chosen and tiled."""
+
+    url: str
+    model: str | None = None  # one model for every image (else camera routing)
+    prefix: str = DEFAULT_PREFIX
+    overlap: int = DEFAULT_OVERLAP
+    pre_pad: int = DEFAULT_PRE_PAD
+    outscale: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", triton_url(self.url))
+        if self.model is not None and not self.model.strip():
+            raise ConfigError("--triton-model is empty; name a model of the Triton repository")
+        if self.overlap < 0 or self.pre_pad < 0:
+            raise ConfigError("--tile-overlap and --pre-pad must be 0 or more")
+        check_outscale(self.outscale)
+
+
+class TritonImageUpscaler:
+    """Serves images through Triton; built by :func:`open_triton` (which checks the server first)."""
+
+    def __init__(self, client: TritonUpscaler, options: TritonRunOptions) -> None:
+        self._client = client
+        self._options = options
+
+    def _choose(self, image: LoadedImage, camera: str | None) -> tuple[str, str]:
+        """``(model name, reason)`` for one image."""
+        if self._options.model is not None:
+            return self._options.model, "--triton-model"
+        if camera is not None:
+            return f"{self._options.prefix}{camera}", "explicit"
+        name = self._client.model_for(image)
+        if name == f"{self._options.prefix}{FALLBACK_CAMERA}":
+            return name, "fallback"
+        return name, "exif-make"
+
+    def upscale(
+        self, image: LoadedImage, *, camera: str | None = None, progress: TileProgress | None = None
+    ) -> UpscaleResult:
+        name, reason = self._choose(image, camera)
+        pixels, alpha, served = self._client.upscale(
+            image, model=name, outscale=self._options.outscale, progress=progress
+        )
+        scale = self._client.model_info(served).scale
+        outscale = float(scale if self._options.outscale is None else self._options.outscale)
+        return UpscaleResult(pixels, alpha, image.bit_depth, scale, outscale,
+                             model_name=f"{served} on Triton, {reason}")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_triton(options: TritonRunOptions, *, camera: str | None) -> TritonImageUpscaler:
+    """A connected upscaler; ``ConfigError``/``BackendError`` (one line) when it cannot serve at all."""
+    client = TritonUpscaler(options.url, prefix=options.prefix, overlap=options.overlap,
+                            pre_pad=options.pre_pad, connect_timeout_s=CONNECT_TIMEOUT_S)
+    try:
+        client.check_live()
+        explicit = options.model or (f"{options.prefix}{camera}" if camera is not None else None)
+        if explicit is not None:
+            client.model_info(explicit)  # unknown or foreign model: a whole-run error, not one per image
+    except BaseException:
+        client.close()
+        raise
+    return TritonImageUpscaler(client, options)

@@ -1,0 +1,84 @@
+"""CPU set-up for adaptation: bf16 only where native and measured faster (cached), thread pools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adassr.adapt.cpu_setup import (
+    CACHE_FILE,
+    Bf16Probe,
+    choose_cpu_precision,
+    configure_cpu_threads,
+    measure_bf16,
+)
+from adassr.runtime.cpu_info import CpuInfo
+
+
+def _cpu(*flags: str) -> CpuInfo:
+    return CpuInfo(model_name="Test CPU", vendor="AuthenticAMD", family=25, model=17,
+                   flags=frozenset({"avx", "avx2", "fma", *flags}), logical_cpus=2, physical_cores=2,
+                   threads_per_core=1, clock_mhz=2600.0, clock_source="cpu MHz")
+
+
+def _never(key: str) -> Bf16Probe:
+    raise AssertionError("the probe must not run")
+
+
+@pytest.fixture(autouse=True)
+def _no_isa_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+
+
+def test_without_native_bf16_fp32_and_no_probe(tmp_path: Path) -> None:
+    assert choose_cpu_precision(tmp_path, cpu=_cpu(), measure=_never) == "fp32"
+    assert not (tmp_path / CACHE_FILE).exists()
+
+
+def test_isa_cap_below_avx512_means_no_native_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert choose_cpu_precision(tmp_path, cpu=_cpu("avx512f", "avx512_bf16"), measure=_never) == "fp32"
+
+
+@pytest.mark.parametrize(("fp32_s", "bf16_s", "choice"), [(1.0, 0.6, "bf16"), (1.0, 0.95, "fp32"), (1.0, 2.0, "fp32")])
+def test_probe_decides_once_and_is_cached(tmp_path: Path, fp32_s: float, bf16_s: float, choice: str) -> None:
+    cpu = _cpu("avx512f", "avx512_bf16")
+    calls: list[str] = []
+
+    def fake(key: str) -> Bf16Probe:
+        calls.append(key)
+        return Bf16Probe(key, fp32_s, bf16_s)
+
+    assert choose_cpu_precision(tmp_path, cpu=cpu, measure=fake) == choice
+    assert choose_cpu_precision(tmp_path, cpu=cpu, measure=_never) == choice  # from the cache
+    assert len(calls) == 1
+    data = json.loads((tmp_path / CACHE_FILE).read_text())
+    (key,) = data
+    assert "Test CPU" in key and f"torch={torch.__version__}" in key
+    assert data[key] == {"fp32_s": fp32_s, "bf16_s": bf16_s}
+
+
+def test_damaged_cache_is_measured_again(tmp_path: Path) -> None:
+    (tmp_path / CACHE_FILE).write_text("{not json")
+    cpu = _cpu("amx_bf16")
+    assert choose_cpu_precision(tmp_path, cpu=cpu, measure=lambda k: Bf16Probe(k, 1.0, 0.5)) == "bf16"
+    assert json.loads((tmp_path / CACHE_FILE).read_text())
+
+
+def test_real_probe_times_both() -> None:
+    probe = measure_bf16("k", repeats=1)
+    assert probe.fp32_s > 0 and probe.bf16_s > 0 and probe.choice in ("bf16", "fp32")
+
+
+def test_threads_follow_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("ADASSR_THREADS", "1")
+        assert configure_cpu_threads() == 1 and torch.get_num_threads() == 1
+        assert configure_cpu_threads(2) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

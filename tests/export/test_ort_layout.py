@@ -1,0 +1,60 @@
+"""Scalar Muls as 1x1 Convs: same outputs, only the Muls onnxruntime cannot fold are rewritten."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from adassr.export.ort_layout import scalar_muls_as_convs
+
+from ..runtime._models import build_tiny_sr
+
+
+def _block_model() -> onnx.ModelProto:
+    """RRDB-like: c1 = conv(x); s = c1 + x'; out = concat(0.2 * s, conv(s) * 0.5) (the second Mul follows a Conv)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2, "w0"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, "w2"),
+             numpy_helper.from_array(np.array(0.2, np.float32), "c02")]
+    nodes = [helper.make_node("Conv", ["lr", "w0"], ["a"], pads=[1] * 4),
+             helper.make_node("Conv", ["a", "w1"], ["b"], pads=[1] * 4),
+             helper.make_node("Add", ["a", "b"], ["s"]),
+             helper.make_node("Mul", ["s", "c02"], ["scaled"], name="outer_scale"),
+             helper.make_node("Constant", [], ["c05"], value=numpy_helper.from_array(np.array(0.5, np.float32))),
+             helper.make_node("Conv", ["s", "w2"], ["d"], pads=[1] * 4),
+             helper.make_node("Mul", ["c05", "d"], ["half"], name="after_conv"),
+             helper.make_node("Concat", ["scaled", "half"], ["sr"], axis=1)]
+    graph = helper.make_graph(nodes, "block",
+                              [helper.make_tensor_value_info("lr", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["N", 16, "H", "W"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"lr": x})[0])
+
+
+def test_only_unfoldable_scalar_muls_become_convs() -> None:
+    model = _block_model()
+    rewritten, count = scalar_muls_as_convs(model)
+    assert count == 1
+    ops = {n.name or n.output[0]: n.op_type for n in rewritten.graph.node}
+    assert "outer_scale" not in ops and ops["outer_scale/scale_as_conv"] == "Conv"
+    assert ops["after_conv"] == "Mul"  # onnxruntime folds this one into the Conv before it
+    assert [n.op_type for n in model.graph.node].count("Mul") == 2  # the input model is untouched
+    onnx.checker.check_model(rewritten)
+    x = np.random.default_rng(1).random((2, 3, 13, 17), dtype=np.float32)
+    np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=0, atol=1e-6)
+
+
+def test_model_without_scalar_muls_is_unchanged() -> None:
+    model = onnx.load_from_string(build_tiny_sr(seed=0))
+    rewritten, count = scalar_muls_as_convs(model)
+    assert count == 0 and [n.op_type for n in rewritten.graph.node] == [n.op_type for n in model.graph.node]
