@@ -439,7 +439,7 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
     if decision.stop:
         run.stop_reason = decision.reason
     elif out_of_time and step != config.steps:
-        run.stop_reason = f"reached the time budget ({config.time_budget:g} s of training) at step {step}"
+        run.stop_reason = f"reached the time budget at step {step} (evaluated, best weights kept)"
         return True
     return decision.stop
 

@@ -15,7 +15,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,6 +181,14 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
                    _perceptual(config, device))
 
 
+def _training_budget(config: AdaptConfig, start: float) -> AdaptConfig:
+    """``time_budget`` counts the whole run: training gets what the set-up since ``start`` left of it."""
+    if config.time_budget is None:
+        return config
+    left = config.time_budget - (time.perf_counter() - start)
+    return replace(config, time_budget=max(left, 1e-3))
+
+
 def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mapping[str, torch.Tensor], *,
               scale: int, device: torch.device, precision: Precision, trainable: str,
               progress: Callable[[ProgressEvent], None] | None) -> InternalResult:
@@ -286,8 +294,8 @@ def adapt_camera(
         # the backbone before adaptation: the weights file stores what differs from it
         base_state = {k: v.detach().cpu().float().clone() for k, v in backbone.model.state_dict().items()}
         inputs = _prepare_inputs(group, config, backbone.model, backbone.scale, device=device, precision=precision)
-        result = _run_admm(backbone.model, inputs, config, base_state, scale=backbone.scale, device=device,
-                           precision=precision, trainable=trainable, progress=progress)
+        result = _run_admm(backbone.model, inputs, _training_budget(config, start), base_state, scale=backbone.scale,
+                           device=device, precision=precision, trainable=trainable, progress=progress)
         weights_record = _publish_weights(tx, result.state_dict, backbone, base_state)
         report = _publish_report(tx, group.name, result, inputs.images[0],
                                  None if inputs.weights is None else inputs.weights[0])

@@ -93,16 +93,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
-    import os
-
-    from adassr.runtime.cpu_info import detect_cpu, intra_op_threads
-    from adassr.runtime.store import atomic_write_bytes
+    from adassr.runtime.cpu_info import detect_cpu
 
     cpu = detect_cpu()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for tile in args.tiles.split(","):
         rows.append(_measure(args.image, args.store, args.camera, tile.strip()))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "calls"}), flush=True)
+        _write(args, cpu, rows)  # after every row: a run stopped later keeps what it measured
+    return 0
+
+
+def _write(args: argparse.Namespace, cpu: Any, rows: list[dict[str, Any]]) -> None:
+    import os
+
+    from adassr.runtime.cpu_info import intra_op_threads
+    from adassr.runtime.store import atomic_write_bytes
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result = {"cpu": cpu.label, "threads": intra_op_threads(cpu), "load_average_1min_at_end": load,
               "note": args.note, "image": str(args.image.relative_to(ROOT) if args.image.is_relative_to(ROOT)
@@ -129,12 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"the input pixels, {r['network_s'] / base['network_s']:.2f}x the network time, "
                          f"{r['whole_s'] / base['whole_s']:.2f}x the whole time")
     text = "\n".join(lines) + "\n"
-    print(text)
     tag = "".join(c if c.isalnum() else "-" for c in cpu.model_name.lower()).strip("-")[:40]
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / f"upscale_overhead_{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(args.out / f"upscale_overhead_{tag}.md", text.encode())
-    return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+SCALE_AS_CONV_SUFFIX = "/scale_as_conv"
+"""Name suffix of the Conv nodes written for a scalar Mul."""
+
 
 def _scalar_constants(model: onnx.ModelProto) -> dict[str, float]:
     values: dict[str, float] = {}
@@ -69,8 +72,9 @@ def scalar_muls_as_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 weight = (np.eye(c, dtype=np.float32) * np.float32(scalars[scalar])).reshape(c, c, 1, 1)
                 weight_name = f"{node.name or node.output[0]}/scale_as_conv_weight"
                 out.graph.initializer.append(numpy_helper.from_array(weight, weight_name))
-                nodes.append(helper.make_node("Conv", [tensor, weight_name], list(node.output),
-                                              name=f"{node.name or node.output[0]}/scale_as_conv", kernel_shape=[1, 1]))
+                name = f"{node.name or node.output[0]}{SCALE_AS_CONV_SUFFIX}"
+                nodes.append(helper.make_node("Conv", [tensor, weight_name], list(node.output), name=name,
+                                              kernel_shape=[1, 1]))
                 count += 1
                 continue
         nodes.append(node)

@@ -2,7 +2,8 @@
 
 - Work: 2 x the multiply-accumulates of every Conv of the ONNX graph per input pixel
   (:func:`conv_macs_per_input_pixel`, from ONNX shape inference at a fixed probe size; RRDBNet x4:
-  17,926,848 MAC per LR pixel). Other ops (concat, add, resize) are not counted.
+  17,926,848 MAC per LR pixel). Other ops (concat, add, resize) and the 1x1 Convs that stand for a
+  scalar multiply (export/ort_layout.py) are not counted.
 - Nominal peak: :func:`adassr.runtime.cpu_info.fp32_peak` (cores x clock x FMA units x fp32 lanes
   x 2, formula printed). onnxruntime runs the CPU's own ISA (MLAS chooses by ``cpuid``); PyTorch
   runs the ISA that ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA`` allow.
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from adassr.export.ort_layout import SCALE_AS_CONV_SUFFIX
 from adassr.runtime.cpu_info import CpuInfo, detect_cpu, fp32_peak, isa_cap_from_env
 
 GEMM_SIZE = 2048
@@ -41,8 +43,8 @@ def conv_macs_per_input_pixel(onnx_path: str | Path, probe: int = 16) -> float:
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
     total = 0
     for node in inferred.graph.node:
-        if node.op_type != "Conv":
-            continue
+        if node.op_type != "Conv" or node.name.endswith(SCALE_AS_CONV_SUFFIX):
+            continue  # the 1x1 scalings of export/ort_layout.py stand for a Mul: not the model's work
         w = weights.get(node.input[1])
         out = shapes.get(node.output[0])
         if w is None or not out or len(out) != 4 or 0 in out:

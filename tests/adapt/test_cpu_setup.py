@@ -82,3 +82,16 @@ def test_threads_follow_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> Non
         assert configure_cpu_threads(2) == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_time_budget_counts_the_set_up() -> None:
+    import time
+
+    from adassr.adapt.config import AdaptConfig
+    from adassr.adapt.run import _training_budget
+
+    config = AdaptConfig(time_budget=100.0)
+    left = _training_budget(config, time.perf_counter() - 30.0).time_budget
+    assert left is not None and 69.0 < left <= 70.0
+    assert _training_budget(config, time.perf_counter() - 500.0).time_budget == 1e-3  # still evaluates once
+    assert _training_budget(AdaptConfig(), time.perf_counter()).time_budget is None

@@ -62,3 +62,17 @@ def test_roofline_ratios() -> None:
 
 def test_ort_gemm_runs() -> None:
     assert ort_gemm_gflops(1, n=128, repeats=2) > 0
+
+
+def test_scalings_written_as_convs_are_not_counted_as_work(tmp_path: Path) -> None:
+    from adassr.export.ort_layout import scalar_muls_as_convs
+
+    from .test_ort_layout import _block_model
+
+    model = _block_model()
+    rewritten, count = scalar_muls_as_convs(model)
+    assert count == 1
+    onnx.save(model, str(tmp_path / "a.onnx"))
+    onnx.save(rewritten, str(tmp_path / "b.onnx"))
+    expected = 9 * (3 * 8 + 8 * 8 + 8 * 8)
+    assert conv_macs_per_input_pixel(tmp_path / "a.onnx") == conv_macs_per_input_pixel(tmp_path / "b.onnx") == expected
