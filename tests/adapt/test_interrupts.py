@@ -23,11 +23,10 @@ def test_signal_raises_interrupted_with_its_exit_code(sig: signal.Signals, code:
 
 def test_deferred_block_completes_before_the_signal_is_raised() -> None:
     done = []
-    with pytest.raises(Interrupted) as info, catch_interrupts():
-        with deferred():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)
-            done.append("commit")  # still runs: the signal is held
+    with pytest.raises(Interrupted) as info, catch_interrupts(), deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        done.append("commit")  # still runs: the signal is held
     assert done == ["commit"] and info.value.exit_code == 143
 
 
