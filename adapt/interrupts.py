@@ -21,9 +21,10 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an error
     """The run was stopped by a signal; ``signum`` says which. Not an AdassrError: it is no failure."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, *, kept: bool = False) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
+        self.kept = kept  # True when the best evaluated weights were published (--keep-on-interrupt)
 
     @property
     def exit_code(self) -> int:
