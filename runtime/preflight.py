@@ -29,11 +29,16 @@ def check_threads(threads: int | None) -> None:
 
 
 def check_output_folders(targets: Iterable[Path]) -> None:
-    """Create the targets' folders and prove each is writable by creating and removing a temporary file."""
+    """Each target's folder is writable: it, or the nearest existing folder above it (where the run
+    will create it), takes a temporary file. Nothing is created or left behind."""
     for folder in sorted({Path(t).parent for t in targets}):
+        existing = folder
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, probe = create_temp(folder / "write-check")
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is not a folder")
+            fd, probe = create_temp(existing / "write-check")
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 probe.unlink()

@@ -43,8 +43,8 @@ def test_output_folder_below_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="not writable"):
         check_output_folders([tmp_path / "file" / "sub" / "a.png"])
-    check_output_folders([tmp_path / "new" / "a.png"])
-    assert (tmp_path / "new").is_dir() and list((tmp_path / "new").iterdir()) == []
+    check_output_folders([tmp_path / "new" / "deeper" / "a.png"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing created, no probe left
 
 
 def test_required_provider_missing() -> None:
