@@ -51,7 +51,8 @@ def adapt(weights_dir: str, images: str, store: str, steps: str, *extra: str) ->
     torch.set_num_threads(1)
     defaults = config.cpu_demo_defaults
     # No early stop: the run must still be training when the test's signal arrives.
-    config.cpu_demo_defaults = lambda: defaults().with_overrides(stop_patience=1_000_000)  # type: ignore[assignment]
+    config.cpu_demo_defaults = lambda *a, **k: defaults(*a, **k).with_overrides(  # type: ignore[assignment]
+        stop_patience=1_000_000)
     registry = tiny_registry(Path(weights_dir))
     run.adapt_camera = functools.partial(run.adapt_camera, registry=registry)  # type: ignore[assignment]
     argv = ["adapt", "--camera", "nokia", "--images", images, "--store", store, "--backbone", "tiny",
