@@ -21,6 +21,9 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default=FALLBACK_BACKBONE, help="pretrained backbone (default %(default)s)")
     model.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"artifact store (default ./{DEFAULT_STORE})")
+    model.add_argument("--keep-on-interrupt", action="store_true",
+                       help="on Ctrl-C / SIGTERM publish the best weights evaluated so far (the manifest says "
+                            "so; the exit code is still 130 / 143); default: publish nothing, keep the previous model")
     train = parser.add_argument_group("training (defaults: the paper's on a GPU, a small budget on CPU)")
     for option in _config_options():
         kwargs: dict[str, Any] = {"dest": option.dest, "help": option.help}
@@ -92,11 +95,30 @@ def _progress_printer(total_hint: int):
 
 def run_adapt(args: argparse.Namespace) -> int:
     if args.list:
-        from adassr.adapt.groups import default_images_dir, discover_groups
+        from adassr.adapt.groups import default_images_dir, scan_groups
 
-        for group in discover_groups(args.images or default_images_dir()).values():
+        scan = scan_groups(args.images or default_images_dir())
+        for group in scan.groups.values():
             print(group.describe())
+        for skipped in scan.skipped:
+            print(f"skipped {skipped.path}: {skipped.reason}")
         return 0
+    from adassr.adapt.interrupts import Interrupted, catch_interrupts
+
+    try:
+        with catch_interrupts():
+            return _adapt(args)
+    except Interrupted as exc:
+        if exc.kept:
+            print(f"adapt: {exc}; the best weights evaluated so far were published (--keep-on-interrupt; "
+                  "the manifest says \"interrupted\": true)", file=sys.stderr)
+        else:
+            print(f"adapt: {exc}; nothing was published, the previous model is unchanged "
+                  "(use --keep-on-interrupt to keep the best weights evaluated so far)", file=sys.stderr)
+        return exc.exit_code
+
+
+def _adapt(args: argparse.Namespace) -> int:
     from adassr.adapt.precision import select_gpu
     from adassr.adapt.run import adapt_camera
 
@@ -106,7 +128,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     print(f"adapting {args.backbone} to camera group '{group.name}' ({len(group.members)} image(s)); "
           f"{config.steps} steps max", file=sys.stderr)
     outcome = adapt_camera(group, config, store_root=args.store, backbone_name=args.backbone,
-                           progress=_progress_printer(config.steps))
+                           progress=_progress_printer(config.steps), keep_on_interrupt=args.keep_on_interrupt)
     verdict = ("kept the backbone (adaptation did not improve NIQE)" if outcome.kept_backbone
                else "adapted")
     print(f"camera {outcome.camera}: NIQE {outcome.niqe_before:.3f} -> {outcome.niqe_after:.3f} "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.adapt.config import AdaptConfig
 from adassr.adapt.early_stop import EarlyStopper
 from adassr.adapt.ema import WeightEma
+from adassr.adapt.interrupts import Interrupted
 from adassr.adapt.losses import (
     PatchDiscriminator,
     gan_discriminator_loss,
@@ -89,6 +91,7 @@ class InternalResult:
     stop_reason: str
     history: list[tuple[int, float]] = field(default_factory=list)
     losses: list[tuple[int, float]] = field(default_factory=list)
+    interrupted: int | None = None  # the signal (SIGINT / SIGTERM) that stopped the loop, if any
 
 
 def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -335,6 +338,7 @@ class _Progress:
     step: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
     deadline: float | None = None  # time.monotonic() after which the run evaluates and stops
+    interrupted: int | None = None
 
 
 def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stopper: EarlyStopper) -> InternalResult:
@@ -356,6 +360,7 @@ def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stoppe
         stop_reason=stop_reason,
         history=list(stopper.history),
         losses=run.losses,
+        interrupted=run.interrupted,
     )
 
 
@@ -378,7 +383,8 @@ def run_internal_step(
     ``sampler.sample(n)`` returns a batch with numpy ``lr`` (n,3,p,p), ``hr`` (n,3,ps,ps) and
     ``weight`` (n,1,ps,ps). ``anchors`` is Theta_tilde (default: the starting weights).
     ``trainable`` is ``"all"`` or ``"tail"``. Stops at ``config.steps``, on early stopping, on a
-    non-finite loss or on Ctrl-C, always returning the best weights evaluated so far.
+    non-finite loss or on SIGINT / SIGTERM (``result.interrupted`` names the signal; the caller
+    decides whether to keep anything), always returning the best weights evaluated so far.
     """
     notify = progress or _ignore
     rng = np.random.default_rng(config.seed + 7919)
@@ -403,8 +409,10 @@ def run_internal_step(
             run.step = step
             if _train_one_step(trainer, batches, ema, ema_model, evaluator, stopper, run, notify):
                 break
-    except KeyboardInterrupt:
-        run.stop_reason = f"interrupted at step {run.step}; kept the best weights evaluated so far"
+    except (KeyboardInterrupt, Interrupted) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
+        run.interrupted = signum
+        run.stop_reason = f"interrupted by {signal.Signals(signum).name} at step {run.step}"
         log.warning(run.stop_reason)
     return internal_result(start_state, run, stopper)
 

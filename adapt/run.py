@@ -27,6 +27,7 @@ from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.adapt.config import AdaptConfig
 from adassr.adapt.cpu_setup import configure_cpu_threads
 from adassr.adapt.groups import CameraGroup
+from adassr.adapt.interrupts import Interrupted, deferred
 from adassr.adapt.loop import InternalResult, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
 from adassr.runtime.errors import ConfigError, StoreError
@@ -214,6 +215,8 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
                                    precision=precision, trainable=trainable, anchors=anchors,
                                    perceptual=inputs.perceptual, progress=progress)
         u = {n: u[n] + theta_e[n] - result.state_dict[n] for n in u}
+        if result.interrupted is not None:  # a signal ends the whole run, not just this iteration
+            break
     if result is None:  # admm_iters >= 1 is validated by AdaptConfig
         raise ConfigError(f"--admm-iters must be >= 1, got {config.admm_iters}")
     return result
@@ -240,6 +243,7 @@ def manifest_record(
         "best_step": result.best_step,
         "kept_backbone": result.kept_backbone,
         "stop_reason": result.stop_reason,
+        "interrupted": result.interrupted is not None,
         "seed": config.seed,
         "precision": precision,
         "device": device,
@@ -269,6 +273,7 @@ def adapt_camera(
     backbone_name: str = DEFAULT_BACKBONE,
     registry: BackboneRegistry | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
+    keep_on_interrupt: bool = False,
 ) -> AdaptOutcome:
     """Adapt backbone ``backbone_name`` (of ``registry``, default: the bundled backbones) to ``group``
     and publish ``adapted.safetensors`` and the manifest into ``<store_root>/<camera>/``.
@@ -277,6 +282,11 @@ def adapt_camera(
     run completes, then weights and manifest commit together). Steps: load the backbone, prepare
     the inputs (:func:`_prepare_inputs`), run ADMM (:func:`_run_admm`), stage the weights, build the
     manifest record (:func:`manifest_record`) and commit.
+
+    Interrupts (SIGINT, and SIGTERM inside :func:`adassr.adapt.interrupts.catch_interrupts`) raise
+    :class:`~adassr.adapt.interrupts.Interrupted` and publish nothing: the previous model stays.
+    With ``keep_on_interrupt`` the best weights evaluated before the signal are committed first,
+    with ``"interrupted": true`` in the manifest, and then ``Interrupted`` (``kept=True``) is raised.
     """
     from adassr.adapt.weights import load_backbone
 
@@ -296,6 +306,8 @@ def adapt_camera(
         inputs = _prepare_inputs(group, config, backbone.model, backbone.scale, device=device, precision=precision)
         result = _run_admm(backbone.model, inputs, _training_budget(config, start), base_state, scale=backbone.scale,
                            device=device, precision=precision, trainable=trainable, progress=progress)
+        if result.interrupted is not None and not keep_on_interrupt:
+            raise Interrupted(result.interrupted)  # the transaction discards everything staged
         weights_record = _publish_weights(tx, result.state_dict, backbone, base_state)
         report = _publish_report(tx, group.name, result, inputs.images[0],
                                  None if inputs.weights is None else inputs.weights[0])
@@ -316,7 +328,12 @@ def adapt_camera(
                                for p, w, h in usable.skipped],
         }
         record["report"] = report
-        committed = tx.commit(functools.partial(_replace_adapt_fields, record=record))
+        if result.interrupted is not None:
+            record["stop_reason"] += "; best evaluated weights kept (--keep-on-interrupt)"
+        with deferred():  # a signal now waits until the manifest is committed
+            committed = tx.commit(functools.partial(_replace_adapt_fields, record=record))
+    if result.interrupted is not None:
+        raise Interrupted(result.interrupted, kept=True)
     return AdaptOutcome(group.name, store.directory, store.artifact_path(WEIGHTS_FILE, committed),
                         record["niqe_before"], record["niqe_after"], result.kept_backbone, result.steps,
                         result.stop_reason, wall)

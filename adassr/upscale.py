@@ -20,7 +20,7 @@ from pathlib import Path
 from adassr.runtime.errors import ConfigError, StoreError
 from adassr.runtime.pipeline import RuntimeOptions
 from adassr.runtime.routing import can_serve
-from adassr.runtime.store import FALLBACK_CAMERA
+from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA
 from adassr.runtime.upscale_cli import add_upscale_arguments as _add_runtime_arguments
 from adassr.runtime.upscale_cli import run_upscale as _run_runtime
 from adassr.runtime.upscalers import ImageUpscaler, UpscalerEntry, UpscalerRegistry, runtime_upscalers
@@ -68,10 +68,24 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
     export_fallback(store, options.backbone, precision="fp32", validation_image=validation)
 
 
+def require_named_store(options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None:
+    """The ``torch`` upscaler's check: a ``--store`` other than the default must exist.
+
+    (The default store may be missing: the backbone serves then.) Raises ``StoreError`` naming it.
+    """
+    store = Path(options.store).expanduser()
+    if store != DEFAULT_STORE and not store.is_dir():
+        raise StoreError(
+            f"the model store {store} does not exist; point --store at an existing store, or drop --store "
+            "to serve the backbone"
+        )
+
+
 def upscalers() -> UpscalerRegistry:
     """The upscalers of the full install: onnxruntime (with the first-run export), then torch."""
     registry = runtime_upscalers(prepare=export_fallback_on_first_use)
-    registry.register(UpscalerEntry("torch", _torch_upscaler, "PyTorch eager, needs the adapt extra"))
+    registry.register(UpscalerEntry("torch", _torch_upscaler, "PyTorch eager, needs the adapt extra",
+                                    prepare=require_named_store))
     return registry
 
 

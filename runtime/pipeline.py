@@ -323,6 +323,18 @@ class Upscaler:
 
         return self.cache.get(key, _open)
 
+    def check_ready(self, *, camera: str | None = None) -> RouteDecision:
+        """Open (and verify) the model that serves ``camera`` (or, routing by EXIF, the fallback or
+        the first exported camera) before any image: a store that cannot serve or a backend that
+        cannot start is then one whole-run error (StoreError / BackendError), not one per image."""
+        from adassr.runtime.preflight import check_store_serves
+
+        first = check_store_serves(self.options.store, camera=camera)
+        route = resolve_model(self.options.store, camera=camera if camera is not None else first,
+                              precision=self.options.precision, verify=False)
+        self.backend_for(route)
+        return route
+
     def upscale(
         self,
         image: LoadedImage,

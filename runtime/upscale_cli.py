@@ -1,7 +1,8 @@
 """``adassr upscale``: upscale a file or a folder with the camera's exported model (torch-free).
 
-- ``-i FILE -o OUT``: OUT is the output file when it has an image suffix (and is not an existing
-  folder), otherwise a folder (created) that receives ``<stem>.<ext>``.
+- ``-i FILE -o OUT``: OUT is the output file when it has a writable image suffix (and is not an
+  existing folder), otherwise a folder (created) that receives ``<stem>.<ext>``. An image suffix
+  that cannot be written (``result.gif``, ``x.bmp``) is an error, never a folder name.
 - ``-i DIR -o OUTDIR``: every image directly inside DIR (suffixes of
   ``adassr.runtime.images.SUPPORTED_READ_SUFFIXES``, sorted by name) goes to ``OUTDIR/<stem>.<ext>``; two
   inputs that would get the same name keep their input suffix in the stem (``a_jpg.png``).
@@ -9,8 +10,11 @@
   leaves a partial output (files are written atomically).
 - ``--ext auto`` keeps the input's format where it can be written (MPO -> jpg, BMP -> png).
 - Each image prints which model served it; a summary line ends the run.
-- Exit status: 0 all images done, 1 some failed, 2 bad arguments or no usable store
-  (raised as AdassrError for the umbrella CLI to print).
+- Exit status: 0 all images done, 1 some failed, 2 a whole-run problem, checked before the first
+  image and raised as AdassrError for the umbrella CLI to print once: bad arguments (``--threads``,
+  ``--outscale`` above 16, an unwritable output suffix), an output folder that is not writable,
+  ``--require-providers`` that this onnxruntime cannot meet, a missing or empty store, a first
+  model that fails to open (damaged, or a backend that cannot start).
 - ``--backend NAME`` picks an upscaler from the registry the caller passes (see
   :mod:`adassr.runtime.upscalers`); on its own the runtime offers ``onnxruntime``, and the umbrella
   CLI adds ``torch`` from the adapt layer. The runtime never imports torch.
@@ -45,6 +49,7 @@ from adassr.runtime.images import (
     write_image,
 )
 from adassr.runtime.pipeline import RuntimeOptions, UpscaleResult
+from adassr.runtime.preflight import check_output_folders, check_required_providers, check_threads
 from adassr.runtime.routing import PRECISIONS
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX as DEFAULT_TRITON_PREFIX
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA
@@ -132,10 +137,27 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
+# Suffixes that name an image format: as -o they mean a file, so an unwritable one is an error.
+_IMAGE_SUFFIXES = frozenset(SUPPORTED_READ_SUFFIXES) | {
+    ".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".ico", ".tga", ".exr", ".hdr",
+    ".pgm", ".ppm", ".pbm", ".pnm", ".psd", ".svg", ".dng", ".raw", ".apng",
+}
+
+
+def _check_output_suffix(output: Path) -> None:
+    suffix = output.suffix.lower()
+    if suffix in _IMAGE_SUFFIXES and suffix not in SUPPORTED_WRITE_SUFFIXES and not output.is_dir():
+        raise ConfigError(
+            f"cannot write {output.name}: {suffix} is not a writable format; use one of "
+            f"{', '.join(SUPPORTED_WRITE_SUFFIXES)}, or an output folder name without an image suffix"
+        )
+
+
 def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]]:
     """``(input, output)`` pairs for a file or a folder (see the module docstring)."""
     if not source.exists():
         raise ConfigError(f"input {source} does not exist")
+    _check_output_suffix(output)
     if source.is_dir():
         if output.exists() and not output.is_dir():
             raise ConfigError(f"the input is a folder, so the output {output} must be a folder, not a file")
@@ -306,12 +328,14 @@ def run_upscale(
     registry = upscalers if upscalers is not None else runtime_upscalers()
     check_quality(args.quality, what="--quality")
     triton = _triton_options(args)
+    check_threads(args.threads)
     options = options_from_args(args, registry)
     limit_opencv_threads(options.threads or intra_op_threads())
     pairs = plan_outputs(args.input, args.output, args.ext)
     camera: str | None = args.camera
     if camera is not None and camera != FALLBACK_CAMERA:
         validate_group_name(camera)  # CameraError for a bad name, before any work
+    check_output_folders(target for _, target in pairs)
     if triton is not None:
         from adassr.runtime.server.triton_upscale import open_triton
 
@@ -324,10 +348,15 @@ def run_upscale(
                 stdout=stdout,
                 stderr=stderr,
             )
+    if options.backend == "onnxruntime":
+        check_required_providers(options.providers, require=options.require_providers)
     entry = registry.get(options.backend)
     if entry.prepare is not None:
         entry.prepare(options, camera=camera, sample=pairs[0][0])
     with contextlib.closing(entry.factory(options)) as upscaler:
+        ready = getattr(upscaler, "check_ready", None)
+        if ready is not None:  # open the first model now: a backend that cannot start fails the run once
+            ready(camera=camera)
         return run_batch(
             pairs,
             lambda image, tiles: upscaler.upscale(image, camera=camera, progress=tiles),

@@ -62,3 +62,17 @@ def test_overlong_exif_make_is_skipped_with_reason(tmp_path: Path) -> None:
     with pytest.raises(CameraError, match="not a valid group name"):
         single_image_group(tmp_path / "long.jpg")
     assert single_image_group(tmp_path / "long.jpg", "mine").name == "mine"
+
+
+def test_adapt_list_shows_groups_and_skipped_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adassr.cli import main
+
+    _png(tmp_path / "My Camera" / "a.png")
+    _png(tmp_path / "Tiny" / "a.png")
+    _png(tmp_path / "tiny" / "b.png")
+    shutil.copytree(SAMPLES / "canon", tmp_path / "canon")
+    assert main(["adapt", "--list", "--images", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("canon (")
+    assert f"skipped {tmp_path / 'My Camera'}: folder name 'My Camera' is not a valid camera group name" in out
+    assert out.count("differ only in case") == 2

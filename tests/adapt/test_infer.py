@@ -27,8 +27,9 @@ def small_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_torch_backend_upscales_with_backbone_and_reports_bad_files(small_inputs: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
+    (tmp_path / "emptystore").mkdir()  # an existing store without this camera: the backbone serves
     code = main(["upscale", "-i", str(small_inputs), "-o", str(out), "--backend", "torch", "--store",
-                 str(tmp_path / "nostore"), "--no-progress", "--device", "cpu"])
+                 str(tmp_path / "emptystore"), "--no-progress", "--device", "cpu"])
     assert code == 1  # one bad file
     captured = capsys.readouterr()
     assert "broken.png" in captured.err and "skipped" in captured.err

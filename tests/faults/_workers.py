@@ -37,6 +37,30 @@ def export(root: str, camera: str, precision: str) -> None:
     print("done", flush=True)
 
 
+def adapt(weights_dir: str, images: str, store: str, steps: str, *extra: str) -> None:
+    """``adapt --camera nokia`` through the real CLI, with the tiny backbone of the interrupt tests."""
+    import functools
+
+    import torch
+
+    import adassr.adapt.config as config
+    import adassr.adapt.run as run
+    from adassr.cli import main as cli_main
+    from tests.adapt.test_adapt_interrupt import tiny_registry
+
+    torch.set_num_threads(1)
+    defaults = config.cpu_demo_defaults
+    # No early stop: the run must still be training when the test's signal arrives.
+    config.cpu_demo_defaults = lambda *a, **k: defaults(*a, **k).with_overrides(  # type: ignore[assignment]
+        stop_patience=1_000_000)
+    registry = tiny_registry(Path(weights_dir))
+    run.adapt_camera = functools.partial(run.adapt_camera, registry=registry)  # type: ignore[assignment]
+    argv = ["adapt", "--camera", "nokia", "--images", images, "--store", store, "--backbone", "tiny",
+            "--steps", steps, "--eval-every", "1", "--patch", "12", "--eval-crop", "48", "--lambda-perceptual", "0",
+            "--feature-bank", "4", *extra]
+    raise SystemExit(cli_main(argv))
+
+
 def main() -> None:
     kind, *args = sys.argv[1:]
     sys.path.insert(0, str(Path.cwd()))
@@ -44,6 +68,8 @@ def main() -> None:
         store_writer(args[0], int(args[1]), float(args[2]) if len(args) > 2 else 0.0)
     elif kind == "export":
         export(*args)
+    elif kind == "adapt":
+        adapt(*args)
     else:
         raise SystemExit(f"unknown worker {kind!r}")
 

@@ -109,3 +109,38 @@ def test_killed_export_keeps_the_previous_export(tmp_path: Path) -> None:
     manifest = store.read_manifest()
     referenced = {r["file"] for r in manifest["artifacts"].values()} | {"manifest.json", ".lock"}
     assert sorted(p.name for p in store.directory.iterdir()) == sorted(referenced)  # no orphans, no *.tmp
+
+
+@pytest.mark.parametrize("sig, keep", [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_killed_adapt_keeps_the_previous_model(tmp_path: Path, sig: signal.Signals, keep: bool) -> None:
+    pytest.importorskip("torch")
+    from tests.adapt.test_adapt_interrupt import _previous_model, camera_folder, tiny_registry
+
+    images = camera_folder(tmp_path / "images")
+    store = tmp_path / "store"
+    registry = tiny_registry(tmp_path)
+    before = _previous_model(store, registry, images)  # a complete run: the model to protect
+    cam = CameraStore.open(store, "nokia")
+    cmd = [sys.executable, "-m", "tests.faults._workers", "adapt", str(tmp_path), str(images), str(store), "400",
+           *(["--keep-on-interrupt"] if keep else [])]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    wanted = f"step {random.Random(sig.value).randint(2, 6)}/"
+    for line in proc.stderr:  # wait until training is under way, then signal at a random step
+        if line.startswith(wanted):
+            break
+    proc.send_signal(sig)
+    code = proc.wait(120)
+    assert code == (-sig.value if sig == signal.SIGKILL else 128 + sig.value)
+    manifest = cam.read_manifest()
+    for name in manifest["artifacts"]:
+        cam.verified_path(name, manifest)  # consistent, and the model still serves
+    if keep:
+        assert manifest["interrupted"] is True and "SIGINT" in manifest["stop_reason"]
+    else:
+        assert cam.manifest_path.read_text() == before  # the previous model, untouched
+    _previous_model(store, registry, images)  # a rerun succeeds, and cleans up after the killed one
+    manifest = cam.read_manifest()
+    assert manifest["interrupted"] is False
+    referenced = {r["file"] for r in manifest["artifacts"].values()} | {"manifest.json", ".lock"}
+    assert sorted(p.name for p in cam.directory.iterdir()) == sorted(referenced)

@@ -1,0 +1,122 @@
+"""SIGINT / SIGTERM during adaptation: nothing published (exit 130 / 143) unless --keep-on-interrupt."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adassr.adapt.archs import ArchParams, BackboneEntry, BackboneRegistry, SafetensorsSource
+from adassr.adapt.config import cpu_demo_defaults
+from adassr.adapt.groups import select_group
+from adassr.adapt.interrupts import Interrupted, catch_interrupts
+from adassr.adapt.loop import ProgressEvent
+from adassr.adapt.run import adapt_camera
+from adassr.adapt.weights import save_safetensors_weights
+from adassr.runtime.images import read_image, write_image
+from adassr.runtime.store import CameraStore
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
+CONFIG = cpu_demo_defaults().with_overrides(steps=6, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                            lambda_perceptual=0, feature_bank=4)
+
+
+def tiny_registry(folder: Path) -> BackboneRegistry:
+    path = folder / "tiny.safetensors"
+    entry = BackboneEntry(name="tiny", scale=4, arch=ArchParams(num_feat=8, num_block=2, num_grow_ch=4),
+                          source=SafetensorsSource(path), licence="test only", description="tiny random RRDBNet")
+    torch.manual_seed(0)
+    save_safetensors_weights(path, entry.build(), entry)
+    return BackboneRegistry([entry])
+
+
+def camera_folder(folder: Path) -> Path:
+    (folder / "nokia").mkdir(parents=True, exist_ok=True)
+    pixels = read_image(SAMPLES / "nokia" / "iptc.jpg").pixels
+    write_image(folder / "nokia" / "crop.png", np.ascontiguousarray(pixels[200:330, 250:380]))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[BackboneRegistry, Path]:
+    base = tmp_path_factory.mktemp("adapt-int")
+    return tiny_registry(base), camera_folder(base / "images")
+
+
+def _signal_at(step: int, sig: signal.Signals):
+    def progress(event: ProgressEvent) -> None:
+        if event.step == step and event.niqe is not None:
+            os.kill(os.getpid(), sig)  # a real signal, delivered to the handler of catch_interrupts
+
+    return progress
+
+
+def _previous_model(store: Path, registry: BackboneRegistry, images: Path) -> str:
+    torch.set_num_threads(1)
+    group = select_group(images, "nokia")
+    adapt_camera(group, CONFIG.with_overrides(steps=2), store_root=store, backbone_name="tiny", registry=registry)
+    return CameraStore.open(store, "nokia").manifest_path.read_text()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_publishes_nothing(setup: tuple[BackboneRegistry, Path], tmp_path: Path,
+                                     sig: signal.Signals, code: int) -> None:
+    registry, images = setup
+    before = _previous_model(tmp_path, registry, images)
+    store = CameraStore.open(tmp_path, "nokia")
+    files = sorted(p.name for p in store.directory.iterdir())
+    with pytest.raises(Interrupted) as info, catch_interrupts():
+        adapt_camera(select_group(images, "nokia"), CONFIG, store_root=tmp_path, backbone_name="tiny",
+                     registry=registry, progress=_signal_at(3, sig))
+    assert info.value.exit_code == code and not info.value.kept
+    assert store.manifest_path.read_text() == before  # the previous model, untouched
+    assert sorted(p.name for p in store.directory.iterdir()) == files
+    store.verified_path("adapted.safetensors")
+
+
+def test_keep_on_interrupt_publishes_the_best_evaluated_weights(setup: tuple[BackboneRegistry, Path],
+                                                                 tmp_path: Path) -> None:
+    registry, images = setup
+    before = _previous_model(tmp_path, registry, images)
+    with pytest.raises(Interrupted) as info, catch_interrupts():
+        adapt_camera(select_group(images, "nokia"), CONFIG, store_root=tmp_path, backbone_name="tiny",
+                     registry=registry, progress=_signal_at(3, signal.SIGTERM), keep_on_interrupt=True)
+    assert info.value.kept and info.value.exit_code == 143
+    store = CameraStore.open(tmp_path, "nokia")
+    manifest = store.read_manifest()
+    assert store.manifest_path.read_text() != before
+    assert manifest["interrupted"] is True and manifest["steps"] == 3
+    assert "interrupted by SIGTERM at step 3" in manifest["stop_reason"]
+    assert "--keep-on-interrupt" in manifest["stop_reason"]
+    store.verified_path("adapted.safetensors", manifest)
+
+
+def test_cli_exit_codes_and_message(setup: tuple[BackboneRegistry, Path], tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import functools
+
+    import adassr.adapt.run as run
+    from adassr.cli import main
+
+    registry, images = setup
+    before = _previous_model(tmp_path, registry, images)
+    real = run.adapt_camera
+
+    def interrupted_run(*args, **kwargs):  # the CLI's own adapt_camera, with a signal at step 2
+        kwargs["progress"] = _signal_at(2, signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "adapt_camera", functools.partial(interrupted_run, registry=registry))
+    argv = ["adapt", "--camera", "nokia", "--images", str(images), "--store", str(tmp_path), "--backbone", "tiny",
+            "--steps", "6", "--eval-every", "1", "--patch", "12", "--eval-crop", "48", "--lambda-perceptual", "0",
+            "--feature-bank", "4"]
+    assert main(argv) == 143
+    assert "nothing was published" in capsys.readouterr().err
+    assert CameraStore.open(tmp_path, "nokia").manifest_path.read_text() == before
+    assert main([*argv, "--keep-on-interrupt"]) == 143
+    assert "were published" in capsys.readouterr().err
+    assert CameraStore.open(tmp_path, "nokia").read_manifest()["interrupted"] is True

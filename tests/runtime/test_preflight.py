@@ -1,0 +1,71 @@
+"""Whole-run checks of ``adassr upscale`` (reported once, exit 2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from adassr.runtime.errors import BackendError, ConfigError, StoreError
+from adassr.runtime.preflight import (
+    check_output_folders,
+    check_required_providers,
+    check_store_serves,
+    check_threads,
+)
+from adassr.runtime.store import CameraStore
+
+from ._models import publish_camera
+
+
+@pytest.mark.parametrize("threads", [0, -1, 10**6, True])
+def test_invalid_thread_counts(threads: int) -> None:
+    with pytest.raises(ConfigError, match="--threads must be an integer from 1"):
+        check_threads(threads)
+    check_threads(None)
+    check_threads(2)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_unwritable_output_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="not writable"):
+            check_output_folders([folder / "a.png"])
+    finally:
+        folder.chmod(0o700)
+
+
+def test_output_folder_below_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not writable"):
+        check_output_folders([tmp_path / "file" / "sub" / "a.png"])
+    check_output_folders([tmp_path / "new" / "deeper" / "a.png"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing created, no probe left
+
+
+def test_required_provider_missing() -> None:
+    with pytest.raises(BackendError, match="CUDAExecutionProvider not available"):
+        check_required_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], require=True)
+    check_required_providers(["CUDAExecutionProvider"], require=False)
+    check_required_providers(["CPUExecutionProvider"], require=True)
+
+
+def test_empty_and_missing_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        check_store_serves(tmp_path / "nowhere", camera=None)
+    with pytest.raises(StoreError, match="holds no exported model"):
+        check_store_serves(tmp_path, camera=None)
+    CameraStore.open(tmp_path, "canon", create=True).update_manifest(lambda m: None)  # adapted, not exported
+    with pytest.raises(StoreError, match="holds no exported model"):
+        check_store_serves(tmp_path, camera=None)
+    publish_camera(tmp_path, "nokia")
+    assert check_store_serves(tmp_path, camera=None) == "nokia"
+    with pytest.raises(StoreError, match="no exported model for camera 'canon' and no fallback"):
+        check_store_serves(tmp_path, camera="canon")
+    publish_camera(tmp_path, "_fallback")
+    assert check_store_serves(tmp_path, camera="canon") == "_fallback"
+    assert check_store_serves(tmp_path, camera=None) == "_fallback"
