@@ -17,9 +17,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from adassr.export.bench import LatencyOptions
 
 GPU_PEAKS: dict[str, float] = {
     "H200": 989.4e12,
@@ -206,7 +209,7 @@ def _device_used_mib() -> float | None:
         return None
 
 
-def run_gpu_latency(args: Any) -> dict[str, Any]:
+def run_gpu_latency(args: LatencyOptions) -> dict[str, Any]:
     """Latency rows for ``--backend onnxruntime|tensorrt|torch`` with ``--precision``, ``--batch``, ``--gpu``."""
     from adassr.export.bench import _crop, machine_name
     from adassr.export.roofline import conv_macs_per_input_pixel
