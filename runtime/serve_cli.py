@@ -191,8 +191,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    """Run the server until SIGTERM / SIGINT; 0 after a clean drain."""
+def _checked_config(args: argparse.Namespace) -> Any:
+    """The server configuration, after checking the serve extra, ``--gpu`` and that the store has a model."""
     missing = [
         m for m in ("starlette", "uvicorn", "prometheus_client", "multipart") if importlib.util.find_spec(m) is None
     ]
@@ -211,12 +211,15 @@ def run_serve(args: argparse.Namespace) -> int:
             f"the store {config.store} has no camera with a manifest; export a model first "
             "(`adassr export --backbone realesrgan-x4plus` for the fallback)"
         )
+    return config
 
+
+def _uvicorn_server(app: Any, config: Any) -> Any:
+    """A uvicorn server for ``app`` that marks the app draining as soon as a stop signal arrives."""
     import uvicorn
 
-    from adassr.runtime.server.app import create_app
+    from adassr.runtime.server.http_protocol import header_timeout_protocol
 
-    app = create_app(config)
     server_state = app.state.server
 
     class DrainingServer(uvicorn.Server):
@@ -228,8 +231,7 @@ def run_serve(args: argparse.Namespace) -> int:
             # uvicorn re-raises the signal after shutting down; a clean drain exits with 0 instead.
             self._captured_signals.clear()
 
-    from adassr.runtime.server.http_protocol import header_timeout_protocol
-
+    level = logging.getLogger().getEffectiveLevel()
     uv_config = uvicorn.Config(
         app,
         http=header_timeout_protocol(config.limits.header_timeout_s),
@@ -238,13 +240,20 @@ def run_serve(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=int(max(1, round(config.drain_timeout_s))),
         timeout_keep_alive=5,
-        log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-        if logging.getLogger().getEffectiveLevel() < logging.WARNING
-        else "warning",
-        access_log=logging.getLogger().getEffectiveLevel() <= logging.INFO,
+        log_level=logging.getLevelName(level).lower() if level < logging.WARNING else "warning",
+        access_log=level <= logging.INFO,
         server_header=False,
     )
-    server = DrainingServer(uv_config)
+    return DrainingServer(uv_config)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM / SIGINT; 0 after a clean drain."""
+    config = _checked_config(args)
+
+    from adassr.runtime.server.app import create_app
+
+    server = _uvicorn_server(create_app(config), config)
     print(
         f"adassr serve: http://{config.host}:{config.port} (store {config.store}, "
         f"{config.workers} workers, batch {config.max_batch}); SIGTERM drains",
