@@ -29,18 +29,10 @@ from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
 logger = logging.getLogger(__name__)
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``adassr serve`` options to ``parser``."""
-    from adassr.runtime.server.config import (
-        DEFAULT_HOST,
-        DEFAULT_PORT,
-        DEFAULT_TILE,
-        Limits,
-        ServerConfig,
-    )
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Store, address, backend and precision options."""
+    from adassr.runtime.server.config import DEFAULT_HOST, DEFAULT_PORT
 
-    d = ServerConfig(store=DEFAULT_STORE)
-    lim = Limits()
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default ./{DEFAULT_STORE})")
     parser.add_argument(
         "--host",
@@ -63,6 +55,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="model precision (default fp32)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model call")
+
+
+def _add_scheduling_arguments(parser: argparse.ArgumentParser, d: Any) -> None:
+    """Worker, queue and batching options."""
     parser.add_argument(
         "--workers", type=int, default=d.workers, help=f"requests processed at once (default {d.workers})"
     )
@@ -90,6 +86,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.inference_threads,
         help=f"model calls running at once (default {d.inference_threads})",
     )
+
+
+def _add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Tiling options."""
+    from adassr.runtime.server.config import DEFAULT_TILE
+
     parser.add_argument(
         "--tile", type=int, default=DEFAULT_TILE, help=f"tile size, input pixels (default {DEFAULT_TILE})"
     )
@@ -104,6 +106,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="pad small images to a full tile (static shapes: more batching, more compute)",
     )
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser, d: Any, lim: Any) -> None:
+    """Authentication, size and time limits, reloading and draining."""
     parser.add_argument(
         "--token-file",
         type=Path,
@@ -152,6 +158,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.drain_timeout_s,
         help=f"seconds SIGTERM waits for in-flight requests (default {d.drain_timeout_s:g})",
     )
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``adassr serve`` options to ``parser``."""
+    from adassr.runtime.server.config import Limits, ServerConfig
+
+    d = ServerConfig(store=DEFAULT_STORE)
+    lim = Limits()
+    _add_model_arguments(parser)
+    _add_scheduling_arguments(parser, d)
+    _add_tiling_arguments(parser)
+    _add_limit_arguments(parser, d, lim)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
