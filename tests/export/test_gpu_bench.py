@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from adassr.export.bench import LatencyOptions, add_bench_arguments, run_latency
+from adassr.export.bench import LatencyOptions, run_latency
+from adassr.export.bench_cli import add_bench_arguments, latency_options
 from adassr.export.gpu_bench import Roofline, gpu_markdown, gpu_peak, run_gpu_latency
 from adassr.runtime.errors import ConfigError
 
@@ -72,7 +73,7 @@ def test_latency_options_mirror_the_command_line(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     add_bench_arguments(parser)
     args = parser.parse_args(["latency", "--sizes", "16", "--no-torch", "--out", str(tmp_path)])
-    options = LatencyOptions.from_args(args)
+    options = latency_options(args)
     assert set(vars(args)) - {"bench"} == set(LatencyOptions.__dataclass_fields__)
     assert (options.sizes, options.no_torch, options.out, options.repeats) == ("16", True, tmp_path, 5)
 
@@ -84,3 +85,17 @@ def test_cpu_latency_report_rows_and_tiling(store: Path) -> None:
     assert result["onnxruntime_speedup_vs_torch"] == {}
     assert result["tiled_vs_untiled"]["tiles"] == 4
     assert result["tiled_vs_untiled"]["size"] == 32
+
+
+def test_bench_command_writes_the_report(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adassr.cli import main
+
+    out = tmp_path / "results"
+    code = main(["bench", "latency", "--store", str(store), "--sizes", "16", "--tiled-size", "32", "--repeats", "1",
+                 "--threads", "1", "--no-torch", "--out", str(out)])
+    assert code == 0
+    reports = sorted(p.suffix for p in out.iterdir())
+    assert reports == [".json", ".md"]
+    result = json.loads(next(out.glob("*.json")).read_text())
+    assert [r["size"] for r in result["rows"]] == [16]
+    assert "results:" in capsys.readouterr().out
