@@ -172,7 +172,7 @@ def backend_row(label: str, infer: Callable[[np.ndarray], np.ndarray], frame: np
 # -- `adassr bench latency` on a GPU (or with --backend torch / tensorrt) ----------------------------
 
 
-def _sides(args: Any) -> list[tuple[int, int]]:
+def _sides(args: LatencyOptions) -> list[tuple[int, int]]:
     """LR (height, width) cases: ``--frame WxH`` if given, else the square ``--sizes``."""
     from adassr.runtime.errors import ConfigError
 
@@ -245,7 +245,7 @@ def run_gpu_latency(args: LatencyOptions) -> dict[str, Any]:
             "backend": args.backend, "rows": rows}
 
 
-def _torch_bench_rows(args: Any, route: Any, frame: np.ndarray, roofline: Roofline, on_gpu: bool,
+def _torch_bench_rows(args: LatencyOptions, route: Any, frame: np.ndarray, roofline: Roofline, on_gpu: bool,
                       device: int) -> list[dict[str, Any]]:
     import torch
 
@@ -270,7 +270,7 @@ def _torch_bench_rows(args: Any, route: Any, frame: np.ndarray, roofline: Roofli
                       scale=route.scale)
 
 
-def _tensorrt_bench_row(args: Any, frame: np.ndarray, roofline: Roofline, device: int) -> dict[str, Any]:
+def _tensorrt_bench_row(args: LatencyOptions, frame: np.ndarray, roofline: Roofline, device: int) -> dict[str, Any]:
     from adassr.runtime.backends.tensorrt import TensorRTBackend
     from adassr.runtime.engines import exact_profile
     from adassr.runtime.engines.manage import EngineRequest, TensorRTToolkit, ensure_camera_engine
@@ -290,7 +290,7 @@ def _tensorrt_bench_row(args: Any, frame: np.ndarray, roofline: Roofline, device
                            refit_s=result.record.refit_s)
 
 
-def _ort_bench_row(args: Any, route: Any, frame: np.ndarray, roofline: Roofline, on_gpu: bool,
+def _ort_bench_row(args: LatencyOptions, route: Any, frame: np.ndarray, roofline: Roofline, on_gpu: bool,
                    device: int) -> dict[str, Any]:
     from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from adassr.runtime.backends.ort_options import GpuProviderSettings, ort_trt_cache_dir
