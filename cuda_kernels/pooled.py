@@ -31,6 +31,29 @@ from .colsum import DTYPES, attention_colsum
 TokenTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _checked_features(features: torch.Tensor, pool: int, heads: int) -> torch.Tensor:
+    """``features`` checked to be a ``(B, C, H, W)`` float tensor (in a supported dtype) and the options ints >= 1."""
+    if not isinstance(features, torch.Tensor) or features.dim() != 4:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else ()
+        raise ShapeError("features", shape, "(B, C, H, W)")
+    if not features.is_floating_point():
+        raise ConfigError(f"features must be a float tensor, got {features.dtype}")
+    for name, value in (("pool", pool), ("heads", heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+    return features if features.dtype in DTYPES else features.to(torch.float32)
+
+
+def _transformed(tokens: torch.Tensor, token_transform: TokenTransform) -> torch.Tensor:
+    """``token_transform(tokens)``, checked to keep the ``(B, N)`` leading shape, in a supported dtype."""
+    b, n = tokens.shape[:2]
+    out = token_transform(tokens)
+    if not isinstance(out, torch.Tensor) or out.dim() != 3 or out.shape[:2] != (b, n):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+        raise ShapeError("token_transform output", shape, f"({b}, {n}, C')")
+    return out if out.dtype in DTYPES else out.to(torch.float32)
+
+
 def pooled_attention_map(
     features: torch.Tensor,
     pool: int,
@@ -61,29 +84,14 @@ def pooled_attention_map(
         ShapeError: features not 4-D, or channels not divisible by ``heads``.
         ConfigError: invalid ``pool``, ``heads`` or other options.
     """
-    if not isinstance(features, torch.Tensor) or features.dim() != 4:
-        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else ()
-        raise ShapeError("features", shape, "(B, C, H, W)")
-    if not features.is_floating_point():
-        raise ConfigError(f"features must be a float tensor, got {features.dtype}")
-    for name, value in (("pool", pool), ("heads", heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
-    if features.dtype not in DTYPES:
-        features = features.to(torch.float32)
-
+    features = _checked_features(features, pool, heads)
     b = features.shape[0]
     pooled = F.avg_pool2d(features, pool, ceil_mode=True) if pool > 1 else features
     h, w = pooled.shape[-2:]
     n = h * w
     tokens = pooled.flatten(2).transpose(1, 2)  # (B, N, C), row-major over the grid
     if token_transform is not None:
-        tokens = token_transform(tokens)
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3 or tokens.shape[:2] != (b, n):
-            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else ()
-            raise ShapeError("token_transform output", shape, f"({b}, {n}, C')")
-        if tokens.dtype not in DTYPES:
-            tokens = tokens.to(torch.float32)
+        tokens = _transformed(tokens, token_transform)
     channels = tokens.shape[-1]
     if channels % heads != 0:
         raise ShapeError(

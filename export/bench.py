@@ -5,17 +5,17 @@ calls; p50/p95/p99 latency, output megapixels per second and the process's peak 
 weights run in PyTorch eager fp32 (the way Real-ESRGAN's inference script runs them) for the
 speed ratio, and the largest size also runs tiled vs untiled in the runtime. Results are written
 as JSON and Markdown under ``--out`` (default ``benchmarks/results``), named after the machine.
+The command line (parsing, saving) is :mod:`adassr.export.bench_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import platform
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +24,27 @@ import numpy as np
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "cameras" / "nokia" / "iptc.jpg"
 
 
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    lat = sub.add_parser("latency", help="upscaling latency per backend and size")
-    lat.add_argument("--camera", default="_fallback",
-                     help="camera whose exported model to time (default: the fallback)")
-    lat.add_argument("--store", type=Path, default=Path("models"), help="model store (default ./models)")
-    lat.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "torch"),
-                     help="onnxruntime (default), tensorrt (an engine for each size, built or reused from the "
-                          "store) or torch; tensorrt, torch and --gpu switch to the GPU report (p50/p95/p99, "
-                          "MP/s, effective TFLOP/s and the fraction of the compute bound)")
-    lat.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-                     help="model precision for the GPU report (default fp32)")
-    lat.add_argument("--batch", type=int, default=1, help="frames per call in the GPU report (default 1)")
-    lat.add_argument("--gpu", type=int, default=None, metavar="N", help="CUDA device: time on the GPU")
-    lat.add_argument("--frame", default=None, metavar="WxH",
-                     help="one LR frame size instead of --sizes, e.g. 480x270 (1920x1080 output)")
-    lat.add_argument("--cuda-graph", action="store_true",
-                     help="tensorrt / torch on a GPU: also time CUDA-graph replay")
-    lat.add_argument("--providers", default="cpu", help="onnxruntime providers (default cpu)")
-    lat.add_argument("--sizes", default="64,128", help="LR sizes, comma separated (default 64,128)")
-    lat.add_argument("--tiled-size", type=int, default=256,
-                     help="LR size of the tiled-vs-untiled comparison (default 256)")
-    lat.add_argument("--tile", type=int, default=0,
-                     help="tile size for that comparison; 0 = the smallest tile that covers the image with 2x2 tiles")
-    lat.add_argument("--tile-overlap", type=int, default=16, help="tile overlap (default 16)")
-    lat.add_argument("--repeats", type=int, default=5, help="timed calls per case (default 5)")
-    lat.add_argument("--threads", type=int, default=None, help="threads for both onnxruntime and torch")
-    lat.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
-    lat.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
+@dataclass(frozen=True)
+class LatencyOptions:
+    """What ``adassr bench latency`` times; the fields mirror its command-line options."""
+
+    store: Path = Path("models")
+    camera: str = "_fallback"
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    batch: int = 1
+    gpu: int | None = None
+    frame: str | None = None
+    cuda_graph: bool = False
+    providers: str = "cpu"
+    sizes: str = "64,128"
+    tiled_size: int = 256
+    tile: int = 0
+    tile_overlap: int = 16
+    repeats: int = 5
+    threads: int | None = None
+    no_torch: bool = False
+    out: Path = Path("benchmarks/results")
 
 
 def _sizes(text: str) -> list[int]:
@@ -114,59 +106,28 @@ def machine_name() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
-def run_latency(args: argparse.Namespace) -> dict[str, Any]:
-    from adassr.export.roofline import conv_macs_per_input_pixel, cpu_roofline, ort_gemm_gflops, torch_gemm_gflops
+def run_latency(options: LatencyOptions) -> dict[str, Any]:
+    """Time the runtime backend (and PyTorch eager unless ``no_torch``) per LR size, plus tiled vs untiled."""
+    from adassr.export.roofline import conv_macs_per_input_pixel, cpu_roofline
     from adassr.runtime.backends import open_backend
     from adassr.runtime.cpu_info import intra_op_threads
     from adassr.runtime.errors import ConfigError
     from adassr.runtime.routing import resolve_model
-    from adassr.runtime.tiling import TilingOptions, plan_tiles, upscale_tiled
 
-    if args.repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
-    sizes = _sizes(args.sizes)
-    route = resolve_model(args.store, camera=args.camera)
-    providers = tuple(args.providers.split(","))
-    rows: list[dict[str, Any]] = []
-    threads = args.threads or intra_op_threads()
-    torch_model = None
-    if not args.no_torch:
-        torch_model = _torch_model(route, threads)
-    with open_backend(args.backend, route.onnx_path, providers=providers, threads=threads,
-                      input_name=route.input_name, output_name=route.output_name) as backend:
+    if options.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {options.repeats}")
+    sizes = _sizes(options.sizes)
+    route = resolve_model(options.store, camera=options.camera)
+    threads = options.threads or intra_op_threads()
+    torch_model = None if options.no_torch else _torch_model(route, threads)
+    with open_backend(options.backend, route.onnx_path, providers=tuple(options.providers.split(",")),
+                      threads=threads, input_name=route.input_name, output_name=route.output_name) as backend:
         on_cpu = tuple(backend.providers) == ("CPUExecutionProvider",)
+        rows: list[dict[str, Any]] = []
         for size in sizes:
-            x = _crop(size).transpose(2, 0, 1)[None].copy()
-            out_mp = (size * route.scale) ** 2 / 1e6
-            ceiling = {"gemm_gflops": ort_gemm_gflops(threads)} if on_cpu else {}  # measured just before
-            stats = time_calls(functools.partial(backend.infer, x), args.repeats)
-            rows.append({"backend": f"{args.backend} ({','.join(backend.providers)})", "size": size, **stats,
-                         "out_mpix_per_s": out_mp / (stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb(),
-                         **ceiling})
-            if torch_model is not None:
-                t_ceiling = {"gemm_gflops": torch_gemm_gflops(threads)}
-                t_stats = time_calls(functools.partial(torch_model, x), args.repeats)
-                rows.append({"backend": "torch eager fp32", "size": size, **t_stats,
-                             "out_mpix_per_s": out_mp / (t_stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb(),
-                             **t_ceiling})
-        big = args.tiled_size
-        image = _crop(big)
-        untiled_opts = TilingOptions(tile=0, pad_to_tile=False)
-        untiled = time_calls(lambda: upscale_tiled(image, backend.infer, scale=route.scale, options=untiled_opts),
-                             args.repeats)
-        tile = args.tile or -(-(big + 2 * untiled_opts.pre_pad + args.tile_overlap) // 2)
-        tiling = TilingOptions(tile=tile, overlap=args.tile_overlap, pad_to_tile=False)
-        tiled = time_calls(lambda: upscale_tiled(image, backend.infer, scale=route.scale, options=tiling),
-                           args.repeats)
-    ratios = {}
-    for size in sizes:
-        ort = next(r for r in rows if r["size"] == size and not r["backend"].startswith("torch"))
-        tor = next((r for r in rows if r["size"] == size and r["backend"].startswith("torch")), None)
-        if tor is not None:
-            ratios[str(size)] = tor["p50_ms"] / ort["p50_ms"]
-    roofline = None
-    if on_cpu:
-        roofline = cpu_roofline(rows, conv_macs_per_input_pixel(route.onnx_path), threads)
+            rows += _size_rows(options, backend, torch_model, size, route.scale, threads, on_cpu)
+        tiled_vs_untiled = _tiled_vs_untiled(options, backend.infer, route.scale)
+    roofline = cpu_roofline(rows, conv_macs_per_input_pixel(route.onnx_path), threads) if on_cpu else None
     return {
         "cpu_roofline": roofline,
         "machine": machine_name(),
@@ -174,12 +135,58 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
                   "scale": route.scale, "reason": route.reason},
         "threads": threads,
         "rows": rows,
-        "onnxruntime_speedup_vs_torch": ratios,
-        "tiled_vs_untiled": {"size": big, "tile": tile, "overlap": args.tile_overlap,
-                             "tiles": plan_tiles(big, big, tiling).n_tiles,
-                             "untiled": untiled, "tiled": tiled,
-                             "ratio": tiled["p50_ms"] / untiled["p50_ms"]},
+        "onnxruntime_speedup_vs_torch": _speedups(rows, sizes),
+        "tiled_vs_untiled": tiled_vs_untiled,
     }
+
+
+def _size_rows(options: LatencyOptions, backend: Any, torch_model: Callable[[np.ndarray], np.ndarray] | None,
+               size: int, scale: int, threads: int, on_cpu: bool) -> list[dict[str, Any]]:
+    """The backend's row (and PyTorch eager's) for one square LR size."""
+    from adassr.export.roofline import ort_gemm_gflops, torch_gemm_gflops
+
+    x = _crop(size).transpose(2, 0, 1)[None].copy()
+    out_mp = (size * scale) ** 2 / 1e6
+    ceiling = {"gemm_gflops": ort_gemm_gflops(threads)} if on_cpu else {}  # measured just before
+    stats = time_calls(functools.partial(backend.infer, x), options.repeats)
+    rows = [{"backend": f"{options.backend} ({','.join(backend.providers)})", "size": size, **stats,
+             "out_mpix_per_s": out_mp / (stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb(), **ceiling}]
+    if torch_model is not None:
+        t_ceiling = {"gemm_gflops": torch_gemm_gflops(threads)}
+        t_stats = time_calls(functools.partial(torch_model, x), options.repeats)
+        rows.append({"backend": "torch eager fp32", "size": size, **t_stats,
+                     "out_mpix_per_s": out_mp / (t_stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb(),
+                     **t_ceiling})
+    return rows
+
+
+def _tiled_vs_untiled(options: LatencyOptions, infer: Callable[[np.ndarray], np.ndarray],
+                      scale: int) -> dict[str, Any]:
+    """Tiled vs untiled runtime upscaling of one ``tiled_size`` square crop."""
+    from adassr.runtime.tiling import TilingOptions, plan_tiles, upscale_tiled
+
+    big = options.tiled_size
+    image = _crop(big)
+    untiled_opts = TilingOptions(tile=0, pad_to_tile=False)
+    untiled = time_calls(lambda: upscale_tiled(image, infer, scale=scale, options=untiled_opts), options.repeats)
+    tile = options.tile or -(-(big + 2 * untiled_opts.pre_pad + options.tile_overlap) // 2)
+    tiling = TilingOptions(tile=tile, overlap=options.tile_overlap, pad_to_tile=False)
+    tiled = time_calls(lambda: upscale_tiled(image, infer, scale=scale, options=tiling), options.repeats)
+    return {"size": big, "tile": tile, "overlap": options.tile_overlap,
+            "tiles": plan_tiles(big, big, tiling).n_tiles,
+            "untiled": untiled, "tiled": tiled,
+            "ratio": tiled["p50_ms"] / untiled["p50_ms"]}
+
+
+def _speedups(rows: list[dict[str, Any]], sizes: list[int]) -> dict[str, float]:
+    """PyTorch eager p50 over the backend's p50, per LR size that has both rows."""
+    ratios = {}
+    for size in sizes:
+        ort = next(r for r in rows if r["size"] == size and not r["backend"].startswith("torch"))
+        tor = next((r for r in rows if r["size"] == size and r["backend"].startswith("torch")), None)
+        if tor is not None:
+            ratios[str(size)] = tor["p50_ms"] / ort["p50_ms"]
+    return ratios
 
 
 def _torch_model(route: Any, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
@@ -223,23 +230,3 @@ def to_markdown(result: dict[str, Any]) -> str:
 
         lines += roofline_markdown(result["cpu_roofline"])
     return "\n".join(lines) + "\n"
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    from adassr.runtime.store import atomic_write_bytes
-
-    if getattr(args, "gpu", None) is not None or getattr(args, "backend", "onnxruntime") != "onnxruntime":
-        from adassr.export.gpu_bench import gpu_markdown, run_gpu_latency
-
-        result = run_gpu_latency(args)
-        text = gpu_markdown(result)
-    else:
-        result = run_latency(args)
-        text = to_markdown(result)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = "".join(c if c.isalnum() else "-" for c in result["machine"].lower()).strip("-")[:60]
-    atomic_write_bytes(args.out / f"latency_{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write_bytes(args.out / f"latency_{tag}.md", text.encode())
-    print(f"results: {args.out / f'latency_{tag}.md'}")
-    return 0

@@ -17,9 +17,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from adassr.export.bench import LatencyOptions
 
 GPU_PEAKS: dict[str, float] = {
     "H200": 989.4e12,
@@ -169,7 +172,7 @@ def backend_row(label: str, infer: Callable[[np.ndarray], np.ndarray], frame: np
 # -- `adassr bench latency` on a GPU (or with --backend torch / tensorrt) ----------------------------
 
 
-def _sides(args: Any) -> list[tuple[int, int]]:
+def _sides(args: LatencyOptions) -> list[tuple[int, int]]:
     """LR (height, width) cases: ``--frame WxH`` if given, else the square ``--sizes``."""
     from adassr.runtime.errors import ConfigError
 
@@ -206,7 +209,7 @@ def _device_used_mib() -> float | None:
         return None
 
 
-def run_gpu_latency(args: Any) -> dict[str, Any]:
+def run_gpu_latency(args: LatencyOptions) -> dict[str, Any]:
     """Latency rows for ``--backend onnxruntime|tensorrt|torch`` with ``--precision``, ``--batch``, ``--gpu``."""
     from adassr.export.bench import _crop, machine_name
     from adassr.export.roofline import conv_macs_per_input_pixel
@@ -242,7 +245,7 @@ def run_gpu_latency(args: Any) -> dict[str, Any]:
             "backend": args.backend, "rows": rows}
 
 
-def _torch_bench_rows(args: Any, route: Any, frame: np.ndarray, roofline: Roofline, on_gpu: bool,
+def _torch_bench_rows(args: LatencyOptions, route: Any, frame: np.ndarray, roofline: Roofline, on_gpu: bool,
                       device: int) -> list[dict[str, Any]]:
     import torch
 
@@ -267,7 +270,7 @@ def _torch_bench_rows(args: Any, route: Any, frame: np.ndarray, roofline: Roofli
                       scale=route.scale)
 
 
-def _tensorrt_bench_row(args: Any, frame: np.ndarray, roofline: Roofline, device: int) -> dict[str, Any]:
+def _tensorrt_bench_row(args: LatencyOptions, frame: np.ndarray, roofline: Roofline, device: int) -> dict[str, Any]:
     from adassr.runtime.backends.tensorrt import TensorRTBackend
     from adassr.runtime.engines import exact_profile
     from adassr.runtime.engines.manage import EngineRequest, TensorRTToolkit, ensure_camera_engine
@@ -287,7 +290,7 @@ def _tensorrt_bench_row(args: Any, frame: np.ndarray, roofline: Roofline, device
                            refit_s=result.record.refit_s)
 
 
-def _ort_bench_row(args: Any, route: Any, frame: np.ndarray, roofline: Roofline, on_gpu: bool,
+def _ort_bench_row(args: LatencyOptions, route: Any, frame: np.ndarray, roofline: Roofline, on_gpu: bool,
                    device: int) -> dict[str, Any]:
     from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from adassr.runtime.backends.ort_options import GpuProviderSettings, ort_trt_cache_dir

@@ -29,18 +29,10 @@ from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
 logger = logging.getLogger(__name__)
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``adassr serve`` options to ``parser``."""
-    from adassr.runtime.server.config import (
-        DEFAULT_HOST,
-        DEFAULT_PORT,
-        DEFAULT_TILE,
-        Limits,
-        ServerConfig,
-    )
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Store, address, backend and precision options."""
+    from adassr.runtime.server.config import DEFAULT_HOST, DEFAULT_PORT
 
-    d = ServerConfig(store=DEFAULT_STORE)
-    lim = Limits()
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default ./{DEFAULT_STORE})")
     parser.add_argument(
         "--host",
@@ -63,6 +55,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="model precision (default fp32)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model call")
+
+
+def _add_scheduling_arguments(parser: argparse.ArgumentParser, d: Any) -> None:
+    """Worker, queue and batching options."""
     parser.add_argument(
         "--workers", type=int, default=d.workers, help=f"requests processed at once (default {d.workers})"
     )
@@ -90,6 +86,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.inference_threads,
         help=f"model calls running at once (default {d.inference_threads})",
     )
+
+
+def _add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Tiling options."""
+    from adassr.runtime.server.config import DEFAULT_TILE
+
     parser.add_argument(
         "--tile", type=int, default=DEFAULT_TILE, help=f"tile size, input pixels (default {DEFAULT_TILE})"
     )
@@ -104,6 +106,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="pad small images to a full tile (static shapes: more batching, more compute)",
     )
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser, d: Any, lim: Any) -> None:
+    """Authentication, size and time limits, reloading and draining."""
     parser.add_argument(
         "--token-file",
         type=Path,
@@ -154,6 +160,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``adassr serve`` options to ``parser``."""
+    from adassr.runtime.server.config import Limits, ServerConfig
+
+    d = ServerConfig(store=DEFAULT_STORE)
+    lim = Limits()
+    _add_model_arguments(parser)
+    _add_scheduling_arguments(parser, d)
+    _add_tiling_arguments(parser)
+    _add_limit_arguments(parser, d, lim)
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`ServerConfig` for parsed ``serve`` arguments (ConfigError on bad values)."""
     from adassr.runtime.server.config import Limits, ServerConfig, read_token_file
@@ -191,8 +209,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    """Run the server until SIGTERM / SIGINT; 0 after a clean drain."""
+def _checked_config(args: argparse.Namespace) -> Any:
+    """The server configuration, after checking the serve extra, ``--gpu`` and that the store has a model."""
     missing = [
         m for m in ("starlette", "uvicorn", "prometheus_client", "multipart") if importlib.util.find_spec(m) is None
     ]
@@ -211,12 +229,15 @@ def run_serve(args: argparse.Namespace) -> int:
             f"the store {config.store} has no camera with a manifest; export a model first "
             "(`adassr export --backbone realesrgan-x4plus` for the fallback)"
         )
+    return config
 
+
+def _uvicorn_server(app: Any, config: Any) -> Any:
+    """A uvicorn server for ``app`` that marks the app draining as soon as a stop signal arrives."""
     import uvicorn
 
-    from adassr.runtime.server.app import create_app
+    from adassr.runtime.server.http_protocol import header_timeout_protocol
 
-    app = create_app(config)
     server_state = app.state.server
 
     class DrainingServer(uvicorn.Server):
@@ -228,8 +249,7 @@ def run_serve(args: argparse.Namespace) -> int:
             # uvicorn re-raises the signal after shutting down; a clean drain exits with 0 instead.
             self._captured_signals.clear()
 
-    from adassr.runtime.server.http_protocol import header_timeout_protocol
-
+    level = logging.getLogger().getEffectiveLevel()
     uv_config = uvicorn.Config(
         app,
         http=header_timeout_protocol(config.limits.header_timeout_s),
@@ -238,13 +258,20 @@ def run_serve(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=int(max(1, round(config.drain_timeout_s))),
         timeout_keep_alive=5,
-        log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-        if logging.getLogger().getEffectiveLevel() < logging.WARNING
-        else "warning",
-        access_log=logging.getLogger().getEffectiveLevel() <= logging.INFO,
+        log_level=logging.getLevelName(level).lower() if level < logging.WARNING else "warning",
+        access_log=level <= logging.INFO,
         server_header=False,
     )
-    server = DrainingServer(uv_config)
+    return DrainingServer(uv_config)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM / SIGINT; 0 after a clean drain."""
+    config = _checked_config(args)
+
+    from adassr.runtime.server.app import create_app
+
+    server = _uvicorn_server(create_app(config), config)
     print(
         f"adassr serve: http://{config.host}:{config.port} (store {config.store}, "
         f"{config.workers} workers, batch {config.max_batch}); SIGTERM drains",

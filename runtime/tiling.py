@@ -289,6 +289,112 @@ def _reflect_index(start: int, length: int, n: int, pre_pad: int) -> np.ndarray:
     return np.where(m < n, m, period - m)
 
 
+class _SeamBlender:
+    """Places model output tiles (in plan order) into the output, cross-fading the seams.
+
+    A pixel covered by one tile goes to ``sink`` straight away; seam pixels are accumulated in
+    float32 buffers one seam wide and delivered once both neighbours have contributed.
+    """
+
+    def __init__(self, plan: TilePlan, rows: _AxisSpans, cols: _AxisSpans, *, scale: int, sink: RegionSink) -> None:
+        self._plan, self._rows, self._cols, self._sink = plan, rows, cols, sink
+        self._scale = scale
+        self._off = plan.pre_pad * scale
+        self._out_width = plan.width * scale
+        self._n_rows, self._n_cols = len(plan.rows.starts), len(plan.cols.starts)
+        self._row_before: np.ndarray | None = None  # seam (i - 1, i): full output width
+        self._row_after: np.ndarray | None = None  # seam (i, i + 1)
+        self._col_before: np.ndarray | None = None  # seam (j - 1, j) over tile row i's own rows
+        self._col_after: np.ndarray | None = None
+
+    def place(self, i: int, j: int, tile: np.ndarray) -> None:
+        """Blend output tile ``(i, j)`` (``3 x th*s x tw*s``); tiles must arrive row by row."""
+        if j == 0:
+            self._start_row(i)
+        oy = self._plan.rows.starts[i] * self._scale - self._off
+        ox = self._plan.cols.starts[j] * self._scale - self._off
+        rows, cols = self._rows, self._cols
+        for rkind, ya, yb in rows.segments(i):
+            wy = rows.weights[i][ya - rows.lo[i] : yb - rows.lo[i]]
+            for ckind, xa, xb in cols.segments(j):
+                wx = cols.weights[j][xa - cols.lo[j] : xb - cols.lo[j]]
+                block = tile[:, ya - oy : yb - oy, xa - ox : xb - ox].transpose(1, 2, 0)
+                if rkind == "own" and ckind == "own":
+                    self._sink(ya, xa, np.ascontiguousarray(block, dtype=np.float32))
+                else:
+                    weighted = block * (wy[:, None, None] * wx[None, :, None])
+                    self._accumulate(i, rkind, ckind, (ya, yb, xa, xb), weighted)
+        self._finish_tile(i, j)
+
+    def _start_row(self, i: int) -> None:
+        a, b = self._rows.seam(i) if i < self._n_rows - 1 else (0, 0)
+        self._row_after = np.zeros((b - a, self._out_width, 3), np.float32) if b > a else None
+
+    def _accumulate(
+        self, i: int, rkind: str, ckind: str, box: tuple[int, int, int, int], weighted: np.ndarray
+    ) -> None:
+        ya, yb, xa, xb = box
+        if rkind == "before":
+            assert self._row_before is not None
+            sa = self._rows.seam(i - 1)[0]
+            self._row_before[ya - sa : yb - sa, xa:xb] += weighted
+        elif rkind == "after":
+            assert self._row_after is not None
+            sa = self._rows.seam(i)[0]
+            self._row_after[ya - sa : yb - sa, xa:xb] += weighted
+        elif ckind == "before":
+            assert self._col_before is not None
+            self._col_before[:, : xb - xa] += weighted
+        else:  # own rows, seam with the next column
+            if self._col_after is None:
+                self._col_after = np.zeros((yb - ya, xb - xa, 3), np.float32)
+            self._col_after += weighted
+
+    def _finish_tile(self, i: int, j: int) -> None:
+        own = [(ya, yb) for kind, ya, yb in self._rows.segments(i) if kind == "own"]
+        if self._col_before is not None and own:
+            self._sink(own[0][0], self._cols.seam(j - 1)[0], self._col_before)
+        self._col_before, self._col_after = self._col_after, None
+        if j == self._n_cols - 1:
+            self._col_before = None
+            if self._row_before is not None:
+                self._sink(self._rows.seam(i - 1)[0], 0, self._row_before)
+            self._row_before, self._row_after = self._row_after, None
+
+
+def _float_converter(
+    image: np.ndarray, to_float: Callable[[np.ndarray], np.ndarray] | None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Check ``image`` is ``H x W x C`` and return the tile converter (default: float32 cast, 3 channels)."""
+    if image.ndim != 3:
+        raise ShapeError("image", image.shape, "(H, W, C)")
+    if to_float is not None:
+        return to_float
+    if image.shape[2] != 3:
+        raise ShapeError("image", image.shape, "(H, W, 3)")
+
+    def cast(tile: np.ndarray) -> np.ndarray:
+        return tile.astype(np.float32, copy=False)
+
+    return cast
+
+
+def _cut_batch(
+    image: np.ndarray,
+    plan: TilePlan,
+    chunk: list[tuple[int, int, int, int]],
+    to_float: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """The ``N x 3 x th x tw`` float32 input batch for ``chunk``'s tiles, cut with reflect padding."""
+    th, tw = plan.tile_shape
+    crops = []
+    for _, _, y, x in chunk:
+        iy = _reflect_index(y, th, plan.height, plan.pre_pad)
+        ix = _reflect_index(x, tw, plan.width, plan.pre_pad)
+        crops.append(to_float(image[iy[:, None], ix[None, :]]).transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(crops), dtype=np.float32)
+
+
 def run_tiles(
     image: np.ndarray,
     infer: InferFn,
@@ -310,92 +416,27 @@ def run_tiles(
     tile-high strip for column seams) and delivered once complete.
     ``progress(done_tiles, total_tiles)`` is called after each batch.
     """
-    if image.ndim != 3:
-        raise ShapeError("image", image.shape, "(H, W, C)")
-    if to_float is None:
-        if image.shape[2] != 3:
-            raise ShapeError("image", image.shape, "(H, W, 3)")
-
-        def to_float(tile: np.ndarray) -> np.ndarray:
-            return tile.astype(np.float32, copy=False)
-
+    convert = _float_converter(image, to_float)
     if scale < 1:
         raise ConfigError(f"scale must be >= 1, got {scale}")
     h, w = image.shape[:2]
     plan = plan_tiles(h, w, options, multiple_of=multiple_of)
     th, tw = plan.tile_shape
-    s = scale
-    off = plan.pre_pad * s
-    hs, ws = h * s, w * s
-    rows = _axis_spans(plan.rows, s, off, hs)
-    cols = _axis_spans(plan.cols, s, off, ws)
-    n_rows, n_cols = len(plan.rows.starts), len(plan.cols.starts)
-
-    row_before: np.ndarray | None = None  # seam (i - 1, i): full output width
-    row_after: np.ndarray | None = None  # seam (i, i + 1)
-    col_before: np.ndarray | None = None  # seam (j - 1, j) over tile row i's own rows
-    col_after: np.ndarray | None = None
-
-    def _place(i: int, j: int, tile: np.ndarray) -> None:
-        nonlocal row_before, row_after, col_before, col_after
-        oy = plan.rows.starts[i] * s - off
-        ox = plan.cols.starts[j] * s - off
-        if j == 0:
-            a, b = rows.seam(i) if i < n_rows - 1 else (0, 0)
-            row_after = np.zeros((b - a, ws, 3), np.float32) if b > a else None
-        for rkind, ya, yb in rows.segments(i):
-            wy = rows.weights[i][ya - rows.lo[i] : yb - rows.lo[i]]
-            for ckind, xa, xb in cols.segments(j):
-                wx = cols.weights[j][xa - cols.lo[j] : xb - cols.lo[j]]
-                block = tile[:, ya - oy : yb - oy, xa - ox : xb - ox].transpose(1, 2, 0)
-                if rkind == "own" and ckind == "own":
-                    sink(ya, xa, np.ascontiguousarray(block, dtype=np.float32))
-                    continue
-                weighted = block * (wy[:, None, None] * wx[None, :, None])
-                if rkind == "before":
-                    assert row_before is not None
-                    sa = rows.seam(i - 1)[0]
-                    row_before[ya - sa : yb - sa, xa:xb] += weighted
-                elif rkind == "after":
-                    assert row_after is not None
-                    sa = rows.seam(i)[0]
-                    row_after[ya - sa : yb - sa, xa:xb] += weighted
-                elif ckind == "before":
-                    assert col_before is not None
-                    col_before[:, : xb - xa] += weighted
-                else:  # own rows, seam with the next column
-                    if col_after is None:
-                        col_after = np.zeros((yb - ya, xb - xa, 3), np.float32)
-                    col_after += weighted
-        own = [(ya, yb) for kind, ya, yb in rows.segments(i) if kind == "own"]
-        if col_before is not None and own:
-            xa = cols.seam(j - 1)[0]
-            sink(own[0][0], xa, col_before)
-        col_before, col_after = col_after, None
-        if j == n_cols - 1:
-            col_before = None
-            if row_before is not None:
-                sink(rows.seam(i - 1)[0], 0, row_before)
-            row_before, row_after = row_after, None
-
+    off = plan.pre_pad * scale
+    rows = _axis_spans(plan.rows, scale, off, h * scale)
+    cols = _axis_spans(plan.cols, scale, off, w * scale)
+    blender = _SeamBlender(plan, rows, cols, scale=scale, sink=sink)
     tiles = list(plan.tiles())
     total = len(tiles)
     for first in range(0, total, options.batch_size):
         chunk = tiles[first : first + options.batch_size]
-        crops = []
-        for _, _, y, x in chunk:
-            iy = _reflect_index(y, th, h, plan.pre_pad)
-            ix = _reflect_index(x, tw, w, plan.pre_pad)
-            crops.append(to_float(image[iy[:, None], ix[None, :]]).transpose(2, 0, 1))
-        batch = np.ascontiguousarray(np.stack(crops), dtype=np.float32)
-        del crops
-        result = infer(batch)
-        expected = (len(chunk), 3, th * s, tw * s)
+        result = infer(_cut_batch(image, plan, chunk, convert))
+        expected = (len(chunk), 3, th * scale, tw * scale)
         if result.shape != expected:
-            raise ShapeError("model output", result.shape, f"{expected} (a x{s} model)")
+            raise ShapeError("model output", result.shape, f"{expected} (a x{scale} model)")
         for k, (i, j, _, _) in enumerate(chunk):
-            _place(i, j, result[k])
-        del result, batch
+            blender.place(i, j, result[k])
+        del result
         if progress is not None:
             progress(min(first + len(chunk), total), total)
 

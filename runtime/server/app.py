@@ -288,43 +288,11 @@ class Server:
         status = 200
         try:
             body, params = await self._read_request(request)
-            loop = asyncio.get_running_loop()
-            assert self.workers is not None
-            self._count_waiting(+1)
-            claim = threading.Lock()  # whoever takes it first decides: the worker runs, or the request gave up
-            started = False
-
-            def _run() -> UpscaleOutput:
-                nonlocal started
-                with claim:
-                    if ticket.cancelled:
-                        raise RequestCancelled("request abandoned before it started")
-                    started = True
-                    self._count_waiting(-1)
-                return self.process(body, params, ticket)
-
-            work: asyncio.Future[UpscaleOutput] = asyncio.ensure_future(loop.run_in_executor(self.workers, _run))
-            gone: asyncio.Future[None] = asyncio.ensure_future(_wait_disconnect(request))
-            waiting: list[asyncio.Future[Any]] = [work, gone]
-            try:
-                done, _ = await asyncio.wait(
-                    waiting, timeout=max(0.0, ticket.remaining()), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                gone.cancel()
-            if work not in done:
-                with claim:
-                    ticket.cancel("client disconnected" if gone in done else "deadline")
-                    if not started:
-                        self._count_waiting(-1)
-                if gone in done:
-                    work.add_done_callback(_consume)
-                    self.metrics.errors.labels("client_disconnect").inc()
-                    status = CLIENT_GONE
-                    return Response(status_code=CLIENT_GONE)
-                work.add_done_callback(_consume)
-                raise DeadlineExceeded("deadline")
-            output = work.result()
+            output = await self._process_unless_abandoned(request, body, params, ticket)
+            if output is None:
+                self.metrics.errors.labels("client_disconnect").inc()
+                status = CLIENT_GONE
+                return Response(status_code=CLIENT_GONE)
             camera_label = output.camera
             elapsed_ms = 1000 * (time.monotonic() - arrived)
             headers = dict(output.headers, **{"X-Adassr-Latency-Ms": f"{elapsed_ms:.1f}"})
@@ -342,6 +310,50 @@ class Server:
             raise error from None
         finally:
             self.metrics.latency.labels(camera_label, str(status)).observe(time.monotonic() - arrived)
+
+    async def _process_unless_abandoned(
+        self, request: Request, body: bytes, params: UpscaleParams, ticket: Ticket
+    ) -> UpscaleOutput | None:
+        """Run :meth:`process` on a worker thread and wait for it, the client leaving, or the deadline.
+
+        Returns the output, or ``None`` when the client disconnected first; raises
+        :class:`DeadlineExceeded` when the deadline passed first. An abandoned request that has not
+        started never starts; one that has started runs to its end and its outcome is discarded.
+        """
+        loop = asyncio.get_running_loop()
+        assert self.workers is not None
+        self._count_waiting(+1)
+        claim = threading.Lock()  # whoever takes it first decides: the worker runs, or the request gave up
+        started = False
+
+        def _run() -> UpscaleOutput:
+            nonlocal started
+            with claim:
+                if ticket.cancelled:
+                    raise RequestCancelled("request abandoned before it started")
+                started = True
+                self._count_waiting(-1)
+            return self.process(body, params, ticket)
+
+        work: asyncio.Future[UpscaleOutput] = asyncio.ensure_future(loop.run_in_executor(self.workers, _run))
+        gone: asyncio.Future[None] = asyncio.ensure_future(_wait_disconnect(request))
+        waiting: list[asyncio.Future[Any]] = [work, gone]
+        try:
+            done, _ = await asyncio.wait(
+                waiting, timeout=max(0.0, ticket.remaining()), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            gone.cancel()
+        if work in done:
+            return work.result()
+        with claim:
+            ticket.cancel("client disconnected" if gone in done else "deadline")
+            if not started:
+                self._count_waiting(-1)
+        work.add_done_callback(_consume)
+        if gone in done:
+            return None
+        raise DeadlineExceeded("deadline")
 
     def _to_http(self, exc: Exception, timeout_s: float) -> HttpError:
         if isinstance(exc, DeadlineExceeded):
@@ -447,22 +459,27 @@ def _json(data: Any, status: int = 200) -> Response:
     )
 
 
-def create_app(config: ServerConfig, *, open_model: Callable[[RouteDecision], Backend] | None = None) -> Starlette:
-    """The ASGI app; ``app.state.server`` is its :class:`Server`. ``open_model`` replaces model opening (tests)."""
-    server = Server(config, open_model=open_model)
+Handler = Callable[[Request], Awaitable[Response]]
 
-    def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except HttpError as exc:
-                server.metrics.errors.labels(exc.kind).inc()
-                return exc.response()
-            except ClientDisconnect:
-                server.metrics.errors.labels("client_disconnect").inc()
-                return Response(status_code=CLIENT_GONE)
 
-        return endpoint
+def _guarded(server: Server, handler: Handler) -> Handler:
+    """``handler`` with :class:`HttpError` and client disconnects turned into counted responses."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except HttpError as exc:
+            server.metrics.errors.labels(exc.kind).inc()
+            return exc.response()
+        except ClientDisconnect:
+            server.metrics.errors.labels("client_disconnect").inc()
+            return Response(status_code=CLIENT_GONE)
+
+    return endpoint
+
+
+def _routes(server: Server) -> list[Route]:
+    """The endpoints: ``POST /v1/upscale``, ``GET /v1/cameras``, ``/healthz``, ``/readyz``, ``/metrics``."""
 
     async def upscale(request: Request) -> Response:
         return await server.upscale(request)
@@ -492,11 +509,26 @@ def create_app(config: ServerConfig, *, open_model: Callable[[RouteDecision], Ba
         server.check_auth(request)
         return Response(server.metrics.render(), media_type=server.metrics.content_type)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-        hint = " (endpoints: POST /v1/upscale, GET /v1/cameras, /healthz, /readyz, /metrics)"
-        return HttpError(exc.status_code, kind, f"{exc.detail}{hint}", exc.headers).response()
+    return [
+        Route("/v1/upscale", _guarded(server, upscale), methods=["POST"]),
+        Route("/v1/cameras", _guarded(server, cameras), methods=["GET"]),
+        Route("/healthz", _guarded(server, healthz), methods=["GET"]),
+        Route("/readyz", _guarded(server, readyz), methods=["GET"]),
+        Route("/metrics", _guarded(server, metrics), methods=["GET"]),
+    ]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 / 405 / 400 as the server's JSON error, naming the endpoints."""
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    hint = " (endpoints: POST /v1/upscale, GET /v1/cameras, /healthz, /readyz, /metrics)"
+    return HttpError(exc.status_code, kind, f"{exc.detail}{hint}", exc.headers).response()
+
+
+def create_app(config: ServerConfig, *, open_model: Callable[[RouteDecision], Backend] | None = None) -> Starlette:
+    """The ASGI app; ``app.state.server`` is its :class:`Server`. ``open_model`` replaces model opening (tests)."""
+    server = Server(config, open_model=open_model)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -506,16 +538,6 @@ def create_app(config: ServerConfig, *, open_model: Callable[[RouteDecision], Ba
         finally:
             await server.stop()
 
-    app = Starlette(
-        routes=[
-            Route("/v1/upscale", guarded(upscale), methods=["POST"]),
-            Route("/v1/cameras", guarded(cameras), methods=["GET"]),
-            Route("/healthz", guarded(healthz), methods=["GET"]),
-            Route("/readyz", guarded(readyz), methods=["GET"]),
-            Route("/metrics", guarded(metrics), methods=["GET"]),
-        ],
-        exception_handlers={HTTPException: http_error},
-        lifespan=lifespan,
-    )
+    app = Starlette(routes=_routes(server), exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     app.state.server = server
     return app

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from adassr.export.bench import LatencyOptions, run_latency
+from adassr.export.bench_cli import add_bench_arguments, latency_options
 from adassr.export.gpu_bench import Roofline, gpu_markdown, gpu_peak, run_gpu_latency
 from adassr.runtime.errors import ConfigError
 
@@ -20,11 +23,11 @@ def store(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
-def _args(store: Path, **kw: object) -> argparse.Namespace:
+def _args(store: Path, **kw: Any) -> LatencyOptions:
     base = {"store": store, "camera": "_fallback", "backend": "onnxruntime", "providers": "cpu", "threads": 1,
             "precision": "fp32", "batch": 2, "gpu": None, "frame": "40x24", "sizes": "64", "repeats": 3,
             "cuda_graph": False}
-    return argparse.Namespace(**{**base, **kw})
+    return LatencyOptions(**{**base, **kw})
 
 
 def test_onnxruntime_rows_with_batch_and_precision(store: Path) -> None:
@@ -63,3 +66,36 @@ def test_roofline_fraction_against_the_h200_peak() -> None:
     row = roofline.row("x", [9.4, 9.4, 9.4], 1920 * 1080)
     assert row["fraction_of_bound"] == pytest.approx(0.5, abs=0.01)
     assert row["effective_tflops"] == pytest.approx(4.65e12 / 9.4e-3 / 1e12, rel=1e-3)
+
+
+def test_latency_options_mirror_the_command_line(tmp_path: Path) -> None:
+    """Every ``bench latency`` option becomes a LatencyOptions field (no Namespace reaches the library)."""
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    args = parser.parse_args(["latency", "--sizes", "16", "--no-torch", "--out", str(tmp_path)])
+    options = latency_options(args)
+    assert set(vars(args)) - {"bench"} == set(LatencyOptions.__dataclass_fields__)
+    assert (options.sizes, options.no_torch, options.out, options.repeats) == ("16", True, tmp_path, 5)
+
+
+def test_cpu_latency_report_rows_and_tiling(store: Path) -> None:
+    result = run_latency(LatencyOptions(store=store, sizes="16,24", tiled_size=32, repeats=1, threads=1,
+                                        no_torch=True))
+    assert [r["size"] for r in result["rows"]] == [16, 24]
+    assert result["onnxruntime_speedup_vs_torch"] == {}
+    assert result["tiled_vs_untiled"]["tiles"] == 4
+    assert result["tiled_vs_untiled"]["size"] == 32
+
+
+def test_bench_command_writes_the_report(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adassr.cli import main
+
+    out = tmp_path / "results"
+    code = main(["bench", "latency", "--store", str(store), "--sizes", "16", "--tiled-size", "32", "--repeats", "1",
+                 "--threads", "1", "--no-torch", "--out", str(out)])
+    assert code == 0
+    reports = sorted(p.suffix for p in out.iterdir())
+    assert reports == [".json", ".md"]
+    result = json.loads(next(out.glob("*.json")).read_text())
+    assert [r["size"] for r in result["rows"]] == [16]
+    assert "results:" in capsys.readouterr().out

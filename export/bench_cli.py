@@ -1,0 +1,69 @@
+"""``adassr bench``: the command line of :mod:`adassr.export.bench` (options, report files)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from adassr.export.bench import LatencyOptions, run_latency, to_markdown
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    lat = sub.add_parser("latency", help="upscaling latency per backend and size")
+    lat.add_argument("--camera", default="_fallback",
+                     help="camera whose exported model to time (default: the fallback)")
+    lat.add_argument("--store", type=Path, default=Path("models"), help="model store (default ./models)")
+    lat.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "torch"),
+                     help="onnxruntime (default), tensorrt (an engine for each size, built or reused from the "
+                          "store) or torch; tensorrt, torch and --gpu switch to the GPU report (p50/p95/p99, "
+                          "MP/s, effective TFLOP/s and the fraction of the compute bound)")
+    lat.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                     help="model precision for the GPU report (default fp32)")
+    lat.add_argument("--batch", type=int, default=1, help="frames per call in the GPU report (default 1)")
+    lat.add_argument("--gpu", type=int, default=None, metavar="N", help="CUDA device: time on the GPU")
+    lat.add_argument("--frame", default=None, metavar="WxH",
+                     help="one LR frame size instead of --sizes, e.g. 480x270 (1920x1080 output)")
+    lat.add_argument("--cuda-graph", action="store_true",
+                     help="tensorrt / torch on a GPU: also time CUDA-graph replay")
+    lat.add_argument("--providers", default="cpu", help="onnxruntime providers (default cpu)")
+    lat.add_argument("--sizes", default="64,128", help="LR sizes, comma separated (default 64,128)")
+    lat.add_argument("--tiled-size", type=int, default=256,
+                     help="LR size of the tiled-vs-untiled comparison (default 256)")
+    lat.add_argument("--tile", type=int, default=0,
+                     help="tile size for that comparison; 0 = the smallest tile that covers the image with 2x2 tiles")
+    lat.add_argument("--tile-overlap", type=int, default=16, help="tile overlap (default 16)")
+    lat.add_argument("--repeats", type=int, default=5, help="timed calls per case (default 5)")
+    lat.add_argument("--threads", type=int, default=None, help="threads for both onnxruntime and torch")
+    lat.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
+    lat.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
+
+
+def latency_options(args: argparse.Namespace) -> LatencyOptions:
+    """The :class:`LatencyOptions` parsed by :func:`add_bench_arguments` (``bench latency``)."""
+    return LatencyOptions(**{f.name: getattr(args, f.name) for f in fields(LatencyOptions) if hasattr(args, f.name)})
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The ``bench`` command: build :class:`LatencyOptions` from ``args``, time, print and save the report."""
+    from adassr.runtime.store import atomic_write_bytes
+
+    options = latency_options(args)
+    if options.gpu is not None or options.backend != "onnxruntime":
+        from adassr.export.gpu_bench import gpu_markdown, run_gpu_latency
+
+        result = run_gpu_latency(options)
+        text = gpu_markdown(result)
+    else:
+        result = run_latency(options)
+        text = to_markdown(result)
+    print(text)
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "".join(c if c.isalnum() else "-" for c in result["machine"].lower()).strip("-")[:60]
+    atomic_write_bytes(out / f"latency_{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(out / f"latency_{tag}.md", text.encode())
+    print(f"results: {out / f'latency_{tag}.md'}")
+    return 0
