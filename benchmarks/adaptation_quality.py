@@ -25,8 +25,7 @@ Results are rewritten after every run, so a cut-off run keeps what it measured.
 
     python benchmarks/adaptation_quality.py [--seeds 3] [--groups fuji-aniso,...] [--device cpu]
 
-The fujifilm photo is read from ``--fujifilm`` (default: the shared data folder); it is not in
-the repository (10 MB). Nothing here tunes to these images: the adaptation runs with the
+The fujifilm photo is ``samples/large/fujifilm.mpo`` (``--fujifilm`` to use another copy). Nothing here tunes to these images: the adaptation runs with the
 product's defaults for the device unless an ablation flag says otherwise.
 """
 
@@ -54,7 +53,7 @@ if str(ROOT) not in sys.path:
 
 RESULTS = ROOT / "benchmarks" / "results"
 CANON = ROOT / "samples" / "cameras" / "canon" / "xmp_test.jpg"
-FUJI = Path("/work/shared/data/cameras/fujifilm/fujifilm.mpo")
+FUJI = ROOT / "samples" / "large" / "fujifilm.mpo"
 SCALE = 4
 HR_SIDE = 1024  # HR crop side: LR 256
 

@@ -34,7 +34,7 @@ from adassr.runtime.images.convert import uint16_to_uint8
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples" / "cameras"
 HR = REPO / "tests" / "data" / "hr"
-FUJI = Path("/work/shared/data/cameras/fujifilm/fujifilm.mpo")
+FUJI = Path(__file__).resolve().parents[2] / "samples" / "large" / "fujifilm.mpo"  # 10 MP, 2 frames
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -15,7 +15,7 @@ from ._models import RF_RADIUS, SCALE, build_tiny_sr
 ROOT = Path(__file__).resolve().parents[2]
 HR = ROOT / "tests" / "data" / "hr"
 ARTIFACTS = ROOT / "tests" / "_artifacts"
-FUJI = Path("/work/shared/data/cameras/fujifilm/fujifilm.mpo")
+FUJI = Path(__file__).resolve().parents[2] / "samples" / "large" / "fujifilm.mpo"  # 10 MP, 2 frames
 
 SIZES = [(1, 1), (2, 3), (5, 7), (31, 64), (64, 64), (65, 200), (97, 181), (300, 301), (44, 45)]
 OPTIONS = [
