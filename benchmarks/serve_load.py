@@ -458,8 +458,9 @@ def main() -> None:
     lines = [
         "# adassr serve under load",
         "",
-        f"Machine: {machine}; load average at the end {load[0]:.2f} (other agents shared the cores: timings are "
-        "indicative). Model: " + result["model"] + f"; {len(inputs)} inputs (3 cameras, 4 sizes 64x64-160x120), "
+        f"Machine: {machine}; load average at the end {load[0]:.2f} (the server and its clients "
+        "share the cores; a load above that means other jobs ran too). Model: "
+        + result["model"] + f"; {len(inputs)} inputs (3 cameras, 4 sizes 64x64-160x120), "
         f"tile {TILE}/overlap {OVERLAP}; server workers {args.workers}, queue {args.max_queue}, "
         f"batch {args.max_batch}, {args.inference_threads} model calls at once x {args.threads} onnxruntime "
         f"threads; {args.duration:g} s per level.",
