@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -113,6 +114,13 @@ def probe_key(cpu: CpuInfo | None = None) -> str:
     return f"{cpu_key(cpu)}|torch={torch.__version__}|threads={torch.get_num_threads()}"
 
 
+def _load_is_low(cpu: CpuInfo) -> bool:
+    try:
+        return os.getloadavg()[0] <= cpu.logical_cpus
+    except OSError:  # no load average on this platform: trust the probe
+        return True
+
+
 def _read_cache(path: Path) -> dict[str, dict[str, float]]:
     try:
         data = json.loads(path.read_text())
@@ -126,8 +134,14 @@ def choose_cpu_precision(
     *,
     cpu: CpuInfo | None = None,
     measure: Callable[[str], Bf16Probe] = measure_bf16,
+    machine_is_quiet: Callable[[], bool] | None = None,
 ) -> str:
-    """``bf16`` or ``fp32`` for ``--precision auto`` on CPU (see the module docstring)."""
+    """``bf16`` or ``fp32`` for ``--precision auto`` on CPU (see the module docstring).
+
+    A probe is cached only when ``machine_is_quiet()`` (default: the 1-minute load average is at
+    most the usable logical CPUs) held before it ran: a timing taken while other processes
+    compete for the cores decides this run only and is measured again next time.
+    """
     cpu = cpu or detect_cpu()
     if not torch_has_native_bf16(cpu):
         return "fp32"
@@ -145,9 +159,14 @@ def choose_cpu_precision(
                 return probe.choice
         except (KeyError, TypeError, ValueError):
             pass  # a damaged entry is measured again
+    quiet = machine_is_quiet() if machine_is_quiet is not None else _load_is_low(cpu)
     probe = measure(key)
     log.info("bf16 probe on %s: fp32 %.3f s, bf16 %.3f s (%.2fx) -> %s",
              cpu.model_name, probe.fp32_s, probe.bf16_s, probe.speedup, probe.choice)
+    if not quiet:
+        log.info("bf16 probe not cached: other processes were using the CPU (load average above %d)",
+                 cpu.logical_cpus)
+        return probe.choice
     try:
         from adassr.runtime.store import atomic_write_bytes
 

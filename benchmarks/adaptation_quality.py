@@ -25,7 +25,8 @@ Results are rewritten after every run, so a cut-off run keeps what it measured.
 
     python benchmarks/adaptation_quality.py [--seeds 3] [--groups fuji-aniso,...] [--device cpu]
 
-The fujifilm photo is ``samples/large/fujifilm.mpo`` (``--fujifilm`` to use another copy). Nothing here tunes to these images: the adaptation runs with the
+The fujifilm photo is ``samples/large/fujifilm.mpo`` (``--fujifilm`` to use another copy).
+Nothing here tunes to these images: the adaptation runs with the
 product's defaults for the device unless an ablation flag says otherwise.
 """
 

@@ -53,7 +53,7 @@ def test_probe_decides_once_and_is_cached(tmp_path: Path, fp32_s: float, bf16_s:
         calls.append(key)
         return Bf16Probe(key, fp32_s, bf16_s)
 
-    assert choose_cpu_precision(tmp_path, cpu=cpu, measure=fake) == choice
+    assert choose_cpu_precision(tmp_path, cpu=cpu, measure=fake, machine_is_quiet=lambda: True) == choice
     assert choose_cpu_precision(tmp_path, cpu=cpu, measure=_never) == choice  # from the cache
     assert len(calls) == 1
     data = json.loads((tmp_path / CACHE_FILE).read_text())
@@ -65,7 +65,8 @@ def test_probe_decides_once_and_is_cached(tmp_path: Path, fp32_s: float, bf16_s:
 def test_damaged_cache_is_measured_again(tmp_path: Path) -> None:
     (tmp_path / CACHE_FILE).write_text("{not json")
     cpu = _cpu("amx_bf16")
-    assert choose_cpu_precision(tmp_path, cpu=cpu, measure=lambda k: Bf16Probe(k, 1.0, 0.5)) == "bf16"
+    assert choose_cpu_precision(tmp_path, cpu=cpu, measure=lambda k: Bf16Probe(k, 1.0, 0.5),
+                                machine_is_quiet=lambda: True) == "bf16"
     assert json.loads((tmp_path / CACHE_FILE).read_text())
 
 
@@ -95,3 +96,17 @@ def test_time_budget_counts_the_set_up() -> None:
     assert left is not None and 69.0 < left <= 70.0
     assert _training_budget(config, time.perf_counter() - 500.0).time_budget == 1e-3  # still evaluates once
     assert _training_budget(AdaptConfig(), time.perf_counter()).time_budget is None
+
+
+def test_probe_on_a_busy_machine_is_not_cached(tmp_path: Path) -> None:
+    cpu = _cpu("avx512f", "avx512_bf16")
+    calls: list[str] = []
+
+    def fake(key: str) -> Bf16Probe:
+        calls.append(key)
+        return Bf16Probe(key, 1.0, 0.5)
+
+    for _ in range(2):
+        assert choose_cpu_precision(tmp_path, cpu=cpu, measure=fake, machine_is_quiet=lambda: False) == "bf16"
+    assert len(calls) == 2  # measured again: the busy-machine timing was not kept
+    assert not (tmp_path / CACHE_FILE).exists()
