@@ -55,7 +55,7 @@ from adassr.runtime.server.triton_client import DEFAULT_PREFIX as DEFAULT_TRITON
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA
 from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE
-from adassr.runtime.upscalers import TileProgress, UpscalerRegistry, runtime_upscalers
+from adassr.runtime.upscalers import ImageUpscaler, TileProgress, UpscalerRegistry, runtime_upscalers
 
 if TYPE_CHECKING:
     from adassr.runtime.server.triton_upscale import TritonRunOptions
@@ -313,6 +313,26 @@ def options_from_args(args: argparse.Namespace, upscalers: UpscalerRegistry) -> 
     )
 
 
+def _run_pairs(
+    upscaler: ImageUpscaler,
+    pairs: list[tuple[Path, Path]],
+    args: argparse.Namespace,
+    *,
+    camera: str | None,
+    stdout: TextIO | None,
+    stderr: TextIO | None,
+) -> int:
+    """The batch loop over ``pairs`` with one upscaler (local backend or Triton server)."""
+    return run_batch(
+        pairs,
+        lambda image, tiles: upscaler.upscale(image, camera=camera, progress=tiles),
+        quality=args.quality,
+        progress=not args.no_progress,
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
 def run_upscale(
     args: argparse.Namespace,
     *,
@@ -340,14 +360,7 @@ def run_upscale(
         from adassr.runtime.server.triton_upscale import open_triton
 
         with contextlib.closing(open_triton(triton, camera=camera)) as remote:
-            return run_batch(
-                pairs,
-                lambda image, tiles: remote.upscale(image, camera=camera, progress=tiles),
-                quality=args.quality,
-                progress=not args.no_progress,
-                stdout=stdout,
-                stderr=stderr,
-            )
+            return _run_pairs(remote, pairs, args, camera=camera, stdout=stdout, stderr=stderr)
     if options.backend == "onnxruntime":
         check_required_providers(options.providers, require=options.require_providers)
     entry = registry.get(options.backend)
@@ -357,14 +370,7 @@ def run_upscale(
         ready = getattr(upscaler, "check_ready", None)
         if ready is not None:  # open the first model now: a backend that cannot start fails the run once
             ready(camera=camera)
-        return run_batch(
-            pairs,
-            lambda image, tiles: upscaler.upscale(image, camera=camera, progress=tiles),
-            quality=args.quality,
-            progress=not args.no_progress,
-            stdout=stdout,
-            stderr=stderr,
-        )
+        return _run_pairs(upscaler, pairs, args, camera=camera, stdout=stdout, stderr=stderr)
 
 
 def _triton_options(args: argparse.Namespace) -> TritonRunOptions | None:

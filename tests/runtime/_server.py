@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +63,17 @@ def running_server(
     finally:
         uv.should_exit = True
         thread.join(30)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` loopback ports that were free a moment ago (for servers the tests start)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [int(s.getsockname()[1]) for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 def small_jpeg_with_exif(src: Path, size: int = 40, *, offset: int = 100) -> bytes:

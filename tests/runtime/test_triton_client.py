@@ -10,7 +10,6 @@ Without them it is skipped: too heavy for the default test run.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -24,19 +23,9 @@ from adassr.runtime.server.triton_client import TritonUpscaler, parse_model_conf
 from adassr.runtime.store import FALLBACK_CAMERA
 
 from ._models import publish_camera
-from ._server import SAMPLES, cli_output, decode, small_jpeg_with_exif
+from ._server import SAMPLES, cli_output, decode, free_ports, small_jpeg_with_exif
 
 PYTRITON_PYTHON = os.environ.get("ADASSR_PYTRITON_PYTHON")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [int(s.getsockname()[1]) for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def test_parse_model_config_rejects_foreign_configs() -> None:
@@ -66,7 +55,7 @@ def test_client_tiles_through_a_real_tritonserver(tmp_path: Path) -> None:
     publish_camera(store, "canon", seed=1)
     repo = tmp_path / "repo"
     write_repository(repo, store, options=TritonRepoOptions(tile=32, instance_kind="KIND_CPU"))
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     env = dict(os.environ)
     if os.environ.get("ADASSR_PYTRITON_LIBDIR"):
         env["LD_LIBRARY_PATH"] = os.environ["ADASSR_PYTRITON_LIBDIR"] + os.pathsep + env.get("LD_LIBRARY_PATH", "")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,20 +26,10 @@ from adassr.runtime.store import FALLBACK_CAMERA
 from adassr.runtime.upscale_cli import add_upscale_arguments, run_upscale
 
 from ._models import publish_camera
-from ._server import SAMPLES, small_jpeg_with_exif
+from ._server import SAMPLES, free_ports, small_jpeg_with_exif
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTRITON_PYTHON = os.environ.get("ADASSR_PYTRITON_PYTHON")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [int(s.getsockname()[1]) for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _image(tmp_path: Path) -> Path:
@@ -73,7 +62,7 @@ def test_bad_triton_arguments_exit_2_before_any_work(
 
 
 def test_unreachable_server_is_one_line_exit_2_without_torch(tmp_path: Path) -> None:
-    (port,) = _free_ports(1)  # nothing listens there
+    (port,) = free_ports(1)  # nothing listens there
     out = tmp_path / "out"
     code = f"""
 import sys
@@ -110,7 +99,7 @@ def _pytriton(repo: Path, models: list[str], tmp_path: Path) -> Iterator[str]:
     """A tritonserver (PyTriton) serving ``models`` of ``repo``; yields its HTTP ``host:port`` once all are ready."""
     import tritonclient.http as httpclient
 
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     env = dict(os.environ)
     if os.environ.get("ADASSR_PYTRITON_LIBDIR"):
         env["LD_LIBRARY_PATH"] = os.environ["ADASSR_PYTRITON_LIBDIR"] + os.pathsep + env.get("LD_LIBRARY_PATH", "")
