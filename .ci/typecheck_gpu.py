@@ -38,12 +38,14 @@ MODULES = (
 )
 CANARY = textwrap.dedent(
     """
+    import numpy as np
     import tensorrt as trt
 
-    def misuse(builder: trt.Builder) -> None:
+    def misuse(builder: trt.Builder, refitter: trt.Refitter) -> None:
         config = builder.create_builder_config()
         config.set_flag(trt.BuilderFlag.FP16_TYPO)
         config.builder_optimization_level = "high"
+        refitter.set_named_weights("conv_last.weight", np.zeros(3, np.float32))
     """
 )
 _PARAM_SPLIT = re.compile(r",(?![^\[\(]*[\]\)])")
@@ -146,7 +148,8 @@ def main() -> int:
         check = run_mypy(tmp, [canary.name])
         caught = check.returncode != 0 and "FP16_TYPO" in check.stdout
         caught = caught and "Incompatible types in assignment" in check.stdout
-        print("canary (a misspelt BuilderFlag and a str optimisation level):",
+        caught = caught and 'No overload variant of "set_named_weights"' in check.stdout
+        print("canary (a misspelt BuilderFlag, a str optimisation level, a numpy array as refit weights):",
               "rejected, so the stubs are in use" if caught else "NOT rejected: the stubs were not used")
         if not caught:
             print(check.stdout)

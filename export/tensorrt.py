@@ -7,7 +7,9 @@ profiles from the runtime's tile settings, and calls
 :func:`adassr.runtime.engines.manage.ensure_camera_engine`: with ``refit`` (the default) one
 weight-stripped refittable base engine per backbone structure x GPU x TensorRT x precision x
 profiles is built into ``<store>/_engines`` and each camera's engine is a refit of it with the
-camera's weights; without, the camera's engine is built from its ONNX. Stored engines that fit
+camera's weights (only the weights that differ from the backbone, from a base engine built from
+the backbone's own ONNX, when the store's fallback export is the camera's backbone: see
+:mod:`adassr.runtime.engines.refit`); without, the camera's engine is built from its ONNX. Stored engines that fit
 are reused (nothing is built twice); stale ones are rebuilt with a log line saying why.
 
 :func:`export_model_as_camera` exports any in-memory model as a camera (used by the GPU check to
@@ -88,8 +90,14 @@ def export_engine(store_root: str | os.PathLike[str], camera: str, options: Engi
 
 def export_model_as_camera(model: torch.nn.Module, store_root: str | os.PathLike[str], camera: str, *,
                            backbone: str = "realesrgan-x4plus", scale: int = 4, precision: str = "both",
-                           validation_image: str | os.PathLike[str] | None = None) -> Path:
-    """Export ``model`` (CPU, fp32) as camera ``camera`` of a store; returns the camera's folder."""
+                           validation_image: str | os.PathLike[str] | None = None,
+                           backbone_sha256: str | None = None) -> Path:
+    """Export ``model`` (CPU, fp32) as camera ``camera`` of a store; returns the camera's folder.
+
+    ``backbone_sha256`` is the digest of the backbone weights ``model`` was adapted from (the
+    manifest's ``backbone.weights_sha256``); by default the model's own digest (it is its own
+    backbone, as for the fallback camera).
+    """
     from adassr.adapt.weights import state_dict_sha256
     from adassr.export.crops import find_validation_photo, validation_inputs
     from adassr.export.onnx import ModelIdentity, _fp16_extra, build_models, publish_models, resolve_precisions
@@ -102,7 +110,8 @@ def export_model_as_camera(model: torch.nn.Module, store_root: str | os.PathLike
     photo = find_validation_photo((), validation_image)
     models = build_models(model, identity, precisions, validation_inputs(photo),
                           fp16_extra_inputs=_fp16_extra(precisions))
-    fields: dict[str, Any] = {"backbone": {"name": backbone, "weights_sha256": digest}, "scale": scale,
+    fields: dict[str, Any] = {"backbone": {"name": backbone, "weights_sha256": backbone_sha256 or digest},
+                              "scale": scale,
                               "weights_sha256": digest}
     with store.transaction() as tx:
         publish_models(tx, models, identity, fields)

@@ -10,8 +10,10 @@ Layout::
     <store>/_engines/timing-<gpu>-trt<v>.cache  TensorRT timing cache per GPU and TensorRT version
 
 A record is ``{"file", "sha256", "bytes", "created", "key": EngineKey.to_json(), "build_s",
-"base": <base key digest or null>, "base_file", "refit_s", ...}``. A camera engine refitted from a
-base engine names the base: if that base is rebuilt, the camera engine is stale too.
+"base": <base key digest or null>, "base_file", "refit_s", "refit": {mode, summary, changed
+weights, ...} or null, ...}``. A camera engine refitted from a base engine names the base: if that
+base is rebuilt, the camera engine is refitted again; ``refit`` says whether only the weights that
+differ from the backbone were set (:class:`~adassr.runtime.engines.refit.RefitInfo`).
 
 :meth:`EngineCache.ensure` is the only way an engine gets built: under the folder's lock (the same
 ``flock`` the store uses for a camera) it re-reads the records, returns a matching engine whose
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from adassr.runtime.engines.key import EngineKey, explain_mismatch
+from adassr.runtime.engines.refit import RefitInfo
 from adassr.runtime.errors import ConfigError, StoreError
 from adassr.runtime.store import CameraStore, StoreTransaction, atomic_output, atomic_write_json, sha256_file
 
@@ -61,12 +64,14 @@ class EngineRecord:
     base_file: str | None = None
     refit_s: float | None = None
     source_file: str | None = None
+    refit: RefitInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "file": self.file, "sha256": self.sha256, "bytes": self.bytes, "created": self.created,
             "key": self.key.to_json(), "build_s": self.build_s, "base": self.base, "base_file": self.base_file,
             "refit_s": self.refit_s, "source_file": self.source_file,
+            "refit": None if self.refit is None else self.refit.to_json(),
         }
 
     @classmethod
@@ -80,6 +85,7 @@ class EngineRecord:
                 base_file=None if data.get("base_file") is None else str(data["base_file"]),
                 refit_s=None if data.get("refit_s") is None else float(data["refit_s"]),
                 source_file=None if data.get("source_file") is None else str(data["source_file"]),
+                refit=None if data.get("refit") is None else RefitInfo.from_json(data["refit"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed engine record: {exc!r}") from exc
@@ -94,6 +100,7 @@ class BuildOutput:
     base_file: str | None = None
     refit_s: float | None = None
     source_file: str | None = None
+    refit: RefitInfo | None = None
 
 
 BuildFn = Callable[[Path], BuildOutput]
@@ -292,6 +299,7 @@ class EngineCache:
             key=wanted, file=rel, sha256=digest, bytes=size, created=_now(),
             build_s=round(output.seconds if output.seconds else time.perf_counter() - start, 3),
             base=output.base, base_file=output.base_file, refit_s=output.refit_s, source_file=output.source_file,
+            refit=output.refit,
         )
         removed: list[str] = []
 

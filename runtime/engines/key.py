@@ -4,9 +4,11 @@ A serialized TensorRT engine runs only with the TensorRT version that built it, 
 architecture it was built for, with the input shapes of its optimisation profiles. The key holds
 every one of those facts, plus what the engine was built *from*:
 
-- ``source_sha256``: the ONNX file's sha256 for a camera engine; for a refittable *base* engine
-  the sha256 of the network structure (the ONNX graph without its weight values, see
-  ``adassr.export.tensorrt.structure_sha256``), so every camera adapted from one backbone shares it;
+- ``source_sha256``: the ONNX file's sha256 for a camera engine and for a refittable base engine
+  with weights (built from the backbone's own ONNX, see :mod:`adassr.runtime.engines.refit`); for a
+  weight-stripped base engine the sha256 of the network structure (the ONNX graph without its
+  weight values, see :func:`adassr.runtime.engines.onnx_weights.structure_sha256`), so every
+  camera adapted from one backbone shares it;
 - ``tensorrt_version``, ``gpu_name``, ``compute_capability``;
 - ``precision`` (``fp32``, ``fp16``, ``bf16``), the optimisation ``profiles`` (min / opt / max NCHW
   shapes of the input), the builder optimisation level, and whether the engine is refittable and
@@ -192,7 +194,7 @@ def explain_mismatch(stored: EngineKey, wanted: EngineKey) -> list[str]:
     if stored.gpu != wanted.gpu:
         reasons.append(f"built for {stored.gpu}, this GPU is {wanted.gpu}")
     if stored.source_sha256 != wanted.source_sha256:
-        what = "network structure" if wanted.kind == "base" else "ONNX model"
+        what = "network structure" if wanted.kind == "base" and wanted.weight_stripped else "ONNX model"
         reasons.append(
             f"built from {what} {stored.source_sha256[:12]}..., the current one is {wanted.source_sha256[:12]}..."
         )

@@ -9,11 +9,20 @@ precision it
 2. computes the key this machine needs (ONNX sha256, TensorRT version, GPU name and compute
    capability, precision, profiles, optimisation level);
 3. with ``refit`` and a known network structure hash (recorded by export as
-   ``structure_sha256`` on the ONNX export record): ensures the shared refittable base engine
-   for (structure, GPU, TensorRT, precision, profiles) in ``<store>/_engines`` (built once for the
-   whole fleet), then ensures the camera engine by *refitting* that base with the camera's ONNX
-   weights; the camera's record names its base. Without ``refit`` (or no structure hash) it
-   builds the camera engine from its ONNX directly.
+   ``structure_sha256`` on the ONNX export record), refits a shared base engine from
+   ``<store>/_engines`` (built once for the whole fleet) into the camera's engine, in one of two
+   modes (:mod:`adassr.runtime.engines.refit`):
+
+   - *partial*, when the store's fallback export is the backbone the camera was adapted from:
+     the base is a refittable engine with weights built from the backbone's own ONNX (keyed by
+     its sha256), and the refit sets only the initializers whose values differ between the
+     camera's ONNX and the backbone's;
+   - *full* otherwise, or when TensorRT refuses the partial refit: the base is a weight-stripped
+     engine per network structure, refitted with every weight of the camera's ONNX.
+
+   The camera's record names its base and holds the refit mode, the changed weights and, for a
+   full refit, why. Without ``refit`` (or no structure hash) the camera engine is built from its
+   ONNX directly.
 
 The TensorRT work goes through an :class:`EngineToolkit` (the real one is
 :class:`TensorRTToolkit`), so this bookkeeping is testable without TensorRT. The camera's lock
@@ -24,14 +33,15 @@ taken inside it (base engines and the timing cache live there), always in that o
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from adassr.runtime.engines.cache import BuildOutput, EngineCache, EngineRecord
 from adassr.runtime.engines.key import EngineKey, GpuIdentity, ProfileShape
-from adassr.runtime.errors import StoreError
+from adassr.runtime.engines.refit import PartialRefitError, RefitInfo, RefitPlan, RefitReport, plan_refit
+from adassr.runtime.errors import ConfigError, StoreError
 from adassr.runtime.store import CameraStore
 
 log = logging.getLogger(__name__)
@@ -52,7 +62,12 @@ class EngineToolkit(Protocol):
         ...
 
     def refit(self, base_engine: Path, onnx_path: Path, target: Path) -> float:
-        """Refit ``base_engine`` with the weights of ``onnx_path`` into ``target``; return seconds."""
+        """Refit ``base_engine`` with every weight of ``onnx_path`` into ``target``; return seconds."""
+        ...
+
+    def refit_partial(self, base_engine: Path, onnx_path: Path, names: Sequence[str], target: Path) -> RefitReport:
+        """Refit ``base_engine`` (which holds the backbone's weights) with only the weights ``names`` of
+        ``onnx_path`` into ``target``; raise PartialRefitError if TensorRT cannot."""
         ...
 
 
@@ -88,6 +103,13 @@ class TensorRTToolkit:
         target.write_bytes(data)
         return seconds
 
+    def refit_partial(self, base_engine: Path, onnx_path: Path, names: Sequence[str], target: Path) -> RefitReport:
+        from adassr.runtime.engines.trt import refit_engine_partial
+
+        data, report = refit_engine_partial(base_engine.read_bytes(), onnx_path, names)
+        target.write_bytes(data)
+        return report
+
 
 @dataclass(frozen=True)
 class EngineRequest:
@@ -100,7 +122,8 @@ class EngineRequest:
     device: int = 0
     optimization_level: int = 3
     refit: bool = True
-    weight_stripped: bool = True
+    weight_stripped: bool = True  # the full-refit base engine (partial refits need a base with weights)
+    partial_refit: bool = True  # refit only the weights that differ from the backbone, when possible
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,86 @@ def _onnx_for(store: CameraStore, manifest: Mapping[str, Any], precision: str) -
     return store.verified_path(name, manifest), name, record
 
 
+@dataclass(frozen=True)
+class _Refit:
+    """One camera's refit: the parts both modes share."""
+
+    request: EngineRequest
+    toolkit: EngineToolkit
+    cameras: EngineCache
+    shared: EngineCache
+    onnx_path: Path
+    onnx_name: str
+    input_name: str
+    camera_key: EngineKey
+    common: Mapping[str, Any]
+
+    def partial_base_key(self, plan: RefitPlan) -> EngineKey:
+        """The key of the refittable base engine with the backbone's weights (``plan`` is partial)."""
+        assert plan.backbone is not None
+        return EngineKey(kind="base", source_sha256=plan.backbone.sha256, refittable=True, weight_stripped=False,
+                         **self.common)
+
+    def partial(self, plan: RefitPlan) -> tuple[EngineRecord, bool, EngineRecord, bool]:
+        """Base with the backbone's weights, then only the changed weights; PartialRefitError if refused."""
+        assert plan.backbone is not None and plan.diff is not None
+        backbone, diff = plan.backbone, plan.diff
+        base_key = self.partial_base_key(plan)
+
+        def build_base(tmp: Path) -> BuildOutput:
+            return BuildOutput(self.toolkit.build(backbone.path, base_key, input_name=self.input_name,
+                                                  timing_cache=self.shared.timing_cache_path(base_key), target=tmp),
+                               source_file=backbone.file)
+
+        base, base_built = self.shared.ensure(base_key, build_base, locked=True)
+        base_path = self.shared.path_of(base)
+
+        def refit(tmp: Path) -> BuildOutput:
+            report = self.toolkit.refit_partial(base_path, self.onnx_path, diff.changed, tmp)
+            return BuildOutput(report.seconds, base=base_key.digest, base_file=base.file, refit_s=report.seconds,
+                               source_file=self.onnx_name, refit=RefitInfo.partial(plan, report))
+
+        record, built = self.cameras.ensure(self.camera_key, refit, base=base_key.digest, locked=True)
+        return record, built, base, base_built
+
+    def full(self, structure: str, reason: str, partial_failed_base: str | None = None
+             ) -> tuple[EngineRecord, bool, EngineRecord, bool]:
+        """Weight-stripped base per structure, then every weight of the camera's ONNX."""
+        base_key = EngineKey(kind="base", source_sha256=structure, refittable=True,
+                             weight_stripped=self.request.weight_stripped, **self.common)
+
+        def build_base(tmp: Path) -> BuildOutput:
+            return BuildOutput(self.toolkit.build(self.onnx_path, base_key, input_name=self.input_name,
+                                                  timing_cache=self.shared.timing_cache_path(base_key), target=tmp),
+                               source_file=f"{self.request.camera}/{self.onnx_name}")
+
+        base, base_built = self.shared.ensure(base_key, build_base, locked=True)
+        base_path = self.shared.path_of(base)
+
+        def refit(tmp: Path) -> BuildOutput:
+            seconds = self.toolkit.refit(base_path, self.onnx_path, tmp)
+            info = RefitInfo.full(reason, partial_failed_base=partial_failed_base)
+            return BuildOutput(seconds, base=base_key.digest, base_file=base.file, refit_s=seconds,
+                               source_file=self.onnx_name, refit=info)
+
+        record, built = self.cameras.ensure(self.camera_key, refit, base=base_key.digest, locked=True)
+        return record, built, base, base_built
+
+    def refused_before(self, plan: RefitPlan) -> str | None:
+        """The partial base digest when the stored engine records that TensorRT refused a partial refit from it."""
+        if plan.mode != "partial":
+            return None
+        digest = self.partial_base_key(plan).digest
+        stored = self.cameras.records().get(self.camera_key.digest)
+        if stored is None:
+            return None
+        try:
+            info = EngineRecord.from_json(stored).refit
+        except ConfigError:
+            return None
+        return digest if info is not None and info.partial_failed_base == digest else None
+
+
 def ensure_camera_engine(request: EngineRequest, toolkit: EngineToolkit, *,
                          lock_timeout_s: float = 1800.0) -> EngineResult:
     """The camera's engine for this machine (see the module docstring)."""
@@ -151,26 +254,30 @@ def ensure_camera_engine(request: EngineRequest, toolkit: EngineToolkit, *,
         common: dict[str, Any] = dict(tensorrt_version=version, gpu=gpu, precision=request.precision,
                                       profiles=request.profiles, optimization_level=request.optimization_level)
         if request.refit and isinstance(structure, str):
-            base_key = EngineKey(kind="base", source_sha256=structure, refittable=True,
-                                 weight_stripped=request.weight_stripped, **common)
-
-            def build_base(tmp: Path) -> BuildOutput:
-                return BuildOutput(toolkit.build(onnx_path, base_key, input_name=input_name,
-                                                 timing_cache=shared.timing_cache_path(base_key), target=tmp),
-                                   source_file=f"{store.camera}/{onnx_name}")
-
+            camera_key = EngineKey(kind="camera", source_sha256=onnx_sha, refittable=True, weight_stripped=False,
+                                   **common)
+            job = _Refit(request, toolkit, cameras, shared, onnx_path, onnx_name, input_name, camera_key, common)
+            if request.partial_refit:
+                plan = plan_refit(request.store_root, manifest, ONNX_EXPORT_FOR[request.precision], onnx_path, export)
+            else:
+                plan = RefitPlan("full", "partial refits were turned off")
+            refused = job.refused_before(plan)
+            if refused is not None:
+                plan = RefitPlan("full", "TensorRT refused a partial refit from this base engine before")
             with shared.lock(lock_timeout_s):
-                base, base_built = shared.ensure(base_key, build_base, locked=True)
-                base_path = shared.path_of(base)
-                camera_key = EngineKey(kind="camera", source_sha256=onnx_sha, refittable=True,
-                                       weight_stripped=False, **common)
-
-                def refit(tmp: Path) -> BuildOutput:
-                    seconds = toolkit.refit(base_path, onnx_path, tmp)
-                    return BuildOutput(seconds, base=base_key.digest, base_file=base.file, refit_s=seconds,
-                                       source_file=onnx_name)
-
-                record, built = cameras.ensure(camera_key, refit, base=base_key.digest, locked=True)
+                if plan.mode == "partial":
+                    try:
+                        record, built, base, base_built = job.partial(plan)
+                        return EngineResult(cameras.path_of(record), record, built, base, base_built, scale)
+                    except PartialRefitError as exc:
+                        failed = job.partial_base_key(plan).digest
+                        log.warning("camera %r: partial refit refused (%s); refitting every weight instead",
+                                    store.camera, exc)
+                        record, built, base, base_built = job.full(structure, f"partial refit refused: {exc}",
+                                                                   partial_failed_base=failed)
+                else:
+                    log.info("camera %r: refitting every weight (%s)", store.camera, plan.reason)
+                    record, built, base, base_built = job.full(structure, plan.reason, refused)
             return EngineResult(cameras.path_of(record), record, built, base, base_built, scale)
         if request.refit:
             log.info("camera %r: no structure hash recorded for %s, building its own engine (no refit)",

@@ -15,6 +15,10 @@
   ``refittable`` sets ``BuilderFlag.REFIT`` and ``weight_stripped`` ``BuilderFlag.STRIP_PLAN``.
 - :func:`refit_engine`: deserialize an engine, refit every weight from an ONNX file with
   ``OnnxParserRefitter.refit_from_file``, return the refitted engine serialized with its weights.
+- :func:`refit_engine_partial`: deserialize a refittable engine that holds the backbone's weights,
+  set only the named (changed) weights with ``Refitter.set_named_weights`` from the camera's ONNX
+  initializers (plus any weight TensorRT reports missing because it combined it with a changed
+  one), ``refit_cuda_engine``, serialize. Nothing else is read or uploaded.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from adassr.runtime.engines.key import ENGINE_PRECISIONS, ProfileShape
+from adassr.runtime.engines.refit import PartialRefitError, RefitReport
 from adassr.runtime.errors import BackendError, ConfigError
 
 if TYPE_CHECKING:
@@ -228,3 +236,98 @@ def refit_engine(engine_data: bytes, onnx_path: Path) -> tuple[bytes, float]:
     config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)  # a stripped base: keep the refitted weights
     data = bytes(memoryview(engine.serialize_with_config(config)))
     return data, time.perf_counter() - start
+
+
+_MAX_MISSING_ROUNDS = 3  # weights TensorRT combined with a changed one are added; this bounds the loop
+
+
+def _numpy_dtype(dtype: trt.DataType) -> type[np.floating] | None:
+    import tensorrt as trt
+
+    if dtype == trt.DataType.FLOAT:
+        return np.float32
+    if dtype == trt.DataType.HALF:
+        return np.float16
+    return None
+
+
+def _as_weights(refitter: trt.Refitter, name: str, array: np.ndarray, keep: list[np.ndarray]) -> trt.Weights:
+    """``array`` as TensorRT weights of the prototype's type and size; ``keep`` holds the buffer alive."""
+    import tensorrt as trt
+
+    prototype = refitter.get_weights_prototype(name)
+    if prototype.size < 0:
+        raise PartialRefitError(f"{name!r} is not a refittable weight of the base engine")
+    want = _numpy_dtype(prototype.dtype)
+    if want is None:
+        raise PartialRefitError(f"weight {name!r} has TensorRT type {prototype.dtype}; only float / half are refitted "
+                                "weight by weight")
+    if array.dtype != want:
+        if array.dtype.kind != "f":
+            raise PartialRefitError(f"weight {name!r} is {array.dtype} in the ONNX model, {want.__name__} in the "
+                                    "engine")
+        array = array.astype(want)
+    array = np.ascontiguousarray(array)
+    if array.size != prototype.size:
+        raise PartialRefitError(f"weight {name!r} has {array.size} values in the ONNX model, {prototype.size} in the "
+                                "engine; the base engine was built from another network")
+    keep.append(array)  # trt.Weights references the buffer without copying it
+    return trt.Weights(array)
+
+
+def refit_engine_partial(engine_data: bytes, onnx_path: Path, names: Sequence[str]) -> tuple[bytes, RefitReport]:
+    """Refit only ``names`` of a refittable engine that holds the backbone's weights.
+
+    The values come from the initializers of ``onnx_path`` (the camera's ONNX). If TensorRT
+    combined a changed weight with others while building (``get_missing_weights`` is not empty
+    after setting the changed ones), those are set from the same ONNX too. With no names the
+    engine's bytes are returned as they are (the camera's weights equal the backbone's).
+
+    Raises :class:`~adassr.runtime.engines.refit.PartialRefitError` when TensorRT does not accept
+    the weights one by one (the caller then refits every weight from a weight-stripped base).
+    """
+    from adassr.runtime.engines.onnx_weights import read_initializers
+
+    load_tensorrt()
+    import tensorrt as trt
+    start = time.perf_counter()
+    if not names:
+        return engine_data, RefitReport(time.perf_counter() - start, 0)
+    engine = deserialize(engine_data)
+    refitter: trt.Refitter = trt.Refitter(engine, _logger())
+    refittable = set(refitter.get_all_weights())
+    unknown = [name for name in names if name not in refittable]
+    if unknown:
+        raise PartialRefitError(f"{len(unknown)} changed weights ({', '.join(unknown[:5])}) are not refittable "
+                                "weights of the base engine")
+    keep: list[np.ndarray] = []
+    done: set[str] = set()
+    pending = list(dict.fromkeys(names))
+    for _ in range(_MAX_MISSING_ROUNDS):
+        try:
+            arrays = read_initializers(onnx_path, pending)
+        except BackendError as exc:  # e.g. TensorRT asks for a weight that is no initializer of the ONNX
+            raise PartialRefitError(str(exc)) from exc
+        for name in pending:
+            if not refitter.set_named_weights(name, _as_weights(refitter, name, arrays[name], keep)):
+                raise PartialRefitError(f"TensorRT rejected the new values of weight {name!r}")
+            done.add(name)
+        missing = refitter.get_missing_weights()
+        if not missing:
+            break
+        if any(not m for m in missing):
+            raise PartialRefitError("TensorRT needs unnamed weights set along with the changed ones")
+        pending = [m for m in missing if m not in done]
+        if not pending:
+            raise PartialRefitError(f"TensorRT still reports set weights as missing ({', '.join(missing[:5])})")
+        log.info("TensorRT combined %d more weights with the changed ones (%s...); setting them too",
+                 len(pending), ", ".join(pending[:3]))
+    else:
+        raise PartialRefitError(f"weights still missing after {_MAX_MISSING_ROUNDS} rounds: "
+                                f"{', '.join(refitter.get_missing_weights()[:5])}")
+    if not refitter.refit_cuda_engine():
+        raise PartialRefitError(f"TensorRT refused the {len(done)} changed weights of {onnx_path}")
+    data = bytes(memoryview(engine.serialize()))  # ``keep`` held the weight buffers until here
+    seconds = time.perf_counter() - start
+    log.info("refitted %d of %d weights from %s in %.2f s", len(done), len(refittable), onnx_path, seconds)
+    return data, RefitReport(seconds, len(done), len(refittable))

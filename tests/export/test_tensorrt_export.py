@@ -3,6 +3,7 @@ toolkit that writes files; the TensorRT calls themselves are type-checked, and r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -13,6 +14,7 @@ from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.export.structure import structure_sha256
 from adassr.export.tensorrt import EngineOptions, export_engine, export_model_as_camera
 from adassr.runtime.engines import EngineKey, GpuIdentity
+from adassr.runtime.engines.refit import RefitReport
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.store import CameraStore, sha256_file
 from adassr.runtime.tiling import TilingOptions
@@ -53,6 +55,11 @@ class Toolkit:
         self.calls.append("refit")
         target.write_text(f"refit of {base_engine.read_text()} with {sha256_file(onnx_path)}")
         return 0.2
+
+    def refit_partial(self, base_engine: Path, onnx_path: Path, names: Sequence[str], target: Path) -> RefitReport:
+        self.calls.append(f"refit_partial {len(names)}")
+        target.write_text(f"refit of {base_engine.read_text()} with {list(names)} of {sha256_file(onnx_path)}")
+        return RefitReport(0.1, len(names))
 
 
 def _tiny(seed: int) -> torch.nn.Module:

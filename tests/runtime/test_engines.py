@@ -11,6 +11,7 @@ import json
 import logging
 import multiprocessing
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from adassr.runtime.engines import (
     select_profile,
 )
 from adassr.runtime.engines.manage import EngineRequest, ensure_camera_engine
+from adassr.runtime.engines.refit import RefitReport
 from adassr.runtime.errors import ConfigError, ShapeError, StoreError
 from adassr.runtime.store import CameraStore, sha256_file
 from adassr.runtime.tiling import TilingOptions, upscale_tiled
@@ -148,6 +150,11 @@ class FileToolkit:
         target.write_text(f"{base_engine.read_text()} refitted with {sha256_file(onnx_path)}")
         self._note(f"refit {onnx_path.parent.name}")
         return 0.1
+
+    def refit_partial(self, base_engine: Path, onnx_path: Path, names: Sequence[str], target: Path) -> RefitReport:
+        target.write_text(f"{base_engine.read_text()} refitted {list(names)} from {sha256_file(onnx_path)}")
+        self._note(f"refit_partial {onnx_path.parent.name}")
+        return RefitReport(0.05, len(names))
 
 
 def _camera(root: Path, name: str, seed: int, structure: str | None = "c" * 64) -> CameraStore:
