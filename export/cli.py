@@ -139,5 +139,6 @@ def _build_engine(args: argparse.Namespace, camera: str) -> None:
         base_how = "built now" if result.base_built else "reused"
         line += f"; base engine {result.base.file} {base_how}"
         if record.refit_s is not None and result.built:
-            line += f"; refit {record.refit_s:.1f} s"
+            mode = f" ({record.refit.summary})" if record.refit is not None else ""
+            line += f"; refit{mode} {record.refit_s:.1f} s"
     print(line)

@@ -61,3 +61,80 @@ def test_engine_matches_onnxruntime_and_refit_and_reuse(tmp_path: Path, precisio
             for _ in range(2):  # the second call replays the captured graphs
                 got = backend.infer(batch)
                 assert np.abs(got - want).max() < tolerance
+
+
+def _publish_onnx(root: Path, camera: str, files: dict[str, bytes], backbone_sha256: str) -> None:
+    """A camera whose exports are ``files`` (export key -> ONNX bytes), adapted from ``backbone_sha256``."""
+    import onnx
+
+    from adassr.runtime.engines.onnx_weights import structure_sha256
+    from adassr.runtime.store import CameraStore
+
+    store = CameraStore.open(root, camera, create=True)
+    records: dict[str, dict[str, object]] = {}
+    for key, data in files.items():
+        name = "model_fp16.onnx" if key == "onnx_fp16" else "model.onnx"
+        store.publish(name, lambda p, data=data: p.write_bytes(data), stage="export")
+        records[key] = {"file": name, "scale": 4, "input_name": "lr", "output_name": "sr",
+                        "weights_sha256": backbone_sha256 if camera == "_fallback" else "c" * 64,
+                        "structure_sha256": structure_sha256(onnx.load_from_string(data))}
+
+    def update(manifest: dict[str, object]) -> None:
+        manifest["scale"] = 4
+        manifest["backbone"] = {"name": "tiny", "weights_sha256": backbone_sha256}
+        manifest.setdefault("exports", {}).update(records)  # type: ignore[attr-defined]
+
+    store.update_manifest(update)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_partial_refit_sets_only_the_changed_weights_and_matches_a_full_refit(tmp_path: Path, precision: str) -> None:
+    _need_gpu_and_tensorrt()
+    import onnx
+    from onnx import numpy_helper
+
+    from adassr.runtime.backends.tensorrt import TensorRTBackend
+    from adassr.runtime.engines import ProfileShape
+    from adassr.runtime.engines.manage import EngineRequest, TensorRTToolkit, ensure_camera_engine
+    from adassr.runtime.store import CameraStore
+
+    from ._models import build_tiny_sr
+
+    def files(change_tail: bool) -> dict[str, bytes]:
+        out = {}
+        for key, half in (("onnx", False), ("onnx_fp16", True)):
+            model = onnx.load_from_string(build_tiny_sr(seed=0, fp16=half))
+            if change_tail:  # the last convolution only: its weights x3, its bias + 0.05
+                for init in model.graph.initializer:
+                    if init.name in ("w4", "b4"):
+                        values = numpy_helper.to_array(init)
+                        values = values * 3 if init.name == "w4" else values + 0.05
+                        init.CopyFrom(numpy_helper.from_array(values.astype(np.float32), init.name))
+            out[key] = model.SerializeToString()
+        return out
+
+    _publish_onnx(tmp_path, "_fallback", files(False), "b" * 64)
+    _publish_onnx(tmp_path, "cam", files(True), "b" * 64)
+    profiles = (ProfileShape((1, 3, 32, 32), (2, 3, 32, 32), (2, 3, 32, 32)),)
+    kit = TensorRTToolkit()
+    partial = ensure_camera_engine(EngineRequest(tmp_path, "cam", precision, profiles), kit)
+    refit = partial.record.refit
+    assert refit is not None and refit.mode == "partial", refit
+    assert sorted(refit.changed) == ["b4", "w4"] and (refit.weights_set or 0) >= 2
+    assert partial.base is not None and not partial.base.key.weight_stripped
+    batch = np.random.default_rng(1).random((2, 3, 32, 32), dtype=np.float32)
+    onnx_name = "model_fp16.onnx" if precision == "fp16" else "model.onnx"
+    want = _reference(CameraStore.open(tmp_path, "cam").verified_path(onnx_name), batch)
+    backbone = _reference(CameraStore.open(tmp_path, "_fallback").verified_path(onnx_name), batch)
+    tolerance = 2e-4 if precision == "fp32" else 2e-2
+    assert np.abs(want - backbone).max() > 10 * tolerance  # an engine left with the backbone's weights would fail
+    with TensorRTBackend(partial.path, streams=1) as engine:
+        got_partial = engine.infer(batch)
+    assert np.abs(got_partial - want).max() < tolerance
+    full = ensure_camera_engine(EngineRequest(tmp_path, "cam", precision, profiles, partial_refit=False), kit)
+    assert full.record.refit is not None and full.record.refit.mode == "full"
+    with TensorRTBackend(full.path, streams=1) as engine:
+        got_full = engine.infer(batch)
+    assert np.abs(got_partial - got_full).max() < tolerance
+    print(f"{precision}: partial refit {partial.record.refit_s:.3f} s ({refit.summary}, {refit.weights_set} set), "
+          f"full refit {full.record.refit_s:.3f} s")
