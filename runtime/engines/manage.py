@@ -33,6 +33,7 @@ taken inside it (base engines and the timing cache live there), always in that o
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,8 +175,8 @@ class _Refit:
 
     def partial(self, plan: RefitPlan) -> tuple[EngineRecord, bool, EngineRecord, bool]:
         """Base with the backbone's weights, then only the changed weights; PartialRefitError if refused."""
-        assert plan.backbone is not None and plan.diff is not None
-        backbone, diff = plan.backbone, plan.diff
+        assert plan.backbone is not None
+        backbone = plan.backbone
         base_key = self.partial_base_key(plan)
 
         def build_base(tmp: Path) -> BuildOutput:
@@ -187,9 +188,14 @@ class _Refit:
         base_path = self.shared.path_of(base)
 
         def refit(tmp: Path) -> BuildOutput:
+            start = time.perf_counter()
+            diff = plan.changed_weights(self.onnx_path)
+            compared = time.perf_counter() - start
             report = self.toolkit.refit_partial(base_path, self.onnx_path, diff.changed, tmp)
+            log.info("camera %r: %s differ from the backbone (compared in %.2f s), refitted in %.2f s",
+                     self.request.camera, diff.summary.removeprefix("partial: "), compared, report.seconds)
             return BuildOutput(report.seconds, base=base_key.digest, base_file=base.file, refit_s=report.seconds,
-                               source_file=self.onnx_name, refit=RefitInfo.partial(plan, report))
+                               source_file=self.onnx_name, refit=RefitInfo.partial(backbone, diff, report))
 
         record, built = self.cameras.ensure(self.camera_key, refit, base=base_key.digest, locked=True)
         return record, built, base, base_built
@@ -258,7 +264,7 @@ def ensure_camera_engine(request: EngineRequest, toolkit: EngineToolkit, *,
                                    **common)
             job = _Refit(request, toolkit, cameras, shared, onnx_path, onnx_name, input_name, camera_key, common)
             if request.partial_refit:
-                plan = plan_refit(request.store_root, manifest, ONNX_EXPORT_FOR[request.precision], onnx_path, export)
+                plan = plan_refit(request.store_root, manifest, ONNX_EXPORT_FOR[request.precision], export)
             else:
                 plan = RefitPlan("full", "partial refits were turned off")
             refused = job.refused_before(plan)

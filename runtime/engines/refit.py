@@ -60,18 +60,31 @@ class BackboneOnnx:
 
 @dataclass(frozen=True)
 class RefitPlan:
-    """How to refit one camera: ``partial`` (``backbone`` and ``diff`` set) or ``full`` (``reason`` says why)."""
+    """How to refit one camera: ``partial`` (``backbone`` set) or ``full`` (``reason`` says why).
+
+    The weights that differ are found only when a refit is actually needed
+    (:meth:`changed_weights`): a stored engine that fits costs no comparison.
+    """
 
     mode: str
     reason: str = ""
     backbone: BackboneOnnx | None = None
-    diff: WeightDiff | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in REFIT_MODES:
             raise ConfigError(f"refit mode must be one of {', '.join(REFIT_MODES)}, got {self.mode!r}")
-        if self.mode == "partial" and (self.backbone is None or self.diff is None):
-            raise ConfigError("a partial refit needs the backbone ONNX and the weight difference")
+        if self.mode == "partial" and self.backbone is None:
+            raise ConfigError("a partial refit needs the backbone's ONNX export")
+
+    def changed_weights(self, camera_onnx: Path) -> WeightDiff:
+        """The initializers of ``camera_onnx`` that differ from the backbone's; PartialRefitError if
+        the two cannot be compared (then the camera is refitted fully)."""
+        if self.backbone is None:
+            raise ConfigError("a full refit plan has no backbone to compare with")
+        try:
+            return diff_onnx_files(camera_onnx, self.backbone.path)
+        except (WeightsError, BackendError) as exc:
+            raise PartialRefitError(f"the backbone's export cannot be compared with the camera's ({exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -114,10 +127,9 @@ class RefitInfo:
             raise ConfigError(f"malformed refit record: {exc!r}") from exc
 
     @classmethod
-    def partial(cls, plan: RefitPlan, report: RefitReport) -> RefitInfo:
-        assert plan.backbone is not None and plan.diff is not None
-        return cls("partial", plan.diff.summary, plan.diff.changed, plan.diff.total, report.weights_set,
-                   plan.backbone.file, plan.backbone.sha256)
+    def partial(cls, backbone: BackboneOnnx, diff: WeightDiff, report: RefitReport) -> RefitInfo:
+        return cls("partial", diff.summary, diff.changed, diff.total, report.weights_set, backbone.file,
+                   backbone.sha256)
 
     @classmethod
     def full(cls, reason: str, report: RefitReport | None = None, *,
@@ -130,14 +142,14 @@ def _full(reason: str) -> RefitPlan:
     return RefitPlan("full", reason)
 
 
-def plan_refit(store_root: str | Path, manifest: Mapping[str, Any], export_key: str, camera_onnx: Path,
+def plan_refit(store_root: str | Path, manifest: Mapping[str, Any], export_key: str,
                camera_export: Mapping[str, Any]) -> RefitPlan:
     """Partial when the store's fallback export is the backbone this camera was adapted from (see module docstring).
 
     ``manifest`` is the camera's manifest, ``export_key`` the ``manifest["exports"]`` key of the
-    ONNX the engine is made from (``onnx`` or ``onnx_fp16``), ``camera_onnx`` that file (verified)
-    and ``camera_export`` its export record. Never raises for a missing or unsuitable backbone
-    export: the plan is then ``full`` with the reason.
+    ONNX the engine is made from (``onnx`` or ``onnx_fp16``) and ``camera_export`` its export
+    record. Reads manifests and checks the backbone file's sha256, nothing more. Never raises for
+    a missing or unsuitable backbone export: the plan is then ``full`` with the reason.
     """
     backbone = manifest.get("backbone")
     digest = backbone.get("weights_sha256") if isinstance(backbone, Mapping) else None
@@ -165,9 +177,7 @@ def plan_refit(store_root: str | Path, manifest: Mapping[str, Any], export_key: 
         return _full("comparing the camera's weights with the backbone's needs the onnx package (pip install onnx)")
     try:
         path = store.verified_path(str(record["file"]), fallback)
-        diff = diff_onnx_files(camera_onnx, path)
-    except (StoreError, WeightsError, BackendError) as exc:
-        return _full(f"the backbone export cannot be compared with the camera's ({exc})")
+    except StoreError as exc:
+        return _full(f"the backbone export is damaged ({exc})")
     sha = str(fallback["artifacts"][str(record["file"])]["sha256"])
-    rel = f"{FALLBACK_CAMERA}/{path.name}"
-    return RefitPlan("partial", backbone=BackboneOnnx(path, rel, sha), diff=diff)
+    return RefitPlan("partial", backbone=BackboneOnnx(path, f"{FALLBACK_CAMERA}/{path.name}", sha))

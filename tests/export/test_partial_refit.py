@@ -28,7 +28,7 @@ from adassr.adapt.weights import state_dict_sha256
 from adassr.export.tensorrt import export_model_as_camera
 from adassr.runtime.engines import EngineKey, GpuIdentity, ProfileShape
 from adassr.runtime.engines.manage import EngineRequest, EngineResult, ensure_camera_engine
-from adassr.runtime.engines.onnx_weights import diff_initializers, diff_onnx_files, read_initializers
+from adassr.runtime.engines.onnx_weights import WeightDiff, diff_initializers, diff_onnx_files, read_initializers
 from adassr.runtime.engines.refit import PartialRefitError, RefitReport
 from adassr.runtime.errors import BackendError, WeightsError
 from adassr.runtime.store import CameraStore
@@ -197,7 +197,17 @@ def test_camera_engine_is_the_backbone_base_plus_only_the_changed_weights(scratc
     assert refit["weights_set"] == 4 and refit["backbone_onnx_sha256"] == result.base.key.source_sha256
 
 
-def test_fleet_shares_the_backbone_base_and_a_second_run_does_nothing(scratch: Path) -> None:
+def test_fleet_shares_the_backbone_base_and_a_second_run_does_nothing(
+        scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import adassr.runtime.engines.refit as refit_module
+
+    compared: list[str] = []
+
+    def counting_diff(camera: Path, backbone: Path) -> WeightDiff:
+        compared.append(Path(camera).parent.name)
+        return diff_onnx_files(camera, backbone)
+
+    monkeypatch.setattr(refit_module, "diff_onnx_files", counting_diff)
     kit = WeightMapToolkit()
     canon = _ensure(scratch, "canon", kit)
     same = _ensure(scratch, "same", kit)
@@ -209,8 +219,10 @@ def test_fleet_shares_the_backbone_base_and_a_second_run_does_nothing(scratch: P
     info = same.record.refit
     assert info is not None and info.summary == f"partial: 0 of {info.total} weights" and info.changed == ()
     calls = len(kit.calls)
+    assert compared == ["canon", "same", "_fallback"]
     again = [_ensure(scratch, c, kit) for c in ("canon", "same", "_fallback")]
     assert len(kit.calls) == calls and not any(r.built or r.base_built for r in again)
+    assert len(compared) == 3  # a stored engine that fits costs no weight comparison
 
 
 def test_camera_of_another_backbone_is_refitted_fully_and_says_why(scratch: Path) -> None:
