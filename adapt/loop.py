@@ -47,7 +47,16 @@ from adassr.runtime.errors import ConfigError
 log = logging.getLogger(__name__)
 
 Metric = Callable[[torch.Tensor], torch.Tensor]  # (B,3,H,W) in [0,1] -> (B,) lower is better
-Perceptual = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (sr, hr) -> (B,)
+
+
+class Perceptual(Protocol):
+    """A perceptual distance (LPIPS-VGG): ``(sr, hr) -> (B,)``, with reusable reference features."""
+
+    def __call__(self, images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor: ...
+
+    def reference_features(self, reference: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def distance_to(self, images: torch.Tensor, reference_features: Sequence[torch.Tensor]) -> torch.Tensor: ...
 
 
 class PairBatchLike(Protocol):
@@ -173,11 +182,14 @@ def _group_score(scores: Sequence[float], step: int) -> float:
 
 
 class _FeatureBank:
-    """Tail mode: a bank of augmented pairs with the frozen front's features precomputed."""
+    """Tail mode: a bank of augmented pairs with the frozen front's features precomputed, and the
+    perceptual reference features of the targets when a perceptual term is given."""
 
     def __init__(self, model: RRDBNet, sample: Callable[[int], PairBatchLike], size: int, *,
-                 device: torch.device, precision: Precision, tail_from: int, chunk: int = 8) -> None:
+                 device: torch.device, precision: Precision, tail_from: int, chunk: int = 8,
+                 perceptual: Perceptual | None = None) -> None:
         feats, hs, hrs, weights = [], [], [], []
+        taps: list[list[torch.Tensor]] = []
         remaining = size
         with torch.no_grad():
             while remaining > 0:
@@ -190,15 +202,20 @@ class _FeatureBank:
                 hs.append(h.float())
                 hrs.append(_to_tensor(batch.hr, device))
                 weights.append(_to_tensor(batch.weight, device))
+                if perceptual is not None:
+                    with precision.autocast():
+                        taps.append(perceptual.reference_features(hrs[-1]))
                 remaining -= n
         self.feat = torch.cat(feats)
         self.h = torch.cat(hs)
         self.hr = torch.cat(hrs)
         self.weight = torch.cat(weights)
+        self.hr_features = [torch.cat(level) for level in zip(*taps, strict=True)] if taps else None
 
-    def draw(self, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+    def draw(self, batch: int, rng: np.random.Generator) -> _Batch:
         idx = torch.from_numpy(rng.choice(self.feat.shape[0], size=batch, replace=False))
-        return self.feat[idx], self.h[idx], self.hr[idx], self.weight[idx]
+        features = None if self.hr_features is None else [f[idx] for f in self.hr_features]
+        return _Batch(self.hr[idx], self.weight[idx], feat=self.feat[idx], h=self.h[idx], hr_features=features)
 
 
 @dataclass
@@ -225,7 +242,11 @@ class _Trainer:
         loss = config.lambda_l1 * weighted_l1(sr, batch.hr, batch.weight)
         if self.perceptual is not None and config.lambda_perceptual > 0:
             with precision.autocast():
-                loss = loss + config.lambda_perceptual * self.perceptual(sr.float(), batch.hr).mean()
+                if batch.hr_features is not None:  # the bank computed the targets' features once
+                    distance = self.perceptual.distance_to(sr.float(), batch.hr_features)
+                else:
+                    distance = self.perceptual(sr.float(), batch.hr)
+            loss = loss + config.lambda_perceptual * distance.mean()
         if self.disc is not None:
             loss = loss + config.lambda_gan * gan_generator_loss(self.disc, sr)
         if config.prox_mu > 0:
@@ -263,6 +284,7 @@ class _Batch:
     lr: torch.Tensor | None = None
     feat: torch.Tensor | None = None
     h: torch.Tensor | None = None
+    hr_features: list[torch.Tensor] | None = None  # the perceptual reference features of ``hr``
 
 
 def _trainable(model: RRDBNet, trainable: str, tail_blocks: int) -> tuple[int | None, dict[str, torch.nn.Parameter]]:
@@ -317,10 +339,11 @@ class _BatchSource:
             return _Batch(_to_tensor(batch.hr, self.device), _to_tensor(batch.weight, self.device),
                           lr=_to_tensor(batch.lr, self.device))
         if self.bank is None:
+            perceptual = self.trainer.perceptual if config.lambda_perceptual > 0 else None
             self.bank = _FeatureBank(self.trainer.model, self.sampler.sample, max(config.feature_bank, config.batch),
-                                     device=self.device, precision=self.trainer.precision, tail_from=tail_from)
-        feat, h, hr, weight = self.bank.draw(config.batch, self.rng)
-        return _Batch(hr, weight, feat=feat, h=h)
+                                     device=self.device, precision=self.trainer.precision, tail_from=tail_from,
+                                     perceptual=perceptual)
+        return self.bank.draw(config.batch, self.rng)
 
     def refresh(self) -> None:
         """Fresh augmented pairs for the next evaluation period."""

@@ -28,7 +28,7 @@ from adassr.adapt.config import AdaptConfig
 from adassr.adapt.cpu_setup import configure_cpu_threads
 from adassr.adapt.groups import CameraGroup
 from adassr.adapt.interrupts import Interrupted, deferred
-from adassr.adapt.loop import InternalResult, ProgressEvent, evaluation_crops, run_internal_step
+from adassr.adapt.loop import InternalResult, Perceptual, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
 from adassr.runtime.errors import ConfigError, StoreError
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
@@ -115,9 +115,7 @@ def _niqe_metric(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]
     return metric
 
 
-def _perceptual(
-    config: AdaptConfig, device: torch.device
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+def _perceptual(config: AdaptConfig, device: torch.device) -> Perceptual | None:
     if config.lambda_perceptual <= 0:
         return None
     from adassr.adapt.quality.lpips import load_lpips
@@ -162,7 +160,7 @@ class _Inputs:
     weights: list[np.ndarray] | None
     crops: list[np.ndarray]
     metric: Callable[[torch.Tensor], torch.Tensor]
-    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    perceptual: Perceptual | None
 
 
 def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, scale: int, *,

@@ -18,6 +18,7 @@ safetensors by ``adassr fetch-weights lpips`` (see :mod:`adassr.adapt.quality.lp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -133,6 +134,32 @@ class LPIPS(nn.Module):
             f = _unit_normalize(f)
             d = (f[:n] - f[n:]) ** 2
             total = total + lin(d).mean(dim=(1, 2, 3))
+        return total
+
+    @torch.no_grad()
+    def reference_features(self, reference: Tensor) -> list[Tensor]:
+        """The unit-normalised taps of fixed reference images, for :meth:`distance_to` (no gradient).
+
+        A training loop whose targets repeat (a bank of pairs) computes them once instead of every step.
+        """
+        self._check(reference, "reference")
+        return [_unit_normalize(f) for f in self.feature_maps(reference)]
+
+    def distance_to(self, images: Tensor, reference_features: Sequence[Tensor]) -> Tensor:
+        """Per-image LPIPS distance ``(B,)`` of ``images`` to references given by :meth:`reference_features`.
+
+        Equal to ``self(images, reference)`` for the references the features were computed from.
+        """
+        self._check(images, "images")
+        feats = self.feature_maps(images)
+        if len(reference_features) != len(feats):
+            raise ShapeError("LPIPS reference features", (len(reference_features),), f"{len(feats)} taps")
+        total = images.new_zeros(images.shape[0])
+        for lin, f, ref in zip(self.lins, feats, reference_features, strict=True):
+            if ref.shape != f.shape:
+                raise ShapeError("LPIPS reference features", tuple(ref.shape),
+                                 f"the images' tap shape {tuple(f.shape)} (same batch and size as the images)")
+            total = total + lin((_unit_normalize(f) - ref) ** 2).mean(dim=(1, 2, 3))
         return total
 
 

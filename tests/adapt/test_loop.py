@@ -170,3 +170,23 @@ def test_time_budget_evaluates_then_stops() -> None:
 def test_time_budget_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="time-budget"):
         _config(time_budget=0)
+
+
+def test_feature_bank_caches_the_perceptual_targets_row_for_row() -> None:
+    from adassr.adapt.loop import _FeatureBank
+    from adassr.adapt.quality.lpips import LPIPS
+
+    torch.manual_seed(0)
+    perceptual = LPIPS("vgg")
+    model = _tiny().eval()
+    bank = _FeatureBank(model, _Sampler(p=12).sample, 6, device=torch.device("cpu"), precision=FP32,
+                        tail_from=1, chunk=4, perceptual=perceptual)
+    batch = bank.draw(3, np.random.default_rng(0))
+    assert batch.hr_features is not None and batch.feat is not None and batch.h is not None
+    with torch.no_grad():
+        sr = model.run_tail(batch.feat, batch.h, 1).clamp(0, 1)
+        torch.testing.assert_close(perceptual.distance_to(sr, batch.hr_features), perceptual(sr, batch.hr),
+                                   rtol=1e-5, atol=1e-6)
+    plain = _FeatureBank(model, _Sampler(p=12).sample, 6, device=torch.device("cpu"),
+                         precision=FP32, tail_from=1)
+    assert plain.draw(3, np.random.default_rng(0)).hr_features is None

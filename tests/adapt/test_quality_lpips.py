@@ -158,3 +158,22 @@ def test_shape_checks() -> None:
     with pytest.raises(ShapeError):
         model(x[:, :1], x[:, :1])
     assert model(x, x.flip(-1)).shape == (1,)
+
+
+def test_cached_reference_features_give_the_same_distance_and_gradient() -> None:
+    torch.manual_seed(0)
+    model = LPIPS("vgg")  # random weights: the identity holds for any weights
+    ref = _image(CALIB / "ref_I04.png")[..., :48, :48].repeat(2, 1, 1, 1)
+    ref[1] = ref[1].flip(-1)
+    noisy = (ref + 0.1 * torch.randn_like(ref)).clamp(0, 1)
+    a, b = noisy.clone().requires_grad_(True), noisy.clone().requires_grad_(True)
+    full = model(a, ref)
+    cached = model.distance_to(b, model.reference_features(ref))
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-6)
+    full.sum().backward()
+    cached.sum().backward()
+    assert a.grad is not None and b.grad is not None and float(a.grad.abs().sum()) > 0
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7)
+    assert float(model.distance_to(ref, model.reference_features(ref)).abs().max()) < 1e-6
+    with pytest.raises(ShapeError, match="reference features"):
+        model.distance_to(noisy[:1], model.reference_features(ref))
