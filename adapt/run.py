@@ -30,6 +30,7 @@ from adassr.adapt.groups import CameraGroup
 from adassr.adapt.interrupts import Interrupted, deferred
 from adassr.adapt.loop import InternalResult, Perceptual, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
+from adassr.adapt.weight_map_cache import WeightMapCache, store_cache_folder
 from adassr.runtime.errors import ConfigError, StoreError
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
 
@@ -96,14 +97,17 @@ def _estimate_kernel(images: Sequence[np.ndarray], scale: int, mode: str) -> Ker
     return estimate_kernel(images, scale=scale)
 
 
-def _weight_maps(model: RRDBNet, images: Sequence[np.ndarray], config: AdaptConfig,
-                 device: torch.device, precision: Precision) -> list[np.ndarray] | None:
+def _weight_maps(model: RRDBNet, images: Sequence[np.ndarray], config: AdaptConfig, device: torch.device,
+                 precision: Precision, cache: WeightMapCache | None) -> list[np.ndarray] | None:
+    """The loss-weight map of each image (None for uniform weights), from ``cache`` where it has them."""
     if config.attention.mode == "uniform":
         return None
     from adassr.adapt.attention import compute_weight_map
 
-    return [compute_weight_map(model, image, config.attention, device=device, precision=precision)
-            for image in images]
+    def compute(image: np.ndarray) -> np.ndarray:
+        return compute_weight_map(model, image, config.attention, device=device, precision=precision)
+
+    return [compute(image) if cache is None else cache.get_or_compute(image, compute) for image in images]
 
 
 def _niqe_metric(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -164,7 +168,7 @@ class _Inputs:
 
 
 def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, scale: int, *,
-                    device: torch.device, precision: Precision) -> _Inputs:
+                    device: torch.device, precision: Precision, map_cache: WeightMapCache | None = None) -> _Inputs:
     """Read the group, keep the images large enough for the patch (:func:`_usable_images_and_kernel`),
     estimate the kernel from them, and build the weight maps and metrics."""
     from adassr.adapt.pairs import PairConfig
@@ -175,7 +179,7 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
     images, kernel, usable = _usable_images_and_kernel(load_group_images(group), group, pair_config, config.kernel)
     used_paths = [str(group.members[i].path) for i in usable.indices]
     return _Inputs(images, kernel, usable.config, usable, used_paths,
-                   _weight_maps(model, images, config, device, precision),
+                   _weight_maps(model, images, config, device, precision, map_cache),
                    evaluation_crops(images, config.eval_crop, config.eval_max_images), _niqe_metric(device),
                    _perceptual(config, device))
 
@@ -301,7 +305,10 @@ def adapt_camera(
         backbone = load_backbone(backbone_name, device=str(device), registry=registry)
         # the backbone before adaptation: the weights file stores what differs from it
         base_state = {k: v.detach().cpu().float().clone() for k, v in backbone.model.state_dict().items()}
-        inputs = _prepare_inputs(group, config, backbone.model, backbone.scale, device=device, precision=precision)
+        map_cache = WeightMapCache(store_cache_folder(store_root), backbone.weights_sha256, config.attention,
+                                   precision.name, device.type)
+        inputs = _prepare_inputs(group, config, backbone.model, backbone.scale, device=device, precision=precision,
+                                 map_cache=map_cache)
         result = _run_admm(backbone.model, inputs, _training_budget(config, start), base_state, scale=backbone.scale,
                            device=device, precision=precision, trainable=trainable, progress=progress)
         if result.interrupted is not None and not keep_on_interrupt:

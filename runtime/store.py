@@ -6,6 +6,7 @@ Layout::
     <store>/<camera>/adapted.<sha256[:16]>.safetensors   adapted weights (adapt stage)
     <store>/<camera>/model.<sha256[:16]>.onnx            exported model (export stage), model_fp16...
     <store>/_fallback/                                   an unadapted backbone for cameras with no model
+    <store>/_cache/                                      caches that only save time (adaptation's weight maps)
 
 Artifacts have a logical name (``adapted.safetensors``, ``model.onnx``, ...), the key of
 ``manifest["artifacts"][<name>] = {"file", "sha256", "bytes", "stage", "created", ...}``; the

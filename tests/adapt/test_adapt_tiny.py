@@ -88,3 +88,27 @@ def test_manifest_record_is_a_pure_function_of_its_inputs(tiny: BackboneRegistry
     assert record["niqe_before"] == 6.0 and record["niqe_after"] == 5.0
     assert record["per_image"][1] == {"path": "b.png", "niqe_before": 7.0, "niqe_after": 6.0}
     assert record["backbone"]["name"] == "tiny" and record["scale"] == 4 and record["kernel"] == {"kernel": [[1.0]]}
+
+
+def test_re_adapting_reuses_the_weight_maps(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import adassr.adapt.attention as attention
+
+    real, calls = attention.compute_weight_map, []
+
+    def counting(*args: object, **kwargs: object) -> np.ndarray:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attention, "compute_weight_map", counting)
+    torch.set_num_threads(1)
+    config = cpu_demo_defaults().with_overrides(steps=2, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4, precision="fp32")
+    group = select_group(camera_dir, "nokia")
+    store = tmp_path / "store"
+    first = adapt_camera(group, config, store_root=store, backbone_name="tiny", registry=tiny)
+    assert len(calls) == 1 and len(list((store / "_cache" / "weight_maps").glob("*.npy"))) == 1
+    second = adapt_camera(group, config, store_root=store, backbone_name="tiny", registry=tiny)
+    assert len(calls) == 1  # the second run read the map
+    assert second.niqe_after == first.niqe_after  # same seed, same map: the same run
+    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == ["_cache", "nokia"]

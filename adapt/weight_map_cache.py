@@ -1,0 +1,119 @@
+"""Loss-weight maps kept between runs, so re-adapting a camera on the same photos does not recompute them.
+
+A self-similarity map costs a full trunk forward pass of its image (the most expensive part of an
+adaptation's set-up on a CPU). Cameras are re-adapted as new photos arrive, and most photos of the
+group are the same as last time, so each map is stored under a key of everything it depends on:
+
+- the image's pixels (float32 bytes and shape),
+- the digest of the backbone weights the features come from,
+- the attention configuration (every field),
+- the compute precision and the device type (bf16 and fp32 maps differ in the last bits).
+
+Files are ``<folder>/<key>.npy`` (the adaptation uses ``<store>/_cache/weight_maps``), written
+atomically. A file that cannot be read, or holds the wrong shape or non-finite values, is ignored
+(with a log line) and replaced by a fresh map. The folder is capped at :data:`MAX_CACHE_BYTES`:
+after a write the least recently used files are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adassr.adapt.config import AttentionConfig
+from adassr.runtime.errors import StoreError
+from adassr.runtime.store import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "adassr-weight-map/1"
+MAX_CACHE_BYTES = 256 * 1024 * 1024
+STORE_FOLDER = ("_cache", "weight_maps")  # under the store root; "_" never starts a camera name
+
+
+def store_cache_folder(store_root: Path) -> Path:
+    """Where adaptation keeps the weight maps of a store: ``<store>/_cache/weight_maps``."""
+    return store_root.joinpath(*STORE_FOLDER)
+
+
+@dataclass(frozen=True)
+class WeightMapCache:
+    """Maps for one backbone and setting: :meth:`get_or_compute` returns the stored map or computes and stores it."""
+
+    folder: Path
+    backbone_sha256: str
+    attention: AttentionConfig
+    precision: str
+    device_type: str
+    max_bytes: int = MAX_CACHE_BYTES
+
+    def key(self, image: np.ndarray) -> str:
+        """Hex sha256 of the image's pixels and shape together with this cache's settings."""
+        pixels = np.ascontiguousarray(image, dtype=np.float32)
+        settings = {"format": CACHE_FORMAT, "backbone": self.backbone_sha256, "attention": asdict(self.attention),
+                    "precision": self.precision, "device": self.device_type, "shape": list(pixels.shape)}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+        digest.update(pixels.data)
+        return digest.hexdigest()
+
+    def get_or_compute(self, image: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """The weight map of ``image`` (``H x W`` float32): from the cache, else ``compute(image)``, then stored."""
+        path = self.folder / f"{self.key(image)}.npy"
+        cached = self._load(path, image.shape[:2])
+        if cached is not None:
+            return cached
+        weight = np.asarray(compute(image), dtype=np.float32)
+        self._store(path, weight)
+        return weight
+
+    def _load(self, path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+        try:
+            weight = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as exc:
+            log.warning("ignoring the unreadable cached weight map %s (%s); recomputing it", path, exc)
+            return None
+        if weight.shape != shape or weight.dtype != np.float32 or not np.isfinite(weight).all():
+            log.warning("ignoring the cached weight map %s (shape %s, dtype %s, expected %s float32 finite); "
+                        "recomputing it", path, weight.shape, weight.dtype, shape)
+            return None
+        with contextlib.suppress(OSError):  # a read-only cache still serves its maps
+            os.utime(path)  # least recently used goes first when the folder is over its cap
+        return weight
+
+    def _store(self, path: Path, weight: np.ndarray) -> None:
+        from io import BytesIO
+
+        buffer = BytesIO()
+        np.save(buffer, weight, allow_pickle=False)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, buffer.getvalue())
+            self._evict()
+        except (OSError, StoreError) as exc:  # the cache only saves time: a full disk must not fail the run
+            log.warning("could not store the weight map in %s (%s); the run goes on without the cache",
+                        self.folder, exc)
+
+    def _evict(self) -> None:
+        entries = []
+        for entry in self.folder.glob("*.npy"):
+            try:
+                stat = entry.stat()
+            except OSError:
+                continue
+            entries.append((stat.st_mtime, stat.st_size, entry))
+        total = sum(size for _, size, _ in entries)
+        for _, size, entry in sorted(entries, key=lambda e: e[0]):
+            if total <= self.max_bytes:
+                break
+            entry.unlink(missing_ok=True)
+            total -= size

@@ -1,0 +1,122 @@
+"""The weight-map cache: computed once per image and setting, safe against bad files, bounded."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adassr.adapt.config import AttentionConfig
+from adassr.adapt.weight_map_cache import WeightMapCache, store_cache_folder
+from adassr.runtime.images import read_image, to_float32
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "cameras" / "nokia" / "iptc.jpg"
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.ascontiguousarray(to_float32(read_image(SAMPLE).pixels)[100:164, 200:280])
+
+
+class _Counting:
+    """A stand-in for the trunk pass: a map that depends on the image, and a call counter."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        gray = image.mean(axis=2)
+        return (0.5 + gray / max(float(gray.mean()), 1e-6)).astype(np.float32)
+
+
+def _cache(folder: Path, **kw: object) -> WeightMapCache:
+    base: dict[str, object] = {"backbone_sha256": "a" * 64, "attention": AttentionConfig(max_side=256),
+                               "precision": "bf16", "device_type": "cpu"}
+    base.update(kw)
+    return WeightMapCache(folder, **base)  # type: ignore[arg-type]
+
+
+def test_second_request_loads_the_stored_map(tmp_path: Path, image: np.ndarray) -> None:
+    compute = _Counting()
+    cache = _cache(tmp_path / "maps")
+    first = cache.get_or_compute(image, compute)
+    second = _cache(tmp_path / "maps").get_or_compute(image.copy(), compute)  # a new run, same pixels
+    assert compute.calls == 1
+    np.testing.assert_array_equal(first, second)
+    assert first.shape == image.shape[:2] and second.dtype == np.float32
+    assert len(list((tmp_path / "maps").glob("*.npy"))) == 1
+
+
+@pytest.mark.parametrize("change", ["pixels", "backbone", "attention", "precision", "device"])
+def test_anything_the_map_depends_on_changes_the_key(tmp_path: Path, image: np.ndarray, change: str) -> None:
+    compute = _Counting()
+    _cache(tmp_path).get_or_compute(image, compute)
+    other_image, cache = image, _cache(tmp_path)
+    if change == "pixels":
+        other_image = image.copy()
+        other_image[0, 0, 0] += 1 / 255
+    elif change == "backbone":
+        cache = _cache(tmp_path, backbone_sha256="b" * 64)
+    elif change == "attention":
+        cache = _cache(tmp_path, attention=replace(AttentionConfig(max_side=256), temperature=12.0))
+    elif change == "precision":
+        cache = _cache(tmp_path, precision="fp32")
+    else:
+        cache = _cache(tmp_path, device_type="cuda")
+    cache.get_or_compute(other_image, compute)
+    assert compute.calls == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong shape", "not finite"])
+def test_a_bad_file_is_recomputed_and_replaced(tmp_path: Path, image: np.ndarray, damage: str,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    compute = _Counting()
+    cache = _cache(tmp_path)
+    good = cache.get_or_compute(image, compute)
+    path = tmp_path / f"{cache.key(image)}.npy"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif damage == "wrong shape":
+        np.save(path, good[:-1])
+    else:
+        bad = good.copy()
+        bad[3, 3] = np.nan
+        np.save(path, bad)
+    with caplog.at_level(logging.WARNING):
+        again = cache.get_or_compute(image, compute)
+    assert compute.calls == 2 and "recomputing" in caplog.text
+    np.testing.assert_array_equal(again, good)
+    np.testing.assert_array_equal(np.load(path), good)  # the bad file was replaced
+
+
+def test_folder_is_capped_least_recently_used_first(tmp_path: Path, image: np.ndarray) -> None:
+    import os
+
+    compute = _Counting()
+    one_map = image.shape[0] * image.shape[1] * 4 + 128  # float32 pixels plus the .npy header
+    cache = _cache(tmp_path, max_bytes=2 * one_map)
+    images = [np.clip(image + i / 255, 0, 1).astype(np.float32) for i in range(3)]
+    for i, im in enumerate(images[:2]):
+        cache.get_or_compute(im, compute)
+        path = tmp_path / f"{cache.key(im)}.npy"
+        os.utime(path, (1000 + i, 1000 + i))
+    cache.get_or_compute(images[0], compute)  # a hit makes the first map the most recently used
+    cache.get_or_compute(images[2], compute)  # over the cap: the second (least recently used) goes
+    names = {p.name for p in tmp_path.glob("*.npy")}
+    assert names == {f"{cache.key(images[0])}.npy", f"{cache.key(images[2])}.npy"}
+    assert compute.calls == 3
+
+
+def test_an_unwritable_cache_does_not_fail_the_run(tmp_path: Path, image: np.ndarray,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the store folder should be")
+    compute = _Counting()
+    with caplog.at_level(logging.WARNING):
+        got = _cache(store_cache_folder(blocker)).get_or_compute(image, compute)
+    assert compute.calls == 1 and got.shape == image.shape[:2]
+    assert "without the cache" in caplog.text
