@@ -398,6 +398,44 @@ def merge_results(paths: list[Path], out: Path, tag: str) -> int:
     return 0
 
 
+def ablation_table(paths: list[Path], out: Path) -> int:
+    """One Markdown table comparing result files (one ablation each) by group: dLPIPS and dNIQE vs the backbone."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    groups = sorted({g for part in parts for g, v in part["groups"].items() if v.get("runs")})
+    lines = ["# Adaptation quality v2: ablations (adapted minus backbone; mean over the seeds run)", "",
+             "Each row is one result file of `benchmarks/adaptation_quality.py`; negative is better for both "
+             "metrics. `kept` counts runs whose early stop kept the backbone.", "",
+             "| ablation | seeds | " + " | ".join(f"{g} dLPIPS / dNIQE" for g in groups)
+             + " | mean dLPIPS | mean dNIQE | kept | mean steps | mean wall s | file |",
+             "|---|---|" + "---|" * len(groups) + "---|---|---|---|---|---|"]
+    for path, part in zip(paths, parts, strict=True):
+        cells, d_lpips, d_niqe, steps, walls, kept = [], [], [], [], [], 0
+        for gname in groups:
+            g = part["groups"].get(gname, {})
+            runs = g.get("runs", [])
+            if not runs:
+                cells.append("-")
+                continue
+            dl = [r["adapted"]["lpips"] - g["backbone"]["lpips"] for r in runs]
+            dn = [r["adapted"]["niqe"] - g["backbone"]["niqe"] for r in runs]
+            cells.append(f"{np.mean(dl):+.4f} / {np.mean(dn):+.3f}")
+            d_lpips += dl
+            d_niqe += dn
+            steps += [r["steps"] for r in runs]
+            walls += [r["wall_s"] for r in runs]
+            kept += sum(bool(r["kept_backbone"]) for r in runs)
+        seeds = sorted({r["seed"] for g in part["groups"].values() for r in g.get("runs", [])})
+        lines.append(f"| {part['ablation']} | {len(seeds)} | " + " | ".join(cells)
+                     + f" | {np.mean(d_lpips):+.4f} | {np.mean(d_niqe):+.3f} | {kept}/{len(d_lpips)} | "
+                     f"{np.mean(steps):.0f} | {np.mean(walls):.0f} | `{path.name}` |")
+    machines = sorted({part["machine"] for part in parts})
+    lines += ["", "Machines: " + "; ".join(machines) + ".", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print(out.read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
@@ -422,12 +460,16 @@ def main(argv: list[str] | None = None) -> int:
                              "runs without pictures (ablations)")
     parser.add_argument("--tag", default="", help="suffix of the result files (for ablations)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--ablation-table", nargs="+", type=Path, metavar="JSON",
+                        help="write results/adaptation_quality_v2_cpu_ablations.md comparing these result files")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="combine result files of one ablation run as separate processes (e.g. one per "
                         "group) into <out>/adaptation_quality_v2_cpu[_<tag>].*, then exit")
     args = parser.parse_args(argv)
     if args.merge:
         return merge_results(args.merge, args.out, args.tag)
+    if args.ablation_table:
+        return ablation_table(args.ablation_table, args.out / "adaptation_quality_v2_cpu_ablations.md")
     if args.threads:
         torch.set_num_threads(args.threads)
 
