@@ -208,64 +208,140 @@ def estimate_kernel(
     chosen = _select_images(len(lumas), config.max_images)
     per_image, skipped, noise = _usable_tiles(lumas, chosen, spec, config)
     mode = "group" if len(lumas) > 1 else "single"
+    used = [i for i in chosen if i not in skipped]
     diag: dict[str, Any] = {
         "mode": mode,
         "n_images": len(lumas),
-        "images_used": [i for i in chosen if i not in skipped],
+        "images_used": used,
         "images_skipped_flat": skipped,
     }
     if not per_image:
         return _bicubic_fallback(scale, diag, t0)
-    res, evaluations, loss = _fit_covariance(per_image, config)
-    raw_major, raw_minor, theta = params_from_covariance(_cov_from_log(res.x, *config.sigma_lr_range))
+    samples = _Samples(per_image, noise, [lumas[i] for i in used], spec)
+    return _cross_scale_estimate(samples, config, scale=scale, mode=mode, diag=diag, t0=t0)
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """What the fit reads: the informative tiles of each usable image, the noise sigma of each
+    usable image, the usable images' luma, and the feature definition."""
+
+    per_image: list[list[CrossScaleSample]]
+    noise: list[float]
+    lumas: list[np.ndarray]
+    spec: FeatureSpec
+
+    @property
+    def n_pixels(self) -> int:
+        return int(sum(t.n_pixels for tiles in self.per_image for t in tiles))
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(len(tiles) for tiles in self.per_image)
+
+
+@dataclass(frozen=True)
+class _CrossScaleFit:
+    """The optimum of the cross-scale loss, in raw (uncalibrated) LR pixels."""
+
+    raw_major: float  # sigma along the major axis
+    raw_minor: float
+    theta: float  # radians, direction of the major axis
+    best_loss: float  # the loss at the optimum
+    evaluations: int  # loss evaluations (grid + Nelder-Mead)
+    loss: Callable[[np.ndarray], float]  # of the log-covariance vector [log var_x, log var_y, cov term]
+
+
+@dataclass(frozen=True)
+class _FixedGaussianCheck:
+    """How much worse the fixed Gaussian ``G(fallback_sigma)`` fits than the optimum, and how much
+    worse it may fit and still be used (see :class:`KernelEstimationConfig`)."""
+
+    gap: float  # relative loss gap: (loss_fixed - best) / best, >= 0
+    allowed_gap: float  # fallback_gap + fallback_gap_per_blockiness * blockiness
+    blockiness: float  # median JPEG blockiness of the usable images
+
+    @property
+    def use_fixed(self) -> bool:
+        """True when the data cannot tell the fixed Gaussian from the estimate."""
+        return self.allowed_gap > 0 and self.gap <= self.allowed_gap
+
+
+def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, scale: int, mode: str,
+                          diag: dict[str, Any], t0: float) -> KernelEstimate:
+    """Fit the kernel to ``samples``, calibrate it to HR pixels and return it, or the fixed Gaussian
+    when that fits as well (:attr:`_FixedGaussianCheck.use_fixed`); ``diag`` (the caller's
+    diagnostics, updated in place) becomes the estimate's diagnostics."""
+    fit = _fit_covariance(samples.per_image, config)
     a, b = _calibration_of(config, scale, mode)
-    # The fixed Gaussian's raw (uncalibrated) LR sigma, and how much worse it fits than the optimum.
-    lo, hi = config.sigma_lr_range
-    raw_fixed = float(np.clip(a * config.fallback_sigma / scale + b, lo, hi))
-    loss_fixed = loss(np.array([2.0 * math.log(raw_fixed), 2.0 * math.log(raw_fixed), 0.0]))
-    best_loss = min(float(res.fun), loss_fixed)
-    gap = (loss_fixed - best_loss) / max(best_loss, 1e-12)
-    blockiness = float(np.median([jpeg_blockiness(lumas[i]) for i in chosen if i not in skipped]))
-    allowed_gap = config.fallback_gap + config.fallback_gap_per_blockiness * blockiness
-    floor = _MIN_HR_SIGMA / scale
-    sx = max((raw_major - b) / a, floor) * scale
-    sy = max((raw_minor - b) / a, floor) * scale
-    if sy > sx:
-        sx, sy = sy, sx
-    residual = math.sqrt(float(res.fun) / spec.size)
-    n_pix = int(sum(t.n_pixels for tiles in per_image for t in tiles))
-    confidence = float(np.clip(1.0 - residual / 0.3, 0.0, 1.0) * min(1.0, n_pix / 4000.0))
-    if allowed_gap > 0:
-        # Distinguishability from the fixed Gaussian: 0 at the fallback threshold, 1 at 4x it.
-        confidence *= float(np.clip((gap - allowed_gap) / (3.0 * allowed_gap), 0.0, 1.0))
-    estimated = {"sigma_x": sx, "sigma_y": sy, "theta_deg": math.degrees(theta)}
-    use_fixed = allowed_gap > 0 and gap <= allowed_gap
+    check = _check_fixed_gaussian(fit, (a, b), samples.lumas, config, scale)
+    sx, sy = _calibrated_sigmas(fit, (a, b), scale)
+    residual = math.sqrt(fit.best_loss / samples.spec.size)
+    confidence = _confidence(residual, samples.n_pixels, check)
     diag.update({
         "fixed_gaussian_sigma": config.fallback_sigma,
-        "fixed_gaussian_loss_gap": gap,
-        "fallback_gap_allowed": allowed_gap,
-        "jpeg_blockiness": blockiness,
-        "estimate_before_fallback": estimated,
-        "raw_sigma_lr": [raw_major, raw_minor],
+        "fixed_gaussian_loss_gap": check.gap,
+        "fallback_gap_allowed": check.allowed_gap,
+        "jpeg_blockiness": check.blockiness,
+        "estimate_before_fallback": {"sigma_x": sx, "sigma_y": sy, "theta_deg": math.degrees(fit.theta)},
+        "raw_sigma_lr": [fit.raw_major, fit.raw_minor],
         "calibration": [a, b],
         "residual_rms": residual,
-        "n_pixels": n_pix,
-        "n_tiles": sum(len(tiles) for tiles in per_image),
-        "noise_sigma": float(np.median(noise)),
-        "evaluations": evaluations,
+        "n_pixels": samples.n_pixels,
+        "n_tiles": samples.n_tiles,
+        "noise_sigma": float(np.median(samples.noise)),
+        "evaluations": fit.evaluations,
         "wall_time_s": time.perf_counter() - t0,
     })
-    method = METHOD_CROSS_SCALE
-    if use_fixed:
-        diag["reason"] = (
-            f"the fixed Gaussian G({config.fallback_sigma:g}) fits the cross-scale statistics within "
-            f"{100 * gap:.1f} % of the best estimate (allowed {100 * allowed_gap:.1f} % at JPEG blockiness "
-            f"{blockiness:.2f}): the images cannot tell them apart, so the fixed Gaussian is used")
+    theta, method = fit.theta, METHOD_CROSS_SCALE
+    if check.use_fixed:
+        diag["reason"] = _fixed_gaussian_reason(config.fallback_sigma, check)
         sx = sy = float(config.fallback_sigma)
-        theta = 0.0
-        method = METHOD_FIXED_GAUSSIAN
+        theta, method = 0.0, METHOD_FIXED_GAUSSIAN
     kernel = gaussian_kernel(sx, sy, theta, scale=scale, size=kernel_size(sx, scale))
     return KernelEstimate(sx, sy, theta, scale, kernel, method, confidence, diag)
+
+
+def _check_fixed_gaussian(fit: _CrossScaleFit, calibration: tuple[float, float], lumas: Sequence[np.ndarray],
+                          config: KernelEstimationConfig, scale: int) -> _FixedGaussianCheck:
+    """Evaluate the loss at the fixed Gaussian's raw LR sigma (``calibration`` ``(a, b)`` applied,
+    clipped to ``sigma_lr_range``) and measure the JPEG blockiness of ``lumas``."""
+    a, b = calibration
+    lo, hi = config.sigma_lr_range
+    raw_fixed = float(np.clip(a * config.fallback_sigma / scale + b, lo, hi))
+    loss_fixed = fit.loss(np.array([2.0 * math.log(raw_fixed), 2.0 * math.log(raw_fixed), 0.0]))
+    best_loss = min(fit.best_loss, loss_fixed)
+    gap = (loss_fixed - best_loss) / max(best_loss, 1e-12)
+    blockiness = float(np.median([jpeg_blockiness(y) for y in lumas]))
+    allowed_gap = config.fallback_gap + config.fallback_gap_per_blockiness * blockiness
+    return _FixedGaussianCheck(gap, allowed_gap, blockiness)
+
+
+def _calibrated_sigmas(fit: _CrossScaleFit, calibration: tuple[float, float], scale: int) -> tuple[float, float]:
+    """``(sigma_major, sigma_minor)`` in HR pixels: ``(raw - b) / a``, each at least ``_MIN_HR_SIGMA``."""
+    a, b = calibration
+    floor = _MIN_HR_SIGMA / scale
+    sx = max((fit.raw_major - b) / a, floor) * scale
+    sy = max((fit.raw_minor - b) / a, floor) * scale
+    return (sy, sx) if sy > sx else (sx, sy)
+
+
+def _confidence(residual: float, n_pixels: int, check: _FixedGaussianCheck) -> float:
+    """The heuristic of :func:`estimate_kernel`'s docstring, in [0, 1]; with the fixed-Gaussian
+    fallback enabled it is also scaled by the distinguishability from the fixed Gaussian (0 at
+    the fallback threshold, 1 at 4x it)."""
+    confidence = float(np.clip(1.0 - residual / 0.3, 0.0, 1.0) * min(1.0, n_pixels / 4000.0))
+    if check.allowed_gap > 0:
+        confidence *= float(np.clip((check.gap - check.allowed_gap) / (3.0 * check.allowed_gap), 0.0, 1.0))
+    return confidence
+
+
+def _fixed_gaussian_reason(sigma: float, check: _FixedGaussianCheck) -> str:
+    """The diagnostics' ``reason`` when the fixed Gaussian is returned."""
+    return (
+        f"the fixed Gaussian G({sigma:g}) fits the cross-scale statistics within "
+        f"{100 * check.gap:.1f} % of the best estimate (allowed {100 * check.allowed_gap:.1f} % at JPEG "
+        f"blockiness {check.blockiness:.2f}): the images cannot tell them apart, so the fixed Gaussian is used")
 
 
 def _checked_lumas(images: Sequence[np.ndarray], config: KernelEstimationConfig) -> list[np.ndarray]:
@@ -308,12 +384,9 @@ def _bicubic_fallback(scale: int, diag: dict[str, Any], t0: float) -> KernelEsti
                           fallback.kernel, fallback.method, 0.0, diag)
 
 
-def _fit_covariance(
-    per_image: list[list[CrossScaleSample]], config: KernelEstimationConfig
-) -> tuple[Any, int, Callable[[np.ndarray], float]]:
+def _fit_covariance(per_image: list[list[CrossScaleSample]], config: KernelEstimationConfig) -> _CrossScaleFit:
     """Minimise the (robust, group-mode) cross-scale mismatch over log-covariances: a coarse isotropic
-    grid, then Nelder-Mead. Returns the optimiser's result, the number of loss evaluations and the
-    loss (of the log-covariance vector ``[log var_x, log var_y, cov term]``)."""
+    grid, then Nelder-Mead; the optimum's eigen-sigmas are clipped to ``sigma_lr_range``."""
     lo, hi = config.sigma_lr_range
     c = config.robust_scale if len(per_image) > 1 else 0.0
 
@@ -337,7 +410,8 @@ def _fit_covariance(
     res = minimize(loss, x0, method="Nelder-Mead",
                    options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-7,
                             "maxfev": config.max_evaluations})
-    return res, int(res.nfev) + len(grid), loss
+    raw_major, raw_minor, theta = params_from_covariance(_cov_from_log(res.x, lo, hi))
+    return _CrossScaleFit(raw_major, raw_minor, theta, float(res.fun), int(res.nfev) + len(grid), loss)
 
 
 def _calibration_of(config: KernelEstimationConfig, scale: int, mode: str) -> tuple[float, float]:
