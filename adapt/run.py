@@ -267,6 +267,29 @@ def _replace_adapt_fields(manifest: dict[str, Any], record: Mapping[str, Any]) -
         del artifacts[name]
 
 
+@dataclass(frozen=True)
+class _Compute:
+    """Where and how the run computes: the device, its precision and the trainable-parameter mode."""
+
+    device: torch.device
+    precision: Precision
+    trainable: str  # "all" or "tail" ("auto" resolved for the device)
+
+    @property
+    def device_name(self) -> str:
+        """The manifest's ``device``: ``cpu``, or the GPU's name."""
+        return str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
+
+
+def _resolve_compute(config: AdaptConfig) -> _Compute:
+    """Resolve ``config``'s device, precision and trainable mode (on CPU, set the thread count first)."""
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        configure_cpu_threads()  # before the precision probe, which is keyed by the thread count
+    precision = resolve_precision(config.precision, device)
+    return _Compute(device, precision, _resolve_trainable(config.trainable, device))
+
+
 def adapt_camera(
     group: CameraGroup,
     config: AdaptConfig,
@@ -280,68 +303,95 @@ def adapt_camera(
     """Adapt backbone ``backbone_name`` (of ``registry``, default: the bundled backbones) to ``group``
     and publish ``adapted.safetensors`` and the manifest into ``<store_root>/<camera>/``.
 
-    Runs inside one store transaction (the camera's lock is held; nothing is published unless the
-    run completes, then weights and manifest commit together). Steps: load the backbone, prepare
-    the inputs (:func:`_prepare_inputs`), run ADMM (:func:`_run_admm`), stage the weights, build the
-    manifest record (:func:`manifest_record`) and commit.
+    Runs inside one store transaction, which validates the store (lock, manifest, schema) before any
+    work; the camera's lock is held, nothing is published unless the run completes, and then weights
+    and manifest commit together. Steps: load the backbone, prepare the inputs
+    (:func:`_prepare_inputs`), run ADMM (:func:`_run_admm`), stage the weights and the report and
+    build the manifest record (:func:`_stage_artifacts`), and commit.
 
     Interrupts (SIGINT, and SIGTERM inside :func:`adassr.adapt.interrupts.catch_interrupts`) raise
     :class:`~adassr.adapt.interrupts.Interrupted` and publish nothing: the previous model stays.
     With ``keep_on_interrupt`` the best weights evaluated before the signal are committed first,
     with ``"interrupted": true`` in the manifest, and then ``Interrupted`` (``kept=True``) is raised.
     """
-    from adassr.adapt.weights import load_backbone
-
     start = time.perf_counter()
     store = CameraStore.open(store_root, group.name, create=True)
-    device = resolve_device(config.device)
-    if device.type == "cpu":
-        configure_cpu_threads()  # before the precision probe, which is keyed by the thread count
-    precision = resolve_precision(config.precision, device)
-    trainable = _resolve_trainable(config.trainable, device)
-    # The transaction validates the store (lock, manifest, schema) before any work; nothing is
-    # published unless the run completes, and then weights and manifest entry commit together.
+    compute = _resolve_compute(config)
     with store.transaction() as tx:
-        backbone = load_backbone(backbone_name, device=str(device), registry=registry)
-        # the backbone before adaptation: the weights file stores what differs from it
-        base_state = {k: v.detach().cpu().float().clone() for k, v in backbone.model.state_dict().items()}
+        backbone, base_state = _load_backbone(backbone_name, compute.device, registry)
         map_cache = WeightMapCache(store_cache_folder(store_root), backbone.weights_sha256, config.attention,
-                                   precision.name, device.type)
-        inputs = _prepare_inputs(group, config, backbone.model, backbone.scale, device=device, precision=precision,
-                                 map_cache=map_cache)
+                                   compute.precision.name, compute.device.type)
+        inputs = _prepare_inputs(group, config, backbone.model, backbone.scale, device=compute.device,
+                                 precision=compute.precision, map_cache=map_cache)
         result = _run_admm(backbone.model, inputs, _training_budget(config, start), base_state, scale=backbone.scale,
-                           device=device, precision=precision, trainable=trainable, progress=progress)
+                           device=compute.device, precision=compute.precision, trainable=compute.trainable,
+                           progress=progress)
         if result.interrupted is not None and not keep_on_interrupt:
             raise Interrupted(result.interrupted)  # the transaction discards everything staged
-        weights_record = _publish_weights(tx, result.state_dict, backbone, base_state)
-        report = _publish_report(tx, group.name, result, inputs.images[0],
-                                 None if inputs.weights is None else inputs.weights[0])
-        wall = round(time.perf_counter() - start, 2)
-        record = manifest_record(
-            group, config, backbone, inputs.kernel.to_dict(), result,
-            inputs.used_paths[: len(inputs.crops)],
-            precision=precision.name, trainable=trainable, wall_time_s=wall, versions=_versions(),
-            device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            weights_sha256=weights_record["weights_sha256"],
-        )
-        usable = inputs.usable
-        record["pairs"] = {
-            "lr_patch": usable.config.lr_patch, "requested_lr_patch": config.lr_patch, "min_side": usable.minimum,
-            "images_used": inputs.used_paths,
-            "images_skipped": [{"path": p, "width": w, "height": h,
-                                "reason": f"smaller than {usable.minimum} LR px per side"}
-                               for p, w, h in usable.skipped],
-        }
-        record["report"] = report
-        if result.interrupted is not None:
-            record["stop_reason"] += "; best evaluated weights kept (--keep-on-interrupt)"
+        record = _stage_artifacts(tx, _Run(group, config, backbone, base_state, compute, start), inputs, result)
         with deferred():  # a signal now waits until the manifest is committed
             committed = tx.commit(functools.partial(_replace_adapt_fields, record=record))
     if result.interrupted is not None:
         raise Interrupted(result.interrupted, kept=True)
     return AdaptOutcome(group.name, store.directory, store.artifact_path(WEIGHTS_FILE, committed),
                         record["niqe_before"], record["niqe_after"], result.kept_backbone, result.steps,
-                        result.stop_reason, wall)
+                        result.stop_reason, record["wall_time_s"])
+
+
+def _load_backbone(name: str, device: torch.device,
+                   registry: BackboneRegistry | None) -> tuple[LoadedBackbone, dict[str, torch.Tensor]]:
+    """The backbone on ``device``, and a float32 CPU copy of its weights before adaptation (the
+    weights file stores what differs from it)."""
+    from adassr.adapt.weights import load_backbone
+
+    backbone = load_backbone(name, device=str(device), registry=registry)
+    base_state = {k: v.detach().cpu().float().clone() for k, v in backbone.model.state_dict().items()}
+    return backbone, base_state
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one adaptation run was given and resolved, as the manifest record needs it."""
+
+    group: CameraGroup
+    config: AdaptConfig
+    backbone: LoadedBackbone
+    base_state: dict[str, torch.Tensor]  # the backbone's weights before adaptation (float32, CPU)
+    compute: _Compute
+    start: float  # time.perf_counter() at the start of the run
+
+
+def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: InternalResult) -> dict[str, Any]:
+    """Stage the adapted weights and ``report.png`` in ``tx`` and return the manifest record: the
+    adapt fields (:func:`manifest_record`, ``wall_time_s`` measured now), ``pairs`` and ``report``.
+    An interrupted run's ``stop_reason`` says that the best evaluated weights were kept."""
+    weights_record = _publish_weights(tx, result.state_dict, run.backbone, run.base_state)
+    report = _publish_report(tx, run.group.name, result, inputs.images[0],
+                             None if inputs.weights is None else inputs.weights[0])
+    wall = round(time.perf_counter() - run.start, 2)
+    record = manifest_record(
+        run.group, run.config, run.backbone, inputs.kernel.to_dict(), result,
+        inputs.used_paths[: len(inputs.crops)],
+        precision=run.compute.precision.name, trainable=run.compute.trainable, wall_time_s=wall,
+        versions=_versions(), device=run.compute.device_name, weights_sha256=weights_record["weights_sha256"],
+    )
+    record["pairs"] = _pairs_record(inputs.usable, inputs.used_paths, requested_lr_patch=run.config.lr_patch)
+    record["report"] = report
+    if result.interrupted is not None:
+        record["stop_reason"] += "; best evaluated weights kept (--keep-on-interrupt)"
+    return record
+
+
+def _pairs_record(usable: UsableImages, used_paths: Sequence[str], *, requested_lr_patch: int) -> dict[str, Any]:
+    """The manifest's ``pairs`` field: the LR patch used and requested, the minimum image side, and
+    the images used and skipped (too small for the patch); pure: no I/O."""
+    return {
+        "lr_patch": usable.config.lr_patch, "requested_lr_patch": requested_lr_patch, "min_side": usable.minimum,
+        "images_used": list(used_paths),
+        "images_skipped": [{"path": p, "width": w, "height": h,
+                            "reason": f"smaller than {usable.minimum} LR px per side"}
+                           for p, w, h in usable.skipped],
+    }
 
 
 def _publish_weights(tx: StoreTransaction, state: dict[str, torch.Tensor], backbone: LoadedBackbone,
