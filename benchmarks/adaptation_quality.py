@@ -19,7 +19,7 @@ synthesised once (seed 0); ``--seeds`` vary the adaptation's seed. The real came
 LR crops (``--real-groups``).
 
 Ablations map onto the adaptation config (``--kernel``, ``--no-augment``, ``--weights``,
-``--trainable``, ``--lambda-perceptual``, ``--lambda-gan``, ``--ema-decay``); ``--tag`` names
+``--trainable``, ``--lambda-perceptual``, ``--lambda-gan``, ``--ema-decay``, ``--feature-bank``); ``--tag`` names
 the result files: ``benchmarks/results/adaptation_quality_v2_<device>[_<tag>].{json,md}``.
 Results are rewritten after every run, so a cut-off run keeps what it measured.
 
@@ -206,7 +206,7 @@ def build_config(args: argparse.Namespace, device: torch.device) -> Any:
     config = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
     config = config.with_overrides(steps=args.steps, device=device.type, trainable=args.trainable,
                                    lambda_gan=args.lambda_gan, lambda_perceptual=args.lambda_perceptual,
-                                   ema_decay=args.ema_decay, kernel=args.kernel)
+                                   ema_decay=args.ema_decay, kernel=args.kernel, feature_bank=args.feature_bank)
     if args.no_augment:
         config = replace(config, augment=False)
     if args.weights:
@@ -216,7 +216,8 @@ def build_config(args: argparse.Namespace, device: torch.device) -> Any:
 
 def ablation_label(args: argparse.Namespace) -> str:
     parts = []
-    for flag in ("kernel", "weights", "trainable", "lambda_perceptual", "lambda_gan", "ema_decay", "steps"):
+    for flag in ("kernel", "weights", "trainable", "lambda_perceptual", "lambda_gan", "ema_decay", "steps",
+                 "feature_bank"):
         value = getattr(args, flag)
         if value is not None:
             parts.append(f"{flag}={value}")
@@ -455,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     ablation.add_argument("--lambda-perceptual", type=float, default=None)
     ablation.add_argument("--lambda-gan", type=float, default=None)
     ablation.add_argument("--ema-decay", type=float, default=None)
+    ablation.add_argument("--feature-bank", type=int, default=None, help="tail mode: pairs per evaluation period")
     parser.add_argument("--baseline-cache", type=Path, default=BASELINE_CACHE,
                         help="JSON file of bicubic/backbone scores by LR images and backbone, reused by "
                              "runs without pictures (ablations)")
