@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +92,6 @@ class WeightMapCache:
         return weight
 
     def _store(self, path: Path, weight: np.ndarray) -> None:
-        from io import BytesIO
-
         buffer = BytesIO()
         np.save(buffer, weight, allow_pickle=False)
         try:

@@ -128,12 +128,14 @@ class LPIPS(nn.Module):
         if images.shape != reference.shape:
             raise ShapeError("LPIPS images", tuple(images.shape), f"the reference's shape {tuple(reference.shape)}")
         n = images.shape[0]
-        feats = self.feature_maps(torch.cat([images, reference], dim=0))
-        total = images.new_zeros(n)
-        for lin, f in zip(self.lins, feats, strict=True):
-            f = _unit_normalize(f)
-            d = (f[:n] - f[n:]) ** 2
-            total = total + lin(d).mean(dim=(1, 2, 3))
+        taps = [_unit_normalize(f) for f in self.feature_maps(torch.cat([images, reference], dim=0))]
+        return self._tap_distance([t[:n] for t in taps], [t[n:] for t in taps])
+
+    def _tap_distance(self, image_taps: Sequence[Tensor], reference_taps: Sequence[Tensor]) -> Tensor:
+        """Sum over taps of the learned-weight mean squared difference of unit-normalised taps: ``(B,)``."""
+        total = image_taps[0].new_zeros(image_taps[0].shape[0])
+        for lin, f, ref in zip(self.lins, image_taps, reference_taps, strict=True):
+            total = total + lin((f - ref) ** 2).mean(dim=(1, 2, 3))
         return total
 
     @torch.no_grad()
@@ -154,13 +156,11 @@ class LPIPS(nn.Module):
         feats = self.feature_maps(images)
         if len(reference_features) != len(feats):
             raise ShapeError("LPIPS reference features", (len(reference_features),), f"{len(feats)} taps")
-        total = images.new_zeros(images.shape[0])
-        for lin, f, ref in zip(self.lins, feats, reference_features, strict=True):
+        for f, ref in zip(feats, reference_features, strict=True):
             if ref.shape != f.shape:
                 raise ShapeError("LPIPS reference features", tuple(ref.shape),
                                  f"the images' tap shape {tuple(f.shape)} (same batch and size as the images)")
-            total = total + lin((_unit_normalize(f) - ref) ** 2).mean(dim=(1, 2, 3))
-        return total
+        return self._tap_distance([_unit_normalize(f) for f in feats], reference_features)
 
 
 def load_lpips(net: Net = "alex", device: str | torch.device = "cpu", *, cache_dir: str | Path | None = None) -> LPIPS:
