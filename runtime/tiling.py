@@ -414,7 +414,8 @@ def run_tiles(
     one tile goes to ``sink`` straight from that tile; the seams where two neighbours cross-fade
     are accumulated in float32 buffers one seam wide (a full-width strip for row seams, a
     tile-high strip for column seams) and delivered once complete.
-    ``progress(done_tiles, total_tiles)`` is called after each batch.
+    ``progress(done_tiles, total_tiles)`` is called once with 0 before the first batch (so that a
+    progress bar's clock includes the first tile) and after each batch.
     """
     convert = _float_converter(image, to_float)
     if scale < 1:
@@ -428,6 +429,8 @@ def run_tiles(
     blender = _SeamBlender(plan, rows, cols, scale=scale, sink=sink)
     tiles = list(plan.tiles())
     total = len(tiles)
+    if progress is not None:
+        progress(0, total)
     for first in range(0, total, options.batch_size):
         chunk = tiles[first : first + options.batch_size]
         result = infer(_cut_batch(image, plan, chunk, convert))

@@ -21,7 +21,7 @@ from adassr.runtime.pipeline import RuntimeOptions, Upscaler, UpscaleResult
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
 
 TileProgress = Callable[[int, int], None]
-"""``progress(done, total)``, called after each batch of tiles of one image."""
+"""``progress(done, total)``, called with 0 before the first batch of tiles of one image and after each batch."""
 
 
 class ImageUpscaler(Protocol):

@@ -178,7 +178,7 @@ class TritonUpscaler:
     ) -> tuple[np.ndarray, np.ndarray | None, str]:
         """``(pixels, alpha, model name)``: the image upscaled by its camera's model on Triton.
 
-        ``progress(done, total)`` is called after each batch of tiles.
+        ``progress(done, total)`` is called with 0 before the first batch of tiles and after each batch.
         """
         name = model or self.model_for(image, camera)
         info = self.model_info(name)

@@ -169,7 +169,8 @@ def test_progress_reports_every_tile() -> None:
     opts = TilingOptions(tile=32, overlap=8, batch_size=4)
     upscale_tiled(img, _nearest(1), scale=1, options=opts, progress=lambda d, t: seen.append((d, t)))
     total = plan_tiles(100, 100, opts).n_tiles
-    assert seen[-1] == (total, total) and len(seen) == -(-total // 4)
+    # 0 first (a progress bar's clock then includes the first batch), then after every batch.
+    assert seen[0] == (0, total) and seen[-1] == (total, total) and len(seen) == 1 + -(-total // 4)
 
 
 # -- equivalence with a real (tiny) convolutional model -------------------------------------------

@@ -208,6 +208,8 @@ def test_progress_without_tqdm(store: Path, tmp_path: Path, monkeypatch: pytest.
                         "--tile", "32", "--tile-overlap", "8")
     n = plan_tiles(40, 40, TilingOptions(tile=32, overlap=8)).n_tiles
     assert code == 0 and n > 1 and f"tiles {n}/{n}\n" in err
+    # the count starts before the first tile runs (a bar's clock then includes the first tile)
+    assert err.index(f"tiles 0/{n}") < err.index(f"tiles 1/{n}")
 
 
 def test_tile_auto_is_the_default_and_matches_fixed_tiles(store: Path, tmp_path: Path) -> None:
