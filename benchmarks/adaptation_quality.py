@@ -67,6 +67,8 @@ class GroupSpec:
     kernel: tuple[float, float, float] | None  # (sigma_major, sigma_minor, theta_deg) HR px; None: bicubic
     noise_255: float
     jpeg_quality: int
+    hr_side: int = HR_SIDE  # side of the square HR crops
+
 
     def describe(self) -> str:
         blur = ("bicubic downscaling" if self.kernel is None else
@@ -84,10 +86,25 @@ GROUPS: tuple[GroupSpec, ...] = (
 )
 
 
+# Development groups, for choosing settings without looking at the scored groups above: crops of
+# photos the scored groups do not use (tests/data/hr: scikit-image, CC0; tests/data/calibration:
+# Kodak via TID2013), 384 px HR (LR 96), degradations fixed before any run. `--groups dev-noisy,dev-clean`.
+DEV_GROUPS: tuple[GroupSpec, ...] = (
+    GroupSpec("dev-noisy", (("hr:astronaut", 0, 64, 64), ("hr:coffee", 0, 8, 100), ("hr:rocket", 0, 20, 128),
+                            ("hr:stereo_motorcycle", 0, 58, 178)), (2.2, 1.2, 70.0), 4.0, 70, hr_side=384),
+    GroupSpec("dev-clean", (("kodak:ref_I04", 0, 0, 64), ("kodak:ref_I06", 0, 0, 64), ("hr:astronaut", 0, 128, 128),
+                            ("hr:stereo_motorcycle", 0, 100, 357)), (1.4, 1.4, 0.0), 0.0, 95, hr_side=384),
+)
+
+
 # --------------------------------------------------------------------------- data
 
 
 def _load_source(name: str, frame: int, fuji_path: Path) -> np.ndarray:
+    if name.startswith(("hr:", "kodak:")):
+        folder = "hr" if name.startswith("hr:") else "calibration"
+        with Image.open(ROOT / "tests" / "data" / folder / f"{name.split(':', 1)[1]}.png") as im:
+            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     path = CANON if name == "canon" else fuji_path
     with Image.open(path) as im:
         if frame:
@@ -127,10 +144,11 @@ def build_group(spec: GroupSpec, fuji_path: Path, cache: dict[tuple[str, int], n
         if key not in cache:
             cache[key] = _load_source(source, frame, fuji_path)
         full = cache[key]
-        hr = np.ascontiguousarray(full[top:top + HR_SIDE, left:left + HR_SIDE])
-        if hr.shape[:2] != (HR_SIDE, HR_SIDE):
+        side = spec.hr_side
+        hr = np.ascontiguousarray(full[top:top + side, left:left + side])
+        if hr.shape[:2] != (side, side):
             raise RuntimeError(f"{source} frame {frame} crop at ({top}, {left}) is {hr.shape[:2]}")
-        name = f"{source}{frame}_{top}_{left}"
+        name = f"{source.replace(':', '-')}{frame}_{top}_{left}"
         hrs[name] = hr
         lrs[name] = degrade(hr, spec, rng)
     return hrs, lrs
@@ -206,7 +224,8 @@ def build_config(args: argparse.Namespace, device: torch.device) -> Any:
     config = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
     config = config.with_overrides(steps=args.steps, device=device.type, trainable=args.trainable,
                                    lambda_gan=args.lambda_gan, lambda_perceptual=args.lambda_perceptual,
-                                   ema_decay=args.ema_decay, kernel=args.kernel, feature_bank=args.feature_bank)
+                                   ema_decay=args.ema_decay, kernel=args.kernel, feature_bank=args.feature_bank,
+                                   target_denoise=args.target_denoise)
     if args.no_augment:
         config = replace(config, augment=False)
     if args.weights:
@@ -217,7 +236,7 @@ def build_config(args: argparse.Namespace, device: torch.device) -> Any:
 def ablation_label(args: argparse.Namespace) -> str:
     parts = []
     for flag in ("kernel", "weights", "trainable", "lambda_perceptual", "lambda_gan", "ema_decay", "steps",
-                 "feature_bank"):
+                 "feature_bank", "target_denoise"):
         value = getattr(args, flag)
         if value is not None:
             parts.append(f"{flag}={value}")
@@ -457,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     ablation.add_argument("--lambda-gan", type=float, default=None)
     ablation.add_argument("--ema-decay", type=float, default=None)
     ablation.add_argument("--feature-bank", type=int, default=None, help="tail mode: pairs per evaluation period")
+    ablation.add_argument("--target-denoise", type=float, default=None,
+                          help="non-local-means strength (x noise sigma) for the training targets")
     parser.add_argument("--baseline-cache", type=Path, default=BASELINE_CACHE,
                         help="JSON file of bicubic/backbone scores by LR images and backbone, reused by "
                              "runs without pictures (ablations)")
@@ -481,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     config = build_config(args, device)
-    specs = {g.name: g for g in GROUPS}
+    specs = {g.name: g for g in GROUPS + DEV_GROUPS}
     names = [n for n in args.groups.split(",") if n]
     unknown = [n for n in names if n not in specs]
     if unknown:
