@@ -18,8 +18,13 @@ synthesised once (seed 0); ``--seeds`` vary the adaptation's seed. The real came
 ``samples/cameras`` (no HR) get NIQE of backbone and adapted model on their most structured
 LR crops (``--real-groups``).
 
+Two development groups (``DEV_GROUPS``: ``dev-noisy``, ``dev-clean``, 384 px crops of
+tests/data/hr and the Kodak calibration photos, LR 96 px) are for choosing settings without
+looking at the scored groups; they run only when named in ``--groups``.
+
 Ablations map onto the adaptation config (``--kernel``, ``--no-augment``, ``--weights``,
-``--trainable``, ``--lambda-perceptual``, ``--lambda-gan``, ``--ema-decay``, ``--feature-bank``); ``--tag`` names
+``--trainable``, ``--lambda-perceptual``, ``--lambda-gan``, ``--ema-decay``, ``--feature-bank``,
+``--target-denoise``); ``--tag`` names
 the result files: ``benchmarks/results/adaptation_quality_v2_<device>[_<tag>].{json,md}``.
 Results are rewritten after every run, so a cut-off run keeps what it measured.
 
@@ -418,18 +423,37 @@ def merge_results(paths: list[Path], out: Path, tag: str) -> int:
     return 0
 
 
+def _seed_spread(part: dict[str, Any], groups: list[str], metric: str) -> str:
+    """``mean`` or ``mean +- std`` over seeds of the per-seed mean (over groups) of adapted minus backbone."""
+    per_seed: dict[int, list[float]] = {}
+    for gname in groups:
+        g = part["groups"].get(gname, {})
+        for r in g.get("runs", []):
+            per_seed.setdefault(r["seed"], []).append(r["adapted"][metric] - g["backbone"][metric])
+    means = [float(np.mean(v)) for v in per_seed.values()]
+    digits = 4 if metric == "lpips" else 3
+    text = f"{np.mean(means):+.{digits}f}"
+    return text + (f" +- {np.std(means):.{digits}f}" if len(means) > 1 else "")
+
+
 def ablation_table(paths: list[Path], out: Path) -> int:
-    """One Markdown table comparing result files (one ablation each) by group: dLPIPS and dNIQE vs the backbone."""
+    """One Markdown table comparing result files (one ablation each) by group: dLPIPS and dNIQE vs the
+    backbone, with the machine of each file (the CPU budget is a time budget, so steps depend on it)."""
     parts = [json.loads(p.read_text()) for p in paths]
     groups = sorted({g for part in parts for g, v in part["groups"].items() if v.get("runs")})
+    machines = sorted({part["machine"] for part in parts})
+    label = {m: chr(ord("A") + i) for i, m in enumerate(machines)}
     lines = ["# Adaptation quality v2: ablations (adapted minus backbone; mean over the seeds run)", "",
              "Each row is one result file of `benchmarks/adaptation_quality.py`; negative is better for both "
-             "metrics. `kept` counts runs whose early stop kept the backbone.", "",
-             "| ablation | seeds | " + " | ".join(f"{g} dLPIPS / dNIQE" for g in groups)
+             "metrics. With several seeds the means are +- the standard deviation over seeds of each seed's "
+             "mean over the groups. `kept` counts runs whose early stop kept the backbone. The CPU budget "
+             "is a time budget (270 s per run), so a slower machine trains fewer steps: compare rows of the "
+             "same machine.", "",
+             "| ablation | machine | seeds | " + " | ".join(f"{g} dLPIPS / dNIQE" for g in groups)
              + " | mean dLPIPS | mean dNIQE | kept | mean steps | mean wall s | file |",
-             "|---|---|" + "---|" * len(groups) + "---|---|---|---|---|---|"]
+             "|---|---|---|" + "---|" * len(groups) + "---|---|---|---|---|---|"]
     for path, part in zip(paths, parts, strict=True):
-        cells, d_lpips, d_niqe, steps, walls, kept = [], [], [], [], [], 0
+        cells, steps, walls, kept, n_runs = [], [], [], 0, 0
         for gname in groups:
             g = part["groups"].get(gname, {})
             runs = g.get("runs", [])
@@ -439,17 +463,15 @@ def ablation_table(paths: list[Path], out: Path) -> int:
             dl = [r["adapted"]["lpips"] - g["backbone"]["lpips"] for r in runs]
             dn = [r["adapted"]["niqe"] - g["backbone"]["niqe"] for r in runs]
             cells.append(f"{np.mean(dl):+.4f} / {np.mean(dn):+.3f}")
-            d_lpips += dl
-            d_niqe += dn
             steps += [r["steps"] for r in runs]
             walls += [r["wall_s"] for r in runs]
             kept += sum(bool(r["kept_backbone"]) for r in runs)
+            n_runs += len(runs)
         seeds = sorted({r["seed"] for g in part["groups"].values() for r in g.get("runs", [])})
-        lines.append(f"| {part['ablation']} | {len(seeds)} | " + " | ".join(cells)
-                     + f" | {np.mean(d_lpips):+.4f} | {np.mean(d_niqe):+.3f} | {kept}/{len(d_lpips)} | "
-                     f"{np.mean(steps):.0f} | {np.mean(walls):.0f} | `{path.name}` |")
-    machines = sorted({part["machine"] for part in parts})
-    lines += ["", "Machines: " + "; ".join(machines) + ".", ""]
+        lines.append(f"| {part['ablation']} | {label[part['machine']]} | {len(seeds)} | " + " | ".join(cells)
+                     + f" | {_seed_spread(part, groups, 'lpips')} | {_seed_spread(part, groups, 'niqe')} | "
+                     f"{kept}/{n_runs} | {np.mean(steps):.0f} | {np.mean(walls):.0f} | `{path.name}` |")
+    lines += ["", "Machines: " + "; ".join(f"{label[m]}: {m}" for m in machines) + ".", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     print(out.read_text())
