@@ -136,9 +136,6 @@ class AdaptConfig:
     kernel: str = field(default="estimate", metadata=cli("estimate the blur kernel, or bicubic", choices=KERNEL_MODES))
     admm_iters: int = field(default=1, metadata=cli("ADMM outer iterations K (1)"))
     augment: bool = True  # False: plain crops of the LR images (no flips, affine, noise, photometric, USM)
-    target_denoise: float = field(default=0.0, metadata=cli(
-        "clean the images the training pairs are cut from with non-local means of this strength in "
-        "8-bit levels (0 = off; see adapt/target_denoise.py)"))
     external_hr: Path | None = field(default=None, metadata=cli("clean HR images for the external step (K > 1)"))
     external_steps: int | None = None  # default: same as steps
     time_budget: float | None = field(default=None, metadata=cli(
@@ -151,13 +148,10 @@ class AdaptConfig:
         for name in ("steps", "lr_patch", "batch", "eval_every", "stop_patience", "eval_crop",
                      "eval_max_images", "tail_blocks", "admm_iters", "feature_bank"):
             _check_positive(label(name), getattr(self, name))
-        for name in ("lr", "prox_mu", "lambda_l1", "lambda_perceptual", "lambda_gan", "stop_min_delta",
-                     "target_denoise"):
+        for name in ("lr", "prox_mu", "lambda_l1", "lambda_perceptual", "lambda_gan", "stop_min_delta"):
             _check_positive(label(name), getattr(self, name), allow_zero=name != "lr")
         if self.time_budget is not None:
             _check_positive(label("time_budget"), self.time_budget)
-        if self.target_denoise > 30.0:
-            raise ConfigError(f"{label('target_denoise')} must be at most 30 (8-bit levels), got {self.target_denoise}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"{label('ema_decay')} must be in [0, 1), got {self.ema_decay}")
         _check_choice(label("precision"), self.precision, TRAINING_PRECISIONS)

@@ -30,7 +30,6 @@ from adassr.adapt.groups import CameraGroup
 from adassr.adapt.interrupts import Interrupted, deferred
 from adassr.adapt.loop import InternalResult, Perceptual, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
-from adassr.adapt.target_denoise import clean_targets
 from adassr.adapt.weight_map_cache import WeightMapCache, store_cache_folder
 from adassr.runtime.errors import ConfigError, StoreError
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
@@ -166,7 +165,6 @@ class _Inputs:
     crops: list[np.ndarray]
     metric: Callable[[torch.Tensor], torch.Tensor]
     perceptual: Perceptual | None
-    targets: list[np.ndarray]  # what the training pairs are cut from: ``images``, or cleaned copies
 
 
 def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, scale: int, *,
@@ -180,11 +178,10 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
         pair_config = pair_config.without_augmentation()
     images, kernel, usable = _usable_images_and_kernel(load_group_images(group), group, pair_config, config.kernel)
     used_paths = [str(group.members[i].path) for i in usable.indices]
-    targets = clean_targets(images, config.target_denoise)
     return _Inputs(images, kernel, usable.config, usable, used_paths,
                    _weight_maps(model, images, config, device, precision, map_cache),
                    evaluation_crops(images, config.eval_crop, config.eval_max_images), _niqe_metric(device),
-                   _perceptual(config, device), targets)
+                   _perceptual(config, device))
 
 
 def _training_budget(config: AdaptConfig, start: float) -> AdaptConfig:
@@ -214,7 +211,7 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
                                         scale=scale, seed=config.seed + k)
         model.load_state_dict(theta_e)
         anchors = {n: theta_e[n] + u[n] for n in theta_e}
-        sampler = make_pair_sampler(inputs.targets, inputs.kernel.kernel, inputs.pair_config, weights=inputs.weights,
+        sampler = make_pair_sampler(inputs.images, inputs.kernel.kernel, inputs.pair_config, weights=inputs.weights,
                                     seed=config.seed + 1000 * k)
         result = run_internal_step(model, sampler, inputs.crops, inputs.metric, config, device=device,
                                    precision=precision, trainable=trainable, anchors=anchors,

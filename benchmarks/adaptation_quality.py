@@ -23,8 +23,7 @@ tests/data/hr and the Kodak calibration photos, LR 96 px) are for choosing setti
 looking at the scored groups; they run only when named in ``--groups``.
 
 Ablations map onto the adaptation config (``--kernel``, ``--no-augment``, ``--weights``,
-``--trainable``, ``--lambda-perceptual``, ``--lambda-gan``, ``--ema-decay``, ``--feature-bank``,
-``--target-denoise``); ``--tag`` names
+``--trainable``, ``--lambda-perceptual``, ``--lambda-gan``, ``--ema-decay``, ``--feature-bank``); ``--tag`` names
 the result files: ``benchmarks/results/adaptation_quality_v2_<device>[_<tag>].{json,md}``.
 Results are rewritten after every run, so a cut-off run keeps what it measured.
 
@@ -229,8 +228,7 @@ def build_config(args: argparse.Namespace, device: torch.device) -> Any:
     config = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
     config = config.with_overrides(steps=args.steps, device=device.type, trainable=args.trainable,
                                    lambda_gan=args.lambda_gan, lambda_perceptual=args.lambda_perceptual,
-                                   ema_decay=args.ema_decay, kernel=args.kernel, feature_bank=args.feature_bank,
-                                   target_denoise=args.target_denoise)
+                                   ema_decay=args.ema_decay, kernel=args.kernel, feature_bank=args.feature_bank)
     if args.no_augment:
         config = replace(config, augment=False)
     if args.weights:
@@ -241,7 +239,7 @@ def build_config(args: argparse.Namespace, device: torch.device) -> Any:
 def ablation_label(args: argparse.Namespace) -> str:
     parts = []
     for flag in ("kernel", "weights", "trainable", "lambda_perceptual", "lambda_gan", "ema_decay", "steps",
-                 "feature_bank", "target_denoise"):
+                 "feature_bank"):
         value = getattr(args, flag)
         if value is not None:
             parts.append(f"{flag}={value}")
@@ -498,8 +496,6 @@ def main(argv: list[str] | None = None) -> int:
     ablation.add_argument("--lambda-gan", type=float, default=None)
     ablation.add_argument("--ema-decay", type=float, default=None)
     ablation.add_argument("--feature-bank", type=int, default=None, help="tail mode: pairs per evaluation period")
-    ablation.add_argument("--target-denoise", type=float, default=None,
-                          help="non-local-means strength (x noise sigma) for the training targets")
     parser.add_argument("--baseline-cache", type=Path, default=BASELINE_CACHE,
                         help="JSON file of bicubic/backbone scores by LR images and backbone, reused by "
                              "runs without pictures (ablations)")

@@ -172,6 +172,15 @@ def test_time_budget_must_be_positive() -> None:
         _config(time_budget=0)
 
 
+@pytest.mark.parametrize(("name", "flag"), [("lr", "--lr"), ("time_budget", "--time-budget"),
+                                            ("prox_mu", "--prox-mu"), ("lambda_perceptual", "--lambda-perceptual")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_numbers_are_config_errors(name: str, flag: str, value: float) -> None:
+    # NaN passes every "< 0" comparison, so it needs its own check
+    with pytest.raises(ConfigError, match=f"{flag} must be a finite number"):
+        AdaptConfig(**{name: value})
+
+
 def test_feature_bank_caches_the_perceptual_targets_row_for_row() -> None:
     from adassr.adapt.loop import _FeatureBank
     from adassr.adapt.quality.lpips import LPIPS
