@@ -73,7 +73,6 @@ class GroupSpec:
     jpeg_quality: int
     hr_side: int = HR_SIDE  # side of the square HR crops
 
-
     def describe(self) -> str:
         blur = ("bicubic downscaling" if self.kernel is None else
                 f"anisotropic Gaussian ({self.kernel[0]}, {self.kernel[1]}) HR px at {self.kernel[2]} deg")

@@ -71,6 +71,7 @@ def quantise(model: Path, out: Path, input_name: str, method: str, n_calib: int)
 def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
+    from adassr.adapt.quality.psnr_ssim import psnr
     from adassr.runtime.cpu_info import detect_cpu
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -106,14 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(tmp) / f"int8_{method}.onnx"
             quant_s = quantise(args.model, path, name, method, args.calibration_crops)
             int8 = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            psnr, max_abs = [], []
-            for x in tests:
-                a = np.clip(fp32.run(None, {name: x})[0], 0, 1).astype(np.float64)
-                b = np.clip(int8.run(None, {name: x})[0], 0, 1).astype(np.float64)
-                psnr.append(float(10 * np.log10(1.0 / max(np.mean((a - b) ** 2), 1e-12))))
+            psnr_db, max_abs = [], []
+            for x in tests:  # NCHW outputs as HxWx3 in [0, 1]
+                a = np.clip(fp32.run(None, {name: x})[0][0], 0, 1).astype(np.float64).transpose(1, 2, 0)
+                b = np.clip(int8.run(None, {name: x})[0][0], 0, 1).astype(np.float64).transpose(1, 2, 0)
+                psnr_db.append(psnr(b, a, channel="rgb"))
                 max_abs.append(float(np.abs(a - b).max()))
             result["int8"][method] = {"quantise_s": round(quant_s, 1), "size_mb": round(path.stat().st_size / 1e6, 1),
-                                      "int8_s": timed(int8), "psnr_vs_fp32_db": psnr, "max_abs_vs_fp32": max_abs}
+                                      "int8_s": timed(int8), "psnr_vs_fp32_db": psnr_db, "max_abs_vs_fp32": max_abs}
             print(method, json.dumps(result["int8"][method]), flush=True)
     slug = "".join(c if c.isalnum() else "-" for c in cpu.model_name.lower()).strip("-")[:40]
     args.out.mkdir(parents=True, exist_ok=True)

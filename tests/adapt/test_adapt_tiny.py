@@ -112,4 +112,3 @@ def test_re_adapting_reuses_the_weight_maps(tiny: BackboneRegistry, camera_dir: 
     assert len(calls) == 1  # the second run read the map
     assert second.niqe_after == first.niqe_after  # same seed, same map: the same run
     assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == ["_cache", "nokia"]
-
