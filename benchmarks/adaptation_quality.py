@@ -37,6 +37,7 @@ product's defaults for the device unless an ablation flag says otherwise.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -398,7 +399,8 @@ def _save(result: dict[str, Any], out: Path, stem: str) -> None:
 
 
 def merge_results(paths: list[Path], out: Path, tag: str) -> int:
-    """Union of the groups (and real groups) of several result files of the same ablation."""
+    """Union of the groups (and real groups) of several result files of the same ablation; a group in
+    several files (other seeds, ``--first-seed``) gets the union of its runs."""
     parts = [json.loads(p.read_text()) for p in paths]
     ablations = {p["ablation"] for p in parts}
     if len(ablations) != 1:
@@ -408,8 +410,21 @@ def merge_results(paths: list[Path], out: Path, tag: str) -> int:
     merged["groups"], merged["real_groups"] = {}, {}
     merged["merged_from"] = [{"machine": p["machine"], "commit": p.get("commit"), "started": p.get("started"),
                               "load_start": p.get("load_start"), "groups": sorted(p["groups"])} for p in parts]
-    for part in parts:
-        merged["groups"].update(part["groups"])
+    for part, path in zip(parts, paths, strict=True):
+        for name, group in part["groups"].items():
+            if name not in merged["groups"]:
+                merged["groups"][name] = copy.deepcopy(group)
+                continue
+            have = merged["groups"][name]  # the same group run with other seeds: join the runs
+            if have["backbone"]["per_image"] != group["backbone"]["per_image"]:
+                print(f"refusing to merge {path}: group {name} has other LR images or another backbone",
+                      file=sys.stderr)
+                return 2
+            clash = {r["seed"] for r in have["runs"]} & {r["seed"] for r in group["runs"]}
+            if clash:
+                print(f"refusing to merge {path}: group {name} seed(s) {sorted(clash)} appear twice", file=sys.stderr)
+                return 2
+            have["runs"] = sorted(have["runs"] + group["runs"], key=lambda r: r["seed"])
         merged["real_groups"].update(part.get("real_groups", {}))
     merged["seeds"] = sorted({s for p in parts for s in p["seeds"]})
     merged["load_start"] = max(p.get("load_start", float("nan")) for p in parts)
@@ -478,7 +493,9 @@ def ablation_table(paths: list[Path], out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--seeds", type=int, default=3, help="adaptation seeds 0..N-1 (default 3)")
+    parser.add_argument("--seeds", type=int, default=3, help="how many adaptation seeds (default 3)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first seed: seeds run first..first+N-1 (default 0); --merge joins the runs")
     parser.add_argument("--groups", default=",".join(g.name for g in GROUPS), help="comma-separated group names")
     parser.add_argument("--fujifilm", type=Path, default=FUJI, help="path of fujifilm.mpo (Pillow's test image)")
     parser.add_argument("--real-groups", default="", help="comma-separated samples/cameras groups to adapt "
@@ -528,8 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     if needs_fuji and not args.fujifilm.is_file():
         parser.error(f"{args.fujifilm} not found: pass --fujifilm PATH (Pillow's Tests/images/fujifilm.mpo)")
     stem = f"adaptation_quality_v2_{'gpu' if device.type == 'cuda' else 'cpu'}" + (f"_{args.tag}" if args.tag else "")
+    if args.seeds < 1 or args.first_seed < 0:
+        parser.error("--seeds must be >= 1 and --first-seed >= 0")
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     result: dict[str, Any] = {"machine": _machine(device), "ablation": ablation_label(args),
-                              "seeds": list(range(args.seeds)), "config": config.to_dict(),
+                              "seeds": seeds, "config": config.to_dict(),
                               "load_start": _load(), "commit": _commit(), "groups": {},
                               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     lpips_model = load_lpips("alex")
@@ -567,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] bicubic LPIPS {g['bicubic']['lpips']:.4f}, backbone NIQE {g['backbone']['niqe']:.3f} "
                   f"LPIPS {g['backbone']['lpips']:.4f}", flush=True)
             _save(result, args.out, stem)
-            for seed in range(args.seeds):
+            for seed in seeds:
                 run_config = replace(config, seed=seed)
                 start = time.perf_counter()
                 outcome, trace = adapt_group(lrs, f"{name}-s{seed}", run_config, work)
