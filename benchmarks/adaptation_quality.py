@@ -189,6 +189,29 @@ def score(outputs: dict[str, np.ndarray], hrs: dict[str, np.ndarray], lpips_mode
     return {**mean, "per_image": per}
 
 
+def hr_niqe(hrs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """NIQE of the ground-truth HR crops themselves (same border crop as the outputs): the naturalness
+    a faithful output would have. An output whose NIQE is far below it is sharper than the photo."""
+    from adassr.adapt.quality.niqe import niqe
+
+    per = {name: float(niqe(hr, crop_border=SCALE)) for name, hr in hrs.items()}
+    return {"niqe": float(np.mean(list(per.values()))), "per_image": per}
+
+
+def fill_hr_niqe(paths: list[Path], fuji_path: Path) -> int:
+    """Add the HR crops' NIQE to result files written before it was recorded, and rewrite them."""
+    specs = {g.name: g for g in GROUPS + DEV_GROUPS}
+    cache: dict[tuple[str, int], np.ndarray] = {}
+    for path in paths:
+        result = json.loads(path.read_text())
+        for name, g in result["groups"].items():
+            if "hr" not in g and name in specs:
+                g["hr"] = hr_niqe(build_group(specs[name], fuji_path, cache)[0])
+        _save(result, path.parent, path.stem)
+        print(f"rewrote {path} and its .md")
+    return 0
+
+
 def baseline_key(lrs: dict[str, np.ndarray], backbone_sha256: str) -> str:
     """What the bicubic and backbone scores depend on: the LR images (names and pixels) and the backbone."""
     import hashlib
@@ -310,6 +333,12 @@ def _load() -> float:
         return float("nan")
 
 
+def _niqe_gap(scores: dict[str, Any], hr: dict[str, Any]) -> float:
+    """Mean over images of abs(NIQE of the output - NIQE of its HR photo) (NaN NIQEs left out)."""
+    gaps = [abs(scores["per_image"][name]["niqe"] - value) for name, value in hr["per_image"].items()]
+    return float(np.nanmean(gaps))
+
+
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
     """Per group: mean and spread over seeds of the adapted scores; totals over groups and seeds."""
     summary: dict[str, Any] = {"groups": {}}
@@ -326,6 +355,10 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         row["delta_lpips"] = row["lpips"]["mean"] - g["backbone"]["lpips"]
         row["delta_niqe"] = row["niqe"]["mean"] - g["backbone"]["niqe"]
         row["wall_s"] = float(np.mean([r["wall_s"] for r in runs]))
+        if "hr" in g:  # how far each model's NIQE is from the ground truth's, per image (closer is more faithful)
+            row["hr_niqe"] = g["hr"]["niqe"]
+            row["niqe_gap_to_hr"] = {"backbone": _niqe_gap(g["backbone"], g["hr"]),
+                                     "adapted": float(np.mean([_niqe_gap(r["adapted"], g["hr"]) for r in runs]))}
         all_delta_lpips += [r["adapted"]["lpips"] - g["backbone"]["lpips"] for r in runs]
         all_delta_niqe += [r["adapted"]["niqe"] - g["backbone"]["niqe"] for r in runs]
         summary["groups"][gname] = row
@@ -339,6 +372,10 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             "target_met": bool(np.mean(all_delta_lpips) <= -0.01 and np.mean(all_delta_niqe) <= -0.1
                                and worst <= 0.005),
         }
+        gaps = [v["niqe_gap_to_hr"] for v in summary["groups"].values() if "niqe_gap_to_hr" in v]
+        if gaps:  # per group, then averaged over groups
+            summary["total"]["niqe_gap_to_hr"] = {k: float(np.mean([gp[k] for gp in gaps]))
+                                                  for k in ("backbone", "adapted")}
     return summary
 
 
@@ -353,10 +390,13 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     for gname, g in result["groups"].items():
         if "backbone" not in g:
             continue
+        if "hr" in g:
+            lines.append(f"| {gname} | {g['degradation']} | HR photo (ground truth) | {g['hr']['niqe']:.3f} | - | "
+                         "- | | | |")
         for label in ("bicubic", "backbone"):
             r = g[label]
-            lines.append(f"| {gname} | {g['degradation']} | {label} | {r['niqe']:.3f} | {r['lpips']:.4f} | "
-                         f"{r['psnr_y']:.2f} | | | |")
+            lines.append(f"| {gname} | {'' if 'hr' in g else g['degradation']} | {label} | {r['niqe']:.3f} | "
+                         f"{r['lpips']:.4f} | {r['psnr_y']:.2f} | | | |")
         for run in g.get("runs", []):
             r = run["adapted"]
             kept = " (backbone kept)" if run["kept_backbone"] else ""
@@ -365,19 +405,28 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     summary = result.get("summary", {})
     if summary.get("groups"):
         lines += ["", "## Summary (adapted minus backbone; mean +- std over seeds)", "",
-                  "| group | dNIQE | dLPIPS | NIQE adapted | LPIPS adapted | PSNR-Y adapted | runs |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| group | dNIQE | dLPIPS | NIQE adapted | LPIPS adapted | PSNR-Y adapted | runs "
+                  "| NIQE HR | mean abs(NIQE - NIQE HR) backbone / adapted |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for gname, row in summary["groups"].items():
+            gap = row.get("niqe_gap_to_hr")
+            hr_cells = (f"{row['hr_niqe']:.3f} | {gap['backbone']:.3f} / {gap['adapted']:.3f}" if gap else "n/a | n/a")
             lines.append(f"| {gname} | {row['delta_niqe']:+.3f} | {row['delta_lpips']:+.4f} | "
                          f"{row['niqe']['mean']:.3f} +- {row['niqe']['std']:.3f} | "
                          f"{row['lpips']['mean']:.4f} +- {row['lpips']['std']:.4f} | "
-                         f"{row['psnr_y']['mean']:.2f} +- {row['psnr_y']['std']:.2f} | {row['niqe']['n']} |")
+                         f"{row['psnr_y']['mean']:.2f} +- {row['psnr_y']['std']:.2f} | {row['niqe']['n']} | "
+                         f"{hr_cells} |")
         t = summary.get("total")
         if t:
             lines += ["", f"Total over {t['runs']} runs: mean dLPIPS {t['delta_lpips_mean']:+.4f} (target <= -0.01), "
                       f"mean dNIQE {t['delta_niqe_mean']:+.3f} (target <= -0.1), worst group dLPIPS "
                       f"{t['worst_group_delta_lpips']:+.4f} (target <= +0.005): "
                       f"{'met' if t['target_met'] else 'NOT met'}."]
+            if "niqe_gap_to_hr" in t:
+                lines += ["", f"Mean over groups of abs(NIQE - NIQE of the HR photo): backbone "
+                          f"{t['niqe_gap_to_hr']['backbone']:.3f}, adapted {t['niqe_gap_to_hr']['adapted']:.3f} "
+                          "per image (lower is closer to the ground truth's naturalness; an output whose NIQE is "
+                          "below its HR photo's is not more faithful to it)."]
     real = result.get("real_groups", {})
     if real:
         lines += ["", "## Real camera groups (samples/cameras, no HR): NIQE on the evaluation crops", "",
@@ -519,12 +568,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--ablation-table", nargs="+", type=Path, metavar="JSON",
                         help="write results/adaptation_quality_v2_cpu_ablations.md comparing these result files")
+    parser.add_argument("--hr-niqe", nargs="+", type=Path, metavar="JSON",
+                        help="add the HR crops' NIQE to result files that lack it, rewrite them and exit")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="combine result files of one ablation run as separate processes (e.g. one per "
                         "group) into <out>/adaptation_quality_v2_cpu[_<tag>].*, then exit")
     args = parser.parse_args(argv)
     if args.merge:
         return merge_results(args.merge, args.out, args.tag)
+    if args.hr_niqe:
+        return fill_hr_niqe(args.hr_niqe, args.fujifilm)
     if args.ablation_table:
         return ablation_table(args.ablation_table, args.out / "adaptation_quality_v2_cpu_ablations.md")
     if args.threads:
@@ -569,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             hrs, lrs = build_group(spec, args.fujifilm, cache)
             g: dict[str, Any] = {"degradation": spec.describe(),
                                  "images": {k: list(v.shape[:2]) for k, v in lrs.items()},
-                                 "sources": [list(s) for s in spec.sources], "runs": []}
+                                 "sources": [list(s) for s in spec.sources], "runs": [], "hr": hr_niqe(hrs)}
             result["groups"][name] = g
             t0 = time.perf_counter()
             key = baseline_key(lrs, backbone_sha)
