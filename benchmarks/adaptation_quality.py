@@ -191,7 +191,7 @@ def score(outputs: dict[str, np.ndarray], hrs: dict[str, np.ndarray], lpips_mode
 
 def hr_niqe(hrs: dict[str, np.ndarray]) -> dict[str, Any]:
     """NIQE of the ground-truth HR crops themselves (same border crop as the outputs): the naturalness
-    a faithful output would have. An output whose NIQE is far below it is sharper than the photo."""
+    a faithful output would have. An output whose NIQE is below it is not more faithful to the photo."""
     from adassr.adapt.quality.niqe import niqe
 
     per = {name: float(niqe(hr, crop_border=SCALE)) for name, hr in hrs.items()}
@@ -390,13 +390,11 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     for gname, g in result["groups"].items():
         if "backbone" not in g:
             continue
-        if "hr" in g:
-            lines.append(f"| {gname} | {g['degradation']} | HR photo (ground truth) | {g['hr']['niqe']:.3f} | - | "
-                         "- | | | |")
-        for label in ("bicubic", "backbone"):
-            r = g[label]
-            lines.append(f"| {gname} | {'' if 'hr' in g else g['degradation']} | {label} | {r['niqe']:.3f} | "
-                         f"{r['lpips']:.4f} | {r['psnr_y']:.2f} | | | |")
+        reference = [("HR photo (ground truth)", f"{g['hr']['niqe']:.3f} | - | -")] if "hr" in g else []
+        reference += [(label, f"{g[label]['niqe']:.3f} | {g[label]['lpips']:.4f} | {g[label]['psnr_y']:.2f}")
+                      for label in ("bicubic", "backbone")]
+        for i, (label, cells) in enumerate(reference):  # the degradation is named on the group's first row
+            lines.append(f"| {gname} | {g['degradation'] if i == 0 else ''} | {label} | {cells} | | | |")
         for run in g.get("runs", []):
             r = run["adapted"]
             kept = " (backbone kept)" if run["kept_backbone"] else ""
