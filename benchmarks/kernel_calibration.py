@@ -8,7 +8,18 @@ images with known anisotropic Gaussian kernels from photos that are NOT the acce
   frame of further large photos (the published table also used a 3648x2736 Fujifilm MPO),
   each downscaled by 2, 3 and 4 with antialiasing (cv2.INTER_AREA) to act as sharp HR, cut
   into non-overlapping 480x480 crops;
-* tests/data/calibration/ref_I04.png and ref_I06.png (Kodak, 512x384) as they are.
+* tests/data/calibration/ref_I04.png and ref_I06.png (Kodak, 512x384) as they are;
+* with ``--native-photo PATH``, photos at their own resolution, cut into 480x480 crops without
+  any downscaling.
+
+The published constants use the first two kinds only. ``--bias`` checks that choice: with the
+current constants it reports the median ratio estimated / true sigma separately for the
+downscaled crops, the Kodak crops and native-resolution photos (``NATIVE``:
+benchmarks/data/kernel_calibration/ -- a field, grass, a microscope slide -- and the first frames
+of the two Nintendo 3DS photos in samples/cameras/nintendo), per photo in single mode. A camera's
+full-resolution photo carries its own lens, demosaicing, sharpening and compression; if such
+photos came out consistently wider than the downscaled ones, the constants should be fitted on
+them instead (they did not: benchmarks/README.md, "Why q60 ...").
 
 Random kernels (sigma_major uniform in [0.8, 3.4] HR px, axis ratio uniform in [1, 3] with
 sigma_minor >= 0.8, any angle;
@@ -18,9 +29,12 @@ mode) and of single crops (single mode) are regressed on the truth with a robust
 fit of ``log((raw - b) / a) = log(true)`` over both axes. Paste the printed table into
 adapt/kernel/estimate.py.
 
-    python benchmarks/kernel_calibration.py [--scales 2 3 4] [--kernels 40] [--seed 0] [--extra-photo PATH]
+    python benchmarks/kernel_calibration.py [--scales 2 3 4] [--kernels 40] [--seed 0] \
+        [--extra-photo PATH] [--native-photo PATH]
+    python benchmarks/kernel_calibration.py --bias [--kernels 16] [--extra-photo PATH]
 
-Writes benchmarks/results/kernel_calibration.json (the constants and fit residuals).
+Writes benchmarks/results/kernel_calibration.json (the constants and fit residuals), or with
+``--bias`` benchmarks/results/kernel_calibration_bias.json.
 """
 
 from __future__ import annotations
@@ -30,8 +44,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -47,6 +63,10 @@ from adassr.adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa:
 
 CANON = ROOT / "samples" / "cameras" / "canon" / "xmp_test.jpg"
 KODAK = [ROOT / "tests" / "data" / "calibration" / f"ref_I0{i}.png" for i in (4, 6)]
+_NATIVE_DIR = ROOT / "benchmarks" / "data" / "kernel_calibration"
+NATIVE = (_NATIVE_DIR / "field.jpg", _NATIVE_DIR / "grass.png", _NATIVE_DIR / "ihc.png",
+          ROOT / "samples" / "cameras" / "nintendo" / "sugarshack.mpo",
+          ROOT / "samples" / "cameras" / "nintendo" / "frozenpond.mpo")
 RESULTS = ROOT / "benchmarks" / "results"
 CROP = 480
 
@@ -57,8 +77,22 @@ def _load(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def calibration_images(extra: list[Path] | None = None) -> list[tuple[str, np.ndarray]]:
-    """Sharp HR calibration crops (name, float32 RGB) of the bundled photo and the ``extra`` ones."""
+def _crops(name: str, img: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Non-overlapping CROP x CROP tiles of ``img`` (one smaller tile when a side is under CROP)."""
+    h, w = img.shape[:2]
+    out = []
+    for r in range(0, max(1, h // CROP)):
+        for c in range(0, max(1, w // CROP)):
+            crop = img[r * CROP:(r + 1) * CROP, c * CROP:(c + 1) * CROP]
+            if min(crop.shape[:2]) >= 256:
+                out.append((f"{name}/{r}{c}", np.ascontiguousarray(crop)))
+    return out
+
+
+def calibration_images(extra: list[Path] | None = None,
+                       native: Sequence[Path] = ()) -> list[tuple[str, np.ndarray]]:
+    """Calibration crops (name, float32 RGB): the bundled photo and the ``extra`` ones downscaled by
+    2-4 (sharp HR), the Kodak crops, and the ``native`` photos at their own resolution."""
     out: list[tuple[str, np.ndarray]] = []
     sources = [("canon", CANON), *((p.stem, p) for p in extra or [])]
     for name, path in sources:
@@ -69,14 +103,14 @@ def calibration_images(extra: list[Path] | None = None) -> list[tuple[str, np.nd
         for factor in (2, 3, 4):
             h, w = img.shape[:2]
             small = cv2.resize(img, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
-            sh, sw = small.shape[:2]
-            for r in range(0, max(1, sh // CROP)):
-                for c in range(0, max(1, sw // CROP)):
-                    crop = small[r * CROP:(r + 1) * CROP, c * CROP:(c + 1) * CROP]
-                    if min(crop.shape[:2]) >= 256:
-                        out.append((f"{name}/x{factor}/{r}{c}", np.ascontiguousarray(crop)))
+            out += _crops(f"{name}/x{factor}", small)
     for path in KODAK:
         out.append((f"kodak/{path.stem}", _load(path)))
+    for path in native:
+        if not path.exists():
+            raise SystemExit(f"error: native-resolution photo {path} not found; check the path "
+                             "(the bundled ones are listed in kernel_calibration.NATIVE)")
+        out += _crops(f"native/{path.stem}", _load(path))
     return out
 
 
@@ -127,6 +161,52 @@ def fit(rows: list[tuple[float, float, float, float]]) -> tuple[float, float, fl
     return a, b, float(np.median(np.abs(residual(res.x))))
 
 
+def _kind(name: str) -> str:
+    return name.split("/", 1)[0] if name.startswith(("kodak/", "native/")) else "downscaled"
+
+
+def bias_report(named: list[tuple[str, np.ndarray]], *, scale: int, n_kernels: int, seed: int) -> dict[str, Any]:
+    """Median ratio estimated / true sigma (both axes, calibrated as the product does) per kind of
+    crop (downscaled, kodak, native): group mode on groups of up to five crops of one kind, and
+    single mode per photo. Noise-free, random kernels as in :func:`collect`, no fallback."""
+    config = replace(KernelEstimationConfig(), fallback_gap=0.0, fallback_gap_per_blockiness=0.0)
+    kinds: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for name, img in named:
+        kinds.setdefault(_kind(name), []).append((name, img))
+    report: dict[str, Any] = {"scale": scale, "kernels": n_kernels, "seed": seed, "kinds": {}}
+    for kind, members in kinds.items():
+        rng = np.random.default_rng(seed)
+        group: list[float] = []
+        single: dict[str, list[float]] = {}
+        for _ in range(n_kernels):
+            major = rng.uniform(0.8, 3.4)
+            minor = major / rng.uniform(1.0, min(3.0, major / 0.8))
+            k = (major, minor, rng.uniform(0.0, math.pi))
+            truth = np.array([major, minor])
+            picked = rng.choice(len(members), size=min(5, len(members)), replace=False)
+            lrs = [_degrade(members[i][1], k, scale, 0.0, rng) for i in picked]
+            est = estimate_kernel(lrs, scale=scale, config=config)
+            group += list(np.array([est.sigma_x, est.sigma_y]) / truth)
+            for i, lr in zip(picked[:2], lrs[:2], strict=True):
+                one = estimate_kernel([lr], scale=scale, config=config)
+                photo = members[i][0].rsplit("/", 1)[0]
+                single.setdefault(photo, []).extend(np.array([one.sigma_x, one.sigma_y]) / truth)
+        group_ratio = round(float(np.median(group)), 3)
+        single_ratio = {p: round(float(np.median(v)), 3) for p, v in sorted(single.items())}
+        report["kinds"][kind] = {"crops": len(members), "group_median_ratio": group_ratio,
+                                 "single_median_ratio": single_ratio}
+        print(f"{kind:10s} ({len(members)} crops): group est/true {group_ratio:.3f}; single "
+              + ", ".join(f"{p} {r:.3f}" for p, r in single_ratio.items()), flush=True)
+    return report
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
@@ -134,10 +214,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "kernel_calibration.json")
     parser.add_argument("--extra-photo", type=Path, action="append", default=[],
-                        help="another large sharp photo to calibrate on (repeatable)")
+                        help="another large sharp photo to calibrate on, downscaled by 2-4 (repeatable)")
+    parser.add_argument("--native-photo", type=Path, action="append", default=[],
+                        help="a photo to calibrate on at its own resolution (repeatable)")
+    parser.add_argument("--bias", action="store_true",
+                        help="report the current constants' bias per kind of photo instead of fitting "
+                             "(with --native-photo: those instead of the bundled NATIVE ones)")
     args = parser.parse_args(argv)
+    if args.bias:
+        out = args.out if args.out != RESULTS / "kernel_calibration.json" else RESULTS / "kernel_calibration_bias.json"
+        named = calibration_images(args.extra_photo, args.native_photo or NATIVE)
+        _write_json(out, bias_report(named, scale=4, n_kernels=args.kernels, seed=args.seed))
+        print(f"wrote {out}")
+        return 0
 
-    named = calibration_images(args.extra_photo)
+    named = calibration_images(args.extra_photo, args.native_photo)
     images = [img for _, img in named]
     print(f"{len(images)} calibration crops: {', '.join(n for n, _ in named)}")
     raw_config = replace(KernelEstimationConfig(), calibrate=False)
@@ -161,10 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         inner = ", ".join(f'"{m}": {v}' for m, v in modes.items())
         print(f"    {scale}: MappingProxyType({{{inner}}}),")
     print("})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.out)
+    _write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 
