@@ -40,7 +40,6 @@ Writes benchmarks/results/kernel_calibration.json (the constants and fit residua
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -60,6 +59,7 @@ if str(ROOT) not in sys.path:
 
 from adassr.adapt.degradation import blur_downsample, gaussian_kernel  # noqa: E402
 from adassr.adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
+from adassr.runtime.store import atomic_write_json  # noqa: E402
 
 CANON = ROOT / "samples" / "cameras" / "canon" / "xmp_test.jpg"
 KODAK = [ROOT / "tests" / "data" / "calibration" / f"ref_I0{i}.png" for i in (4, 6)]
@@ -123,15 +123,22 @@ def _degrade(hr: np.ndarray, k: tuple[float, float, float], scale: int, noise: f
     return np.clip(lr, 0.0, 1.0)
 
 
+def random_kernel(rng: np.random.Generator) -> tuple[float, float, float]:
+    """(sigma_major, sigma_minor, theta) HR px: major uniform in [0.8, 3.4], axis ratio in [1, 3]
+    with minor >= 0.8, any angle."""
+    major = rng.uniform(0.8, 3.4)
+    minor = major / rng.uniform(1.0, min(3.0, major / 0.8))
+    return major, minor, rng.uniform(0.0, math.pi)
+
+
 def collect(images: list[np.ndarray], scale: int, n_kernels: int, seed: int,
             config: KernelEstimationConfig) -> dict[str, list[tuple[float, float, float, float]]]:
     """Raw estimates: mode -> [(true_major, true_minor, raw_major, raw_minor)] in LR pixels."""
     rng = np.random.default_rng(seed + 1000 * scale)
     rows: dict[str, list[tuple[float, float, float, float]]] = {"group": [], "single": []}
     for _ in range(n_kernels):
-        major = rng.uniform(0.8, 3.4)
-        minor = major / rng.uniform(1.0, min(3.0, major / 0.8))
-        k = (major, minor, rng.uniform(0.0, math.pi))
+        k = random_kernel(rng)
+        major, minor = k[0], k[1]
         noise = 2.0 / 255.0 if rng.random() < 0.5 else 0.0
         for _group in range(2):
             members = rng.choice(len(images), size=min(5, len(images)), replace=False)
@@ -179,10 +186,8 @@ def bias_report(named: list[tuple[str, np.ndarray]], *, scale: int, n_kernels: i
         group: list[float] = []
         single: dict[str, list[float]] = {}
         for _ in range(n_kernels):
-            major = rng.uniform(0.8, 3.4)
-            minor = major / rng.uniform(1.0, min(3.0, major / 0.8))
-            k = (major, minor, rng.uniform(0.0, math.pi))
-            truth = np.array([major, minor])
+            k = random_kernel(rng)
+            truth = np.array(k[:2])
             picked = rng.choice(len(members), size=min(5, len(members)), replace=False)
             lrs = [_degrade(members[i][1], k, scale, 0.0, rng) for i in picked]
             est = estimate_kernel(lrs, scale=scale, config=config)
@@ -200,19 +205,13 @@ def bias_report(named: list[tuple[str, np.ndarray]], *, scale: int, n_kernels: i
     return report
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--kernels", type=int, default=40, help="random kernels per scale")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "kernel_calibration.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/kernel_calibration.json, "
+                        "with --bias results/kernel_calibration_bias.json")
     parser.add_argument("--extra-photo", type=Path, action="append", default=[],
                         help="another large sharp photo to calibrate on, downscaled by 2-4 (repeatable)")
     parser.add_argument("--native-photo", type=Path, action="append", default=[],
@@ -221,10 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="report the current constants' bias per kind of photo instead of fitting "
                              "(with --native-photo: those instead of the bundled NATIVE ones)")
     args = parser.parse_args(argv)
+    out = args.out or RESULTS / ("kernel_calibration_bias.json" if args.bias else "kernel_calibration.json")
     if args.bias:
-        out = args.out if args.out != RESULTS / "kernel_calibration.json" else RESULTS / "kernel_calibration_bias.json"
         named = calibration_images(args.extra_photo, args.native_photo or NATIVE)
-        _write_json(out, bias_report(named, scale=4, n_kernels=args.kernels, seed=args.seed))
+        atomic_write_json(out, bias_report(named, scale=4, n_kernels=args.kernels, seed=args.seed))
         print(f"wrote {out}")
         return 0
 
@@ -252,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         inner = ", ".join(f'"{m}": {v}' for m, v in modes.items())
         print(f"    {scale}: MappingProxyType({{{inner}}}),")
     print("})")
-    _write_json(args.out, report)
-    print(f"wrote {args.out}")
+    atomic_write_json(out, report)
+    print(f"wrote {out}")
     return 0
 
 

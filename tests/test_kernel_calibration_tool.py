@@ -54,5 +54,5 @@ def test_bias_report_measures_the_calibrated_estimate_per_kind(tool: ModuleType,
     assert 0.67 < native["group_median_ratio"] < 1.5
     assert native["single_median_ratio"] and all(0.5 < r < 2.0 for r in native["single_median_ratio"].values())
     out = tmp_path / "bias.json"
-    tool._write_json(out, report)
+    tool.atomic_write_json(out, report)
     assert json.loads(out.read_text()) == report
