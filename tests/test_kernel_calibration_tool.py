@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -17,14 +16,8 @@ HR = ROOT / "tests" / "data" / "hr"
 
 
 @pytest.fixture(scope="module")
-def tool() -> ModuleType:
-    path = ROOT / "benchmarks" / "kernel_calibration.py"
-    spec = importlib.util.spec_from_file_location("kernel_calibration_tool", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def tool(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("kernel_calibration.py")
 
 
 def test_bundled_native_photos_exist_and_are_cut_without_resizing(tool: ModuleType) -> None:

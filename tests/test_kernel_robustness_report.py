@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def tool() -> ModuleType:
-    path = ROOT / "benchmarks" / "kernel_estimation.py"
-    spec = importlib.util.spec_from_file_location("kernel_estimation_tool", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def tool(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("kernel_estimation.py")
 
 
 def _row(true: list[float], d_final: float, d_g16: float, method: str = "cross-scale-derivative-energy") -> dict:
