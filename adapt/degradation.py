@@ -243,3 +243,19 @@ def blur_downsample(image: np.ndarray, kernel: np.ndarray, scale: int) -> np.nda
     r0, c0 = pad_t + oy, pad_l + ox
     out = filtered[r0 : r0 + scale * out_h : scale, c0 : c0 + scale * out_w : scale]
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` (H, W, 3) RGB in [0, 1] encoded as a JPEG of ``quality`` (1-100, OpenCV's 4:2:0
+    baseline encoder) and decoded again, as a camera's compression does (float32 output)."""
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ShapeError("image", img.shape, "(H, W, 3) RGB")
+    if not 1 <= int(quality) <= 100:
+        raise ConfigError(f"JPEG quality {quality} is outside 1-100; give a quality from 1 (smallest) to 100")
+    u8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(u8[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+    if decoded is None:  # pragma: no cover - OpenCV encodes and decodes any uint8 RGB image
+        raise RuntimeError(f"OpenCV could not round-trip a {img.shape[1]}x{img.shape[0]} image through JPEG")
+    return np.ascontiguousarray(decoded[..., ::-1], dtype=np.float32) / np.float32(255.0)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from adassr.adapt.config import AdaptConfig
+from adassr.adapt.degradation import jpeg_roundtrip
 from adassr.adapt.ema import WeightEma
 from adassr.adapt.losses import proximal_penalty, weighted_l1
 from adassr.adapt.precision import Precision
@@ -57,15 +58,7 @@ def _noise(img: np.ndarray, rng: np.random.Generator, gauss_max: float, poisson_
 
 
 def _jpeg(img: np.ndarray, rng: np.random.Generator, quality: tuple[int, int]) -> np.ndarray:
-    q = int(rng.integers(quality[0], quality[1] + 1))
-    u8 = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", u8[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
-    if not ok:  # pragma: no cover - OpenCV always encodes a valid uint8 image
-        raise RuntimeError("JPEG encoding failed")
-    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if decoded is None:  # pragma: no cover - OpenCV decodes what it has just encoded
-        raise RuntimeError("JPEG decoding failed")
-    return decoded[..., ::-1].astype(np.float32) / 255.0
+    return jpeg_roundtrip(img, int(rng.integers(quality[0], quality[1] + 1)))
 
 
 def degrade_realesrgan(hr: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:

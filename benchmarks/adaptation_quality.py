@@ -116,17 +116,9 @@ def _load_source(name: str, frame: int, fuji_path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def _jpeg(lr: np.ndarray, quality: int) -> np.ndarray:
-    u8 = (np.clip(lr, 0, 1) * 255 + 0.5).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(u8[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
-
-
 def degrade(hr: np.ndarray, spec: GroupSpec, rng: np.random.Generator) -> np.ndarray:
     """LR image of ``spec``'s camera for an HR crop (float32 in [0, 1])."""
-    from adassr.adapt.degradation import bicubic_kernel, blur_downsample, gaussian_kernel
+    from adassr.adapt.degradation import bicubic_kernel, blur_downsample, gaussian_kernel, jpeg_roundtrip
 
     if spec.kernel is None:
         kernel = bicubic_kernel(SCALE)
@@ -135,7 +127,7 @@ def degrade(hr: np.ndarray, spec: GroupSpec, rng: np.random.Generator) -> np.nda
     lr = blur_downsample(hr, kernel, SCALE)
     if spec.noise_255 > 0:
         lr = lr + rng.normal(0.0, spec.noise_255 / 255.0, lr.shape).astype(np.float32)
-    return np.ascontiguousarray(_jpeg(lr, spec.jpeg_quality))
+    return jpeg_roundtrip(lr, spec.jpeg_quality)
 
 
 def build_group(spec: GroupSpec, fuji_path: Path, cache: dict[tuple[str, int], np.ndarray]

@@ -42,7 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from adassr.adapt.degradation import bicubic_kernel, blur_downsample, gaussian_kernel  # noqa: E402
+from adassr.adapt.degradation import (  # noqa: E402
+    bicubic_kernel,
+    blur_downsample,
+    gaussian_kernel,
+    jpeg_roundtrip,
+)
 from adassr.adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
 
 HR_DIR = ROOT / "tests" / "data" / "hr"
@@ -311,15 +316,7 @@ YARDSTICK_TOLERANCE = 1e-9  # L2 distance below which a true kernel *is* G(1.6)
 
 
 def _jpeg(lr: np.ndarray, quality: int | None) -> np.ndarray:
-    if quality is None:
-        return lr
-    import cv2
-
-    u8 = (np.clip(lr, 0, 1) * 255 + 0.5).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(u8[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+    return lr if quality is None else jpeg_roundtrip(lr, quality)
 
 
 def robustness(angles: tuple[float, ...], config: KernelEstimationConfig) -> dict:

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +32,7 @@ for extra in (ROOT, ROOT / "benchmarks"):
 
 from kernel_calibration import calibration_images  # noqa: E402
 
-from adassr.adapt.degradation import blur_downsample, gaussian_kernel  # noqa: E402
+from adassr.adapt.degradation import blur_downsample, gaussian_kernel, jpeg_roundtrip  # noqa: E402
 from adassr.adapt.kernel import estimate_kernel  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -44,13 +43,7 @@ QUALITIES = (None, 95, 75, 60)
 
 
 def jpeg(lr: np.ndarray, quality: int | None) -> np.ndarray:
-    if quality is None:
-        return lr
-    u8 = (np.clip(lr, 0, 1) * 255 + 0.5).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(u8[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+    return lr if quality is None else jpeg_roundtrip(lr, quality)
 
 
 def degrade(hr: np.ndarray, k: tuple[float, float, float], noise_255: float, quality: int | None,

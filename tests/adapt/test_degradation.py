@@ -17,6 +17,7 @@ from adassr.adapt.degradation import (
     covariance_from_params,
     cubic,
     gaussian_kernel,
+    jpeg_roundtrip,
     kernel_covariance,
     kernel_size,
     params_from_covariance,
@@ -154,3 +155,24 @@ def test_blur_downsample_shapes_channels_and_errors():
         blur_downsample(img[:3, :3], k, 4)
     with pytest.raises(ConfigError):
         blur_downsample(img, k, 0)
+
+
+def test_jpeg_roundtrip_loses_more_at_lower_quality_and_checks_its_input():
+    img = _photo()[:96, :128]
+    errors = []
+    for quality in (95, 75, 60, 30):
+        out = jpeg_roundtrip(img, quality)
+        assert out.shape == img.shape and out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        errors.append(float(np.abs(out - img).mean()))
+    assert errors == sorted(errors) and errors[0] < 0.01 < errors[-1]  # q95 nearly lossless, q30 not
+    # RGB order is kept: a pure red image stays red (the encoder works in BGR).
+    red = np.zeros((16, 16, 3), np.float32)
+    red[..., 0] = 1.0
+    assert jpeg_roundtrip(red, 90)[..., 0].mean() > 0.9 > jpeg_roundtrip(red, 90)[..., 2].mean() + 0.5
+    # Values outside [0, 1] are clipped, not wrapped around.
+    assert jpeg_roundtrip(np.full((8, 8, 3), 1.5, np.float32), 95).min() > 0.95
+    with pytest.raises(ShapeError):
+        jpeg_roundtrip(img[..., 0], 90)
+    with pytest.raises(ConfigError, match="1-100"):
+        jpeg_roundtrip(img, 0)

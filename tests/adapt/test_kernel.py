@@ -209,12 +209,9 @@ def test_calibration_table_covers_the_default_scale():
 
 
 def _jpeg(lr: np.ndarray, quality: int) -> np.ndarray:
-    import cv2
+    from adassr.adapt.degradation import jpeg_roundtrip
 
-    u8 = (np.clip(lr, 0, 1) * 255 + 0.5).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(u8[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    assert ok
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+    return jpeg_roundtrip(lr, quality)
 
 
 def test_jpeg_blockiness_grows_with_compression(photos):
