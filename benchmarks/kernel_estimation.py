@@ -49,6 +49,7 @@ from adassr.adapt.degradation import (  # noqa: E402
     jpeg_roundtrip,
 )
 from adassr.adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
+from adassr.runtime.store import atomic_write_bytes  # noqa: E402
 
 HR_DIR = ROOT / "tests" / "data" / "hr"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -301,10 +302,10 @@ def report(result: dict, config: KernelEstimationConfig, wall: float) -> tuple[s
     return "\n".join(lines) + "\n", data
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _save(out: Path, stem: str, text: str, data: dict) -> None:
+    """``<out>/<stem>.md`` and ``<stem>.json``, each written atomically."""
+    atomic_write_bytes(out / f"{stem}.md", text.encode("utf-8"))
+    atomic_write_bytes(out / f"{stem}.json", (json.dumps(data, indent=1) + "\n").encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- robustness grid
@@ -490,25 +491,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.report_from is not None:
         text, data = report_from(args.report_from, args.wall_seconds, args.machine)
-        args.out.mkdir(parents=True, exist_ok=True)
-        _write(args.out / "kernel_robustness.md", text)
-        _write(args.out / "kernel_robustness.json", json.dumps(data, indent=1) + "\n")
-        print(text)
-        return 0
-    if args.robustness:
+        stem, shown = "kernel_robustness", text
+    elif args.robustness:
         rresult = robustness((0.0, 60.0, 120.0) if args.quick else ANGLES, config)
         text, data = robustness_report(rresult, config, time.perf_counter() - t0, machine)
-        args.out.mkdir(parents=True, exist_ok=True)
-        _write(args.out / "kernel_robustness.md", text)
-        _write(args.out / "kernel_robustness.json", json.dumps(data, indent=1) + "\n")
-        print(text)
-        return 0
-    result = run(args.quick, config)
-    text, data = report(result, config, time.perf_counter() - t0)
-    args.out.mkdir(parents=True, exist_ok=True)
-    _write(args.out / "kernel_estimation.md", text)
-    _write(args.out / "kernel_estimation.json", json.dumps(data, indent=1) + "\n")
-    print(text.split("## Group-mode")[0])
+        stem, shown = "kernel_robustness", text
+    else:
+        text, data = report(run(args.quick, config), config, time.perf_counter() - t0)
+        stem, shown = "kernel_estimation", text.split("## Group-mode")[0]
+    _save(args.out, stem, text, data)
+    print(shown)
     return 0
 
 

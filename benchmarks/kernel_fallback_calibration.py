@@ -34,6 +34,7 @@ from kernel_calibration import calibration_images  # noqa: E402
 
 from adassr.adapt.degradation import blur_downsample, gaussian_kernel, jpeg_roundtrip  # noqa: E402
 from adassr.adapt.kernel import estimate_kernel  # noqa: E402
+from adassr.runtime.store import atomic_write_bytes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SCALE = 4
@@ -113,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
               "kernels_per_condition": args.kernels, "noises_255": NOISES, "qualities": QUALITIES,
               "median_blockiness_by_quality": blockiness, "fit": fit, "rows": rows,
               "wall_s": round(time.perf_counter() - t0, 1)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernel_fallback_calibration.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_bytes(args.out / "kernel_fallback_calibration.json",
+                       (json.dumps(result, indent=1) + "\n").encode("utf-8"))
     print(json.dumps({"fit": fit, "median_blockiness_by_quality": blockiness}, indent=1))
     return 0
 
