@@ -139,8 +139,8 @@ class AdaptConfig:
     external_hr: Path | None = field(default=None, metadata=cli("clean HR images for the external step (K > 1)"))
     external_steps: int | None = None  # default: same as steps
     time_budget: float | None = field(default=None, metadata=cli(
-        "seconds for the whole run (set-up included) after which training evaluates and stops "
-        "(CPU default 270, GPU none)"))
+        "seconds for the whole run (set-up included): training stops early enough for its last "
+        "evaluation to end within it; saving follows (CPU default 270, GPU none)"))
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def __post_init__(self) -> None:
@@ -189,8 +189,9 @@ def cpu_demo_defaults(native_bf16: bool = True) -> AdaptConfig:
     crops, attention computed on the image resized to a 256-pixel longer side, EMA alpha 0.99 (the
     low end of the paper's best range, Table V: with a few hundred steps alpha 0.999 would move the
     EMA weights only part of the way). At most 500 steps where the CPU runs bf16 natively, 250 in
-    fp32 (bf16 steps are cheaper); either way training evaluates and stops once the run has taken
-    :data:`CPU_TIME_BUDGET_S` seconds, so a slow CPU gets fewer steps, not a longer run.
+    fp32 (bf16 steps are cheaper); either way training stops early enough for its last evaluation
+    to end once the run has taken :data:`CPU_TIME_BUDGET_S` seconds, so a slow CPU gets fewer
+    steps, not a longer run.
     """
     return AdaptConfig(
         steps=500 if native_bf16 else 250,

@@ -13,6 +13,10 @@ The unadapted backbone is evaluation 0: weights that never beat it are not retur
 In ``tail`` mode only the last ``tail_blocks`` RRDB blocks and the upsampler train; the frozen
 front's features of a bank of augmented pairs are computed once per evaluation period and reused
 by every step (much cheaper per step on CPU: docs/performance.md).
+
+With ``time_budget`` set, training stops early enough for the evaluation that closes it to end
+within the budget (:class:`~adassr.adapt.time_budget.TimeBudget`, from the measured durations of
+steps and evaluations), not merely once the deadline has passed.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from adassr.adapt.losses import (
     weighted_l1,
 )
 from adassr.adapt.precision import Precision
+from adassr.adapt.time_budget import TimeBudget
 from adassr.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -360,7 +365,7 @@ class _Progress:
     stop_reason: str
     step: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
-    deadline: float | None = None  # time.monotonic() after which the run evaluates and stops
+    budget: TimeBudget | None = None  # when a time budget is set: stop so the last evaluation ends in time
     interrupted: int | None = None
 
 
@@ -420,11 +425,13 @@ def run_internal_step(
     _add_optimisers(trainer, device)
     evaluator = _Evaluator(model, eval_crops, metric, device=device, precision=precision, tail_from=trainer.tail_from)
     stopper = EarlyStopper(min_delta=config.stop_min_delta, patience=config.stop_patience)
+    budget = None if config.time_budget is None else TimeBudget(time.monotonic() + config.time_budget)
+    eval_start = time.monotonic()
     before = evaluator(ema_model)
+    if budget is not None:
+        budget.record_eval(time.monotonic() - eval_start)
     stopper.observe(0, _group_score(before, 0))
-    run = _Progress(before, before, ema.state_dict(), f"reached the step budget ({config.steps} steps)")
-    if config.time_budget is not None:
-        run.deadline = time.monotonic() + config.time_budget
+    run = _Progress(before, before, ema.state_dict(), f"reached the step budget ({config.steps} steps)", budget=budget)
     notify(ProgressEvent(0, config.steps, None, _group_score(before, 0), "backbone"))
     batches = _BatchSource(sampler, trainer, rng, device)
     try:
@@ -445,6 +452,7 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
                     notify: Callable[[ProgressEvent], None]) -> bool:
     """Step ``run.step``: train, update the EMA, evaluate at the period's end. True when the loop must stop."""
     config, step = trainer.config, run.step
+    step_start = time.monotonic()
     trainer.model.train()
     batch = batches.next()
     loss, sr = trainer.loss(batch)
@@ -456,12 +464,20 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
     ema.update()
     loss_value = float(loss.detach())
     run.losses.append((step, loss_value))
-    out_of_time = run.deadline is not None and time.monotonic() >= run.deadline
+    out_of_time = False
+    if run.budget is not None:
+        now = time.monotonic()
+        run.budget.record_step(now - step_start, starts_period=(step - 1) % config.eval_every == 0)
+        out_of_time = run.budget.evaluate_now(now)
     if step % config.eval_every != 0 and step != config.steps and not out_of_time:
         notify(ProgressEvent(step, config.steps, loss_value, None))
         return False
     ema.copy_to(ema_model)
+    eval_start = time.monotonic()
     scores = evaluator(ema_model)
+    if run.budget is not None:
+        run.budget.record_eval(time.monotonic() - eval_start)
+        out_of_time = out_of_time or run.budget.stop_after_evaluation(time.monotonic())
     decision = stopper.observe(step, _group_score(scores, step))
     if decision.is_best:
         run.best_scores, run.best_state = scores, ema.state_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,6 +166,27 @@ def test_time_budget_evaluates_then_stops() -> None:
     roomy = run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.0, 3.0, 2.0]), _config(time_budget=3600),
                               device=torch.device("cpu"), precision=FP32, trainable="tail")
     assert roomy.steps == 6 and "step budget" in roomy.stop_reason
+
+
+def test_time_budget_leaves_room_for_the_last_evaluation() -> None:
+    # evaluations are slow (0.6 s each) and steps fast: training must stop early enough for the
+    # closing evaluation to end within the budget, not start it once the deadline has passed
+    budget, eval_s = 2.0, 0.6
+    calls: list[tuple[float, float]] = []
+
+    def slow_metric(sr: torch.Tensor) -> torch.Tensor:
+        begin = time.monotonic()
+        time.sleep(eval_s)
+        calls.append((begin, time.monotonic()))
+        return torch.tensor([5.0 - 0.1 * len(calls)])  # always improving: only the budget stops the run
+
+    result = run_internal_step(_tiny(), _Sampler(), CROPS, slow_metric,
+                               _config(steps=100_000, eval_every=100_000, time_budget=budget, stop_patience=1000),
+                               device=torch.device("cpu"), precision=FP32, trainable="tail")
+    assert "time budget" in result.stop_reason and 1 < result.steps < 100_000
+    assert len(calls) == 2  # the backbone's evaluation and the closing one
+    # checking the deadline only after it passed would end at least eval_s past the budget
+    assert calls[-1][1] - calls[0][0] < budget + 0.45
 
 
 def test_time_budget_must_be_positive() -> None:

@@ -1,0 +1,47 @@
+"""When a time-budgeted training loop must stop so that its last evaluation ends within the budget.
+
+The loop trains in periods of ``eval_every`` steps and evaluates at each period's end. The time
+budget counts the whole run, so training must stop *early enough* for the evaluation that closes
+it: checking only ``now >= deadline`` lets the run overshoot by one step, one evaluation and, when
+the deadline falls just after an evaluation, the next period's first step (which, in tail mode,
+also builds the period's feature bank). :class:`TimeBudget` remembers how long those took last
+time and answers the two questions the loop asks. Pure: the caller passes the clock readings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TimeBudget:
+    """The measured cost of a step, a period's first step and an evaluation, against ``deadline``.
+
+    ``deadline`` is a ``time.monotonic()`` reading by which the last evaluation should have ended.
+    Durations start at 0 (unknown) and hold the latest measurement; a period's first step that
+    was never measured counts as a plain step.
+    """
+
+    deadline: float
+    step_s: float = 0.0  # the latest step that did not start a period
+    period_start_s: float = 0.0  # the latest step that started a period (fresh pairs, feature bank)
+    eval_s: float = 0.0  # the latest evaluation
+
+    def record_step(self, seconds: float, *, starts_period: bool) -> None:
+        if starts_period:
+            self.period_start_s = seconds
+        else:
+            self.step_s = seconds
+
+    def record_eval(self, seconds: float) -> None:
+        self.eval_s = seconds
+
+    def evaluate_now(self, now: float) -> bool:
+        """After a step: True when one more step and then an evaluation would end past the deadline,
+        so the loop should evaluate now and stop."""
+        return now + self.step_s + self.eval_s >= self.deadline
+
+    def stop_after_evaluation(self, now: float) -> bool:
+        """After an evaluation that did not stop the run: True when the next period's first step and
+        one evaluation would end past the deadline, so the loop should stop on the weights just evaluated."""
+        return now + max(self.period_start_s, self.step_s) + self.eval_s >= self.deadline
