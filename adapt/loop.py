@@ -414,6 +414,8 @@ def run_internal_step(
     non-finite loss or on SIGINT / SIGTERM (``result.interrupted`` names the signal; the caller
     decides whether to keep anything), always returning the best weights evaluated so far.
     """
+    # the clock starts before the set-up below (the evaluator's cached fronts alone take seconds on a CPU)
+    budget = None if config.time_budget is None else TimeBudget(time.monotonic() + config.time_budget)
     notify = progress or _ignore
     rng = np.random.default_rng(config.seed + 7919)
     torch.manual_seed(config.seed)
@@ -425,7 +427,6 @@ def run_internal_step(
     _add_optimisers(trainer, device)
     evaluator = _Evaluator(model, eval_crops, metric, device=device, precision=precision, tail_from=trainer.tail_from)
     stopper = EarlyStopper(min_delta=config.stop_min_delta, patience=config.stop_patience)
-    budget = None if config.time_budget is None else TimeBudget(time.monotonic() + config.time_budget)
     eval_start = time.monotonic()
     before = evaluator(ema_model)
     if budget is not None:
