@@ -427,10 +427,7 @@ def run_internal_step(
     _add_optimisers(trainer, device)
     evaluator = _Evaluator(model, eval_crops, metric, device=device, precision=precision, tail_from=trainer.tail_from)
     stopper = EarlyStopper(min_delta=config.stop_min_delta, patience=config.stop_patience)
-    eval_start = time.monotonic()
-    before = evaluator(ema_model)
-    if budget is not None:
-        budget.record_eval(time.monotonic() - eval_start)
+    before = _timed_evaluation(evaluator, ema_model, budget)
     stopper.observe(0, _group_score(before, 0))
     run = _Progress(before, before, ema.state_dict(), f"reached the step budget ({config.steps} steps)", budget=budget)
     notify(ProgressEvent(0, config.steps, None, _group_score(before, 0), "backbone"))
@@ -446,6 +443,15 @@ def run_internal_step(
         run.stop_reason = f"interrupted by {signal.Signals(signum).name} at step {run.step}"
         log.warning(run.stop_reason)
     return internal_result(start_state, run, stopper)
+
+
+def _timed_evaluation(evaluator: _Evaluator, model: RRDBNet, budget: TimeBudget | None) -> list[float]:
+    """``evaluator(model)``, its duration recorded in ``budget`` when there is one."""
+    start = time.monotonic()
+    scores = evaluator(model)
+    if budget is not None:
+        budget.record_eval(time.monotonic() - start)
+    return scores
 
 
 def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, ema_model: RRDBNet,
@@ -474,10 +480,8 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
         notify(ProgressEvent(step, config.steps, loss_value, None))
         return False
     ema.copy_to(ema_model)
-    eval_start = time.monotonic()
-    scores = evaluator(ema_model)
+    scores = _timed_evaluation(evaluator, ema_model, run.budget)
     if run.budget is not None:
-        run.budget.record_eval(time.monotonic() - eval_start)
         out_of_time = out_of_time or run.budget.stop_after_evaluation(time.monotonic())
     decision = stopper.observe(step, _group_score(scores, step))
     if decision.is_best:
