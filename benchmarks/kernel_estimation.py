@@ -20,6 +20,9 @@ Targets: group mode closer >= 85 %, median relative sigma error <= 20 %, median 
     python benchmarks/kernel_estimation.py [--quick] [--out DIR]
     python benchmarks/kernel_estimation.py --robustness [--quick]
     python benchmarks/kernel_estimation.py --report-from results/kernel_robustness.json  # rebuild the report
+    python benchmarks/kernel_estimation.py --robustness --qualities none,95 --out /tmp/a &  # 2 cores
+    python benchmarks/kernel_estimation.py --robustness --qualities 75,60 --out /tmp/b
+    python benchmarks/kernel_estimation.py --merge-rows /tmp/a/kernel_robustness.json /tmp/b/kernel_robustness.json
 
 Writes <out>/kernel_estimation.md and kernel_estimation.json (default benchmarks/results).
 """
@@ -320,14 +323,20 @@ def _jpeg(lr: np.ndarray, quality: int | None) -> np.ndarray:
     return lr if quality is None else jpeg_roundtrip(lr, quality)
 
 
-def robustness(angles: tuple[float, ...], config: KernelEstimationConfig) -> dict:
-    """Group mode over kernels x noise x JPEG quality; the estimate before and after the fallback."""
+def robustness(angles: tuple[float, ...], config: KernelEstimationConfig,
+               noises: tuple[float, ...] = ROBUST_NOISES,
+               qualities: tuple[int | None, ...] = ROBUST_QUALITIES) -> dict:
+    """Group mode over kernels x noise x JPEG quality; the estimate before and after the fallback.
+
+    Each (noise, quality) condition draws its noise from its own ``default_rng(0)``, so a run over a
+    subset of ``noises`` and ``qualities`` gives exactly the rows of the whole run for those
+    conditions (the parts of a split run are joined with ``--merge-rows``)."""
     hrs = load_hr()
     kernels = kernel_grid(angles=angles)
     g16 = support_kernel(1.6, 1.6, 0.0)
     rows = []
-    for noise in ROBUST_NOISES:
-        for quality in ROBUST_QUALITIES:
+    for noise in noises:
+        for quality in qualities:
             rng = np.random.default_rng(0)
             for k in kernels:
                 lrs = [_jpeg(synthesize(hr, k, noise, rng), quality) for _, hr in hrs]
@@ -470,6 +479,75 @@ def report_from(path: Path, wall: float | None, machine: str | None) -> tuple[st
     return text + f"\nRebuilt from the rows stored in {path.name} by `--report-from` (no estimation re-run).\n", rebuilt
 
 
+def parse_noises(text: str) -> tuple[float, ...]:
+    """``--noises``: a comma-separated subset of the grid's noise levels, in the grid's order."""
+    try:
+        wanted = {float(part) for part in text.split(",") if part.strip()}
+    except ValueError as exc:
+        raise SystemExit(f"--noises {text!r}: not a comma-separated list of numbers ({exc})") from exc
+    unknown = sorted(wanted - set(ROBUST_NOISES))
+    if not wanted or unknown:
+        raise SystemExit(f"--noises {text!r}: choose from the grid's noise levels {list(ROBUST_NOISES)} "
+                         f"(unknown: {unknown or 'none given'})")
+    return tuple(n for n in ROBUST_NOISES if n in wanted)
+
+
+def parse_qualities(text: str) -> tuple[int | None, ...]:
+    """``--qualities``: a comma-separated subset of the grid's JPEG qualities ("none" = no JPEG)."""
+    try:
+        wanted = {None if part.strip().lower() == "none" else int(part) for part in text.split(",") if part.strip()}
+    except ValueError as exc:
+        raise SystemExit(f"--qualities {text!r}: not a comma-separated list of qualities and 'none' ({exc})") from exc
+    unknown = sorted(str(q) for q in wanted - set(ROBUST_QUALITIES))
+    if not wanted or unknown:
+        grid = ["none" if q is None else q for q in ROBUST_QUALITIES]
+        raise SystemExit(f"--qualities {text!r}: choose from the grid's JPEG qualities {grid} "
+                         f"(unknown: {unknown or 'none given'})")
+    return tuple(q for q in ROBUST_QUALITIES if q in wanted)
+
+
+def _row_key(row: dict) -> tuple:
+    return (row["noise"], row["quality"], tuple(row["true"]))
+
+
+def merge_rows(paths: list[Path], machine: str | None) -> tuple[str, dict]:
+    """One robustness report from the rows of several partial runs (``--robustness --noises ...``,
+    run side by side). Refuses parts with other estimator settings or overlapping rows."""
+    parts = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+            parts.append((path, data["rows"], data["config"], float(data["wall_seconds"]), data.get("machine")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"--merge-rows {path}: not a kernel_robustness.json written by --robustness "
+                             f"({exc})") from exc
+    first_path, _, first_config, _, first_machine = parts[0]
+    rows: list[dict] = []
+    seen: dict[tuple, Path] = {}
+    for path, part_rows, config, _, _ in parts:
+        if config != first_config:
+            changed = sorted(k for k in set(config) | set(first_config) if config.get(k) != first_config.get(k))
+            raise SystemExit(f"--merge-rows: {path} was run with other estimator settings than {first_path} "
+                             f"({', '.join(changed)}); merge only parts of one run")
+        for row in part_rows:
+            key = _row_key(row)
+            if key in seen:
+                raise SystemExit(f"--merge-rows: {path} and {seen[key]} both hold noise {key[0]:g}, JPEG "
+                                 f"{key[1]}, kernel {list(key[2])}; merge parts with disjoint --noises or --qualities")
+            seen[key] = path
+        rows.extend(part_rows)
+    config = KernelEstimationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in first_config.items()})
+    kernels = sorted({tuple(r["true"]) for r in rows})
+    walls = [wall for _, _, _, wall, _ in parts]
+    text, merged = robustness_report({"rows": rows, "kernels": kernels}, config, max(walls),
+                                     machine or first_machine or MACHINE)
+    merged["merged_from"] = [{"file": str(path), "wall_seconds": wall, "rows": len(pr)}
+                             for path, pr, _, wall, _ in parts]
+    note = (f"\nMerged by `--merge-rows` from {len(parts)} partial runs that ran side by side "
+            f"({', '.join(f'{w:.0f} s' for w in walls)}; the time shown is the longest, {sum(walls):.0f} s in all).\n")
+    return text + note, merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 angles instead of 6")
@@ -483,17 +561,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wall-seconds", type=float,
                         help="with --report-from: the original run's wall time, for files written before "
                              "it was recorded")
+    parser.add_argument("--noises", type=parse_noises, default=ROBUST_NOISES, metavar="LIST",
+                        help="with --robustness: only these noise levels of the grid, e.g. 0,2 (split a run "
+                             "over processes, then --merge-rows the parts)")
+    parser.add_argument("--qualities", type=parse_qualities, default=ROBUST_QUALITIES, metavar="LIST",
+                        help="with --robustness: only these JPEG qualities of the grid, e.g. none,95")
+    parser.add_argument("--merge-rows", nargs="+", type=Path, metavar="JSON",
+                        help="write kernel_robustness.{md,json} from the rows of partial --robustness runs")
     parser.add_argument("--machine", help="the machine, as the report names it")
     args = parser.parse_args(argv)
     overrides = json.loads(args.config_json)
     config = KernelEstimationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     machine = args.machine or f"{MACHINE} (Python {platform.python_version()}, numpy {np.__version__})"
     t0 = time.perf_counter()
-    if args.report_from is not None:
+    if args.merge_rows:
+        text, data = merge_rows(args.merge_rows, args.machine)
+        stem, shown = "kernel_robustness", text
+    elif args.report_from is not None:
         text, data = report_from(args.report_from, args.wall_seconds, args.machine)
         stem, shown = "kernel_robustness", text
     elif args.robustness:
-        rresult = robustness((0.0, 60.0, 120.0) if args.quick else ANGLES, config)
+        rresult = robustness((0.0, 60.0, 120.0) if args.quick else ANGLES, config, args.noises, args.qualities)
         text, data = robustness_report(rresult, config, time.perf_counter() - t0, machine)
         stem, shown = "kernel_robustness", text
     else:

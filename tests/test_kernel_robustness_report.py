@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 
@@ -54,3 +55,55 @@ def test_report_from_needs_the_wall_time_and_a_result_file(tool: ModuleType, tmp
     bad.write_text("{\"rows\": []}")
     with pytest.raises(SystemExit, match="not a kernel_robustness.json"):
         tool.report_from(bad, 1.0, None)
+
+
+def test_noise_and_quality_subsets_are_checked(tool: ModuleType) -> None:
+    assert tool.parse_noises("5, 0") == (0.0, 5.0)  # the grid's order, whatever the order given
+    assert tool.parse_qualities("60,none") == (None, 60)
+    with pytest.raises(SystemExit, match=r"choose from the grid's noise levels \[0.0, 2.0, 5.0\]"):
+        tool.parse_noises("3")
+    with pytest.raises(SystemExit, match="not a comma-separated list"):
+        tool.parse_noises("two")
+    with pytest.raises(SystemExit, match="unknown: \\['50'\\]"):
+        tool.parse_qualities("none,50")
+    with pytest.raises(SystemExit, match="none given"):
+        tool.parse_qualities(",")
+
+
+def _small_grid(tool: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One kernel and two 192 px crops, so that a real estimation takes a second."""
+    crops = [(name, np.ascontiguousarray(hr[:192, :192])) for name, hr in tool.load_hr()[:2]]
+    monkeypatch.setattr(tool, "load_hr", lambda: crops)
+    monkeypatch.setattr(tool, "kernel_grid", lambda angles: [(2.4, 1.2, 30.0)])
+
+
+def test_a_split_run_merges_into_the_rows_of_the_whole_run(tool: ModuleType, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    _small_grid(tool, monkeypatch)
+    config = tool.KernelEstimationConfig()
+    whole = tool.robustness((0.0,), config, noises=(2.0,), qualities=(None, 60))
+    files = []
+    for quality in (None, 60):
+        part = tool.robustness((0.0,), config, noises=(2.0,), qualities=(quality,))
+        _, data = tool.robustness_report(part, config, 10.0 + (quality or 0), "test machine")
+        files.append(tmp_path / f"part{quality}.json")
+        files[-1].write_text(json.dumps(data))
+    text, merged = tool.merge_rows(files, None)
+
+    def strip(rows: list[dict]) -> list[dict]:
+        return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows), key=str)
+
+    assert strip(merged["rows"]) == strip(json.loads(json.dumps(whole["rows"])))
+    assert {(s["noise"], s["quality"]) for s in merged["summaries"]} >= {(2.0, None), (2.0, 60)}
+    assert "in 70 s" in text and "80 s in all" in text and "test machine" in text
+
+    with pytest.raises(SystemExit, match="both hold noise 2, JPEG 60"):
+        tool.merge_rows([files[1], files[1]], None)
+    other = json.loads(files[0].read_text())
+    other["config"]["fallback_gap"] = 0.5
+    changed = tmp_path / "other.json"
+    changed.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match=r"other estimator settings .*\(fallback_gap\)"):
+        tool.merge_rows([files[1], changed], None)
+    with pytest.raises(SystemExit, match="not a kernel_robustness.json"):
+        tool.merge_rows([tmp_path / "missing.json"], None)
