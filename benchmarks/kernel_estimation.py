@@ -459,20 +459,34 @@ def robustness_report(result: dict, config: KernelEstimationConfig, wall: float,
     return "\n".join(lines) + "\n", data
 
 
-def report_from(path: Path, wall: float | None, machine: str | None) -> tuple[str, dict]:
-    """The robustness report rebuilt from the rows and settings stored in an earlier result file."""
+def config_from_json(values: dict) -> KernelEstimationConfig:
+    """A ``KernelEstimationConfig`` from its JSON form (tuples are stored as lists)."""
+    return KernelEstimationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _read_robustness_result(path: Path, option: str) -> dict:
+    """A result file of ``--robustness``, with its ``rows`` and ``config``; a clear error otherwise."""
     try:
         data = json.loads(path.read_text())
-        rows, stored_config = data["rows"], data["config"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"--report-from {path}: not a kernel_robustness.json written by --robustness "
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{option} {path}: not a kernel_robustness.json written by --robustness "
                          f"({exc})") from exc
+    missing = [key for key in ("rows", "config") if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise SystemExit(f"{option} {path}: not a kernel_robustness.json written by --robustness "
+                         f"(no {' or '.join(missing)})")
+    return data
+
+
+def report_from(path: Path, wall: float | None, machine: str | None) -> tuple[str, dict]:
+    """The robustness report rebuilt from the rows and settings stored in an earlier result file."""
+    data = _read_robustness_result(path, "--report-from")
+    rows = data["rows"]
     wall = data.get("wall_seconds", wall)
     if wall is None:
         raise SystemExit(f"--report-from {path}: the file does not record the run's wall time; "
                          "give it with --wall-seconds (the 'in N s' of the matching .md)")
-    config = KernelEstimationConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                       for k, v in stored_config.items()})
+    config = config_from_json(data["config"])
     kernels = sorted({tuple(r["true"]) for r in rows})
     text, rebuilt = robustness_report({"rows": rows, "kernels": kernels}, config, float(wall),
                                       machine or data.get("machine", MACHINE))
@@ -515,12 +529,11 @@ def merge_rows(paths: list[Path], machine: str | None) -> tuple[str, dict]:
     run side by side). Refuses parts with other estimator settings or overlapping rows."""
     parts = []
     for path in paths:
-        try:
-            data = json.loads(path.read_text())
-            parts.append((path, data["rows"], data["config"], float(data["wall_seconds"]), data.get("machine")))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SystemExit(f"--merge-rows {path}: not a kernel_robustness.json written by --robustness "
-                             f"({exc})") from exc
+        data = _read_robustness_result(path, "--merge-rows")
+        if "wall_seconds" not in data:
+            raise SystemExit(f"--merge-rows {path}: the file does not record its run's wall time; "
+                             "rewrite it with --report-from --wall-seconds first")
+        parts.append((path, data["rows"], data["config"], float(data["wall_seconds"]), data.get("machine")))
     first_path, _, first_config, _, first_machine = parts[0]
     rows: list[dict] = []
     seen: dict[tuple, Path] = {}
@@ -536,7 +549,7 @@ def merge_rows(paths: list[Path], machine: str | None) -> tuple[str, dict]:
                                  f"{key[1]}, kernel {list(key[2])}; merge parts with disjoint --noises or --qualities")
             seen[key] = path
         rows.extend(part_rows)
-    config = KernelEstimationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in first_config.items()})
+    config = config_from_json(first_config)
     kernels = sorted({tuple(r["true"]) for r in rows})
     walls = [wall for _, _, _, wall, _ in parts]
     text, merged = robustness_report({"rows": rows, "kernels": kernels}, config, max(walls),
@@ -571,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--machine", help="the machine, as the report names it")
     args = parser.parse_args(argv)
     overrides = json.loads(args.config_json)
-    config = KernelEstimationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    config = config_from_json(overrides)
     machine = args.machine or f"{MACHINE} (Python {platform.python_version()}, numpy {np.__version__})"
     t0 = time.perf_counter()
     if args.merge_rows:
