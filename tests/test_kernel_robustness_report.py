@@ -107,3 +107,16 @@ def test_a_split_run_merges_into_the_rows_of_the_whole_run(tool: ModuleType, tmp
         tool.merge_rows([files[1], changed], None)
     with pytest.raises(SystemExit, match="not a kernel_robustness.json"):
         tool.merge_rows([tmp_path / "missing.json"], None)
+
+
+def test_the_quick_and_the_full_grid_are_written_to_their_own_files(tool: ModuleType, tmp_path: Path) -> None:
+    source = _result_file(tool, tmp_path, 12.0)  # angles 0 and 60 only: rows of the quick grid
+    assert tool.main(["--report-from", str(source), "--out", str(tmp_path / "quick")]) == 0
+    assert sorted(p.name for p in (tmp_path / "quick").iterdir()) == [
+        "kernel_robustness_quick.json", "kernel_robustness_quick.md"]
+    data = json.loads(source.read_text())
+    data["rows"].append(_row([2.4, 1.2, 30.0], 0.02, 0.08))  # an angle only the full grid has
+    source.write_text(json.dumps(data))
+    assert tool.main(["--report-from", str(source), "--out", str(tmp_path / "full")]) == 0
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["kernel_robustness.json", "kernel_robustness.md"]
+    assert "Machine: test machine;" in (tmp_path / "full" / "kernel_robustness.md").read_text()
