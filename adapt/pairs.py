@@ -321,7 +321,9 @@ class UsableImages:
         parts = []
         if self.patch_reduced:
             parts.append(f"no image fits the {self.requested_patch}-px LR patch; using lr_patch "
-                         f"{self.config.lr_patch}")
+                         f"{self.config.lr_patch} (on images this small the quality benchmark saw adaptation "
+                         "lower NIQE but lose fidelity to the scene: compare the output with the backbone's, "
+                         "or adapt on larger photos of the camera)")
         if self.skipped:
             listed = ", ".join(f"{label} ({w}x{h})" for label, w, h in self.skipped)
             parts.append(f"skipped {len(self.skipped)} image(s) smaller than {self.minimum} LR pixels "

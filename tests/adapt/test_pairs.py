@@ -362,6 +362,7 @@ def test_patch_shrinks_when_no_image_fits_it(photo: np.ndarray) -> None:
     assert usable.indices == (0,) and usable.skipped[0][0] == "small"
     message = usable.warning()
     assert message is not None and "using lr_patch 14" in message and "small" in message
+    assert "compare the output with the backbone's" in message  # the small-group caution
     batch = make_pair_sampler([images[0]], KERNEL, usable.config, seed=1).sample(3)
     assert batch.lr.shape == (3, 3, 14, 14) and batch.hr.shape == (3, 3, 56, 56)
 
