@@ -129,7 +129,7 @@ class AdaptConfig:
         "all | tail (auto: tail on CPU, all on GPU)", choices=TRAINABLE))
     tail_blocks: int = field(default=3, metadata=cli("RRDB blocks trained in tail mode (3)"))
     feature_bank: int = field(default=128, metadata=cli(
-        "tail mode: augmented pairs whose front features are cached per period (GPU 128, CPU 64)"))
+        "tail mode: augmented pairs whose front features are cached per period (GPU 128, CPU 200)"))
     precision: str = field(default="auto", metadata=cli("mixed precision (auto)", choices=TRAINING_PRECISIONS))
     device: str = field(default="auto", metadata=cli("auto | cpu | cuda", choices=DEVICES))
     seed: int = field(default=0, metadata=cli("random seed (0)"))
@@ -185,13 +185,14 @@ CPU_TIME_BUDGET_S = 270.0
 def cpu_demo_defaults(native_bf16: bool = True) -> AdaptConfig:
     """A budget that adapts a small camera group in a few minutes on 2 CPU cores.
 
-    Tail training with cached front features on 24x24 LR patches, NIQE every 50 steps on 128x128 LR
-    crops, attention computed on the image resized to a 256-pixel longer side, EMA alpha 0.99 (the
-    low end of the paper's best range, Table V: with a few hundred steps alpha 0.999 would move the
-    EMA weights only part of the way). At most 500 steps where the CPU runs bf16 natively, 250 in
-    fp32 (bf16 steps are cheaper); either way training stops early enough for its last evaluation
-    to end once the run has taken :data:`CPU_TIME_BUDGET_S` seconds, so a slow CPU gets fewer
-    steps, not a longer run.
+    Tail training with cached front features on 24x24 LR patches (a bank of 200 augmented pairs
+    per evaluation period, so a pair is seldom drawn twice: benchmarks/README.md, "Bank of 200"),
+    NIQE every 50 steps on 128x128 LR crops, attention computed on the image resized to a
+    256-pixel longer side, EMA alpha 0.99 (the low end of the paper's best range, Table V: with a
+    few hundred steps alpha 0.999 would move the EMA weights only part of the way). At most 500
+    steps where the CPU runs bf16 natively, 250 in fp32 (bf16 steps are cheaper); either way
+    training stops early enough for its last evaluation to end once the run has taken
+    :data:`CPU_TIME_BUDGET_S` seconds, so a slow CPU gets fewer steps, not a longer run.
     """
     return AdaptConfig(
         steps=500 if native_bf16 else 250,
@@ -199,7 +200,7 @@ def cpu_demo_defaults(native_bf16: bool = True) -> AdaptConfig:
         eval_every=50,
         eval_crop=128,
         eval_max_images=4,
-        feature_bank=64,
+        feature_bank=200,
         ema_decay=0.99,
         time_budget=CPU_TIME_BUDGET_S,
         attention=AttentionConfig(max_side=256),
