@@ -46,7 +46,7 @@ from adassr.adapt.losses import (
     weighted_l1,
 )
 from adassr.adapt.precision import Precision
-from adassr.adapt.time_budget import TimeBudget
+from adassr.adapt.time_budget import LoopTimes, TimeBudget
 from adassr.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class InternalResult:
     history: list[tuple[int, float]] = field(default_factory=list)
     losses: list[tuple[int, float]] = field(default_factory=list)
     interrupted: int | None = None  # the signal (SIGINT / SIGTERM) that stopped the loop, if any
+    timing: dict[str, float | int] = field(default_factory=dict)  # LoopTimes.to_dict(): where the time went
 
 
 def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -367,6 +368,7 @@ class _Progress:
     losses: list[tuple[int, float]] = field(default_factory=list)
     budget: TimeBudget | None = None  # when a time budget is set: stop so the last evaluation ends in time
     interrupted: int | None = None
+    times: LoopTimes = field(default_factory=LoopTimes)
 
 
 def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stopper: EarlyStopper) -> InternalResult:
@@ -389,6 +391,7 @@ def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stoppe
         history=list(stopper.history),
         losses=run.losses,
         interrupted=run.interrupted,
+        timing=run.times.to_dict(),
     )
 
 
@@ -415,7 +418,9 @@ def run_internal_step(
     decides whether to keep anything), always returning the best weights evaluated so far.
     """
     # the clock starts before the set-up below (the evaluator's cached fronts alone take seconds on a CPU)
-    budget = None if config.time_budget is None else TimeBudget(time.monotonic() + config.time_budget)
+    started = time.monotonic()
+    budget = None if config.time_budget is None else TimeBudget(started + config.time_budget)
+    times = LoopTimes()
     notify = progress or _ignore
     rng = np.random.default_rng(config.seed + 7919)
     torch.manual_seed(config.seed)
@@ -427,9 +432,11 @@ def run_internal_step(
     _add_optimisers(trainer, device)
     evaluator = _Evaluator(model, eval_crops, metric, device=device, precision=precision, tail_from=trainer.tail_from)
     stopper = EarlyStopper(min_delta=config.stop_min_delta, patience=config.stop_patience)
-    before = _timed_evaluation(evaluator, ema_model, budget)
+    times.setup_s = time.monotonic() - started
+    before = _timed_evaluation(evaluator, ema_model, budget, times)
     stopper.observe(0, _group_score(before, 0))
-    run = _Progress(before, before, ema.state_dict(), f"reached the step budget ({config.steps} steps)", budget=budget)
+    run = _Progress(before, before, ema.state_dict(), f"reached the step budget ({config.steps} steps)",
+                    budget=budget, times=times)
     notify(ProgressEvent(0, config.steps, None, _group_score(before, 0), "backbone"))
     batches = _BatchSource(sampler, trainer, rng, device)
     try:
@@ -445,12 +452,15 @@ def run_internal_step(
     return internal_result(start_state, run, stopper)
 
 
-def _timed_evaluation(evaluator: _Evaluator, model: RRDBNet, budget: TimeBudget | None) -> list[float]:
-    """``evaluator(model)``, its duration recorded in ``budget`` when there is one."""
+def _timed_evaluation(evaluator: _Evaluator, model: RRDBNet, budget: TimeBudget | None,
+                      times: LoopTimes) -> list[float]:
+    """``evaluator(model)``, its duration recorded in ``times`` and in ``budget`` when there is one."""
     start = time.monotonic()
     scores = evaluator(model)
+    seconds = time.monotonic() - start
+    times.record_eval(seconds)
     if budget is not None:
-        budget.record_eval(time.monotonic() - start)
+        budget.record_eval(seconds)
     return scores
 
 
@@ -472,15 +482,17 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
     loss_value = float(loss.detach())
     run.losses.append((step, loss_value))
     out_of_time = False
+    now = time.monotonic()
+    starts_period = (step - 1) % config.eval_every == 0
+    run.times.record_step(now - step_start, starts_period=starts_period)
     if run.budget is not None:
-        now = time.monotonic()
-        run.budget.record_step(now - step_start, starts_period=(step - 1) % config.eval_every == 0)
+        run.budget.record_step(now - step_start, starts_period=starts_period)
         out_of_time = run.budget.evaluate_now(now)
     if step % config.eval_every != 0 and step != config.steps and not out_of_time:
         notify(ProgressEvent(step, config.steps, loss_value, None))
         return False
     ema.copy_to(ema_model)
-    scores = _timed_evaluation(evaluator, ema_model, run.budget)
+    scores = _timed_evaluation(evaluator, ema_model, run.budget, run.times)
     if run.budget is not None:
         out_of_time = out_of_time or run.budget.stop_after_evaluation(time.monotonic())
     decision = stopper.observe(step, _group_score(scores, step))

@@ -245,6 +245,7 @@ def manifest_record(
         "best_step": result.best_step,
         "kept_backbone": result.kept_backbone,
         "stop_reason": result.stop_reason,
+        "timing": dict(result.timing),
         "interrupted": result.interrupted is not None,
         "seed": config.seed,
         "precision": precision,

@@ -45,3 +45,51 @@ class TimeBudget:
         """After an evaluation that did not stop the run: True when the next period's first step and
         one evaluation would end past the deadline, so the loop should stop on the weights just evaluated."""
         return now + max(self.period_start_s, self.step_s) + self.eval_s >= self.deadline
+
+
+@dataclass
+class LoopTimes:
+    """Where a training loop's time went: counts and total seconds (recorded for the manifest).
+
+    ``setup_s`` is the loop's set-up before its first evaluation (optimisers, EMA copy, the frozen
+    front of the evaluation crops); a period's first step is counted apart from the plain steps
+    because in tail mode it also builds the period's feature bank. Pure: the caller passes durations.
+    """
+
+    setup_s: float = 0.0
+    steps: int = 0
+    steps_s: float = 0.0
+    period_starts: int = 0
+    period_starts_s: float = 0.0
+    evaluations: int = 0
+    evaluations_s: float = 0.0
+
+    def record_step(self, seconds: float, *, starts_period: bool) -> None:
+        if starts_period:
+            self.period_starts += 1
+            self.period_starts_s += seconds
+        else:
+            self.steps += 1
+            self.steps_s += seconds
+
+    def record_eval(self, seconds: float) -> None:
+        self.evaluations += 1
+        self.evaluations_s += seconds
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Counts, totals and means (seconds, rounded to milliseconds); a mean of nothing is 0."""
+        def mean(total: float, count: int) -> float:
+            return round(total / count, 3) if count else 0.0
+
+        return {
+            "setup_s": round(self.setup_s, 3),
+            "plain_steps": self.steps,
+            "plain_steps_s": round(self.steps_s, 3),
+            "mean_plain_step_s": mean(self.steps_s, self.steps),
+            "period_first_steps": self.period_starts,
+            "period_first_steps_s": round(self.period_starts_s, 3),
+            "mean_period_first_step_s": mean(self.period_starts_s, self.period_starts),
+            "evaluations": self.evaluations,
+            "evaluations_s": round(self.evaluations_s, 3),
+            "mean_evaluation_s": mean(self.evaluations_s, self.evaluations),
+        }

@@ -641,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = {"seed": seed, "wall_s": round(wall, 1), "steps": outcome.steps,
                        "stop_reason": outcome.stop_reason,
                        "kept_backbone": outcome.kept_backbone, "best_step": manifest.get("best_step"),
+                       "timing": manifest.get("timing"),
                        "kernel": {k: v for k, v in manifest["kernel"].items() if k not in ("kernel", "convention")},
                        "niqe_eval_crops": {"before": outcome.niqe_before, "after": outcome.niqe_after},
                        "trace": trace, "load_1min": _load(),

@@ -33,7 +33,9 @@ by :func:`validate_manifest`:
 - adapt: ``images``, ``backbone`` ({name, weights_sha256, ...}), ``scale`` (int 1-16), ``kernel``,
   ``niqe_before``, ``niqe_after``, ``per_image``, ``steps``, ``stop_reason``, ``seed``,
   ``precision``, ``device``, ``wall_time_s``, ``attention``, ``versions``, ``weights_sha256``,
-  ``config``, ``interrupted`` (bool: true when ``--keep-on-interrupt`` published an interrupted run)
+  ``config``, ``interrupted`` (bool: true when ``--keep-on-interrupt`` published an interrupted run),
+  ``timing`` (where the last internal step's time went: set-up, plain steps, the periods' first
+  steps that build the tail-mode feature bank, evaluations; counts, totals and means in seconds)
 - export: ``exports`` ({"onnx": {...}, "onnx_fp16": {...}}, each with ``file``, ``scale`` (1-16),
   optional ``multiple_of`` (1-1024), ``input_name``, ``output_name``)
 - all: ``artifacts`` as above.

@@ -46,6 +46,9 @@ def test_adapt_end_to_end_writes_artifacts(camera_dir: Path, tmp_path: Path, cap
     kernel = np.asarray(manifest["kernel"]["kernel"])
     assert kernel.ndim == 2 and abs(kernel.sum() - 1) < 1e-6
     assert manifest["steps"] == 2 and manifest["seed"] == 1
+    timing = manifest["timing"]  # --eval-every 1: every step starts a period; the backbone is evaluated too
+    assert (timing["plain_steps"], timing["period_first_steps"], timing["evaluations"]) == (0, 2, 3)
+    assert timing["setup_s"] > 0 and timing["period_first_steps_s"] > 0 and timing["evaluations_s"] > 0
     assert manifest["images"][0]["derivation"] == "folder"
     weights = cam.verified_path("adapted.safetensors")
     # a delta on the backbone: the tail's tensors only (about 9 MB), not the 67 MB network

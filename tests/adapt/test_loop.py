@@ -90,6 +90,21 @@ def test_never_returns_weights_worse_than_backbone() -> None:
     assert result.niqe_after == result.niqe_before == [3.0]
 
 
+def test_timing_counts_set_up_steps_period_starts_and_evaluations() -> None:
+    # 6 steps with an evaluation every 2: periods start at steps 1, 3 and 5; the backbone is evaluated too
+    result = run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.0, 3.0, 2.0]), _config(),
+                               device=torch.device("cpu"), precision=FP32, trainable="tail")
+    timing = result.timing
+    assert result.steps == 6
+    assert (timing["plain_steps"], timing["period_first_steps"], timing["evaluations"]) == (3, 3, 4)
+    assert timing["setup_s"] > 0
+    for part, count in (("plain_step", "plain_steps"), ("period_first_step", "period_first_steps"),
+                        ("evaluation", "evaluations")):
+        total = timing[f"{count}_s"]
+        assert total > 0
+        assert timing[f"mean_{part}_s"] == pytest.approx(total / timing[count], abs=1e-3)
+
+
 def test_deterministic_with_seed() -> None:
     outs = []
     for _ in range(2):

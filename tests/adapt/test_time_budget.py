@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adassr.adapt.time_budget import TimeBudget
+from adassr.adapt.time_budget import LoopTimes, TimeBudget
 
 
 def test_evaluates_now_when_one_more_step_and_an_evaluation_would_pass_the_deadline() -> None:
@@ -33,3 +33,18 @@ def test_unmeasured_durations_count_as_zero_and_a_missing_period_start_as_a_plai
     assert budget.stop_after_evaluation(7.0) and not budget.stop_after_evaluation(6.9)
     budget.record_step(0.5, starts_period=False)  # the latest measurement replaces the earlier one
     assert not budget.evaluate_now(9.4) and budget.evaluate_now(9.5)
+
+
+def test_loop_times_count_period_starts_apart_and_report_means() -> None:
+    times = LoopTimes(setup_s=3.0)
+    times.record_step(12.0, starts_period=True)  # builds the feature bank
+    for _ in range(4):
+        times.record_step(0.5, starts_period=False)
+    times.record_eval(2.0)
+    times.record_eval(4.0)
+    assert times.to_dict() == {
+        "setup_s": 3.0, "plain_steps": 4, "plain_steps_s": 2.0, "mean_plain_step_s": 0.5,
+        "period_first_steps": 1, "period_first_steps_s": 12.0, "mean_period_first_step_s": 12.0,
+        "evaluations": 2, "evaluations_s": 6.0, "mean_evaluation_s": 3.0,
+    }
+    assert LoopTimes().to_dict()["mean_evaluation_s"] == 0.0  # no division by zero
