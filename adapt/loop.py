@@ -10,9 +10,10 @@ group's evaluation crops every ``eval_every`` steps, stop when NIQE decreased by
 ``stop_min_delta`` on ``stop_patience`` consecutive evaluations, and return the best EMA weights.
 The unadapted backbone is evaluation 0: weights that never beat it are not returned.
 
-In ``tail`` mode only the last ``tail_blocks`` RRDB blocks and the upsampler train; the frozen
-front's features of a bank of augmented pairs are computed once per evaluation period and reused
-by every step (much cheaper per step on CPU: docs/performance.md).
+In ``tail`` mode only the last ``tail_blocks`` RRDB blocks and the upsampler train; each evaluation
+period samples a bank of augmented pairs, and the frozen front's features of a pair are computed at
+its first draw and reused by later draws in the period (much cheaper per step on CPU:
+docs/performance.md).
 
 With ``time_budget`` set, training stops early enough for the evaluation that closes it to end
 within the budget (:class:`~adassr.adapt.time_budget.TimeBudget`, from the measured durations of
@@ -28,7 +29,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -187,41 +188,87 @@ def _group_score(scores: Sequence[float], step: int) -> float:
     return float(np.mean(finite))
 
 
+_T = TypeVar("_T")
+
+
+def _computed(items: Sequence[_T | None], index: int) -> _T:
+    """``items[index]``, which :meth:`_FeatureBank._compute` must have filled."""
+    item = items[index]
+    if item is None:
+        raise RuntimeError(f"feature bank pair {index} was drawn before its features were computed")
+    return item
+
+
 class _FeatureBank:
-    """Tail mode: a bank of augmented pairs with the frozen front's features precomputed, and the
-    perceptual reference features of the targets when a perceptual term is given."""
+    """Tail mode: a bank of augmented pairs whose frozen-front features (and the perceptual reference
+    features of their targets, when a perceptual term is given) are computed once per pair.
+
+    The pairs are sampled when the bank is made (cheap), in chunks of ``chunk`` as the sampler's
+    seeded stream expects; the network features are computed at a pair's first draw and kept.
+    With a bank as large as a period's draws (200 pairs, 50 steps of 4) about a third of the pairs
+    is never drawn, so computing up front wasted a third of the bank's cost, and computing it at the
+    period's first step made that step cost as much as dozens of plain ones.
+    """
 
     def __init__(self, model: RRDBNet, sample: Callable[[int], PairBatchLike], size: int, *,
                  device: torch.device, precision: Precision, tail_from: int, chunk: int = 8,
                  perceptual: Perceptual | None = None) -> None:
-        feats, hs, hrs, weights = [], [], [], []
-        taps: list[list[torch.Tensor]] = []
+        self.model, self.device, self.precision = model, device, precision
+        self.tail_from, self.perceptual = tail_from, perceptual
+        lrs, hrs, weights = [], [], []
         remaining = size
-        with torch.no_grad():
-            while remaining > 0:
-                n = min(chunk, remaining)
-                batch = sample(n)
-                lr = _to_tensor(batch.lr, device)
-                with precision.autocast():
-                    feat, h = model.run_front(lr, tail_from)
-                feats.append(feat.float())
-                hs.append(h.float())
-                hrs.append(_to_tensor(batch.hr, device))
-                weights.append(_to_tensor(batch.weight, device))
-                if perceptual is not None:
-                    with precision.autocast():
-                        taps.append(perceptual.reference_features(hrs[-1]))
-                remaining -= n
-        self.feat = torch.cat(feats)
-        self.h = torch.cat(hs)
+        while remaining > 0:
+            n = min(chunk, remaining)
+            batch = sample(n)
+            lrs.append(batch.lr)
+            hrs.append(_to_tensor(batch.hr, device))
+            weights.append(_to_tensor(batch.weight, device))
+            remaining -= n
+        self.lr = np.concatenate(lrs)
         self.hr = torch.cat(hrs)
         self.weight = torch.cat(weights)
-        self.hr_features = [torch.cat(level) for level in zip(*taps, strict=True)] if taps else None
+        self.feat: list[torch.Tensor | None] = [None] * size
+        self.h: list[torch.Tensor | None] = [None] * size
+        self.hr_features: list[list[torch.Tensor] | None] = [None] * size
+
+    @property
+    def size(self) -> int:
+        return len(self.feat)
+
+    @property
+    def computed(self) -> int:
+        """How many pairs have their features computed so far."""
+        return sum(f is not None for f in self.feat)
+
+    def _compute(self, indices: list[int]) -> None:
+        """The front (and perceptual reference) features of the pairs ``indices``, in one batch."""
+        with torch.no_grad():
+            lr = _to_tensor(self.lr[indices], self.device)
+            with self.precision.autocast():
+                feat, h = self.model.run_front(lr, self.tail_from)
+            taps = None
+            if self.perceptual is not None:
+                with self.precision.autocast():
+                    taps = self.perceptual.reference_features(self.hr[indices])
+        for row, i in enumerate(indices):
+            self.feat[i], self.h[i] = feat[row].float(), h[row].float()
+            if taps is not None:
+                self.hr_features[i] = [level[row] for level in taps]
 
     def draw(self, batch: int, rng: np.random.Generator) -> _Batch:
-        idx = torch.from_numpy(rng.choice(self.feat.shape[0], size=batch, replace=False))
-        features = None if self.hr_features is None else [f[idx] for f in self.hr_features]
-        return _Batch(self.hr[idx], self.weight[idx], feat=self.feat[idx], h=self.h[idx], hr_features=features)
+        idx = rng.choice(self.size, size=batch, replace=False)
+        missing = [int(i) for i in idx if self.feat[int(i)] is None]
+        if missing:
+            self._compute(missing)
+        rows = [int(i) for i in idx]
+        feat = torch.stack([_computed(self.feat, i) for i in rows])
+        h = torch.stack([_computed(self.h, i) for i in rows])
+        features = None
+        if self.perceptual is not None:
+            per_pair = [_computed(self.hr_features, i) for i in rows]
+            features = [torch.stack(level) for level in zip(*per_pair, strict=True)]
+        index = torch.from_numpy(idx)
+        return _Batch(self.hr[index], self.weight[index], feat=feat, h=h, hr_features=features)
 
 
 @dataclass

@@ -218,6 +218,42 @@ def test_non_finite_numbers_are_config_errors(name: str, flag: str, value: float
         AdaptConfig(**{name: value})
 
 
+def test_feature_bank_computes_a_pairs_features_at_its_first_draw_only() -> None:
+    from adassr.adapt.loop import _FeatureBank
+
+    model = _tiny().eval()
+    calls: list[int] = []
+    run_front = model.run_front
+
+    def counting_front(lr: torch.Tensor, tail_from: int) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(lr.shape[0])
+        return run_front(lr, tail_from)
+
+    model.run_front = counting_front  # type: ignore[method-assign]
+    reference = _Sampler(p=8).sample(10)  # the same seeded stream, drawn in one piece
+    bank = _FeatureBank(model, _Sampler(p=8).sample, 10, device=torch.device("cpu"), precision=FP32,
+                        tail_from=1, chunk=4)
+    assert calls == [] and bank.computed == 0  # sampling the pairs runs no network
+    np.testing.assert_array_equal(bank.lr, reference.lr)  # chunks of 4 keep the sampler's stream
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        before = bank.computed
+        batch = bank.draw(3, rng)
+        assert batch.feat is not None and batch.h is not None and batch.feat.shape[0] == 3
+        assert sum(calls) == bank.computed  # each pair's front ran once, at its first draw
+        assert before <= bank.computed <= before + 3
+    assert sum(calls) == bank.computed <= 10  # 18 draws from 10 pairs: repeats reused their features
+    # the rows of a draw are the front of exactly those pairs' LR inputs, with their targets
+    batch = bank.draw(4, np.random.default_rng(5))
+    idx = np.random.default_rng(5).choice(10, size=4, replace=False)
+    with torch.no_grad():
+        feat, h = run_front(torch.from_numpy(reference.lr[idx]), 1)
+    assert batch.feat is not None and batch.h is not None
+    torch.testing.assert_close(batch.feat, feat, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batch.h, h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batch.hr, torch.from_numpy(reference.hr[idx]))
+
+
 def test_feature_bank_caches_the_perceptual_targets_row_for_row() -> None:
     from adassr.adapt.loop import _FeatureBank
     from adassr.adapt.quality.lpips import LPIPS
