@@ -4,7 +4,7 @@ The loop trains in periods of ``eval_every`` steps and evaluates at each period'
 budget counts the whole run, so training must stop *early enough* for the evaluation that closes
 it: checking only ``now >= deadline`` lets the run overshoot by one step, one evaluation and, when
 the deadline falls just after an evaluation, the next period's first step (which, in tail mode,
-also builds the period's feature bank). :class:`TimeBudget` remembers how long those took last
+also samples the period's bank of pairs). :class:`TimeBudget` remembers how long those took last
 time and answers the two questions the loop asks. Pure: the caller passes the clock readings.
 """
 
@@ -24,7 +24,7 @@ class TimeBudget:
 
     deadline: float
     step_s: float = 0.0  # the latest step that did not start a period
-    period_start_s: float = 0.0  # the latest step that started a period (fresh pairs, feature bank)
+    period_start_s: float = 0.0  # the latest step that started a period (fresh pairs)
     eval_s: float = 0.0  # the latest evaluation
 
     def record_step(self, seconds: float, *, starts_period: bool) -> None:
@@ -53,7 +53,8 @@ class LoopTimes:
 
     ``setup_s`` is the loop's set-up before its first evaluation (optimisers, EMA copy, the frozen
     front of the evaluation crops); a period's first step is counted apart from the plain steps
-    because in tail mode it also builds the period's feature bank. Pure: the caller passes durations.
+    because in tail mode it also samples the period's bank of pairs. Pure: the caller passes
+    durations.
     """
 
     setup_s: float = 0.0

@@ -35,7 +35,7 @@ by :func:`validate_manifest`:
   ``precision``, ``device``, ``wall_time_s``, ``attention``, ``versions``, ``weights_sha256``,
   ``config``, ``interrupted`` (bool: true when ``--keep-on-interrupt`` published an interrupted run),
   ``timing`` (where the last internal step's time went: set-up, plain steps, the periods' first
-  steps that build the tail-mode feature bank, evaluations; counts, totals and means in seconds)
+  steps that sample the tail-mode bank of pairs, evaluations; counts, totals and means in seconds)
 - export: ``exports`` ({"onnx": {...}, "onnx_fp16": {...}}, each with ``file``, ``scale`` (1-16),
   optional ``multiple_of`` (1-1024), ``input_name``, ``output_name``)
 - all: ``artifacts`` as above.
