@@ -257,10 +257,10 @@ class _FeatureBank:
 
     def draw(self, batch: int, rng: np.random.Generator) -> _Batch:
         idx = rng.choice(self.size, size=batch, replace=False)
-        missing = [int(i) for i in idx if self.feat[int(i)] is None]
+        rows = [int(i) for i in idx]
+        missing = [i for i in rows if self.feat[i] is None]
         if missing:
             self._compute(missing)
-        rows = [int(i) for i in idx]
         feat = torch.stack([_computed(self.feat, i) for i in rows])
         h = torch.stack([_computed(self.h, i) for i in rows])
         features = None
