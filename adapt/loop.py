@@ -466,8 +466,8 @@ def run_internal_step(
     """
     # the clock starts before the set-up below (the evaluator's cached fronts alone take seconds on a CPU)
     started = time.monotonic()
-    budget = None if config.time_budget is None else TimeBudget(started + config.time_budget)
     times = LoopTimes()
+    budget = None if config.time_budget is None else TimeBudget(started + config.time_budget, times)
     notify = progress or _ignore
     rng = np.random.default_rng(config.seed + 7919)
     torch.manual_seed(config.seed)
@@ -480,7 +480,7 @@ def run_internal_step(
     evaluator = _Evaluator(model, eval_crops, metric, device=device, precision=precision, tail_from=trainer.tail_from)
     stopper = EarlyStopper(min_delta=config.stop_min_delta, patience=config.stop_patience)
     times.setup_s = time.monotonic() - started
-    before = _timed_evaluation(evaluator, ema_model, budget, times)
+    before = _timed_evaluation(evaluator, ema_model, times)
     stopper.observe(0, _group_score(before, 0))
     run = _Progress(before, before, ema.state_dict(), f"reached the step budget ({config.steps} steps)",
                     budget=budget, times=times)
@@ -499,15 +499,11 @@ def run_internal_step(
     return internal_result(start_state, run, stopper)
 
 
-def _timed_evaluation(evaluator: _Evaluator, model: RRDBNet, budget: TimeBudget | None,
-                      times: LoopTimes) -> list[float]:
-    """``evaluator(model)``, its duration recorded in ``times`` and in ``budget`` when there is one."""
+def _timed_evaluation(evaluator: _Evaluator, model: RRDBNet, times: LoopTimes) -> list[float]:
+    """``evaluator(model)``, its duration recorded in ``times`` (which the time budget reads)."""
     start = time.monotonic()
     scores = evaluator(model)
-    seconds = time.monotonic() - start
-    times.record_eval(seconds)
-    if budget is not None:
-        budget.record_eval(seconds)
+    times.record_eval(time.monotonic() - start)
     return scores
 
 
@@ -533,13 +529,12 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
     starts_period = (step - 1) % config.eval_every == 0
     run.times.record_step(now - step_start, starts_period=starts_period)
     if run.budget is not None:
-        run.budget.record_step(now - step_start, starts_period=starts_period)
         out_of_time = run.budget.evaluate_now(now)
     if step % config.eval_every != 0 and step != config.steps and not out_of_time:
         notify(ProgressEvent(step, config.steps, loss_value, None))
         return False
     ema.copy_to(ema_model)
-    scores = _timed_evaluation(evaluator, ema_model, run.budget, run.times)
+    scores = _timed_evaluation(evaluator, ema_model, run.times)
     if run.budget is not None:
         out_of_time = out_of_time or run.budget.stop_after_evaluation(time.monotonic())
     decision = stopper.observe(step, _group_score(scores, step))

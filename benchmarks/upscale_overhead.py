@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 def _write(args: argparse.Namespace, cpu: Any, rows: list[dict[str, Any]]) -> None:
     import os
 
-    from adassr.runtime.cpu_info import intra_op_threads
+    from adassr.runtime.cpu_info import intra_op_threads, report_tag
     from adassr.runtime.store import atomic_write_bytes
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -136,7 +136,7 @@ def _write(args: argparse.Namespace, cpu: Any, rows: list[dict[str, Any]]) -> No
                          f"the input pixels, {r['network_s'] / base['network_s']:.2f}x the network time, "
                          f"{r['whole_s'] / base['whole_s']:.2f}x the whole time")
     text = "\n".join(lines) + "\n"
-    tag = "".join(c if c.isalnum() else "-" for c in cpu.model_name.lower()).strip("-")[:40]
+    tag = report_tag(cpu.model_name, cpu)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / f"upscale_overhead_{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(args.out / f"upscale_overhead_{tag}.md", text.encode())

@@ -48,6 +48,7 @@ def latency_options(args: argparse.Namespace) -> LatencyOptions:
 
 def run_bench(args: argparse.Namespace) -> int:
     """The ``bench`` command: build :class:`LatencyOptions` from ``args``, time, print and save the report."""
+    from adassr.runtime.cpu_info import detect_cpu, report_tag
     from adassr.runtime.store import atomic_write_bytes
 
     options = latency_options(args)
@@ -62,7 +63,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(text)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
-    tag = "".join(c if c.isalnum() else "-" for c in result["machine"].lower()).strip("-")[:60]
+    tag = report_tag(result["machine"], cpu=None if result.get("gpu") else detect_cpu())
     atomic_write_bytes(out / f"latency_{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(out / f"latency_{tag}.md", text.encode())
     print(f"results: {out / f'latency_{tag}.md'}")

@@ -294,6 +294,17 @@ def cpu_key(cpu: CpuInfo) -> str:
     return f"{name}|{cpu.vendor}|{cpu.family}|{cpu.model}|{cpu.isa}|bf16={int(cpu.native_bf16)}"
 
 
+def report_tag(machine: str, cpu: CpuInfo | None = None) -> str:
+    """The report files' name part: the machine, plus the CPU's vector ISA and bf16 for a CPU report.
+
+    CPUs of different generations share a model name (``AMD EPYC`` is Zen 2 to Zen 5 in a VM), so a
+    CPU report names the ISA too, and reports from an AVX2 and an AVX-512 machine do not overwrite
+    each other.
+    """
+    name = machine if cpu is None else f"{machine} {cpu.isa}{' bf16' if cpu.native_bf16 else ''}"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:80] or "machine"
+
+
 def limit_opencv_threads(threads: int) -> None:
     """Give OpenCV's pool ``threads`` threads (its default counts every logical CPU of the host)."""
     import cv2

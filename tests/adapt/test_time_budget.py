@@ -5,10 +5,15 @@ from __future__ import annotations
 from adassr.adapt.time_budget import LoopTimes, TimeBudget
 
 
+def _budget(deadline: float) -> tuple[TimeBudget, LoopTimes]:
+    times = LoopTimes()
+    return TimeBudget(deadline, times), times
+
+
 def test_evaluates_now_when_one_more_step_and_an_evaluation_would_pass_the_deadline() -> None:
-    budget = TimeBudget(deadline=100.0)
-    budget.record_step(2.0, starts_period=False)
-    budget.record_eval(10.0)
+    budget, times = _budget(100.0)
+    times.record_step(2.0, starts_period=False)
+    times.record_eval(10.0)
     assert not budget.evaluate_now(87.9)  # 87.9 + 2 + 10 = 99.9: one more step still fits
     assert budget.evaluate_now(88.0)  # 88 + 2 + 10 = 100: the evaluation would end at the deadline
     assert budget.evaluate_now(150.0)
@@ -16,23 +21,24 @@ def test_evaluates_now_when_one_more_step_and_an_evaluation_would_pass_the_deadl
 
 def test_after_an_evaluation_the_next_periods_first_step_counts() -> None:
     # in tail mode a period's first step also builds the feature bank: much dearer than a plain step
-    budget = TimeBudget(deadline=100.0)
-    budget.record_step(15.0, starts_period=True)
-    budget.record_step(1.0, starts_period=False)
-    budget.record_eval(5.0)
+    budget, times = _budget(100.0)
+    times.record_step(15.0, starts_period=True)
+    times.record_step(1.0, starts_period=False)
+    times.record_eval(5.0)
     assert not budget.evaluate_now(80.0)  # plain steps still fit: 80 + 1 + 5 < 100
     assert budget.stop_after_evaluation(80.0)  # a new period would not: 80 + 15 + 5 = 100
     assert not budget.stop_after_evaluation(79.0)
-    assert (budget.step_s, budget.period_start_s, budget.eval_s) == (1.0, 15.0, 5.0)
+    assert (times.last_step_s, times.last_period_start_s, times.last_eval_s) == (1.0, 15.0, 5.0)
 
 
 def test_unmeasured_durations_count_as_zero_and_a_missing_period_start_as_a_plain_step() -> None:
-    budget = TimeBudget(deadline=10.0)
+    budget, times = _budget(10.0)
     assert not budget.evaluate_now(9.9) and budget.evaluate_now(10.0)
-    budget.record_step(3.0, starts_period=False)
+    times.record_step(3.0, starts_period=False)
     assert budget.stop_after_evaluation(7.0) and not budget.stop_after_evaluation(6.9)
-    budget.record_step(0.5, starts_period=False)  # the latest measurement replaces the earlier one
+    times.record_step(0.5, starts_period=False)  # the latest measurement replaces the earlier one
     assert not budget.evaluate_now(9.4) and budget.evaluate_now(9.5)
+    assert times.to_dict()["plain_steps_s"] == 3.5  # while the record keeps the total
 
 
 def test_loop_times_count_period_starts_apart_and_report_means() -> None:

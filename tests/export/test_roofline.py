@@ -76,3 +76,15 @@ def test_scalings_written_as_convs_are_not_counted_as_work(tmp_path: Path) -> No
     onnx.save(rewritten, str(tmp_path / "b.onnx"))
     expected = 9 * (3 * 8 + 8 * 8 + 8 * 8)
     assert conv_macs_per_input_pixel(tmp_path / "a.onnx") == conv_macs_per_input_pixel(tmp_path / "b.onnx") == expected
+
+
+def test_cpu_report_files_name_the_vector_isa() -> None:
+    from dataclasses import replace
+
+    from adassr.runtime.cpu_info import report_tag
+
+    avx2 = _cpu()
+    avx512_bf16 = replace(avx2, flags=avx2.flags | {"avx512f", "avx512_bf16"})
+    assert report_tag("AMD EPYC, 2 cores", avx2) == "amd-epyc-2-cores-avx2"
+    assert report_tag("AMD EPYC, 2 cores", avx512_bf16) == "amd-epyc-2-cores-avx512-bf16"
+    assert report_tag("NVIDIA H200") == "nvidia-h200"  # a GPU report: the GPU alone
