@@ -7,7 +7,9 @@ Pipeline (all in memory; nothing reaches the store until every requested precisi
    (``torch.export.Dim`` with min 1; RRDBNet has no size constraint). Nodes are named after their
    module; the exporter's per-node metadata (stack traces, FX names) is dropped; the model's
    ``metadata_props`` record camera, scale, backbone, weights_sha256, adassr version, precision,
-   I/O names and dtype.
+   I/O names and dtype. The graph comes from the store's graph cache when it holds this
+   architecture's (:mod:`adassr.export.graph_cache`: the same bytes with the model's weights);
+   a cached graph that fails step 2 is exported afresh.
 2. fp32 validation: ``onnx.checker`` (full check), then onnxruntime CPU vs PyTorch fp32 on real photo
    crops (see :mod:`adassr.export.crops`: batch 2 of 32x32 plus one 20x28 crop, so the dynamic axes are
    exercised); max abs error <= :data:`FP32_TOLERANCE`.
@@ -40,6 +42,7 @@ import numpy as np
 
 from adassr.export.crops import ValidationInput, bundled_photos, find_validation_photo, photo_crops, validation_inputs
 from adassr.export.errors import ExportError
+from adassr.export.graph_cache import GraphCache, cached_export, store_graph_folder
 from adassr.runtime.errors import StoreError
 from adassr.runtime.store import (
     EXPORT_KEYS,
@@ -153,8 +156,12 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 
-def export_fp32(model: torch.nn.Module, identity: ModelIdentity) -> onnx.ModelProto:
-    """Export ``model`` (CPU, fp32) with dynamic N/H/W; the proto carries ``identity``'s metadata."""
+EXPORT_SETTINGS = f"torch.onnx.export dynamo opset {OPSET}; example 2x3x32x32; dynamic N/H/W min 1; optimize; tidy 1"
+"""What :func:`trace_fp32` does, part of the graph cache's key (change it with the function)."""
+
+
+def trace_fp32(model: torch.nn.Module) -> onnx.ModelProto:
+    """Export ``model`` (CPU, fp32) with dynamic N/H/W and tidied node names; no model metadata."""
     import torch
 
     example = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -176,8 +183,16 @@ def export_fp32(model: torch.nn.Module, identity: ModelIdentity) -> onnx.ModelPr
         raise ExportError("torch.onnx.export returned no program; nothing was published")
     proto = program.model_proto
     tidy_node_metadata(proto)
-    set_metadata(proto, identity.metadata("fp32"))
     return proto
+
+
+def export_fp32(model: torch.nn.Module, identity: ModelIdentity,
+                graphs: GraphCache | None = None) -> tuple[onnx.ModelProto, bool]:
+    """``(proto, from_cache)``: ``model`` as ONNX fp32 carrying ``identity``'s metadata, from the graph
+    cache ``graphs`` when it holds this architecture's graph (:mod:`adassr.export.graph_cache`)."""
+    proto, from_cache = cached_export(model, trace_fp32, graphs)
+    set_metadata(proto, identity.metadata("fp32"))
+    return proto, from_cache
 
 
 def tidy_node_metadata(proto: onnx.ModelProto) -> None:
@@ -356,32 +371,57 @@ def validate_fp16(data: bytes, proto: onnx.ModelProto, cases: Sequence[Case], *,
 # -- build (export + validate, nothing written) -----------------------------------------------
 
 
+def _fp32_file(proto: onnx.ModelProto, cases: Sequence[Case]) -> tuple[onnx.ModelProto, bytes, float]:
+    """The fp32 file (with the layout-friendly scalings of export/ort_layout.py), its bytes and its
+    validated max abs error vs PyTorch; raises ``ExportError`` when validation fails."""
+    from adassr.export.ort_layout import scalar_muls_as_convs
+
+    fp32_proto, rewritten = scalar_muls_as_convs(proto)
+    log.info("%d scalar Mul node(s) written as 1x1 Conv for onnxruntime's blocked CPU layout", rewritten)
+    data = fp32_proto.SerializeToString()
+    return fp32_proto, data, validate_fp32(data, fp32_proto, cases)
+
+
 def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Sequence[str],
                  inputs: Sequence[ValidationInput], *,
-                 fp16_extra_inputs: Sequence[ValidationInput] = ()) -> list[ValidatedModel]:
-    """Export and validate every requested precision; raises ``ExportError`` on the first failure."""
+                 fp16_extra_inputs: Sequence[ValidationInput] = (),
+                 graphs: GraphCache | None = None) -> list[ValidatedModel]:
+    """Export and validate every requested precision; raises ``ExportError`` on the first failure.
+
+    ``graphs``: the store's graph cache; a cached graph that fails validation is exported afresh.
+    """
     from adassr.export.fp16 import FP32_POLICY, convert_to_fp16, default_fp32_nodes
-    from adassr.export.ort_layout import scalar_muls_as_convs
     from adassr.export.structure import structure_sha256
 
     where = "; ".join(item.description for item in inputs)
     start = time.perf_counter()
-    proto = export_fp32(model, identity)
+    proto, from_cache = export_fp32(model, identity, graphs)
     export_s = round(time.perf_counter() - start, 2)
-    log.info("exported %s (%s) in %.1f s", identity.camera, identity.backbone, export_s)
-    # The fp32 file gets the layout-friendly scalings (export/ort_layout.py); fp16 converts the export as is.
-    fp32_proto, rewritten = scalar_muls_as_convs(proto)
-    log.info("%d scalar Mul node(s) written as 1x1 Conv for onnxruntime's blocked CPU layout", rewritten)
-    data = fp32_proto.SerializeToString()
+    log.info("%s %s (%s) in %.1f s", "filled the cached graph of" if from_cache else "exported",
+             identity.camera, identity.backbone, export_s)
+    start = time.perf_counter()
+    cases = reference_cases(model, inputs, identity.scale)
+    try:
+        fp32_proto, data, error = _fp32_file(proto, cases)
+    except ExportError as exc:
+        if not from_cache:
+            raise
+        # a stale or damaged cache entry costs a fresh export, never a wrong model
+        log.warning("the cached ONNX graph failed validation (%s); exporting afresh", exc)
+        retry = time.perf_counter()
+        proto = trace_fp32(model)
+        export_s = round(time.perf_counter() - retry, 2)
+        if graphs is not None:
+            graphs.put(model, proto)
+        set_metadata(proto, identity.metadata("fp32"))
+        from_cache = False
+        fp32_proto, data, error = _fp32_file(proto, cases)
+    log.info("fp32 model: max abs error vs PyTorch %.3g (validated in %.1f s)", error, time.perf_counter() - start)
     base = {
         "scale": identity.scale, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "io_dtype": "float32",
         "opset": OPSET, "weights_sha256": identity.weights_sha256, "backbone": identity.backbone,
-        "export_time_s": export_s, "validated_on": where,
+        "export_time_s": export_s, "graph_from_cache": from_cache, "validated_on": where,
     }
-    start = time.perf_counter()
-    cases = reference_cases(model, inputs, identity.scale)
-    error = validate_fp32(data, fp32_proto, cases)
-    log.info("fp32 model: max abs error vs PyTorch %.3g (validated in %.1f s)", error, time.perf_counter() - start)
     models = []
     if "fp32" in precisions:
         models.append(ValidatedModel("fp32", data, {
@@ -459,6 +499,11 @@ def publish_models(tx: StoreTransaction, models: Sequence[ValidatedModel], ident
 # -- entry points -----------------------------------------------------------------------------
 
 
+def store_graph_cache(store_root: str | os.PathLike[str]) -> GraphCache:
+    """The graph cache of a store (``<store>/_cache/onnx_graphs``) for this module's exports."""
+    return GraphCache(store_graph_folder(store_root), EXPORT_SETTINGS)
+
+
 def _fp16_extra(precisions: Sequence[str]) -> list[ValidationInput]:
     if "fp16" not in precisions:
         return []
@@ -499,7 +544,7 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
         identity = ModelIdentity(store.camera, name, loaded.scale, digest)
         photo = find_validation_photo(manifest.get("images") or (), validation_image)
         models = build_models(loaded.model, identity, precisions, validation_inputs(photo),
-                              fp16_extra_inputs=_fp16_extra(precisions))
+                              fp16_extra_inputs=_fp16_extra(precisions), graphs=store_graph_cache(store_root))
         records = publish_models(tx, models, identity)
     return ExportResult(store.camera, store.directory, records)
 
@@ -516,7 +561,7 @@ def export_loaded_fallback(store_root: str | os.PathLike[str], loaded: LoadedBac
     photo = find_validation_photo((), validation_image)
     with store.transaction() as tx:
         models = build_models(loaded.model, identity, precisions, validation_inputs(photo),
-                              fp16_extra_inputs=_fp16_extra(precisions))
+                              fp16_extra_inputs=_fp16_extra(precisions), graphs=store_graph_cache(store_root))
         fields = {
             "backbone": {"name": loaded.entry.name, "weights_sha256": digest, "source": loaded.source,
                          "licence": loaded.entry.licence},

@@ -100,7 +100,14 @@ def export_model_as_camera(model: torch.nn.Module, store_root: str | os.PathLike
     """
     from adassr.adapt.weights import state_dict_sha256
     from adassr.export.crops import find_validation_photo, validation_inputs
-    from adassr.export.onnx import ModelIdentity, _fp16_extra, build_models, publish_models, resolve_precisions
+    from adassr.export.onnx import (
+        ModelIdentity,
+        _fp16_extra,
+        build_models,
+        publish_models,
+        resolve_precisions,
+        store_graph_cache,
+    )
 
     precisions = resolve_precisions(precision)
     model = model.float().cpu().eval()
@@ -109,7 +116,7 @@ def export_model_as_camera(model: torch.nn.Module, store_root: str | os.PathLike
     store = CameraStore.open(store_root, camera, create=True)
     photo = find_validation_photo((), validation_image)
     models = build_models(model, identity, precisions, validation_inputs(photo),
-                          fp16_extra_inputs=_fp16_extra(precisions))
+                          fp16_extra_inputs=_fp16_extra(precisions), graphs=store_graph_cache(store_root))
     fields: dict[str, Any] = {"backbone": {"name": backbone, "weights_sha256": backbone_sha256 or digest},
                               "scale": scale,
                               "weights_sha256": digest}
