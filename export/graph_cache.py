@@ -87,8 +87,12 @@ def graph_key(model: torch.nn.Module, settings: str) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _numpy_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {name: t.detach().cpu().numpy() for name, t in model.state_dict().items()}
+def _numpy_state(model: torch.nn.Module) -> dict[str, np.ndarray] | None:
+    """The model's state as numpy arrays, or None when a tensor has no numpy dtype (bfloat16)."""
+    try:
+        return {name: t.detach().cpu().numpy() for name, t in model.state_dict().items()}
+    except (TypeError, RuntimeError):
+        return None
 
 
 def _initializer_indices(proto: onnx.ModelProto, state: dict[str, np.ndarray]) -> dict[str, int] | None:
@@ -153,7 +157,8 @@ class GraphCache:
             log.warning("ignoring the cached ONNX graph %s: it records key %s", path, recorded)
             return None
         del proto.metadata_props[:]
-        filled = with_weights(proto, _numpy_state(model))
+        state = _numpy_state(model)
+        filled = None if state is None else with_weights(proto, state)
         if filled is None:
             log.warning("ignoring the cached ONNX graph %s: its initializers do not match the model's weights; "
                         "exporting afresh", path)
@@ -164,7 +169,8 @@ class GraphCache:
 
     def put(self, model: torch.nn.Module, proto: onnx.ModelProto) -> None:
         """Keep ``proto`` (exported from ``model``) for the next export of the same architecture."""
-        if _initializer_indices(proto, _numpy_state(model)) is None:
+        state = _numpy_state(model)
+        if state is None or _initializer_indices(proto, state) is None:
             log.info("not caching the ONNX graph: its initializers do not name every weight of the model")
             return
         import onnx

@@ -130,3 +130,11 @@ def test_the_folder_keeps_under_its_cap(tmp_path: Path) -> None:
     other = GraphCache(tmp_path, "other settings", max_bytes=int(size * 1.5))
     other.put(_model(0), proto)
     assert [p.name for p in tmp_path.glob("*.onnx")] == [other.path(_model(0)).name]  # the older one went
+
+
+def test_a_model_without_numpy_weights_is_exported_without_the_cache(tmp_path: Path) -> None:
+    cache = _cache(tmp_path)
+    model = _model(0).to(torch.bfloat16)
+    assert cache.get(model) is None
+    cache.put(model, onnx.ModelProto())
+    assert list(tmp_path.glob("*.onnx")) == []
