@@ -31,6 +31,7 @@ import numpy as np
 
 from adassr.adapt.config import AttentionConfig
 from adassr.runtime.errors import StoreError
+from adassr.runtime.lru_folder import evict_least_recent
 from adassr.runtime.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -103,16 +104,4 @@ class WeightMapCache:
                         self.folder, exc)
 
     def _evict(self) -> None:
-        entries = []
-        for entry in self.folder.glob("*.npy"):
-            try:
-                stat = entry.stat()
-            except OSError:
-                continue
-            entries.append((stat.st_mtime, stat.st_size, entry))
-        total = sum(size for _, size, _ in entries)
-        for _, size, entry in sorted(entries, key=lambda e: e[0]):
-            if total <= self.max_bytes:
-                break
-            entry.unlink(missing_ok=True)
-            total -= size
+        evict_least_recent(self.folder, "*.npy", self.max_bytes)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from adassr.runtime.errors import StoreError
+from adassr.runtime.lru_folder import evict_least_recent
 from adassr.runtime.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -189,19 +190,7 @@ class GraphCache:
             log.warning("could not cache the ONNX graph in %s (%s); the export goes on without it", self.folder, exc)
 
     def _evict(self) -> None:
-        entries = []
-        for entry in self.folder.glob("*.onnx"):
-            try:
-                stat = entry.stat()
-            except OSError:
-                continue
-            entries.append((stat.st_mtime, stat.st_size, entry))
-        total = sum(size for _, size, _ in entries)
-        for _, size, entry in sorted(entries, key=lambda e: e[0]):
-            if total <= self.max_bytes:
-                break
-            entry.unlink(missing_ok=True)
-            total -= size
+        evict_least_recent(self.folder, "*.onnx", self.max_bytes)
 
 
 def cached_export(model: torch.nn.Module, export: Callable[[torch.nn.Module], onnx.ModelProto],
