@@ -118,11 +118,16 @@ def guidance_map(
 def trunk_features(
     model: RRDBNet, image: np.ndarray, *, device: torch.device, precision: Precision
 ) -> torch.Tensor:
-    """``model.trunk_features`` of an ``H x W x 3`` image: ``(1, C, H, W)`` float32 on ``device``."""
+    """``model.trunk_features`` of an ``H x W x 3`` image: ``(1, C, H, W)`` float32 on ``device``.
+
+    The input goes in channels-last (NHWC) memory order, which the convolutions follow: on a 2-core
+    AVX2 CPU the trunk runs 1.3x faster that way than in NCHW (15 s instead of 20 s on a 256 x 171
+    image, docs/cpu.md); the values are the same up to float rounding. The model is not touched.
+    """
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
     with torch.no_grad(), precision.autocast():
-        features = model.trunk_features(x)
-    return features.float()
+        features = model.trunk_features(x.contiguous(memory_format=torch.channels_last))
+    return features.float().contiguous()
 
 
 def self_similarity_grid(features: torch.Tensor, config: AttentionConfig) -> torch.Tensor:

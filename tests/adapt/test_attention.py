@@ -20,6 +20,7 @@ from adassr.adapt.attention import (
     guidance_map,
     self_similarity_grid,
     similarity_grid,
+    trunk_features,
     weight_from_map,
 )
 from adassr.adapt.config import AttentionConfig
@@ -275,3 +276,16 @@ def test_bad_inputs_raise_typed_errors(small_model: RRDBNet, photo: np.ndarray) 
     for bad_config in ({"temperature": 0.0}, {"highpass": 4}, {"texture_floor": -1.0}, {"max_side": 4}):
         with pytest.raises(ConfigError):
             AttentionConfig(**bad_config)
+
+
+def test_trunk_features_match_the_plain_forward_and_leave_the_model_as_it_was(
+        small_model: RRDBNet, photo: np.ndarray) -> None:
+    """The channels-last input is a speed choice only: same features, NCHW out, model untouched."""
+    formats = [p.is_contiguous() for p in small_model.parameters()]
+    got = trunk_features(small_model, photo, device=CPU, precision=FP32)
+    with torch.no_grad():
+        plain = small_model.trunk_features(torch.from_numpy(np.ascontiguousarray(photo.transpose(2, 0, 1)))[None])
+    assert got.shape == plain.shape == (1, 32, 48, 72)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
+    assert [p.is_contiguous() for p in small_model.parameters()] == formats
