@@ -156,7 +156,7 @@ class _Evaluator:
         self.device = device
         self.precision = precision
         self.tail_from = tail_from
-        # channels-last: the evaluation's tail runs 1.3x faster on a 2-core AVX2 CPU (docs/cpu.md)
+        # channels-last: the evaluation's tail runs 1.26x faster on a 2-core AVX2 CPU (docs/cpu.md)
         self.inputs = [_to_tensor(c.transpose(2, 0, 1)[None], device).contiguous(memory_format=torch.channels_last)
                        for c in crops]
         self.fronts: list[tuple[torch.Tensor, torch.Tensor]] | None = None
