@@ -16,7 +16,8 @@ outside the training step, each with an NCHW input and with the same input in ch
   when it draws new feature-bank pairs.
 
 The two layouts alternate for ``--rounds`` rounds after one warm-up call each and the median is
-kept, so both see the same machine load. The trunk's rate is given in GFLOP/s and as a share of the
+kept, so both see the same machine load. The trunk's rate (its convolutions counted by
+``export/gpu_bench.macs_per_lr_pixel``) is given in GFLOP/s and as a share of the
 CPU's nominal fp32 peak (``runtime/cpu_info.py``). Results: ``<out>/memory_format_<cpu>.{json,md}``.
 """
 
@@ -32,7 +33,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TAIL_FROM = 20  # the CPU default: the last 3 of 23 blocks are trained
-TRUNK_MACS_PER_PIXEL = 16.5e6  # 23 RRDB blocks of 3 dense blocks (conv_first / conv_body left out)
 
 
 Inputs = tuple[Any, ...]
@@ -42,6 +42,17 @@ def _cases(model: Any) -> list[tuple[str, Callable[..., Any], Inputs, float | No
     """``(name, run, inputs, flop)`` per measured part; ``run(*inputs)``; ``flop`` where counted."""
     import torch
 
+    from adassr.export.gpu_bench import macs_per_lr_pixel
+
+    class Trunk(torch.nn.Module):  # the weight map's part of the network, for counting its convolutions
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: Any) -> Any:
+            return model.trunk_features(x)
+
+    trunk_macs = macs_per_lr_pixel(Trunk())
     crop = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
         feat, h = model.run_front(crop, TAIL_FROM)
@@ -54,9 +65,9 @@ def _cases(model: Any) -> list[tuple[str, Callable[..., Any], Inputs, float | No
 
     return [
         ("weight-map trunk 256x171", model.trunk_features, (torch.rand(1, 3, 171, 256),),
-         2 * TRUNK_MACS_PER_PIXEL * 171 * 256),
+         2 * trunk_macs * 171 * 256),
         ("weight-map trunk 256x256", model.trunk_features, (torch.rand(1, 3, 256, 256),),
-         2 * TRUNK_MACS_PER_PIXEL * 256 * 256),
+         2 * trunk_macs * 256 * 256),
         ("evaluation tail, one 128x128 crop", tail, (feat, h), None),
         ("bank front, 4 pairs of 24x24", front, (torch.rand(4, 3, 24, 24),), None),
     ]
