@@ -44,6 +44,7 @@ upsampled and normalised to mean 1 like the attention map.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -55,6 +56,9 @@ from adassr.adapt.config import AttentionConfig
 from adassr.adapt.precision import Precision
 from adassr.cuda_kernels import pooled_attention_map
 from adassr.runtime.errors import ConfigError, ShapeError
+
+if TYPE_CHECKING:
+    from adassr.adapt.feature_trunk import FeatureTrunk
 
 MAP_WEIGHT = 0.9  # w = MAP_WEIGHT * map + (1 - MAP_WEIGHT), then clipped (§IV-A1)
 WEIGHT_MIN = 0.1
@@ -69,12 +73,13 @@ def compute_weight_map(
     *,
     device: torch.device,
     precision: Precision,
+    trunk: FeatureTrunk | None = None,
 ) -> np.ndarray:
     """Per-pixel loss weight ``clip(0.9 * map + 0.1, 0.1, 3.0)`` at LR resolution, ``H x W`` float32.
 
     ``image`` is the LR image, ``H x W x 3`` float in [0, 1]; ``map`` is :func:`guidance_map`.
     """
-    return weight_from_map(guidance_map(model, image, config, device=device, precision=precision))
+    return weight_from_map(guidance_map(model, image, config, device=device, precision=precision, trunk=trunk))
 
 
 def weight_from_map(guidance: np.ndarray) -> np.ndarray:
@@ -90,8 +95,12 @@ def guidance_map(
     *,
     device: torch.device,
     precision: Precision,
+    trunk: FeatureTrunk | None = None,
 ) -> np.ndarray:
     """The raw map of ``config.mode`` before the weighting: ``H x W`` float32, mean 1.
+
+    ``trunk`` computes the features (default: :func:`trunk_features` of ``model`` in PyTorch;
+    :func:`adassr.adapt.feature_trunk.feature_trunk` picks onnxruntime on an fp32 CPU).
 
     Raises:
         ShapeError: ``image`` is not ``H x W x 3``, or too small for ``pool`` and ``exclude_radius``.
@@ -105,7 +114,8 @@ def guidance_map(
         grid = gradient_grid(image, config.pool)
         return _to_image_map(grid, config.pool, (height, width), (height, width))
     small = _resize_longer_side(image, config.max_side)
-    features = trunk_features(model, small, device=device, precision=precision)
+    features = (trunk(small) if trunk is not None
+                else trunk_features(model, small, device=device, precision=precision))
     if config.mode == "similarity":
         grid = similarity_grid(features, config.pool)
     elif config.mode == "attention":

@@ -103,9 +103,12 @@ def _weight_maps(model: RRDBNet, images: Sequence[np.ndarray], config: AdaptConf
     if config.attention.mode == "uniform":
         return None
     from adassr.adapt.attention import compute_weight_map
+    from adassr.adapt.feature_trunk import feature_trunk
+
+    trunk = feature_trunk(model, device=device, precision=precision)  # opens its session at the first call
 
     def compute(image: np.ndarray) -> np.ndarray:
-        return compute_weight_map(model, image, config.attention, device=device, precision=precision)
+        return compute_weight_map(model, image, config.attention, device=device, precision=precision, trunk=trunk)
 
     return [compute(image) if cache is None else cache.get_or_compute(image, compute) for image in images]
 

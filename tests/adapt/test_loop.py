@@ -272,3 +272,28 @@ def test_feature_bank_caches_the_perceptual_targets_row_for_row() -> None:
     plain = _FeatureBank(model, _Sampler(p=12).sample, 6, device=torch.device("cpu"),
                          precision=FP32, tail_from=1)
     assert plain.draw(3, np.random.default_rng(0)).hr_features is None
+
+
+@pytest.mark.parametrize("trainable", ["all", "tail"])
+def test_evaluation_runs_in_fp32_when_training_runs_in_bf16(trainable: str) -> None:
+    """NIQE scores what the exported (fp32) model outputs, not bf16-rounded outputs."""
+    model = _tiny(4)
+    with torch.no_grad():  # weights large enough that bf16 rounding shows in the output
+        for p in model.parameters():
+            p.mul_(4.0)
+    crop = torch.from_numpy(CROPS[0].transpose(2, 0, 1).copy())[None]
+    with torch.no_grad():
+        want = model(crop).clamp(0, 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rounded = model(crop).float().clamp(0, 1)
+    assert float((rounded - want).abs().max()) > 0.05  # bf16 would be visible
+    seen: list[torch.Tensor] = []
+
+    def metric(sr: torch.Tensor) -> torch.Tensor:
+        seen.append(sr.detach().clone())
+        return torch.tensor([5.0 - len(seen)])
+
+    run_internal_step(model, _Sampler(), CROPS, metric, _config(steps=2, eval_every=2),
+                      device=torch.device("cpu"), precision=Precision("bf16", "cpu"), trainable=trainable)
+    assert seen[0].dtype == torch.float32
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-3)  # the backbone's, up to fp32 rounding
