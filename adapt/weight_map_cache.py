@@ -7,7 +7,9 @@ group are the same as last time, so each map is stored under a key of everything
 - the image's pixels (float32 bytes and shape),
 - the digest of the backbone weights the features come from,
 - the attention configuration (every field),
-- the compute precision and the device type (bf16 and fp32 maps differ in the last bits).
+- the compute precision and the device type (bf16 and fp32 maps differ in the last bits; fp32
+  maps of a CPU from onnxruntime or PyTorch agree to float rounding and share a key, see
+  :mod:`adassr.adapt.feature_trunk`).
 
 Files are ``<folder>/<key>.npy`` (the adaptation uses ``<store>/_cache/weight_maps``), written
 atomically. A file that cannot be read, or holds the wrong shape or non-finite values, is ignored
