@@ -23,7 +23,6 @@ CPU's nominal fp32 peak (``runtime/cpu_info.py``). Results: ``<out>/memory_forma
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -31,7 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from cpu_bench_setup import cpu_bench, parse_round_args
+
 TAIL_FROM = 20  # the CPU default: the last 3 of 23 blocks are trained
 
 
@@ -85,23 +85,12 @@ def _time(run: Callable[..., Any], inputs: Inputs, channels_last: bool) -> float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be >= 1")
+    args = parse_round_args(__doc__, argv)
 
     import torch
 
-    from adassr.adapt.cpu_setup import configure_cpu_threads
-    from adassr.adapt.weights import load_backbone
-    from adassr.runtime.cpu_info import detect_cpu, fp32_peak
-
-    cpu = detect_cpu()
-    threads = configure_cpu_threads()
-    peak = fp32_peak(cpu).gflops
-    model = load_backbone().model.eval()
+    bench = cpu_bench()
+    cpu, threads, peak, model = bench.cpu, bench.threads, bench.peak_gflops, bench.model
     rows = []
     for name, run, inputs, flop in _cases(model):
         times: dict[bool, list[float]] = {False: [], True: []}

@@ -20,7 +20,6 @@ nominal fp32 peak (``runtime/cpu_info.py``). Results: ``<out>/weight_map_trunk_<
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -29,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cpu_bench_setup import ROOT, cpu_bench, parse_round_args
 
-ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "tests" / "data" / "hr" / "coffee.png"
 SIZES = ((256, 171), (256, 256))  # (width, height) of the resized LR image
 
@@ -81,23 +80,14 @@ def _seconds(run: Callable[[np.ndarray], Any], image: np.ndarray) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be >= 1")
+    args = parse_round_args(__doc__, argv)
 
     import torch
 
-    from adassr.adapt.cpu_setup import configure_cpu_threads, torch_has_native_bf16
-    from adassr.adapt.weights import load_backbone
-    from adassr.runtime.cpu_info import detect_cpu, fp32_peak
+    from adassr.adapt.cpu_setup import torch_has_native_bf16
 
-    cpu = detect_cpu()
-    threads = configure_cpu_threads()
-    peak = fp32_peak(cpu).gflops
-    model = load_backbone().model.eval()
+    bench = cpu_bench()
+    cpu, threads, peak, model = bench.cpu, bench.threads, bench.peak_gflops, bench.model
     macs = _trunk_macs(model)
     engines = _engines(model, torch_has_native_bf16(cpu))
     rows: list[dict[str, Any]] = []

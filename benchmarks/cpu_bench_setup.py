@@ -1,0 +1,45 @@
+"""Shared set-up of the CPU micro-benchmarks (``memory_format.py``, ``weight_map_trunk.py``).
+
+Both take ``--rounds`` and ``--out``, pin torch's threads the way ``adapt`` does, and time the
+backbone with its real weights against the CPU's nominal fp32 peak. Imported by those scripts only
+(run as ``python benchmarks/<script>.py``, so this folder is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_round_args(description: str, argv: list[str] | None) -> argparse.Namespace:
+    """``--rounds`` (>= 1, default 3) and ``--out`` (default ``benchmarks/results``)."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    return args
+
+
+@dataclass(frozen=True)
+class CpuBench:
+    cpu: Any  # adassr.runtime.cpu_info.CpuInfo
+    threads: int
+    peak_gflops: float | None
+    model: Any  # the backbone RRDBNet in eval mode
+
+
+def cpu_bench() -> CpuBench:
+    """The CPU, torch's thread count as ``adapt`` sets it, its nominal fp32 peak and the backbone."""
+    from adassr.adapt.cpu_setup import configure_cpu_threads
+    from adassr.adapt.weights import load_backbone
+    from adassr.runtime.cpu_info import detect_cpu, fp32_peak
+
+    cpu = detect_cpu()
+    threads = configure_cpu_threads()
+    return CpuBench(cpu, threads, fp32_peak(cpu).gflops, load_backbone().model.eval())
