@@ -31,7 +31,7 @@ from adassr.adapt.interrupts import Interrupted, deferred
 from adassr.adapt.loop import InternalResult, Perceptual, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
 from adassr.adapt.weight_map_cache import WeightMapCache, store_cache_folder
-from adassr.runtime.errors import ConfigError, StoreError
+from adassr.runtime.errors import ConfigError, ImageError, StoreError
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
 
 if TYPE_CHECKING:
@@ -57,20 +57,52 @@ class AdaptOutcome:
     wall_time_s: float
 
 
-def load_group_images(group: CameraGroup) -> list[np.ndarray]:
-    """Read the group's images as float32 RGB in [0, 1] (gray is replicated to RGB)."""
+@dataclass(frozen=True)
+class LoadedGroup:
+    """What :func:`load_group_images` read: the readable members and their pixels, and what it skipped."""
+
+    group: CameraGroup  # the readable members only, in the group's order
+    images: list[np.ndarray]  # float32 RGB in [0, 1], one per member of ``group``
+    unreadable: tuple[tuple[str, str], ...]  # (path, why it could not be read)
+
+
+def load_group_images(group: CameraGroup) -> LoadedGroup:
+    """Read the group's images as float32 RGB in [0, 1] (gray is replicated to RGB).
+
+    An image that cannot be read (empty, damaged, not an image, over the pixel limit) is skipped with
+    one warning naming it and why, so one bad file does not stop a camera's adaptation. Raises
+    ImageError when no image can be read (a one-image group: that image's own error), ConfigError
+    when the group has no images.
+    """
     from adassr.runtime.images import read_image, to_float32
 
-    images = []
+    if not group.members:
+        raise ConfigError(f"camera group {group.name!r} has no images")
+    members, images, unreadable, errors = [], [], [], []
     for member in group.members:
-        loaded = read_image(member.path)
+        try:
+            loaded = read_image(member.path)
+        except ImageError as exc:
+            unreadable.append((str(member.path), str(exc)))
+            errors.append(exc)
+            continue
         pixels = to_float32(loaded.pixels)
         if pixels.shape[2] == 1:
             pixels = np.repeat(pixels, 3, axis=2)
+        members.append(member)
         images.append(np.ascontiguousarray(pixels))
+    if len(group.members) == 1 and errors:
+        raise errors[0]
     if not images:
-        raise ConfigError(f"camera group {group.name!r} has no images")
-    return images
+        listed = "; ".join(reason for _, reason in unreadable[:5])
+        more = f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        raise ImageError(f"camera group {group.name!r}: none of its {len(unreadable)} images can be read: "
+                         f"{listed}{more}. Replace or remove the damaged files.")
+    if unreadable:
+        log.warning("camera group %r: skipped %d unreadable image(s) of %d, adapting on the other %d: %s",
+                    group.name, len(unreadable), len(group.members), len(images),
+                    "; ".join(reason for _, reason in unreadable))
+    return LoadedGroup(CameraGroup(group.name, tuple(members)), images, tuple(unreadable))
 
 
 def _versions() -> dict[str, str]:
@@ -164,6 +196,7 @@ class _Inputs:
     pair_config: PairConfig
     usable: UsableImages
     used_paths: list[str]
+    unreadable: tuple[tuple[str, str], ...]  # (path, reason) of the images that could not be read
     weights: list[np.ndarray] | None
     crops: list[np.ndarray]
     metric: Callable[[torch.Tensor], torch.Tensor]
@@ -179,9 +212,10 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
     pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
     if not config.augment:
         pair_config = pair_config.without_augmentation()
-    images, kernel, usable = _usable_images_and_kernel(load_group_images(group), group, pair_config, config.kernel)
-    used_paths = [str(group.members[i].path) for i in usable.indices]
-    return _Inputs(images, kernel, usable.config, usable, used_paths,
+    loaded = load_group_images(group)
+    images, kernel, usable = _usable_images_and_kernel(loaded.images, loaded.group, pair_config, config.kernel)
+    used_paths = [str(loaded.group.members[i].path) for i in usable.indices]
+    return _Inputs(images, kernel, usable.config, usable, used_paths, loaded.unreadable,
                    _weight_maps(model, images, config, device, precision, map_cache),
                    evaluation_crops(images, config.eval_crop, config.eval_max_images), _niqe_metric(device),
                    _perceptual(config, device))
@@ -379,22 +413,24 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
         precision=run.compute.precision.name, trainable=run.compute.trainable, wall_time_s=wall,
         versions=_versions(), device=run.compute.device_name, weights_sha256=weights_record["weights_sha256"],
     )
-    record["pairs"] = _pairs_record(inputs.usable, inputs.used_paths, requested_lr_patch=run.config.lr_patch)
+    record["pairs"] = _pairs_record(inputs.usable, inputs.used_paths, inputs.unreadable,
+                                    requested_lr_patch=run.config.lr_patch)
     record["report"] = report
     if result.interrupted is not None:
         record["stop_reason"] += "; best evaluated weights kept (--keep-on-interrupt)"
     return record
 
 
-def _pairs_record(usable: UsableImages, used_paths: Sequence[str], *, requested_lr_patch: int) -> dict[str, Any]:
+def _pairs_record(usable: UsableImages, used_paths: Sequence[str], unreadable: Sequence[tuple[str, str]], *,
+                  requested_lr_patch: int) -> dict[str, Any]:
     """The manifest's ``pairs`` field: the LR patch used and requested, the minimum image side, and
-    the images used and skipped (too small for the patch); pure: no I/O."""
+    the images used and skipped (unreadable, or too small for the patch); pure: no I/O."""
     return {
         "lr_patch": usable.config.lr_patch, "requested_lr_patch": requested_lr_patch, "min_side": usable.minimum,
         "images_used": list(used_paths),
-        "images_skipped": [{"path": p, "width": w, "height": h,
-                            "reason": f"smaller than {usable.minimum} LR px per side"}
-                           for p, w, h in usable.skipped],
+        "images_skipped": [{"path": p, "reason": f"unreadable: {why}"} for p, why in unreadable] + [
+            {"path": p, "width": w, "height": h, "reason": f"smaller than {usable.minimum} LR px per side"}
+            for p, w, h in usable.skipped],
     }
 
 

@@ -125,6 +125,39 @@ def test_admm_needs_external_images(camera_dir: Path, tmp_path: Path, capsys) ->
     assert "--external-hr" in capsys.readouterr().err
 
 
+def test_unreadable_image_is_skipped_and_recorded(camera_dir: Path, tmp_path: Path, caplog) -> None:
+    """A damaged file in a group does not stop the camera's adaptation: it is named once and recorded."""
+    import logging
+
+    root = tmp_path / "images"
+    (root / "nokia").mkdir(parents=True)
+    write_image(root / "nokia" / "crop.png", read_image(camera_dir / "nokia" / "crop.png").pixels)
+    (root / "nokia" / "broken.jpg").write_bytes((SAMPLES / "nokia" / "iptc.jpg").read_bytes()[:3000])
+    store = tmp_path / "store"
+    with caplog.at_level(logging.WARNING):
+        assert _adapt(root, store) == 0
+    warnings = [r.getMessage() for r in caplog.records if "broken.jpg" in r.getMessage()]
+    assert len(warnings) == 1 and "skipped 1 unreadable image(s) of 2" in warnings[0]
+    manifest = CameraStore.open(store, "nokia").read_manifest()
+    assert [Path(p).name for p in manifest["pairs"]["images_used"]] == ["crop.png"]
+    (skipped,) = manifest["pairs"]["images_skipped"]
+    assert Path(skipped["path"]).name == "broken.jpg" and skipped["reason"].startswith("unreadable: ")
+    assert [Path(m["path"]).name for m in manifest["images"]] == ["broken.jpg", "crop.png"]
+
+
+def test_group_without_a_readable_image_fails_cleanly(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "images"
+    (root / "nokia").mkdir(parents=True)
+    (root / "nokia" / "a.png").write_bytes(b"")
+    (root / "nokia" / "b.jpg").write_text("not an image")
+    store = tmp_path / "store"
+    assert _adapt(root, store) != 0
+    err = capsys.readouterr().err
+    assert "none of its 2 images can be read" in err and "a.png" in err and "b.jpg" in err
+    assert "Traceback" not in err
+    assert not (store / "nokia" / "manifest.json").exists()
+
+
 def test_small_image_is_skipped_with_one_warning(camera_dir: Path, tmp_path: Path, caplog) -> None:
     """A group with one image too small for the patch adapts on the others and names it once."""
     import logging
