@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ from adassr.adapt.archs.registry import DEFAULT_BACKBONE, BackboneRegistry
 from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.adapt.config import AdaptConfig
 from adassr.adapt.cpu_setup import configure_cpu_threads
-from adassr.adapt.groups import CameraGroup
+from adassr.adapt.groups import CameraGroup, GroupMember
 from adassr.adapt.interrupts import Interrupted, deferred
 from adassr.adapt.loop import InternalResult, Perceptual, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
@@ -59,27 +60,46 @@ class AdaptOutcome:
 
 @dataclass(frozen=True)
 class LoadedGroup:
-    """What :func:`load_group_images` read: the readable members and their pixels, and what it skipped."""
+    """What :func:`load_group_images` read: the members used and their pixels, and what it left out."""
 
-    group: CameraGroup  # the readable members only, in the group's order
+    group: CameraGroup  # the members read, in the group's order
     images: list[np.ndarray]  # float32 RGB in [0, 1], one per member of ``group``
     unreadable: tuple[tuple[str, str], ...]  # (path, why it could not be read)
+    readable: int  # members whose header could be read (the ones selection chose from)
+    limited_by: str | None  # the limit that left readable members out (None: none was left out)
 
 
-def load_group_images(group: CameraGroup) -> LoadedGroup:
+def load_group_images(group: CameraGroup, *, max_images: int | None = None,
+                      max_megapixels: float | None = None) -> LoadedGroup:
     """Read the group's images as float32 RGB in [0, 1] (gray is replicated to RGB).
 
-    An image that cannot be read (empty, damaged, not an image, over the pixel limit) is skipped with
-    one warning naming it and why, so one bad file does not stop a camera's adaptation. Raises
-    ImageError when no image can be read (a one-image group: that image's own error), ConfigError
-    when the group has no images.
+    With ``max_images`` / ``max_megapixels``, a large group is read in part: the sizes come from the
+    file headers and :func:`adassr.adapt.image_selection.select_images` picks an even spread; one
+    warning says how many were used and which limit to raise. An image that cannot be read (empty,
+    damaged, not an image, over the pixel limit) is skipped with one warning naming it and why, so
+    one bad file does not stop a camera's adaptation. Raises ImageError when no image can be read
+    (a one-image group: that image's own error), ConfigError when the group has no images.
     """
-    from adassr.runtime.images import read_image, to_float32
+    from adassr.adapt.image_selection import select_images
+    from adassr.runtime.images import read_image, read_image_size, to_float32
 
     if not group.members:
         raise ConfigError(f"camera group {group.name!r} has no images")
-    members, images, unreadable, errors = [], [], [], []
+    unreadable: list[tuple[str, str]] = []
+    errors: list[ImageError] = []
+    sized: list[tuple[GroupMember, int]] = []
     for member in group.members:
+        try:
+            width, height = read_image_size(member.path)
+        except ImageError as exc:
+            unreadable.append((str(member.path), str(exc)))
+            errors.append(exc)
+            continue
+        sized.append((member, width * height))
+    selection = select_images([px for _, px in sized], max_images=max_images or len(sized) or 1,
+                              max_megapixels=max_megapixels or math.inf)
+    members, images = [], []
+    for member, _ in (sized[i] for i in selection.indices):
         try:
             loaded = read_image(member.path)
         except ImageError as exc:
@@ -96,13 +116,17 @@ def load_group_images(group: CameraGroup) -> LoadedGroup:
     if not images:
         listed = "; ".join(reason for _, reason in unreadable[:5])
         more = f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
-        raise ImageError(f"camera group {group.name!r}: none of its {len(unreadable)} images can be read: "
+        raise ImageError(f"camera group {group.name!r}: none of the {len(unreadable)} images tried can be read: "
                          f"{listed}{more}. Replace or remove the damaged files.")
+    if selection.limited_by is not None:
+        log.warning("camera group %r: reading %d of its %d images, evenly spaced in name order (%s); "
+                    "raise it to use more", group.name, len(selection.indices), len(sized), selection.limited_by)
     if unreadable:
-        log.warning("camera group %r: skipped %d unreadable image(s) of %d, adapting on the other %d: %s",
+        log.warning("camera group %r: skipped %d unreadable image(s) of %d, adapting on %d: %s",
                     group.name, len(unreadable), len(group.members), len(images),
                     "; ".join(reason for _, reason in unreadable))
-    return LoadedGroup(CameraGroup(group.name, tuple(members)), images, tuple(unreadable))
+    return LoadedGroup(CameraGroup(group.name, tuple(members)), images, tuple(unreadable), len(sized),
+                       selection.limited_by)
 
 
 def _versions() -> dict[str, str]:
@@ -197,6 +221,7 @@ class _Inputs:
     usable: UsableImages
     used_paths: list[str]
     unreadable: tuple[tuple[str, str], ...]  # (path, reason) of the images that could not be read
+    selection: dict[str, Any]  # how many of the group's images were read, and under which limits
     weights: list[np.ndarray] | None
     crops: list[np.ndarray]
     metric: Callable[[torch.Tensor], torch.Tensor]
@@ -212,10 +237,13 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
     pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
     if not config.augment:
         pair_config = pair_config.without_augmentation()
-    loaded = load_group_images(group)
+    loaded = load_group_images(group, max_images=config.max_images, max_megapixels=config.max_megapixels)
     images, kernel, usable = _usable_images_and_kernel(loaded.images, loaded.group, pair_config, config.kernel)
     used_paths = [str(loaded.group.members[i].path) for i in usable.indices]
-    return _Inputs(images, kernel, usable.config, usable, used_paths, loaded.unreadable,
+    selection = {"images_in_group": len(group.members), "readable": loaded.readable, "read": len(loaded.images),
+                 "max_images": config.max_images, "max_megapixels": config.max_megapixels,
+                 "limited_by": loaded.limited_by}
+    return _Inputs(images, kernel, usable.config, usable, used_paths, loaded.unreadable, selection,
                    _weight_maps(model, images, config, device, precision, map_cache),
                    evaluation_crops(images, config.eval_crop, config.eval_max_images), _niqe_metric(device),
                    _perceptual(config, device))
@@ -415,6 +443,7 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
     )
     record["pairs"] = _pairs_record(inputs.usable, inputs.used_paths, inputs.unreadable,
                                     requested_lr_patch=run.config.lr_patch)
+    record["pairs"]["selection"] = dict(inputs.selection)
     record["report"] = report
     if result.interrupted is not None:
         record["stop_reason"] += "; best evaluated weights kept (--keep-on-interrupt)"

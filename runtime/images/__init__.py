@@ -18,7 +18,7 @@ from adassr.runtime.images._model import (
 )
 from adassr.runtime.images.convert import from_float32, to_float32
 from adassr.runtime.images.orientation import apply_orientation
-from adassr.runtime.images.read import read_camera_exif, read_image
+from adassr.runtime.images.read import read_camera_exif, read_image, read_image_size
 from adassr.runtime.images.write import check_quality, encode_image, write_image
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "from_float32",
     "read_camera_exif",
     "read_image",
+    "read_image_size",
     "to_float32",
     "write_image",
 ]

@@ -98,6 +98,18 @@ def read_image(
     )
 
 
+def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` as stored (before EXIF orientation), from the header: no pixel is decoded.
+
+    Raises :class:`ImageError` as :func:`read_image` does for a missing, empty, unsupported or
+    damaged header (damage further into the file shows only when it is decoded).
+    """
+    p = _checked_file(path)
+    with _open_header(p) as im:
+        width, height = im.size
+    return int(width), int(height)
+
+
 def read_camera_exif(path: str | os.PathLike[str]) -> tuple[str | None, str | None]:
     """EXIF (Make, Model) from the file header, without decoding pixels.
 

@@ -145,6 +145,21 @@ def test_unreadable_image_is_skipped_and_recorded(camera_dir: Path, tmp_path: Pa
     assert [Path(m["path"]).name for m in manifest["images"]] == ["broken.jpg", "crop.png"]
 
 
+def test_max_images_reads_part_of_a_large_group_and_records_it(camera_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    (root / "nokia").mkdir(parents=True)
+    pixels = read_image(camera_dir / "nokia" / "crop.png").pixels
+    for i in range(3):
+        write_image(root / "nokia" / f"p{i}.png", np.ascontiguousarray(np.rot90(pixels, i)))
+    store = tmp_path / "store"
+    assert _adapt(root, store, "--max-images", "1") == 0
+    manifest = CameraStore.open(store, "nokia").read_manifest()
+    assert [Path(p).name for p in manifest["pairs"]["images_used"]] == ["p1.png"]
+    assert manifest["pairs"]["selection"] == {"images_in_group": 3, "readable": 3, "read": 1, "max_images": 1,
+                                              "max_megapixels": 200.0, "limited_by": "--max-images 1"}
+    assert manifest["config"]["max_images"] == 1 and len(manifest["images"]) == 3
+
+
 def test_group_without_a_readable_image_fails_cleanly(tmp_path: Path, capsys) -> None:
     root = tmp_path / "images"
     (root / "nokia").mkdir(parents=True)
@@ -153,7 +168,7 @@ def test_group_without_a_readable_image_fails_cleanly(tmp_path: Path, capsys) ->
     store = tmp_path / "store"
     assert _adapt(root, store) != 0
     err = capsys.readouterr().err
-    assert "none of its 2 images can be read" in err and "a.png" in err and "b.jpg" in err
+    assert "none of the 2 images tried can be read" in err and "a.png" in err and "b.jpg" in err
     assert "Traceback" not in err
     assert not (store / "nokia" / "manifest.json").exists()
 

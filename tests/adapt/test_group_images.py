@@ -55,16 +55,79 @@ def test_unreadable_images_are_skipped_with_one_warning(files: dict[str, Path], 
 
 
 def test_a_group_with_no_readable_image_fails_naming_them(files: dict[str, Path]) -> None:
-    with pytest.raises(ImageError, match=r"none of its 3 images can be read: .*empty\.png.*notes\.jpg.*cut\.png"):
+    with pytest.raises(ImageError, match=r"none of the 3 images tried can be read: .*empty\.png.*notes\.jpg.*cut\.png"):
         load_group_images(_group(files["empty"], files["text"], files["cut"]))
 
 
 def test_a_one_image_group_keeps_that_images_own_error(files: dict[str, Path]) -> None:
     with pytest.raises(ImageError, match=r"empty\.png: file is empty") as info:
         load_group_images(_group(files["empty"]))
-    assert "none of its" not in str(info.value)
+    assert "none of the" not in str(info.value)
 
 
 def test_an_empty_group_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="has no images"):
         load_group_images(CameraGroup("cam", ()))
+
+
+def test_evenly_spaced_indices_cover_the_range() -> None:
+    from adassr.adapt.image_selection import evenly_spaced
+
+    assert evenly_spaced(10, 10) == list(range(10))
+    assert evenly_spaced(100, 4) == [12, 37, 62, 87]
+    assert evenly_spaced(7, 1) == [3]
+    for n in range(1, 40):
+        for k in range(1, n + 1):
+            chosen = evenly_spaced(n, k)
+            assert len(set(chosen)) == k and chosen == sorted(chosen) and chosen[0] >= 0 and chosen[-1] < n
+    with pytest.raises(ValueError):
+        evenly_spaced(3, 4)
+
+
+def test_selection_obeys_the_count_and_the_pixel_budget() -> None:
+    from adassr.adapt.image_selection import select_images
+
+    twelve_mp = [12_000_000] * 100
+    everything = select_images(twelve_mp[:5], max_images=8, max_megapixels=200)
+    assert everything.indices == (0, 1, 2, 3, 4) and everything.limited_by is None
+    by_count = select_images(twelve_mp, max_images=8, max_megapixels=1e9)
+    assert len(by_count.indices) == 8 and by_count.limited_by == "--max-images 8"
+    by_pixels = select_images(twelve_mp, max_images=64, max_megapixels=200)
+    assert len(by_pixels.indices) == 16 and by_pixels.limited_by == "--max-megapixels 200"  # 16 x 12 = 192
+    assert select_images(twelve_mp, max_images=64, max_megapixels=200) == by_pixels  # deterministic
+    mixed = [1_000_000, 50_000_000, 2_000_000]
+    assert select_images(mixed, max_images=1, max_megapixels=10).indices == (0,)  # the middle one is too big
+    assert select_images([], max_images=8, max_megapixels=1).indices == ()
+
+
+def test_selection_fails_clearly_when_no_image_fits_the_budget() -> None:
+    from adassr.adapt.image_selection import select_images
+
+    with pytest.raises(ConfigError, match=r"larger than --max-megapixels 5 \(the smallest has 12.0 MP\)"):
+        select_images([12_000_000, 13_000_000], max_images=8, max_megapixels=5)
+
+
+def test_a_large_group_is_read_in_part_with_one_warning(tmp_path: Path, caplog) -> None:
+    photo = read_image(HR / "coffee.png").pixels[:40, :50]
+    paths = []
+    for i in range(10):
+        paths.append(tmp_path / f"img{i:02d}.png")
+        write_image(paths[-1], np.ascontiguousarray(np.roll(photo, i, axis=1)))
+    with caplog.at_level(logging.WARNING):
+        loaded = load_group_images(_group(*paths), max_images=3)
+    assert [p.name for p in loaded.group.paths] == ["img01.png", "img05.png", "img08.png"]
+    assert len(loaded.images) == 3 and loaded.readable == 10 and loaded.limited_by == "--max-images 3"
+    assert np.allclose(loaded.images[1], read_image(paths[5]).pixels / 255.0, atol=1e-6)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "reading 3 of its 10 images" in warning and "--max-images 3" in warning
+    by_pixels = load_group_images(_group(*paths), max_megapixels=40 * 50 * 4 / 1e6)
+    assert len(by_pixels.images) == 4 and by_pixels.limited_by == "--max-megapixels 0.008"
+
+
+def test_the_limits_are_validated() -> None:
+    from adassr.adapt.config import AdaptConfig
+
+    with pytest.raises(ConfigError, match="--max-images must be > 0"):
+        AdaptConfig(max_images=0)
+    with pytest.raises(ConfigError, match="--max-megapixels must be a finite number"):
+        AdaptConfig(max_megapixels=float("nan"))

@@ -25,6 +25,7 @@ from adassr.runtime.images import (
     from_float32,
     read_camera_exif,
     read_image,
+    read_image_size,
     to_float32,
     write_image,
 )
@@ -200,6 +201,20 @@ def test_read_camera_exif_decodes_no_pixels(no_decode: None) -> None:
     assert read_camera_exif(SAMPLES / "canon" / "flower.jpg") == ("Canon", "Canon PowerShot S40")
     assert read_camera_exif(SAMPLES / "nintendo" / "frozenpond.mpo") == ("Nintendo", "Nintendo 3DS")
     assert read_camera_exif(HR / "chelsea.png") == (None, None)
+
+
+def test_read_image_size_decodes_no_pixels(no_decode: None, tmp_path: Path) -> None:
+    assert read_image_size(SAMPLES / "canon" / "flower.jpg") == (480, 360)
+    assert read_image_size(SAMPLES / "nintendo" / "frozenpond.mpo") == (640, 480)
+    assert read_image_size(HR / "chelsea.png") == (451, 300)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty"):
+        read_image_size(empty)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(ImageError, match="not a readable image"):
+        read_image_size(text)
 
 
 def test_exif_text_is_stripped(tmp_path: Path) -> None:
