@@ -178,9 +178,18 @@ class AdaptConfig:
         return data
 
 
+GPU_ATTENTION_MAX_SIDE = 1024
+"""Longer side (LR pixels) above which a GPU run computes an image's weight map on a resized copy."""
+
+
 def gpu_defaults() -> AdaptConfig:
-    """The paper's settings."""
-    return AdaptConfig()
+    """The paper's settings, with one guard: an image's loss-weight map is computed on a copy resized
+    to a :data:`GPU_ATTENTION_MAX_SIDE`-pixel longer side when the image is larger. The paper's
+    whole-image attention is kept for images up to that size; without the guard a 12 MP photo
+    would run the full trunk on 12 MP at once (tens of GB of activations) and attend over 750,000
+    tokens, and a 100 MP one would not fit any GPU.
+    """
+    return AdaptConfig(attention=AttentionConfig(max_side=GPU_ATTENTION_MAX_SIDE))
 
 
 CPU_TIME_BUDGET_S = 270.0

@@ -131,3 +131,16 @@ def test_the_limits_are_validated() -> None:
         AdaptConfig(max_images=0)
     with pytest.raises(ConfigError, match="--max-megapixels must be a finite number"):
         AdaptConfig(max_megapixels=float("nan"))
+
+
+def test_gpu_defaults_are_the_papers_with_bounded_weight_map_inputs() -> None:
+    """The paper's settings (§IV-A3) on a GPU; images beyond 1024 LR px get their weight map from a
+    resized copy, and the GPU reads more images of a group than the CPU budget."""
+    from adassr.adapt.config import AdaptConfig, cpu_demo_defaults, gpu_defaults
+
+    gpu, paper = gpu_defaults(), AdaptConfig()
+    settings = (gpu.steps, gpu.lr, gpu.batch, gpu.ema_decay, gpu.prox_mu, gpu.eval_every)
+    assert settings == (1500, 1e-4, 4, 0.999, 1e-4, 100)
+    assert gpu.attention.max_side == 1024 and paper.attention.max_side is None
+    assert gpu.max_images == 64 and cpu_demo_defaults().max_images == 8
+    assert gpu.max_megapixels == cpu_demo_defaults().max_megapixels == 200.0
