@@ -116,6 +116,22 @@ def run_adapt(args: argparse.Namespace) -> int:
             print(f"adapt: {exc}; nothing was published, the previous model is unchanged "
                   "(use --keep-on-interrupt to keep the best weights evaluated so far)", file=sys.stderr)
         return exc.exit_code
+    except (MemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        print(f"error: out of memory while adapting ({first_line}); nothing was published, the previous model "
+              "is unchanged. Read fewer or smaller images (--max-images, --max-megapixels), or lower --batch, "
+              "--patch or --feature-bank", file=sys.stderr)
+        return 2
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """numpy's MemoryError, torch's OutOfMemoryError (CUDA), or the CPU allocator's RuntimeError."""
+    import torch
+
+    return (isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+            or "can't allocate memory" in str(exc))
 
 
 def _adapt(args: argparse.Namespace) -> int:

@@ -69,3 +69,44 @@ def test_weights_are_written_once_not_through_a_nested_atomic_write(
         record = _publish_weights(tx, state, backbone, base)
         tx.commit()
     assert json.loads(store.manifest_path.read_text())["artifacts"]["adapted.safetensors"]["sha256"] == record["sha256"]
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 40000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError("Unable to allocate 72.8 TiB for an array"),
+])
+def test_running_out_of_memory_is_a_clear_error_and_keeps_the_model(
+    camera_dir: Path, tmp_path: Path, error: BaseException, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import adassr.adapt.run as run
+
+    store = CameraStore.open(tmp_path, "nokia", create=True)
+    store.publish("adapted.safetensors", lambda p: p.write_bytes(b"previous weights"), stage="adapt")
+    before = {p.name: p.read_bytes() for p in store.directory.iterdir() if p.is_file()}
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(run, "_run_admm", out_of_memory)
+    code = main(["adapt", "--camera", "nokia", "--images", str(camera_dir), "--store", str(tmp_path),
+                 "--steps", "2", "--lambda-perceptual", "0", "--patch", "12"])
+    err = capsys.readouterr().err
+    assert code == 2 and "out of memory while adapting" in err and "--max-megapixels" in err
+    assert "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in store.directory.iterdir() if p.is_file()} == before
+
+
+def test_other_runtime_errors_are_not_reported_as_out_of_memory(
+    camera_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import adassr.adapt.run as run
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug, not a lack of memory")
+
+    monkeypatch.setattr(run, "_run_admm", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["adapt", "--camera", "nokia", "--images", str(camera_dir), "--store", str(tmp_path),
+              "--steps", "2", "--lambda-perceptual", "0", "--patch", "12"])
