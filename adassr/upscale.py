@@ -5,9 +5,12 @@ the umbrella CLI adds
 
 - the ``torch`` upscaler of the adapt layer (:class:`adassr.adapt.infer.TorchUpscaler`), imported when
   a run asks for it, so ``--help`` and onnxruntime runs never load torch;
-- the first-run export: when the store cannot serve an image (no store yet, or no fallback model)
-  and torch is installed, the fallback backbone is exported into ``<store>/_fallback`` once, with a
-  note on stderr; without torch, a one-line error says the exact command to run.
+- the first-use exports: when ``--camera`` names a camera that is adapted but not exported yet and
+  torch is installed, its adapted weights are exported (fp32) before the run, with a note on
+  stderr; when the store cannot serve an image (no store yet, or no fallback model) and torch is
+  installed, the fallback backbone is exported into ``<store>/_fallback`` once, with a note;
+  without torch, a one-line error says the exact command to run (an adapted camera without torch
+  is served by the fallback model, and the output line says why).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from adassr.runtime.errors import ConfigError, StoreError
 from adassr.runtime.pipeline import RuntimeOptions
-from adassr.runtime.routing import can_serve
+from adassr.runtime.routing import adapted_but_not_exported, can_serve
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA
 from adassr.runtime.upscale_cli import add_upscale_arguments as _add_runtime_arguments
 from adassr.runtime.upscale_cli import run_upscale as _run_runtime
@@ -38,6 +41,34 @@ def _torch_upscaler(options: RuntimeOptions) -> ImageUpscaler:
             f"({ADAPT_EXTRA_GPU}), or use --backend onnxruntime"
         ) from exc
     return TorchUpscaler(options)
+
+
+def export_on_first_use(options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None:
+    """Export what this run needs and the store lacks: the requested camera's adapted weights
+    (:func:`export_camera_on_first_use`), then the fallback (:func:`export_fallback_on_first_use`)."""
+    export_camera_on_first_use(options, camera=camera)
+    export_fallback_on_first_use(options, camera=camera, sample=sample)
+
+
+def export_camera_on_first_use(options: RuntimeOptions, *, camera: str | None) -> None:
+    """Export ``camera``'s adapted weights to ONNX (fp32) when it is adapted but not exported yet.
+
+    Nothing happens without an explicit camera, for a camera with an export, or without torch (the
+    fallback model then serves it and the output line says "adapted but not exported").
+    """
+    if camera is None or importlib.util.find_spec("torch") is None:
+        return
+    store = Path(options.store)
+    if not adapted_but_not_exported(store, camera, precision=options.precision):
+        return
+    from adassr.export.onnx import export_camera
+
+    print(
+        f"camera {camera!r} is adapted but not exported yet: exporting it to {store / camera} "
+        f"(first use only; same as `adassr export --camera {camera} --store {store}`)...",
+        file=sys.stderr, flush=True,
+    )
+    export_camera(store, camera, precision="fp32")
 
 
 def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None:
@@ -83,7 +114,7 @@ def require_named_store(options: RuntimeOptions, *, camera: str | None, sample: 
 
 def upscalers() -> UpscalerRegistry:
     """The upscalers of the full install: onnxruntime (with the first-run export), then torch."""
-    registry = runtime_upscalers(prepare=export_fallback_on_first_use)
+    registry = runtime_upscalers(prepare=export_on_first_use)
     registry.register(UpscalerEntry("torch", _torch_upscaler, "PyTorch eager, needs the adapt extra",
                                     prepare=require_named_store))
     return registry

@@ -164,6 +164,18 @@ def can_serve(store_root: str | os.PathLike[str], *, camera: str | None = None, 
     return _find_export(root, FALLBACK_CAMERA, precision)[0] is not None
 
 
+def adapted_but_not_exported(store_root: str | os.PathLike[str], camera: str, *, precision: str = "fp32") -> bool:
+    """Whether ``camera`` has adapted weights in the store but no ONNX export for ``precision`` (or fp32).
+
+    Reads the manifest only; ``StoreError`` if it is damaged.
+    """
+    root = Path(store_root).expanduser()
+    if camera == FALLBACK_CAMERA or not root.is_dir():
+        return False
+    found, why = _find_export(root, validate_group_name(camera), precision)
+    return found is None and why == "adapted but not exported"
+
+
 def _no_group_reason(make: str | None, image: object) -> str:
     if make:
         shown = make if len(make) <= 40 else make[:40] + "..."

@@ -51,3 +51,31 @@ def test_with_torch_the_fallback_is_exported_once(photo: Path, tmp_path: Path,
     assert main(["upscale", "-i", str(photo), "-o", str(tmp_path / "again.png"), "--store", str(store),
                  "--no-progress"]) == 0
     assert "exporting" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_adapted_camera_is_exported_on_first_use(photo: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`adassr upscale --camera X` after `adapt` without `export`: X's own weights serve, not the fallback."""
+    camera_dir = tmp_path / "images" / "nokia"
+    camera_dir.mkdir(parents=True)
+    pixels = read_image(SAMPLES / "nokia" / "iptc.jpg").pixels
+    write_image(camera_dir / "crop.png", np.ascontiguousarray(pixels[200:330, 250:380]))
+    store = tmp_path / "models"
+    assert main(["adapt", "--camera", "nokia", "--images", str(camera_dir.parent), "--store", str(store),
+                 "--steps", "2", "--eval-every", "1", "--patch", "12", "--eval-crop", "48",
+                 "--lambda-perceptual", "0", "--feature-bank", "4"]) == 0
+    assert "exports" not in CameraStore.open(store, "nokia").read_manifest()
+    capsys.readouterr()
+    out = tmp_path / "out.png"
+    assert main(["upscale", "-i", str(photo), "-o", str(out), "--store", str(store), "--camera", "nokia",
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "camera 'nokia' is adapted but not exported yet: exporting it" in captured.err
+    assert "nokia/model.onnx" in captured.out and "fallback" not in captured.out
+    assert "exporting the fallback" not in captured.err and not (store / FALLBACK_CAMERA).exists()
+    assert "onnx" in CameraStore.open(store, "nokia").read_manifest()["exports"]
+    assert read_image(out).pixels.shape == (192, 192, 3)
+    assert main(["upscale", "-i", str(photo), "-o", str(tmp_path / "again.png"), "--store", str(store),
+                 "--camera", "nokia", "--no-progress"]) == 0
+    assert "exporting" not in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 
 from adassr.runtime.errors import CameraError, StoreError
 from adassr.runtime.images import read_image
-from adassr.runtime.routing import resolve_model
+from adassr.runtime.routing import adapted_but_not_exported, resolve_model
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
 
 from ._models import publish_camera
@@ -72,6 +72,11 @@ def test_adapted_but_not_exported_camera_falls_back(store: Path) -> None:
     nikon.update_manifest(lambda m: m.update(weights_sha256="0" * 64))
     d = resolve_model(store, camera="nikon")
     assert d.is_fallback and "adapted but not exported" in d.reason
+    assert adapted_but_not_exported(store, "nikon") and adapted_but_not_exported(store, "nikon", precision="fp16")
+    assert not adapted_but_not_exported(store, "canon")  # exported
+    assert not adapted_but_not_exported(store, "sony")  # unknown
+    assert not adapted_but_not_exported(store, FALLBACK_CAMERA)
+    assert not adapted_but_not_exported(store / "missing", "nikon")
 
 
 def test_precision_choice(store: Path) -> None:
