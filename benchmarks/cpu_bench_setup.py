@@ -43,3 +43,19 @@ def cpu_bench() -> CpuBench:
     cpu = detect_cpu()
     threads = configure_cpu_threads()
     return CpuBench(cpu, threads, fp32_peak(cpu).gflops, load_backbone().model.eval())
+
+
+def write_results(out: Path, stem: str, cpu: Any, result: dict[str, Any], lines: list[str]) -> Path:
+    """Write ``<out>/<stem>_<cpu tag>.json`` and ``.md`` atomically; returns the Markdown path."""
+    import json
+
+    from adassr.runtime.cpu_info import report_tag
+    from adassr.runtime.store import atomic_write_bytes
+
+    tag = report_tag(cpu.model_name, cpu)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / f"{stem}_{tag}.json", (json.dumps(result, indent=1) + "\n").encode())
+    markdown = out / f"{stem}_{tag}.md"
+    atomic_write_bytes(markdown, ("\n".join(lines) + "\n").encode())
+    print(f"wrote {markdown}")
+    return markdown

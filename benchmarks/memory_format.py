@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cpu_bench_setup import cpu_bench, parse_round_args
+from cpu_bench_setup import cpu_bench, parse_round_args, write_results
 
 TAIL_FROM = 20  # the CPU default: the last 3 of 23 blocks are trained
 
@@ -112,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(out: Path, cpu: Any, threads: int, peak: float | None, torch_version: str,
            rows: list[dict[str, Any]]) -> None:
-    from adassr.runtime.cpu_info import report_tag
-    from adassr.runtime.store import atomic_write_bytes
-
     result = {"cpu": cpu.label, "threads": threads, "fp32_peak_gflops": peak, "torch": torch_version, "rows": rows}
     lines = [f"# PyTorch CPU inference, NCHW vs channels-last input ({cpu.label})", "",
              f"torch {torch_version}, {threads} threads, median of the rounds (the layouts alternate); "
@@ -128,12 +125,7 @@ def _write(out: Path, cpu: Any, threads: int, peak: float | None, torch_version:
             rates = [f"{r[k]:.1f} ({r[k] / peak:.0%})" for k in ("nchw_gflops", "channels_last_gflops")]
         lines.append(f"| {r['part']} | {r['nchw_s']:.2f} | {r['channels_last_s']:.2f} | {r['speed_up']:.2f}x "
                      f"| {rates[0]} | {rates[1]} |")
-    tag = report_tag(cpu.model_name, cpu)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / f"memory_format_{tag}.json", (json.dumps(result, indent=1) + "\n").encode())
-    atomic_write_bytes(out / f"memory_format_{tag}.md", ("\n".join(lines) + "\n").encode())
-    print(f"wrote {out / f'memory_format_{tag}.md'}")
-
+    write_results(out, "memory_format", cpu, result, lines)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cpu_bench_setup import ROOT, cpu_bench, parse_round_args
+from cpu_bench_setup import ROOT, cpu_bench, parse_round_args, write_results
 
 PHOTO = ROOT / "tests" / "data" / "hr" / "coffee.png"
 SIZES = ((256, 171), (256, 256))  # (width, height) of the resized LR image
@@ -119,9 +119,6 @@ def _write(out: Path, cpu: Any, threads: int, peak: float | None, torch_version:
            rows: list[dict[str, Any]], one_off: dict[str, float]) -> None:
     import onnxruntime
 
-    from adassr.runtime.cpu_info import report_tag
-    from adassr.runtime.store import atomic_write_bytes
-
     result = {"cpu": cpu.label, "threads": threads, "fp32_peak_gflops": peak, "torch": torch_version,
               "onnxruntime": onnxruntime.__version__, "rows": rows, "first_call_extra_s": one_off}
     lines = [f"# The weight maps' trunk on a CPU ({cpu.label})", "",
@@ -137,12 +134,7 @@ def _write(out: Path, cpu: Any, threads: int, peak: float | None, torch_version:
     lines += ["", "First call's extra time (warm-up of the first size minus its median; for onnxruntime "
               "the graph is written and the session opened then): "
               + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in one_off.items()) + "."]
-    tag = report_tag(cpu.model_name, cpu)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / f"weight_map_trunk_{tag}.json", (json.dumps(result, indent=1) + "\n").encode())
-    atomic_write_bytes(out / f"weight_map_trunk_{tag}.md", ("\n".join(lines) + "\n").encode())
-    print(f"wrote {out / f'weight_map_trunk_{tag}.md'}")
-
+    write_results(out, "weight_map_trunk", cpu, result, lines)
 
 if __name__ == "__main__":
     raise SystemExit(main())
