@@ -7,6 +7,11 @@ A group is found for each image of ``--images DIR`` in this order:
 3. ``filename-prefix``: a RealSR-style name (``Nikon_006_LR4.png`` -> ``nikon``);
 4. otherwise the image is listed under ``ungrouped``.
 
+Images whose file name marks them as high-resolution ground truth (a ``HR`` token:
+RealSR's ``Nikon_001_HR.png``, ``street_hr.jpg``) are left out of every group and listed as
+skipped: a RealSR-style folder holds each ``_LR4`` image next to its ``_HR`` original, and
+adaptation must learn from the camera's LR images only. Selecting such a group warns once.
+
 Names that are not valid group names (a folder ``My Camera/``, an EXIF Make longer than the
 limit) never fail the other groups: :func:`scan_groups` lists them as skipped with the reason.
 Folders whose names differ only in case (``Tiny/`` and ``tiny/``) would name the same group and
@@ -17,6 +22,7 @@ Torch-free: the runtime's router uses the same normalisation (``adassr.runtime.c
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -29,6 +35,18 @@ from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file
 
 UNGROUPED = "ungrouped"
 _PREFIX = re.compile(r"^([A-Za-z][A-Za-z]+)[_\-]")
+_HR_TOKEN = re.compile(r"(?:^|[_\-. ])hr(?:[_\-. ]|$)", re.IGNORECASE)
+GROUND_TRUTH_REASON = (
+    "its name marks it as a high-resolution ground-truth image (an 'HR' token, as in RealSR's "
+    "Nikon_001_HR.png); adaptation learns from a camera's LR images only: move it out or rename it"
+)
+
+log = logging.getLogger(__name__)
+
+
+def marks_ground_truth(path: Path) -> bool:
+    """Whether the file name has an ``HR`` token (``Nikon_001_HR.png``, ``hr_0001.png``; not ``chrome.png``)."""
+    return _HR_TOKEN.search(path.stem) is not None
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,7 @@ class SkippedSource:
 
     path: Path
     reason: str
+    group: str | None = None  # the group the image would have joined, when known
 
 
 @dataclass(frozen=True)
@@ -147,7 +166,8 @@ def scan_groups(directory: str | Path) -> GroupScan:
             )))
             continue
         folders[name].append(sub)
-        members[name].extend(GroupMember(p, "folder") for p in images)
+        members[name].extend(GroupMember(p, "folder") for p in images if not marks_ground_truth(p))
+        skipped.extend(SkippedSource(p, GROUND_TRUTH_REASON, name) for p in images if marks_ground_truth(p))
     conflicts: dict[str, str] = {}
     for name, subs in folders.items():
         if len(subs) > 1:
@@ -164,6 +184,8 @@ def scan_groups(directory: str | Path) -> GroupScan:
             skipped.append(SkippedSource(path, problem))
         elif name in conflicts:
             skipped.append(SkippedSource(path, conflicts[name]))
+        elif marks_ground_truth(path):
+            skipped.append(SkippedSource(path, GROUND_TRUTH_REASON, name))
         else:
             members[name].append(GroupMember(path, how))
     groups = {name: CameraGroup(name, tuple(ms)) for name, ms in sorted(members.items())}
@@ -182,6 +204,13 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
     groups = scan.groups
     if wanted in scan.conflicts:
         raise CameraError(f"camera group {wanted!r} in {directory} is ambiguous: {scan.conflicts[wanted]}")
+    ground_truth = [s.path for s in scan.skipped if s.group == wanted and s.reason == GROUND_TRUTH_REASON]
+    if ground_truth and wanted not in groups:
+        raise CameraError(
+            f"camera group {wanted!r} in {directory} has only images whose names mark them as high-resolution "
+            f"ground truth ({len(ground_truth)}, e.g. {ground_truth[0].name}); adapt needs the camera's LR "
+            "images (RealSR: the _LR files)"
+        )
     if not groups:
         raise CameraError(
             f"no images found in {directory} (looked for {', '.join(SUPPORTED_READ_SUFFIXES)} files in it "
@@ -190,6 +219,10 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
     if wanted not in groups:
         found = "; ".join(g.describe() for g in groups.values())
         raise CameraError(f"unknown camera group {camera!r} in {directory}. Groups found: {found}")
+    if ground_truth:
+        log.warning("camera group %r: left out %d image(s) whose names mark them as high-resolution ground truth "
+                    "(e.g. %s); adaptation learns from the camera's LR images only", wanted, len(ground_truth),
+                    ground_truth[0].name)
     return groups[wanted]
 
 

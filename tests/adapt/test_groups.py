@@ -57,3 +57,49 @@ def test_single_image_group() -> None:
     assert single_image_group(SAMPLES / "canon" / "flower.jpg", "MyCam").name == "mycam"
     with pytest.raises(CameraError, match="not an image"):
         single_image_group(SAMPLES / "README.md")
+
+
+def _noise_png(path: Path, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+
+
+def test_realsr_hr_images_are_left_out_of_the_lr_group(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A RealSR-style flat folder: each _LR4 image sits next to its _HR original, which must not be trained on."""
+    import logging
+
+    from adassr.adapt.groups import GROUND_TRUTH_REASON, scan_groups
+
+    for i in (1, 2):
+        _noise_png(tmp_path / f"Nikon_00{i}_LR4.png", i)
+        _noise_png(tmp_path / f"Nikon_00{i}_HR.png", i + 10)
+    (tmp_path / "canon").mkdir()
+    _noise_png(tmp_path / "canon" / "street.png")
+    _noise_png(tmp_path / "canon" / "street_hr.png")
+    _noise_png(tmp_path / "canon" / "chrome.png")  # 'hr' inside a word is not a token
+    scan = scan_groups(tmp_path)
+    assert [m.path.name for m in scan.groups["nikon"].members] == ["Nikon_001_LR4.png", "Nikon_002_LR4.png"]
+    assert [m.path.name for m in scan.groups["canon"].members] == ["chrome.png", "street.png"]
+    left_out = sorted((s.group, s.path.name) for s in scan.skipped if s.reason == GROUND_TRUTH_REASON)
+    assert left_out == [("canon", "street_hr.png"), ("nikon", "Nikon_001_HR.png"), ("nikon", "Nikon_002_HR.png")]
+    with caplog.at_level(logging.WARNING):
+        group = select_group(tmp_path, "nikon")
+    assert len(group.members) == 2
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "left out 2 image(s)" in warning and "Nikon_001_HR.png" in warning
+
+
+def test_a_group_of_only_hr_images_says_so(tmp_path: Path) -> None:
+    _noise_png(tmp_path / "Nikon_001_HR.png")
+    _noise_png(tmp_path / "Canon_001_LR4.png")
+    with pytest.raises(CameraError, match=r"'nikon' .* has only images whose names mark them as high-resolution"):
+        select_group(tmp_path, "nikon")
+
+
+def test_marks_ground_truth_needs_an_hr_token() -> None:
+    from adassr.adapt.groups import marks_ground_truth
+
+    marked = ["Nikon_001_HR.png", "hr_0001.png", "img-HR.jpg", "a.hr.png", "HR.png", "photo hr.png"]
+    unmarked = ["chrome.png", "Nikon_001_LR4.png", "three.png", "hrx.png", "shr_1.png", "Nikon_001_HR4x.png"]
+    assert all(marks_ground_truth(Path(n)) for n in marked)
+    assert not any(marks_ground_truth(Path(n)) for n in unmarked)
