@@ -29,12 +29,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from adassr.runtime.cameras import normalise_camera_name, validate_group_name
+from adassr.runtime.cameras import FILENAME_PREFIX, normalise_camera_name, validate_group_name
 from adassr.runtime.errors import CameraError, ImageError
 from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file
 
 UNGROUPED = "ungrouped"
-_PREFIX = re.compile(r"^([A-Za-z][A-Za-z]+)[_\-]")
 _HR_TOKEN = re.compile(r"(?:^|[_\-. ])hr(?:[_\-. ]|$)", re.IGNORECASE)
 GROUND_TRUTH_REASON = (
     "its name marks it as a high-resolution ground-truth image (an 'HR' token, as in RealSR's "
@@ -128,7 +127,7 @@ def _group_by_metadata(path: Path) -> tuple[str, str, str | None]:
                     "(1-64 characters a-z 0-9 _ - .); put the image in a folder named after its camera"
                 )
             return valid, "exif-make", None
-    match = _PREFIX.match(path.name)
+    match = FILENAME_PREFIX.match(path.name)
     if match:
         name = normalise_camera_name(match.group(1))
         if name:

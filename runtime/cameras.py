@@ -51,3 +51,27 @@ def validate_group_name(name: str) -> str:
             " starting with a letter or digit"
         )
     return low
+
+
+FILENAME_PREFIX = re.compile(r"^([A-Za-z][A-Za-z]+)[_\-]")
+"""A RealSR-style camera prefix of a file name: ``Nikon_006_LR4.png`` -> ``Nikon``."""
+
+
+def camera_from_filename(name: str) -> str | None:
+    """The camera group a RealSR-style file name starts with (``Nikon_006_LR4.png`` -> ``nikon``), or None.
+
+    The rule ``adapt`` uses to group a flat folder of images without EXIF Make; None when the name
+    has no such prefix or it gives no valid group name.
+    """
+    from adassr.runtime.errors import CameraError
+
+    match = FILENAME_PREFIX.match(name)
+    if match is None:
+        return None
+    group = normalise_camera_name(match.group(1))
+    if not group:
+        return None
+    try:
+        return validate_group_name(group)
+    except CameraError:
+        return None

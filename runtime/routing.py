@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adassr.runtime.cameras import normalise_camera_name, validate_group_name
+from adassr.runtime.cameras import camera_from_filename, normalise_camera_name, validate_group_name
 from adassr.runtime.errors import CameraError, ConfigError, StoreError
 from adassr.runtime.images import LoadedImage, read_camera_exif
 from adassr.runtime.store import EXPORT_KEYS, FALLBACK_BACKBONE, FALLBACK_CAMERA, MODEL_PRECISIONS, CameraStore
@@ -37,7 +37,7 @@ class RouteDecision:
     camera_requested: str | None  # the explicit --camera name, None when routed by EXIF
     camera_group: str | None  # group asked for (explicit or from EXIF Make); None if unknown
     model_camera: str  # store folder whose model serves it (the group, or "_fallback")
-    reason: str  # "explicit", "exif-make", or "fallback: ..."
+    reason: str  # "explicit", "exif-make", "filename-prefix", or "fallback: ..."
     onnx_path: Path  # the file on disk (content-addressed name)
     artifact: str  # the artifact's logical name in the manifest, e.g. "model.onnx"
     export_key: str  # "onnx" or "onnx_fp16"
@@ -149,6 +149,14 @@ def camera_group_of(image: LoadedImage | str | os.PathLike[str] | None) -> tuple
         return None, make
 
 
+def _filename_group(image: LoadedImage | str | os.PathLike[str] | None) -> str | None:
+    """The camera named by a RealSR-style prefix of the image's file name (``Nikon_006_LR4.png``)."""
+    if image is None:
+        return None
+    path = image.path if isinstance(image, LoadedImage) else Path(image)
+    return None if path is None else camera_from_filename(Path(path).name)
+
+
 def can_serve(store_root: str | os.PathLike[str], *, camera: str | None = None, precision: str = "fp32") -> bool:
     """Whether the store holds an exported model for the explicit ``camera`` or a fallback model.
 
@@ -191,7 +199,9 @@ def resolve_model(
     precision: str = "fp32",
     verify: bool = True,
 ) -> RouteDecision:
-    """Pick the model for an explicit ``camera`` or, without one, for the image's EXIF Make.
+    """Pick the model for an explicit ``camera`` or, without one, for the image's EXIF Make, else for
+    a RealSR-style prefix of its file name (``Nikon_006_LR4.png`` -> ``nikon``, the rule ``adapt``
+    groups such files by) when that camera is in the store.
 
     ``camera="_fallback"`` asks for the unadapted fallback model explicitly.
 
@@ -212,6 +222,10 @@ def resolve_model(
         requested = None
         source = "exif-make"
         group, make = camera_group_of(image)
+        if group is None:
+            by_name = _filename_group(image)
+            if by_name is not None and CameraStore.open(root, by_name).exists():
+                group, source = by_name, "filename-prefix"
 
     if group is not None:
         found, why = _find_export(root, group, precision)

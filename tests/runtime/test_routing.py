@@ -137,3 +137,26 @@ def test_overlong_exif_make_is_served_by_the_fallback(store: Path, tmp_path: Pat
     assert d.is_fallback and "names no valid camera group" in d.reason
     d = resolve_model(store, image=read_image(path))
     assert d.is_fallback
+
+
+def test_realsr_style_file_names_route_to_their_camera_when_it_is_in_the_store(store: Path, tmp_path: Path) -> None:
+    """No EXIF Make: `Canon_006_LR4.png` goes to canon, as `adapt` grouped it; unknown prefixes do not
+    turn into a camera name (`IMG_0001.png` is served by the fallback for its missing EXIF Make)."""
+    import shutil
+
+    from adassr.runtime.cameras import camera_from_filename
+
+    named = tmp_path / "Canon_006_LR4.png"
+    shutil.copy(NO_EXIF_PNG, named)
+    for source in (named, read_image(named)):
+        d = resolve_model(store, image=source)
+        assert (d.camera_group, d.model_camera, d.reason) == ("canon", "canon", "filename-prefix")
+    other = tmp_path / "IMG_0001.png"
+    shutil.copy(NO_EXIF_PNG, other)
+    d = resolve_model(store, image=other)
+    assert d.is_fallback and d.reason == "fallback: no EXIF Make" and d.camera_group is None
+    exif_wins = tmp_path / "Nikon_001_LR4.jpg"
+    shutil.copy(CANON_JPG, exif_wins)
+    assert resolve_model(store, image=exif_wins).reason == "exif-make"
+    assert camera_from_filename("Nikon_006_LR4.png") == "nikon" and camera_from_filename("42.png") is None
+    assert camera_from_filename("x_1.png") is None  # one letter is not a prefix
