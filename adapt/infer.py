@@ -22,7 +22,6 @@ import torch
 
 from adassr.adapt.gpu_infer import TorchRunner, TorchRunOptions
 from adassr.runtime.backends.base import Backend
-from adassr.runtime.cameras import normalise_camera_name
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.pipeline import RuntimeOptions, UpscaleResult, upscale_image
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore
@@ -83,11 +82,17 @@ def choose_weights(store_root: Path, camera: str | None, backbone: str, device: 
     return TorchModelChoice(f"backbone {backbone}", loaded.model, loaded.scale)
 
 
-def _camera_of(image: LoadedImage, explicit: str | None) -> str | None:
+def _camera_of(image: LoadedImage, explicit: str | None, store_root: Path) -> str | None:
+    """``explicit``, else the camera :func:`~adassr.runtime.routing.route_by_image` finds (the image's
+    folder or file-name prefix when that camera is in the store, else its EXIF Make's group)."""
     if explicit:
         return explicit
-    name = normalise_camera_name(image.exif_make or "")
-    return name or None
+    from adassr.runtime.routing import route_by_image
+
+    def in_store(name: str) -> bool:
+        return store_root.is_dir() and CameraStore.open(store_root, name).exists()
+
+    return route_by_image(image, in_store)[0]
 
 
 class TorchUpscaler:
@@ -119,7 +124,7 @@ class TorchUpscaler:
         self, image: LoadedImage, *, camera: str | None = None, progress: Callable[[int, int], None] | None = None
     ) -> UpscaleResult:
         """Upscale ``image`` with the weights of ``camera`` (None: from its EXIF Make)."""
-        chosen = _camera_of(image, camera)
+        chosen = _camera_of(image, camera, Path(self.options.store))
         if chosen not in self._choices:
             self._choices[chosen] = choose_weights(self.options.store, chosen, self.options.backbone, self.device)
         choice = self._choices[chosen]

@@ -16,7 +16,7 @@ the reason says so.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ class RouteDecision:
     camera_requested: str | None  # the explicit --camera name, None when routed by EXIF
     camera_group: str | None  # group asked for (explicit or from EXIF Make); None if unknown
     model_camera: str  # store folder whose model serves it (the group, or "_fallback")
-    reason: str  # "explicit", "exif-make", "filename-prefix", or "fallback: ..."
+    reason: str  # "explicit", "folder", "exif-make", "filename-prefix", or "fallback: ..."
     onnx_path: Path  # the file on disk (content-addressed name)
     artifact: str  # the artifact's logical name in the manifest, e.g. "model.onnx"
     export_key: str  # "onnx" or "onnx_fp16"
@@ -149,12 +149,44 @@ def camera_group_of(image: LoadedImage | str | os.PathLike[str] | None) -> tuple
         return None, make
 
 
-def _filename_group(image: LoadedImage | str | os.PathLike[str] | None) -> str | None:
-    """The camera named by a RealSR-style prefix of the image's file name (``Nikon_006_LR4.png``)."""
+def _image_path(image: LoadedImage | str | os.PathLike[str] | None) -> Path | None:
     if image is None:
         return None
-    path = image.path if isinstance(image, LoadedImage) else Path(image)
-    return None if path is None else camera_from_filename(Path(path).name)
+    path = image.path if isinstance(image, LoadedImage) else image
+    return None if path is None else Path(path)
+
+
+def _valid_group(name: str) -> str | None:
+    try:
+        return validate_group_name(name)
+    except CameraError:
+        return None
+
+
+def route_by_image(image: LoadedImage | str | os.PathLike[str] | None,
+                   has_camera: Callable[[str], bool]) -> tuple[str | None, str, str | None]:
+    """``(group, source, exif_make)`` for an image without an explicit camera, in ``adapt``'s order:
+
+    1. ``folder``: the folder the file is in (``photos/nikon/x.jpg`` -> ``nikon``);
+    2. ``exif-make``: its EXIF Make's group;
+    3. ``filename-prefix``: a RealSR-style file-name prefix (``Nikon_006_LR4.png`` -> ``nikon``).
+
+    A folder or file name counts only when ``has_camera`` says that camera is there (the store, or
+    the Triton server): most folders and names are not camera names. The EXIF Make's group counts
+    whenever there is one (without a model for it the fallback serves, saying why). ``group`` is
+    None when nothing applies.
+    """
+    path = _image_path(image)
+    folder = _valid_group(path.parent.name) if path is not None and path.parent.name else None
+    if folder is not None and has_camera(folder):
+        return folder, "folder", None
+    group, make = camera_group_of(image)
+    if group is not None:
+        return group, "exif-make", make
+    by_name = camera_from_filename(path.name) if path is not None else None
+    if by_name is not None and has_camera(by_name):
+        return by_name, "filename-prefix", make
+    return None, "exif-make", make
 
 
 def can_serve(store_root: str | os.PathLike[str], *, camera: str | None = None, precision: str = "fp32") -> bool:
@@ -199,9 +231,8 @@ def resolve_model(
     precision: str = "fp32",
     verify: bool = True,
 ) -> RouteDecision:
-    """Pick the model for an explicit ``camera`` or, without one, for the image's EXIF Make, else for
-    a RealSR-style prefix of its file name (``Nikon_006_LR4.png`` -> ``nikon``, the rule ``adapt``
-    groups such files by) when that camera is in the store.
+    """Pick the model for an explicit ``camera`` or, without one, by the image's folder, EXIF Make or
+    RealSR-style file-name prefix, the rules ``adapt`` groups images by (:func:`route_by_image`).
 
     ``camera="_fallback"`` asks for the unadapted fallback model explicitly.
 
@@ -220,12 +251,7 @@ def resolve_model(
         make = None
     else:
         requested = None
-        source = "exif-make"
-        group, make = camera_group_of(image)
-        if group is None:
-            by_name = _filename_group(image)
-            if by_name is not None and CameraStore.open(root, by_name).exists():
-                group, source = by_name, "filename-prefix"
+        group, source, make = route_by_image(image, lambda name: CameraStore.open(root, name).exists())
 
     if group is not None:
         found, why = _find_export(root, group, precision)

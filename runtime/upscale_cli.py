@@ -4,7 +4,9 @@
   existing folder), otherwise a folder (created) that receives ``<stem>.<ext>``. An image suffix
   that cannot be written (``result.gif``, ``x.bmp``) is an error, never a folder name.
 - ``-i DIR -o OUTDIR``: every image directly inside DIR (suffixes of
-  ``adassr.runtime.images.SUPPORTED_READ_SUFFIXES``, sorted by name) goes to ``OUTDIR/<stem>.<ext>``; two
+  ``adassr.runtime.images.SUPPORTED_READ_SUFFIXES``, sorted by name) goes to ``OUTDIR/<stem>.<ext>``,
+  and every image of a subfolder one level down (``DIR/nikon/x.jpg``, the layout ``adapt --images``
+  reads) to ``OUTDIR/<subfolder>/<stem>.<ext>``; the output folder itself is never read. Two
   inputs that would get the same name keep their input suffix in the stem (``a_jpg.png``).
   A bad file is reported on stderr (file and reason) and skipped; it never aborts the batch nor
   leaves a partial output (files are written atomically).
@@ -153,6 +155,31 @@ def _check_output_suffix(output: Path) -> None:
         )
 
 
+def _input_folders(source: Path, output: Path) -> list[tuple[Path, Path]]:
+    """``(input folder, output folder)``: ``source`` itself, then each visible subfolder one level
+    down (the layout ``adapt --images`` reads, one folder per camera), except the output folder."""
+    out = output.resolve()
+    folders = [(source, output)]
+    for sub in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if sub.resolve() != out:
+            folders.append((sub, output / sub.name))
+    return folders
+
+
+def _folder_pairs(inputs: list[Path], target: Path, ext: str) -> list[tuple[Path, Path]]:
+    """Output names in one folder: ``<stem>.<ext>``; inputs that would share one keep their suffix."""
+    names = [(p, p.stem + _output_suffix(ext, p)) for p in inputs]
+    counts: dict[str, int] = {}
+    for _, name in names:
+        counts[name.lower()] = counts.get(name.lower(), 0) + 1
+    pairs = []
+    for p, name in names:
+        if counts[name.lower()] > 1:
+            name = f"{p.stem}_{p.suffix.lower().lstrip('.')}{Path(name).suffix}"
+        pairs.append((p, target / name))
+    return pairs
+
+
 def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]]:
     """``(input, output)`` pairs for a file or a folder (see the module docstring)."""
     if not source.exists():
@@ -163,21 +190,13 @@ def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]
             raise ConfigError(f"the input is a folder, so the output {output} must be a folder, not a file")
         if output.exists() and output.resolve() == source.resolve():
             raise ConfigError(f"the output folder {output} is the input folder; choose another -o")
-        inputs = _list_images(source)
-        if not inputs:
-            raise ConfigError(
-                f"no images in {source} (looked for {', '.join(SUPPORTED_READ_SUFFIXES)})"
-            )
-        names = [(p, p.stem + _output_suffix(ext, p)) for p in inputs]
-        counts: dict[str, int] = {}
-        for _, name in names:
-            counts[name.lower()] = counts.get(name.lower(), 0) + 1
         pairs = []
-        for p, name in names:
-            if counts[name.lower()] > 1:
-                suffix = Path(name).suffix
-                name = f"{p.stem}_{p.suffix.lower().lstrip('.')}{suffix}"
-            pairs.append((p, output / name))
+        for folder, target in _input_folders(source, output):
+            pairs.extend(_folder_pairs(_list_images(folder), target, ext))
+        if not pairs:
+            raise ConfigError(
+                f"no images in {source} or its subfolders (looked for {', '.join(SUPPORTED_READ_SUFFIXES)})"
+            )
         return pairs
     is_file_target = output.suffix.lower() in SUPPORTED_WRITE_SUFFIXES and not output.is_dir()
     if is_file_target:

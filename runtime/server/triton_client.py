@@ -31,7 +31,7 @@ import numpy as np
 from adassr.runtime.errors import BackendError, ConfigError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.pipeline import upscale_pixels
-from adassr.runtime.routing import camera_group_of
+from adassr.runtime.routing import route_by_image
 from adassr.runtime.store import FALLBACK_CAMERA
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, TilingOptions
 
@@ -133,18 +133,26 @@ class TritonUpscaler:
         return self._models[name]
 
     def model_for(self, image: LoadedImage, camera: str | None = None) -> str:
-        """``<prefix><camera>``; without ``camera`` the EXIF Make's group if Triton has it, else the fallback."""
+        """``<prefix><camera>``; without ``camera`` see :meth:`route`."""
+        return self.route(image, camera)[0]
+
+    def route(self, image: LoadedImage, camera: str | None = None) -> tuple[str, str]:
+        """``(model name, reason)``: ``<prefix><camera>`` (``explicit``); without ``camera`` the group
+        :func:`route_by_image` finds (its folder, EXIF Make or file-name prefix: the reason) if Triton
+        has that model ready, else the fallback (``fallback``)."""
         if camera is not None:
-            return f"{self._prefix}{camera}"
-        group, _ = camera_group_of(image)
-        if group is not None:
-            name = f"{self._prefix}{group}"
-            try:
-                if self._client.is_model_ready(name):
-                    return name
-            except Exception:  # noqa: BLE001, S110 - an unreachable or unknown model: use the fallback
-                pass
-        return f"{self._prefix}{FALLBACK_CAMERA}"
+            return f"{self._prefix}{camera}", "explicit"
+        group, source, _ = route_by_image(image, self._ready)
+        if group is not None and self._ready(group):
+            return f"{self._prefix}{group}", source
+        return f"{self._prefix}{FALLBACK_CAMERA}", "fallback"
+
+    def _ready(self, group: str) -> bool:
+        """Whether Triton has the model of camera ``group`` ready (an unreachable or unknown one: no)."""
+        try:
+            return bool(self._client.is_model_ready(f"{self._prefix}{group}"))
+        except Exception:  # noqa: BLE001 - tritonclient raises its own exception types
+            return False
 
     def infer_fn(self, info: TritonModelInfo) -> Any:
         """An ``InferFn`` sending ``N x 3 x tile x tile`` batches to ``info``'s model."""

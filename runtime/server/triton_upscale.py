@@ -23,7 +23,6 @@ from adassr.runtime.errors import ConfigError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.pipeline import UpscaleResult, check_outscale
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX, TritonUpscaler
-from adassr.runtime.store import FALLBACK_CAMERA
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
 from adassr.runtime.upscalers import TileProgress
 
@@ -76,10 +75,7 @@ class TritonImageUpscaler:
             return self._options.model, "--triton-model"
         if camera is not None:
             return f"{self._options.prefix}{camera}", "explicit"
-        name = self._client.model_for(image)
-        if name == f"{self._options.prefix}{FALLBACK_CAMERA}":
-            return name, "fallback"
-        return name, "exif-make"
+        return self._client.route(image)
 
     def upscale(
         self, image: LoadedImage, *, camera: str | None = None, progress: TileProgress | None = None

@@ -56,6 +56,15 @@ def test_torch_backend_uses_adapted_weights_of_the_camera(small_inputs: Path, tm
     a = read_image(out_a).pixels.astype(float)
     b = read_image(out_b).pixels.astype(float)
     assert a.mean() > b.mean() + 20
+    # no --camera, but the image sits in a folder named after the camera (adapt's layout)
+    in_folder = tmp_path / "photos" / "canon" / "a.png"
+    in_folder.parent.mkdir(parents=True)
+    in_folder.write_bytes((small_inputs / "a.png").read_bytes())
+    capsys.readouterr()
+    assert main(["upscale", "-i", str(in_folder), "-o", str(tmp_path / "by_folder.png"), "--backend", "torch",
+                 "--store", str(tmp_path / "store"), "--no-progress", "--device", "cpu"]) == 0
+    assert "canon/adapted.safetensors" in capsys.readouterr().out
+    assert np.array_equal(read_image(tmp_path / "by_folder.png").pixels, read_image(out_a).pixels)
     # tampering with the adapted weights is detected by the manifest's sha256
     path = store.artifact_path("adapted.safetensors")
     data = bytearray(path.read_bytes())

@@ -41,12 +41,35 @@ def test_fallback_can_be_asked_for(store: Path) -> None:
     assert d.model_camera == FALLBACK_CAMERA and d.reason == "explicit" and d.is_fallback
 
 
-def test_exif_make_routes_to_the_camera_group(store: Path) -> None:
-    image = read_image(CANON_JPG)
+def test_exif_make_routes_to_the_camera_group(store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    photo = tmp_path / "in" / "photos" / "flower.jpg"  # a folder that names no camera
+    photo.parent.mkdir(parents=True)
+    shutil.copy(CANON_JPG, photo)
+    image = read_image(photo)
     assert image.exif_make and image.exif_make.lower().startswith("canon")
-    for source in (image, CANON_JPG):
+    for source in (image, photo):
         d = resolve_model(store, image=source)
         assert (d.camera_requested, d.camera_group, d.model_camera, d.reason) == (None, "canon", "canon", "exif-make")
+
+
+def test_a_folder_named_after_a_camera_in_the_store_routes_first(store: Path, tmp_path: Path) -> None:
+    """adapt's order: the folder, then the EXIF Make, then a file-name prefix."""
+    import shutil
+
+    in_canon = tmp_path / "in" / "canon" / "iptc.jpg"  # EXIF Make Nokia, in a folder named canon
+    in_canon.parent.mkdir(parents=True)
+    shutil.copy(NOKIA_JPG, in_canon)
+    for source in (in_canon, read_image(in_canon)):
+        d = resolve_model(store, image=source)
+        assert (d.camera_group, d.model_camera, d.reason) == ("canon", "canon", "folder")
+    in_other = tmp_path / "in" / "sony" / "iptc.jpg"  # sony is not in the store: the EXIF Make decides
+    in_other.parent.mkdir(parents=True)
+    shutil.copy(NOKIA_JPG, in_other)
+    d = resolve_model(store, image=in_other)
+    assert d.camera_group == "nokia" and d.is_fallback and "no model for 'nokia'" in d.reason
+    assert resolve_model(store, image=CANON_JPG).reason == "folder"  # samples/cameras/canon/flower.jpg
 
 
 def test_group_without_a_model_is_served_by_the_fallback(store: Path) -> None:

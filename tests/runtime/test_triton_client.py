@@ -95,3 +95,33 @@ def test_client_tiles_through_a_real_tritonserver(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+def test_route_follows_adapts_rules_against_the_models_triton_has(tmp_path: Path) -> None:
+    """Folder, then EXIF Make, then a RealSR-style file-name prefix; a name counts only when Triton has it."""
+    import shutil
+
+    pytest.importorskip("tritonclient.http")
+    ready = {"adassr_canon", "adassr_nikon", "adassr_sony"}
+
+    class Models:
+        def is_model_ready(self, name: str) -> bool:
+            if name == "adassr_broken":
+                raise ConnectionError("unreachable")
+            return name in ready
+
+    client = TritonUpscaler("127.0.0.1:9")  # nothing is sent: routing asks only is_model_ready
+    client._client = Models()
+    no_exif = Path(__file__).parents[1] / "data" / "hr" / "coffee.png"
+    files = {"sony/iptc.jpg": SAMPLES / "nokia" / "iptc.jpg", "photos/flower.jpg": SAMPLES / "canon" / "flower.jpg",
+             "photos/Nikon_006_LR4.png": no_exif, "photos/iptc.jpg": SAMPLES / "nokia" / "iptc.jpg",
+             "broken/x.png": no_exif}
+    for rel, src in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, tmp_path / rel)
+    assert client.route(read_image(tmp_path / "sony/iptc.jpg")) == ("adassr_sony", "folder")
+    assert client.route(read_image(tmp_path / "photos/flower.jpg")) == ("adassr_canon", "exif-make")
+    assert client.route(read_image(tmp_path / "photos/Nikon_006_LR4.png")) == ("adassr_nikon", "filename-prefix")
+    assert client.route(read_image(tmp_path / "photos/iptc.jpg")) == ("adassr__fallback", "fallback")  # no nokia
+    assert client.route(read_image(tmp_path / "broken/x.png")) == ("adassr__fallback", "fallback")
+    assert client.route(read_image(tmp_path / "photos/iptc.jpg"), "canon") == ("adassr_canon", "explicit")

@@ -120,6 +120,42 @@ def test_rgba_in_rgba_out(store: Path, tmp_path: Path) -> None:
     assert code == 0 and "note:" in err and read_image(tmp_path / "flat.jpg").alpha is None
 
 
+def test_camera_folders_one_level_down_are_upscaled_and_routed_by_folder(store: Path, tmp_path: Path) -> None:
+    """The layout `adapt --images` reads (one folder per camera) upscales as a tree: outputs mirror it,
+    a folder named after a camera in the store routes its images there, others go by EXIF Make."""
+    src = tmp_path / "in"
+    (src / "canon").mkdir(parents=True)
+    (src / "misc").mkdir()
+    (src / ".hidden").mkdir()
+    _small_jpeg_with_exif(SAMPLES / "nokia" / "iptc.jpg", src / "canon" / "x.jpg")  # EXIF Nokia, folder canon
+    _small_jpeg_with_exif(SAMPLES / "nokia" / "iptc.jpg", src / "misc" / "x.jpg")
+    _small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", src / "top.jpg")
+    _small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", src / ".hidden" / "skip.jpg")
+    dst = src / "out"  # an output folder inside the input is never read
+    dst.mkdir()
+    write_image(dst / "old.png", np.full((20, 20, 3), 9, np.uint8))
+
+    code, out, _ = _run("-i", str(src), "-o", str(dst), "--store", str(store), "--tile", "0", "--no-progress")
+
+    assert code == 0
+    lines = {line.split(" -> ")[0]: line for line in out.splitlines() if " -> " in line and "[model" in line}
+    assert set(lines) == {str(src / "top.jpg"), str(src / "canon" / "x.jpg"), str(src / "misc" / "x.jpg")}
+    by_folder = lines[str(src / "canon" / "x.jpg")]
+    assert "canon/model.onnx" in by_folder and ", folder]" in by_folder
+    assert "_fallback/model.onnx" in lines[str(src / "misc" / "x.jpg")]
+    assert "exif-make" in lines[str(src / "top.jpg")]
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == [
+        "canon/x.jpg", "misc/x.jpg", "old.png", "top.jpg"]
+    with pytest.raises(ConfigError, match="no images in .* or its subfolders"):
+        plan_outputs(_empty_dir(tmp_path), tmp_path / "o2", "auto")
+
+
+def _empty_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "empty"
+    (folder / "sub").mkdir(parents=True)
+    return folder
+
+
 def test_output_naming(tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()
