@@ -128,7 +128,8 @@ class AdaptConfig:
     max_images: int = field(default=64, metadata=cli(
         "read at most this many images of the group, evenly spaced in name order (GPU 64, CPU 8)"))
     max_megapixels: float = field(default=200.0, metadata=cli(
-        "read at most this many LR megapixels of the group in all (200; 2.4 GB as float32)"))
+        "read at most this many LR megapixels of the group in all (GPU 200, CPU 100; a CPU run "
+        "peaked at about 2 GB + 70 MB per megapixel read)"))
     trainable: str = field(default="auto", metadata=cli(
         "all | tail (auto: tail on CPU, all on GPU)", choices=TRAINABLE))
     tail_blocks: int = field(default=3, metadata=cli("RRDB blocks trained in tail mode (3)"))
@@ -210,7 +211,9 @@ def cpu_demo_defaults(native_bf16: bool = True) -> AdaptConfig:
     images of a group are read: each new image costs a weight map in the set-up (the trunk pass
     alone takes about 3 s in bf16 on a Sapphire Rapids-class Xeon; the first run of a group of four
     256 px photos spent 87-103 s before training on an AVX2 Zen 3, mostly on these maps; cached
-    for later runs), and 8 images already give each 200-pair bank about 25 pairs of every image.
+    for later runs), and 8 images already give each 200-pair bank about 25 pairs of every image. At
+    most 100 LR megapixels are read: peak memory grew by about 70 MB per megapixel (one 40 MP image:
+    4.5 GB peak RSS against 2.4 GB for a 10 MP one, measured on a Sapphire Rapids-class Xeon).
     """
     return AdaptConfig(
         steps=500 if native_bf16 else 250,
@@ -219,6 +222,7 @@ def cpu_demo_defaults(native_bf16: bool = True) -> AdaptConfig:
         eval_crop=128,
         eval_max_images=4,
         max_images=8,
+        max_megapixels=100.0,
         feature_bank=200,
         ema_decay=0.99,
         time_budget=CPU_TIME_BUDGET_S,

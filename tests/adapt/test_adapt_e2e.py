@@ -156,7 +156,7 @@ def test_max_images_reads_part_of_a_large_group_and_records_it(camera_dir: Path,
     manifest = CameraStore.open(store, "nokia").read_manifest()
     assert [Path(p).name for p in manifest["pairs"]["images_used"]] == ["p1.png"]
     assert manifest["pairs"]["selection"] == {"images_in_group": 3, "readable": 3, "read": 1, "max_images": 1,
-                                              "max_megapixels": 200.0, "limited_by": "--max-images 1"}
+                                              "max_megapixels": 100.0, "limited_by": "--max-images 1"}
     assert manifest["config"]["max_images"] == 1 and len(manifest["images"]) == 3
 
 

@@ -143,4 +143,4 @@ def test_gpu_defaults_are_the_papers_with_bounded_weight_map_inputs() -> None:
     assert settings == (1500, 1e-4, 4, 0.999, 1e-4, 100)
     assert gpu.attention.max_side == 1024 and paper.attention.max_side is None
     assert gpu.max_images == 64 and cpu_demo_defaults().max_images == 8
-    assert gpu.max_megapixels == cpu_demo_defaults().max_megapixels == 200.0
+    assert gpu.max_megapixels == 200.0 and cpu_demo_defaults().max_megapixels == 100.0
