@@ -81,38 +81,17 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
     (a one-image group: that image's own error), ConfigError when the group has no images.
     """
     from adassr.adapt.image_selection import select_images
-    from adassr.runtime.images import read_image, read_image_size, to_float32
 
     if not group.members:
         raise ConfigError(f"camera group {group.name!r} has no images")
-    unreadable: list[tuple[str, str]] = []
-    errors: list[ImageError] = []
-    sized: list[tuple[GroupMember, int]] = []
-    for member in group.members:
-        try:
-            width, height = read_image_size(member.path)
-        except ImageError as exc:
-            unreadable.append((str(member.path), str(exc)))
-            errors.append(exc)
-            continue
-        sized.append((member, width * height))
+    errors: list[tuple[str, ImageError]] = []
+    sized = _header_sizes(group.members, errors)
     selection = select_images([px for _, px in sized], max_images=max_images or len(sized) or 1,
                               max_megapixels=max_megapixels or math.inf)
-    members, images = [], []
-    for member, _ in (sized[i] for i in selection.indices):
-        try:
-            loaded = read_image(member.path)
-        except ImageError as exc:
-            unreadable.append((str(member.path), str(exc)))
-            errors.append(exc)
-            continue
-        pixels = to_float32(loaded.pixels)
-        if pixels.shape[2] == 1:
-            pixels = np.repeat(pixels, 3, axis=2)
-        members.append(member)
-        images.append(np.ascontiguousarray(pixels))
+    members, images = _decode_members([sized[i][0] for i in selection.indices], errors)
+    unreadable = tuple((path, str(exc)) for path, exc in errors)
     if len(group.members) == 1 and errors:
-        raise errors[0]
+        raise errors[0][1]
     if not images:
         listed = "; ".join(reason for _, reason in unreadable[:5])
         more = f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
@@ -125,8 +104,44 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
         log.warning("camera group %r: skipped %d unreadable image(s) of %d, adapting on %d: %s",
                     group.name, len(unreadable), len(group.members), len(images),
                     "; ".join(reason for _, reason in unreadable))
-    return LoadedGroup(CameraGroup(group.name, tuple(members)), images, tuple(unreadable), len(sized),
+    return LoadedGroup(CameraGroup(group.name, tuple(members)), images, unreadable, len(sized),
                        selection.limited_by)
+
+
+def _header_sizes(members: Sequence[GroupMember],
+                  errors: list[tuple[str, ImageError]]) -> list[tuple[GroupMember, int]]:
+    """``(member, width x height)`` from each file's header; a header that fails goes to ``errors``."""
+    from adassr.runtime.images import read_image_size
+
+    sized = []
+    for member in members:
+        try:
+            width, height = read_image_size(member.path)
+        except ImageError as exc:
+            errors.append((str(member.path), exc))
+            continue
+        sized.append((member, width * height))
+    return sized
+
+
+def _decode_members(members: Sequence[GroupMember],
+                    errors: list[tuple[str, ImageError]]) -> tuple[list[GroupMember], list[np.ndarray]]:
+    """The members that decode, and their pixels as float32 RGB; a file that fails goes to ``errors``."""
+    from adassr.runtime.images import read_image, to_float32
+
+    decoded, images = [], []
+    for member in members:
+        try:
+            loaded = read_image(member.path)
+        except ImageError as exc:
+            errors.append((str(member.path), exc))
+            continue
+        pixels = to_float32(loaded.pixels)
+        if pixels.shape[2] == 1:
+            pixels = np.repeat(pixels, 3, axis=2)
+        decoded.append(member)
+        images.append(np.ascontiguousarray(pixels))
+    return decoded, images
 
 
 def _versions() -> dict[str, str]:
