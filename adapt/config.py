@@ -128,8 +128,8 @@ class AdaptConfig:
     max_images: int = field(default=64, metadata=cli(
         "read at most this many images of the group, evenly spaced in name order (GPU 64, CPU 8)"))
     max_megapixels: float = field(default=200.0, metadata=cli(
-        "read at most this many LR megapixels of the group in all (GPU 200, CPU 100; a CPU run "
-        "peaked at about 2 GB + 70 MB per megapixel read)"))
+        "read at most this many LR megapixels of the group in all (GPU 200, CPU 100; a CPU run's "
+        "peak memory grew by about 40 MB per megapixel read)"))
     trainable: str = field(default="auto", metadata=cli(
         "all | tail (auto: tail on CPU, all on GPU)", choices=TRAINABLE))
     tail_blocks: int = field(default=3, metadata=cli("RRDB blocks trained in tail mode (3)"))
@@ -212,8 +212,8 @@ def cpu_demo_defaults(native_bf16: bool = True) -> AdaptConfig:
     alone takes about 3 s in bf16 on a Sapphire Rapids-class Xeon; the first run of a group of four
     256 px photos spent 87-103 s before training on an AVX2 Zen 3, mostly on these maps; cached
     for later runs), and 8 images already give each 200-pair bank about 25 pairs of every image. At
-    most 100 LR megapixels are read: peak memory grew by about 70 MB per megapixel (one 40 MP image:
-    4.5 GB peak RSS against 2.4 GB for a 10 MP one, measured on a Sapphire Rapids-class Xeon).
+    most 100 LR megapixels are read: peak memory grew by about 40 MB per megapixel (10-step runs on
+    one image: 2.0 GB peak RSS for 10 MP, 3.1 GB for 40 MP, on a Sapphire Rapids-class Xeon).
     """
     return AdaptConfig(
         steps=500 if native_bf16 else 250,

@@ -60,7 +60,9 @@ def render_report(
         twin.set_ylabel("training loss")
     ax.legend(fontsize=7, loc="upper right")
     ax.set_title("NIQE against steps", fontsize=9)
-    shown = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    shown = _for_display(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0))
+    if weight is not None:
+        weight = _for_display(np.asarray(weight, dtype=np.float32))
     if weight is None:
         axes[1].imshow(shown)
         axes[1].set_title("uniform loss weights", fontsize=9)
@@ -75,3 +77,20 @@ def render_report(
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=80)
     plt.close(fig)
+
+
+DISPLAY_MAX_SIDE = 800
+"""Longer side the image and its weight map are reduced to before drawing (the panel is about 400 px
+wide at the report's size): a 40 MP photo drawn at full size costs matplotlib several GB."""
+
+
+def _for_display(picture: np.ndarray) -> np.ndarray:
+    """``picture`` reduced (``INTER_AREA``) so its longer side is at most :data:`DISPLAY_MAX_SIDE`."""
+    import cv2
+
+    height, width = picture.shape[:2]
+    if max(height, width) <= DISPLAY_MAX_SIDE:
+        return picture
+    factor = DISPLAY_MAX_SIDE / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return np.asarray(cv2.resize(picture, size, interpolation=cv2.INTER_AREA))

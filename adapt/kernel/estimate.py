@@ -39,6 +39,7 @@ CALIBRATION: Mapping[int, Mapping[str, tuple[float, float]]] = MappingProxyType(
     4: MappingProxyType({"group": (1.2924, -0.1011), "single": (1.3310, -0.1021)}),
 })
 _FALLBACK_SCALE = 4
+_ROWS = 256  # rows per band when converting to luma
 _LUMA = np.array([0.299, 0.587, 0.114])
 _MIN_HR_SIGMA = 0.4  # the linear map is clipped here (sigmas below ~0.8 HR px are aliased at x4)
 
@@ -110,7 +111,9 @@ def _luma(image: Any, index: int) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise ImageError(f"image {index} is a {type(image).__name__}, expected a numpy array (HxW or HxWx3)")
     if image.ndim == 3 and image.shape[2] in (3, 4):
-        y = image[..., :3].astype(np.float64) @ _LUMA
+        y = np.empty(image.shape[:2], np.float64)
+        for r in range(0, image.shape[0], _ROWS):  # in bands: no float64 copy of all three channels
+            y[r:r + _ROWS] = image[r:r + _ROWS, :, :3].astype(np.float64) @ _LUMA
     elif image.ndim == 3 and image.shape[2] == 1:
         y = image[..., 0].astype(np.float64)
     elif image.ndim == 2:
@@ -133,11 +136,14 @@ def _tiles(y: np.ndarray, config: KernelEstimationConfig) -> list[np.ndarray]:
     t = config.tile
     if h * w <= t * t * config.max_tiles_per_image or h < t or w < t:
         return [y]
-    gx = cv2.Sobel(y, cv2.CV_64F, 1, 0)
-    gy = cv2.Sobel(y, cv2.CV_64F, 0, 1)
-    energy = gx * gx + gy * gy
-    cands = [(float(np.median(energy[r:r + t, c:c + t])), r, c)
-             for r in range(0, h - t + 1, t) for c in range(0, w - t + 1, t)]
+    cands: list[tuple[float, int, int]] = []
+    for r in range(0, h - t + 1, t):  # one band of tiles at a time: the same values, a band's memory
+        top, bottom = max(r - 1, 0), min(r + t + 1, h)  # one row of context each side for the 3x3 Sobel
+        band = y[top:bottom]
+        gx = cv2.Sobel(band, cv2.CV_64F, 1, 0)
+        gy = cv2.Sobel(band, cv2.CV_64F, 0, 1)
+        energy = (gx * gx + gy * gy)[r - top:r - top + t]
+        cands.extend((float(np.median(energy[:, c:c + t])), r, c) for c in range(0, w - t + 1, t))
     cands.sort(key=lambda item: -item[0])
     return [y[r:r + t, c:c + t] for _, r, c in cands[:config.max_tiles_per_image]]
 
@@ -151,13 +157,24 @@ def jpeg_blockiness(y: np.ndarray, block: int = 8) -> float:
     """
     if min(y.shape) < 4 * block:
         return 0.0
+    height, width = y.shape
+    on_columns = (np.arange(width - 1) % block) == block - 1  # steps from column j to j + 1
+    sums = np.zeros((2, 2))  # [across columns, across rows] x [on the grid, inside blocks]
+    counts = np.zeros((2, 2))
+    for r in range(0, height, _ROWS):  # in bands of rows: a band's memory, not the image's
+        across = np.abs(np.diff(y[r:r + _ROWS], axis=1))
+        sums[0] += across[:, on_columns].sum(), across[:, ~on_columns].sum()
+        counts[0] += across.shape[0] * on_columns.sum(), across.shape[0] * (~on_columns).sum()
+        down = np.abs(np.diff(y[r:r + _ROWS + 1], axis=0))  # steps from row i to i + 1, i = r, r + 1, ...
+        on_rows = ((r + np.arange(down.shape[0])) % block) == block - 1
+        sums[1] += down[on_rows].sum(), down[~on_rows].sum()
+        counts[1] += on_rows.sum() * width, (~on_rows).sum() * width
     ratios = []
-    for diff in (np.abs(np.diff(y, axis=1)), np.abs(np.diff(y, axis=0)).T):
-        on = (np.arange(diff.shape[1]) % block) == block - 1
-        inside = float(diff[:, ~on].mean())
+    for (on_sum, inside_sum), (on_n, inside_n) in zip(sums, counts, strict=True):
+        inside = inside_sum / inside_n
         if inside <= 1e-6:
             continue
-        ratios.append(float(diff[:, on].mean()) / inside - 1.0)
+        ratios.append(float(on_sum / on_n) / inside - 1.0)
     return max(0.0, float(np.mean(ratios))) if ratios else 0.0
 
 

@@ -247,3 +247,36 @@ def test_fallback_returns_the_fixed_gaussian_with_the_reason(photos):
     assert json.loads(json.dumps(forced.to_dict()))["method"] == METHOD_FIXED_GAUSSIAN
     with pytest.raises(ConfigError, match="fallback"):
         KernelEstimationConfig(fallback_gap=-1.0)
+
+
+def test_banded_luma_tiles_and_blockiness_equal_the_whole_image_computation():
+    """The estimator works on bands of rows to bound memory on large images; the values must be those
+    of the plain whole-image formulas (luma, Sobel energy of the candidate tiles, JPEG blockiness)."""
+    import cv2
+
+    from adassr.adapt.kernel import estimate
+
+    rng = np.random.default_rng(3)
+    height = 3 * estimate._ROWS + 37  # bands that do not divide the height
+    image = cv2.GaussianBlur(rng.random((height, 700, 3)).astype(np.float32), (0, 0), 1.5)
+    config = KernelEstimationConfig()
+    y = estimate._luma(image, 0)
+    assert np.array_equal(y, image.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+    gx, gy = cv2.Sobel(y, cv2.CV_64F, 1, 0), cv2.Sobel(y, cv2.CV_64F, 0, 1)
+    energy, t = gx * gx + gy * gy, config.tile
+    cands = sorted(((float(np.median(energy[r:r + t, c:c + t])), r, c) for r in range(0, height - t + 1, t)
+                    for c in range(0, 700 - t + 1, t)), key=lambda item: -item[0])
+    want = [y[r:r + t, c:c + t] for _, r, c in cands[:config.max_tiles_per_image]]
+    got = estimate._tiles(y, config)
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    blocky = np.round(y * 16) / 16  # quantised: many flat runs and equal steps
+    ok, data = cv2.imencode(".jpg", (image * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 40])
+    jpeg = estimate._luma(cv2.imdecode(data, cv2.IMREAD_COLOR).astype(np.float32) / 255, 0)
+    for luma in (y, blocky, jpeg):
+        ratios = []
+        for diff in (np.abs(np.diff(luma, axis=1)), np.abs(np.diff(luma, axis=0)).T):
+            on = (np.arange(diff.shape[1]) % 8) == 7
+            ratios.append(float(diff[:, on].mean()) / float(diff[:, ~on].mean()) - 1.0)
+        want_ratio = max(0.0, float(np.mean(ratios)))
+        assert math.isclose(estimate.jpeg_blockiness(luma), want_ratio, rel_tol=1e-12, abs_tol=1e-15)
+    assert estimate.jpeg_blockiness(jpeg) > 0.1  # q40 compression shows

@@ -50,3 +50,28 @@ def test_report_is_skipped_with_a_log_line_without_matplotlib(tmp_path: Path, mo
         assert _publish_report(tx, "cam", _result(), image, None) is None
         assert "report.png" not in tx.manifest.get("artifacts", {})
     assert any("report.png skipped" in r.getMessage() and "matplotlib" in r.getMessage() for r in caplog.records)
+
+
+def test_large_images_are_reduced_before_drawing() -> None:
+    """The report's panel is about 400 px wide: a large photo and its weight map are drawn from an
+    INTER_AREA reduction to an 800 px longer side, not at full size (which cost GBs in matplotlib)."""
+    rng = np.random.default_rng(0)
+    big = rng.random((2000, 3000, 3), dtype=np.float32)
+    small = report_module._for_display(big)
+    assert small.shape == (533, 800, 3) and small.dtype == np.float32
+    assert abs(float(small.mean()) - float(big.mean())) < 1e-3
+    weight = report_module._for_display(rng.random((3000, 1000), dtype=np.float32))
+    assert weight.shape == (800, 267)
+    photo = read_image(PHOTO).pixels.astype(np.float32) / 255  # 451 x 300: drawn as it is
+    assert report_module._for_display(photo) is photo
+
+
+@pytest.mark.skipif(not report_module.matplotlib_available(), reason="matplotlib (the plots extra) not installed")
+def test_report_of_a_large_image_renders(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    image = rng.random((2400, 3200, 3), dtype=np.float32)
+    weight = rng.random((2400, 3200), dtype=np.float32) + 0.5
+    path = tmp_path / "report.png"
+    report_module.render_report(path, title="big", history=[(0, 5.0), (50, 4.8)], losses=[(1, 0.3), (2, 0.2)],
+                                image=image, weight=weight, best_step=50)
+    assert path.read_bytes()[:4] == b"\x89PNG"
