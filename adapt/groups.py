@@ -5,7 +5,8 @@ A group is found for each image of ``--images DIR`` in this order:
 1. ``folder``: the image sits in a subfolder ``DIR/<group>/`` (one level deep);
 2. ``exif-make``: its EXIF Make, normalised (``"NIKON CORPORATION"`` -> ``nikon``);
 3. ``filename-prefix``: a RealSR-style name (``Nikon_006_LR4.png`` -> ``nikon``);
-4. otherwise the image is listed under ``ungrouped``.
+4. otherwise the image is listed under ``ungrouped``; when ``DIR`` itself is named after the
+   camera asked for (``--images photos/nikon --camera nikon``), those images join that group.
 
 Images whose file name marks them as high-resolution ground truth (a ``HR`` token:
 RealSR's ``Nikon_001_HR.png``, ``street_hr.jpg``) are left out of every group and listed as
@@ -200,7 +201,7 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
     """The group ``camera`` in ``directory``; CameraError listing the groups found otherwise."""
     wanted = camera.strip().lower()
     scan = scan_groups(directory)
-    groups = scan.groups
+    groups = _with_folder_named_group(scan.groups, Path(directory), wanted)
     if wanted in scan.conflicts:
         raise CameraError(f"camera group {wanted!r} in {directory} is ambiguous: {scan.conflicts[wanted]}")
     ground_truth = [s.path for s in scan.skipped if s.group == wanted and s.reason == GROUND_TRUTH_REASON]
@@ -217,12 +218,28 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
         )
     if wanted not in groups:
         found = "; ".join(g.describe() for g in groups.values())
-        raise CameraError(f"unknown camera group {camera!r} in {directory}. Groups found: {found}")
+        raise CameraError(
+            f"unknown camera group {camera!r} in {directory}. Groups found: {found}. (Images that name no "
+            "camera are 'ungrouped'; in a folder named after the camera they join its group.)"
+        )
     if ground_truth:
         log.warning("camera group %r: left out %d image(s) whose names mark them as high-resolution ground truth "
                     "(e.g. %s); adaptation learns from the camera's LR images only", wanted, len(ground_truth),
                     ground_truth[0].name)
     return groups[wanted]
+
+
+def _with_folder_named_group(groups: dict[str, CameraGroup], directory: Path, wanted: str) -> dict[str, CameraGroup]:
+    """``groups``, where ``directory`` itself is named ``wanted`` (``--images photos/nikon --camera
+    nikon``), with its loose images that name no camera (``ungrouped``) joining group ``wanted``:
+    the folder rule applied to the folder given."""
+    own = _valid_name(directory.expanduser().resolve().name)
+    if wanted == UNGROUPED or own != wanted or UNGROUPED not in groups:
+        return groups
+    joined = [GroupMember(m.path, "folder") for m in groups[UNGROUPED].members]
+    if wanted in groups:
+        joined += groups[wanted].members
+    return {**groups, wanted: CameraGroup(wanted, tuple(sorted(joined, key=lambda m: m.path)))}
 
 
 def single_image_group(path: str | Path, camera: str | None = None) -> CameraGroup:

@@ -103,3 +103,23 @@ def test_marks_ground_truth_needs_an_hr_token() -> None:
     unmarked = ["chrome.png", "Nikon_001_LR4.png", "three.png", "hrx.png", "shr_1.png", "Nikon_001_HR4x.png"]
     assert all(marks_ground_truth(Path(n)) for n in marked)
     assert not any(marks_ground_truth(Path(n)) for n in unmarked)
+
+
+def test_images_in_a_folder_named_after_the_camera_join_its_group(tmp_path: Path) -> None:
+    """`adapt --images photos/nikon --camera nikon`: loose images without EXIF Make or name prefix
+    belong to the folder's camera (the folder rule applied to the folder given)."""
+    folder = tmp_path / "nikon"
+    folder.mkdir()
+    _noise_png(folder / "0001.png", 1)
+    _noise_png(folder / "0002.png", 2)
+    _noise_png(folder / "Nikon_003_LR4.png", 3)
+    shutil.copy(SAMPLES / "canon" / "flower.jpg", folder / "other.jpg")  # EXIF Canon: stays canon
+    group = select_group(folder, "nikon")
+    assert [m.path.name for m in group.members] == ["0001.png", "0002.png", "Nikon_003_LR4.png"]
+    assert {m.derivation for m in group.members} == {"folder", "filename-prefix"}
+    assert [m.path.name for m in select_group(folder, "canon").members] == ["other.jpg"]
+    elsewhere = tmp_path / "photos"
+    elsewhere.mkdir()
+    _noise_png(elsewhere / "0001.png")
+    with pytest.raises(CameraError, match="unknown camera group 'nikon'.*ungrouped"):
+        select_group(elsewhere, "nikon")
