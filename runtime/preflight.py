@@ -79,7 +79,7 @@ def check_store_serves(store_root: str | os.PathLike[str], *, camera: str | None
     """The store exists and holds a model that can serve this run; return the camera folder to try first.
 
     An explicit ``camera`` needs its own export or the fallback; without one, any export will do
-    (images are routed by their EXIF Make). A damaged manifest is a StoreError here too.
+    (images are routed by their folder, EXIF Make or name prefix). A damaged manifest is a StoreError here too.
     """
     root = Path(store_root).expanduser()
     CameraStore.open(root, FALLBACK_CAMERA)  # StoreError if the store is missing

@@ -73,7 +73,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
     parser.add_argument("-o", "--output", required=True, type=Path,
                         help="output file (for one input file) or folder")
     parser.add_argument("--camera", default=None,
-                        help="camera group whose model to use (default: from each image's EXIF Make)")
+                        help="camera group whose model to use (default: each image's folder, EXIF Make or "
+                             "RealSR-style name prefix, as adapt groups them)")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default ./{DEFAULT_STORE})")
     parser.add_argument("--backend", choices=registry.names(), default=registry.names()[0],
                         help=f"upscaler: {registry.describe()} (default %(default)s)")
@@ -109,7 +110,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
                         help="upscale on the Triton server at URL (host:port of its HTTP endpoint) serving "
                              "the repository of `adassr export --triton-repo`; tiles are cut here")
     triton.add_argument("--triton-model", default=None, metavar="NAME",
-                        help="Triton model for every image (default: by --camera, else EXIF Make, else "
+                        help="Triton model for every image (default: by --camera, else the image's camera as adapt "
+                             "groups it, else "
                              f"{DEFAULT_TRITON_PREFIX}{FALLBACK_CAMERA})")
     triton.add_argument("--triton-prefix", default=DEFAULT_TRITON_PREFIX, metavar="P",
                         help="model name prefix the repository was written with (default %(default)s)")

@@ -30,7 +30,7 @@ class ImageUpscaler(Protocol):
     def upscale(
         self, image: LoadedImage, *, camera: str | None = None, progress: TileProgress | None = None
     ) -> UpscaleResult:
-        """Upscale one image with the model of ``camera`` (None: from the image's EXIF Make)."""
+        """Upscale one image with the model of ``camera`` (None: the image's camera, see ``routing.route_by_image``)."""
         ...
 
     def close(self) -> None:
@@ -45,7 +45,7 @@ UpscalerFactory = Callable[[RuntimeOptions], ImageUpscaler]
 class UpscalerPrepare(Protocol):
     """Runs once before a run builds its upscaler: checks (or makes) what the upscaler needs to serve.
 
-    ``camera`` is the explicitly requested camera (None: images are routed by their EXIF Make);
+    ``camera`` is the explicitly requested camera (None: images are routed by their folder, EXIF Make or name prefix);
     ``sample`` is the run's first input image. Raises :class:`~adassr.runtime.errors.AdassrError`
     with what to do when the upscaler cannot serve at all.
     """

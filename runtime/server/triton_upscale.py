@@ -7,7 +7,8 @@ the same as with the local models.
 
 Model choice per image, as ``adassr export --triton-repo`` names the models (``<prefix><camera>``):
 ``--triton-model NAME`` for every image; else ``--camera NAME`` -> ``<prefix>NAME``; else the
-image's EXIF Make group when the server has that model ready; else ``<prefix>_fallback``.
+image's camera by :func:`adassr.runtime.routing.route_by_image` (folder, EXIF Make, name prefix)
+when the server has that model ready; else ``<prefix>_fallback``.
 
 Checked once before the first image (one-line error, exit 2): tritonclient is installed, the
 server answers that it is live, and an explicitly chosen model (``--triton-model`` or ``--camera``)
