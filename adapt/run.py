@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = ADAPTED_WEIGHTS
+SETUP_WARNING_SHARE = 0.5  # warn when the set-up leaves training less than this share of the time budget
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,12 @@ def _training_budget(config: AdaptConfig, start: float) -> AdaptConfig:
     """``time_budget`` counts the whole run: training gets what the set-up since ``start`` left of it."""
     if config.time_budget is None:
         return config
-    left = config.time_budget - (time.perf_counter() - start)
+    setup = time.perf_counter() - start
+    left = config.time_budget - setup
+    if left < SETUP_WARNING_SHARE * config.time_budget:
+        log.warning("set-up took %.0f s of the %.0f s time budget, leaving %.0f s for training: a later run "
+                    "on the same images reuses the cached weight maps; else read fewer images (--max-images) "
+                    "or raise --time-budget", setup, config.time_budget, max(left, 0.0))
     return replace(config, time_budget=max(left, 1e-3))
 
 

@@ -54,3 +54,29 @@ def test_loop_times_count_period_starts_apart_and_report_means() -> None:
         "evaluations": 2, "evaluations_s": 6.0, "mean_evaluation_s": 3.0,
     }
     assert LoopTimes().to_dict()["mean_evaluation_s"] == 0.0  # no division by zero
+
+
+def test_a_set_up_that_eats_most_of_the_budget_is_reported_once(caplog) -> None:
+    """Training gets what the set-up left of --time-budget; when that is under half, one warning
+    says so and what to do (cached maps next time, fewer images, a larger budget)."""
+    import logging
+    import time
+
+    from adassr.adapt.config import AdaptConfig
+    from adassr.adapt.run import _training_budget
+
+    config = AdaptConfig(time_budget=100.0)
+    with caplog.at_level(logging.WARNING):
+        assert 90.0 < _training_budget(config, time.perf_counter() - 5.0).time_budget <= 95.0
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        left = _training_budget(config, time.perf_counter() - 80.0).time_budget
+    assert 15.0 < left <= 20.0
+    (record,) = caplog.records
+    assert "set-up took 80 s of the 100 s time budget, leaving 20 s" in record.getMessage()
+    assert "--max-images" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert _training_budget(config, time.perf_counter() - 150.0).time_budget == 1e-3
+    assert "leaving 0 s" in caplog.records[0].getMessage()
+    assert _training_budget(AdaptConfig(), time.perf_counter() - 1e6).time_budget is None
