@@ -1,10 +1,11 @@
 """Camera routing: which exported model in the store serves an image.
 
-The camera group comes from the request (an explicit name) or from the image's EXIF Make,
-normalised with :func:`adassr.runtime.cameras.normalise_camera_name` (the same function the adapt stage
-uses to name groups). A group with no exported model, an explicit name with no folder, and an
-image without a usable Make are all served by ``<store>/_fallback`` (an unadapted backbone); the
-decision's ``reason`` says which case applied. A damaged manifest or a file that fails its
+The camera group comes from the request (an explicit name) or from the image by the rules the
+adapt stage groups images by (:func:`route_by_image`): its folder, its EXIF Make normalised with
+:func:`adassr.runtime.cameras.normalise_camera_name`, or a RealSR-style file-name prefix, a folder or
+prefix only when that camera is in the store. A group with no exported model, an explicit name
+with no folder, and an image that names no camera are all served by ``<store>/_fallback`` (an
+unadapted backbone); the decision's ``reason`` says which case applied. A damaged manifest or a file that fails its
 sha256 is an error, never a silent fallback.
 
 Export records are read from ``manifest["exports"]``: ``"onnx"`` (fp32) and ``"onnx_fp16"``, each
