@@ -30,7 +30,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from adassr.runtime.cameras import FILENAME_PREFIX, normalise_camera_name, validate_group_name
+from adassr.runtime.cameras import (
+    FILENAME_PREFIX,
+    closest_camera_hint,
+    normalise_camera_name,
+    validate_group_name,
+)
 from adassr.runtime.errors import CameraError, ImageError
 from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file
 
@@ -219,7 +224,8 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
     if wanted not in groups:
         found = "; ".join(g.describe() for g in groups.values())
         raise CameraError(
-            f"unknown camera group {camera!r} in {directory}. Groups found: {found}. (Images that name no "
+            f"unknown camera group {camera!r} in {directory}.{closest_camera_hint(wanted, groups)} "
+            f"Groups found: {found}. (Images that name no "
             "camera are 'ungrouped'; in a folder named after the camera they join its group.)"
         )
     if ground_truth:

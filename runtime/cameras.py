@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 
 # Words that camera makers put in EXIF Make but that carry no identity.
 _NOISE_WORDS = {
@@ -75,3 +77,19 @@ def camera_from_filename(name: str) -> str | None:
         return validate_group_name(group)
     except CameraError:
         return None
+
+
+def closest_camera_hint(name: str, known: Iterable[str]) -> str:
+    """``" Did you mean 'nokia'?"`` when ``name`` looks like a typo of one of ``known``, else ``""``.
+
+    >>> closest_camera_hint("nokai", ["canon", "nokia", "_fallback"])
+    " Did you mean 'nokia'?"
+    >>> closest_camera_hint("sony", ["canon", "nokia"])
+    ''
+    """
+    low = name.strip().lower()
+    candidates = sorted({k for k in known if k != low})
+    match = difflib.get_close_matches(low, candidates, n=1, cutoff=0.75)
+    if not match and len(low) >= 3:  # an abbreviation: 'fuji' for 'fujifilm'
+        match = [k for k in candidates if k.startswith(low)][:1]
+    return f" Did you mean {match[0]!r}?" if match else ""

@@ -58,7 +58,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from adassr.runtime.cameras import validate_group_name
+from adassr.runtime.cameras import closest_camera_hint, validate_group_name
 from adassr.runtime.errors import StoreError
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
@@ -319,8 +319,9 @@ class CameraStore:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
+            hint = closest_camera_hint(self.camera, list_cameras(self.directory.parent))
             raise StoreError(
-                f"no manifest for camera {self.camera!r} at {path}; adapt it with "
+                f"no manifest for camera {self.camera!r} at {path}.{hint} Adapt it with "
                 f"`adapt --camera {self.camera}` (or export a backbone) first"
             ) from None
         except (OSError, UnicodeDecodeError) as exc:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from adassr.runtime.cameras import validate_group_name
+from adassr.runtime.cameras import closest_camera_hint, validate_group_name
 from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
 from adassr.runtime.errors import AdassrError, ConfigError
 from adassr.runtime.images import (
@@ -54,7 +54,7 @@ from adassr.runtime.pipeline import RuntimeOptions, UpscaleResult
 from adassr.runtime.preflight import check_output_folders, check_required_providers, check_threads
 from adassr.runtime.routing import PRECISIONS
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX as DEFAULT_TRITON_PREFIX
-from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA
+from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA, list_cameras
 from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE
 from adassr.runtime.upscalers import ImageUpscaler, TileProgress, UpscalerRegistry, runtime_upscalers
@@ -384,6 +384,8 @@ def run_upscale(
             return _run_pairs(remote, pairs, args, camera=camera, stdout=stdout, stderr=stderr)
     if options.backend == "onnxruntime":
         check_required_providers(options.providers, require=options.require_providers)
+    if camera is not None:
+        _warn_if_camera_missing(camera, Path(args.store), stderr if stderr is not None else sys.stderr)
     entry = registry.get(options.backend)
     if entry.prepare is not None:
         entry.prepare(options, camera=camera, sample=pairs[0][0])
@@ -392,6 +394,19 @@ def run_upscale(
         if ready is not None:  # open the first model now: a backend that cannot start fails the run once
             ready(camera=camera)
         return _run_pairs(upscaler, pairs, args, camera=camera, stdout=stdout, stderr=stderr)
+
+
+def _warn_if_camera_missing(camera: str, store: Path, stderr: TextIO) -> None:
+    """One warning when ``--camera`` names a camera the store has no manifest for (a typo, or not
+    adapted yet): its images are served by the fallback model, which the output lines also say."""
+    known = [c for c in list_cameras(store) if c != FALLBACK_CAMERA]
+    name = camera.strip().lower()
+    if name == FALLBACK_CAMERA or name in known:
+        return
+    listed = ", ".join(known) if known else "none yet"
+    hint = closest_camera_hint(name, known)
+    print(f"warning: camera {name!r} has no model in the store {store} (cameras: {listed}).{hint} "
+          f"Its images get the unadapted fallback model; adapt it with `adapt --camera {name}`.", file=stderr)
 
 
 def _triton_options(args: argparse.Namespace) -> TritonRunOptions | None:

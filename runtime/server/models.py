@@ -32,7 +32,7 @@ from types import MappingProxyType
 from typing import Any
 
 from adassr.runtime.backends import Backend, open_backend
-from adassr.runtime.cameras import validate_group_name
+from adassr.runtime.cameras import closest_camera_hint, validate_group_name
 from adassr.runtime.errors import AdassrError, CameraError, StoreError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import RouteDecision, camera_group_of, resolve_model
@@ -149,9 +149,10 @@ class ModelRegistry:
             model = models.get(name)
             if model is None:
                 known = ", ".join(sorted(models)) or "none"
+                hint = closest_camera_hint(name, models)
                 raise UnknownCamera(
-                    f"camera {name!r} has no model on this server (cameras: {known}); omit 'camera' to "
-                    "route by the image's EXIF Make, or adapt and export that camera"
+                    f"camera {name!r} has no model on this server (cameras: {known}).{hint} "
+                    "Omit 'camera' to route by the image's EXIF Make, or adapt and export that camera"
                 )
             return Route(model, name, "explicit")
         try:

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from adassr.adapt.groups import discover_groups, scan_groups, select_group, single_image_group
+from adassr.runtime.cameras import closest_camera_hint
 from adassr.runtime.errors import CameraError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
@@ -76,3 +77,19 @@ def test_adapt_list_shows_groups_and_skipped_folders(tmp_path: Path, capsys: pyt
     assert out.startswith("canon (")
     assert f"skipped {tmp_path / 'My Camera'}: folder name 'My Camera' is not a valid camera group name" in out
     assert out.count("differ only in case") == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("nokai", " Did you mean 'nokia'?"),  # transposed letters
+        ("NINTEDO", " Did you mean 'nintendo'?"),  # a letter missing, any case
+        ("fuji", " Did you mean 'fujifilm'?"),  # an abbreviation
+        ("nikon", ""),  # shares letters with canon, but is another make
+        ("sony", ""),
+        ("nokia", ""),  # the name itself is no typo
+        ("_fallback", ""),
+    ],
+)
+def test_closest_camera_hint(name: str, hint: str) -> None:
+    assert closest_camera_hint(name, ["canon", "nokia", "nintendo", "fujifilm", "_fallback"]) == hint

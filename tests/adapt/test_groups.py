@@ -123,3 +123,5 @@ def test_images_in_a_folder_named_after_the_camera_join_its_group(tmp_path: Path
     _noise_png(elsewhere / "0001.png")
     with pytest.raises(CameraError, match="unknown camera group 'nikon'.*ungrouped"):
         select_group(elsewhere, "nikon")
+    with pytest.raises(CameraError, match=r"unknown camera group 'nikno' in .*\. Did you mean 'nikon'\?"):
+        select_group(folder, "nikno")

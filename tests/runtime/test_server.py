@@ -194,7 +194,11 @@ def test_status_codes_and_error_bodies(store: Path) -> None:
         message = _assert_json_error(
             c.post("/v1/upscale", params={"camera": "nikon"}, content=canon), 404, "unknown_camera"
         )
-        assert "canon" in message
+        assert "canon" in message and "Did you mean" not in message
+        message = _assert_json_error(
+            c.post("/v1/upscale", params={"camera": "cannon"}, content=canon), 404, "unknown_camera"
+        )
+        assert "Did you mean 'canon'?" in message
         _assert_json_error(c.get("/v2/nothing"), 404, "not_found")
         _assert_json_error(c.get("/v1/upscale"), 405, "method_not_allowed")
         bad_multipart = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n\r\nabc'

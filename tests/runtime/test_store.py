@@ -86,6 +86,15 @@ def test_missing_store_and_bad_names(tmp_path: Path) -> None:
         store.path("../manifest.json")
 
 
+def test_missing_manifest_names_the_close_camera(tmp_path: Path) -> None:
+    _publish_text(CameraStore.open(tmp_path, "nokia", create=True), "a.bin", "x")
+    with pytest.raises(StoreError, match=r"no manifest for camera 'nokai' .*\. Did you mean 'nokia'\? Adapt it"):
+        CameraStore.open(tmp_path, "nokai").read_manifest()
+    with pytest.raises(StoreError) as info:
+        CameraStore.open(tmp_path, "sony").read_manifest()
+    assert "Did you mean" not in str(info.value) and "adapt --camera sony" in str(info.value)
+
+
 def test_unwritable_store(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -93,6 +93,24 @@ def test_all_good_folder_exits_zero_with_progress(store: Path, tmp_path: Path) -
     assert "2/2" in err  # the progress display
 
 
+def test_explicit_camera_without_a_model_warns_once_and_suggests_the_close_name(store: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(2):
+        write_image(src / f"img{k}.png", np.full((12, 10, 3), 40 * k, np.uint8))
+    code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--camera", "cannon",
+                          "--no-progress")
+    assert code == 0, err
+    assert err.count("warning: camera 'cannon' has no model") == 1 and "Did you mean 'canon'?" in err
+    assert "fallback: no model for explicitly requested camera 'cannon'" in out  # served, and each line says so
+    code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out2"), "--store", str(store), "--camera", "sony",
+                          "--no-progress")
+    assert code == 0 and "warning: camera 'sony' has no model" in err and "Did you mean" not in err
+    code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out3"), "--store", str(store), "--camera", "Canon",
+                          "--no-progress")
+    assert code == 0 and "warning" not in err and "explicit" in out
+
+
 def test_sixteen_bit_png_in_sixteen_bit_png_out(store: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     px = rng.integers(0, 65536, (24, 20, 3)).astype(np.uint16)
