@@ -4,12 +4,16 @@
 [--channel y|rgb|gray] [--json] [--device DEV]``
 
 - niqe is no-reference (``--ref`` is an error); lpips, psnr and ssim need exactly one
-  ``--ref`` per PATH, of the same size. ``--channel``: psnr/ssim ``y`` (default, BT.601
+  ``--ref`` per PATH, of the same size. A PATH may be a folder: its images (directly inside,
+  sorted by name) are scored; its ``--ref`` is then a folder too, and each image is paired with
+  the reference of the same file stem (``sr/a.png`` with ``hr/a.jpg``); an image without one
+  is reported and skipped. ``--channel``: psnr/ssim ``y`` (default, BT.601
   luma as SR papers), ``rgb`` or ``gray`` (MATLAB rgb2gray, as the original SSIM code);
   niqe ``gray`` (default, the original) or ``y``; lpips takes none.
 - Output: one line per image, ``<path>\\t<score>`` (shortest round-trip float; ``inf``
   for PSNR of identical images), or with ``--json`` one object mapping each path to
-  its score, where a non-finite score (PSNR +inf) is ``null``.
+  its score, where a non-finite score (PSNR +inf) is ``null``. With more than one score, the
+  mean of the finite ones goes to stderr (stdout stays one score per line).
 - Whole-run errors (bad options, reference count, LPIPS weights missing) are reported once
   before any file is read: nothing goes to stdout, exit code 2. A file that cannot be scored
   (unreadable, too small, size differs from its reference) is reported on stderr and skipped;
@@ -28,6 +32,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from adassr.runtime.errors import AdassrError, ConfigError
@@ -68,18 +73,63 @@ def _format(score: float) -> str:
     return "inf" if score == math.inf else repr(float(score))
 
 
+class _NoReference(str):
+    """The reason an image of a folder has no reference (reported when the image comes up)."""
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The images directly inside ``folder``, sorted by name; ``ConfigError`` when there are none."""
+    from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file
+
+    try:
+        images = sorted(p for p in folder.iterdir() if is_image_file(p))
+    except OSError as exc:
+        raise ConfigError(f"cannot list the folder {folder}: {exc.strerror or exc}") from exc
+    if not images:
+        raise ConfigError(f"no images in the folder {folder} (looked for {', '.join(SUPPORTED_READ_SUFFIXES)})")
+    return images
+
+
+def _folder_pairs(folder: Path, ref_folder: Path) -> list[tuple[str, str | None]]:
+    """Each image of ``folder`` with the image of ``ref_folder`` that has its file stem."""
+    by_stem: dict[str, list[Path]] = {}
+    for ref in _folder_images(ref_folder):
+        by_stem.setdefault(ref.stem, []).append(ref)
+    pairs: list[tuple[str, str | None]] = []
+    for image in _folder_images(folder):
+        refs = by_stem.get(image.stem, [])
+        if len(refs) == 1:
+            pairs.append((str(image), str(refs[0])))
+        elif refs:
+            names = ", ".join(r.name for r in refs)
+            pairs.append((str(image), _NoReference(f"{len(refs)} references named {image.stem}.* in {ref_folder} "
+                                                   f"({names}): keep one")))
+        else:
+            pairs.append((str(image), _NoReference(f"no reference named {image.stem}.* in {ref_folder}")))
+    return pairs
+
+
 def _pairs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(image, reference) pairs; a folder PATH gives one pair per image in it; a ``_NoReference``
+    in place of a reference is the reason that image cannot be scored."""
     paths = list(args.paths)
     refs = args.ref
     if args.metric == "niqe":
         if refs:
             raise ConfigError("niqe is a no-reference metric: drop --ref")
-        return [(p, None) for p in paths]
+        return [(str(q), None) for p in paths for q in (_folder_images(Path(p)) if Path(p).is_dir() else [p])]
     if not refs:
         raise ConfigError(f"{args.metric} needs --ref with one reference image per PATH")
     if len(refs) != len(paths):
         raise ConfigError(f"{len(paths)} image(s) but {len(refs)} reference(s): give one --ref per PATH, in order")
-    return list(zip(paths, refs, strict=True))
+    pairs: list[tuple[str, str | None]] = []
+    for path, ref in zip(paths, refs, strict=True):
+        if Path(path).is_dir() != Path(ref).is_dir():
+            kind = "a folder" if Path(path).is_dir() else "a file"
+            raise ConfigError(f"{path} is {kind} but its --ref {ref} is not: pair a folder with a folder "
+                              "(images matched by file name) or a file with a file")
+        pairs.extend(_folder_pairs(Path(path), Path(ref)) if Path(path).is_dir() else [(path, ref)])
+    return pairs
 
 
 def _channel(args: argparse.Namespace) -> str | None:
@@ -157,6 +207,8 @@ def run_metrics(args: argparse.Namespace) -> int:
     failed: dict[str, str] = {}
     for path, ref in pairs:
         try:
+            if isinstance(ref, _NoReference):
+                raise ConfigError(str(ref))
             image = read_image(path).pixels
             reference = read_image(ref).pixels if ref is not None else None
             if reference is not None and image.shape[:2] != reference.shape[:2]:
@@ -169,6 +221,11 @@ def run_metrics(args: argparse.Namespace) -> int:
             message = str(exc) or type(exc).__name__
             failed[path] = message if path in message else f"{path}: {message}"
     _print(scores, args.json)
+    finite = [v for v in scores.values() if math.isfinite(v)]
+    if len(scores) > 1 and finite:
+        left_out = f" ({len(scores) - len(finite)} infinite left out)" if len(finite) < len(scores) else ""
+        print(f"adassr metrics: mean {args.metric} over {len(finite)} image(s): {_format(sum(finite) / len(finite))}"
+              f"{left_out}", file=sys.stderr)
     if failed:
         for message in failed.values():
             print(f"adassr metrics: error: {message} (skipped)", file=sys.stderr)

@@ -98,6 +98,45 @@ def test_bad_files_are_reported_and_good_ones_scored(capsys: pytest.CaptureFixtu
     out, err = _partial(capsys, "psnr", D4, D6, "--ref", str(small), D6, "--json")
     assert list(json.loads(out)) == [D6] and "same size" in err and "60x50" in err
 
+def test_folders_are_scored_image_by_image_and_paired_by_file_stem(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    sr, hr = tmp_path / "sr", tmp_path / "hr"
+    sr.mkdir()
+    hr.mkdir()
+    (sr / "I04.png").write_bytes(Path(D4).read_bytes())
+    (sr / "I06.png").write_bytes(Path(D6).read_bytes())
+    (sr / "notes.txt").write_text("not an image: not listed")
+    Image.open(R4).save(hr / "I04.png")
+    Image.open(R6).convert("RGB").save(hr / "I06.bmp")  # another format, the same stem
+    assert _metrics("psnr", str(sr), "--ref", str(hr), "--json") == 0
+    out, err = capsys.readouterr()
+    payload = json.loads(out)
+    assert list(payload) == [str(sr / "I04.png"), str(sr / "I06.png")]
+    assert payload[str(sr / "I04.png")] == psnr(read_image(D4).pixels, read_image(R4).pixels)
+    assert payload[str(sr / "I06.png")] == psnr(read_image(D6).pixels, read_image(R6).pixels)
+    mean = (payload[str(sr / "I04.png")] + payload[str(sr / "I06.png")]) / 2
+    assert f"mean psnr over 2 image(s): {mean!r}" in err
+
+    (sr / "extra.png").write_bytes(Path(D4).read_bytes())  # no reference: reported, the others scored
+    Image.open(R4).save(hr / "I04.jpg")  # two references of one stem: ambiguous
+    out, err = _partial(capsys, "psnr", str(sr), "--ref", str(hr))
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(sr / "I06.png")]
+    assert "no reference named extra.* in" in err and "2 references named I04.*" in err
+    assert "scored 1, failed 2" in err and "mean" not in err
+
+    assert _metrics("niqe", str(sr), D6) == 0
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.splitlines()] == [
+        str(sr / "I04.png"), str(sr / "I06.png"), str(sr / "extra.png"), D6]
+    assert "mean niqe over 4 image(s)" in err
+
+    assert "pair a folder with a folder" in _fail(capsys, "psnr", str(sr), "--ref", R4)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no images in the folder" in _fail(capsys, "niqe", str(empty))
+
+
 def test_lpips_without_weights(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
