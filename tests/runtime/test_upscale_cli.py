@@ -80,11 +80,16 @@ def test_folder_with_one_corrupt_image(store: Path, tmp_path: Path) -> None:
     assert read_image(dst / "d_grey.png").pixels.shape == (80, 120, 1)
 
 
-def test_all_good_folder_exits_zero_with_progress(store: Path, tmp_path: Path) -> None:
-    src = tmp_path / "in"
-    src.mkdir()
+def _two_small_pngs(folder: Path) -> Path:
+    """``folder`` holding img0.png and img1.png, two flat 10x12 images."""
+    folder.mkdir()
     for k in range(2):
-        write_image(src / f"img{k}.png", np.full((12, 10, 3), 40 * k, np.uint8))
+        write_image(folder / f"img{k}.png", np.full((12, 10, 3), 40 * k, np.uint8))
+    return folder
+
+
+def test_all_good_folder_exits_zero_with_progress(store: Path, tmp_path: Path) -> None:
+    src = _two_small_pngs(tmp_path / "in")
     code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--camera", "canon",
                           "--ext", "webp")
     assert code == 0, err
@@ -94,10 +99,7 @@ def test_all_good_folder_exits_zero_with_progress(store: Path, tmp_path: Path) -
 
 
 def test_explicit_camera_without_a_model_warns_once_and_suggests_the_close_name(store: Path, tmp_path: Path) -> None:
-    src = tmp_path / "in"
-    src.mkdir()
-    for k in range(2):
-        write_image(src / f"img{k}.png", np.full((12, 10, 3), 40 * k, np.uint8))
+    src = _two_small_pngs(tmp_path / "in")
     code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--camera", "cannon",
                           "--no-progress")
     assert code == 0, err
