@@ -123,6 +123,7 @@ class AdaptConfig:
     eval_every: int = field(default=100, metadata=cli("NIQE evaluation period in steps (GPU 100, CPU 50)"))
     stop_min_delta: float = 0.05
     stop_patience: int = 3
+    early_stop: bool = True  # False (an ablation): no NIQE stop, the last evaluated EMA weights are kept
     eval_crop: int = field(default=128, metadata=cli("LR crop side for NIQE evaluation (GPU 128, CPU 128)"))
     eval_max_images: int = 8
     max_images: int = field(default=64, metadata=cli(

@@ -17,11 +17,16 @@ class StopDecision:
 
 
 class EarlyStopper:
-    """Tracks a lower-is-better metric. The first observation is the unadapted baseline."""
+    """Tracks a lower-is-better metric. The first observation is the unadapted baseline.
 
-    def __init__(self, *, min_delta: float = 0.05, patience: int = 3) -> None:
+    ``enabled=False`` (the ablation without early stopping) never stops and treats each observation
+    as the best, so the last evaluated weights are kept whatever their score; the history is the same.
+    """
+
+    def __init__(self, *, min_delta: float = 0.05, patience: int = 3, enabled: bool = True) -> None:
         self.min_delta = min_delta
         self.patience = patience
+        self.enabled = enabled
         self.best_score = math.inf
         self.best_step: int | None = None
         self._previous: float | None = None
@@ -32,14 +37,14 @@ class EarlyStopper:
         if math.isnan(score):
             raise ValueError(f"NIQE at step {step} is NaN: the model output is broken")
         self.history.append((step, score))
-        is_best = score < self.best_score
+        is_best = score < self.best_score or not self.enabled
         if is_best:
             self.best_score, self.best_step = score, step
         stop, reason = False, ""
         if self._previous is not None:
             decrease = self._previous - score
             self._small_decreases = self._small_decreases + 1 if decrease < self.min_delta else 0
-            if self._small_decreases >= self.patience:
+            if self.enabled and self._small_decreases >= self.patience:
                 stop = True
                 reason = (
                     f"NIQE decreased by less than {self.min_delta} on {self.patience} consecutive "

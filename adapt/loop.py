@@ -484,7 +484,8 @@ def run_internal_step(
     ema, ema_model = _ema_copy(model, trainer)
     _add_optimisers(trainer, device)
     evaluator = _Evaluator(model, eval_crops, metric, device=device, tail_from=trainer.tail_from)
-    stopper = EarlyStopper(min_delta=config.stop_min_delta, patience=config.stop_patience)
+    stopper = EarlyStopper(min_delta=config.stop_min_delta, patience=config.stop_patience,
+                           enabled=config.early_stop)
     times.setup_s = time.monotonic() - started
     before = _timed_evaluation(evaluator, ema_model, times)
     stopper.observe(0, _group_score(before, 0))

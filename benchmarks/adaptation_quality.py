@@ -22,7 +22,7 @@ Two development groups (``DEV_GROUPS``: ``dev-noisy``, ``dev-clean``, 384 px cro
 tests/data/hr and the Kodak calibration photos, LR 96 px) are for choosing settings without
 looking at the scored groups; they run only when named in ``--groups``.
 
-Ablations map onto the adaptation config (``--kernel``, ``--no-augment``, ``--weights``,
+Ablations map onto the adaptation config (``--kernel``, ``--no-augment``, ``--no-early-stop``, ``--weights``,
 ``--trainable``, ``--lambda-perceptual``, ``--lambda-gan``, ``--ema-decay``, ``--feature-bank``); ``--tag`` names
 the result files: ``benchmarks/results/adaptation_quality_v2_<device>[_<tag>].{json,md}``.
 Results are rewritten after every run, so a cut-off run keeps what it measured.
@@ -246,6 +246,8 @@ def build_config(args: argparse.Namespace, device: torch.device) -> Any:
                                    ema_decay=args.ema_decay, kernel=args.kernel, feature_bank=args.feature_bank)
     if args.no_augment:
         config = replace(config, augment=False)
+    if args.no_early_stop:
+        config = replace(config, early_stop=False)
     if args.weights:
         config = replace(config, attention=replace(config.attention, mode=args.weights))
     return config
@@ -260,6 +262,8 @@ def ablation_label(args: argparse.Namespace) -> str:
             parts.append(f"{flag}={value}")
     if args.no_augment:
         parts.append("augment=off")
+    if args.no_early_stop:
+        parts.append("early stop=off (last weights kept)")
     return ", ".join(parts) or "product defaults"
 
 
@@ -545,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     ablation.add_argument("--steps", type=int, default=None)
     ablation.add_argument("--kernel", choices=("estimate", "bicubic"), default=None)
     ablation.add_argument("--no-augment", action="store_true", help="plain crops, no augmentation")
+    ablation.add_argument("--no-early-stop", action="store_true",
+                          help="no NIQE early stop: train to the step or time budget, keep the last weights")
     ablation.add_argument("--weights", choices=("attention", "uniform", "gradient", "similarity"), default=None)
     ablation.add_argument("--trainable", choices=("auto", "all", "tail"), default=None)
     ablation.add_argument("--lambda-perceptual", type=float, default=None)

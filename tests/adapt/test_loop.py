@@ -90,6 +90,20 @@ def test_never_returns_weights_worse_than_backbone() -> None:
     assert result.niqe_after == result.niqe_before == [3.0]
 
 
+def test_without_early_stop_the_last_weights_are_kept_even_when_niqe_is_worse() -> None:
+    """The ablation of the paper's early stop: same scripted NIQE as above, but the run goes to its
+    step budget and returns the last evaluated EMA weights instead of the backbone."""
+    model = _tiny()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_internal_step(model, _Sampler(), CROPS, _scripted([3.0, 3.5, 3.6, 3.7]),
+                               _config(early_stop=False, stop_patience=1), device=torch.device("cpu"),
+                               precision=FP32, trainable="all")
+    assert not result.kept_backbone and result.best_step == 6 and result.steps == 6
+    assert "backbone is kept" not in result.stop_reason and "step budget" in result.stop_reason
+    assert result.niqe_before == [3.0] and result.niqe_after == pytest.approx([3.7])
+    assert any(not torch.equal(start[k], result.state_dict[k]) for k in start)
+
+
 def test_timing_counts_set_up_steps_period_starts_and_evaluations() -> None:
     # 6 steps with an evaluation every 2: periods start at steps 1, 3 and 5; the backbone is evaluated too
     result = run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.0, 3.0, 2.0]), _config(),

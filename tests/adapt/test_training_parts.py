@@ -76,6 +76,12 @@ def test_early_stopping_with_scripted_metric() -> None:
     assert stopper.best_step == 0
     with pytest.raises(ValueError, match="NaN"):
         stopper.observe(9, float("nan"))
+    # disabled (the ablation): never stops, the last observation is kept even when it is worse
+    stopper = EarlyStopper(enabled=False)
+    decisions = [stopper.observe(i * 50, s) for i, s in enumerate([3.0, 3.2, 3.3, 3.4, 3.4, 3.4])]
+    assert not any(d.stop for d in decisions) and all(d.is_best for d in decisions)
+    assert stopper.best_step == 250 and stopper.best_score == pytest.approx(3.4)
+    assert stopper.history == [(i * 50, s) for i, s in enumerate([3.0, 3.2, 3.3, 3.4, 3.4, 3.4])]
 
 
 def test_external_degradation_shapes_and_randomness() -> None:
