@@ -399,9 +399,11 @@ def run_upscale(
 def _warn_if_camera_missing(camera: str, store: Path, stderr: TextIO) -> None:
     """One warning when ``--camera`` names a camera the store has no manifest for (a typo, or not
     adapted yet): its images are served by the fallback model, which the output lines also say."""
+    if camera == FALLBACK_CAMERA:
+        return
+    name = validate_group_name(camera)  # the store's spelling of the name (checked before, so no error)
     known = [c for c in list_cameras(store) if c != FALLBACK_CAMERA]
-    name = camera.strip().lower()
-    if name == FALLBACK_CAMERA or name in known:
+    if name in known:
         return
     listed = ", ".join(known) if known else "none yet"
     hint = closest_camera_hint(name, known)
