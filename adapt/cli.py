@@ -40,22 +40,12 @@ def _config_options() -> list[CliField]:
     return cli_fields(AdaptConfig) + cli_fields(AttentionConfig)
 
 
-def _cpu_runs_bf16(requested: str | None) -> bool:
-    """Whether a CPU run will train in bf16 (``auto``: native and measured faster, adapt/cpu_setup.py)."""
-    if requested not in (None, "auto"):
-        return requested == "bf16"
-    from adassr.adapt.cpu_setup import choose_cpu_precision, configure_cpu_threads
-
-    configure_cpu_threads()  # the probe is keyed by the thread count the run will use
-    return choose_cpu_precision() == "bf16"
-
-
 def _config(args: argparse.Namespace) -> AdaptConfig:
     from adassr.adapt.config import cpu_demo_defaults, gpu_defaults
     from adassr.adapt.precision import resolve_device
 
     device = resolve_device(args.device or "auto")
-    base = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults(_cpu_runs_bf16(args.precision))
+    base = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
     given = vars(args)
     config = base.with_overrides(**{o.name: given[o.dest] for o in cli_fields(AdaptConfig)})
     attention = config.attention.with_overrides(**{o.name: given[o.dest] for o in cli_fields(AttentionConfig)})

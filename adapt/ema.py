@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -27,6 +28,10 @@ class WeightEma:
     def update(self) -> None:
         for name, param in self._params.items():
             self.shadow[name].lerp_(param.detach().to(torch.float32), 1.0 - self.decay)
+
+    def view(self) -> Mapping[str, torch.Tensor]:
+        """A read-only mapping of the current EMA weights (no copy: they change with :meth:`update`)."""
+        return MappingProxyType(self.shadow)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: t.clone() for name, t in self.shadow.items()}

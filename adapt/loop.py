@@ -27,7 +27,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -86,11 +86,17 @@ class PairSource(Protocol):
 
 @dataclass(frozen=True)
 class ProgressEvent:
+    """One step of the loop. Evaluation events (``niqe`` set) also carry ``weights``: a read-only
+    view of the evaluated EMA weights of the trained parameters (fp32, on the training device),
+    valid only during the callback (the loop keeps updating them): copy what you want to keep.
+    Benchmarks score them against ground truth at every evaluation (benchmarks/weight_selection.py)."""
+
     step: int
     total: int
     loss: float | None
     niqe: float | None
     message: str = ""
+    weights: Mapping[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -491,7 +497,7 @@ def run_internal_step(
     stopper.observe(0, _group_score(before, 0))
     run = _Progress(before, before, ema.state_dict(), f"reached the step budget ({config.steps} steps)",
                     budget=budget, times=times)
-    notify(ProgressEvent(0, config.steps, None, _group_score(before, 0), "backbone"))
+    notify(ProgressEvent(0, config.steps, None, _group_score(before, 0), "backbone", weights=ema.view()))
     batches = _BatchSource(sampler, trainer, rng, device)
     try:
         for step in range(1, config.steps + 1):
@@ -547,7 +553,7 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
     decision = stopper.observe(step, _group_score(scores, step))
     if decision.is_best:
         run.best_scores, run.best_state = scores, ema.state_dict()
-    notify(ProgressEvent(step, config.steps, loss_value, decision.score))
+    notify(ProgressEvent(step, config.steps, loss_value, decision.score, weights=ema.view()))
     batches.refresh()
     if decision.stop:
         run.stop_reason = decision.reason

@@ -277,6 +277,13 @@ def _load_lr_png(path: Path) -> np.ndarray:
     return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
 
 
+def lr_file_name(image_name: str) -> str:
+    """The group folder's file name for an LR image. Images cut from ``tests/data/hr`` are named
+    ``hr-...``, and an ``hr`` token marks a file as ground truth, which groups leave out
+    (adassr.adapt.groups): the file says ``photo-`` instead."""
+    return ("photo-" + image_name[3:] if image_name.startswith("hr-") else image_name) + ".png"
+
+
 def adapt_group(images: dict[str, np.ndarray], name: str, config: Any, work: Path) -> tuple[Any, dict[str, Any]]:
     """Write ``images`` as a group folder, adapt, return (outcome, trace with losses and NIQE)."""
     from adassr.adapt.groups import select_group
@@ -286,7 +293,7 @@ def adapt_group(images: dict[str, np.ndarray], name: str, config: Any, work: Pat
     folder = work / "groups" / name
     folder.mkdir(parents=True, exist_ok=True)
     for image_name, lr in images.items():
-        write_image(folder / f"{image_name}.png", (np.clip(lr, 0, 1) * 255 + 0.5).astype(np.uint8))
+        write_image(folder / lr_file_name(image_name), (np.clip(lr, 0, 1) * 255 + 0.5).astype(np.uint8))
     group = select_group(work / "groups", name)
     trace: dict[str, list[list[float]]] = {"loss": [], "niqe": []}
 

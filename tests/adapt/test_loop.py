@@ -104,6 +104,36 @@ def test_without_early_stop_the_last_weights_are_kept_even_when_niqe_is_worse() 
     assert any(not torch.equal(start[k], result.state_dict[k]) for k in start)
 
 
+@pytest.mark.parametrize("trainable", ["all", "tail"])
+def test_evaluation_events_carry_the_evaluated_weights_read_only(trainable: str) -> None:
+    """Each evaluation event (step 0 = the backbone) holds a read-only view of the EMA weights it
+    scored; the copy taken at the best evaluation equals the weights the loop returns."""
+    model = _tiny()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    events = []
+
+    def progress(event) -> None:
+        events.append(event)
+        if event.niqe is not None:
+            assert event.weights is not None
+            with pytest.raises(TypeError):
+                event.weights["conv_last.weight"] = torch.zeros(1)  # type: ignore[index]
+            seen[event.step] = {k: v.clone() for k, v in event.weights.items()}
+        else:
+            assert event.weights is None
+
+    result = run_internal_step(model, _Sampler(), CROPS, _scripted([5.0, 4.0, 4.5, 4.6]), _config(),
+                               device=torch.device("cpu"), precision=FP32, trainable=trainable,
+                               progress=progress)
+    assert sorted(seen) == [0, 2, 4, 6] and result.best_step == 2
+    assert all(torch.equal(v, start[k]) for k, v in seen[0].items())
+    assert all(torch.equal(v, result.state_dict[k]) for k, v in seen[2].items())
+    assert any(not torch.equal(seen[6][k], seen[2][k]) for k in seen[2])
+    if trainable == "tail":
+        assert not any(k.startswith(("conv_first", "body.0.", "body.1.")) for k in seen[2])
+
+
 def test_timing_counts_set_up_steps_period_starts_and_evaluations() -> None:
     # 6 steps with an evaluation every 2: periods start at steps 1, 3 and 5; the backbone is evaluated too
     result = run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.0, 3.0, 2.0]), _config(),

@@ -1,0 +1,75 @@
+"""benchmarks/weight_selection.py: the selection rules replayed on made-up trajectories, and the
+benchmark groups' LR file names (a name with an ``hr`` token would be left out of its group)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")  # the benchmarks import torch at start-up
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def ws():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("weight_selection")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _traj(lpips: list[float], niqe: list[float], bp: list[float]) -> list[dict[str, float]]:
+    return [{"step": 50 * i, "lpips": lp, "psnr_y": 25.0 + i, "niqe": n, "bp_l1": b, "ival_l1": b,
+             "ival_lpips": b, "neg_detail": b} for i, (lp, n, b) in enumerate(zip(lpips, niqe, bp, strict=True))]
+
+
+def test_every_benchmark_image_is_kept_by_the_group_scanner(ws) -> None:
+    from adassr.adapt.groups import marks_ground_truth
+
+    aq = ws.aq
+    for spec in aq.GROUPS + aq.DEV_GROUPS:
+        for source, frame, top, left in spec.sources:
+            name = aq.lr_file_name(f"{source.replace(':', '-')}{frame}_{top}_{left}")
+            assert name.endswith(".png") and not marks_ground_truth(Path(name)), (spec.name, name)
+    assert aq.lr_file_name("hr-astronaut0_64_64") == "photo-astronaut0_64_64.png"
+
+
+def test_niqe_replay_keeps_the_backbone_when_niqe_only_rises(ws) -> None:
+    traj = _traj([0.40, 0.38, 0.36, 0.35, 0.34], [4.0, 4.2, 4.4, 4.5, 4.6], [5, 4, 3, 2, 1])
+    assert ws.select(traj, "niqe early stop (product)", min_delta=0.05, patience=3) == 0
+    assert ws.select(traj, "last", min_delta=0.05, patience=3) == 4
+    assert ws.select(traj, "oracle (min LPIPS vs HR)", min_delta=0.05, patience=3) == 4
+    assert ws.select(traj, "min bp_l1", min_delta=0.05, patience=3) == 4
+
+
+def test_niqe_replay_stops_on_the_plateau_like_the_loop(ws) -> None:
+    # falls by 0.3, then three decreases < 0.05: the loop stops at step 200 and keeps step 200's
+    # weights (the best so far); later snapshots are never reached
+    traj = _traj([0.40, 0.39, 0.38, 0.37, 0.36, 0.30], [4.0, 3.7, 3.69, 3.68, 3.67, 1.0], [1] * 6)
+    assert ws.select(traj, "niqe early stop (product)", min_delta=0.05, patience=3) == 4
+
+
+def test_summary_reports_each_rule_against_the_backbone(ws) -> None:
+    run = {"seed": 0, "trajectory": _traj([0.40, 0.30, 0.45], [4.0, 4.3, 3.9], [3.0, 2.0, 2.5])}
+    result = {"config": {"stop_min_delta": 0.05, "stop_patience": 3},
+              "groups": {"g": {"runs": [run]}, "h": {"runs": [dict(run, seed=1)]}}}
+    summary = ws.summarise(result)
+    assert summary["oracle (min LPIPS vs HR)"]["mean_dlpips"] == pytest.approx(-0.10)
+    assert summary["min bp_l1"]["groups"]["g"] == {"dlpips": pytest.approx(-0.10), "dpsnr_y": 1.0, "steps": [50]}
+    assert summary["min niqe"]["worst_group_dlpips"] == pytest.approx(0.05)
+    assert summary["last"]["mean_dlpips"] == pytest.approx(0.05)
+    corr = ws.rank_correlations(result)
+    assert corr["bp_l1"] == pytest.approx(0.5) and corr["niqe"] == pytest.approx(-1.0)
+
+
+def test_weight_drift_is_the_proximal_terms_sum_of_squares(ws) -> None:
+    import torch
+
+    start = {"a": torch.zeros(2, 2), "b": torch.ones(3)}
+    moved = {"a": torch.full((2, 2), 0.5), "b": torch.tensor([1.0, 3.0, 1.0])}
+    assert ws.weight_drift(moved, start) == pytest.approx(4 * 0.25 + 4.0)
+    assert ws.weight_drift(start, start) == 0.0
