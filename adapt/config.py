@@ -208,7 +208,7 @@ def cpu_demo_defaults() -> AdaptConfig:
     few hundred steps alpha 0.999 would move the EMA weights only part of the way). At most 100
     steps: scored against ground truth at every evaluation (benchmarks/weight_selection.py), LPIPS
     to the true photos was lowest after 50-100 steps on the development groups and rose with longer
-    training while NIQE kept falling, so the NIQE early stop let the longer runs drift from the
+    training while NIQE often still fell, so the NIQE early stop let the longer runs drift from the
     photos (benchmarks/README.md, "Which weights to keep"). Training also stops early enough for
     its last evaluation to end once the run has taken :data:`CPU_TIME_BUDGET_S` seconds, so a slow
     CPU gets fewer steps, not a longer run. At most 8

@@ -29,6 +29,8 @@ development groups (``--groups dev-noisy,dev-clean``), never chosen on the score
     python benchmarks/weight_selection.py --groups dev-noisy,dev-clean [--seeds 2] [--steps 500]
 
 Results: ``benchmarks/results/weight_selection_<tag>.{json,md}``, rewritten after every run.
+``--plot A.json B.json`` draws LPIPS and NIQE against steps of every run of those files into
+``weight_selection_trajectories.png`` (matplotlib, the ``plots`` extra).
 """
 
 from __future__ import annotations
@@ -247,6 +249,38 @@ def save(result: dict[str, Any], out: Path, stem: str) -> None:
     write_markdown(result, out / f"{stem}.md")
 
 
+def plot_trajectories(paths: list[Path], out: Path) -> None:
+    """One column per group of the result files ``paths``: LPIPS against the HR photos (top) and
+    NIQE of the evaluation crops (bottom), minus the backbone's, against steps; one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(name, g) for path in paths for name, g in json.loads(path.read_text())["groups"].items()
+              if g.get("runs")]
+    fig, axes = plt.subplots(2, len(groups), figsize=(3.4 * len(groups), 5.6), squeeze=False, sharex=True)
+    for col, (name, g) in enumerate(groups):
+        for run in g["runs"]:
+            steps = [t["step"] for t in run["trajectory"]]
+            for row, key in enumerate(("lpips", "niqe")):
+                base = run["trajectory"][0][key]
+                axes[row][col].plot(steps, [t[key] - base for t in run["trajectory"]], marker=".",
+                                    label=f"seed {run['seed']}")
+        axes[0][col].set_title(name)
+        for row in range(2):
+            axes[row][col].axhline(0.0, color="gray", linewidth=0.8)
+        axes[1][col].set_xlabel("step")
+    axes[0][0].set_ylabel("LPIPS vs HR minus backbone")
+    axes[1][0].set_ylabel("NIQE (crops) minus backbone")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Every evaluation's EMA weights, 500 steps without early stop (lower is better)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -288,7 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fujifilm", type=Path, default=aq.FUJI)
     parser.add_argument("--tag", default="dev")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--plot", nargs="+", type=Path, metavar="JSON",
+                        help="only draw the trajectories of these result files into "
+                             "<out>/weight_selection_trajectories.png (needs matplotlib)")
     args = parser.parse_args(argv)
+    if args.plot:
+        plot_trajectories(args.plot, args.out / "weight_selection_trajectories.png")
+        print(f"wrote {args.out / 'weight_selection_trajectories.png'}")
+        return 0
 
     from adassr.adapt.config import cpu_demo_defaults
     from adassr.adapt.quality.lpips import load_lpips

@@ -73,3 +73,21 @@ def test_weight_drift_is_the_proximal_terms_sum_of_squares(ws) -> None:
     moved = {"a": torch.full((2, 2), 0.5), "b": torch.tensor([1.0, 3.0, 1.0])}
     assert ws.weight_drift(moved, start) == pytest.approx(4 * 0.25 + 4.0)
     assert ws.weight_drift(start, start) == 0.0
+
+
+def test_trajectory_plot_draws_every_group_of_the_files(ws, tmp_path: Path) -> None:
+    import json
+
+    pytest.importorskip("matplotlib")
+    cv2 = pytest.importorskip("cv2")
+    run = {"seed": 0, "trajectory": _traj([0.40, 0.30, 0.45], [4.0, 4.3, 3.9], [3.0, 2.0, 2.5])}
+    files = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"groups": {f"g{name}": {"runs": [run]}, "empty": {"runs": []}}}))
+        files.append(path)
+    out = tmp_path / "plots" / "t.png"
+    ws.plot_trajectories(files, out)
+    image = cv2.imread(str(out))
+    assert image is not None and image.shape[1] > image.shape[0]  # two columns of panels (the empty group has none)
+    assert image.std() > 10  # something was drawn
