@@ -88,7 +88,8 @@ class PairSource(Protocol):
 class ProgressEvent:
     """One step of the loop. Evaluation events (``niqe`` set) also carry ``weights``: a read-only
     view of the evaluated EMA weights of the trained parameters (fp32, on the training device),
-    valid only during the callback (the loop keeps updating them): copy what you want to keep.
+    valid only during the callback (the loop keeps updating them): copy what you want to keep, and
+    never modify the tensors in place (they are the EMA itself).
     Benchmarks score them against ground truth at every evaluation (benchmarks/weight_selection.py)."""
 
     step: int
