@@ -44,6 +44,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -284,8 +285,10 @@ def lr_file_name(image_name: str) -> str:
     return ("photo-" + image_name[3:] if image_name.startswith("hr-") else image_name) + ".png"
 
 
-def adapt_group(images: dict[str, np.ndarray], name: str, config: Any, work: Path) -> tuple[Any, dict[str, Any]]:
-    """Write ``images`` as a group folder, adapt, return (outcome, trace with losses and NIQE)."""
+def adapt_group(images: dict[str, np.ndarray], name: str, config: Any, work: Path,
+                on_event: Callable[[Any], None] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Write ``images`` as a group folder, adapt, return (outcome, trace with losses and NIQE).
+    ``on_event`` also sees every progress event (weight_selection.py copies the evaluated weights)."""
     from adassr.adapt.groups import select_group
     from adassr.adapt.run import adapt_camera
     from adassr.runtime.images import write_image
@@ -302,6 +305,8 @@ def adapt_group(images: dict[str, np.ndarray], name: str, config: Any, work: Pat
             trace["loss"].append([event.step, float(event.loss)])
         if event.niqe is not None:
             trace["niqe"].append([event.step, float(event.niqe)])
+        if on_event is not None:
+            on_event(event)
 
     outcome = adapt_camera(group, config, store_root=work / "store", progress=progress)
     return outcome, trace
@@ -439,13 +444,19 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _save(result: dict[str, Any], out: Path, stem: str) -> None:
-    result["summary"] = summarise(result)
+def write_result(result: dict[str, Any], out: Path, stem: str,
+                 markdown: Callable[[dict[str, Any], Path], None]) -> None:
+    """``<out>/<stem>.json`` (atomically) and ``<stem>.md`` (written by ``markdown``)."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{stem}.json.tmp"
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, out / f"{stem}.json")
-    write_markdown(result, out / f"{stem}.md")
+    markdown(result, out / f"{stem}.md")
+
+
+def _save(result: dict[str, Any], out: Path, stem: str) -> None:
+    result["summary"] = summarise(result)
+    write_result(result, out, stem, write_markdown)
 
 
 def merge_results(paths: list[Path], out: Path, tag: str) -> int:

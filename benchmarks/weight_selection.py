@@ -38,12 +38,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import replace
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -242,11 +241,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
 def save(result: dict[str, Any], out: Path, stem: str) -> None:
     result["summary"] = summarise(result)
     result["rank_correlation"] = rank_correlations(result)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{stem}.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out / f"{stem}.json")
-    write_markdown(result, out / f"{stem}.md")
+    aq.write_result(result, out, stem, write_markdown)
 
 
 def plot_trajectories(paths: list[Path], out: Path) -> None:
@@ -287,22 +282,14 @@ def plot_trajectories(paths: list[Path], out: Path) -> None:
 def adapt_with_snapshots(lrs: dict[str, np.ndarray], name: str, config: Any, work: Path
                          ) -> tuple[Any, list[tuple[int, float, dict[str, torch.Tensor]]]]:
     """Adapt ``lrs`` as group ``name``; (outcome, [(step, NIQE of the crops, EMA weights copy)])."""
-    from adassr.adapt.groups import select_group
-    from adassr.adapt.run import adapt_camera
-    from adassr.runtime.images import write_image
-
-    folder = work / "groups" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for image_name, lr in lrs.items():
-        write_image(folder / aq.lr_file_name(image_name), (np.clip(lr, 0, 1) * 255 + 0.5).astype(np.uint8))
     snapshots: list[tuple[int, float, dict[str, torch.Tensor]]] = []
 
-    def progress(event: Any) -> None:
+    def copy_weights(event: Any) -> None:
         if event.niqe is not None and event.weights is not None:
             snapshots.append((event.step, float(event.niqe),
                               {k: v.detach().to("cpu", torch.float32).clone() for k, v in event.weights.items()}))
 
-    outcome = adapt_camera(select_group(work / "groups", name), config, store_root=work / "store", progress=progress)
+    outcome, _ = aq.adapt_group(lrs, name, config, work, on_event=copy_weights)
     return outcome, snapshots
 
 
@@ -376,16 +363,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                                     "theta_deg", "confidence")},
                                       "trajectory": trajectory})
                 save(result, args.out, stem)
-                best = min(trajectory, key=_by("lpips"))
+                best = min(trajectory, key=itemgetter("lpips"))
                 print(f"[{name} seed {seed}] {outcome.steps} steps in {wall:.0f} s; LPIPS backbone "
                       f"{trajectory[0]['lpips']:.4f}, best {best['lpips']:.4f} at step {best['step']}", flush=True)
     save(result, args.out, stem)
     print((args.out / f"{stem}.md").read_text())
     return 0
-
-
-def _by(key: str) -> Callable[[dict[str, float]], float]:
-    return lambda row: row[key]
 
 
 if __name__ == "__main__":
