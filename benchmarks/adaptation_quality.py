@@ -244,7 +244,8 @@ def build_config(args: argparse.Namespace, device: torch.device) -> Any:
     config = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
     config = config.with_overrides(steps=args.steps, device=device.type, trainable=args.trainable,
                                    lambda_gan=args.lambda_gan, lambda_perceptual=args.lambda_perceptual,
-                                   ema_decay=args.ema_decay, kernel=args.kernel, feature_bank=args.feature_bank)
+                                   ema_decay=args.ema_decay, kernel=args.kernel, feature_bank=args.feature_bank,
+                                   precision=args.precision)
     if args.no_augment:
         config = replace(config, augment=False)
     if args.no_early_stop:
@@ -257,7 +258,7 @@ def build_config(args: argparse.Namespace, device: torch.device) -> Any:
 def ablation_label(args: argparse.Namespace) -> str:
     parts = []
     for flag in ("kernel", "weights", "trainable", "lambda_perceptual", "lambda_gan", "ema_decay", "steps",
-                 "feature_bank"):
+                 "feature_bank", "precision"):
         value = getattr(args, flag)
         if value is not None:
             parts.append(f"{flag}={value}")
@@ -575,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     ablation.add_argument("--lambda-gan", type=float, default=None)
     ablation.add_argument("--ema-decay", type=float, default=None)
     ablation.add_argument("--feature-bank", type=int, default=None, help="tail mode: pairs per evaluation period")
+    ablation.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                          help="training autocast (default auto: bf16 where the CPU has it natively and it is "
+                          "faster, else fp32); fp32 on a bf16 CPU shows the quality AVX2-only CPUs get")
     parser.add_argument("--baseline-cache", type=Path, default=BASELINE_CACHE,
                         help="JSON file of bicubic/backbone scores by LR images and backbone, reused by "
                              "runs without pictures (ablations)")

@@ -53,6 +53,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import adaptation_quality as aq  # noqa: E402  (a sibling benchmark: groups, adaptation, machine name)
 
+from adassr.adapt.config import cpu_demo_defaults  # noqa: E402
+
 RESULTS = aq.RESULTS
 CANDIDATES = ("niqe", "bp_l1", "ival_l1", "ival_lpips", "neg_detail")
 
@@ -139,12 +141,38 @@ def replay_niqe_early_stop(steps: list[int], niqe: list[float], *, min_delta: fl
     return int(stopper.best_step or 0)
 
 
+PRODUCT_STEPS = cpu_demo_defaults().steps
+"""The CPU schedule's step budget (``cpu_demo_defaults().steps``); rules marked with it only see
+the snapshots up to that step, as the product would."""
+NIQE_TOLERANCES = (0.1, 0.25, 0.5)
+"""Rises of NIQE over the backbone's that the tolerant rules accept (fixed before any run)."""
+
+
+def _tolerant_niqe(steps: list[int], niqe: list[float], tolerance: float) -> int:
+    """Index of the latest snapshot whose NIQE is at most the backbone's plus ``tolerance`` (0: the backbone)."""
+    ok = [i for i, value in enumerate(niqe) if value <= niqe[0] + tolerance]
+    return max(ok)
+
+
 def select(trajectory: list[dict[str, float]], rule: str, *, min_delta: float, patience: int) -> int:
-    """Index into ``trajectory`` of the snapshot ``rule`` keeps."""
+    """Index into ``trajectory`` of the snapshot ``rule`` keeps.
+
+    Rules ending in ``f", {PRODUCT_STEPS} steps"`` see only the snapshots up to that step (the
+    product's CPU schedule); the others see the whole trajectory.
+    """
+    budget_tag = f", {PRODUCT_STEPS} steps"
+    if rule.endswith(budget_tag):
+        visible = [t for t in trajectory if int(t["step"]) <= PRODUCT_STEPS]
+        if int(visible[-1]["step"]) != PRODUCT_STEPS:
+            raise ValueError(f"rule {rule!r} needs a snapshot at step {PRODUCT_STEPS}; this trajectory has "
+                             f"steps {[int(t['step']) for t in trajectory]}")
+        return select(visible, rule[: -len(budget_tag)], min_delta=min_delta, patience=patience)
     steps = [int(t["step"]) for t in trajectory]
-    if rule == "niqe early stop (product)":
-        return steps.index(replay_niqe_early_stop(steps, [t["niqe"] for t in trajectory],
-                                                  min_delta=min_delta, patience=patience))
+    niqe = [t["niqe"] for t in trajectory]
+    if rule == "niqe early stop":
+        return steps.index(replay_niqe_early_stop(steps, niqe, min_delta=min_delta, patience=patience))
+    if rule.startswith("niqe within +"):
+        return _tolerant_niqe(steps, niqe, float(rule.split("+", 1)[1].split(" ")[0]))
     if rule == "last":
         return len(trajectory) - 1
     if rule == "oracle (min LPIPS vs HR)":
@@ -154,7 +182,12 @@ def select(trajectory: list[dict[str, float]], rule: str, *, min_delta: float, p
     raise ValueError(f"unknown rule {rule!r}")
 
 
-RULES = ("niqe early stop (product)", "last", "oracle (min LPIPS vs HR)") + tuple(f"min {c}" for c in CANDIDATES)
+RULES = ((f"niqe early stop, {PRODUCT_STEPS} steps", "niqe early stop", f"last, {PRODUCT_STEPS} steps")
+         + tuple(f"niqe within +{t:g} of the backbone, {PRODUCT_STEPS} steps" for t in NIQE_TOLERANCES)
+         + ("last", "oracle (min LPIPS vs HR)") + tuple(f"min {c}" for c in CANDIDATES))
+"""``niqe early stop, 100 steps`` is the product's CPU default; ``last, 100 steps`` keeps the
+step-100 weights whatever NIQE says; ``niqe within +t``: the latest weights whose NIQE is at most
+the backbone's plus t."""
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
@@ -313,7 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", nargs="+", type=Path, metavar="JSON",
                         help="only draw the trajectories of these result files into "
                              "<out>/weight_selection_trajectories.png (needs matplotlib)")
+    parser.add_argument("--resummarise", nargs="+", type=Path, metavar="JSON",
+                        help="only recompute the rule summary of these result files (after a change of the "
+                             "rules; the trajectories are kept) and rewrite them with their Markdown")
     args = parser.parse_args(argv)
+    if args.resummarise:
+        for path in args.resummarise:
+            save(json.loads(path.read_text()), path.parent, path.stem)
+            print(f"rewrote {path} and {path.with_suffix('.md')}")
+        return 0
     if args.plot:
         plot_trajectories(args.plot, args.out / "weight_selection_trajectories.png")
         print(f"wrote {args.out / 'weight_selection_trajectories.png'}")

@@ -40,7 +40,7 @@ def test_every_benchmark_image_is_kept_by_the_group_scanner(ws) -> None:
 
 def test_niqe_replay_keeps_the_backbone_when_niqe_only_rises(ws) -> None:
     traj = _traj([0.40, 0.38, 0.36, 0.35, 0.34], [4.0, 4.2, 4.4, 4.5, 4.6], [5, 4, 3, 2, 1])
-    assert ws.select(traj, "niqe early stop (product)", min_delta=0.05, patience=3) == 0
+    assert ws.select(traj, "niqe early stop", min_delta=0.05, patience=3) == 0
     assert ws.select(traj, "last", min_delta=0.05, patience=3) == 4
     assert ws.select(traj, "oracle (min LPIPS vs HR)", min_delta=0.05, patience=3) == 4
     assert ws.select(traj, "min bp_l1", min_delta=0.05, patience=3) == 4
@@ -50,7 +50,42 @@ def test_niqe_replay_stops_on_the_plateau_like_the_loop(ws) -> None:
     # falls by 0.3, then three decreases < 0.05: the loop stops at step 200 and keeps step 200's
     # weights (the best so far); later snapshots are never reached
     traj = _traj([0.40, 0.39, 0.38, 0.37, 0.36, 0.30], [4.0, 3.7, 3.69, 3.68, 3.67, 1.0], [1] * 6)
-    assert ws.select(traj, "niqe early stop (product)", min_delta=0.05, patience=3) == 4
+    assert ws.select(traj, "niqe early stop", min_delta=0.05, patience=3) == 4
+
+
+def test_budgeted_rules_only_see_the_product_schedule(ws) -> None:
+    assert ws.PRODUCT_STEPS == 100  # the CPU default; the rules below are written for it
+    # NIQE rises by 0.2 at step 50 and 0.4 at step 100 while LPIPS falls; step 150 is past the budget
+    traj = _traj([0.40, 0.38, 0.36, 0.30], [4.0, 4.2, 4.4, 3.0], [1] * 4)
+    kw = {"min_delta": 0.05, "patience": 3}
+    assert ws.select(traj, "niqe early stop, 100 steps", **kw) == 0
+    assert ws.select(traj, "niqe early stop", **kw) == 3
+    assert ws.select(traj, "last, 100 steps", **kw) == 2
+    assert ws.select(traj, "niqe within +0.1 of the backbone, 100 steps", **kw) == 0
+    assert ws.select(traj, "niqe within +0.25 of the backbone, 100 steps", **kw) == 1
+    assert ws.select(traj, "niqe within +0.5 of the backbone, 100 steps", **kw) == 2
+    with pytest.raises(ValueError, match="needs a snapshot at step 100"):
+        ws.select(traj[:2], "last, 100 steps", **kw)
+    with pytest.raises(ValueError, match="unknown rule"):
+        ws.select(traj, "median niqe", **kw)
+
+
+def test_resummarise_rewrites_a_result_file_with_every_rule(ws, tmp_path: Path) -> None:
+    import json
+
+    run = {"seed": 0, "wall_s": 1.0, "scoring_s": 1.0, "kernel": {"sigma_x": 1.0, "sigma_y": 1.0},
+           "trajectory": _traj([0.40, 0.30, 0.45], [4.0, 4.3, 3.9], [3.0, 2.0, 2.5])}
+    result = {"machine": "m", "commit": "c", "started": "s", "seeds": [0],
+              "config": {"stop_min_delta": 0.05, "stop_patience": 3, "prox_mu": 1e-4, "lambda_perceptual": 1.0,
+                         "steps": 100, "eval_every": 50},
+              "groups": {"g": {"runs": [run]}}, "summary": {"old rule": {}}}
+    path = tmp_path / "weight_selection_x.json"
+    path.write_text(json.dumps(result))
+    assert ws.main(["--resummarise", str(path)]) == 0
+    rewritten = json.loads(path.read_text())
+    assert list(rewritten["summary"]) == list(ws.RULES)
+    assert rewritten["summary"]["last, 100 steps"]["mean_dlpips"] == pytest.approx(0.05)
+    assert "| niqe within +0.5 of the backbone, 100 steps | +0.0500 (100) |" in path.with_suffix(".md").read_text()
 
 
 def test_summary_reports_each_rule_against_the_backbone(ws) -> None:
