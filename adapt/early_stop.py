@@ -21,12 +21,19 @@ class EarlyStopper:
 
     ``enabled=False`` (the ablation without early stopping) never stops and treats each observation
     as the best, so the last evaluated weights are kept whatever their score; the history is the same.
+    ``baseline_margin`` is added to the baseline's score when it competes for the best: a later
+    observation is kept over the baseline unless it is worse by more than the margin (the history
+    and the plateau rule see the true scores).
     """
 
-    def __init__(self, *, min_delta: float = 0.05, patience: int = 3, enabled: bool = True) -> None:
+    def __init__(self, *, min_delta: float = 0.05, patience: int = 3, enabled: bool = True,
+                 baseline_margin: float = 0.0) -> None:
+        if not (math.isfinite(baseline_margin) and baseline_margin >= 0):
+            raise ValueError(f"baseline_margin must be a finite number >= 0, not {baseline_margin}")
         self.min_delta = min_delta
         self.patience = patience
         self.enabled = enabled
+        self.baseline_margin = baseline_margin
         self.best_score = math.inf
         self.best_step: int | None = None
         self._previous: float | None = None
@@ -36,10 +43,11 @@ class EarlyStopper:
     def observe(self, step: int, score: float) -> StopDecision:
         if math.isnan(score):
             raise ValueError(f"NIQE at step {step} is NaN: the model output is broken")
+        competing = score + self.baseline_margin if not self.history else score
         self.history.append((step, score))
-        is_best = score < self.best_score or not self.enabled
+        is_best = competing < self.best_score or not self.enabled
         if is_best:
-            self.best_score, self.best_step = score, step
+            self.best_score, self.best_step = competing, step
         stop, reason = False, ""
         if self._previous is not None:
             decrease = self._previous - score

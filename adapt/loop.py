@@ -439,7 +439,8 @@ def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stoppe
     if not kept_backbone:
         final.update({n: t.detach().to("cpu", torch.float32) for n, t in run.best_state.items()})
     else:
-        stop_reason += "; no evaluation beat the unadapted backbone's NIQE, so the backbone is kept"
+        beat = (f"came within {stopper.baseline_margin:g} of" if stopper.baseline_margin > 0 else "beat")
+        stop_reason += f"; no evaluation {beat} the unadapted backbone's NIQE, so the backbone is kept"
     return InternalResult(
         state_dict=final,
         kept_backbone=kept_backbone,
@@ -492,7 +493,7 @@ def run_internal_step(
     _add_optimisers(trainer, device)
     evaluator = _Evaluator(model, eval_crops, metric, device=device, tail_from=trainer.tail_from)
     stopper = EarlyStopper(min_delta=config.stop_min_delta, patience=config.stop_patience,
-                           enabled=config.early_stop)
+                           enabled=config.early_stop, baseline_margin=config.backbone_margin)
     times.setup_s = time.monotonic() - started
     before = _timed_evaluation(evaluator, ema_model, times)
     stopper.observe(0, _group_score(before, 0))

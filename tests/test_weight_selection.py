@@ -61,9 +61,12 @@ def test_budgeted_rules_only_see_the_product_schedule(ws) -> None:
     assert ws.select(traj, "niqe early stop, 100 steps", **kw) == 0
     assert ws.select(traj, "niqe early stop", **kw) == 3
     assert ws.select(traj, "last, 100 steps", **kw) == 2
-    assert ws.select(traj, "niqe within +0.1 of the backbone, 100 steps", **kw) == 0
-    assert ws.select(traj, "niqe within +0.25 of the backbone, 100 steps", **kw) == 1
-    assert ws.select(traj, "niqe within +0.5 of the backbone, 100 steps", **kw) == 2
+    # the handicapped backbone (4.0 + t) loses to any adapted weights within t; the best NIQE wins
+    assert ws.select(traj, "niqe early stop, backbone +0.1, 100 steps", **kw) == 0
+    assert ws.select(traj, "niqe early stop, backbone +0.25, 100 steps", **kw) == 1
+    assert ws.select(traj, "niqe early stop, backbone +0.5, 100 steps", **kw) == 1
+    assert ws.select(_traj([0.40, 0.38, 0.36], [4.0, 4.4, 4.3], [1] * 3),
+                     "niqe early stop, backbone +0.5, 100 steps", **kw) == 2
     with pytest.raises(ValueError, match="needs a snapshot at step 100"):
         ws.select(traj[:2], "last, 100 steps", **kw)
     with pytest.raises(ValueError, match="unknown rule"):
@@ -85,7 +88,8 @@ def test_resummarise_rewrites_a_result_file_with_every_rule(ws, tmp_path: Path) 
     rewritten = json.loads(path.read_text())
     assert list(rewritten["summary"]) == list(ws.RULES)
     assert rewritten["summary"]["last, 100 steps"]["mean_dlpips"] == pytest.approx(0.05)
-    assert "| niqe within +0.5 of the backbone, 100 steps | +0.0500 (100) |" in path.with_suffix(".md").read_text()
+    row = "| niqe early stop, backbone +0.5, 100 steps | +0.0500 (100) | +0.0500 | +0.0500 | -0.100 |"
+    assert row in path.with_suffix(".md").read_text()
 
 
 def test_summary_reports_each_rule_against_the_backbone(ws) -> None:
@@ -94,7 +98,9 @@ def test_summary_reports_each_rule_against_the_backbone(ws) -> None:
               "groups": {"g": {"runs": [run]}, "h": {"runs": [dict(run, seed=1)]}}}
     summary = ws.summarise(result)
     assert summary["oracle (min LPIPS vs HR)"]["mean_dlpips"] == pytest.approx(-0.10)
-    assert summary["min bp_l1"]["groups"]["g"] == {"dlpips": pytest.approx(-0.10), "dpsnr_y": 1.0, "steps": [50]}
+    assert summary["min bp_l1"]["groups"]["g"] == {"dlpips": pytest.approx(-0.10), "dpsnr_y": 1.0,
+                                                   "dniqe": pytest.approx(0.3), "steps": [50]}
+    assert summary["min niqe"]["mean_dniqe"] == pytest.approx(-0.1)
     assert summary["min niqe"]["worst_group_dlpips"] == pytest.approx(0.05)
     assert summary["last"]["mean_dlpips"] == pytest.approx(0.05)
     corr = ws.rank_correlations(result)

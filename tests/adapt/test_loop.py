@@ -90,6 +90,24 @@ def test_never_returns_weights_worse_than_backbone() -> None:
     assert result.niqe_after == result.niqe_before == [3.0]
 
 
+def test_backbone_margin_keeps_adapted_weights_within_it_and_the_backbone_beyond_it() -> None:
+    # NIQE 3.0 -> 3.2 / 3.25 / 3.3: within a margin of 0.4 the best adapted weights (3.2) win
+    model = _tiny()
+    result = run_internal_step(model, _Sampler(), CROPS, _scripted([3.0, 3.2, 3.25, 3.3]),
+                               _config(backbone_margin=0.4), device=torch.device("cpu"), precision=FP32,
+                               trainable="all")
+    assert not result.kept_backbone and result.niqe_after == pytest.approx([3.2])
+    # a margin of 0.1 is exceeded at every evaluation: the backbone is kept, and the reason says why
+    start = {k: v.clone() for k, v in _tiny().state_dict().items()}
+    result = run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([3.0, 3.2, 3.25, 3.3]),
+                               _config(backbone_margin=0.1), device=torch.device("cpu"), precision=FP32,
+                               trainable="all")
+    assert result.kept_backbone and all(torch.equal(start[k], result.state_dict[k]) for k in start)
+    assert "no evaluation came within 0.1 of the unadapted backbone's NIQE" in result.stop_reason
+    with pytest.raises(ConfigError, match="--backbone-margin must be >= 0"):
+        _config(backbone_margin=-0.1)
+
+
 def test_without_early_stop_the_last_weights_are_kept_even_when_niqe_is_worse() -> None:
     """The ablation of the paper's early stop: same scripted NIQE as above, but the run goes to its
     step budget and returns the last evaluated EMA weights instead of the backbone."""
@@ -254,7 +272,8 @@ def test_time_budget_must_be_positive() -> None:
 
 
 @pytest.mark.parametrize(("name", "flag"), [("lr", "--lr"), ("time_budget", "--time-budget"),
-                                            ("prox_mu", "--prox-mu"), ("lambda_perceptual", "--lambda-perceptual")])
+                                            ("prox_mu", "--prox-mu"), ("lambda_perceptual", "--lambda-perceptual"),
+                                            ("backbone_margin", "--backbone-margin")])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_numbers_are_config_errors(name: str, flag: str, value: float) -> None:
     # NaN passes every "< 0" comparison, so it needs its own check

@@ -84,6 +84,33 @@ def test_early_stopping_with_scripted_metric() -> None:
     assert stopper.history == [(i * 50, s) for i, s in enumerate([3.0, 3.2, 3.3, 3.4, 3.4, 3.4])]
 
 
+def test_backbone_margin_keeps_adapted_weights_that_are_slightly_worse_by_niqe() -> None:
+    # NIQE rises by 0.08 and 0.2 over the backbone's: without a margin the backbone is kept
+    scores = [4.0, 4.08, 4.2]
+    plain = EarlyStopper()
+    for i, s in enumerate(scores):
+        plain.observe(i * 50, s)
+    assert plain.best_step == 0
+    # a margin of 0.1: step 50 is within it and is kept; step 100 (worse than step 50) is not
+    stopper = EarlyStopper(baseline_margin=0.1)
+    decisions = [stopper.observe(i * 50, s) for i, s in enumerate(scores)]
+    assert [d.is_best for d in decisions] == [True, True, False]
+    assert stopper.best_step == 50 and stopper.history == [(0, 4.0), (50, 4.08), (100, 4.2)]
+    # a margin of 0.5: the best NIQE among the adapted weights still wins
+    stopper = EarlyStopper(baseline_margin=0.5)
+    for i, s in enumerate([4.0, 4.3, 4.2, 4.4]):
+        stopper.observe(i * 50, s)
+    assert stopper.best_step == 100
+    # the margin never hands the run to adapted weights that are worse by more than it
+    stopper = EarlyStopper(baseline_margin=0.1)
+    for i, s in enumerate([4.0, 4.15, 4.3]):
+        stopper.observe(i * 50, s)
+    assert stopper.best_step == 0
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="baseline_margin"):
+            EarlyStopper(baseline_margin=bad)
+
+
 def test_external_degradation_shapes_and_randomness() -> None:
     rng = np.random.default_rng(0)
     hr = np.random.default_rng(1).random((64, 64, 3)).astype(np.float32)
