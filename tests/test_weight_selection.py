@@ -132,3 +132,15 @@ def test_trajectory_plot_draws_every_group_of_the_files(ws, tmp_path: Path) -> N
     image = cv2.imread(str(out))
     assert image is not None and image.shape[1] > image.shape[0]  # two columns of panels (the empty group has none)
     assert image.std() > 10  # something was drawn
+
+
+def test_results_name_the_commit_and_say_when_the_tree_was_modified(ws) -> None:
+    import re
+    import subprocess
+
+    commit = ws.aq._commit()
+    assert re.fullmatch(r"[0-9a-f]{7,}(\+uncommitted changes)?|unknown", commit), commit
+    if commit != "unknown":
+        dirty = subprocess.run(["git", "-C", str(BENCHMARKS.parent), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        assert commit.endswith("+uncommitted changes") == bool(dirty)
