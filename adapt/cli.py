@@ -135,8 +135,12 @@ def _adapt(args: argparse.Namespace) -> int:
           f"{config.steps} steps max", file=sys.stderr)
     outcome = adapt_camera(group, config, store_root=args.store, backbone_name=args.backbone,
                            progress=_progress_printer(config.steps), keep_on_interrupt=args.keep_on_interrupt)
-    verdict = ("kept the backbone (adaptation did not improve NIQE)" if outcome.kept_backbone
-               else "adapted")
+    if outcome.kept_backbone:
+        verdict = "kept the backbone (adaptation did not improve NIQE enough)"
+    elif outcome.niqe_after > outcome.niqe_before:
+        verdict = f"adapted; NIQE within the backbone margin of {config.backbone_margin:g}"
+    else:
+        verdict = "adapted"
     print(f"camera {outcome.camera}: NIQE {outcome.niqe_before:.3f} -> {outcome.niqe_after:.3f} "
           f"({verdict}); {outcome.steps} steps in {outcome.wall_time_s:.0f} s; {outcome.stop_reason}")
     print(f"artifacts: {outcome.store_dir} (adapted.safetensors, manifest.json)")
