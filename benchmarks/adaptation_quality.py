@@ -116,13 +116,17 @@ DEV_PHOTOS = ROOT / "benchmarks" / "data" / "dev_photos"
 # --------------------------------------------------------------------------- data
 
 
+# "<prefix>:<stem>" sources of the development groups: (folder, file suffix)
+_NAMED_SOURCES = {"hr": (ROOT / "tests" / "data" / "hr", ".png"),
+                  "kodak": (ROOT / "tests" / "data" / "calibration", ".png"),
+                  "photo": (DEV_PHOTOS, ".jpg")}
+
+
 def _load_source(name: str, frame: int, fuji_path: Path) -> np.ndarray:
-    if name.startswith("photo:"):
-        with Image.open(DEV_PHOTOS / f"{name.split(':', 1)[1]}.jpg") as im:
-            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    if name.startswith(("hr:", "kodak:")):
-        folder = "hr" if name.startswith("hr:") else "calibration"
-        with Image.open(ROOT / "tests" / "data" / folder / f"{name.split(':', 1)[1]}.png") as im:
+    prefix, _, stem = name.partition(":")
+    if stem:
+        folder, suffix = _NAMED_SOURCES[prefix]
+        with Image.open(folder / f"{stem}{suffix}") as im:
             return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     path = CANON if name == "canon" else fuji_path
     with Image.open(path) as im:

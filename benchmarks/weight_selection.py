@@ -134,15 +134,15 @@ def _tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def replay_niqe_early_stop(steps: list[int], niqe: list[float], *, min_delta: float, patience: int,
-                           handicap: float = 0.0) -> int:
+                           margin: float = 0.0) -> int:
     """The step whose weights the product's early stop would keep on this trajectory (0: the backbone).
 
-    ``handicap`` is added to the backbone's NIQE: adapted weights then win unless their NIQE is
+    ``margin`` is added to the backbone's NIQE: adapted weights then win unless their NIQE is
     worse than the backbone's by more than it.
     """
     from adassr.adapt.early_stop import EarlyStopper
 
-    stopper = EarlyStopper(min_delta=min_delta, patience=patience, baseline_margin=handicap)
+    stopper = EarlyStopper(min_delta=min_delta, patience=patience, baseline_margin=margin)
     for step, value in zip(steps, niqe, strict=True):
         if stopper.observe(step, value).stop:
             break
@@ -171,12 +171,10 @@ def select(trajectory: list[dict[str, float]], rule: str, *, min_delta: float, p
         return select(visible, rule[: -len(budget_tag)], min_delta=min_delta, patience=patience)
     steps = [int(t["step"]) for t in trajectory]
     niqe = [t["niqe"] for t in trajectory]
-    if rule == "niqe early stop":
-        return steps.index(replay_niqe_early_stop(steps, niqe, min_delta=min_delta, patience=patience))
-    if rule.startswith("niqe early stop, backbone +"):
-        handicap = float(rule.split("+", 1)[1])
+    if rule == "niqe early stop" or rule.startswith("niqe early stop, backbone +"):
+        margin = float(rule.split("+", 1)[1]) if "+" in rule else 0.0
         return steps.index(replay_niqe_early_stop(steps, niqe, min_delta=min_delta, patience=patience,
-                                                  handicap=handicap))
+                                                  margin=margin))
     if rule == "last":
         return len(trajectory) - 1
     if rule == "oracle (min LPIPS vs HR)":

@@ -61,7 +61,7 @@ def test_budgeted_rules_only_see_the_product_schedule(ws) -> None:
     assert ws.select(traj, "niqe early stop, 100 steps", **kw) == 0
     assert ws.select(traj, "niqe early stop", **kw) == 3
     assert ws.select(traj, "last, 100 steps", **kw) == 2
-    # the handicapped backbone (4.0 + t) loses to any adapted weights within t; the best NIQE wins
+    # the backbone competes with its NIQE plus the margin t: adapted weights within t win, the best NIQE first
     assert ws.select(traj, "niqe early stop, backbone +0.1, 100 steps", **kw) == 0
     assert ws.select(traj, "niqe early stop, backbone +0.25, 100 steps", **kw) == 1
     assert ws.select(traj, "niqe early stop, backbone +0.5, 100 steps", **kw) == 1
