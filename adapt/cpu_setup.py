@@ -25,11 +25,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from adassr.runtime.cpu_info import CpuInfo, cpu_key, detect_cpu, intra_op_threads, isa_cap_from_env
+from adassr.runtime.cpu_load import CpuLoadMonitor, LoadSource
+
+if TYPE_CHECKING:
+    from adassr.adapt.loop import ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +43,84 @@ BF16_MIN_SPEEDUP = 1.1
 """bf16 is chosen only when the probe ran at least this much faster than fp32."""
 
 
+def _set_pools(n: int) -> None:
+    from adassr.runtime.cpu_info import limit_opencv_threads
+
+    torch.set_num_threads(n)
+    limit_opencv_threads(n)
+
+
 def configure_cpu_threads(threads: int | None = None) -> int:
     """Size PyTorch's and OpenCV's pools (see the module docstring); returns the intra-op thread count."""
     n = threads or intra_op_threads()
-    torch.set_num_threads(n)
+    _set_pools(n)
     with contextlib.suppress(RuntimeError):  # only settable before the first inter-op work
         torch.set_num_interop_threads(1)
-    from adassr.runtime.cpu_info import limit_opencv_threads
-
-    limit_opencv_threads(n)
     return n
+
+
+def threads_are_automatic() -> bool:
+    """True unless ``ADASSR_THREADS`` fixes the thread count."""
+    return not os.environ.get("ADASSR_THREADS", "").strip()
+
+
+class ThreadGovernor:
+    """Shrinks the intra-op pools while other processes use this process's cores, and grows them back.
+
+    :meth:`adjust` is called between training steps; at most every ``interval_s`` seconds it reads
+    how busy other processes kept the CPUs since its previous reading
+    (:class:`adassr.runtime.cpu_load.CpuLoadMonitor`) and sets the pools to the cores they left
+    free, between 1 and ``max_threads`` (see :mod:`adassr.runtime.cpu_load` for why).
+    """
+
+    def __init__(self, max_threads: int, *, threads_per_core: int = 1, interval_s: float = 5.0,
+                 monitor: LoadSource | None = None, clock: Callable[[], float] = time.monotonic,
+                 set_threads: Callable[[int], None] = _set_pools) -> None:
+        if max_threads < 1:
+            raise ValueError(f"max_threads must be >= 1, got {max_threads}")
+        self.max_threads = max_threads
+        self.threads = max_threads
+        self._tpc = threads_per_core
+        self._interval = interval_s
+        self._monitor: LoadSource = monitor if monitor is not None else CpuLoadMonitor()
+        self._clock = clock
+        self._set = set_threads
+        self._last_check = clock()
+        self.changes: list[tuple[int, int, float]] = []
+        """(from, to, other processes' busy CPUs) for each change, in order."""
+
+    def adjust(self, *, force: bool = False) -> int:
+        """Re-size the pools if the interval has passed (or ``force``); returns the thread count in use."""
+        now = self._clock()
+        if not force and now - self._last_check < self._interval:
+            return self.threads
+        self._last_check = now
+        load = self._monitor.since_last()
+        if load is None:
+            return self.threads
+        wanted = load.threads_left_free(self.max_threads, self._tpc)
+        if wanted != self.threads:
+            log.info("other processes kept %.1f of %d CPUs busy: %s from %d to %d threads (ADASSR_THREADS=N fixes "
+                     "the count)", load.busy_cpus, load.cpus, "shrinking" if wanted < self.threads else "growing",
+                     self.threads, wanted)
+            self.changes.append((self.threads, wanted, load.busy_cpus))
+            self._set(wanted)
+            self.threads = wanted
+        return self.threads
+
+
+def governed(progress: Callable[[ProgressEvent], None] | None,
+             governor: ThreadGovernor | None) -> Callable[[ProgressEvent], None] | None:
+    """``progress`` with :meth:`ThreadGovernor.adjust` called before it on every event (each training step)."""
+    if governor is None:
+        return progress
+
+    def call(event: ProgressEvent) -> None:
+        governor.adjust()
+        if progress is not None:
+            progress(event)
+
+    return call
 
 
 def torch_has_native_bf16(cpu: CpuInfo | None = None) -> bool:

@@ -26,12 +26,13 @@ import torch
 from adassr.adapt.archs.registry import DEFAULT_BACKBONE, BackboneRegistry
 from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.adapt.config import AdaptConfig
-from adassr.adapt.cpu_setup import configure_cpu_threads
+from adassr.adapt.cpu_setup import ThreadGovernor, configure_cpu_threads, governed, threads_are_automatic
 from adassr.adapt.groups import CameraGroup, GroupMember
 from adassr.adapt.interrupts import Interrupted, deferred
 from adassr.adapt.loop import InternalResult, Perceptual, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
 from adassr.adapt.weight_map_cache import WeightMapCache, store_cache_folder
+from adassr.runtime.cpu_info import detect_cpu
 from adassr.runtime.errors import ConfigError, ImageError, StoreError
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = ADAPTED_WEIGHTS
+GOVERNOR_FIRST_LOOK_S = 0.25  # CPU: how long the thread governor watches other processes before the set-up
 SETUP_WARNING_SHARE = 0.5  # warn when the set-up leaves training less than this share of the time budget
 
 
@@ -361,6 +363,16 @@ class _Compute:
     device: torch.device
     precision: Precision
     trainable: str  # "all" or "tail" ("auto" resolved for the device)
+    threads: int | None = None  # CPU: the intra-op threads it started with
+    governor: ThreadGovernor | None = None  # CPU with automatic threads: shrinks the pools while others are busy
+
+    def threads_record(self) -> dict[str, Any] | None:
+        """The manifest's ``threads``: the CPU pool size and every change the governor made, or None on a GPU."""
+        if self.threads is None:
+            return None
+        changes = [] if self.governor is None else [
+            {"from": a, "to": b, "busy_cpus_elsewhere": round(busy, 2)} for a, b, busy in self.governor.changes]
+        return {"max": self.threads, "automatic": self.governor is not None, "changes": changes}
 
     @property
     def device_name(self) -> str:
@@ -371,10 +383,15 @@ class _Compute:
 def _resolve_compute(config: AdaptConfig) -> _Compute:
     """Resolve ``config``'s device, precision and trainable mode (on CPU, set the thread count first)."""
     device = resolve_device(config.device)
+    threads = governor = None
     if device.type == "cpu":
-        configure_cpu_threads()  # before the precision probe, which is keyed by the thread count
+        threads = configure_cpu_threads()  # before the precision probe, which is keyed by the thread count
+        if threads_are_automatic():
+            governor = ThreadGovernor(threads, threads_per_core=detect_cpu().threads_per_core)
+            time.sleep(GOVERNOR_FIRST_LOOK_S)
+            governor.adjust(force=True)
     precision = resolve_precision(config.precision, device)
-    return _Compute(device, precision, _resolve_trainable(config.trainable, device))
+    return _Compute(device, precision, _resolve_trainable(config.trainable, device), threads, governor)
 
 
 def adapt_camera(
@@ -408,11 +425,13 @@ def adapt_camera(
         backbone, base_state = _load_backbone(backbone_name, compute.device, registry)
         map_cache = WeightMapCache(store_cache_folder(store_root), backbone.weights_sha256, config.attention,
                                    compute.precision.name, compute.device.type)
+        if compute.governor is not None:
+            compute.governor.adjust(force=True)  # the weight maps' trunk sizes its pool from torch's
         inputs = _prepare_inputs(group, config, backbone.model, backbone.scale, device=compute.device,
                                  precision=compute.precision, map_cache=map_cache)
         result = _run_admm(backbone.model, inputs, _training_budget(config, start), base_state, scale=backbone.scale,
                            device=compute.device, precision=compute.precision, trainable=compute.trainable,
-                           progress=progress)
+                           progress=governed(progress, compute.governor))
         if result.interrupted is not None and not keep_on_interrupt:
             raise Interrupted(result.interrupted)  # the transaction discards everything staged
         record = _stage_artifacts(tx, _Run(group, config, backbone, base_state, compute, start), inputs, result)
@@ -466,6 +485,7 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
                                     requested_lr_patch=run.config.lr_patch)
     record["pairs"]["selection"] = dict(inputs.selection)
     record["report"] = report
+    record["threads"] = run.compute.threads_record()  # None on a GPU (replaces an earlier CPU run's record)
     if result.interrupted is not None:
         record["stop_reason"] += "; best evaluated weights kept (--keep-on-interrupt)"
     return record

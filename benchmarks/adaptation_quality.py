@@ -344,17 +344,9 @@ def _machine(device: torch.device) -> str:
 
 
 def _commit() -> str:
-    import subprocess
+    from cpu_bench_setup import source_commit
 
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    # a run from a modified tree must not claim the commit's code
-    return f"{head}+uncommitted changes" if head and changed else (head or "unknown")
+    return source_commit()
 
 
 def _load() -> float:

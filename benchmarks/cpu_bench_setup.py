@@ -1,4 +1,5 @@
-"""Shared set-up of the CPU micro-benchmarks (``memory_format.py``, ``weight_map_trunk.py``).
+"""Shared set-up of the CPU micro-benchmarks (``memory_format.py``, ``weight_map_trunk.py``,
+``cpu_contention.py``) and the source commit that benchmark records name (``adaptation_quality.py``).
 
 Both take ``--rounds`` and ``--out``, pin torch's threads the way ``adapt`` does, and time the
 backbone with its real weights against the CPU's nominal fp32 peak. Imported by those scripts only
@@ -59,3 +60,18 @@ def write_results(out: Path, stem: str, cpu: Any, result: dict[str, Any], lines:
     atomic_write_bytes(markdown, ("\n".join(lines) + "\n").encode())
     print(f"wrote {markdown}")
     return markdown
+
+
+def source_commit() -> str:
+    """The short HEAD commit, with ``+uncommitted changes`` when tracked files differ from it."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    # a run from a modified tree must not claim the commit's code
+    return f"{head}+uncommitted changes" if head and changed else (head or "unknown")

@@ -35,7 +35,9 @@ by :func:`validate_manifest`:
   ``precision``, ``device``, ``wall_time_s``, ``attention``, ``versions``, ``weights_sha256``,
   ``config``, ``interrupted`` (bool: true when ``--keep-on-interrupt`` published an interrupted run),
   ``timing`` (where the last internal step's time went: set-up, plain steps, the periods' first
-  steps that sample the tail-mode bank of pairs, evaluations; counts, totals and means in seconds)
+  steps that sample the tail-mode bank of pairs, evaluations; counts, totals and means in seconds),
+  ``threads`` (CPU runs: ``max`` intra-op threads, ``automatic`` (false under ``ADASSR_THREADS``) and
+  the ``changes`` made while other processes used the cores; null on a GPU)
 - export: ``exports`` ({"onnx": {...}, "onnx_fp16": {...}}, each with ``file``, ``scale`` (1-16),
   optional ``multiple_of`` (1-1024), ``input_name``, ``output_name``)
 - all: ``artifacts`` as above.

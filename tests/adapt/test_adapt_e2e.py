@@ -50,6 +50,9 @@ def test_adapt_end_to_end_writes_artifacts(camera_dir: Path, tmp_path: Path, cap
     assert (timing["plain_steps"], timing["period_first_steps"], timing["evaluations"]) == (0, 2, 3)
     assert timing["setup_s"] > 0 and timing["period_first_steps_s"] > 0 and timing["evaluations_s"] > 0
     assert manifest["images"][0]["derivation"] == "folder"
+    threads = manifest["threads"]  # CPU: the pool it started with; changes only if other processes got busy
+    assert threads["max"] >= 1 and isinstance(threads["automatic"], bool)
+    assert all(c["to"] != c["from"] and 1 <= c["to"] <= threads["max"] for c in threads["changes"])
     weights = cam.verified_path("adapted.safetensors")
     # a delta on the backbone: the tail's tensors only (about 9 MB), not the 67 MB network
     assert weights.stat().st_size < 20_000_000

@@ -11,11 +11,15 @@ import torch
 from adassr.adapt.cpu_setup import (
     CACHE_FILE,
     Bf16Probe,
+    ThreadGovernor,
     choose_cpu_precision,
     configure_cpu_threads,
+    governed,
     measure_bf16,
+    threads_are_automatic,
 )
 from adassr.runtime.cpu_info import CpuInfo
+from adassr.runtime.cpu_load import CpuLoad
 
 
 def _cpu(*flags: str) -> CpuInfo:
@@ -110,3 +114,74 @@ def test_probe_on_a_busy_machine_is_not_cached(tmp_path: Path) -> None:
         assert choose_cpu_precision(tmp_path, cpu=cpu, measure=fake, machine_is_quiet=lambda: False) == "bf16"
     assert len(calls) == 2  # measured again: the busy-machine timing was not kept
     assert not (tmp_path / CACHE_FILE).exists()
+
+
+class _ScriptedLoad:
+    """A CpuLoadMonitor stand-in that replays other processes' busy CPUs (None: not measurable)."""
+
+    def __init__(self, *busy: float | None, cpus: int = 2) -> None:
+        self._busy = list(busy)
+        self._cpus = cpus
+        self.calls = 0
+
+    def since_last(self) -> CpuLoad | None:
+        self.calls += 1
+        value = self._busy.pop(0)
+        return None if value is None else CpuLoad(value, self._cpus)
+
+
+def test_governor_shrinks_while_others_are_busy_and_grows_back(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    sizes: list[int] = []
+    load = _ScriptedLoad(0.1, 1.0, 1.4, None, 0.2)
+    governor = ThreadGovernor(2, interval_s=5.0, monitor=load, clock=lambda: now[0],
+                              set_threads=sizes.append)
+    caplog.set_level("INFO", logger="adassr.adapt.cpu_setup")
+    assert governor.adjust(force=True) == 2 and sizes == []  # light load: nothing to change
+    now[0] = 3.0
+    assert governor.adjust() == 2 and load.calls == 1  # within the interval: not even measured
+    now[0] = 5.0
+    assert governor.adjust() == 1 and sizes == [1]  # one CPU busy elsewhere
+    now[0] = 10.0
+    assert governor.adjust() == 1 and sizes == [1]  # still busy: no change, no call
+    now[0] = 15.0
+    assert governor.adjust() == 1  # not measurable: keep what we have
+    now[0] = 20.0
+    assert governor.adjust() == 2 and sizes == [1, 2]  # the others finished
+    assert governor.changes == [(2, 1, 1.0), (1, 2, 0.2)]
+    assert "shrinking from 2 to 1 threads" in caplog.text and "growing from 1 to 2 threads" in caplog.text
+
+
+def test_governed_progress_adjusts_before_every_event() -> None:
+    from adassr.adapt.loop import ProgressEvent
+
+    load = _ScriptedLoad(1.0, 1.0, 1.0)
+    sizes: list[int] = []
+    governor = ThreadGovernor(2, interval_s=0.0, monitor=load, set_threads=sizes.append)
+    seen: list[int] = []
+    call = governed(lambda event: seen.append(event.step), governor)
+    assert call is not None
+    for step in (1, 2):
+        call(ProgressEvent(step, 10, 0.5, None))
+    assert seen == [1, 2] and load.calls == 2 and sizes == [1]
+    assert governed(None, None) is None
+    quiet = governed(None, governor)
+    assert quiet is not None
+    quiet(ProgressEvent(3, 10, 0.5, None))  # no caller's callback: still governed
+
+
+def test_governor_sets_the_real_pools() -> None:
+    before = torch.get_num_threads()
+    governor = ThreadGovernor(max(2, before), interval_s=0.0, monitor=_ScriptedLoad(1.0, 0.0))
+    try:
+        assert governor.adjust() == max(2, before) - 1 == torch.get_num_threads()
+        assert governor.adjust() == max(2, before) == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_are_automatic_unless_fixed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ADASSR_THREADS", raising=False)
+    assert threads_are_automatic()
+    monkeypatch.setenv("ADASSR_THREADS", "2")
+    assert not threads_are_automatic()
