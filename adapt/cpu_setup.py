@@ -100,9 +100,11 @@ class ThreadGovernor:
             return self.threads
         wanted = load.threads_left_free(self.max_threads, self._tpc)
         if wanted != self.threads:
-            log.info("other processes kept %.1f of %d CPUs busy: %s from %d to %d threads (ADASSR_THREADS=N fixes "
-                     "the count)", load.busy_cpus, load.cpus, "shrinking" if wanted < self.threads else "growing",
-                     self.threads, wanted)
+            # the first change is a warning (it explains a slower run), later ones are details
+            log.log(logging.INFO if self.changes else logging.WARNING,
+                    "other processes kept %.1f of %d CPUs busy: %s from %d to %d threads (ADASSR_THREADS=N fixes "
+                    "the count)", load.busy_cpus, load.cpus, "shrinking" if wanted < self.threads else "growing",
+                    self.threads, wanted)
             self.changes.append((self.threads, wanted, load.busy_cpus))
             self._set(wanted)
             self.threads = wanted

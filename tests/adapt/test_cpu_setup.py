@@ -149,7 +149,8 @@ def test_governor_shrinks_while_others_are_busy_and_grows_back(caplog: pytest.Lo
     now[0] = 20.0
     assert governor.adjust() == 2 and sizes == [1, 2]  # the others finished
     assert governor.changes == [(2, 1, 1.0), (1, 2, 0.2)]
-    assert "shrinking from 2 to 1 threads" in caplog.text and "growing from 1 to 2 threads" in caplog.text
+    levels = {r.getMessage().split(": ")[1].split(" (")[0]: r.levelname for r in caplog.records}
+    assert levels == {"shrinking from 2 to 1 threads": "WARNING", "growing from 1 to 2 threads": "INFO"}
 
 
 def test_governed_progress_adjusts_before_every_event() -> None:
