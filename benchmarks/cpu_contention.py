@@ -1,8 +1,9 @@
 """CPU adaptation while other processes use the same cores: a fixed thread pool vs the thread governor.
 
 Runs the real internal training step (Real-ESRGAN x4plus, the CPU defaults' tail mode, batch and
-patch, perceptual term on when its weights are present) on a bundled photo, with 0, 1 and 2 other
-CPU-bound processes (``python -c "while True: pass"``) on the machine, in two modes:
+patch, perceptual term on when its weights are present) on a bundled photo while other processes
+keep 0, 0.1, 0.25, 0.5, 1 and 2 CPUs busy (``python -c "while True: pass"`` per whole CPU, and
+one process busy that share of every 20 ms for a fraction), in two modes:
 
 - ``fixed``: one thread per usable physical core for the whole run (adassr before the governor,
   and what ``ADASSR_THREADS`` still does);
@@ -12,7 +13,7 @@ CPU-bound processes (``python -c "while True: pass"``) on the machine, in two mo
 Reports the median and mean seconds per training step (steps 2 to N-1: step 1 samples the bank of
 pairs, step N evaluates) and the governor's changes.
 
-    python benchmarks/cpu_contention.py [--steps 12] [--busy 0 1 2] [--precision auto|fp32|bf16]
+    python benchmarks/cpu_contention.py [--steps 12] [--loads 0 0.1 0.25 0.5 1 2] [--precision auto|fp32|bf16]
 
 Writes benchmarks/results/cpu_contention_<cpu tag>.{json,md}.
 """
@@ -38,12 +39,33 @@ RESULTS = ROOT / "benchmarks" / "results"
 BUSY_CODE = "while True: pass"
 
 
+DUTY_CODE = """
+import time
+duty, period = {duty!r}, 0.02
+while True:
+    start = time.perf_counter()
+    while time.perf_counter() - start < duty * period:
+        pass
+    time.sleep((1.0 - duty) * period)
+"""
+
+
+def load_commands(load: float) -> list[list[str]]:
+    """Processes that together keep ``load`` CPUs busy: whole spinners, plus one busy that share of
+    every 20 ms for a fractional part (>= 0.01)."""
+    whole, part = int(load), round(load - int(load), 3)
+    commands = [[sys.executable, "-c", BUSY_CODE] for _ in range(whole)]
+    if part >= 0.01:
+        commands.append([sys.executable, "-c", DUTY_CODE.format(duty=part)])
+    return commands
+
+
 @contextmanager
-def busy_processes(count: int) -> Iterator[None]:
-    """``count`` CPU-bound Python processes for the duration of the block (killed on exit, whatever happens)."""
-    children = [subprocess.Popen([sys.executable, "-c", BUSY_CODE]) for _ in range(count)]
+def busy_processes(load: float) -> Iterator[None]:
+    """Other processes keeping ``load`` CPUs busy for the duration of the block (killed on exit, whatever happens)."""
+    children = [subprocess.Popen(command) for command in load_commands(load)]
     try:
-        time.sleep(1.0 if count else 0.0)  # let them start spinning
+        time.sleep(1.0 if children else 0.0)  # let them start spinning
         yield
     finally:
         for child in children:
@@ -69,14 +91,15 @@ def step_times(run: Callable[[Callable[[object], None]], None]) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--busy", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--loads", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 1.0, 2.0],
+                        help="other processes' load in CPUs (whole spinners plus a duty-cycled one)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.steps < 4:
         parser.error("--steps must be at least 4 (steps 2 to N-1 are timed)")
-    if any(b < 0 for b in args.busy):
-        parser.error("--busy counts must be >= 0")
+    if any(not 0 <= load <= 64 for load in args.loads):
+        parser.error("--loads must be between 0 and 64 CPUs")
 
     from adassr.adapt.config import cpu_demo_defaults
     from adassr.adapt.cpu_setup import ThreadGovernor, configure_cpu_threads, governed
@@ -113,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                           precision=precision, trainable="tail", perceptual=perceptual, progress=progress)
 
     rows = []
-    for busy in args.busy:
+    for load in args.loads:
         for mode in ("fixed", "governed"):
             configure_cpu_threads(threads)
-            with busy_processes(busy):
+            with busy_processes(load):
                 governor = None
                 if mode == "governed":
                     governor = ThreadGovernor(threads, threads_per_core=cpu.threads_per_core)
@@ -127,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_once(governed(progress, gov))  # type: ignore[arg-type]
 
                 times = step_times(run)
-            row = {"busy_processes": busy, "mode": mode, "steps_timed": len(times),
+            row = {"other_load_cpus": load, "mode": mode, "steps_timed": len(times),
                    "median_s_per_step": statistics.median(times), "mean_s_per_step": statistics.fmean(times),
                    "threads_at_end": torch.get_num_threads(),
                    "changes": [] if governor is None else [list(c) for c in governor.changes]}
@@ -143,13 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# CPU adaptation with other processes on the cores ({cpu.label})", "",
              f"Real internal step, tail mode, {precision.name}, batch {config.batch}, LR patch {config.lr_patch}, "
              f"perceptual {'on' if perceptual is not None else 'off'}; {threads} threads when alone; "
-             f"steps 2-{args.steps - 1} timed. Other processes: `python -c \"{BUSY_CODE}\"`. "
+             f"steps 2-{args.steps - 1} timed. Other processes: `python -c \"{BUSY_CODE}\"` per whole CPU, one "
+             f"busy that share of every 20 ms for the fraction. "
              f"Commit {result['commit']}, {result['date']}.", "",
-             "| other busy processes | mode | median s/step | mean s/step | threads at end | governor changes |",
+             "| others' load (CPUs) | mode | median s/step | mean s/step | threads at end | governor changes |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        changes = ", ".join(f"{a}->{b} ({busy:.1f} CPUs busy)" for a, b, busy in r["changes"]) or "-"
-        lines.append(f"| {r['busy_processes']} | {r['mode']} | {r['median_s_per_step']:.3f} | "
+        changes = ", ".join(f"{a}->{b} ({busy:.2f} CPUs busy)" for a, b, busy in r["changes"]) or "-"
+        lines.append(f"| {r['other_load_cpus']:g} | {r['mode']} | {r['median_s_per_step']:.3f} | "
                      f"{r['mean_s_per_step']:.3f} | {r['threads_at_end']} | {changes} |")
     write_results(args.out, "cpu_contention", cpu, result, lines)
     print("\n".join(lines))

@@ -25,6 +25,12 @@ from typing import Protocol
 PROC_STAT = Path("/proc/stat")
 SELF_STAT = Path("/proc/self/stat")
 
+TAKEN_FRACTION = 0.25
+"""Share of a core that other processes must keep busy for the pool to leave them that core: on 2
+cores, next to a process busy 25 % of the time, a 2-thread training step was no faster than a
+1-thread one (0.50 s both; 0.88 against 0.52 s in another run), at 5-20 % 2 threads were faster
+(0.32-0.46 against 0.54-0.59 s; docs/cpu.md)."""
+
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (guest is inside user)
 _IDLE_FIELDS = (3, 4)  # idle iowait
 
@@ -104,14 +110,14 @@ class CpuLoad:
 
         The others' work is first put on the cores of the mask beyond ``max_threads`` (a cgroup
         quota can allow fewer threads than the mask has CPUs; the host's other load then runs
-        on the rest), then rounded to whole physical cores (half a core counts as one) and taken
-        from the pool; at least one thread.
+        on the rest), then counted in physical cores, a core being taken once a quarter of it is
+        busy (:data:`TAKEN_FRACTION`), and taken from the pool; at least one thread.
         """
         if max_threads < 1:
             raise ValueError(f"max_threads must be >= 1, got {max_threads}")
         tpc = max(1, threads_per_core)
         cores = max(1, self.cpus // tpc)
-        taken = int(self.busy_cpus / tpc + 0.5)
+        taken = int(self.busy_cpus / tpc + (1.0 - TAKEN_FRACTION))
         return max(1, min(max_threads, cores - taken))
 
 

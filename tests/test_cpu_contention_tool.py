@@ -46,7 +46,7 @@ def test_busy_processes_run_and_are_killed_even_on_error(tool: ModuleType, monke
         return child
 
     monkeypatch.setattr(tool.subprocess, "Popen", popen)
-    with pytest.raises(RuntimeError, match="boom"), tool.busy_processes(2):
+    with pytest.raises(RuntimeError, match="boom"), tool.busy_processes(1.5):
         assert all(child.poll() is None for child in started)  # alive and spinning inside the block
         raise RuntimeError("boom")
     assert len(started) == 2 and all(child.poll() is not None for child in started)
@@ -55,3 +55,12 @@ def test_busy_processes_run_and_are_killed_even_on_error(tool: ModuleType, monke
 def test_rejects_too_few_steps(tool: ModuleType) -> None:
     with pytest.raises(SystemExit):
         tool.main(["--steps", "3"])
+
+
+def test_load_is_whole_spinners_plus_one_duty_cycled_process(tool: ModuleType) -> None:
+    assert tool.load_commands(0.0) == []
+    two = tool.load_commands(2.0)
+    assert len(two) == 2 and all(c[-1] == tool.BUSY_CODE for c in two)
+    mixed = tool.load_commands(1.25)
+    assert len(mixed) == 2 and mixed[0][-1] == tool.BUSY_CODE and "duty, period = 0.25, 0.02" in mixed[1][-1]
+    compile(mixed[1][-1], "<duty>", "exec")  # the duty-cycled process's code is valid Python

@@ -59,13 +59,17 @@ def test_busy_elsewhere_subtracts_our_own_ticks() -> None:
 
 @pytest.mark.parametrize(("busy", "cpus", "max_threads", "tpc", "threads"), [
     (0.0, 2, 2, 1, 2),
-    (0.3, 2, 2, 1, 2),  # a light background process keeps both threads
-    (0.5, 2, 2, 1, 1),  # half a core counts
+    (0.2, 2, 2, 1, 2),  # a light background process keeps both threads
+    (0.25, 2, 2, 1, 1),  # a quarter of a core counts
     (1.0, 2, 2, 1, 1),
     (2.0, 2, 2, 1, 1),  # never below one thread
+    (1.2, 4, 4, 1, 3),
+    (1.3, 4, 4, 1, 2),
     (30.0, 64, 2, 1, 2),  # a cgroup quota of 2 CPUs on a 64-CPU host: the host's load runs on the rest
-    (63.0, 64, 2, 1, 1),
-    (0.8, 4, 2, 2, 2),  # SMT: 0.8 busy hardware threads are 0.4 of a core
+    (62.2, 64, 2, 1, 2),
+    (62.3, 64, 2, 1, 1),
+    (0.4, 4, 2, 2, 2),  # SMT: 0.4 busy hardware threads are 0.2 of a core
+    (0.5, 4, 2, 2, 1),
     (2.0, 4, 2, 2, 1),
 ])
 def test_threads_left_free(busy: float, cpus: int, max_threads: int, tpc: int, threads: int) -> None:
