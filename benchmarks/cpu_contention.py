@@ -3,10 +3,11 @@
 Runs the real internal training step (Real-ESRGAN x4plus, the CPU defaults' tail mode, batch and
 patch, perceptual term on when its weights are present) on a bundled photo while other processes
 keep 0, 0.1, 0.25, 0.5, 1 and 2 CPUs busy (``python -c "while True: pass"`` per whole CPU, and
-one process busy that share of every 20 ms for a fraction), in two modes:
+one process busy that share of every 20 ms for a fraction), in three modes:
 
 - ``fixed``: one thread per usable physical core for the whole run (adassr before the governor,
   and what ``ADASSR_THREADS`` still does);
+- ``one``: one thread for the whole run (``ADASSR_THREADS=1``), where the governor's rule is tested;
 - ``governed``: :class:`adassr.adapt.cpu_setup.ThreadGovernor` as ``adapt`` uses it: a first look
   of 0.25 s before training, then a re-check at most every 5 s between steps.
 
@@ -137,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for load in args.loads:
-        for mode in ("fixed", "governed"):
-            configure_cpu_threads(threads)
+        for mode in ("fixed", "one", "governed"):
+            configure_cpu_threads(1 if mode == "one" else threads)
             with busy_processes(load):
                 governor = None
                 if mode == "governed":
