@@ -3,8 +3,8 @@
 OpenMP's intra-op workers meet at a barrier after every parallel region, so one worker that the
 scheduler has taken off its core holds up the others, and a worker that waits spins before it
 sleeps. With as many workers as cores and other processes busy on those cores, a training step
-gets far slower than its share of the CPU: on 2 cores with two other CPU-bound processes, the CPU
-adaptation step took 10.7 s with 2 threads and 1.1 s with 1 (0.22 s alone; docs/cpu.md,
+gets far slower than its share of the CPU: on 2 cores next to one other CPU-bound process, the
+CPU adaptation step took 14.5 s with 2 threads and 1.0 s with 1 (0.6 s alone with 2; docs/cpu.md,
 "Other processes on the same cores"). Sizing the pool to the cores the others leave free avoids it.
 
 The measure: between two readings, the ticks the CPUs of this process's affinity mask spent busy
@@ -26,10 +26,10 @@ PROC_STAT = Path("/proc/stat")
 SELF_STAT = Path("/proc/self/stat")
 
 TAKEN_FRACTION = 0.25
-"""Share of a core that other processes must keep busy for the pool to leave them that core: on 2
-cores, next to a process busy 25 % of the time, a 2-thread training step was no faster than a
-1-thread one (0.50 s both; 0.88 against 0.52 s in another run), at 5-20 % 2 threads were faster
-(0.32-0.46 against 0.54-0.59 s; docs/cpu.md)."""
+"""Share of a core that other processes must keep busy for the pool to leave them that core. On 2
+cores (``benchmarks/cpu_contention.py``, docs/cpu.md) a training step with other processes
+loading 0.1 / 0.25 / 0.5 CPUs took 0.68 / 0.93 / 1.18 s with 2 threads and 0.93 / 0.98 / 0.87 s
+with 1: even at about a quarter."""
 
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (guest is inside user)
 _IDLE_FIELDS = (3, 4)  # idle iowait
