@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from adassr.runtime.cpu_info import CpuInfo, cpu_key, detect_cpu, intra_op_threads, isa_cap_from_env
+from adassr.runtime.cpu_info import (
+    CpuInfo,
+    cpu_key,
+    detect_cpu,
+    intra_op_threads,
+    isa_cap_from_env,
+    limit_opencv_threads,
+)
 from adassr.runtime.cpu_load import CpuLoadMonitor, LoadSource
 
 if TYPE_CHECKING:
@@ -39,13 +46,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "cpu_precision.json"
+GOVERNOR_FIRST_LOOK_S = 0.25
+"""How long :func:`start_thread_governor` watches other processes before its first decision."""
 BF16_MIN_SPEEDUP = 1.1
 """bf16 is chosen only when the probe ran at least this much faster than fp32."""
 
 
 def _set_pools(n: int) -> None:
-    from adassr.runtime.cpu_info import limit_opencv_threads
-
     torch.set_num_threads(n)
     limit_opencv_threads(n)
 
@@ -109,6 +116,18 @@ class ThreadGovernor:
             self._set(wanted)
             self.threads = wanted
         return self.threads
+
+
+def start_thread_governor(max_threads: int) -> ThreadGovernor | None:
+    """A :class:`ThreadGovernor` for pools of ``max_threads`` that has already looked at the other
+    processes for :data:`GOVERNOR_FIRST_LOOK_S` and sized the pools; None when ``ADASSR_THREADS``
+    fixes the count."""
+    if not threads_are_automatic():
+        return None
+    governor = ThreadGovernor(max_threads, threads_per_core=detect_cpu().threads_per_core)
+    time.sleep(GOVERNOR_FIRST_LOOK_S)
+    governor.adjust(force=True)
+    return governor
 
 
 def governed(progress: Callable[[ProgressEvent], None] | None,

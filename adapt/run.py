@@ -26,13 +26,12 @@ import torch
 from adassr.adapt.archs.registry import DEFAULT_BACKBONE, BackboneRegistry
 from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.adapt.config import AdaptConfig
-from adassr.adapt.cpu_setup import ThreadGovernor, configure_cpu_threads, governed, threads_are_automatic
+from adassr.adapt.cpu_setup import ThreadGovernor, configure_cpu_threads, governed, start_thread_governor
 from adassr.adapt.groups import CameraGroup, GroupMember
 from adassr.adapt.interrupts import Interrupted, deferred
 from adassr.adapt.loop import InternalResult, Perceptual, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
 from adassr.adapt.weight_map_cache import WeightMapCache, store_cache_folder
-from adassr.runtime.cpu_info import detect_cpu
 from adassr.runtime.errors import ConfigError, ImageError, StoreError
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
 
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = ADAPTED_WEIGHTS
-GOVERNOR_FIRST_LOOK_S = 0.25  # CPU: how long the thread governor watches other processes before the set-up
 SETUP_WARNING_SHARE = 0.5  # warn when the set-up leaves training less than this share of the time budget
 
 
@@ -386,10 +384,7 @@ def _resolve_compute(config: AdaptConfig) -> _Compute:
     threads = governor = None
     if device.type == "cpu":
         threads = configure_cpu_threads()  # before the precision probe, which is keyed by the thread count
-        if threads_are_automatic():
-            governor = ThreadGovernor(threads, threads_per_core=detect_cpu().threads_per_core)
-            time.sleep(GOVERNOR_FIRST_LOOK_S)
-            governor.adjust(force=True)
+        governor = start_thread_governor(threads)
     precision = resolve_precision(config.precision, device)
     return _Compute(device, precision, _resolve_trainable(config.trainable, device), threads, governor)
 

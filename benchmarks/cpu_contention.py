@@ -103,14 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--loads must be between 0 and 64 CPUs")
 
     from adassr.adapt.config import cpu_demo_defaults
-    from adassr.adapt.cpu_setup import ThreadGovernor, configure_cpu_threads, governed
+    from adassr.adapt.cpu_setup import ThreadGovernor, configure_cpu_threads, governed, start_thread_governor
     from adassr.adapt.degradation import gaussian_kernel
     from adassr.adapt.loop import evaluation_crops, run_internal_step
     from adassr.adapt.pairs import PairConfig, make_pair_sampler
     from adassr.adapt.precision import resolve_precision
     from adassr.adapt.quality.lpips import load_lpips
     from adassr.adapt.quality.lpips_weights import lpips_weights_present
-    from adassr.adapt.run import GOVERNOR_FIRST_LOOK_S
     from adassr.adapt.weights import load_backbone
     from adassr.runtime.cpu_info import detect_cpu
     from adassr.runtime.images import read_image, to_float32
@@ -141,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("fixed", "one", "governed"):
             configure_cpu_threads(1 if mode == "one" else threads)
             with busy_processes(load):
-                governor = None
-                if mode == "governed":
-                    governor = ThreadGovernor(threads, threads_per_core=cpu.threads_per_core)
-                    time.sleep(GOVERNOR_FIRST_LOOK_S)
-                    governor.adjust(force=True)
+                governor = start_thread_governor(threads) if mode == "governed" else None
 
                 def run(progress: Callable[[object], None], gov: ThreadGovernor | None = governor) -> None:
                     run_once(governed(progress, gov))  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from adassr.adapt.cpu_setup import (
     configure_cpu_threads,
     governed,
     measure_bf16,
+    start_thread_governor,
     threads_are_automatic,
 )
 from adassr.runtime.cpu_info import CpuInfo
@@ -186,3 +187,16 @@ def test_threads_are_automatic_unless_fixed(monkeypatch: pytest.MonkeyPatch) -> 
     assert threads_are_automatic()
     monkeypatch.setenv("ADASSR_THREADS", "2")
     assert not threads_are_automatic()
+
+
+def test_start_thread_governor_only_for_automatic_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("ADASSR_THREADS", "2")
+        assert start_thread_governor(2) is None
+        monkeypatch.delenv("ADASSR_THREADS")
+        governor = start_thread_governor(2)  # has looked once already: the pools fit what is free now
+        assert governor is not None and 1 <= governor.threads <= 2 and governor.max_threads == 2
+        assert len(governor.changes) == (governor.threads != 2)
+    finally:
+        torch.set_num_threads(before)
