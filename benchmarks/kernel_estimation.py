@@ -23,10 +23,14 @@ Targets: group mode closer >= 85 %, median relative sigma error <= 20 %, median 
     python benchmarks/kernel_estimation.py --robustness --qualities none,95 --out /tmp/a &  # 2 cores
     python benchmarks/kernel_estimation.py --robustness --qualities 75,60 --out /tmp/b
     python benchmarks/kernel_estimation.py --merge-rows /tmp/a/kernel_robustness.json /tmp/b/kernel_robustness.json
+    python benchmarks/kernel_estimation.py --robustness --hr-dir benchmarks/data/dev_photos  # other photos
 
 Writes <out>/kernel_estimation.md and kernel_estimation.json (default benchmarks/results); with
 --robustness kernel_robustness.{md,json} (6 angles) or kernel_robustness_quick.{md,json} (--quick,
 3 angles), the file chosen by the angles of the rows, also for --report-from and --merge-rows.
+With --hr-dir the group is made of that folder's photos instead of tests/data/hr (a check that the
+acceptance images are not a special case), and the files get the folder's name appended, e.g.
+kernel_robustness_dev_photos.{md,json}.
 """
 
 from __future__ import annotations
@@ -88,9 +92,17 @@ def kernel_grid(sigmas: tuple[float, ...] = SIGMAS, angles: tuple[float, ...] = 
     return out
 
 
-def load_hr() -> list[tuple[str, np.ndarray]]:
+HR_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def load_hr(hr_dir: Path = HR_DIR) -> list[tuple[str, np.ndarray]]:
+    """The sharp photos of ``hr_dir`` (PNG and JPEG, sorted by name), cropped to a multiple of the scale."""
+    paths = sorted(p for p in hr_dir.glob("*") if p.suffix.lower() in HR_SUFFIXES) if hr_dir.is_dir() else []
+    if len(paths) < 2:
+        raise SystemExit(f"--hr-dir {hr_dir}: need a folder with at least two PNG or JPEG photos "
+                         f"(found {len(paths)}); group mode pools one group of them")
     out = []
-    for path in sorted(HR_DIR.glob("*.png")):
+    for path in paths:
         with Image.open(path) as im:
             img = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
         h, w = (img.shape[0] // SCALE) * SCALE, (img.shape[1] // SCALE) * SCALE
@@ -327,21 +339,32 @@ ROBUST_NOISES = (0.0, 2.0, 5.0)
 ROBUST_QUALITIES: tuple[int | None, ...] = (None, 95, 75, 60)
 ROBUST_TARGETS = {"closer": 0.85, "rel": 0.20, "angle": 15.0}
 YARDSTICK_TOLERANCE = 1e-9  # L2 distance below which a true kernel *is* G(1.6)
+DEFAULT_SCORED = {"dir": "tests/data/hr", "images": ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle"]}
+"""What result files written before ``scored`` was recorded scored (the five acceptance photos)."""
 
 
 def _jpeg(lr: np.ndarray, quality: int | None) -> np.ndarray:
     return lr if quality is None else jpeg_roundtrip(lr, quality)
 
 
+def scored_label(hr_dir: Path) -> str:
+    """How reports name the scored folder: relative to the repository when inside it."""
+    try:
+        return str(hr_dir.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(hr_dir)
+
+
 def robustness(angles: tuple[float, ...], config: KernelEstimationConfig,
                noises: tuple[float, ...] = ROBUST_NOISES,
-               qualities: tuple[int | None, ...] = ROBUST_QUALITIES) -> dict:
+               qualities: tuple[int | None, ...] = ROBUST_QUALITIES, hr_dir: Path = HR_DIR) -> dict:
     """Group mode over kernels x noise x JPEG quality; the estimate before and after the fallback.
 
     Each (noise, quality) condition draws its noise from its own ``default_rng(0)``, so a run over a
     subset of ``noises`` and ``qualities`` gives exactly the rows of the whole run for those
-    conditions (the parts of a split run are joined with ``--merge-rows``)."""
-    hrs = load_hr()
+    conditions (the parts of a split run are joined with ``--merge-rows``). ``hr_dir``: the photos
+    that make the group (default tests/data/hr, the acceptance images)."""
+    hrs = load_hr(hr_dir)
     kernels = kernel_grid(angles=angles)
     g16 = support_kernel(1.6, 1.6, 0.0)
     rows = []
@@ -366,7 +389,9 @@ def robustness(angles: tuple[float, ...], config: KernelEstimationConfig,
                              "dist_g16": float(np.linalg.norm(g16 - kt)), "seconds": seconds,
                              "blockiness": float(est.diagnostics.get("jpeg_blockiness", float("nan")))})
             print(f"noise {noise:g} JPEG {quality}: done", flush=True)
-    return {"rows": rows, "kernels": kernels}
+    scored = {"dir": scored_label(hr_dir), "images": [name for name, _ in hrs],
+              "lr_sizes": {name: [s // SCALE for s in hr.shape[:2]] for name, hr in hrs}}
+    return {"rows": rows, "kernels": kernels, "scored": scored}
 
 
 def _robust_summary(rows: list[dict]) -> dict:
@@ -401,10 +426,12 @@ def _robust_summary(rows: list[dict]) -> dict:
 def robustness_report(result: dict, config: KernelEstimationConfig, wall: float,
                       machine: str = UNRECORDED) -> tuple[str, dict]:
     rows = result["rows"]
+    scored = result.get("scored", DEFAULT_SCORED)
     lines = [
         "# Blur-kernel estimation under noise and JPEG (group mode)", "",
         f"Machine: {machine}; `benchmarks/kernel_estimation.py --robustness` in {wall:.0f} s.", "",
-        f"Scored images: tests/data/hr (5 photos, one group). Kernels: {len(result['kernels'])} anisotropic "
+        f"Scored images: {scored['dir']} ({len(scored['images'])} photos, one group: "
+        f"{', '.join(scored['images'])}). Kernels: {len(result['kernels'])} anisotropic "
         f"Gaussians (HR sigmas {list(SIGMAS)}, axis ratio <= 3), x{SCALE}; Gaussian noise sigma "
         f"{list(ROBUST_NOISES)} /255 then JPEG quality {['none' if q is None else q for q in ROBUST_QUALITIES]} "
         "(OpenCV, 4:2:0). The calibration and the fallback thresholds were fitted on other photos "
@@ -461,7 +488,7 @@ def robustness_report(result: dict, config: KernelEstimationConfig, wall: float,
               f"estimate {total['mean_dist_estimate']:.4f}, final {total['mean_dist_final']:.4f}, "
               f"G(1.6) {total['mean_dist_g16']:.4f}",
               f"- speed: group of 5 median {np.median([r['seconds'] for r in rows]):.2f} s"]
-    data = {"machine": machine, "wall_seconds": wall, "summaries": summaries, "worst": worst,
+    data = {"machine": machine, "wall_seconds": wall, "scored": scored, "summaries": summaries, "worst": worst,
             "targets": ROBUST_TARGETS,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
             "rows": rows}
@@ -497,7 +524,8 @@ def report_from(path: Path, wall: float | None, machine: str | None) -> tuple[st
                          "give it with --wall-seconds (the 'in N s' of the matching .md)")
     config = config_from_json(data["config"])
     kernels = sorted({tuple(r["true"]) for r in rows})
-    text, rebuilt = robustness_report({"rows": rows, "kernels": kernels}, config, float(wall),
+    text, rebuilt = robustness_report({"rows": rows, "kernels": kernels,
+                                       "scored": data.get("scored", DEFAULT_SCORED)}, config, float(wall),
                                       machine or data.get("machine", UNRECORDED))
     return text + f"\nRebuilt from the rows stored in {path.name} by `--report-from` (no estimation re-run).\n", rebuilt
 
@@ -537,12 +565,18 @@ def merge_rows(paths: list[Path], machine: str | None) -> tuple[str, dict]:
     """One robustness report from the rows of several partial runs (``--robustness --noises ...``,
     run side by side). Refuses parts with other estimator settings or overlapping rows."""
     parts = []
+    scored_parts: list[tuple[Path, dict]] = []
     for path in paths:
         data = _read_robustness_result(path, "--merge-rows")
         if "wall_seconds" not in data:
             raise SystemExit(f"--merge-rows {path}: the file does not record its run's wall time; "
                              "rewrite it with --report-from --wall-seconds first")
         parts.append((path, data["rows"], data["config"], float(data["wall_seconds"]), data.get("machine")))
+        scored = data.get("scored", DEFAULT_SCORED)
+        if scored_parts and scored["dir"] != scored_parts[0][1]["dir"]:
+            raise SystemExit(f"--merge-rows: {path} scored {scored['dir']}, {scored_parts[0][0]} scored "
+                             f"{scored_parts[0][1]['dir']}; merge only parts of one run")
+        scored_parts.append((path, scored))
     first_path, _, first_config, _, first_machine = parts[0]
     rows: list[dict] = []
     seen: dict[tuple, Path] = {}
@@ -561,7 +595,8 @@ def merge_rows(paths: list[Path], machine: str | None) -> tuple[str, dict]:
     config = config_from_json(first_config)
     kernels = sorted({tuple(r["true"]) for r in rows})
     walls = [wall for _, _, _, wall, _ in parts]
-    text, merged = robustness_report({"rows": rows, "kernels": kernels}, config, max(walls),
+    text, merged = robustness_report({"rows": rows, "kernels": kernels, "scored": scored_parts[0][1]},
+                                     config, max(walls),
                                      machine or first_machine or UNRECORDED)
     merged["merged_from"] = [{"file": str(path), "wall_seconds": wall, "rows": len(pr)}
                              for path, pr, _, wall, _ in parts]
@@ -570,10 +605,13 @@ def merge_rows(paths: list[Path], machine: str | None) -> tuple[str, dict]:
     return text + note, merged
 
 
-def robustness_stem(rows: list[dict]) -> str:
-    """The file name of a robustness report: the quick grid (3 angles) and the full one (6) are kept apart."""
+def robustness_stem(rows: list[dict], scored: dict | None = None) -> str:
+    """The file name of a robustness report: the quick grid (3 angles) and the full one (6) are kept
+    apart, and so are groups of other photos than tests/data/hr (``_<folder name>`` appended)."""
     angles = {float(row["true"][2]) for row in rows}
-    return "kernel_robustness_quick" if angles <= set(QUICK_ANGLES) else "kernel_robustness"
+    stem = "kernel_robustness_quick" if angles <= set(QUICK_ANGLES) else "kernel_robustness"
+    folder = (scored or DEFAULT_SCORED)["dir"]
+    return stem if folder == DEFAULT_SCORED["dir"] else f"{stem}_{Path(folder).name}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -598,21 +636,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge-rows", nargs="+", type=Path, metavar="JSON",
                         help="write kernel_robustness.{md,json} from the rows of partial --robustness runs")
     parser.add_argument("--machine", help="the machine, as the report names it")
+    parser.add_argument("--hr-dir", type=Path, default=HR_DIR, metavar="DIR",
+                        help="with --robustness: make the group from these photos instead of tests/data/hr "
+                             "(e.g. benchmarks/data/dev_photos); files kernel_robustness[_quick]_<folder name>.*")
     args = parser.parse_args(argv)
+    if args.hr_dir != HR_DIR and not args.robustness:
+        raise SystemExit("--hr-dir goes with --robustness (the single-image benchmark scores tests/data/hr); "
+                         "add --robustness")
     overrides = json.loads(args.config_json)
     config = config_from_json(overrides)
     machine = args.machine or this_machine()
     t0 = time.perf_counter()
     if args.merge_rows:
         text, data = merge_rows(args.merge_rows, args.machine)
-        stem, shown = robustness_stem(data["rows"]), text
+        stem, shown = robustness_stem(data["rows"], data["scored"]), text
     elif args.report_from is not None:
         text, data = report_from(args.report_from, args.wall_seconds, args.machine)
-        stem, shown = robustness_stem(data["rows"]), text
+        stem, shown = robustness_stem(data["rows"], data["scored"]), text
     elif args.robustness:
-        rresult = robustness(QUICK_ANGLES if args.quick else ANGLES, config, args.noises, args.qualities)
+        rresult = robustness(QUICK_ANGLES if args.quick else ANGLES, config, args.noises, args.qualities,
+                             args.hr_dir)
         text, data = robustness_report(rresult, config, time.perf_counter() - t0, machine)
-        stem, shown = robustness_stem(data["rows"]), text
+        stem, shown = robustness_stem(data["rows"], data["scored"]), text
     else:
         text, data = report(run(args.quick, config), config, time.perf_counter() - t0, machine)
         stem, shown = "kernel_estimation", text.split("## Group-mode")[0]

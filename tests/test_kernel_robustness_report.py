@@ -9,6 +9,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_noise_and_quality_subsets_are_checked(tool: ModuleType) -> None:
 def _small_grid(tool: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     """One kernel and two 192 px crops, so that a real estimation takes a second."""
     crops = [(name, np.ascontiguousarray(hr[:192, :192])) for name, hr in tool.load_hr()[:2]]
-    monkeypatch.setattr(tool, "load_hr", lambda: crops)
+    monkeypatch.setattr(tool, "load_hr", lambda hr_dir=tool.HR_DIR: crops)
     monkeypatch.setattr(tool, "kernel_grid", lambda angles: [(2.4, 1.2, 30.0)])
 
 
@@ -120,3 +121,43 @@ def test_the_quick_and_the_full_grid_are_written_to_their_own_files(tool: Module
     assert tool.main(["--report-from", str(source), "--out", str(tmp_path / "full")]) == 0
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["kernel_robustness.json", "kernel_robustness.md"]
     assert "Machine: test machine;" in (tmp_path / "full" / "kernel_robustness.md").read_text()
+
+
+def test_other_photos_are_scored_into_their_own_files(tool: ModuleType, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """--hr-dir: the group is made of that folder's photos, and the report names them and goes to
+    kernel_robustness[_quick]_<folder>.*, never over the acceptance images' results."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, hr in tool.load_hr()[:2]:  # two of the bundled photos, one as PNG and one as JPEG
+        crop = (np.clip(hr[:192, :192], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        Image.fromarray(crop).save(photos / (f"{name}.png" if name < "b" else f"{name}.jpg"), quality=95)
+    (photos / "notes.txt").write_text("not a photo")
+    loaded = tool.load_hr(photos)
+    assert [name for name, _ in loaded] == sorted(p.stem for p in photos.iterdir() if p.suffix != ".txt")
+    assert all(hr.shape == (192, 192, 3) and hr.dtype == np.float32 for _, hr in loaded)
+
+    monkeypatch.setattr(tool, "kernel_grid", lambda angles: [(2.4, 1.2, 0.0)])
+    out = tmp_path / "out"
+    assert tool.main(["--robustness", "--quick", "--noises", "0", "--qualities", "60", "--hr-dir", str(photos),
+                      "--out", str(out), "--machine", "test machine"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["kernel_robustness_quick_photos.json",
+                                                     "kernel_robustness_quick_photos.md"]
+    data = json.loads((out / "kernel_robustness_quick_photos.json").read_text())
+    assert data["scored"]["dir"] == str(photos) and len(data["rows"]) == 1
+    assert f"Scored images: {photos} (2 photos, one group: " in (out / "kernel_robustness_quick_photos.md").read_text()
+
+    rebuilt = tmp_path / "rebuilt"  # --report-from keeps the photos and the file name
+    assert tool.main(["--report-from", str(out / "kernel_robustness_quick_photos.json"), "--out", str(rebuilt)]) == 0
+    assert sorted(p.name for p in rebuilt.iterdir()) == ["kernel_robustness_quick_photos.json",
+                                                         "kernel_robustness_quick_photos.md"]
+    acceptance = _result_file(tool, tmp_path, 12.0)  # written before `scored` existed: tests/data/hr
+    with pytest.raises(SystemExit, match="scored tests/data/hr"):
+        tool.merge_rows([out / "kernel_robustness_quick_photos.json", acceptance], None)
+
+
+def test_hr_dir_needs_photos_and_the_robustness_grid(tool: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="at least two PNG or JPEG photos \\(found 0\\)"):
+        tool.load_hr(tmp_path)
+    with pytest.raises(SystemExit, match="--hr-dir goes with --robustness"):
+        tool.main(["--hr-dir", str(tmp_path)])
