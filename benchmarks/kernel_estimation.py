@@ -487,7 +487,7 @@ def robustness_report(result: dict, config: KernelEstimationConfig, wall: float,
               f"{100 * total['rel']:.0f} %, angle {total['angle']:.1f} deg; mean L2 distance to the truth: "
               f"estimate {total['mean_dist_estimate']:.4f}, final {total['mean_dist_final']:.4f}, "
               f"G(1.6) {total['mean_dist_g16']:.4f}",
-              f"- speed: group of 5 median {np.median([r['seconds'] for r in rows]):.2f} s"]
+              f"- speed: group of {len(scored['images'])} median {np.median([r['seconds'] for r in rows]):.2f} s"]
     data = {"machine": machine, "wall_seconds": wall, "scored": scored, "summaries": summaries, "worst": worst,
             "targets": ROBUST_TARGETS,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},

@@ -49,6 +49,9 @@ class KernelEstimationConfig:
     """Settings of :func:`estimate_kernel`; the defaults are the calibrated ones."""
 
     structure_fraction: float = 1.0  # share of pixels (most structured first) that count
+    pixel_snr: float = 8.0  # only pixels whose local gradient energy is this many times the noise's (at
+    # least the top 30 % of each tile); 0: every pixel. Chosen on benchmarks/data/dev_photos and the
+    # calibration crops (benchmarks/README.md, "Noise and smooth photos"), never on tests/data/hr.
     n_directions: int = 8  # directions of the directional-derivative energies
     anisotropy_weight: float = 0.5  # weight of the 1st-derivative shape features
     derivative_sigma: float = 0.0  # 0: finite differences; > 0: Gaussian derivatives (LR px)
@@ -76,6 +79,8 @@ class KernelEstimationConfig:
     fallback_gap_per_blockiness: float = 0.05
 
     def __post_init__(self) -> None:
+        if not self.pixel_snr >= 0:
+            raise ConfigError(f"pixel_snr must be >= 0 (0 counts every pixel), got {self.pixel_snr}")
         if not 0.02 <= self.structure_fraction <= 1.0:
             raise ConfigError(f"structure_fraction must be in [0.02, 1], got {self.structure_fraction}")
         if self.n_directions < 3:
@@ -381,7 +386,8 @@ def _usable_tiles(
     skipped: list[int] = []
     noise: list[float] = []
     for i in chosen:
-        tiles = [CrossScaleSample(t, spec, config.structure_fraction) for t in _tiles(lumas[i], config)]
+        tiles = [CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr)
+                 for t in _tiles(lumas[i], config)]
         good = [s for s in tiles if s.informative(config.min_signal_to_noise)]
         if not good:
             skipped.append(i)
