@@ -14,7 +14,9 @@ shape of the 1st-derivative energy over directions (:mod:`adassr.adapt.kernel.fe
 (3 parameters via its matrix logarithm) minimises the squared mismatch, averaged over the
 group's images: a 1-D isotropic search, then Nelder-Mead. ``G(3 Sigma_b)`` is applied exactly
 in the Fourier domain on the mirror-extended image; ``z``'s four phases are pooled. Large images
-contribute their most structured tiles.
+contribute their most structured tiles, and within a tile only the pixels whose local gradient
+energy stands well above the noise (``KernelEstimationConfig.pixel_snr``): in smooth, noisy areas
+white noise would read as a very sharp kernel.
 
 The raw LR sigmas (principal axes) go through a linear calibration whose constants
 (:data:`adassr.adapt.kernel.estimate.CALIBRATION`) were fitted by ``benchmarks/kernel_calibration.py``
