@@ -565,22 +565,20 @@ def merge_rows(paths: list[Path], machine: str | None) -> tuple[str, dict]:
     """One robustness report from the rows of several partial runs (``--robustness --noises ...``,
     run side by side). Refuses parts with other estimator settings or overlapping rows."""
     parts = []
-    scored_parts: list[tuple[Path, dict]] = []
     for path in paths:
         data = _read_robustness_result(path, "--merge-rows")
         if "wall_seconds" not in data:
             raise SystemExit(f"--merge-rows {path}: the file does not record its run's wall time; "
                              "rewrite it with --report-from --wall-seconds first")
-        parts.append((path, data["rows"], data["config"], float(data["wall_seconds"]), data.get("machine")))
-        scored = data.get("scored", DEFAULT_SCORED)
-        if scored_parts and scored["dir"] != scored_parts[0][1]["dir"]:
-            raise SystemExit(f"--merge-rows: {path} scored {scored['dir']}, {scored_parts[0][0]} scored "
-                             f"{scored_parts[0][1]['dir']}; merge only parts of one run")
-        scored_parts.append((path, scored))
-    first_path, _, first_config, _, first_machine = parts[0]
+        parts.append((path, data["rows"], data["config"], float(data["wall_seconds"]), data.get("machine"),
+                      data.get("scored", DEFAULT_SCORED)))
+    first_path, _, first_config, _, first_machine, first_scored = parts[0]
     rows: list[dict] = []
     seen: dict[tuple, Path] = {}
-    for path, part_rows, config, _, _ in parts:
+    for path, part_rows, config, _, _, scored in parts:
+        if scored["dir"] != first_scored["dir"]:
+            raise SystemExit(f"--merge-rows: {path} scored {scored['dir']}, {first_path} scored "
+                             f"{first_scored['dir']}; merge only parts of one run")
         if config != first_config:
             changed = sorted(k for k in set(config) | set(first_config) if config.get(k) != first_config.get(k))
             raise SystemExit(f"--merge-rows: {path} was run with other estimator settings than {first_path} "
@@ -594,23 +592,22 @@ def merge_rows(paths: list[Path], machine: str | None) -> tuple[str, dict]:
         rows.extend(part_rows)
     config = config_from_json(first_config)
     kernels = sorted({tuple(r["true"]) for r in rows})
-    walls = [wall for _, _, _, wall, _ in parts]
-    text, merged = robustness_report({"rows": rows, "kernels": kernels, "scored": scored_parts[0][1]},
-                                     config, max(walls),
-                                     machine or first_machine or UNRECORDED)
+    walls = [part[3] for part in parts]
+    text, merged = robustness_report({"rows": rows, "kernels": kernels, "scored": first_scored},
+                                     config, max(walls), machine or first_machine or UNRECORDED)
     merged["merged_from"] = [{"file": str(path), "wall_seconds": wall, "rows": len(pr)}
-                             for path, pr, _, wall, _ in parts]
+                             for path, pr, _, wall, _, _ in parts]
     note = (f"\nMerged by `--merge-rows` from {len(parts)} partial runs that ran side by side "
             f"({', '.join(f'{w:.0f} s' for w in walls)}; the time shown is the longest, {sum(walls):.0f} s in all).\n")
     return text + note, merged
 
 
-def robustness_stem(rows: list[dict], scored: dict | None = None) -> str:
+def robustness_stem(rows: list[dict], scored: dict) -> str:
     """The file name of a robustness report: the quick grid (3 angles) and the full one (6) are kept
     apart, and so are groups of other photos than tests/data/hr (``_<folder name>`` appended)."""
     angles = {float(row["true"][2]) for row in rows}
     stem = "kernel_robustness_quick" if angles <= set(QUICK_ANGLES) else "kernel_robustness"
-    folder = (scored or DEFAULT_SCORED)["dir"]
+    folder = scored["dir"]
     return stem if folder == DEFAULT_SCORED["dir"] else f"{stem}_{Path(folder).name}"
 
 
