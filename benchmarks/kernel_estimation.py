@@ -36,6 +36,7 @@ kernel_robustness_dev_photos.{md,json}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -423,6 +424,14 @@ def _robust_summary(rows: list[dict]) -> dict:
     }
 
 
+def non_default_settings(config: KernelEstimationConfig) -> str:
+    """``name value, ...`` for the fields of ``config`` that differ from the defaults, or ``none``."""
+    default = KernelEstimationConfig()
+    changed = [f"{f.name} {getattr(config, f.name)}" for f in dataclasses.fields(config)
+               if getattr(config, f.name) != getattr(default, f.name)]
+    return ", ".join(changed) or "none"
+
+
 def robustness_report(result: dict, config: KernelEstimationConfig, wall: float,
                       machine: str = UNRECORDED) -> tuple[str, dict]:
     rows = result["rows"]
@@ -437,7 +446,8 @@ def robustness_report(result: dict, config: KernelEstimationConfig, wall: float,
         "(OpenCV, 4:2:0). The calibration and the fallback thresholds were fitted on other photos "
         "(benchmarks/kernel_calibration.py, benchmarks/kernel_fallback_calibration.py: canon, fujifilm, "
         f"Kodak); fallback settings here: gap {config.fallback_gap}, per blockiness "
-        f"{config.fallback_gap_per_blockiness}.", "",
+        f"{config.fallback_gap_per_blockiness}. Estimator settings other than the defaults: "
+        f"{non_default_settings(config)}.", "",
         "estimate = the cross-scale estimate before the fallback; final = the kernel returned (G(1.6) "
         "when the fallback fires). closer = L2 distance to the true kernel below G(1.6)'s; not worse "
         "= below or equal; others = closer (final) over the kernels of the grid other than G(1.6) "

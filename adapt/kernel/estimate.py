@@ -52,6 +52,10 @@ class KernelEstimationConfig:
     pixel_snr: float = 8.0  # only pixels whose local gradient energy is this many times the noise's (at
     # least the top 30 % of each tile); 0: every pixel. Chosen on benchmarks/data/dev_photos and the
     # calibration crops (benchmarks/README.md, "Noise and smooth photos"), never on tests/data/hr.
+    noise_share: float = 0.0  # subtract this share of white noise's expected derivative energies (at
+    # the tile's estimated noise sigma) from the statistics of y and z; 1 is the closed-form share.
+    # Opt-in: on smooth noisy photos it recovers the kernel's shape, but the noise estimate reads
+    # texture as noise on clean textured photos (benchmarks/README.md, "Subtracting the noise").
     n_directions: int = 8  # directions of the directional-derivative energies
     anisotropy_weight: float = 0.5  # weight of the 1st-derivative shape features
     derivative_sigma: float = 0.0  # 0: finite differences; > 0: Gaussian derivatives (LR px)
@@ -81,6 +85,9 @@ class KernelEstimationConfig:
     def __post_init__(self) -> None:
         if not self.pixel_snr >= 0:
             raise ConfigError(f"pixel_snr must be >= 0 (0 counts every pixel), got {self.pixel_snr}")
+        if not 0.0 <= self.noise_share <= 1.0:
+            raise ConfigError(f"noise_share must be in [0, 1] (0: off, 1: the whole expected noise share), "
+                              f"got {self.noise_share}")
         if not 0.02 <= self.structure_fraction <= 1.0:
             raise ConfigError(f"structure_fraction must be in [0.02, 1], got {self.structure_fraction}")
         if self.n_directions < 3:
@@ -386,7 +393,8 @@ def _usable_tiles(
     skipped: list[int] = []
     noise: list[float] = []
     for i in chosen:
-        tiles = [CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr)
+        tiles = [CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr,
+                                  noise_share=config.noise_share)
                  for t in _tiles(lumas[i], config)]
         good = [s for s in tiles if s.informative(config.min_signal_to_noise)]
         if not good:

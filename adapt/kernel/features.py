@@ -8,7 +8,8 @@ downsampling phases: the derivative filters dilated by 2 applied to the blurred 
 rate give, at each pixel, the derivative of the downsampled image of that pixel's phase (in
 ``z``'s own grid units), so the four phases together cover every pixel of ``y`` exactly once.
 Features are contrast free: ``log E_hi(d) - log E_lo(d)`` (the blur along ``d``) and
-``w * (log E_lo(d) - mean_d log E_lo)`` (the shape over directions).
+``w * (log E_lo(d) - mean_d log E_lo)`` (the shape over directions). Optionally the expected share
+of white noise is subtracted from each energy first (``CrossScaleSample``'s ``noise_share``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,20 @@ def derivative_taps(sigma: float) -> list[np.ndarray]:
     return taps
 
 
+NOISE_GRID = 96  # frequency samples per axis of the blurred noise gain
+NOISE_FLOOR = 0.1  # noise subtraction keeps at least this share of each raw directional energy
+NOISE_FREQ = np.fft.fftfreq(NOISE_GRID)
+_NOISE_FXX = (NOISE_FREQ**2)[None, :]
+_NOISE_FYY = (NOISE_FREQ**2)[:, None]
+_NOISE_FXY = np.outer(NOISE_FREQ, NOISE_FREQ)
+
+
+def _response(taps: np.ndarray) -> np.ndarray:
+    """``sum_u taps[u] exp(-2 pi i f u)`` at :data:`NOISE_FREQ` (taps centred)."""
+    u = np.arange(taps.size) - taps.size // 2
+    return np.exp(-2j * np.pi * NOISE_FREQ[:, None] * u[None, :]) @ taps
+
+
 def _dilate(v: np.ndarray, step: int) -> np.ndarray:
     out = np.zeros((v.size - 1) * step + 1)
     out[::step] = v
@@ -66,6 +81,9 @@ class DerivativeBank:
         self.orders = orders
         # order n -> [(taps along x, taps along y)] for d^n / dx^(n-k) dy^k, k = 0..n
         self.filters = {n: [(taps[n - k], taps[k]) for k in range(n + 1)] for n in orders}
+        # Frequency responses of those filters at NOISE_FREQ (rows f_y, columns f_x).
+        self._responses = {n: np.stack([np.outer(_response(ky), _response(kx)) for kx, ky in self.filters[n]])
+                           for n in orders}
 
     def apply(self, img: np.ndarray, index: np.ndarray) -> dict[int, np.ndarray]:
         """Derivatives at the flat pixel ``index``: order -> array (n + 1, len(index))."""
@@ -82,6 +100,17 @@ class DerivativeBank:
         gx = cv2.sepFilter2D(img, cv2.CV_64F, t1, t0, borderType=cv2.BORDER_REFLECT)
         gy = cv2.sepFilter2D(img, cv2.CV_64F, t0, t1, borderType=cv2.BORDER_REFLECT)
         return gx * gx + gy * gy
+
+    def noise_gram(self, n: int, transfer_sq: np.ndarray | None = None) -> np.ndarray:
+        """``E[h h^T]`` per pixel for unit white noise, ``h`` the ``n + 1`` partial derivatives of
+        order ``n`` (what ``apply`` returns for one pixel). ``transfer_sq``: the squared transfer
+        function of a blur applied before the derivatives, sampled at :data:`NOISE_FREQ` (rows
+        f_y, columns f_x); ``None``: no blur (the taps' exact inner products)."""
+        if transfer_sq is None:
+            flat = [np.outer(ky, kx).ravel() for kx, ky in self.filters[n]]
+            return np.array([[float(a @ b) for b in flat] for a in flat])
+        resp = self._responses[n]
+        return np.einsum("kyx,lyx,yx->kl", resp, resp.conj(), transfer_sq).real / transfer_sq.size
 
     def gradient_noise_gain(self) -> float:
         """``E[gx^2 + gy^2]`` for unit white noise."""
@@ -104,11 +133,16 @@ class FeatureSpec:
         self.anisotropy_weight = anisotropy_weight
         self.size = 2 * n_directions
 
-    def features(self, derivs: dict[int, np.ndarray]) -> np.ndarray:
+    def features(self, derivs: dict[int, np.ndarray], noise: dict[int, np.ndarray] | None = None) -> np.ndarray:
+        """The feature vector of derivatives at the counted pixels (``apply``'s output). ``noise``:
+        order -> the expected noise part of ``h @ h.T``, subtracted from each directional energy,
+        which keeps at least :data:`NOISE_FLOOR` of its raw value."""
         logs = {}
         for n, h in derivs.items():
             m = h @ h.T
             e = np.einsum("ki,ij,kj->k", self.coef[n], m, self.coef[n])
+            if noise is not None:
+                e = np.maximum(e - np.einsum("ki,ij,kj->k", self.coef[n], noise[n], self.coef[n]), NOISE_FLOOR * e)
             logs[n] = np.log(np.maximum(e, 1e-30))
         lo, hi = logs[self.low], logs[self.high]
         return np.concatenate([hi - lo, self.anisotropy_weight * (lo - lo.mean())])
@@ -138,12 +172,18 @@ class CrossScaleSample:
     ``min_kept`` most structured share. Where noise dominates (smooth skin or sky at 5/255), it
     reads as a very sharp kernel and pins the minor axis at the search floor; on clean or
     textured images (nearly) every pixel passes, so the calibration still holds.
+
+    ``noise_share`` > 0 subtracts that share of white noise's expected contribution (closed form,
+    :meth:`DerivativeBank.noise_gram`, at the tile's estimated noise sigma) from each directional
+    energy of ``y`` and, for every candidate blur, of ``z`` (the noise blurred by ``G(3 C)`` and
+    seen through the dilated filters); each energy keeps at least :data:`NOISE_FLOOR` of its raw
+    value.
     """
 
     BORDER = 4
 
     def __init__(self, y: np.ndarray, spec: FeatureSpec, fraction: float, pixel_snr: float = 0.0,
-                 min_kept: float = 0.3) -> None:
+                 min_kept: float = 0.3, noise_share: float = 0.0) -> None:
         h, w = y.shape
         self.shape = (h, w)
         self.spec = spec
@@ -172,7 +212,10 @@ class CrossScaleSample:
             self.structure_energy = 0.0
         self.index = np.flatnonzero(mask)
         self.n_pixels = int(self.index.size)
-        self.reference = spec.features(spec.bank.apply(y, self.index)) if self.n_pixels else None
+        self.noise_var = noise_share * self.noise_sigma**2 * self.n_pixels  # the noise part's scale
+        noise = ({n: self.noise_var * spec.bank.noise_gram(n) for n in (spec.low, spec.high)}
+                 if self.noise_var > 0 else None)
+        self.reference = spec.features(spec.bank.apply(y, self.index), noise) if self.n_pixels else None
 
     def informative(self, min_snr: float) -> bool:
         """Whether the top 30% of local gradient energy stands above the noise's share."""
@@ -185,4 +228,8 @@ class CrossScaleSample:
         t = np.exp(-2.0 * math.pi**2 * (c[0, 0] * self.fxx + 2.0 * c[0, 1] * self.fxy + c[1, 1] * self.fyy))
         h, w = self.shape
         blurred = np.fft.irfft2(self.spectrum * t, s=(2 * h, 2 * w))[:h, :w]
-        return self.reference - self.spec.features(self.spec.bank2.apply(blurred, self.index))
+        noise = None
+        if self.noise_var > 0:
+            tsq = np.exp(-4.0 * math.pi**2 * (c[0, 0] * _NOISE_FXX + 2.0 * c[0, 1] * _NOISE_FXY + c[1, 1] * _NOISE_FYY))
+            noise = {n: self.noise_var * self.spec.bank2.noise_gram(n, tsq) for n in (self.spec.low, self.spec.high)}
+        return self.reference - self.spec.features(self.spec.bank2.apply(blurred, self.index), noise)

@@ -307,11 +307,41 @@ def test_noise_dominated_pixels_are_left_out_of_the_statistics() -> None:
         KernelEstimationConfig(pixel_snr=-1.0)
 
 
+@pytest.mark.parametrize("step", [1, 2])
+def test_noise_gram_is_white_noise_derivative_energy(step: int) -> None:
+    """``noise_gram``: the closed-form share of white noise in the derivative statistics, without
+    and with an anisotropic blur before the (dilated) derivatives, equals the measured one."""
+    from adassr.adapt.kernel.features import NOISE_FREQ, DerivativeBank
+
+    bank = DerivativeBank(0.0, (1, 2), step=step)
+    rng = np.random.default_rng(step)
+    noise = rng.standard_normal((512, 512))
+    cov = np.array([[1.5, 0.4], [0.4, 0.8]])  # an anisotropic, tilted blur
+    fy, fx = np.fft.fftfreq(512)[:, None], np.fft.fftfreq(512)[None, :]
+    transfer = np.exp(-2 * math.pi**2 * (cov[0, 0] * fx * fx + 2 * cov[0, 1] * fx * fy + cov[1, 1] * fy * fy))
+    blurred = np.fft.ifft2(np.fft.fft2(noise) * transfer).real
+    f = NOISE_FREQ
+    transfer_sq = np.exp(-4 * math.pi**2 * (cov[0, 0] * (f * f)[None, :] + 2 * cov[0, 1] * np.outer(f, f)
+                                            + cov[1, 1] * (f * f)[:, None]))
+    index = np.arange(512 * 512).reshape(512, 512)[16:-16, 16:-16].ravel()
+    for image, gram in ((noise, bank.noise_gram), (blurred, lambda n: bank.noise_gram(n, transfer_sq))):
+        for order in (1, 2):
+            h = bank.apply(image, index)[order]
+            measured = h @ h.T / index.size
+            want = gram(order)
+            assert want.shape == (order + 1, order + 1)
+            scale = float(np.abs(measured).max())
+            assert np.allclose(want, measured, rtol=0.0, atol=0.04 * scale), (order, want, measured)
+    # Unblurred (transfer 1): the sampled spectrum gives the taps' exact inner products.
+    assert np.allclose(bank.noise_gram(2, np.ones((f.size, f.size))), bank.noise_gram(2), atol=1e-9)
+
+
 def test_noisy_photos_with_smooth_areas_keep_the_kernel_shape() -> None:
     """Noise 5/255 on photos with large smooth areas (faces, sky): counting every pixel, the noise
     reads as a sharp kernel (minor axis pinned at the search floor, about 0.87 HR px); the default
     counts only pixels above the noise (benchmarks/README.md, "Noise and smooth photos"). It halves
-    the distance to the true kernel here, though four such photos still do not beat G(1.6)."""
+    the distance to the true kernel here, though four such photos still do not beat G(1.6) unless
+    the noise's share is subtracted (``noise_share``, opt-in)."""
     hrs = []
     for name in ("henner-face", "paumier-face", "peak", "walker"):
         with Image.open(DEV_PHOTOS / f"{name}.jpg") as im:
@@ -326,3 +356,11 @@ def test_noisy_photos_with_smooth_areas_keep_the_kernel_shape() -> None:
     assert every_pixel.sigma_y < 1.0  # the failure this setting removes
     assert default.sigma_y > 1.2 and abs(default.sigma_y / truth[1] - 1.0) < 0.25
     assert d_default < 0.5 * d_every and d_every > 3 * d_fixed
+    # Opt-in: subtracting the noise's closed-form share of the derivative energies recovers the
+    # shape (benchmarks/README.md, "Subtracting the noise"): closer than G(1.6), angle within 15 deg.
+    subtracted = estimate_kernel(lrs, scale=SCALE, config=KernelEstimationConfig(noise_share=1.0))
+    d_subtracted = _dist((subtracted.sigma_x, subtracted.sigma_y, subtracted.theta_deg), truth)
+    assert d_subtracted < d_fixed < d_default
+    assert abs(subtracted.theta_deg - truth[2]) < 15.0 and subtracted.sigma_x / subtracted.sigma_y > 1.5
+    with pytest.raises(ConfigError, match="noise_share"):
+        KernelEstimationConfig(noise_share=1.5)
