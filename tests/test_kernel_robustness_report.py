@@ -165,15 +165,15 @@ def test_hr_dir_needs_photos_and_the_robustness_grid(tool: ModuleType, tmp_path:
 
 def test_report_names_the_estimator_settings_that_differ_from_the_defaults(tool: ModuleType,
                                                                            tmp_path: Path) -> None:
-    """An opt-in run (e.g. ``--config-json '{"noise_share": 1}'``) says so in its report; a default one
-    says none, so the two cannot be mistaken for each other."""
+    """A run with other settings (e.g. ``--config-json '{"noise_share": 0}'``) says so in its report;
+    a default one says none, so the two cannot be mistaken for each other."""
     text, _ = tool.report_from(_result_file(tool, tmp_path, 12.0), None, None)
     assert "Estimator settings other than the defaults: none." in text
-    opted = tool.KernelEstimationConfig(noise_share=1.0, pixel_snr=4.0)
-    assert tool.non_default_settings(opted) == "pixel_snr 4.0, noise_share 1.0"
+    opted = tool.KernelEstimationConfig(noise_share=0.0, pixel_snr=4.0)
+    assert tool.non_default_settings(opted) == "pixel_snr 4.0, noise_share 0.0"
     path = _result_file(tool, tmp_path, 12.0)
     data = json.loads(path.read_text())
-    data["config"]["noise_share"] = 1
+    data["config"]["noise_share"] = 0
     path.write_text(json.dumps(data))
     text, _ = tool.report_from(path, None, None)
-    assert "Estimator settings other than the defaults: noise_share 1." in text
+    assert "Estimator settings other than the defaults: noise_share 0." in text

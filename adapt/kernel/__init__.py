@@ -16,10 +16,10 @@ group's images: a 1-D isotropic search, then Nelder-Mead. ``G(3 Sigma_b)`` is ap
 in the Fourier domain on the mirror-extended image; ``z``'s four phases are pooled. Large images
 contribute their most structured tiles, and within a tile only the pixels whose local gradient
 energy stands well above the noise (``KernelEstimationConfig.pixel_snr``): in smooth, noisy areas
-white noise would read as a very sharp kernel. Opt-in, ``KernelEstimationConfig.noise_share``
-subtracts white noise's closed-form share from every derivative energy of ``y`` and ``z``; it
-recovers the kernel's shape on smooth photos at noise 5/255 but is not the default, because the
-noise estimate reads dense texture as noise on clean photos (``benchmarks/README.md``).
+white noise would read as a very sharp kernel. From every derivative energy of ``y`` and ``z``
+white noise's closed-form share is subtracted (``KernelEstimationConfig.noise_share``), at the
+group's smallest per-image noise estimate: dense texture inflates an image's estimate, and the
+images of one camera share one noise level (``benchmarks/README.md``, "Subtracting the noise").
 
 The raw LR sigmas (principal axes) go through a linear calibration whose constants
 (:data:`adassr.adapt.kernel.estimate.CALIBRATION`) were fitted by ``benchmarks/kernel_calibration.py``

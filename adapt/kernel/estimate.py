@@ -52,10 +52,10 @@ class KernelEstimationConfig:
     pixel_snr: float = 8.0  # only pixels whose local gradient energy is this many times the noise's (at
     # least the top 30 % of each tile); 0: every pixel. Chosen on benchmarks/data/dev_photos and the
     # calibration crops (benchmarks/README.md, "Noise and smooth photos"), never on tests/data/hr.
-    noise_share: float = 0.0  # subtract this share of white noise's expected derivative energies (at
-    # the tile's estimated noise sigma) from the statistics of y and z; 1 is the closed-form share.
-    # Opt-in: on smooth noisy photos it recovers the kernel's shape, but the noise estimate reads
-    # texture as noise on clean textured photos (benchmarks/README.md, "Subtracting the noise").
+    noise_share: float = 1.0  # subtract this share of white noise's expected derivative energies (at
+    # the group's smallest per-image noise estimate) from the statistics of y and z; 1 is the
+    # closed-form share, 0 turns it off. Chosen on benchmarks/data/dev_photos (benchmarks/README.md,
+    # "Subtracting the noise"), never on tests/data/hr.
     n_directions: int = 8  # directions of the directional-derivative energies
     anisotropy_weight: float = 0.5  # weight of the 1st-derivative shape features
     derivative_sigma: float = 0.0  # 0: finite differences; > 0: Gaussian derivatives (LR px)
@@ -319,6 +319,7 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
         "n_pixels": samples.n_pixels,
         "n_tiles": samples.n_tiles,
         "noise_sigma": float(np.median(samples.noise)),
+        "noise_sigma_subtracted": _subtracted_sigma(samples.noise, config.noise_share),
         "evaluations": fit.evaluations,
         "wall_time_s": time.perf_counter() - t0,
     })
@@ -388,21 +389,36 @@ def _checked_lumas(images: Sequence[np.ndarray], config: KernelEstimationConfig)
 def _usable_tiles(
     lumas: Sequence[np.ndarray], chosen: Sequence[int], spec: FeatureSpec, config: KernelEstimationConfig
 ) -> tuple[list[list[CrossScaleSample]], list[int], list[float]]:
-    """``(informative tiles per usable image, indices of images with none, noise sigma per usable image)``."""
+    """``(informative tiles per usable image, indices of images with none, noise sigma per usable image)``.
+
+    With ``config.noise_share`` > 0 the tiles subtract the noise share at :func:`_subtracted_sigma`."""
     per_image: list[list[CrossScaleSample]] = []
+    pixels: list[list[np.ndarray]] = []
     skipped: list[int] = []
     noise: list[float] = []
     for i in chosen:
-        tiles = [CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr,
-                                  noise_share=config.noise_share)
-                 for t in _tiles(lumas[i], config)]
-        good = [s for s in tiles if s.informative(config.min_signal_to_noise)]
+        tiles = _tiles(lumas[i], config)
+        samples = [CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr) for t in tiles]
+        good = [(t, s) for t, s in zip(tiles, samples, strict=True) if s.informative(config.min_signal_to_noise)]
         if not good:
             skipped.append(i)
             continue
-        noise.append(float(np.median([s.noise_sigma for s in good])))
-        per_image.append(good)
+        noise.append(float(np.median([s.noise_sigma for _, s in good])))
+        pixels.append([t for t, _ in good])
+        per_image.append([s for _, s in good])
+    if config.noise_share > 0 and per_image:
+        sigma = _subtracted_sigma(noise, config.noise_share)
+        per_image = [[CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr, subtract_sigma=sigma)
+                      for t in tiles] for tiles in pixels]
     return per_image, skipped, noise
+
+
+def _subtracted_sigma(noise: Sequence[float], share: float) -> float:
+    """The noise sigma whose derivative energies are subtracted: ``sqrt(share)`` times the smallest
+    per-image estimate. A camera group's images share one noise level, and dense texture inflates
+    an image's estimate (it reads as noise), so the smallest one is the least inflated; it errs
+    towards subtracting too little, never too much."""
+    return math.sqrt(share) * float(min(noise))
 
 
 def _bicubic_fallback(scale: int, diag: dict[str, Any], t0: float) -> KernelEstimate:

@@ -9,7 +9,7 @@ rate give, at each pixel, the derivative of the downsampled image of that pixel'
 ``z``'s own grid units), so the four phases together cover every pixel of ``y`` exactly once.
 Features are contrast free: ``log E_hi(d) - log E_lo(d)`` (the blur along ``d``) and
 ``w * (log E_lo(d) - mean_d log E_lo)`` (the shape over directions). Optionally the expected share
-of white noise is subtracted from each energy first (``CrossScaleSample``'s ``noise_share``).
+of white noise is subtracted from each energy first (``CrossScaleSample``'s ``subtract_sigma``).
 """
 
 from __future__ import annotations
@@ -173,17 +173,17 @@ class CrossScaleSample:
     reads as a very sharp kernel and pins the minor axis at the search floor; on clean or
     textured images (nearly) every pixel passes, so the calibration still holds.
 
-    ``noise_share`` > 0 subtracts that share of white noise's expected contribution (closed form,
-    :meth:`DerivativeBank.noise_gram`, at the tile's estimated noise sigma) from each directional
-    energy of ``y`` and, for every candidate blur, of ``z`` (the noise blurred by ``G(3 C)`` and
-    seen through the dilated filters); each energy keeps at least :data:`NOISE_FLOOR` of its raw
-    value.
+    ``subtract_sigma`` > 0 subtracts the expected contribution of white noise of that sigma
+    (closed form, :meth:`DerivativeBank.noise_gram`) from each directional energy of ``y`` and,
+    for every candidate blur, of ``z`` (the noise blurred by ``G(3 C)`` and seen through the
+    dilated filters); each energy keeps at least :data:`NOISE_FLOOR` of its raw value. The caller
+    chooses the sigma (``estimate_kernel``: the group's smallest per-image estimate).
     """
 
     BORDER = 4
 
     def __init__(self, y: np.ndarray, spec: FeatureSpec, fraction: float, pixel_snr: float = 0.0,
-                 min_kept: float = 0.3, noise_share: float = 0.0) -> None:
+                 min_kept: float = 0.3, subtract_sigma: float = 0.0) -> None:
         h, w = y.shape
         self.shape = (h, w)
         self.spec = spec
@@ -212,7 +212,7 @@ class CrossScaleSample:
             self.structure_energy = 0.0
         self.index = np.flatnonzero(mask)
         self.n_pixels = int(self.index.size)
-        self.noise_var = noise_share * self.noise_sigma**2 * self.n_pixels  # the noise part's scale
+        self.noise_var = subtract_sigma**2 * self.n_pixels  # the subtracted noise part's scale
         noise = ({n: self.noise_var * spec.bank.noise_gram(n) for n in (spec.low, spec.high)}
                  if self.noise_var > 0 else None)
         self.reference = spec.features(spec.bank.apply(y, self.index), noise) if self.n_pixels else None
