@@ -393,23 +393,20 @@ def _usable_tiles(
 
     With ``config.noise_share`` > 0 the tiles subtract the noise share at :func:`_subtracted_sigma`."""
     per_image: list[list[CrossScaleSample]] = []
-    pixels: list[list[np.ndarray]] = []
     skipped: list[int] = []
     noise: list[float] = []
     for i in chosen:
-        tiles = _tiles(lumas[i], config)
-        samples = [CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr) for t in tiles]
-        good = [(t, s) for t, s in zip(tiles, samples, strict=True) if s.informative(config.min_signal_to_noise)]
+        samples = [CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr)
+                   for t in _tiles(lumas[i], config)]
+        good = [s for s in samples if s.informative(config.min_signal_to_noise)]
         if not good:
             skipped.append(i)
             continue
-        noise.append(float(np.median([s.noise_sigma for _, s in good])))
-        pixels.append([t for t, _ in good])
-        per_image.append([s for _, s in good])
+        noise.append(float(np.median([s.noise_sigma for s in good])))
+        per_image.append(good)
     if config.noise_share > 0 and per_image:
         sigma = _subtracted_sigma(noise, config.noise_share)
-        per_image = [[CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr, subtract_sigma=sigma)
-                      for t in tiles] for tiles in pixels]
+        per_image = [[s.subtracting(sigma) for s in tiles] for tiles in per_image]
     return per_image, skipped, noise
 
 

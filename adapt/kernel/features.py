@@ -14,6 +14,7 @@ of white noise is subtracted from each energy first (``CrossScaleSample``'s ``su
 
 from __future__ import annotations
 
+import copy
 import math
 
 import cv2
@@ -212,10 +213,20 @@ class CrossScaleSample:
             self.structure_energy = 0.0
         self.index = np.flatnonzero(mask)
         self.n_pixels = int(self.index.size)
-        self.noise_var = subtract_sigma**2 * self.n_pixels  # the subtracted noise part's scale
-        noise = ({n: self.noise_var * spec.bank.noise_gram(n) for n in (spec.low, spec.high)}
+        self._derivs = spec.bank.apply(y, self.index) if self.n_pixels else None
+        self._set_subtracted_noise(subtract_sigma)
+
+    def _set_subtracted_noise(self, sigma: float) -> None:
+        self.noise_var = sigma**2 * self.n_pixels  # the subtracted noise part's scale
+        noise = ({n: self.noise_var * self.spec.bank.noise_gram(n) for n in (self.spec.low, self.spec.high)}
                  if self.noise_var > 0 else None)
-        self.reference = spec.features(spec.bank.apply(y, self.index), noise) if self.n_pixels else None
+        self.reference = self.spec.features(self._derivs, noise) if self._derivs is not None else None
+
+    def subtracting(self, sigma: float) -> CrossScaleSample:
+        """This sample with ``subtract_sigma=sigma``, without recomputing its spectrum or mask."""
+        other = copy.copy(self)
+        other._set_subtracted_noise(sigma)
+        return other
 
     def informative(self, min_snr: float) -> bool:
         """Whether the top 30% of local gradient energy stands above the noise's share."""

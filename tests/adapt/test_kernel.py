@@ -307,6 +307,29 @@ def test_noise_dominated_pixels_are_left_out_of_the_statistics() -> None:
         KernelEstimationConfig(pixel_snr=-1.0)
 
 
+def test_subtracting_noise_later_equals_subtracting_at_construction() -> None:
+    """``CrossScaleSample.subtracting``: the sample re-referenced to another subtracted sigma (as
+    ``estimate_kernel`` does once the group's noise is known) is the one built with that sigma,
+    and the original is left as it was."""
+    from adassr.adapt.kernel.features import CrossScaleSample, FeatureSpec
+
+    rng = np.random.default_rng(3)
+    y = blur_downsample(np.repeat(rng.random((80, 72))[..., None], 3, axis=2).astype(np.float32),
+                        gaussian_kernel(1.4, 0.9, 0.5, scale=1), 1)[..., 0].astype(np.float64)
+    y = y + rng.normal(0.0, 3 / 255, y.shape)
+    spec = FeatureSpec(derivative_sigma=0.0, orders=(1, 2), n_directions=8, anisotropy_weight=0.5)
+    plain = CrossScaleSample(y, spec, 1.0, pixel_snr=4.0)
+    before = plain.reference.copy()
+    later = plain.subtracting(3 / 255)
+    built = CrossScaleSample(y, spec, 1.0, pixel_snr=4.0, subtract_sigma=3 / 255)
+    cov = np.array([[0.5, 0.1], [0.1, 0.3]])
+    assert later.noise_var == built.noise_var > 0
+    assert np.array_equal(later.reference, built.reference)
+    assert np.array_equal(later.mismatch(cov), built.mismatch(cov))
+    assert not np.allclose(later.reference, before)  # the subtraction changes the features
+    assert plain.noise_var == 0 and np.array_equal(plain.reference, before)
+
+
 @pytest.mark.parametrize("step", [1, 2])
 def test_noise_gram_is_white_noise_derivative_energy(step: int) -> None:
     """``noise_gram``: the closed-form share of white noise in the derivative statistics, without
