@@ -143,5 +143,7 @@ def _adapt(args: argparse.Namespace) -> int:
         verdict = "adapted"
     print(f"camera {outcome.camera}: NIQE {outcome.niqe_before:.3f} -> {outcome.niqe_after:.3f} "
           f"({verdict}); {outcome.steps} steps in {outcome.wall_time_s:.0f} s; {outcome.stop_reason}")
+    if outcome.kernel:
+        print(f"blur kernel: {outcome.kernel}")
     print(f"artifacts: {outcome.store_dir} (adapted.safetensors, manifest.json)")
     return 0

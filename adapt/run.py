@@ -57,6 +57,7 @@ class AdaptOutcome:
     steps: int
     stop_reason: str
     wall_time_s: float
+    kernel: str = ""  # the blur kernel the training pairs used, in words (KernelEstimate.describe)
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,10 @@ def _usable_images_and_kernel(images: list[np.ndarray], group: CameraGroup, pair
     names = [str(p) for p in group.paths]
     first = select_usable_images(images, pair_config, names=names)
     kernel = _estimate_kernel([images[i] for i in first.indices], pair_config.scale, kernel_mode)
+    log.info("camera group %r: blur kernel %s", group.name, kernel.describe())
+    uncertain = kernel.direction_warning()
+    if uncertain:
+        log.warning("camera group %r: %s", group.name, uncertain)
     kh, kw = np.asarray(kernel.kernel).shape
     usable = select_usable_images(images, pair_config, names=names, kernel_shape=(int(kh), int(kw)))
     message = usable.warning()
@@ -436,7 +441,7 @@ def adapt_camera(
         raise Interrupted(result.interrupted, kept=True)
     return AdaptOutcome(group.name, store.directory, store.artifact_path(WEIGHTS_FILE, committed),
                         record["niqe_before"], record["niqe_after"], result.kept_backbone, result.steps,
-                        result.stop_reason, record["wall_time_s"])
+                        result.stop_reason, record["wall_time_s"], inputs.kernel.describe())
 
 
 def _load_backbone(name: str, device: torch.device,

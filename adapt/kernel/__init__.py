@@ -29,6 +29,12 @@ accuracy and its limits: ``benchmarks/results/kernel_estimation.md``. In short: 
 group of several images is much more reliable than one per image, because scene content (fur,
 lattices, smooth shading, depth of field) biases a single image's estimate by up to +-30%.
 
+How far to trust the angle: in group mode each image is also fitted alone, and
+``diagnostics["direction_agreement"]`` (:mod:`adassr.adapt.kernel.agreement`) says how well their
+directions agree; :meth:`KernelEstimate.direction_warning` turns a low agreement on an elongated
+kernel into a message (``adapt`` logs it). Heavy JPEG and edge-dominated photos leave the direction
+unconstrained; the estimate itself is not changed.
+
 Deviations from the paper: AdaSSR takes the kernel from an external estimator; this one is
 training-free and restricted to anisotropic Gaussians.
 

@@ -14,6 +14,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from adassr.adapt.degradation import gaussian_kernel, kernel_size, params_from_covariance
+from adassr.adapt.kernel.agreement import direction_agreement
 from adassr.adapt.kernel.features import CrossScaleSample, FeatureSpec
 from adassr.adapt.kernel.result import (
     METHOD_CROSS_SCALE,
@@ -81,6 +82,10 @@ class KernelEstimationConfig:
     fallback_sigma: float = 1.6
     fallback_gap: float = 0.0
     fallback_gap_per_blockiness: float = 0.05
+    # Group mode: fit each image alone as well and report how well their blur directions agree
+    # (diagnostics["direction_agreement"], see adassr.adapt.kernel.agreement); it does not change
+    # the estimate and about doubles the fit's time. Skipped for one image and for the fixed Gaussian.
+    direction_check: bool = True
 
     def __post_init__(self) -> None:
         if not self.pixel_snr >= 0:
@@ -307,6 +312,8 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
     sx, sy = _calibrated_sigmas(fit, (a, b), scale)
     residual = math.sqrt(fit.best_loss / samples.spec.size)
     confidence = _confidence(residual, samples.n_pixels, check)
+    if config.direction_check and len(samples.per_image) > 1 and not check.use_fixed:
+        diag.update(_per_image_directions(samples.per_image, config))
     diag.update({
         "fixed_gaussian_sigma": config.fallback_sigma,
         "fixed_gaussian_loss_gap": check.gap,
@@ -456,6 +463,16 @@ def _fit_covariance(per_image: list[list[CrossScaleSample]], config: KernelEstim
                             "maxfev": config.max_evaluations})
     raw_major, raw_minor, theta = params_from_covariance(_cov_from_log(res.x, lo, hi))
     return _CrossScaleFit(raw_major, raw_minor, theta, float(res.fun), int(res.nfev) + len(grid), loss)
+
+
+def _per_image_directions(per_image: list[list[CrossScaleSample]], config: KernelEstimationConfig) -> dict[str, Any]:
+    """Each image fitted alone: its direction (degrees) and raw axis ratio, and their agreement."""
+    fits = [_fit_covariance([tiles], config) for tiles in per_image]
+    return {
+        "direction_agreement": direction_agreement([(f.raw_major, f.raw_minor, f.theta) for f in fits]),
+        "per_image_theta_deg": [math.degrees(f.theta) for f in fits],
+        "per_image_axis_ratio": [f.raw_major / f.raw_minor for f in fits],
+    }
 
 
 def _calibration_of(config: KernelEstimationConfig, scale: int, mode: str) -> tuple[float, float]:

@@ -12,6 +12,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from adassr.adapt.degradation import bicubic_kernel, gaussian_kernel
+from adassr.adapt.kernel.agreement import DIRECTION_AGREEMENT_WARN, MIN_WARN_AXIS_RATIO
 from adassr.runtime.errors import ConfigError
 
 __all__ = ["KernelEstimate", "bicubic_kernel_estimate", "METHOD_BICUBIC", "METHOD_CROSS_SCALE",
@@ -65,6 +66,40 @@ class KernelEstimate:
     @property
     def theta_deg(self) -> float:
         return math.degrees(self.theta)
+
+    @property
+    def direction_agreement(self) -> float | None:
+        """How well the group's images agree on the blur direction (see
+        :mod:`adassr.adapt.kernel.agreement`); None when it was not measured (one image, the fixed
+        Gaussian, a fixed kernel, or ``direction_check=False``)."""
+        value = self.diagnostics.get("direction_agreement")
+        return None if value is None else float(value)
+
+    def describe(self) -> str:
+        """One line for people: the axes, the angle, how it was found and how sure it is."""
+        if self.method in (METHOD_BICUBIC, METHOD_FALLBACK):
+            text = f"bicubic (closest Gaussian sigma {self.sigma_x:.2f} HR px)"
+        elif math.isclose(self.sigma_x, self.sigma_y, rel_tol=1e-3):
+            text = f"Gaussian sigma {self.sigma_x:.2f} HR px"
+        else:
+            text = (f"Gaussian sigma {self.sigma_x:.2f} x {self.sigma_y:.2f} HR px, "
+                    f"major axis at {self.theta_deg:.0f} deg")
+        details = [self.method, f"confidence {self.confidence:.2f}"]
+        agreement = self.direction_agreement
+        if agreement is not None:
+            details.append(f"direction agreement {agreement:.2f}")
+        return f"{text} ({', '.join(details)})"
+
+    def direction_warning(self) -> str | None:
+        """A message when the kernel is elongated but the images disagree on its direction (None otherwise)."""
+        agreement = self.direction_agreement
+        if (agreement is None or agreement >= DIRECTION_AGREEMENT_WARN
+                or self.sigma_x < MIN_WARN_AXIS_RATIO * self.sigma_y):
+            return None
+        return (f"the blur kernel's direction ({self.theta_deg:.0f} deg) is uncertain: the images, fitted one by "
+                f"one, agree on it only {agreement:.2f} (1 = all alike, warned below {DIRECTION_AGREEMENT_WARN:g}); "
+                "heavy JPEG and photos dominated by one edge direction cause this. More images of varied "
+                "content, or less compressed ones, make it reliable")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the manifest (angle in degrees, kernel as a 2-D list)."""

@@ -40,6 +40,7 @@ def test_adapt_end_to_end_writes_artifacts(camera_dir: Path, tmp_path: Path, cap
     out = capsys.readouterr().out
     assert "NIQE" in out and "artifacts:" in out
     cam = CameraStore.open(store, "nokia")
+    assert f"blur kernel: Gaussian sigma {cam.read_manifest()['kernel']['sigma_x']:.2f}" in out
     manifest = cam.read_manifest()
     assert set(manifest) >= REQUIRED_KEYS
     assert manifest["backbone"]["name"] == "realesrgan-x4plus" and manifest["scale"] == 4
@@ -206,3 +207,34 @@ def test_small_image_is_skipped_with_one_warning(camera_dir: Path, tmp_path: Pat
         assert CameraStore.open(store, "nokia").verified_path("report.png").read_bytes()[:4] == b"\x89PNG"
     else:
         assert manifest["report"] is None
+
+
+def test_a_disputed_kernel_direction_is_warned_and_recorded(tmp_path: Path, caplog, capsys) -> None:
+    """A group whose images were blurred along different axes (30 deg, one at 120 deg): the kernel
+    is still estimated, the run warns once that its direction is uncertain, and the manifest records
+    the per-image agreement."""
+    import logging
+    import math
+
+    from adassr.adapt.degradation import blur_downsample, gaussian_kernel
+    from adassr.runtime.images import from_float32, to_float32
+
+    hr_dir = Path(__file__).resolve().parents[1] / "data" / "hr"
+    root = tmp_path / "images"
+    (root / "nokia").mkdir(parents=True)
+    for i, (path, angle) in enumerate(zip(sorted(hr_dir.glob("*.png")), (30, 30, 120, 30, 30), strict=True)):
+        hr = to_float32(read_image(path).pixels)
+        hr = np.ascontiguousarray(hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4])
+        lr = blur_downsample(hr, gaussian_kernel(3.2, 1.2, math.radians(angle), scale=4), 4)
+        write_image(root / "nokia" / f"{i}.png", from_float32(np.clip(lr, 0.0, 1.0), 8))
+    store = tmp_path / "store"
+    with caplog.at_level(logging.WARNING):
+        assert _adapt(root, store) == 0
+    warnings = [r.getMessage() for r in caplog.records if "direction" in r.getMessage()]
+    assert len(warnings) == 1 and "uncertain" in warnings[0], warnings
+    out = capsys.readouterr().out
+    assert "blur kernel: Gaussian sigma" in out and "direction agreement" in out
+    kernel = CameraStore.open(store, "nokia").read_manifest()["kernel"]
+    assert kernel["diagnostics"]["direction_agreement"] < 0.7
+    # one photo is too small for the patch and is left out of the estimate as of training
+    assert len(kernel["diagnostics"]["per_image_theta_deg"]) == len(kernel["diagnostics"]["images_used"]) == 4

@@ -1,0 +1,120 @@
+"""How well a group's images agree on the blur direction (adassr.adapt.kernel.agreement) and how the
+estimate reports it: the diagnostic, the one-line description and the warning."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adassr.adapt.degradation import blur_downsample, gaussian_kernel
+from adassr.adapt.kernel import METHOD_CROSS_SCALE, KernelEstimate, KernelEstimationConfig, estimate_kernel
+from adassr.adapt.kernel.agreement import DIRECTION_AGREEMENT_WARN, direction_agreement
+from adassr.runtime.errors import ConfigError
+
+HR = Path(__file__).resolve().parents[1] / "data" / "hr"
+SCALE = 4
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[np.ndarray]:
+    out = []
+    for path in sorted(HR.glob("*.png")):
+        with Image.open(path) as im:
+            img = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        out.append(img[: img.shape[0] // SCALE * SCALE, : img.shape[1] // SCALE * SCALE])
+    assert len(out) == 5
+    return out
+
+
+def _lr(hr: np.ndarray, k: tuple[float, float, float]) -> np.ndarray:
+    return np.clip(blur_downsample(hr, gaussian_kernel(k[0], k[1], math.radians(k[2]), scale=SCALE), SCALE), 0, 1)
+
+
+def _angle_err(a: float, b: float) -> float:
+    d = (a - b) % 180.0
+    return min(d, 180.0 - d)
+
+
+def test_agreement_of_known_directions():
+    t = math.radians(30.0)
+    assert direction_agreement([(2.0, 1.0, t)] * 4) == pytest.approx(1.0)
+    # Axes 180 deg apart are the same axis; axes 90 deg apart with equal elongation cancel.
+    assert direction_agreement([(2.0, 1.0, t), (2.0, 1.0, t + math.pi)]) == pytest.approx(1.0)
+    assert direction_agreement([(2.0, 1.0, t), (2.0, 1.0, t + math.pi / 2)]) == pytest.approx(0.0, abs=1e-12)
+    # Given the other way round (minor first), the angle names the minor axis: the same kernel.
+    assert direction_agreement([(2.0, 1.0, t), (1.0, 2.0, t - math.pi / 2)]) == pytest.approx(1.0)
+    # Weighted by elongation: a nearly round image barely counts.
+    mixed = direction_agreement([(3.0, 1.0, 0.0), (1.05, 1.0, math.pi / 2)])
+    assert 0.9 < mixed < 1.0
+    # Round fits have no direction to disagree about.
+    assert direction_agreement([(1.5, 1.5, 0.0), (1.2, 1.2, 1.0)]) == 1.0
+    # Evenly spread directions cancel.
+    spread = [(2.0, 1.0, i * math.pi / 6) for i in range(6)]
+    assert direction_agreement(spread) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("bad", [[], [(0.0, 1.0, 0.0)], [(1.0, -1.0, 0.0)], [(1.0, 1.0, math.nan)],
+                                 [(math.inf, 1.0, 0.0)]])
+def test_agreement_rejects_bad_fits(bad):
+    with pytest.raises(ConfigError):
+        direction_agreement(bad)
+
+
+def test_a_shared_kernel_agrees_and_mixed_directions_do_not(photos):
+    k = (2.4, 1.2, 30.0)
+    shared = estimate_kernel([_lr(p, k) for p in photos], scale=SCALE)
+    assert shared.method == METHOD_CROSS_SCALE
+    assert shared.direction_agreement is not None and shared.direction_agreement >= DIRECTION_AGREEMENT_WARN
+    angles = shared.diagnostics["per_image_theta_deg"]
+    assert len(angles) == len(photos) == len(shared.diagnostics["per_image_axis_ratio"])
+    assert np.median([_angle_err(a, k[2]) for a in angles]) < 15.0, angles
+    assert all(r >= 1.0 for r in shared.diagnostics["per_image_axis_ratio"])
+    assert shared.direction_warning() is None
+    # The same photos blurred along two perpendicular axes, alternately: each image alone finds its
+    # own direction, and they cancel.
+    mixed = estimate_kernel([_lr(p, (k[0], k[1], k[2] + 90.0 * (i % 2))) for i, p in enumerate(photos)],
+                            scale=SCALE)
+    assert mixed.direction_agreement is not None and mixed.direction_agreement < 0.5, \
+        mixed.diagnostics["per_image_theta_deg"]
+
+
+def test_the_check_does_not_change_the_estimate_and_can_be_turned_off(photos):
+    lrs = [_lr(p, (2.4, 1.6, 120.0)) for p in photos[:3]]
+    on = estimate_kernel(lrs, scale=SCALE)
+    off = estimate_kernel(lrs, scale=SCALE, config=KernelEstimationConfig(direction_check=False))
+    assert (on.sigma_x, on.sigma_y, on.theta) == (off.sigma_x, off.sigma_y, off.theta)
+    assert on.direction_agreement is not None and off.direction_agreement is None
+    assert "per_image_theta_deg" not in off.diagnostics
+    single = estimate_kernel(lrs[:1], scale=SCALE)
+    assert single.direction_agreement is None  # one image: nothing to agree with
+    # The manifest form keeps it.
+    back = KernelEstimate.from_dict(json.loads(json.dumps(on.to_dict())))
+    assert back.direction_agreement == pytest.approx(on.direction_agreement)
+
+
+def _estimate(sx: float, sy: float, theta_deg: float, agreement: float | None) -> KernelEstimate:
+    diagnostics = {} if agreement is None else {"direction_agreement": agreement}
+    return KernelEstimate(sx, sy, math.radians(theta_deg), SCALE,
+                          gaussian_kernel(sx, sy, math.radians(theta_deg), scale=SCALE),
+                          METHOD_CROSS_SCALE, 0.8, diagnostics)
+
+
+def test_warning_only_for_an_elongated_kernel_whose_direction_the_images_dispute():
+    warning = _estimate(2.4, 1.2, 30.0, 0.3).direction_warning()
+    assert warning is not None and "30 deg" in warning and "0.30" in warning and "more images" in warning.lower()
+    assert _estimate(2.4, 1.2, 30.0, 0.9).direction_warning() is None  # they agree
+    assert _estimate(1.7, 1.6, 30.0, 0.1).direction_warning() is None  # nearly round: no angle to trust
+    assert _estimate(2.4, 1.2, 30.0, None).direction_warning() is None  # not measured
+
+
+def test_describe_names_axes_angle_method_and_agreement():
+    text = _estimate(2.4, 1.2, 30.0, 0.86).describe()
+    assert "2.40 x 1.20 HR px" in text and "30 deg" in text and METHOD_CROSS_SCALE in text
+    assert "direction agreement 0.86" in text
+    round_text = _estimate(1.6, 1.6, 0.0, None).describe()
+    assert "sigma 1.60 HR px" in round_text and "agreement" not in round_text
