@@ -466,7 +466,8 @@ def _fit_covariance(per_image: list[list[CrossScaleSample]], config: KernelEstim
 
 
 def _per_image_directions(per_image: list[list[CrossScaleSample]], config: KernelEstimationConfig) -> dict[str, Any]:
-    """Each image fitted alone: its direction (degrees) and raw axis ratio, and their agreement."""
+    """Each image fitted alone: its direction (degrees) and raw axis ratio, in the order of the
+    diagnostics' ``images_used``, and their agreement."""
     fits = [_fit_covariance([tiles], config) for tiles in per_image]
     return {
         "direction_agreement": direction_agreement([(f.raw_major, f.raw_minor, f.theta) for f in fits]),

@@ -236,5 +236,5 @@ def test_a_disputed_kernel_direction_is_warned_and_recorded(tmp_path: Path, capl
     assert "blur kernel: Gaussian sigma" in out and "direction agreement" in out
     kernel = CameraStore.open(store, "nokia").read_manifest()["kernel"]
     assert kernel["diagnostics"]["direction_agreement"] < 0.7
-    # one photo is too small for the patch and is left out of the estimate as of training
+    # one photo (112x75 LR) is too small for the patch, so neither the estimate nor the training uses it
     assert len(kernel["diagnostics"]["per_image_theta_deg"]) == len(kernel["diagnostics"]["images_used"]) == 4
