@@ -22,6 +22,7 @@ explicitly named camera with no loaded model is an error (404), not a silent fal
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -74,9 +75,30 @@ class LoadedModel:
             "backbone": backbone.get("name") if isinstance(backbone, Mapping) else None,
             "niqe_before": manifest.get("niqe_before"),
             "niqe_after": manifest.get("niqe_after"),
+            "kernel": kernel_summary(manifest.get("kernel")),
             "manifest_updated": manifest.get("updated"),
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
         }
+
+
+_KERNEL_NUMBERS = ("sigma_x", "sigma_y", "theta_deg", "confidence")
+
+
+def kernel_summary(entry: object) -> dict[str, Any] | None:
+    """The blur kernel the camera's model was adapted with, from the manifest's ``kernel`` entry:
+    ``method``, ``sigma_x``, ``sigma_y`` (HR px), ``theta_deg``, ``confidence`` and
+    ``direction_agreement`` (None where absent or not a number). None when there is no entry (a
+    model exported without adaptation) or it is not a mapping."""
+    if not isinstance(entry, Mapping):
+        return None
+    diagnostics = entry.get("diagnostics")
+    fields = {name: entry.get(name) for name in _KERNEL_NUMBERS}
+    fields["direction_agreement"] = diagnostics.get("direction_agreement") if isinstance(diagnostics, Mapping) else None
+    out: dict[str, Any] = {"method": entry["method"] if isinstance(entry.get("method"), str) else None}
+    for name, value in fields.items():
+        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        out[name] = float(value) if finite and isinstance(value, (int, float)) else None
+    return out
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,11 @@ def test_adapt_end_to_end_writes_artifacts(camera_dir: Path, tmp_path: Path, cap
     assert manifest["backbone"]["name"] == "realesrgan-x4plus" and manifest["scale"] == 4
     kernel = np.asarray(manifest["kernel"]["kernel"])
     assert kernel.ndim == 2 and abs(kernel.sum() - 1) < 1e-6
+    from adassr.runtime.server.models import kernel_summary  # what GET /v1/cameras shows of it
+
+    summary = kernel_summary(manifest["kernel"])
+    assert summary is not None and summary["method"] == manifest["kernel"]["method"]
+    assert summary["sigma_x"] == manifest["kernel"]["sigma_x"] and summary["direction_agreement"] is None  # 1 image
     assert manifest["steps"] == 2 and manifest["seed"] == 1
     timing = manifest["timing"]  # --eval-every 1: every step starts a period; the backbone is evaluated too
     assert (timing["plain_steps"], timing["period_first_steps"], timing["evaluations"]) == (0, 2, 3)

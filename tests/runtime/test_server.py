@@ -118,6 +118,7 @@ def test_endpoints_and_responses_match_the_cli(store: Path, tmp_path: Path) -> N
         assert set(cams["cameras"]) == {"_fallback", "canon"} and cams["fallback"] is True
         assert cams["cameras"]["canon"]["scale"] == 4 and len(cams["cameras"]["canon"]["sha256"]) == 64
         assert cams["cameras"]["_fallback"]["adapted"] is False and cams["refused"] == {}
+        assert cams["cameras"]["canon"]["kernel"] is None  # exported without adaptation: no kernel entry
         assert str(store) not in client.get("/v1/cameras").text  # no filesystem paths leak
 
         # Raw body, routed by EXIF Make: byte-identical to the CLI's PNG.
