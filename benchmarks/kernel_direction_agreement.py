@@ -92,14 +92,12 @@ def run(photos: list[tuple[str, np.ndarray]], conditions: list[tuple[float, int 
             est = estimate_kernel(lrs, scale=4)
             before = est.diagnostics.get("estimate_before_fallback",
                                          {"sigma_x": est.sigma_x, "sigma_y": est.sigma_y, "theta_deg": est.theta_deg})
-            kt = support_kernel(a, b, theta)
-            rows.append({"noise": noise, "quality": quality, "true": [a, b, theta],
-                         "estimate": [before["sigma_x"], before["sigma_y"], before["theta_deg"]],
+            estimate = [before["sigma_x"], before["sigma_y"], before["theta_deg"]]
+            rows.append({"noise": noise, "quality": quality, "true": [a, b, theta], "estimate": estimate,
                          "method": est.method, "direction_agreement": est.direction_agreement,
                          "warned": est.direction_warning() is not None,
-                         "angle_error": angle_error(before["theta_deg"], theta),
-                         "dist": float(np.linalg.norm(support_kernel(*[before[k] for k in
-                                                                       ("sigma_x", "sigma_y", "theta_deg")]) - kt)),
+                         "angle_error": angle_error(estimate[2], theta),
+                         "dist": float(np.linalg.norm(support_kernel(*estimate) - support_kernel(a, b, theta))),
                          "per_image_theta_deg": est.diagnostics.get("per_image_theta_deg")})
         print(f"noise {noise:g} JPEG {quality}: {time.perf_counter() - t0:.0f} s", flush=True)
     return rows

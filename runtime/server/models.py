@@ -92,13 +92,19 @@ def kernel_summary(entry: object) -> dict[str, Any] | None:
     if not isinstance(entry, Mapping):
         return None
     diagnostics = entry.get("diagnostics")
-    fields = {name: entry.get(name) for name in _KERNEL_NUMBERS}
-    fields["direction_agreement"] = diagnostics.get("direction_agreement") if isinstance(diagnostics, Mapping) else None
-    out: dict[str, Any] = {"method": entry["method"] if isinstance(entry.get("method"), str) else None}
-    for name, value in fields.items():
-        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        out[name] = float(value) if finite and isinstance(value, (int, float)) else None
+    method = entry.get("method")
+    out: dict[str, Any] = {"method": method if isinstance(method, str) else None}
+    out.update({name: _finite(entry.get(name)) for name in _KERNEL_NUMBERS})
+    agreement = diagnostics.get("direction_agreement") if isinstance(diagnostics, Mapping) else None
+    out["direction_agreement"] = _finite(agreement)
     return out
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a float when it is a finite int or float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 @dataclass(frozen=True)
