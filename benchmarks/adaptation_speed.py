@@ -88,11 +88,18 @@ def main(argv: list[str] | None = None) -> int:
             def sampler_factory(config=config):
                 return make_pair_sampler([image], kernel, PairConfig(scale=4, lr_patch=config.lr_patch), seed=0)
 
+            # a discarded warm-up first: the first run of a precision compiles / autotunes its kernels
+            # (seconds on a GPU), which would otherwise land in the 1-step run and make s/step negative
+            _run(state, entry.build, sampler_factory, crops, replace(config, steps=1), device, precision,
+                 trainable, perceptual)
             one = _run(state, entry.build, sampler_factory, crops, replace(config, steps=1), device, precision,
                        trainable, perceptual)
             many = _run(state, entry.build, sampler_factory, crops, replace(config, steps=args.steps), device,
                         precision, trainable, perceptual)
             per_step = (many - one) / (args.steps - 1)
+            if per_step <= 0:
+                raise SystemExit(f"{trainable}/{name}: the {args.steps}-step run ({many:.2f} s) was not slower than "
+                                 f"the 1-step run ({one:.2f} s); the machine is too noisy to time, run again")
             rows.append({"trainable": trainable, "precision": name, "s_per_step": per_step,
                          "steps_per_s": 1.0 / per_step, "setup_s": one,
                          "lr_patch": config.lr_patch, "batch": config.batch,
