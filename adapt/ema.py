@@ -26,8 +26,9 @@ class WeightEma:
 
     @torch.no_grad()
     def update(self) -> None:
-        for name, param in self._params.items():
-            self.shadow[name].lerp_(param.detach().to(torch.float32), 1.0 - self.decay)
+        # one multi-tensor lerp instead of a kernel per parameter tensor (702 for RRDBNet x4plus)
+        shadows = [self.shadow[name] for name in self._params]
+        torch._foreach_lerp_(shadows, [p.to(torch.float32) for p in self._params.values()], 1.0 - self.decay)
 
     def view(self) -> Mapping[str, torch.Tensor]:
         """A read-only mapping of the current EMA weights (no copy: they change with :meth:`update`)."""

@@ -21,7 +21,7 @@ import torch
 from adassr.adapt.config import AdaptConfig
 from adassr.adapt.degradation import jpeg_roundtrip
 from adassr.adapt.ema import WeightEma
-from adassr.adapt.losses import proximal_penalty, weighted_l1
+from adassr.adapt.losses import ProximalTerm, make_adam, weighted_l1
 from adassr.adapt.precision import Precision
 from adassr.runtime.errors import ConfigError
 
@@ -156,8 +156,9 @@ def run_external_step(
     for p in params.values():
         p.requires_grad_(True)
     anchor_dev = {n: anchors[n].to(device, torch.float32) for n in params}
+    proximal = ProximalTerm(params.items(), anchor_dev, config.prox_mu)
     ema = WeightEma(params.items(), config.ema_decay)
-    optimizer = torch.optim.Adam(params.values(), lr=config.lr)
+    optimizer = make_adam(params.values(), config.lr, device)
     steps = config.external_steps or config.steps
     for step in range(1, steps + 1):
         batch = sampler.sample(config.batch)
@@ -165,9 +166,10 @@ def run_external_step(
         hr = torch.from_numpy(batch.hr).to(device)
         with precision.autocast():
             sr = model(lr)
-        loss = weighted_l1(sr, hr) + proximal_penalty(params.items(), anchor_dev, config.prox_mu)
+        loss = weighted_l1(sr, hr) + proximal.value()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        proximal.add_gradient()
         optimizer.step()
         ema.update()
         if step % max(1, steps // 10) == 0:

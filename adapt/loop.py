@@ -41,9 +41,10 @@ from adassr.adapt.ema import WeightEma
 from adassr.adapt.interrupts import Interrupted
 from adassr.adapt.losses import (
     PatchDiscriminator,
+    ProximalTerm,
     gan_discriminator_loss,
     gan_generator_loss,
-    proximal_penalty,
+    make_adam,
     weighted_l1,
 )
 from adassr.adapt.precision import Precision
@@ -290,7 +291,6 @@ class _Trainer:
 
     model: RRDBNet
     params: dict[str, torch.nn.Parameter]
-    anchors: dict[str, torch.Tensor]
     config: AdaptConfig
     precision: Precision
     tail_from: int | None
@@ -299,6 +299,7 @@ class _Trainer:
     disc: PatchDiscriminator | None = None
     disc_opt: torch.optim.Optimizer | None = None
     perceptual: Perceptual | None = None
+    proximal: ProximalTerm | None = None
 
     def loss(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss of ``batch`` (Eq. 10 + proximal term) and the SR output it was computed on."""
@@ -315,8 +316,8 @@ class _Trainer:
             loss = loss + config.lambda_perceptual * distance.mean()
         if self.disc is not None:
             loss = loss + config.lambda_gan * gan_generator_loss(self.disc, sr)
-        if config.prox_mu > 0:
-            loss = loss + proximal_penalty(self.params.items(), self.anchors, config.prox_mu)
+        if self.proximal is not None:  # its gradient is added in update()
+            loss = loss + self.proximal.value()
         return loss, sr
 
     def _forward(self, batch: _Batch) -> torch.Tensor:
@@ -330,10 +331,15 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            if self.proximal is not None:
+                self.scaler.unscale_(self.optimizer)
+                self.proximal.add_gradient()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            if self.proximal is not None:
+                self.proximal.add_gradient()
             self.optimizer.step()
         if self.disc is not None and self.disc_opt is not None:
             self.disc_opt.zero_grad(set_to_none=True)
@@ -369,8 +375,10 @@ def _make_trainer(
     for name, param in model.named_parameters():
         param.requires_grad_(name in params)
     chosen = anchors if anchors is not None else {n: start_state[n] for n in params}
-    return _Trainer(model, params, {n: chosen[n].to(device, torch.float32) for n in params}, config, precision,
-                    tail_from, torch.optim.Adam(params.values(), lr=config.lr), perceptual=perceptual)
+    anchor_dev = {n: chosen[n].to(device, torch.float32) for n in params}
+    proximal = ProximalTerm(params.items(), anchor_dev, config.prox_mu) if config.prox_mu > 0 else None
+    return _Trainer(model, params, config, precision, tail_from,
+                    make_adam(params.values(), config.lr, device), perceptual=perceptual, proximal=proximal)
 
 
 def _add_optimisers(trainer: _Trainer, device: torch.device) -> None:
@@ -379,7 +387,7 @@ def _add_optimisers(trainer: _Trainer, device: torch.device) -> None:
         trainer.scaler = torch.amp.GradScaler(device.type)
     if trainer.config.lambda_gan > 0:
         trainer.disc = PatchDiscriminator().to(device)
-        trainer.disc_opt = torch.optim.Adam(trainer.disc.parameters(), lr=trainer.config.lr, betas=(0.9, 0.99))
+        trainer.disc_opt = make_adam(trainer.disc.parameters(), trainer.config.lr, device, betas=(0.9, 0.99))
 
 
 def _ema_copy(model: RRDBNet, trainer: _Trainer) -> tuple[WeightEma, RRDBNet]:

@@ -1,5 +1,5 @@
 """Loss terms of the internal step (Eq. 10, 15): attention-weighted L1, perceptual, optional
-internal patch-GAN, and the proximal penalty to Theta_tilde."""
+internal patch-GAN, and the proximal term to Theta_tilde."""
 
 from __future__ import annotations
 
@@ -24,17 +24,63 @@ def weighted_l1(sr: torch.Tensor, hr: torch.Tensor, weight: torch.Tensor | None 
     return (diff * weight.float()).mean()
 
 
-def proximal_penalty(
-    named_parameters: Iterable[tuple[str, torch.Tensor]], anchors: Mapping[str, torch.Tensor], mu: float
-) -> torch.Tensor:
-    """mu * sum ||Theta - Theta_tilde||^2 over the given parameters (Eq. 10)."""
-    total: torch.Tensor | None = None
-    for name, param in named_parameters:
-        term = (param.float() - anchors[name].to(param.device, torch.float32)).pow(2).sum()
-        total = term if total is None else total + term
-    if total is None:
-        raise ValueError("proximal_penalty needs at least one parameter")
-    return mu * total
+class ProximalTerm:
+    """mu * sum ||Theta - Theta_tilde||^2 over the trained parameters (Eq. 10), applied as its gradient.
+
+    Autograd through the sum costs several kernels per parameter tensor in the forward and the
+    backward pass (about 5,600 per step for the 702 tensors of RRDBNet x4plus, as many as the
+    network itself): on a GPU the step is bound by kernel launches at the paper's batch. The exact
+    gradient 2 mu (Theta - Theta_tilde) is instead added to ``.grad`` after the backward pass with a
+    few multi-tensor (``torch._foreach_*``) kernels, and the value is computed without a graph.
+    """
+
+    def __init__(self, named_parameters: Iterable[tuple[str, torch.Tensor]], anchors: Mapping[str, torch.Tensor],
+                 mu: float) -> None:
+        if mu < 0:
+            raise ValueError(f"the proximal weight mu must be >= 0, got {mu}")
+        named = list(named_parameters)
+        if not named:
+            raise ValueError("the proximal term needs at least one parameter")
+        missing = [name for name, _ in named if name not in anchors]
+        if missing:
+            raise KeyError(f"no anchor (Theta_tilde) for the parameters {missing[:3]}")
+        self.mu = mu
+        self._params = [param for _, param in named]
+        self._anchors = [anchors[name].to(param.device, param.dtype) for name, param in named]
+        for (name, param), anchor in zip(named, self._anchors, strict=True):
+            if anchor.shape != param.shape:
+                raise ShapeError(f"anchor of {name}", tuple(anchor.shape), f"{tuple(param.shape)}")
+
+    @torch.no_grad()
+    def value(self) -> torch.Tensor:
+        """The penalty (a 0-dim float32 tensor without a graph), for the reported loss."""
+        diffs = torch._foreach_sub(self._params, self._anchors)  # no_grad: no graph, no detach needed
+        norms = torch._foreach_norm(diffs)
+        return self.mu * torch.stack(norms).float().pow(2).sum()
+
+    @torch.no_grad()
+    def add_gradient(self) -> None:
+        """``grad += 2 mu (Theta - Theta_tilde)`` (unscaled gradients: after ``GradScaler.unscale_``)."""
+        if self.mu == 0:
+            return
+        for param in self._params:
+            if param.grad is None:  # a parameter the loss did not reach still feels the pull to its anchor
+                param.grad = torch.zeros_like(param)
+        diffs = torch._foreach_sub(self._params, self._anchors)
+        grads = [p.grad for p in self._params]
+        torch._foreach_add_(grads, diffs, alpha=2.0 * self.mu)  # type: ignore[arg-type]
+
+
+def make_adam(params: Iterable[torch.nn.Parameter], lr: float, device: torch.device,
+              betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
+    """Adam with the fused implementation (one kernel for all tensors) on CPU and CUDA.
+
+    The per-tensor default costs about ten kernels per parameter tensor: 58 ms of a CPU step for
+    RRDBNet x4plus's 702 tensors on 2 cores, against 15 ms fused (AMD EPYC, torch 2.13).
+    """
+    if device.type in ("cpu", "cuda"):
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
 class PatchDiscriminator(nn.Module):

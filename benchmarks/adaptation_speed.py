@@ -7,25 +7,52 @@ the difference between a run of ``--steps`` steps and a run of 1 step divided by
 steps, so loading, the feature bank and evaluation cancel out; the one-step run's wall time is
 reported as setup time.
 
-    python benchmarks/adaptation_speed.py [--device cpu|cuda] [--steps 12] [--threads N]
+It also counts the ATen operations one step dispatches (a 3-step minus a 1-step run under a
+counting dispatch mode, view-only operations left out). On a GPU at the paper's batch the step is
+bound by kernel launches, so this count, measurable on any machine, predicts the GPU step better
+than CPU seconds do (a multi-tensor ``_foreach_*`` / fused optimiser call counts once although it
+launches a few kernels).
 
-Writes benchmarks/results/adaptation_speed_<cpu|gpu>.{json,md}.
+    python benchmarks/adaptation_speed.py [--device cpu|cuda] [--steps 12] [--threads N] [--tag T]
+
+Writes benchmarks/results/adaptation_speed_<cpu|gpu>[_T].{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "cameras" / "nokia" / "iptc.jpg"
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+VIEW_OPS = frozenset({"detach", "view", "_unsafe_view", "slice", "select", "expand", "t", "transpose", "permute",
+                      "unsqueeze", "squeeze", "as_strided", "alias", "unbind", "split", "split_with_sizes",
+                      "_local_scalar_dense", "lift_fresh"})
+"""Operations that launch no kernel (views and metadata; ``_local_scalar_dense`` is a read of a CPU scalar)."""
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen operations dispatched while active, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def device_label(device: torch.device) -> str:
@@ -36,14 +63,16 @@ def device_label(device: torch.device) -> str:
     return f"CPU {machine_name()}, {torch.get_num_threads()} torch threads"
 
 
-def _run(model_state, build, sampler_factory, crops, config, device, precision, trainable, perceptual) -> float:
+def _run(model_state, build, sampler_factory, crops, config, device, precision, trainable, perceptual,
+         counter: _OpCounter | None = None) -> float:
     from adassr.adapt.loop import run_internal_step
 
     model = build()
     model.load_state_dict(model_state)
     start = time.perf_counter()
-    run_internal_step(model, sampler_factory(), crops, lambda sr: torch.zeros(sr.shape[0]), config,
-                      device=device, precision=precision, trainable=trainable, perceptual=perceptual)
+    with counter if counter is not None else contextlib.nullcontext():
+        run_internal_step(model, sampler_factory(), crops, lambda sr: torch.zeros(sr.shape[0]), config,
+                          device=device, precision=precision, trainable=trainable, perceptual=perceptual)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -55,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,8 +130,18 @@ def main(argv: list[str] | None = None) -> int:
             if per_step <= 0:
                 raise SystemExit(f"{trainable}/{name}: the {args.steps}-step run ({many:.2f} s) was not slower than "
                                  f"the 1-step run ({one:.2f} s); the machine is too noisy to time, run again")
+            counts = []
+            for steps in (1, 3):
+                counter = _OpCounter()
+                _run(state, entry.build, sampler_factory, crops, replace(config, steps=steps), device, precision,
+                     trainable, perceptual, counter)
+                counts.append(counter.counts)
+            per_step_ops = {op: (counts[1][op] - counts[0][op]) / 2 for op in counts[1]
+                            if op not in VIEW_OPS and counts[1][op] != counts[0][op]}
             rows.append({"trainable": trainable, "precision": name, "s_per_step": per_step,
                          "steps_per_s": 1.0 / per_step, "setup_s": one,
+                         "ops_per_step": sum(per_step_ops.values()),
+                         "top_ops": dict(Counter(per_step_ops).most_common(8)),
                          "lr_patch": config.lr_patch, "batch": config.batch,
                          "perceptual": perceptual is not None})
             print(rows[-1], flush=True)
@@ -110,16 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     result = {"device": label, "steps_timed": args.steps, "rows": rows,
               "note": "per-step time excludes setup (front-feature bank, evaluation) by differencing runs"}
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = "gpu" if device.type == "cuda" else "cpu"
+    tag = ("gpu" if device.type == "cuda" else "cpu") + (f"_{args.tag}" if args.tag else "")
     (args.out / f"adaptation_speed_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Adaptation speed ({label})", "",
              f"Real-ESRGAN x4plus, batch {rows[0]['batch']}, LR patch {rows[0]['lr_patch']}, "
              f"perceptual LPIPS-VGG {'on' if rows[0]['perceptual'] else 'off'}; time per step from "
              f"{args.steps}-step minus 1-step runs.", "",
-             "| trainable | precision | s/step | steps/s | setup s (1-step run) |", "|---|---|---|---|---|"]
+             "| trainable | precision | s/step | steps/s | setup s (1-step run) | ATen ops/step |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['trainable']} | {r['precision']} | {r['s_per_step']:.3f} | {r['steps_per_s']:.2f} "
-                     f"| {r['setup_s']:.1f} |")
+                     f"| {r['setup_s']:.1f} | {r['ops_per_step']:.0f} |")
     (args.out / f"adaptation_speed_{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -10,7 +10,7 @@ from torch import nn
 from adassr.adapt.early_stop import EarlyStopper
 from adassr.adapt.ema import WeightEma
 from adassr.adapt.external import ExternalPairSampler, degrade_realesrgan
-from adassr.adapt.losses import proximal_penalty, weighted_l1
+from adassr.adapt.losses import ProximalTerm, weighted_l1
 from adassr.runtime.errors import ConfigError, ShapeError
 
 
@@ -37,13 +37,47 @@ def test_ema_follows_eq16() -> None:
         WeightEma(lin.named_parameters(), decay=1.0)
 
 
-def test_proximal_penalty_value_and_gradient() -> None:
+def _autograd_proximal(named: list[tuple[str, nn.Parameter]], anchors: dict[str, torch.Tensor],
+                       mu: float) -> torch.Tensor:
+    """Eq. 10's proximal sum written out for autograd: the reference ProximalTerm must match."""
+    return mu * sum((param - anchors[name]).pow(2).sum() for name, param in named)
+
+
+def test_proximal_term_value_and_gradient_match_autograd() -> None:
     p = nn.Parameter(torch.tensor([1.0, 2.0, 4.0]))
     anchor = {"p": torch.tensor([1.0, 0.0, 1.0])}
-    value = proximal_penalty([("p", p)], anchor, mu=1e-2)
-    assert value.item() == pytest.approx(1e-2 * (0 + 4 + 9))
-    value.backward()
+    term = ProximalTerm([("p", p)], anchor, mu=1e-2)
+    assert term.value().item() == pytest.approx(1e-2 * (0 + 4 + 9))
+    assert not term.value().requires_grad  # the gradient is added directly, not through autograd
+    term.add_gradient()  # no grad yet: the pull alone
     assert torch.allclose(p.grad, 2e-2 * torch.tensor([0.0, 2.0, 3.0]))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.2), nn.Conv2d(4, 2, 1))
+    anchors = {name: param.detach() + 0.1 * torch.randn_like(param) for name, param in net.named_parameters()}
+    x = torch.randn(2, 3, 6, 6)
+    named = list(net.named_parameters())
+    (net(x).square().mean() + _autograd_proximal(named, anchors, 0.3)).backward()
+    expected = {name: param.grad.clone() for name, param in named}
+    net.zero_grad(set_to_none=True)
+    term = ProximalTerm(named, anchors, 0.3)
+    (net(x).square().mean() + term.value()).backward()
+    term.add_gradient()
+    for name, param in named:
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-5, atol=1e-7)
+    assert term.value().item() == pytest.approx(_autograd_proximal(named, anchors, 0.3).item(), rel=1e-5)
+
+
+def test_proximal_term_rejects_bad_input() -> None:
+    p = nn.Parameter(torch.zeros(3))
+    with pytest.raises(KeyError, match="no anchor"):
+        ProximalTerm([("p", p)], {}, 1e-4)
+    with pytest.raises(ShapeError):
+        ProximalTerm([("p", p)], {"p": torch.zeros(4)}, 1e-4)
+    with pytest.raises(ValueError, match="at least one"):
+        ProximalTerm([], {}, 1e-4)
+    with pytest.raises(ValueError, match="mu"):
+        ProximalTerm([("p", p)], {"p": torch.zeros(3)}, -1.0)
 
 
 def test_weighted_l1() -> None:
@@ -127,3 +161,34 @@ def test_external_degradation_shapes_and_randomness() -> None:
     assert np.array_equal(batch.lr, again.lr)
     with pytest.raises(ConfigError, match="smaller than the HR patch"):
         ExternalPairSampler([hr], scale=4, lr_patch=32, seed=0)
+
+
+@pytest.mark.parametrize("trainable", ["all", "tail"])
+def test_trainer_step_with_grad_scaler_equals_the_plain_step(trainable: str) -> None:
+    """fp16's GradScaler path: the proximal gradient is added after unscaling, so one step with the
+    scaler (no overflow) moves the weights as the plain step does."""
+    from adassr.adapt.archs.rrdbnet import RRDBNet
+    from adassr.adapt.config import AdaptConfig
+    from adassr.adapt.loop import _make_trainer
+    from adassr.adapt.precision import Precision
+
+    torch.manual_seed(0)
+    start = RRDBNet(num_feat=8, num_block=2, num_grow_ch=4).state_dict()
+    anchors = {name: value + 0.05 * torch.randn_like(value) for name, value in start.items()}
+    x = torch.rand(2, 3, 6, 6)
+    config = AdaptConfig(prox_mu=0.5, lr=1e-3, tail_blocks=1)
+    moved = []
+    for scaled in (False, True):
+        model = RRDBNet(num_feat=8, num_block=2, num_grow_ch=4)
+        model.load_state_dict(start)
+        trainer = _make_trainer(model, config, start, device=torch.device("cpu"), precision=Precision("fp32", "cpu"),
+                                trainable=trainable, anchors=anchors, perceptual=None)
+        if scaled:
+            trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        assert trainer.proximal is not None
+        sr = model(x)
+        trainer.update(sr.abs().mean() + trainer.proximal.value(), sr, sr.detach())
+        moved.append({name: param.detach().clone() for name, param in trainer.params.items()})
+    for name, value in moved[0].items():
+        torch.testing.assert_close(moved[1][name], value, rtol=1e-5, atol=1e-7)
+        assert not torch.equal(value, start[name])  # the step moved every trained tensor
