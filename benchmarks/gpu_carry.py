@@ -23,6 +23,15 @@ weights rounded to float16 or 8 bits for transport are widened back to float32 a
 
     python benchmarks/gpu_carry.py pack [--budget-mib 56] [--cache DIR]
     python benchmarks/gpu_carry.py unpack DEST [--carry .gpu_carry]
+
+The device tool sends the working tree too (tracked and untracked-not-ignored files, 64 MiB with the
+carry). ``travel-light`` untracks the folders the GPU check does not read (:data:`NOT_NEEDED_ON_GPU`:
+``git rm --cached`` plus lines in ``.git/info/exclude``; the files stay on disk) and prints what
+would travel; ``travel-restore`` tracks them again and removes those lines. Run the restore right
+after the device call: until then ``git status`` shows the folders as deleted from the index.
+
+    python benchmarks/gpu_carry.py travel-light      # before the device call
+    python benchmarks/gpu_carry.py travel-restore    # after it
 """
 
 from __future__ import annotations
@@ -251,6 +260,74 @@ def unpack(dest: Path, carry: Path = CARRY) -> dict[str, Any]:
     return report
 
 
+NOT_NEEDED_ON_GPU = ("benchmarks/results", "benchmarks/data", "tests/data/calibration")
+"""Tracked folders that no section of the GPU check reads (16 MB of the 33 MB tracked in December 2026)."""
+EXCLUDE_MARK = "# gpu_carry travel-light"
+
+
+def _git(root: Path, *args: str) -> str:
+    import subprocess
+
+    proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _exclude_file(root: Path) -> Path:
+    return root / _git(root, "rev-parse", "--git-path", "info/exclude").strip()
+
+
+def travelling_bytes(root: Path, carry: Path | None = None) -> int:
+    """Bytes the device tool would send: tracked and untracked-not-ignored files, plus ``carry``."""
+    names = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    total = sum((root / n).stat().st_size for n in names if n and (root / n).is_file())
+    if carry is not None and carry.is_dir():
+        total += sum(f.stat().st_size for f in carry.rglob("*") if f.is_file())
+    return total
+
+
+def travel_light(root: Path, folders: tuple[str, ...] = NOT_NEEDED_ON_GPU) -> list[str]:
+    """Untrack ``folders`` (kept on disk) and ignore them locally; returns the folders changed."""
+    exclude = _exclude_file(root)
+    present = exclude.read_text() if exclude.is_file() else ""
+    if EXCLUDE_MARK in present:
+        raise SystemExit("already travelling light: run travel-restore first")
+    if _git(root, "diff", "--cached", "--name-only").strip():
+        raise SystemExit("the index has staged changes: commit or unstage them first (travel-restore resets "
+                         "these folders in the index)")
+    changed = [f for f in folders if _git(root, "ls-files", "--", f).strip()]
+    if not changed:
+        return []
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    # git would read a trailing "# ..." as part of the pattern, so the mark goes on a line of its own
+    lines = "".join(f"{EXCLUDE_MARK}\n/{f}/\n" for f in changed)
+    exclude.write_text(present + ("" if present.endswith("\n") or not present else "\n") + lines)
+    _git(root, "rm", "-r", "-q", "--cached", "--", *changed)
+    return changed
+
+
+def travel_restore(root: Path, folders: tuple[str, ...] = NOT_NEEDED_ON_GPU) -> list[str]:
+    """Undo :func:`travel_light`: track ``folders`` again and drop the marked exclude lines."""
+    exclude = _exclude_file(root)
+    text = exclude.read_text() if exclude.is_file() else ""
+    if EXCLUDE_MARK not in text:
+        return []
+    kept, skip_next, restored = [], False, []
+    for line in text.splitlines(keepends=True):
+        if skip_next:
+            restored.append(line.strip().strip("/"))
+            skip_next = False
+            continue
+        if line.strip() == EXCLUDE_MARK:
+            skip_next = True
+            continue
+        kept.append(line)
+    exclude.write_text("".join(kept))
+    _git(root, "reset", "-q", "--", *restored)
+    return restored
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -264,7 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("unpack")
     u.add_argument("dest", type=Path)
     u.add_argument("--carry", type=Path, default=CARRY)
+    sub.add_parser("travel-light", help="untrack the folders the GPU check does not read, before a device call")
+    sub.add_parser("travel-restore", help="track them again, after the device call")
     args = parser.parse_args(argv)
+    if args.command in ("travel-light", "travel-restore"):
+        changed = (travel_light if args.command == "travel-light" else travel_restore)(ROOT)
+        print(f"{args.command}: {', '.join(changed) or 'nothing to do'}; would travel "
+              f"{travelling_bytes(ROOT, CARRY) / 2**20:.1f} MiB with {CARRY.name}/ (the device tool's limit: 64 MiB)")
+        return 0
     if args.command == "pack":
         import tempfile
 

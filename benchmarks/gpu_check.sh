@@ -9,19 +9,37 @@
 # Weights: if .gpu_carry/ exists (python benchmarks/gpu_carry.py pack, on a machine that has them),
 # it is unpacked to a temporary folder and used (backbone package on PYTHONPATH, ADASSR_CACHE_DIR).
 # Arguments go to gpu_suite.py, e.g. --cpu-smoke (tiny CPU run), --only latency,niqe, --budget-s 300.
+# GPU_CHECK_BUNDLE=1 with $OUT set (the device tool, which returns at most 8 files): the results are
+# written to a temporary folder and, at exit (also when stopped by a signal), packed into
+# $OUT/gpu_results.tgz, with gpu_check.md and gpu_check.json beside it.
 # Exit status: 0 when every section that ran passed (absent libraries are skips, not failures).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-benchmarks/results}"
+BUNDLE_TO=""
+if [ "${GPU_CHECK_BUNDLE:-0}" = 1 ] && [ -n "${OUT:-}" ]; then
+  BUNDLE_TO="$OUT"
+  BUNDLE_ROOT="$(mktemp -d)"
+  OUT_DIR="$BUNDLE_ROOT/gpu_results"
+fi
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET  # the compiled kernels, not the interpreter
+CARRY_DEST=""
+
+finish() {
+  if [ -n "$BUNDLE_TO" ]; then
+    cp "$OUT_DIR"/gpu_check.md "$OUT_DIR"/gpu_check.json "$BUNDLE_TO"/ 2>/dev/null
+    tar czf "$BUNDLE_TO/gpu_results.tgz" -C "$BUNDLE_ROOT" gpu_results && rm -rf "$BUNDLE_ROOT"
+  fi
+  [ -z "$CARRY_DEST" ] || rm -rf "$CARRY_DEST"
+}
+trap finish EXIT
 
 if [ -f .gpu_carry/carry.json ]; then
   CARRY_DEST="$(mktemp -d)"
-  trap 'rm -rf "$CARRY_DEST"' EXIT
   if "$PY" benchmarks/gpu_carry.py unpack "$CARRY_DEST" > "$OUT_DIR/gpu_carry_unpack.txt" 2>&1; then
     export PYTHONPATH="$CARRY_DEST/site:$PYTHONPATH"
     export ADASSR_CACHE_DIR="$CARRY_DEST/cache"
@@ -31,7 +49,12 @@ if [ -f .gpu_carry/carry.json ]; then
   fi
 fi
 
-"$PY" benchmarks/gpu_suite.py --out "$OUT_DIR" "$@"
+# in the background, so a TERM (e.g. from `timeout`) reaches the trap at once: the suite is stopped
+# and what it wrote so far (gpu_check.json is rewritten after every section) is still packed
+"$PY" benchmarks/gpu_suite.py --out "$OUT_DIR" "$@" &
+SUITE_PID=$!
+trap 'kill -TERM "$SUITE_PID" 2>/dev/null; sleep 2; exit 143' TERM INT
+wait "$SUITE_PID"
 status=$?
 echo "gpu_check: exit status $status; results in $OUT_DIR"
 exit $status

@@ -89,6 +89,25 @@ def _run_group(cmd: list[str], timeout_s: float, *, capture: bool) -> tuple[int 
             os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         return None, out or ""
+    except BaseException:  # this process is being stopped (SIGTERM -> SystemExit, Ctrl-C): stop the group too
+        _stop_group(proc)
+        raise
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    """TERM the child's process group (so a section stops its own children), then KILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _run_script(args: list[str], timeout_s: float) -> dict[str, Any]:
@@ -453,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--section", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--limit-s", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind through _run_group, which stops the children
     args.out.mkdir(parents=True, exist_ok=True)
     if args.section:
         global _DEADLINE

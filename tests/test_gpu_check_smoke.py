@@ -96,3 +96,68 @@ def test_carry_rounds_vgg_to_int8_when_float16_does_not_fit(tmp_path: Path) -> N
     assert np.all(err <= peak / 254 + 1e-7) and np.all(back["conv.weight"][3] == 0)
     np.testing.assert_array_equal(back["conv.bias"], vgg["conv.bias"])  # 1-D tensors travel exactly
     assert any("8 bits per output channel" in note for note in unpacked["notes"])
+
+
+def test_travel_light_untracks_and_restore_tracks_again(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    for name in ("benchmarks/results/a.md", "benchmarks/data/b.png", "code.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x" * 1000)
+    exclude = tmp_path / ".git" / "info" / "exclude"
+    exclude.write_text("# user's own line\n/scratch/")  # no final newline: kept intact
+    git("add", "-A")
+    git("commit", "-q", "-m", "init")
+    full = gpu_carry.travelling_bytes(tmp_path)
+    assert full == 3000
+
+    changed = gpu_carry.travel_light(tmp_path, ("benchmarks/results", "benchmarks/data", "tests/data/calibration"))
+    assert changed == ["benchmarks/results", "benchmarks/data"]  # the absent folder is left alone
+    assert (tmp_path / "benchmarks" / "results" / "a.md").is_file()  # files stay on disk
+    assert gpu_carry.travelling_bytes(tmp_path) == 1000  # untracked and ignored: they do not travel
+    assert "?? " not in git("status", "--porcelain")
+    with pytest.raises(SystemExit, match="already travelling light"):
+        gpu_carry.travel_light(tmp_path, ("benchmarks/results",))
+
+    assert gpu_carry.travel_restore(tmp_path, ()) == ["benchmarks/results", "benchmarks/data"]
+    assert git("status", "--porcelain") == ""  # tracked again, nothing changed
+    assert exclude.read_text() == "# user's own line\n/scratch/\n"
+    assert gpu_carry.travelling_bytes(tmp_path) == full
+    assert gpu_carry.travel_restore(tmp_path, ()) == []  # a second restore does nothing
+
+    (tmp_path / "code.py").write_text("changed")
+    git("add", "code.py")
+    with pytest.raises(SystemExit, match="staged changes"):
+        gpu_carry.travel_light(tmp_path, ("benchmarks/results",))
+
+
+def test_bundle_mode_packs_the_results_also_when_stopped(tmp_path: Path) -> None:
+    """GPU_CHECK_BUNDLE=1 (the device tool returns at most 8 files): one tarball plus the summary, written
+    even when the check is stopped by a TERM (here after the env section, during the GPU tests' collection)."""
+    import signal
+    import tarfile
+    import time
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "GPU_CHECK_BUNDLE": "1"}
+    proc = subprocess.Popen(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until the first section is done
+        if line.startswith("[gpu_check] env:") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    with tarfile.open(tmp_path / "gpu_results.tgz") as archive:
+        names = archive.getnames()
+        summary = json.loads(archive.extractfile("gpu_results/gpu_check.json").read())  # type: ignore[union-attr]
+    assert "gpu_results/gpu_check_env.json" in names
+    assert summary["sections"]["env"]["status"] == "ok"
+    assert json.loads((tmp_path / "gpu_check.json").read_text()) == summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md", "gpu_results.tgz"]
