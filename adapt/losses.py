@@ -28,8 +28,8 @@ class ProximalTerm:
     """mu * sum ||Theta - Theta_tilde||^2 over the trained parameters (Eq. 10), applied as its gradient.
 
     Autograd through the sum costs several kernels per parameter tensor in the forward and the
-    backward pass (about 5,600 per step for the 702 tensors of RRDBNet x4plus, as many as the
-    network itself): on a GPU the step is bound by kernel launches at the paper's batch. The exact
+    backward pass (about 5,600 per step for the 702 tensors of RRDBNet x4plus, about twice what the
+    rest of the step dispatches): on a GPU the step is bound by kernel launches at the paper's batch. The exact
     gradient 2 mu (Theta - Theta_tilde) is instead added to ``.grad`` after the backward pass with a
     few multi-tensor (``torch._foreach_*``) kernels, and the value is computed without a graph.
     """
