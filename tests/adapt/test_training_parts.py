@@ -192,3 +192,24 @@ def test_trainer_step_with_grad_scaler_equals_the_plain_step(trainable: str) -> 
     for name, value in moved[0].items():
         torch.testing.assert_close(moved[1][name], value, rtol=1e-5, atol=1e-7)
         assert not torch.equal(value, start[name])  # the step moved every trained tensor
+
+
+def test_make_adam_is_fused_on_cpu_and_falls_back_where_the_build_lacks_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adassr.adapt.losses import make_adam
+
+    net = nn.Linear(3, 2)
+    adam = make_adam(net.parameters(), 1e-3, torch.device("cpu"))  # a generator: consumed once only
+    assert adam.defaults["fused"] is True and len(adam.param_groups[0]["params"]) == 2
+
+    real = torch.optim.Adam
+
+    class NoFused(real):  # type: ignore[misc, valid-type]
+        def __init__(self, params, **kwargs):  # type: ignore[no-untyped-def]
+            if kwargs.get("fused"):
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                                   "supported devices: ['cuda']")
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", NoFused)
+    adam = make_adam(net.parameters(), 1e-3, torch.device("cpu"))
+    assert not adam.defaults["fused"] and len(adam.param_groups[0]["params"]) == 2
