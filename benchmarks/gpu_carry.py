@@ -307,8 +307,8 @@ def travel_light(root: Path, folders: tuple[str, ...] = NOT_NEEDED_ON_GPU) -> li
     return changed
 
 
-def travel_restore(root: Path, folders: tuple[str, ...] = NOT_NEEDED_ON_GPU) -> list[str]:
-    """Undo :func:`travel_light`: track ``folders`` again and drop the marked exclude lines."""
+def travel_restore(root: Path) -> list[str]:
+    """Undo :func:`travel_light`: track the folders its marked exclude lines name again, and drop those lines."""
     exclude = _exclude_file(root)
     text = exclude.read_text() if exclude.is_file() else ""
     if EXCLUDE_MARK not in text:

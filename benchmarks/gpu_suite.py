@@ -37,7 +37,6 @@ import importlib
 import json
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -149,12 +148,7 @@ def section_env(out: Path, smoke: bool) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}",
                     gpu_memory_gib=round(props.total_memory / 2**30, 1), gpu_count=torch.cuda.device_count())
-    try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=False)
-        info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        info["nvidia_smi"] = f"unavailable ({exc})"
+    info["nvidia_smi"] = _nvidia_smi("name,driver_version,memory.total,clocks.max.sm")
     for name in ("triton", "onnxruntime", "onnx", "onnxscript", "safetensors", "scipy", "cv2", "pytest"):
         info[name] = _importable(name)
     from adassr.runtime.engines.trt import tensorrt_available
@@ -452,17 +446,21 @@ def to_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _nvidia_smi(fields: str) -> str:
+    """``nvidia-smi --query-gpu=<fields>`` as CSV lines (no torch), or ``unavailable (why)``."""
+    try:
+        smi = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    return smi.stdout.strip() if smi.returncode == 0 else f"unavailable ({smi.stderr.strip()})"
+
+
 def _gpu_name() -> str:
-    """The first GPU's name from nvidia-smi (no torch), else the CPU: the report's title when ``env`` is not run."""
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            names = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                   text=True, timeout=20, check=True).stdout.split("\n")
-        except (OSError, subprocess.SubprocessError):
-            names = []
-        if names and names[0].strip():
-            return names[0].strip()
+    """The first GPU's name, else the CPU: the report's title when ``env`` is not run."""
+    names = _nvidia_smi("name")
+    if names and not names.startswith("unavailable"):
+        return names.splitlines()[0].strip()
     return f"CPU ({platform.processor() or platform.machine()})"
 
 

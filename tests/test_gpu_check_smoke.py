@@ -124,11 +124,11 @@ def test_travel_light_untracks_and_restore_tracks_again(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="already travelling light"):
         gpu_carry.travel_light(tmp_path, ("benchmarks/results",))
 
-    assert gpu_carry.travel_restore(tmp_path, ()) == ["benchmarks/results", "benchmarks/data"]
+    assert gpu_carry.travel_restore(tmp_path) == ["benchmarks/results", "benchmarks/data"]
     assert git("status", "--porcelain") == ""  # tracked again, nothing changed
     assert exclude.read_text() == "# user's own line\n/scratch/\n"
     assert gpu_carry.travelling_bytes(tmp_path) == full
-    assert gpu_carry.travel_restore(tmp_path, ()) == []  # a second restore does nothing
+    assert gpu_carry.travel_restore(tmp_path) == []  # a second restore does nothing
 
     (tmp_path / "code.py").write_text("changed")
     git("add", "code.py")
