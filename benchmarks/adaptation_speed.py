@@ -14,6 +14,7 @@ than CPU seconds do (a multi-tensor ``_foreach_*`` / fused optimiser call counts
 launches a few kernels).
 
     python benchmarks/adaptation_speed.py [--device cpu|cuda] [--steps 12] [--threads N] [--tag T]
+        [--lr-patch P] [--trainable tail,all] [--precisions fp32,bf16,fp16]
 
 Writes benchmarks/results/adaptation_speed_<cpu|gpu>[_T].{json,md}.
 """
@@ -85,7 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--lr-patch", type=int, default=None, help="LR patch side (default: the device's default)")
+    parser.add_argument("--trainable", default="tail,all", help="comma-separated trainable modes (tail, all)")
+    parser.add_argument("--precisions", default=None,
+                        help="comma-separated precisions (default fp32,bf16, plus fp16 on CUDA)")
     args = parser.parse_args(argv)
+    if args.steps < 2:
+        parser.error("--steps must be at least 2 (the time per step is a difference against a 1-step run)")
+    modes = [m.strip() for m in args.trainable.split(",") if m.strip()]
+    if not modes or any(m not in ("tail", "all") for m in modes):
+        parser.error(f"--trainable takes tail and/or all, got {args.trainable!r}")
+    if args.lr_patch is not None and args.lr_patch < 8:
+        parser.error(f"--lr-patch must be at least 8 LR pixels, got {args.lr_patch}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -101,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     base = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
+    if args.lr_patch is not None:
+        base = replace(base, lr_patch=args.lr_patch)
     image = to_float32(read_image(SAMPLE).pixels)
     kernel = gaussian_kernel(1.6, 1.6, 0.0, scale=4)
     backbone = load_backbone(device=str(device))
@@ -108,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     entry = backbone.entry
     perceptual = load_lpips("vgg", device=device) if lpips_weights_present("vgg") else None
     crops = evaluation_crops([image], base.eval_crop, 1)
-    precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    available = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    precisions = available if args.precisions is None else [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or any(p not in available for p in precisions):
+        parser.error(f"--precisions takes {', '.join(available)} on {device.type}, got {args.precisions!r}")
     rows = []
-    for trainable in ("tail", "all"):
+    for trainable in modes:
         for name in precisions:
             precision = Precision(name, device.type)
             config = replace(base, eval_every=10**6, feature_bank=max(base.batch, 16))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_carry  # noqa: E402
+import gpu_suite  # noqa: E402
 
 
 def test_gpu_check_cpu_smoke_runs_every_section(tmp_path: Path) -> None:
@@ -35,6 +37,25 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path: Path) -> None:
     assert any("TensorRT" in note for note in latency["skipped"])
     assert summary["sections"]["niqe"]["max_abs_diff"] < 1e-3
     assert "GPU check" in (tmp_path / "gpu_check.md").read_text()
+    # the attention GPU tests ran through the sharded pytest plumbing and skipped on the CPU
+    sharded = summary["sections"]["attention"]["gpu_tests"]
+    assert sharded["status"] == "ok" and sharded["shards"] == 2
+    assert sharded["collected"] >= 30 and sharded["counts"] == {"skipped": sharded["collected"]}
+
+
+def test_parallel_runs_report_each_status_and_stop_at_the_deadline() -> None:
+    start = time.perf_counter()
+    runs = gpu_suite._run_parallel([["-c", "print('fine')"], ["-c", "raise SystemExit(3)"],
+                                    ["-c", "import time; time.sleep(60)"]], 4.0)
+    assert [r["status"] for r in runs] == ["ok", "exit 3", "timeout"]
+    assert "fine" in runs[0]["tail"]
+    assert time.perf_counter() - start < 30
+
+
+def test_pytest_counts_reads_the_summary_line() -> None:
+    assert gpu_suite._pytest_counts("3 passed, 1 failed, 2 skipped in 4.1s") == {"passed": 3, "failed": 1,
+                                                                                  "skipped": 2}
+    assert gpu_suite._pytest_counts("no tests ran") == {}
 
 
 def test_safetensors_round_trip_and_carry_of_lpips_weights(tmp_path: Path) -> None:
