@@ -64,22 +64,51 @@ def select_gpu(index: int | None) -> None:
     torch.cuda.set_device(index)
 
 
+TF32_CAPABILITY = (8, 0)
+"""CUDA compute capability from which convolutions run on TF32 tensor cores (Ampere and later)."""
+
+
+def choose_cuda_precision(capability: tuple[int, int], *, tf32_convolutions: bool) -> tuple[str, str]:
+    """``(precision, reason)`` for ``--precision auto`` on a CUDA GPU of compute ``capability``.
+
+    fp32 where convolutions run on TF32 tensor cores (compute capability >= 8.0 and cuDNN allowed
+    TF32, PyTorch's default): at the paper's batch (4 x 32 px) a training step is bound by kernel
+    launches, and autocast adds a cast kernel in front of most operations. On an NVIDIA H200
+    (4 December 2026, ``benchmarks/results/adaptation_speed_gpu.md`` and ``..._p64.md``) a step of
+    all layers took 0.158 s in fp32 against 0.212 s in bf16 and 0.218 s in fp16 (4,411 ATen
+    operations a step against 2,936), and still 0.170 s against 0.241 s with 64-px LR patches.
+    bf16 on such a GPU when TF32 is switched off; fp16 with a GradScaler on older GPUs (no TF32 and
+    no native bf16; their fp16 tensor cores are the fast path).
+    """
+    if tuple(capability) >= TF32_CAPABILITY:
+        if tf32_convolutions:
+            return "fp32", (f"compute capability {capability[0]}.{capability[1]}: TF32 convolutions, measured "
+                            "faster than bf16 autocast at the adaptation's batch")
+        return "bf16", "TF32 is switched off (torch.backends.cudnn.allow_tf32 = False): bf16 autocast"
+    return "fp16", (f"compute capability {capability[0]}.{capability[1]} has no TF32 or native bf16: fp16 "
+                    "autocast with a GradScaler")
+
+
 def resolve_precision(requested: str, device: torch.device) -> Precision:
-    """auto: bf16 on CUDA GPUs that support it (else fp16 with a GradScaler); on CPU bf16 only where
-    it is native and measured faster (:func:`adassr.adapt.cpu_setup.choose_cpu_precision`), else fp32."""
+    """auto: on CUDA :func:`choose_cuda_precision` (fp32 with TF32 on Ampere and later, else fp16);
+    on CPU bf16 only where it is native and measured faster
+    (:func:`adassr.adapt.cpu_setup.choose_cpu_precision`), else fp32."""
     kind = device.type
+    reason = "requested"
     if requested == "auto":
         if kind == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            name, reason = choose_cuda_precision(torch.cuda.get_device_capability(device),
+                                                 tf32_convolutions=bool(torch.backends.cudnn.allow_tf32))
         else:
             from adassr.adapt.cpu_setup import choose_cpu_precision
 
             name = choose_cpu_precision()
+            reason = "CPU probe" if name == "bf16" else "CPU"
     else:
         name = requested
     if name == "fp16" and kind == "cpu":
         raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
     if name not in COMPUTE_PRECISIONS:
         raise ConfigError(f"--precision {requested!r} is not valid; choose one of: {', '.join(TRAINING_PRECISIONS)}")
-    log.info("precision %s on %s", name, kind)
+    log.info("precision %s on %s (%s)", name, kind, reason)
     return Precision(name, kind)

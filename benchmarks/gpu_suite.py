@@ -52,9 +52,9 @@ FRAME = (270, 480)  # LR height, width: 1920x1080 output at x4
 SECTION_LIMITS_S = {"env": 20, "gpu_tests": 60, "latency": 90, "niqe": 25, "adapt_speed": 130, "attention": 200,
                     "adapt_full": 270}
 """Seconds each section may take; each also gets no more than what is left of ``--budget-s``. On the H200
-(4 December 2026) env, gpu_tests, latency and niqe took 8, 7, 18 and 5 s, adapt_speed 27-35 s, the
-attention tests more than 100 s (Triton compiling 37 cases) and its benchmark 67 s, and one
-adaptation at the paper's budget 88 s after a baseline of about a minute: adapt_full gets the rest."""
+(4 December 2026, run 3) env, gpu_tests, latency and niqe took 12, 9, 19 and 7 s, adapt_speed (both
+patch sizes) 77 s, attention 148 s (the 37 tests in 8 processes 69 s, the benchmark 80 s) and
+adapt_full 156 s (a baseline of about a minute, then 300 steps): 432 s in all."""
 ORDER = tuple(SECTION_LIMITS_S)
 
 

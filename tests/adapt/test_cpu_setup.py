@@ -1,4 +1,5 @@
-"""CPU set-up for adaptation: bf16 only where native and measured faster (cached), thread pools."""
+"""CPU set-up for adaptation: bf16 only where native and measured faster (cached), thread pools; and the
+precision ``auto`` picks on a CUDA GPU (a pure rule, tested without one)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from adassr.adapt.cpu_setup import (
     start_thread_governor,
     threads_are_automatic,
 )
+from adassr.adapt.precision import choose_cuda_precision, resolve_precision
 from adassr.runtime.cpu_info import CpuInfo
 from adassr.runtime.cpu_load import CpuLoad
+from adassr.runtime.errors import ConfigError
 
 
 def _cpu(*flags: str) -> CpuInfo:
@@ -200,3 +203,26 @@ def test_start_thread_governor_only_for_automatic_threads(monkeypatch: pytest.Mo
         assert len(governor.changes) == (governor.threads != 2)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("capability", "tf32", "expected"), [
+    ((9, 0), True, "fp32"),  # Hopper: TF32 convolutions, measured faster than autocast
+    ((8, 0), True, "fp32"),  # Ampere
+    ((8, 6), False, "bf16"),  # TF32 switched off by the user: native bf16 autocast
+    ((7, 5), True, "fp16"),  # Turing: no TF32, no native bf16
+    ((7, 0), False, "fp16"),  # Volta
+])
+def test_cuda_auto_precision_follows_tf32_and_bf16_support(capability: tuple[int, int], tf32: bool,
+                                                           expected: str) -> None:
+    name, reason = choose_cuda_precision(capability, tf32_convolutions=tf32)
+    assert name == expected
+    assert reason  # the log line says why
+
+
+def test_cpu_auto_precision_is_a_cpu_precision() -> None:
+    precision = resolve_precision("auto", torch.device("cpu"))
+    assert precision.name in ("fp32", "bf16") and precision.device_type == "cpu"
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="not valid"):
+        resolve_precision("int8", torch.device("cpu"))
