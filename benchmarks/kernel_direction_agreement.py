@@ -13,8 +13,12 @@ images, only with --held-out, to check the fixed thresholds on photos they were 
     python benchmarks/kernel_direction_agreement.py [--conditions 5/60,0/none] [--calibration-crops] [--round]
         [--out DIR]
     python benchmarks/kernel_direction_agreement.py --hr-dir tests/data/hr --held-out --round  # held-out check
+    python benchmarks/kernel_direction_agreement.py --single --angles 0,60,120 [...]  # each photo alone
 
-Writes <out>/kernel_direction_agreement_<photos>.{md,json} (default benchmarks/results).
+``--single`` estimates each photo alone: the direction check then fits the image's tiles (or, for
+an image of one tile, its quadrants) one by one (``diagnostics["direction_check"] == "parts"``).
+
+Writes <out>/kernel_direction_agreement_<photos>[_single].{md,json} (default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from kernel_estimation import (  # noqa: E402
 )
 
 from adassr.adapt.kernel import estimate_kernel  # noqa: E402
-from adassr.adapt.kernel.agreement import DIRECTION_AGREEMENT_WARN  # noqa: E402
+from adassr.adapt.kernel.agreement import DIRECTION_AGREEMENT_WARN, warn_threshold  # noqa: E402
 
 DEV_PHOTOS = ROOT / "benchmarks" / "data" / "dev_photos"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -76,29 +80,35 @@ def parse_conditions(text: str) -> list[tuple[float, int | None]]:
     return out
 
 
-def kernels(with_round: bool) -> list[tuple[float, float, float]]:
-    out = [(a, b, t) for a, b in SHAPES for t in ANGLES]
+def kernels(with_round: bool, angles: tuple[float, ...] = ANGLES) -> list[tuple[float, float, float]]:
+    out = [(a, b, t) for a, b in SHAPES for t in angles]
     return out + [(s, s, 0.0) for s in ROUND] if with_round else out
 
 
 def run(photos: list[tuple[str, np.ndarray]], conditions: list[tuple[float, int | None]],
-        with_round: bool = False) -> list[dict]:
+        with_round: bool = False, *, single: bool = False, angles: tuple[float, ...] = ANGLES) -> list[dict]:
+    """One row per kernel and condition: the group of all ``photos`` (or, ``single``, each photo alone,
+    whose direction check fits the image's tiles or quadrants one by one)."""
     rows = []
     for noise, quality in conditions:
         t0 = time.perf_counter()
-        for i, (a, b, theta) in enumerate(kernels(with_round)):
+        for i, (a, b, theta) in enumerate(kernels(with_round, angles)):
             rng = np.random.default_rng(i)
             lrs = [_jpeg(synthesize(hr, (a, b, theta), noise, rng), quality) for _, hr in photos]
-            est = estimate_kernel(lrs, scale=4)
-            before = est.diagnostics.get("estimate_before_fallback",
-                                         {"sigma_x": est.sigma_x, "sigma_y": est.sigma_y, "theta_deg": est.theta_deg})
-            estimate = [before["sigma_x"], before["sigma_y"], before["theta_deg"]]
-            rows.append({"noise": noise, "quality": quality, "true": [a, b, theta], "estimate": estimate,
-                         "method": est.method, "direction_agreement": est.direction_agreement,
-                         "warned": est.direction_warning() is not None,
-                         "angle_error": angle_error(estimate[2], theta),
-                         "dist": float(np.linalg.norm(support_kernel(*estimate) - support_kernel(a, b, theta))),
-                         "per_image_theta_deg": est.diagnostics.get("per_image_theta_deg")})
+            inputs = [([lr], name) for lr, (name, _) in zip(lrs, photos, strict=True)] if single else [(lrs, "group")]
+            for images, name in inputs:
+                est = estimate_kernel(images, scale=4)
+                before = est.diagnostics.get("estimate_before_fallback", {"sigma_x": est.sigma_x,
+                                                                          "sigma_y": est.sigma_y,
+                                                                          "theta_deg": est.theta_deg})
+                estimate = [before["sigma_x"], before["sigma_y"], before["theta_deg"]]
+                rows.append({"noise": noise, "quality": quality, "true": [a, b, theta], "estimate": estimate,
+                             "photos": name, "method": est.method, "direction_agreement": est.direction_agreement,
+                             "warned": est.direction_warning() is not None,
+                             "angle_error": angle_error(estimate[2], theta),
+                             "dist": float(np.linalg.norm(support_kernel(*estimate) - support_kernel(a, b, theta))),
+                             "per_image_theta_deg": est.diagnostics.get("per_image_theta_deg"),
+                             "per_part_theta_deg": est.diagnostics.get("per_part_theta_deg")})
         print(f"noise {noise:g} JPEG {quality}: {time.perf_counter() - t0:.0f} s", flush=True)
     return rows
 
@@ -109,14 +119,18 @@ def _stats(errors: list[float]) -> str:
     return f"{len(errors)} | {np.median(errors):.1f} | {100 * np.mean(np.array(errors) > MISS_DEG):.0f} %"
 
 
-def report(rows: list[dict], label: str, machine: str, wall: float) -> str:
+def report(rows: list[dict], label: str, machine: str, wall: float, *, single: bool = False) -> str:
     measured = [r for r in rows if r["direction_agreement"] is not None and r["true"][0] > r["true"][1]]
     round_rows = [r for r in rows if r["true"][0] == r["true"][1]]
     n_round = len({tuple(r["true"]) for r in round_rows})
-    lines = [f"# Angle error against the per-image direction agreement ({label})", "",
-             f"Machine: {machine}. Wall time {wall:.0f} s. 36 anisotropic kernels per condition"
-             f"{f' and {n_round} round ones' if n_round else ''}, group mode, x4.",
-             f"A miss: angle error above {MISS_DEG:g} deg. Warned: agreement below {DIRECTION_AGREEMENT_WARN:g} "
+    n_aniso = len({tuple(r["true"]) for r in rows if r["true"][0] > r["true"][1]})
+    what = "per-part (tiles or quadrants of one image)" if single else "per-image"
+    mode = "single-image mode (each photo alone; 'groups' below are images)" if single else "group mode"
+    lines = [f"# Angle error against the {what} direction agreement ({label})", "",
+             f"Machine: {machine}. Wall time {wall:.0f} s. {n_aniso} anisotropic kernels per condition"
+             f"{f' and {n_round} round ones' if n_round else ''}, {mode}, x4.",
+             f"A miss: angle error above {MISS_DEG:g} deg. Warned: agreement below "
+             f"{warn_threshold('parts' if single else 'images'):g} "
              "and an estimate elongated enough to have an angle.", "",
              "| condition | median agreement | groups | median angle error | misses | warned |",
              "|---|---|---|---|---|---|"]
@@ -133,9 +147,18 @@ def report(rows: list[dict], label: str, machine: str, wall: float) -> str:
         lines.append(f"| {lo:.2f}-{min(hi, 1.0):.2f} | {_stats(sel)} |")
     warned = [r["angle_error"] for r in measured if r["warned"]]
     quiet = [r["angle_error"] for r in measured if not r["warned"]]
+    if single:
+        lines += ["", "By photo (anisotropic kernels, all conditions):", "",
+                  "| photo | median agreement | images | median angle error | misses | warned |",
+                  "|---|---|---|---|---|---|"]
+        for name in dict.fromkeys(r["photos"] for r in measured):
+            sel = [r for r in measured if r["photos"] == name]
+            lines.append(f"| {name} | {np.median([r['direction_agreement'] for r in sel]):.2f} | "
+                         f"{_stats([r['angle_error'] for r in sel])} | {sum(r['warned'] for r in sel)} |")
     lines += ["", f"Anisotropic kernels, warned groups: {_stats(warned).replace(' | ', ', ')} (count, median error, "
                   f"misses); not warned: {_stats(quiet).replace(' | ', ', ')}.",
-              "Anisotropic kernels without the measurement (fixed-Gaussian fallback): "
+              "Anisotropic kernels without the measurement (fixed-Gaussian fallback"
+              f"{', or an image too small for quadrants' if single else ''}): "
               f"{sum(r['direction_agreement'] is None and r['true'][0] > r['true'][1] for r in rows)}."]
     if round_rows:
         agreements = [r["direction_agreement"] for r in round_rows if r["direction_agreement"] is not None]
@@ -155,9 +178,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round", action="store_true", help=f"add {len(ROUND)} round kernels (false alarms)")
     parser.add_argument("--held-out", action="store_true",
                         help="allow --hr-dir tests/data/hr: a check of the thresholds chosen elsewhere, never a choice")
+    parser.add_argument("--single", action="store_true",
+                        help="estimate each photo alone (the direction check then compares its tiles or quadrants)")
+    parser.add_argument("--angles", default=",".join(f"{a:g}" for a in ANGLES),
+                        help="comma-separated true angles in degrees (default 0-150 in steps of 30)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     conditions = parse_conditions(args.conditions)
+    try:
+        angles = tuple(float(a) for a in args.angles.split(",") if a.strip())
+    except ValueError:
+        raise SystemExit(f"--angles: {args.angles!r} is not a comma-separated list of numbers") from None
+    if not angles:
+        raise SystemExit("--angles: give at least one angle")
     if args.calibration_crops:
         from kernel_calibration import calibration_images
 
@@ -169,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                              "pass other photos, or --held-out to score the fixed thresholds on them")
         photos, label = load_hr(args.hr_dir), ("acceptance_hr_held_out" if acceptance else args.hr_dir.name)
     t0 = time.perf_counter()
-    rows = run(photos, conditions, args.round)
+    rows = run(photos, conditions, args.round, single=args.single, angles=angles)
     wall = time.perf_counter() - t0
     machine = this_machine()
-    text = report(rows, label, machine, wall)
+    text = report(rows, label, machine, wall, single=args.single)
     print(text)
-    _save(args.out, f"kernel_direction_agreement_{label}", text,
+    suffix = "_single" if args.single else ""
+    _save(args.out, f"kernel_direction_agreement_{label}{suffix}", text,
           {"machine": machine, "wall_s": wall, "photos": [name for name, _ in photos], "rows": rows})
     return 0
 

@@ -47,6 +47,23 @@ def test_report_bins_anisotropic_groups_and_counts_round_ones_apart(tool: Module
     assert "Round kernels (no direction to find): 1 groups, warned 1, median agreement 0.20" in text
 
 
+def test_single_image_report_names_the_parts_threshold_and_each_photo(tool: ModuleType) -> None:
+    rows = [{**_row([2.4, 1.2, 30.0], 0.8, 30.0, True), "photos": "face"},
+            {**_row([2.4, 1.2, 30.0], 0.95, 3.0, False), "photos": "field"},
+            {**_row([2.4, 1.2, 60.0], None, 0.0, False), "photos": "tiny"}]  # too small for quadrants
+    text = tool.report(rows, "photos", "test machine", 5.0, single=True)
+    assert "single-image mode" in text and "agreement below 0.85" in text
+    assert "| face | 0.80 | 1 | 30.0 | 100 % | 1 |" in text and "| field | 0.95 | 1 | 3.0 | 0 % | 0 |" in text
+    assert "or an image too small for quadrants): 1." in text
+
+
+def test_bad_angles_are_refused(tool: ModuleType) -> None:
+    with pytest.raises(SystemExit, match="comma-separated list of numbers"):
+        tool.main(["--angles", "0,abc"])
+    with pytest.raises(SystemExit, match="at least one angle"):
+        tool.main(["--angles", ","])
+
+
 def test_the_acceptance_images_are_refused(tool: ModuleType) -> None:
     with pytest.raises(SystemExit, match="acceptance images.*--held-out"):
         tool.main(["--hr-dir", str(ROOT / "tests" / "data" / "hr"), "--conditions", "0/none"])

@@ -82,9 +82,11 @@ class KernelEstimationConfig:
     fallback_sigma: float = 1.6
     fallback_gap: float = 0.0
     fallback_gap_per_blockiness: float = 0.05
-    # Group mode: fit each image alone as well and report how well their blur directions agree
-    # (diagnostics["direction_agreement"], see adassr.adapt.kernel.agreement); it does not change
-    # the estimate and about doubles the fit's time. Skipped for one image and for the fixed Gaussian.
+    # Fit each image of a group alone as well (one image: each of its tiles, or its quadrants) and
+    # report how well their blur directions agree (diagnostics["direction_agreement"] and
+    # ["direction_check"] = "images" / "parts", see adassr.adapt.kernel.agreement); it does not
+    # change the estimate and about doubles the fit's time. Skipped for the fixed Gaussian and for
+    # an image with fewer than two structured parts.
     direction_check: bool = True
 
     def __post_init__(self) -> None:
@@ -312,8 +314,11 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
     sx, sy = _calibrated_sigmas(fit, (a, b), scale)
     residual = math.sqrt(fit.best_loss / samples.spec.size)
     confidence = _confidence(residual, samples.n_pixels, check)
-    if config.direction_check and len(samples.per_image) > 1 and not check.use_fixed:
-        diag.update(_per_image_directions(samples.per_image, config))
+    if config.direction_check and not check.use_fixed:
+        if len(samples.per_image) > 1:
+            diag.update(_per_image_directions(samples.per_image, config))
+        else:
+            diag.update(_per_part_directions(samples, config))
     diag.update({
         "fixed_gaussian_sigma": config.fallback_sigma,
         "fixed_gaussian_loss_gap": check.gap,
@@ -470,9 +475,49 @@ def _per_image_directions(per_image: list[list[CrossScaleSample]], config: Kerne
     diagnostics' ``images_used``, and their agreement."""
     fits = [_fit_covariance([tiles], config) for tiles in per_image]
     return {
+        "direction_check": "images",
         "direction_agreement": direction_agreement([(f.raw_major, f.raw_minor, f.theta) for f in fits]),
         "per_image_theta_deg": [math.degrees(f.theta) for f in fits],
         "per_image_axis_ratio": [f.raw_major / f.raw_minor for f in fits],
+    }
+
+
+PART_MIN_SIDE = 64
+"""Smallest side (LR pixels) of a quadrant in the single-image direction check."""
+
+
+def _image_parts(samples: _Samples, config: KernelEstimationConfig) -> list[CrossScaleSample]:
+    """The parts of a single image that the direction check fits one by one: its tiles when the fit
+    used several, else its quadrants (each at least :data:`PART_MIN_SIDE` per side), informative
+    ones only, with the same noise share subtracted as the whole image's fit."""
+    tiles = samples.per_image[0]
+    if len(tiles) > 1:
+        return tiles
+    y = samples.lumas[0]
+    h, w = y.shape
+    if min(h, w) < 2 * PART_MIN_SIDE:
+        return []
+    quads = [y[r:r + h // 2, c:c + w // 2] for r in (0, h // 2) for c in (0, w // 2)]
+    parts = [CrossScaleSample(q, samples.spec, config.structure_fraction, config.pixel_snr) for q in quads]
+    parts = [part for part in parts if part.informative(config.min_signal_to_noise)]
+    if config.noise_share > 0:
+        sigma = _subtracted_sigma(samples.noise, config.noise_share)
+        parts = [part.subtracting(sigma) for part in parts]
+    return parts
+
+
+def _per_part_directions(samples: _Samples, config: KernelEstimationConfig) -> dict[str, Any]:
+    """Single-image mode: the image's tiles (or quadrants) fitted one by one, their directions and
+    agreement (``direction_check: "parts"``); nothing when fewer than two parts carry structure."""
+    parts = _image_parts(samples, config)
+    if len(parts) < 2:
+        return {}
+    fits = [_fit_covariance([[part]], config) for part in parts]
+    return {
+        "direction_check": "parts",
+        "direction_agreement": direction_agreement([(f.raw_major, f.raw_minor, f.theta) for f in fits]),
+        "per_part_theta_deg": [math.degrees(f.theta) for f in fits],
+        "per_part_axis_ratio": [f.raw_major / f.raw_minor for f in fits],
     }
 
 

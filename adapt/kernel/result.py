@@ -12,7 +12,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from adassr.adapt.degradation import bicubic_kernel, gaussian_kernel
-from adassr.adapt.kernel.agreement import DIRECTION_AGREEMENT_WARN, MIN_WARN_AXIS_RATIO
+from adassr.adapt.kernel.agreement import MIN_WARN_AXIS_RATIO, warn_threshold
 from adassr.runtime.errors import ConfigError
 
 __all__ = ["KernelEstimate", "bicubic_kernel_estimate", "METHOD_BICUBIC", "METHOD_CROSS_SCALE",
@@ -69,9 +69,9 @@ class KernelEstimate:
 
     @property
     def direction_agreement(self) -> float | None:
-        """How well the group's images agree on the blur direction (see
-        :mod:`adassr.adapt.kernel.agreement`); None when it was not measured (one image, the fixed
-        Gaussian, a fixed kernel, or ``direction_check=False``)."""
+        """How well the group's images (one image: its tiles or quadrants) agree on the blur direction
+        (see :mod:`adassr.adapt.kernel.agreement`); None when it was not measured (an image with fewer
+        than two structured parts, the fixed Gaussian, a fixed kernel, or ``direction_check=False``)."""
         value = self.diagnostics.get("direction_agreement")
         return None if value is None else float(value)
 
@@ -91,15 +91,19 @@ class KernelEstimate:
         return f"{text} ({', '.join(details)})"
 
     def direction_warning(self) -> str | None:
-        """A message when the kernel is elongated but the images disagree on its direction (None otherwise)."""
+        """A message when the kernel is elongated but the images (one image: its parts) disagree on its
+        direction (None otherwise)."""
         agreement = self.direction_agreement
-        if (agreement is None or agreement >= DIRECTION_AGREEMENT_WARN
-                or self.sigma_x < MIN_WARN_AXIS_RATIO * self.sigma_y):
+        parts = self.diagnostics.get("direction_check") == "parts"
+        threshold = warn_threshold("parts" if parts else "images")
+        if agreement is None or agreement >= threshold or self.sigma_x < MIN_WARN_AXIS_RATIO * self.sigma_y:
             return None
-        return (f"the blur kernel's direction ({self.theta_deg:.0f} deg) is uncertain: the images, fitted one by "
-                f"one, agree on it only {agreement:.2f} (1 = all alike, warned below {DIRECTION_AGREEMENT_WARN:g}); "
-                "heavy JPEG and photos dominated by one edge direction cause this. More images of varied "
-                "content, or less compressed ones, make it reliable")
+        fitted = "the parts of the image, fitted one by one," if parts else "the images, fitted one by one,"
+        remedy = ("More images of the camera, of varied content, or less compressed ones, make it reliable"
+                  if parts else "More images of varied content, or less compressed ones, make it reliable")
+        return (f"the blur kernel's direction ({self.theta_deg:.0f} deg) is uncertain: {fitted} agree on it only "
+                f"{agreement:.2f} (1 = all alike, warned below {threshold:g}); heavy JPEG and photos dominated "
+                f"by one edge direction cause this. {remedy}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the manifest (angle in degrees, kernel as a 2-D list)."""

@@ -50,7 +50,11 @@ def test_adapt_end_to_end_writes_artifacts(camera_dir: Path, tmp_path: Path, cap
 
     summary = kernel_summary(manifest["kernel"])
     assert summary is not None and summary["method"] == manifest["kernel"]["method"]
-    assert summary["sigma_x"] == manifest["kernel"]["sigma_x"] and summary["direction_agreement"] is None  # 1 image
+    assert summary["sigma_x"] == manifest["kernel"]["sigma_x"]
+    # one image: its tiles were compared instead of images
+    assert manifest["kernel"]["diagnostics"]["direction_check"] == "parts"
+    assert summary["direction_agreement"] == manifest["kernel"]["diagnostics"]["direction_agreement"]
+    assert 0.0 <= summary["direction_agreement"] <= 1.0
     assert manifest["steps"] == 2 and manifest["seed"] == 1
     timing = manifest["timing"]  # --eval-every 1: every step starts a period; the backbone is evaluated too
     assert (timing["plain_steps"], timing["period_first_steps"], timing["evaluations"]) == (0, 2, 3)

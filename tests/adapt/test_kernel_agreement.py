@@ -1,5 +1,6 @@
-"""How well a group's images agree on the blur direction (adassr.adapt.kernel.agreement) and how the
-estimate reports it: the diagnostic, the one-line description and the warning."""
+"""How well a group's images (one image: its tiles or quadrants) agree on the blur direction
+(adassr.adapt.kernel.agreement) and how the estimate reports it: the diagnostic, the one-line
+description and the warning."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import pytest
 
 from adassr.adapt.degradation import blur_downsample, gaussian_kernel
 from adassr.adapt.kernel import METHOD_CROSS_SCALE, KernelEstimate, KernelEstimationConfig, estimate_kernel
-from adassr.adapt.kernel.agreement import DIRECTION_AGREEMENT_WARN, direction_agreement
+from adassr.adapt.kernel.agreement import (
+    DIRECTION_AGREEMENT_WARN,
+    DIRECTION_AGREEMENT_WARN_PARTS,
+    direction_agreement,
+)
 from adassr.runtime.errors import ConfigError
 
 SCALE = 4
@@ -81,15 +86,49 @@ def test_the_check_does_not_change_the_estimate_and_can_be_turned_off(photos):
     assert (on.sigma_x, on.sigma_y, on.theta) == (off.sigma_x, off.sigma_y, off.theta)
     assert on.direction_agreement is not None and off.direction_agreement is None
     assert "per_image_theta_deg" not in off.diagnostics
-    single = estimate_kernel(lrs[:1], scale=SCALE)
-    assert single.direction_agreement is None  # one image: nothing to agree with
+    small = estimate_kernel([lrs[1][:100, :100]], scale=SCALE)
+    assert small.direction_agreement is None  # one image too small for quadrants: nothing to compare
     # The manifest form keeps it.
     back = KernelEstimate.from_dict(json.loads(json.dumps(on.to_dict())))
     assert back.direction_agreement == pytest.approx(on.direction_agreement)
 
 
-def _estimate(sx: float, sy: float, theta_deg: float, agreement: float | None) -> KernelEstimate:
-    diagnostics = {} if agreement is None else {"direction_agreement": agreement}
+def _mosaic(photos: list[np.ndarray], kernels: list[tuple[float, float, float]], side: int = 256) -> np.ndarray:
+    """One LR image of four quadrants: a 256-px HR crop of each of four photos, each blurred with its
+    kernel and downsampled (quadrant i: photo i, kernel i; row by row)."""
+    q = [_lr(photo[:side, :side], k) for photo, k in zip(photos[:4], kernels, strict=True)]
+    return np.concatenate([np.concatenate(q[:2], axis=1), np.concatenate(q[2:], axis=1)], axis=0)
+
+
+@pytest.mark.parametrize("k", [(3.2, 1.6, 120.0), (2.4, 1.2, 0.0)])
+def test_one_image_compares_its_quadrants(photos, k):
+    turned = (k[0], k[1], k[2] + 90.0)
+    shared = estimate_kernel([_mosaic(photos, [k] * 4)], scale=SCALE)
+    assert shared.diagnostics["mode"] == "single" and shared.diagnostics["direction_check"] == "parts"
+    assert len(shared.diagnostics["per_part_theta_deg"]) == len(shared.diagnostics["per_part_axis_ratio"]) == 4
+    # Two quadrants blurred across the others: the parts cancel, and the agreement says so.
+    mixed = estimate_kernel([_mosaic(photos, [k, turned, turned, k])], scale=SCALE)
+    assert shared.direction_agreement is not None and mixed.direction_agreement is not None
+    assert shared.direction_agreement >= 0.85 and mixed.direction_agreement < 0.5, (
+        shared.diagnostics["per_part_theta_deg"], mixed.diagnostics["per_part_theta_deg"])
+    off = estimate_kernel([_mosaic(photos, [k] * 4)], scale=SCALE, config=KernelEstimationConfig(direction_check=False))
+    assert (off.sigma_x, off.sigma_y, off.theta) == (shared.sigma_x, shared.sigma_y, shared.theta)
+    assert off.direction_agreement is None and "per_part_theta_deg" not in off.diagnostics
+
+
+def test_one_image_of_several_tiles_compares_its_tiles(photos):
+    config = KernelEstimationConfig(tile=48, max_tiles_per_image=4)  # the 128-px mosaic fits in 4 tiles of 48
+    est = estimate_kernel([_mosaic(photos, [(2.4, 1.2, 30.0)] * 4)], scale=SCALE, config=config)
+    assert est.diagnostics["direction_check"] == "parts" and est.diagnostics["n_tiles"] == 4
+    assert len(est.diagnostics["per_part_theta_deg"]) == 4
+    assert 0.0 <= est.direction_agreement <= 1.0
+
+
+def _estimate(sx: float, sy: float, theta_deg: float, agreement: float | None,
+              check: str | None = None) -> KernelEstimate:
+    diagnostics: dict[str, object] = {} if agreement is None else {"direction_agreement": agreement}
+    if check is not None:
+        diagnostics["direction_check"] = check
     return KernelEstimate(sx, sy, math.radians(theta_deg), SCALE,
                           gaussian_kernel(sx, sy, math.radians(theta_deg), scale=SCALE),
                           METHOD_CROSS_SCALE, 0.8, diagnostics)
@@ -101,6 +140,12 @@ def test_warning_only_for_an_elongated_kernel_whose_direction_the_images_dispute
     assert _estimate(2.4, 1.2, 30.0, 0.9).direction_warning() is None  # they agree
     assert _estimate(1.7, 1.6, 30.0, 0.1).direction_warning() is None  # nearly round: no angle to trust
     assert _estimate(2.4, 1.2, 30.0, None).direction_warning() is None  # not measured
+    # One image's parts agree more easily than separate photos: they are warned below a higher bar.
+    parts = _estimate(2.4, 1.2, 30.0, 0.8, "parts").direction_warning()
+    assert parts is not None and "parts of the image" in parts and f"{DIRECTION_AGREEMENT_WARN_PARTS:g}" in parts
+    assert _estimate(2.4, 1.2, 30.0, 0.8, "images").direction_warning() is None
+    assert _estimate(2.4, 1.2, 30.0, 0.8).direction_warning() is None  # a record from before the parts check
+    assert _estimate(2.4, 1.2, 30.0, 0.9, "parts").direction_warning() is None
 
 
 def test_describe_names_axes_angle_method_and_agreement():
