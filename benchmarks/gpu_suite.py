@@ -18,10 +18,13 @@ one that fails, times out or lacks a library is recorded as such and the next on
                  really uses it. Each row: p50/p95/p99, output MP/s, effective TFLOP/s and the
                  fraction of the compute bound (export/gpu_bench.py).
 ``niqe``         CUDA NIQE (adapt/quality/niqe_torch.py) vs numpy NIQE on photo crops: values and times.
-``adapt_speed``  benchmarks/adaptation_speed.py on the GPU: s/step, tail vs all, fp32/bf16/fp16.
-``attention``    the GPU tests and benchmarks/attention_kernel.py (the H100 target case).
-``adapt_full``   benchmarks/adaptation_quality.py on the GPU: one adaptation at the paper's budget
-                 on the synthetic camera, NIQE / LPIPS / PSNR vs the backbone.
+``adapt_speed``  benchmarks/adaptation_speed.py on the GPU: s/step, tail vs all, fp32/bf16/fp16 at the
+                 paper's 32-px LR patch; then all layers in fp32 and bf16 at a 64-px patch.
+``attention``    the GPU tests (in parallel pytest processes) and benchmarks/attention_kernel.py (the
+                 H100 target case).
+``adapt_full``   benchmarks/adaptation_quality.py on the GPU: one adaptation with the paper's settings
+                 (its 1500 steps capped at 600) on the canon-bicubic group, NIQE / LPIPS / PSNR vs
+                 the backbone.
 
 Results: ``<out>/gpu_check.json`` (rewritten after every section) and ``<out>/gpu_check.md``; the
 scripts called write their own files into ``<out>`` too. ``--cpu-smoke`` runs the same sections on

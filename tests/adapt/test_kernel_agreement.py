@@ -116,6 +116,19 @@ def test_one_image_compares_its_quadrants(photos, k):
     assert off.direction_agreement is None and "per_part_theta_deg" not in off.diagnostics
 
 
+def test_flat_quadrants_are_left_out_of_the_one_image_check(photos):
+    image = _mosaic(photos, [(2.4, 1.2, 30.0)] * 4)
+    h, w = image.shape[0] // 2, image.shape[1] // 2
+    two_flat = image.copy()
+    two_flat[h:] = 0.5  # the bottom quadrants carry no structure: two parts are left
+    est = estimate_kernel([two_flat], scale=SCALE)
+    assert est.diagnostics["direction_check"] == "parts" and len(est.diagnostics["per_part_theta_deg"]) == 2
+    three_flat = two_flat.copy()
+    three_flat[:h, w:] = 0.5  # one structured quadrant: nothing to compare it with
+    est = estimate_kernel([three_flat], scale=SCALE)
+    assert est.direction_agreement is None and "per_part_theta_deg" not in est.diagnostics
+
+
 def test_one_image_of_several_tiles_compares_its_tiles(photos):
     config = KernelEstimationConfig(tile=48, max_tiles_per_image=4)  # the 128-px mosaic fits in 4 tiles of 48
     est = estimate_kernel([_mosaic(photos, [(2.4, 1.2, 30.0)] * 4)], scale=SCALE, config=config)
