@@ -66,6 +66,9 @@ def select_gpu(index: int | None) -> None:
 
 TF32_CAPABILITY = (8, 0)
 """CUDA compute capability from which convolutions run on TF32 tensor cores (Ampere and later)."""
+TENSOR_CORE_CAPABILITY = (7, 0)
+"""From here (Volta, Turing) fp16 runs on tensor cores; before it there are none, and some of those
+GPUs (compute capability 6.1) execute fp16 at a small fraction of their fp32 rate."""
 
 
 def choose_cuda_precision(capability: tuple[int, int], *, tf32_convolutions: bool) -> tuple[str, str]:
@@ -77,20 +80,22 @@ def choose_cuda_precision(capability: tuple[int, int], *, tf32_convolutions: boo
     (4 December 2026, ``benchmarks/results/adaptation_speed_gpu.md`` and ``..._p64.md``) a step of
     all layers took 0.158 s in fp32 against 0.212 s in bf16 and 0.218 s in fp16 (4,411 ATen
     operations a step against 2,936), and still 0.170 s against 0.241 s with 64-px LR patches.
-    bf16 on such a GPU when TF32 is switched off; fp16 with a GradScaler on older GPUs (no TF32 and
-    no native bf16; their fp16 tensor cores are the fast path).
+    bf16 on such a GPU when TF32 is switched off. On Volta and Turing (7.x: no TF32, no native
+    bf16) fp16 with a GradScaler, whose tensor cores are the fast path there; before them (no tensor
+    cores) fp32. Only the H200 was measured; the other rows follow from the hardware.
     """
+    cc = f"compute capability {capability[0]}.{capability[1]}"
     if tuple(capability) >= TF32_CAPABILITY:
         if tf32_convolutions:
-            return "fp32", (f"compute capability {capability[0]}.{capability[1]}: TF32 convolutions, measured "
-                            "faster than bf16 autocast at the adaptation's batch")
+            return "fp32", f"{cc}: TF32 convolutions, measured faster than bf16 autocast at the adaptation's batch"
         return "bf16", "TF32 is switched off (torch.backends.cudnn.allow_tf32 = False): bf16 autocast"
-    return "fp16", (f"compute capability {capability[0]}.{capability[1]} has no TF32 or native bf16: fp16 "
-                    "autocast with a GradScaler")
+    if tuple(capability) >= TENSOR_CORE_CAPABILITY:
+        return "fp16", f"{cc} has fp16 tensor cores but no TF32 or native bf16: fp16 autocast with a GradScaler"
+    return "fp32", f"{cc} has no tensor cores: fp32"
 
 
 def resolve_precision(requested: str, device: torch.device) -> Precision:
-    """auto: on CUDA :func:`choose_cuda_precision` (fp32 with TF32 on Ampere and later, else fp16);
+    """auto: on CUDA :func:`choose_cuda_precision` (fp32 with TF32 on Ampere and later, fp16 on 7.x);
     on CPU bf16 only where it is native and measured faster
     (:func:`adassr.adapt.cpu_setup.choose_cpu_precision`), else fp32."""
     kind = device.type

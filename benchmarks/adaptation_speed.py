@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     from adassr.runtime.images import read_image, to_float32
 
     device = resolve_device(args.device)
+    available = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    precisions = available if args.precisions is None else [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or any(p not in available for p in precisions):
+        parser.error(f"--precisions takes {', '.join(available)} on {device.type}, got {args.precisions!r}")
     base = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
     if args.lr_patch is not None:
         base = replace(base, lr_patch=args.lr_patch)
@@ -122,10 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     entry = backbone.entry
     perceptual = load_lpips("vgg", device=device) if lpips_weights_present("vgg") else None
     crops = evaluation_crops([image], base.eval_crop, 1)
-    available = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
-    precisions = available if args.precisions is None else [p.strip() for p in args.precisions.split(",") if p.strip()]
-    if not precisions or any(p not in available for p in precisions):
-        parser.error(f"--precisions takes {', '.join(available)} on {device.type}, got {args.precisions!r}")
     rows = []
     for trainable in modes:
         for name in precisions:

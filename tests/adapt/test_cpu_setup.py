@@ -211,6 +211,7 @@ def test_start_thread_governor_only_for_automatic_threads(monkeypatch: pytest.Mo
     ((8, 6), False, "bf16"),  # TF32 switched off by the user: native bf16 autocast
     ((7, 5), True, "fp16"),  # Turing: no TF32, no native bf16
     ((7, 0), False, "fp16"),  # Volta
+    ((6, 1), True, "fp32"),  # Pascal: no tensor cores, fp16 at a fraction of the fp32 rate
 ])
 def test_cuda_auto_precision_follows_tf32_and_bf16_support(capability: tuple[int, int], tf32: bool,
                                                            expected: str) -> None:
