@@ -87,8 +87,10 @@ _KERNEL_NUMBERS = ("sigma_x", "sigma_y", "theta_deg", "confidence")
 def kernel_summary(entry: object) -> dict[str, Any] | None:
     """The blur kernel the camera's model was adapted with, from the manifest's ``kernel`` entry:
     ``method``, ``sigma_x``, ``sigma_y`` (HR px), ``theta_deg``, ``confidence`` and
-    ``direction_agreement`` (None where absent or not a number). None when there is no entry (a
-    model exported without adaptation) or it is not a mapping."""
+    ``direction_agreement`` (None where absent or not a number) with ``direction_check``, what it
+    compared: ``"images"`` (a group's photos), ``"parts"`` (one photo's tiles or quadrants, warned
+    below a higher bar) or None (not measured, or a manifest from before the single-image check).
+    None when there is no entry (a model exported without adaptation) or it is not a mapping."""
     if not isinstance(entry, Mapping):
         return None
     diagnostics = entry.get("diagnostics")
@@ -97,6 +99,8 @@ def kernel_summary(entry: object) -> dict[str, Any] | None:
     out.update({name: _finite(entry.get(name)) for name in _KERNEL_NUMBERS})
     agreement = diagnostics.get("direction_agreement") if isinstance(diagnostics, Mapping) else None
     out["direction_agreement"] = _finite(agreement)
+    check = diagnostics.get("direction_check") if isinstance(diagnostics, Mapping) else None
+    out["direction_check"] = check if check in ("images", "parts") and out["direction_agreement"] is not None else None
     return out
 
 
