@@ -94,8 +94,8 @@ class KernelEstimate:
         """A message when the kernel is elongated but the images (one image: its parts) disagree on its
         direction (None otherwise)."""
         agreement = self.direction_agreement
-        parts = self.diagnostics.get("direction_check") == "parts"
-        threshold = warn_threshold("parts" if parts else "images")
+        check = self.diagnostics.get("direction_check")
+        threshold, parts = warn_threshold(check), check == "parts"
         if agreement is None or agreement >= threshold or self.sigma_x < MIN_WARN_AXIS_RATIO * self.sigma_y:
             return None
         fitted = "the parts of the image, fitted one by one," if parts else "the images, fitted one by one,"
