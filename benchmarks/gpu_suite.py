@@ -1,6 +1,7 @@
 """Every GPU measurement of the project in one run, each section isolated in its own process.
 
-    PYTHONPATH=. python benchmarks/gpu_suite.py [--out DIR] [--budget-s 560] [--only a,b] [--cpu-smoke]
+    PYTHONPATH=. python benchmarks/gpu_suite.py [--out DIR] [--budget-s 560] [--only a,b] [--full-groups g,h]
+                                                [--cpu-smoke]
 
 Sections, in order (each gets at most its own time limit and what is left of ``--budget-s``;
 one that fails, times out or lacks a library is recorded as such and the next one runs):
@@ -23,8 +24,9 @@ one that fails, times out or lacks a library is recorded as such and the next on
 ``attention``    the GPU tests (in parallel pytest processes) and benchmarks/attention_kernel.py (the
                  H100 target case).
 ``adapt_full``   benchmarks/adaptation_quality.py on the GPU: one adaptation with the paper's settings
-                 (its 1500 steps capped at 600) on the canon-bicubic group, NIQE / LPIPS / PSNR vs
-                 the backbone.
+                 (its 1500 steps capped at 600) on the canon-bicubic group (``--full-groups``: others,
+                 in one process; the section's limit grows by ``ADAPT_FULL_EXTRA_GROUP_S`` a group),
+                 NIQE / LPIPS / PSNR vs the backbone, at the product's default precision.
 
 Results: ``<out>/gpu_check.json`` (rewritten after every section) and ``<out>/gpu_check.md``; the
 scripts called write their own files into ``<out>`` too. ``--cpu-smoke`` runs the same sections on
@@ -488,11 +490,28 @@ ADAPT_FULL_STEPS = 600
 the fuji-aniso run at step 300, still applies within the cap."""
 
 
+ADAPT_FULL_EXTRA_GROUP_S = 170
+"""Seconds added to ``adapt_full``'s limit for each group after the first: on the H200 one group took
+about 60 s of setup and baseline, shared by the groups of one process, and 97-115 s of adaptation."""
+
+DEFAULT_FULL_GROUPS = ("canon-bicubic",)
+_FULL_GROUPS: tuple[str, ...] = DEFAULT_FULL_GROUPS  # set by --full-groups
+
+
+def adapt_full_limit_s(groups: int) -> float:
+    """``adapt_full``'s own time limit for ``groups`` synthetic groups (at least one)."""
+    if groups < 1:
+        raise ValueError(f"adapt_full needs at least one group, got {groups}")
+    return float(SECTION_LIMITS_S["adapt_full"] + ADAPT_FULL_EXTRA_GROUP_S * (groups - 1))
+
+
 def section_adapt_full(out: Path, smoke: bool) -> dict[str, Any]:
     args = ["benchmarks/adaptation_quality.py", "--help"] if smoke else [
-        "benchmarks/adaptation_quality.py", "--device", "cuda", "--groups", "canon-bicubic", "--seeds", "1",
+        "benchmarks/adaptation_quality.py", "--device", "cuda", "--groups", ",".join(_FULL_GROUPS), "--seeds", "1",
         "--steps", str(ADAPT_FULL_STEPS), "--out", str(out)]
-    return _run_script(args, SECTION_LIMITS_S["adapt_full"] - 5)
+    result = _run_script(args, adapt_full_limit_s(len(_FULL_GROUPS)) - 5)
+    result["groups"] = list(_FULL_GROUPS)
+    return result
 
 
 SECTIONS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
@@ -568,12 +587,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results"))
     parser.add_argument("--budget-s", type=float, default=560.0, help="total wall-time budget (default 560 s)")
     parser.add_argument("--only", default=",".join(ORDER), help=f"sections to run (default all: {','.join(ORDER)})")
+    parser.add_argument("--full-groups", default=",".join(DEFAULT_FULL_GROUPS),
+                        help="synthetic groups adapt_full adapts, one seed each (default canon-bicubic)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (plumbing check)")
     parser.add_argument("--section", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--limit-s", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind through _run_group, which stops the children
     args.out.mkdir(parents=True, exist_ok=True)
+    global _FULL_GROUPS
+    _FULL_GROUPS = tuple(g.strip() for g in args.full_groups.split(",") if g.strip())
+    if not _FULL_GROUPS:
+        parser.error("--full-groups needs at least one group name")
     if args.section:
         global _DEADLINE
         _DEADLINE = time.monotonic() + args.limit_s if args.limit_s > 0 else 0.0
@@ -588,12 +613,13 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for name in [s for s in ORDER if s in wanted]:
         left = args.budget_s - (time.perf_counter() - start)
-        limit = min(SECTION_LIMITS_S[name], left)
+        own = adapt_full_limit_s(len(_FULL_GROUPS)) if name == "adapt_full" else SECTION_LIMITS_S[name]
+        limit = min(own, left)
         if limit < 10:
             summary["sections"][name] = {"status": "skipped", "reason": f"time budget spent ({left:.0f} s left)"}
             continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--out", str(args.out),
-               "--limit-s", str(limit - 3)]
+               "--limit-s", str(limit - 3), "--full-groups", ",".join(_FULL_GROUPS)]
         if args.cpu_smoke:
             cmd.append("--cpu-smoke")
         section_start = time.perf_counter()

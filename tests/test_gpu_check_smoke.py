@@ -43,6 +43,20 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path: Path) -> None:
     assert sharded["collected"] >= 30 and sharded["counts"] == {"skipped": sharded["collected"]}
 
 
+def test_full_groups_reach_the_adapt_full_section_and_widen_its_limit(tmp_path: Path) -> None:
+    assert gpu_suite.adapt_full_limit_s(1) == gpu_suite.SECTION_LIMITS_S["adapt_full"]
+    assert gpu_suite.adapt_full_limit_s(3) == gpu_suite.adapt_full_limit_s(1) + 2 * gpu_suite.ADAPT_FULL_EXTRA_GROUP_S
+    with pytest.raises(ValueError, match="at least one group"):
+        gpu_suite.adapt_full_limit_s(0)
+    code = gpu_suite.main(["--out", str(tmp_path), "--only", "adapt_full", "--cpu-smoke",
+                           "--full-groups", "fuji-noisy, canon-bicubic"])
+    assert code == 0
+    section = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["adapt_full"]
+    assert section["status"] == "ok" and section["groups"] == ["fuji-noisy", "canon-bicubic"]
+    with pytest.raises(SystemExit):  # argparse: an empty list is refused with a message
+        gpu_suite.main(["--out", str(tmp_path), "--only", "adapt_full", "--full-groups", " , "])
+
+
 def test_parallel_runs_report_each_status_and_stop_at_the_deadline() -> None:
     start = time.perf_counter()
     runs = gpu_suite._run_parallel([["-c", "print('fine')"], ["-c", "raise SystemExit(3)"],
