@@ -684,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
                        "stop_reason": outcome.stop_reason,
                        "kept_backbone": outcome.kept_backbone, "best_step": manifest.get("best_step"),
                        "timing": manifest.get("timing"),
+                       "precision": manifest.get("precision"), "trainable": manifest.get("trainable"),
                        "kernel": {k: v for k, v in manifest["kernel"].items() if k not in ("kernel", "convention")},
                        "niqe_eval_crops": {"before": outcome.niqe_before, "after": outcome.niqe_after},
                        "trace": trace, "load_1min": _load(),
