@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -540,9 +539,7 @@ def test_concurrent_reads_match_serial() -> None:
 
 @pytest.mark.skipif(not FUJI.is_file(), reason=f"{FUJI} not present on this machine")
 def test_large_real_photo(monkeypatch: pytest.MonkeyPatch) -> None:
-    t0 = time.perf_counter()
     img = read_image(FUJI)
-    decode_s = time.perf_counter() - t0
     assert (img.height, img.width, img.channels) == (2736, 3648, 3)
     assert (img.exif_make, img.exif_model) == ("FUJIFILM", "FinePix REAL 3D W3")
     assert img.pixels[::8, ::8].std() > 10  # a real photo, not a flat fill
@@ -550,13 +547,10 @@ def test_large_real_photo(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda *_a, **_k: calls.append("pillow"))
     monkeypatch.setattr(cv2, "imdecode", lambda *_a, **_k: calls.append("opencv"))
-    t0 = time.perf_counter()
     with pytest.raises(ImageError, match="9,980,928 pixels") as err:
         read_image(FUJI, max_pixels=5_000_000)
-    reject_s = time.perf_counter() - t0
     assert "5,000,000" in str(err.value)
-    assert calls == []
-    assert reject_s < decode_s / 3, (reject_s, decode_s)
+    assert calls == []  # refused from the header: neither decoder ran (no timing needed to show it)
 
 
 # ----------------------------------------------------------------------------- writing
