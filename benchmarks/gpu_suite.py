@@ -1,7 +1,7 @@
 """Every GPU measurement of the project in one run, each section isolated in its own process.
 
     PYTHONPATH=. python benchmarks/gpu_suite.py [--out DIR] [--budget-s 560] [--only a,b] [--full-groups g,h]
-                                                [--cpu-smoke]
+                                                [--full-seed N] [--cpu-smoke]
 
 Sections, in order (each gets at most its own time limit and what is left of ``--budget-s``;
 one that fails, times out or lacks a library is recorded as such and the next one runs):
@@ -24,9 +24,10 @@ one that fails, times out or lacks a library is recorded as such and the next on
 ``attention``    the GPU tests (in parallel pytest processes) and benchmarks/attention_kernel.py (the
                  H100 target case).
 ``adapt_full``   benchmarks/adaptation_quality.py on the GPU: one adaptation with the paper's settings
-                 (its 1500 steps capped at 600) on the canon-bicubic group (``--full-groups``: others,
+                 (its 1500 steps capped at 600) on the canon-bicubic group, seed 0 (``--full-groups``: others,
                  in one process; the section's limit grows by ``ADAPT_FULL_EXTRA_GROUP_S`` a group),
-                 NIQE / LPIPS / PSNR vs the backbone, at the product's default precision.
+                 ``--full-seed``: another seed), NIQE / LPIPS / PSNR vs the backbone, at the product's
+                 default precision.
 
 Results: ``<out>/gpu_check.json`` (rewritten after every section) and ``<out>/gpu_check.md``; the
 scripts called write their own files into ``<out>`` too. ``--cpu-smoke`` runs the same sections on
@@ -498,6 +499,7 @@ default) three groups took 453 s: 57-137 s of adaptation each (137 s: 600 steps,
 
 DEFAULT_FULL_GROUPS = ("canon-bicubic",)
 _FULL_GROUPS: tuple[str, ...] = DEFAULT_FULL_GROUPS  # set by --full-groups
+_FULL_SEED = 0  # set by --full-seed
 
 
 def adapt_full_limit_s(groups: int) -> float:
@@ -510,9 +512,10 @@ def adapt_full_limit_s(groups: int) -> float:
 def section_adapt_full(out: Path, smoke: bool) -> dict[str, Any]:
     args = ["benchmarks/adaptation_quality.py", "--help"] if smoke else [
         "benchmarks/adaptation_quality.py", "--device", "cuda", "--groups", ",".join(_FULL_GROUPS), "--seeds", "1",
+        "--first-seed", str(_FULL_SEED),
         "--steps", str(ADAPT_FULL_STEPS), "--out", str(out)]
     result = _run_script(args, adapt_full_limit_s(len(_FULL_GROUPS)) - 5)
-    result["groups"] = list(_FULL_GROUPS)
+    result["groups"], result["seed"] = list(_FULL_GROUPS), _FULL_SEED
     return result
 
 
@@ -591,16 +594,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(ORDER), help=f"sections to run (default all: {','.join(ORDER)})")
     parser.add_argument("--full-groups", default=",".join(DEFAULT_FULL_GROUPS),
                         help="synthetic groups adapt_full adapts, one seed each (default canon-bicubic)")
+    parser.add_argument("--full-seed", type=int, default=0,
+                        help="the seed of adapt_full's adaptations (default 0; e.g. 1 or 2 for more seeds)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (plumbing check)")
     parser.add_argument("--section", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--limit-s", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind through _run_group, which stops the children
     args.out.mkdir(parents=True, exist_ok=True)
-    global _FULL_GROUPS
+    global _FULL_GROUPS, _FULL_SEED
     _FULL_GROUPS = tuple(g.strip() for g in args.full_groups.split(",") if g.strip())
     if not _FULL_GROUPS:
         parser.error("--full-groups needs at least one group name")
+    if args.full_seed < 0:
+        parser.error(f"--full-seed must be >= 0, got {args.full_seed}")
+    _FULL_SEED = args.full_seed
     if args.section:
         global _DEADLINE
         _DEADLINE = time.monotonic() + args.limit_s if args.limit_s > 0 else 0.0
@@ -621,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
             summary["sections"][name] = {"status": "skipped", "reason": f"time budget spent ({left:.0f} s left)"}
             continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--out", str(args.out),
-               "--limit-s", str(limit - 3), "--full-groups", ",".join(_FULL_GROUPS)]
+               "--limit-s", str(limit - 3), "--full-groups", ",".join(_FULL_GROUPS),
+               "--full-seed", str(_FULL_SEED)]
         if args.cpu_smoke:
             cmd.append("--cpu-smoke")
         section_start = time.perf_counter()

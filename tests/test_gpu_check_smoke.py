@@ -49,12 +49,30 @@ def test_full_groups_reach_the_adapt_full_section_and_widen_its_limit(tmp_path: 
     with pytest.raises(ValueError, match="at least one group"):
         gpu_suite.adapt_full_limit_s(0)
     code = gpu_suite.main(["--out", str(tmp_path), "--only", "adapt_full", "--cpu-smoke",
-                           "--full-groups", "fuji-noisy, canon-bicubic"])
+                           "--full-groups", "fuji-noisy, canon-bicubic", "--full-seed", "2"])
     assert code == 0
     section = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["adapt_full"]
     assert section["status"] == "ok" and section["groups"] == ["fuji-noisy", "canon-bicubic"]
-    with pytest.raises(SystemExit):  # argparse: an empty list is refused with a message
-        gpu_suite.main(["--out", str(tmp_path), "--only", "adapt_full", "--full-groups", " , "])
+    assert section["seed"] == 2
+    for bad in (["--full-groups", " , "], ["--full-seed", "-1"]):  # refused by argparse, with a message
+        with pytest.raises(SystemExit):
+            gpu_suite.main(["--out", str(tmp_path), "--only", "adapt_full", *bad])
+
+
+def test_adapt_full_passes_its_groups_and_seed_to_the_quality_benchmark(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[list[str], float]] = []
+    monkeypatch.setattr(gpu_suite, "_run_script", lambda args, limit: calls.append((args, limit)) or {"status": "ok"})
+    monkeypatch.setattr(gpu_suite, "_FULL_GROUPS", ("fuji-aniso", "canon-bicubic"))
+    monkeypatch.setattr(gpu_suite, "_FULL_SEED", 1)
+    result = gpu_suite.section_adapt_full(tmp_path, smoke=False)
+    (args, limit), = calls
+    assert args[0] == "benchmarks/adaptation_quality.py"
+    assert args[args.index("--groups") + 1] == "fuji-aniso,canon-bicubic"
+    assert args[args.index("--first-seed") + 1] == "1" and args[args.index("--seeds") + 1] == "1"
+    assert args[args.index("--device") + 1] == "cuda" and args[args.index("--out") + 1] == str(tmp_path)
+    assert limit == gpu_suite.adapt_full_limit_s(2) - 5
+    assert result["groups"] == ["fuji-aniso", "canon-bicubic"] and result["seed"] == 1
 
 
 def test_parallel_runs_report_each_status_and_stop_at_the_deadline() -> None:
