@@ -24,10 +24,11 @@ one that fails, times out or lacks a library is recorded as such and the next on
 ``attention``    the GPU tests (in parallel pytest processes) and benchmarks/attention_kernel.py (the
                  H100 target case).
 ``adapt_full``   benchmarks/adaptation_quality.py on the GPU: one adaptation with the paper's settings
-                 (its 1500 steps capped at 600) on the canon-bicubic group, seed 0 (``--full-groups``: others,
-                 in one process; the section's limit grows by ``ADAPT_FULL_EXTRA_GROUP_S`` a group),
-                 ``--full-seed``: another seed), NIQE / LPIPS / PSNR vs the backbone, at the product's
-                 default precision.
+                 (its 1500 steps capped at 600) at the product's default precision, on the canon-bicubic
+                 group with seed 0, scored by NIQE / LPIPS / PSNR against the backbone.
+                 ``--full-groups`` adapts other groups, one after another in one process (the
+                 section's limit grows by ``ADAPT_FULL_EXTRA_GROUP_S`` a group); ``--full-seed``
+                 uses another seed.
 
 Results: ``<out>/gpu_check.json`` (rewritten after every section) and ``<out>/gpu_check.md``; the
 scripts called write their own files into ``<out>`` too. ``--cpu-smoke`` runs the same sections on
