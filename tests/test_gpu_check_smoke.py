@@ -43,7 +43,10 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path: Path) -> None:
     assert sharded["collected"] >= 30 and sharded["counts"] == {"skipped": sharded["collected"]}
 
 
-def test_full_groups_reach_the_adapt_full_section_and_widen_its_limit(tmp_path: Path) -> None:
+def test_full_groups_reach_the_adapt_full_section_and_widen_its_limit(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("_FULL_GROUPS", "_FULL_SEED"):  # main() sets them; restored after the test
+        monkeypatch.setattr(gpu_suite, name, getattr(gpu_suite, name))
     assert gpu_suite.adapt_full_limit_s(1) == gpu_suite.SECTION_LIMITS_S["adapt_full"]
     assert gpu_suite.adapt_full_limit_s(3) == gpu_suite.adapt_full_limit_s(1) + 2 * gpu_suite.ADAPT_FULL_EXTRA_GROUP_S
     with pytest.raises(ValueError, match="at least one group"):
