@@ -262,6 +262,12 @@ def unpack(dest: Path, carry: Path = CARRY) -> dict[str, Any]:
 
 NOT_NEEDED_ON_GPU = ("benchmarks/results", "benchmarks/data", "tests/data/calibration")
 """Tracked folders that no section of the GPU check reads (16 MB of the 33 MB tracked in December 2026)."""
+NOT_NEEDED_FOR_TRAJECTORY = ("benchmarks/results", "benchmarks/data/kernel_calibration", "tests/data/calibration",
+                             "samples/large")
+"""The same for the opt-in ``trajectory`` section (``gpu_check.sh --only env,trajectory``): it adapts the
+development groups, whose photos are in benchmarks/data/dev_photos (3.8 MB), and never reads the
+scored groups' 10 MB fujifilm photo in samples/large."""
+TRAVEL_PROFILES = {"check": NOT_NEEDED_ON_GPU, "trajectory": NOT_NEEDED_FOR_TRAJECTORY}
 EXCLUDE_MARK = "# gpu_carry travel-light"
 
 
@@ -341,11 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("unpack")
     u.add_argument("dest", type=Path)
     u.add_argument("--carry", type=Path, default=CARRY)
-    sub.add_parser("travel-light", help="untrack the folders the GPU check does not read, before a device call")
+    t = sub.add_parser("travel-light", help="untrack the folders the GPU check does not read, before a device call")
+    t.add_argument("--for", dest="profile", choices=sorted(TRAVEL_PROFILES), default="check",
+                   help="what the call runs: the GPU check (default) or its trajectory section, which needs "
+                        "the development photos")
     sub.add_parser("travel-restore", help="track them again, after the device call")
     args = parser.parse_args(argv)
     if args.command in ("travel-light", "travel-restore"):
-        changed = (travel_light if args.command == "travel-light" else travel_restore)(ROOT)
+        changed = (travel_light(ROOT, TRAVEL_PROFILES[args.profile]) if args.command == "travel-light"
+                   else travel_restore(ROOT))
         print(f"{args.command}: {', '.join(changed) or 'nothing to do'}; would travel "
               f"{travelling_bytes(ROOT, CARRY) / 2**20:.1f} MiB with {CARRY.name}/ (the device tool's limit: 64 MiB)")
         return 0

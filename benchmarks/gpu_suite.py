@@ -29,6 +29,10 @@ one that fails, times out or lacks a library is recorded as such and the next on
                  ``--full-groups`` adapts other groups, one after another in one process (the
                  section's limit grows by ``ADAPT_FULL_EXTRA_GROUP_S`` a group); ``--full-seed``
                  uses another seed.
+``trajectory``   (opt-in: ``--only env,trajectory``, a device call of its own, with
+                 ``gpu_carry.py travel-light --for trajectory``) benchmarks/weight_selection.py with the
+                 GPU defaults on the three realistic-size development groups, 600 steps without the
+                 early stop: LPIPS / PSNR against the ground truth and NIQE at every evaluation.
 
 Results: ``<out>/gpu_check.json`` (rewritten after every section) and ``<out>/gpu_check.md``; the
 scripts called write their own files into ``<out>`` too. ``--cpu-smoke`` runs the same sections on
@@ -57,13 +61,16 @@ ROOT = Path(__file__).resolve().parents[1]
 FRAME = (270, 480)  # LR height, width: 1920x1080 output at x4
 
 SECTION_LIMITS_S = {"env": 20, "gpu_tests": 60, "latency": 90, "niqe": 25, "adapt_speed": 130, "attention": 200,
-                    "adapt_full": 270}
+                    "adapt_full": 270, "trajectory": 530}
 """Seconds each section may take; each also gets no more than what is left of ``--budget-s``. On the H200
 (4 December 2026, run 3) env, gpu_tests, latency and niqe took 12, 9, 19 and 7 s, adapt_speed (both
 patch sizes) 77 s, attention 148 s (the 37 tests in 8 processes 69 s, the benchmark 80 s) and
 adapt_full 156 s (a baseline of about a minute, then 300 steps): 432 s in all. Run 4 (``--only
 env,niqe,adapt_full`` with three ``--full-groups``): 14, 7 and 453 s."""
 ORDER = tuple(SECTION_LIMITS_S)
+OPT_IN = ("trajectory",)
+"""Sections that run only when ``--only`` names them (each fills a device call on its own)."""
+DEFAULT_SECTIONS = tuple(s for s in ORDER if s not in OPT_IN)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -520,9 +527,31 @@ def section_adapt_full(out: Path, smoke: bool) -> dict[str, Any]:
     return result
 
 
+TRAJECTORY_GROUPS = ("dev-big-aniso", "dev-big-noisy", "dev-big-mild")
+"""The realistic-size development groups (benchmarks/data/dev_photos), which nothing scores: the
+GPU defaults' trajectory is judged on photos the scored groups do not use."""
+TRAJECTORY_STEPS = 600
+
+
+def section_trajectory(out: Path, smoke: bool) -> dict[str, Any]:
+    """benchmarks/weight_selection.py with the GPU defaults (all layers, the paper's settings, no early
+    stop): every evaluation's EMA weights scored against the ground truth, so the step at which
+    LPIPS is best, and what the NIQE early stop would keep, can be read off (the CPU schedule's
+    100 steps came from the same measurement on the CPU). It rewrites its results after every
+    run, so a cut-off keeps the groups done."""
+    args = ["benchmarks/weight_selection.py", "--help"] if smoke else [
+        "benchmarks/weight_selection.py", "--device", "cuda", "--groups", ",".join(TRAJECTORY_GROUPS),
+        "--seeds", "1", "--first-seed", str(_FULL_SEED), "--steps", str(TRAJECTORY_STEPS),
+        "--tag", f"gpu-dev-big-s{_FULL_SEED}", "--out", str(out)]
+    result = _run_script(args, SECTION_LIMITS_S["trajectory"] - 5)
+    result["groups"], result["seed"] = list(TRAJECTORY_GROUPS), _FULL_SEED
+    return result
+
+
 SECTIONS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "env": section_env, "gpu_tests": section_gpu_tests, "latency": section_latency, "niqe": section_niqe,
     "adapt_speed": section_adapt_speed, "attention": section_attention, "adapt_full": section_adapt_full,
+    "trajectory": section_trajectory,
 }
 
 
@@ -592,11 +621,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results"))
     parser.add_argument("--budget-s", type=float, default=560.0, help="total wall-time budget (default 560 s)")
-    parser.add_argument("--only", default=",".join(ORDER), help=f"sections to run (default all: {','.join(ORDER)})")
+    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                        help=f"sections to run (default: {','.join(DEFAULT_SECTIONS)}; opt-in: {','.join(OPT_IN)})")
     parser.add_argument("--full-groups", default=",".join(DEFAULT_FULL_GROUPS),
                         help="synthetic groups adapt_full adapts, one seed each (default canon-bicubic)")
     parser.add_argument("--full-seed", type=int, default=0,
-                        help="the seed of adapt_full's adaptations (default 0; e.g. 1 or 2 for more seeds)")
+                        help="the seed of adapt_full's and trajectory's adaptations (default 0)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (plumbing check)")
     parser.add_argument("--section", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--limit-s", type=float, default=0.0, help=argparse.SUPPRESS)

@@ -30,6 +30,8 @@ compared on the development groups (``dev-noisy``, ``dev-clean`` and the realist
 
     python benchmarks/weight_selection.py --groups dev-noisy,dev-clean [--seeds 2] [--steps 500]
     python benchmarks/weight_selection.py --groups dev-big-aniso,dev-big-noisy,dev-big-mild --steps 300
+    python benchmarks/weight_selection.py --device cuda --groups dev-big-aniso,dev-big-noisy,dev-big-mild \
+        --steps 600 --tag gpu-dev-big      # the GPU defaults' trajectory (all layers, the paper's settings)
 
 Results: ``benchmarks/results/weight_selection_<tag>.{json,md}``, rewritten after every run.
 ``--plot A.json B.json`` draws LPIPS and NIQE against steps of every run of those files into
@@ -69,31 +71,34 @@ class SnapshotScorer:
     """Scores EMA weight snapshots of one group: ground truth and no-reference candidates.
 
     In tail mode the frozen front of every input (the LR images and their re-degraded versions)
-    is computed once; a snapshot then only runs the tail.
+    is computed once; a snapshot then only runs the tail. The network runs on ``device`` (the
+    backbone is moved there); LPIPS and every other score are computed on the CPU.
     """
 
     def __init__(self, backbone: torch.nn.Module, lrs: dict[str, np.ndarray], hrs: dict[str, np.ndarray],
-                 kernel: np.ndarray, lpips_model: Any, tail_blocks: int) -> None:
+                 kernel: np.ndarray, lpips_model: Any, tail_blocks: int,
+                 device: torch.device | str = "cpu") -> None:
         from adassr.adapt.degradation import blur_downsample
 
-        self.model = backbone
+        self.device = torch.device(device)
+        self.model = backbone.to(self.device)
         self.names = sorted(lrs)
         self.lrs, self.hrs, self.kernel, self.lpips = lrs, hrs, kernel, lpips_model
         self.tail_from = len(backbone.body) - tail_blocks
         self.tail_names = {n for n, _ in backbone.tail_parameters(self.tail_from)}
         self.inner = {n: blur_downsample(lrs[n], kernel, aq.SCALE) for n in self.names}
         with torch.inference_mode():
-            self.fronts = {(n, kind): backbone.run_front(_tensor(img), self.tail_from)
+            self.fronts = {(n, kind): backbone.run_front(_tensor(img).to(self.device), self.tail_from)
                            for n in self.names for kind, img in (("lr", lrs[n]), ("inner", self.inner[n]))}
 
     def _sr(self, name: str, kind: str, full: bool) -> np.ndarray:
         with torch.inference_mode():
             if full:
-                out = self.model(_tensor(self.lrs[name] if kind == "lr" else self.inner[name]))
+                out = self.model(_tensor(self.lrs[name] if kind == "lr" else self.inner[name]).to(self.device))
             else:
                 feat, h = self.fronts[(name, kind)]
                 out = self.model.run_tail(feat, h, self.tail_from)
-        return out.clamp(0, 1)[0].permute(1, 2, 0).numpy()
+        return out.clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
 
     def __call__(self, weights: dict[str, torch.Tensor]) -> dict[str, float]:
         from adassr.adapt.degradation import blur_downsample
@@ -342,6 +347,9 @@ def weight_drift(weights: dict[str, torch.Tensor], start: dict[str, torch.Tensor
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", default="dev-noisy,dev-clean", help="comma-separated group names")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (the product's CPU defaults) or cuda (its GPU defaults: the paper's settings, "
+                             "all layers); the early stop and the CPU time budget are off on both")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=500,
@@ -368,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out / 'weight_selection_trajectories.png'}")
         return 0
 
-    from adassr.adapt.config import cpu_demo_defaults
+    from adassr.adapt.config import cpu_demo_defaults, gpu_defaults
+    from adassr.adapt.precision import resolve_device
     from adassr.adapt.quality.lpips import load_lpips
     from adassr.adapt.weights import load_backbone
 
@@ -379,10 +388,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown group(s) {unknown}; choose from {list(specs)}")
     if args.seeds < 1 or args.first_seed < 0:
         parser.error("--seeds must be >= 1 and --first-seed >= 0")
-    config = replace(cpu_demo_defaults(), early_stop=False, time_budget=None)
-    config = config.with_overrides(steps=args.steps, prox_mu=args.prox_mu, lambda_perceptual=args.lambda_perceptual)
+    from adassr.runtime.errors import ConfigError
+
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    defaults = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
+    config = replace(defaults, early_stop=False, time_budget=None)
+    config = config.with_overrides(steps=args.steps, prox_mu=args.prox_mu, lambda_perceptual=args.lambda_perceptual,
+                                   device=device.type)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    device = torch.device("cpu")
     stem = f"weight_selection_{args.tag}"
     result: dict[str, Any] = {"machine": aq._machine(device), "commit": aq._commit(), "seeds": seeds,
                               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "config": config.to_dict(),
@@ -402,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                 kernel = np.asarray(manifest["kernel"]["kernel"], dtype=np.float64)
                 start = time.perf_counter()
                 scorer = SnapshotScorer(load_backbone(device="cpu").model.eval(), lrs, hrs, kernel, lpips_model,
-                                        config.tail_blocks)
+                                        config.tail_blocks, device=device)
                 start_weights = snapshots[0][2]
                 trajectory = [{"step": step, "niqe": niqe, "drift": weight_drift(weights, start_weights),
                                **scorer(weights)} for step, niqe, weights in snapshots]

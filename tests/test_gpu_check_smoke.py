@@ -78,6 +78,27 @@ def test_adapt_full_passes_its_groups_and_seed_to_the_quality_benchmark(tmp_path
     assert result["groups"] == ["fuji-aniso", "canon-bicubic"] and result["seed"] == 1
 
 
+def test_trajectory_is_opt_in_and_runs_the_weight_selection_benchmark_on_the_gpu(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "trajectory" in gpu_suite.OPT_IN and "trajectory" not in gpu_suite.DEFAULT_SECTIONS
+    calls: list[tuple[list[str], float]] = []
+    monkeypatch.setattr(gpu_suite, "_run_script", lambda args, limit: calls.append((args, limit)) or {"status": "ok"})
+    monkeypatch.setattr(gpu_suite, "_FULL_SEED", 2)
+    result = gpu_suite.section_trajectory(tmp_path, smoke=False)
+    (args, limit), = calls
+    assert args[0] == "benchmarks/weight_selection.py" and args[args.index("--device") + 1] == "cuda"
+    assert args[args.index("--groups") + 1] == ",".join(gpu_suite.TRAJECTORY_GROUPS)
+    assert args[args.index("--first-seed") + 1] == "2" and args[args.index("--tag") + 1] == "gpu-dev-big-s2"
+    assert args[args.index("--steps") + 1] == str(gpu_suite.TRAJECTORY_STEPS)
+    assert limit == gpu_suite.SECTION_LIMITS_S["trajectory"] - 5 and result["seed"] == 2
+    monkeypatch.undo()
+    for name in ("_FULL_GROUPS", "_FULL_SEED"):
+        monkeypatch.setattr(gpu_suite, name, getattr(gpu_suite, name))
+    assert gpu_suite.main(["--out", str(tmp_path), "--only", "trajectory", "--cpu-smoke"]) == 0
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert list(summary["sections"]) == ["trajectory"] and summary["sections"]["trajectory"]["status"] == "ok"
+
+
 def test_parallel_runs_report_each_status_and_stop_at_the_deadline() -> None:
     start = time.perf_counter()
     runs = gpu_suite._run_parallel([["-c", "print('fine')"], ["-c", "raise SystemExit(3)"],
@@ -190,6 +211,24 @@ def test_travel_light_untracks_and_restore_tracks_again(tmp_path: Path) -> None:
     git("add", "code.py")
     with pytest.raises(SystemExit, match="staged changes"):
         gpu_carry.travel_light(tmp_path, ("benchmarks/results",))
+
+
+def test_travel_profiles_keep_what_their_sections_read() -> None:
+    check, trajectory = gpu_carry.TRAVEL_PROFILES["check"], gpu_carry.TRAVEL_PROFILES["trajectory"]
+    assert check == gpu_carry.NOT_NEEDED_ON_GPU
+    root = Path(__file__).resolve().parents[1]
+    for folder in check + trajectory:  # each names a tracked folder of this repository
+        assert (root / folder).is_dir(), folder
+    # the trajectory section adapts the development groups (benchmarks/data/dev_photos) and not the
+    # scored groups (the fujifilm photo); the check needs the fujifilm photo, not the development ones
+    assert not any("benchmarks/data/dev_photos".startswith(f) for f in trajectory)
+    assert "samples/large" in trajectory and not any("samples/large".startswith(f) for f in check)
+    sys.path.insert(0, str(root / "benchmarks"))
+    import adaptation_quality as aq
+
+    dev = {g.name: g for g in aq.DEV_GROUPS}
+    for name in gpu_suite.TRAJECTORY_GROUPS:
+        assert all(source.startswith("photo:") for source, *_ in dev[name].sources), name
 
 
 def test_bundle_mode_packs_the_results_also_when_stopped(tmp_path: Path) -> None:

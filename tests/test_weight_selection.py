@@ -144,3 +144,50 @@ def test_results_name_the_commit_and_say_when_the_tree_was_modified(ws) -> None:
         dirty = subprocess.run(["git", "-C", str(BENCHMARKS.parent), "status", "--porcelain",
                                 "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
         assert commit.endswith("+uncommitted changes") == bool(dirty)
+
+
+def test_snapshot_scorer_scores_tail_and_full_snapshots_alike(ws) -> None:
+    """A tail-only snapshot (CPU schedule) runs the cached front and the tail; an all-layer one (GPU
+    schedule) runs the whole network on the scorer's device. Equal weights must score equally, and a
+    changed weight must change the scores."""
+    import numpy as np
+    import torch
+
+    from adassr.adapt.archs.rrdbnet import RRDBNet
+
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=8, num_block=3, num_grow_ch=4).eval()
+    rng = np.random.default_rng(0)
+    lrs = {n: rng.random((24, 28, 3), dtype=np.float32) for n in ("a", "b")}
+    hrs = {n: rng.random((96, 112, 3), dtype=np.float32) for n in ("a", "b")}
+    from adassr.adapt.degradation import gaussian_kernel
+
+    kernel = gaussian_kernel(1.6, 1.2, 0.3, scale=4)
+
+    def fake_lpips(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # a CPU metric, as LPIPS is
+        assert x.device.type == "cpu" and y.device.type == "cpu"
+        return (x - y).abs().mean().reshape(1)
+
+    scorer = ws.SnapshotScorer(model, lrs, hrs, kernel, fake_lpips, tail_blocks=1, device="cpu")
+    params = dict(model.named_parameters())
+    tail = {k: v.detach().clone() for k, v in params.items() if k in scorer.tail_names}
+    full = {k: v.detach().clone() for k, v in params.items()}
+    assert set(tail) < set(full)
+    by_tail, by_full = scorer(tail), scorer(full)
+    assert by_tail.keys() == {"lpips", "psnr_y", "bp_l1", "ival_l1", "ival_lpips", "neg_detail"}
+    for key, value in by_tail.items():
+        assert by_full[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    front = next(k for k in full if k not in scorer.tail_names)
+    moved = scorer({**full, front: full[front] + 0.05})
+    assert moved["bp_l1"] != pytest.approx(by_full["bp_l1"], rel=1e-6)
+
+
+def test_device_cuda_without_a_gpu_is_a_usage_error(ws, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")
+    with pytest.raises(SystemExit) as exc:
+        ws.main(["--device", "cuda", "--groups", "dev-noisy"])
+    assert exc.value.code == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
