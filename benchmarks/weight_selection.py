@@ -388,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown group(s) {unknown}; choose from {list(specs)}")
     if args.seeds < 1 or args.first_seed < 0:
         parser.error("--seeds must be >= 1 and --first-seed >= 0")
+    if args.steps < PRODUCT_STEPS:
+        parser.error(f"--steps must be at least {PRODUCT_STEPS}: the summary replays the CPU schedule's "
+                     f"{PRODUCT_STEPS}-step rules on every trajectory")
     from adassr.runtime.errors import ConfigError
 
     try:

@@ -191,3 +191,9 @@ def test_device_cuda_without_a_gpu_is_a_usage_error(ws, capsys: pytest.CaptureFi
         ws.main(["--device", "cuda", "--groups", "dev-noisy"])
     assert exc.value.code == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_fewer_steps_than_the_cpu_schedule_are_refused_before_any_work(ws, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        ws.main(["--groups", "dev-noisy", "--steps", "50"])
+    assert exc.value.code == 2 and "--steps must be at least 100" in capsys.readouterr().err
