@@ -5,8 +5,9 @@ stop). On groups where the backbone's NIQE is already below the photos' own, NIQ
 output gets more faithful and the backbone is kept (benchmarks/README.md, "NIQE early stop on").
 This benchmark asks whether a no-reference signal the product could compute picks better weights.
 
-For each synthetic group and seed it adapts with the product's CPU defaults but without the early
-stop and without the time budget (``--steps``, default 500, all run), copies the
+For each synthetic group and seed it adapts with the product's CPU defaults (``--device cuda``: its
+GPU defaults, the paper's settings with all layers trained) but without the early stop and without
+the time budget (``--steps``, default 500, all run), copies the
 EMA weights at every evaluation (step 0 is the backbone), and afterwards scores each snapshot:
 
 - ground truth (what the product cannot see): LPIPS-Alex and PSNR-Y of the SR images against
