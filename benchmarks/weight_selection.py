@@ -72,8 +72,9 @@ class SnapshotScorer:
     """Scores EMA weight snapshots of one group: ground truth and no-reference candidates.
 
     In tail mode the frozen front of every input (the LR images and their re-degraded versions)
-    is computed once; a snapshot then only runs the tail. The network runs on ``device`` (the
-    backbone is moved there); LPIPS and every other score are computed on the CPU.
+    is computed once, at the first tail-only snapshot; a snapshot then only runs the tail. The
+    network runs on ``device`` (the backbone is moved there); LPIPS and every other score are
+    computed on the CPU.
     """
 
     def __init__(self, backbone: torch.nn.Module, lrs: dict[str, np.ndarray], hrs: dict[str, np.ndarray],
@@ -88,15 +89,16 @@ class SnapshotScorer:
         self.tail_from = len(backbone.body) - tail_blocks
         self.tail_names = {n for n, _ in backbone.tail_parameters(self.tail_from)}
         self.inner = {n: blur_downsample(lrs[n], kernel, aq.SCALE) for n in self.names}
-        with torch.inference_mode():
-            self.fronts = {(n, kind): backbone.run_front(_tensor(img).to(self.device), self.tail_from)
-                           for n in self.names for kind, img in (("lr", lrs[n]), ("inner", self.inner[n]))}
+        self.fronts: dict[tuple[str, str], Any] = {}  # filled by the first tail-only snapshot
 
     def _sr(self, name: str, kind: str, full: bool) -> np.ndarray:
+        x = _tensor(self.lrs[name] if kind == "lr" else self.inner[name]).to(self.device)
         with torch.inference_mode():
             if full:
-                out = self.model(_tensor(self.lrs[name] if kind == "lr" else self.inner[name]).to(self.device))
+                out = self.model(x)
             else:
+                if (name, kind) not in self.fronts:  # the backbone's front: no snapshot changes it
+                    self.fronts[(name, kind)] = self.model.run_front(x, self.tail_from)
                 feat, h = self.fronts[(name, kind)]
                 out = self.model.run_tail(feat, h, self.tail_from)
         return out.clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()

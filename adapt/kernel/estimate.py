@@ -473,12 +473,19 @@ def _fit_covariance(per_image: list[list[CrossScaleSample]], config: KernelEstim
 def _per_image_directions(per_image: list[list[CrossScaleSample]], config: KernelEstimationConfig) -> dict[str, Any]:
     """Each image fitted alone: its direction (degrees) and raw axis ratio, in the order of the
     diagnostics' ``images_used``, and their agreement."""
-    fits = [_fit_covariance([tiles], config) for tiles in per_image]
+    return _direction_fits(per_image, config, check="images", key="per_image")
+
+
+def _direction_fits(items: list[list[CrossScaleSample]], config: KernelEstimationConfig, *, check: str,
+                    key: str) -> dict[str, Any]:
+    """Fit each item (an image's tiles, or one part) alone: ``direction_check``, the agreement of
+    their directions and ``<key>_theta_deg`` / ``<key>_axis_ratio`` in ``items``' order."""
+    fits = [_fit_covariance([tiles], config) for tiles in items]
     return {
-        "direction_check": "images",
+        "direction_check": check,
         "direction_agreement": direction_agreement([(f.raw_major, f.raw_minor, f.theta) for f in fits]),
-        "per_image_theta_deg": [math.degrees(f.theta) for f in fits],
-        "per_image_axis_ratio": [f.raw_major / f.raw_minor for f in fits],
+        f"{key}_theta_deg": [math.degrees(f.theta) for f in fits],
+        f"{key}_axis_ratio": [f.raw_major / f.raw_minor for f in fits],
     }
 
 
@@ -512,13 +519,7 @@ def _per_part_directions(samples: _Samples, config: KernelEstimationConfig) -> d
     parts = _image_parts(samples, config)
     if len(parts) < 2:
         return {}
-    fits = [_fit_covariance([[part]], config) for part in parts]
-    return {
-        "direction_check": "parts",
-        "direction_agreement": direction_agreement([(f.raw_major, f.raw_minor, f.theta) for f in fits]),
-        "per_part_theta_deg": [math.degrees(f.theta) for f in fits],
-        "per_part_axis_ratio": [f.raw_major / f.raw_minor for f in fits],
-    }
+    return _direction_fits([[part] for part in parts], config, check="parts", key="per_part")
 
 
 def _calibration_of(config: KernelEstimationConfig, scale: int, mode: str) -> tuple[float, float]:

@@ -98,12 +98,12 @@ class KernelEstimate:
         threshold, parts = warn_threshold(check), check == "parts"
         if agreement is None or agreement >= threshold or self.sigma_x < MIN_WARN_AXIS_RATIO * self.sigma_y:
             return None
-        fitted = "the parts of the image, fitted one by one," if parts else "the images, fitted one by one,"
-        remedy = ("More images of the camera, of varied content, or less compressed ones, make it reliable"
-                  if parts else "More images of varied content, or less compressed ones, make it reliable")
-        return (f"the blur kernel's direction ({self.theta_deg:.0f} deg) is uncertain: {fitted} agree on it only "
-                f"{agreement:.2f} (1 = all alike, warned below {threshold:g}); heavy JPEG and photos dominated "
-                f"by one edge direction cause this. {remedy}")
+        fitted, more = (("the parts of the image", "More images of the camera,") if parts
+                        else ("the images", "More images"))
+        return (f"the blur kernel's direction ({self.theta_deg:.0f} deg) is uncertain: {fitted}, fitted one by one, "
+                f"agree on it only {agreement:.2f} (1 = all alike, warned below {threshold:g}); heavy JPEG and "
+                f"photos dominated by one edge direction cause this. {more} of varied content, or less "
+                "compressed ones, make it reliable")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the manifest (angle in degrees, kernel as a 2-D list)."""

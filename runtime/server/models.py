@@ -97,9 +97,10 @@ def kernel_summary(entry: object) -> dict[str, Any] | None:
     method = entry.get("method")
     out: dict[str, Any] = {"method": method if isinstance(method, str) else None}
     out.update({name: _finite(entry.get(name)) for name in _KERNEL_NUMBERS})
-    agreement = diagnostics.get("direction_agreement") if isinstance(diagnostics, Mapping) else None
-    out["direction_agreement"] = _finite(agreement)
-    check = diagnostics.get("direction_check") if isinstance(diagnostics, Mapping) else None
+    if not isinstance(diagnostics, Mapping):
+        diagnostics = {}
+    out["direction_agreement"] = _finite(diagnostics.get("direction_agreement"))
+    check = diagnostics.get("direction_check")
     out["direction_check"] = check if check in ("images", "parts") and out["direction_agreement"] is not None else None
     return out
 
