@@ -22,8 +22,9 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--backbone", default=FALLBACK_BACKBONE, help="pretrained backbone (default %(default)s)")
     model.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"artifact store (default ./{DEFAULT_STORE})")
     model.add_argument("--keep-on-interrupt", action="store_true",
-                       help="on Ctrl-C / SIGTERM publish the best weights evaluated so far (the manifest says "
-                            "so; the exit code is still 130 / 143); default: publish nothing, keep the previous model")
+                       help="on Ctrl-C / SIGTERM publish the best weights evaluated so far if they beat the backbone "
+                            "(the manifest says so; the exit code is still 130 / 143); default: publish nothing, "
+                            "keep the previous model")
     train = parser.add_argument_group("training (defaults: the paper's on a GPU, a small budget on CPU)")
     for option in _config_options():
         kwargs: dict[str, Any] = {"dest": option.dest, "help": option.help}
@@ -95,11 +96,16 @@ def run_adapt(args: argparse.Namespace) -> int:
         return 0
     from adassr.adapt.interrupts import Interrupted, catch_interrupts
 
+    published: list[bool] = []  # set once adapt_camera has returned: the new model is committed
     try:
         with catch_interrupts():
-            return _adapt(args)
+            return _adapt(args, published)
     except Interrupted as exc:
-        if exc.kept:
+        if exc.note:
+            print(f"adapt: {exc}; {exc.note}", file=sys.stderr)
+        elif published:
+            print(f"adapt: {exc} after the run had finished; the new model is published", file=sys.stderr)
+        elif exc.kept:
             print(f"adapt: {exc}; the best weights evaluated so far were published (--keep-on-interrupt; "
                   "the manifest says \"interrupted\": true)", file=sys.stderr)
         else:
@@ -124,7 +130,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
             or "can't allocate memory" in str(exc))
 
 
-def _adapt(args: argparse.Namespace) -> int:
+def _adapt(args: argparse.Namespace, published: list[bool]) -> int:
     from adassr.adapt.precision import select_gpu
     from adassr.adapt.run import adapt_camera
 
@@ -135,8 +141,9 @@ def _adapt(args: argparse.Namespace) -> int:
           f"{config.steps} steps max", file=sys.stderr)
     outcome = adapt_camera(group, config, store_root=args.store, backbone_name=args.backbone,
                            progress=_progress_printer(config.steps), keep_on_interrupt=args.keep_on_interrupt)
+    published.append(True)
     if outcome.kept_backbone:
-        verdict = "kept the backbone (adaptation did not improve NIQE enough)"
+        verdict = "kept the backbone (see the stop reason)"
     elif outcome.niqe_after > outcome.niqe_before:
         verdict = f"adapted; NIQE within the backbone margin of {config.backbone_margin:g}"
     else:

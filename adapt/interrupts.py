@@ -21,10 +21,11 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an error
     """The run was stopped by a signal; ``signum`` says which. Not an AdassrError: it is no failure."""
 
-    def __init__(self, signum: int, *, kept: bool = False) -> None:
+    def __init__(self, signum: int, *, kept: bool = False, note: str | None = None) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
-        self.kept = kept  # True when the best evaluated weights were published (--keep-on-interrupt)
+        self.kept = kept  # True when weights were published (--keep-on-interrupt, or a commit that completed)
+        self.note = note  # what happened to the camera's model, when the plain kept / not kept wording is wrong
 
     @property
     def exit_code(self) -> int:

@@ -446,6 +446,8 @@ def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stoppe
     stop_reason = run.stop_reason
     if not kept_backbone:
         final.update({n: t.detach().to("cpu", torch.float32) for n, t in run.best_state.items()})
+    elif not any(step > 0 for step, _ in stopper.history):
+        stop_reason += "; no adapted weights were evaluated before the stop, so the backbone is kept"
     else:
         beat = (f"came within {stopper.baseline_margin:g} of" if stopper.baseline_margin > 0 else "beat")
         stop_reason += f"; no evaluation {beat} the unadapted backbone's NIQE, so the backbone is kept"

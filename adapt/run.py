@@ -416,7 +416,10 @@ def adapt_camera(
     Interrupts (SIGINT, and SIGTERM inside :func:`adassr.adapt.interrupts.catch_interrupts`) raise
     :class:`~adassr.adapt.interrupts.Interrupted` and publish nothing: the previous model stays.
     With ``keep_on_interrupt`` the best weights evaluated before the signal are committed first,
-    with ``"interrupted": true`` in the manifest, and then ``Interrupted`` (``kept=True``) is raised.
+    with ``"interrupted": true`` in the manifest, and then ``Interrupted`` (``kept=True``) is raised;
+    when no evaluated weights beat the backbone by then, nothing is published (the previous model
+    stays) and ``Interrupted`` says so in its ``note``. A signal during the commit waits for it, and
+    the ``Interrupted`` raised afterwards says the model was published (``kept=True``).
     """
     start = time.perf_counter()
     store = CameraStore.open(store_root, group.name, create=True)
@@ -434,9 +437,19 @@ def adapt_camera(
                            progress=governed(progress, compute.governor))
         if result.interrupted is not None and not keep_on_interrupt:
             raise Interrupted(result.interrupted)  # the transaction discards everything staged
+        if result.interrupted is not None and result.kept_backbone:
+            raise Interrupted(result.interrupted, note=(  # publishing the backbone would replace a working model
+                "no adapted weights had beaten the backbone before the signal, so nothing was published "
+                "and the previous model is unchanged"))
         record = _stage_artifacts(tx, _Run(group, config, backbone, base_state, compute, start), inputs, result)
-        with deferred():  # a signal now waits until the manifest is committed
-            committed = tx.commit(functools.partial(_replace_adapt_fields, record=record))
+        try:
+            with deferred():  # a signal now waits until the manifest is committed
+                committed = tx.commit(functools.partial(_replace_adapt_fields, record=record))
+        except Interrupted as late:
+            if result.interrupted is None:
+                raise Interrupted(late.signum, kept=True, note=(
+                    "the signal came during the commit, which completed: the new model is published")) from None
+            raise Interrupted(result.interrupted, kept=True) from None
     if result.interrupted is not None:
         raise Interrupted(result.interrupted, kept=True)
     return AdaptOutcome(group.name, store.directory, store.artifact_path(WEIGHTS_FILE, committed),

@@ -54,9 +54,67 @@ def _sizes(text: str) -> list[int]:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--sizes must be comma-separated integers, got {text!r}") from None
-    if not sizes or min(sizes) < 8:
-        raise ConfigError(f"--sizes needs sizes >= 8, got {text!r}")
+    if not sizes or min(sizes) < MIN_SIDE:
+        raise ConfigError(f"--sizes needs sizes >= {MIN_SIDE}, got {text!r}")
     return sizes
+
+
+MIN_SIDE = 8
+"""The smallest LR side a latency case may have."""
+
+
+def parse_frame(text: str) -> tuple[int, int]:
+    """``--frame WIDTHxHEIGHT`` as ``(height, width)``, each side at least :data:`MIN_SIDE`."""
+    from adassr.runtime.errors import ConfigError
+
+    try:
+        width, height = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--frame must be WIDTHxHEIGHT, e.g. 480x270, got {text!r}") from None
+    if min(width, height) < MIN_SIDE:
+        raise ConfigError(f"--frame needs both sides >= {MIN_SIDE}, got {text!r}")
+    return height, width
+
+
+def uses_gpu_report(options: LatencyOptions) -> bool:
+    """True for the GPU report (``--gpu`` or a backend other than onnxruntime), else the CPU report."""
+    return options.gpu is not None or options.backend != "onnxruntime"
+
+
+def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
+    """Everything about ``options`` that can be checked before any timing (``ConfigError``): sizes,
+    frame (the GPU report's option), repeats, threads, and that the results folder can be written."""
+    from adassr.runtime.errors import ConfigError
+    from adassr.runtime.preflight import check_output_folders, check_threads
+
+    if options.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {options.repeats}")
+    check_threads(options.threads)
+    _sizes(options.sizes)
+    if options.frame is not None:
+        parse_frame(options.frame)
+        if not gpu_report:
+            raise ConfigError("--frame sets the GPU report's frame (with --gpu N or --backend tensorrt / torch); "
+                              "the CPU report times square crops: use --sizes")
+    try:
+        check_output_folders([Path(options.out) / "latency.json"])
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("choose another -o", "choose another --out")) from None
+
+
+def resolve_bench_model(options: LatencyOptions, *, precision: str = "fp32") -> Any:
+    """The store's route for ``options.camera``; ``ConfigError`` when a named camera would only be
+    served by the fallback (a benchmark of the wrong model is worse than none)."""
+    from adassr.runtime.errors import ConfigError
+    from adassr.runtime.routing import resolve_model
+    from adassr.runtime.store import FALLBACK_CAMERA
+
+    route = resolve_model(options.store, camera=options.camera, precision=precision)
+    if options.camera != FALLBACK_CAMERA and route.is_fallback:
+        raise ConfigError(
+            f"camera {options.camera!r} has no exported model in {options.store} ({route.reason}); export it with "
+            f"`adassr export --camera {options.camera}`, or time the fallback with --camera {FALLBACK_CAMERA}")
+    return route
 
 
 def _crop(size: int) -> np.ndarray:
@@ -111,13 +169,10 @@ def run_latency(options: LatencyOptions) -> dict[str, Any]:
     from adassr.export.roofline import conv_macs_per_input_pixel, cpu_roofline
     from adassr.runtime.backends import open_backend
     from adassr.runtime.cpu_info import intra_op_threads
-    from adassr.runtime.errors import ConfigError
-    from adassr.runtime.routing import resolve_model
 
-    if options.repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1, got {options.repeats}")
+    check_latency_options(options, gpu_report=False)
     sizes = _sizes(options.sizes)
-    route = resolve_model(options.store, camera=options.camera)
+    route = resolve_bench_model(options)
     threads = options.threads or intra_op_threads()
     torch_model = None if options.no_torch else _torch_model(route, threads)
     with open_backend(options.backend, route.onnx_path, providers=tuple(options.providers.split(",")),

@@ -7,14 +7,15 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from adassr.export.bench import LatencyOptions, run_latency, to_markdown
+from adassr.export.bench import LatencyOptions, check_latency_options, run_latency, to_markdown, uses_gpu_report
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
     lat = sub.add_parser("latency", help="upscaling latency per backend and size")
     lat.add_argument("--camera", default="_fallback",
-                     help="camera whose exported model to time (default: the fallback)")
+                     help="camera whose exported model to time (default: the fallback); a camera without an "
+                          "export is an error, not the fallback")
     lat.add_argument("--store", type=Path, default=Path("models"), help="model store (default ./models)")
     lat.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "torch"),
                      help="onnxruntime (default), tensorrt (an engine for each size, built or reused from the "
@@ -25,7 +26,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     lat.add_argument("--batch", type=int, default=1, help="frames per call in the GPU report (default 1)")
     lat.add_argument("--gpu", type=int, default=None, metavar="N", help="CUDA device: time on the GPU")
     lat.add_argument("--frame", default=None, metavar="WxH",
-                     help="one LR frame size instead of --sizes, e.g. 480x270 (1920x1080 output)")
+                     help="GPU report only: one LR frame size instead of --sizes, e.g. 480x270 (1920x1080 output)")
     lat.add_argument("--cuda-graph", action="store_true",
                      help="tensorrt / torch on a GPU: also time CUDA-graph replay")
     lat.add_argument("--providers", default="cpu", help="onnxruntime providers (default cpu)")
@@ -52,7 +53,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from adassr.runtime.store import atomic_write_bytes
 
     options = latency_options(args)
-    if options.gpu is not None or options.backend != "onnxruntime":
+    check_latency_options(options, gpu_report=uses_gpu_report(options))  # a bad --out must not waste the run
+    if uses_gpu_report(options):
         from adassr.export.gpu_bench import gpu_markdown, run_gpu_latency
 
         result = run_gpu_latency(options)

@@ -174,15 +174,11 @@ def backend_row(label: str, infer: Callable[[np.ndarray], np.ndarray], frame: np
 
 def _sides(args: LatencyOptions) -> list[tuple[int, int]]:
     """LR (height, width) cases: ``--frame WxH`` if given, else the square ``--sizes``."""
-    from adassr.runtime.errors import ConfigError
+    from adassr.export.bench import _sizes, parse_frame
 
     if getattr(args, "frame", None):
-        try:
-            width, height = (int(v) for v in str(args.frame).lower().split("x"))
-        except ValueError:
-            raise ConfigError(f"--frame must be WIDTHxHEIGHT, e.g. 480x270, got {args.frame!r}") from None
-        return [(height, width)]
-    return [(s, s) for s in (int(v) for v in str(args.sizes).split(",") if v.strip())]
+        return [parse_frame(str(args.frame))]
+    return [(s, s) for s in _sizes(str(args.sizes))]
 
 
 def _gpu_name(device: int) -> str | None:
@@ -211,18 +207,18 @@ def _device_used_mib() -> float | None:
 
 def run_gpu_latency(args: LatencyOptions) -> dict[str, Any]:
     """Latency rows for ``--backend onnxruntime|tensorrt|torch`` with ``--precision``, ``--batch``, ``--gpu``."""
-    from adassr.export.bench import _crop, machine_name
+    from adassr.export.bench import _crop, check_latency_options, machine_name, resolve_bench_model
     from adassr.export.roofline import conv_macs_per_input_pixel
     from adassr.runtime.errors import ConfigError
-    from adassr.runtime.routing import resolve_model
 
+    check_latency_options(args, gpu_report=True)
     precision = args.precision
     if args.batch < 1 or args.repeats < 1:
         raise ConfigError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
     if args.backend == "onnxruntime" and precision == "bf16":
         raise ConfigError("onnxruntime has no bf16 model; use --precision fp32 or fp16, or --backend tensorrt / torch")
-    route = resolve_model(args.store, camera=args.camera, precision="fp16" if precision == "fp16" else "fp32")
-    fp32_route = resolve_model(args.store, camera=args.camera, precision="fp32")
+    route = resolve_bench_model(args, precision="fp16" if precision == "fp16" else "fp32")
+    fp32_route = resolve_bench_model(args)
     macs = conv_macs_per_input_pixel(fp32_route.onnx_path)
     device = 0 if args.gpu is None else args.gpu
     on_gpu = args.gpu is not None or args.backend == "tensorrt"

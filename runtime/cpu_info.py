@@ -272,15 +272,21 @@ def fp32_peak(cpu: CpuInfo, *, isa_cap: str | None = None, cores: int | None = N
     return Fp32Peak(cores=n, clock_ghz=clock, fma_units=units, lanes=_LANES[isa], isa=isa)
 
 
+MAX_THREADS = 1024
+"""The most intra-op threads any option or ``ADASSR_THREADS`` may ask for."""
+
+
 def intra_op_threads(cpu: CpuInfo | None = None) -> int:
-    """Threads for one intra-op pool: the usable physical cores (``ADASSR_THREADS`` overrides)."""
+    """Threads for one intra-op pool: the usable physical cores (``ADASSR_THREADS`` overrides; an
+    override outside 1..:data:`MAX_THREADS` raises ``ConfigError``)."""
     override = os.environ.get("ADASSR_THREADS", "").strip()
     if override:
         value = _int(override)
-        if value is None or value < 1:
+        if value is None or not 1 <= value <= MAX_THREADS:
             from adassr.runtime.errors import ConfigError
 
-            raise ConfigError(f"ADASSR_THREADS must be a positive integer, got {override!r}")
+            raise ConfigError(f"ADASSR_THREADS must be an integer from 1 to {MAX_THREADS}, got {override!r}; "
+                              "unset it to use one thread per usable physical core")
         return value
     return (cpu or detect_cpu()).physical_cores
 

@@ -12,11 +12,10 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from adassr.runtime.cpu_info import MAX_THREADS
 from adassr.runtime.errors import BackendError, ConfigError, StoreError
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, list_cameras
 from adassr.runtime.tempfiles import create_temp
-
-MAX_THREADS = 1024
 
 
 def check_threads(threads: int | None) -> None:

@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 from adassr.runtime.backends import BACKENDS
+from adassr.runtime.cpu_info import intra_op_threads
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.routing import PRECISIONS
 from adassr.runtime.store import (
@@ -223,6 +224,8 @@ def _checked_config(args: argparse.Namespace) -> Any:
             raise ConfigError(f"--gpu must be a device index >= 0, got {args.gpu}")
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
     config = config_from_args(args)
+    if config.threads is None:
+        intra_op_threads()  # a bad ADASSR_THREADS fails here, not in every model load
     CameraStore.open(config.store, FALLBACK_CAMERA)  # a missing store fails here, with its message
     if not list_cameras(config.store):
         raise ConfigError(

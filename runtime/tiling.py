@@ -67,6 +67,11 @@ InferFn = Callable[[np.ndarray], np.ndarray]
 """Model call: NCHW float32 batch in [0, 1] -> NCHW float32 batch ``scale`` times larger."""
 
 
+MAX_PRE_PAD = 128
+"""The largest ``pre_pad``: several times the receptive-field radius of the supported models;
+larger values add only work (the padded canvas grows with its square)."""
+
+
 @dataclass(frozen=True)
 class TilingOptions:
     """How to cut an image into tiles. ``tile=0`` means untiled (one call for the whole image)."""
@@ -92,8 +97,9 @@ class TilingOptions:
                 f"tile overlap {self.overlap} is too large for tile {self.tile}: it must be less than "
                 f"half the tile; use --tile-overlap <= {max(0, (self.tile - 1) // 2)} or a larger --tile"
             )
-        if self.pre_pad < 0:
-            raise ConfigError(f"pre_pad must be >= 0, got {self.pre_pad}")
+        if not 0 <= self.pre_pad <= MAX_PRE_PAD:
+            raise ConfigError(f"pre_pad must be from 0 to {MAX_PRE_PAD} LR pixels (context for the borders; more "
+                              f"only costs time), got {self.pre_pad}")
         if self.batch_size < 1:
             raise ConfigError(f"tile batch size must be >= 1, got {self.batch_size}")
 

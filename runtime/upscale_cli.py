@@ -7,7 +7,9 @@
   ``adassr.runtime.images.SUPPORTED_READ_SUFFIXES``, sorted by name) goes to ``OUTDIR/<stem>.<ext>``,
   and every image of a subfolder one level down (``DIR/nikon/x.jpg``, the layout ``adapt --images``
   reads) to ``OUTDIR/<subfolder>/<stem>.<ext>``; the output folder itself is never read. Two
-  inputs that would get the same name keep their input suffix in the stem (``a_jpg.png``).
+  inputs that would get the same name keep their input suffix in the stem (``a_jpg.png``), and a
+  number when that name is taken too (``a_jpg_2.png``): no output ever overwrites another. OUTDIR
+  with an image suffix (``-o result.png``) is refused: it reads as a file name.
   A bad file is reported on stderr (file and reason) and skipped; it never aborts the batch nor
   leaves a partial output (files are written atomically).
 - ``--ext auto`` keeps the input's format where it can be written (MPO -> jpg, BMP -> png).
@@ -56,7 +58,7 @@ from adassr.runtime.routing import PRECISIONS
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX as DEFAULT_TRITON_PREFIX
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA, list_cameras
 from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
-from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE
+from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, MAX_PRE_PAD
 from adassr.runtime.upscalers import ImageUpscaler, TileProgress, UpscalerRegistry, runtime_upscalers
 
 if TYPE_CHECKING:
@@ -98,7 +100,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
     parser.add_argument("--tile-batch", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"tiles per model call (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--pre-pad", type=int, default=DEFAULT_PRE_PAD,
-                        help=f"reflect padding around the image, input pixels (default {DEFAULT_PRE_PAD})")
+                        help=f"reflect padding around the image, input pixels (default {DEFAULT_PRE_PAD}, "
+                             f"at most {MAX_PRE_PAD})")
     parser.add_argument("--outscale", type=float, default=None,
                         help="final upscaling factor (default: the model's scale, e.g. 4)")
     parser.add_argument("--ext", default="auto",
@@ -174,10 +177,15 @@ def _folder_pairs(inputs: list[Path], target: Path, ext: str) -> list[tuple[Path
     counts: dict[str, int] = {}
     for _, name in names:
         counts[name.lower()] = counts.get(name.lower(), 0) + 1
+    taken = {name.lower() for _, name in names if counts[name.lower()] == 1}  # case-insensitive file systems too
     pairs = []
     for p, name in names:
         if counts[name.lower()] > 1:
-            name = f"{p.stem}_{p.suffix.lower().lstrip('.')}{Path(name).suffix}"
+            base, suffix = f"{p.stem}_{p.suffix.lower().lstrip('.')}", Path(name).suffix
+            name, n = base + suffix, 2
+            while name.lower() in taken:  # "x.jpg" next to an "x_jpg.png" of its own
+                name, n = f"{base}_{n}{suffix}", n + 1
+            taken.add(name.lower())
         pairs.append((p, target / name))
     return pairs
 
@@ -190,6 +198,9 @@ def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]
     if source.is_dir():
         if output.exists() and not output.is_dir():
             raise ConfigError(f"the input is a folder, so the output {output} must be a folder, not a file")
+        if not output.exists() and output.suffix.lower() in SUPPORTED_WRITE_SUFFIXES:
+            raise ConfigError(f"the input is a folder, so the output must be a folder, but {output} reads as an "
+                              "image file name; pass a folder name (it is created)")
         if output.exists() and output.resolve() == source.resolve():
             raise ConfigError(f"the output folder {output} is the input folder; choose another -o")
         pairs = []
@@ -301,7 +312,7 @@ def _process_one(
     result = serve(image, tiles)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImageWarning)
-        write_image(target, result.pixels, alpha=result.alpha, quality=quality)
+        write_image(target, result.pixels, alpha=result.alpha, quality=quality, icc_profile=image.icc_profile)
     notes = [str(w.message) for w in caught if issubclass(w.category, ImageWarning)]
     for w in caught:  # re-emit anything that is not ours to handle
         if not issubclass(w.category, ImageWarning):

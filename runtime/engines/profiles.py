@@ -74,7 +74,8 @@ def _plan_one(tiling: TilingOptions, *, multiple_of: int, min_side: int, opt_sid
     lo = _round_up(max(1, min_side), multiple_of)
     hi = _round_up(tiling.tile if tiling.tile else max_side, multiple_of)
     if hi < lo:
-        raise ConfigError(f"the largest input side {hi} is below the smallest {lo}; raise --tile or max_side")
+        raise ConfigError(f"the largest input side {hi} is below the smallest {lo}; use a larger --tile "
+                          "(or tile 0 with a larger profile max_side)")
     mid = min(max(_round_up(opt_side, multiple_of), lo), hi)
     profile = ProfileShape((1, CHANNELS, lo, lo), (batch, CHANNELS, mid, mid), (batch, CHANNELS, hi, hi))
     return ProfilePlan((profile,), 0)

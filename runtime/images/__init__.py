@@ -14,6 +14,7 @@ from adassr.runtime.images._model import (
     AlphaDroppedWarning,
     ImageWarning,
     LoadedImage,
+    ProfileDroppedWarning,
     is_image_file,
 )
 from adassr.runtime.images.convert import from_float32, to_float32
@@ -28,6 +29,7 @@ __all__ = [
     "AlphaDroppedWarning",
     "ImageWarning",
     "LoadedImage",
+    "ProfileDroppedWarning",
     "apply_orientation",
     "check_quality",
     "encode_image",

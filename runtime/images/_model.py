@@ -32,6 +32,19 @@ PILLOW_OPENERS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
 _DTYPE_BITS = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}
 
 
+def icc_colour_space(profile: bytes | None) -> str | None:
+    """The data colour space of an ICC profile (header bytes 16-19: ``"RGB"``, ``"GRAY"``,
+    ``"CMYK"``, ...), or None for no profile or one too short to have a header."""
+    if not profile or len(profile) < 128:
+        return None
+    return profile[16:20].decode("latin-1").strip()
+
+
+def profile_fits(profile: bytes | None, channels: int) -> bool:
+    """Whether ``profile`` describes pixels of ``channels`` colour channels (1: GRAY, 3: RGB)."""
+    return icc_colour_space(profile) == {1: "GRAY", 3: "RGB"}.get(channels)
+
+
 def bit_depth_of(dtype: np.dtype) -> int | None:
     """8 for uint8, 16 for uint16, None for any other dtype."""
     return _DTYPE_BITS.get(np.dtype(dtype))
@@ -42,7 +55,9 @@ class LoadedImage:
     """A decoded image in display orientation.
 
     ``pixels`` is H x W x C (C = 1 grey or 3 RGB), uint8 or uint16; ``alpha`` is H x W with the
-    same dtype, or None. EXIF orientation has already been applied to both.
+    same dtype, or None. EXIF orientation has already been applied to both. ``icc_profile`` is the
+    file's embedded colour profile when it describes the decoded pixels (an RGB profile for RGB
+    pixels, a grey one for grey), so that writers can embed it again; None otherwise.
     """
 
     pixels: np.ndarray
@@ -51,6 +66,7 @@ class LoadedImage:
     exif_make: str | None
     exif_model: str | None
     path: Path | None
+    icc_profile: bytes | None = None
 
     def __post_init__(self) -> None:
         px = self.pixels
@@ -83,6 +99,11 @@ class LoadedImage:
 
 class ImageWarning(UserWarning):
     """Something about an image was tolerated (e.g. an unreadable EXIF block)."""
+
+
+class ProfileDroppedWarning(ImageWarning):
+    """A colour profile could not be embedded in the output (16-bit TIFF, or a grey profile for an
+    output stored as RGB)."""
 
 
 class AlphaDroppedWarning(ImageWarning):

@@ -93,6 +93,17 @@ def tiff_without_orientation(data: bytes) -> bytes:
     return data
 
 
+def png_with_icc_profile(data: bytes, profile: bytes) -> bytes:
+    """The PNG ``data`` with an iCCP chunk holding ``profile`` right after IHDR (where the PNG
+    specification wants it: before PLTE and IDAT); ``data`` must not have one already."""
+    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG: no IHDR chunk at the start")
+    (length,) = struct.unpack(">I", data[8:12])
+    end = 8 + 12 + length
+    iccp = _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(profile))  # name, NUL, method 0
+    return data[:end] + iccp + data[end:]
+
+
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

@@ -19,6 +19,8 @@ Conversions: palette -> RGB (grey palette -> grey), with alpha when the palette 
 single-colour PNG transparency (tRNS) -> alpha; 1-bit -> grey 0/255; CMYK, YCbCr, HSV -> RGB
 (Pillow's formulas, no ICC colour management); premultiplied RGBa/La -> straight alpha. 32-bit
 integer ('I'), float ('F') and other modes raise ImageError: convert them to 8 or 16 bit first.
+An embedded ICC profile is kept (``LoadedImage.icc_profile``) when it describes the decoded pixels:
+RGB for RGB, grey for grey (so a CMYK file's profile is not).
 MPO, multi-page TIFF and animated WebP: the first frame.
 """
 
@@ -46,6 +48,7 @@ from adassr.runtime.images._model import (
     ImageWarning,
     LoadedImage,
     bit_depth_of,
+    profile_fits,
 )
 from adassr.runtime.images.containers import (
     png_without_exif,
@@ -84,9 +87,11 @@ def read_image(
         if width * height > max_pixels:
             raise ImageTooLargeError(
                 f"{p}: image is {width}x{height} = {width * height:,} pixels, above the limit of "
-                f"{max_pixels:,} (max_pixels); downscale it or raise max_pixels if you trust it"
+                f"{max_pixels:,}, which guards memory; downscale it first (callers of read_image may pass a larger "
+                f"max_pixels for a file they trust)"
             )
         pixels, alpha, exif = _decode(p, im)
+        profile = im.info.get("icc_profile")
     make, model, orientation = _camera_fields(exif)
     return LoadedImage(
         pixels=apply_orientation(pixels, orientation),
@@ -95,6 +100,7 @@ def read_image(
         exif_make=make,
         exif_model=model,
         path=p,
+        icc_profile=profile if isinstance(profile, bytes) and profile_fits(profile, pixels.shape[2]) else None,
     )
 
 

@@ -9,7 +9,9 @@ grey+alpha PNG, by :mod:`adassr.runtime.images.containers`; 16-bit grey+alpha TI
 encoder here writes it and Pillow cannot read it back). JPEG uses 4:4:4 chroma at quality >= 90
 and 4:2:0 below; WebP is lossy at ``quality`` with ``exact`` (RGB kept under transparent pixels);
 PNG uses zlib level 1 (speed over a few percent of size); TIFF uses Deflate (8-bit) or OpenCV's
-default LZW (16-bit).
+default LZW (16-bit). A colour profile (``icc_profile``) is embedded by every 8-bit writer and by
+16-bit PNG (an iCCP chunk added after IHDR); 16-bit TIFF, and a grey profile for WebP's RGB, drop it
+with a :class:`ProfileDroppedWarning`.
 
 The file is encoded in memory first, then written to a temporary file in the destination
 directory, fsynced and renamed over the destination: a failure leaves no partial file and an
@@ -24,14 +26,23 @@ import contextlib
 import io
 import os
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from adassr.runtime.errors import ConfigError, ImageError
-from adassr.runtime.images._model import SUPPORTED_WRITE_SUFFIXES, AlphaDroppedWarning
-from adassr.runtime.images.containers import encode_png_grey_alpha16
+from adassr.runtime.images._model import (
+    SUPPORTED_WRITE_SUFFIXES,
+    AlphaDroppedWarning,
+    ProfileDroppedWarning,
+    icc_colour_space,
+    profile_fits,
+)
+from adassr.runtime.images.containers import encode_png_grey_alpha16, png_with_icc_profile
 from adassr.runtime.images.convert import uint16_to_uint8
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
@@ -62,14 +73,19 @@ def write_image(
     *,
     alpha: np.ndarray | None = None,
     quality: int = 95,
+    icc_profile: bytes | None = None,
 ) -> Path:
     """Write H x W x C (C in {1, 3}; H x W is taken as grey) uint8/uint16 pixels; return the path.
 
     ``alpha`` is H x W with the pixels' dtype. ``quality`` (1-100) applies to JPEG and WebP.
+    ``icc_profile`` (e.g. :attr:`LoadedImage.icc_profile`) is embedded when it fits the stored
+    pixels; where it cannot be (16-bit TIFF, a grey profile for WebP's RGB) a
+    :class:`ProfileDroppedWarning` says so. The encoder writes straight into the temporary file:
+    no second copy of the encoded image is held in memory.
     """
     p = Path(path)
-    data = _encode_for(p, p.suffix, pixels, alpha, quality)
-    _atomic_write(p, data)
+    encoding = _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile)
+    _atomic_write(p, encoding.write_to)
     return p
 
 
@@ -79,17 +95,20 @@ def encode_image(
     *,
     alpha: np.ndarray | None = None,
     quality: int = 95,
+    icc_profile: bytes | None = None,
 ) -> bytes:
     """The bytes :func:`write_image` would write to a file ending in ``suffix`` (e.g. ``".png"``).
 
     Same rules and errors as :func:`write_image`; nothing touches the filesystem.
     """
-    return _encode_for(Path(f"image{suffix}"), suffix, pixels, alpha, quality)
+    buf = io.BytesIO()
+    _encoding_for(Path(f"image{suffix}"), suffix, pixels, alpha, quality, icc_profile).write_to(buf)
+    return buf.getvalue()
 
 
-def _encode_for(
-    p: Path, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None, quality: int
-) -> bytes:
+def _encoding_for(
+    p: Path, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None, quality: int, icc_profile: bytes | None
+) -> _Encoding:
     fmt = _FORMAT_BY_SUFFIX.get(suffix.lower())
     if fmt is None:
         raise ImageError(
@@ -97,8 +116,10 @@ def _encode_for(
             f"{', '.join(SUPPORTED_WRITE_SUFFIXES)}"
         )
     check_quality(quality)
+    if icc_profile is not None and not isinstance(icc_profile, bytes):
+        raise ImageError(f"{p}: icc_profile must be bytes or None, got {type(icc_profile).__name__}")
     px, al = _validated(p, pixels, alpha)
-    return _encode(p, fmt, px, al, quality)
+    return _prepare(p, fmt, px, al, quality, icc_profile or None)
 
 
 def _validated(
@@ -130,7 +151,54 @@ def _validated(
     return np.ascontiguousarray(px), np.ascontiguousarray(al)
 
 
-def _encode(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: int) -> bytes:
+def _profile_dropped(p: Path, why: str) -> None:
+    warnings.warn(f"{p}: the input's colour profile was not embedded ({why}); colours may look different "
+                  "in colour-managed viewers", ProfileDroppedWarning, stacklevel=5)
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    """One image ready to encode: everything decided and warned about, nothing encoded yet."""
+
+    p: Path
+    fmt: str
+    px: np.ndarray  # H x W x C, after the format's conversions
+    al: np.ndarray | None
+    quality: int
+    icc_profile: bytes | None  # one that fits, or None
+
+    def write_to(self, out: BinaryIO) -> None:
+        """Encode into ``out``; ImageError for what the encoder refuses, OSError for the writing."""
+        if self.px.dtype == np.uint16:
+            data = _encode_16bit(self.p, self.fmt, self.px, self.al)
+            out.write(png_with_icc_profile(bytes(data), self.icc_profile) if self.icc_profile is not None else data)
+            return
+        arr = self.px[..., 0] if self.px.shape[2] == 1 else self.px
+        if self.al is not None:
+            arr = np.dstack([self.px, self.al])
+        im = Image.fromarray(arr)
+        options: dict[str, object] = {}
+        if self.fmt == "JPEG":
+            options = {"quality": self.quality, "subsampling": "4:4:4" if self.quality >= 90 else "4:2:0"}
+        elif self.fmt == "WEBP":
+            options = {"quality": self.quality, "exact": True}
+        elif self.fmt == "PNG":
+            options = {"compress_level": _PNG_LEVEL}
+        elif self.fmt == "TIFF":
+            options = {"compression": "tiff_adobe_deflate"}
+        if self.icc_profile is not None:
+            options["icc_profile"] = self.icc_profile
+        try:
+            im.save(out, format=self.fmt, **options)
+        except (OSError, ValueError, KeyError) as e:
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # the file system's error (a full disk), not the encoder's
+            raise ImageError(f"{self.p}: Pillow could not encode {self.fmt} ({e})") from e
+
+
+def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: int,
+             icc_profile: bytes | None) -> _Encoding:
+    """The format's conversions and their warnings (at the caller of write_image / encode_image)."""
     if fmt == "JPEG" and al is not None:
         warnings.warn(
             f"{p}: JPEG cannot store alpha; the alpha channel was dropped (write .png, .webp or "
@@ -142,40 +210,32 @@ def _encode(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: i
     if fmt in ("JPEG", "WEBP") and px.dtype == np.uint16:
         px = uint16_to_uint8(px)
         al = None if al is None else uint16_to_uint8(al)
+    if icc_profile is not None and not profile_fits(icc_profile, px.shape[2]):
+        _profile_dropped(p, f"a {icc_colour_space(icc_profile) or 'malformed'} profile for "
+                            f"{'grey' if px.shape[2] == 1 else 'RGB'} pixels")
+        icc_profile = None
     if px.dtype == np.uint16:
-        return _encode_16bit(p, fmt, px, al)
-    if fmt == "WEBP" and px.shape[2] == 1:
+        if px.shape[2] == 1 and al is not None and fmt != "PNG":
+            raise ImageError(
+                f"{p}: 16-bit grey+alpha TIFF is not supported; write .png, or pass 3-channel pixels"
+            )
+        if icc_profile is not None and fmt != "PNG":
+            _profile_dropped(p, "16-bit TIFF is written by OpenCV, which cannot embed one; write .png")
+            icc_profile = None
+    elif fmt == "WEBP" and px.shape[2] == 1:
         px = np.repeat(px, 3, axis=2)
-    arr = px[..., 0] if px.shape[2] == 1 else px
-    if al is not None:
-        arr = np.dstack([px, al])
-    im = Image.fromarray(arr)
-    options: dict[str, object] = {}
-    if fmt == "JPEG":
-        options = {"quality": quality, "subsampling": "4:4:4" if quality >= 90 else "4:2:0"}
-    elif fmt == "WEBP":
-        options = {"quality": quality, "exact": True}
-    elif fmt == "PNG":
-        options = {"compress_level": _PNG_LEVEL}
-    elif fmt == "TIFF":
-        options = {"compression": "tiff_adobe_deflate"}
-    buf = io.BytesIO()
-    try:
-        im.save(buf, format=fmt, **options)
-    except (OSError, ValueError, KeyError) as e:
-        raise ImageError(f"{p}: Pillow could not encode {fmt} ({e})") from e
-    return buf.getvalue()
+        if icc_profile is not None:
+            _profile_dropped(p, "WebP stores grey as RGB, and the profile is a grey one")
+            icc_profile = None
+    return _Encoding(p, fmt, px, al, quality, icc_profile)
 
 
-def _encode_16bit(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None) -> bytes:
+def _encode_16bit(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None) -> bytes | memoryview:
+    """16-bit PNG or TIFF bytes (grey+alpha: PNG only, checked by :func:`_prepare`)."""
     import cv2
 
     if px.shape[2] == 1 and al is not None:
-        if fmt == "PNG":
-            return encode_png_grey_alpha16(px[..., 0], al)
-        raise ImageError(
-            f"{p}: 16-bit grey+alpha TIFF is not supported; write .png, or pass 3-channel pixels"
-        )
+        return encode_png_grey_alpha16(px[..., 0], al)
     if px.shape[2] == 1:
         arr = px[..., 0]
     elif al is None:
@@ -190,11 +250,12 @@ def _encode_16bit(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None) -> b
         raise ImageError(f"{p}: OpenCV could not encode 16-bit {fmt} ({e})") from e
     if not ok:
         raise ImageError(f"{p}: OpenCV could not encode 16-bit {fmt}")
-    return buf.tobytes()
+    return buf.data  # the encoder's buffer, written as it is, without a bytes copy
 
 
-def _atomic_write(p: Path, data: bytes) -> None:
-    """Write ``data`` to ``p`` via a temporary file in the same directory, fsync and rename."""
+def _atomic_write(p: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` on a temporary file in ``p``'s directory, fsync and rename it to ``p``; on any
+    failure the temporary file is removed and an existing ``p`` is untouched."""
     parent = p.parent
     if not parent.is_dir():
         raise ImageError(f"{p}: directory {parent} does not exist; create it first")
@@ -207,7 +268,7 @@ def _atomic_write(p: Path, data: bytes) -> None:
         raise ImageError(f"{p}: cannot create a file in {parent} ({e.strerror})") from e
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)

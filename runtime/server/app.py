@@ -243,7 +243,8 @@ class Server:
             )
         inferred = time.perf_counter()
         ticket.check()
-        data, notes = encode(pixels, alpha, suffix=params.suffix, quality=params.quality)
+        data, notes = encode(pixels, alpha, suffix=params.suffix, quality=params.quality,
+                             icc_profile=image.icc_profile)
         encoded = time.perf_counter()
         timing = (
             f"decode;dur={1000 * (decoded - start):.1f}, upscale;dur={1000 * (inferred - decoded):.1f}, "

@@ -55,7 +55,8 @@ class UploadFolder:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
-        return LoadedImage(image.pixels, image.alpha, image.bit_depth, image.exif_make, image.exif_model, None)
+        return LoadedImage(image.pixels, image.alpha, image.bit_depth, image.exif_make, image.exif_model, None,
+                           image.icc_profile)
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -65,10 +66,11 @@ def _scrub(message: str, path: str) -> str:
     return message.replace(path, UPLOAD_NAME)
 
 
-def encode(pixels: np.ndarray, alpha: np.ndarray | None, *, suffix: str, quality: int) -> tuple[bytes, list[str]]:
+def encode(pixels: np.ndarray, alpha: np.ndarray | None, *, suffix: str, quality: int,
+           icc_profile: bytes | None = None) -> tuple[bytes, list[str]]:
     """Encoded image bytes and the notes the encoder raised (e.g. alpha dropped by JPEG)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImageWarning)
-        data = encode_image(suffix, pixels, alpha=alpha, quality=quality)
+        data = encode_image(suffix, pixels, alpha=alpha, quality=quality, icc_profile=icc_profile)
     notes = [str(w.message).split(": ", 1)[-1] for w in caught if issubclass(w.category, ImageWarning)]
     return data, notes

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from adassr.runtime.backends import BACKENDS
 from adassr.runtime.backends.onnxruntime import resolve_providers
+from adassr.runtime.cpu_info import MAX_THREADS
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.routing import PRECISIONS
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, TilingOptions
@@ -104,8 +105,9 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ConfigError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or not 1 <= self.threads <= MAX_THREADS):
+            raise ConfigError(f"threads must be an integer from 1 to {MAX_THREADS}, got {self.threads!r}")
         for name in ("max_wait_ms",):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -145,8 +147,9 @@ def read_token_file(path: str | Path) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read token file {p}: {exc}") from exc
     token = text.strip()
-    if not token or any(ch.isspace() for ch in token):
+    if not token or any(ch.isspace() for ch in token) or not token.isascii() or not token.isprintable():
         raise ConfigError(
-            f"token file {p} must hold one non-empty secret without spaces (e.g. `openssl rand -hex 32 > {p}`)"
+            f"token file {p} must hold one non-empty secret of printable ASCII characters without spaces "
+            f"(an HTTP header carries no other characters reliably; e.g. `openssl rand -hex 32 > {p}`)"
         )
     return token

@@ -77,7 +77,7 @@ def parse_params(values: Mapping[str, str], max_outscale: float) -> UpscaleParam
     if values.get("quality") not in (None, ""):
         text = values["quality"]
         try:
-            quality = check_quality(int(text) if text.isdigit() else text)
+            quality = check_quality(int(text) if text.isascii() and text.isdigit() else text)
         except ConfigError as exc:
             raise HttpError(422, "invalid_parameter", str(exc)) from None
     suffix, media_type = OUTPUT_FORMATS[fmt]

@@ -120,3 +120,46 @@ def test_cli_exit_codes_and_message(setup: tuple[BackboneRegistry, Path], tmp_pa
     assert main([*argv, "--keep-on-interrupt"]) == 143
     assert "were published" in capsys.readouterr().err
     assert CameraStore.open(tmp_path, "nokia").read_manifest()["interrupted"] is True
+
+
+def test_keep_on_interrupt_before_any_adapted_evaluation_keeps_the_previous_model(
+        setup: tuple[BackboneRegistry, Path], tmp_path: Path) -> None:
+    """A signal at step 2 of 6 with one evaluation at the end: only the backbone was evaluated, so publishing
+    would replace the camera's working model with the unadapted backbone; nothing is published."""
+    registry, images = setup
+    before = _previous_model(tmp_path, registry, images)
+
+    def at_step_2(event: ProgressEvent) -> None:
+        if event.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as info, catch_interrupts():
+        adapt_camera(select_group(images, "nokia"), CONFIG.with_overrides(eval_every=6), store_root=tmp_path,
+                     backbone_name="tiny", registry=registry, progress=at_step_2, keep_on_interrupt=True)
+    assert not info.value.kept and info.value.exit_code == 130
+    assert info.value.note is not None and "nothing was published" in info.value.note
+    assert CameraStore.open(tmp_path, "nokia").manifest_path.read_text() == before
+
+
+def test_signal_during_the_commit_reports_the_published_model(setup: tuple[BackboneRegistry, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from adassr.runtime.store import StoreTransaction
+
+    registry, images = setup
+    before = _previous_model(tmp_path, registry, images)
+    real_commit = StoreTransaction.commit
+
+    def slow_commit(self, *args, **kwargs):  # a signal right after the real commit, still inside it
+        committed = real_commit(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return committed
+
+    monkeypatch.setattr(StoreTransaction, "commit", slow_commit)
+    with pytest.raises(Interrupted) as info, catch_interrupts():
+        adapt_camera(select_group(images, "nokia"), CONFIG.with_overrides(steps=2), store_root=tmp_path,
+                     backbone_name="tiny", registry=registry)
+    assert info.value.kept and info.value.exit_code == 143
+    assert info.value.note is not None and "the new model is published" in info.value.note
+    store = CameraStore.open(tmp_path, "nokia")
+    assert store.manifest_path.read_text() != before
+    store.verified_path("adapted.safetensors")

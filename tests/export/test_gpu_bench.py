@@ -99,3 +99,35 @@ def test_bench_command_writes_the_report(store: Path, tmp_path: Path, capsys: py
     result = json.loads(next(out.glob("*.json")).read_text())
     assert [r["size"] for r in result["rows"]] == [16]
     assert "results:" in capsys.readouterr().out
+
+
+def test_bad_options_fail_before_any_timing(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Each of these once ran the whole benchmark and then crashed, or was silently ignored."""
+    import adassr.export.bench as bench
+    from adassr.cli import main
+
+    def no_timing(*_a: object, **_k: object) -> None:
+        raise AssertionError("timed although the options were bad")
+
+    monkeypatch.setattr(bench, "time_calls", no_timing)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    base = ["bench", "latency", "--store", str(store), "--sizes", "16", "--no-torch", "--repeats", "1"]
+    cases = [
+        (["--out", str(a_file)], "choose another --out"),
+        (["--out", str(a_file / "below")], "choose another --out"),
+        (["--frame", "40x30"], "the CPU report times square crops"),
+        (["--threads", "0"], "--threads must be an integer from 1 to 1024"),
+        (["--camera", "nope"], "camera 'nope' has no exported model"),
+        (["--sizes", "4"], "--sizes needs sizes >= 8"),
+    ]
+    for extra, message in cases:
+        assert main([*base, "--out", str(tmp_path / "out"), *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert not (tmp_path / "out").exists()
+    for frame in ("0x0", "abc", "40x4"):
+        with pytest.raises(ConfigError, match="--frame"):
+            run_gpu_latency(_args(store, frame=frame))
+    with pytest.raises(ConfigError, match="camera 'nope' has no exported model"):
+        run_gpu_latency(_args(store, camera="nope"))

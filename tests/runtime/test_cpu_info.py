@@ -123,9 +123,12 @@ def test_threads_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert intra_op_threads(cpu) == 2
     monkeypatch.setenv("ADASSR_THREADS", "1")
     assert intra_op_threads(cpu) == 1
-    monkeypatch.setenv("ADASSR_THREADS", "zero")
-    with pytest.raises(ConfigError, match="ADASSR_THREADS"):
-        intra_op_threads(cpu)
+    monkeypatch.setenv("ADASSR_THREADS", "1024")
+    assert intra_op_threads(cpu) == 1024
+    for bad in ("zero", "0", "-3", "99999", "²"):  # 99999 threads once ballooned to 16 GB and never finished
+        monkeypatch.setenv("ADASSR_THREADS", bad)
+        with pytest.raises(ConfigError, match="ADASSR_THREADS must be an integer from 1 to 1024"):
+            intra_op_threads(cpu)
 
 
 def test_cpu_key_distinguishes_isa(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from adassr.runtime.images import (
     SUPPORTED_WRITE_SUFFIXES,
     AlphaDroppedWarning,
     LoadedImage,
+    ProfileDroppedWarning,
     from_float32,
     read_camera_exif,
     read_image,
@@ -675,6 +676,84 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_a
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_a_full_disk_while_the_encoder_writes_leaves_the_old_file(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder writes straight into the temporary file; failing half-way keeps the old image."""
+    path = write_image(tmp_path / "out.png", _photo())
+    before = path.read_bytes()
+    real = write_module._Encoding.write_to
+    noise = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)  # about 1.4 MB of PNG
+
+    def half_then_full(self: object, out: object) -> None:
+        class Filling:
+            def __init__(self) -> None:
+                self.written = 0
+
+            def write(self, data: bytes) -> int:
+                if self.written > 100:
+                    raise OSError(28, "No space left on device")
+                self.written += len(data)
+                return out.write(data)  # type: ignore[attr-defined, no-any-return]
+
+            def __getattr__(self, name: str) -> object:
+                if name == "fileno":
+                    raise AttributeError(name)  # Pillow must go through write()
+                return getattr(out, name)
+
+        real(self, Filling())  # type: ignore[arg-type]
+
+    monkeypatch.setattr(write_module._Encoding, "write_to", half_then_full)
+    with pytest.raises(ImageError, match="No space left"):
+        write_image(path, noise)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def _profile(space: bytes = b"RGB ") -> bytes:
+    """The Adobe RGB (1998) profile of the bundled canon photo, its colour space field set to ``space``."""
+    profile = read_image(SAMPLES / "canon" / "xmp_test.jpg").icc_profile
+    assert profile is not None and profile[16:20] == b"RGB "
+    return profile[:16] + space + profile[20:]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif"])
+def test_colour_profile_roundtrip_8bit(tmp_path: Path, suffix: str) -> None:
+    profile = _profile()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProfileDroppedWarning)
+        path = write_image(tmp_path / f"a{suffix}", _photo(), icc_profile=profile)
+    assert read_image(path).icc_profile == profile
+    assert read_image(write_image(tmp_path / f"plain{suffix}", _photo())).icc_profile is None
+
+
+def test_colour_profile_16bit_png_and_where_it_is_dropped(tmp_path: Path) -> None:
+    rgb16 = _photo().astype(np.uint16) * 257 + 3
+    path = write_image(tmp_path / "deep.png", rgb16, icc_profile=_profile())
+    back = read_image(path)  # an iCCP chunk added to OpenCV's PNG: both decoders still read it
+    assert back.icc_profile == _profile() and back.bit_depth == 16
+    np.testing.assert_array_equal(back.pixels, rgb16)
+    with Image.open(path) as im:
+        assert im.info["icc_profile"] == _profile()
+    with pytest.warns(ProfileDroppedWarning, match="16-bit TIFF"):
+        write_image(tmp_path / "deep.tif", rgb16, icc_profile=_profile())
+    assert read_image(tmp_path / "deep.tif").icc_profile is None
+    grey = _photo()[..., :1].copy()
+    with pytest.warns(ProfileDroppedWarning, match="RGB profile for grey pixels"):
+        write_image(tmp_path / "g.png", grey, icc_profile=_profile())
+    gray_profile = _profile(b"GRAY")
+    assert read_image(write_image(tmp_path / "g2.png", grey, icc_profile=gray_profile)).icc_profile == gray_profile
+    with pytest.warns(ProfileDroppedWarning, match="WebP stores grey as RGB"):
+        write_image(tmp_path / "g.webp", grey, icc_profile=gray_profile)
+
+
+def test_a_profile_that_does_not_describe_the_decoded_pixels_is_not_kept(tmp_path: Path) -> None:
+    """A CMYK file is decoded to RGB, so its CMYK profile would be wrong on the output."""
+    cmyk = Image.fromarray(_photo()).convert("CMYK")
+    cmyk.save(tmp_path / "c.jpg", quality=95, icc_profile=_profile(b"CMYK"))
+    image = read_image(tmp_path / "c.jpg")
+    assert image.channels == 3 and image.icc_profile is None
 
 
 def test_written_file_has_normal_permissions(tmp_path: Path) -> None:

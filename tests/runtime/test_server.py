@@ -188,6 +188,7 @@ def test_status_codes_and_error_bodies(store: Path) -> None:
             {"format": "gif"},
             {"quality": "0"},
             {"quality": "high"},
+            {"quality": "\u00b2"},  # a digit to str.isdigit, not to int(): once a 500
             {"colour": "red"},
             {"camera": "../etc"},
         ):
@@ -244,6 +245,19 @@ def test_token_auth(store: Path, tmp_path: Path) -> None:
         read_token_file(token_file)
     with pytest.raises(ConfigError, match="does not exist"):
         read_token_file(tmp_path / "missing")
+    token_file.write_text("sekrit\u00e9\n", encoding="utf-8")  # curl sends UTF-8, urllib latin-1: never matchable
+    with pytest.raises(ConfigError, match="printable ASCII"):
+        read_token_file(token_file)
+
+
+def test_serve_refuses_a_bad_thread_override_at_start(store: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """It used to start, never become ready and log the error for every model, forever."""
+    from adassr.cli import main
+
+    monkeypatch.setenv("ADASSR_THREADS", "abc")
+    assert main(["serve", "--store", str(store), "--port", "0"]) == 2
+    assert "ADASSR_THREADS must be an integer from 1 to 1024" in capsys.readouterr().err
 
 
 def test_config_validation(store: Path) -> None:
@@ -255,6 +269,11 @@ def test_config_validation(store: Path) -> None:
         ServerConfig(store=store, tile=32, overlap=16)
     with pytest.raises(ConfigError, match="max_pixels"):
         Limits(max_pixels=0)
+    for threads in (0, 1025, 99999):
+        with pytest.raises(ConfigError, match="threads must be an integer from 1 to 1024"):
+            ServerConfig(store=store, threads=threads)
+    with pytest.raises(ConfigError, match="pre_pad must be from 0 to 128"):
+        ServerConfig(store=store, pre_pad=100000)
     assert ServerConfig(store=store).host == "127.0.0.1"
 
 

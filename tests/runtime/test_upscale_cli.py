@@ -194,6 +194,41 @@ def test_output_naming(tmp_path: Path) -> None:
         plan_outputs(src, src, "auto")
     with pytest.raises(ConfigError, match="not a writable format"):
         plan_outputs(src, tmp_path / "out", "gif")
+    with pytest.raises(ConfigError, match="reads as an image file name"):
+        plan_outputs(src, tmp_path / "result.png", "auto")  # would have become a folder named result.png
+
+
+def test_renamed_outputs_never_collide(store: Path, tmp_path: Path) -> None:
+    """x.jpg and x.png both want x.png, so x.jpg becomes x_jpg.png, which x_jpg.png itself takes: the
+    third name gets a number. Once, one output silently overwrote another while the run said 3 ok."""
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    images = {name: rng.integers(0, 256, (10, 12, 3)).astype(np.uint8) for name in ("x.png", "x.jpg", "x_jpg.png")}
+    for name, px in images.items():
+        write_image(src / name, px)
+    pairs = {s.name: t.name for s, t in plan_outputs(src, tmp_path / "out", "png")}
+    assert pairs == {"x.png": "x_png.png", "x.jpg": "x_jpg_2.png", "x_jpg.png": "x_jpg.png"}
+    code, out, _ = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--ext", "png")
+    assert code == 0 and "3 ok" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x_jpg.png", "x_jpg_2.png", "x_png.png"]
+    grey_x_jpg = read_image(tmp_path / "out" / "x_jpg_2.png").pixels  # from x.jpg, not x_jpg.png
+    assert grey_x_jpg.shape == (40, 48, 3)
+    assert not np.array_equal(grey_x_jpg, read_image(tmp_path / "out" / "x_jpg.png").pixels)
+
+
+def test_the_colour_profile_reaches_the_output(store: Path, tmp_path: Path) -> None:
+    """The bundled canon photo carries Adobe RGB (1998); an output without it would look desaturated."""
+    sample = SAMPLES / "canon" / "xmp_test.jpg"
+    profile = read_image(sample).icc_profile
+    assert profile is not None and b"Adobe RGB" in profile
+    with Image.open(sample) as im:
+        im.crop((0, 0, 40, 30)).save(tmp_path / "crop.jpg", quality=95, icc_profile=profile)
+    for name in ("out.png", "out.jpg", "out.webp", "out.tif"):
+        code, _, err = _run("-i", str(tmp_path / "crop.jpg"), "-o", str(tmp_path / name), "--store", str(store))
+        assert code == 0 and "note:" not in err
+        with Image.open(tmp_path / name) as im:
+            assert im.info.get("icc_profile") == profile, name
 
 
 def test_argument_and_store_problems_raise(store: Path, tmp_path: Path) -> None:
@@ -207,6 +242,8 @@ def test_argument_and_store_problems_raise(store: Path, tmp_path: Path) -> None:
              "--tile", "32", "--tile-overlap", "16")
     with pytest.raises(CameraError):
         _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), "--camera", "no/such")
+    with pytest.raises(ConfigError, match="pre_pad must be from 0 to 128"):
+        _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), "--pre-pad", "100000")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="no images"):
