@@ -13,12 +13,15 @@ Layout written (``adassr export --triton-repo DIR``)::
   client pads every tile to that shape (see :mod:`adassr.runtime.server.triton_client`), which
   static TensorRT engines need and which lets Triton batch tiles of different images.
 - Versions: the model file of the camera's current export is copied into a new numbered version
-  folder unless an existing version already holds exactly these bytes (compared by sha256), so
-  re-running the command is a no-op and every new adaptation or re-export becomes version n+1.
-  ``version_policy`` serves the latest version; older ones stay for rollback.
+  folder unless the latest version already holds exactly these bytes (compared by sha256), so
+  re-running the command is a no-op and every new adaptation or re-export becomes version n+1 (a
+  rollback to earlier weights too: ``version_policy`` serves the latest version; older ones stay).
+  ``adassr_versions.json`` records where each version came from; a damaged one stops the export
+  rather than being replaced. One export writes a repository at a time (a lock file at its top).
 - ``--platform tensorrt_plan``: the camera's TensorRT engine (``adassr export --engine tensorrt``,
   built on the serving GPU type) for the precision, whose optimisation profile takes batches of
-  1..``max_batch_size`` tiles of the tile shape, is copied as ``model.plan``. Without one use
+  1..``max_batch_size`` tiles of the tile shape and which was built from the current ONNX export
+  (an engine of earlier weights is refused), is copied as ``model.plan``. Without one use
   ``onnxruntime_onnx`` with ``--trt-accelerator``, which lets Triton's onnxruntime backend build
   TensorRT engines itself.
 
@@ -28,12 +31,14 @@ it appears under its number. Model files are verified against the manifest's sha
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,7 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
 DEFAULT_PREFIX = "adassr_"
 PROVENANCE = "adassr_versions.json"
+LOCK_FILE = ".adassr.lock"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
@@ -206,13 +212,25 @@ def _covers(profile: Mapping[str, Any], shape: tuple[int, ...], batch: int) -> b
 def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> Path:
     """The camera's TensorRT engine for this precision whose profile takes ``1..max_batch x 3 x tile x tile``."""
     shape = (3, options.tile, options.tile)
+    current = _current_onnx_sha256(manifest)
     found: list[tuple[str, Mapping[str, Any]]] = []
+    stale = 0
     for record in (manifest.get("engines") or {}).values():
         key = record.get("key") if isinstance(record, Mapping) else None
         if not isinstance(key, Mapping) or key.get("precision") != options.precision:
             continue
         if any(_covers(p, shape, options.max_batch_size) for p in key.get("profiles", ())):
+            if key.get("source_sha256") not in current:
+                stale += 1  # built from an earlier export: publishing it would serve the old weights
+                continue
             found.append((str(key.get("gpu_name")), record))
+    if not found and stale:
+        raise ExportError(
+            f"camera {store.camera!r}: its {options.precision} TensorRT engine for this tile shape was built from an "
+            "earlier export, not from the current ONNX model (the camera was adapted or exported again since); "
+            f"rebuild it on the serving GPU with `adassr export --camera {store.camera} --engine tensorrt --tile "
+            f"{options.tile} --tile-batch {options.max_batch_size}`"
+        )
     if not found:
         raise ExportError(
             f"camera {store.camera!r} has no {options.precision} TensorRT engine whose profile takes batches of "
@@ -238,31 +256,84 @@ def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
     return path
 
 
+def _current_onnx_sha256(manifest: Mapping[str, Any]) -> set[str]:
+    """The sha256 of every ONNX model the camera's manifest exports now (what a current engine is built from)."""
+    artifacts = manifest.get("artifacts") or {}
+    found = set()
+    for record in (manifest.get("exports") or {}).values():
+        entry = artifacts.get(str(record.get("file"))) if isinstance(record, Mapping) else None
+        if isinstance(entry, Mapping) and isinstance(entry.get("sha256"), str):
+            found.add(entry["sha256"])
+    return found
+
+
 def _versions(model_dir: Path) -> dict[int, Path]:
     if not model_dir.is_dir():
         return {}
     return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
 
 
+def _read_provenance(path: Path) -> dict[str, Any]:
+    """The model's version records; ExportError for a damaged file (it is never silently replaced)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ExportError(
+            f"{path} cannot be read ({exc}); it records where each version came from, so it is not overwritten: "
+            "repair it or move it away, then rerun") from exc
+    if not isinstance(data, dict):
+        raise ExportError(f"{path} is not a JSON object of version records; repair it or move it away, then rerun")
+    return data
+
+
+@contextlib.contextmanager
+def _repository_lock(repo: Path) -> Iterator[None]:
+    """Exclusive lock on the repository (``.adassr.lock`` at its top, which Triton does not read as a
+    model): two exports writing one repository would race for the same version numbers."""
+    import fcntl
+
+    fd = os.open(repo / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise ExportError(f"another adassr export is writing the Triton repository {repo}; wait for it to "
+                              "finish, then rerun") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root: Path) -> TritonModel:
-    """Write (or update) one camera's Triton model; return what was done."""
+    """Write (or update) one camera's Triton model; return what was done.
+
+    The current export becomes a new version unless the latest version already holds exactly its
+    bytes: an older version with the same bytes (a rollback) is not what Triton serves, since it
+    serves the latest, so it gets a new number too."""
     store = CameraStore.open(store_root, camera)
     manifest = store.read_manifest()
     record, source = _source(store, manifest, options)
     scale = int(record.get("scale", manifest.get("scale", 0)))
     name = model_name(camera, options.prefix)
     model_dir = repo / name
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ExportError(f"{model_dir} is a file, where the Triton model of camera {camera!r} goes; move it away")
     file_name = MODEL_FILES[options.platform]
     digest = sha256_file(source)
     versions = _versions(model_dir)
-    existing = next(
-        (v for v, d in sorted(versions.items()) if (d / file_name).is_file() and sha256_file(d / file_name) == digest),
-        None,
-    )
+    latest = max(versions, default=None)
+    unchanged = (latest is not None and (versions[latest] / file_name).is_file()
+                 and sha256_file(versions[latest] / file_name) == digest)
+    provenance_path = model_dir / PROVENANCE
+    provenance = _read_provenance(provenance_path)
     config = render_config(name, camera=camera, record=record, scale=scale, options=options)
     model_dir.mkdir(parents=True, exist_ok=True)
-    new = existing is None
-    version = existing if existing is not None else max(versions, default=0) + 1
+    new = not unchanged
+    version = latest if unchanged and latest is not None else max(versions, default=0) + 1
     if new:
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
         try:
@@ -277,11 +348,8 @@ def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     atomic_write_bytes(model_dir / "config.pbtxt", config.encode("utf-8"))
-    provenance_path = model_dir / PROVENANCE
-    try:
-        provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        provenance = {}
+    if not new and str(version) in provenance:
+        return TritonModel(name, camera, version, new, digest, model_dir)  # the record of these bytes stands
     provenance[str(version)] = {
         "camera": camera,
         "sha256": digest,
@@ -311,5 +379,11 @@ def write_repository(
         if not chosen:
             raise ExportError(f"no camera in {root} has an export; run `adassr export` first")
     out = Path(repo).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    return [write_model(out, camera, opts, root) for camera in chosen]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with _repository_lock(out):
+            return [write_model(out, camera, opts, root) for camera in chosen]
+    except OSError as exc:
+        raise ExportError(f"cannot write the Triton repository {out}: {exc.strerror or exc}"
+                          f"{f' ({exc.filename})' if exc.filename else ''}; choose a writable folder with "
+                          "--triton-repo DIR") from exc

@@ -115,7 +115,8 @@ def test_tensorrt_plan_needs_an_engine_in_the_store(store: Path, tmp_path: Path)
         "file": "e1.plan",
         "sha256": hashlib.sha256(engine).hexdigest(),
         "bytes": len(engine),
-        "key": {"precision": "fp32", "gpu_name": "NVIDIA H200", "profiles": [profile]},
+        "key": {"precision": "fp32", "gpu_name": "NVIDIA H200", "profiles": [profile],
+                "source_sha256": _sha(cam.verified_path("model.onnx"))},
     }
     cam.update_manifest(lambda m: m.setdefault("engines", {}).update(abc=record))
     (model,) = write_repository(tmp_path / "repo", store, ["canon"], options)
@@ -125,6 +126,61 @@ def test_tensorrt_plan_needs_an_engine_in_the_store(store: Path, tmp_path: Path)
     small = TritonRepoOptions(platform="tensorrt_plan", tile=256, max_batch_size=4, preferred_batch_sizes=(4,))
     with pytest.raises(ExportError, match="profile takes batches"):  # the profile does not take 256 px tiles
         write_repository(tmp_path / "repo2", store, ["canon"], small)
+    # Re-adapted and re-exported: the engine record stays, but it was built from the old ONNX model.
+    publish_camera(store, "canon", seed=5)
+    assert CameraStore.open(store, "canon").read_manifest()["engines"]["abc"] == record
+    with pytest.raises(ExportError, match="built from an earlier export"):
+        write_repository(tmp_path / "repo", store, ["canon"], options)
+    assert sorted(p.name for p in model.directory.iterdir() if p.is_dir()) == ["1"]
+
+
+def test_a_rollback_to_earlier_weights_becomes_the_newest_version(store: Path, tmp_path: Path) -> None:
+    """Triton serves the latest version, so bytes equal to an older version must not count as unchanged."""
+    repo = tmp_path / "repo"
+    (first,) = write_repository(repo, store, ["canon"])
+    publish_camera(store, "canon", seed=5)
+    (second,) = write_repository(repo, store, ["canon"])
+    publish_camera(store, "canon", seed=1, fp16=True)  # back to the first weights
+    (third,) = write_repository(repo, store, ["canon"])
+    assert [m.version for m in (first, second, third)] == [1, 2, 3] and third.new_version
+    assert third.sha256 == first.sha256 != second.sha256
+    assert _sha(repo / "adassr_canon" / "3" / "model.onnx") == first.sha256
+    (again,) = write_repository(repo, store, ["canon"])
+    assert (again.version, again.new_version) == (3, False)
+
+
+def test_repository_problems_are_export_errors(store: Path, tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(ExportError, match="cannot write the Triton repository"):
+        write_repository(a_file, store, ["canon"])
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "adassr_canon").write_text("not a folder")
+    with pytest.raises(ExportError, match="is a file"):
+        write_repository(repo, store, ["canon"])
+    (repo / "adassr_canon").unlink()
+    write_repository(repo, store, ["canon"])
+    provenance = repo / "adassr_canon" / "adassr_versions.json"
+    provenance.write_text("{damaged")
+    publish_camera(store, "canon", seed=5)
+    with pytest.raises(ExportError, match="not overwritten"):
+        write_repository(repo, store, ["canon"])
+    assert provenance.read_text() == "{damaged"
+    assert sorted(p.name for p in (repo / "adassr_canon").iterdir() if p.is_dir()) == ["1"]
+    provenance.unlink()
+    fd = os.open(repo / ".adassr.lock", os.O_RDWR)  # another export holds the repository
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ExportError, match="another adassr export is writing"):
+            write_repository(repo, store, ["canon"])
+    finally:
+        os.close(fd)
+    (model,) = write_repository(repo, store, ["canon"])
+    assert (model.version, model.new_version) == (2, True)
 
 
 def test_refuses_a_tampered_model(store: Path, tmp_path: Path) -> None:
