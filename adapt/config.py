@@ -28,6 +28,9 @@ def cli(help: str, *, flag: str | None = None, choices: tuple[str, ...] | None =
     return {"help": help, "flag": flag, "choices": choices}
 
 
+MAX_SEED = 2**31 - 1
+"""The largest ``seed``: the run derives further seeds from it (``seed + 1000 * k``) for numpy and torch."""
+
 @dataclass(frozen=True)
 class CliField:
     """A config field that a command-line option sets."""
@@ -145,7 +148,9 @@ class AdaptConfig:
     kernel: str = field(default="estimate", metadata=cli("estimate the blur kernel, or bicubic", choices=KERNEL_MODES))
     admm_iters: int = field(default=1, metadata=cli("ADMM outer iterations K (1)"))
     augment: bool = True  # False: plain crops of the LR images (no flips, affine, noise, photometric, USM)
-    external_hr: Path | None = field(default=None, metadata=cli("clean HR images for the external step (K > 1)"))
+    external_hr: Path | None = field(default=None, metadata=cli(
+        "clean HR images for the external step (K > 1); checked before training, and images smaller "
+        "than the HR patch or unreadable are skipped with a warning"))
     external_steps: int | None = None  # default: same as steps
     time_budget: float | None = field(default=None, metadata=cli(
         "seconds for the whole run (set-up included): training stops early enough for its last "
@@ -163,6 +168,8 @@ class AdaptConfig:
             _check_positive(label(name), getattr(self, name), allow_zero=name != "lr")
         if self.time_budget is not None:
             _check_positive(label("time_budget"), self.time_budget)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"{label('seed')} must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"{label('ema_decay')} must be in [0, 1), got {self.ema_decay}")
         _check_choice(label("precision"), self.precision, TRAINING_PRECISIONS)

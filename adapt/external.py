@@ -23,7 +23,8 @@ from adassr.adapt.degradation import jpeg_roundtrip
 from adassr.adapt.ema import WeightEma
 from adassr.adapt.losses import ProximalTerm, make_adam, weighted_l1
 from adassr.adapt.precision import Precision
-from adassr.runtime.errors import ConfigError
+from adassr.runtime.errors import ConfigError, ImageError
+from adassr.runtime.images import is_image_file, read_image, read_image_size, to_float32
 
 log = logging.getLogger(__name__)
 
@@ -121,18 +122,60 @@ class ExternalPairSampler:
         return ExternalBatch(lr, hr_arr, np.ones((n, 1, p, p), np.float32))
 
 
-def load_external_images(directory: Path) -> list[np.ndarray]:
-    from adassr.runtime.images import is_image_file, read_image, to_float32
-
+def _listed(directory: Path) -> list[Path]:
     root = Path(directory)
     found = root.rglob("*") if root.is_dir() else iter(())
-    paths = sorted(p for p in found if is_image_file(p))
+    return sorted(p for p in found if is_image_file(p))
+
+
+def _none_usable(root: Path, total: int, reasons: Sequence[str], min_side: int) -> ConfigError:
+    listed = "; ".join(reasons[:5]) + (f"; and {len(reasons) - 5} more" if len(reasons) > 5 else "")
+    return ConfigError(f"--external-hr {root}: none of its {total} images can be used ({listed}); the external "
+                       f"step needs clean HR images of at least {min_side}x{min_side} pixels (or a smaller --patch)")
+
+
+def check_external_images(directory: Path, *, min_side: int) -> list[Path]:
+    """The images of ``directory`` that the external step can use, from their headers (no pixel is
+    decoded): before any training, so a bad folder fails the run at once. Unreadable images and
+    images with a side under ``min_side`` (the HR patch) are skipped with one warning naming them;
+    ConfigError when none is left."""
+    root = Path(directory)
+    paths = _listed(root)
     if not paths:
         raise ConfigError(f"--external-hr {root}: no images found (need clean HR images for the external step)")
-    images = []
+    usable, reasons = [], []
     for path in paths:
-        pixels = to_float32(read_image(path).pixels)
+        try:
+            width, height = read_image_size(path)
+        except ImageError as exc:
+            reasons.append(str(exc))
+            continue
+        if min(width, height) < min_side:
+            reasons.append(f"{path} is {width}x{height}, smaller than the HR patch {min_side}x{min_side}")
+            continue
+        usable.append(path)
+    if not usable:
+        raise _none_usable(root, len(paths), reasons, min_side)
+    if reasons:
+        log.warning("--external-hr: skipped %d of %d images: %s", len(reasons), len(paths), "; ".join(reasons))
+    return usable
+
+
+def load_external_images(paths: Sequence[Path], *, min_side: int) -> list[np.ndarray]:
+    """Decode ``paths`` (from :func:`check_external_images`) as float32 RGB; one that fails to decode
+    now (damage past its header) is skipped with a warning; ConfigError when none decodes."""
+    images, reasons = [], []
+    for path in paths:
+        try:
+            pixels = to_float32(read_image(path).pixels)
+        except ImageError as exc:
+            reasons.append(str(exc))
+            continue
         images.append(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels)
+    if not images:
+        raise _none_usable(Path(paths[0]).parent if paths else Path("."), len(paths), reasons, min_side)
+    if reasons:
+        log.warning("--external-hr: skipped %d of %d images: %s", len(reasons), len(paths), "; ".join(reasons))
     return images
 
 
@@ -149,7 +192,9 @@ def run_external_step(
     """Train ``model`` on the external set with the proximal term to ``anchors``; return the EMA
     weights (fp32, CPU) of every parameter."""
     assert config.external_hr is not None
-    sampler = ExternalPairSampler(load_external_images(config.external_hr), scale=scale,
+    hr_patch = config.lr_patch * scale
+    paths = check_external_images(config.external_hr, min_side=hr_patch)
+    sampler = ExternalPairSampler(load_external_images(paths, min_side=hr_patch), scale=scale,
                                   lr_patch=config.lr_patch, seed=seed)
     model.to(device).train()
     params = dict(model.named_parameters())

@@ -251,6 +251,10 @@ def _with_folder_named_group(groups: dict[str, CameraGroup], directory: Path, wa
 def single_image_group(path: str | Path, camera: str | None = None) -> CameraGroup:
     """A one-image group (single-image mode); the name comes from ``camera`` or the metadata."""
     image = Path(path).expanduser()
+    if not image.exists():
+        raise CameraError(f"--image {image} does not exist")
+    if image.is_dir():
+        raise CameraError(f"--image {image} is a folder; pass one image file, or the folder with --images DIR")
     if not is_image_file(image):
         raise CameraError(
             f"--image {image} is not an image file this tool reads ({', '.join(SUPPORTED_READ_SUFFIXES)})"
@@ -260,4 +264,7 @@ def single_image_group(path: str | Path, camera: str | None = None) -> CameraGro
     name, _how, problem = _group_by_metadata(image)
     if problem is not None:
         raise CameraError(f"--image {image}: {problem}; or name the group with --camera NAME")
+    if name == UNGROUPED:  # it would publish a camera called "ungrouped", which the next such image overwrites
+        raise CameraError(f"--image {image} names no camera (no EXIF Make, no camera prefix in its file name); "
+                          "name its group with --camera NAME")
     return CameraGroup(name, (GroupMember(image, "single-image"),))

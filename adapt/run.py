@@ -426,6 +426,7 @@ def adapt_camera(
     compute = _resolve_compute(config)
     with store.transaction() as tx:
         backbone, base_state = _load_backbone(backbone_name, compute.device, registry)
+        _check_before_setup(config, backbone.scale)
         map_cache = WeightMapCache(store_cache_folder(store_root), backbone.weights_sha256, config.attention,
                                    compute.precision.name, compute.device.type)
         if compute.governor is not None:
@@ -455,6 +456,21 @@ def adapt_camera(
     return AdaptOutcome(group.name, store.directory, store.artifact_path(WEIGHTS_FILE, committed),
                         record["niqe_before"], record["niqe_after"], result.kept_backbone, result.steps,
                         result.stop_reason, record["wall_time_s"], inputs.kernel.describe())
+
+
+def _check_before_setup(config: AdaptConfig, scale: int) -> None:
+    """What depends on the backbone's scale, checked before the minutes of set-up: the evaluation
+    crop must give NIQE two 96 x 96 blocks, and ``--external-hr`` must hold usable images."""
+    from adassr.adapt.quality.niqe import BLOCK_SIZE
+
+    smallest = -(-2 * BLOCK_SIZE // scale)
+    if config.eval_crop * scale < 2 * BLOCK_SIZE:
+        raise ConfigError(f"--eval-crop {config.eval_crop} is too small: NIQE needs two {BLOCK_SIZE}x{BLOCK_SIZE} "
+                          f"blocks of the x{scale} output, so the LR crop must be at least {smallest} px")
+    if config.admm_iters > 1 and config.external_hr is not None:
+        from adassr.adapt.external import check_external_images
+
+        check_external_images(config.external_hr, min_side=config.lr_patch * scale)
 
 
 def _load_backbone(name: str, device: torch.device,

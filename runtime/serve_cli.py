@@ -226,6 +226,7 @@ def _checked_config(args: argparse.Namespace) -> Any:
     config = config_from_args(args)
     if config.threads is None:
         intra_op_threads()  # a bad ADASSR_THREADS fails here, not in every model load
+    _check_port(config.host, config.port)
     CameraStore.open(config.store, FALLBACK_CAMERA)  # a missing store fails here, with its message
     if not list_cameras(config.store):
         raise ConfigError(
@@ -233,6 +234,24 @@ def _checked_config(args: argparse.Namespace) -> Any:
             "(`adassr export --backbone realesrgan-x4plus` for the fallback)"
         )
     return config
+
+
+def _check_port(host: str, port: int) -> None:
+    """ConfigError when ``host:port`` cannot be listened on (in use, no permission, unknown host), before
+    the banner and the models: uvicorn would print its own error and exit 3 after start-up."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); another process may use the "
+                          "port: choose another --port, or stop that process") from None
 
 
 def _uvicorn_server(app: Any, config: Any) -> Any:

@@ -170,11 +170,11 @@ def _is_int(value: object) -> bool:
 def _check_artifact(path: Path, name: object, record: object) -> None:
     where = f"{path}: artifacts[{name!r}]"
     if not _plain_name(name):
-        raise StoreError(f"{path}: artifact name {name!r} is not a plain file name; rerun the stage that wrote it")
+        raise StoreError(f"{path}: artifact name {name!r} is not a plain file name")
     if not isinstance(record, Mapping):
-        raise StoreError(f"{where} is not an object; rerun the stage that wrote it")
+        raise StoreError(f"{where} is not an object")
     if not isinstance(record.get("sha256"), str) or not _HEX64.match(record["sha256"]):
-        raise StoreError(f"{where} has no valid sha256 (64 hex digits); rerun the stage that wrote it")
+        raise StoreError(f"{where} has no valid sha256 (64 hex digits)")
     if "bytes" in record and (not _is_int(record["bytes"]) or record["bytes"] < 0):
         raise StoreError(f"{where}['bytes'] must be a non-negative integer, got {record['bytes']!r}")
     if "file" in record and not _plain_name(record["file"]):
@@ -195,48 +195,54 @@ def _check_artifact(path: Path, name: object, record: object) -> None:
 def _check_scale(where: str, value: object) -> None:
     if not _is_int(value) or not 1 <= value <= MAX_SCALE:  # type: ignore[operator]
         raise StoreError(
-            f"{where} must be an integer from 1 to {MAX_SCALE}, got {value!r}; rerun the stage that wrote it"
+            f"{where} must be an integer from 1 to {MAX_SCALE}, got {value!r}"
         )
+
+
+def damaged_manifest_advice(path: Path) -> str:
+    """The way out of a manifest that cannot be read: every stage refuses the camera until it is gone
+    (rerunning the stage that wrote it fails the same way, since it reads the manifest first)."""
+    camera = path.parent.name
+    rebuild = (f"`adapt --camera {camera}` (then `adassr export --camera {camera}`)" if camera != FALLBACK_CAMERA
+               else "`adassr export --backbone realesrgan-x4plus`")
+    return (f"every stage refuses this camera while the manifest is damaged: move it away "
+            f"(`mv {path} {path}.damaged`), then rebuild the camera with {rebuild}")
 
 
 def validate_manifest(data: object, path: Path) -> dict[str, Any]:
     """Type- and range-check a parsed manifest; return it, or raise :class:`StoreError` saying what is wrong."""
     if not isinstance(data, dict):
-        raise StoreError(f"{path} does not hold a JSON object; rerun the stage that wrote it")
+        raise StoreError(f"{path} does not hold a JSON object")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION or not _is_int(version):
-        raise StoreError(
-            f"{path} has schema_version {version!r}, this adassr reads {SCHEMA_VERSION}; "
-            "rerun the stage that wrote it with this version"
-        )
+        raise StoreError(f"{path} has schema_version {version!r}, this adassr reads {SCHEMA_VERSION}")
     if "camera" in data and not isinstance(data["camera"], str):
         raise StoreError(f"{path}: 'camera' must be a string, got {data['camera']!r}")
     artifacts = data.get("artifacts", {})
     if not isinstance(artifacts, dict):
-        raise StoreError(f"{path}: 'artifacts' must be an object, got {type(artifacts).__name__}; "
-                         "the store is damaged: rerun the stage that wrote it")
+        raise StoreError(f"{path}: 'artifacts' must be an object, got {type(artifacts).__name__}")
     for name, record in artifacts.items():
         _check_artifact(path, name, record)
     if "scale" in data:
         _check_scale(f"{path}: 'scale'", data["scale"])
     for key in ("weights_sha256",):
         if key in data and not isinstance(data[key], str):
-            raise StoreError(f"{path}: {key!r} must be a string, got {data[key]!r}; rerun adapt")
+            raise StoreError(f"{path}: {key!r} must be a string, got {data[key]!r}")
     if "backbone" in data:
         backbone = data["backbone"]
         if not isinstance(backbone, Mapping) or not isinstance(backbone.get("name"), str):
             raise StoreError(
-                f"{path}: 'backbone' must be an object with a string 'name'; rerun the stage that wrote it"
+                f"{path}: 'backbone' must be an object with a string 'name'"
             )
     if "interrupted" in data and not isinstance(data["interrupted"], bool):
         raise StoreError(f"{path}: 'interrupted' must be true or false, got {data['interrupted']!r}")
     exports = data.get("exports", {})
     if not isinstance(exports, dict):
-        raise StoreError(f"{path}: 'exports' must be an object, got {type(exports).__name__}; rerun `adassr export`")
+        raise StoreError(f"{path}: 'exports' must be an object, got {type(exports).__name__}")
     for key, record in exports.items():
         where = f"{path}: exports[{key!r}]"
         if not isinstance(record, Mapping) or not _plain_name(record.get("file")):
-            raise StoreError(f"{where} needs a plain 'file' name; rerun `adassr export`")
+            raise StoreError(f"{where} needs a plain 'file' name")
         if "scale" in record:
             _check_scale(f"{where}['scale']", record["scale"])
         multiple = record.get("multiple_of", 1)
@@ -326,16 +332,19 @@ class CameraStore:
                 f"no manifest for camera {self.camera!r} at {path}.{hint} Adapt it with "
                 f"`adapt --camera {self.camera}` (or export a backbone) first"
             ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StoreError(f"cannot read {path}: {exc}; rerun the stage that wrote it") from exc
+        except UnicodeDecodeError as exc:
+            raise StoreError(f"{path} is not UTF-8 text ({exc.reason}); {damaged_manifest_advice(path)}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}; check its permissions") from exc
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as exc:
             msg = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-            raise StoreError(
-                f"{path} is not valid JSON ({msg}); the store is damaged: rerun the stage that wrote it"
-            ) from exc
-        return validate_manifest(data, path)
+            raise StoreError(f"{path} is not valid JSON ({msg}); {damaged_manifest_advice(path)}") from exc
+        try:
+            return validate_manifest(data, path)
+        except StoreError as exc:
+            raise StoreError(f"{exc}; {damaged_manifest_advice(path)}") from None
 
     def read_manifest_or_empty(self) -> dict[str, Any]:
         if not self.manifest_path.exists():

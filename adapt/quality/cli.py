@@ -91,14 +91,19 @@ def _folder_images(folder: Path) -> list[Path]:
 
 
 def _folder_pairs(folder: Path, ref_folder: Path) -> list[tuple[str, str | None]]:
-    """Each image of ``folder`` with the image of ``ref_folder`` that has its file stem."""
+    """Each image of ``folder`` with the image of ``ref_folder`` of the same file name, else the one
+    with its file stem (``x.png`` scored against ``x.tif``); several of the stem and none of the name
+    is ambiguous, and that image is not scored."""
     by_stem: dict[str, list[Path]] = {}
     for ref in _folder_images(ref_folder):
         by_stem.setdefault(ref.stem, []).append(ref)
     pairs: list[tuple[str, str | None]] = []
     for image in _folder_images(folder):
         refs = by_stem.get(image.stem, [])
-        if len(refs) == 1:
+        same_name = [r for r in refs if r.name == image.name]
+        if same_name:
+            pairs.append((str(image), str(same_name[0])))
+        elif len(refs) == 1:
             pairs.append((str(image), str(refs[0])))
         elif refs:
             names = ", ".join(r.name for r in refs)

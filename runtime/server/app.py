@@ -264,16 +264,20 @@ class Server:
     # -- the HTTP side of one request ---------------------------------------------------------
     async def upscale(self, request: Request) -> Response:
         arrived = time.monotonic()
-        self.check_auth(request)
-        self.check_ready()
-        if self.admitted >= self.config.max_admitted:
-            raise HttpError(
-                429,
-                "overloaded",
-                f"the server is busy ({self.admitted} requests admitted, limit "
-                f"{self.config.max_admitted}); retry after the Retry-After seconds",
-                {"Retry-After": self.retry_after()},
-            )
+        try:
+            self.check_auth(request)
+            self.check_ready()
+            if self.admitted >= self.config.max_admitted:
+                raise HttpError(
+                    429,
+                    "overloaded",
+                    f"the server is busy ({self.admitted} requests admitted, limit "
+                    f"{self.config.max_admitted}); retry after the Retry-After seconds",
+                    {"Retry-After": self.retry_after()},
+                )
+        except HttpError as exc:  # refused before admission: counted in the latency histogram too
+            self.metrics.latency.labels("none", str(exc.status)).observe(time.monotonic() - arrived)
+            raise
         self.admitted += 1
         self.metrics.inflight.inc()
         try:

@@ -251,7 +251,7 @@ class ModelRegistry:
             try:
                 decision.verify()
             except StoreError as exc:
-                self._refused(camera, "model_checksum", f"{exc}; the model loaded before keeps serving", sig)
+                self._refused(camera, "model_checksum", str(exc), sig)
                 return False
             self._signatures[camera] = sig
             self._problems.pop(camera, None)
@@ -275,7 +275,9 @@ class ModelRegistry:
 
     def _refused(self, camera: str, kind: str, message: str, sig: _Signature, *, load_failed: bool = False) -> None:
         self._signatures[camera] = sig  # report a broken state once, not at every poll
-        text = message.replace(str(self._store), "<store>")
+        text = message
+        for path in {str(self._store), str(self._store.resolve())}:  # the path, not the word "store"
+            text = text.replace(path + os.sep, "<store>" + os.sep)
         keeps = " (the previous model keeps serving)" if camera in self._models else ""
         self._problems[camera] = text + keeps
         self._on_error(kind)

@@ -112,3 +112,34 @@ def test_re_adapting_reuses_the_weight_maps(tiny: BackboneRegistry, camera_dir: 
     assert len(calls) == 1  # the second run read the map
     assert second.niqe_after == first.niqe_after  # same seed, same map: the same run
     assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == ["_cache", "nokia"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"eval_crop": 20}, "--eval-crop 20 is too small: NIQE needs two 96x96 blocks of the x4 output, so the LR crop "
+                        "must be at least 48 px"),
+    ({"admm_iters": 2, "external_hr": Path("/nonexistent/hr")}, "no images found"),
+])
+def test_bad_settings_fail_before_the_set_up(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, extra: dict, message: str) -> None:
+    """Both used to surface only after the kernel estimate, the weight maps and a whole internal step."""
+    import adassr.adapt.run as run
+    from adassr.runtime.errors import ConfigError
+
+    def no_set_up(*_a: object, **_k: object) -> None:
+        raise AssertionError("the set-up ran although a setting was bad")
+
+    monkeypatch.setattr(run, "_prepare_inputs", no_set_up)
+    config = cpu_demo_defaults().with_overrides(steps=2, lr_patch=12, **extra)
+    with pytest.raises(ConfigError, match=message.replace(".", "\\.")):
+        adapt_camera(select_group(camera_dir, "nokia"), config, store_root=tmp_path, backbone_name="tiny",
+                     registry=tiny)
+
+
+def test_the_seed_range_is_checked_up_front() -> None:
+    from adassr.adapt.config import MAX_SEED
+    from adassr.runtime.errors import ConfigError
+
+    assert cpu_demo_defaults().with_overrides(seed=MAX_SEED).seed == MAX_SEED
+    for seed in (-1, -2000, MAX_SEED + 1, 10**23):  # numpy and torch once refused these after the set-up
+        with pytest.raises(ConfigError, match="seed must be an integer from 0 to 2147483647"):
+            cpu_demo_defaults().with_overrides(seed=seed)

@@ -56,7 +56,19 @@ def test_single_image_group() -> None:
     assert group.name == "canon" and group.members[0].derivation == "single-image"
     assert single_image_group(SAMPLES / "canon" / "flower.jpg", "MyCam").name == "mycam"
     with pytest.raises(CameraError, match="not an image"):
-        single_image_group(SAMPLES / "README.md")
+        single_image_group(SAMPLES.parent / "README.md")
+    with pytest.raises(CameraError, match="does not exist"):
+        single_image_group(SAMPLES / "canon" / "no_such.jpg")
+    with pytest.raises(CameraError, match="is a folder; .* --images DIR"):
+        single_image_group(SAMPLES / "canon")
+
+
+def test_a_single_image_that_names_no_camera_needs_camera(tmp_path: Path) -> None:
+    """Once it was published as a camera called 'ungrouped', which the next such image overwrote."""
+    _noise_png(tmp_path / "holiday.png")
+    with pytest.raises(CameraError, match="names no camera .* --camera NAME"):
+        single_image_group(tmp_path / "holiday.png")
+    assert single_image_group(tmp_path / "holiday.png", "beach").name == "beach"
 
 
 def _noise_png(path: Path, seed: int = 0) -> None:

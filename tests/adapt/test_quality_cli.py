@@ -119,10 +119,11 @@ def test_folders_are_scored_image_by_image_and_paired_by_file_stem(
     assert f"mean psnr over 2 image(s): {mean!r}" in err
 
     (sr / "extra.png").write_bytes(Path(D4).read_bytes())  # no reference: reported, the others scored
-    Image.open(R4).save(hr / "I04.jpg")  # two references of one stem: ambiguous
+    Image.open(R4).save(hr / "I04.jpg")  # a second reference of the stem: I04.png still has its own name
+    Image.open(R6).convert("RGB").save(hr / "I06.jpg")  # two of the stem and none of the name: ambiguous
     out, err = _partial(capsys, "psnr", str(sr), "--ref", str(hr))
-    assert [line.split("\t")[0] for line in out.splitlines()] == [str(sr / "I06.png")]
-    assert "no reference named extra.* in" in err and "2 references named I04.*" in err
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(sr / "I04.png")]
+    assert "no reference named extra.* in" in err and "2 references named I06.*" in err
     assert "scored 1, failed 2" in err and "mean" not in err
 
     assert _metrics("niqe", str(sr), D6) == 0

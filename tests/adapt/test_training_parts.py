@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -213,3 +215,26 @@ def test_make_adam_is_fused_on_cpu_and_falls_back_where_the_build_lacks_it(monke
     monkeypatch.setattr(torch.optim, "Adam", NoFused)
     adam = make_adam(net.parameters(), 1e-3, torch.device("cpu"))
     assert not adam.defaults["fused"] and len(adam.param_groups[0]["params"]) == 2
+
+
+def test_external_images_are_checked_from_their_headers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Unusable external HR images are named and skipped; none usable is a ConfigError saying the minimum."""
+    import logging
+
+    from adassr.adapt.external import check_external_images, load_external_images
+    from adassr.runtime.images import write_image
+
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "good.png", rng.integers(0, 256, (100, 120, 3)).astype(np.uint8))
+    write_image(tmp_path / "small.png", rng.integers(0, 256, (40, 60, 3)).astype(np.uint8))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        usable = check_external_images(tmp_path, min_side=96)
+    assert usable == [tmp_path / "good.png"]
+    assert "small.png is 60x40, smaller than the HR patch 96x96" in caplog.text and "empty.jpg" in caplog.text
+    (image,) = load_external_images(usable, min_side=96)
+    assert image.shape == (100, 120, 3) and image.dtype == np.float32
+    with pytest.raises(ConfigError, match="at least 128x128 pixels .or a smaller --patch."):
+        check_external_images(tmp_path, min_side=128)
+    with pytest.raises(ConfigError, match="no images found"):
+        check_external_images(tmp_path / "nothing", min_side=96)

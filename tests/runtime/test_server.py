@@ -240,6 +240,8 @@ def test_token_auth(store: Path, tmp_path: Path) -> None:
         ok = {"authorization": "Bearer s3cret-token"}
         assert c.post("/v1/upscale", content=canon, headers=ok).status_code == 200
         assert c.get("/metrics", headers=ok).status_code == 200
+        text = c.get("/metrics", headers=ok).text  # refusals before admission are in the latency histogram too
+        assert _metric(text, "adassr_request_duration_seconds_count", 'camera="none",status="401"') == 3
     token_file.write_text("  \n")
     with pytest.raises(ConfigError, match="non-empty"):
         read_token_file(token_file)
@@ -646,3 +648,18 @@ def test_alpha_and_16_bit_images_match_the_cli(store: Path, tmp_path: Path) -> N
         deep = c.post("/v1/upscale", content=png16.tobytes()).content
         decoded = cv2.imdecode(np.frombuffer(deep, np.uint8), cv2.IMREAD_UNCHANGED)
         assert decoded.dtype == np.uint16 and decoded.shape == (120, 136, 3)  # 16 bits in, 16 bits out
+
+
+def test_serve_refuses_a_port_in_use_before_starting(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn used to print the banner, then its own error, and exit 3."""
+    import socket
+
+    from adassr.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", "--store", str(store), "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert f"cannot listen on 127.0.0.1:{port}" in captured.err and "adassr serve: http" not in captured.out

@@ -75,6 +75,29 @@ def test_manifest_errors_are_clear(tmp_path: Path) -> None:
         store.read_manifest()
 
 
+@pytest.mark.parametrize("damage", [b"{bad", b"[1, 2]", b'{"schema_version": 1, "artifacts": []}', b"\xff\xfe"])
+def test_a_damaged_manifest_names_the_way_out_and_the_way_out_works(tmp_path: Path, damage: bytes) -> None:
+    """Rerunning the stage that wrote it cannot help (every stage reads the manifest first): the message
+    says to move it away, and after that a new transaction (what adapt and export open) succeeds."""
+    store = CameraStore.open(tmp_path, "nokia", create=True)
+    _publish_text(store, "a.bin", "x")
+    store.manifest_path.write_bytes(damage)
+    for call in (store.read_manifest, store.transaction().__enter__):
+        with pytest.raises(StoreError) as info:
+            call()
+        message = str(info.value)
+        assert f"mv {store.manifest_path} {store.manifest_path}.damaged" in message
+        assert "adapt --camera nokia" in message and "rerun the stage" not in message
+    store.manifest_path.rename(store.manifest_path.with_name("manifest.json.damaged"))
+    with store.transaction() as tx:
+        tx.commit()
+    assert store.read_manifest()["camera"] == "nokia"
+    fallback = CameraStore.open(tmp_path, "_fallback", create=True)
+    atomic_write_bytes(fallback.manifest_path, b"{bad")
+    with pytest.raises(StoreError, match="export --backbone realesrgan-x4plus"):
+        fallback.read_manifest()
+
+
 def test_missing_store_and_bad_names(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         CameraStore.open(tmp_path / "nope", "canon")
