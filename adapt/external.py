@@ -134,7 +134,7 @@ def _none_usable(root: Path, total: int, reasons: Sequence[str], min_side: int) 
                        f"step needs clean HR images of at least {min_side}x{min_side} pixels (or a smaller --patch)")
 
 
-def check_external_images(directory: Path, *, min_side: int) -> list[Path]:
+def check_external_images(directory: Path, *, min_side: int, warn: bool = True) -> list[Path]:
     """The images of ``directory`` that the external step can use, from their headers (no pixel is
     decoded): before any training, so a bad folder fails the run at once. Unreadable images and
     images with a side under ``min_side`` (the HR patch) are skipped with one warning naming them;
@@ -156,12 +156,12 @@ def check_external_images(directory: Path, *, min_side: int) -> list[Path]:
         usable.append(path)
     if not usable:
         raise _none_usable(root, len(paths), reasons, min_side)
-    if reasons:
+    if reasons and warn:
         log.warning("--external-hr: skipped %d of %d images: %s", len(reasons), len(paths), "; ".join(reasons))
     return usable
 
 
-def load_external_images(paths: Sequence[Path], *, min_side: int) -> list[np.ndarray]:
+def load_external_images(paths: Sequence[Path], *, min_side: int, root: Path) -> list[np.ndarray]:
     """Decode ``paths`` (from :func:`check_external_images`) as float32 RGB; one that fails to decode
     now (damage past its header) is skipped with a warning; ConfigError when none decodes."""
     images, reasons = [], []
@@ -173,7 +173,7 @@ def load_external_images(paths: Sequence[Path], *, min_side: int) -> list[np.nda
             continue
         images.append(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels)
     if not images:
-        raise _none_usable(Path(paths[0]).parent if paths else Path("."), len(paths), reasons, min_side)
+        raise _none_usable(root, len(paths), reasons, min_side)
     if reasons:
         log.warning("--external-hr: skipped %d of %d images: %s", len(reasons), len(paths), "; ".join(reasons))
     return images
@@ -193,8 +193,8 @@ def run_external_step(
     weights (fp32, CPU) of every parameter."""
     assert config.external_hr is not None
     hr_patch = config.lr_patch * scale
-    paths = check_external_images(config.external_hr, min_side=hr_patch)
-    sampler = ExternalPairSampler(load_external_images(paths, min_side=hr_patch), scale=scale,
+    paths = check_external_images(config.external_hr, min_side=hr_patch, warn=False)  # warned before the set-up
+    sampler = ExternalPairSampler(load_external_images(paths, min_side=hr_patch, root=config.external_hr), scale=scale,
                                   lr_patch=config.lr_patch, seed=seed)
     model.to(device).train()
     params = dict(model.named_parameters())

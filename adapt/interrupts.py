@@ -81,12 +81,18 @@ def catch_interrupts() -> Iterator[None]:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Hold SIGINT / SIGTERM (installed by :func:`catch_interrupts`) until the block ends, then raise."""
+    """Hold SIGINT / SIGTERM (installed by :func:`catch_interrupts`) until the block ends, then raise.
+
+    When the block itself fails, its error propagates and a held signal is dropped: the failure is
+    what happened (an ``Interrupted`` raised here would say the block completed)."""
     _STATE.defer_depth += 1
+    completed = False
     try:
         yield
+        completed = True
     finally:
         _STATE.defer_depth -= 1
         if _STATE.defer_depth == 0 and _STATE.pending is not None:
             signum, _STATE.pending = _STATE.pending, None
-            raise Interrupted(signum)
+            if completed:
+                raise Interrupted(signum)

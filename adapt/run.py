@@ -446,7 +446,7 @@ def adapt_camera(
         try:
             with deferred():  # a signal now waits until the manifest is committed
                 committed = tx.commit(functools.partial(_replace_adapt_fields, record=record))
-        except Interrupted as late:
+        except Interrupted as late:  # raised only after a commit that completed (see deferred)
             if result.interrupted is None:
                 raise Interrupted(late.signum, kept=True, note=(
                     "the signal came during the commit, which completed: the new model is published")) from None

@@ -202,9 +202,10 @@ def _check_scale(where: str, value: object) -> None:
 def damaged_manifest_advice(path: Path) -> str:
     """The way out of a manifest that cannot be read: every stage refuses the camera until it is gone
     (rerunning the stage that wrote it fails the same way, since it reads the manifest first)."""
-    camera = path.parent.name
-    rebuild = (f"`adapt --camera {camera}` (then `adassr export --camera {camera}`)" if camera != FALLBACK_CAMERA
-               else "`adassr export --backbone realesrgan-x4plus`")
+    camera, store = path.parent.name, path.parent.parent
+    rebuild = (f"`adapt --camera {camera} --images <its photos> --store {store}` (then `adassr export --camera "
+               f"{camera} --store {store}`)" if camera != FALLBACK_CAMERA
+               else f"`adassr export --backbone realesrgan-x4plus --store {store}`")
     return (f"every stage refuses this camera while the manifest is damaged: move it away "
             f"(`mv {path} {path}.damaged`), then rebuild the camera with {rebuild}")
 
@@ -341,6 +342,10 @@ class CameraStore:
         except (json.JSONDecodeError, RecursionError) as exc:
             msg = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
             raise StoreError(f"{path} is not valid JSON ({msg}); {damaged_manifest_advice(path)}") from exc
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:  # a newer adassr
+            raise StoreError(f"{path} was written by a newer adassr (schema_version {version}; this one reads "
+                             f"{SCHEMA_VERSION}); upgrade adassr to use this camera")
         try:
             return validate_manifest(data, path)
         except StoreError as exc:

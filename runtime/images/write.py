@@ -13,11 +13,12 @@ default LZW (16-bit). A colour profile (``icc_profile``) is embedded by every 8-
 16-bit PNG (an iCCP chunk added after IHDR); 16-bit TIFF, and a grey profile for WebP's RGB, drop it
 with a :class:`ProfileDroppedWarning`.
 
-The file is encoded in memory first, then written to a temporary file in the destination
-directory, fsynced and renamed over the destination: a failure leaves no partial file and an
-existing destination untouched. A writer killed mid-write leaves its hidden temporary file
-(named with its pid, see :mod:`adassr.runtime.tempfiles`); the next write of the same file
-removes it.
+The file is written to a temporary file in the destination directory, fsynced and renamed over
+the destination (PNG and JPEG are encoded straight into it; WebP, TIFF and 16-bit images are
+encoded in memory first, TIFF so that a full disk reads as one and not as an encoder error): a
+failure leaves no partial file and an existing destination untouched. A writer killed mid-write
+leaves its hidden temporary file (named with its pid, see :mod:`adassr.runtime.tempfiles`); the
+next write of the same file removes it.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def write_image(
     ``alpha`` is H x W with the pixels' dtype. ``quality`` (1-100) applies to JPEG and WebP.
     ``icc_profile`` (e.g. :attr:`LoadedImage.icc_profile`) is embedded when it fits the stored
     pixels; where it cannot be (16-bit TIFF, a grey profile for WebP's RGB) a
-    :class:`ProfileDroppedWarning` says so. The encoder writes straight into the temporary file:
-    no second copy of the encoded image is held in memory.
+    :class:`ProfileDroppedWarning` says so. PNG and JPEG are encoded straight into the temporary
+    file, without a copy of the encoded image in memory.
     """
     p = Path(path)
     encoding = _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile)
@@ -188,12 +189,16 @@ class _Encoding:
             options = {"compression": "tiff_adobe_deflate"}
         if self.icc_profile is not None:
             options["icc_profile"] = self.icc_profile
+        # libtiff writes to the file descriptor itself and reports a failed write as an encoder error
+        target: BinaryIO = io.BytesIO() if self.fmt == "TIFF" else out
         try:
-            im.save(out, format=self.fmt, **options)
+            im.save(target, format=self.fmt, **options)
         except (OSError, ValueError, KeyError) as e:
             if isinstance(e, OSError) and e.errno is not None:
                 raise  # the file system's error (a full disk), not the encoder's
             raise ImageError(f"{self.p}: Pillow could not encode {self.fmt} ({e})") from e
+        if isinstance(target, io.BytesIO):
+            out.write(target.getbuffer())
 
 
 def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: int,

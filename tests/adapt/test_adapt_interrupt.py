@@ -163,3 +163,23 @@ def test_signal_during_the_commit_reports_the_published_model(setup: tuple[Backb
     store = CameraStore.open(tmp_path, "nokia")
     assert store.manifest_path.read_text() != before
     store.verified_path("adapted.safetensors")
+
+
+def test_a_commit_that_fails_during_a_signal_reports_the_failure(setup: tuple[BackboneRegistry, Path],
+                                                                tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from adassr.runtime.errors import StoreError
+    from adassr.runtime.store import StoreTransaction
+
+    registry, images = setup
+    before = _previous_model(tmp_path, registry, images)
+
+    def failing_commit(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise StoreError("no space left on device")
+
+    monkeypatch.setattr(StoreTransaction, "commit", failing_commit)
+    with pytest.raises(StoreError, match="no space left"), catch_interrupts():
+        adapt_camera(select_group(images, "nokia"), CONFIG.with_overrides(steps=2), store_root=tmp_path,
+                     backbone_name="tiny", registry=registry)
+    assert CameraStore.open(tmp_path, "nokia").manifest_path.read_text() == before

@@ -30,6 +30,17 @@ def test_deferred_block_completes_before_the_signal_is_raised() -> None:
     assert done == ["commit"] and info.value.exit_code == 143
 
 
+def test_a_failing_deferred_block_keeps_its_error() -> None:
+    """A signal held while a commit fails must not turn the failure into an Interrupted, which the
+    caller would read as 'the commit completed'."""
+    with pytest.raises(OSError, match="disk full"), catch_interrupts(), deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        raise OSError("disk full")
+    with catch_interrupts(), deferred():  # nothing held over from before
+        pass
+
+
 def test_keyboard_interrupt_counts_as_sigint() -> None:
     exc = as_interrupted(KeyboardInterrupt())
     assert exc is not None and exc.exit_code == 130

@@ -232,7 +232,7 @@ def test_external_images_are_checked_from_their_headers(tmp_path: Path, caplog: 
         usable = check_external_images(tmp_path, min_side=96)
     assert usable == [tmp_path / "good.png"]
     assert "small.png is 60x40, smaller than the HR patch 96x96" in caplog.text and "empty.jpg" in caplog.text
-    (image,) = load_external_images(usable, min_side=96)
+    (image,) = load_external_images(usable, min_side=96, root=tmp_path)
     assert image.shape == (100, 120, 3) and image.dtype == np.float32
     with pytest.raises(ConfigError, match="at least 128x128 pixels .or a smaller --patch."):
         check_external_images(tmp_path, min_side=128)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -678,10 +679,12 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_a
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
 
-def test_a_full_disk_while_the_encoder_writes_leaves_the_old_file(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """The encoder writes straight into the temporary file; failing half-way keeps the old image."""
-    path = write_image(tmp_path / "out.png", _photo())
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
+def test_a_full_disk_while_the_encoder_writes_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  suffix: str) -> None:
+    """PNG and JPEG are encoded straight into the temporary file, TIFF through memory; a disk that fills
+    half-way reads as a full disk (not as an encoder error) and keeps the old image."""
+    path = write_image(tmp_path / f"out{suffix}", _photo())
     before = path.read_bytes()
     real = write_module._Encoding.write_to
     noise = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)  # about 1.4 MB of PNG
@@ -692,7 +695,7 @@ def test_a_full_disk_while_the_encoder_writes_leaves_the_old_file(tmp_path: Path
                 self.written = 0
 
             def write(self, data: bytes) -> int:
-                if self.written > 100:
+                if self.written + len(data) > 20_000:
                     raise OSError(28, "No space left on device")
                 self.written += len(data)
                 return out.write(data)  # type: ignore[attr-defined, no-any-return]
@@ -705,10 +708,10 @@ def test_a_full_disk_while_the_encoder_writes_leaves_the_old_file(tmp_path: Path
         real(self, Filling())  # type: ignore[arg-type]
 
     monkeypatch.setattr(write_module._Encoding, "write_to", half_then_full)
-    with pytest.raises(ImageError, match="No space left"):
+    with pytest.raises(ImageError, match="writing failed .No space left"):
         write_image(path, noise)
     monkeypatch.undo()
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def _profile(space: bytes = b"RGB ") -> bytes:
@@ -801,3 +804,27 @@ def test_loaded_image_validates() -> None:
         LoadedImage(px, np.zeros((2, 3), np.uint16), 8, None, None, None)
     with pytest.raises(ImageError):
         LoadedImage(np.zeros((2, 3, 2), np.uint8), None, 8, None, None, None)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_a_file_size_limit_reads_as_a_write_failure(tmp_path: Path, suffix: str) -> None:
+    """A real short write (RLIMIT_FSIZE, in a child process): libtiff, writing to the file descriptor
+    itself, used to report it as 'Pillow could not encode TIFF (encoder error -2)'."""
+    script = """
+import resource, signal, sys
+import numpy as np
+from adassr.runtime.errors import ImageError
+from adassr.runtime.images import write_image
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+noise = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+try:
+    write_image(sys.argv[1], noise)
+except ImageError as exc:
+    print(exc)
+"""
+    target = tmp_path / f"out{suffix}"
+    proc = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert "writing failed (File too large)" in proc.stdout, proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []
