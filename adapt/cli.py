@@ -88,7 +88,15 @@ def run_adapt(args: argparse.Namespace) -> int:
     if args.list:
         from adassr.adapt.groups import default_images_dir, scan_groups
 
-        scan = scan_groups(args.images or default_images_dir())
+        if args.image is not None:
+            print("error: --list lists the camera groups of --images DIR; drop --image", file=sys.stderr)
+            return 2
+        folder = args.images or default_images_dir()
+        scan = scan_groups(folder)
+        if not scan.groups and not scan.skipped:
+            print(f"error: no images in {folder} or its camera subfolders; pass the folder of your photos with "
+                  "--images DIR", file=sys.stderr)
+            return 2
         for group in scan.groups.values():
             print(group.describe())
         for skipped in scan.skipped:

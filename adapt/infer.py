@@ -110,9 +110,17 @@ class TorchUpscaler:
 
         if options.device != "cpu" and torch.cuda.is_available():
             select_gpu(options.gpu)
+        from adassr.adapt.archs.registry import default_registry
+
+        default_registry().get(options.backbone)  # an unknown --backbone fails the run once, before any image
         self.options = options
         self.device = resolve_device(options.device)
         on_gpu = self.device.type == "cuda"
+        asked = [flag for flag, on in ((f"--precision {options.precision}", options.precision != "fp32"),
+                                       ("--cuda-graph", options.cuda_graph)) if on]
+        if asked and not on_gpu:
+            print(f"note: {' and '.join(asked)} need a CUDA GPU; the torch backend runs fp32 on the CPU",
+                  file=sys.stderr)
         self.run_options = TorchRunOptions(str(self.device), precision=options.precision if on_gpu else "fp32",
                                            channels_last=on_gpu, cuda_graph=on_gpu and options.cuda_graph)
         # CUDA graphs replay one shape: every tile is padded to the full tile size then.

@@ -108,8 +108,12 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         result = export_fallback(args.store, args.backbone, precision=onnx_precision,
                                  validation_image=args.validation_image)
+    from adassr.runtime.store import CameraStore
+
+    store = CameraStore.open(args.store, result.camera)
+    manifest = store.read_manifest()
     for record in result.exports.values():
-        path = result.directory / record["file"]
+        path = store.artifact_path(record["file"], manifest)  # the content-addressed file on disk
         print(
             f"{result.camera}: {path} ({record['precision']}, {record['bytes'] / 1e6:.1f} MB, "
             f"sha256 {record['sha256'][:12]}...), max abs error vs PyTorch fp32 "

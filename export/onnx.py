@@ -519,6 +519,9 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
     from adassr.runtime.store import ADAPTED_WEIGHTS as WEIGHTS_FILE
 
     precisions = resolve_precisions(precision)
+    if camera == FALLBACK_CAMERA:
+        raise ExportError(f"{FALLBACK_CAMERA} holds the unadapted backbone, not adapted weights: export it with "
+                          "`adassr export --backbone NAME` (e.g. realesrgan-x4plus)")
     store = CameraStore.open(store_root, camera)
     if not store.exists():
         store.read_manifest()  # StoreError naming the camera and what to run first

@@ -61,3 +61,18 @@ def test_adapt_options_come_from_the_config_fields(capsys) -> None:
     assert all(flag in helptext for flag in flags)
     assert adapt_main(["--camera", "nokia", "--patch", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --patch must be > 0, got 0"
+
+
+def test_listing_and_exporting_the_wrong_thing_say_so(tmp_path, capsys) -> None:
+    """`adapt --list` on an empty folder used to print nothing with exit 0, and ignored --image;
+    `export --camera _fallback` pointed at adapted weights the fallback never has."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["adapt", "--list", "--images", str(empty)]) == 2
+    assert f"no images in {empty}" in capsys.readouterr().err
+    assert main(["adapt", "--list", "--image", "x.png"]) == 2
+    assert "drop --image" in capsys.readouterr().err
+    store = tmp_path / "store"
+    (store / "_fallback").mkdir(parents=True)
+    assert main(["export", "--camera", "_fallback", "--store", str(store)]) == 2
+    assert "adassr export --backbone NAME" in capsys.readouterr().err

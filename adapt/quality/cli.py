@@ -206,10 +206,14 @@ def run_metrics(args: argparse.Namespace) -> int:
             raise ConfigError(f"--crop-border must be >= 0, got {args.crop_border}")
         pairs = _pairs(args)
         scorer = _scorer(args, _channel(args))
+        repeated = sorted({path for path, _ in pairs if sum(p == path for p, _ in pairs) > 1})
+        if repeated and args.json:
+            raise ConfigError(f"{repeated[0]} is scored more than once, but --json maps each image to one score; "
+                              "drop --json or score it in separate runs")
     except AdassrError as exc:
         return _fail("metrics", str(exc), 2)
-    scores: dict[str, float] = {}
-    failed: dict[str, str] = {}
+    scores: list[tuple[str, float]] = []  # one entry per pair, in order (an image may be paired twice)
+    failed: list[tuple[str, str]] = []
     for path, ref in pairs:
         try:
             if isinstance(ref, _NoReference):
@@ -221,30 +225,35 @@ def run_metrics(args: argparse.Namespace) -> int:
                     f"image is {image.shape[1]}x{image.shape[0]} but its reference {ref} is "
                     f"{reference.shape[1]}x{reference.shape[0]}: pair images of the same size"
                 )
-            scores[path] = scorer(image, reference)
+            score = scorer(image, reference)
+            if math.isnan(score):
+                raise ConfigError(f"{args.metric} is undefined (NaN) on this image: too flat or smooth for its "
+                                  "statistics")
+            scores.append((path, score))
         except (AdassrError, MemoryError) as exc:
             message = str(exc) or type(exc).__name__
-            failed[path] = message if path in message else f"{path}: {message}"
+            failed.append((path, message if path in message else f"{path}: {message}"))
     _print(scores, args.json)
-    finite = [v for v in scores.values() if math.isfinite(v)]
+    finite = [v for _, v in scores if math.isfinite(v)]
     if len(scores) > 1 and finite:
         left_out = f" ({len(scores) - len(finite)} infinite left out)" if len(finite) < len(scores) else ""
         print(f"adassr metrics: mean {args.metric} over {len(finite)} image(s): {_format(sum(finite) / len(finite))}"
               f"{left_out}", file=sys.stderr)
     if failed:
-        for message in failed.values():
+        for _, message in failed:
             print(f"adassr metrics: error: {message} (skipped)", file=sys.stderr)
-        print(f"adassr metrics: scored {len(scores)}, failed {len(failed)}: {', '.join(failed)}", file=sys.stderr)
+        print(f"adassr metrics: scored {len(scores)}, failed {len(failed)}: {', '.join(p for p, _ in failed)}",
+              file=sys.stderr)
         return 1
     return 0
 
 
-def _print(scores: dict[str, float], as_json: bool) -> None:
+def _print(scores: list[tuple[str, float]], as_json: bool) -> None:
     if as_json:
-        payload = {p: (s if math.isfinite(s) else None) for p, s in scores.items()}
+        payload = {p: (s if math.isfinite(s) else None) for p, s in scores}
         print(json.dumps(payload, indent=None))
         return
-    for path, score in scores.items():
+    for path, score in scores:
         print(f"{path}\t{_format(score)}")
 
 

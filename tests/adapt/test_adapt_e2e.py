@@ -107,9 +107,12 @@ def test_adapt_export_upscale_round_trip(camera_dir: Path, tmp_path: Path, capsy
 
     store = tmp_path / "store"
     assert _adapt(camera_dir, store) == 0
+    capsys.readouterr()
     assert main(["export", "--camera", "nokia", "--store", str(store)]) == 0
     manifest = CameraStore.open(store, "nokia").read_manifest()
     assert manifest["exports"]["onnx"]["weights_sha256"] == manifest["weights_sha256"]
+    printed = capsys.readouterr().out.split("nokia: ", 1)[1].split(" (", 1)[0]  # the path export prints
+    assert Path(printed).is_file() and Path(printed) == CameraStore.open(store, "nokia").verified_path("model.onnx")
     src = camera_dir / "nokia" / "crop.png"
     small = tmp_path / "small.png"
     write_image(small, read_image(src).pixels[:40, :48])

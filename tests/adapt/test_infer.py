@@ -39,6 +39,21 @@ def test_torch_backend_upscales_with_backbone_and_reports_bad_files(small_inputs
     assert not (out / "broken.png").exists()
 
 
+def test_torch_backend_refuses_an_unknown_backbone_once_and_notes_cpu_fp32(small_inputs: Path, tmp_path: Path,
+                                                                           capsys) -> None:
+    """It used to fail once per image with exit 1; a bad option is a whole-run error (exit 2)."""
+    (tmp_path / "emptystore").mkdir()
+    argv = ["upscale", "-i", str(small_inputs), "-o", str(tmp_path / "out"), "--backend", "torch", "--store",
+            str(tmp_path / "emptystore"), "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--backbone", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("unknown backbone 'nosuch'") == 1 and not (tmp_path / "out").exists()
+    assert main(["upscale", "-i", str(small_inputs / "a.png"), "-o", str(tmp_path / "a.png"), "--backend", "torch",
+                 "--store", str(tmp_path / "emptystore"), "--no-progress", "--device", "cpu",
+                 "--precision", "fp16"]) == 0
+    assert "--precision fp16 need a CUDA GPU; the torch backend runs fp32 on the CPU" in capsys.readouterr().err
+
+
 def test_torch_backend_uses_adapted_weights_of_the_camera(small_inputs: Path, tmp_path: Path, capsys) -> None:
     backbone = load_backbone()
     state = {k: v.clone() for k, v in backbone.model.state_dict().items()}

@@ -170,3 +170,22 @@ def test_cli_module_does_not_import_torch() -> None:
     code = "import sys, adassr.adapt.quality.cli; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "False"
+
+
+def test_an_image_paired_twice_is_scored_twice_and_nan_is_a_failure(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    """Scores were kept in a dict by path: the second pair overwrote the first, silently. And NIQE of
+    a flat image printed nan with exit 0, counted as 'infinite'."""
+    assert _metrics("psnr", D4, D4, "--ref", D4, R4) == 0
+    out, err = capsys.readouterr()
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert [path for path, _ in lines] == [D4, D4]
+    assert lines[0][1] == "inf" and float(lines[1][1]) == psnr(read_image(D4).pixels, read_image(R4).pixels)
+    assert _metrics("psnr", D4, D4, "--ref", D4, R4, "--json") == 2
+    assert "scored more than once" in capsys.readouterr().err
+    flat = tmp_path / "flat.png"
+    Image.fromarray(np.full((192, 192, 3), 128, np.uint8)).save(flat)
+    assert _metrics("niqe", str(flat), D6) == 1
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.splitlines()] == [D6]
+    assert "niqe is undefined (NaN) on this image" in err and "infinite" not in err
