@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -206,7 +207,8 @@ def run_metrics(args: argparse.Namespace) -> int:
             raise ConfigError(f"--crop-border must be >= 0, got {args.crop_border}")
         pairs = _pairs(args)
         scorer = _scorer(args, _channel(args))
-        repeated = sorted({path for path, _ in pairs if sum(p == path for p, _ in pairs) > 1})
+        counts = Counter(path for path, _ in pairs)
+        repeated = sorted(path for path, n in counts.items() if n > 1)
         if repeated and args.json:
             raise ConfigError(f"{repeated[0]} is scored more than once, but --json maps each image to one score; "
                               "drop --json or score it in separate runs")
