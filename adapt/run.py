@@ -31,6 +31,7 @@ from adassr.adapt.groups import CameraGroup, GroupMember
 from adassr.adapt.interrupts import Interrupted, deferred
 from adassr.adapt.loop import InternalResult, Perceptual, ProgressEvent, evaluation_crops, run_internal_step
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
+from adassr.adapt.report import REPORT_FILE
 from adassr.adapt.weight_map_cache import WeightMapCache, store_cache_folder
 from adassr.runtime.errors import ConfigError, ImageError, StoreError
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
@@ -220,6 +221,8 @@ def _usable_images_and_kernel(images: list[np.ndarray], group: CameraGroup, pair
     names = [str(p) for p in group.paths]
     first = select_usable_images(images, pair_config, names=names)
     kernel = _estimate_kernel([images[i] for i in first.indices], pair_config.scale, kernel_mode)
+    # the diagnostics' image indices (images_used, images_skipped_flat) count these images, in this order
+    kernel = replace(kernel, diagnostics={**kernel.diagnostics, "image_paths": [names[i] for i in first.indices]})
     log.info("camera group %r: blur kernel %s", group.name, kernel.describe())
     uncertain = kernel.direction_warning()
     if uncertain:
@@ -245,6 +248,7 @@ class _Inputs:
     selection: dict[str, Any]  # how many of the group's images were read, and under which limits
     weights: list[np.ndarray] | None
     crops: list[np.ndarray]
+    crop_paths: list[str]  # the image each evaluation crop comes from
     metric: Callable[[torch.Tensor], torch.Tensor]
     perceptual: Perceptual | None
 
@@ -264,10 +268,27 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
     selection = {"images_in_group": len(group.members), "readable": loaded.readable, "read": len(loaded.images),
                  "max_images": config.max_images, "max_megapixels": config.max_megapixels,
                  "limited_by": loaded.limited_by}
+    evaluated, evaluated_paths = _structured(images, used_paths, kernel, group.name)
+    crops = evaluation_crops(evaluated, config.eval_crop, config.eval_max_images)
     return _Inputs(images, kernel, usable.config, usable, used_paths, loaded.unreadable, selection,
                    _weight_maps(model, images, config, device, precision, map_cache),
-                   evaluation_crops(images, config.eval_crop, config.eval_max_images), _niqe_metric(device),
-                   _perceptual(config, device))
+                   crops, evaluated_paths[: len(crops)], _niqe_metric(device), _perceptual(config, device))
+
+
+def _structured(images: list[np.ndarray], paths: Sequence[str], kernel: KernelEstimate,
+                camera: str) -> tuple[list[np.ndarray], list[str]]:
+    """``images`` without those the kernel estimate found to carry no structure above their noise
+    (``images_skipped_flat``): NIQE of a flat picture swings widely and would decide, alone,
+    whether the adapted weights are kept. All of them when that would leave none."""
+    diag = kernel.diagnostics
+    estimated_on = list(diag.get("image_paths") or [])
+    flat = {estimated_on[i] for i in diag.get("images_skipped_flat") or [] if 0 <= i < len(estimated_on)}
+    keep = [(image, path) for image, path in zip(images, paths, strict=True) if path not in flat]
+    if not flat or not keep:
+        return list(images), list(paths)
+    log.warning("camera group %r: left out of the NIQE evaluation, as they carry no structure above their "
+                "noise: %s", camera, ", ".join(sorted(flat)))
+    return [image for image, _ in keep], [path for _, path in keep]
 
 
 def _training_budget(config: AdaptConfig, start: float) -> AdaptConfig:
@@ -351,11 +372,16 @@ def manifest_record(
 
 
 def _replace_adapt_fields(manifest: dict[str, Any], record: Mapping[str, Any]) -> None:
-    """Write the adapt fields; exports made from older weights are forgotten (export again)."""
+    """Write the adapt fields; exports and TensorRT engines made from older weights are forgotten
+    (export again), and so is the previous run's report when this run drew none."""
     manifest.update(record)
     manifest.pop("exports", None)
+    manifest.pop("engines", None)
     artifacts = manifest.get("artifacts", {})
-    for name in [n for n, r in artifacts.items() if r.get("stage") == "export"]:
+    stale = [n for n, r in artifacts.items() if r.get("stage") == "export"]
+    if not record.get("report") and REPORT_FILE in artifacts:
+        stale.append(REPORT_FILE)
+    for name in stale:
         del artifacts[name]
 
 
@@ -506,7 +532,7 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
     wall = round(time.perf_counter() - run.start, 2)
     record = manifest_record(
         run.group, run.config, run.backbone, inputs.kernel.to_dict(), result,
-        inputs.used_paths[: len(inputs.crops)],
+        inputs.crop_paths,
         precision=run.compute.precision.name, trainable=run.compute.trainable, wall_time_s=wall,
         versions=_versions(), device=run.compute.device_name, weights_sha256=weights_record["weights_sha256"],
     )
@@ -558,7 +584,7 @@ def _publish_report(tx: StoreTransaction, camera: str, result: InternalResult, i
 
     A missing matplotlib or a failed drawing never fails the run: it is logged and skipped.
     """
-    from adassr.adapt.report import REPORT_FILE, matplotlib_available, render_report
+    from adassr.adapt.report import matplotlib_available, render_report
 
     if not matplotlib_available():
         log.info("report.png skipped: matplotlib is not installed (pip install 'adassr[plots]')")

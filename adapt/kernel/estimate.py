@@ -150,21 +150,24 @@ def _luma(image: Any, index: int) -> np.ndarray:
 
 
 def _tiles(y: np.ndarray, config: KernelEstimationConfig) -> list[np.ndarray]:
-    """The image itself, or its most structured ``tile``-sized squares when it is larger."""
+    """The image itself, or its most structured ``tile``-sized windows when it is larger (a side
+    shorter than ``tile`` is kept whole: a long, thin strip gives windows of its width, so the fit's
+    time stays bounded by ``max_tiles_per_image`` windows whatever the image's length)."""
     h, w = y.shape
     t = config.tile
-    if h * w <= t * t * config.max_tiles_per_image or h < t or w < t:
+    if h * w <= t * t * config.max_tiles_per_image:
         return [y]
+    th, tw = min(t, h), min(t, w)
     cands: list[tuple[float, int, int]] = []
-    for r in range(0, h - t + 1, t):  # one band of tiles at a time: the same values, a band's memory
-        top, bottom = max(r - 1, 0), min(r + t + 1, h)  # one row of context each side for the 3x3 Sobel
+    for r in range(0, h - th + 1, th):  # one band of tiles at a time: the same values, a band's memory
+        top, bottom = max(r - 1, 0), min(r + th + 1, h)  # one row of context each side for the 3x3 Sobel
         band = y[top:bottom]
         gx = cv2.Sobel(band, cv2.CV_64F, 1, 0)
         gy = cv2.Sobel(band, cv2.CV_64F, 0, 1)
-        energy = (gx * gx + gy * gy)[r - top:r - top + t]
-        cands.extend((float(np.median(energy[:, c:c + t])), r, c) for c in range(0, w - t + 1, t))
+        energy = (gx * gx + gy * gy)[r - top:r - top + th]
+        cands.extend((float(np.median(energy[:, c:c + tw])), r, c) for c in range(0, w - tw + 1, tw))
     cands.sort(key=lambda item: -item[0])
-    return [y[r:r + t, c:c + t] for _, r, c in cands[:config.max_tiles_per_image]]
+    return [y[r:r + th, c:c + tw] for _, r, c in cands[:config.max_tiles_per_image]]
 
 
 def jpeg_blockiness(y: np.ndarray, block: int = 8) -> float:

@@ -143,3 +143,45 @@ def test_the_seed_range_is_checked_up_front() -> None:
     for seed in (-1, -2000, MAX_SEED + 1, 10**23):  # numpy and torch once refused these after the set-up
         with pytest.raises(ConfigError, match="seed must be an integer from 0 to 2147483647"):
             cpu_demo_defaults().with_overrides(seed=seed)
+
+
+def test_re_adapting_forgets_engines_and_a_report_it_did_not_redraw(tiny: BackboneRegistry, camera_dir: Path,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engines were built from the old weights' ONNX; the old report shows the old run's history."""
+    import adassr.adapt.report as report
+
+    config = cpu_demo_defaults().with_overrides(steps=2, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4)
+    group = select_group(camera_dir, "nokia")
+    store = CameraStore.open(tmp_path, "nokia", create=True)
+    adapt_camera(group, config, store_root=tmp_path, backbone_name="tiny", registry=tiny)
+    first = store.read_manifest()
+    assert first["report"] == "report.png" and "report.png" in first["artifacts"]
+    store.update_manifest(lambda m: m.setdefault("engines", {}).update(old={"file": "x.engine", "sha256": "0" * 64}))
+    monkeypatch.setattr(report, "matplotlib_available", lambda: False)
+    adapt_camera(group, config.with_overrides(seed=2), store_root=tmp_path, backbone_name="tiny", registry=tiny)
+    second = store.read_manifest()
+    assert second["report"] is None and "report.png" not in second["artifacts"] and "engines" not in second
+    assert not list(store.directory.glob("report.*.png"))  # the old file went with its record
+
+
+def test_a_flat_image_is_left_out_of_the_niqe_evaluation(tiny: BackboneRegistry, camera_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """NIQE of a featureless picture swings widely: it alone once decided that a run 'adapted'."""
+    folder = tmp_path / "images" / "mixed"
+    folder.mkdir(parents=True)
+    textured = read_image(camera_dir / "nokia" / "crop.png").pixels
+    write_image(folder / "a_textured.png", textured)
+    write_image(folder / "b_flat.png", np.full((150, 150, 3), 128, np.uint8))
+    config = cpu_demo_defaults().with_overrides(steps=2, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4)
+    adapt_camera(select_group(tmp_path / "images", "mixed"), config, store_root=tmp_path / "store",
+                 backbone_name="tiny", registry=tiny)
+    manifest = CameraStore.open(tmp_path / "store", "mixed").read_manifest()
+    diag = manifest["kernel"]["diagnostics"]
+    flat = [diag["image_paths"][i] for i in diag["images_skipped_flat"]]
+    assert flat == [str(folder / "b_flat.png")]  # the indices name images by the list recorded beside them
+    assert manifest["niqe_evaluation"]["images"] == [str(folder / "a_textured.png")]
+    assert [p["path"] for p in manifest["per_image"]] == [str(folder / "a_textured.png")]
+    assert str(folder / "b_flat.png") in manifest["pairs"]["images_used"]  # still trained on
