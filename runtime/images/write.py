@@ -197,7 +197,7 @@ class _Encoding:
             if isinstance(e, OSError) and e.errno is not None:
                 raise  # the file system's error (a full disk), not the encoder's
             raise ImageError(f"{self.p}: Pillow could not encode {self.fmt} ({e})") from e
-        if isinstance(target, io.BytesIO):
+        if target is not out:
             out.write(target.getbuffer())
 
 

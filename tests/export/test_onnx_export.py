@@ -394,9 +394,10 @@ def test_real_backbone_fallback_export(tmp_path: Path, capsys: pytest.CaptureFix
     from adassr.adapt.weights import load_backbone
 
     assert run_export(_cli(["--backbone", "realesrgan-x4plus", "--store", str(tmp_path), "--precision", "both"])) == 0
-    assert "model_fp16.onnx" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     store = CameraStore.open(tmp_path, FALLBACK_CAMERA)
     manifest = store.read_manifest()
+    assert f"{store.verified_path('model_fp16.onnx', manifest)} (fp16" in printed  # the real file on disk
     fp32, fp16 = manifest["exports"]["onnx"], manifest["exports"]["onnx_fp16"]
     assert fp32["max_abs_error_vs_torch"] <= 1e-4
     assert fp16["max_abs_error_vs_torch"] <= onnx_export.FP16_TOLERANCE

@@ -23,6 +23,7 @@ from adassr.runtime.images import (
     AlphaDroppedWarning,
     LoadedImage,
     ProfileDroppedWarning,
+    encode_image,
     from_float32,
     read_camera_exif,
     read_image,
@@ -712,6 +713,14 @@ def test_a_full_disk_while_the_encoder_writes_leaves_the_old_file(tmp_path: Path
         write_image(path, noise)
     monkeypatch.undo()
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif"])
+def test_encode_image_gives_the_bytes_write_image_writes(tmp_path: Path, suffix: str) -> None:
+    """The server encodes with encode_image, the CLI writes with write_image: the same bytes, 8 and 16 bit."""
+    for pixels in (_photo(), _photo().astype(np.uint16) * 257):
+        path = write_image(tmp_path / f"a{suffix}", pixels, icc_profile=_profile() if suffix != ".tif" else None)
+        assert encode_image(suffix, pixels, icc_profile=_profile() if suffix != ".tif" else None) == path.read_bytes()
 
 
 def _profile(space: bytes = b"RGB ") -> bytes:
