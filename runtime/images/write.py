@@ -190,15 +190,15 @@ class _Encoding:
         if self.icc_profile is not None:
             options["icc_profile"] = self.icc_profile
         # libtiff writes to the file descriptor itself and reports a failed write as an encoder error
-        target: BinaryIO = io.BytesIO() if self.fmt == "TIFF" else out
+        buffered = io.BytesIO() if self.fmt == "TIFF" else None
         try:
-            im.save(target, format=self.fmt, **options)
+            im.save(out if buffered is None else buffered, format=self.fmt, **options)
         except (OSError, ValueError, KeyError) as e:
             if isinstance(e, OSError) and e.errno is not None:
                 raise  # the file system's error (a full disk), not the encoder's
             raise ImageError(f"{self.p}: Pillow could not encode {self.fmt} ({e})") from e
-        if target is not out:
-            out.write(target.getbuffer())
+        if buffered is not None:
+            out.write(buffered.getbuffer())
 
 
 def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: int,
