@@ -390,10 +390,14 @@ class Server:
 
     async def _read_request(self, request: Request) -> tuple[bytes, UpscaleParams]:
         limits = self.config.limits
-        values = dict(request.query_params)
+        query = request.query_params.multi_items()
+        values = dict(query)
+        if len(values) < len(query):  # the last one would win, silently
+            twice = next(name for name in values if sum(1 for key, _ in query if key == name) > 1)
+            raise HttpError(422, "invalid_parameter", f"parameter {twice!r} given twice in the query; give it once")
         length = request.headers.get("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):
                 raise HttpError(400, "bad_request", f"invalid Content-Length {length!r}")
             if int(length) > limits.max_body_bytes:
                 raise HttpError(

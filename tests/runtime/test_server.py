@@ -193,6 +193,11 @@ def test_status_codes_and_error_bodies(store: Path) -> None:
             {"camera": "../etc"},
         ):
             _assert_json_error(c.post("/v1/upscale", params=params, content=canon), 422, "invalid_parameter")
+        message = _assert_json_error(  # the last value used to win, silently
+            c.post("/v1/upscale", params=[("camera", "canon"), ("camera", "nikon")], content=canon), 422,
+            "invalid_parameter",
+        )
+        assert "'camera' given twice in the query" in message
         message = _assert_json_error(
             c.post("/v1/upscale", params={"camera": "nikon"}, content=canon), 404, "unknown_camera"
         )
