@@ -160,8 +160,6 @@ def _adapt(args: argparse.Namespace, published: list[bool]) -> int:
           f"({verdict}); {outcome.steps} steps in {outcome.wall_time_s:.0f} s; {outcome.stop_reason}")
     if outcome.kernel:
         print(f"blur kernel: {outcome.kernel}")
-    from adassr.runtime.store import CameraStore
-
-    report = CameraStore.open(args.store, outcome.camera).read_manifest().get("report")
-    print(f"artifacts: {outcome.store_dir} (adapted.safetensors, manifest.json{', ' + report if report else ''})")
+    report = f", {outcome.report}" if outcome.report else ""
+    print(f"artifacts: {outcome.store_dir} (adapted.safetensors, manifest.json{report})")
     return 0

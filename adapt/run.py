@@ -59,6 +59,7 @@ class AdaptOutcome:
     stop_reason: str
     wall_time_s: float
     kernel: str = ""  # the blur kernel the training pairs used, in words (KernelEstimate.describe)
+    report: str | None = None  # the report artifact's name (report.png), None when none was drawn
 
 
 @dataclass(frozen=True)
@@ -481,7 +482,7 @@ def adapt_camera(
         raise Interrupted(result.interrupted, kept=True)
     return AdaptOutcome(group.name, store.directory, store.artifact_path(WEIGHTS_FILE, committed),
                         record["niqe_before"], record["niqe_after"], result.kept_backbone, result.steps,
-                        result.stop_reason, record["wall_time_s"], inputs.kernel.describe())
+                        result.stop_reason, record["wall_time_s"], inputs.kernel.describe(), record["report"])
 
 
 def _check_before_setup(config: AdaptConfig, scale: int) -> None:

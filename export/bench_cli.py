@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from adassr.export.bench import LatencyOptions, check_latency_options, run_latency, to_markdown, uses_gpu_report
+from adassr.export.bench import LatencyOptions, run_latency, to_markdown, uses_gpu_report
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,6 @@ def run_bench(args: argparse.Namespace) -> int:
     from adassr.runtime.store import atomic_write_bytes
 
     options = latency_options(args)
-    check_latency_options(options, gpu_report=uses_gpu_report(options))  # a bad --out must not waste the run
     if uses_gpu_report(options):
         from adassr.export.gpu_bench import gpu_markdown, run_gpu_latency
 

@@ -32,7 +32,6 @@ it appears under its number. Model files are verified against the manifest's sha
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -45,7 +44,14 @@ from typing import Any
 
 from adassr.export.errors import ExportError
 from adassr.runtime.engines.cache import ENGINES_DIR
-from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, atomic_write_bytes, list_cameras, sha256_file
+from adassr.runtime.store import (
+    FALLBACK_CAMERA,
+    CameraStore,
+    atomic_write_bytes,
+    list_cameras,
+    sha256_file,
+    try_exclusive_lock,
+)
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -292,17 +298,11 @@ def _read_provenance(path: Path) -> dict[str, Any]:
 def _repository_lock(repo: Path) -> Iterator[None]:
     """Exclusive lock on the repository (``.adassr.lock`` at its top, which Triton does not read as a
     model): two exports writing one repository would race for the same version numbers."""
-    import fcntl
-
     fd = os.open(repo / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
+        if not try_exclusive_lock(fd):
             raise ExportError(f"another adassr export is writing the Triton repository {repo}; wait for it to "
-                              "finish, then rerun") from None
+                              "finish, then rerun")
         yield
     finally:
         os.close(fd)

@@ -199,6 +199,20 @@ def _check_scale(where: str, value: object) -> None:
         )
 
 
+def try_exclusive_lock(fd: int) -> bool:
+    """``fcntl.flock`` an exclusive lock on ``fd`` without waiting: False when another open file holds
+    it (closing ``fd`` releases it); other errors raise."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
+
+
 def damaged_manifest_advice(path: Path) -> str:
     """The way out of a manifest that cannot be read: every stage refuses the camera until it is gone
     (rerunning the stage that wrote it fails the same way, since it reads the manifest first)."""
@@ -428,7 +442,6 @@ class CameraStore:
         With ``timeout_s`` 0 fail at once when another process holds it. Not re-entrant: inside a
         transaction, use the transaction's methods, not :meth:`publish` / :meth:`update_manifest`.
         """
-        import fcntl
 
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -441,19 +454,15 @@ class CameraStore:
         deadline = time.monotonic() + timeout_s
         try:
             while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if try_exclusive_lock(fd):
                     break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise StoreError(
-                            f"another adassr process is writing camera {self.camera!r} in "
-                            f"{self.root} (lock {self.directory / LOCK_NAME}); wait for it to "
-                            "finish, or use another --store"
-                        ) from None
-                    time.sleep(poll_s)
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"another adassr process is writing camera {self.camera!r} in "
+                        f"{self.root} (lock {self.directory / LOCK_NAME}); wait for it to "
+                        "finish, or use another --store"
+                    )
+                time.sleep(poll_s)
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())

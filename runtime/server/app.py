@@ -39,6 +39,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -392,9 +393,9 @@ class Server:
         limits = self.config.limits
         query = request.query_params.multi_items()
         values = dict(query)
-        if len(values) < len(query):  # the last one would win, silently
-            twice = next(name for name in values if sum(1 for key, _ in query if key == name) > 1)
-            raise HttpError(422, "invalid_parameter", f"parameter {twice!r} given twice in the query; give it once")
+        twice = [name for name, n in Counter(key for key, _ in query).items() if n > 1]
+        if twice:  # the last one would win, silently
+            raise HttpError(422, "invalid_parameter", f"parameter {twice[0]!r} given twice in the query; give it once")
         length = request.headers.get("content-length")
         if length is not None:
             if not (length.isascii() and length.isdigit()):
