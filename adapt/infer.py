@@ -22,6 +22,7 @@ import torch
 
 from adassr.adapt.gpu_infer import TorchRunner, TorchRunOptions
 from adassr.runtime.backends.base import Backend
+from adassr.runtime.errors import AdassrError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.pipeline import RuntimeOptions, UpscaleResult, upscale_image
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore
@@ -127,15 +128,14 @@ class TorchUpscaler:
         self.tiling = replace(options.tiling, pad_to_tile=self.run_options.cuda_graph)
         self._choices: dict[str | None, TorchModelChoice] = {}
         self._backends: dict[str | None, TorchBackend] = {}
+        self._failures: dict[str | None, AdassrError] = {}
 
     def upscale(
         self, image: LoadedImage, *, camera: str | None = None, progress: Callable[[int, int], None] | None = None
     ) -> UpscaleResult:
         """Upscale ``image`` with the weights of ``camera`` (None: from its EXIF Make)."""
         chosen = _camera_of(image, camera, Path(self.options.store))
-        if chosen not in self._choices:
-            self._choices[chosen] = choose_weights(self.options.store, chosen, self.options.backbone, self.device)
-        choice = self._choices[chosen]
+        choice = self._choice(chosen)
         start = time.perf_counter()
         if progress is None and image.height * image.width > 256 * 256:
             print(f"upscaling {image.path} ({image.width}x{image.height}) on {self.device}...", file=sys.stderr)
@@ -148,8 +148,29 @@ class TorchUpscaler:
         log.info("%s took %.1f s", image.path, time.perf_counter() - start)
         return replace(result, model_name=choice.label)
 
+    def check_ready(self, *, camera: str | None = None) -> None:
+        """Load (and verify) the weights of an explicit ``camera`` before any image: damaged adapted
+        weights are then one whole-run error, not one per image. Without a camera each image is
+        routed on its own, so nothing is loaded yet."""
+        if camera is not None:
+            self._choice(camera)
+
+    def _choice(self, camera: str | None) -> TorchModelChoice:
+        """The weights that serve ``camera``, loaded once; a camera whose weights failed to load fails
+        again at once with the same error (its checksum is not recomputed for every image)."""
+        if camera in self._failures:
+            raise self._failures[camera]
+        if camera not in self._choices:
+            try:
+                self._choices[camera] = choose_weights(self.options.store, camera, self.options.backbone, self.device)
+            except AdassrError as exc:
+                self._failures[camera] = exc
+                raise
+        return self._choices[camera]
+
     def close(self) -> None:
         for backend in self._backends.values():
             backend.close()
         self._backends.clear()
         self._choices.clear()
+        self._failures.clear()

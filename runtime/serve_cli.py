@@ -245,13 +245,20 @@ def _check_port(host: str, port: int) -> None:
         return
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = infos[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
-            probe.bind(address)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); another process may use the "
-                          "port: choose another --port, or stop that process") from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host") from None
+    # The server binds every address the host resolves to (asyncio's create_server does, e.g. ::1 and
+    # 127.0.0.1 for localhost), so each one is probed; one taken is enough to fail the start.
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no obstacle
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio does
+                probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({address[0]}: {exc.strerror or exc}); another "
+                              "process may use the port: choose another --port, or stop that process") from None
 
 
 def _uvicorn_server(app: Any, config: Any) -> Any:

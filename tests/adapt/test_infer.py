@@ -85,9 +85,38 @@ def test_torch_backend_uses_adapted_weights_of_the_camera(small_inputs: Path, tm
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert main(["upscale", "-i", src, "-o", str(tmp_path / "x.png"), "--backend", "torch", "--camera", "canon",
-                 "--store", str(tmp_path / "store"), "--no-progress", "--device", "cpu"]) == 1
-    assert "fails its checksum" in capsys.readouterr().err
+    # an explicit camera is loaded before any image: one whole-run error (it used to fail per image)
+    assert main(["upscale", "-i", str(in_folder.parent), "-o", str(tmp_path / "x"), "--backend", "torch",
+                 "--camera", "canon", "--store", str(tmp_path / "store"), "--no-progress", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.count("fails its checksum") == 1 and not (tmp_path / "x").exists()
+
+
+def test_torch_backend_loads_damaged_routed_weights_once(small_inputs: Path, tmp_path: Path, capsys,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images routed to a camera whose weights fail their checksum each fail, from one load attempt."""
+    import adassr.adapt.infer as infer
+
+    backbone = load_backbone()
+    store = CameraStore.open(tmp_path / "store", "canon", create=True)
+    store.publish("adapted.safetensors", lambda p: save_safetensors_weights(p, backbone.model.state_dict(),
+                                                                            backbone.entry), stage="adapt")
+    path = store.artifact_path("adapted.safetensors")
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    folder = tmp_path / "photos" / "canon"
+    folder.mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes((small_inputs / "a.png").read_bytes())
+    calls: list[str | None] = []
+
+    def counted(store_root: Path, camera: str | None, *args: object):  # type: ignore[no-untyped-def]
+        calls.append(camera)
+        return choose_weights(store_root, camera, *args)
+
+    choose_weights = infer.choose_weights
+    monkeypatch.setattr(infer, "choose_weights", counted)
+    assert main(["upscale", "-i", str(folder), "-o", str(tmp_path / "out"), "--backend", "torch", "--store",
+                 str(tmp_path / "store"), "--no-progress", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err.count("fails its checksum") == 2 and calls == ["canon"]
 
 
 def test_torch_backend_matches_model_directly(small_inputs: Path, tmp_path: Path) -> None:

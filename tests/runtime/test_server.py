@@ -668,3 +668,32 @@ def test_serve_refuses_a_port_in_use_before_starting(store: Path, capsys: pytest
         assert main(["serve", "--store", str(store), "--port", str(port)]) == 2
     captured = capsys.readouterr()
     assert f"cannot listen on 127.0.0.1:{port}" in captured.err and "adassr serve: http" not in captured.out
+
+
+def test_serve_probes_every_address_the_host_resolves_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host such as localhost resolves to several addresses and the server binds them all; the probe
+    used to try only the first, so a port taken on the second passed the check and uvicorn failed later."""
+    import socket
+
+    from adassr.runtime.errors import ConfigError
+    from adassr.runtime.serve_cli import _check_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        free_first = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+                      (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: free_first)
+        with pytest.raises(ConfigError, match=rf"cannot listen on twohomed:{port} \(127\.0\.0\.1: "):
+            _check_port("twohomed", port)
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: free_first[:1])
+        _check_port("twohomed", port)  # 127.0.0.2 alone is free
+
+
+def test_serve_refuses_an_unknown_host_before_starting() -> None:
+    from adassr.runtime.errors import ConfigError
+    from adassr.runtime.serve_cli import _check_port
+
+    with pytest.raises(ConfigError, match="check --host"):
+        _check_port("no-such-host.invalid", 8080)

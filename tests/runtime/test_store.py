@@ -27,6 +27,22 @@ def test_publish_records_checksum_and_verifies(tmp_path: Path) -> None:
     assert list_cameras(tmp_path) == ["nikon"]
 
 
+
+def test_a_copied_camera_folder_serves_under_its_folder_name(tmp_path: Path) -> None:
+    """The folder name is the camera: a copy keeps working, and its next commit rewrites the copied
+    manifest's informational 'camera' field to the folder name."""
+    import shutil
+
+    store = CameraStore.open(tmp_path, "nikon", create=True)
+    _publish_text(store, "a.bin", "weights")
+    shutil.copytree(store.directory, tmp_path / "nikon-b")
+    copy = CameraStore.open(tmp_path, "nikon-b")
+    assert copy.read_manifest()["camera"] == "nikon"
+    assert copy.verified_path("a.bin").read_text() == "weights"
+    _publish_text(copy, "b.bin", "more")
+    assert copy.read_manifest()["camera"] == "nikon-b" and store.read_manifest()["camera"] == "nikon"
+    assert list_cameras(tmp_path) == ["nikon", "nikon-b"]
+
 def test_tampered_artifact_is_detected(tmp_path: Path) -> None:
     store = CameraStore.open(tmp_path, "canon", create=True)
     _publish_text(store, "model.bin", "original bytes")
