@@ -152,6 +152,8 @@ class AdaptConfig:
         "clean HR images for the external step (K > 1); checked before training, and images smaller "
         "than the HR patch or unreadable are skipped with a warning"))
     external_steps: int | None = None  # default: same as steps
+    lambda_external: float = field(default=1e-3, metadata=cli(
+        "lambda of Eq. 8: the external data term's weight against the proximal term (1e-3, the paper; K > 1)"))
     time_budget: float | None = field(default=None, metadata=cli(
         "seconds for the whole run (set-up included): training stops early enough for its last "
         "evaluation to end within it; saving follows (CPU default 270, GPU none)"))
@@ -163,6 +165,7 @@ class AdaptConfig:
                      "eval_max_images", "tail_blocks", "admm_iters", "feature_bank", "max_images",
                      "max_megapixels"):
             _check_positive(label(name), getattr(self, name))
+        _check_positive(label("lambda_external"), self.lambda_external)
         for name in ("lr", "prox_mu", "lambda_l1", "lambda_perceptual", "lambda_gan", "stop_min_delta",
                      "backbone_margin"):
             _check_positive(label(name), getattr(self, name), allow_zero=name != "lr")

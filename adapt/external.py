@@ -1,8 +1,10 @@
 """The external step of ADMM (Eq. 8), used when ``--admm-iters`` K > 1.
 
-Theta_e <- argmin  sum_i L_p(N(y_i | Theta_e), x_i) + mu ||Theta_e - Theta_tilde_e||^2
+Theta_e <- argmin  lambda sum_i L_p(N(y_i | Theta_e), x_i) + mu ||Theta_e - Theta_tilde_e||^2
 
-over clean HR images x_i (``--external-hr DIR``) degraded with a Real-ESRGAN-style synthetic
+over clean HR images x_i (``--external-hr DIR``), with the paper's lambda = 1e-3 (``lambda_external``)
+and mu = 1e-4 (``prox_mu``, §IV-A3), and L_p the internal step's loss composition (L1 with uniform
+weights + LPIPS-VGG; no patch-GAN). The x_i are degraded with a Real-ESRGAN-style synthetic
 pipeline (blur, random resize, Gaussian/Poisson noise, JPEG, twice, then the final resize to
 1/scale), trained with Adam and an fp32 EMA (§IV-A2: "T_step is also 1,500 with EMA").
 """
@@ -18,10 +20,11 @@ import cv2
 import numpy as np
 import torch
 
+from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.adapt.config import AdaptConfig
 from adassr.adapt.degradation import jpeg_roundtrip
 from adassr.adapt.ema import WeightEma
-from adassr.adapt.losses import ProximalTerm, make_adam, weighted_l1
+from adassr.adapt.loop import Perceptual, external_batch, external_trainer
 from adassr.adapt.precision import Precision
 from adassr.runtime.errors import ConfigError, ImageError
 from adassr.runtime.images import is_image_file, read_image, read_image_size, to_float32
@@ -180,7 +183,7 @@ def load_external_images(paths: Sequence[Path], *, min_side: int, root: Path) ->
 
 
 def run_external_step(
-    model: torch.nn.Module,
+    model: RRDBNet,
     anchors: dict[str, torch.Tensor],
     config: AdaptConfig,
     *,
@@ -188,37 +191,28 @@ def run_external_step(
     precision: Precision,
     scale: int,
     seed: int,
+    perceptual: Perceptual | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Train ``model`` on the external set with the proximal term to ``anchors``; return the EMA
-    weights (fp32, CPU) of every parameter."""
+    """Train ``model`` on the external set with the proximal term to ``anchors`` (Eq. 8: the data
+    term weighted by ``lambda_external``, the internal step's L1 + perceptual composition, the
+    GradScaler in fp16); return the EMA weights (fp32, CPU) of every parameter."""
     assert config.external_hr is not None
     hr_patch = config.lr_patch * scale
     paths = check_external_images(config.external_hr, min_side=hr_patch, warn=False)  # warned before the set-up
     sampler = ExternalPairSampler(load_external_images(paths, min_side=hr_patch, root=config.external_hr), scale=scale,
                                   lr_patch=config.lr_patch, seed=seed)
     model.to(device).train()
-    params = dict(model.named_parameters())
-    for p in params.values():
-        p.requires_grad_(True)
-    anchor_dev = {n: anchors[n].to(device, torch.float32) for n in params}
-    proximal = ProximalTerm(params.items(), anchor_dev, config.prox_mu)
-    ema = WeightEma(params.items(), config.ema_decay)
-    optimizer = make_adam(params.values(), config.lr, device)
+    trainer = external_trainer(model, config, anchors, device=device, precision=precision, perceptual=perceptual)
+    ema = WeightEma(trainer.params.items(), config.ema_decay)
     steps = config.external_steps or config.steps
     for step in range(1, steps + 1):
-        batch = sampler.sample(config.batch)
-        lr = torch.from_numpy(batch.lr).to(device)
-        hr = torch.from_numpy(batch.hr).to(device)
-        with precision.autocast():
-            sr = model(lr)
-        loss = weighted_l1(sr, hr) + proximal.value()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        proximal.add_gradient()
-        optimizer.step()
+        pairs = sampler.sample(config.batch)
+        batch = external_batch(torch.from_numpy(pairs.lr).to(device), torch.from_numpy(pairs.hr).to(device))
+        loss, sr = trainer.loss(batch)
+        trainer.update(loss, sr, batch.hr)
         ema.update()
         if step % max(1, steps // 10) == 0:
-            log.info("external step %d/%d loss %.4f", step, steps, float(loss.detach()))
+            log.info("external step %d/%d loss %.3g", step, steps, float(loss.detach()))
     state = {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()}
     state.update({k: v.cpu() for k, v in ema.state_dict().items()})
     return state

@@ -23,6 +23,7 @@ steps and evaluations), not merely once the deadline has passed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import signal
@@ -390,6 +391,26 @@ def _add_optimisers(trainer: _Trainer, device: torch.device) -> None:
         trainer.disc_opt = make_adam(trainer.disc.parameters(), trainer.config.lr, device, betas=(0.9, 0.99))
 
 
+
+def external_trainer(model: RRDBNet, config: AdaptConfig, anchors: dict[str, torch.Tensor], *, device: torch.device,
+                     precision: Precision, perceptual: Perceptual | None) -> _Trainer:
+    """The trainer of ADMM's external step (Eq. 8): every parameter, the internal step's loss
+    composition scaled by ``lambda_external`` (the paper's lambda), the proximal term to ``anchors``,
+    the GradScaler in fp16, no patch-GAN."""
+    lam = config.lambda_external
+    scaled = dataclasses.replace(config, lambda_l1=lam * config.lambda_l1,
+                                 lambda_perceptual=lam * config.lambda_perceptual, lambda_gan=0.0)
+    trainer = _make_trainer(model, scaled, anchors, device=device, precision=precision, trainable="all",
+                            anchors=anchors, perceptual=perceptual)
+    _add_optimisers(trainer, device)
+    return trainer
+
+
+def external_batch(lr: torch.Tensor, hr: torch.Tensor) -> _Batch:
+    """A batch of the external step: uniform loss weights (the self-similarity map is the internal step's)."""
+    weight = torch.ones((hr.shape[0], 1, *hr.shape[-2:]), device=hr.device, dtype=torch.float32)
+    return _Batch(hr, weight, lr=lr)
+
 def _ema_copy(model: RRDBNet, trainer: _Trainer) -> tuple[WeightEma, RRDBNet]:
     """The EMA of the trainable weights and a frozen copy of the model to evaluate it in."""
     ema = WeightEma(trainer.params.items(), trainer.config.ema_decay)
@@ -562,6 +583,11 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
     scores = _timed_evaluation(evaluator, ema_model, run.times)
     if run.budget is not None:
         out_of_time = out_of_time or run.budget.stop_after_evaluation(time.monotonic())
+    if not any(math.isfinite(s) for s in scores):  # the backbone scored (step 0): the adapted outputs went flat
+        run.stop_reason = (f"NIQE became undefined (NaN) on every evaluation crop at step {step}: the adapted "
+                           "outputs lost their structure; kept the best weights evaluated before")
+        log.warning(run.stop_reason)
+        return True
     decision = stopper.observe(step, _group_score(scores, step))
     if decision.is_best:
         run.best_scores, run.best_state = scores, ema.state_dict()

@@ -321,7 +321,7 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
             anchor_e = {n: result.state_dict[n] - u[n] for n in result.state_dict}
             model.load_state_dict(theta_e)
             theta_e = run_external_step(model, anchor_e, config, device=device, precision=precision,
-                                        scale=scale, seed=config.seed + k)
+                                        scale=scale, seed=config.seed + k, perceptual=inputs.perceptual)
         model.load_state_dict(theta_e)
         anchors = {n: theta_e[n] + u[n] for n in theta_e}
         sampler = make_pair_sampler(inputs.images, inputs.kernel.kernel, inputs.pair_config, weights=inputs.weights,

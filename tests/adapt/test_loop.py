@@ -223,6 +223,21 @@ def test_all_nan_niqe_is_a_clear_error() -> None:
                           device=torch.device("cpu"), precision=FP32, trainable="all")
 
 
+
+@pytest.mark.parametrize("trainable", ["all", "tail"])
+def test_niqe_turning_nan_after_training_began_keeps_the_best_weights(trainable: str) -> None:
+    """Flat adapted outputs (NIQE NaN everywhere) used to end the run with the images blamed and the
+    better weights of earlier evaluations lost."""
+    reference = run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.8, 4.9]), _config(steps=4),
+                                  device=torch.device("cpu"), precision=FP32, trainable=trainable)
+    result = run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.8, float("nan")]), _config(),
+                               device=torch.device("cpu"), precision=FP32, trainable=trainable)
+    assert result.steps == 4 and result.best_step == 2 and not result.kept_backbone
+    assert "NIQE became undefined (NaN)" in result.stop_reason and "step 4" in result.stop_reason
+    assert result.niqe_after == pytest.approx([4.8])
+    for name, value in reference.state_dict.items():  # the step-2 weights, as a run that scored step 4 keeps
+        assert torch.equal(result.state_dict[name], value)
+
 def test_internal_patch_gan_term_runs_and_changes_the_result() -> None:
     def run(lambda_gan: float) -> dict[str, torch.Tensor]:
         return run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.0, 3.0, 2.0]),

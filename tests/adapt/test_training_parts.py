@@ -196,6 +196,32 @@ def test_trainer_step_with_grad_scaler_equals_the_plain_step(trainable: str) -> 
         assert not torch.equal(value, start[name])  # the step moved every trained tensor
 
 
+
+def test_external_step_weights_its_data_term_by_lambda_against_the_proximal_term() -> None:
+    """Eq. 8: lambda * L_p + mu ||Theta_e - anchor||^2, with the paper's lambda = 1e-3 by default (the
+    data term used to have weight 1, a thousand times the paper's ratio to the proximal term)."""
+    from adassr.adapt.archs.rrdbnet import RRDBNet
+    from adassr.adapt.config import AdaptConfig
+    from adassr.adapt.loop import external_batch, external_trainer
+    from adassr.adapt.precision import Precision
+
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=8, num_block=2, num_grow_ch=4)
+    anchors = {name: value + 0.05 * torch.randn_like(value) for name, value in model.state_dict().items()}
+    lr, hr = torch.rand(2, 3, 6, 6), torch.rand(2, 3, 24, 24)
+    assert AdaptConfig().lambda_external == 1e-3
+    for lam in (1e-3, 1.0):
+        config = AdaptConfig(lambda_external=lam, lambda_gan=0.5, tail_blocks=1)
+        trainer = external_trainer(model, config, anchors, device=torch.device("cpu"),
+                                   precision=Precision("fp32", "cpu"), perceptual=None)
+        assert trainer.tail_from is None and len(trainer.params) == len(dict(model.named_parameters()))
+        assert trainer.disc is None and trainer.proximal is not None
+        loss, sr = trainer.loss(external_batch(lr, hr))
+        data = weighted_l1(sr, hr)
+        torch.testing.assert_close(loss, lam * data + trainer.proximal.value())
+    with pytest.raises(ConfigError, match="lambda-external must be > 0"):
+        AdaptConfig(lambda_external=0.0)
+
 def test_make_adam_is_fused_on_cpu_and_falls_back_where_the_build_lacks_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from adassr.adapt.losses import make_adam
 
