@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from adassr.export.errors import ExportError
-from adassr.runtime.engines.cache import ENGINES_DIR
+from adassr.runtime.engines.cache import EngineCache, EngineRecord
+from adassr.runtime.errors import ConfigError
 from adassr.runtime.store import (
     FALLBACK_CAMERA,
     CameraStore,
@@ -95,6 +96,9 @@ class TritonRepoOptions:
             raise ExportError(f"unknown instance kind {self.instance_kind!r}; valid: {', '.join(INSTANCE_KINDS)}")
         if not re.match(r"^[A-Za-z0-9_.-]*$", self.prefix):
             raise ExportError(f"model name prefix {self.prefix!r} may use only letters, digits, '_', '-', '.'")
+        if self.platform == "tensorrt_plan" and self.instance_kind != "KIND_GPU":
+            raise ExportError(f"--platform tensorrt_plan runs on GPUs only (Triton's TensorRT backend refuses "
+                              f"{self.instance_kind}); use --instance-kind KIND_GPU, or --platform onnxruntime_onnx")
         if self.trt_accelerator and self.platform != "onnxruntime_onnx":
             raise ExportError("--trt-accelerator applies to --platform onnxruntime_onnx only")
         if self.precision not in ("fp32", "fp16"):
@@ -186,8 +190,9 @@ def render_config(
 
 def _source(
     store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions
-) -> tuple[Mapping[str, Any], Path]:
-    """The export record to publish (io names, scale) and the verified file to copy."""
+) -> tuple[Mapping[str, Any], Path, EngineRecord | None]:
+    """The export record to publish (io names, scale), the verified file to copy and, for
+    ``tensorrt_plan``, the engine's record."""
     exports = manifest.get("exports") or {}
     key = "onnx_fp16" if options.precision == "fp16" else "onnx"
     if key not in exports:
@@ -201,8 +206,9 @@ def _source(
     except Exception as exc:  # noqa: BLE001 - StoreError with the reason (missing, checksum)
         raise ExportError(f"camera {store.camera!r}: {exc}") from exc
     if options.platform == "tensorrt_plan":
-        path = _engine(store, manifest, options)
-    return record, path
+        engine = _engine(store, manifest, options)
+        return record, EngineCache.for_camera(store).path_of(engine), engine
+    return record, path, None
 
 
 def _covers(profile: Mapping[str, Any], shape: tuple[int, ...], batch: int) -> bool:
@@ -215,21 +221,26 @@ def _covers(profile: Mapping[str, Any], shape: tuple[int, ...], batch: int) -> b
     )
 
 
-def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> Path:
-    """The camera's TensorRT engine for this precision whose profile takes ``1..max_batch x 3 x tile x tile``."""
+def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> EngineRecord:
+    """The camera's TensorRT engine for this precision whose profile takes ``1..max_batch x 3 x tile x tile``
+    (its file checked against the record's sha256)."""
     shape = (3, options.tile, options.tile)
     current = _current_onnx_sha256(manifest)
-    found: list[tuple[str, Mapping[str, Any]]] = []
+    found: list[EngineRecord] = []
     stale = 0
-    for record in (manifest.get("engines") or {}).values():
-        key = record.get("key") if isinstance(record, Mapping) else None
-        if not isinstance(key, Mapping) or key.get("precision") != options.precision:
+    for data in (manifest.get("engines") or {}).values():
+        try:
+            record = EngineRecord.from_json(data)
+        except ConfigError:
+            continue  # not an engine record this adassr reads: the engine cache reports it when asked
+        key = record.key
+        if key.precision != options.precision or record.key.weight_stripped:
             continue
-        if any(_covers(p, shape, options.max_batch_size) for p in key.get("profiles", ())):
-            if key.get("source_sha256") not in current:
+        if any(_covers(p.to_json(), shape, options.max_batch_size) for p in key.profiles):
+            if key.source_sha256 not in current:
                 stale += 1  # built from an earlier export: publishing it would serve the old weights
                 continue
-            found.append((str(key.get("gpu_name")), record))
+            found.append(record)
     if not found and stale:
         raise ExportError(
             f"camera {store.camera!r}: its {options.precision} TensorRT engine for this tile shape was built from an "
@@ -245,21 +256,22 @@ def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
             f"{options.max_batch_size}`, or use --platform onnxruntime_onnx (--trt-accelerator lets Triton build "
             "TensorRT engines itself)"
         )
-    gpus = sorted({gpu for gpu, _ in found})
-    if len(gpus) > 1:
+    targets = sorted({f"{r.key.gpu.name} with TensorRT {r.key.tensorrt_version}" for r in found})
+    if len(targets) > 1:
         raise ExportError(
-            f"camera {store.camera!r} has matching engines for several GPUs ({', '.join(gpus)}); a Triton "
-            "repository holds one plan per model: write one repository per GPU type from a store with that GPU's "
-            "engines only"
+            f"camera {store.camera!r} has matching engines for several GPUs or TensorRT versions "
+            f"({'; '.join(targets)}); "
+            "a Triton repository holds one plan per model, which only a Triton release with the same TensorRT on the "
+            "same GPU type loads: write each repository from a store with the engines of its target only"
         )
-    record = found[0][1]
-    path = store.directory / ENGINES_DIR / str(record.get("file"))
-    if not path.is_file() or sha256_file(path) != record.get("sha256"):
+    record = found[0]
+    path = EngineCache.for_camera(store).path_of(record)
+    if not path.is_file() or sha256_file(path) != record.sha256:
         raise ExportError(
-            f"camera {store.camera!r}: the engine {record.get('file')} is missing or fails its checksum; rebuild it "
+            f"camera {store.camera!r}: the engine {record.file} is missing or fails its checksum; rebuild it "
             "with `adassr export --engine tensorrt`"
         )
-    return path
+    return record
 
 
 def _current_onnx_sha256(manifest: Mapping[str, Any]) -> set[str]:
@@ -316,7 +328,7 @@ def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root:
     serves the latest, so it gets a new number too."""
     store = CameraStore.open(store_root, camera)
     manifest = store.read_manifest()
-    record, source = _source(store, manifest, options)
+    record, source, engine = _source(store, manifest, options)
     scale = int(record.get("scale", manifest.get("scale", 0)))
     name = model_name(camera, options.prefix)
     model_dir = repo / name
@@ -358,6 +370,9 @@ def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root:
         "manifest_updated": manifest.get("updated"),
         "weights_sha256": manifest.get("weights_sha256"),
     }
+    if engine is not None:  # a plan loads only in a Triton whose TensorRT built it, on that GPU type
+        provenance[str(version)].update(engine_file=engine.file, tensorrt_version=engine.key.tensorrt_version,
+                                        gpu_name=engine.key.gpu.name)
     atomic_write_bytes(provenance_path, (json.dumps(provenance, indent=1, sort_keys=True) + "\n").encode("utf-8"))
     return TritonModel(name, camera, version, new, digest, model_dir)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -101,37 +102,59 @@ def test_options_fp16_cpu_instances_and_trt_accelerator(store: Path, tmp_path: P
     assert model.sha256 == _sha(fp16_file)
 
 
+def _store_engine(cam: CameraStore, plan: bytes, *, tensorrt_version: str = "10.13.0",
+                  profile: tuple[tuple[int, ...], ...] = ((1, 3, 32, 32), (4, 3, 64, 64), (4, 3, 128, 128))) -> str:
+    """An engine stored by the real engine cache, as `adassr export --engine tensorrt` stores one; only
+    the build is stood in for (the bytes stand in for a plan: no TensorRT builder here). Returns its file."""
+    from adassr.runtime.engines.cache import BuildOutput, EngineCache
+    from adassr.runtime.engines.key import EngineKey, GpuIdentity, ProfileShape
+
+    def build(tmp: Path) -> BuildOutput:
+        tmp.write_bytes(plan)
+        return BuildOutput(seconds=0.0)
+
+    key = EngineKey(kind="camera", source_sha256=_sha(cam.verified_path("model.onnx")),
+                    tensorrt_version=tensorrt_version, gpu=GpuIdentity("NVIDIA H200", (9, 0)), precision="fp32",
+                    profiles=(ProfileShape(*profile),))
+    record, built = EngineCache.for_camera(cam).ensure(key, build)
+    assert built
+    return record.file
+
+
 def test_tensorrt_plan_needs_an_engine_in_the_store(store: Path, tmp_path: Path) -> None:
     options = TritonRepoOptions(platform="tensorrt_plan", tile=64, max_batch_size=4, preferred_batch_sizes=(4,))
     with pytest.raises(ExportError, match="no fp32 TensorRT engine"):
         write_repository(tmp_path / "repo", store, ["canon"], options)
-    # An engine record as the engine cache writes it (the bytes stand in for a plan: no TensorRT here).
     cam = CameraStore.open(store, "canon")
     engine = b"serialized-engine-bytes-for-the-layout-test"
-    (cam.directory / "engines").mkdir()
-    (cam.directory / "engines" / "e1.plan").write_bytes(engine)
-    profile = {"min": [1, 3, 32, 32], "opt": [4, 3, 64, 64], "max": [4, 3, 128, 128]}
-    record = {
-        "file": "e1.plan",
-        "sha256": hashlib.sha256(engine).hexdigest(),
-        "bytes": len(engine),
-        "key": {"precision": "fp32", "gpu_name": "NVIDIA H200", "profiles": [profile],
-                "source_sha256": _sha(cam.verified_path("model.onnx"))},
-    }
-    cam.update_manifest(lambda m: m.setdefault("engines", {}).update(abc=record))
+    engine_file = _store_engine(cam, engine)
+    assert engine_file.startswith("engines/")  # relative to the camera folder (it used to be looked up twice deep)
     (model,) = write_repository(tmp_path / "repo", store, ["canon"], options)
     assert (model.directory / "1" / "model.plan").read_bytes() == engine
     config = _parse(model.directory / "config.pbtxt")
     assert config.platform == "tensorrt_plan" and list(config.input[0].dims) == [3, 64, 64]
+    provenance = json.loads((model.directory / "adassr_versions.json").read_text())["1"]
+    assert provenance["tensorrt_version"] == "10.13.0" and provenance["gpu_name"] == "NVIDIA H200"
+    assert provenance["engine_file"] == engine_file
     small = TritonRepoOptions(platform="tensorrt_plan", tile=256, max_batch_size=4, preferred_batch_sizes=(4,))
     with pytest.raises(ExportError, match="profile takes batches"):  # the profile does not take 256 px tiles
         write_repository(tmp_path / "repo2", store, ["canon"], small)
-    # Re-adapted and re-exported: the engine record stays, but it was built from the old ONNX model.
+    # An engine of another TensorRT release for the same GPU: which plan a Triton release loads is ambiguous.
+    _store_engine(cam, b"another-tensorrt-plan", tensorrt_version="10.8.0")
+    with pytest.raises(ExportError, match=r"several GPUs or TensorRT versions \(NVIDIA H200 with TensorRT 10\.13"):
+        write_repository(tmp_path / "repo3", store, ["canon"], options)
+    # Re-adapted and re-exported: the engine records stay, but they were built from the old ONNX model.
+    engines = CameraStore.open(store, "canon").read_manifest()["engines"]
     publish_camera(store, "canon", seed=5)
-    assert CameraStore.open(store, "canon").read_manifest()["engines"]["abc"] == record
+    assert CameraStore.open(store, "canon").read_manifest()["engines"] == engines
     with pytest.raises(ExportError, match="built from an earlier export"):
         write_repository(tmp_path / "repo", store, ["canon"], options)
     assert sorted(p.name for p in model.directory.iterdir() if p.is_dir()) == ["1"]
+
+
+def test_tensorrt_plan_refuses_cpu_instances() -> None:
+    with pytest.raises(ExportError, match="tensorrt_plan runs on GPUs only"):
+        TritonRepoOptions(platform="tensorrt_plan", instance_kind="KIND_CPU")
 
 
 def test_a_rollback_to_earlier_weights_becomes_the_newest_version(store: Path, tmp_path: Path) -> None:
