@@ -104,7 +104,8 @@ class Server:
         self.registry = ModelRegistry(
             config.store,
             precision=config.precision,
-            open_model=open_model or default_opener(config.backend, providers=config.providers, threads=config.threads),
+            open_model=open_model or default_opener(config.backend, providers=config.providers, threads=config.threads,
+                                                    tiling=config.tiling, precision=config.precision),
             on_load=lambda camera, ok: self.metrics.model_loads.labels(camera, "ok" if ok else "failed").inc(),
             on_error=lambda kind: self.metrics.errors.labels(kind).inc(),
         )

@@ -119,6 +119,9 @@ class ServerConfig:
         if self.token is not None and not self.token:
             raise ConfigError("the token is empty; put a non-empty secret in the token file")
         self.tiling  # validates tile / overlap / pre_pad  # noqa: B018
+        if self.backend == "tensorrt" and self.tile == 0:
+            raise ConfigError("the tensorrt backend needs tiles (its engines have fixed profiles): pass --tile N, "
+                              "for example --tile 256")
 
     @property
     def tiling(self) -> TilingOptions:

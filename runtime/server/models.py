@@ -34,10 +34,11 @@ from typing import Any
 
 from adassr.runtime.backends import Backend, open_backend
 from adassr.runtime.cameras import closest_camera_hint, validate_group_name
-from adassr.runtime.errors import AdassrError, CameraError, StoreError
+from adassr.runtime.errors import AdassrError, CameraError, ConfigError, StoreError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import RouteDecision, camera_group_of, resolve_model
 from adassr.runtime.store import FALLBACK_CAMERA, MANIFEST_NAME, list_cameras
+from adassr.runtime.tiling import TilingOptions
 
 logger = logging.getLogger(__name__)
 
@@ -287,14 +288,27 @@ class ModelRegistry:
 
 
 def default_opener(
-    backend: str, *, providers: tuple[str, ...], threads: int | None
+    backend: str, *, providers: tuple[str, ...], threads: int | None, tiling: TilingOptions | None = None,
+    precision: str = "fp32",
 ) -> Callable[[RouteDecision], Backend]:
-    """Open a verified route's model with :func:`open_backend`."""
+    """Open a verified route's model with :func:`open_backend`: its ONNX file, or for ``tensorrt`` the
+    engine for this GPU (stored, else refitted or built now, logged) whose profiles take the batches
+    of ``tiling`` the batcher sends."""
+    if backend == "tensorrt" and tiling is None:
+        raise ConfigError("the tensorrt backend needs the tiling plan (its engines have fixed profiles)")
 
     def _open(route: RouteDecision) -> Backend:
+        path = route.onnx_path
+        if backend == "tensorrt":
+            from adassr.runtime.pipeline import RuntimeOptions, engine_for_route
+
+            assert tiling is not None
+            # CUDA device 0: ``serve --gpu N`` selects the GPU through CUDA_VISIBLE_DEVICES.
+            path = engine_for_route(route, RuntimeOptions(route.store.root, backend=backend, precision=precision,
+                                                          tiling=tiling))
         return open_backend(
             backend,
-            route.onnx_path,
+            path,
             providers=providers,
             threads=threads,
             input_name=route.input_name,

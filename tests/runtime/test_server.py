@@ -284,6 +284,44 @@ def test_config_validation(store: Path) -> None:
     assert ServerConfig(store=store).host == "127.0.0.1"
 
 
+
+def test_tensorrt_serving_opens_the_engine_whose_profiles_take_the_batcher_s_tiles(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --backend tensorrt` used to hand the ONNX file to the TensorRT backend, which refuses
+    it, so every model failed to open. No TensorRT here: the engine lookup and the backend are
+    stood in for, and what they are asked for is checked."""
+    import adassr.runtime.pipeline as pipeline
+    import adassr.runtime.server.models as models
+
+    with pytest.raises(ConfigError, match="the tensorrt backend needs tiles"):
+        ServerConfig(store=store, backend="tensorrt", tile=0)
+    config = ServerConfig(store=store, backend="tensorrt", tile=96, overlap=8, max_batch=3, precision="fp16",
+                          pad_to_tile=True)
+    asked: list[tuple[RouteDecision, pipeline.RuntimeOptions]] = []
+    opened: list[Path] = []
+    engine = tmp_path / "camera.engine"
+
+    def engine_for_route(route: RouteDecision, opts: pipeline.RuntimeOptions) -> Path:
+        asked.append((route, opts))
+        return engine
+
+    def open_backend(kind: str, path: Path, **kwargs: object) -> Backend:
+        assert kind == "tensorrt"
+        opened.append(path)
+        raise RuntimeError("stand-in: no TensorRT on this machine")
+
+    monkeypatch.setattr(pipeline, "engine_for_route", engine_for_route)
+    monkeypatch.setattr(models, "open_backend", open_backend)
+    opener = default_opener(config.backend, providers=config.providers, threads=None, tiling=config.tiling,
+                            precision=config.precision)
+    route = resolve_model(store, camera="canon")
+    with pytest.raises(RuntimeError, match="stand-in"):
+        opener(route)
+    assert opened == [engine]
+    ((seen, opts),) = asked
+    assert seen is route and opts.store == store and opts.precision == "fp16" and opts.gpu == 0
+    assert opts.tiling == config.tiling and opts.tiling.batch_size == 3 and opts.tiling.tile == 96
+
 # --------------------------------------------------------------------------------- scheduling
 
 
