@@ -7,9 +7,14 @@ device buffers (sized for the largest profile shape) and pinned host buffers. A 
 batch into chunks of at most the engine's largest batch and sends consecutive chunks to
 consecutive slots, so the host-to-device copy of one chunk overlaps the inference of the previous
 one; concurrent callers take free slots (a slot is
-locked while in use). With ``cuda_graph=True`` the inference of each (slot, input shape) is
-captured once as a CUDA graph after one ordinary warm-up run, and replayed afterwards (the copies
-stay outside the graph): this removes the per-layer launch overhead for the fixed tile shape.
+locked while in use; a caller locks its slots in index order, so two callers never wait on each
+other). With ``cuda_graph=True`` each slot's inference is captured as a CUDA graph after one
+ordinary warm-up run and replayed afterwards (the copies stay outside the graph): this removes the
+per-layer launch overhead for the fixed tile shape. A graph is valid only while its execution
+context is unchanged (TensorRT's guide: one context per captured graph), so a slot keeps one graph
+for one input shape: a short last chunk runs padded with zero rows to the engine's batch, and
+another input shape replaces the graph (captured anew). Every call makes the backend's GPU current
+in the calling thread (CUDA's current device is per thread).
 
 The engine file is checked against nothing here: callers pass a path they got from
 :class:`adassr.runtime.engines.EngineCache` (sha256-verified, key matching this GPU and TensorRT).
@@ -44,13 +49,18 @@ class _Slot:
     host_in: cudart.PinnedBuffer
     host_out: cudart.PinnedBuffer
     lock: threading.Lock = field(default_factory=threading.Lock)
-    graphs: dict[tuple[int, ...], cudart.CudaGraph] = field(default_factory=dict)
+    graph: cudart.CudaGraph | None = None  # captured for ``graph_shape`` on this slot's context
+    graph_shape: tuple[int, ...] | None = None
+    shape: tuple[int, ...] | None = None  # the input shape last set on the context
     pending: tuple[int, tuple[int, ...]] | None = None  # (chunk index, output shape) awaiting copy-out
 
+    def drop_graph(self) -> None:
+        if self.graph is not None:
+            self.graph.destroy()
+        self.graph, self.graph_shape = None, None
+
     def free(self) -> None:
-        for graph in self.graphs.values():
-            graph.destroy()
-        self.graphs.clear()
+        self.drop_graph()
         for buffer in (self.device_in, self.device_out):
             buffer.free()
         for host in (self.host_in, self.host_out):
@@ -164,6 +174,8 @@ class TensorRTBackend(Backend):
         return slot
 
     def _close(self) -> None:
+        if self._slots:
+            cudart.set_device(self._device)
         for slot in self._slots:
             with slot.lock:
                 slot.free()
@@ -180,6 +192,7 @@ class TensorRTBackend(Backend):
         if c != io.max_input[1] or h > io.max_input[2] or w > io.max_input[3]:
             raise ShapeError("TensorRT engine input", batch.shape,
                              f"at most {io.max_input} (rebuild the engine for this tile size)")
+        cudart.set_device(self._device)  # the current device is per thread; callers may be on any thread
         step = io.max_input[0]
         chunks = [batch[i:i + step] for i in range(0, n, step)]
         results: list[np.ndarray | None] = [None] * len(chunks)
@@ -202,22 +215,28 @@ class TensorRTBackend(Backend):
         with self._pick:
             start = self._next
             self._next = (self._next + count) % len(self._slots)
-        chosen = [self._slots[(start + i) % len(self._slots)] for i in range(count)]
-        for slot in chosen:
-            slot.lock.acquire()
-        return chosen
+        indices = [(start + i) % len(self._slots) for i in range(count)]
+        for index in sorted(indices):  # one global order: a caller waiting for a slot holds none above it
+            self._slots[index].lock.acquire()
+        return [self._slots[index] for index in indices]
 
     def _enqueue(self, slot: _Slot, io: _Io, chunk: np.ndarray, index: int) -> None:
+        rows = int(chunk.shape[0])
         shape = tuple(int(s) for s in chunk.shape)
-        out_shape = (shape[0], shape[1], shape[2] * io.scale, shape[3] * io.scale)
+        if self._cuda_graph:  # one graph shape per slot: a short chunk runs padded with zero rows
+            shape = (io.max_input[0], *shape[1:])
+        out_shape = (rows, shape[1], shape[2] * io.scale, shape[3] * io.scale)
         host_in = slot.host_in.view(io.input_dtype, shape)
-        np.copyto(host_in, chunk, casting="same_kind")
-        in_bytes = host_in.nbytes
-        cudart.copy_to_device(slot.device_in, slot.host_in, in_bytes, slot.stream)
-        if not slot.context.set_input_shape(io.input_name, shape):
-            raise ShapeError("TensorRT engine input", shape, "a shape inside the engine's optimisation profiles")
+        np.copyto(host_in[:rows], chunk, casting="same_kind")
+        if rows < shape[0]:
+            host_in[rows:] = 0
+        cudart.copy_to_device(slot.device_in, slot.host_in, host_in.nbytes, slot.stream)
+        if slot.shape != shape:
+            if not slot.context.set_input_shape(io.input_name, shape):
+                raise ShapeError("TensorRT engine input", shape, "a shape inside the engine's optimisation profiles")
+            slot.shape = shape
         self._execute(slot, shape)
-        out_bytes = int(np.prod(out_shape)) * io.output_dtype.itemsize
+        out_bytes = int(np.prod(out_shape)) * io.output_dtype.itemsize  # the leading rows: the real chunk
         cudart.copy_to_host(slot.host_out, slot.device_out, out_bytes, slot.stream)
         slot.pending = (index, out_shape)
 
@@ -226,8 +245,8 @@ class TensorRTBackend(Backend):
             if not slot.context.execute_async_v3(slot.stream.ptr):
                 raise BackendError(f"TensorRT execution failed for input {shape} on {self.model_path.name}")
             return
-        graph = slot.graphs.get(shape)
-        if graph is None:
+        if slot.graph is None or slot.graph_shape != shape:
+            slot.drop_graph()  # captured on the context before its shape changed: invalid now
             # TensorRT needs one ordinary run after a shape change before its work can be captured.
             if not slot.context.execute_async_v3(slot.stream.ptr):
                 raise BackendError(f"TensorRT execution failed for input {shape} on {self.model_path.name}")
@@ -238,8 +257,8 @@ class TensorRTBackend(Backend):
             if not ok:
                 graph.destroy()
                 raise BackendError(f"TensorRT execution could not be captured as a CUDA graph for input {shape}")
-            slot.graphs[shape] = graph
-        graph.launch(slot.stream)
+            slot.graph, slot.graph_shape = graph, shape
+        slot.graph.launch(slot.stream)
 
     def _drain(self, slot: _Slot, results: list[np.ndarray | None]) -> None:
         """Wait for the slot's pending chunk and copy its output out of the pinned buffer."""

@@ -7,7 +7,8 @@ Layout::
     <store>/_engines/<key file name>            shared refittable base engines (one per backbone
                                                 structure x GPU x TensorRT x precision x profiles)
     <store>/_engines/index.json                 {"engines": {<key digest>: record}}
-    <store>/_engines/timing-<gpu>-trt<v>.cache  TensorRT timing cache per GPU and TensorRT version
+    <store>/_engines/timing-<gpu>-trt<v>-<precision>[-refit].cache  TensorRT timing cache per GPU,
+                                               TensorRT version and builder flags
 
 A record is ``{"file", "sha256", "bytes", "created", "key": EngineKey.to_json(), "build_s",
 "base": <base key digest or null>, "base_file", "refit_s", "refit": {mode, summary, changed
@@ -177,9 +178,12 @@ class EngineCache:
         return self._store.directory / record.file
 
     def timing_cache_path(self, key: EngineKey) -> Path:
-        """Timing cache for ``key``'s GPU and TensorRT version (always in the shared folder)."""
+        """Timing cache for ``key``'s GPU, TensorRT version, precision and refittability (always in the
+        shared folder): TensorRT's timings hold for one device, version and set of builder flags that
+        change the layer implementations (TF32, REFIT; the guide's "Builder performance" section)."""
         version = "".join(c for c in key.tensorrt_version if c.isdigit() or c == ".") or "unknown"
-        return self._store.root / BASE_ENGINES / f"timing-{key.gpu.slug}-trt{version}.cache"
+        refit = "-refit" if key.refittable else ""
+        return self._store.root / BASE_ENGINES / f"timing-{key.gpu.slug}-trt{version}-{key.precision}{refit}.cache"
 
     # -- records ------------------------------------------------------------------------------
     def records(self) -> dict[str, dict[str, Any]]:

@@ -193,7 +193,9 @@ def test_refit_mode_builds_one_base_per_structure_and_refits_each_camera(tmp_pat
     (record,) = manifest["engines"].values()
     assert record["base_file"] == first.base.file and record["sha256"] == sha256_file(second.path)
     assert (tmp_path / "_engines" / "index.json").is_file()
-    assert list((tmp_path / "_engines").glob("timing-nvidia-h200-sm90-trt10.13.0.cache"))
+    # one timing cache per GPU, TensorRT version and builder flags (TF32 and REFIT change the kernels timed)
+    assert [p.name for p in (tmp_path / "_engines").glob("timing-*.cache")] == [
+        "timing-nvidia-h200-sm90-trt10.13.0-fp32-refit.cache"]
 
 
 def test_second_run_builds_nothing(tmp_path: Path) -> None:

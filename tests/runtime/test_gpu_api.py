@@ -114,3 +114,26 @@ def test_pinned_and_device_buffers_round_trip_on_a_gpu() -> None:
         for item in (dev, host_a, host_b):
             item.free()
         stream.destroy()
+
+
+def test_tensorrt_slots_are_locked_in_one_order() -> None:
+    """A caller that takes slots [1, 0] (the turn had moved on) used to lock 1 and then wait for 0,
+    while another caller held 0 and waited for 1: both hung. Slots are now locked in index order, so a
+    caller waiting for one holds none above it. (The slots' CUDA parts are not touched here.)"""
+    import threading
+
+    from adassr.runtime.backends.tensorrt import TensorRTBackend, _Slot
+
+    backend = TensorRTBackend(Path("never-opened.engine"), streams=2)
+    slots = [_Slot(None, None, None, None, None, None) for _ in range(2)]  # type: ignore[arg-type]
+    backend._slots = slots
+    first = backend._take_slots(1)  # slot 0; the turn moves to slot 1
+    assert first == [slots[0]]
+    waiting = threading.Thread(target=backend._take_slots, args=(2,), daemon=True)  # takes [1, 0]
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive()  # slot 0 is still held
+    assert not slots[1].lock.locked()  # it waits for slot 0 without holding slot 1
+    slots[0].lock.release()
+    waiting.join(5)
+    assert not waiting.is_alive() and slots[0].lock.locked() and slots[1].lock.locked()

@@ -5,6 +5,7 @@ Skipped (with the reason) without TensorRT or a CUDA device; run by ``benchmarks
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,12 @@ def test_engine_matches_onnxruntime_and_refit_and_reuse(tmp_path: Path, precisio
             for _ in range(2):  # the second call replays the captured graphs
                 got = backend.infer(batch)
                 assert np.abs(got - want).max() < tolerance
+            # other batch sizes between replays, and calls from other threads (the device is per thread)
+            assert np.abs(backend.infer(batch[:1]) - want[:1]).max() < tolerance
+            with ThreadPoolExecutor(4) as pool:
+                outs = list(pool.map(backend.infer, [batch, batch[:3], batch, batch[1:]]))
+            for got, rows in zip(outs, (slice(0, 5), slice(0, 3), slice(0, 5), slice(1, 5)), strict=True):
+                assert np.abs(got - want[rows]).max() < tolerance
 
 
 def _publish_onnx(root: Path, camera: str, files: dict[str, bytes], backbone_sha256: str) -> None:
