@@ -32,6 +32,8 @@ class CudaRuntimeApi(Protocol):
     cudaStreamCaptureMode: Any
 
     def cudaGetDeviceCount(self) -> tuple[Any, int]: ...
+    def cudaDriverGetVersion(self) -> tuple[Any, int]: ...
+    def cudaRuntimeGetVersion(self) -> tuple[Any, int]: ...
     def cudaSetDevice(self, device: int) -> tuple[Any]: ...
     def cudaGetDeviceProperties(self, device: int) -> tuple[Any, Any]: ...
     def cudaMemGetInfo(self) -> tuple[Any, int, int]: ...
@@ -54,7 +56,7 @@ class CudaRuntimeApi(Protocol):
 
 
 RUNTIME_ENUMS: dict[str, tuple[str, ...]] = {
-    "cudaError_t": ("cudaSuccess",),
+    "cudaError_t": ("cudaSuccess", "cudaErrorInsufficientDriver"),
     "cudaMemcpyKind": ("cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"),
     "cudaStreamCaptureMode": ("cudaStreamCaptureModeThreadLocal",),
 }
@@ -92,11 +94,29 @@ def _check(result: tuple[Any, ...], what: str) -> Any:
     return result[1] if len(result) == 2 else result[1:]
 
 
+def _cuda_version(number: int) -> str:
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
 def device_count() -> int:
-    """Number of CUDA devices (0 when the driver is missing or finds none)."""
+    """Number of CUDA devices (0 when the driver is missing or finds none). A driver older than the
+    CUDA runtime of the installed cuda-python is a BackendError that says which to install: it would
+    otherwise read as a machine without GPUs."""
     api = runtime_api()
     err, count = api.cudaGetDeviceCount()
-    return int(count) if err == api.cudaError_t.cudaSuccess else 0
+    if err == api.cudaError_t.cudaSuccess:
+        return int(count)
+    if err == api.cudaError_t.cudaErrorInsufficientDriver:
+        driver_err, driver = api.cudaDriverGetVersion()
+        if driver_err == api.cudaError_t.cudaSuccess and driver:  # 0: no driver installed at all
+            runtime = api.cudaRuntimeGetVersion()[1] or 0
+            raise BackendError(
+                f"the NVIDIA driver supports CUDA up to {_cuda_version(int(driver))}, but the installed "
+                f"cuda-python's runtime is CUDA {_cuda_version(int(runtime))}; install the cuda-python of the "
+                f"driver's CUDA major (pip install 'cuda-python>={int(driver) // 1000}.0,<"
+                f"{int(driver) // 1000 + 1}'), or upgrade the driver"
+            )
+    return 0
 
 
 def set_device(index: int) -> None:

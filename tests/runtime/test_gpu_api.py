@@ -51,6 +51,33 @@ def test_no_driver_gives_zero_devices_and_a_clear_gpu_error() -> None:
         set_device(0)
 
 
+def test_a_driver_older_than_cuda_python_s_runtime_says_which_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda-python 13 on a CUDA 12 driver used to read as "no CUDA device". The real runtime module
+    answers, except for the three calls that report this machine's driver (it has none)."""
+    runtime = _cuda_runtime()
+    from adassr.runtime.gpu import cudart
+
+    class OldDriver:
+        def __getattr__(self, name: str) -> object:
+            return getattr(runtime, name)
+
+        def cudaGetDeviceCount(self) -> tuple[object, int]:
+            return runtime.cudaError_t.cudaErrorInsufficientDriver, 0
+
+        def cudaDriverGetVersion(self) -> tuple[object, int]:
+            return runtime.cudaError_t.cudaSuccess, 12080
+
+        def cudaRuntimeGetVersion(self) -> tuple[object, int]:
+            return runtime.cudaError_t.cudaSuccess, 13000
+
+    monkeypatch.setattr(cudart, "runtime_api", OldDriver)
+    with pytest.raises(BackendError, match=r"supports CUDA up to 12\.8, but the installed cuda-python's runtime is "
+                                           r"CUDA 13\.0; .*pip install 'cuda-python>=12\.0,<13'"):
+        cudart.device_count()
+    monkeypatch.setattr(OldDriver, "cudaDriverGetVersion", lambda self: (runtime.cudaError_t.cudaSuccess, 0))
+    assert cudart.device_count() == 0  # no driver at all: a machine without GPUs
+
+
 def test_type_stubs_are_not_mistaken_for_tensorrt() -> None:
     from adassr.runtime.engines.trt import load_tensorrt, tensorrt_available
 
