@@ -449,7 +449,22 @@ def adapt_camera(
     the ``Interrupted`` raised afterwards says the model was published (``kept=True``).
     """
     start = time.perf_counter()
+    new_camera = not CameraStore(Path(store_root).expanduser(), group.name).directory.exists()
     store = CameraStore.open(store_root, group.name, create=True)
+    try:
+        return _adapt_in_store(store, group, config, backbone_name, start=start, registry=registry,
+                               progress=progress, keep_on_interrupt=keep_on_interrupt)
+    except BaseException:
+        if new_camera:  # a first run that published nothing leaves no empty camera folder behind
+            store.remove_if_unused()
+        raise
+
+
+def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig, backbone_name: str, *,
+                    start: float, registry: BackboneRegistry | None,
+                    progress: Callable[[ProgressEvent], None] | None, keep_on_interrupt: bool) -> AdaptOutcome:
+    """:func:`adapt_group`'s work in the opened camera folder ``store``."""
+    store_root = store.root
     compute = _resolve_compute(config)
     with store.transaction() as tx:
         backbone, base_state = _load_backbone(backbone_name, compute.device, registry)

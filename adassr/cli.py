@@ -83,9 +83,29 @@ def _dispatch(args: argparse.Namespace) -> int:
     except AdassrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # an optional dependency this command needs is not installed
+        print(f"error: {_missing_dependency(getattr(args, 'command', 'adapt'), exc)}", file=sys.stderr)
+        logging.getLogger(__name__).debug("import failure", exc_info=True)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+ADAPT_MODULES = frozenset({"torch", "safetensors", "scipy", "onnx", "onnxscript", "tqdm"})
+"""Top-level modules of the ``adapt`` extra (torch and what adaptation, metrics and export use)."""
+
+
+def _missing_dependency(command: str, exc: ImportError) -> str:
+    """One line for an ImportError: which module, and the install command that brings it."""
+    from adassr.upscale import ADAPT_EXTRA, ADAPT_EXTRA_GPU
+
+    module = (exc.name or "").split(".")[0]
+    if module in ADAPT_MODULES:
+        fix = f"install the adapt extra: {ADAPT_EXTRA} (GPU box: {ADAPT_EXTRA_GPU})"
+    else:
+        fix = "install the extra that brings it (README, Install), or reinstall adassr"
+    return f"adassr {command} needs {module or 'a module that failed to import'} ({exc}); {fix}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -335,6 +335,19 @@ class CameraStore:
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
+    def remove_if_unused(self) -> bool:
+        """Remove this camera's folder when it holds nothing but its lock file (a first run that
+        published nothing); done under the lock, so a folder another writer holds stays. True if removed."""
+        try:
+            with self.lock():
+                if {entry.name for entry in os.scandir(self.directory)} != {LOCK_NAME}:
+                    return False
+                (self.directory / LOCK_NAME).unlink()
+                self.directory.rmdir()
+                return True
+        except (OSError, StoreError):
+            return False
+
     # -- manifest -------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any]:
         """Read and validate the manifest; StoreError if missing, unreadable, of another schema or invalid."""

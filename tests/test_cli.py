@@ -76,3 +76,35 @@ def test_listing_and_exporting_the_wrong_thing_say_so(tmp_path, capsys) -> None:
     (store / "_fallback").mkdir(parents=True)
     assert main(["export", "--camera", "_fallback", "--store", str(store)]) == 2
     assert "adassr export --backbone NAME" in capsys.readouterr().err
+
+
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # as on a runtime-only install: `import torch` fails, find_spec gives None
+from adassr.cli import adapt_main, main
+sys.exit(adapt_main(sys.argv[2:]) if sys.argv[1] == "adapt" else main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "--backbone", "realesrgan-x4plus"],
+    ["metrics", "lpips", "a.png", "--ref", "b.png"],
+    ["adapt", "--camera", "nokia", "--images", "photos"],
+])
+def test_commands_that_need_torch_say_so_in_one_line_without_it(tmp_path, argv: list[str]) -> None:
+    """They used to end in a traceback (exit 1) on a runtime-only install."""
+    import numpy as np
+
+    from adassr.runtime.images import write_image
+
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / name, np.full((32, 32, 3), 128, np.uint8))
+    (tmp_path / "photos" / "nokia").mkdir(parents=True)
+    write_image(tmp_path / "photos" / "nokia" / "x.png", np.full((200, 200, 3), 90, np.uint8))
+    store = ["--store", str(tmp_path / "store")] if argv[0] != "metrics" else []
+    done = subprocess.run([sys.executable, "-c", NO_TORCH, *argv, *store], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = [text for text in done.stderr.splitlines() if text.startswith("error:")]
+    assert f"adassr {argv[0]} needs torch" in line and "pip install 'adassr[adapt,cpu-torch]'" in line
