@@ -128,7 +128,7 @@ class AdaptConfig:
     stop_patience: int = 3
     backbone_margin: float = field(default=0.0, metadata=cli(
         "NIQE margin: the unadapted backbone is kept only when every evaluation's NIQE is worse than "
-        "its by more than this (GPU 0, the paper; CPU see cpu_demo_defaults)"))
+        "its by more than this (GPU 0, the paper; CPU 0.1)"))
     early_stop: bool = True  # False (an ablation): no NIQE stop, the last evaluated EMA weights are kept
     eval_crop: int = field(default=128, metadata=cli("LR crop side for NIQE evaluation (GPU 128, CPU 128)"))
     eval_max_images: int = 8

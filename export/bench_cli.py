@@ -39,7 +39,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     lat.add_argument("--repeats", type=int, default=5, help="timed calls per case (default 5)")
     lat.add_argument("--threads", type=int, default=None, help="threads for both onnxruntime and torch")
     lat.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
-    lat.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
+    lat.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+                     help="results folder for the report's .md and .json, named after this machine "
+                          "(default ./benchmarks/results; a report of the same machine is replaced)")
 
 
 def latency_options(args: argparse.Namespace) -> LatencyOptions:

@@ -245,16 +245,14 @@ def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
         raise ExportError(
             f"camera {store.camera!r}: its {options.precision} TensorRT engine for this tile shape was built from an "
             "earlier export, not from the current ONNX model (the camera was adapted or exported again since); "
-            f"rebuild it on the serving GPU with `adassr export --camera {store.camera} --engine tensorrt --tile "
-            f"{options.tile} --tile-batch {options.max_batch_size}`"
+            f"rebuild it on the serving GPU with `{_engine_command(store, manifest, options)}`"
         )
     if not found:
         raise ExportError(
             f"camera {store.camera!r} has no {options.precision} TensorRT engine whose profile takes batches of "
             f"1-{options.max_batch_size} tiles of {options.tile}x{options.tile}; build one on the serving GPU with "
-            f"`adassr export --camera {store.camera} --engine tensorrt --tile {options.tile} --tile-batch "
-            f"{options.max_batch_size}`, or use --platform onnxruntime_onnx (--trt-accelerator lets Triton build "
-            "TensorRT engines itself)"
+            f"`{_engine_command(store, manifest, options)}`, or use --platform onnxruntime_onnx (--trt-accelerator "
+            "lets Triton build TensorRT engines itself)"
         )
     targets = sorted({f"{r.key.gpu.name} with TensorRT {r.key.tensorrt_version}" for r in found})
     if len(targets) > 1:
@@ -272,6 +270,20 @@ def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
             "with `adassr export --engine tensorrt`"
         )
     return record
+
+
+def _engine_command(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> str:
+    """The command that builds the engine ``--platform tensorrt_plan`` needs (the fallback is exported
+    from its backbone, not as a camera)."""
+    if store.camera == FALLBACK_CAMERA:
+        backbone = manifest.get("backbone")
+        name = backbone.get("name") if isinstance(backbone, Mapping) else None
+        what = f"--backbone {name if isinstance(name, str) else 'realesrgan-x4plus'}"
+    else:
+        what = f"--camera {store.camera}"
+    precision = " --precision fp16" if options.precision == "fp16" else ""
+    return (f"adassr export {what} --store {store.root} --engine tensorrt{precision} --tile {options.tile} "
+            f"--tile-batch {options.max_batch_size}")
 
 
 def _current_onnx_sha256(manifest: Mapping[str, Any]) -> set[str]:

@@ -224,6 +224,10 @@ def _checked_config(args: argparse.Namespace) -> Any:
             raise ConfigError(f"--gpu must be a device index >= 0, got {args.gpu}")
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
     config = config_from_args(args)
+    if config.backend == "tensorrt":  # without TensorRT no model could ever open: refuse now, not per model
+        from adassr.runtime.engines.trt import load_tensorrt
+
+        load_tensorrt()
     if config.threads is None:
         intra_op_threads()  # a bad ADASSR_THREADS fails here, not in every model load
     _check_port(config.host, config.port)

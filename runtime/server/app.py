@@ -550,5 +550,6 @@ def create_app(config: ServerConfig, *, open_model: Callable[[RouteDecision], Ba
             await server.stop()
 
     app = Starlette(routes=_routes(server), exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    app.router.redirect_slashes = False  # `/v1/upscale/` is an unknown path (JSON 404), not a bodiless 307
     app.state.server = server
     return app

@@ -162,6 +162,7 @@ class ModelRegistry:
         self._models: Mapping[str, LoadedModel] = MappingProxyType({})
         self._signatures: dict[str, _Signature] = {}
         self._problems: dict[str, str] = {}
+        self._tried: dict[str, str] = {}  # camera -> model file of a refused load (its signature includes it)
         self._refresh_lock = threading.Lock()
 
     # -- reading ----------------------------------------------------------------------------
@@ -236,8 +237,8 @@ class ModelRegistry:
 
     def _refresh_camera(self, camera: str, current: dict[str, LoadedModel]) -> bool:
         old = current.get(camera)
-        sig = self._signature(camera, old.route.onnx_path.name if old else None)
-        if self._signatures.get(camera) == sig:
+        sig = self._signature(camera, old.route.onnx_path.name if old else self._tried.get(camera))
+        if self._signatures.get(camera) == sig:  # unchanged since the last load or refusal: nothing to do
             return False
         try:
             decision = resolve_model(self._store, camera=camera, precision=self._precision, verify=False)
@@ -248,6 +249,7 @@ class ModelRegistry:
             self._signatures[camera] = sig
             return False
         sig = self._signature(camera, decision.onnx_path.name)
+        self._tried[camera] = decision.onnx_path.name
         if old is not None and old.sha256 == decision.sha256:
             try:
                 decision.verify()
@@ -277,8 +279,8 @@ class ModelRegistry:
     def _refused(self, camera: str, kind: str, message: str, sig: _Signature, *, load_failed: bool = False) -> None:
         self._signatures[camera] = sig  # report a broken state once, not at every poll
         text = message
-        for path in {str(self._store), str(self._store.resolve())}:  # the path, not the word "store"
-            text = text.replace(path + os.sep, "<store>" + os.sep)
+        for path in sorted({str(self._store), str(self._store.resolve())}, key=len, reverse=True):
+            text = text.replace(path, "<store>")  # in paths and in suggested commands (`--store <store>`)
         keeps = " (the previous model keeps serving)" if camera in self._models else ""
         self._problems[camera] = text + keeps
         self._on_error(kind)

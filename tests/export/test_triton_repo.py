@@ -152,6 +152,18 @@ def test_tensorrt_plan_needs_an_engine_in_the_store(store: Path, tmp_path: Path)
     assert sorted(p.name for p in model.directory.iterdir() if p.is_dir()) == ["1"]
 
 
+def test_tensorrt_plan_names_a_command_that_builds_the_missing_engine(store: Path, tmp_path: Path) -> None:
+    """For the fallback it used to name `adassr export --camera _fallback`, which export refuses."""
+    options = TritonRepoOptions(platform="tensorrt_plan", tile=64, max_batch_size=4, preferred_batch_sizes=(4,))
+    CameraStore.open(store, FALLBACK_CAMERA).update_manifest(lambda m: m.update(backbone={"name": "realsr-df2k"}))
+    with pytest.raises(ExportError) as caught:
+        write_repository(tmp_path / "repo", store, [FALLBACK_CAMERA], options)
+    assert (f"`adassr export --backbone realsr-df2k --store {store} --engine tensorrt --tile 64 --tile-batch 4`"
+            in str(caught.value))
+    with pytest.raises(ExportError, match="`adassr export --camera canon --store .* --engine tensorrt --tile 64"):
+        write_repository(tmp_path / "repo", store, ["canon"], options)
+
+
 def test_tensorrt_plan_refuses_cpu_instances() -> None:
     with pytest.raises(ExportError, match="tensorrt_plan runs on GPUs only"):
         TritonRepoOptions(platform="tensorrt_plan", instance_kind="KIND_CPU")

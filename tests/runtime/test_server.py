@@ -173,6 +173,7 @@ def test_status_codes_and_error_bodies(store: Path) -> None:
     limits = Limits(max_body_bytes=200_000, max_pixels=70 * 70)
     with running_server(_config(store, limits=limits)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
         _assert_json_error(c.post("/v1/upscale", content=b"not an image at all"), 415, "unsupported_image")
+        _assert_json_error(c.post("/v1/upscale/", content=canon), 404, "not_found")  # no bodiless 307 redirect
         truncated = canon[: len(canon) // 2]
         _assert_json_error(c.post("/v1/upscale", content=truncated), 415, "unsupported_image")
         _assert_json_error(c.post("/v1/upscale", content=b""), 415, "unsupported_image")
@@ -735,3 +736,50 @@ def test_serve_refuses_an_unknown_host_before_starting() -> None:
 
     with pytest.raises(ConfigError, match="check --host"):
         _check_port("no-such-host.invalid", 8080)
+
+
+def test_a_model_that_fails_to_open_is_reported_once_until_its_files_change(store: Path) -> None:
+    """A load failure used to be retried and logged at every reload poll (every 2 s) for a camera
+    that had no model yet."""
+    from adassr.runtime.errors import BackendError
+    from adassr.runtime.server.models import ModelRegistry
+
+    attempts: list[str] = []
+    errors: list[str] = []
+
+    def failing(route: RouteDecision) -> Backend:
+        attempts.append(route.model_camera)
+        raise BackendError("this backend cannot start here")
+
+    registry = ModelRegistry(store, open_model=failing, on_error=errors.append)
+    for _ in range(3):
+        registry.refresh()
+    assert sorted(attempts) == ["_fallback", "canon"] and errors == ["model_load", "model_load"]
+    assert "cannot start" in registry.problems["canon"]
+    publish_camera(store, "canon", seed=7)  # a new export: tried again
+    registry.refresh()
+    assert sorted(attempts) == ["_fallback", "canon", "canon"]
+
+
+def test_serve_with_tensorrt_but_without_it_exits_2_at_start(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It used to start, answer 503 forever and log a refusal every 2 s."""
+    from adassr.cli import main
+    from adassr.runtime.engines.trt import tensorrt_available
+
+    if tensorrt_available():
+        pytest.skip("TensorRT is installed here")
+    assert main(["serve", "--store", str(store), "--backend", "tensorrt", "--port", str(_free_port())]) == 2
+    captured = capsys.readouterr()
+    assert "TensorRT is not installed" in captured.err and "adassr serve: http" not in captured.out
+
+
+def test_refusals_never_show_the_store_path(store: Path) -> None:
+    """The damaged-manifest advice names the store in its commands (`--store <path>`); that was shown."""
+    from adassr.runtime.server.models import ModelRegistry, default_opener
+
+    (store / "canon" / "manifest.json").write_text("{broken")
+    registry = ModelRegistry(store, open_model=default_opener("onnxruntime", providers=("cpu",), threads=1))
+    registry.refresh()
+    problem = registry.problems["canon"]
+    assert "--store <store>" in problem and "<store>/canon/manifest.json" in problem
+    assert str(store) not in problem and str(store.resolve()) not in problem
