@@ -89,13 +89,26 @@ def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
 
     if options.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {options.repeats}")
+    if options.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {options.batch}")
     check_threads(options.threads)
     _sizes(options.sizes)
     if options.frame is not None:
         parse_frame(options.frame)
-        if not gpu_report:
-            raise ConfigError("--frame sets the GPU report's frame (with --gpu N or --backend tensorrt / torch); "
-                              "the CPU report times square crops: use --sizes")
+    if not gpu_report:  # the CPU report times fp32 crops one at a time: these options would be ignored
+        ignored = [flag for flag, given in (("--frame", options.frame is not None),
+                                            (f"--precision {options.precision}", options.precision != "fp32"),
+                                            (f"--batch {options.batch}", options.batch != 1),
+                                            ("--cuda-graph", options.cuda_graph)) if given]
+        if ignored:
+            raise ConfigError(f"{', '.join(ignored)} belong to the GPU report (with --gpu N or --backend tensorrt / "
+                              "torch); the CPU report times fp32 square crops one at a time: use --sizes")
+    if options.gpu is not None and options.backend == "onnxruntime":
+        from adassr.runtime.backends.onnxruntime import resolve_providers
+
+        if all(p == "CPUExecutionProvider" for p in resolve_providers(options.providers)):
+            raise ConfigError(f"--gpu {options.gpu} times onnxruntime on the GPU, but --providers {options.providers} "
+                              "runs on the CPU: pass --providers cuda (or tensorrt,cuda), or drop --gpu")
     try:
         check_output_folders([Path(options.out) / "latency.json"])
     except ConfigError as exc:

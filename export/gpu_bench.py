@@ -213,8 +213,6 @@ def run_gpu_latency(args: LatencyOptions) -> dict[str, Any]:
 
     check_latency_options(args, gpu_report=True)
     precision = args.precision
-    if args.batch < 1 or args.repeats < 1:
-        raise ConfigError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
     if args.backend == "onnxruntime" and precision == "bf16":
         raise ConfigError("onnxruntime has no bf16 model; use --precision fp32 or fp16, or --backend tensorrt / torch")
     route = resolve_bench_model(args, precision="fp16" if precision == "fp16" else "fp32")
@@ -301,7 +299,7 @@ def _ort_bench_row(args: LatencyOptions, route: Any, frame: np.ndarray, roofline
                                    profiles=profiles, input_name=route.input_name or "lr")
     before = _device_used_mib() if on_gpu else None
     with OnnxRuntimeBackend(route.verify(), providers=args.providers, threads=args.threads, gpu=settings,
-                            input_name=route.input_name, output_name=route.output_name) as backend:
+                            require=True, input_name=route.input_name, output_name=route.output_name) as backend:
         after = _device_used_mib() if on_gpu else None
         memory = None if before is None or after is None else after - before
         return backend_row(f"onnxruntime {route.precision} ({','.join(backend.providers)})", backend.infer, frame,
