@@ -96,9 +96,13 @@ def check_output_budget(height: int, width: int, scale: int, outscale: float,
     model_out = height * scale * width * scale
     largest = max(target[0] * target[1], model_out)
     if largest > max_output_pixels:
+        fix = "downscale the input or use a smaller --outscale"
+        if model_out > max_output_pixels:
+            fix = (f"downscale the input (the model's x{scale} output is made before --outscale resizes it, so a "
+                   "smaller --outscale cannot help)")
         raise ImageError(
             f"a {width}x{height} input at x{outscale:g} (model x{scale}) needs {largest:,} output pixels, above "
-            f"the limit of {max_output_pixels:,}; downscale the input or use a smaller --outscale"
+            f"the limit of {max_output_pixels:,}; {fix}"
         )
     return target
 

@@ -87,8 +87,7 @@ def read_image(
         if width * height > max_pixels:
             raise ImageTooLargeError(
                 f"{p}: image is {width}x{height} = {width * height:,} pixels, above the limit of "
-                f"{max_pixels:,}, which guards memory; downscale it first (callers of read_image may pass a larger "
-                f"max_pixels for a file they trust)"
+                f"{max_pixels:,}, which guards memory; downscale it first"
             )
         pixels, alpha, exif = _decode(p, im)
         profile = im.info.get("icc_profile")

@@ -49,7 +49,8 @@ class UploadFolder:
                 try:
                     image = read_image(name, max_pixels=max_pixels)
                 except ImageTooLargeError as exc:
-                    raise ImageTooLargeError(_scrub(str(exc), name)) from None
+                    raise ImageTooLargeError(f"{_scrub(str(exc), name)} (this server's limit, set by its "
+                                             "operator with --max-pixels)") from None
                 except ImageError as exc:
                     raise ImageError(_scrub(str(exc), name)) from None
         finally:

@@ -274,6 +274,10 @@ class ModelRegistry:
         self._problems.pop(camera, None)
         self._on_load(camera, True)
         logger.info("serving %s for camera %s", decision.label, camera)
+        if decision.precision != self._precision:  # e.g. --precision fp16 and only an fp32 export
+            logger.warning("camera %s has no %s export: serving its %s model (export it again with --precision %s "
+                           "to serve %s)", camera, self._precision, decision.precision, self._precision,
+                           self._precision)
         return True
 
     def _refused(self, camera: str, kind: str, message: str, sig: _Signature, *, load_failed: bool = False) -> None:

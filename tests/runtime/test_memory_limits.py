@@ -80,6 +80,18 @@ def test_output_budget_is_checked_before_allocating() -> None:
                        max_output_pixels=1000)
 
 
+def test_output_budget_advice_fits_what_is_too_large() -> None:
+    """The model's x4 output is made before --outscale resizes it: a smaller --outscale cannot help then."""
+    from adassr.runtime.pipeline import check_output_budget
+
+    with pytest.raises(ImageError, match="the model's x4 output is made before --outscale") as caught:
+        check_output_budget(100, 100, 4, 1.0, max_output_pixels=100_000)  # 160,000 at the model's x4
+    assert "or use a smaller --outscale" not in str(caught.value)
+    with pytest.raises(ImageError, match="downscale the input or use a smaller --outscale"):
+        check_output_budget(100, 100, 4, 8.0, max_output_pixels=200_000)  # 640,000 only after --outscale 8
+    assert check_output_budget(100, 100, 4, 2.0, max_output_pixels=200_000) == (200, 200)
+
+
 @pytest.mark.parametrize("outscale", [1000.0, MAX_OUTSCALE * 1.01, 0.0, -1.0, float("nan"), float("inf")])
 def test_outscale_has_an_upper_bound(outscale: float) -> None:
     with pytest.raises(ConfigError, match="outscale must be a number in"):

@@ -182,6 +182,7 @@ def test_status_codes_and_error_bodies(store: Path) -> None:
         big = small_png(80, 80)
         message = _assert_json_error(c.post("/v1/upscale", content=big), 413, "too_large")
         assert "6,400" in message and "/dev/shm" not in message and "upload-" not in message
+        assert "--max-pixels" in message and "read_image" not in message
         for params in (
             {"outscale": "0"},
             {"outscale": "nan"},
@@ -783,3 +784,19 @@ def test_refusals_never_show_the_store_path(store: Path) -> None:
     problem = registry.problems["canon"]
     assert "--store <store>" in problem and "<store>/canon/manifest.json" in problem
     assert str(store) not in problem and str(store.resolve()) not in problem
+
+
+def test_a_precision_the_store_lacks_is_logged_once_per_model(store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`serve --precision fp16` on fp32-only exports served fp32 without a word."""
+    import logging
+
+    from adassr.runtime.server.models import ModelRegistry, default_opener
+
+    registry = ModelRegistry(store, precision="fp16",
+                             open_model=default_opener("onnxruntime", providers=("cpu",), threads=1))
+    with caplog.at_level(logging.WARNING, logger="adassr.runtime.server.models"):
+        registry.refresh()
+        registry.refresh()
+    notes = sorted(r.getMessage() for r in caplog.records if "has no fp16 export" in r.getMessage())
+    assert notes == [f"camera {camera} has no fp16 export: serving its fp32 model (export it again with "
+                     "--precision fp16 to serve fp16)" for camera in ("_fallback", "canon")]  # once each
