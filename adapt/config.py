@@ -156,7 +156,8 @@ class AdaptConfig:
         "lambda of Eq. 8: the external data term's weight against the proximal term (1e-3, the paper; K > 1)"))
     time_budget: float | None = field(default=None, metadata=cli(
         "seconds for the whole run (set-up included): training stops early enough for its last "
-        "evaluation to end within it; saving follows (CPU default 270, GPU none)"))
+        "evaluation to end within it; saving follows; at least one step and its evaluation run "
+        "(CPU default 270, GPU none)"))
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def __post_init__(self) -> None:
