@@ -260,6 +260,7 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
     estimate the kernel from them, and build the weight maps and metrics."""
     from adassr.adapt.pairs import PairConfig
 
+    perceptual = _perceptual(config, device)  # missing LPIPS weights fail now, not after reading the images
     pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
     if not config.augment:
         pair_config = pair_config.without_augmentation()
@@ -273,7 +274,7 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
     crops = evaluation_crops(evaluated, config.eval_crop, config.eval_max_images)
     return _Inputs(images, kernel, usable.config, usable, used_paths, loaded.unreadable, selection,
                    _weight_maps(model, images, config, device, precision, map_cache),
-                   crops, evaluated_paths[: len(crops)], _niqe_metric(device), _perceptual(config, device))
+                   crops, evaluated_paths[: len(crops)], _niqe_metric(device), perceptual)
 
 
 def _structured(images: list[np.ndarray], paths: Sequence[str], kernel: KernelEstimate,

@@ -253,3 +253,18 @@ def test_a_disputed_kernel_direction_is_warned_and_recorded(tmp_path: Path, capl
     assert kernel["diagnostics"]["direction_agreement"] < 0.7
     # one photo (112x75 LR) is too small for the patch, so neither the estimate nor the training uses it
     assert len(kernel["diagnostics"]["per_image_theta_deg"]) == len(kernel["diagnostics"]["images_used"]) == 4
+
+
+def test_missing_lpips_weights_fail_before_the_images_are_read(camera_dir: Path, tmp_path: Path, capsys,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import adassr.adapt.run as run
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the images were read before the LPIPS weights were checked")
+
+    monkeypatch.setenv("ADASSR_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(run, "load_group_images", no_reading)
+    assert _adapt(camera_dir, tmp_path / "store", "--lambda-perceptual", "1") == 2
+    err = capsys.readouterr().err
+    assert "LPIPS-vgg weights are missing" in err and "fetch-weights lpips" in err
+    assert not (tmp_path / "store" / "nokia").exists()
