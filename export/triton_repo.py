@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from adassr.export.errors import ExportError
-from adassr.runtime.engines.cache import EngineCache, EngineRecord
+from adassr.runtime.engines.cache import EngineCache, EngineRecord, current_onnx_sha256
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.store import (
     FALLBACK_CAMERA,
@@ -225,7 +225,7 @@ def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
     """The camera's TensorRT engine for this precision whose profile takes ``1..max_batch x 3 x tile x tile``
     (its file checked against the record's sha256)."""
     shape = (3, options.tile, options.tile)
-    current = _current_onnx_sha256(manifest)
+    current = current_onnx_sha256(manifest)
     found: list[EngineRecord] = []
     stale = 0
     for data in (manifest.get("engines") or {}).values():
@@ -284,17 +284,6 @@ def _engine_command(store: CameraStore, manifest: Mapping[str, Any], options: Tr
     precision = " --precision fp16" if options.precision == "fp16" else ""
     return (f"adassr export {what} --store {store.root} --engine tensorrt{precision} --tile {options.tile} "
             f"--tile-batch {options.max_batch_size}")
-
-
-def _current_onnx_sha256(manifest: Mapping[str, Any]) -> set[str]:
-    """The sha256 of every ONNX model the camera's manifest exports now (what a current engine is built from)."""
-    artifacts = manifest.get("artifacts") or {}
-    found = set()
-    for record in (manifest.get("exports") or {}).values():
-        entry = artifacts.get(str(record.get("file"))) if isinstance(record, Mapping) else None
-        if isinstance(entry, Mapping) and isinstance(entry.get("sha256"), str):
-            found.add(entry["sha256"])
-    return found
 
 
 def _versions(model_dir: Path) -> dict[int, Path]:

@@ -146,6 +146,17 @@ def match_records(
     return Lookup(None, tuple(reasons) or (f"no {wanted.kind} {wanted.precision} engine stored yet",))
 
 
+def current_onnx_sha256(manifest: Mapping[str, Any]) -> set[str]:
+    """The sha256 of every ONNX model the camera's manifest exports now (what a current engine is built from)."""
+    artifacts = manifest.get("artifacts") or {}
+    found = set()
+    for record in (manifest.get("exports") or {}).values():
+        entry = artifacts.get(str(record.get("file"))) if isinstance(record, Mapping) else None
+        if isinstance(entry, Mapping) and isinstance(entry.get("sha256"), str):
+            found.add(entry["sha256"])
+    return found
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
@@ -204,15 +215,17 @@ class EngineCache:
             raise StoreError(f"the engine records of {self.label} are not a JSON object; delete them to rebuild")
         return engines
 
-    def _update(self, change: Callable[[dict[str, Any]], None]) -> None:
+    def _update(self, change: Callable[[dict[str, Any], set[str] | None], None]) -> None:
+        """Apply ``change(engines, current)`` to the stored records; ``current`` is the sha256 of every
+        ONNX file the camera exports now (None for the shared folder)."""
         if self._shared:
             engines = self.records()
-            change(engines)
+            change(engines, None)
             atomic_write_json(self._store.directory / BASE_INDEX, {MANIFEST_KEY: engines})
         else:
             def update(manifest: dict[str, Any]) -> None:
                 engines = manifest.setdefault(MANIFEST_KEY, {})
-                change(engines)
+                change(engines, current_onnx_sha256(manifest))
 
             if self._tx is None:
                 self._store.update_manifest(update)
@@ -307,15 +320,18 @@ class EngineCache:
         )
         removed: list[str] = []
 
-        def change(engines: dict[str, Any]) -> None:
+        def change(engines: dict[str, Any], current: set[str] | None) -> None:
             for digest_, data in list(engines.items()):
                 try:
                     old = EngineRecord.from_json(data)
                 except ConfigError:
                     del engines[digest_]
                     continue
-                superseded = (not self._shared and old.key.kind == wanted.kind
-                              and old.key.source_sha256 != wanted.source_sha256)
+                # built from an ONNX file the camera no longer exports (an engine of its other precision,
+                # or of another GPU or TensorRT version, built from a current export, stays)
+                superseded = (current is not None and old.key.kind == wanted.kind
+                              and old.key.source_sha256 != wanted.source_sha256
+                              and old.key.source_sha256 not in current)
                 replaced = digest_ == wanted.digest
                 if (superseded or replaced) and old.file != rel:
                     removed.append(old.file)

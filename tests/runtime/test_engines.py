@@ -235,6 +235,22 @@ def test_reexported_onnx_rebuilds_and_removes_the_stale_engine(
     assert len(CameraStore.open(tmp_path, "canon").read_manifest()["engines"]) == 1
 
 
+
+def test_engines_of_both_current_exports_stay(tmp_path: Path) -> None:
+    """An fp32 build used to delete the camera's fp16 engine (built from model_fp16.onnx, another
+    sha256) and the other way round, on every GPU: two services with different precisions rebuilt forever."""
+    store = _camera(tmp_path, "canon", 3, structure=None)
+    fp16 = {"file": "model_fp16.onnx", "scale": 4, "input_name": "lr", "output_name": "sr", "precision": "fp16"}
+    with store.transaction() as tx:
+        tx.stage("model_fp16.onnx", lambda tmp: tmp.write_bytes(build_tiny_sr(seed=4)), stage="export")
+        tx.commit(lambda m: m["exports"].update({"onnx_fp16": fp16}))
+    half = ensure_camera_engine(_request(tmp_path, "canon", refit=False, precision="fp16"), FileToolkit())
+    full = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit(gpu=A100))
+    assert half.built and full.built and half.path.is_file() and full.path.is_file()
+    again = ensure_camera_engine(_request(tmp_path, "canon", refit=False, precision="fp16"), FileToolkit())
+    assert not again.built and again.path == half.path
+    assert len(CameraStore.open(tmp_path, "canon").read_manifest()["engines"]) == 2
+
 def test_damaged_engine_is_rebuilt_not_loaded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _camera(tmp_path, "canon", 0, structure=None)
     first = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
