@@ -67,6 +67,8 @@ from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
+ENGINES_FOLDER = "engines"
+"""A camera's TensorRT engines: files in ``<camera>/engines/``, records under the manifest key of the same name."""
 FALLBACK_CAMERA = "_fallback"
 FALLBACK_BACKBONE = "realesrgan-x4plus"  # the registry backbone exported as the fallback by default
 MODEL_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")  # precisions of exported models (not training)
@@ -270,10 +272,15 @@ def validate_manifest(data: object, path: Path) -> dict[str, Any]:
 
 
 def _referenced_files(manifest: Mapping[str, Any]) -> set[str]:
+    """Every file the manifest refers to, relative to the camera folder (engines as ``engines/<file>``)."""
     files: set[str] = set()
     for name, record in (manifest.get("artifacts") or {}).items():
         files.add(str(record.get("file", name)))
         files.update(str(item["file"]) for item in record.get("external_data", []))
+    engines = manifest.get(ENGINES_FOLDER)
+    for record in (engines.values() if isinstance(engines, Mapping) else ()):
+        if isinstance(record, Mapping) and isinstance(record.get("file"), str):
+            files.add(record["file"])
     return files
 
 
@@ -508,6 +515,9 @@ class CameraStore:
         with contextlib.suppress(OSError):
             candidates.update(e.name for e in os.scandir(self.directory)
                               if _CONTENT_NAME.match(e.name) and not e.name.startswith("."))
+        with contextlib.suppress(OSError):  # engines no record refers to (re-adapting forgets the records)
+            candidates.update(f"{ENGINES_FOLDER}/{e.name}" for e in os.scandir(self.directory / ENGINES_FOLDER)
+                              if e.name.endswith(".engine") and not e.name.startswith(".") and e.is_file())
         removed = []
         for name in sorted(candidates - keep):
             with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):

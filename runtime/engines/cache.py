@@ -40,11 +40,18 @@ from typing import Any
 from adassr.runtime.engines.key import EngineKey, explain_mismatch
 from adassr.runtime.engines.refit import RefitInfo
 from adassr.runtime.errors import ConfigError, StoreError
-from adassr.runtime.store import CameraStore, StoreTransaction, atomic_output, atomic_write_json, sha256_file
+from adassr.runtime.store import (
+    ENGINES_FOLDER,
+    CameraStore,
+    StoreTransaction,
+    atomic_output,
+    atomic_write_json,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
-ENGINES_DIR = "engines"
+ENGINES_DIR = ENGINES_FOLDER
 BASE_ENGINES = "_engines"
 BASE_INDEX = "index.json"
 MANIFEST_KEY = "engines"

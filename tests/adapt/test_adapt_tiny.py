@@ -158,12 +158,19 @@ def test_re_adapting_forgets_engines_and_a_report_it_did_not_redraw(tiny: Backbo
     adapt_camera(group, config, store_root=tmp_path, backbone_name="tiny", registry=tiny)
     first = store.read_manifest()
     assert first["report"] == "report.png" and "report.png" in first["artifacts"]
-    store.update_manifest(lambda m: m.setdefault("engines", {}).update(old={"file": "x.engine", "sha256": "0" * 64}))
+    store.update_manifest(lambda m: m.setdefault("engines", {}).update(
+        old={"file": "engines/camera-fp32-old.engine", "sha256": "0" * 64}))
+    (store.directory / "engines").mkdir()
+    (store.directory / "engines" / "camera-fp32-old.engine").write_bytes(b"plan of the old weights")
+    (store.directory / "engines" / "camera-fp32-stray.engine").write_bytes(b"no record refers to it")
+    store.update_manifest(lambda m: None)
+    assert sorted(p.name for p in store.directory.glob("engines/*")) == ["camera-fp32-old.engine"]  # referenced
     monkeypatch.setattr(report, "matplotlib_available", lambda: False)
     adapt_camera(group, config.with_overrides(seed=2), store_root=tmp_path, backbone_name="tiny", registry=tiny)
     second = store.read_manifest()
     assert second["report"] is None and "report.png" not in second["artifacts"] and "engines" not in second
     assert not list(store.directory.glob("report.*.png"))  # the old file went with its record
+    assert not list(store.directory.glob("engines/*.engine"))  # so did the engine (it used to stay on disk)
 
 
 def test_a_flat_image_is_left_out_of_the_niqe_evaluation(tiny: BackboneRegistry, camera_dir: Path,
