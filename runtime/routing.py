@@ -9,9 +9,9 @@ unadapted backbone); the decision's ``reason`` says which case applied. A damage
 sha256 is an error, never a silent fallback.
 
 Export records are read from ``manifest["exports"]``: ``"onnx"`` (fp32) and ``"onnx_fp16"``, each
-``{"file", "scale", "precision", "input_name", "output_name", ...}``. When fp16 is asked for and a
-camera has only fp32, its fp32 model serves (an adapted model is worth more than the precision);
-the reason says so.
+``{"file", "scale", "precision", "input_name", "output_name", ...}``. When a camera lacks the
+precision asked for, its other export serves (fp32 for an fp16 request, fp16 for an fp32 one: an
+adapted model is worth more than the precision); the decision's ``precision`` says which serves.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class _Found:
 
 
 def _find_export(root: Path, camera: str, precision: str) -> tuple[_Found | None, str]:
-    """The camera's export record for ``precision`` (or fp32), or None and why there is none."""
+    """The camera's export record for ``precision`` (else its other precision), or None and why there is none."""
     store = CameraStore.open(root, camera)
     if not store.exists():
         return None, "no manifest"
@@ -87,7 +87,7 @@ def _find_export(root: Path, camera: str, precision: str) -> tuple[_Found | None
     exports = manifest.get("exports") or {}
     if not isinstance(exports, Mapping):
         raise StoreError(f"{store.manifest_path}: 'exports' is not an object; rerun `adassr export`")
-    for key in dict.fromkeys((EXPORT_KEYS[precision], EXPORT_KEYS["fp32"])):
+    for key in dict.fromkeys((EXPORT_KEYS[precision], EXPORT_KEYS["fp32"], EXPORT_KEYS["fp16"])):
         record = exports.get(key)
         if record is None:
             continue
@@ -97,6 +97,11 @@ def _find_export(root: Path, camera: str, precision: str) -> tuple[_Found | None
             )
         return _Found(store, manifest, key, record), ""
     return None, "adapted but not exported" if manifest.get("weights_sha256") else "no exported model"
+
+
+def _served(export_key: str) -> str:
+    """The precision of the export stored under ``export_key``."""
+    return next(precision for precision, key in EXPORT_KEYS.items() if key == export_key)
 
 
 def _decision(found: _Found, *, requested: str | None, group: str | None, reason: str) -> RouteDecision:
@@ -259,7 +264,7 @@ def resolve_model(
         if found is not None:
             reason = source
             if found.key != EXPORT_KEYS[precision]:
-                reason += f"; no {precision} export for {group!r}, serving fp32"
+                reason += f"; no {precision} export for {group!r}, serving {_served(found.key)}"
             decision = _decision(found, requested=requested, group=group, reason=reason)
             if verify:
                 decision.verify()
@@ -278,7 +283,7 @@ def resolve_model(
             f"`adapt --camera NAME` then `adassr export --camera NAME`"
         )
     if fallback.key != EXPORT_KEYS[precision]:
-        reason += f"; no {precision} fallback export, serving fp32"
+        reason += f"; no {precision} fallback export, serving {_served(fallback.key)}"
     decision = _decision(fallback, requested=requested, group=group, reason=reason)
     if verify:
         decision.verify()

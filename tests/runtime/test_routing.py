@@ -109,6 +109,19 @@ def test_precision_choice(store: Path) -> None:
     assert d.is_fallback and d.precision == "fp32" and "serving fp32" in d.reason
 
 
+def test_a_camera_exported_in_fp16_only_serves_fp32_requests(tmp_path: Path) -> None:
+    """It used to fall back to the unadapted model, saying the camera was "adapted but not exported"."""
+    from adassr.runtime.routing import adapted_but_not_exported, can_serve
+
+    publish_camera(tmp_path, FALLBACK_CAMERA)
+    store = publish_camera(tmp_path, "canon", seed=1, fp16=True)
+    store.update_manifest(lambda m: (m["exports"].pop("onnx"), m["artifacts"].pop("model.onnx")))
+    d = resolve_model(tmp_path, camera="canon")
+    assert d.model_camera == "canon" and d.precision == "fp16" and d.artifact == "model_fp16.onnx"
+    assert d.reason == "explicit; no fp32 export for 'canon', serving fp16"
+    assert can_serve(tmp_path, camera="canon") and not adapted_but_not_exported(tmp_path, "canon")
+
+
 def test_no_fallback_says_how_to_make_one(tmp_path: Path) -> None:
     publish_camera(tmp_path, "canon")
     assert resolve_model(tmp_path, camera="canon").model_camera == "canon"
