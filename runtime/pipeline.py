@@ -259,7 +259,7 @@ def gpu_settings(route: RouteDecision, opts: RuntimeOptions) -> GpuProviderSetti
 
     # Tiles sized per image (--tile auto) have no fixed shape: onnxruntime's TensorRT provider then
     # builds per shape (cached), without explicit profiles.
-    fixed = opts.tiling.max_tile_pixels is None
+    fixed = opts.tiling.max_tile_pixels is None and opts.tiling.tile > 0  # untiled: every image has its shape
     profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of).profiles if fixed else ()
     version = "unknown"
     with contextlib.suppress(ImportError):
@@ -280,6 +280,9 @@ def engine_for_route(route: RouteDecision, opts: RuntimeOptions) -> Path:
     from adassr.runtime.engines import plan_profiles
     from adassr.runtime.engines.manage import EngineRequest, TensorRTToolkit, ensure_camera_engine
 
+    if not opts.tiling.tile:
+        raise ConfigError("the tensorrt backend needs tiles (an engine's profiles bound the input size, and a whole "
+                          "photo can be any size): pass --tile N, for example --tile 512")
     profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of, copies=TENSORRT_STREAMS).profiles
     request = EngineRequest(route.store.root, route.model_camera, route.precision, profiles, device=opts.gpu)
     return ensure_camera_engine(request, TensorRTToolkit()).path

@@ -4,7 +4,8 @@ The runtime feeds a model only whole tiles when ``pad_to_tile`` is on (its defau
 is ``(b, 3, tile, tile)`` with ``1 <= b <= batch_size`` (the last batch of an image may be short).
 A profile with exactly that range lets TensorRT pick kernels for the one shape that matters.
 Untiled inference (``tile=0``), or tiling without ``pad_to_tile``, sends other shapes; then the
-plan is one dynamic profile from ``min_side`` to ``max_side`` with ``opt`` at ``opt_side``.
+plan is one dynamic profile from ``min_side`` (default 1: an image a few pixels wide, with a small
+``pre_pad``, sends tiles that small) to ``max_side`` with ``opt`` at ``opt_side``.
 
 :func:`select_profile` maps an input shape to the index of the first profile that accepts it, or
 raises :class:`~adassr.runtime.errors.ShapeError` naming the engine's shapes and how to rebuild.
@@ -40,7 +41,7 @@ def plan_profiles(
     tiling: TilingOptions,
     *,
     multiple_of: int = 1,
-    min_side: int = 16,
+    min_side: int = 1,
     opt_side: int = 256,
     max_side: int = 1024,
     copies: int = 1,

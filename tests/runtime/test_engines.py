@@ -112,6 +112,37 @@ def test_every_call_the_runtime_makes_fits_the_planned_profile() -> None:
             assert plan.select(shape) == 0, (options, shape)
 
 
+
+def test_unpadded_tiles_of_a_tiny_image_fit_the_default_profile() -> None:
+    """An image a pixel or two wide with pre_pad 0 sends tiles that small; the profile began at 16."""
+    options = TilingOptions(tile=64, overlap=8, pre_pad=0, pad_to_tile=False)
+    plan = plan_profiles(options)
+    shapes: list[tuple[int, ...]] = []
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        shapes.append(batch.shape)
+        return np.repeat(np.repeat(batch, 2, axis=2), 2, axis=3)
+
+    for h, w in ((1, 1), (2, 70), (15, 3)):
+        upscale_tiled(np.zeros((h, w, 3), np.float32), infer, scale=2, options=options)
+    assert {s[2] for s in shapes} & {1, 2, 3, 15}
+    assert all(plan.select(shape) == 0 for shape in shapes)
+
+
+def test_the_tensorrt_backend_refuses_untiled_runs_and_onnxruntime_builds_per_shape(tmp_path: Path) -> None:
+    """A whole photo can be any size, beyond any profile's maximum (it was 1024 px, silently)."""
+    from adassr.runtime.pipeline import RuntimeOptions, engine_for_route, gpu_settings
+    from adassr.runtime.routing import resolve_model
+
+    from ._models import publish_camera
+
+    publish_camera(tmp_path, "canon")
+    route = resolve_model(tmp_path, camera="canon")
+    untiled = RuntimeOptions(tmp_path, backend="tensorrt", tiling=TilingOptions(tile=0))
+    with pytest.raises(ConfigError, match="the tensorrt backend needs tiles"):
+        engine_for_route(route, untiled)
+    assert gpu_settings(route, replace(untiled, backend="onnxruntime")).profiles == ()
+
 def test_select_profile_refuses_shapes_outside_every_profile() -> None:
     with pytest.raises(ShapeError, match="rebuild the engine for these tile settings"):
         select_profile(PROFILE, (3, 3, 64, 64))
