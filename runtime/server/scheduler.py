@@ -23,7 +23,7 @@ import concurrent.futures as cf
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,15 +149,23 @@ class TileBatcher:
 
     def submit(self, key: Hashable, backend: Backend, tile: np.ndarray, ticket: Ticket) -> cf.Future[np.ndarray]:
         """Queue one ``3 x H x W`` tile; the future resolves to its ``3 x sH x sW`` output."""
-        future: cf.Future[np.ndarray] = cf.Future()
-        job = _Job(key, backend, tile, ticket, future)
+        return self._submit_all(key, backend, [tile], ticket)[0]
+
+    def _submit_all(self, key: Hashable, backend: Backend, tiles: Sequence[np.ndarray],
+                    ticket: Ticket) -> list[cf.Future[np.ndarray]]:
+        """Queue ``tiles`` of one request at once. The ticket is checked under the batcher's lock, which
+        :meth:`cancel` takes too: a request cancelled meanwhile queues nothing (RequestCancelled)."""
+        futures: list[cf.Future[np.ndarray]] = [cf.Future() for _ in tiles]
         with self._cond:
             if self._closed:
                 raise BackendError("the server is shutting down; retry on another instance")
-            self._queues.setdefault(key, deque()).append(job)
-            self._depth += 1
+            ticket.check()
+            queue = self._queues.setdefault(key, deque())
+            for tile, future in zip(tiles, futures, strict=True):
+                queue.append(_Job(key, backend, tile, ticket, future))
+            self._depth += len(tiles)
             self._cond.notify()
-        return future
+        return futures
 
     def infer_fn(self, key: Hashable, backend: Backend, ticket: Ticket) -> InferFn:
         """An ``InferFn`` that sends each tile of a batch through the batcher and waits for all."""
@@ -168,8 +176,7 @@ class TileBatcher:
         ticket.on_cancel(_drop_queued)
 
         def infer(batch: np.ndarray) -> np.ndarray:
-            ticket.check()
-            futures = [self.submit((key, batch.shape[1:]), backend, batch[i], ticket) for i in range(batch.shape[0])]
+            futures = self._submit_all((key, batch.shape[1:]), backend, list(batch), ticket)
             with self._cond:
                 self._blocked += 1
                 self._cond.notify()
@@ -238,16 +245,23 @@ class TileBatcher:
                         return None
                     self._cond.wait()
                     continue
-                key, queue = min(self._queues.items(), key=lambda kv: kv[1][0].enqueued)
-                waited = time.monotonic() - queue[0].enqueued
+                now = time.monotonic()
                 idle = self._blocked >= self._producers  # no pipeline is preparing tiles
-                if len(queue) >= self._max_batch or waited >= self._max_wait or self._closed or idle:
+                # Due: a full batch, one whose oldest tile waited max_wait, or any when closing or idle.
+                # Of the due keys the one with the oldest tile runs first (a full batch of one key
+                # never waits for another key's max_wait).
+                due = [(key, queue) for key, queue in self._queues.items()
+                       if len(queue) >= self._max_batch or now - queue[0].enqueued >= self._max_wait
+                       or self._closed or idle]
+                if due:
+                    key, queue = min(due, key=lambda kv: kv[1][0].enqueued)
                     jobs = [queue.popleft() for _ in range(min(self._max_batch, len(queue)))]
                     if not queue:
                         del self._queues[key]
                     self._depth -= len(jobs)
                     return jobs
-                self._cond.wait(timeout=self._max_wait - waited)
+                oldest = min(queue[0].enqueued for queue in self._queues.values())
+                self._cond.wait(timeout=self._max_wait - (now - oldest))
 
     def _loop(self) -> None:
         while (jobs := self._take()) is not None:

@@ -1,0 +1,56 @@
+"""The tile batcher on its own: which batch runs when, and cancellation at submission."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from adassr.runtime.server.scheduler import BatchRecord, RequestCancelled, Ticket, TileBatcher
+
+
+class _Doubling:
+    """A stand-in model: doubles each value (the batcher only needs ``infer``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch.shape[0])
+        return batch * 2
+
+
+def test_a_full_batch_does_not_wait_for_another_key_s_max_wait() -> None:
+    """The batcher looked only at the key with the oldest tile: a full batch of another key waited
+    until that tile's max_wait had passed."""
+    records: list[BatchRecord] = []
+    batcher = TileBatcher(max_batch=2, max_wait_s=30.0, on_batch=records.append)
+    model = _Doubling()
+    ticket = Ticket(time.monotonic() + 60)
+    tile = np.ones((3, 4, 4), np.float32)
+    try:
+        with batcher.producer():  # a request still preparing tiles: nothing is idle
+            lone = batcher.submit("a", model, tile, ticket)  # type: ignore[arg-type]
+            full = [batcher.submit("b", model, tile * k, ticket) for k in (1, 2)]  # type: ignore[arg-type]
+            outputs = [future.result(timeout=10) for future in full]  # not after a's 30 s
+            assert [float(out.max()) for out in outputs] == [2.0, 4.0] and not lone.done()
+            assert model.calls == [2]
+    finally:
+        batcher.close(timeout=5)
+    assert lone.result(timeout=10).max() == 2.0  # closing runs what is left
+
+
+def test_a_cancelled_request_queues_no_tile() -> None:
+    batcher = TileBatcher(max_batch=4, max_wait_s=0.01)
+    model = _Doubling()
+    ticket = Ticket(time.monotonic() + 60)
+    infer = batcher.infer_fn("a", model, ticket)  # type: ignore[arg-type]
+    try:
+        assert infer(np.ones((2, 3, 4, 4), np.float32)).max() == 2.0
+        ticket.cancel("client disconnected")
+        with pytest.raises(RequestCancelled, match="client disconnected"):
+            infer(np.ones((2, 3, 4, 4), np.float32))
+        assert batcher.depth == 0 and model.calls == [2]
+    finally:
+        batcher.close(timeout=5)
