@@ -157,8 +157,8 @@ class Server:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        if self.workers is not None:
-            await asyncio.to_thread(self.workers.shutdown, True)
+        if self.workers is not None:  # work not yet started is dropped; started work ends at its next model call
+            await asyncio.to_thread(self.workers.shutdown, True, cancel_futures=True)
         if self.batcher is not None:
             await asyncio.to_thread(self.batcher.close, 10.0)
         if self.uploads is not None:
@@ -292,7 +292,7 @@ class Server:
         limits = self.config.limits
         ticket = Ticket(arrived + limits.request_timeout_s)
         camera_label = "none"
-        status = 200
+        status = 500  # until an outcome is known (a cancelled task records 503, see below)
         try:
             body, params = await self._read_request(request)
             output = await self._process_unless_abandoned(request, body, params, ticket)
@@ -303,7 +303,11 @@ class Server:
             camera_label = output.camera
             elapsed_ms = 1000 * (time.monotonic() - arrived)
             headers = dict(output.headers, **{"X-Adassr-Latency-Ms": f"{elapsed_ms:.1f}"})
+            status = 200
             return Response(output.data, media_type=output.media_type, headers=headers)
+        except asyncio.CancelledError:  # the HTTP server cancelled the request (shutdown past the drain timeout)
+            status = 503
+            raise
         except HttpError as exc:
             status = exc.status
             raise
@@ -345,19 +349,26 @@ class Server:
         work: asyncio.Future[UpscaleOutput] = asyncio.ensure_future(loop.run_in_executor(self.workers, _run))
         gone: asyncio.Future[None] = asyncio.ensure_future(_wait_disconnect(request))
         waiting: list[asyncio.Future[Any]] = [work, gone]
+        def abandon(reason: str) -> None:
+            """Queued work never starts; started work stops at its next model call (its tiles are dropped)."""
+            with claim:
+                ticket.cancel(reason)
+                if not started:
+                    self._count_waiting(-1)
+            work.add_done_callback(_consume)
+
         try:
             done, _ = await asyncio.wait(
                 waiting, timeout=max(0.0, ticket.remaining()), return_when=asyncio.FIRST_COMPLETED
             )
+        except asyncio.CancelledError:  # the HTTP server gave up on this request (drain timeout at shutdown)
+            abandon("server shutting down")
+            raise
         finally:
             gone.cancel()
         if work in done:
             return work.result()
-        with claim:
-            ticket.cancel("client disconnected" if gone in done else "deadline")
-            if not started:
-                self._count_waiting(-1)
-        work.add_done_callback(_consume)
+        abandon("client disconnected" if gone in done else "deadline")
         if gone in done:
             return None
         raise DeadlineExceeded("deadline")

@@ -7,6 +7,7 @@ images it returns with what ``adassr upscale`` writes for the same input.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import re
 import socket
 import threading
@@ -800,3 +801,49 @@ def test_a_precision_the_store_lacks_is_logged_once_per_model(store: Path, caplo
     notes = sorted(r.getMessage() for r in caplog.records if "has no fp16 export" in r.getMessage())
     assert notes == [f"camera {camera} has no fp16 export: serving its fp32 model (export it again with "
                      "--precision fp16 to serve fp16)" for camera in ("_fallback", "canon")]  # once each
+
+
+def test_drain_timeout_bounds_the_shutdown_and_queued_work_never_starts(store: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Past --drain-timeout the HTTP server cancels the requests; their work used to go on (queued work
+    started after its client had gone), the shutdown waited for all of it, and they were counted as 200."""
+    from adassr.runtime.serve_cli import _uvicorn_server
+    from adassr.runtime.server.app import create_app
+
+    gate = threading.Event()
+    gate.set()
+    config = _config(store, workers=1, max_queue=4, max_batch=1, port=0, drain_timeout_s=1.0,
+                     limits=Limits(request_timeout_s=60))
+    app = create_app(config, open_model=gated_opener(gate, delay=0.25))
+    server = _uvicorn_server(app, config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _wait_for(lambda: bool(server.started))
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    state = app.state.server
+    starts: list[float] = []
+    process = state.process
+
+    def counted(*args: object) -> object:
+        starts.append(time.monotonic())
+        return process(*args)
+
+    state.process = counted
+    image = small_png(64, 64, seed=1)  # 9 tiles of 32 px at 0.25 s each: about 2 s of work a request
+    with cf.ThreadPoolExecutor(3) as pool:
+        posts = [pool.submit(httpx.post, url + "/v1/upscale", params={"camera": "canon"}, content=image,
+                             timeout=60) for _ in range(3)]
+        _wait_for(lambda: state.admitted == 3 and len(starts) == 1)
+        stopped = time.monotonic()
+        state.start_draining()
+        server.should_exit = True  # what the SIGTERM handler does
+        thread.join(30)
+        took = time.monotonic() - stopped
+        for post in posts:
+            with contextlib.suppress(httpx.HTTPError):
+                post.result()
+    assert not thread.is_alive() and took < 6  # about the drain timeout plus one model call, not all the work
+    assert len(starts) == 1  # the two queued requests never started
+    text = state.metrics.render().decode()
+    assert _metric(text, "adassr_request_duration_seconds_count", 'camera="none",status="503"') == 3
+    assert 'status="200"' not in text
