@@ -71,17 +71,21 @@ class LoadedGroup:
     unreadable: tuple[tuple[str, str], ...]  # (path, why it could not be read)
     readable: int  # members whose header could be read (the ones selection chose from)
     limited_by: str | None  # the limit that left readable members out (None: none was left out)
+    too_small: tuple[tuple[str, int, int], ...] = ()  # (path, width, height) left out by header size
 
 
 def load_group_images(group: CameraGroup, *, max_images: int | None = None,
-                      max_megapixels: float | None = None) -> LoadedGroup:
+                      max_megapixels: float | None = None, min_side: int | None = None) -> LoadedGroup:
     """Read the group's images as float32 RGB in [0, 1] (gray is replicated to RGB).
 
     With ``max_images`` / ``max_megapixels``, a large group is read in part: the sizes come from the
     file headers and :func:`adassr.adapt.image_selection.select_images` picks an even spread; one
     warning says how many were used and which limit to raise. An image that cannot be read (empty,
     damaged, not an image, over the pixel limit) is skipped with one warning naming it and why, so
-    one bad file does not stop a camera's adaptation. Raises ImageError when no image can be read
+    one bad file does not stop a camera's adaptation. With ``min_side``, images whose header says a
+    side is shorter are left out before the selection while any image is large enough (they could
+    not be used, and must not take the places of usable ones), with one warning naming them.
+    Raises ImageError when no image can be read
     (a one-image group: that image's own error), ConfigError when the group has no images.
     """
     from adassr.adapt.image_selection import select_images
@@ -90,7 +94,14 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
         raise ConfigError(f"camera group {group.name!r} has no images")
     errors: list[tuple[str, ImageError]] = []
     sized = _header_sizes(group.members, errors)
-    selection = select_images([px for _, px in sized], max_images=max_images or len(sized) or 1,
+    too_small: tuple[tuple[str, int, int], ...] = ()
+    if min_side is not None and any(min(w, h) >= min_side for _, w, h in sized):
+        too_small = tuple((str(m.path), w, h) for m, w, h in sized if min(w, h) < min_side)
+        sized = [(m, w, h) for m, w, h in sized if min(w, h) >= min_side]
+        if too_small:
+            log.warning("camera group %r: skipped %d image(s) too small for the LR patch (under %d px per side): %s",
+                        group.name, len(too_small), min_side, ", ".join(f"{p} ({w}x{h})" for p, w, h in too_small))
+    selection = select_images([w * h for _, w, h in sized], max_images=max_images or len(sized) or 1,
                               max_megapixels=max_megapixels or math.inf)
     members, images = _decode_members([sized[i][0] for i in selection.indices], errors)
     unreadable = tuple((path, str(exc)) for path, exc in errors)
@@ -108,13 +119,13 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
         log.warning("camera group %r: skipped %d unreadable image(s) of %d, adapting on %d: %s",
                     group.name, len(unreadable), len(group.members), len(images),
                     "; ".join(reason for _, reason in unreadable))
-    return LoadedGroup(CameraGroup(group.name, tuple(members)), images, unreadable, len(sized),
-                       selection.limited_by)
+    return LoadedGroup(CameraGroup(group.name, tuple(members)), images, unreadable, len(sized) + len(too_small),
+                       selection.limited_by, too_small)
 
 
 def _header_sizes(members: Sequence[GroupMember],
-                  errors: list[tuple[str, ImageError]]) -> list[tuple[GroupMember, int]]:
-    """``(member, width x height)`` from each file's header; a header that fails goes to ``errors``."""
+                  errors: list[tuple[str, ImageError]]) -> list[tuple[GroupMember, int, int]]:
+    """``(member, width, height)`` from each file's header; a header that fails goes to ``errors``."""
     from adassr.runtime.images import read_image_size
 
     sized = []
@@ -124,7 +135,7 @@ def _header_sizes(members: Sequence[GroupMember],
         except ImageError as exc:
             errors.append((str(member.path), exc))
             continue
-        sized.append((member, width * height))
+        sized.append((member, width, height))
     return sized
 
 
@@ -252,6 +263,7 @@ class _Inputs:
     crop_paths: list[str]  # the image each evaluation crop comes from
     metric: Callable[[torch.Tensor], torch.Tensor]
     perceptual: Perceptual | None
+    too_small: tuple[tuple[str, int, int], ...] = ()  # (path, width, height) left out by header size
 
 
 def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, scale: int, *,
@@ -264,7 +276,10 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
     pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
     if not config.augment:
         pair_config = pair_config.without_augmentation()
-    loaded = load_group_images(group, max_images=config.max_images, max_megapixels=config.max_megapixels)
+    from adassr.adapt.pairs import min_image_size
+
+    loaded = load_group_images(group, max_images=config.max_images, max_megapixels=config.max_megapixels,
+                               min_side=min_image_size(pair_config, (1, 1)))  # too small whatever the kernel
     images, kernel, usable = _usable_images_and_kernel(loaded.images, loaded.group, pair_config, config.kernel)
     used_paths = [str(loaded.group.members[i].path) for i in usable.indices]
     selection = {"images_in_group": len(group.members), "readable": loaded.readable, "read": len(loaded.images),
@@ -274,7 +289,7 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
     crops = evaluation_crops(evaluated, config.eval_crop, config.eval_max_images)
     return _Inputs(images, kernel, usable.config, usable, used_paths, loaded.unreadable, selection,
                    _weight_maps(model, images, config, device, precision, map_cache),
-                   crops, evaluated_paths[: len(crops)], _niqe_metric(device), perceptual)
+                   crops, evaluated_paths[: len(crops)], _niqe_metric(device), perceptual, loaded.too_small)
 
 
 def _structured(images: list[np.ndarray], paths: Sequence[str], kernel: KernelEstimate,
@@ -286,7 +301,12 @@ def _structured(images: list[np.ndarray], paths: Sequence[str], kernel: KernelEs
     estimated_on = list(diag.get("image_paths") or [])
     flat = {estimated_on[i] for i in diag.get("images_skipped_flat") or [] if 0 <= i < len(estimated_on)}
     keep = [(image, path) for image, path in zip(images, paths, strict=True) if path not in flat]
-    if not flat or not keep:
+    if not flat:
+        return list(images), list(paths)
+    if not keep:
+        log.warning("camera group %r: no image carries structure above its noise (%s); NIQE on such pictures "
+                    "swings widely, so whether the adapted weights help is uncertain: adapt on photos with "
+                    "detail", camera, ", ".join(sorted(flat)))
         return list(images), list(paths)
     log.warning("camera group %r: left out of the NIQE evaluation, as they carry no structure above their "
                 "noise: %s", camera, ", ".join(sorted(flat)))
@@ -338,6 +358,11 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
     return result
 
 
+def _finite_or_none(score: float) -> float | None:
+    """A NIQE score for JSON: None where it is undefined (NaN on a crop without structure)."""
+    return float(score) if math.isfinite(score) else None
+
+
 def manifest_record(
     group: CameraGroup, config: AdaptConfig, backbone: LoadedBackbone, kernel: Mapping[str, Any],
     result: InternalResult, crop_names: Sequence[str], *, precision: str, device: str, trainable: str,
@@ -353,7 +378,7 @@ def manifest_record(
         "niqe_before": float(np.nanmean(result.niqe_before)),
         "niqe_after": float(np.nanmean(result.niqe_after)),
         "niqe_evaluation": {"crop": config.eval_crop, "images": list(crop_names), "history": result.history},
-        "per_image": [{"path": p, "niqe_before": b, "niqe_after": a}
+        "per_image": [{"path": p, "niqe_before": _finite_or_none(b), "niqe_after": _finite_or_none(a)}
                       for p, b, a in zip(crop_names, result.niqe_before, result.niqe_after, strict=True)],
         "steps": result.steps,
         "best_step": result.best_step,
@@ -554,7 +579,7 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
         versions=_versions(), device=run.compute.device_name, weights_sha256=weights_record["weights_sha256"],
     )
     record["pairs"] = _pairs_record(inputs.usable, inputs.used_paths, inputs.unreadable,
-                                    requested_lr_patch=run.config.lr_patch)
+                                    requested_lr_patch=run.config.lr_patch, too_small=inputs.too_small)
     record["pairs"]["selection"] = dict(inputs.selection)
     record["report"] = report
     record["threads"] = run.compute.threads_record()  # None on a GPU (replaces an earlier CPU run's record)
@@ -564,7 +589,7 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
 
 
 def _pairs_record(usable: UsableImages, used_paths: Sequence[str], unreadable: Sequence[tuple[str, str]], *,
-                  requested_lr_patch: int) -> dict[str, Any]:
+                  requested_lr_patch: int, too_small: Sequence[tuple[str, int, int]] = ()) -> dict[str, Any]:
     """The manifest's ``pairs`` field: the LR patch used and requested, the minimum image side, and
     the images used and skipped (unreadable, or too small for the patch); pure: no I/O."""
     return {
@@ -572,7 +597,9 @@ def _pairs_record(usable: UsableImages, used_paths: Sequence[str], unreadable: S
         "images_used": list(used_paths),
         "images_skipped": [{"path": p, "reason": f"unreadable: {why}"} for p, why in unreadable] + [
             {"path": p, "width": w, "height": h, "reason": f"smaller than {usable.minimum} LR px per side"}
-            for p, w, h in usable.skipped],
+            for p, w, h in usable.skipped] + [
+            {"path": p, "width": w, "height": h, "reason": "too small for the LR patch with any kernel (header)"}
+            for p, w, h in too_small],
     }
 
 

@@ -192,3 +192,44 @@ def test_a_flat_image_is_left_out_of_the_niqe_evaluation(tiny: BackboneRegistry,
     assert manifest["niqe_evaluation"]["images"] == [str(folder / "a_textured.png")]
     assert [p["path"] for p in manifest["per_image"]] == [str(folder / "a_textured.png")]
     assert str(folder / "b_flat.png") in manifest["pairs"]["images_used"]  # still trained on
+
+
+def test_a_group_of_flat_pictures_is_published_with_a_warning_and_valid_json(
+        tiny: BackboneRegistry, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """All white and all black: NIQE is undefined (NaN) on some crops, which the manifest writer
+    refused (a traceback after the training); nothing said the pictures carry no structure."""
+    import logging
+
+    folder = tmp_path / "images" / "flat"
+    folder.mkdir(parents=True)
+    write_image(folder / "a_white.png", np.full((160, 200, 3), 255, np.uint8))
+    write_image(folder / "b_black.png", np.zeros((160, 200, 3), np.uint8))
+    config = cpu_demo_defaults().with_overrides(steps=2, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4)
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.run"):
+        adapt_camera(select_group(tmp_path / "images", "flat"), config, store_root=tmp_path / "store",
+                     backbone_name="tiny", registry=tiny)
+    assert "no image carries structure above its noise" in caplog.text
+    manifest = CameraStore.open(tmp_path / "store", "flat").read_manifest()  # valid JSON, read back
+    scores = [p[k] for p in manifest["per_image"] for k in ("niqe_before", "niqe_after")]
+    assert all(s is None or isinstance(s, float) for s in scores)
+
+
+def test_tiny_images_do_not_take_the_places_of_usable_ones(tiny: BackboneRegistry, camera_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """Nineteen thumbnails and one photo, eight read: the evenly spaced pick skipped the photo, and the
+    run failed saying no image was large enough."""
+    folder = tmp_path / "images" / "thumbs"
+    folder.mkdir(parents=True)
+    photo = read_image(camera_dir / "nokia" / "crop.png").pixels
+    for i in range(19):
+        write_image(folder / f"t{i:02d}.png", np.ascontiguousarray(photo[:16, i:i + 20]))
+    write_image(folder / "z_photo.png", photo)
+    config = cpu_demo_defaults().with_overrides(steps=2, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4, max_images=8)
+    adapt_camera(select_group(tmp_path / "images", "thumbs"), config, store_root=tmp_path / "store",
+                 backbone_name="tiny", registry=tiny)
+    pairs = CameraStore.open(tmp_path / "store", "thumbs").read_manifest()["pairs"]
+    assert pairs["images_used"] == [str(folder / "z_photo.png")]
+    skipped = {s["path"] for s in pairs["images_skipped"] if "too small" in s["reason"]}
+    assert skipped == {str(folder / f"t{i:02d}.png") for i in range(19)}
