@@ -270,14 +270,12 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
                     device: torch.device, precision: Precision, map_cache: WeightMapCache | None = None) -> _Inputs:
     """Read the group, keep the images large enough for the patch (:func:`_usable_images_and_kernel`),
     estimate the kernel from them, and build the weight maps and metrics."""
-    from adassr.adapt.pairs import PairConfig
+    from adassr.adapt.pairs import PairConfig, min_image_size
 
     perceptual = _perceptual(config, device)  # missing LPIPS weights fail now, not after reading the images
     pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
     if not config.augment:
         pair_config = pair_config.without_augmentation()
-    from adassr.adapt.pairs import min_image_size
-
     loaded = load_group_images(group, max_images=config.max_images, max_megapixels=config.max_megapixels,
                                min_side=min_image_size(pair_config, (1, 1)))  # too small whatever the kernel
     images, kernel, usable = _usable_images_and_kernel(loaded.images, loaded.group, pair_config, config.kernel)
@@ -300,9 +298,9 @@ def _structured(images: list[np.ndarray], paths: Sequence[str], kernel: KernelEs
     diag = kernel.diagnostics
     estimated_on = list(diag.get("image_paths") or [])
     flat = {estimated_on[i] for i in diag.get("images_skipped_flat") or [] if 0 <= i < len(estimated_on)}
-    keep = [(image, path) for image, path in zip(images, paths, strict=True) if path not in flat]
     if not flat:
         return list(images), list(paths)
+    keep = [(image, path) for image, path in zip(images, paths, strict=True) if path not in flat]
     if not keep:
         log.warning("camera group %r: no image carries structure above its noise (%s); NIQE on such pictures "
                     "swings widely, so whether the adapted weights help is uncertain: adapt on photos with "
@@ -475,7 +473,7 @@ def adapt_camera(
     the ``Interrupted`` raised afterwards says the model was published (``kept=True``).
     """
     start = time.perf_counter()
-    new_camera = not CameraStore(Path(store_root).expanduser(), group.name).directory.exists()
+    new_camera = not CameraStore(Path(store_root).expanduser(), group.name).directory.exists()  # names: validated
     store = CameraStore.open(store_root, group.name, create=True)
     try:
         return _adapt_in_store(store, group, config, backbone_name, start=start, registry=registry,
@@ -489,7 +487,7 @@ def adapt_camera(
 def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig, backbone_name: str, *,
                     start: float, registry: BackboneRegistry | None,
                     progress: Callable[[ProgressEvent], None] | None, keep_on_interrupt: bool) -> AdaptOutcome:
-    """:func:`adapt_group`'s work in the opened camera folder ``store``."""
+    """:func:`adapt_camera`'s work in the opened camera folder ``store``."""
     store_root = store.root
     compute = _resolve_compute(config)
     with store.transaction() as tx:

@@ -51,7 +51,6 @@ from adassr.runtime.store import (
 
 log = logging.getLogger(__name__)
 
-ENGINES_DIR = ENGINES_FOLDER
 BASE_ENGINES = "_engines"
 BASE_INDEX = "index.json"
 MANIFEST_KEY = "engines"
@@ -186,7 +185,7 @@ class EngineCache:
 
     @property
     def folder(self) -> Path:
-        return self._store.directory if self._shared else self._store.directory / ENGINES_DIR
+        return self._store.directory if self._shared else self._store.directory / ENGINES_FOLDER
 
     @property
     def label(self) -> str:
