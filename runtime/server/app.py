@@ -115,6 +115,7 @@ class Server:
         self.uploads: UploadFolder | None = None
         self.ready = False
         self.draining = False
+        self.stopping = False  # set once the shutdown cancels requests: queued work never starts after that
         self.admitted = 0
         self.waiting = 0
         self._watcher: asyncio.Task[None] | None = None
@@ -153,6 +154,7 @@ class Server:
 
     async def stop(self) -> None:
         self.draining = True
+        self.stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -335,15 +337,19 @@ class Server:
         assert self.workers is not None
         self._count_waiting(+1)
         claim = threading.Lock()  # whoever takes it first decides: the worker runs, or the request gave up
-        started = False
+        queued = True  # neither started nor abandoned: counted in `waiting`
 
         def _run() -> UpscaleOutput:
-            nonlocal started
+            nonlocal queued
             with claim:
-                if ticket.cancelled:
+                if queued:
+                    queued = False
+                    self._count_waiting(-1)
+                if ticket.cancelled or self.stopping:
+                    # The shutdown cancels every request's task one after the other; a worker freed by the
+                    # first must not start the next queued request before its task hears of the cancel.
+                    ticket.cancel("server shutting down")
                     raise RequestCancelled("request abandoned before it started")
-                started = True
-                self._count_waiting(-1)
             return self.process(body, params, ticket)
 
         work: asyncio.Future[UpscaleOutput] = asyncio.ensure_future(loop.run_in_executor(self.workers, _run))
@@ -351,9 +357,11 @@ class Server:
         waiting: list[asyncio.Future[Any]] = [work, gone]
         def abandon(reason: str) -> None:
             """Queued work never starts; started work stops at its next model call (its tiles are dropped)."""
+            nonlocal queued
             with claim:
                 ticket.cancel(reason)
-                if not started:
+                if queued:
+                    queued = False
                     self._count_waiting(-1)
             work.add_done_callback(_consume)
 
@@ -362,6 +370,8 @@ class Server:
                 waiting, timeout=max(0.0, ticket.remaining()), return_when=asyncio.FIRST_COMPLETED
             )
         except asyncio.CancelledError:  # the HTTP server gave up on this request (drain timeout at shutdown)
+            if self.draining:  # it cancels all of them: no queued request may start from now on
+                self.stopping = True
             abandon("server shutting down")
             raise
         finally:
