@@ -24,7 +24,7 @@ from adassr.adapt.gpu_infer import TorchRunner, TorchRunOptions
 from adassr.runtime.backends.base import Backend
 from adassr.runtime.errors import AdassrError
 from adassr.runtime.images import LoadedImage
-from adassr.runtime.pipeline import RuntimeOptions, UpscaleResult, upscale_image
+from adassr.runtime.pipeline import OutputCheck, RuntimeOptions, UpscaleResult, upscale_image
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,8 @@ class TorchUpscaler:
         self._failures: dict[str | None, AdassrError] = {}
 
     def upscale(
-        self, image: LoadedImage, *, camera: str | None = None, progress: Callable[[int, int], None] | None = None
+        self, image: LoadedImage, *, camera: str | None = None, progress: Callable[[int, int], None] | None = None,
+        check_output: OutputCheck | None = None,
     ) -> UpscaleResult:
         """Upscale ``image`` with the weights of ``camera`` (None: from its EXIF Make)."""
         chosen = _camera_of(image, camera, Path(self.options.store))
@@ -144,7 +145,7 @@ class TorchUpscaler:
             backend.open()
             self._backends[chosen] = backend
         result = upscale_image(image, self._backends[chosen], scale=choice.scale, tiling=self.tiling,
-                               outscale=self.options.outscale, progress=progress)
+                               outscale=self.options.outscale, progress=progress, check_output=check_output)
         log.info("%s took %.1f s", image.path, time.perf_counter() - start)
         return replace(result, model_name=choice.label)
 

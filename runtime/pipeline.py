@@ -39,7 +39,7 @@ import numpy as np
 from adassr.runtime.backends import Backend, ModelCache, ModelKey, open_backend
 from adassr.runtime.backends.onnxruntime import resolve_providers
 from adassr.runtime.backends.ort_options import GpuProviderSettings
-from adassr.runtime.errors import BackendError, ConfigError, ImageError
+from adassr.runtime.errors import BackendError, ConfigError, ImageTooLargeError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import PRECISIONS, RouteDecision, resolve_model
 from adassr.runtime.store import FALLBACK_BACKBONE
@@ -70,6 +70,11 @@ class UpscaleResult:
 MAX_OUTSCALE = 16.0
 """Largest ``outscale`` accepted (the CLI checks it before the first image, exit 2)."""
 
+OutputCheck = Callable[[int, int], None]
+"""``check(height, width)`` of the final output, called before any tile runs: raises
+:class:`~adassr.runtime.errors.ImageError` when that output cannot be delivered (e.g. the output
+file format cannot hold its size), so a refusal costs no model time."""
+
 MAX_OUTPUT_PIXELS = 400_000_000
 """Largest output (height x width) one image may produce: 1.2 GB as 8-bit RGB. Checked from the
 input's size before any large allocation; a larger request fails that image (ImageError)."""
@@ -91,16 +96,17 @@ def output_size(height: int, width: int, outscale: float) -> tuple[int, int]:
 
 def check_output_budget(height: int, width: int, scale: int, outscale: float,
                         max_output_pixels: int = MAX_OUTPUT_PIXELS) -> tuple[int, int]:
-    """Output size of an ``height x width`` input; ImageError if it (or the x``scale`` model output) is too large."""
+    """Output size of an ``height x width`` input; ImageTooLargeError if it (or the x``scale`` model
+    output) is too large."""
     target = output_size(height, width, outscale)
     model_out = height * scale * width * scale
     largest = max(target[0] * target[1], model_out)
     if largest > max_output_pixels:
-        fix = "downscale the input or use a smaller --outscale"
+        fix = "downscale the input or use a smaller outscale"
         if model_out > max_output_pixels:
-            fix = (f"downscale the input (the model's x{scale} output is made before --outscale resizes it, so a "
-                   "smaller --outscale cannot help)")
-        raise ImageError(
+            fix = (f"downscale the input (the model's x{scale} output is made before outscale resizes it, so a "
+                   "smaller outscale cannot help)")
+        raise ImageTooLargeError(
             f"a {width}x{height} input at x{outscale:g} (model x{scale}) needs {largest:,} output pixels, above "
             f"the limit of {max_output_pixels:,}; {fix}"
         )
@@ -156,6 +162,7 @@ def upscale_pixels(
     multiple_of: int = 1,
     progress: Callable[[int, int], None] | None = None,
     max_output_pixels: int = MAX_OUTPUT_PIXELS,
+    check_output: OutputCheck | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Upscale uint8/uint16 ``H x W x C`` pixels (C 1 or 3) and optional ``H x W`` alpha.
 
@@ -163,7 +170,8 @@ def upscale_pixels(
     ``scale`` x output is allocated once in the final dtype and filled tile by tile (see
     :func:`adassr.runtime.tiling.run_tiles`); with an ``outscale`` other than ``scale`` it is then
     resized into a second array of the target size. Sizes are checked against
-    ``max_output_pixels`` before anything large is allocated (ImageError).
+    ``max_output_pixels`` before anything large is allocated (ImageTooLargeError), and by
+    ``check_output`` (e.g. the output format's size limit) before any tile runs.
     """
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
         raise ConfigError(f"pixels must be H x W x 1 or H x W x 3, got shape {pixels.shape}")
@@ -175,6 +183,8 @@ def upscale_pixels(
     if alpha is not None and alpha.shape != (h, w):
         raise ConfigError(f"alpha must be {h} x {w}, got shape {alpha.shape}")
     target = check_output_budget(h, w, scale, factor, max_output_pixels)
+    if check_output is not None:
+        check_output(*target)
     peak = np.float32(np.iinfo(pixels.dtype).max)
 
     def to_float(tile: np.ndarray) -> np.ndarray:
@@ -204,6 +214,7 @@ def upscale_image(
     multiple_of: int = 1,
     route: RouteDecision | None = None,
     progress: Callable[[int, int], None] | None = None,
+    check_output: OutputCheck | None = None,
 ) -> UpscaleResult:
     """Upscale a loaded image with an open backend (see the module docstring for the rules)."""
     pixels, alpha = upscale_pixels(
@@ -215,6 +226,7 @@ def upscale_image(
         outscale=outscale,
         multiple_of=multiple_of,
         progress=progress,
+        check_output=check_output,
     )
     factor = float(scale if outscale is None else outscale)
     return UpscaleResult(pixels, alpha, image.bit_depth, scale, factor, route)
@@ -348,6 +360,7 @@ class Upscaler:
         *,
         camera: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        check_output: OutputCheck | None = None,
     ) -> UpscaleResult:
         route = self.route(image, camera=camera)
         backend = self.backend_for(route)
@@ -360,6 +373,7 @@ class Upscaler:
             multiple_of=route.multiple_of,
             route=route,
             progress=progress,
+            check_output=check_output,
         )
 
     def close(self) -> None:

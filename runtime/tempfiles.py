@@ -3,7 +3,8 @@
 A temporary file for ``<folder>/<name>`` is ``<folder>/.<name>.<pid>.<token>.tmp``: hidden, in the
 same folder (so the final ``os.replace`` is atomic), and carrying the writer's process id, so a
 later run can tell a live writer's file from one left by a process that was killed (``kill -9``,
-power loss) and remove only the latter.
+power loss) and remove only the latter. A name too long to take the extra characters within the
+file system's 255 bytes stands in the temporary name shortened, with a hash of the whole name.
 
 Files made this way get the mode a plain ``open()`` would give (``0o666`` minus the umask), not
 the ``0o600`` of :func:`tempfile.mkstemp`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -23,9 +25,34 @@ _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]+)\.t
 _UMASK_LOCK = threading.Lock()
 
 
+NAME_MAX = 255
+"""Longest file name (bytes) on the usual file systems (ext4, XFS, Btrfs, APFS, NTFS in UTF-16 units)."""
+_TEMP_OVERHEAD = len(".") + len(".") + 10 + len(".") + 12 + len(".tmp")  # dots, a pid of up to 10 digits, the token
+_HASH_CHARS = 16
+
+
+def temp_stem(name: str) -> str:
+    """How ``name`` stands in its temporary files' names: itself, or, when the temporary name would
+    pass :data:`NAME_MAX` bytes, its start cut to fit followed by ``~`` and a hash of the whole name."""
+    encoded = os.fsencode(name)
+    if len(encoded) + _TEMP_OVERHEAD <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:_HASH_CHARS]
+    keep = encoded[:NAME_MAX - _TEMP_OVERHEAD - 1 - _HASH_CHARS]
+    return f"{keep.decode('utf-8', 'ignore') if _is_utf8(encoded) else os.fsdecode(keep)}~{digest}"
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def temp_path(target: Path) -> Path:
     """A fresh temporary path beside ``target`` (see the module docstring for the name)."""
-    return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    return target.parent / f".{temp_stem(target.name)}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
 
 
 def current_umask() -> int:
@@ -86,7 +113,7 @@ def remove_stale_temps(folder: Path, *, target: str | None = None) -> list[str]:
         return removed
     for entry in entries:
         match = _TEMP_RE.match(entry.name)
-        if match is None or (target is not None and match.group("target") != target):
+        if match is None or (target is not None and match.group("target") != temp_stem(target)):
             continue
         if _pid_alive(int(match.group("pid"))):
             continue

@@ -48,11 +48,12 @@ from adassr.runtime.images import (
     ImageWarning,
     LoadedImage,
     check_quality,
+    check_writable_size,
     is_image_file,
     read_image,
     write_image,
 )
-from adassr.runtime.pipeline import RuntimeOptions, UpscaleResult
+from adassr.runtime.pipeline import OutputCheck, RuntimeOptions, UpscaleResult
 from adassr.runtime.preflight import check_output_folders, check_required_providers, check_threads
 from adassr.runtime.routing import PRECISIONS
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX as DEFAULT_TRITON_PREFIX
@@ -301,7 +302,7 @@ class _Outcome:
 
 
 def _process_one(
-    serve: Callable[[LoadedImage, Callable[[int, int], None] | None], UpscaleResult],
+    serve: Serve,
     source: Path,
     target: Path,
     *,
@@ -309,11 +310,12 @@ def _process_one(
     tiles: Callable[[int, int], None] | None,
 ) -> tuple[UpscaleResult, list[str]]:
     image = read_image(source)
-    result = serve(image, tiles)
+    result = serve(image, tiles, lambda height, width: check_writable_size(target, height, width))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImageWarning)
         write_image(target, result.pixels, alpha=result.alpha, quality=quality, icc_profile=image.icc_profile)
-    notes = [str(w.message) for w in caught if issubclass(w.category, ImageWarning)]
+    prefix = f"{target}: "  # the writer names the file; the caller prints the note after its name
+    notes = [str(w.message).removeprefix(prefix) for w in caught if issubclass(w.category, ImageWarning)]
     for w in caught:  # re-emit anything that is not ours to handle
         if not issubclass(w.category, ImageWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -357,7 +359,7 @@ def _run_pairs(
     """The batch loop over ``pairs`` with one upscaler (local backend or Triton server)."""
     return run_batch(
         pairs,
-        lambda image, tiles: upscaler.upscale(image, camera=camera, progress=tiles),
+        lambda image, tiles, check: upscaler.upscale(image, camera=camera, progress=tiles, check_output=check),
         quality=args.quality,
         progress=not args.no_progress,
         stdout=stdout,
@@ -439,8 +441,9 @@ def _triton_options(args: argparse.Namespace) -> TritonRunOptions | None:
                             pre_pad=args.pre_pad, outscale=args.outscale)
 
 
-Serve = Callable[[LoadedImage, "TileProgress | None"], UpscaleResult]
-"""``serve(image, tile_progress)``: upscale one loaded image."""
+Serve = Callable[[LoadedImage, "TileProgress | None", "OutputCheck | None"], UpscaleResult]
+"""``serve(image, tile_progress, check_output)``: upscale one loaded image (``check_output``: see
+:data:`adassr.runtime.pipeline.OutputCheck`)."""
 
 
 def run_batch(

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.images import LoadedImage
-from adassr.runtime.pipeline import RuntimeOptions, Upscaler, UpscaleResult
+from adassr.runtime.pipeline import OutputCheck, RuntimeOptions, Upscaler, UpscaleResult
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
 
 TileProgress = Callable[[int, int], None]
@@ -28,9 +28,13 @@ class ImageUpscaler(Protocol):
     """Serves images: picks the model for each one and upscales it. Close it (or use ``with``)."""
 
     def upscale(
-        self, image: LoadedImage, *, camera: str | None = None, progress: TileProgress | None = None
+        self, image: LoadedImage, *, camera: str | None = None, progress: TileProgress | None = None,
+        check_output: OutputCheck | None = None,
     ) -> UpscaleResult:
-        """Upscale one image with the model of ``camera`` (None: the image's camera, see ``routing.route_by_image``)."""
+        """Upscale one image with the model of ``camera`` (None: the image's camera, see ``routing.route_by_image``).
+
+        ``check_output(height, width)`` is called with the final size before any model time is spent
+        (see :data:`adassr.runtime.pipeline.OutputCheck`)."""
         ...
 
     def close(self) -> None:

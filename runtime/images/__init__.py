@@ -20,7 +20,7 @@ from adassr.runtime.images._model import (
 from adassr.runtime.images.convert import from_float32, to_float32
 from adassr.runtime.images.orientation import apply_orientation
 from adassr.runtime.images.read import read_camera_exif, read_image, read_image_size
-from adassr.runtime.images.write import check_quality, encode_image, write_image
+from adassr.runtime.images.write import check_quality, check_writable_size, encode_image, size_problem, write_image
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -32,12 +32,14 @@ __all__ = [
     "ProfileDroppedWarning",
     "apply_orientation",
     "check_quality",
+    "check_writable_size",
     "encode_image",
     "is_image_file",
     "from_float32",
     "read_camera_exif",
     "read_image",
     "read_image_size",
+    "size_problem",
     "to_float32",
     "write_image",
 ]

@@ -353,8 +353,13 @@ def _decode_opencv(
     width, height = stored_size
     if arr is None:
         raise ImageError(
-            f"{p}: 16-bit image data is truncated, damaged or in an encoding OpenCV cannot "
-            "decode; re-copy or re-export the file"
+            f"{p}: 16-bit image data is truncated, damaged, or in a layout OpenCV cannot decode (such as "
+            "16-bit CMYK); re-copy the file, or convert it to 16-bit RGB or grey"
+        )
+    if arr.dtype in (np.int16, np.int32, np.float16, np.float32, np.float64):
+        raise ImageError(
+            f"{p}: unsupported samples ({arr.dtype}, not unsigned 8- or 16-bit); convert the image to "
+            "8- or 16-bit grey or RGB first"
         )
     if arr.dtype != np.uint16 or arr.shape[:2] != (height, width):
         raise ImageError(

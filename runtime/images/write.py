@@ -4,21 +4,23 @@ The format comes from the suffix. PNG and TIFF keep uint16; JPEG and WebP are 8-
 uint16 is rounded to uint8 there. Alpha is written by PNG, WebP and TIFF and dropped (with an
 :class:`AlphaDroppedWarning`) by JPEG. WebP has no grey mode: grey is stored as RGB.
 
-Encoders: 8-bit by Pillow; 16-bit by OpenCV (Pillow has no 16-bit colour), except 16-bit
-grey+alpha PNG, by :mod:`adassr.runtime.images.containers`; 16-bit grey+alpha TIFF is refused (no
-encoder here writes it and Pillow cannot read it back). JPEG uses 4:4:4 chroma at quality >= 90
-and 4:2:0 below; WebP is lossy at ``quality`` with ``exact`` (RGB kept under transparent pixels);
-PNG uses zlib level 1 (speed over a few percent of size); TIFF uses Deflate (8-bit) or OpenCV's
-default LZW (16-bit). A colour profile (``icc_profile``) is embedded by every 8-bit writer and by
-16-bit PNG (an iCCP chunk added after IHDR); 16-bit TIFF, and a grey profile for WebP's RGB, drop it
-with a :class:`ProfileDroppedWarning`.
+Encoders: 8-bit by Pillow; 16-bit by OpenCV (Pillow has no 16-bit colour), except 16-bit grey+alpha
+PNG, by :mod:`adassr.runtime.images.containers`; 16-bit grey+alpha TIFF is stored as 16-bit RGBA (no
+encoder here writes grey+alpha TIFF, and Pillow cannot read it back). JPEG and WebP refuse sizes
+their encoders cannot hold (:data:`MAX_SIDE_BY_FORMAT`), before anything is written;
+:func:`check_writable_size` lets a caller check that before the work that makes the image. JPEG uses
+4:4:4 chroma at quality >= 90 and 4:2:0 below; WebP is lossy at ``quality`` with ``exact`` (RGB kept
+under transparent pixels); PNG uses zlib level 1 (speed over a few percent of size); TIFF uses
+Deflate (8-bit) or OpenCV's default LZW (16-bit). A colour profile (``icc_profile``) is embedded by
+every 8-bit writer and by 16-bit PNG (an iCCP chunk added after IHDR); 16-bit TIFF, and a grey
+profile for WebP's RGB, drop it with a :class:`ProfileDroppedWarning`.
 
-The file is written to a temporary file in the destination directory, fsynced and renamed over
-the destination (PNG and JPEG are encoded straight into it; WebP, TIFF and 16-bit images are
-encoded in memory first, TIFF so that a full disk reads as one and not as an encoder error): a
-failure leaves no partial file and an existing destination untouched. A writer killed mid-write
-leaves its hidden temporary file (named with its pid, see :mod:`adassr.runtime.tempfiles`); the
-next write of the same file removes it.
+The file is written to a temporary file in the destination directory, fsynced and renamed over the
+destination (PNG and JPEG are encoded straight into it; WebP, TIFF and 16-bit images are encoded in
+memory first, TIFF so that a full disk reads as one and not as an encoder error): a failure leaves
+no partial file and an existing destination untouched. A writer killed mid-write leaves its hidden
+temporary file (named with its pid, see :mod:`adassr.runtime.tempfiles`); the next write of the same
+file removes it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from adassr.runtime.errors import ConfigError, ImageError
+from adassr.runtime.errors import ConfigError, ImageError, ImageTooLargeError
 from adassr.runtime.images._model import (
     SUPPORTED_WRITE_SUFFIXES,
     AlphaDroppedWarning,
@@ -58,6 +60,30 @@ _FORMAT_BY_SUFFIX = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
 }
+
+
+MAX_SIDE_BY_FORMAT = {"JPEG": 65_500, "WEBP": 16_383}
+"""Longest side each format's encoder writes (libjpeg's JPEG_MAX_DIMENSION, libwebp's
+WEBP_MAX_DIMENSION); PNG and TIFF take any size this runtime makes."""
+
+
+def size_problem(suffix: str, height: int, width: int) -> str | None:
+    """Why the format of ``suffix`` (e.g. ``".webp"``) cannot hold a ``width x height`` image, or
+    None when it can (an unknown suffix too: writing it is refused with the list of formats)."""
+    fmt = _FORMAT_BY_SUFFIX.get(suffix.lower())
+    limit = MAX_SIDE_BY_FORMAT.get(fmt or "")
+    if limit is None or max(height, width) <= limit:
+        return None
+    return f"a {width}x{height} image is larger than {fmt} can hold ({limit:,} pixels a side)"
+
+
+def check_writable_size(path: str | os.PathLike[str], height: int, width: int) -> None:
+    """:class:`ImageTooLargeError` when the format of ``path``'s suffix cannot hold a ``width x
+    height`` image (checked before an upscale, so the refusal costs no model time)."""
+    p = Path(path)
+    problem = size_problem(p.suffix, height, width)
+    if problem is not None:
+        raise ImageTooLargeError(f"{p}: {problem}; write .png or .tif instead, or use a smaller outscale")
 
 
 def check_quality(quality: object, *, what: str = "quality") -> int:
@@ -120,6 +146,7 @@ def _encoding_for(
     if icc_profile is not None and not isinstance(icc_profile, bytes):
         raise ImageError(f"{p}: icc_profile must be bytes or None, got {type(icc_profile).__name__}")
     px, al = _validated(p, pixels, alpha)
+    check_writable_size(p, px.shape[0], px.shape[1])
     return _prepare(p, fmt, px, al, quality, icc_profile or None)
 
 
@@ -220,10 +247,11 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
                             f"{'grey' if px.shape[2] == 1 else 'RGB'} pixels")
         icc_profile = None
     if px.dtype == np.uint16:
-        if px.shape[2] == 1 and al is not None and fmt != "PNG":
-            raise ImageError(
-                f"{p}: 16-bit grey+alpha TIFF is not supported; write .png, or pass 3-channel pixels"
-            )
+        if px.shape[2] == 1 and al is not None and fmt != "PNG":  # no 16-bit grey+alpha TIFF encoder here
+            px = np.repeat(px, 3, axis=2)
+            if icc_profile is not None and fmt == "TIFF":
+                icc_profile = None  # a grey profile for RGB pixels (and 16-bit TIFF embeds none anyway)
+                _profile_dropped(p, "16-bit grey+alpha TIFF is stored as RGBA, and the profile is a grey one")
         if icc_profile is not None and fmt != "PNG":
             _profile_dropped(p, "16-bit TIFF is written by OpenCV, which cannot embed one; write .png")
             icc_profile = None

@@ -30,7 +30,7 @@ import numpy as np
 
 from adassr.runtime.errors import BackendError, ConfigError
 from adassr.runtime.images import LoadedImage
-from adassr.runtime.pipeline import upscale_pixels
+from adassr.runtime.pipeline import OutputCheck, upscale_pixels
 from adassr.runtime.routing import route_by_image
 from adassr.runtime.store import FALLBACK_CAMERA
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, TilingOptions
@@ -183,6 +183,7 @@ class TritonUpscaler:
         model: str | None = None,
         outscale: float | None = None,
         progress: Callable[[int, int], None] | None = None,
+        check_output: OutputCheck | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, str]:
         """``(pixels, alpha, model name)``: the image upscaled by its camera's model on Triton.
 
@@ -207,6 +208,7 @@ class TritonUpscaler:
             outscale=outscale,
             multiple_of=info.multiple_of,
             progress=progress,
+            check_output=check_output,
         )
         return pixels, alpha, name
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.images import LoadedImage
-from adassr.runtime.pipeline import UpscaleResult, check_outscale
+from adassr.runtime.pipeline import OutputCheck, UpscaleResult, check_outscale
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX, TritonUpscaler
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
 from adassr.runtime.upscalers import TileProgress
@@ -79,11 +79,12 @@ class TritonImageUpscaler:
         return self._client.route(image)
 
     def upscale(
-        self, image: LoadedImage, *, camera: str | None = None, progress: TileProgress | None = None
+        self, image: LoadedImage, *, camera: str | None = None, progress: TileProgress | None = None,
+        check_output: OutputCheck | None = None,
     ) -> UpscaleResult:
         name, reason = self._choose(image, camera)
         pixels, alpha, served = self._client.upscale(
-            image, model=name, outscale=self._options.outscale, progress=progress
+            image, model=name, outscale=self._options.outscale, progress=progress, check_output=check_output
         )
         scale = self._client.model_info(served).scale
         outscale = float(scale if self._options.outscale is None else self._options.outscale)

@@ -594,9 +594,39 @@ def test_write_2d_grey_and_16bit_grey_alpha_tiff(tmp_path: Path) -> None:
     grey = _photo()[..., 0].copy()
     np.testing.assert_array_equal(_roundtrip(tmp_path / "g.png", grey).pixels[..., 0], grey)
     g16 = grey.astype(np.uint16) * 257
-    with pytest.raises(ImageError, match="grey\\+alpha TIFF"):
-        write_image(tmp_path / "ga.tif", g16, alpha=g16)
-    assert not (tmp_path / "ga.tif").exists()
+    alpha = (np.arange(g16.size, dtype=np.uint16).reshape(g16.shape) * 97) % 65535
+    back = _roundtrip(tmp_path / "ga.tif", g16, alpha)  # refused after the upscale once; now 16-bit RGBA
+    assert back.bit_depth == 16 and back.channels == 3
+    np.testing.assert_array_equal(back.pixels, np.repeat(g16[..., None], 3, axis=2))
+    np.testing.assert_array_equal(back.alpha, alpha)
+
+
+def test_signed_16_bit_tiff_gets_a_message_that_names_the_samples(tmp_path: Path) -> None:
+    """A valid signed 16-bit TIFF was called inconsistent ("re-export it")."""
+    path = tmp_path / "s16.tif"
+    assert cv2.imwrite(str(path), (np.arange(24 * 40).reshape(24, 40) - 300).astype(np.int16))
+    with pytest.raises(ImageError, match=r"unsupported samples \(int16, not unsigned 8- or 16-bit\); convert"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("suffix, limit", [(".webp", 16_383), (".jpg", 65_500), (".jpeg", 65_500)])
+def test_a_size_the_format_cannot_hold_is_refused_before_writing(tmp_path: Path, suffix: str, limit: int) -> None:
+    """WebP output wider than 16383 px failed in the encoder (after the whole upscale), with its raw
+    message; JPEG past 65500 px too."""
+    from adassr.runtime.errors import ImageTooLargeError
+    from adassr.runtime.images import check_writable_size, size_problem
+
+    assert size_problem(suffix, 2, limit) is None and size_problem(suffix, limit, 2) is None
+    assert size_problem(".png", 2, 70_000) is None and size_problem(".tif", 70_000, 2) is None
+    with pytest.raises(ImageTooLargeError, match=f"a {limit + 1}x2 image is larger than .* can hold "
+                                                 f"\\({limit:,} pixels a side\\); write .png or .tif"):
+        check_writable_size(tmp_path / f"w{suffix}", 2, limit + 1)
+    target = tmp_path / f"o{suffix}"
+    target.write_bytes(b"the old output")
+    with pytest.raises(ImageTooLargeError):
+        write_image(target, np.zeros((limit + 1, 1, 3), np.uint8))
+    assert target.read_bytes() == b"the old output" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+    assert len(encode_image(".png", np.zeros((2, 16_400, 3), np.uint8))) > 0  # PNG holds it
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -81,13 +81,15 @@ def test_output_budget_is_checked_before_allocating() -> None:
 
 
 def test_output_budget_advice_fits_what_is_too_large() -> None:
-    """The model's x4 output is made before --outscale resizes it: a smaller --outscale cannot help then."""
+    """The model's x4 output is made before outscale resizes it: a smaller outscale cannot help then.
+    The refusal is ImageTooLargeError (the server answered 415 unsupported_image for it)."""
+    from adassr.runtime.errors import ImageTooLargeError
     from adassr.runtime.pipeline import check_output_budget
 
-    with pytest.raises(ImageError, match="the model's x4 output is made before --outscale") as caught:
+    with pytest.raises(ImageTooLargeError, match="the model's x4 output is made before outscale") as caught:
         check_output_budget(100, 100, 4, 1.0, max_output_pixels=100_000)  # 160,000 at the model's x4
-    assert "or use a smaller --outscale" not in str(caught.value)
-    with pytest.raises(ImageError, match="downscale the input or use a smaller --outscale"):
+    assert "or use a smaller outscale" not in str(caught.value)
+    with pytest.raises(ImageTooLargeError, match="downscale the input or use a smaller outscale"):
         check_output_budget(100, 100, 4, 8.0, max_output_pixels=200_000)  # 640,000 only after --outscale 8
     assert check_output_budget(100, 100, 4, 2.0, max_output_pixels=200_000) == (200, 200)
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from adassr.runtime.errors import BackendError, ConfigError, StoreError
+from adassr.runtime.errors import BackendError, ConfigError, ImageError, StoreError
 from adassr.runtime.images import LoadedImage, read_image, to_float32, write_image
 from adassr.runtime.pipeline import LUMA_BT601, RuntimeOptions, Upscaler, output_size, upscale_image, upscale_pixels
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
@@ -110,6 +110,25 @@ def test_non_finite_model_output_is_an_error(rgb8: np.ndarray) -> None:
 
     with pytest.raises(BackendError, match="NaN or Inf"):
         upscale_pixels(rgb8, nan_model, scale=4, tiling=TILING)
+
+
+def test_the_output_check_sees_the_final_size_before_any_model_call(rgb8: np.ndarray) -> None:
+    calls: list[tuple[int, ...]] = []
+    seen: list[tuple[int, int]] = []
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape)
+        return batch.repeat(4, axis=2).repeat(4, axis=3)
+
+    def refuse(height: int, width: int) -> None:
+        seen.append((height, width))
+        raise ImageError("the format cannot hold it")
+
+    with pytest.raises(ImageError, match="cannot hold"):
+        upscale_pixels(rgb8, model, scale=4, tiling=TILING, outscale=2.5, check_output=refuse)
+    assert seen == [output_size(*rgb8.shape[:2], 2.5)] and calls == []
+    out, _ = upscale_pixels(rgb8, model, scale=4, tiling=TILING, check_output=lambda h, w: seen.append((h, w)))
+    assert seen[-1] == out.shape[:2] == (4 * rgb8.shape[0], 4 * rgb8.shape[1]) and calls
 
 
 def test_upscaler_routes_caches_and_reports_the_model(tmp_path: Path) -> None:

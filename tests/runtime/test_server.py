@@ -170,6 +170,37 @@ def test_endpoints_and_responses_match_the_cli(store: Path, tmp_path: Path) -> N
             assert name in text
 
 
+def test_outputs_too_large_for_the_limit_or_the_format_are_413_before_any_model_call(store: Path) -> None:
+    """The model's x4 output over --max-output-pixels (with outscale 1) was a 415 unsupported_image; a
+    format=webp output wider than 16383 px failed in the encoder after the whole upscale, also as 415."""
+    gate = threading.Event()
+    gate.set()
+    backends: list[GatedBackend] = []
+    real = gated_opener(gate)
+
+    def opener(route: RouteDecision) -> Backend:
+        backend = real(route)
+        assert isinstance(backend, GatedBackend)
+        backends.append(backend)
+        return backend
+
+    limits = Limits(max_output_pixels=140_000, max_outscale=8.0)
+    with running_server(_config(store, limits=limits), open_model=opener) as live, \
+            httpx.Client(base_url=live.url, timeout=60) as c:
+        message = _assert_json_error(c.post("/v1/upscale", params={"outscale": "1", "camera": "canon"},
+                                            content=small_png(200, 200)), 413, "too_large")
+        assert "640,000 output pixels" in message and "smaller outscale cannot help" in message
+        assert "--outscale" not in message
+        wide = small_png(2, 4096)
+        message = _assert_json_error(c.post("/v1/upscale", params={"format": "webp", "camera": "canon"},
+                                            content=wide), 413, "too_large")
+        assert "16384x8 image is larger than WEBP can hold (16,383 pixels a side)" in message
+        assert "format=png" in message and "image.webp" not in message
+        assert sum(len(b.calls) for b in backends) == 0  # refused before the upscale
+        r = c.post("/v1/upscale", params={"format": "png", "camera": "canon"}, content=wide)
+        assert r.status_code == 200 and sum(len(b.calls) for b in backends) > 0
+
+
 def test_status_codes_and_error_bodies(store: Path) -> None:
     canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 48)
     limits = Limits(max_body_bytes=200_000, max_pixels=70 * 70)

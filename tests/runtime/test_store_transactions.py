@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from adassr.runtime.errors import StoreError
 from adassr.runtime.routing import resolve_model
 from adassr.runtime.store import CameraStore, sha256_file
-from adassr.runtime.tempfiles import remove_stale_temps
+from adassr.runtime.tempfiles import NAME_MAX, create_temp, remove_stale_temps, temp_stem
 
 from ._models import build_tiny_sr, publish_camera
 
@@ -115,6 +115,35 @@ def test_stale_temporaries_of_live_processes_are_kept(tmp_path: Path) -> None:
         p.write_text("t")
     assert remove_stale_temps(tmp_path) == [dead.name]
     assert live.exists() and other.exists() and not dead.exists()
+
+
+@pytest.mark.parametrize("name", ["a" * 236 + ".png", "é" * 120 + ".png", "b" * 251 + ".png"])
+def test_a_long_file_name_gets_a_temporary_file_and_its_stale_ones_are_found(tmp_path: Path, name: str) -> None:
+    """Writing `<236 a's>.png` failed with "File name too long": the temporary name added about 26
+    characters to a name the file system accepts."""
+    from adassr.runtime.images import write_image
+
+    assert len(os.fsencode(name)) <= NAME_MAX
+    target = tmp_path / name
+    write_image(target, np.full((4, 5, 3), 7, np.uint8))
+    assert target.is_file() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+    fd, tmp = create_temp(target)
+    os.close(fd)
+    assert len(os.fsencode(tmp.name)) <= NAME_MAX and temp_stem(name) in tmp.name
+    stale = tmp.with_name(tmp.name.replace(f".{os.getpid()}.", f".{_dead_pid()}."))
+    tmp.rename(stale)
+    other = tmp_path / f".{temp_stem('c' * 236 + '.png')}.{_dead_pid()}.00ff.tmp"
+    other.write_text("another target's")
+    assert remove_stale_temps(tmp_path, target=name) == [stale.name]
+    assert other.exists() and target.is_file()
+
+
+def test_temp_stems_of_long_names_differ_and_short_names_are_kept() -> None:
+    assert temp_stem("x.png") == "x.png"
+    long_a, long_b = "a" * 240 + "1.png", "a" * 240 + "2.png"
+    assert temp_stem(long_a) != temp_stem(long_b)
+    assert temp_stem(long_a).startswith("a" * 100) and len(os.fsencode(temp_stem(long_a))) < 230
+    assert temp_stem("é" * 127).encode("utf-8").decode("utf-8")  # cut on a character boundary
 
 
 def test_store_files_follow_the_umask(tmp_path: Path) -> None:

@@ -138,6 +138,7 @@ def test_rgba_in_rgba_out(store: Path, tmp_path: Path) -> None:
     # JPEG cannot hold alpha: written without it, and the user is told
     code, _, err = _run("-i", str(src), "-o", str(tmp_path / "flat.jpg"), "--store", str(store))
     assert code == 0 and "note:" in err and read_image(tmp_path / "flat.jpg").alpha is None
+    assert f"note: {tmp_path / 'flat.jpg'}: JPEG cannot store alpha" in err  # the file named once
 
 
 def test_camera_folders_one_level_down_are_upscaled_and_routed_by_folder(store: Path, tmp_path: Path) -> None:
@@ -261,8 +262,8 @@ def test_a_registered_upscaler_serves_the_run(store: Path, tmp_path: Path) -> No
             seen.append(options)
             self.inner = Upscaler(replace(options, backend="onnxruntime", outscale=2.0))
 
-        def upscale(self, image, *, camera=None, progress=None):  # type: ignore[no-untyped-def]
-            return self.inner.upscale(image, camera=camera, progress=progress)
+        def upscale(self, image, *, camera=None, progress=None, check_output=None):  # type: ignore[no-untyped-def]
+            return self.inner.upscale(image, camera=camera, progress=progress, check_output=check_output)
 
         def close(self) -> None:
             self.inner.close()
@@ -283,6 +284,24 @@ def test_a_registered_upscaler_serves_the_run(store: Path, tmp_path: Path) -> No
     assert read_image(tmp_path / "o.png").pixels.shape == (32, 40, 3)
     with pytest.raises(SystemExit):  # the runtime alone does not offer it
         _parse("-i", str(img), "-o", str(tmp_path / "p.png"), "--backend", "torch")
+
+
+@pytest.mark.parametrize("suffix, width", [(".webp", 4096), (".jpg", 16_376)])
+def test_an_output_the_format_cannot_hold_fails_before_the_upscale(store: Path, tmp_path: Path, suffix: str,
+                                                                   width: int) -> None:
+    """`-o wide.webp` of a photo wider than 4095 px failed in the encoder after the whole upscale (minutes
+    on a CPU), with Pillow's message; a JPEG wider than 16375 px (65500 at x4) too."""
+    img = write_image(tmp_path / "wide.png", np.full((2, width, 3), 90, np.uint8))
+    ok = write_image(tmp_path / "ok.png", np.full((2, 3, 3), 90, np.uint8))
+    code, _, err = _run("-i", str(img), "-o", str(tmp_path / f"out{suffix}"), "--store", str(store),
+                        "--camera", "canon", "--no-progress")
+    assert code == 1 and not (tmp_path / f"out{suffix}").exists(), err
+    fmt = "WEBP" if suffix == ".webp" else "JPEG"
+    assert f"a {4 * width}x8 image is larger than {fmt} can hold" in err and "write .png or .tif" in err
+    assert "Pillow" not in err
+    code, _, err = _run("-i", str(ok), "-o", str(tmp_path / f"small{suffix}"), "--store", str(store),
+                        "--camera", "canon", "--no-progress")
+    assert code == 0 and read_image(tmp_path / f"small{suffix}").pixels.shape == (8, 12, 3), err
 
 
 def test_progress_without_tqdm(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
