@@ -15,6 +15,7 @@ from adassr.adapt.kernel import METHOD_CROSS_SCALE, KernelEstimate, KernelEstima
 from adassr.adapt.kernel.agreement import (
     DIRECTION_AGREEMENT_WARN,
     DIRECTION_AGREEMENT_WARN_PARTS,
+    consensus_direction,
     direction_agreement,
 )
 from adassr.runtime.errors import ConfigError
@@ -54,11 +55,32 @@ def test_agreement_of_known_directions():
     assert direction_agreement(spread) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_consensus_of_known_directions():
+    t = math.radians(30.0)
+    assert consensus_direction([(2.0, 1.0, t)] * 3) == pytest.approx(t)
+    # An axis turned by 180 deg is the same axis; minor-first fits name the minor axis.
+    assert consensus_direction([(2.0, 1.0, t), (2.0, 1.0, t + math.pi), (1.0, 2.0, t - math.pi / 2)]) \
+        == pytest.approx(t)
+    # Votes weighted by elongation: 10 and 50 deg with log-ratios 2:1 meet nearer 10 deg (on the doubled circle).
+    a, b = math.radians(10.0), math.radians(50.0)
+    got = consensus_direction([(math.e ** 2, 1.0, a), (math.e, 1.0, b)])
+    want = 0.5 * math.atan2(2 * math.sin(2 * a) + math.sin(2 * b), 2 * math.cos(2 * a) + math.cos(2 * b))
+    assert got == pytest.approx(want) and math.degrees(a) < math.degrees(got) < 30.0
+    # Near 90 deg the mean wraps correctly (80 and -80 deg meet at 90, not at 0).
+    got = consensus_direction([(2.0, 1.0, math.radians(80.0)), (2.0, 1.0, math.radians(-80.0))])
+    assert got is not None and abs(abs(math.degrees(got)) - 90.0) < 1e-9
+    # Nothing to agree on: round fits, or directions that cancel.
+    assert consensus_direction([(1.5, 1.5, 0.0), (1.2, 1.2, 1.0)]) is None
+    assert consensus_direction([(2.0, 1.0, 0.0), (2.0, 1.0, math.pi / 2)]) is None
+
+
 @pytest.mark.parametrize("bad", [[], [(0.0, 1.0, 0.0)], [(1.0, -1.0, 0.0)], [(1.0, 1.0, math.nan)],
                                  [(math.inf, 1.0, 0.0)]])
 def test_agreement_rejects_bad_fits(bad):
     with pytest.raises(ConfigError):
         direction_agreement(bad)
+    with pytest.raises(ConfigError):
+        consensus_direction(bad)
 
 
 def test_a_shared_kernel_agrees_and_mixed_directions_do_not(photos):

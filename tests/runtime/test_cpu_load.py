@@ -113,6 +113,8 @@ def test_a_busy_process_on_our_cpus_is_seen_and_our_own_work_is_not() -> None:
     while time.monotonic() < end:  # our own work: not counted as other processes' load
         x += 1
     own = monitor.since_last()
+    time.sleep(1.0)
+    background_after = monitor.since_last()  # a neighbour whose load rose meanwhile shows here too
     cpu = min(os.sched_getaffinity(0))
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -122,9 +124,9 @@ def test_a_busy_process_on_our_cpus_is_seen_and_our_own_work_is_not() -> None:
     finally:
         child.kill()
         child.wait()
-    assert background is not None and own is not None and other is not None
+    assert background is not None and own is not None and other is not None and background_after is not None
     # our busy second is subtracted (counted, it would read about 1.0 above what the rest of the
     # machine was doing); the child takes a whole CPU while we sleep, and what else runs on the
     # machine only adds to that
-    assert own.busy_cpus < background.busy_cpus + 0.7
+    assert own.busy_cpus < max(background.busy_cpus, background_after.busy_cpus) + 0.7
     assert other.busy_cpus >= 0.8

@@ -57,9 +57,10 @@ def _config(store: Path, **kw: object) -> ServerConfig:
 class GatedBackend(Backend):
     """A real onnxruntime model whose calls wait for ``gate`` (and optionally sleep): holds work in flight."""
 
-    def __init__(self, inner: Backend, gate: threading.Event, delay: float = 0.0) -> None:
+    def __init__(self, inner: Backend, gate: threading.Event, delay: float = 0.0,
+                 entered: threading.Event | None = None) -> None:
         super().__init__(inner.model_path)
-        self.inner, self.gate, self.delay = inner, gate, delay
+        self.inner, self.gate, self.delay, self.entered = inner, gate, delay, entered
         self.calls: list[int] = []
 
     @property
@@ -70,6 +71,8 @@ class GatedBackend(Backend):
         self.inner.open()
 
     def _infer(self, batch):  # type: ignore[no-untyped-def]
+        if self.entered is not None:  # a model call has begun (tests wait on this, not on a sleep)
+            self.entered.set()
         self.gate.wait(60)
         if self.delay:
             time.sleep(self.delay)
@@ -80,9 +83,10 @@ class GatedBackend(Backend):
         self.inner.close()
 
 
-def gated_opener(gate: threading.Event, delay: float = 0.0) -> Callable[[RouteDecision], Backend]:
+def gated_opener(gate: threading.Event, delay: float = 0.0,
+                 entered: threading.Event | None = None) -> Callable[[RouteDecision], Backend]:
     real = default_opener("onnxruntime", providers=("CPUExecutionProvider",), threads=1)
-    return lambda route: GatedBackend(real(route), gate, delay).open()
+    return lambda route: GatedBackend(real(route), gate, delay, entered).open()
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:
@@ -439,15 +443,17 @@ def _raw_request(url: str, body: bytes, *, send_body: int | None = None, path: s
 
 
 def test_client_disconnect_cancels_queued_tiles(store: Path) -> None:
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     image = small_png(100, 100, seed=4)
     config = _config(store, max_batch=2)
     with (
-        running_server(config, open_model=gated_opener(gate)) as live,
+        running_server(config, open_model=gated_opener(gate, entered=entered)) as live,
         httpx.Client(base_url=live.url, timeout=60) as c,
     ):
         pool = cf.ThreadPoolExecutor(1)
+        entered.clear()
         first = pool.submit(c.post, "/v1/upscale", content=small_png(20, 20, seed=5))  # holds the model call
+        assert entered.wait(20)  # its tile is inside the (held) model call, not still being decoded
         _wait_for(
             lambda: (
                 live.server.admitted == 1
@@ -456,7 +462,6 @@ def test_client_disconnect_cancels_queued_tiles(store: Path) -> None:
                 and live.server.waiting == 0
             )
         )
-        time.sleep(0.2)
         # Mid-response: the whole request is sent, then the client goes away while its tiles wait.
         sock = _raw_request(live.url, image)
         _wait_for(lambda: live.server.batcher is not None and live.server.batcher.depth >= 1)
@@ -495,20 +500,20 @@ def test_slow_body_gets_408(store: Path) -> None:
 
 
 def test_manifest_change_reloads_and_swaps_without_failing_in_flight(store: Path, tmp_path: Path) -> None:
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     gate.set()
     canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
     config = _config(store, reload_interval_s=0.1)
     with (
-        running_server(config, open_model=gated_opener(gate)) as live,
+        running_server(config, open_model=gated_opener(gate, entered=entered)) as live,
         httpx.Client(base_url=live.url, timeout=60) as c,
     ):
         old_sha = c.get("/v1/cameras").json()["cameras"]["canon"]["sha256"]
         gate.clear()
+        entered.clear()
         with cf.ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(c.post, "/v1/upscale", content=canon)
-            _wait_for(lambda: live.server.admitted == 1 and live.server.waiting == 0)
-            time.sleep(0.2)  # its first tiles are inside the (held) model call
+            assert entered.wait(20)  # routed, and its first tiles are inside the (held) model call
             publish_camera(store, "canon", seed=7)  # re-exported: a new model file and manifest
             _wait_for(lambda: c.get("/v1/cameras").json()["cameras"]["canon"]["sha256"] != old_sha)
             gate.set()
