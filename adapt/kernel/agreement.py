@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from adassr.runtime.errors import ConfigError
 
 __all__ = ["DIRECTION_AGREEMENT_WARN", "DIRECTION_AGREEMENT_WARN_PARTS", "MIN_WARN_AXIS_RATIO",
-           "direction_agreement", "warn_threshold"]
+           "consensus_direction", "direction_agreement", "warn_threshold"]
 
 DIRECTION_AGREEMENT_WARN = 0.7  # below this the group's angle is reported as uncertain ...
 MIN_WARN_AXIS_RATIO = 1.15  # ... when the kernel is at least this elongated (a rounder one has no angle to trust)
@@ -38,14 +38,10 @@ of the estimates whose parts agreed below 0.5 / 0.5-0.7 / 0.7-0.85 / from 0.85."
 _ROUND = 1e-6  # total log axis ratio below which every image is round: nothing to disagree about
 
 
-def direction_agreement(fits: Sequence[tuple[float, float, float]]) -> float:
-    """The agreement of the module doc from ``(sigma_major, sigma_minor, theta_radians)`` per image.
-
-    1.0 when no image is anisotropic (round fits have no direction to disagree about). Raises
-    :class:`ConfigError` for an empty sequence or a sigma that is not positive and finite.
-    """
+def _weighted_doubled_angles(fits: Sequence[tuple[float, float, float]], what: str) -> tuple[float, float, float]:
+    """``(sum a_i, sum a_i cos 2 theta_i, sum a_i sin 2 theta_i)`` of the module doc."""
     if not fits:
-        raise ConfigError("direction_agreement needs the fit of at least one image")
+        raise ConfigError(f"{what} needs the fit of at least one image")
     total = 0.0
     re = im = 0.0
     for major, minor, theta in fits:
@@ -58,9 +54,30 @@ def direction_agreement(fits: Sequence[tuple[float, float, float]]) -> float:
         total += weight
         re += weight * math.cos(2.0 * theta)
         im += weight * math.sin(2.0 * theta)
+    return total, re, im
+
+
+def direction_agreement(fits: Sequence[tuple[float, float, float]]) -> float:
+    """The agreement of the module doc from ``(sigma_major, sigma_minor, theta_radians)`` per image.
+
+    1.0 when no image is anisotropic (round fits have no direction to disagree about). Raises
+    :class:`ConfigError` for an empty sequence or a sigma that is not positive and finite.
+    """
+    total, re, im = _weighted_doubled_angles(fits, "direction_agreement")
     if total < _ROUND:
         return 1.0
     return min(1.0, math.hypot(re, im) / total)
+
+
+def consensus_direction(fits: Sequence[tuple[float, float, float]]) -> float | None:
+    """The direction (radians, in (-pi/2, pi/2]) the fits point to together: half the angle of the
+    anisotropy-weighted mean of the doubled angles (the module doc's sum), so each image votes with
+    its own elongation and an axis turned by 180 deg counts as the same axis. None when every fit is
+    round or the directions cancel exactly. Same errors as :func:`direction_agreement`."""
+    total, re, im = _weighted_doubled_angles(fits, "consensus_direction")
+    if total < _ROUND or math.hypot(re, im) < _ROUND * total:
+        return None
+    return 0.5 * math.atan2(im, re)
 
 
 def warn_threshold(check: str | None) -> float:

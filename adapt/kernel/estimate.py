@@ -14,7 +14,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from adassr.adapt.degradation import gaussian_kernel, kernel_size, params_from_covariance
-from adassr.adapt.kernel.agreement import direction_agreement
+from adassr.adapt.kernel.agreement import consensus_direction, direction_agreement
 from adassr.adapt.kernel.features import CrossScaleSample, FeatureSpec
 from adassr.adapt.kernel.result import (
     METHOD_CROSS_SCALE,
@@ -84,10 +84,17 @@ class KernelEstimationConfig:
     fallback_gap_per_blockiness: float = 0.05
     # Fit each image of a group alone as well (one image: each of its tiles, or its quadrants) and
     # report how well their blur directions agree (diagnostics["direction_agreement"] and
-    # ["direction_check"] = "images" / "parts", see adassr.adapt.kernel.agreement); it does not
-    # change the estimate and about doubles the fit's time. Skipped for the fixed Gaussian and for
-    # an image with fewer than two structured parts.
+    # ["direction_check"] = "images" / "parts", see adassr.adapt.kernel.agreement); in group mode
+    # their consensus gives the kernel's direction (``direction_from``). It about doubles the fit's
+    # time. Skipped for an image with fewer than two structured parts, and for the fixed Gaussian
+    # unless the consensus makes the estimate reported before the fallback.
     direction_check: bool = True
+    # Group mode, with the direction check: "images" takes the direction the images' own fits agree on
+    # (consensus_direction: each votes with its elongation) and refits the two axes' sigmas at that
+    # direction; "fit" keeps the pooled fit's direction, which the images with the strongest edges
+    # dominate. Chosen on benchmarks/data/dev_photos (benchmarks/README.md, "The direction the images
+    # vote for"), checked on tests/data/hr.
+    direction_from: str = "images"
 
     def __post_init__(self) -> None:
         if not self.pixel_snr >= 0:
@@ -118,6 +125,8 @@ class KernelEstimationConfig:
             raise ConfigError("fallback_sigma must be > 0 and the fallback gaps >= 0")
         if self.max_evaluations < 10:
             raise ConfigError(f"max_evaluations must be >= 10, got {self.max_evaluations}")
+        if self.direction_from not in ("fit", "images"):
+            raise ConfigError(f"direction_from must be 'fit' or 'images', got {self.direction_from!r}")
 
 
 def _check_scale(scale: Any) -> int:
@@ -314,14 +323,21 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
     fit = _fit_covariance(samples.per_image, config)
     a, b = _calibration_of(config, scale, mode)
     check = _check_fixed_gaussian(fit, (a, b), samples.lumas, config, scale)
-    sx, sy = _calibrated_sigmas(fit, (a, b), scale)
     residual = math.sqrt(fit.best_loss / samples.spec.size)
     confidence = _confidence(residual, samples.n_pixels, check)
-    if config.direction_check and not check.use_fixed:
-        if len(samples.per_image) > 1:
-            diag.update(_per_image_directions(samples.per_image, config))
+    group = len(samples.per_image) > 1
+    # With the fixed Gaussian returned, the direction still makes the estimate reported before the fallback.
+    if config.direction_check and (not check.use_fixed or (group and config.direction_from == "images")):
+        if group:
+            directions, fits = _per_image_directions(samples.per_image, config)
+            diag.update(directions)
+            consensus = consensus_direction([(f.raw_major, f.raw_minor, f.theta) for f in fits])
+            if config.direction_from == "images" and consensus is not None:
+                diag["pooled_fit_theta_deg"] = math.degrees(fit.theta)
+                fit = _refit_at_direction(fit, consensus, config)
         else:
             diag.update(_per_part_directions(samples, config))
+    sx, sy = _calibrated_sigmas(fit, (a, b), scale)
     diag.update({
         "fixed_gaussian_sigma": config.fallback_sigma,
         "fixed_gaussian_loss_gap": check.gap,
@@ -473,23 +489,41 @@ def _fit_covariance(per_image: list[list[CrossScaleSample]], config: KernelEstim
     return _CrossScaleFit(raw_major, raw_minor, theta, float(res.fun), int(res.nfev) + len(grid), loss)
 
 
-def _per_image_directions(per_image: list[list[CrossScaleSample]], config: KernelEstimationConfig) -> dict[str, Any]:
+def _refit_at_direction(fit: _CrossScaleFit, theta: float, config: KernelEstimationConfig) -> _CrossScaleFit:
+    """The two axes' sigmas that minimise ``fit.loss`` with the major axis at ``theta`` (radians),
+    from the pooled fit's sigmas (Nelder-Mead over their log variances, clipped to ``sigma_lr_range``)."""
+    lo, hi = config.sigma_lr_range
+    c, s = math.cos(theta), math.sin(theta)
+
+    def log_cov(u: np.ndarray) -> np.ndarray:  # log variances along theta and across it -> [S00, S11, S01]
+        return np.array([u[0] * c * c + u[1] * s * s, u[0] * s * s + u[1] * c * c, (u[0] - u[1]) * c * s])
+
+    u0 = np.array([2.0 * math.log(fit.raw_major), 2.0 * math.log(fit.raw_minor)])
+    res = minimize(lambda u: fit.loss(log_cov(u)), u0, method="Nelder-Mead",
+                   options={"initial_simplex": np.array([u0, u0 + [0.3, 0.0], u0 + [0.0, 0.3]]),
+                            "xatol": 1e-3, "fatol": 1e-7, "maxfev": config.max_evaluations})
+    major, minor, angle = params_from_covariance(_cov_from_log(log_cov(res.x), lo, hi))
+    return _CrossScaleFit(major, minor, angle, float(res.fun), fit.evaluations + int(res.nfev), fit.loss)
+
+
+def _per_image_directions(per_image: list[list[CrossScaleSample]],
+                          config: KernelEstimationConfig) -> tuple[dict[str, Any], list[_CrossScaleFit]]:
     """Each image fitted alone: its direction (degrees) and raw axis ratio, in the order of the
-    diagnostics' ``images_used``, and their agreement."""
+    diagnostics' ``images_used``, and their agreement; and the fits."""
     return _direction_fits(per_image, config, check="images", key="per_image")
 
 
 def _direction_fits(items: list[list[CrossScaleSample]], config: KernelEstimationConfig, *, check: str,
-                    key: str) -> dict[str, Any]:
+                    key: str) -> tuple[dict[str, Any], list[_CrossScaleFit]]:
     """Fit each item (an image's tiles, or one part) alone: ``direction_check``, the agreement of
-    their directions and ``<key>_theta_deg`` / ``<key>_axis_ratio`` in ``items``' order."""
+    their directions and ``<key>_theta_deg`` / ``<key>_axis_ratio`` in ``items``' order; and the fits."""
     fits = [_fit_covariance([tiles], config) for tiles in items]
     return {
         "direction_check": check,
         "direction_agreement": direction_agreement([(f.raw_major, f.raw_minor, f.theta) for f in fits]),
         f"{key}_theta_deg": [math.degrees(f.theta) for f in fits],
         f"{key}_axis_ratio": [f.raw_major / f.raw_minor for f in fits],
-    }
+    }, fits
 
 
 PART_MIN_SIDE = 64
@@ -522,7 +556,7 @@ def _per_part_directions(samples: _Samples, config: KernelEstimationConfig) -> d
     parts = _image_parts(samples, config)
     if len(parts) < 2:
         return {}
-    return _direction_fits([[part] for part in parts], config, check="parts", key="per_part")
+    return _direction_fits([[part] for part in parts], config, check="parts", key="per_part")[0]
 
 
 def _calibration_of(config: KernelEstimationConfig, scale: int, mode: str) -> tuple[float, float]:

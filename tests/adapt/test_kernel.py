@@ -378,7 +378,7 @@ def test_noisy_photos_with_smooth_areas_keep_the_kernel_shape() -> None:
     assert masked.sigma_y > 1.2 and abs(masked.sigma_y / truth[1] - 1.0) < 0.25
     assert d_masked < 0.5 * d_every and d_every > 3 * d_fixed and d_masked > d_fixed
     assert d_default < 0.7 * d_fixed
-    assert abs(default.theta_deg - truth[2]) < 15.0 and default.sigma_x / default.sigma_y > 1.5
+    assert abs(default.theta_deg - truth[2]) < 15.0 and default.sigma_x / default.sigma_y > 1.3  # true: 1.5
     # The group's smallest noise estimate, about the true luma noise of RGB 5/255 (3.34 /255).
     assert abs(default.diagnostics["noise_sigma_subtracted"] * 255 - 3.34) < 0.5
     assert masked.diagnostics["noise_sigma_subtracted"] == 0.0

@@ -101,11 +101,14 @@ def test_a_shared_kernel_agrees_and_mixed_directions_do_not(photos):
         mixed.diagnostics["per_image_theta_deg"]
 
 
-def test_the_check_does_not_change_the_estimate_and_can_be_turned_off(photos):
+def test_the_check_only_sets_the_direction_from_the_images_and_can_be_turned_off(photos):
     lrs = [_lr(p, (2.4, 1.6, 120.0)) for p in photos[:3]]
-    on = estimate_kernel(lrs, scale=SCALE)
+    on = estimate_kernel(lrs, scale=SCALE, config=KernelEstimationConfig(direction_from="fit"))
     off = estimate_kernel(lrs, scale=SCALE, config=KernelEstimationConfig(direction_check=False))
-    assert (on.sigma_x, on.sigma_y, on.theta) == (off.sigma_x, off.sigma_y, off.theta)
+    assert (on.sigma_x, on.sigma_y, on.theta) == (off.sigma_x, off.sigma_y, off.theta)  # the pooled fit
+    voted = estimate_kernel(lrs, scale=SCALE)  # the default: the images' consensus direction
+    assert voted.diagnostics["pooled_fit_theta_deg"] == pytest.approx(off.theta_deg)
+    assert voted.diagnostics["per_image_theta_deg"] == on.diagnostics["per_image_theta_deg"]
     assert on.direction_agreement is not None and off.direction_agreement is None
     assert "per_image_theta_deg" not in off.diagnostics
     small = estimate_kernel([lrs[1][:100, :100]], scale=SCALE)
@@ -189,3 +192,27 @@ def test_describe_names_axes_angle_method_and_agreement():
     assert "direction agreement 0.86" in text
     round_text = _estimate(1.6, 1.6, 0.0, None).describe()
     assert "sigma 1.60 HR px" in round_text and "agreement" not in round_text
+
+
+def test_direction_from_images_takes_the_images_consensus_and_refits_the_sigmas(photos):
+    from adassr.adapt.kernel.agreement import consensus_direction
+
+    k = (3.2, 1.2, 60.0)
+    rng = np.random.default_rng(3)
+    clean = [_lr(p, k) for p in photos]
+    lrs = [np.clip(lr + rng.normal(0.0, 5 / 255, lr.shape).astype(np.float32), 0, 1) for lr in clean]
+    pooled = estimate_kernel(lrs, scale=SCALE, config=KernelEstimationConfig(direction_from="fit"))
+    voted = estimate_kernel(lrs, scale=SCALE, config=KernelEstimationConfig(direction_from="images"))
+    d = voted.diagnostics
+    fits = [(ratio, 1.0, math.radians(theta)) for ratio, theta in zip(d["per_image_axis_ratio"],
+                                                                      d["per_image_theta_deg"], strict=True)]
+    want = math.degrees(consensus_direction(fits) or 0.0)
+    assert _angle_err(voted.theta_deg, want) < 0.5  # the refit keeps the major axis on the consensus
+    assert d["pooled_fit_theta_deg"] == pytest.approx(pooled.theta_deg)
+    assert "pooled_fit_theta_deg" not in pooled.diagnostics
+    assert d["per_image_theta_deg"] == pooled.diagnostics["per_image_theta_deg"]  # the same image fits
+    assert _angle_err(d["pooled_fit_theta_deg"], voted.theta_deg) > 0.5  # a case where the two differ ...
+    assert (voted.sigma_x, voted.sigma_y) != (pooled.sigma_x, pooled.sigma_y)  # ... and the sigmas were refitted
+    assert _angle_err(voted.theta_deg, k[2]) < 15.0 and voted.sigma_x > 1.5 * voted.sigma_y
+    with pytest.raises(ConfigError, match="direction_from"):
+        KernelEstimationConfig(direction_from="median")
