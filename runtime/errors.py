@@ -16,7 +16,9 @@ class ImageError(AdassrError):
 
 
 class ImageTooLargeError(ImageError):
-    """An image's pixel count is over the reader's limit (checked from the header, before decoding)."""
+    """An image is too large: its pixel count over the reader's limit (checked from the header,
+    before decoding), its output over the output limit, or its output larger than the output
+    format holds (both checked before the upscale)."""
 
 
 class WeightsError(AdassrError):

@@ -282,6 +282,21 @@ def _uvicorn_server(app: Any, config: Any) -> Any:
             # uvicorn re-raises the signal after shutting down; a clean drain exits with 0 instead.
             self._captured_signals.clear()
 
+        async def shutdown(self, sockets: Any = None) -> None:
+            # Once the drain timeout is up uvicorn cancels the requests one task after the other; from
+            # then on no queued request may start on a worker that one of them freed (see
+            # Server.stopping). Set from here too, so a shutdown without a signal is covered.
+            import asyncio
+
+            timeout = self.config.timeout_graceful_shutdown
+            marker = None if timeout is None else asyncio.get_running_loop().call_later(
+                timeout, setattr, server_state, "stopping", True)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                if marker is not None:
+                    marker.cancel()
+
     level = logging.getLogger().getEffectiveLevel()
     uv_config = uvicorn.Config(
         app,

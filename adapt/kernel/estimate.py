@@ -323,8 +323,6 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
     fit = _fit_covariance(samples.per_image, config)
     a, b = _calibration_of(config, scale, mode)
     check = _check_fixed_gaussian(fit, (a, b), samples.lumas, config, scale)
-    residual = math.sqrt(fit.best_loss / samples.spec.size)
-    confidence = _confidence(residual, samples.n_pixels, check)
     group = len(samples.per_image) > 1
     # With the fixed Gaussian returned, the direction still makes the estimate reported before the fallback.
     if config.direction_check and (not check.use_fixed or (group and config.direction_from == "images")):
@@ -335,8 +333,15 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
             if config.direction_from == "images" and consensus is not None:
                 diag["pooled_fit_theta_deg"] = math.degrees(fit.theta)
                 fit = _refit_at_direction(fit, consensus, config)
+                # the fallback and the confidence judge the kernel returned, whose loss is the refit's
+                check = _check_fixed_gaussian(fit, (a, b), samples.lumas, config, scale)
         else:
             diag.update(_per_part_directions(samples, config))
+    if check.use_fixed:  # a round kernel has no direction to trust or doubt
+        diag.pop("direction_agreement", None)
+        diag.pop("direction_check", None)
+    residual = math.sqrt(fit.best_loss / samples.spec.size)
+    confidence = _confidence(residual, samples.n_pixels, check)
     sx, sy = _calibrated_sigmas(fit, (a, b), scale)
     diag.update({
         "fixed_gaussian_sigma": config.fallback_sigma,
@@ -491,19 +496,25 @@ def _fit_covariance(per_image: list[list[CrossScaleSample]], config: KernelEstim
 
 def _refit_at_direction(fit: _CrossScaleFit, theta: float, config: KernelEstimationConfig) -> _CrossScaleFit:
     """The two axes' sigmas that minimise ``fit.loss`` with the major axis at ``theta`` (radians),
-    from the pooled fit's sigmas (Nelder-Mead over their log variances, clipped to ``sigma_lr_range``)."""
+    from the pooled fit's sigmas: Nelder-Mead over the log variance along ``theta`` and ``w``, the
+    variance across being ``w^2`` less in log, so the axis along ``theta`` is never the shorter one
+    (where the loss wants the other axis longer, the kernel comes out round, not turned by 90 deg);
+    sigmas clipped to ``sigma_lr_range``."""
     lo, hi = config.sigma_lr_range
     c, s = math.cos(theta), math.sin(theta)
 
-    def log_cov(u: np.ndarray) -> np.ndarray:  # log variances along theta and across it -> [S00, S11, S01]
-        return np.array([u[0] * c * c + u[1] * s * s, u[0] * s * s + u[1] * c * c, (u[0] - u[1]) * c * s])
+    def log_cov(p: np.ndarray) -> np.ndarray:  # [log var along, w] -> [S00, S11, S01]
+        along, across = p[0], p[0] - p[1] * p[1]
+        return np.array([along * c * c + across * s * s, along * s * s + across * c * c, (along - across) * c * s])
 
-    u0 = np.array([2.0 * math.log(fit.raw_major), 2.0 * math.log(fit.raw_minor)])
-    res = minimize(lambda u: fit.loss(log_cov(u)), u0, method="Nelder-Mead",
-                   options={"initial_simplex": np.array([u0, u0 + [0.3, 0.0], u0 + [0.0, 0.3]]),
+    p0 = np.array([2.0 * math.log(fit.raw_major), math.sqrt(max(2.0 * math.log(fit.raw_major / fit.raw_minor), 0.0))])
+    res = minimize(lambda p: fit.loss(log_cov(p)), p0, method="Nelder-Mead",
+                   options={"initial_simplex": np.array([p0, p0 + [0.3, 0.0], p0 + [0.0, 0.3]]),
                             "xatol": 1e-3, "fatol": 1e-7, "maxfev": config.max_evaluations})
-    major, minor, angle = params_from_covariance(_cov_from_log(log_cov(res.x), lo, hi))
-    return _CrossScaleFit(major, minor, angle, float(res.fun), fit.evaluations + int(res.nfev), fit.loss)
+    along, w = float(res.x[0]), float(res.x[1])
+    major = float(np.clip(math.exp(along / 2.0), lo, hi))
+    minor = float(np.clip(math.exp((along - w * w) / 2.0), lo, hi))
+    return _CrossScaleFit(major, minor, theta, float(res.fun), fit.evaluations + int(res.nfev), fit.loss)
 
 
 def _per_image_directions(per_image: list[list[CrossScaleSample]],

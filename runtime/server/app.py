@@ -17,9 +17,10 @@ Endpoints:
 
 Status codes: 400 malformed request (bad multipart, bad Content-Length), 401 missing or wrong
 bearer token, 404 unknown camera or no model for the image, 405/404 wrong method or path,
-408 body not received within the body timeout, 413 body or pixel count over a limit,
-415 not a supported image, 422 invalid parameter, 429 overloaded (with ``Retry-After``),
-500 model failure, 503 not ready or draining (with ``Retry-After``), 504 deadline exceeded.
+408 body not received within the body timeout, 413 body, pixel count or output over a limit, or an
+output larger than the requested format holds, 415 not a supported image, 422 invalid parameter,
+429 overloaded (with ``Retry-After``), 500 model failure (``inference``) or an output that could not
+be encoded (``encode``), 503 not ready or draining (with ``Retry-After``), 504 deadline exceeded.
 Every error body is ``{"error": <kind>, "status": <code>, "message": <what to do>}``.
 
 Request processing: admission (429 beyond ``workers + max_queue``), then the body is read
@@ -116,7 +117,8 @@ class Server:
         self.uploads: UploadFolder | None = None
         self.ready = False
         self.draining = False
-        self.stopping = False  # set once the shutdown cancels requests: queued work never starts after that
+        self.stopping = False  # set when the drain timeout is up (serve_cli) or a request is cancelled at
+        # shutdown: queued work never starts after that
         self.admitted = 0
         self.waiting = 0
         self._watcher: asyncio.Task[None] | None = None

@@ -231,6 +231,7 @@ def test_fallback_returns_the_fixed_gaussian_with_the_reason(photos):
     assert forced.method == METHOD_FIXED_GAUSSIAN
     assert forced.sigma_x == forced.sigma_y == 1.6 and forced.theta == 0.0 and forced.confidence == 0.0
     assert "G(1.6)" in forced.diagnostics["reason"]
+    assert forced.direction_agreement is None and "direction agreement" not in forced.describe()  # round: no direction
     before = forced.diagnostics["estimate_before_fallback"]
     assert before["sigma_x"] == pytest.approx(plain.sigma_x) and before["theta_deg"] == pytest.approx(plain.theta_deg)
     np.testing.assert_allclose(forced.kernel.sum(), 1.0)

@@ -216,3 +216,26 @@ def test_direction_from_images_takes_the_images_consensus_and_refits_the_sigmas(
     assert _angle_err(voted.theta_deg, k[2]) < 15.0 and voted.sigma_x > 1.5 * voted.sigma_y
     with pytest.raises(ConfigError, match="direction_from"):
         KernelEstimationConfig(direction_from="median")
+
+
+@pytest.mark.parametrize("vote_deg", [0.0, 30.0, 60.0, 80.0, -60.0])
+def test_the_refit_keeps_the_major_axis_on_the_vote(vote_deg):
+    """The refit optimised the two variances freely: where the loss wanted the axis across the vote
+    longer, the kernel came back turned by 90 deg from the direction the images voted for."""
+    from adassr.adapt.kernel.estimate import _CrossScaleFit, _refit_at_direction
+
+    target = np.array([math.log(0.8**2), math.log(0.4**2), 0.0])  # log-covariance: 0.8 x 0.4 LR px along 0 deg
+
+    def loss(v: np.ndarray) -> float:
+        return float(np.sum((np.asarray(v) - target) ** 2))
+
+    pooled = _CrossScaleFit(0.8, 0.4, 0.0, 0.0, 10, loss)
+    out = _refit_at_direction(pooled, math.radians(vote_deg), KernelEstimationConfig())
+    assert out.theta == pytest.approx(math.radians(vote_deg)) and out.raw_major >= out.raw_minor
+    if _angle_err(vote_deg, 0.0) < 1e-9:
+        assert out.raw_major == pytest.approx(0.8, rel=0.02) and out.raw_minor == pytest.approx(0.4, rel=0.02)
+    elif _angle_err(vote_deg, 0.0) > 45.0:  # the loss wants the axis across the vote longer: round, not turned
+        assert out.raw_major / out.raw_minor < 1.02
+    else:  # still elongated along the vote, less than the truth
+        assert 1.02 < out.raw_major / out.raw_minor < 2.0
+    assert out.best_loss >= loss(target) and out.evaluations > pooled.evaluations
