@@ -34,7 +34,7 @@ one their fits agree on, each image voting with its own elongation
 (:func:`adassr.adapt.kernel.agreement.consensus_direction`); the two axes' sigmas are then refitted
 at that direction (``KernelEstimationConfig.direction_from``; the pooled fit's own direction leans
 towards the images with the strongest edges, and under noise and heavy JPEG it missed the
-development photos' angles by 13-16 deg in median against 9-11 deg for the vote; benchmarks/README.md,
+development photos' angles by 13-16 deg in median against 8-11 deg for the vote; benchmarks/README.md,
 "The direction the images vote for"). How far to trust it: ``diagnostics["direction_agreement"]``
 says how well the images' directions agree; :meth:`KernelEstimate.direction_warning` turns a low
 agreement on an elongated kernel into a message (``adapt`` logs it). Heavy JPEG and edge-dominated
