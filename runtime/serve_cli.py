@@ -9,6 +9,7 @@ inside :func:`run_serve` only.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import logging
 from pathlib import Path
@@ -286,8 +287,6 @@ def _uvicorn_server(app: Any, config: Any) -> Any:
             # Once the drain timeout is up uvicorn cancels the requests one task after the other; from
             # then on no queued request may start on a worker that one of them freed (see
             # Server.stopping). Set from here too, so a shutdown without a signal is covered.
-            import asyncio
-
             timeout = self.config.timeout_graceful_shutdown
             marker = None if timeout is None else asyncio.get_running_loop().call_later(
                 timeout, setattr, server_state, "stopping", True)

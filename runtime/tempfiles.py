@@ -38,16 +38,10 @@ def temp_stem(name: str) -> str:
     if len(encoded) + _TEMP_OVERHEAD <= NAME_MAX:
         return name
     digest = hashlib.sha256(encoded).hexdigest()[:_HASH_CHARS]
-    keep = encoded[:NAME_MAX - _TEMP_OVERHEAD - 1 - _HASH_CHARS]
-    return f"{keep.decode('utf-8', 'ignore') if _is_utf8(encoded) else os.fsdecode(keep)}~{digest}"
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    keep = name
+    while len(os.fsencode(keep)) > NAME_MAX - _TEMP_OVERHEAD - 1 - _HASH_CHARS:
+        keep = keep[:-1]  # by characters: never half of a multi-byte one (undecodable bytes are one each)
+    return f"{keep}~{digest}"
 
 
 def temp_path(target: Path) -> Path:

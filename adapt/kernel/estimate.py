@@ -322,7 +322,8 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
     diagnostics, updated in place) becomes the estimate's diagnostics."""
     fit = _fit_covariance(samples.per_image, config)
     a, b = _calibration_of(config, scale, mode)
-    check = _check_fixed_gaussian(fit, (a, b), samples.lumas, config, scale)
+    blockiness = float(np.median([jpeg_blockiness(y) for y in samples.lumas]))
+    check = _check_fixed_gaussian(fit, (a, b), blockiness, config, scale)
     group = len(samples.per_image) > 1
     # With the fixed Gaussian returned, the direction still makes the estimate reported before the fallback.
     if config.direction_check and (not check.use_fixed or (group and config.direction_from == "images")):
@@ -334,7 +335,7 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
                 diag["pooled_fit_theta_deg"] = math.degrees(fit.theta)
                 fit = _refit_at_direction(fit, consensus, config)
                 # the fallback and the confidence judge the kernel returned, whose loss is the refit's
-                check = _check_fixed_gaussian(fit, (a, b), samples.lumas, config, scale)
+                check = _check_fixed_gaussian(fit, (a, b), blockiness, config, scale)
         else:
             diag.update(_per_part_directions(samples, config))
     if check.use_fixed:  # a round kernel has no direction to trust or doubt
@@ -368,17 +369,16 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
     return KernelEstimate(sx, sy, theta, scale, kernel, method, confidence, diag)
 
 
-def _check_fixed_gaussian(fit: _CrossScaleFit, calibration: tuple[float, float], lumas: Sequence[np.ndarray],
+def _check_fixed_gaussian(fit: _CrossScaleFit, calibration: tuple[float, float], blockiness: float,
                           config: KernelEstimationConfig, scale: int) -> _FixedGaussianCheck:
     """Evaluate the loss at the fixed Gaussian's raw LR sigma (``calibration`` ``(a, b)`` applied,
-    clipped to ``sigma_lr_range``) and measure the JPEG blockiness of ``lumas``."""
+    clipped to ``sigma_lr_range``) against ``fit``'s; ``blockiness``: the images' median JPEG blockiness."""
     a, b = calibration
     lo, hi = config.sigma_lr_range
     raw_fixed = float(np.clip(a * config.fallback_sigma / scale + b, lo, hi))
     loss_fixed = fit.loss(np.array([2.0 * math.log(raw_fixed), 2.0 * math.log(raw_fixed), 0.0]))
     best_loss = min(fit.best_loss, loss_fixed)
     gap = (loss_fixed - best_loss) / max(best_loss, 1e-12)
-    blockiness = float(np.median([jpeg_blockiness(y) for y in lumas]))
     allowed_gap = config.fallback_gap + config.fallback_gap_per_blockiness * blockiness
     return _FixedGaussianCheck(gap, allowed_gap, blockiness)
 

@@ -62,7 +62,7 @@ from adassr.runtime.errors import (
 from adassr.runtime.images import size_problem
 from adassr.runtime.pipeline import output_size, upscale_pixels
 from adassr.runtime.routing import RouteDecision
-from adassr.runtime.server.codec import UploadFolder, encode
+from adassr.runtime.server.codec import UploadFolder, encode, without_path
 from adassr.runtime.server.config import ServerConfig
 from adassr.runtime.server.metrics import ServerMetrics
 from adassr.runtime.server.models import (
@@ -236,9 +236,12 @@ class Server:
                 f"the output would be {out_w}x{out_h} = {out_h * out_w:,} pixels, above the limit of "
                 f"{limits.max_output_pixels:,}; send a smaller image or a smaller outscale"
             )
-        problem = size_problem(params.suffix, out_h, out_w)
-        if problem is not None:  # found before the upscale, not by the encoder after it
-            raise ImageTooLargeError(f"the output would be {problem}; ask for format=png, or a smaller outscale")
+
+        def check_format(height: int, width: int) -> None:  # before the upscale, not by the encoder after it
+            problem = size_problem(params.suffix, height, width)
+            if problem is not None:
+                raise ImageTooLargeError(f"the output would be {problem}; ask for format=png, or a smaller outscale")
+
         infer = self.batcher.infer_fn(model.key, model.backend, ticket)
         with self.batcher.producer():
             pixels, alpha = upscale_pixels(
@@ -250,6 +253,7 @@ class Server:
                 outscale=params.outscale,
                 multiple_of=model.route.multiple_of,
                 max_output_pixels=limits.max_output_pixels,
+                check_output=check_format,
             )
         inferred = time.perf_counter()
         ticket.check()
@@ -259,7 +263,7 @@ class Server:
         except ImageError as exc:  # the upload was fine: the output could not be encoded (not a 415)
             logger.error("encoding the output failed: %s", exc)
             raise HttpError(500, "encode", f"the output could not be encoded as {params.suffix[1:]}: "
-                            f"{str(exc).split(': ', 1)[-1]}; ask for format=png") from None
+                            f"{without_path(str(exc))}; ask for format=png") from None
         encoded = time.perf_counter()
         timing = (
             f"decode;dur={1000 * (decoded - start):.1f}, upscale;dur={1000 * (inferred - decoded):.1f}, "

@@ -67,11 +67,16 @@ def _scrub(message: str, path: str) -> str:
     return message.replace(path, UPLOAD_NAME)
 
 
+def without_path(message: str) -> str:
+    """An image writer's message without its leading ``<file>: `` (a request's output has no file)."""
+    return message.split(": ", 1)[-1]
+
+
 def encode(pixels: np.ndarray, alpha: np.ndarray | None, *, suffix: str, quality: int,
            icc_profile: bytes | None = None) -> tuple[bytes, list[str]]:
     """Encoded image bytes and the notes the encoder raised (e.g. alpha dropped by JPEG)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImageWarning)
         data = encode_image(suffix, pixels, alpha=alpha, quality=quality, icc_profile=icc_profile)
-    notes = [str(w.message).split(": ", 1)[-1] for w in caught if issubclass(w.category, ImageWarning)]
+    notes = [without_path(str(w.message)) for w in caught if issubclass(w.category, ImageWarning)]
     return data, notes
