@@ -40,12 +40,14 @@ class EarlyStopper:
         self._small_decreases = 0
         self.history: list[tuple[int, float]] = []
 
-    def observe(self, step: int, score: float) -> StopDecision:
+    def observe(self, step: int, score: float, *, eligible: bool = True) -> StopDecision:
+        """Record ``score``; ``eligible=False`` weights (some evaluation crops went flat) never become
+        the best, but count for the plateau rule like any other evaluation."""
         if math.isnan(score):
             raise ValueError(f"NIQE at step {step} is NaN: the model output is broken")
         competing = score + self.baseline_margin if not self.history else score
         self.history.append((step, score))
-        is_best = competing < self.best_score or not self.enabled
+        is_best = eligible and (competing < self.best_score or not self.enabled)
         if is_best:
             self.best_score, self.best_step = competing, step
         stop, reason = False, ""

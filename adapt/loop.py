@@ -203,6 +203,24 @@ def _group_score(scores: Sequence[float], step: int) -> float:
     return float(np.mean(finite))
 
 
+@dataclass(frozen=True)
+class _Evaluation:
+    """An evaluation of adapted weights, compared crop by crop with the backbone's."""
+
+    score: float  # mean NIQE over the crops the backbone scored that still have one (NaN when none does)
+    lost: int  # crops the backbone scored whose NIQE is now undefined (their outputs went flat)
+    scored: int  # crops the backbone scored
+
+
+def _against_backbone(scores: Sequence[float], before: Sequence[float]) -> _Evaluation:
+    """Score adapted weights on the crops the backbone scored, so that every evaluation averages the
+    same crops as the baseline: a crop that turned NaN would otherwise drop out of the mean and make
+    the weights look better than they are (and a crop the backbone could not score would join it)."""
+    scored = [i for i, b in enumerate(before) if math.isfinite(b)]
+    kept = [scores[i] for i in scored if math.isfinite(scores[i])]
+    return _Evaluation(float(np.mean(kept)) if kept else math.nan, len(scored) - len(kept), len(scored))
+
+
 _T = TypeVar("_T")
 
 
@@ -583,12 +601,17 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
     scores = _timed_evaluation(evaluator, ema_model, run.times)
     if run.budget is not None:
         out_of_time = out_of_time or run.budget.stop_after_evaluation(time.monotonic())
-    if not any(math.isfinite(s) for s in scores):  # the backbone scored (step 0): the adapted outputs went flat
+    evaluation = _against_backbone(scores, run.before)
+    if evaluation.lost == evaluation.scored:  # the backbone scored them (step 0): the adapted outputs went flat
         run.stop_reason = (f"NIQE became undefined (NaN) on every evaluation crop at step {step}: the adapted "
                            "outputs lost their structure; kept the best weights evaluated before")
         log.warning(run.stop_reason)
         return True
-    decision = stopper.observe(step, _group_score(scores, step))
+    if evaluation.lost:
+        log.warning("NIQE became undefined (NaN) on %d of the %d evaluation crops at step %d: the adapted "
+                    "outputs lost their structure there, so these weights are not kept", evaluation.lost,
+                    evaluation.scored, step)
+    decision = stopper.observe(step, evaluation.score, eligible=not evaluation.lost)
     if decision.is_best:
         run.best_scores, run.best_state = scores, ema.state_dict()
     notify(ProgressEvent(step, config.steps, loss_value, decision.score, weights=ema.view()))

@@ -237,6 +237,36 @@ def test_niqe_turning_nan_after_training_began_keeps_the_best_weights(trainable:
     for name, value in reference.state_dict.items():  # the step-2 weights, as a run that scored step 4 keeps
         assert torch.equal(result.state_dict[name], value)
 
+def _scripted_crops(rows: list[list[float]]):
+    """A metric that scores crop after crop: ``rows[k]`` are the k-th evaluation's crop scores."""
+    calls = iter([value for row in rows for value in row])
+
+    def metric(sr: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([next(calls)])
+
+    return metric
+
+
+TWO_CROPS = [np.random.default_rng(seed).random((12, 12, 3), dtype=np.float32) for seed in (1, 2)]
+
+
+def test_weights_whose_outputs_went_flat_on_some_crops_are_not_kept(caplog: pytest.LogCaptureFixture) -> None:
+    """A crop whose NIQE turns NaN used to drop out of the mean: step 2 (crop 0 flat, crop 1 at 4.0)
+    scored 4.0 against the backbone's 5.0 over both crops and was kept."""
+    nan = float("nan")
+    with caplog.at_level("WARNING", logger="adassr"):
+        result = run_internal_step(_tiny(), _Sampler(), TWO_CROPS,
+                                   _scripted_crops([[5.0, 5.0], [nan, 4.0], [4.7, 4.6]]), _config(steps=4),
+                                   device=torch.device("cpu"), precision=FP32, trainable="all")
+    assert result.best_step == 4 and result.niqe_after == pytest.approx([4.7, 4.6])
+    assert "1 of the 2 evaluation crops at step 2" in caplog.text
+    # the same scores where the backbone itself could not score crop 0: every evaluation averages crop 1 only
+    result = run_internal_step(_tiny(), _Sampler(), TWO_CROPS,
+                               _scripted_crops([[nan, 5.0], [3.0, 4.9], [nan, 4.8]]), _config(steps=4),
+                               device=torch.device("cpu"), precision=FP32, trainable="all")
+    assert result.best_step == 4 and result.history == [(0, 5.0), (2, pytest.approx(4.9)), (4, pytest.approx(4.8))]
+
+
 def test_internal_patch_gan_term_runs_and_changes_the_result() -> None:
     def run(lambda_gan: float) -> dict[str, torch.Tensor]:
         return run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.0, 3.0, 2.0]),

@@ -147,6 +147,18 @@ def test_backbone_margin_keeps_adapted_weights_that_are_slightly_worse_by_niqe()
             EarlyStopper(baseline_margin=bad)
 
 
+def test_ineligible_weights_never_become_the_best_but_count_for_the_plateau() -> None:
+    stopper = EarlyStopper(min_delta=0.05, patience=2)
+    decisions = [stopper.observe(0, 5.0), stopper.observe(50, 4.0, eligible=False), stopper.observe(100, 4.5),
+                 stopper.observe(150, 4.48)]
+    assert [d.is_best for d in decisions] == [True, False, True, True]
+    assert stopper.best_step == 150 and stopper.best_score == pytest.approx(4.48)
+    assert decisions[-1].stop  # 4.0 -> 4.5 -> 4.48: two evaluations without a decrease of 0.05
+    disabled = EarlyStopper(enabled=False)
+    assert not [disabled.observe(0, 5.0), disabled.observe(50, 4.0, eligible=False)][1].is_best
+    assert disabled.best_step == 0
+
+
 def test_external_degradation_shapes_and_randomness() -> None:
     rng = np.random.default_rng(0)
     hr = np.random.default_rng(1).random((64, 64, 3)).astype(np.float32)
