@@ -53,7 +53,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     triton.add_argument("--instance-kind", choices=("KIND_GPU", "KIND_CPU"), default="KIND_GPU",
                         help="where instances run (default KIND_GPU)")
     triton.add_argument("--trt-accelerator", action="store_true",
-                        help="let Triton's onnxruntime backend run the model through TensorRT")
+                        help="let Triton's onnxruntime backend run the model through TensorRT (GPU instances)")
+    triton.add_argument("--trt-cache-dir", default=None, metavar="PATH",
+                        help="with --trt-accelerator: absolute path on the Triton host (a persistent volume outside "
+                             "the model repository) where onnxruntime keeps the TensorRT engines it builds, one "
+                             "folder per model; without it every model load builds its engine again")
     triton.add_argument("--triton-prefix", default="adassr_", help="model name prefix (default adassr_)")
 
 
@@ -69,7 +73,7 @@ def _run_triton(args: argparse.Namespace) -> int:
         platform=args.platform, tile=args.tile, max_batch_size=args.max_batch,
         preferred_batch_sizes=tuple(b for b in (args.max_batch // 2, args.max_batch) if b >= 1),
         instance_count=args.instances, instance_kind=args.instance_kind, prefix=args.triton_prefix,
-        trt_accelerator=args.trt_accelerator, precision=args.precision,
+        trt_accelerator=args.trt_accelerator, trt_cache_dir=args.trt_cache_dir, precision=args.precision,
     )
     for model in write_repository(args.triton_repo, args.store, args.camera, options):
         state = "new version" if model.new_version else "unchanged"

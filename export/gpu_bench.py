@@ -279,7 +279,8 @@ def _tensorrt_bench_row(args: LatencyOptions, frame: np.ndarray, roofline: Roofl
         after = _device_used_mib()
         memory = None if before is None or after is None else after - before
         label = f"tensorrt {args.precision}{' CUDA graph' if args.cuda_graph else ''}"
-        return backend_row(label, backend.infer, frame, roofline, warmup=3, repeats=args.repeats, scale=4,
+        scale = backend.infer(frame).shape[2] // h  # the engine's own scale (the camera's model may not be x4)
+        return backend_row(label, backend.infer, frame, roofline, warmup=3, repeats=args.repeats, scale=scale,
                            gpu_memory_mib=memory, engine=result.path.name, engine_built=result.built,
                            refit_s=result.record.refit_s)
 

@@ -156,7 +156,14 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 
-EXPORT_SETTINGS = f"torch.onnx.export dynamo opset {OPSET}; example 2x3x32x32; dynamic N/H/W min 1; optimize; tidy 1"
+IR_VERSION = 9
+"""The ONNX IR version the exports declare: 9 is the one of opset 20 (ONNX 1.15). The exporter writes 10
+(ONNX 1.16), which onnxruntime before 1.18, and the Triton releases that bundle one, refuse to load
+("Unsupported model IR version: 10, max supported IR version: 9"); the only IR 10 addition the
+exporter's graph carries is per-node metadata, which :func:`tidy_node_metadata` removes."""
+
+EXPORT_SETTINGS = (f"torch.onnx.export dynamo opset {OPSET}; example 2x3x32x32; dynamic N/H/W min 1; optimize; "
+                   f"tidy 1; IR {IR_VERSION}")
 """What :func:`trace_fp32` does, part of the graph cache's key (change it with the function)."""
 
 
@@ -183,6 +190,7 @@ def trace_fp32(model: torch.nn.Module) -> onnx.ModelProto:
         raise ExportError("torch.onnx.export returned no program; nothing was published")
     proto = program.model_proto
     tidy_node_metadata(proto)
+    proto.ir_version = min(proto.ir_version, IR_VERSION)
     return proto
 
 

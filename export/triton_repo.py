@@ -77,6 +77,7 @@ class TritonRepoOptions:
     instance_kind: str = "KIND_GPU"
     prefix: str = DEFAULT_PREFIX
     trt_accelerator: bool = False
+    trt_cache_dir: str | None = None  # where Triton's onnxruntime keeps its TensorRT engines (on the Triton host)
     precision: str = "fp32"  # which ONNX export (fp32 or fp16) to publish
 
     def __post_init__(self) -> None:
@@ -101,6 +102,14 @@ class TritonRepoOptions:
                               f"{self.instance_kind}); use --instance-kind KIND_GPU, or --platform onnxruntime_onnx")
         if self.trt_accelerator and self.platform != "onnxruntime_onnx":
             raise ExportError("--trt-accelerator applies to --platform onnxruntime_onnx only")
+        if self.trt_accelerator and self.instance_kind != "KIND_GPU":
+            raise ExportError(f"--trt-accelerator runs TensorRT on GPU instances; with {self.instance_kind} it would "
+                              "do nothing: use --instance-kind KIND_GPU, or leave --trt-accelerator out")
+        if self.trt_cache_dir is not None and not self.trt_accelerator:
+            raise ExportError("--trt-cache-dir is where --trt-accelerator keeps its engines; add --trt-accelerator")
+        if self.trt_cache_dir is not None and not self.trt_cache_dir.startswith("/"):
+            raise ExportError(f"--trt-cache-dir must be an absolute path on the Triton host (a persistent volume "
+                              f"outside the model repository), not {self.trt_cache_dir!r}")
         if self.precision not in ("fp32", "fp16"):
             raise ExportError(f"unknown precision {self.precision!r}; valid: fp32, fp16")
 
@@ -171,13 +180,7 @@ def render_config(
         f"instance_group [ {{ count: {options.instance_count} kind: {options.instance_kind} }} ]",
     ]
     if options.trt_accelerator:
-        precision = "FP16" if options.precision == "fp16" else "FP32"
-        lines += [
-            "optimization { execution_accelerators { gpu_execution_accelerator: [ {",
-            '  name: "tensorrt"',
-            f'  parameters {{ key: "precision_mode" value: "{precision}" }}',
-            "} ] } }",
-        ]
+        lines += _trt_accelerator(name, input_name, dtype, options)
     for key, value in (
         ("adassr_camera", camera),
         ("adassr_scale", str(scale)),
@@ -186,6 +189,31 @@ def render_config(
     ):
         lines.append(f"parameters {{ key: {_pb_string(key)} value: {{ string_value: {_pb_string(value)} }} }}")
     return "\n".join(line for line in lines if line) + "\n"
+
+
+def _trt_accelerator(name: str, input_name: str, dtype: str, options: TritonRepoOptions) -> list[str]:
+    """onnxruntime's TensorRT accelerator with one optimisation profile for 1..max_batch tiles (without
+    it onnxruntime sizes the engine on the first batch it sees and builds it again for every larger
+    one), engines cached in ``trt_cache_dir`` when given (else built again whenever the model loads),
+    and a warm-up at the largest batch, so the model turns ready after the build, not on a request."""
+    t, batch = options.tile, options.max_batch_size
+    low, high = f"{input_name}:1x3x{t}x{t}", f"{input_name}:{batch}x3x{t}x{t}"
+    parameters = [
+        ("precision_mode", "FP16" if options.precision == "fp16" else "FP32"),
+        ("trt_profile_min_shapes", low), ("trt_profile_opt_shapes", high), ("trt_profile_max_shapes", high),
+    ]
+    if options.trt_cache_dir is not None:
+        folder = f"{options.trt_cache_dir.rstrip('/')}/{name}"
+        parameters += [("trt_engine_cache_enable", "1"), ("trt_engine_cache_path", folder),
+                       ("trt_timing_cache_enable", "1"), ("trt_timing_cache_path", folder)]
+    return [
+        "optimization { execution_accelerators { gpu_execution_accelerator: [ {",
+        '  name: "tensorrt"',
+        *(f"  parameters {{ key: {_pb_string(key)} value: {_pb_string(value)} }}" for key, value in parameters),
+        "} ] } }",
+        f'model_warmup [ {{ name: "tiles" batch_size: {batch} inputs {{ key: {_pb_string(input_name)} '
+        f"value: {{ data_type: {dtype} dims: [ 3, {t}, {t} ] zero_data: true }} }} }} ]",
+    ]
 
 
 def _source(
@@ -360,7 +388,10 @@ def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    atomic_write_bytes(model_dir / "config.pbtxt", config.encode("utf-8"))
+    config_path = model_dir / "config.pbtxt"
+    if not (config_path.is_file() and config_path.read_bytes() == config.encode("utf-8")):
+        # rewritten only when it changes: Triton in poll mode reloads a model whose files changed
+        atomic_write_bytes(config_path, config.encode("utf-8"))
     if not new and str(version) in provenance:
         return TritonModel(name, camera, version, new, digest, model_dir)  # the record of these bytes stands
     provenance[str(version)] = {

@@ -23,6 +23,7 @@ The engine file is checked against nothing here: callers pass a path they got fr
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,20 +53,32 @@ class _Slot:
     graph: cudart.CudaGraph | None = None  # captured for ``graph_shape`` on this slot's context
     graph_shape: tuple[int, ...] | None = None
     shape: tuple[int, ...] | None = None  # the input shape last set on the context
+    out_shape: tuple[int, ...] | None = None  # the output shape TensorRT reports for ``shape``
     pending: tuple[int, tuple[int, ...]] | None = None  # (chunk index, output shape) awaiting copy-out
 
     def drop_graph(self) -> None:
-        if self.graph is not None:
-            self.graph.destroy()
-        self.graph, self.graph_shape = None, None
+        graph, self.graph, self.graph_shape = self.graph, None, None
+        if graph is not None:
+            graph.destroy()
 
     def free(self) -> None:
-        self.drop_graph()
-        for buffer in (self.device_in, self.device_out):
-            buffer.free()
-        for host in (self.host_in, self.host_out):
-            host.free()
-        self.stream.destroy()
+        """Release every CUDA resource of the slot, each even when an earlier one fails (the first
+        failure is raised afterwards)."""
+        _release_all([self.drop_graph, self.device_in.free, self.device_out.free, self.host_in.free,
+                      self.host_out.free, self.stream.destroy])
+
+
+def _release_all(releases: Iterable[Callable[[], None]]) -> None:
+    """Call every release function, then raise the first failure: after a CUDA error (which is
+    sticky) one failed free must not leak the rest."""
+    first: BaseException | None = None
+    for release in releases:
+        try:
+            release()
+        except Exception as exc:  # noqa: BLE001 - kept and raised below, after the other releases
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 @dataclass(frozen=True)
@@ -75,14 +88,13 @@ class _Io:
     input_dtype: np.dtype[Any]
     output_dtype: np.dtype[Any]
     max_input: tuple[int, int, int, int]
-    scale: int
 
 
 class TensorRTBackend(Backend):
     """A TensorRT engine file on GPU ``device`` (see the module docstring)."""
 
-    def __init__(self, engine_path: str | Path, *, device: int = 0, streams: int = 2, cuda_graph: bool = False,
-                 scale: int = 4) -> None:
+    def __init__(self, engine_path: str | Path, *, device: int = 0, streams: int = 2,
+                 cuda_graph: bool = False) -> None:
         super().__init__(engine_path)
         if streams < 1:
             raise ConfigError(f"streams must be >= 1, got {streams}")
@@ -91,7 +103,6 @@ class TensorRTBackend(Backend):
         self._device = device
         self._n_streams = streams
         self._cuda_graph = cuda_graph
-        self._scale = scale
         self._engine: trt.ICudaEngine | None = None
         self._slots: list[_Slot] = []
         self._io: _Io | None = None
@@ -151,37 +162,76 @@ class TensorRTBackend(Backend):
                 largest = shape
         if largest is None:
             raise BackendError(f"{self.model_path.name} has no optimisation profile")
-        return _Io(name_in, name_out, np.dtype(trt.nptype(engine.get_tensor_dtype(name_in))),
-                   np.dtype(trt.nptype(engine.get_tensor_dtype(name_out))), largest, self._scale)
+        return _Io(name_in, name_out, _numpy_dtype(trt, engine, name_in), _numpy_dtype(trt, engine, name_out),
+                   largest)
 
     def _make_slot(self, engine: trt.ICudaEngine, io: _Io, profile: int) -> _Slot:
+        """A context on ``profile`` with its stream and buffers; whatever was allocated is released
+        when a later step fails. The output buffer is sized from the output shape TensorRT reports
+        for the largest input (the engine decides the scale, whatever the caller assumes)."""
         context = engine.create_execution_context()
         if context is None:
             raise BackendError(
                 f"TensorRT could not create an execution context for {self.model_path.name} (out of GPU memory?)"
             )
-        n, c, h, w = io.max_input
-        in_bytes = n * c * h * w * io.input_dtype.itemsize
-        out_bytes = n * c * h * w * io.scale * io.scale * io.output_dtype.itemsize
-        stream = cudart.Stream()
-        slot = _Slot(context, stream, cudart.DeviceBuffer(in_bytes), cudart.DeviceBuffer(out_bytes),
-                     cudart.PinnedBuffer(in_bytes), cudart.PinnedBuffer(out_bytes))
-        if not context.set_optimization_profile_async(profile, stream.ptr):
-            raise BackendError(f"TensorRT could not select optimisation profile {profile} of {self.model_path.name}")
-        stream.synchronize()
-        context.set_tensor_address(io.input_name, slot.device_in.ptr)
-        context.set_tensor_address(io.output_name, slot.device_out.ptr)
+        made: list[Callable[[], None]] = []
+        try:
+            stream = cudart.Stream()
+            made.append(stream.destroy)
+            if not context.set_optimization_profile_async(profile, stream.ptr):
+                raise BackendError(
+                    f"TensorRT could not select optimisation profile {profile} of {self.model_path.name}")
+            stream.synchronize()
+            out_shape = self._output_shape(context, io, io.max_input)
+            in_bytes = int(np.prod(io.max_input)) * io.input_dtype.itemsize
+            out_bytes = int(np.prod(out_shape)) * io.output_dtype.itemsize
+            device_in = cudart.DeviceBuffer(in_bytes)
+            made.append(device_in.free)
+            device_out = cudart.DeviceBuffer(out_bytes)
+            made.append(device_out.free)
+            host_in = cudart.PinnedBuffer(in_bytes)
+            made.append(host_in.free)
+            host_out = cudart.PinnedBuffer(out_bytes)
+            made.append(host_out.free)
+            slot = _Slot(context, stream, device_in, device_out, host_in, host_out, shape=io.max_input,
+                         out_shape=out_shape)
+            context.set_tensor_address(io.input_name, device_in.ptr)
+            context.set_tensor_address(io.output_name, device_out.ptr)
+        except BaseException as exc:
+            try:
+                _release_all(reversed(made))
+            except Exception as cleanup:  # noqa: BLE001 - the failure that stopped the set-up stays the one raised
+                exc.add_note(f"releasing what the set-up had allocated failed too: {cleanup}")
+            raise
         return slot
+
+    def _output_shape(self, context: trt.IExecutionContext, io: _Io, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Set ``shape`` as the context's input shape and return the output shape TensorRT infers."""
+        if not context.set_input_shape(io.input_name, shape):
+            raise ShapeError("TensorRT engine input", shape, "a shape inside the engine's optimisation profiles")
+        dims = context.get_tensor_shape(io.output_name)
+        out = tuple(int(dims[i]) for i in range(len(dims)))
+        if len(out) != 4 or min(out) < 1 or out[0] != shape[0]:
+            raise BackendError(
+                f"{self.model_path.name}: TensorRT reports output {out} for input {shape}; an SR engine maps "
+                "(N, C, H, W) to (N, C, s*H, s*W)"
+            )
+        return out
 
     def _close(self) -> None:
         if self._slots:
             cudart.set_device(self._device)
-        for slot in self._slots:
-            with slot.lock:
-                slot.free()
-        self._slots = []
+        slots, self._slots = self._slots, []
         self._engine = None
         self._io = None
+
+        def release(slot: _Slot) -> Callable[[], None]:
+            def free() -> None:
+                with slot.lock:
+                    slot.free()
+            return free
+
+        _release_all(release(slot) for slot in slots)
 
     # -- inference --------------------------------------------------------------------------------
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -225,16 +275,16 @@ class TensorRTBackend(Backend):
         shape = tuple(int(s) for s in chunk.shape)
         if self._cuda_graph:  # one graph shape per slot: a short chunk runs padded with zero rows
             shape = (io.max_input[0], *shape[1:])
-        out_shape = (rows, shape[1], shape[2] * io.scale, shape[3] * io.scale)
         host_in = slot.host_in.view(io.input_dtype, shape)
         np.copyto(host_in[:rows], chunk, casting="same_kind")
         if rows < shape[0]:
             host_in[rows:] = 0
         cudart.copy_to_device(slot.device_in, slot.host_in, host_in.nbytes, slot.stream)
-        if slot.shape != shape:
-            if not slot.context.set_input_shape(io.input_name, shape):
-                raise ShapeError("TensorRT engine input", shape, "a shape inside the engine's optimisation profiles")
+        if slot.shape != shape or slot.out_shape is None:
+            slot.shape, slot.out_shape = None, None
+            slot.out_shape = self._output_shape(slot.context, io, shape)
             slot.shape = shape
+        out_shape = (rows, *slot.out_shape[1:])
         self._execute(slot, shape)
         out_bytes = int(np.prod(out_shape)) * io.output_dtype.itemsize  # the leading rows: the real chunk
         cudart.copy_to_host(slot.host_out, slot.device_out, out_bytes, slot.stream)
@@ -252,11 +302,16 @@ class TensorRTBackend(Backend):
                 raise BackendError(f"TensorRT execution failed for input {shape} on {self.model_path.name}")
             graph = cudart.CudaGraph()
             graph.begin(slot.stream)
-            ok = slot.context.execute_async_v3(slot.stream.ptr)
-            graph.end(slot.stream)
-            if not ok:
+            try:
+                try:
+                    ok = slot.context.execute_async_v3(slot.stream.ptr)
+                finally:
+                    graph.end(slot.stream)  # always ends the capture: the stream must not stay capturing
+                if not ok:
+                    raise BackendError(f"TensorRT execution could not be captured as a CUDA graph for input {shape}")
+            except BaseException:
                 graph.destroy()
-                raise BackendError(f"TensorRT execution could not be captured as a CUDA graph for input {shape}")
+                raise
             slot.graph, slot.graph_shape = graph, shape
         slot.graph.launch(slot.stream)
 
@@ -268,3 +323,16 @@ class TensorRTBackend(Backend):
         slot.stream.synchronize()
         results[index] = np.array(slot.host_out.view(self._io.output_dtype, out_shape), dtype=np.float32)
         slot.pending = None
+
+
+def _numpy_dtype(trt: Any, engine: trt.ICudaEngine, name: str) -> np.dtype[Any]:
+    """The numpy type of an engine tensor (``trt.nptype`` has none for bf16 or fp8: a clear error)."""
+    kind = engine.get_tensor_dtype(name)
+    try:
+        dtype: np.dtype[Any] = np.dtype(trt.nptype(kind))
+    except (TypeError, KeyError) as exc:
+        raise BackendError(
+            f"engine tensor {name!r} has type {kind}, which has no numpy type; adassr engines take and return "
+            "float32 or float16 (re-export and rebuild with `adassr export --engine tensorrt`)"
+        ) from exc
+    return dtype

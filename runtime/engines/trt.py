@@ -44,21 +44,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "install TensorRT on the GPU box (`pip install tensorrt`, NVIDIA's package; the "
+    "install TensorRT 10 on the GPU box (`pip install \"adassr[tensorrt]\"`, NVIDIA's tensorrt-cu12 10.x; the "
     "`tensorrt-stubs` type stubs are not TensorRT)"
 )
+SUPPORTED_MAJOR = 10
 
 
 def load_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module; BackendError if it is absent or only type stubs."""
+    """The ``tensorrt`` module; BackendError if it is absent, only type stubs, or not TensorRT 10 (the
+    API this code is written against: 8 and 9 lack it, 11 removes the weakly typed builder calls)."""
     try:
         import tensorrt
     except ImportError as exc:
         raise BackendError(f"TensorRT is not installed ({exc}); {INSTALL_HINT}") from exc
     if not hasattr(tensorrt, "Builder") or not hasattr(tensorrt, "Runtime"):
         raise BackendError(f"the importable `tensorrt` has no Builder/Runtime (type stubs only?); {INSTALL_HINT}")
+    check_tensorrt_version(str(getattr(tensorrt, "__version__", "")))
     module: ModuleType = tensorrt
     return module
+
+
+def check_tensorrt_version(version: str) -> None:
+    """BackendError unless ``version`` is a TensorRT 10 release."""
+    major = version.split(".", 1)[0]
+    if not major.isdigit() or int(major) != SUPPORTED_MAJOR:
+        raise BackendError(f"TensorRT {version or '(no version)'} is installed, but adassr needs TensorRT "
+                           f"{SUPPORTED_MAJOR}.x; {INSTALL_HINT}")
 
 
 def tensorrt_available() -> bool:

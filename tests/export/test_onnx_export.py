@@ -152,6 +152,10 @@ def test_model_is_one_file_with_dynamic_axes_and_metadata(exported: tuple[Path, 
         assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
         assert {o.domain or "" for o in proto.opset_import} >= {""}
         assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == onnx_export.OPSET
+        # IR 9, which onnxruntime 1.17 (and the Triton releases that bundle it) still loads; nothing of IR 10 left
+        assert proto.ir_version == onnx_export.IR_VERSION == 9
+        assert not any(n.metadata_props for n in proto.graph.node) and not proto.functions
+        onnx.checker.check_model(proto, full_check=True)
     # Only the expected files, no external-data side files.
     manifest = CameraStore.open(root, CAMERA).read_manifest()
     files = {record["file"] for record in manifest["artifacts"].values()} | {"manifest.json"}

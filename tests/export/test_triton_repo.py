@@ -89,17 +89,71 @@ def test_new_adaptation_becomes_a_new_version(store: Path, tmp_path: Path) -> No
     _parse(model_dir / "config.pbtxt")
 
 
-def test_options_fp16_cpu_instances_and_trt_accelerator(store: Path, tmp_path: Path) -> None:
+def test_options_fp16_and_cpu_instances(store: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    options = TritonRepoOptions(precision="fp16", instance_kind="KIND_CPU", instance_count=2, trt_accelerator=True)
+    options = TritonRepoOptions(precision="fp16", instance_kind="KIND_CPU", instance_count=2)
     (model,) = write_repository(repo, store, ["canon"], options)
     config = _parse(repo / model.name / "config.pbtxt")
     assert config.instance_group[0].count == 2
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
-    accel = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
-    assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
+    assert not config.optimization.execution_accelerators.gpu_execution_accelerator
     fp16_file = CameraStore.open(store, "canon").verified_path("model_fp16.onnx")
     assert model.sha256 == _sha(fp16_file)
+
+
+def test_trt_accelerator_has_one_profile_for_the_batches_a_cache_and_a_warm_up(store: Path, tmp_path: Path) -> None:
+    """Without a profile onnxruntime sized the TensorRT engine on the first batch and built it again for
+    every larger one (minutes each); without a cache every model load built it again."""
+    repo = tmp_path / "repo"
+    options = TritonRepoOptions(precision="fp16", tile=64, max_batch_size=4, preferred_batch_sizes=(2, 4),
+                                trt_accelerator=True, trt_cache_dir="/var/cache/trt/")
+    (model,) = write_repository(repo, store, ["canon"], options)
+    config = _parse(repo / model.name / "config.pbtxt")
+    (accel,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accel.name == "tensorrt" and dict(accel.parameters) == {
+        "precision_mode": "FP16",
+        "trt_profile_min_shapes": "lr:1x3x64x64",
+        "trt_profile_opt_shapes": "lr:4x3x64x64",
+        "trt_profile_max_shapes": "lr:4x3x64x64",
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": "/var/cache/trt/adassr_canon",
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": "/var/cache/trt/adassr_canon",
+    }
+    (warmup,) = config.model_warmup
+    assert warmup.batch_size == 4 and list(warmup.inputs) == ["lr"]
+    tiles = warmup.inputs["lr"]
+    assert list(tiles.dims) == [3, 64, 64] and tiles.zero_data and tiles.data_type == model_config_pb2.TYPE_FP32
+    (plain,) = write_repository(tmp_path / "plain", store, ["canon"],
+                                TritonRepoOptions(tile=64, max_batch_size=4, preferred_batch_sizes=(4,),
+                                                  trt_accelerator=True))
+    (accel,) = _parse(plain.directory / "config.pbtxt").optimization.execution_accelerators.gpu_execution_accelerator
+    assert accel.parameters["precision_mode"] == "FP32" and "trt_engine_cache_enable" not in accel.parameters
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"trt_accelerator": True, "instance_kind": "KIND_CPU"}, "would do nothing"),
+    ({"trt_cache_dir": "/var/cache/trt"}, "add --trt-accelerator"),
+    ({"trt_accelerator": True, "trt_cache_dir": "cache/trt"}, "absolute path on the Triton host"),
+])
+def test_trt_accelerator_options_that_cannot_work_are_refused(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ExportError, match=message):
+        TritonRepoOptions(**options)  # type: ignore[arg-type]
+
+
+def test_rerun_leaves_the_config_untouched(store: Path, tmp_path: Path) -> None:
+    """Triton in poll mode reloads a model whose files change: a rerun that changes nothing used to
+    rewrite config.pbtxt (new inode and mtime) and so reloaded every model of every replica."""
+    repo = tmp_path / "repo"
+    (model,) = write_repository(repo, store, ["canon"])
+    config = model.directory / "config.pbtxt"
+    before = config.stat()
+    (again,) = write_repository(repo, store, ["canon"])
+    after = config.stat()
+    assert not again.new_version and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    smaller = TritonRepoOptions(max_batch_size=4, preferred_batch_sizes=(4,))
+    (changed,) = write_repository(repo, store, ["canon"], smaller)
+    assert not changed.new_version and _parse(config).max_batch_size == 4  # a changed config is written
 
 
 def _store_engine(cam: CameraStore, plan: bytes, *, tensorrt_version: str = "10.13.0",

@@ -88,7 +88,7 @@ def test_type_stubs_are_not_mistaken_for_tensorrt() -> None:
     if tensorrt is not None and hasattr(tensorrt, "Builder"):
         pytest.skip("real TensorRT is installed")
     assert not tensorrt_available()
-    with pytest.raises(BackendError, match="pip install tensorrt"):
+    with pytest.raises(BackendError, match=r"adassr\[tensorrt\]"):
         load_tensorrt()
 
 
@@ -164,3 +164,53 @@ def test_tensorrt_slots_are_locked_in_one_order() -> None:
     slots[0].lock.release()
     waiting.join(5)
     assert not waiting.is_alive() and slots[0].lock.locked() and slots[1].lock.locked()
+
+
+class _Resource:
+    """A stand-in for one CUDA resource of a slot: records its release, fails when told to."""
+
+    def __init__(self, log: list[str], name: str, fail: bool = False) -> None:
+        self.log, self.name, self.fail = log, name, fail
+
+    def free(self) -> None:
+        self.log.append(self.name)
+        if self.fail:
+            raise BackendError(f"cudaFree failed for {self.name}")
+
+    destroy = free
+
+
+def test_a_failed_release_does_not_leak_the_other_resources_of_a_tensorrt_slot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a (sticky) CUDA error the first failed free used to stop the slot's release, leaking the
+    rest; `close` stopped at the first slot too and kept its list. Every release is now tried and the
+    first failure raised afterwards. (Python stand-ins for the CUDA buffers: no GPU here.)"""
+    from adassr.runtime.backends.tensorrt import TensorRTBackend, _Slot
+    from adassr.runtime.gpu import cudart
+
+    log: list[str] = []
+
+    def slot(prefix: str, failing: str = "") -> _Slot:
+        parts = [_Resource(log, f"{prefix}.{n}", fail=n == failing) for n in ("stream", "din", "dout", "hin", "hout")]
+        return _Slot(None, parts[0], parts[1], parts[2], parts[3], parts[4])  # type: ignore[arg-type]
+
+    with pytest.raises(BackendError, match="a.din"):
+        slot("a", failing="din").free()
+    assert log == ["a.din", "a.dout", "a.hin", "a.hout", "a.stream"]
+    log.clear()
+    backend = TensorRTBackend(Path("never-opened.engine"), streams=2)
+    backend._slots = [slot("a", failing="dout"), slot("b")]
+    monkeypatch.setattr(cudart, "set_device", lambda device: None)  # no device to select here
+    with pytest.raises(BackendError, match="a.dout"):
+        backend._close()
+    assert sorted(log) == sorted(f"{p}.{n}" for p in "ab" for n in ("stream", "din", "dout", "hin", "hout"))
+    assert backend._slots == [] and backend._io is None
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "9.3.0", "11.0.0", "", "unknown"])
+def test_tensorrt_other_than_10_is_refused_with_the_install_hint(version: str) -> None:
+    from adassr.runtime.engines.trt import check_tensorrt_version
+
+    with pytest.raises(BackendError, match=r"needs TensorRT 10\.x.*adassr\[tensorrt\]"):
+        check_tensorrt_version(version)
+    check_tensorrt_version("10.13.0.35")  # the supported major passes

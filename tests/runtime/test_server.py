@@ -9,8 +9,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import logging
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -568,62 +572,47 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_sigterm_drains_in_flight_requests(store: Path, tmp_path: Path) -> None:
-    """A real `adassr serve` process: SIGTERM while a request runs; it completes, then the process exits 0."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    port = _free_port()
+def _serve_process(store: Path) -> tuple[subprocess.Popen[str], str]:
+    """A real `adassr serve` process on a free port. The port is free when chosen but another process may
+    take it before the server binds it; the server then exits at once saying so, and another port is tried."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "adassr.cli",
-            "serve",
-            "--store",
-            str(store),
-            "--port",
-            str(port),
-            "--tile",
-            "32",
-            "--tile-overlap",
-            "8",
-            "--max-batch",
-            "1",
-            "--threads",
-            "1",
-            "--drain-timeout",
-            "60",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    image = small_png(400, 400, seed=6)  # about 250 tiles each: long enough to be in flight at SIGTERM
-    try:
-        with httpx.Client(base_url=url, timeout=120) as c:
+    for _ in range(3):
+        port = _free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "adassr.cli", "serve", "--store", str(store), "--port", str(port),
+             "--tile", "32", "--tile-overlap", "8", "--max-batch", "1", "--threads", "1", "--drain-timeout", "60"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=10) as c:
 
-            def ready() -> bool:
+            def ready(c: httpx.Client = c, proc: subprocess.Popen[str] = proc) -> bool:
                 try:
                     return c.get("/readyz").status_code == 200
                 except httpx.TransportError:
-                    assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                    return False
+                    return proc.poll() is not None  # stops the wait: it exited
 
             _wait_for(ready, timeout=60)
-            with cf.ThreadPoolExecutor(3) as pool:
-                clients = [httpx.Client(base_url=url, timeout=120) for _ in range(3)]
-                in_flight = [pool.submit(k.post, "/v1/upscale", content=image) for k in clients]
-                _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_inflight_requests") == 3)
-                proc.send_signal(signal.SIGTERM)
-                responses = [f.result() for f in in_flight]
-                for k in clients:
-                    k.close()
+        if proc.poll() is None:
+            return proc, url
+        output = proc.stdout.read() if proc.stdout else ""
+        assert "cannot listen on" in output, output  # any other early exit is a failure
+    raise AssertionError("three free ports were taken before the server could bind them")
+
+
+def test_sigterm_drains_in_flight_requests(store: Path, tmp_path: Path) -> None:
+    """A real `adassr serve` process: SIGTERM while a request runs; it completes, then the process exits 0."""
+    proc, url = _serve_process(store)
+    image = small_png(400, 400, seed=6)  # about 250 tiles each: long enough to be in flight at SIGTERM
+    try:
+        with httpx.Client(base_url=url, timeout=120) as c, cf.ThreadPoolExecutor(3) as pool:
+            clients = [httpx.Client(base_url=url, timeout=120) for _ in range(3)]
+            in_flight = [pool.submit(k.post, "/v1/upscale", content=image) for k in clients]
+            _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_inflight_requests") == 3)
+            proc.send_signal(signal.SIGTERM)
+            responses = [f.result() for f in in_flight]
+            for k in clients:
+                k.close()
         assert [r.status_code for r in responses] == [200, 200, 200]
         assert all(decode(r.content).shape == (1600, 1600, 3) for r in responses)
         assert len({r.content for r in responses}) == 1

@@ -145,3 +145,27 @@ def test_partial_refit_sets_only_the_changed_weights_and_matches_a_full_refit(tm
     assert np.abs(got_partial - got_full).max() < tolerance
     print(f"{precision}: partial refit {partial.record.refit_s:.3f} s ({refit.summary}, {refit.weights_set} set), "
           f"full refit {full.record.refit_s:.3f} s")
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_engine_of_a_model_that_is_not_x4_returns_its_own_scale(tmp_path: Path, scale: int) -> None:
+    """The backend used to assume x4: it sized the output buffer and the result for 4x the input, so a
+    x2 or x3 camera read back the wrong bytes (and a model above x4 would have written past the buffer)."""
+    _need_gpu_and_tensorrt()
+    from adassr.runtime.backends.tensorrt import TensorRTBackend
+    from adassr.runtime.engines import ProfileShape
+    from adassr.runtime.engines.manage import EngineRequest, TensorRTToolkit, ensure_camera_engine
+    from adassr.runtime.store import CameraStore
+
+    from ._models import publish_camera
+
+    store = publish_camera(tmp_path, "cam", scale=scale)
+    store.update_manifest(lambda m: [r.update(structure_sha256="d" * 64) for r in m["exports"].values()])
+    profiles = (ProfileShape((1, 3, 16, 16), (2, 3, 32, 32), (2, 3, 32, 32)),)
+    result = ensure_camera_engine(EngineRequest(tmp_path, "cam", "fp32", profiles), TensorRTToolkit())
+    batch = np.random.default_rng(1).random((3, 3, 24, 20), dtype=np.float32)
+    want = _reference(CameraStore.open(tmp_path, "cam").verified_path("model.onnx"), batch)
+    with TensorRTBackend(result.path, streams=1) as backend:
+        got = backend.infer(batch)
+    assert got.shape == (3, 3, 24 * scale, 20 * scale) == want.shape
+    assert np.abs(got - want).max() < 2e-4
