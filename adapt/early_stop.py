@@ -19,8 +19,9 @@ class StopDecision:
 class EarlyStopper:
     """Tracks a lower-is-better metric. The first observation is the unadapted baseline.
 
-    ``enabled=False`` (the ablation without early stopping) never stops and treats each observation
-    as the best, so the last evaluated weights are kept whatever their score; the history is the same.
+    ``enabled=False`` (the ablation without early stopping) never stops and treats each eligible
+    observation as the best, so the last evaluated weights are kept whatever their score unless their
+    outputs went flat on some crops (``eligible=False``); the history is the same.
     ``baseline_margin`` is added to the baseline's score when it competes for the best: a later
     observation is kept over the baseline unless it is worse by more than the margin (the history
     and the plateau rule see the true scores).

@@ -476,6 +476,7 @@ class _Progress:
     budget: TimeBudget | None = None  # when a time budget is set: stop so the last evaluation ends in time
     interrupted: int | None = None
     times: LoopTimes = field(default_factory=LoopTimes)
+    flat_steps: list[int] = field(default_factory=list)  # evaluations not kept: some outputs went flat (NaN NIQE)
 
 
 def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stopper: EarlyStopper) -> InternalResult:
@@ -489,7 +490,12 @@ def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stoppe
         stop_reason += "; no adapted weights were evaluated before the stop, so the backbone is kept"
     else:
         beat = (f"came within {stopper.baseline_margin:g} of" if stopper.baseline_margin > 0 else "beat")
-        stop_reason += f"; no evaluation {beat} the unadapted backbone's NIQE, so the backbone is kept"
+        counted = "no evaluation" if not run.flat_steps else "no evaluation whose outputs kept their structure"
+        stop_reason += f"; {counted} {beat} the unadapted backbone's NIQE, so the backbone is kept"
+    if run.flat_steps:
+        steps = ", ".join(str(s) for s in run.flat_steps)
+        stop_reason += (f"; the weights of step {steps} were not considered: their outputs went flat (NIQE "
+                        "undefined) on some evaluation crops")
     return InternalResult(
         state_dict=final,
         kept_backbone=kept_backbone,
@@ -608,6 +614,7 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
         log.warning(run.stop_reason)
         return True
     if evaluation.lost:
+        run.flat_steps.append(step)
         log.warning("NIQE became undefined (NaN) on %d of the %d evaluation crops at step %d: the adapted "
                     "outputs lost their structure there, so these weights are not kept", evaluation.lost,
                     evaluation.scored, step)

@@ -240,7 +240,7 @@ def section_env(out: Path, smoke: bool) -> dict[str, Any]:
         info[name] = _importable(name)
     from adassr.runtime.engines.trt import tensorrt_available
 
-    absent = "absent (not importable, or type stubs only)"
+    absent = "absent (not importable, type stubs only, or not TensorRT 10)"
     info["tensorrt"] = _importable("tensorrt") if tensorrt_available() else absent
     try:
         import onnxruntime as ort
@@ -347,10 +347,13 @@ def _export_onnx(factory: Callable[[], Any], root: Path, camera: str, seed: int,
 
 def _tensorrt_rows(factory: Callable[[], Any], frame: Any, roofline: Any, out: Path, smoke: bool,
                    skipped: list[str]) -> list[dict[str, Any]]:
-    from adassr.runtime.engines.trt import tensorrt_available
+    from adassr.runtime.engines.trt import load_tensorrt
+    from adassr.runtime.errors import BackendError
 
-    if not tensorrt_available():
-        skipped.append("TensorRT: not installed (only type stubs or nothing)")
+    try:
+        load_tensorrt()
+    except BackendError as exc:  # absent, type stubs only, or not TensorRT 10
+        skipped.append(f"TensorRT: {exc}")
         return []
     import tempfile
 

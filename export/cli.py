@@ -58,6 +58,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --trt-accelerator: absolute path on the Triton host (a persistent volume outside "
                              "the model repository) where onnxruntime keeps the TensorRT engines it builds, one "
                              "folder per model; without it every model load builds its engine again")
+    triton.add_argument("--no-trt-profile", dest="trt_profile", action="store_false",
+                        help="with --trt-accelerator: leave out the explicit optimisation profile "
+                             "(trt_profile_*_shapes), which Triton releases before mid-2024 refuse "
+                             "(24.03: 'unknown parameter'); onnxruntime then sizes the engine on the batches it sees")
     triton.add_argument("--triton-prefix", default="adassr_", help="model name prefix (default adassr_)")
 
 
@@ -73,7 +77,8 @@ def _run_triton(args: argparse.Namespace) -> int:
         platform=args.platform, tile=args.tile, max_batch_size=args.max_batch,
         preferred_batch_sizes=tuple(b for b in (args.max_batch // 2, args.max_batch) if b >= 1),
         instance_count=args.instances, instance_kind=args.instance_kind, prefix=args.triton_prefix,
-        trt_accelerator=args.trt_accelerator, trt_cache_dir=args.trt_cache_dir, precision=args.precision,
+        trt_accelerator=args.trt_accelerator, trt_cache_dir=args.trt_cache_dir, trt_profile=args.trt_profile,
+        precision=args.precision,
     )
     for model in write_repository(args.triton_repo, args.store, args.camera, options):
         state = "new version" if model.new_version else "unchanged"

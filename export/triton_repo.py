@@ -78,6 +78,7 @@ class TritonRepoOptions:
     prefix: str = DEFAULT_PREFIX
     trt_accelerator: bool = False
     trt_cache_dir: str | None = None  # where Triton's onnxruntime keeps its TensorRT engines (on the Triton host)
+    trt_profile: bool = True  # explicit trt_profile_*_shapes (Triton 24.03's onnxruntime backend refuses them)
     precision: str = "fp32"  # which ONNX export (fp32 or fp16) to publish
 
     def __post_init__(self) -> None:
@@ -105,6 +106,8 @@ class TritonRepoOptions:
         if self.trt_accelerator and self.instance_kind != "KIND_GPU":
             raise ExportError(f"--trt-accelerator runs TensorRT on GPU instances; with {self.instance_kind} it would "
                               "do nothing: use --instance-kind KIND_GPU, or leave --trt-accelerator out")
+        if not self.trt_profile and not self.trt_accelerator:
+            raise ExportError("--no-trt-profile changes --trt-accelerator's settings; add --trt-accelerator")
         if self.trt_cache_dir is not None and not self.trt_accelerator:
             raise ExportError("--trt-cache-dir is where --trt-accelerator keeps its engines; add --trt-accelerator")
         if self.trt_cache_dir is not None and not self.trt_cache_dir.startswith("/"):
@@ -145,8 +148,10 @@ def render_config(
     record: Mapping[str, Any],
     scale: int,
     options: TritonRepoOptions,
+    model_sha256: str = "",
 ) -> str:
-    """The ``config.pbtxt`` text for one camera's model."""
+    """The ``config.pbtxt`` text for one camera's model; ``model_sha256`` (the published model file's)
+    names the folder of its TensorRT engines with ``trt_cache_dir``."""
     io_dtype = str(record.get("io_dtype", "float32"))
     dtype = TRITON_TYPES.get(io_dtype)
     if dtype is None:
@@ -180,7 +185,7 @@ def render_config(
         f"instance_group [ {{ count: {options.instance_count} kind: {options.instance_kind} }} ]",
     ]
     if options.trt_accelerator:
-        lines += _trt_accelerator(name, input_name, dtype, options)
+        lines += _trt_accelerator(name, input_name, dtype, options, model_sha256)
     for key, value in (
         ("adassr_camera", camera),
         ("adassr_scale", str(scale)),
@@ -191,20 +196,27 @@ def render_config(
     return "\n".join(line for line in lines if line) + "\n"
 
 
-def _trt_accelerator(name: str, input_name: str, dtype: str, options: TritonRepoOptions) -> list[str]:
+def _trt_accelerator(name: str, input_name: str, dtype: str, options: TritonRepoOptions,
+                     model_sha256: str) -> list[str]:
     """onnxruntime's TensorRT accelerator with one optimisation profile for 1..max_batch tiles (without
     it onnxruntime sizes the engine on the first batch it sees and builds it again for every larger
     one), engines cached in ``trt_cache_dir`` when given (else built again whenever the model loads),
-    and a warm-up at the largest batch, so the model turns ready after the build, not on a request."""
+    and a warm-up at the largest batch, so the model turns ready after the build, not on a request.
+
+    The engine folder is named after the model file's sha256: onnxruntime names a cached engine after
+    the graph (its inputs, node names and opset), not the weights, so every version of a model would
+    otherwise load the first version's engine. The timing cache is shared by the versions."""
     t, batch = options.tile, options.max_batch_size
-    low, high = f"{input_name}:1x3x{t}x{t}", f"{input_name}:{batch}x3x{t}x{t}"
-    parameters = [
-        ("precision_mode", "FP16" if options.precision == "fp16" else "FP32"),
-        ("trt_profile_min_shapes", low), ("trt_profile_opt_shapes", high), ("trt_profile_max_shapes", high),
-    ]
+    parameters = [("precision_mode", "FP16" if options.precision == "fp16" else "FP32")]
+    if options.trt_profile:
+        low, high = f"{input_name}:1x3x{t}x{t}", f"{input_name}:{batch}x3x{t}x{t}"
+        parameters += [("trt_profile_min_shapes", low), ("trt_profile_opt_shapes", high),
+                       ("trt_profile_max_shapes", high)]
     if options.trt_cache_dir is not None:
+        if not model_sha256:
+            raise ExportError(f"model {name!r}: the TensorRT engine cache needs the model file's sha256")
         folder = f"{options.trt_cache_dir.rstrip('/')}/{name}"
-        parameters += [("trt_engine_cache_enable", "1"), ("trt_engine_cache_path", folder),
+        parameters += [("trt_engine_cache_enable", "1"), ("trt_engine_cache_path", f"{folder}/{model_sha256[:16]}"),
                        ("trt_timing_cache_enable", "1"), ("trt_timing_cache_path", folder)]
     return [
         "optimization { execution_accelerators { gpu_execution_accelerator: [ {",
@@ -371,7 +383,7 @@ def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root:
                  and sha256_file(versions[latest] / file_name) == digest)
     provenance_path = model_dir / PROVENANCE
     provenance = _read_provenance(provenance_path)
-    config = render_config(name, camera=camera, record=record, scale=scale, options=options)
+    config = render_config(name, camera=camera, record=record, scale=scale, options=options, model_sha256=digest)
     model_dir.mkdir(parents=True, exist_ok=True)
     new = not unchanged
     version = latest if unchanged and latest is not None else max(versions, default=0) + 1

@@ -68,6 +68,15 @@ class _Slot:
                       self.host_out.free, self.stream.destroy])
 
 
+def _release_after_failure(failure: BaseException, releases: Iterable[Callable[[], None]]) -> None:
+    """Release what a failed set-up had allocated; a release that fails too is noted on ``failure``,
+    which stays the error raised."""
+    try:
+        _release_all(releases)
+    except Exception as cleanup:  # noqa: BLE001 - recorded on the failure being raised
+        failure.add_note(f"releasing what the set-up had allocated failed too: {cleanup}")
+
+
 def _release_all(releases: Iterable[Callable[[], None]]) -> None:
     """Call every release function, then raise the first failure: after a CUDA error (which is
     sticky) one failed free must not leak the rest."""
@@ -136,9 +145,8 @@ class TensorRTBackend(Backend):
         try:
             for index in range(count):
                 slots.append(self._make_slot(engine, io, index))
-        except BaseException:
-            for slot in slots:
-                slot.free()
+        except BaseException as exc:
+            _release_after_failure(exc, [slot.free for slot in slots])
             raise
         self._engine, self._io, self._slots = engine, io, slots
 
@@ -168,7 +176,9 @@ class TensorRTBackend(Backend):
     def _make_slot(self, engine: trt.ICudaEngine, io: _Io, profile: int) -> _Slot:
         """A context on ``profile`` with its stream and buffers; whatever was allocated is released
         when a later step fails. The output buffer is sized from the output shape TensorRT reports
-        for the largest input (the engine decides the scale, whatever the caller assumes)."""
+        for the largest input (the engine decides the scale, whatever the caller assumes). Every
+        profile must take that input: adassr's engines repeat one profile per stream
+        (``plan_profiles(copies=)``); an engine whose profiles differ fails to open here."""
         context = engine.create_execution_context()
         if context is None:
             raise BackendError(
@@ -198,10 +208,7 @@ class TensorRTBackend(Backend):
             context.set_tensor_address(io.input_name, device_in.ptr)
             context.set_tensor_address(io.output_name, device_out.ptr)
         except BaseException as exc:
-            try:
-                _release_all(reversed(made))
-            except Exception as cleanup:  # noqa: BLE001 - the failure that stopped the set-up stays the one raised
-                exc.add_note(f"releasing what the set-up had allocated failed too: {cleanup}")
+            _release_after_failure(exc, list(reversed(made)))
             raise
         return slot
 
@@ -219,19 +226,22 @@ class TensorRTBackend(Backend):
         return out
 
     def _close(self) -> None:
+        """Free each slot once the call using it (if any) has finished with it, then forget the engine."""
         if self._slots:
             cudart.set_device(self._device)
-        slots, self._slots = self._slots, []
-        self._engine = None
-        self._io = None
 
         def release(slot: _Slot) -> Callable[[], None]:
             def free() -> None:
-                with slot.lock:
+                with slot.lock:  # waits for a running call on this slot, which reads ``_io`` until it ends
                     slot.free()
             return free
 
-        _release_all(release(slot) for slot in slots)
+        try:
+            _release_all([release(slot) for slot in self._slots])
+        finally:
+            self._slots = []
+            self._engine = None
+            self._io = None
 
     # -- inference --------------------------------------------------------------------------------
     def _infer(self, batch: np.ndarray) -> np.ndarray:

@@ -260,6 +260,7 @@ def test_weights_whose_outputs_went_flat_on_some_crops_are_not_kept(caplog: pyte
                                    device=torch.device("cpu"), precision=FP32, trainable="all")
     assert result.best_step == 4 and result.niqe_after == pytest.approx([4.7, 4.6])
     assert "1 of the 2 evaluation crops at step 2" in caplog.text
+    assert "the weights of step 2 were not considered" in result.stop_reason
     # the same scores where the backbone itself could not score crop 0: every evaluation averages crop 1 only
     result = run_internal_step(_tiny(), _Sampler(), TWO_CROPS,
                                _scripted_crops([[nan, 5.0], [3.0, 4.9], [nan, 4.8]]), _config(steps=4),

@@ -116,7 +116,7 @@ def test_trt_accelerator_has_one_profile_for_the_batches_a_cache_and_a_warm_up(s
         "trt_profile_opt_shapes": "lr:4x3x64x64",
         "trt_profile_max_shapes": "lr:4x3x64x64",
         "trt_engine_cache_enable": "1",
-        "trt_engine_cache_path": "/var/cache/trt/adassr_canon",
+        "trt_engine_cache_path": f"/var/cache/trt/adassr_canon/{model.sha256[:16]}",
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": "/var/cache/trt/adassr_canon",
     }
@@ -129,12 +129,25 @@ def test_trt_accelerator_has_one_profile_for_the_batches_a_cache_and_a_warm_up(s
                                                   trt_accelerator=True))
     (accel,) = _parse(plain.directory / "config.pbtxt").optimization.execution_accelerators.gpu_execution_accelerator
     assert accel.parameters["precision_mode"] == "FP32" and "trt_engine_cache_enable" not in accel.parameters
+    # onnxruntime names cached engines after the graph, not the weights: a new version gets its own folder
+    publish_camera(store, "canon", seed=7, fp16=True)
+    (second,) = write_repository(repo, store, ["canon"], options)
+    (accel,) = _parse(repo / second.name / "config.pbtxt").optimization.execution_accelerators.gpu_execution_accelerator
+    assert second.version == 2 and second.sha256 != model.sha256
+    assert accel.parameters["trt_engine_cache_path"] == f"/var/cache/trt/adassr_canon/{second.sha256[:16]}"
+    # --no-trt-profile (Triton 24.03 refuses the profile keys): the rest stays
+    (old_triton,) = write_repository(tmp_path / "old", store, ["canon"], TritonRepoOptions(
+        tile=64, max_batch_size=4, preferred_batch_sizes=(4,), trt_accelerator=True, trt_profile=False))
+    config = _parse(old_triton.directory / "config.pbtxt")
+    (accel,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert dict(accel.parameters) == {"precision_mode": "FP32"} and config.model_warmup[0].batch_size == 4
 
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"trt_accelerator": True, "instance_kind": "KIND_CPU"}, "would do nothing"),
     ({"trt_cache_dir": "/var/cache/trt"}, "add --trt-accelerator"),
     ({"trt_accelerator": True, "trt_cache_dir": "cache/trt"}, "absolute path on the Triton host"),
+    ({"trt_profile": False}, "add --trt-accelerator"),
 ])
 def test_trt_accelerator_options_that_cannot_work_are_refused(options: dict[str, object], message: str) -> None:
     with pytest.raises(ExportError, match=message):

@@ -214,3 +214,30 @@ def test_tensorrt_other_than_10_is_refused_with_the_install_hint(version: str) -
     with pytest.raises(BackendError, match=r"needs TensorRT 10\.x.*adassr\[tensorrt\]"):
         check_tensorrt_version(version)
     check_tensorrt_version("10.13.0.35")  # the supported major passes
+
+
+def test_close_waits_for_a_running_call_before_it_frees_the_slot_and_forgets_the_engine(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review found `close` clearing the engine's description before waiting for the slots: a call
+    still running read it after its stream synchronised and failed. (Stand-ins for the CUDA buffers.)"""
+    import threading
+
+    from adassr.runtime.backends.tensorrt import TensorRTBackend, _Slot
+    from adassr.runtime.gpu import cudart
+
+    log: list[str] = []
+    parts = [_Resource(log, name) for name in ("stream", "din", "dout", "hin", "hout")]
+    slot = _Slot(None, parts[0], parts[1], parts[2], parts[3], parts[4])  # type: ignore[arg-type]
+    backend = TensorRTBackend(Path("never-opened.engine"), streams=1)
+    description = object()
+    backend._slots, backend._io = [slot], description  # type: ignore[assignment]
+    monkeypatch.setattr(cudart, "set_device", lambda device: None)
+    slot.lock.acquire()  # a call is running on the slot
+    closing = threading.Thread(target=backend._close, daemon=True)
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive() and backend._io is description and log == []  # nothing freed or forgotten yet
+    slot.lock.release()  # the call ends
+    closing.join(5)
+    assert not closing.is_alive() and backend._io is None and backend._slots == []
+    assert sorted(log) == ["din", "dout", "hin", "hout", "stream"]

@@ -584,15 +584,20 @@ def _serve_process(store: Path) -> tuple[subprocess.Popen[str], str]:
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         url = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=url, timeout=10) as c:
+        try:
+            with httpx.Client(base_url=url, timeout=10) as c:
 
-            def ready(c: httpx.Client = c, proc: subprocess.Popen[str] = proc) -> bool:
-                try:
-                    return c.get("/readyz").status_code == 200
-                except httpx.TransportError:
-                    return proc.poll() is not None  # stops the wait: it exited
+                def ready(c: httpx.Client = c, proc: subprocess.Popen[str] = proc) -> bool:
+                    try:
+                        return c.get("/readyz").status_code == 200
+                    except httpx.TransportError:
+                        return proc.poll() is not None  # stops the wait: it exited
 
-            _wait_for(ready, timeout=60)
+                _wait_for(ready, timeout=60)
+        except BaseException:
+            proc.kill()  # never ready in time: no server left running after the test
+            proc.wait(10)
+            raise
         if proc.poll() is None:
             return proc, url
         output = proc.stdout.read() if proc.stdout else ""

@@ -11,14 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adassr.runtime.engines.trt import tensorrt_available
-
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
 
 def _need_gpu_and_tensorrt() -> None:
-    if not tensorrt_available():
-        pytest.skip("TensorRT is not installed (only type stubs or nothing)")
+    from adassr.runtime.engines.trt import load_tensorrt
+    from adassr.runtime.errors import BackendError
+
+    try:
+        load_tensorrt()
+    except BackendError as exc:  # absent, type stubs only, or not TensorRT 10: the reason says which
+        pytest.skip(f"no usable TensorRT: {exc}")
     from adassr.runtime.gpu import device_count
 
     if device_count() == 0:
