@@ -192,9 +192,7 @@ def build_engine(spec: BuildSpec, timing_cache: Path | None = None) -> tuple[byt
         names = [network.get_input(i).name for i in range(network.num_inputs)]
         raise BackendError(f"{spec.onnx_path} has inputs {names}; expected one input named {spec.input_name!r}")
     config, kept = _config(builder, network, spec)
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)
+    _use_timing_cache(config, timing_cache)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendError(
@@ -202,8 +200,9 @@ def build_engine(spec: BuildSpec, timing_cache: Path | None = None) -> tuple[byt
             "for TensorRT's log, or lower --tile / --tile-batch if it ran out of memory"
         )
     data = bytes(memoryview(serialized))
-    updated = bytes(memoryview(config.get_timing_cache().serialize()))
-    if timing_cache is not None:
+    final = config.get_timing_cache()
+    updated = bytes(memoryview(final.serialize())) if final is not None else b""
+    if timing_cache is not None and updated:
         from adassr.runtime.store import atomic_write_bytes
 
         atomic_write_bytes(timing_cache, updated)
@@ -211,6 +210,26 @@ def build_engine(spec: BuildSpec, timing_cache: Path | None = None) -> tuple[byt
     log.info("built %s engine from %s in %.1f s (%d layers kept in fp32)",
              spec.precision, spec.onnx_path, seconds, kept)
     return data, BuildReport(seconds, len(updated), kept)
+
+
+def _use_timing_cache(config: trt.IBuilderConfig, timing_cache: Path | None) -> None:
+    """Give the build the timing cache stored in ``timing_cache``, or a new one where TensorRT refuses
+    the stored bytes (damaged, or written for another GPU or TensorRT): ``set_timing_cache`` says so
+    only by returning False, and the build would then time every layer again without a word."""
+    stored = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    if stored:
+        reason = "damaged, or made for another GPU or TensorRT version"
+        try:
+            cache = config.create_timing_cache(stored)
+        except Exception as exc:  # noqa: BLE001 - TensorRT raises its own types for damaged bytes; reported below
+            cache, reason = None, f"{type(exc).__name__}: {exc}"
+        if cache is not None and config.set_timing_cache(cache, False):
+            return
+        log.warning("TensorRT did not accept the timing cache %s (%s); this build starts a new one and "
+                    "replaces it", timing_cache, reason)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise BackendError("TensorRT could not create a timing cache for the build; check its log (-vv)")
 
 
 def deserialize(data: bytes) -> trt.ICudaEngine:
