@@ -147,6 +147,13 @@ def _group_by_metadata(path: Path) -> tuple[str, str, str | None]:
     return UNGROUPED, "none", None
 
 
+_UNGROUPED_IS_NO_CAMERA = (
+    f"{UNGROUPED!r} is not a camera: it collects the images that name no camera, which may come from several; "
+    "put them in a folder named after their camera (--images DIR with DIR/<camera>/), or give one image and a "
+    "name with --image FILE --camera NAME"
+)
+
+
 def _sorted_images(paths: Iterable[Path]) -> list[Path]:
     return sorted(p for p in paths if is_image_file(p))
 
@@ -159,8 +166,17 @@ def scan_groups(directory: str | Path) -> GroupScan:
     members: dict[str, list[GroupMember]] = defaultdict(list)
     skipped: list[SkippedSource] = []
     folders: dict[str, list[Path]] = defaultdict(list)
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = _sorted_images(sub.iterdir())
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as exc:
+        raise CameraError(f"cannot read the images folder {root} ({exc.strerror or exc}); check its "
+                          "permissions") from None
+    for sub in (p for p in entries if p.is_dir() and not p.name.startswith(".")):
+        try:
+            images = _sorted_images(sub.iterdir())
+        except OSError as exc:
+            skipped.append(SkippedSource(sub, f"cannot read the folder ({exc.strerror or exc}); check its permissions"))
+            continue
         if not images:
             continue
         name = _valid_name(sub.name)
@@ -183,7 +199,7 @@ def scan_groups(directory: str | Path) -> GroupScan:
             )
             skipped.extend(SkippedSource(s, conflicts[name]) for s in subs)
             del members[name]
-    for path in _sorted_images(root.iterdir()):
+    for path in _sorted_images(entries):
         name, how, problem = _group_by_metadata(path)
         if problem is not None:
             skipped.append(SkippedSource(path, problem))
@@ -193,7 +209,8 @@ def scan_groups(directory: str | Path) -> GroupScan:
             skipped.append(SkippedSource(path, GROUND_TRUTH_REASON, name))
         else:
             members[name].append(GroupMember(path, how))
-    groups = {name: CameraGroup(name, tuple(ms)) for name, ms in sorted(members.items())}
+    # a folder of ground truth only has no members: it is no group (its images are in ``skipped``)
+    groups = {name: CameraGroup(name, tuple(ms)) for name, ms in sorted(members.items()) if ms}
     return GroupScan(groups, tuple(skipped), conflicts)
 
 
@@ -205,11 +222,16 @@ def discover_groups(directory: str | Path) -> dict[str, CameraGroup]:
 def select_group(directory: str | Path, camera: str) -> CameraGroup:
     """The group ``camera`` in ``directory``; CameraError listing the groups found otherwise."""
     wanted = camera.strip().lower()
+    if wanted == UNGROUPED:
+        raise CameraError(_UNGROUPED_IS_NO_CAMERA)
     scan = scan_groups(directory)
     groups = _with_folder_named_group(scan.groups, Path(directory), wanted)
     if wanted in scan.conflicts:
         raise CameraError(f"camera group {wanted!r} in {directory} is ambiguous: {scan.conflicts[wanted]}")
-    ground_truth = [s.path for s in scan.skipped if s.group == wanted and s.reason == GROUND_TRUTH_REASON]
+    own = _valid_name(Path(directory).expanduser().resolve().name) == wanted
+    ground_truth = [s.path for s in scan.skipped
+                    if (s.group == wanted or (own and s.path.parent == Path(directory).expanduser()))
+                    and s.reason == GROUND_TRUTH_REASON]
     if ground_truth and wanted not in groups:
         raise CameraError(
             f"camera group {wanted!r} in {directory} has only images whose names mark them as high-resolution "
@@ -235,17 +257,33 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
     return groups[wanted]
 
 
+_FOLDER_BEATS = ("filename-prefix", "none")
+"""How loose images were grouped that a folder named after a camera takes in: a name prefix (``DSC_``,
+``IMG_``: often a camera's default, not its maker) or nothing. An EXIF Make names the camera itself."""
+
+
 def _with_folder_named_group(groups: dict[str, CameraGroup], directory: Path, wanted: str) -> dict[str, CameraGroup]:
     """``groups``, where ``directory`` itself is named ``wanted`` (``--images photos/nikon --camera
-    nikon``), with its loose images that name no camera (``ungrouped``) joining group ``wanted``:
-    the folder rule applied to the folder given."""
+    nikon``), with its loose images that name no camera or only by a file-name prefix (``DSC_0001.png``
+    without EXIF) joining group ``wanted``: the folder rule applied to the folder given (images with an
+    EXIF Make of another camera stay in that camera's group)."""
     own = _valid_name(directory.expanduser().resolve().name)
-    if wanted == UNGROUPED or own != wanted or UNGROUPED not in groups:
+    if wanted == UNGROUPED or own != wanted:
         return groups
-    joined = [GroupMember(m.path, "folder") for m in groups[UNGROUPED].members]
-    if wanted in groups:
-        joined += groups[wanted].members
-    return {**groups, wanted: CameraGroup(wanted, tuple(sorted(joined, key=lambda m: m.path)))}
+    top = directory.expanduser()
+    joined: list[GroupMember] = []
+    rest: dict[str, CameraGroup] = {}
+    for name, group in groups.items():
+        moving = [m for m in group.members if m.derivation in _FOLDER_BEATS and m.path.parent == top]
+        joined += [GroupMember(m.path, "folder") for m in moving]
+        kept = tuple(m for m in group.members if m not in moving)
+        if kept and name != wanted:
+            rest[name] = CameraGroup(name, kept)
+        elif name == wanted:
+            joined += list(kept)
+    if not joined:
+        return groups
+    return {**rest, wanted: CameraGroup(wanted, tuple(sorted(joined, key=lambda m: m.path)))}
 
 
 def single_image_group(path: str | Path, camera: str | None = None) -> CameraGroup:
@@ -259,7 +297,12 @@ def single_image_group(path: str | Path, camera: str | None = None) -> CameraGro
         raise CameraError(
             f"--image {image} is not an image file this tool reads ({', '.join(SUPPORTED_READ_SUFFIXES)})"
         )
+    if marks_ground_truth(image):
+        raise CameraError(f"--image {image}: its name marks it as high-resolution ground truth (an HR token), not "
+                          "camera output; adapt learns from the camera's own LR images (rename it if it is one)")
     if camera:
+        if camera.strip().lower() == UNGROUPED:
+            raise CameraError(_UNGROUPED_IS_NO_CAMERA)
         return CameraGroup(validate_group_name(camera), (GroupMember(image, "single-image"),))
     name, _how, problem = _group_by_metadata(image)
     if problem is not None:

@@ -6,9 +6,11 @@
 - ``-i DIR -o OUTDIR``: every image directly inside DIR (suffixes of
   ``adassr.runtime.images.SUPPORTED_READ_SUFFIXES``, sorted by name) goes to ``OUTDIR/<stem>.<ext>``,
   and every image of a subfolder one level down (``DIR/nikon/x.jpg``, the layout ``adapt --images``
-  reads) to ``OUTDIR/<subfolder>/<stem>.<ext>``; the output folder itself is never read. Two
-  inputs that would get the same name keep their input suffix in the stem (``a_jpg.png``), and a
-  number when that name is taken too (``a_jpg_2.png``): no output ever overwrites another. OUTDIR
+  reads) to ``OUTDIR/<subfolder>/<stem>.<ext>``; the output folder itself is never read, and one of
+  DIR's subfolders that holds images of its own is refused as OUTDIR unless an earlier run wrote it
+  (:data:`OUTPUT_MARKER`). Two inputs that would get the same name, or a name a mirrored subfolder
+  takes, keep their input suffix in the stem (``a_jpg.png``), and a number when that name is taken
+  too (``a_jpg_2.png``): no output ever overwrites another. OUTDIR
   with an image suffix (``-o result.png``) is refused: it reads as a file name.
   A bad file is reported on stderr (file and reason) and skipped; it never aborts the batch nor
   leaves a partial output (files are written atomically).
@@ -72,8 +74,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
     """Add the ``adassr upscale`` options to ``parser``; ``--backend`` offers the upscalers of ``upscalers``
     (default: the runtime's own, :func:`~adassr.runtime.upscalers.runtime_upscalers`)."""
     registry = upscalers if upscalers is not None else runtime_upscalers()
-    parser.add_argument("-i", "--input", required=True, type=Path, help="an image file or a folder of images")
-    parser.add_argument("-o", "--output", required=True, type=Path,
+    parser.add_argument("-i", "--input", required=True, type=_given_path, help="an image file or a folder of images")
+    parser.add_argument("-o", "--output", required=True, type=_given_path,
                         help="output file (for one input file) or folder")
     parser.add_argument("--camera", default=None,
                         help="camera group whose model to use (default: each image's folder, EXIF Make or "
@@ -141,8 +143,25 @@ def _output_suffix(ext: str, source: Path) -> str:
     return suffix
 
 
+def _given_path(text: str) -> Path:
+    """A path argument; an empty one (an unset shell variable) is refused: ``Path("")`` is the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name a file or folder (an empty value would mean the "
+                                         "current folder)")
+    return Path(text)
+
+
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+    try:
+        return sorted(p for p in folder.iterdir() if is_image_file(p))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the folder {folder} ({exc.strerror or exc}); check its permissions, "
+                          "or move it out of the input") from None
+
+
+OUTPUT_MARKER = ".adassr-upscale-output"
+"""Left in an output folder that lies in the input folder, one level down (where the run reads camera
+folders): it tells a later run that the images there are outputs, not photos to protect."""
 
 
 # Suffixes that name an image format: as -o they mean a file, so an unwritable one is an error.
@@ -166,19 +185,44 @@ def _input_folders(source: Path, output: Path) -> list[tuple[Path, Path]]:
     down (the layout ``adapt --images`` reads, one folder per camera), except the output folder."""
     out = output.resolve()
     folders = [(source, output)]
-    for sub in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    try:
+        subfolders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the input folder {source} ({exc.strerror or exc}); check its "
+                          "permissions") from None
+    for sub in subfolders:
         if sub.resolve() != out:
             folders.append((sub, output / sub.name))
     return folders
 
 
-def _folder_pairs(inputs: list[Path], target: Path, ext: str) -> list[tuple[Path, Path]]:
-    """Output names in one folder: ``<stem>.<ext>``; inputs that would share one keep their suffix."""
+def is_camera_folder_of(source: Path, output: Path) -> bool:
+    """Whether ``output`` is a subfolder of ``source`` one level down: a folder a run reads as a camera's."""
+    return output.resolve().parent == source.resolve() and output.resolve() != source.resolve()
+
+
+def _check_output_in_input(source: Path, output: Path) -> None:
+    """Refuse an output folder that is one of the input's camera folders with photos of its own: the
+    run would skip them and could overwrite them with outputs of the same name. A folder an earlier
+    run wrote (it holds :data:`OUTPUT_MARKER`) or one without images is fine."""
+    if not (output.is_dir() and is_camera_folder_of(source, output)) or (output / OUTPUT_MARKER).exists():
+        return
+    if _list_images(output):
+        raise ConfigError(
+            f"the output folder {output} is a folder of the input {source} and holds images of its own, which the "
+            "run would skip and could overwrite; choose an output folder outside the input, or an empty one"
+        )
+
+
+def _folder_pairs(inputs: list[Path], target: Path, ext: str,
+                  reserved: frozenset[str] = frozenset()) -> list[tuple[Path, Path]]:
+    """Output names in one folder: ``<stem>.<ext>``; inputs that would share one keep their suffix, as
+    do those whose name is ``reserved`` (lower case: the mirrored subfolders' names)."""
     names = [(p, p.stem + _output_suffix(ext, p)) for p in inputs]
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {name: 2 for name in reserved}
     for _, name in names:
         counts[name.lower()] = counts.get(name.lower(), 0) + 1
-    taken = {name.lower() for _, name in names if counts[name.lower()] == 1}  # case-insensitive file systems too
+    taken = set(reserved) | {name.lower() for _, name in names if counts[name.lower()] == 1}  # case-insensitive too
     pairs = []
     for p, name in names:
         if counts[name.lower()] > 1:
@@ -204,9 +248,12 @@ def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]
                               "image file name; pass a folder name (it is created)")
         if output.exists() and output.resolve() == source.resolve():
             raise ConfigError(f"the output folder {output} is the input folder; choose another -o")
+        _check_output_in_input(source, output)
         pairs = []
-        for folder, target in _input_folders(source, output):
-            pairs.extend(_folder_pairs(_list_images(folder), target, ext))
+        folders = _input_folders(source, output)
+        subfolders = frozenset(target.name.lower() for _, target in folders[1:])
+        for index, (folder, target) in enumerate(folders):
+            pairs.extend(_folder_pairs(_list_images(folder), target, ext, subfolders if index == 0 else frozenset()))
         if not pairs:
             raise ConfigError(
                 f"no images in {source} or its subfolders (looked for {', '.join(SUPPORTED_READ_SUFFIXES)})"
@@ -390,6 +437,7 @@ def run_upscale(
     if camera is not None and camera != FALLBACK_CAMERA:
         validate_group_name(camera)  # CameraError for a bad name, before any work
     check_output_folders(target for _, target in pairs)
+    _mark_output_in_input(args.input, args.output)
     if triton is not None:
         from adassr.runtime.server.triton_upscale import open_triton
 
@@ -407,6 +455,14 @@ def run_upscale(
         if ready is not None:  # open the first model now: a backend that cannot start fails the run once
             ready(camera=camera)
         return _run_pairs(upscaler, pairs, args, camera=camera, stdout=stdout, stderr=stderr)
+
+
+def _mark_output_in_input(source: Path, output: Path) -> None:
+    """Leave :data:`OUTPUT_MARKER` in an output folder that is one of the input's camera folders, so
+    that the next run knows its images are outputs (see :func:`_check_output_in_input`)."""
+    if source.is_dir() and is_camera_folder_of(source, output):
+        output.mkdir(parents=True, exist_ok=True)
+        (output / OUTPUT_MARKER).touch()
 
 
 def _warn_if_camera_missing(camera: str, store: Path, stderr: TextIO) -> None:

@@ -104,7 +104,10 @@ class TritonUpscaler:
         self._http = httpclient
         connect = timeout_s if connect_timeout_s is None else connect_timeout_s
         self._url = url
-        self._client = httpclient.InferenceServerClient(url, connection_timeout=connect, network_timeout=timeout_s)
+        try:
+            self._client = httpclient.InferenceServerClient(url, connection_timeout=connect, network_timeout=timeout_s)
+        except ValueError as exc:  # a URL tritonclient cannot parse (a bad port or host)
+            raise ConfigError(f"Triton URL {url!r}: {exc}; give the server's HTTP endpoint as host:port") from None
         self._prefix = prefix
         self._overlap = overlap
         self._pre_pad = pre_pad

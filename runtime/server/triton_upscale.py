@@ -40,6 +40,15 @@ def triton_url(url: str) -> str:
         raise ConfigError(f"--triton {url!r}: give the server's HTTP endpoint as host:port (https is not supported)")
     if not text or text.startswith(("/", ":")):
         raise ConfigError(f"--triton {url!r}: give the server's HTTP endpoint as host:port, e.g. localhost:8000")
+    from urllib.parse import urlsplit
+
+    try:  # the port as tritonclient will parse it: "localhost:abc" or port 99999 would fail there with a traceback
+        port = urlsplit(f"http://{text}").port
+    except ValueError as exc:
+        raise ConfigError(f"--triton {url!r}: {exc}; give the server's HTTP endpoint as host:port, e.g. "
+                          "localhost:8000") from None
+    if port == 0:
+        raise ConfigError(f"--triton {url!r}: port 0 is not a server's port; give host:port, e.g. localhost:8000")
     return text
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adassr.adapt.groups import discover_groups, select_group, single_image_group
+from adassr.adapt.groups import discover_groups, scan_groups, select_group, single_image_group
 from adassr.runtime.errors import CameraError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
@@ -125,10 +125,13 @@ def test_images_in_a_folder_named_after_the_camera_join_its_group(tmp_path: Path
     _noise_png(folder / "0001.png", 1)
     _noise_png(folder / "0002.png", 2)
     _noise_png(folder / "Nikon_003_LR4.png", 3)
+    _noise_png(folder / "DSC_0004.png", 4)  # a camera's default name prefix, no EXIF: used to be group 'dsc'
+    _noise_png(folder / "IMG_0005.png", 5)
     shutil.copy(SAMPLES / "canon" / "flower.jpg", folder / "other.jpg")  # EXIF Canon: stays canon
     group = select_group(folder, "nikon")
-    assert [m.path.name for m in group.members] == ["0001.png", "0002.png", "Nikon_003_LR4.png"]
-    assert {m.derivation for m in group.members} == {"folder", "filename-prefix"}
+    assert [m.path.name for m in group.members] == ["0001.png", "0002.png", "DSC_0004.png", "IMG_0005.png",
+                                                    "Nikon_003_LR4.png"]
+    assert {m.derivation for m in group.members} == {"folder"}
     assert [m.path.name for m in select_group(folder, "canon").members] == ["other.jpg"]
     elsewhere = tmp_path / "photos"
     elsewhere.mkdir()
@@ -137,3 +140,56 @@ def test_images_in_a_folder_named_after_the_camera_join_its_group(tmp_path: Path
         select_group(elsewhere, "nikon")
     with pytest.raises(CameraError, match=r"unknown camera group 'nikno' in .*\. Did you mean 'nikon'\?"):
         select_group(folder, "nikno")
+
+
+def test_a_folder_of_ground_truth_only_is_no_group_and_says_so(tmp_path: Path) -> None:
+    """It used to list as a group of 0 images and fail later with "has no images"."""
+    root = tmp_path / "photos"
+    (root / "onlyhr").mkdir(parents=True)
+    _noise_png(root / "onlyhr" / "Nikon_001_HR.png")
+    _noise_png(root / "onlyhr" / "street_hr.png")
+    (root / "cam").mkdir()
+    _noise_png(root / "cam" / "a.png")
+    scan = scan_groups(root)
+    assert set(scan.groups) == {"cam"}
+    with pytest.raises(CameraError, match="has only images whose names mark them as high-resolution ground truth"):
+        select_group(root, "onlyhr")
+    with pytest.raises(CameraError, match="has only images whose names mark them as high-resolution ground truth"):
+        select_group(root / "onlyhr", "onlyhr")  # the folder given is named for the camera
+
+
+def test_an_hr_image_or_the_ungrouped_collection_is_no_camera_to_adapt(tmp_path: Path) -> None:
+    _noise_png(tmp_path / "Nikon_001_HR.png")
+    _noise_png(tmp_path / "holiday.png")
+    with pytest.raises(CameraError, match="marks it as high-resolution ground truth"):
+        single_image_group(tmp_path / "Nikon_001_HR.png")  # it used to adapt camera 'nikon' to its HR photo
+    with pytest.raises(CameraError, match="marks it as high-resolution ground truth"):
+        single_image_group(tmp_path / "Nikon_001_HR.png", "nikon")
+    with pytest.raises(CameraError, match="'ungrouped' is not a camera"):
+        select_group(tmp_path, "ungrouped")  # mixed cameras: it used to be published as a camera
+    with pytest.raises(CameraError, match="'ungrouped' is not a camera"):
+        single_image_group(tmp_path / "holiday.png", "ungrouped")
+
+
+def test_an_unreadable_folder_is_skipped_or_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It used to end in a PermissionError traceback (tests run as root, which permissions do not stop,
+    so the denial is simulated)."""
+    root = tmp_path / "photos"
+    (root / "locked").mkdir(parents=True)
+    (root / "cam").mkdir()
+    _noise_png(root / "cam" / "a.png")
+    real = Path.iterdir
+    denied = {root / "locked"}
+
+    def iterdir(self: Path):  # type: ignore[no-untyped-def]
+        if self in denied:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    scan = scan_groups(root)
+    assert set(scan.groups) == {"cam"}
+    assert [(s.path.name, "Permission denied" in s.reason) for s in scan.skipped] == [("locked", True)]
+    denied.add(root)
+    with pytest.raises(CameraError, match=r"cannot read the images folder .*photos \(Permission denied\)"):
+        scan_groups(root)

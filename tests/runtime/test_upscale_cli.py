@@ -153,7 +153,10 @@ def test_camera_folders_one_level_down_are_upscaled_and_routed_by_folder(store: 
     _small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", src / "top.jpg")
     _small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", src / ".hidden" / "skip.jpg")
     dst = src / "out"  # an output folder inside the input is never read
-    dst.mkdir()
+    assert _run("-i", str(src), "-o", str(dst), "--store", str(store), "--tile", "0",
+                "--no-progress")[0] == 0  # an earlier run made it (and marked it as an output folder)
+    for done in [p for p in dst.rglob("*") if p.is_file() and not p.name.startswith(".")]:
+        done.unlink()
     write_image(dst / "old.png", np.full((20, 20, 3), 9, np.uint8))
 
     code, out, _ = _run("-i", str(src), "-o", str(dst), "--store", str(store), "--tile", "0", "--no-progress")
@@ -166,7 +169,7 @@ def test_camera_folders_one_level_down_are_upscaled_and_routed_by_folder(store: 
     assert "_fallback/model.onnx" in lines[str(src / "misc" / "x.jpg")]
     assert "exif-make" in lines[str(src / "top.jpg")]
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == [
-        "canon/x.jpg", "misc/x.jpg", "old.png", "top.jpg"]
+        ".adassr-upscale-output", "canon/x.jpg", "misc/x.jpg", "old.png", "top.jpg"]
     with pytest.raises(ConfigError, match="no images in .* or its subfolders"):
         plan_outputs(_empty_dir(tmp_path), tmp_path / "o2", "auto")
 
@@ -342,3 +345,72 @@ def test_bad_tile_value_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as exc:
         _parse("-i", "x", "-o", "y", "--tile", bad)
     assert exc.value.code == 2 and "--tile" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_is_a_camera_folder_of_the_input_with_photos_is_refused(
+        store: Path, tmp_path: Path) -> None:
+    """`-i p -o p/nikon` used to skip the photos of p/nikon and overwrite p/nikon/a.png with the upscaled
+    p/a.png (a helper's bug hunt). A folder an earlier run wrote, or an empty one, is still accepted."""
+    src = tmp_path / "p"
+    (src / "nikon").mkdir(parents=True)
+    _small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", src / "a.jpg")
+    photo = _small_jpeg_with_exif(SAMPLES / "nokia" / "iptc.jpg", src / "nikon" / "a.jpg")
+    before = photo.read_bytes()
+    with pytest.raises(ConfigError, match="holds images of its own"):
+        plan_outputs(src, src / "nikon", "auto")
+    with pytest.raises(ConfigError, match="holds images of its own"):
+        _run("-i", str(src), "-o", str(src / "nikon"), "--store", str(store), "--tile", "0", "--no-progress")
+    assert photo.read_bytes() == before
+    (src / "empty").mkdir()
+    code, _, _ = _run("-i", str(src), "-o", str(src / "empty"), "--store", str(store), "--tile", "0", "--no-progress")
+    assert code == 0 and (src / "empty" / "a.jpg").is_file() and (src / "empty" / "nikon" / "a.jpg").is_file()
+    # the next run knows these are its outputs (the marker), not photos: it writes there again
+    code, _, _ = _run("-i", str(src), "-o", str(src / "empty"), "--store", str(store), "--tile", "0", "--no-progress")
+    assert code == 0 and photo.read_bytes() == before
+
+
+def test_an_output_name_that_a_mirrored_subfolder_takes_is_renamed(tmp_path: Path) -> None:
+    """`r/d.jpg` with `--ext png` used to go to `ro/d.png`, the folder that mirrors `r/d.png/`: the write
+    failed after the model had run."""
+    src = tmp_path / "r"
+    (src / "d.png").mkdir(parents=True)
+    write_image(src / "d.png" / "x.png", np.zeros((8, 8, 3), np.uint8))
+    write_image(src / "d.jpg", np.zeros((8, 8, 3), np.uint8))
+    pairs = dict(plan_outputs(src, tmp_path / "ro", "png"))
+    assert pairs[src / "d.jpg"] == tmp_path / "ro" / "d_jpg.png"
+    assert pairs[src / "d.png" / "x.png"] == tmp_path / "ro" / "d.png" / "x.png"
+
+
+def test_an_unreadable_input_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It used to end in a PermissionError traceback (tests run as root, which permissions do not stop,
+    so the denial is simulated)."""
+    src = tmp_path / "u"
+    (src / "locked").mkdir(parents=True)
+    write_image(src / "a.png", np.zeros((8, 8, 3), np.uint8))
+    real = Path.iterdir
+
+    def iterdir(self: Path):  # type: ignore[no-untyped-def]
+        if self.name == "locked" or (self == src and denied_top):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    denied_top = False
+    with pytest.raises(ConfigError, match=r"cannot read the folder .*locked \(Permission denied\)"):
+        plan_outputs(src, tmp_path / "out", "auto")
+    denied_top = True
+    with pytest.raises(ConfigError, match=r"cannot read the input folder .*u \(Permission denied\)"):
+        plan_outputs(src, tmp_path / "out", "auto")
+
+
+@pytest.mark.parametrize("flag", ["-i", "-o"])
+def test_an_empty_input_or_output_is_refused(flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unset shell variable (`-o "$OUT"`) used to mean the current folder: outputs scattered there,
+    or a whole tree upscaled."""
+    from adassr.cli import main
+
+    argv = {"-i": str(tmp_path / "x.png"), "-o": str(tmp_path / "out")}
+    argv[flag] = ""
+    with pytest.raises(SystemExit) as stop:
+        main(["upscale", "-i", argv["-i"], "-o", argv["-o"]])
+    assert stop.value.code == 2 and "is empty" in capsys.readouterr().err

@@ -46,6 +46,9 @@ def _image(tmp_path: Path) -> Path:
         (["--triton", "localhost:8000", "--triton-model", "adassr_canon", "--camera", "canon"], "give one of them"),
         (["--triton", "https://localhost:8000"], "https is not supported"),
         (["--triton", ":8000"], "host:port"),
+        (["--triton", "localhost:abc"], "Port could not be cast"),  # these three used to end in a traceback
+        (["--triton", "localhost:99999"], "out of range"),
+        (["--triton", "http://[::1"], "Invalid IPv6 URL"),
         (["--triton", "localhost:8000", "--camera", "../x"], "camera"),
         (["--triton", "localhost:8000", "--outscale", "0"], "outscale"),
     ],
