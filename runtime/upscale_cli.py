@@ -151,9 +151,16 @@ def _given_path(text: str) -> Path:
     return Path(text)
 
 
+def _is_broken_image_link(path: Path) -> bool:
+    """A visible symbolic link with an image suffix whose target is gone: listed, so that the run
+    reports it as a failed file instead of leaving it out without a word."""
+    return (not path.name.startswith(".") and path.suffix.lower() in SUPPORTED_READ_SUFFIXES
+            and path.is_symlink() and not path.exists())
+
+
 def _list_images(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if is_image_file(p))
+        return sorted(p for p in folder.iterdir() if is_image_file(p) or _is_broken_image_link(p))
     except OSError as exc:
         raise ConfigError(f"cannot read the folder {folder} ({exc.strerror or exc}); check its permissions, "
                           "or move it out of the input") from None
@@ -461,8 +468,12 @@ def _mark_output_in_input(source: Path, output: Path) -> None:
     """Leave :data:`OUTPUT_MARKER` in an output folder that is one of the input's camera folders, so
     that the next run knows its images are outputs (see :func:`_check_output_in_input`)."""
     if source.is_dir() and is_camera_folder_of(source, output):
-        output.mkdir(parents=True, exist_ok=True)
-        (output / OUTPUT_MARKER).touch()
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / OUTPUT_MARKER).touch()
+        except OSError as exc:
+            raise ConfigError(f"the output folder {output} is not writable ({exc.strerror or exc}); choose "
+                              "another -o") from None
 
 
 def _warn_if_camera_missing(camera: str, store: Path, stderr: TextIO) -> None:

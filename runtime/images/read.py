@@ -137,6 +137,9 @@ def _checked_file(path: str | os.PathLike[str]) -> Path:
     try:
         st = p.stat()
     except FileNotFoundError:
+        if p.is_symlink():
+            raise ImageError(f"{p}: a broken link (its target {os.readlink(p)} does not exist); fix or remove "
+                             "the link") from None
         raise ImageError(f"{p}: no such file; check the path") from None
     except OSError as e:
         raise ImageError(f"{p}: cannot access the file ({e.strerror}); check the path") from e

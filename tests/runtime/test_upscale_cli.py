@@ -414,3 +414,15 @@ def test_an_empty_input_or_output_is_refused(flag: str, tmp_path: Path, capsys: 
     with pytest.raises(SystemExit) as stop:
         main(["upscale", "-i", argv["-i"], "-o", argv["-o"]])
     assert stop.value.code == 2 and "is empty" in capsys.readouterr().err
+
+
+def test_a_broken_link_in_a_folder_is_reported_as_a_failed_file(store: Path, tmp_path: Path) -> None:
+    """It used to be left out without a word."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "a.png", np.zeros((8, 8, 3), np.uint8))
+    (src / "broken.png").symlink_to(tmp_path / "gone" / "x.png")
+    code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--tile", "0",
+                          "--no-progress")
+    assert code == 1 and (tmp_path / "out" / "a.png").is_file() and not (tmp_path / "out" / "broken.png").exists()
+    assert "broken.png: a broken link (its target" in err and "1 ok, 1 failed" in out
