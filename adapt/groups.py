@@ -228,7 +228,7 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
     groups = _with_folder_named_group(scan.groups, Path(directory), wanted)
     if wanted in scan.conflicts:
         raise CameraError(f"camera group {wanted!r} in {directory} is ambiguous: {scan.conflicts[wanted]}")
-    own = _valid_name(Path(directory).expanduser().resolve().name) == wanted
+    own = _is_named(Path(directory), wanted)
     ground_truth = [s.path for s in scan.skipped
                     if (s.group == wanted or (own and s.path.parent == Path(directory).expanduser()))
                     and s.reason == GROUND_TRUTH_REASON]
@@ -262,13 +262,17 @@ _FOLDER_BEATS = ("filename-prefix", "none")
 ``IMG_``: often a camera's default, not its maker) or nothing. An EXIF Make names the camera itself."""
 
 
+def _is_named(directory: Path, wanted: str) -> bool:
+    """Whether the folder ``directory`` itself is named after camera group ``wanted``."""
+    return _valid_name(directory.expanduser().resolve().name) == wanted
+
+
 def _with_folder_named_group(groups: dict[str, CameraGroup], directory: Path, wanted: str) -> dict[str, CameraGroup]:
     """``groups``, where ``directory`` itself is named ``wanted`` (``--images photos/nikon --camera
     nikon``), with its loose images that name no camera or only by a file-name prefix (``DSC_0001.png``
     without EXIF) joining group ``wanted``: the folder rule applied to the folder given (images with an
     EXIF Make of another camera stay in that camera's group)."""
-    own = _valid_name(directory.expanduser().resolve().name)
-    if wanted == UNGROUPED or own != wanted:
+    if wanted == UNGROUPED or not _is_named(directory, wanted):
         return groups
     top = directory.expanduser()
     joined: list[GroupMember] = []

@@ -551,10 +551,11 @@ def run_internal_step(
                            enabled=config.early_stop, baseline_margin=config.backbone_margin)
     times.setup_s = time.monotonic() - started
     before = _timed_evaluation(evaluator, ema_model, times)
-    stopper.observe(0, _group_score(before, 0))
+    baseline = _group_score(before, 0)
+    stopper.observe(0, baseline)
     run = _Progress(before, before, ema.state_dict(), f"reached the step budget ({config.steps} steps)",
                     budget=budget, times=times)
-    notify(ProgressEvent(0, config.steps, None, _group_score(before, 0), "backbone", weights=ema.view()))
+    notify(ProgressEvent(0, config.steps, None, baseline, "backbone", weights=ema.view()))
     batches = _BatchSource(sampler, trainer, rng, device)
     try:
         for step in range(1, config.steps + 1):

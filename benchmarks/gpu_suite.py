@@ -347,13 +347,11 @@ def _export_onnx(factory: Callable[[], Any], root: Path, camera: str, seed: int,
 
 def _tensorrt_rows(factory: Callable[[], Any], frame: Any, roofline: Any, out: Path, smoke: bool,
                    skipped: list[str]) -> list[dict[str, Any]]:
-    from adassr.runtime.engines.trt import load_tensorrt
-    from adassr.runtime.errors import BackendError
+    from adassr.runtime.engines.trt import tensorrt_unavailable_reason
 
-    try:
-        load_tensorrt()
-    except BackendError as exc:  # absent, type stubs only, or not TensorRT 10
-        skipped.append(f"TensorRT: {exc}")
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        skipped.append(f"TensorRT: {reason}")
         return []
     import tempfile
 

@@ -36,6 +36,7 @@ import importlib.util
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,13 +227,15 @@ def _folder_pairs(inputs: list[Path], target: Path, ext: str,
     """Output names in one folder: ``<stem>.<ext>``; inputs that would share one keep their suffix, as
     do those whose name is ``reserved`` (lower case: the mirrored subfolders' names)."""
     names = [(p, p.stem + _output_suffix(ext, p)) for p in inputs]
-    counts: dict[str, int] = {name: 2 for name in reserved}
-    for _, name in names:
-        counts[name.lower()] = counts.get(name.lower(), 0) + 1
-    taken = set(reserved) | {name.lower() for _, name in names if counts[name.lower()] == 1}  # case-insensitive too
+    counts = Counter(name.lower() for _, name in names)  # lower case: case-insensitive file systems too
+
+    def clashes(name: str) -> bool:
+        return counts[name.lower()] > 1 or name.lower() in reserved
+
+    taken = set(reserved) | {name.lower() for _, name in names if not clashes(name)}
     pairs = []
     for p, name in names:
-        if counts[name.lower()] > 1:
+        if clashes(name):
             base, suffix = f"{p.stem}_{p.suffix.lower().lstrip('.')}", Path(name).suffix
             name, n = base + suffix, 2
             while name.lower() in taken:  # "x.jpg" next to an "x_jpg.png" of its own

@@ -72,13 +72,18 @@ def check_tensorrt_version(version: str) -> None:
                            f"{SUPPORTED_MAJOR}.x; {INSTALL_HINT}")
 
 
-def tensorrt_available() -> bool:
-    """Whether the real TensorRT library imports here."""
+def tensorrt_unavailable_reason() -> str | None:
+    """Why TensorRT cannot be used here (absent, type stubs only, not TensorRT 10), or None when it can."""
     try:
         load_tensorrt()
-    except BackendError:
-        return False
-    return True
+    except BackendError as exc:
+        return str(exc)
+    return None
+
+
+def tensorrt_available() -> bool:
+    """Whether the real TensorRT library imports here."""
+    return tensorrt_unavailable_reason() is None
 
 
 def tensorrt_version() -> str:

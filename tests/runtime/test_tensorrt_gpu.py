@@ -15,13 +15,11 @@ pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
 
 def _need_gpu_and_tensorrt() -> None:
-    from adassr.runtime.engines.trt import load_tensorrt
-    from adassr.runtime.errors import BackendError
+    from adassr.runtime.engines.trt import tensorrt_unavailable_reason
 
-    try:
-        load_tensorrt()
-    except BackendError as exc:  # absent, type stubs only, or not TensorRT 10: the reason says which
-        pytest.skip(f"no usable TensorRT: {exc}")
+    reason = tensorrt_unavailable_reason()  # absent, type stubs only, or not TensorRT 10
+    if reason is not None:
+        pytest.skip(f"no usable TensorRT: {reason}")
     from adassr.runtime.gpu import device_count
 
     if device_count() == 0:
