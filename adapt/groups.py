@@ -34,6 +34,7 @@ from adassr.runtime.cameras import (
     FILENAME_PREFIX,
     closest_camera_hint,
     normalise_camera_name,
+    same_brand_names,
     validate_group_name,
 )
 from adassr.runtime.errors import CameraError, ImageError
@@ -254,6 +255,10 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
         log.warning("camera group %r: left out %d image(s) whose names mark them as high-resolution ground truth "
                     "(e.g. %s); adaptation learns from the camera's LR images only", wanted, len(ground_truth),
                     ground_truth[0].name)
+    for other in same_brand_names(wanted, groups):
+        log.warning("camera group %r: the images also hold group %s, perhaps the same camera under another name "
+                    "(a folder name and an EXIF Make, e.g. fuji/ and FUJIFILM); it is not used. To adapt them "
+                    "together, put its images in the folder %s/", wanted, groups[other].describe(), wanted)
     return groups[wanted]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import unicodedata
 from collections.abc import Iterable
 
 # Words that camera makers put in EXIF Make but that carry no identity.
@@ -29,14 +30,24 @@ def normalise_camera_name(make: str) -> str:
     >>> normalise_camera_name("FUJIFILM")
     'fujifilm'
 
-    Returns an empty string when nothing usable is left.
+    Accented Latin letters lose their accents (``"Zeiß Ōptik"`` -> ``zeiss``) rather than the letter;
+    a Make in another script leaves nothing usable. Returns an empty string when nothing usable is left.
     """
-    words: list[str] = re.findall(r"[a-z0-9]+", make.lower())
+    words: list[str] = re.findall(r"[a-z0-9]+", _ascii_fold(make.lower()))
     kept = [w for w in words if w not in _NOISE_WORDS]
     if not kept:
         return ""
     first = kept[0]
     return _ALIASES.get(first, first)
+
+
+_LIGATURES = str.maketrans({"ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "đ": "d", "ł": "l", "þ": "th", "ı": "i"})
+
+
+def _ascii_fold(text: str) -> str:
+    """``text`` (lower case) with accents removed and Latin ligatures spelled out: ``"ōptik"`` -> ``"optik"``."""
+    decomposed = unicodedata.normalize("NFKD", text.translate(_LIGATURES))
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 _VALID_GROUP = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -90,6 +101,30 @@ def closest_camera_hint(name: str, known: Iterable[str]) -> str:
     low = name.strip().lower()
     candidates = sorted({k for k in known if k != low})
     match = difflib.get_close_matches(low, candidates, n=1, cutoff=0.75)
-    if not match and len(low) >= 3:  # an abbreviation: 'fuji' for 'fujifilm'
-        match = [k for k in candidates if k.startswith(low)][:1]
+    if not match:  # an abbreviation: 'fuji' for 'fujifilm', or the other way round
+        match = same_brand_names(low, candidates)[:1]
     return f" Did you mean {match[0]!r}?" if match else ""
+
+
+_MIN_BRAND_PREFIX = 3
+
+
+def same_brand_names(name: str, known: Iterable[str]) -> list[str]:
+    """The names of ``known`` that one of ``name`` and it abbreviates: one starts with the other, and
+    the shorter has at least 3 characters (``fuji`` and ``fujifilm``, ``olymp`` and ``olympus``).
+
+    One maker's photos can end up under two such names (a folder named ``fuji``, an EXIF Make
+    ``FUJIFILM``); adapt and routing name them so that the split is not silent.
+
+    >>> same_brand_names("fujifilm", ["canon", "fuji", "fujifilm", "_fallback"])
+    ['fuji']
+    >>> same_brand_names("nikon", ["nikon", "canon"])
+    []
+    """
+    low = name.strip().lower()
+    out = []
+    for other in sorted(set(known)):
+        short, long_ = sorted((low, other), key=len)
+        if other != low and len(short) >= _MIN_BRAND_PREFIX and long_.startswith(short):
+            out.append(other)
+    return out

@@ -22,10 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adassr.runtime.cameras import camera_from_filename, normalise_camera_name, validate_group_name
+from adassr.runtime.cameras import camera_from_filename, normalise_camera_name, same_brand_names, validate_group_name
 from adassr.runtime.errors import CameraError, ConfigError, StoreError
 from adassr.runtime.images import LoadedImage, read_camera_exif
-from adassr.runtime.store import EXPORT_KEYS, FALLBACK_BACKBONE, FALLBACK_CAMERA, MODEL_PRECISIONS, CameraStore
+from adassr.runtime.store import (
+    EXPORT_KEYS,
+    FALLBACK_BACKBONE,
+    FALLBACK_CAMERA,
+    MODEL_PRECISIONS,
+    CameraStore,
+    list_cameras,
+)
 
 PRECISIONS = MODEL_PRECISIONS  # what a route can serve
 FALLBACK_HOWTO = f"export one with `adassr export --backbone {FALLBACK_BACKBONE}`"
@@ -222,6 +229,16 @@ def adapted_but_not_exported(store_root: str | os.PathLike[str], camera: str, *,
     return found is None and why == "adapted but not exported"
 
 
+def _same_brand_note(root: Path, group: str) -> str:
+    """``"; the store has 'fuji': ..."`` when a store camera's name and ``group`` abbreviate one another
+    (a folder ``fuji`` adapted, photos whose EXIF Make says ``FUJIFILM``), else ``""``: the fallback
+    still serves (a shorter name may be another maker), but the split is named."""
+    related = [c for c in same_brand_names(group, list_cameras(root)) if c != FALLBACK_CAMERA]
+    if not related:
+        return ""
+    return f"; the store has {related[0]!r}: if that is this camera, ask for camera {related[0]!r} explicitly"
+
+
 def _no_group_reason(make: str | None, image: object) -> str:
     if make:
         shown = make if len(make) <= 40 else make[:40] + "..."
@@ -270,7 +287,7 @@ def resolve_model(
                 decision.verify()
             return decision
         explicit = "explicitly requested camera " if camera is not None else ""
-        reason = f"fallback: no model for {explicit}{group!r} ({why})"
+        reason = f"fallback: no model for {explicit}{group!r} ({why}){_same_brand_note(root, group)}"
     else:
         reason = _no_group_reason(make, image)
 

@@ -14,6 +14,10 @@
   with an image suffix (``-o result.png``) is refused: it reads as a file name.
   A bad file is reported on stderr (file and reason) and skipped; it never aborts the batch nor
   leaves a partial output (files are written atomically).
+- An output file that exists already is replaced, and the summary counts the replaced files;
+  ``--skip-existing`` keeps it and skips its input instead (an interrupted folder run resumes where
+  it stopped: outputs are written atomically, so an existing one is complete). The output names are
+  planned from all inputs first, so they are the same whether or not some are skipped.
 - ``--ext auto`` keeps the input's format where it can be written (MPO -> jpg, BMP -> png).
 - Each image prints which model served it; a summary line ends the run.
 - Exit status: 0 all images done, 1 some failed, 2 a whole-run problem, checked before the first
@@ -112,6 +116,9 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
                         help="output format for folders / output folders: auto (as the input), png, jpg, webp, tif")
     parser.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (default 95)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="leave alone every output file that exists already and skip its input (resume an "
+                             "interrupted folder run); without it existing outputs are replaced, and counted")
     triton = parser.add_argument_group("a Triton Inference Server instead of local models")
     triton.add_argument("--triton", default=None, metavar="URL",
                         help="upscale on the Triton server at URL (host:port of its HTTP endpoint) serving "
@@ -281,6 +288,15 @@ def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]
     return [(source, target)]
 
 
+def skip_existing(pairs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path]], int]:
+    """``(pairs whose output does not exist yet, how many were left out)`` for ``--skip-existing``.
+
+    Any existing entry counts, a file or not: a folder or a link in an output's place is never
+    written over either."""
+    todo = [(source, target) for source, target in pairs if not (target.exists() or target.is_symlink())]
+    return todo, len(pairs) - len(todo)
+
+
 # -- progress ---------------------------------------------------------------------------------
 class _Progress:
     """Images done (a folder) or tiles done (one file), on stderr.
@@ -356,6 +372,7 @@ class _Outcome:
     group: str | None  # camera group the image was routed as
     model: str | None  # the model that served it
     error: str | None
+    replaced: bool = False  # the output file existed before and was replaced
 
 
 def _process_one(
@@ -448,6 +465,16 @@ def run_upscale(
         validate_group_name(camera)  # CameraError for a bad name, before any work
     check_output_folders(target for _, target in pairs)
     _mark_output_in_input(args.input, args.output)
+    out = stdout if stdout is not None else sys.stdout
+    if getattr(args, "skip_existing", False):
+        pairs, kept = skip_existing(pairs)
+        if kept:
+            print(f"skipping {kept} image{'s' if kept != 1 else ''} whose output exists (--skip-existing)",
+                  file=out, flush=True)
+        if not pairs:
+            print(f"upscaled 0 ok, 0 failed; {kept} skipped: every output exists (--skip-existing)", file=out,
+                  flush=True)
+            return 0
     if triton is not None:
         from adassr.runtime.server.triton_upscale import open_triton
 
@@ -541,6 +568,7 @@ def run_batch(
     bar = _Progress(len(pairs), enabled=progress, stream=err)
     try:
         for source, target in pairs:
+            existed = target.is_file()
             try:
                 result, notes = _process_one(serve, source, target, quality=quality, tiles=bar.tiles())
             except (AdassrError, MemoryError) as exc:
@@ -556,7 +584,7 @@ def run_batch(
                     bar.write(f"note: {target}: {note}", file=err)
                 group = (route.camera_group or "(no camera)") if route else "(all)"
                 model = route.model_name if route else result.model_label
-                outcomes.append(_Outcome(source, target, group, model, None))
+                outcomes.append(_Outcome(source, target, group, model, None, replaced=existed))
             bar.advance(source.name)
     finally:
         bar.close()
@@ -573,6 +601,10 @@ def _summary(outcomes: list[_Outcome], seconds: float) -> str:
             served[o.group].append(o.model)
     models = "; ".join(f"{g} -> {', '.join(m)}" for g, m in sorted(served.items())) or "none"
     line = f"upscaled {len(ok)} ok, {len(failed)} failed in {seconds:.1f} s; models: {models}"
+    replaced = sum(o.replaced for o in ok)
+    if replaced:
+        line += (f"; replaced {replaced} existing output file{'s' if replaced != 1 else ''} "
+                 "(--skip-existing keeps them)")
     if failed:
         line += "; failed: " + ", ".join(str(o.source) for o in failed)
     return line

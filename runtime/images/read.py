@@ -26,6 +26,7 @@ MPO, multi-page TIFF and animated WebP: the first frame.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -225,11 +226,19 @@ def _camera_fields(exif: Image.Exif) -> tuple[str | None, str | None, int]:
 
 
 def _clean_text(value: object) -> str | None:
+    """An EXIF text field as a string: up to the first NUL, stripped; None when empty or not text.
+
+    EXIF says ASCII, but cameras and editors write UTF-8 (EXIF 3.0 allows it), which Pillow hands
+    over decoded as Latin-1 (``"ZeiÃ\x9f"`` for ``Zeiß``): such text is decoded again as UTF-8 where it
+    is valid UTF-8, and kept as Latin-1 where it is not."""
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     if not isinstance(value, str):
         return None
     text = value.split("\x00", 1)[0].strip()
+    if any("\x80" <= c <= "\xff" for c in text) and all(c <= "\xff" for c in text):
+        with contextlib.suppress(UnicodeDecodeError):  # not valid UTF-8: Latin-1 after all
+            text = text.encode("latin-1").decode("utf-8")
     return text or None
 
 

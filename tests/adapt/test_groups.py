@@ -193,3 +193,23 @@ def test_an_unreadable_folder_is_skipped_or_a_clear_error(tmp_path: Path, monkey
     denied.add(root)
     with pytest.raises(CameraError, match=r"cannot read the images folder .*photos \(Permission denied\)"):
         scan_groups(root)
+
+
+def test_a_brand_split_between_a_folder_and_an_exif_make_is_named(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Photos of one maker under a folder ``nokia-n8/`` and loose ones whose EXIF Make says Nokia: two
+    groups (a longer name may be another camera), and adapting one names the other."""
+    import logging
+
+    (tmp_path / "nokia-n8").mkdir()
+    _noise_png(tmp_path / "nokia-n8" / "a.png")
+    shutil.copy(SAMPLES / "nokia" / "iptc.jpg", tmp_path / "b.jpg")
+    with caplog.at_level(logging.WARNING):
+        group = select_group(tmp_path, "nokia-n8")
+    assert [m.path.name for m in group.members] == ["a.png"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "also hold group nokia (1 image(s), by exif-make)" in warning and "nokia-n8/" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        select_group(SAMPLES, "canon")  # no related names: no warning
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

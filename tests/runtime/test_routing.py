@@ -196,3 +196,43 @@ def test_realsr_style_file_names_route_to_their_camera_when_it_is_in_the_store(s
     assert resolve_model(store, image=exif_wins).reason == "exif-make"
     assert camera_from_filename("Nikon_006_LR4.png") == "nikon" and camera_from_filename("42.png") is None
     assert camera_from_filename("x_1.png") is None  # one letter is not a prefix
+
+
+def test_a_fallback_names_a_store_camera_of_the_same_brand(store: Path) -> None:
+    """Photos whose EXIF Make says Nokia, a camera adapted from a folder named ``nokia-n8``: the fallback
+    serves them (a longer name may be another camera), and the reason names the split."""
+    publish_camera(store, "nokia-n8", seed=2)
+    d = resolve_model(store, image=NOKIA_JPG)
+    assert d.is_fallback and d.camera_group == "nokia"
+    assert "the store has 'nokia-n8'" in d.reason and "camera 'nokia-n8' explicitly" in d.reason
+    assert "the store has" not in resolve_model(store, image=NO_EXIF_PNG).reason  # no group: nothing to relate
+
+
+def test_same_brand_names() -> None:
+    from adassr.runtime.cameras import closest_camera_hint, same_brand_names
+
+    assert same_brand_names("fujifilm", ["fuji", "fujifilm", "canon"]) == ["fuji"]
+    assert same_brand_names("fuji", ["fujifilm", "fujinon", "fu"]) == ["fujifilm", "fujinon"]
+    assert same_brand_names("fu", ["fujifilm"]) == []  # two letters abbreviate too many names
+    assert closest_camera_hint("fujifilm", ["fuji", "canon"]) == " Did you mean 'fuji'?"
+
+
+def test_a_utf8_or_accented_exif_make_keeps_its_letters(tmp_path: Path) -> None:
+    """EXIF text written as UTF-8 (Pillow reads it as Latin-1) and accented Makes give the plain
+    Latin name, not one cut at the first accent; a Make in another script names no group."""
+    from PIL import Image
+
+    from adassr.runtime.cameras import normalise_camera_name
+    from adassr.runtime.images import read_camera_exif
+    from adassr.runtime.routing import camera_group_of
+
+    photo = tmp_path / "z.jpg"
+    exif = Image.Exif()
+    exif[0x010F] = "Zeiß Ōptik GmbH".encode()  # bytes: stored as written, as a camera writing UTF-8 does
+    Image.new("RGB", (8, 8)).save(photo, exif=exif.tobytes())
+    assert read_camera_exif(photo)[0] == "Zeiß Ōptik GmbH"
+    assert camera_group_of(photo) == ("zeiss", "Zeiß Ōptik GmbH")
+    exif[0x010F] = "Caf\xe9".encode("latin-1")  # not valid UTF-8: kept as Latin-1
+    Image.new("RGB", (8, 8)).save(photo, exif=exif.tobytes())
+    assert read_camera_exif(photo)[0] == "Café" and camera_group_of(photo)[0] == "cafe"
+    assert normalise_camera_name("ŠKODA") == "skoda" and normalise_camera_name("小米") == ""

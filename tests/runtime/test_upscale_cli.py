@@ -426,3 +426,30 @@ def test_a_broken_link_in_a_folder_is_reported_as_a_failed_file(store: Path, tmp
                           "--no-progress")
     assert code == 1 and (tmp_path / "out" / "a.png").is_file() and not (tmp_path / "out" / "broken.png").exists()
     assert "broken.png: a broken link (its target" in err and "1 ok, 1 failed" in out
+
+
+def test_existing_outputs_are_replaced_and_counted_or_kept_with_skip_existing(store: Path, tmp_path: Path) -> None:
+    src = _two_small_pngs(tmp_path / "in")
+    write_image(src / "img2.png", np.full((12, 10, 3), 200, np.uint8))
+    dst = tmp_path / "out"
+    dst.mkdir()
+    mine = np.full((5, 7, 3), 17, np.uint8)
+    write_image(dst / "img0.png", mine)  # a file of the user's, or the output of an interrupted run
+    (dst / "img1.png").mkdir()  # something that is not a file in an output's place
+    args = ("-i", str(src), "-o", str(dst), "--store", str(store), "--camera", "canon", "--no-progress")
+
+    code, out, err = _run(*args, "--skip-existing")
+    assert code == 0, err
+    assert "skipping 2 images whose output exists" in out
+    assert np.array_equal(read_image(dst / "img0.png").pixels, mine)  # left alone
+    assert read_image(dst / "img2.png").pixels.shape == (48, 40, 3)
+    assert "1 ok, 0 failed" in out.splitlines()[-1] and "replaced" not in out
+
+    code, out, err = _run(*args, "--skip-existing")  # everything exists now: nothing opens, nothing changes
+    assert code == 0 and "every output exists" in out.splitlines()[-1]
+
+    (dst / "img1.png").rmdir()
+    code, out, err = _run(*args)  # without the flag: replaced, and the summary says how many
+    assert code == 0, err
+    assert read_image(dst / "img0.png").pixels.shape == (48, 40, 3)
+    assert "3 ok, 0 failed" in out.splitlines()[-1] and "replaced 2 existing output files" in out.splitlines()[-1]
