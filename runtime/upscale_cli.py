@@ -383,13 +383,16 @@ def _process_one(
     quality: int,
     tiles: Callable[[int, int], None] | None,
 ) -> tuple[UpscaleResult, list[str]]:
-    image = read_image(source)
-    result = serve(image, tiles, lambda height, width: check_writable_size(target, height, width))
+    """Read, upscale and write one image; the notes are the reader's and the writer's
+    :class:`ImageWarning` messages, each starting with the file it is about."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImageWarning)
+        image = read_image(source)
+        result = serve(image, tiles, lambda height, width: check_writable_size(target, height, width))
         write_image(target, result.pixels, alpha=result.alpha, quality=quality, icc_profile=image.icc_profile)
-    prefix = f"{target}: "  # the writer names the file; the caller prints the note after its name
-    notes = [str(w.message).removeprefix(prefix) for w in caught if issubclass(w.category, ImageWarning)]
+    named = (f"{source}: ", f"{target}: ")
+    notes = [message if message.startswith(named) else f"{target}: {message}"
+             for message in (str(w.message) for w in caught if issubclass(w.category, ImageWarning))]
     for w in caught:  # re-emit anything that is not ours to handle
         if not issubclass(w.category, ImageWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -581,7 +584,7 @@ def run_batch(
                 served = f"{route.label}, {route.reason}" if route else result.model_label
                 bar.write(f"{source} -> {target}  [model {served}]", file=out)
                 for note in notes:
-                    bar.write(f"note: {target}: {note}", file=err)
+                    bar.write(f"note: {note}", file=err)
                 group = (route.camera_group or "(no camera)") if route else "(all)"
                 model = route.model_name if route else result.model_label
                 outcomes.append(_Outcome(source, target, group, model, None, replaced=existed))

@@ -78,7 +78,8 @@ def read_image(
 
     Raises :class:`ImageError` naming the file and the reason for a missing, empty, truncated,
     damaged, unsupported or too large (over ``max_pixels``, checked from the header before
-    decoding) file.
+    decoding) file. Warns (:class:`ImageWarning`) when only the first frame of an animation or a
+    multi-page file is read, or an unreadable EXIF block is ignored.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
@@ -92,6 +93,7 @@ def read_image(
             )
         pixels, alpha, exif = _decode(p, im)
         profile = im.info.get("icc_profile")
+        _warn_if_more_frames(im, p)
     make, model, orientation = _camera_fields(exif)
     return LoadedImage(
         pixels=apply_orientation(pixels, orientation),
@@ -102,6 +104,19 @@ def read_image(
         path=p,
         icc_profile=profile if isinstance(profile, bytes) and profile_fits(profile, pixels.shape[2]) else None,
     )
+
+
+def _warn_if_more_frames(im: ImageFile.ImageFile, p: Path) -> None:
+    """An :class:`ImageWarning` when the file holds more than the one frame read: an animated WebP or
+    PNG, a multi-page TIFF. Not for MPO, whose further frames (a stereo partner, a preview) belong to
+    the photo that the first frame is."""
+    try:
+        frames = int(getattr(im, "n_frames", 1) or 1)
+    except _DECODE_ERRORS:  # a damaged page directory after the first: the first frame was read
+        frames = 1
+    if frames > 1 and im.format != "MPO":
+        warnings.warn(f"{p}: holds {frames} frames (an animation or a multi-page file); only the first is read",
+                      ImageWarning, stacklevel=3)
 
 
 def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:

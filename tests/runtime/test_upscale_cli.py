@@ -453,3 +453,21 @@ def test_existing_outputs_are_replaced_and_counted_or_kept_with_skip_existing(st
     assert code == 0, err
     assert read_image(dst / "img0.png").pixels.shape == (48, 40, 3)
     assert "3 ok, 0 failed" in out.splitlines()[-1] and "replaced 2 existing output files" in out.splitlines()[-1]
+
+
+def test_an_animation_or_a_multi_page_file_gets_a_note_that_only_its_first_frame_is_upscaled(
+        store: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    frames = [Image.fromarray(np.full((12, 10, 3), 60 * k, np.uint8)) for k in range(3)]
+    frames[0].save(src / "anim.webp", save_all=True, append_images=frames[1:], duration=100, loop=0, lossless=True)
+    frames[0].save(src / "pages.tif", save_all=True, append_images=frames[1:2])
+    frames[0].save(src / "still.webp", lossless=True)
+    code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--camera", "canon",
+                          "--no-progress")
+    assert code == 0, err
+    assert f"note: {src / 'anim.webp'}: holds 3 frames" in err and "only the first is read" in err
+    assert f"note: {src / 'pages.tif'}: holds 2 frames" in err
+    assert "still.webp" not in err and "3 ok, 0 failed" in out
+    assert read_image(tmp_path / "out" / "anim.webp").pixels.shape == (48, 40, 3)
+    assert not (tmp_path / "out" / "anim_2.webp").exists()
