@@ -12,6 +12,8 @@ _NOISE_WORDS = {
     "corporation", "corp", "co", "ltd", "inc", "company", "imaging", "optical",
     "camera", "cameras", "electronics", "digital", "gmbh", "ag", "kk", "sa", "plc",
 }
+# The company-form words of _NOISE_WORDS: a name that is one word and these reads as a maker's name.
+_COMPANY_WORDS = {"corporation", "corp", "co", "ltd", "inc", "company", "gmbh", "ag", "kk", "sa", "plc"}
 _ALIASES = {
     "eastman": "kodak",
     "olympus": "olympus",
@@ -59,9 +61,16 @@ def validate_group_name(name: str) -> str:
 
     low = name.strip().lower()
     if not _VALID_GROUP.match(low) or low in {".", ".."}:
+        hint = ""
+        words = re.findall(r"[a-z0-9]+", _ascii_fold(low))
+        kept = [w for w in words if w not in _COMPANY_WORDS]
+        if len(kept) == 1 and not re.search(r"[/\\]", name):  # a maker's name as EXIF spells it
+            as_make = normalise_camera_name(name)
+            if _VALID_GROUP.match(as_make):
+                hint = f"; as an EXIF Make it names the group {as_make!r}, so use that"
         raise CameraError(
             f"invalid camera group name {name!r}: use 1-64 characters from a-z, 0-9, '_', '-', '.',"
-            " starting with a letter or digit"
+            f" starting with a letter or digit{hint}"
         )
     return low
 

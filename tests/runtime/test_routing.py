@@ -157,8 +157,14 @@ def test_damaged_manifest_is_an_error_not_a_fallback(store: Path) -> None:
 
 
 def test_invalid_camera_name(store: Path) -> None:
-    with pytest.raises(CameraError, match="invalid camera group name"):
+    with pytest.raises(CameraError, match="invalid camera group name") as info:
         resolve_model(store, camera="../etc")
+    assert "EXIF Make" not in str(info.value)
+    with pytest.raises(CameraError, match="names the group 'canon', so use that"):  # the Make as EXIF spells it
+        resolve_model(store, camera="Canon Inc.")
+    with pytest.raises(CameraError) as info:
+        resolve_model(store, camera="my camera")  # two words that are no maker's: no guess
+    assert "EXIF Make" not in str(info.value)
 
 
 def test_overlong_exif_make_is_served_by_the_fallback(store: Path, tmp_path: Path) -> None:
