@@ -304,7 +304,8 @@ class Upscaler:
     """Routes each image to its camera's model and upscales it, keeping open models in an LRU.
 
     Holds only its options and the model cache (no per-call state); safe to share between threads
-    as far as the backends are (onnxruntime sessions are).
+    as far as the backends are (onnxruntime sessions are): each image leases its model, so threads
+    using more cameras than ``cache_size`` never close one under another's running image.
     """
 
     def __init__(self, options: RuntimeOptions, cache: ModelCache | None = None) -> None:
@@ -318,7 +319,13 @@ class Upscaler:
         )
 
     def backend_for(self, route: RouteDecision) -> Backend:
-        """The open backend for a route, from the cache or opened after verifying the sha256."""
+        """The open backend for a route, from the cache or opened after verifying the sha256.
+
+        Another thread's lookups may close it (cache eviction); :meth:`upscale` leases it instead."""
+        return self.cache.get(*self._cache_entry(route))
+
+    def _cache_entry(self, route: RouteDecision) -> tuple[ModelKey, Callable[[], Backend]]:
+        """The cache key of ``route``'s backend and the function that opens it."""
         opts = self.options
         providers = (f"cuda:{opts.gpu}",) if opts.backend == "tensorrt" else opts.providers
         key = ModelKey(route.model_camera, route.sha256, route.precision, providers, opts.backend)
@@ -340,7 +347,7 @@ class Upscaler:
                 cuda_graph=opts.cuda_graph,
             )
 
-        return self.cache.get(key, _open)
+        return key, _open
 
     def check_ready(self, *, camera: str | None = None) -> RouteDecision:
         """Open (and verify) the model that serves ``camera`` (or, routing by EXIF, the fallback or
@@ -363,20 +370,22 @@ class Upscaler:
         check_output: OutputCheck | None = None,
     ) -> UpscaleResult:
         route = self.route(image, camera=camera)
-        backend = self.backend_for(route)
-        return upscale_image(
-            image,
-            backend,
-            scale=route.scale,
-            tiling=self.options.tiling,
-            outscale=self.options.outscale,
-            multiple_of=route.multiple_of,
-            route=route,
-            progress=progress,
-            check_output=check_output,
-        )
+        with self.cache.lease(*self._cache_entry(route)) as backend:  # open until every tile is done
+            return upscale_image(
+                image,
+                backend,
+                scale=route.scale,
+                tiling=self.options.tiling,
+                outscale=self.options.outscale,
+                multiple_of=route.multiple_of,
+                route=route,
+                progress=progress,
+                check_output=check_output,
+            )
 
     def close(self) -> None:
+        """Close the open models; an image being upscaled in another thread finishes first (its model
+        closes after it). A later call opens the models again."""
         self.cache.clear()
 
     def __enter__(self) -> Upscaler:

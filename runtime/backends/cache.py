@@ -2,15 +2,20 @@
 
 Evicted backends are closed. Opening happens under the cache's lock, so two threads asking for
 the same model open it once (and a slow open delays other lookups: fine for a CLI and a small
-server; a per-key lock can come with the HTTP server). A caller that got a backend just before it
-was evicted may see BackendError("closed") on its next ``infer``; in-flight calls finish.
+server; a per-key lock can come with the HTTP server).
+
+A caller that runs several ``infer`` calls on one backend (the tiles of an image) takes a
+:meth:`ModelCache.lease`: a backend evicted or cleared while leased is closed when its last lease
+ends, so other threads asking for other cameras never close it under a running image. A backend
+from :meth:`ModelCache.get` has no such guarantee: it may be closed by the next eviction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from adassr.runtime.backends.base import Backend
@@ -37,30 +42,72 @@ class ModelCache:
         self._max = max_entries
         self._entries: OrderedDict[ModelKey, Backend] = OrderedDict()
         self._lock = threading.Lock()
+        self._leases: dict[int, int] = {}  # id(backend) -> leases running
+        self._retired: dict[int, Backend] = {}  # evicted or cleared while leased: closed at the last release
 
     @property
     def max_entries(self) -> int:
         return self._max
 
-    def get(self, key: ModelKey, open_fn: Callable[[], Backend]) -> Backend:
-        """The cached backend for ``key``, or ``open_fn()`` (which must return an open backend)."""
-        evicted: list[Backend] = []
-        with self._lock:
-            backend = self._entries.get(key)
-            if backend is not None and backend.is_open:
-                self._entries.move_to_end(key)
-                return backend
-            backend = open_fn()
-            if not backend.is_open:
-                backend.open()
-            self._entries[key] = backend
+    def _acquire(self, key: ModelKey, open_fn: Callable[[], Backend]) -> tuple[Backend, list[Backend]]:
+        """Under the lock: the backend for ``key`` (opened when needed) and the evicted ones to close."""
+        backend = self._entries.get(key)
+        if backend is not None and backend.is_open:
             self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                _, old = self._entries.popitem(last=False)
-                evicted.append(old)
-        for old in evicted:
+            return backend, []
+        backend = open_fn()
+        if not backend.is_open:
+            backend.open()
+        self._entries[key] = backend
+        self._entries.move_to_end(key)
+        evicted: list[Backend] = []
+        while len(self._entries) > self._max:
+            _, old = self._entries.popitem(last=False)
+            evicted.append(old)
+        return backend, self._closable(evicted)
+
+    def _closable(self, backends: list[Backend]) -> list[Backend]:
+        """Under the lock: those of ``backends`` nobody leases (to close now); the others are retired."""
+        out = []
+        for backend in backends:
+            if self._leases.get(id(backend)):
+                self._retired[id(backend)] = backend
+            else:
+                out.append(backend)
+        return out
+
+    def get(self, key: ModelKey, open_fn: Callable[[], Backend]) -> Backend:
+        """The cached backend for ``key``, or ``open_fn()`` (which must return an open backend).
+
+        Without a lease: the next eviction may close it (see :meth:`lease`)."""
+        with self._lock:
+            backend, to_close = self._acquire(key, open_fn)
+        for old in to_close:
             old.close()
         return backend
+
+    @contextlib.contextmanager
+    def lease(self, key: ModelKey, open_fn: Callable[[], Backend]) -> Iterator[Backend]:
+        """The backend for ``key`` (as :meth:`get`), kept open until the block ends even when it is
+        evicted or the cache is cleared meanwhile; then closed if it left the cache."""
+        with self._lock:
+            backend, to_close = self._acquire(key, open_fn)
+            self._leases[id(backend)] = self._leases.get(id(backend), 0) + 1
+        for old in to_close:
+            old.close()
+        try:
+            yield backend
+        finally:
+            retired = None
+            with self._lock:
+                left = self._leases[id(backend)] - 1
+                if left:
+                    self._leases[id(backend)] = left
+                else:
+                    del self._leases[id(backend)]
+                    retired = self._retired.pop(id(backend), None)
+            if retired is not None:
+                retired.close()
 
     def __contains__(self, key: object) -> bool:
         with self._lock:
@@ -76,9 +123,9 @@ class ModelCache:
             return list(self._entries)
 
     def clear(self) -> None:
-        """Close and forget every backend."""
+        """Close and forget every backend (a leased one when its last lease ends)."""
         with self._lock:
-            backends = list(self._entries.values())
+            backends = self._closable(list(self._entries.values()))
             self._entries.clear()
         for backend in backends:
             backend.close()

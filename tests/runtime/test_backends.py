@@ -204,6 +204,30 @@ def test_lru_evicts_and_closes_the_least_recently_used() -> None:
     assert a.closed == 1 and c.closed == 1 and len(cache) == 0
 
 
+def test_a_leased_backend_is_closed_only_when_its_last_lease_ends() -> None:
+    """An image's tiles run on one backend: eviction or clear() by other threads must not close it
+    under them (it used to, and the next tile failed with 'not open')."""
+    cache = ModelCache(max_entries=1)
+    with cache.lease(_key("a"), lambda: _CountingBackend("a")) as a:
+        with cache.lease(_key("a"), lambda: pytest.fail("must be cached")) as again:
+            assert again is a
+        b = cache.get(_key("b"), lambda: _CountingBackend("b"))  # evicts a, which is leased
+        assert a.is_open and a.closed == 0 and cache.keys() == [_key("b")]
+        cache.clear()  # b closes now; a still leased
+        assert b.closed == 1 and a.is_open
+    assert a.closed == 1 and not a.is_open  # its last lease ended
+    with cache.lease(_key("c"), lambda: _CountingBackend("c")) as c:
+        pass
+    assert c.is_open and cache.keys() == [_key("c")]  # not evicted: stays open in the cache
+    with pytest.raises(BackendError), cache.lease(_key("z"), _raise_open):
+        pass
+    assert cache.keys() == [_key("c")]
+
+
+def _raise_open() -> Backend:
+    raise BackendError("cannot open")
+
+
 def test_lru_key_includes_checksum_precision_and_providers(model_path: Path) -> None:
     with ModelCache(4) as cache:
         k1 = ModelKey("canon", "aaa", "fp32", ("CPUExecutionProvider",))

@@ -152,6 +152,38 @@ def test_upscaler_routes_caches_and_reports_the_model(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.pixels, c.pixels)
 
 
+def test_one_upscaler_shared_by_threads_using_more_cameras_than_its_cache(tmp_path: Path) -> None:
+    """Four threads alternating two cameras through a cache of one: every image is upscaled, as alone
+    (an eviction used to close a model between the tiles of another thread's image)."""
+    import threading
+
+    publish_camera(tmp_path, FALLBACK_CAMERA, seed=0)
+    publish_camera(tmp_path, "canon", seed=1)
+    image = LoadedImage(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8), None, 8,
+                        None, None, None)
+    opts = RuntimeOptions(store=tmp_path, threads=1, cache_size=1, tiling=TilingOptions(tile=16, overlap=4))
+    with Upscaler(opts) as up:
+        expected = {cam: up.upscale(image, camera=cam).pixels for cam in ("canon", FALLBACK_CAMERA)}
+        errors: list[BaseException] = []
+        wrong: list[str] = []
+
+        def work(k: int) -> None:
+            for i in range(5):
+                cam = ("canon", FALLBACK_CAMERA)[(k + i) % 2]
+                try:
+                    if not np.array_equal(up.upscale(image, camera=cam).pixels, expected[cam]):
+                        wrong.append(cam)
+                except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [] and wrong == []
+
+
 def test_upscaler_verifies_the_checksum_before_opening(tmp_path: Path) -> None:
     publish_camera(tmp_path, FALLBACK_CAMERA, seed=0)
     model = CameraStore.open(tmp_path, FALLBACK_CAMERA).artifact_path("model.onnx")
