@@ -182,6 +182,9 @@ def upscale_pixels(
     h, w, channels = pixels.shape
     if alpha is not None and alpha.shape != (h, w):
         raise ConfigError(f"alpha must be {h} x {w}, got shape {alpha.shape}")
+    if alpha is not None and alpha.dtype != pixels.dtype:
+        raise ConfigError(f"alpha must have the pixels' dtype {pixels.dtype}, got {alpha.dtype}; scale it to the "
+                          "same integer levels")
     target = check_output_budget(h, w, scale, factor, max_output_pixels)
     if check_output is not None:
         check_output(*target)

@@ -466,6 +466,10 @@ def upscale_tiled(
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ShapeError("image", image.shape, "(H, W, 3)")
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ConfigError(f"the image must be float in [0, 1] (the model's input), got {image.dtype}; divide 8-bit "
+                          "levels by 255 and 16-bit ones by 65535 (or use adassr.runtime.pipeline.upscale_pixels, "
+                          "which takes them as they are)")
     h, w = image.shape[:2]
     out = np.empty((h * max(scale, 1), w * max(scale, 1), 3), dtype=np.float32)
 

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adassr.runtime.errors import ConfigError, ShapeError
+from adassr.adapt.quality.float_range import check_float_range
+from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 Net = Literal["alex", "vgg"]
 
@@ -108,6 +109,12 @@ class LPIPS(nn.Module):
         self.eval()
 
     def _check(self, images: Tensor, what: str) -> None:
+        if not isinstance(images, Tensor):
+            raise ImageError(f"LPIPS {what} must be a torch tensor (B, 3, H, W) in [0, 1], got {type(images).__name__}"
+                             "; convert with torch.from_numpy(array).permute(2, 0, 1)[None]")
+        if not images.is_floating_point():
+            raise ImageError(f"LPIPS {what} have dtype {images.dtype}; pass floats in [0, 1] (divide 8-bit levels by "
+                             "255)")
         if images.ndim != 4 or images.shape[1] != 3:
             raise ShapeError(f"LPIPS {what}", tuple(images.shape), "(B, 3, H, W) RGB in [0, 1]")
         if min(images.shape[-2:]) < MIN_SIDE[self.net]:
@@ -123,10 +130,24 @@ class LPIPS(nn.Module):
         return self.backbone(x)
 
     def forward(self, images: Tensor, reference: Tensor) -> Tensor:
-        """Per-image LPIPS distance ``(B,)`` between two same-shape batches in [0, 1]."""
+        """Per-image LPIPS distance ``(B,)`` between two same-shape batches in [0, 1].
+
+        Float tensors of any precision (computed in the weights' dtype). Outside training (no input
+        requires grad) the values are checked too: NaN, infinity or another scale (0-255 levels,
+        [-1, 1]) is an :class:`ImageError`; in training the check is skipped (it would wait for the
+        GPU at every step)."""
+        self._check(images, "images")
         self._check(reference, "reference")
         if images.shape != reference.shape:
             raise ShapeError("LPIPS images", tuple(images.shape), f"the reference's shape {tuple(reference.shape)}")
+        if not (images.requires_grad or reference.requires_grad):
+            for batch, what in ((images, "LPIPS images"), (reference, "LPIPS reference")):
+                if not bool(torch.isfinite(batch).all()):
+                    raise ImageError(f"{what} have NaN or infinite values: pass finite images in [0, 1]")
+                check_float_range(float(batch.min()), float(batch.max()), what)
+        dtype = self.shift.dtype
+        if images.dtype == torch.float64 or reference.dtype == torch.float64:
+            images, reference = images.to(dtype), reference.to(dtype)
         n = images.shape[0]
         taps = [_unit_normalize(f) for f in self.feature_maps(torch.cat([images, reference], dim=0))]
         return self._tap_distance([t[:n] for t in taps], [t[n:] for t in taps])
@@ -171,7 +192,12 @@ def load_lpips(net: Net = "alex", device: str | torch.device = "cpu", *, cache_d
     """
     from adassr.adapt.quality.lpips_weights import read_lpips_state
 
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"LPIPS device {device!r} is not a torch device ({exc}); use 'cpu', 'cuda' or "
+                          "'cuda:N'") from None
     model = LPIPS(net)
     state = read_lpips_state(net, cache_dir=cache_dir)
     model.load_state_dict(state, strict=True)
-    return model.to(device)
+    return model.to(target)

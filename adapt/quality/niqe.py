@@ -56,6 +56,7 @@ from typing import Literal
 
 import numpy as np
 
+from adassr.adapt.quality.float_range import check_float_range
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 Convert = Literal["gray", "y"]
@@ -200,10 +201,12 @@ def to_uint8_levels(image: np.ndarray) -> np.ndarray:
         return _round_half_away(image.astype(np.float64) / 257.0)
     if np.issubdtype(image.dtype, np.floating):
         if not np.all(np.isfinite(image)):
-            raise ImageError("NIQE input has NaN or infinite values: pass a finite image in [0, 1]")
+            raise ImageError("image has NaN or infinite values: pass a finite image in [0, 1]")
+        if image.size:
+            check_float_range(float(image.min()), float(image.max()))
         return _round_half_away(np.clip(image.astype(np.float64), 0.0, 1.0) * 255.0)
     raise ImageError(
-        f"NIQE input dtype {image.dtype} is not supported: pass uint8, uint16 or float in [0, 1]"
+        f"image dtype {image.dtype} is not supported: pass uint8, uint16 or float in [0, 1]"
     )
 
 
@@ -356,8 +359,8 @@ def niqe(image: np.ndarray, *, crop_border: int = 0, convert: Convert = "gray") 
     Returns NaN when fewer than two blocks give finite features (e.g. flat images);
     raises :class:`~adassr.runtime.errors.ShapeError` below two 96x96 blocks.
     """
-    if crop_border < 0:
-        raise ConfigError(f"crop_border must be >= 0, got {crop_border}")
+    if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
+        raise ConfigError(f"crop_border must be an integer >= 0, got {crop_border!r}")
     luma = to_luma(np.asarray(image), convert)
     if crop_border:
         luma = luma[crop_border:-crop_border, crop_border:-crop_border]

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 from scipy.ndimage import correlate1d
 
+from adassr.adapt.quality.float_range import check_float_range
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 Channel = Literal["y", "rgb", "gray"]
@@ -42,6 +43,8 @@ def to_255(image: np.ndarray) -> np.ndarray:
     elif np.issubdtype(a.dtype, np.floating):
         if not np.all(np.isfinite(a)):
             raise ImageError("image has NaN or infinite values: pass a finite image in [0, 1]")
+        if a.size:
+            check_float_range(float(a.min()), float(a.max()))
         out = a.astype(np.float64) * 255.0
     else:
         raise ImageError(f"image dtype {a.dtype} is not supported: pass uint8, uint16 or float in [0, 1]")
@@ -59,8 +62,8 @@ def _prepare(
         raise ConfigError(f"channel must be 'y', 'rgb' or 'gray', got {channel!r}")
     if channel == "gray":
         image, reference = _gray(image), _gray(reference)
-    if crop_border < 0:
-        raise ConfigError(f"crop_border must be >= 0, got {crop_border}")
+    if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
+        raise ConfigError(f"crop_border must be an integer >= 0, got {crop_border!r}")
     a, b = to_255(image), to_255(reference)
     if a.shape != b.shape:
         raise ShapeError("image vs reference", a.shape, f"the reference's shape {b.shape}")

@@ -160,6 +160,22 @@ def test_shape_checks() -> None:
     assert model(x, x.flip(-1)).shape == (1,)
 
 
+def test_value_checks_outside_training() -> None:
+    from adassr.runtime.errors import ConfigError, ImageError
+
+    model = LPIPS("alex")
+    x = torch.rand(1, 3, 40, 40)
+    for bad, words in (((x * 255).to(torch.uint8), "dtype torch.uint8"), (x * 255, "not on the \\[0, 1\\] scale"),
+                       (torch.full_like(x, float("nan")), "NaN"), (x.numpy(), "must be a torch tensor")):
+        with pytest.raises(ImageError, match=words):
+            model(bad, x)
+    assert model(x.double(), x.flip(-1).double()).dtype == torch.float32  # float64 computed in float32
+    trained = (x * 255).requires_grad_(True)  # in training the values are not checked (no GPU wait)
+    assert model(trained, x * 255).shape == (1,)
+    with pytest.raises(ConfigError, match="not a torch device"):
+        load_lpips("alex", device="tpu")
+
+
 def test_cached_reference_features_give_the_same_distance_and_gradient() -> None:
     torch.manual_seed(0)
     model = LPIPS("vgg")  # random weights: the identity holds for any weights

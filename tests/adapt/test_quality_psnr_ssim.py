@@ -94,3 +94,24 @@ def test_errors() -> None:
         psnr(dist, ref, channel="lab")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         ssim(dist, ref, crop_border=-1)
+    with pytest.raises(ConfigError, match="integer"):
+        psnr(dist, ref, crop_border=2.5)  # type: ignore[arg-type]
+
+
+def test_float_images_on_another_scale_are_refused_not_scored() -> None:
+    """Floats are on [0, 1]: 8-bit levels stored as float used to give -10 dB without a word."""
+    from adassr.adapt.quality.niqe import niqe
+    from adassr.runtime.errors import ImageError
+
+    dist, ref = _pair("I04")
+    for bad in (dist.astype(np.float32), to_float32(dist) * 2.0 - 1.0):  # 0-255 levels, [-1, 1]
+        for metric in (psnr, ssim):
+            with pytest.raises(ImageError, match="not on the \\[0, 1\\] scale"):
+                metric(bad, ref)
+        with pytest.raises(ImageError, match="divide 8-bit levels by 255"):
+            niqe(bad)
+    overshoot = np.clip(to_float32(dist) * 1.2 - 0.1, -0.2, 1.2)  # a model's unclamped output: scored
+    assert math.isfinite(psnr(overshoot, ref))
+    with pytest.raises(ImageError, match="NaN") as info:
+        psnr(np.full(dist.shape, np.nan, np.float32), ref, channel="gray")
+    assert "NIQE" not in str(info.value)

@@ -86,6 +86,8 @@ def test_rgba_alpha_is_upscaled_bicubically_and_apart(backend, rgb8: np.ndarray)
     expected = np.rint(np.clip(ref, 0, 1) * 255)
     assert np.abs(out_alpha.astype(np.float32) - expected).max() <= 1
     np.testing.assert_array_equal(out, _model_rgb(backend, rgb8))  # colour does not see alpha
+    with pytest.raises(ConfigError, match="alpha must have the pixels' dtype uint8, got float32"):
+        upscale_pixels(rgb8, backend.infer, scale=SCALE, tiling=TILING, alpha=alpha.astype(np.float32) / 255)
 
 
 def test_outscale_shrinks_with_area_and_enlarges_with_cubic(backend, rgb8: np.ndarray) -> None:

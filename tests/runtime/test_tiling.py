@@ -157,6 +157,11 @@ def test_pixelwise_model_is_stitched_exactly(size: tuple[int, int], batch_size: 
     assert sum(c[0] for c in calls) == plan_tiles(*size, opts).n_tiles
 
 
+def test_integer_levels_are_refused_not_fed_to_the_model_as_floats() -> None:
+    with pytest.raises(ConfigError, match="float in \\[0, 1\\].*divide 8-bit levels by 255"):
+        upscale_tiled(np.zeros((8, 8, 3), np.uint8), _nearest(2), scale=2, options=TilingOptions(tile=0))
+
+
 def test_wrong_model_scale_is_a_shape_error() -> None:
     img = np.zeros((40, 40, 3), np.float32)
     with pytest.raises(ShapeError, match="x4 model"):
