@@ -53,6 +53,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -61,12 +63,13 @@ from types import MappingProxyType
 from typing import Any
 
 from adassr.runtime.cameras import closest_camera_hint, validate_group_name
-from adassr.runtime.errors import StoreError
+from adassr.runtime.errors import ConfigError, StoreError
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
+_HELD_LOCKS = threading.local()  # .paths: the camera locks this thread holds (flock would wait on itself)
 ENGINES_FOLDER = "engines"
 """A camera's TensorRT engines: files in ``<camera>/engines/``, records under the manifest key of the same name."""
 FALLBACK_CAMERA = "_fallback"
@@ -462,7 +465,13 @@ class CameraStore:
         With ``timeout_s`` 0 fail at once when another process holds it. Not re-entrant: inside a
         transaction, use the transaction's methods, not :meth:`publish` / :meth:`update_manifest`.
         """
-
+        held: set[str] = _HELD_LOCKS.__dict__.setdefault("paths", set())
+        key = os.path.abspath(self.directory / LOCK_NAME)
+        if key in held:
+            raise StoreError(
+                f"camera {self.camera!r} in {self.root} is already locked by this thread: store transactions do not "
+                "nest; inside a transaction use its own methods, not publish() or update_manifest()"
+            )
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
@@ -486,7 +495,11 @@ class CameraStore:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
-            yield
+            held.add(key)
+            try:
+                yield
+            finally:
+                held.discard(key)
         finally:
             os.close(fd)  # closing releases the flock
 
@@ -551,11 +564,14 @@ class StoreTransaction:
         if self._committed:
             raise StoreError("this store transaction is already committed; open a new one")
         target = self.store.path(name)  # validates the name
+        _check_extra(name, extra)
         fd, tmp = create_temp(target)
         os.close(fd)
         try:
             try:
                 write(tmp)
+                if tmp.is_dir():
+                    raise StoreError(f"writing {name} produced a folder, not a file; nothing was published")
                 if not tmp.exists() or tmp.stat().st_size == 0:
                     raise StoreError(f"writing {name} produced an empty file; nothing was published")
                 if name.endswith(".onnx"):
@@ -578,8 +594,11 @@ class StoreTransaction:
                     "and permissions (the previous model is unchanged)"
                 ) from exc
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
             raise
         _fsync_dir(self.store.directory)
         record: dict[str, Any] = {"file": final.name, "sha256": digest, "bytes": size, "stage": stage,
@@ -623,3 +642,20 @@ def list_cameras(root: str | os.PathLike[str]) -> list[str]:
     if not root_path.is_dir():
         return []
     return sorted(p.parent.name for p in root_path.glob(f"*/{MANIFEST_NAME}"))
+
+
+_RECORD_KEYS = frozenset({"file", "sha256", "bytes", "stage", "created"})
+
+
+def _check_extra(name: str, extra: Mapping[str, Any] | None) -> None:
+    """``ConfigError`` for artifact ``extra`` fields that would replace the computed ones or are not JSON."""
+    if not extra:
+        return
+    clash = sorted(_RECORD_KEYS & set(extra))
+    if clash:
+        raise ConfigError(f"extra fields of {name} may not set {', '.join(clash)}: the store computes them")
+    try:
+        json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"extra fields of {name} must be JSON values (str, number, bool, None, lists, "
+                          f"objects): {exc}") from None

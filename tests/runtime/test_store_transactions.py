@@ -199,3 +199,36 @@ def test_self_contained_model_has_no_external_data() -> None:
     assert external_data_files(build_tiny_sr()) == []
     with pytest.raises(StoreError, match="not a well-formed ONNX"):
         external_data_files(b"\xff\xff\xff")
+
+
+def test_a_nested_transaction_is_refused_at_once_not_after_a_timeout(tmp_path: Path) -> None:
+    import time
+
+    store = CameraStore.open(tmp_path, "cam")
+    _text(store, "a.txt", "1")
+    t0 = time.monotonic()
+    with pytest.raises(StoreError, match="already locked by this thread: store transactions do not nest"):
+        store.update_manifest(lambda m: store.update_manifest(lambda m2: None))
+    assert time.monotonic() - t0 < 2.0  # it used to wait 10 s, then blame another process
+    store.update_manifest(lambda m: None)  # the lock was released: a later transaction runs
+
+
+def test_a_writer_that_leaves_a_folder_or_bad_extra_fields_publishes_nothing(tmp_path: Path) -> None:
+    from adassr.runtime.errors import ConfigError
+
+    store = CameraStore.open(tmp_path, "cam")
+    _text(store, "a.txt", "1")
+
+    def folder(path: Path) -> None:
+        path.unlink()
+        (path / "inner").mkdir(parents=True)
+
+    with pytest.raises(StoreError, match="produced a folder, not a file"):
+        store.publish("d.txt", folder, stage="test")
+    with pytest.raises(ConfigError, match="may not set sha256"):
+        store.publish("e.txt", lambda p: p.write_text("x"), stage="test", extra={"sha256": "0" * 64})
+    with pytest.raises(ConfigError, match="must be JSON values"):
+        store.publish("f.txt", lambda p: p.write_text("x"), stage="test", extra={"when": object()})
+    assert sorted(p.name for p in store.directory.iterdir() if not p.name.startswith(".")) == sorted(
+        [store.read_manifest()["artifacts"]["a.txt"]["file"], "manifest.json"])
+    assert list(store.read_manifest()["artifacts"]) == ["a.txt"]
