@@ -82,6 +82,28 @@ def parse_model_config(config: Mapping[str, Any]) -> TritonModelInfo:
     )
 
 
+def triton_url(url: str) -> str:
+    """The ``host:port[/path]`` tritonclient wants; ``http://`` is accepted and dropped."""
+    text = url.strip().rstrip("/")
+    if text.lower().startswith("http://"):
+        text = text[len("http://"):]
+    if text.lower().startswith("https://") or "://" in text:
+        raise ConfigError(f"Triton URL {url!r}: give the server's HTTP endpoint as host:port (https is not supported)")
+    if not text or text.startswith(("/", ":")):
+        raise ConfigError(f"Triton URL {url!r}: give the server's HTTP endpoint as host:port, e.g. localhost:8000")
+    from urllib.parse import urlsplit
+
+    try:  # the port as tritonclient will parse it: "localhost:abc" or port 99999 would fail there with a traceback
+        port = urlsplit(f"http://{text}").port
+    except ValueError as exc:
+        raise ConfigError(f"Triton URL {url!r}: {exc}; give the server's HTTP endpoint as host:port, e.g. "
+                          "localhost:8000") from None
+    if port == 0:
+        raise ConfigError(f"Triton URL {url!r}: port 0 is not a server's port; give host:port, e.g. localhost:8000")
+    return text
+
+
+
 class TritonUpscaler:
     """A tritonclient HTTP client plus the model configs it has read (cached per model name)."""
 
@@ -103,10 +125,10 @@ class TritonUpscaler:
             ) from exc
         self._http = httpclient
         connect = timeout_s if connect_timeout_s is None else connect_timeout_s
-        self._url = url
+        self._url = url = triton_url(url)
         try:
             self._client = httpclient.InferenceServerClient(url, connection_timeout=connect, network_timeout=timeout_s)
-        except ValueError as exc:  # a URL tritonclient cannot parse (a bad port or host)
+        except Exception as exc:  # noqa: BLE001 - ValueError or tritonclient's own, for a URL it cannot take
             raise ConfigError(f"Triton URL {url!r}: {exc}; give the server's HTTP endpoint as host:port") from None
         self._prefix = prefix
         self._overlap = overlap
@@ -131,6 +153,7 @@ class TritonUpscaler:
             try:
                 config = self._client.get_model_config(name)
             except Exception as exc:  # noqa: BLE001 - tritonclient raises its own exception types
+                self.check_live()  # an unreachable server says so, rather than "no usable model"
                 raise BackendError(f"Triton has no usable model {name!r}: {exc}") from exc
             self._models[name] = parse_model_config(config)
         return self._models[name]

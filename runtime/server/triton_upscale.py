@@ -23,33 +23,12 @@ from dataclasses import dataclass
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.pipeline import OutputCheck, UpscaleResult, check_outscale
-from adassr.runtime.server.triton_client import DEFAULT_PREFIX, TritonUpscaler
+from adassr.runtime.server.triton_client import DEFAULT_PREFIX, TritonUpscaler, triton_url
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
 from adassr.runtime.upscalers import TileProgress
 
 CONNECT_TIMEOUT_S = 10.0
 """How long to wait for a TCP connection to the server before giving up."""
-
-
-def triton_url(url: str) -> str:
-    """The ``host:port[/path]`` tritonclient wants; ``http://`` is accepted and dropped."""
-    text = url.strip().rstrip("/")
-    if text.lower().startswith("http://"):
-        text = text[len("http://"):]
-    if text.lower().startswith("https://") or "://" in text:
-        raise ConfigError(f"--triton {url!r}: give the server's HTTP endpoint as host:port (https is not supported)")
-    if not text or text.startswith(("/", ":")):
-        raise ConfigError(f"--triton {url!r}: give the server's HTTP endpoint as host:port, e.g. localhost:8000")
-    from urllib.parse import urlsplit
-
-    try:  # the port as tritonclient will parse it: "localhost:abc" or port 99999 would fail there with a traceback
-        port = urlsplit(f"http://{text}").port
-    except ValueError as exc:
-        raise ConfigError(f"--triton {url!r}: {exc}; give the server's HTTP endpoint as host:port, e.g. "
-                          "localhost:8000") from None
-    if port == 0:
-        raise ConfigError(f"--triton {url!r}: port 0 is not a server's port; give host:port, e.g. localhost:8000")
-    return text
 
 
 @dataclass(frozen=True)

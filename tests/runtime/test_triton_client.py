@@ -125,3 +125,19 @@ def test_route_follows_adapts_rules_against_the_models_triton_has(tmp_path: Path
     assert client.route(read_image(tmp_path / "photos/iptc.jpg")) == ("adassr__fallback", "fallback")  # no nokia
     assert client.route(read_image(tmp_path / "broken/x.png")) == ("adassr__fallback", "fallback")
     assert client.route(read_image(tmp_path / "photos/iptc.jpg"), "canon") == ("adassr_canon", "explicit")
+
+
+def test_the_client_takes_an_http_url_and_names_an_unreachable_server(tmp_path: Path) -> None:
+    """The class takes what the CLI takes (``http://`` dropped, https refused with one line), and a
+    model lookup on a server that does not answer says so instead of 'no usable model'."""
+    from adassr.runtime.errors import ConfigError
+    from adassr.runtime.images import LoadedImage
+
+    pytest.importorskip("tritonclient.http")
+    port = free_ports(1)[0]
+    client = TritonUpscaler(f"http://127.0.0.1:{port}/", connect_timeout_s=2.0, timeout_s=2.0)
+    with pytest.raises(ConfigError, match="https is not supported"):
+        TritonUpscaler("https://127.0.0.1:8000")
+    image = LoadedImage(np.zeros((8, 8, 3), np.uint8), None, 8, None, None, None)
+    with pytest.raises(ConfigError, match=f"cannot reach a Triton server at 127.0.0.1:{port}"):
+        client.upscale(image, camera="canon")
