@@ -59,6 +59,8 @@ def validate_group_name(name: str) -> str:
     """Check that a group name is safe to use as a directory name; return it lowercased."""
     from adassr.runtime.errors import CameraError
 
+    if not isinstance(name, str):
+        raise CameraError(f"a camera group name must be a string, got {type(name).__name__} {name!r}")
     low = name.strip().lower()
     if not _VALID_GROUP.match(low) or low in {".", ".."}:
         hint = ""

@@ -84,8 +84,8 @@ def check_outscale(outscale: float | None) -> None:
     """ConfigError unless ``outscale`` is None or a finite number in (0, :data:`MAX_OUTSCALE`]."""
     if outscale is None:
         return
-    if isinstance(outscale, bool) or not isinstance(outscale, (int, float)) or not math.isfinite(outscale) \
-            or not 0 < outscale <= MAX_OUTSCALE:
+    if isinstance(outscale, (bool, np.bool_)) or not isinstance(outscale, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(outscale) or not 0 < outscale <= MAX_OUTSCALE:
         raise ConfigError(f"outscale must be a number in (0, {MAX_OUTSCALE:g}], got {outscale!r}")
 
 
@@ -131,14 +131,19 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+class NonFiniteOutputError(BackendError):
+    """The model's output has NaN or Inf values (the message names the model when the route is known)."""
+
+
 def _finisher(channels: int, dtype: np.dtype) -> Callable[[np.ndarray], np.ndarray]:
     """float32 RGB block -> the output dtype with ``channels`` channels (clip, luma for grey, round)."""
     peak = np.float32(np.iinfo(dtype).max)
 
     def finish(block: np.ndarray) -> np.ndarray:
         if not np.isfinite(block).all():
-            raise BackendError(
-                "the model produced NaN or Inf values (an fp16 overflow?); use --precision fp32 or re-export"
+            raise NonFiniteOutputError(
+                "the model produced NaN or Inf values (an fp16 overflow?); use its fp32 export (--precision fp32) "
+                "or re-export it"
             )
         work = np.clip(block, 0.0, 1.0)
         if channels == 1:
@@ -220,19 +225,28 @@ def upscale_image(
     check_output: OutputCheck | None = None,
 ) -> UpscaleResult:
     """Upscale a loaded image with an open backend (see the module docstring for the rules)."""
-    pixels, alpha = upscale_pixels(
-        image.pixels,
-        backend.infer,
-        scale=scale,
-        tiling=tiling,
-        alpha=image.alpha,
-        outscale=outscale,
-        multiple_of=multiple_of,
-        progress=progress,
-        check_output=check_output,
-    )
+    try:
+        pixels, alpha = upscale_pixels(
+            image.pixels,
+            backend.infer,
+            scale=scale,
+            tiling=tiling,
+            alpha=image.alpha,
+            outscale=outscale,
+            multiple_of=multiple_of,
+            progress=progress,
+            check_output=check_output,
+        )
+    except NonFiniteOutputError as exc:
+        if route is None:
+            raise
+        raise NonFiniteOutputError(f"{route.label}: {exc}") from None
     factor = float(scale if outscale is None else outscale)
     return UpscaleResult(pixels, alpha, image.bit_depth, scale, factor, route)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+"""``RuntimeOptions.device`` values (upscalers that run the model themselves)."""
 
 
 @dataclass(frozen=True)
@@ -263,6 +277,19 @@ class RuntimeOptions:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         check_outscale(self.outscale)
+        if self.outscale is not None:
+            object.__setattr__(self, "outscale", float(self.outscale))
+        if not isinstance(self.tiling, TilingOptions):
+            raise ConfigError(f"tiling must be a TilingOptions, got {type(self.tiling).__name__}")
+        for name, low in (("threads", 1), ("cache_size", 1), ("gpu", 0)):
+            value = getattr(self, name)
+            if value is None and name == "threads":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                what = "None (automatic) or " if name == "threads" else ""
+                raise ConfigError(f"{name} must be {what}an integer >= {low}, got {value!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         object.__setattr__(self, "providers", resolve_providers(self.providers))
 
 
@@ -372,6 +399,10 @@ class Upscaler:
         progress: Callable[[int, int], None] | None = None,
         check_output: OutputCheck | None = None,
     ) -> UpscaleResult:
+        if not isinstance(image, LoadedImage):
+            raise ConfigError(f"Upscaler.upscale takes a LoadedImage, got {type(image).__name__}: read a file with "
+                              "adassr.runtime.images.read_image(path), or wrap pixels in LoadedImage(pixels, None, "
+                              "8, None, None, None); upscale_pixels takes bare arrays")
         route = self.route(image, camera=camera)
         with self.cache.lease(*self._cache_entry(route)) as backend:  # open until every tile is done
             return upscale_image(

@@ -72,6 +72,12 @@ MAX_PRE_PAD = 128
 larger values add only work (the padded canvas grows with its square)."""
 
 
+def _check_int(name: str, value: object) -> None:
+    """``ConfigError`` unless ``value`` is an integer (numpy's too; not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class TilingOptions:
     """How to cut an image into tiles. ``tile=0`` means untiled (one call for the whole image)."""
@@ -86,6 +92,10 @@ class TilingOptions:
     max_tile_pixels: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("tile", "overlap", "pre_pad", "batch_size"):
+            _check_int(name, getattr(self, name))
+        if self.max_tile_pixels is not None:
+            _check_int("max_tile_pixels", self.max_tile_pixels)
         if self.max_tile_pixels is not None and self.max_tile_pixels < 1:
             raise ConfigError(f"max_tile_pixels must be >= 1 (or None for fixed tiles), got {self.max_tile_pixels}")
         if self.tile < 0:

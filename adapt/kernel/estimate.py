@@ -138,6 +138,10 @@ def _check_scale(scale: Any) -> int:
 def _luma(image: Any, index: int) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise ImageError(f"image {index} is a {type(image).__name__}, expected a numpy array (HxW or HxWx3)")
+    if not np.issubdtype(image.dtype, np.floating):
+        levels = {np.dtype(np.uint8): " (divide 8-bit levels by 255)", np.dtype(np.uint16): " (divide 16-bit "
+                  "levels by 65535)"}.get(image.dtype, "")
+        raise ImageError(f"image {index} has dtype {image.dtype}; pass a float image in [0, 1]{levels}")
     if image.ndim == 3 and image.shape[2] in (3, 4):
         y = np.empty(image.shape[:2], np.float64)
         for r in range(0, image.shape[0], _ROWS):  # in bands: no float64 copy of all three channels
@@ -150,10 +154,10 @@ def _luma(image: Any, index: int) -> np.ndarray:
         raise ShapeError(f"image {index}", image.shape, "(H, W) or (H, W, 3), float in [0, 1]")
     if y.size == 0 or not np.all(np.isfinite(y)):
         raise ImageError(f"image {index} is empty or has NaN/inf values; pass finite float images in [0, 1]")
-    if image.dtype == np.uint8 or y.max() > 1.5 or y.min() < -0.5:
+    if y.max() > 1.5 or y.min() < -0.5:
         raise ImageError(
             f"image {index} is not in [0, 1] (dtype {image.dtype}, range {y.min():.3g}..{y.max():.3g}); "
-            "convert to float32 and divide by 255"
+            "divide 8-bit levels by 255 and 16-bit ones by 65535"
         )
     return y
 

@@ -70,8 +70,14 @@ class LoadedImage:
 
     def __post_init__(self) -> None:
         px = self.pixels
+        for name, array in (("pixels", px), ("alpha", self.alpha)):
+            if array is not None and not isinstance(array, np.ndarray):
+                raise ImageError(f"LoadedImage.{name} must be a numpy array, got {type(array).__name__}")
         if px.ndim != 3 or px.shape[2] not in (1, 3):
             raise ImageError(f"LoadedImage.pixels must be H x W x 1 or H x W x 3, got {px.shape}")
+        if bit_depth_of(px.dtype) is None:
+            raise ImageError(f"LoadedImage.pixels dtype {px.dtype} is not supported: use uint8 (bit_depth 8) or "
+                             "uint16 (bit_depth 16) in the machine's byte order")
         if bit_depth_of(px.dtype) != self.bit_depth:
             raise ImageError(
                 f"LoadedImage.pixels dtype {px.dtype} does not match bit_depth {self.bit_depth}"

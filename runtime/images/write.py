@@ -128,6 +128,9 @@ def encode_image(
 
     Same rules and errors as :func:`write_image`; nothing touches the filesystem.
     """
+    if not isinstance(suffix, str) or not suffix.startswith(".") or "/" in suffix or "\\" in suffix:
+        raise ImageError(f"encode_image takes a file suffix with its dot, e.g. '.png', got {suffix!r}; use one of "
+                         f"{', '.join(SUPPORTED_WRITE_SUFFIXES)}")
     buf = io.BytesIO()
     _encoding_for(Path(f"image{suffix}"), suffix, pixels, alpha, quality, icc_profile).write_to(buf)
     return buf.getvalue()

@@ -178,8 +178,12 @@ def test_invalid_inputs_raise_typed_errors(photos):
         estimate_kernel(lr, scale=SCALE)  # one array instead of a list
     with pytest.raises(ConfigError):
         estimate_kernel([lr], scale=1)
-    with pytest.raises(ImageError):
+    with pytest.raises(ImageError, match="divide 8-bit levels by 255"):
         estimate_kernel([(lr * 255).astype(np.uint8)], scale=SCALE)
+    with pytest.raises(ImageError, match="divide 16-bit levels by 65535"):
+        estimate_kernel([(lr * 65535).astype(np.uint16)], scale=SCALE)
+    with pytest.raises(ImageError, match="dtype bool"):
+        estimate_kernel([lr > 0.5], scale=SCALE)  # a mask is no photo
     with pytest.raises(ImageError):
         estimate_kernel([np.full((64, 64), np.nan, dtype=np.float32)], scale=SCALE)
     with pytest.raises(ShapeError):

@@ -751,6 +751,9 @@ def test_encode_image_gives_the_bytes_write_image_writes(tmp_path: Path, suffix:
     for pixels in (_photo(), _photo().astype(np.uint16) * 257):
         path = write_image(tmp_path / f"a{suffix}", pixels, icc_profile=_profile() if suffix != ".tif" else None)
         assert encode_image(suffix, pixels, icc_profile=_profile() if suffix != ".tif" else None) == path.read_bytes()
+    for wrong in (suffix.lstrip("."), f"x{suffix}", Path(suffix)):
+        with pytest.raises(ImageError, match="takes a file suffix with its dot"):
+            encode_image(wrong, _photo())  # type: ignore[arg-type]
 
 
 def _profile(space: bytes = b"RGB ") -> bytes:

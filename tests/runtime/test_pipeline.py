@@ -114,6 +114,22 @@ def test_non_finite_model_output_is_an_error(rgb8: np.ndarray) -> None:
         upscale_pixels(rgb8, nan_model, scale=4, tiling=TILING)
 
 
+def test_non_finite_output_names_the_model(tmp_path: Path) -> None:
+    from adassr.runtime.pipeline import NonFiniteOutputError
+
+    publish_camera(tmp_path, FALLBACK_CAMERA, seed=0)
+    with Upscaler(RuntimeOptions(store=tmp_path)) as up:
+        route = up.route(LoadedImage(np.zeros((8, 8, 3), np.uint8), None, 8, None, None, None))
+
+        class NanBackend:
+            def infer(self, batch: np.ndarray) -> np.ndarray:
+                return np.full((*batch.shape[:2], batch.shape[2] * 4, batch.shape[3] * 4), np.nan, np.float32)
+
+        image = LoadedImage(np.zeros((8, 8, 3), np.uint8), None, 8, None, None, None)
+        with pytest.raises(NonFiniteOutputError, match=r"^_fallback/model.onnx \(fp32, sha256 .*NaN or Inf"):
+            upscale_image(image, NanBackend(), scale=4, tiling=TILING, route=route)  # type: ignore[arg-type]
+
+
 def test_the_output_check_sees_the_final_size_before_any_model_call(rgb8: np.ndarray) -> None:
     calls: list[tuple[int, ...]] = []
     seen: list[tuple[int, int]] = []
@@ -204,3 +220,31 @@ def test_runtime_options_validate() -> None:
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
     )
+    # what a library caller may pass: each refused at construction with the option named
+    for kwargs, words in (({"threads": 1.5}, "threads must be None"), ({"threads": "2"}, "threads must be"),
+                          ({"cache_size": 1.5}, "cache_size must be an integer"), ({"gpu": -1}, "gpu must be"),
+                          ({"tiling": None}, "tiling must be a TilingOptions"), ({"device": "tpu"}, "device must be")):
+        with pytest.raises(ConfigError, match=words):
+            RuntimeOptions(store=Path("x"), **kwargs)  # type: ignore[arg-type]
+    assert RuntimeOptions(store=Path("x"), outscale=np.float32(2)).outscale == 2.0  # numpy numbers are numbers
+    assert RuntimeOptions(store=Path("x"), outscale=np.int64(3), threads=np.int64(2)).outscale == 3.0  # type: ignore[arg-type]
+    for kwargs in ({"pre_pad": 2.5}, {"batch_size": 2.5}, {"tile": 33.5}, {"tile": "64"}):
+        with pytest.raises(ConfigError, match="must be an integer"):
+            TilingOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_upscaler_names_what_it_takes(tmp_path: Path) -> None:
+    from adassr.runtime.errors import CameraError
+
+    publish_camera(tmp_path, FALLBACK_CAMERA, seed=0)
+    with Upscaler(RuntimeOptions(store=tmp_path)) as up:
+        for wrong in (np.zeros((8, 8, 3), np.uint8), "photo.png"):
+            with pytest.raises(ConfigError, match="takes a LoadedImage.*read_image"):
+                up.upscale(wrong)  # type: ignore[arg-type]
+        image = LoadedImage(np.zeros((8, 8, 3), np.uint8), None, 8, None, None, None)
+        with pytest.raises(CameraError, match="must be a string, got int"):
+            up.upscale(image, camera=5)  # type: ignore[arg-type]
+    with pytest.raises(ImageError, match="must be a numpy array, got list"):
+        LoadedImage([[0]], None, 8, None, None, None)  # type: ignore[arg-type]
+    with pytest.raises(ImageError, match="use uint8 .* or uint16"):
+        LoadedImage(np.zeros((2, 2, 3), ">u2"), None, 16, None, None, None)
