@@ -149,6 +149,8 @@ def read_camera_exif(path: str | os.PathLike[str]) -> tuple[str | None, str | No
 
 
 def _checked_file(path: str | os.PathLike[str]) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ImageError(f"an image path must be a str or pathlib.Path, got {type(path).__name__}")
     p = Path(path)
     try:
         st = p.stat()

@@ -110,6 +110,8 @@ def write_image(
     :class:`ProfileDroppedWarning` says so. PNG and JPEG are encoded straight into the temporary
     file, without a copy of the encoded image in memory.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ImageError(f"write_image takes a file path (str or pathlib.Path), got {type(path).__name__}")
     p = Path(path)
     encoding = _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile)
     _atomic_write(p, encoding.write_to)

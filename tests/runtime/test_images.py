@@ -754,6 +754,11 @@ def test_encode_image_gives_the_bytes_write_image_writes(tmp_path: Path, suffix:
     for wrong in (suffix.lstrip("."), f"x{suffix}", Path(suffix)):
         with pytest.raises(ImageError, match="takes a file suffix with its dot"):
             encode_image(wrong, _photo())  # type: ignore[arg-type]
+    for no_path in (b"x" + suffix.encode(), None):
+        with pytest.raises(ImageError, match="str or pathlib.Path"):
+            write_image(no_path, _photo())  # type: ignore[arg-type]
+        with pytest.raises(ImageError, match="str or pathlib.Path"):
+            read_image(no_path)  # type: ignore[arg-type]
 
 
 def _profile(space: bytes = b"RGB ") -> bytes:
