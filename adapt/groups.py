@@ -255,11 +255,21 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
         log.warning("camera group %r: left out %d image(s) whose names mark them as high-resolution ground truth "
                     "(e.g. %s); adaptation learns from the camera's LR images only", wanted, len(ground_truth),
                     ground_truth[0].name)
-    for other in same_brand_names(wanted, groups):
-        log.warning("camera group %r: the images also hold group %s, perhaps the same camera under another name "
-                    "(a folder name and an EXIF Make, e.g. fuji/ and FUJIFILM); it is not used. To adapt them "
-                    "together, put its images in the folder %s/", wanted, groups[other].describe(), wanted)
+    for other in _same_maker_elsewhere(groups, wanted):
+        log.warning("camera group %r: the images also hold group %s, perhaps the same camera named once by a folder "
+                    "and once by its EXIF Make (e.g. fuji/ and FUJIFILM); it is not used. If it is this camera, put "
+                    "its images in the folder %s/ to adapt them together; if it is another camera of that maker, "
+                    "leave it", wanted, groups[other].describe(), wanted)
     return groups[wanted]
+
+
+def _same_maker_elsewhere(groups: dict[str, CameraGroup], wanted: str) -> list[str]:
+    """The groups whose name and ``wanted`` abbreviate one another where one of the two is named by
+    EXIF Makes (two folders ``canon/`` and ``canon_r5/`` are two cameras someone named on purpose)."""
+    def by_make(name: str) -> bool:
+        return any(m.derivation == "exif-make" for m in groups[name].members)
+
+    return [other for other in same_brand_names(wanted, groups) if by_make(other) or by_make(wanted)]
 
 
 _FOLDER_BEATS = ("filename-prefix", "none")

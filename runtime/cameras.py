@@ -65,8 +65,10 @@ def validate_group_name(name: str) -> str:
     if not _VALID_GROUP.match(low) or low in {".", ".."}:
         hint = ""
         words = re.findall(r"[a-z0-9]+", _ascii_fold(low))
-        kept = [w for w in words if w not in _COMPANY_WORDS]
-        if len(kept) == 1 and not re.search(r"[/\\]", name):  # a maker's name as EXIF spells it
+        kept = [w for w in words if w not in _NOISE_WORDS]
+        # a maker's name as EXIF spells it: one word that counts, plus a company form ("NIKON CORPORATION",
+        # "Leica Camera AG") or accents ("Zeiß"); not a path, not "my camera"
+        if len(kept) == 1 and (len(words) == 1 or _COMPANY_WORDS & set(words)) and not re.search(r"[/\\]", name):
             as_make = normalise_camera_name(name)
             if _VALID_GROUP.match(as_make):
                 hint = f"; as an EXIF Make it names the group {as_make!r}, so use that"

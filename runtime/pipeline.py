@@ -267,7 +267,7 @@ class RuntimeOptions:
     require_providers: bool = False
     tiling: TilingOptions = field(default_factory=TilingOptions)
     outscale: float | None = None
-    cache_size: int = 4
+    cache_size: int = 4  # open models kept; one evicted while an image uses it closes when that image is done
     gpu: int = 0  # CUDA device for the tensorrt backend and onnxruntime's CUDA / TensorRT providers
     cuda_graph: bool = False  # tensorrt backend: replay each tile shape as a CUDA graph
     device: str = "auto"
@@ -335,7 +335,8 @@ class Upscaler:
 
     Holds only its options and the model cache (no per-call state); safe to share between threads
     as far as the backends are (onnxruntime sessions are): each image leases its model, so threads
-    using more cameras than ``cache_size`` never close one under another's running image.
+    using more cameras than ``cache_size`` never close one under another's running image (such a
+    model stays open, beyond ``cache_size``, until that image is done).
     """
 
     def __init__(self, options: RuntimeOptions, cache: ModelCache | None = None) -> None:

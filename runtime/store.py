@@ -51,6 +51,7 @@ import datetime as _dt
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -69,7 +70,9 @@ from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
-_HELD_LOCKS = threading.local()  # .paths: the camera locks this thread holds (flock would wait on itself)
+log = logging.getLogger(__name__)
+# .files: (device, inode) of the camera locks this thread holds (a nested flock would wait on itself)
+_HELD_LOCKS = threading.local()
 ENGINES_FOLDER = "engines"
 """A camera's TensorRT engines: files in ``<camera>/engines/``, records under the manifest key of the same name."""
 FALLBACK_CAMERA = "_fallback"
@@ -465,13 +468,7 @@ class CameraStore:
         With ``timeout_s`` 0 fail at once when another process holds it. Not re-entrant: inside a
         transaction, use the transaction's methods, not :meth:`publish` / :meth:`update_manifest`.
         """
-        held: set[str] = _HELD_LOCKS.__dict__.setdefault("paths", set())
-        key = os.path.abspath(self.directory / LOCK_NAME)
-        if key in held:
-            raise StoreError(
-                f"camera {self.camera!r} in {self.root} is already locked by this thread: store transactions do not "
-                "nest; inside a transaction use its own methods, not publish() or update_manifest()"
-            )
+        held: set[tuple[int, int]] = _HELD_LOCKS.__dict__.setdefault("files", set())
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
@@ -482,6 +479,13 @@ class CameraStore:
             ) from exc
         deadline = time.monotonic() + timeout_s
         try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)  # the file itself, however the path reaches it (links, mounts)
+            if key in held:
+                raise StoreError(
+                    f"camera {self.camera!r} in {self.root} is already locked by this thread: store transactions "
+                    "do not nest; inside a transaction use its own methods, not publish() or update_manifest()"
+                )
             while True:
                 if try_exclusive_lock(fd):
                     break
@@ -595,7 +599,7 @@ class StoreTransaction:
                 ) from exc
         except BaseException:
             if tmp.is_dir() and not tmp.is_symlink():
-                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(tmp, onerror=_warn_left_behind)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
@@ -659,3 +663,9 @@ def _check_extra(name: str, extra: Mapping[str, Any] | None) -> None:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"extra fields of {name} must be JSON values (str, number, bool, None, lists, "
                           f"objects): {exc}") from None
+
+
+def _warn_left_behind(_function: object, path: str, exc_info: tuple[type[BaseException], BaseException, Any]) -> None:
+    """``shutil.rmtree``'s error handler for a writer's stray folder: a warning naming what stays."""
+    log.warning("could not remove %s, which a failed writer left in the store (%s); delete it by hand", path,
+                exc_info[1])

@@ -92,10 +92,11 @@ class TilingOptions:
     max_tile_pixels: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("tile", "overlap", "pre_pad", "batch_size"):
-            _check_int(name, getattr(self, name))
-        if self.max_tile_pixels is not None:
-            _check_int("max_tile_pixels", self.max_tile_pixels)
+        for name in ("tile", "overlap", "pre_pad", "batch_size", "max_tile_pixels"):
+            value = getattr(self, name)
+            if value is not None or name != "max_tile_pixels":
+                _check_int(name, value)
+                object.__setattr__(self, name, int(value))  # numpy integers become plain ones
         if self.max_tile_pixels is not None and self.max_tile_pixels < 1:
             raise ConfigError(f"max_tile_pixels must be >= 1 (or None for fixed tiles), got {self.max_tile_pixels}")
         if self.tile < 0:

@@ -24,8 +24,9 @@ A faithful port of the original MATLAB release (``computequality.m``,
 
 Input conventions (the original works on 8-bit images): uint8 arrays are used as
 is; uint16 arrays are scaled to 8 bits (round(v / 257)); floating arrays are taken
-in [0, 1] and quantised to 8 bits (round(255 x)), i.e. scored as if saved as an
-8-bit image. ``crop_border`` removes that many pixels on each side first.
+in [0, 1], clipped and quantised to 8 bits (round(255 x)), i.e. scored as if saved as an
+8-bit image (values below -0.5 or above 1.5 mean another scale and are refused,
+:mod:`.float_range`). ``crop_border`` removes that many pixels on each side first.
 
 Float noise in flat regions: where the 7x7 neighbourhood is constant, the exact MSCN
 value is 0 but every implementation computes a rounding residue (about 1e-14) whose

@@ -1,7 +1,8 @@
 """PSNR and SSIM as SR papers compute them (BasicSR ``calculate_psnr`` / ``calculate_ssim``).
 
 - Pixels are taken on the [0, 255] scale in float64 (uint8 as is, uint16 * 255/65535,
-  float in [0, 1] * 255); ``crop_border`` pixels are removed on each side.
+  float in [0, 1] * 255; a float image with values below -0.5 or above 1.5 is on another scale and
+  refused, :mod:`.float_range`); ``crop_border`` pixels are removed on each side.
 - ``channel='y'`` (default): the BT.601 luma of MATLAB ``rgb2ycbcr``,
   ``16 + (65.481 R + 128.553 G + 24.966 B) / 255``, kept in float (not rounded), as
   BasicSR does. ``channel='rgb'``: all three channels (single-channel images are used
@@ -33,8 +34,8 @@ SSIM_SIGMA = 1.5
 _Y_COEFFS = (65.481, 128.553, 24.966)
 
 
-def to_255(image: np.ndarray) -> np.ndarray:
-    """HxW or HxWxC image as float64 on the [0, 255] scale, always HxWxC."""
+def to_255(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """HxW or HxWxC image as float64 on the [0, 255] scale, always HxWxC (``what`` names it in errors)."""
     a = np.asarray(image)
     if a.dtype == np.uint8:
         out = a.astype(np.float64)
@@ -42,9 +43,9 @@ def to_255(image: np.ndarray) -> np.ndarray:
         out = a.astype(np.float64) * (255.0 / 65535.0)
     elif np.issubdtype(a.dtype, np.floating):
         if not np.all(np.isfinite(a)):
-            raise ImageError("image has NaN or infinite values: pass a finite image in [0, 1]")
+            raise ImageError(f"{what} has NaN or infinite values: pass a finite image in [0, 1]")
         if a.size:
-            check_float_range(float(a.min()), float(a.max()))
+            check_float_range(float(a.min()), float(a.max()), what)
         out = a.astype(np.float64) * 255.0
     else:
         raise ImageError(f"image dtype {a.dtype} is not supported: pass uint8, uint16 or float in [0, 1]")
@@ -64,7 +65,7 @@ def _prepare(
         image, reference = _gray(image), _gray(reference)
     if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
         raise ConfigError(f"crop_border must be an integer >= 0, got {crop_border!r}")
-    a, b = to_255(image), to_255(reference)
+    a, b = to_255(image, "image"), to_255(reference, "reference")
     if a.shape != b.shape:
         raise ShapeError("image vs reference", a.shape, f"the reference's shape {b.shape}")
     if crop_border:

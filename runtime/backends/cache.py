@@ -93,9 +93,9 @@ class ModelCache:
         with self._lock:
             backend, to_close = self._acquire(key, open_fn)
             self._leases[id(backend)] = self._leases.get(id(backend), 0) + 1
-        for old in to_close:
-            old.close()
         try:
+            for old in to_close:  # inside the try: a failing close still releases this lease
+                old.close()
             yield backend
         finally:
             retired = None

@@ -213,3 +213,10 @@ def test_a_brand_split_between_a_folder_and_an_exif_make_is_named(tmp_path: Path
     with caplog.at_level(logging.WARNING):
         select_group(SAMPLES, "canon")  # no related names: no warning
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    (tmp_path / "nokia-n8-pro").mkdir()  # two folders named on purpose: two cameras, no warning between them
+    _noise_png(tmp_path / "nokia-n8-pro" / "c.png")
+    (tmp_path / "b.jpg").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        select_group(tmp_path, "nokia-n8")
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

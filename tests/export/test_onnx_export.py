@@ -333,9 +333,25 @@ def test_fallback_export_manifest_and_stale_exports_dropped(tmp_path: Path) -> N
 
 
 def test_export_refuses_while_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    import threading
+
     make_store(tmp_path)
-    with CameraStore.open(tmp_path, CAMERA).lock(), pytest.raises(StoreError, match="another adassr process"):
-        onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:  # another writer: its own thread (flock excludes per open file, as between processes)
+        with CameraStore.open(tmp_path, CAMERA).lock():
+            held.set()
+            release.wait(20)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert held.wait(20)
+        with pytest.raises(StoreError, match="another adassr process"):
+            onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
+    finally:
+        release.set()
+        thread.join(20)
     assert not list((tmp_path / CAMERA).glob("model*.onnx"))
 
 

@@ -228,6 +228,24 @@ def _raise_open() -> Backend:
     raise BackendError("cannot open")
 
 
+def test_a_lease_ends_when_its_block_raises_or_an_evicted_model_fails_to_close() -> None:
+    class _FailingClose(_CountingBackend):
+        def _close(self) -> None:
+            raise BackendError("the driver refused")
+
+    cache = ModelCache(max_entries=1)
+    with pytest.raises(RuntimeError), cache.lease(_key("a"), lambda: _CountingBackend("a")) as a:
+        raise RuntimeError("the image failed")
+    with cache.lease(_key("b"), lambda: _CountingBackend("b")):  # evicts a: no lease holds it, so it closes
+        pass
+    assert a.closed == 1
+    cache = ModelCache(max_entries=1)
+    failing = cache.get(_key("f"), lambda: _FailingClose("f"))
+    with pytest.raises(BackendError, match="refused"), cache.lease(_key("g"), lambda: _CountingBackend("g")):
+        pytest.fail("the body does not run when closing the evicted model fails")
+    assert cache._leases == {} and failing is not None  # the lease was released all the same
+
+
 def test_lru_key_includes_checksum_precision_and_providers(model_path: Path) -> None:
     with ModelCache(4) as cache:
         k1 = ModelKey("canon", "aaa", "fp32", ("CPUExecutionProvider",))

@@ -231,6 +231,8 @@ def test_runtime_options_validate() -> None:
     for kwargs in ({"pre_pad": 2.5}, {"batch_size": 2.5}, {"tile": 33.5}, {"tile": "64"}):
         with pytest.raises(ConfigError, match="must be an integer"):
             TilingOptions(**kwargs)  # type: ignore[arg-type]
+    numpy_tiling = TilingOptions(tile=np.int64(32), overlap=np.int32(8))  # type: ignore[arg-type]
+    assert type(numpy_tiling.tile) is int and type(numpy_tiling.overlap) is int  # the engines' shapes want ints
 
 
 def test_the_upscaler_names_what_it_takes(tmp_path: Path) -> None:
@@ -244,6 +246,10 @@ def test_the_upscaler_names_what_it_takes(tmp_path: Path) -> None:
         image = LoadedImage(np.zeros((8, 8, 3), np.uint8), None, 8, None, None, None)
         with pytest.raises(CameraError, match="must be a string, got int"):
             up.upscale(image, camera=5)  # type: ignore[arg-type]
+    numpy_tiling = TilingOptions(tile=np.int64(16), overlap=np.int64(4))  # type: ignore[arg-type]
+    with Upscaler(RuntimeOptions(store=tmp_path, tiling=numpy_tiling)) as up:  # end to end, as plain integers
+        assert up.upscale(LoadedImage(np.zeros((20, 20, 3), np.uint8), None, 8, None, None, None)).pixels.shape == (
+            80, 80, 3)
     with pytest.raises(ImageError, match="must be a numpy array, got list"):
         LoadedImage([[0]], None, 8, None, None, None)  # type: ignore[arg-type]
     with pytest.raises(ImageError, match="use uint8 .* or uint16"):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -463,11 +464,12 @@ def test_an_animation_or_a_multi_page_file_gets_a_note_that_only_its_first_frame
     frames[0].save(src / "anim.webp", save_all=True, append_images=frames[1:], duration=100, loop=0, lossless=True)
     frames[0].save(src / "pages.tif", save_all=True, append_images=frames[1:2])
     frames[0].save(src / "still.webp", lossless=True)
+    shutil.copy(SAMPLES / "nintendo" / "sugarshack.mpo", src / "stereo.mpo")  # two frames, one photo: no note
     code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--camera", "canon",
                           "--no-progress")
     assert code == 0, err
     assert f"note: {src / 'anim.webp'}: holds 3 frames" in err and "only the first is read" in err
     assert f"note: {src / 'pages.tif'}: holds 2 frames" in err
-    assert "still.webp" not in err and "3 ok, 0 failed" in out
+    assert "still.webp" not in err and "stereo.mpo" not in err and "4 ok, 0 failed" in out
     assert read_image(tmp_path / "out" / "anim.webp").pixels.shape == (48, 40, 3)
     assert not (tmp_path / "out" / "anim_2.webp").exists()
