@@ -12,8 +12,11 @@ their encoders cannot hold (:data:`MAX_SIDE_BY_FORMAT`), before anything is writ
 4:4:4 chroma at quality >= 90 and 4:2:0 below; WebP is lossy at ``quality`` with ``exact`` (RGB kept
 under transparent pixels); PNG uses zlib level 1 (speed over a few percent of size); TIFF uses
 Deflate (8-bit) or OpenCV's default LZW (16-bit). A colour profile (``icc_profile``) is embedded by
-every 8-bit writer and by 16-bit PNG (an iCCP chunk added after IHDR); 16-bit TIFF, and a grey
-profile for WebP's RGB, drop it with a :class:`ProfileDroppedWarning`.
+every writer: 16-bit PNG gets an iCCP chunk after IHDR and 16-bit TIFF the ICC tag (34675), which
+OpenCV's encoder leaves out, as it leaves out the ExtraSamples tag that marks 16-bit RGBA's fourth
+sample as alpha (:func:`~adassr.runtime.images.containers.tiff_with_tags` adds both); a grey profile
+for WebP's RGB, or for 16-bit grey+alpha TIFF (stored as RGBA), is dropped with a
+:class:`ProfileDroppedWarning`.
 
 The file is written to a temporary file in the destination directory, fsynced and renamed over the
 destination (PNG and JPEG are encoded straight into it; WebP, TIFF and 16-bit images are encoded in
@@ -45,7 +48,11 @@ from adassr.runtime.images._model import (
     icc_colour_space,
     profile_fits,
 )
-from adassr.runtime.images.containers import encode_png_grey_alpha16, png_with_icc_profile
+from adassr.runtime.images.containers import (
+    encode_png_grey_alpha16,
+    png_with_icc_profile,
+    tiff_with_tags,
+)
 from adassr.runtime.images.convert import uint16_to_uint8
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
@@ -106,7 +113,7 @@ def write_image(
 
     ``alpha`` is H x W with the pixels' dtype. ``quality`` (1-100) applies to JPEG and WebP.
     ``icc_profile`` (e.g. :attr:`LoadedImage.icc_profile`) is embedded when it fits the stored
-    pixels; where it cannot be (16-bit TIFF, a grey profile for WebP's RGB) a
+    pixels; where it cannot be (a grey profile for WebP's or 16-bit grey+alpha TIFF's RGB) a
     :class:`ProfileDroppedWarning` says so. PNG and JPEG are encoded straight into the temporary
     file, without a copy of the encoded image in memory.
     """
@@ -204,7 +211,14 @@ class _Encoding:
         """Encode into ``out``; ImageError for what the encoder refuses, OSError for the writing."""
         if self.px.dtype == np.uint16:
             data = _encode_16bit(self.p, self.fmt, self.px, self.al)
-            out.write(png_with_icc_profile(bytes(data), self.icc_profile) if self.icc_profile is not None else data)
+            if self.fmt == "TIFF" and (self.al is not None or self.icc_profile is not None):
+                try:  # OpenCV writes neither the alpha's ExtraSamples tag nor a profile
+                    data = tiff_with_tags(bytes(data), alpha=self.al is not None, icc_profile=self.icc_profile)
+                except ValueError as e:
+                    raise ImageError(f"{self.p}: OpenCV's 16-bit TIFF has an unexpected layout ({e})") from e
+            elif self.icc_profile is not None:
+                data = png_with_icc_profile(bytes(data), self.icc_profile)
+            out.write(data)
             return
         arr = self.px[..., 0] if self.px.shape[2] == 1 else self.px
         if self.al is not None:
@@ -255,11 +269,8 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
         if px.shape[2] == 1 and al is not None and fmt != "PNG":  # no 16-bit grey+alpha TIFF encoder here
             px = np.repeat(px, 3, axis=2)
             if icc_profile is not None and fmt == "TIFF":
-                icc_profile = None  # a grey profile for RGB pixels (and 16-bit TIFF embeds none anyway)
+                icc_profile = None  # a grey profile for RGB pixels
                 _profile_dropped(p, "16-bit grey+alpha TIFF is stored as RGBA, and the profile is a grey one")
-        if icc_profile is not None and fmt != "PNG":
-            _profile_dropped(p, "16-bit TIFF is written by OpenCV, which cannot embed one; write .png")
-            icc_profile = None
     elif fmt == "WEBP" and px.shape[2] == 1:
         px = np.repeat(px, 3, axis=2)
         if icc_profile is not None:

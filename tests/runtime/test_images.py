@@ -786,9 +786,20 @@ def test_colour_profile_16bit_png_and_where_it_is_dropped(tmp_path: Path) -> Non
     np.testing.assert_array_equal(back.pixels, rgb16)
     with Image.open(path) as im:
         assert im.info["icc_profile"] == _profile()
-    with pytest.warns(ProfileDroppedWarning, match="16-bit TIFF"):
-        write_image(tmp_path / "deep.tif", rgb16, icc_profile=_profile())
-    assert read_image(tmp_path / "deep.tif").icc_profile is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProfileDroppedWarning)  # 16-bit TIFF keeps it too now (an ICC tag added)
+        deep_tif = write_image(tmp_path / "deep.tif", rgb16, icc_profile=_profile())
+        with_alpha = write_image(tmp_path / "deep_a.tif", rgb16, alpha=rgb16[..., 0].copy(), icc_profile=_profile())
+    for tif in (deep_tif, with_alpha):
+        back = read_image(tif)
+        assert back.icc_profile == _profile() and back.bit_depth == 16
+        np.testing.assert_array_equal(back.pixels, rgb16)
+    np.testing.assert_array_equal(read_image(with_alpha).alpha, rgb16[..., 0])
+    with Image.open(with_alpha) as im:
+        assert im.tag_v2.get(338) == (2,) and im.info["icc_profile"] == _profile()
+    with pytest.warns(ProfileDroppedWarning, match="16-bit grey\\+alpha TIFF is stored as RGBA"):
+        grey16 = rgb16[..., :1].copy()
+        write_image(tmp_path / "ga.tif", grey16, alpha=grey16[..., 0].copy(), icc_profile=_profile(b"GRAY"))
     grey = _photo()[..., :1].copy()
     with pytest.warns(ProfileDroppedWarning, match="RGB profile for grey pixels"):
         write_image(tmp_path / "g.png", grey, icc_profile=_profile())
@@ -875,3 +886,27 @@ except ImageError as exc:
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert "writing failed (File too large)" in proc.stdout, proc.stdout + proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sixteen_bit_rgba_tiff_says_its_fourth_sample_is_alpha(tmp_path: Path,
+                                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """OpenCV writes 16-bit RGBA TIFF without ExtraSamples: other readers took the alpha for an unknown
+    channel, and OpenCV's own reader warned on stderr at every read."""
+    from adassr.runtime.images.containers import tiff_with_tags
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 65536, (9, 7, 3), dtype=np.uint16)
+    alpha = rng.integers(0, 65536, (9, 7), dtype=np.uint16)
+    path = write_image(tmp_path / "a.tif", pixels, alpha=alpha)
+    with Image.open(path) as im:
+        assert im.tag_v2.get(338) == (2,) and im.tag_v2.get(277) == 4  # unassociated alpha
+    capfd.readouterr()
+    back = read_image(path)
+    assert "TIFF_Warning" not in capfd.readouterr().err
+    np.testing.assert_array_equal(back.pixels, pixels)
+    np.testing.assert_array_equal(back.alpha, alpha)
+    rgb = write_image(tmp_path / "b.tif", pixels).read_bytes()
+    for data, kwargs, words in ((rgb, {"alpha": True}, "4 samples"), (path.read_bytes(), {"alpha": True}, "already"),
+                                (b"not a tiff", {}, "not a classic TIFF")):
+        with pytest.raises(ValueError, match=words):
+            tiff_with_tags(data, **kwargs)
