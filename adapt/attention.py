@@ -239,4 +239,7 @@ def _checked_image(image: np.ndarray) -> np.ndarray:
     image = np.ascontiguousarray(image, dtype=np.float32)
     if not np.isfinite(image).all():
         raise ConfigError("LR image has NaN or infinite values; check the decoding and preprocessing")
+    if image.min() < -0.5 or image.max() > 1.5:
+        raise ConfigError(f"LR image values span {image.min():.4g}..{image.max():.4g}, not the [0, 1] scale; "
+                          "divide 8-bit levels by 255")
     return image

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 from adassr.runtime.errors import ConfigError
+from adassr.runtime.fields import check_field_types
 
 COMPUTE_PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtypes of training (not exported-model precisions)
 TRAINING_PRECISIONS = ("auto", *COMPUTE_PRECISIONS)  # what --precision of `adapt` accepts
@@ -95,6 +96,7 @@ class AttentionConfig:
 
     def __post_init__(self) -> None:
         label = functools.partial(_label, AttentionConfig)
+        check_field_types(self, label=label)
         _check_choice(label("mode"), self.mode, WEIGHT_MODES)
         for name in ("pool", "heads", "temperature", "texture_floor"):
             _check_positive(label(name), getattr(self, name))
@@ -162,6 +164,9 @@ class AdaptConfig:
 
     def __post_init__(self) -> None:
         label = functools.partial(_label, AdaptConfig)
+        check_field_types(self, label=label, classes={"AttentionConfig": AttentionConfig})
+        if self.external_steps is not None:
+            _check_positive(label("external_steps"), self.external_steps)
         for name in ("steps", "lr_patch", "batch", "eval_every", "stop_patience", "eval_crop",
                      "eval_max_images", "tail_blocks", "admm_iters", "feature_bank", "max_images",
                      "max_megapixels"):
@@ -172,7 +177,11 @@ class AdaptConfig:
             _check_positive(label(name), getattr(self, name), allow_zero=name != "lr")
         if self.time_budget is not None:
             _check_positive(label("time_budget"), self.time_budget)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+        if self.lambda_l1 == self.lambda_perceptual == self.lambda_gan == 0:
+            raise ConfigError(f"{label('lambda_l1')}, {label('lambda_perceptual')} and {label('lambda_gan')} are all "
+                              "0: nothing would be learnt from the camera's images (only the proximal term pulls "
+                              "the weights, towards the backbone); give at least one of them a positive weight")
+        if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"{label('seed')} must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"{label('ema_decay')} must be in [0, 1), got {self.ema_decay}")

@@ -32,7 +32,7 @@ import math
 import cv2
 import numpy as np
 
-from adassr.runtime.errors import ConfigError, ShapeError
+from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 __all__ = [
     "bicubic_kernel",
@@ -251,8 +251,13 @@ def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ShapeError("image", img.shape, "(H, W, 3) RGB")
-    if not 1 <= int(quality) <= 100:
-        raise ConfigError(f"JPEG quality {quality} is outside 1-100; give a quality from 1 (smallest) to 100")
+    if not np.issubdtype(img.dtype, np.floating):
+        raise ImageError(f"image has dtype {img.dtype}; pass float RGB in [0, 1] (divide 8-bit levels by 255)")
+    if img.size and not (np.isfinite(img).all() and img.min() >= -0.5 and img.max() <= 1.5):
+        raise ImageError(f"image values are not on the [0, 1] scale (or not finite): range {img.min():.4g}.."
+                         f"{img.max():.4g}; divide 8-bit levels by 255")
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+        raise ConfigError(f"JPEG quality {quality!r} is not an integer from 1 (smallest) to 100")
     u8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(u8[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None

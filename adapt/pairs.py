@@ -55,6 +55,7 @@ from adassr.adapt.augment import (
 )
 from adassr.adapt.degradation import blur_downsample
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
+from adassr.runtime.fields import check_field_types
 
 # Kernel size assumed by :func:`validate_images` when the kernel is not known yet.
 DEFAULT_KERNEL_SIZE = 21
@@ -101,9 +102,10 @@ class PairConfig:
     image_choice: Literal["area", "uniform"] = "area"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.scale, int) and self.scale >= 1):
+        check_field_types(self)
+        if self.scale < 1:
             raise ConfigError(f"scale must be an integer >= 1, got {self.scale!r}")
-        if not (isinstance(self.lr_patch, int) and self.lr_patch >= 1):
+        if self.lr_patch < 1:
             raise ConfigError(f"lr_patch must be an integer >= 1, got {self.lr_patch!r}")
         for name in ("p_flip_rot", "p_affine", "p_gauss_noise", "p_poisson_noise",
                      "p_gray_noise", "p_photometric", "p_usm"):
@@ -112,14 +114,15 @@ class PairConfig:
                 raise ConfigError(f"{name} must be a probability in [0, 1], got {value}")
         if self.p_gauss_noise + self.p_poisson_noise > 1.0:
             raise ConfigError("p_gauss_noise + p_poisson_noise must not exceed 1 (they are exclusive)")
-        for name, lo_bound in (("affine_scale", 1e-3), ("gauss_sigma_range", 0.0),
-                               ("poisson_scale_range", 0.0), ("usm_sigma_range", 1e-3),
-                               ("usm_amount_range", 0.0)):
+        # upper bounds far above any useful value, which keep the sampler's work bounded (a USM sigma of
+        # 1e6 px built a Gaussian of millions of taps per pair)
+        for name, lo_bound, hi_bound in (("affine_scale", 1e-3, 4.0), ("gauss_sigma_range", 0.0, 1.0),
+                                         ("poisson_scale_range", 0.0, 100.0), ("usm_sigma_range", 1e-3, 10.0),
+                                         ("usm_amount_range", 0.0, 10.0)):
             lo, hi = getattr(self, name)
-            if not lo_bound <= lo <= hi:
-                raise ConfigError(f"{name} must be (low, high) with {lo_bound} <= low <= high, got {(lo, hi)}")
-        if self.affine_scale[1] > 4.0:
-            raise ConfigError(f"affine_scale high must be <= 4, got {self.affine_scale[1]}")
+            if not lo_bound <= lo <= hi <= hi_bound:
+                raise ConfigError(f"{name} must be (low, high) with {lo_bound} <= low <= high <= {hi_bound}, "
+                                  f"got {(lo, hi)}")
         if not (0.0 <= self.affine_rotate_deg <= 45.0 and 0.0 <= self.affine_shear_deg <= 30.0):
             raise ConfigError("affine_rotate_deg must be in [0, 45] and affine_shear_deg in [0, 30]")
         if not 1 <= self.photometric_max_ops <= len(PHOTOMETRIC_OPS):
@@ -581,8 +584,9 @@ def make_pair_sampler(
             w = np.asarray(weights[index], dtype=np.float32)
             if w.shape != data.shape[:2]:
                 raise ShapeError(f"weight map {index}", w.shape, f"{data.shape[:2]} (the image's H, W)")
-            if not np.all(np.isfinite(w)):
-                raise ConfigError(f"weight map {index} has non-finite values")
+            if not np.all(np.isfinite(w)) or (w.size and w.min() < 0):
+                raise ConfigError(f"weight map {index} has non-finite or negative values; loss weights are >= 0 "
+                                  "(a negative one would make training increase the error there)")
             data = np.concatenate([data, w[..., None]], axis=2)
         low = config.affine_scale[0]
         if config.p_affine > 0.0:

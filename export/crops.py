@@ -80,28 +80,45 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def textured_windows(image: np.ndarray, size: int, count: int) -> list[tuple[int, int]]:
-    """Top-left corners of up to ``count`` non-overlapping ``size`` windows (on a ``size / 2`` grid)
-    with the most gradient energy, most textured first."""
+    """Top-left corners of ``count`` ``size`` windows with the most gradient energy, most textured
+    first: non-overlapping ones on a ``size / 2`` grid (greedily); where that leaves fewer, the best of
+    the non-overlapping ``size``-aligned tiles (a 64 px image whose best window is the centre one
+    still gets two apart); fewer only when the image has fewer windows at all."""
+    if image.ndim != 3 or image.shape[2] < 1:
+        raise ExportError(f"textured_windows needs an H x W x C image, got shape {image.shape}")
     h, w = image.shape[:2]
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= min(h, w):
+        raise ExportError(f"window size {size!r} must be an integer from 1 to the image's shorter side {min(h, w)}")
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ExportError(f"window count {count!r} must be an integer >= 1")
     luma = image.mean(axis=2, dtype=np.float64)
     energy = np.zeros((h, w))
     energy[:, 1:] += np.abs(np.diff(luma, axis=1))
     energy[1:, :] += np.abs(np.diff(luma, axis=0))
     integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    step = max(1, size // 2)
-    ys = np.array(sorted({*range(0, h - size + 1, step), h - size}))
-    xs = np.array(sorted({*range(0, w - size + 1, step), w - size}))
-    y, x = np.meshgrid(ys, xs, indexing="ij")
-    y, x = y.ravel(), x.ravel()
-    total = integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
-    chosen: list[tuple[int, int]] = []
-    for i in np.argsort(-total, kind="stable"):
-        cy, cx = int(y[i]), int(x[i])
-        if all(abs(cy - py) >= size or abs(cx - px) >= size for py, px in chosen):
-            chosen.append((cy, cx))
-            if len(chosen) == count:
-                break
-    return chosen
+
+    def ranked(step: int) -> list[tuple[int, int]]:
+        ys = np.array(sorted({*range(0, h - size + 1, step), h - size}))
+        xs = np.array(sorted({*range(0, w - size + 1, step), w - size}))
+        y, x = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
+        total = integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
+        return [(int(y[i]), int(x[i])) for i in np.argsort(-total, kind="stable")]
+
+    def apart(candidates: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        chosen: list[tuple[int, int]] = []
+        for cy, cx in candidates:
+            if all(abs(cy - py) >= size or abs(cx - px) >= size for py, px in chosen):
+                chosen.append((cy, cx))
+                if len(chosen) == count:
+                    break
+        return chosen
+
+    greedy = apart(ranked(max(1, size // 2)))
+    if len(greedy) < count:
+        tiles = apart(ranked(size))
+        if len(tiles) > len(greedy):
+            return tiles
+    return greedy
 
 
 def validation_inputs(photo: str | os.PathLike[str], *, size: int = CROP_SIZE) -> list[ValidationInput]:
@@ -111,11 +128,14 @@ def validation_inputs(photo: str | os.PathLike[str], *, size: int = CROP_SIZE) -
     except ImageError as exc:
         raise ExportError(f"cannot read the validation photo {photo}: {exc}") from exc
     h, w = image.shape[:2]
+    need = max(SMALL_CROP) + 1  # a window larger than the non-square crop in both H and W
+    if min(h, w) < need:
+        raise ExportError(f"validation photo {photo} is {w}x{h}; it needs at least {need}x{need} pixels (a "
+                          f"window and a smaller {SMALL_CROP[0]}x{SMALL_CROP[1]} crop of it); pass a larger one "
+                          "with --validation-image")
     size = min(size, h, w)
-    if size < 8:
-        raise ExportError(f"validation photo {photo} is {w}x{h}; it needs at least 8x8 pixels")
     corners = textured_windows(image, size, 2)
-    if len(corners) < 2:
+    if len(corners) < 2:  # an image of one window: the batch repeats it (batch 2 is what is tested)
         corners = corners * 2
     crops = np.stack([image[y : y + size, x : x + size].transpose(2, 0, 1) for y, x in corners])
     sh, sw = min(SMALL_CROP[0], size), min(SMALL_CROP[1], size)

@@ -45,6 +45,7 @@ from typing import Any
 from adassr.export.errors import ExportError
 from adassr.runtime.engines.cache import EngineCache, EngineRecord, current_onnx_sha256
 from adassr.runtime.errors import ConfigError
+from adassr.runtime.fields import check_field_types
 from adassr.runtime.store import (
     FALLBACK_CAMERA,
     CameraStore,
@@ -58,6 +59,8 @@ PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
+MAX_TILE = 8192
+"""The largest tile side (input pixels) a repository is written for: a 4K frame fits in one tile."""
 DEFAULT_PREFIX = "adassr_"
 PROVENANCE = "adassr_versions.json"
 LOCK_FILE = ".adassr.lock"
@@ -82,10 +85,17 @@ class TritonRepoOptions:
     precision: str = "fp32"  # which ONNX export (fp32 or fp16) to publish
 
     def __post_init__(self) -> None:
+        try:  # config.pbtxt takes integers: tile=256.0 wrote "dims: [ 3, 256.0, 256.0 ]", which Triton refuses
+            check_field_types(self)
+        except ConfigError as exc:
+            raise ExportError(str(exc)) from None
         if self.platform not in PLATFORMS:
             raise ExportError(f"unknown Triton platform {self.platform!r}; valid: {', '.join(PLATFORMS)}")
-        if self.tile < 8:
-            raise ExportError(f"--tile must be at least 8 input pixels, got {self.tile}")
+        if not 8 <= self.tile <= MAX_TILE:
+            raise ExportError(f"--tile must be from 8 to {MAX_TILE} input pixels, got {self.tile}")
+        if len(set(self.preferred_batch_sizes)) != len(self.preferred_batch_sizes):
+            raise ExportError(f"preferred batch sizes {self.preferred_batch_sizes} repeat a size; give each once")
+        object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(self.preferred_batch_sizes)))
         if self.max_batch_size < 1:
             raise ExportError(f"--max-batch must be >= 1, got {self.max_batch_size}")
         if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
@@ -421,14 +431,30 @@ def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root:
     return TritonModel(name, camera, version, new, digest, model_dir)
 
 
+def _check_apart(repo: Path, store_root: Path) -> None:
+    """``ExportError`` when the repository and the store are one folder or one holds the other."""
+    a, b = repo.resolve(), store_root.resolve()
+    if a == b or b in a.parents or a in b.parents:
+        raise ExportError(f"the Triton repository {repo} and the model store {store_root} must be separate folders "
+                          "(neither inside the other): Triton loads every folder of its repository as a model")
+
+
 def write_repository(
     repo: str | os.PathLike[str],
     store_root: str | os.PathLike[str],
     cameras: Sequence[str] | None = None,
     options: TritonRepoOptions | None = None,
 ) -> list[TritonModel]:
-    """Write the Triton model of every camera in ``cameras`` (default: every exported camera, fallback included)."""
+    """Write the Triton model of every camera in ``cameras`` (default: every exported camera, fallback included).
+
+    Every camera's export is checked before anything is written, so a bad name or a camera without
+    the export asked for leaves the repository as it was. The repository may be neither inside the
+    store nor around it (Triton would take the store's folders for models)."""
     opts = options or TritonRepoOptions()
+    if not isinstance(opts, TritonRepoOptions):
+        raise ExportError(f"options must be a TritonRepoOptions, got {type(opts).__name__}")
+    if isinstance(cameras, str):
+        raise ExportError(f"cameras must be a list of camera names, got the string {cameras!r}: pass [{cameras!r}]")
     root = Path(store_root).expanduser()
     CameraStore.open(root, FALLBACK_CAMERA)  # StoreError if the store is missing
     if cameras:
@@ -438,6 +464,10 @@ def write_repository(
         if not chosen:
             raise ExportError(f"no camera in {root} has an export; run `adassr export` first")
     out = Path(repo).expanduser()
+    _check_apart(out, root)
+    for camera in chosen:  # all of them before any is written
+        store = CameraStore.open(root, camera)
+        _source(store, store.read_manifest(), opts)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with _repository_lock(out):

@@ -271,6 +271,8 @@ def test_bad_inputs_raise_typed_errors(small_model: RRDBNet, photo: np.ndarray) 
     bad[0, 0, 0] = np.nan
     with pytest.raises(ConfigError):
         compute_weight_map(small_model, bad, config, device=CPU, precision=FP32)
+    with pytest.raises(ConfigError, match="not the \\[0, 1\\] scale"):  # 8-bit levels as float: another map
+        compute_weight_map(small_model, photo * 255, config, device=CPU, precision=FP32)
     with pytest.raises(ShapeError, match="exclude radius"):  # 2 x 2 tokens, all within radius 1
         compute_weight_map(small_model, photo[:8, :8], config, device=CPU, precision=FP32)
     for bad_config in ({"temperature": 0.0}, {"highpass": 4}, {"texture_floor": -1.0}, {"max_side": 4}):

@@ -174,5 +174,12 @@ def test_jpeg_roundtrip_loses_more_at_lower_quality_and_checks_its_input():
     assert jpeg_roundtrip(np.full((8, 8, 3), 1.5, np.float32), 95).min() > 0.95
     with pytest.raises(ShapeError):
         jpeg_roundtrip(img[..., 0], 90)
-    with pytest.raises(ConfigError, match="1-100"):
+    with pytest.raises(ConfigError, match="integer from 1"):
         jpeg_roundtrip(img, 0)
+    with pytest.raises(ConfigError, match="integer from 1"):
+        jpeg_roundtrip(img, 50.7)  # type: ignore[arg-type]
+    from adassr.runtime.errors import ImageError
+
+    for wrong in (img * 255, (img * 255).astype(np.uint8)):  # 8-bit levels: once came back almost white
+        with pytest.raises(ImageError, match="divide 8-bit levels by 255"):
+            jpeg_roundtrip(wrong, 90)

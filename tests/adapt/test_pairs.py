@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import cv2
@@ -326,6 +327,15 @@ def test_bad_inputs_raise_typed_errors(photo: np.ndarray) -> None:
         make_pair_sampler([photo], KERNEL * 2, PLAIN, seed=0)
     with pytest.raises(ShapeError):
         make_pair_sampler([photo], KERNEL, PLAIN, weights=[np.ones((10, 10), np.float32)], seed=0)
+    with pytest.raises(ConfigError, match="negative"):  # it would make training increase the error there
+        make_pair_sampler([photo], KERNEL, PLAIN, weights=[-np.ones(photo.shape[:2], np.float32)], seed=0)
+    for kwargs, words in (({"usm_sigma_range": (1.0, 1e6)}, "<= 10.0"),  # built a Gaussian of millions of taps
+                          ({"poisson_scale_range": (0.1, math.inf)}, "<= 100.0"),
+                          ({"scale": True}, "must be an integer"), ({"p_affine": "0.5"}, "must be a number"),
+                          ({"affine_scale": 0.5}, "tuple\\[float, float\\]")):
+        with pytest.raises(ConfigError, match=words):
+            PairConfig(**kwargs)  # type: ignore[arg-type]
+    assert PairConfig(scale=np.int64(4), lr_patch=np.int64(8)).lr_patch == 8  # type: ignore[arg-type]
     with pytest.raises(ImageError, match="float32"):
         validate_images([(photo * 255).astype(np.uint8)], PLAIN)
     with pytest.raises(ConfigError, match="no images"):

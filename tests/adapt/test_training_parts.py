@@ -276,3 +276,22 @@ def test_external_images_are_checked_from_their_headers(tmp_path: Path, caplog: 
         check_external_images(tmp_path, min_side=128)
     with pytest.raises(ConfigError, match="no images found"):
         check_external_images(tmp_path / "nothing", min_side=96)
+
+
+def test_adapt_config_checks_types_at_construction() -> None:
+    """A library caller's ``early_stop="no"`` used to be taken as true; floats for counts and strings
+    for numbers failed deep in a run, after the set-up work."""
+    from adassr.adapt.config import AdaptConfig, AttentionConfig
+    from adassr.runtime.errors import ConfigError
+
+    for kwargs, words in (({"early_stop": "no"}, "True or False"), ({"steps": True}, "must be an integer"),
+                          ({"stop_patience": 1.5}, "must be an integer"), ({"lr": "1e-4"}, "must be a number"),
+                          ({"external_steps": -5}, "> 0"), ({"attention": None}, "AttentionConfig"),
+                          ({"lambda_l1": 0.0, "lambda_perceptual": 0.0}, "nothing would be learnt")):
+        with pytest.raises(ConfigError, match=words):
+            AdaptConfig(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="must be an integer"):
+        AttentionConfig(highpass=9.0)  # type: ignore[arg-type]
+    config = AdaptConfig(seed=np.int64(3), steps=np.int64(5), lr=np.float32(1e-4), external_hr="hr/")  # type: ignore[arg-type]
+    assert (type(config.seed), type(config.steps), type(config.lr)) == (int, int, float)
+    assert config.external_hr == Path("hr/") and AdaptConfig(lambda_l1=0.0).lambda_perceptual == 1.0

@@ -22,7 +22,7 @@ from adassr.export.cli import add_export_arguments, run_export
 from adassr.export.crops import bundled_photos, photo_crops, read_rgb, textured_windows
 from adassr.export.errors import ExportError
 from adassr.export.fp16 import FP16_MAX, convert_to_fp16, evaluate_fp16_storage
-from adassr.runtime.errors import StoreError
+from adassr.runtime.errors import AdassrError, StoreError
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -307,6 +307,34 @@ def _tiny_loaded(path: Path, seed: int) -> LoadedBackbone:
     return load_safetensors_weights(path, TINY)
 
 
+def test_fallback_export_records_the_weights_it_publishes_and_a_failed_first_leaves_no_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adassr.adapt.weights import state_dict_sha256
+
+    loaded = _tiny_loaded(tmp_path / "a.safetensors", seed=3)
+    with torch.no_grad():  # changed after loading: the digest it was loaded with no longer describes it
+        next(loaded.model.parameters()).add_(0.5)
+    onnx_export.export_loaded_fallback(tmp_path / "store", loaded, validation_image=PHOTO)
+    manifest = CameraStore.open(tmp_path / "store", FALLBACK_CAMERA).read_manifest()
+    actual = state_dict_sha256(loaded.model.state_dict())
+    assert actual != loaded.weights_sha256
+    assert manifest["weights_sha256"] == manifest["exports"]["onnx"]["weights_sha256"] == actual
+    bad_photo = tmp_path / "not-an-image.png"
+    bad_photo.write_text("no")
+    with pytest.raises(AdassrError):
+        onnx_export.export_loaded_fallback(tmp_path / "new-store", loaded, validation_image=bad_photo)
+    assert not (tmp_path / "new-store" / FALLBACK_CAMERA).exists()
+
+    def failing_build(*args: object, **kwargs: object) -> None:
+        raise ExportError("the export failed")
+
+    monkeypatch.setattr(onnx_export, "build_models", failing_build)
+    with pytest.raises(ExportError, match="the export failed"):
+        onnx_export.export_loaded_fallback(tmp_path / "new-store", loaded, validation_image=PHOTO)
+    assert not (tmp_path / "new-store" / FALLBACK_CAMERA).exists()  # a first export failed: no empty folder
+    assert (tmp_path / "store" / FALLBACK_CAMERA / "manifest.json").exists()
+
+
 def test_fallback_export_manifest_and_stale_exports_dropped(tmp_path: Path) -> None:
     first = _tiny_loaded(tmp_path / "a.safetensors", seed=3)
     onnx_export.export_loaded_fallback(tmp_path / "store", first, precision="both", validation_image=PHOTO)
@@ -389,6 +417,26 @@ def test_textured_windows_prefers_texture_and_do_not_overlap() -> None:
     assert all(x >= 64 for _, x in windows)
     (y0, x0), (y1, x1) = windows
     assert abs(y0 - y1) >= 32 or abs(x0 - x1) >= 32
+    # the most textured window in the centre of a 64 px photo: two apart all the same (it used to
+    # repeat the centre one, validating on two copies of one crop)
+    centred = rng.random((64, 64, 3), dtype=np.float32) * 0.1
+    centred[16:48, 16:48] *= 10
+    (y0, x0), (y1, x1) = textured_windows(centred, 32, 2)
+    assert abs(y0 - y1) >= 32 or abs(x0 - x1) >= 32
+    for size, count in ((0, 2), (65, 2), (32, 0)):
+        with pytest.raises(ExportError, match="must be an integer"):
+            textured_windows(centred, size, count)
+
+
+def test_a_validation_photo_too_small_for_the_non_square_check_is_refused(tmp_path: Path) -> None:
+    from adassr.export.crops import validation_inputs
+    from adassr.runtime.images import write_image
+
+    small = write_image(tmp_path / "small.png", np.full((24, 40, 3), 90, np.uint8))
+    with pytest.raises(ExportError, match="needs at least 29x29 pixels.*--validation-image"):
+        validation_inputs(small)
+    batch, non_square = validation_inputs(write_image(tmp_path / "ok.png", np.full((30, 70, 3), 90, np.uint8)))
+    assert batch.batch.shape == (2, 3, 30, 30) and non_square.batch.shape == (1, 3, 20, 28)
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:

@@ -13,6 +13,7 @@ from tritonclient.grpc import model_config_pb2
 from adassr.cli import main
 from adassr.export.errors import ExportError
 from adassr.export.triton_repo import TritonRepoOptions, write_repository
+from adassr.runtime.errors import StoreError
 from adassr.runtime.server.triton_client import parse_model_config
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
 
@@ -283,6 +284,37 @@ def test_repository_problems_are_export_errors(store: Path, tmp_path: Path) -> N
         os.close(fd)
     (model,) = write_repository(repo, store, ["canon"])
     assert (model.version, model.new_version) == (2, True)
+
+
+def test_every_camera_is_checked_before_any_is_written(store: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for cameras, words in ((["canon", "nope"], "no manifest|nope"), ([FALLBACK_CAMERA, "canon"], "no fp16"),
+                           ("canon", "a list of camera names")):
+        opts = TritonRepoOptions(precision="fp16") if cameras == [FALLBACK_CAMERA, "canon"] else None
+        with pytest.raises((ExportError, StoreError), match=words):
+            write_repository(repo, store, cameras, opts)  # type: ignore[arg-type]
+        assert not repo.exists()  # nothing was written, not even the folder
+    for inside in (store / "canon", store, tmp_path):  # inside the store, the store, around the store
+        with pytest.raises(ExportError, match="must be separate folders"):
+            write_repository(inside, store, ["canon"])
+    assert not (store / "canon" / "adassr_canon").exists()
+    with pytest.raises(ExportError, match="options must be a TritonRepoOptions"):
+        write_repository(repo, store, ["canon"], {"tile": 256})  # type: ignore[arg-type]
+
+
+def test_options_must_be_integers_where_config_pbtxt_wants_them() -> None:
+    import numpy as np
+
+    for kwargs in ({"tile": 256.0}, {"max_batch_size": 8.0}, {"preferred_batch_sizes": (4.0,)},
+                   {"instance_count": 1.5}, {"tile": "256"}):
+        with pytest.raises(ExportError, match="must be an integer|tuple\\[int"):
+            TritonRepoOptions(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ExportError, match="from 8 to 8192"):
+        TritonRepoOptions(tile=10**7)
+    with pytest.raises(ExportError, match="repeat a size"):
+        TritonRepoOptions(preferred_batch_sizes=(4, 4))
+    opts = TritonRepoOptions(tile=np.int64(128), preferred_batch_sizes=(8, 4))  # type: ignore[arg-type]
+    assert type(opts.tile) is int and opts.preferred_batch_sizes == (4, 8)
 
 
 def test_refuses_a_tampered_model(store: Path, tmp_path: Path) -> None:
