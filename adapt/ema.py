@@ -8,6 +8,8 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from adassr.runtime.errors import ConfigError
+
 
 class WeightEma:
     """Theta_A,t = alpha * Theta_A,t-1 + (1 - alpha) * Theta_t, for the named parameters given.
@@ -16,8 +18,8 @@ class WeightEma:
     """
 
     def __init__(self, named_parameters: Iterable[tuple[str, nn.Parameter]], decay: float) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise ConfigError(f"EMA decay must be a number in [0, 1), got {decay!r}")
         self.decay = decay
         self._params = dict(named_parameters)
         self.shadow: dict[str, torch.Tensor] = {

@@ -352,6 +352,8 @@ def select_usable_images(
     """
     if len(images) == 0:
         raise ConfigError("no images to cut training pairs from; give at least one LR image")
+    if names is not None and len(names) != len(images):
+        raise ConfigError(f"got {len(names)} names for {len(images)} images; give one name per image (or none)")
     labels = [names[i] if names is not None else f"image {i}" for i in range(len(images))]
     sides = []
     for index, raw in enumerate(images):
@@ -570,6 +572,8 @@ def make_pair_sampler(
     per-image HxW loss-weight maps at the same resolution, cropped and transformed with y_r.
     ``names`` label images in error messages.
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     prepared = prepare_kernel(kernel, config.scale)
     kernel_shape = (int(np.asarray(kernel).shape[0]), int(np.asarray(kernel).shape[1]))
     validate_images(images, config, kernel_shape=kernel_shape, names=names)

@@ -191,6 +191,9 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: Collection[str] | None
     ``keep_fp32``: node names computed in fp32 (default :func:`default_fp32_nodes`).
     """
     src = model.graph
+    if isinstance(keep_fp32, str):
+        raise ExportError(f"keep_fp32 must be a collection of node names, got the string {keep_fp32!r}: pass "
+                          f"[{keep_fp32!r}]")
     keep = default_fp32_nodes(model) if keep_fp32 is None else frozenset(keep_fp32)
     _check_convertible(model, keep)
     build = _Fp16Graph(src, keep)

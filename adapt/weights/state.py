@@ -18,7 +18,7 @@ from torch import Tensor
 
 from adassr.adapt.archs.registry import BackboneEntry
 from adassr.adapt.archs.rrdbnet import RRDBNet
-from adassr.runtime.errors import WeightsError
+from adassr.runtime.errors import ConfigError, WeightsError
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,10 @@ def check_state_dict(
     for key, shape in expected.items():
         value = state.get(key)
         if value is None:
-            raise WeightsError(f"{origin}: missing key {key!r} ({len(state)} keys present); {advice}")
+            prefixed = [k for k in state if isinstance(k, str) and k.endswith("." + key)]
+            hint = (f" (it has {prefixed[0]!r}: strip the prefix {prefixed[0][: -len(key)]!r} from every key, e.g. "
+                    "the 'module.' that torch.nn.DataParallel adds)") if prefixed else ""
+            raise WeightsError(f"{origin}: missing key {key!r} ({len(state)} keys present){hint}; {advice}")
         if not isinstance(value, Tensor) or not value.is_floating_point():
             raise WeightsError(
                 f"{origin}: key {key!r} is not a floating-point tensor ({type(value).__name__}); {advice}")
@@ -93,6 +96,22 @@ def check_state_dict(
     return checked
 
 
+def checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device; ``ConfigError`` for a name torch does not know or a CUDA device this
+    machine or this torch build does not have (torch raised a bare AssertionError or RuntimeError)."""
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device ({exc}); use 'cpu', 'cuda' or 'cuda:N'") from None
+    if target.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device!r}: this machine (or this torch build) has no CUDA GPU; use 'cpu'")
+        if target.index is not None and target.index >= count:
+            raise ConfigError(f"device {device!r}: this machine has {count} CUDA GPU(s), numbered from 0")
+    return target
+
+
 def assemble(
     entry: BackboneEntry,
     state: Mapping[str, object],
@@ -105,10 +124,11 @@ def assemble(
 
     ``weights_sha256`` may be passed when already known for exactly these float32 tensors.
     """
+    target = checked_device(device)
     checked = check_state_dict(state, expected_shapes(entry), origin=source)
     with torch.device("meta"):
         model = entry.build()
     model.load_state_dict(checked, strict=True, assign=True)
-    model = model.to(device).eval()
+    model = model.to(target).eval()
     digest = weights_sha256 or state_dict_sha256(checked)
     return LoadedBackbone(model=model, entry=entry, scale=entry.scale, weights_sha256=digest, source=source)

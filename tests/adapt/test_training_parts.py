@@ -35,8 +35,9 @@ def test_ema_follows_eq16() -> None:
     other = nn.Linear(3, 2)
     ema.copy_to(other)
     assert torch.equal(other.weight, ema.shadow["weight"])
-    with pytest.raises(ValueError):
-        WeightEma(lin.named_parameters(), decay=1.0)
+    for decay in (1.0, "0.9", float("nan")):
+        with pytest.raises(ConfigError, match="EMA decay must be a number in \\[0, 1\\)"):
+            WeightEma(lin.named_parameters(), decay=decay)  # type: ignore[arg-type]
 
 
 def _autograd_proximal(named: list[tuple[str, nn.Parameter]], anchors: dict[str, torch.Tensor],
@@ -295,3 +296,23 @@ def test_adapt_config_checks_types_at_construction() -> None:
     config = AdaptConfig(seed=np.int64(3), steps=np.int64(5), lr=np.float32(1e-4), external_hr="hr/")  # type: ignore[arg-type]
     assert (type(config.seed), type(config.steps), type(config.lr)) == (int, int, float)
     assert config.external_hr == Path("hr/") and AdaptConfig(lambda_l1=0.0).lambda_perceptual == 1.0
+
+
+def test_library_calls_with_a_device_seed_or_names_that_cannot_work_say_so() -> None:
+    from adassr.adapt.pairs import PairConfig, make_pair_sampler, select_usable_images
+    from adassr.adapt.weights.state import checked_device
+
+    for device, words in (("tpu", "not a torch device"), ("cuda:99", "CUDA")):
+        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 99:
+            continue
+        with pytest.raises(ConfigError, match=words):
+            checked_device(device)
+    assert checked_device("cpu") == torch.device("cpu")
+    image = np.random.default_rng(0).random((200, 200, 3), dtype=np.float32)
+    kernel = np.zeros((5, 5), np.float32)
+    kernel[2, 2] = 1.0
+    for seed in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="seed must be an integer >= 0"):
+            make_pair_sampler([image], kernel, PairConfig(lr_patch=16), seed=seed)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="2 names for 1 images"):
+        select_usable_images([image], PairConfig(lr_patch=16), names=["a", "b"])

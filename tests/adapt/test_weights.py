@@ -352,6 +352,9 @@ def test_pth_missing_and_unexpected_keys(tmp_path: Path) -> None:
     torch.save({**state, "extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
     with pytest.raises(WeightsError, match=r"unexpected key 'extra\.weight'"):
         load_checkpoint(tmp_path / "extra.pth", _tiny_entry())
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "parallel.pth")  # nn.DataParallel's keys
+    with pytest.raises(WeightsError, match=r"strip the prefix 'module\.' from every key"):
+        load_checkpoint(tmp_path / "parallel.pth", _tiny_entry())
 
 
 class _NotWeights:

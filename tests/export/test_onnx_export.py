@@ -399,6 +399,8 @@ def test_keep_fp32_fixes_an_overflowing_op() -> None:
     onnx.checker.check_model(half, full_check=True)
     assert evaluate_fp16_storage(half, {"x": x}).nonfinite_nodes == ("m1", "m2")
 
+    with pytest.raises(ExportError, match="got the string 'm1'"):  # its letters used to be taken for node names
+        convert_to_fp16(model, keep_fp32="m1")
     mixed = convert_to_fp16(model, keep_fp32=["m1", "m2"])
     onnx.checker.check_model(mixed, full_check=True)
     evaluation = evaluate_fp16_storage(mixed, {"x": x})
