@@ -21,6 +21,7 @@ from pathlib import Path
 
 from adassr.adapt.archs.rrdbnet import SUPPORTED_SCALE, RRDBNet
 from adassr.runtime.errors import ConfigError, WeightsError
+from adassr.runtime.fields import check_field_types
 from adassr.runtime.store import FALLBACK_BACKBONE
 
 DEFAULT_BACKBONE = FALLBACK_BACKBONE
@@ -35,6 +36,13 @@ class ArchParams:
     num_feat: int = 64
     num_block: int = 23
     num_grow_ch: int = 32
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        bad = [f"{name}={getattr(self, name)}" for name in ("num_in_ch", "num_out_ch", "num_feat", "num_block",
+                                                             "num_grow_ch") if getattr(self, name) < 1]
+        if bad:
+            raise ConfigError(f"RRDBNet sizes must be >= 1, got {', '.join(bad)}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,8 @@ class BackboneEntry:
     description: str
 
     def __post_init__(self) -> None:
+        check_field_types(self, classes={"ArchParams": ArchParams, "WeightSource": WeightSource,
+                                         "SafetensorsSource": SafetensorsSource})
         if not self.name or self.name != self.name.strip().lower() or " " in self.name:
             raise ConfigError(f"backbone name {self.name!r} must be non-empty, lower-case, without spaces")
         if self.scale != SUPPORTED_SCALE:

