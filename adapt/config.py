@@ -189,6 +189,10 @@ class AdaptConfig:
         _check_choice(label("trainable"), self.trainable, TRAINABLE)
         _check_choice(label("kernel"), self.kernel, KERNEL_MODES)
         _check_choice(label("device"), self.device, DEVICES)
+        if self.admm_iters > 1 and self.lambda_l1 == self.lambda_perceptual == 0:
+            raise ConfigError(f"{label('admm_iters')} > 1: the external step learns through {label('lambda_l1')} "
+                              f"and {label('lambda_perceptual')} (not the patch-GAN), and both are 0; give one of "
+                              "them a positive weight, or run one iteration")
         if self.admm_iters > 1 and self.external_hr is None:
             raise ConfigError(
                 f"{label('admm_iters')} > 1 needs {label('external_hr')} DIR (clean HR images for the external step)"

@@ -465,10 +465,10 @@ def write_repository(
             raise ExportError(f"no camera in {root} has an export; run `adassr export` first")
     out = Path(repo).expanduser()
     _check_apart(out, root)
-    for camera in chosen:  # all of them before any is written
-        store = CameraStore.open(root, camera)
-        _source(store, store.read_manifest(), opts)
     try:
+        for camera in chosen:  # all of them before any is written
+            store = CameraStore.open(root, camera)
+            _source(store, store.read_manifest(), opts)
         out.mkdir(parents=True, exist_ok=True)
         with _repository_lock(out):
             return [write_model(out, camera, opts, root) for camera in chosen]

@@ -6,10 +6,10 @@ true) or fail deep in a run with a raw ``TypeError``. :func:`check_field_types` 
 against its annotation and normalises numpy scalars to plain Python ones, so every later use (a
 range check, a config file, ``int`` formatting) sees ``int``, ``float`` and ``bool``.
 
-Annotations understood (as strings: the modules use ``from __future__ import annotations``):
+Annotations understood (as strings, under ``from __future__ import annotations``, or as objects):
 ``int``, ``float``, ``bool``, ``str``, ``Path``, a class name of ``classes``, ``tuple[X, ...]`` /
-``tuple[X, Y]`` of those, ``Literal[...]`` (a str), and any of them ``| None``. Other annotations
-are not checked.
+``tuple[X, Y]`` of any of these (nested too), ``Literal[...]`` (a str), and unions of them with
+``None``. A field with any other annotation (``dict[...]``, an unknown class) is not checked.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ def _as_int(value: Any) -> int | None:
 def _as_float(value: Any) -> float | None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return None
 
 
 def _as_bool(value: Any) -> bool | None:
@@ -68,9 +71,7 @@ _MISSING = object()
 def _convert(annotation: str, value: Any, classes: Mapping[str, type]) -> Any:
     """``value`` normalised to ``annotation``, or :data:`_MISSING` when it does not fit; ``None`` for an
     annotation this module does not check (the value is then kept as it is)."""
-    options = [part.strip() for part in annotation.split("|")] if "[" not in annotation else [annotation.strip()]
-    if "[" in annotation and annotation.rstrip().endswith("| None"):
-        options = [annotation.rstrip()[: -len("| None")].strip(), "None"]
+    options = _top_level(annotation, "|")
     if "None" in options and value is None:
         return None
     for option in (o for o in options if o != "None"):
@@ -93,10 +94,23 @@ def _convert(annotation: str, value: Any, classes: Mapping[str, type]) -> Any:
     return _MISSING
 
 
+def _top_level(text: str, sep: str) -> list[str]:
+    """``text`` split at the ``sep`` characters outside brackets, each part stripped."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += (char == "[") - (char == "]")
+        if char == sep and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*parts, current.strip()]
+
+
 def _convert_tuple(inner: str, value: Any, classes: Mapping[str, type]) -> Any:
     if not isinstance(value, (tuple, list)):
         return _MISSING
-    parts = [p.strip() for p in inner.split(",")]
+    parts = _top_level(inner, ",")
     if len(parts) == 2 and parts[1] == "...":
         parts = [parts[0]] * len(value)
     if len(parts) != len(value):
@@ -106,9 +120,19 @@ def _convert_tuple(inner: str, value: Any, classes: Mapping[str, type]) -> Any:
 
 
 def _expected(annotation: str) -> str:
-    names = [p.strip() for p in annotation.split("|")] if "[" not in annotation else [annotation]
+    names = _top_level(annotation, "|")
     said = [_SCALARS[n][1] if n in _SCALARS else n for n in names if n != "None"]
-    return " or ".join(said) + (" (or None)" if "None" in names or annotation.rstrip().endswith("| None") else "")
+    return " or ".join(said) + (" (or None)" if "None" in names else "")
+
+
+def _annotation_text(annotation: Any) -> str:
+    """The annotation as source text: as it is under ``from __future__ import annotations``, else
+    rebuilt (``tuple[float, float]``, ``int | None``; a class by its name)."""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("NoneType", "None")
 
 
 def check_field_types(instance: Any, *, label: Callable[[str], str] | None = None,
@@ -120,7 +144,7 @@ def check_field_types(instance: Any, *, label: Callable[[str], str] | None = Non
     class names that annotations use (e.g. ``{"AttentionConfig": AttentionConfig}``)."""
     known = dict(classes or {})
     for f in dataclasses.fields(instance):
-        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        annotation = _annotation_text(f.type)
         value = getattr(instance, f.name)
         converted = _convert(annotation, value, known)
         if converted is _MISSING:

@@ -55,6 +55,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -599,7 +600,7 @@ class StoreTransaction:
                 ) from exc
         except BaseException:
             if tmp.is_dir() and not tmp.is_symlink():
-                shutil.rmtree(tmp, onerror=_warn_left_behind)
+                _remove_tree(tmp)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
@@ -665,7 +666,14 @@ def _check_extra(name: str, extra: Mapping[str, Any] | None) -> None:
                           f"objects): {exc}") from None
 
 
-def _warn_left_behind(_function: object, path: str, exc_info: tuple[type[BaseException], BaseException, Any]) -> None:
-    """``shutil.rmtree``'s error handler for a writer's stray folder: a warning naming what stays."""
-    log.warning("could not remove %s, which a failed writer left in the store (%s); delete it by hand", path,
-                exc_info[1])
+def _remove_tree(folder: Path) -> None:
+    """Remove a failed writer's stray folder; what cannot be removed is named in a warning."""
+    def warn(_function: object, path: str, problem: object) -> None:
+        error = problem[1] if isinstance(problem, tuple) else problem  # onerror's exc_info, onexc's exception
+        log.warning("could not remove %s, which a failed writer left in the store (%s); delete it by hand", path,
+                    error)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(folder, onexc=warn)
+    else:
+        shutil.rmtree(folder, onerror=warn)

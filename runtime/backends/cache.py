@@ -13,6 +13,7 @@ from :meth:`ModelCache.get` has no such guarantee: it may be closed by the next 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 
 from adassr.runtime.backends.base import Backend
 from adassr.runtime.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,7 @@ class ModelCache:
         Without a lease: the next eviction may close it (see :meth:`lease`)."""
         with self._lock:
             backend, to_close = self._acquire(key, open_fn)
-        for old in to_close:
-            old.close()
+        _close_evicted(to_close)
         return backend
 
     @contextlib.contextmanager
@@ -94,8 +96,7 @@ class ModelCache:
             backend, to_close = self._acquire(key, open_fn)
             self._leases[id(backend)] = self._leases.get(id(backend), 0) + 1
         try:
-            for old in to_close:  # inside the try: a failing close still releases this lease
-                old.close()
+            _close_evicted(to_close)
             yield backend
         finally:
             retired = None
@@ -135,3 +136,14 @@ class ModelCache:
 
     def __exit__(self, *exc: object) -> None:
         self.clear()
+
+
+def _close_evicted(backends: list[Backend]) -> None:
+    """Close models evicted to make room: each one, whatever the others do. A model that fails to
+    close is named in a warning and not raised: the caller asked for another model, which is fine."""
+    for backend in backends:
+        try:
+            backend.close()
+        except Exception as exc:  # noqa: BLE001 - any backend's close error; logged with the model named
+            log.warning("closing the evicted model %s failed (%s); its memory may stay in use until the process "
+                        "ends", getattr(backend, "path", backend), exc)

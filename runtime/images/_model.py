@@ -108,8 +108,8 @@ class ImageWarning(UserWarning):
 
 
 class ProfileDroppedWarning(ImageWarning):
-    """A colour profile could not be embedded in the output: 16-bit TIFF, a grey profile for an
-    output stored as RGB (WebP), or a profile whose colour space does not match the pixels."""
+    """A colour profile could not be embedded in the output: a grey profile for an output stored as
+    RGB (WebP, 16-bit grey+alpha TIFF), or a profile whose colour space does not match the pixels."""
 
 
 class AlphaDroppedWarning(ImageWarning):

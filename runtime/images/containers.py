@@ -107,8 +107,8 @@ def tiff_with_tags(data: bytes, *, alpha: bool = False, icc_profile: bytes | Non
     warns), and the ICC profile (34675) when ``icc_profile`` is given.
 
     The first IFD is copied to the end of the file with the tags added (the profile's bytes after it),
-    and the header points to the copy; the rest of the file is unchanged. Raises ``ValueError`` for
-    data that is not such a TIFF, or that has one of the tags already.
+    and the header points to the copy; the rest of the file is unchanged. A tag the file has already
+    is kept as it is. Raises ``ValueError`` for data that is not such a TIFF.
     """
     order = {b"II": "<", b"MM": ">"}.get(data[:2])
     if order is None or len(data) < 8 or struct.unpack(order + "H", data[2:4])[0] != 42:
@@ -129,13 +129,16 @@ def tiff_with_tags(data: bytes, *, alpha: bool = False, icc_profile: bytes | Non
         spp = entries.get(_SAMPLES_PER_PIXEL)
         if spp is None or struct.unpack(order + "HHIH", spp[:10])[1:] != (_SHORT, 1, 4):
             raise ValueError("alpha: the image does not have 4 samples per pixel")
-        added[_EXTRA_SAMPLES] = struct.pack(order + "HHIHH", _EXTRA_SAMPLES, _SHORT, 1, _UNASSOCIATED_ALPHA, 0)
-    if icc_profile:
+        if _EXTRA_SAMPLES not in entries:  # a tag the encoder wrote (a later OpenCV may) is kept as it is
+            added[_EXTRA_SAMPLES] = struct.pack(order + "HHIHH", _EXTRA_SAMPLES, _SHORT, 1, _UNASSOCIATED_ALPHA, 0)
+    if icc_profile and _ICC_PROFILE not in entries:
         at = start + 2 + 12 * (len(entries) + len(added) + 1) + 4  # right after the new IFD
         added[_ICC_PROFILE] = struct.pack(order + "HHII", _ICC_PROFILE, _UNDEFINED, len(icc_profile), at)
         tail = icc_profile
-    if set(added) & set(entries):
-        raise ValueError("the TIFF has the tag already")
+    if not added:
+        return data
+    if start + 2 + 12 * (len(entries) + len(added)) + 4 + len(tail) >= 2**32:
+        raise ValueError("the file would pass 4 GiB, the limit of a classic TIFF's offsets")
     rows = [entry for _, entry in sorted({**entries, **added}.items())]
     new_ifd = struct.pack(order + "H", len(rows)) + b"".join(rows) + data[end:end + 4]
     return data[:4] + struct.pack(order + "I", start) + data[8:] + b"\x00" * (start - len(data)) + new_ifd + tail

@@ -288,7 +288,9 @@ def test_adapt_config_checks_types_at_construction() -> None:
     for kwargs, words in (({"early_stop": "no"}, "True or False"), ({"steps": True}, "must be an integer"),
                           ({"stop_patience": 1.5}, "must be an integer"), ({"lr": "1e-4"}, "must be a number"),
                           ({"external_steps": -5}, "> 0"), ({"attention": None}, "AttentionConfig"),
-                          ({"lambda_l1": 0.0, "lambda_perceptual": 0.0}, "nothing would be learnt")):
+                          ({"lambda_l1": 0.0, "lambda_perceptual": 0.0}, "nothing would be learnt"),
+                          ({"lambda_l1": 0.0, "lambda_perceptual": 0.0, "lambda_gan": 0.1, "admm_iters": 2,
+                            "external_hr": "hr"}, "the external step learns through")):
         with pytest.raises(ConfigError, match=words):
             AdaptConfig(**kwargs)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="must be an integer"):

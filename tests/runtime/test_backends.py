@@ -228,7 +228,8 @@ def _raise_open() -> Backend:
     raise BackendError("cannot open")
 
 
-def test_a_lease_ends_when_its_block_raises_or_an_evicted_model_fails_to_close() -> None:
+def test_a_lease_ends_when_its_block_raises_or_an_evicted_model_fails_to_close(
+        caplog: pytest.LogCaptureFixture) -> None:
     class _FailingClose(_CountingBackend):
         def _close(self) -> None:
             raise BackendError("the driver refused")
@@ -239,11 +240,14 @@ def test_a_lease_ends_when_its_block_raises_or_an_evicted_model_fails_to_close()
     with cache.lease(_key("b"), lambda: _CountingBackend("b")):  # evicts a: no lease holds it, so it closes
         pass
     assert a.closed == 1
-    cache = ModelCache(max_entries=1)
+    cache = ModelCache(max_entries=2)
     failing = cache.get(_key("f"), lambda: _FailingClose("f"))
-    with pytest.raises(BackendError, match="refused"), cache.lease(_key("g"), lambda: _CountingBackend("g")):
-        pytest.fail("the body does not run when closing the evicted model fails")
-    assert cache._leases == {} and failing is not None  # the lease was released all the same
+    other = cache.get(_key("o"), lambda: _CountingBackend("o"))
+    cache.get(_key("x"), lambda: _CountingBackend("x"))  # evicts f, whose close fails
+    with caplog.at_level(logging.WARNING), cache.lease(_key("g"), lambda: _CountingBackend("g")) as g:
+        assert g.is_open  # the image runs: the failing close was another model's
+    assert other.closed == 1 and cache._leases == {}  # the next evicted model closed; the lease ended
+    assert failing is not None and any("closing the evicted model" in r.getMessage() for r in caplog.records)
 
 
 def test_lru_key_includes_checksum_precision_and_providers(model_path: Path) -> None:

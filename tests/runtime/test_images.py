@@ -906,7 +906,16 @@ def test_sixteen_bit_rgba_tiff_says_its_fourth_sample_is_alpha(tmp_path: Path,
     np.testing.assert_array_equal(back.pixels, pixels)
     np.testing.assert_array_equal(back.alpha, alpha)
     rgb = write_image(tmp_path / "b.tif", pixels).read_bytes()
-    for data, kwargs, words in ((rgb, {"alpha": True}, "4 samples"), (path.read_bytes(), {"alpha": True}, "already"),
-                                (b"not a tiff", {}, "not a classic TIFF")):
+    for data, kwargs, words in ((rgb, {"alpha": True}, "4 samples"), (b"not a tiff", {}, "not a classic TIFF")):
         with pytest.raises(ValueError, match=words):
             tiff_with_tags(data, **kwargs)
+    done = path.read_bytes()
+    assert tiff_with_tags(done, alpha=True) == done  # a tag the file has (a later OpenCV may write it) is kept
+    # a file whose IFD comes first (not OpenCV's layout), with an ExtraSamples tag of its own: the profile joins it
+    first = _tiff16(np.stack([pixels[..., 0], pixels[..., 1], pixels[..., 2], alpha], axis=2))
+    profile = _profile()
+    tagged = tmp_path / "first.tif"
+    tagged.write_bytes(tiff_with_tags(first, alpha=True, icc_profile=profile))
+    with Image.open(tagged) as im:
+        assert im.tag_v2.get(338) == (2,) and im.info["icc_profile"] == profile
+    np.testing.assert_array_equal(read_image(tagged).pixels, pixels)
