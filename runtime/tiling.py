@@ -57,6 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adassr.runtime.errors import ConfigError, ShapeError
+from adassr.runtime.fields import check_field_types
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
@@ -70,12 +71,6 @@ InferFn = Callable[[np.ndarray], np.ndarray]
 MAX_PRE_PAD = 128
 """The largest ``pre_pad``: several times the receptive-field radius of the supported models;
 larger values add only work (the padded canvas grows with its square)."""
-
-
-def _check_int(name: str, value: object) -> None:
-    """``ConfigError`` unless ``value`` is an integer (numpy's too; not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -92,11 +87,7 @@ class TilingOptions:
     max_tile_pixels: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("tile", "overlap", "pre_pad", "batch_size", "max_tile_pixels"):
-            value = getattr(self, name)
-            if value is not None or name != "max_tile_pixels":
-                _check_int(name, value)
-                object.__setattr__(self, name, int(value))  # numpy integers become plain ones
+        check_field_types(self)  # integers (numpy's become plain ones: engine shapes want them)
         if self.max_tile_pixels is not None and self.max_tile_pixels < 1:
             raise ConfigError(f"max_tile_pixels must be >= 1 (or None for fixed tiles), got {self.max_tile_pixels}")
         if self.tile < 0:

@@ -1,4 +1,4 @@
-"""The range a float image given to a quality metric must lie in, and its check."""
+"""The range a float image given to a quality metric (or a degradation) must lie in, and its check."""
 
 from __future__ import annotations
 
@@ -14,6 +14,6 @@ def check_float_range(low: float, high: float, what: str = "image") -> None:
     """``ImageError`` when a float image's smallest and largest values say it is not on [0, 1]."""
     if low < FLOAT_LOW or high > FLOAT_HIGH:
         raise ImageError(
-            f"{what} is float with values in [{low:.4g}, {high:.4g}], not on the [0, 1] scale the metrics take: "
+            f"{what} is float with values in [{low:.4g}, {high:.4g}], not on the [0, 1] scale: "
             "divide 8-bit levels by 255 and 16-bit ones by 65535, or map [-1, 1] to [0, 1] with (x + 1) / 2"
         )
