@@ -48,6 +48,11 @@ __all__ = [
 ]
 
 
+MAX_KERNEL_SIDE = 1001
+"""Largest kernel side this module builds (sigma about 166 px): a wider blur is no camera's, and
+its kernel would take gigabytes (a side of ``n`` costs ``8 n^2`` bytes and ``n^2`` taps a pixel)."""
+
+
 def _check_scale(scale: int) -> int:
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
         raise ConfigError(f"scale must be a positive integer, got {scale!r}: use 2, 3 or 4")
@@ -98,14 +103,26 @@ def kernel_size(sigma_max: float, scale: int = 1) -> int:
     ``scale + 2`` so every kernel covers the whole footprint of an LR pixel.
     """
     scale = _check_scale(scale)
-    if not sigma_max > 0:
-        raise ConfigError(f"sigma_max must be > 0, got {sigma_max!r}")
+    if isinstance(sigma_max, bool) or not isinstance(sigma_max, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"sigma_max must be a number, got {sigma_max!r}")
+    if not (sigma_max > 0 and math.isfinite(sigma_max)):
+        raise ConfigError(f"sigma_max must be finite and > 0, got {sigma_max!r}")
     side = 2 * math.ceil(3.0 * sigma_max) + 1
     if scale % 2 == 0:
         side += 1
     while side < scale + 2:
         side += 2
+    _check_side(side, f"sigma_max={sigma_max!r}")
     return side
+
+
+def _check_side(side: int, what: str) -> None:
+    if side > MAX_KERNEL_SIDE:
+        raise ConfigError(
+            f"{what} needs a kernel of {side} x {side} taps, more than the {MAX_KERNEL_SIDE} this "
+            f"module builds: a blur that wide is no camera's; use a sigma below "
+            f"{(MAX_KERNEL_SIDE - 3) / 6:.0f} px"
+        )
 
 
 def _grid(side: int) -> np.ndarray:
@@ -131,8 +148,16 @@ def gaussian_kernel(
     cov = covariance_from_params(sigma_x, sigma_y, theta)
     if size is None:
         size = kernel_size(max(sigma_x, sigma_y), scale)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise ConfigError(f"kernel size must be a whole number of taps, got {size!r}")
+    size = int(size)
     if size < 1:
         raise ConfigError(f"kernel size must be >= 1, got {size}")
+    if size > MAX_KERNEL_SIDE:
+        raise ConfigError(
+            f"kernel size {size} is more than the {MAX_KERNEL_SIDE} taps this module builds: a "
+            "blur that wide is no camera's; use a smaller size"
+        )
     if size % 2 != scale % 2:
         raise ConfigError(
             f"kernel size {size} has the wrong parity for scale {scale}: use an "

@@ -279,8 +279,11 @@ def validate_images(
             raise ShapeError(label, image.shape, "(H, W, 3) RGB")
         if not np.issubdtype(image.dtype, np.floating):
             raise ImageError(f"{label} has dtype {image.dtype}; convert to float32 in [0, 1] (divide 8-bit by 255)")
+        if not np.isfinite(image).all():
+            raise ImageError(f"{label} contains NaN or infinite values; give a finite image in [0, 1] "
+                             "(a float file with missing data, or an upstream step that diverged)")
         lo, hi = float(np.min(image)), float(np.max(image))
-        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1.0 + 1e-6:
+        if lo < -1e-6 or hi > 1.0 + 1e-6:
             raise ImageError(f"{label} has values in [{lo}, {hi}]; expected [0, 1] (divide 8-bit by 255)")
         height, width = image.shape[:2]
         if min(height, width) < minimum:
@@ -352,6 +355,9 @@ def select_usable_images(
     """
     if len(images) == 0:
         raise ConfigError("no images to cut training pairs from; give at least one LR image")
+    if isinstance(min_patch, bool) or not isinstance(min_patch, (int, np.integer)) or min_patch < 1:
+        raise ConfigError(f"min_patch must be an integer >= 1 (LR pixels), got {min_patch!r}; "
+                          f"the default is {MIN_LR_PATCH}")
     if names is not None and len(names) != len(images):
         raise ConfigError(f"got {len(names)} names for {len(images)} images; give one name per image (or none)")
     labels = [names[i] if names is not None else f"image {i}" for i in range(len(images))]

@@ -238,10 +238,20 @@ def _trt_accelerator(name: str, input_name: str, dtype: str, options: TritonRepo
     ]
 
 
-def _source(
-    store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions
-) -> tuple[Mapping[str, Any], Path, EngineRecord | None]:
-    """The export record to publish (io names, scale), the verified file to copy and, for
+@dataclass(frozen=True)
+class _Source:
+    """One camera's model to publish, checked against its manifest once (its sha256 is the verified one)."""
+
+    camera: str
+    manifest: Mapping[str, Any]
+    record: Mapping[str, Any]  # the export record: io names, scale
+    path: Path  # the verified file to copy
+    sha256: str
+    engine: EngineRecord | None  # for tensorrt_plan
+
+
+def _source(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> _Source:
+    """The camera's export record, the file to copy (checked against the manifest) and, for
     ``tensorrt_plan``, the engine's record."""
     exports = manifest.get("exports") or {}
     key = "onnx_fp16" if options.precision == "fp16" else "onnx"
@@ -257,8 +267,10 @@ def _source(
         raise ExportError(f"camera {store.camera!r}: {exc}") from exc
     if options.platform == "tensorrt_plan":
         engine = _engine(store, manifest, options)
-        return record, EngineCache.for_camera(store).path_of(engine), engine
-    return record, path, None
+        return _Source(store.camera, manifest, record, EngineCache.for_camera(store).path_of(engine),
+                       engine.sha256, engine)
+    sha256 = str(manifest["artifacts"][str(record["file"])]["sha256"])  # what verified_path checked
+    return _Source(store.camera, manifest, record, path, sha256, None)
 
 
 def _covers(profile: Mapping[str, Any], shape: tuple[int, ...], batch: int) -> bool:
@@ -371,22 +383,23 @@ def _repository_lock(repo: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root: Path) -> TritonModel:
+def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root: Path,
+                source: _Source | None = None) -> TritonModel:
     """Write (or update) one camera's Triton model; return what was done.
 
     The current export becomes a new version unless the latest version already holds exactly its
     bytes: an older version with the same bytes (a rollback) is not what Triton serves, since it
     serves the latest, so it gets a new number too."""
-    store = CameraStore.open(store_root, camera)
-    manifest = store.read_manifest()
-    record, source, engine = _source(store, manifest, options)
+    if source is None or source.camera != camera:
+        store = CameraStore.open(store_root, camera)
+        source = _source(store, store.read_manifest(), options)
+    manifest, record, engine, digest = source.manifest, source.record, source.engine, source.sha256
     scale = int(record.get("scale", manifest.get("scale", 0)))
     name = model_name(camera, options.prefix)
     model_dir = repo / name
     if model_dir.exists() and not model_dir.is_dir():
         raise ExportError(f"{model_dir} is a file, where the Triton model of camera {camera!r} goes; move it away")
     file_name = MODEL_FILES[options.platform]
-    digest = sha256_file(source)
     versions = _versions(model_dir)
     latest = max(versions, default=None)
     unchanged = (latest is not None and (versions[latest] / file_name).is_file()
@@ -400,11 +413,13 @@ def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root:
     if new:
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
         try:
-            shutil.copyfile(source, staging / file_name)
+            shutil.copyfile(source.path, staging / file_name)
             with open(staging / file_name, "rb") as fh:
                 os.fsync(fh.fileno())
             if sha256_file(staging / file_name) != digest:
-                raise ExportError(f"copying {camera!r}'s model changed its bytes; check the disk and retry")
+                raise ExportError(f"the copy of {camera!r}'s model {source.path} does not match the checksum its "
+                                  "manifest records: the camera was exported again while the repository was "
+                                  "written, or the disk is failing; rerun")
             os.chmod(staging, 0o755)
             os.rename(staging, model_dir / str(version))
         except BaseException:
@@ -466,12 +481,13 @@ def write_repository(
     out = Path(repo).expanduser()
     _check_apart(out, root)
     try:
-        for camera in chosen:  # all of them before any is written
+        sources = []
+        for camera in chosen:  # all of them checked (each file hashed once) before any is written
             store = CameraStore.open(root, camera)
-            _source(store, store.read_manifest(), opts)
+            sources.append(_source(store, store.read_manifest(), opts))
         out.mkdir(parents=True, exist_ok=True)
         with _repository_lock(out):
-            return [write_model(out, camera, opts, root) for camera in chosen]
+            return [write_model(out, source.camera, opts, root, source) for source in sources]
     except OSError as exc:
         raise ExportError(f"cannot write the Triton repository {out}: {exc.strerror or exc}"
                           f"{f' ({exc.filename})' if exc.filename else ''}; choose a writable folder with "

@@ -317,6 +317,11 @@ class CameraStore:
                     f"the store folder {store.directory} is not writable; "
                     "choose a writable location with --store DIR"
                 )
+        elif root_path.exists() and not root_path.is_dir():
+            raise StoreError(
+                f"the model store {root_path} is a file, not a folder; point --store at the store's "
+                "folder (the one that holds a folder per camera)"
+            )
         elif not root_path.is_dir():
             raise StoreError(
                 f"the model store {root_path} does not exist; run `adapt --camera NAME` or "

@@ -20,7 +20,13 @@ from torch import Tensor, nn
 from adassr.adapt.archs.registry import DEFAULT_BACKBONE, BackboneEntry, BackboneRegistry, default_registry
 from adassr.adapt.weights.cache import atomic_write_bytes
 from adassr.adapt.weights.delta import DELTA_FORMAT
-from adassr.adapt.weights.state import LoadedBackbone, assemble, state_dict_sha256
+from adassr.adapt.weights.state import (
+    LoadedBackbone,
+    assemble,
+    check_state_dict,
+    expected_shapes,
+    state_dict_sha256,
+)
 from adassr.runtime.errors import WeightsError
 
 WEIGHTS_FORMAT = "adassr-weights/1"
@@ -85,7 +91,9 @@ def save_safetensors_weights(
     ``atomic=False`` when ``path`` already is a temporary file (e.g. a store transaction's).
     """
     raw = weights.state_dict() if isinstance(weights, nn.Module) else weights
-    state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in raw.items()}
+    # The same check as loading, so a file that could never be loaded as ``entry`` is never written.
+    checked = check_state_dict(raw, expected_shapes(entry), origin=f"the weights to save as {entry.name!r}")
+    state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in checked.items()}
     digest = state_dict_sha256(state)
     meta = {**(metadata or {}), "format": WEIGHTS_FORMAT, "backbone": entry.name, "weights_sha256": digest}
     data = save_safetensors_bytes(state, metadata=meta)
@@ -113,6 +121,7 @@ def save_delta_weights(
     from adassr.adapt.weights.delta import changed_tensors, delta_metadata
 
     raw = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    check_state_dict(raw, expected_shapes(backbone.entry), origin=f"the weights to save as {backbone.entry.name!r}")
     base = base_state if base_state is not None else backbone.model.state_dict()
     delta = changed_tensors(raw, base)
     meta = {**(metadata or {}), **delta_metadata(raw, delta, backbone.entry.name, backbone.weights_sha256)}
@@ -141,6 +150,9 @@ def load_safetensors_weights(
     backbone weights, fails its recorded ``weights_sha256``, or does not match the architecture.
     """
     entry = _entry(entry, registry)
+    if Path(path).is_dir():
+        raise WeightsError(f"cannot read weights {path}: it is a folder, not a file; give the "
+                           ".safetensors file inside it (a store camera's is weights.safetensors)")
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}

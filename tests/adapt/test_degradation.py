@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from adassr.adapt.degradation import (
+    MAX_KERNEL_SIDE,
     bicubic_kernel,
     blur_downsample,
     box_kernel,
@@ -90,6 +91,23 @@ def test_kernel_size_rules():
     assert kernel_size(0.1, 4) == 6  # at least scale + 2
     with pytest.raises(ConfigError):
         gaussian_kernel(1.0, 1.0, 0.0, scale=4, size=7)  # odd side for an even scale
+
+
+def test_kernel_sizes_beyond_reason_are_refused_with_a_message():
+    """A fractional size was blamed on parity, inf overflowed, and sigma 1e5 asked for 2.6 TiB."""
+    with pytest.raises(ConfigError, match="whole number of taps"):
+        gaussian_kernel(1.0, 1.0, size=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="whole number of taps"):
+        gaussian_kernel(1.0, 1.0, size=True)
+    for bad in (math.inf, math.nan, 0.0, -1.0):
+        with pytest.raises(ConfigError, match="finite and > 0"):
+            kernel_size(bad, 4)
+    with pytest.raises(ConfigError, match="no camera's; use a sigma below 166"):
+        gaussian_kernel(1e5, 1e5)
+    with pytest.raises(ConfigError, match="more than the 1001 taps"):
+        gaussian_kernel(1.0, 1.0, size=2001)
+    assert kernel_size(166.0, 4) <= MAX_KERNEL_SIDE  # the largest sigma the message offers still works
+    assert gaussian_kernel(2.0, 1.0, 0.3, scale=4, size=np.int64(16)).shape == (16, 16)
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

@@ -363,6 +363,17 @@ def test_images_too_small_for_the_patch_are_skipped_and_named(photos: list[np.nd
     assert select_usable_images(photos, config, kernel_shape=KERNEL.shape).warning() is None
 
 
+def test_bad_min_patch_and_non_finite_images_are_named(photo: np.ndarray) -> None:
+    """min_patch=0 was reported as a bad lr_patch; a NaN pixel as "values in [nan, nan]"."""
+    with pytest.raises(ConfigError, match="min_patch must be an integer >= 1"):
+        select_usable_images([photo], PairConfig(scale=4, lr_patch=24), kernel_shape=KERNEL.shape, min_patch=0)
+    broken = photo.copy()
+    broken[5, 7, 1] = np.nan
+    with pytest.raises(ImageError, match="b.png contains NaN or infinite values"):
+        select_usable_images([photo, broken], PairConfig(scale=4, lr_patch=24), kernel_shape=KERNEL.shape,
+                             names=["a.png", "b.png"])
+
+
 def test_patch_shrinks_when_no_image_fits_it(photo: np.ndarray) -> None:
     config = PairConfig(scale=4, lr_patch=32)
     side = min_image_size(dataclasses.replace(config, lr_patch=14), KERNEL.shape)

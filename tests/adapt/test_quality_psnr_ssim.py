@@ -115,3 +115,8 @@ def test_float_images_on_another_scale_are_refused_not_scored() -> None:
     with pytest.raises(ImageError, match="NaN") as info:
         psnr(np.full(dist.shape, np.nan, np.float32), ref, channel="gray")
     assert "NIQE" not in str(info.value)
+    from adassr.adapt.quality.float_range import check_float_range
+
+    for low, high in ((math.nan, math.nan), (0.0, math.inf), (-math.inf, 1.0)):
+        with pytest.raises(ImageError, match="NaN or infinite"):  # NaN compared as in range
+            check_float_range(low, high)

@@ -398,6 +398,15 @@ def test_safetensors_weights_round_trip_and_checks(tmp_path: Path) -> None:
     path.write_bytes(bytes(data[:100]))
     with pytest.raises(WeightsError, match="cannot read weights"):
         load_safetensors_weights(path, entry)
+    with pytest.raises(WeightsError, match="it is a folder, not a file"):  # was "No such device (os error 19)"
+        load_safetensors_weights(tmp_path, entry)
+    # Weights of another shape are refused before a file that could never load is written.
+    other = tmp_path / "other.safetensors"
+    with pytest.raises(WeightsError, match="missing key"):
+        save_safetensors_weights(other, {"conv_first.weight": model.state_dict()["conv_first.weight"]}, entry)
+    with pytest.raises(WeightsError, match="unexpected key 'extra'"):
+        save_safetensors_weights(other, {**model.state_dict(), "extra": torch.zeros(1)}, entry)
+    assert not other.exists()
 
 
 def test_state_dict_digest_depends_on_values_names_and_shapes() -> None:

@@ -325,6 +325,37 @@ def test_refuses_a_tampered_model(store: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "repo" / "adassr_canon" / "1").exists()
 
 
+def test_each_model_is_hashed_once_and_a_file_changed_after_its_check_is_not_published(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check before writing hashes each model; the writes reuse that checksum (each file used to be
+    hashed again, unverified) and the copy is compared with it."""
+    import adassr.export.triton_repo as triton_repo
+
+    hashed: list[str] = []
+    real = triton_repo.sha256_file
+    monkeypatch.setattr(triton_repo, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    write_repository(tmp_path / "repo", store)
+    assert hashed == ["model.onnx", "model.onnx"]  # the two staged copies; the store's files: verified_path
+
+    path = CameraStore.open(store, "canon").verified_path("model.onnx")
+    original = path.read_bytes()
+
+    def tamper_after_the_check(repo: Path, camera: str, *args: object) -> object:
+        path.write_bytes(original[:-4] + b"\0\0\0\0")  # another export replaced the file meanwhile
+        return write_model(repo, camera, *args)  # type: ignore[arg-type]
+
+    write_model = triton_repo.write_model
+    monkeypatch.setattr(triton_repo, "write_model", tamper_after_the_check)
+    publish_camera(store, "canon", seed=7)  # new bytes, so the repository would take a new version
+    path = CameraStore.open(store, "canon").verified_path("model.onnx")
+    original = path.read_bytes()
+    with pytest.raises(ExportError, match="does not match the checksum its manifest records"):
+        write_repository(tmp_path / "repo", store, ["canon"])
+    assert sorted(p.name for p in (tmp_path / "repo" / "adassr_canon").iterdir() if p.name.isdigit()) == ["1"]
+    assert not [p for p in (tmp_path / "repo" / "adassr_canon").iterdir() if p.name.startswith(".")]
+
+
 def test_cli(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo = tmp_path / "repo"
     code = main(

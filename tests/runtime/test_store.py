@@ -118,6 +118,9 @@ def test_a_damaged_manifest_names_the_way_out_and_the_way_out_works(tmp_path: Pa
 def test_missing_store_and_bad_names(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         CameraStore.open(tmp_path / "nope", "canon")
+    (tmp_path / "afile").write_bytes(b"")
+    with pytest.raises(StoreError, match="is a file, not a folder"):  # was "does not exist"
+        CameraStore.open(tmp_path / "afile", "canon")
     for bad in ["../etc", "", "a/b", ".hidden", "x" * 80]:
         with pytest.raises(CameraError):
             CameraStore.open(tmp_path, bad, create=True)
