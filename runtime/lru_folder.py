@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from adassr.runtime.tempfiles import remove_stale_temps
+
+STALE_TEMP_AGE_S = 3600.0
+"""Temporary files of dead writers older than this are removed with the evictions (a cache folder has
+no lock, so a younger one may be another machine's write in progress)."""
+
 
 def evict_least_recent(folder: Path, pattern: str, max_bytes: int) -> None:
     """Remove the files of ``folder`` matching ``pattern``, oldest modification time first, until
-    the rest hold at most ``max_bytes``. Files that vanish meanwhile are skipped."""
+    the rest hold at most ``max_bytes``. Files that vanish meanwhile are skipped. Temporary files
+    that killed writers left (over an hour old) go too."""
+    remove_stale_temps(folder, older_than_s=STALE_TEMP_AGE_S)
     entries = []
     for entry in folder.glob(pattern):
         try:

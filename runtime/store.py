@@ -146,10 +146,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return Path(path)
 
 
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
-    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+    return atomic_write_bytes(path, _json_bytes(obj))
 
 
 def _now() -> str:
@@ -167,6 +170,18 @@ def content_file_name(name: str, sha256: str) -> str:
 def _plain_name(name: object) -> bool:
     return (isinstance(name, str) and name not in {"", ".", ".."} and "/" not in name and "\\" not in name
             and "\x00" not in name)
+
+
+def is_engine_file(file: object, *, folder: str | None = ENGINES_FOLDER) -> bool:
+    """Whether an engine record's ``file`` is ``<folder>/<plain name>.engine`` (a camera's engines) or,
+    with ``folder=None``, a plain ``<name>.engine`` (the shared folder): a record never points elsewhere,
+    since a rebuild deletes the file a replaced record names."""
+    if not isinstance(file, str) or not file.endswith(".engine"):
+        return False
+    if folder is None:
+        return _plain_name(file)
+    head, _, name = file.partition("/")
+    return head == folder and _plain_name(name)
 
 
 # -- manifest validation -----------------------------------------------------------------------
@@ -275,7 +290,25 @@ def validate_manifest(data: object, path: Path) -> dict[str, Any]:
         for io_key in ("input_name", "output_name"):
             if record.get(io_key) is not None and not isinstance(record[io_key], str):
                 raise StoreError(f"{where}[{io_key!r}] must be a string, got {record[io_key]!r}")
+    engines = data.get(ENGINES_FOLDER, {})
+    if not isinstance(engines, dict):
+        raise StoreError(f"{path}: {ENGINES_FOLDER!r} must be an object, got {type(engines).__name__}; remove the "
+                         "key to forget the engine records (engines are rebuilt when needed)")
+    for key, record in engines.items():
+        if not isinstance(record, Mapping) or not is_engine_file(record.get("file")):
+            shown = record.get("file") if isinstance(record, Mapping) else record
+            raise StoreError(
+                f"{path}: {ENGINES_FOLDER}[{key!r}] names the file {shown!r}, not {ENGINES_FOLDER}/<name>.engine "
+                "in the camera's folder; remove that record (engines are rebuilt when needed)")
     return data
+
+
+def _file_holds(path: Path, data: bytes) -> bool:
+    """Whether ``path`` holds exactly ``data`` (False when it cannot be read)."""
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def _referenced_files(manifest: Mapping[str, Any]) -> set[str]:
@@ -523,6 +556,7 @@ class CameraStore:
         """
         with self.lock(timeout_s=timeout_s):
             remove_stale_temps(self.directory)
+            remove_stale_temps(self.directory / ENGINES_FOLDER)  # a build killed mid-write (hundreds of MB)
             manifest = self.read_manifest_or_empty()
             self._remove_orphans(manifest, previous=None)
             tx = StoreTransaction(self, manifest)
@@ -631,7 +665,13 @@ class StoreTransaction:
         manifest["camera"] = self.store.camera
         manifest["updated"] = _now()
         validate_manifest(manifest, self.store.manifest_path)
-        atomic_write_json(self.store.manifest_path, manifest)
+        data = _json_bytes(manifest)
+        try:
+            atomic_write_bytes(self.store.manifest_path, data)
+        finally:
+            # An exception after the rename (a Ctrl-C during the folder's fsync) leaves the new manifest
+            # in place: it is committed then, and its staged files must not be discarded.
+            self._committed = self._committed or _file_holds(self.store.manifest_path, data)
         self._committed = True
         self.store._remove_orphans(manifest, previous=self.previous)
         return manifest

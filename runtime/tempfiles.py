@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from pathlib import Path
 
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]+)\.tmp$")
@@ -95,11 +96,14 @@ def is_stale_temp(name: str) -> bool:
     return match is not None and not _pid_alive(int(match.group("pid")))
 
 
-def remove_stale_temps(folder: Path, *, target: str | None = None) -> list[str]:
+def remove_stale_temps(folder: Path, *, target: str | None = None, older_than_s: float = 0.0) -> list[str]:
     """Remove temporary files in ``folder`` left by dead processes (only ``target``'s when given).
 
-    Returns the names removed. Files of live processes and all other files are left alone.
+    Returns the names removed. Files of live processes and all other files are left alone. With
+    ``older_than_s``, so are files modified more recently: for folders written without a lock, which
+    another machine sharing the folder (whose process ids mean nothing here) may be writing.
     """
+    now = time.time()
     removed: list[str] = []
     try:
         entries = list(os.scandir(folder))
@@ -112,6 +116,8 @@ def remove_stale_temps(folder: Path, *, target: str | None = None) -> list[str]:
         if _pid_alive(int(match.group("pid"))):
             continue
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            if older_than_s > 0 and now - entry.stat(follow_symlinks=False).st_mtime < older_than_s:
+                continue
             if entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
                 removed.append(entry.name)

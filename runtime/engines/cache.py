@@ -46,8 +46,10 @@ from adassr.runtime.store import (
     StoreTransaction,
     atomic_output,
     atomic_write_json,
+    is_engine_file,
     sha256_file,
 )
+from adassr.runtime.tempfiles import remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,11 @@ class EngineCache:
         return "shared base engines" if self._shared else f"camera {self._store.camera!r}"
 
     def path_of(self, record: EngineRecord) -> Path:
+        """The record's engine file; StoreError when the record points outside this cache's folder."""
+        if not self._own_file(record):
+            where = "<name>.engine" if self._shared else f"{ENGINES_FOLDER}/<name>.engine"
+            raise StoreError(f"the engine record of {self.label} names the file {record.file!r}, not {where} in "
+                             f"{self._store.directory}; remove that record (engines are rebuilt when needed)")
         return self._store.directory / record.file
 
     def timing_cache_path(self, key: EngineKey) -> Path:
@@ -239,7 +246,14 @@ class EngineCache:
                 committed = self._tx.commit(update)
                 self._tx = StoreTransaction(self._store, committed)
 
+    def _own_file(self, record: EngineRecord) -> bool:
+        return is_engine_file(record.file, folder=None if self._shared else ENGINES_FOLDER)
+
     def _verified(self, record: EngineRecord) -> Path | None:
+        if not self._own_file(record):
+            log.warning("the engine record of %s names %r, outside its folder; it is ignored and replaced",
+                        self.label, record.file)
+            return None
         path = self.path_of(record)
         if not path.is_file():
             log.warning("engine %s is recorded for %s but missing; it will be rebuilt", path, self.label)
@@ -274,6 +288,7 @@ class EngineCache:
         """
         if self._shared:
             with self._store.lock(timeout_s=timeout_s):
+                remove_stale_temps(self.folder)  # a base-engine build killed mid-write
                 yield
             return
         with self._store.transaction(timeout_s=timeout_s) as tx:
@@ -331,6 +346,9 @@ class EngineCache:
                 try:
                     old = EngineRecord.from_json(data)
                 except ConfigError:
+                    del engines[digest_]
+                    continue
+                if not self._own_file(old):  # a record naming a file elsewhere: forgotten, its file untouched
                     del engines[digest_]
                     continue
                 # built from an ONNX file the camera no longer exports (an engine of its other precision,

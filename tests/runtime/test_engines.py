@@ -292,6 +292,37 @@ def test_damaged_engine_is_rebuilt_not_loaded(tmp_path: Path, caplog: pytest.Log
     assert again.path.read_text().startswith("engine camera")
 
 
+def test_an_engine_record_pointing_outside_its_folder_never_touches_that_file(tmp_path: Path) -> None:
+    """A hand-edited record named ../../victim.txt: the rebuild that replaced it deleted the user's file."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    store = _camera(tmp_path / "store", "canon", 0, structure=None)
+    first = ensure_camera_engine(_request(tmp_path / "store", "canon", refit=False), FileToolkit())
+    manifest = store.read_manifest()
+    escaped = "../../victim.txt"
+    manifest["engines"][first.record.key.digest]["file"] = escaped
+    store.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="names the file '../../victim.txt', not engines/<name>.engine"):
+        store.read_manifest()  # the camera's manifest is refused, with the way out
+    with pytest.raises(StoreError, match="remove that record"):
+        EngineCache.for_camera(store).path_of(replace(first.record, file=escaped))
+    assert victim.read_text() == "precious"
+
+    # The shared folder's index is not a manifest: a record there is ignored, replaced and never unlinked.
+    _camera(tmp_path / "shared", "canon", 0)
+    refitted = ensure_camera_engine(_request(tmp_path / "shared", "canon"), FileToolkit())
+    assert refitted.base is not None
+    index = tmp_path / "shared" / "_engines" / "index.json"
+    data = json.loads(index.read_text())
+    data["engines"][refitted.base.key.digest]["file"] = "../../victim.txt"
+    index.write_text(json.dumps(data))
+    again = ensure_camera_engine(_request(tmp_path / "shared", "canon"), FileToolkit())
+    assert victim.read_text() == "precious"
+    rebuilt = json.loads(index.read_text())["engines"][refitted.base.key.digest]["file"]
+    assert rebuilt == refitted.base.file and (tmp_path / "shared" / "_engines" / rebuilt).is_file()
+    assert again.path.is_file()
+
+
 def test_damaged_base_is_rebuilt_and_refitted_engines_stay_valid(tmp_path: Path) -> None:
     _camera(tmp_path, "canon", 0)
     first = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit())

@@ -64,6 +64,7 @@ def test_empty_and_missing_store(tmp_path: Path) -> None:
         check_store_serves(tmp_path, camera=None)
     publish_camera(tmp_path, "nokia")
     assert check_store_serves(tmp_path, camera=None) == "nokia"
+    assert check_store_serves(tmp_path, camera="NOKIA") == "nokia"  # routing's case folding (was refused)
     with pytest.raises(StoreError, match="no exported model for camera 'canon' and no fallback"):
         check_store_serves(tmp_path, camera="canon")
     publish_camera(tmp_path, "_fallback")

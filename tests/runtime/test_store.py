@@ -71,6 +71,31 @@ def test_crash_during_write_keeps_previous_artifact(tmp_path: Path) -> None:
     assert leftovers == []
 
 
+def test_ctrl_c_after_the_manifest_rename_keeps_the_new_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C during the folder fsync that follows the manifest's rename used to discard the staged
+    file the new manifest already named: the camera stopped serving, and the next writer removed the
+    previous file as an orphan."""
+    import adassr.runtime.store as store_module
+
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _publish_text(store, "w.bin", "good")
+    before = store.manifest_path.read_bytes()
+    real_fsync_dir = store_module._fsync_dir
+
+    def interrupted_fsync_dir(directory: Path) -> None:
+        real_fsync_dir(directory)
+        if store.manifest_path.read_bytes() != before:  # the new manifest is in place
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_module, "_fsync_dir", interrupted_fsync_dir)
+    with pytest.raises(KeyboardInterrupt):
+        _publish_text(store, "w.bin", "newer")
+    monkeypatch.undo()
+    assert store.verified_path("w.bin").read_text() == "newer"  # committed, and its file is there
+    _publish_text(store, "other.bin", "x")  # the next writer's orphan sweep keeps what is referenced
+    assert store.verified_path("w.bin").read_text() == "newer"
+
+
 def test_empty_artifact_is_refused(tmp_path: Path) -> None:
     store = CameraStore.open(tmp_path, "canon", create=True)
     with pytest.raises(StoreError, match="empty"):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,43 @@ def test_stale_temporaries_of_live_processes_are_kept(tmp_path: Path) -> None:
         p.write_text("t")
     assert remove_stale_temps(tmp_path) == [dead.name]
     assert live.exists() and other.exists() and not dead.exists()
+
+
+def test_temporaries_of_killed_engine_builds_and_cache_writes_are_removed(tmp_path: Path) -> None:
+    """A build killed mid-write left its partial engine (hundreds of MB) in engines/ or _engines/ for
+    good; only the camera folder itself was swept."""
+    from adassr.runtime.engines import EngineCache
+    from adassr.runtime.lru_folder import STALE_TEMP_AGE_S, evict_least_recent
+
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _text(store, "w.bin", "x")
+    dead = _dead_pid()
+    engines = store.directory / "engines"
+    engines.mkdir()
+    partial = engines / f".camera-fp16-x.engine.{dead}.0123abcd.tmp"
+    live = engines / f".camera-fp16-y.engine.{os.getpid()}.0123abcd.tmp"
+    for path in (partial, live):
+        path.write_bytes(b"partial engine")
+    with store.transaction():
+        pass
+    assert not partial.exists() and live.exists()
+
+    shared = EngineCache.shared(tmp_path)
+    shared.folder.mkdir()
+    base_partial = shared.folder / f".base-fp16-x.engine.{dead}.0123abcd.tmp"
+    base_partial.write_bytes(b"partial base")
+    with shared.lock():
+        pass
+    assert not base_partial.exists()
+
+    cache = tmp_path / "_cache" / "weight_maps"
+    cache.mkdir(parents=True)
+    old, young = (cache / f".{n}.npy.{dead}.0123abcd.tmp" for n in ("old", "young"))
+    for path in (old, young):
+        path.write_bytes(b"partial map")
+    os.utime(old, (time.time() - STALE_TEMP_AGE_S - 60,) * 2)
+    evict_least_recent(cache, "*.npy", 1 << 20)  # every cache write ends with this
+    assert not old.exists() and young.exists()  # a young one may be another machine's write in progress
 
 
 @pytest.mark.parametrize("name", ["a" * 236 + ".png", "é" * 120 + ".png", "b" * 251 + ".png"])
