@@ -27,7 +27,7 @@ from adassr.adapt.ema import WeightEma
 from adassr.adapt.loop import Perceptual, external_batch, external_trainer
 from adassr.adapt.precision import Precision
 from adassr.runtime.errors import ConfigError, ImageError
-from adassr.runtime.images import is_image_file, read_image, read_image_size, to_float32
+from adassr.runtime.images import image_notes_logged, is_image_file, read_image, read_image_size, to_float32
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ def load_external_images(paths: Sequence[Path], *, min_side: int, root: Path) ->
     images, reasons = [], []
     for path in paths:
         try:
-            pixels = to_float32(read_image(path).pixels)
+            with image_notes_logged(log):
+                pixels = to_float32(read_image(path).pixels)
         except ImageError as exc:
             reasons.append(str(exc))
             continue

@@ -142,12 +142,13 @@ def _header_sizes(members: Sequence[GroupMember],
 def _decode_members(members: Sequence[GroupMember],
                     errors: list[tuple[str, ImageError]]) -> tuple[list[GroupMember], list[np.ndarray]]:
     """The members that decode, and their pixels as float32 RGB; a file that fails goes to ``errors``."""
-    from adassr.runtime.images import read_image, to_float32
+    from adassr.runtime.images import image_notes_logged, read_image, to_float32
 
     decoded, images = [], []
     for member in members:
         try:
-            loaded = read_image(member.path)
+            with image_notes_logged(log):
+                loaded = read_image(member.path)
         except ImageError as exc:
             errors.append((str(member.path), exc))
             continue

@@ -63,6 +63,7 @@ MIN_SIDE = 8
 """The smallest LR side a latency case may have."""
 
 
+
 def parse_frame(text: str) -> tuple[int, int]:
     """``--frame WIDTHxHEIGHT`` as ``(height, width)``, each side at least :data:`MIN_SIDE`."""
     from adassr.runtime.errors import ConfigError
@@ -93,6 +94,20 @@ def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
         raise ConfigError(f"--batch must be >= 1, got {options.batch}")
     check_threads(options.threads)
     _sizes(options.sizes)
+    if not gpu_report:  # the CPU report's tiled-vs-untiled case
+        if options.tiled_size < MIN_SIDE:
+            raise ConfigError(f"--tiled-size must be >= {MIN_SIDE}, got {options.tiled_size}")
+        if options.tile_overlap < 0:
+            raise ConfigError(f"--tile-overlap must be >= 0, got {options.tile_overlap}")
+        tile = _tiled_case_tile(options)
+        if tile <= 2 * options.tile_overlap:
+            given = (f"--tile {tile}" if options.tile
+                     else f"the tile {tile} that --tiled-size {options.tiled_size} gives")
+            raise ConfigError(f"{given} must be larger than twice --tile-overlap {options.tile_overlap}; raise "
+                              f"{'--tile' if options.tile else '--tiled-size'} or lower --tile-overlap")
+    if Path(options.out).suffix.lower() in (".json", ".md", ".txt", ".csv") and not Path(options.out).is_dir():
+        raise ConfigError(f"--out names the results folder (the report's .json and .md are named after the "
+                          f"machine), not a file: {options.out}; pass a folder, e.g. --out {Path(options.out).parent}")
     if options.frame is not None:
         parse_frame(options.frame)
     if not gpu_report:  # the CPU report times fp32 crops one at a time: these options would be ignored
@@ -228,6 +243,13 @@ def _size_rows(options: LatencyOptions, backend: Any, torch_model: Callable[[np.
     return rows
 
 
+def _tiled_case_tile(options: LatencyOptions) -> int:
+    """``--tile``, or (0) the smallest tile that covers the ``--tiled-size`` crop with 2x2 tiles."""
+    from adassr.runtime.tiling import DEFAULT_PRE_PAD
+
+    return options.tile or -(-(options.tiled_size + 2 * DEFAULT_PRE_PAD + options.tile_overlap) // 2)
+
+
 def _tiled_vs_untiled(options: LatencyOptions, infer: Callable[[np.ndarray], np.ndarray],
                       scale: int) -> dict[str, Any]:
     """Tiled vs untiled runtime upscaling of one ``tiled_size`` square crop."""
@@ -237,7 +259,7 @@ def _tiled_vs_untiled(options: LatencyOptions, infer: Callable[[np.ndarray], np.
     image = _crop(big)
     untiled_opts = TilingOptions(tile=0, pad_to_tile=False)
     untiled = time_calls(lambda: upscale_tiled(image, infer, scale=scale, options=untiled_opts), options.repeats)
-    tile = options.tile or -(-(big + 2 * untiled_opts.pre_pad + options.tile_overlap) // 2)
+    tile = _tiled_case_tile(options)
     tiling = TilingOptions(tile=tile, overlap=options.tile_overlap, pad_to_tile=False)
     tiled = time_calls(lambda: upscale_tiled(image, infer, scale=scale, options=tiling), options.repeats)
     return {"size": big, "tile": tile, "overlap": options.tile_overlap,

@@ -48,3 +48,12 @@ class CameraError(AdassrError):
 
 class BackendError(AdassrError):
     """An inference backend could not be created or failed to run."""
+
+
+def unexpected_error(exc: BaseException) -> str:
+    """How a batch command reports an exception that is not an :class:`AdassrError` for one file (the
+    file is skipped, the batch goes on): its type and message, and what to do (the traceback is
+    logged at debug level, shown with ``-vv``)."""
+    detail = str(exc) or "no message"
+    return (f"unexpected {type(exc).__name__} ({detail}); this is a bug in adassr or a library it uses: rerun "
+            "with -vv for the traceback and report it with the file")

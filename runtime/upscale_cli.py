@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import logging
 import sys
 import time
 import warnings
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from adassr.runtime.cameras import closest_camera_hint, validate_group_name
 from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
-from adassr.runtime.errors import AdassrError, ConfigError
+from adassr.runtime.errors import AdassrError, ConfigError, unexpected_error
 from adassr.runtime.images import (
     SUPPORTED_READ_SUFFIXES,
     SUPPORTED_WRITE_SUFFIXES,
@@ -73,6 +74,8 @@ if TYPE_CHECKING:
     from adassr.runtime.server.triton_upscale import TritonRunOptions
 
 _AUTO_EXT = {".mpo": ".jpg", ".bmp": ".png"}
+
+log = logging.getLogger(__name__)
 
 
 def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRegistry | None = None) -> None:
@@ -151,24 +154,36 @@ def _output_suffix(ext: str, source: Path) -> str:
     return suffix
 
 
+def _same_format(suffix: str) -> str:
+    """One spelling per format: ``.jpeg`` is ``.jpg``, ``.tiff`` is ``.tif``."""
+    return {".jpeg": ".jpg", ".tiff": ".tif"}.get(suffix, suffix)
+
+
 def _given_path(text: str) -> Path:
     """A path argument; an empty one (an unset shell variable) is refused: ``Path("")`` is the current folder."""
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty; name a file or folder (an empty value would mean the "
                                          "current folder)")
+    if text == "-":
+        raise argparse.ArgumentTypeError("'-' (standard input or output) is not supported; name a file or folder "
+                                         "(./- for one called -)")
     return Path(text)
 
 
-def _is_broken_image_link(path: Path) -> bool:
-    """A visible symbolic link with an image suffix whose target is gone: listed, so that the run
-    reports it as a failed file instead of leaving it out without a word."""
-    return (not path.name.startswith(".") and path.suffix.lower() in SUPPORTED_READ_SUFFIXES
-            and path.is_symlink() and not path.exists())
+def _is_unreadable_image_entry(path: Path) -> bool:
+    """A visible entry with an image suffix that is no file: a symbolic link whose target is gone, or
+    a FIFO, socket or device. Listed, so that the run reports it as a failed file instead of leaving
+    it out without a word (a folder named like an image is a folder, not listed)."""
+    if path.name.startswith(".") or path.suffix.lower() not in SUPPORTED_READ_SUFFIXES:
+        return False
+    if path.is_symlink() and not path.exists():
+        return True
+    return path.exists() and not path.is_file() and not path.is_dir()
 
 
 def _list_images(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if is_image_file(p) or _is_broken_image_link(p))
+        return sorted(p for p in folder.iterdir() if is_image_file(p) or _is_unreadable_image_entry(p))
     except OSError as exc:
         raise ConfigError(f"cannot read the folder {folder} ({exc.strerror or exc}); check its permissions, "
                           "or move it out of the input") from None
@@ -205,9 +220,15 @@ def _input_folders(source: Path, output: Path) -> list[tuple[Path, Path]]:
     except OSError as exc:
         raise ConfigError(f"cannot read the input folder {source} ({exc.strerror or exc}); check its "
                           "permissions") from None
+    seen = {source.resolve(), out}
     for sub in subfolders:
-        if sub.resolve() != out:
-            folders.append((sub, output / sub.name))
+        real = sub.resolve()
+        if real in seen:  # the output, a link back to the input (read twice, or forever), a second link to one
+            if real != out:
+                log.info("not reading %s again: it is a link to %s, read already", sub, real)
+            continue
+        seen.add(real)
+        folders.append((sub, output / sub.name))
     return folders
 
 
@@ -278,7 +299,7 @@ def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]
         return pairs
     is_file_target = output.suffix.lower() in SUPPORTED_WRITE_SUFFIXES and not output.is_dir()
     if is_file_target:
-        if ext != "auto" and _output_suffix(ext, source) != output.suffix.lower():
+        if ext != "auto" and _same_format(_output_suffix(ext, source)) != _same_format(output.suffix.lower()):
             raise ConfigError(f"--ext {ext} contradicts the output file name {output.name}; drop one")
         target = output
     else:
@@ -432,8 +453,10 @@ def _run_pairs(
     camera: str | None,
     stdout: TextIO | None,
     stderr: TextIO | None,
+    skipped: int = 0,
 ) -> int:
-    """The batch loop over ``pairs`` with one upscaler (local backend or Triton server)."""
+    """The batch loop over ``pairs`` with one upscaler (local backend or Triton server); ``skipped``: the
+    outputs ``--skip-existing`` left out (counted in the summary)."""
     return run_batch(
         pairs,
         lambda image, tiles, check: upscaler.upscale(image, camera=camera, progress=tiles, check_output=check),
@@ -441,6 +464,7 @@ def _run_pairs(
         progress=not args.no_progress,
         stdout=stdout,
         stderr=stderr,
+        skipped=skipped,
     )
 
 
@@ -469,6 +493,7 @@ def run_upscale(
     check_output_folders(target for _, target in pairs)
     _mark_output_in_input(args.input, args.output)
     out = stdout if stdout is not None else sys.stdout
+    kept = 0
     if getattr(args, "skip_existing", False):
         pairs, kept = skip_existing(pairs)
         if kept:
@@ -482,7 +507,7 @@ def run_upscale(
         from adassr.runtime.server.triton_upscale import open_triton
 
         with contextlib.closing(open_triton(triton, camera=camera)) as remote:
-            return _run_pairs(remote, pairs, args, camera=camera, stdout=stdout, stderr=stderr)
+            return _run_pairs(remote, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept)
     if options.backend == "onnxruntime":
         check_required_providers(options.providers, require=options.require_providers)
     if camera is not None:
@@ -494,7 +519,7 @@ def run_upscale(
         ready = getattr(upscaler, "check_ready", None)
         if ready is not None:  # open the first model now: a backend that cannot start fails the run once
             ready(camera=camera)
-        return _run_pairs(upscaler, pairs, args, camera=camera, stdout=stdout, stderr=stderr)
+        return _run_pairs(upscaler, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept)
 
 
 def _mark_output_in_input(source: Path, output: Path) -> None:
@@ -554,10 +579,12 @@ def run_batch(
     progress: bool = True,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    skipped: int = 0,
 ) -> int:
     """Upscale each (source, target) pair with ``serve``; one bad file is reported and skipped.
 
     Shared by the runtime and the PyTorch path. Returns 0 when every file succeeded, else 1.
+    ``skipped`` (outputs ``--skip-existing`` left out) is counted in the summary line.
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
@@ -579,6 +606,11 @@ def run_batch(
                 where = "" if str(source) in reason else f"{source}: "
                 bar.write(f"error: {where}{reason} (skipped)", file=err)
                 outcomes.append(_Outcome(source, None, None, None, reason))
+            except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
+                reason = unexpected_error(exc)
+                log.debug("processing %s failed", source, exc_info=True)
+                bar.write(f"error: {source}: {reason} (skipped)", file=err)
+                outcomes.append(_Outcome(source, None, None, None, reason))
             else:
                 route = result.route
                 served = f"{route.label}, {route.reason}" if route else result.model_label
@@ -591,11 +623,11 @@ def run_batch(
             bar.advance(source.name)
     finally:
         bar.close()
-    print(_summary(outcomes, time.perf_counter() - start), file=out, flush=True)
+    print(_summary(outcomes, time.perf_counter() - start, skipped), file=out, flush=True)
     return 1 if any(o.error for o in outcomes) else 0
 
 
-def _summary(outcomes: list[_Outcome], seconds: float) -> str:
+def _summary(outcomes: list[_Outcome], seconds: float, skipped: int = 0) -> str:
     ok = [o for o in outcomes if o.error is None]
     failed = [o for o in outcomes if o.error is not None]
     served: dict[str, list[str]] = {}
@@ -604,6 +636,8 @@ def _summary(outcomes: list[_Outcome], seconds: float) -> str:
             served[o.group].append(o.model)
     models = "; ".join(f"{g} -> {', '.join(m)}" for g, m in sorted(served.items())) or "none"
     line = f"upscaled {len(ok)} ok, {len(failed)} failed in {seconds:.1f} s; models: {models}"
+    if skipped:
+        line += f"; {skipped} skipped: output exists (--skip-existing)"
     replaced = sum(o.replaced for o in ok)
     if replaced:
         line += (f"; replaced {replaced} existing output file{'s' if replaced != 1 else ''} "

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from collections import Counter
@@ -36,11 +37,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from adassr.runtime.errors import AdassrError, ConfigError
+from adassr.runtime.errors import AdassrError, ConfigError, unexpected_error
 
 METRICS = ("niqe", "lpips", "psnr", "ssim")
 _CHANNELS = {"niqe": ("gray", "y"), "psnr": ("y", "rgb", "gray"), "ssim": ("y", "rgb", "gray"), "lpips": ()}
 _DEFAULT_CHANNEL = {"niqe": "gray", "psnr": "y", "ssim": "y"}
+
+log = logging.getLogger(__name__)
 
 
 def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
@@ -235,6 +238,9 @@ def run_metrics(args: argparse.Namespace) -> int:
         except (AdassrError, MemoryError) as exc:
             message = str(exc) or type(exc).__name__
             failed.append((path, message if path in message else f"{path}: {message}"))
+        except Exception as exc:  # noqa: BLE001 - one file never ends the run; reported, not swallowed
+            log.debug("scoring %s failed", path, exc_info=True)
+            failed.append((path, f"{path}: {unexpected_error(exc)}"))
     _print(scores, args.json)
     finite = [v for _, v in scores if math.isfinite(v)]
     if len(scores) > 1 and finite:

@@ -19,7 +19,7 @@ from adassr.runtime.images._model import (
 )
 from adassr.runtime.images.convert import from_float32, to_float32
 from adassr.runtime.images.orientation import apply_orientation
-from adassr.runtime.images.read import read_camera_exif, read_image, read_image_size
+from adassr.runtime.images.read import image_notes_logged, read_camera_exif, read_image, read_image_size
 from adassr.runtime.images.write import check_quality, check_writable_size, encode_image, size_problem, write_image
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "check_quality",
     "check_writable_size",
     "encode_image",
+    "image_notes_logged",
     "is_image_file",
     "from_float32",
     "read_camera_exif",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import stat
 import struct
@@ -48,7 +49,9 @@ from adassr.runtime.images._model import (
     READ_FORMATS,
     ImageWarning,
     LoadedImage,
+    ProfileDroppedWarning,
     bit_depth_of,
+    icc_colour_space,
     profile_fits,
 )
 from adassr.runtime.images.containers import (
@@ -63,6 +66,8 @@ _MODEL_TAG = 272
 
 # Errors Pillow raises for damaged data (besides ImageError's own cases).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
+_METADATA_ERRORS = (*_DECODE_ERRORS, KeyError, TypeError, IndexError)
+"""What Pillow raises on damaged metadata too: a TIFF page directory without its dimensions is a TypeError."""
 
 # Guards the warning-filter change around Image.open against our own concurrent calls.
 _OPEN_LOCK = threading.Lock()
@@ -94,6 +99,13 @@ def read_image(
         pixels, alpha, exif = _decode(p, im)
         profile = im.info.get("icc_profile")
         _warn_if_more_frames(im, p)
+    if not isinstance(profile, bytes) or not profile:
+        profile = None
+    elif not profile_fits(profile, pixels.shape[2]):
+        warnings.warn(f"{p}: its {icc_colour_space(profile) or 'unreadable'} colour profile does not describe "
+                      f"its {'grey' if pixels.shape[2] == 1 else 'RGB'} pixels, so the output carries no "
+                      "profile (viewers show it as sRGB)", ProfileDroppedWarning, stacklevel=2)
+        profile = None
     make, model, orientation = _camera_fields(exif)
     return LoadedImage(
         pixels=apply_orientation(pixels, orientation),
@@ -102,8 +114,23 @@ def read_image(
         exif_make=make,
         exif_model=model,
         path=p,
-        icc_profile=profile if isinstance(profile, bytes) and profile_fits(profile, pixels.shape[2]) else None,
+        icc_profile=profile,
     )
+
+
+@contextlib.contextmanager
+def image_notes_logged(logger: logging.Logger) -> Iterator[None]:
+    """Turn the reader's :class:`ImageWarning` notes inside the block into ``logger`` warnings, for
+    callers that use the pixels only (adaptation): notes about the colour profile are left out, since
+    no output is written; other warnings pass on unchanged."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageWarning)
+        yield
+    for note in caught:
+        if not issubclass(note.category, ImageWarning):
+            warnings.warn_explicit(note.message, note.category, note.filename, note.lineno)
+        elif not issubclass(note.category, ProfileDroppedWarning):
+            logger.warning("%s", note.message)
 
 
 def _warn_if_more_frames(im: ImageFile.ImageFile, p: Path) -> None:
@@ -112,7 +139,7 @@ def _warn_if_more_frames(im: ImageFile.ImageFile, p: Path) -> None:
     the photo that the first frame is."""
     try:
         frames = int(getattr(im, "n_frames", 1) or 1)
-    except _DECODE_ERRORS:  # a damaged page directory after the first: the first frame was read
+    except _METADATA_ERRORS:  # a damaged page directory after the first: the first frame was read
         frames = 1
     if frames > 1 and im.format != "MPO":
         warnings.warn(f"{p}: holds {frames} frames (an animation or a multi-page file); only the first is read",
@@ -226,7 +253,7 @@ def _read_bytes(p: Path) -> bytes:
 def _exif(im: Image.Image, p: Path) -> Image.Exif:
     try:
         return im.getexif()
-    except (*_DECODE_ERRORS, KeyError, TypeError, IndexError) as e:
+    except _METADATA_ERRORS as e:
         warnings.warn(
             f"{p}: unreadable EXIF block ignored ({e}); no camera name, orientation as stored",
             ImageWarning,
@@ -298,7 +325,8 @@ def _pillow_arrays(im: Image.Image, p: Path) -> tuple[np.ndarray, np.ndarray | N
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or im.has_transparency_data
         arr = np.array(im.convert("RGBA" if has_alpha else "RGB"))
-        if mode == "P" and _palette_is_grey(im):
+        # a grey palette is read as grey, unless an RGB profile describes it (the palette holds RGB)
+        if mode == "P" and _palette_is_grey(im) and icc_colour_space(im.info.get("icc_profile")) != "RGB":
             return _split(arr[..., [0, 3]] if has_alpha else arr[..., :1])
         return _split(arr)
     if mode == "1":
@@ -362,7 +390,7 @@ def _exif_from_payload(payload: bytes | None, p: Path) -> Image.Exif:
         return exif
     try:
         exif.load(payload)
-    except (*_DECODE_ERRORS, KeyError, TypeError, IndexError) as e:
+    except _METADATA_ERRORS as e:
         warnings.warn(
             f"{p}: unreadable EXIF block ignored ({e}); no camera name, orientation as stored",
             ImageWarning,

@@ -98,6 +98,25 @@ def test_bad_files_are_reported_and_good_ones_scored(capsys: pytest.CaptureFixtu
     out, err = _partial(capsys, "psnr", D4, D6, "--ref", str(small), D6, "--json")
     assert list(json.loads(out)) == [D6] and "same size" in err and "60x50" in err
 
+def test_an_unexpected_error_in_one_file_is_reported_and_the_rest_scored(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library's exception that is no AdassrError ended the run with a traceback and no scores."""
+    import adassr.runtime.images as images
+
+    real = images.read_image
+
+    def read(path: object) -> object:
+        if str(path) == D6:
+            raise TypeError("Missing dimensions")  # what Pillow raised on a damaged TIFF page directory
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(images, "read_image", read)
+    out, err = _partial(capsys, "niqe", D6, D4)
+    assert [line.split("\t")[0] for line in out.splitlines()] == [D4]
+    assert f"error: {D6}: unexpected TypeError (Missing dimensions)" in err and "scored 1, failed 1" in err
+
+
 def test_folders_are_scored_image_by_image_and_paired_by_file_stem(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -124,6 +124,11 @@ def test_bad_options_fail_before_any_timing(store: Path, tmp_path: Path, monkeyp
         (["--threads", "0"], "--threads must be an integer from 1 to 1024"),
         (["--camera", "nope"], "camera 'nope' has no exported model"),
         (["--sizes", "4"], "--sizes needs sizes >= 8"),
+        (["--tiled-size", "0"], "--tiled-size must be >= 8, got 0"),  # was "image: got shape (0, 0)"
+        (["--tiled-size", "8"], "the tile 22 that --tiled-size 8 gives must be larger than twice --tile-overlap 16"),
+        (["--tile", "20"], "--tile 20 must be larger than twice --tile-overlap 16"),
+        (["--tile-overlap", "-1"], "--tile-overlap must be >= 0"),
+        (["--out", str(tmp_path / "bench.json")], "--out names the results folder"),  # made a folder bench.json
     ]
     for extra, message in cases:
         assert main([*base, "--out", str(tmp_path / "out"), *extra]) == 2, extra

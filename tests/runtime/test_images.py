@@ -199,6 +199,39 @@ def test_mpo_reads_first_frame() -> None:
     assert not np.array_equal(img.pixels, second)
 
 
+def _tiff_with_a_damaged_second_page(path: Path) -> np.ndarray:
+    """An 8x8 RGB TIFF whose next-page pointer leads to a directory without width and height (what a
+    truncated multi-page TIFF looks like); returns the first page's pixels."""
+    pixels = (np.arange(8 * 8 * 3) % 256).astype(np.uint8).reshape(8, 8, 3)
+
+    def entry(tag: int, kind: int, count: int, value: int) -> bytes:
+        if kind == 4 or count > 1:
+            return struct.pack("<HHII", tag, kind, count, value)
+        return struct.pack("<HHIHH", tag, kind, count, value, 0)
+
+    first, n = 8, 10
+    bits = first + 2 + n * 12 + 4
+    second = bits + 6
+    data = second + 2 + 12 + 4
+    entries = [entry(256, 4, 1, 8), entry(257, 4, 1, 8), entry(258, 3, 3, bits), entry(259, 3, 1, 1),
+               entry(262, 3, 1, 2), entry(273, 4, 1, data), entry(277, 3, 1, 3), entry(278, 4, 1, 8),
+               entry(279, 4, 1, pixels.size), entry(284, 3, 1, 1)]
+    path.write_bytes(b"II*\x00" + struct.pack("<I", first) + struct.pack("<H", n) + b"".join(entries)
+                     + struct.pack("<I", second) + struct.pack("<HHH", 8, 8, 8)
+                     + struct.pack("<H", 1) + entry(305, 3, 1, 0) + b"\0\0\0\0" + pixels.tobytes())
+    return pixels
+
+
+def test_a_damaged_second_page_still_reads_the_first(tmp_path: Path) -> None:
+    """Counting the pages raised Pillow's TypeError("Missing dimensions"), which ended a whole folder
+    run with a traceback."""
+    path = tmp_path / "damaged.tif"
+    pixels = _tiff_with_a_damaged_second_page(path)
+    with Image.open(path) as im, pytest.raises(TypeError):
+        _ = im.n_frames  # the library's behaviour this guards against
+    np.testing.assert_array_equal(read_image(path).pixels, pixels)
+
+
 def test_read_camera_exif_decodes_no_pixels(no_decode: None) -> None:
     assert read_camera_exif(SAMPLES / "canon" / "flower.jpg") == ("Canon", "Canon PowerShot S40")
     assert read_camera_exif(SAMPLES / "nintendo" / "frozenpond.mpo") == ("Nintendo", "Nintendo 3DS")
@@ -813,8 +846,50 @@ def test_a_profile_that_does_not_describe_the_decoded_pixels_is_not_kept(tmp_pat
     """A CMYK file is decoded to RGB, so its CMYK profile would be wrong on the output."""
     cmyk = Image.fromarray(_photo()).convert("CMYK")
     cmyk.save(tmp_path / "c.jpg", quality=95, icc_profile=_profile(b"CMYK"))
-    image = read_image(tmp_path / "c.jpg")
+    with pytest.warns(ProfileDroppedWarning, match="its CMYK colour profile does not describe its RGB pixels"):
+        image = read_image(tmp_path / "c.jpg")
     assert image.channels == 3 and image.icc_profile is None
+    # A grey PNG carrying an RGB profile (which the PNG rules do not allow): dropped with a note, not silently.
+    Image.fromarray(_photo()[..., 0]).save(tmp_path / "g.png", icc_profile=_profile())
+    with pytest.warns(ProfileDroppedWarning, match="its RGB colour profile does not describe its grey pixels"):
+        assert read_image(tmp_path / "g.png").icc_profile is None
+
+
+def test_image_notes_logged_turns_notes_into_log_lines_without_profile_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Adaptation reads pixels only: a multi-page note became a raw Python warning there, and a note about
+    a colour profile would be about an output it never writes."""
+    import logging
+
+    from adassr.runtime.images import image_notes_logged
+
+    frames = [Image.fromarray(_photo()), Image.fromarray(_photo()[::-1].copy())]
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    Image.fromarray(_photo()).convert("CMYK").save(tmp_path / "c.jpg", icc_profile=_profile(b"CMYK"))
+    logger = logging.getLogger("test.notes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing escapes as a Python warning
+        with caplog.at_level(logging.WARNING, logger="test.notes"), image_notes_logged(logger):
+            read_image(tmp_path / "pages.tif")
+            read_image(tmp_path / "c.jpg")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'pages.tif'}: holds 2 frames (an animation or a multi-page file); only the first is read"]
+
+
+def test_a_grey_palette_with_an_rgb_profile_is_read_as_rgb_and_keeps_the_profile(tmp_path: Path) -> None:
+    """A palette PNG whose colours are all grey was read as grey, and its (valid) RGB profile then dropped
+    without a word: Adobe RGB greys shift in colour-managed viewers once the profile is gone."""
+    grey = np.repeat(_photo()[..., :1] // 16 * 16, 3, axis=2)
+    palette = Image.fromarray(grey).quantize(16)
+    palette.save(tmp_path / "p.png", icc_profile=_profile())
+    palette.save(tmp_path / "plain.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProfileDroppedWarning)
+        image = read_image(tmp_path / "p.png")
+    assert image.channels == 3 and image.icc_profile == _profile()
+    np.testing.assert_array_equal(image.pixels, np.asarray(palette.convert("RGB")))
+    assert read_image(tmp_path / "plain.png").channels == 1  # without a profile a grey palette is still grey
 
 
 def test_written_file_has_normal_permissions(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -79,6 +80,29 @@ def test_folder_with_one_corrupt_image(store: Path, tmp_path: Path) -> None:
     assert "nokia -> _fallback/model.onnx" in summary and "c_broken.jpg" in summary
     assert read_image(dst / "a_canon.jpg").pixels.shape == (160, 160, 3)
     assert read_image(dst / "d_grey.png").pixels.shape == (80, 120, 1)
+
+
+def test_an_unexpected_error_in_one_file_does_not_end_the_batch(tmp_path: Path) -> None:
+    """A library's exception that is no AdassrError (Pillow's TypeError on a damaged TIFF) ended the
+    whole run with a traceback and no summary; it is reported for its file, and the rest is done."""
+    from adassr.runtime.pipeline import UpscaleResult
+    from adassr.runtime.upscale_cli import run_batch
+
+    folder = _two_small_pngs(tmp_path / "in")
+
+    def serve(image, tiles, check):  # type: ignore[no-untyped-def]
+        if image.path is not None and image.path.name == "img0.png":
+            raise TypeError("Missing dimensions")
+        return UpscaleResult(pixels=np.repeat(np.repeat(image.pixels, 2, 0), 2, 1), alpha=None, bit_depth=8,
+                             scale=2, outscale=2.0, model_name="x2")
+
+    pairs = [(folder / f"img{k}.png", tmp_path / "out" / f"img{k}.png") for k in range(2)]
+    out, err = io.StringIO(), io.StringIO()
+    code = run_batch(pairs, serve, progress=False, stdout=out, stderr=err)
+    assert code == 1
+    assert "unexpected TypeError (Missing dimensions)" in err.getvalue() and "-vv" in err.getvalue()
+    assert "1 ok, 1 failed" in out.getvalue().splitlines()[-1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img1.png"]
 
 
 def _two_small_pngs(folder: Path) -> Path:
@@ -417,6 +441,44 @@ def test_an_empty_input_or_output_is_refused(flag: str, tmp_path: Path, capsys: 
     assert stop.value.code == 2 and "is empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["-i", "-o"])
+def test_a_dash_for_standard_input_or_output_is_refused(flag: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o -` made a folder called '-' and wrote into it; `-i -` said the input did not exist."""
+    from adassr.cli import main
+
+    argv = {"-i": str(tmp_path / "x.png"), "-o": str(tmp_path / "out")}
+    argv[flag] = "-"
+    with pytest.raises(SystemExit) as stop:
+        main(["upscale", "-i", argv["-i"], "-o", argv["-o"]])
+    assert stop.value.code == 2 and "standard input or output) is not supported" in capsys.readouterr().err
+    assert not Path("-").exists()
+
+
+def test_jpg_and_jpeg_are_one_format(tmp_path: Path) -> None:
+    """`-o y.jpg --ext jpeg` was refused as a contradiction."""
+    source = tmp_path / "a.png"
+    write_image(source, np.zeros((8, 8, 3), np.uint8))
+    for output, ext in (("y.jpg", "jpeg"), ("y.jpeg", "jpg"), ("y.tif", "tiff")):
+        assert plan_outputs(source, tmp_path / output, ext) == [(source, tmp_path / output)]
+    with pytest.raises(ConfigError, match="contradicts"):
+        plan_outputs(source, tmp_path / "y.png", "jpg")
+
+
+def test_a_link_back_to_the_input_folder_is_not_read_twice(tmp_path: Path) -> None:
+    """A subfolder link to the input itself (or two links to one folder) upscaled every image again
+    into out/<link>/ and counted each failure twice."""
+    src = tmp_path / "in"
+    (src / "cam").mkdir(parents=True)
+    write_image(src / "a.png", np.zeros((8, 8, 3), np.uint8))
+    write_image(src / "cam" / "b.png", np.zeros((8, 8, 3), np.uint8))
+    (src / "again").symlink_to(src)
+    (src / "cam_link").symlink_to(src / "cam")
+    pairs = plan_outputs(src, tmp_path / "out", "auto")
+    assert [(a.relative_to(src), b.relative_to(tmp_path / "out")) for a, b in pairs] == [
+        (Path("a.png"), Path("a.png")), (Path("cam/b.png"), Path("cam/b.png"))]
+
+
 def test_a_broken_link_in_a_folder_is_reported_as_a_failed_file(store: Path, tmp_path: Path) -> None:
     """It used to be left out without a word."""
     src = tmp_path / "in"
@@ -427,6 +489,12 @@ def test_a_broken_link_in_a_folder_is_reported_as_a_failed_file(store: Path, tmp
                           "--no-progress")
     assert code == 1 and (tmp_path / "out" / "a.png").is_file() and not (tmp_path / "out" / "broken.png").exists()
     assert "broken.png: a broken link (its target" in err and "1 ok, 1 failed" in out
+
+    os.mkfifo(src / "pipe.png")  # a FIFO named like an image was left out without a word
+    (src / "broken.png").unlink()
+    code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out2"), "--store", str(store), "--tile", "0",
+                          "--no-progress")
+    assert code == 1 and "pipe.png: is not a regular file" in err and "1 ok, 1 failed" in out
 
 
 def test_existing_outputs_are_replaced_and_counted_or_kept_with_skip_existing(store: Path, tmp_path: Path) -> None:
@@ -445,6 +513,7 @@ def test_existing_outputs_are_replaced_and_counted_or_kept_with_skip_existing(st
     assert np.array_equal(read_image(dst / "img0.png").pixels, mine)  # left alone
     assert read_image(dst / "img2.png").pixels.shape == (48, 40, 3)
     assert "1 ok, 0 failed" in out.splitlines()[-1] and "replaced" not in out
+    assert "2 skipped: output exists (--skip-existing)" in out.splitlines()[-1]  # the summary counts them too
 
     code, out, err = _run(*args, "--skip-existing")  # everything exists now: nothing opens, nothing changes
     assert code == 0 and "every output exists" in out.splitlines()[-1]
