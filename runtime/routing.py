@@ -239,9 +239,13 @@ def _same_brand_note(root: Path, group: str) -> str:
     return f"; the store has {related[0]!r}: if that is this camera, ask for camera {related[0]!r} explicitly"
 
 
+MAX_SHOWN_MAKE = 40
+"""Longest EXIF Make quoted in a route's reason (the rest is cut: a Make can be any length)."""
+
+
 def _no_group_reason(make: str | None, image: object) -> str:
     if make:
-        shown = make if len(make) <= 40 else make[:40] + "..."
+        shown = make if len(make) <= MAX_SHOWN_MAKE else make[:MAX_SHOWN_MAKE] + "..."
         return f"fallback: EXIF Make {shown!r} names no valid camera group"
     return "fallback: no EXIF Make" if image is not None else "fallback: no camera given"
 

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import importlib.util
 import logging
+import math
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -176,10 +177,37 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`ServerConfig` for parsed ``serve`` arguments (ConfigError on bad values)."""
+    if not (args.max_body_mb > 0 and math.isfinite(args.max_body_mb)) or int(args.max_body_mb * 2**20) < 1:
+        raise ConfigError(f"--max-body-mb must be a finite number of MiB above 0 (at least one byte), got "
+                          f"{args.max_body_mb}")
+    try:
+        return _config(args)
+    except ConfigError as exc:  # the dataclasses name their fields: say the options the user typed
+        raise ConfigError(_flag_names(str(exc))) from None
+
+
+_FLAGS = {
+    "max_pixels": "--max-pixels", "request_timeout_s": "--request-timeout", "body_timeout_s": "--body-timeout",
+    "header_timeout_s": "--header-timeout", "workers": "--workers", "max_queue": "--max-queue",
+    "max_batch": "--max-batch", "max_wait_ms": "--max-wait-ms", "inference_threads": "--inference-threads",
+    "reload_interval_s": "--reload-interval", "drain_timeout_s": "--drain-timeout", "threads": "--threads",
+    "port": "--port", "tile": "--tile", "overlap": "--tile-overlap", "pre_pad": "--pre-pad",
+}
+"""Configuration fields and the ``serve`` options that set them."""
+
+
+def _flag_names(message: str) -> str:
+    """A configuration error that starts with a field name, starting with its option instead."""
+    if message.startswith("tile overlap "):  # TilingOptions's wording of ``overlap``
+        return "--tile-overlap " + message.removeprefix("tile overlap ")
+    field_name, _, rest = message.partition(" ")
+    flag = _FLAGS.get(field_name)
+    return f"{flag} {rest}" if flag is not None and rest else message
+
+
+def _config(args: argparse.Namespace) -> Any:
     from adassr.runtime.server.config import Limits, ServerConfig, read_token_file
 
-    if not args.max_body_mb > 0:
-        raise ConfigError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
     limits = Limits(
         max_body_bytes=int(args.max_body_mb * 2**20),
         max_pixels=args.max_pixels,

@@ -252,8 +252,7 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
     """The format's conversions and their warnings (at the caller of write_image / encode_image)."""
     if fmt == "JPEG" and al is not None:
         warnings.warn(
-            f"{p}: JPEG cannot store alpha; the alpha channel was dropped (write .png, .webp or "
-            ".tiff to keep it)",
+            f"{p}: JPEG cannot store alpha; the alpha channel was dropped (PNG or WebP output keeps it)",
             AlphaDroppedWarning,
             stacklevel=4,
         )

@@ -23,8 +23,10 @@ output larger than the requested format holds, 415 not a supported image, 422 in
 be encoded (``encode``), 503 not ready or draining (with ``Retry-After``), 504 deadline exceeded.
 Every error body is ``{"error": <kind>, "status": <code>, "message": <what to do>}``.
 
-Request processing: admission (429 beyond ``workers + max_queue``), then the body is read
-under its size and time limits, decoded, routed and tiled in a worker thread; tiles go through
+Request processing: the body is read under its size and time limits (uploads still arriving hold no
+admission slot; together they may hold ``(workers + max_queue) x max_body_bytes``), then the request
+is admitted (429 beyond ``workers + max_queue``, checked on arrival too), decoded, routed and tiled
+in a worker thread; tiles go through
 the dynamic batcher (:mod:`adassr.runtime.server.scheduler`). A client that disconnects or a
 request whose deadline passes cancels its queued tiles.
 """
@@ -62,7 +64,7 @@ from adassr.runtime.errors import (
 from adassr.runtime.images import size_problem
 from adassr.runtime.pipeline import output_size, upscale_pixels
 from adassr.runtime.routing import RouteDecision
-from adassr.runtime.server.codec import UploadFolder, encode, without_path
+from adassr.runtime.server.codec import UploadFolder, UploadSpaceError, encode, without_path
 from adassr.runtime.server.config import ServerConfig
 from adassr.runtime.server.metrics import ServerMetrics
 from adassr.runtime.server.models import (
@@ -93,8 +95,15 @@ class UpscaleOutput:
     camera: str
 
 
+MAX_HEADER_VALUE = 1024
+"""Longest value of an ``X-Adassr-*`` response header: clients and proxies refuse long headers (curl and
+httpx failed on a 60 KB one; nginx's default buffer is 4-8 KB for all of them)."""
+
+
 def _header_safe(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")
+    """``text`` as one ASCII header line of at most :data:`MAX_HEADER_VALUE` characters."""
+    safe = text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")
+    return safe if len(safe) <= MAX_HEADER_VALUE else safe[: MAX_HEADER_VALUE - 3] + "..."
 
 
 class Server:
@@ -119,7 +128,8 @@ class Server:
         self.draining = False
         self.stopping = False  # set when the drain timeout is up (serve_cli) or a request is cancelled at
         # shutdown: queued work never starts after that
-        self.admitted = 0
+        self.admitted = 0  # requests whose body is in, processing or waiting for a worker
+        self.receiving = 0  # bytes of the bodies still arriving (they hold no admission slot)
         self.waiting = 0
         self._watcher: asyncio.Task[None] | None = None
         self.metrics.bind_depths(lambda: self.waiting, lambda: self.batcher.depth if self.batcher else 0)
@@ -229,6 +239,7 @@ class Server:
         decoded = time.perf_counter()
         route = self.registry.route(params.camera, image)
         model = route.model
+        ticket.camera = model.camera  # the latency metric's label, should the request fail from here on
         factor = float(model.route.scale if params.outscale is None else params.outscale)
         out_h, out_w = output_size(image.height, image.width, factor)
         if out_h * out_w > limits.max_output_pixels:
@@ -240,7 +251,8 @@ class Server:
         def check_format(height: int, width: int) -> None:  # before the upscale, not by the encoder after it
             problem = size_problem(params.suffix, height, width)
             if problem is not None:
-                raise ImageTooLargeError(f"the output would be {problem}; ask for format=png, or a smaller outscale")
+                raise ImageTooLargeError(f"cannot send the output as {params.suffix[1:]}: {problem}; ask for "
+                                         "format=png, or a smaller outscale")
 
         infer = self.batcher.infer_fn(model.key, model.backend, ticket)
         with self.batcher.producer():
@@ -281,38 +293,50 @@ class Server:
         return UpscaleOutput(data, params.media_type, headers, model.camera)
 
     # -- the HTTP side of one request ---------------------------------------------------------
+    def _check_capacity(self) -> None:
+        """429 when ``workers + max_queue`` requests are admitted already."""
+        if self.admitted >= self.config.max_admitted:
+            raise HttpError(
+                429,
+                "overloaded",
+                f"the server is busy ({self.admitted} requests admitted, limit "
+                f"{self.config.max_admitted}); retry after the Retry-After seconds",
+                {"Retry-After": self.retry_after()},
+            )
+
+    @property
+    def upload_budget(self) -> int:
+        """Bytes that uploads still arriving may hold together: ``workers + max_queue`` full bodies."""
+        return self.config.max_admitted * self.config.limits.max_body_bytes
+
     async def upscale(self, request: Request) -> Response:
         arrived = time.monotonic()
         try:
             self.check_auth(request)
             self.check_ready()
-            if self.admitted >= self.config.max_admitted:
-                raise HttpError(
-                    429,
-                    "overloaded",
-                    f"the server is busy ({self.admitted} requests admitted, limit "
-                    f"{self.config.max_admitted}); retry after the Retry-After seconds",
-                    {"Retry-After": self.retry_after()},
-                )
+            self._check_capacity()  # a busy server refuses before the upload, not after it
         except HttpError as exc:  # refused before admission: counted in the latency histogram too
             self.metrics.latency.labels("none", str(exc.status)).observe(time.monotonic() - arrived)
             raise
-        self.admitted += 1
-        self.metrics.inflight.inc()
-        try:
-            return await self._admitted(request, arrived)
-        finally:
-            self.admitted -= 1
-            self.metrics.inflight.dec()
+        return await self._handle(request, arrived)
 
-    async def _admitted(self, request: Request, arrived: float) -> Response:
+    async def _handle(self, request: Request, arrived: float) -> Response:
+        """Read the body (holding no admission slot: a client that uploads slowly blocks nobody), then
+        admit the request and process it."""
         limits = self.config.limits
         ticket = Ticket(arrived + limits.request_timeout_s)
         camera_label = "none"
         status = 500  # until an outcome is known (a cancelled task records 503, see below)
         try:
             body, params = await self._read_request(request)
-            output = await self._process_unless_abandoned(request, body, params, ticket)
+            self._check_capacity()
+            self.admitted += 1
+            self.metrics.inflight.inc()
+            try:
+                output = await self._process_unless_abandoned(request, body, params, ticket)
+            finally:
+                self.admitted -= 1
+                self.metrics.inflight.dec()
             if output is None:
                 self.metrics.errors.labels("client_disconnect").inc()
                 status = CLIENT_GONE
@@ -337,7 +361,8 @@ class Server:
             status = error.status
             raise error from None
         finally:
-            self.metrics.latency.labels(camera_label, str(status)).observe(time.monotonic() - arrived)
+            label = camera_label if camera_label != "none" else (ticket.camera or "none")  # routed, then failed
+            self.metrics.latency.labels(label, str(status)).observe(time.monotonic() - arrived)
 
     async def _process_unless_abandoned(
         self, request: Request, body: bytes, params: UpscaleParams, ticket: Ticket
@@ -408,6 +433,9 @@ class Server:
             )
         if isinstance(exc, RequestCancelled):
             return HttpError(503, "not_ready", "the request was cancelled while the server shut down; retry")
+        if isinstance(exc, UploadSpaceError):
+            logger.error("%s", exc)
+            return HttpError(503, "overloaded", str(exc), {"Retry-After": self.retry_after()})
         if isinstance(exc, ImageTooLargeError):
             return HttpError(413, "too_large", str(exc))
         if isinstance(exc, ImageError):
@@ -464,14 +492,22 @@ class Server:
         async def collect() -> None:
             nonlocal total
             async for chunk in request.stream():
-                total += len(chunk)
-                if total > limits.max_body_bytes:
+                if total + len(chunk) > limits.max_body_bytes:
                     raise HttpError(
                         413,
                         "too_large",
                         f"the body is over the limit of {limits.max_body_bytes:,} bytes; send a smaller image",
                         {"Connection": "close"},
                     )
+                if self.receiving + len(chunk) > self.upload_budget:  # memory held by uploads not yet admitted
+                    raise HttpError(
+                        429,
+                        "overloaded",
+                        "the server is receiving too many uploads at once; retry after the Retry-After seconds",
+                        {"Retry-After": self.retry_after(), "Connection": "close"},
+                    )
+                total += len(chunk)
+                self.receiving += len(chunk)
                 chunks.append(chunk)
 
         try:
@@ -483,6 +519,8 @@ class Server:
                 f"the body did not arrive within {limits.body_timeout_s:g} s; check the connection and resend",
                 {"Connection": "close"},
             ) from None
+        finally:
+            self.receiving -= total
         return b"".join(chunks)
 
 

@@ -21,10 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from adassr.runtime.errors import ImageError, ImageTooLargeError
+from adassr.runtime.errors import AdassrError, ImageError, ImageTooLargeError
 from adassr.runtime.images import ImageWarning, LoadedImage, encode_image, read_image
 
 UPLOAD_NAME = "the uploaded image"
+
+
+class UploadSpaceError(AdassrError):
+    """The server could not store an upload to decode it (its temporary folder is full): a 503, not the
+    client's fault."""
 
 
 class UploadFolder:
@@ -40,17 +45,27 @@ class UploadFolder:
         """Decode uploaded bytes; ImageError / ImageTooLargeError with messages about the upload."""
         if not data:
             raise ImageError(f"{UPLOAD_NAME} is empty; send the image file's bytes as the request body")
-        fd, name = tempfile.mkstemp(prefix="upload-", dir=self.path)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            fd, name = tempfile.mkstemp(prefix="upload-", dir=self.path)
+        except OSError as exc:
+            raise UploadSpaceError(f"the server cannot store the upload for decoding ({exc.strerror or exc}); "
+                                   "retry later") from None
+        try:
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+            except OSError as exc:  # a full /dev/shm (64 MB in a default Docker container), a file size limit
+                raise UploadSpaceError(f"the server is out of space for uploads ({exc.strerror or exc}); retry "
+                                       "later or send a smaller image") from None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ImageWarning)
                 try:
                     image = read_image(name, max_pixels=max_pixels)
                 except ImageTooLargeError as exc:
-                    raise ImageTooLargeError(f"{_scrub(str(exc), name)} (this server's limit, set by its "
-                                             "operator with --max-pixels)") from None
+                    message = _scrub(str(exc), name)
+                    if f"{max_pixels:,}" in message:  # this server's limit (not the decoder's own guard)
+                        message += " (this server's limit, set by its operator with --max-pixels)"
+                    raise ImageTooLargeError(message) from None
                 except ImageError as exc:
                     raise ImageError(_scrub(str(exc), name)) from None
         finally:

@@ -46,6 +46,7 @@ class Ticket:
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline  # time.monotonic() value
+        self.camera: str | None = None  # the camera the request was routed to, once it is
         self._cancelled = threading.Event()
         self._reason = ""
         self._on_cancel: list[Callable[[], None]] = []

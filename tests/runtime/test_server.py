@@ -178,6 +178,26 @@ def test_endpoints_and_responses_match_the_cli(store: Path, tmp_path: Path) -> N
             assert name in text
 
 
+def test_a_long_exif_make_does_not_make_the_response_unreadable(store: Path) -> None:
+    """A 60,000-character Make went whole into X-Adassr-Route: curl and httpx refused the response."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F] = "Q" * 60_000  # Make
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(buffer, format="JPEG", exif=exif.tobytes())
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        r = client.post("/v1/upscale", content=buffer.getvalue())
+        assert r.status_code == 200 and r.headers["x-adassr-model"] == "_fallback/model.onnx"
+        assert r.headers["x-adassr-route"] == f"fallback: EXIF Make '{'Q' * 40}...' names no camera group"
+    from adassr.runtime.server.app import MAX_HEADER_VALUE, _header_safe
+
+    assert len(_header_safe("x" * 5000)) == MAX_HEADER_VALUE and _header_safe("a\r\nb") == "a  b"
+
+
 def test_outputs_too_large_for_the_limit_or_the_format_are_413_before_any_model_call(store: Path) -> None:
     """The model's x4 output over --max-output-pixels (with outscale 1) was a 415 unsupported_image; a
     format=webp output wider than 16383 px failed in the encoder after the whole upscale, also as 415."""
@@ -202,7 +222,8 @@ def test_outputs_too_large_for_the_limit_or_the_format_are_413_before_any_model_
         wide = small_png(2, 4096)
         message = _assert_json_error(c.post("/v1/upscale", params={"format": "webp", "camera": "canon"},
                                             content=wide), 413, "too_large")
-        assert "16384x8 image is larger than WEBP can hold (16,383 pixels a side)" in message
+        assert message.startswith("cannot send the output as webp: a 16384x8 image is larger than WEBP can hold "
+                                  "(16,383 pixels a side)")  # was "the output would be a ... image is larger"
         assert "format=png" in message and "image.webp" not in message
         assert sum(len(b.calls) for b in backends) == 0  # refused before the upscale
         r = c.post("/v1/upscale", params={"format": "png", "camera": "canon"}, content=wide)
@@ -327,6 +348,21 @@ def test_config_validation(store: Path) -> None:
     assert ServerConfig(store=store).host == "127.0.0.1"
 
 
+def test_serve_options_are_refused_by_their_names(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--max-body-mb inf` crashed with OverflowError; other refusals named the fields (max_body_bytes,
+    request_timeout_s) instead of the options."""
+    from adassr.cli import main
+
+    for extra, message in ((["--max-body-mb", "inf"], "--max-body-mb must be a finite number of MiB"),
+                           (["--max-body-mb", "1e-9"], "--max-body-mb must be a finite number of MiB"),
+                           (["--request-timeout", "0"], "--request-timeout must be a positive number"),
+                           (["--body-timeout", "nan"], "--body-timeout must be a positive number"),
+                           (["--tile", "32", "--tile-overlap", "16"], "--tile-overlap 16 is too large for tile 32"),
+                           (["--max-queue", "-1"], "--max-queue must be an integer >= 0")):
+        assert main(["serve", "--store", str(store), "--port", "0", *extra]) == 2, extra
+        assert f"error: {message}" in capsys.readouterr().err, extra
+
+
 
 def test_tensorrt_serving_opens_the_engine_whose_profiles_take_the_batcher_s_tiles(
         store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -430,7 +466,9 @@ def test_deadline_answers_504_and_cancels_queued_tiles(store: Path) -> None:
         _wait_for(lambda: live.server.batcher is not None and live.server.batcher.depth == 0)
         text = c.get("/metrics").text
         assert _metric(text, "adassr_errors_total", 'kind="deadline"') == 1
-        assert _metric(text, "adassr_request_duration_seconds_count", 'camera="none",status="504"') == 1
+        # routed before the deadline passed: labelled with its camera ("none" is for refusals before routing)
+        assert _metric(text, "adassr_request_duration_seconds_count", 'camera="_fallback",status="504"') == 1
+        assert _metric(text, "adassr_request_duration_seconds_count", 'camera="none",status="504"') == 0
         small = small_png(20, 20, seed=2)
         assert c.post("/v1/upscale", content=small).status_code == 200
 
@@ -498,6 +536,60 @@ def test_slow_body_gets_408(store: Path) -> None:
             reply += chunk
         sock.close()
         assert reply.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in reply
+
+
+def _reply(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    reply = b""
+    while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+def test_slow_uploads_hold_no_admission_slot_and_uploads_have_a_memory_budget(store: Path) -> None:
+    """A client still uploading held an admission slot for the whole body timeout: 20 connections that
+    sent one byte each locked every other client out (429) for as long as they kept reconnecting."""
+    image = small_png(20, 20, seed=3)
+    limits = Limits(max_body_bytes=100_000)
+    with running_server(_config(store, workers=1, max_queue=0, limits=limits)) as live, \
+            httpx.Client(base_url=live.url, timeout=60) as c:
+        assert live.server.upload_budget == 100_000  # one full body per admission slot
+        trickles = [_raw_request(live.url, bytes(50_000), send_body=10_000) for _ in range(5)]
+        _wait_for(lambda: live.server.receiving == 50_000)
+        assert c.post("/v1/upscale", content=image).status_code == 200  # was 429: the slot was theirs
+        # Bytes still arriving are bounded: a body that would pass the budget is refused, not buffered.
+        big = _raw_request(live.url, bytes(60_000))
+        reply = _reply(big)
+        assert reply.startswith(b"HTTP/1.1 429") and b"receiving too many uploads" in reply
+        big.close()
+        for sock in trickles:
+            sock.close()
+        _wait_for(lambda: live.server.receiving == 0 and live.server.admitted == 0)
+        assert c.post("/v1/upscale", content=image).status_code == 200
+
+
+def test_an_upload_the_server_cannot_store_is_503_not_500(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full /dev/shm (64 MB in a default Docker container) gave 500 "internal" and a traceback."""
+    import tempfile
+
+    image = small_png(20, 20, seed=3)
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        real = tempfile.mkstemp
+
+        def full(*args: object, **kwargs: object) -> tuple[int, str]:
+            fd, name = real(*args, **kwargs)  # type: ignore[call-overload]
+            os.close(fd)
+            return os.open("/dev/full", os.O_WRONLY), name  # every write: ENOSPC
+
+        monkeypatch.setattr(tempfile, "mkstemp", full)
+        r = c.post("/v1/upscale", content=image)
+        message = _assert_json_error(r, 503, "overloaded")
+        assert "out of space for uploads" in message and int(r.headers["retry-after"]) >= 1
+        monkeypatch.undo()
+        assert c.post("/v1/upscale", content=image).status_code == 200
 
 
 # --------------------------------------------------------------------------------- lifecycle
@@ -894,5 +986,7 @@ def test_drain_timeout_bounds_the_shutdown_and_queued_work_never_starts(store: P
     assert not thread.is_alive() and took < 6  # about the drain timeout plus one model call, not all the work
     assert len(starts) == 1  # the two queued requests never started
     text = state.metrics.render().decode()
-    assert _metric(text, "adassr_request_duration_seconds_count", 'camera="none",status="503"') == 3
+    # the started one was routed to canon; the two that never started were not routed
+    assert _metric(text, "adassr_request_duration_seconds_count", 'camera="canon",status="503"') == 1
+    assert _metric(text, "adassr_request_duration_seconds_count", 'camera="none",status="503"') == 2
     assert 'status="200"' not in text
