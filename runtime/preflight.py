@@ -44,7 +44,8 @@ def check_output_folders(targets: Iterable[Path]) -> None:
                 probe.unlink()
         except OSError as exc:
             raise ConfigError(
-                f"the output folder {folder} is not writable ({exc.strerror or exc}); choose another -o"
+                f"the output folder {folder} is not writable (creating a file in {existing} failed: "
+                f"{exc.strerror or exc}); choose another -o"
             ) from exc
 
 

@@ -487,6 +487,9 @@ def run_upscale(
     options = options_from_args(args, registry)
     limit_opencv_threads(options.threads or intra_op_threads())
     pairs = plan_outputs(args.input, args.output, args.ext)
+    if args.input.is_file() and not args.output.exists() and args.output.suffix and pairs[0][1] != args.output:
+        print(f"note: {args.output} has no image suffix, so it is taken as a folder: writing "  # a typo such as .jgp
+              f"{pairs[0][1]}", file=stderr if stderr is not None else sys.stderr)
     camera: str | None = args.camera
     if camera is not None and camera != FALLBACK_CAMERA:
         validate_group_name(camera)  # CameraError for a bad name, before any work

@@ -41,8 +41,11 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
 
 def test_output_folder_below_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ConfigError, match="not writable"):
-        check_output_folders([tmp_path / "file" / "sub" / "a.png"])
+    with pytest.raises(ConfigError, match=f"not writable \\(creating a file in {tmp_path / 'file'} failed"):
+        check_output_folders([tmp_path / "file" / "sub" / "a.png"])  # names where it failed, not only the target
+    if Path("/proc/self").is_dir():  # a folder that takes no new file: the reason was just "No such file"
+        with pytest.raises(ConfigError, match="creating a file in /proc failed"):
+            check_output_folders([Path("/proc/x.png")])
     check_output_folders([tmp_path / "new" / "deeper" / "a.png"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing created, no probe left
 

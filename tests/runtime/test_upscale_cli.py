@@ -455,6 +455,18 @@ def test_a_dash_for_standard_input_or_output_is_refused(flag: str, tmp_path: Pat
     assert not Path("-").exists()
 
 
+def test_an_output_name_with_an_unknown_suffix_is_a_folder_with_a_note(store: Path, tmp_path: Path) -> None:
+    """`-o result.jgp` (a typo) made a folder result.jgp/ without a word."""
+    source = tmp_path / "a.png"
+    write_image(source, np.zeros((8, 8, 3), np.uint8))
+    code, out, err = _run("-i", str(source), "-o", str(tmp_path / "result.jgp"), "--store", str(store),
+                          "--no-progress")
+    assert code == 0 and (tmp_path / "result.jgp" / "a.png").is_file()
+    assert f"note: {tmp_path / 'result.jgp'} has no image suffix, so it is taken as a folder" in err
+    code, out, err = _run("-i", str(source), "-o", str(tmp_path / "plain"), "--store", str(store), "--no-progress")
+    assert code == 0 and "note:" not in err  # a folder name without a suffix needs no note
+
+
 def test_jpg_and_jpeg_are_one_format(tmp_path: Path) -> None:
     """`-o y.jpg --ext jpeg` was refused as a contradiction."""
     source = tmp_path / "a.png"
