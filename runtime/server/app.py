@@ -132,7 +132,8 @@ class Server:
         self.receiving = 0  # bytes of the bodies still arriving (they hold no admission slot)
         self.waiting = 0
         self._watcher: asyncio.Task[None] | None = None
-        self.metrics.bind_depths(lambda: self.waiting, lambda: self.batcher.depth if self.batcher else 0)
+        self.metrics.bind_depths(lambda: self.waiting, lambda: self.batcher.depth if self.batcher else 0,
+                                 lambda: self.receiving)
         self._lock = threading.Lock()
         self._token = config.token.encode("utf-8") if config.token else None
 

@@ -50,11 +50,16 @@ class ServerMetrics:
         self.errors = Counter("adassr_errors", "Errors by kind", ("kind",), registry=r)
         self.tiles_cancelled = Counter("adassr_tiles_cancelled", "Queued tiles dropped (request cancelled)", registry=r)
         self.models_loaded = Gauge("adassr_models_loaded", "Models serving now", registry=r)
+        self.upload_bytes = Gauge("adassr_upload_bytes", "Bytes of request bodies still arriving (not yet admitted)",
+                                  registry=r)
 
-    def bind_depths(self, requests: Callable[[], float], tiles: Callable[[], float]) -> None:
-        """Read the queue depths from these callables at scrape time."""
+    def bind_depths(self, requests: Callable[[], float], tiles: Callable[[], float],
+                    uploads: Callable[[], float] | None = None) -> None:
+        """Read the queue depths (and the bytes of uploads in progress) from these callables at scrape time."""
         self.queue_depth.labels("requests").set_function(requests)
         self.queue_depth.labels("tiles").set_function(tiles)
+        if uploads is not None:
+            self.upload_bytes.set_function(uploads)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

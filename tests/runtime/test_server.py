@@ -559,6 +559,7 @@ def test_slow_uploads_hold_no_admission_slot_and_uploads_have_a_memory_budget(st
         assert live.server.upload_budget == 100_000  # one full body per admission slot
         trickles = [_raw_request(live.url, bytes(50_000), send_body=10_000) for _ in range(5)]
         _wait_for(lambda: live.server.receiving == 50_000)
+        assert _metric(c.get("/metrics").text, "adassr_upload_bytes") == 50_000
         assert c.post("/v1/upscale", content=image).status_code == 200  # was 429: the slot was theirs
         # Bytes still arriving are bounded: a body that would pass the budget is refused, not buffered.
         big = _raw_request(live.url, bytes(60_000))
