@@ -413,7 +413,13 @@ def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root:
     if new:
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
         try:
-            shutil.copyfile(source.path, staging / file_name)
+            try:
+                shutil.copyfile(source.path, staging / file_name)
+            except FileNotFoundError as exc:  # content-addressed: a re-export makes a new file, drops this one
+                if source.path.exists():
+                    raise
+                raise ExportError(f"the model of camera {camera!r} ({source.path.name}) was replaced while the "
+                                  "repository was written (the camera was exported again); rerun") from exc
             with open(staging / file_name, "rb") as fh:
                 os.fsync(fh.fileno())
             if sha256_file(staging / file_name) != digest:

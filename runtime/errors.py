@@ -21,6 +21,11 @@ class ImageTooLargeError(ImageError):
     format holds (both checked before the upscale)."""
 
 
+class PixelLimitError(ImageTooLargeError):
+    """An image has more pixels than the reader's ``max_pixels`` (checked from the header): the limit
+    its caller chose, unlike the decoder's own guard against decompression bombs."""
+
+
 class WeightsError(AdassrError):
     """Model weights are missing, corrupt or do not match the architecture."""
 

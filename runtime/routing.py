@@ -243,10 +243,15 @@ MAX_SHOWN_MAKE = 40
 """Longest EXIF Make quoted in a route's reason (the rest is cut: a Make can be any length)."""
 
 
+def unusable_make_reason(make: str) -> str:
+    """The fallback reason for an EXIF Make that names no valid camera group (a long Make cut short)."""
+    shown = make if len(make) <= MAX_SHOWN_MAKE else make[:MAX_SHOWN_MAKE] + "..."
+    return f"fallback: EXIF Make {shown!r} names no valid camera group"
+
+
 def _no_group_reason(make: str | None, image: object) -> str:
     if make:
-        shown = make if len(make) <= MAX_SHOWN_MAKE else make[:MAX_SHOWN_MAKE] + "..."
-        return f"fallback: EXIF Make {shown!r} names no valid camera group"
+        return unusable_make_reason(make)
     return "fallback: no EXIF Make" if image is not None else "fallback: no camera given"
 
 

@@ -290,16 +290,8 @@ def validate_manifest(data: object, path: Path) -> dict[str, Any]:
         for io_key in ("input_name", "output_name"):
             if record.get(io_key) is not None and not isinstance(record[io_key], str):
                 raise StoreError(f"{where}[{io_key!r}] must be a string, got {record[io_key]!r}")
-    engines = data.get(ENGINES_FOLDER, {})
-    if not isinstance(engines, dict):
-        raise StoreError(f"{path}: {ENGINES_FOLDER!r} must be an object, got {type(engines).__name__}; remove the "
-                         "key to forget the engine records (engines are rebuilt when needed)")
-    for key, record in engines.items():
-        if not isinstance(record, Mapping) or not is_engine_file(record.get("file")):
-            shown = record.get("file") if isinstance(record, Mapping) else record
-            raise StoreError(
-                f"{path}: {ENGINES_FOLDER}[{key!r}] names the file {shown!r}, not {ENGINES_FOLDER}/<name>.engine "
-                "in the camera's folder; remove that record (engines are rebuilt when needed)")
+    # Engine records are checked where they are used (runtime/engines/cache.py): a damaged one costs a
+    # rebuild of that engine, never the camera's ONNX model.
     return data
 
 
@@ -319,7 +311,7 @@ def _referenced_files(manifest: Mapping[str, Any]) -> set[str]:
         files.update(str(item["file"]) for item in record.get("external_data", []))
     engines = manifest.get(ENGINES_FOLDER)
     for record in (engines.values() if isinstance(engines, Mapping) else ()):
-        if isinstance(record, Mapping) and isinstance(record.get("file"), str):
+        if isinstance(record, Mapping) and is_engine_file(record.get("file")):  # never a path elsewhere
             files.add(record["file"])
     return files
 

@@ -220,15 +220,19 @@ def _input_folders(source: Path, output: Path) -> list[tuple[Path, Path]]:
     except OSError as exc:
         raise ConfigError(f"cannot read the input folder {source} ({exc.strerror or exc}); check its "
                           "permissions") from None
+    # A folder is read once: a link back to the input, or a second name of a folder (a link), is left
+    # out with a warning; where a folder and a link to it are both there, the folder keeps its name.
     seen = {source.resolve(), out}
-    for sub in subfolders:
+    kept = set()
+    for sub in sorted(subfolders, key=lambda p: (p.is_symlink(), p.name)):
         real = sub.resolve()
-        if real in seen:  # the output, a link back to the input (read twice, or forever), a second link to one
+        if real in seen:
             if real != out:
-                log.info("not reading %s again: it is a link to %s, read already", sub, real)
+                log.warning("not reading %s: it is a link to %s, which this run reads already", sub, real)
             continue
         seen.add(real)
-        folders.append((sub, output / sub.name))
+        kept.add(sub)
+    folders += [(sub, output / sub.name) for sub in subfolders if sub in kept]
     return folders
 
 
@@ -414,6 +418,9 @@ def _process_one(
     named = (f"{source}: ", f"{target}: ")
     notes = [message if message.startswith(named) else f"{target}: {message}"
              for message in (str(w.message) for w in caught if issubclass(w.category, ImageWarning))]
+    profile_note = image.profile_note()
+    if profile_note is not None:
+        notes.append(f"{source}: {profile_note}")
     for w in caught:  # re-emit anything that is not ours to handle
         if not issubclass(w.category, ImageWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -609,6 +616,8 @@ def run_batch(
                 where = "" if str(source) in reason else f"{source}: "
                 bar.write(f"error: {where}{reason} (skipped)", file=err)
                 outcomes.append(_Outcome(source, None, None, None, reason))
+            except ImportError:  # a missing optional package: the whole run's problem, with its install advice
+                raise
             except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
                 reason = unexpected_error(exc)
                 log.debug("processing %s failed", source, exc_info=True)

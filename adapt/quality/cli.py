@@ -203,7 +203,7 @@ def run_metrics(args: argparse.Namespace) -> int:
     is read. A file that cannot be scored (unreadable, too small, size differs from its reference)
     is reported on stderr and skipped; the other scores are still printed.
     """
-    from adassr.runtime.images import read_image
+    from adassr.runtime.images import image_notes_logged, read_image
 
     try:
         if args.crop_border < 0:
@@ -223,8 +223,9 @@ def run_metrics(args: argparse.Namespace) -> int:
         try:
             if isinstance(ref, _NoReference):
                 raise ConfigError(str(ref))
-            image = read_image(path).pixels
-            reference = read_image(ref).pixels if ref is not None else None
+            with image_notes_logged(log):
+                image = read_image(path).pixels
+                reference = read_image(ref).pixels if ref is not None else None
             if reference is not None and image.shape[:2] != reference.shape[:2]:
                 raise ConfigError(
                     f"image is {image.shape[1]}x{image.shape[0]} but its reference {ref} is "
@@ -238,6 +239,8 @@ def run_metrics(args: argparse.Namespace) -> int:
         except (AdassrError, MemoryError) as exc:
             message = str(exc) or type(exc).__name__
             failed.append((path, message if path in message else f"{path}: {message}"))
+        except ImportError:  # a missing optional package: the whole run's problem, with its install advice
+            raise
         except Exception as exc:  # noqa: BLE001 - one file never ends the run; reported, not swallowed
             log.debug("scoring %s failed", path, exc_info=True)
             failed.append((path, f"{path}: {unexpected_error(exc)}"))

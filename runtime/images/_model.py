@@ -58,6 +58,9 @@ class LoadedImage:
     same dtype, or None. EXIF orientation has already been applied to both. ``icc_profile`` is the
     file's embedded colour profile when it describes the decoded pixels (an RGB profile for RGB
     pixels, a grey one for grey), so that writers can embed it again; None otherwise.
+    ``dropped_profile`` names the colour space of an embedded profile that did not describe the
+    decoded pixels (a CMYK profile of a CMYK JPEG decoded to RGB), for the note of whoever writes
+    an output; None when there was none.
     """
 
     pixels: np.ndarray
@@ -67,6 +70,15 @@ class LoadedImage:
     exif_model: str | None
     path: Path | None
     icc_profile: bytes | None = None
+    dropped_profile: str | None = None
+
+    def profile_note(self) -> str | None:
+        """The note for an output of this image when its file's profile was dropped, else None."""
+        if self.dropped_profile is None:
+            return None
+        pixels = "grey" if self.pixels.shape[2] == 1 else "RGB"
+        return (f"its {self.dropped_profile} colour profile does not describe its {pixels} pixels, so the output "
+                "carries no profile (viewers show it as sRGB)")
 
     def __post_init__(self) -> None:
         px = self.pixels

@@ -38,18 +38,18 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from adassr.runtime.errors import ConfigError, ImageError, ImageTooLargeError
+from adassr.runtime.errors import ConfigError, ImageError, ImageTooLargeError, PixelLimitError
 from adassr.runtime.images._model import (
     DEFAULT_MAX_PIXELS,
     PILLOW_OPENERS,
     READ_FORMATS,
     ImageWarning,
     LoadedImage,
-    ProfileDroppedWarning,
     bit_depth_of,
     icc_colour_space,
     profile_fits,
@@ -92,20 +92,18 @@ def read_image(
     with _open_header(p) as im:
         width, height = im.size
         if width * height > max_pixels:
-            raise ImageTooLargeError(
+            raise PixelLimitError(
                 f"{p}: image is {width}x{height} = {width * height:,} pixels, above the limit of "
                 f"{max_pixels:,}, which guards memory; downscale it first"
             )
         pixels, alpha, exif = _decode(p, im)
         profile = im.info.get("icc_profile")
         _warn_if_more_frames(im, p)
+    dropped = None
     if not isinstance(profile, bytes) or not profile:
         profile = None
     elif not profile_fits(profile, pixels.shape[2]):
-        warnings.warn(f"{p}: its {icc_colour_space(profile) or 'unreadable'} colour profile does not describe "
-                      f"its {'grey' if pixels.shape[2] == 1 else 'RGB'} pixels, so the output carries no "
-                      "profile (viewers show it as sRGB)", ProfileDroppedWarning, stacklevel=2)
-        profile = None
+        dropped, profile = icc_colour_space(profile) or "unreadable", None
     make, model, orientation = _camera_fields(exif)
     return LoadedImage(
         pixels=apply_orientation(pixels, orientation),
@@ -115,22 +113,28 @@ def read_image(
         exif_model=model,
         path=p,
         icc_profile=profile,
+        dropped_profile=dropped,
     )
 
 
 @contextlib.contextmanager
 def image_notes_logged(logger: logging.Logger) -> Iterator[None]:
-    """Turn the reader's :class:`ImageWarning` notes inside the block into ``logger`` warnings, for
-    callers that use the pixels only (adaptation): notes about the colour profile are left out, since
-    no output is written; other warnings pass on unchanged."""
-    with warnings.catch_warnings(record=True) as caught:
+    """Inside the block, the reader's :class:`ImageWarning` notes become ``logger`` warnings, for
+    callers that print no notes of their own (adaptation, metrics). Each is logged when it is raised,
+    so a later failure loses none; other warnings are shown as Python would show them."""
+    with warnings.catch_warnings():
         warnings.simplefilter("always", ImageWarning)
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+            if issubclass(category, ImageWarning):
+                logger.warning("%s", message)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
         yield
-    for note in caught:
-        if not issubclass(note.category, ImageWarning):
-            warnings.warn_explicit(note.message, note.category, note.filename, note.lineno)
-        elif not issubclass(note.category, ProfileDroppedWarning):
-            logger.warning("%s", note.message)
 
 
 def _warn_if_more_frames(im: ImageFile.ImageFile, p: Path) -> None:

@@ -64,7 +64,7 @@ from adassr.runtime.errors import (
 from adassr.runtime.images import size_problem
 from adassr.runtime.pipeline import output_size, upscale_pixels
 from adassr.runtime.routing import RouteDecision
-from adassr.runtime.server.codec import UploadFolder, UploadSpaceError, encode, without_path
+from adassr.runtime.server.codec import UPLOAD_NAME, UploadFolder, UploadSpaceError, encode, without_path
 from adassr.runtime.server.config import ServerConfig
 from adassr.runtime.server.metrics import ServerMetrics
 from adassr.runtime.server.models import (
@@ -289,6 +289,9 @@ class Server:
             "X-Adassr-Route": _header_safe(route.reason),
             "Server-Timing": timing,
         }
+        profile_note = image.profile_note()
+        if profile_note is not None:
+            notes.append(f"{UPLOAD_NAME}: {profile_note}")
         if notes:
             headers["X-Adassr-Note"] = _header_safe("; ".join(notes))
         return UpscaleOutput(data, params.media_type, headers, model.camera)

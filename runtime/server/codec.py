@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adassr.runtime.errors import AdassrError, ImageError, ImageTooLargeError
+from adassr.runtime.errors import AdassrError, ImageError, ImageTooLargeError, PixelLimitError
 from adassr.runtime.images import ImageWarning, LoadedImage, encode_image, read_image
 
 UPLOAD_NAME = "the uploaded image"
@@ -61,18 +61,18 @@ class UploadFolder:
                 warnings.simplefilter("ignore", ImageWarning)
                 try:
                     image = read_image(name, max_pixels=max_pixels)
+                except PixelLimitError as exc:  # this server's limit (not the decoder's own guard)
+                    raise PixelLimitError(f"{_scrub(str(exc), name)} (this server's limit, set by its operator "
+                                          "with --max-pixels)") from None
                 except ImageTooLargeError as exc:
-                    message = _scrub(str(exc), name)
-                    if f"{max_pixels:,}" in message:  # this server's limit (not the decoder's own guard)
-                        message += " (this server's limit, set by its operator with --max-pixels)"
-                    raise ImageTooLargeError(message) from None
+                    raise ImageTooLargeError(_scrub(str(exc), name)) from None
                 except ImageError as exc:
                     raise ImageError(_scrub(str(exc), name)) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
         return LoadedImage(image.pixels, image.alpha, image.bit_depth, image.exif_make, image.exif_model, None,
-                           image.icc_profile)
+                           image.icc_profile, image.dropped_profile)
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

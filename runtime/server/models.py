@@ -36,7 +36,7 @@ from adassr.runtime.backends import Backend, open_backend
 from adassr.runtime.cameras import closest_camera_hint, validate_group_name
 from adassr.runtime.errors import AdassrError, CameraError, ConfigError, StoreError
 from adassr.runtime.images import LoadedImage
-from adassr.runtime.routing import MAX_SHOWN_MAKE, RouteDecision, camera_group_of, resolve_model
+from adassr.runtime.routing import RouteDecision, camera_group_of, resolve_model, unusable_make_reason
 from adassr.runtime.store import FALLBACK_CAMERA, MANIFEST_NAME, list_cameras
 from adassr.runtime.tiling import TilingOptions
 
@@ -206,8 +206,7 @@ class ModelRegistry:
         if group is not None:
             reason = f"fallback: no model for {group!r}"
         elif make:
-            shown = make if len(make) <= MAX_SHOWN_MAKE else make[:MAX_SHOWN_MAKE] + "..."
-            reason = f"fallback: EXIF Make {shown!r} names no camera group"
+            reason = unusable_make_reason(make)
         else:
             reason = "fallback: no EXIF Make"
         return Route(fallback, group, reason)

@@ -355,6 +355,16 @@ def test_each_model_is_hashed_once_and_a_file_changed_after_its_check_is_not_pub
     assert sorted(p.name for p in (tmp_path / "repo" / "adassr_canon").iterdir() if p.name.isdigit()) == ["1"]
     assert not [p for p in (tmp_path / "repo" / "adassr_canon").iterdir() if p.name.startswith(".")]
 
+    def reexport_after_the_check(repo: Path, camera: str, *args: object) -> object:
+        publish_camera(store, "canon", seed=11)  # a new content-addressed file; the checked one is removed
+        return write_model(repo, camera, *args)  # type: ignore[arg-type]
+
+    publish_camera(store, "canon", seed=10)  # a sound export again
+    monkeypatch.setattr(triton_repo, "write_model", reexport_after_the_check)
+    with pytest.raises(ExportError, match="was replaced while the repository was written"):  # was "cannot write
+        write_repository(tmp_path / "repo", store, ["canon"])  # the Triton repository ...; choose a writable folder"
+    assert not [p for p in (tmp_path / "repo" / "adassr_canon").iterdir() if p.name.startswith(".")]
+
 
 def test_cli(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo = tmp_path / "repo"

@@ -302,10 +302,15 @@ def test_an_engine_record_pointing_outside_its_folder_never_touches_that_file(tm
     escaped = "../../victim.txt"
     manifest["engines"][first.record.key.digest]["file"] = escaped
     store.manifest_path.write_text(json.dumps(manifest))
+    assert store.verified_path("model.onnx").is_file()  # the camera's ONNX model still serves
     with pytest.raises(StoreError, match="names the file '../../victim.txt', not engines/<name>.engine"):
-        store.read_manifest()  # the camera's manifest is refused, with the way out
-    with pytest.raises(StoreError, match="remove that record"):
         EngineCache.for_camera(store).path_of(replace(first.record, file=escaped))
+    rebuilt = ensure_camera_engine(_request(tmp_path / "store", "canon", refit=False), FileToolkit())
+    assert rebuilt.built and rebuilt.record.file.startswith("engines/") and victim.read_text() == "precious"
+    with store.transaction() as tx:  # and no orphan sweep ever takes a record's path outside the folder
+        tx.commit(lambda m: m["engines"].update({"x": {"file": "../../victim.txt"}}))
+    with store.transaction() as tx:
+        tx.commit(lambda m: m["engines"].pop("x"))
     assert victim.read_text() == "precious"
 
     # The shared folder's index is not a manifest: a record there is ignored, replaced and never unlinked.

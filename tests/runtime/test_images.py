@@ -21,6 +21,7 @@ from adassr.runtime.images import (
     SUPPORTED_READ_SUFFIXES,
     SUPPORTED_WRITE_SUFFIXES,
     AlphaDroppedWarning,
+    ImageWarning,
     LoadedImage,
     ProfileDroppedWarning,
     encode_image,
@@ -877,38 +878,47 @@ def test_colour_profile_16bit_png_and_where_it_is_dropped(tmp_path: Path) -> Non
 
 
 def test_a_profile_that_does_not_describe_the_decoded_pixels_is_not_kept(tmp_path: Path) -> None:
-    """A CMYK file is decoded to RGB, so its CMYK profile would be wrong on the output."""
+    """A CMYK file is decoded to RGB, so its CMYK profile would be wrong on the output. The image says
+    which profile it dropped, for the note of whoever writes an output (reading alone prints nothing:
+    `adassr metrics` printed a note about an output it never writes)."""
     cmyk = Image.fromarray(_photo()).convert("CMYK")
     cmyk.save(tmp_path / "c.jpg", quality=95, icc_profile=_profile(b"CMYK"))
-    with pytest.warns(ProfileDroppedWarning, match="its CMYK colour profile does not describe its RGB pixels"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         image = read_image(tmp_path / "c.jpg")
-    assert image.channels == 3 and image.icc_profile is None
-    # A grey PNG carrying an RGB profile (which the PNG rules do not allow): dropped with a note, not silently.
+    assert image.channels == 3 and image.icc_profile is None and image.dropped_profile == "CMYK"
+    assert image.profile_note() == ("its CMYK colour profile does not describe its RGB pixels, so the output "
+                                    "carries no profile (viewers show it as sRGB)")
+    # A grey PNG carrying an RGB profile (which the PNG rules do not allow): dropped, and said so.
     Image.fromarray(_photo()[..., 0]).save(tmp_path / "g.png", icc_profile=_profile())
-    with pytest.warns(ProfileDroppedWarning, match="its RGB colour profile does not describe its grey pixels"):
-        assert read_image(tmp_path / "g.png").icc_profile is None
+    grey = read_image(tmp_path / "g.png")
+    assert grey.icc_profile is None and "its RGB colour profile does not describe its grey pixels" in str(
+        grey.profile_note())
+    assert read_image(write_image(tmp_path / "plain.png", _photo())).profile_note() is None
 
 
-def test_image_notes_logged_turns_notes_into_log_lines_without_profile_ones(
+def test_image_notes_logged_turns_notes_into_log_lines_as_they_come(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Adaptation reads pixels only: a multi-page note became a raw Python warning there, and a note about
-    a colour profile would be about an output it never writes."""
+    """Adaptation and metrics print no notes of their own: a multi-page note became a raw Python warning
+    there. Notes are logged when raised, so a read that fails afterwards loses none."""
     import logging
 
     from adassr.runtime.images import image_notes_logged
 
     frames = [Image.fromarray(_photo()), Image.fromarray(_photo()[::-1].copy())]
     frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
-    Image.fromarray(_photo()).convert("CMYK").save(tmp_path / "c.jpg", icc_profile=_profile(b"CMYK"))
     logger = logging.getLogger("test.notes")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing escapes as a Python warning
-        with caplog.at_level(logging.WARNING, logger="test.notes"), image_notes_logged(logger):
+        warnings.simplefilter("error", ImageWarning)  # no ImageWarning escapes as a Python warning
+        with caplog.at_level(logging.WARNING, logger="test.notes"), pytest.raises(RuntimeError), \
+                image_notes_logged(logger):
             read_image(tmp_path / "pages.tif")
-            read_image(tmp_path / "c.jpg")
+            raise RuntimeError("a later failure in the block")
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path / 'pages.tif'}: holds more than one page (a multi-page file); only the first is read"]
+    with pytest.warns(DeprecationWarning, match="other warnings pass"), image_notes_logged(logger):
+        warnings.warn("other warnings pass as Python shows them", DeprecationWarning, stacklevel=1)
 
 
 def test_a_grey_palette_with_an_rgb_profile_is_read_as_rgb_and_keeps_the_profile(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import shutil
 from dataclasses import replace
@@ -164,6 +165,18 @@ def test_rgba_in_rgba_out(store: Path, tmp_path: Path) -> None:
     code, _, err = _run("-i", str(src), "-o", str(tmp_path / "flat.jpg"), "--store", str(store))
     assert code == 0 and "note:" in err and read_image(tmp_path / "flat.jpg").alpha is None
     assert f"note: {tmp_path / 'flat.jpg'}: JPEG cannot store alpha" in err  # the file named once
+
+
+def test_a_profile_that_cannot_be_kept_is_named_in_a_note(store: Path, tmp_path: Path) -> None:
+    """A grey PNG with an RGB profile (Adobe RGB greys shift in colour-managed viewers without it): the
+    profile was dropped without a word."""
+    profile = read_image(SAMPLES / "canon" / "xmp_test.jpg").icc_profile
+    assert profile is not None
+    Image.fromarray(np.full((12, 12), 90, np.uint8)).save(tmp_path / "g.png", icc_profile=profile)
+    code, _, err = _run("-i", str(tmp_path / "g.png"), "-o", str(tmp_path / "out"), "--store", str(store),
+                        "--no-progress")
+    assert code == 0 and read_image(tmp_path / "out" / "g.png").icc_profile is None
+    assert f"note: {tmp_path / 'g.png'}: its RGB colour profile does not describe its grey pixels" in err
 
 
 def test_camera_folders_one_level_down_are_upscaled_and_routed_by_folder(store: Path, tmp_path: Path) -> None:
@@ -477,7 +490,7 @@ def test_jpg_and_jpeg_are_one_format(tmp_path: Path) -> None:
         plan_outputs(source, tmp_path / "y.png", "jpg")
 
 
-def test_a_link_back_to_the_input_folder_is_not_read_twice(tmp_path: Path) -> None:
+def test_a_link_back_to_the_input_folder_is_not_read_twice(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A subfolder link to the input itself (or two links to one folder) upscaled every image again
     into out/<link>/ and counted each failure twice."""
     src = tmp_path / "in"
@@ -486,9 +499,13 @@ def test_a_link_back_to_the_input_folder_is_not_read_twice(tmp_path: Path) -> No
     write_image(src / "cam" / "b.png", np.zeros((8, 8, 3), np.uint8))
     (src / "again").symlink_to(src)
     (src / "cam_link").symlink_to(src / "cam")
-    pairs = plan_outputs(src, tmp_path / "out", "auto")
+    (src / "Alias").symlink_to(src / "cam")  # sorts before the folder it links to: the folder still wins
+    with caplog.at_level(logging.WARNING):
+        pairs = plan_outputs(src, tmp_path / "out", "auto")
     assert [(a.relative_to(src), b.relative_to(tmp_path / "out")) for a, b in pairs] == [
         (Path("a.png"), Path("a.png")), (Path("cam/b.png"), Path("cam/b.png"))]
+    assert sorted(r.getMessage().split(":")[0] for r in caplog.records) == [
+        f"not reading {src / name}" for name in ("Alias", "again", "cam_link")]
 
 
 def test_a_broken_link_in_a_folder_is_reported_as_a_failed_file(store: Path, tmp_path: Path) -> None:
