@@ -116,8 +116,11 @@ def run_adapt(args: argparse.Namespace) -> int:
         elif exc.kept:
             print(f"adapt: {exc}; the best weights evaluated so far were published (--keep-on-interrupt; "
                   "the manifest says \"interrupted\": true)", file=sys.stderr)
+        elif args.keep_on_interrupt:
+            print(f"adapt: {exc} before any adapted weights were evaluated; nothing was published (the camera's "
+                  "model, if it has one, is unchanged)", file=sys.stderr)
         else:
-            print(f"adapt: {exc}; nothing was published, the previous model is unchanged "
+            print(f"adapt: {exc}; nothing was published, the camera's model (if it has one) is unchanged "
                   "(use --keep-on-interrupt to keep the best weights evaluated so far)", file=sys.stderr)
         return exc.exit_code
     except (MemoryError, RuntimeError) as exc:
@@ -149,6 +152,12 @@ def _adapt(args: argparse.Namespace, published: list[bool]) -> int:
           f"{config.steps} steps max", file=sys.stderr)
     outcome = adapt_camera(group, config, store_root=args.store, backbone_name=args.backbone,
                            progress=_progress_printer(config.steps), keep_on_interrupt=args.keep_on_interrupt)
+    if outcome.kept_current:
+        print(f"camera {outcome.camera}: NIQE {outcome.niqe_before:.3f} (backbone) -> {outcome.niqe_after:.3f} "
+              f"(the current model, kept); {outcome.steps} steps in {outcome.wall_time_s:.0f} s; "
+              f"{outcome.stop_reason}")
+        print(f"artifacts: {outcome.store_dir} (unchanged)")
+        return 0
     published.append(True)
     if outcome.kept_backbone:
         verdict = "kept the backbone (see the stop reason)"

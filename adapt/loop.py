@@ -117,6 +117,7 @@ class InternalResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     interrupted: int | None = None  # the signal (SIGINT / SIGTERM) that stopped the loop, if any
     timing: dict[str, float | int] = field(default_factory=dict)  # LoopTimes.to_dict(): where the time went
+    diverged: bool = False  # the loss became NaN or infinite and training stopped
 
 
 def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -190,6 +191,26 @@ class _Evaluator:
                 sr = model(x)
             scores.append(float(self.metric(sr.float().clamp(0, 1))[0]))
         return scores
+
+
+def evaluate_model(model: RRDBNet, crops: Sequence[np.ndarray], metric: Metric, *,
+                   device: torch.device) -> list[float]:
+    """NIQE of ``model``'s outputs on the evaluation crops (fp32), as the early stop scores them."""
+    return _Evaluator(model, crops, metric, device=device, tail_from=None)(model)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two sets of weights scored on the same crops the backbone scored (see :func:`compare_with_backbone`)."""
+
+    score: float  # mean NIQE over the crops the backbone scored that still have one (NaN when none does)
+    lost: int  # crops the backbone scored whose NIQE is undefined with these weights
+
+
+def compare_with_backbone(scores: Sequence[float], before: Sequence[float]) -> Comparison:
+    """``scores`` averaged over the crops the backbone scored (``before``), as the early stop averages them."""
+    evaluation = _against_backbone(scores, before)
+    return Comparison(evaluation.score, evaluation.lost)
 
 
 def _group_score(scores: Sequence[float], step: int) -> float:
@@ -477,6 +498,7 @@ class _Progress:
     interrupted: int | None = None
     times: LoopTimes = field(default_factory=LoopTimes)
     flat_steps: list[int] = field(default_factory=list)  # evaluations not kept: some outputs went flat (NaN NIQE)
+    diverged: bool = False  # the loss became NaN or infinite
 
 
 def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stopper: EarlyStopper) -> InternalResult:
@@ -508,6 +530,7 @@ def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stoppe
         losses=run.losses,
         interrupted=run.interrupted,
         timing=run.times.to_dict(),
+        diverged=run.diverged,
     )
 
 
@@ -588,7 +611,9 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
     batch = batches.next()
     loss, sr = trainer.loss(batch)
     if not torch.isfinite(loss.detach()):
-        run.stop_reason = f"the loss became {float(loss.detach())} at step {step}; kept the best weights so far"
+        run.stop_reason = (f"the loss became {float(loss.detach())} at step {step} (training diverged); "
+                           "training stopped")
+        run.diverged = True
         log.warning(run.stop_reason)
         return True
     trainer.update(loss, sr, batch.hr)

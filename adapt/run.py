@@ -33,7 +33,7 @@ from adassr.adapt.loop import InternalResult, Perceptual, ProgressEvent, evaluat
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
 from adassr.adapt.report import REPORT_FILE
 from adassr.adapt.weight_map_cache import WeightMapCache, store_cache_folder
-from adassr.runtime.errors import ConfigError, ImageError, StoreError
+from adassr.runtime.errors import ConfigError, ImageError, StoreError, WeightsError
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class AdaptOutcome:
     wall_time_s: float
     kernel: str = ""  # the blur kernel the training pairs used, in words (KernelEstimate.describe)
     report: str | None = None  # the report artifact's name (report.png), None when none was drawn
+    kept_current: bool = False  # the camera's current model stayed (better on this run's crops): nothing published
 
 
 @dataclass(frozen=True)
@@ -509,6 +510,10 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
             raise Interrupted(result.interrupted, note=(  # publishing the backbone would replace a working model
                 "no adapted weights had beaten the backbone before the signal, so nothing was published "
                 "and the previous model is unchanged"))
+        kept = _current_model_stays(store, tx.previous, backbone, base_state, inputs, result, config,
+                                    device=compute.device)
+        if kept is not None:
+            return _kept_outcome(store, group.name, tx.previous, result, kept, start)
         record = _stage_artifacts(tx, _Run(group, config, backbone, base_state, compute, start), inputs, result)
         try:
             with deferred():  # a signal now waits until the manifest is committed
@@ -523,6 +528,76 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
     return AdaptOutcome(group.name, store.directory, store.artifact_path(WEIGHTS_FILE, committed),
                         record["niqe_before"], record["niqe_after"], result.kept_backbone, result.steps,
                         result.stop_reason, record["wall_time_s"], inputs.kernel.describe(), record["report"])
+
+
+@dataclass(frozen=True)
+class _KeptModel:
+    """Why the camera's current model stays instead of this run's result, and its NIQE on the run's crops."""
+
+    reason: str
+    niqe: float
+
+
+def _current_model_stays(store: CameraStore, manifest: Mapping[str, Any], backbone: LoadedBackbone,
+                         base_state: dict[str, torch.Tensor], inputs: _Inputs, result: InternalResult,
+                         config: AdaptConfig, *, device: torch.device) -> _KeptModel | None:
+    """Whether the camera's current model must stay, rather than this run's result replace it.
+
+    A re-run never makes a camera worse: its current adapted weights (made from the same backbone) are
+    scored on this run's evaluation crops, and stay when they score a lower NIQE than the result (than
+    the backbone by ``--backbone-margin``, when the result is the backbone, the bar an adapted model
+    must clear). A run whose training diverged publishes nothing over an existing model. None: publish.
+    """
+    from adassr.adapt.loop import compare_with_backbone, evaluate_model
+
+    if not manifest.get("artifacts", {}).get(WEIGHTS_FILE):
+        return None  # the camera's first model
+    result_comparison = compare_with_backbone(result.niqe_after, result.niqe_before)
+    if result.diverged and result.kept_backbone:
+        return _KeptModel("this run's training diverged before any adapted weights were evaluated, so nothing "
+                          "was published and the camera's current model is unchanged", math.nan)
+    if manifest.get("kept_backbone", True) or (manifest.get("backbone") or {}).get("name") != backbone.entry.name:
+        return None  # the current model is the backbone itself, or another backbone's: nothing to keep
+    try:
+        current = _current_weights(store, manifest, backbone, base_state)
+    except (StoreError, WeightsError) as exc:
+        log.warning("the camera's current adapted weights cannot be read (%s); this run's result replaces them", exc)
+        return None
+    current_comparison = compare_with_backbone(evaluate_model(current, inputs.crops, inputs.metric, device=device),
+                                               result.niqe_before)
+    bar = result_comparison.score - (config.backbone_margin if result.kept_backbone else 0.0)
+    if current_comparison.lost or not current_comparison.score < bar:
+        return None
+    margin = f" by more than --backbone-margin {config.backbone_margin:g}" if config.backbone_margin > 0 else ""
+    than = (f"the unadapted backbone's {result_comparison.score:.3f}{margin}, which this run kept"
+            if result.kept_backbone else f"this run's adapted weights' {result_comparison.score:.3f}")
+    return _KeptModel(f"the camera's current model scores NIQE {current_comparison.score:.3f} on this run's "
+                      f"evaluation crops, better than {than}: it stays, and nothing was published",
+                      current_comparison.score)
+
+
+def _current_weights(store: CameraStore, manifest: Mapping[str, Any], backbone: LoadedBackbone,
+                     base_state: dict[str, torch.Tensor]) -> RRDBNet:
+    """The camera's current adapted model, rebuilt on the backbone's weights before this run's training."""
+    from adassr.adapt.weights import load_safetensors_weights
+    from adassr.adapt.weights.state import assemble
+
+    base = assemble(backbone.entry, base_state, source="the backbone", device=str(next(
+        backbone.model.parameters()).device), weights_sha256=backbone.weights_sha256)
+    path = store.verified_path(WEIGHTS_FILE, manifest)
+    loaded = load_safetensors_weights(path, backbone.entry, device=str(next(backbone.model.parameters()).device),
+                                      base=base)
+    return loaded.model
+
+
+def _kept_outcome(store: CameraStore, camera: str, manifest: Mapping[str, Any], result: InternalResult,
+                  kept: _KeptModel, start: float) -> AdaptOutcome:
+    """The outcome of a run that left the camera's current model in place."""
+    log.warning("camera %s: %s", camera, kept.reason)
+    before = float(np.nanmean(result.niqe_before)) if any(math.isfinite(v) for v in result.niqe_before) else math.nan
+    return AdaptOutcome(camera, store.directory, store.artifact_path(WEIGHTS_FILE, manifest), before, kept.niqe,
+                        False, result.steps, f"{result.stop_reason}; {kept.reason}",
+                        round(time.perf_counter() - start, 2), report=None, kept_current=True)
 
 
 def _check_before_setup(config: AdaptConfig, scale: int) -> None:

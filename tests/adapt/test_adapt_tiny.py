@@ -114,6 +114,45 @@ def test_re_adapting_reuses_the_weight_maps(tiny: BackboneRegistry, camera_dir: 
     assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == ["_cache", "nokia"]
 
 
+def test_a_re_run_never_replaces_a_better_current_model(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run was compared with the backbone only: one that diverged, or kept the backbone, or adapted
+    worse, replaced the camera's working model (and exited 0)."""
+    import adassr.adapt.loop as loop
+
+    torch.set_num_threads(1)
+    config = cpu_demo_defaults().with_overrides(steps=4, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4, precision="fp32",
+                                                backbone_margin=0)
+    group = select_group(camera_dir, "nokia")
+    first = adapt_camera(group, config, store_root=tmp_path, backbone_name="tiny", registry=tiny)
+    assert not first.kept_backbone
+    store = CameraStore.open(tmp_path, "nokia")
+    manifest = store.manifest_path.read_bytes()
+
+    broken = adapt_camera(group, config.with_overrides(lr=1e10), store_root=tmp_path, backbone_name="tiny",
+                          registry=tiny)  # its outputs go flat at once: this run keeps the backbone
+    assert broken.kept_current and broken.weights_path == first.weights_path
+    assert broken.niqe_after == pytest.approx(first.niqe_after)  # the current model, scored on the same crops
+    assert "the camera's current model scores NIQE" in broken.stop_reason and "nothing was published" in (
+        broken.stop_reason)
+    assert store.manifest_path.read_bytes() == manifest and first.weights_path.is_file()
+
+    real = loop.evaluate_model
+    monkeypatch.setattr(loop, "evaluate_model", lambda *a, **k: [s + 1.0 for s in real(*a, **k)])
+    worse_current = adapt_camera(group, config.with_overrides(seed=2), store_root=tmp_path, backbone_name="tiny",
+                                 registry=tiny)  # the current model now scores worse than any result: replaced
+    assert not worse_current.kept_current and store.manifest_path.read_bytes() != manifest
+    assert not first.weights_path.exists()  # the replaced file went with its record
+
+    manifest = store.manifest_path.read_bytes()
+    monkeypatch.setattr(loop, "evaluate_model", lambda *a, **k: [s - 5.0 for s in real(*a, **k)])
+    better_current = adapt_camera(group, config.with_overrides(seed=3), store_root=tmp_path, backbone_name="tiny",
+                                  registry=tiny)  # an adapted result, but the current model scores better
+    assert better_current.kept_current and "better than this run's adapted weights'" in better_current.stop_reason
+    assert store.manifest_path.read_bytes() == manifest
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"eval_crop": 20}, "--eval-crop 20 is too small: NIQE needs two 96x96 blocks of the x4 output, so the LR crop "
                         "must be at least 48 px"),
