@@ -63,7 +63,14 @@ def _select(args: argparse.Namespace):
         return single_image_group(args.image, args.camera)
     if not args.camera:
         raise ConfigError("--camera NAME is required (or --image PATH); `adapt --list` shows the groups")
-    return select_group(args.images or default_images_dir(), args.camera)
+    images = Path(args.images or default_images_dir()).expanduser()
+    store = Path(args.store).expanduser()
+    if images.exists() and store.exists() and (images.resolve() == store.resolve()
+                                               or store.resolve() in images.resolve().parents):
+        raise ConfigError(f"--images {images} is {'' if images.resolve() == store.resolve() else 'inside '}the model "
+                          f"store --store {store}, which holds models and reports, not photos; point --images at "
+                          "the folder of the camera's photos")
+    return select_group(images, args.camera)
 
 
 def _progress_printer(total_hint: int):

@@ -197,6 +197,9 @@ class AdaptConfig:
             raise ConfigError(
                 f"{label('admm_iters')} > 1 needs {label('external_hr')} DIR (clean HR images for the external step)"
             )
+        if self.admm_iters == 1 and self.external_hr is not None:  # it would be ignored without a word
+            raise ConfigError(f"{label('external_hr')} is used by the external step only, which runs with "
+                              f"{label('admm_iters')} 2 or more; add that, or drop {label('external_hr')}")
 
     def with_overrides(self, **changes: Any) -> AdaptConfig:
         """A copy with the given fields replaced (``None`` values are ignored)."""

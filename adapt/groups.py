@@ -39,6 +39,7 @@ from adassr.runtime.cameras import (
 )
 from adassr.runtime.errors import CameraError, ImageError
 from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file
+from adassr.runtime.store import MANIFEST_NAME
 
 UNGROUPED = "ungrouped"
 _HR_TOKEN = re.compile(r"(?:^|[_\-. ])hr(?:[_\-. ]|$)", re.IGNORECASE)
@@ -179,6 +180,11 @@ def scan_groups(directory: str | Path) -> GroupScan:
             skipped.append(SkippedSource(sub, f"cannot read the folder ({exc.strerror or exc}); check its permissions"))
             continue
         if not images:
+            continue
+        if (sub / MANIFEST_NAME).is_file():  # a camera folder of a model store: reports, not photos
+            skipped.append(SkippedSource(sub, (
+                f"it holds a {MANIFEST_NAME}: it is a camera folder of a model store (its images are adapt's "
+                "reports), not photos; point --images at the camera's photos")))
             continue
         name = _valid_name(sub.name)
         if name is None:

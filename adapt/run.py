@@ -127,7 +127,8 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
 def _header_sizes(members: Sequence[GroupMember],
                   errors: list[tuple[str, ImageError]]) -> list[tuple[GroupMember, int, int]]:
     """``(member, width, height)`` from each file's header; a header that fails goes to ``errors``."""
-    from adassr.runtime.images import read_image_size
+    from adassr.runtime.errors import PixelLimitError
+    from adassr.runtime.images import DEFAULT_MAX_PIXELS, read_image_size
 
     sized = []
     for member in members:
@@ -135,6 +136,11 @@ def _header_sizes(members: Sequence[GroupMember],
             width, height = read_image_size(member.path)
         except ImageError as exc:
             errors.append((str(member.path), exc))
+            continue
+        if width * height > DEFAULT_MAX_PIXELS:  # the reader would refuse it: left out before the selection
+            errors.append((str(member.path), PixelLimitError(
+                f"{member.path}: image is {width}x{height} = {width * height:,} pixels, above the reader's limit "
+                f"of {DEFAULT_MAX_PIXELS:,}; downscale it first")))
             continue
         sized.append((member, width, height))
     return sized
@@ -494,7 +500,7 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
     compute = _resolve_compute(config)
     with store.transaction() as tx:
         backbone, base_state = _load_backbone(backbone_name, compute.device, registry)
-        _check_before_setup(config, backbone.scale)
+        _check_before_setup(config, backbone.scale, blocks=len(backbone.model.body))
         map_cache = WeightMapCache(store_cache_folder(store_root), backbone.weights_sha256, config.attention,
                                    compute.precision.name, compute.device.type)
         if compute.governor is not None:
@@ -600,10 +606,15 @@ def _kept_outcome(store: CameraStore, camera: str, manifest: Mapping[str, Any], 
                         round(time.perf_counter() - start, 2), report=None, kept_current=True)
 
 
-def _check_before_setup(config: AdaptConfig, scale: int) -> None:
-    """What depends on the backbone's scale, checked before the minutes of set-up: the evaluation
-    crop must give NIQE two 96 x 96 blocks, and ``--external-hr`` must hold usable images."""
+def _check_before_setup(config: AdaptConfig, scale: int, *, blocks: int) -> None:
+    """What depends on the backbone, checked before the minutes of set-up: the evaluation crop must
+    give NIQE two 96 x 96 blocks, and ``--external-hr`` must hold usable images; ``--tail-blocks``
+    beyond the backbone's ``blocks`` RRDB blocks gets a warning."""
     from adassr.adapt.quality.niqe import BLOCK_SIZE
+
+    if config.tail_blocks > blocks:  # clamped by the trainer: said here, not silently
+        log.warning("--tail-blocks %d is more than the backbone's %d RRDB blocks: all %d train in tail mode",
+                    config.tail_blocks, blocks, blocks)
 
     smallest = -(-2 * BLOCK_SIZE // scale)
     if config.eval_crop * scale < 2 * BLOCK_SIZE:

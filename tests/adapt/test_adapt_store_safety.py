@@ -49,6 +49,24 @@ def test_invalid_manifest_fails_before_training_and_keeps_the_model(
     assert store.manifest_path.read_text() == manifest
 
 
+def test_images_pointing_at_the_store_are_refused_and_store_folders_are_no_groups(
+    camera_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--images` and `--store` mixed up: the camera was adapted on its own report.png and published."""
+    from adassr.adapt.groups import scan_groups
+
+    store = CameraStore.open(tmp_path / "models", "nokia", create=True)
+    write_image(tmp_path / "r.png", np.full((200, 200, 3), 90, np.uint8))
+    store.publish("report.png", lambda p: p.write_bytes((tmp_path / "r.png").read_bytes()), stage="adapt")
+    for images in (tmp_path / "models", tmp_path / "models" / "nokia"):
+        code = main(["adapt", "--camera", "nokia", "--images", str(images), "--store", str(tmp_path / "models"),
+                     "--steps", "2"])
+        assert code == 2
+        assert "the model store --store" in capsys.readouterr().err
+    scan = scan_groups(tmp_path / "models")  # `adapt --list --images <store>`: no group, and why
+    assert scan.groups == {} and "camera folder of a model store" in scan.skipped[0].reason
+
+
 def test_weights_are_written_once_not_through_a_nested_atomic_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

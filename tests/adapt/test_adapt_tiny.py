@@ -174,6 +174,27 @@ def test_bad_settings_fail_before_the_set_up(tiny: BackboneRegistry, camera_dir:
                      registry=tiny)
 
 
+def test_more_tail_blocks_than_the_backbone_has_is_said(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """--tail-blocks 100 on a 23-block backbone trained all 23 without a word."""
+    import logging
+
+    import adassr.adapt.run as run
+
+    class Stop(Exception):
+        pass
+
+    def stop(*_a: object, **_k: object) -> None:
+        raise Stop
+
+    monkeypatch.setattr(run, "_prepare_inputs", stop)
+    with caplog.at_level(logging.WARNING), pytest.raises(Stop):
+        adapt_camera(select_group(camera_dir, "nokia"), cpu_demo_defaults().with_overrides(tail_blocks=5),
+                     store_root=tmp_path, backbone_name="tiny", registry=tiny)
+    assert "--tail-blocks 5 is more than the backbone's 2 RRDB blocks: all 2 train" in caplog.text
+
+
 def test_the_seed_range_is_checked_up_front() -> None:
     from adassr.adapt.config import MAX_SEED
     from adassr.runtime.errors import ConfigError

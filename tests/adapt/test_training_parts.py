@@ -295,7 +295,10 @@ def test_adapt_config_checks_types_at_construction() -> None:
             AdaptConfig(**kwargs)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="must be an integer"):
         AttentionConfig(highpass=9.0)  # type: ignore[arg-type]
-    config = AdaptConfig(seed=np.int64(3), steps=np.int64(5), lr=np.float32(1e-4), external_hr="hr/")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="used by the external step only, which runs with"):  # was ignored
+        AdaptConfig(external_hr="hr/")  # type: ignore[arg-type]
+    config = AdaptConfig(seed=np.int64(3), steps=np.int64(5), lr=np.float32(1e-4), external_hr="hr/",  # type: ignore[arg-type]
+                         admm_iters=2)
     assert (type(config.seed), type(config.steps), type(config.lr)) == (int, int, float)
     assert config.external_hr == Path("hr/") and AdaptConfig(lambda_l1=0.0).lambda_perceptual == 1.0
 
