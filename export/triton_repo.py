@@ -44,7 +44,7 @@ from typing import Any
 
 from adassr.export.errors import ExportError
 from adassr.runtime.engines.cache import EngineCache, EngineRecord, current_onnx_sha256
-from adassr.runtime.errors import ConfigError
+from adassr.runtime.errors import CameraError, ConfigError, StoreError
 from adassr.runtime.fields import check_field_types
 from adassr.runtime.store import (
     FALLBACK_CAMERA,
@@ -143,7 +143,9 @@ def model_name(camera: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Triton model name of a camera group: ``<prefix><camera>``."""
     name = f"{prefix}{camera}"
     if not _NAME.match(name):
-        raise ExportError(f"Triton model name {name!r} is not valid; choose another --triton-prefix")
+        why = (f"{len(name)} characters, over Triton's 128" if len(name) > 128
+               else "Triton takes letters, digits, '_', '.' and '-' only")
+        raise ExportError(f"Triton model name {name!r} is not valid ({why}); choose another --triton-prefix")
     return name
 
 
@@ -383,63 +385,96 @@ def _repository_lock(repo: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root: Path,
-                source: _Source | None = None) -> TritonModel:
-    """Write (or update) one camera's Triton model; return what was done.
+@dataclass(frozen=True)
+class _Plan:
+    """What writing one camera's model will do, worked out (and checked) before anything is written."""
+
+    source: _Source
+    name: str
+    model_dir: Path
+    version: int
+    new: bool
+    config: str
+    provenance: dict[str, Any]
+    file_name: str  # model.onnx or model.plan
+
+
+def plan_model(repo: Path, source: _Source, options: TritonRepoOptions) -> _Plan:
+    """Check and work out one camera's model in ``repo`` (reads only): its name, that the model folder is
+    a folder and this camera's (a model of another camera under the same name is refused: Triton would
+    serve one camera's weights for the other), its config, and whether its bytes need a new version.
 
     The current export becomes a new version unless the latest version already holds exactly its
     bytes: an older version with the same bytes (a rollback) is not what Triton serves, since it
     serves the latest, so it gets a new number too."""
-    if source is None or source.camera != camera:
-        store = CameraStore.open(store_root, camera)
-        source = _source(store, store.read_manifest(), options)
-    manifest, record, engine, digest = source.manifest, source.record, source.engine, source.sha256
-    scale = int(record.get("scale", manifest.get("scale", 0)))
+    camera, manifest, record, digest = source.camera, source.manifest, source.record, source.sha256
     name = model_name(camera, options.prefix)
     model_dir = repo / name
     if model_dir.exists() and not model_dir.is_dir():
         raise ExportError(f"{model_dir} is a file, where the Triton model of camera {camera!r} goes; move it away")
     file_name = MODEL_FILES[options.platform]
     versions = _versions(model_dir)
+    provenance = _read_provenance(model_dir / PROVENANCE)
+    owner = _owner(provenance) or _config_camera(model_dir / "config.pbtxt")
+    if owner is not None and owner != camera:
+        raise ExportError(f"the Triton model {name!r} in {repo} serves camera {owner!r}, not {camera!r}: two cameras "
+                          "would share one model name; use another --triton-prefix or another repository")
     latest = max(versions, default=None)
     unchanged = (latest is not None and (versions[latest] / file_name).is_file()
                  and sha256_file(versions[latest] / file_name) == digest)
-    provenance_path = model_dir / PROVENANCE
-    provenance = _read_provenance(provenance_path)
+    scale = int(record.get("scale", manifest.get("scale", 0)))
     config = render_config(name, camera=camera, record=record, scale=scale, options=options, model_sha256=digest)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    new = not unchanged
     version = latest if unchanged and latest is not None else max(versions, default=0) + 1
-    if new:
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
-        try:
-            try:
-                shutil.copyfile(source.path, staging / file_name)
-            except FileNotFoundError as exc:  # content-addressed: a re-export makes a new file, drops this one
-                if source.path.exists():
-                    raise
-                raise ExportError(f"the model of camera {camera!r} ({source.path.name}) was replaced while the "
-                                  "repository was written (the camera was exported again); rerun") from exc
-            with open(staging / file_name, "rb") as fh:
-                os.fsync(fh.fileno())
-            if sha256_file(staging / file_name) != digest:
-                raise ExportError(f"the copy of {camera!r}'s model {source.path} does not match the checksum its "
-                                  "manifest records: the camera was exported again while the repository was "
-                                  "written, or the disk is failing; rerun")
-            os.chmod(staging, 0o755)
-            os.rename(staging, model_dir / str(version))
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    config_path = model_dir / "config.pbtxt"
-    if not (config_path.is_file() and config_path.read_bytes() == config.encode("utf-8")):
-        # rewritten only when it changes: Triton in poll mode reloads a model whose files changed
-        atomic_write_bytes(config_path, config.encode("utf-8"))
-    if not new and str(version) in provenance:
-        return TritonModel(name, camera, version, new, digest, model_dir)  # the record of these bytes stands
+    return _Plan(source, name, model_dir, version, not unchanged, config, provenance, file_name)
+
+
+_CONFIG_CAMERA = re.compile(r'key:\s*"adassr_camera"\s*value:\s*\{\s*string_value:\s*"([^"\\]*)"')
+
+
+def _config_camera(path: Path) -> str | None:
+    """The ``adassr_camera`` parameter of a model's config.pbtxt (None when there is none to read)."""
+    try:
+        match = _CONFIG_CAMERA.search(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    return match.group(1) if match else None
+
+
+def _owner(provenance: Mapping[str, Any]) -> str | None:
+    """The camera whose model the latest recorded version is (None when nothing is recorded)."""
+    numbered = [int(v) for v in provenance if str(v).isdigit()]
+    if not numbered:
+        return None
+    latest = provenance[str(max(numbered))]
+    return str(latest.get("camera")) if isinstance(latest, Mapping) and latest.get("camera") else None
+
+
+def write_model(plan: _Plan) -> TritonModel:
+    """Carry out a :func:`plan_model` plan: copy the model into its new version folder (verified against
+    the checksum the manifest records), write the config if it changed, record the version."""
+    source, model_dir, version, camera = plan.source, plan.model_dir, plan.version, plan.source.camera
+    created = not model_dir.exists()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if plan.new:
+            _copy_version(source, model_dir, version, plan.file_name)
+        config_path = model_dir / "config.pbtxt"
+        if not (config_path.is_file() and config_path.read_bytes() == plan.config.encode("utf-8")):
+            # rewritten only when it changes: Triton in poll mode reloads a model whose files changed
+            atomic_write_bytes(config_path, plan.config.encode("utf-8"))
+    except BaseException:
+        if created:  # a model folder without a version or config would be a broken model to Triton
+            with contextlib.suppress(OSError):
+                model_dir.rmdir()
+        raise
+    result = TritonModel(plan.name, camera, version, plan.new, source.sha256, model_dir)
+    if not plan.new and str(version) in plan.provenance:
+        return result  # the record of these bytes stands
+    provenance = dict(plan.provenance)
+    record, manifest, engine = source.record, source.manifest, source.engine
     provenance[str(version)] = {
         "camera": camera,
-        "sha256": digest,
+        "sha256": source.sha256,
         "source_file": str(record["file"]),
         "precision": record.get("precision"),
         "manifest_updated": manifest.get("updated"),
@@ -448,8 +483,76 @@ def write_model(repo: Path, camera: str, options: TritonRepoOptions, store_root:
     if engine is not None:  # a plan loads only in a Triton whose TensorRT built it, on that GPU type
         provenance[str(version)].update(engine_file=engine.file, tensorrt_version=engine.key.tensorrt_version,
                                         gpu_name=engine.key.gpu.name)
-    atomic_write_bytes(provenance_path, (json.dumps(provenance, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-    return TritonModel(name, camera, version, new, digest, model_dir)
+    atomic_write_bytes(model_dir / PROVENANCE,
+                       (json.dumps(provenance, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    return result
+
+
+def _copy_version(source: _Source, model_dir: Path, version: int, file_name: str) -> None:
+    """Copy the model into ``model_dir/<version>``, complete before it appears under its number."""
+    camera = source.camera
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+    try:
+        try:
+            shutil.copyfile(source.path, staging / file_name)
+        except FileNotFoundError as exc:  # content-addressed: a re-export makes a new file, drops this one
+            if source.path.exists():
+                raise
+            raise ExportError(f"the model of camera {camera!r} ({source.path.name}) was replaced while the "
+                              "repository was written (the camera was exported again); rerun") from exc
+        with open(staging / file_name, "rb") as fh:
+            os.fsync(fh.fileno())
+        if sha256_file(staging / file_name) != source.sha256:
+            raise ExportError(f"the copy of {camera!r}'s model {source.path} does not match the checksum its "
+                              "manifest records: the camera was exported again while the repository was "
+                              "written, or the disk is failing; rerun")
+        os.chmod(staging, 0o755)
+        os.rename(staging, model_dir / str(version))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def repository_warnings(repo: str | os.PathLike[str], store_root: str | os.PathLike[str],
+                        options: TritonRepoOptions | None = None) -> list[str]:
+    """What a repository written from the whole store may serve wrongly (reads only): a camera of the store
+    without an export (adapted again since, its model serves the earlier weights) and a model whose
+    camera the store no longer has."""
+    opts = options or TritonRepoOptions()
+    out, root = Path(repo).expanduser(), Path(store_root).expanduser()
+    cameras = list_cameras(root)
+    warnings: list[str] = []
+    for camera in cameras:
+        try:
+            exports = CameraStore.open(root, camera).read_manifest().get("exports") or {}
+        except (StoreError, CameraError):
+            continue  # write_repository reports a damaged camera itself
+        if exports:
+            continue
+        command = ("`adassr export --backbone realesrgan-x4plus`" if camera == FALLBACK_CAMERA
+                   else f"`adassr export --camera {camera}`")
+        if (out / _safe_name(camera, opts.prefix)).is_dir():
+            warnings.append(f"camera {camera!r} has no export now (adapted again since?): its Triton model still "
+                            f"serves the earlier export; run {command}, then rerun")
+        else:
+            warnings.append(f"camera {camera!r} has no export, so it has no Triton model; run {command}")
+    known = set(cameras)
+    for model_dir in sorted(p for p in out.glob("*") if p.is_dir() and not p.name.startswith(".")):
+        try:
+            owner = _owner(_read_provenance(model_dir / PROVENANCE)) or _config_camera(model_dir / "config.pbtxt")
+        except ExportError:
+            continue
+        if owner is not None and owner not in known:
+            warnings.append(f"the Triton model {model_dir.name!r} serves camera {owner!r}, which the store no longer "
+                            f"has; remove {model_dir} to stop serving it")
+    return warnings
+
+
+def _safe_name(camera: str, prefix: str) -> str:
+    try:
+        return model_name(camera, prefix)
+    except ExportError:
+        return f"{prefix}{camera}"
 
 
 def _check_apart(repo: Path, store_root: Path) -> None:
@@ -486,14 +589,28 @@ def write_repository(
             raise ExportError(f"no camera in {root} has an export; run `adassr export` first")
     out = Path(repo).expanduser()
     _check_apart(out, root)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"the Triton repository {out} is a file, not a folder; choose a folder with "
+                          "--triton-repo DIR")
+    created = not out.exists()
     try:
         sources = []
         for camera in chosen:  # all of them checked (each file hashed once) before any is written
             store = CameraStore.open(root, camera)
             sources.append(_source(store, store.read_manifest(), opts))
+        for source in sources:
+            model_name(source.camera, opts.prefix)  # before the repository folder is made
         out.mkdir(parents=True, exist_ok=True)
-        with _repository_lock(out):
-            return [write_model(out, source.camera, opts, root, source) for source in sources]
+        try:
+            with _repository_lock(out):
+                plans = [plan_model(out, source, opts) for source in sources]  # every check before any write
+                return [write_model(plan) for plan in plans]
+        except BaseException:
+            if created:  # a repository this run made and left without a model: gone again
+                with contextlib.suppress(OSError):
+                    (out / LOCK_FILE).unlink()
+                    out.rmdir()
+            raise
     except OSError as exc:
         raise ExportError(f"cannot write the Triton repository {out}: {exc.strerror or exc}"
                           f"{f' ({exc.filename})' if exc.filename else ''}; choose a writable folder with "

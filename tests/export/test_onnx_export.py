@@ -284,6 +284,40 @@ def test_failed_fp32_validation_publishes_nothing(tmp_path: Path, monkeypatch: p
     assert set(manifest["artifacts"]) == {"adapted.safetensors"}
 
 
+def test_non_finite_weights_or_outputs_are_refused_before_the_export(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN weights (a diverged run) were blamed on onnxruntime, after a trace, a failed validation, a
+    second trace of a 'stale' cached graph and a second failure."""
+    torch.manual_seed(0)
+    model = TINY.build()
+    with torch.no_grad():
+        model.conv_first.weight[0, 0, 0, 0] = float("nan")
+    store = CameraStore.open(tmp_path, CAMERA, create=True)
+    digest: dict[str, str] = {}
+
+    def write(path: Path) -> None:
+        digest["weights"] = save_safetensors_weights(path, model, TINY, atomic=False)
+
+    store.publish("adapted.safetensors", write, stage="adapt", extra={"backbone": TINY.name})
+    store.update_manifest(lambda m: m.update({"backbone": {"name": TINY.name}, "scale": 4,
+                                              "weights_sha256": digest["weights"]}))
+
+    def no_trace(*_a: object, **_k: object) -> None:
+        raise AssertionError("traced although the weights hold NaN")
+
+    monkeypatch.setattr(onnx_export, "export_fp32", no_trace)
+    with pytest.raises(ExportError, match=f"the weights of '{CAMERA}' hold NaN or infinite values \\(1 tensor"
+                                          f"\\(s\\), e.g. 'conv_first.weight'\\); adapt the camera again"):
+        onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
+    monkeypatch.undo()
+    make_store(tmp_path)  # finite weights whose output overflows: PyTorch's own output is named
+    real = onnx_export.torch_reference
+    monkeypatch.setattr(onnx_export, "torch_reference", lambda m, batch: real(m, batch) * np.inf)
+    with pytest.raises(ExportError, match="PyTorch's own output of the weights of 'testcam' is NaN or infinite"):
+        onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
+    assert "exports" not in _published(tmp_path)[1]
+
+
 def test_failed_fp16_validation_publishes_neither_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import adassr.export.fp16 as fp16
 

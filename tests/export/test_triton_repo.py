@@ -258,7 +258,7 @@ def test_repository_problems_are_export_errors(store: Path, tmp_path: Path) -> N
 
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    with pytest.raises(ExportError, match="cannot write the Triton repository"):
+    with pytest.raises(ExportError, match="is a file, not a folder"):  # was "File exists (a_file)"
         write_repository(a_file, store, ["canon"])
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -302,6 +302,62 @@ def test_every_camera_is_checked_before_any_is_written(store: Path, tmp_path: Pa
         write_repository(repo, store, ["canon"], {"tile": 256})  # type: ignore[arg-type]
 
 
+def test_a_model_name_another_camera_owns_is_refused(store: Path, tmp_path: Path) -> None:
+    """Cameras `x` (prefix adassr_) and `adassr_x` (no prefix) both map to the model adassr_x: the second
+    export became version 2 of the first camera's model, so Triton served the wrong camera's weights."""
+    publish_camera(store, "x", seed=3)
+    publish_camera(store, "adassr_x", seed=4)
+    repo = tmp_path / "repo"
+    (first,) = write_repository(repo, store, ["x"])
+    before = sorted(p.name for p in (repo / "adassr_x").iterdir())
+    with pytest.raises(ExportError, match="serves camera 'x', not 'adassr_x'"):
+        write_repository(repo, store, ["adassr_x"], TritonRepoOptions(prefix=""))
+    assert sorted(p.name for p in (repo / "adassr_x").iterdir()) == before
+    (repo / "adassr_x" / "adassr_versions.json").unlink()  # the config still names the camera
+    with pytest.raises(ExportError, match="serves camera 'x', not 'adassr_x'"):
+        write_repository(repo, store, ["adassr_x"], TritonRepoOptions(prefix=""))
+
+
+def test_a_model_that_cannot_be_written_stops_the_run_before_any_is(store: Path, tmp_path: Path) -> None:
+    """Per-camera checks ran inside the writing loop: 'canon' was written before the next camera's name was
+    found invalid (over 128 characters), and the message did not say why."""
+    publish_camera(store, "z" * 40, seed=3)
+    repo = tmp_path / "repo"
+    with pytest.raises(ExportError, match="over Triton's 128"):
+        write_repository(repo, store, ["canon", "z" * 40], TritonRepoOptions(prefix="p" * 100))
+    assert not repo.exists()
+    repo.mkdir()
+    (repo / "adassr_canon").mkdir()
+    (repo / "adassr_canon" / "adassr_versions.json").write_text("{damaged")  # found while planning
+    with pytest.raises(ExportError, match="not overwritten"):
+        write_repository(repo, store, [FALLBACK_CAMERA, "canon"])
+    assert sorted(p.name for p in repo.iterdir()) == [".adassr.lock", "adassr_canon"]  # no fallback model
+
+
+def test_models_the_store_no_longer_backs_are_named(store: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """After a re-adaptation (exports dropped) or a camera removed, the default run wrote the rest and said
+    nothing: the fleet kept serving the old model, or a camera's model that no longer exists."""
+    import shutil
+
+    from adassr.export.triton_repo import repository_warnings
+
+    publish_camera(store, "gone", seed=6)
+    repo = tmp_path / "repo"
+    write_repository(repo, store)
+    assert repository_warnings(repo, store) == []
+    CameraStore.open(store, "canon").update_manifest(lambda m: m.pop("exports"))  # what re-adapting does
+    shutil.rmtree(store / "gone")
+    CameraStore.open(store, "fresh", create=True).update_manifest(lambda m: None)  # adapted, never exported
+    assert main(["export", "--store", str(store), "--triton-repo", str(repo)]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: camera 'canon' has no export now (adapted again since?): its Triton model still serves the "
+            "earlier export; run `adassr export --camera canon`, then rerun") in err
+    assert "warning: camera 'fresh' has no export, so it has no Triton model" in err
+    assert f"warning: the Triton model 'adassr_gone' serves camera 'gone', which the store no longer has; remove " \
+           f"{repo / 'adassr_gone'}" in err
+
+
 def test_options_must_be_integers_where_config_pbtxt_wants_them() -> None:
     import numpy as np
 
@@ -341,9 +397,9 @@ def test_each_model_is_hashed_once_and_a_file_changed_after_its_check_is_not_pub
     path = CameraStore.open(store, "canon").verified_path("model.onnx")
     original = path.read_bytes()
 
-    def tamper_after_the_check(repo: Path, camera: str, *args: object) -> object:
+    def tamper_after_the_check(plan: object) -> object:
         path.write_bytes(original[:-4] + b"\0\0\0\0")  # another export replaced the file meanwhile
-        return write_model(repo, camera, *args)  # type: ignore[arg-type]
+        return write_model(plan)  # type: ignore[arg-type]
 
     write_model = triton_repo.write_model
     monkeypatch.setattr(triton_repo, "write_model", tamper_after_the_check)
@@ -355,15 +411,15 @@ def test_each_model_is_hashed_once_and_a_file_changed_after_its_check_is_not_pub
     assert sorted(p.name for p in (tmp_path / "repo" / "adassr_canon").iterdir() if p.name.isdigit()) == ["1"]
     assert not [p for p in (tmp_path / "repo" / "adassr_canon").iterdir() if p.name.startswith(".")]
 
-    def reexport_after_the_check(repo: Path, camera: str, *args: object) -> object:
+    def reexport_after_the_check(plan: object) -> object:
         publish_camera(store, "canon", seed=11)  # a new content-addressed file; the checked one is removed
-        return write_model(repo, camera, *args)  # type: ignore[arg-type]
+        return write_model(plan)  # type: ignore[arg-type]
 
     publish_camera(store, "canon", seed=10)  # a sound export again
     monkeypatch.setattr(triton_repo, "write_model", reexport_after_the_check)
     with pytest.raises(ExportError, match="was replaced while the repository was written"):  # was "cannot write
-        write_repository(tmp_path / "repo", store, ["canon"])  # the Triton repository ...; choose a writable folder"
-    assert not [p for p in (tmp_path / "repo" / "adassr_canon").iterdir() if p.name.startswith(".")]
+        write_repository(tmp_path / "repo2", store, ["canon"])  # the Triton repository ...; choose a writable folder"
+    assert not (tmp_path / "repo2").exists()  # no empty model folder (Triton would find a broken model there)
 
 
 def test_cli(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
