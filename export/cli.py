@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adassr.export.triton_repo import PLATFORMS
 from adassr.runtime.store import DEFAULT_STORE, MODEL_PRECISIONS
+
+if TYPE_CHECKING:
+    from adassr.export.tensorrt import EngineOptions
 
 EXPORT_CHOICES = (*MODEL_PRECISIONS, "both", "bf16")  # what --precision accepts (bf16: TensorRT engines only)
 
@@ -72,6 +77,10 @@ def _run_triton(args: argparse.Namespace) -> int:
 
     if args.backbone is not None:
         raise ExportError("--triton-repo publishes existing exports; export the backbone first, then rerun")
+    if getattr(args, "engine", "none") != "none" or args.validation_image is not None:
+        raise ExportError("--triton-repo publishes existing exports and builds nothing: run `adassr export --camera "
+                          "NAME --engine tensorrt` (or with --validation-image) first, then --triton-repo")
+    _refuse_options_of_other_modes(args, parser_defaults(), engine=False, triton=True)
     if args.precision not in ("fp32", "fp16"):
         raise ExportError("--triton-repo publishes one precision per model: use --precision fp32 or fp16")
     options = TritonRepoOptions(
@@ -108,10 +117,13 @@ def run_export(args: argparse.Namespace) -> int:
     if args.precision == "bf16" and engine != "tensorrt":
         raise ConfigError("--precision bf16 exists only for TensorRT engines: add --engine tensorrt, or export "
                           "fp32 / fp16 ONNX")
+    _refuse_options_of_other_modes(args, parser_defaults(), engine=engine == "tensorrt", triton=False)
+    engine_options = None
     if engine == "tensorrt":  # fail before the (minutes long) ONNX export, not after it
         from adassr.runtime.engines.trt import load_tensorrt
         from adassr.runtime.gpu import set_device
 
+        engine_options = _engine_options(args)
         load_tensorrt()
         set_device(args.gpu)
     onnx_precision = "fp32" if args.precision == "bf16" else args.precision
@@ -133,21 +145,68 @@ def run_export(args: argparse.Namespace) -> int:
             f"{record['max_abs_error_vs_torch']:.2g} (tolerance {record['tolerance']:g}), "
             f"export {record['export_time_s']:.1f} s"
         )
-    if engine == "tensorrt":
-        _build_engine(args, result.camera)
+    if engine_options is not None:
+        _build_engine(engine_options, args.store, result.camera)
     return 0
 
 
-def _build_engine(args: argparse.Namespace, camera: str) -> None:
-    from adassr.export.tensorrt import EngineOptions, export_engine
+def _engine_options(args: argparse.Namespace) -> EngineOptions:
+    """The engine's build options (ConfigError naming the option for a bad --tile or --tile-batch)."""
+    from adassr.export.tensorrt import EngineOptions
+    from adassr.runtime.errors import ConfigError
     from adassr.runtime.tiling import TilingOptions
 
     precision = "fp16" if args.precision == "both" else args.precision
-    tiling = TilingOptions(tile=args.tile, overlap=min(32, max(0, (args.tile - 1) // 2)) if args.tile else 0,
-                           batch_size=args.tile_batch)
-    options = EngineOptions(precision=precision, device=args.gpu, optimization_level=args.opt_level,
-                            refit=not args.no_refit, tiling=tiling)
-    result = export_engine(args.store, camera, options)
+    try:
+        tiling = TilingOptions(tile=args.tile, overlap=min(32, max(0, (args.tile - 1) // 2)) if args.tile else 0,
+                               batch_size=args.tile_batch)
+    except ConfigError as exc:
+        raise ConfigError(f"--tile {args.tile} / --tile-batch {args.tile_batch}: {exc}") from None
+    return EngineOptions(precision=precision, device=args.gpu, optimization_level=args.opt_level,
+                         refit=not args.no_refit, tiling=tiling)
+
+
+_ENGINE_OPTIONS = ("gpu", "opt_level", "no_refit", "tile_batch")
+_TRITON_OPTIONS = ("platform", "max_batch", "instances", "instance_kind", "trt_accelerator", "trt_cache_dir",
+                   "trt_profile", "triton_prefix")
+
+
+def parser_defaults() -> dict[str, object]:
+    """``adassr export``'s option defaults, by destination."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_export_arguments(parser)
+    return vars(parser.parse_args([]))
+
+
+def _flag(dest: str) -> str:
+    return {"trt_profile": "--no-trt-profile", "no_refit": "--no-refit"}.get(dest, "--" + dest.replace("_", "-"))
+
+
+def _refuse_options_of_other_modes(args: argparse.Namespace, defaults: Mapping[str, object], *, engine: bool,
+                                   triton: bool) -> None:
+    """ConfigError for an option of a mode this run is not in (it would be ignored without a word)."""
+    from adassr.runtime.errors import ConfigError
+
+    def given(dests: Sequence[str]) -> list[str]:
+        return [_flag(d) for d in dests if getattr(args, d, defaults.get(d)) != defaults.get(d)]
+
+    if not engine:
+        extra = given(_ENGINE_OPTIONS) + ([] if triton else given(("tile",)))
+        if extra:
+            raise ConfigError(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} for TensorRT engines: add "
+                              "--engine tensorrt, or drop " + ("it" if len(extra) == 1 else "them"))
+    if not triton:
+        extra = given(_TRITON_OPTIONS)
+        if extra:
+            raise ConfigError(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} for the Triton repository: "
+                              "add --triton-repo DIR, or drop " + ("it" if len(extra) == 1 else "them"))
+
+
+def _build_engine(options: EngineOptions, store: Path, camera: str) -> None:
+    from adassr.export.tensorrt import export_engine
+
+    precision = options.precision
+    result = export_engine(store, camera, options)
     record = result.record
     how = "reused" if not result.built else ("refitted" if record.base else "built")
     line = (f"{camera}: TensorRT {precision} engine {result.path} {how} for {record.key.gpu} "

@@ -555,6 +555,15 @@ def _safe_name(camera: str, prefix: str) -> str:
         return f"{prefix}{camera}"
 
 
+def _store_camera(root: Path, folder: str) -> CameraStore:
+    """The camera of a store folder that holds a manifest; ExportError when its name is no camera name."""
+    try:
+        return CameraStore.open(root, folder)
+    except CameraError as exc:
+        raise ExportError(f"the store folder {root / folder} holds a manifest, but its name is no camera group name "
+                          f"({exc}); rename it or move it out of the store") from None
+
+
 def _check_apart(repo: Path, store_root: Path) -> None:
     """``ExportError`` when the repository and the store are one folder or one holds the other."""
     a, b = repo.resolve(), store_root.resolve()
@@ -584,7 +593,7 @@ def write_repository(
     if cameras:
         chosen = list(dict.fromkeys(cameras))
     else:
-        chosen = [c for c in list_cameras(root) if (CameraStore.open(root, c).read_manifest().get("exports") or {})]
+        chosen = [c for c in list_cameras(root) if (_store_camera(root, c).read_manifest().get("exports") or {})]
         if not chosen:
             raise ExportError(f"no camera in {root} has an export; run `adassr export` first")
     out = Path(repo).expanduser()

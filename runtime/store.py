@@ -399,6 +399,9 @@ class CameraStore:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
+            if self.camera == FALLBACK_CAMERA:
+                raise StoreError(f"the store has no fallback model ({path} is missing); export it with "
+                                 f"`adassr export --backbone {FALLBACK_BACKBONE}`") from None
             hint = closest_camera_hint(self.camera, list_cameras(self.directory.parent))
             raise StoreError(
                 f"no manifest for camera {self.camera!r} at {path}.{hint} Adapt it with "

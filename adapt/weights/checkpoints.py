@@ -163,7 +163,8 @@ def load_safetensors_weights(
     saved_for = meta.get("backbone")
     if saved_for is not None and saved_for != entry.name:
         raise WeightsError(
-            f"{path} holds weights for backbone {saved_for!r}, not {entry.name!r}; load it with that backbone")
+            f"{path} holds weights for backbone {saved_for!r}, not {entry.name!r} (what asks for it, e.g. a "
+            f"camera's manifest, names the other); load it as {saved_for!r}, or adapt the camera again")
     if meta.get("format") == DELTA_FORMAT:
         from adassr.adapt.weights.delta import rebuild_state
         from adassr.adapt.weights.loader import load_backbone

@@ -22,7 +22,7 @@ from adassr.export.cli import add_export_arguments, run_export
 from adassr.export.crops import bundled_photos, photo_crops, read_rgb, textured_windows
 from adassr.export.errors import ExportError
 from adassr.export.fp16 import FP16_MAX, convert_to_fp16, evaluate_fp16_storage
-from adassr.runtime.errors import AdassrError, StoreError
+from adassr.runtime.errors import AdassrError, ConfigError, StoreError
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -490,6 +490,33 @@ def test_cli_arguments_and_missing_store(tmp_path: Path) -> None:
     assert args.precision == "both" and args.backbone is None
     with pytest.raises(StoreError, match="does not exist"):
         run_export(args)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--camera", "c", "--tile", "-5"], "--tile is for TensorRT engines: add --engine tensorrt"),
+    (["--camera", "c", "--tile-batch", "0", "--gpu", "1"], "--gpu, --tile-batch are for TensorRT engines"),
+    (["--camera", "c", "--trt-accelerator", "--max-batch", "0"], "--max-batch, --trt-accelerator are for the Triton"),
+    (["--triton-repo", "r", "--engine", "tensorrt"], "--triton-repo publishes existing exports and builds nothing"),
+    (["--triton-repo", "r", "--tile-batch", "4"], "--tile-batch is for TensorRT engines"),
+])
+def test_options_of_another_mode_are_refused_not_ignored(argv: list[str], words: str, tmp_path: Path) -> None:
+    """Each of these returned 0 and did nothing with the option."""
+    with pytest.raises(AdassrError, match=words):
+        run_export(_cli([*argv, "--store", str(tmp_path)]))
+
+
+def test_a_bad_engine_tile_is_refused_before_the_onnx_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--engine tensorrt --tile -5 exported and published the ONNX model, then failed on the tile."""
+    import adassr.runtime.engines.trt as trt
+
+    def no_tensorrt() -> None:
+        raise AssertionError("TensorRT was loaded although the tile was bad")
+
+    monkeypatch.setattr(trt, "load_tensorrt", no_tensorrt)
+    make_store(tmp_path)
+    with pytest.raises(ConfigError, match="--tile -5 / --tile-batch 1: tile must be >= 0"):
+        run_export(_cli(["--camera", CAMERA, "--store", str(tmp_path), "--engine", "tensorrt", "--tile", "-5"]))
+    assert "exports" not in _published(tmp_path)[1]
 
 
 @pytest.mark.slow

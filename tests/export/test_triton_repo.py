@@ -358,6 +358,16 @@ def test_models_the_store_no_longer_backs_are_named(store: Path, tmp_path: Path,
            f"{repo / 'adassr_gone'}" in err
 
 
+def test_a_stray_folder_in_the_store_is_named(store: Path, tmp_path: Path) -> None:
+    """It failed with only "invalid camera group name 'Bad Name'", not saying it was a folder of the store."""
+    (store / "Bad Name").mkdir()
+    (store / "Bad Name" / "manifest.json").write_text("{}")
+    with pytest.raises(ExportError, match="the store folder .*Bad Name holds a manifest, but its name is no camera"):
+        write_repository(tmp_path / "repo", store)
+    with pytest.raises(StoreError, match="the store has no fallback model .*--backbone realesrgan-x4plus"):
+        CameraStore.open(tmp_path, FALLBACK_CAMERA).read_manifest()
+
+
 def test_options_must_be_integers_where_config_pbtxt_wants_them() -> None:
     import numpy as np
 
