@@ -61,7 +61,7 @@ def _select(args: argparse.Namespace):
         if args.images is not None:
             raise ConfigError("use either --images DIR (a camera group) or --image PATH (one image), not both")
         return single_image_group(args.image, args.camera)
-    if not args.camera:
+    if not args.camera or not args.camera.strip():
         raise ConfigError("--camera NAME is required (or --image PATH); `adapt --list` shows the groups")
     images = Path(args.images or default_images_dir()).expanduser()
     store = Path(args.store).expanduser()

@@ -481,6 +481,9 @@ def adapt_camera(
     the ``Interrupted`` raised afterwards says the model was published (``kept=True``).
     """
     start = time.perf_counter()
+    # absolute paths: the manifest's image records must not depend on where adapt was started (export
+    # reads them to find a validation photo)
+    group = CameraGroup(group.name, tuple(GroupMember(m.path.absolute(), m.derivation) for m in group.members))
     new_camera = not CameraStore(Path(store_root).expanduser(), group.name).directory.exists()  # names: validated
     store = CameraStore.open(store_root, group.name, create=True)
     try:

@@ -221,6 +221,19 @@ def _head(p: Path, n: int = 64) -> bytes:
         raise ImageError(f"{p}: cannot read the file ({e.strerror})") from e
 
 
+def _starts_like_tiff(source: Path | io.BytesIO) -> bool:
+    """Whether the bytes begin with a TIFF header (``II*\\0`` or ``MM\\0*``; BigTIFF too)."""
+    try:
+        if isinstance(source, io.BytesIO):
+            head = source.getvalue()[:4]
+        else:
+            with open(source, "rb") as fh:
+                head = fh.read(4)
+    except OSError:
+        return False
+    return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 @contextmanager
 def _open_header(p: Path, source: Path | io.BytesIO | None = None) -> Iterator[ImageFile.ImageFile]:
     """Open with Pillow (header only) and close afterwards; every failure is an ImageError.
@@ -245,6 +258,11 @@ def _open_header(p: Path, source: Path | io.BytesIO | None = None) -> Iterator[I
     except PermissionError as e:
         raise ImageError(f"{p}: permission denied; check the file's permissions") from e
     except UnidentifiedImageError as e:
+        if _starts_like_tiff(p if source is None else source):
+            raise ImageError(
+                f"{p}: a TIFF whose pixel layout the decoder does not take (32-bit float or integer colour, or "
+                "an unusual sample layout or compression); convert it to an 8- or 16-bit grey or RGB image first"
+            ) from e
         raise ImageError(
             f"{p}: not a readable image (supported: {', '.join(READ_FORMATS)}); the file is "
             "another format, damaged, or not an image"

@@ -174,6 +174,23 @@ def test_bad_settings_fail_before_the_set_up(tiny: BackboneRegistry, camera_dir:
                      registry=tiny)
 
 
+def test_the_manifest_records_absolute_image_paths(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`adapt --images photos` recorded 'photos/nokia/crop.png': export, started elsewhere, could not find
+    the camera's validation photo from it."""
+    import json
+
+    monkeypatch.chdir(camera_dir.parent)
+    group = select_group(Path(camera_dir.name), "nokia")
+    assert not group.members[0].path.is_absolute()
+    config = cpu_demo_defaults().with_overrides(steps=1, eval_every=1, lr_patch=12, eval_crop=48,
+                                                lambda_perceptual=0, feature_bank=4)
+    adapt_camera(group, config, store_root=tmp_path, backbone_name="tiny", registry=tiny)
+    manifest = json.loads((tmp_path / "nokia" / "manifest.json").read_text())
+    paths = [m["path"] for m in manifest["images"]] + manifest["pairs"]["images_used"]
+    assert paths and all(Path(p).is_absolute() and Path(p).is_file() for p in paths)
+
+
 def test_more_tail_blocks_than_the_backbone_has_is_said(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          caplog: pytest.LogCaptureFixture) -> None:

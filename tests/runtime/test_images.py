@@ -485,6 +485,10 @@ def test_32bit_modes_are_refused(tmp_path: Path, dtype: type) -> None:
     with pytest.raises(ImageError, match="unsupported pixel mode") as err:
         read_image(path)
     assert str(path) in str(err.value)
+    colour = tmp_path / "rgb.tif"  # a colour float TIFF the decoder cannot even open: it was "not an image"
+    cv2.imwrite(str(colour), np.zeros((4, 6, 3), dtype))
+    with pytest.raises(ImageError, match="a TIFF whose pixel layout the decoder does not take"):
+        read_image(colour)
 
 
 # ----------------------------------------------------------------------------- bad input
