@@ -522,6 +522,8 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
         kept = _current_model_stays(store, tx.previous, backbone, base_state, inputs, result, config,
                                     device=compute.device)
         if kept is not None:
+            if result.interrupted is not None:  # --keep-on-interrupt, but the current model is better
+                raise Interrupted(result.interrupted, note=kept.reason)
             return _kept_outcome(store, group.name, tx.previous, result, kept, start)
         record = _stage_artifacts(tx, _Run(group, config, backbone, base_state, compute, start), inputs, result)
         try:

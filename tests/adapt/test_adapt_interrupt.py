@@ -95,6 +95,25 @@ def test_keep_on_interrupt_publishes_the_best_evaluated_weights(setup: tuple[Bac
     store.verified_path("adapted.safetensors", manifest)
 
 
+def test_keep_on_interrupt_keeps_a_current_model_that_scores_better(setup: tuple[BackboneRegistry, Path],
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signal still ends the run (130 / 143) when the current model stays: it must not look like a
+    completed run that exits 0."""
+    import adassr.adapt.loop as loop
+
+    registry, images = setup
+    before = _previous_model(tmp_path, registry, images)
+    real = loop.evaluate_model
+    monkeypatch.setattr(loop, "evaluate_model", lambda *a, **k: [s - 5.0 for s in real(*a, **k)])
+    with pytest.raises(Interrupted) as info, catch_interrupts():
+        adapt_camera(select_group(images, "nokia"), CONFIG, store_root=tmp_path, backbone_name="tiny",
+                     registry=registry, progress=_signal_at(3, signal.SIGTERM), keep_on_interrupt=True)
+    assert info.value.exit_code == 143 and not info.value.kept
+    assert info.value.note is not None and "the camera's current model scores NIQE" in info.value.note
+    assert CameraStore.open(tmp_path, "nokia").manifest_path.read_text() == before
+
+
 def test_cli_exit_codes_and_message(setup: tuple[BackboneRegistry, Path], tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import functools
