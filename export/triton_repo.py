@@ -543,8 +543,9 @@ def repository_warnings(repo: str | os.PathLike[str], store_root: str | os.PathL
         except ExportError:
             continue
         if owner is not None and owner not in known:
-            warnings.append(f"the Triton model {model_dir.name!r} serves camera {owner!r}, which the store no longer "
-                            f"has; remove {model_dir} to stop serving it")
+            warnings.append(f"the Triton model {model_dir.name!r} serves camera {owner!r}, which this store does not "
+                            f"have (any more); unless another store writes it into this repository, remove "
+                            f"{model_dir} to stop serving it")
     return warnings
 
 
@@ -615,7 +616,7 @@ def write_repository(
                 plans = [plan_model(out, source, opts) for source in sources]  # every check before any write
                 return [write_model(plan) for plan in plans]
         except BaseException:
-            if created:  # a repository this run made and left without a model: gone again
+            if created and {p.name for p in out.iterdir()} == {LOCK_FILE}:  # made by this run, left empty
                 with contextlib.suppress(OSError):
                     (out / LOCK_FILE).unlink()
                     out.rmdir()

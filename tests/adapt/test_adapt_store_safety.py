@@ -65,6 +65,11 @@ def test_images_pointing_at_the_store_are_refused_and_store_folders_are_no_group
         assert "the model store --store" in capsys.readouterr().err
     scan = scan_groups(tmp_path / "models")  # `adapt --list --images <store>`: no group, and why
     assert scan.groups == {} and "camera folder of a model store" in scan.skipped[0].reason
+    photos = tmp_path / "photos" / "nikon"  # a dataset tool's manifest.json beside photos: still a group
+    photos.mkdir(parents=True)
+    write_image(photos / "a.png", np.full((40, 40, 3), 90, np.uint8))
+    (photos / "manifest.json").write_text('{"files": ["a.png"]}')
+    assert set(scan_groups(tmp_path / "photos").groups) == {"nikon"}
 
 
 def test_weights_are_written_once_not_through_a_nested_atomic_write(

@@ -149,8 +149,38 @@ def test_a_re_run_never_replaces_a_better_current_model(tiny: BackboneRegistry, 
     monkeypatch.setattr(loop, "evaluate_model", lambda *a, **k: [s - 5.0 for s in real(*a, **k)])
     better_current = adapt_camera(group, config.with_overrides(seed=3), store_root=tmp_path, backbone_name="tiny",
                                   registry=tiny)  # an adapted result, but the current model scores better
-    assert better_current.kept_current and "better than this run's adapted weights'" in better_current.stop_reason
+    assert better_current.kept_current and "beats this run's adapted weights'" in better_current.stop_reason
     assert store.manifest_path.read_bytes() == manifest
+    replaced = adapt_camera(group, config.with_overrides(seed=3), store_root=tmp_path, backbone_name="tiny",
+                            registry=tiny, replace=True)  # --replace: the result is published anyway
+    assert not replaced.kept_current and store.manifest_path.read_bytes() != manifest
+
+
+def test_against_a_kept_backbone_the_current_model_has_the_early_stop_s_margin(
+        tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The early stop keeps adapted weights unless they are worse than the backbone by more than
+    --backbone-margin; a re-run that kept the backbone holds the current model to the same rule (the
+    margin was applied the other way, so a model the early stop would keep was replaced)."""
+    import json
+
+    import adassr.adapt.loop as loop
+
+    torch.set_num_threads(1)
+    config = cpu_demo_defaults().with_overrides(steps=4, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4, precision="fp32",
+                                                backbone_margin=0.1)
+    group = select_group(camera_dir, "nokia")
+    adapt_camera(group, config, store_root=tmp_path, backbone_name="tiny", registry=tiny)
+    store = CameraStore.open(tmp_path, "nokia")
+    first = store.read_manifest()
+    assert not first["kept_backbone"]
+    backbone_scores = [p["niqe_before"] for p in first["per_image"]]
+    for worse_by, stays in ((0.05, True), (0.2, False)):
+        monkeypatch.setattr(loop, "evaluate_model", lambda *a, d=worse_by, **k: [b + d for b in backbone_scores])
+        outcome = adapt_camera(group, config.with_overrides(lr=1e10), store_root=tmp_path, backbone_name="tiny",
+                               registry=tiny)  # this run keeps the backbone
+        assert outcome.kept_current is stays, worse_by
+    assert json.loads(store.manifest_path.read_text())["kept_backbone"]  # replaced by the backbone at last
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -497,7 +497,10 @@ def test_cli_arguments_and_missing_store(tmp_path: Path) -> None:
     (["--camera", "c", "--tile-batch", "0", "--gpu", "1"], "--gpu, --tile-batch are for TensorRT engines"),
     (["--camera", "c", "--trt-accelerator", "--max-batch", "0"], "--max-batch, --trt-accelerator are for the Triton"),
     (["--triton-repo", "r", "--engine", "tensorrt"], "--triton-repo publishes existing exports and builds nothing"),
-    (["--triton-repo", "r", "--tile-batch", "4"], "--tile-batch is for TensorRT engines"),
+    (["--camera", "c", "--engine", "tensorrt", "--max-batch", "4"], "an engine build does not write: run `adassr "
+                                                                   "export --triton-repo DIR ...` after it"),
+    (["--triton-repo", "r", "--tile-batch", "4"], "--tile-batch is for building TensorRT engines, which "
+                                                  "--triton-repo does not do: build the engine first"),
 ])
 def test_options_of_another_mode_are_refused_not_ignored(argv: list[str], words: str, tmp_path: Path) -> None:
     """Each of these returned 0 and did nothing with the option."""
