@@ -327,7 +327,9 @@ def adapt_group(images: dict[str, np.ndarray], name: str, config: Any, work: Pat
         if on_event is not None:
             on_event(event)
 
-    outcome = adapt_camera(group, config, store_root=work / "store", progress=progress)
+    # replace: every run is scored on its own result (a camera's current model, from an earlier seed or
+    # variant, must not stand in for it)
+    outcome = adapt_camera(group, config, store_root=work / "store", progress=progress, replace=True)
     return outcome, trace
 
 
@@ -704,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
 
             start = time.perf_counter()
             group = select_group(default_images_dir(), name)
-            outcome = adapt_camera(group, config, store_root=work / "real-store")
+            outcome = adapt_camera(group, config, store_root=work / "real-store", replace=True)
             result.setdefault("real_groups", {})[name] = {
                 "images": len(group.members), "niqe_before": outcome.niqe_before, "niqe_after": outcome.niqe_after,
                 "steps": outcome.steps, "stop_reason": outcome.stop_reason, "kept_backbone": outcome.kept_backbone,
