@@ -527,18 +527,13 @@ def test_slow_body_gets_408(store: Path) -> None:
     config = _config(store, limits=Limits(body_timeout_s=0.5))
     with running_server(config) as live:
         sock = _raw_request(live.url, image, send_body=100)
-        sock.settimeout(10)
-        reply = b""
-        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+        reply = _reply(sock)
         sock.close()
         assert reply.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in reply
 
 
 def _reply(sock: socket.socket) -> bytes:
+    """The server's whole reply to a raw request (headers and a JSON body)."""
     sock.settimeout(10)
     reply = b""
     while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
