@@ -43,7 +43,7 @@ from adassr.runtime.errors import BackendError, ConfigError, ImageTooLargeError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import PRECISIONS, RouteDecision, resolve_model
 from adassr.runtime.store import FALLBACK_BACKBONE
-from adassr.runtime.tiling import InferFn, TilingOptions, run_tiles
+from adassr.runtime.tiling import InferFn, TilingOptions, check_positive_int, plan_tiles, run_tiles
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -178,10 +178,13 @@ def upscale_pixels(
     ``max_output_pixels`` before anything large is allocated (ImageTooLargeError), and by
     ``check_output`` (e.g. the output format's size limit) before any tile runs.
     """
+    scale = check_positive_int("scale", scale)  # before the output is allocated
+    if not isinstance(tiling, TilingOptions):
+        raise ConfigError(f"tiling must be a TilingOptions, got {type(tiling).__name__}")
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
         raise ConfigError(f"pixels must be H x W x 1 or H x W x 3, got shape {pixels.shape}")
     if pixels.dtype not in (np.uint8, np.uint16):
-        raise ConfigError(f"pixels must be uint8 or uint16, got {pixels.dtype}")
+        raise ConfigError(f"pixels must be uint8 or uint16 in the machine's byte order, got {pixels.dtype}")
     check_outscale(outscale)
     factor = float(scale if outscale is None else outscale)
     h, w, channels = pixels.shape
@@ -274,6 +277,8 @@ class RuntimeOptions:
     backbone: str = FALLBACK_BACKBONE
 
     def __post_init__(self) -> None:
+        if not isinstance(self.store, (str, os.PathLike)):
+            raise ConfigError(f"store must be a folder path (str or pathlib.Path), got {type(self.store).__name__}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         check_outscale(self.outscale)
@@ -389,6 +394,7 @@ class Upscaler:
         first = check_store_serves(self.options.store, camera=camera)
         route = resolve_model(self.options.store, camera=camera if camera is not None else first,
                               precision=self.options.precision, verify=False)
+        plan_tiles(1, 1, self.options.tiling, multiple_of=route.multiple_of)  # a tile the model cannot take: now
         self.backend_for(route)
         return route
 

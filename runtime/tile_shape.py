@@ -10,7 +10,8 @@ tile (any aspect ratio, rounded up to ``multiple_of``) whose neighbours overlap 
 ``overlap``; among the grids whose tiles hold at most ``max_pixels`` input pixels it keeps the one
 with the fewest total pixels (ties: fewer tiles). The whole canvas is one tile when it fits.
 
-``max_pixels`` bounds the memory of one model call. :func:`auto_max_tile_pixels` derives it from
+``max_pixels`` bounds the memory of one tile (:func:`tiling_options` divides the budget of one
+model call by the tiles a call takes, ``--tile-batch``). :func:`auto_max_tile_pixels` derives it from
 the memory available now: half of ``MemAvailable`` divided by the activation memory per input
 pixel (RRDBNet x4 in onnxruntime fp32 peaks at about 16 kB per input pixel, docs/performance.md:
 64 channels at 16 output pixels, a few tensors alive at once), clamped to [128 x 128, 512 x 512]
@@ -42,15 +43,18 @@ def _axis_tiles(canvas: int, overlap: int, multiple_of: int) -> list[tuple[int, 
     """``(count, tile)`` along one axis, fewest tiles first: for each count, the smallest tile that
     covers ``canvas`` with neighbours sharing ``overlap`` pixels (``count`` as the planner will use it)."""
     out = [(1, canvas)]
+    smallest = _round_up(2 * overlap + 1, multiple_of)  # a tile must be more than twice the overlap
     for wanted in range(2, canvas + 1):
-        tile = _round_up(math.ceil((canvas + (wanted - 1) * overlap) / wanted), multiple_of)
-        if tile <= 2 * overlap:
-            break
+        tile = max(smallest, _round_up(math.ceil((canvas + (wanted - 1) * overlap) / wanted), multiple_of))
         if tile >= canvas:
+            if tile == smallest:
+                break
             continue
         count = math.ceil((canvas - overlap) / (tile - overlap))
         if (count, tile) not in out:
             out.append((count, tile))
+        if tile == smallest:  # more tiles cannot be smaller
+            break
     return out
 
 
@@ -74,9 +78,7 @@ def choose_tile_shape(
     cols = _axis_tiles(canvas_width, overlap, multiple_of)
     best: tuple[int, int, int, int] | None = None  # (total pixels, tiles, th, tw)
     for n_r, th in rows:
-        # More columns than the fewest that fit only add overlap; look a few further for rounding.
-        fitting = [(n_c, tw) for n_c, tw in cols if th * tw <= max_pixels][:3]
-        for n_c, tw in fitting:
+        for n_c, tw in ((n_c, tw) for n_c, tw in cols if th * tw <= max_pixels):
             key = (n_r * th * n_c * tw, n_r * n_c, th, tw)
             if best is None or key < best:
                 best = key
@@ -132,9 +134,10 @@ def tile_argument(text: str) -> str | int:
 
 def tiling_options(tile: str | int, *, overlap: int, pre_pad: int, batch_size: int, pad_to_tile: bool) -> TilingOptions:
     """TilingOptions for a ``--tile`` value: ``auto`` gets the memory-derived pixel budget."""
-    if tile == AUTO_TILE:
+    if tile == AUTO_TILE:  # the budget is per model call, which takes batch_size tiles
+        budget = max(MIN_AUTO_TILE_PIXELS, auto_max_tile_pixels() // max(1, batch_size))
         return TilingOptions(overlap=overlap, pre_pad=pre_pad, batch_size=batch_size, pad_to_tile=pad_to_tile,
-                             max_tile_pixels=auto_max_tile_pixels())
+                             max_tile_pixels=budget)
     if not isinstance(tile, int):
         raise ConfigError(f"--tile must be 'auto' or a whole number of pixels, got {tile!r}")
     return TilingOptions(tile=tile, overlap=overlap, pre_pad=pre_pad, batch_size=batch_size, pad_to_tile=pad_to_tile)

@@ -8,7 +8,8 @@ How an image is cut (:func:`plan_tiles` computes it, one pure function):
    matching ``scale * pre_pad`` border is cropped from the output. Border pixels then get
    real-looking context instead of the convolutions' zero padding (Real-ESRGAN's inference script
    pads only the bottom and right edges by 10; we pad all four). Untiled inference uses the same
-   pre-padding, so tiled and untiled outputs differ only by the overlap error.
+   pre-padding, so tiled and untiled outputs differ only by the overlap error (and, with a
+   ``pre_pad`` below the model's receptive field, at borders padded further; see the exactness rule).
 2. The padded image (the *canvas*) is rounded up to ``multiple_of`` (a model size requirement,
    spandrel's ``SizeRequirements``) and, with ``pad_to_tile``, up to the tile size: an image
    smaller than one tile is reflect-padded to the tile, so that every inference call has the same
@@ -29,6 +30,11 @@ How an image is cut (:func:`plan_tiles` computes it, one pure function):
 Exactness rule: a model whose receptive-field radius is at most ``3/8 * overlap`` gives tiled output
 equal to untiled output (to float rounding); the tests check this (within 1/255) with a tiny
 convolutional model of radius 10 at overlap 32, and that the same model shows seams at overlap 0.
+Where the canvas is padded beyond ``pre_pad`` (``pad_to_tile`` on an axis shorter than a tile, or
+rounding to ``multiple_of``), the bottom and right borders see reflected content there instead of
+the model's own zero padding, so the rule also needs a radius of at most ``pre_pad`` (with a smaller
+``pre_pad`` the untiled and the padded tiled run differ at those borders, up to 145/255 with the
+tiny model at ``pre_pad`` 0).
 
 Defaults (``TilingOptions``): ``tile=512``, ``overlap=32``, ``pre_pad=10``, ``batch_size=1``.
 
@@ -94,7 +100,7 @@ class TilingOptions:
             raise ConfigError(f"tile must be >= 0 (0 = untiled), got {self.tile}")
         if self.overlap < 0:
             raise ConfigError(f"tile overlap must be >= 0, got {self.overlap}")
-        if self.tile and self.tile <= 2 * self.overlap:
+        if self.tile and self.max_tile_pixels is None and self.tile <= 2 * self.overlap:  # tile unused otherwise
             raise ConfigError(
                 f"tile overlap {self.overlap} is too large for tile {self.tile}: it must be less than "
                 f"half the tile; use --tile-overlap <= {max(0, (self.tile - 1) // 2)} or a larger --tile"
@@ -163,6 +169,14 @@ class TilePlan:
                 yield i, j, y, x
 
 
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` as an ``int`` when it is a whole number >= 1 (numpy's too); ConfigError otherwise (a
+    float or a bool is refused: ``True`` would be taken as 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -190,10 +204,11 @@ def plan_tiles(
     multiple_of: int = 1,
 ) -> TilePlan:
     """Compute the tile plan for an ``height x width`` image (pure arithmetic, no pixels)."""
+    if not isinstance(options, TilingOptions):
+        raise ConfigError(f"options must be a TilingOptions, got {type(options).__name__}")
     if height < 1 or width < 1:
         raise ShapeError("image", (height, width), "at least 1 x 1 pixels")
-    if multiple_of < 1:
-        raise ConfigError(f"multiple_of must be >= 1, got {multiple_of}")
+    multiple_of = check_positive_int("multiple_of", multiple_of)
     if options.max_tile_pixels is None and options.tile and options.tile % multiple_of:
         raise ConfigError(
             f"tile {options.tile} is not a multiple of {multiple_of}, which this model requires; "
@@ -425,9 +440,8 @@ def run_tiles(
     ``progress(done_tiles, total_tiles)`` is called once with 0 before the first batch (so that a
     progress bar's clock includes the first tile) and after each batch.
     """
+    scale = check_positive_int("scale", scale)
     convert = _float_converter(image, to_float)
-    if scale < 1:
-        raise ConfigError(f"scale must be >= 1, got {scale}")
     h, w = image.shape[:2]
     plan = plan_tiles(h, w, options, multiple_of=multiple_of)
     th, tw = plan.tile_shape
@@ -472,8 +486,9 @@ def upscale_tiled(
         raise ConfigError(f"the image must be float in [0, 1] (the model's input), got {image.dtype}; divide 8-bit "
                           "levels by 255 and 16-bit ones by 65535 (or use adassr.runtime.pipeline.upscale_pixels, "
                           "which takes them as they are)")
+    scale = check_positive_int("scale", scale)
     h, w = image.shape[:2]
-    out = np.empty((h * max(scale, 1), w * max(scale, 1), 3), dtype=np.float32)
+    out = np.empty((h * scale, w * scale, 3), dtype=np.float32)
 
     def sink(y: int, x: int, block: np.ndarray) -> None:
         out[y : y + block.shape[0], x : x + block.shape[1]] = block

@@ -11,7 +11,7 @@ _MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 
 def to_float32(a: np.ndarray) -> np.ndarray:
     """uint8 or uint16 -> float32 in [0, 1] (divided by 255 or 65535); a new array."""
-    peak = _MAX.get(a.dtype)
+    peak = _MAX.get(a.dtype.newbyteorder("="))  # a big-endian uint16 (from a file) is uint16 too
     if peak is None:
         raise ImageError(f"to_float32 expects uint8 or uint16 pixels, got {a.dtype}")
     return a.astype(np.float32) / np.float32(peak)

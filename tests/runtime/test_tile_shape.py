@@ -62,6 +62,48 @@ def test_impossible_budget_names_the_fix() -> None:
         TilingOptions(max_tile_pixels=0)
 
 
+def _least_work(canvas_h: int, canvas_w: int, budget: int, overlap: int) -> int | None:
+    """Exhaustive search: the least work of any tile shape within ``budget`` (None when none fits)."""
+    def counts(canvas: int) -> dict[int, int]:
+        found = {canvas: 1}
+        for tile in range(2 * overlap + 1, canvas):
+            found[tile] = -(-(canvas - overlap) // (tile - overlap))
+        return found
+
+    rows, cols = counts(canvas_h), counts(canvas_w)
+    works = [rows[th] * th * cols[tw] * tw for th in rows for tw in cols if th * tw <= budget]
+    return min(works) if works else None
+
+
+def test_the_tile_shape_is_the_least_work_an_exhaustive_search_finds() -> None:
+    """The chooser stopped before the smallest tile that keeps the overlap (a 48 x 159 canvas at overlap
+    16 was refused although 33-pixel tiles fit 1500 pixels) and looked at only three column counts."""
+    assert choose_tile_shape(48, 159, max_pixels=1500, overlap=16) == (33, 45)
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        h, w, overlap = int(rng.integers(1, 90)), int(rng.integers(1, 90)), int(rng.integers(0, 20))
+        budget = int(rng.integers(1, 3000))
+        best = _least_work(h, w, budget, overlap)
+        if best is None:
+            with pytest.raises(ConfigError):
+                choose_tile_shape(h, w, max_pixels=budget, overlap=overlap)
+            continue
+        th, tw = choose_tile_shape(h, w, max_pixels=budget, overlap=overlap)
+        n_r = 1 if th >= h else -(-(h - overlap) // (th - overlap))
+        n_c = 1 if tw >= w else -(-(w - overlap) // (tw - overlap))
+        assert th * tw <= budget and n_r * th * n_c * tw == best, (h, w, overlap, budget)
+
+
+def test_auto_tiles_share_the_budget_of_one_call_with_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--tile-batch 4 sent four tiles of the whole budget per call: four times the memory budget."""
+    import adassr.runtime.tile_shape as tile_shape
+
+    monkeypatch.setattr(tile_shape, "auto_max_tile_pixels", lambda available=None: 400_000)
+    budgets = [tile_shape.tiling_options("auto", overlap=32, pre_pad=10, batch_size=b, pad_to_tile=False)
+               .max_tile_pixels for b in (1, 4, 100)]
+    assert budgets == [400_000, 100_000, MIN_AUTO_TILE_PIXELS]  # never below the smallest useful tile
+
+
 def test_auto_stitches_a_pixelwise_model_exactly() -> None:
     rng = np.random.default_rng(0)
     img = rng.random((97, 181, 3), dtype=np.float32)

@@ -195,6 +195,17 @@ def test_tiled_equals_untiled_within_one_level(crop: tuple, tiny_infer) -> None:
         assert np.abs(tiled - untiled).max() <= 1 / 255
 
 
+def test_padded_tiles_equal_untiled_when_pre_pad_covers_the_receptive_field(tiny_infer) -> None:
+    """An image smaller than the tile, padded to it (static engines): the extra padding is reflected, so
+    the borders match untiled only with pre_pad >= the receptive-field radius (the documented rule)."""
+    img = _photo("chelsea.png", 0, 0, 40, 50)
+    for pre_pad, exact in ((RF_RADIUS, True), (0, False)):
+        untiled = upscale_tiled(img, tiny_infer, scale=SCALE, options=TilingOptions(tile=0, pre_pad=pre_pad))
+        padded = upscale_tiled(img, tiny_infer, scale=SCALE, options=TilingOptions(tile=96, overlap=32,
+                                                                                   pre_pad=pre_pad))
+        assert bool(np.abs(padded - untiled).max() <= 1 / 255) == exact, pre_pad
+
+
 def test_without_overlap_the_seams_show(tiny_infer) -> None:
     """Control: the equivalence test above can fail (the model's receptive field crosses tiles)."""
     img = _photo(*CROPS[0])
@@ -231,3 +242,29 @@ def test_no_seam_on_the_10mp_fujifilm_photo(tiny_infer) -> None:
     Image.fromarray((crop * 255 + 0.5).astype(np.uint8)).save(ARTIFACTS / "fujifilm_tile_corner_x4.png")
     amplified = np.clip(diff[row - 128 : row + 128, seam - 128 : seam + 128] * 255 * 50, 0, 255)
     Image.fromarray(amplified.astype(np.uint8)).save(ARTIFACTS / "fujifilm_tile_corner_diff_x50.png")
+
+
+def test_bad_scale_multiple_of_and_options_are_typed_errors() -> None:
+    """They raised ValueError, TypeError, IndexError or AttributeError, or took True for a scale of 1."""
+    from adassr.runtime.errors import ConfigError
+    from adassr.runtime.images.convert import to_float32
+    from adassr.runtime.pipeline import RuntimeOptions, upscale_pixels
+
+    image = np.zeros((10, 12, 3), np.float32)
+    double = lambda b: b.repeat(2, axis=2).repeat(2, axis=3)  # noqa: E731
+    for scale in (-1, 0, 2.0, True):
+        with pytest.raises(ConfigError, match="scale must be a whole number >= 1"):
+            upscale_tiled(image, double, scale=scale, options=TilingOptions(tile=0))  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="scale must be a whole number >= 1"):
+            upscale_pixels(np.zeros((10, 12, 3), np.uint8), double, scale=scale,  # type: ignore[arg-type]
+                           tiling=TilingOptions(tile=0))
+    with pytest.raises(ConfigError, match="multiple_of must be a whole number >= 1"):
+        upscale_tiled(image, double, scale=2, options=TilingOptions(tile=0), multiple_of=2.0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="must be a TilingOptions"):
+        upscale_pixels(np.zeros((10, 12, 3), np.uint8), double, scale=2, tiling=None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="store must be a folder path"):
+        RuntimeOptions(store=None)  # type: ignore[arg-type]
+    # an overlap too large for the unused fixed tile is no error when the tile shape is automatic
+    assert TilingOptions(overlap=300, max_tile_pixels=10**6).overlap == 300
+    big_endian = np.full((2, 2), 65535, dtype=">u2")
+    assert to_float32(big_endian).max() == 1.0  # read from a big-endian file: it is uint16 too

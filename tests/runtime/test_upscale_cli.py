@@ -480,6 +480,18 @@ def test_an_output_name_with_an_unknown_suffix_is_a_folder_with_a_note(store: Pa
     assert code == 0 and "note:" not in err  # a folder name without a suffix needs no note
 
 
+def test_a_tile_the_model_cannot_take_is_one_error_before_any_image(store: Path, tmp_path: Path) -> None:
+    """A camera whose model needs sizes divisible by 4 with --tile 66 failed every image on its own (exit 1)."""
+    from adassr.runtime.store import CameraStore
+
+    CameraStore.open(store, "canon").update_manifest(lambda m: m["exports"]["onnx"].update(multiple_of=4))
+    folder = _two_small_pngs(tmp_path / "in")
+    with pytest.raises(ConfigError, match="tile 66 is not a multiple of 4, which this model requires; use --tile 68"):
+        _run("-i", str(folder), "-o", str(tmp_path / "out"), "--store", str(store), "--camera", "canon",
+             "--tile", "66", "--tile-overlap", "8", "--no-progress")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 def test_jpg_and_jpeg_are_one_format(tmp_path: Path) -> None:
     """`-o y.jpg --ext jpeg` was refused as a contradiction."""
     source = tmp_path / "a.png"
