@@ -68,7 +68,13 @@ def export_camera_on_first_use(options: RuntimeOptions, *, camera: str | None) -
         f"(first use only; same as `adassr export --camera {camera} --store {store}`)...",
         file=sys.stderr, flush=True,
     )
-    export_camera(store, camera, precision="fp32")
+    # another process's first use may be exporting it now: wait for it, and take its export when it is done
+    export_camera(store, camera, precision="fp32", lock_timeout_s=FIRST_USE_WAIT_S, if_missing=True)
+
+
+FIRST_USE_WAIT_S = 900.0
+"""How long a first-use export waits for another process exporting the same model (the full backbone
+exports in 13-60 s on 2 CPU cores; a slow disk or a busy machine takes longer)."""
 
 
 def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None:
@@ -96,7 +102,8 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
     )
     # fp32 only: it serves fp16 requests too (the router says so); `adassr export` makes fp16.
     validation = None if bundled_photos() else sample
-    export_fallback(store, options.backbone, precision="fp32", validation_image=validation)
+    export_fallback(store, options.backbone, precision="fp32", validation_image=validation,
+                    lock_timeout_s=FIRST_USE_WAIT_S, if_missing=True)  # another first use may be exporting it
 
 
 def require_named_store(options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None:

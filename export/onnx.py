@@ -545,10 +545,26 @@ def _fp16_extra(precisions: Sequence[str]) -> list[ValidationInput]:
     return [extra] if extra is not None else []
 
 
+def _current_exports(manifest: Mapping[str, Any], precisions: Sequence[str], digest: object) -> dict[str, Any] | None:
+    """The manifest's export records for ``precisions`` when every one is there and made from the weights
+    ``digest``; None otherwise."""
+    exports = manifest.get("exports") or {}
+    keys = ["onnx_fp16" if p == "fp16" else "onnx" for p in precisions]
+    found = {k: exports[k] for k in keys if isinstance(exports.get(k), Mapping)}
+    if len(found) == len(keys) and all(r.get("weights_sha256") == digest for r in found.values()):
+        return dict(found)
+    return None
+
+
 def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision: str = "fp32",
                   validation_image: str | os.PathLike[str] | None = None,
-                  registry: BackboneRegistry | None = None) -> ExportResult:
-    """Export ``<store>/<camera>/adapted.safetensors`` (sha256-checked) to ONNX and publish it."""
+                  registry: BackboneRegistry | None = None, lock_timeout_s: float = 0.0,
+                  if_missing: bool = False) -> ExportResult:
+    """Export ``<store>/<camera>/adapted.safetensors`` (sha256-checked) to ONNX and publish it.
+
+    ``lock_timeout_s``: how long to wait for another writer of the camera (default: fail at once).
+    ``if_missing``: once the lock is held, return the camera's exports as they are when they already
+    are of its current weights (another process exported them meanwhile: a first-use export)."""
     from adassr.adapt.weights import load_safetensors_weights
     from adassr.runtime.store import ADAPTED_WEIGHTS as WEIGHTS_FILE
 
@@ -559,11 +575,14 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
     store = CameraStore.open(store_root, camera)
     if not store.exists():
         store.read_manifest()  # StoreError naming the camera and what to run first
-    with store.transaction() as tx:
+    with store.transaction(timeout_s=lock_timeout_s) as tx:
         manifest = tx.manifest
         backbone = manifest.get("backbone")
         name = backbone.get("name") if isinstance(backbone, Mapping) else None
         digest, scale = manifest.get("weights_sha256"), manifest.get("scale")
+        existing = _current_exports(manifest, precisions, digest) if if_missing else None
+        if existing is not None:
+            return ExportResult(store.camera, store.directory, existing)
         if not isinstance(name, str) or not isinstance(digest, str) or not isinstance(scale, int):
             raise StoreError(
                 f"{store.manifest_path} lacks backbone.name, weights_sha256 or scale (written by adapt); "
@@ -587,12 +606,15 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
 
 
 def export_loaded_fallback(store_root: str | os.PathLike[str], loaded: LoadedBackbone, *, precision: str = "fp32",
-                           validation_image: str | os.PathLike[str] | None = None) -> ExportResult:
+                           validation_image: str | os.PathLike[str] | None = None, lock_timeout_s: float = 0.0,
+                           if_missing: bool = False) -> ExportResult:
     """Export an unadapted backbone as the fallback model into ``<store>/_fallback/``.
 
     The weights digest recorded is the model's as it is now (computed, about 0.05 s for RRDBNet), not
     ``loaded.weights_sha256``: a model changed after loading would otherwise be published under the
-    digest of the weights it was loaded with. A failure leaves no new, empty ``_fallback`` folder."""
+    digest of the weights it was loaded with. A failure leaves no new, empty ``_fallback`` folder.
+    ``lock_timeout_s`` and ``if_missing`` as in :func:`export_camera` (an export of the same backbone
+    weights found once the lock is held is returned as it is)."""
     from adassr.adapt.weights import state_dict_sha256
 
     precisions = resolve_precisions(precision)
@@ -600,7 +622,10 @@ def export_loaded_fallback(store_root: str | os.PathLike[str], loaded: LoadedBac
     identity = ModelIdentity(FALLBACK_CAMERA, loaded.entry.name, loaded.scale, digest)
     photo = find_validation_photo((), validation_image)  # before the store is touched
     store = CameraStore.open(store_root, FALLBACK_CAMERA, create=True)
-    with _removed_if_left_empty(store), store.transaction() as tx:
+    with _removed_if_left_empty(store), store.transaction(timeout_s=lock_timeout_s) as tx:
+        existing = _current_exports(tx.manifest, precisions, digest) if if_missing else None
+        if existing is not None:
+            return ExportResult(store.camera, store.directory, existing)
         models = build_models(loaded.model, identity, precisions, validation_inputs(photo),
                               fp16_extra_inputs=_fp16_extra(precisions), graphs=store_graph_cache(store_root))
         fields = {
@@ -626,9 +651,12 @@ def _removed_if_left_empty(store: CameraStore) -> Iterator[None]:
 
 def export_fallback(store_root: str | os.PathLike[str], backbone: str, *, precision: str = "fp32",
                     validation_image: str | os.PathLike[str] | None = None,
-                    registry: BackboneRegistry | None = None) -> ExportResult:
-    """Load registry backbone ``backbone`` and export it as the fallback model."""
+                    registry: BackboneRegistry | None = None, lock_timeout_s: float = 0.0,
+                    if_missing: bool = False) -> ExportResult:
+    """Load registry backbone ``backbone`` and export it as the fallback model (options as in
+    :func:`export_loaded_fallback`)."""
     from adassr.adapt.weights import load_backbone
 
     loaded = load_backbone(backbone, registry=registry)
-    return export_loaded_fallback(store_root, loaded, precision=precision, validation_image=validation_image)
+    return export_loaded_fallback(store_root, loaded, precision=precision, validation_image=validation_image,
+                                  lock_timeout_s=lock_timeout_s, if_missing=if_missing)

@@ -303,6 +303,20 @@ def _file_holds(path: Path, data: bytes) -> bool:
         return False
 
 
+SUPERSEDED_KEY = "superseded_files"
+"""Manifest key: the files the previous manifest referred to and this one does not. They stay on disk
+for one more commit, so that a reader that read the previous manifest a moment before the commit
+still finds its files (it would otherwise fail with "listed in the manifest but missing")."""
+
+
+def _superseded_files(manifest: Mapping[str, Any] | None) -> set[str]:
+    """The manifest's superseded files that are plain names or engine files (never a path elsewhere)."""
+    listed = (manifest or {}).get(SUPERSEDED_KEY)
+    if not isinstance(listed, list):
+        return set()
+    return {f for f in listed if isinstance(f, str) and (_plain_name(f) or is_engine_file(f))}
+
+
 def _referenced_files(manifest: Mapping[str, Any]) -> set[str]:
     """Every file the manifest refers to, relative to the camera folder (engines as ``engines/<file>``)."""
     files: set[str] = set()
@@ -459,12 +473,16 @@ class CameraStore:
                 "run the stage that makes it"
             )
         path = self.path(str(record.get("file", name)))
+        missing = StoreError(f"{path} ({name}) is listed in the manifest but missing (another process may have "
+                             "just replaced it: retry); otherwise rerun the stage that made it")
         if not path.is_file():
-            raise StoreError(
-                f"{path} ({name}) is listed in the manifest but missing (another process may have just "
-                "replaced it: retry); otherwise rerun the stage that made it"
-            )
-        digest = sha256_file(path)
+            raise missing
+        try:
+            digest = sha256_file(path)
+        except FileNotFoundError:
+            raise missing from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path} ({name}): {exc.strerror or exc}") from exc
         if digest != record.get("sha256"):
             raise StoreError(
                 f"{path} ({name}) fails its checksum (sha256 {digest[:12]}..., manifest says "
@@ -478,7 +496,12 @@ class CameraStore:
     def _check_external_data(self, name: str, path: Path, record: Mapping[str, Any]) -> None:
         from adassr.runtime.onnx_external import external_data_files
 
-        locations = external_data_files(path.read_bytes(), name=str(path))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read {path} ({name}): {exc.strerror or exc} (another process may have just "
+                             "replaced it: retry)") from exc
+        locations = external_data_files(data, name=str(path))
         listed = {str(item["file"]): str(item["sha256"]) for item in record.get("external_data", [])}
         for location in locations:
             if not _plain_name(location) or location not in listed:
@@ -520,9 +543,14 @@ class CameraStore:
                     f"camera {self.camera!r} in {self.root} is already locked by this thread: store transactions "
                     "do not nest; inside a transaction use its own methods, not publish() or update_manifest()"
                 )
+            waiting = False
             while True:
                 if try_exclusive_lock(fd):
                     break
+                if not waiting and timeout_s > 0:
+                    waiting = True
+                    log.warning("another adassr process is writing camera %r in %s; waiting for it (up to %.0f s)",
+                                self.camera, self.root, timeout_s)
                 if time.monotonic() >= deadline:
                     raise StoreError(
                         f"another adassr process is writing camera {self.camera!r} in "
@@ -562,8 +590,8 @@ class CameraStore:
 
     def _remove_orphans(self, manifest: Mapping[str, Any], previous: Mapping[str, Any] | None) -> list[str]:
         """Remove content-addressed files (and files ``previous`` referenced) that ``manifest`` does not refer to."""
-        keep = _referenced_files(manifest) | {MANIFEST_NAME, LOCK_NAME}
-        candidates = set(_referenced_files(previous)) if previous is not None else set()
+        keep = _referenced_files(manifest) | _superseded_files(manifest) | {MANIFEST_NAME, LOCK_NAME}
+        candidates = (_referenced_files(previous) | _superseded_files(previous)) if previous is not None else set()
         with contextlib.suppress(OSError):
             candidates.update(e.name for e in os.scandir(self.directory)
                               if _CONTENT_NAME.match(e.name) and not e.name.startswith("."))
@@ -659,6 +687,8 @@ class StoreTransaction:
         manifest["schema_version"] = SCHEMA_VERSION
         manifest["camera"] = self.store.camera
         manifest["updated"] = _now()
+        # the previous generation stays one commit longer, for readers of the previous manifest
+        manifest[SUPERSEDED_KEY] = sorted(_referenced_files(self.previous) - _referenced_files(manifest))
         validate_manifest(manifest, self.store.manifest_path)
         data = _json_bytes(manifest)
         try:
@@ -674,7 +704,7 @@ class StoreTransaction:
     def _discard(self) -> None:
         if self._committed:
             return
-        keep = _referenced_files(self.previous)
+        keep = _referenced_files(self.previous) | _superseded_files(self.previous)
         for record in self._staged.values():
             if record["file"] not in keep:
                 with contextlib.suppress(FileNotFoundError):

@@ -225,7 +225,11 @@ class ModelRegistry:
                 self._problems.pop(camera, None)
                 changed = True
             for camera in sorted(seen):
-                changed |= self._refresh_camera(camera, current)
+                try:
+                    changed |= self._refresh_camera(camera, current)
+                except OSError as exc:  # a file gone between two reads: this camera waits for the next poll
+                    logger.warning("camera %s: model refresh failed (%s); retrying at the next poll", camera, exc)
+                    self._signatures.pop(camera, None)
             if changed:
                 self._models = MappingProxyType(current)
             return changed
@@ -248,7 +252,10 @@ class ModelRegistry:
         if decision.model_camera != camera:  # adapted but not exported (yet): keep what serves
             self._signatures[camera] = sig
             return False
-        sig = self._signature(camera, decision.onnx_path.name)
+        # The manifest's stat taken before it was read: had a commit come in between, the next poll sees the
+        # change and loads again (a stat taken now could describe the newer manifest, and its model would
+        # then never be picked up).
+        sig = (sig[0], _stat(self._store / camera / decision.onnx_path.name))
         self._tried[camera] = decision.onnx_path.name
         if old is not None and old.sha256 == decision.sha256:
             try:

@@ -143,7 +143,7 @@ def test_a_re_run_never_replaces_a_better_current_model(tiny: BackboneRegistry, 
     worse_current = adapt_camera(group, config.with_overrides(seed=2), store_root=tmp_path, backbone_name="tiny",
                                  registry=tiny)  # the current model now scores worse than any result: replaced
     assert not worse_current.kept_current and store.manifest_path.read_bytes() != manifest
-    assert not first.weights_path.exists()  # the replaced file went with its record
+    assert first.weights_path.name in store.read_manifest()["superseded_files"]  # goes at the next commit
 
     manifest = store.manifest_path.read_bytes()
     monkeypatch.setattr(loop, "evaluate_model", lambda *a, **k: [s - 5.0 for s in real(*a, **k)])
@@ -276,6 +276,10 @@ def test_re_adapting_forgets_engines_and_a_report_it_did_not_redraw(tiny: Backbo
     adapt_camera(group, config.with_overrides(seed=2), store_root=tmp_path, backbone_name="tiny", registry=tiny)
     second = store.read_manifest()
     assert second["report"] is None and "report.png" not in second["artifacts"] and "engines" not in second
+    old_files = {p.relative_to(store.directory).as_posix() for p in store.directory.glob("report.*.png")}
+    old_files |= {p.relative_to(store.directory).as_posix() for p in store.directory.glob("engines/*.engine")}
+    assert old_files == set(second["superseded_files"]) - {first["artifacts"]["adapted.safetensors"]["file"]}
+    store.update_manifest(lambda m: None)  # the next commit removes them (superseded files stay one commit)
     assert not list(store.directory.glob("report.*.png"))  # the old file went with its record
     assert not list(store.directory.glob("engines/*.engine"))  # so did the engine (it used to stay on disk)
 

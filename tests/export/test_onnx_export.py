@@ -384,7 +384,13 @@ def test_fallback_export_manifest_and_stale_exports_dropped(tmp_path: Path) -> N
     assert manifest["weights_sha256"] == loaded.weights_sha256 == manifest["exports"]["onnx"]["weights_sha256"]
     # The fp16 model of the first weights is no longer listed, so the runtime cannot serve it.
     assert set(manifest["exports"]) == {"onnx"} and "model_fp16.onnx" not in manifest["artifacts"]
-    # The files of the first export are gone from disk: only the new model and the manifest remain.
+    # The files of the first export are no longer the model: besides the new one and the manifest, only
+    # they remain, listed as superseded, for readers of the previous manifest until the next commit.
+    on_disk = sorted(p.name for p in store.directory.iterdir() if not p.name.startswith("."))
+    assert len(manifest["superseded_files"]) == 2  # the first export's fp32 and fp16 models
+    assert on_disk == sorted(["manifest.json", manifest["artifacts"]["model.onnx"]["file"],
+                              *manifest["superseded_files"]])
+    store.update_manifest(lambda m: None)  # the next commit
     on_disk = sorted(p.name for p in store.directory.iterdir() if not p.name.startswith("."))
     assert on_disk == sorted(["manifest.json", manifest["artifacts"]["model.onnx"]["file"]])
     with pytest.raises(StoreError, match="no model_fp16.onnx"):
@@ -415,6 +421,42 @@ def test_export_refuses_while_another_writer_holds_the_lock(tmp_path: Path) -> N
         release.set()
         thread.join(20)
     assert not list((tmp_path / CAMERA).glob("model*.onnx"))
+
+
+def test_a_first_use_export_waits_for_another_and_takes_its_result(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `upscale` first runs racing: the second failed at once on the lock ("another adassr process is
+    writing ...") instead of waiting for the export the first was publishing."""
+    import threading
+
+    make_store(tmp_path)
+    first = onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)  # the other process's export
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with CameraStore.open(tmp_path, CAMERA).lock():
+            held.set()
+            release.wait(0.5)
+
+    def no_export(*_a: object, **_k: object) -> None:
+        raise AssertionError("exported again although the camera's export is current")
+
+    monkeypatch.setattr(onnx_export, "build_models", no_export)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert held.wait(20)
+        again = onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY, lock_timeout_s=20, if_missing=True)
+    finally:
+        release.set()
+        thread.join(20)
+    assert again.exports == first.exports
+    monkeypatch.undo()
+    loaded = _tiny_loaded(tmp_path / "b.safetensors", seed=4)
+    fallback = onnx_export.export_loaded_fallback(tmp_path, loaded, validation_image=PHOTO)  # the same rule
+    monkeypatch.setattr(onnx_export, "build_models", no_export)
+    assert onnx_export.export_loaded_fallback(tmp_path, loaded, validation_image=PHOTO,
+                                              if_missing=True).exports == fallback.exports
 
 
 def test_keep_fp32_fixes_an_overflowing_op() -> None:

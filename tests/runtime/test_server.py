@@ -939,6 +939,38 @@ def test_refusals_never_show_the_store_path(store: Path) -> None:
     assert str(store) not in problem and str(store.resolve()) not in problem
 
 
+def test_an_export_committed_while_the_registry_reads_it_is_picked_up(store: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit between reading the manifest and taking its stat stored the newer manifest's signature
+    with the older decision: the new model was never loaded (and the old file, deleted, was refused as
+    missing), until something else changed the manifest."""
+    import adassr.runtime.server.models as models
+    from adassr.runtime.server.models import ModelRegistry, default_opener
+    from adassr.runtime.store import CameraStore
+
+    registry = ModelRegistry(store, open_model=default_opener("onnxruntime", providers=("cpu",), threads=1))
+    registry.refresh()
+    first = registry.models["canon"].sha256
+    real = models.resolve_model
+    raced: list[bool] = []
+
+    def read_then_commit(*args: object, **kwargs: object) -> RouteDecision:
+        decision = real(*args, **kwargs)  # type: ignore[arg-type]
+        if kwargs.get("camera") == "canon" and not raced:
+            raced.append(True)
+            publish_camera(store, "canon", seed=21)  # another process's export lands now
+        return decision
+
+    publish_camera(store, "canon", seed=20)
+    second = CameraStore.open(store, "canon").read_manifest()["artifacts"]["model.onnx"]["sha256"]
+    monkeypatch.setattr(models, "resolve_model", read_then_commit)
+    registry.refresh()  # the model of the manifest it read, or (its file gone: this helper commits twice) the first
+    assert raced and registry.models["canon"].sha256 in (first, second)
+    registry.refresh()  # the newer manifest is seen and loaded (it was never picked up)
+    third = CameraStore.open(store, "canon").read_manifest()["artifacts"]["model.onnx"]["sha256"]
+    assert registry.models["canon"].sha256 == third != second and "canon" not in registry.problems
+
+
 def test_a_precision_the_store_lacks_is_logged_once_per_model(store: Path, caplog: pytest.LogCaptureFixture) -> None:
     """`serve --precision fp16` on fp32-only exports served fp32 without a word."""
     import logging

@@ -80,7 +80,13 @@ def test_artifacts_and_manifest_commit_together_and_old_files_go(tmp_path: Path)
     new = store.read_manifest()
     assert new["note"] == "v2"
     assert [store.verified_path(n, new).read_text() for n in ("a.bin", "b.bin")] == ["a2", "b2"]
-    assert not any(p.exists() for p in old_files)  # orphans removed after the commit
+    # A reader that read the previous manifest just before the commit still finds its files: they stay
+    # one commit longer (a re-export used to delete them under a running upscale or server reload).
+    assert [store.verified_path(n, old).read_text() for n in ("a.bin", "b.bin")] == ["a1", "b1"]
+    assert sorted(new["superseded_files"]) == sorted(p.name for p in old_files)
+    _text(store, "c.bin", "c1")  # the next commit removes them
+    assert not any(p.exists() for p in old_files)
+    assert store.read_manifest()["superseded_files"] == []
 
 
 def _crash_after_staging(root: str) -> None:  # runs in a child process
