@@ -526,38 +526,32 @@ class CameraStore:
         transaction, use the transaction's methods, not :meth:`publish` / :meth:`update_manifest`.
         """
         held: set[tuple[int, int]] = _HELD_LOCKS.__dict__.setdefault("files", set())
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot open the lock file {self.directory / LOCK_NAME}: {exc.strerror or exc}; "
-                "choose a writable location with --store DIR"
-            ) from exc
         deadline = time.monotonic() + timeout_s
-        try:
-            st = os.fstat(fd)
-            key = (st.st_dev, st.st_ino)  # the file itself, however the path reaches it (links, mounts)
-            if key in held:
-                raise StoreError(
-                    f"camera {self.camera!r} in {self.root} is already locked by this thread: store transactions "
-                    "do not nest; inside a transaction use its own methods, not publish() or update_manifest()"
-                )
-            waiting = False
-            while True:
-                if try_exclusive_lock(fd):
+        waiting = False
+        while True:
+            fd, key = self._open_lock_file(held)
+            try:
+                locked = try_exclusive_lock(fd)
+                if locked and self._lock_file_is(key):
                     break
-                if not waiting and timeout_s > 0:
-                    waiting = True
-                    log.warning("another adassr process is writing camera %r in %s; waiting for it (up to %.0f s)",
-                                self.camera, self.root, timeout_s)
-                if time.monotonic() >= deadline:
-                    raise StoreError(
-                        f"another adassr process is writing camera {self.camera!r} in "
-                        f"{self.root} (lock {self.directory / LOCK_NAME}); wait for it to "
-                        "finish, or use another --store"
-                    )
-                time.sleep(poll_s)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # not ours yet, or the file was removed meanwhile (remove_if_unused): open it anew
+            if locked:
+                continue
+            if not waiting and timeout_s > 0:
+                waiting = True
+                log.warning("another adassr process is writing camera %r in %s; waiting for it (up to %.0f s)",
+                            self.camera, self.root, timeout_s)
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"another adassr process is writing camera {self.camera!r} in "
+                    f"{self.root} (lock {self.directory / LOCK_NAME}); wait for it to "
+                    "finish, or use another --store"
+                )
+            time.sleep(poll_s)
+        try:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
@@ -568,6 +562,35 @@ class CameraStore:
                 held.discard(key)
         finally:
             os.close(fd)  # closing releases the flock
+
+    def _open_lock_file(self, held: set[tuple[int, int]]) -> tuple[int, tuple[int, int]]:
+        """Open (creating it and the folder) the lock file; ``(fd, (device, inode))``."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open the lock file {self.directory / LOCK_NAME}: {exc.strerror or exc}; "
+                "choose a writable location with --store DIR"
+            ) from exc
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)  # the file itself, however the path reaches it (links, mounts)
+        if key in held:
+            os.close(fd)
+            raise StoreError(
+                f"camera {self.camera!r} in {self.root} is already locked by this thread: store transactions "
+                "do not nest; inside a transaction use its own methods, not publish() or update_manifest()"
+            )
+        return fd, key
+
+    def _lock_file_is(self, key: tuple[int, int]) -> bool:
+        """Whether the lock file's path still names the file locked (another process may have removed
+        it, and its folder, with :meth:`remove_if_unused` while this one waited on the old file)."""
+        try:
+            st = os.stat(self.directory / LOCK_NAME)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == key
 
     @contextlib.contextmanager
     def transaction(self, *, timeout_s: float = 0.0) -> Iterator[StoreTransaction]:

@@ -276,3 +276,45 @@ def test_a_writer_that_leaves_a_folder_or_bad_extra_fields_publishes_nothing(tmp
     assert sorted(p.name for p in store.directory.iterdir() if not p.name.startswith(".")) == sorted(
         [store.read_manifest()["artifacts"]["a.txt"]["file"], "manifest.json"])
     assert list(store.read_manifest()["artifacts"]) == ["a.txt"]
+
+
+def test_a_lock_file_removed_while_waiting_for_it_is_not_taken_as_the_lock(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's remove_if_unused (a first run that published nothing) can unlink .lock and its
+    folder while this one waits on the old file: the flock it then gets protects nothing, and a third
+    writer creating the folder anew would hold the lock too."""
+    import adassr.runtime.store as store_module
+    from adassr.runtime.errors import StoreError
+
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    with store.lock():
+        pass
+    real = store_module.try_exclusive_lock
+    calls: list[int] = []
+
+    def removed_just_before(fd: int) -> bool:
+        if not calls:  # the other process removes the file and its folder right before this flock succeeds
+            (store.directory / ".lock").unlink()
+            store.directory.rmdir()
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(store_module, "try_exclusive_lock", removed_just_before)
+    with store.lock():
+        assert len(calls) == 2 and (store.directory / ".lock").is_file()  # it locked the file the path names
+        monkeypatch.undo()
+        errors: list[BaseException] = []
+
+        def third_writer() -> None:  # its own thread: flock excludes per open file, as between processes
+            try:
+                with CameraStore.open(tmp_path, "canon").lock():
+                    pass
+            except StoreError as exc:
+                errors.append(exc)
+
+        import threading
+
+        thread = threading.Thread(target=third_writer)
+        thread.start()
+        thread.join(20)
+        assert len(errors) == 1 and "another adassr process" in str(errors[0])  # so a third writer is kept out
