@@ -73,8 +73,10 @@ class CameraGroup:
         return tuple(m.path for m in self.members)
 
     def describe(self) -> str:
-        kinds = sorted({m.derivation for m in self.members})
-        return f"{self.name} ({len(self.members)} image(s), by {', '.join(kinds)})"
+        words = {"none": "naming no camera", "exif-make": "by EXIF Make", "filename-prefix": "by file-name prefix",
+                 "folder": "by folder", "single-image": "single image"}
+        kinds = sorted({words.get(m.derivation, f"by {m.derivation}") for m in self.members})
+        return f"{self.name} ({len(self.members)} image(s), {', '.join(kinds)})"
 
     def to_manifest(self) -> list[dict[str, str]]:
         return [{"path": str(m.path), "derivation": m.derivation} for m in self.members]

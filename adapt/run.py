@@ -742,7 +742,7 @@ def _publish_report(tx: StoreTransaction, camera: str, result: InternalResult, i
     from adassr.adapt.report import matplotlib_available, render_report
 
     if not matplotlib_available():
-        log.info("report.png skipped: matplotlib is not installed (pip install 'adassr[plots]')")
+        log.warning("report.png skipped: matplotlib is not installed (pip install 'adassr[plots]')")
         return None
 
     def write(path: Path) -> None:

@@ -96,7 +96,8 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
     from adassr.export.onnx import export_fallback
 
     print(
-        f"no model in the store {store} yet: exporting the fallback backbone {options.backbone} to "
+        f"no model in the store {store} serves this yet (no fallback model): exporting the fallback backbone "
+        f"{options.backbone} to "
         f"{store / FALLBACK_CAMERA} (first use only; same as `{command}`)...",
         file=sys.stderr, flush=True,
     )

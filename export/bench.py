@@ -310,7 +310,8 @@ def to_markdown(result: dict[str, Any]) -> str:
                      f"| {r['out_mpix_per_s']:.3f} | {r['peak_rss_mb']:.0f} |")
     lines.append("")
     for size, ratio in result["onnxruntime_speedup_vs_torch"].items():
-        lines.append(f"- onnxruntime vs PyTorch eager fp32 at LR {size}x{size}: {ratio:.2f}x faster (p50)")
+        how = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+        lines.append(f"- onnxruntime vs PyTorch eager fp32 at LR {size}x{size}: {how} (p50)")
     t = result["tiled_vs_untiled"]
     lines.append(f"- tiled ({t['tiles']} tiles of {t['tile']}, overlap {t['overlap']}) vs untiled at LR "
                  f"{t['size']}x{t['size']}: "

@@ -43,7 +43,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for all)",
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    parser.add_argument("--backend", choices=tuple(BACKENDS), default="onnxruntime", help="inference backend")
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default="onnxruntime",
+                        help="inference backend (default onnxruntime)")
     parser.add_argument(
         "--providers",
         default="cpu",

@@ -132,9 +132,10 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
                              f"{DEFAULT_TRITON_PREFIX}{FALLBACK_CAMERA})")
     triton.add_argument("--triton-prefix", default=DEFAULT_TRITON_PREFIX, metavar="P",
                         help="model name prefix the repository was written with (default %(default)s)")
+    parser.add_argument("--backbone", default=FALLBACK_BACKBONE,
+                        help="backbone for cameras without adapted weights: exported as the store's fallback "
+                             "model on first use, or run directly by --backend torch (default %(default)s)")
     torch_opts = parser.add_argument_group("upscalers that run the model themselves (--backend torch)")
-    torch_opts.add_argument("--backbone", default=FALLBACK_BACKBONE,
-                            help="backbone used when the camera has no adapted weights (default %(default)s)")
     torch_opts.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                             help="device for --backend torch (default auto)")
 
@@ -555,8 +556,9 @@ def _warn_if_camera_missing(camera: str, store: Path, stderr: TextIO) -> None:
         return
     listed = ", ".join(known) if known else "none yet"
     hint = closest_camera_hint(name, known)
+    advice = ("" if hint else f"; adapt it with `adapt --camera {name}`")  # no advice to adapt a typo
     print(f"warning: camera {name!r} has no model in the store {store} (cameras: {listed}).{hint} "
-          f"Its images get the unadapted fallback model; adapt it with `adapt --camera {name}`.", file=stderr)
+          f"Its images get the unadapted fallback model{advice}.", file=stderr)
 
 
 def _triton_options(args: argparse.Namespace) -> TritonRunOptions | None:

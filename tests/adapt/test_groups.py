@@ -208,7 +208,7 @@ def test_a_brand_split_between_a_folder_and_an_exif_make_is_named(tmp_path: Path
         group = select_group(tmp_path, "nokia-n8")
     assert [m.path.name for m in group.members] == ["a.png"]
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "also hold group nokia (1 image(s), by exif-make)" in warning and "nokia-n8/" in warning
+    assert "also hold group nokia (1 image(s), by EXIF Make)" in warning and "nokia-n8/" in warning
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         select_group(SAMPLES, "canon")  # no related names: no warning
