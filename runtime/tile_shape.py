@@ -22,7 +22,6 @@ it did.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from adassr.runtime.errors import ConfigError
@@ -43,15 +42,17 @@ def _axis_tiles(canvas: int, overlap: int, multiple_of: int) -> list[tuple[int, 
     """``(count, tile)`` along one axis, fewest tiles first: for each count, the smallest tile that
     covers ``canvas`` with neighbours sharing ``overlap`` pixels (``count`` as the planner will use it)."""
     out = [(1, canvas)]
+    seen = set(out)  # a set: a long axis tries up to ``canvas`` counts (a list scan made that quadratic)
     smallest = _round_up(2 * overlap + 1, multiple_of)  # a tile must be more than twice the overlap
     for wanted in range(2, canvas + 1):
-        tile = max(smallest, _round_up(math.ceil((canvas + (wanted - 1) * overlap) / wanted), multiple_of))
+        tile = max(smallest, _round_up(-(-(canvas + (wanted - 1) * overlap) // wanted), multiple_of))
         if tile >= canvas:
             if tile == smallest:
                 break
             continue
-        count = math.ceil((canvas - overlap) / (tile - overlap))
-        if (count, tile) not in out:
+        count = -(-(canvas - overlap) // (tile - overlap))
+        if (count, tile) not in seen:
+            seen.add((count, tile))
             out.append((count, tile))
         if tile == smallest:  # more tiles cannot be smaller
             break
