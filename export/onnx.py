@@ -499,7 +499,7 @@ def publish_models(tx: StoreTransaction, models: Sequence[ValidatedModel], ident
     """Stage validated models in ``tx`` and commit them with their manifest records in one step.
 
     Export records and export artifacts made from other weights are dropped from the manifest (their
-    files are removed after the commit).
+    files are superseded: a later commit removes them).
     """
     records: dict[str, dict[str, Any]] = {}
     for item in models:
@@ -548,6 +548,8 @@ def _fp16_extra(precisions: Sequence[str]) -> list[ValidationInput]:
 def _current_exports(manifest: Mapping[str, Any], precisions: Sequence[str], digest: object) -> dict[str, Any] | None:
     """The manifest's export records for ``precisions`` when every one is there and made from the weights
     ``digest``; None otherwise."""
+    if not isinstance(digest, str):
+        return None  # weights of unknown identity: never taken as current
     exports = manifest.get("exports") or {}
     keys = ["onnx_fp16" if p == "fp16" else "onnx" for p in precisions]
     found = {k: exports[k] for k in keys if isinstance(exports.get(k), Mapping)}

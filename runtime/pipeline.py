@@ -394,7 +394,8 @@ class Upscaler:
         first = check_store_serves(self.options.store, camera=camera)
         route = resolve_model(self.options.store, camera=camera if camera is not None else first,
                               precision=self.options.precision, verify=False)
-        plan_tiles(1, 1, self.options.tiling, multiple_of=route.multiple_of)  # a tile the model cannot take: now
+        if camera is not None:  # every image goes to this model: a tile it cannot take is one error, now
+            plan_tiles(1, 1, self.options.tiling, multiple_of=route.multiple_of)
         self.backend_for(route)
         return route
 

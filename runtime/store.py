@@ -18,10 +18,11 @@ Transactions (:meth:`CameraStore.transaction`): a writer takes the camera's excl
 (``<store>/<camera>/.lock``), removes temporary files of killed writers, reads and validates the
 manifest (so a damaged store fails before any work), stages new artifact files, and commits by
 replacing ``manifest.json`` atomically: that rename is the single commit point, so a reader sees
-the old set of files or the new one, never a mix. Files no manifest refers to any more are
-removed after the commit (and by the next lock holder after a crash). Nothing staged by an
-aborted transaction is ever referenced. Every file is written through a temporary file, fsynced
-and renamed; file modes follow the umask.
+the old set of files or the new one, never a mix. The files the previous manifest referred to and
+the new one does not are listed as ``superseded_files`` and stay until the next commit, so a reader
+of the previous manifest still finds them; files no manifest refers to are removed after the commit
+(and by the next lock holder after a crash). Nothing staged by an aborted transaction is ever referenced. Every
+file is written through a temporary file, fsynced and renamed; file modes follow the umask.
 
 ONNX artifacts may not use external-data files unless each is listed with its sha256 in the
 record's ``external_data`` (``[{"file", "sha256"}]``); the export stage never makes them.
@@ -40,7 +41,8 @@ by :func:`validate_manifest`:
   the ``changes`` made while other processes used the cores; null on a GPU)
 - export: ``exports`` ({"onnx": {...}, "onnx_fp16": {...}}, each with ``file``, ``scale`` (1-16),
   optional ``multiple_of`` (1-1024), ``input_name``, ``output_name``)
-- all: ``artifacts`` as above.
+- all: ``artifacts`` as above; ``superseded_files`` (the previous generation's file names, kept for
+  its readers until the next commit), written by every commit.
 """
 
 from __future__ import annotations
@@ -303,6 +305,7 @@ def _file_holds(path: Path, data: bytes) -> bool:
         return False
 
 
+_MAX_STALE_LOCKS = 20  # lock files found replaced in a row before the lock gives up (see CameraStore.lock)
 SUPERSEDED_KEY = "superseded_files"
 """Manifest key: the files the previous manifest referred to and this one does not. They stay on disk
 for one more commit, so that a reader that read the previous manifest a moment before the commit
@@ -511,7 +514,11 @@ class CameraStore:
                     "which writes self-contained models)"
                 )
             data_path = self.path(location)
-            if not data_path.is_file() or sha256_file(data_path) != listed[location]:
+            try:
+                matches = data_path.is_file() and sha256_file(data_path) == listed[location]
+            except OSError:
+                matches = False
+            if not matches:
                 raise StoreError(
                     f"{data_path} (external data of {name}) is missing or fails its checksum; "
                     "rerun the stage that made it"
@@ -528,6 +535,7 @@ class CameraStore:
         held: set[tuple[int, int]] = _HELD_LOCKS.__dict__.setdefault("files", set())
         deadline = time.monotonic() + timeout_s
         waiting = False
+        stale = 0
         while True:
             fd, key = self._open_lock_file(held)
             try:
@@ -539,11 +547,17 @@ class CameraStore:
                 raise
             os.close(fd)  # not ours yet, or the file was removed meanwhile (remove_if_unused): open it anew
             if locked:
+                stale += 1
+                if stale > _MAX_STALE_LOCKS:
+                    raise StoreError(
+                        f"cannot confirm the lock file {self.directory / LOCK_NAME}: the file locked is not the "
+                        "one its path names (another process keeps replacing it, or the file system does not "
+                        "report file identities); check the store's file system")
                 continue
             if not waiting and timeout_s > 0:
                 waiting = True
-                log.warning("another adassr process is writing camera %r in %s; waiting for it (up to %.0f s)",
-                            self.camera, self.root, timeout_s)
+                log.warning("another adassr process%s is writing camera %r in %s; waiting for it (up to %.0f s)",
+                            self._holder(), self.camera, self.root, timeout_s)
             if time.monotonic() >= deadline:
                 raise StoreError(
                     f"another adassr process is writing camera {self.camera!r} in "
@@ -582,6 +596,14 @@ class CameraStore:
                 "do not nest; inside a transaction use its own methods, not publish() or update_manifest()"
             )
         return fd, key
+
+    def _holder(self) -> str:
+        """`` (pid N)`` of the process that holds the lock (it writes its pid into the file), or ``""``."""
+        try:
+            text = (self.directory / LOCK_NAME).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
+        return f" (pid {text})" if text.isdigit() else ""
 
     def _lock_file_is(self, key: tuple[int, int]) -> bool:
         """Whether the lock file's path still names the file locked (another process may have removed
@@ -710,7 +732,8 @@ class StoreTransaction:
         manifest["schema_version"] = SCHEMA_VERSION
         manifest["camera"] = self.store.camera
         manifest["updated"] = _now()
-        # the previous generation stays one commit longer, for readers of the previous manifest
+        # the previous generation stays one commit longer, for readers of the previous manifest (one
+        # generation only: a writer committing in a burst must not pile up old files)
         manifest[SUPERSEDED_KEY] = sorted(_referenced_files(self.previous) - _referenced_files(manifest))
         validate_manifest(manifest, self.store.manifest_path)
         data = _json_bytes(manifest)

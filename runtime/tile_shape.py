@@ -11,7 +11,8 @@ tile (any aspect ratio, rounded up to ``multiple_of``) whose neighbours overlap 
 with the fewest total pixels (ties: fewer tiles). The whole canvas is one tile when it fits.
 
 ``max_pixels`` bounds the memory of one tile (:func:`tiling_options` divides the budget of one
-model call by the tiles a call takes, ``--tile-batch``). :func:`auto_max_tile_pixels` derives it from
+model call by the tiles a call takes, ``--tile-batch``, but not below the 128 x 128 floor: a batch
+of more than about 16 floor-sized tiles exceeds the budget). :func:`auto_max_tile_pixels` derives it from
 the memory available now: half of ``MemAvailable`` divided by the activation memory per input
 pixel (RRDBNet x4 in onnxruntime fp32 peaks at about 16 kB per input pixel, docs/performance.md:
 64 channels at 16 output pixels, a few tensors alive at once), clamped to [128 x 128, 512 x 512]

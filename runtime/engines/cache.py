@@ -363,8 +363,9 @@ class EngineCache:
             engines[wanted.digest] = record.to_json()
 
         self._update(change)
-        for name in removed:
-            with contextlib.suppress(FileNotFoundError):
-                (self._store.directory / name).unlink()
-                log.info("removed engine %s (built from an ONNX file that is no longer current)", name)
+        if self._shared:  # a camera's replaced engines are superseded by the commit (readers keep them a while)
+            for name in removed:
+                with contextlib.suppress(FileNotFoundError):
+                    (self._store.directory / name).unlink()
+                    log.info("removed engine %s (built from an ONNX file that is no longer current)", name)
         return record

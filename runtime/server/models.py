@@ -230,6 +230,8 @@ class ModelRegistry:
                 except OSError as exc:  # a file gone between two reads: this camera waits for the next poll
                     logger.warning("camera %s: model refresh failed (%s); retrying at the next poll", camera, exc)
                     self._signatures.pop(camera, None)
+                    self._problems[camera] = f"the model could not be read ({exc.strerror or exc}); retrying"
+                    self._on_error("model_load")
             if changed:
                 self._models = MappingProxyType(current)
             return changed

@@ -112,6 +112,7 @@ def test_killed_export_keeps_the_previous_export(tmp_path: Path) -> None:
     assert resolve_model(tmp_path, camera=CAMERA, precision="fp16").sha256 != before
     manifest = store.read_manifest()
     referenced = {r["file"] for r in manifest["artifacts"].values()} | {"manifest.json", ".lock"}
+    referenced |= set(manifest.get("superseded_files", []))  # the previous generation, for its readers
     assert sorted(p.name for p in store.directory.iterdir()) == sorted(referenced)  # no orphans, no *.tmp
 
 
@@ -147,4 +148,5 @@ def test_killed_adapt_keeps_the_previous_model(tmp_path: Path, sig: signal.Signa
     manifest = cam.read_manifest()
     assert manifest["interrupted"] is False
     referenced = {r["file"] for r in manifest["artifacts"].values()} | {"manifest.json", ".lock"}
+    referenced |= set(manifest.get("superseded_files", []))  # the previous generation, for its readers
     assert sorted(p.name for p in cam.directory.iterdir()) == sorted(referenced)

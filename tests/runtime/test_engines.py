@@ -261,9 +261,12 @@ def test_reexported_onnx_rebuilds_and_removes_the_stale_engine(
     _camera(tmp_path, "canon", 4, structure=None)
     with caplog.at_level(logging.WARNING):
         new = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
-    assert new.built and not old.path.exists()
+    store = CameraStore.open(tmp_path, "canon")
+    assert new.built and old.record.file in store.read_manifest()["superseded_files"]  # kept for its readers
     assert "built from ONNX model" in caplog.text
-    assert len(CameraStore.open(tmp_path, "canon").read_manifest()["engines"]) == 1
+    assert len(store.read_manifest()["engines"]) == 1
+    store.update_manifest(lambda m: None)  # the next commit removes it
+    assert not old.path.exists()
 
 
 

@@ -318,3 +318,15 @@ def test_a_lock_file_removed_while_waiting_for_it_is_not_taken_as_the_lock(tmp_p
         thread.start()
         thread.join(20)
         assert len(errors) == 1 and "another adassr process" in str(errors[0])  # so a third writer is kept out
+
+
+def test_a_lock_file_that_never_matches_its_path_is_an_error_not_a_spin(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that reports another identity for the path than for the open file made the lock loop
+    spin at full CPU, past any timeout."""
+    from adassr.runtime.errors import StoreError
+
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    monkeypatch.setattr(CameraStore, "_lock_file_is", lambda self, key: False)
+    with pytest.raises(StoreError, match="cannot confirm the lock file"), store.lock(timeout_s=0.5):
+        pass
