@@ -199,20 +199,6 @@ def evaluate_model(model: RRDBNet, crops: Sequence[np.ndarray], metric: Metric, 
     return _Evaluator(model, crops, metric, device=device, tail_from=None)(model)
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """Two sets of weights scored on the same crops the backbone scored (see :func:`compare_with_backbone`)."""
-
-    score: float  # mean NIQE over the crops the backbone scored that still have one (NaN when none does)
-    lost: int  # crops the backbone scored whose NIQE is undefined with these weights
-
-
-def compare_with_backbone(scores: Sequence[float], before: Sequence[float]) -> Comparison:
-    """``scores`` averaged over the crops the backbone scored (``before``), as the early stop averages them."""
-    evaluation = _against_backbone(scores, before)
-    return Comparison(evaluation.score, evaluation.lost)
-
-
 def _group_score(scores: Sequence[float], step: int) -> float:
     """Mean NIQE over the crops that have one (NIQE is NaN on featureless crops)."""
     finite = [s for s in scores if math.isfinite(s)]
@@ -225,7 +211,7 @@ def _group_score(scores: Sequence[float], step: int) -> float:
 
 
 @dataclass(frozen=True)
-class _Evaluation:
+class Evaluation:
     """An evaluation of adapted weights, compared crop by crop with the backbone's."""
 
     score: float  # mean NIQE over the crops the backbone scored that still have one (NaN when none does)
@@ -233,13 +219,13 @@ class _Evaluation:
     scored: int  # crops the backbone scored
 
 
-def _against_backbone(scores: Sequence[float], before: Sequence[float]) -> _Evaluation:
+def compare_with_backbone(scores: Sequence[float], before: Sequence[float]) -> Evaluation:
     """Score adapted weights on the crops the backbone scored, so that every evaluation averages the
     same crops as the baseline: a crop that turned NaN would otherwise drop out of the mean and make
     the weights look better than they are (and a crop the backbone could not score would join it)."""
     scored = [i for i, b in enumerate(before) if math.isfinite(b)]
     kept = [scores[i] for i in scored if math.isfinite(scores[i])]
-    return _Evaluation(float(np.mean(kept)) if kept else math.nan, len(scored) - len(kept), len(scored))
+    return Evaluation(float(np.mean(kept)) if kept else math.nan, len(scored) - len(kept), len(scored))
 
 
 _T = TypeVar("_T")
@@ -633,7 +619,7 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
     scores = _timed_evaluation(evaluator, ema_model, run.times)
     if run.budget is not None:
         out_of_time = out_of_time or run.budget.stop_after_evaluation(time.monotonic())
-    evaluation = _against_backbone(scores, run.before)
+    evaluation = compare_with_backbone(scores, run.before)
     if evaluation.lost == evaluation.scored:  # the backbone scored them (step 0): the adapted outputs went flat
         run.stop_reason = (f"NIQE became undefined (NaN) on every evaluation crop at step {step}: the adapted "
                            "outputs lost their structure; kept the best weights evaluated before")

@@ -127,15 +127,10 @@ def test_a_large_group_is_read_in_part_with_one_warning(tmp_path: Path, caplog) 
 def test_an_image_over_the_reader_limit_is_left_out_with_the_right_advice(tmp_path: Path) -> None:
     """A 144 MP image: "raise --max-megapixels" was the advice, and following it met the reader's 100 MP
     limit ("downscale it first")."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    from tests.runtime.test_images import _png_claiming
 
     huge = tmp_path / "huge.png"  # the header claims 12000 x 12000; no pixel is decoded
-    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000, 12_000, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    huge.write_bytes(_png_claiming(12_000, 12_000))
     with pytest.raises(ImageError, match="above the reader's limit of 100,000,000; downscale it first"):
         load_group_images(_group(huge), max_megapixels=200)
     small = tmp_path / "small.png"
