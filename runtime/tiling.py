@@ -18,7 +18,8 @@ How an image is cut (:func:`plan_tiles` computes it, one pure function):
 3. Tiles: every tile has the same ``tile x tile`` shape. Along each axis the smallest number of
    tiles is used whose neighbours share at least ``overlap`` pixels, and the tile origins are spread
    evenly between 0 and ``canvas - tile`` (edge tiles are shifted inward, never cut short). Tiles
-   are fed to the model ``batch_size`` at a time.
+   are fed to the model ``batch_size`` at a time; a tile whose blending weights (step 4) fall
+   wholly in the pre-padding (``pre_pad`` larger than a tile) adds nothing and is not run.
 4. Blending: inside the band shared by two neighbours, a linear cross-fade of width
    ``overlap / 4`` is centred on the band; the outer ``3/8 * overlap`` (at least) on each side is pure
    context for the tile that has faded out there. The weights of the tiles covering a pixel sum to
@@ -349,6 +350,15 @@ class _SeamBlender:
                     self._accumulate(i, rkind, ckind, (ya, yb, xa, xb), weighted)
         self._finish_tile(i, j)
 
+    def skip(self, i: int, j: int) -> None:
+        """Pass over tile ``(i, j)``, whose weighted output range is empty (it lies in the pre-padding:
+        a large ``pre_pad`` with small tiles); nothing of it reaches the output, so it is not run."""
+        if self._rows.segments(i) and self._cols.segments(j):
+            raise AssertionError(f"tile ({i}, {j}) has output pixels; it cannot be skipped")
+        if j == 0:
+            self._start_row(i)
+        self._finish_tile(i, j)
+
     def _start_row(self, i: int) -> None:
         a, b = self._rows.seam(i) if i < self._n_rows - 1 else (0, 0)
         self._row_after = np.zeros((b - a, self._out_width, 3), np.float32) if b > a else None
@@ -449,7 +459,13 @@ def run_tiles(
     rows = _axis_spans(plan.rows, scale, off, h * scale)
     cols = _axis_spans(plan.cols, scale, off, w * scale)
     blender = _SeamBlender(plan, rows, cols, scale=scale, sink=sink)
-    tiles = list(plan.tiles())
+    every = list(plan.tiles())
+    # A tile whose blending weights lie wholly in the pre-padding adds nothing to the output (the
+    # first and last tiles with a pre_pad larger than a tile): it is passed over, not inferred.
+    useful = [bool(rows.segments(i) and cols.segments(j)) for i, j, _, _ in every]
+    tiles = [t for t, keep in zip(every, useful, strict=True) if keep]
+    skipped = iter([t for t, keep in zip(every, useful, strict=True) if not keep])
+    pending = next(skipped, None)
     total = len(tiles)
     if progress is not None:
         progress(0, total)
@@ -460,10 +476,16 @@ def run_tiles(
         if result.shape != expected:
             raise ShapeError("model output", result.shape, f"{expected} (a x{scale} model)")
         for k, (i, j, _, _) in enumerate(chunk):
+            while pending is not None and pending[:2] < (i, j):  # plan order: row by row
+                blender.skip(*pending[:2])
+                pending = next(skipped, None)
             blender.place(i, j, result[k])
         del result
         if progress is not None:
             progress(min(first + len(chunk), total), total)
+    while pending is not None:
+        blender.skip(*pending[:2])
+        pending = next(skipped, None)
 
 
 def upscale_tiled(

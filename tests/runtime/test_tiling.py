@@ -206,6 +206,33 @@ def test_padded_tiles_equal_untiled_when_pre_pad_covers_the_receptive_field(tiny
         assert bool(np.abs(padded - untiled).max() <= 1 / 255) == exact, pre_pad
 
 
+def test_tiles_wholly_in_a_large_pre_pad_are_not_run(tiny_infer) -> None:
+    """With pre_pad 128 and 80 px tiles, the first and last tiles along each axis weigh only padding:
+    they are passed over (fewer model calls) and the output is still the untiled one."""
+    img = _photo("chelsea.png", 20, 30, 40, 50)
+    opts = TilingOptions(tile=80, overlap=32, pre_pad=128, batch_size=3)
+    calls: list[int] = []
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape[0])
+        return tiny_infer(batch)
+
+    seen: list[tuple[int, int]] = []
+    tiled = upscale_tiled(img, counting, scale=SCALE, options=opts, progress=lambda d, t: seen.append((d, t)))
+    untiled = upscale_tiled(img, tiny_infer, scale=SCALE, options=TilingOptions(tile=0, pre_pad=128))
+    assert np.abs(tiled - untiled).max() <= 1 / 255
+    n_plan = plan_tiles(*img.shape[:2], opts).n_tiles
+    assert 0 < sum(calls) < n_plan / 2, (sum(calls), n_plan)
+    assert seen[-1] == (sum(calls), sum(calls))  # progress counts the tiles that run
+    # a pixelwise model shows any misplaced or dropped block exactly
+    for pre_pad, tile in ((128, 32), (100, 48), (17, 16)):
+        small = TilingOptions(tile=tile, overlap=4, pre_pad=pre_pad, batch_size=2)
+        for size in ((1, 1), (5, 7), (37, 90)):
+            pix = np.random.default_rng(sum(size)).random((*size, 3), dtype=np.float32)
+            out = upscale_tiled(pix, _nearest(2), scale=2, options=small)
+            np.testing.assert_allclose(out, pix.repeat(2, 0).repeat(2, 1), atol=1e-6)
+
+
 def test_without_overlap_the_seams_show(tiny_infer) -> None:
     """Control: the equivalence test above can fail (the model's receptive field crosses tiles)."""
     img = _photo(*CROPS[0])
