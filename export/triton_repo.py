@@ -65,6 +65,7 @@ DEFAULT_PREFIX = "adassr_"
 PROVENANCE = "adassr_versions.json"
 LOCK_FILE = ".adassr.lock"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_VERSION_NAME = re.compile(r"[1-9][0-9]*")
 
 
 @dataclass(frozen=True)
@@ -353,7 +354,9 @@ def _engine_command(store: CameraStore, manifest: Mapping[str, Any], options: Tr
 def _versions(model_dir: Path) -> dict[int, Path]:
     if not model_dir.is_dir():
         return {}
-    return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+    # Triton's version folders: positive integers in ASCII digits without leading zeros ("01", "0" and
+    # other digits are not versions to it, so they must not count for the next number either)
+    return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and _VERSION_NAME.fullmatch(p.name)}
 
 
 def _read_provenance(path: Path) -> dict[str, Any]:
@@ -442,7 +445,7 @@ def _config_camera(path: Path) -> str | None:
 
 def _owner(provenance: Mapping[str, Any]) -> str | None:
     """The camera whose model the latest recorded version is (None when nothing is recorded)."""
-    numbered = [int(v) for v in provenance if str(v).isdigit()]
+    numbered = [int(v) for v in provenance if _VERSION_NAME.fullmatch(str(v))]
     if not numbered:
         return None
     latest = provenance[str(max(numbered))]
@@ -605,8 +608,12 @@ def write_repository(
     created = not out.exists()
     try:
         sources = []
+        seen: set[str] = set()
         for camera in chosen:  # all of them checked (each file hashed once) before any is written
             store = CameraStore.open(root, camera)
+            if store.camera in seen:  # one camera named twice ("canon", "Canon"): one model, one new version
+                continue
+            seen.add(store.camera)
             sources.append(_source(store, store.read_manifest(), opts))
         for source in sources:
             model_name(source.camera, opts.prefix)  # before the repository folder is made

@@ -500,7 +500,7 @@ def run_upscale(
               f"{pairs[0][1]}", file=stderr if stderr is not None else sys.stderr)
     camera: str | None = args.camera
     if camera is not None and camera != FALLBACK_CAMERA:
-        validate_group_name(camera)  # CameraError for a bad name, before any work
+        camera = validate_group_name(camera)  # the store's spelling; CameraError for a bad name, before any work
     check_output_folders(target for _, target in pairs)
     _mark_output_in_input(args.input, args.output)
     out = stdout if stdout is not None else sys.stdout

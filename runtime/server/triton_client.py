@@ -28,15 +28,23 @@ from typing import Any
 
 import numpy as np
 
+from adassr.runtime.cameras import validate_group_name
 from adassr.runtime.errors import BackendError, ConfigError
 from adassr.runtime.images import LoadedImage
-from adassr.runtime.pipeline import OutputCheck, upscale_pixels
+from adassr.runtime.pipeline import NonFiniteOutputError, OutputCheck, upscale_pixels
 from adassr.runtime.routing import route_by_image
 from adassr.runtime.store import FALLBACK_CAMERA
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, TilingOptions
 
 DEFAULT_PREFIX = "adassr_"
 _NUMPY_TYPES = {"TYPE_FP32": ("FP32", np.float32), "TYPE_FP16": ("FP16", np.float16)}
+
+
+def camera_model_name(prefix: str, camera: str) -> str:
+    """Triton's name of ``camera``'s model, as ``--triton-repo`` writes it: the store's spelling of the
+    camera (``Canon`` -> ``<prefix>canon``; Triton's model names are case-sensitive); CameraError for a
+    name no camera can have."""
+    return f"{prefix}{camera if camera == FALLBACK_CAMERA else validate_group_name(camera)}"
 
 
 @dataclass(frozen=True)
@@ -167,7 +175,7 @@ class TritonUpscaler:
         :func:`route_by_image` finds (its folder, EXIF Make or file-name prefix: the reason) if Triton
         has that model ready, else the fallback (``fallback``)."""
         if camera is not None:
-            return f"{self._prefix}{camera}", "explicit"
+            return camera_model_name(self._prefix, camera), "explicit"
         group, source, _ = route_by_image(image, self._ready)
         if group is not None and self._ready(group):
             return f"{self._prefix}{group}", source
@@ -179,6 +187,18 @@ class TritonUpscaler:
             return bool(self._client.is_model_ready(f"{self._prefix}{group}"))
         except Exception:  # noqa: BLE001 - tritonclient raises its own exception types
             return False
+
+    def tiling_for(self, info: TritonModelInfo) -> TilingOptions:
+        """The tiling of ``info``'s model: its fixed tile and batch, this client's overlap and pre-pad.
+
+        The repository chooses the tile, so the default overlap shrinks to fit a small one (at most
+        half the tile); an overlap given explicitly that does not fit is a ConfigError."""
+        fits = (info.tile - 1) // 2
+        if self._overlap > fits and self._overlap != DEFAULT_OVERLAP:
+            raise ConfigError(f"--tile-overlap {self._overlap} is too large for Triton model {info.name!r}, whose "
+                              f"tile is {info.tile}: use --tile-overlap <= {fits}")
+        return TilingOptions(tile=info.tile, overlap=min(self._overlap, fits), pre_pad=self._pre_pad,
+                             batch_size=info.max_batch_size, pad_to_tile=True)
 
     def infer_fn(self, info: TritonModelInfo) -> Any:
         """An ``InferFn`` sending ``N x 3 x tile x tile`` batches to ``info``'s model."""
@@ -217,25 +237,24 @@ class TritonUpscaler:
         """
         name = model or self.model_for(image, camera)
         info = self.model_info(name)
-        overlap = min(self._overlap, (info.tile - 1) // 2)  # a small tile cannot take the default overlap
-        tiling = TilingOptions(
-            tile=info.tile,
-            overlap=overlap,
-            pre_pad=self._pre_pad,
-            batch_size=info.max_batch_size,
-            pad_to_tile=True,
-        )
-        pixels, alpha = upscale_pixels(
-            image.pixels,
-            self.infer_fn(info),
-            scale=info.scale,
-            tiling=tiling,
-            alpha=image.alpha,
-            outscale=outscale,
-            multiple_of=info.multiple_of,
-            progress=progress,
-            check_output=check_output,
-        )
+        try:
+            pixels, alpha = upscale_pixels(
+                image.pixels,
+                self.infer_fn(info),
+                scale=info.scale,
+                tiling=self.tiling_for(info),
+                alpha=image.alpha,
+                outscale=outscale,
+                multiple_of=info.multiple_of,
+                progress=progress,
+                check_output=check_output,
+            )
+        except NonFiniteOutputError:
+            precision = "an fp16 overflow?" if info.datatype == "FP16" else "a damaged model?"
+            raise NonFiniteOutputError(
+                f"Triton model {name!r} produced NaN or Inf values ({precision}); publish the camera's fp32 export "
+                "to the repository again (`adassr export --triton-repo DIR --camera NAME`) or re-export the camera"
+            ) from None
         return pixels, alpha, name
 
     def close(self) -> None:

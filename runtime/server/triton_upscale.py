@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.pipeline import OutputCheck, UpscaleResult, check_outscale
-from adassr.runtime.server.triton_client import DEFAULT_PREFIX, TritonUpscaler, triton_url
+from adassr.runtime.server.triton_client import DEFAULT_PREFIX, TritonUpscaler, camera_model_name, triton_url
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
 from adassr.runtime.upscalers import TileProgress
 
@@ -63,7 +63,7 @@ class TritonImageUpscaler:
         if self._options.model is not None:
             return self._options.model, "--triton-model"
         if camera is not None:
-            return f"{self._options.prefix}{camera}", "explicit"
+            return camera_model_name(self._options.prefix, camera), "explicit"
         return self._client.route(image)
 
     def upscale(
@@ -89,9 +89,10 @@ def open_triton(options: TritonRunOptions, *, camera: str | None) -> TritonImage
                             pre_pad=options.pre_pad, connect_timeout_s=CONNECT_TIMEOUT_S)
     try:
         client.check_live()
-        explicit = options.model or (f"{options.prefix}{camera}" if camera is not None else None)
+        explicit = options.model or (camera_model_name(options.prefix, camera) if camera is not None else None)
         if explicit is not None:
-            client.model_info(explicit)  # unknown or foreign model: a whole-run error, not one per image
+            # an unknown or foreign model, or an overlap its tile cannot take: a whole-run error, not one per image
+            client.tiling_for(client.model_info(explicit))
     except BaseException:
         client.close()
         raise

@@ -90,6 +90,29 @@ def test_new_adaptation_becomes_a_new_version(store: Path, tmp_path: Path) -> No
     _parse(model_dir / "config.pbtxt")
 
 
+def test_one_camera_named_in_two_spellings_is_one_model(store: Path, tmp_path: Path) -> None:
+    """``--camera canon --camera Canon`` planned version 2 twice; the second rename failed after the
+    first had been written, reported as an unwritable repository."""
+    repo = tmp_path / "repo"
+    write_repository(repo, store, ["canon"])
+    publish_camera(store, "canon", seed=5)
+    models = write_repository(repo, store, ["canon", "Canon", " CANON "])
+    assert [(m.name, m.version, m.new_version) for m in models] == [("adassr_canon", 2, True)]
+    assert sorted(p.name for p in (repo / "adassr_canon").iterdir() if p.is_dir()) == ["1", "2"]
+
+
+def test_folders_triton_does_not_take_for_versions_do_not_count(store: Path, tmp_path: Path) -> None:
+    """Triton's versions are positive integers: "007" or "0" beside them must not move the next number."""
+    repo = tmp_path / "repo"
+    write_repository(repo, store, ["canon"])
+    for odd in ("007", "0", "\u0663"):  # the last: ARABIC-INDIC DIGIT THREE, which str.isdigit() takes
+        (repo / "adassr_canon" / odd).mkdir()
+    publish_camera(store, "canon", seed=5)
+    (model,) = write_repository(repo, store, ["canon"])
+    assert (model.version, model.new_version) == (2, True)
+    assert (repo / "adassr_canon" / "2" / "model.onnx").is_file()
+
+
 def test_options_fp16_and_cpu_instances(store: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     options = TritonRepoOptions(precision="fp16", instance_kind="KIND_CPU", instance_count=2)

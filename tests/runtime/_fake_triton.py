@@ -1,0 +1,132 @@
+"""A stand-in for tritonserver in the default test run: the parts of the KServe v2 HTTP protocol the
+client uses (server live, model ready, model config, infer with binary tensors), serving the newest
+version of each model of a repository ``write_repository`` wrote, through onnxruntime on the CPU.
+
+It reads each model's ``config.pbtxt`` with Triton's own protobuf schema (``model_config_pb2`` from
+tritonclient) and refuses inputs whose shape the config does not allow, as Triton does. Runs in a
+thread of the test process; ``fault`` makes every inference answer NaN (``"nan"``) or a cropped
+output (``"short"``). The real-server tests (opt-in, PyTriton) cover what a stand-in cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+_WIRE_TYPES = {"FP32": np.float32, "FP16": np.float16}
+_MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/[0-9]+)?(/ready|/config|/infer)?$")
+
+
+def _load_models(repo: Path) -> dict[str, tuple[Any, ort.InferenceSession]]:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    models = {}
+    for folder in sorted(p for p in repo.iterdir() if (p / "config.pbtxt").is_file()):
+        config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        newest = max(int(p.name) for p in folder.iterdir() if re.fullmatch(r"[1-9][0-9]*", p.name))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(folder / str(newest) / "model.onnx"), options,
+                                       providers=["CPUExecutionProvider"])
+        models[config.name] = (config, session)
+    return models
+
+
+@contextmanager
+def fake_triton(repo: Path, *, fault: str | None = None) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Serve ``repo`` on a loopback port; yields ``(host:port, calls)``, ``calls`` being the model name
+    and input shape of every inference request."""
+    from google.protobuf import json_format
+
+    models = _load_models(repo)
+    calls: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json" if not headers else "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, message: str) -> None:
+            self._answer(400, json.dumps({"error": message}).encode())
+
+        def _model(self) -> tuple[str, str, Any] | None:
+            match = _MODEL_PATH.match(self.path)
+            if match is None:
+                return None
+            name, what = match.group(1), match.group(2) or ""
+            if name not in models:
+                self._error(f"Request for unknown model: '{name}' is not found")
+                return None
+            return name, what, models[name]
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path == "/v2/health/live":
+                return self._answer(200)
+            found = self._model()
+            if found is None:
+                return None if _MODEL_PATH.match(self.path) else self._error(f"unknown path {self.path}")
+            _, what, (config, _) = found
+            if what == "/config":
+                body = json_format.MessageToDict(config, preserving_proto_field_name=True)
+                return self._answer(200, json.dumps(body).encode())
+            return self._answer(200)  # ready
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            found = self._model()
+            if found is None:
+                return None
+            name, _, (config, session) = found
+            head = int(self.headers.get("Inference-Header-Content-Length", len(body)))
+            request, offset, feeds = json.loads(body[:head]), head, {}
+            for item in request["inputs"]:
+                size = item["parameters"]["binary_data_size"]
+                array = np.frombuffer(body[offset : offset + size], _WIRE_TYPES[item["datatype"]])
+                feeds[item["name"]] = array.reshape(item["shape"])
+                offset += size
+            spec = config.input[0]
+            batch = feeds.get(spec.name)
+            if batch is None or list(batch.shape[1:]) != list(spec.dims) or batch.shape[0] > config.max_batch_size:
+                shape = None if batch is None else list(batch.shape)
+                return self._error(f"unexpected shape for input '{spec.name}' for model '{name}': {shape}")
+            calls.append({"model": name, "shape": tuple(batch.shape)})
+            (result,) = session.run(None, {spec.name: batch.astype(np.float32)})
+            if fault == "nan":
+                result[...] = np.nan
+            elif fault == "short":
+                result = result[:, :, :-4]
+            data = np.ascontiguousarray(result, dtype=np.float32).tobytes()
+            header = json.dumps({"model_name": name, "model_version": "1", "outputs": [{
+                "name": config.output[0].name, "datatype": "FP32", "shape": list(result.shape),
+                "parameters": {"binary_data_size": len(data)}}]}).encode()
+            return self._answer(200, header + data, {"Inference-Header-Content-Length": str(len(header))})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", calls
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -1,0 +1,131 @@
+"""``adassr upscale --triton`` against a stand-in Triton server (tests/runtime/_fake_triton.py) in the
+default run: routing, the camera's spelling, the tiling the repository fixes, and model faults. The
+same flows against a real tritonserver are in test_upscale_triton.py (opt-in)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adassr.cli import main
+from adassr.export.triton_repo import TritonRepoOptions, write_repository
+from adassr.runtime.images import read_image
+from adassr.runtime.store import FALLBACK_CAMERA
+from adassr.runtime.upscale_cli import add_upscale_arguments, run_upscale
+
+from ._fake_triton import fake_triton
+from ._models import publish_camera
+from ._server import SAMPLES, small_jpeg_with_exif
+
+pytest.importorskip("tritonclient.http")
+pytest.importorskip("tritonclient.grpc")  # the stand-in reads config.pbtxt with Triton's protobuf schema
+
+TILE = 32
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """``(store, repository, input folder)``: fallback and canon models, tile 32, two photos and a bad file."""
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0)
+    publish_camera(store, "canon", seed=1)
+    repo = tmp_path / "repo"
+    write_repository(repo, store, options=TritonRepoOptions(tile=TILE, max_batch_size=4, preferred_batch_sizes=(2, 4),
+                                                           instance_kind="KIND_CPU"))
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a_canon.jpg").write_bytes(small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 48))
+    (src / "b_nokia.jpg").write_bytes(small_jpeg_with_exif(SAMPLES / "nokia" / "iptc.jpg", 40))
+    (src / "c_bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    return store, repo, src
+
+
+def _upscale(*argv: str) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser()
+    add_upscale_arguments(parser)
+    out, err = io.StringIO(), io.StringIO()
+    code = run_upscale(parser.parse_args(list(argv)), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _same_pixels(a: Path, b: Path) -> bool:
+    return np.array_equal(read_image(a).pixels, read_image(b).pixels)
+
+
+def test_a_folder_through_triton_equals_the_local_run(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    store, repo, src = setup
+    tiling = ("--tile", str(TILE), "--tile-overlap", "8", "--ext", "png", "--no-progress")
+    local = tmp_path / "local"
+    assert _upscale("-i", str(src), "-o", str(local), "--store", str(store), *tiling)[0] == 1
+    with fake_triton(repo) as (url, calls):
+        out = tmp_path / "out"
+        code, stdout, stderr = _upscale("-i", str(src), "-o", str(out), "--triton", url, *tiling)
+    assert code == 1, stderr
+    assert "a_canon.png  [model adassr_canon on Triton, exif-make]" in stdout
+    assert "b_nokia.png  [model adassr__fallback on Triton, fallback]" in stdout
+    assert "c_bad.jpg" in stderr and "2 ok, 1 failed" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a_canon.png", "b_nokia.png"]
+    for name in ("a_canon.png", "b_nokia.png"):
+        assert _same_pixels(out / name, local / name), name
+    assert {c["shape"][1:] for c in calls} == {(3, TILE, TILE)} and max(c["shape"][0] for c in calls) <= 4
+    assert {c["model"] for c in calls} == {"adassr_canon", f"adassr_{FALLBACK_CAMERA}"}
+
+
+def test_camera_is_spelt_as_the_store_spells_it(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """``--camera Canon`` works locally; on Triton it asked for ``adassr_Canon`` (model names are
+    case-sensitive) and the whole run failed."""
+    store, repo, src = setup
+    one = src / "b_nokia.jpg"
+    tiling = ("--tile", str(TILE), "--tile-overlap", "8", "--no-progress")
+    ref = tmp_path / "ref.png"
+    assert _upscale("-i", str(one), "-o", str(ref), "--store", str(store), "--camera", "Canon", *tiling)[0] == 0
+    with fake_triton(repo) as (url, _):
+        code, stdout, stderr = _upscale("-i", str(one), "-o", str(tmp_path / "t.png"), "--triton", url,
+                                        "--camera", "Canon", *tiling)
+    assert code == 0, stderr
+    assert "[model adassr_canon on Triton, explicit]" in stdout
+    assert _same_pixels(tmp_path / "t.png", ref)
+
+
+def test_the_overlap_fits_the_repositorys_tile(setup: tuple[Path, Path, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The default overlap (32) shrinks to fit the 32 px tile the repository chose (15, as a local run
+    with that overlap); one given explicitly that cannot fit is a one-line error before any image."""
+    store, repo, src = setup
+    one = src / "a_canon.jpg"
+    ref = tmp_path / "ref.png"
+    assert _upscale("-i", str(one), "-o", str(ref), "--store", str(store), "--tile", str(TILE),
+                    "--tile-overlap", "15", "--no-progress")[0] == 0
+    with fake_triton(repo) as (url, calls):
+        code, _, stderr = _upscale("-i", str(one), "-o", str(tmp_path / "t.png"), "--triton", url, "--no-progress")
+        assert code == 0, stderr
+        assert _same_pixels(tmp_path / "t.png", ref)
+        n = len(calls)
+        capsys.readouterr()
+        code = main(["upscale", "-i", str(one), "-o", str(tmp_path / "x.png"), "--triton", url,
+                     "--camera", "canon", "--tile-overlap", "20"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert "--tile-overlap 20 is too large" in err and "tile is 32" in err and "<= 15" in err
+        assert len(calls) == n and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ("nan", "Triton model 'adassr_canon' produced NaN or Inf values (a damaged model?); publish the camera's fp32"),
+    ("short", "model output"),
+])
+def test_a_faulty_model_fails_its_images_with_a_message_about_triton(
+    setup: tuple[Path, Path, Path], tmp_path: Path, fault: str, message: str
+) -> None:
+    _, repo, src = setup
+    with fake_triton(repo, fault=fault) as (url, _):
+        out = tmp_path / "out.png"
+        code, stdout, stderr = _upscale("-i", str(src / "a_canon.jpg"), "-o", str(out), "--triton", url,
+                                        "--camera", "canon", "--no-progress")
+    assert code == 1 and message in stderr, stderr
+    assert "use its fp32 export (--precision fp32)" not in stderr  # the local runtime's advice means nothing here
+    assert not out.exists() and "0 ok, 1 failed" in stdout
