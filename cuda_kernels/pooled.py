@@ -36,6 +36,8 @@ def _checked_features(features: torch.Tensor, pool: int, heads: int) -> torch.Te
     if not isinstance(features, torch.Tensor) or features.dim() != 4:
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else ()
         raise ShapeError("features", shape, "(B, C, H, W)")
+    if min(features.shape) < 1:
+        raise ShapeError("features", tuple(features.shape), "(B, C, H, W) with every size >= 1")
     if not features.is_floating_point():
         raise ConfigError(f"features must be a float tensor, got {features.dtype}")
     for name, value in (("pool", pool), ("heads", heads)):

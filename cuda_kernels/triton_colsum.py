@@ -290,7 +290,9 @@ def colsum_triton(
     # in some Triton versions), compile-time ones by keyword.
     runtime_args = (
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        h, n, n_bucket(n), float(scale) * LOG2E, int(grid_w) if grid_w else 1, int(exclude_radius),
+        # any radius >= N excludes the same pairs as N; clamped, so that the kernel's int32 block
+        # arithmetic (q_hi + radius) cannot wrap around and exclude nothing
+        h, n, n_bucket(n), float(scale) * LOG2E, int(grid_w) if grid_w else 1, min(int(exclude_radius), n),
     )
     constexprs = dict(D=d, EXCLUDE=exclude_radius > 0, DOT_FP32=dot_fp32, PRECISION=precision)
 

@@ -25,7 +25,7 @@ from adassr.adapt.attention import (
 )
 from adassr.adapt.config import AttentionConfig
 from adassr.adapt.precision import Precision, resolve_precision
-from adassr.runtime.errors import ConfigError, ShapeError
+from adassr.runtime.errors import ConfigError, ShapeError, WeightsError
 from adassr.runtime.images import read_image, to_float32
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -278,6 +278,38 @@ def test_bad_inputs_raise_typed_errors(small_model: RRDBNet, photo: np.ndarray) 
     for bad_config in ({"temperature": 0.0}, {"highpass": 4}, {"texture_floor": -1.0}, {"max_side": 4}):
         with pytest.raises(ConfigError):
             AttentionConfig(**bad_config)
+
+
+def test_an_overflowing_trunk_is_computed_again_in_fp32_never_taken_for_a_flat_image(
+        small_model: RRDBNet, photo: np.ndarray, caplog: pytest.LogCaptureFixture) -> None:
+    """One Inf feature (an fp16 overflow) made the map NaN, which passed for a constant image's
+    uniform map (and the weight-map cache kept it)."""
+    config = AttentionConfig()
+    calls: list[str] = []
+
+    def overflowing(image: np.ndarray) -> torch.Tensor:
+        calls.append("trunk")
+        features = trunk_features(small_model, image, device=CPU, precision=FP32)
+        features[0, 0, 3, 5] = math.inf
+        return features
+
+    expected = guidance_map(small_model, photo, config, device=CPU, precision=FP32)
+    assert expected.std() > 0.05  # a real map, not the uniform one
+    with caplog.at_level("WARNING", logger="adassr.adapt.attention"):
+        got = guidance_map(small_model, photo, config, device=CPU, precision=Precision("bf16", "cpu"),
+                           trunk=overflowing)
+    assert calls == ["trunk"] and "overflowed in bf16" in caplog.text
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # the fp32 features' map
+    for mode in ("attention", "similarity"):
+        with pytest.raises(WeightsError, match="NaN or Inf features in fp32"):
+            guidance_map(small_model, photo, replace(config, mode=mode), device=CPU, precision=FP32,
+                         trunk=overflowing)
+    broken = RRDBNet(num_feat=32, num_block=1, num_grow_ch=16).eval()
+    broken.load_state_dict(small_model.state_dict())
+    with torch.no_grad():
+        broken.conv_first.weight[0, 0, 0, 0] = math.nan
+    with pytest.raises(WeightsError, match="weights are damaged"):
+        compute_weight_map(broken, photo, config, device=CPU, precision=Precision("bf16", "cpu"))
 
 
 def test_trunk_features_match_the_plain_forward_and_leave_the_model_as_it_was(

@@ -87,6 +87,8 @@ CASES = (
     # Fully excluded rows: the centre of a 3x3 grid at r=1; every row of a 3x2 grid at r=2.
     ColsumCase("full_centre_3x3", 1, 2, 9, 16, grid_w=3, radius=1, seed=14),
     ColsumCase("full_all_3x2", 1, 1, 6, 16, grid_w=3, radius=2, seed=15),
+    # A radius past int32 in the kernel's block arithmetic: every pair excluded (it wrapped and excluded none).
+    ColsumCase("full_huge_radius_8x8", 1, 1, 64, 16, grid_w=8, radius=2**31 - 1, seed=16),
 )
 
 

@@ -97,3 +97,6 @@ def test_errors() -> None:
         pooled_attention_map(feats, 2, 0)
     with pytest.raises(ShapeError, match="token_transform output"):
         pooled_attention_map(feats, 4, 3, token_transform=lambda t: t[:, :5])
+    for empty in ((1, 8, 0, 4), (1, 8, 4, 0), (0, 8, 4, 4)):  # a raw torch error with pool > 1
+        with pytest.raises(ShapeError, match="every size >= 1"):
+            pooled_attention_map(torch.zeros(empty), 2, 2)
