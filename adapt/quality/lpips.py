@@ -140,17 +140,22 @@ class LPIPS(nn.Module):
         self._check(reference, "reference")
         if images.shape != reference.shape:
             raise ShapeError("LPIPS images", tuple(images.shape), f"the reference's shape {tuple(reference.shape)}")
-        if not (images.requires_grad or reference.requires_grad):
-            for batch, what in ((images, "LPIPS images"), (reference, "LPIPS reference")):
-                if not bool(torch.isfinite(batch).all()):
-                    raise ImageError(f"{what} have NaN or infinite values: pass finite images in [0, 1]")
-                check_float_range(float(batch.min()), float(batch.max()), what)
-        dtype = self.shift.dtype
-        if images.dtype == torch.float64 or reference.dtype == torch.float64:
-            images, reference = images.to(dtype), reference.to(dtype)
+        training = images.requires_grad or reference.requires_grad
+        images = self._checked_values(images, "LPIPS images", check=not training)
+        reference = self._checked_values(reference, "LPIPS reference", check=not training)
         n = images.shape[0]
         taps = [_unit_normalize(f) for f in self.feature_maps(torch.cat([images, reference], dim=0))]
         return self._tap_distance([t[:n] for t in taps], [t[n:] for t in taps])
+
+    def _checked_values(self, batch: Tensor, what: str, *, check: bool) -> Tensor:
+        """``batch`` in the weights' dtype where it is float64; with ``check`` (outside training: no
+        gradient) its values are checked: NaN, infinity or another scale (0-255 levels, [-1, 1]) is an
+        :class:`ImageError` (in training the check is skipped: it would wait for the GPU at every step)."""
+        if check:
+            if not bool(torch.isfinite(batch).all()):
+                raise ImageError(f"{what} have NaN or infinite values: pass finite images in [0, 1]")
+            check_float_range(float(batch.min()), float(batch.max()), what)
+        return batch.to(self.shift.dtype) if batch.dtype == torch.float64 else batch
 
     def _tap_distance(self, image_taps: Sequence[Tensor], reference_taps: Sequence[Tensor]) -> Tensor:
         """Sum over taps of the learned-weight mean squared difference of unit-normalised taps: ``(B,)``."""
@@ -163,9 +168,11 @@ class LPIPS(nn.Module):
     def reference_features(self, reference: Tensor) -> list[Tensor]:
         """The unit-normalised taps of fixed reference images, for :meth:`distance_to` (no gradient).
 
-        A training loop whose targets repeat (a bank of pairs) computes them once instead of every step.
+        A training loop whose targets repeat (a bank of pairs) computes them once instead of every step;
+        the values are not checked here (that would wait for the GPU in the loop): pass images in [0, 1].
         """
         self._check(reference, "reference")
+        reference = reference.to(self.shift.dtype) if reference.dtype == torch.float64 else reference
         return [_unit_normalize(f) for f in self.feature_maps(reference)]
 
     def distance_to(self, images: Tensor, reference_features: Sequence[Tensor]) -> Tensor:
@@ -174,7 +181,7 @@ class LPIPS(nn.Module):
         Equal to ``self(images, reference)`` for the references the features were computed from.
         """
         self._check(images, "images")
-        feats = self.feature_maps(images)
+        feats = self.feature_maps(self._checked_values(images, "LPIPS images", check=not images.requires_grad))
         if len(reference_features) != len(feats):
             raise ShapeError("LPIPS reference features", (len(reference_features),), f"{len(feats)} taps")
         for f, ref in zip(feats, reference_features, strict=True):

@@ -208,3 +208,36 @@ def test_an_image_paired_twice_is_scored_twice_and_nan_is_a_failure(capsys: pyte
     out, err = capsys.readouterr()
     assert [line.split("\t")[0] for line in out.splitlines()] == [D6]
     assert "niqe is undefined (NaN) on this image" in err and "infinite" not in err
+
+
+def test_a_device_lpips_cannot_use_is_a_whole_run_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--device mps`` or ``xpu`` ended in a traceback with exit 1 (read as "some files failed");
+    ``meta`` failed every file as "a bug in adassr"."""
+    if not lw.lpips_weights_present("alex", default_cache_dir()):
+        pytest.skip(f"LPIPS weights not in {default_cache_dir()}: run `adassr fetch-weights lpips`")
+    import torch
+
+    for device in ("mps", "xpu", "meta"):
+        assert "lpips runs on cpu or cuda" in _fail(capsys, "lpips", D4, "--ref", R4, "--device", device)
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU is available" in _fail(capsys, "lpips", D4, "--ref", R4, "--device", "cuda:0")
+    else:
+        count = torch.cuda.device_count()
+        assert f"has {count} CUDA GPU(s)" in _fail(capsys, "lpips", D4, "--ref", R4, "--device", f"cuda:{count}")
+    assert "not a torch device" in _fail(capsys, "lpips", D4, "--ref", R4, "--device", "gpu0")
+
+
+def test_notes_for_what_is_not_scored_and_one_file_in_two_spellings(capsys: pytest.CaptureFixture[str],
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    rgb = read_image(D4).pixels
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 90, np.uint8)])).save(rgba)
+    assert _metrics("psnr", str(rgba), "--ref", D4) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{rgba}\tinf\n" and f"{rgba} has an alpha channel, which is not scored" in err
+    assert _metrics("niqe", D4, "--device", "cuda") == 0
+    assert "--device applies to lpips only" in capsys.readouterr().err
+    monkeypatch.chdir(CALIB)
+    assert _metrics("psnr", "dist_I04.png", "./dist_I04.png", "--ref", "ref_I04.png", "ref_I04.png", "--json") == 2
+    assert "scored more than once" in capsys.readouterr().err

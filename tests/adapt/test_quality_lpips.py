@@ -176,6 +176,24 @@ def test_value_checks_outside_training() -> None:
         load_lpips("alex", device="tpu")
 
 
+def test_cached_reference_features_take_float64_and_check_the_images_outside_training() -> None:
+    """``distance_to`` raised a raw dtype error for float64 images and scored 0-255 levels silently."""
+    from adassr.runtime.errors import ImageError
+
+    torch.manual_seed(0)
+    model = LPIPS("alex")
+    ref = _image(CALIB / "ref_I04.png")[..., :48, :48]
+    img = _image(CALIB / "dist_I04.png")[..., :48, :48]
+    full = model(img, ref)
+    cached = model.distance_to(img.double(), model.reference_features(ref.double()))
+    assert cached.dtype == torch.float32
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ImageError, match="not on the \\[0, 1\\] scale"):
+        model.distance_to(img * 255, model.reference_features(ref))
+    with pytest.raises(ImageError, match="NaN"):
+        model.distance_to(torch.full_like(img, float("nan")), model.reference_features(ref))
+
+
 def test_cached_reference_features_give_the_same_distance_and_gradient() -> None:
     torch.manual_seed(0)
     model = LPIPS("vgg")  # random weights: the identity holds for any weights

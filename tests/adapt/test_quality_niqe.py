@@ -147,6 +147,9 @@ def test_torch_batch_options_and_errors() -> None:
         niqe_torch(batch[..., :90, :])
     with pytest.raises(ConfigError):
         niqe_torch(batch, convert="rgb")  # type: ignore[arg-type]
+    for crop in (-1, True, 2.5):  # True cropped one pixel, 2.5 failed deep in the slicing
+        with pytest.raises(ConfigError, match="crop_border must be an int >= 0"):
+            niqe_torch(batch, crop_border=crop)  # type: ignore[arg-type]
 
 
 @pytest.mark.gpu
