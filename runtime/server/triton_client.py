@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from adassr.runtime.cameras import validate_group_name
-from adassr.runtime.errors import BackendError, ConfigError
+from adassr.runtime.errors import BackendError, ConfigError, ShapeError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.pipeline import NonFiniteOutputError, OutputCheck, upscale_pixels
 from adassr.runtime.routing import route_by_image
@@ -38,6 +38,10 @@ from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, TilingOption
 
 DEFAULT_PREFIX = "adassr_"
 _NUMPY_TYPES = {"TYPE_FP32": ("FP32", np.float32), "TYPE_FP16": ("FP16", np.float16)}
+
+
+class TritonInferError(BackendError):
+    """Triton refused or failed an inference request (the message has its answer)."""
 
 
 def camera_model_name(prefix: str, camera: str) -> str:
@@ -166,6 +170,15 @@ class TritonUpscaler:
             self._models[name] = parse_model_config(config)
         return self._models[name]
 
+    def _fresh_model_info(self, name: str) -> TritonModelInfo | None:
+        """``name``'s config read again (and cached); None when it cannot be read now."""
+        try:
+            fresh = parse_model_config(self._client.get_model_config(name))
+        except Exception:  # noqa: BLE001 - tritonclient's own types; the first error is the one reported
+            return None
+        self._models[name] = fresh
+        return fresh
+
     def model_for(self, image: LoadedImage, camera: str | None = None) -> str:
         """``<prefix><camera>``; without ``camera`` see :meth:`route`."""
         return self.route(image, camera)[0]
@@ -213,7 +226,7 @@ class TritonUpscaler:
             try:
                 result = self._client.infer(info.name, [inp], outputs=[out])
             except Exception as exc:  # noqa: BLE001 - tritonclient raises its own exception types
-                raise BackendError(f"Triton failed on model {info.name!r} with input {data.shape}: {exc}") from exc
+                raise TritonInferError(f"Triton failed on model {info.name!r} with input {data.shape}: {exc}") from exc
             array = result.as_numpy(info.output_name)
             if array is None:
                 raise BackendError(f"Triton returned no {info.output_name!r} for model {info.name!r}")
@@ -237,18 +250,22 @@ class TritonUpscaler:
         """
         name = model or self.model_for(image, camera)
         info = self.model_info(name)
+
+        def run(info: TritonModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
+            return upscale_pixels(image.pixels, self.infer_fn(info), scale=info.scale, tiling=self.tiling_for(info),
+                                  alpha=image.alpha, outscale=outscale, multiple_of=info.multiple_of,
+                                  progress=progress, check_output=check_output)
+
         try:
-            pixels, alpha = upscale_pixels(
-                image.pixels,
-                self.infer_fn(info),
-                scale=info.scale,
-                tiling=self.tiling_for(info),
-                alpha=image.alpha,
-                outscale=outscale,
-                multiple_of=info.multiple_of,
-                progress=progress,
-                check_output=check_output,
-            )
+            try:
+                pixels, alpha = run(info)
+            except (TritonInferError, ShapeError):
+                # the repository may have been rewritten with another tile or batch since the config
+                # was read (a long-lived client, Triton in poll mode): read it again, and retry once
+                fresh = self._fresh_model_info(name)
+                if fresh is None or fresh == info:
+                    raise
+                pixels, alpha = run(fresh)
         except NonFiniteOutputError:
             precision = "an fp16 overflow?" if info.datatype == "FP16" else "a damaged model?"
             raise NonFiniteOutputError(

@@ -15,6 +15,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,24 @@ def _load_models(repo: Path) -> dict[str, tuple[Any, ort.InferenceSession]]:
     return models
 
 
+@dataclass
+class FakeTriton:
+    """A running stand-in: its ``host:port``, the model name and input shape of every inference
+    request, and :meth:`reload` (Triton's poll mode: the repository read again)."""
+
+    url: str
+    calls: list[dict[str, Any]]
+    models: dict[str, tuple[Any, ort.InferenceSession]]
+    repo: Path
+
+    def reload(self) -> None:
+        self.models.clear()
+        self.models.update(_load_models(self.repo))
+
+
 @contextmanager
-def fake_triton(repo: Path, *, fault: str | None = None) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """Serve ``repo`` on a loopback port; yields ``(host:port, calls)``, ``calls`` being the model name
-    and input shape of every inference request."""
+def fake_triton(repo: Path, *, fault: str | None = None) -> Iterator[FakeTriton]:
+    """Serve ``repo`` on a loopback port until the block ends."""
     from google.protobuf import json_format
 
     models = _load_models(repo)
@@ -125,7 +140,7 @@ def fake_triton(repo: Path, *, fault: str | None = None) -> Iterator[tuple[str, 
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"127.0.0.1:{server.server_address[1]}", calls
+        yield FakeTriton(f"127.0.0.1:{server.server_address[1]}", calls, models, repo)
     finally:
         server.shutdown()
         server.server_close()

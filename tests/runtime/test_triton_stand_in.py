@@ -61,7 +61,8 @@ def test_a_folder_through_triton_equals_the_local_run(setup: tuple[Path, Path, P
     tiling = ("--tile", str(TILE), "--tile-overlap", "8", "--ext", "png", "--no-progress")
     local = tmp_path / "local"
     assert _upscale("-i", str(src), "-o", str(local), "--store", str(store), *tiling)[0] == 1
-    with fake_triton(repo) as (url, calls):
+    with fake_triton(repo) as triton:
+        url, calls = triton.url, triton.calls
         out = tmp_path / "out"
         code, stdout, stderr = _upscale("-i", str(src), "-o", str(out), "--triton", url, *tiling)
     assert code == 1, stderr
@@ -83,7 +84,8 @@ def test_camera_is_spelt_as_the_store_spells_it(setup: tuple[Path, Path, Path], 
     tiling = ("--tile", str(TILE), "--tile-overlap", "8", "--no-progress")
     ref = tmp_path / "ref.png"
     assert _upscale("-i", str(one), "-o", str(ref), "--store", str(store), "--camera", "Canon", *tiling)[0] == 0
-    with fake_triton(repo) as (url, _):
+    with fake_triton(repo) as triton:
+        url = triton.url
         code, stdout, stderr = _upscale("-i", str(one), "-o", str(tmp_path / "t.png"), "--triton", url,
                                         "--camera", "Canon", *tiling)
     assert code == 0, stderr
@@ -100,7 +102,8 @@ def test_the_overlap_fits_the_repositorys_tile(setup: tuple[Path, Path, Path], t
     ref = tmp_path / "ref.png"
     assert _upscale("-i", str(one), "-o", str(ref), "--store", str(store), "--tile", str(TILE),
                     "--tile-overlap", "15", "--no-progress")[0] == 0
-    with fake_triton(repo) as (url, calls):
+    with fake_triton(repo) as triton:
+        url, calls = triton.url, triton.calls
         code, _, stderr = _upscale("-i", str(one), "-o", str(tmp_path / "t.png"), "--triton", url, "--no-progress")
         assert code == 0, stderr
         assert _same_pixels(tmp_path / "t.png", ref)
@@ -122,10 +125,35 @@ def test_a_faulty_model_fails_its_images_with_a_message_about_triton(
     setup: tuple[Path, Path, Path], tmp_path: Path, fault: str, message: str
 ) -> None:
     _, repo, src = setup
-    with fake_triton(repo, fault=fault) as (url, _):
+    with fake_triton(repo, fault=fault) as triton:
+        url = triton.url
         out = tmp_path / "out.png"
         code, stdout, stderr = _upscale("-i", str(src / "a_canon.jpg"), "-o", str(out), "--triton", url,
                                         "--camera", "canon", "--no-progress")
     assert code == 1 and message in stderr, stderr
     assert "use its fp32 export (--precision fp32)" not in stderr  # the local runtime's advice means nothing here
     assert not out.exists() and "0 ok, 1 failed" in stdout
+
+
+def test_a_long_lived_client_follows_a_repository_rewritten_with_another_tile(
+        setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """The client cached each model's config for good: after ``--triton-repo`` wrote another tile
+    (and a polling Triton reloaded it), every request failed on the input shape until a restart."""
+    from adassr.runtime.server.triton_client import TritonUpscaler
+
+    store, repo, src = setup
+    image = read_image(src / "a_canon.jpg")
+    ref = tmp_path / "ref48.png"
+    assert _upscale("-i", str(src / "a_canon.jpg"), "-o", str(ref), "--store", str(store), "--camera", "canon",
+                    "--tile", "48", "--tile-overlap", "23", "--no-progress")[0] == 0
+    with fake_triton(repo) as triton, TritonUpscaler(triton.url) as client:
+        client.upscale(image, camera="canon")
+        assert {c["shape"][2:] for c in triton.calls} == {(TILE, TILE)}
+        write_repository(repo, store, ["canon"], TritonRepoOptions(tile=48, max_batch_size=4,
+                                                                   preferred_batch_sizes=(2, 4),
+                                                                   instance_kind="KIND_CPU"))
+        triton.reload()
+        pixels, _, name = client.upscale(image, camera="canon")
+        assert name == "adassr_canon" and triton.calls[-1]["shape"][2:] == (48, 48)
+        assert np.array_equal(pixels, read_image(ref).pixels)
+        assert client.model_info("adassr_canon").tile == 48
