@@ -93,6 +93,10 @@ def _run_triton(args: argparse.Namespace) -> int:
     for model in write_repository(args.triton_repo, args.store, args.camera, options):
         state = "new version" if model.new_version else "unchanged"
         print(f"{model.camera}: {model.directory}/{model.version} ({state}, sha256 {model.sha256[:12]}...)")
+        if model.previous_store is not None:
+            print(f"warning: the Triton model {model.name!r} was last published from the store {model.previous_store}, "
+                  f"not {Path(args.store).expanduser()}: two stores with a camera {model.camera!r} now share it "
+                  "(unless the store has moved); give one of them another --triton-prefix", file=sys.stderr)
     if args.camera is None:  # the whole store: what the repository may now serve wrongly
         for warning in repository_warnings(args.triton_repo, args.store, options):
             print(f"warning: {warning}", file=sys.stderr)

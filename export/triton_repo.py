@@ -138,6 +138,9 @@ class TritonModel:
     new_version: bool
     sha256: str
     directory: Path
+    # the store the model's previous version came from, when another store than this run's: two
+    # stores with a camera of the same name share the model (or the store has moved)
+    previous_store: str | None = None
 
 
 def model_name(camera: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -251,6 +254,7 @@ class _Source:
     path: Path  # the verified file to copy
     sha256: str
     engine: EngineRecord | None  # for tensorrt_plan
+    store_root: str  # the store's absolute path, recorded with each version
 
 
 def _source(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> _Source:
@@ -271,9 +275,16 @@ def _source(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
     if options.platform == "tensorrt_plan":
         engine = _engine(store, manifest, options)
         return _Source(store.camera, manifest, record, EngineCache.for_camera(store).path_of(engine),
-                       engine.sha256, engine)
+                       engine.sha256, engine, _store_root(store))
     sha256 = str(manifest["artifacts"][str(record["file"])]["sha256"])  # what verified_path checked
-    return _Source(store.camera, manifest, record, path, sha256, None)
+    return _Source(store.camera, manifest, record, path, sha256, None, _store_root(store))
+
+
+def _store_root(store: CameraStore) -> str:
+    try:
+        return str(store.root.resolve())
+    except (OSError, RuntimeError):
+        return str(store.root.absolute())
 
 
 def _covers(profile: Mapping[str, Any], shape: tuple[int, ...], batch: int) -> bool:
@@ -443,13 +454,18 @@ def _config_camera(path: Path) -> str | None:
     return match.group(1) if match else None
 
 
-def _owner(provenance: Mapping[str, Any]) -> str | None:
-    """The camera whose model the latest recorded version is (None when nothing is recorded)."""
+def _latest_record(provenance: Mapping[str, Any], field: str) -> str | None:
+    """``field`` of the latest recorded version (None when nothing is recorded)."""
     numbered = [int(v) for v in provenance if _VERSION_NAME.fullmatch(str(v))]
     if not numbered:
         return None
     latest = provenance[str(max(numbered))]
-    return str(latest.get("camera")) if isinstance(latest, Mapping) and latest.get("camera") else None
+    return str(latest.get(field)) if isinstance(latest, Mapping) and latest.get(field) else None
+
+
+def _owner(provenance: Mapping[str, Any]) -> str | None:
+    """The camera whose model the latest recorded version is (None when nothing is recorded)."""
+    return _latest_record(provenance, "camera")
 
 
 def write_model(plan: _Plan) -> TritonModel:
@@ -470,13 +486,16 @@ def write_model(plan: _Plan) -> TritonModel:
             with contextlib.suppress(OSError):
                 model_dir.rmdir()
         raise
-    result = TritonModel(plan.name, camera, version, plan.new, source.sha256, model_dir)
-    if not plan.new and str(version) in plan.provenance:
-        return result  # the record of these bytes stands
+    previous = _latest_record(plan.provenance, "store")
+    result = TritonModel(plan.name, camera, version, plan.new, source.sha256, model_dir,
+                         previous if previous is not None and previous != source.store_root else None)
+    if not plan.new and str(version) in plan.provenance and result.previous_store is None:
+        return result  # the record of these bytes stands (the same bytes from another store: recorded anew)
     provenance = dict(plan.provenance)
     record, manifest, engine = source.record, source.manifest, source.engine
     provenance[str(version)] = {
         "camera": camera,
+        "store": source.store_root,
         "sha256": source.sha256,
         "source_file": str(record["file"]),
         "precision": record.get("precision"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -339,6 +340,33 @@ def test_a_model_name_another_camera_owns_is_refused(store: Path, tmp_path: Path
     (repo / "adassr_x" / "adassr_versions.json").unlink()  # the config still names the camera
     with pytest.raises(ExportError, match="serves camera 'x', not 'adassr_x'"):
         write_repository(repo, store, ["adassr_x"], TritonRepoOptions(prefix=""))
+
+
+def test_a_camera_of_the_same_name_from_another_store_is_named(store: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Two stores (two sites) with a camera ``canon`` published into one repository took turns as
+    versions of one model, silently: each version now records its store, and the CLI warns."""
+    other = tmp_path / "other_store"
+    publish_camera(other, FALLBACK_CAMERA, seed=0)
+    publish_camera(other, "canon", seed=7)
+    repo = tmp_path / "repo"
+    args = ["export", "--triton-repo", str(repo), "--camera", "canon", "--instance-kind", "KIND_CPU"]
+    assert main([*args, "--store", str(store)]) == 0
+    record = json.loads((repo / "adassr_canon" / "adassr_versions.json").read_text())["1"]
+    assert record["store"] == str(store.resolve())
+    assert "warning" not in capsys.readouterr().err
+    assert main([*args, "--store", str(store)]) == 0  # the same store again: no warning
+    assert "warning" not in capsys.readouterr().err
+    assert main([*args, "--store", str(other)]) == 0
+    err = capsys.readouterr().err
+    assert f"last published from the store {store.resolve()}" in err and "another --triton-prefix" in err
+    (model,) = write_repository(repo, other, ["canon"])  # other's own version now: nothing to say
+    assert (model.version, model.previous_store) == (2, None)
+    shutil.copytree(other, tmp_path / "moved")  # the same bytes from a moved store: named once, then recorded
+    (moved,) = write_repository(repo, tmp_path / "moved", ["canon"])
+    assert (moved.version, moved.new_version, moved.previous_store) == (2, False, str(other.resolve()))
+    (again,) = write_repository(repo, tmp_path / "moved", ["canon"])
+    assert again.previous_store is None
 
 
 def test_a_model_that_cannot_be_written_stops_the_run_before_any_is(store: Path, tmp_path: Path) -> None:
