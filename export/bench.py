@@ -54,13 +54,15 @@ def _sizes(text: str) -> list[int]:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--sizes must be comma-separated integers, got {text!r}") from None
-    if not sizes or min(sizes) < MIN_SIDE:
-        raise ConfigError(f"--sizes needs sizes >= {MIN_SIDE}, got {text!r}")
-    return sizes
+    if not sizes or min(sizes) < MIN_SIDE or max(sizes) > MAX_SIDE:
+        raise ConfigError(f"--sizes needs sizes from {MIN_SIDE} to {MAX_SIDE}, got {text!r}")
+    return list(dict.fromkeys(sizes))  # a size given twice is timed once
 
 
 MIN_SIDE = 8
 """The smallest LR side a latency case may have."""
+MAX_SIDE = 4096
+"""The largest LR side a latency case may have (its x4 output is 16384 px wide: 3 GB of float32)."""
 
 
 
@@ -72,8 +74,8 @@ def parse_frame(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in str(text).lower().split("x"))
     except ValueError:
         raise ConfigError(f"--frame must be WIDTHxHEIGHT, e.g. 480x270, got {text!r}") from None
-    if min(width, height) < MIN_SIDE:
-        raise ConfigError(f"--frame needs both sides >= {MIN_SIDE}, got {text!r}")
+    if min(width, height) < MIN_SIDE or max(width, height) > MAX_SIDE:
+        raise ConfigError(f"--frame needs both sides from {MIN_SIDE} to {MAX_SIDE}, got {text!r}")
     return height, width
 
 
@@ -93,10 +95,14 @@ def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
     if options.batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {options.batch}")
     check_threads(options.threads)
-    _sizes(options.sizes)
+    defaults = LatencyOptions()
+    if options.frame is None or not gpu_report:
+        _sizes(options.sizes)
+    elif options.sizes != defaults.sizes:
+        raise ConfigError("--frame and --sizes both give the sizes to time; give one of them")
     if not gpu_report:  # the CPU report's tiled-vs-untiled case
-        if options.tiled_size < MIN_SIDE:
-            raise ConfigError(f"--tiled-size must be >= {MIN_SIDE}, got {options.tiled_size}")
+        if not MIN_SIDE <= options.tiled_size <= MAX_SIDE:
+            raise ConfigError(f"--tiled-size must be from {MIN_SIDE} to {MAX_SIDE}, got {options.tiled_size}")
         if options.tile_overlap < 0:
             raise ConfigError(f"--tile-overlap must be >= 0, got {options.tile_overlap}")
         tile = _tiled_case_tile(options)
@@ -105,6 +111,24 @@ def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
                      else f"the tile {tile} that --tiled-size {options.tiled_size} gives")
             raise ConfigError(f"{given} must be larger than twice --tile-overlap {options.tile_overlap}; raise "
                               f"{'--tile' if options.tile else '--tiled-size'} or lower --tile-overlap")
+        from adassr.runtime.tiling import DEFAULT_PRE_PAD
+
+        if tile >= options.tiled_size + 2 * DEFAULT_PRE_PAD:
+            raise ConfigError(f"--tile {tile} covers the whole --tiled-size {options.tiled_size} crop (with its "
+                              f"pre-padding) in one tile: tiled and untiled would be the same run; use a --tile "
+                              f"below {options.tiled_size + 2 * DEFAULT_PRE_PAD} or 0 (2 x 2 tiles)")
+    else:  # the GPU report times whole frames: the CPU report's options would be ignored
+        ignored = [flag for flag, given in (
+            (f"--tiled-size {options.tiled_size}", options.tiled_size != defaults.tiled_size),
+            (f"--tile {options.tile}", options.tile != defaults.tile),
+            (f"--tile-overlap {options.tile_overlap}", options.tile_overlap != defaults.tile_overlap),
+            ("--no-torch", options.no_torch and options.backend == "torch")) if given]
+        if options.backend != "onnxruntime" and options.providers != defaults.providers:
+            ignored.append(f"--providers {options.providers}")
+        if ignored:
+            raise ConfigError(f"{', '.join(ignored)} belong to the CPU report of onnxruntime (without --gpu, "
+                              f"--backend onnxruntime); the GPU report of --backend {options.backend} times whole "
+                              "frames: drop them")
     if Path(options.out).suffix.lower() in (".json", ".md", ".txt", ".csv") and not Path(options.out).is_dir():
         raise ConfigError(f"--out names the results folder (the report's .json and .md are named after the "
                           f"machine), not a file: {options.out}; pass a folder, e.g. --out {Path(options.out).parent}")
@@ -179,17 +203,13 @@ def time_calls(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
 
 
 def machine_name() -> str:
-    import os
+    """The CPU's model name and the physical cores this process may use (affinity and cgroup quota
+    applied: a container limited to 2 cores of a 64-core host is a 2-core machine here)."""
+    from adassr.runtime.cpu_info import detect_cpu
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    cpu = detect_cpu()
+    model = cpu.model_name or platform.processor() or platform.machine()
+    return f"{model}, {cpu.physical_cores} cores"
 
 
 def run_latency(options: LatencyOptions) -> dict[str, Any]:
@@ -230,16 +250,17 @@ def _size_rows(options: LatencyOptions, backend: Any, torch_model: Callable[[np.
 
     x = _crop(size).transpose(2, 0, 1)[None].copy()
     out_mp = (size * scale) ** 2 / 1e6
-    ceiling = {"gemm_gflops": ort_gemm_gflops(threads)} if on_cpu else {}  # measured just before
     stats = time_calls(functools.partial(backend.infer, x), options.repeats)
+    rss = _peak_rss_mb()  # before the GEMM ceiling: its matrices are not the model's memory
+    ceiling = {"gemm_gflops": ort_gemm_gflops(threads)} if on_cpu else {}  # measured just after
     rows = [{"backend": f"{options.backend} ({','.join(backend.providers)})", "size": size, **stats,
-             "out_mpix_per_s": out_mp / (stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb(), **ceiling}]
+             "out_mpix_per_s": out_mp / (stats["p50_ms"] / 1000.0), "peak_rss_mb": rss, **ceiling}]
     if torch_model is not None:
-        t_ceiling = {"gemm_gflops": torch_gemm_gflops(threads)}
         t_stats = time_calls(functools.partial(torch_model, x), options.repeats)
+        t_rss = _peak_rss_mb()
         rows.append({"backend": "torch eager fp32", "size": size, **t_stats,
-                     "out_mpix_per_s": out_mp / (t_stats["p50_ms"] / 1000.0), "peak_rss_mb": _peak_rss_mb(),
-                     **t_ceiling})
+                     "out_mpix_per_s": out_mp / (t_stats["p50_ms"] / 1000.0), "peak_rss_mb": t_rss,
+                     "gemm_gflops": torch_gemm_gflops(threads)})
     return rows
 
 
@@ -299,6 +320,11 @@ def _torch_model(route: Any, threads: int | None) -> Callable[[np.ndarray], np.n
     return run
 
 
+def _ms(value: float) -> str:
+    """Milliseconds to three significant digits, whole ones from 100 ms (``0.512``, ``12.3``, ``734``)."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Latency ({result['machine']})", "",
              f"Model: {result['model']['camera']} ({Path(result['model']['file']).name}, x{result['model']['scale']}); "
@@ -306,7 +332,7 @@ def to_markdown(result: dict[str, Any]) -> str:
              "| backend | LR size | p50 ms | p95 ms | p99 ms | output MP/s | peak RSS MB |",
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['backend']} | {r['size']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} "
+        lines.append(f"| {r['backend']} | {r['size']} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} "
                      f"| {r['out_mpix_per_s']:.3f} | {r['peak_rss_mb']:.0f} |")
     lines.append("")
     for size, ratio in result["onnxruntime_speedup_vs_torch"].items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -40,13 +41,33 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     lat.add_argument("--threads", type=int, default=None, help="threads for both onnxruntime and torch")
     lat.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
     lat.add_argument("--out", type=Path, default=Path("benchmarks/results"),
-                     help="results folder for the report's .md and .json, named after this machine "
-                          "(default ./benchmarks/results; a report of the same machine is replaced)")
+                     help="results folder for the report's .md and .json, named after this machine (and the "
+                          "backend, precision, camera where not the defaults; default ./benchmarks/results; a "
+                          "report of the same machine and options is replaced)")
 
 
 def latency_options(args: argparse.Namespace) -> LatencyOptions:
     """The :class:`LatencyOptions` parsed by :func:`add_bench_arguments` (``bench latency``)."""
     return LatencyOptions(**{f.name: getattr(args, f.name) for f in fields(LatencyOptions) if hasattr(args, f.name)})
+
+
+def _variant_tag(options: LatencyOptions) -> str:
+    """What else makes a report another report than the default one of the machine: the backend, the
+    precision and the batch of the GPU report, a camera other than the fallback, and a PyTorch ISA cap
+    (``ATEN_CPU_CAPABILITY``); so that a torch run does not replace the onnxruntime report of the machine."""
+    from adassr.runtime.cpu_info import isa_cap_from_env
+    from adassr.runtime.store import FALLBACK_CAMERA
+
+    parts = []
+    if uses_gpu_report(options):
+        parts += [options.backend] + ([options.precision] if options.precision != "fp32" else [])
+        parts += [f"batch{options.batch}"] if options.batch != 1 else []
+    if options.camera != FALLBACK_CAMERA:
+        parts.append(f"camera-{options.camera}")
+    cap = isa_cap_from_env()
+    if cap is not None:
+        parts.append(f"torch-{cap}")
+    return "".join(f"-{re.sub(r'[^a-z0-9]+', '-', p.lower()).strip('-')}" for p in parts)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -66,7 +87,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(text)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
-    tag = report_tag(result["machine"], cpu=None if result.get("gpu") else detect_cpu())
+    tag = report_tag(result["machine"], cpu=None if result.get("gpu") else detect_cpu()) + _variant_tag(options)
     atomic_write_bytes(out / f"latency_{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(out / f"latency_{tag}.md", text.encode())
     print(f"results: {out / f'latency_{tag}.md'}")

@@ -14,6 +14,7 @@ p50 / p95 / p99 in milliseconds. ``device`` rows time the model on a tensor alre
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -39,10 +40,11 @@ GPU_PEAKS: dict[str, float] = {
 def gpu_peak(name: str) -> tuple[str, float] | None:
     """The peak table entry whose words all occur in the device ``name`` (longest match first)."""
     low = name.lower().replace("-", " ")
+    words = set(re.findall(r"[a-z0-9]+", low))  # whole words: "A100" is not in "RTX A1000"
     for key in sorted(GPU_PEAKS, key=len, reverse=True):
-        if all(word.lower() in low for word in key.split()):
+        if all(word.lower() in words for word in key.split()):
             return key, GPU_PEAKS[key]
-    if "h100" in low:
+    if "h100" in words:
         return "H100 SXM", GPU_PEAKS["H100 SXM"]
     return None
 
@@ -248,6 +250,8 @@ def _torch_bench_rows(args: LatencyOptions, route: Any, frame: np.ndarray, roofl
 
     if on_gpu:
         select_gpu(device)
+    if args.threads:  # the CPU rows run on the threads asked for, as onnxruntime's do
+        torch.set_num_threads(args.threads)
     target = torch.device("cuda", device) if on_gpu else torch.device("cpu")
     camera = None if route.is_fallback else route.model_camera
     backbone = route.manifest.get("backbone", {}).get("name", "realesrgan-x4plus")

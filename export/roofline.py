@@ -8,7 +8,7 @@
   x 2, formula printed). onnxruntime runs the CPU's own ISA (MLAS chooses by ``cpuid``); PyTorch
   runs the ISA that ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA`` allow.
 - Measured ceiling: the best of a few fp32 GEMMs (2048 x 2048 x 2048) on the same threads, timed
-  just before each benchmark row (onnxruntime MatMul, i.e. MLAS SGEMM, and ``torch.mm`` for PyTorch).
+  just after each benchmark row (onnxruntime MatMul, i.e. MLAS SGEMM, and ``torch.mm`` for PyTorch).
   When other processes share the cores, the ratio to this ceiling is steadier than the ratio to
   the nominal peak: both were measured under the same load.
 """
@@ -97,11 +97,12 @@ def torch_gemm_gflops(threads: int, n: int = GEMM_SIZE, repeats: int = 5) -> flo
 def cpu_roofline(rows: list[dict[str, Any]], macs_per_pixel: float, threads: int,
                  cpu: CpuInfo | None = None) -> dict[str, Any]:
     """Roofline record of benchmark ``rows`` (``backend``, ``size``, ``p50_ms``, optional ``gemm_gflops``
-    measured just before that row) on this CPU."""
+    measured just after that row) on this CPU."""
     cpu = cpu or detect_cpu()
     cap = isa_cap_from_env()
     kinds = {"torch" if row["backend"].startswith("torch") else "onnxruntime" for row in rows}
-    peaks = {kind: fp32_peak(cpu, isa_cap=cap if kind == "torch" else None, cores=threads) for kind in sorted(kinds)}
+    cores = min(threads, cpu.physical_cores)  # threads beyond the cores share them: no more peak
+    peaks = {kind: fp32_peak(cpu, isa_cap=cap if kind == "torch" else None, cores=cores) for kind in sorted(kinds)}
     out_rows = []
     for row in rows:
         peak = peaks["torch" if row["backend"].startswith("torch") else "onnxruntime"]
@@ -137,7 +138,7 @@ def roofline_markdown(roof: dict[str, Any]) -> list[str]:
     for kind, peak in roof["nominal_peak"].items():
         lines.append(f"- nominal fp32 peak, {kind}: {peak['formula']} (clock from {roof['clock_source']})")
     lines.append(f"- measured ceiling: fp32 GEMM {GEMM_SIZE}^3 of the same library on the same threads, "
-                 "timed just before each row")
+                 "timed just after each row")
     lines += ["", "| backend | LR size | GFLOP per call | achieved GFLOP/s | GEMM GFLOP/s | of nominal peak "
               "| of measured GEMM |", "|---|---|---|---|---|---|---|"]
     for r in roof["rows"]:

@@ -25,7 +25,7 @@ def store(tmp_path: Path) -> Path:
 
 def _args(store: Path, **kw: Any) -> LatencyOptions:
     base = {"store": store, "camera": "_fallback", "backend": "onnxruntime", "providers": "cpu", "threads": 1,
-            "precision": "fp32", "batch": 2, "gpu": None, "frame": "40x24", "sizes": "64", "repeats": 3,
+            "precision": "fp32", "batch": 2, "gpu": None, "frame": "40x24", "repeats": 3,
             "cuda_graph": False}
     return LatencyOptions(**{**base, **kw})
 
@@ -123,8 +123,11 @@ def test_bad_options_fail_before_any_timing(store: Path, tmp_path: Path, monkeyp
         (["--gpu", "0"], "--gpu 0 times onnxruntime on the GPU, but --providers cpu runs on the CPU"),
         (["--threads", "0"], "--threads must be an integer from 1 to 1024"),
         (["--camera", "nope"], "camera 'nope' has no exported model"),
-        (["--sizes", "4"], "--sizes needs sizes >= 8"),
-        (["--tiled-size", "0"], "--tiled-size must be >= 8, got 0"),  # was "image: got shape (0, 0)"
+        (["--sizes", "4"], "--sizes needs sizes from 8 to 4096"),
+        (["--sizes", "1000000"], "--sizes needs sizes from 8 to 4096"),  # a traceback from OpenCV, exit 1
+        (["--tiled-size", "0"], "--tiled-size must be from 8 to 4096, got 0"),  # was "image: got shape (0, 0)"
+        (["--tiled-size", "100000"], "--tiled-size must be from 8 to 4096"),  # crashed after every size was timed
+        (["--tiled-size", "32", "--tile", "60"], "--tile 60 covers the whole --tiled-size 32 crop"),
         (["--tiled-size", "8"], "the tile 22 that --tiled-size 8 gives must be larger than twice --tile-overlap 16"),
         (["--tile", "20"], "--tile 20 must be larger than twice --tile-overlap 16"),
         (["--tile-overlap", "-1"], "--tile-overlap must be >= 0"),
@@ -134,8 +137,73 @@ def test_bad_options_fail_before_any_timing(store: Path, tmp_path: Path, monkeyp
         assert main([*base, "--out", str(tmp_path / "out"), *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
     assert not (tmp_path / "out").exists()
-    for frame in ("0x0", "abc", "40x4"):
+    gpu = ["bench", "latency", "--store", str(store), "--backend", "torch", "--frame", "24x16", "--repeats", "1",
+           "--out", str(tmp_path / "out")]
+    for extra, message in [
+        (["--tile", "64", "--no-torch"], "--tile 64, --no-torch belong to the CPU report"),  # silently ignored
+        (["--tiled-size", "64", "--tile-overlap", "8"], "--tiled-size 64, --tile-overlap 8 belong to the CPU report"),
+        (["--providers", "cuda"], "--providers cuda belong to the CPU report"),
+        (["--sizes", "32"], "--frame and --sizes both give the sizes"),
+    ]:
+        assert main([*gpu, *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert not (tmp_path / "out").exists()
+    for frame in ("0x0", "abc", "40x4", "5000x16"):
         with pytest.raises(ConfigError, match="--frame"):
             run_gpu_latency(_args(store, frame=frame))
     with pytest.raises(ConfigError, match="camera 'nope' has no exported model"):
         run_gpu_latency(_args(store, camera="nope"))
+
+
+def test_reports_of_other_backends_and_cameras_do_not_replace_each_other(store: Path, tmp_path: Path) -> None:
+    """Every report of a machine was named after the machine only: a torch run replaced the onnxruntime one."""
+    from adassr.cli import main
+
+    publish_camera(store, "canon", seed=2)
+    out = tmp_path / "results"
+    cpu = ["bench", "latency", "--store", str(store), "--sizes", "16,16", "--tiled-size", "32", "--repeats", "1",
+           "--threads", "1", "--no-torch", "--out", str(out)]
+    assert main(cpu) == 0
+    assert main([*cpu, "--camera", "canon"]) == 0
+    assert main(["bench", "latency", "--store", str(store), "--backend", "torch", "--frame", "24x16", "--repeats", "1",
+                 "--threads", "1", "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.glob("*.json"))
+    assert len(names) == 3, names
+    assert sum(n.endswith("-camera-canon.json") for n in names) == 1 and sum("-torch" in n for n in names) == 1
+    plain = json.loads((out / min(names, key=len)).read_text())
+    assert [r["size"] for r in plain["rows"]] == [16]  # a size given twice is timed once
+
+
+def test_peak_and_machine_count_the_usable_cores_only(store: Path) -> None:
+    """``--threads 8`` on 2 cores gave an 8-core nominal peak (the row's fraction 4x too low)."""
+    from adassr.export.bench import machine_name
+    from adassr.export.roofline import cpu_roofline
+    from adassr.runtime.cpu_info import detect_cpu
+
+    cpu = detect_cpu()
+    assert machine_name().endswith(f", {cpu.physical_cores} cores")
+    rows = [{"backend": "onnxruntime (CPUExecutionProvider)", "size": 16, "p50_ms": 10.0}]
+    many = cpu_roofline(rows, 17.9e6, cpu.physical_cores + 6, cpu)
+    exact = cpu_roofline(rows, 17.9e6, cpu.physical_cores, cpu)
+    assert many["rows"][0]["of_nominal_peak"] == exact["rows"][0]["of_nominal_peak"]
+
+
+def test_gpu_names_match_whole_words_and_markdown_keeps_small_latencies() -> None:
+    from adassr.export.bench import _ms
+
+    assert gpu_peak("NVIDIA RTX A1000 6GB Laptop GPU") is None  # was the A100's peak
+    assert gpu_peak("NVIDIA A100-SXM4-80GB") == ("A100", 312e12)
+    assert gpu_peak("NVIDIA H100 80GB HBM3")[0] == "H100 SXM"  # type: ignore[index]
+    assert [_ms(v) for v in (0.5123, 12.34, 734.4)] == ["0.512", "12.3", "734"]
+
+
+def test_torch_rows_of_the_gpu_report_use_the_threads_asked_for(store: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_gpu_latency(_args(store, backend="torch", threads=1, batch=1, repeats=1, frame="16x16"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
