@@ -12,6 +12,7 @@ pipeline (blur, random resize, Gaussian/Poisson noise, JPEG, twice, then the fin
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,10 +194,12 @@ def run_external_step(
     scale: int,
     seed: int,
     perceptual: Perceptual | None = None,
-) -> dict[str, torch.Tensor]:
+    deadline: float | None = None,
+) -> dict[str, torch.Tensor] | None:
     """Train ``model`` on the external set with the proximal term to ``anchors`` (Eq. 8: the data
     term weighted by ``lambda_external``, the internal step's L1 + perceptual composition, the
-    GradScaler in fp16); return the EMA weights (fp32, CPU) of every parameter."""
+    GradScaler in fp16); return the EMA weights (fp32, CPU) of every parameter, or None when
+    ``time.monotonic()`` reached ``deadline`` (the run's time budget) before the last step."""
     assert config.external_hr is not None
     hr_patch = config.lr_patch * scale
     paths = check_external_images(config.external_hr, min_side=hr_patch, warn=False)  # warned before the set-up
@@ -207,6 +210,9 @@ def run_external_step(
     ema = WeightEma(trainer.params.items(), config.ema_decay)
     steps = config.external_steps or config.steps
     for step in range(1, steps + 1):
+        if deadline is not None and time.monotonic() >= deadline:
+            log.warning("the time budget ended at external step %d of %d", step, steps)
+            return None
         pairs = sampler.sample(config.batch)
         batch = external_batch(torch.from_numpy(pairs.lr).to(device), torch.from_numpy(pairs.hr).to(device))
         loss, sr = trainer.loss(batch)

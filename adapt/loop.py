@@ -475,8 +475,10 @@ class _Progress:
     """What the loop has done so far: the best evaluation and why it stopped."""
 
     before: list[float]
-    best_scores: list[float]
-    best_state: dict[str, torch.Tensor]
+    # (step, scores, EMA weights) of the best evaluation, replaced in one assignment, so that a signal
+    # arriving while the weights are copied leaves the previous best whole (never a new step's number
+    # with the old weights)
+    best: tuple[int, list[float], dict[str, torch.Tensor]]
     stop_reason: str
     step: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
@@ -489,11 +491,12 @@ class _Progress:
 
 def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stopper: EarlyStopper) -> InternalResult:
     """The step's result: the best EMA weights over the start, or the start when no evaluation beat it."""
-    kept_backbone = stopper.best_step in (0, None)
+    best_step, best_scores, best_state = run.best
+    kept_backbone = best_step == 0
     final = dict(start_state)
     stop_reason = run.stop_reason
     if not kept_backbone:
-        final.update({n: t.detach().to("cpu", torch.float32) for n, t in run.best_state.items()})
+        final.update({n: t.detach().to("cpu", torch.float32) for n, t in best_state.items()})
     elif not any(step > 0 for step, _ in stopper.history):
         stop_reason += "; no adapted weights were evaluated before the stop, so the backbone is kept"
     else:
@@ -508,9 +511,9 @@ def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stoppe
         state_dict=final,
         kept_backbone=kept_backbone,
         niqe_before=[float(s) for s in run.before],
-        niqe_after=[float(s) for s in (run.before if kept_backbone else run.best_scores)],
+        niqe_after=[float(s) for s in (run.before if kept_backbone else best_scores)],
         steps=run.step,
-        best_step=int(stopper.best_step or 0),
+        best_step=best_step,
         stop_reason=stop_reason,
         history=list(stopper.history),
         losses=run.losses,
@@ -562,7 +565,7 @@ def run_internal_step(
     before = _timed_evaluation(evaluator, ema_model, times)
     baseline = _group_score(before, 0)
     stopper.observe(0, baseline)
-    run = _Progress(before, before, ema.state_dict(), f"reached the step budget ({config.steps} steps)",
+    run = _Progress(before, (0, before, ema.state_dict()), f"reached the step budget ({config.steps} steps)",
                     budget=budget, times=times)
     notify(ProgressEvent(0, config.steps, None, baseline, "backbone", weights=ema.view()))
     batches = _BatchSource(sampler, trainer, rng, device)
@@ -632,7 +635,7 @@ def _train_one_step(trainer: _Trainer, batches: _BatchSource, ema: WeightEma, em
                     evaluation.scored, step)
     decision = stopper.observe(step, evaluation.score, eligible=not evaluation.lost)
     if decision.is_best:
-        run.best_scores, run.best_state = scores, ema.state_dict()
+        run.best = (step, scores, ema.state_dict())
     notify(ProgressEvent(step, config.steps, loss_value, decision.score, weights=ema.view()))
     batches.refresh()
     if decision.stop:

@@ -49,7 +49,11 @@ class ProximalTerm:
             raise KeyError(f"no anchor (Theta_tilde) for the parameters {missing[:3]}")
         self.mu = mu
         self._params = [param for _, param in named]
-        self._anchors = [anchors[name].to(param.device, param.dtype) for name, param in named]
+        # a copy where the anchor would share the parameter's memory (anchors=model.state_dict()):
+        # it would move with the parameter and the penalty would stay 0
+        self._anchors = [anchors[name].detach().to(param.device, param.dtype) for name, param in named]
+        self._anchors = [a.clone() if a.untyped_storage().data_ptr() == p.untyped_storage().data_ptr() else a
+                         for a, p in zip(self._anchors, self._params, strict=True)]
         for (name, param), anchor in zip(named, self._anchors, strict=True):
             if anchor.shape != param.shape:
                 raise ShapeError(f"anchor of {name}", tuple(anchor.shape), f"{tuple(param.shape)}")

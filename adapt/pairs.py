@@ -19,8 +19,10 @@ kernel at x4) is shifted by half a pixel with linear interpolation (convolved wi
 along that axis, adding variance 1/4 px^2). Consequences pinned by the tests: a 1x1 delta gives
 y_rd = y_r[1::3, 1::3] at x3 and the mean of y_r[4i+1:4i+3, 4j+1:4j+3] at x4.
 
-Sampling: an image is picked with probability proportional to its area (every pixel equally
-likely; ``image_choice="uniform"`` picks images uniformly), then the crop position uniformly.
+Sampling: an image is picked with probability proportional to its area (``image_choice="uniform"``
+picks images uniformly), then the crop position uniformly. Pixels are then about equally likely to
+be trained on, not exactly: those near an image's border lie in fewer crops, and an image barely
+larger than a crop has few positions, each drawn often.
 Only the crop (target patch plus blur margin, or the affine footprint) is read and degraded.
 Deviation for small images: when a zoomed-out affine draw (scale down to 0.5 doubles the
 footprint) cannot fit an image, that image's lower scale bound is raised to the smallest scale

@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 import platform
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -341,19 +342,38 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
     theta_e = dict(start)
     u = {k: torch.zeros_like(v) for k, v in theta_e.items()}
     result: InternalResult | None = None
+    # one deadline for every step: each internal step gets what is left of the budget, not all of it
+    deadline = None if config.time_budget is None else time.monotonic() + config.time_budget
     for k in range(1, config.admm_iters + 1):
         if result is not None:
             from adassr.adapt.external import run_external_step
 
+            if deadline is not None and time.monotonic() >= deadline:
+                result.stop_reason += f"; the time budget ended before ADMM iteration {k}"
+                break
             anchor_e = {n: result.state_dict[n] - u[n] for n in result.state_dict}
             model.load_state_dict(theta_e)
-            theta_e = run_external_step(model, anchor_e, config, device=device, precision=precision,
-                                        scale=scale, seed=config.seed + k, perceptual=inputs.perceptual)
+            try:
+                external = run_external_step(model, anchor_e, config, device=device, precision=precision,
+                                             scale=scale, seed=_admm_seed(config.seed, k, "external"),
+                                             perceptual=inputs.perceptual, deadline=deadline)
+            except (KeyboardInterrupt, Interrupted) as exc:  # the last internal step's result stands
+                signum = exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
+                result.interrupted = signum
+                result.stop_reason += (f"; interrupted by {signal.Signals(signum).name} in ADMM iteration {k}'s "
+                                       "external step")
+                break
+            if external is None:  # out of time inside the external step: no time left to evaluate another
+                result.stop_reason += f"; the time budget ended in ADMM iteration {k}'s external step"
+                break
+            theta_e = external
         model.load_state_dict(theta_e)
         anchors = {n: theta_e[n] + u[n] for n in theta_e}
         sampler = make_pair_sampler(inputs.images, inputs.kernel.kernel, inputs.pair_config, weights=inputs.weights,
-                                    seed=config.seed + 1000 * k)
-        result = run_internal_step(model, sampler, inputs.crops, inputs.metric, config, device=device,
+                                    seed=_admm_seed(config.seed, k, "internal"))
+        step_config = config if deadline is None else replace(
+            config, time_budget=max(deadline - time.monotonic(), 1e-3))
+        result = run_internal_step(model, sampler, inputs.crops, inputs.metric, step_config, device=device,
                                    precision=precision, trainable=trainable, anchors=anchors,
                                    perceptual=inputs.perceptual, progress=progress)
         u = {n: u[n] + theta_e[n] - result.state_dict[n] for n in u}
@@ -362,6 +382,17 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
     if result is None:  # admm_iters >= 1 is validated by AdaptConfig
         raise ConfigError(f"--admm-iters must be >= 1, got {config.admm_iters}")
     return result
+
+
+def _admm_seed(seed: int, iteration: int, part: str) -> int:
+    """The seed of one ADMM iteration's pair sampler: independent streams for every (run seed,
+    iteration, part) (``seed + 1000 * k`` made run seed 0's second iteration run seed 1000's first).
+    Iteration 1's internal sampler keeps ``seed + 1000``, so a run without ADMM (the default) draws the
+    pairs it always did and recorded results stay reproducible."""
+    if iteration == 1 and part == "internal":
+        return seed + 1000
+    entropy = np.random.SeedSequence([seed, iteration, 0 if part == "internal" else 1]).generate_state(1)
+    return int(entropy[0])
 
 
 def _finite_or_none(score: float) -> float | None:

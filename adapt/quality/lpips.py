@@ -84,7 +84,13 @@ class VGG16Features(nn.Module):
 
 
 def _unit_normalize(x: Tensor, eps: float = 1e-10) -> Tensor:
-    return x / (torch.sqrt(torch.sum(x * x, dim=1, keepdim=True)) + eps)
+    """``x`` over its channel norm, as LPIPS's ``x / (||x|| + eps)`` to within ``eps`` (1e-10), with two
+    changes for training: ``sqrt(||x||^2 + eps^2)`` has a finite gradient where a feature vector is all
+    zero (``sqrt`` at 0 gave NaN gradients: NaN weights, then a diverged run), and the squares are
+    summed in float32 (under fp16 autocast a feature above 256 squared to infinity)."""
+    wide = x.float()
+    unit = wide * torch.rsqrt(torch.sum(wide * wide, dim=1, keepdim=True) + eps * eps)
+    return unit.to(x.dtype)
 
 
 class LPIPS(nn.Module):

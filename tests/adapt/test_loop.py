@@ -191,6 +191,32 @@ def test_interrupt_keeps_best_so_far() -> None:
     assert result.best_step == 2 and result.niqe_after == [4.0]
 
 
+def test_a_signal_while_the_best_weights_are_copied_leaves_the_previous_best_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stopper recorded step 2 as the best before the copy of its weights; a Ctrl-C inside the
+    copy returned "adapted at step 2" with the start weights (kept_backbone False): published with
+    --keep-on-interrupt."""
+    from adassr.adapt import ema as ema_module
+
+    copies = {"n": 0}
+    real = ema_module.WeightEma.state_dict
+
+    def interrupted_copy(self: ema_module.WeightEma) -> dict[str, torch.Tensor]:
+        copies["n"] += 1
+        if copies["n"] == 2:  # the first copy is the start's; the second is step 2's, the new best
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(ema_module.WeightEma, "state_dict", interrupted_copy)
+    model = _tiny()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_internal_step(model, _Sampler(), CROPS, _scripted([5.0, 4.0, 3.0]), _config(batch=1),
+                               device=torch.device("cpu"), precision=FP32, trainable="all")
+    assert result.interrupted is not None and "interrupted" in result.stop_reason
+    assert result.kept_backbone and result.best_step == 0 and result.niqe_after == [5.0]
+    assert all(torch.equal(start[k], result.state_dict[k]) for k in start)
+
+
 def test_proximal_term_pulls_towards_anchor() -> None:
     def run(mu: float) -> float:
         model = _tiny()

@@ -71,6 +71,33 @@ def test_proximal_term_value_and_gradient_match_autograd() -> None:
     assert term.value().item() == pytest.approx(_autograd_proximal(named, anchors, 0.3).item(), rel=1e-5)
 
 
+def test_anchors_sharing_the_parameters_memory_are_copied() -> None:
+    """``anchors=model.state_dict()`` shares memory with the parameters: the anchor moved with them
+    and the penalty stayed 0 however far training went."""
+    net = nn.Linear(3, 2)
+    term = ProximalTerm(list(net.named_parameters()), net.state_dict(), mu=1.0)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    assert term.value().item() == pytest.approx(6.0)  # 6 weights moved by 1
+    distinct = {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}
+    kept = ProximalTerm(list(net.named_parameters()), distinct, mu=1.0)._anchors[1]
+    assert kept.data_ptr() == distinct["bias"].data_ptr()  # separate anchors are not copied
+
+
+def test_lpips_unit_normalisation_has_finite_gradients_at_zero_and_in_fp16() -> None:
+    """sqrt at 0 gave NaN gradients (then NaN weights and a diverged run); x * x overflowed in fp16."""
+    from adassr.adapt.quality.lpips import _unit_normalize
+
+    x = torch.zeros(1, 4, 2, 2, requires_grad=True)
+    _unit_normalize(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    big = torch.full((1, 4, 1, 1), 300.0, dtype=torch.float16)  # 300^2 is beyond fp16's 65504
+    out = _unit_normalize(big)
+    assert out.dtype == torch.float16 and torch.allclose(out.float(), torch.full((1, 4, 1, 1), 0.5), atol=1e-3)
+    y = torch.randn(2, 8, 3, 3)
+    torch.testing.assert_close(_unit_normalize(y), y / (y.norm(dim=1, keepdim=True) + 1e-10), rtol=1e-6, atol=1e-7)
+
+
 def test_proximal_term_rejects_bad_input() -> None:
     p = nn.Parameter(torch.zeros(3))
     with pytest.raises(KeyError, match="no anchor"):

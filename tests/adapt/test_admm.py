@@ -1,0 +1,99 @@
+"""The ADMM iterations (``--admm-iters K``) around stand-in internal and external steps: one time
+budget for the whole run, and a signal in an external step keeps the evaluated internal result."""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from adassr.adapt import external, pairs, run
+from adassr.adapt.archs import RRDBNet
+from adassr.adapt.config import AdaptConfig
+from adassr.adapt.loop import InternalResult
+from adassr.adapt.precision import Precision
+
+STEP_S = 0.3  # what each stand-in step takes
+
+
+@dataclass
+class _Calls:
+    log: list[tuple[str, float | None]]
+
+
+def _setup(monkeypatch: pytest.MonkeyPatch, *, external_fails: BaseException | None = None) -> _Calls:
+    calls = _Calls([])
+
+    def internal(model: RRDBNet, sampler: Any, crops: Any, metric: Any, config: AdaptConfig,
+                 **_: Any) -> InternalResult:
+        calls.log.append(("internal", config.time_budget))
+        time.sleep(min(STEP_S, config.time_budget or STEP_S))
+        state = {k: v.detach().clone() + 0.01 for k, v in model.state_dict().items()}
+        return InternalResult(state, False, [5.0], [4.0], 2, 2, "reached the step budget (2 steps)")
+
+    def external_step(model: RRDBNet, anchors: Any, config: AdaptConfig, *, deadline: float | None = None,
+                      **_: Any) -> dict[str, torch.Tensor] | None:
+        calls.log.append(("external", None if deadline is None else deadline - time.monotonic()))
+        if external_fails is not None:
+            raise external_fails
+        end = time.monotonic() + STEP_S
+        while time.monotonic() < end:  # trains until its steps are done or the deadline passes
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    monkeypatch.setattr(run, "run_internal_step", internal)
+    monkeypatch.setattr(external, "run_external_step", external_step)
+    monkeypatch.setattr(pairs, "make_pair_sampler", lambda *a, **k: None)
+    return calls
+
+
+def _admm(budget: float | None, iters: int) -> tuple[InternalResult, float]:
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4)
+    config = AdaptConfig(admm_iters=iters, time_budget=budget, external_hr=Path("/nowhere/hr") if iters > 1 else None)
+    inputs = SimpleNamespace(images=[], kernel=SimpleNamespace(kernel=None), pair_config=None, weights=None,
+                             crops=[], metric=None, perceptual=None)
+    start = time.monotonic()
+    result = run._run_admm(model, inputs, config, dict(model.state_dict()), scale=4,  # type: ignore[arg-type]
+                           device=torch.device("cpu"), precision=Precision("fp32", "cpu"), trainable="all",
+                           progress=None)
+    return result, time.monotonic() - start
+
+
+def test_the_time_budget_covers_every_admm_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each internal step got the whole budget and the external steps had none: K x the budget."""
+    calls = _setup(monkeypatch)
+    result, took = _admm(1.0, 5)
+    assert took < 1.0 + 2 * STEP_S, took  # was 5 x 0.3 + 4 x 0.3 s
+    internal_budgets = [b for kind, b in calls.log if kind == "internal"]
+    assert internal_budgets[0] == pytest.approx(1.0, abs=0.05)
+    assert all(later < earlier for earlier, later in pairwise(internal_budgets))
+    assert len(calls.log) < 9 and "time budget ended" in result.stop_reason
+    assert not result.kept_backbone and result.interrupted is None
+
+
+def test_without_a_budget_every_iteration_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _setup(monkeypatch)
+    result, _ = _admm(None, 3)
+    assert [kind for kind, _ in calls.log] == ["internal", "external", "internal", "external", "internal"]
+    assert all(b is None for _, b in calls.log) and "time budget" not in result.stop_reason
+
+
+@pytest.mark.parametrize("signal_", [KeyboardInterrupt(), run.Interrupted(signal.SIGTERM)])
+def test_a_signal_in_an_external_step_keeps_the_evaluated_internal_result(
+        monkeypatch: pytest.MonkeyPatch, signal_: BaseException) -> None:
+    """The signal escaped _run_admm, so --keep-on-interrupt lost iteration 1's evaluated weights."""
+    _setup(monkeypatch, external_fails=signal_)
+    result, _ = _admm(None, 2)
+    expected = signal.SIGINT if isinstance(signal_, KeyboardInterrupt) else signal.SIGTERM
+    assert result.interrupted == int(expected) and not result.kept_backbone
+    assert result.niqe_after == [4.0] and "external step" in result.stop_reason
