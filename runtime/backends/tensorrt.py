@@ -22,6 +22,7 @@ The engine file is checked against nothing here: callers pass a path they got fr
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -205,8 +206,10 @@ class TensorRTBackend(Backend):
             made.append(host_out.free)
             slot = _Slot(context, stream, device_in, device_out, host_in, host_out, shape=io.max_input,
                          out_shape=out_shape)
-            context.set_tensor_address(io.input_name, device_in.ptr)
-            context.set_tensor_address(io.output_name, device_out.ptr)
+            for name, buffer in ((io.input_name, device_in), (io.output_name, device_out)):
+                if not context.set_tensor_address(name, buffer.ptr):
+                    raise BackendError(f"{self.model_path.name}: TensorRT refused the device address of tensor "
+                                       f"{name!r}")
         except BaseException as exc:
             _release_after_failure(exc, list(reversed(made)))
             raise
@@ -257,6 +260,7 @@ class TensorRTBackend(Backend):
         chunks = [batch[i:i + step] for i in range(0, n, step)]
         results: list[np.ndarray | None] = [None] * len(chunks)
         slots = self._take_slots(min(len(chunks), len(self._slots)))
+        failed = True
         try:
             for index, chunk in enumerate(chunks):
                 slot = slots[index % len(slots)]
@@ -264,8 +268,12 @@ class TensorRTBackend(Backend):
                 self._enqueue(slot, io, chunk, index)
             for slot in slots:
                 self._drain(slot, results)
+            failed = False
         finally:
             for slot in slots:
+                if failed:  # copies of a failed call may still run on the stream: the next call must not
+                    with contextlib.suppress(Exception):  # write its pinned input buffer under them
+                        slot.stream.synchronize()
                 slot.pending = None
                 slot.lock.release()
         return np.concatenate([r for r in results if r is not None], axis=0)

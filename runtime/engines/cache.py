@@ -133,7 +133,10 @@ def match_records(
     """
     exact = records.get(wanted.digest)
     if exact is not None:
-        record = EngineRecord.from_json(exact)
+        try:
+            record = EngineRecord.from_json(exact)
+        except ConfigError as exc:  # the build writes a good record under this digest over it
+            return Lookup(None, (f"record {wanted.digest[:16]} unreadable ({exc})",))
         if base is None or record.base == base:
             return Lookup(record, ())
         return Lookup(None, (f"{record.file} was refitted from base engine {str(record.base)[:16]}, "

@@ -32,8 +32,9 @@ from adassr.runtime.errors import ConfigError
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "bf16")
 ENGINE_KINDS = ("camera", "base")
-KEY_VERSION = 1
-"""Bumped when the key's fields or the engine layout change: older keys then never match."""
+KEY_VERSION = 2
+"""Bumped when the key's fields, the engine layout or the builder flags change: older keys then never
+match. 2: TF32 off for fp16 and bf16 engines too (their fp32 layers ran in TF32)."""
 
 Shape = tuple[int, int, int, int]
 

@@ -4,7 +4,8 @@
   package installs a ``tensorrt/`` folder of ``.pyi`` files that Python imports as an empty
   namespace package, so "importable" is not "installed".
 - :func:`build_engine`: ONNX parser -> network -> builder config -> serialized engine.
-  Precision: ``fp32`` builds a strongly typed network from the fp32 ONNX with TF32 off;
+  Precision (TF32 off in every case, so FLOAT layers are full fp32): ``fp32`` builds a strongly
+  typed network from the fp32 ONNX;
   ``fp16`` builds a strongly typed network from the fp16 ONNX (``model_fp16.onnx``, whose graph
   already keeps ``conv_first`` and the residual sums in fp32, see ``adassr.export.fp16``), so
   TensorRT runs exactly the validated mixed-precision graph; ``bf16`` has no ONNX of its own and
@@ -168,9 +169,11 @@ def _config(builder: trt.Builder, network: trt.INetworkDefinition, spec: BuildSp
     if spec.workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_bytes)
     kept = 0
-    if spec.precision == "fp32":
-        config.clear_flag(trt.BuilderFlag.TF32)
-    elif spec.precision == "bf16":
+    # TF32 off for every precision: it rounds FLOAT convolutions' inputs to 10-bit mantissas (on by
+    # default), and the layers an fp16 or bf16 engine keeps in FLOAT (the convolution reading the
+    # input) are kept there for their accuracy (adassr.export.fp16)
+    config.clear_flag(trt.BuilderFlag.TF32)
+    if spec.precision == "bf16":
         config.set_flag(trt.BuilderFlag.BF16)
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
         kept = keep_fp32_layers(network)
@@ -182,7 +185,10 @@ def _config(builder: trt.Builder, network: trt.INetworkDefinition, spec: BuildSp
         profile = builder.create_optimization_profile()
         profile.set_shape(spec.input_name, trt.Dims(list(shape.min)), trt.Dims(list(shape.opt)),
                           trt.Dims(list(shape.max)))
-        config.add_optimization_profile(profile)
+        if config.add_optimization_profile(profile) < 0:  # -1: TensorRT found the profile invalid
+            raise BackendError(f"TensorRT refused the optimisation profile {shape.min} .. {shape.max} of "
+                               f"{spec.onnx_path.name} (its input shape does not fit it); check the model's "
+                               "input and the tile size")
     return config, kept
 
 

@@ -295,6 +295,19 @@ def test_damaged_engine_is_rebuilt_not_loaded(tmp_path: Path, caplog: pytest.Log
     assert again.path.read_text().startswith("engine camera")
 
 
+def test_a_damaged_record_under_the_wanted_key_is_rebuilt_over(tmp_path: Path) -> None:
+    """A record without its ``bytes`` filed under the wanted key's digest made every build fail with
+    "malformed engine record" until the manifest was edited by hand."""
+    _camera(tmp_path, "canon", 0, structure=None)
+    first = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
+    store = CameraStore.open(tmp_path, "canon")
+    store.update_manifest(lambda m: m["engines"][first.record.key.digest].pop("bytes"))
+    again = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
+    assert again.built and again.path.is_file()
+    assert "bytes" in store.read_manifest()["engines"][again.record.key.digest]
+    assert not ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit()).built
+
+
 def test_an_engine_record_pointing_outside_its_folder_never_touches_that_file(tmp_path: Path) -> None:
     """A hand-edited record named ../../victim.txt: the rebuild that replaced it deleted the user's file."""
     victim = tmp_path / "victim.txt"
