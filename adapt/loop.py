@@ -499,6 +499,9 @@ def internal_result(start_state: dict[str, torch.Tensor], run: _Progress, stoppe
         final.update({n: t.detach().to("cpu", torch.float32) for n, t in best_state.items()})
     elif not any(step > 0 for step, _ in stopper.history):
         stop_reason += "; no adapted weights were evaluated before the stop, so the backbone is kept"
+    elif stopper.best_step not in (0, None):  # a signal came while that step's weights were being kept
+        stop_reason += (f"; the signal came while the weights of step {stopper.best_step} were being kept, "
+                        "before any adapted weights had been, so the backbone is kept")
     else:
         beat = (f"came within {stopper.baseline_margin:g} of" if stopper.baseline_margin > 0 else "beat")
         counted = "no evaluation" if not run.flat_steps else "no evaluation whose outputs kept their structure"

@@ -348,15 +348,18 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
         if result is not None:
             from adassr.adapt.external import run_external_step
 
-            if deadline is not None and time.monotonic() >= deadline:
-                result.stop_reason += f"; the time budget ended before ADMM iteration {k}"
+            reserve = _internal_step_reserve(result, config)
+            if deadline is not None and deadline - time.monotonic() < reserve:
+                result.stop_reason += (f"; the time budget left too little for ADMM iteration {k} (its internal "
+                                       f"step needs about {reserve:.0f} s)")
                 break
             anchor_e = {n: result.state_dict[n] - u[n] for n in result.state_dict}
             model.load_state_dict(theta_e)
             try:
                 external = run_external_step(model, anchor_e, config, device=device, precision=precision,
                                              scale=scale, seed=_admm_seed(config.seed, k, "external"),
-                                             perceptual=inputs.perceptual, deadline=deadline)
+                                             perceptual=inputs.perceptual,
+                                             deadline=None if deadline is None else deadline - reserve)
             except (KeyboardInterrupt, Interrupted) as exc:  # the last internal step's result stands
                 signum = exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
                 result.interrupted = signum
@@ -382,6 +385,16 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
     if result is None:  # admm_iters >= 1 is validated by AdaptConfig
         raise ConfigError(f"--admm-iters must be >= 1, got {config.admm_iters}")
     return result
+
+
+def _internal_step_reserve(previous: InternalResult, config: AdaptConfig) -> float:
+    """Seconds an internal step needs at least, measured on ``previous``: its set-up, the backbone's
+    and one period's evaluations and one period of steps. An ADMM iteration starts (and its external
+    step trains) only while that much of the time budget is left for the internal step after it."""
+    t = previous.timing
+    period = float(t.get("mean_period_first_step_s", 0.0)) + max(config.eval_every - 1, 0) * float(
+        t.get("mean_plain_step_s", 0.0))
+    return float(t.get("setup_s", 0.0)) + 2.0 * float(t.get("mean_evaluation_s", 0.0)) + period
 
 
 def _admm_seed(seed: int, iteration: int, part: str) -> int:

@@ -41,9 +41,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     lat.add_argument("--threads", type=int, default=None, help="threads for both onnxruntime and torch")
     lat.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
     lat.add_argument("--out", type=Path, default=Path("benchmarks/results"),
-                     help="results folder for the report's .md and .json, named after this machine (and the "
-                          "backend, precision, camera where not the defaults; default ./benchmarks/results; a "
-                          "report of the same machine and options is replaced)")
+                     help="results folder for the report's .md and .json, named after this machine (a GPU "
+                          "report also after its backend, and its precision and batch where not fp32 and 1; a "
+                          "camera other than the fallback and a PyTorch ISA cap are named too; default "
+                          "./benchmarks/results; a report of the same machine and options is replaced)")
 
 
 def latency_options(args: argparse.Namespace) -> LatencyOptions:

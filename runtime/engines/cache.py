@@ -28,6 +28,7 @@ a camera's engines built from an ONNX file that is no longer current are deleted
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -360,7 +361,10 @@ class EngineCache:
                               and old.key.source_sha256 != wanted.source_sha256
                               and old.key.source_sha256 not in current)
                 replaced = digest_ == wanted.digest
-                if (superseded or replaced) and old.file != rel:
+                # the same engine under an older key version (built before a builder change): never loaded again
+                outdated = (old.key.key_version < wanted.key_version
+                            and dataclasses.replace(old.key, key_version=wanted.key_version) == wanted)
+                if (superseded or replaced or outdated) and old.file != rel:
                     removed.append(old.file)
                     del engines[digest_]
             engines[wanted.digest] = record.to_json()

@@ -215,6 +215,8 @@ def test_a_signal_while_the_best_weights_are_copied_leaves_the_previous_best_who
     assert result.interrupted is not None and "interrupted" in result.stop_reason
     assert result.kept_backbone and result.best_step == 0 and result.niqe_after == [5.0]
     assert all(torch.equal(start[k], result.state_dict[k]) for k in start)
+    assert "while the weights of step 2 were being kept" in result.stop_reason
+    assert "no evaluation beat" not in result.stop_reason
 
 
 def test_proximal_term_pulls_towards_anchor() -> None:

@@ -308,6 +308,35 @@ def test_a_damaged_record_under_the_wanted_key_is_rebuilt_over(tmp_path: Path) -
     assert not ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit()).built
 
 
+def test_an_engine_of_an_older_key_version_is_superseded_by_its_rebuild(tmp_path: Path) -> None:
+    """A key-version bump (TF32 off for fp16 / bf16) rebuilt the engine but kept the old one's file
+    and record for good."""
+    import dataclasses
+
+    from adassr.runtime.engines.key import KEY_VERSION
+
+    _camera(tmp_path, "canon", 0, structure=None)
+    store = CameraStore.open(tmp_path, "canon")
+    built = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
+    older = dataclasses.replace(built.record.key, key_version=KEY_VERSION - 1)
+
+    old_file = built.record.file.replace(built.record.key.digest[:16], older.digest[:16])
+    built.path.rename(store.directory / old_file)
+
+    def as_older_version(manifest: dict) -> None:  # the same engine, as the previous version recorded it
+        record = manifest["engines"].pop(built.record.key.digest)
+        record.update(key=older.to_json(), file=old_file)
+        manifest["engines"][older.digest] = record
+
+    store.update_manifest(as_older_version)
+    again = ensure_camera_engine(_request(tmp_path, "canon", refit=False), FileToolkit())
+    assert again.built and again.record.key.key_version == KEY_VERSION
+    assert list(store.read_manifest()["engines"]) == [again.record.key.digest]
+    assert old_file in store.read_manifest()["superseded_files"]
+    other = dataclasses.replace(older, precision="fp16")  # an older engine of another precision is not this one
+    assert dataclasses.replace(other, key_version=KEY_VERSION) != again.record.key
+
+
 def test_an_engine_record_pointing_outside_its_folder_never_touches_that_file(tmp_path: Path) -> None:
     """A hand-edited record named ../../victim.txt: the rebuild that replaced it deleted the user's file."""
     victim = tmp_path / "victim.txt"
