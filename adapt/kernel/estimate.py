@@ -259,7 +259,9 @@ def estimate_kernel(
                        n_directions=config.n_directions, anisotropy_weight=config.anisotropy_weight)
     chosen = _select_images(len(lumas), config.max_images)
     per_image, skipped, noise = _usable_tiles(lumas, chosen, spec, config)
-    mode = "group" if len(lumas) > 1 else "single"
+    # the images actually fitted: a group whose other images were all flat is fitted (and calibrated)
+    # as the one image it is
+    mode = "group" if len(per_image) > 1 else "single"
     used = [i for i in chosen if i not in skipped]
     diag: dict[str, Any] = {
         "mode": mode,

@@ -149,15 +149,66 @@ class FeatureSpec:
         return np.concatenate([hi - lo, self.anisotropy_weight * (lo - lo.mean())])
 
 
-def noise_sigma(y: np.ndarray) -> float:
-    """Immerkaer's noise estimate over the flatter half of the image (texture inflates it)."""
+def noise_sigma(y: np.ndarray, clipped: np.ndarray | None = None) -> float:
+    """Immerkaer's noise estimate over the flatter half of the image (texture inflates it).
+
+    Clipped areas are left out first: pixels at black or white whose 3x3 neighbourhood is constant
+    (blown highlights, black letterbox bars). They carry no noise because
+    clipping removed it; where they made up half the image, the flatter half was all zeros and the
+    estimate fell to 0, which switched off the flat-image check, the pixel filter and the group's
+    noise subtraction (a far too sharp kernel). Constant areas at other levels (an 8-bit sky) count.
+    """
     lap = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
     r = np.abs(cv2.filter2D(y, cv2.CV_64F, lap, borderType=cv2.BORDER_REFLECT))[1:-1, 1:-1]
     g = (cv2.Sobel(y, cv2.CV_64F, 1, 0) ** 2 + cv2.Sobel(y, cv2.CV_64F, 0, 1) ** 2)[1:-1, 1:-1]
     if r.size == 0:
         return 0.0
+    kept = ~(_clipped(y) if clipped is None else clipped)[1:-1, 1:-1]
+    if np.count_nonzero(kept) >= MIN_NOISE_PIXELS:  # else the image is (nearly) all clipped: no estimate to save
+        r, g = r[kept], g[kept]
     flat = r[g <= np.quantile(g, 0.5)]
     return float(math.sqrt(math.pi / 2.0) * flat.mean() / 6.0)
+
+
+MIN_NOISE_PIXELS = 64
+"""The fewest unclipped pixels :func:`noise_sigma` estimates from."""
+
+
+CLIP_REACH = 8
+"""LR pixels around a clipped area that do not count as structure in :meth:`CrossScaleSample.informative`:
+the edge of a blown highlight or a letterbox bar is made by clipping, not by the lens, so a frame
+whose only structure is such an edge (a flat noisy frame half blown out) carries no blur information
+and is skipped. The fit itself leaves out only the clipped pixels: on the development photos with
+simulated sensor clipping, leaving out their surroundings too lost more data than it removed bias
+(benchmarks/README.md, "Sensor clipping")."""
+
+
+CLIP_AWAY_SHARE = 0.25
+"""Below this share of a tile's unclipped pixels away from clipping, the flat-image check reads all
+its unclipped pixels (a tile mostly blown out keeps its clipped edges' blurred surroundings)."""
+
+
+def _away_from(clipped: np.ndarray, reach: int) -> np.ndarray:
+    """Pixels farther than ``reach`` from any ``clipped`` pixel (all of them in most photos)."""
+    if not clipped.any():
+        return np.ones(clipped.shape, dtype=bool)
+    if reach <= 0:
+        return ~clipped
+    size = 2 * reach + 1
+    near: np.ndarray = cv2.dilate(clipped.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
+    return ~near
+
+
+CLIP_MARGIN = 0.5 / 255
+"""How close to 0 or 1 a value counts as clipped (half an 8-bit level)."""
+
+
+def _clipped(y: np.ndarray) -> np.ndarray:
+    """Pixels at black or white (within :data:`CLIP_MARGIN`) whose 3x3 neighbourhood is constant."""
+    kernel = np.ones((3, 3), np.uint8)
+    work = np.ascontiguousarray(y, dtype=np.float32)
+    constant = cv2.dilate(work, kernel) == cv2.erode(work, kernel)
+    return constant & ((work <= CLIP_MARGIN) | (work >= 1.0 - CLIP_MARGIN))
 
 
 class CrossScaleSample:
@@ -196,9 +247,14 @@ class CrossScaleSample:
         self.fxx, self.fxy, self.fyy = fx * fx, fx * fy, fy * fy
         b = self.BORDER
         energy = cv2.boxFilter(spec.bank.gradient_energy(y), -1, (5, 5), borderType=cv2.BORDER_REFLECT)
-        inner = energy[b:h - b, b:w - b]
+        clipped = _clipped(y)
+        usable = ~clipped[b:h - b, b:w - b]  # clipped pixels carry no blur: never counted
+        inner = energy[b:h - b, b:w - b][usable]
+        structural = energy[b:h - b, b:w - b][_away_from(clipped, CLIP_REACH)[b:h - b, b:w - b]]
+        if structural.size < CLIP_AWAY_SHARE * inner.size:  # mostly clipped: its edges are all it has
+            structural = inner
         mask = np.zeros((h, w), dtype=bool)
-        self.noise_sigma = noise_sigma(y)
+        self.noise_sigma = noise_sigma(y, clipped)
         if inner.size:
             keep = inner >= np.quantile(inner, 1.0 - fraction) if fraction < 1.0 else np.ones_like(inner, bool)
             if pixel_snr > 0:
@@ -206,8 +262,11 @@ class CrossScaleSample:
                 if above.mean() < min_kept:
                     above = inner >= np.quantile(inner, 1.0 - min_kept)
                 keep &= above
-            mask[b:h - b, b:w - b] = keep
-            top = inner[inner >= np.quantile(inner, 0.7)]
+            placed = np.zeros(usable.shape, dtype=bool)
+            placed[usable] = keep
+            mask[b:h - b, b:w - b] = placed
+        if structural.size:
+            top = structural[structural >= np.quantile(structural, 0.7)]
             self.structure_energy = float(top.mean())
         else:
             self.structure_energy = 0.0

@@ -163,6 +163,43 @@ def test_group_skips_a_flat_image(photos):
     assert est.diagnostics["images_skipped_flat"] == [0] and est.diagnostics["images_used"] == [1, 2]
 
 
+def test_clipped_areas_do_not_hide_the_noise(photos):
+    """A noisy frame half blown out (or in black letterbox bars) measured noise 0: it counted as
+    structured, switched the group's noise subtraction off and pulled the kernel to the search floor."""
+    from adassr.adapt.kernel.features import _clipped, noise_sigma
+
+    rng = np.random.default_rng(1)
+    noisy = np.clip(0.5 + rng.normal(0, 5 / 255, (120, 120)), 0, 1)
+    blown = noisy.copy()
+    blown[:, :70] = 1.0
+    boxed = np.zeros((260, 120))
+    boxed[70:190] = noisy
+    for frame in (blown, boxed):
+        assert noise_sigma(frame) == pytest.approx(noise_sigma(noisy), rel=0.15)
+    clean = np.full((40, 40), 0.3)
+    clean[10:30, 10:30] = 0.6  # constant areas short of black and white are no clipping: they count
+    assert not _clipped(clean).any() and _clipped(blown)[:, 5:65].all() and _clipped(boxed)[5:60].all()
+    assert noise_sigma(np.ones((30, 30))) == 0.0  # all clipped: nothing to estimate from
+    lrs = [_lr(p, (2.4, 1.2, 30.0), noise=5 / 255, seed=i) for i, p in enumerate(photos[:3])]
+    alone = estimate_kernel(lrs, scale=SCALE)
+    flat_frame = np.clip(0.5 + rng.normal(0, 5 / 255, lrs[0].shape[:2]), 0, 1).astype(np.float32)
+    flat_frame[:, : flat_frame.shape[1] * 3 // 5] = 1.0
+    est = estimate_kernel([*lrs, flat_frame], scale=SCALE)
+    assert est.diagnostics["images_skipped_flat"] == [3]
+    assert (est.sigma_x, est.sigma_y, est.theta_deg) == pytest.approx(
+        (alone.sigma_x, alone.sigma_y, alone.theta_deg))
+
+
+def test_a_group_with_one_usable_image_is_fitted_as_one_image(photos):
+    """The other images all flat: the fit is the single image's, so is its calibration."""
+    lr = _lr(photos[0], (2.4, 1.2, 30.0))
+    single = estimate_kernel([lr], scale=SCALE)
+    est = estimate_kernel([lr, np.full(lr.shape, 0.7, np.float32)], scale=SCALE)
+    assert est.diagnostics["mode"] == "single" and est.diagnostics["n_images"] == 2
+    assert (est.sigma_x, est.sigma_y, est.theta_deg) == pytest.approx(
+        (single.sigma_x, single.sigma_y, single.theta_deg))
+
+
 def test_large_images_use_their_most_structured_tiles(photos):
     lr = _lr(photos[0], (2.4, 1.2, 30.0))
     big = np.concatenate([np.concatenate([lr, lr], 1), np.concatenate([lr, lr], 1)], 0)
