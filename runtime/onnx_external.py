@@ -5,12 +5,15 @@ An ONNX tensor may keep its bytes in another file (``TensorProto.data_location =
 The store must know every such file, so this module walks the protobuf wire format of a
 ``ModelProto`` and returns every ``location`` it finds in the graph's initializers, sparse
 initializers, node attributes (``t``, ``tensors``, ``sparse_tensor``) and nested subgraphs
-(``g``, ``graphs``), and in ``ModelProto.functions``.
+(``g``, ``graphs``), in ``ModelProto.functions`` and in ``ModelProto.training_info``.
 
-Field numbers (onnx.proto3): ModelProto.graph 7, functions 25; GraphProto.node 1, initializer 5,
-sparse_initializer 15; NodeProto.attribute 5; AttributeProto.t 5, g 6, tensors 9, graphs 10,
-sparse_tensor 22, sparse_tensors 23; SparseTensorProto.values 1, indices 2; TensorProto
-external_data 13, data_location 14; StringStringEntryProto.key 1, value 2; FunctionProto.node 7.
+Field numbers (onnx.proto3, checked against ``onnx``'s descriptors in the tests): ModelProto.graph 7,
+training_info 20, functions 25; TrainingInfoProto.initialization 1, algorithm 2; GraphProto.node 1,
+initializer 5, sparse_initializer 15; NodeProto.attribute 5; AttributeProto.t 5, g 6, strings 9
+(not descended into), tensors 10, graphs 11, sparse_tensor 22, sparse_tensors 23;
+SparseTensorProto.values 1, indices 2; TensorProto external_data 13, data_location 14;
+StringStringEntryProto.key 1, value 2; FunctionProto.node 7. A tensor marked EXTERNAL without a
+``location`` is an error (onnxruntime could not load it).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ _MAX_DEPTH = 64
 
 class _Kind(Enum):
     MODEL = "model"
+    TRAINING = "training"
     GRAPH = "graph"
     NODE = "node"
     ATTRIBUTE = "attribute"
@@ -36,7 +40,10 @@ class _Kind(Enum):
 # (message kind, field number) -> kind of the embedded message worth descending into.
 _CHILDREN: dict[tuple[_Kind, int], _Kind] = {
     (_Kind.MODEL, 7): _Kind.GRAPH,
+    (_Kind.MODEL, 20): _Kind.TRAINING,
     (_Kind.MODEL, 25): _Kind.FUNCTION,
+    (_Kind.TRAINING, 1): _Kind.GRAPH,
+    (_Kind.TRAINING, 2): _Kind.GRAPH,
     (_Kind.FUNCTION, 7): _Kind.NODE,
     (_Kind.GRAPH, 1): _Kind.NODE,
     (_Kind.GRAPH, 5): _Kind.TENSOR,
@@ -44,8 +51,8 @@ _CHILDREN: dict[tuple[_Kind, int], _Kind] = {
     (_Kind.NODE, 5): _Kind.ATTRIBUTE,
     (_Kind.ATTRIBUTE, 5): _Kind.TENSOR,
     (_Kind.ATTRIBUTE, 6): _Kind.GRAPH,
-    (_Kind.ATTRIBUTE, 9): _Kind.TENSOR,
-    (_Kind.ATTRIBUTE, 10): _Kind.GRAPH,
+    (_Kind.ATTRIBUTE, 10): _Kind.TENSOR,
+    (_Kind.ATTRIBUTE, 11): _Kind.GRAPH,
     (_Kind.ATTRIBUTE, 22): _Kind.SPARSE,
     (_Kind.ATTRIBUTE, 23): _Kind.SPARSE,
     (_Kind.SPARSE, 1): _Kind.TENSOR,
@@ -113,6 +120,8 @@ def _tensor_locations(data: memoryview, start: int, end: int) -> list[str]:
                         val = text
             if key == "location" and val is not None:
                 locations.append(val)
+    if external and not locations:
+        raise _WireError("a tensor stored externally names no location")
     return locations if external or locations else []
 
 

@@ -245,6 +245,47 @@ def test_self_contained_model_has_no_external_data() -> None:
         external_data_files(b"\xff\xff\xff")
 
 
+def _external(name: str, location: str) -> onnx.TensorProto:
+    tensor = numpy_helper.from_array(np.ones(4, np.float32), name)
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    tensor.ClearField("raw_data")
+    return tensor
+
+
+def test_external_data_is_found_in_every_place_onnx_allows_and_strings_are_no_tensors() -> None:
+    """The scanner took AttributeProto field 9 (strings) for tensors and 10 (tensors) for graphs: a
+    self-contained model with a strings attribute was refused as malformed, and external data in a
+    tensors or graphs attribute went unchecked into the store."""
+    from adassr.runtime.onnx_external import _CHILDREN, _Kind, external_data_files
+
+    fields = {f.name: f.number for f in onnx.AttributeProto.DESCRIPTOR.fields}
+    assert _CHILDREN[(_Kind.ATTRIBUTE, fields["tensors"])] is _Kind.TENSOR
+    assert _CHILDREN[(_Kind.ATTRIBUTE, fields["graphs"])] is _Kind.GRAPH
+    assert (_Kind.ATTRIBUTE, fields["strings"]) not in _CHILDREN
+
+    def model(node: onnx.NodeProto) -> bytes:
+        graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    strings = helper.make_node("Custom", [], ["y"], domain="x", names=["a", "bc", "\u00e9" * 40])
+    assert external_data_files(model(strings)) == []
+    tensors = helper.make_node("Custom", [], ["y"], domain="x", ts=[_external("t0", "tensors.bin")])
+    assert external_data_files(model(tensors)) == ["tensors.bin"]
+    inner = helper.make_graph([], "inner", [], [], [_external("t1", "graphs.bin")])
+    graphs = helper.make_node("Custom", [], ["y"], domain="x", gs=[inner])
+    assert external_data_files(model(graphs)) == ["graphs.bin"]
+    nowhere = _external("t2", "x.bin")
+    del nowhere.external_data[:]
+    with pytest.raises(StoreError, match="names no location"):
+        external_data_files(model(helper.make_node("Custom", [], ["y"], domain="x", ts=[nowhere])))
+    trained = onnx.ModelProto()
+    trained.ParseFromString(model(strings))
+    trained.training_info.add().initialization.CopyFrom(inner)
+    assert external_data_files(trained.SerializeToString()) == ["graphs.bin"]
+
+
 def test_a_nested_transaction_is_refused_at_once_not_after_a_timeout(tmp_path: Path) -> None:
     import time
 
