@@ -76,7 +76,7 @@ def choose_weights(store_root: Path, camera: str | None, backbone: str, device: 
         manifest = store.read_manifest() if store.exists() else {}
         if WEIGHTS_FILE in (manifest.get("artifacts") or {}):
             path = store.verified_path(WEIGHTS_FILE, manifest)
-            name = manifest.get("backbone", {}).get("name", backbone)
+            name = (manifest.get("backbone") or {}).get("name", backbone)
             loaded = load_safetensors_weights(path, name, device=str(device))
             return TorchModelChoice(f"{store.camera}/{WEIGHTS_FILE} (adapted {name})", loaded.model, loaded.scale)
     loaded = load_backbone(backbone, device=str(device))

@@ -23,6 +23,7 @@ from adassr.adapt.weights.delta import DELTA_FORMAT
 from adassr.adapt.weights.state import (
     LoadedBackbone,
     assemble,
+    check_finite,
     check_state_dict,
     expected_shapes,
     state_dict_sha256,
@@ -93,6 +94,7 @@ def save_safetensors_weights(
     raw = weights.state_dict() if isinstance(weights, nn.Module) else weights
     # The same check as loading, so a file that could never be loaded as ``entry`` is never written.
     checked = check_state_dict(raw, expected_shapes(entry), origin=f"the weights to save as {entry.name!r}")
+    check_finite(checked, origin=f"the weights to save as {entry.name!r}")
     state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in checked.items()}
     digest = state_dict_sha256(state)
     meta = {**(metadata or {}), "format": WEIGHTS_FORMAT, "backbone": entry.name, "weights_sha256": digest}
@@ -121,8 +123,15 @@ def save_delta_weights(
     from adassr.adapt.weights.delta import changed_tensors, delta_metadata
 
     raw = weights.state_dict() if isinstance(weights, nn.Module) else weights
-    check_state_dict(raw, expected_shapes(backbone.entry), origin=f"the weights to save as {backbone.entry.name!r}")
+    check_finite(check_state_dict(raw, expected_shapes(backbone.entry),
+                                  origin=f"the weights to save as {backbone.entry.name!r}"),
+                 origin=f"the weights to save as {backbone.entry.name!r}")
     base = base_state if base_state is not None else backbone.model.state_dict()
+    base_digest = state_dict_sha256(check_state_dict(base, expected_shapes(backbone.entry), origin="the base weights"))
+    if base_digest != backbone.weights_sha256:  # e.g. backbone.model trained in place: the delta would be empty
+        raise WeightsError(f"the base weights hash to {base_digest[:12]}..., not to the backbone's "
+                           f"{backbone.weights_sha256[:12]}...: they were changed (trained in place?); pass the "
+                           "backbone's weights from before adaptation as base_state")
     delta = changed_tensors(raw, base)
     meta = {**(metadata or {}), **delta_metadata(raw, delta, backbone.entry.name, backbone.weights_sha256)}
     data = save_safetensors_bytes(delta, metadata=meta)

@@ -43,7 +43,9 @@ def changed_tensors(state: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> 
         theirs = base[key].detach().to("cpu", torch.float32)
         if mine.shape != theirs.shape:
             raise WeightsError(f"tensor {key!r} has shape {tuple(mine.shape)}, the backbone {tuple(theirs.shape)}")
-        if not torch.equal(mine, theirs):
+        # bit for bit, as the weights' digest hashes them: torch.equal takes -0.0 for 0.0 (and the EMA's
+        # lerp turns one into the other), which left a changed tensor out of the delta
+        if not torch.equal(mine.contiguous().view(torch.int32), theirs.contiguous().view(torch.int32)):
             out[key] = mine.contiguous()
     return out
 

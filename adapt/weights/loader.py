@@ -18,7 +18,7 @@ from adassr.adapt.archs.registry import (
 )
 from adassr.adapt.weights import cache, ncnn_format
 from adassr.adapt.weights.state import LoadedBackbone, assemble, expected_shapes
-from adassr.runtime.errors import WeightsError
+from adassr.runtime.errors import StoreError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _ncnn_state(
     state = ncnn_format.convert_ncnn(param_path, bin_path, entry.arch)
     try:
         digest = cache.write_cached_state(path, state, source_meta)
-    except OSError as exc:
+    except (OSError, StoreError) as exc:  # StoreError: the write itself failed (a full disk, a quota)
         log.warning("cannot write the backbone cache %s (%s); using the weights in memory only", path, exc)
         return state, "", described
     return state, digest, f"{described} (cached {path})"

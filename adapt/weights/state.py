@@ -59,6 +59,16 @@ def state_dict_sha256(state: Mapping[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
+def check_finite(state: Mapping[str, Tensor], *, origin: str) -> None:
+    """WeightsError naming the first tensor of ``state`` with NaN or infinite values. Called where weights
+    are written: a diverged run's weights are never saved (readers check what they use themselves:
+    the export refuses such weights with its own advice)."""
+    for key in sorted(state):
+        if not bool(torch.isfinite(state[key]).all()):
+            raise WeightsError(f"{origin}: key {key!r} has NaN or infinite values (a diverged training run?); "
+                               "they are not saved")
+
+
 def expected_shapes(entry: BackboneEntry) -> dict[str, torch.Size]:
     """Parameter name -> shape of ``entry``'s architecture, in state-dict order (no allocation)."""
     with torch.device("meta"):

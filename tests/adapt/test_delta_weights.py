@@ -81,3 +81,36 @@ def test_a_tampered_delta_fails_its_digest(tmp_path: Path) -> None:
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(WeightsError, match="corrupt"):
         load_safetensors_weights(path, TINY, base=backbone)
+
+
+def test_a_backbone_trained_in_place_is_no_base_for_a_delta(tmp_path: Path) -> None:
+    """The delta of a model against itself was empty, written, and then refused as corrupt at load."""
+    backbone = _backbone(0)
+    with torch.no_grad():
+        backbone.model.conv_last.weight.add_(0.01)  # adapted in place, as a training loop does
+    with pytest.raises(WeightsError, match="trained in place.*base_state"):
+        save_delta_weights(tmp_path / "d.safetensors", backbone.model, backbone)
+    assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_a_zero_that_only_changed_sign_is_in_the_delta(tmp_path: Path) -> None:
+    """torch.equal(-0.0, 0.0) left the tensor out while the digest hashes the bits: 'the file is corrupt'."""
+    backbone = _backbone(0)
+    base = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    base["conv_last.bias"][0] = -0.0
+    backbone = assemble(TINY, base, source="with a negative zero")
+    adapted = {k: v.clone() for k, v in base.items()}
+    adapted["conv_last.bias"][0] = 0.0
+    path = tmp_path / "d.safetensors"
+    digest = save_delta_weights(path, adapted, backbone)
+    assert load_safetensors_weights(path, TINY, base=backbone).weights_sha256 == digest
+
+
+def test_weights_with_nan_are_never_saved(tmp_path: Path) -> None:
+    backbone = _backbone(0)
+    adapted = _adapted(backbone)
+    adapted["conv_last.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(WeightsError, match="'conv_last.weight' has NaN or infinite values"):
+        save_delta_weights(tmp_path / "d.safetensors", adapted, backbone)
+    with pytest.raises(WeightsError, match="NaN or infinite"):
+        save_safetensors_weights(tmp_path / "f.safetensors", adapted, TINY)

@@ -289,6 +289,24 @@ def test_unwritable_cache_still_loads(
     assert list(tmp_path.glob("**/*.tmp")) == []
 
 
+def test_a_cache_write_that_fails_midway_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: _ConvertSpy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk or a quota fails the write itself (a StoreError, not an OSError): load_backbone
+    failed although the converted weights were in memory."""
+    from adassr.adapt.weights import cache
+    from adassr.runtime.errors import StoreError
+
+    def full_disk(*_a: object, **_k: object) -> str:
+        raise StoreError("cannot write x: No space left on device; check free space and permissions")
+
+    monkeypatch.setattr(cache, "write_cached_state", full_disk)
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.weights.loader"):
+        loaded = load_backbone(ANIME, cache_dir=tmp_path / "full")
+    assert any("No space left on device" in r.getMessage() for r in caplog.records)
+    assert loaded.weights_sha256 == load_backbone(ANIME, cache_dir=tmp_path / "ok").weights_sha256
+
+
 def test_pinned_source_checksum_is_enforced(tmp_path: Path) -> None:
     entry = _entry(ANIME)
     wrong = dataclasses.replace(entry, source=dataclasses.replace(entry.source, bin_sha256="0" * 64))
