@@ -261,13 +261,14 @@ def choose_cpu_precision(
         log.info("bf16 probe not cached: other processes were using the CPU (load average above %d)",
                  cpu.logical_cpus)
         return probe.choice
-    try:
-        from adassr.runtime.store import atomic_write_bytes
+    from adassr.runtime.errors import StoreError
+    from adassr.runtime.store import atomic_write_bytes
 
+    try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         data = _read_cache(path)
         data[key] = {k: v for k, v in asdict(probe).items() if k != "key"}
         atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-    except OSError as exc:  # a read-only cache only costs the probe next time
+    except (OSError, StoreError) as exc:  # a read-only or full cache only costs the probe next time
         log.warning("could not cache the bf16 probe in %s: %s", path, exc)
     return probe.choice

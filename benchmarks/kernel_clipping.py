@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     PYTHONPATH=. python benchmarks/kernel_clipping.py [--hr-dir benchmarks/data/dev_photos]
-        [--gains 1.0,1.6] [--noises 2,5] [--machine "..."] [--out-dir benchmarks/results]
+        [--gains 1.0,1.6,2.2] [--noises 0,2,5] [--machine "..."] [--out-dir benchmarks/results]
         [--tag NAME] [--keep-clipped]
 
 Each synthetic camera: the photos of ``--hr-dir`` (centre crops of 512 px, LR 128 at x4) blurred by a
@@ -131,8 +131,8 @@ def to_markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hr-dir", type=Path, default=ROOT / "benchmarks" / "data" / "dev_photos")
-    parser.add_argument("--gains", default="1.0,1.6")
-    parser.add_argument("--noises", default="2,5", help="Gaussian sensor noise sigmas in 8-bit levels")
+    parser.add_argument("--gains", default="1.0,1.6,2.2")
+    parser.add_argument("--noises", default="0,2,5", help="Gaussian sensor noise sigmas in 8-bit levels")
     parser.add_argument("--machine", default=f"{platform.processor() or platform.machine()}")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default="")

@@ -309,7 +309,7 @@ def _torch_model(route: Any, threads: int | None) -> Callable[[np.ndarray], np.n
     if threads:
         torch.set_num_threads(threads)
     camera = None if route.is_fallback else route.model_camera
-    backbone = route.manifest.get("backbone", {}).get("name", "realesrgan-x4plus")
+    backbone = (route.manifest.get("backbone") or {}).get("name", "realesrgan-x4plus")
     choice = choose_weights(route.store.root, camera, backbone, torch.device("cpu"))
     model = choice.model.eval()
 

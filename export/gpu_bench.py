@@ -254,7 +254,7 @@ def _torch_bench_rows(args: LatencyOptions, route: Any, frame: np.ndarray, roofl
         torch.set_num_threads(args.threads)
     target = torch.device("cuda", device) if on_gpu else torch.device("cpu")
     camera = None if route.is_fallback else route.model_camera
-    backbone = route.manifest.get("backbone", {}).get("name", "realesrgan-x4plus")
+    backbone = (route.manifest.get("backbone") or {}).get("name", "realesrgan-x4plus")
     choice = choose_weights(route.store.root, camera, backbone, torch.device("cpu"))
     state = {k: v.clone() for k, v in choice.model.state_dict().items()}
 

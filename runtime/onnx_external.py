@@ -12,8 +12,8 @@ training_info 20, functions 25; TrainingInfoProto.initialization 1, algorithm 2;
 initializer 5, sparse_initializer 15; NodeProto.attribute 5; AttributeProto.t 5, g 6, strings 9
 (not descended into), tensors 10, graphs 11, sparse_tensor 22, sparse_tensors 23;
 SparseTensorProto.values 1, indices 2; TensorProto external_data 13, data_location 14;
-StringStringEntryProto.key 1, value 2; FunctionProto.node 7. A tensor marked EXTERNAL without a
-``location`` is an error (onnxruntime could not load it).
+StringStringEntryProto.key 1, value 2; FunctionProto.node 7, attribute_proto 11 (defaults). A tensor
+marked EXTERNAL without a ``location`` is an error (onnxruntime could not load it).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ _CHILDREN: dict[tuple[_Kind, int], _Kind] = {
     (_Kind.TRAINING, 1): _Kind.GRAPH,
     (_Kind.TRAINING, 2): _Kind.GRAPH,
     (_Kind.FUNCTION, 7): _Kind.NODE,
+    (_Kind.FUNCTION, 11): _Kind.ATTRIBUTE,
     (_Kind.GRAPH, 1): _Kind.NODE,
     (_Kind.GRAPH, 5): _Kind.TENSOR,
     (_Kind.GRAPH, 15): _Kind.SPARSE,

@@ -239,9 +239,10 @@ def estimate_kernel(
 ) -> KernelEstimate:
     """Estimate one anisotropic Gaussian blur kernel (HR pixels) from LR images of one camera.
 
-    ``images``: LR float images in [0, 1], ``HxW`` or ``HxWx3`` (RGB; the luma is used). One
-    image is single-image mode; several are pooled into one kernel (group mode: the mean of the
-    per-image losses, each image weighted equally). ``scale``: the SR factor the kernel is for.
+    ``images``: LR float images in [0, 1], ``HxW`` or ``HxWx3`` (RGB; the luma is used). Several
+    usable images are pooled into one kernel (group mode: the mean of the per-image losses, each
+    image weighted equally); one usable image (one given, or the others skipped as flat) is
+    single-image mode, calibrated as such. ``scale``: the SR factor the kernel is for.
 
     Returns a :class:`KernelEstimate` with ``method="cross-scale-derivative-energy"``, or the
     bicubic kernel with ``method="fallback-bicubic"`` and ``confidence=0`` when no image carries

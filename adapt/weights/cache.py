@@ -67,7 +67,7 @@ def backbone_cache_path(name: str, cache_dir: str | Path | None = None) -> Path:
 def write_cached_state(path: str | Path, state: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
     """Store ``state`` with ``metadata`` plus ``format`` and ``weights_sha256``; return the digest.
 
-    Raises ``OSError`` if the file cannot be written.
+    Raises ``OSError`` if its folder cannot be made, ``StoreError`` if the write itself fails (a full disk).
     """
     digest = state_dict_sha256(state)
     meta = {**metadata, "format": CACHE_FORMAT, "weights_sha256": digest}

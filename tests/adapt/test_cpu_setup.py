@@ -70,6 +70,22 @@ def test_probe_decides_once_and_is_cached(tmp_path: Path, fp32_s: float, bf16_s:
     assert data[key] == {"fp32_s": fp32_s, "bf16_s": bf16_s}
 
 
+def test_a_full_disk_only_costs_the_probe_next_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The write itself failing (a full disk: StoreError, not OSError) ended the whole adaptation."""
+    from adassr.runtime import store
+    from adassr.runtime.errors import StoreError
+
+    def full(*_a: object, **_k: object) -> None:
+        raise StoreError("cannot write x: No space left on device")
+
+    monkeypatch.setattr(store, "atomic_write_bytes", full)
+    with caplog.at_level("WARNING"):
+        choice = choose_cpu_precision(tmp_path, cpu=_cpu("amx_bf16"), measure=lambda k: Bf16Probe(k, 1.0, 0.5),
+                                      machine_is_quiet=lambda: True)
+    assert choice == "bf16" and "could not cache the bf16 probe" in caplog.text
+
+
 def test_damaged_cache_is_measured_again(tmp_path: Path) -> None:
     (tmp_path / CACHE_FILE).write_text("{not json")
     cpu = _cpu("amx_bf16")

@@ -207,3 +207,4 @@ def test_torch_rows_of_the_gpu_report_use_the_threads_asked_for(store: Path) -> 
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
