@@ -786,7 +786,8 @@ def _publish_report(tx: StoreTransaction, camera: str, result: InternalResult, i
     from adassr.adapt.report import matplotlib_available, render_report
 
     if not matplotlib_available():
-        log.warning("report.png skipped: matplotlib is not installed (pip install 'adassr[plots]')")
+        log.warning("report.png skipped: matplotlib is not installed (pip install -e '.[plots]' in the adassr "
+                    "checkout)")
         return None
 
     def write(path: Path) -> None:

@@ -28,8 +28,9 @@ from adassr.runtime.upscale_cli import add_upscale_arguments as _add_runtime_arg
 from adassr.runtime.upscale_cli import run_upscale as _run_runtime
 from adassr.runtime.upscalers import ImageUpscaler, UpscalerEntry, UpscalerRegistry, runtime_upscalers
 
-ADAPT_EXTRA = "pip install 'adassr[adapt,cpu-torch]'"  # CPU torch; a GPU box installs a CUDA torch first
-ADAPT_EXTRA_GPU = "on a GPU box, a CUDA torch then 'adassr[adapt]'"
+# CPU torch; a GPU box installs a CUDA torch first
+ADAPT_EXTRA = "pip install -e '.[adapt,cpu-torch]' (in the adassr checkout)"
+ADAPT_EXTRA_GPU = "on a GPU box, a CUDA torch then '.[adapt]'"
 
 
 def _torch_upscaler(options: RuntimeOptions) -> ImageUpscaler:

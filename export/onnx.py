@@ -248,7 +248,8 @@ def open_session(data: bytes) -> Any:
         import onnxruntime as ort
     except ImportError as exc:
         raise ExportError(
-            f"validating the export needs onnxruntime ({exc}); pip install 'adassr[cpu]' or 'adassr[gpu]'"
+            f"validating the export needs onnxruntime ({exc}); pip install -e '.[cpu]' or -e '.[gpu]' in the adassr "
+            "checkout"
         ) from exc
     options = ort.SessionOptions()
     options.log_severity_level = 3

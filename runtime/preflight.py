@@ -20,12 +20,12 @@ from adassr.runtime.tempfiles import create_temp
 
 
 def check_threads(threads: int | None) -> None:
-    """``--threads``: None (all cores) or an integer from 1 to :data:`MAX_THREADS`."""
+    """``--threads``: None (one per usable physical core) or an integer from 1 to :data:`MAX_THREADS`."""
     if threads is None:
         return
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise ConfigError(f"--threads must be an integer from 1 to {MAX_THREADS} (or omitted: all cores), "
-                          f"got {threads!r}")
+        raise ConfigError(f"--threads must be an integer from 1 to {MAX_THREADS} (or omitted: one per usable "
+                          f"physical core), got {threads!r}")
 
 
 def check_output_folders(targets: Iterable[Path]) -> None:

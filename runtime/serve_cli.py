@@ -246,7 +246,7 @@ def _checked_config(args: argparse.Namespace) -> Any:
         m for m in ("starlette", "uvicorn", "prometheus_client", "multipart") if importlib.util.find_spec(m) is None
     ]
     if missing:
-        raise ConfigError(f"adassr serve needs {', '.join(missing)}: pip install 'adassr[serve]'")
+        raise ConfigError(f"adassr serve needs {', '.join(missing)}: pip install -e '.[serve]' in the adassr checkout")
     import os
 
     if args.gpu is not None:

@@ -366,8 +366,9 @@ class CameraStore:
             )
         elif not root_path.is_dir():
             raise StoreError(
-                f"the model store {root_path} does not exist; run `adapt --camera NAME` or "
-                "`adassr export` first, or point --store at an existing store"
+                f"the model store {root_path} does not exist; run `adapt --camera NAME` and `adassr export --camera "
+                "NAME`, or `adassr export --backbone realesrgan-x4plus` for the fallback model, first; or point "
+                "--store at an existing store"
             )
         return store
 

@@ -107,4 +107,4 @@ def test_commands_that_need_torch_say_so_in_one_line_without_it(tmp_path, argv: 
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     (line,) = [text for text in done.stderr.splitlines() if text.startswith("error:")]
-    assert f"adassr {argv[0]} needs torch" in line and "pip install 'adassr[adapt,cpu-torch]'" in line
+    assert f"adassr {argv[0]} needs torch" in line and "pip install -e '.[adapt,cpu-torch]'" in line

@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``adassr metrics``."""
     parser.add_argument("metric", choices=METRICS, help="metric to compute")
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="images to score (the distorted / SR images)")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="images to score (the distorted / SR images), or folders of them (a folder's --ref is a "
+                             "folder too, its images paired by file name)")
     parser.add_argument("--ref", nargs="+", metavar="PATH", default=None,
                         help="reference images, one per PATH in the same order (lpips, psnr, ssim); put it "
                              "after the PATHs, since it takes every path that follows")

@@ -125,7 +125,8 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendError(
-                f"onnxruntime is not installed ({exc}); pip install 'adassr[cpu]' (CPU) or 'adassr[gpu]' (CUDA)"
+                f"onnxruntime is not installed ({exc}); pip install -e '.[cpu]' (CPU) or -e '.[gpu]' (CUDA) in the "
+                "adassr checkout"
             ) from exc
         if not self.model_path.is_file():
             raise BackendError(f"ONNX model {self.model_path} does not exist; export it with `adassr export`")

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "install TensorRT 10 on the GPU box (`pip install \"adassr[tensorrt]\"`, NVIDIA's tensorrt-cu12 10.x; the "
-    "`tensorrt-stubs` type stubs are not TensorRT)"
+    "install TensorRT 10 on the GPU box (`pip install -e \".[tensorrt]\"` in the adassr checkout, NVIDIA's "
+    "tensorrt-cu12 10.x; the `tensorrt-stubs` type stubs are not TensorRT)"
 )
 SUPPORTED_MAJOR = 10
 

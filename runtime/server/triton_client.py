@@ -133,7 +133,7 @@ class TritonUpscaler:
             import tritonclient.http as httpclient
         except ImportError as exc:
             raise ConfigError(
-                f"the Triton client needs tritonclient[http] ({exc}); pip install 'adassr[serve]'"
+                f"the Triton client needs tritonclient[http] ({exc}); pip install -e '.[serve]' in the adassr checkout"
             ) from exc
         self._http = httpclient
         connect = timeout_s if connect_timeout_s is None else connect_timeout_s
