@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -144,9 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             many = _run(state, entry.build, sampler_factory, crops, replace(config, steps=args.steps), device,
                         precision, trainable, perceptual)
             per_step = (many - one) / (args.steps - 1)
-            if per_step <= 0:
-                raise SystemExit(f"{trainable}/{name}: the {args.steps}-step run ({many:.2f} s) was not slower than "
-                                 f"the 1-step run ({one:.2f} s); the machine is too noisy to time, run again")
+            if per_step <= 0:  # recorded, not fatal: the rows timed so far (and after) are kept
+                rows.append({"trainable": trainable, "precision": name, "error": (
+                    f"the {args.steps}-step run ({many:.2f} s) was not slower than the 1-step run ({one:.2f} s): "
+                    "the machine was too noisy to time; run again"), "lr_patch": config.lr_patch,
+                    "batch": config.batch, "perceptual": perceptual is not None})
+                _write_report(args, device, rows)
+                continue
             counts = []
             for steps in (1, 3):
                 counter = _OpCounter()
@@ -162,25 +167,42 @@ def main(argv: list[str] | None = None) -> int:
                          "lr_patch": config.lr_patch, "batch": config.batch,
                          "perceptual": perceptual is not None})
             print(rows[-1], flush=True)
+            _write_report(args, device, rows)  # after every row: a run cut off keeps what it timed
 
+    print(_write_report(args, device, rows))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+def _write_report(args: argparse.Namespace, device: torch.device, rows: list[dict]) -> str:
+    """Write ``adaptation_speed_<tag>.{json,md}`` for the rows so far; return the Markdown."""
     label = device_label(device)
     result = {"device": label, "steps_timed": args.steps, "rows": rows,
               "note": "per-step time excludes setup (front-feature bank, evaluation) by differencing runs"}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = ("gpu" if device.type == "cuda" else "cpu") + (f"_{args.tag}" if args.tag else "")
-    (args.out / f"adaptation_speed_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    _atomic_text(args.out / f"adaptation_speed_{tag}.json", json.dumps(result, indent=2) + "\n")
+    first = rows[0] if rows else {"batch": "?", "lr_patch": "?", "perceptual": False}
     lines = [f"# Adaptation speed ({label})", "",
-             f"Real-ESRGAN x4plus, batch {rows[0]['batch']}, LR patch {rows[0]['lr_patch']}, "
-             f"perceptual LPIPS-VGG {'on' if rows[0]['perceptual'] else 'off'}; time per step from "
+             f"Real-ESRGAN x4plus, batch {first['batch']}, LR patch {first['lr_patch']}, "
+             f"perceptual LPIPS-VGG {'on' if first['perceptual'] else 'off'}; time per step from "
              f"{args.steps}-step minus 1-step runs.", "",
              "| trainable | precision | s/step | steps/s | setup s (1-step run) | ATen ops/step |",
              "|---|---|---|---|---|---|"]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['trainable']} | {r['precision']} | {r['error']} | | | |")
+            continue
         lines.append(f"| {r['trainable']} | {r['precision']} | {r['s_per_step']:.3f} | {r['steps_per_s']:.2f} "
                      f"| {r['setup_s']:.1f} | {r['ops_per_step']:.0f} |")
-    (args.out / f"adaptation_speed_{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    text = "\n".join(lines) + "\n"
+    _atomic_text(args.out / f"adaptation_speed_{tag}.md", text)
+    return text
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

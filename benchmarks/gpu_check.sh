@@ -10,8 +10,11 @@
 # it is unpacked to a temporary folder and used (backbone package on PYTHONPATH, ADASSR_CACHE_DIR).
 # Arguments go to gpu_suite.py, e.g. --cpu-smoke (tiny CPU run), --only latency,niqe, --budget-s 300.
 # GPU_CHECK_BUNDLE=1 with $OUT set (the device tool, which returns at most 8 files): the results are
-# written to a temporary folder and, at exit (also when stopped by a signal), packed into
-# $OUT/gpu_results.tgz, with gpu_check.md and gpu_check.json beside it.
+# written to a temporary folder and packed into $OUT/gpu_results.tgz, with gpu_check.md and
+# gpu_check.json beside it, after every section and at exit (also when stopped by a signal): a run
+# killed outright (SIGKILL at the device tool's limit) keeps the sections it finished.
+# Sections run in their own process groups, listed in ${TMPDIR:-/tmp}/adassr_gpu_check.pgids; groups
+# left running by a killed run are killed when the next run starts and when a run ends.
 # Exit status: 0 when every section that ran passed (absent libraries are skips, not failures).
 set -uo pipefail
 
@@ -28,8 +31,20 @@ PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET  # the compiled kernels, not the interpreter
 CARRY_DEST=""
+PGIDS="${TMPDIR:-/tmp}/adassr_gpu_check.pgids"
+
+kill_sections() {  # section process groups still running (a killed run cannot stop its own)
+  if [ -f "$PGIDS" ]; then
+    while read -r pgid; do
+      [ -n "$pgid" ] && kill -KILL -- "-$pgid" 2>/dev/null
+    done < "$PGIDS"
+    rm -f "$PGIDS"
+  fi
+}
+kill_sections
 
 finish() {
+  kill_sections
   if [ -n "$BUNDLE_TO" ]; then
     cp "$OUT_DIR"/gpu_check.md "$OUT_DIR"/gpu_check.json "$BUNDLE_TO"/ 2>/dev/null
     tar czf "$BUNDLE_TO/gpu_results.tgz" -C "$BUNDLE_ROOT" gpu_results && rm -rf "$BUNDLE_ROOT"
@@ -51,7 +66,9 @@ fi
 
 # in the background, so a TERM (e.g. from `timeout`) reaches the trap at once: the suite is stopped
 # and what it wrote so far (gpu_check.json is rewritten after every section) is still packed
-"$PY" benchmarks/gpu_suite.py --out "$OUT_DIR" "$@" &
+BUNDLE_ARGS=()
+[ -z "$BUNDLE_TO" ] || BUNDLE_ARGS=(--bundle-to "$BUNDLE_TO")
+"$PY" benchmarks/gpu_suite.py --out "$OUT_DIR" "${BUNDLE_ARGS[@]}" "$@" &
 SUITE_PID=$!
 trap 'kill -TERM "$SUITE_PID" 2>/dev/null; sleep 2; exit 143' TERM INT
 wait "$SUITE_PID"

@@ -48,9 +48,11 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -90,14 +92,39 @@ def _importable(name: str) -> str:
     return str(getattr(module, "__version__", "present"))
 
 
-def _run_group(cmd: list[str], timeout_s: float, *, capture: bool) -> tuple[int | None, str]:
+PIDFILE = Path(tempfile.gettempdir()) / "adassr_gpu_check.pgids"
+"""The process groups of running sections, one per line: a run killed with SIGKILL (the device tool
+at its limit) cannot stop them, so the next gpu_check.sh on the same machine kills them first."""
+
+
+def bundle(out: Path, to: Path) -> None:
+    """Pack ``out`` into ``to/gpu_results.tgz`` (atomically) and copy ``gpu_check.{md,json}`` beside it."""
+    import tarfile
+
+    to.mkdir(parents=True, exist_ok=True)
+    tmp = to / "gpu_results.tgz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(out, arcname="gpu_results")
+    os.replace(tmp, to / "gpu_results.tgz")
+    for name in ("gpu_check.md", "gpu_check.json"):
+        if (out / name).is_file():
+            shutil.copyfile(out / name, to / (name + ".tmp"))
+            os.replace(to / (name + ".tmp"), to / name)
+
+
+def _run_group(cmd: list[str], timeout_s: float, *, capture: bool,
+               pidfile: Path | None = None) -> tuple[int | None, str]:
     """Run ``cmd`` in its own process group; on timeout kill the whole group (grandchildren too).
 
-    Returns ``(exit status or None on timeout, captured output)``.
+    Returns ``(exit status or None on timeout, captured output)``. With ``pidfile``, the group's id is
+    listed there while it runs.
     """
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, text=True,
                             stdout=subprocess.PIPE if capture else None,
                             stderr=subprocess.STDOUT if capture else None)
+    if pidfile is not None:
+        with contextlib.suppress(OSError), pidfile.open("a") as fh:
+            fh.write(f"{proc.pid}\n")
     try:
         out, _ = proc.communicate(timeout=max(1.0, timeout_s))
         return proc.returncode, out or ""
@@ -257,6 +284,12 @@ def section_env(out: Path, smoke: bool) -> dict[str, Any]:
     from adassr.adapt.quality.lpips_weights import lpips_weights_present
 
     info["lpips_weights"] = {net: lpips_weights_present(net) for net in ("alex", "vgg")}
+    try:  # the sections after env need it: without it they would each fail later, costing device time
+        from adassr.adapt.weights import load_backbone
+
+        info["backbone_sha256"] = load_backbone().weights_sha256
+    except Exception as exc:  # noqa: BLE001 - recorded; the driver stops the run
+        info["backbone_missing"] = f"{type(exc).__name__}: {exc}"[:500]
     report = Path(os.environ.get("ADASSR_CARRY_REPORT", "")) if os.environ.get("ADASSR_CARRY_REPORT") else None
     if report is not None and report.is_file():
         info["carry_notes"] = json.loads(report.read_text()).get("notes", [])
@@ -322,8 +355,11 @@ def section_latency(out: Path, smoke: bool) -> dict[str, Any]:
     warmup, repeats = (1, 3) if smoke else (3, 20)
     rows = torch_rows(factory, frame, roofline, device=device, modes=modes, warmup=warmup, repeats=repeats, scale=4)
     skipped = [] if device == "cuda" else ["torch fp16 and CUDA graphs: need CUDA"]
-    rows += _tensorrt_rows(factory, frame, roofline, out, smoke, skipped)
-    rows += _ort_gpu_rows(factory, frame, roofline, out, smoke, skipped)
+    for label, extra in (("TensorRT", _tensorrt_rows), ("onnxruntime CUDA", _ort_gpu_rows)):
+        try:  # one library failing must not cost the PyTorch rows measured above
+            rows += extra(factory, frame, roofline, out, smoke, skipped)
+        except Exception as exc:  # noqa: BLE001 - recorded as a row, the section goes on
+            rows.append({"mode": label, "error": f"{type(exc).__name__}: {exc}"[:500]})
     return {"model": model_label, "lr_frame": [h, w], "roofline": roofline.to_json(), "rows": rows,
             "skipped": skipped}
 
@@ -475,6 +511,7 @@ ATTENTION_SHARDS = 8
 
 
 def section_attention(out: Path, smoke: bool) -> dict[str, Any]:
+    started = time.perf_counter()
     result: dict[str, Any] = {}
     if _importable("pytest").startswith("absent"):
         result["gpu_tests"] = "pytest absent: skipped (the benchmark's float64 checks still run)"
@@ -487,8 +524,11 @@ def section_attention(out: Path, smoke: bool) -> dict[str, Any]:
     if smoke:
         result["benchmark"] = _run_script(["benchmarks/attention_kernel.py", "--help"], 60)
     else:
+        # what is left of the section (the tests took 69 s and the benchmark 80 s on the H200): a fixed 80 s
+        # left it no margin on a slower GPU
+        left = SECTION_LIMITS_S["attention"] - 5 - (time.perf_counter() - started)
         result["benchmark"] = _run_script(["benchmarks/attention_kernel.py", "--out-dir", str(out), "--sizes",
-                                           "16384,65536", "--dims", "32", "--dtypes", "bf16"], 80)
+                                           "16384,65536", "--dims", "32", "--dtypes", "bf16"], max(left, 80.0))
     failed = [name for name, run in result.items() if isinstance(run, dict) and run.get("status") != "ok"]
     if failed:  # a cut-off or failing sub-run fails the section instead of hiding under "ok"
         result.update(status="error", reason=f"{', '.join(failed)}: " + ", ".join(result[n]["status"] for n in failed))
@@ -629,6 +669,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-seed", type=int, default=0,
                         help="the seed of adapt_full's and trajectory's adaptations (default 0)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (plumbing check)")
+    parser.add_argument("--bundle-to", type=Path, default=None,
+                        help="after every section, pack --out into DIR/gpu_results.tgz (with gpu_check.md and "
+                             ".json beside it), so a run killed later keeps the sections done")
     parser.add_argument("--section", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--limit-s", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -668,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         section_start = time.perf_counter()
         path = args.out / f"gpu_check_{name}.json"
         path.unlink(missing_ok=True)
-        code, _ = _run_group(cmd, limit, capture=False)
+        code, _ = _run_group(cmd, limit, capture=False, pidfile=PIDFILE)
         result: dict[str, Any]
         if code is None:
             result = {"status": "timeout", "reason": f"stopped after {limit:.0f} s (its processes were killed)"}
@@ -683,7 +726,14 @@ def main(argv: list[str] | None = None) -> int:
         summary["total_s"] = round(time.perf_counter() - start, 1)
         _write_json(args.out / "gpu_check.json", summary)
         (args.out / "gpu_check.md").write_text(to_markdown(summary))
+        if args.bundle_to is not None:
+            bundle(args.out, args.bundle_to)
         print(f"[gpu_check] {name}: {result.get('status')} in {result['seconds']} s", flush=True)
+        if name == "env" and result.get("backbone_missing"):
+            print(f"[gpu_check] the backbone weights are missing ({result['backbone_missing']}): the other "
+                  "sections would all fail; stopping (carry them with benchmarks/gpu_carry.py pack)", flush=True)
+            status = 1
+            break
     print((args.out / "gpu_check.md").read_text())
     return status
 

@@ -256,3 +256,41 @@ def test_bundle_mode_packs_the_results_also_when_stopped(tmp_path: Path) -> None
     assert summary["sections"]["env"]["status"] == "ok"
     assert json.loads((tmp_path / "gpu_check.json").read_text()) == summary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md", "gpu_results.tgz"]
+
+
+def test_bundle_mode_keeps_the_finished_sections_when_killed_outright(tmp_path: Path) -> None:
+    """The device tool SIGKILLs a command at its limit: no trap runs, so the results reached $OUT only
+    at exit and a killed run returned nothing. They are packed after every section now, and the
+    section left running is killed by the next run."""
+    import signal
+    import tarfile
+
+    pgids = tmp_path / "tmp" / "adassr_gpu_check.pgids"
+    pgids.parent.mkdir()
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "GPU_CHECK_BUNDLE": "1", "TMPDIR": str(pgids.parent)}
+    (tmp_path / "out").mkdir()
+    proc = subprocess.Popen(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("[gpu_check] env:") or time.monotonic() > deadline:
+            break
+    time.sleep(1.0)  # the next section has started
+    os.killpg(proc.pid, signal.SIGKILL)  # bash and the suite; the section runs in its own session
+    proc.wait(timeout=30)
+    with tarfile.open(tmp_path / "out" / "gpu_results.tgz") as archive:
+        summary = json.loads(archive.extractfile("gpu_results/gpu_check.json").read())  # type: ignore[union-attr]
+    assert summary["sections"]["env"]["status"] == "ok" and summary["sections"]["env"]["backbone_sha256"]
+    assert (tmp_path / "out" / "gpu_check.md").is_file()
+    left = [int(x) for x in pgids.read_text().split()]
+    assert left  # the running section's group, orphaned by the kill
+    subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", "--only", "env"],
+                   cwd=tmp_path, env={**env, "OUT": str(tmp_path / "again")}, capture_output=True, timeout=120,
+                   check=False)
+    time.sleep(0.5)
+    for pgid in left:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pgid, 0)
