@@ -186,7 +186,15 @@ def scan_groups(directory: str | Path) -> GroupScan:
     except OSError as exc:
         raise CameraError(f"cannot read the images folder {root} ({exc.strerror or exc}); check its "
                           "permissions") from None
+    seen_folders = {_resolved(root)}
     for sub in (p for p in entries if p.is_dir() and not p.name.startswith(".")):
+        target = _resolved(sub)
+        if target in seen_folders:  # a link back to the images folder, or to a folder already scanned
+            skipped.append(SkippedSource(sub, (
+                f"it is a link to {target}, which is the images folder itself or another of its folders: its "
+                "images would join a second group")))
+            continue
+        seen_folders.add(target)
         try:
             images = _sorted_images(sub.iterdir())
         except OSError as exc:
@@ -229,9 +237,38 @@ def scan_groups(directory: str | Path) -> GroupScan:
             skipped.append(SkippedSource(path, GROUND_TRUTH_REASON, name))
         else:
             members[name].append(GroupMember(path, how))
+    _drop_repeated_files(members, skipped)
     # a folder of ground truth only has no members: it is no group (its images are in ``skipped``)
     groups = {name: CameraGroup(name, tuple(ms)) for name, ms in sorted(members.items()) if ms}
     return GroupScan(groups, tuple(skipped), conflicts)
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop: its own path
+        return path.absolute()
+
+
+def _drop_repeated_files(members: dict[str, list[GroupMember]], skipped: list[SkippedSource]) -> None:
+    """Keep each file once: a symbolic or hard link to an image already listed would be trained and
+    scored as another photo (and take a place of --max-images). The first in group and path order stays."""
+    seen: dict[tuple[int, int], Path] = {}
+    for name in sorted(members):
+        kept = []
+        for member in members[name]:
+            try:
+                info = member.path.stat()
+            except OSError:  # reported when it is read
+                kept.append(member)
+                continue
+            key = (info.st_dev, info.st_ino)
+            if key in seen:
+                skipped.append(SkippedSource(member.path, f"the same file as {seen[key]} (a link), used once"))
+                continue
+            seen[key] = member.path
+            kept.append(member)
+        members[name] = kept
 
 
 def discover_groups(directory: str | Path) -> dict[str, CameraGroup]:

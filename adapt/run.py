@@ -796,7 +796,8 @@ def _publish_report(tx: StoreTransaction, camera: str, result: InternalResult, i
 
     try:
         tx.stage(REPORT_FILE, write, stage="adapt")
-    except (StoreError, OSError, ValueError, RuntimeError) as exc:
-        log.warning("report.png skipped: drawing it failed (%s)", exc)
+    except Exception as exc:  # noqa: BLE001 - a broken optional extra (matplotlib installed but failing to
+        # import: a numpy ABI mismatch, a missing kiwisolver) must not discard the trained weights
+        log.warning("report.png skipped: drawing it failed (%s: %s)", type(exc).__name__, exc)
         return None
     return REPORT_FILE

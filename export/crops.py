@@ -58,7 +58,7 @@ def find_validation_photo(
         return path
     for entry in images:
         raw = entry.get("path") if isinstance(entry, Mapping) else None
-        if isinstance(raw, str) and Path(raw).is_file():
+        if isinstance(raw, str) and _usable_photo(Path(raw)):
             return Path(raw)
     for candidate in _repo_candidates(SAMPLE_PHOTO):
         if candidate.is_file():
@@ -67,6 +67,21 @@ def find_validation_photo(
         "no photo to validate the export on: the camera's images are not readable from here and the bundled "
         f"{SAMPLE_PHOTO} was not found; pass one with --validation-image PATH"
     )
+
+
+def _usable_photo(path: Path) -> bool:
+    """Whether ``path`` reads as an image large enough to validate on (adapt skips damaged and tiny
+    members of a group, but its manifest lists every member)."""
+    from adassr.runtime.errors import AdassrError
+    from adassr.runtime.images import read_image_size
+
+    if not path.is_file():
+        return False
+    try:
+        width, height = read_image_size(path)
+    except (AdassrError, OSError):
+        return False
+    return min(height, width) > max(SMALL_CROP)
 
 
 def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:

@@ -220,3 +220,26 @@ def test_a_brand_split_between_a_folder_and_an_exif_make_is_named(tmp_path: Path
     with caplog.at_level(logging.WARNING):
         select_group(tmp_path, "nokia-n8")
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_links_add_no_image_and_no_group(tmp_path: Path) -> None:
+    """A symlink or hard link to a group's image was trained and scored as another photo, and a
+    subfolder linking back to the images folder became a group mixing every camera in it."""
+    import os
+
+    nokia = tmp_path / "nokia"
+    nokia.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(nokia / name)
+    (nokia / "c.png").symlink_to(nokia / "a.png")
+    os.link(nokia / "b.png", nokia / "d.png")
+    shutil.copy(SAMPLES / "canon" / "flower.jpg", tmp_path / "flower.jpg")  # EXIF Make Canon
+    (tmp_path / "all").symlink_to(tmp_path)
+    (tmp_path / "nokia2").symlink_to(nokia)
+    scan = scan_groups(tmp_path)
+    assert set(scan.groups) == {"canon", "nokia"}
+    assert [m.path.name for m in scan.groups["nokia"].members] == ["a.png", "b.png"]
+    reasons = {s.path.name: s.reason for s in scan.skipped}
+    assert "same file as" in reasons["c.png"] and "same file as" in reasons["d.png"]
+    assert "is a link to" in reasons["all"] and "is a link to" in reasons["nokia2"]

@@ -52,6 +52,22 @@ def test_report_is_skipped_with_a_log_line_without_matplotlib(tmp_path: Path, mo
     assert any("report.png skipped" in r.getMessage() and "matplotlib" in r.getMessage() for r in caplog.records)
 
 
+def test_a_matplotlib_that_fails_to_import_skips_the_report_not_the_run(tmp_path: Path, monkeypatch,
+                                                                         caplog) -> None:
+    """Installed but broken (a numpy ABI mismatch): the ImportError discarded the trained weights."""
+    def broken(path: Path, **_kw: object) -> None:
+        raise ImportError("numpy.core.multiarray failed to import")
+
+    monkeypatch.setattr(report_module, "matplotlib_available", lambda: True)
+    monkeypatch.setattr(report_module, "render_report", broken)
+    store = CameraStore.open(tmp_path, "cam", create=True)
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.run"), store.transaction() as tx:
+        assert _publish_report(tx, "cam", _result(), np.zeros((40, 40, 3), np.float32), None) is None
+        tx.commit()
+    assert "ImportError: numpy.core.multiarray" in caplog.text
+    assert "report.png" not in store.read_manifest()["artifacts"]
+
+
 def test_large_images_are_reduced_before_drawing() -> None:
     """The report's panel is about 400 px wide: a large photo and its weight map are drawn from an
     INTER_AREA reduction to an 800 px longer side, not at full size (which cost GBs in matplotlib)."""

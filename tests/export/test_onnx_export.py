@@ -586,3 +586,19 @@ def test_real_backbone_fallback_export(tmp_path: Path, capsys: pytest.CaptureFix
     with torch.no_grad():
         want = load_backbone("realesrgan-x4plus").model(torch.from_numpy(batch)).numpy()
     assert np.abs(session.run(["sr"], {"lr": batch})[0] - want).max() <= 1e-4
+
+
+def test_the_validation_photo_skips_members_adapt_could_not_use(tmp_path: Path) -> None:
+    """The manifest lists every member of the group; a damaged or tiny first one failed the export."""
+    from PIL import Image
+
+    from adassr.export.crops import find_validation_photo
+
+    empty = tmp_path / "a_empty.png"
+    empty.write_bytes(b"")
+    tiny = tmp_path / "b_tiny.png"
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tiny)
+    good = tmp_path / "c_good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 70, 3), dtype=np.uint8)).save(good)
+    entries = [{"path": str(p)} for p in (empty, tiny, tmp_path / "gone.png", good)]
+    assert find_validation_photo(entries) == good
