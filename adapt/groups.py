@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -303,7 +304,8 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
     if wanted not in groups:
         found = "; ".join(g.describe() for g in groups.values())
         raise CameraError(
-            f"unknown camera group {camera!r} in {directory}.{closest_camera_hint(wanted, groups)} "
+            f"unknown camera group {camera!r} in {directory}."
+            f"{closest_camera_hint(wanted, [g for g in groups if g != UNGROUPED])} "
             f"Groups found: {found}. (Images that name no "
             "camera are 'ungrouped'; in a folder named after the camera they join its group.)"
         )
@@ -335,7 +337,9 @@ _FOLDER_BEATS = ("filename-prefix", "none")
 
 def _is_named(directory: Path, wanted: str) -> bool:
     """Whether the folder ``directory`` itself is named after camera group ``wanted``."""
-    return _valid_name(directory.expanduser().resolve().name) == wanted
+    # abspath, not resolve: "." gets its name, and a linked folder is named by its link, as its images
+    # are when they are routed (resolve named it by the target)
+    return _valid_name(Path(os.path.abspath(directory.expanduser())).name) == wanted
 
 
 def _with_folder_named_group(groups: dict[str, CameraGroup], directory: Path, wanted: str) -> dict[str, CameraGroup]:

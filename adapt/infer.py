@@ -84,8 +84,9 @@ def choose_weights(store_root: Path, camera: str | None, backbone: str, device: 
 
 
 def _camera_of(image: LoadedImage, explicit: str | None, store_root: Path) -> str | None:
-    """``explicit``, else the camera :func:`~adassr.runtime.routing.route_by_image` finds (the image's
-    folder or file-name prefix when that camera is in the store, else its EXIF Make's group)."""
+    """``explicit``, else the camera :func:`~adassr.runtime.routing.route_by_image` finds: the image's
+    folder when that camera is in the store, else its EXIF Make's group, else its file-name prefix when
+    that camera is in the store."""
     if explicit:
         return explicit
     from adassr.runtime.routing import route_by_image

@@ -166,7 +166,9 @@ def _image_path(image: LoadedImage | str | os.PathLike[str] | None) -> Path | No
     if image is None:
         return None
     path = image.path if isinstance(image, LoadedImage) else image
-    return None if path is None else Path(path)
+    # absolute, so that a bare "x.png" (upscale -i . inside the camera's folder) still has its folder,
+    # as adapt sees it; abspath keeps link names (adapt names folders by the link, not its target)
+    return None if path is None else Path(os.path.abspath(path))
 
 
 def _valid_group(name: str) -> str | None:
@@ -300,12 +302,12 @@ def resolve_model(
     else:
         reason = _no_group_reason(make, image)
 
-    fallback, why = _find_export(root, FALLBACK_CAMERA, precision)
+    fallback, fallback_why = _find_export(root, FALLBACK_CAMERA, precision)
     if fallback is None:
-        wanted = f"camera {group!r}" if group else "this image (no camera group)"
+        wanted = f"camera {group!r} ({reason.removeprefix('fallback: ')})" if group else "this image (no camera group)"
         raise StoreError(
             f"no model for {wanted} in {root} and no fallback model in {root / FALLBACK_CAMERA} "
-            f"({why}); {FALLBACK_HOWTO}, or adapt and export the camera with "
+            f"({fallback_why}); {FALLBACK_HOWTO}, or adapt and export the camera with "
             f"`adapt --camera NAME` then `adassr export --camera NAME`"
         )
     if fallback.key != EXPORT_KEYS[precision]:

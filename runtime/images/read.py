@@ -55,6 +55,7 @@ from adassr.runtime.images._model import (
     profile_fits,
 )
 from adassr.runtime.images.containers import (
+    PNG_SIGNATURE,
     png_without_exif,
     read_png_header,
     tiff_without_orientation,
@@ -177,15 +178,44 @@ def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
 def read_camera_exif(path: str | os.PathLike[str]) -> tuple[str | None, str | None]:
     """EXIF (Make, Model) from the file header, without decoding pixels.
 
-    Values are stripped of NULs and whitespace; None when absent. For PNG only an eXIf chunk
-    placed before the image data is seen (a trailing one would need a full decode).
+    Values are stripped of NULs and whitespace; None when absent. For PNG an eXIf chunk after the
+    image data is found by walking the chunk list (seeking over the data, decoding nothing), so the
+    Make is the one :func:`read_image` reports: adapt's groups and the runtime's routing agree.
     """
     p = _checked_file(path)
     with _open_header(p) as im:
         if im.format == "PNG" and "exif" not in im.info:
-            return None, None  # PngImageFile.getexif() would decode the whole image to look
-        make, model, _ = _camera_fields(_exif(im, p))
+            exif = _exif_from_payload(_png_exif_chunk(p), p)  # getexif() would decode the whole image
+        else:
+            exif = _exif(im, p)
+        make, model, _ = _camera_fields(exif)
     return make, model
+
+
+_MAX_PNG_CHUNKS = 1_000_000
+"""How many chunks :func:`_png_exif_chunk` walks at most (a PNG of millions of tiny chunks is no photo)."""
+
+
+def _png_exif_chunk(p: Path) -> bytes | None:
+    """The payload of a PNG's first eXIf chunk wherever it is, or None (also for a damaged chunk list)."""
+    try:
+        with p.open("rb") as fh:
+            if fh.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                return None
+            for _ in range(_MAX_PNG_CHUNKS):
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I", head[:4])[0], head[4:]
+                if kind == b"eXIf":
+                    payload = fh.read(length)
+                    return payload if len(payload) == length else None
+                if kind == b"IEND":
+                    return None
+                fh.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    except OSError:
+        return None
+    return None
 
 
 # ----------------------------------------------------------------------------- file and header

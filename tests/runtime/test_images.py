@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import subprocess
@@ -259,6 +260,21 @@ def test_read_camera_exif_decodes_no_pixels(no_decode: None) -> None:
     assert read_camera_exif(SAMPLES / "canon" / "flower.jpg") == ("Canon", "Canon PowerShot S40")
     assert read_camera_exif(SAMPLES / "nintendo" / "frozenpond.mpo") == ("Nintendo", "Nintendo 3DS")
     assert read_camera_exif(HR / "chelsea.png") == (None, None)
+
+
+def test_a_png_exif_after_the_image_data_is_read_without_decoding(no_decode: None, tmp_path: Path) -> None:
+    """read_camera_exif saw only an eXIf chunk before IDAT while read_image saw any: adapt grouped such
+    a PNG by its name while the runtime routed it by its Make."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(buf, format="PNG")
+    for after in (False, True):
+        path = tmp_path / f"exif_{after}.png"
+        path.write_bytes(_png_with_exif(buf.getvalue(), 1, after_idat=after))
+        assert read_camera_exif(path) == ("TestMake", None)
+    damaged = tmp_path / "damaged.png"  # the chunk list ends in garbage instead of IEND: no EXIF, no error
+    png = buf.getvalue()
+    damaged.write_bytes(png[: png.rindex(b"IEND") - 4] + b"\xff\xff\xff\xf0junk")
+    assert read_camera_exif(damaged) == (None, None)
 
 
 def test_read_image_size_decodes_no_pixels(no_decode: None, tmp_path: Path) -> None:

@@ -242,3 +242,36 @@ def test_a_utf8_or_accented_exif_make_keeps_its_letters(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(photo, exif=exif.tobytes())
     assert read_camera_exif(photo)[0] == "Café" and camera_group_of(photo)[0] == "cafe"
     assert normalise_camera_name("ŠKODA") == "skoda" and normalise_camera_name("小米") == ""
+
+
+def test_a_relative_path_routes_by_its_folder_as_adapt_groups_it(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``upscale -i .`` inside photos/nikon gave bare names ("x.png"): no folder, so the fallback served
+    photos adapt had trained as nikon."""
+    import shutil
+
+    from adassr.adapt.groups import select_group
+    from adassr.runtime.routing import route_by_image
+
+    nikon = tmp_path / "photos" / "nikon"
+    nikon.mkdir(parents=True)
+    shutil.copy(NO_EXIF_PNG, nikon / "x.png")
+    (tmp_path / "photos" / "card").symlink_to(nikon)  # a linked folder is named by its link, on both sides
+    monkeypatch.chdir(nikon)
+    assert select_group(".", "nikon").members[0].path.name == "x.png"
+    for spelling in ("x.png", "./x.png", "../nikon/x.png"):
+        assert route_by_image(spelling, lambda name: name == "nikon")[:2] == ("nikon", "folder"), spelling
+    monkeypatch.chdir(tmp_path)
+    assert route_by_image("photos/card/x.png", lambda name: name == "card")[:2] == ("card", "folder")
+    assert [m.path.name for m in select_group("photos/card", "card").members] == ["x.png"]
+
+
+def test_the_typo_hint_never_suggests_the_ungrouped_collection(tmp_path: Path) -> None:
+    import shutil
+
+    from adassr.adapt.groups import select_group
+
+    shutil.copy(NO_EXIF_PNG, tmp_path / "42.png")  # names no camera: "ungrouped"
+    with pytest.raises(CameraError) as caught:
+        select_group(tmp_path, "ungroupd")
+    assert "Did you mean" not in str(caught.value) and "unknown camera group 'ungroupd'" in str(caught.value)
