@@ -55,6 +55,12 @@ class BackendError(AdassrError):
     """An inference backend could not be created or failed to run."""
 
 
+class ModelOutputError(BackendError, ShapeError):
+    """A model's output (or an engine's accepted input) has another shape than the model's record says:
+    the model file is wrong for its manifest (another scale, a broken export), not the caller's input.
+    Both a :class:`BackendError` (the server answers 500 ``inference``) and a :class:`ShapeError`."""
+
+
 def unexpected_error(exc: BaseException) -> str:
     """How a batch command reports an exception that is not an :class:`AdassrError` for one file (the
     file is skipped, the batch goes on): its type and message, and what to do (the traceback is

@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adassr.runtime.errors import ConfigError, ShapeError
+from adassr.runtime.errors import ConfigError, ModelOutputError, ShapeError
 from adassr.runtime.fields import check_field_types
 
 DEFAULT_TILE = 512
@@ -474,7 +474,7 @@ def run_tiles(
         result = infer(_cut_batch(image, plan, chunk, convert))
         expected = (len(chunk), 3, th * scale, tw * scale)
         if result.shape != expected:
-            raise ShapeError("model output", result.shape, f"{expected} (a x{scale} model)")
+            raise ModelOutputError("model output", result.shape, f"{expected} (a x{scale} model)")
         for k, (i, j, _, _) in enumerate(chunk):
             while pending is not None and pending[:2] < (i, j):  # plan order: row by row
                 blender.skip(*pending[:2])

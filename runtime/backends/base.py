@@ -13,7 +13,7 @@ from types import TracebackType
 
 import numpy as np
 
-from adassr.runtime.errors import BackendError, ShapeError
+from adassr.runtime.errors import BackendError, ModelOutputError, ShapeError
 
 
 class Backend(abc.ABC):
@@ -87,7 +87,7 @@ class Backend(abc.ABC):
             raise ShapeError("model input batch", batch.shape, "no empty dimension")
         out = self._infer(np.ascontiguousarray(batch))
         if out.ndim != 4 or out.shape[0] != batch.shape[0] or out.shape[1] != 3:
-            raise ShapeError(
+            raise ModelOutputError(
                 f"{self.name} output of {self._model_path.name}", out.shape, f"({batch.shape[0]}, 3, sH, sW)")
         return np.asarray(out, dtype=np.float32)
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from adassr.runtime.backends.base import Backend
 from adassr.runtime.engines.trt import deserialize, load_tensorrt
-from adassr.runtime.errors import BackendError, ConfigError, ShapeError
+from adassr.runtime.errors import BackendError, ConfigError, ModelOutputError
 from adassr.runtime.gpu import cudart
 
 if TYPE_CHECKING:
@@ -218,7 +218,7 @@ class TensorRTBackend(Backend):
     def _output_shape(self, context: trt.IExecutionContext, io: _Io, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Set ``shape`` as the context's input shape and return the output shape TensorRT infers."""
         if not context.set_input_shape(io.input_name, shape):
-            raise ShapeError("TensorRT engine input", shape, "a shape inside the engine's optimisation profiles")
+            raise ModelOutputError("TensorRT engine input", shape, "a shape inside the engine's optimisation profiles")
         dims = context.get_tensor_shape(io.output_name)
         out = tuple(int(dims[i]) for i in range(len(dims)))
         if len(out) != 4 or min(out) < 1 or out[0] != shape[0]:
@@ -253,7 +253,7 @@ class TensorRTBackend(Backend):
             raise BackendError(f"the TensorRT engine {self.model_path.name} is closed")
         n, c, h, w = batch.shape
         if c != io.max_input[1] or h > io.max_input[2] or w > io.max_input[3]:
-            raise ShapeError("TensorRT engine input", batch.shape,
+            raise ModelOutputError("TensorRT engine input", batch.shape,
                              f"at most {io.max_input} (rebuild the engine for this tile size)")
         cudart.set_device(self._device)  # the current device is per thread; callers may be on any thread
         step = io.max_input[0]

@@ -20,6 +20,7 @@ finish; their results are dropped.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import threading
 import time
 from collections import deque
@@ -31,6 +32,8 @@ import numpy as np
 from adassr.runtime.backends import Backend
 from adassr.runtime.errors import AdassrError, BackendError
 from adassr.runtime.tiling import InferFn
+
+logger = logging.getLogger(__name__)
 
 
 class RequestCancelled(AdassrError):
@@ -203,6 +206,9 @@ class TileBatcher:
             except cf.CancelledError:
                 ticket.check()
                 raise RequestCancelled("request cancelled") from None
+            except Exception:  # the model failed on one of its tiles: the request fails, so its tiles still
+                self.cancel(ticket)  # queued must not run (alone, or failing other requests' batches)
+                raise
             return np.stack(outputs)
 
         return infer
@@ -271,14 +277,22 @@ class TileBatcher:
                 continue
             try:
                 out = live[0].backend.infer(np.stack([job.tile for job in live]))
+                outputs = [out[k] for k in range(len(live))]  # a short batch fails here, not in the loop below
             except Exception as exc:  # noqa: BLE001 - the model call failed: every tile's request gets the error
                 for job in live:
                     job.future.set_exception(exc)
+                # and those requests fail, so their tiles still queued must not run (before this thread
+                # takes the next batch: alone, or failing other requests' batches too)
+                for ticket in {id(job.ticket): job.ticket for job in live}.values():
+                    self.cancel(ticket)
                 continue
-            for k, job in enumerate(live):
-                job.future.set_result(out[k])
+            for job, output in zip(live, outputs, strict=True):
+                job.future.set_result(output)
             if self._on_batch is not None:
-                self._on_batch(BatchRecord(live[0].key, len(live), len({id(j.ticket) for j in live})))
+                try:  # a metrics callback must never end this inference thread (requests would hang to 504)
+                    self._on_batch(BatchRecord(live[0].key, len(live), len({id(j.ticket) for j in live})))
+                except Exception:  # noqa: BLE001 - logged, the thread goes on
+                    logger.exception("the batch callback failed")
 
     def close(self, timeout: float | None = None) -> None:
         """Run what is queued, then stop the inference threads."""

@@ -54,3 +54,42 @@ def test_a_cancelled_request_queues_no_tile() -> None:
         assert batcher.depth == 0 and model.calls == [2]
     finally:
         batcher.close(timeout=5)
+
+
+class _FailsOnce(_Doubling):
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch.shape[0])
+        if len(self.calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return batch * 2
+
+
+def test_a_failed_model_call_drops_the_failed_request_s_queued_tiles() -> None:
+    """A request's tiles split over a failing batch and a later one: the later one still ran (a model
+    call for a request already answered 500, maybe batched with others' tiles), counted as work done."""
+    import threading
+
+    model = _FailsOnce()
+    records: list[BatchRecord] = []
+    batcher = TileBatcher(max_batch=2, max_wait_s=0.3, on_batch=records.append)
+    ticket = Ticket(time.monotonic() + 60)
+    errors: list[BaseException] = []
+    tiles = np.ones((3, 3, 4, 4), np.float32)  # 3 tiles: a batch of 2 (it fails), then 1 left queued
+    try:
+        infer = batcher.infer_fn("k", model, ticket)  # type: ignore[arg-type]
+
+        def run() -> None:
+            try:
+                infer(tiles)
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        with batcher.producer():
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join(timeout=10)
+        assert [str(e) for e in errors] == ["CUDA out of memory (simulated)"]
+        time.sleep(0.6)  # longer than max_wait: a left-over tile would have run by now
+        assert model.calls == [2] and batcher.depth == 0 and records == []
+    finally:
+        batcher.close(timeout=5)

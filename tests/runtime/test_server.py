@@ -619,6 +619,27 @@ def test_an_upload_the_server_cannot_store_is_503_not_500(store: Path, monkeypat
         monkeypatch.undo()
 
 
+class _HalfSize(GatedBackend):
+    """A model file wrong for its manifest: an x2 output where the manifest says x4."""
+
+    def _infer(self, batch):  # type: ignore[no-untyped-def]
+        out = self.inner.infer(batch)
+        return out[:, :, ::2, ::2].copy()
+
+
+def test_a_model_wrong_for_its_manifest_is_a_500_inference_not_the_client_s_422(store: Path) -> None:
+    """A wrong output shape (ShapeError) answered 422 invalid_parameter: clients blamed themselves and
+    no inference alert fired."""
+    real = default_opener("onnxruntime", providers=("CPUExecutionProvider",), threads=1)
+    gate = threading.Event()
+    gate.set()
+    opener = lambda route: _HalfSize(real(route), gate).open()  # noqa: E731
+    with running_server(_config(store), open_model=opener) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        message = _assert_json_error(c.post("/v1/upscale", content=small_png(20, 20, seed=3)), 500, "inference")
+        assert "model output" in message
+        assert _metric(c.get("/metrics").text, "adassr_errors_total", 'kind="inference"') == 1
+
+
 # --------------------------------------------------------------------------------- lifecycle
 
 
