@@ -96,6 +96,15 @@ def small_png(height: int, width: int, *, seed: int = 0, channels: int = 3) -> b
     return buf.getvalue()
 
 
+def upscale_cli(*argv: str) -> tuple[int, str, str]:
+    """``adassr upscale ARGV`` in this process: ``(exit code, stdout, stderr)``."""
+    parser = argparse.ArgumentParser()
+    add_upscale_arguments(parser)
+    out, err = io.StringIO(), io.StringIO()
+    code = run_upscale(parser.parse_args(list(argv)), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
 def cli_output(
     store: Path,
     data: bytes,

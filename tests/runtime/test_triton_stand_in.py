@@ -4,8 +4,6 @@ same flows against a real tritonserver are in test_upscale_triton.py (opt-in).""
 
 from __future__ import annotations
 
-import argparse
-import io
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +13,10 @@ from adassr.cli import main
 from adassr.export.triton_repo import TritonRepoOptions, write_repository
 from adassr.runtime.images import read_image
 from adassr.runtime.store import FALLBACK_CAMERA
-from adassr.runtime.upscale_cli import add_upscale_arguments, run_upscale
 
 from ._fake_triton import fake_triton
 from ._models import publish_camera
-from ._server import SAMPLES, small_jpeg_with_exif
+from ._server import SAMPLES, small_jpeg_with_exif, upscale_cli
 
 pytest.importorskip("tritonclient.http")
 pytest.importorskip("tritonclient.grpc")  # the stand-in reads config.pbtxt with Triton's protobuf schema
@@ -44,14 +41,6 @@ def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     return store, repo, src
 
 
-def _upscale(*argv: str) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser()
-    add_upscale_arguments(parser)
-    out, err = io.StringIO(), io.StringIO()
-    code = run_upscale(parser.parse_args(list(argv)), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
-
-
 def _same_pixels(a: Path, b: Path) -> bool:
     return np.array_equal(read_image(a).pixels, read_image(b).pixels)
 
@@ -60,11 +49,11 @@ def test_a_folder_through_triton_equals_the_local_run(setup: tuple[Path, Path, P
     store, repo, src = setup
     tiling = ("--tile", str(TILE), "--tile-overlap", "8", "--ext", "png", "--no-progress")
     local = tmp_path / "local"
-    assert _upscale("-i", str(src), "-o", str(local), "--store", str(store), *tiling)[0] == 1
+    assert upscale_cli("-i", str(src), "-o", str(local), "--store", str(store), *tiling)[0] == 1
     with fake_triton(repo) as triton:
         url, calls = triton.url, triton.calls
         out = tmp_path / "out"
-        code, stdout, stderr = _upscale("-i", str(src), "-o", str(out), "--triton", url, *tiling)
+        code, stdout, stderr = upscale_cli("-i", str(src), "-o", str(out), "--triton", url, *tiling)
     assert code == 1, stderr
     assert "a_canon.png  [model adassr_canon on Triton, exif-make]" in stdout
     assert "b_nokia.png  [model adassr__fallback on Triton, fallback]" in stdout
@@ -83,10 +72,10 @@ def test_camera_is_spelt_as_the_store_spells_it(setup: tuple[Path, Path, Path], 
     one = src / "b_nokia.jpg"
     tiling = ("--tile", str(TILE), "--tile-overlap", "8", "--no-progress")
     ref = tmp_path / "ref.png"
-    assert _upscale("-i", str(one), "-o", str(ref), "--store", str(store), "--camera", "Canon", *tiling)[0] == 0
+    assert upscale_cli("-i", str(one), "-o", str(ref), "--store", str(store), "--camera", "Canon", *tiling)[0] == 0
     with fake_triton(repo) as triton:
         url = triton.url
-        code, stdout, stderr = _upscale("-i", str(one), "-o", str(tmp_path / "t.png"), "--triton", url,
+        code, stdout, stderr = upscale_cli("-i", str(one), "-o", str(tmp_path / "t.png"), "--triton", url,
                                         "--camera", "Canon", *tiling)
     assert code == 0, stderr
     assert "[model adassr_canon on Triton, explicit]" in stdout
@@ -100,11 +89,11 @@ def test_the_overlap_fits_the_repositorys_tile(setup: tuple[Path, Path, Path], t
     store, repo, src = setup
     one = src / "a_canon.jpg"
     ref = tmp_path / "ref.png"
-    assert _upscale("-i", str(one), "-o", str(ref), "--store", str(store), "--tile", str(TILE),
+    assert upscale_cli("-i", str(one), "-o", str(ref), "--store", str(store), "--tile", str(TILE),
                     "--tile-overlap", "15", "--no-progress")[0] == 0
     with fake_triton(repo) as triton:
         url, calls = triton.url, triton.calls
-        code, _, stderr = _upscale("-i", str(one), "-o", str(tmp_path / "t.png"), "--triton", url, "--no-progress")
+        code, _, stderr = upscale_cli("-i", str(one), "-o", str(tmp_path / "t.png"), "--triton", url, "--no-progress")
         assert code == 0, stderr
         assert _same_pixels(tmp_path / "t.png", ref)
         n = len(calls)
@@ -128,7 +117,7 @@ def test_a_faulty_model_fails_its_images_with_a_message_about_triton(
     with fake_triton(repo, fault=fault) as triton:
         url = triton.url
         out = tmp_path / "out.png"
-        code, stdout, stderr = _upscale("-i", str(src / "a_canon.jpg"), "-o", str(out), "--triton", url,
+        code, stdout, stderr = upscale_cli("-i", str(src / "a_canon.jpg"), "-o", str(out), "--triton", url,
                                         "--camera", "canon", "--no-progress")
     assert code == 1 and message in stderr, stderr
     assert "use its fp32 export (--precision fp32)" not in stderr  # the local runtime's advice means nothing here
@@ -144,7 +133,7 @@ def test_a_long_lived_client_follows_a_repository_rewritten_with_another_tile(
     store, repo, src = setup
     image = read_image(src / "a_canon.jpg")
     ref = tmp_path / "ref48.png"
-    assert _upscale("-i", str(src / "a_canon.jpg"), "-o", str(ref), "--store", str(store), "--camera", "canon",
+    assert upscale_cli("-i", str(src / "a_canon.jpg"), "-o", str(ref), "--store", str(store), "--camera", "canon",
                     "--tile", "48", "--tile-overlap", "23", "--no-progress")[0] == 0
     with fake_triton(repo) as triton, TritonUpscaler(triton.url) as client:
         client.upscale(image, camera="canon")

@@ -6,8 +6,6 @@ upscaled through a real tritonserver (opt-in, as in test_triton_client.py: set
 
 from __future__ import annotations
 
-import argparse
-import io
 import os
 import subprocess
 import sys
@@ -23,10 +21,9 @@ from adassr.cli import main
 from adassr.export.triton_repo import TritonRepoOptions, write_repository
 from adassr.runtime.images import read_image
 from adassr.runtime.store import FALLBACK_CAMERA
-from adassr.runtime.upscale_cli import add_upscale_arguments, run_upscale
 
 from ._models import publish_camera
-from ._server import SAMPLES, free_ports, small_jpeg_with_exif
+from ._server import SAMPLES, free_ports, small_jpeg_with_exif, upscale_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTRITON_PYTHON = os.environ.get("ADASSR_PYTRITON_PYTHON")
@@ -137,14 +134,6 @@ def _pytriton(repo: Path, models: list[str], tmp_path: Path) -> Iterator[str]:
                 proc.wait(10)
 
 
-def _upscale(*argv: str) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser()
-    add_upscale_arguments(parser)
-    out, err = io.StringIO(), io.StringIO()
-    code = run_upscale(parser.parse_args(list(argv)), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
-
-
 def _max_diff(a: Path, b: Path) -> int:
     return int(np.abs(read_image(a).pixels.astype(np.int32) - read_image(b).pixels.astype(np.int32)).max())
 
@@ -163,11 +152,11 @@ def test_upscale_folder_through_a_real_tritonserver(tmp_path: Path, capsys: pyte
     (src / "c_bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     tiling = ("--tile", "32", "--tile-overlap", "8", "--ext", "png", "--no-progress")
     local = tmp_path / "local"
-    assert _upscale("-i", str(src), "-o", str(local), "--store", str(store), *tiling)[0] == 1
+    assert upscale_cli("-i", str(src), "-o", str(local), "--store", str(store), *tiling)[0] == 1
 
     with _pytriton(repo, ["adassr_canon", f"adassr_{FALLBACK_CAMERA}"], tmp_path) as url:
         out = tmp_path / "out"
-        code, stdout, stderr = _upscale("-i", str(src), "-o", str(out), "--triton", url, *tiling)
+        code, stdout, stderr = upscale_cli("-i", str(src), "-o", str(out), "--triton", url, *tiling)
         assert code == 1, stderr
         assert "a_canon.png  [model adassr_canon on Triton, exif-make]" in stdout
         assert "b_nokia.png  [model adassr__fallback on Triton, fallback]" in stdout
@@ -181,13 +170,13 @@ def test_upscale_folder_through_a_real_tritonserver(tmp_path: Path, capsys: pyte
 
         # --camera and --triton-model choose one model for every image.
         one = src / "b_nokia.jpg"
-        code, stdout, _ = _upscale("-i", str(one), "-o", str(tmp_path / "cam.png"), "--triton", url,
+        code, stdout, _ = upscale_cli("-i", str(one), "-o", str(tmp_path / "cam.png"), "--triton", url,
                                    "--camera", "canon", *tiling)
         assert code == 0 and "[model adassr_canon on Triton, explicit]" in stdout
         ref = tmp_path / "cam_local.png"
-        assert _upscale("-i", str(one), "-o", str(ref), "--store", str(store), "--camera", "canon", *tiling)[0] == 0
+        assert upscale_cli("-i", str(one), "-o", str(ref), "--store", str(store), "--camera", "canon", *tiling)[0] == 0
         assert _max_diff(tmp_path / "cam.png", ref) <= 1
-        code, stdout, _ = _upscale("-i", str(one), "-o", str(tmp_path / "m.png"), "--triton", url,
+        code, stdout, _ = upscale_cli("-i", str(one), "-o", str(tmp_path / "m.png"), "--triton", url,
                                    "--triton-model", "adassr_canon", *tiling)
         assert code == 0 and "[model adassr_canon on Triton, --triton-model]" in stdout
 
