@@ -188,7 +188,9 @@ def scan_groups(directory: str | Path) -> GroupScan:
         raise CameraError(f"cannot read the images folder {root} ({exc.strerror or exc}); check its "
                           "permissions") from None
     seen_folders = {_resolved(root)}
-    for sub in (p for p in entries if p.is_dir() and not p.name.startswith(".")):
+    # real folders before links: the folder a link points at keeps its own name, the link is skipped
+    for sub in sorted((p for p in entries if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: (p.is_symlink(), p)):
         target = _resolved(sub)
         if target in seen_folders:  # a link back to the images folder, or to a folder already scanned
             skipped.append(SkippedSource(sub, (
@@ -254,22 +256,33 @@ def _resolved(path: Path) -> Path:
 def _drop_repeated_files(members: dict[str, list[GroupMember]], skipped: list[SkippedSource]) -> None:
     """Keep each file once: a symbolic or hard link to an image already listed would be trained and
     scored as another photo (and take a place of --max-images). The first in group and path order stays."""
-    seen: dict[tuple[int, int], Path] = {}
-    for name in sorted(members):
-        kept = []
-        for member in members[name]:
-            try:
-                info = member.path.stat()
-            except OSError:  # reported when it is read
-                kept.append(member)
-                continue
-            key = (info.st_dev, info.st_ino)
-            if key in seen:
-                skipped.append(SkippedSource(member.path, f"the same file as {seen[key]} (a link), used once"))
-                continue
+    seen: dict[object, Path] = {}
+    dropped: set[Path] = set()
+    everyone = [(name, member) for name in sorted(members) for member in members[name]]
+    # real files first, then links: a link to a file is dropped, never the file it names
+    for _, member in sorted(everyone, key=lambda item: item[1].path.is_symlink()):
+        key = _file_identity(member.path)
+        if key is None:  # reported when it is read
+            continue
+        if key in seen:
+            skipped.append(SkippedSource(member.path, f"the same file as {seen[key]} (a link), used once"))
+            dropped.add(member.path)
+        else:
             seen[key] = member.path
-            kept.append(member)
-        members[name] = kept
+    for name in members:
+        members[name] = [m for m in members[name] if m.path not in dropped]
+
+
+def _file_identity(path: Path) -> object | None:
+    """What makes two paths one file: device and inode, or the real path where the filesystem reports
+    no inode (0: some network shares and FUSE mounts); None when the file cannot be looked at."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    if info.st_ino:
+        return (info.st_dev, info.st_ino)
+    return os.path.realpath(path)
 
 
 def discover_groups(directory: str | Path) -> dict[str, CameraGroup]:

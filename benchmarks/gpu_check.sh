@@ -13,8 +13,9 @@
 # written to a temporary folder and packed into $OUT/gpu_results.tgz, with gpu_check.md and
 # gpu_check.json beside it, after every section and at exit (also when stopped by a signal): a run
 # killed outright (SIGKILL at the device tool's limit) keeps the sections it finished.
-# Sections run in their own process groups, listed in ${TMPDIR:-/tmp}/adassr_gpu_check.pgids; groups
-# left running by a killed run are killed when the next run starts and when a run ends.
+# Sections and the scripts they start run in their own process groups, listed (with their start
+# times) in $TMPDIR/adassr_gpu_check.pgids while they run; the groups a killed run left running are
+# killed when the next run starts and when a run ends (gpu_suite.py --kill-stale).
 # Exit status: 0 when every section that ran passed (absent libraries are skips, not failures).
 set -uo pipefail
 
@@ -31,15 +32,9 @@ PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET  # the compiled kernels, not the interpreter
 CARRY_DEST=""
-PGIDS="${TMPDIR:-/tmp}/adassr_gpu_check.pgids"
 
-kill_sections() {  # section process groups still running (a killed run cannot stop its own)
-  if [ -f "$PGIDS" ]; then
-    while read -r pgid; do
-      [ -n "$pgid" ] && kill -KILL -- "-$pgid" 2>/dev/null
-    done < "$PGIDS"
-    rm -f "$PGIDS"
-  fi
+kill_sections() {  # process groups still running (a killed run cannot stop its own); only ours, by start time
+  "$PY" benchmarks/gpu_suite.py --kill-stale
 }
 kill_sections
 
@@ -47,7 +42,9 @@ finish() {
   kill_sections
   if [ -n "$BUNDLE_TO" ]; then
     cp "$OUT_DIR"/gpu_check.md "$OUT_DIR"/gpu_check.json "$BUNDLE_TO"/ 2>/dev/null
-    tar czf "$BUNDLE_TO/gpu_results.tgz" -C "$BUNDLE_ROOT" gpu_results && rm -rf "$BUNDLE_ROOT"
+    # to a temporary name first: a KILL during this tar must not replace the last good bundle
+    tar czf "$BUNDLE_TO/gpu_results.tgz.tmp" -C "$BUNDLE_ROOT" gpu_results \
+      && mv -f "$BUNDLE_TO/gpu_results.tgz.tmp" "$BUNDLE_TO/gpu_results.tgz" && rm -rf "$BUNDLE_ROOT"
   fi
   [ -z "$CARRY_DEST" ] || rm -rf "$CARRY_DEST"
 }

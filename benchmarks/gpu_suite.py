@@ -93,8 +93,52 @@ def _importable(name: str) -> str:
 
 
 PIDFILE = Path(tempfile.gettempdir()) / "adassr_gpu_check.pgids"
-"""The process groups of running sections, one per line: a run killed with SIGKILL (the device tool
-at its limit) cannot stop them, so the next gpu_check.sh on the same machine kills them first."""
+"""The process groups the check runs (sections and the scripts they start, each in its own group),
+one ``pgid start-time`` line each while it runs: a run killed with SIGKILL (the device tool at its
+limit) cannot stop them, so the next gpu_check.sh on the same machine kills them first
+(``--kill-stale``), each only if its leader still has the recorded start time (a reused id is
+another program's)."""
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of ``/proc/<pid>/stat`` (the start time in clock ticks), or None (no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # the fields after the command name, which may hold spaces
+
+
+def _record_group(pid: int) -> None:
+    started = _start_time(pid)
+    if started is not None:
+        with contextlib.suppress(OSError), PIDFILE.open("a") as fh:
+            fh.write(f"{pid} {started}\n")
+
+
+def _forget_group(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        lines = PIDFILE.read_text().splitlines()
+        PIDFILE.write_text("".join(f"{line}\n" for line in lines if line.split()[:1] != [str(pid)]))
+
+
+def kill_stale_groups() -> int:
+    """Kill the recorded process groups whose leaders still run with their recorded start time; forget
+    the list. Returns how many were killed."""
+    try:
+        lines = PIDFILE.read_text().splitlines()
+    except OSError:
+        return 0
+    killed = 0
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and _start_time(int(parts[0])) == parts[1]:
+            with contextlib.suppress(OSError):
+                os.killpg(int(parts[0]), signal.SIGKILL)
+                killed += 1
+    with contextlib.suppress(OSError):
+        PIDFILE.unlink()
+    return killed
 
 
 def bundle(out: Path, to: Path) -> None:
@@ -112,19 +156,23 @@ def bundle(out: Path, to: Path) -> None:
             os.replace(to / (name + ".tmp"), to / name)
 
 
-def _run_group(cmd: list[str], timeout_s: float, *, capture: bool,
-               pidfile: Path | None = None) -> tuple[int | None, str]:
+def _run_group(cmd: list[str], timeout_s: float, *, capture: bool) -> tuple[int | None, str]:
     """Run ``cmd`` in its own process group; on timeout kill the whole group (grandchildren too).
 
-    Returns ``(exit status or None on timeout, captured output)``. With ``pidfile``, the group's id is
-    listed there while it runs.
+    Returns ``(exit status or None on timeout, captured output)``. The group is listed in
+    :data:`PIDFILE` while it runs.
     """
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, text=True,
                             stdout=subprocess.PIPE if capture else None,
                             stderr=subprocess.STDOUT if capture else None)
-    if pidfile is not None:
-        with contextlib.suppress(OSError), pidfile.open("a") as fh:
-            fh.write(f"{proc.pid}\n")
+    _record_group(proc.pid)
+    try:
+        return _wait_group(proc, timeout_s)
+    finally:
+        _forget_group(proc.pid)
+
+
+def _wait_group(proc: subprocess.Popen[str], timeout_s: float) -> tuple[int | None, str]:
     try:
         out, _ = proc.communicate(timeout=max(1.0, timeout_s))
         return proc.returncode, out or ""
@@ -168,6 +216,7 @@ def _run_parallel(arg_lists: list[list[str]], timeout_s: float) -> list[dict[str
                 with log.open("w") as sink:  # the child keeps its own descriptor
                     procs.append(subprocess.Popen([sys.executable, *args], cwd=ROOT, start_new_session=True,
                                                   text=True, stdout=sink, stderr=subprocess.STDOUT))
+                _record_group(procs[-1].pid)
             results: list[dict[str, Any]] = []
             for proc, log in zip(procs, logs, strict=True):
                 left = max(1.0, limit - (time.perf_counter() - start))
@@ -187,6 +236,9 @@ def _run_parallel(arg_lists: list[list[str]], timeout_s: float) -> list[dict[str
                 if proc.poll() is None:
                     _stop_group(proc)
             raise
+        finally:
+            for proc in procs:
+                _forget_group(proc.pid)
 
 
 def _pytest_counts(text: str) -> dict[str, int]:
@@ -672,9 +724,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle-to", type=Path, default=None,
                         help="after every section, pack --out into DIR/gpu_results.tgz (with gpu_check.md and "
                              ".json beside it), so a run killed later keeps the sections done")
+    parser.add_argument("--kill-stale", action="store_true",
+                        help="kill the process groups a killed earlier run left running, and exit")
     parser.add_argument("--section", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--limit-s", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.kill_stale:
+        killed = kill_stale_groups()
+        if killed:
+            print(f"[gpu_check] killed {killed} process group(s) an earlier, killed run left running", flush=True)
+        return 0
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind through _run_group, which stops the children
     args.out.mkdir(parents=True, exist_ok=True)
     global _FULL_GROUPS, _FULL_SEED
@@ -711,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         section_start = time.perf_counter()
         path = args.out / f"gpu_check_{name}.json"
         path.unlink(missing_ok=True)
-        code, _ = _run_group(cmd, limit, capture=False, pidfile=PIDFILE)
+        code, _ = _run_group(cmd, limit, capture=False)
         result: dict[str, Any]
         if code is None:
             result = {"status": "timeout", "reason": f"stopped after {limit:.0f} s (its processes were killed)"}

@@ -304,7 +304,7 @@ def resolve_model(
 
     fallback, fallback_why = _find_export(root, FALLBACK_CAMERA, precision)
     if fallback is None:
-        wanted = f"camera {group!r} ({reason.removeprefix('fallback: ')})" if group else "this image (no camera group)"
+        wanted = f"camera {group!r} ({why}{_same_brand_note(root, group)})" if group else "this image (no camera group)"
         raise StoreError(
             f"no model for {wanted} in {root} and no fallback model in {root / FALLBACK_CAMERA} "
             f"({fallback_why}); {FALLBACK_HOWTO}, or adapt and export the camera with "

@@ -20,7 +20,9 @@ import gpu_suite  # noqa: E402
 
 
 def test_gpu_check_cpu_smoke_runs_every_section(tmp_path: Path) -> None:
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    # TMPDIR: its own list of process groups (a run kills what an earlier, killed run left in the list)
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "TMPDIR": str(tmp_path)}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -239,7 +241,7 @@ def test_bundle_mode_packs_the_results_also_when_stopped(tmp_path: Path) -> None
     import time
 
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
-           "GPU_CHECK_BUNDLE": "1"}
+           "GPU_CHECK_BUNDLE": "1", "TMPDIR": str(tmp_path.parent)}
     proc = subprocess.Popen(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
@@ -285,8 +287,10 @@ def test_bundle_mode_keeps_the_finished_sections_when_killed_outright(tmp_path: 
         summary = json.loads(archive.extractfile("gpu_results/gpu_check.json").read())  # type: ignore[union-attr]
     assert summary["sections"]["env"]["status"] == "ok" and summary["sections"]["env"]["backbone_sha256"]
     assert (tmp_path / "out" / "gpu_check.md").is_file()
-    left = [int(x) for x in pgids.read_text().split()]
-    assert left  # the running section's group, orphaned by the kill
+    left = [int(line.split()[0]) for line in pgids.read_text().splitlines()]
+    assert left  # the running section's group (and the pytest it started), orphaned by the kill
+    for pgid in left:
+        os.killpg(pgid, 0)  # still running
     subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", "--only", "env"],
                    cwd=tmp_path, env={**env, "OUT": str(tmp_path / "again")}, capture_output=True, timeout=120,
                    check=False)
@@ -294,3 +298,21 @@ def test_bundle_mode_keeps_the_finished_sections_when_killed_outright(tmp_path: 
     for pgid in left:
         with pytest.raises(ProcessLookupError):
             os.killpg(pgid, 0)
+
+
+def test_only_groups_still_run_by_their_recorded_start_are_killed(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recorded id reused by another program must not be killed; finished groups are forgotten."""
+    monkeypatch.setattr(gpu_suite, "PIDFILE", tmp_path / "pgids")
+    code, _ = gpu_suite._run_group([sys.executable, "-c", "pass"], 30, capture=True)
+    assert code == 0 and (tmp_path / "pgids").read_text() == ""  # recorded while it ran, then forgotten
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        (tmp_path / "pgids").write_text(f"{other.pid} 1\n")  # the id, but another start time
+        assert gpu_suite.kill_stale_groups() == 0 and other.poll() is None
+        gpu_suite._record_group(other.pid)
+        assert gpu_suite.kill_stale_groups() == 1
+        assert other.wait(timeout=10) == -9 and not (tmp_path / "pgids").exists()
+    finally:
+        if other.poll() is None:
+            other.kill()

@@ -199,7 +199,8 @@ _MAX_PNG_CHUNKS = 1_000_000
 def _png_exif_chunk(p: Path) -> bytes | None:
     """The payload of a PNG's first eXIf chunk wherever it is, or None (also for a damaged chunk list)."""
     try:
-        with p.open("rb") as fh:
+        with p.open("rb", buffering=0) as fh:  # 8-byte reads and seeks: no 4 KiB read per chunk
+            size = os.fstat(fh.fileno()).st_size
             if fh.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
                 return None
             for _ in range(_MAX_PNG_CHUNKS):
@@ -207,6 +208,8 @@ def _png_exif_chunk(p: Path) -> bytes | None:
                 if len(head) < 8:
                     return None
                 length, kind = struct.unpack(">I", head[:4])[0], head[4:]
+                if length > size - fh.tell():  # a length past the end: damaged (never allocate it)
+                    return None
                 if kind == b"eXIf":
                     payload = fh.read(length)
                     return payload if len(payload) == length else None

@@ -13,7 +13,7 @@ Names (all prefixed ``adassr_``):
   ``invalid_parameter``, ``unknown_camera``, ``unauthorized``, ``overloaded``, ``deadline``,
   ``client_disconnect``, ``body_timeout``, ``not_ready``, ``model_checksum``, ``model_load``,
   ``inference``, ``internal``);
-- ``tiles_cancelled_total``: queued tiles dropped because their request was cancelled;
+- ``tiles_cancelled_total``: queued tiles dropped because their request was cancelled or failed;
 - ``models_loaded``: models serving now.
 """
 
@@ -48,7 +48,8 @@ class ServerMetrics:
         self.batch_tiles = Histogram("adassr_batch_tiles", "Tiles per model call", buckets=buckets, registry=r)
         self.model_loads = Counter("adassr_model_loads", "Model loads", ("camera", "result"), registry=r)
         self.errors = Counter("adassr_errors", "Errors by kind", ("kind",), registry=r)
-        self.tiles_cancelled = Counter("adassr_tiles_cancelled", "Queued tiles dropped (request cancelled)", registry=r)
+        self.tiles_cancelled = Counter("adassr_tiles_cancelled", "Queued tiles dropped (request cancelled or failed)",
+                                       registry=r)
         self.models_loaded = Gauge("adassr_models_loaded", "Models serving now", registry=r)
         self.upload_bytes = Gauge("adassr_upload_bytes", "Bytes of request bodies still arriving (not yet admitted)",
                                   registry=r)

@@ -239,7 +239,10 @@ class TileBatcher:
         for job in dropped:
             job.future.cancel()
         if dropped and self._on_cancelled is not None:
-            self._on_cancelled(len(dropped))
+            try:  # called on an inference thread too (after a failed model call): it must not end it
+                self._on_cancelled(len(dropped))
+            except Exception:  # noqa: BLE001 - logged, the caller goes on
+                logger.exception("the cancelled-tiles callback failed")
         return len(dropped)
 
     # -- running --------------------------------------------------------------------------

@@ -235,11 +235,37 @@ def test_links_add_no_image_and_no_group(tmp_path: Path) -> None:
     (nokia / "c.png").symlink_to(nokia / "a.png")
     os.link(nokia / "b.png", nokia / "d.png")
     shutil.copy(SAMPLES / "canon" / "flower.jpg", tmp_path / "flower.jpg")  # EXIF Make Canon
+    (nokia / "0.png").symlink_to(nokia / "b.png")  # a link sorting before the file it names
     (tmp_path / "all").symlink_to(tmp_path)
     (tmp_path / "nokia2").symlink_to(nokia)
+    (tmp_path / "card").symlink_to(nokia)  # sorts before nokia/: the real folder still keeps its name
     scan = scan_groups(tmp_path)
     assert set(scan.groups) == {"canon", "nokia"}
     assert [m.path.name for m in scan.groups["nokia"].members] == ["a.png", "b.png"]
     reasons = {s.path.name: s.reason for s in scan.skipped}
-    assert "same file as" in reasons["c.png"] and "same file as" in reasons["d.png"]
-    assert "is a link to" in reasons["all"] and "is a link to" in reasons["nokia2"]
+    assert all("same file as" in reasons[name] for name in ("0.png", "c.png", "d.png"))
+    assert all("is a link to" in reasons[name] for name in ("all", "card", "nokia2"))
+
+
+def test_a_filesystem_without_inode_numbers_keeps_every_image(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some network shares and FUSE mounts report inode 0 for every file: all images but one were
+    dropped as links of each other."""
+    import os
+
+    nokia = tmp_path / "nokia"
+    nokia.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(nokia / name)
+    (nokia / "d.png").symlink_to(nokia / "a.png")
+    real_stat = Path.stat
+
+    def no_inode(self: Path, *, follow_symlinks: bool = True) -> os.stat_result:
+        st = real_stat(self, follow_symlinks=follow_symlinks)
+        return os.stat_result((st.st_mode, 0, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, st.st_size,
+                               int(st.st_atime), int(st.st_mtime), int(st.st_ctime)))
+
+    monkeypatch.setattr(Path, "stat", no_inode)
+    scan = scan_groups(tmp_path)
+    assert [m.path.name for m in scan.groups["nokia"].members] == ["a.png", "b.png", "c.png"]

@@ -10,6 +10,7 @@ import sys
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -262,7 +263,8 @@ def test_read_camera_exif_decodes_no_pixels(no_decode: None) -> None:
     assert read_camera_exif(HR / "chelsea.png") == (None, None)
 
 
-def test_a_png_exif_after_the_image_data_is_read_without_decoding(no_decode: None, tmp_path: Path) -> None:
+def test_a_png_exif_after_the_image_data_is_read_without_decoding(no_decode: None, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """read_camera_exif saw only an eXIf chunk before IDAT while read_image saw any: adapt grouped such
     a PNG by its name while the runtime routed it by its Make."""
     buf = io.BytesIO()
@@ -275,6 +277,31 @@ def test_a_png_exif_after_the_image_data_is_read_without_decoding(no_decode: Non
     png = buf.getvalue()
     damaged.write_bytes(png[: png.rindex(b"IEND") - 4] + b"\xff\xff\xff\xf0junk")
     assert read_camera_exif(damaged) == (None, None)
+    huge = tmp_path / "huge.png"  # an eXIf chunk claiming 4 GiB: never read (allocated) in one go
+    huge.write_bytes(png[: png.rindex(b"IEND") - 4] + b"\xff\xff\xff\xf0eXIf" + b"\0" * 16)
+    real_open = Path.open
+    asked: list[int] = []
+
+    class Watched:
+        def __init__(self, fh: Any) -> None:
+            self._fh = fh
+
+        def read(self, n: int = -1) -> bytes:
+            asked.append(n)
+            return self._fh.read(n)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._fh, name)
+
+        def __enter__(self) -> Watched:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._fh.close()
+
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: Watched(real_open(self, *a, **k)))
+    assert read_camera_exif(huge) == (None, None)
+    assert asked and max(asked) < 2**20, asked
 
 
 def test_read_image_size_decodes_no_pixels(no_decode: None, tmp_path: Path) -> None:
