@@ -262,12 +262,29 @@ def _checked_config(args: argparse.Namespace) -> Any:
         intra_op_threads()  # a bad ADASSR_THREADS fails here, not in every model load
     _check_port(config.host, config.port)
     CameraStore.open(config.store, FALLBACK_CAMERA)  # a missing store fails here, with its message
-    if not list_cameras(config.store):
+    cameras = list_cameras(config.store)
+    if not cameras:
         raise ConfigError(
             f"the store {config.store} has no camera with a manifest; export a model first "
             "(`adassr export --backbone realesrgan-x4plus` for the fallback)"
         )
+    if not any(_exported(config.store, camera) for camera in cameras):  # /readyz would say 503 for good
+        raise ConfigError(
+            f"no camera of the store {config.store} has an exported model ({', '.join(cameras)}: adapted, not "
+            "exported); run `adassr export --camera NAME`, or `adassr export --backbone realesrgan-x4plus` for "
+            "the fallback"
+        )
     return config
+
+
+def _exported(store: Path, camera: str) -> bool:
+    """Whether ``camera`` has an export in its manifest (a damaged manifest counts: serve reports it)."""
+    from adassr.runtime.errors import AdassrError
+
+    try:
+        return bool(CameraStore.open(store, camera).read_manifest().get("exports"))
+    except AdassrError:
+        return True
 
 
 def _check_port(host: str, port: int) -> None:

@@ -29,6 +29,7 @@ file removes it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import warnings
@@ -338,5 +339,8 @@ def _fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:  # some network and FUSE filesystems refuse to fsync a folder: the file is in place
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)

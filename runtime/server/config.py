@@ -50,6 +50,18 @@ class Limits:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        for name in ("header_timeout_s", "body_timeout_s", "request_timeout_s"):
+            if getattr(self, name) > MAX_TIMEOUT_S:  # 1e10 "for no deadline" overflowed the thread waits: 500s
+                raise ConfigError(f"{name} must be at most {MAX_TIMEOUT_S:g} s (a week), got {getattr(self, name)!r}")
+
+
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+"""The longest timeout or interval (a week): thread waits beyond ``threading.TIMEOUT_MAX`` overflow."""
+MAX_WAIT_MS = 60_000.0
+"""The longest a batch waits to fill (a minute; a tile's request has a deadline of its own)."""
+MAX_BATCH = 1024
+"""The most tiles in one model call (the batch histogram has a bucket per size)."""
+MAX_INFERENCE_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -108,14 +120,17 @@ class ServerConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or not 1 <= self.threads <= MAX_THREADS):
             raise ConfigError(f"threads must be an integer from 1 to {MAX_THREADS}, got {self.threads!r}")
+        if self.max_batch > MAX_BATCH or self.inference_threads > MAX_INFERENCE_THREADS:
+            raise ConfigError(f"max_batch must be at most {MAX_BATCH} and inference_threads at most "
+                              f"{MAX_INFERENCE_THREADS}, got {self.max_batch} and {self.inference_threads}")
         for name in ("max_wait_ms",):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value!r}")
+            if not math.isfinite(value) or not 0 <= value <= MAX_WAIT_MS:  # a huge wait killed the batcher thread
+                raise ConfigError(f"{name} must be from 0 to {MAX_WAIT_MS:g} ms, got {value!r}")
         for name in ("reload_interval_s", "drain_timeout_s"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value!r}")
+            if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S:
+                raise ConfigError(f"{name} must be > 0 and at most {MAX_TIMEOUT_S:g} s, got {value!r}")
         if self.token is not None and not self.token:
             raise ConfigError("the token is empty; put a non-empty secret in the token file")
         self.tiling  # validates tile / overlap / pre_pad  # noqa: B018

@@ -37,7 +37,7 @@ from adassr.runtime.cameras import closest_camera_hint, validate_group_name
 from adassr.runtime.errors import AdassrError, CameraError, ConfigError, StoreError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import RouteDecision, camera_group_of, resolve_model, unusable_make_reason
-from adassr.runtime.store import FALLBACK_CAMERA, MANIFEST_NAME, list_cameras
+from adassr.runtime.store import FALLBACK_CAMERA, MANIFEST_NAME, CameraStore, list_cameras
 from adassr.runtime.tiling import TilingOptions
 
 logger = logging.getLogger(__name__)
@@ -218,12 +218,15 @@ class ModelRegistry:
             current = dict(self._models)
             changed = False
             seen = set(list_cameras(self._store))
-            for camera in sorted(set(current) - seen):  # manifest gone: stop serving it
-                logger.warning("camera %s has no manifest any more; its model is no longer served", camera)
-                del current[camera]
+            known = set(current) | set(self._problems) | set(self._signatures) | set(self._tried)
+            for camera in sorted(known - seen):  # manifest gone: stop serving it, forget its problems
+                if camera in current:
+                    logger.warning("camera %s has no manifest any more; its model is no longer served", camera)
+                    del current[camera]
+                    changed = True
                 self._signatures.pop(camera, None)
                 self._problems.pop(camera, None)
-                changed = True
+                self._tried.pop(camera, None)
             for camera in sorted(seen):
                 try:
                     changed |= self._refresh_camera(camera, current)
@@ -249,6 +252,10 @@ class ModelRegistry:
         try:
             decision = resolve_model(self._store, camera=camera, precision=self._precision, verify=False)
         except AdassrError as exc:
+            if _has_no_export(self._store, camera):  # adapted, not exported yet (and no fallback): no problem
+                self._signatures[camera] = sig
+                self._problems.pop(camera, None)
+                return False
             self._refused(camera, "model_load", f"cannot read the manifest: {exc}", sig)
             return False
         if decision.model_camera != camera:  # adapted but not exported (yet): keep what serves
@@ -331,3 +338,12 @@ def default_opener(
         )
 
     return _open
+
+
+def _has_no_export(store: Path, camera: str) -> bool:
+    """Whether ``camera``'s manifest reads fine and records no export (adapted, not exported yet)."""
+    try:
+        manifest = CameraStore.open(store, camera).read_manifest()
+    except AdassrError:
+        return False
+    return not (manifest.get("exports") or {})

@@ -1085,3 +1085,23 @@ def test_sixteen_bit_rgba_tiff_says_its_fourth_sample_is_alpha(tmp_path: Path,
     with Image.open(tagged) as im:
         assert im.tag_v2.get(338) == (2,) and im.info["icc_profile"] == profile
     np.testing.assert_array_equal(read_image(tagged).pixels, pixels)
+
+
+def test_a_folder_that_cannot_be_fsynced_does_not_fail_a_written_image(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some network and FUSE filesystems refuse fsync on a folder (EINVAL): the complete output, already
+    in place, was reported as failed."""
+    import errno
+    import stat as stat_module
+
+    real_fsync = os.fsync
+
+    def picky(fd: int) -> None:
+        if stat_module.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", picky)
+    target = tmp_path / "out.png"
+    write_image(target, _photo())
+    np.testing.assert_array_equal(read_image(target).pixels, _photo())

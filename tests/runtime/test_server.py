@@ -1070,3 +1070,50 @@ def test_drain_timeout_bounds_the_shutdown_and_queued_work_never_starts(store: P
     assert _metric(text, "adassr_request_duration_seconds_count", 'camera="canon",status="503"') == 1
     assert _metric(text, "adassr_request_duration_seconds_count", 'camera="none",status="503"') == 2
     assert 'status="200"' not in text
+
+
+def test_a_deleted_refused_camera_and_an_unexported_one_are_no_problems(store: Path, tmp_path: Path) -> None:
+    """A refused camera whose folder was deleted stayed in /v1/cameras' `refused` for good; a camera
+    adapted but not exported, in a store without a fallback, was reported as an unreadable manifest."""
+    import shutil
+
+    from adassr.runtime.server.models import ModelRegistry, default_opener
+    from adassr.runtime.store import CameraStore
+
+    opener = default_opener("onnxruntime", providers=("cpu",), threads=1)
+    (store / "canon" / "manifest.json").write_text("[]")
+    registry = ModelRegistry(store, open_model=opener)
+    registry.refresh()
+    assert "canon" in registry.problems
+    shutil.rmtree(store / "canon")
+    registry.refresh()
+    assert "canon" not in registry.problems
+    bare = tmp_path / "bare"
+    publish_camera(bare, "nokia", seed=3)
+    CameraStore.open(bare, "nokia").update_manifest(lambda m: m.pop("exports"))
+    lonely = ModelRegistry(bare, open_model=opener)
+    lonely.refresh()
+    assert dict(lonely.problems) == {} and dict(lonely.models) == {}
+
+
+def test_limits_that_would_overflow_the_waits_are_refused(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--max-wait-ms 1e13 killed the batcher thread (every request 504, /readyz 200); --request-timeout
+    1e10 made every upscale a 500."""
+    from adassr.cli import main
+
+    for extra, message in ((["--max-wait-ms", "1e13"], "--max-wait-ms must be from 0 to 60000 ms"),
+                           (["--request-timeout", "1e10"], "--request-timeout must be at most 604800 s"),
+                           (["--max-batch", "200000"], "--max-batch must be at most 1024")):
+        assert main(["serve", "--store", str(store), "--port", "0", *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+
+
+def test_serve_refuses_a_store_whose_cameras_are_all_unexported(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from adassr.cli import main
+    from adassr.runtime.store import CameraStore
+
+    publish_camera(tmp_path, "nokia", seed=3)
+    CameraStore.open(tmp_path, "nokia").update_manifest(lambda m: m.pop("exports"))
+    assert main(["serve", "--store", str(tmp_path), "--port", "0"]) == 2
+    assert "no camera of the store" in capsys.readouterr().err
