@@ -204,8 +204,6 @@ def _run_parallel(arg_lists: list[list[str]], timeout_s: float) -> list[dict[str
     Returns one ``_run_script``-style result per command; at the deadline the ones still running are
     killed and reported as ``timeout``. If this process is stopped, every group is stopped too.
     """
-    import tempfile
-
     start = time.perf_counter()
     limit = min(timeout_s, _DEADLINE - time.monotonic()) if _DEADLINE else timeout_s
     with tempfile.TemporaryDirectory() as tmp:
@@ -441,8 +439,6 @@ def _tensorrt_rows(factory: Callable[[], Any], frame: Any, roofline: Any, out: P
     if reason is not None:
         skipped.append(f"TensorRT: {reason}")
         return []
-    import tempfile
-
     from adassr.export.gpu_bench import backend_row
     from adassr.runtime.backends.tensorrt import TensorRTBackend
     from adassr.runtime.engines import exact_profile
@@ -487,8 +483,6 @@ def _ort_gpu_rows(factory: Callable[[], Any], frame: Any, roofline: Any, out: Pa
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         skipped.append(f"onnxruntime CUDA provider: this onnxruntime offers {ort.get_available_providers()}")
         return []
-    import tempfile
-
     from adassr.export.gpu_bench import backend_row
     from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from adassr.runtime.backends.ort_options import GpuProviderSettings

@@ -298,13 +298,14 @@ def resolve_model(
                 decision.verify()
             return decision
         explicit = "explicitly requested camera " if camera is not None else ""
-        reason = f"fallback: no model for {explicit}{group!r} ({why}){_same_brand_note(root, group)}"
+        camera_why = f"{why}{_same_brand_note(root, group)}"
+        reason = f"fallback: no model for {explicit}{group!r} ({camera_why})"
     else:
         reason = _no_group_reason(make, image)
 
     fallback, fallback_why = _find_export(root, FALLBACK_CAMERA, precision)
     if fallback is None:
-        wanted = f"camera {group!r} ({why}{_same_brand_note(root, group)})" if group else "this image (no camera group)"
+        wanted = f"camera {group!r} ({camera_why})" if group else "this image (no camera group)"
         raise StoreError(
             f"no model for {wanted} in {root} and no fallback model in {root / FALLBACK_CAMERA} "
             f"({fallback_why}); {FALLBACK_HOWTO}, or adapt and export the camera with "

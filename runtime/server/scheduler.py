@@ -206,9 +206,6 @@ class TileBatcher:
             except cf.CancelledError:
                 ticket.check()
                 raise RequestCancelled("request cancelled") from None
-            except Exception:  # the model failed on one of its tiles: the request fails, so its tiles still
-                self.cancel(ticket)  # queued must not run (alone, or failing other requests' batches)
-                raise
             return np.stack(outputs)
 
         return infer
