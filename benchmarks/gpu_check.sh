@@ -42,9 +42,16 @@ finish() {
   kill_sections
   if [ -n "$BUNDLE_TO" ]; then
     cp "$OUT_DIR"/gpu_check.md "$OUT_DIR"/gpu_check.json "$BUNDLE_TO"/ 2>/dev/null
-    # to a temporary name first: a KILL during this tar must not replace the last good bundle
-    tar czf "$BUNDLE_TO/gpu_results.tgz.tmp" -C "$BUNDLE_ROOT" gpu_results \
-      && mv -f "$BUNDLE_TO/gpu_results.tgz.tmp" "$BUNDLE_TO/gpu_results.tgz" && rm -rf "$BUNDLE_ROOT"
+    # to a temporary name first: a KILL during this tar must not replace the last good bundle. Exit
+    # status 1 is GNU tar's "a file changed as we read it" (a section still stopping writes its files):
+    # the archive is complete, so it is kept; 2 is a failure, and the last good bundle stays.
+    tar czf "$BUNDLE_TO/gpu_results.tgz.tmp" -C "$BUNDLE_ROOT" gpu_results
+    if [ $? -le 1 ]; then
+      mv -f "$BUNDLE_TO/gpu_results.tgz.tmp" "$BUNDLE_TO/gpu_results.tgz"
+    else
+      rm -f "$BUNDLE_TO/gpu_results.tgz.tmp"
+    fi
+    rm -rf "$BUNDLE_ROOT"
   fi
   [ -z "$CARRY_DEST" ] || rm -rf "$CARRY_DEST"
 }
