@@ -51,6 +51,7 @@ from adassr.runtime.store import (
     CameraStore,
     atomic_write_bytes,
     list_cameras,
+    misnamed_folders,
     sha256_file,
     try_exclusive_lock,
 )
@@ -616,6 +617,9 @@ def write_repository(
     if cameras:
         chosen = list(dict.fromkeys(cameras))
     else:
+        for folder, why in misnamed_folders(root)[:1]:  # the whole store was asked for: none may go missing
+            raise ExportError(f"the store folder {folder} holds a manifest, but its name is no camera group name "
+                              f"({why}); rename it or move it out of the store")
         chosen = [c for c in list_cameras(root) if (_store_camera(root, c).read_manifest().get("exports") or {})]
         if not chosen:
             raise ExportError(f"no camera in {root} has an export; run `adassr export` first")

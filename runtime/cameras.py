@@ -53,6 +53,9 @@ def _ascii_fold(text: str) -> str:
 
 
 _VALID_GROUP = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# Names Windows keeps for devices, with or without an extension ("con", "nul.x", "com1"): a store copied
+# to a Windows box (a Triton model repository, a backup) could not hold such a folder.
+_WINDOWS_DEVICE = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$")
 
 
 def validate_group_name(name: str) -> str:
@@ -75,6 +78,17 @@ def validate_group_name(name: str) -> str:
         raise CameraError(
             f"invalid camera group name {name!r}: use 1-64 characters from a-z, 0-9, '_', '-', '.',"
             f" starting with a letter or digit{hint}"
+        )
+    if low.endswith("."):
+        raise CameraError(
+            f"invalid camera group name {name!r}: it must not end with '.' (Windows drops the dot, so the folder"
+            f" would not keep its name); use {low.rstrip('.')!r}"
+        )
+    if _WINDOWS_DEVICE.match(low):
+        device = low.split(".")[0]
+        raise CameraError(
+            f"invalid camera group name {name!r}: {device!r} is a device name on Windows, so a store or Triton"
+            f" model repository holding it could not be copied there; pick another name, e.g. {device + '_cam'!r}"
         )
     return low
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from adassr.runtime.cameras import validate_group_name
 from adassr.runtime.cpu_info import MAX_THREADS
 from adassr.runtime.errors import BackendError, ConfigError, StoreError
-from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, list_cameras
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, list_cameras, warn_misnamed_folders
 from adassr.runtime.tempfiles import create_temp
 
 
@@ -84,6 +84,7 @@ def check_store_serves(store_root: str | os.PathLike[str], *, camera: str | None
     """
     root = Path(store_root).expanduser()
     CameraStore.open(root, FALLBACK_CAMERA)  # StoreError if the store is missing
+    warn_misnamed_folders(root)
     cameras = exported_cameras(root)
     if not cameras:
         raise StoreError(

@@ -26,6 +26,7 @@ from adassr.runtime.store import (
     FALLBACK_CAMERA,
     CameraStore,
     list_cameras,
+    warn_misnamed_folders,
 )
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
 
@@ -262,6 +263,7 @@ def _checked_config(args: argparse.Namespace) -> Any:
         intra_op_threads()  # a bad ADASSR_THREADS fails here, not in every model load
     _check_port(config.host, config.port)
     CameraStore.open(config.store, FALLBACK_CAMERA)  # a missing store fails here, with its message
+    warn_misnamed_folders(config.store)
     cameras = list_cameras(config.store)
     if not cameras:
         raise ConfigError(

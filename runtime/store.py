@@ -67,7 +67,7 @@ from types import MappingProxyType
 from typing import Any
 
 from adassr.runtime.cameras import closest_camera_hint, validate_group_name
-from adassr.runtime.errors import ConfigError, StoreError
+from adassr.runtime.errors import CameraError, ConfigError, StoreError
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
 SCHEMA_VERSION = 1
@@ -759,11 +759,41 @@ class StoreTransaction:
 
 
 def list_cameras(root: str | os.PathLike[str]) -> list[str]:
-    """Camera groups with a manifest in the store (the fallback folder included)."""
+    """Camera groups with a manifest in the store (the fallback folder included).
+
+    A folder whose name is no valid group name (copied in by hand, or valid under older rules) is left
+    out: no command can open it, and it must not stop the store's other cameras; :func:`misnamed_folders`
+    names such folders so that commands can warn about them.
+    """
+    return sorted(name for name, problem in _manifest_folders(root) if problem is None)
+
+
+def misnamed_folders(root: str | os.PathLike[str]) -> list[tuple[Path, str]]:
+    """``(folder, why)`` for each folder of the store that holds a manifest but has no camera group name."""
+    return sorted((Path(root) / name, problem) for name, problem in _manifest_folders(root) if problem is not None)
+
+
+def warn_misnamed_folders(root: str | os.PathLike[str]) -> None:
+    """Log a warning for each folder :func:`list_cameras` leaves out, so that a camera does not vanish silently."""
+    for folder, why in misnamed_folders(root):
+        log.warning("the store folder %s holds a manifest but is not used: its name is no camera group name (%s); "
+                    "rename it to a valid name or move it out of the store", folder, why)
+
+
+def _manifest_folders(root: str | os.PathLike[str]) -> Iterator[tuple[str, str | None]]:
     root_path = Path(root)
     if not root_path.is_dir():
-        return []
-    return sorted(p.parent.name for p in root_path.glob(f"*/{MANIFEST_NAME}"))
+        return
+    for manifest in root_path.glob(f"*/{MANIFEST_NAME}"):
+        name = manifest.parent.name
+        problem = None
+        if name != FALLBACK_CAMERA:
+            try:
+                if validate_group_name(name) != name:
+                    problem = f"camera group names are lower case, so it would be opened as {name.lower()!r}"
+            except CameraError as exc:
+                problem = str(exc)
+        yield name, problem
 
 
 _RECORD_KEYS = frozenset({"file", "sha256", "bytes", "stage", "created"})

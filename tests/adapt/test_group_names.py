@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from adassr.adapt.groups import discover_groups, scan_groups, select_group, single_image_group
-from adassr.runtime.cameras import closest_camera_hint
+from adassr.runtime.cameras import closest_camera_hint, validate_group_name
 from adassr.runtime.errors import CameraError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
@@ -93,3 +93,25 @@ def test_adapt_list_shows_groups_and_skipped_folders(tmp_path: Path, capsys: pyt
 )
 def test_closest_camera_hint(name: str, hint: str) -> None:
     assert closest_camera_hint(name, ["canon", "nokia", "nintendo", "fujifilm", "_fallback"]) == hint
+
+
+@pytest.mark.parametrize("name", ["con", "NUL", "aux.cam", "com1", "lpt9", "prn"])
+def test_windows_device_names_are_refused_with_a_replacement(name: str) -> None:
+    """A store folder named 'con' could not be copied to a Windows box (a Triton repository, a backup)."""
+    with pytest.raises(CameraError, match=r"device name on Windows.*e\.g\. '[a-z0-9]+_cam'"):
+        validate_group_name(name)
+
+
+def test_trailing_dot_is_refused_and_similar_names_pass() -> None:
+    with pytest.raises(CameraError, match=r"must not end with '\.'.*use 'nikon'"):
+        validate_group_name("nikon.")
+    for fine in ("console", "com", "com10", "auxiliary", "nul_cam", "a.b"):
+        assert validate_group_name(fine) == fine
+
+
+def test_device_named_folder_is_skipped_not_fatal(tmp_path: Path) -> None:
+    _png(tmp_path / "con" / "a.png")
+    _png(tmp_path / "canon" / "b.png")
+    scan = scan_groups(tmp_path)
+    assert set(scan.groups) == {"canon"}
+    assert [s.path.name for s in scan.skipped] == ["con"]

@@ -73,3 +73,22 @@ def test_empty_and_missing_store(tmp_path: Path) -> None:
     publish_camera(tmp_path, "_fallback")
     assert check_store_serves(tmp_path, camera="canon") == "_fallback"
     assert check_store_serves(tmp_path, camera=None) == "_fallback"
+
+
+def test_a_misnamed_store_folder_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder copied in by hand ('Canon', 'con') stopped the whole run: opening it raised CameraError."""
+    import shutil
+
+    from adassr.runtime.store import list_cameras, misnamed_folders
+
+    publish_camera(tmp_path, "nokia")
+    shutil.copytree(tmp_path / "nokia", tmp_path / "Canon")
+    shutil.copytree(tmp_path / "nokia", tmp_path / "con")
+    assert list_cameras(tmp_path) == ["nokia"]
+    assert [(folder.name, "Windows" in why or "lower case" in why) for folder, why in misnamed_folders(tmp_path)] \
+        == [("Canon", True), ("con", True)]
+    with caplog.at_level("WARNING"):
+        assert check_store_serves(tmp_path, camera=None) == "nokia"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and all("holds a manifest but is not used" in m for m in warned)
+    assert str(tmp_path / "con") in warned[1]
