@@ -11,7 +11,8 @@
 - Bit depth: the output has the input's bit depth (16-bit in, 16-bit out; the writer rounds to
   8 bits for JPEG / WebP).
 - ``outscale``: the model's x``scale`` output, already in the output dtype, is resized to
-  ``round(outscale * size)`` (as Real-ESRGAN resizes its 8-bit output).
+  ``outscale * size`` rounded to the nearest pixel, halves up (47 px at x2.5 -> 118, 45 px -> 113;
+  Real-ESRGAN truncates, which makes x2.5 of 47 px 117).
   Real-ESRGAN uses ``cv2.INTER_LANCZOS4`` both ways; we use ``cv2.INTER_AREA`` when shrinking
   (e.g. x2 from a x4 model: an exact 2x2 box average, which is anti-aliased, whereas OpenCV's
   Lanczos keeps its fixed 8-tap support when shrinking and aliases fine GAN textures) and
@@ -90,8 +91,11 @@ def check_outscale(outscale: float | None) -> None:
 
 
 def output_size(height: int, width: int, outscale: float) -> tuple[int, int]:
-    """``(round(outscale * height), round(outscale * width))``, at least 1 x 1."""
-    return max(1, int(round(height * outscale))), max(1, int(round(width * outscale)))
+    """``(outscale * height, outscale * width)`` rounded to the nearest pixel, halves up, at least 1 x 1.
+
+    Halves go up whatever the parity (Python's ``round`` would send 112.5 to 112 but 117.5 to 118).
+    """
+    return max(1, math.floor(height * outscale + 0.5)), max(1, math.floor(width * outscale + 0.5))
 
 
 def check_output_budget(height: int, width: int, scale: int, outscale: float,

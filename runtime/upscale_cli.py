@@ -114,7 +114,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
                         help=f"reflect padding around the image, input pixels (default {DEFAULT_PRE_PAD}, "
                              f"at most {MAX_PRE_PAD})")
     parser.add_argument("--outscale", type=float, default=None,
-                        help="final upscaling factor (default: the model's scale, e.g. 4)")
+                        help="final upscaling factor (default: the model's scale, e.g. 4); the output size is rounded "
+                             "to the nearest pixel, halves up")
     parser.add_argument("--ext", default="auto",
                         help="output format for folders / output folders: auto (as the input), png, jpg, webp, tif")
     parser.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (default 95)")

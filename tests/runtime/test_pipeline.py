@@ -100,6 +100,8 @@ def test_outscale_shrinks_with_area_and_enlarges_with_cubic(backend, rgb8: np.nd
     assert out8.shape == (384, 448, 3)
     odd, _ = upscale_pixels(rgb8[:47, :55], backend.infer, scale=SCALE, tiling=TILING, outscale=2.5)
     assert output_size(47, 55, 2.5) == (118, 138) and odd.shape == (118, 138, 3)
+    assert output_size(45, 57, 2.5) == (113, 143)  # halves go up: round() made 112.5 -> 112 but 117.5 -> 118
+    assert output_size(3, 1, 0.1) == (1, 1) and output_size(5, 5, 0.1) == (1, 1)  # 0.5 -> 1, never 0
     with pytest.raises(ConfigError, match="outscale"):
         upscale_pixels(rgb8, backend.infer, scale=SCALE, tiling=TILING, outscale=0)
 
