@@ -20,6 +20,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]+)\.tmp$")
@@ -96,8 +97,10 @@ def is_stale_temp(name: str) -> bool:
     return match is not None and not _pid_alive(int(match.group("pid")))
 
 
-def remove_stale_temps(folder: Path, *, target: str | None = None, older_than_s: float = 0.0) -> list[str]:
-    """Remove temporary files in ``folder`` left by dead processes (only ``target``'s when given).
+def remove_stale_temps(folder: Path, *, target: str | Iterable[str] | None = None,
+                       older_than_s: float = 0.0) -> list[str]:
+    """Remove temporary files in ``folder`` left by dead processes (only those of ``target``, one name
+    or several, when given; the folder is read once either way).
 
     Returns the names removed. Files of live processes and all other files are left alone. With
     ``older_than_s``, so are files modified more recently: for folders written without a lock, which
@@ -109,9 +112,10 @@ def remove_stale_temps(folder: Path, *, target: str | None = None, older_than_s:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
+    stems = None if target is None else {temp_stem(t) for t in ([target] if isinstance(target, str) else target)}
     for entry in entries:
         match = _TEMP_RE.match(entry.name)
-        if match is None or (target is not None and match.group("target") != temp_stem(target)):
+        if match is None or (stems is not None and match.group("target") not in stems):
             continue
         if _pid_alive(int(match.group("pid"))):
             continue

@@ -66,6 +66,7 @@ from adassr.runtime.preflight import check_output_folders, check_required_provid
 from adassr.runtime.routing import PRECISIONS
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX as DEFAULT_TRITON_PREFIX
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA, list_cameras
+from adassr.runtime.tempfiles import remove_stale_temps
 from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, MAX_PRE_PAD
 from adassr.runtime.upscalers import ImageUpscaler, TileProgress, UpscalerRegistry, runtime_upscalers
@@ -319,8 +320,17 @@ def skip_existing(pairs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path
     """``(pairs whose output does not exist yet, how many were left out)`` for ``--skip-existing``.
 
     Any existing entry counts, a file or not: a folder or a link in an output's place is never
-    written over either."""
-    todo = [(source, target) for source, target in pairs if not (target.exists() or target.is_symlink())]
+    written over either. A skipped output's temporary files left by a killed writer (one that was
+    replacing it) are removed, as writing the output would have done."""
+    todo = []
+    skipped: dict[Path, list[str]] = {}
+    for source, target in pairs:
+        if target.exists() or target.is_symlink():
+            skipped.setdefault(target.parent, []).append(target.name)
+        else:
+            todo.append((source, target))
+    for folder, names in skipped.items():
+        remove_stale_temps(folder, target=names)
     return todo, len(pairs) - len(todo)
 
 

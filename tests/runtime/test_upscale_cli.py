@@ -556,8 +556,15 @@ def test_existing_outputs_are_replaced_and_counted_or_kept_with_skip_existing(st
     assert "1 ok, 0 failed" in out.splitlines()[-1] and "replaced" not in out
     assert "2 skipped: output exists (--skip-existing)" in out.splitlines()[-1]  # the summary counts them too
 
+    dead = (dst / ".img0.png.999999999.0123456789ab.tmp", dst / ".img2.png.999999999.0123456789ab.tmp")
+    for stale in dead:  # a killed run that was replacing them (pid 999999999 cannot be alive)
+        stale.write_bytes(b"half a png")
+    (dst / ".other.png.999999999.0123456789ab.tmp").write_bytes(b"not ours to judge")
     code, out, err = _run(*args, "--skip-existing")  # everything exists now: nothing opens, nothing changes
     assert code == 0 and "every output exists" in out.splitlines()[-1]
+    assert not any(p.exists() for p in dead)  # a skipped output's stale temporary files went, as a write removes them
+    assert (dst / ".other.png.999999999.0123456789ab.tmp").exists()
+    (dst / ".other.png.999999999.0123456789ab.tmp").unlink()
 
     (dst / "img1.png").rmdir()
     code, out, err = _run(*args)  # without the flag: replaced, and the summary says how many
