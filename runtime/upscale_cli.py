@@ -107,8 +107,9 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
     parser.add_argument("--tile", type=tile_argument, default=AUTO_TILE,
                         help="tile size in input pixels, 0 = no tiling, or auto (default): the least work "
                              "with tiles that fit half the free memory (the whole image when it fits)")
-    parser.add_argument("--tile-overlap", type=int, default=DEFAULT_OVERLAP,
-                        help=f"input pixels shared by neighbouring tiles (default {DEFAULT_OVERLAP})")
+    parser.add_argument("--tile-overlap", type=int, default=None,
+                        help=f"input pixels shared by neighbouring tiles (default {DEFAULT_OVERLAP}; with --triton "
+                             "the default shrinks to fit a small tile, a value given here must fit)")
     parser.add_argument("--tile-batch", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"tiles per model call (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--pre-pad", type=int, default=DEFAULT_PRE_PAD,
@@ -446,7 +447,8 @@ def options_from_args(args: argparse.Namespace, upscalers: UpscalerRegistry) -> 
     if not entry.any_size and tile == AUTO_TILE:
         tile = DEFAULT_TILE  # fixed-shape models (TensorRT engines) are built for one tile shape
     # A model that takes any size runs a small image at its own size, not padded to a full tile.
-    tiling = tiling_options(tile, overlap=args.tile_overlap, pre_pad=args.pre_pad,
+    overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
+    tiling = tiling_options(tile, overlap=overlap, pre_pad=args.pre_pad,
                             batch_size=args.tile_batch, pad_to_tile=not entry.any_size)
     return RuntimeOptions(
         store=args.store,

@@ -124,7 +124,7 @@ class TritonUpscaler:
         url: str,
         *,
         prefix: str = DEFAULT_PREFIX,
-        overlap: int = DEFAULT_OVERLAP,
+        overlap: int | None = None,
         pre_pad: int = DEFAULT_PRE_PAD,
         timeout_s: float = 120.0,
         connect_timeout_s: float | None = None,
@@ -204,13 +204,15 @@ class TritonUpscaler:
     def tiling_for(self, info: TritonModelInfo) -> TilingOptions:
         """The tiling of ``info``'s model: its fixed tile and batch, this client's overlap and pre-pad.
 
-        The repository chooses the tile, so the default overlap shrinks to fit a small one (at most
-        half the tile); an overlap given explicitly that does not fit is a ConfigError."""
+        The repository chooses the tile, so the default overlap (``overlap=None``) shrinks to fit a small
+        one (at most half the tile); an overlap given explicitly that does not fit, even one equal to
+        the default, is a ConfigError."""
         fits = (info.tile - 1) // 2
-        if self._overlap > fits and self._overlap != DEFAULT_OVERLAP:
+        if self._overlap is not None and self._overlap > fits:
             raise ConfigError(f"--tile-overlap {self._overlap} is too large for Triton model {info.name!r}, whose "
                               f"tile is {info.tile}: use --tile-overlap <= {fits}")
-        return TilingOptions(tile=info.tile, overlap=min(self._overlap, fits), pre_pad=self._pre_pad,
+        overlap = min(DEFAULT_OVERLAP, fits) if self._overlap is None else self._overlap
+        return TilingOptions(tile=info.tile, overlap=overlap, pre_pad=self._pre_pad,
                              batch_size=info.max_batch_size, pad_to_tile=True)
 
     def infer_fn(self, info: TritonModelInfo) -> Any:

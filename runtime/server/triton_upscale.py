@@ -24,7 +24,7 @@ from adassr.runtime.errors import ConfigError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.pipeline import OutputCheck, UpscaleResult, check_outscale
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX, TritonUpscaler, camera_model_name, triton_url
-from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
+from adassr.runtime.tiling import DEFAULT_PRE_PAD
 from adassr.runtime.upscalers import TileProgress
 
 CONNECT_TIMEOUT_S = 10.0
@@ -38,7 +38,7 @@ class TritonRunOptions:
     url: str
     model: str | None = None  # one model for every image (else camera routing)
     prefix: str = DEFAULT_PREFIX
-    overlap: int = DEFAULT_OVERLAP
+    overlap: int | None = None  # None: the default, shrunk to fit a small tile; a number must fit
     pre_pad: int = DEFAULT_PRE_PAD
     outscale: float | None = None
 
@@ -46,7 +46,7 @@ class TritonRunOptions:
         object.__setattr__(self, "url", triton_url(self.url))
         if self.model is not None and not self.model.strip():
             raise ConfigError("--triton-model is empty; name a model of the Triton repository")
-        if self.overlap < 0 or self.pre_pad < 0:
+        if (self.overlap is not None and self.overlap < 0) or self.pre_pad < 0:
             raise ConfigError("--tile-overlap and --pre-pad must be 0 or more")
         check_outscale(self.outscale)
 

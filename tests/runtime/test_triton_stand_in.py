@@ -104,6 +104,11 @@ def test_the_overlap_fits_the_repositorys_tile(setup: tuple[Path, Path, Path], t
         assert code == 2 and err.count("\n") == 1, err
         assert "--tile-overlap 20 is too large" in err and "tile is 32" in err and "<= 15" in err
         assert len(calls) == n and not (tmp_path / "x.png").exists()
+        code = main(["upscale", "-i", str(one), "-o", str(tmp_path / "x.png"), "--triton", url,
+                     "--camera", "canon", "--tile-overlap", "32"])  # the default's value, but asked for: was shrunk
+        err = capsys.readouterr().err
+        assert code == 2 and "--tile-overlap 32 is too large" in err, err
+        assert len(calls) == n and not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.parametrize(("fault", "message"), [
