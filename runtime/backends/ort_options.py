@@ -1,6 +1,7 @@
 """onnxruntime CUDA / TensorRT execution-provider options built from the runtime's settings.
 
-- CUDA EP: ``device_id`` (``--gpu N``); cuDNN may use its largest workspace for convolutions.
+- CUDA EP: ``device_id`` (``--gpu N``); cuDNN may use its largest workspace for convolutions; TF32
+  off (``use_tf32=0``), so an fp32 model computes in fp32 as the native TensorRT engines do.
 - TensorRT EP: ``device_id``, ``trt_fp16_enable`` (fp16 precision), engine and timing caches in a
   folder inside the store (:func:`ort_trt_cache_dir`, keyed by the ONNX file's sha256, the
   precision, the profiles and the onnxruntime version; onnxruntime adds the GPU's compute
@@ -64,7 +65,9 @@ def provider_options(providers: Sequence[str], settings: GpuProviderSettings) ->
     for name in providers:
         options: dict[str, str] = {}
         if name == CUDA_EP:
-            options = {"device_id": str(settings.device_id), "cudnn_conv_use_max_workspace": "1"}
+            # use_tf32 0 (onnxruntime >= 1.18): fp32 convolutions in full fp32, as the TensorRT engines;
+            # the CUDA EP's default rounds their inputs to TF32's 10-bit mantissa on Ampere and later
+            options = {"device_id": str(settings.device_id), "cudnn_conv_use_max_workspace": "1", "use_tf32": "0"}
         elif name == TRT_EP:
             options = {
                 "device_id": str(settings.device_id),

@@ -33,7 +33,7 @@ def test_tensorrt_options_carry_device_fp16_caches_and_the_tile_profile(tmp_path
         "trt_profile_min_shapes": "lr:1x3x256x256", "trt_profile_opt_shapes": "lr:2x3x256x256",
         "trt_profile_max_shapes": "lr:2x3x256x256",
     }
-    assert cuda_opts["device_id"] == "1" and cpu_opts == {}
+    assert cuda_opts == {"device_id": "1", "cudnn_conv_use_max_workspace": "1", "use_tf32": "0"} and cpu_opts == {}
 
 
 def test_several_profiles_and_no_cache() -> None:
