@@ -335,7 +335,8 @@ def engine_for_route(route: RouteDecision, opts: RuntimeOptions) -> Path:
         raise ConfigError("the tensorrt backend needs tiles (an engine's profiles bound the input size, and a whole "
                           "photo can be any size): pass --tile N, for example --tile 512")
     profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of, copies=TENSORRT_STREAMS).profiles
-    request = EngineRequest(route.store.root, route.model_camera, route.precision, profiles, device=opts.gpu)
+    request = EngineRequest(route.store.root, route.model_camera, route.precision, profiles, device=opts.gpu,
+                            any_stored_settings=True)  # an engine export built with --opt-level 5 / --no-refit
     return ensure_camera_engine(request, TensorRTToolkit()).path
 
 

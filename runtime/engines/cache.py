@@ -278,6 +278,31 @@ class EngineCache:
             return None, (f"{lookup.record.file} is missing or damaged",)
         return lookup.record, ()
 
+    def find_serving(self, wanted: EngineKey) -> EngineRecord | None:
+        """A stored engine (checksum verified) that computes what ``wanted`` asks for, whatever builder
+        settings it was made with: same model, precision, profiles, GPU and TensorRT, any optimisation
+        level, refittable or not (its own weights either way). The highest optimisation level wins.
+
+        For serving: ``adassr export --engine tensorrt --opt-level 5`` or ``--no-refit`` builds an engine
+        that the runtime, which asks for the defaults, would otherwise build again beside it.
+        """
+        same = dataclasses.replace(wanted, optimization_level=0, refittable=False, weight_stripped=False).to_json()
+        found = []
+        for data in self.records().values():
+            try:
+                record = EngineRecord.from_json(data)
+            except ConfigError:
+                continue  # find() and ensure() report it
+            key = record.key
+            if key.weight_stripped:
+                continue
+            if dataclasses.replace(key, optimization_level=0, refittable=False).to_json() == same:
+                found.append(record)
+        for record in sorted(found, key=lambda r: (-r.key.optimization_level, r.key.refittable, r.file)):
+            if self._verified(record) is not None:
+                return record
+        return None
+
     @property
     def transaction(self) -> StoreTransaction | None:
         """The camera's store transaction while :meth:`lock` is held (None for the shared folder)."""

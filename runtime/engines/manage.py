@@ -24,6 +24,11 @@ precision it
    full refit, why. Without ``refit`` (or no structure hash) the camera engine is built from its
    ONNX directly.
 
+For serving (``any_stored_settings``: the runtime's requests) a stored camera engine of the same
+model, precision, profiles, GPU and TensorRT serves whatever optimisation level or refit mode it
+was built with, so an engine ``adassr export --engine tensorrt --opt-level 5`` (or ``--no-refit``)
+made is the one ``upscale`` and ``serve`` load, not one they build again beside it.
+
 The TensorRT work goes through an :class:`EngineToolkit` (the real one is
 :class:`TensorRTToolkit`), so this bookkeeping is testable without TensorRT. The camera's lock
 is held throughout (adaptation cannot replace the ONNX mid-build); the shared folder's lock is
@@ -125,6 +130,7 @@ class EngineRequest:
     refit: bool = True
     weight_stripped: bool = True  # the full-refit base engine (partial refits need a base with weights)
     partial_refit: bool = True  # refit only the weights that differ from the backbone, when possible
+    any_stored_settings: bool = False  # serving: a stored engine of any optimisation level / refit mode will do
 
 
 @dataclass(frozen=True)
@@ -259,6 +265,12 @@ def ensure_camera_engine(request: EngineRequest, toolkit: EngineToolkit, *,
         shared = EngineCache.shared(request.store_root)
         common: dict[str, Any] = dict(tensorrt_version=version, gpu=gpu, precision=request.precision,
                                       profiles=request.profiles, optimization_level=request.optimization_level)
+        if request.any_stored_settings:
+            stored = cameras.find_serving(EngineKey(kind="camera", source_sha256=onnx_sha, **common))
+            if stored is not None:
+                log.info("using stored TensorRT engine %s for camera %r (optimisation level %d%s)", stored.file,
+                         store.camera, stored.key.optimization_level, ", refitted" if stored.base else "")
+                return EngineResult(cameras.path_of(stored), stored, False, None, False, scale)
         if request.refit and isinstance(structure, str):
             camera_key = EngineKey(kind="camera", source_sha256=onnx_sha, refittable=True, weight_stripped=False,
                                    **common)

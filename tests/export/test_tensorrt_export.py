@@ -126,3 +126,30 @@ def test_engine_export_without_tensorrt_fails_before_exporting(
                  "--precision", "fp16"]) == 2
     assert ".[tensorrt]" in capsys.readouterr().err
     assert not (tmp_path / "_fallback").exists()  # nothing was exported
+
+
+def test_serving_uses_an_engine_export_built_with_other_builder_settings(tmp_path: Path) -> None:
+    """upscale/serve ask for level 3 and refit; an export with --opt-level 5 or --no-refit was built
+    again beside it on the first upscale (minutes of building, the exported engine never used)."""
+    from adassr.runtime.engines.manage import EngineRequest, ensure_camera_engine
+
+    export_model_as_camera(_tiny(3), tmp_path, "canon", backbone="tiny-rrdbnet", precision="fp32")
+    kit = Toolkit()
+    tiling = TilingOptions(tile=128, overlap=16, batch_size=2)
+    level5 = export_engine(tmp_path, "canon", EngineOptions(precision="fp32", optimization_level=5, tiling=tiling),
+                           toolkit=kit, export_missing=False)
+    assert kit.calls == ["build base fp32 (2, 3, 128, 128)", "refit"]
+    serving = EngineRequest(tmp_path, "canon", "fp32", level5.record.key.profiles, any_stored_settings=True)
+    used = ensure_camera_engine(serving, kit)
+    assert not used.built and used.path == level5.path and len(kit.calls) == 2
+    own = export_engine(tmp_path, "canon", EngineOptions(precision="fp32", refit=False, tiling=tiling), toolkit=kit,
+                        export_missing=False)  # level 3, built from the ONNX: level 5 still wins
+    assert kit.calls[-1] == "build camera fp32 (2, 3, 128, 128)"
+    assert ensure_camera_engine(serving, kit).path == level5.path and len(kit.calls) == 3
+    level5.path.write_text("damaged")  # fails its checksum: the next variant serves
+    assert ensure_camera_engine(serving, kit).path == own.path and len(kit.calls) == 3
+    other_profile = EngineRequest(tmp_path, "canon", "fp16", level5.record.key.profiles, any_stored_settings=True)
+    with pytest.raises(Exception, match="no onnx_fp16 export"):  # another precision is never taken instead
+        ensure_camera_engine(other_profile, kit)
+    exact = EngineRequest(tmp_path, "canon", "fp32", level5.record.key.profiles)  # export's own request: builds
+    assert ensure_camera_engine(exact, kit).built and len(kit.calls) > 3
