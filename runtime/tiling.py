@@ -106,6 +106,14 @@ class TilingOptions:
                 f"tile overlap {self.overlap} is too large for tile {self.tile}: it must be less than "
                 f"half the tile; use --tile-overlap <= {max(0, (self.tile - 1) // 2)} or a larger --tile"
             )
+        if self.max_tile_pixels is not None and (2 * self.overlap + 1) ** 2 > self.max_tile_pixels:
+            side = math.isqrt(self.max_tile_pixels)
+            raise ConfigError(
+                f"tile overlap {self.overlap} is too large for --tile auto, whose tiles hold at most "
+                f"{self.max_tile_pixels} pixels now (about {side} x {side}, from the free memory and --tile-batch): "
+                f"a tiled image needs tiles of more than twice the overlap a side; use --tile-overlap <= "
+                f"{max(0, (side - 1) // 2)} or a fixed --tile"
+            )
         if not 0 <= self.pre_pad <= MAX_PRE_PAD:
             raise ConfigError(f"pre_pad must be from 0 to {MAX_PRE_PAD} LR pixels (context for the borders; more "
                               f"only costs time), got {self.pre_pad}")

@@ -6,9 +6,11 @@
 - ``-i DIR -o OUTDIR``: every image directly inside DIR (suffixes of
   ``adassr.runtime.images.SUPPORTED_READ_SUFFIXES``, sorted by name) goes to ``OUTDIR/<stem>.<ext>``,
   and every image of a subfolder one level down (``DIR/nikon/x.jpg``, the layout ``adapt --images``
-  reads) to ``OUTDIR/<subfolder>/<stem>.<ext>``; the output folder itself is never read, and one of
-  DIR's subfolders that holds images of its own is refused as OUTDIR unless an earlier run wrote it
-  (:data:`OUTPUT_MARKER`). Two inputs that would get the same name, or a name a mirrored subfolder
+  reads) to ``OUTDIR/<subfolder>/<stem>.<ext>``; the output folder itself is never read, nor is a
+  subfolder an earlier run wrote (it holds :data:`OUTPUT_MARKER`; a warning names it), and one of
+  DIR's subfolders that holds images of its own is refused as OUTDIR unless an earlier run wrote it.
+  An output that is one of the run's input files (a link in OUTDIR back into DIR) is refused
+  before any work. Two inputs that would get the same name, or a name a mirrored subfolder
   takes, keep their input suffix in the stem (``a_jpg.png``), and a number when that name is taken
   too (``a_jpg_2.png``): no output ever overwrites another. OUTDIR
   with an image suffix (``-o result.png``) is refused: it reads as a file name.
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from adassr.runtime.cameras import closest_camera_hint, validate_group_name
+from adassr.runtime.console import lost_stream, printable, say
 from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
 from adassr.runtime.errors import AdassrError, ConfigError, unexpected_error
 from adassr.runtime.images import (
@@ -234,6 +237,10 @@ def _input_folders(source: Path, output: Path) -> list[tuple[Path, Path]]:
             if real != out:
                 log.warning("not reading %s: it is a link to %s, which this run reads already", sub, real)
             continue
+        if (sub / OUTPUT_MARKER).exists():  # an earlier run's output folder: its images are results, not photos
+            log.warning("not reading %s: an earlier upscale wrote it (it holds %s); pass it as -i to upscale "
+                        "those images again", sub, OUTPUT_MARKER)
+            continue
         seen.add(real)
         kept.add(sub)
     folders += [(sub, output / sub.name) for sub in subfolders if sub in kept]
@@ -304,6 +311,7 @@ def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]
             raise ConfigError(
                 f"no images in {source} or its subfolders (looked for {', '.join(SUPPORTED_READ_SUFFIXES)})"
             )
+        _check_no_input_overwritten(pairs)
         return pairs
     is_file_target = output.suffix.lower() in SUPPORTED_WRITE_SUFFIXES and not output.is_dir()
     if is_file_target:
@@ -315,6 +323,33 @@ def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]
     if target.exists() and target.resolve() == source.resolve():
         raise ConfigError(f"the output {target} would overwrite the input; choose another -o")
     return [(source, target)]
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of the file ``path`` names (after links), None when there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_no_input_overwritten(pairs: list[tuple[Path, Path]]) -> None:
+    """ConfigError when an output of a folder run is one of its input files: a link in the output folder
+    back into the input (``out/nikon -> ../photos/nikon``), or an output folder placed so that a mirrored
+    subfolder lands on the input (``-i ph -o .`` with ``ph/ph/x.png``) would otherwise replace a photo."""
+    inputs = {}
+    for source, _ in pairs:
+        key = _file_id(source)
+        if key is not None:
+            inputs[key] = source
+    for source, target in pairs:
+        key = _file_id(target)  # an output that does not exist yet is no input
+        if key is not None and key in inputs:
+            raise ConfigError(
+                f"the output {target} of {source} is the input file {inputs[key]} (through a link or the folder "
+                "layout), which the run would overwrite; choose an output folder outside the input"
+            )
 
 
 def skip_existing(pairs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path]], int]:
@@ -362,17 +397,20 @@ class _Progress:
         return self._tqdm(total=total, unit=unit, file=self._stream, dynamic_ncols=True, leave=leave)
 
     def write(self, line: str, *, file: TextIO) -> None:
-        if self._bar is not None:
-            self._bar.write(line, file=file)
-        else:
-            print(line, file=file, flush=True)
+        if self._bar is None:
+            say(line, file)
+            return
+        try:
+            self._bar.write(printable(line, file), file=file)
+        except OSError as exc:
+            lost_stream(file, exc)
 
     def advance(self, name: str) -> None:
         self._done += 1
         if self._bar is not None:
             self._bar.update(1)
         elif self._enabled and self._total > 1:
-            print(f"[{self._done}/{self._total}] {name}", file=self._stream, flush=True)
+            say(f"[{self._done}/{self._total}] {name}", self._stream)
 
     def tiles(self) -> Callable[[int, int], None] | None:
         """A tile-progress callback for a single-image run (None for folders or when disabled)."""
@@ -383,7 +421,7 @@ class _Progress:
             if total <= 1:
                 return
             if self._tqdm is None:
-                print(f"\rtiles {done}/{total}", end="\n" if done == total else "", file=self._stream, flush=True)
+                say(f"\rtiles {done}/{total}", self._stream, end="\n" if done == total else "")
                 return
             if self._bar is None:
                 self._bar = self._make_bar(total, "tile", leave=False)
@@ -509,8 +547,8 @@ def run_upscale(
     limit_opencv_threads(options.threads or intra_op_threads())
     pairs = plan_outputs(args.input, args.output, args.ext)
     if args.input.is_file() and not args.output.exists() and args.output.suffix and pairs[0][1] != args.output:
-        print(f"note: {args.output} has no image suffix, so it is taken as a folder: writing "  # a typo such as .jgp
-              f"{pairs[0][1]}", file=stderr if stderr is not None else sys.stderr)
+        say(f"note: {args.output} has no image suffix, so it is taken as a folder: writing "  # a typo such as .jgp
+            f"{pairs[0][1]}", stderr if stderr is not None else sys.stderr)
     camera: str | None = args.camera
     if camera is not None and camera != FALLBACK_CAMERA:
         camera = validate_group_name(camera)  # the store's spelling; CameraError for a bad name, before any work
@@ -521,11 +559,9 @@ def run_upscale(
     if getattr(args, "skip_existing", False):
         pairs, kept = skip_existing(pairs)
         if kept:
-            print(f"skipping {kept} image{'s' if kept != 1 else ''} whose output exists (--skip-existing)",
-                  file=out, flush=True)
+            say(f"skipping {kept} image{'s' if kept != 1 else ''} whose output exists (--skip-existing)", out)
         if not pairs:
-            print(f"upscaled 0 ok, 0 failed; {kept} skipped: every output exists (--skip-existing)", file=out,
-                  flush=True)
+            say(f"upscaled 0 ok, 0 failed; {kept} skipped: every output exists (--skip-existing)", out)
             return 0
     if triton is not None:
         from adassr.runtime.server.triton_upscale import open_triton
@@ -650,7 +686,7 @@ def run_batch(
             bar.advance(source.name)
     finally:
         bar.close()
-    print(_summary(outcomes, time.perf_counter() - start, skipped), file=out, flush=True)
+    say(_summary(outcomes, time.perf_counter() - start, skipped), out)
     return 1 if any(o.error for o in outcomes) else 0
 
 

@@ -407,6 +407,71 @@ def test_an_output_folder_that_is_a_camera_folder_of_the_input_with_photos_is_re
     assert code == 0 and photo.read_bytes() == before
 
 
+def test_an_earlier_runs_output_folder_is_not_read_by_a_later_run(store: Path, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """`-i p -o p/out`, then `-i p -o o2`: the second run upscaled p/out/a.png, the first run's x4
+    output, again (x16 of the photo) although the marker says p/out holds outputs."""
+    src = tmp_path / "p"
+    src.mkdir()
+    _small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", src / "a.jpg")
+    assert _run("-i", str(src), "-o", str(src / "out"), "--store", str(store), "--no-progress")[0] == 0
+    assert (src / "out" / "a.jpg").is_file()
+    with caplog.at_level(logging.WARNING):
+        pairs = plan_outputs(src, tmp_path / "o2", "auto")
+    assert pairs == [(src / "a.jpg", tmp_path / "o2" / "a.jpg")]
+    assert any("an earlier upscale wrote it" in r.getMessage() for r in caplog.records)
+    assert plan_outputs(src / "out", tmp_path / "o3", "auto")[0][0] == src / "out" / "a.jpg"  # asked for: read
+
+
+def test_a_folder_run_never_writes_over_its_own_inputs(store: Path, tmp_path: Path) -> None:
+    """A link in the output folder back into the input (out/nikon -> ../ph/nikon), or a layout where a
+    mirrored subfolder lands on the input (-i ph2 -o . with ph2/ph2/x.png), replaced a photo with an
+    upscale, exit 0 ("replaced 1 existing output file"); a file run already refused the same."""
+    ph = tmp_path / "ph"
+    (ph / "nikon").mkdir(parents=True)
+    photo = _small_jpeg_with_exif(SAMPLES / "nokia" / "iptc.jpg", ph / "nikon" / "b.jpg")
+    before = photo.read_bytes()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "nikon").symlink_to(ph / "nikon")
+    with pytest.raises(ConfigError, match=r"is the input file .*b\.jpg .*would overwrite"):
+        _run("-i", str(ph), "-o", str(tmp_path / "out"), "--store", str(store), "--no-progress")
+    assert photo.read_bytes() == before
+    nested = tmp_path / "w" / "ph2"
+    (nested / "ph2").mkdir(parents=True)
+    write_image(nested / "x.png", np.full((12, 10, 3), 90, np.uint8))
+    write_image(nested / "ph2" / "x.png", np.full((12, 10, 3), 10, np.uint8))
+    before = (nested / "x.png").read_bytes()
+    with pytest.raises(ConfigError, match="would overwrite"):
+        plan_outputs(nested, tmp_path / "w", "auto")
+    assert (nested / "x.png").read_bytes() == before
+
+
+def test_a_broken_stdout_or_an_unprintable_name_does_not_stop_a_folder_run(
+        store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`adassr upscale ... | head -1` ended in a BrokenPipeError traceback after two of eight images, and
+    a file name with undecodable bytes in a UnicodeEncodeError: the printing, not the images, failed."""
+    src = _two_small_pngs(tmp_path / "in")
+    odd = src / os.fsdecode(b"bad\xff.png")
+    write_image(odd, np.full((12, 10, 3), 70, np.uint8))
+
+    class Closed(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # errors="strict": surrogates raise
+    err = io.StringIO()
+    code = run_upscale(_parse("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--no-progress"),
+                       stdout=Closed(), stderr=err)
+    assert code == 0, err.getvalue()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["img0.png", "img1.png", odd.name])
+    assert "warning: cannot write to output (Broken pipe); the run goes on" in capsys.readouterr().err
+    code = run_upscale(_parse("-i", str(src), "-o", str(tmp_path / "out2"), "--store", str(store), "--no-progress"),
+                       stdout=strict, stderr=err)
+    assert code == 0
+    strict.seek(0)
+    assert "bad\\udcff.png" in strict.read()
+
+
 def test_an_output_name_that_a_mirrored_subfolder_takes_is_renamed(tmp_path: Path) -> None:
     """`r/d.jpg` with `--ext png` used to go to `ro/d.png`, the folder that mirrors `r/d.png/`: the write
     failed after the model had run."""
@@ -590,3 +655,15 @@ def test_an_animation_or_a_multi_page_file_gets_a_note_that_only_its_first_frame
     assert "still.webp" not in err and "stereo.mpo" not in err and "4 ok, 0 failed" in out
     assert read_image(tmp_path / "out" / "anim.webp").pixels.shape == (48, 40, 3)
     assert not (tmp_path / "out" / "anim_2.webp").exists()
+
+
+def test_an_overlap_that_no_auto_tile_can_keep_is_one_error_before_any_image(store: Path, tmp_path: Path) -> None:
+    """--tile auto with --tile-overlap 300 failed every large image on its own ("no tile of at most
+    262144 pixels covers ..."), exit 1, instead of once before the first image."""
+    src = _two_small_pngs(tmp_path / "in")
+    with pytest.raises(ConfigError, match=r"tile overlap 300 is too large for --tile auto.*--tile-overlap <= \d+"):
+        _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--tile-overlap", "300")
+    assert not (tmp_path / "out").exists()
+    code, _, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--tile-overlap", "60",
+                        "--no-progress")
+    assert code == 0, err

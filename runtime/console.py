@@ -1,0 +1,55 @@
+"""Lines for the user on stdout / stderr that never stop the work they report on.
+
+A folder run prints one line per image. Neither a reader that went away (``adassr upscale ... |
+head -1``: a broken pipe), a full device behind a redirect, nor a file name that the terminal's
+encoding cannot show (undecodable bytes, kept by Python as surrogates) may end the run with a
+traceback while images are still to be written: :func:`say` shows such names escaped
+(``bad\\udcff.png``) and, when a stream cannot be written, sends the rest of its output to
+``os.devnull`` with one warning on stderr, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import TextIO
+
+
+def printable(text: str, stream: TextIO) -> str:
+    """``text`` with what ``stream``'s encoding cannot hold written as backslash escapes."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding, "replace")
+    except LookupError:  # an encoding name Python does not know: keep ASCII, escape the rest
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def say(text: str, stream: TextIO, *, end: str = "\n") -> bool:
+    """Write ``text`` and ``end`` to ``stream`` and flush; False (and the stream silenced) when it failed."""
+    try:
+        stream.write(printable(text, stream) + end)
+        stream.flush()
+    except OSError as exc:
+        lost_stream(stream, exc)
+        return False
+    return True
+
+
+def lost_stream(stream: TextIO, exc: OSError) -> None:
+    """Point ``stream``'s file descriptor at ``os.devnull`` (its buffered text too, so that the flush at
+    exit does not fail again) and say so once on stderr, unless stderr is the stream that failed."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    if stream is not sys.stderr:
+        name = getattr(stream, "name", "output")
+        with contextlib.suppress(OSError, ValueError):
+            print(f"warning: cannot write to {name} ({exc.strerror or exc}); the run goes on without its "
+                  "lines there", file=sys.stderr, flush=True)
