@@ -90,6 +90,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:  # the reader of stdout went away (`... | head -1`): no traceback
+        from adassr.runtime.console import lost_stream
+
+        lost_stream(sys.stdout, exc, warn=False)
+        return 1
 
 
 ADAPT_MODULES = frozenset({"torch", "safetensors", "scipy", "onnx", "onnxscript", "tqdm"})

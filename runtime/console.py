@@ -36,9 +36,10 @@ def say(text: str, stream: TextIO, *, end: str = "\n") -> bool:
     return True
 
 
-def lost_stream(stream: TextIO, exc: OSError) -> None:
+def lost_stream(stream: TextIO, exc: OSError, *, warn: bool = True) -> None:
     """Point ``stream``'s file descriptor at ``os.devnull`` (its buffered text too, so that the flush at
-    exit does not fail again) and say so once on stderr, unless stderr is the stream that failed."""
+    exit does not fail again) and, with ``warn``, say on stderr that the run goes on without it (unless
+    stderr is the stream that failed)."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         fd = stream.fileno()
         null = os.open(os.devnull, os.O_WRONLY)
@@ -48,7 +49,7 @@ def lost_stream(stream: TextIO, exc: OSError) -> None:
             os.close(null)
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
-    if stream is not sys.stderr:
+    if warn and stream is not sys.stderr:
         name = getattr(stream, "name", "output")
         with contextlib.suppress(OSError, ValueError):
             print(f"warning: cannot write to {name} ({exc.strerror or exc}); the run goes on without its "

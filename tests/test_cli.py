@@ -108,3 +108,22 @@ def test_commands_that_need_torch_say_so_in_one_line_without_it(tmp_path, argv: 
     assert "Traceback" not in done.stderr
     (line,) = [text for text in done.stderr.splitlines() if text.startswith("error:")]
     assert f"adassr {argv[0]} needs torch" in line and "pip install -e '.[adapt,cpu-torch]'" in line
+
+
+def test_a_reader_that_goes_away_ends_a_command_without_a_traceback(tmp_path, monkeypatch) -> None:
+    """`adassr metrics psnr DIR --ref DIR | head -1` ended in a BrokenPipeError traceback."""
+    import io
+
+    import numpy as np
+
+    from adassr.runtime.images import write_image
+
+    for k in range(3):
+        write_image(tmp_path / f"a{k}.png", np.full((16, 16, 3), 30 * k, np.uint8))
+
+    class Gone(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert main(["metrics", "psnr", str(tmp_path), "--ref", str(tmp_path)]) == 1
