@@ -20,8 +20,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-SCALE_AS_CONV_SUFFIX = "/scale_as_conv"
-"""Name suffix of the Conv nodes written for a scalar Mul."""
+from adassr.runtime.engines.trt import SCALE_AS_CONV_SUFFIX  # bf16 TensorRT builds keep these convolutions fp32
+
+__all__ = ["SCALE_AS_CONV_SUFFIX", "scalar_muls_as_convs"]
 
 
 def _scalar_constants(model: onnx.ModelProto) -> dict[str, float]:

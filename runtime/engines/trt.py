@@ -10,7 +10,8 @@
   already keeps ``conv_first`` and the residual sums in fp32, see ``adassr.export.fp16``), so
   TensorRT runs exactly the validated mixed-precision graph; ``bf16`` has no ONNX of its own and
   builds the fp32 ONNX weakly typed with ``BuilderFlag.BF16``, keeping the same layers (the
-  convolution reading the input, every elementwise sum/product) in fp32 with precision
+  convolution reading the input, every elementwise sum/product, and the 1x1 convolutions that
+  stand for the residual scaling products, see :func:`keeps_fp32`) in fp32 with precision
   constraints. Optimisation profiles come from :mod:`adassr.runtime.engines.profiles`; the timing
   cache is read from and written back to a file (callers hold the shared folder's lock);
   ``refittable`` sets ``BuilderFlag.REFIT`` and ``weight_stripped`` ``BuilderFlag.STRIP_PLAN``.
@@ -142,18 +143,33 @@ def _parse(builder: trt.Builder, spec: BuildSpec) -> tuple[trt.INetworkDefinitio
     return network, parser
 
 
+SCALE_AS_CONV_SUFFIX = "/scale_as_conv"
+"""Name suffix of the 1x1 Conv nodes that stand for a scalar Mul in ``model.onnx`` (``adassr.export.ort_layout``:
+the residual scaling ``0.2 * x`` of each RRDB block, an elementwise product in the network's arithmetic)."""
+
+
+def keeps_fp32(layer_type: str, name: str, reads_input: bool) -> bool:
+    """Whether a weakly typed (bf16) build keeps a layer in fp32: every elementwise layer, the convolution
+    reading the network input, and the 1x1 convolutions that stand for a scalar product (ONNX node names
+    ``.../scale_as_conv``, which TensorRT's ONNX parser gives its layers)."""
+    if layer_type == "ELEMENTWISE":
+        return True
+    return layer_type == "CONVOLUTION" and (reads_input or SCALE_AS_CONV_SUFFIX in name)
+
+
 def keep_fp32_layers(network: trt.INetworkDefinition) -> int:
-    """Constrain the convolution reading the network input and every elementwise layer to fp32."""
+    """Constrain the layers :func:`keeps_fp32` names to fp32; returns how many."""
     import tensorrt as trt
 
     inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    kinds = {trt.LayerType.ELEMENTWISE: "ELEMENTWISE", trt.LayerType.CONVOLUTION: "CONVOLUTION"}
     kept = 0
     for index in range(network.num_layers):
         layer = network.get_layer(index)
         reads_input = any(
             layer.get_input(j) is not None and layer.get_input(j).name in inputs for j in range(layer.num_inputs)
         )
-        if layer.type == trt.LayerType.ELEMENTWISE or (layer.type == trt.LayerType.CONVOLUTION and reads_input):
+        if keeps_fp32(kinds.get(layer.type, ""), layer.name, reads_input):
             layer.precision = trt.DataType.FLOAT
             for out in range(layer.num_outputs):
                 layer.set_output_type(out, trt.DataType.FLOAT)

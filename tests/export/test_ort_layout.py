@@ -58,3 +58,16 @@ def test_model_without_scalar_muls_is_unchanged() -> None:
     model = onnx.load_from_string(build_tiny_sr(seed=0))
     rewritten, count = scalar_muls_as_convs(model)
     assert count == 0 and [n.op_type for n in rewritten.graph.node] == [n.op_type for n in model.graph.node]
+
+
+def test_bf16_engines_keep_the_scalings_written_as_convs_in_fp32() -> None:
+    """The residual scaling 0.2 * x became a 1x1 Conv here, so a bf16 TensorRT build, which pinned only
+    elementwise layers and the first convolution to fp32, ran these products in bf16 (a helper's review)."""
+    from adassr.runtime.engines.trt import keeps_fp32
+
+    rewritten, _ = scalar_muls_as_convs(_block_model())
+    convs = {n.name or n.output[0]: n for n in rewritten.graph.node if n.op_type == "Conv"}
+    pinned = {name for name, node in convs.items()
+              if keeps_fp32("CONVOLUTION", name, reads_input=node.input[0] == "lr")}
+    assert pinned == {"outer_scale/scale_as_conv", next(name for name, n in convs.items() if n.input[0] == "lr")}
+    assert keeps_fp32("ELEMENTWISE", "any", reads_input=False) and not keeps_fp32("CONCATENATION", "x", False)
