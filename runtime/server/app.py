@@ -351,8 +351,14 @@ class Server:
             status = 200
             return Response(output.data, media_type=output.media_type, headers=headers)
         except asyncio.CancelledError:  # the HTTP server cancelled the request (shutdown past the drain timeout)
+            # Answered, not re-raised: uvicorn logged each re-raised cancellation as a crash with a full
+            # traceback and sent its plain 500. The queued work was withdrawn on the way out.
             status = 503
-            raise
+            logger.warning("%s %s cancelled: the server shut down past its drain timeout", request.method,
+                           request.url.path)
+            return HttpError(503, "not_ready", "the request was cancelled when the server shut down past its "
+                             "drain timeout; retry on another instance",
+                             {"Retry-After": "5", "Connection": "close"}).response()
         except HttpError as exc:
             status = exc.status
             raise

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -298,15 +299,27 @@ class ModelRegistry:
 
     def _refused(self, camera: str, kind: str, message: str, sig: _Signature, *, load_failed: bool = False) -> None:
         self._signatures[camera] = sig  # report a broken state once, not at every poll
-        text = message
-        for path in sorted({str(self._store), str(self._store.resolve())}, key=len, reverse=True):
-            text = text.replace(path, "<store>")  # in paths and in suggested commands (`--store <store>`)
+        text = _mask_store(message, {str(self._store), str(self._store.resolve())})
         keeps = " (the previous model keeps serving)" if camera in self._models else ""
         self._problems[camera] = text + keeps
         self._on_error(kind)
         if load_failed:
             self._on_load(camera, False)
         logger.error("camera %s: model refused: %s%s", camera, message, keeps)
+
+
+def _mask_store(text: str, paths: set[str]) -> str:
+    """``text`` with the store's path shown as ``<store>`` where it is a path: before a ``/`` (files in
+    it) and after ``--store`` (suggested commands); never inside a word (a store named ``m`` once made
+    "model" read "<store>odel")."""
+    for path in sorted(paths, key=len, reverse=True):
+        quoted = re.escape(path.rstrip("/") or "/")
+        if os.path.isabs(path):  # an absolute path is no word: masked wherever it stands whole
+            text = re.sub(rf"(?<![\w.~/-]){quoted}(?![\w.~-])", "<store>", text)
+            continue
+        text = re.sub(rf"(?<![\w.~/-]){quoted}(?=/)", "<store>", text)
+        text = re.sub(rf"(--store[ =]){quoted}(?![\w./-])", r"\1<store>", text)
+    return text
 
 
 def default_opener(

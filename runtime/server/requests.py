@@ -20,6 +20,8 @@ from adassr.runtime.images import check_quality
 from adassr.runtime.server.config import OUTPUT_FORMATS
 
 PARAMETERS = ("camera", "outscale", "format", "quality")
+MAX_FORM_FIELDS = 32
+"""Text fields a multipart body may hold (more: 400); unknown or repeated ones among them get 422."""
 
 
 class HttpError(Exception):
@@ -91,7 +93,12 @@ async def parse_multipart(headers: Headers, body: bytes) -> tuple[bytes, dict[st
         yield body
         yield b""
 
-    parser = MultiPartParser(headers, stream(), max_files=1, max_fields=len(PARAMETERS), max_part_size=64 * 1024)
+    # Room for unknown and repeated fields, which parse_params / the loop below answer with 422 naming them
+    # (at 4 the parser itself refused a fifth field as "malformed"); still a bound on what a client can send.
+    parser = MultiPartParser(headers, stream(), max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=64 * 1024)
+    # The body is in memory already: a file part over Starlette's 1 MiB spool limit went to a second copy in
+    # $TMPDIR, outside the server's private upload folder (and a full $TMPDIR answered 500).
+    parser.spool_max_size = len(body) + 1
     try:
         form = await parser.parse()
     except MultiPartException as exc:

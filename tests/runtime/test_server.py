@@ -619,6 +619,38 @@ def test_an_upload_the_server_cannot_store_is_503_not_500(store: Path, monkeypat
         monkeypatch.undo()
 
 
+def test_a_large_multipart_upload_stays_in_memory_and_extra_fields_are_named(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file part over 1 MiB was spooled by Starlette to $TMPDIR, outside the private upload folder, and
+    a full $TMPDIR answered 500; a fifth text field was a 400 "malformed multipart" instead of a 422."""
+    import io
+    import tempfile
+
+    import numpy as np
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "x" * (1_300_000))  # 1.3 MB of metadata around a 20 x 20 image
+    buf = io.BytesIO()
+    Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(buf, format="PNG", pnginfo=info)
+    assert len(buf.getvalue()) > 1024 * 1024
+
+    def no_temp_files(*args: object, **kwargs: object) -> object:
+        raise OSError(28, "No space left on device")
+
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        monkeypatch.setattr(tempfile, "TemporaryFile", no_temp_files)  # what a spool rolls over into
+        r = c.post("/v1/upscale", files={"image": ("big.png", buf.getvalue())}, data={"camera": "canon"})
+        monkeypatch.undo()
+        assert r.status_code == 200, r.text
+        fields = {"camera": "canon", "format": "png", "quality": "90", "outscale": "2", "colour": "red"}
+        message = _assert_json_error(c.post("/v1/upscale", files={"image": ("a.png", small_png(8, 8))}, data=fields),
+                                     422, "invalid_parameter")
+        assert "unknown parameter(s) colour" in message
+        many = [("image", ("a.png", small_png(8, 8), "image/png"))] + [(f"f{k}", (None, "1")) for k in range(40)]
+        _assert_json_error(c.post("/v1/upscale", files=many), 400, "bad_request")  # still bounded
+
+
 class _HalfSize(GatedBackend):
     """A model file wrong for its manifest: an x2 output where the manifest says x4."""
 
@@ -960,6 +992,25 @@ def test_refusals_never_show_the_store_path(store: Path) -> None:
     assert str(store) not in problem and str(store.resolve()) not in problem
 
 
+def test_a_short_relative_store_name_is_masked_only_where_it_is_a_path(store: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --store m`: a refusal read '<store>/nokia/<store>odel...onnx fails its checksu<store>'."""
+    import shutil
+
+    from adassr.runtime.server.models import ModelRegistry, default_opener
+
+    shutil.copytree(store, tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    model = next((tmp_path / "m" / "canon").glob("model.*.onnx"))
+    with open(model, "ab") as fh:
+        fh.write(b"x")
+    registry = ModelRegistry(Path("m"), open_model=default_opener("onnxruntime", providers=("cpu",), threads=1))
+    registry.refresh()
+    problem = registry.problems["canon"]
+    assert f"<store>/canon/{model.name}" in problem and "checksum" in problem and "modified" in problem, problem
+    assert "<store>odel" not in problem and "checksu<store>" not in problem
+
+
 def test_an_export_committed_while_the_registry_reads_it_is_picked_up(store: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit between reading the manifest and taking its stat stored the newer manifest's signature
@@ -1036,16 +1087,22 @@ def test_drain_timeout_bounds_the_shutdown_and_queued_work_never_starts(store: P
 
     state.process = counted
 
+    crashes: list[str] = []
+
     class SlowLog(logging.Handler):
-        """uvicorn logs each cancelled request on the event loop, one after the other; a slow log (a busy
-        machine) once let the worker freed by the first cancel start the next queued request."""
+        """Each cancelled request is logged on the event loop, one after the other; a slow log (a busy
+        machine) once let the worker freed by the first cancel start the next queued request. uvicorn
+        logged each as a crash with a traceback ("Exception in ASGI application")."""
 
         def emit(self, record: logging.LogRecord) -> None:
             if "Exception in ASGI application" in record.getMessage():
+                crashes.append(record.getMessage())
+            if "past its drain timeout" in record.getMessage():
                 time.sleep(0.3)
 
     slow = SlowLog()
     logging.getLogger("uvicorn.error").addHandler(slow)
+    logging.getLogger("adassr.runtime.server.app").addHandler(slow)
     image = small_png(64, 64, seed=1)  # 9 tiles of 32 px at 0.25 s each: about 2 s of work a request
     try:
         with cf.ThreadPoolExecutor(3) as pool:
@@ -1058,11 +1115,14 @@ def test_drain_timeout_bounds_the_shutdown_and_queued_work_never_starts(store: P
             server.should_exit = True  # what the SIGTERM handler does (after marking the app draining)
             thread.join(30)
             took = time.monotonic() - stopped
+            answers = []
             for post in posts:
                 with contextlib.suppress(httpx.HTTPError):
-                    post.result()
+                    answers.append(post.result().status_code)
     finally:
         logging.getLogger("uvicorn.error").removeHandler(slow)
+        logging.getLogger("adassr.runtime.server.app").removeHandler(slow)
+    assert not crashes and set(answers) == {503}, (crashes, answers)  # was uvicorn's 500 and a traceback each
     assert not thread.is_alive() and took < 6  # about the drain timeout plus one model call, not all the work
     assert len(starts) == 1  # the two queued requests never started
     text = state.metrics.render().decode()
