@@ -52,6 +52,9 @@ def _ascii_fold(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+FALLBACK_CAMERA = "_fallback"
+"""The store folder of the model that serves images of no adapted camera (no group name: it starts with '_')."""
+
 _VALID_GROUP = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 # Names Windows keeps for devices, with or without an extension ("con", "nul.x", "com1"): a store copied
 # to a Windows box (a Triton model repository, a backup) could not hold such a folder.
@@ -91,6 +94,14 @@ def validate_group_name(name: str) -> str:
             f" model repository holding it could not be copied there; pick another name, e.g. {device + '_cam'!r}"
         )
     return low
+
+
+def camera_name(name: str) -> str:
+    """A camera as a user names it (``--camera``, ``?camera=``): the fallback folder in any case
+    (``_FALLBACK``), else a group name checked by :func:`validate_group_name` (lowercased)."""
+    if isinstance(name, str) and name.strip().lower() == FALLBACK_CAMERA:
+        return FALLBACK_CAMERA
+    return validate_group_name(name)
 
 
 FILENAME_PREFIX = re.compile(r"^([A-Za-z][A-Za-z]+)[_\-]")

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from adassr.runtime.cameras import validate_group_name
+from adassr.runtime.cameras import camera_name
 from adassr.runtime.cpu_info import MAX_THREADS
 from adassr.runtime.errors import BackendError, ConfigError, StoreError
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, list_cameras, warn_misnamed_folders
@@ -92,7 +92,7 @@ def check_store_serves(store_root: str | os.PathLike[str], *, camera: str | None
             "`adassr export --backbone realesrgan-x4plus`, or adapt and export a camera"
         )
     if camera is not None:
-        camera = camera if camera == FALLBACK_CAMERA else validate_group_name(camera)  # as routing reads it
+        camera = camera_name(camera)  # as routing reads it
         if camera in cameras or FALLBACK_CAMERA in cameras:
             return camera if camera in cameras else FALLBACK_CAMERA
         raise StoreError(

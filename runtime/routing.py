@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adassr.runtime.cameras import camera_from_filename, normalise_camera_name, same_brand_names, validate_group_name
+from adassr.runtime.cameras import (
+    camera_from_filename,
+    camera_name,
+    normalise_camera_name,
+    same_brand_names,
+    validate_group_name,
+)
 from adassr.runtime.errors import CameraError, ConfigError, StoreError
 from adassr.runtime.images import LoadedImage, read_camera_exif
 from adassr.runtime.store import (
@@ -212,8 +218,8 @@ def can_serve(store_root: str | os.PathLike[str], *, camera: str | None = None, 
     root = Path(store_root).expanduser()
     if not root.is_dir():
         return False
-    if camera is not None and camera != FALLBACK_CAMERA:
-        found, _ = _find_export(root, validate_group_name(camera), precision)
+    if camera is not None and camera_name(camera) != FALLBACK_CAMERA:
+        found, _ = _find_export(root, camera_name(camera), precision)
         if found is not None:
             return True
     return _find_export(root, FALLBACK_CAMERA, precision)[0] is not None
@@ -279,7 +285,7 @@ def resolve_model(
     root = Path(store_root).expanduser()
     CameraStore.open(root, FALLBACK_CAMERA)  # StoreError with a clear message if the store is missing
     if camera is not None:
-        group: str | None = camera if camera == FALLBACK_CAMERA else validate_group_name(camera)
+        group: str | None = camera_name(camera)
         requested: str | None = camera
         source = "explicit"
         make = None

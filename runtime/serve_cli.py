@@ -13,11 +13,14 @@ import asyncio
 import importlib.util
 import logging
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from adassr.runtime.backends import BACKENDS
+from adassr.runtime.console import say
 from adassr.runtime.cpu_info import intra_op_threads
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.routing import PRECISIONS
@@ -314,8 +317,9 @@ def _check_port(host: str, port: int) -> None:
                               "process may use the port: choose another --port, or stop that process") from None
 
 
-def _uvicorn_server(app: Any, config: Any) -> Any:
-    """A uvicorn server for ``app`` that marks the app draining as soon as a stop signal arrives."""
+def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] | None = None) -> Any:
+    """A uvicorn server for ``app`` that marks the app draining as soon as a stop signal arrives and calls
+    ``on_listening(port)`` once its sockets are bound (the port the system chose for ``--port 0``)."""
     import uvicorn
 
     from adassr.runtime.server.http_protocol import header_timeout_protocol
@@ -330,6 +334,12 @@ def _uvicorn_server(app: Any, config: Any) -> Any:
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal after shutting down; a clean drain exits with 0 instead.
             self._captured_signals.clear()
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            bound = [sock.getsockname()[1] for server in self.servers for sock in (server.sockets or ())]
+            if on_listening is not None and bound and not self.should_exit:
+                on_listening(int(bound[0]))
 
         async def shutdown(self, sockets: Any = None) -> None:
             # Once the drain timeout is up uvicorn cancels the requests one task after the other; from
@@ -351,7 +361,9 @@ def _uvicorn_server(app: Any, config: Any) -> Any:
         host=config.host,
         port=config.port,
         lifespan="on",
-        timeout_graceful_shutdown=int(max(1, round(config.drain_timeout_s))),
+        # uvicorn annotates an int but waits with asyncio's timeouts, which take any number of seconds: 0.2
+        # or 2.5 as given (rounding made them 1 and 2)
+        timeout_graceful_shutdown=cast(int, float(config.drain_timeout_s)),
         timeout_keep_alive=5,
         log_level=logging.getLevelName(level).lower() if level < logging.WARNING else "warning",
         access_log=level <= logging.INFO,
@@ -366,12 +378,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from adassr.runtime.server.app import create_app
 
-    server = _uvicorn_server(create_app(config), config)
-    print(
-        f"adassr serve: http://{config.host}:{config.port} (store {config.store}, "
-        f"{config.workers} workers, batch {config.max_batch}); SIGTERM drains",
-        flush=True,
-    )
+    def banner(port: int) -> None:  # once bound: the real port, also for --port 0
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        say(f"adassr serve: http://{host}:{port} (store {config.store}, {config.workers} workers, batch "
+            f"{config.max_batch}); SIGTERM drains", sys.stdout)
+
+    server = _uvicorn_server(create_app(config), config, on_listening=banner)
     server.run()
     print("adassr serve: stopped", flush=True)
     return 0

@@ -66,7 +66,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from adassr.runtime.cameras import closest_camera_hint, validate_group_name
+from adassr.runtime.cameras import FALLBACK_CAMERA as FALLBACK_CAMERA  # re-exported: the store names the folder
+from adassr.runtime.cameras import camera_name, closest_camera_hint, validate_group_name
 from adassr.runtime.errors import CameraError, ConfigError, StoreError
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
@@ -78,7 +79,6 @@ log = logging.getLogger(__name__)
 _HELD_LOCKS = threading.local()
 ENGINES_FOLDER = "engines"
 """A camera's TensorRT engines: files in ``<camera>/engines/``, records under the manifest key of the same name."""
-FALLBACK_CAMERA = "_fallback"
 FALLBACK_BACKBONE = "realesrgan-x4plus"  # the registry backbone exported as the fallback by default
 MODEL_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")  # precisions of exported models (not training)
 MODEL_FILES: Mapping[str, str] = MappingProxyType({"fp32": "model.onnx", "fp16": "model_fp16.onnx"})
@@ -343,7 +343,7 @@ class CameraStore:
     @classmethod
     def open(cls, root: str | os.PathLike[str], camera: str, *, create: bool = False) -> CameraStore:
         """Open ``<root>/<camera>``; with ``create`` make it (and check it is writable)."""
-        name = camera if camera == FALLBACK_CAMERA else validate_group_name(camera)
+        name = camera_name(camera)
         root_path = Path(root).expanduser()
         store = cls(root_path, name)
         if create:

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from adassr.runtime.cameras import closest_camera_hint, validate_group_name
+from adassr.runtime.cameras import camera_name, closest_camera_hint, validate_group_name
 from adassr.runtime.console import lost_stream, printable, say
 from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
 from adassr.runtime.errors import AdassrError, ConfigError, unexpected_error
@@ -550,8 +550,8 @@ def run_upscale(
         say(f"note: {args.output} has no image suffix, so it is taken as a folder: writing "  # a typo such as .jgp
             f"{pairs[0][1]}", stderr if stderr is not None else sys.stderr)
     camera: str | None = args.camera
-    if camera is not None and camera != FALLBACK_CAMERA:
-        camera = validate_group_name(camera)  # the store's spelling; CameraError for a bad name, before any work
+    if camera is not None:
+        camera = camera_name(camera)  # the store's spelling; CameraError for a bad name, before any work
     check_output_folders(target for _, target in pairs)
     _mark_output_in_input(args.input, args.output)
     out = stdout if stdout is not None else sys.stdout

@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from adassr.runtime.backends import Backend, open_backend
-from adassr.runtime.cameras import closest_camera_hint, validate_group_name
+from adassr.runtime.cameras import camera_name, closest_camera_hint
 from adassr.runtime.errors import AdassrError, CameraError, ConfigError, StoreError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import RouteDecision, camera_group_of, resolve_model, unusable_make_reason
@@ -181,7 +181,7 @@ class ModelRegistry:
         """The model for an explicit ``camera`` or for the image's EXIF Make (see module docstring)."""
         models = self._models
         if camera is not None:
-            name = camera if camera == FALLBACK_CAMERA else validate_group_name(camera)
+            name = camera_name(camera)
             model = models.get(name)
             if model is None:
                 known = ", ".join(sorted(models)) or "none"

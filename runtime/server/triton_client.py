@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from adassr.runtime.cameras import validate_group_name
+from adassr.runtime.cameras import camera_name
 from adassr.runtime.errors import BackendError, ConfigError, ShapeError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.pipeline import NonFiniteOutputError, OutputCheck, upscale_pixels
@@ -48,7 +48,7 @@ def camera_model_name(prefix: str, camera: str) -> str:
     """Triton's name of ``camera``'s model, as ``--triton-repo`` writes it: the store's spelling of the
     camera (``Canon`` -> ``<prefix>canon``; Triton's model names are case-sensitive); CameraError for a
     name no camera can have."""
-    return f"{prefix}{camera if camera == FALLBACK_CAMERA else validate_group_name(camera)}"
+    return f"{prefix}{camera_name(camera)}"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from ._server import (
     running_server,
     small_jpeg_with_exif,
     small_png,
+    upscale_cli,
 )
 
 TILE, OVERLAP = 32, 8
@@ -1177,3 +1178,42 @@ def test_serve_refuses_a_store_whose_cameras_are_all_unexported(tmp_path: Path,
     CameraStore.open(tmp_path, "nokia").update_manifest(lambda m: m.pop("exports"))
     assert main(["serve", "--store", str(tmp_path), "--port", "0"]) == 2
     assert "no camera of the store" in capsys.readouterr().err
+
+
+def test_the_banner_names_the_bound_port_and_the_drain_timeout_keeps_its_fraction(store: Path) -> None:
+    """`--port 0` printed http://127.0.0.1:0 (the real port was never shown); --drain-timeout 0.2 became 1 s
+    and 2.5 became 2 s."""
+    from adassr.runtime.serve_cli import _uvicorn_server
+    from adassr.runtime.server.app import create_app
+
+    config = _config(store, port=0, drain_timeout_s=0.2)
+    seen: list[int] = []
+    server = _uvicorn_server(create_app(config), config, on_listening=seen.append)
+    assert server.config.timeout_graceful_shutdown == 0.2
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: bool(server.started))
+        port = server.servers[0].sockets[0].getsockname()[1]
+        assert seen == [port] and port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_the_fallback_camera_is_named_in_any_case(store: Path, tmp_path: Path) -> None:
+    """`camera=_FALLBACK` was a 422 whose hint ('use fallback') led to a 404; other names fold case."""
+    from adassr.runtime.cameras import camera_name
+
+    assert camera_name(" _FALLBACK ") == FALLBACK_CAMERA and camera_name("Canon") == "canon"
+    image = small_png(16, 16, seed=4)
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        r = c.post("/v1/upscale", params={"camera": "_FALLBACK"}, content=image)
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Adassr-Model"].startswith(FALLBACK_CAMERA) and r.headers["X-Adassr-Route"] == "explicit"
+    (tmp_path / "in.png").write_bytes(image)
+    code, out, err = upscale_cli("-i", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--store",
+                                 str(store), "--camera", "_Fallback", "--no-progress")
+    assert code == 0, err
+    assert "_fallback/model.onnx" in out
