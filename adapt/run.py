@@ -582,14 +582,18 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
             if result.interrupted is not None:  # --keep-on-interrupt, but the current model is better
                 raise Interrupted(result.interrupted, note=kept.reason)
             return _kept_outcome(store, group.name, tx.previous, result, kept, start)
-        record = _stage_artifacts(tx, _Run(group, config, backbone, base_state, compute, start), inputs, result)
         try:
-            with deferred():  # a signal now waits until the manifest is committed
+            # The result is decided: a signal now waits (a second or two: the weights file, report.png)
+            # until the manifest is committed. Staging outside it lost a finished run to a late Ctrl-C.
+            with deferred():
+                record = _stage_artifacts(tx, _Run(group, config, backbone, base_state, compute, start), inputs,
+                                          result)
                 committed = tx.commit(functools.partial(_replace_adapt_fields, record=record))
         except Interrupted as late:  # raised only after a commit that completed (see deferred)
             if result.interrupted is None:
                 raise Interrupted(late.signum, kept=True, note=(
-                    "the signal came during the commit, which completed: the new model is published")) from None
+                    "the signal came while the finished run was saved, which completed: the new model is "
+                    "published")) from None
             raise Interrupted(result.interrupted, kept=True) from None
     if result.interrupted is not None:
         raise Interrupted(result.interrupted, kept=True)

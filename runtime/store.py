@@ -680,6 +680,8 @@ class StoreTransaction:
         _check_extra(name, extra)
         fd, tmp = create_temp(target)
         os.close(fd)
+        final: Path | None = None
+        earlier = self._staged.get(name)  # a record of this name staged before in this transaction, or None
         try:
             try:
                 write(tmp)
@@ -701,26 +703,37 @@ class StoreTransaction:
                 size = tmp.stat().st_size
                 final = self.store.path(content_file_name(name, digest))
                 os.replace(tmp, final)
+                _fsync_dir(self.store.directory)
             except OSError as exc:
                 raise StoreError(
                     f"cannot write {name} in {self.store.directory}: {exc.strerror or exc}; check free space "
                     "and permissions (the previous model is unchanged)"
                 ) from exc
-        except BaseException:
+            record: dict[str, Any] = {"file": final.name, "sha256": digest, "bytes": size, "stage": stage,
+                                      "created": _now()}
+            if extra:
+                record.update(extra)
+            self._staged[name] = record
+        except BaseException:  # a failure, or a signal's exception, also one between the rename and the record
             if tmp.is_dir() and not tmp.is_symlink():
                 _remove_tree(tmp)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
+            if final is not None and self._staged.get(name) is earlier:
+                self._drop_unrecorded(final)
             raise
-        _fsync_dir(self.store.directory)
-        record: dict[str, Any] = {"file": final.name, "sha256": digest, "bytes": size, "stage": stage,
-                                  "created": _now()}
-        if extra:
-            record.update(extra)
-        self._staged[name] = record
         self.manifest.setdefault("artifacts", {})[name] = record
         return record
+
+    def _drop_unrecorded(self, final: Path) -> None:
+        """Remove ``final``, renamed into place by a :meth:`stage` that failed before recording it, unless a
+        manifest or another staged record uses that file (content-addressed: the same bytes, the same name)."""
+        keep = (_referenced_files(self.previous) | _superseded_files(self.previous)
+                | {r["file"] for r in self._staged.values()})
+        if final.name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                final.unlink()
 
     def commit(self, update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Apply ``update`` to the new manifest, replace ``manifest.json`` atomically (the commit point),

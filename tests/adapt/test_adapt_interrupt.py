@@ -202,3 +202,28 @@ def test_a_commit_that_fails_during_a_signal_reports_the_failure(setup: tuple[Ba
         adapt_camera(select_group(images, "nokia"), CONFIG.with_overrides(steps=2), store_root=tmp_path,
                      backbone_name="tiny", registry=registry)
     assert CameraStore.open(tmp_path, "nokia").manifest_path.read_text() == before
+
+
+def test_a_signal_while_the_finished_run_is_saved_publishes_it(setup: tuple[BackboneRegistry, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the weights file and report.png of a finished run were written (a second or two)
+    published nothing and said no adapted weights had been evaluated (a helper's bug hunt)."""
+    import adassr.adapt.run as run
+
+    registry, images = setup
+    real_stage = run._stage_artifacts
+
+    def stage_then_signal(*args, **kwargs):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the artifacts are being written
+        return real_stage(*args, **kwargs)
+
+    monkeypatch.setattr(run, "_stage_artifacts", stage_then_signal)
+    with pytest.raises(Interrupted) as info, catch_interrupts():
+        adapt_camera(select_group(images, "nokia"), CONFIG.with_overrides(steps=2), store_root=tmp_path,
+                     backbone_name="tiny", registry=registry)
+    assert info.value.kept and info.value.exit_code == 130
+    assert info.value.note is not None and "the new model is published" in info.value.note
+    store = CameraStore.open(tmp_path, "nokia")
+    store.verified_path("adapted.safetensors")
+    referenced = {record["file"] for record in store.read_manifest()["artifacts"].values()}
+    assert {p.name for p in store.directory.iterdir() if p.suffix in (".safetensors", ".png")} <= referenced

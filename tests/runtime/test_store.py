@@ -96,6 +96,32 @@ def test_ctrl_c_after_the_manifest_rename_keeps_the_new_model(tmp_path: Path, mo
     assert store.verified_path("w.bin").read_text() == "newer"
 
 
+def test_a_signal_between_the_rename_and_the_record_leaves_no_orphan(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C while a staged file's folder was synced (after its rename, before its record) left the
+    content-addressed file in the camera folder, known to nobody (a helper's bug hunt); the same bytes as
+    the published model's file are kept."""
+    import adassr.runtime.store as store_module
+
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _publish_text(store, "w.bin", "good")
+    published = store.verified_path("w.bin")
+    real_fsync_dir = store_module._fsync_dir
+
+    def interrupted(directory: Path) -> None:
+        real_fsync_dir(directory)
+        raise KeyboardInterrupt
+
+    for text in ("newer", "good"):  # new bytes: removed; the published file's bytes: kept
+        before = sorted(p.name for p in store.directory.iterdir())
+        monkeypatch.setattr(store_module, "_fsync_dir", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _publish_text(store, "w.bin", text)
+        monkeypatch.undo()
+        assert sorted(p.name for p in store.directory.iterdir()) == before
+        assert store.verified_path("w.bin") == published and published.read_text() == "good"
+
+
 def test_empty_artifact_is_refused(tmp_path: Path) -> None:
     store = CameraStore.open(tmp_path, "canon", create=True)
     with pytest.raises(StoreError, match="empty"):
