@@ -40,7 +40,7 @@ from adassr.runtime.cameras import (
     validate_group_name,
 )
 from adassr.runtime.errors import CameraError, ImageError
-from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file
+from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file, unreadable_image_entry
 from adassr.runtime.store import MANIFEST_NAME
 
 UNGROUPED = "ungrouped"
@@ -164,6 +164,17 @@ def _sorted_images(paths: Iterable[Path]) -> list[Path]:
     return sorted(p for p in paths if is_image_file(p))
 
 
+def _unreadable_entries(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+    """``(entry, why it is skipped)`` for entries named like images that are no readable file (a broken
+    link, a FIFO): listed as skipped rather than left out without a word."""
+    found = []
+    for path in sorted(paths):
+        why = unreadable_image_entry(path)
+        if why is not None:
+            found.append((path, f"{why}; it is named like an image but cannot be read"))
+    return found
+
+
 def _is_store_camera_folder(folder: Path) -> bool:
     """Whether ``folder`` is a camera folder of a model store: its ``manifest.json`` is adassr's (other
     tools write files of that name too)."""
@@ -199,11 +210,12 @@ def scan_groups(directory: str | Path) -> GroupScan:
             continue
         seen_folders.add(target)
         try:
-            images = _sorted_images(sub.iterdir())
+            listing = list(sub.iterdir())
         except OSError as exc:
             skipped.append(SkippedSource(sub, f"cannot read the folder ({exc.strerror or exc}); check its permissions"))
             continue
-        if not images:
+        images, broken = _sorted_images(listing), _unreadable_entries(listing)
+        if not images and not broken:
             continue
         if _is_store_camera_folder(sub):  # a camera folder of a model store: reports, not photos
             skipped.append(SkippedSource(sub, (
@@ -219,6 +231,7 @@ def scan_groups(directory: str | Path) -> GroupScan:
             continue
         folders[name].append(sub)
         members[name].extend(GroupMember(p, "folder") for p in images if not marks_ground_truth(p))
+        skipped.extend(SkippedSource(p, why, name) for p, why in broken)
         skipped.extend(SkippedSource(p, GROUND_TRUTH_REASON, name) for p in images if marks_ground_truth(p))
     conflicts: dict[str, str] = {}
     for name, subs in folders.items():
@@ -230,6 +243,7 @@ def scan_groups(directory: str | Path) -> GroupScan:
             )
             skipped.extend(SkippedSource(s, conflicts[name]) for s in subs)
             del members[name]
+    skipped.extend(SkippedSource(path, why) for path, why in _unreadable_entries(entries))
     for path in _sorted_images(entries):
         name, how, problem = _group_by_metadata(path)
         if problem is not None:

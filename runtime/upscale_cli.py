@@ -62,6 +62,7 @@ from adassr.runtime.images import (
     check_writable_size,
     is_image_file,
     read_image,
+    unreadable_image_entry,
     write_image,
 )
 from adassr.runtime.pipeline import OutputCheck, RuntimeOptions, UpscaleResult
@@ -177,20 +178,9 @@ def _given_path(text: str) -> Path:
     return Path(text)
 
 
-def _is_unreadable_image_entry(path: Path) -> bool:
-    """A visible entry with an image suffix that is no file: a symbolic link whose target is gone, or
-    a FIFO, socket or device. Listed, so that the run reports it as a failed file instead of leaving
-    it out without a word (a folder named like an image is a folder, not listed)."""
-    if path.name.startswith(".") or path.suffix.lower() not in SUPPORTED_READ_SUFFIXES:
-        return False
-    if path.is_symlink() and not path.exists():
-        return True
-    return path.exists() and not path.is_file() and not path.is_dir()
-
-
 def _list_images(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if is_image_file(p) or _is_unreadable_image_entry(p))
+        return sorted(p for p in folder.iterdir() if is_image_file(p) or unreadable_image_entry(p) is not None)
     except OSError as exc:
         raise ConfigError(f"cannot read the folder {folder} ({exc.strerror or exc}); check its permissions, "
                           "or move it out of the input") from None

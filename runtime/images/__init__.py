@@ -16,6 +16,7 @@ from adassr.runtime.images._model import (
     LoadedImage,
     ProfileDroppedWarning,
     is_image_file,
+    unreadable_image_entry,
 )
 from adassr.runtime.images.convert import from_float32, to_float32
 from adassr.runtime.images.orientation import apply_orientation
@@ -42,5 +43,6 @@ __all__ = [
     "read_image_size",
     "size_problem",
     "to_float32",
+    "unreadable_image_entry",
     "write_image",
 ]

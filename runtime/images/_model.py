@@ -24,6 +24,22 @@ def is_image_file(path: Path) -> bool:
     """
     return not path.name.startswith(".") and path.suffix.lower() in SUPPORTED_READ_SUFFIXES and path.is_file()
 
+def unreadable_image_entry(path: Path) -> str | None:
+    """Why a visible entry with an image suffix is no image file that can be read: a symbolic link whose
+    target is gone, or a FIFO, socket or device; None for anything else (a file, a folder, another name).
+
+    Listings name such entries (a failed file for ``upscale``, a skipped one for ``adapt``) instead of
+    leaving them out without a word.
+    """
+    if path.name.startswith(".") or path.suffix.lower() not in SUPPORTED_READ_SUFFIXES:
+        return None
+    if path.is_symlink() and not path.exists():
+        return "a link whose target does not exist"
+    if path.exists() and not path.is_file() and not path.is_dir():
+        return "not a regular file (a FIFO, socket or device)"
+    return None
+
+
 # Formats read_image accepts (sniffed from the content, not the suffix).
 READ_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP")
 # Pillow opener names: MPO has no opener of its own, the JPEG one returns MPO files as such.

@@ -115,3 +115,20 @@ def test_device_named_folder_is_skipped_not_fatal(tmp_path: Path) -> None:
     scan = scan_groups(tmp_path)
     assert set(scan.groups) == {"canon"}
     assert [s.path.name for s in scan.skipped] == ["con"]
+
+
+def test_broken_links_and_fifos_named_like_images_are_listed_as_skipped(tmp_path: Path) -> None:
+    """`adapt --list` counted a camera folder's readable images and dropped a broken link or a FIFO named
+    *.png without a word; upscale reports such entries as failed files."""
+    import os
+
+    _png(tmp_path / "cam" / "a.png")
+    (tmp_path / "cam" / "b.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(tmp_path / "cam" / "c.png")
+    (tmp_path / "top.jpg").symlink_to(tmp_path / "gone.jpg")
+    scan = scan_groups(tmp_path)
+    assert [m.path.name for m in scan.groups["cam"].members] == ["a.png"]
+    reasons = {s.path.name: s.reason for s in scan.skipped}
+    assert reasons.keys() == {"b.png", "c.png", "top.jpg"}
+    assert "link whose target does not exist" in reasons["b.png"] and "FIFO" in reasons["c.png"]
+    assert "cannot be read" in reasons["top.jpg"]
