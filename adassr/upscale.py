@@ -22,7 +22,7 @@ from pathlib import Path
 
 from adassr.runtime.errors import ConfigError, StoreError
 from adassr.runtime.pipeline import RuntimeOptions
-from adassr.runtime.routing import adapted_but_not_exported, can_serve
+from adassr.runtime.routing import adapted_but_not_exported, can_serve, model_precision
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA
 from adassr.runtime.upscale_cli import add_upscale_arguments as _add_runtime_arguments
 from adassr.runtime.upscale_cli import run_upscale as _run_runtime
@@ -60,7 +60,7 @@ def export_camera_on_first_use(options: RuntimeOptions, *, camera: str | None) -
     if camera is None or importlib.util.find_spec("torch") is None:
         return
     store = Path(options.store)
-    if not adapted_but_not_exported(store, camera, precision=options.precision):
+    if not adapted_but_not_exported(store, camera, precision=model_precision(options.precision)):
         return
     from adassr.export.onnx import export_camera
 
@@ -85,7 +85,7 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
     Raises ``StoreError`` with the command to run when torch is not installed.
     """
     store = Path(options.store)
-    if can_serve(store, camera=camera, precision=options.precision):
+    if can_serve(store, camera=camera, precision=model_precision(options.precision)):
         return
     command = f"adassr export --backbone {options.backbone} --store {store}"
     if importlib.util.find_spec("torch") is None:

@@ -45,7 +45,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="build the camera's own engine instead of refitting the shared base engine of its "
                              "backbone (one build per camera instead of one per GPU type)")
     engine.add_argument("--tile", type=int, default=512,
-                        help="runtime tile size the engine's profile is built for (0 = untiled, default 512); "
+                        help="runtime tile size the engine's profile is built for (default 512; upscale and "
+                             "serve load the engine when run with the same --tile and --tile-batch); "
                              "with --triton-repo the tile shape of the Triton models")
     engine.add_argument("--tile-batch", type=int, default=1, help="tiles per call the profile allows (default 1)")
     triton = parser.add_argument_group(
@@ -161,6 +162,10 @@ def _engine_options(args: argparse.Namespace) -> EngineOptions:
     from adassr.runtime.tiling import TilingOptions
 
     precision = "fp16" if args.precision == "both" else args.precision
+    if args.tile == 0:
+        raise ConfigError("--tile 0 (untiled) would build an engine that no command loads: upscale and serve run "
+                          "TensorRT engines on tiles of a fixed size; pass the --tile you will serve with "
+                          "(default 512)")
     try:
         tiling = TilingOptions(tile=args.tile, overlap=min(32, max(0, (args.tile - 1) // 2)) if args.tile else 0,
                                batch_size=args.tile_batch)

@@ -42,7 +42,13 @@ from adassr.runtime.backends.onnxruntime import resolve_providers
 from adassr.runtime.backends.ort_options import GpuProviderSettings
 from adassr.runtime.errors import BackendError, ConfigError, ImageTooLargeError
 from adassr.runtime.images import LoadedImage
-from adassr.runtime.routing import PRECISIONS, RouteDecision, resolve_model
+from adassr.runtime.routing import (
+    RouteDecision,
+    check_serving_precision,
+    engine_precision,
+    model_precision,
+    resolve_model,
+)
 from adassr.runtime.store import FALLBACK_BACKBONE
 from adassr.runtime.tiling import InferFn, TilingOptions, check_positive_int, plan_tiles, run_tiles
 
@@ -283,8 +289,7 @@ class RuntimeOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.store, (str, os.PathLike)):
             raise ConfigError(f"store must be a folder path (str or pathlib.Path), got {type(self.store).__name__}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        check_serving_precision(self.precision, self.backend)
         check_outscale(self.outscale)
         if self.outscale is not None:
             object.__setattr__(self, "outscale", float(self.outscale))
@@ -335,7 +340,8 @@ def engine_for_route(route: RouteDecision, opts: RuntimeOptions) -> Path:
         raise ConfigError("the tensorrt backend needs tiles (an engine's profiles bound the input size, and a whole "
                           "photo can be any size): pass --tile N, for example --tile 512")
     profiles = plan_profiles(opts.tiling, multiple_of=route.multiple_of, copies=TENSORRT_STREAMS).profiles
-    request = EngineRequest(route.store.root, route.model_camera, route.precision, profiles, device=opts.gpu,
+    precision = engine_precision(opts.precision, route.precision)
+    request = EngineRequest(route.store.root, route.model_camera, precision, profiles, device=opts.gpu,
                             any_stored_settings=True)  # an engine export built with --opt-level 5 / --no-refit
     return ensure_camera_engine(request, TensorRTToolkit()).path
 
@@ -356,7 +362,8 @@ class Upscaler:
     def route(self, image: LoadedImage | str | os.PathLike[str], *, camera: str | None = None) -> RouteDecision:
         """Which model serves ``image`` (checksum verified when the model is opened)."""
         return resolve_model(
-            self.options.store, camera=camera, image=image, precision=self.options.precision, verify=False
+            self.options.store, camera=camera, image=image, precision=model_precision(self.options.precision),
+            verify=False
         )
 
     def backend_for(self, route: RouteDecision) -> Backend:
@@ -369,7 +376,8 @@ class Upscaler:
         """The cache key of ``route``'s backend and the function that opens it."""
         opts = self.options
         providers = (f"cuda:{opts.gpu}",) if opts.backend == "tensorrt" else opts.providers
-        key = ModelKey(route.model_camera, route.sha256, route.precision, providers, opts.backend)
+        key = ModelKey(route.model_camera, route.sha256, engine_precision(opts.precision, route.precision),
+                       providers, opts.backend)
 
         def _open() -> Backend:
             path = route.verify()
@@ -398,7 +406,7 @@ class Upscaler:
 
         first = check_store_serves(self.options.store, camera=camera)
         route = resolve_model(self.options.store, camera=camera if camera is not None else first,
-                              precision=self.options.precision, verify=False)
+                              precision=model_precision(self.options.precision), verify=False)
         if camera is not None:  # every image goes to this model: a tile it cannot take is one error, now
             plan_tiles(1, 1, self.options.tiling, multiple_of=route.multiple_of)
         self.backend_for(route)

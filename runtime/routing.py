@@ -41,6 +41,29 @@ from adassr.runtime.store import (
 )
 
 PRECISIONS = MODEL_PRECISIONS  # what a route can serve
+SERVING_PRECISIONS: tuple[str, ...] = (*MODEL_PRECISIONS, "bf16")
+"""What ``upscale`` / ``serve --precision`` take: the model files' precisions, and bf16 for the TensorRT
+backend (an engine built from ``model.onnx`` with bf16 layers; no model file is bf16)."""
+
+
+def check_serving_precision(precision: str, backend: str) -> None:
+    """ConfigError for a ``--precision`` this backend cannot serve."""
+    if precision not in SERVING_PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; valid: {', '.join(SERVING_PRECISIONS)}")
+    if precision == "bf16" and backend != "tensorrt":
+        raise ConfigError(f"--precision bf16 is served by --backend tensorrt only (an engine built from model.onnx "
+                          f"with bf16 layers; {backend} has no bf16 model): add --backend tensorrt, or use fp16")
+
+
+def model_precision(precision: str) -> str:
+    """The model file a serving precision routes to: ``model.onnx`` (fp32) for a bf16 engine."""
+    return "fp32" if precision == "bf16" else precision
+
+
+def engine_precision(requested: str, served: str) -> str:
+    """The engine precision for a route: bf16 when asked for and the route serves ``model.onnx`` (a camera
+    with only an fp16 export is served by its fp16 engine), else the served model's precision."""
+    return "bf16" if requested == "bf16" and served == "fp32" else served
 FALLBACK_HOWTO = f"export one with `adassr export --backbone {FALLBACK_BACKBONE}`"
 
 

@@ -23,7 +23,7 @@ from adassr.runtime.backends import BACKENDS
 from adassr.runtime.console import say
 from adassr.runtime.cpu_info import intra_op_threads
 from adassr.runtime.errors import ConfigError
-from adassr.runtime.routing import PRECISIONS
+from adassr.runtime.routing import SERVING_PRECISIONS
 from adassr.runtime.store import (
     DEFAULT_STORE,
     FALLBACK_CAMERA,
@@ -61,7 +61,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="CUDA device index for GPU providers (sets CUDA_VISIBLE_DEVICES=N)",
     )
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="model precision (default fp32)")
+    parser.add_argument("--precision", choices=SERVING_PRECISIONS, default="fp32",
+                        help="model precision (default fp32); bf16: --backend tensorrt only, an engine built from "
+                             "model.onnx with bf16 layers")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model call")
 
 

@@ -67,7 +67,7 @@ from adassr.runtime.images import (
 )
 from adassr.runtime.pipeline import OutputCheck, RuntimeOptions, UpscaleResult
 from adassr.runtime.preflight import check_output_folders, check_required_providers, check_threads
-from adassr.runtime.routing import PRECISIONS
+from adassr.runtime.routing import SERVING_PRECISIONS
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX as DEFAULT_TRITON_PREFIX
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA, list_cameras
 from adassr.runtime.tempfiles import remove_stale_temps
@@ -105,7 +105,9 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
                         help="onnxruntime execution providers in priority order, from tensorrt,cuda,cpu (default cpu)")
     parser.add_argument("--require-providers", action="store_true",
                         help="fail instead of falling back when a requested provider is not in use")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="model precision (default fp32)")
+    parser.add_argument("--precision", choices=SERVING_PRECISIONS, default="fp32",
+                        help="model precision (default fp32); bf16: --backend tensorrt only, an engine built from "
+                             "model.onnx with bf16 layers")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default: one per usable physical core, or $ADASSR_THREADS)")
     parser.add_argument("--tile", type=tile_argument, default=AUTO_TILE,

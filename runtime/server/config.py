@@ -14,7 +14,7 @@ from adassr.runtime.backends import BACKENDS
 from adassr.runtime.backends.onnxruntime import resolve_providers
 from adassr.runtime.cpu_info import MAX_THREADS
 from adassr.runtime.errors import ConfigError
-from adassr.runtime.routing import PRECISIONS
+from adassr.runtime.routing import check_serving_precision
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, TilingOptions
 
 DEFAULT_HOST = "127.0.0.1"
@@ -107,8 +107,7 @@ class ServerConfig:
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; valid backends are {', '.join(BACKENDS)}")
         object.__setattr__(self, "providers", resolve_providers(self.providers))
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        check_serving_precision(self.precision, self.backend)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         for name in ("workers", "max_batch", "inference_threads"):

@@ -37,7 +37,14 @@ from adassr.runtime.backends import Backend, open_backend
 from adassr.runtime.cameras import camera_name, closest_camera_hint
 from adassr.runtime.errors import AdassrError, CameraError, ConfigError, StoreError
 from adassr.runtime.images import LoadedImage
-from adassr.runtime.routing import RouteDecision, camera_group_of, resolve_model, unusable_make_reason
+from adassr.runtime.routing import (
+    RouteDecision,
+    camera_group_of,
+    engine_precision,
+    model_precision,
+    resolve_model,
+    unusable_make_reason,
+)
 from adassr.runtime.store import FALLBACK_CAMERA, MANIFEST_NAME, CameraStore, list_cameras
 from adassr.runtime.tiling import TilingOptions
 
@@ -54,6 +61,11 @@ class LoadedModel:
     route: RouteDecision
     backend: Backend
     loaded_at: float  # time.time()
+    precision: str = ""  # what computes: the model file's precision, or bf16 for a bf16 TensorRT engine
+
+    @property
+    def served_precision(self) -> str:
+        return self.precision or self.route.precision
 
     @property
     def sha256(self) -> str:
@@ -71,7 +83,7 @@ class LoadedModel:
         return {
             "model": self.route.model_name,
             "sha256": self.route.sha256,
-            "precision": self.route.precision,
+            "precision": self.served_precision,
             "scale": self.route.scale,
             "adapted": self.camera != FALLBACK_CAMERA and ("steps" in manifest or bool(manifest.get("images"))),
             "backbone": backbone.get("name") if isinstance(backbone, Mapping) else None,
@@ -251,7 +263,8 @@ class ModelRegistry:
         if self._signatures.get(camera) == sig:  # unchanged since the last load or refusal: nothing to do
             return False
         try:
-            decision = resolve_model(self._store, camera=camera, precision=self._precision, verify=False)
+            decision = resolve_model(self._store, camera=camera, precision=model_precision(self._precision),
+                                     verify=False)
         except AdassrError as exc:
             if _has_no_export(self._store, camera):  # adapted, not exported yet (and no fallback): no problem
                 self._signatures[camera] = sig
@@ -286,12 +299,13 @@ class ModelRegistry:
         except AdassrError as exc:
             self._refused(camera, "model_load", str(exc), sig, load_failed=True)
             return False
-        current[camera] = LoadedModel(camera, decision, backend, time.time())
+        current[camera] = LoadedModel(camera, decision, backend, time.time(),
+                                      engine_precision(self._precision, decision.precision))
         self._signatures[camera] = sig
         self._problems.pop(camera, None)
         self._on_load(camera, True)
         logger.info("serving %s for camera %s", decision.label, camera)
-        if decision.precision != self._precision:  # e.g. --precision fp16 and only an fp32 export
+        if decision.precision != model_precision(self._precision):  # e.g. --precision fp16, only an fp32 export
             logger.warning("camera %s has no %s export: serving its %s model (export it again with --precision %s "
                            "to serve %s)", camera, self._precision, decision.precision, self._precision,
                            self._precision)

@@ -115,6 +115,16 @@ def test_bf16_needs_the_engine_flag(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--precision bf16 exists only for TensorRT engines" in capsys.readouterr().err
 
 
+def test_an_untiled_engine_is_refused_because_nothing_loads_it(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from adassr.cli import main
+
+    assert main(["export", "--backbone", "realesrgan-x4plus", "--store", str(tmp_path), "--engine", "tensorrt",
+                 "--tile", "0"]) == 2
+    assert "--tile 0 (untiled) would build an engine that no command loads" in capsys.readouterr().err
+    assert not (tmp_path / "_fallback").exists()
+
+
 def test_engine_export_without_tensorrt_fails_before_exporting(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from adassr.cli import main
