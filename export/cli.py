@@ -62,13 +62,14 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     triton.add_argument("--trt-accelerator", action="store_true",
                         help="let Triton's onnxruntime backend run the model through TensorRT (GPU instances)")
     triton.add_argument("--trt-cache-dir", default=None, metavar="PATH",
-                        help="with --trt-accelerator: absolute path on the Triton host (a persistent volume outside "
-                             "the model repository) where onnxruntime keeps the TensorRT engines it builds, one "
-                             "folder per model; without it every model load builds its engine again")
+                        help="with --trt-accelerator: absolute path, existing on the Triton host (a persistent "
+                             "volume outside the model repository), where onnxruntime keeps the TensorRT engines it "
+                             "builds, one folder per model file; without it every model load builds its engine again")
     triton.add_argument("--no-trt-profile", dest="trt_profile", action="store_false",
                         help="with --trt-accelerator: leave out the explicit optimisation profile "
-                             "(trt_profile_*_shapes), which Triton releases before mid-2024 refuse "
-                             "(24.03: 'unknown parameter'); onnxruntime then sizes the engine on the batches it sees")
+                             "(trt_profile_*_shapes) and the timing cache (trt_timing_cache_*), which Triton "
+                             "releases before 24.04 refuse ('unknown parameter'); onnxruntime then sizes the engine "
+                             "on the batches it sees")
     triton.add_argument("--triton-prefix", default="adassr_", help="model name prefix (default adassr_)")
 
 

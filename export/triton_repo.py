@@ -222,7 +222,11 @@ def _trt_accelerator(name: str, input_name: str, dtype: str, options: TritonRepo
 
     The engine folder is named after the model file's sha256: onnxruntime names a cached engine after
     the graph (its inputs, node names and opset), not the weights, so every version of a model would
-    otherwise load the first version's engine. The timing cache is shared by the versions."""
+    otherwise load the first version's engine. The timing cache is shared by the versions. Both folders
+    lie directly in ``trt_cache_dir`` (``<model>-<sha16>`` and ``<model>``): onnxruntime creates a missing
+    cache folder with a non-recursive mkdir, so a folder two levels down failed on a fresh volume. The
+    timing-cache parameters came with the profile ones (Triton 24.04), so ``--no-trt-profile`` (for
+    older releases, which refuse unknown parameters) leaves them out too."""
     t, batch = options.tile, options.max_batch_size
     parameters = [("precision_mode", "FP16" if options.precision == "fp16" else "FP32")]
     if options.trt_profile:
@@ -232,9 +236,11 @@ def _trt_accelerator(name: str, input_name: str, dtype: str, options: TritonRepo
     if options.trt_cache_dir is not None:
         if not model_sha256:
             raise ExportError(f"model {name!r}: the TensorRT engine cache needs the model file's sha256")
-        folder = f"{options.trt_cache_dir.rstrip('/')}/{name}"
-        parameters += [("trt_engine_cache_enable", "1"), ("trt_engine_cache_path", f"{folder}/{model_sha256[:16]}"),
-                       ("trt_timing_cache_enable", "1"), ("trt_timing_cache_path", folder)]
+        root = options.trt_cache_dir.rstrip("/")
+        parameters += [("trt_engine_cache_enable", "1"),
+                       ("trt_engine_cache_path", f"{root}/{name}-{model_sha256[:16]}")]
+        if options.trt_profile:
+            parameters += [("trt_timing_cache_enable", "1"), ("trt_timing_cache_path", f"{root}/{name}")]
     return [
         "optimization { execution_accelerators { gpu_execution_accelerator: [ {",
         '  name: "tensorrt"',
@@ -363,12 +369,48 @@ def _engine_command(store: CameraStore, manifest: Mapping[str, Any], options: Tr
             f"--tile-batch {options.max_batch_size}")
 
 
+_TRITON_NUMBER = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+_INT64 = 2**63
+
+
+def triton_version(name: str) -> int | None:
+    """The version Triton reads from a folder name, None for a folder it ignores.
+
+    Triton (core ``VersionsToLoad``) skips a name longer than one character that starts with ``0``
+    (``007``) and reads the rest with ``std::stoll``: leading white space, a sign and ASCII digits,
+    whatever follows (``7.bak`` is version 7, ``0`` is version 0; other digits, ``٣``, are none).
+    """
+    if len(name) > 1 and name.startswith("0"):
+        return None
+    match = _TRITON_NUMBER.match(name)
+    if match is None:
+        return None
+    value = int(match.group(1))
+    return value if -_INT64 <= value < _INT64 else None
+
+
 def _versions(model_dir: Path) -> dict[int, Path]:
+    """The model's version folders as Triton counts them: ``{version: folder}``.
+
+    ExportError for a folder Triton reads as a version it cannot load (``7.bak`` is version 7 to it,
+    and it then opens ``<model>/7``): the newest version would never be served."""
     if not model_dir.is_dir():
         return {}
-    # Triton's version folders: positive integers in ASCII digits without leading zeros ("01", "0" and
-    # other digits are not versions to it, so they must not count for the next number either)
-    return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and _VERSION_NAME.fullmatch(p.name)}
+    found: dict[int, Path] = {}
+    for path in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+        version = triton_version(path.name)
+        if version is None:
+            continue
+        if path.name != str(version):
+            if not (model_dir / str(version)).is_dir():
+                raise ExportError(
+                    f"the folder {path} reads as version {version} to Triton (it takes the number a folder name "
+                    f"starts with) and it would then load {model_dir / str(version)}, which does not exist; rename "
+                    "or move that folder out of the model"
+                )
+            continue
+        found[version] = path
+    return found
 
 
 def _read_provenance(path: Path) -> dict[str, Any]:
@@ -439,7 +481,7 @@ def plan_model(repo: Path, source: _Source, options: TritonRepoOptions) -> _Plan
                  and sha256_file(versions[latest] / file_name) == digest)
     scale = int(record.get("scale", manifest.get("scale", 0)))
     config = render_config(name, camera=camera, record=record, scale=scale, options=options, model_sha256=digest)
-    version = latest if unchanged and latest is not None else max(versions, default=0) + 1
+    version = latest if unchanged and latest is not None else max([0, *versions]) + 1  # ours start at 1
     return _Plan(source, name, model_dir, version, not unchanged, config, provenance, file_name)
 
 
@@ -475,16 +517,24 @@ def write_model(plan: _Plan) -> TritonModel:
     source, model_dir, version, camera = plan.source, plan.model_dir, plan.version, plan.source.camera
     created = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
+    config_path = model_dir / "config.pbtxt"
+    wanted = plan.config.encode("utf-8")
+    before = config_path.read_bytes() if config_path.is_file() else None
     try:
+        # The config first, then the version: a polling Triton never sees the new version without its
+        # config (a new model would load auto-completed, a new tile shape with the old dims); an ONNX
+        # model's earlier versions take the new dims as well. Rewritten only when it changes: Triton in
+        # poll mode reloads a model whose files changed.
+        if before != wanted:
+            atomic_write_bytes(config_path, wanted)
         if plan.new:
             _copy_version(source, model_dir, version, plan.file_name)
-        config_path = model_dir / "config.pbtxt"
-        if not (config_path.is_file() and config_path.read_bytes() == plan.config.encode("utf-8")):
-            # rewritten only when it changes: Triton in poll mode reloads a model whose files changed
-            atomic_write_bytes(config_path, plan.config.encode("utf-8"))
     except BaseException:
-        if created:  # a model folder without a version or config would be a broken model to Triton
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            if before is not None and before != wanted:
+                atomic_write_bytes(config_path, before)  # the versions there keep the config they came with
+            elif created:  # a model folder with a config and no version would be a broken model to Triton
+                config_path.unlink(missing_ok=True)
                 model_dir.rmdir()
         raise
     previous = _latest_record(plan.provenance, "store")

@@ -103,15 +103,34 @@ def test_one_camera_named_in_two_spellings_is_one_model(store: Path, tmp_path: P
 
 
 def test_folders_triton_does_not_take_for_versions_do_not_count(store: Path, tmp_path: Path) -> None:
-    """Triton's versions are positive integers: "007" or "0" beside them must not move the next number."""
+    """Triton skips "007" (a leading zero) and other digits; "0" and "-4" are versions 0 and -4 to it, below 1."""
     repo = tmp_path / "repo"
     write_repository(repo, store, ["canon"])
-    for odd in ("007", "0", "\u0663"):  # the last: ARABIC-INDIC DIGIT THREE, which str.isdigit() takes
+    for odd in ("007", "0", "-4", "\u0663"):  # the last: ARABIC-INDIC DIGIT THREE, which str.isdigit() takes
         (repo / "adassr_canon" / odd).mkdir()
     publish_camera(store, "canon", seed=5)
     (model,) = write_repository(repo, store, ["canon"])
     assert (model.version, model.new_version) == (2, True)
     assert (repo / "adassr_canon" / "2" / "model.onnx").is_file()
+
+
+def test_a_folder_triton_reads_as_a_version_it_cannot_load_is_refused(store: Path, tmp_path: Path) -> None:
+    """Triton reads "7.bak" as version 7 (std::stoll) and then loads <model>/7: with that backup beside
+    version 1 the next export became version 2, which Triton never served (a helper's review)."""
+    from adassr.export.triton_repo import triton_version
+
+    assert [triton_version(n) for n in ("1", "7.bak", " 5", "0", "007", "01", "x1", "\u0663", "-2")] == \
+        [1, 7, 5, 0, None, None, None, None, -2]
+    repo = tmp_path / "repo"
+    write_repository(repo, store, ["canon"])
+    (repo / "adassr_canon" / "7.bak").mkdir()
+    publish_camera(store, "canon", seed=6)
+    with pytest.raises(ExportError, match=r"7\.bak reads as version 7 to Triton .* rename"):
+        write_repository(repo, store, ["canon"])
+    assert sorted(p.name for p in (repo / "adassr_canon").iterdir() if p.is_dir()) == ["1", "7.bak"]
+    (repo / "adassr_canon" / "7").mkdir()  # a version 7 of its own: Triton loads that one, and 8 comes next
+    (model,) = write_repository(repo, store, ["canon"])
+    assert model.version == 8
 
 
 def test_options_fp16_and_cpu_instances(store: Path, tmp_path: Path) -> None:
@@ -141,7 +160,7 @@ def test_trt_accelerator_has_one_profile_for_the_batches_a_cache_and_a_warm_up(s
         "trt_profile_opt_shapes": "lr:4x3x64x64",
         "trt_profile_max_shapes": "lr:4x3x64x64",
         "trt_engine_cache_enable": "1",
-        "trt_engine_cache_path": f"/var/cache/trt/adassr_canon/{model.sha256[:16]}",
+        "trt_engine_cache_path": f"/var/cache/trt/adassr_canon-{model.sha256[:16]}",  # one level: ORT's mkdir
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": "/var/cache/trt/adassr_canon",
     }
@@ -159,13 +178,19 @@ def test_trt_accelerator_has_one_profile_for_the_batches_a_cache_and_a_warm_up(s
     (second,) = write_repository(repo, store, ["canon"], options)
     (accel,) = _parse(repo / second.name / "config.pbtxt").optimization.execution_accelerators.gpu_execution_accelerator
     assert second.version == 2 and second.sha256 != model.sha256
-    assert accel.parameters["trt_engine_cache_path"] == f"/var/cache/trt/adassr_canon/{second.sha256[:16]}"
+    assert accel.parameters["trt_engine_cache_path"] == f"/var/cache/trt/adassr_canon-{second.sha256[:16]}"
     # --no-trt-profile (Triton 24.03 refuses the profile keys): the rest stays
     (old_triton,) = write_repository(tmp_path / "old", store, ["canon"], TritonRepoOptions(
         tile=64, max_batch_size=4, preferred_batch_sizes=(4,), trt_accelerator=True, trt_profile=False))
     config = _parse(old_triton.directory / "config.pbtxt")
     (accel,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert dict(accel.parameters) == {"precision_mode": "FP32"} and config.model_warmup[0].batch_size == 4
+    (old_cached,) = write_repository(tmp_path / "old2", store, ["canon"], TritonRepoOptions(
+        tile=64, max_batch_size=4, preferred_batch_sizes=(4,), trt_accelerator=True, trt_profile=False,
+        trt_cache_dir="/var/cache/trt"))  # 24.03 knows the engine cache, not the timing-cache keys (24.04)
+    config = _parse(old_cached.directory / "config.pbtxt")
+    (accel,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert sorted(accel.parameters) == ["precision_mode", "trt_engine_cache_enable", "trt_engine_cache_path"]
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -510,3 +535,38 @@ def test_cli(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "TensorRT engine" in capsys.readouterr().err
     assert main(["export", "--store", str(store)]) == 2
     assert "--camera NAME or --backbone NAME" in capsys.readouterr().err
+
+
+def test_a_new_version_never_appears_without_its_config(store: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The version folder was renamed into place before config.pbtxt was written: a polling Triton could
+    load a new model without its config, or a new tile shape with the previous dims (a helper's review)."""
+    import adassr.export.triton_repo as triton_repo
+
+    repo = tmp_path / "repo"
+    real = triton_repo._copy_version
+    seen: list[bytes] = []
+
+    def copy(source, model_dir, version, file_name):  # type: ignore[no-untyped-def]
+        seen.append((model_dir / "config.pbtxt").read_bytes())  # what Triton sees when the version appears
+        real(source, model_dir, version, file_name)
+
+    monkeypatch.setattr(triton_repo, "_copy_version", copy)
+    (first,) = write_repository(repo, store, ["canon"], TritonRepoOptions(tile=64))
+    assert b"dims: [ 3, 64, 64 ]" in seen[-1]
+    publish_camera(store, "canon", seed=9)
+    (second,) = write_repository(repo, store, ["canon"], TritonRepoOptions(tile=128))
+    assert second.version == 2 and b"dims: [ 3, 128, 128 ]" in seen[-1]
+
+    def failing(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    publish_camera(store, "canon", seed=10)
+    config = (repo / second.name / "config.pbtxt").read_bytes()
+    monkeypatch.setattr(triton_repo, "_copy_version", failing)
+    with pytest.raises(ExportError, match="No space left"):
+        write_repository(repo, store, ["canon"], TritonRepoOptions(tile=96))
+    assert (repo / second.name / "config.pbtxt").read_bytes() == config  # version 2 keeps its own config
+    with pytest.raises(ExportError, match="No space left"):
+        write_repository(tmp_path / "fresh", store, ["canon"], TritonRepoOptions(tile=96))
+    assert not (tmp_path / "fresh" / second.name).exists()  # no model folder with a config and no version
