@@ -77,6 +77,7 @@ LOCK_NAME = ".lock"
 log = logging.getLogger(__name__)
 # .files: (device, inode) of the camera locks this thread holds (a nested flock would wait on itself)
 _HELD_LOCKS = threading.local()
+_LOCK_OPEN_ATTEMPTS = 20  # opening a camera's lock file while another writer removes the unused folder
 ENGINES_FOLDER = "engines"
 """A camera's TensorRT engines: files in ``<camera>/engines/``, records under the manifest key of the same name."""
 FALLBACK_BACKBONE = "realesrgan-x4plus"  # the registry backbone exported as the fallback by default
@@ -579,15 +580,28 @@ class CameraStore:
             os.close(fd)  # closing releases the flock
 
     def _open_lock_file(self, held: set[tuple[int, int]]) -> tuple[int, tuple[int, int]]:
-        """Open (creating it and the folder) the lock file; ``(fd, (device, inode))``."""
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot open the lock file {self.directory / LOCK_NAME}: {exc.strerror or exc}; "
-                "choose a writable location with --store DIR"
-            ) from exc
+        """Open (creating it and the folder) the lock file; ``(fd, (device, inode))``.
+
+        A writer that removes an unused camera folder (:meth:`remove_if_unused`) may take the folder away
+        between the mkdir and the open (ENOENT), or during the mkdir (EEXIST from pathlib's check): tried
+        again, a few times, before it counts as a real failure."""
+        for attempt in range(_LOCK_OPEN_ATTEMPTS):
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+                break
+            except (FileNotFoundError, FileExistsError) as exc:
+                if attempt + 1 < _LOCK_OPEN_ATTEMPTS and not self.directory.is_file():
+                    continue
+                raise StoreError(
+                    f"cannot open the lock file {self.directory / LOCK_NAME}: {exc.strerror or exc}; "
+                    "choose a writable location with --store DIR"
+                ) from exc
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot open the lock file {self.directory / LOCK_NAME}: {exc.strerror or exc}; "
+                    "choose a writable location with --store DIR"
+                ) from exc
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)  # the file itself, however the path reaches it (links, mounts)
         if key in held:
@@ -624,8 +638,9 @@ class CameraStore:
         but not committed are removed when the block exits.
         """
         with self.lock(timeout_s=timeout_s):
-            remove_stale_temps(self.directory)
-            remove_stale_temps(self.directory / ENGINES_FOLDER)  # a build killed mid-write (hundreds of MB)
+            # under the camera's lock, which every writer of temporary files here holds: any other's is dead
+            remove_stale_temps(self.directory, locked=True)
+            remove_stale_temps(self.directory / ENGINES_FOLDER, locked=True)  # a build killed mid-write (large)
             manifest = self.read_manifest_or_empty()
             self._remove_orphans(manifest, previous=None)
             tx = StoreTransaction(self, manifest)

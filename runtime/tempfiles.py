@@ -76,6 +76,7 @@ def create_temp(target: Path) -> tuple[int, Path]:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:
             continue
+        _remember(tmp)
         return fd, tmp
 
 
@@ -97,14 +98,23 @@ def is_stale_temp(name: str) -> bool:
     return match is not None and not _pid_alive(int(match.group("pid")))
 
 
-def remove_stale_temps(folder: Path, *, target: str | Iterable[str] | None = None,
-                       older_than_s: float = 0.0) -> list[str]:
-    """Remove temporary files in ``folder`` left by dead processes (only those of ``target``, one name
-    or several, when given; the folder is read once either way).
+ABANDONED_AFTER_S = 24 * 3600.0
+"""A temporary file untouched this long is a dead writer's even when its process id looks alive (a reused
+id, or the same id in another container: every container's first process is pid 1)."""
 
-    Returns the names removed. Files of live processes and all other files are left alone. With
-    ``older_than_s``, so are files modified more recently: for folders written without a lock, which
-    another machine sharing the folder (whose process ids mean nothing here) may be writing.
+
+def remove_stale_temps(folder: Path, *, target: str | Iterable[str] | None = None,
+                       older_than_s: float = 0.0, locked: bool = False) -> list[str]:
+    """Remove temporary files in ``folder`` left by dead writers (only those of ``target``, one name
+    or several, when given; the folder is read once either way). Files this process is writing are
+    never touched.
+
+    ``locked``: the caller holds the folder's exclusive lock, which every writer of temporary files
+    there holds, so any other process's temporary file is a dead writer's, whatever its process id
+    says. Otherwise a file goes when its process is gone, or when it is older than
+    :data:`ABANDONED_AFTER_S`; with ``older_than_s`` only when it is also that old (for folders written
+    without a lock, which another machine sharing the folder, whose process ids mean nothing here,
+    may be writing). Returns the names removed.
     """
     now = time.time()
     removed: list[str] = []
@@ -112,17 +122,42 @@ def remove_stale_temps(folder: Path, *, target: str | Iterable[str] | None = Non
         entries = list(os.scandir(folder))
     except OSError:
         return removed
+    own = _own_temps(folder)
     stems = None if target is None else {temp_stem(t) for t in ([target] if isinstance(target, str) else target)}
     for entry in entries:
         match = _TEMP_RE.match(entry.name)
-        if match is None or (stems is not None and match.group("target") not in stems):
-            continue
-        if _pid_alive(int(match.group("pid"))):
+        if match is None or (stems is not None and match.group("target") not in stems) or entry.name in own:
             continue
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-            if older_than_s > 0 and now - entry.stat(follow_symlinks=False).st_mtime < older_than_s:
-                continue
+            if not locked:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+                if (_pid_alive(int(match.group("pid"))) and age < ABANDONED_AFTER_S) or age < older_than_s:
+                    continue
             if entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
                 removed.append(entry.name)
     return removed
+
+
+_OWN: dict[str, set[str]] = {}  # folder -> names of the temporary files this process made there
+_OWN_LOCK = threading.Lock()
+
+
+def _remember(tmp: Path) -> None:
+    with _OWN_LOCK:
+        _OWN.setdefault(os.path.abspath(tmp.parent), set()).add(tmp.name)
+
+
+def _own_temps(folder: Path) -> frozenset[str]:
+    """Names of this process's temporary files in ``folder`` that still exist (those gone are forgotten)."""
+    key = os.path.abspath(folder)
+    with _OWN_LOCK:
+        names = _OWN.get(key)
+        if not names:
+            return frozenset()
+        alive = {name for name in names if os.path.lexists(os.path.join(key, name))}
+        if alive:
+            _OWN[key] = alive
+        else:
+            del _OWN[key]
+        return frozenset(alive)

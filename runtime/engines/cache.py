@@ -317,7 +317,7 @@ class EngineCache:
         """
         if self._shared:
             with self._store.lock(timeout_s=timeout_s):
-                remove_stale_temps(self.folder)  # a base-engine build killed mid-write
+                remove_stale_temps(self.folder, locked=True)  # a base-engine build killed mid-write
                 yield
             return
         with self._store.transaction(timeout_s=timeout_s) as tx:

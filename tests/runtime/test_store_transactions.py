@@ -124,6 +124,24 @@ def test_stale_temporaries_of_live_processes_are_kept(tmp_path: Path) -> None:
     assert live.exists() and other.exists() and not dead.exists()
 
 
+def test_a_temporary_file_whose_process_id_looks_alive_goes_after_a_day_or_under_the_lock(tmp_path: Path) -> None:
+    """A killed writer's file whose pid is alive again (pid 1 in a container, a reused id) stayed for good."""
+    from adassr.runtime.tempfiles import ABANDONED_AFTER_S
+
+    old, young = (tmp_path / f".{n}.png.{os.getpid()}.00ff.tmp" for n in ("old", "young"))
+    for p in (old, young):
+        p.write_text("t")
+    os.utime(old, (time.time() - ABANDONED_AFTER_S - 60,) * 2)
+    fd, mine = create_temp(tmp_path / "mine.png")
+    os.close(fd)
+    os.utime(mine, (time.time() - ABANDONED_AFTER_S - 60,) * 2)  # a long write of this process: never touched
+    assert remove_stale_temps(tmp_path) == [old.name]
+    assert remove_stale_temps(tmp_path, locked=True) == [young.name]
+    assert mine.exists()
+    mine.unlink()
+    assert remove_stale_temps(tmp_path, locked=True) == []  # and it is forgotten once gone
+
+
 def test_temporaries_of_killed_engine_builds_and_cache_writes_are_removed(tmp_path: Path) -> None:
     """A build killed mid-write left its partial engine (hundreds of MB) in engines/ or _engines/ for
     good; only the camera folder itself was swept."""
@@ -136,12 +154,17 @@ def test_temporaries_of_killed_engine_builds_and_cache_writes_are_removed(tmp_pa
     engines = store.directory / "engines"
     engines.mkdir()
     partial = engines / f".camera-fp16-x.engine.{dead}.0123abcd.tmp"
-    live = engines / f".camera-fp16-y.engine.{os.getpid()}.0123abcd.tmp"
-    for path in (partial, live):
+    # this process's id but not its file: a writer in another container (every container's first process is
+    # pid 1) or a reused id; it was kept for good. Under the lock no live writer can own it.
+    same_pid = engines / f".camera-fp16-y.engine.{os.getpid()}.0123abcd.tmp"
+    for path in (partial, same_pid):
         path.write_bytes(b"partial engine")
+    fd, mine = create_temp(engines / "camera-fp16-z.engine")  # this process's write in progress
+    os.close(fd)
     with store.transaction():
         pass
-    assert not partial.exists() and live.exists()
+    assert not partial.exists() and not same_pid.exists() and mine.exists()
+    mine.unlink()
 
     shared = EngineCache.shared(tmp_path)
     shared.folder.mkdir()
@@ -371,3 +394,27 @@ def test_a_lock_file_that_never_matches_its_path_is_an_error_not_a_spin(tmp_path
     monkeypatch.setattr(CameraStore, "_lock_file_is", lambda self, key: False)
     with pytest.raises(StoreError, match="cannot confirm the lock file"), store.lock(timeout_s=0.5):
         pass
+
+
+def test_a_folder_removed_while_the_lock_file_is_opened_is_made_again(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first run that published nothing removes its empty camera folder (remove_if_unused); a writer
+    waiting for the camera then failed with "cannot open the lock file ...: No such file or directory;
+    choose a writable location" when the removal fell between its mkdir and its open."""
+    import adassr.runtime.store as store_module
+
+    store = CameraStore.open(tmp_path, "canon")
+    real_open = os.open
+    raced: list[str] = []
+
+    def open_after_removal(path, flags, *args):  # type: ignore[no-untyped-def]
+        if str(path).endswith(".lock") and len(raced) < 2:
+            raced.append(str(path))
+            os.rmdir(store.directory)  # the other writer's remove_if_unused, just now
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(store_module.os, "open", open_after_removal)
+    with store.transaction() as tx:
+        tx.commit()
+    monkeypatch.undo()
+    assert len(raced) == 2 and store.exists()
