@@ -77,5 +77,6 @@ SUITE_PID=$!
 trap 'kill -TERM "$SUITE_PID" 2>/dev/null; sleep 2; exit 143' TERM INT
 wait "$SUITE_PID"
 status=$?
-echo "gpu_check: exit status $status; results in $OUT_DIR"
+if [ -n "$BUNDLE_TO" ]; then where="$BUNDLE_TO"; else where="$OUT_DIR"; fi
+echo "gpu_check: exit status $status; results in $where"
 exit $status

@@ -753,8 +753,10 @@ def main(argv: list[str] | None = None) -> int:
         left = args.budget_s - (time.perf_counter() - start)
         own = adapt_full_limit_s(len(_FULL_GROUPS)) if name == "adapt_full" else SECTION_LIMITS_S[name]
         limit = min(own, left)
-        if limit < 10:
+        if limit < 10:  # recorded (and bundled) like a section that ran, so the report says why it is missing
             summary["sections"][name] = {"status": "skipped", "reason": f"time budget spent ({left:.0f} s left)"}
+            _record(summary, args, start)
+            print(f"[gpu_check] {name}: skipped (time budget spent)", flush=True)
             continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--out", str(args.out),
                "--limit-s", str(limit - 3), "--full-groups", ",".join(_FULL_GROUPS),
@@ -774,13 +776,9 @@ def main(argv: list[str] | None = None) -> int:
         summary["sections"][name] = result
         if result.get("status") not in ("ok", "skipped"):
             status = 1
-        if name == "env":
-            summary["machine"] = result.get("gpu") or f"CPU ({platform.processor() or platform.machine()})"
-        summary["total_s"] = round(time.perf_counter() - start, 1)
-        _write_json(args.out / "gpu_check.json", summary)
-        (args.out / "gpu_check.md").write_text(to_markdown(summary))
-        if args.bundle_to is not None:
-            bundle(args.out, args.bundle_to)
+        if name == "env" and result.get("gpu"):  # a timed-out env keeps the name nvidia-smi gave at start
+            summary["machine"] = result["gpu"]
+        _record(summary, args, start)
         print(f"[gpu_check] {name}: {result.get('status')} in {result['seconds']} s", flush=True)
         if name == "env" and result.get("backbone_missing"):
             print(f"[gpu_check] the backbone weights are missing ({result['backbone_missing']}): the other "
@@ -789,6 +787,15 @@ def main(argv: list[str] | None = None) -> int:
             break
     print((args.out / "gpu_check.md").read_text())
     return status
+
+
+def _record(summary: dict[str, Any], args: argparse.Namespace, start: float) -> None:
+    """Rewrite gpu_check.json / .md with what is known so far, and bundle them (after every section)."""
+    summary["total_s"] = round(time.perf_counter() - start, 1)
+    _write_json(args.out / "gpu_check.json", summary)
+    (args.out / "gpu_check.md").write_text(to_markdown(summary))
+    if args.bundle_to is not None:
+        bundle(args.out, args.bundle_to)
 
 
 if __name__ == "__main__":

@@ -316,3 +316,23 @@ def test_only_groups_still_run_by_their_recorded_start_are_killed(tmp_path: Path
     finally:
         if other.poll() is None:
             other.kill()
+
+
+def test_a_timed_out_env_keeps_the_gpu_name_and_skipped_sections_are_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timed-out env section titled the report "CPU (x86_64)" on the GPU machine, and a section skipped
+    for lack of time was left out of gpu_check.json without a word (a helper's review)."""
+    monkeypatch.setattr(gpu_suite, "_gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+    def timed_out(cmd: list[str], limit: float, capture: bool) -> tuple[None, str]:
+        time.sleep(1.0)  # a section that ran out its time: 1 s here, which leaves too little for the next one
+        return None, ""
+
+    monkeypatch.setattr(gpu_suite, "_run_group", timed_out)
+    code = gpu_suite.main(["--out", str(tmp_path), "--only", "env,niqe", "--cpu-smoke", "--budget-s", "10.5"])
+    assert code == 1
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert summary["machine"] == "NVIDIA H100 80GB HBM3"
+    assert summary["sections"]["env"]["status"] == "timeout"
+    assert summary["sections"]["niqe"] == {"status": "skipped", "reason": summary["sections"]["niqe"]["reason"]}
+    assert "time budget spent" in summary["sections"]["niqe"]["reason"]
+    assert "niqe" in (tmp_path / "gpu_check.md").read_text()
