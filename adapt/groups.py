@@ -215,7 +215,8 @@ def scan_groups(directory: str | Path) -> GroupScan:
             skipped.append(SkippedSource(sub, f"cannot read the folder ({exc.strerror or exc}); check its permissions"))
             continue
         images, broken = _sorted_images(listing), _unreadable_entries(listing)
-        if not images and not broken:
+        if not images:  # no group (nor a case clash with one) from a folder without a readable image
+            skipped.extend(SkippedSource(p, why) for p, why in broken)
             continue
         if _is_store_camera_folder(sub):  # a camera folder of a model store: reports, not photos
             skipped.append(SkippedSource(sub, (

@@ -79,7 +79,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     _configure_logging(getattr(args, "verbose", 0) + getattr(args, "verbose_sub", 0))
     try:
-        return int(args._run(args))
+        code = int(args._run(args))
+        sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is then handled below, not a traceback
+        return code
     except AdassrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -90,11 +92,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError as exc:  # the reader of stdout went away (`... | head -1`): no traceback
-        from adassr.runtime.console import lost_stream
+    except BrokenPipeError as exc:
+        from adassr.runtime.console import lost_stream, reader_gone
 
-        lost_stream(sys.stdout, exc, warn=False)
-        return 1
+        if reader_gone(sys.stdout):  # `... | head -1`: no traceback
+            lost_stream(sys.stdout, exc, warn=False)
+            return 1
+        logging.getLogger(__name__).debug("broken pipe", exc_info=True)
+        print(f"error: a connection or pipe this command wrote to was closed by the other end ({exc})",
+              file=sys.stderr)
+        return 2
 
 
 ADAPT_MODULES = frozenset({"torch", "safetensors", "scipy", "onnx", "onnxscript", "tqdm"})

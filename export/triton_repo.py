@@ -530,7 +530,7 @@ def write_model(plan: _Plan) -> TritonModel:
         if plan.new:
             _copy_version(source, model_dir, version, plan.file_name)
     except BaseException:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, StoreError):  # the first failure is the one to report
             if before is not None and before != wanted:
                 atomic_write_bytes(config_path, before)  # the versions there keep the config they came with
             elif created:  # a model folder with a config and no version would be a broken model to Triton

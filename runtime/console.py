@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
 from typing import TextIO
 
@@ -54,3 +55,16 @@ def lost_stream(stream: TextIO, exc: OSError, *, warn: bool = True) -> None:
         with contextlib.suppress(OSError, ValueError):
             print(f"warning: cannot write to {name} ({exc.strerror or exc}); the run goes on without its "
                   "lines there", file=sys.stderr, flush=True)
+
+
+def reader_gone(stream: TextIO) -> bool:
+    """Whether ``stream`` is a pipe whose reader has gone (writing to it fails with a broken pipe)."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))

@@ -793,7 +793,7 @@ def list_cameras(root: str | os.PathLike[str]) -> list[str]:
     out: no command can open it, and it must not stop the store's other cameras; :func:`misnamed_folders`
     names such folders so that commands can warn about them.
     """
-    return sorted(name for name, problem in _manifest_folders(root) if problem is None)
+    return sorted({name for name, problem in _manifest_folders(root) if problem is None})
 
 
 def misnamed_folders(root: str | os.PathLike[str]) -> list[tuple[Path, str]]:
@@ -818,10 +818,20 @@ def _manifest_folders(root: str | os.PathLike[str]) -> Iterator[tuple[str, str |
         if name != FALLBACK_CAMERA:
             try:
                 if validate_group_name(name) != name:
-                    problem = f"camera group names are lower case, so it would be opened as {name.lower()!r}"
+                    if _same_folder(manifest.parent, root_path / name.lower()):  # a case-insensitive file system
+                        name = name.lower()
+                    else:
+                        problem = f"camera group names are lower case, so it would be opened as {name.lower()!r}"
             except CameraError as exc:
                 problem = str(exc)
         yield name, problem
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 _RECORD_KEYS = frozenset({"file", "sha256", "bytes", "stage", "created"})

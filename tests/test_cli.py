@@ -112,7 +112,8 @@ def test_commands_that_need_torch_say_so_in_one_line_without_it(tmp_path, argv: 
 
 def test_a_reader_that_goes_away_ends_a_command_without_a_traceback(tmp_path, monkeypatch) -> None:
     """`adassr metrics psnr DIR --ref DIR | head -1` ended in a BrokenPipeError traceback."""
-    import io
+    import contextlib
+    import os
 
     import numpy as np
 
@@ -121,9 +122,26 @@ def test_a_reader_that_goes_away_ends_a_command_without_a_traceback(tmp_path, mo
     for k in range(3):
         write_image(tmp_path / f"a{k}.png", np.full((16, 16, 3), 30 * k, np.uint8))
 
-    class Gone(io.StringIO):
-        def write(self, text: str) -> int:
-            raise BrokenPipeError(32, "Broken pipe")
+    read, write = os.pipe()
+    os.close(read)  # the reader went away
+    gone = open(write, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    try:
+        monkeypatch.setattr(sys, "stdout", gone)
+        assert main(["metrics", "psnr", str(tmp_path), "--ref", str(tmp_path)]) == 1
+    finally:
+        monkeypatch.undo()
+        with contextlib.suppress(OSError):
+            gone.close()
 
-    monkeypatch.setattr(sys, "stdout", Gone())
-    assert main(["metrics", "psnr", str(tmp_path), "--ref", str(tmp_path)]) == 1
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error_line(monkeypatch, capsys) -> None:
+    """Every BrokenPipeError was taken for a `| head` on stdout: one from a socket ended silently."""
+    import argparse
+
+    from adassr.cli import _dispatch
+
+    def run(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert _dispatch(argparse.Namespace(_run=run)) == 2
+    assert "error: a connection or pipe this command wrote to was closed" in capsys.readouterr().err

@@ -354,6 +354,7 @@ class Server:
             # Answered, not re-raised: uvicorn logged each re-raised cancellation as a crash with a full
             # traceback and sent its plain 500. The queued work was withdrawn on the way out.
             status = 503
+            self.metrics.errors.labels("not_ready").inc()  # as for the other 503 not_ready answers
             logger.warning("%s %s cancelled: the server shut down past its drain timeout", request.method,
                            request.url.path)
             return HttpError(503, "not_ready", "the request was cancelled when the server shut down past its "

@@ -306,9 +306,14 @@ class ModelRegistry:
         self._on_load(camera, True)
         logger.info("serving %s for camera %s", decision.label, camera)
         if decision.precision != model_precision(self._precision):  # e.g. --precision fp16, only an fp32 export
-            logger.warning("camera %s has no %s export: serving its %s model (export it again with --precision %s "
-                           "to serve %s)", camera, self._precision, decision.precision, self._precision,
-                           self._precision)
+            if self._precision == "bf16":  # the bf16 engine is built from model.onnx, the fp32 export
+                logger.warning("camera %s has no model.onnx (its fp32 export) to build a bf16 engine from: serving "
+                               "its %s model (run `adassr export --camera %s` to serve bf16)", camera,
+                               decision.precision, camera)
+            else:
+                logger.warning("camera %s has no %s export: serving its %s model (export it again with --precision "
+                               "%s to serve %s)", camera, self._precision, decision.precision, self._precision,
+                               self._precision)
         return True
 
     def _refused(self, camera: str, kind: str, message: str, sig: _Signature, *, load_failed: bool = False) -> None:

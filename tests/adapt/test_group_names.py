@@ -132,3 +132,14 @@ def test_broken_links_and_fifos_named_like_images_are_listed_as_skipped(tmp_path
     assert reasons.keys() == {"b.png", "c.png", "top.jpg"}
     assert "link whose target does not exist" in reasons["b.png"] and "FIFO" in reasons["c.png"]
     assert "cannot be read" in reasons["top.jpg"]
+
+
+def test_a_folder_of_broken_links_does_not_clash_with_a_real_camera_folder(tmp_path: Path) -> None:
+    """g/Canon/a.png and g/canon/b.jpg (a broken link): both were refused as a case clash, so the real
+    camera's group vanished (a review of the change that listed broken links)."""
+    _png(tmp_path / "Canon" / "a.png")
+    (tmp_path / "canon").mkdir()
+    (tmp_path / "canon" / "b.jpg").symlink_to(tmp_path / "gone.jpg")
+    scan = scan_groups(tmp_path)
+    assert [m.path.name for m in scan.groups["canon"].members] == ["a.png"] and not scan.conflicts
+    assert [s.path.name for s in scan.skipped] == ["b.jpg"]

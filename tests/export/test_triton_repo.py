@@ -570,3 +570,28 @@ def test_a_new_version_never_appears_without_its_config(store: Path, tmp_path: P
     with pytest.raises(ExportError, match="No space left"):
         write_repository(tmp_path / "fresh", store, ["canon"], TritonRepoOptions(tile=96))
     assert not (tmp_path / "fresh" / second.name).exists()  # no model folder with a config and no version
+
+
+def test_a_failed_restore_of_the_config_does_not_hide_the_first_failure(store: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import adassr.export.triton_repo as triton_repo
+
+    repo = tmp_path / "repo"
+    write_repository(repo, store, ["canon"], TritonRepoOptions(tile=64))
+    publish_camera(store, "canon", seed=11)
+    real_write = triton_repo.atomic_write_bytes
+    writes: list[Path] = []
+
+    def write_then_fail(path, data):  # type: ignore[no-untyped-def]
+        writes.append(path)
+        if len(writes) > 1:  # the restore, on the disk that just filled up
+            raise StoreError(f"cannot write {path}: No space left on device")
+        return real_write(path, data)
+
+    def copy_fails(*args: object) -> None:
+        raise OSError(28, "No space left on device (the copy)")
+
+    monkeypatch.setattr(triton_repo, "atomic_write_bytes", write_then_fail)
+    monkeypatch.setattr(triton_repo, "_copy_version", copy_fails)
+    with pytest.raises(ExportError, match=r"the copy"):
+        write_repository(repo, store, ["canon"], TritonRepoOptions(tile=96))

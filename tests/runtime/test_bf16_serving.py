@@ -82,3 +82,29 @@ def test_the_server_reports_the_precision_that_computes(store: Path) -> None:
     model = registry.models["nokia"]
     assert model.route.precision == "fp32" and model.served_precision == "bf16"
     assert model.summary()["precision"] == "bf16"
+
+
+def test_a_camera_without_model_onnx_is_served_fp16_with_the_right_advice(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from adassr.runtime.backends import open_backend
+    from adassr.runtime.server.models import ModelRegistry
+    from adassr.runtime.store import CameraStore
+
+    root = tmp_path / "store"
+    publish_camera(root, "canon", seed=1, fp16=True)
+
+    def only_fp16(manifest: dict[str, Any]) -> None:
+        del manifest["exports"]["onnx"]
+
+    CameraStore.open(root, "canon").update_manifest(only_fp16)
+    registry = ModelRegistry(root, precision="bf16",
+                             open_model=lambda route: open_backend("onnxruntime", route.verify(), providers=("cpu",),
+                                                                   threads=1))
+    with caplog.at_level(logging.WARNING, logger="adassr.runtime.server.models"):
+        registry.refresh()
+    assert registry.models["canon"].served_precision == "fp16"
+    (note,) = [r.getMessage() for r in caplog.records if "canon" in r.getMessage()]
+    assert "no model.onnx (its fp32 export) to build a bf16 engine from" in note
+    assert "`adassr export --camera canon`" in note and "--precision bf16" not in note

@@ -92,3 +92,13 @@ def test_a_misnamed_store_folder_is_skipped_with_a_warning(tmp_path: Path, caplo
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 2 and all("holds a manifest but is not used" in m for m in warned)
     assert str(tmp_path / "con") in warned[1]
+
+
+def test_a_folder_that_is_the_lower_case_folder_is_no_misnamed_one(tmp_path: Path) -> None:
+    """On a case-insensitive file system (APFS, NTFS) `Canon/` is the folder `canon` opens: it was skipped
+    as misnamed. Simulated here with a link, the same folder under a second name."""
+    from adassr.runtime.store import list_cameras, misnamed_folders
+
+    publish_camera(tmp_path, "canon")
+    (tmp_path / "Canon").symlink_to(tmp_path / "canon")
+    assert list_cameras(tmp_path) == ["canon"] and misnamed_folders(tmp_path) == []

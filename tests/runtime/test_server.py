@@ -1124,6 +1124,7 @@ def test_drain_timeout_bounds_the_shutdown_and_queued_work_never_starts(store: P
         logging.getLogger("uvicorn.error").removeHandler(slow)
         logging.getLogger("adassr.runtime.server.app").removeHandler(slow)
     assert not crashes and set(answers) == {503}, (crashes, answers)  # was uvicorn's 500 and a traceback each
+    assert _metric(state.metrics.render().decode(), "adassr_errors_total", 'kind="not_ready"') == 3
     assert not thread.is_alive() and took < 6  # about the drain timeout plus one model call, not all the work
     assert len(starts) == 1  # the two queued requests never started
     text = state.metrics.render().decode()
