@@ -8,6 +8,7 @@ so one validation run also exercises the dynamic batch, height and width of the 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from adassr.runtime.images import is_image_file
 CROP_SIZE = 32
 SMALL_CROP = (20, 28)  # (H, W) of the non-square window, cut from the most textured crop
 SAMPLE_PHOTO = Path("samples") / "cameras" / "nokia" / "iptc.jpg"
+
+log = logging.getLogger(__name__)
 SAMPLES_DIR = Path("samples") / "cameras"
 
 
@@ -33,15 +36,35 @@ class ValidationInput:
     description: str
 
 
+MAX_BUNDLED_PHOTOS = 8
+"""Photos :func:`bundled_photos` returns at most (the checkout bundles 5): the fp16 check holds every
+intermediate tensor of their crops in memory."""
+
+
+def _checkout_roots() -> list[Path]:
+    """Checkouts of this project that may hold its bundled files: the package's own (an editable
+    install), then the working folder when it is one (by its pyproject), never any folder that merely
+    has a ``samples/cameras`` of its own (a user's project laid out as adapt's default reads)."""
+    roots = [Path(__file__).resolve().parents[1]]
+    cwd = Path.cwd()
+    try:
+        if 'name = "adassr"' in (cwd / "pyproject.toml").read_text(encoding="utf-8"):
+            roots.append(cwd)
+    except (OSError, UnicodeDecodeError):
+        pass
+    return roots
+
+
 def _repo_candidates(relative: Path) -> list[Path]:
-    return [Path.cwd() / relative, Path(__file__).resolve().parents[1] / relative]
+    return [root / relative for root in _checkout_roots()]
 
 
 def bundled_photos() -> list[Path]:
-    """The bundled sample photos (``samples/cameras/*/*``), or ``[]`` outside a checkout."""
+    """The bundled sample photos (``samples/cameras/*/*`` of this project's checkout, at most
+    :data:`MAX_BUNDLED_PHOTOS`), or ``[]`` outside a checkout."""
     for root in _repo_candidates(SAMPLES_DIR):
         if root.is_dir():
-            return sorted(p for p in root.glob("*/*") if is_image_file(p))
+            return sorted(p for p in root.glob("*/*") if is_image_file(p))[:MAX_BUNDLED_PHOTOS]
     return []
 
 
@@ -53,6 +76,8 @@ def find_validation_photo(
     """
     if explicit is not None:
         path = Path(explicit)
+        if path.is_dir():
+            raise ExportError(f"validation image {path} is a folder; pass one photo with --validation-image")
         if not path.is_file():
             raise ExportError(f"validation image {path} does not exist; pass an existing photo with --validation-image")
         return path
@@ -70,8 +95,9 @@ def find_validation_photo(
 
 
 def _usable_photo(path: Path) -> bool:
-    """Whether ``path`` reads as an image large enough to validate on (adapt skips damaged and tiny
-    members of a group, but its manifest lists every member)."""
+    """Whether ``path`` decodes as an image large enough to validate on (adapt skips damaged and tiny
+    members of a group, but its manifest lists every member): its size from the header first, then the
+    whole file, since a truncated photo has a good header."""
     from adassr.runtime.errors import AdassrError
     from adassr.runtime.images import read_image_size
 
@@ -79,9 +105,12 @@ def _usable_photo(path: Path) -> bool:
         return False
     try:
         width, height = read_image_size(path)
-    except (AdassrError, OSError):
+        if min(height, width) <= max(SMALL_CROP):
+            return False
+        read_rgb(path)
+    except (AdassrError, OSError, MemoryError):
         return False
-    return min(height, width) > max(SMALL_CROP)
+    return True
 
 
 def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
@@ -167,7 +196,11 @@ def photo_crops(paths: Sequence[str | os.PathLike[str]], *, size: int = CROP_SIZ
     """The most textured ``size`` crop of each photo in ``paths`` (smaller ones skipped) as one batch."""
     crops, names = [], []
     for path in paths:
-        image = read_rgb(path)
+        try:
+            image = read_rgb(path)
+        except ImageError as exc:  # an extra check: one damaged photo must not stop the export
+            log.warning("not using %s for the fp16 check: %s", path, exc)
+            continue
         if min(image.shape[:2]) < size:
             continue
         (y, x), = textured_windows(image, size, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -602,3 +603,33 @@ def test_the_validation_photo_skips_members_adapt_could_not_use(tmp_path: Path) 
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 70, 3), dtype=np.uint8)).save(good)
     entries = [{"path": str(p)} for p in (empty, tiny, tmp_path / "gone.png", good)]
     assert find_validation_photo(entries) == good
+
+
+def test_a_truncated_member_a_folder_and_a_users_samples_folder_do_not_stop_the_export(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A truncated first member (a good header) failed every export of the camera; `--validation-image DIR`
+    said "does not exist"; run from a folder with its own samples/cameras, the fp16 check read the user's
+    photos (all of them, one damaged one failing the export) instead of the bundled ones."""
+    from PIL import Image
+
+    from adassr.export.crops import MAX_BUNDLED_PHOTOS, find_validation_photo
+    from adassr.export.errors import ExportError
+
+    good = tmp_path / "b_good.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (80, 90, 3), dtype=np.uint8)).save(good, quality=90)
+    truncated = tmp_path / "a_truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    assert find_validation_photo([{"path": str(truncated)}, {"path": str(good)}]) == good
+    with pytest.raises(ExportError, match="is a folder"):
+        find_validation_photo(explicit=tmp_path)
+
+    bundled = bundled_photos()
+    project = tmp_path / "project"
+    (project / "samples" / "cameras" / "mine").mkdir(parents=True)
+    shutil.copy(truncated, project / "samples" / "cameras" / "mine" / "x.jpg")
+    monkeypatch.chdir(project)
+    assert bundled_photos() == bundled and 0 < len(bundled) <= MAX_BUNDLED_PHOTOS
+    with caplog.at_level("WARNING"):
+        crops = photo_crops([truncated, *bundled[:1]], size=24)
+    assert crops is not None and crops.batch.shape[0] == 1
+    assert any("not using" in r.getMessage() and "a_truncated.jpg" in r.getMessage() for r in caplog.records)
