@@ -63,6 +63,8 @@ MIN_SIDE = 8
 """The smallest LR side a latency case may have."""
 MAX_SIDE = 4096
 """The largest LR side a latency case may have (its x4 output is 16384 px wide: 3 GB of float32)."""
+MAX_CALL_OUTPUT_PIXELS = (4 * MAX_SIDE) ** 2
+"""The most x4 output pixels one timed call (``--batch`` frames) may make: one frame of the largest side."""
 
 
 
@@ -97,9 +99,17 @@ def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
     check_threads(options.threads)
     defaults = LatencyOptions()
     if options.frame is None or not gpu_report:
-        _sizes(options.sizes)
+        largest = max(_sizes(options.sizes)) ** 2
     elif options.sizes != defaults.sizes:
         raise ConfigError("--frame and --sizes both give the sizes to time; give one of them")
+    else:
+        height, width = parse_frame(options.frame)
+        largest = height * width
+    if gpu_report and options.batch * largest * 16 > MAX_CALL_OUTPUT_PIXELS:  # x4: 16 output pixels each
+        fits = max(1, MAX_CALL_OUTPUT_PIXELS // (16 * largest))
+        raise ConfigError(f"--batch {options.batch} of the largest size ({largest:,} LR pixels) makes more than "
+                          f"{MAX_CALL_OUTPUT_PIXELS:,} output pixels a call (about {MAX_CALL_OUTPUT_PIXELS * 12 >> 30} "
+                          f"GB of float32): use --batch <= {fits} or a smaller size")
     if not gpu_report:  # the CPU report's tiled-vs-untiled case
         if not MIN_SIDE <= options.tiled_size <= MAX_SIDE:
             raise ConfigError(f"--tiled-size must be from {MIN_SIDE} to {MAX_SIDE}, got {options.tiled_size}")

@@ -44,7 +44,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                      help="results folder for the report's .md and .json, named after this machine (a GPU "
                           "report also after its backend, and its precision and batch where not fp32 and 1; a "
                           "camera other than the fallback and a PyTorch ISA cap are named too; default "
-                          "./benchmarks/results; a report of the same machine and options is replaced)")
+                          "./benchmarks/results; a report of the same name is replaced, also when other options "
+                          "such as --threads, --sizes or --frame differ: give such runs their own --out)")
 
 
 def latency_options(args: argparse.Namespace) -> LatencyOptions:

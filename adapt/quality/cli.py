@@ -10,8 +10,9 @@
   is reported and skipped. ``--channel``: psnr/ssim ``y`` (default, BT.601
   luma as SR papers), ``rgb`` or ``gray`` (MATLAB rgb2gray, as the original SSIM code);
   niqe ``gray`` (default, the original) or ``y``; lpips takes none. A grey image against a colour
-  reference: psnr and ssim refuse it (their channel conversions need colour on both sides), lpips
-  repeats the grey channel (its network takes colour, as pyiqa does). An alpha channel is not scored
+  reference: psnr and ssim refuse it with ``--channel y`` or ``rgb`` (those conversions need colour on
+  both sides) and score it with ``--channel gray`` (both sides become grey), lpips repeats the grey
+  channel (its network takes colour, as pyiqa does). An alpha channel is not scored
   (a note says so).
 - Output: one line per image, ``<path>\\t<score>`` (shortest round-trip float; ``inf``
   for PSNR of identical images), or with ``--json`` one object mapping each path to
@@ -97,10 +98,10 @@ class _NoReference(str):
 
 def _folder_images(folder: Path) -> list[Path]:
     """The images directly inside ``folder``, sorted by name; ``ConfigError`` when there are none."""
-    from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file
+    from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file, unreadable_image_entry
 
-    try:
-        images = sorted(p for p in folder.iterdir() if is_image_file(p))
+    try:  # a broken link or a FIFO named like an image is listed: scoring it fails, and says so
+        images = sorted(p for p in folder.iterdir() if is_image_file(p) or unreadable_image_entry(p) is not None)
     except OSError as exc:
         raise ConfigError(f"cannot list the folder {folder}: {exc.strerror or exc}") from exc
     if not images:

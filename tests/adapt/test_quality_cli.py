@@ -241,3 +241,18 @@ def test_notes_for_what_is_not_scored_and_one_file_in_two_spellings(capsys: pyte
     monkeypatch.chdir(CALIB)
     assert _metrics("psnr", "dist_I04.png", "./dist_I04.png", "--ref", "ref_I04.png", "ref_I04.png", "--json") == 2
     assert "scored more than once" in capsys.readouterr().err
+
+
+def test_a_broken_link_in_a_folder_is_a_failed_file_not_left_out(capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Path) -> None:
+    """`metrics psnr s2 --ref h2` with s2/y.png a broken link scored x.png and exited 0 without a word."""
+    sr, hr = tmp_path / "sr", tmp_path / "hr"
+    sr.mkdir()
+    hr.mkdir()
+    (sr / "I04.png").write_bytes(Path(D4).read_bytes())
+    (sr / "I06.png").symlink_to(tmp_path / "gone.png")
+    Image.open(R4).save(hr / "I04.png")
+    Image.open(R6).save(hr / "I06.png")
+    out, err = _partial(capsys, "psnr", str(sr), "--ref", str(hr))
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(sr / "I04.png")]
+    assert str(sr / "I06.png") in err and "scored 1, failed 1" in err

@@ -144,6 +144,7 @@ def test_bad_options_fail_before_any_timing(store: Path, tmp_path: Path, monkeyp
         (["--tiled-size", "64", "--tile-overlap", "8"], "--tiled-size 64, --tile-overlap 8 belong to the CPU report"),
         (["--providers", "cuda"], "--providers cuda belong to the CPU report"),
         (["--sizes", "32"], "--frame and --sizes both give the sizes"),
+        (["--batch", "1000000"], "--batch 1000000 of the largest size (384 LR pixels) makes more than"),  # OOM-kill
     ]:
         assert main([*gpu, *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
