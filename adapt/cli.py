@@ -24,7 +24,8 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--keep-on-interrupt", action="store_true",
                        help="on Ctrl-C / SIGTERM publish the best weights evaluated so far if they beat the backbone "
                             "and the camera's current model (the manifest says so; the exit code is still 130 / "
-                            "143); default: publish nothing, keep the previous model")
+                            "143); default: publish nothing, keep the previous model (a signal while a finished "
+                            "run is saved, its last second or two, waits: that model is published)")
     model.add_argument("--replace", action="store_true",
                        help="publish this run's result even when the camera's current model scores a better NIQE on "
                             "the run's evaluation crops (default: a re-run never replaces a better model)")

@@ -167,12 +167,13 @@ def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
 def resolve_bench_model(options: LatencyOptions, *, precision: str = "fp32") -> Any:
     """The store's route for ``options.camera``; ``ConfigError`` when a named camera would only be
     served by the fallback (a benchmark of the wrong model is worse than none)."""
+    from adassr.runtime.cameras import camera_name
     from adassr.runtime.errors import ConfigError
     from adassr.runtime.routing import resolve_model
     from adassr.runtime.store import FALLBACK_CAMERA
 
     route = resolve_model(options.store, camera=options.camera, precision=precision)
-    if options.camera != FALLBACK_CAMERA and route.is_fallback:
+    if camera_name(options.camera) != FALLBACK_CAMERA and route.is_fallback:
         raise ConfigError(
             f"camera {options.camera!r} has no exported model in {options.store} ({route.reason}); export it with "
             f"`adassr export --camera {options.camera}`, or time the fallback with --camera {FALLBACK_CAMERA}")

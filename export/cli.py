@@ -45,8 +45,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="build the camera's own engine instead of refitting the shared base engine of its "
                              "backbone (one build per camera instead of one per GPU type)")
     engine.add_argument("--tile", type=int, default=512,
-                        help="runtime tile size the engine's profile is built for (default 512; upscale and "
-                             "serve load the engine when run with the same --tile and --tile-batch); "
+                        help="runtime tile size the engine's profile is built for (default 512; `upscale --backend "
+                             "tensorrt` loads the engine when run with the same --tile and --tile-batch, `serve "
+                             "--backend tensorrt` with the same --tile, --pad-to-tile and --max-batch equal to "
+                             "--tile-batch); "
                              "with --triton-repo the tile shape of the Triton models")
     engine.add_argument("--tile-batch", type=int, default=1, help="tiles per call the profile allows (default 1)")
     triton = parser.add_argument_group(

@@ -3,8 +3,11 @@
 A temporary file for ``<folder>/<name>`` is ``<folder>/.<name>.<pid>.<token>.tmp``: hidden, in the
 same folder (so the final ``os.replace`` is atomic), and carrying the writer's process id, so a
 later run can tell a live writer's file from one left by a process that was killed (``kill -9``,
-power loss) and remove only the latter. A name too long to take the extra characters within the
-file system's 255 bytes stands in the temporary name shortened, with a hash of the whole name.
+power loss) and remove only the latter. A process id can look alive again (reused, or pid 1 in
+another container), so :func:`remove_stale_temps` also removes, under the folder's lock, every
+temporary file this process did not make, and elsewhere any untouched for a day. A name too long
+to take the extra characters within the file system's 255 bytes stands in the temporary name
+shortened, with a hash of the whole name.
 
 Files made this way get the mode a plain ``open()`` would give (``0o666`` minus the umask), not
 the ``0o600`` of :func:`tempfile.mkstemp`.

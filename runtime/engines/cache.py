@@ -387,8 +387,10 @@ class EngineCache:
                               and old.key.source_sha256 not in current)
                 replaced = digest_ == wanted.digest
                 # the same engine under an older key version (built before a builder change): never loaded again
-                outdated = (old.key.key_version < wanted.key_version
-                            and dataclasses.replace(old.key, key_version=wanted.key_version) == wanted)
+                outdated = (old.key.precision == wanted.precision
+                            and (old.key.key_version, old.key.bf16_layers) < (wanted.key_version, wanted.bf16_layers)
+                            and dataclasses.replace(old.key, key_version=wanted.key_version,
+                                                    bf16_layers=wanted.bf16_layers) == wanted)
                 if (superseded or replaced or outdated) and old.file != rel:
                     removed.append(old.file)
                     del engines[digest_]

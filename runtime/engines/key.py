@@ -36,6 +36,10 @@ KEY_VERSION = 2
 """Bumped when the key's fields, the engine layout or the builder flags change: older keys then never
 match. 2: TF32 off for fp16 and bf16 engines too (their fp32 layers ran in TF32)."""
 
+BF16_LAYERS_VERSION = 2
+"""The set of layers a bf16 build keeps in fp32 (``adassr.runtime.engines.trt.keeps_fp32``), part of a bf16
+key only: 2 adds the 1x1 convolutions standing for the residual scaling (1 ran them in bf16)."""
+
 Shape = tuple[int, int, int, int]
 
 
@@ -112,8 +116,13 @@ class EngineKey:
     refittable: bool = False
     weight_stripped: bool = False
     key_version: int = field(default=KEY_VERSION)
+    bf16_layers: int = 0  # bf16 keys: BF16_LAYERS_VERSION (set when 0); other precisions: 0
 
     def __post_init__(self) -> None:
+        if self.precision == "bf16" and self.bf16_layers == 0:
+            object.__setattr__(self, "bf16_layers", BF16_LAYERS_VERSION)
+        elif self.precision != "bf16" and self.bf16_layers != 0:
+            raise ConfigError(f"bf16_layers is for bf16 engines only, got {self.bf16_layers} for {self.precision}")
         if self.kind not in ENGINE_KINDS:
             raise ConfigError(f"engine kind must be one of {', '.join(ENGINE_KINDS)}, got {self.kind!r}")
         if self.precision not in ENGINE_PRECISIONS:
@@ -128,8 +137,10 @@ class EngineKey:
             raise ConfigError("a weight-stripped engine must be refittable (it is useless until refitted)")
 
     def to_json(self) -> dict[str, Any]:
-        """Canonical JSON form (stored in the manifest, hashed by :meth:`digest`)."""
-        return {
+        """Canonical JSON form (stored in the manifest, hashed by :meth:`digest`); ``bf16_layers`` only in a
+        bf16 key, so the keys (and digests) of fp32 and fp16 engines are what they were."""
+        extra = {"bf16_layers": self.bf16_layers} if self.precision == "bf16" else {}
+        return extra | {
             "key_version": self.key_version,
             "kind": self.kind,
             "source_sha256": self.source_sha256,
@@ -159,6 +170,7 @@ class EngineKey:
                 refittable=bool(data["refittable"]),
                 weight_stripped=bool(data["weight_stripped"]),
                 key_version=int(data["key_version"]),
+                bf16_layers=int(data.get("bf16_layers", 1)) if data["precision"] == "bf16" else 0,  # 1: before it
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ConfigError(f"malformed engine key {dict(data)!r}: {exc!r}") from exc
@@ -201,6 +213,9 @@ def explain_mismatch(stored: EngineKey, wanted: EngineKey) -> list[str]:
         )
     if stored.precision != wanted.precision:
         reasons.append(f"precision {stored.precision}, {wanted.precision} is wanted")
+    elif stored.bf16_layers != wanted.bf16_layers:
+        reasons.append(f"bf16 layer set {stored.bf16_layers} (fewer layers kept in fp32), {wanted.bf16_layers} is "
+                       "wanted")
     if stored.profiles != wanted.profiles:
         reasons.append(f"profiles {_profiles_text(stored.profiles)}, wanted {_profiles_text(wanted.profiles)}")
     if stored.optimization_level != wanted.optimization_level:

@@ -209,3 +209,12 @@ def test_torch_rows_of_the_gpu_report_use_the_threads_asked_for(store: Path) -> 
     finally:
         torch.set_num_threads(before)
 
+
+
+def test_the_fallback_camera_is_named_in_any_case(store: Path, tmp_path: Path) -> None:
+    """`bench latency --camera _FALLBACK` said the fallback had no exported model."""
+    from adassr.cli import main
+
+    assert main(["bench", "latency", "--store", str(store), "--camera", "_FALLBACK", "--sizes", "16",
+                 "--tiled-size", "32", "--repeats", "1", "--threads", "1", "--no-torch",
+                 "--out", str(tmp_path / "out")]) == 0

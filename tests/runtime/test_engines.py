@@ -337,6 +337,38 @@ def test_an_engine_of_an_older_key_version_is_superseded_by_its_rebuild(tmp_path
     assert dataclasses.replace(other, key_version=KEY_VERSION) != again.record.key
 
 
+def test_a_bf16_engine_of_the_earlier_fp32_layer_set_is_rebuilt_and_superseded(tmp_path: Path) -> None:
+    """bf16 builds now keep the residual-scaling convolutions in fp32; an engine built before ran them in
+    bf16 and was found again (also as a refit base), so deleting it did not help. fp32 and fp16 keys keep
+    their digests."""
+    import dataclasses
+
+    from adassr.runtime.engines.key import BF16_LAYERS_VERSION, EngineKey, explain_mismatch
+
+    _camera(tmp_path, "canon", 0, structure=None)
+    store = CameraStore.open(tmp_path, "canon")
+    built = ensure_camera_engine(_request(tmp_path, "canon", refit=False, precision="bf16"), FileToolkit())
+    assert built.record.key.bf16_layers == BF16_LAYERS_VERSION
+    older_json = {k: v for k, v in built.record.key.to_json().items() if k != "bf16_layers"}  # as recorded before
+    older = EngineKey.from_json(older_json)
+    assert older.bf16_layers == 1 and "bf16 layer set 1" in " ".join(explain_mismatch(older, built.record.key))
+    old_file = built.record.file.replace(built.record.key.digest[:16], older.digest[:16])
+    built.path.rename(store.directory / old_file)
+
+    def as_before(manifest: dict) -> None:
+        record = manifest["engines"].pop(built.record.key.digest)
+        record.update(key=older_json, file=old_file)
+        manifest["engines"][older.digest] = record
+
+    store.update_manifest(as_before)
+    again = ensure_camera_engine(_request(tmp_path, "canon", refit=False, precision="bf16", any_stored_settings=True),
+                                 FileToolkit())
+    assert again.built and list(store.read_manifest()["engines"]) == [again.record.key.digest]
+    assert old_file in store.read_manifest()["superseded_files"]
+    fp16 = dataclasses.replace(older, precision="fp16", bf16_layers=0)
+    assert "bf16_layers" not in fp16.to_json()  # the fp32 / fp16 digests are what they were
+
+
 def test_an_engine_record_pointing_outside_its_folder_never_touches_that_file(tmp_path: Path) -> None:
     """A hand-edited record named ../../victim.txt: the rebuild that replaced it deleted the user's file."""
     victim = tmp_path / "victim.txt"
