@@ -342,6 +342,7 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
     theta_e = dict(start)
     u = {k: torch.zeros_like(v) for k, v in theta_e.items()}
     result: InternalResult | None = None
+    first: InternalResult | None = None  # iteration 1's: its baseline is the unadapted backbone's NIQE
     # one deadline for every step: each internal step gets what is left of the budget, not all of it
     deadline = None if config.time_budget is None else time.monotonic() + config.time_budget
     for k in range(1, config.admm_iters + 1):
@@ -379,12 +380,38 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
         result = run_internal_step(model, sampler, inputs.crops, inputs.metric, step_config, device=device,
                                    precision=precision, trainable=trainable, anchors=anchors,
                                    perceptual=inputs.perceptual, progress=progress)
+        first = result if first is None else first
         u = {n: u[n] + theta_e[n] - result.state_dict[n] for n in u}
         if result.interrupted is not None:  # a signal ends the whole run, not just this iteration
             break
-    if result is None:  # admm_iters >= 1 is validated by AdaptConfig
+    if result is None or first is None:  # admm_iters >= 1 is validated by AdaptConfig
         raise ConfigError(f"--admm-iters must be >= 1, got {config.admm_iters}")
-    return result
+    return _against_backbone(result, first, start, config)
+
+
+def _against_backbone(result: InternalResult, first: InternalResult, start: Mapping[str, torch.Tensor],
+                      config: AdaptConfig) -> InternalResult:
+    """The ADMM run's result judged against the unadapted backbone, as one internal step is.
+
+    Each later iteration starts from the external step's weights and measures itself against them:
+    its "kept the backbone" kept those weights, and its NIQE before was theirs. The backbone's own
+    scores are iteration 1's baseline (the evaluation crops are the same): the result is kept only
+    within ``backbone_margin`` of them, else the backbone is (a run once published weights 0.42 NIQE
+    worse than the backbone as "adapted")."""
+    if result is first:
+        return result
+    backbone = list(first.niqe_before)
+    base, after = float(np.nanmean(backbone)), float(np.nanmean(result.niqe_after))
+    if not after <= base + config.backbone_margin:  # NaN too
+        reason = (f"; after the ADMM iterations the result's NIQE {after:.3f} was worse than the unadapted "
+                  f"backbone's {base:.3f}" + (f" by more than --backbone-margin {config.backbone_margin:g}"
+                                              if config.backbone_margin > 0 else "") + ", so the backbone is kept")
+        return replace(result, state_dict={n: t.detach().to("cpu", torch.float32) for n, t in start.items()},
+                       kept_backbone=True, best_step=0, niqe_before=backbone, niqe_after=backbone,
+                       stop_reason=result.stop_reason + reason)
+    note = ("; the last internal step kept its start, the external step's weights, which are within the margin of "
+            "the backbone" if result.kept_backbone else "")
+    return replace(result, kept_backbone=False, niqe_before=backbone, stop_reason=result.stop_reason + note)
 
 
 def _internal_step_reserve(previous: InternalResult, config: AdaptConfig) -> float:

@@ -98,3 +98,36 @@ def test_a_signal_in_an_external_step_keeps_the_evaluated_internal_result(
     expected = signal.SIGINT if isinstance(signal_, KeyboardInterrupt) else signal.SIGTERM
     assert result.interrupted == int(expected) and not result.kept_backbone
     assert result.niqe_after == [4.0] and "external step" in result.stop_reason
+
+
+def test_a_result_worse_than_the_backbone_after_admm_keeps_the_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Iteration 2 measured itself against the external step's weights (NIQE 5.283) and published a
+    model at 5.306 as "adapted", 0.42 worse than the backbone's 4.884 (a helper's bug hunt)."""
+    _setup(monkeypatch)
+    scores = iter([([4.884], [4.884], True), ([5.283], [5.306], False)])  # (before, after, kept its start)
+
+    def internal(model: RRDBNet, *args: Any, **kwargs: Any) -> InternalResult:
+        before, after, kept = next(scores)
+        state = {k: v.detach().clone() + (0.0 if kept else 0.5) for k, v in model.state_dict().items()}
+        return InternalResult(state, kept, before, after, 3, 0 if kept else 1, "reached the step budget",
+                              timing={"setup_s": 0.0, "mean_evaluation_s": 0.0, "mean_period_first_step_s": 0.0})
+
+    monkeypatch.setattr(run, "run_internal_step", internal)
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    config = AdaptConfig(admm_iters=2, backbone_margin=0.1, external_hr=Path("/nowhere/hr"))
+    inputs = SimpleNamespace(images=[], kernel=SimpleNamespace(kernel=None), pair_config=None, weights=None,
+                             crops=[], metric=None, perceptual=None)
+    result = run._run_admm(model, inputs, config, start, scale=4,  # type: ignore[arg-type]
+                           device=torch.device("cpu"), precision=Precision("fp32", "cpu"), trainable="all",
+                           progress=None)
+    assert result.kept_backbone and result.niqe_before == [4.884] == result.niqe_after
+    assert all(torch.equal(result.state_dict[k], start[k]) for k in start)
+    assert ("5.306 was worse than the unadapted backbone's 4.884 by more than --backbone-margin 0.1"
+            in result.stop_reason)
+
+    within = run._against_backbone(
+        InternalResult({}, True, [4.95], [4.95], 3, 0, "r"), InternalResult({}, True, [4.9], [4.9], 3, 0, "r"),
+        start, config)  # the last step kept the external weights, within the margin: published as adapted
+    assert not within.kept_backbone and within.niqe_before == [4.9] and "external step's weights" in within.stop_reason
