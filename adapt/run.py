@@ -101,11 +101,22 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
         too_small = tuple((str(m.path), w, h) for m, w, h in sized if min(w, h) < min_side)
         sized = [(m, w, h) for m, w, h in sized if min(w, h) >= min_side]
         if too_small:
-            log.warning("camera group %r: skipped %d image(s) too small for the LR patch (under %d px per side): %s",
-                        group.name, len(too_small), min_side, ", ".join(f"{p} ({w}x{h})" for p, w, h in too_small))
+            log.warning("camera group %r: skipped %d image(s) too small for any training pair (under %d px per "
+                        "side): %s", group.name, len(too_small), min_side,
+                        ", ".join(f"{p} ({w}x{h})" for p, w, h in too_small))
+    readable_headers = len(sized) + len(too_small)
     selection = select_images([w * h for _, w, h in sized], max_images=max_images or len(sized) or 1,
                               max_megapixels=max_megapixels or math.inf)
     members, images = _decode_members([sized[i][0] for i in selection.indices], errors)
+    if len(images) < len(selection.indices):  # a chosen file's header was good but its data is not
+        members, images = _replace_failed(members, images, sized, selection.indices, len(selection.indices),
+                                          (max_megapixels or math.inf) * 1e6, errors)
+    if not images and too_small:  # the only large images were damaged: the small ones may still serve
+        log.warning("camera group %r: every image large enough for the LR patch failed to decode; trying the %d "
+                    "smaller one(s), for which the patch shrinks", group.name, len(too_small))
+        by_path = {str(m.path): m for m in group.members}
+        members, images = _decode_members([by_path[p] for p, _, _ in too_small], errors)
+        too_small = ()
     unreadable = tuple((path, str(exc)) for path, exc in errors)
     if len(group.members) == 1 and errors:
         raise errors[0][1]
@@ -121,7 +132,7 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
         log.warning("camera group %r: skipped %d unreadable image(s) of %d, adapting on %d: %s",
                     group.name, len(unreadable), len(group.members), len(images),
                     "; ".join(reason for _, reason in unreadable))
-    return LoadedGroup(CameraGroup(group.name, tuple(members)), images, unreadable, len(sized) + len(too_small),
+    return LoadedGroup(CameraGroup(group.name, tuple(members)), images, unreadable, readable_headers,
                        selection.limited_by, too_small)
 
 
@@ -145,6 +156,29 @@ def _header_sizes(members: Sequence[GroupMember],
             continue
         sized.append((member, width, height))
     return sized
+
+
+def _replace_failed(members: list[GroupMember], images: list[np.ndarray], sized: Sequence[tuple[GroupMember, int, int]],
+                    chosen: Sequence[int], wanted: int, max_pixels: float,
+                    errors: list[tuple[str, ImageError]]) -> tuple[list[GroupMember], list[np.ndarray]]:
+    """Fill the places of chosen images that failed to decode with images the selection left out, in
+    name order, within the pixel budget: ``--max-images N`` then trains on N images where N can be read."""
+    taken = set(chosen)
+    pixels = sum(int(image.shape[0]) * int(image.shape[1]) for image in images)
+    members, images = list(members), list(images)
+    for index, (member, width, height) in enumerate(sized):
+        if len(images) >= wanted:
+            break
+        if index in taken or pixels + width * height > max_pixels:
+            continue
+        decoded, pixels_of = _decode_members([member], errors)
+        if decoded:
+            members += decoded
+            images += pixels_of
+            pixels += width * height
+    order = {str(m.path): k for k, (m, _, _) in enumerate(sized)}  # name order, as the selection has it
+    paired = sorted(zip(members, images, strict=True), key=lambda mi: order.get(str(mi[0].path), 0))
+    return [m for m, _ in paired], [i for _, i in paired]
 
 
 def _decode_members(members: Sequence[GroupMember],
@@ -182,6 +216,17 @@ def _resolve_trainable(requested: str, device: torch.device) -> str:
     if requested == "auto":
         return "all" if device.type == "cuda" else "tail"
     return requested
+
+
+def _known_kernel_shape(mode: str, scale: int) -> tuple[int, int] | None:
+    """The blur kernel's shape before any image is read: the bicubic kernel's (``--kernel bicubic``);
+    None for an estimated kernel, whose size the images decide."""
+    if mode != "bicubic":
+        return None
+    from adassr.adapt.kernel import bicubic_kernel_estimate
+
+    kh, kw = np.asarray(bicubic_kernel_estimate(scale).kernel).shape
+    return int(kh), int(kw)
 
 
 def _estimate_kernel(images: Sequence[np.ndarray], scale: int, mode: str) -> KernelEstimate:
@@ -237,10 +282,11 @@ def _usable_images_and_kernel(images: list[np.ndarray], group: CameraGroup, pair
     can be used at all a ConfigError gives the minimum size. A first pass with the default
     kernel size keeps tiny images out of kernel estimation; the final pass uses the kernel's size.
     """
-    from adassr.adapt.pairs import select_usable_images
+    from adassr.adapt.pairs import DEFAULT_KERNEL_SIZE, select_usable_images
 
     names = [str(p) for p in group.paths]
-    first = select_usable_images(images, pair_config, names=names)
+    known = _known_kernel_shape(kernel_mode, pair_config.scale)
+    first = select_usable_images(images, pair_config, names=names, kernel_shape=known or (DEFAULT_KERNEL_SIZE,) * 2)
     kernel = _estimate_kernel([images[i] for i in first.indices], pair_config.scale, kernel_mode)
     # the diagnostics' image indices (images_used, images_skipped_flat) count these images, in this order
     kernel = replace(kernel, diagnostics={**kernel.diagnostics, "image_paths": [names[i] for i in first.indices]})
@@ -285,8 +331,9 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
     pair_config = PairConfig(scale=scale, lr_patch=config.lr_patch)
     if not config.augment:
         pair_config = pair_config.without_augmentation()
+    known = _known_kernel_shape(config.kernel, scale)  # bicubic: its size; estimated: not known yet
     loaded = load_group_images(group, max_images=config.max_images, max_megapixels=config.max_megapixels,
-                               min_side=min_image_size(pair_config, (1, 1)))  # too small whatever the kernel
+                               min_side=min_image_size(pair_config, known or (1, 1)))  # too small for any kernel
     images, kernel, usable = _usable_images_and_kernel(loaded.images, loaded.group, pair_config, config.kernel)
     used_paths = [str(loaded.group.members[i].path) for i in usable.indices]
     selection = {"images_in_group": len(group.members), "readable": loaded.readable, "read": len(loaded.images),

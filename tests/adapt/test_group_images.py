@@ -159,3 +159,57 @@ def test_gpu_defaults_are_the_papers_with_bounded_weight_map_inputs() -> None:
     assert gpu.attention.max_side == 1024 and paper.attention.max_side is None
     assert gpu.max_images == 64 and cpu_demo_defaults().max_images == 8
     assert gpu.max_megapixels == 200.0 and cpu_demo_defaults().max_megapixels == 100.0
+
+
+def _truncated(path: Path, good: Path) -> Path:
+    """A file whose header reads as the photo's (its size) but whose pixel data stops halfway."""
+    data = good.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+def test_a_selected_image_that_does_not_decode_gives_its_place_to_another(tmp_path: Path) -> None:
+    """--max-images 1 picked the middle file, truncated behind a good header, and the group failed
+    although two other images were fine (a helper's bug hunt)."""
+    photo = read_image(HR / "coffee.png").pixels[:60, :80]
+    a, c = tmp_path / "a.png", tmp_path / "c.png"
+    write_image(a, np.ascontiguousarray(photo))
+    write_image(c, np.ascontiguousarray(photo[::-1]))
+    b = _truncated(tmp_path / "b.png", a)
+    loaded = load_group_images(_group(a, b, c), max_images=1)
+    assert len(loaded.images) == 1 and loaded.group.paths[0] in (a, c)
+    assert [Path(p).name for p, _ in loaded.unreadable] == ["b.png"]
+    loaded = load_group_images(_group(a, b, c), max_images=2)
+    assert loaded.group.paths == (a, c)
+
+
+def test_small_images_serve_when_the_only_large_one_does_not_decode(tmp_path: Path, caplog) -> None:
+    """A 300 px photo truncated behind a good header made the two usable 110 px ones "too small", and
+    then the group failed as unreadable."""
+    big = tmp_path / "a_big.png"
+    write_image(big, np.ascontiguousarray(np.tile(read_image(HR / "coffee.png").pixels[:100, :100], (3, 3, 1))))
+    _truncated(big, big)
+    small = [tmp_path / f"s{k}.png" for k in range(2)]
+    for k, path in enumerate(small):
+        write_image(path, np.ascontiguousarray(read_image(HR / "coffee.png").pixels[k * 10 : k * 10 + 110, :110]))
+    with caplog.at_level(logging.WARNING):
+        loaded = load_group_images(_group(big, *small), min_side=121)
+    assert loaded.group.paths == tuple(small) and loaded.too_small == ()
+    assert any("every image large enough" in r.getMessage() for r in caplog.records)
+
+
+def test_the_minimum_size_is_the_bicubic_kernels_not_the_default_estimate_size(caplog) -> None:
+    """`--kernel bicubic --patch 8` refused three 64 px images: "each side must be at least 72 LR pixels (...
+    with a 21x21 kernel)", the size an estimated kernel may have; the bicubic one needs 62."""
+    from adassr.adapt.groups import CameraGroup, GroupMember
+    from adassr.adapt.pairs import PairConfig, min_image_size
+    from adassr.adapt.run import _usable_images_and_kernel
+
+    config = PairConfig(scale=4, lr_patch=8)
+    photo = read_image(HR / "coffee.png").pixels
+    images = [np.ascontiguousarray(photo[k * 20 : k * 20 + 64, k * 20 : k * 20 + 64] / 255.0, dtype=np.float32)
+              for k in range(3)]
+    group = CameraGroup("cam", tuple(GroupMember(Path(f"/x/{k}.png"), "folder") for k in range(3)))
+    assert min_image_size(config) > 64 >= min_image_size(config, (16, 16))
+    used, kernel, usable = _usable_images_and_kernel(images, group, config, "bicubic")
+    assert len(used) == 3 and usable.config.lr_patch == 8 and np.asarray(kernel.kernel).shape == (16, 16)
