@@ -118,6 +118,10 @@ class TorchUpscaler:
         self.options = options
         self.device = resolve_device(options.device)
         on_gpu = self.device.type == "cuda"
+        if not on_gpu:  # --threads / $ADASSR_THREADS, as onnxruntime takes them (they were ignored here)
+            from adassr.adapt.cpu_setup import configure_cpu_threads
+
+            configure_cpu_threads(options.threads)
         asked = [flag for flag, on in ((f"--precision {options.precision}", options.precision != "fp32"),
                                        ("--cuda-graph", options.cuda_graph)) if on]
         if asked and not on_gpu:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from adassr.runtime.errors import ConfigError, StoreError
+from adassr.runtime.errors import AdassrError, ConfigError, StoreError
 from adassr.runtime.pipeline import RuntimeOptions
 from adassr.runtime.routing import adapted_but_not_exported, can_serve, model_precision
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA
@@ -44,18 +45,61 @@ def _torch_upscaler(options: RuntimeOptions) -> ImageUpscaler:
     return TorchUpscaler(options)
 
 
-def export_on_first_use(options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None:
+def export_on_first_use(options: RuntimeOptions, *, camera: str | None, samples: Sequence[Path]) -> None:
     """Export what this run needs and the store lacks: the requested camera's adapted weights
     (:func:`export_camera_on_first_use`), then the fallback (:func:`export_fallback_on_first_use`)."""
-    export_camera_on_first_use(options, camera=camera)
-    export_fallback_on_first_use(options, camera=camera, sample=sample)
+    _check_backbone(options)
+    export_camera_on_first_use(options, camera=camera, samples=samples)
+    export_fallback_on_first_use(options, camera=camera, samples=samples)
 
 
-def export_camera_on_first_use(options: RuntimeOptions, *, camera: str | None) -> None:
+def _check_backbone(options: RuntimeOptions) -> None:
+    """``--backbone`` names what a first-use export makes: an unknown name is a ConfigError (with torch, which
+    knows the registry), and a store whose fallback is another backbone gets a warning (its model serves)."""
+    from adassr.runtime.store import FALLBACK_BACKBONE, CameraStore
+
+    if options.backbone == FALLBACK_BACKBONE:
+        return
+    if importlib.util.find_spec("torch") is not None:
+        from adassr.adapt.archs.registry import default_registry
+
+        default_registry().get(options.backbone)  # ConfigError listing the backbones for a typo
+    try:
+        backbone = CameraStore.open(options.store, FALLBACK_CAMERA).read_manifest().get("backbone") or {}
+    except AdassrError:
+        return  # no fallback yet: a first-use export makes --backbone's
+    exported = backbone.get("name") if isinstance(backbone, dict) else None
+    if isinstance(exported, str) and exported != options.backbone:
+        print(f"warning: the store's fallback model is {exported}, not --backbone {options.backbone}: --backbone "
+              f"only chooses what a first-use export makes; run `adassr export --backbone {options.backbone} --store "
+              f"{options.store}` to serve it", file=sys.stderr, flush=True)
+
+
+MAX_SAMPLES_TRIED = 20
+"""Input images a first-use export tries, in order, for a photo to validate on (each is decoded whole)."""
+
+
+def _validation_sample(samples: Sequence[Path]) -> Path | None:
+    """The first of the run's inputs that decodes and is large enough to validate an export on."""
+    from adassr.export.crops import usable_photo
+
+    return next((path for path in list(samples)[:MAX_SAMPLES_TRIED] if usable_photo(path)), None)
+
+
+def _no_validation_photo(command: str) -> StoreError:
+    return StoreError(
+        "no photo to validate the first-use export on: the bundled sample photos are not installed and none of "
+        f"this run's first {MAX_SAMPLES_TRIED} input images can be read whole at 29 px a side or more; run "
+        f"`{command} --validation-image PHOTO` first (any photo of that size), then upscale again"
+    )
+
+
+def export_camera_on_first_use(options: RuntimeOptions, *, camera: str | None, samples: Sequence[Path] = ()) -> None:
     """Export ``camera``'s adapted weights to ONNX (fp32) when it is adapted but not exported yet.
 
     Nothing happens without an explicit camera, for a camera with an export, or without torch (the
-    fallback model then serves it and the output line says "adapted but not exported").
+    fallback model then serves it and the output line says "adapted but not exported"). The export is
+    validated on the camera's own photos, else the bundled sample, else the first readable input.
     """
     if camera is None or importlib.util.find_spec("torch") is None:
         return
@@ -69,8 +113,20 @@ def export_camera_on_first_use(options: RuntimeOptions, *, camera: str | None) -
         f"(first use only; same as `adassr export --camera {camera} --store {store}`)...",
         file=sys.stderr, flush=True,
     )
+    from adassr.export.crops import find_validation_photo
+    from adassr.export.errors import ExportError
+    from adassr.runtime.store import CameraStore
+
+    validation = None
+    try:
+        find_validation_photo(CameraStore.open(store, camera).read_manifest().get("images") or ())
+    except ExportError:  # the camera's photos moved away and no sample photo is installed: an input serves
+        validation = _validation_sample(samples)
+        if validation is None:
+            raise _no_validation_photo(f"adassr export --camera {camera} --store {store}") from None
     # another process's first use may be exporting it now: wait for it, and take its export when it is done
-    export_camera(store, camera, precision="fp32", lock_timeout_s=FIRST_USE_WAIT_S, if_missing=True)
+    export_camera(store, camera, precision="fp32", validation_image=validation, lock_timeout_s=FIRST_USE_WAIT_S,
+                  if_missing=True)
 
 
 FIRST_USE_WAIT_S = 900.0
@@ -78,17 +134,22 @@ FIRST_USE_WAIT_S = 900.0
 exports in 13-60 s on 2 CPU cores; a slow disk or a busy machine takes longer)."""
 
 
-def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None:
+def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
+                                 samples: Sequence[Path] = ()) -> None:
     """Make sure the store can serve: export ``options.backbone`` as the fallback model when needed.
 
     Nothing happens when the store already has the requested camera's model or a fallback model.
-    Raises ``StoreError`` with the command to run when torch is not installed.
+    Without torch, a store with any camera's export serves the images of those cameras (the others
+    fail one by one, naming the export to run); with none, ``StoreError`` names the command to run.
+    The export is validated on the bundled sample photos, else on the first input that can be read.
     """
     store = Path(options.store)
     if can_serve(store, camera=camera, precision=model_precision(options.precision)):
         return
     command = f"adassr export --backbone {options.backbone} --store {store}"
     if importlib.util.find_spec("torch") is None:
+        if camera is None and _has_export(store):
+            return  # as the runtime alone: images are routed to the cameras the store has
         raise StoreError(
             f"no model in {store} to serve this yet and PyTorch is not installed to export one; "
             f"run: {ADAPT_EXTRA} && {command} ({ADAPT_EXTRA_GPU})"
@@ -103,12 +164,25 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
         file=sys.stderr, flush=True,
     )
     # fp32 only: it serves fp16 requests too (the router says so); `adassr export` makes fp16.
-    validation = None if bundled_photos() else sample
+    validation = None
+    if not bundled_photos():
+        validation = _validation_sample(samples)
+        if validation is None:
+            raise _no_validation_photo(command)
     export_fallback(store, options.backbone, precision="fp32", validation_image=validation,
                     lock_timeout_s=FIRST_USE_WAIT_S, if_missing=True)  # another first use may be exporting it
 
 
-def require_named_store(options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None:
+def _has_export(store: Path) -> bool:
+    from adassr.runtime.preflight import exported_cameras
+
+    try:
+        return bool(exported_cameras(store))
+    except AdassrError:
+        return False
+
+
+def require_named_store(options: RuntimeOptions, *, camera: str | None, samples: Sequence[Path]) -> None:
     """The ``torch`` upscaler's check: a ``--store`` other than the default must exist.
 
     (The default store may be missing: the backbone serves then.) Raises ``StoreError`` naming it.

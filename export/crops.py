@@ -83,7 +83,7 @@ def find_validation_photo(
         return path
     for entry in images:
         raw = entry.get("path") if isinstance(entry, Mapping) else None
-        if isinstance(raw, str) and _usable_photo(Path(raw)):
+        if isinstance(raw, str) and usable_photo(Path(raw)):
             return Path(raw)
     for candidate in _repo_candidates(SAMPLE_PHOTO):
         if candidate.is_file():
@@ -94,7 +94,7 @@ def find_validation_photo(
     )
 
 
-def _usable_photo(path: Path) -> bool:
+def usable_photo(path: Path) -> bool:
     """Whether ``path`` decodes as an image large enough to validate on (adapt skips damaged and tiny
     members of a group, but its manifest lists every member): its size from the header first, then the
     whole file, since a truncated photo has a good header."""

@@ -562,11 +562,15 @@ def run_upscale(
             return _run_pairs(remote, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept)
     if options.backend == "onnxruntime":
         check_required_providers(options.providers, require=options.require_providers)
+    elif getattr(args, "providers", "cpu") != "cpu" or getattr(args, "require_providers", False):
+        raise ConfigError(f"--providers and --require-providers choose onnxruntime's execution providers; --backend "
+                          f"{options.backend} does not use them (it runs on --device / --gpu): drop them, or use "
+                          "--backend onnxruntime")
     if camera is not None:
         _warn_if_camera_missing(camera, Path(args.store), stderr if stderr is not None else sys.stderr)
     entry = registry.get(options.backend)
     if entry.prepare is not None:
-        entry.prepare(options, camera=camera, sample=pairs[0][0])
+        entry.prepare(options, camera=camera, samples=[source for source, _ in pairs])
     with contextlib.closing(entry.factory(options)) as upscaler:
         ready = getattr(upscaler, "check_ready", None)
         if ready is not None:  # open the first model now: a backend that cannot start fails the run once

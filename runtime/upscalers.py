@@ -10,7 +10,7 @@ upscaler of ``adassr.adapt``. Nothing registers itself at import time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -50,14 +50,15 @@ class UpscalerPrepare(Protocol):
     """Runs once before a run builds its upscaler: checks (or makes) what the upscaler needs to serve.
 
     ``camera`` is the explicitly requested camera (None: images are routed by their folder, EXIF Make or name prefix);
-    ``sample`` is the run's first input image. Raises :class:`~adassr.runtime.errors.AdassrError`
+    ``samples`` are the run's input images, in order (a first-use export validates on a readable one).
+    Raises :class:`~adassr.runtime.errors.AdassrError`
     with what to do when the upscaler cannot serve at all.
     """
 
-    def __call__(self, options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None: ...
+    def __call__(self, options: RuntimeOptions, *, camera: str | None, samples: Sequence[Path]) -> None: ...
 
 
-def require_store(options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None:
+def require_store(options: RuntimeOptions, *, camera: str | None, samples: Sequence[Path]) -> None:
     """The ``onnxruntime`` upscaler's check: the store exists (``StoreError`` saying what to run)."""
     CameraStore.open(options.store, FALLBACK_CAMERA)
 
@@ -115,11 +116,11 @@ class UpscalerRegistry:
 
 
 def _with_tensorrt(prepare: UpscalerPrepare) -> UpscalerPrepare:
-    def check(options: RuntimeOptions, *, camera: str | None, sample: Path | None) -> None:
+    def check(options: RuntimeOptions, *, camera: str | None, samples: Sequence[Path]) -> None:
         from adassr.runtime.engines.trt import load_tensorrt
 
         load_tensorrt()  # a missing TensorRT is a whole-run problem, not a per-image one
-        prepare(options, camera=camera, sample=sample)
+        prepare(options, camera=camera, samples=samples)
 
     return check
 

@@ -80,3 +80,63 @@ def test_an_adapted_camera_is_exported_on_first_use(photo: Path, tmp_path: Path,
     assert main(["upscale", "-i", str(photo), "-o", str(tmp_path / "again.png"), "--store", str(store),
                  "--camera", "nokia", "--no-progress"]) == 0
     assert "exporting" not in capsys.readouterr().err
+
+
+def test_without_torch_a_store_of_camera_exports_serves_their_images(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --camera and without a fallback, a torch-free install refused a folder of a camera's photos
+    that the camera's export serves ("no model ... and PyTorch is not installed")."""
+    from tests.runtime._models import publish_camera
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    store = tmp_path / "models"
+    publish_camera(store, "cam1")
+    (tmp_path / "in" / "cam1").mkdir(parents=True)
+    write_image(tmp_path / "in" / "cam1" / "t.png", np.full((12, 10, 3), 90, np.uint8))
+    assert main(["upscale", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--store", str(store),
+                 "--no-progress"]) == 0
+    assert (tmp_path / "out" / "cam1" / "t.png").is_file() and not (store / FALLBACK_CAMERA).exists()
+
+
+def test_a_first_use_export_validates_on_a_readable_input_when_no_samples_are_installed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a checkout (no bundled photos), a damaged or tiny first input stopped the run while the
+    fallback's export was validated on it, with advice (`--validation-image`) upscale does not take."""
+    import adassr.export.crops as crops
+    import adassr.export.onnx as onnx_export
+    from adassr.runtime.errors import StoreError
+    from adassr.runtime.pipeline import RuntimeOptions
+    from adassr.upscale import export_fallback_on_first_use
+
+    monkeypatch.setattr(crops, "bundled_photos", lambda: [])
+    validated: list[object] = []
+    monkeypatch.setattr(onnx_export, "export_fallback", lambda *a, **k: validated.append(k["validation_image"]))
+    good = write_image(tmp_path / "z.png", read_image(SAMPLES / "canon" / "flower.jpg").pixels[:64, :64])
+    tiny = write_image(tmp_path / "b.png", np.zeros((20, 20, 3), np.uint8))
+    bad = tmp_path / "a.jpg"
+    bad.write_bytes((SAMPLES / "canon" / "flower.jpg").read_bytes()[:30000])  # a good header, then nothing
+    options = RuntimeOptions(tmp_path / "models")
+    export_fallback_on_first_use(options, camera=None, samples=[bad, tiny, good])
+    assert validated == [good]
+    with pytest.raises(StoreError, match=r"adassr export --backbone realesrgan-x4plus --store .* --validation-image"):
+        export_fallback_on_first_use(options, camera=None, samples=[bad, tiny])
+
+
+def test_backend_options_that_would_be_ignored_and_an_unknown_backbone_are_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--providers / --require-providers with --backend torch, and --backbone nosuch with onnxruntime and a
+    store that has a fallback, ran without a word."""
+    from tests.runtime._models import publish_camera
+
+    store = tmp_path / "models"
+    publish_camera(store, FALLBACK_CAMERA).update_manifest(
+        lambda m: m.update(backbone={"name": "realesrgan-x4plus", "weights_sha256": "0" * 64}))
+    image = write_image(tmp_path / "t.png", np.full((12, 10, 3), 90, np.uint8))
+    base = ["upscale", "-i", str(image), "-o", str(tmp_path / "o.png"), "--store", str(store), "--no-progress"]
+    assert main([*base, "--backend", "torch", "--providers", "cuda"]) == 2
+    assert "--backend torch does not use them" in capsys.readouterr().err
+    assert main([*base, "--backbone", "nosuch"]) == 2
+    assert "unknown backbone 'nosuch'" in capsys.readouterr().err
+    assert main([*base, "--backbone", "realsr-df2k"]) == 0  # served by the store's fallback, with a warning
+    assert "the store's fallback model is realesrgan-x4plus, not --backbone realsr-df2k" in capsys.readouterr().err

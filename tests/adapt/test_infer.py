@@ -130,3 +130,17 @@ def test_torch_backend_matches_model_directly(small_inputs: Path, tmp_path: Path
     got = read_image(out).pixels.astype(np.float32) / 255
     # untiled, unpadded: the same computation up to 8-bit rounding of the output
     assert np.abs(got - ref).max() <= 1 / 255 + 1e-6
+
+
+def test_torch_backend_takes_the_thread_count(tmp_path: Path) -> None:
+    """--threads (and $ADASSR_THREADS) were ignored by --backend torch: PyTorch kept its own pool size."""
+    from adassr.adapt.infer import TorchUpscaler
+    from adassr.runtime.pipeline import RuntimeOptions
+
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1  # another count than the pool has, whatever the machine
+    try:
+        TorchUpscaler(RuntimeOptions(tmp_path, backend="torch", threads=wanted, device="cpu")).close()
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
