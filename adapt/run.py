@@ -38,6 +38,7 @@ from adassr.runtime.errors import ConfigError, ImageError, StoreError, WeightsEr
 from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
 
 if TYPE_CHECKING:
+    from adassr.adapt.image_selection import Selection
     from adassr.adapt.kernel.result import KernelEstimate
     from adassr.adapt.pairs import PairConfig, UsableImages
     from adassr.adapt.weights import LoadedBackbone
@@ -90,8 +91,6 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
     Raises ImageError when no image can be read
     (a one-image group: that image's own error), ConfigError when the group has no images.
     """
-    from adassr.adapt.image_selection import select_images
-
     if not group.members:
         raise ConfigError(f"camera group {group.name!r} has no images")
     errors: list[tuple[str, ImageError]] = []
@@ -105,17 +104,13 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
                         "side): %s", group.name, len(too_small), min_side,
                         ", ".join(f"{p} ({w}x{h})" for p, w, h in too_small))
     readable_headers = len(sized) + len(too_small)
-    selection = select_images([w * h for _, w, h in sized], max_images=max_images or len(sized) or 1,
-                              max_megapixels=max_megapixels or math.inf)
-    members, images = _decode_members([sized[i][0] for i in selection.indices], errors)
-    if len(images) < len(selection.indices):  # a chosen file's header was good but its data is not
-        members, images = _replace_failed(members, images, sized, selection.indices, len(selection.indices),
-                                          (max_megapixels or math.inf) * 1e6, errors)
-    if not images and too_small:  # the only large images were damaged: the small ones may still serve
-        log.warning("camera group %r: every image large enough for the LR patch failed to decode; trying the %d "
-                    "smaller one(s), for which the patch shrinks", group.name, len(too_small))
+    selection, members, images = _select_and_decode(sized, max_images, max_megapixels, errors)
+    if not images and too_small:  # the large images tried were damaged: the small ones may still serve
+        log.warning("camera group %r: the images large enough for the LR patch that were tried failed to decode; "
+                    "trying the %d smaller one(s), for which the patch shrinks", group.name, len(too_small))
         by_path = {str(m.path): m for m in group.members}
-        members, images = _decode_members([by_path[p] for p, _, _ in too_small], errors)
+        sized = [(by_path[p], w, h) for p, w, h in too_small]
+        selection, members, images = _select_and_decode(sized, max_images, max_megapixels, errors)
         too_small = ()
     unreadable = tuple((path, str(exc)) for path, exc in errors)
     if len(group.members) == 1 and errors:
@@ -126,8 +121,9 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
         raise ImageError(f"camera group {group.name!r}: none of the {len(unreadable)} images tried can be read: "
                          f"{listed}{more}. Replace or remove the damaged files.")
     if selection.limited_by is not None:
-        log.warning("camera group %r: reading %d of its %d images, evenly spaced in name order (%s); "
-                    "raise it to use more", group.name, len(selection.indices), len(sized), selection.limited_by)
+        log.warning("camera group %r: reading %d of its %d images, evenly spaced in name order (any that failed "
+                    "to decode replaced by the next readable ones) (%s); raise it to use more", group.name,
+                    len(images), len(sized), selection.limited_by)
     if unreadable:
         log.warning("camera group %r: skipped %d unreadable image(s) of %d, adapting on %d: %s",
                     group.name, len(unreadable), len(group.members), len(images),
@@ -156,6 +152,22 @@ def _header_sizes(members: Sequence[GroupMember],
             continue
         sized.append((member, width, height))
     return sized
+
+
+def _select_and_decode(sized: Sequence[tuple[GroupMember, int, int]], max_images: int | None,
+                       max_megapixels: float | None, errors: list[tuple[str, ImageError]],
+                       ) -> tuple[Selection, list[GroupMember], list[np.ndarray]]:
+    """The selection within the limits (an even spread), decoded; chosen files that fail to decode
+    give their places to others (:func:`_replace_failed`). ``(selection, members, images)``."""
+    from adassr.adapt.image_selection import select_images
+
+    selection = select_images([w * h for _, w, h in sized], max_images=max_images or len(sized) or 1,
+                              max_megapixels=max_megapixels or math.inf)
+    members, images = _decode_members([sized[i][0] for i in selection.indices], errors)
+    if len(images) < len(selection.indices):  # a chosen file's header was good but its data is not
+        members, images = _replace_failed(members, images, sized, selection.indices, len(selection.indices),
+                                          (max_megapixels or math.inf) * 1e6, errors)
+    return selection, members, images
 
 
 def _replace_failed(members: list[GroupMember], images: list[np.ndarray], sized: Sequence[tuple[GroupMember, int, int]],
@@ -447,12 +459,23 @@ def _against_backbone(result: InternalResult, first: InternalResult, start: Mapp
     worse than the backbone as "adapted")."""
     if result is first:
         return result
+    from adassr.adapt.loop import compare_with_backbone
+
     backbone = list(first.niqe_before)
-    base, after = float(np.nanmean(backbone)), float(np.nanmean(result.niqe_after))
-    if not after <= base + config.backbone_margin:  # NaN too
+    # the crops the backbone scored, and only those, as every evaluation of a step is compared
+    evaluation = compare_with_backbone(result.niqe_after, backbone)
+    finite = [b for b in backbone if math.isfinite(b)]
+    base, after = (float(np.mean(finite)) if finite else math.nan), evaluation.score
+    if evaluation.lost:
+        reason = (f"; after the ADMM iterations the result's outputs went flat (NIQE undefined) on {evaluation.lost} "
+                  "crop(s) the backbone scored, so the backbone is kept")
+    elif not after <= base + config.backbone_margin:  # NaN too
         reason = (f"; after the ADMM iterations the result's NIQE {after:.3f} was worse than the unadapted "
                   f"backbone's {base:.3f}" + (f" by more than --backbone-margin {config.backbone_margin:g}"
                                               if config.backbone_margin > 0 else "") + ", so the backbone is kept")
+    else:
+        reason = ""
+    if reason:
         return replace(result, state_dict={n: t.detach().to("cpu", torch.float32) for n, t in start.items()},
                        kept_backbone=True, best_step=0, niqe_before=backbone, niqe_after=backbone,
                        stop_reason=result.stop_reason + reason)

@@ -58,14 +58,15 @@ def _variant_tag(options: LatencyOptions) -> str:
     precision and the batch of the GPU report, a camera other than the fallback, and a PyTorch ISA cap
     (``ATEN_CPU_CAPABILITY``); so that a torch run does not replace the onnxruntime report of the machine."""
     from adassr.runtime.cpu_info import isa_cap_from_env
+    from adassr.runtime.cameras import camera_name
     from adassr.runtime.store import FALLBACK_CAMERA
 
     parts = []
     if uses_gpu_report(options):
         parts += [options.backend] + ([options.precision] if options.precision != "fp32" else [])
         parts += [f"batch{options.batch}"] if options.batch != 1 else []
-    if options.camera != FALLBACK_CAMERA:
-        parts.append(f"camera-{options.camera}")
+    if camera_name(options.camera) != FALLBACK_CAMERA:
+        parts.append(f"camera-{camera_name(options.camera)}")
     cap = isa_cap_from_env()
     if cap is not None:
         parts.append(f"torch-{cap}")

@@ -3,6 +3,7 @@ budget for the whole run, and a signal in an external step keeps the evaluated i
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -131,3 +132,18 @@ def test_a_result_worse_than_the_backbone_after_admm_keeps_the_backbone(monkeypa
         InternalResult({}, True, [4.95], [4.95], 3, 0, "r"), InternalResult({}, True, [4.9], [4.9], 3, 0, "r"),
         start, config)  # the last step kept the external weights, within the margin: published as adapted
     assert not within.kept_backbone and within.niqe_before == [4.9] and "external step's weights" in within.stop_reason
+
+
+def test_the_admm_verdict_pairs_the_crops_the_backbone_scored() -> None:
+    """Unpaired means: a result flat on a crop the backbone scored was published, and one better on the
+    backbone's only crop was refused because a crop the backbone could not score joined its mean."""
+    start = {"w": torch.zeros(1)}
+    config = AdaptConfig(admm_iters=2, backbone_margin=0.1, external_hr=Path("/nowhere/hr"))
+    first = InternalResult({}, True, [4.0, 5.0], [4.0, 5.0], 3, 0, "r")
+    flat = run._against_backbone(InternalResult({"w": torch.ones(1)}, False, [4.0, 5.0], [3.9, math.nan], 3, 1, "r"),
+                                 first, start, config)
+    assert flat.kept_backbone and "went flat" in flat.stop_reason and torch.equal(flat.state_dict["w"], start["w"])
+    one_scored = InternalResult({}, True, [4.0, math.nan], [4.0, math.nan], 3, 0, "r")
+    better = run._against_backbone(InternalResult({"w": torch.ones(1)}, False, [4.0, 9.0], [3.8, 8.0], 3, 1, "r"),
+                                   one_scored, start, config)
+    assert not better.kept_backbone and torch.equal(better.state_dict["w"], torch.ones(1))

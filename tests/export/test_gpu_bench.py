@@ -218,3 +218,5 @@ def test_the_fallback_camera_is_named_in_any_case(store: Path, tmp_path: Path) -
     assert main(["bench", "latency", "--store", str(store), "--camera", "_FALLBACK", "--sizes", "16",
                  "--tiled-size", "32", "--repeats", "1", "--threads", "1", "--no-torch",
                  "--out", str(tmp_path / "out")]) == 0
+    names = [p.name for p in (tmp_path / "out").glob("*.json")]
+    assert len(names) == 1 and "camera" not in names[0]  # the fallback's report, named as the default run's
