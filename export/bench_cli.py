@@ -57,8 +57,8 @@ def _variant_tag(options: LatencyOptions) -> str:
     """What else makes a report another report than the default one of the machine: the backend, the
     precision and the batch of the GPU report, a camera other than the fallback, and a PyTorch ISA cap
     (``ATEN_CPU_CAPABILITY``); so that a torch run does not replace the onnxruntime report of the machine."""
-    from adassr.runtime.cpu_info import isa_cap_from_env
     from adassr.runtime.cameras import camera_name
+    from adassr.runtime.cpu_info import isa_cap_from_env
     from adassr.runtime.store import FALLBACK_CAMERA
 
     parts = []
