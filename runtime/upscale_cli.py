@@ -20,7 +20,8 @@
   ``--skip-existing`` keeps it and skips its input instead (an interrupted folder run resumes where
   it stopped: outputs are written atomically, so an existing one is complete). The output names are
   planned from all inputs first, so they are the same whether or not some are skipped.
-- ``--ext auto`` keeps the input's format where it can be written (MPO -> jpg, BMP -> png).
+- ``--ext auto`` keeps the input's format where it can be written (MPO -> jpg, BMP -> png); WebP is
+  written lossy at ``--quality`` (a lossless WebP input too).
 - Each image prints which model served it; a summary line ends the run.
 - Exit status: 0 all images done, 1 some failed, 2 a whole-run problem, checked before the first
   image and raised as AdassrError for the umbrella CLI to print once: bad arguments (``--threads``,
@@ -126,7 +127,9 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
                              "to the nearest pixel, halves up")
     parser.add_argument("--ext", default="auto",
                         help="output format for folders / output folders: auto (as the input), png, jpg, webp, tif")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (default 95)")
+    parser.add_argument("--quality", type=int, default=95,
+                        help="JPEG / WebP quality (default 95); WebP is written lossy at every quality, 100 too "
+                             "(a lossless WebP input gives a lossy output: --ext png keeps every pixel)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--skip-existing", action="store_true",
                         help="leave alone every output file that exists already and skip its input (resume an "

@@ -76,7 +76,9 @@ class LoadedImage:
     pixels, a grey one for grey), so that writers can embed it again; None otherwise.
     ``dropped_profile`` names the colour space of an embedded profile that did not describe the
     decoded pixels (a CMYK profile of a CMYK JPEG decoded to RGB), for the note of whoever writes
-    an output; None when there was none.
+    an output; None when there was none. ``untagged_colour`` names a colour declaration of a file
+    without an ICC profile that is not plain sRGB (a PNG ``gAMA`` or ``cHRM`` chunk, the EXIF
+    ColorSpace "Uncalibrated" of a camera set to Adobe RGB), which writers cannot carry: a note too.
     """
 
     pixels: np.ndarray
@@ -87,11 +89,17 @@ class LoadedImage:
     path: Path | None
     icc_profile: bytes | None = None
     dropped_profile: str | None = None
+    untagged_colour: str | None = None  # a colour declaration other than ICC, which no output carries
 
     def profile_note(self) -> str | None:
-        """The note for an output of this image when its file's profile was dropped, else None."""
+        """The note for an output of this image when its file's profile was dropped, or its colours were
+        declared some other way than by an ICC profile (PNG gAMA / cHRM, EXIF ColorSpace), else None."""
         if self.dropped_profile is None:
-            return None
+            if self.untagged_colour is None:
+                return None
+            return (f"it declares its colours by {self.untagged_colour}, not by an ICC profile, and the output "
+                    "carries no such tag (viewers show it as sRGB); convert the photo to sRGB, or embed its ICC "
+                    "profile, first")
         pixels = "grey" if self.pixels.shape[2] == 1 else "RGB"
         return (f"its {self.dropped_profile} colour profile does not describe its {pixels} pixels, so the output "
                 "carries no profile (viewers show it as sRGB)")

@@ -35,10 +35,10 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -99,6 +99,7 @@ def read_image(
             )
         pixels, alpha, exif = _decode(p, im)
         profile = im.info.get("icc_profile")
+        declared = _colour_declaration(im.info, exif)
         _warn_if_more_frames(im, p)
     dropped = None
     if not isinstance(profile, bytes) or not profile:
@@ -115,7 +116,31 @@ def read_image(
         path=p,
         icc_profile=profile,
         dropped_profile=dropped,
+        untagged_colour=declared if profile is None and dropped is None else None,
     )
+
+
+_SRGB_GAMMA = 1 / 2.2  # PNG gAMA of sRGB (0.45455)
+_SRGB_PRIMARIES = (0.3127, 0.3290, 0.64, 0.33, 0.30, 0.60, 0.15, 0.06)  # white, red, green, blue (x, y)
+_EXIF_IFD, _COLOR_SPACE, _UNCALIBRATED = 0x8769, 0xA001, 0xFFFF
+
+
+def _colour_declaration(info: Mapping[Any, Any], exif: Image.Exif) -> str | None:
+    """How a file declares colours other than sRGB without an ICC profile, or None (see LoadedImage)."""
+    if "srgb" in info:  # a PNG sRGB chunk: sRGB, whatever gAMA / cHRM say beside it
+        return None
+    found = []
+    gamma = info.get("gamma")
+    if isinstance(gamma, (int, float)) and abs(float(gamma) - _SRGB_GAMMA) > 0.01:
+        found.append(f"a PNG gAMA of {float(gamma):g}")
+    primaries = info.get("chromaticity")
+    if (isinstance(primaries, tuple) and len(primaries) == 8
+            and max(abs(float(a) - b) for a, b in zip(primaries, _SRGB_PRIMARIES, strict=True)) > 0.01):
+        found.append("PNG cHRM primaries other than sRGB's")
+    with contextlib.suppress(Exception):  # a damaged EXIF sub-IFD declares nothing
+        if exif.get_ifd(_EXIF_IFD).get(_COLOR_SPACE) == _UNCALIBRATED:
+            found.append("the EXIF ColorSpace 'Uncalibrated' (a camera set to Adobe RGB writes it)")
+    return " and ".join(found) or None
 
 
 @contextlib.contextmanager

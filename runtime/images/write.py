@@ -32,6 +32,7 @@ import contextlib
 import errno
 import io
 import os
+import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -320,6 +321,7 @@ def _atomic_write(p: Path, write: Callable[[BinaryIO], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        _keep_mode(p, tmp)
         os.replace(tmp, p)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
@@ -330,6 +332,19 @@ def _atomic_write(p: Path, write: Callable[[BinaryIO], None]) -> None:
             ) from e
         raise
     _fsync_directory(parent)
+
+
+def _keep_mode(target: Path, tmp: Path) -> None:
+    """Give ``tmp`` the permission bits of the file it replaces, as writing into that file would keep
+    them (a 0600 output stayed private only until it was written again). A link in the target's place
+    is replaced by the file; its target is left alone."""
+    try:
+        st = os.stat(target, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        with contextlib.suppress(OSError):  # another owner's file: the new one keeps the umask's mode
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
 
 
 def _fsync_directory(directory: Path) -> None:

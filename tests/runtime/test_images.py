@@ -1105,3 +1105,46 @@ def test_a_folder_that_cannot_be_fsynced_does_not_fail_a_written_image(tmp_path:
     target = tmp_path / "out.png"
     write_image(target, _photo())
     np.testing.assert_array_equal(read_image(target).pixels, _photo())
+
+
+def _png_with_chunks(path: Path, chunks: list[tuple[bytes, bytes]]) -> Path:
+    """A 4 x 4 RGB PNG with extra ancillary chunks before its image data."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((4, 4, 3), 100, np.uint8)).save(buf, format="PNG")
+    data = buf.getvalue()
+    at = data.index(b"IDAT") - 4
+    extra = b"".join(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+                     for kind, body in chunks)
+    path.write_bytes(data[:at] + extra + data[at:])
+    return path
+
+
+def test_colours_declared_without_an_icc_profile_get_a_note(tmp_path: Path) -> None:
+    """PNG gAMA / cHRM and the EXIF ColorSpace 'Uncalibrated' of an Adobe RGB camera JPEG were dropped
+    without a word: viewers showed the outputs as sRGB (a helper's review)."""
+    linear = read_image(_png_with_chunks(tmp_path / "linear.png", [(b"gAMA", struct.pack(">I", 100000))]))
+    assert "a PNG gAMA of 1" in (linear.profile_note() or "")
+    p3 = [int(v * 100000) for v in (0.3127, 0.329, 0.68, 0.32, 0.265, 0.69, 0.15, 0.06)]
+    wide = read_image(_png_with_chunks(tmp_path / "p3.png", [(b"cHRM", struct.pack(">8I", *p3))]))
+    assert "PNG cHRM primaries other than sRGB's" in (wide.profile_note() or "")
+    srgb = [int(v * 100000) for v in (0.3127, 0.329, 0.64, 0.33, 0.30, 0.60, 0.15, 0.06)]
+    plain = read_image(_png_with_chunks(tmp_path / "srgb.png", [(b"gAMA", struct.pack(">I", 45455)),
+                                                                (b"cHRM", struct.pack(">8I", *srgb))]))
+    assert plain.profile_note() is None
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA001] = 0xFFFF
+    Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / "adobe.jpg", exif=exif.tobytes())
+    assert "EXIF ColorSpace 'Uncalibrated'" in (read_image(tmp_path / "adobe.jpg").profile_note() or "")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permission bits")
+def test_a_replaced_output_keeps_its_permission_bits_and_a_link_is_replaced(tmp_path: Path) -> None:
+    """Writing an output again reset a 0600 file to 0666 minus the umask (a helper's review)."""
+    out = write_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    out.chmod(0o600)
+    write_image(out, np.full((4, 4, 3), 9, np.uint8))
+    assert (out.stat().st_mode & 0o777) == 0o600 and read_image(out).pixels[0, 0, 0] == 9
+    target = write_image(tmp_path / "target.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "link.png").symlink_to(target)
+    write_image(tmp_path / "link.png", np.full((4, 4, 3), 7, np.uint8))
+    assert not (tmp_path / "link.png").is_symlink() and read_image(target).pixels[0, 0, 0] == 0

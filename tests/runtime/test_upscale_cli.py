@@ -311,7 +311,7 @@ def test_a_registered_upscaler_serves_the_run(store: Path, tmp_path: Path) -> No
 
     upscalers = runtime_upscalers()
     upscalers.register(UpscalerEntry("half", Halve, "test upscaler", any_size=False,
-                                 prepare=lambda options, *, camera, sample: prepared.append((camera, sample))))
+                                 prepare=lambda options, *, camera, samples: prepared.append((camera, samples))))
     parser = argparse.ArgumentParser()
     add_upscale_arguments(parser, upscalers)
     img = write_image(tmp_path / "in.png", np.full((16, 20, 3), 90, np.uint8))
@@ -321,7 +321,7 @@ def test_a_registered_upscaler_serves_the_run(store: Path, tmp_path: Path) -> No
     assert run_upscale(args, upscalers=upscalers, stdout=io.StringIO(), stderr=err) == 0, err.getvalue()
     assert len(seen) == 1 and isinstance(seen[0], RuntimeOptions) and seen[0].backend == "half"
     assert seen[0].tiling.pad_to_tile  # a fixed-shape upscaler gets full tiles
-    assert prepared == [("canon", img)]
+    assert prepared == [("canon", [img])]
     assert read_image(tmp_path / "o.png").pixels.shape == (32, 40, 3)
     with pytest.raises(SystemExit):  # the runtime alone does not offer it
         _parse("-i", str(img), "-o", str(tmp_path / "p.png"), "--backend", "torch")
