@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from adassr.adapt.config import AdaptConfig, AttentionConfig, CliField, cli_fields
-from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE
+from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, store_argument
 
 
 def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,8 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--list", action="store_true", help="list the camera groups found and exit")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default=FALLBACK_BACKBONE, help="pretrained backbone (default %(default)s)")
-    model.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"artifact store (default ./{DEFAULT_STORE})")
+    model.add_argument("--store", type=store_argument, default=DEFAULT_STORE,
+                       help=f"artifact store (default ./{DEFAULT_STORE})")
     model.add_argument("--keep-on-interrupt", action="store_true",
                        help="on Ctrl-C / SIGTERM publish the best weights evaluated so far if they beat the backbone "
                             "and the camera's current model (the manifest says so; the exit code is still 130 / "

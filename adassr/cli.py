@@ -80,7 +80,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     _configure_logging(getattr(args, "verbose", 0) + getattr(args, "verbose_sub", 0))
     try:
         code = int(args._run(args))
-        sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is then handled below, not a traceback
+        if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
+            sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is then handled below, not a traceback
         return code
     except AdassrError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -128,8 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def adapt_main(argv: Sequence[str] | None = None) -> int:
     """``adapt ...`` is ``adassr adapt ...``."""
     command = next(c for c in SUBCOMMANDS if c.name == "adapt")
-    parser = _fill(argparse.ArgumentParser(prog="adapt", description=command.help), command)
-    return _dispatch(parser.parse_args(argv))
+    parser = argparse.ArgumentParser(prog="adapt", description=command.help)
+    parser.add_argument("--version", action="version", version=f"adassr {__version__}")
+    return _dispatch(_fill(parser, command).parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

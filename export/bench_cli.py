@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from adassr.export.bench import LatencyOptions, run_latency, to_markdown, uses_gpu_report
+from adassr.runtime.store import store_argument
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +18,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     lat.add_argument("--camera", default="_fallback",
                      help="camera whose exported model to time (default: the fallback); a camera without an "
                           "export is an error, not the fallback")
-    lat.add_argument("--store", type=Path, default=Path("models"), help="model store (default ./models)")
+    lat.add_argument("--store", type=store_argument, default=Path("models"), help="model store (default ./models)")
     lat.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "torch"),
                      help="onnxruntime (default), tensorrt (an engine for each size, built or reused from the "
                           "store) or torch; tensorrt, torch and --gpu switch to the GPU report (p50/p95/p99, "

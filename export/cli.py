@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adassr.export.triton_repo import PLATFORMS
-from adassr.runtime.store import DEFAULT_STORE, MODEL_PRECISIONS
+from adassr.runtime.store import DEFAULT_STORE, MODEL_PRECISIONS, store_argument
 
 if TYPE_CHECKING:
     from adassr.export.tensorrt import EngineOptions
@@ -26,7 +26,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="camera group whose adapted.safetensors is exported (repeatable with --triton-repo)")
     source.add_argument("--backbone", metavar="NAME",
                         help="export this unadapted registry backbone as the fallback model (<store>/_fallback/)")
-    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, metavar="DIR",
+    parser.add_argument("--store", type=store_argument, default=DEFAULT_STORE, metavar="DIR",
                         help=f"model store folder (default: {DEFAULT_STORE})")
     parser.add_argument("--precision", choices=EXPORT_CHOICES, default="fp32",
                         help="model.onnx (fp32), model_fp16.onnx (fp16: half weights and activations, "

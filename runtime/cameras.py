@@ -22,6 +22,17 @@ _ALIASES = {
 }
 
 
+def _as_typed(text: str) -> str:
+    """``text`` as the user typed it: a command-line argument in UTF-8 that Python decoded under a C / POSIX
+    locale holds surrogate escapes (``ÑOKIA`` -> ``\udcc3\udc91OKIA``), which would lose the letter."""
+    if not any("\udc80" <= c <= "\udcff" for c in text):
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:  # not UTF-8 after all: as it came
+        return text
+
+
 def normalise_camera_name(make: str) -> str:
     """Turn an EXIF Make (or any user-given name) into a short lowercase group name.
 
@@ -35,7 +46,7 @@ def normalise_camera_name(make: str) -> str:
     Accented Latin letters lose their accents (``"Zeiß Ōptik"`` -> ``zeiss``) rather than the letter;
     a Make in another script leaves nothing usable. Returns an empty string when nothing usable is left.
     """
-    words: list[str] = re.findall(r"[a-z0-9]+", _ascii_fold(make.lower()))
+    words: list[str] = re.findall(r"[a-z0-9]+", _ascii_fold(_as_typed(make).lower()))
     kept = [w for w in words if w not in _NOISE_WORDS]
     if not kept:
         return ""
@@ -67,6 +78,7 @@ def validate_group_name(name: str) -> str:
 
     if not isinstance(name, str):
         raise CameraError(f"a camera group name must be a string, got {type(name).__name__} {name!r}")
+    name = _as_typed(name)
     low = name.strip().lower()
     if not _VALID_GROUP.match(low) or low in {".", ".."}:
         hint = ""

@@ -26,8 +26,11 @@ def printable(text: str, stream: TextIO) -> str:
         return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
-def say(text: str, stream: TextIO, *, end: str = "\n") -> bool:
-    """Write ``text`` and ``end`` to ``stream`` and flush; False (and the stream silenced) when it failed."""
+def say(text: str, stream: TextIO | None, *, end: str = "\n") -> bool:
+    """Write ``text`` and ``end`` to ``stream`` and flush; False (and the stream silenced) when it failed.
+    A stream that is None (the process started with that descriptor closed, ``>&-``) takes nothing."""
+    if stream is None:
+        return False
     try:
         stream.write(printable(text, stream) + end)
         stream.flush()

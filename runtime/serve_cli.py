@@ -29,6 +29,7 @@ from adassr.runtime.store import (
     FALLBACK_CAMERA,
     CameraStore,
     list_cameras,
+    store_argument,
     warn_misnamed_folders,
 )
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
@@ -40,7 +41,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Store, address, backend and precision options."""
     from adassr.runtime.server.config import DEFAULT_HOST, DEFAULT_PORT
 
-    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default ./{DEFAULT_STORE})")
+    parser.add_argument("--store", type=store_argument, default=DEFAULT_STORE,
+                        help=f"model store (default ./{DEFAULT_STORE})")
     parser.add_argument(
         "--host",
         default=DEFAULT_HOST,

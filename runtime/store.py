@@ -786,6 +786,17 @@ class StoreTransaction:
                     self.store.path(record["file"]).unlink()
 
 
+def store_argument(text: str) -> Path:
+    """argparse type of ``--store``: an empty value (an unset shell variable) is refused, since ``Path("")``
+    would be the current folder, where a first-use export would then write a 67 MB model."""
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name the model store folder (an empty value would mean the "
+                                         "current folder)")
+    return Path(text)
+
+
 def list_cameras(root: str | os.PathLike[str]) -> list[str]:
     """Camera groups with a manifest in the store (the fallback folder included).
 

@@ -70,7 +70,7 @@ from adassr.runtime.pipeline import OutputCheck, RuntimeOptions, UpscaleResult
 from adassr.runtime.preflight import check_output_folders, check_required_providers, check_threads
 from adassr.runtime.routing import SERVING_PRECISIONS
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX as DEFAULT_TRITON_PREFIX
-from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA, list_cameras
+from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA, list_cameras, store_argument
 from adassr.runtime.tempfiles import remove_stale_temps
 from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, MAX_PRE_PAD
@@ -94,7 +94,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
     parser.add_argument("--camera", default=None,
                         help="camera group whose model to use (default: each image's folder, EXIF Make or "
                              "RealSR-style name prefix, as adapt groups them)")
-    parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"model store (default ./{DEFAULT_STORE})")
+    parser.add_argument("--store", type=store_argument, default=DEFAULT_STORE,
+                        help=f"model store (default ./{DEFAULT_STORE})")
     parser.add_argument("--backend", choices=registry.names(), default=registry.names()[0],
                         help=f"upscaler: {registry.describe()} (default %(default)s)")
     parser.add_argument("--gpu", type=int, default=0, metavar="N",
@@ -391,8 +392,8 @@ class _Progress:
             return None
         return self._tqdm(total=total, unit=unit, file=self._stream, dynamic_ncols=True, leave=leave)
 
-    def write(self, line: str, *, file: TextIO) -> None:
-        if self._bar is None:
+    def write(self, line: str, *, file: TextIO | None) -> None:
+        if self._bar is None or file is None:
             say(line, file)
             return
         try:

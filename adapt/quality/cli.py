@@ -186,6 +186,7 @@ def _lpips_scorer(device: str, crop: int) -> Callable[[Any, Any], float]:
     import torch
 
     from adassr.adapt.quality.lpips import load_lpips
+    from adassr.adapt.weights.cache import default_cache_dir
     from adassr.runtime.images import to_float32
 
     try:
@@ -200,6 +201,7 @@ def _lpips_scorer(device: str, crop: int) -> Callable[[Any, Any], float]:
             raise ConfigError(f"--device {device} but no CUDA GPU is available here; use --device cpu")
         if dev.index is not None and dev.index >= count:
             raise ConfigError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    default_cache_dir()  # a cache folder setting that cannot work is its own error, not the device's
     try:
         model = load_lpips("alex", device=dev)
     except (RuntimeError, AssertionError) as exc:  # a device torch names but cannot use here

@@ -49,13 +49,23 @@ CACHE_FORMAT = "adassr-backbone-cache/1"
 
 def default_cache_dir() -> Path:
     """The user cache root (see the module docstring); not created here."""
+    from adassr.runtime.errors import ConfigError
+
     override = os.environ.get(CACHE_ENV)
     if override:
-        return Path(override).expanduser()
+        try:
+            return Path(override).expanduser()
+        except RuntimeError:  # "~user/..." of a user this system does not know
+            raise ConfigError(f"{CACHE_ENV}={override!r} names the home folder of a user this system does not "
+                              f"know; set {CACHE_ENV} to an absolute path") from None
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg and Path(xdg).is_absolute():
         return Path(xdg) / "adassr"
-    return Path.home() / ".cache" / "adassr"
+    try:
+        return Path.home() / ".cache" / "adassr"
+    except RuntimeError:  # no HOME and no passwd entry (a container run with a bare --user)
+        raise ConfigError(f"there is no home folder to keep the cache in (HOME is not set); set {CACHE_ENV} to a "
+                          "writable folder") from None
 
 
 def backbone_cache_path(name: str, cache_dir: str | Path | None = None) -> Path:

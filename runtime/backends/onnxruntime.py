@@ -145,8 +145,16 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self._gpu.cache_dir is not None and TRT_EP in usable:
             self._gpu.cache_dir.mkdir(parents=True, exist_ok=True)
+        source: str | bytes = str(self.model_path)
         try:
-            session = ort.InferenceSession(str(self.model_path), sess_options=options,
+            str(self.model_path).encode("utf-8")
+        except UnicodeEncodeError:  # a path of undecodable bytes, which onnxruntime's bindings cannot take
+            try:
+                source = self.model_path.read_bytes()  # the store's models are self-contained (no external data)
+            except OSError as exc:
+                raise BackendError(f"cannot read the model {self.model_path}: {exc.strerror or exc}") from exc
+        try:
+            session = ort.InferenceSession(source, sess_options=options,
                                            providers=provider_options(usable, self._gpu))
         except Exception as exc:  # onnxruntime raises several unrelated pybind exception types
             raise BackendError(
