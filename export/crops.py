@@ -81,7 +81,7 @@ def find_validation_photo(
         if not path.is_file():
             raise ExportError(f"validation image {path} does not exist; pass an existing photo with --validation-image")
         return path
-    for entry in images:
+    for entry in images if isinstance(images, (list, tuple)) else ():  # a hand-edited manifest: no list, no photos
         raw = entry.get("path") if isinstance(entry, Mapping) else None
         if isinstance(raw, str) and usable_photo(Path(raw)):
             return Path(raw)

@@ -311,7 +311,8 @@ def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
     current = current_onnx_sha256(manifest)
     found: list[EngineRecord] = []
     stale = 0
-    for data in (manifest.get("engines") or {}).values():
+    engines = manifest.get("engines")
+    for data in (engines.values() if isinstance(engines, Mapping) else ()):  # a damaged field: no engine
         try:
             record = EngineRecord.from_json(data)
         except ConfigError:
@@ -479,7 +480,10 @@ def plan_model(repo: Path, source: _Source, options: TritonRepoOptions) -> _Plan
     latest = max(versions, default=None)
     unchanged = (latest is not None and (versions[latest] / file_name).is_file()
                  and sha256_file(versions[latest] / file_name) == digest)
-    scale = int(record.get("scale", manifest.get("scale", 0)))
+    scale = record.get("scale", manifest.get("scale"))
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= 16:
+        raise ExportError(f"camera {camera!r}: its export record and manifest give no valid integer 'scale' (got "
+                          f"{scale!r}), which the Triton config needs; run `adassr export --camera {camera}` again")
     config = render_config(name, camera=camera, record=record, scale=scale, options=options, model_sha256=digest)
     version = latest if unchanged and latest is not None else max([0, *versions]) + 1  # ours start at 1
     return _Plan(source, name, model_dir, version, not unchanged, config, provenance, file_name)

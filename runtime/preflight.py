@@ -8,6 +8,7 @@ damaged file, an image too large, a camera whose model fails its checksum) stay 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ from adassr.runtime.cpu_info import MAX_THREADS
 from adassr.runtime.errors import BackendError, ConfigError, StoreError
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, list_cameras, warn_misnamed_folders
 from adassr.runtime.tempfiles import create_temp
+
+log = logging.getLogger(__name__)
 
 
 def check_threads(threads: int | None) -> None:
@@ -66,11 +69,17 @@ def check_required_providers(providers: Sequence[str], *, require: bool) -> None
 
 
 def exported_cameras(store_root: str | os.PathLike[str]) -> list[str]:
-    """Camera folders (the fallback first) whose manifest lists at least one export."""
+    """Camera folders (the fallback first) whose manifest lists at least one export. A camera whose
+    manifest cannot be read is left out with a warning: it must not stop the other cameras' images
+    (its own fail one by one, naming the problem; asked for with ``--camera``, it fails the run)."""
     root = Path(store_root).expanduser()
     found = []
     for camera in list_cameras(root):
-        manifest = CameraStore.open(root, camera).read_manifest()
+        try:
+            manifest = CameraStore.open(root, camera).read_manifest()
+        except StoreError as exc:
+            log.warning("camera %s of the store is not used: %s", camera, exc)
+            continue
         if manifest.get("exports"):
             found.append(camera)
     return sorted(found, key=lambda c: (c != FALLBACK_CAMERA, c))
@@ -80,7 +89,8 @@ def check_store_serves(store_root: str | os.PathLike[str], *, camera: str | None
     """The store exists and holds a model that can serve this run; return the camera folder to try first.
 
     An explicit ``camera`` needs its own export or the fallback; without one, any export will do
-    (images are routed by their folder, EXIF Make or name prefix). A damaged manifest is a StoreError here too.
+    (images are routed by their folder, EXIF Make or name prefix). A damaged manifest of the explicit
+    camera is a StoreError here too.
     """
     root = Path(store_root).expanduser()
     CameraStore.open(root, FALLBACK_CAMERA)  # StoreError if the store is missing

@@ -57,6 +57,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -77,6 +78,7 @@ LOCK_NAME = ".lock"
 log = logging.getLogger(__name__)
 # .files: (device, inode) of the camera locks this thread holds (a nested flock would wait on itself)
 _HELD_LOCKS = threading.local()
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is kilobytes; engine records of many GPUs stay far below this
 _LOCK_OPEN_ATTEMPTS = 20  # opening a camera's lock file while another writer removes the unused folder
 ENGINES_FOLDER = "engines"
 """A camera's TensorRT engines: files in ``<camera>/engines/``, records under the manifest key of the same name."""
@@ -396,7 +398,9 @@ class CameraStore:
         return self.path(str(record.get("file", name)))
 
     def exists(self) -> bool:
-        return self.manifest_path.is_file()
+        """Whether the camera has a manifest: any entry of that name, so that a damaged one (a link to
+        nothing, a FIFO) is read and reported, never taken for "no manifest" (and the fallback)."""
+        return os.path.lexists(self.manifest_path)
 
     def remove_if_unused(self) -> bool:
         """Remove this camera's folder when it holds nothing but its lock file (a first run that
@@ -416,8 +420,18 @@ class CameraStore:
         """Read and validate the manifest; StoreError if missing, unreadable, of another schema or invalid."""
         path = self.manifest_path
         try:
+            st = os.stat(path)  # through a link: what would be read
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would hang the read, /dev/zero never end it
+                raise StoreError(f"{path} is not a regular file (a folder, a FIFO or a device); "
+                                 f"{damaged_manifest_advice(path)}")
+            if st.st_size > MAX_MANIFEST_BYTES:
+                raise StoreError(f"{path} is {st.st_size:,} bytes, more than a manifest ever holds "
+                                 f"({MAX_MANIFEST_BYTES:,}); {damaged_manifest_advice(path)}")
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
+            if os.path.lexists(path):  # a link to nothing, or a loop
+                raise StoreError(f"{path} is a link to a file that does not exist; "
+                                 f"{damaged_manifest_advice(path)}") from None
             if self.camera == FALLBACK_CAMERA:
                 raise StoreError(f"the store has no fallback model ({path} is missing); export it with "
                                  f"`adassr export --backbone {FALLBACK_BACKBONE}`") from None
@@ -432,8 +446,9 @@ class CameraStore:
             raise StoreError(f"cannot read {path}: {exc.strerror or exc}; check its permissions") from exc
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            msg = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        except (ValueError, RecursionError) as exc:  # ValueError: also an integer of thousands of digits
+            msg = (f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError)
+                   else "nested too deeply" if isinstance(exc, RecursionError) else str(exc))
             raise StoreError(f"{path} is not valid JSON ({msg}); {damaged_manifest_advice(path)}") from exc
         version = data.get("schema_version") if isinstance(data, dict) else None
         if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:  # a newer adassr
@@ -445,7 +460,7 @@ class CameraStore:
             raise StoreError(f"{exc}; {damaged_manifest_advice(path)}") from None
 
     def read_manifest_or_empty(self) -> dict[str, Any]:
-        if not self.manifest_path.exists():
+        if not self.exists():
             return {"schema_version": SCHEMA_VERSION, "camera": self.camera, "artifacts": {}}
         return self.read_manifest()
 
@@ -640,7 +655,8 @@ class CameraStore:
         with self.lock(timeout_s=timeout_s):
             # under the camera's lock, which every writer of temporary files here holds: any other's is dead
             remove_stale_temps(self.directory, locked=True)
-            remove_stale_temps(self.directory / ENGINES_FOLDER, locked=True)  # a build killed mid-write (large)
+            if not (self.directory / ENGINES_FOLDER).is_symlink():  # not through a link to a folder elsewhere
+                remove_stale_temps(self.directory / ENGINES_FOLDER, locked=True)  # a build killed mid-write
             manifest = self.read_manifest_or_empty()
             self._remove_orphans(manifest, previous=None)
             tx = StoreTransaction(self, manifest)
@@ -656,11 +672,15 @@ class CameraStore:
         with contextlib.suppress(OSError):
             candidates.update(e.name for e in os.scandir(self.directory)
                               if _CONTENT_NAME.match(e.name) and not e.name.startswith("."))
-        with contextlib.suppress(OSError):  # engines no record refers to (re-adapting forgets the records)
-            candidates.update(f"{ENGINES_FOLDER}/{e.name}" for e in os.scandir(self.directory / ENGINES_FOLDER)
-                              if e.name.endswith(".engine") and not e.name.startswith(".") and e.is_file())
+        engines = self.directory / ENGINES_FOLDER
+        if not engines.is_symlink():  # a link to a folder elsewhere (shared engines) is not the camera's to clean
+            with contextlib.suppress(OSError):  # engines no record refers to (re-adapting forgets the records)
+                candidates.update(f"{ENGINES_FOLDER}/{e.name}" for e in os.scandir(engines) if e.name.endswith(
+                    ".engine") and not e.name.startswith(".") and e.is_file(follow_symlinks=False))
         removed = []
         for name in sorted(candidates - keep):
+            if "/" in name and (self.directory / name).parent.is_symlink():
+                continue  # never through a link out of the camera's folder
             with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
                 (self.directory / name).unlink()
                 removed.append(name)

@@ -222,7 +222,7 @@ class EngineCache:
                 return {}
             try:
                 data = json.loads(index.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
+            except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, bytes that are not UTF-8
                 raise StoreError(f"{index} is unreadable ({exc}); delete it to rebuild the shared engines") from exc
             engines = data.get(MANIFEST_KEY, {}) if isinstance(data, dict) else {}
         else:

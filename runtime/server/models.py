@@ -35,7 +35,7 @@ from typing import Any
 
 from adassr.runtime.backends import Backend, open_backend
 from adassr.runtime.cameras import camera_name, closest_camera_hint
-from adassr.runtime.errors import AdassrError, CameraError, ConfigError, StoreError
+from adassr.runtime.errors import AdassrError, CameraError, ConfigError, StoreError, unexpected_error
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import (
     RouteDecision,
@@ -247,6 +247,13 @@ class ModelRegistry:
                     logger.warning("camera %s: model refresh failed (%s); retrying at the next poll", camera, exc)
                     self._signatures.pop(camera, None)
                     self._problems[camera] = f"the model could not be read ({exc.strerror or exc}); retrying"
+                    self._on_error("model_load")
+                except Exception as exc:  # noqa: BLE001 - one camera's surprise must not stop the others' reloads
+                    reason = unexpected_error(exc)
+                    logger.error("camera %s: model refresh failed (%s); the other cameras go on", camera, reason,
+                                 exc_info=logger.isEnabledFor(logging.DEBUG))
+                    self._signatures[camera] = self._signature(camera, self._tried.get(camera))  # once per change
+                    self._problems[camera] = f"the model could not be loaded ({reason})"
                     self._on_error("model_load")
             if changed:
                 self._models = MappingProxyType(current)

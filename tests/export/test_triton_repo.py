@@ -595,3 +595,25 @@ def test_a_failed_restore_of_the_config_does_not_hide_the_first_failure(store: P
     monkeypatch.setattr(triton_repo, "_copy_version", copy_fails)
     with pytest.raises(ExportError, match=r"the copy"):
         write_repository(repo, store, ["canon"], TritonRepoOptions(tile=96))
+
+
+def test_damaged_manifest_fields_the_triton_export_reads_are_clear_errors(store: Path, tmp_path: Path) -> None:
+    """`"engines": [1]` ended in an AttributeError traceback, and a manifest without any 'scale' wrote a
+    config with output dims [3, 0, 0] (a helper's hunt)."""
+    camera = CameraStore.open(store, "canon")
+
+    def damage(manifest: dict) -> None:
+        manifest["engines"] = [1]
+        manifest.pop("scale", None)
+        for record in manifest["exports"].values():
+            record.pop("scale", None)
+
+    camera.update_manifest(damage)
+    with pytest.raises(ExportError, match="no valid integer 'scale'"):
+        write_repository(tmp_path / "repo", store, ["canon"])
+    camera.update_manifest(lambda m: m.update(scale=4))
+    (model,) = write_repository(tmp_path / "repo", store, ["canon"])  # the damaged engine records: no engine
+    config = (model.directory / "config.pbtxt").read_text()
+    assert "[ 3, 0, 0 ]" not in config and "adassr_scale" in config and 'string_value: "4"' in config
+    with pytest.raises(ExportError, match="no .*TensorRT engine"):
+        write_repository(tmp_path / "plans", store, ["canon"], TritonRepoOptions(platform="tensorrt_plan"))

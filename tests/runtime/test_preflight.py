@@ -102,3 +102,32 @@ def test_a_folder_that_is_the_lower_case_folder_is_no_misnamed_one(tmp_path: Pat
     publish_camera(tmp_path, "canon")
     (tmp_path / "Canon").symlink_to(tmp_path / "canon")
     assert list_cameras(tmp_path) == ["canon"] and misnamed_folders(tmp_path) == []
+
+
+def test_one_damaged_manifest_does_not_stop_the_other_cameras(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged canon manifest stopped `upscale --camera nokia` and `serve` altogether, and a surprise
+    in one camera's reload stopped the later cameras' reloads (a helper's hunt)."""
+    import adassr.runtime.server.models as models
+    from adassr.runtime.backends import open_backend
+    from adassr.runtime.server.models import ModelRegistry
+
+    publish_camera(tmp_path, "canon")
+    publish_camera(tmp_path, "nokia")
+    (tmp_path / "canon" / "manifest.json").write_text('{"schema_version": ' + "9" * 5000 + "}")
+    assert check_store_serves(tmp_path, camera="nokia") == "nokia"
+    with pytest.raises(StoreError, match="canon/manifest.json is not valid JSON"):
+        CameraStore.open(tmp_path, "canon").read_manifest()
+    publish_camera(tmp_path, "zeiss")
+    real = models.resolve_model
+
+    def surprise(store: Path, *, camera: str, **kwargs: object) -> object:
+        if camera == "nokia":
+            raise ValueError("something nobody expected")
+        return real(store, camera=camera, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(models, "resolve_model", surprise)
+    registry = ModelRegistry(tmp_path, open_model=lambda route: open_backend("onnxruntime", route.verify(),
+                                                                               providers=("cpu",), threads=1))
+    registry.refresh()
+    assert sorted(registry.models) == ["zeiss"] and {"canon", "nokia"} <= set(registry.problems)
+    assert "something nobody expected" in registry.problems["nokia"]

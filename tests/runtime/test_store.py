@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,39 @@ def test_lock_serialises_writers(tmp_path: Path) -> None:
         child.join(10)
     with store.lock(timeout_s=5):
         pass
+
+
+def test_manifests_that_are_no_regular_file_or_absurd_are_clear_errors(tmp_path: Path) -> None:
+    """A FIFO manifest hung every command, a link to /dev/zero ate the memory, a 5,000-digit integer and a
+    link to nothing (taken for "no manifest": the fallback served) each ended otherwise (a helper's hunt)."""
+    from adassr.runtime.errors import StoreError
+
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _publish_text(store, "w.bin", "good")
+    manifest = store.manifest_path
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"schema_version"', '"scale": ' + "9" * 5000 + ', "schema_version"', 1))
+    with pytest.raises(StoreError, match="is not valid JSON .*digits"):
+        store.read_manifest()
+    for make, match in [(lambda: os.mkfifo(manifest), "not a regular file"),
+                        (lambda: manifest.symlink_to("/dev/zero"), "not a regular file"),
+                        (lambda: manifest.symlink_to(tmp_path / "gone.json"), "a link to a file that does not exist")]:
+        manifest.unlink()
+        make()
+        assert store.exists()
+        with pytest.raises(StoreError, match=match):
+            store.read_manifest()
+
+
+def test_a_linked_engines_folder_is_never_cleaned_through_the_link(tmp_path: Path) -> None:
+    """`<camera>/engines` as a link to a shared folder: every write transaction deleted the .engine files
+    there that the camera's records did not name (a helper's hunt)."""
+    store = CameraStore.open(tmp_path / "store", "canon", create=True)
+    _publish_text(store, "w.bin", "good")
+    shared = tmp_path / "shared_engines"
+    shared.mkdir()
+    (shared / "other.engine").write_text("another camera's engine")
+    (shared / f".x.engine.{os.getpid() + 10**6}.0123abcd.tmp").write_text("not this camera's")
+    (store.directory / "engines").symlink_to(shared)
+    _publish_text(store, "w.bin", "newer")
+    assert sorted(p.name for p in shared.iterdir())[-1] == "other.engine" and len(list(shared.iterdir())) == 2
