@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from adassr.runtime.cameras import (
 )
 from adassr.runtime.errors import CameraError, ImageError
 from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file, unreadable_image_entry
-from adassr.runtime.store import MANIFEST_NAME
+from adassr.runtime.store import MANIFEST_NAME, MAX_MANIFEST_BYTES
 
 UNGROUPED = "ungrouped"
 _HR_TOKEN = re.compile(r"(?:^|[_\-. ])hr(?:[_\-. ]|$)", re.IGNORECASE)
@@ -178,9 +179,13 @@ def _unreadable_entries(paths: Iterable[Path]) -> list[tuple[Path, str]]:
 def _is_store_camera_folder(folder: Path) -> bool:
     """Whether ``folder`` is a camera folder of a model store: its ``manifest.json`` is adassr's (other
     tools write files of that name too)."""
+    path = folder / MANIFEST_NAME
     try:
-        data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MANIFEST_BYTES:  # a FIFO would hang the read
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(data, dict) and "schema_version" in data and isinstance(data.get("artifacts"), dict)
 

@@ -726,7 +726,7 @@ def _current_model_stays(store: CameraStore, manifest: Mapping[str, Any], backbo
         return None  # another backbone's model: the run adapts the backbone asked for
     if manifest.get("weights_sha256") == backbone.weights_sha256:
         return None  # the current model is the backbone itself
-    result_is_backbone = result.kept_backbone and config.admm_iters == 1  # with K > 1 it starts from adapted weights
+    result_is_backbone = result.kept_backbone  # with K > 1 too: _against_backbone resets such a result to the backbone
     try:
         current = _current_weights(store, manifest, backbone, base_state)
     except (StoreError, WeightsError) as exc:

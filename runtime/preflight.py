@@ -103,6 +103,9 @@ def check_store_serves(store_root: str | os.PathLike[str], *, camera: str | None
         )
     if camera is not None:
         camera = camera_name(camera)  # as routing reads it
+        named = CameraStore.open(root, camera)
+        if named.exists():
+            named.read_manifest()  # its damage, not "no exported model" (which export, reading it first, cannot fix)
         if camera in cameras or FALLBACK_CAMERA in cameras:
             return camera if camera in cameras else FALLBACK_CAMERA
         raise StoreError(

@@ -429,7 +429,7 @@ class CameraStore:
                                  f"({MAX_MANIFEST_BYTES:,}); {damaged_manifest_advice(path)}")
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            if os.path.lexists(path):  # a link to nothing, or a loop
+            if os.path.lexists(path):  # a link to nothing
                 raise StoreError(f"{path} is a link to a file that does not exist; "
                                  f"{damaged_manifest_advice(path)}") from None
             if self.camera == FALLBACK_CAMERA:
@@ -443,6 +443,8 @@ class CameraStore:
         except UnicodeDecodeError as exc:
             raise StoreError(f"{path} is not UTF-8 text ({exc.reason}); {damaged_manifest_advice(path)}") from exc
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a link that leads back to itself
+                raise StoreError(f"{path} is a loop of links; {damaged_manifest_advice(path)}") from exc
             raise StoreError(f"cannot read {path}: {exc.strerror or exc}; check its permissions") from exc
         try:
             data = json.loads(text)
@@ -843,7 +845,13 @@ def _manifest_folders(root: str | os.PathLike[str]) -> Iterator[tuple[str, str |
     root_path = Path(root)
     if not root_path.is_dir():
         return
-    for manifest in root_path.glob(f"*/{MANIFEST_NAME}"):
+    try:
+        folders = sorted(p for p in root_path.iterdir() if p.is_dir())
+    except OSError:
+        return
+    # lexists: a manifest that is a link to nothing is a camera with a damaged manifest, not no camera
+    # (glob leaves such links out, and the camera's images then went to the fallback)
+    for manifest in (folder / MANIFEST_NAME for folder in folders if os.path.lexists(folder / MANIFEST_NAME)):
         name = manifest.parent.name
         problem = None
         if name != FALLBACK_CAMERA:

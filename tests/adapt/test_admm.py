@@ -147,3 +147,20 @@ def test_the_admm_verdict_pairs_the_crops_the_backbone_scored() -> None:
     better = run._against_backbone(InternalResult({"w": torch.ones(1)}, False, [4.0, 9.0], [3.8, 8.0], 3, 1, "r"),
                                    one_scored, start, config)
     assert not better.kept_backbone and torch.equal(better.state_dict["w"], torch.ones(1))
+
+
+def test_a_backbone_result_after_admm_keeps_a_current_model_within_the_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --admm-iters > 1 a result reset to the backbone was judged as adapted weights: the margin rule
+    was skipped and a current model within the margin of the backbone was replaced by the raw backbone."""
+    from adassr.adapt import loop
+
+    monkeypatch.setattr(run, "_current_weights", lambda *a, **k: object())
+    monkeypatch.setattr(loop, "evaluate_model", lambda *a, **k: [5.05])  # the current model: 0.05 worse
+    manifest = {"artifacts": {run.WEIGHTS_FILE: {"file": "w"}}, "backbone": {"name": "tiny"},
+                "weights_sha256": "a" * 64}
+    backbone = SimpleNamespace(entry=SimpleNamespace(name="tiny"), weights_sha256="b" * 64)
+    result = InternalResult({}, True, [5.0], [5.0], 3, 0, "the backbone is kept")
+    config = AdaptConfig(admm_iters=2, backbone_margin=0.1, external_hr=Path("/nowhere/hr"))
+    kept = run._current_model_stays(None, manifest, backbone, {}, SimpleNamespace(crops=[], metric=None),  # type: ignore[arg-type]
+                                    result, config, device=torch.device("cpu"))
+    assert kept is not None and "which this run kept" in kept.reason

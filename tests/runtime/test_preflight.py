@@ -131,3 +131,26 @@ def test_one_damaged_manifest_does_not_stop_the_other_cameras(tmp_path: Path, mo
     registry.refresh()
     assert sorted(registry.models) == ["zeiss"] and {"canon", "nokia"} <= set(registry.problems)
     assert "something nobody expected" in registry.problems["nokia"]
+
+
+def test_a_dangling_or_damaged_manifest_is_reported_not_skipped_or_misnamed(tmp_path: Path) -> None:
+    """A manifest that is a link to nothing was left out by the folder listing (its images went to the
+    fallback, serve listed no problem), and a damaged manifest of the camera asked for was reported as
+    "no exported model ... run adassr export", which cannot fix it (a review)."""
+    import os
+
+    from adassr.runtime.store import list_cameras
+
+    publish_camera(tmp_path, "nokia")
+    publish_camera(tmp_path, "canon")
+    manifest = tmp_path / "canon" / "manifest.json"
+    manifest.unlink()
+    manifest.symlink_to(tmp_path / "gone.json")
+    assert list_cameras(tmp_path) == ["canon", "nokia"]
+    with pytest.raises(StoreError, match="is a link to a file that does not exist"):
+        check_store_serves(tmp_path, camera="canon")
+    manifest.unlink()
+    os.symlink("manifest.json", manifest)  # a loop
+    with pytest.raises(StoreError, match="is a loop of links"):
+        check_store_serves(tmp_path, camera="canon")
+    assert check_store_serves(tmp_path, camera="nokia") == "nokia"
