@@ -189,7 +189,12 @@ class TensorRTBackend(Backend):
         try:
             stream = cudart.Stream()
             made.append(stream.destroy)
-            if not context.set_optimization_profile_async(profile, stream.ptr):
+            try:  # the binding returns True or raises RuntimeError ("Error in set optimization profile async.")
+                selected = context.set_optimization_profile_async(profile, stream.ptr)
+            except RuntimeError as exc:
+                raise BackendError(f"TensorRT could not select optimisation profile {profile} of "
+                                   f"{self.model_path.name} ({exc}); rebuild the engine") from exc
+            if not selected:
                 raise BackendError(
                     f"TensorRT could not select optimisation profile {profile} of {self.model_path.name}")
             stream.synchronize()
