@@ -183,15 +183,20 @@ def test_a_selected_image_that_does_not_decode_gives_its_place_to_another(tmp_pa
     assert loaded.group.paths == (a, c)
 
 
+def _damaged_big_and_small(folder: Path, count: int) -> tuple[Path, list[Path]]:
+    """A 300 px photo truncated behind a good header, and ``count`` readable 110 px ones."""
+    photo = read_image(HR / "coffee.png").pixels
+    big = write_image(folder / "a_big.png", np.ascontiguousarray(np.tile(photo[:100, :100], (3, 3, 1))))
+    _truncated(big, big)
+    small = [write_image(folder / f"s{k}.png", np.ascontiguousarray(photo[k * 5 : k * 5 + 110, :110]))
+             for k in range(count)]
+    return big, small
+
+
 def test_small_images_serve_when_the_only_large_one_does_not_decode(tmp_path: Path, caplog) -> None:
     """A 300 px photo truncated behind a good header made the two usable 110 px ones "too small", and
     then the group failed as unreadable."""
-    big = tmp_path / "a_big.png"
-    write_image(big, np.ascontiguousarray(np.tile(read_image(HR / "coffee.png").pixels[:100, :100], (3, 3, 1))))
-    _truncated(big, big)
-    small = [tmp_path / f"s{k}.png" for k in range(2)]
-    for k, path in enumerate(small):
-        write_image(path, np.ascontiguousarray(read_image(HR / "coffee.png").pixels[k * 10 : k * 10 + 110, :110]))
+    big, small = _damaged_big_and_small(tmp_path, 2)
     with caplog.at_level(logging.WARNING):
         loaded = load_group_images(_group(big, *small), min_side=121)
     assert loaded.group.paths == tuple(small) and loaded.too_small == ()
@@ -217,11 +222,6 @@ def test_the_minimum_size_is_the_bicubic_kernels_not_the_default_estimate_size(c
 
 def test_the_small_image_fallback_keeps_the_image_limits(tmp_path: Path) -> None:
     """When the only large image did not decode, every small one was read, whatever --max-images said."""
-    big = tmp_path / "a_big.png"
-    write_image(big, np.ascontiguousarray(np.tile(read_image(HR / "coffee.png").pixels[:100, :100], (3, 3, 1))))
-    _truncated(big, big)
-    small = [tmp_path / f"s{k}.png" for k in range(6)]
-    for k, path in enumerate(small):
-        write_image(path, np.ascontiguousarray(read_image(HR / "coffee.png").pixels[k * 5 : k * 5 + 110, :110]))
+    big, small = _damaged_big_and_small(tmp_path, 6)
     loaded = load_group_images(_group(big, *small), min_side=121, max_images=2)
     assert len(loaded.images) == 2 and loaded.limited_by is not None
