@@ -539,7 +539,9 @@ def run_upscale(
     check_quality(args.quality, what="--quality")
     triton = _triton_options(args)
     check_threads(args.threads)
-    options = options_from_args(args, registry)
+    # with --triton the repository fixes the tile and the batch: --tile and --tile-batch are not used, so they are
+    # not checked against local rules either (--tile 64 was refused for the default overlap of an unused tile)
+    options = options_from_args(args, registry) if triton is None else RuntimeOptions(args.store, threads=args.threads)
     limit_opencv_threads(options.threads or intra_op_threads())
     pairs = plan_outputs(args.input, args.output, args.ext)
     if args.input.is_file() and not args.output.exists() and args.output.suffix and pairs[0][1] != args.output:

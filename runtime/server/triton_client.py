@@ -142,6 +142,7 @@ class TritonUpscaler:
             self._client = httpclient.InferenceServerClient(url, connection_timeout=connect, network_timeout=timeout_s)
         except Exception as exc:  # noqa: BLE001 - ValueError or tritonclient's own, for a URL it cannot take
             raise ConfigError(f"Triton URL {url!r}: {exc}; give the server's HTTP endpoint as host:port") from None
+        self._connect_s = connect
         self._prefix = prefix
         self._overlap = overlap
         self._pre_pad = pre_pad
@@ -149,8 +150,13 @@ class TritonUpscaler:
 
     def check_live(self) -> None:
         """``ConfigError`` (one line, what to check) unless the server answers that it is live."""
-        try:
-            live = bool(self._client.is_server_live())
+        try:  # within the connect timeout: a server that accepts and never answers took the 120 s network one
+            probe = self._http.InferenceServerClient(self._url, connection_timeout=self._connect_s,
+                                                     network_timeout=self._connect_s)
+            try:
+                live = bool(probe.is_server_live())
+            finally:
+                probe.close()
         except Exception as exc:  # noqa: BLE001 - connection errors come from tritonclient's HTTP library
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise ConfigError(
@@ -166,7 +172,8 @@ class TritonUpscaler:
                 config = self._client.get_model_config(name)
             except Exception as exc:  # noqa: BLE001 - tritonclient raises its own exception types
                 self.check_live()  # an unreachable server says so, rather than "no usable model"
-                raise BackendError(f"Triton has no usable model {name!r}: {exc}") from exc
+                reason = " ".join(str(exc).split())  # one line: a proxy's HTML page held several
+                raise BackendError(f"Triton has no usable model {name!r}: {reason}") from exc
             self._models[name] = parse_model_config(config)
         return self._models[name]
 
@@ -195,11 +202,27 @@ class TritonUpscaler:
         return f"{self._prefix}{FALLBACK_CAMERA}", "fallback"
 
     def _ready(self, group: str) -> bool:
-        """Whether Triton has the model of camera ``group`` ready (an unreachable or unknown one: no)."""
+        """Whether Triton has the model of camera ``group`` ready: False when its repository has no such
+        model (the fallback then serves). A model it has that is not ready (loading, failed to load) and
+        a server that does not answer are a BackendError for the image: sending a camera's photos to the
+        unadapted fallback because of a passing 503 or a dropped connection would go unnoticed."""
+        name = f"{self._prefix}{group}"
         try:
-            return bool(self._client.is_model_ready(f"{self._prefix}{group}"))
-        except Exception:  # noqa: BLE001 - tritonclient raises its own exception types
+            if self._client.is_model_ready(name):
+                return True
+            index = self._client.get_model_repository_index()
+        except Exception as exc:  # noqa: BLE001 - tritonclient raises its own exception types
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise BackendError(f"cannot ask the Triton server at {self._url} whether model {name!r} is ready "
+                               f"({reason}); retry") from exc
+        entry = next((m for m in index or () if isinstance(m, dict) and m.get("name") == name), None)
+        if entry is None:
             return False
+        state = " ".join(str(entry.get("state") or "not ready").split())
+        why = " ".join(str(entry.get("reason") or "").split())
+        detail = f"{state}: {why}" if why else state
+        raise BackendError(f"Triton model {name!r} is in the repository but not ready ({detail}); retry when it has "
+                           "loaded, or check the server's log")
 
     def tiling_for(self, info: TritonModelInfo) -> TilingOptions:
         """The tiling of ``info``'s model: its fixed tile and batch, this client's overlap and pre-pad.
@@ -228,7 +251,9 @@ class TritonUpscaler:
             try:
                 result = self._client.infer(info.name, [inp], outputs=[out])
             except Exception as exc:  # noqa: BLE001 - tritonclient raises its own exception types
-                raise TritonInferError(f"Triton failed on model {info.name!r} with input {data.shape}: {exc}") from exc
+                reason = " ".join(str(exc).split())  # one line: a proxy's HTML page held several
+                raise TritonInferError(
+                    f"Triton failed on model {info.name!r} with input {data.shape}: {reason}") from exc
             array = result.as_numpy(info.output_name)
             if array is None:
                 raise BackendError(f"Triton returned no {info.output_name!r} for model {info.name!r}")

@@ -52,6 +52,7 @@ class FakeTriton:
     calls: list[dict[str, Any]]
     models: dict[str, tuple[Any, ort.InferenceSession]]
     repo: Path
+    not_ready: set[str]  # models in the repository that answer "not ready" (loading, or failed to load)
 
     def reload(self) -> None:
         self.models.clear()
@@ -65,6 +66,7 @@ def fake_triton(repo: Path, *, fault: str | None = None) -> Iterator[FakeTriton]
 
     models = _load_models(repo)
     calls: list[dict[str, Any]] = []
+    not_ready: set[str] = set()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -100,14 +102,18 @@ def fake_triton(repo: Path, *, fault: str | None = None) -> Iterator[FakeTriton]
             found = self._model()
             if found is None:
                 return None if _MODEL_PATH.match(self.path) else self._error(f"unknown path {self.path}")
-            _, what, (config, _) = found
+            name, what, (config, _) = found
             if what == "/config":
                 body = json_format.MessageToDict(config, preserving_proto_field_name=True)
                 return self._answer(200, json.dumps(body).encode())
-            return self._answer(200)  # ready
+            return self._answer(400 if name in not_ready else 200)  # ready
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path == "/v2/repository/index":
+                index = [{"name": name, "version": "1", "state": "UNAVAILABLE" if name in not_ready else "READY",
+                          "reason": "loading" if name in not_ready else ""} for name in sorted(models)]
+                return self._answer(200, json.dumps(index).encode())
             found = self._model()
             if found is None:
                 return None
@@ -140,7 +146,7 @@ def fake_triton(repo: Path, *, fault: str | None = None) -> Iterator[FakeTriton]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield FakeTriton(f"127.0.0.1:{server.server_address[1]}", calls, models, repo)
+        yield FakeTriton(f"127.0.0.1:{server.server_address[1]}", calls, models, repo, not_ready)
     finally:
         server.shutdown()
         server.server_close()

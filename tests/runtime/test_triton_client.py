@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from adassr.export.triton_repo import TritonRepoOptions, write_repository
+from adassr.runtime.errors import BackendError
 from adassr.runtime.images import read_image
 from adassr.runtime.server.triton_client import TritonUpscaler, parse_model_config
 from adassr.runtime.store import FALLBACK_CAMERA
@@ -110,6 +111,10 @@ def test_route_follows_adapts_rules_against_the_models_triton_has(tmp_path: Path
                 raise ConnectionError("unreachable")
             return name in ready
 
+        def get_model_repository_index(self) -> list[dict[str, str]]:
+            return [{"name": n, "state": "READY"} for n in sorted(ready)] + [
+                {"name": "adassr_loading", "state": "UNAVAILABLE", "reason": "loading"}]
+
     client = TritonUpscaler("127.0.0.1:9")  # nothing is sent: routing asks only is_model_ready
     client._client = Models()
     no_exif = Path(__file__).parents[1] / "data" / "hr" / "coffee.png"
@@ -123,7 +128,12 @@ def test_route_follows_adapts_rules_against_the_models_triton_has(tmp_path: Path
     assert client.route(read_image(tmp_path / "photos/flower.jpg")) == ("adassr_canon", "exif-make")
     assert client.route(read_image(tmp_path / "photos/Nikon_006_LR4.png")) == ("adassr_nikon", "filename-prefix")
     assert client.route(read_image(tmp_path / "photos/iptc.jpg")) == ("adassr__fallback", "fallback")  # no nokia
-    assert client.route(read_image(tmp_path / "broken/x.png")) == ("adassr__fallback", "fallback")
+    with pytest.raises(BackendError, match="cannot ask the Triton server .* whether model 'adassr_broken' is ready"):
+        client.route(read_image(tmp_path / "broken/x.png"))  # was sent to the fallback, unnoticed
+    (tmp_path / "loading").mkdir()
+    shutil.copy(no_exif, tmp_path / "loading" / "y.png")
+    with pytest.raises(BackendError, match="'adassr_loading' is in the repository but not ready .UNAVAILABLE: loading"):
+        client.route(read_image(tmp_path / "loading/y.png"))
     assert client.route(read_image(tmp_path / "photos/iptc.jpg"), "canon") == ("adassr_canon", "explicit")
 
 
@@ -141,3 +151,26 @@ def test_the_client_takes_an_http_url_and_names_an_unreachable_server(tmp_path: 
     image = LoadedImage(np.zeros((8, 8, 3), np.uint8), None, 8, None, None, None)
     with pytest.raises(ConfigError, match=f"cannot reach a Triton server at 127.0.0.1:{port}"):
         client.upscale(image, camera="canon")
+
+
+def test_a_server_that_accepts_and_never_answers_is_reported_within_the_connect_timeout() -> None:
+    """The liveness check ran under the 120 s network timeout: 121 s before "cannot reach"."""
+    import socket
+    import threading
+
+    from adassr.runtime.errors import ConfigError
+
+    pytest.importorskip("tritonclient.http")
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    client = TritonUpscaler(f"127.0.0.1:{listener.getsockname()[1]}", connect_timeout_s=1.0)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConfigError, match="cannot reach a Triton server"):
+            client.check_live()
+        assert time.monotonic() - start < 30
+    finally:
+        for conn in held:
+            conn.close()
+        listener.close()

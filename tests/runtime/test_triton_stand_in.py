@@ -151,3 +151,21 @@ def test_a_long_lived_client_follows_a_repository_rewritten_with_another_tile(
         assert name == "adassr_canon" and triton.calls[-1]["shape"][2:] == (48, 48)
         assert np.array_equal(pixels, read_image(ref).pixels)
         assert client.model_info("adassr_canon").tile == 48
+
+
+def test_a_camera_model_that_is_not_ready_fails_its_images_instead_of_the_fallback(
+        setup: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 503 or a loading model made a Canon photo go to the unadapted fallback, exit 0, unnoticed; the
+    local --tile rules refused a --tile the repository does not use (helpers' hunts)."""
+    _, repo, src = setup
+    with fake_triton(repo) as triton:
+        triton.not_ready.add("adassr_canon")
+        code = main(["upscale", "-i", str(src / "a_canon.jpg"), "-o", str(tmp_path / "a.png"), "--triton",
+                     triton.url, "--tile", "64", "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 1 and not (tmp_path / "a.png").exists()
+        assert "'adassr_canon' is in the repository but not ready (UNAVAILABLE: loading)" in err
+        assert all(call["model"] != "adassr__fallback" for call in triton.calls)
+        triton.not_ready.clear()
+        assert main(["upscale", "-i", str(src / "a_canon.jpg"), "-o", str(tmp_path / "a.png"), "--triton",
+                     triton.url, "--tile", "64", "--no-progress"]) == 0
