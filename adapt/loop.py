@@ -460,7 +460,10 @@ class _BatchSource:
                           lr=_to_tensor(batch.lr, self.device))
         if self.bank is None:
             perceptual = self.trainer.perceptual if config.lambda_perceptual > 0 else None
-            self.bank = _FeatureBank(self.trainer.model, self.sampler.sample, max(config.feature_bank, config.batch),
+            # no more pairs than one period can draw (a bank of 20,000 sampled them all for 4 draws, past the budget)
+            size = max(config.batch, min(config.feature_bank, config.eval_every * config.batch,
+                                         config.steps * config.batch))
+            self.bank = _FeatureBank(self.trainer.model, self.sampler.sample, size,
                                      device=self.device, precision=self.trainer.precision, tail_from=tail_from,
                                      perceptual=perceptual)
         return self.bank.draw(config.batch, self.rng)

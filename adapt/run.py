@@ -787,6 +787,14 @@ def _check_before_setup(config: AdaptConfig, scale: int, *, blocks: int, trainab
         log.warning("--tail-blocks %d is more than the backbone's %d RRDB blocks: all %d train in tail mode",
                     config.tail_blocks, blocks, blocks)
 
+    if config.lambda_perceptual > 0:
+        from adassr.adapt.quality.lpips import MIN_SIDE
+
+        need = -(-MIN_SIDE["vgg"] // scale)
+        if config.lr_patch < need:  # failed after the set-up, naming LPIPS-vgg's input, not the option
+            raise ConfigError(f"--patch {config.lr_patch} gives {config.lr_patch * scale} px HR patches, but the "
+                              f"perceptual term (LPIPS-VGG) needs at least {MIN_SIDE['vgg']}: use --patch >= {need}, "
+                              "or --lambda-perceptual 0")
     smallest = -(-2 * BLOCK_SIZE // scale)
     if config.eval_crop * scale < 2 * BLOCK_SIZE:
         raise ConfigError(f"--eval-crop {config.eval_crop} is too small: NIQE needs two {BLOCK_SIZE}x{BLOCK_SIZE} "

@@ -453,3 +453,30 @@ def test_evaluation_runs_in_fp32_when_training_runs_in_bf16(trainable: str) -> N
                       device=torch.device("cpu"), precision=Precision("bf16", "cpu"), trainable=trainable)
     assert seen[0].dtype == torch.float32
     torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-3)  # the backbone's, up to fp32 rounding
+
+
+def test_the_feature_bank_holds_no_more_pairs_than_a_period_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--feature-bank 20000 sampled 20,000 pairs (53 s) for a run of 2 steps of 4, past its time budget."""
+    from adassr.adapt import loop
+
+    sizes: list[int] = []
+    real = loop._FeatureBank
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def __init__(self, model, sample, size, **kwargs):  # type: ignore[no-untyped-def]
+            sizes.append(size)
+            super().__init__(model, sample, size, **kwargs)
+
+    monkeypatch.setattr(loop, "_FeatureBank", Recording)
+    run_internal_step(_tiny(), _Sampler(), CROPS, _scripted([5.0, 4.0, 3.0]), _config(steps=3, feature_bank=20000),
+                      device=torch.device("cpu"), precision=FP32, trainable="tail")
+    assert sizes and max(sizes) == 4  # eval_every 2 x batch 2: what one period can draw
+
+
+def test_a_patch_too_small_for_the_perceptual_term_is_refused_before_set_up() -> None:
+    """--patch 1 failed after the set-up with "LPIPS-vgg reference: got shape (4, 3, 4, 4)"."""
+    from adassr.adapt.run import _check_before_setup
+
+    with pytest.raises(ConfigError, match=r"--patch 3 gives 12 px HR patches.*--patch >= 4, or --lambda-perceptual 0"):
+        _check_before_setup(_config(lr_patch=3, lambda_perceptual=1.0, eval_crop=64), 4, blocks=3)
+    _check_before_setup(_config(lr_patch=3, lambda_perceptual=0.0, eval_crop=64), 4, blocks=3)
