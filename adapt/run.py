@@ -845,6 +845,8 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
     record["pairs"] = _pairs_record(inputs.usable, inputs.used_paths, inputs.unreadable,
                                     requested_lr_patch=run.config.lr_patch, too_small=inputs.too_small)
     record["pairs"]["selection"] = dict(inputs.selection)
+    # the crops as scored: an image smaller than --eval-crop is scored whole (the requested size stays in "crop")
+    record["niqe_evaluation"]["crop_sizes"] = [[int(c.shape[0]), int(c.shape[1])] for c in inputs.crops]
     record["report"] = report
     record["threads"] = run.compute.threads_record()  # None on a GPU (replaces an earlier CPU run's record)
     if result.interrupted is not None:

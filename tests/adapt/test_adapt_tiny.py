@@ -56,6 +56,8 @@ def test_adapt_export_serve_with_a_tiny_backbone(tiny: BackboneRegistry, camera_
     manifest = CameraStore.open(store, "nokia").read_manifest()
     assert manifest["backbone"]["name"] == "tiny" and manifest["steps"] == outcome.steps
     assert [h[0] for h in manifest["niqe_evaluation"]["history"]][:2] == [0, 1]
+    assert manifest["niqe_evaluation"]["crop"] == 48 and manifest["niqe_evaluation"]["crop_sizes"] == [[48, 48]] * len(
+        manifest["niqe_evaluation"]["images"])  # the crops as scored (an image smaller than the crop: whole)
     adapted = load_safetensors_weights(outcome.weights_path, "tiny", registry=tiny)
     assert adapted.weights_sha256 == manifest["weights_sha256"]
 
