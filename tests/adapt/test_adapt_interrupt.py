@@ -160,6 +160,19 @@ def test_keep_on_interrupt_before_any_adapted_evaluation_keeps_the_previous_mode
     assert CameraStore.open(tmp_path, "nokia").manifest_path.read_text() == before
 
 
+def _published_despite_the_signal(registry: BackboneRegistry, images: Path, store_root: Path, *,
+                                  exit_code: int) -> CameraStore:
+    """Adapt (a hook sends a signal at the end); the run ends Interrupted, saying the model is published."""
+    with pytest.raises(Interrupted) as info, catch_interrupts():
+        adapt_camera(select_group(images, "nokia"), CONFIG.with_overrides(steps=2), store_root=store_root,
+                     backbone_name="tiny", registry=registry)
+    assert info.value.kept and info.value.exit_code == exit_code
+    assert info.value.note is not None and "the new model is published" in info.value.note
+    store = CameraStore.open(store_root, "nokia")
+    store.verified_path("adapted.safetensors")
+    return store
+
+
 def test_signal_during_the_commit_reports_the_published_model(setup: tuple[BackboneRegistry, Path], tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from adassr.runtime.store import StoreTransaction
@@ -174,14 +187,8 @@ def test_signal_during_the_commit_reports_the_published_model(setup: tuple[Backb
         return committed
 
     monkeypatch.setattr(StoreTransaction, "commit", slow_commit)
-    with pytest.raises(Interrupted) as info, catch_interrupts():
-        adapt_camera(select_group(images, "nokia"), CONFIG.with_overrides(steps=2), store_root=tmp_path,
-                     backbone_name="tiny", registry=registry)
-    assert info.value.kept and info.value.exit_code == 143
-    assert info.value.note is not None and "the new model is published" in info.value.note
-    store = CameraStore.open(tmp_path, "nokia")
+    store = _published_despite_the_signal(registry, images, tmp_path, exit_code=143)
     assert store.manifest_path.read_text() != before
-    store.verified_path("adapted.safetensors")
 
 
 def test_a_commit_that_fails_during_a_signal_reports_the_failure(setup: tuple[BackboneRegistry, Path],
@@ -218,12 +225,6 @@ def test_a_signal_while_the_finished_run_is_saved_publishes_it(setup: tuple[Back
         return real_stage(*args, **kwargs)
 
     monkeypatch.setattr(run, "_stage_artifacts", stage_then_signal)
-    with pytest.raises(Interrupted) as info, catch_interrupts():
-        adapt_camera(select_group(images, "nokia"), CONFIG.with_overrides(steps=2), store_root=tmp_path,
-                     backbone_name="tiny", registry=registry)
-    assert info.value.kept and info.value.exit_code == 130
-    assert info.value.note is not None and "the new model is published" in info.value.note
-    store = CameraStore.open(tmp_path, "nokia")
-    store.verified_path("adapted.safetensors")
+    store = _published_despite_the_signal(registry, images, tmp_path, exit_code=130)
     referenced = {record["file"] for record in store.read_manifest()["artifacts"].values()}
     assert {p.name for p in store.directory.iterdir() if p.suffix in (".safetensors", ".png")} <= referenced
