@@ -30,7 +30,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -118,6 +118,22 @@ class InternalResult:
     interrupted: int | None = None  # the signal (SIGINT / SIGTERM) that stopped the loop, if any
     timing: dict[str, float | int] = field(default_factory=dict)  # LoopTimes.to_dict(): where the time went
     diverged: bool = False  # the loss became NaN or infinite and training stopped
+    # --admm-iters > 1: one summary per ADMM iteration's internal step (``admm_summary``), in order
+    admm: list[dict[str, Any]] = field(default_factory=list)
+
+
+def admm_summary(iteration: int, result: InternalResult) -> dict[str, Any]:
+    """The manifest's record of one ADMM iteration's internal step: its steps, the step it kept (0:
+    its start, the external step's weights), mean NIQE before and after over its evaluation crops, and
+    why it stopped."""
+    def mean(scores: Sequence[float]) -> float | None:
+        finite = [s for s in scores if math.isfinite(s)]
+        return float(np.mean(finite)) if finite else None
+
+    return {"iteration": iteration, "steps": result.steps, "best_step": result.best_step,
+            "kept_start": result.kept_backbone, "niqe_before": mean(result.niqe_before),
+            "niqe_after": mean(result.niqe_after), "stop_reason": result.stop_reason,
+            "diverged": result.diverged}
 
 
 def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

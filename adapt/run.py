@@ -30,7 +30,14 @@ from adassr.adapt.config import AdaptConfig
 from adassr.adapt.cpu_setup import ThreadGovernor, configure_cpu_threads, governed, start_thread_governor
 from adassr.adapt.groups import CameraGroup, GroupMember
 from adassr.adapt.interrupts import Interrupted, deferred
-from adassr.adapt.loop import InternalResult, Perceptual, ProgressEvent, evaluation_crops, run_internal_step
+from adassr.adapt.loop import (
+    InternalResult,
+    Perceptual,
+    ProgressEvent,
+    admm_summary,
+    evaluation_crops,
+    run_internal_step,
+)
 from adassr.adapt.precision import Precision, resolve_device, resolve_precision
 from adassr.adapt.report import REPORT_FILE
 from adassr.adapt.weight_map_cache import WeightMapCache, store_cache_folder
@@ -402,6 +409,7 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
     u = {k: torch.zeros_like(v) for k, v in theta_e.items()}
     result: InternalResult | None = None
     first: InternalResult | None = None  # iteration 1's: its baseline is the unadapted backbone's NIQE
+    summaries: list[dict[str, Any]] = []  # one per internal step, for the manifest's ``admm``
     # one deadline for every step: each internal step gets what is left of the budget, not all of it
     deadline = None if config.time_budget is None else time.monotonic() + config.time_budget
     for k in range(1, config.admm_iters + 1):
@@ -440,11 +448,14 @@ def _run_admm(model: RRDBNet, inputs: _Inputs, config: AdaptConfig, start: Mappi
                                    precision=precision, trainable=trainable, anchors=anchors,
                                    perceptual=inputs.perceptual, progress=progress)
         first = result if first is None else first
+        summaries.append(admm_summary(k, result))
         u = {n: u[n] + theta_e[n] - result.state_dict[n] for n in u}
         if result.interrupted is not None:  # a signal ends the whole run, not just this iteration
             break
     if result is None or first is None:  # admm_iters >= 1 is validated by AdaptConfig
         raise ConfigError(f"--admm-iters must be >= 1, got {config.admm_iters}")
+    if config.admm_iters > 1:
+        result.admm = summaries
     return _against_backbone(result, first, start, config)
 
 
@@ -531,6 +542,7 @@ def manifest_record(
         "best_step": result.best_step,
         "kept_backbone": result.kept_backbone,
         "stop_reason": result.stop_reason,
+        **({"admm": list(result.admm)} if result.admm else {}),
         "timing": dict(result.timing),
         "interrupted": result.interrupted is not None,
         "seed": config.seed,

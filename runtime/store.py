@@ -38,7 +38,10 @@ by :func:`validate_manifest`:
   ``timing`` (where the last internal step's time went: set-up, plain steps, the periods' first
   steps that sample the tail-mode bank of pairs, evaluations; counts, totals and means in seconds),
   ``threads`` (CPU runs: ``max`` intra-op threads, ``automatic`` (false under ``ADASSR_THREADS``) and
-  the ``changes`` made while other processes used the cores; null on a GPU)
+  the ``changes`` made while other processes used the cores; null on a GPU), ``admm`` (only with
+  ``--admm-iters`` > 1: one record per iteration's internal step, with ``iteration``, ``steps``,
+  ``best_step``, ``kept_start``, mean ``niqe_before`` / ``niqe_after``, ``stop_reason``,
+  ``diverged``; the top-level ``steps`` and ``best_step`` are the last iteration's)
 - export: ``exports`` ({"onnx": {...}, "onnx_fp16": {...}}, each with ``file``, ``scale`` (1-16),
   optional ``multiple_of`` (1-1024), ``input_name``, ``output_name``)
 - all: ``artifacts`` as above; ``superseded_files`` (the previous generation's file names, kept for

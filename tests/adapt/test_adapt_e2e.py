@@ -141,6 +141,8 @@ def test_admm_with_an_external_step_runs(camera_dir: Path, tmp_path: Path) -> No
     manifest = CameraStore.open(store, "nokia").read_manifest()
     assert manifest["config"]["admm_iters"] == 2
     assert manifest["config"]["external_hr"] == str(hr_dir)
+    assert [a["iteration"] for a in manifest["admm"]] == [1, 2]
+    assert manifest["admm"][-1]["steps"] == manifest["steps"]
 
 
 def test_admm_needs_external_images(camera_dir: Path, tmp_path: Path, capsys) -> None:

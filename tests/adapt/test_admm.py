@@ -90,6 +90,19 @@ def test_without_a_budget_every_iteration_runs(monkeypatch: pytest.MonkeyPatch) 
     assert all(b is None for _, b in calls.log) and "time budget" not in result.stop_reason
 
 
+def test_every_admm_iteration_is_summarised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest recorded only the last internal step (its steps, best step and stop reason), so
+    a K-iteration run looked like one of 2 steps."""
+    _setup(monkeypatch)
+    result, _ = _admm(None, 3)
+    assert [s["iteration"] for s in result.admm] == [1, 2, 3]
+    assert all(s["steps"] == 2 and s["best_step"] == 2 and not s["kept_start"] for s in result.admm)
+    assert all(s["niqe_before"] == 5.0 and s["niqe_after"] == 4.0 for s in result.admm)
+    assert result.admm[0]["stop_reason"] == "reached the step budget (2 steps)"
+    single, _ = _admm(None, 1)
+    assert single.admm == []  # no ADMM, no summary
+
+
 @pytest.mark.parametrize("signal_", [KeyboardInterrupt(), run.Interrupted(signal.SIGTERM)])
 def test_a_signal_in_an_external_step_keeps_the_evaluated_internal_result(
         monkeypatch: pytest.MonkeyPatch, signal_: BaseException) -> None:
