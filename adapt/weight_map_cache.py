@@ -80,15 +80,23 @@ class WeightMapCache:
 
     def _load(self, path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
         try:
-            weight = np.load(path, allow_pickle=False)
+            # mapped, not read: a damaged header claiming a huge shape must not allocate it (a 10^6 x 10^6
+            # header stopped the run with MemoryError); the shape and dtype are checked before the copy
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            if mapped.shape != shape or mapped.dtype != np.float32:
+                log.warning("ignoring the cached weight map %s (shape %s, dtype %s, expected %s float32); "
+                            "recomputing it", path, mapped.shape, mapped.dtype, shape)
+                return None
+            weight = np.array(mapped)
+            del mapped
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, MemoryError) as exc:
             log.warning("ignoring the unreadable cached weight map %s (%s); recomputing it", path, exc)
             return None
-        if weight.shape != shape or weight.dtype != np.float32 or not np.isfinite(weight).all():
-            log.warning("ignoring the cached weight map %s (shape %s, dtype %s, expected %s float32 finite); "
-                        "recomputing it", path, weight.shape, weight.dtype, shape)
+        if not np.isfinite(weight).all():
+            log.warning("ignoring the cached weight map %s (it holds values that are not finite); recomputing it",
+                        path)
             return None
         with contextlib.suppress(OSError):  # a read-only cache still serves its maps
             os.utime(path)  # least recently used goes first when the folder is over its cap

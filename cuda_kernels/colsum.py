@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import numbers
 from types import ModuleType
 
 import torch
@@ -68,9 +69,13 @@ def _validate(
         )
     if q.device != k.device:
         raise ConfigError(f"q is on {q.device} and k on {k.device}; move both to one device")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    if isinstance(scale, torch.Tensor):
+        raise ConfigError(f"scale must be a real number, not a tensor (got {scale!r}); pass scale.item()")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise ConfigError(f"scale must be a real number (e.g. 1/sqrt(d)), got {scale!r}")
+    if not math.isfinite(scale):
         raise ConfigError(f"scale must be a finite number (e.g. 1/sqrt(d)), got {scale!r}")
-    if isinstance(exclude_radius, bool) or not isinstance(exclude_radius, int) or exclude_radius < 0:
+    if isinstance(exclude_radius, bool) or not isinstance(exclude_radius, numbers.Integral) or exclude_radius < 0:
         raise ConfigError(f"exclude_radius must be an int >= 0, got {exclude_radius!r}")
     if grid_w is None:
         if exclude_radius > 0:
@@ -79,7 +84,7 @@ def _validate(
                 "token grid (N = grid_w * grid_h)"
             )
         return
-    if isinstance(grid_w, bool) or not isinstance(grid_w, int) or grid_w < 1:
+    if isinstance(grid_w, bool) or not isinstance(grid_w, numbers.Integral) or grid_w < 1:
         raise ConfigError(f"grid_w must be an int >= 1, got {grid_w!r}")
     if n % grid_w != 0:
         raise ShapeError(
@@ -102,8 +107,11 @@ def _triton_module() -> ModuleType:
 def select_backend(q: torch.Tensor, backend: str = "auto") -> str:
     """Resolve ``backend`` to ``"triton"`` or ``"reference"`` for this input.
 
-    Raises BackendError when ``"triton"`` is forced on a tensor it cannot run on.
+    Raises ConfigError for a name not in ``BACKENDS``, BackendError when ``"triton"`` is forced on a
+    tensor it cannot run on.
     """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
     d = q.shape[-1]
     if backend == "reference":
         return "reference"
@@ -155,10 +163,12 @@ def attention_colsum(
     """
     _validate(q, k, scale, grid_w, exclude_radius, backend)
     chosen = select_backend(q, backend)
+    # NumPy scalars pass validation: the kernels take Python numbers
+    width = None if grid_w is None else int(grid_w)
     if chosen == "triton":
         return _triton_module().colsum_triton(
-            q, k, float(scale), grid_w=grid_w, exclude_radius=exclude_radius
+            q, k, float(scale), grid_w=width, exclude_radius=int(exclude_radius)
         )
     return reference.chunked_colsum(
-        q, k, float(scale), grid_w=grid_w, exclude_radius=exclude_radius
+        q, k, float(scale), grid_w=width, exclude_radius=int(exclude_radius)
     )

@@ -71,7 +71,7 @@ def test_anything_the_map_depends_on_changes_the_key(tmp_path: Path, image: np.n
     assert compute.calls == 2
 
 
-@pytest.mark.parametrize("damage", ["truncated", "wrong shape", "not finite"])
+@pytest.mark.parametrize("damage", ["truncated", "wrong shape", "not finite", "huge header", "short data"])
 def test_a_bad_file_is_recomputed_and_replaced(tmp_path: Path, image: np.ndarray, damage: str,
                                                caplog: pytest.LogCaptureFixture) -> None:
     compute = _Counting()
@@ -82,6 +82,11 @@ def test_a_bad_file_is_recomputed_and_replaced(tmp_path: Path, image: np.ndarray
         path.write_bytes(path.read_bytes()[:40])
     elif damage == "wrong shape":
         np.save(path, good[:-1])
+    elif damage in ("huge header", "short data"):  # a header whose shape the data does not hold
+        shape = (10**6, 10**6) if damage == "huge header" else good.shape
+        with path.open("wb") as f:  # the huge one stopped the run with MemoryError (3.6 TiB allocated)
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            f.write(good.tobytes()[:64])
     else:
         bad = good.copy()
         bad[3, 3] = np.nan

@@ -158,6 +158,30 @@ def test_auto_uses_reference_on_cpu() -> None:
     assert select_backend(q, "reference") == "reference"
 
 
+@pytest.mark.parametrize("name", ["bogus", "Reference", "AUTO"])
+def test_select_backend_refuses_unknown_names(name: str) -> None:
+    """An unknown name fell through to the Triton branch: "backend='triton' got tensors on cpu" (or,
+    under the interpreter, "triton") for a backend nobody asked for."""
+    q, _ = _qk()
+    with pytest.raises(ConfigError, match=f"backend '{name}' is unknown; use one of auto, triton, reference"):
+        select_backend(q, name)
+
+
+def test_numpy_scalars_are_accepted_and_tensors_get_a_clear_error() -> None:
+    """np.float32 scale and np.int64 grid sizes were refused as "not finite" / "not an int"."""
+    import numpy as np
+
+    q, k = _qk((1, 2, 12, 16))
+    expected = attention_colsum(q, k, 0.25, grid_w=4, exclude_radius=1, backend="reference")
+    got = attention_colsum(q, k, np.float32(0.25), grid_w=np.int64(4), exclude_radius=np.int32(1),
+                           backend="reference")
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ConfigError, match=r"not a tensor .*pass scale.item\(\)"):
+        attention_colsum(q, k, torch.tensor(0.25))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="scale must be a real number"):
+        attention_colsum(q, k, "0.25")  # type: ignore[arg-type]
+
+
 def test_triton_on_cpu_without_interpreter_is_a_clear_error() -> None:
     pytest.importorskip("triton")
     from adassr.cuda_kernels import triton_colsum
