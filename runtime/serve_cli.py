@@ -159,6 +159,13 @@ def _add_limit_arguments(parser: argparse.ArgumentParser, d: Any, lim: Any) -> N
         help=f"seconds for the body to arrive, then 408 (default {lim.body_timeout_s:g})",
     )
     parser.add_argument(
+        "--send-timeout",
+        type=float,
+        default=lim.send_timeout_s,
+        help="seconds a client may read nothing of its response while the server's send buffer is full, "
+        f"then the connection is dropped (default {lim.send_timeout_s:g})",
+    )
+    parser.add_argument(
         "--reload-interval",
         type=float,
         default=d.reload_interval_s,
@@ -197,6 +204,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 _FLAGS = {
     "max_pixels": "--max-pixels", "request_timeout_s": "--request-timeout", "body_timeout_s": "--body-timeout",
+    "send_timeout_s": "--send-timeout",
     "header_timeout_s": "--header-timeout", "workers": "--workers", "max_queue": "--max-queue",
     "max_batch": "--max-batch", "max_wait_ms": "--max-wait-ms", "inference_threads": "--inference-threads",
     "reload_interval_s": "--reload-interval", "drain_timeout_s": "--drain-timeout", "threads": "--threads",
@@ -222,6 +230,7 @@ def _config(args: argparse.Namespace) -> Any:
         max_pixels=args.max_pixels,
         request_timeout_s=args.request_timeout,
         body_timeout_s=args.body_timeout,
+        send_timeout_s=args.send_timeout,
         header_timeout_s=args.header_timeout,
     )
     return ServerConfig(
@@ -361,7 +370,7 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
     level = logging.getLogger().getEffectiveLevel()
     uv_config = uvicorn.Config(
         app,
-        http=header_timeout_protocol(config.limits.header_timeout_s),
+        http=header_timeout_protocol(config.limits.header_timeout_s, config.limits.send_timeout_s),
         host=config.host,
         port=config.port,
         lifespan="on",

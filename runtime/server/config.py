@@ -39,6 +39,7 @@ class Limits:
     max_outscale: float = 8.0
     header_timeout_s: float = 10.0  # request headers must arrive within this time (else the connection closes)
     body_timeout_s: float = 30.0  # the whole body must arrive within this time (else 408)
+    send_timeout_s: float = 30.0  # a client that reads nothing of a response for this long is dropped
     request_timeout_s: float = 120.0  # deadline from arrival to response (else 504)
 
     def __post_init__(self) -> None:
@@ -46,11 +47,11 @@ class Limits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("max_outscale", "header_timeout_s", "body_timeout_s", "request_timeout_s"):
+        for name in ("max_outscale", "header_timeout_s", "body_timeout_s", "send_timeout_s", "request_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        for name in ("header_timeout_s", "body_timeout_s", "request_timeout_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "send_timeout_s", "request_timeout_s"):
             if getattr(self, name) > MAX_TIMEOUT_S:  # 1e10 "for no deadline" overflowed the thread waits: 500s
                 raise ConfigError(f"{name} must be at most {MAX_TIMEOUT_S:g} s (a week), got {getattr(self, name)!r}")
 

@@ -1,51 +1,165 @@
-"""uvicorn's HTTP/1.1 protocol with a time limit on request headers (slow-client protection).
+"""uvicorn's HTTP/1.1 protocol with the connection handling a public server needs.
 
-uvicorn times out idle keep-alive connections but not a client that opens a connection and sends
-its request headers slowly (or never finishes them). :func:`header_timeout_protocol` returns a
-protocol class that closes a connection when no complete request head has arrived within
-``timeout_s`` of the connection opening or of the previous response. The body has its own limit
-in the app (``Limits.body_timeout_s``, answered with 408).
+uvicorn times out idle keep-alive connections but leaves these cases to the application, which cannot
+see the socket. :func:`header_timeout_protocol` returns a protocol class that adds:
+
+- a header timeout: a connection is closed when no complete request head has arrived within
+  ``header_timeout_s`` of the connection opening or of the previous response (a client that sends its
+  headers slowly, or never finishes them). The body has its own limit in the app
+  (``Limits.body_timeout_s``, answered with 408);
+- a send timeout: a connection whose client reads nothing of its response while the write buffer is
+  full (above asyncio's high-water mark) for ``send_timeout_s`` is aborted, which frees the buffered
+  response; a plain close would wait for the buffer to flush, forever, and hold the connection (and
+  a server's drain) open;
+- a lingering close: when the server closes a connection whose request body it has not read to the
+  end (a 413, 422 or 429 sent before the body), closing at once would make the kernel answer the
+  unread bytes with a reset, and many clients (urllib, requests) would see "connection reset"
+  instead of the status. The connection half-closes instead (FIN after the response) and goes on
+  reading and discarding what the client sends, until the client closes or ``LINGER_S`` after the
+  response left the buffer (nginx's ``lingering_close``).
+
+A client's EOF still ends its connection, after a whole request too: a half-close
+(``shutdown(SHUT_WR)``, as ``nc -N`` does) looks the same as a client that went away, and a request
+whose client is gone must free its tiles (nginx answers such requests with its 499 likewise).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+LINGER_S = 2.0
+"""Seconds a lingering close goes on discarding the client's data once the response has left the
+write buffer, unless the client closes first."""
 
-def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
-    """An ``H11Protocol`` subclass enforcing ``timeout_s`` for request heads."""
+
+class _LingeringTransport:
+    """The connection's transport as the HTTP protocol sees it: ``close()`` asks the protocol, which
+    closes at once or lingers, and the connection counts as closing from then on."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: Any) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol.close_connection()
+
+    def is_closing(self) -> bool:
+        return bool(self._protocol.closing or self._transport.is_closing())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0) -> type[H11Protocol]:
+    """An ``H11Protocol`` subclass with a header timeout of ``timeout_s``, a send timeout of
+    ``send_timeout_s`` and lingering closes (module docstring)."""
 
     class HeaderTimeoutProtocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _send_timer: asyncio.TimerHandle | None = None
+        _linger_timer: asyncio.TimerHandle | None = None
+        _real: asyncio.Transport
+        closing = False  # close_connection was called: the connection closes or lingers
+        _lingering = False
+        _peer_eof = False
+        _linger_buffered = 0  # the write buffer's size at the last lingering check
+        _linger_progress = 0.0  # loop time the write buffer last shrank while lingering
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            self._real = transport
+            super().connection_made(cast(asyncio.Transport, _LingeringTransport(transport, self)))
             self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                return  # read and dropped: the client's unread upload must not turn into a reset
+            super().data_received(data)
+
+        def eof_received(self) -> None:
+            # The client's EOF ends the connection, also after a whole request (as nginx's 499): the
+            # server cannot tell a half-close from a client that gave up, and a request whose client
+            # is gone must free its tiles, so a half-closed client gets no answer
+            self._peer_eof = True
+            super().eof_received()
 
         def handle_events(self) -> None:
             super().handle_events()
             if self.cycle is not None and not self.cycle.response_complete:
-                self._disarm()  # a request head arrived: the app's limits take over
+                self._cancel("_header_timer")  # a request head arrived: the app's limits take over
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing():
                 self._arm()
 
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._cancel("_send_timer")
+            self._send_timer = self.loop.call_later(send_timeout_s, self._send_expired)
+
+        def resume_writing(self) -> None:
+            self._cancel("_send_timer")  # the client read some of the response
+            super().resume_writing()
+
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
+            for timer in ("_header_timer", "_send_timer", "_linger_timer"):
+                self._cancel(timer)
             super().connection_lost(exc)
 
+        def close_connection(self) -> None:
+            """Close, lingering when the request's body was not read to its end (module docstring)."""
+            if self.closing:
+                return
+            self.closing = True
+            self._cancel("_header_timer")
+            unread = self.conn.their_state in (h11.SEND_BODY, h11.ERROR)
+            if self._real.is_closing():
+                return
+            if not unread or self._peer_eof or not self._real.can_write_eof():
+                self._real.close()
+                return
+            self._lingering = True
+            self._real.write_eof()  # FIN once the response has left the buffer
+            self._real.resume_reading()  # uvicorn pauses reading while a body waits for the app
+            self._linger_buffered = self._real.get_write_buffer_size()
+            self._linger_progress = self.loop.time()
+            self._linger_timer = self.loop.call_later(LINGER_S, self._linger_check)
+
+        def _linger_check(self) -> None:
+            self._linger_timer = None
+            if self._real.is_closing():
+                return
+            buffered = self._real.get_write_buffer_size()
+            if buffered == 0 and self._linger_buffered == 0:  # sent LINGER_S ago at least
+                self._real.close()
+                return
+            now = self.loop.time()
+            if buffered < self._linger_buffered:
+                self._linger_progress = now
+            elif now - self._linger_progress >= send_timeout_s:  # the client reads nothing
+                self._real.abort()
+                return
+            self._linger_buffered = buffered
+            self._linger_timer = self.loop.call_later(LINGER_S, self._linger_check)
+
+        def _send_expired(self) -> None:
+            self._send_timer = None  # a closing transport too: its close waits for the buffer to flush
+            self.logger.info("a client read nothing of its response for %g s: connection dropped", send_timeout_s)
+            self._real.abort()
+
         def _arm(self) -> None:
-            self._disarm()
+            self._cancel("_header_timer")
             self._header_timer = self.loop.call_later(timeout_s, self._expired)
 
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+        def _cancel(self, name: str) -> None:
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
 
         def _expired(self) -> None:
             self._header_timer = None

@@ -33,6 +33,7 @@ from adassr.runtime.store import FALLBACK_CAMERA
 from ._models import publish_camera
 from ._server import (
     SAMPLES,
+    LiveServer,
     cli_output,
     decode,
     max_diff,
@@ -358,6 +359,8 @@ def test_serve_options_are_refused_by_their_names(store: Path, capsys: pytest.Ca
                            (["--max-body-mb", "1e-9"], "--max-body-mb must be a finite number of MiB"),
                            (["--request-timeout", "0"], "--request-timeout must be a positive number"),
                            (["--body-timeout", "nan"], "--body-timeout must be a positive number"),
+                           (["--send-timeout", "-1"], "--send-timeout must be a positive number"),
+                           (["--send-timeout", "1e9"], "--send-timeout must be at most 604800 s"),
                            (["--tile", "32", "--tile-overlap", "16"], "--tile-overlap 16 is too large for tile 32"),
                            (["--max-queue", "-1"], "--max-queue must be an integer >= 0")):
         assert main(["serve", "--store", str(store), "--port", "0", *extra]) == 2, extra
@@ -869,6 +872,67 @@ def test_slow_headers_close_the_connection(store: Path) -> None:
         sock.close()
         # A normal client is not affected.
         assert c.get("/healthz").status_code == 200
+
+
+def _noise_png(side: int) -> bytes:
+    """A PNG of random pixels: its x4 output does not compress, so the response is large."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((side, side, 3)) * 255).astype("uint8")).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_refusal_before_the_body_reaches_a_client_that_closes(store: Path) -> None:
+    """A 413 sent before the body, to a client sending `Connection: close` (urllib), arrived as
+    BrokenPipeError / ConnectionResetError: the server closed with the upload unread, and the kernel
+    answered it with a reset. The connection now half-closes and discards the rest (lingering close)."""
+    import urllib.error
+    import urllib.request
+
+    config = _config(store, limits=Limits(max_body_bytes=2**20))
+    with running_server(config) as live:
+        request = urllib.request.Request(f"{live.url}/v1/upscale", data=bytes(24 * 2**20))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 413
+        assert _connections_close(live)  # the lingering close ends when the client closes
+
+
+def _connections_close(live: LiveServer, within_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while live.uvicorn.server_state.connections:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_client_that_reads_nothing_of_its_response_is_dropped(store: Path) -> None:
+    """A client that never read its response kept the connection, and the whole encoded response in
+    the server's memory, for ever (a close waits for the buffer to flush), and held every drain for
+    the whole drain timeout. --send-timeout drops it; the header timeout, which closes the connection
+    after the response, must not stop that."""
+    body = _noise_png(400)  # its 1600 x 1600 output PNG: ~6 MB, more than the socket buffers hold
+    config = _config(store, limits=Limits(send_timeout_s=0.5, header_timeout_s=0.2))
+    with running_server(config) as live:
+        host, port = live.url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        try:
+            sock.sendall(b"POST /v1/upscale HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            assert sock.recv(12) == b"HTTP/1.1 200"  # the response is under way; the rest is never read
+            assert _connections_close(live, within_s=60.0)
+        finally:
+            sock.close()
+        with httpx.Client(base_url=live.url, timeout=60) as c:  # a client that reads is served
+            r = c.post("/v1/upscale", content=body, headers={"content-type": "image/png"})
+            assert r.status_code == 200 and len(r.content) > 5 * 2**20
 
 
 def test_alpha_and_16_bit_images_match_the_cli(store: Path, tmp_path: Path) -> None:
