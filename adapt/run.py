@@ -909,8 +909,9 @@ def _publish_report(tx: StoreTransaction, camera: str, result: InternalResult, i
     from adassr.adapt.report import matplotlib_available, render_report
 
     if not matplotlib_available():
-        log.warning("report.png skipped: matplotlib is not installed (pip install -e '.[plots]' in the adassr "
-                    "checkout)")
+        from adassr.runtime.install import install_hint
+
+        log.warning("report.png skipped: matplotlib is not installed (%s)", install_hint("plots"))
         return None
 
     def write(path: Path) -> None:

@@ -7,8 +7,9 @@ an installed wheel has them under ``adassr/`` (``[tool.setuptools.package-dir]``
 pyproject.toml maps them there).
 
 Run from a source checkout (``PYTHONPATH=.`` or an editable install), this package's search path
-also covers the repository root, so ``adassr.runtime`` resolves to ``<root>/runtime``; only the
-four layer folders are importable that way (see :data:`LAYERS`).
+also covers the repository root, so ``adassr.runtime`` resolves to ``<root>/runtime``. The root's
+other folders (``benchmarks``, ``tests``, ``samples``) then resolve too, as namespace packages, but
+an installed wheel has none of them: no package module may import them (tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -34,5 +35,13 @@ def _source_checkout_root() -> Path | None:
 
 
 _root = _source_checkout_root()
+
+
+def source_checkout() -> Path | None:
+    """The repository root this package runs from (an editable install or ``PYTHONPATH``), or None
+    for an installed wheel."""
+    return _root
+
+
 if _root is not None:
     __path__.append(str(_root))  # noqa: F821 - the package's own search path (PEP 302)

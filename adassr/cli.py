@@ -111,11 +111,11 @@ ADAPT_MODULES = frozenset({"torch", "safetensors", "scipy", "onnx", "onnxscript"
 
 def _missing_dependency(command: str, exc: ImportError) -> str:
     """One line for an ImportError: which module, and the install command that brings it."""
-    from adassr.upscale import ADAPT_EXTRA, ADAPT_EXTRA_GPU
+    from adassr.upscale import ADAPT_EXTRA_GPU, adapt_extra
 
     module = (exc.name or "").split(".")[0]
     if module in ADAPT_MODULES:
-        fix = f"install the adapt extra: {ADAPT_EXTRA} (GPU box: {ADAPT_EXTRA_GPU})"
+        fix = f"install the adapt extra: {adapt_extra()} (GPU box: {ADAPT_EXTRA_GPU})"
     else:
         fix = "install the extra that brings it (README, Install), or reinstall adassr"
     return f"adassr {command} needs {module or 'a module that failed to import'} ({exc}); {fix}"

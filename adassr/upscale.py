@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adassr.runtime.errors import AdassrError, ConfigError, StoreError
+from adassr.runtime.install import install_hint
 from adassr.runtime.pipeline import RuntimeOptions
 from adassr.runtime.routing import adapted_but_not_exported, can_serve, model_precision
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA
@@ -29,9 +30,12 @@ from adassr.runtime.upscale_cli import add_upscale_arguments as _add_runtime_arg
 from adassr.runtime.upscale_cli import run_upscale as _run_runtime
 from adassr.runtime.upscalers import ImageUpscaler, UpscalerEntry, UpscalerRegistry, runtime_upscalers
 
-# CPU torch; a GPU box installs a CUDA torch first
-ADAPT_EXTRA = "pip install -e '.[adapt,cpu-torch]' (in the adassr checkout)"
-ADAPT_EXTRA_GPU = "on a GPU box, a CUDA torch then '.[adapt]'"
+ADAPT_EXTRA_GPU = "on a GPU box, a CUDA torch, then the 'adapt' extra alone"
+
+
+def adapt_extra() -> str:
+    """The pip command adding the adapt extra with the CPU torch (a GPU box installs a CUDA torch first)."""
+    return install_hint("adapt,cpu-torch")
 
 
 def _torch_upscaler(options: RuntimeOptions) -> ImageUpscaler:
@@ -39,7 +43,7 @@ def _torch_upscaler(options: RuntimeOptions) -> ImageUpscaler:
         from adassr.adapt.infer import TorchUpscaler
     except ModuleNotFoundError as exc:
         raise ConfigError(
-            f"--backend torch needs PyTorch ({exc.name} is not installed): {ADAPT_EXTRA} "
+            f"--backend torch needs PyTorch ({exc.name} is not installed): {adapt_extra()} "
             f"({ADAPT_EXTRA_GPU}), or use --backend onnxruntime"
         ) from exc
     return TorchUpscaler(options)
@@ -146,13 +150,17 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
     store = Path(options.store)
     if can_serve(store, camera=camera, precision=model_precision(options.precision)):
         return
+    from adassr.export.crops import SAMPLE_PHOTO, checkout_file
+
     command = f"adassr export --backbone {options.backbone} --store {store}"
+    if checkout_file(SAMPLE_PHOTO) is None:  # an installed package: the export needs a photo to validate on
+        command += " --validation-image PHOTO"
     if importlib.util.find_spec("torch") is None:
         if camera is None and _has_export(store):
             return  # as the runtime alone: images are routed to the cameras the store has
         raise StoreError(
             f"no model in {store} to serve this yet and PyTorch is not installed to export one; "
-            f"run: {ADAPT_EXTRA} && {command} ({ADAPT_EXTRA_GPU})"
+            f"run: {adapt_extra()} && {command} ({ADAPT_EXTRA_GPU})"
         )
     from adassr.export.crops import bundled_photos
     from adassr.export.onnx import export_fallback

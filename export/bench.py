@@ -1,11 +1,12 @@
 """``adassr bench latency``: runtime latency per backend and input size, against PyTorch eager.
 
-For each LR size (square crops of a bundled photo): one warm-up, then ``--repeats`` timed
-calls; p50/p95/p99 latency, output megapixels per second and the process's peak RSS. The same
-weights run in PyTorch eager fp32 (the way Real-ESRGAN's inference script runs them) for the
-speed ratio, and the largest size also runs tiled vs untiled in the runtime. Results are written
-as JSON and Markdown under ``--out`` (default ``benchmarks/results``), named after the machine.
-The command line (parsing, saving) is :mod:`adassr.export.bench_cli`.
+For each LR size (square crops of a photo: ``--image``, else the bundled sample of a checkout):
+one warm-up, then ``--repeats`` timed calls; p50/p95/p99 latency, output megapixels per second
+and the process's peak RSS. The same weights run in PyTorch eager fp32 (the way Real-ESRGAN's
+inference script runs them) for the speed ratio, and the largest size also runs tiled vs untiled
+in the runtime. Results are written as JSON and Markdown under ``--out`` (default
+``benchmarks/results``), named after the machine. The command line (parsing, saving) is
+:mod:`adassr.export.bench_cli`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "cameras" / "nokia" / "iptc.jpg"
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,24 @@ class LatencyOptions:
     threads: int | None = None
     no_torch: bool = False
     out: Path = Path("benchmarks/results")
+    image: Path | None = None  # the photo the timed crops come from (None: the checkout's bundled sample)
+
+
+def bench_photo(image: Path | None) -> Path:
+    """The photo ``bench latency`` cuts its crops from: ``image``, else the bundled
+    ``samples/cameras/nokia/iptc.jpg`` of this project's checkout (an installed package has none)."""
+    from adassr.export.crops import SAMPLE_PHOTO, checkout_file
+    from adassr.runtime.errors import ConfigError
+
+    if image is not None:
+        if not Path(image).is_file():
+            raise ConfigError(f"--image {image}: no such file; pass a photo")
+        return Path(image)
+    bundled = checkout_file(SAMPLE_PHOTO)
+    if bundled is None:
+        raise ConfigError(f"no photo to time on: the bundled {SAMPLE_PHOTO} comes with a checkout of adassr, not "
+                          "with an installed package; pass one with --image PHOTO")
+    return bundled
 
 
 def _sizes(text: str) -> list[int]:
@@ -97,6 +114,7 @@ def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
     if options.batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {options.batch}")
     check_threads(options.threads)
+    bench_photo(options.image)
     defaults = LatencyOptions()
     if options.frame is None or not gpu_report:
         largest = max(_sizes(options.sizes)) ** 2
@@ -180,13 +198,14 @@ def resolve_bench_model(options: LatencyOptions, *, precision: str = "fp32") -> 
     return route
 
 
-def _crop(size: int) -> np.ndarray:
-    """A ``size`` x ``size`` crop of a real photo (resized up if the photo is smaller), float32."""
+def _crop(size: int, photo: Path | None) -> np.ndarray:
+    """A ``size`` x ``size`` crop of a real photo (:func:`bench_photo` of ``photo``; resized up if it
+    is smaller), float32 RGB."""
     import cv2
 
-    from adassr.runtime.images import read_image, to_float32
+    from adassr.export.crops import read_rgb
 
-    image = to_float32(read_image(SAMPLE).pixels)
+    image = read_rgb(bench_photo(photo))
     h, w = image.shape[:2]
     if min(h, w) < size:
         f = size / min(h, w)
@@ -259,7 +278,7 @@ def _size_rows(options: LatencyOptions, backend: Any, torch_model: Callable[[np.
     """The backend's row (and PyTorch eager's) for one square LR size."""
     from adassr.export.roofline import ort_gemm_gflops, torch_gemm_gflops
 
-    x = _crop(size).transpose(2, 0, 1)[None].copy()
+    x = _crop(size, options.image).transpose(2, 0, 1)[None].copy()
     out_mp = (size * scale) ** 2 / 1e6
     stats = time_calls(functools.partial(backend.infer, x), options.repeats)
     rss = _peak_rss_mb()  # before the GEMM ceiling: its matrices are not the model's memory
@@ -288,7 +307,7 @@ def _tiled_vs_untiled(options: LatencyOptions, infer: Callable[[np.ndarray], np.
     from adassr.runtime.tiling import TilingOptions, plan_tiles, upscale_tiled
 
     big = options.tiled_size
-    image = _crop(big)
+    image = _crop(big, options.image)
     untiled_opts = TilingOptions(tile=0, pad_to_tile=False)
     untiled = time_calls(lambda: upscale_tiled(image, infer, scale=scale, options=untiled_opts), options.repeats)
     tile = _tiled_case_tile(options)

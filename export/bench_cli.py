@@ -41,6 +41,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     lat.add_argument("--repeats", type=int, default=5, help="timed calls per case (default 5)")
     lat.add_argument("--threads", type=int, default=None, help="threads for both onnxruntime and torch")
     lat.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager comparison")
+    lat.add_argument("--image", type=Path, default=None, metavar="PHOTO",
+                     help="photo the timed crops are cut from (default: samples/cameras/nokia/iptc.jpg of the "
+                          "adassr checkout; an installed package needs this option)")
     lat.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                      help="results folder for the report's .md and .json, named after this machine (a GPU "
                           "report also after its backend, and its precision and batch where not fp32 and 1; a "

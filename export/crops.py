@@ -59,6 +59,12 @@ def _repo_candidates(relative: Path) -> list[Path]:
     return [root / relative for root in _checkout_roots()]
 
 
+def checkout_file(relative: Path) -> Path | None:
+    """The file ``relative`` of this project's checkout (the package's own, else the working folder
+    when it is one), or None (an installed package has no bundled samples)."""
+    return next((p for p in _repo_candidates(relative) if p.is_file()), None)
+
+
 def bundled_photos() -> list[Path]:
     """The bundled sample photos (``samples/cameras/*/*`` of this project's checkout, at most
     :data:`MAX_BUNDLED_PHOTOS`), or ``[]`` outside a checkout."""
@@ -85,12 +91,14 @@ def find_validation_photo(
         raw = entry.get("path") if isinstance(entry, Mapping) else None
         if isinstance(raw, str) and usable_photo(Path(raw)):
             return Path(raw)
-    for candidate in _repo_candidates(SAMPLE_PHOTO):
-        if candidate.is_file():
-            return candidate
+    bundled = checkout_file(SAMPLE_PHOTO)
+    if bundled is not None:
+        return bundled
+    where = ("the camera's images are not readable from here, and " if isinstance(images, (list, tuple)) and images
+             else "")
     raise ExportError(
-        "no photo to validate the export on: the camera's images are not readable from here and the bundled "
-        f"{SAMPLE_PHOTO} was not found; pass one with --validation-image PATH"
+        f"no photo to validate the export on: {where}the bundled {SAMPLE_PHOTO} comes with a checkout of adassr, "
+        "not with an installed package; pass a photo with --validation-image PATH"
     )
 
 

@@ -226,7 +226,7 @@ def run_gpu_latency(args: LatencyOptions) -> dict[str, Any]:
     peak = gpu_peak(name) if name else None
     rows: list[dict[str, Any]] = []
     for h, w in _sides(args):
-        crop = _crop(max(h, w))[:h, :w].transpose(2, 0, 1)
+        crop = _crop(max(h, w), args.image)[:h, :w].transpose(2, 0, 1)
         frame = np.ascontiguousarray(np.repeat(crop[None], args.batch, axis=0))
         roofline = Roofline(macs, args.batch * h * w, peak[1] if peak else None, peak[0] if peak else None)
         common = {"lr_size": f"{w}x{h}", "batch": args.batch, "precision": precision}

@@ -247,9 +247,11 @@ def open_session(data: bytes) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
+        from adassr.runtime.install import install_hint
+
         raise ExportError(
-            f"validating the export needs onnxruntime ({exc}); pip install -e '.[cpu]' or -e '.[gpu]' in the adassr "
-            "checkout"
+            f"validating the export needs onnxruntime ({exc}); {install_hint('cpu')} (on a CUDA box the 'gpu' "
+            "extra instead of 'cpu')"
         ) from exc
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -263,7 +263,9 @@ def _checked_config(args: argparse.Namespace) -> Any:
         m for m in ("starlette", "uvicorn", "prometheus_client", "multipart") if importlib.util.find_spec(m) is None
     ]
     if missing:
-        raise ConfigError(f"adassr serve needs {', '.join(missing)}: pip install -e '.[serve]' in the adassr checkout")
+        from adassr.runtime.install import install_hint
+
+        raise ConfigError(f"adassr serve needs {', '.join(missing)}: {install_hint('serve')}")
     import os
 
     if args.gpu is not None:

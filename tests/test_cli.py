@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from adassr.cli import SUBCOMMANDS, build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_parser_builds_without_torch_or_onnxruntime() -> None:
@@ -107,7 +110,7 @@ def test_commands_that_need_torch_say_so_in_one_line_without_it(tmp_path, argv: 
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     (line,) = [text for text in done.stderr.splitlines() if text.startswith("error:")]
-    assert f"adassr {argv[0]} needs torch" in line and "pip install -e '.[adapt,cpu-torch]'" in line
+    assert f"adassr {argv[0]} needs torch" in line and f"pip install -e '{ROOT}[adapt,cpu-torch]'" in line
 
 
 def test_a_reader_that_goes_away_ends_a_command_without_a_traceback(tmp_path, monkeypatch) -> None:
@@ -145,3 +148,15 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error_line(monkeypatch, capsys) 
 
     assert _dispatch(argparse.Namespace(_run=run)) == 2
     assert "error: a connection or pipe this command wrote to was closed" in capsys.readouterr().err
+
+
+def test_install_hints_fit_how_the_package_was_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every hint said "pip install -e '.[x]' in the adassr checkout", which does nothing useful for a
+    wheel install (no checkout) or in another folder (a relative path)."""
+    import adassr
+    from adassr.runtime.install import install_hint
+
+    assert install_hint("serve") == f"pip install -e '{ROOT}[serve]'"  # this checkout, by its path
+    monkeypatch.setattr(adassr, "source_checkout", lambda: None)  # an installed wheel
+    hint = install_hint("adapt,cpu-torch")
+    assert hint.startswith("pip install 'adassr[adapt,cpu-torch]' (") and "-e" not in hint

@@ -41,3 +41,19 @@ def test_wheel_has_exactly_one_top_level_package(tmp_path: Path) -> None:
         assert f"adassr/{layer}/__init__.py" in names
     assert "adassr/adapt/quality/data/niqe_pris_params.npz" in names
     assert not any(n.startswith(("adassr/tests", "adassr/benchmarks")) for n in names)
+
+
+def test_sdist_builds_the_wheel_and_ships_no_partial_test_suite(tmp_path: Path) -> None:
+    """setuptools put the top-level tests/test_*.py in the sdist, without conftest.py, tests/data or
+    the test folders: a suite that cannot run. MANIFEST.in prunes tests/."""
+    import tarfile
+
+    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path)!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (sdist,) = tmp_path.glob("adassr-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = [n.split("/", 1)[1] for n in archive.getnames() if "/" in n]
+    assert not [n for n in names if n.startswith("tests/")]
+    assert "pyproject.toml" in names and "runtime/install.py" in names
+    assert "adapt/quality/data/niqe_pris_params.npz" in names

@@ -124,9 +124,11 @@ class OnnxRuntimeBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError as exc:
+            from adassr.runtime.install import install_hint
+
             raise BackendError(
-                f"onnxruntime is not installed ({exc}); pip install -e '.[cpu]' (CPU) or -e '.[gpu]' (CUDA) in the "
-                "adassr checkout"
+                f"onnxruntime is not installed ({exc}); {install_hint('cpu')} (on a CUDA box the 'gpu' extra "
+                "instead of 'cpu')"
             ) from exc
         if not self.model_path.is_file():
             raise BackendError(f"ONNX model {self.model_path} does not exist; export it with `adassr export`")

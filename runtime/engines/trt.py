@@ -45,10 +45,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = (
-    "install TensorRT 10 on the GPU box (`pip install -e \".[tensorrt]\"` in the adassr checkout, NVIDIA's "
-    "tensorrt-cu12 10.x; the `tensorrt-stubs` type stubs are not TensorRT)"
-)
+def install_tensorrt_hint() -> str:
+    """How to install TensorRT 10 on the GPU box (the project's tensorrt extra)."""
+    from adassr.runtime.install import install_hint
+
+    return (f"install TensorRT 10 on the GPU box (`{install_hint('tensorrt')}`, NVIDIA's tensorrt-cu12 10.x; the "
+            "`tensorrt-stubs` type stubs are not TensorRT)")
 SUPPORTED_MAJOR = 10
 
 
@@ -58,9 +60,10 @@ def load_tensorrt() -> ModuleType:
     try:
         import tensorrt
     except ImportError as exc:
-        raise BackendError(f"TensorRT is not installed ({exc}); {INSTALL_HINT}") from exc
+        raise BackendError(f"TensorRT is not installed ({exc}); {install_tensorrt_hint()}") from exc
     if not hasattr(tensorrt, "Builder") or not hasattr(tensorrt, "Runtime"):
-        raise BackendError(f"the importable `tensorrt` has no Builder/Runtime (type stubs only?); {INSTALL_HINT}")
+        raise BackendError("the importable `tensorrt` has no Builder/Runtime (type stubs only?); "
+                           f"{install_tensorrt_hint()}")
     check_tensorrt_version(str(getattr(tensorrt, "__version__", "")))
     module: ModuleType = tensorrt
     return module
@@ -71,7 +74,7 @@ def check_tensorrt_version(version: str) -> None:
     major = version.split(".", 1)[0]
     if not major.isdigit() or int(major) != SUPPORTED_MAJOR:
         raise BackendError(f"TensorRT {version or '(no version)'} is installed, but adassr needs TensorRT "
-                           f"{SUPPORTED_MAJOR}.x; {INSTALL_HINT}")
+                           f"{SUPPORTED_MAJOR}.x; {install_tensorrt_hint()}")
 
 
 def tensorrt_unavailable_reason() -> str | None:

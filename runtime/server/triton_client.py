@@ -132,9 +132,9 @@ class TritonUpscaler:
         try:
             import tritonclient.http as httpclient
         except ImportError as exc:
-            raise ConfigError(
-                f"the Triton client needs tritonclient[http] ({exc}); pip install -e '.[serve]' in the adassr checkout"
-            ) from exc
+            from adassr.runtime.install import install_hint
+
+            raise ConfigError(f"the Triton client needs tritonclient[http] ({exc}); {install_hint('serve')}") from exc
         self._http = httpclient
         connect = timeout_s if connect_timeout_s is None else connect_timeout_s
         self._url = url = triton_url(url)

@@ -101,6 +101,32 @@ def test_bench_command_writes_the_report(store: Path, tmp_path: Path, capsys: py
     assert "results:" in capsys.readouterr().out
 
 
+def test_an_installed_package_times_the_photo_given_with_image(store: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """After `pip install .` the bench read site-packages/adassr/samples/.../iptc.jpg, which no wheel
+    has, and failed with "no such file" and no way to pass another photo."""
+    import numpy as np
+
+    import adassr.export.crops as crops
+    from adassr.cli import main
+    from adassr.runtime.images import write_image
+
+    monkeypatch.setattr(crops, "_checkout_roots", lambda: [tmp_path / "site-packages"])  # no checkout
+    base = ["bench", "latency", "--store", str(store), "--sizes", "16", "--tiled-size", "32", "--repeats", "1",
+            "--threads", "1", "--no-torch", "--out", str(tmp_path / "results")]
+    assert main(base) == 2
+    assert "comes with a checkout of adassr, not with an installed package; pass one with --image PHOTO" in (
+        capsys.readouterr().err)
+    assert main([*base, "--image", str(tmp_path / "missing.png")]) == 2
+    assert f"--image {tmp_path / 'missing.png'}: no such file; pass a photo" in capsys.readouterr().err
+    grey = tmp_path / "grey.png"  # one channel: the crops are RGB all the same
+    write_image(grey, (np.random.default_rng(0).random((20, 30)) * 255).astype(np.uint8))
+    assert main([*base, "--image", str(grey)]) == 0
+    (report,) = (tmp_path / "results").glob("*.json")
+    assert [r["size"] for r in json.loads(report.read_text())["rows"]] == [16]
+
+
 def test_bad_options_fail_before_any_timing(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """Each of these once ran the whole benchmark and then crashed, or was silently ignored."""

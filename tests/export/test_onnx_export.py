@@ -633,3 +633,35 @@ def test_a_truncated_member_a_folder_and_a_users_samples_folder_do_not_stop_the_
         crops = photo_crops([truncated, *bundled[:1]], size=24)
     assert crops is not None and crops.batch.shape[0] == 1
     assert any("not using" in r.getMessage() and "a_truncated.jpg" in r.getMessage() for r in caplog.records)
+
+
+def test_without_a_checkout_the_validation_photo_error_fits_the_export(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """After `pip install .` a backbone export failed with "the camera's images are not readable from
+    here" (no camera involved), and the commands adassr suggested lacked the --validation-image they need."""
+    import importlib.util
+
+    import adassr.export.crops as crops
+    from adassr.cli import main
+    from adassr.export.crops import find_validation_photo
+    from adassr.export.errors import ExportError
+
+    monkeypatch.setattr(crops, "_checkout_roots", lambda: [tmp_path / "site-packages"])  # an installed wheel
+    with pytest.raises(ExportError) as backbone:
+        find_validation_photo((), None)
+    assert "camera's" not in str(backbone.value)
+    assert "comes with a checkout of adassr, not with an installed package; pass a photo with --validation-image" in (
+        str(backbone.value))
+    with pytest.raises(ExportError, match="the camera's images are not readable from here, and the bundled"):
+        find_validation_photo([{"path": str(tmp_path / "gone.png")}], None)
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    photo = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photo)
+    store = tmp_path / "models"
+    assert main(["upscale", "-i", str(photo), "-o", str(tmp_path / "out.png"), "--store", str(store)]) == 2
+    assert f"adassr export --backbone realesrgan-x4plus --store {store} --validation-image PHOTO" in (
+        capsys.readouterr().err)
