@@ -346,8 +346,12 @@ def select_usable_images(
     kernel_shape: tuple[int, int] = (DEFAULT_KERNEL_SIZE,) * 2,
     names: Sequence[str] | None = None,
     min_patch: int = MIN_LR_PATCH,
+    kernel_assumed: bool = False,
 ) -> UsableImages:
     """Keep the images large enough for ``config``; never fail while one image can be used.
+
+    ``kernel_assumed``: ``kernel_shape`` is a default size standing in for a kernel not estimated yet
+    (the minimum the error gives may then grow once the kernel is known, and the message says so).
 
     Images whose shorter side is below :func:`min_image_size` are skipped. When that leaves none,
     the LR patch shrinks to the largest size (not below ``min_patch``) that the largest image
@@ -378,10 +382,12 @@ def select_usable_images(
         if patch < floor:
             need = min_image_size(dataclasses.replace(config, lr_patch=floor), kernel_shape)
             listed = ", ".join(f"{label} ({w}x{h})" for label, (w, h) in zip(labels, sides, strict=True))
+            assumed = (" (the default size: the kernel estimated from blurrier images is larger and needs larger "
+                       "images still)" if kernel_assumed else "")
             raise ConfigError(
                 f"no image is large enough to adapt to: each side must be at least {need} LR pixels "
                 f"(lr_patch {floor} at scale {config.scale} with a {kernel_shape[0]}x{kernel_shape[1]} "
-                f"kernel; {minimum} for the configured lr_patch {config.lr_patch}); got {listed}. "
+                f"kernel{assumed}; {minimum} for the configured lr_patch {config.lr_patch}); got {listed}. "
                 "Use larger images."
             )
         chosen = dataclasses.replace(config, lr_patch=patch)

@@ -305,7 +305,8 @@ def _usable_images_and_kernel(images: list[np.ndarray], group: CameraGroup, pair
 
     names = [str(p) for p in group.paths]
     known = _known_kernel_shape(kernel_mode, pair_config.scale)
-    first = select_usable_images(images, pair_config, names=names, kernel_shape=known or (DEFAULT_KERNEL_SIZE,) * 2)
+    first = select_usable_images(images, pair_config, names=names, kernel_shape=known or (DEFAULT_KERNEL_SIZE,) * 2,
+                                 kernel_assumed=known is None)
     kernel = _estimate_kernel([images[i] for i in first.indices], pair_config.scale, kernel_mode)
     # the diagnostics' image indices (images_used, images_skipped_flat) count these images, in this order
     kernel = replace(kernel, diagnostics={**kernel.diagnostics, "image_paths": [names[i] for i in first.indices]})

@@ -255,10 +255,11 @@ def estimate_kernel(
     if isinstance(images, np.ndarray):
         raise ConfigError("images must be a sequence of arrays, not one array: pass [image]")
     scale = _check_scale(scale)
-    lumas = _checked_lumas(images, config)
+    images = list(images)
+    chosen = _select_images(len(images), config.max_images)
+    lumas = _checked_lumas(images, config, chosen)
     spec = FeatureSpec(derivative_sigma=config.derivative_sigma, orders=config.orders,
                        n_directions=config.n_directions, anisotropy_weight=config.anisotropy_weight)
-    chosen = _select_images(len(lumas), config.max_images)
     per_image, skipped, noise = _usable_tiles(lumas, chosen, spec, config)
     # the images actually fitted: a group whose other images were all flat is fitted (and calibrated)
     # as the one image it is
@@ -266,7 +267,7 @@ def estimate_kernel(
     used = [i for i in chosen if i not in skipped]
     diag: dict[str, Any] = {
         "mode": mode,
-        "n_images": len(lumas),
+        "n_images": len(images),
         "images_used": used,
         "images_skipped_flat": skipped,
     }
@@ -417,20 +418,26 @@ def _fixed_gaussian_reason(sigma: float, check: _FixedGaussianCheck) -> str:
         f"blockiness {check.blockiness:.2f}): the images cannot tell them apart, so the fixed Gaussian is used")
 
 
-def _checked_lumas(images: Sequence[np.ndarray], config: KernelEstimationConfig) -> list[np.ndarray]:
-    """The luma of each image; ``ConfigError`` / ``ShapeError`` for no images or too small ones."""
-    images = list(images)
+def _checked_lumas(images: Sequence[np.ndarray], config: KernelEstimationConfig,
+                   chosen: Sequence[int]) -> dict[int, np.ndarray]:
+    """The luma of the ``chosen`` images, by index; every image is checked (``ConfigError`` /
+    ``ShapeError`` / ``ImageError`` for no images, bad ones or too small ones), but only the chosen
+    ones keep their float64 luma (a group of 64 images kept 8 bytes a pixel of each, 16 of them used)."""
     if not images:
         raise ConfigError("no images given to estimate_kernel: pass at least one LR image")
-    lumas = [_luma(img, i) for i, img in enumerate(images)]
-    for i, y in enumerate(lumas):
+    keep = set(chosen)
+    lumas: dict[int, np.ndarray] = {}
+    for i, img in enumerate(images):
+        y = _luma(img, i)
         if min(y.shape) < config.min_side:
             raise ShapeError(f"image {i}", y.shape, f"at least {config.min_side}x{config.min_side} LR pixels")
+        if i in keep:
+            lumas[i] = y
     return lumas
 
 
 def _usable_tiles(
-    lumas: Sequence[np.ndarray], chosen: Sequence[int], spec: FeatureSpec, config: KernelEstimationConfig
+    lumas: Mapping[int, np.ndarray], chosen: Sequence[int], spec: FeatureSpec, config: KernelEstimationConfig
 ) -> tuple[list[list[CrossScaleSample]], list[int], list[float]]:
     """``(informative tiles per usable image, indices of images with none, noise sigma per usable image)``.
 

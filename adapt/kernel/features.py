@@ -262,6 +262,10 @@ class CrossScaleSample:
                 if above.mean() < min_kept:
                     above = inner >= np.quantile(inner, 1.0 - min_kept)
                 keep &= above
+            # a pixel without any gradient carries no blur: where most are flat (an 8-bit sky, a graphic)
+            # their tie at 0 met every quantile above, and a flat image with one dot was fitted on all its
+            # pixels, at full confidence
+            keep &= inner > 0
             placed = np.zeros(usable.shape, dtype=bool)
             placed[usable] = keep
             mask[b:h - b, b:w - b] = placed

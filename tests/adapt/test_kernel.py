@@ -440,3 +440,30 @@ def test_a_long_thin_strip_is_fitted_on_a_few_windows() -> None:
         assert {t.shape for t in tiles} == ({(40, config.tile)} if image.shape[0] == 40 else {(config.tile, 40)})
     small = strip[:, :2000]  # within the pixel budget: whole, as before
     assert [t.shape for t in _tiles(small, config)] == [(40, 2000)]
+
+
+def test_only_the_images_the_estimate_reads_keep_their_luma() -> None:
+    """Every image of the group was converted to float64 luma and kept, although at most max_images
+    of them are read: 8 bytes a pixel of every image (about 1.6 GB more for 64 images of 200 MP in all).
+    All are still checked."""
+    from adassr.adapt.kernel.estimate import _checked_lumas, _select_images
+
+    rng = np.random.default_rng(0)
+    images = [rng.random((40, 48, 3)).astype(np.float32) for _ in range(9)]
+    chosen = _select_images(len(images), 3)
+    lumas = _checked_lumas(images, KernelEstimationConfig(), chosen)
+    assert sorted(lumas) == chosen == [0, 4, 8]
+    np.testing.assert_allclose(lumas[4], images[4].astype(np.float64) @ [0.299, 0.587, 0.114])
+    images[5] = images[5] * 255  # not read, still refused
+    with pytest.raises(ImageError, match="image 5 is not in"):
+        _checked_lumas(images, KernelEstimationConfig(), chosen)
+
+
+def test_a_flat_image_with_one_dot_gets_no_confidence() -> None:
+    """Its pixels without any gradient (all but the dot's) tied at energy 0 and met every "keep the
+    top share" quantile: the fit used every pixel and reported confidence 1.00."""
+    flat = np.full((96, 96), 0.5, np.float32)
+    flat[48, 48] = 0.6
+    estimate = estimate_kernel([flat], scale=SCALE)
+    assert estimate.confidence < 0.1, estimate.describe()
+    assert estimate.diagnostics.get("n_pixels", 0) < 1000
