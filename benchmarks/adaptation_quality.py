@@ -628,6 +628,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in specs]
     if unknown:
         parser.error(f"unknown group(s) {unknown}; choose from {list(specs)}")
+    real_names = [n for n in args.real_groups.split(",") if n]
+    if real_names:  # before the synthetic groups run (an hour on a CPU), not after them
+        from adassr.adapt.groups import default_images_dir, select_group
+        from adassr.runtime.errors import CameraError
+
+        try:
+            for real in real_names:
+                select_group(default_images_dir(), real)
+        except CameraError as exc:
+            parser.error(f"--real-groups: {exc}")
     needs_fuji = any(s[0] == "fuji" for n in names for s in specs[n].sources)
     if needs_fuji and not args.fujifilm.is_file():
         parser.error(f"{args.fujifilm} not found: pass --fujifilm PATH (Pillow's Tests/images/fujifilm.mpo)")
@@ -700,8 +710,7 @@ def main(argv: list[str] | None = None) -> int:
                     if seed == 0 and backbone_sr is not None:
                         plots.crop_grid({"lr": lrs, "hr": hrs, "backbone": backbone_sr, "adapted": adapted_sr},
                                         args.out / f"{stem}_crops_{name}.png", title=f"{name}: {spec.describe()}")
-        for name in [n for n in args.real_groups.split(",") if n]:
-            from adassr.adapt.groups import default_images_dir, select_group
+        for name in real_names:
             from adassr.adapt.run import adapt_camera
 
             start = time.perf_counter()

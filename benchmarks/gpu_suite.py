@@ -745,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown sections {unknown}; valid: {', '.join(ORDER)}")
+    if not wanted:
+        parser.error(f"--only {args.only!r} names no section; valid: {', '.join(ORDER)}")
     start = time.perf_counter()
     summary: dict[str, Any] = {"mode": "cpu-smoke" if args.cpu_smoke else "gpu", "budget_s": args.budget_s,
                                "machine": _gpu_name(), "sections": {}, "total_s": 0.0}

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hr-dir", type=Path, default=ROOT / "benchmarks" / "data" / "dev_photos")
     parser.add_argument("--gains", default="1.0,1.6,2.2")
     parser.add_argument("--noises", default="0,2,5", help="Gaussian sensor noise sigmas in 8-bit levels")
-    parser.add_argument("--machine", default=f"{platform.processor() or platform.machine()}")
+    parser.add_argument("--machine", default=None, help="the machine, as the report names it (default: the CPU)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default="")
     parser.add_argument("--keep-clipped", action="store_true",
@@ -156,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         hr_label = str(args.hr_dir.resolve().relative_to(ROOT))
     except ValueError:
         hr_label = str(args.hr_dir)
+    if args.machine is None:
+        from adassr.export.bench import machine_name
+
+        args.machine = f"CPU {machine_name()}"
     result = {"machine": args.machine, "hr_dir": hr_label, "n_photos": len(photos),
               "variant": ("clipped areas counted (before)" if args.keep_clipped else
                           f"clipped pixels left out; {features.CLIP_REACH} px around them are no structure"),

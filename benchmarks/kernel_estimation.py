@@ -630,8 +630,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="group mode over noise 0/2/5 and JPEG none/95/75/60 (kernel_robustness.*; with --quick "
                              "kernel_robustness_quick.*)")
     parser.add_argument("--report-from", type=Path, metavar="JSON",
-                        help="rewrite kernel_robustness.{md,json} from the rows of an earlier --robustness "
-                             "result (no estimation is run)")
+                        help="rewrite the report of an earlier --robustness result from its rows (no estimation "
+                             "is run), under the JSON's own name in --out (a variant, e.g. "
+                             "kernel_robustness_hr_q60_vote.json, replaced the headline kernel_robustness.*)")
     parser.add_argument("--wall-seconds", type=float,
                         help="with --report-from: the original run's wall time, for files written before "
                              "it was recorded")
@@ -641,7 +642,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qualities", type=parse_qualities, default=ROBUST_QUALITIES, metavar="LIST",
                         help="with --robustness: only these JPEG qualities of the grid, e.g. none,95")
     parser.add_argument("--merge-rows", nargs="+", type=Path, metavar="JSON",
-                        help="write kernel_robustness.{md,json} from the rows of partial --robustness runs")
+                        help="write kernel_robustness.{md,json} from the rows of partial --robustness runs (--name "
+                             "for a variant's)")
+    parser.add_argument("--name", metavar="STEM",
+                        help="with --merge-rows or --report-from: the results' file name without suffix (default: "
+                             "kernel_robustness[_quick][_<folder>] for --merge-rows, the JSON's own for --report-from)")
     parser.add_argument("--machine", help="the machine, as the report names it")
     parser.add_argument("--hr-dir", type=Path, default=HR_DIR, metavar="DIR",
                         help="with --robustness: make the group from these photos instead of tests/data/hr "
@@ -654,12 +659,16 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_json(overrides)
     machine = args.machine or this_machine()
     t0 = time.perf_counter()
+    if args.name is not None and not (args.merge_rows or args.report_from):
+        raise SystemExit("--name goes with --merge-rows or --report-from")
+    if args.name is not None and (not args.name or Path(args.name).name != args.name):
+        raise SystemExit(f"--name takes a file name without folder or suffix, got {args.name!r}")
     if args.merge_rows:
         text, data = merge_rows(args.merge_rows, args.machine)
-        stem, shown = robustness_stem(data["rows"], data["scored"]), text
+        stem, shown = args.name or robustness_stem(data["rows"], data["scored"]), text
     elif args.report_from is not None:
         text, data = report_from(args.report_from, args.wall_seconds, args.machine)
-        stem, shown = robustness_stem(data["rows"], data["scored"]), text
+        stem, shown = args.name or args.report_from.stem, text
     elif args.robustness:
         rresult = robustness(QUICK_ANGLES if args.quick else ANGLES, config, args.noises, args.qualities,
                              args.hr_dir)

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    PYTHONPATH=. python benchmarks/niqe_speed.py [--machine "2-core CPU dev machine, no GPU"]
+    PYTHONPATH=. python benchmarks/niqe_speed.py [--machine NAME]
         [--repeats 5] [--torch-device cpu|cuda] [--out-dir benchmarks/results]
 
 Inputs: a 1000x1000 (1.0 MP) centre crop and the full 2000x1072 (2.1 MP) frame of
@@ -11,7 +11,9 @@ runs after one warm-up, a per-stage breakdown of the numpy path for the 1 MP ima
 and the torch time (CUDA synchronised) on ``--torch-device``. Also prints both scores so
 a speed change that alters results is visible.
 
-Results: ``<out-dir>/niqe_speed.md`` and ``.json`` (atomic writes), with the machine named.
+Results: ``<out-dir>/niqe_speed_<machine>.md`` and ``.json`` (atomic writes), the machine named in
+them (default: the detected CPU and the GPU of ``--torch-device cuda``) and in the file name, so one
+machine's run does not replace another's (``niqe_speed.md`` is the first run's, on an AMD EPYC).
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--machine", default="2-core CPU dev machine, no GPU",
-                        help="name of this machine for the record")
+    parser.add_argument("--machine", default=None,
+                        help="name of this machine for the record (default: the detected CPU, and the GPU when "
+                             "--torch-device is a CUDA device)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-device", default="cpu")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -97,6 +100,18 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     from adassr.adapt.quality.niqe import niqe, to_luma
+    from adassr.export.bench import machine_name
+    from adassr.runtime.cpu_info import report_tag
+
+    if args.machine is None:
+        args.machine = f"CPU {machine_name()}"
+        if args.torch_device.startswith("cuda"):
+            import torch
+
+            args.machine += f", GPU {torch.cuda.get_device_name(torch.device(args.torch_device))}"
+        else:
+            args.machine += ", torch on the CPU"
+    tag = report_tag(args.machine)
     from adassr.runtime.images import read_image
 
     full = read_image(IMAGE).pixels
@@ -142,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(md) + "\n"
     print(text)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(args.out_dir / "niqe_speed.md", text)
-    _atomic_write(args.out_dir / "niqe_speed.json", json.dumps(record, indent=2) + "\n")
+    _atomic_write(args.out_dir / f"niqe_speed_{tag}.md", text)
+    _atomic_write(args.out_dir / f"niqe_speed_{tag}.json", json.dumps(record, indent=2) + "\n")
     return 0
 
 

@@ -18,7 +18,8 @@ random image is saved as a PNG first, and the child reads it with ``read_image``
 writes the result with ``write_image`` to a ``.png`` / ``.jpg`` file (the encoder writes straight
 into the file), so decoding, encoding and the output file's buffers count too.
 
-Results: ``<out-dir>/upscale_memory.md`` and ``.json``, with the machine named.
+Results: ``<out-dir>/upscale_memory_<machine>.md`` and ``.json``, the machine named in them and in
+the file name (``upscale_memory.md`` is the first run's).
 """
 
 from __future__ import annotations
@@ -132,7 +133,11 @@ def main() -> None:
         return
     from adassr.export.bench import machine_name
     from adassr.runtime.store import atomic_write_bytes
+    from adassr.runtime.tiling import DEFAULT_OVERLAP
 
+    if args.tile < 0 or 0 < args.tile <= 2 * DEFAULT_OVERLAP:  # the children would each fail on it
+        parser.error(f"--tile must be 0 (untiled) or more than twice the CLI's tile overlap {DEFAULT_OVERLAP}, "
+                     f"got {args.tile}")
     suffixes = [s.strip().lstrip(".") for s in args.files.split(",") if s.strip()]
     rows = [measure(args.width, args.height, args.tile)]
     rows += [measure(args.width, args.height, args.tile, suffix) for suffix in suffixes]
@@ -151,8 +156,11 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out_dir / "upscale_memory.json", (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write_bytes(args.out_dir / "upscale_memory.md", text.encode())
+    from adassr.runtime.cpu_info import report_tag
+
+    tag = report_tag(machine)
+    atomic_write_bytes(args.out_dir / f"upscale_memory_{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(args.out_dir / f"upscale_memory_{tag}.md", text.encode())
 
 
 if __name__ == "__main__":

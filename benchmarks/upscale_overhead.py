@@ -94,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from adassr.runtime.cpu_info import detect_cpu
+    from adassr.runtime.tiling import DEFAULT_OVERLAP
 
+    for tile in args.tiles.split(","):  # before any timing: the CLI's overlap error names an option this lacks
+        if tile.strip() != "auto" and not (tile.strip().isdigit()
+                                           and (int(tile) == 0 or int(tile) > 2 * DEFAULT_OVERLAP)):
+            parser.error(f"--tiles takes auto, 0 (untiled) or tile sizes above twice the CLI's tile overlap "
+                         f"{DEFAULT_OVERLAP}, got {tile.strip()!r}")
     cpu = detect_cpu()
     rows: list[dict[str, Any]] = []
     for tile in args.tiles.split(","):

@@ -85,3 +85,11 @@ def test_first_seed_is_checked(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "--first-seed >= 0" in proc.stderr
+
+
+def test_an_unknown_real_group_is_refused_before_any_group_runs(tmp_path: Path) -> None:
+    """A typo in --real-groups surfaced as a traceback after every synthetic group had run (an hour)."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--groups", "", "--real-groups", "bogus", "--seeds", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "--real-groups: unknown camera group 'bogus'" in proc.stderr and "Traceback" not in proc.stderr

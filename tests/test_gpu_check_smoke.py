@@ -62,6 +62,9 @@ def test_full_groups_reach_the_adapt_full_section_and_widen_its_limit(tmp_path: 
     for bad in (["--full-groups", " , "], ["--full-seed", "-1"]):  # refused by argparse, with a message
         with pytest.raises(SystemExit):
             gpu_suite.main(["--out", str(tmp_path), "--only", "adapt_full", *bad])
+    for nothing in ("", " , "):  # crashed with FileNotFoundError on the gpu_check.md it never wrote
+        with pytest.raises(SystemExit):
+            gpu_suite.main(["--out", str(tmp_path / "none"), "--only", nothing, "--cpu-smoke"])
 
 
 def test_adapt_full_passes_its_groups_and_seed_to_the_quality_benchmark(tmp_path: Path,

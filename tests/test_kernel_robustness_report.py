@@ -112,15 +112,38 @@ def test_a_split_run_merges_into_the_rows_of_the_whole_run(tool: ModuleType, tmp
 
 def test_the_quick_and_the_full_grid_are_written_to_their_own_files(tool: ModuleType, tmp_path: Path) -> None:
     source = _result_file(tool, tmp_path, 12.0)  # angles 0 and 60 only: rows of the quick grid
-    assert tool.main(["--report-from", str(source), "--out", str(tmp_path / "quick")]) == 0
+    assert tool.main(["--merge-rows", str(source), "--out", str(tmp_path / "quick")]) == 0
     assert sorted(p.name for p in (tmp_path / "quick").iterdir()) == [
         "kernel_robustness_quick.json", "kernel_robustness_quick.md"]
     data = json.loads(source.read_text())
     data["rows"].append(_row([2.4, 1.2, 30.0], 0.02, 0.08))  # an angle only the full grid has
     source.write_text(json.dumps(data))
-    assert tool.main(["--report-from", str(source), "--out", str(tmp_path / "full")]) == 0
+    assert tool.main(["--merge-rows", str(source), "--out", str(tmp_path / "full")]) == 0
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["kernel_robustness.json", "kernel_robustness.md"]
     assert "Machine: test machine;" in (tmp_path / "full" / "kernel_robustness.md").read_text()
+    assert tool.main(["--merge-rows", str(source), "--name", "kernel_robustness_variant", "--out",
+                      str(tmp_path / "named")]) == 0
+    assert sorted(p.name for p in (tmp_path / "named").iterdir()) == [
+        "kernel_robustness_variant.json", "kernel_robustness_variant.md"]
+
+
+def test_report_from_rewrites_the_report_under_its_own_name(tool: ModuleType, tmp_path: Path) -> None:
+    """Rebuilding a variant (kernel_robustness_hr_q60_vote.json) from its rows wrote the headline
+    kernel_robustness.{md,json} next to it, replacing the full-grid result with the variant's rows."""
+    results = tmp_path / "results"
+    results.mkdir()
+    headline = results / "kernel_robustness.md"
+    headline.write_text("the headline result")
+    variant = results / "kernel_robustness_hr_q60_vote.json"
+    variant.write_text(_result_file(tool, tmp_path, 12.0).read_text())
+    assert tool.main(["--report-from", str(variant), "--out", str(results)]) == 0
+    assert headline.read_text() == "the headline result"
+    assert sorted(p.name for p in results.iterdir()) == [
+        "kernel_robustness.md", "kernel_robustness_hr_q60_vote.json", "kernel_robustness_hr_q60_vote.md"]
+    with pytest.raises(SystemExit, match="--name goes with --merge-rows or --report-from"):
+        tool.main(["--name", "x", "--out", str(results)])
+    with pytest.raises(SystemExit, match="without folder or suffix"):
+        tool.main(["--report-from", str(variant), "--name", "a/b", "--out", str(results)])
 
 
 def test_other_photos_are_scored_into_their_own_files(tool: ModuleType, tmp_path: Path,
