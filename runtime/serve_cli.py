@@ -162,8 +162,8 @@ def _add_limit_arguments(parser: argparse.ArgumentParser, d: Any, lim: Any) -> N
         "--send-timeout",
         type=float,
         default=lim.send_timeout_s,
-        help="seconds a client may read nothing of its response while the server's send buffer is full, "
-        f"then the connection is dropped (default {lim.send_timeout_s:g})",
+        help="seconds a client may take none of its response while some of it waits to be sent, then the "
+        f"connection is dropped; slow but steady readers are never dropped (default {lim.send_timeout_s:g})",
     )
     parser.add_argument(
         "--reload-interval",

@@ -7,10 +7,13 @@ see the socket. :func:`header_timeout_protocol` returns a protocol class that ad
   ``header_timeout_s`` of the connection opening or of the previous response (a client that sends its
   headers slowly, or never finishes them). The body has its own limit in the app
   (``Limits.body_timeout_s``, answered with 408);
-- a send timeout: a connection whose client reads nothing of its response while the write buffer is
-  full (above asyncio's high-water mark) for ``send_timeout_s`` is aborted, which frees the buffered
-  response; a plain close would wait for the buffer to flush, forever, and hold the connection (and
-  a server's drain) open;
+- a send timeout: a connection whose client takes none of its response for ``send_timeout_s``
+  while some of it waits in the write buffer is aborted, which frees the buffered response; a plain
+  close would wait for the buffer to flush, forever, and hold the connection (and a server's drain)
+  open. Progress is what the client acknowledged (bytes written, minus those in the write buffer and,
+  on Linux, in the socket's send queue), checked every ``SEND_CHECK_S`` or so: a client reading
+  slowly but steadily keeps its connection however long the download takes (the write buffer alone
+  moves in bursts of a third of the kernel's send buffer, seconds apart on a slow link);
 - a lingering close: when the server closes a connection whose request body it has not read to the
   end (a 413, 422 or 429 sent before the body), closing at once would make the kernel answer the
   unread bytes with a reset, and many clients (urllib, requests) would see "connection reset"
@@ -26,14 +29,33 @@ whose client is gone must free its tiles (nginx answers such requests with its 4
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import struct
+import termios
 from typing import Any, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+SEND_CHECK_S = 1.0
+"""Seconds between checks of a connection's send progress while its write buffer holds data (at most
+a quarter of the send timeout)."""
+
 LINGER_S = 2.0
 """Seconds a lingering close goes on discarding the client's data once the response has left the
 write buffer, unless the client closes first."""
+
+
+def _send_queue(transport: asyncio.Transport) -> int:
+    """Bytes in the socket's send queue the peer has not acknowledged (``SIOCOUTQ``, Linux), else 0."""
+    sock = transport.get_extra_info("socket")
+    request = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on Linux
+    if sock is None or request is None:
+        return 0
+    with contextlib.suppress(OSError, ValueError):
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0"))[0])
+    return 0
 
 
 class _LingeringTransport:
@@ -46,6 +68,10 @@ class _LingeringTransport:
 
     def close(self) -> None:
         self._protocol.close_connection()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._transport.write(data)
+        self._protocol.wrote(len(data))
 
     def is_closing(self) -> bool:
         return bool(self._protocol.closing or self._transport.is_closing())
@@ -67,7 +93,9 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0) -> t
         _lingering = False
         _peer_eof = False
         _linger_buffered = 0  # the write buffer's size at the last lingering check
-        _linger_progress = 0.0  # loop time the write buffer last shrank while lingering
+        _written = 0  # bytes handed to the transport
+        _sent = 0  # of those, the bytes that had left the write buffer at the last send check
+        _sent_at = 0.0  # loop time of the last send progress
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             self._real = transport
@@ -96,14 +124,12 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0) -> t
             if not self.transport.is_closing():
                 self._arm()
 
-        def pause_writing(self) -> None:
-            super().pause_writing()
-            self._cancel("_send_timer")
-            self._send_timer = self.loop.call_later(send_timeout_s, self._send_expired)
-
-        def resume_writing(self) -> None:
-            self._cancel("_send_timer")  # the client read some of the response
-            super().resume_writing()
+        def wrote(self, size: int) -> None:
+            """``size`` bytes went to the transport: watch that they leave its buffer."""
+            self._written += size
+            if self._send_timer is None and self._real.get_write_buffer_size() > 0:
+                self._sent, self._sent_at = self._acknowledged(), self.loop.time()
+                self._send_timer = self.loop.call_later(min(SEND_CHECK_S, send_timeout_s / 4), self._send_check)
 
         def connection_lost(self, exc: Exception | None) -> None:
             for timer in ("_header_timer", "_send_timer", "_linger_timer"):
@@ -126,7 +152,6 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0) -> t
             self._real.write_eof()  # FIN once the response has left the buffer
             self._real.resume_reading()  # uvicorn pauses reading while a body waits for the app
             self._linger_buffered = self._real.get_write_buffer_size()
-            self._linger_progress = self.loop.time()
             self._linger_timer = self.loop.call_later(LINGER_S, self._linger_check)
 
         def _linger_check(self) -> None:
@@ -137,19 +162,25 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0) -> t
             if buffered == 0 and self._linger_buffered == 0:  # sent LINGER_S ago at least
                 self._real.close()
                 return
-            now = self.loop.time()
-            if buffered < self._linger_buffered:
-                self._linger_progress = now
-            elif now - self._linger_progress >= send_timeout_s:  # the client reads nothing
-                self._real.abort()
-                return
-            self._linger_buffered = buffered
+            self._linger_buffered = buffered  # a client that takes nothing is the send check's to drop
             self._linger_timer = self.loop.call_later(LINGER_S, self._linger_check)
 
-        def _send_expired(self) -> None:
-            self._send_timer = None  # a closing transport too: its close waits for the buffer to flush
-            self.logger.info("a client read nothing of its response for %g s: connection dropped", send_timeout_s)
-            self._real.abort()
+        def _acknowledged(self) -> int:
+            return self._written - self._real.get_write_buffer_size() - _send_queue(self._real)
+
+        def _send_check(self) -> None:
+            self._send_timer = None
+            buffered = self._real.get_write_buffer_size()
+            if buffered == 0:
+                return  # all sent: the next write watches again
+            now, sent = self.loop.time(), self._acknowledged()
+            if sent > self._sent:
+                self._sent, self._sent_at = sent, now
+            elif now - self._sent_at >= send_timeout_s:  # a closing transport too: its close waits for the flush
+                self.logger.info("a client took none of its response for %g s: connection dropped", send_timeout_s)
+                self._real.abort()
+                return
+            self._send_timer = self.loop.call_later(min(SEND_CHECK_S, send_timeout_s / 4), self._send_check)
 
         def _arm(self) -> None:
             self._cancel("_header_timer")
