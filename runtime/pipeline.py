@@ -32,6 +32,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import cv2
@@ -100,8 +101,15 @@ def output_size(height: int, width: int, outscale: float) -> tuple[int, int]:
     """``(outscale * height, outscale * width)`` rounded to the nearest pixel, halves up, at least 1 x 1.
 
     Halves go up whatever the parity (Python's ``round`` would send 112.5 to 112 but 117.5 to 118).
+    The product is taken in decimal, of the shortest decimal that reads back as ``outscale`` (what the
+    user typed): in binary floating point 85 x 0.7 is 59.49999999999999, and the half went down.
     """
-    return max(1, math.floor(height * outscale + 0.5)), max(1, math.floor(width * outscale + 0.5))
+    factor = Decimal(repr(float(outscale)))
+
+    def scaled(side: int) -> int:
+        return max(1, int((side * factor).to_integral_value(rounding=ROUND_HALF_UP)))
+
+    return scaled(height), scaled(width)
 
 
 def check_output_budget(height: int, width: int, scale: int, outscale: float,

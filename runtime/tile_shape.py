@@ -8,7 +8,11 @@ much of it on ordinary photos: a 640 x 480 photo (660 x 500 with the 10-pixel pr
 :func:`choose_tile_shape` tries every grid of ``rows x cols`` tiles and, for each, the smallest
 tile (any aspect ratio, rounded up to ``multiple_of``) whose neighbours overlap by at least
 ``overlap``; among the grids whose tiles hold at most ``max_pixels`` input pixels it keeps the one
-with the fewest total pixels (ties: fewer tiles). The whole canvas is one tile when it fits.
+with the least work: the total pixels of its tiles plus ``TILE_COST`` pixels per tile (ties: fewer
+tiles). The whole canvas is one tile when it fits. The per-tile cost stands for what every tile
+adds besides its pixels (a model call's overhead, one more seam); without it, at overlap 0, any exact
+divisor of the canvas won, down to tiles one pixel high (a 659-pixel, prime, canvas height in 659
+strips, for 739 pixels saved against two tiles).
 
 ``max_pixels`` bounds the memory of one tile (:func:`tiling_options` divides the budget of one
 model call by the tiles a call takes, ``--tile-batch``, but not below the 128 x 128 floor: a batch
@@ -30,6 +34,9 @@ from adassr.runtime.tiling import TilingOptions
 
 BYTES_PER_INPUT_PIXEL = 16 * 1024
 """Peak activation memory of RRDBNet x4 per input pixel in onnxruntime fp32 (measured, rounded up)."""
+
+TILE_COST = 32 * 32
+"""Pixels of work each tile costs besides its own (see the module docstring)."""
 
 MIN_AUTO_TILE_PIXELS = 128 * 128
 MAX_AUTO_TILE_PIXELS = 512 * 512
@@ -81,7 +88,7 @@ def choose_tile_shape(
     best: tuple[int, int, int, int] | None = None  # (total pixels, tiles, th, tw)
     for n_r, th in rows:
         for n_c, tw in ((n_c, tw) for n_c, tw in cols if th * tw <= max_pixels):
-            key = (n_r * th * n_c * tw, n_r * n_c, th, tw)
+            key = (n_r * th * n_c * tw + n_r * n_c * TILE_COST, n_r * n_c, th, tw)
             if best is None or key < best:
                 best = key
     if best is None:

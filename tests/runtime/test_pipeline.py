@@ -102,6 +102,8 @@ def test_outscale_shrinks_with_area_and_enlarges_with_cubic(backend, rgb8: np.nd
     assert output_size(47, 55, 2.5) == (118, 138) and odd.shape == (118, 138, 3)
     assert output_size(45, 57, 2.5) == (113, 143)  # halves go up: round() made 112.5 -> 112 but 117.5 -> 118
     assert output_size(3, 1, 0.1) == (1, 1) and output_size(5, 5, 0.1) == (1, 1)  # 0.5 -> 1, never 0
+    # halves the binary product puts just below: 85 x 0.7 = 59.49999999999999, 45 x 2.3 = 103.49999999999999
+    assert output_size(45, 85, 0.7) == (32, 60) and output_size(45, 45, 2.3) == (104, 104)
     with pytest.raises(ConfigError, match="outscale"):
         upscale_pixels(rgb8, backend.infer, scale=SCALE, tiling=TILING, outscale=0)
 

@@ -11,6 +11,7 @@ from adassr.runtime.errors import ConfigError
 from adassr.runtime.tile_shape import (
     MAX_AUTO_TILE_PIXELS,
     MIN_AUTO_TILE_PIXELS,
+    TILE_COST,
     auto_max_tile_pixels,
     choose_tile_shape,
     mem_available_bytes,
@@ -63,7 +64,8 @@ def test_impossible_budget_names_the_fix() -> None:
 
 
 def _least_work(canvas_h: int, canvas_w: int, budget: int, overlap: int) -> int | None:
-    """Exhaustive search: the least work of any tile shape within ``budget`` (None when none fits)."""
+    """Exhaustive search: the least work (pixels plus TILE_COST per tile) of any tile shape within
+    ``budget`` (None when none fits)."""
     def counts(canvas: int) -> dict[int, int]:
         found = {canvas: 1}
         for tile in range(2 * overlap + 1, canvas):
@@ -71,7 +73,7 @@ def _least_work(canvas_h: int, canvas_w: int, budget: int, overlap: int) -> int 
         return found
 
     rows, cols = counts(canvas_h), counts(canvas_w)
-    works = [rows[th] * th * cols[tw] * tw for th in rows for tw in cols if th * tw <= budget]
+    works = [rows[th] * cols[tw] * (th * tw + TILE_COST) for th in rows for tw in cols if th * tw <= budget]
     return min(works) if works else None
 
 
@@ -91,7 +93,17 @@ def test_the_tile_shape_is_the_least_work_an_exhaustive_search_finds() -> None:
         th, tw = choose_tile_shape(h, w, max_pixels=budget, overlap=overlap)
         n_r = 1 if th >= h else -(-(h - overlap) // (th - overlap))
         n_c = 1 if tw >= w else -(-(w - overlap) // (tw - overlap))
-        assert th * tw <= budget and n_r * th * n_c * tw == best, (h, w, overlap, budget)
+        assert th * tw <= budget and n_r * n_c * (th * tw + TILE_COST) == best, (h, w, overlap, budget)
+
+
+def test_overlap_0_never_cuts_strips_one_pixel_high() -> None:
+    """Without a cost per tile, any exact divisor of the canvas won at overlap 0: a 659 x 739 canvas
+    (659 is prime) went into 659 tiles of 1 x 739, and the seams wrecked the output (max error
+    206/255 against untiled)."""
+    th, tw = choose_tile_shape(659, 739, max_pixels=512 * 512, overlap=0)
+    assert min(th, tw) >= 128 and th * tw <= 512 * 512
+    th, tw = choose_tile_shape(4052, 3044, max_pixels=512 * 512, overlap=0)  # a phone photo
+    assert min(th, tw) >= 128
 
 
 def test_auto_tiles_share_the_budget_of_one_call_with_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
