@@ -844,17 +844,50 @@ def warn_misnamed_folders(root: str | os.PathLike[str]) -> None:
                     "rename it to a valid name or move it out of the store", folder, why)
 
 
-def _manifest_folders(root: str | os.PathLike[str]) -> Iterator[tuple[str, str | None]]:
+@dataclass(frozen=True)
+class StoreScan:
+    """What :func:`scan_store` found: the cameras with a manifest, and the camera folders whose manifest
+    could not be looked up (permissions, I/O errors), by name with the reason."""
+
+    cameras: list[str]
+    unreadable: dict[str, str]
+
+
+def scan_store(root: str | os.PathLike[str]) -> StoreScan:
+    """:func:`list_cameras` for a process that keeps serving a store: a folder it cannot read is not
+    taken for a folder without a manifest (a ``chmod 000`` dropped every model a server had loaded).
+    OSError when the store folder exists but cannot be listed; a store that does not exist is empty."""
+    unreadable: dict[str, str] = {}
+    cameras = sorted({name for name, problem in _manifest_folders(root, unreadable) if problem is None})
+    return StoreScan(cameras, {name: why for name, why in unreadable.items() if name not in cameras})
+
+
+def _manifest_folders(root: str | os.PathLike[str],
+                      unreadable: dict[str, str] | None = None) -> Iterator[tuple[str, str | None]]:
+    """``(camera name, problem with the name or None)`` of each folder with a manifest. With
+    ``unreadable``, folders whose manifest cannot be looked up are recorded there, and a store folder
+    that cannot be listed raises OSError; without it, both count as no manifest."""
     root_path = Path(root)
     if not root_path.is_dir():
         return
     try:
         folders = sorted(p for p in root_path.iterdir() if p.is_dir())
     except OSError:
+        if unreadable is not None:
+            raise
         return
-    # lexists: a manifest that is a link to nothing is a camera with a damaged manifest, not no camera
-    # (glob leaves such links out, and the camera's images then went to the fallback)
-    for manifest in (folder / MANIFEST_NAME for folder in folders if os.path.lexists(folder / MANIFEST_NAME)):
+    for folder in folders:
+        # lstat: a manifest that is a link to nothing is a camera with a damaged manifest, not no camera
+        # (glob leaves such links out, and the camera's images then went to the fallback)
+        try:
+            os.lstat(folder / MANIFEST_NAME)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            if unreadable is not None and _is_group_name(folder.name):
+                unreadable[folder.name] = exc.strerror or str(exc)
+            continue
+        manifest = folder / MANIFEST_NAME
         name = manifest.parent.name
         problem = None
         if name != FALLBACK_CAMERA:
@@ -867,6 +900,15 @@ def _manifest_folders(root: str | os.PathLike[str]) -> Iterator[tuple[str, str |
             except CameraError as exc:
                 problem = str(exc)
         yield name, problem
+
+
+def _is_group_name(name: str) -> bool:
+    if name == FALLBACK_CAMERA:
+        return True
+    try:
+        return validate_group_name(name) == name
+    except CameraError:
+        return False
 
 
 def _same_folder(a: Path, b: Path) -> bool:

@@ -45,7 +45,7 @@ from adassr.runtime.routing import (
     resolve_model,
     unusable_make_reason,
 )
-from adassr.runtime.store import FALLBACK_CAMERA, MANIFEST_NAME, CameraStore, list_cameras
+from adassr.runtime.store import FALLBACK_CAMERA, MANIFEST_NAME, CameraStore, scan_store
 from adassr.runtime.tiling import TilingOptions
 
 logger = logging.getLogger(__name__)
@@ -176,6 +176,7 @@ class ModelRegistry:
         self._signatures: dict[str, _Signature] = {}
         self._problems: dict[str, str] = {}
         self._tried: dict[str, str] = {}  # camera -> model file of a refused load (its signature includes it)
+        self._unreadable: str | None = None  # why the store folder could not be listed at the last poll
         self._refresh_lock = threading.Lock()
 
     # -- reading ----------------------------------------------------------------------------
@@ -230,7 +231,28 @@ class ModelRegistry:
         with self._refresh_lock:
             current = dict(self._models)
             changed = False
-            seen = set(list_cameras(self._store))
+            try:
+                scan = scan_store(self._store)
+            except OSError as exc:  # cannot be listed (permissions, I/O): not an empty store
+                why = exc.strerror or str(exc)
+                if self._unreadable != why:  # once per change
+                    logger.error("the model store cannot be read (%s); the loaded models keep serving and the "
+                                 "store is read again at the next poll", why)
+                    self._on_error("model_load")
+                self._unreadable = why
+                return False
+            if self._unreadable is not None:
+                logger.warning("the model store can be read again")
+                self._unreadable = None
+            for camera, why in scan.unreadable.items():  # its folder cannot be read: keep what it serves
+                keeps = " (the loaded model keeps serving)" if camera in current else ""
+                problem = f"its folder cannot be read ({why}){keeps}"
+                if self._problems.get(camera) != problem:
+                    logger.error("camera %s: %s; retrying at the next poll", camera, problem)
+                    self._problems[camera] = problem
+                    self._on_error("model_load")
+                self._signatures.pop(camera, None)  # loaded again once readable
+            seen = set(scan.cameras) | set(scan.unreadable)
             known = set(current) | set(self._problems) | set(self._signatures) | set(self._tried)
             for camera in sorted(known - seen):  # manifest gone: stop serving it, forget its problems
                 if camera in current:
@@ -240,7 +262,7 @@ class ModelRegistry:
                 self._signatures.pop(camera, None)
                 self._problems.pop(camera, None)
                 self._tried.pop(camera, None)
-            for camera in sorted(seen):
+            for camera in scan.cameras:
                 try:
                     changed |= self._refresh_camera(camera, current)
                 except OSError as exc:  # a file gone between two reads: this camera waits for the next poll
@@ -266,7 +288,9 @@ class ModelRegistry:
 
     def _refresh_camera(self, camera: str, current: dict[str, LoadedModel]) -> bool:
         old = current.get(camera)
-        sig = self._signature(camera, old.route.onnx_path.name if old else self._tried.get(camera))
+        # the file last tried: a refused new version's (the refusal stored its signature; the served model's
+        # file instead made every poll retry, log and count the refusal again)
+        sig = self._signature(camera, self._tried.get(camera) or (old.route.onnx_path.name if old else None))
         if self._signatures.get(camera) == sig:  # unchanged since the last load or refusal: nothing to do
             return False
         try:
@@ -291,7 +315,8 @@ class ModelRegistry:
             try:
                 decision.verify()
             except StoreError as exc:
-                self._refused(camera, "model_checksum", str(exc), sig)
+                if not self._superseded(camera, sig):
+                    self._refused(camera, "model_checksum", str(exc), sig)
                 return False
             self._signatures[camera] = sig
             self._problems.pop(camera, None)
@@ -299,12 +324,14 @@ class ModelRegistry:
         try:
             decision.verify()
         except StoreError as exc:
-            self._refused(camera, "model_checksum", str(exc), sig, load_failed=True)
+            if not self._superseded(camera, sig):
+                self._refused(camera, "model_checksum", str(exc), sig, load_failed=True)
             return False
         try:
             backend = self._open_model(decision)
         except AdassrError as exc:
-            self._refused(camera, "model_load", str(exc), sig, load_failed=True)
+            if not self._superseded(camera, sig):
+                self._refused(camera, "model_load", str(exc), sig, load_failed=True)
             return False
         current[camera] = LoadedModel(camera, decision, backend, time.time(),
                                       engine_precision(self._precision, decision.precision))
@@ -321,6 +348,17 @@ class ModelRegistry:
                 logger.warning("camera %s has no %s export: serving its %s model (export it again with --precision "
                                "%s to serve %s)", camera, self._precision, decision.precision, self._precision,
                                self._precision)
+        return True
+
+    def _superseded(self, camera: str, sig: _Signature) -> bool:
+        """Whether the camera's manifest changed since ``sig`` was taken: a newer version was published
+        while this one was read (its files may be gone), so the failure is no fault of it and the next
+        poll loads the newer one (a routine republish was logged and counted as a checksum failure)."""
+        if (_stat(self._store / camera / MANIFEST_NAME) or (0, 0, 0)) == sig[0]:
+            return False
+        logger.info("camera %s: a newer version was published while this one was being loaded; loading it at "
+                    "the next poll", camera)
+        self._signatures.pop(camera, None)
         return True
 
     def _refused(self, camera: str, kind: str, message: str, sig: _Signature, *, load_failed: bool = False) -> None:

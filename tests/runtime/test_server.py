@@ -1305,3 +1305,93 @@ def test_the_fallback_camera_is_named_in_any_case(store: Path, tmp_path: Path) -
                                  str(store), "--camera", "_Fallback", "--no-progress")
     assert code == 0, err
     assert "_fallback/model.onnx" in out
+
+
+def test_a_refused_new_version_is_reported_once_while_the_old_one_serves(store: Path) -> None:
+    """The change signature was taken from the served model's file, the refusal's from the new one: they
+    never matched, so a damaged new export was re-hashed, logged and counted at every poll, for ever."""
+    from adassr.runtime.server.models import ModelRegistry, default_opener
+    from adassr.runtime.store import CameraStore
+
+    errors: list[str] = []
+    registry = ModelRegistry(store, open_model=default_opener("onnxruntime", providers=("cpu",), threads=1),
+                             on_error=errors.append)
+    registry.refresh()
+    served = registry.models["canon"].sha256
+    publish_camera(store, "canon", seed=5)
+    record = CameraStore.open(store, "canon").read_manifest()["artifacts"]["model.onnx"]
+    (store / "canon" / record["file"]).write_bytes(b"damaged" * 100)
+    for _ in range(4):
+        registry.refresh()
+    assert errors == ["model_checksum"] and registry.models["canon"].sha256 == served
+    assert "keeps serving" in registry.problems["canon"]
+    publish_camera(store, "canon", seed=6)  # a good export: loaded
+    registry.refresh()
+    assert registry.models["canon"].sha256 != served and "canon" not in registry.problems
+
+
+def test_a_folder_that_cannot_be_read_is_not_a_deleted_camera(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera folder (or the store) that could not be read was taken for one without a manifest: the
+    server dropped its models ("has no manifest any more"), sending the camera's photos to the fallback
+    (or every request to 503), and loaded everything again once it could read them."""
+    import pathlib
+
+    import adassr.runtime.store as store_module
+    from adassr.runtime.server.models import ModelRegistry, default_opener
+
+    errors: list[str] = []
+    registry = ModelRegistry(store, open_model=default_opener("onnxruntime", providers=("cpu",), threads=1),
+                             on_error=errors.append)
+    registry.refresh()
+    loaded = dict(registry.models)
+    real_lstat, real_iterdir = store_module.os.lstat, pathlib.Path.iterdir
+
+    def denied_lstat(path: object, *args: object, **kwargs: object) -> object:
+        if str(path).startswith(str(store / "canon")):
+            raise PermissionError(13, "Permission denied")
+        return real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module.os, "lstat", denied_lstat)
+    for _ in range(2):
+        registry.refresh()
+    assert dict(registry.models) == loaded and errors == ["model_load"]
+    assert "its folder cannot be read (Permission denied)" in registry.problems["canon"]
+    monkeypatch.setattr(store_module.os, "lstat", real_lstat)
+    registry.refresh()
+    assert dict(registry.models) == loaded and "canon" not in registry.problems  # nothing loaded again
+
+    def denied_iterdir(self: pathlib.Path) -> object:
+        if self == store:
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(pathlib.Path, "iterdir", denied_iterdir)
+    for _ in range(2):
+        assert registry.refresh() is False
+    assert dict(registry.models) == loaded and errors == ["model_load", "model_load"]
+
+
+def test_a_version_replaced_while_it_loads_is_no_failure(store: Path) -> None:
+    """A republish that removed the file being loaded was logged as a checksum failure or a failed
+    load (tamper alerts); the next poll loads the newer version, so it is only a retry."""
+    from adassr.runtime.errors import BackendError
+    from adassr.runtime.server.models import ModelRegistry, default_opener
+
+    real = default_opener("onnxruntime", providers=("cpu",), threads=1)
+    raced: list[bool] = []
+
+    def replaced_while_opening(route: RouteDecision) -> Backend:
+        if route.model_camera == "canon" and not raced:
+            raced.append(True)
+            publish_camera(store, "canon", seed=9)  # another process commits, and its cleanup removes this file
+            raise BackendError("onnxruntime cannot load the model: NO_SUCHFILE")
+        return real(route)
+
+    errors: list[str] = []
+    loads: list[bool] = []
+    registry = ModelRegistry(store, open_model=replaced_while_opening, on_error=errors.append,
+                             on_load=lambda camera, ok: loads.append(ok))
+    registry.refresh()
+    assert raced and errors == [] and False not in loads and "canon" not in registry.problems
+    registry.refresh()
+    assert "canon" in registry.models and errors == []
