@@ -98,7 +98,7 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
                         help=f"model store (default ./{DEFAULT_STORE})")
     parser.add_argument("--backend", choices=registry.names(), default=registry.names()[0],
                         help=f"upscaler: {registry.describe()} (default %(default)s)")
-    parser.add_argument("--gpu", type=int, default=0, metavar="N",
+    parser.add_argument("--gpu", type=int, default=None, metavar="N",
                         help="CUDA device for --backend tensorrt / torch and onnxruntime's cuda / tensorrt "
                              "providers (default 0)")
     parser.add_argument("--cuda-graph", action="store_true",
@@ -474,6 +474,30 @@ def _process_one(
     return result, notes
 
 
+def _check_device_options(args: argparse.Namespace, options: RuntimeOptions) -> None:
+    """ConfigError for a device option the chosen backend would ignore without a word (``--device cuda``,
+    ``--gpu 2`` and ``--cuda-graph`` ran the default onnxruntime CPU backend, on the CPU, exit 0)."""
+    device, gpu, graph = getattr(args, "device", "auto"), getattr(args, "gpu", None), options.cuda_graph
+    if device != "auto" and options.backend != "torch":
+        raise ConfigError(f"--device {device} chooses the device of --backend torch; --backend {options.backend} "
+                          "runs where its own options say (onnxruntime: --providers; tensorrt: --gpu): drop "
+                          "--device, or use --backend torch")
+    if graph and options.backend == "onnxruntime":
+        raise ConfigError("--cuda-graph replays the tiles on a GPU with --backend tensorrt / torch; onnxruntime does "
+                          "not use it: drop it, or use one of those backends")
+    gpu_providers = any("cuda" in p.lower() or "tensorrt" in p.lower() for p in options.providers)
+    on_cpu = (options.backend == "onnxruntime" and not gpu_providers) or (options.backend == "torch"
+                                                                          and device == "cpu")
+    if on_cpu and (gpu is not None or graph):
+        given = " and ".join(([f"--gpu {gpu}"] if gpu is not None else []) + (["--cuda-graph"] if graph else []))
+        runs = (f"--providers {getattr(args, 'providers', 'cpu')}" if options.backend == "onnxruntime"
+                else "--device cpu")
+        fix = ("pass --providers cuda (or tensorrt,cuda,cpu)" if options.backend == "onnxruntime"
+               else "drop --device cpu")
+        raise ConfigError(f"{given} choose{'s' if ' and ' not in given else ''} a GPU, but {runs} runs on the CPU: "
+                          f"{fix}, or drop {given}")
+
+
 def options_from_args(args: argparse.Namespace, upscalers: UpscalerRegistry) -> RuntimeOptions:
     """The runtime options of parsed ``adassr upscale`` arguments (validated)."""
     entry = upscalers.get(args.backend)
@@ -493,7 +517,7 @@ def options_from_args(args: argparse.Namespace, upscalers: UpscalerRegistry) -> 
         require_providers=args.require_providers,
         tiling=tiling,
         outscale=args.outscale,
-        gpu=args.gpu,
+        gpu=0 if args.gpu is None else args.gpu,
         cuda_graph=args.cuda_graph,
         device=args.device,
         backbone=args.backbone,
@@ -566,6 +590,7 @@ def run_upscale(
 
         with contextlib.closing(open_triton(triton, camera=camera)) as remote:
             return _run_pairs(remote, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept)
+    _check_device_options(args, options)
     if options.backend == "onnxruntime":
         check_required_providers(options.providers, require=options.require_providers)
     elif getattr(args, "providers", "cpu") != "cpu" or getattr(args, "require_providers", False):

@@ -139,5 +139,14 @@ def test_backend_options_that_would_be_ignored_and_an_unknown_backbone_are_error
     assert "--backend torch does not use them" in capsys.readouterr().err
     assert main([*base, "--backbone", "nosuch"]) == 2
     assert "unknown backbone 'nosuch'" in capsys.readouterr().err
+    # GPU options the onnxruntime CPU backend ignored (exit 0, on the CPU, without a word)
+    for extra, message in ((["--device", "cuda"], "--device cuda chooses the device of --backend torch"),
+                           (["--cuda-graph"], "--cuda-graph replays the tiles on a GPU"),
+                           (["--gpu", "2"], "--gpu 2 chooses a GPU, but --providers cpu runs on the CPU"),
+                           (["--backend", "torch", "--device", "cpu", "--gpu", "1"],
+                            "--gpu 1 chooses a GPU, but --device cpu runs on the CPU")):
+        assert main([*base, *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert not (tmp_path / "o.png").exists()
     assert main([*base, "--backbone", "realsr-df2k"]) == 0  # served by the store's fallback, with a warning
     assert "the store's fallback model is realesrgan-x4plus, not --backbone realsr-df2k" in capsys.readouterr().err
