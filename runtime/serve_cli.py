@@ -257,6 +257,22 @@ def _config(args: argparse.Namespace) -> Any:
     )
 
 
+def visible_device(index: int, visible: str | None) -> str:
+    """``CUDA_VISIBLE_DEVICES`` that leaves only the ``index``-th device this process may see: of an
+    existing mask (a Slurm or Kubernetes allocation) as torch and onnxruntime number them, as ``--gpu``
+    means in the other commands; ``serve --gpu 1`` under ``CUDA_VISIBLE_DEVICES=2,3`` ran on physical
+    GPU 1, outside the allocation, instead of GPU 3."""
+    if isinstance(index, bool) or index < 0:
+        raise ConfigError(f"--gpu must be a device index >= 0, got {index}")
+    if visible is None or not visible.strip():
+        return str(index)
+    devices = [d.strip() for d in visible.split(",") if d.strip()]
+    if index >= len(devices):
+        raise ConfigError(f"--gpu {index}: CUDA_VISIBLE_DEVICES={visible} makes {len(devices)} device"
+                          f"{'s' if len(devices) != 1 else ''} visible (--gpu 0 to {len(devices) - 1})")
+    return devices[index]
+
+
 def _checked_config(args: argparse.Namespace) -> Any:
     """The server configuration, after checking the serve extra, ``--gpu`` and that the store has a model."""
     missing = [
@@ -269,9 +285,7 @@ def _checked_config(args: argparse.Namespace) -> Any:
     import os
 
     if args.gpu is not None:
-        if args.gpu < 0:
-            raise ConfigError(f"--gpu must be a device index >= 0, got {args.gpu}")
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_device(args.gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
     config = config_from_args(args)
     if config.backend == "tensorrt":  # without TensorRT no model could ever open: refuse now, not per model
         from adassr.runtime.engines.trt import load_tensorrt

@@ -1395,3 +1395,16 @@ def test_a_version_replaced_while_it_loads_is_no_failure(store: Path) -> None:
     assert raced and errors == [] and False not in loads and "canon" not in registry.problems
     registry.refresh()
     assert "canon" in registry.models and errors == []
+
+
+def test_serve_gpu_indexes_the_devices_the_process_may_see() -> None:
+    """`serve --gpu 1` under CUDA_VISIBLE_DEVICES=2,3 (a Slurm or Kubernetes allocation) overwrote the
+    mask with 1: physical GPU 1, outside the allocation, where the other commands use GPU 3."""
+    from adassr.runtime.serve_cli import visible_device
+
+    assert visible_device(1, None) == "1" and visible_device(0, "") == "0"
+    assert visible_device(1, "2,3") == "3" and visible_device(0, "GPU-5b1c, GPU-77aa") == "GPU-5b1c"
+    with pytest.raises(ConfigError, match=r"--gpu 2: CUDA_VISIBLE_DEVICES=2,3 makes 2 devices visible \(--gpu 0 to"):
+        visible_device(2, "2,3")
+    with pytest.raises(ConfigError, match="--gpu must be a device index >= 0"):
+        visible_device(-1, None)
