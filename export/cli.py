@@ -118,9 +118,11 @@ def run_export(args: argparse.Namespace) -> int:
         from adassr.export.errors import ExportError
 
         raise ExportError("export one --camera at a time (several are accepted with --triton-repo only)")
+    from adassr.adapt.cpu_setup import configure_cpu_threads
     from adassr.export.onnx import export_camera, export_fallback
     from adassr.runtime.errors import ConfigError
 
+    configure_cpu_threads()  # one thread per usable core, or ADASSR_THREADS (a bad value fails here, exit 2)
     engine = getattr(args, "engine", "none")
     if args.precision == "bf16" and engine != "tensorrt":
         raise ConfigError("--precision bf16 exists only for TensorRT engines: add --engine tensorrt, or export "

@@ -253,8 +253,11 @@ def open_session(data: bytes) -> Any:
             f"validating the export needs onnxruntime ({exc}); {install_hint('cpu')} (on a CUDA box the 'gpu' "
             "extra instead of 'cpu')"
         ) from exc
+    from adassr.runtime.cpu_info import intra_op_threads
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = intra_op_threads()  # as every session (its default counts logical CPUs)
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types

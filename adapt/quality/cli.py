@@ -181,6 +181,19 @@ def _scorer(args: argparse.Namespace, channel: str | None) -> Callable[[Any, Any
     return _lpips_scorer(args.device, crop)
 
 
+def _size_thread_pools(metric: str) -> None:
+    """One thread per usable physical core (``ADASSR_THREADS`` overrides; a bad value is a ConfigError),
+    as every command: OpenCV's pool for all metrics, PyTorch's too for LPIPS (the others need no torch)."""
+    from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
+
+    threads = intra_op_threads()
+    limit_opencv_threads(threads)
+    if metric == "lpips":
+        from adassr.adapt.cpu_setup import configure_cpu_threads
+
+        configure_cpu_threads(threads)
+
+
 def _lpips_scorer(device: str, crop: int) -> Callable[[Any, Any], float]:
     import numpy as np
     import torch
@@ -235,6 +248,7 @@ def run_metrics(args: argparse.Namespace) -> int:
     try:
         if args.crop_border < 0:
             raise ConfigError(f"--crop-border must be >= 0, got {args.crop_border}")
+        _size_thread_pools(args.metric)
         pairs = _pairs(args)
         scorer = _scorer(args, _channel(args))
         counts = Counter(_same_file(path) for path, _ in pairs)  # ./a.png and a.png are one image

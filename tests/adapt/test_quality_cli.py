@@ -256,3 +256,22 @@ def test_a_broken_link_in_a_folder_is_a_failed_file_not_left_out(capsys: pytest.
     out, err = _partial(capsys, "psnr", str(sr), "--ref", str(hr))
     assert [line.split("\t")[0] for line in out.splitlines()] == [str(sr / "I04.png")]
     assert str(sr / "I06.png") in err and "scored 1, failed 1" in err
+
+
+def test_the_thread_pools_follow_adassr_threads(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """metrics ignored ADASSR_THREADS (LPIPS ran on torch's default pool) and accepted a bad value that
+    every other command refuses."""
+    import cv2
+    import torch
+
+    monkeypatch.setenv("ADASSR_THREADS", "abc")
+    assert "ADASSR_THREADS must be an integer from 1 to 1024" in _fail(capsys, "niqe", D4)
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        monkeypatch.setenv("ADASSR_THREADS", "1")
+        assert _metrics("lpips", D4, "--ref", R4) == 0
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])

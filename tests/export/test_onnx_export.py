@@ -665,3 +665,20 @@ def test_without_a_checkout_the_validation_photo_error_fits_the_export(
     assert main(["upscale", "-i", str(photo), "-o", str(tmp_path / "out.png"), "--store", str(store)]) == 2
     assert f"adassr export --backbone realesrgan-x4plus --store {store} --validation-image PHOTO" in (
         capsys.readouterr().err)
+
+
+def test_export_sizes_its_thread_pools_like_every_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """export ignored ADASSR_THREADS (its validation session took onnxruntime's default, every logical
+    CPU) and accepted a value every other command refuses."""
+    from adassr.cli import main
+    from adassr.export.onnx import open_session
+    from tests.runtime._models import build_tiny_sr
+
+    monkeypatch.setenv("ADASSR_THREADS", "abc")
+    assert main(["export", "--backbone", "realesrgan-x4plus", "--store", str(tmp_path / "s")]) == 2
+    assert "ADASSR_THREADS must be an integer from 1 to 1024" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    monkeypatch.setenv("ADASSR_THREADS", "1")
+    session = open_session(build_tiny_sr(seed=0))
+    assert session.get_session_options().intra_op_num_threads == 1
