@@ -131,7 +131,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
     parser.add_argument("--quality", type=int, default=95,
                         help="JPEG / WebP quality (default 95); WebP is written lossy at every quality, 100 too "
                              "(a lossless WebP input gives a lossy output: --ext png keeps every pixel)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (off a terminal there is no bar anyway: one line per image)")
     parser.add_argument("--skip-existing", action="store_true",
                         help="leave alone every output file that exists already and skip its input (resume an "
                              "interrupted folder run); without it existing outputs are replaced, and counted")
@@ -367,10 +368,20 @@ def skip_existing(pairs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path
 
 
 # -- progress ---------------------------------------------------------------------------------
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 class _Progress:
     """Images done (a folder) or tiles done (one file), on stderr.
 
-    Uses tqdm when it is installed (it is not a runtime dependency), else a plain counter line.
+    On a terminal: tqdm's bar when it is installed (it is not a runtime dependency), else a counter
+    redrawn in place. Elsewhere (a log file, a pipe, CI) nothing is redrawn: a folder run writes one
+    ``[i/n] name`` line per image and a single image's tiles are not counted (carriage-return
+    redraws filled logs with ``^M`` lines).
     """
 
     def __init__(self, total: int, *, enabled: bool, stream: TextIO) -> None:
@@ -378,8 +389,9 @@ class _Progress:
         self._total = total
         self._done = 0
         self._enabled = enabled
+        self._interactive = _is_terminal(stream)
         self._tqdm: Any = None
-        if enabled and importlib.util.find_spec("tqdm") is not None:
+        if enabled and self._interactive and importlib.util.find_spec("tqdm") is not None:
             from tqdm import tqdm
 
             self._tqdm = tqdm
@@ -409,8 +421,9 @@ class _Progress:
             say(f"[{self._done}/{self._total}] {name}", self._stream)
 
     def tiles(self) -> Callable[[int, int], None] | None:
-        """A tile-progress callback for a single-image run (None for folders or when disabled)."""
-        if not self._enabled or self._total != 1:
+        """A tile-progress callback for a single-image run on a terminal (None for folders, other streams
+        or when disabled)."""
+        if not self._enabled or self._total != 1 or not self._interactive:
             return None
 
         def update(done: int, total: int) -> None:

@@ -32,8 +32,13 @@ def _parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def _run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _run(*argv: str, terminal: bool = False) -> tuple[int, str, str]:
+    out, err = io.StringIO(), (_Terminal() if terminal else io.StringIO())
     code = run_upscale(_parse(*argv), stdout=out, stderr=err)
     return code, out.getvalue(), err.getvalue()
 
@@ -356,13 +361,28 @@ def test_progress_without_tqdm(store: Path, tmp_path: Path, monkeypatch: pytest.
         write_image(src / f"img{k}.png", np.full((40, 40, 3), 60, np.uint8))
     code, _, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store))
     assert code == 0 and "[1/2] img0.png" in err and "[2/2] img1.png" in err
-    # one file: tiles are counted instead
-    code, _, err = _run("-i", str(src / "img0.png"), "-o", str(tmp_path / "one.png"), "--store", str(store),
-                        "--tile", "32", "--tile-overlap", "8")
+    # one file, on a terminal: tiles are counted instead
+    one = ["-i", str(src / "img0.png"), "-o", str(tmp_path / "one.png"), "--store", str(store), "--tile", "32",
+           "--tile-overlap", "8"]
+    code, _, err = _run(*one, terminal=True)
     n = plan_tiles(40, 40, TilingOptions(tile=32, overlap=8)).n_tiles
     assert code == 0 and n > 1 and f"tiles {n}/{n}\n" in err
     # the count starts before the first tile runs (a bar's clock then includes the first tile)
     assert err.index(f"tiles 0/{n}") < err.index(f"tiles 1/{n}")
+    # into a log file or a pipe nothing is redrawn in place (it filled logs with ^M lines)
+    code, _, err = _run(*one)
+    assert code == 0 and "\r" not in err and "tiles" not in err
+
+
+def test_no_progress_bar_redraws_into_a_log(store: Path, tmp_path: Path) -> None:
+    """With tqdm installed, a folder run into a file wrote ^M-redrawn bars; now one line per image."""
+    pytest.importorskip("tqdm")
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(2):
+        write_image(src / f"img{k}.png", np.full((40, 40, 3), 60, np.uint8))
+    code, _, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store))
+    assert code == 0 and "\r" not in err and "[1/2] img0.png" in err and "[2/2] img1.png" in err
 
 
 def test_tile_auto_is_the_default_and_matches_fixed_tiles(store: Path, tmp_path: Path) -> None:
