@@ -511,6 +511,20 @@ def _check_device_options(args: argparse.Namespace, options: RuntimeOptions) -> 
                           f"{fix}, or drop {given}")
 
 
+_OPTION_OF_FIELD = (("pre_pad ", "--pre-pad "), ("outscale ", "--outscale "), ("tile batch size ", "--tile-batch "),
+                    ("tile overlap ", "--tile-overlap "), ("gpu ", "--gpu "), ("threads ", "--threads "))
+"""Message starts of the runtime's option checks and the ``upscale`` options they are about."""
+
+
+def _named_by_option(message: str) -> str:
+    """A configuration error that starts with a field's name, starting with its option instead (the
+    user saw `pre_pad must be from 0 to 128` for `--pre-pad 200`)."""
+    for field_start, option in _OPTION_OF_FIELD:
+        if message.startswith(field_start):
+            return option + message.removeprefix(field_start)
+    return message
+
+
 def options_from_args(args: argparse.Namespace, upscalers: UpscalerRegistry) -> RuntimeOptions:
     """The runtime options of parsed ``adassr upscale`` arguments (validated)."""
     entry = upscalers.get(args.backend)
@@ -578,7 +592,11 @@ def run_upscale(
     check_threads(args.threads)
     # with --triton the repository fixes the tile and the batch: --tile and --tile-batch are not used, so they are
     # not checked against local rules either (--tile 64 was refused for the default overlap of an unused tile)
-    options = options_from_args(args, registry) if triton is None else RuntimeOptions(args.store, threads=args.threads)
+    try:
+        options = (options_from_args(args, registry) if triton is None
+                   else RuntimeOptions(args.store, threads=args.threads))
+    except ConfigError as exc:  # the checks name the fields; the user typed options
+        raise ConfigError(_named_by_option(str(exc))) from None
     limit_opencv_threads(options.threads or intra_op_threads())
     pairs = plan_outputs(args.input, args.output, args.ext)
     if args.input.is_file() and not args.output.exists() and args.output.suffix and pairs[0][1] != args.output:

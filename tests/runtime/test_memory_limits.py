@@ -107,7 +107,7 @@ def test_cli_outscale_1000_is_a_usage_error_before_any_image(
     code = main(["upscale", "-i", str(src), "-o", str(tmp_path / "o.png"), "--store", str(tmp_path),
                  "--outscale", "1000"])
     assert code == 2
-    assert "outscale must be a number in (0, 16]" in capsys.readouterr().err
+    assert "error: --outscale must be a number in (0, 16]" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
 
 

@@ -289,8 +289,12 @@ def test_argument_and_store_problems_raise(store: Path, tmp_path: Path) -> None:
              "--tile", "32", "--tile-overlap", "16")
     with pytest.raises(CameraError):
         _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), "--camera", "no/such")
-    with pytest.raises(ConfigError, match="pre_pad must be from 0 to 128"):
-        _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), "--pre-pad", "100000")
+    for extra, message in ((["--pre-pad", "100000"], "--pre-pad must be from 0 to 128"),  # named by the option
+                           (["--tile-batch", "0"], "--tile-batch must be >= 1"),
+                           (["--tile-overlap", "-1"], "--tile-overlap must be >= 0"),
+                           (["--gpu", "-1"], "--gpu must be an integer >= 0")):
+        with pytest.raises(ConfigError, match=f"^{message}"):
+            _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), *extra)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="no images"):
@@ -681,7 +685,7 @@ def test_an_overlap_that_no_auto_tile_can_keep_is_one_error_before_any_image(sto
     """--tile auto with --tile-overlap 300 failed every large image on its own ("no tile of at most
     262144 pixels covers ..."), exit 1, instead of once before the first image."""
     src = _two_small_pngs(tmp_path / "in")
-    with pytest.raises(ConfigError, match=r"tile overlap 300 is too large for --tile auto.*--tile-overlap <= \d+"):
+    with pytest.raises(ConfigError, match=r"--tile-overlap 300 is too large for --tile auto.*--tile-overlap <= \d+"):
         _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--tile-overlap", "300")
     assert not (tmp_path / "out").exists()
     code, _, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--tile-overlap", "60",
