@@ -15,7 +15,8 @@
   channel (its network takes colour, as pyiqa does). An alpha channel is not scored
   (a note says so).
 - Output: one line per image, ``<path>\\t<score>`` (shortest round-trip float; ``inf``
-  for PSNR of identical images), or with ``--json`` one object mapping each path to
+  for PSNR of identical images; a path with control characters, a tab or a newline, is written
+  with them and its backslashes escaped), or with ``--json`` one object mapping each path to
   its score, where a non-finite score (PSNR +inf) is ``null``. With more than one score, the
   mean of the finite ones goes to stderr (stdout stays one score per line).
 - Whole-run errors (bad options, reference count, LPIPS weights missing) are reported once
@@ -312,8 +313,16 @@ def _print(scores: list[tuple[str, float]], as_json: bool) -> None:
         payload = {p: (s if math.isfinite(s) else None) for p, s in scores}
         print(json.dumps(payload, indent=None))
         return
-    for path, score in scores:
-        print(f"{path}\t{_format(score)}")
+    for path, score in scores:  # one line per image: a tab or newline in a name is written escaped (\t, \n)
+        print(f"{_one_field(path)}\t{_format(score)}")
+
+
+def _one_field(text: str) -> str:
+    """``text``, or where it holds control characters (which would split a line or a column) the same
+    with those and its backslashes escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def run_fetch_weights(args: argparse.Namespace) -> int:

@@ -275,3 +275,15 @@ def test_the_thread_pools_follow_adassr_threads(capsys: pytest.CaptureFixture[st
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
+
+
+def test_a_name_with_a_tab_or_newline_stays_on_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The documented `<path>\\t<score>` line split in two on a newline in a file name."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for name in ("a\nb.png", "c\td.png"):
+        Image.open(D4).save(folder / name)
+    assert _metrics("niqe", str(folder)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.count("\t") == 1 for line in lines)
+    assert lines[0].startswith(f"{folder}/a\\nb.png\t") and lines[1].startswith(f"{folder}/c\\td.png\t")
