@@ -439,10 +439,9 @@ class CameraStore:
                 raise StoreError(f"the store has no fallback model ({path} is missing); export it with "
                                  f"`adassr export --backbone {FALLBACK_BACKBONE}`") from None
             hint = closest_camera_hint(self.camera, list_cameras(self.directory.parent))
-            raise StoreError(
-                f"no manifest for camera {self.camera!r} at {path}.{hint} Adapt it with "
-                f"`adapt --camera {self.camera}` (or export a backbone) first"
-            ) from None
+            advice = ("" if hint else  # a likely typo: no advice to adapt it under the mistyped name
+                      f" Adapt it with `adapt --camera {self.camera}` (or export a backbone) first")
+            raise StoreError(f"no manifest for camera {self.camera!r} at {path}.{hint}{advice}") from None
         except UnicodeDecodeError as exc:
             raise StoreError(f"{path} is not UTF-8 text ({exc.reason}); {damaged_manifest_advice(path)}") from exc
         except OSError as exc:

@@ -183,8 +183,8 @@ def test_missing_store_and_bad_names(tmp_path: Path) -> None:
 
 def test_missing_manifest_names_the_close_camera(tmp_path: Path) -> None:
     _publish_text(CameraStore.open(tmp_path, "nokia", create=True), "a.bin", "x")
-    with pytest.raises(StoreError, match=r"no manifest for camera 'nokai' .*\. Did you mean 'nokia'\? Adapt it"):
-        CameraStore.open(tmp_path, "nokai").read_manifest()
+    with pytest.raises(StoreError, match=r"no manifest for camera 'nokai' .*\. Did you mean 'nokia'\?$"):
+        CameraStore.open(tmp_path, "nokai").read_manifest()  # no advice to adapt the typo
     with pytest.raises(StoreError) as info:
         CameraStore.open(tmp_path, "sony").read_manifest()
     assert "Did you mean" not in str(info.value) and "adapt --camera sony" in str(info.value)
