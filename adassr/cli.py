@@ -64,6 +64,8 @@ def _fill(parser: argparse.ArgumentParser, command: Subcommand) -> argparse.Argu
     add_arguments, run = command.load()
     parser.add_argument("-v", "--verbose", dest="verbose_sub", action="count", default=0,
                         help="more log output (-vv: debug)")
+    if command.name == "adapt":  # `adassr adapt --version` as `adapt --version`
+        parser.add_argument("--version", action="version", version=f"adassr {__version__}")
     add_arguments(parser)
     parser.set_defaults(_run=run)
     return parser
@@ -130,7 +132,6 @@ def adapt_main(argv: Sequence[str] | None = None) -> int:
     """``adapt ...`` is ``adassr adapt ...``."""
     command = next(c for c in SUBCOMMANDS if c.name == "adapt")
     parser = argparse.ArgumentParser(prog="adapt", description=command.help)
-    parser.add_argument("--version", action="version", version=f"adassr {__version__}")
     return _dispatch(_fill(parser, command).parse_args(argv))
 
 

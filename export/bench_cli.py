@@ -15,6 +15,9 @@ from adassr.runtime.store import store_argument
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
     lat = sub.add_parser("latency", help="upscaling latency per backend and size")
+    # -v after `latency` too (the umbrella adds it to `bench` only); absent, `bench -v`'s count stands
+    lat.add_argument("-v", "--verbose", dest="verbose_sub", action="count", default=argparse.SUPPRESS,
+                     help="more log output (-vv: debug)")
     lat.add_argument("--camera", default="_fallback",
                      help="camera whose exported model to time (default: the fallback); a camera without an "
                           "export is an error, not the fallback")

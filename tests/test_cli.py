@@ -160,3 +160,14 @@ def test_install_hints_fit_how_the_package_was_installed(monkeypatch: pytest.Mon
     monkeypatch.setattr(adassr, "source_checkout", lambda: None)  # an installed wheel
     hint = install_hint("adapt,cpu-torch")
     assert hint.startswith("pip install 'adassr[adapt,cpu-torch]' (") and "-e" not in hint
+
+
+def test_version_and_verbose_are_accepted_where_users_type_them(capsys: pytest.CaptureFixture[str]) -> None:
+    """`adassr adapt --version` and `adassr bench latency -v` were usage errors (only `adapt --version`
+    and `adassr bench -v latency` worked)."""
+    with pytest.raises(SystemExit) as version:
+        build_parser().parse_args(["adapt", "--version"])
+    assert version.value.code == 0 and capsys.readouterr().out.startswith("adassr ")
+    for argv, count in ((["bench", "latency", "-v"], 1), (["bench", "-vv", "latency"], 2),
+                        (["bench", "latency", "-vv", "--sizes", "16"], 2)):
+        assert build_parser().parse_args(argv).verbose_sub == count, argv
