@@ -660,6 +660,10 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
                     replace: bool = False) -> AdaptOutcome:
     """:func:`adapt_camera`'s work in the opened camera folder ``store``."""
     store_root = store.root
+    if config.lambda_perceptual > 0:  # missing LPIPS weights fail before the backbone is converted (67 MB cached)
+        from adassr.adapt.quality.lpips_weights import require_lpips_weights
+
+        require_lpips_weights("vgg")
     compute = _resolve_compute(config)
     with store.transaction() as tx:
         backbone, base_state = _load_backbone(backbone_name, compute.device, registry)

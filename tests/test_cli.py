@@ -156,10 +156,11 @@ def test_install_hints_fit_how_the_package_was_installed(monkeypatch: pytest.Mon
     import adassr
     from adassr.runtime.install import install_hint
 
-    assert install_hint("serve") == f"pip install -e '{ROOT}[serve]'"  # this checkout, by its path
+    # pip of the running interpreter (a bare `pip` outside the venv installed elsewhere), this checkout by its path
+    assert install_hint("serve") == f"{sys.executable} -m pip install -e '{ROOT}[serve]'"
     monkeypatch.setattr(adassr, "source_checkout", lambda: None)  # an installed wheel
     hint = install_hint("adapt,cpu-torch")
-    assert hint.startswith("pip install 'adassr[adapt,cpu-torch]' (") and "-e" not in hint
+    assert hint.startswith(f"{sys.executable} -m pip install 'adassr[adapt,cpu-torch]' (") and " -e " not in hint
 
 
 def test_version_and_verbose_are_accepted_where_users_type_them(capsys: pytest.CaptureFixture[str]) -> None:

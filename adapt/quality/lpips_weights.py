@@ -175,11 +175,18 @@ def _read_sums(folder: Path) -> dict[str, str]:
     return sums
 
 
-def read_lpips_state(net: Net, cache_dir: str | Path | None = None) -> dict[str, Tensor]:
-    """The cached state dict of LPIPS-``net``, checked against ``SHA256SUMS`` and the architecture."""
+def require_lpips_weights(net: Net, cache_dir: str | Path | None = None) -> Path:
+    """The path of LPIPS-``net``'s converted weights; WeightsError naming the fix when there are none
+    (cheap: the file is not read; :func:`read_lpips_state` checks it)."""
     path = weights_path(net, cache_dir)
     if not path.exists():
         raise WeightsError(f"LPIPS-{net} weights are missing ({path} does not exist): {FETCH_HINT}")
+    return path
+
+
+def read_lpips_state(net: Net, cache_dir: str | Path | None = None) -> dict[str, Tensor]:
+    """The cached state dict of LPIPS-``net``, checked against ``SHA256SUMS`` and the architecture."""
+    path = require_lpips_weights(net, cache_dir)
     data = path.read_bytes()
     recorded = _read_sums(path.parent).get(path.name)
     if recorded is None:

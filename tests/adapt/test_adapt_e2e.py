@@ -260,13 +260,15 @@ def test_a_disputed_kernel_direction_is_warned_and_recorded(tmp_path: Path, capl
 
 def test_missing_lpips_weights_fail_before_the_images_are_read(camera_dir: Path, tmp_path: Path, capsys,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """... and before the backbone is converted and cached (64 MB written to an empty cache, then the error)."""
     import adassr.adapt.run as run
 
     def no_reading(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the images were read before the LPIPS weights were checked")
+        raise AssertionError("the images were read or the backbone loaded before the LPIPS weights were checked")
 
     monkeypatch.setenv("ADASSR_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(run, "load_group_images", no_reading)
+    monkeypatch.setattr(run, "_load_backbone", no_reading)
     assert _adapt(camera_dir, tmp_path / "store", "--lambda-perceptual", "1") == 2
     err = capsys.readouterr().err
     assert "LPIPS-vgg weights are missing" in err and "fetch-weights lpips" in err
