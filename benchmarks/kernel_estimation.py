@@ -537,7 +537,16 @@ def report_from(path: Path, wall: float | None, machine: str | None) -> tuple[st
     text, rebuilt = robustness_report({"rows": rows, "kernels": kernels,
                                        "scored": data.get("scored", DEFAULT_SCORED)}, config, float(wall),
                                       machine or data.get("machine", UNRECORDED))
-    return text + f"\nRebuilt from the rows stored in {path.name} by `--report-from` (no estimation re-run).\n", rebuilt
+    # what the rebuild does not make is kept (a merged result's record of its parts): rebuilt in place, the
+    # file lost its merged_from
+    rebuilt = {**{k: v for k, v in data.items() if k not in rebuilt}, **rebuilt}
+    parts = rebuilt.get("merged_from")
+    if isinstance(parts, list) and parts and all(isinstance(p, dict) for p in parts):
+        walls = [float(p.get("wall_seconds", 0.0)) for p in parts]
+        text += (f"\nMerged by `--merge-rows` from {len(parts)} partial runs that ran side by side "
+                 f"({', '.join(f'{w:.0f} s' for w in walls)}; the time shown is the longest, {sum(walls):.0f} s "
+                 "in all).\n")
+    return text + "\nRebuilt from the stored rows by `--report-from` (no estimation re-run).\n", rebuilt
 
 
 def parse_noises(text: str) -> tuple[float, ...]:

@@ -264,12 +264,17 @@ def visible_device(index: int, visible: str | None) -> str:
     GPU 1, outside the allocation, instead of GPU 3."""
     if isinstance(index, bool) or index < 0:
         raise ConfigError(f"--gpu must be a device index >= 0, got {index}")
-    if visible is None or not visible.strip():
+    if visible is None:
         return str(index)
-    devices = [d.strip() for d in visible.split(",") if d.strip()]
+    devices = []  # as CUDA reads the mask: indices or UUIDs, up to the first entry that is neither
+    for entry in (e.strip() for e in visible.split(",")):
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break  # "-1", "NoDevFiles", "": hides the rest
+        devices.append(entry)
     if index >= len(devices):
-        raise ConfigError(f"--gpu {index}: CUDA_VISIBLE_DEVICES={visible} makes {len(devices)} device"
-                          f"{'s' if len(devices) != 1 else ''} visible (--gpu 0 to {len(devices) - 1})")
+        shown = f"{len(devices)} device{'s' if len(devices) != 1 else ''} visible" + (
+            f" (--gpu 0 to {len(devices) - 1})" if devices else "")
+        raise ConfigError(f"--gpu {index}: CUDA_VISIBLE_DEVICES={visible!r} makes {shown}")
     return devices[index]
 
 

@@ -870,12 +870,19 @@ def _manifest_folders(root: str | os.PathLike[str],
     if not root_path.is_dir():
         return
     try:
-        folders = sorted(p for p in root_path.iterdir() if p.is_dir())
+        entries = sorted(root_path.iterdir())
     except OSError:
         if unreadable is not None:
             raise
         return
-    for folder in folders:
+    for folder in entries:
+        try:
+            if not folder.is_dir():  # a link to nothing, or a file
+                continue
+        except OSError as exc:  # one entry that cannot be looked at (a link into a closed folder, ...)
+            if unreadable is not None and _is_group_name(folder.name):
+                unreadable[folder.name] = exc.strerror or str(exc)
+            continue
         # lstat: a manifest that is a link to nothing is a camera with a damaged manifest, not no camera
         # (glob leaves such links out, and the camera's images then went to the fallback)
         try:

@@ -140,6 +140,13 @@ def test_report_from_rewrites_the_report_under_its_own_name(tool: ModuleType, tm
     assert headline.read_text() == "the headline result"
     assert sorted(p.name for p in results.iterdir()) == [
         "kernel_robustness.md", "kernel_robustness_hr_q60_vote.json", "kernel_robustness_hr_q60_vote.md"]
+    merged = json.loads(variant.read_text())  # a merged result rebuilt in place keeps its record of the parts
+    merged["merged_from"] = [{"file": "/tmp/ka/x.json", "wall_seconds": 505.0, "rows": 2},
+                             {"file": "/tmp/kb/x.json", "wall_seconds": 243.0, "rows": 1}]
+    variant.write_text(json.dumps(merged))
+    assert tool.main(["--report-from", str(variant), "--out", str(results)]) == 0
+    assert json.loads(variant.read_text())["merged_from"] == merged["merged_from"]
+    assert "Merged by `--merge-rows` from 2 partial runs" in (results / "kernel_robustness_hr_q60_vote.md").read_text()
     with pytest.raises(SystemExit, match="--name goes with --merge-rows or --report-from"):
         tool.main(["--name", "x", "--out", str(results)])
     with pytest.raises(SystemExit, match="without folder or suffix"):

@@ -305,6 +305,7 @@ class ModelRegistry:
             return False
         if decision.model_camera != camera:  # adapted but not exported (yet): keep what serves
             self._signatures[camera] = sig
+            self._problems.pop(camera, None)  # e.g. "its folder cannot be read", now that it can be
             return False
         # The manifest's stat taken before it was read: had a commit come in between, the next poll sees the
         # change and loads again (a stat taken now could describe the newer manifest, and its model would
@@ -354,10 +355,11 @@ class ModelRegistry:
         """Whether the camera's manifest changed since ``sig`` was taken: a newer version was published
         while this one was read (its files may be gone), so the failure is no fault of it and the next
         poll loads the newer one (a routine republish was logged and counted as a checksum failure)."""
-        if (_stat(self._store / camera / MANIFEST_NAME) or (0, 0, 0)) == sig[0]:
+        now = _stat(self._store / camera / MANIFEST_NAME)
+        if (now or (0, 0, 0)) == sig[0]:
             return False
-        logger.info("camera %s: a newer version was published while this one was being loaded; loading it at "
-                    "the next poll", camera)
+        logger.info("camera %s: %s while its model was being loaded; the next poll looks again", camera,
+                    "the manifest disappeared" if now is None else "a newer version was published")
         self._signatures.pop(camera, None)
         return True
 

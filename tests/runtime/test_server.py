@@ -1369,6 +1369,21 @@ def test_a_folder_that_cannot_be_read_is_not_a_deleted_camera(store: Path, monke
     for _ in range(2):
         assert registry.refresh() is False
     assert dict(registry.models) == loaded and errors == ["model_load", "model_load"]
+    monkeypatch.setattr(pathlib.Path, "iterdir", real_iterdir)
+
+    # one entry that cannot even be looked at (a link into a closed folder) stopped every reload of the store
+    real_is_dir = pathlib.Path.is_dir
+
+    def denied_is_dir(self: pathlib.Path) -> bool:
+        if self == store / "canon":
+            raise PermissionError(13, "Permission denied")
+        return real_is_dir(self)
+
+    monkeypatch.setattr(pathlib.Path, "is_dir", denied_is_dir)
+    publish_camera(store, "sony", seed=3)
+    registry.refresh()
+    assert "sony" in registry.models and registry.models["canon"] is loaded["canon"]
+    assert "its folder cannot be read" in registry.problems["canon"]
 
 
 def test_a_version_replaced_while_it_loads_is_no_failure(store: Path) -> None:
@@ -1402,9 +1417,41 @@ def test_serve_gpu_indexes_the_devices_the_process_may_see() -> None:
     mask with 1: physical GPU 1, outside the allocation, where the other commands use GPU 3."""
     from adassr.runtime.serve_cli import visible_device
 
-    assert visible_device(1, None) == "1" and visible_device(0, "") == "0"
+    assert visible_device(1, None) == "1"
     assert visible_device(1, "2,3") == "3" and visible_device(0, "GPU-5b1c, GPU-77aa") == "GPU-5b1c"
-    with pytest.raises(ConfigError, match=r"--gpu 2: CUDA_VISIBLE_DEVICES=2,3 makes 2 devices visible \(--gpu 0 to"):
+    with pytest.raises(ConfigError, match=r"--gpu 2: CUDA_VISIBLE_DEVICES='2,3' makes 2 devices visible \(--gpu 0 "):
         visible_device(2, "2,3")
+    # as CUDA reads the mask: it stops at the first entry that is no device, and "" or -1 hide every GPU
+    assert visible_device(0, "0,-1,2") == "0"
+    for hidden, index in (("0,-1,2", 1), ("", 0), ("-1", 0), ("NoDevFiles", 0)):
+        with pytest.raises(ConfigError, match="makes [01] devices? visible"):
+            visible_device(index, hidden)
     with pytest.raises(ConfigError, match="--gpu must be a device index >= 0"):
         visible_device(-1, None)
+
+
+def test_an_unreadable_moment_of_an_adapted_camera_leaves_no_lasting_problem(
+        store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera adapted but not exported (served by the fallback) kept "its folder cannot be read" under
+    `refused` for good once its folder had been unreadable for one poll."""
+    import adassr.runtime.store as store_module
+    from adassr.runtime.server.models import ModelRegistry, default_opener
+    from adassr.runtime.store import CameraStore
+
+    CameraStore.open(store, "nikon", create=True).update_manifest(lambda m: m.update(scale=4))  # no exports
+    registry = ModelRegistry(store, open_model=default_opener("onnxruntime", providers=("cpu",), threads=1))
+    registry.refresh()
+    assert "nikon" not in registry.problems
+    real_lstat = store_module.os.lstat
+
+    def denied(path: object, *args: object, **kwargs: object) -> object:
+        if str(path).startswith(str(store / "nikon")):
+            raise PermissionError(13, "Permission denied")
+        return real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module.os, "lstat", denied)
+    registry.refresh()
+    assert "cannot be read" in registry.problems["nikon"]
+    monkeypatch.setattr(store_module.os, "lstat", real_lstat)
+    registry.refresh()
+    assert "nikon" not in registry.problems
