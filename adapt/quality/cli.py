@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -318,11 +319,16 @@ def _print(scores: list[tuple[str, float]], as_json: bool) -> None:
 
 
 def _one_field(text: str) -> str:
-    """``text``, or where it holds control characters (which would split a line or a column) the same
-    with those and its backslashes escaped."""
-    if text.isprintable():
+    """``text``, or where it holds control characters (a tab or newline would split a line or a column;
+    Unicode line and paragraph separators too) the same with those and its backslashes escaped. Other
+    characters (spaces of any kind, joiners) are kept as they are."""
+    if not any(_breaks_lines(c) for c in text):
         return text
-    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)
+    return "".join(c.encode("unicode_escape").decode("ascii") if _breaks_lines(c) or c == "\\" else c for c in text)
+
+
+def _breaks_lines(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp")
 
 
 def run_fetch_weights(args: argparse.Namespace) -> int:

@@ -281,9 +281,10 @@ def test_a_name_with_a_tab_or_newline_stays_on_its_line(tmp_path: Path, capsys: 
     """The documented `<path>\\t<score>` line split in two on a newline in a file name."""
     folder = tmp_path / "odd"
     folder.mkdir()
-    for name in ("a\nb.png", "c\td.png"):
+    for name in ("a\nb.png", "c\td.png", "写真\u30001.png"):
         Image.open(D4).save(folder / name)
     assert _metrics("niqe", str(folder)) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and all(line.count("\t") == 1 for line in lines)
+    assert len(lines) == 3 and all(line.count("\t") == 1 for line in lines)
     assert lines[0].startswith(f"{folder}/a\\nb.png\t") and lines[1].startswith(f"{folder}/c\\td.png\t")
+    assert lines[2].startswith(f"{folder}/写真\u30001.png\t")  # a wide space is no control character
