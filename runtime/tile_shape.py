@@ -12,7 +12,10 @@ with the least work: the total pixels of its tiles plus ``TILE_COST`` pixels per
 tiles). The whole canvas is one tile when it fits. The per-tile cost stands for what every tile
 adds besides its pixels (a model call's overhead, one more seam); without it, at overlap 0, any exact
 divisor of the canvas won, down to tiles one pixel high (a 659-pixel, prime, canvas height in 659
-strips, for 739 pixels saved against two tiles).
+strips, for 739 pixels saved against two tiles). And no tile side is shorter than a quarter of the
+budget's square side (``min_tile_side``; the canvas side where that is shorter): with small budgets
+(``--tile-batch 16``, little free memory) the per-tile cost alone still let a phone photo go into
+strips 4 pixels high.
 
 ``max_pixels`` bounds the memory of one tile (:func:`tiling_options` divides the budget of one
 model call by the tiles a call takes, ``--tile-batch``, but not below the 128 x 128 floor: a batch
@@ -27,6 +30,7 @@ it did.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from adassr.runtime.errors import ConfigError
@@ -46,12 +50,19 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _axis_tiles(canvas: int, overlap: int, multiple_of: int) -> list[tuple[int, int]]:
+def min_tile_side(max_pixels: int) -> int:
+    """The shortest tile side :func:`choose_tile_shape` uses: a quarter of the budget's square side."""
+    return max(1, math.isqrt(max_pixels) // 4)
+
+
+def _axis_tiles(canvas: int, overlap: int, multiple_of: int, min_side: int = 1) -> list[tuple[int, int]]:
     """``(count, tile)`` along one axis, fewest tiles first: for each count, the smallest tile that
-    covers ``canvas`` with neighbours sharing ``overlap`` pixels (``count`` as the planner will use it)."""
+    covers ``canvas`` with neighbours sharing ``overlap`` pixels (``count`` as the planner will use it),
+    none shorter than ``min_side``."""
     out = [(1, canvas)]
     seen = set(out)  # a set: a long axis tries up to ``canvas`` counts (a list scan made that quadratic)
-    smallest = _round_up(2 * overlap + 1, multiple_of)  # a tile must be more than twice the overlap
+    # a tile must be more than twice the overlap, and not a thin strip
+    smallest = _round_up(max(2 * overlap + 1, min_side), multiple_of)
     for wanted in range(2, canvas + 1):
         tile = max(smallest, _round_up(-(-(canvas + (wanted - 1) * overlap) // wanted), multiple_of))
         if tile >= canvas:
@@ -83,8 +94,8 @@ def choose_tile_shape(
         raise ConfigError(f"canvas must be at least 1 x 1, got {canvas_height} x {canvas_width}")
     if max_pixels < 1:
         raise ConfigError(f"the tile pixel budget must be >= 1, got {max_pixels}")
-    rows = _axis_tiles(canvas_height, overlap, multiple_of)
-    cols = _axis_tiles(canvas_width, overlap, multiple_of)
+    rows = _axis_tiles(canvas_height, overlap, multiple_of, min_tile_side(max_pixels))
+    cols = _axis_tiles(canvas_width, overlap, multiple_of, min_tile_side(max_pixels))
     best: tuple[int, int, int, int] | None = None  # (total pixels, tiles, th, tw)
     for n_r, th in rows:
         for n_c, tw in ((n_c, tw) for n_c, tw in cols if th * tw <= max_pixels):

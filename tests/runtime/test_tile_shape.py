@@ -12,6 +12,7 @@ from adassr.runtime.tile_shape import (
     MAX_AUTO_TILE_PIXELS,
     MIN_AUTO_TILE_PIXELS,
     TILE_COST,
+    min_tile_side,
     auto_max_tile_pixels,
     choose_tile_shape,
     mem_available_bytes,
@@ -68,7 +69,7 @@ def _least_work(canvas_h: int, canvas_w: int, budget: int, overlap: int) -> int 
     ``budget`` (None when none fits)."""
     def counts(canvas: int) -> dict[int, int]:
         found = {canvas: 1}
-        for tile in range(2 * overlap + 1, canvas):
+        for tile in range(max(2 * overlap + 1, min_tile_side(budget)), canvas):
             found[tile] = -(-(canvas - overlap) // (tile - overlap))
         return found
 
@@ -104,6 +105,10 @@ def test_overlap_0_never_cuts_strips_one_pixel_high() -> None:
     assert min(th, tw) >= 128 and th * tw <= 512 * 512
     th, tw = choose_tile_shape(4052, 3044, max_pixels=512 * 512, overlap=0)  # a phone photo
     assert min(th, tw) >= 128
+    # small budgets (--tile-batch 16, little free memory): the per-tile cost alone still chose 4 x 4052 strips
+    for budget in (128 * 128, 256 * 256):
+        th, tw = choose_tile_shape(3044, 4052, max_pixels=budget, overlap=0)
+        assert min(th, tw) >= min_tile_side(budget) == int(budget ** 0.5) // 4 and th * tw <= budget
 
 
 def test_auto_tiles_share_the_budget_of_one_call_with_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
