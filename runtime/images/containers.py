@@ -58,6 +58,20 @@ def png_without_exif(data: bytes) -> tuple[bytes, bytes | None]:
     return b"".join(parts), payload
 
 
+def png_chunk_counts(data: bytes) -> dict[bytes, int]:
+    """How many chunks of each type a PNG holds (walked by their lengths; a malformed tail ends the walk)."""
+    counts: dict[bytes, int] = {}
+    if not data.startswith(PNG_SIGNATURE):
+        return counts
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        counts[kind] = counts.get(kind, 0) + 1
+        pos += 12 + length
+    return counts
+
+
 def tiff_without_orientation(data: bytes) -> bytes:
     """The TIFF (classic or BigTIFF) with tag 274 of the first IFD set to 1 (as stored)."""
     if data[:2] == b"II":

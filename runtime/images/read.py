@@ -56,6 +56,7 @@ from adassr.runtime.images._model import (
 )
 from adassr.runtime.images.containers import (
     PNG_SIGNATURE,
+    png_chunk_counts,
     png_without_exif,
     read_png_header,
     tiff_without_orientation,
@@ -69,6 +70,19 @@ _MODEL_TAG = 272
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
 _METADATA_ERRORS = (*_DECODE_ERRORS, KeyError, TypeError, IndexError)
 """What Pillow raises on damaged metadata too: a TIFF page directory without its dimensions is a TypeError."""
+
+MAX_JPEG_SCANS = 500
+"""Most scans a JPEG may hold. A progressive JPEG has about ten; each scan costs a pass over every
+block, so a 3 MB file of 100,000 empty scans kept a server worker decoding for minutes (libjpeg has
+no limit of its own; its ``djpeg -maxscans`` exists for this)."""
+MAX_PNG_TEXT_CHUNKS = 256
+"""Most text chunks (tEXt, zTXt, iTXt) a 16-bit PNG may hold: OpenCV's libpng inflates each, and 2000
+zTXt chunks cost 16 s of a worker and a thousand log lines (Pillow, for 8-bit PNGs, has its own limits)."""
+MAX_TIFF_TILE_SHARE = 4
+"""A TIFF tile may hold at most this many times the image's pixels (or 1 MP): a 64x64 image declaring
+one 26752x26752 tile made the decoder allocate 2 GB."""
+OPENCV_MAX_SIDE = 1_000_000
+"""OpenCV's libpng refuses 16-bit images with a side longer than this."""
 
 # Guards the warning-filter change around Image.open against our own concurrent calls.
 _OPEN_LOCK = threading.Lock()
@@ -383,7 +397,13 @@ def _clean_text(value: object) -> str | None:
 
 def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | None, Image.Exif]:
     """(pixels, alpha, EXIF) in stored orientation."""
+    if im.format in ("JPEG", "MPO"):
+        scans = _read_bytes(p).count(b"\xff\xda")  # SOS markers: in entropy-coded data 0xFF is escaped
+        if scans > MAX_JPEG_SCANS:
+            raise ImageError(f"{p}: the JPEG holds {scans:,} scans, more than the {MAX_JPEG_SCANS} any encoder "
+                             "writes; the file is damaged or made to stall decoders; re-export it")
     if im.format == "TIFF":
+        _check_tiff_tiles(p, im)
         exif = _exif(im, p)  # from the header, before any decoder can act on tag 274
         data = tiff_without_orientation(_read_bytes(p))
         bits = im.tag_v2.get(258, 8)  # type: ignore[attr-defined]
@@ -396,16 +416,40 @@ def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | 
         png = read_png_header(_head(p))
         if png is not None and png.bit_depth == 16 and png.colour_type in (2, 4, 6):
             data, payload = png_without_exif(_read_bytes(p))
+            counts = png_chunk_counts(data)
+            texts = sum(counts.get(kind, 0) for kind in (b"tEXt", b"zTXt", b"iTXt"))
+            if texts > MAX_PNG_TEXT_CHUNKS:
+                raise ImageError(f"{p}: the PNG holds {texts:,} text chunks, more than the {MAX_PNG_TEXT_CHUNKS} "
+                                 "read; the file is damaged or made to stall decoders; re-export it")
+            if max(im.size) > OPENCV_MAX_SIDE:
+                raise ImageError(f"{p}: a 16-bit image {im.size[0]}x{im.size[1]} has a side longer than "
+                                 f"{OPENCV_MAX_SIDE:,} pixels, which the 16-bit PNG decoder (OpenCV's libpng) "
+                                 "refuses; convert it to 8-bit or cut it into parts")
             pixels, alpha = _decode_opencv(p, data, im.size, grey=png.colour_type == 4)
             return pixels, alpha, _exif_from_payload(payload, p)
     pixels, alpha = _decode_pillow(p, im)
     return pixels, alpha, _exif(im, p)
 
 
+def _check_tiff_tiles(p: Path, im: ImageFile.ImageFile) -> None:
+    """ImageError for a TIFF whose declared tile is far larger than its image (a decoder allocates it)."""
+    tags = im.tag_v2  # type: ignore[attr-defined]
+    tile_w, tile_h = tags.get(322), tags.get(323)
+    if not isinstance(tile_w, int) or not isinstance(tile_h, int):
+        return
+    width, height = im.size
+    if tile_w * tile_h > max(MAX_TIFF_TILE_SHARE * width * height, 1 << 20):
+        raise ImageError(f"{p}: the TIFF declares {tile_w}x{tile_h} tiles for a {width}x{height} image; the file "
+                         "is damaged or made to exhaust memory; re-export it")
+
+
 def _decode_pillow(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         im.load()  # full decode: a truncated file raises here
         return _pillow_arrays(im, p)
+    except AssertionError as e:  # Pillow's invariants on file data (a palette image without its palette)
+        raise ImageError(f"{p}: image data is damaged ({str(e) or 'an inconsistent structure'}); re-copy or re-export "
+                         "the file") from e
     except _DECODE_ERRORS as e:
         raise ImageError(
             f"{p}: image data is truncated or damaged ({e}); re-copy or re-export the file"

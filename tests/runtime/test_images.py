@@ -1148,3 +1148,96 @@ def test_a_replaced_output_keeps_its_permission_bits_and_a_link_is_replaced(tmp_
     (tmp_path / "link.png").symlink_to(target)
     write_image(tmp_path / "link.png", np.full((4, 4, 3), 7, np.uint8))
     assert not (tmp_path / "link.png").is_symlink() and read_image(target).pixels[0, 0, 0] == 0
+
+
+# --------------------------------------------------------------------------- hostile files (a review's finds)
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png(width: int, height: int, depth: int, colour: int, rows: bytes, *extra: bytes, after: bytes = b"") -> bytes:
+    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n" + ihdr + b"".join(extra) + _png_chunk(b"IDAT", zlib.compress(rows)) + after
+            + _png_chunk(b"IEND", b""))
+
+
+def test_a_palette_png_without_its_palette_is_a_damaged_file(tmp_path: Path) -> None:
+    """Pillow's assertion (`self.palette is not None`) escaped as AssertionError: the server answered 500."""
+    rows = (b"\0" + bytes(range(16))) * 16
+    plte = _png_chunk(b"PLTE", bytes(range(48)))
+    for name, data in (("none.png", _png(16, 16, 8, 3, rows)), ("late.png", _png(16, 16, 8, 3, rows, after=plte))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageError, match="image data is damaged"):
+            read_image(tmp_path / name)
+
+
+def _progressive_jpeg(side: int, scans: int) -> bytes:
+    """A greyscale progressive JPEG: one DC scan, then ``scans`` AC scans of end-of-band runs."""
+    def segment(marker: int, body: bytes) -> bytes:
+        return b"\xff" + bytes([marker]) + struct.pack(">H", len(body) + 2) + body
+
+    blocks = ((side + 7) // 8) ** 2
+    data = b"\xff\xd8" + segment(0xDB, b"\x00" + bytes([1] * 64))
+    data += segment(0xC2, struct.pack(">BHHB", 8, side, side, 1) + b"\x01\x11\x00")
+    data += segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")  # DC: one code '0' -> category 0
+    data += segment(0xC4, b"\x10" + bytes([1, 1] + [0] * 14) + b"\xe0\x00")  # AC: '0' -> EOB14
+    dc = bytes([0] * ((blocks + 7) // 8))  # one 0 bit per block
+    data += segment(0xDA, b"\x01\x01\x00\x00\x00\x00") + dc
+    ac = segment(0xDA, b"\x01\x01\x00\x01\x3f\x00") + b"\x00\x00\x3f"  # an EOB run covering every block, padded
+    return data + ac * scans + b"\xff\xd9"
+
+
+def test_a_jpeg_of_endless_scans_is_refused_before_decoding(tmp_path: Path) -> None:
+    """100,000 empty scans (3 MB) kept a server worker decoding for minutes, past the request deadline."""
+    from adassr.runtime.images.read import MAX_JPEG_SCANS
+
+    path = tmp_path / "scans.jpg"
+    path.write_bytes(_progressive_jpeg(64, MAX_JPEG_SCANS + 10))
+    with pytest.raises(ImageError, match=f"holds {MAX_JPEG_SCANS + 11} scans, more than the {MAX_JPEG_SCANS}"):
+        read_image(path)
+    progressive = tmp_path / "fine.jpg"  # a real progressive JPEG (about ten scans) reads as ever
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), np.uint8)).save(
+        progressive, progressive=True, quality=90)
+    assert read_image(progressive).pixels.shape == (40, 48, 3)
+
+
+def test_a_tiff_tile_far_larger_than_its_image_is_refused(tmp_path: Path) -> None:
+    """A 64x64 image declaring one 26752x26752 tile (2 MB of deflate) made the decoder allocate 2 GB."""
+    tile_side, side = 4096, 64
+    tile = zlib.compress(bytes(tile_side * tile_side * 3), 9)
+    entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 3, None), (259, 3, 1, 8), (262, 3, 1, 2),
+               (277, 3, 1, 3), (284, 3, 1, 1), (322, 4, 1, tile_side), (323, 4, 1, tile_side), (324, 4, 1, None),
+               (325, 4, 1, len(tile))]
+    bits_at = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if tag in (258, 324):
+            ifd += struct.pack("<HHII", tag, kind, count, bits_at if tag == 258 else bits_at + 6)
+        elif kind == 3:
+            ifd += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            ifd += struct.pack("<HHII", tag, kind, count, value)
+    path = tmp_path / "tile.tif"
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0\0\0\0" + struct.pack("<HHH", 8, 8, 8) + tile)
+    with pytest.raises(ImageError, match="declares 4096x4096 tiles for a 64x64 image"):
+        read_image(path)
+
+
+def test_16_bit_pngs_get_the_text_chunk_and_side_limits_8_bit_ones_have(tmp_path: Path) -> None:
+    """2000 zTXt chunks after IDAT went to OpenCV's libpng (16 s, 999 log lines; Pillow refuses the 8-bit
+    file at once), and a valid 16-bit PNG over 1,000,000 px wide was called damaged."""
+    from adassr.runtime.images.read import MAX_PNG_TEXT_CHUNKS
+
+    rows = (b"\0" + b"\x80" * 96) * 16
+    text = _png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"A" * 1000))
+    flood = tmp_path / "flood.png"
+    flood.write_bytes(_png(16, 16, 16, 2, rows, after=text * (MAX_PNG_TEXT_CHUNKS + 1)))
+    with pytest.raises(ImageError, match=f"holds {MAX_PNG_TEXT_CHUNKS + 1} text chunks"):
+        read_image(flood)
+    few = tmp_path / "few.png"
+    few.write_bytes(_png(16, 16, 16, 2, rows, after=text * 3))
+    assert read_image(few).pixels.dtype == np.uint16
+    wide = tmp_path / "wide.png"
+    wide.write_bytes(_png(1_000_001, 1, 16, 2, b"\0" + bytes(6 * 1_000_001)))
+    with pytest.raises(ImageError, match="has a side longer than 1,000,000 pixels, which the 16-bit PNG decoder"):
+        read_image(wide)
