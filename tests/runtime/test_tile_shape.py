@@ -12,10 +12,10 @@ from adassr.runtime.tile_shape import (
     MAX_AUTO_TILE_PIXELS,
     MIN_AUTO_TILE_PIXELS,
     TILE_COST,
-    min_tile_side,
     auto_max_tile_pixels,
     choose_tile_shape,
     mem_available_bytes,
+    min_tile_side,
 )
 from adassr.runtime.tiling import TilingOptions, plan_tiles, upscale_tiled
 
