@@ -79,7 +79,7 @@ def _configure_logging(verbosity: int) -> None:
 def _dispatch(args: argparse.Namespace) -> int:
     from adassr.runtime.errors import AdassrError
 
-    _configure_logging(getattr(args, "verbose", 0) + getattr(args, "verbose_sub", 0))
+    _configure_logging(sum(getattr(args, name, 0) for name in ("verbose", "verbose_sub", "verbose_latency")))
     try:
         code = int(args._run(args))
         if sys.stdout is not None:  # None when started with stdout closed (`>&-`)

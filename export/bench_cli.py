@@ -15,8 +15,8 @@ from adassr.runtime.store import store_argument
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
     lat = sub.add_parser("latency", help="upscaling latency per backend and size")
-    # -v after `latency` too (the umbrella adds it to `bench` only); absent, `bench -v`'s count stands
-    lat.add_argument("-v", "--verbose", dest="verbose_sub", action="count", default=argparse.SUPPRESS,
+    # -v after `latency` too (the umbrella adds it to `bench` only); its count adds to `bench -v`'s
+    lat.add_argument("-v", "--verbose", dest="verbose_latency", action="count", default=0,
                      help="more log output (-vv: debug)")
     lat.add_argument("--camera", default="_fallback",
                      help="camera whose exported model to time (default: the fallback); a camera without an "

@@ -170,5 +170,7 @@ def test_version_and_verbose_are_accepted_where_users_type_them(capsys: pytest.C
         build_parser().parse_args(["adapt", "--version"])
     assert version.value.code == 0 and capsys.readouterr().out.startswith("adassr ")
     for argv, count in ((["bench", "latency", "-v"], 1), (["bench", "-vv", "latency"], 2),
-                        (["bench", "latency", "-vv", "--sizes", "16"], 2)):
-        assert build_parser().parse_args(argv).verbose_sub == count, argv
+                        (["bench", "latency", "-vv", "--sizes", "16"], 2),
+                        (["-v", "bench", "-vv", "latency", "-v"], 4)):
+        args = build_parser().parse_args(argv)
+        assert args.verbose + args.verbose_sub + args.verbose_latency == count, argv

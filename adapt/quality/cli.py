@@ -328,7 +328,8 @@ def _one_field(text: str) -> str:
 
 
 def _breaks_lines(char: str) -> bool:
-    return unicodedata.category(char) in ("Cc", "Zl", "Zp")
+    # Cs: a lone surrogate (a file name of bytes that are no UTF-8) cannot be written to a strict stdout
+    return unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp")
 
 
 def run_fetch_weights(args: argparse.Namespace) -> int:

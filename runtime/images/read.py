@@ -83,6 +83,8 @@ MAX_TIFF_TILE_SHARE = 4
 one 26752x26752 tile made the decoder allocate 2 GB."""
 OPENCV_MAX_SIDE = 1_000_000
 """OpenCV's libpng refuses 16-bit images with a side longer than this."""
+OPENCV_MAX_TIFF_SIDE = 1 << 20
+"""OpenCV refuses images with a side longer than this (``CV_IO_MAX_IMAGE_WIDTH``)."""
 
 # Guards the warning-filter change around Image.open against our own concurrent calls.
 _OPEN_LOCK = threading.Lock()
@@ -409,6 +411,10 @@ def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | 
         bits = im.tag_v2.get(258, 8)  # type: ignore[attr-defined]
         if im.mode not in _UINT16_MODES and 16 in (bits if isinstance(bits, tuple) else (bits,)):
             stored = (im.tag_v2[256], im.tag_v2[257])  # type: ignore[attr-defined]
+            if max(stored) > OPENCV_MAX_TIFF_SIDE:
+                raise ImageError(f"{p}: a 16-bit TIFF {stored[0]}x{stored[1]} has a side longer than "
+                                 f"{OPENCV_MAX_TIFF_SIDE:,} pixels, which its decoder (OpenCV) refuses; convert it "
+                                 "to 8-bit or cut it into parts")
             return (*_decode_opencv(p, data, stored, grey=False), exif)
         with _open_header(p, io.BytesIO(data)) as neutral:
             return (*_decode_pillow(p, neutral), exif)
@@ -542,7 +548,12 @@ def _decode_opencv(
     """16-bit decode by OpenCV of ``data`` (orientation already neutralised); BGR(A) -> RGB(A)."""
     import cv2
 
-    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:  # its own limits are asserts (a side over CV_IO_MAX_IMAGE_WIDTH, ...)
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else "an OpenCV error"
+        raise ImageError(f"{p}: OpenCV cannot decode this 16-bit image ({reason}); convert it to 8-bit, or "
+                         "re-export it") from e
     width, height = stored_size
     if arr is None:
         raise ImageError(

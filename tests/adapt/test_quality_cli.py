@@ -288,3 +288,7 @@ def test_a_name_with_a_tab_or_newline_stays_on_its_line(tmp_path: Path, capsys: 
     assert len(lines) == 3 and all(line.count("\t") == 1 for line in lines)
     assert lines[0].startswith(f"{folder}/a\\nb.png\t") and lines[1].startswith(f"{folder}/c\\td.png\t")
     assert lines[2].startswith(f"{folder}/写真\u30001.png\t")  # a wide space is no control character
+    from adassr.adapt.quality.cli import _one_field
+
+    # a name of bytes that are no UTF-8 (a lone surrogate) crashed a strict UTF-8 stdout, losing every score
+    assert _one_field("bad\udcff.png") == "bad\\udcff.png"

@@ -74,7 +74,7 @@ def test_latency_options_mirror_the_command_line(tmp_path: Path) -> None:
     add_bench_arguments(parser)
     args = parser.parse_args(["latency", "--sizes", "16", "--no-torch", "--out", str(tmp_path)])
     options = latency_options(args)
-    assert set(vars(args)) - {"bench"} == set(LatencyOptions.__dataclass_fields__)
+    assert set(vars(args)) - {"bench", "verbose_latency"} == set(LatencyOptions.__dataclass_fields__)
     assert (options.sizes, options.no_torch, options.out, options.repeats) == ("16", True, tmp_path, 5)
 
 

@@ -1241,3 +1241,26 @@ def test_16_bit_pngs_get_the_text_chunk_and_side_limits_8_bit_ones_have(tmp_path
     wide.write_bytes(_png(1_000_001, 1, 16, 2, b"\0" + bytes(6 * 1_000_001)))
     with pytest.raises(ImageError, match="has a side longer than 1,000,000 pixels, which the 16-bit PNG decoder"):
         read_image(wide)
+
+
+def test_a_16_bit_tiff_over_opencvs_side_limit_is_an_image_error(tmp_path: Path) -> None:
+    """OpenCV's own limit is an assertion (cv2.error): `upscale` called it a bug in adassr, `serve` a 500."""
+    from adassr.runtime.images.read import OPENCV_MAX_TIFF_SIDE
+
+    width = OPENCV_MAX_TIFF_SIDE + 1
+    rows = bytes(width * 6)  # one row of 16-bit RGB zeros
+    entries = [(256, 4, 1, width), (257, 4, 1, 1), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
+               (273, 4, 1, None), (277, 3, 1, 3), (278, 4, 1, 1), (279, 4, 1, len(rows)), (284, 3, 1, 1)]
+    bits_at = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if tag in (258, 273):
+            ifd += struct.pack("<HHII", tag, kind, count, bits_at if tag == 258 else bits_at + 6)
+        elif kind == 3:
+            ifd += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            ifd += struct.pack("<HHII", tag, kind, count, value)
+    path = tmp_path / "wide16.tif"
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0\0\0\0" + struct.pack("<HHH", 16, 16, 16) + rows)
+    with pytest.raises(ImageError, match="has a side longer than 1,048,576 pixels, which its decoder"):
+        read_image(path)
