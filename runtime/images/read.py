@@ -79,8 +79,10 @@ MAX_PNG_TEXT_CHUNKS = 256
 """Most text chunks (tEXt, zTXt, iTXt) a 16-bit PNG may hold: OpenCV's libpng inflates each, and 2000
 zTXt chunks cost 16 s of a worker and a thousand log lines (Pillow, for 8-bit PNGs, has its own limits)."""
 MAX_TIFF_TILE_SHARE = 4
-"""A TIFF tile may hold at most this many times the image's pixels (or 1 MP): a 64x64 image declaring
-one 26752x26752 tile made the decoder allocate 2 GB."""
+"""A TIFF tile may hold at most this many times the image's pixels, or ``MIN_TIFF_TILE_LIMIT`` pixels
+(4096 x 4096, some 100 MB) where that is more: a 64x64 image declaring one 26752x26752 tile made the
+decoder allocate 2 GB; unusual but valid large tiles on small images still read."""
+MIN_TIFF_TILE_LIMIT = 1 << 24
 OPENCV_MAX_SIDE = 1_000_000
 """OpenCV's libpng refuses 16-bit images with a side longer than this."""
 OPENCV_MAX_TIFF_SIDE = 1 << 20
@@ -444,7 +446,7 @@ def _check_tiff_tiles(p: Path, im: ImageFile.ImageFile) -> None:
     if not isinstance(tile_w, int) or not isinstance(tile_h, int):
         return
     width, height = im.size
-    if tile_w * tile_h > max(MAX_TIFF_TILE_SHARE * width * height, 1 << 20):
+    if tile_w * tile_h > max(MAX_TIFF_TILE_SHARE * width * height, MIN_TIFF_TILE_LIMIT):
         raise ImageError(f"{p}: the TIFF declares {tile_w}x{tile_h} tiles for a {width}x{height} image; the file "
                          "is damaged or made to exhaust memory; re-export it")
 
