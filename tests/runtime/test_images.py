@@ -1201,25 +1201,33 @@ def test_a_jpeg_of_endless_scans_is_refused_before_decoding(tmp_path: Path) -> N
     assert read_image(progressive).pixels.shape == (40, 48, 3)
 
 
+def _rgb_tiff(width: int, height: int, bits: int, compression: int, layout: list[tuple[int, int]],
+              payload: bytes) -> bytes:
+    """A little-endian RGB TIFF of one strip or tile: ``layout`` is its (tag, value) pairs, with the
+    offset tag (273 or 324) given any value: it is pointed at ``payload``."""
+    offset_tags = (273, 324)
+    entries = sorted([(256, width), (257, height), (258, 0), (259, compression), (262, 2), (277, 3),
+                      (284, 1), *layout])
+    bits_at = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, value in entries:
+        if tag == 258:
+            ifd += struct.pack("<HHII", tag, 3, 3, bits_at)
+        elif tag in offset_tags:
+            ifd += struct.pack("<HHII", tag, 4, 1, bits_at + 6)
+        elif tag in (259, 262, 277, 284):
+            ifd += struct.pack("<HHIHH", tag, 3, 1, value, 0)
+        else:
+            ifd += struct.pack("<HHII", tag, 4, 1, value)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0\0\0\0" + struct.pack("<HHH", bits, bits, bits) + payload
+
+
 def test_a_tiff_tile_far_larger_than_its_image_is_refused(tmp_path: Path) -> None:
     """A 64x64 image declaring one 26752x26752 tile (2 MB of deflate) made the decoder allocate 2 GB.
     The check reads the tags only, so the tile's data here is a stub."""
-    tile_side, side = 8192, 64
     tile = zlib.compress(bytes(1024))
-    entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 3, None), (259, 3, 1, 8), (262, 3, 1, 2),
-               (277, 3, 1, 3), (284, 3, 1, 1), (322, 4, 1, tile_side), (323, 4, 1, tile_side), (324, 4, 1, None),
-               (325, 4, 1, len(tile))]
-    bits_at = 8 + 2 + 12 * len(entries) + 4
-    ifd = struct.pack("<H", len(entries))
-    for tag, kind, count, value in entries:
-        if tag in (258, 324):
-            ifd += struct.pack("<HHII", tag, kind, count, bits_at if tag == 258 else bits_at + 6)
-        elif kind == 3:
-            ifd += struct.pack("<HHIHH", tag, kind, count, value, 0)
-        else:
-            ifd += struct.pack("<HHII", tag, kind, count, value)
     path = tmp_path / "tile.tif"
-    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0\0\0\0" + struct.pack("<HHH", 8, 8, 8) + tile)
+    path.write_bytes(_rgb_tiff(64, 64, 8, 8, [(322, 8192), (323, 8192), (324, 0), (325, len(tile))], tile))
     with pytest.raises(ImageError, match="declares 8192x8192 tiles for a 64x64 image"):
         read_image(path)
     legit = tmp_path / "large_tiles.tif"  # valid, if unusual: 512 x 512 tiles on a 100 x 80 image
@@ -1253,18 +1261,7 @@ def test_a_16_bit_tiff_over_opencvs_side_limit_is_an_image_error(tmp_path: Path)
 
     width = OPENCV_MAX_TIFF_SIDE + 1
     rows = bytes(width * 6)  # one row of 16-bit RGB zeros
-    entries = [(256, 4, 1, width), (257, 4, 1, 1), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
-               (273, 4, 1, None), (277, 3, 1, 3), (278, 4, 1, 1), (279, 4, 1, len(rows)), (284, 3, 1, 1)]
-    bits_at = 8 + 2 + 12 * len(entries) + 4
-    ifd = struct.pack("<H", len(entries))
-    for tag, kind, count, value in entries:
-        if tag in (258, 273):
-            ifd += struct.pack("<HHII", tag, kind, count, bits_at if tag == 258 else bits_at + 6)
-        elif kind == 3:
-            ifd += struct.pack("<HHIHH", tag, kind, count, value, 0)
-        else:
-            ifd += struct.pack("<HHII", tag, kind, count, value)
     path = tmp_path / "wide16.tif"
-    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0\0\0\0" + struct.pack("<HHH", 16, 16, 16) + rows)
+    path.write_bytes(_rgb_tiff(width, 1, 16, 1, [(273, 0), (278, 1), (279, len(rows))], rows))
     with pytest.raises(ImageError, match="has a side longer than 1,048,576 pixels, which its decoder"):
         read_image(path)
