@@ -15,9 +15,14 @@ import sys
 import adassr
 
 
+def pip_command() -> str:
+    """``<python> -m pip`` of the interpreter running adassr (shell-quoted)."""
+    return f"{shlex.quote(sys.executable or 'python3')} -m pip"
+
+
 def install_hint(extras: str) -> str:
     """``pip install ...`` adding ``extras`` (comma-separated extra names, e.g. ``"adapt,cpu-torch"``)."""
-    pip = f"{shlex.quote(sys.executable or 'python3')} -m pip"
+    pip = pip_command()
     root = adassr.source_checkout()
     if root is not None:
         return f"{pip} install -e '{root}[{extras}]'"

@@ -61,7 +61,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="CUDA device index for GPU providers (sets CUDA_VISIBLE_DEVICES=N)",
+        help="CUDA device for GPU providers: the N-th device this process may see (CUDA_VISIBLE_DEVICES is narrowed "
+        "to it, of an existing mask where one is set)",
     )
     parser.add_argument("--precision", choices=SERVING_PRECISIONS, default="fp32",
                         help="model precision (default fp32); bf16: --backend tensorrt only, an engine built from "

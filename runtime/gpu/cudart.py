@@ -21,7 +21,12 @@ import numpy as np
 from adassr.runtime.engines.key import GpuIdentity
 from adassr.runtime.errors import BackendError
 
-INSTALL_HINT = "pip install cuda-python (and run on a machine with an NVIDIA driver)"
+
+def install_hint() -> str:
+    """How to install cuda-python, through the interpreter running adassr."""
+    from adassr.runtime.install import pip_command
+
+    return f"{pip_command()} install cuda-python (and run on a machine with an NVIDIA driver)"
 
 
 class CudaRuntimeApi(Protocol):
@@ -74,7 +79,7 @@ def runtime_api() -> CudaRuntimeApi:
         try:
             from cuda import cudart as module  # cuda-python < 12.6 layout
         except ImportError as exc:
-            raise BackendError(f"cuda-python is not installed ({exc}); {INSTALL_HINT}") from exc
+            raise BackendError(f"cuda-python is not installed ({exc}); {install_hint()}") from exc
     return cast(CudaRuntimeApi, module)
 
 
@@ -110,10 +115,12 @@ def device_count() -> int:
         driver_err, driver = api.cudaDriverGetVersion()
         if driver_err == api.cudaError_t.cudaSuccess and driver:  # 0: no driver installed at all
             runtime = api.cudaRuntimeGetVersion()[1] or 0
+            from adassr.runtime.install import pip_command
+
             raise BackendError(
                 f"the NVIDIA driver supports CUDA up to {_cuda_version(int(driver))}, but the installed "
                 f"cuda-python's runtime is CUDA {_cuda_version(int(runtime))}; install the cuda-python of the "
-                f"driver's CUDA major (pip install 'cuda-python>={int(driver) // 1000}.0,<"
+                f"driver's CUDA major ({pip_command()} install 'cuda-python>={int(driver) // 1000}.0,<"
                 f"{int(driver) // 1000 + 1}'), or upgrade the driver"
             )
     return 0
