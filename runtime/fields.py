@@ -25,7 +25,7 @@ import numpy as np
 
 from adassr.runtime.errors import ConfigError
 
-__all__ = ["check_field_types"]
+__all__ = ["check_field_types", "named_by_option"]
 
 _TUPLE = re.compile(r"^tuple\[(.*)\]$")
 
@@ -152,3 +152,14 @@ def check_field_types(instance: Any, *, label: Callable[[str], str] | None = Non
             raise ConfigError(f"{name} must be {_expected(annotation)}, got {type(value).__name__} {value!r}")
         if converted is not value:
             object.__setattr__(instance, f.name, converted)
+
+
+def named_by_option(message: str, options: Mapping[str, str]) -> str:
+    """A configuration error that starts with a field's name (or a check's wording of it, e.g. ``tile
+    overlap``), starting with the command-line option that sets it instead (``--pre-pad 200`` was
+    answered with "pre_pad must be ..."). ``options`` maps those starts to the options; the longest
+    matching start wins."""
+    for start in sorted(options, key=len, reverse=True):
+        if message.startswith(start + " "):
+            return options[start] + message[len(start):]
+    return message

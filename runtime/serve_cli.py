@@ -23,6 +23,7 @@ from adassr.runtime.backends import BACKENDS
 from adassr.runtime.console import say
 from adassr.runtime.cpu_info import intra_op_threads
 from adassr.runtime.errors import ConfigError
+from adassr.runtime.fields import named_by_option
 from adassr.runtime.routing import SERVING_PRECISIONS
 from adassr.runtime.store import (
     DEFAULT_STORE,
@@ -200,7 +201,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     try:
         return _config(args)
     except ConfigError as exc:  # the dataclasses name their fields: say the options the user typed
-        raise ConfigError(_flag_names(str(exc))) from None
+        raise ConfigError(named_by_option(str(exc), _FLAGS)) from None
 
 
 _FLAGS = {
@@ -210,17 +211,9 @@ _FLAGS = {
     "max_batch": "--max-batch", "max_wait_ms": "--max-wait-ms", "inference_threads": "--inference-threads",
     "reload_interval_s": "--reload-interval", "drain_timeout_s": "--drain-timeout", "threads": "--threads",
     "port": "--port", "tile": "--tile", "overlap": "--tile-overlap", "pre_pad": "--pre-pad",
+    "tile overlap": "--tile-overlap",  # TilingOptions's wording of ``overlap``
 }
-"""Configuration fields and the ``serve`` options that set them."""
-
-
-def _flag_names(message: str) -> str:
-    """A configuration error that starts with a field name, starting with its option instead."""
-    if message.startswith("tile overlap "):  # TilingOptions's wording of ``overlap``
-        return "--tile-overlap " + message.removeprefix("tile overlap ")
-    field_name, _, rest = message.partition(" ")
-    flag = _FLAGS.get(field_name)
-    return f"{flag} {rest}" if flag is not None and rest else message
+"""Configuration fields (and the checks' wordings of them) and the ``serve`` options that set them."""
 
 
 def _config(args: argparse.Namespace) -> Any:

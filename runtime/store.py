@@ -879,27 +879,21 @@ def _manifest_folders(root: str | os.PathLike[str],
         try:
             if not folder.is_dir():  # a link to nothing, or a file
                 continue
-        except OSError as exc:  # one entry that cannot be looked at (a link into a closed folder, ...)
-            if unreadable is not None and _is_group_name(folder.name):
-                unreadable[folder.name] = exc.strerror or str(exc)
-            continue
-        # lstat: a manifest that is a link to nothing is a camera with a damaged manifest, not no camera
-        # (glob leaves such links out, and the camera's images then went to the fallback)
-        try:
+            # lstat: a manifest that is a link to nothing is a camera with a damaged manifest, not no
+            # camera (glob leaves such links out, and the camera's images then went to the fallback)
             os.lstat(folder / MANIFEST_NAME)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        except OSError as exc:
+        except OSError as exc:  # an entry that cannot be looked at (a closed folder, a link into one, ...)
             if unreadable is not None and _is_group_name(folder.name):
                 unreadable[folder.name] = exc.strerror or str(exc)
             continue
-        manifest = folder / MANIFEST_NAME
-        name = manifest.parent.name
+        name = folder.name
         problem = None
         if name != FALLBACK_CAMERA:
             try:
                 if validate_group_name(name) != name:
-                    if _same_folder(manifest.parent, root_path / name.lower()):  # a case-insensitive file system
+                    if _same_folder(folder, root_path / name.lower()):  # a case-insensitive file system
                         name = name.lower()
                     else:
                         problem = f"camera group names are lower case, so it would be opened as {name.lower()!r}"

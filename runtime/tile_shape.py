@@ -94,8 +94,9 @@ def choose_tile_shape(
         raise ConfigError(f"canvas must be at least 1 x 1, got {canvas_height} x {canvas_width}")
     if max_pixels < 1:
         raise ConfigError(f"the tile pixel budget must be >= 1, got {max_pixels}")
-    rows = _axis_tiles(canvas_height, overlap, multiple_of, min_tile_side(max_pixels))
-    cols = _axis_tiles(canvas_width, overlap, multiple_of, min_tile_side(max_pixels))
+    min_side = min_tile_side(max_pixels)
+    rows = _axis_tiles(canvas_height, overlap, multiple_of, min_side)
+    cols = _axis_tiles(canvas_width, overlap, multiple_of, min_side)
     best: tuple[int, int, int, int] | None = None  # (total pixels, tiles, th, tw)
     for n_r, th in rows:
         for n_c, tw in ((n_c, tw) for n_c, tw in cols if th * tw <= max_pixels):

@@ -54,6 +54,7 @@ from adassr.runtime.cameras import camera_name, closest_camera_hint, validate_gr
 from adassr.runtime.console import lost_stream, printable, say
 from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
 from adassr.runtime.errors import AdassrError, ConfigError, unexpected_error
+from adassr.runtime.fields import named_by_option
 from adassr.runtime.images import (
     SUPPORTED_READ_SUFFIXES,
     SUPPORTED_WRITE_SUFFIXES,
@@ -511,18 +512,9 @@ def _check_device_options(args: argparse.Namespace, options: RuntimeOptions) -> 
                           f"{fix}, or drop {given}")
 
 
-_OPTION_OF_FIELD = (("pre_pad ", "--pre-pad "), ("outscale ", "--outscale "), ("tile batch size ", "--tile-batch "),
-                    ("tile overlap ", "--tile-overlap "), ("gpu ", "--gpu "), ("threads ", "--threads "))
+_OPTION_OF_FIELD = {"pre_pad": "--pre-pad", "outscale": "--outscale", "tile batch size": "--tile-batch",
+                    "tile overlap": "--tile-overlap", "gpu": "--gpu", "threads": "--threads"}
 """Message starts of the runtime's option checks and the ``upscale`` options they are about."""
-
-
-def _named_by_option(message: str) -> str:
-    """A configuration error that starts with a field's name, starting with its option instead (the
-    user saw `pre_pad must be from 0 to 128` for `--pre-pad 200`)."""
-    for field_start, option in _OPTION_OF_FIELD:
-        if message.startswith(field_start):
-            return option + message.removeprefix(field_start)
-    return message
 
 
 def options_from_args(args: argparse.Namespace, upscalers: UpscalerRegistry) -> RuntimeOptions:
@@ -596,7 +588,7 @@ def run_upscale(
         options = (options_from_args(args, registry) if triton is None
                    else RuntimeOptions(args.store, threads=args.threads))
     except ConfigError as exc:  # the checks name the fields; the user typed options
-        raise ConfigError(_named_by_option(str(exc))) from None
+        raise ConfigError(named_by_option(str(exc), _OPTION_OF_FIELD)) from None
     limit_opencv_threads(options.threads or intra_op_threads())
     pairs = plan_outputs(args.input, args.output, args.ext)
     if args.input.is_file() and not args.output.exists() and args.output.suffix and pairs[0][1] != args.output:

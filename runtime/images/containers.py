@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,31 +45,34 @@ def png_without_exif(data: bytes) -> tuple[bytes, bytes | None]:
     parts = [PNG_SIGNATURE]
     payload: bytes | None = None
     pos = len(PNG_SIGNATURE)
+    for kind, start, end in _png_chunks(data):
+        if kind != b"eXIf":
+            parts.append(data[start:end])
+        elif payload is None:
+            payload = data[start + 8 : end - 4]
+        pos = end
+    parts.append(data[pos:])  # a malformed or truncated tail: left for the decoder to judge
+    return b"".join(parts), payload
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, start, end)`` of each whole chunk of a PNG, in order, up to a malformed or truncated one."""
+    pos = len(PNG_SIGNATURE)
     while pos + 8 <= len(data):
         (length,) = struct.unpack(">I", data[pos : pos + 4])
         end = pos + 12 + length
         if end > len(data):
-            break  # malformed or truncated: leave the rest for the decoder to judge
-        if data[pos + 4 : pos + 8] != b"eXIf":
-            parts.append(data[pos:end])
-        elif payload is None:
-            payload = data[pos + 8 : pos + 8 + length]
+            return
+        yield data[pos + 4 : pos + 8], pos, end
         pos = end
-    parts.append(data[pos:])
-    return b"".join(parts), payload
 
 
 def png_chunk_counts(data: bytes) -> dict[bytes, int]:
-    """How many chunks of each type a PNG holds (walked by their lengths; a malformed tail ends the walk)."""
+    """How many whole chunks of each type a PNG holds (a malformed or truncated tail ends the walk)."""
     counts: dict[bytes, int] = {}
-    if not data.startswith(PNG_SIGNATURE):
-        return counts
-    pos = len(PNG_SIGNATURE)
-    while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        counts[kind] = counts.get(kind, 0) + 1
-        pos += 12 + length
+    if data.startswith(PNG_SIGNATURE):
+        for kind, _, _ in _png_chunks(data):
+            counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 

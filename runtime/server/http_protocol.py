@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from types import ModuleType
 from typing import Any, cast
 
 import h11
@@ -46,27 +45,21 @@ LINGER_S = 2.0
 write buffer, unless the client closes first."""
 
 
-def _posix_module(name: str) -> ModuleType | None:
-    """``fcntl`` / ``termios``, or None where the platform has none (Windows)."""
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-_FCNTL, _TERMIOS = _posix_module("fcntl"), _posix_module("termios")
+try:
+    import fcntl
+    import termios
+except ImportError:  # Windows: no send-queue probe, the write buffer alone is watched
+    fcntl = termios = None  # type: ignore[assignment]
 
 
 def _send_queue(transport: asyncio.Transport) -> int:
     """Bytes in the socket's send queue the peer has not acknowledged (``SIOCOUTQ``, Linux), else 0."""
     sock = transport.get_extra_info("socket")
-    request = getattr(_TERMIOS, "TIOCOUTQ", None)  # SIOCOUTQ on Linux
-    if sock is None or request is None or _FCNTL is None:
+    request = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on Linux
+    if sock is None or request is None or fcntl is None:
         return 0
     with contextlib.suppress(OSError, ValueError):
-        return int(struct.unpack("i", _FCNTL.ioctl(sock.fileno(), request, b"\0\0\0\0"))[0])
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0"))[0])
     return 0
 
 

@@ -316,8 +316,7 @@ class ModelRegistry:
             try:
                 decision.verify()
             except StoreError as exc:
-                if not self._superseded(camera, sig):
-                    self._refused(camera, "model_checksum", str(exc), sig)
+                self._refused(camera, "model_checksum", str(exc), sig)
                 return False
             self._signatures[camera] = sig
             self._problems.pop(camera, None)
@@ -325,14 +324,12 @@ class ModelRegistry:
         try:
             decision.verify()
         except StoreError as exc:
-            if not self._superseded(camera, sig):
-                self._refused(camera, "model_checksum", str(exc), sig, load_failed=True)
+            self._refused(camera, "model_checksum", str(exc), sig, load_failed=True)
             return False
         try:
             backend = self._open_model(decision)
         except AdassrError as exc:
-            if not self._superseded(camera, sig):
-                self._refused(camera, "model_load", str(exc), sig, load_failed=True)
+            self._refused(camera, "model_load", str(exc), sig, load_failed=True)
             return False
         current[camera] = LoadedModel(camera, decision, backend, time.time(),
                                       engine_precision(self._precision, decision.precision))
@@ -364,6 +361,9 @@ class ModelRegistry:
         return True
 
     def _refused(self, camera: str, kind: str, message: str, sig: _Signature, *, load_failed: bool = False) -> None:
+        """Report a failure of the version ``sig`` describes, once: unless a newer one superseded it."""
+        if self._superseded(camera, sig):
+            return
         self._signatures[camera] = sig  # report a broken state once, not at every poll
         text = _mask_store(message, {str(self._store), str(self._store.resolve())})
         keeps = " (the previous model keeps serving)" if camera in self._models else ""
