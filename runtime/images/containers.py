@@ -4,17 +4,14 @@ Pillow decodes 16-bit colour to 8 bits, so those images go through OpenCV; OpenC
 applies the TIFF orientation tag itself while its PNG decoder ignores eXIf. To keep one
 orientation code path, the bytes handed to OpenCV carry no orientation (PNG eXIf chunks dropped,
 TIFF tag 274 set to 1) and :func:`adassr.runtime.images.orientation.apply_orientation` does the turning.
-OpenCV cannot encode 2-channel images, so 16-bit grey+alpha PNG is encoded here.
+PNG files are written by :mod:`adassr.runtime.images.png_writer`.
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -160,35 +157,3 @@ def tiff_with_tags(data: bytes, *, alpha: bool = False, icc_profile: bytes | Non
     rows = [entry for _, entry in sorted({**entries, **added}.items())]
     new_ifd = struct.pack(order + "H", len(rows)) + b"".join(rows) + data[end:end + 4]
     return data[:4] + struct.pack(order + "I", start) + data[8:] + b"\x00" * (start - len(data)) + new_ifd + tail
-
-
-def png_with_icc_profile(data: bytes, profile: bytes) -> bytes:
-    """The PNG ``data`` with an iCCP chunk holding ``profile`` right after IHDR (where the PNG
-    specification wants it: before PLTE and IDAT); ``data`` must not have one already."""
-    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        raise ValueError("not a PNG: no IHDR chunk at the start")
-    (length,) = struct.unpack(">I", data[8:12])
-    end = 8 + 12 + length
-    iccp = _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(profile))  # name, NUL, method 0
-    return data[:end] + iccp + data[end:]
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def encode_png_grey_alpha16(grey: np.ndarray, alpha: np.ndarray) -> bytes:
-    """A 16-bit grey+alpha PNG (colour type 4) from two H x W uint16 arrays."""
-    h, w = grey.shape
-    samples = np.empty((h, w, 2), dtype=">u2")
-    samples[..., 0] = grey
-    samples[..., 1] = alpha
-    rows = np.zeros((h, 1 + 4 * w), dtype=np.uint8)  # filter byte 0 (None) per row
-    rows[:, 1:] = samples.view(np.uint8).reshape(h, 4 * w)
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)
-    return (
-        PNG_SIGNATURE
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
-        + _png_chunk(b"IEND", b"")
-    )

@@ -4,23 +4,24 @@ The format comes from the suffix. PNG and TIFF keep uint16; JPEG and WebP are 8-
 uint16 is rounded to uint8 there. Alpha is written by PNG, WebP and TIFF and dropped (with an
 :class:`AlphaDroppedWarning`) by JPEG. WebP has no grey mode: grey is stored as RGB.
 
-Encoders: 8-bit by Pillow; 16-bit by OpenCV (Pillow has no 16-bit colour), except 16-bit grey+alpha
-PNG, by :mod:`adassr.runtime.images.containers`; 16-bit grey+alpha TIFF is stored as 16-bit RGBA (no
-encoder here writes grey+alpha TIFF, and Pillow cannot read it back). JPEG and WebP refuse sizes
+Encoders: PNG (8 and 16 bits) by :mod:`adassr.runtime.images.png_writer`, which streams the array's
+rows into the file (Pillow and OpenCV would first copy a large output once more); JPEG, WebP and 8-bit
+TIFF by Pillow; 16-bit TIFF by OpenCV (Pillow has no 16-bit colour); 16-bit grey+alpha TIFF is stored
+as 16-bit RGBA (no encoder here writes grey+alpha TIFF, and Pillow cannot read it back). JPEG and WebP refuse sizes
 their encoders cannot hold (:data:`MAX_SIDE_BY_FORMAT`), before anything is written;
 :func:`check_writable_size` lets a caller check that before the work that makes the image. JPEG uses
 4:4:4 chroma at quality >= 90 and 4:2:0 below; WebP is lossy at ``quality`` with ``exact`` (RGB kept
 under transparent pixels); PNG uses zlib level 1 (speed over a few percent of size); TIFF uses
 Deflate (8-bit) or OpenCV's default LZW (16-bit). A colour profile (``icc_profile``) is embedded by
-every writer: 16-bit PNG gets an iCCP chunk after IHDR and 16-bit TIFF the ICC tag (34675), which
+every writer: PNG gets an iCCP chunk after IHDR and 16-bit TIFF the ICC tag (34675), which
 OpenCV's encoder leaves out, as it leaves out the ExtraSamples tag that marks 16-bit RGBA's fourth
 sample as alpha (:func:`~adassr.runtime.images.containers.tiff_with_tags` adds both); a grey profile
 for WebP's RGB, or for 16-bit grey+alpha TIFF (stored as RGBA), is dropped with a
 :class:`ProfileDroppedWarning`.
 
 The file is written to a temporary file in the destination directory, fsynced and renamed over the
-destination (PNG and JPEG are encoded straight into it; WebP, TIFF and 16-bit images are encoded in
-memory first, TIFF so that a full disk reads as one and not as an encoder error): a failure leaves
+destination (PNG and JPEG are encoded straight into it; WebP and TIFF are encoded in memory first,
+TIFF so that a full disk reads as one and not as an encoder error): a failure leaves
 no partial file and an existing destination untouched. A writer killed mid-write leaves its hidden
 temporary file (named with its pid, see :mod:`adassr.runtime.tempfiles`); the next write of the same
 file removes it.
@@ -50,12 +51,9 @@ from adassr.runtime.images._model import (
     icc_colour_space,
     profile_fits,
 )
-from adassr.runtime.images.containers import (
-    encode_png_grey_alpha16,
-    png_with_icc_profile,
-    tiff_with_tags,
-)
+from adassr.runtime.images.containers import tiff_with_tags
 from adassr.runtime.images.convert import uint16_to_uint8
+from adassr.runtime.images.png_writer import write_png
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
 # zlib level 1: several times faster than level 6 for slightly larger files (docs/performance.md).
@@ -211,15 +209,16 @@ class _Encoding:
 
     def write_to(self, out: BinaryIO) -> None:
         """Encode into ``out``; ImageError for what the encoder refuses, OSError for the writing."""
-        if self.px.dtype == np.uint16:
-            data = _encode_16bit(self.p, self.fmt, self.px, self.al)
-            if self.fmt == "TIFF" and (self.al is not None or self.icc_profile is not None):
+        if self.fmt == "PNG":
+            write_png(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_PNG_LEVEL)
+            return
+        if self.px.dtype == np.uint16:  # TIFF
+            data = _encode_16bit_tiff(self.p, self.px, self.al)
+            if self.al is not None or self.icc_profile is not None:
                 try:  # OpenCV writes neither the alpha's ExtraSamples tag nor a profile
                     data = tiff_with_tags(bytes(data), alpha=self.al is not None, icc_profile=self.icc_profile)
                 except ValueError as e:
                     raise ImageError(f"{self.p}: OpenCV's 16-bit TIFF has an unexpected layout ({e})") from e
-            elif self.icc_profile is not None:
-                data = png_with_icc_profile(bytes(data), self.icc_profile)
             out.write(data)
             return
         arr = self.px[..., 0] if self.px.shape[2] == 1 else self.px
@@ -231,8 +230,6 @@ class _Encoding:
             options = {"quality": self.quality, "subsampling": "4:4:4" if self.quality >= 90 else "4:2:0"}
         elif self.fmt == "WEBP":
             options = {"quality": self.quality, "exact": True}
-        elif self.fmt == "PNG":
-            options = {"compress_level": _PNG_LEVEL}
         elif self.fmt == "TIFF":
             options = {"compression": "tiff_adobe_deflate"}
         if self.icc_profile is not None:
@@ -280,26 +277,22 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
     return _Encoding(p, fmt, px, al, quality, icc_profile)
 
 
-def _encode_16bit(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None) -> bytes | memoryview:
-    """16-bit PNG or TIFF bytes (grey+alpha: PNG only, checked by :func:`_prepare`)."""
+def _encode_16bit_tiff(p: Path, px: np.ndarray, al: np.ndarray | None) -> bytes | memoryview:
+    """16-bit TIFF bytes (grey+alpha was made RGBA by :func:`_prepare`)."""
     import cv2
 
-    if px.shape[2] == 1 and al is not None:
-        return encode_png_grey_alpha16(px[..., 0], al)
     if px.shape[2] == 1:
         arr = px[..., 0]
     elif al is None:
         arr = np.ascontiguousarray(px[..., ::-1])
     else:
         arr = np.dstack([px[..., ::-1], al])
-    params = [cv2.IMWRITE_PNG_COMPRESSION, _PNG_LEVEL] if fmt == "PNG" else []
-    ext = ".png" if fmt == "PNG" else ".tiff"
     try:
-        ok, buf = cv2.imencode(ext, arr, params)
+        ok, buf = cv2.imencode(".tiff", arr)
     except cv2.error as e:
-        raise ImageError(f"{p}: OpenCV could not encode 16-bit {fmt} ({e})") from e
+        raise ImageError(f"{p}: OpenCV could not encode 16-bit TIFF ({e})") from e
     if not ok:
-        raise ImageError(f"{p}: OpenCV could not encode 16-bit {fmt}")
+        raise ImageError(f"{p}: OpenCV could not encode 16-bit TIFF")
     return buf.data  # the encoder's buffer, written as it is, without a bytes copy
 
 
