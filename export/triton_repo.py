@@ -26,12 +26,15 @@ Layout written (``adassr export --triton-repo DIR``)::
   TensorRT engines itself.
 
 Every file is written atomically (temporary file + rename); a version folder is complete before
-it appears under its number. Model files are verified against the manifest's sha256 first.
+it appears under its number, and its config is written before it (see :func:`write_model`). Model
+files are verified against the manifest's sha256 first. Plans of more than one GPU type or TensorRT
+release never share a repository (one Triton release could not load them all).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -55,6 +58,7 @@ from adassr.runtime.store import (
     sha256_file,
     try_exclusive_lock,
 )
+from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -455,6 +459,9 @@ class _Plan:
     config: str
     provenance: dict[str, Any]
     file_name: str  # model.onnx or model.plan
+    # the config while the new version is put in place, when the final one would reach the served version
+    # first (see write_model); None when the final config can go first
+    interim_config: str | None = None
 
 
 def plan_model(repo: Path, source: _Source, options: TritonRepoOptions) -> _Plan:
@@ -486,7 +493,15 @@ def plan_model(repo: Path, source: _Source, options: TritonRepoOptions) -> _Plan
                           f"{scale!r}), which the Triton config needs; run `adassr export --camera {camera}` again")
     config = render_config(name, camera=camera, record=record, scale=scale, options=options, model_sha256=digest)
     version = latest if unchanged and latest is not None else max([0, *versions]) + 1  # ours start at 1
-    return _Plan(source, name, model_dir, version, not unchanged, config, provenance, file_name)
+    interim = None
+    if not unchanged and versions and options.trt_cache_dir is not None:
+        # The final config names the new version's engine folder; written before the new version is in
+        # place, a polling Triton would reload the served version with it and build the old weights' engine
+        # there, which the new version would then load (onnxruntime names engines after the graph, not the
+        # weights). Until the new version is in place the config keeps no engine cache.
+        interim = render_config(name, camera=camera, record=record, scale=scale,
+                                options=dataclasses.replace(options, trt_cache_dir=None), model_sha256=digest)
+    return _Plan(source, name, model_dir, version, not unchanged, config, provenance, file_name, interim)
 
 
 _CONFIG_CAMERA = re.compile(r'key:\s*"adassr_camera"\s*value:\s*\{\s*string_value:\s*"([^"\\]*)"')
@@ -519,27 +534,49 @@ def write_model(plan: _Plan) -> TritonModel:
     """Carry out a :func:`plan_model` plan: copy the model into its new version folder (verified against
     the checksum the manifest records), write the config if it changed, record the version."""
     source, model_dir, version, camera = plan.source, plan.model_dir, plan.version, plan.source.camera
-    created = not model_dir.exists()
-    model_dir.mkdir(parents=True, exist_ok=True)
     config_path = model_dir / "config.pbtxt"
     wanted = plan.config.encode("utf-8")
+    first = wanted if plan.interim_config is None else plan.interim_config.encode("utf-8")
     before = config_path.read_bytes() if config_path.is_file() else None
+    # The new version is copied and verified in a hidden file at the repository's top first (Triton loads
+    # folders there, not files), then moved into a hidden folder of the model (Triton reads no version
+    # there), then the config is written, then the version folder is renamed into place: a polling Triton
+    # never sees the new version without its config (a new model would load auto-completed, a new tile shape
+    # with the old dims), and a new model's folder lacks its config or version only for a few file-system
+    # calls, not for the copy. An ONNX model's earlier versions take the new dims as well. The config is
+    # rewritten only when it changes: Triton in poll mode reloads a model whose files changed.
+    copy = _copy_model_file(source, model_dir.parent, f"{plan.name}.{plan.file_name}") if plan.new else None
+    created = not model_dir.exists()
+    staging: Path | None = None
+    config_written = published = False
     try:
-        # The config first, then the version: a polling Triton never sees the new version without its
-        # config (a new model would load auto-completed, a new tile shape with the old dims); an ONNX
-        # model's earlier versions take the new dims as well. Rewritten only when it changes: Triton in
-        # poll mode reloads a model whose files changed.
-        if before != wanted:
-            atomic_write_bytes(config_path, wanted)
-        if plan.new:
-            _copy_version(source, model_dir, version, plan.file_name)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        if copy is not None:
+            staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+            os.chmod(staging, 0o755)
+            os.rename(copy, staging / plan.file_name)
+        if before != first:
+            atomic_write_bytes(config_path, first)
+            config_written = True
+        if staging is not None:
+            _publish_version(staging, model_dir / str(version))
+            published = True
+        if first != wanted:
+            atomic_write_bytes(config_path, wanted)  # the engine cache, now that its version is the one served
     except BaseException:
         with contextlib.suppress(OSError, StoreError):  # the first failure is the one to report
-            if before is not None and before != wanted:
-                atomic_write_bytes(config_path, before)  # the versions there keep the config they came with
-            elif created:  # a model folder with a config and no version would be a broken model to Triton
-                config_path.unlink(missing_ok=True)
-                model_dir.rmdir()
+            if not published:  # the new version never appeared: the model is put back as it was
+                if copy is not None:
+                    copy.unlink(missing_ok=True)
+                if staging is not None:
+                    shutil.rmtree(staging, ignore_errors=True)
+                if config_written and before is not None:
+                    atomic_write_bytes(config_path, before)  # the versions there keep the config they came with
+                elif created:  # a model folder with a config and no version would be a broken model to Triton
+                    config_path.unlink(missing_ok=True)
+                    model_dir.rmdir()
+            # else the new version is in place with a config that serves it (at worst the interim one, without
+            # the engine cache: a rerun writes the final one)
         raise
     previous = _latest_record(plan.provenance, "store")
     result = TritonModel(plan.name, camera, version, plan.new, source.sha256, model_dir,
@@ -565,29 +602,35 @@ def write_model(plan: _Plan) -> TritonModel:
     return result
 
 
-def _copy_version(source: _Source, model_dir: Path, version: int, file_name: str) -> None:
-    """Copy the model into ``model_dir/<version>``, complete before it appears under its number."""
+def _publish_version(staging: Path, version_dir: Path) -> None:
+    """Put a staged version in place under its number: one rename, so Triton sees it whole or not at all."""
+    os.rename(staging, version_dir)
+
+
+def _copy_model_file(source: _Source, repo: Path, target: str) -> Path:
+    """Copy the model into a hidden temporary file at the top of ``repo`` (named after ``target``, see
+    :mod:`adassr.runtime.tempfiles`; copies of killed exports are removed first) and check the copy."""
     camera = source.camera
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+    remove_stale_temps(repo, target=target)
+    fd, tmp = create_temp(repo / target)
     try:
-        try:
-            shutil.copyfile(source.path, staging / file_name)
-        except FileNotFoundError as exc:  # content-addressed: a re-export makes a new file, drops this one
-            if source.path.exists():
-                raise
-            raise ExportError(f"the model of camera {camera!r} ({source.path.name}) was replaced while the "
-                              "repository was written (the camera was exported again); rerun") from exc
-        with open(staging / file_name, "rb") as fh:
-            os.fsync(fh.fileno())
-        if sha256_file(staging / file_name) != source.sha256:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with open(source.path, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            except FileNotFoundError as exc:  # content-addressed: a re-export makes a new file, drops this one
+                raise ExportError(f"the model of camera {camera!r} ({source.path.name}) was replaced while the "
+                                  "repository was written (the camera was exported again); rerun") from exc
+            out.flush()
+            os.fsync(out.fileno())
+        if sha256_file(tmp) != source.sha256:
             raise ExportError(f"the copy of {camera!r}'s model {source.path} does not match the checksum its "
                               "manifest records: the camera was exported again while the repository was "
                               "written, or the disk is failing; rerun")
-        os.chmod(staging, 0o755)
-        os.rename(staging, model_dir / str(version))
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def repository_warnings(repo: str | os.PathLike[str], store_root: str | os.PathLike[str],
@@ -640,6 +683,48 @@ def _store_camera(root: Path, folder: str) -> CameraStore:
     except CameraError as exc:
         raise ExportError(f"the store folder {root / folder} holds a manifest, but its name is no camera group name "
                           f"({exc}); rename it or move it out of the store") from None
+
+
+def _plan_target(gpu_name: object, tensorrt_version: object) -> str:
+    return f"{gpu_name} with TensorRT {tensorrt_version}"
+
+
+def _check_one_tensorrt_target(repo: Path, sources: Sequence[_Source]) -> None:
+    """``ExportError`` when the plans this run publishes, together with the plans the repository's other
+    models serve, were built for more than one GPU type or TensorRT release: one Triton release loads the
+    plans of its own TensorRT only, so some models of the repository could never load."""
+    targets: dict[str, list[str]] = {}
+    writing = set()
+    for source in sources:
+        if source.engine is not None:
+            key = source.engine.key
+            targets.setdefault(_plan_target(key.gpu.name, key.tensorrt_version), []).append(source.camera)
+        writing.add(source.camera)
+    if not targets:
+        return
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            provenance = _read_provenance(model_dir / PROVENANCE)
+            versions = _versions(model_dir)
+        except ExportError:
+            continue  # a damaged record or version folder: that model's own export reports it
+        latest = max(versions, default=None)
+        if latest is None or not (versions[latest] / MODEL_FILES["tensorrt_plan"]).is_file():
+            continue  # no plan served there
+        record = provenance.get(str(latest))
+        if not isinstance(record, Mapping) or record.get("camera") in writing:
+            continue  # a camera this run publishes again: its new plan replaces the served one
+        if record.get("tensorrt_version") and record.get("gpu_name"):
+            targets.setdefault(_plan_target(record["gpu_name"], record["tensorrt_version"]), []).append(
+                f"{model_dir.name} (already in the repository)")
+    if len(targets) > 1:
+        listed = "; ".join(f"{target}: {', '.join(who)}" for target, who in sorted(targets.items()))
+        raise ExportError(
+            f"the TensorRT plans of {repo} would be built for more than one GPU type or TensorRT release ({listed}); "
+            "a Triton release loads only the plans of its own TensorRT on the GPU type they were built for, so some "
+            "models would never load: build every camera's engine for one target (`adassr export --engine tensorrt` "
+            "on the serving GPU) or write each target's plans into a repository of its own"
+        )
 
 
 def _check_apart(repo: Path, store_root: Path) -> None:
@@ -698,6 +783,7 @@ def write_repository(
         try:
             with _repository_lock(out):
                 plans = [plan_model(out, source, opts) for source in sources]  # every check before any write
+                _check_one_tensorrt_target(out, sources)
                 return [write_model(plan) for plan in plans]
         except BaseException:
             if created and {p.name for p in out.iterdir()} == {LOCK_FILE}:  # made by this run, left empty

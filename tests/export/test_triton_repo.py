@@ -269,6 +269,28 @@ def test_tensorrt_plan_needs_an_engine_in_the_store(store: Path, tmp_path: Path)
     assert sorted(p.name for p in model.directory.iterdir() if p.is_dir()) == ["1"]
 
 
+def test_plans_of_different_tensorrt_releases_never_share_a_repository(store: Path, tmp_path: Path) -> None:
+    """Each camera's engines were checked on their own: a repository could hold one camera's plan for
+    TensorRT 10.13 and another's for 10.8, of which any one Triton release loads only one (a helper's review)."""
+    options = TritonRepoOptions(platform="tensorrt_plan", tile=64, max_batch_size=4, preferred_batch_sizes=(4,))
+    _store_engine(CameraStore.open(store, "canon"), b"plan-of-10.13")
+    _store_engine(CameraStore.open(store, FALLBACK_CAMERA), b"plan-of-10.8", tensorrt_version="10.8.0")
+    repo = tmp_path / "repo"
+    with pytest.raises(ExportError, match=r"more than one GPU type or TensorRT release \(NVIDIA H200 with TensorRT "
+                                          r"10\.13\.0: canon; NVIDIA H200 with TensorRT 10\.8\.0: _fallback\)"):
+        write_repository(repo, store, ["canon", FALLBACK_CAMERA], options)
+    assert not repo.exists()
+    write_repository(repo, store, ["canon"], options)  # one target: written
+    with pytest.raises(ExportError, match=r"10\.13\.0: adassr_canon \(already in the repository\); .*"
+                                          r"10\.8\.0: _fallback"):
+        write_repository(repo, store, [FALLBACK_CAMERA], options)  # beside a plan of another release
+    assert sorted(p.name for p in repo.iterdir()) == [".adassr.lock", "adassr_canon"]
+    # the same camera again with the other release replaces its own plan: no conflict with itself
+    write_repository(tmp_path / "onnx", store, ["canon"])  # ONNX models never conflict
+    (onnx_and_plan,) = write_repository(tmp_path / "onnx", store, [FALLBACK_CAMERA], options)
+    assert (onnx_and_plan.directory / "1" / "model.plan").read_bytes() == b"plan-of-10.8"
+
+
 def test_tensorrt_plan_names_a_command_that_builds_the_missing_engine(store: Path, tmp_path: Path) -> None:
     """For the fallback it used to name `adassr export --camera _fallback`, which export refuses."""
     options = TritonRepoOptions(platform="tensorrt_plan", tile=64, max_batch_size=4, preferred_batch_sizes=(4,))
@@ -478,7 +500,8 @@ def test_each_model_is_hashed_once_and_a_file_changed_after_its_check_is_not_pub
     real = triton_repo.sha256_file
     monkeypatch.setattr(triton_repo, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
     write_repository(tmp_path / "repo", store)
-    assert hashed == ["model.onnx", "model.onnx"]  # the two staged copies; the store's files: verified_path
+    assert [name.split(".model.onnx.")[0] for name in hashed] == [".adassr__fallback", ".adassr_canon"]
+    assert all(name.endswith(".tmp") for name in hashed)  # the two staged copies; the store's files: verified_path
 
     path = CameraStore.open(store, "canon").verified_path("model.onnx")
     original = path.read_bytes()
@@ -544,14 +567,15 @@ def test_a_new_version_never_appears_without_its_config(store: Path, tmp_path: P
     import adassr.export.triton_repo as triton_repo
 
     repo = tmp_path / "repo"
-    real = triton_repo._copy_version
+    real = triton_repo._publish_version
     seen: list[bytes] = []
 
-    def copy(source, model_dir, version, file_name):  # type: ignore[no-untyped-def]
-        seen.append((model_dir / "config.pbtxt").read_bytes())  # what Triton sees when the version appears
-        real(source, model_dir, version, file_name)
+    def publish(staging: Path, version_dir: Path) -> None:
+        seen.append((version_dir.parent / "config.pbtxt").read_bytes())  # what Triton sees when the version appears
+        assert (staging / "model.onnx").is_file()  # copied (and checked) before the config was written
+        real(staging, version_dir)
 
-    monkeypatch.setattr(triton_repo, "_copy_version", copy)
+    monkeypatch.setattr(triton_repo, "_publish_version", publish)
     (first,) = write_repository(repo, store, ["canon"], TritonRepoOptions(tile=64))
     assert b"dims: [ 3, 64, 64 ]" in seen[-1]
     publish_camera(store, "canon", seed=9)
@@ -563,13 +587,81 @@ def test_a_new_version_never_appears_without_its_config(store: Path, tmp_path: P
 
     publish_camera(store, "canon", seed=10)
     config = (repo / second.name / "config.pbtxt").read_bytes()
-    monkeypatch.setattr(triton_repo, "_copy_version", failing)
+    monkeypatch.setattr(triton_repo, "_publish_version", failing)
     with pytest.raises(ExportError, match="No space left"):
         write_repository(repo, store, ["canon"], TritonRepoOptions(tile=96))
     assert (repo / second.name / "config.pbtxt").read_bytes() == config  # version 2 keeps its own config
+    assert sorted(p.name for p in (repo / second.name).iterdir()) == ["1", "2", "adassr_versions.json",
+                                                                      "config.pbtxt"]  # no staging folder left
     with pytest.raises(ExportError, match="No space left"):
         write_repository(tmp_path / "fresh", store, ["canon"], TritonRepoOptions(tile=96))
     assert not (tmp_path / "fresh" / second.name).exists()  # no model folder with a config and no version
+    assert not (tmp_path / "fresh").exists()  # nor its staged copy: the repository this run made is gone
+    # the copy of an export that was killed (its pid is gone) is removed by the next export of that model
+    killed = repo / f".{second.name}.model.onnx.999999999.0123456789ab.tmp"
+    killed.write_bytes(b"half a model")
+    monkeypatch.setattr(triton_repo, "_publish_version", real)
+    write_repository(repo, store, ["canon"], TritonRepoOptions(tile=96))
+    assert sorted(p.name for p in repo.iterdir()) == [".adassr.lock", second.name]
+
+
+def test_the_served_version_never_gets_the_next_versions_engine_cache(store: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config naming version 2's engine folder was written while version 1 was still the one served: a
+    Triton polling then reloaded version 1 with it, built version 1's engine there, and version 2 loaded that
+    engine (onnxruntime names engines after the graph), serving the old weights for good (a helper's review)."""
+    import adassr.export.triton_repo as triton_repo
+
+    repo = tmp_path / "repo"
+    options = TritonRepoOptions(tile=64, max_batch_size=4, preferred_batch_sizes=(4,), trt_accelerator=True,
+                                trt_cache_dir="/var/cache/trt")
+    (first,) = write_repository(repo, store, ["canon"], options)
+    config_path = first.directory / "config.pbtxt"
+    cache_of_1 = f"/var/cache/trt/adassr_canon-{first.sha256[:16]}"
+    assert cache_of_1 in config_path.read_text()
+    states: list[tuple[str, str]] = []  # (served version, config) at every write and at the new version's rename
+    real_write, real_publish = triton_repo.atomic_write_bytes, triton_repo._publish_version
+
+    def served() -> str:
+        return max(p.name for p in first.directory.iterdir() if p.name.isdigit())
+
+    def write(path: Path, data: bytes) -> None:
+        real_write(path, data)
+        if path == config_path:
+            states.append((served(), data.decode()))
+
+    def publish(staging: Path, version_dir: Path) -> None:
+        real_publish(staging, version_dir)
+        states.append((served(), config_path.read_text()))
+
+    monkeypatch.setattr(triton_repo, "atomic_write_bytes", write)
+    monkeypatch.setattr(triton_repo, "_publish_version", publish)
+    publish_camera(store, "canon", seed=12)
+    (second,) = write_repository(repo, store, ["canon"], options)
+    cache_of_2 = f"/var/cache/trt/adassr_canon-{second.sha256[:16]}"
+    assert second.version == 2 and len(states) == 3
+    for version, config in states:
+        if version == "1":  # while version 1 is served, the config names no other version's engines
+            assert cache_of_2 not in config and "trt_engine_cache_path" not in config
+        else:
+            assert cache_of_1 not in config
+    assert states[-1] == ("2", config_path.read_text()) and cache_of_2 in states[-1][1]
+    # interrupted after the new version appeared: the interim config serves it; a rerun adds the cache
+    publish_camera(store, "canon", seed=13)
+    fail_after_publish = {"armed": True}
+
+    def write_fails_once_published(path: Path, data: bytes) -> None:
+        if path == config_path and served() == "3" and fail_after_publish.pop("armed", False):
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(triton_repo, "atomic_write_bytes", write_fails_once_published)
+    with pytest.raises(ExportError, match="No space left"):
+        write_repository(repo, store, ["canon"], options)
+    assert served() == "3" and "trt_engine_cache_path" not in config_path.read_text()
+    (third,) = write_repository(repo, store, ["canon"], options)
+    assert third.version == 3 and not third.new_version
+    assert f"/var/cache/trt/adassr_canon-{third.sha256[:16]}" in config_path.read_text()
 
 
 def test_a_failed_restore_of_the_config_does_not_hide_the_first_failure(store: Path, tmp_path: Path,
@@ -588,13 +680,14 @@ def test_a_failed_restore_of_the_config_does_not_hide_the_first_failure(store: P
             raise StoreError(f"cannot write {path}: No space left on device")
         return real_write(path, data)
 
-    def copy_fails(*args: object) -> None:
-        raise OSError(28, "No space left on device (the copy)")
+    def rename_fails(*args: object) -> None:
+        raise OSError(28, "No space left on device (the rename)")
 
     monkeypatch.setattr(triton_repo, "atomic_write_bytes", write_then_fail)
-    monkeypatch.setattr(triton_repo, "_copy_version", copy_fails)
-    with pytest.raises(ExportError, match=r"the copy"):
+    monkeypatch.setattr(triton_repo, "_publish_version", rename_fails)
+    with pytest.raises(ExportError, match=r"the rename"):
         write_repository(repo, store, ["canon"], TritonRepoOptions(tile=96))
+    assert len(writes) == 2  # the new config, then the restore that failed
 
 
 def test_damaged_manifest_fields_the_triton_export_reads_are_clear_errors(store: Path, tmp_path: Path) -> None:
