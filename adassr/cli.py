@@ -80,10 +80,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     from adassr.runtime.errors import AdassrError
 
     _configure_logging(sum(getattr(args, name, 0) for name in ("verbose", "verbose_sub", "verbose_latency")))
+    from adassr.runtime.console import guarded_stdout
+
     try:
-        code = int(args._run(args))
-        if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
-            sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is then handled below, not a traceback
+        with guarded_stdout():  # names the encoding cannot hold escaped; a full disk behind `>` warns once
+            code = int(args._run(args))
+            if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
+                sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is handled below, not a traceback
         return code
     except AdassrError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -124,15 +127,24 @@ def _missing_dependency(command: str, exc: ImportError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:  # building the parser imports every subcommand's options: Ctrl-C there is no traceback either
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return _dispatch(args)
 
 
 def adapt_main(argv: Sequence[str] | None = None) -> int:
     """``adapt ...`` is ``adassr adapt ...``."""
-    command = next(c for c in SUBCOMMANDS if c.name == "adapt")
-    parser = argparse.ArgumentParser(prog="adapt", description=command.help)
-    return _dispatch(_fill(parser, command).parse_args(argv))
+    try:
+        command = next(c for c in SUBCOMMANDS if c.name == "adapt")
+        parser = argparse.ArgumentParser(prog="adapt", description=command.help)
+        args = _fill(parser, command).parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return _dispatch(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

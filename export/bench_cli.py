@@ -94,11 +94,11 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         result = run_latency(options)
         text = to_markdown(result)
-    print(text)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     tag = report_tag(result["machine"], cpu=None if result.get("gpu") else detect_cpu()) + _variant_tag(options)
     atomic_write_bytes(out / f"latency_{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(out / f"latency_{tag}.md", text.encode())
+    print(text)  # after the files: a reader that went away (`| head`) does not cost the report
     print(f"results: {out / f'latency_{tag}.md'}")
     return 0

@@ -11,9 +11,11 @@ traceback while images are still to be written: :func:`say` shows such names esc
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import select
 import sys
+from collections.abc import Iterator
 from typing import TextIO
 
 
@@ -71,3 +73,63 @@ def reader_gone(stream: TextIO) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+class GuardedOutput(io.TextIOBase):
+    """A text stream in front of ``stream`` (stdout) for a command's whole run: what its encoding cannot
+    hold is written escaped (:func:`printable`), and a write or flush that fails with anything but a
+    broken pipe (a full device behind ``> file``, an I/O error) silences the stream with one warning on
+    stderr (:func:`lost_stream`) instead of ending the run with a traceback after its work was done. A
+    broken pipe is raised as it is: the command stops as ``... | head`` expects (the CLI exits 1)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            self._stream.write(printable(text, self._stream))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            lost_stream(self._stream, exc)
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            lost_stream(self._stream, exc)
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "encoding", None) or "utf-8"
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self._stream, "name", "<stdout>"))
+
+
+@contextlib.contextmanager
+def guarded_stdout() -> Iterator[None]:
+    """Run the block with ``sys.stdout`` behind a :class:`GuardedOutput` (nothing when stdout is closed)."""
+    original = sys.stdout
+    if original is None:
+        yield
+        return
+    sys.stdout = GuardedOutput(original)
+    try:
+        yield
+    finally:
+        sys.stdout = original

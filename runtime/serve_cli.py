@@ -396,6 +396,8 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
         log_level=logging.getLevelName(level).lower() if level < logging.WARNING else "warning",
         access_log=level <= logging.INFO,
         server_header=False,
+        # uvicorn asks the streams whether they are terminals (for colours): a closed one (`>&-`) is None
+        use_colors=False if sys.stdout is None or sys.stderr is None else None,
     )
     return DrainingServer(uv_config)
 

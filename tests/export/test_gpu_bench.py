@@ -101,6 +101,31 @@ def test_bench_command_writes_the_report(store: Path, tmp_path: Path, capsys: py
     assert "results:" in capsys.readouterr().out
 
 
+def test_the_report_is_saved_when_stdout_goes_away(store: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`adassr bench latency ... | true` lost the report: it was printed before it was saved, and the
+    broken pipe ended the command before the files were written."""
+    import contextlib
+    import os
+    import sys
+
+    from adassr.cli import main
+
+    read, write = os.pipe()
+    os.close(read)  # the reader went away
+    gone = open(write, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    out = tmp_path / "results"
+    try:
+        monkeypatch.setattr(sys, "stdout", gone)
+        assert main(["bench", "latency", "--store", str(store), "--sizes", "16", "--tiled-size", "32", "--repeats",
+                     "1", "--threads", "1", "--no-torch", "--out", str(out)]) == 1
+    finally:
+        monkeypatch.undo()
+        with contextlib.suppress(OSError):
+            gone.close()
+    assert sorted(p.suffix for p in out.iterdir()) == [".json", ".md"]
+
+
 def test_an_installed_package_times_the_photo_given_with_image(store: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:

@@ -1455,3 +1455,18 @@ def test_an_unreadable_moment_of_an_adapted_camera_leaves_no_lasting_problem(
     monkeypatch.setattr(store_module.os, "lstat", real_lstat)
     registry.refresh()
     assert "nikon" not in registry.problems
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stderr"])
+def test_serve_starts_with_a_closed_output_stream(store: Path, monkeypatch: pytest.MonkeyPatch, closed: str) -> None:
+    """`adassr serve ... >&-` died before binding its port: uvicorn asked the closed (None) stdout whether it
+    was a terminal (AttributeError, then "Unable to configure formatter 'default'")."""
+    from adassr.runtime.serve_cli import _uvicorn_server
+    from adassr.runtime.server.app import create_app
+
+    app = create_app(ServerConfig(store=store))
+    monkeypatch.setattr(sys, closed, None)
+    server = _uvicorn_server(app, ServerConfig(store=store))
+    assert server.config.use_colors is False
+    monkeypatch.undo()
+    assert _uvicorn_server(app, ServerConfig(store=store)).config.use_colors is None  # a terminal still decides
