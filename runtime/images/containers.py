@@ -101,10 +101,11 @@ def tiff_without_orientation(data: bytes) -> bytes:
             return data
         tag, typ = struct.unpack(order + "HH", data[pos : pos + 4])
         if tag == 274 and typ in (3, 4):  # SHORT or LONG
-            patched = bytearray(data)
             value = struct.pack(order + ("H" if typ == 3 else "I"), 1)
-            patched[pos + value_at : pos + value_at + len(value)] = value
-            return bytes(patched)
+            at = pos + value_at
+            if data[at : at + len(value)] == value:
+                return data  # stored as 1 already
+            return b"".join((data[:at], value, data[at + len(value) :]))  # one copy of the file, not two
     return data
 
 

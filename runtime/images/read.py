@@ -409,7 +409,6 @@ def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | 
     if im.format == "TIFF":
         _check_tiff_tiles(p, im)
         exif = _exif(im, p)  # from the header, before any decoder can act on tag 274
-        data = tiff_without_orientation(_read_bytes(p))
         bits = im.tag_v2.get(258, 8)  # type: ignore[attr-defined]
         if im.mode not in _UINT16_MODES and 16 in (bits if isinstance(bits, tuple) else (bits,)):
             stored = (im.tag_v2[256], im.tag_v2[257])  # type: ignore[attr-defined]
@@ -417,8 +416,10 @@ def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | 
                 raise ImageError(f"{p}: a 16-bit TIFF {stored[0]}x{stored[1]} has a side longer than "
                                  f"{OPENCV_MAX_TIFF_SIDE:,} pixels, which its decoder (OpenCV) refuses; convert it "
                                  "to 8-bit or cut it into parts")
-            return (*_decode_opencv(p, data, stored, grey=False), exif)
-        with _open_header(p, io.BytesIO(data)) as neutral:
+            return (*_decode_opencv(p, tiff_without_orientation(_read_bytes(p)), stored, grey=False), exif)
+        if im.tag_v2.get(274, 1) == 1:  # type: ignore[attr-defined]
+            return (*_decode_pillow(p, im), exif)  # nothing for libtiff to turn: decoded from the file itself
+        with _open_header(p, io.BytesIO(tiff_without_orientation(_read_bytes(p)))) as neutral:
             return (*_decode_pillow(p, neutral), exif)
     if im.format == "PNG":
         png = read_png_header(_head(p))
@@ -466,26 +467,26 @@ def _decode_pillow(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.nda
 
 def _pillow_arrays(im: Image.Image, p: Path) -> tuple[np.ndarray, np.ndarray | None]:
     mode = im.mode
-    if mode in ("P", "PA"):
-        has_alpha = mode == "PA" or im.has_transparency_data
-        arr = np.array(im.convert("RGBA" if has_alpha else "RGB"))
-        # a grey palette is read as grey, unless an RGB profile describes it (the palette holds RGB)
-        if mode == "P" and _palette_is_grey(im) and icc_colour_space(im.info.get("icc_profile")) != "RGB":
-            return _split(arr[..., [0, 3]] if has_alpha else arr[..., :1])
-        return _split(arr)
+    if mode == "P":
+        return _palette_arrays(im)
+    if mode == "PA":
+        pixels, alpha = _as_arrays(im.convert("RGBA"))
+        if _palette_is_grey(im) and icc_colour_space(im.info.get("icc_profile")) != "RGB":
+            return np.ascontiguousarray(pixels[..., :1]), alpha
+        return pixels, alpha
     if mode == "1":
-        return _split(np.array(im.convert("L")))
+        return _as_arrays(im.convert("L"))
     if mode in _TO_RGB_MODES:
-        return _split(np.array(im.convert("RGB")))
+        return _as_arrays(im.convert("RGB"))
     if mode == "RGBa":
-        return _split(np.array(im.convert("RGBA")))
+        return _as_arrays(im.convert("RGBA"))
     if mode == "La":
-        return _split(np.array(im.convert("LA")))
+        return _as_arrays(im.convert("LA"))
     if mode in ("L", "LA", "RGB", "RGBA") or mode in _UINT16_MODES:
-        arr = np.array(im)
         if mode in _UINT16_MODES:
-            arr = arr.astype(np.uint16)  # native byte order
-        pixels, alpha = _split(arr)
+            pixels, alpha = _split(np.array(im).astype(np.uint16))  # native byte order
+        else:
+            pixels, alpha = _as_arrays(im)
         if alpha is None and "transparency" in im.info:
             alpha = _colour_key_alpha(pixels, im.info["transparency"])
         return pixels, alpha
@@ -493,6 +494,77 @@ def _pillow_arrays(im: Image.Image, p: Path) -> tuple[np.ndarray, np.ndarray | N
         f"{p}: unsupported pixel mode {mode!r} (e.g. 32-bit integer or float); convert the image "
         "to 8- or 16-bit grey or RGB first"
     )
+
+
+_STRIP_BYTES = 1 << 22
+
+
+def _as_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H x W x C pixels, H x W alpha or None) of an 8-bit image, copied a strip of rows at a time:
+    ``np.array(im)`` goes through ``tobytes()``, which holds the whole image as encoder chunks and as their
+    joined bytes before NumPy copies it once more (2.3 x the array above Pillow's own image), and the
+    alpha was split off by one more copy; here only one strip is extra."""
+    width, height = im.size
+    bands = im.getbands()
+    colours = len(bands) - (bands[-1] == "A")
+    pixels = np.empty((height, width, colours), dtype=np.uint8)
+    alpha = np.empty((height, width), dtype=np.uint8) if colours < len(bands) else None
+    rows = max(1, _STRIP_BYTES // max(1, width * len(bands)))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        strip = np.asarray(im.crop((0, top, width, bottom))).reshape(bottom - top, width, len(bands))
+        pixels[top:bottom] = strip[..., :colours]
+        if alpha is not None:
+            alpha[top:bottom] = strip[..., colours]
+    return pixels, alpha
+
+
+def _palette_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """A palette image through lookup tables of its palette (and its tRNS alpha): the indices are the only
+    copy besides the result (Pillow's RGB(A) conversion held 4 bytes a pixel and two more copies); a grey
+    palette is read as grey, unless an RGB profile describes it (the palette holds RGB)."""
+    index = _as_arrays(im)[0][..., 0]
+    palette = im.getpalette("RGB") or []
+    rgb = np.zeros((256, 3), dtype=np.uint8)  # an index past the palette's end reads as black, as in Pillow
+    entries = np.asarray(palette[: 3 * 256], dtype=np.uint8).reshape(-1, 3)
+    rgb[: len(entries)] = entries
+    alpha_table = _palette_alpha(im.info.get("transparency")) if im.has_transparency_data else None
+    used = _used_indices(index)
+    grey = bool(np.all(rgb[used] == rgb[used][:, :1])) and icc_colour_space(im.info.get("icc_profile")) != "RGB"
+    pixels = _lookup(rgb[:, :1] if grey else rgb, index)
+    return pixels, None if alpha_table is None else _lookup(alpha_table, index)
+
+
+def _used_indices(index: np.ndarray) -> np.ndarray:
+    """Which of the 256 palette indices occur in the H x W uint8 ``index`` (counted a strip at a time:
+    ``np.bincount`` turns its input into 8-byte integers first)."""
+    used = np.zeros(256, dtype=bool)
+    rows = max(1, _STRIP_BYTES // max(1, 8 * index.shape[1]))
+    for top in range(0, index.shape[0], rows):
+        used |= np.bincount(index[top:top + rows].ravel(), minlength=256) > 0
+    return used
+
+
+def _lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``table[index]`` a strip of rows at a time (NumPy turns a uint8 index into 8-byte integers first)."""
+    out = np.empty(index.shape + table.shape[1:], dtype=table.dtype)
+    rows = max(1, _STRIP_BYTES // max(1, 8 * index.shape[1]))
+    for top in range(0, index.shape[0], rows):
+        out[top:top + rows] = table[index[top:top + rows]]
+    return out
+
+
+def _palette_alpha(transparency: object) -> np.ndarray | None:
+    """The alpha of each palette index from a PNG/GIF ``transparency`` (per-entry bytes, or one index)."""
+    table = np.full(256, 255, dtype=np.uint8)
+    if isinstance(transparency, (bytes, bytearray)):
+        values = np.frombuffer(bytes(transparency[:256]), dtype=np.uint8)
+        table[: len(values)] = values
+    elif isinstance(transparency, int) and 0 <= transparency < 256:
+        table[transparency] = 0
+    else:
+        return None
+    return table
 
 
 def _split(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -510,7 +582,7 @@ def _palette_is_grey(im: Image.Image) -> bool:
     if not palette:
         return False
     rgb = np.asarray(palette, dtype=np.int32).reshape(-1, 3)
-    used = np.unique(np.asarray(im))
+    used = np.flatnonzero(_used_indices(np.asarray(im.getchannel(0))))
     used = used[used < len(rgb)]
     entries = rgb[used]
     return bool(np.all(entries == entries[:, :1]))

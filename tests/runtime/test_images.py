@@ -1265,3 +1265,66 @@ def test_a_16_bit_tiff_over_opencvs_side_limit_is_an_image_error(tmp_path: Path)
     path.write_bytes(_rgb_tiff(width, 1, 16, 1, [(273, 0), (278, 1), (279, len(rows))], rows))
     with pytest.raises(ImageError, match="has a side longer than 1,048,576 pixels, which its decoder"):
         read_image(path)
+
+
+@pytest.mark.parametrize("transparency", [None, 3, bytes(range(0, 250, 7))])
+@pytest.mark.parametrize("grey", [False, True])
+def test_palette_images_read_through_lookup_tables_as_pillow_converts_them(tmp_path: Path, transparency: object,
+                                                                         grey: bool) -> None:
+    """Palette images are read through the palette's lookup tables (Pillow's RGB(A) conversion held 4 bytes a
+    pixel and two copies more); the pixels must be what Pillow's own conversion gives, to the bit."""
+    rng = np.random.default_rng(5)
+    entries = 40
+    palette = rng.integers(0, 256, (entries, 3)).astype(np.uint8)
+    if grey:
+        palette[:, 1:] = palette[:, :1]
+    index = rng.integers(0, entries + 3, (37, 53)).astype(np.uint8)  # some indices past the palette's end
+    im = Image.fromarray(index, mode="P")
+    im.putpalette(palette.ravel().tolist())
+    extra = {} if transparency is None else {"transparency": transparency}
+    path = tmp_path / "p.png"
+    im.save(path, **extra)
+    loaded = read_image(path)
+    with Image.open(path) as again:
+        want = np.asarray(again.convert("RGBA" if transparency is not None else "RGB"))
+    assert loaded.pixels.shape[2] == (1 if grey else 3)
+    assert np.array_equal(loaded.pixels, want[..., :1] if grey else want[..., :3])
+    if transparency is None:
+        assert loaded.alpha is None
+    else:
+        assert loaded.alpha is not None and np.array_equal(loaded.alpha, want[..., 3])
+
+
+def _read_peak_over_array(path: Path) -> float:
+    """Peak memory growth of ``read_image(path)`` in a fresh process, over the decoded arrays' size (Linux: the
+    high-water mark is reset through /proc/self/clear_refs after the imports, then read as VmHWM)."""
+    script = f"""
+import re
+from adassr.runtime.images import read_image
+def status(key):
+    return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # the peak so far (the imports) is forgotten
+before = status("VmRSS")
+image = read_image({str(path)!r})
+size = image.pixels.nbytes + (0 if image.alpha is None else image.alpha.nbytes)
+print((status("VmHWM") - before) / size)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return float(done.stdout)
+
+
+def test_reading_holds_no_whole_image_copies_beyond_pillows_own(tmp_path: Path) -> None:
+    """A grey palette PNG peaked at 11 x its decoded array (Pillow's RGB conversion, two array copies, a sort
+    of the indices and 8-byte copies of them); an 8-bit TIFF at 4.3 x (the file read and copied twice)."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("measures the peak through Linux's /proc/self/clear_refs and VmHWM")
+    rng = np.random.default_rng(0)
+    grey = Image.fromarray(rng.integers(0, 200, (3000, 4000)).astype(np.uint8), mode="P")
+    grey.putpalette([v for k in range(256) for v in (k, k, k)])
+    grey.save(tmp_path / "grey_palette.png", compress_level=1)
+    assert _read_peak_over_array(tmp_path / "grey_palette.png") < 5.0
+    photo = np.repeat(np.repeat(rng.integers(0, 256, (375, 500, 3)).astype(np.uint8), 8, axis=0), 8, axis=1)
+    Image.fromarray(photo).save(tmp_path / "photo.tif")
+    assert _read_peak_over_array(tmp_path / "photo.tif") < 3.6
+    assert np.array_equal(read_image(tmp_path / "photo.tif").pixels, photo)
