@@ -502,24 +502,30 @@ class Server:
 
         async def collect() -> None:
             nonlocal total
-            async for chunk in request.stream():
-                if total + len(chunk) > limits.max_body_bytes:
-                    raise HttpError(
-                        413,
-                        "too_large",
-                        f"the body is over the limit of {limits.max_body_bytes:,} bytes; send a smaller image",
-                        {"Connection": "close"},
-                    )
-                if self.receiving + len(chunk) > self.upload_budget:  # memory held by uploads not yet admitted
-                    raise HttpError(
-                        429,
-                        "overloaded",
-                        "the server is receiving too many uploads at once; retry after the Retry-After seconds",
-                        {"Retry-After": self.retry_after(), "Connection": "close"},
-                    )
-                total += len(chunk)
-                self.receiving += len(chunk)
-                chunks.append(chunk)
+            try:
+                async for chunk in request.stream():
+                    if total + len(chunk) > limits.max_body_bytes:
+                        raise HttpError(
+                            413,
+                            "too_large",
+                            f"the body is over the limit of {limits.max_body_bytes:,} bytes; send a smaller image",
+                            {"Connection": "close"},
+                        )
+                    if self.receiving + len(chunk) > self.upload_budget:  # memory held by uploads not yet admitted
+                        raise HttpError(
+                            429,
+                            "overloaded",
+                            "the server is receiving too many uploads at once; retry after the Retry-After seconds",
+                            {"Retry-After": self.retry_after(), "Connection": "close"},
+                        )
+                    total += len(chunk)
+                    self.receiving += len(chunk)
+                    chunks.append(chunk)
+            finally:
+                # Released the moment this upload ends: wait_for runs this in a task of its own, and the code
+                # after it resumes a loop step later, when other uploads may already have been refused for
+                # bytes that were no longer arriving.
+                self.receiving -= total
 
         try:
             await asyncio.wait_for(collect(), timeout=limits.body_timeout_s)
@@ -530,8 +536,6 @@ class Server:
                 f"the body did not arrive within {limits.body_timeout_s:g} s; check the connection and resend",
                 {"Connection": "close"},
             ) from None
-        finally:
-            self.receiving -= total
         return b"".join(chunks)
 
 

@@ -1470,3 +1470,35 @@ def test_serve_starts_with_a_closed_output_stream(store: Path, monkeypatch: pyte
     assert server.config.use_colors is False
     monkeypatch.undo()
     assert _uvicorn_server(app, ServerConfig(store=store)).config.use_colors is None  # a terminal still decides
+
+
+def test_an_upload_that_ends_frees_its_budget_before_other_uploads_are_checked(store: Path) -> None:
+    """Three uploads whose tails arrived together: two got 429 although refusing one left the rest under the
+    budget, because an ended upload's bytes were released a loop step after it ended (a helper's review)."""
+    import asyncio
+
+    from adassr.runtime.server.app import create_app
+    from adassr.runtime.server.requests import HttpError
+
+    server = create_app(_config(store, workers=1, max_queue=0, limits=Limits(max_body_bytes=100_000))).state.server
+    assert server.upload_budget == 100_000
+    first_ended = asyncio.Event()
+
+    class Upload:
+        def __init__(self, size: int, after: asyncio.Event | None, ended: asyncio.Event | None) -> None:
+            self.size, self.after, self.ended = size, after, ended
+
+        async def stream(self):  # type: ignore[no-untyped-def]
+            if self.after is not None:
+                await self.after.wait()
+            yield bytes(self.size)
+            if self.ended is not None:
+                self.ended.set()  # the next upload's bytes arrive as this one ends
+
+    async def both() -> list[object]:
+        return await asyncio.gather(server._read_body(Upload(60_000, None, first_ended)),
+                                    server._read_body(Upload(60_000, first_ended, None)), return_exceptions=True)
+
+    results = asyncio.run(both())
+    assert [len(r) if isinstance(r, bytes) else r for r in results] == [60_000, 60_000]
+    assert not any(isinstance(r, HttpError) for r in results) and server.receiving == 0
