@@ -33,7 +33,7 @@ import numpy as np
 
 from adassr.adapt.config import AttentionConfig
 from adassr.runtime.errors import StoreError
-from adassr.runtime.lru_folder import evict_least_recent
+from adassr.runtime.lru_folder import evict_least_recent, remove_dead_writes
 from adassr.runtime.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class WeightMapCache:
     def get_or_compute(self, image: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """The weight map of ``image`` (``H x W`` float32): from the cache, else ``compute(image)``, then stored."""
         path = self.folder / f"{self.key(image)}.npy"
+        remove_dead_writes(self.folder)
         cached = self._load(path, image.shape[:2])
         if cached is not None:
             return cached

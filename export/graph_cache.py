@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from adassr.runtime.errors import StoreError
-from adassr.runtime.lru_folder import evict_least_recent
+from adassr.runtime.lru_folder import evict_least_recent, remove_dead_writes
 from adassr.runtime.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -146,6 +146,7 @@ class GraphCache:
         import onnx
 
         path = self.path(model)
+        remove_dead_writes(self.folder)
         try:
             proto = onnx.load_model_from_string(path.read_bytes())
         except FileNotFoundError:

@@ -125,3 +125,22 @@ def test_an_unwritable_cache_does_not_fail_the_run(tmp_path: Path, image: np.nda
         got = _cache(store_cache_folder(blocker)).get_or_compute(image, compute)
     assert compute.calls == 1 and got.shape == image.shape[:2]
     assert "without the cache" in caplog.text
+
+
+def test_a_killed_runs_half_written_map_goes_on_a_cache_hit(tmp_path: Path, image: np.ndarray) -> None:
+    """Dead writers' temporary files were removed only by evictions, which run on a miss."""
+    import os
+    import time
+
+    cache = _cache(tmp_path)
+    cache.get_or_compute(image, lambda im: np.ones(im.shape[:2], np.float32))
+    dead = tmp_path / ".0123.npy.999999999.0123456789ab.tmp"
+    dead.write_bytes(b"half a map")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(dead, (two_days_ago, two_days_ago))
+
+    def never(im: np.ndarray) -> np.ndarray:
+        raise AssertionError("a hit computes nothing")
+
+    assert cache.get_or_compute(image, never).shape == image.shape[:2]
+    assert not dead.exists()

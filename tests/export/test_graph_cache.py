@@ -138,3 +138,21 @@ def test_a_model_without_numpy_weights_is_exported_without_the_cache(tmp_path: P
     assert cache.get(model) is None
     cache.put(model, onnx.ModelProto())
     assert list(tmp_path.glob("*.onnx")) == []
+
+
+def test_a_killed_exports_half_written_graph_goes_on_a_cache_hit(tmp_path: Path) -> None:
+    """A killed export's temporary graph (tens of MB, outside the byte cap) was removed only by evictions,
+    which run on a miss: a cache that kept hitting kept it for good (a helper's fault-injection hunt)."""
+    import os
+    import time
+
+    cache = _cache(tmp_path / "graphs")
+    cached_export(_model(0), onnx_export.trace_fp32, cache)
+    dead = cache.folder / f".{cache.path(_model(0)).name}.999999999.0123456789ab.tmp"
+    young = cache.folder / f".{cache.path(_model(0)).name}.999999999.ba9876543210.tmp"
+    for leftover in (dead, young):
+        leftover.write_bytes(b"half a graph")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(dead, (two_days_ago, two_days_ago))  # a young one may be another machine's write in progress
+    assert cached_export(_model(1), onnx_export.trace_fp32, cache)[1]  # a hit
+    assert not dead.exists() and young.exists()
