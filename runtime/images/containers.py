@@ -73,6 +73,11 @@ def png_chunk_counts(data: bytes) -> dict[bytes, int]:
     return counts
 
 
+_INTEGER_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}
+"""TIFF integer field types (BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG and BigTIFF's LONG8, SLONG8) and their
+struct formats: libtiff and Pillow take the orientation in any of them, not only in SHORT."""
+
+
 def tiff_without_orientation(data: bytes) -> bytes:
     """The TIFF (classic or BigTIFF) with tag 274 of the first IFD set to 1 (as stored)."""
     if data[:2] == b"II":
@@ -100,8 +105,8 @@ def tiff_without_orientation(data: bytes) -> bytes:
         if pos + entry_size > len(data):
             return data
         tag, typ = struct.unpack(order + "HH", data[pos : pos + 4])
-        if tag == 274 and typ in (3, 4):  # SHORT or LONG
-            value = struct.pack(order + ("H" if typ == 3 else "I"), 1)
+        if tag == 274 and typ in _INTEGER_FORMATS and struct.calcsize(_INTEGER_FORMATS[typ]) <= entry_size - value_at:
+            value = struct.pack(order + _INTEGER_FORMATS[typ], 1)  # inline: a count of one fits the entry
             at = pos + value_at
             if data[at : at + len(value)] == value:
                 return data  # stored as 1 already

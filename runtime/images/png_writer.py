@@ -3,8 +3,9 @@
 Pillow copies an RGB array into its own image (4 bytes a pixel) before it encodes, and OpenCV wants
 BGR (another copy) and returns the whole file in memory, so writing a large output cost 1.3 to 2 x
 the output array again. This encoder filters and compresses about a mebibyte of rows at a time and
-writes each compressed piece as it comes: besides the array, it holds only that block and zlib's
-state. It writes every layout this runtime makes (grey, grey+alpha, RGB, RGBA; 8 or 16 bits) and an
+writes each compressed piece as it comes: besides the array, it holds that block, its filtered
+variants (about 20 MiB in all; a row longer than the block is a block of its own) and zlib's state.
+It writes every layout this runtime makes (grey, grey+alpha, RGB, RGBA; 8 or 16 bits) and an
 ICC profile (iCCP chunk, before the image data as the PNG specification wants).
 
 Each row gets the filter that libpng's and Pillow's adaptive heuristic picks (the least sum of the

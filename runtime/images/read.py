@@ -475,6 +475,9 @@ def _pillow_arrays(im: Image.Image, p: Path) -> tuple[np.ndarray, np.ndarray | N
             return np.ascontiguousarray(pixels[..., :1]), alpha
         return pixels, alpha
     if mode == "1":
+        if "transparency" in im.info:  # a tRNS colour key: Pillow's own conversion applies it (0 or 1, not 255)
+            pixels, alpha = _as_arrays(im.convert("RGBA"))
+            return np.ascontiguousarray(pixels[..., :1]), alpha
         return _as_arrays(im.convert("L"))
     if mode in _TO_RGB_MODES:
         return _as_arrays(im.convert("RGB"))
@@ -641,7 +644,7 @@ def _decode_opencv(
         )
     if arr.dtype != np.uint16 or arr.shape[:2] != (height, width):
         raise ImageError(
-            f"{p}: decoded {arr.shape} {arr.dtype}, but the header says {width}x{height} 16-bit; "
+            f"{p}: decoded {arr.shape[1]}x{arr.shape[0]} {arr.dtype}, but the header says {width}x{height} 16-bit; "
             "the file is inconsistent, re-export it"
         )
     if arr.ndim == 2:

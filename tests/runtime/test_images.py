@@ -75,25 +75,29 @@ def _png_with_exif(png: bytes, orientation: int, *, after_idat: bool = False) ->
     return png[:after_ihdr] + chunk + png[after_ihdr:]
 
 
-def _tiff16(a: np.ndarray, orientation: int | None = None) -> bytes:
-    """A minimal little-endian uncompressed 16-bit TIFF (IFD first, one strip); a: H x W x C."""
+_TIFF_FORMATS = {1: "<B", 3: "<H", 4: "<I", 6: "<b", 8: "<h", 9: "<i"}
+
+
+def _tiff16(a: np.ndarray, orientation: int | None = None, *, bits: int = 16, orientation_type: int = 3) -> bytes:
+    """A minimal little-endian uncompressed 16-bit (or ``bits``) TIFF (IFD first, one strip); a: H x W x C;
+    the orientation stored with the TIFF field type ``orientation_type`` (3 SHORT, 8 SSHORT, ...)."""
     h, w, c = a.shape
-    data = a.astype("<u2").tobytes()
+    data = a.astype("<u2" if bits == 16 else "u1").tobytes()
     tags: dict[int, tuple[int, list[int]]] = {
-        256: (3, [w]), 257: (3, [h]), 258: (3, [16] * c), 259: (3, [1]),
+        256: (3, [w]), 257: (3, [h]), 258: (3, [bits] * c), 259: (3, [1]),
         262: (3, [2 if c >= 3 else 1]), 273: (4, [0]), 277: (3, [c]), 278: (3, [h]),
         279: (4, [len(data)]), 284: (3, [1]),
     }
     if c == 4:
         tags[338] = (3, [2])
     if orientation is not None:
-        tags[274] = (3, [orientation])
+        tags[274] = (orientation_type, [orientation])
     ifd_size = 2 + 12 * len(tags) + 4
     extra = b""
     entries = []
     for tag in sorted(tags):
         typ, vals = tags[tag]
-        raw = b"".join(struct.pack("<H" if typ == 3 else "<I", v) for v in vals)
+        raw = b"".join(struct.pack(_TIFF_FORMATS[typ], v) for v in vals)
         if len(raw) > 4:
             entries.append([tag, typ, len(vals), struct.pack("<I", 8 + ifd_size + len(extra))])
             extra += raw
@@ -1328,3 +1332,31 @@ def test_reading_holds_no_whole_image_copies_beyond_pillows_own(tmp_path: Path) 
     Image.fromarray(photo).save(tmp_path / "photo.tif")
     assert _read_peak_over_array(tmp_path / "photo.tif") < 3.6
     assert np.array_equal(read_image(tmp_path / "photo.tif").pixels, photo)
+
+
+@pytest.mark.parametrize("field_type", [4, 6, 8, 9])  # LONG, SBYTE, SSHORT, SLONG
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_tiff_orientation_of_any_integer_type_is_applied_once(tmp_path: Path, field_type: int, bits: int) -> None:
+    """Only SHORT and LONG orientation tags were neutralised before decoding: stored as SSHORT (or SBYTE,
+    SLONG) an 8-bit TIFF came out turned twice (Pillow turned it while decoding, then the reader), and a
+    16-bit one was refused as inconsistent after OpenCV's libtiff turned it (a helper's review)."""
+    stored = (np.random.default_rng(4).random((9, 13, 3)) * (255 if bits == 8 else 65535)).astype(
+        np.uint8 if bits == 8 else np.uint16)
+    path = tmp_path / "o.tif"
+    path.write_bytes(_tiff16(stored, 6, bits=bits, orientation_type=field_type))
+    image = read_image(path)
+    assert image.pixels.dtype == stored.dtype
+    _check_orientation(stored, image.pixels, 6)
+
+
+def test_a_one_bit_grey_png_keeps_its_transparent_colour(tmp_path: Path) -> None:
+    """The tRNS colour key of a 1-bit grey PNG was dropped (transparent pixels came out opaque black);
+    2- and 8-bit ones kept it."""
+    row = bytes([0b10100000])  # 1, 0, 1, 0
+    png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 1, 1, 0, 0, 0, 0))
+           + _png_chunk(b"tRNS", struct.pack(">H", 0)) + _png_chunk(b"IDAT", zlib.compress(b"\0" + row))
+           + _png_chunk(b"IEND", b""))
+    (tmp_path / "key.png").write_bytes(png)
+    image = read_image(tmp_path / "key.png")
+    assert image.pixels[..., 0].tolist() == [[255, 0, 255, 0]]
+    assert image.alpha is not None and image.alpha.tolist() == [[255, 0, 255, 0]]
