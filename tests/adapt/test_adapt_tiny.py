@@ -46,14 +46,32 @@ def test_registry_backbone_from_a_safetensors_file(tiny: BackboneRegistry) -> No
     assert loaded.source.startswith("safetensors ")
 
 
-def test_adapt_export_serve_with_a_tiny_backbone(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path) -> None:
+def test_adapt_export_serve_with_a_tiny_backbone(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import adassr.adapt.pairs as pairs_module
+
     torch.set_num_threads(1)
     config = cpu_demo_defaults().with_overrides(steps=3, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
                                                 lambda_perceptual=0, feature_bank=4)
     group = select_group(camera_dir, "nokia")
     store = tmp_path / "store"
+    samplers: list[dict[str, object]] = []
+    real_sampler = pairs_module.make_pair_sampler
+
+    def recording_sampler(images, kernel, pair_config, **kw):  # type: ignore[no-untyped-def]
+        samplers.append({"kernel": np.array(kernel), "weights": kw.get("weights"), "images": len(images)})
+        return real_sampler(images, kernel, pair_config, **kw)
+
+    monkeypatch.setattr(pairs_module, "make_pair_sampler", recording_sampler)  # imported when adapt runs
     outcome = adapt_camera(group, config, store_root=store, backbone_name="tiny", registry=tiny)
     manifest = CameraStore.open(store, "nokia").read_manifest()
+    # the pairs are made with the camera's estimated kernel (the one recorded), weighted by the attention maps
+    (used,) = samplers
+    recorded = np.asarray(manifest["kernel"]["kernel"], dtype=np.float64)
+    assert used["kernel"].shape == recorded.shape and np.allclose(used["kernel"], recorded, atol=1e-6)
+    weights = used["weights"]
+    assert isinstance(weights, list) and len(weights) == used["images"] == 1
+    assert float(np.ptp(weights[0])) > 0.05  # a weight map, not a uniform stand-in
     assert manifest["backbone"]["name"] == "tiny" and manifest["steps"] == outcome.steps
     assert [h[0] for h in manifest["niqe_evaluation"]["history"]][:2] == [0, 1]
     assert manifest["niqe_evaluation"]["crop"] == 48 and manifest["niqe_evaluation"]["crop_sizes"] == [[48, 48]] * len(

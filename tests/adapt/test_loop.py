@@ -25,14 +25,21 @@ class _Batch:
 
 
 class _Sampler:
-    def __init__(self, seed: int = 0, p: int = 8) -> None:
+    """Seeded pairs with a non-uniform loss weight map each (``weight``: one value for every pixel instead)."""
+
+    def __init__(self, seed: int = 0, p: int = 8, weight: float | None = None) -> None:
         self.rng = np.random.default_rng(seed)
+        self.weight_rng = np.random.default_rng(seed + 1000)  # its own stream: drawing in chunks keeps both
         self.p = p
+        self.weight = weight
 
     def sample(self, n: int) -> _Batch:
         hr = self.rng.random((n, 3, 4 * self.p, 4 * self.p), dtype=np.float32)
         lr = hr.reshape(n, 3, self.p, 4, self.p, 4).mean(axis=(3, 5))
-        return _Batch(lr, hr, np.ones((n, 1, 4 * self.p, 4 * self.p), np.float32))
+        shape = (n, 1, 4 * self.p, 4 * self.p)
+        weight = (2 * self.weight_rng.random(shape, dtype=np.float32) if self.weight is None
+                  else np.full(shape, self.weight, np.float32))
+        return _Batch(lr, hr, weight)
 
 
 def _tiny(seed: int = 0) -> RRDBNet:
@@ -408,6 +415,7 @@ def test_feature_bank_computes_a_pairs_features_at_its_first_draw_only() -> None
     torch.testing.assert_close(batch.feat, feat, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(batch.h, h, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(batch.hr, torch.from_numpy(reference.hr[idx]))
+    torch.testing.assert_close(batch.weight, torch.from_numpy(reference.weight[idx]))  # each pair's own map
 
 
 def test_feature_bank_caches_the_perceptual_targets_row_for_row() -> None:
@@ -480,3 +488,20 @@ def test_a_patch_too_small_for_the_perceptual_term_is_refused_before_set_up() ->
     with pytest.raises(ConfigError, match=r"--patch 3 gives 12 px HR patches.*--patch >= 4, or --lambda-perceptual 0"):
         _check_before_setup(_config(lr_patch=3, lambda_perceptual=1.0, eval_crop=64), 4, blocks=3)
     _check_before_setup(_config(lr_patch=3, lambda_perceptual=0.0, eval_crop=64), 4, blocks=3)
+
+
+def test_the_loss_is_weighted_by_each_pairs_map() -> None:
+    """Nothing noticed a loss that ignored the weight maps (the stand-in sampler's were all ones): with the
+    L1 term alone, zero weights leave the model as it was, and doubling every weight changes the steps."""
+    config = _config(early_stop=False, lambda_perceptual=0, prox_mu=0)
+
+    def run(sampler: _Sampler) -> dict[str, torch.Tensor]:
+        return run_internal_step(_tiny(), sampler, CROPS, _scripted([3.0, 2.9, 2.8, 2.7]), config,
+                                 device=torch.device("cpu"), precision=FP32, trainable="all").state_dict
+
+    start = _tiny().state_dict()
+    zero = run(_Sampler(weight=0.0))
+    assert all(torch.equal(start[k], zero[k]) for k in start)  # no loss, no step
+    ones, twos = run(_Sampler(weight=1.0)), run(_Sampler(weight=2.0))
+    assert any(not torch.equal(start[k], ones[k]) for k in start)
+    assert any(not torch.allclose(ones[k], twos[k]) for k in start if ones[k].is_floating_point())

@@ -39,6 +39,29 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
         folder.chmod(0o700)
 
 
+def test_a_folder_that_refuses_new_files_is_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same refusal as above for any user, root included (root writes into a 0500 folder, so the test
+    above is skipped there): the folder's file system answers EACCES to the probe."""
+    import adassr.runtime.preflight as preflight
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    real = preflight.create_temp
+
+    def refusing(target: Path) -> tuple[int, Path]:
+        if target.parent == folder:
+            raise PermissionError(13, "Permission denied")
+        return real(target)
+
+    monkeypatch.setattr(preflight, "create_temp", refusing)
+    with pytest.raises(ConfigError, match=f"the output folder {folder} is not writable \\(creating a file in "
+                                          f"{folder} failed: Permission denied\\); choose another -o"):
+        check_output_folders([folder / "a.png"])
+    with pytest.raises(ConfigError, match=f"creating a file in {folder} failed"):  # a folder still to be made
+        check_output_folders([folder / "new" / "a.png"])
+    check_output_folders([tmp_path / "a.png"])
+
+
 def test_output_folder_below_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match=f"not writable \\(creating a file in {tmp_path / 'file'} failed"):
