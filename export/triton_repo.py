@@ -58,7 +58,7 @@ from adassr.runtime.store import (
     sha256_file,
     try_exclusive_lock,
 )
-from adassr.runtime.tempfiles import create_temp, remove_stale_temps
+from adassr.runtime.tempfiles import create_temp, current_umask, remove_stale_temps
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -437,7 +437,13 @@ def _read_provenance(path: Path) -> dict[str, Any]:
 def _repository_lock(repo: Path) -> Iterator[None]:
     """Exclusive lock on the repository (``.adassr.lock`` at its top, which Triton does not read as a
     model): two exports writing one repository would race for the same version numbers."""
-    fd = os.open(repo / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # never through a link: it would create (or lock) a file outside the repository
+        fd = os.open(repo / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as exc:
+        if os.path.islink(repo / LOCK_FILE):
+            raise ExportError(f"the lock file {repo / LOCK_FILE} is a symbolic link (adassr never makes one); "
+                              "remove it and rerun") from exc
+        raise
     try:
         if not try_exclusive_lock(fd):
             raise ExportError(f"another adassr export is writing the Triton repository {repo}; wait for it to "
@@ -553,7 +559,7 @@ def write_model(plan: _Plan) -> TritonModel:
         model_dir.mkdir(parents=True, exist_ok=True)
         if copy is not None:
             staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
-            os.chmod(staging, 0o755)
+            os.chmod(staging, 0o777 & ~current_umask())  # as a plain mkdir makes it (mkdtemp's is 0700)
             os.rename(copy, staging / plan.file_name)
         if before != first:
             atomic_write_bytes(config_path, first)

@@ -73,6 +73,7 @@ from typing import Any
 from adassr.runtime.cameras import FALLBACK_CAMERA as FALLBACK_CAMERA  # re-exported: the store names the folder
 from adassr.runtime.cameras import camera_name, closest_camera_hint, validate_group_name
 from adassr.runtime.errors import CameraError, ConfigError, StoreError
+from adassr.runtime.links import broken_link
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
 SCHEMA_VERSION = 1
@@ -105,6 +106,10 @@ def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+"""Open flag that refuses a symbolic link in the last path component (POSIX; Windows has none)."""
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -357,7 +362,8 @@ class CameraStore:
                 store.directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(
-                    f"cannot create the store folder {store.directory}: {exc.strerror or exc}; "
+                    f"cannot create the store folder {store.directory}: "
+                    f"{broken_link(store.directory) or exc.strerror or exc}; "
                     "choose a writable location with --store DIR"
                 ) from exc
             if not os.access(store.directory, os.W_OK):
@@ -402,8 +408,28 @@ class CameraStore:
 
     def exists(self) -> bool:
         """Whether the camera has a manifest: any entry of that name, so that a damaged one (a link to
-        nothing, a FIFO) is read and reported, never taken for "no manifest" (and the fallback)."""
-        return os.path.lexists(self.manifest_path)
+        nothing, a FIFO) is read and reported, never taken for "no manifest" (and the fallback).
+
+        A camera folder that cannot be looked into is no answer either: StoreError when it is unreadable,
+        a loop of links, or a link to nothing (a share that is not mounted), since "no manifest" would
+        serve the fallback model for the camera's photos (and replace outputs of its adapted one)."""
+        try:
+            os.lstat(self.manifest_path)
+            return True
+        except FileNotFoundError:
+            if os.path.islink(self.directory) and not os.path.exists(self.directory):
+                raise StoreError(
+                    f"the camera folder {self.directory} is a link to {os.readlink(self.directory)}, which does "
+                    "not exist (a share that is not mounted?); mount or restore it, or remove the link"
+                ) from None
+            return False
+        except NotADirectoryError:
+            return False  # a file where the folder would be: no camera (list_cameras leaves it out too)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot look into the camera folder {self.directory}: {exc.strerror or exc}; give the user "
+                "running adassr read access to it (or remove it from the store)"
+            ) from exc
 
     def remove_if_unused(self) -> bool:
         """Remove this camera's folder when it holds nothing but its lock file (a first run that
@@ -607,7 +633,8 @@ class CameraStore:
         for attempt in range(_LOCK_OPEN_ATTEMPTS):
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+                # never through a link: a planted .lock -> some file would have it truncated (shared stores)
+                fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
                 break
             except (FileNotFoundError, FileExistsError) as exc:
                 if attempt + 1 < _LOCK_OPEN_ATTEMPTS and not self.directory.is_file():
@@ -617,6 +644,11 @@ class CameraStore:
                     "choose a writable location with --store DIR"
                 ) from exc
             except OSError as exc:
+                if os.path.islink(self.directory / LOCK_NAME):
+                    raise StoreError(
+                        f"the lock file {self.directory / LOCK_NAME} is a symbolic link (adassr never makes one, "
+                        "and writing through it would change the file it points to); remove the link and rerun"
+                    ) from exc
                 raise StoreError(
                     f"cannot open the lock file {self.directory / LOCK_NAME}: {exc.strerror or exc}; "
                     "choose a writable location with --store DIR"

@@ -67,6 +67,7 @@ from adassr.runtime.images import (
     unreadable_image_entry,
     write_image,
 )
+from adassr.runtime.links import broken_link
 from adassr.runtime.pipeline import OutputCheck, RuntimeOptions, UpscaleResult
 from adassr.runtime.preflight import check_output_folders, check_required_providers, check_threads
 from adassr.runtime.routing import SERVING_PRECISIONS
@@ -218,7 +219,10 @@ def _check_output_suffix(output: Path) -> None:
 def _input_folders(source: Path, output: Path) -> list[tuple[Path, Path]]:
     """``(input folder, output folder)``: ``source`` itself, then each visible subfolder one level
     down (the layout ``adapt --images`` reads, one folder per camera), except the output folder."""
-    out = output.resolve()
+    try:
+        out = output.resolve()
+    except (RuntimeError, OSError) as exc:  # a loop of links: RuntimeError on Python 3.11
+        raise ConfigError(f"-o {output}: {broken_link(output) or exc}; choose another -o") from None
     folders = [(source, output)]
     try:
         subfolders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -703,7 +707,8 @@ def run_batch(
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
+            raise ConfigError(f"cannot create the output folder {folder}: "
+                              f"{broken_link(folder) or exc.strerror or exc}") from exc
     start = time.perf_counter()
     outcomes: list[_Outcome] = []
     bar = _Progress(len(pairs), enabled=progress, stream=err)

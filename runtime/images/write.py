@@ -344,7 +344,10 @@ def _fsync_directory(directory: Path) -> None:
     """Make the rename durable (POSIX); Windows has no directory handles to fsync."""
     if os.name == "nt":
         return
-    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a folder that can be written but not read (mode 0333): the file is in place all the same
+        return
     try:
         os.fsync(fd)
     except OSError as exc:  # some network and FUSE filesystems refuse to fsync a folder: the file is in place

@@ -710,3 +710,25 @@ def test_damaged_manifest_fields_the_triton_export_reads_are_clear_errors(store:
     assert "[ 3, 0, 0 ]" not in config and "adassr_scale" in config and 'string_value: "4"' in config
     with pytest.raises(ExportError, match="no .*TensorRT engine"):
         write_repository(tmp_path / "plans", store, ["canon"], TritonRepoOptions(platform="tensorrt_plan"))
+
+
+def test_a_linked_lock_file_is_refused_and_version_folders_follow_the_umask(store: Path, tmp_path: Path) -> None:
+    """The repository lock was opened through a planted link (creating a file outside the repository), and
+    version folders were 0755 whatever the umask (a group could not remove old versions) (a helper's review)."""
+    import os
+    import stat
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".adassr.lock").symlink_to(tmp_path / "outside")
+    with pytest.raises(ExportError, match=r"\.adassr\.lock is a symbolic link"):
+        write_repository(repo, store, ["canon"])
+    assert not (tmp_path / "outside").exists()
+    (repo / ".adassr.lock").unlink()
+    old = os.umask(0o002)
+    try:
+        (model,) = write_repository(repo, store, ["canon"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((model.directory / "1").stat().st_mode) == 0o775
+    assert stat.S_IMODE(model.directory.stat().st_mode) == 0o775

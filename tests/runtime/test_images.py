@@ -1111,6 +1111,25 @@ def test_a_folder_that_cannot_be_fsynced_does_not_fail_a_written_image(tmp_path:
     np.testing.assert_array_equal(read_image(target).pixels, _photo())
 
 
+def test_a_folder_that_can_be_written_but_not_read_gets_its_image(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a mode-0333 folder (writable, not readable) the folder cannot be opened to fsync it: the complete
+    output, already in place, was reported as "an unexpected PermissionError, a bug" (a helper's review)."""
+    real_open = os.open
+    target = tmp_path / "drop" / "x.png"
+    target.parent.mkdir()
+
+    def no_read(path, flags, *args, **kw):  # type: ignore[no-untyped-def]
+        if Path(path) == target.parent and not flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", no_read)
+    write_image(target, _photo())
+    monkeypatch.undo()
+    np.testing.assert_array_equal(read_image(target).pixels, _photo())
+
+
 def _png_with_chunks(path: Path, chunks: list[tuple[bytes, bytes]]) -> Path:
     """A 4 x 4 RGB PNG with extra ancillary chunks before its image data."""
     buf = io.BytesIO()

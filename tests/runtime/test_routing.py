@@ -275,3 +275,39 @@ def test_the_typo_hint_never_suggests_the_ungrouped_collection(tmp_path: Path) -
     with pytest.raises(CameraError) as caught:
         select_group(tmp_path, "ungroupd")
     assert "Did you mean" not in str(caught.value) and "unknown camera group 'ungroupd'" in str(caught.value)
+
+
+def test_a_camera_folder_that_cannot_be_looked_into_is_an_error_not_the_fallback(store: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera folder on a share that was not mounted (a link to nothing), a loop of links or an unreadable
+    folder counted as "no model": its photos were served by the fallback and replaced the adapted model's
+    outputs, exit 0 (a helper's review)."""
+    import os
+    import shutil
+
+    shutil.move(store / "canon", tmp_path / "nas_canon")
+    (store / "canon").symlink_to(tmp_path / "nas_canon")
+    assert resolve_model(store, camera="canon").model_camera == "canon"  # through the link: served
+    (tmp_path / "nas_canon").rename(tmp_path / "nas_canon.off")  # the share is gone
+    for ask in ({"camera": "canon"}, {"image": CANON_JPG}):  # samples/cameras/canon: routed by its folder
+        with pytest.raises(StoreError, match=f"the camera folder {store / 'canon'} is a link to .*nas_canon, which "
+                                             "does not exist"):
+            resolve_model(store, **ask)  # type: ignore[arg-type]
+    (store / "canon").unlink()
+    (store / "canon").symlink_to("canon")  # a loop
+    with pytest.raises(StoreError, match="cannot look into the camera folder .*Too many levels of symbolic links"):
+        resolve_model(store, camera="canon")
+    (store / "canon").unlink()
+    (tmp_path / "nas_canon.off").rename(store / "canon")
+    real_lstat = os.lstat
+
+    def unreadable(path, *args, **kw):  # type: ignore[no-untyped-def]
+        if str(path).startswith(str(store / "canon")):
+            raise PermissionError(13, "Permission denied", str(path))  # chmod 000 (root reads it anyway)
+        return real_lstat(path, *args, **kw)
+
+    monkeypatch.setattr(os, "lstat", unreadable)
+    with pytest.raises(StoreError, match="cannot look into the camera folder .*: Permission denied; give the user"):
+        resolve_model(store, camera="canon")
+    monkeypatch.undo()
+    assert resolve_model(store, camera="nikon").is_fallback  # a camera that is simply absent: the fallback

@@ -296,3 +296,22 @@ def test_an_atomic_write_is_fsynced_before_its_rename_and_the_folder_after(tmp_p
         atomic_write_bytes(target, b"newer")
     monkeypatch.undo()
     assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    """The lock was opened through a planted `.lock -> file` link and the file truncated to the writer's pid
+    (a link to nothing created a file outside the store) (a helper's review)."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious data\n")
+    (tmp_path / "store" / "canon").mkdir(parents=True)
+    cam = CameraStore.open(tmp_path / "store", "canon")
+    (cam.directory / ".lock").symlink_to(precious)
+    with pytest.raises(StoreError, match=r"the lock file .*\.lock is a symbolic link .*remove the link and rerun"), \
+            cam.lock():
+        pass
+    assert precious.read_text() == "precious data\n"
+    (cam.directory / ".lock").unlink()
+    (cam.directory / ".lock").symlink_to(tmp_path / "created_outside")
+    with pytest.raises(StoreError, match="is a symbolic link"), cam.lock():
+        pass
+    assert not (tmp_path / "created_outside").exists()

@@ -691,3 +691,20 @@ def test_an_overlap_that_no_auto_tile_can_keep_is_one_error_before_any_image(sto
     code, _, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--tile-overlap", "60",
                         "--no-progress")
     assert code == 0, err
+
+
+def test_outputs_through_broken_links_are_named_in_one_line(store: Path, tmp_path: Path) -> None:
+    """`-o` a loop of links ended in a RuntimeError traceback; a link to nothing said only "File exists"
+    (a helper's review)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "a.png", np.full((20, 30, 3), 90, np.uint8))
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    with pytest.raises(ConfigError, match=f"-o {loop}: {loop} is a loop of symbolic links; choose another -o"):
+        _run("-i", str(src), "-o", str(loop), "--store", str(store), "--no-progress")  # the CLI: exit 2, one line
+    dangling = tmp_path / "out_link"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=f"{dangling} is a symbolic link to {tmp_path / 'nowhere'}, which does "
+                                          "not exist"):
+        _run("-i", str(src / "a.png"), "-o", str(dangling / "a.png"), "--store", str(store), "--no-progress")
