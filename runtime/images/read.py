@@ -108,7 +108,7 @@ def read_image(
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     p = _checked_file(path)
-    with _open_header(p) as im:
+    with _open_header(p, max_pixels=max_pixels) as im:
         width, height = im.size
         if width * height > max_pixels:
             raise PixelLimitError(
@@ -311,7 +311,8 @@ def _starts_like_tiff(source: Path | io.BytesIO) -> bool:
 
 
 @contextmanager
-def _open_header(p: Path, source: Path | io.BytesIO | None = None) -> Iterator[ImageFile.ImageFile]:
+def _open_header(p: Path, source: Path | io.BytesIO | None = None, *,
+                 max_pixels: int | None = None) -> Iterator[ImageFile.ImageFile]:
     """Open with Pillow (header only) and close afterwards; every failure is an ImageError.
 
     ``source`` (default: the file ``p``) may be the file's bytes, with ``p`` naming it in errors.
@@ -327,6 +328,12 @@ def _open_header(p: Path, source: Path | io.BytesIO | None = None) -> Iterator[I
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(p if source is None else source, formats=PILLOW_OPENERS)
     except Image.DecompressionBombError as e:
+        hard = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0  # where Pillow's warning turns an error
+        if max_pixels is not None and max_pixels < hard:  # above the caller's limit too: that is the one to name
+            raise PixelLimitError(
+                f"{p}: image is over {hard:,} pixels, above the limit of {max_pixels:,}, which guards memory; "
+                "downscale it first"
+            ) from e
         raise ImageTooLargeError(
             f"{p}: image is larger than the decoder's guard against decompression bombs ({e}); "
             "downscale it first"

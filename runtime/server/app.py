@@ -472,6 +472,15 @@ class Server:
         twice = [name for name, n in Counter(key for key, _ in query).items() if n > 1]
         if twice:  # the last one would win, silently
             raise HttpError(422, "invalid_parameter", f"parameter {twice[0]!r} given twice in the query; give it once")
+        coding = request.headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("", "identity"):  # RFC 9110 15.5.16: a content coding the server does not decode
+            raise HttpError(
+                415,
+                "unsupported_image",
+                f"the body is sent with Content-Encoding: {coding}, which this server does not decode; send the "
+                "image file's bytes as they are (image formats are compressed already)",
+                {"Accept-Encoding": "identity", "Connection": "close"},
+            )
         length = request.headers.get("content-length")
         if length is not None:
             if not (length.isascii() and length.isdigit()):

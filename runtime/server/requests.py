@@ -55,7 +55,8 @@ def parse_params(values: Mapping[str, str], max_outscale: float) -> UpscaleParam
     unknown = sorted(set(values) - set(PARAMETERS))
     if unknown:
         raise HttpError(
-            422, "invalid_parameter", f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(PARAMETERS)}"
+            422, "invalid_parameter",
+            f"unknown parameter(s) {', '.join(map(repr, unknown))}; valid: {', '.join(PARAMETERS)}"
         )
     camera = values.get("camera") or None
     outscale: float | None = None
@@ -86,6 +87,10 @@ def parse_params(values: Mapping[str, str], max_outscale: float) -> UpscaleParam
     return UpscaleParams(camera, outscale, suffix, media_type, quality)
 
 
+MAX_FIELD_BYTES = 64 * 1024
+"""The largest text field of a multipart body (the options are a few characters each)."""
+
+
 async def parse_multipart(headers: Headers, body: bytes) -> tuple[bytes, dict[str, str]]:
     """The ``image`` file part's bytes and the text fields of a multipart body (HttpError 400/422)."""
 
@@ -95,13 +100,24 @@ async def parse_multipart(headers: Headers, body: bytes) -> tuple[bytes, dict[st
 
     # Room for unknown and repeated fields, which parse_params / the loop below answer with 422 naming them
     # (at 4 the parser itself refused a fifth field as "malformed"); still a bound on what a client can send.
-    parser = MultiPartParser(headers, stream(), max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=64 * 1024)
+    # More than one file part is parsed, so that a stray one is named (with max_files=1 the parser refused it
+    # as "Too many files" before it could be); all of them lie in the body, which is in memory already.
+    parser = MultiPartParser(headers, stream(), max_files=MAX_FORM_FIELDS, max_fields=MAX_FORM_FIELDS,
+                             max_part_size=MAX_FIELD_BYTES)
     # The body is in memory already: a file part over Starlette's 1 MiB spool limit went to a second copy in
     # $TMPDIR, outside the server's private upload folder (and a full $TMPDIR answered 500).
     parser.spool_max_size = len(body) + 1
     try:
         form = await parser.parse()
     except MultiPartException as exc:
+        if "exceeded maximum size" in str(exc):  # a form field, not a file part, of more than a few words
+            raise HttpError(
+                400,
+                "bad_request",
+                f"a form field of the multipart body is over {MAX_FIELD_BYTES // 1024} KiB; is the image sent "
+                "without a filename? Send it as a file part named 'image' (curl -F image=@photo.jpg; "
+                'Content-Disposition: form-data; name="image"; filename="photo.jpg")',
+            ) from None
         raise HttpError(
             400,
             "bad_request",
@@ -115,7 +131,15 @@ async def parse_multipart(headers: Headers, body: bytes) -> tuple[bytes, dict[st
             if isinstance(value, UploadFile):
                 if name != "image":
                     raise HttpError(422, "invalid_parameter", f"the file part is named {name!r}; name it 'image'")
+                if image is not None:
+                    raise HttpError(422, "invalid_parameter", "the multipart body has two file parts named 'image'; "
+                                                              "send one image per request")
                 image = await value.read()
+            elif name == "image":
+                raise HttpError(400, "bad_request", "the part 'image' has no filename, so it reads as a text field; "
+                                                    "send it as a file part (curl -F image=@photo.jpg; "
+                                                    'Content-Disposition: form-data; name="image"; '
+                                                    'filename="photo.jpg")')
             elif name in fields:
                 raise HttpError(422, "invalid_parameter", f"field {name!r} given twice")
             else:

@@ -600,17 +600,19 @@ def test_decompression_bomb_headers(tmp_path: Path, no_decode: None) -> None:
     big.write_bytes(_png_claiming(11_000, 10_000))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(ImageError, match="decompression bomb") as err:
+        # over Pillow's guard and over max_pixels: max_pixels is the limit named (it is the one that counts)
+        with pytest.raises(ImageError, match="over 178,956,970 pixels, above the limit of 100,000,000") as err:
             read_image(huge)
         assert str(huge) in str(err.value) and str(err.value).endswith("downscale it first")
         assert "MAX_IMAGE_PIXELS" not in str(err.value)  # library advice, no use to a server's client
+        with pytest.raises(ImageError, match="decompression bomb") as err:  # a limit above the guard: the guard
+            read_image(huge, max_pixels=10**9)
         from adassr.runtime.server.codec import UploadFolder
 
         uploads = UploadFolder()
-        try:  # the server names its operator's --max-pixels only where that limit refused the image
-            with pytest.raises(ImageError) as err:
+        try:  # the server names its operator's --max-pixels wherever that limit refuses the image
+            with pytest.raises(ImageError, match="above the limit of 20,000.*set by its operator with --max-pixels"):
                 uploads.decode(huge.read_bytes(), max_pixels=20_000)
-            assert "--max-pixels" not in str(err.value) and "decompression bombs" in str(err.value)
             with pytest.raises(ImageError, match="above the limit of 20,000.*set by its operator with --max-pixels"):
                 uploads.decode(big.read_bytes(), max_pixels=20_000)
         finally:
@@ -1379,3 +1381,17 @@ def test_a_one_bit_grey_png_keeps_its_transparent_colour(tmp_path: Path) -> None
     image = read_image(tmp_path / "key.png")
     assert image.pixels[..., 0].tolist() == [[255, 0, 255, 0]]
     assert image.alpha is not None and image.alpha.tolist() == [[255, 0, 255, 0]]
+
+
+def test_an_image_over_the_decoders_guard_names_the_callers_limit(tmp_path: Path) -> None:
+    """A header over Pillow's decompression-bomb guard (about 179 MP) was refused quoting that guard, not the
+    caller's --max-pixels (16 MP for serve): a client that downscaled to 170 MP got a second refusal."""
+    from adassr.runtime.errors import PixelLimitError
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_claiming(13000, 14000))  # 182 MP in its header
+    with pytest.raises(PixelLimitError, match=r"huge\.png: image is over 178,956,970 pixels, above the limit of "
+                                              r"16,000,000, which guards memory"):
+        read_image(path, max_pixels=16_000_000)
+    with pytest.raises(ImageError, match="decoder's guard against decompression bombs"):
+        read_image(path, max_pixels=300_000_000)  # a limit above the guard: the guard is what stops it

@@ -650,7 +650,7 @@ def test_a_large_multipart_upload_stays_in_memory_and_extra_fields_are_named(
         fields = {"camera": "canon", "format": "png", "quality": "90", "outscale": "2", "colour": "red"}
         message = _assert_json_error(c.post("/v1/upscale", files={"image": ("a.png", small_png(8, 8))}, data=fields),
                                      422, "invalid_parameter")
-        assert "unknown parameter(s) colour" in message
+        assert "unknown parameter(s) 'colour'" in message
         many = [("image", ("a.png", small_png(8, 8), "image/png"))] + [(f"f{k}", (None, "1")) for k in range(40)]
         _assert_json_error(c.post("/v1/upscale", files=many), 400, "bad_request")  # still bounded
 
@@ -1502,3 +1502,32 @@ def test_an_upload_that_ends_frees_its_budget_before_other_uploads_are_checked(s
     results = asyncio.run(both())
     assert [len(r) if isinstance(r, bytes) else r for r in results] == [60_000, 60_000]
     assert not any(isinstance(r, HttpError) for r in results) and server.receiving == 0
+
+
+def test_multipart_parts_and_content_codings_get_errors_that_say_what_was_sent(store: Path) -> None:
+    """An 'image' part without a filename was "no file part named 'image'" (or, over 64 KiB, "malformed"); a
+    stray file part beside it "Too many files"; a gzip body "not a readable image"; an empty parameter name
+    "unknown parameter(s) ;" (a helper's review)."""
+    import gzip
+
+    image = small_png(8, 8)
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        no_name = c.post("/v1/upscale", files={"image": (None, b"not really a PNG")})
+        assert "the part 'image' has no filename" in _assert_json_error(no_name, 400, "bad_request")
+        big_no_name = c.post("/v1/upscale", files={"image": (None, bytes(100_000))})
+        message = _assert_json_error(big_no_name, 400, "bad_request")
+        assert "over 64 KiB; is the image sent without a filename?" in message
+        stray = c.post("/v1/upscale", files=[("image", ("a.png", image, "image/png")),
+                                             ("photo", ("b.png", image, "image/png"))])
+        assert "the file part is named 'photo'; name it 'image'" in _assert_json_error(stray, 422,
+                                                                                       "invalid_parameter")
+        twice = c.post("/v1/upscale", files=[("image", ("a.png", image, "image/png")),
+                                             ("image", ("b.png", image, "image/png"))])
+        assert "two file parts named 'image'" in _assert_json_error(twice, 422, "invalid_parameter")
+        zipped = c.post("/v1/upscale", content=gzip.compress(image), headers={"Content-Encoding": "gzip"})
+        assert "Content-Encoding: gzip, which this server does not decode" in _assert_json_error(
+            zipped, 415, "unsupported_image")
+        assert zipped.headers["accept-encoding"] == "identity"
+        assert c.post("/v1/upscale", content=image, headers={"Content-Encoding": "identity"}).status_code == 200
+        empty_name = c.post("/v1/upscale?=1", content=image)
+        assert "unknown parameter(s) ''; valid:" in _assert_json_error(empty_name, 422, "invalid_parameter")
