@@ -188,13 +188,14 @@ def resolve_bench_model(options: LatencyOptions, *, precision: str = "fp32") -> 
     from adassr.runtime.cameras import camera_name
     from adassr.runtime.errors import ConfigError
     from adassr.runtime.routing import resolve_model
-    from adassr.runtime.store import FALLBACK_CAMERA
+    from adassr.runtime.store import FALLBACK_CAMERA, store_option
 
     route = resolve_model(options.store, camera=options.camera, precision=precision)
     if camera_name(options.camera) != FALLBACK_CAMERA and route.is_fallback:
         raise ConfigError(
             f"camera {options.camera!r} has no exported model in {options.store} ({route.reason}); export it with "
-            f"`adassr export --camera {options.camera}`, or time the fallback with --camera {FALLBACK_CAMERA}")
+            f"`adassr export --camera {options.camera}{store_option(options.store)}`, or time the fallback with "
+            f"--camera {FALLBACK_CAMERA}")
     return route
 
 

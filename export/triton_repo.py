@@ -56,6 +56,7 @@ from adassr.runtime.store import (
     list_cameras,
     misnamed_folders,
     sha256_file,
+    store_option,
     try_exclusive_lock,
 )
 from adassr.runtime.tempfiles import create_temp, current_umask, remove_stale_temps
@@ -274,9 +275,10 @@ def _source(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
     exports = manifest.get("exports") or {}
     key = "onnx_fp16" if options.precision == "fp16" else "onnx"
     if key not in exports:
+        precision = " --precision fp16" if key == "onnx_fp16" else ""
         raise ExportError(
             f"camera {store.camera!r} has no {options.precision} ONNX export; run "
-            f"`adassr export --camera {store.camera}" + (" --precision fp16`" if key == "onnx_fp16" else "`")
+            f"`adassr export {_export_what(store, manifest)}{precision}{store_option(store.root)}`"
         )
     record = exports[key]
     try:
@@ -360,18 +362,21 @@ def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
     return record
 
 
-def _engine_command(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> str:
-    """The command that builds the engine ``--platform tensorrt_plan`` needs (the fallback is exported
-    from its backbone, not as a camera)."""
+def _export_what(store: CameraStore, manifest: Mapping[str, Any]) -> str:
+    """What `adassr export` takes to export this camera: ``--camera NAME``, or for the fallback (exported from
+    its backbone, not as a camera) ``--backbone NAME``."""
     if store.camera == FALLBACK_CAMERA:
         backbone = manifest.get("backbone")
         name = backbone.get("name") if isinstance(backbone, Mapping) else None
-        what = f"--backbone {name if isinstance(name, str) else 'realesrgan-x4plus'}"
-    else:
-        what = f"--camera {store.camera}"
+        return f"--backbone {name if isinstance(name, str) else 'realesrgan-x4plus'}"
+    return f"--camera {store.camera}"
+
+
+def _engine_command(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> str:
+    """The command that builds the engine ``--platform tensorrt_plan`` needs."""
     precision = " --precision fp16" if options.precision == "fp16" else ""
-    return (f"adassr export {what} --store {store.root} --engine tensorrt{precision} --tile {options.tile} "
-            f"--tile-batch {options.max_batch_size}")
+    return (f"adassr export {_export_what(store, manifest)} --store {store.root} --engine tensorrt{precision} "
+            f"--tile {options.tile} --tile-batch {options.max_batch_size}")
 
 
 _TRITON_NUMBER = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")

@@ -38,6 +38,7 @@ from adassr.runtime.store import (
     MODEL_PRECISIONS,
     CameraStore,
     list_cameras,
+    store_option,
 )
 
 PRECISIONS = MODEL_PRECISIONS  # what a route can serve
@@ -64,9 +65,6 @@ def engine_precision(requested: str, served: str) -> str:
     """The engine precision for a route: bf16 when asked for and the route serves ``model.onnx`` (a camera
     with only an fp16 export is served by its fp16 engine), else the served model's precision."""
     return "bf16" if requested == "bf16" and served == "fp32" else served
-FALLBACK_HOWTO = f"export one with `adassr export --backbone {FALLBACK_BACKBONE}`"
-
-
 @dataclass(frozen=True)
 class RouteDecision:
     """Which model serves an image, and why."""
@@ -337,8 +335,9 @@ def resolve_model(
         wanted = f"camera {group!r} ({camera_why})" if group else "this image (no camera group)"
         raise StoreError(
             f"no model for {wanted} in {root} and no fallback model in {root / FALLBACK_CAMERA} "
-            f"({fallback_why}); {FALLBACK_HOWTO}, or adapt and export the camera with "
-            f"`adapt --camera NAME` then `adassr export --camera NAME`"
+            f"({fallback_why}); export one with `adassr export --backbone {FALLBACK_BACKBONE}{store_option(root)}`, "
+            f"or adapt and export the camera with `adapt --camera NAME{store_option(root)}` then `adassr export "
+            f"--camera NAME{store_option(root)}`"
         )
     if fallback.key != EXPORT_KEYS[precision]:
         reason += f"; no {precision} fallback export, serving {_served(fallback.key)}"

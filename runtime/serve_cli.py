@@ -31,6 +31,7 @@ from adassr.runtime.store import (
     CameraStore,
     list_cameras,
     store_argument,
+    store_option,
     warn_misnamed_folders,
 )
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
@@ -299,13 +300,13 @@ def _checked_config(args: argparse.Namespace) -> Any:
     if not cameras:
         raise ConfigError(
             f"the store {config.store} has no camera with a manifest; export a model first "
-            "(`adassr export --backbone realesrgan-x4plus` for the fallback)"
+            f"(`adassr export --backbone realesrgan-x4plus{store_option(config.store)}` for the fallback)"
         )
     if not any(_exported(config.store, camera) for camera in cameras):  # /readyz would say 503 for good
         raise ConfigError(
             f"no camera of the store {config.store} has an exported model ({', '.join(cameras)}: adapted, not "
-            "exported); run `adassr export --camera NAME`, or `adassr export --backbone realesrgan-x4plus` for "
-            "the fallback"
+            f"exported); run `adassr export --camera NAME{store_option(config.store)}`, or `adassr export "
+            f"--backbone realesrgan-x4plus{store_option(config.store)}` for the fallback"
         )
     return config
 

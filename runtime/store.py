@@ -99,6 +99,17 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_NAME = re.compile(r"^.+\.[0-9a-f]{16}(\.[A-Za-z0-9_]+)?$")
 
 
+def store_option(root: str | os.PathLike[str]) -> str:
+    """`` --store ROOT`` for a command suggested to the user, or nothing for the default store: a hint
+    without it, followed as given, would write into ./models and leave the user's store as it was."""
+    given = Path(root).expanduser()
+    try:
+        default = given.resolve() == DEFAULT_STORE.resolve()
+    except (OSError, RuntimeError):
+        default = False
+    return "" if default else f" --store {given}"
+
+
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()
@@ -378,8 +389,9 @@ class CameraStore:
             )
         elif not root_path.is_dir():
             raise StoreError(
-                f"the model store {root_path} does not exist; run `adapt --camera NAME` and `adassr export --camera "
-                "NAME`, or `adassr export --backbone realesrgan-x4plus` for the fallback model, first; or point "
+                f"the model store {root_path} does not exist; run `adapt --camera NAME{store_option(root_path)}` and "
+                f"`adassr export --camera NAME{store_option(root_path)}`, or `adassr export --backbone "
+                f"realesrgan-x4plus{store_option(root_path)}` for the fallback model, first; or point "
                 "--store at an existing store"
             )
         return store

@@ -732,3 +732,11 @@ def test_a_linked_lock_file_is_refused_and_version_folders_follow_the_umask(stor
         os.umask(old)
     assert stat.S_IMODE((model.directory / "1").stat().st_mode) == 0o775
     assert stat.S_IMODE(model.directory.stat().st_mode) == 0o775
+
+
+def test_a_missing_fp16_export_names_the_command_that_makes_it(store: Path, tmp_path: Path) -> None:
+    """The hint for the fallback was `adassr export --camera _fallback --precision fp16`, which export refuses
+    (the fallback is exported from its backbone), and it left out the --store (a helper's review)."""
+    with pytest.raises(ExportError, match=rf"camera '_fallback' has no fp16 ONNX export; run `adassr export --backbone "
+                                          rf"realesrgan-x4plus --precision fp16 --store {store}`"):
+        write_repository(tmp_path / "repo", store, [FALLBACK_CAMERA], TritonRepoOptions(precision="fp16"))

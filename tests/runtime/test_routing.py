@@ -125,8 +125,8 @@ def test_a_camera_exported_in_fp16_only_serves_fp32_requests(tmp_path: Path) -> 
 def test_no_fallback_says_how_to_make_one(tmp_path: Path) -> None:
     publish_camera(tmp_path, "canon")
     assert resolve_model(tmp_path, camera="canon").model_camera == "canon"
-    with pytest.raises(StoreError, match=r"adassr export --backbone realesrgan-x4plus"):
-        resolve_model(tmp_path, camera="nikon")
+    with pytest.raises(StoreError, match=rf"adassr export --backbone realesrgan-x4plus --store {tmp_path}`"):
+        resolve_model(tmp_path, camera="nikon")  # the hint names the store it was given
 
 
 def test_missing_store(tmp_path: Path) -> None:

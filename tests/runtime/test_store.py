@@ -315,3 +315,18 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path
     with pytest.raises(StoreError, match="is a symbolic link"), cam.lock():
         pass
     assert not (tmp_path / "created_outside").exists()
+
+
+def test_suggested_commands_name_a_store_other_than_the_default(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hints such as "run `adassr export --backbone realesrgan-x4plus`" left out the --store the user gave:
+    followed as given they wrote into ./models and the command failed again (a helper's review)."""
+    from adassr.runtime.store import store_option
+
+    monkeypatch.chdir(tmp_path)
+    assert store_option("models") == "" and store_option(tmp_path / "models") == ""
+    assert store_option("elsewhere") == " --store elsewhere"
+    with pytest.raises(StoreError, match=r"run `adapt --camera NAME --store nowhere` and `adassr export --camera NAME "
+                                         r"--store nowhere`, or `adassr export --backbone realesrgan-x4plus --store "
+                                         r"nowhere`"):
+        CameraStore.open("nowhere", "canon")
