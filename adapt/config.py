@@ -135,7 +135,9 @@ class AdaptConfig:
         "its by more than this (GPU 0, the paper; CPU 0.1)"))
     early_stop: bool = True  # False (an ablation): no NIQE stop, the last evaluated EMA weights are kept
     eval_crop: int = field(default=128, metadata=cli("LR crop side for NIQE evaluation (GPU 128, CPU 128)"))
-    eval_max_images: int = 8
+    eval_max_images: int = field(default=8, metadata=cli(
+        "score NIQE on the most structured crop of at most this many images, the group's first in name order "
+        "(GPU 8, CPU 4): each evaluation costs a forward pass per crop"))
     max_images: int = field(default=64, metadata=cli(
         "read at most this many images of the group, evenly spaced in name order (GPU 64, CPU 8)"))
     max_megapixels: float = field(default=200.0, metadata=cli(

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from adassr import __version__
 
@@ -47,8 +48,16 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
 )
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (the README promises one line per error): argparse
+    printed its whole usage block, a dozen lines for `upscale`, before the one that says what was wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(commands: Sequence[Subcommand] = SUBCOMMANDS) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="adassr", description="Camera-adaptive real-world super-resolution (AdaSSR)."
     )
     parser.add_argument("--version", action="version", version=f"adassr {__version__}")
@@ -139,7 +148,7 @@ def adapt_main(argv: Sequence[str] | None = None) -> int:
     """``adapt ...`` is ``adassr adapt ...``."""
     try:
         command = next(c for c in SUBCOMMANDS if c.name == "adapt")
-        parser = argparse.ArgumentParser(prog="adapt", description=command.help)
+        parser = OneLineErrors(prog="adapt", description=command.help)
         args = _fill(parser, command).parse_args(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

