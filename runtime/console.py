@@ -15,6 +15,7 @@ import io
 import os
 import select
 import sys
+import unicodedata
 from collections.abc import Iterator
 from typing import TextIO
 
@@ -26,6 +27,18 @@ def printable(text: str, stream: TextIO) -> str:
         return text.encode(encoding, "backslashreplace").decode(encoding, "replace")
     except LookupError:  # an encoding name Python does not know: keep ASCII, escape the rest
         return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters and line or paragraph separators written as escapes (``\\n``,
+    ``\\x1b``): a file name holding them would split a line of a per-image report or reach the terminal raw."""
+    if text.isprintable():
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _BREAKS else c
+                   for c in text)
+
+
+_BREAKS = ("Cc", "Zl", "Zp")
 
 
 def say(text: str, stream: TextIO | None, *, end: str = "\n") -> bool:

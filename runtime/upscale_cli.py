@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import importlib.util
 import logging
+import os
 import sys
 import time
 import warnings
@@ -51,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from adassr.runtime.cameras import camera_name, closest_camera_hint, validate_group_name
-from adassr.runtime.console import lost_stream, printable, say
+from adassr.runtime.console import lost_stream, one_line, printable, say
 from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
 from adassr.runtime.errors import AdassrError, ConfigError, unexpected_error
 from adassr.runtime.fields import named_by_option
@@ -245,13 +246,29 @@ def _input_folders(source: Path, output: Path) -> list[tuple[Path, Path]]:
             continue
         seen.add(real)
         kept.add(sub)
-    folders += [(sub, output / sub.name) for sub in subfolders if sub in kept]
+    used: set[str] = set()
+    for sub in subfolders:
+        if sub not in kept:
+            continue
+        name, n = sub.name, 2
+        while name.casefold() in used:  # Nikon/ and nikon/ are one folder on macOS and Windows
+            name, n = f"{sub.name}_{n}", n + 1
+        if name != sub.name:
+            log.warning("the outputs of %s go to %s: a folder whose name differs only in case from another's "
+                        "would be the same folder on a case-insensitive file system", sub, output / name)
+        used.add(name.casefold())
+        folders.append((sub, output / name))
     return folders
 
 
 def is_camera_folder_of(source: Path, output: Path) -> bool:
-    """Whether ``output`` is a subfolder of ``source`` one level down: a folder a run reads as a camera's."""
-    return output.resolve().parent == source.resolve() and output.resolve() != source.resolve()
+    """Whether ``output`` is a subfolder of ``source`` one level down: a folder a run reads as a camera's.
+    Where ``output`` is a link, its own place counts, not its target's: the next run lists the link."""
+    try:
+        place = Path(os.path.abspath(output)).parent.resolve()
+        return place == source.resolve() and output.resolve() != source.resolve()
+    except (OSError, RuntimeError):  # a broken link: reported where the output folder is made
+        return False
 
 
 def _check_output_in_input(source: Path, output: Path) -> None:
@@ -322,9 +339,18 @@ def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]
         target = output
     else:
         target = output / (source.stem + _output_suffix(ext, source))
-    if target.exists() and target.resolve() == source.resolve():
+    if _entry_exists(target) and target.resolve() == source.resolve():
         raise ConfigError(f"the output {target} would overwrite the input; choose another -o")
     return [(source, target)]
+
+
+def _entry_exists(path: Path) -> bool:
+    """Whether anything is at ``path``; False where the name cannot be looked up at all (longer than the file
+    system takes): writing that output then fails on its own, named, and the batch goes on."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:
+        return False
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -363,7 +389,7 @@ def skip_existing(pairs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path
     todo = []
     skipped: dict[Path, list[str]] = {}
     for source, target in pairs:
-        if target.exists() or target.is_symlink():
+        if _entry_exists(target):
             skipped.setdefault(target.parent, []).append(target.name)
         else:
             todo.append((source, target))
@@ -410,6 +436,7 @@ class _Progress:
         return self._tqdm(total=total, unit=unit, file=self._stream, dynamic_ncols=True, leave=leave)
 
     def write(self, line: str, *, file: TextIO | None) -> None:
+        line = one_line(line)  # one line per image, whatever its file name holds
         if self._bar is None or file is None:
             say(line, file)
             return
@@ -423,7 +450,7 @@ class _Progress:
         if self._bar is not None:
             self._bar.update(1)
         elif self._enabled and self._total > 1:
-            say(f"[{self._done}/{self._total}] {name}", self._stream)
+            say(f"[{self._done}/{self._total}] {one_line(name)}", self._stream)
 
     def tiles(self) -> Callable[[int, int], None] | None:
         """A tile-progress callback for a single-image run on a terminal (None for folders, other streams
@@ -602,7 +629,6 @@ def run_upscale(
     if camera is not None:
         camera = camera_name(camera)  # the store's spelling; CameraError for a bad name, before any work
     check_output_folders(target for _, target in pairs)
-    _mark_output_in_input(args.input, args.output)
     out = stdout if stdout is not None else sys.stdout
     kept = 0
     if getattr(args, "skip_existing", False):
@@ -616,6 +642,7 @@ def run_upscale(
         from adassr.runtime.server.triton_upscale import open_triton
 
         with contextlib.closing(open_triton(triton, camera=camera)) as remote:
+            _mark_output_in_input(args.input, args.output)  # once every check passed: a refused run marks nothing
             return _run_pairs(remote, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept)
     _check_device_options(args, options)
     if options.backend == "onnxruntime":
@@ -633,6 +660,7 @@ def run_upscale(
         ready = getattr(upscaler, "check_ready", None)
         if ready is not None:  # open the first model now: a backend that cannot start fails the run once
             ready(camera=camera)
+        _mark_output_in_input(args.input, args.output)  # once every check passed: a refused run marks nothing
         return _run_pairs(upscaler, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept)
 
 
@@ -714,7 +742,7 @@ def run_batch(
     bar = _Progress(len(pairs), enabled=progress, stream=err)
     try:
         for source, target in pairs:
-            existed = target.is_file()
+            existed = _entry_exists(target) and target.is_file()
             try:
                 result, notes = _process_one(serve, source, target, quality=quality, tiles=bar.tiles())
             except (AdassrError, MemoryError) as exc:

@@ -319,6 +319,9 @@ def _atomic_write(p: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:
+            raise ImageError(f"{p}: the file name is longer than the file system takes (255 bytes on most); "
+                             "give the input a shorter name, or choose another -o") from e
         if isinstance(e, OSError):
             raise ImageError(
                 f"{p}: writing failed ({e.strerror or e}); check free space and permissions"

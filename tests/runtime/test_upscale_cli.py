@@ -17,7 +17,7 @@ from adassr.runtime.images import read_image, write_image
 from adassr.runtime.pipeline import RuntimeOptions, Upscaler
 from adassr.runtime.store import FALLBACK_CAMERA
 from adassr.runtime.tiling import TilingOptions, plan_tiles
-from adassr.runtime.upscale_cli import add_upscale_arguments, plan_outputs, run_upscale
+from adassr.runtime.upscale_cli import OUTPUT_MARKER, add_upscale_arguments, plan_outputs, run_upscale
 from adassr.runtime.upscalers import UpscalerEntry, runtime_upscalers
 
 from ._models import publish_camera
@@ -708,3 +708,55 @@ def test_outputs_through_broken_links_are_named_in_one_line(store: Path, tmp_pat
     with pytest.raises(ConfigError, match=f"{dangling} is a symbolic link to {tmp_path / 'nowhere'}, which does "
                                           "not exist"):
         _run("-i", str(src / "a.png"), "-o", str(dangling / "a.png"), "--store", str(store), "--no-progress")
+
+
+def _tiny_images(*paths: Path) -> None:
+    for k, path in enumerate(paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_image(path, np.full((12, 16, 3), 40 + 20 * k, np.uint8))
+
+
+def test_a_name_too_long_for_the_file_system_fails_that_image_only(store: Path, tmp_path: Path) -> None:
+    """An output name over 255 bytes (a 251-character name given --ext webp) ended the batch in an OSError
+    traceback: the later images never ran and no summary was printed (a helper's review)."""
+    src = tmp_path / "in"
+    long_name = "m" * 251
+    _tiny_images(src / "a.png", src / f"{long_name}.jpg", src / "z.png")
+    code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--ext", "webp",
+                          "--no-progress")
+    assert code == 1 and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.webp", "z.webp"]
+    assert "the file name is longer than the file system takes" in err
+    assert "upscaled 2 ok, 1 failed" in out
+
+
+def test_a_refused_run_leaves_no_output_marker_and_a_linked_output_gets_one(store: Path, tmp_path: Path) -> None:
+    """A run refused before its first image (exit 2) had already marked the user's camera folder as an output
+    folder, so its photos were skipped for good; an -o inside the input that is a link got no marker, so the
+    next run upscaled the outputs again as photos (a helper's review)."""
+    src = tmp_path / "in"
+    _tiny_images(src / "a.png")
+    (src / "nikon").mkdir()
+    with pytest.raises(ConfigError, match="--device"):
+        _run("-i", str(src), "-o", str(src / "nikon"), "--store", str(store), "--device", "cuda", "--no-progress")
+    assert not (src / "nikon" / OUTPUT_MARKER).exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (src / "out").symlink_to(elsewhere)
+    code, _, _ = _run("-i", str(src), "-o", str(src / "out"), "--store", str(store), "--no-progress")
+    assert code == 0 and (elsewhere / OUTPUT_MARKER).exists()
+    code, out, _ = _run("-i", str(src), "-o", str(tmp_path / "again"), "--store", str(store), "--no-progress")
+    assert code == 0 and "upscaled 1 ok" in out and "out/a.png ->" not in out  # the outputs are not read
+
+
+def test_folders_whose_names_differ_in_case_get_separate_outputs_and_names_stay_one_line(
+        store: Path, tmp_path: Path) -> None:
+    """Nikon/ and nikon/ were planned to o/Nikon and o/nikon, one folder on macOS and Windows; a newline in a
+    file name split the image's line in two (a helper's review)."""
+    src = tmp_path / "in"
+    _tiny_images(src / "Nikon" / "x.png", src / "nikon" / "x.png", src / "new\nline.png")
+    code, out, _ = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--no-progress")
+    assert code == 0
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == [
+        "Nikon/x.png", "new\nline.png", "nikon_2/x.png"]
+    assert any(line.startswith(f"{src}/new\\nline.png -> ") for line in out.splitlines())
