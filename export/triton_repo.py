@@ -700,17 +700,16 @@ def _plan_target(gpu_name: object, tensorrt_version: object) -> str:
     return f"{gpu_name} with TensorRT {tensorrt_version}"
 
 
-def _check_one_tensorrt_target(repo: Path, sources: Sequence[_Source]) -> None:
+def _check_one_tensorrt_target(repo: Path, plans: Sequence[_Plan]) -> None:
     """``ExportError`` when the plans this run publishes, together with the plans the repository's other
     models serve, were built for more than one GPU type or TensorRT release: one Triton release loads the
     plans of its own TensorRT only, so some models of the repository could never load."""
     targets: dict[str, list[str]] = {}
-    writing = set()
-    for source in sources:
-        if source.engine is not None:
-            key = source.engine.key
-            targets.setdefault(_plan_target(key.gpu.name, key.tensorrt_version), []).append(source.camera)
-        writing.add(source.camera)
+    writing = {plan.name for plan in plans}  # models, not cameras: another --triton-prefix is another model
+    for plan in plans:
+        if plan.source.engine is not None:
+            key = plan.source.engine.key
+            targets.setdefault(_plan_target(key.gpu.name, key.tensorrt_version), []).append(plan.source.camera)
     if not targets:
         return
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -723,8 +722,8 @@ def _check_one_tensorrt_target(repo: Path, sources: Sequence[_Source]) -> None:
         if latest is None or not (versions[latest] / MODEL_FILES["tensorrt_plan"]).is_file():
             continue  # no plan served there
         record = provenance.get(str(latest))
-        if not isinstance(record, Mapping) or record.get("camera") in writing:
-            continue  # a camera this run publishes again: its new plan replaces the served one
+        if not isinstance(record, Mapping) or model_dir.name in writing:
+            continue  # a model this run publishes again: its new plan replaces the served one
         if record.get("tensorrt_version") and record.get("gpu_name"):
             targets.setdefault(_plan_target(record["gpu_name"], record["tensorrt_version"]), []).append(
                 f"{model_dir.name} (already in the repository)")
@@ -794,7 +793,7 @@ def write_repository(
         try:
             with _repository_lock(out):
                 plans = [plan_model(out, source, opts) for source in sources]  # every check before any write
-                _check_one_tensorrt_target(out, sources)
+                _check_one_tensorrt_target(out, plans)
                 return [write_model(plan) for plan in plans]
         except BaseException:
             if created and {p.name for p in out.iterdir()} == {LOCK_FILE}:  # made by this run, left empty

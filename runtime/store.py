@@ -59,6 +59,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import stat
 import sys
@@ -107,7 +108,7 @@ def store_option(root: str | os.PathLike[str]) -> str:
         default = given.resolve() == DEFAULT_STORE.resolve()
     except (OSError, RuntimeError):
         default = False
-    return "" if default else f" --store {given}"
+    return "" if default else f" --store {shlex.quote(str(given))}"
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
@@ -438,6 +439,10 @@ class CameraStore:
         except NotADirectoryError:
             return False  # a file where the folder would be: no camera (list_cameras leaves it out too)
         except OSError as exc:
+            loop = broken_link(self.directory)
+            if loop is not None:
+                raise StoreError(f"cannot look into the camera folder {self.directory}: {loop}; fix or remove the "
+                                 "link") from exc
             raise StoreError(
                 f"cannot look into the camera folder {self.directory}: {exc.strerror or exc}; give the user "
                 "running adassr read access to it (or remove it from the store)"
@@ -921,7 +926,10 @@ def _manifest_folders(root: str | os.PathLike[str],
         return
     for folder in entries:
         try:
-            if not folder.is_dir():  # a link to nothing, or a file
+            if not folder.is_dir():  # a file, a link to a file, or a broken link
+                problem = broken_link(folder)  # a camera folder on a share that went away: not "no camera"
+                if problem is not None and unreadable is not None and _is_group_name(folder.name):
+                    unreadable[folder.name] = problem
                 continue
             # lstat: a manifest that is a link to nothing is a camera with a damaged manifest, not no
             # camera (glob leaves such links out, and the camera's images then went to the fallback)

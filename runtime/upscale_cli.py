@@ -73,7 +73,15 @@ from adassr.runtime.pipeline import OutputCheck, RuntimeOptions, UpscaleResult
 from adassr.runtime.preflight import check_output_folders, check_required_providers, check_threads
 from adassr.runtime.routing import SERVING_PRECISIONS
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX as DEFAULT_TRITON_PREFIX
-from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, FALLBACK_CAMERA, list_cameras, store_argument
+from adassr.runtime.store import (
+    DEFAULT_STORE,
+    FALLBACK_BACKBONE,
+    FALLBACK_CAMERA,
+    CameraStore,
+    list_cameras,
+    store_argument,
+    store_option,
+)
 from adassr.runtime.tempfiles import remove_stale_temps
 from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, MAX_PRE_PAD
@@ -682,12 +690,17 @@ def _warn_if_camera_missing(camera: str, store: Path, stderr: TextIO) -> None:
     if camera == FALLBACK_CAMERA:
         return
     name = validate_group_name(camera)  # the store's spelling of the name (checked before, so no error)
+    try:
+        if CameraStore.open(store, name).exists():
+            return
+    except AdassrError:
+        return  # a camera folder that cannot be looked into: not the fallback; routing reports it, once
     known = [c for c in list_cameras(store) if c != FALLBACK_CAMERA]
     if name in known:
         return
     listed = ", ".join(known) if known else "none yet"
     hint = closest_camera_hint(name, known)
-    advice = ("" if hint else f"; adapt it with `adapt --camera {name}`")  # no advice to adapt a typo
+    advice = ("" if hint else f"; adapt it with `adapt --camera {name}{store_option(store)}`")  # not a typo's
     print(f"warning: camera {name!r} has no model in the store {store} (cameras: {listed}).{hint} "
           f"Its images get the unadapted fallback model{advice}.", file=stderr)
 

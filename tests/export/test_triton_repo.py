@@ -285,6 +285,12 @@ def test_plans_of_different_tensorrt_releases_never_share_a_repository(store: Pa
                                           r"10\.8\.0: _fallback"):
         write_repository(repo, store, [FALLBACK_CAMERA], options)  # beside a plan of another release
     assert sorted(p.name for p in repo.iterdir()) == [".adassr.lock", "adassr_canon"]
+    # the same camera under another --triton-prefix is another model beside it: refused as well
+    publish_camera(store, "canon", seed=21)  # adapted again: its 10.13 engine is stale, a 10.8 one is built
+    _store_engine(CameraStore.open(store, "canon"), b"plan-of-10.8-canon", tensorrt_version="10.8.0")
+    with pytest.raises(ExportError, match="more than one GPU type or TensorRT release"):
+        write_repository(repo, store, ["canon"], TritonRepoOptions(
+            platform="tensorrt_plan", tile=64, max_batch_size=4, preferred_batch_sizes=(4,), prefix="v2_"))
     # the same camera again with the other release replaces its own plan: no conflict with itself
     write_repository(tmp_path / "onnx", store, ["canon"])  # ONNX models never conflict
     (onnx_and_plan,) = write_repository(tmp_path / "onnx", store, [FALLBACK_CAMERA], options)

@@ -295,8 +295,15 @@ def test_a_camera_folder_that_cannot_be_looked_into_is_an_error_not_the_fallback
             resolve_model(store, **ask)  # type: ignore[arg-type]
     (store / "canon").unlink()
     (store / "canon").symlink_to("canon")  # a loop
-    with pytest.raises(StoreError, match="cannot look into the camera folder .*Too many levels of symbolic links"):
+    with pytest.raises(StoreError, match=r"cannot look into the camera folder .*canon is a loop of symbolic links; "
+                                         r"fix or remove the link"):
         resolve_model(store, camera="canon")
+    from adassr.runtime.store import scan_store
+
+    assert scan_store(store).unreadable == {"canon": f"{store / 'canon'} is a loop of symbolic links"}  # serve
+    (store / "canon").unlink()
+    (store / "canon").symlink_to(tmp_path / "nas_canon.off" / "gone")  # serve's scan: not "no camera" either
+    assert "which does not exist" in scan_store(store).unreadable["canon"] and "canon" not in scan_store(store).cameras
     (store / "canon").unlink()
     (tmp_path / "nas_canon.off").rename(store / "canon")
     real_lstat = os.lstat

@@ -760,3 +760,20 @@ def test_folders_whose_names_differ_in_case_get_separate_outputs_and_names_stay_
     assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == [
         "Nikon/x.png", "new\nline.png", "nikon_2/x.png"]
     assert any(line.startswith(f"{src}/new\\nline.png -> ") for line in out.splitlines())
+
+
+def test_the_missing_camera_warning_is_only_for_a_missing_camera_and_names_the_store(
+        store: Path, tmp_path: Path) -> None:
+    """`--camera canon` with a camera folder that is a loop of links warned that its images get the fallback
+    (they do not: the run stops), and the advice to adapt left out --store (a helper's review)."""
+    _tiny_images(tmp_path / "a.png")
+    code, _, err = _run("-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o1.png"), "--store", str(store),
+                        "--camera", "sony", "--no-progress")
+    assert code == 0 and f"adapt it with `adapt --camera sony --store {store}`" in err
+    (store / "canon").rename(tmp_path / "canon_elsewhere")
+    (store / "canon").symlink_to("canon")  # a loop
+    err_stream = io.StringIO()
+    with pytest.raises(StoreError, match="is a loop of symbolic links"):  # the CLI: exit 2, one line
+        run_upscale(_parse("-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o2.png"), "--store", str(store),
+                           "--camera", "canon", "--no-progress"), stdout=io.StringIO(), stderr=err_stream)
+    assert "fallback" not in err_stream.getvalue()
