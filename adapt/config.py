@@ -136,8 +136,8 @@ class AdaptConfig:
     early_stop: bool = True  # False (an ablation): no NIQE stop, the last evaluated EMA weights are kept
     eval_crop: int = field(default=128, metadata=cli("LR crop side for NIQE evaluation (GPU 128, CPU 128)"))
     eval_max_images: int = field(default=8, metadata=cli(
-        "score NIQE on the most structured crop of at most this many images, the group's first in name order "
-        "(GPU 8, CPU 4): each evaluation costs a forward pass per crop"))
+        "score NIQE on the most structured crop of at most this many of the images read, the first in name "
+        "order (GPU 8, CPU 4): each evaluation costs a forward pass per crop"))
     max_images: int = field(default=64, metadata=cli(
         "read at most this many images of the group, evenly spaced in name order (GPU 64, CPU 8)"))
     max_megapixels: float = field(default=200.0, metadata=cli(

@@ -137,11 +137,26 @@ def _missing_dependency(command: str, exc: ImportError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:  # building the parser imports every subcommand's options: Ctrl-C there is no traceback either
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the subcommand that was given them, whose --help lists its options
+            _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return _dispatch(args)
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser the parsed ``args`` went through last: ``adassr bench latency``'s for
+    ``adassr bench latency --bad``."""
+    current = parser
+    while True:
+        subcommands = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subcommands[0].dest, None) if subcommands else None
+        if not subcommands or name not in subcommands[0].choices:
+            return current
+        current = subcommands[0].choices[name]
 
 
 def adapt_main(argv: Sequence[str] | None = None) -> int:

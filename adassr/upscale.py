@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,7 +115,7 @@ def export_camera_on_first_use(options: RuntimeOptions, *, camera: str | None, s
 
     print(
         f"camera {camera!r} is adapted but not exported yet: exporting it to {store / camera} "
-        f"(first use only; same as `adassr export --camera {camera} --store {store}`)...",
+        f"(first use only; same as `adassr export --camera {camera} --store {shlex.quote(str(store))}`)...",
         file=sys.stderr, flush=True,
     )
     from adassr.export.crops import find_validation_photo
@@ -127,7 +128,7 @@ def export_camera_on_first_use(options: RuntimeOptions, *, camera: str | None, s
     except ExportError:  # the camera's photos moved away and no sample photo is installed: an input serves
         validation = _validation_sample(samples)
         if validation is None:
-            raise _no_validation_photo(f"adassr export --camera {camera} --store {store}") from None
+            raise _no_validation_photo(f"adassr export --camera {camera} --store {shlex.quote(str(store))}") from None
     # another process's first use may be exporting it now: wait for it, and take its export when it is done
     export_camera(store, camera, precision="fp32", validation_image=validation, lock_timeout_s=FIRST_USE_WAIT_S,
                   if_missing=True)
@@ -152,7 +153,7 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
         return
     from adassr.export.crops import SAMPLE_PHOTO, checkout_file
 
-    command = f"adassr export --backbone {options.backbone} --store {store}"
+    command = f"adassr export --backbone {options.backbone} --store {shlex.quote(str(store))}"
     if checkout_file(SAMPLE_PHOTO) is None:  # an installed package: the export needs a photo to validate on
         command += " --validation-image PHOTO"
     if importlib.util.find_spec("torch") is None:

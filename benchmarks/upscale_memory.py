@@ -19,7 +19,8 @@ writes the result with ``write_image`` to a ``.png`` / ``.jpg`` file (the encode
 into the file), so decoding, encoding and the output file's buffers count too.
 
 Results: ``<out-dir>/upscale_memory_<machine>.md`` and ``.json``, the machine named in them and in
-the file name (``upscale_memory.md`` is the first run's).
+the file name, with ``_<width>x<height>`` added for a size other than 3000x2000
+(``upscale_memory.md`` is the first run's).
 """
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ def main() -> None:
     from adassr.runtime.cpu_info import report_tag
 
     tag = report_tag(machine)
+    if (args.width, args.height) != (3000, 2000):  # another size is another result, beside the default one
+        tag += f"_{args.width}x{args.height}"
     atomic_write_bytes(args.out_dir / f"upscale_memory_{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(args.out_dir / f"upscale_memory_{tag}.md", text.encode())
 

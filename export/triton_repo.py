@@ -26,7 +26,8 @@ Layout written (``adassr export --triton-repo DIR``)::
   TensorRT engines itself.
 
 Every file is written atomically (temporary file + rename); a version folder is complete before
-it appears under its number, and its config is written before it (see :func:`write_model`). Model
+it appears under its number, and a config that serves it is written before it (with
+``trt_cache_dir``, one without the engine cache, the final one right after; see :func:`write_model`). Model
 files are verified against the manifest's sha256 first. Plans of more than one GPU type or TensorRT
 release never share a repository (one Triton release could not load them all).
 """
@@ -38,6 +39,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -375,7 +377,8 @@ def _export_what(store: CameraStore, manifest: Mapping[str, Any]) -> str:
 def _engine_command(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> str:
     """The command that builds the engine ``--platform tensorrt_plan`` needs."""
     precision = " --precision fp16" if options.precision == "fp16" else ""
-    return (f"adassr export {_export_what(store, manifest)} --store {store.root} --engine tensorrt{precision} "
+    return (f"adassr export {_export_what(store, manifest)} --store {shlex.quote(str(store.root))} "
+            f"--engine tensorrt{precision} "
             f"--tile {options.tile} --tile-batch {options.max_batch_size}")
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from adassr.runtime.tempfiles import remove_stale_temps
 
 STALE_TEMP_AGE_S = 3600.0
-"""Temporary files of dead writers older than this are removed with the evictions (a cache folder has
-no lock, so a younger one may be another machine's write in progress)."""
+"""Temporary files of dead writers older than this are removed at every use of the cache (a cache folder
+has no lock, so a younger one may be another machine's write in progress)."""
 
 
 def remove_dead_writes(folder: Path) -> None:

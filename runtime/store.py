@@ -265,12 +265,13 @@ def try_exclusive_lock(fd: int) -> bool:
 def damaged_manifest_advice(path: Path) -> str:
     """The way out of a manifest that cannot be read: every stage refuses the camera until it is gone
     (rerunning the stage that wrote it fails the same way, since it reads the manifest first)."""
-    camera, store = path.parent.name, path.parent.parent
+    camera, store = path.parent.name, shlex.quote(str(path.parent.parent))
     rebuild = (f"`adapt --camera {camera} --images <its photos> --store {store}` (then `adassr export --camera "
                f"{camera} --store {store}`)" if camera != FALLBACK_CAMERA
                else f"`adassr export --backbone realesrgan-x4plus --store {store}`")
     return (f"every stage refuses this camera while the manifest is damaged: move it away "
-            f"(`mv {path} {path}.damaged`), then rebuild the camera with {rebuild}")
+            f"(`mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.damaged')}`), then rebuild the camera "
+            f"with {rebuild}")
 
 
 def validate_manifest(data: object, path: Path) -> dict[str, Any]:

@@ -802,5 +802,5 @@ def _summary(outcomes: list[_Outcome], seconds: float, skipped: int = 0) -> str:
         line += (f"; replaced {replaced} existing output file{'s' if replaced != 1 else ''} "
                  "(--skip-existing keeps them)")
     if failed:
-        line += "; failed: " + ", ".join(str(o.source) for o in failed)
+        line += "; failed: " + ", ".join(one_line(str(o.source)) for o in failed)
     return line

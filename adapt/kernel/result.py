@@ -87,7 +87,7 @@ class KernelEstimate:
         details = [self.method, f"confidence {self.confidence:.2f}"]
         agreement = self.direction_agreement
         if agreement is not None:
-            details.append(f"direction agreement {agreement:.2f}")
+            details.append(f"direction agreement {math.floor(agreement * 1000) / 1000:.3f}")  # as the warning
         return f"{text} ({', '.join(details)})"
 
     def direction_warning(self) -> str | None:

@@ -75,7 +75,9 @@ def png_chunk_counts(data: bytes) -> dict[bytes, int]:
 
 _INTEGER_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}
 """TIFF integer field types (BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG and BigTIFF's LONG8, SLONG8) and their
-struct formats: libtiff and Pillow take the orientation in any of them, not only in SHORT."""
+struct formats: libtiff and Pillow take the orientation in the signed and wider ones too, not only in SHORT.
+(Pillow reads a BYTE orientation as bytes, which the reader takes for 1; set to 1 here as well, such a tag
+turns nothing, consistently.)"""
 
 
 def tiff_without_orientation(data: bytes) -> bytes:
