@@ -284,3 +284,9 @@ def test_usage_errors_are_one_line(capsys) -> None:
     with pytest.raises(SystemExit):
         adapt_main(["--steps", "many"])
     assert capsys.readouterr().err.startswith("adapt: error: argument --steps")
+    # an option the subcommand does not have: named by the subcommand, whose --help lists its options
+    for argv, prog in ((["upscale", "-i", "a", "-o", "b", "--bogus"], "adassr upscale"),
+                       (["bench", "latency", "--bad"], "adassr bench latency")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert capsys.readouterr().err == f"{prog}: error: unrecognized arguments: {argv[-1]} (see {prog} --help)\n"

@@ -178,6 +178,8 @@ def test_warning_only_for_an_elongated_kernel_whose_direction_the_images_dispute
     # just under the bar: never shown as the bar itself (0.8483 read "only 0.85 (... warned below 0.85)")
     close = _estimate(2.4, 1.2, 30.0, DIRECTION_AGREEMENT_WARN_PARTS - 0.0017, "parts").direction_warning()
     assert close is not None and f"only {DIRECTION_AGREEMENT_WARN_PARTS - 0.002:.3f} " in close
+    described = _estimate(2.4, 1.2, 30.0, DIRECTION_AGREEMENT_WARN_PARTS - 0.0017, "parts").describe()
+    assert f"direction agreement {DIRECTION_AGREEMENT_WARN_PARTS - 0.002:.3f}" in described  # as in the warning
     assert _estimate(2.4, 1.2, 30.0, 0.9).direction_warning() is None  # they agree
     assert _estimate(1.7, 1.6, 30.0, 0.1).direction_warning() is None  # nearly round: no angle to trust
     assert _estimate(2.4, 1.2, 30.0, None).direction_warning() is None  # not measured

@@ -331,3 +331,15 @@ def test_suggested_commands_name_a_store_other_than_the_default(tmp_path: Path,
                                          r"--store nowhere`, or `adassr export --backbone realesrgan-x4plus --store "
                                          r"nowhere`"):
         CameraStore.open("nowhere", "canon")
+
+
+def test_the_damaged_manifest_advice_quotes_its_paths(tmp_path: Path) -> None:
+    """The advice printed `mv my store/canon/manifest.json ...` and `--store my store`, which fail as pasted."""
+    import shlex
+
+    from adassr.runtime.store import damaged_manifest_advice
+
+    manifest = tmp_path / "my store" / "canon" / "manifest.json"
+    advice = damaged_manifest_advice(manifest)
+    quoted = shlex.quote(str(tmp_path / "my store"))
+    assert f"--store {quoted}`" in advice and f"`mv {shlex.quote(str(manifest))} " in advice

@@ -760,6 +760,10 @@ def test_folders_whose_names_differ_in_case_get_separate_outputs_and_names_stay_
     assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == [
         "Nikon/x.png", "new\nline.png", "nikon_2/x.png"]
     assert any(line.startswith(f"{src}/new\\nline.png -> ") for line in out.splitlines())
+    (src / "bad\nname.png").write_bytes(b"not an image")
+    code, out, _ = _run("-i", str(src), "-o", str(tmp_path / "out2"), "--store", str(store), "--no-progress")
+    (summary,) = [line for line in out.splitlines() if line.startswith("upscaled ")]
+    assert code == 1 and summary.endswith(f"failed: {src}/bad\\nname.png")  # the summary stays one line
 
 
 def test_the_missing_camera_warning_is_only_for_a_missing_camera_and_names_the_store(
