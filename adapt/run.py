@@ -213,6 +213,12 @@ def _decode_members(members: Sequence[GroupMember],
         except ImageError as exc:
             errors.append((str(member.path), exc))
             continue
+        if loaded.alpha is not None:
+            clear = float(np.mean(loaded.alpha < np.iinfo(loaded.alpha.dtype).max))
+            if clear > 0:
+                log.warning("%s: %.0f%% of its pixels are transparent; adaptation trains on the colours stored under "
+                            "them (its alpha is not used): adapt on opaque photos of the camera", member.path,
+                            max(1.0, 100 * clear))
         pixels = to_float32(loaded.pixels)
         if pixels.shape[2] == 1:
             pixels = np.repeat(pixels, 3, axis=2)

@@ -16,8 +16,9 @@ rather than return a grey-filled image). Pillow's decompression-bomb warning is 
 ``max_pixels``; its hard error (above ``2 * PIL.Image.MAX_IMAGE_PIXELS``) becomes ImageError.
 
 Conversions: palette -> RGB (grey palette -> grey), with alpha when the palette has transparency;
-single-colour PNG transparency (tRNS) -> alpha; 1-bit -> grey 0/255; CMYK, YCbCr, HSV -> RGB
-(Pillow's formulas, no ICC colour management); premultiplied RGBa/La -> straight alpha. 32-bit
+single-colour PNG transparency (tRNS, its key at the image's bit depth) -> alpha; 1-bit -> grey 0/255;
+CMYK, YCbCr, HSV -> RGB (Pillow's formulas, no ICC colour management); premultiplied RGBa/La (and
+16-bit TIFF with associated alpha) -> straight alpha; WhiteIsZero grey TIFF -> inverted, 8- and 16-bit. 32-bit
 integer ('I'), float ('F') and other modes raise ImageError: convert them to 8 or 16 bit first.
 An embedded ICC profile is kept (``LoadedImage.icc_profile``) when it describes the decoded pixels:
 RGB for RGB, grey for grey (so a CMYK file's profile is not).
@@ -423,7 +424,11 @@ def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | 
                 raise ImageError(f"{p}: a 16-bit TIFF {stored[0]}x{stored[1]} has a side longer than "
                                  f"{OPENCV_MAX_TIFF_SIDE:,} pixels, which its decoder (OpenCV) refuses; convert it "
                                  "to 8-bit or cut it into parts")
-            return (*_decode_opencv(p, tiff_without_orientation(_read_bytes(p)), stored, grey=False), exif)
+            pixels16, alpha16 = _decode_opencv(p, tiff_without_orientation(_read_bytes(p)), stored, grey=False)
+            extra = im.tag_v2.get(338)  # type: ignore[attr-defined]
+            if alpha16 is not None and 1 in (extra if isinstance(extra, tuple) else (extra,)):
+                _unpremultiply(pixels16, alpha16)  # associated alpha: Pillow does this for 8-bit (RGBa)
+            return pixels16, alpha16, exif
         if im.tag_v2.get(274, 1) == 1:  # type: ignore[attr-defined]
             return (*_decode_pillow(p, im), exif)  # nothing for libtiff to turn: decoded from the file itself
         with _open_header(p, io.BytesIO(tiff_without_orientation(_read_bytes(p)))) as neutral:
@@ -445,6 +450,17 @@ def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | 
             return pixels, alpha, _exif_from_payload(payload, p)
     pixels, alpha = _decode_pillow(p, im)
     return pixels, alpha, _exif(im, p)
+
+
+def _unpremultiply(pixels: np.ndarray, alpha: np.ndarray) -> None:
+    """Colour premultiplied by alpha (TIFF ExtraSamples 1, "associated") to straight colour, in place, a
+    strip at a time; fully transparent pixels keep their (zero) colour."""
+    peak = np.iinfo(pixels.dtype).max
+    rows = max(1, _STRIP_BYTES // max(1, 8 * pixels.shape[1] * pixels.shape[2]))
+    for top in range(0, pixels.shape[0], rows):
+        a = alpha[top:top + rows, :, None].astype(np.float64)
+        straight = pixels[top:top + rows] * (peak / np.maximum(a, 1.0))
+        pixels[top:top + rows] = np.where(a > 0, np.clip(np.rint(straight), 0, peak), pixels[top:top + rows])
 
 
 def _check_tiff_tiles(p: Path, im: ImageFile.ImageFile) -> None:
@@ -495,10 +511,12 @@ def _pillow_arrays(im: Image.Image, p: Path) -> tuple[np.ndarray, np.ndarray | N
     if mode in ("L", "LA", "RGB", "RGBA") or mode in _UINT16_MODES:
         if mode in _UINT16_MODES:
             pixels, alpha = _split(np.array(im).astype(np.uint16))  # native byte order
+            if im.format == "TIFF" and im.tag_v2.get(262) == 0:  # type: ignore[attr-defined]
+                np.subtract(np.uint16(65535), pixels, out=pixels)  # WhiteIsZero (Pillow inverts only 8-bit)
         else:
             pixels, alpha = _as_arrays(im)
         if alpha is None and "transparency" in im.info:
-            alpha = _colour_key_alpha(pixels, im.info["transparency"])
+            alpha = _colour_key_alpha(pixels, _key_at_8_bits(im, p, im.info["transparency"]))
         return pixels, alpha
     raise ImageError(
         f"{p}: unsupported pixel mode {mode!r} (e.g. 32-bit integer or float); convert the image "
@@ -596,6 +614,17 @@ def _palette_is_grey(im: Image.Image) -> bool:
     used = used[used < len(rgb)]
     entries = rgb[used]
     return bool(np.all(entries == entries[:, :1]))
+
+
+def _key_at_8_bits(im: Image.Image, p: Path, key: object) -> object:
+    """A PNG grey tRNS key as the pixels hold it: Pillow scales 2- and 4-bit grey to 8 bits (level 3 of a
+    2-bit image reads as 255), not the key (a 2-bit image's transparent 3 matched nothing)."""
+    if im.format != "PNG" or im.mode != "L" or isinstance(key, bool) or not isinstance(key, int):
+        return key
+    header = read_png_header(_head(p))
+    if header is None or header.bit_depth >= 8:
+        return key
+    return key * 255 // (2**header.bit_depth - 1)
 
 
 def _colour_key_alpha(pixels: np.ndarray, key: object) -> np.ndarray | None:

@@ -225,3 +225,28 @@ def test_the_small_image_fallback_keeps_the_image_limits(tmp_path: Path) -> None
     big, small = _damaged_big_and_small(tmp_path, 6)
     loaded = load_group_images(_group(big, *small), min_side=121, max_images=2)
     assert len(loaded.images) == 2 and loaded.limited_by is not None
+
+
+def test_a_group_image_with_transparent_pixels_is_named_in_a_warning(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """adapt trained on the colours hidden under transparent pixels without saying so (a transparent black
+    border pulled the kernel's direction onto its edge) (a helper's review)."""
+    import logging
+
+    import numpy as np
+
+    from adassr.adapt.groups import GroupMember
+    from adassr.adapt.run import _decode_members
+    from adassr.runtime.images import write_image
+
+    pixels = np.full((20, 30, 3), 120, np.uint8)
+    alpha = np.full((20, 30), 255, np.uint8)
+    alpha[:, :6] = 0  # a fifth of the image
+    write_image(tmp_path / "cut.png", pixels, alpha=alpha)
+    write_image(tmp_path / "opaque.png", pixels, alpha=np.full((20, 30), 255, np.uint8))
+    errors: list = []
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.run"):
+        decoded, images = _decode_members([GroupMember(tmp_path / "cut.png", "folder"),
+                                           GroupMember(tmp_path / "opaque.png", "folder")], errors)
+    assert len(decoded) == 2 and not errors and images[0].shape == (20, 30, 3)
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "cut.png: 20% of its pixels are transparent; adaptation trains on the colours stored under them" in message

@@ -78,18 +78,20 @@ def _png_with_exif(png: bytes, orientation: int, *, after_idat: bool = False) ->
 _TIFF_FORMATS = {1: "<B", 3: "<H", 4: "<I", 6: "<b", 8: "<h", 9: "<i"}
 
 
-def _tiff16(a: np.ndarray, orientation: int | None = None, *, bits: int = 16, orientation_type: int = 3) -> bytes:
+def _tiff16(a: np.ndarray, orientation: int | None = None, *, bits: int = 16, orientation_type: int = 3,
+            photometric: int | None = None, extra_samples: int = 2) -> bytes:
     """A minimal little-endian uncompressed 16-bit (or ``bits``) TIFF (IFD first, one strip); a: H x W x C;
     the orientation stored with the TIFF field type ``orientation_type`` (3 SHORT, 8 SSHORT, ...)."""
     h, w, c = a.shape
     data = a.astype("<u2" if bits == 16 else "u1").tobytes()
     tags: dict[int, tuple[int, list[int]]] = {
         256: (3, [w]), 257: (3, [h]), 258: (3, [bits] * c), 259: (3, [1]),
-        262: (3, [2 if c >= 3 else 1]), 273: (4, [0]), 277: (3, [c]), 278: (3, [h]),
+        262: (3, [photometric if photometric is not None else 2 if c >= 3 else 1]), 273: (4, [0]), 277: (3, [c]),
+        278: (3, [h]),
         279: (4, [len(data)]), 284: (3, [1]),
     }
     if c == 4:
-        tags[338] = (3, [2])
+        tags[338] = (3, [extra_samples])  # 2 unassociated alpha, 1 associated (premultiplied)
     if orientation is not None:
         tags[274] = (orientation_type, [orientation])
     ifd_size = 2 + 12 * len(tags) + 4
@@ -1395,3 +1397,40 @@ def test_an_image_over_the_decoders_guard_names_the_callers_limit(tmp_path: Path
         read_image(path, max_pixels=16_000_000)
     with pytest.raises(ImageError, match="decoder's guard against decompression bombs"):
         read_image(path, max_pixels=300_000_000)  # a limit above the guard: the guard is what stops it
+
+
+@pytest.mark.parametrize(("depth", "key", "scale"), [(2, 3, 85), (4, 9, 17)])
+def test_a_low_bit_grey_png_keeps_its_transparent_colour(tmp_path: Path, depth: int, key: int, scale: int) -> None:
+    """2- and 4-bit grey PNGs lost their tRNS key: Pillow scales their pixels to 8 bits, not the key (a
+    helper's review)."""
+    levels = [0, 1, key, 2 ** depth - 1]
+    packed = 0
+    for level in levels:
+        packed = (packed << depth) | level
+    row = packed.to_bytes(len(levels) * depth // 8 + (1 if len(levels) * depth % 8 else 0), "big")
+    png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 1, depth, 0, 0, 0, 0))
+           + _png_chunk(b"tRNS", struct.pack(">H", key)) + _png_chunk(b"IDAT", zlib.compress(b"\0" + row))
+           + _png_chunk(b"IEND", b""))
+    (tmp_path / "key.png").write_bytes(png)
+    image = read_image(tmp_path / "key.png")
+    assert image.pixels[..., 0].tolist() == [[level * scale for level in levels]]
+    assert image.alpha is not None and image.alpha.tolist() == [[0 if v == key else 255 for v in levels]]
+
+
+def test_16_bit_tiffs_with_premultiplied_alpha_or_white_as_zero_read_as_their_8_bit_twins(tmp_path: Path) -> None:
+    """A 16-bit TIFF with associated (premultiplied) alpha came back premultiplied, and a 16-bit WhiteIsZero
+    grey one as a negative; the 8-bit ones were right (a helper's review)."""
+    colour = np.full((2, 3, 3), 16384, np.uint16)  # premultiplied by alpha 0.5: straight colour is 32767.5
+    alpha = np.full((2, 3, 1), 32768, np.uint16)
+    alpha[0, 0] = 0
+    colour[0, 0] = 0
+    (tmp_path / "assoc.tif").write_bytes(_tiff16(np.concatenate([colour, alpha], axis=2), extra_samples=1))
+    image = read_image(tmp_path / "assoc.tif")
+    assert image.alpha is not None and image.alpha[0, 1] == 32768 and image.alpha[0, 0] == 0
+    assert image.pixels[0, 1].tolist() == [32768] * 3 and image.pixels[0, 0].tolist() == [0] * 3
+    straight = _tiff16(np.concatenate([colour, alpha], axis=2), extra_samples=2)  # unassociated: as stored
+    (tmp_path / "straight.tif").write_bytes(straight)
+    assert read_image(tmp_path / "straight.tif").pixels[0, 1].tolist() == [16384] * 3
+    ramp = np.array([[[0], [16448], [32896], [65535]]], np.uint16)
+    (tmp_path / "white_is_zero.tif").write_bytes(_tiff16(ramp, photometric=0))
+    assert read_image(tmp_path / "white_is_zero.tif").pixels[..., 0].tolist() == [[65535, 49087, 32639, 0]]
