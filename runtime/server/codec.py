@@ -13,6 +13,7 @@ writes files with, so a response is byte-identical to the CLI's file for the sam
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -71,8 +72,7 @@ class UploadFolder:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
-        return LoadedImage(image.pixels, image.alpha, image.bit_depth, image.exif_make, image.exif_model, None,
-                           image.icc_profile, image.dropped_profile)
+        return dataclasses.replace(image, path=None)  # the upload's temporary name is nobody's business
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

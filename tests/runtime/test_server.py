@@ -1531,3 +1531,26 @@ def test_multipart_parts_and_content_codings_get_errors_that_say_what_was_sent(s
         assert c.post("/v1/upscale", content=image, headers={"Content-Encoding": "identity"}).status_code == 200
         empty_name = c.post("/v1/upscale?=1", content=image)
         assert "unknown parameter(s) ''; valid:" in _assert_json_error(empty_name, 422, "invalid_parameter")
+
+
+def test_a_colour_declaration_without_a_profile_gets_the_same_note_as_from_the_cli(store: Path) -> None:
+    """The server rebuilt the decoded upload without its untagged colour declaration, so a PNG with gAMA 1
+    got no X-Adassr-Note, although `adassr upscale` notes it (a helper's review)."""
+    import io
+    import struct
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 16, 3), 90, np.uint8)).save(buf, format="PNG")
+    data = buf.getvalue()
+    gama = struct.pack(">I", 4) + b"gAMA" + struct.pack(">I", 100000)
+    gama += struct.pack(">I", zlib.crc32(b"gAMA" + struct.pack(">I", 100000)))
+    linear = data[:33] + gama + data[33:]  # after IHDR (8 + 25 bytes)
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        r = c.post("/v1/upscale", content=linear)
+        assert r.status_code == 200, r.text
+        assert "a PNG gAMA of 1" in r.headers["x-adassr-note"]
+        assert "x-adassr-note" not in c.post("/v1/upscale", content=data).headers
