@@ -214,11 +214,13 @@ def _decode_members(members: Sequence[GroupMember],
             errors.append((str(member.path), exc))
             continue
         if loaded.alpha is not None:
-            clear = float(np.mean(loaded.alpha < np.iinfo(loaded.alpha.dtype).max))
+            peak = np.iinfo(loaded.alpha.dtype).max
+            clear = float(np.mean(loaded.alpha < peak // 2))  # see-through, not just a shade short of opaque
             if clear > 0:
-                log.warning("%s: %.0f%% of its pixels are transparent; adaptation trains on the colours stored under "
-                            "them (its alpha is not used): adapt on opaque photos of the camera", member.path,
-                            max(1.0, 100 * clear))
+                share = f"{100 * clear:.0f}%" if 0.01 <= clear <= 0.99 else ("under 1%" if clear < 0.01 else
+                                                                             "over 99%" if clear < 1 else "all")
+                log.warning("%s: %s of its pixels are transparent; adaptation trains on the colours stored under "
+                            "them (its alpha is not used): adapt on opaque photos of the camera", member.path, share)
         pixels = to_float32(loaded.pixels)
         if pixels.shape[2] == 1:
             pixels = np.repeat(pixels, 3, axis=2)

@@ -138,8 +138,15 @@ def _missing_dependency(command: str, exc: ImportError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     try:  # building the parser imports every subcommand's options: Ctrl-C there is no traceback either
         parser = build_parser()
-        args, extra = parser.parse_known_args(argv)
-        if extra:  # named by the subcommand that was given them, whose --help lists its options
+        given = list(sys.argv[1:] if argv is None else argv)
+        args, extra = parser.parse_known_args(given)
+        if extra:
+            command = getattr(args, "command", None)
+            at = given.index(command) if command in given else len(given)
+            if any(arg in given[:at] for arg in extra):  # before the subcommand: its options go after its name
+                parser.error(f"unrecognized arguments: {' '.join(extra)}; a subcommand's options go after its "
+                             f"name (adassr {command or 'COMMAND'} {' '.join(extra)} ...)")
+            # named by the subcommand that was given them, whose --help lists its options
             _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -77,7 +77,7 @@ def _check_backbone(options: RuntimeOptions) -> None:
     if isinstance(exported, str) and exported != options.backbone:
         print(f"warning: the store's fallback model is {exported}, not --backbone {options.backbone}: --backbone "
               f"only chooses what a first-use export makes; run `adassr export --backbone {options.backbone} --store "
-              f"{options.store}` to serve it", file=sys.stderr, flush=True)
+              f"{shlex.quote(str(options.store))}` to serve it", file=sys.stderr, flush=True)
 
 
 MAX_SAMPLES_TRIED = 20

@@ -45,7 +45,7 @@ print(json.dumps({"peak_growth": status("VmHWM") - before, "array_bytes": size})
 
 def _smooth(rng: np.random.Generator, height: int, width: int, channels: int) -> np.ndarray:
     """Blocky random content (compresses like a photo more than noise does)."""
-    small = rng.integers(0, 256, (max(1, height // 8), max(1, width // 8), channels)).astype(np.uint8)
+    small = rng.integers(0, 256, (-(-height // 8), -(-width // 8), channels)).astype(np.uint8)  # then cropped
     return np.ascontiguousarray(np.repeat(np.repeat(small, 8, axis=0), 8, axis=1)[:height, :width])
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib.util
 import logging
 import os
@@ -255,12 +256,13 @@ def _input_folders(source: Path, output: Path) -> list[tuple[Path, Path]]:
         seen.add(real)
         kept.add(sub)
     used: set[str] = set()
+    names = {sub.name.casefold() for sub in kept}  # a new name never takes another input folder's
     for sub in subfolders:
         if sub not in kept:
             continue
         name, n = sub.name, 2
-        while name.casefold() in used:  # Nikon/ and nikon/ are one folder on macOS and Windows
-            name, n = f"{sub.name}_{n}", n + 1
+        while name.casefold() in used or (name != sub.name and name.casefold() in names):
+            name, n = f"{sub.name}_{n}", n + 1  # Nikon/ and nikon/ are one folder on macOS and Windows
         if name != sub.name:
             log.warning("the outputs of %s go to %s: a folder whose name differs only in case from another's "
                         "would be the same folder on a case-insensitive file system", sub, output / name)
@@ -317,6 +319,14 @@ def _folder_pairs(inputs: list[Path], target: Path, ext: str,
 
 def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]]:
     """``(input, output)`` pairs for a file or a folder (see the module docstring)."""
+    for path, option in ((source, "-i"), (output, "-o")):
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a name longer than the file system takes, a component that is a file, ...
+            if exc.errno != errno.ENOTDIR:
+                raise ConfigError(f"{option} {path}: {exc.strerror or exc}; choose another {option}") from None
     if not source.exists():
         raise ConfigError(f"input {source} does not exist")
     _check_output_suffix(output)

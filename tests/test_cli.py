@@ -284,6 +284,11 @@ def test_usage_errors_are_one_line(capsys) -> None:
     with pytest.raises(SystemExit):
         adapt_main(["--steps", "many"])
     assert capsys.readouterr().err.startswith("adapt: error: argument --steps")
+    # an option given before the subcommand: said to go after it (it belongs to the subcommand)
+    with pytest.raises(SystemExit):
+        main(["--store=x", "upscale", "-i", "a.png", "-o", "b.png"])
+    assert "adassr: error: unrecognized arguments: --store=x; a subcommand's options go after its name (adassr " \
+           "upscale --store=x ...)" in capsys.readouterr().err
     # an option the subcommand does not have: named by the subcommand, whose --help lists its options
     for argv, prog in ((["upscale", "-i", "a", "-o", "b", "--bogus"], "adassr upscale"),
                        (["bench", "latency", "--bad"], "adassr bench latency")):

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -379,6 +380,11 @@ def _mask_store(text: str, paths: set[str]) -> str:
     it) and after ``--store`` (suggested commands); never inside a word (a store named ``m`` once made
     "model" read "<store>odel")."""
     for path in sorted(paths, key=len, reverse=True):
+        shell = shlex.quote(path.rstrip("/") or "/")
+        if shell != (path.rstrip("/") or "/"):  # as a suggested command quotes it (`--store 'my store'`)
+            text = re.sub(rf"(?<![\w.~/-]){re.escape(shell)}(?![\w./-])", "<store>", text)
+            if shell.endswith("'"):  # a quoted file in it: 'it'"'"'s/canon/manifest.json'
+                text = re.sub(rf"(?<![\w.~/-]){re.escape(shell[:-1])}(?=/)", "'<store>", text)
         quoted = re.escape(path.rstrip("/") or "/")
         if os.path.isabs(path):  # an absolute path is no word: masked wherever it stands whole
             text = re.sub(rf"(?<![\w.~/-]){quoted}(?![\w.~-])", "<store>", text)

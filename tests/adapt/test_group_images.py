@@ -250,3 +250,11 @@ def test_a_group_image_with_transparent_pixels_is_named_in_a_warning(tmp_path, c
     assert len(decoded) == 2 and not errors and images[0].shape == (20, 30, 3)
     (message,) = [r.getMessage() for r in caplog.records]
     assert "cut.png: 20% of its pixels are transparent; adaptation trains on the colours stored under them" in message
+    caplog.clear()
+    nearly = np.full((20, 30), 254, np.uint8)  # a shade short of opaque everywhere: not see-through
+    nearly[0, :2] = 0
+    write_image(tmp_path / "nearly.png", pixels, alpha=nearly)
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.run"):
+        _decode_members([GroupMember(tmp_path / "nearly.png", "folder")], errors)
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "nearly.png: under 1% of its pixels are transparent" in message  # 2 of 600, never "100%"

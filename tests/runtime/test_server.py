@@ -1554,3 +1554,16 @@ def test_a_colour_declaration_without_a_profile_gets_the_same_note_as_from_the_c
         assert r.status_code == 200, r.text
         assert "a PNG gAMA of 1" in r.headers["x-adassr-note"]
         assert "x-adassr-note" not in c.post("/v1/upscale", content=data).headers
+
+
+def test_a_quoted_store_path_in_a_suggested_command_is_masked(tmp_path: Path) -> None:
+    """Hints quote a store path with a space (`--store 'my store'`), which the mask of /v1/cameras' "refused"
+    texts did not match: the server's store path reached HTTP clients (a helper's review)."""
+    from adassr.runtime.server.models import _mask_store
+    from adassr.runtime.store import damaged_manifest_advice
+
+    for root in ("my store", str(tmp_path / "my store"), "it's"):
+        text = damaged_manifest_advice(Path(root) / "canon" / "manifest.json")
+        masked = _mask_store(text, {root})
+        assert root not in masked.replace("<store>", "") and "'it'" not in masked, masked
+        assert "--store <store>`" in masked and "`mv '<store>/canon/manifest.json' " in masked

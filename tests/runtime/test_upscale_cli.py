@@ -759,6 +759,12 @@ def test_folders_whose_names_differ_in_case_get_separate_outputs_and_names_stay_
     assert code == 0
     assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == [
         "Nikon/x.png", "new\nline.png", "nikon_2/x.png"]
+    # a renamed folder never takes another input folder's name (a second body's nikon_2/ keeps its own)
+    src2 = tmp_path / "in2"
+    _tiny_images(src2 / "Nikon" / "x.png", src2 / "nikon_2" / "y.png", src2 / "nikon" / "z.png")
+    pairs = plan_outputs(src2, tmp_path / "out3", "auto")
+    assert sorted(str(t.relative_to(tmp_path / "out3")) for _, t in pairs) == [
+        "Nikon/x.png", "nikon_2/y.png", "nikon_3/z.png"]
     assert any(line.startswith(f"{src}/new\\nline.png -> ") for line in out.splitlines())
     (src / "bad\nname.png").write_bytes(b"not an image")
     code, out, _ = _run("-i", str(src), "-o", str(tmp_path / "out2"), "--store", str(store), "--no-progress")
@@ -781,3 +787,10 @@ def test_the_missing_camera_warning_is_only_for_a_missing_camera_and_names_the_s
         run_upscale(_parse("-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o2.png"), "--store", str(store),
                            "--camera", "canon", "--no-progress"), stdout=io.StringIO(), stderr=err_stream)
     assert "fallback" not in err_stream.getvalue()
+
+
+def test_an_output_name_too_long_for_the_file_system_is_one_line(store: Path, tmp_path: Path) -> None:
+    """`-o` with a name over 255 bytes ended in an OSError traceback while the outputs were planned."""
+    _tiny_images(tmp_path / "a.png")
+    with pytest.raises(ConfigError, match="-o .*m{300}\\.png: File name too long; choose another -o"):
+        _run("-i", str(tmp_path / "a.png"), "-o", str(tmp_path / ("m" * 300 + ".png")), "--store", str(store))
