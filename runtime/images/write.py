@@ -5,19 +5,21 @@ uint16 is rounded to uint8 there. Alpha is written by PNG, WebP and TIFF and dro
 :class:`AlphaDroppedWarning`) by JPEG. WebP has no grey mode: grey is stored as RGB.
 
 Encoders: PNG (8 and 16 bits) by :mod:`adassr.runtime.images.png_writer`, which streams the array's
-rows into the file (Pillow and OpenCV would first copy a large output once more); JPEG, WebP and 8-bit
-TIFF by Pillow; 16-bit TIFF by OpenCV (Pillow has no 16-bit colour); 16-bit grey+alpha TIFF is stored
-as 16-bit RGBA (no encoder here writes grey+alpha TIFF, and Pillow cannot read it back). JPEG and WebP refuse sizes
-their encoders cannot hold (:data:`MAX_SIDE_BY_FORMAT`), before anything is written;
+rows into the file (Pillow and OpenCV would first copy a large output once more); JPEG by
+:mod:`adassr.runtime.images.jpeg_writer`, which has libjpeg-turbo encode a strip of rows at a time
+(baseline, a restart marker at every row of blocks); WebP and 8-bit TIFF by Pillow; 16-bit TIFF by
+OpenCV (Pillow has no 16-bit colour); 16-bit grey+alpha TIFF is stored as 16-bit RGBA (no encoder
+here writes grey+alpha TIFF, and Pillow cannot read it back). JPEG and WebP refuse sizes their
+encoders cannot hold (:data:`MAX_SIDE_BY_FORMAT`), before anything is written;
 :func:`check_writable_size` lets a caller check that before the work that makes the image. JPEG uses
 4:4:4 chroma at quality >= 90 and 4:2:0 below; WebP is lossy at ``quality`` with ``exact`` (RGB kept
 under transparent pixels); PNG uses zlib level 1 (speed over a few percent of size); TIFF uses
 Deflate (8-bit) or OpenCV's default LZW (16-bit). A colour profile (``icc_profile``) is embedded by
-every writer: PNG gets an iCCP chunk after IHDR and 16-bit TIFF the ICC tag (34675), which
-OpenCV's encoder leaves out, as it leaves out the ExtraSamples tag that marks 16-bit RGBA's fourth
-sample as alpha (:func:`~adassr.runtime.images.containers.tiff_with_tags` adds both); a grey profile
-for WebP's RGB, or for 16-bit grey+alpha TIFF (stored as RGBA), is dropped with a
-:class:`ProfileDroppedWarning`.
+every writer: PNG gets an iCCP chunk after IHDR, JPEG APP2 segments and 16-bit TIFF the ICC tag
+(34675), which OpenCV's encoder leaves out, as it leaves out the ExtraSamples tag that marks 16-bit
+RGBA's fourth sample as alpha (:func:`~adassr.runtime.images.containers.tiff_with_tags` adds both); a
+grey profile for WebP's RGB, or for 16-bit grey+alpha TIFF (stored as RGBA), and a profile over
+JPEG's 16 MiB are dropped with a :class:`ProfileDroppedWarning`.
 
 The file is written to a temporary file in the destination directory, fsynced and renamed over the
 destination (PNG and JPEG are encoded straight into it; WebP and TIFF are encoded in memory first,
@@ -53,6 +55,7 @@ from adassr.runtime.images._model import (
 )
 from adassr.runtime.images.containers import tiff_with_tags
 from adassr.runtime.images.convert import uint16_to_uint8
+from adassr.runtime.images.jpeg_writer import MAX_ICC_BYTES, write_jpeg
 from adassr.runtime.images.png_writer import write_png
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
@@ -212,6 +215,12 @@ class _Encoding:
         if self.fmt == "PNG":
             write_png(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_PNG_LEVEL)
             return
+        if self.fmt == "JPEG":
+            try:
+                write_jpeg(out, self.px, quality=self.quality, icc_profile=self.icc_profile)
+            except ImageError as e:
+                raise ImageError(f"{self.p}: {e}") from e
+            return
         if self.px.dtype == np.uint16:  # TIFF
             data = _encode_16bit_tiff(self.p, self.px, self.al)
             if self.al is not None or self.icc_profile is not None:
@@ -226,9 +235,7 @@ class _Encoding:
             arr = np.dstack([self.px, self.al])
         im = Image.fromarray(arr)
         options: dict[str, object] = {}
-        if self.fmt == "JPEG":
-            options = {"quality": self.quality, "subsampling": "4:4:4" if self.quality >= 90 else "4:2:0"}
-        elif self.fmt == "WEBP":
+        if self.fmt == "WEBP":
             options = {"quality": self.quality, "exact": True}
         elif self.fmt == "TIFF":
             options = {"compression": "tiff_adobe_deflate"}
@@ -262,6 +269,9 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
     if icc_profile is not None and not profile_fits(icc_profile, px.shape[2]):
         _profile_dropped(p, f"a {icc_colour_space(icc_profile) or 'malformed'} profile for "
                             f"{'grey' if px.shape[2] == 1 else 'RGB'} pixels")
+        icc_profile = None
+    if fmt == "JPEG" and icc_profile is not None and len(icc_profile) > MAX_ICC_BYTES:
+        _profile_dropped(p, f"it has {len(icc_profile):,} bytes, more than JPEG's {MAX_ICC_BYTES:,}")
         icc_profile = None
     if px.dtype == np.uint16:
         if px.shape[2] == 1 and al is not None and fmt != "PNG":  # no 16-bit grey+alpha TIFF encoder here
