@@ -292,6 +292,8 @@ def test_plans_of_different_tensorrt_releases_never_share_a_repository(store: Pa
         write_repository(repo, store, ["canon"], TritonRepoOptions(
             platform="tensorrt_plan", tile=64, max_batch_size=4, preferred_batch_sizes=(4,), prefix="v2_"))
     # the same camera again with the other release replaces its own plan: no conflict with itself
+    (canon,) = write_repository(repo, store, ["canon"], options)
+    assert (canon.directory / "2" / "model.plan").read_bytes() == b"plan-of-10.8-canon"
     write_repository(tmp_path / "onnx", store, ["canon"])  # ONNX models never conflict
     (onnx_and_plan,) = write_repository(tmp_path / "onnx", store, [FALLBACK_CAMERA], options)
     assert (onnx_and_plan.directory / "1" / "model.plan").read_bytes() == b"plan-of-10.8"

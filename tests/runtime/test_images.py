@@ -37,6 +37,8 @@ from adassr.runtime.images import (
 from adassr.runtime.images import write as write_module
 from adassr.runtime.images.convert import uint16_to_uint8
 
+from ._peak import peak_growth
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples" / "cameras"
 HR = REPO / "tests" / "data" / "hr"
@@ -75,13 +77,14 @@ def _png_with_exif(png: bytes, orientation: int, *, after_idat: bool = False) ->
     return png[:after_ihdr] + chunk + png[after_ihdr:]
 
 
-_TIFF_FORMATS = {1: "<B", 3: "<H", 4: "<I", 6: "<b", 8: "<h", 9: "<i"}
+_TIFF_FORMATS = {1: "<B", 3: "<H", 4: "<I", 6: "<b", 8: "<h", 9: "<i", 16: "<Q", 17: "<q"}
 
 
 def _tiff16(a: np.ndarray, orientation: int | None = None, *, bits: int = 16, orientation_type: int = 3,
-            photometric: int | None = None, extra_samples: int = 2) -> bytes:
+            photometric: int | None = None, extra_samples: int = 2, big: bool = False) -> bytes:
     """A minimal little-endian uncompressed 16-bit (or ``bits``) TIFF (IFD first, one strip); a: H x W x C;
-    the orientation stored with the TIFF field type ``orientation_type`` (3 SHORT, 8 SSHORT, ...)."""
+    the orientation stored with the TIFF field type ``orientation_type`` (3 SHORT, 8 SSHORT, 16 LONG8, ...).
+    ``big``: a BigTIFF (8-byte offsets and counts, 20-byte IFD entries)."""
     h, w, c = a.shape
     data = a.astype("<u2" if bits == 16 else "u1").tobytes()
     tags: dict[int, tuple[int, list[int]]] = {
@@ -94,24 +97,30 @@ def _tiff16(a: np.ndarray, orientation: int | None = None, *, bits: int = 16, or
         tags[338] = (3, [extra_samples])  # 2 unassociated alpha, 1 associated (premultiplied)
     if orientation is not None:
         tags[274] = (orientation_type, [orientation])
-    ifd_size = 2 + 12 * len(tags) + 4
+    offset, word, first = ("<Q", 8, 16) if big else ("<I", 4, 8)  # offsets' format and size; the first IFD
+    if big:
+        tags[273], tags[279] = (16, [0]), (16, [len(data)])
+    ifd_size = (8 if big else 2) + (20 if big else 12) * len(tags) + word  # count, entries, next IFD
     extra = b""
     entries = []
     for tag in sorted(tags):
         typ, vals = tags[tag]
         raw = b"".join(struct.pack(_TIFF_FORMATS[typ], v) for v in vals)
-        if len(raw) > 4:
-            entries.append([tag, typ, len(vals), struct.pack("<I", 8 + ifd_size + len(extra))])
+        if len(raw) > word:
+            entries.append([tag, typ, len(vals), struct.pack(offset, first + ifd_size + len(extra))])
             extra += raw
         else:
-            entries.append([tag, typ, len(vals), raw.ljust(4, b"\0")])
-    data_offset = 8 + ifd_size + len(extra)
-    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries))
+            entries.append([tag, typ, len(vals), raw.ljust(word, b"\0")])
+    data_offset = first + ifd_size + len(extra)
+    if big:
+        out = b"II+\x00" + struct.pack("<HHQ", 8, 0, first) + struct.pack("<Q", len(entries))
+    else:
+        out = b"II*\x00" + struct.pack("<I", first) + struct.pack("<H", len(entries))
     for tag, typ, count, raw in entries:
         if tag == 273:
-            raw = struct.pack("<I", data_offset)
-        out += struct.pack("<HHI", tag, typ, count) + raw
-    return out + b"\0\0\0\0" + extra + data
+            raw = struct.pack(offset, data_offset)
+        out += struct.pack("<HH" + offset[1], tag, typ, count) + raw
+    return out + b"\0" * word + extra + data
 
 
 def _png_claiming(width: int, height: int) -> bytes:
@@ -1299,13 +1308,16 @@ def test_a_16_bit_tiff_over_opencvs_side_limit_is_an_image_error(tmp_path: Path)
 def test_palette_images_read_through_lookup_tables_as_pillow_converts_them(tmp_path: Path, transparency: object,
                                                                          grey: bool) -> None:
     """Palette images are read through the palette's lookup tables (Pillow's RGB(A) conversion held 4 bytes a
-    pixel and two copies more); the pixels must be what Pillow's own conversion gives, to the bit."""
+    pixel and two copies more); the pixels must be what Pillow's own conversion gives, to the bit. A grey
+    image is one whose used entries are grey: a coloured entry no pixel uses does not make it RGB."""
     rng = np.random.default_rng(5)
     entries = 40
     palette = rng.integers(0, 256, (entries, 3)).astype(np.uint8)
+    index = rng.integers(0, entries + 3, (37, 53)).astype(np.uint8)  # some indices past the palette's end
     if grey:
         palette[:, 1:] = palette[:, :1]
-    index = rng.integers(0, entries + 3, (37, 53)).astype(np.uint8)  # some indices past the palette's end
+        palette[7] = (255, 0, 0)  # unused
+        index[index == 7] = 8
     im = Image.fromarray(index, mode="P")
     im.putpalette(palette.ravel().tolist())
     extra = {} if transparency is None else {"transparency": transparency}
@@ -1323,29 +1335,16 @@ def test_palette_images_read_through_lookup_tables_as_pillow_converts_them(tmp_p
 
 
 def _read_peak_over_array(path: Path) -> float:
-    """Peak memory growth of ``read_image(path)`` in a fresh process, over the decoded arrays' size (Linux: the
-    high-water mark is reset through /proc/self/clear_refs after the imports, then read as VmHWM)."""
-    script = f"""
-import re
-from adassr.runtime.images import read_image
-def status(key):
-    return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")  # the peak so far (the imports) is forgotten
-before = status("VmRSS")
-image = read_image({str(path)!r})
-size = image.pixels.nbytes + (0 if image.alpha is None else image.alpha.nbytes)
-print((status("VmHWM") - before) / size)
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    return float(done.stdout)
+    """Peak memory growth of ``read_image(path)`` in a fresh process, over the decoded arrays' size."""
+    setup = f"from adassr.runtime.images import read_image\nfrom pathlib import Path\np = Path({str(path)!r})"
+    growth = peak_growth(setup=setup, action="image = read_image(p)")
+    image = read_image(path)
+    return growth / (image.pixels.nbytes + (0 if image.alpha is None else image.alpha.nbytes))
 
 
 def test_reading_holds_no_whole_image_copies_beyond_pillows_own(tmp_path: Path) -> None:
     """A grey palette PNG peaked at 11 x its decoded array (Pillow's RGB conversion, two array copies, a sort
     of the indices and 8-byte copies of them); an 8-bit TIFF at 4.3 x (the file read and copied twice)."""
-    if not Path("/proc/self/clear_refs").exists():
-        pytest.skip("measures the peak through Linux's /proc/self/clear_refs and VmHWM")
     rng = np.random.default_rng(0)
     grey = Image.fromarray(rng.integers(0, 200, (3000, 4000)).astype(np.uint8), mode="P")
     grey.putpalette([v for k in range(256) for v in (k, k, k)])
@@ -1357,16 +1356,17 @@ def test_reading_holds_no_whole_image_copies_beyond_pillows_own(tmp_path: Path) 
     assert np.array_equal(read_image(tmp_path / "photo.tif").pixels, photo)
 
 
-@pytest.mark.parametrize("field_type", [4, 6, 8, 9])  # LONG, SBYTE, SSHORT, SLONG
+@pytest.mark.parametrize("field_type", [3, 4, 6, 8, 9, 16])  # SHORT, LONG, SBYTE, SSHORT, SLONG, LONG8
 @pytest.mark.parametrize("bits", [8, 16])
 def test_a_tiff_orientation_of_any_integer_type_is_applied_once(tmp_path: Path, field_type: int, bits: int) -> None:
     """Only SHORT and LONG orientation tags were neutralised before decoding: stored as SSHORT (or SBYTE,
-    SLONG) an 8-bit TIFF came out turned twice (Pillow turned it while decoding, then the reader), and a
-    16-bit one was refused as inconsistent after OpenCV's libtiff turned it (a helper's review)."""
+    SLONG, or a BigTIFF's LONG8) an 8-bit TIFF came out turned twice (Pillow turned it while decoding, then
+    the reader), and a 16-bit one was refused as inconsistent after OpenCV's libtiff turned it (a helper's
+    review). LONG8 exists only in BigTIFF, so that file is a BigTIFF."""
     stored = (np.random.default_rng(4).random((9, 13, 3)) * (255 if bits == 8 else 65535)).astype(
         np.uint8 if bits == 8 else np.uint16)
     path = tmp_path / "o.tif"
-    path.write_bytes(_tiff16(stored, 6, bits=bits, orientation_type=field_type))
+    path.write_bytes(_tiff16(stored, 6, bits=bits, orientation_type=field_type, big=field_type >= 16))
     image = read_image(path)
     assert image.pixels.dtype == stored.dtype
     _check_orientation(stored, image.pixels, 6)

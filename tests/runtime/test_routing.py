@@ -318,3 +318,6 @@ def test_a_camera_folder_that_cannot_be_looked_into_is_an_error_not_the_fallback
         resolve_model(store, camera="canon")
     monkeypatch.undo()
     assert resolve_model(store, camera="nikon").is_fallback  # a camera that is simply absent: the fallback
+    (store / "nikon").write_text("not a camera folder")  # a file where the folder would be: no camera either
+    assert resolve_model(store, camera="nikon").is_fallback
+    assert "nikon" not in scan_store(store).cameras and "nikon" not in scan_store(store).unreadable
