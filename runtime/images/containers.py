@@ -4,7 +4,8 @@ Pillow decodes 16-bit colour to 8 bits, so those images go through OpenCV; OpenC
 applies the TIFF orientation tag itself while its PNG decoder ignores eXIf. To keep one
 orientation code path, the bytes handed to OpenCV carry no orientation (PNG eXIf chunks dropped,
 TIFF tag 274 set to 1) and :func:`adassr.runtime.images.orientation.apply_orientation` does the turning.
-PNG files are written by :mod:`adassr.runtime.images.png_writer`.
+PNG and TIFF files are written by :mod:`adassr.runtime.images.png_writer` and
+:mod:`adassr.runtime.images.tiff_writer`.
 """
 
 from __future__ import annotations
@@ -114,54 +115,3 @@ def tiff_without_orientation(data: bytes) -> bytes:
                 return data  # stored as 1 already
             return b"".join((data[:at], value, data[at + len(value) :]))  # one copy of the file, not two
     return data
-
-
-_EXTRA_SAMPLES = 338
-_SAMPLES_PER_PIXEL = 277
-_ICC_PROFILE = 34675
-_UNASSOCIATED_ALPHA = 2
-_SHORT, _UNDEFINED = 3, 7
-
-
-def tiff_with_tags(data: bytes, *, alpha: bool = False, icc_profile: bytes | None = None) -> bytes:
-    """A classic single-IFD TIFF (as OpenCV's 16-bit encoder writes) with the tags it leaves out:
-    ExtraSamples (338) = unassociated alpha when ``alpha`` and the image has 4 samples per pixel
-    (without it readers take the fourth sample for an unknown channel, not transparency, and libtiff
-    warns), and the ICC profile (34675) when ``icc_profile`` is given.
-
-    The first IFD is copied to the end of the file with the tags added (the profile's bytes after it),
-    and the header points to the copy; the rest of the file is unchanged. A tag the file has already
-    is kept as it is. Raises ``ValueError`` for data that is not such a TIFF.
-    """
-    order = {b"II": "<", b"MM": ">"}.get(data[:2])
-    if order is None or len(data) < 8 or struct.unpack(order + "H", data[2:4])[0] != 42:
-        raise ValueError("not a classic TIFF")
-    (ifd,) = struct.unpack(order + "I", data[4:8])
-    if ifd + 2 > len(data):
-        raise ValueError("the first IFD lies outside the file")
-    (count,) = struct.unpack(order + "H", data[ifd:ifd + 2])
-    end = ifd + 2 + 12 * count
-    if end + 4 > len(data):
-        raise ValueError("the first IFD runs past the end of the file")
-    entries = {struct.unpack(order + "H", e[:2])[0]: e
-               for e in (data[ifd + 2 + 12 * i: ifd + 14 + 12 * i] for i in range(count))}
-    start = len(data) + (len(data) % 2)  # an IFD begins on a word boundary
-    added: dict[int, bytes] = {}
-    tail = b""
-    if alpha:
-        spp = entries.get(_SAMPLES_PER_PIXEL)
-        if spp is None or struct.unpack(order + "HHIH", spp[:10])[1:] != (_SHORT, 1, 4):
-            raise ValueError("alpha: the image does not have 4 samples per pixel")
-        if _EXTRA_SAMPLES not in entries:  # a tag the encoder wrote (a later OpenCV may) is kept as it is
-            added[_EXTRA_SAMPLES] = struct.pack(order + "HHIHH", _EXTRA_SAMPLES, _SHORT, 1, _UNASSOCIATED_ALPHA, 0)
-    if icc_profile and _ICC_PROFILE not in entries:
-        at = start + 2 + 12 * (len(entries) + len(added) + 1) + 4  # right after the new IFD
-        added[_ICC_PROFILE] = struct.pack(order + "HHII", _ICC_PROFILE, _UNDEFINED, len(icc_profile), at)
-        tail = icc_profile
-    if not added:
-        return data
-    if start + 2 + 12 * (len(entries) + len(added)) + 4 + len(tail) >= 2**32:
-        raise ValueError("the file would pass 4 GiB, the limit of a classic TIFF's offsets")
-    rows = [entry for _, entry in sorted({**entries, **added}.items())]
-    new_ifd = struct.pack(order + "H", len(rows)) + b"".join(rows) + data[end:end + 4]
-    return data[:4] + struct.pack(order + "I", start) + data[8:] + b"\x00" * (start - len(data)) + new_ifd + tail

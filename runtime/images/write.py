@@ -4,26 +4,23 @@ The format comes from the suffix. PNG and TIFF keep uint16; JPEG and WebP are 8-
 uint16 is rounded to uint8 there. Alpha is written by PNG, WebP and TIFF and dropped (with an
 :class:`AlphaDroppedWarning`) by JPEG. WebP has no grey mode: grey is stored as RGB.
 
-Encoders: PNG (8 and 16 bits) by :mod:`adassr.runtime.images.png_writer`, which streams the array's
-rows into the file (Pillow and OpenCV would first copy a large output once more); JPEG by
-:mod:`adassr.runtime.images.jpeg_writer`, which has libjpeg-turbo encode a strip of rows at a time
-(baseline, a restart marker at every row of blocks); WebP and 8-bit TIFF by Pillow; 16-bit TIFF by
-OpenCV (Pillow has no 16-bit colour); 16-bit grey+alpha TIFF is stored as 16-bit RGBA (no encoder
-here writes grey+alpha TIFF, and Pillow cannot read it back). JPEG and WebP refuse sizes their
-encoders cannot hold (:data:`MAX_SIDE_BY_FORMAT`), before anything is written;
-:func:`check_writable_size` lets a caller check that before the work that makes the image. JPEG uses
-4:4:4 chroma at quality >= 90 and 4:2:0 below; WebP is lossy at ``quality`` with ``exact`` (RGB kept
-under transparent pixels); PNG uses zlib level 1 (speed over a few percent of size); TIFF uses
-Deflate (8-bit) or OpenCV's default LZW (16-bit). A colour profile (``icc_profile``) is embedded by
-every writer: PNG gets an iCCP chunk after IHDR, JPEG APP2 segments and 16-bit TIFF the ICC tag
-(34675), which OpenCV's encoder leaves out, as it leaves out the ExtraSamples tag that marks 16-bit
-RGBA's fourth sample as alpha (:func:`~adassr.runtime.images.containers.tiff_with_tags` adds both); a
-grey profile for WebP's RGB, or for 16-bit grey+alpha TIFF (stored as RGBA), and a profile over
-JPEG's 16 MiB are dropped with a :class:`ProfileDroppedWarning`.
+Encoders: PNG (8 and 16 bits) by :mod:`adassr.runtime.images.png_writer` and TIFF (8 and 16 bits) by
+:mod:`adassr.runtime.images.tiff_writer`, which stream the array's rows into the file (Pillow and
+OpenCV would first copy a large output once more); JPEG by :mod:`adassr.runtime.images.jpeg_writer`,
+which has libjpeg-turbo encode a strip of rows at a time (baseline, a restart marker at every row of
+blocks); WebP by Pillow. 16-bit grey+alpha TIFF is stored as 16-bit RGBA (Pillow cannot read grey+alpha
+at 16 bits, nor OpenCV keep its alpha). JPEG and WebP refuse sizes their encoders cannot hold
+(:data:`MAX_SIDE_BY_FORMAT`), before anything is written; :func:`check_writable_size` lets a caller
+check that before the work that makes the image. JPEG uses 4:4:4 chroma at quality >= 90 and 4:2:0
+below; WebP is lossy at ``quality`` with ``exact`` (RGB kept under transparent pixels); PNG and TIFF
+use zlib level 1 (speed over a few percent of size), TIFF as Adobe Deflate with the
+horizontal-differencing predictor. A colour profile (``icc_profile``) is embedded by every writer:
+PNG gets an iCCP chunk after IHDR, JPEG APP2 segments, WebP an ICCP chunk and TIFF the ICC tag
+(34675); a grey profile for WebP's RGB, or for 16-bit grey+alpha TIFF (stored as RGBA), and a profile
+over JPEG's 16 MiB are dropped with a :class:`ProfileDroppedWarning`.
 
 The file is written to a temporary file in the destination directory, fsynced and renamed over the
-destination (PNG and JPEG are encoded straight into it; WebP and TIFF are encoded in memory first,
-TIFF so that a full disk reads as one and not as an encoder error): a failure leaves
+destination (PNG, JPEG and TIFF are encoded straight into it, WebP in memory first): a failure leaves
 no partial file and an existing destination untouched. A writer killed mid-write leaves its hidden
 temporary file (named with its pid, see :mod:`adassr.runtime.tempfiles`); the next write of the same
 file removes it.
@@ -53,14 +50,15 @@ from adassr.runtime.images._model import (
     icc_colour_space,
     profile_fits,
 )
-from adassr.runtime.images.containers import tiff_with_tags
 from adassr.runtime.images.convert import uint16_to_uint8
 from adassr.runtime.images.jpeg_writer import MAX_ICC_BYTES, write_jpeg
 from adassr.runtime.images.png_writer import write_png
+from adassr.runtime.images.tiff_writer import write_tiff
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
 # zlib level 1: several times faster than level 6 for slightly larger files (docs/performance.md).
 _PNG_LEVEL = 1
+_TIFF_LEVEL = 1  # the same trade for TIFF (with the predictor: half the size of Pillow's TIFF, in half the time)
 
 _FORMAT_BY_SUFFIX = {
     ".png": "PNG",
@@ -117,7 +115,7 @@ def write_image(
     ``alpha`` is H x W with the pixels' dtype. ``quality`` (1-100) applies to JPEG and WebP.
     ``icc_profile`` (e.g. :attr:`LoadedImage.icc_profile`) is embedded when it fits the stored
     pixels; where it cannot be (a grey profile for WebP's or 16-bit grey+alpha TIFF's RGB) a
-    :class:`ProfileDroppedWarning` says so. PNG and JPEG are encoded straight into the temporary
+    :class:`ProfileDroppedWarning` says so. PNG, JPEG and TIFF are encoded straight into the temporary
     file, without a copy of the encoded image in memory.
     """
     if not isinstance(path, (str, os.PathLike)):
@@ -221,36 +219,21 @@ class _Encoding:
             except ImageError as e:
                 raise ImageError(f"{self.p}: {e}") from e
             return
-        if self.px.dtype == np.uint16:  # TIFF
-            data = _encode_16bit_tiff(self.p, self.px, self.al)
-            if self.al is not None or self.icc_profile is not None:
-                try:  # OpenCV writes neither the alpha's ExtraSamples tag nor a profile
-                    data = tiff_with_tags(bytes(data), alpha=self.al is not None, icc_profile=self.icc_profile)
-                except ValueError as e:
-                    raise ImageError(f"{self.p}: OpenCV's 16-bit TIFF has an unexpected layout ({e})") from e
-            out.write(data)
+        if self.fmt == "TIFF":
+            write_tiff(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_TIFF_LEVEL)
             return
-        arr = self.px[..., 0] if self.px.shape[2] == 1 else self.px
-        if self.al is not None:
-            arr = np.dstack([self.px, self.al])
+        # WebP (RGB: _prepare made grey RGB)
+        arr = self.px if self.al is None else np.dstack([self.px, self.al])
         im = Image.fromarray(arr)
-        options: dict[str, object] = {}
-        if self.fmt == "WEBP":
-            options = {"quality": self.quality, "exact": True}
-        elif self.fmt == "TIFF":
-            options = {"compression": "tiff_adobe_deflate"}
+        options: dict[str, object] = {"quality": self.quality, "exact": True}
         if self.icc_profile is not None:
             options["icc_profile"] = self.icc_profile
-        # libtiff writes to the file descriptor itself and reports a failed write as an encoder error
-        buffered = io.BytesIO() if self.fmt == "TIFF" else None
         try:
-            im.save(out if buffered is None else buffered, format=self.fmt, **options)
+            im.save(out, format=self.fmt, **options)
         except (OSError, ValueError, KeyError) as e:
             if isinstance(e, OSError) and e.errno is not None:
                 raise  # the file system's error (a full disk), not the encoder's
             raise ImageError(f"{self.p}: Pillow could not encode {self.fmt} ({e})") from e
-        if buffered is not None:
-            out.write(buffered.getbuffer())
 
 
 def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: int,
@@ -285,25 +268,6 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
             _profile_dropped(p, "WebP stores grey as RGB, and the profile is a grey one")
             icc_profile = None
     return _Encoding(p, fmt, px, al, quality, icc_profile)
-
-
-def _encode_16bit_tiff(p: Path, px: np.ndarray, al: np.ndarray | None) -> bytes | memoryview:
-    """16-bit TIFF bytes (grey+alpha was made RGBA by :func:`_prepare`)."""
-    import cv2
-
-    if px.shape[2] == 1:
-        arr = px[..., 0]
-    elif al is None:
-        arr = np.ascontiguousarray(px[..., ::-1])
-    else:
-        arr = np.dstack([px[..., ::-1], al])
-    try:
-        ok, buf = cv2.imencode(".tiff", arr)
-    except cv2.error as e:
-        raise ImageError(f"{p}: OpenCV could not encode 16-bit TIFF ({e})") from e
-    if not ok:
-        raise ImageError(f"{p}: OpenCV could not encode 16-bit TIFF")
-    return buf.data  # the encoder's buffer, written as it is, without a bytes copy
 
 
 def _atomic_write(p: Path, write: Callable[[BinaryIO], None]) -> None:

@@ -1,0 +1,128 @@
+"""A TIFF encoder that streams the rows of a NumPy array into a file.
+
+Pillow copies an 8-bit RGB array into its own image (4 bytes a pixel) and OpenCV a 16-bit one into
+BGR order, and both return the whole file in memory, so writing a large TIFF cost 2 to 3 x the
+output array again. This encoder compresses a strip of rows at a time (about 1 MiB of the array) and
+writes each as it comes; the image file directory (IFD), which lists where the strips are, goes
+after them, and the header's pointer to it is written last (the output must be seekable: a file or
+a BytesIO). Besides the array, it holds one strip, its differenced copy and its compressed bytes.
+
+Layout: little-endian baseline TIFF 6.0 (BigTIFF, the same with 8-byte offsets, when the array is
+over 3.5 GiB, so that the offsets cannot overflow), one plane of interleaved samples, grey
+(BlackIsZero) or RGB with an optional unassociated alpha (ExtraSamples = 2), 8 or 16 bits, Adobe
+Deflate compression (zlib) with the horizontal-differencing predictor (libtiff, Pillow and OpenCV
+read it; at zlib level 1 an 8-bit photograph comes out about 40 % smaller than Pillow's Deflate TIFF
+without it), and the ICC profile in tag 34675.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import BinaryIO
+
+import numpy as np
+
+_STRIP_BYTES = 1 << 20  # raw bytes compressed at a time (at least one row)
+_BIG_OVER = 7 << 29  # raw bytes (3.5 GiB) over which the file is a BigTIFF
+_SHORT, _LONG, _UNDEFINED, _LONG8 = 3, 4, 7, 16
+_FORMAT = {_SHORT: "H", _LONG: "I", _UNDEFINED: "B", _LONG8: "Q"}
+
+
+def write_tiff(
+    out: BinaryIO,
+    pixels: np.ndarray,
+    *,
+    alpha: np.ndarray | None = None,
+    icc_profile: bytes | None = None,
+    level: int = 6,
+) -> None:
+    """Write H x W x C (C in {1, 3}) uint8 or uint16 ``pixels`` (and an H x W ``alpha`` of the same
+    dtype) to the seekable ``out`` as a Deflate-compressed TIFF at zlib ``level``.
+
+    The caller checks shapes and dtypes (:func:`adassr.runtime.images.write.write_image` does).
+    """
+    h, w, c = pixels.shape
+    samples = c + (alpha is not None)
+    bits = pixels.dtype.itemsize * 8
+    row_bytes = w * samples * pixels.dtype.itemsize
+    big = h * row_bytes > _BIG_OVER
+    offset_type = _LONG8 if big else _LONG
+    rows_per_strip = max(1, _STRIP_BYTES // row_bytes)
+    start = out.tell()
+    out.write(b"II+\0" + struct.pack("<HHQ", 8, 0, 0) if big else b"II*\0" + struct.pack("<I", 0))
+    offsets: list[int] = []
+    counts: list[int] = []
+    for top in range(0, h, rows_per_strip):
+        rows = slice(top, top + rows_per_strip)
+        strip = _differenced(_interleaved(pixels[rows], None if alpha is None else alpha[rows]))
+        data = zlib.compress(strip.astype("<" + strip.dtype.str[1:], copy=False).tobytes(), level)
+        offsets.append(out.tell() - start)
+        counts.append(len(data))
+        out.write(data)
+    entries: list[tuple[int, int, list[int] | bytes]] = [
+        (256, _LONG, [w]),
+        (257, _LONG, [h]),
+        (258, _SHORT, [bits] * samples),
+        (259, _SHORT, [8]),  # Adobe Deflate
+        (262, _SHORT, [1 if c == 1 else 2]),  # BlackIsZero grey, or RGB
+        (273, offset_type, offsets),
+        (277, _SHORT, [samples]),
+        (278, _LONG, [rows_per_strip]),
+        (279, offset_type, counts),
+        (284, _SHORT, [1]),  # interleaved samples
+        (317, _SHORT, [2]),  # horizontal differencing
+    ]
+    if alpha is not None:
+        entries.append((338, _SHORT, [2]))  # the extra sample is unassociated alpha
+    entries.append((339, _SHORT, [1] * samples))  # unsigned integers
+    if icc_profile:
+        entries.append((34675, _UNDEFINED, icc_profile))
+    ifd_at = _write_ifd(out, start, entries, big)
+    end = out.tell()
+    out.seek(start + (8 if big else 4))
+    out.write(struct.pack("<Q" if big else "<I", ifd_at))
+    out.seek(end)
+
+
+def _interleaved(px: np.ndarray, al: np.ndarray | None) -> np.ndarray:
+    """Rows x W x samples, contiguous: a view of ``px`` where that is possible."""
+    if al is None:
+        return np.ascontiguousarray(px)
+    return np.concatenate([px, al[..., None]], axis=2)
+
+
+def _differenced(strip: np.ndarray) -> np.ndarray:
+    """TIFF predictor 2: each sample minus the same sample of the pixel to its left, modulo 2**bits."""
+    out = strip.copy()
+    np.subtract(strip[:, 1:], strip[:, :-1], out=out[:, 1:])
+    return out
+
+
+def _write_ifd(out: BinaryIO, start: int, entries: list[tuple[int, int, list[int] | bytes]], big: bool) -> int:
+    """Write the values that do not fit in their entries, then the IFD; return the IFD's offset."""
+    inline = 8 if big else 4
+    packed = []
+    for tag, kind, values in entries:
+        raw = bytes(values) if isinstance(values, bytes) else struct.pack(f"<{len(values)}{_FORMAT[kind]}", *values)
+        if len(raw) > inline:
+            if (out.tell() - start) % 2:
+                out.write(b"\0")  # values start on a word boundary
+            at = out.tell() - start
+            out.write(raw)
+            raw = struct.pack("<Q" if big else "<I", at)
+        packed.append((tag, kind, len(values), raw.ljust(inline, b"\0")))
+    if (out.tell() - start) % 2:
+        out.write(b"\0")
+    ifd_at = out.tell() - start
+    if big:
+        out.write(struct.pack("<Q", len(packed)))
+        for tag, kind, count, raw in packed:
+            out.write(struct.pack("<HHQ", tag, kind, count) + raw)
+        out.write(struct.pack("<Q", 0))
+    else:
+        out.write(struct.pack("<H", len(packed)))
+        for tag, kind, count, raw in packed:
+            out.write(struct.pack("<HHI", tag, kind, count) + raw)
+        out.write(struct.pack("<I", 0))
+    return ifd_at
