@@ -17,7 +17,7 @@ use zlib level 1 (speed over a few percent of size), TIFF as Adobe Deflate with 
 horizontal-differencing predictor. A colour profile (``icc_profile``) is embedded by every writer:
 PNG gets an iCCP chunk after IHDR, JPEG APP2 segments, WebP an ICCP chunk and TIFF the ICC tag
 (34675); a grey profile for WebP's RGB, or for 16-bit grey+alpha TIFF (stored as RGBA), and a profile
-over JPEG's 16 MiB are dropped with a :class:`ProfileDroppedWarning`.
+over JPEG's 16,707,345 bytes (255 APP2 segments) are dropped with a :class:`ProfileDroppedWarning`.
 
 The file is written to a temporary file in the destination directory, fsynced and renamed over the
 destination (PNG, JPEG and TIFF are encoded straight into it, WebP in memory first): a failure leaves
