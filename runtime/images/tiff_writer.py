@@ -36,13 +36,17 @@ def write_tiff(
     alpha: np.ndarray | None = None,
     icc_profile: bytes | None = None,
     level: int = 6,
+    grey_as_rgb: bool = False,
 ) -> None:
     """Write H x W x C (C in {1, 3}) uint8 or uint16 ``pixels`` (and an H x W ``alpha`` of the same
-    dtype) to the seekable ``out`` as a Deflate-compressed TIFF at zlib ``level``.
+    dtype) to the seekable ``out`` as a Deflate-compressed TIFF at zlib ``level``. ``grey_as_rgb``
+    stores grey pixels as RGB (each strip's grey repeated, not the whole image's).
 
     The caller checks shapes and dtypes (:func:`adassr.runtime.images.write.write_image` does).
     """
     h, w, c = pixels.shape
+    expand = grey_as_rgb and c == 1
+    c = 3 if expand else c
     samples = c + (alpha is not None)
     bits = pixels.dtype.itemsize * 8
     row_bytes = w * samples * pixels.dtype.itemsize
@@ -55,7 +59,8 @@ def write_tiff(
     counts: list[int] = []
     for top in range(0, h, rows_per_strip):
         rows = slice(top, top + rows_per_strip)
-        strip = _differenced(_interleaved(pixels[rows], None if alpha is None else alpha[rows]))
+        px = np.repeat(pixels[rows], 3, axis=2) if expand else pixels[rows]
+        strip = _differenced(_interleaved(px, None if alpha is None else alpha[rows]))
         data = zlib.compress(strip.astype("<" + strip.dtype.str[1:], copy=False).tobytes(), level)
         offsets.append(out.tell() - start)
         counts.append(len(data))

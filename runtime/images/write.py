@@ -207,6 +207,7 @@ class _Encoding:
     al: np.ndarray | None
     quality: int
     icc_profile: bytes | None  # one that fits, or None
+    grey_as_rgb: bool = False  # TIFF: store grey pixels as RGB (16-bit grey+alpha)
 
     def write_to(self, out: BinaryIO) -> None:
         """Encode into ``out``; ImageError for what the encoder refuses, OSError for the writing."""
@@ -220,7 +221,8 @@ class _Encoding:
                 raise ImageError(f"{self.p}: {e}") from e
             return
         if self.fmt == "TIFF":
-            write_tiff(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_TIFF_LEVEL)
+            write_tiff(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_TIFF_LEVEL,
+                       grey_as_rgb=self.grey_as_rgb)
             return
         # WebP (RGB: _prepare made grey RGB)
         arr = self.px if self.al is None else np.dstack([self.px, self.al])
@@ -256,10 +258,11 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
     if fmt == "JPEG" and icc_profile is not None and len(icc_profile) > MAX_ICC_BYTES:
         _profile_dropped(p, f"it has {len(icc_profile):,} bytes, more than JPEG's {MAX_ICC_BYTES:,}")
         icc_profile = None
+    grey_as_rgb = False
     if px.dtype == np.uint16:
-        if px.shape[2] == 1 and al is not None and fmt != "PNG":  # no 16-bit grey+alpha TIFF encoder here
-            px = np.repeat(px, 3, axis=2)
-            if icc_profile is not None and fmt == "TIFF":
+        if px.shape[2] == 1 and al is not None and fmt == "TIFF":  # readers do not take 16-bit grey+alpha TIFF
+            grey_as_rgb = True  # RGBA, made a strip at a time by the encoder
+            if icc_profile is not None:
                 icc_profile = None  # a grey profile for RGB pixels
                 _profile_dropped(p, "16-bit grey+alpha TIFF is stored as RGBA, and the profile is a grey one")
     elif fmt == "WEBP" and px.shape[2] == 1:
@@ -267,7 +270,7 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
         if icc_profile is not None:
             _profile_dropped(p, "WebP stores grey as RGB, and the profile is a grey one")
             icc_profile = None
-    return _Encoding(p, fmt, px, al, quality, icc_profile)
+    return _Encoding(p, fmt, px, al, quality, icc_profile, grey_as_rgb)
 
 
 def _atomic_write(p: Path, write: Callable[[BinaryIO], None]) -> None:
