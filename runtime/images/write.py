@@ -8,22 +8,23 @@ Encoders: PNG (8 and 16 bits) by :mod:`adassr.runtime.images.png_writer` and TIF
 :mod:`adassr.runtime.images.tiff_writer`, which stream the array's rows into the file (Pillow and
 OpenCV would first copy a large output once more); JPEG by :mod:`adassr.runtime.images.jpeg_writer`,
 which has libjpeg-turbo encode a strip of rows at a time (baseline, a restart marker at every row of
-blocks); WebP by Pillow. 16-bit grey+alpha TIFF is stored as 16-bit RGBA (Pillow cannot read grey+alpha
-at 16 bits, nor OpenCV keep its alpha). JPEG and WebP refuse sizes their encoders cannot hold
-(:data:`MAX_SIDE_BY_FORMAT`), before anything is written; :func:`check_writable_size` lets a caller
-check that before the work that makes the image. JPEG uses 4:4:4 chroma at quality >= 90 and 4:2:0
-below; WebP is lossy at ``quality`` with ``exact`` (RGB kept under transparent pixels); PNG and TIFF
-use zlib level 1 (speed over a few percent of size), TIFF as Adobe Deflate with the
-horizontal-differencing predictor. A colour profile (``icc_profile``) is embedded by every writer:
-PNG gets an iCCP chunk after IHDR, JPEG APP2 segments, WebP an ICCP chunk and TIFF the ICC tag
+blocks); WebP by :mod:`adassr.runtime.images.webp_writer` (OpenCV's libwebp: about half the memory of
+Pillow's) or, with alpha, by Pillow. 16-bit grey+alpha TIFF is stored as 16-bit RGBA (Pillow cannot
+read grey+alpha at 16 bits, nor OpenCV keep its alpha). JPEG and WebP refuse sizes their encoders
+cannot hold (:data:`MAX_SIDE_BY_FORMAT`), before anything is written; :func:`check_writable_size`
+lets a caller check that before the work that makes the image. JPEG uses 4:4:4 chroma at quality >=
+90 and 4:2:0 below; WebP is lossy at ``quality`` (with alpha ``exact``: RGB kept under transparent
+pixels); PNG and TIFF use zlib level 1 (speed over a few percent of size), TIFF as Adobe Deflate with
+the horizontal-differencing predictor. A colour profile (``icc_profile``) is embedded by every
+writer: PNG gets an iCCP chunk after IHDR, JPEG APP2 segments, WebP an ICCP chunk and TIFF the ICC tag
 (34675); a grey profile for WebP's RGB, or for 16-bit grey+alpha TIFF (stored as RGBA), and a profile
 over JPEG's 16,707,345 bytes (255 APP2 segments) are dropped with a :class:`ProfileDroppedWarning`.
 
 The file is written to a temporary file in the destination directory, fsynced and renamed over the
-destination (PNG, JPEG and TIFF are encoded straight into it, WebP in memory first): a failure leaves
-no partial file and an existing destination untouched. A writer killed mid-write leaves its hidden
-temporary file (named with its pid, see :mod:`adassr.runtime.tempfiles`); the next write of the same
-file removes it.
+destination (PNG, JPEG and TIFF are encoded straight into it, WebP in memory first, as libwebp
+encodes): a failure leaves no partial file and an existing destination untouched. A writer killed
+mid-write leaves its hidden temporary file (named with its pid, see :mod:`adassr.runtime.tempfiles`);
+the next write of the same file removes it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from adassr.runtime.images.convert import uint16_to_uint8
 from adassr.runtime.images.jpeg_writer import MAX_ICC_BYTES, write_jpeg
 from adassr.runtime.images.png_writer import write_png
 from adassr.runtime.images.tiff_writer import write_tiff
+from adassr.runtime.images.webp_writer import write_webp
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
 # zlib level 1: several times faster than level 6 for slightly larger files (docs/performance.md).
@@ -225,8 +227,13 @@ class _Encoding:
                        grey_as_rgb=self.grey_as_rgb)
             return
         # WebP (RGB: _prepare made grey RGB)
-        arr = self.px if self.al is None else np.dstack([self.px, self.al])
-        im = Image.fromarray(arr)
+        if self.al is None:
+            try:
+                write_webp(out, self.px, quality=self.quality, icc_profile=self.icc_profile)
+            except ImageError as e:
+                raise ImageError(f"{self.p}: {e}") from e
+            return
+        im = Image.fromarray(np.dstack([self.px, self.al]))
         options: dict[str, object] = {"quality": self.quality, "exact": True}
         if self.icc_profile is not None:
             options["icc_profile"] = self.icc_profile
