@@ -39,3 +39,18 @@ def peak_growth(setup: str, action: str) -> int:
     script = _MEASURE.format(setup=textwrap.dedent(setup), action=textwrap.dedent(action))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return int(done.stdout.split()[-1])
+
+
+def write_peak_growth(target: Path, **options: object) -> int:
+    """:func:`peak_growth` of ``write_image(target, px, **options)`` for a 4000 x 4000 RGB uint8 array
+    (48 MB) of noise with some redundancy, as photos have; OpenCV is imported in the setup (some
+    encoders import it on their first call: its own memory is not the write's)."""
+    setup = """
+import cv2
+import numpy as np
+from adassr.runtime.images import write_image
+px = np.random.default_rng(0).integers(0, 256, (4000, 4000, 3), dtype=np.uint8)
+px[:, ::2] = px[:, 1::2]
+"""
+    arguments = "".join(f", {name}={value!r}" for name, value in options.items())
+    return peak_growth(setup=setup, action=f"write_image({str(target)!r}, px{arguments})")

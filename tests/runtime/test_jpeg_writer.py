@@ -17,7 +17,7 @@ from adassr.runtime.errors import ImageError
 from adassr.runtime.images import ProfileDroppedWarning, encode_image, jpeg_writer, read_image, write_image
 from adassr.runtime.images.jpeg_writer import write_jpeg
 
-from ._peak import peak_growth
+from ._peak import write_peak_growth
 
 REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO / "samples" / "cameras" / "canon" / "flower.jpg"
@@ -147,15 +147,6 @@ def test_strips_encoded_with_different_tables_are_refused(monkeypatch: pytest.Mo
 def test_write_image_keeps_a_large_jpeg_out_of_a_second_copy(tmp_path: Path) -> None:
     """Writing a 48 MB RGB array raises the process's peak memory by a strip's BGR copy and its encoded
     bytes, not by a copy of the array (Pillow's alone is 64 MB, OpenCV's BGR copy 48 MB)."""
-    growth = peak_growth(
-        setup="""
-import cv2  # imported by the first JPEG write: its own memory is not the write's
-import numpy as np
-from adassr.runtime.images import write_image
-px = np.random.default_rng(0).integers(0, 256, (4000, 4000, 3), dtype=np.uint8)
-px[:, ::2] = px[:, 1::2]  # some redundancy, as photos have
-""",
-        action=f"write_image({str(tmp_path / 'big.jpg')!r}, px, quality=90)",
-    )
+    growth = write_peak_growth(tmp_path / "big.jpg", quality=90)
     assert growth < 16e6, growth
     assert read_image(tmp_path / "big.jpg").pixels.shape == (4000, 4000, 3)
