@@ -386,9 +386,9 @@ def _with_folder_named_group(groups: dict[str, CameraGroup], directory: Path, wa
     joined: list[GroupMember] = []
     rest: dict[str, CameraGroup] = {}
     for name, group in groups.items():
-        moving = [m for m in group.members if m.derivation in _FOLDER_BEATS and m.path.parent == top]
-        joined += [GroupMember(m.path, "folder") for m in moving]
-        kept = tuple(m for m in group.members if m not in moving)
+        moves = [m.derivation in _FOLDER_BEATS and m.path.parent == top for m in group.members]
+        joined += [GroupMember(m.path, "folder") for m, move in zip(group.members, moves, strict=True) if move]
+        kept = tuple(m for m, move in zip(group.members, moves, strict=True) if not move)  # one pass, not N x N
         if kept and name != wanted:
             rest[name] = CameraGroup(name, kept)
         elif name == wanted:

@@ -262,7 +262,8 @@ def _same_brand_note(root: Path, group: str) -> str:
     """``"; the store has 'fuji': ..."`` when a store camera's name and ``group`` abbreviate one another
     (a folder ``fuji`` adapted, photos whose EXIF Make says ``FUJIFILM``), else ``""``: the fallback
     still serves (a shorter name may be another maker), but the split is named."""
-    related = [c for c in same_brand_names(group, list_cameras(root)) if c != FALLBACK_CAMERA]
+    cameras = list_cameras(root, among=lambda name: bool(same_brand_names(group, [name])))
+    related = [c for c in same_brand_names(group, cameras) if c != FALLBACK_CAMERA]
     if not related:
         return ""
     return f"; the store has {related[0]!r}: if that is this camera, ask for camera {related[0]!r} explicitly"

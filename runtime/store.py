@@ -871,14 +871,16 @@ def store_argument(text: str) -> Path:
     return Path(text)
 
 
-def list_cameras(root: str | os.PathLike[str]) -> list[str]:
-    """Camera groups with a manifest in the store (the fallback folder included).
+def list_cameras(root: str | os.PathLike[str], *, among: Callable[[str], bool] | None = None) -> list[str]:
+    """Camera groups with a manifest in the store (the fallback folder included); with ``among``, only
+    those whose folder name (lower-cased) it accepts, and only their manifests are looked up (routing
+    asks for a few related names per image, in stores of hundreds of cameras).
 
     A folder whose name is no valid group name (copied in by hand, or valid under older rules) is left
     out: no command can open it, and it must not stop the store's other cameras; :func:`misnamed_folders`
     names such folders so that commands can warn about them.
     """
-    return sorted({name for name, problem in _manifest_folders(root) if problem is None})
+    return sorted({name for name, problem in _manifest_folders(root, among=among) if problem is None})
 
 
 def misnamed_folders(root: str | os.PathLike[str]) -> list[tuple[Path, str]]:
@@ -911,21 +913,23 @@ def scan_store(root: str | os.PathLike[str]) -> StoreScan:
     return StoreScan(cameras, {name: why for name, why in unreadable.items() if name not in cameras})
 
 
-def _manifest_folders(root: str | os.PathLike[str],
-                      unreadable: dict[str, str] | None = None) -> Iterator[tuple[str, str | None]]:
-    """``(camera name, problem with the name or None)`` of each folder with a manifest. With
-    ``unreadable``, folders whose manifest cannot be looked up are recorded there, and a store folder
-    that cannot be listed raises OSError; without it, both count as no manifest."""
+def _manifest_folders(root: str | os.PathLike[str], unreadable: dict[str, str] | None = None, *,
+                      among: Callable[[str], bool] | None = None) -> Iterator[tuple[str, str | None]]:
+    """``(camera name, problem with the name or None)`` of each folder with a manifest (of those whose
+    lower-cased name ``among`` accepts, when given). With ``unreadable``, folders whose manifest cannot
+    be looked up are recorded there, and a store folder that cannot be listed raises OSError; without
+    it, both count as no manifest."""
     root_path = Path(root)
     if not root_path.is_dir():
         return
     try:
-        entries = sorted(root_path.iterdir())
+        names = os.listdir(root_path)
     except OSError:
         if unreadable is not None:
             raise
         return
-    for folder in entries:
+    for entry in sorted(n for n in names if among is None or among(n.lower())):
+        folder = root_path / entry
         try:
             if not folder.is_dir():  # a file, a link to a file, or a broken link
                 problem = broken_link(folder)  # a camera folder on a share that went away: not "no camera"

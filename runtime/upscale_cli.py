@@ -402,18 +402,20 @@ def skip_existing(pairs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path
     """``(pairs whose output does not exist yet, how many were left out)`` for ``--skip-existing``.
 
     Any existing entry counts, a file or not: a folder or a link in an output's place is never
-    written over either. A skipped output's temporary files left by a killed writer (one that was
-    replacing it) are removed, as writing the output would have done."""
-    todo = []
-    skipped: dict[Path, list[str]] = {}
-    for source, target in pairs:
-        if _entry_exists(target):
-            skipped.setdefault(target.parent, []).append(target.name)
-        else:
-            todo.append((source, target))
-    for folder, names in skipped.items():
-        remove_stale_temps(folder, target=names)
+    written over either."""
+    todo = [(source, target) for source, target in pairs if not _entry_exists(target)]
     return todo, len(pairs) - len(todo)
+
+
+def remove_stale_outputs(pairs: list[tuple[Path, Path]]) -> None:
+    """Remove the temporary files that killed writers left for the outputs of ``pairs`` (skipped ones
+    too), reading each output folder once: the images are then written without reading their folder
+    each time (which made a folder's run grow with the square of its size)."""
+    names: dict[Path, list[str]] = {}
+    for _, target in pairs:
+        names.setdefault(target.parent, []).append(target.name)
+    for folder, targets in names.items():
+        remove_stale_temps(folder, target=targets)
 
 
 # -- progress ---------------------------------------------------------------------------------
@@ -524,7 +526,8 @@ def _process_one(
         warnings.simplefilter("always", ImageWarning)
         image = read_image(source)
         result = serve(image, tiles, lambda height, width: check_writable_size(target, height, width))
-        write_image(target, result.pixels, alpha=result.alpha, quality=quality, icc_profile=image.icc_profile)
+        write_image(target, result.pixels, alpha=result.alpha, quality=quality, icc_profile=image.icc_profile,
+                    remove_stale=False)  # removed for every output before the run (remove_stale_outputs)
     named = (f"{source}: ", f"{target}: ")
     notes = [message if message.startswith(named) else f"{target}: {message}"
              for message in (str(w.message) for w in caught if issubclass(w.category, ImageWarning))]
@@ -648,6 +651,7 @@ def run_upscale(
         camera = camera_name(camera)  # the store's spelling; CameraError for a bad name, before any work
     check_output_folders(target for _, target in pairs)
     out = stdout if stdout is not None else sys.stdout
+    remove_stale_outputs(pairs)
     kept = 0
     if getattr(args, "skip_existing", False):
         pairs, kept = skip_existing(pairs)

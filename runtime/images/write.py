@@ -111,6 +111,7 @@ def write_image(
     alpha: np.ndarray | None = None,
     quality: int = 95,
     icc_profile: bytes | None = None,
+    remove_stale: bool = True,
 ) -> Path:
     """Write H x W x C (C in {1, 3}; H x W is taken as grey) uint8/uint16 pixels; return the path.
 
@@ -119,12 +120,17 @@ def write_image(
     pixels; where it cannot be (a grey profile for WebP's or 16-bit grey+alpha TIFF's RGB) a
     :class:`ProfileDroppedWarning` says so. PNG, JPEG and TIFF are encoded straight into the temporary
     file, without a copy of the encoded image in memory.
+
+    ``remove_stale``: first remove the temporary files of ``path`` that killed writers left (reading the
+    folder). A batch that writes many files into one folder removes them for all its outputs once
+    (:func:`adassr.runtime.tempfiles.remove_stale_temps`) and passes False: reading the folder for
+    every file made a batch's time grow with the square of its size.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ImageError(f"write_image takes a file path (str or pathlib.Path), got {type(path).__name__}")
     p = Path(path)
     encoding = _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile)
-    _atomic_write(p, encoding.write_to)
+    _atomic_write(p, encoding.write_to, remove_stale=remove_stale)
     return p
 
 
@@ -280,14 +286,15 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
     return _Encoding(p, fmt, px, al, quality, icc_profile, grey_as_rgb)
 
 
-def _atomic_write(p: Path, write: Callable[[BinaryIO], None]) -> None:
+def _atomic_write(p: Path, write: Callable[[BinaryIO], None], *, remove_stale: bool = True) -> None:
     """Call ``write`` on a temporary file in ``p``'s directory, fsync and rename it to ``p``; on any
     failure the temporary file is removed and an existing ``p`` is untouched."""
     parent = p.parent
     if not parent.is_dir():
         raise ImageError(f"{p}: directory {parent} does not exist; create it first")
     # Temporary files of writers that were killed (their pid is gone) are removed first.
-    remove_stale_temps(parent, target=p.name)
+    if remove_stale:
+        remove_stale_temps(parent, target=p.name)
     try:
         # O_EXCL: never clobber; mode 0o666 lets the umask decide, like a plain open().
         fd, tmp = create_temp(p)

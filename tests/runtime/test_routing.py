@@ -214,6 +214,31 @@ def test_a_fallback_names_a_store_camera_of_the_same_brand(store: Path) -> None:
     assert "the store has" not in resolve_model(store, image=NO_EXIF_PNG).reason  # no group: nothing to relate
 
 
+def test_the_same_brand_note_looks_up_only_related_cameras(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image routed to the fallback had the whole store listed and each camera's manifest looked up for
+    the note: O(images x cameras) (a store of 300 cameras, 5.7 ms an image; a helper's review). Now only
+    the names that abbreviate the group are looked at."""
+    import os
+
+    from adassr.runtime import store as store_module
+
+    publish_camera(store, "nokia-n8", seed=2)
+    for k in range(40):
+        (store / f"cam{k:03d}").mkdir()
+        (store / f"cam{k:03d}" / "manifest.json").write_text("{}")
+    looked: list[str] = []
+    real_lstat = os.lstat
+
+    def counted(path: object, *args: object, **kw: object) -> os.stat_result:
+        looked.append(str(path))
+        return real_lstat(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module.os, "lstat", counted)
+    d = resolve_model(store, image=NOKIA_JPG, verify=False)
+    assert "the store has 'nokia-n8'" in d.reason
+    assert not [p for p in looked if "/cam0" in p], looked
+
+
 def test_same_brand_names() -> None:
     from adassr.runtime.cameras import closest_camera_hint, same_brand_names
 

@@ -1344,7 +1344,7 @@ def test_a_folder_that_cannot_be_read_is_not_a_deleted_camera(store: Path, monke
                              on_error=errors.append)
     registry.refresh()
     loaded = dict(registry.models)
-    real_lstat, real_iterdir = store_module.os.lstat, pathlib.Path.iterdir
+    real_lstat, real_listdir = store_module.os.lstat, store_module.os.listdir
 
     def denied_lstat(path: object, *args: object, **kwargs: object) -> object:
         if str(path).startswith(str(store / "canon")):
@@ -1360,16 +1360,16 @@ def test_a_folder_that_cannot_be_read_is_not_a_deleted_camera(store: Path, monke
     registry.refresh()
     assert dict(registry.models) == loaded and "canon" not in registry.problems  # nothing loaded again
 
-    def denied_iterdir(self: pathlib.Path) -> object:
-        if self == store:
+    def denied_listdir(path: object) -> object:
+        if Path(str(path)) == store:
             raise PermissionError(13, "Permission denied")
-        return real_iterdir(self)
+        return real_listdir(path)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pathlib.Path, "iterdir", denied_iterdir)
+    monkeypatch.setattr(store_module.os, "listdir", denied_listdir)
     for _ in range(2):
         assert registry.refresh() is False
     assert dict(registry.models) == loaded and errors == ["model_load", "model_load"]
-    monkeypatch.setattr(pathlib.Path, "iterdir", real_iterdir)
+    monkeypatch.setattr(store_module.os, "listdir", real_listdir)
 
     # one entry that cannot even be looked at (a link into a closed folder) stopped every reload of the store
     real_is_dir = pathlib.Path.is_dir

@@ -662,6 +662,39 @@ def test_existing_outputs_are_replaced_and_counted_or_kept_with_skip_existing(st
     assert "3 ok, 0 failed" in out.splitlines()[-1] and "replaced 2 existing output files" in out.splitlines()[-1]
 
 
+def test_a_folder_run_reads_each_output_folder_once_for_dead_writers_files(store: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every output's write read the whole output folder for temporary files of killed writers: a run of
+    5,000 images did 12.5 million name matches, its time growing with the square of the folder's size (a
+    helper's review). The folder is read once before the run; the dead writers' files still go."""
+    import os
+
+    from adassr.runtime import tempfiles
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(6):
+        write_image(src / f"img{k}.png", np.full((8, 6, 3), 20 * k, np.uint8))
+    dst = tmp_path / "out"
+    dst.mkdir()
+    dead = dst / ".img3.png.999999999.0123456789ab.tmp"  # a killed run was writing img3.png
+    dead.write_bytes(b"half a png")
+    reads: list[str] = []
+    real_scandir = os.scandir
+
+    def counted(path: object) -> object:
+        reads.append(str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tempfiles.os, "scandir", counted)
+    code, out, err = _run("-i", str(src), "-o", str(dst), "--store", str(store), "--camera", "canon", "--no-progress")
+    assert code == 0, err
+    assert "6 ok, 0 failed" in out.splitlines()[-1]
+    assert reads.count(str(dst)) == 1
+    assert not dead.exists()
+    assert sorted(p.name for p in dst.iterdir()) == [f"img{k}.png" for k in range(6)]
+
+
 def test_an_animation_or_a_multi_page_file_gets_a_note_that_only_its_first_frame_is_upscaled(
         store: Path, tmp_path: Path) -> None:
     src = tmp_path / "in"
