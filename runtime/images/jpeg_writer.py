@@ -10,7 +10,8 @@ of 8 rows of blocks, so each strip's own restart markers (numbered 0 to 7 in tur
 whole image has there, and the marker between two strips is always RST7. Besides the array, the
 encoder holds one strip's BGR copy and its encoded bytes (about 2 MiB each; a strip has at least 64
 rows at 4:4:4 or grey and 128 at 4:2:0, so rows over about 5,000 RGB pixels make it larger: 400 x
-65,500 RGB noise, the worst case, added 56 MB at quality 95 in a review's measurement).
+65,500 RGB noise, the worst case, added 56-69 MB at quality 95 in reviews' measurements, with the
+content).
 
 The result is the file that OpenCV writes for the whole image with the same quality, chroma
 subsampling and restart interval (tests check this byte for byte), plus the ICC profile in APP2
