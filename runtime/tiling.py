@@ -256,8 +256,9 @@ def make_canvas(image: np.ndarray, plan: TilePlan) -> np.ndarray:
 
 RegionSink = Callable[[int, int, np.ndarray], None]
 """Receives finished output: ``sink(y, x, block)`` with ``block`` an ``h x w x 3`` float32 array of final
-(blended, unclipped) values for output rows ``y:y+h`` and columns ``x:x+w``. Every output pixel is
-delivered exactly once."""
+(blended, unclipped) values for output rows ``y:y+h`` and columns ``x:x+w``, valid during the call only
+(mostly a view of the model's channels-first tile, not contiguous). Every output pixel is delivered
+exactly once."""
 
 
 @dataclass(frozen=True)
@@ -352,7 +353,7 @@ class _SeamBlender:
                 wx = cols.weights[j][xa - cols.lo[j] : xb - cols.lo[j]]
                 block = tile[:, ya - oy : yb - oy, xa - ox : xb - ox].transpose(1, 2, 0)
                 if rkind == "own" and ckind == "own":
-                    self._sink(ya, xa, np.ascontiguousarray(block, dtype=np.float32))
+                    self._sink(ya, xa, np.asarray(block, dtype=np.float32))  # a view of the tile, not a copy
                 else:
                     weighted = block * (wy[:, None, None] * wx[None, :, None])
                     self._accumulate(i, rkind, ckind, (ya, yb, xa, xb), weighted)

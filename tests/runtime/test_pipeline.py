@@ -119,6 +119,55 @@ def test_non_finite_model_output_is_an_error(rgb8: np.ndarray) -> None:
         upscale_pixels(rgb8, nan_model, scale=4, tiling=TILING)
 
 
+def _overshooting_model(batch: np.ndarray) -> np.ndarray:
+    """x4 nearest upscale pushed past [0, 1] on both sides (as real models overshoot at edges)."""
+    out = batch.repeat(4, axis=2).repeat(4, axis=3)
+    return ((out - 0.5) * 1.6 + 0.5 + 0.01 * np.sin(np.arange(out.shape[3], dtype=np.float32))).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_tiles_are_finished_as_clip_scale_and_round_of_the_blended_output(dtype: type, channels: int) -> None:
+    """Pixels are finished channel by channel and interleaved straight into the output (not a transposed
+    float copy and four more passes); the result is the reference's to the bit: the blended float output
+    clipped to [0, 1] (grey: BT.601 luma of it, clipped), scaled, rounded, cast. Seams included."""
+    from adassr.runtime.tiling import upscale_tiled
+
+    rng = np.random.default_rng(7)
+    peak = np.iinfo(dtype).max
+    pixels = rng.integers(0, peak + 1, (70, 90, channels)).astype(dtype)
+    tiling = TilingOptions(tile=32, overlap=8)
+    out, _ = upscale_pixels(pixels, _overshooting_model, scale=4, tiling=tiling)
+    rgb = np.repeat(pixels, 3, axis=2) if channels == 1 else pixels
+    blended = upscale_tiled(rgb.astype(np.float32) / np.float32(peak), _overshooting_model, scale=4, options=tiling)
+    work = np.clip(blended, 0.0, 1.0)
+    if channels == 1:
+        from adassr.runtime.pipeline import LUMA_BT601
+
+        work = np.clip((work @ LUMA_BT601)[..., None], 0.0, 1.0)
+    want = np.rint(work * np.float32(peak)).astype(dtype)
+    assert out.dtype == dtype and out.shape == (280, 360, channels)
+    assert np.array_equal(out, want)
+    assert out.min() == 0 and out.max() == peak  # the overshoot was clipped on both sides
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("band", ["middle", "border"])  # a tile's own pixels; its border, which the seams blend
+def test_any_non_finite_value_is_an_error(rgb8: np.ndarray, bad: float, band: str) -> None:
+    def broken(batch: np.ndarray) -> np.ndarray:
+        out = batch.repeat(4, axis=2).repeat(4, axis=3)
+        h, w = out.shape[2:]
+        if band == "middle":
+            out[:, 1, h // 2 - 2 : h // 2 + 2, w // 2 - 2 : w // 2 + 2] = bad
+        else:
+            out[:, 1, :, : w // 3] = bad
+        return out
+
+    for pixels in (rgb8, rgb8[..., :1]):
+        with pytest.raises(BackendError, match="NaN or Inf"):
+            upscale_pixels(pixels, broken, scale=4, tiling=TilingOptions(tile=32, overlap=8))
+
+
 def test_non_finite_output_names_the_model(tmp_path: Path) -> None:
     from adassr.runtime.pipeline import NonFiniteOutputError
 
