@@ -26,6 +26,7 @@ from typing import BinaryIO
 import numpy as np
 
 from adassr.runtime.errors import ImageError
+from adassr.runtime.images.strips import row_strips
 
 _STRIP_BYTES = 2 << 20  # raw bytes encoded at a time (at least one group of 8 rows of blocks)
 _BLOCK_ROWS_PER_STRIP_UNIT = 8  # restart markers cycle through RST0..RST7
@@ -49,12 +50,10 @@ def write_jpeg(out: BinaryIO, pixels: np.ndarray, *, quality: int, icc_profile: 
     """
     h, w, c = pixels.shape
     block = 16 if c == 3 and subsampling_for(quality) == "4:2:0" else 8
-    unit = block * _BLOCK_ROWS_PER_STRIP_UNIT
-    strip_rows = max(1, _STRIP_BYTES // (unit * w * c)) * unit
     params = _params(quality, c, blocks_per_row=-(-w // block))
     first_header: bytes | None = None
-    for top in range(0, h, strip_rows):
-        header, scan = _split(_encode_strip(pixels[top:top + strip_rows], params))
+    for rows in row_strips(h, w * c, _STRIP_BYTES, multiple=block * _BLOCK_ROWS_PER_STRIP_UNIT):
+        header, scan = _split(_encode_strip(pixels[rows], params))
         if first_header is None:
             first_header = header
             out.write(_whole_image_header(header, h, icc_profile))

@@ -22,6 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from adassr.runtime.images.containers import PNG_SIGNATURE
+from adassr.runtime.images.strips import interleaved, row_strips
 
 _COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # samples per pixel -> grey, grey+alpha, RGB, RGBA
 _BLOCK_BYTES = 1 << 20  # raw bytes filtered at a time (at least one row)
@@ -64,9 +65,9 @@ def write_png(
     pending: list[bytes] = []
     pending_size = 0
     previous = np.zeros(row_bytes, np.uint8)  # the row above the first is taken as zeros
-    rows_per_block = max(1, _BLOCK_BYTES // max(row_bytes, 1))
-    for top in range(0, height, rows_per_block):
-        raw = _raw_rows(pixels[top:top + rows_per_block], None if alpha is None else alpha[top:top + rows_per_block])
+    for rows in row_strips(height, row_bytes, _BLOCK_BYTES):
+        block = interleaved(pixels[rows], None if alpha is None else alpha[rows], byteorder=">")  # PNG: big-endian
+        raw = block.view(np.uint8).reshape(block.shape[0], -1)
         piece = compressor.compress(_filtered(raw, previous, bpp))
         previous = raw[-1].copy()
         if piece:
@@ -78,16 +79,6 @@ def write_png(
     pending.append(compressor.flush())
     out.write(png_chunk(b"IDAT", b"".join(pending)))
     out.write(png_chunk(b"IEND", b""))
-
-
-def _raw_rows(px: np.ndarray, al: np.ndarray | None) -> np.ndarray:
-    """The block's rows as PNG stores them: n x (W * bytes per pixel) uint8, samples interleaved,
-    16-bit samples big-endian."""
-    n, w, _ = px.shape
-    block = px if al is None else np.concatenate([px, al[..., None]], axis=2)
-    if block.dtype == np.uint16:
-        block = block.astype(">u2")
-    return np.ascontiguousarray(block).view(np.uint8).reshape(n, -1)
 
 
 def _filtered(raw: np.ndarray, previous: np.ndarray, bpp: int) -> bytes:

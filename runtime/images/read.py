@@ -63,6 +63,7 @@ from adassr.runtime.images.containers import (
     tiff_without_orientation,
 )
 from adassr.runtime.images.orientation import ORIENTATION_TAG, apply_orientation
+from adassr.runtime.images.strips import row_strips
 
 _MAKE_TAG = 271
 _MODEL_TAG = 272
@@ -456,11 +457,10 @@ def _unpremultiply(pixels: np.ndarray, alpha: np.ndarray) -> None:
     """Colour premultiplied by alpha (TIFF ExtraSamples 1, "associated") to straight colour, in place, a
     strip at a time; fully transparent pixels keep their (zero) colour."""
     peak = np.iinfo(pixels.dtype).max
-    rows = max(1, _STRIP_BYTES // max(1, 8 * pixels.shape[1] * pixels.shape[2]))
-    for top in range(0, pixels.shape[0], rows):
-        a = alpha[top:top + rows, :, None].astype(np.float64)
-        straight = pixels[top:top + rows] * (peak / np.maximum(a, 1.0))
-        pixels[top:top + rows] = np.where(a > 0, np.clip(np.rint(straight), 0, peak), pixels[top:top + rows])
+    for rows in row_strips(pixels.shape[0], 8 * pixels.shape[1] * pixels.shape[2], _STRIP_BYTES):
+        a = alpha[rows, :, None].astype(np.float64)
+        straight = pixels[rows] * (peak / np.maximum(a, 1.0))
+        pixels[rows] = np.where(a > 0, np.clip(np.rint(straight), 0, peak), pixels[rows])
 
 
 def _check_tiff_tiles(p: Path, im: ImageFile.ImageFile) -> None:
@@ -537,9 +537,8 @@ def _as_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     colours = len(bands) - (bands[-1] == "A")
     pixels = np.empty((height, width, colours), dtype=np.uint8)
     alpha = np.empty((height, width), dtype=np.uint8) if colours < len(bands) else None
-    rows = max(1, _STRIP_BYTES // max(1, width * len(bands)))
-    for top in range(0, height, rows):
-        bottom = min(height, top + rows)
+    for rows in row_strips(height, width * len(bands), _STRIP_BYTES):
+        top, bottom = rows.start, min(height, rows.stop)
         strip = np.asarray(im.crop((0, top, width, bottom))).reshape(bottom - top, width, len(bands))
         pixels[top:bottom] = strip[..., :colours]
         if alpha is not None:
@@ -567,18 +566,16 @@ def _used_indices(index: np.ndarray) -> np.ndarray:
     """Which of the 256 palette indices occur in the H x W uint8 ``index`` (counted a strip at a time:
     ``np.bincount`` turns its input into 8-byte integers first)."""
     used = np.zeros(256, dtype=bool)
-    rows = max(1, _STRIP_BYTES // max(1, 8 * index.shape[1]))
-    for top in range(0, index.shape[0], rows):
-        used |= np.bincount(index[top:top + rows].ravel(), minlength=256) > 0
+    for rows in row_strips(index.shape[0], 8 * index.shape[1], _STRIP_BYTES):
+        used |= np.bincount(index[rows].ravel(), minlength=256) > 0
     return used
 
 
 def _lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``table[index]`` a strip of rows at a time (NumPy turns a uint8 index into 8-byte integers first)."""
     out = np.empty(index.shape + table.shape[1:], dtype=table.dtype)
-    rows = max(1, _STRIP_BYTES // max(1, 8 * index.shape[1]))
-    for top in range(0, index.shape[0], rows):
-        out[top:top + rows] = table[index[top:top + rows]]
+    for rows in row_strips(index.shape[0], 8 * index.shape[1], _STRIP_BYTES):
+        out[rows] = table[index[rows]]
     return out
 
 

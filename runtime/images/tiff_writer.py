@@ -23,6 +23,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from adassr.runtime.images.strips import interleaved, row_strips, strip_rows
+
 _STRIP_BYTES = 1 << 20  # raw bytes compressed at a time (at least one row)
 _BIG_OVER = 7 << 29  # raw bytes (3.5 GiB) over which the file is a BigTIFF
 _SHORT, _LONG, _UNDEFINED, _LONG8 = 3, 4, 7, 16
@@ -45,23 +47,21 @@ def write_tiff(
     The caller checks shapes and dtypes (:func:`adassr.runtime.images.write.write_image` does).
     """
     h, w, c = pixels.shape
-    expand = grey_as_rgb and c == 1
-    c = 3 if expand else c
+    c = 3 if grey_as_rgb else c
     samples = c + (alpha is not None)
     bits = pixels.dtype.itemsize * 8
     row_bytes = w * samples * pixels.dtype.itemsize
     big = h * row_bytes > _BIG_OVER
     offset_type = _LONG8 if big else _LONG
-    rows_per_strip = max(1, _STRIP_BYTES // row_bytes)
+    rows_per_strip = strip_rows(row_bytes, _STRIP_BYTES)
     start = out.tell()
     out.write(b"II+\0" + struct.pack("<HHQ", 8, 0, 0) if big else b"II*\0" + struct.pack("<I", 0))
     offsets: list[int] = []
     counts: list[int] = []
-    for top in range(0, h, rows_per_strip):
-        rows = slice(top, top + rows_per_strip)
-        px = np.repeat(pixels[rows], 3, axis=2) if expand else pixels[rows]
-        strip = _differenced(_interleaved(px, None if alpha is None else alpha[rows]))
-        data = zlib.compress(strip.astype("<" + strip.dtype.str[1:], copy=False).tobytes(), level)
+    for rows in row_strips(h, row_bytes, _STRIP_BYTES):
+        strip = interleaved(pixels[rows], None if alpha is None else alpha[rows], byteorder="<",
+                            grey_as_rgb=grey_as_rgb)  # the file is little-endian
+        data = zlib.compress(_differenced(strip).tobytes(), level)
         offsets.append(out.tell() - start)
         counts.append(len(data))
         out.write(data)
@@ -88,13 +88,6 @@ def write_tiff(
     out.seek(start + (8 if big else 4))
     out.write(struct.pack("<Q" if big else "<I", ifd_at))
     out.seek(end)
-
-
-def _interleaved(px: np.ndarray, al: np.ndarray | None) -> np.ndarray:
-    """Rows x W x samples, contiguous: a view of ``px`` where that is possible."""
-    if al is None:
-        return np.ascontiguousarray(px)
-    return np.concatenate([px, al[..., None]], axis=2)
 
 
 def _differenced(strip: np.ndarray) -> np.ndarray:

@@ -218,37 +218,39 @@ class _Encoding:
     grey_as_rgb: bool = False  # TIFF: store grey pixels as RGB (16-bit grey+alpha)
 
     def write_to(self, out: BinaryIO) -> None:
-        """Encode into ``out``; ImageError for what the encoder refuses, OSError for the writing."""
+        """Encode into ``out``; ImageError (naming the file) for what the encoder refuses, OSError for
+        the writing."""
+        try:
+            self._encode(out)
+        except ImageError as e:
+            raise ImageError(f"{self.p}: {e}") from e
+
+    def _encode(self, out: BinaryIO) -> None:
         if self.fmt == "PNG":
             write_png(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_PNG_LEVEL)
-            return
-        if self.fmt == "JPEG":
-            try:
-                write_jpeg(out, self.px, quality=self.quality, icc_profile=self.icc_profile)
-            except ImageError as e:
-                raise ImageError(f"{self.p}: {e}") from e
-            return
-        if self.fmt == "TIFF":
+        elif self.fmt == "JPEG":
+            write_jpeg(out, self.px, quality=self.quality, icc_profile=self.icc_profile)
+        elif self.fmt == "TIFF":
             write_tiff(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_TIFF_LEVEL,
                        grey_as_rgb=self.grey_as_rgb)
-            return
-        # WebP (RGB: _prepare made grey RGB)
-        if self.al is None:
-            try:
-                write_webp(out, self.px, quality=self.quality, icc_profile=self.icc_profile)
-            except ImageError as e:
-                raise ImageError(f"{self.p}: {e}") from e
-            return
-        im = Image.fromarray(np.dstack([self.px, self.al]))
-        options: dict[str, object] = {"quality": self.quality, "exact": True}
-        if self.icc_profile is not None:
-            options["icc_profile"] = self.icc_profile
-        try:
-            im.save(out, format=self.fmt, **options)
-        except (OSError, ValueError, KeyError) as e:
-            if isinstance(e, OSError) and e.errno is not None:
-                raise  # the file system's error (a full disk), not the encoder's
-            raise ImageError(f"{self.p}: Pillow could not encode {self.fmt} ({e})") from e
+        elif self.al is None:  # WebP (RGB: _prepare made grey RGB)
+            write_webp(out, self.px, quality=self.quality, icc_profile=self.icc_profile)
+        else:
+            _write_webp_with_alpha(out, self.px, self.al, quality=self.quality, icc_profile=self.icc_profile)
+
+
+def _write_webp_with_alpha(out: BinaryIO, px: np.ndarray, al: np.ndarray, *, quality: int,
+                           icc_profile: bytes | None) -> None:
+    """WebP with alpha through Pillow, whose ``exact`` keeps the colours under transparent pixels."""
+    options: dict[str, object] = {"quality": quality, "exact": True}
+    if icc_profile is not None:
+        options["icc_profile"] = icc_profile
+    try:
+        Image.fromarray(np.dstack([px, al])).save(out, format="WEBP", **options)
+    except (OSError, ValueError, KeyError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # the file system's error (a full disk), not the encoder's
+        raise ImageError(f"Pillow could not encode WEBP ({e})") from e
 
 
 def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: int,
