@@ -175,6 +175,13 @@ def _add_limit_arguments(parser: argparse.ArgumentParser, d: Any, lim: Any) -> N
         help=f"seconds between checks of the store for changed models (default {d.reload_interval_s:g})",
     )
     parser.add_argument(
+        "--max-models",
+        type=int,
+        default=d.max_models,
+        help="keep at most N camera models open; the others are verified and opened at their first request, "
+        "closing the least recently used (default 0: every model stays open)",
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=d.drain_timeout_s,
@@ -211,6 +218,7 @@ _FLAGS = {
     "header_timeout_s": "--header-timeout", "workers": "--workers", "max_queue": "--max-queue",
     "max_batch": "--max-batch", "max_wait_ms": "--max-wait-ms", "inference_threads": "--inference-threads",
     "reload_interval_s": "--reload-interval", "drain_timeout_s": "--drain-timeout", "threads": "--threads",
+    "max_models": "--max-models",
     "port": "--port", "tile": "--tile", "overlap": "--tile-overlap", "pre_pad": "--pre-pad",
     "tile overlap": "--tile-overlap",  # TilingOptions's wording of ``overlap``
 }
@@ -246,6 +254,7 @@ def _config(args: argparse.Namespace) -> Any:
         pre_pad=args.pre_pad,
         pad_to_tile=args.pad_to_tile,
         reload_interval_s=args.reload_interval,
+        max_models=args.max_models,
         drain_timeout_s=args.drain_timeout,
         token=read_token_file(args.token_file) if args.token_file is not None else None,
         limits=limits,

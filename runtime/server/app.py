@@ -10,8 +10,9 @@ Endpoints:
   default 95). The response is the image, with headers ``X-Adassr-Model`` (camera folder and
   file), ``X-Adassr-Model-Sha256``, ``X-Adassr-Camera-Group``, ``X-Adassr-Route`` (why this
   model), ``X-Adassr-Latency-Ms`` (server-side) and ``Server-Timing``.
-- ``GET /v1/cameras``: the loaded models with their manifest summaries, and refused models.
-- ``GET /healthz``: the process answers. ``GET /readyz``: 200 when a model is loaded and the
+- ``GET /v1/cameras``: the models that serve (loaded, or with ``--max-models`` parked until a
+  request needs them) with their manifest summaries, and refused models.
+- ``GET /healthz``: the process answers. ``GET /readyz``: 200 when a model serves and the
   server is not draining, else 503.
 - ``GET /metrics``: Prometheus text format (see :mod:`adassr.runtime.server.metrics`).
 
@@ -20,7 +21,8 @@ bearer token, 404 unknown camera or no model for the image, 405/404 wrong method
 408 body not received within the body timeout, 413 body, pixel count or output over a limit, or an
 output larger than the requested format holds, 415 not a supported image, 422 invalid parameter,
 429 overloaded (with ``Retry-After``), 500 model failure (``inference``) or an output that could not
-be encoded (``encode``), 503 not ready or draining (with ``Retry-After``), 504 deadline exceeded.
+be encoded (``encode``), 503 not ready or draining, or (``model_unavailable``) a parked model that
+failed to load at this request (with ``Retry-After``), 504 deadline exceeded.
 Every error body is ``{"error": <kind>, "status": <code>, "message": <what to do>}``.
 
 Request processing: the body is read under its size and time limits (uploads still arriving hold no
@@ -69,6 +71,7 @@ from adassr.runtime.server.config import ServerConfig
 from adassr.runtime.server.metrics import ServerMetrics
 from adassr.runtime.server.models import (
     ModelRegistry,
+    ModelUnavailable,
     NoModel,
     UnknownCamera,
     default_opener,
@@ -81,6 +84,7 @@ from adassr.runtime.server.scheduler import (
     Ticket,
     TileBatcher,
 )
+from adassr.runtime.store import FALLBACK_CAMERA
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +123,10 @@ class Server:
                                                     tiling=config.tiling, precision=config.precision),
             on_load=lambda camera, ok: self.metrics.model_loads.labels(camera, "ok" if ok else "failed").inc(),
             on_error=lambda kind: self.metrics.errors.labels(kind).inc(),
+            on_evict=lambda camera: self.metrics.model_evictions.labels(camera).inc(),
+            max_models=config.max_models,
         )
+        self.metrics.models_loaded.set_function(lambda: len(self.registry.models))
         self.batches: list[BatchRecord] = []  # the last model calls (bounded), for tests and debugging
         self.batcher: TileBatcher | None = None
         self.workers: cf.ThreadPoolExecutor | None = None
@@ -154,8 +161,7 @@ class Server:
     async def refresh(self) -> None:
         """Reload changed models (in a thread); ready once any model serves."""
         await asyncio.to_thread(self.registry.refresh)
-        self.metrics.models_loaded.set(len(self.registry.models))
-        self.ready = bool(self.registry.models)
+        self.ready = bool(self.registry.servable())
 
     async def _watch(self) -> None:
         while True:
@@ -238,36 +244,36 @@ class Server:
         start = time.perf_counter()
         image = self.uploads.decode(body, max_pixels=limits.max_pixels)
         decoded = time.perf_counter()
-        route = self.registry.route(params.camera, image)
-        model = route.model
-        ticket.camera = model.camera  # the latency metric's label, should the request fail from here on
-        factor = float(model.route.scale if params.outscale is None else params.outscale)
-        out_h, out_w = output_size(image.height, image.width, factor)
-        if out_h * out_w > limits.max_output_pixels:
-            raise ImageTooLargeError(
-                f"the output would be {out_w}x{out_h} = {out_h * out_w:,} pixels, above the limit of "
-                f"{limits.max_output_pixels:,}; send a smaller image or a smaller outscale"
-            )
+        with self.registry.serving(params.camera, image) as route:  # the model stays open until the tiles are done
+            model = route.model
+            ticket.camera = model.camera  # the latency metric's label, should the request fail from here on
+            factor = float(model.route.scale if params.outscale is None else params.outscale)
+            out_h, out_w = output_size(image.height, image.width, factor)
+            if out_h * out_w > limits.max_output_pixels:
+                raise ImageTooLargeError(
+                    f"the output would be {out_w}x{out_h} = {out_h * out_w:,} pixels, above the limit of "
+                    f"{limits.max_output_pixels:,}; send a smaller image or a smaller outscale"
+                )
 
-        def check_format(height: int, width: int) -> None:  # before the upscale, not by the encoder after it
-            problem = size_problem(params.suffix, height, width)
-            if problem is not None:
-                raise ImageTooLargeError(f"cannot send the output as {params.suffix[1:]}: {problem}; ask for "
-                                         "format=png, or a smaller outscale")
+            def check_format(height: int, width: int) -> None:  # before the upscale, not by the encoder after it
+                problem = size_problem(params.suffix, height, width)
+                if problem is not None:
+                    raise ImageTooLargeError(f"cannot send the output as {params.suffix[1:]}: {problem}; ask for "
+                                             "format=png, or a smaller outscale")
 
-        infer = self.batcher.infer_fn(model.key, model.backend, ticket)
-        with self.batcher.producer():
-            pixels, alpha = upscale_pixels(
-                image.pixels,
-                infer,
-                scale=model.route.scale,
-                tiling=self.config.tiling,
-                alpha=image.alpha,
-                outscale=params.outscale,
-                multiple_of=model.route.multiple_of,
-                max_output_pixels=limits.max_output_pixels,
-                check_output=check_format,
-            )
+            infer = self.batcher.infer_fn(model.key, model.backend, ticket)
+            with self.batcher.producer():
+                pixels, alpha = upscale_pixels(
+                    image.pixels,
+                    infer,
+                    scale=model.route.scale,
+                    tiling=self.config.tiling,
+                    alpha=image.alpha,
+                    outscale=params.outscale,
+                    multiple_of=model.route.multiple_of,
+                    max_output_pixels=limits.max_output_pixels,
+                    check_output=check_format,
+                )
         inferred = time.perf_counter()
         ticket.check()
         try:
@@ -451,6 +457,9 @@ class Server:
             return HttpError(413, "too_large", str(exc))
         if isinstance(exc, ImageError):
             return HttpError(415, "unsupported_image", str(exc))
+        if isinstance(exc, ModelUnavailable):
+            return HttpError(503, "model_unavailable", str(exc),
+                             {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
         if isinstance(exc, UnknownCamera):
             return HttpError(404, "unknown_camera", str(exc))
         if isinstance(exc, NoModel):
@@ -595,12 +604,13 @@ def _routes(server: Server) -> list[Route]:
 
     async def cameras(request: Request) -> Response:
         server.check_auth(request)
-        models = server.registry.models
+        registry = server.registry
         return _json(
             {
-                "cameras": {name: model.summary() for name, model in sorted(models.items())},
-                "refused": dict(sorted(server.registry.problems.items())),
-                "fallback": "_fallback" in models,
+                "cameras": registry.listing(),
+                "refused": dict(sorted(registry.problems.items())),
+                "fallback": FALLBACK_CAMERA in registry.servable(),
+                "max_models": registry.max_models or None,
             }
         )
 
@@ -612,7 +622,8 @@ def _routes(server: Server) -> list[Route]:
             return _json({"status": "draining"}, 503)
         if not server.ready:
             return _json({"status": "not ready", "reason": "no model loaded (GET /v1/cameras shows why)"}, 503)
-        return _json({"status": "ready", "models": len(server.registry.models)})
+        return _json({"status": "ready", "models": len(server.registry.servable()),
+                      "loaded": len(server.registry.models)})
 
     async def metrics(request: Request) -> Response:
         server.check_auth(request)

@@ -79,6 +79,8 @@ class ServerConfig:
       ``pad_to_tile`` gives every tile the same shape (static-shape engines, more batching) at
       the cost of padding small images up to a tile.
     - ``reload_interval_s``: how often the store's manifests and model files are checked.
+    - ``max_models``: 0 keeps every camera's model open; above 0, at most that many stay open, the
+      others are verified and opened at their first request, the least recently used closing.
     - ``token``: when set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <token>``.
     """
 
@@ -99,6 +101,7 @@ class ServerConfig:
     pre_pad: int = DEFAULT_PRE_PAD
     pad_to_tile: bool = False
     reload_interval_s: float = 2.0
+    max_models: int = 0
     drain_timeout_s: float = 30.0
     token: str | None = field(default=None, repr=False)
     limits: Limits = field(default_factory=Limits)
@@ -115,6 +118,9 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.max_models, bool) or not isinstance(self.max_models, int) or self.max_models < 0:
+            raise ConfigError(f"max_models must be an integer >= 0 (0: every model stays loaded), got "
+                              f"{self.max_models!r}")
         if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ConfigError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)

@@ -14,7 +14,8 @@ Names (all prefixed ``adassr_``):
   ``client_disconnect``, ``body_timeout``, ``not_ready``, ``model_checksum``, ``model_load``,
   ``inference``, ``internal``);
 - ``tiles_cancelled_total``: queued tiles dropped because their request was cancelled or failed;
-- ``models_loaded``: models serving now.
+- ``models_loaded``: models open now (with ``--max-models``, parked ones are not counted);
+- ``model_evictions_total{camera}``: models closed to keep at most ``--max-models`` open.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ class ServerMetrics:
         self.errors = Counter("adassr_errors", "Errors by kind", ("kind",), registry=r)
         self.tiles_cancelled = Counter("adassr_tiles_cancelled", "Queued tiles dropped (request cancelled or failed)",
                                        registry=r)
-        self.models_loaded = Gauge("adassr_models_loaded", "Models serving now", registry=r)
+        self.models_loaded = Gauge("adassr_models_loaded", "Models open now", registry=r)
+        self.model_evictions = Counter("adassr_model_evictions", "Models closed to keep at most --max-models open",
+                                       ("camera",), registry=r)
         self.upload_bytes = Gauge("adassr_upload_bytes", "Bytes of request bodies still arriving (not yet admitted)",
                                   registry=r)
 

@@ -21,6 +21,8 @@ explicitly named camera with no loaded model is an error (404), not a silent fal
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import math
 import os
@@ -28,8 +30,8 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -73,27 +75,36 @@ class LoadedModel:
         return self.route.sha256
 
     @property
-    def key(self) -> tuple[str, str]:
-        """Batch identity: tiles of one key may share a model call."""
-        return self.camera, self.route.sha256
+    def key(self) -> tuple[str, str, int]:
+        """Batch identity: tiles of one key may share a model call. The open model's identity is part of
+        it: a model opened again (``--max-models``) is another object, and a batch never runs tiles on
+        a model that the requests of other tiles may let close (see :meth:`ModelRegistry.serving`)."""
+        return self.camera, self.route.sha256, id(self)
 
     def summary(self) -> dict[str, Any]:
         """What ``GET /v1/cameras`` shows for this model (no filesystem paths)."""
-        manifest = self.route.manifest
-        backbone = manifest.get("backbone")
-        return {
-            "model": self.route.model_name,
-            "sha256": self.route.sha256,
-            "precision": self.served_precision,
-            "scale": self.route.scale,
-            "adapted": self.camera != FALLBACK_CAMERA and ("steps" in manifest or bool(manifest.get("images"))),
-            "backbone": backbone.get("name") if isinstance(backbone, Mapping) else None,
-            "niqe_before": manifest.get("niqe_before"),
-            "niqe_after": manifest.get("niqe_after"),
-            "kernel": kernel_summary(manifest.get("kernel")),
-            "manifest_updated": manifest.get("updated"),
-            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
-        }
+        return model_summary(self.camera, self.route, self.served_precision, self.loaded_at)
+
+
+def model_summary(camera: str, route: RouteDecision, precision: str, loaded_at: float | None) -> dict[str, Any]:
+    """What ``GET /v1/cameras`` shows for a camera's model, loaded (``loaded_at``, time.time()) or
+    verified and waiting for its first request (``loaded_at`` None, with ``--max-models``)."""
+    manifest = route.manifest
+    backbone = manifest.get("backbone")
+    return {
+        "model": route.model_name,
+        "sha256": route.sha256,
+        "precision": precision,
+        "scale": route.scale,
+        "adapted": camera != FALLBACK_CAMERA and ("steps" in manifest or bool(manifest.get("images"))),
+        "backbone": backbone.get("name") if isinstance(backbone, Mapping) else None,
+        "niqe_before": manifest.get("niqe_before"),
+        "niqe_after": manifest.get("niqe_after"),
+        "kernel": kernel_summary(manifest.get("kernel")),
+        "manifest_updated": manifest.get("updated"),
+        "loaded": loaded_at is not None,
+        "loaded_at": None if loaded_at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(loaded_at)),
+    }
 
 
 _KERNEL_NUMBERS = ("sigma_x", "sigma_y", "theta_deg", "confidence")
@@ -152,11 +163,51 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
+ON_DEMAND_RETRY_S = 10.0
+"""After a model failed to load at a request (``--max-models``), requests for it get 503 for this
+long before the next request tries again (a failed load costs as much as a good one)."""
+
+
+class ModelUnavailable(StoreError):
+    """A camera's model is in the store but could not be loaded at this request (``--max-models``)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class _Failure:
+    sha256: str
+    at: float  # time.monotonic()
+    message: str
+
+
+class _Superseded(Exception):
+    """A parked model could not be opened because a newer version replaced it meanwhile."""
+
+
+@dataclass
+class _Changes:
+    """What one refresh decided, applied at its end to the models current then (requests may have
+    loaded or evicted models meanwhile)."""
+
+    gone: set[str] = field(default_factory=set)  # no manifest any more
+    loaded: dict[str, LoadedModel] = field(default_factory=dict)  # opened: serve these
+    parked: dict[str, RouteDecision] = field(default_factory=dict)  # verified, loaded at a request
+
+
 class ModelRegistry:
     """Loaded models by camera group, swapped atomically on reload. Thread-safe.
 
     ``open_model(route)`` opens a verified model file (default: :func:`open_backend`);
-    ``on_load(camera, ok)`` and ``on_error(kind)`` feed the metrics.
+    ``on_load(camera, ok)``, ``on_error(kind)`` and ``on_evict(camera)`` feed the metrics.
+
+    ``max_models`` 0 opens every camera's model at each refresh. Above 0, a refresh verifies the
+    cameras' models but opens only new versions of the ones loaded; the others are *parked* and
+    opened at their first request (:meth:`serving`), the least recently used one closing when more
+    than ``max_models`` are open. A model replaced, removed or evicted while requests use it is
+    closed when the last of them ends.
     """
 
     def __init__(
@@ -165,20 +216,35 @@ class ModelRegistry:
         *,
         precision: str = "fp32",
         open_model: Callable[[RouteDecision], Backend],
+        max_models: int = 0,
         on_load: Callable[[str, bool], None] | None = None,
         on_error: Callable[[str], None] | None = None,
+        on_evict: Callable[[str], None] | None = None,
     ) -> None:
+        if isinstance(max_models, bool) or not isinstance(max_models, int) or max_models < 0:
+            raise ConfigError(f"max_models must be an integer >= 0 (0: no limit), got {max_models!r}")
         self._store = store
         self._precision = precision
         self._open_model = open_model
+        self._max_models = max_models
         self._on_load = on_load or (lambda camera, ok: None)
         self._on_error = on_error or (lambda kind: None)
+        self._on_evict = on_evict or (lambda camera: None)
         self._models: Mapping[str, LoadedModel] = MappingProxyType({})
+        self._parked: Mapping[str, RouteDecision] = MappingProxyType({})
         self._signatures: dict[str, _Signature] = {}
         self._problems: dict[str, str] = {}
         self._tried: dict[str, str] = {}  # camera -> model file of a refused load (its signature includes it)
         self._unreadable: str | None = None  # why the store folder could not be listed at the last poll
         self._refresh_lock = threading.Lock()
+        # Under _lock: the snapshots' swaps, leases, retired models, last use, loads in progress, failures.
+        self._lock = threading.Lock()
+        self._leases: dict[LoadedModel, int] = {}
+        self._retired: set[LoadedModel] = set()  # no longer served, still in use: closed at the last release
+        self._used: dict[str, int] = {}
+        self._ticks = itertools.count()
+        self._loading: dict[str, threading.Event] = {}
+        self._failures: dict[str, _Failure] = {}
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -187,38 +253,74 @@ class ModelRegistry:
         return self._models
 
     @property
+    def parked(self) -> Mapping[str, RouteDecision]:
+        """An immutable snapshot: camera -> verified model not loaded (``max_models``; else empty)."""
+        return self._parked
+
+    @property
+    def max_models(self) -> int:
+        return self._max_models
+
+    def servable(self) -> set[str]:
+        """The cameras whose model serves: loaded, or parked until a request needs it."""
+        return set(self._models) | set(self._parked)
+
+    @property
     def problems(self) -> Mapping[str, str]:
         """Cameras whose latest model could not be loaded, with the reason (no paths)."""
         return MappingProxyType(dict(self._problems))
 
-    def route(self, camera: str | None, image: LoadedImage) -> Route:
-        """The model for an explicit ``camera`` or for the image's EXIF Make (see module docstring)."""
-        models = self._models
+    def listing(self) -> dict[str, dict[str, Any]]:
+        """``GET /v1/cameras``'s summary of every camera that serves, loaded or parked, by name."""
+        models, parked = self._models, self._parked
+        out = {name: model.summary() for name, model in models.items()}
+        for name, decision in parked.items():
+            if name not in out:
+                out[name] = model_summary(name, decision, engine_precision(self._precision, decision.precision), None)
+        return dict(sorted(out.items()))
+
+    # -- serving ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def serving(self, camera: str | None, image: LoadedImage) -> Iterator[Route]:
+        """The route for an explicit ``camera`` or the image's EXIF Make (see the module docstring),
+        its model loaded if parked and kept open until the block ends."""
+        route = self._acquire(camera, image)
+        try:
+            yield route
+        finally:
+            self._release(route.model)
+
+    def _acquire(self, camera: str | None, image: LoadedImage) -> Route:
         if camera is not None:
             name = camera_name(camera)
-            model = models.get(name)
-            if model is None:
-                known = ", ".join(sorted(models)) or "none"
-                hint = closest_camera_hint(name, models)
-                raise UnknownCamera(
-                    f"camera {name!r} has no model on this server (cameras: {known}).{hint} "
-                    "Omit 'camera' to route by the image's EXIF Make, or adapt and export that camera"
-                )
-            return Route(model, name, "explicit")
+            return Route(self._lease(name), name, "explicit")
         try:
             group, make = camera_group_of(image)
         except CameraError:
             group, make = None, None
-        if group is not None and group in models:
-            return Route(models[group], group, "exif-make")
-        fallback = models.get(FALLBACK_CAMERA)
-        if fallback is None:
+        unavailable: ModelUnavailable | None = None
+        if group is not None and (group in self._models or group in self._parked):
+            try:
+                return Route(self._lease(group), group, "exif-make")
+            except UnknownCamera:  # its manifest removed this moment
+                pass
+            except ModelUnavailable as exc:  # the fallback serves it meanwhile, when there is one
+                unavailable = exc
+        try:
+            if FALLBACK_CAMERA not in self._models and FALLBACK_CAMERA not in self._parked:
+                raise UnknownCamera(FALLBACK_CAMERA)
+            fallback = self._lease(FALLBACK_CAMERA)
+        except UnknownCamera:
+            if unavailable is not None:
+                raise unavailable from None
             raise NoModel(
                 "this image names no camera with a model here and the server has no fallback model; "
                 "pass 'camera' (GET /v1/cameras lists them), or export one with "
                 "`adassr export --backbone realesrgan-x4plus`"
-            )
-        if group is not None:
+            ) from None
+        if unavailable is not None:
+            reason = f"fallback: the model for {group!r} could not be loaded"
+        elif group is not None:
             reason = f"fallback: no model for {group!r}"
         elif make:
             reason = unusable_make_reason(make)
@@ -226,12 +328,170 @@ class ModelRegistry:
             reason = "fallback: no EXIF Make"
         return Route(fallback, group, reason)
 
+    def _unknown(self, camera: str) -> UnknownCamera:
+        servable = self.servable() - {FALLBACK_CAMERA} if camera != FALLBACK_CAMERA else self.servable()
+        known = ", ".join(sorted(servable)) or "none"
+        problem = self._problems.get(camera)
+        why = f" Its model was refused: {problem}." if problem else closest_camera_hint(camera, servable)
+        return UnknownCamera(
+            f"camera {camera!r} has no model on this server (cameras: {known}).{why} "
+            "Omit 'camera' to route by the image's EXIF Make, or adapt and export that camera"
+        )
+
+    def _lease(self, camera: str) -> LoadedModel:
+        """``camera``'s loaded model, leased (opened first when parked); UnknownCamera when it has no
+        model, ModelUnavailable when it could not be opened."""
+        while True:
+            with self._lock:
+                model = self._models.get(camera)
+                if model is not None:
+                    self._leases[model] = self._leases.get(model, 0) + 1
+                    self._used[camera] = next(self._ticks)
+                    return model
+                decision = self._parked.get(camera)
+                if decision is None:
+                    raise self._unknown(camera)
+                failure = self._failures.get(camera)
+                if failure is not None and failure.sha256 == decision.sha256:
+                    wait = failure.at + ON_DEMAND_RETRY_S - time.monotonic()
+                    if wait > 0:
+                        raise ModelUnavailable(failure.message, wait)
+                loading = self._loading.get(camera)
+                mine = loading is None
+                if loading is None:
+                    loading = self._loading[camera] = threading.Event()
+            if not mine:  # another request opens it: use that
+                loading.wait()
+                continue
+            try:
+                opened = self._open_parked(camera, decision)
+            except _Superseded:  # a newer version replaced it (its files removed): load that one
+                continue
+            finally:
+                with self._lock:
+                    del self._loading[camera]
+                loading.set()
+            with self._lock:
+                now = self._parked.get(camera)
+                if now is None or now.sha256 != decision.sha256:  # replaced or removed while it loaded: again
+                    stale = opened
+                else:
+                    stale = None
+                    self._models = MappingProxyType({**self._models, camera: opened})
+                    self._parked = MappingProxyType({k: v for k, v in self._parked.items() if k != camera})
+                    self._leases[opened] = 1
+                    self._used[camera] = next(self._ticks)
+                    evicted, to_close = self._evict(keep=camera)
+            if stale is not None:
+                _close_model(stale)
+                continue
+            self._closed_evicted(evicted, to_close)
+            return opened
+
+    def _open_parked(self, camera: str, decision: RouteDecision) -> LoadedModel:
+        """Verify and open a parked model; on failure remember it (ModelUnavailable)."""
+        started = time.perf_counter()
+        try:
+            decision.verify()
+            backend = self._open_model(decision)
+        except Exception as exc:  # noqa: BLE001 - any failure to open: this camera waits, the others serve
+            if self._park_newer(camera, decision):
+                raise _Superseded from None
+            kind = "model_checksum" if isinstance(exc, StoreError) else "model_load"
+            reason = str(exc) if isinstance(exc, AdassrError) else unexpected_error(exc)
+            text = _mask_store(reason, {str(self._store), str(self._store.resolve())})
+            message = (f"camera {camera!r}'s model could not be loaded ({text}); the next request tries again "
+                       f"after {ON_DEMAND_RETRY_S:g} s (GET /v1/cameras shows why)")
+            with self._lock:
+                self._failures[camera] = _Failure(decision.sha256, time.monotonic(), message)
+                self._problems[camera] = f"could not be loaded at a request: {text}"
+            self._on_error(kind)
+            self._on_load(camera, False)
+            logger.error("camera %s: loading its model at a request failed: %s", camera, reason,
+                         exc_info=not isinstance(exc, AdassrError) and logger.isEnabledFor(logging.DEBUG))
+            raise ModelUnavailable(message, ON_DEMAND_RETRY_S) from None
+        with self._lock:
+            if self._failures.pop(camera, None) is not None:
+                self._problems.pop(camera, None)
+        self._on_load(camera, True)
+        logger.info("serving %s for camera %s (loaded at a request in %.1f s)", decision.label, camera,
+                    time.perf_counter() - started)
+        return LoadedModel(camera, decision, backend, time.time(),
+                           engine_precision(self._precision, decision.precision))
+
+    def _park_newer(self, camera: str, decision: RouteDecision) -> bool:
+        """Whether a newer version of ``camera``'s model was published since ``decision`` was parked
+        (a re-export removes the old files: no failure of the camera); it is parked in its place,
+        verified when it opens."""
+        try:
+            newer = resolve_model(self._store, camera=camera, precision=model_precision(self._precision),
+                                  verify=False)
+        except (AdassrError, OSError):
+            return False
+        if newer.model_camera != camera or newer.sha256 == decision.sha256:
+            return False
+        with self._lock:
+            if self._parked.get(camera) is decision:
+                self._parked = MappingProxyType({**self._parked, camera: newer})
+        logger.info("camera %s: a newer version was published while its model was being loaded; loading that one",
+                    camera)
+        return True
+
+    def _evict(self, *, keep: str | None = None) -> tuple[list[str], list[LoadedModel]]:
+        """Under ``_lock``: park the least recently used models beyond ``max_models`` (never ``keep``);
+        return their cameras and the models to close now (the others close at their last release)."""
+        if not self._max_models or len(self._models) <= self._max_models:
+            return [], []
+        models, parked = dict(self._models), dict(self._parked)
+        victims: list[LoadedModel] = []
+        while len(models) > self._max_models:
+            candidates = [name for name in models if name != keep]
+            if not candidates:
+                break
+            name = min(candidates, key=lambda n: self._used.get(n, -1))
+            victim = models.pop(name)
+            parked[name] = victim.route
+            victims.append(victim)
+        self._models, self._parked = MappingProxyType(models), MappingProxyType(parked)
+        return [v.camera for v in victims], self._retire(victims)
+
+    def _retire(self, models: list[LoadedModel]) -> list[LoadedModel]:
+        """Under ``_lock``: of models no longer served, those to close now (the leased ones wait)."""
+        now = []
+        for model in models:
+            if self._leases.get(model):
+                self._retired.add(model)
+            else:
+                now.append(model)
+        return now
+
+    def _closed_evicted(self, cameras: list[str], to_close: list[LoadedModel]) -> None:
+        for camera in cameras:
+            logger.info("camera %s: its model is closed to keep at most %d loaded (--max-models); the next "
+                        "request for it loads it again", camera, self._max_models)
+            self._on_evict(camera)
+        for model in to_close:
+            _close_model(model)
+
+    def _release(self, model: LoadedModel) -> None:
+        with self._lock:
+            left = self._leases[model] - 1
+            if left:
+                self._leases[model] = left
+                return
+            del self._leases[model]
+            if model not in self._retired:
+                return
+            self._retired.discard(model)
+        _close_model(model)
+
     # -- loading ----------------------------------------------------------------------------
     def refresh(self) -> bool:
         """Look at the store once and load what changed; return True if the served set changed."""
         with self._refresh_lock:
-            current = dict(self._models)
-            changed = False
+            loaded, parked = self._models, self._parked
+            servable = set(loaded) | set(parked)
+            changes = _Changes()
             try:
                 scan = scan_store(self._store)
             except OSError as exc:  # cannot be listed (permissions, I/O): not an empty store
@@ -246,7 +506,7 @@ class ModelRegistry:
                 logger.warning("the model store can be read again")
                 self._unreadable = None
             for camera, why in scan.unreadable.items():  # its folder cannot be read: keep what it serves
-                keeps = " (the loaded model keeps serving)" if camera in current else ""
+                keeps = " (the loaded model keeps serving)" if camera in servable else ""
                 problem = f"its folder cannot be read ({why}){keeps}"
                 if self._problems.get(camera) != problem:
                     logger.error("camera %s: %s; retrying at the next poll", camera, problem)
@@ -254,18 +514,17 @@ class ModelRegistry:
                     self._on_error("model_load")
                 self._signatures.pop(camera, None)  # loaded again once readable
             seen = set(scan.cameras) | set(scan.unreadable)
-            known = set(current) | set(self._problems) | set(self._signatures) | set(self._tried)
+            known = servable | set(self._problems) | set(self._signatures) | set(self._tried)
             for camera in sorted(known - seen):  # manifest gone: stop serving it, forget its problems
-                if camera in current:
+                if camera in servable:
                     logger.warning("camera %s has no manifest any more; its model is no longer served", camera)
-                    del current[camera]
-                    changed = True
+                    changes.gone.add(camera)
                 self._signatures.pop(camera, None)
                 self._problems.pop(camera, None)
                 self._tried.pop(camera, None)
             for camera in scan.cameras:
                 try:
-                    changed |= self._refresh_camera(camera, current)
+                    self._refresh_camera(camera, loaded.get(camera), parked.get(camera), changes)
                 except OSError as exc:  # a file gone between two reads: this camera waits for the next poll
                     logger.warning("camera %s: model refresh failed (%s); retrying at the next poll", camera, exc)
                     self._signatures.pop(camera, None)
@@ -278,22 +537,51 @@ class ModelRegistry:
                     self._signatures[camera] = self._signature(camera, self._tried.get(camera))  # once per change
                     self._problems[camera] = f"the model could not be loaded ({reason})"
                     self._on_error("model_load")
-            if changed:
-                self._models = MappingProxyType(current)
-            return changed
+            return self._commit(changes)
+
+    def _commit(self, changes: _Changes) -> bool:
+        """Apply a refresh's decisions to the models current now; True if what serves changed."""
+        if not (changes.gone or changes.loaded or changes.parked):
+            return False
+        with self._lock:
+            models, parked = dict(self._models), dict(self._parked)
+            retired: list[LoadedModel] = []
+            for camera in changes.gone:
+                parked.pop(camera, None)
+                if (old := models.pop(camera, None)) is not None:
+                    retired.append(old)
+            for camera, model in changes.loaded.items():
+                parked.pop(camera, None)
+                if (old := models.get(camera)) is not None:
+                    retired.append(old)
+                models[camera] = model
+                self._used.setdefault(camera, next(self._ticks))
+            for camera, decision in changes.parked.items():
+                old = models.get(camera)
+                if old is not None and old.sha256 == decision.sha256:  # loaded at a request meanwhile
+                    continue
+                if old is not None:  # an older version, loaded at a request meanwhile
+                    retired.append(models.pop(camera))
+                parked[camera] = decision
+            self._models, self._parked = MappingProxyType(models), MappingProxyType(parked)
+            to_close = self._retire(retired)
+            evicted, evicted_now = self._evict()
+        self._closed_evicted(evicted, to_close + evicted_now)
+        return True
 
     def _signature(self, camera: str, model_file: str | None) -> _Signature:
         folder = self._store / camera
         manifest = _stat(folder / MANIFEST_NAME) or (0, 0, 0)
         return manifest, (_stat(folder / model_file) if model_file else None)
 
-    def _refresh_camera(self, camera: str, current: dict[str, LoadedModel]) -> bool:
-        old = current.get(camera)
+    def _refresh_camera(self, camera: str, old: LoadedModel | None, parked: RouteDecision | None,
+                        changes: _Changes) -> None:
         # the file last tried: a refused new version's (the refusal stored its signature; the served model's
         # file instead made every poll retry, log and count the refusal again)
-        sig = self._signature(camera, self._tried.get(camera) or (old.route.onnx_path.name if old else None))
+        served = old.route if old is not None else parked
+        sig = self._signature(camera, self._tried.get(camera) or (served.onnx_path.name if served else None))
         if self._signatures.get(camera) == sig:  # unchanged since the last load or refusal: nothing to do
-            return False
+            return
         try:
             decision = resolve_model(self._store, camera=camera, precision=model_precision(self._precision),
                                      verify=False)
@@ -301,41 +589,41 @@ class ModelRegistry:
             if _has_no_export(self._store, camera):  # adapted, not exported yet (and no fallback): no problem
                 self._signatures[camera] = sig
                 self._problems.pop(camera, None)
-                return False
+                return
             self._refused(camera, "model_load", f"cannot read the manifest: {exc}", sig)
-            return False
+            return
         if decision.model_camera != camera:  # adapted but not exported (yet): keep what serves
             self._signatures[camera] = sig
             self._problems.pop(camera, None)  # e.g. "its folder cannot be read", now that it can be
-            return False
+            return
         # The manifest's stat taken before it was read: had a commit come in between, the next poll sees the
         # change and loads again (a stat taken now could describe the newer manifest, and its model would
         # then never be picked up).
         sig = (sig[0], _stat(self._store / camera / decision.onnx_path.name))
         self._tried[camera] = decision.onnx_path.name
-        if old is not None and old.sha256 == decision.sha256:
-            try:
-                decision.verify()
-            except StoreError as exc:
-                self._refused(camera, "model_checksum", str(exc), sig)
-                return False
-            self._signatures[camera] = sig
-            self._problems.pop(camera, None)
-            return False
+        same = served is not None and served.sha256 == decision.sha256
         try:
             decision.verify()
         except StoreError as exc:
-            self._refused(camera, "model_checksum", str(exc), sig, load_failed=True)
-            return False
+            self._refused(camera, "model_checksum", str(exc), sig, load_failed=not same)
+            return
+        self._signatures[camera] = sig
+        self._problems.pop(camera, None)
+        if same and old is not None:  # the loaded model's file, unchanged
+            return
+        if self._max_models and old is None:  # opened at its first request
+            changes.parked[camera] = decision
+            if not same:
+                logger.info("camera %s: %s verified; it loads at its first request (--max-models %d)", camera,
+                            decision.label, self._max_models)
+            return
         try:
             backend = self._open_model(decision)
         except AdassrError as exc:
             self._refused(camera, "model_load", str(exc), sig, load_failed=True)
-            return False
-        current[camera] = LoadedModel(camera, decision, backend, time.time(),
-                                      engine_precision(self._precision, decision.precision))
-        self._signatures[camera] = sig
-        self._problems.pop(camera, None)
+            return
+        changes.loaded[camera] = LoadedModel(camera, decision, backend, time.time(),
+                                             engine_precision(self._precision, decision.precision))
         self._on_load(camera, True)
         logger.info("serving %s for camera %s", decision.label, camera)
         if decision.precision != model_precision(self._precision):  # e.g. --precision fp16, only an fp32 export
@@ -347,7 +635,6 @@ class ModelRegistry:
                 logger.warning("camera %s has no %s export: serving its %s model (export it again with --precision "
                                "%s to serve %s)", camera, self._precision, decision.precision, self._precision,
                                self._precision)
-        return True
 
     def _superseded(self, camera: str, sig: _Signature) -> bool:
         """Whether the camera's manifest changed since ``sig`` was taken: a newer version was published
@@ -367,12 +654,21 @@ class ModelRegistry:
             return
         self._signatures[camera] = sig  # report a broken state once, not at every poll
         text = _mask_store(message, {str(self._store), str(self._store.resolve())})
-        keeps = " (the previous model keeps serving)" if camera in self._models else ""
+        keeps = " (the previous model keeps serving)" if camera in self.servable() else ""
         self._problems[camera] = text + keeps
         self._on_error(kind)
         if load_failed:
             self._on_load(camera, False)
         logger.error("camera %s: model refused: %s%s", camera, message, keeps)
+
+
+def _close_model(model: LoadedModel) -> None:
+    """Close a model no longer served; a failure is logged (the request that asked for another model is fine)."""
+    try:
+        model.backend.close()
+    except Exception as exc:  # noqa: BLE001 - any backend's close error; logged with the model named
+        logger.warning("camera %s: closing its previous model failed (%s); its memory may stay in use until the "
+                       "process ends", model.camera, unexpected_error(exc))
 
 
 def _mask_store(text: str, paths: set[str]) -> str:

@@ -1,0 +1,314 @@
+"""``adassr serve --max-models``: parked models opened at their first request, least recently used
+ones closed, models closed once no request uses them (real tiny ONNX models, real onnxruntime)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from adassr.runtime.backends import Backend
+from adassr.runtime.errors import BackendError, ConfigError
+from adassr.runtime.images import LoadedImage, read_image
+from adassr.runtime.routing import RouteDecision
+from adassr.runtime.server import models as models_module
+from adassr.runtime.server.config import ServerConfig
+from adassr.runtime.server.models import ModelRegistry, ModelUnavailable, UnknownCamera, default_opener
+from adassr.runtime.store import FALLBACK_CAMERA
+
+from ._models import publish_camera
+from ._server import SAMPLES, running_server, small_jpeg_with_exif
+
+TILE, OVERLAP = 32, 8
+
+
+class _Tracked(Backend):
+    """A real onnxruntime model that tells its opener when it is closed."""
+
+    def __init__(self, inner: Backend, camera: str, closed: list[str]) -> None:
+        super().__init__(inner.model_path)
+        self.inner, self.camera, self.closed = inner, camera, closed
+
+    @property
+    def name(self) -> str:
+        return "tracked"
+
+    def _open(self) -> None:
+        self.inner.open()
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.inner.infer(batch)
+
+    def _close(self) -> None:
+        self.inner.close()
+        self.closed.append(self.camera)
+
+
+class Opener:
+    """Opens real models, counts opens and closes; ``failing`` cameras raise, ``gate`` holds opens."""
+
+    def __init__(self) -> None:
+        self.real = default_opener("onnxruntime", providers=("CPUExecutionProvider",), threads=1)
+        self.opened: list[str] = []
+        self.closed: list[str] = []
+        self.failing: set[str] = set()
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, route: RouteDecision) -> Backend:
+        camera = route.model_camera
+        if self.gate is not None:
+            self.entered.set()
+            assert self.gate.wait(30)
+        if camera in self.failing:
+            raise BackendError(f"onnxruntime could not open the model of {camera} (out of memory)")
+        with self._lock:
+            self.opened.append(camera)
+        return _Tracked(self.real(route), camera, self.closed).open()
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    for seed, camera in enumerate((FALLBACK_CAMERA, "canon", "nikon", "sony")):
+        publish_camera(root, camera, seed=seed)
+    return root
+
+
+@pytest.fixture()
+def image(tmp_path: Path) -> LoadedImage:
+    """A real Canon JPEG (EXIF Make ``Canon``), small."""
+    path = tmp_path / "canon.jpg"
+    path.write_bytes(small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40))
+    return read_image(path)
+
+
+def _registry(store: Path, opener: Opener, max_models: int, evicted: list[str] | None = None) -> ModelRegistry:
+    registry = ModelRegistry(store, open_model=opener, max_models=max_models,
+                             on_evict=None if evicted is None else evicted.append)
+    registry.refresh()
+    return registry
+
+
+def _serve(registry: ModelRegistry, camera: str | None, image: LoadedImage) -> str:
+    """Route one request and run its model once; return the camera whose model served."""
+    with registry.serving(camera, image) as route:
+        out = route.model.backend.infer(np.zeros((1, 3, 8, 8), np.float32))
+        assert out.shape == (1, 3, 32, 32)
+        return route.model.camera
+
+
+def test_parked_models_open_at_their_first_request_and_the_least_recently_used_closes(
+    store: Path, image: LoadedImage
+) -> None:
+    opener, evicted = Opener(), []
+    registry = _registry(store, opener, 2, evicted)
+    assert opener.opened == [] and dict(registry.models) == {}
+    assert set(registry.parked) == {FALLBACK_CAMERA, "canon", "nikon", "sony"}
+    listing = registry.listing()
+    assert set(listing) == registry.servable() and not any(entry["loaded"] for entry in listing.values())
+    assert all(entry["loaded_at"] is None and len(entry["sha256"]) == 64 for entry in listing.values())
+
+    assert _serve(registry, "nikon", image) == "nikon"
+    assert _serve(registry, None, image) == "canon"  # routed by the JPEG's EXIF Make
+    assert _serve(registry, "nikon", image) == "nikon"  # open: not opened again
+    assert opener.opened == ["nikon", "canon"] and opener.closed == []
+    assert _serve(registry, "sony", image) == "sony"  # a third: canon is the least recently used
+    assert opener.closed == ["canon"] and evicted == ["canon"]
+    assert set(registry.models) == {"nikon", "sony"} and "canon" in registry.parked
+    assert registry.listing()["sony"]["loaded"] and not registry.listing()["canon"]["loaded"]
+    assert _serve(registry, None, image) == "canon"  # opened again at its next request
+    assert opener.opened == ["nikon", "canon", "sony", "canon"] and opener.closed == ["canon", "nikon"]
+    assert len(registry.models) == 2 and registry.servable() == {FALLBACK_CAMERA, "canon", "nikon", "sony"}
+
+
+def test_a_model_in_use_closes_when_its_last_request_ends(store: Path, image: LoadedImage) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, 1)
+    with registry.serving("nikon", image) as held:
+        assert _serve(registry, "sony", image) == "sony"  # nikon evicted while a request uses it
+        assert "nikon" in registry.parked and opener.closed == []
+        assert held.model.backend.infer(np.zeros((1, 3, 8, 8), np.float32)).shape == (1, 3, 32, 32)
+        with registry.serving("nikon", image) as again:  # opened again: a model of its own
+            assert again.model is not held.model and again.model.sha256 == held.model.sha256
+            assert again.model.key != held.model.key  # the batcher never mixes their tiles
+        assert opener.closed == ["sony"]
+    assert opener.closed == ["sony", "nikon"] and set(registry.models) == {"nikon"}
+
+
+def test_a_replaced_model_closes_after_its_requests_in_either_mode(store: Path, image: LoadedImage) -> None:
+    for max_models in (0, 2):
+        opener = Opener()
+        registry = _registry(store, opener, max_models)
+        with registry.serving("canon", image) as held:
+            old = held.model
+            publish_camera(store, "canon", seed=11 + max_models)  # re-exported while a request runs
+            assert registry.refresh() is True
+            new = registry.models["canon"]  # a loaded camera's new version opens at once
+            assert new is not old and new.sha256 != old.sha256
+            assert old.backend.is_open and "canon" not in opener.closed
+        assert opener.closed == ["canon"] and not old.backend.is_open and new.backend.is_open
+        assert _serve(registry, "canon", image) == "canon"
+
+
+def test_requests_for_one_parked_model_open_it_once(store: Path, image: LoadedImage) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, 2)
+    opener.gate = threading.Event()
+    with cf.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(_serve, registry, "nikon", image) for _ in range(4)]
+        assert opener.entered.wait(30)
+        opener.gate.set()
+        assert [f.result(timeout=60) for f in futures] == ["nikon"] * 4
+    assert opener.opened == ["nikon"]
+
+
+def test_a_model_that_fails_to_open_is_503_then_retried_and_exif_requests_fall_back(
+    store: Path, image: LoadedImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opener, errors, loads = Opener(), [], []
+    registry = ModelRegistry(store, open_model=opener, max_models=2, on_error=errors.append,
+                             on_load=lambda camera, ok: loads.append((camera, ok)))
+    registry.refresh()
+    opener.failing.add("canon")
+    with pytest.raises(ModelUnavailable) as caught:
+        _serve(registry, "canon", image)
+    assert "out of memory" in str(caught.value) and 0 < caught.value.retry_after_s <= models_module.ON_DEMAND_RETRY_S
+    assert str(store) not in str(caught.value)
+    assert "out of memory" in registry.problems["canon"] and errors == ["model_load"]
+    assert loads == [("canon", False)]
+    # within the retry time: no second attempt; a request routed by EXIF Make gets the fallback
+    with pytest.raises(ModelUnavailable):
+        _serve(registry, "canon", image)
+    with registry.serving(None, image) as route:
+        assert route.model.camera == FALLBACK_CAMERA and "could not be loaded" in route.reason
+    assert loads == [("canon", False), (FALLBACK_CAMERA, True)]
+    # the retry time passed and the cause is gone: it loads, and the problem is cleared
+    opener.failing.clear()
+    monkeypatch.setattr(models_module, "ON_DEMAND_RETRY_S", 0.0)
+    assert _serve(registry, "canon", image) == "canon"
+    assert "canon" not in registry.problems and loads[-1] == ("canon", True)
+
+
+def test_a_parked_model_changed_on_disk_is_refused_not_served(store: Path, image: LoadedImage) -> None:
+    opener, errors = Opener(), []
+    registry = ModelRegistry(store, open_model=opener, max_models=2, on_error=errors.append)
+    registry.refresh()
+    path = registry.parked["sony"].onnx_path
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))  # after the refresh verified it, before its first request
+    with pytest.raises(ModelUnavailable, match="checksum"):
+        _serve(registry, "sony", image)
+    assert opener.opened == [] and errors == ["model_checksum"]
+
+
+def test_new_versions_and_removed_cameras_while_parked(store: Path, image: LoadedImage) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, 2)
+    before = registry.parked["nikon"].sha256
+    publish_camera(store, "nikon", seed=21)
+    assert registry.refresh() is True
+    after = registry.parked["nikon"].sha256
+    assert after != before and opener.opened == []  # verified, not opened
+    with registry.serving("nikon", image) as route:
+        assert route.model.sha256 == after
+    (store / "sony" / "manifest.json").unlink()
+    assert registry.refresh() is True
+    assert "sony" not in registry.servable()
+    with pytest.raises(UnknownCamera, match="cameras: canon, nikon"):
+        _serve(registry, "sony", image)
+
+
+def test_an_unknown_camera_names_why_its_model_was_refused(store: Path, image: LoadedImage) -> None:
+    path = next((store / "sony").glob("*.onnx"))
+    path.write_bytes(path.read_bytes()[:-10])  # fails its checksum at the refresh
+    registry = _registry(store, Opener(), 0)
+    with pytest.raises(UnknownCamera, match=r"Its model was refused: .*checksum"):
+        _serve(registry, "sony", image)
+
+
+def test_max_models_is_checked() -> None:
+    with pytest.raises(ConfigError, match="max_models"):
+        ModelRegistry(Path("."), open_model=Opener(), max_models=-1)
+    with pytest.raises(ConfigError, match="max_models"):
+        ServerConfig(store=Path("."), max_models=True)  # type: ignore[arg-type]
+
+
+def _metric(text: str, name: str, labels: str) -> float:
+    match = re.search(re.escape(name) + r"\{" + re.escape(labels) + r"\} ([0-9.e+-]+)", text)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.fixture()
+def client_for(store: Path) -> Iterator[tuple[httpx.Client, Opener]]:
+    opener = Opener()
+    config = ServerConfig(store=store, tile=TILE, overlap=OVERLAP, threads=1, max_models=1)
+    with running_server(config, open_model=opener) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        yield c, opener
+
+
+def test_the_http_server_with_max_models(client_for: tuple[httpx.Client, Opener]) -> None:
+    c, opener = client_for
+    canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
+    ready = c.get("/readyz").json()
+    assert ready == {"status": "ready", "models": 4, "loaded": 0}
+    listed = c.get("/v1/cameras").json()
+    assert listed["max_models"] == 1 and listed["fallback"] is True
+    assert {name: entry["loaded"] for name, entry in listed["cameras"].items()} == dict.fromkeys(
+        (FALLBACK_CAMERA, "canon", "nikon", "sony"), False)
+    r = c.post("/v1/upscale", content=canon)
+    assert r.status_code == 200 and r.headers["x-adassr-camera-group"] == "canon"
+    r2 = c.post("/v1/upscale?camera=nikon", content=canon)
+    assert r2.status_code == 200 and r2.headers["x-adassr-model"].startswith("nikon/")
+    assert opener.opened == ["canon", "nikon"]
+    listed = c.get("/v1/cameras").json()["cameras"]
+    assert listed["nikon"]["loaded"] and not listed["canon"]["loaded"]
+    metrics = c.get("/metrics").text
+    assert _metric(metrics, "adassr_model_evictions_total", 'camera="canon"') == 1
+    assert re.search(r"^adassr_models_loaded 1\.0$", metrics, re.M)
+    opener.failing.add("sony")
+    r3 = c.post("/v1/upscale?camera=sony", content=canon)
+    assert r3.status_code == 503 and r3.json()["error"] == "model_unavailable"
+    assert int(r3.headers["retry-after"]) >= 1 and "out of memory" in r3.json()["message"]
+    assert "out of memory" in c.get("/v1/cameras").json()["refused"]["sony"]
+
+
+def test_serve_refuses_a_negative_max_models_by_its_option(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adassr.cli import main
+
+    assert main(["serve", "--store", str(store), "--max-models", "-2"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-models" in err and "max_models" not in err
+
+
+@pytest.mark.parametrize("max_models", [2, 0])
+def test_many_threads_over_more_cameras_than_the_limit_leave_no_model_open_behind(
+    store: Path, image: LoadedImage, max_models: int
+) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, max_models)
+    cameras = [FALLBACK_CAMERA, "canon", "nikon", "sony"]
+    rng = np.random.default_rng(3)
+    plan = [cameras[i] for i in rng.integers(0, len(cameras), 160)]
+
+    def serve_and_refresh(k: int, camera: str) -> str:
+        if k % 40 == 0:  # a re-export now and then, while requests run
+            publish_camera(store, camera, seed=100 + k)
+            registry.refresh()
+        return _serve(registry, camera, image)
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        served = list(pool.map(serve_and_refresh, range(len(plan)), plan))
+    assert served == plan
+    assert len(registry.models) <= (max_models or 4)
+    still_open = sorted(model.camera for model in registry.models.values())
+    assert sorted(opener.opened) == sorted(opener.closed + still_open)  # every other one was closed
+    assert all(model.backend.is_open for model in registry.models.values())
