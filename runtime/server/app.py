@@ -161,7 +161,9 @@ class Server:
     async def refresh(self) -> None:
         """Reload changed models (in a thread); ready once any model serves."""
         await asyncio.to_thread(self.registry.refresh)
-        self.ready = bool(self.registry.servable())
+        if not self.registry.ready():  # every parked model failed to open (--max-models): try one again
+            await asyncio.to_thread(self.registry.retry_failed)
+        self.ready = self.registry.ready()
 
     async def _watch(self) -> None:
         while True:

@@ -245,6 +245,7 @@ class ModelRegistry:
         self._ticks = itertools.count()
         self._loading: dict[str, threading.Event] = {}
         self._failures: dict[str, _Failure] = {}
+        self._previous: dict[str, RouteDecision] = {}  # a parked camera's version before its new one
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -264,6 +265,35 @@ class ModelRegistry:
     def servable(self) -> set[str]:
         """The cameras whose model serves: loaded, or parked until a request needs it."""
         return set(self._models) | set(self._parked)
+
+    def ready(self) -> bool:
+        """Whether a model serves: one is open, or one is parked that did not fail to open at its
+        current version (with every parked model failing, e.g. a GPU that opens nothing, the server
+        is not ready; :meth:`retry_failed` tries again)."""
+        with self._lock:
+            return bool(self._models) or any(
+                (failure := self._failures.get(name)) is None or failure.sha256 != decision.sha256
+                for name, decision in self._parked.items())
+
+    def retry_failed(self) -> bool:
+        """When nothing is open and every parked model failed to open: open one again whose retry time
+        has passed (the fallback first), so that readiness comes back without a request (a server that
+        is not ready gets none). True if one opened."""
+        if self.ready():
+            return False
+        now = time.monotonic()
+        with self._lock:
+            due = [name for name, decision in self._parked.items()
+                   if (failure := self._failures.get(name)) is not None and failure.sha256 == decision.sha256
+                   and now - failure.at >= ON_DEMAND_RETRY_S]
+        for name in sorted(due, key=lambda n: (n != FALLBACK_CAMERA, n)):
+            try:
+                model = self._lease(name)
+            except (ModelUnavailable, UnknownCamera):
+                continue
+            self._release(model)
+            return True
+        return False
 
     @property
     def problems(self) -> Mapping[str, str]:
@@ -363,33 +393,41 @@ class ModelRegistry:
             if not mine:  # another request opens it: use that
                 loading.wait()
                 continue
+            opened: LoadedModel | None = None
             try:
                 opened = self._open_parked(camera, decision)
             except _Superseded:  # a newer version replaced it (its files removed): load that one
-                continue
-            finally:
+                pass
+            finally:  # the model goes in before the waiters wake (they would open it a second time)
                 with self._lock:
                     del self._loading[camera]
+                    installed, evicted, to_close = (self._install(camera, opened) if opened is not None
+                                                    else (False, [], []))
                 loading.set()
-            with self._lock:
-                now = self._parked.get(camera)
-                if now is None or now.sha256 != decision.sha256:  # replaced or removed while it loaded: again
-                    stale = opened
-                else:
-                    stale = None
-                    self._models = MappingProxyType({**self._models, camera: opened})
-                    self._parked = MappingProxyType({k: v for k, v in self._parked.items() if k != camera})
-                    self._leases[opened] = 1
-                    self._used[camera] = next(self._ticks)
-                    evicted, to_close = self._evict(keep=camera)
-            if stale is not None:
-                _close_model(stale)
+            if opened is None:
+                continue
+            if not installed:  # replaced or removed while it loaded: look again
+                _close_model(opened)
                 continue
             self._closed_evicted(evicted, to_close)
             return opened
 
+    def _install(self, camera: str, opened: LoadedModel) -> tuple[bool, list[str], list[LoadedModel]]:
+        """Under ``_lock``: serve a model opened at a request, leased once, if its camera's parked version
+        is still the one opened; evict beyond ``max_models``. Returns (installed, evicted cameras,
+        models to close now)."""
+        now = self._parked.get(camera)
+        if now is None or now.sha256 != opened.sha256:
+            return False, [], []
+        self._models = MappingProxyType({**self._models, camera: opened})
+        self._parked = MappingProxyType({k: v for k, v in self._parked.items() if k != camera})
+        self._leases[opened] = 1
+        self._used[camera] = next(self._ticks)
+        return (True, *self._evict(keep=camera))
+
     def _open_parked(self, camera: str, decision: RouteDecision) -> LoadedModel:
-        """Verify and open a parked model; on failure remember it (ModelUnavailable)."""
+        """Verify and open a parked model; on failure remember it and open the camera's previous
+        version instead where its files are still there, else ModelUnavailable."""
         started = time.perf_counter()
         try:
             decision.verify()
@@ -402,22 +440,50 @@ class ModelRegistry:
             text = _mask_store(reason, {str(self._store), str(self._store.resolve())})
             message = (f"camera {camera!r}'s model could not be loaded ({text}); the next request tries again "
                        f"after {ON_DEMAND_RETRY_S:g} s (GET /v1/cameras shows why)")
-            with self._lock:
-                self._failures[camera] = _Failure(decision.sha256, time.monotonic(), message)
-                self._problems[camera] = f"could not be loaded at a request: {text}"
             self._on_error(kind)
             self._on_load(camera, False)
             logger.error("camera %s: loading its model at a request failed: %s", camera, reason,
                          exc_info=not isinstance(exc, AdassrError) and logger.isEnabledFor(logging.DEBUG))
+            previous = self._open_previous(camera, decision)
+            with self._lock:
+                self._failures[camera] = _Failure(decision.sha256, time.monotonic(), message)
+                if previous is not None:
+                    self._problems[camera] = f"its new version could not be loaded: {text} (the previous model " \
+                                             "keeps serving)"
+                    if self._parked.get(camera) is decision:
+                        self._parked = MappingProxyType({**self._parked, camera: previous.route})
+                    return previous
+                self._problems[camera] = f"could not be loaded at a request: {text}"
             raise ModelUnavailable(message, ON_DEMAND_RETRY_S) from None
         with self._lock:
             if self._failures.pop(camera, None) is not None:
                 self._problems.pop(camera, None)
+            self._previous.pop(camera, None)
         self._on_load(camera, True)
         logger.info("serving %s for camera %s (loaded at a request in %.1f s)", decision.label, camera,
                     time.perf_counter() - started)
         return LoadedModel(camera, decision, backend, time.time(),
                            engine_precision(self._precision, decision.precision))
+
+    def _open_previous(self, camera: str, failed: RouteDecision) -> LoadedModel | None:
+        """The version the camera served before ``failed`` was published, opened, when its files are
+        still in the store (they stay until the camera's next commit); else None. As without
+        ``max_models``, a new version that cannot be opened leaves the previous one serving."""
+        with self._lock:
+            previous = self._previous.get(camera)
+        if previous is None or previous.sha256 == failed.sha256:
+            return None
+        try:
+            previous.verify()
+            backend = self._open_model(previous)
+        except Exception as exc:  # noqa: BLE001 - no previous version to serve: the request gets the failure
+            logger.warning("camera %s: its previous model cannot be loaded either (%s)", camera,
+                           str(exc) if isinstance(exc, AdassrError) else unexpected_error(exc))
+            return None
+        self._on_load(camera, True)
+        logger.warning("camera %s: serving its previous model %s", camera, previous.label)
+        return LoadedModel(camera, previous, backend, time.time(), engine_precision(self._precision,
+                                                                                    previous.precision))
 
     def _park_newer(self, camera: str, decision: RouteDecision) -> bool:
         """Whether a newer version of ``camera``'s model was published since ``decision`` was parked
@@ -548,6 +614,7 @@ class ModelRegistry:
             retired: list[LoadedModel] = []
             for camera in changes.gone:
                 parked.pop(camera, None)
+                self._previous.pop(camera, None)
                 if (old := models.pop(camera, None)) is not None:
                     retired.append(old)
             for camera, model in changes.loaded.items():
@@ -562,6 +629,9 @@ class ModelRegistry:
                     continue
                 if old is not None:  # an older version, loaded at a request meanwhile
                     retired.append(models.pop(camera))
+                    self._previous[camera] = old.route
+                elif (before := parked.get(camera)) is not None and before.sha256 != decision.sha256:
+                    self._previous[camera] = before
                 parked[camera] = decision
             self._models, self._parked = MappingProxyType(models), MappingProxyType(parked)
             to_close = self._retire(retired)

@@ -81,24 +81,26 @@ def publish_camera(
     input_name: str = "lr",
     output_name: str = "sr",
 ) -> CameraStore:
-    """Publish ``model.onnx`` (and ``model_fp16.onnx`` with ``fp16``) with manifest export records."""
+    """Publish ``model.onnx`` (and ``model_fp16.onnx`` with ``fp16``) with manifest export records, in one
+    commit as ``adassr export`` does (the previous version's files stay until the camera's next commit)."""
     store = CameraStore.open(root, camera, create=True)
     files = [("onnx", "model.onnx", False)] + ([("onnx_fp16", "model_fp16.onnx", True)] if fp16 else [])
     records: dict[str, Any] = {}
-    for key, name, half in files:
-        data = build_tiny_sr(seed=seed, fp16=half, scale=scale)
-        store.publish(name, lambda p, data=data: p.write_bytes(data), stage="export")
-        records[key] = {
-            "file": name,
-            "scale": scale,
-            "precision": "fp16" if half else "fp32",
-            "input_name": input_name,
-            "output_name": output_name,
-        }
+    with store.transaction(timeout_s=30) as tx:
+        for key, name, half in files:
+            data = build_tiny_sr(seed=seed, fp16=half, scale=scale)
+            tx.stage(name, lambda p, data=data: p.write_bytes(data), stage="export")
+            records[key] = {
+                "file": name,
+                "scale": scale,
+                "precision": "fp16" if half else "fp32",
+                "input_name": input_name,
+                "output_name": output_name,
+            }
 
-    def _update(manifest: dict[str, Any]) -> None:
-        manifest["scale"] = scale
-        manifest.setdefault("exports", {}).update(records)
+        def _update(manifest: dict[str, Any]) -> None:
+            manifest["scale"] = scale
+            manifest.setdefault("exports", {}).update(records)
 
-    store.update_manifest(_update)
+        tx.commit(_update)
     return store

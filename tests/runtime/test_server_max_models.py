@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -312,3 +313,98 @@ def test_many_threads_over_more_cameras_than_the_limit_leave_no_model_open_behin
     still_open = sorted(model.camera for model in registry.models.values())
     assert sorted(opener.opened) == sorted(opener.closed + still_open)  # every other one was closed
     assert all(model.backend.is_open for model in registry.models.values())
+
+
+def test_waiters_find_the_model_in_place_when_its_load_ends(
+    store: Path, image: LoadedImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waiters of a load woke before the model was put in place: one that ran in that gap opened the
+    model a second time (a helper's hunt, reproduced by a pause after the wake-up)."""
+
+    class SlowToReturn(threading.Event):
+        def set(self) -> None:
+            super().set()
+            time.sleep(0.05)  # the loading thread preempted right after waking the waiters
+
+    monkeypatch.setattr(models_module.threading, "Event", SlowToReturn)
+    opener = Opener()
+    registry = _registry(store, opener, 2)
+    opener.gate = threading.Event()
+    with cf.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(_serve, registry, "canon", image) for _ in range(4)]
+        assert opener.entered.wait(30)
+        time.sleep(0.2)  # the other three wait for the load
+        opener.gate.set()
+        assert [f.result(timeout=60) for f in futures] == ["canon"] * 4
+    assert opener.opened == ["canon"] and opener.closed == []
+
+
+def test_not_ready_while_every_parked_model_fails_and_ready_again_once_one_opens(
+    store: Path, image: LoadedImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, 2)
+    assert registry.ready()
+    opener.failing.update(registry.servable())  # e.g. a GPU that opens nothing
+    for camera in sorted(registry.servable()):
+        with pytest.raises(ModelUnavailable):
+            _serve(registry, camera, image)
+        assert registry.ready() == (camera != "sony")  # ready while one parked model has not failed
+    assert registry.retry_failed() is False  # within the retry time: nothing tried
+    opener.failing.clear()
+    monkeypatch.setattr(models_module, "ON_DEMAND_RETRY_S", 0.0)
+    assert registry.retry_failed() is True and registry.ready()
+    assert opener.opened == [FALLBACK_CAMERA] and set(registry.models) == {FALLBACK_CAMERA}
+
+
+def test_a_parked_camera_s_new_version_that_cannot_open_leaves_the_previous_one_serving(
+    store: Path, image: LoadedImage
+) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, 2)
+    old = registry.parked["sony"].sha256
+    publish_camera(store, "sony", seed=31)  # a new version that verifies but will not open
+    registry.refresh()
+    new = registry.parked["sony"].sha256
+    assert new != old
+    real = opener.real
+
+    def refuse_new(route: RouteDecision) -> Backend:
+        if route.sha256 == new:
+            raise BackendError("this engine cannot be built on this GPU")
+        return real(route)
+
+    opener.real = refuse_new
+    with registry.serving("sony", image) as route:  # served by the previous version, as without --max-models
+        assert route.model.sha256 == old
+    assert "keeps serving" in registry.problems["sony"] and "cannot be built" in registry.problems["sony"]
+    assert opener.opened == ["sony", "sony"]  # the new version tried, then the previous one opened
+    assert _serve(registry, "sony", image) == "sony" and opener.opened == ["sony", "sony"]  # open: served
+    publish_camera(store, "sony", seed=32)  # a newer one that opens
+    registry.refresh()
+    with registry.serving("sony", image) as route:
+        assert route.model.sha256 not in (old, new)
+    assert "sony" not in registry.problems
+
+
+def test_readyz_turns_503_when_no_model_opens_and_back_when_one_does(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opener = Opener()
+    opener.failing.update({FALLBACK_CAMERA, "canon", "nikon", "sony"})
+    config = ServerConfig(store=store, tile=TILE, overlap=OVERLAP, threads=1, max_models=2, reload_interval_s=0.1)
+    canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
+    with running_server(config, open_model=opener) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        assert c.get("/readyz").status_code == 200
+        for camera in ("_fallback", "canon", "nikon", "sony"):
+            assert c.post(f"/v1/upscale?camera={camera}", content=canon).status_code == 503
+        deadline = time.monotonic() + 20
+        while c.get("/readyz").status_code != 503:
+            assert time.monotonic() < deadline, "never turned not ready"
+            time.sleep(0.05)
+        opener.failing.clear()
+        monkeypatch.setattr(models_module, "ON_DEMAND_RETRY_S", 0.0)  # the poll tries one again at once
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "never ready again"
+            time.sleep(0.05)
+        assert c.get("/readyz").json() == {"status": "ready", "models": 4, "loaded": 1}
