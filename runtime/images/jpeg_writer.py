@@ -8,7 +8,8 @@ chroma, 16 x 16 pixel blocks), so the entropy coder starts afresh at every row o
 that begins at such a row encodes exactly as it would inside the whole image. Strips are a multiple
 of 8 rows of blocks, so each strip's own restart markers (numbered 0 to 7 in turn) are the ones the
 whole image has there, and the marker between two strips is always RST7. Besides the array, the
-encoder holds one strip's BGR copy and its encoded bytes (about 2 MiB each; a strip has at least 64
+encoder holds a strip's BGR copy and its encoded bytes per thread (the strips are encoded on one
+thread per core at once, up to 8, and written in order; about 2 MiB each; a strip has at least 64
 rows at 4:4:4 or grey and 128 at 4:2:0, so rows over about 5,000 RGB pixels make it larger: 400 x
 65,500 RGB noise, the worst case, added 56-69 MB at quality 95 in reviews' measurements, with the
 content).
@@ -21,12 +22,13 @@ segments. The restart markers cost 2 bytes a row of blocks, and the restarts a f
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import numpy as np
 
 from adassr.runtime.errors import ImageError
-from adassr.runtime.images.strips import row_strips
+from adassr.runtime.images.strips import StripPool, row_strips
 
 _STRIP_BYTES = 2 << 20  # raw bytes encoded at a time (at least one group of 8 rows of blocks)
 _BLOCK_ROWS_PER_STRIP_UNIT = 8  # restart markers cycle through RST0..RST7
@@ -41,22 +43,33 @@ def subsampling_for(quality: int) -> str:
     return "4:4:4" if quality >= 90 else "4:2:0"
 
 
-def write_jpeg(out: BinaryIO, pixels: np.ndarray, *, quality: int, icc_profile: bytes | None = None) -> None:
+def write_jpeg(out: BinaryIO, pixels: np.ndarray, *, quality: int, icc_profile: bytes | None = None,
+               threads: int | None = None) -> None:
     """Write H x W x C (C in {1, 3}) uint8 RGB or grey ``pixels`` to ``out`` as a baseline JPEG.
 
-    ``quality`` is libjpeg's 1-100 scale (:func:`subsampling_for` picks the chroma subsampling). The
-    caller checks shapes, dtype and size (:func:`adassr.runtime.images.write.write_image` does).
+    ``quality`` is libjpeg's 1-100 scale (:func:`subsampling_for` picks the chroma subsampling).
+    ``threads`` encode strips at once (default: one per usable core; see
+    :class:`~adassr.runtime.images.strips.StripPool`); the bytes do not depend on it. The caller
+    checks shapes, dtype and size (:func:`adassr.runtime.images.write.write_image` does).
     ImageError when OpenCV refuses to encode; OSError from ``out`` passes through.
     """
     h, w, c = pixels.shape
     block = 16 if c == 3 and subsampling_for(quality) == "4:2:0" else 8
     params = _params(quality, c, blocks_per_row=-(-w // block))
+    strips = list(row_strips(h, w * c, _STRIP_BYTES, multiple=block * _BLOCK_ROWS_PER_STRIP_UNIT))
+    with StripPool(len(strips), threads) as pool:
+        _write_strips(out, pool.ordered(lambda rows: _split(_encode_strip(pixels[rows], params)), strips), h,
+                      icc_profile)
+
+
+def _write_strips(out: BinaryIO, encoded: Iterator[tuple[bytes, memoryview]], height: int,
+                  icc_profile: bytes | None) -> None:
+    """The file from each strip's header and scan, in order (see the module docstring)."""
     first_header: bytes | None = None
-    for rows in row_strips(h, w * c, _STRIP_BYTES, multiple=block * _BLOCK_ROWS_PER_STRIP_UNIT):
-        header, scan = _split(_encode_strip(pixels[rows], params))
+    for header, scan in encoded:
         if first_header is None:
             first_header = header
-            out.write(_whole_image_header(header, h, icc_profile))
+            out.write(_whole_image_header(header, height, icc_profile))
         else:
             if _without_height(header) != _without_height(first_header):
                 raise ImageError("OpenCV encoded the JPEG strips with different tables; write .png instead, "

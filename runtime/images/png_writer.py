@@ -14,8 +14,8 @@ zlib level (the files come out the same size to within a fraction of a percent).
 filtered and compressed on several threads at once, as pigz does: each block is a piece of raw
 deflate that may refer back into the previous block's last 32 KiB and ends byte-aligned, so the
 pieces join into one zlib stream, whose Adler-32 is summed over the blocks in order. The file's
-bytes do not depend on the number of threads. On a 58 MB photo: 2.5 x faster than one stream on
-2 cores (1.5 s to 0.6 s), 0.01 % larger (benchmarks/png_write.py).
+bytes do not depend on the number of threads. On a 58 MB photo on 2 cores: 1.25 s before (one
+stream, a NumPy Paeth filter), 0.63 s now, files 0.01 % larger (benchmarks/write_speed.py).
 """
 
 from __future__ import annotations
@@ -24,18 +24,13 @@ import collections
 import concurrent.futures as cf
 import struct
 import zlib
-from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 
-from adassr.runtime.cpu_info import intra_op_threads
 from adassr.runtime.images.containers import PNG_SIGNATURE
-from adassr.runtime.images.strips import interleaved, row_strips
-
-_T = TypeVar("_T")
-_I = TypeVar("_I")
+from adassr.runtime.images.strips import StripPool, interleaved, row_strips
 
 _COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # samples per pixel -> grey, grey+alpha, RGB, RGBA
 _BLOCK_BYTES = 1 << 19  # raw bytes filtered at a time (at least one row)
@@ -93,8 +88,8 @@ def write_png(
     idat.add(_ZLIB_HEADER[level])
     checksum = zlib.adler32(b"")
     tail = b""
-    workers = 1 if len(strips) == 1 else min(len(strips), _MAX_WORKERS, threads or intra_op_threads())
-    with _Pool(workers) as pool:
+    with StripPool(len(strips), threads) as pool:
+        workers = pool.workers
         pieces: collections.deque[cf.Future[bytes]] = collections.deque()
         for k, data in enumerate(pool.ordered(filtered, strips, ahead=workers + 1)):
             checksum = zlib.adler32(data, checksum)
@@ -112,41 +107,6 @@ def write_png(
 _WINDOW = 32768  # deflate's window: the bytes a block's compression may refer back to
 _ZLIB_HEADER = {level: zlib.compress(b"", level)[:2] for level in range(10)}
 """The two-byte zlib header that zlib writes for each level (its compression level hint differs)."""
-_MAX_WORKERS = 8  # blocks in work at once: more cores gain little on a stream cut into 1 MiB pieces
-
-
-class _Pool:
-    """Runs the blocks' work on ``workers`` threads (zlib and most of the filtering release the GIL),
-    or in the caller's thread for one."""
-
-    def __init__(self, workers: int) -> None:
-        self._executor = cf.ThreadPoolExecutor(workers, thread_name_prefix="adassr-png") if workers > 1 else None
-
-    def __enter__(self) -> _Pool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._executor is not None:  # an error: the blocks not begun are dropped, the running ones end
-            self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def submit(self, fn: Callable[..., _T], *args: Any) -> cf.Future[_T]:
-        if self._executor is not None:
-            return self._executor.submit(fn, *args)
-        future: cf.Future[_T] = cf.Future()
-        future.set_result(fn(*args))
-        return future
-
-    def ordered(self, fn: Callable[[_I], _T], items: list[_I], *, ahead: int) -> Iterator[_T]:
-        """``fn`` of each item, in order, with at most ``ahead`` of them computed or computing at once."""
-        window: collections.deque[cf.Future[_T]] = collections.deque()
-        for item in items:
-            window.append(self.submit(fn, item))
-            if len(window) >= ahead:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
-
-
 def _deflate(data: bytes, history: bytes, level: int, last: bool) -> bytes:
     """``data`` as raw deflate blocks that continue a stream whose last bytes were ``history`` (its
     matches may reach into them, as one stream's would), ending byte-aligned with an empty stored

@@ -5,7 +5,8 @@ BGR order, and both return the whole file in memory, so writing a large TIFF cos
 output array again. This encoder compresses a strip of rows at a time (about 1 MiB of the array) and
 writes each as it comes; the image file directory (IFD), which lists where the strips are, goes
 after them, and the header's pointer to it is written last (the output must be seekable: a file or
-a BytesIO). Besides the array, it holds one strip, its differenced copy and its compressed bytes.
+a BytesIO). Besides the array, it holds one strip, its differenced copy and its compressed bytes per
+thread (strips are compressed on one thread per core at once, up to 8, and written in order).
 
 Layout: little-endian baseline TIFF 6.0 (BigTIFF, the same with 8-byte offsets, when the array is
 over 3.5 GiB, so that the offsets cannot overflow), one plane of interleaved samples, grey
@@ -23,7 +24,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from adassr.runtime.images.strips import interleaved, row_strips, strip_rows
+from adassr.runtime.images.strips import StripPool, interleaved, row_strips, strip_rows
 
 _STRIP_BYTES = 1 << 20  # raw bytes compressed at a time (at least one row)
 _BIG_OVER = 7 << 29  # raw bytes (3.5 GiB) over which the file is a BigTIFF
@@ -39,10 +40,13 @@ def write_tiff(
     icc_profile: bytes | None = None,
     level: int = 6,
     grey_as_rgb: bool = False,
+    threads: int | None = None,
 ) -> None:
     """Write H x W x C (C in {1, 3}) uint8 or uint16 ``pixels`` (and an H x W ``alpha`` of the same
     dtype) to the seekable ``out`` as a Deflate-compressed TIFF at zlib ``level``. ``grey_as_rgb``
-    stores grey pixels as RGB (each strip's grey repeated, not the whole image's).
+    stores grey pixels as RGB (each strip's grey repeated, not the whole image's). ``threads``
+    compress strips at once (default: one per usable core; see
+    :class:`~adassr.runtime.images.strips.StripPool`); the bytes do not depend on it.
 
     The caller checks shapes and dtypes (:func:`adassr.runtime.images.write.write_image` does).
     """
@@ -58,13 +62,18 @@ def write_tiff(
     out.write(b"II+\0" + struct.pack("<HHQ", 8, 0, 0) if big else b"II*\0" + struct.pack("<I", 0))
     offsets: list[int] = []
     counts: list[int] = []
-    for rows in row_strips(h, row_bytes, _STRIP_BYTES):
+
+    def compressed(rows: slice) -> bytes:
         strip = interleaved(pixels[rows], None if alpha is None else alpha[rows], byteorder="<",
                             grey_as_rgb=grey_as_rgb)  # the file is little-endian
-        data = zlib.compress(_differenced(strip).tobytes(), level)
-        offsets.append(out.tell() - start)
-        counts.append(len(data))
-        out.write(data)
+        return zlib.compress(_differenced(strip).tobytes(), level)
+
+    strips = list(row_strips(h, row_bytes, _STRIP_BYTES))
+    with StripPool(len(strips), threads) as pool:
+        for data in pool.ordered(compressed, strips):
+            offsets.append(out.tell() - start)
+            counts.append(len(data))
+            out.write(data)
     entries: list[tuple[int, int, list[int] | bytes]] = [
         (256, _LONG, [w]),
         (257, _LONG, [h]),

@@ -7,6 +7,7 @@ resets its high-water mark through ``/proc/self/clear_refs`` after its setup and
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -32,12 +33,14 @@ def skip_without_peak_reset() -> None:
         pytest.skip("measures the peak through Linux's /proc/self/clear_refs and VmHWM")
 
 
-def peak_growth(setup: str, action: str) -> int:
+def peak_growth(setup: str, action: str, *, threads: int = 2) -> int:
     """Bytes by which running ``action`` raises the process's peak resident memory over its memory
-    after ``setup`` (both Python source, run in a fresh interpreter)."""
+    after ``setup`` (both Python source, run in a fresh interpreter with ``ADASSR_THREADS=threads``:
+    the encoders work on that many strips at once, whatever the machine's cores)."""
     skip_without_peak_reset()
     script = _MEASURE.format(setup=textwrap.dedent(setup), action=textwrap.dedent(action))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, ADASSR_THREADS=str(threads)))
     return int(done.stdout.split()[-1])
 
 

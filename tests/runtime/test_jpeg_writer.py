@@ -150,3 +150,14 @@ def test_write_image_keeps_a_large_jpeg_out_of_a_second_copy(tmp_path: Path) -> 
     growth = write_peak_growth(tmp_path / "big.jpg", quality=90)
     assert growth < 16e6, growth
     assert read_image(tmp_path / "big.jpg").pixels.shape == (4000, 4000, 3)
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_strips_encoded_on_several_threads_join_in_order(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """The strips are encoded at once on ``threads`` threads and written in order: the file is still byte
+    for byte OpenCV's encoding of the whole image, whatever the thread count."""
+    monkeypatch.setattr(jpeg_writer, "_STRIP_BYTES", 1)  # 64-row strips: seven of them
+    pixels = np.ascontiguousarray(np.vstack([_photo(), _photo()[::-1]])[:420, :300])
+    buf = io.BytesIO()
+    write_jpeg(buf, pixels, quality=95, threads=threads)
+    assert buf.getvalue() == _opencv_whole(pixels, 95)

@@ -121,3 +121,16 @@ al = px[::-1].copy()
     assert back.pixels.shape == (33, 20, 3) and back.pixels.dtype == np.uint16
     assert all(np.array_equal(back.pixels[..., k], grey) for k in range(3))
     assert back.alpha is not None and np.array_equal(back.alpha, alpha)
+
+
+def test_the_file_does_not_depend_on_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strips are compressed at once on several threads and written in order: the same bytes for any count."""
+    monkeypatch.setattr(tiff_writer, "_STRIP_BYTES", 5000)
+    pixels = np.ascontiguousarray(_photo()[:150, :200])
+    files = []
+    for threads in (1, 2, 7):
+        buf = io.BytesIO()
+        write_tiff(buf, pixels, level=1, threads=threads)
+        files.append(buf.getvalue())
+    assert files[0] == files[1] == files[2]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(files[0]))), pixels)
