@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from adassr.runtime.backends import BACKENDS
 from adassr.runtime.console import say
-from adassr.runtime.cpu_info import intra_op_threads
+from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.fields import named_by_option
 from adassr.runtime.routing import SERVING_PRECISIONS
@@ -300,8 +300,9 @@ def _checked_config(args: argparse.Namespace) -> Any:
         from adassr.runtime.engines.trt import load_tensorrt
 
         load_tensorrt()
-    if config.threads is None:
-        intra_op_threads()  # a bad ADASSR_THREADS fails here, not in every model load
+    # a bad ADASSR_THREADS fails here, not in every model load; OpenCV's pool (decoding, resizing) gets
+    # one thread per usable core, as in the other commands (its default counts every CPU of the host)
+    limit_opencv_threads(intra_op_threads())
     _check_port(config.host, config.port)
     CameraStore.open(config.store, FALLBACK_CAMERA)  # a missing store fails here, with its message
     warn_misnamed_folders(config.store)

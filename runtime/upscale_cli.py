@@ -519,6 +519,7 @@ def _process_one(
     *,
     quality: int,
     tiles: Callable[[int, int], None] | None,
+    threads: int | None = None,
 ) -> tuple[UpscaleResult, list[str]]:
     """Read, upscale and write one image; the notes are the reader's and the writer's
     :class:`ImageWarning` messages, each starting with the file it is about."""
@@ -527,7 +528,8 @@ def _process_one(
         image = read_image(source)
         result = serve(image, tiles, lambda height, width: check_writable_size(target, height, width))
         write_image(target, result.pixels, alpha=result.alpha, quality=quality, icc_profile=image.icc_profile,
-                    remove_stale=False)  # removed for every output before the run (remove_stale_outputs)
+                    remove_stale=False,  # removed for every output before the run (remove_stale_outputs)
+                    threads=threads)
     named = (f"{source}: ", f"{target}: ")
     notes = [message if message.startswith(named) else f"{target}: {message}"
              for message in (str(w.message) for w in caught if issubclass(w.category, ImageWarning))]
@@ -615,6 +617,7 @@ def _run_pairs(
         stdout=stdout,
         stderr=stderr,
         skipped=skipped,
+        threads=args.threads,
     )
 
 
@@ -641,7 +644,8 @@ def run_upscale(
                    else RuntimeOptions(args.store, threads=args.threads))
     except ConfigError as exc:  # the checks name the fields; the user typed options
         raise ConfigError(named_by_option(str(exc), _OPTION_OF_FIELD)) from None
-    limit_opencv_threads(options.threads or intra_op_threads())
+    cores = intra_op_threads()  # a bad ADASSR_THREADS is a usage error before any image, even with --threads
+    limit_opencv_threads(options.threads or cores)
     pairs = plan_outputs(args.input, args.output, args.ext)
     if args.input.is_file() and not args.output.exists() and args.output.suffix and pairs[0][1] != args.output:
         say(f"note: {args.output} has no image suffix, so it is taken as a folder: writing "  # a typo such as .jgp
@@ -750,11 +754,13 @@ def run_batch(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     skipped: int = 0,
+    threads: int | None = None,
 ) -> int:
     """Upscale each (source, target) pair with ``serve``; one bad file is reported and skipped.
 
     Shared by the runtime and the PyTorch path. Returns 0 when every file succeeded, else 1.
-    ``skipped`` (outputs ``--skip-existing`` left out) is counted in the summary line.
+    ``skipped`` (outputs ``--skip-existing`` left out) is counted in the summary line. ``threads``:
+    the encoders' threads (``--threads``; None: one per usable core).
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
@@ -771,7 +777,8 @@ def run_batch(
         for source, target in pairs:
             existed = _entry_exists(target) and target.is_file()
             try:
-                result, notes = _process_one(serve, source, target, quality=quality, tiles=bar.tiles())
+                result, notes = _process_one(serve, source, target, quality=quality, tiles=bar.tiles(),
+                                             threads=threads)
             except (AdassrError, MemoryError) as exc:
                 reason = str(exc) or type(exc).__name__
                 where = "" if str(source) in reason else f"{source}: "

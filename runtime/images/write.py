@@ -30,6 +30,7 @@ the next write of the same file removes it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import io
 import os
@@ -112,6 +113,7 @@ def write_image(
     quality: int = 95,
     icc_profile: bytes | None = None,
     remove_stale: bool = True,
+    threads: int | None = None,
 ) -> Path:
     """Write H x W x C (C in {1, 3}; H x W is taken as grey) uint8/uint16 pixels; return the path.
 
@@ -125,11 +127,14 @@ def write_image(
     folder). A batch that writes many files into one folder removes them for all its outputs once
     (:func:`adassr.runtime.tempfiles.remove_stale_temps`) and passes False: reading the folder for
     every file made a batch's time grow with the square of its size.
+
+    ``threads``: PNG, JPEG and TIFF encode strips on that many threads at once (default: one per
+    usable physical core, or ``ADASSR_THREADS``; at most 8); the file's bytes do not depend on it.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ImageError(f"write_image takes a file path (str or pathlib.Path), got {type(path).__name__}")
     p = Path(path)
-    encoding = _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile)
+    encoding = _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads)
     _atomic_write(p, encoding.write_to, remove_stale=remove_stale)
     return p
 
@@ -141,6 +146,7 @@ def encode_image(
     alpha: np.ndarray | None = None,
     quality: int = 95,
     icc_profile: bytes | None = None,
+    threads: int | None = None,
 ) -> bytes:
     """The bytes :func:`write_image` would write to a file ending in ``suffix`` (e.g. ``".png"``).
 
@@ -150,12 +156,13 @@ def encode_image(
         raise ImageError(f"encode_image takes a file suffix with its dot, e.g. '.png', got {suffix!r}; use one of "
                          f"{', '.join(SUPPORTED_WRITE_SUFFIXES)}")
     buf = io.BytesIO()
-    _encoding_for(Path(f"image{suffix}"), suffix, pixels, alpha, quality, icc_profile).write_to(buf)
+    _encoding_for(Path(f"image{suffix}"), suffix, pixels, alpha, quality, icc_profile, threads).write_to(buf)
     return buf.getvalue()
 
 
 def _encoding_for(
-    p: Path, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None, quality: int, icc_profile: bytes | None
+    p: Path, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None, quality: int, icc_profile: bytes | None,
+    threads: int | None = None,
 ) -> _Encoding:
     fmt = _FORMAT_BY_SUFFIX.get(suffix.lower())
     if fmt is None:
@@ -164,11 +171,13 @@ def _encoding_for(
             f"{', '.join(SUPPORTED_WRITE_SUFFIXES)}"
         )
     check_quality(quality)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be an integer >= 1 or None (one per usable core), got {threads!r}")
     if icc_profile is not None and not isinstance(icc_profile, bytes):
         raise ImageError(f"{p}: icc_profile must be bytes or None, got {type(icc_profile).__name__}")
     px, al = _validated(p, pixels, alpha)
     check_writable_size(p, px.shape[0], px.shape[1])
-    return _prepare(p, fmt, px, al, quality, icc_profile or None)
+    return dataclasses.replace(_prepare(p, fmt, px, al, quality, icc_profile or None), threads=threads)
 
 
 def _validated(
@@ -216,6 +225,7 @@ class _Encoding:
     quality: int
     icc_profile: bytes | None  # one that fits, or None
     grey_as_rgb: bool = False  # TIFF: store grey pixels as RGB (16-bit grey+alpha)
+    threads: int | None = None  # PNG, JPEG, TIFF: strips encoded at once (None: one per usable core)
 
     def write_to(self, out: BinaryIO) -> None:
         """Encode into ``out``; ImageError (naming the file) for what the encoder refuses, OSError for
@@ -227,12 +237,13 @@ class _Encoding:
 
     def _encode(self, out: BinaryIO) -> None:
         if self.fmt == "PNG":
-            write_png(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_PNG_LEVEL)
+            write_png(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_PNG_LEVEL,
+                      threads=self.threads)
         elif self.fmt == "JPEG":
-            write_jpeg(out, self.px, quality=self.quality, icc_profile=self.icc_profile)
+            write_jpeg(out, self.px, quality=self.quality, icc_profile=self.icc_profile, threads=self.threads)
         elif self.fmt == "TIFF":
             write_tiff(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_TIFF_LEVEL,
-                       grey_as_rgb=self.grey_as_rgb)
+                       grey_as_rgb=self.grey_as_rgb, threads=self.threads)
         elif self.al is None:  # WebP (RGB: _prepare made grey RGB)
             write_webp(out, self.px, quality=self.quality, icc_profile=self.icc_profile)
         else:

@@ -827,3 +827,45 @@ def test_an_output_name_too_long_for_the_file_system_is_one_line(store: Path, tm
     _tiny_images(tmp_path / "a.png")
     with pytest.raises(ConfigError, match="-o .*m{300}\\.png: File name too long; choose another -o"):
         _run("-i", str(tmp_path / "a.png"), "-o", str(tmp_path / ("m" * 300 + ".png")), "--store", str(store))
+
+
+def test_threads_bounds_the_output_encoder_too(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--threads`` is every pool's size, the encoders' strips included (they used every core)."""
+    from adassr.runtime.images import strips
+
+    pools: list[tuple[int, int | None, int]] = []
+    real = strips.StripPool.__init__
+
+    def recording(self: strips.StripPool, count: int, threads: int | None = None) -> None:
+        real(self, count, threads)
+        pools.append((count, threads, self.workers))
+
+    monkeypatch.setattr(strips.StripPool, "__init__", recording)
+    big = tmp_path / "big.png"
+    write_image(big, np.random.default_rng(0).integers(0, 256, (600, 400, 3), dtype=np.uint8), threads=2)
+    assert pools[-1][1:] == (2, 2)  # 720 KB: two strips, two threads
+    pools.clear()
+    code, _, err = _run("-i", str(big), "-o", str(tmp_path / "out.png"), "--store", str(store), "--threads", "1",
+                        "--tile", "64", "--tile-overlap", "8", "--no-progress")
+    assert code == 0, err
+    assert pools and all(workers == 1 and threads == 1 for _, threads, workers in pools)
+    assert any(count > 1 for count, _, _ in pools)  # the output had several strips, encoded on one thread
+
+
+def test_write_image_refuses_a_bad_thread_count(tmp_path: Path) -> None:
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ConfigError, match="threads must be an integer >= 1"):
+            write_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.uint8), threads=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_bad_adassr_threads_is_refused_before_any_image_even_with_threads(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --threads the variable was first read by the PNG encoder, after each image's model run: exit 1
+    and an error per image (a helper's review); now it is the whole run's usage error."""
+    big = write_image(tmp_path / "big.png", np.zeros((200, 200, 3), np.uint8))
+    monkeypatch.setenv("ADASSR_THREADS", "abc")
+    with pytest.raises(ConfigError, match="ADASSR_THREADS must be an integer"):
+        _run("-i", str(big), "-o", str(tmp_path / "out.png"), "--store", str(store), "--threads", "2", "--no-progress")
+    assert not (tmp_path / "out.png").exists()
