@@ -11,7 +11,7 @@ What it measures, in this process, with the server's own registry
 
 1. A store of ``--cameras`` camera folders, each a copy of the first exported camera of ``--store``
    (its manifest, the model file hard-linked where the file system allows).
-2. ``refresh`` with ``--max-models``: every model verified (sha256), none opened.
+2. ``refresh`` with ``--max-models``: the manifests read, no model hashed or opened.
 3. ``--rounds`` passes over the cameras in turn, one request each (route, then one 64x64 tile
    through the model): with more cameras than ``--max-models`` every request opens its model and
    closes the least recently used one. Reported: the time to route (verify and open the parked
@@ -181,7 +181,7 @@ def main() -> None:
         "each mode measured in a fresh process.",
         "",
         "| what | value |", "|---|---|",
-        f"| refresh: {args.cameras} models verified, none opened | {lazy['refresh_s']:.2f} s |",
+        f"| refresh: {args.cameras} manifests read, no model hashed or opened | {lazy['refresh_s']:.2f} s |",
         f"| refresh with every model opened (`--max-models 0`) | {eager['refresh_s']:.2f} s |",
         f"| request to a parked model: route, verify and open (median / max) | {statistics.median(loads):.3f} s / "
         f"{max(loads):.3f} s |",

@@ -203,10 +203,11 @@ class ModelRegistry:
     ``open_model(route)`` opens a verified model file (default: :func:`open_backend`);
     ``on_load(camera, ok)``, ``on_error(kind)`` and ``on_evict(camera)`` feed the metrics.
 
-    ``max_models`` 0 opens every camera's model at each refresh. Above 0, a refresh verifies the
-    cameras' models but opens only new versions of the ones loaded; the others are *parked* and
-    opened at their first request (:meth:`serving`), the least recently used one closing when more
-    than ``max_models`` are open. A model replaced, removed or evicted while requests use it is
+    ``max_models`` 0 verifies and opens every camera's model at each refresh. Above 0, a refresh
+    opens only new versions of the ones loaded; the others are *parked* (their manifests read, their
+    files not even hashed: a store of hundreds of cameras starts at once) and verified and opened at
+    their first request (:meth:`serving`), the least recently used one closing when more than
+    ``max_models`` are open. A model replaced, removed or evicted while requests use it is
     closed when the last of them ends.
     """
 
@@ -672,6 +673,14 @@ class ModelRegistry:
         sig = (sig[0], _stat(self._store / camera / decision.onnx_path.name))
         self._tried[camera] = decision.onnx_path.name
         same = served is not None and served.sha256 == decision.sha256
+        if self._max_models and old is None:  # parked: verified when it opens, at its first request
+            self._signatures[camera] = sig
+            if not same:
+                self._problems.pop(camera, None)
+                logger.info("camera %s: %s found; it is verified and loaded at its first request (--max-models "
+                            "%d)", camera, decision.label, self._max_models)
+            changes.parked[camera] = decision
+            return
         try:
             decision.verify()
         except StoreError as exc:
@@ -680,12 +689,6 @@ class ModelRegistry:
         self._signatures[camera] = sig
         self._problems.pop(camera, None)
         if same and old is not None:  # the loaded model's file, unchanged
-            return
-        if self._max_models and old is None:  # opened at its first request
-            changes.parked[camera] = decision
-            if not same:
-                logger.info("camera %s: %s verified; it loads at its first request (--max-models %d)", camera,
-                            decision.label, self._max_models)
             return
         try:
             backend = self._open_model(decision)

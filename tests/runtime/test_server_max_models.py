@@ -408,3 +408,26 @@ def test_readyz_turns_503_when_no_model_opens_and_back_when_one_does(
             assert time.monotonic() < deadline, "never ready again"
             time.sleep(0.05)
         assert c.get("/readyz").json() == {"status": "ready", "models": 4, "loaded": 1}
+
+
+def test_parked_models_are_hashed_once_when_they_open_not_at_every_refresh(
+    store: Path, image: LoadedImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store of hundreds of cameras starts at once: the refresh reads the manifests, the files are
+    verified when they open (they were hashed at the refresh and again at the open)."""
+    hashed: list[str] = []
+    real = RouteDecision.verify
+
+    def counting(self: RouteDecision) -> Path:
+        hashed.append(self.model_camera)
+        return real(self)
+
+    monkeypatch.setattr(RouteDecision, "verify", counting)
+    registry = _registry(store, Opener(), 2)
+    assert hashed == [] and len(registry.parked) == 4
+    publish_camera(store, "canon", seed=41)
+    registry.refresh()
+    assert hashed == []
+    assert _serve(registry, "canon", image) == "canon" and hashed == ["canon"]
+    eager = _registry(store, Opener(), 0)  # without --max-models every model is verified at the refresh
+    assert sorted(hashed[1:]) == sorted(eager.models)
