@@ -265,7 +265,13 @@ class ModelRegistry:
 
     def servable(self) -> set[str]:
         """The cameras whose model serves: loaded, or parked until a request needs it."""
-        return set(self._models) | set(self._parked)
+        models, parked = self._snapshots()
+        return set(models) | set(parked)
+
+    def _snapshots(self) -> tuple[Mapping[str, LoadedModel], Mapping[str, RouteDecision]]:
+        """The loaded and the parked models, read together (a request installing a model changes both)."""
+        with self._lock:
+            return self._models, self._parked
 
     def ready(self) -> bool:
         """Whether a model serves: one is open, or one is parked that did not fail to open at its
@@ -303,7 +309,7 @@ class ModelRegistry:
 
     def listing(self) -> dict[str, dict[str, Any]]:
         """``GET /v1/cameras``'s summary of every camera that serves, loaded or parked, by name."""
-        models, parked = self._models, self._parked
+        models, parked = self._snapshots()
         out = {name: model.summary() for name, model in models.items()}
         for name, decision in parked.items():
             if name not in out:
@@ -330,7 +336,8 @@ class ModelRegistry:
         except CameraError:
             group, make = None, None
         unavailable: ModelUnavailable | None = None
-        if group is not None and (group in self._models or group in self._parked):
+        servable = self.servable()
+        if group is not None and group in servable:
             try:
                 return Route(self._lease(group), group, "exif-make")
             except UnknownCamera:  # its manifest removed this moment
@@ -338,7 +345,7 @@ class ModelRegistry:
             except ModelUnavailable as exc:  # the fallback serves it meanwhile, when there is one
                 unavailable = exc
         try:
-            if FALLBACK_CAMERA not in self._models and FALLBACK_CAMERA not in self._parked:
+            if FALLBACK_CAMERA not in servable:
                 raise UnknownCamera(FALLBACK_CAMERA)
             fallback = self._lease(FALLBACK_CAMERA)
         except UnknownCamera:
@@ -360,7 +367,10 @@ class ModelRegistry:
         return Route(fallback, group, reason)
 
     def _unknown(self, camera: str) -> UnknownCamera:
-        servable = self.servable() - {FALLBACK_CAMERA} if camera != FALLBACK_CAMERA else self.servable()
+        """Under ``_lock``: the error for a camera without a model, listing those with one."""
+        servable = set(self._models) | set(self._parked)
+        if camera != FALLBACK_CAMERA:
+            servable.discard(FALLBACK_CAMERA)
         known = ", ".join(sorted(servable)) or "none"
         problem = self._problems.get(camera)
         why = f" Its model was refused: {problem}." if problem else closest_camera_hint(camera, servable)
@@ -457,9 +467,12 @@ class ModelRegistry:
                 self._problems[camera] = f"could not be loaded at a request: {text}"
             raise ModelUnavailable(message, ON_DEMAND_RETRY_S) from None
         with self._lock:
-            if self._failures.pop(camera, None) is not None:
+            failure = self._failures.get(camera)
+            if failure is not None and failure.sha256 == decision.sha256:  # not when the previous version opened
+                del self._failures[camera]
                 self._problems.pop(camera, None)
-            self._previous.pop(camera, None)
+            if self._previous.get(camera) is not decision:
+                self._previous.pop(camera, None)
         self._on_load(camera, True)
         logger.info("serving %s for camera %s (loaded at a request in %.1f s)", decision.label, camera,
                     time.perf_counter() - started)
@@ -556,7 +569,7 @@ class ModelRegistry:
     def refresh(self) -> bool:
         """Look at the store once and load what changed; return True if the served set changed."""
         with self._refresh_lock:
-            loaded, parked = self._models, self._parked
+            loaded, parked = self._snapshots()
             servable = set(loaded) | set(parked)
             changes = _Changes()
             try:

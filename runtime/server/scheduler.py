@@ -20,6 +20,7 @@ finish; their results are dropped.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import threading
 import time
@@ -191,6 +192,19 @@ class TileBatcher:
                     self._blocked -= 1
 
         def _collect(futures: list[cf.Future[np.ndarray]]) -> np.ndarray:
+            try:
+                return _gather(futures)
+            except BaseException:
+                # the request ends: its queued tiles never start, and its tiles inside a model call are
+                # waited for (at most one call), so that the request lets its model close only once no
+                # call runs on it (a model evicted or replaced meanwhile closes at the request's end)
+                self.cancel(ticket)
+                for future in futures:  # (cf.wait would wait forever on one cancelled outside an executor)
+                    with contextlib.suppress(cf.CancelledError):
+                        future.exception()
+                raise
+
+        def _gather(futures: list[cf.Future[np.ndarray]]) -> np.ndarray:
             outputs: list[np.ndarray] = []
             try:
                 for future in futures:

@@ -380,6 +380,11 @@ def test_a_parked_camera_s_new_version_that_cannot_open_leaves_the_previous_one_
     assert "keeps serving" in registry.problems["sony"] and "cannot be built" in registry.problems["sony"]
     assert opener.opened == ["sony", "sony"]  # the new version tried, then the previous one opened
     assert _serve(registry, "sony", image) == "sony" and opener.opened == ["sony", "sony"]  # open: served
+    _serve(registry, "canon", image)
+    _serve(registry, "nikon", image)  # sony evicted: parked as its previous version
+    with registry.serving("sony", image) as route:  # opened again: still the previous version, still said
+        assert route.model.sha256 == old
+    assert "keeps serving" in registry.problems["sony"]
     publish_camera(store, "sony", seed=32)  # a newer one that opens
     registry.refresh()
     with registry.serving("sony", image) as route:
@@ -431,3 +436,60 @@ def test_parked_models_are_hashed_once_when_they_open_not_at_every_refresh(
     assert _serve(registry, "canon", image) == "canon" and hashed == ["canon"]
     eager = _registry(store, Opener(), 0)  # without --max-models every model is verified at the refresh
     assert sorted(hashed[1:]) == sorted(eager.models)
+
+
+class _SlowCalls(Backend):
+    """A model whose calls take 0.4 s and that notes when they end and when it is closed."""
+
+    def __init__(self, path: Path, camera: str, events: list[str]) -> None:
+        super().__init__(path)
+        self.camera, self.events = camera, events
+
+    @property
+    def name(self) -> str:
+        return "slow"
+
+    def _open(self) -> None:
+        pass
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.4)
+        self.events.append(f"{self.camera} call ended, open={self.is_open}")
+        return np.zeros((batch.shape[0], 3, batch.shape[2] * 4, batch.shape[3] * 4), np.float32)
+
+    def _close(self) -> None:
+        self.events.append(f"{self.camera} closed")
+
+
+def test_a_model_evicted_under_a_cancelled_request_closes_after_its_running_call(store: Path) -> None:
+    """A request whose deadline passed while its tile ran let go of its model at once: evicted meanwhile,
+    the model was closed while the batcher still ran a call on it (a helper's review)."""
+    from adassr.runtime.server.scheduler import DeadlineExceeded, Ticket, TileBatcher
+
+    events: list[str] = []
+    registry = ModelRegistry(store, open_model=lambda r: _SlowCalls(r.onnx_path, r.model_camera, events).open(),
+                             max_models=1)
+    registry.refresh()
+    batcher = TileBatcher(max_batch=1, max_wait_s=0.0, threads=2)
+    tile = np.zeros((1, 3, 8, 8), np.float32)
+    outcome: list[str] = []
+
+    def request(camera: str, deadline_s: float) -> None:
+        ticket = Ticket(time.monotonic() + deadline_s)
+        try:
+            with registry.serving(camera, None) as route:  # type: ignore[arg-type]  # explicit camera: no image read
+                batcher.infer_fn(route.model.key, route.model.backend, ticket)(tile)
+            outcome.append(f"{camera} ok")
+        except DeadlineExceeded:
+            outcome.append(f"{camera} deadline")
+
+    try:
+        first = threading.Thread(target=request, args=("canon", 0.15))
+        first.start()
+        time.sleep(0.05)  # canon's tile is inside its model call
+        request("nikon", 30.0)  # opens nikon and evicts canon, still in use
+        first.join(10)
+    finally:
+        batcher.close(10)
+    assert sorted(outcome) == ["canon deadline", "nikon ok"]
+    assert events.index("canon call ended, open=True") < events.index("canon closed")
