@@ -529,7 +529,8 @@ def test_each_model_is_hashed_once_and_a_file_changed_after_its_check_is_not_pub
     assert not [p for p in (tmp_path / "repo" / "adassr_canon").iterdir() if p.name.startswith(".")]
 
     def reexport_after_the_check(plan: object) -> object:
-        publish_camera(store, "canon", seed=11)  # a new content-addressed file; the checked one is removed
+        publish_camera(store, "canon", seed=11)  # new content-addressed files; the checked one stays one commit
+        publish_camera(store, "canon", seed=12)  # longer (superseded), and is removed by this second export
         return write_model(plan)  # type: ignore[arg-type]
 
     publish_camera(store, "canon", seed=10)  # a sound export again
