@@ -421,8 +421,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     def banner(port: int) -> None:  # once bound: the real port, also for --port 0
         host = f"[{config.host}]" if ":" in config.host else config.host
+        cap = f", at most {config.max_models} models open" if config.max_models else ""
         say(f"adassr serve: http://{host}:{port} (store {config.store}, {config.workers} workers, batch "
-            f"{config.max_batch}); SIGTERM drains", sys.stdout)
+            f"{config.max_batch}{cap}); SIGTERM drains", sys.stdout)
 
     server = _uvicorn_server(create_app(config), config, on_listening=banner)
     server.run()

@@ -493,3 +493,42 @@ def test_a_model_evicted_under_a_cancelled_request_closes_after_its_running_call
         batcher.close(10)
     assert sorted(outcome) == ["canon deadline", "nikon ok"]
     assert events.index("canon call ended, open=True") < events.index("canon closed")
+
+
+def test_adassr_serve_with_max_models_says_so_and_serves(store: Path) -> None:
+    """The real command: the banner names the cap, /readyz counts parked models, a request opens one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ._server import free_ports
+
+    (port,) = free_ports(1)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adassr.cli", "serve", "--store", str(store), "--port", str(port), "--tile", "32",
+         "--tile-overlap", "8", "--threads", "1", "--max-models", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not get ready"
+            time.sleep(0.1)
+        assert httpx.get(f"{url}/readyz", timeout=5).json() == {"status": "ready", "models": 4, "loaded": 0}
+        canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
+        r = httpx.post(f"{url}/v1/upscale", content=canon, timeout=60)
+        assert r.status_code == 200 and r.headers["x-adassr-camera-group"] == "canon"
+        assert httpx.get(f"{url}/readyz", timeout=5).json()["loaded"] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "at most 2 models open); SIGTERM drains" in output
