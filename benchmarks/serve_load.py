@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     PYTHONPATH=. python benchmarks/serve_load.py [--duration 20] [--clients 1,4,16,64]
-        [--workers 4] [--max-queue 12] [--out-dir benchmarks/results]
+        [--workers 4] [--max-queue 12] [--max-models N] [--out-dir benchmarks/results]
 
 What it does:
 
@@ -31,7 +31,7 @@ What it does:
 
 Targets (checked and printed): 16 clients reach at least 1.3x the images/s of 1 client; no lost
 or corrupt responses; at 64 clients every non-200 is a 429 (no 5xx, no timeouts).
-Results: ``<out-dir>/serve_load_<machine>.md`` and ``.json``.
+Results: ``<out-dir>/serve_load_<machine>.md`` and ``.json`` (``_max-models-N`` added with ``--max-models``).
 """
 
 from __future__ import annotations
@@ -323,6 +323,9 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16,64", help="client counts (default 1,4,16,64)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--max-queue", type=int, default=12)
+    parser.add_argument("--max-models", type=int, default=0,
+                        help="serve --max-models (default 0: every model open); 1 with the three cameras makes "
+                        "most requests load their model")
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per model call (default 1)")
     parser.add_argument(
@@ -376,6 +379,8 @@ def main() -> None:
             str(args.inference_threads),
             "--request-timeout",
             str(args.timeout - 5),
+            "--max-models",
+            str(args.max_models),
         ]
         server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         url = f"http://127.0.0.1:{port}"
@@ -446,6 +451,7 @@ def main() -> None:
             "max_batch": args.max_batch,
             "threads": args.threads,
             "inference_threads": args.inference_threads,
+            "max_models": args.max_models,
             "tile": TILE,
             "overlap": OVERLAP,
         },
@@ -455,6 +461,7 @@ def main() -> None:
         "mean_tiles_per_model_call": round(mean_batch, 2),
         "checks": checks,
     }
+    cap = f", at most {args.max_models} models open" if args.max_models else ""
     lines = [
         "# adassr serve under load",
         "",
@@ -463,7 +470,7 @@ def main() -> None:
         + result["model"] + f"; {len(inputs)} inputs (3 cameras, 4 sizes 64x64-160x120), "
         f"tile {TILE}/overlap {OVERLAP}; server workers {args.workers}, queue {args.max_queue}, "
         f"batch {args.max_batch}, {args.inference_threads} model calls at once x {args.threads} onnxruntime "
-        f"threads; {args.duration:g} s per level.",
+        f"threads{cap}; {args.duration:g} s per level.",
         "",
         "| clients | images/s | output MP/s | p50 ms | p95 ms | p99 ms | server-side p50 / p99 ms | statuses "
         "| identical / within 1/255 / corrupt | server RSS max / peak MB | server CPU (cores) "
@@ -487,7 +494,8 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    slug = re.sub(r"[^a-z0-9]+", "-", machine.lower()).strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", machine.lower()).strip("-") + (f"_max-models-{args.max_models}"
+                                                                      if args.max_models else "")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out_dir / f"serve_load_{slug}.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(args.out_dir / f"serve_load_{slug}.md", text.encode())
