@@ -6,15 +6,19 @@ since the last look (size, mtime, inode), it reads the export record through
 :func:`adassr.runtime.routing.resolve_model` and:
 
 - a new model sha256: verifies the file against the manifest and opens it; on success the new
-  model replaces the old one in one assignment (requests already running keep the old backend
-  object until they finish; nothing is closed under them); on failure (checksum, load error) the
+  model replaces the old one in one assignment (requests already running keep the old model, which
+  closes when the last of them ends); on failure (checksum, load error) the
   previous model keeps serving, the failure is counted (``model_loads_total{result="failed"}``,
   ``errors_total{kind="model_checksum"|"model_load"}``) and shown in ``GET /v1/cameras``;
 - the same sha256 but a changed file: re-verified; a file that now fails its checksum (tampered
   with while serving) is reported the same way, and the model loaded in memory keeps serving;
 - a camera folder without a manifest any more: the model is dropped.
 
-Routing (:meth:`ModelRegistry.route`) follows :mod:`adassr.runtime.routing`: an explicit camera,
+With ``max_models`` (``serve --max-models``) a camera whose model is not open is *parked* instead:
+its model is verified and opened at its first request, and the least recently used open model
+closes when more than ``max_models`` are open (see :class:`ModelRegistry`).
+
+Routing (:meth:`ModelRegistry.serving`) follows :mod:`adassr.runtime.routing`: an explicit camera,
 else the image's EXIF Make normalised to a group, else the ``_fallback`` model; but an
 explicitly named camera with no loaded model is an error (404), not a silent fallback.
 """
@@ -88,7 +92,7 @@ class LoadedModel:
 
 def model_summary(camera: str, route: RouteDecision, precision: str, loaded_at: float | None) -> dict[str, Any]:
     """What ``GET /v1/cameras`` shows for a camera's model, loaded (``loaded_at``, time.time()) or
-    verified and waiting for its first request (``loaded_at`` None, with ``--max-models``)."""
+    parked until its first request (``loaded_at`` None, with ``--max-models``)."""
     manifest = route.manifest
     backbone = manifest.get("backbone")
     return {
@@ -194,7 +198,7 @@ class _Changes:
 
     gone: set[str] = field(default_factory=set)  # no manifest any more
     loaded: dict[str, LoadedModel] = field(default_factory=dict)  # opened: serve these
-    parked: dict[str, RouteDecision] = field(default_factory=dict)  # verified, loaded at a request
+    parked: dict[str, RouteDecision] = field(default_factory=dict)  # verified and opened at a request
 
 
 class ModelRegistry:
@@ -256,7 +260,8 @@ class ModelRegistry:
 
     @property
     def parked(self) -> Mapping[str, RouteDecision]:
-        """An immutable snapshot: camera -> verified model not loaded (``max_models``; else empty)."""
+        """An immutable snapshot: camera -> model not open, verified and opened at its first request
+        (``max_models``; else empty)."""
         return self._parked
 
     @property
