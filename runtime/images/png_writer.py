@@ -107,6 +107,8 @@ def write_png(
 _WINDOW = 32768  # deflate's window: the bytes a block's compression may refer back to
 _ZLIB_HEADER = {level: zlib.compress(b"", level)[:2] for level in range(10)}
 """The two-byte zlib header that zlib writes for each level (its compression level hint differs)."""
+
+
 def _deflate(data: bytes, history: bytes, level: int, last: bool) -> bytes:
     """``data`` as raw deflate blocks that continue a stream whose last bytes were ``history`` (its
     matches may reach into them, as one stream's would), ending byte-aligned with an empty stored

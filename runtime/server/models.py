@@ -341,8 +341,10 @@ class ModelRegistry:
         except CameraError:
             group, make = None, None
         unavailable: ModelUnavailable | None = None
-        servable = self.servable()
-        if group is not None and group in servable:
+        with self._lock:  # both snapshots at once (a request installing a model changes both); no set of them all
+            has_group = group is not None and (group in self._models or group in self._parked)
+            has_fallback = FALLBACK_CAMERA in self._models or FALLBACK_CAMERA in self._parked
+        if group is not None and has_group:
             try:
                 return Route(self._lease(group), group, "exif-make")
             except UnknownCamera:  # its manifest removed this moment
@@ -350,7 +352,7 @@ class ModelRegistry:
             except ModelUnavailable as exc:  # the fallback serves it meanwhile, when there is one
                 unavailable = exc
         try:
-            if FALLBACK_CAMERA not in servable:
+            if not has_fallback:
                 raise UnknownCamera(FALLBACK_CAMERA)
             fallback = self._lease(FALLBACK_CAMERA)
         except UnknownCamera:
@@ -481,8 +483,7 @@ class ModelRegistry:
         self._on_load(camera, True)
         logger.info("serving %s for camera %s (loaded at a request in %.1f s)", decision.label, camera,
                     time.perf_counter() - started)
-        return LoadedModel(camera, decision, backend, time.time(),
-                           engine_precision(self._precision, decision.precision))
+        return self._loaded(camera, decision, backend)
 
     def _open_previous(self, camera: str, failed: RouteDecision) -> LoadedModel | None:
         """The version the camera served before ``failed`` was published, opened, when its files are
@@ -501,8 +502,12 @@ class ModelRegistry:
             return None
         self._on_load(camera, True)
         logger.warning("camera %s: serving its previous model %s", camera, previous.label)
-        return LoadedModel(camera, previous, backend, time.time(), engine_precision(self._precision,
-                                                                                    previous.precision))
+        return self._loaded(camera, previous, backend)
+
+    def _loaded(self, camera: str, decision: RouteDecision, backend: Backend) -> LoadedModel:
+        """An open model, opened now, computing in the precision this server serves."""
+        precision = engine_precision(self._precision, decision.precision)
+        return LoadedModel(camera, decision, backend, time.time(), precision)
 
     def _park_newer(self, camera: str, decision: RouteDecision) -> bool:
         """Whether a newer version of ``camera``'s model was published since ``decision`` was parked
@@ -713,8 +718,7 @@ class ModelRegistry:
         except AdassrError as exc:
             self._refused(camera, "model_load", str(exc), sig, load_failed=True)
             return
-        changes.loaded[camera] = LoadedModel(camera, decision, backend, time.time(),
-                                             engine_precision(self._precision, decision.precision))
+        changes.loaded[camera] = self._loaded(camera, decision, backend)
         self._on_load(camera, True)
         logger.info("serving %s for camera %s", decision.label, camera)
         if decision.precision != model_precision(self._precision):  # e.g. --precision fp16, only an fp32 export

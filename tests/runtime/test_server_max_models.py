@@ -159,15 +159,22 @@ def test_a_replaced_model_closes_after_its_requests_in_either_mode(store: Path, 
         assert _serve(registry, "canon", image) == "canon"
 
 
-def test_requests_for_one_parked_model_open_it_once(store: Path, image: LoadedImage) -> None:
-    opener = Opener()
-    registry = _registry(store, opener, 2)
+def _four_requests_while_it_opens(registry: ModelRegistry, opener: Opener, camera: str, image: LoadedImage, *,
+                                  settle_s: float = 0.0) -> None:
+    """Four requests for a parked ``camera`` at once, its load held until ``settle_s`` after it began
+    (time for the other three to wait on it); each is served by it."""
     opener.gate = threading.Event()
     with cf.ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(_serve, registry, "nikon", image) for _ in range(4)]
+        futures = [pool.submit(_serve, registry, camera, image) for _ in range(4)]
         assert opener.entered.wait(30)
+        time.sleep(settle_s)
         opener.gate.set()
-        assert [f.result(timeout=60) for f in futures] == ["nikon"] * 4
+        assert [f.result(timeout=60) for f in futures] == [camera] * 4
+
+
+def test_requests_for_one_parked_model_open_it_once(store: Path, image: LoadedImage) -> None:
+    opener = Opener()
+    _four_requests_while_it_opens(_registry(store, opener, 2), opener, "nikon", image)
     assert opener.opened == ["nikon"]
 
 
@@ -328,14 +335,7 @@ def test_waiters_find_the_model_in_place_when_its_load_ends(
 
     monkeypatch.setattr(models_module.threading, "Event", SlowToReturn)
     opener = Opener()
-    registry = _registry(store, opener, 2)
-    opener.gate = threading.Event()
-    with cf.ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(_serve, registry, "canon", image) for _ in range(4)]
-        assert opener.entered.wait(30)
-        time.sleep(0.2)  # the other three wait for the load
-        opener.gate.set()
-        assert [f.result(timeout=60) for f in futures] == ["canon"] * 4
+    _four_requests_while_it_opens(_registry(store, opener, 2), opener, "canon", image, settle_s=0.2)
     assert opener.opened == ["canon"] and opener.closed == []
 
 
