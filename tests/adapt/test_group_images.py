@@ -24,12 +24,15 @@ def _group(*paths: Path) -> CameraGroup:
 def files(tmp_path: Path) -> dict[str, Path]:
     photo = read_image(HR / "coffee.png").pixels[:60, :80]
     paths = {"good": tmp_path / "good.png", "gray": tmp_path / "gray.png", "empty": tmp_path / "empty.png",
-             "text": tmp_path / "notes.jpg", "cut": tmp_path / "cut.png"}
+             "text": tmp_path / "notes.jpg", "cut": tmp_path / "cut.png", "grey-filled": tmp_path / "lost.jpg"}
     write_image(paths["good"], np.ascontiguousarray(photo))
     write_image(paths["gray"], np.ascontiguousarray(photo[..., 1:2]))
     paths["empty"].write_bytes(b"")
     paths["text"].write_text("not an image")
     paths["cut"].write_bytes(paths["good"].read_bytes()[:200])
+    write_image(paths["grey-filled"], np.ascontiguousarray(photo), quality=90)
+    jpeg = paths["grey-filled"].read_bytes()  # its data cut short, its end marker kept: decodes part grey
+    paths["grey-filled"].write_bytes(jpeg[: len(jpeg) * 2 // 3] + b"\xff\xd9")
     return paths
 
 
@@ -42,16 +45,16 @@ def test_all_readable_images_load_as_float_rgb(files: dict[str, Path]) -> None:
 
 
 def test_unreadable_images_are_skipped_with_one_warning(files: dict[str, Path], caplog) -> None:
-    group = _group(files["empty"], files["good"], files["text"], files["cut"], files["gray"])
+    group = _group(files["empty"], files["good"], files["text"], files["cut"], files["grey-filled"], files["gray"])
     with caplog.at_level(logging.WARNING):
         loaded = load_group_images(group)
     assert loaded.group.paths == (files["good"], files["gray"]) and len(loaded.images) == 2
-    assert [Path(p).name for p, _ in loaded.unreadable] == ["empty.png", "notes.jpg", "cut.png"]
-    assert "empty" in loaded.unreadable[0][1]
+    assert [Path(p).name for p, _ in loaded.unreadable] == ["empty.png", "notes.jpg", "cut.png", "lost.jpg"]
+    assert "empty" in loaded.unreadable[0][1] and "damaged" in loaded.unreadable[3][1]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "skipped 3 unreadable image(s) of 5" in warnings[0]
-    assert all(name in warnings[0] for name in ("empty.png", "notes.jpg", "cut.png"))
+    assert "skipped 4 unreadable image(s) of 6" in warnings[0]
+    assert all(name in warnings[0] for name in ("empty.png", "notes.jpg", "cut.png", "lost.jpg"))
 
 
 def test_a_group_with_no_readable_image_fails_naming_them(files: dict[str, Path]) -> None:

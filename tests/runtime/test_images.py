@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image, ImageFile, ImageOps
 
 from adassr.runtime.errors import ConfigError, ImageError
@@ -138,13 +139,14 @@ def _save(path: Path, im: Image.Image, **kw: object) -> Path:
 
 @pytest.fixture
 def no_decode(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make any pixel decode (Pillow or OpenCV) fail the test."""
+    """Make any pixel decode (Pillow, OpenCV or TurboJPEG) fail the test."""
 
     def fail(*_a: object, **_k: object) -> None:
         raise AssertionError("pixel data was decoded")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
     monkeypatch.setattr(cv2, "imdecode", fail)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", fail)
 
 
 # Where the stored top-left and stored top-right pixels appear after applying each EXIF

@@ -240,6 +240,11 @@ def test_status_codes_and_error_bodies(store: Path) -> None:
         _assert_json_error(c.post("/v1/upscale/", content=canon), 404, "not_found")  # no bodiless 307 redirect
         truncated = canon[: len(canon) // 2]
         _assert_json_error(c.post("/v1/upscale", content=truncated), 415, "unsupported_image")
+        sos = canon.index(b"\xff\xda")
+        scan = sos + 2 + int.from_bytes(canon[sos + 2 : sos + 4], "big")
+        grey_filled = canon[: (scan + len(canon)) // 2] + b"\xff\xd9"  # cut, end marker kept: Pillow decodes part grey
+        message = _assert_json_error(c.post("/v1/upscale", content=grey_filled), 415, "unsupported_image")
+        assert "damaged" in message and "grey or garbled" in message and "upload-" not in message
         _assert_json_error(c.post("/v1/upscale", content=b""), 415, "unsupported_image")
         message = _assert_json_error(c.post("/v1/upscale", content=b"\0" * 300_000), 413, "too_large")
         assert "200,000" in message

@@ -1,0 +1,167 @@
+"""How often the JPEG reader notices damaged data, whether it ever refuses a good file, and its speed.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=. python benchmarks/jpeg_damage.py [--copies 30] [--seed 0] [--out-dir benchmarks/results]
+
+What it measures:
+
+- detection: for every JPEG of ``benchmarks/data/dev_photos`` and the canon sample, ``--copies``
+  damaged copies (seeded), in turn of three kinds: a stretch of 1-2000 bytes lost inside the scan
+  (a dropped packet), the scan cut at a random point with the end-of-image marker written after it (an
+  interrupted write), one flipped bit inside the scan. Each copy is read with
+  :func:`adassr.runtime.images.read_image`: refused (ImageError) or read, to the good file's pixels
+  or to others;
+- false refusals: every JPEG and MPO in the repository (samples, benchmark photos) must read, to
+  Pillow's pixels;
+- speed: the median time of ``read_image`` on the 10 MP ``samples/large/fujifilm.mpo`` and the
+  2000x1072 canon photo, through the TurboJPEG path and through Pillow's (the reader as it was), in
+  alternation.
+
+Results: ``<out-dir>/jpeg_damage_<machine>.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("bytes lost", "cut, end marker kept", "one bit flipped")
+
+
+def _scan_start(data: bytes) -> int:
+    sos = data.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+
+
+def _damaged(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
+    start = _scan_start(data)
+    at = int(rng.integers(start, len(data) - 2))
+    if kind == "bytes lost":
+        return data[:at] + data[at + int(rng.integers(1, 2001)) :]
+    if kind == "cut, end marker kept":
+        return data[:at] + b"\xff\xd9"
+    flipped = bytearray(data)
+    flipped[at] ^= 1 << int(rng.integers(0, 8))
+    return bytes(flipped)
+
+
+def detection(files: list[Path], copies: int, seed: int) -> dict[str, dict[str, int]]:
+    from adassr.runtime.errors import ImageError
+    from adassr.runtime.images import read_image
+
+    rng = np.random.default_rng(seed)
+    counts = {kind: {"copies": 0, "refused": 0, "read_changed": 0, "read_unchanged": 0} for kind in KINDS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in files:
+            data = source.read_bytes()
+            good = read_image(source).pixels.astype(np.int16)
+            for k in range(copies):
+                kind = KINDS[k % len(KINDS)]
+                path = Path(tmp) / f"{source.stem}_{k}.jpg"
+                path.write_bytes(_damaged(data, kind, rng))
+                counts[kind]["copies"] += 1
+                try:
+                    pixels = read_image(path).pixels
+                except ImageError:
+                    counts[kind]["refused"] += 1
+                    continue
+                same = pixels.shape == good.shape and np.array_equal(pixels, good)
+                counts[kind]["read_unchanged" if same else "read_changed"] += 1
+    return counts
+
+
+def false_refusals(files: list[Path]) -> list[dict[str, object]]:
+    from adassr.runtime.images import read_image
+
+    rows = []
+    for path in files:
+        with Image.open(path) as im:
+            expected = np.asarray(ImageOps.exif_transpose(im))  # read_image turns by the EXIF orientation too
+        expected = expected[..., None] if expected.ndim == 2 else expected
+        try:
+            pixels = read_image(path).pixels
+            rows.append({"file": str(path.relative_to(ROOT)), "read": True,
+                         "pillows_pixels": bool(pixels.shape == expected.shape and np.array_equal(pixels, expected))})
+        except Exception as exc:  # noqa: BLE001 - a refusal of a good file is the finding, recorded with its reason
+            rows.append({"file": str(path.relative_to(ROOT)), "read": False, "error": str(exc)})
+    return rows
+
+
+def speed(files: list[Path], rounds: int) -> list[dict[str, object]]:
+    import adassr.runtime.images.read as reader
+    from adassr.runtime.images import read_image
+
+    turbo = reader.decode_jpeg_checked
+    pillow: Callable[..., None] = lambda *_a: None  # noqa: E731 - the reader falls back to Pillow on None
+    times: dict[tuple[str, str], list[float]] = {}
+    try:
+        for _ in range(rounds):
+            for name, decoder in (("pillow", pillow), ("turbojpeg", turbo)):
+                reader.decode_jpeg_checked = decoder  # type: ignore[assignment]
+                for path in files:
+                    began = time.perf_counter()
+                    read_image(path)
+                    times.setdefault((name, path.name), []).append(time.perf_counter() - began)
+    finally:
+        reader.decode_jpeg_checked = turbo
+    return [{"path": file, "decoder": name, "median_ms": round(1e3 * statistics.median(values), 1)}
+            for (name, file), values in times.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--copies", type=int, default=30, help="damaged copies per photo (default 30)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=15, help="timed reads per file and path (default 15)")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    if args.copies < 1 or args.rounds < 1:
+        parser.error("--copies and --rounds must be at least 1")
+    from adassr.export.bench import machine_name
+    from adassr.runtime.cpu_info import report_tag
+    from adassr.runtime.store import atomic_write_bytes
+
+    photos = sorted((ROOT / "benchmarks" / "data" / "dev_photos").glob("*.jpg"))
+    photos.append(ROOT / "samples" / "cameras" / "canon" / "xmp_test.jpg")
+    every = sorted({*ROOT.glob("samples/**/*.jpg"), *ROOT.glob("samples/**/*.mpo"),
+                    *ROOT.glob("benchmarks/data/**/*.jpg")})
+    counts = detection(photos, args.copies, args.seed)
+    good = false_refusals(every)
+    timed = speed([ROOT / "samples" / "large" / "fujifilm.mpo", photos[-1]], args.rounds)
+    machine = machine_name()
+    result = {"machine": machine, "copies_per_photo": args.copies, "seed": args.seed,
+              "photos": [str(p.relative_to(ROOT)) for p in photos], "detection": counts, "good_files": good,
+              "speed": timed}
+    lines = ["# Damaged JPEG data: detection, false refusals, speed", "",
+             f"Machine: {machine}. {len(photos)} photos, {args.copies} damaged copies each (seed {args.seed}), "
+             "the kinds in turn.", "",
+             "| damage | copies | refused | read, pixels changed | read, pixels unchanged |", "|---|---|---|---|---|"]
+    lines += [f"| {kind} | {c['copies']} | {c['refused']} | {c['read_changed']} | {c['read_unchanged']} |"
+              for kind, c in counts.items()]
+    refused = [g for g in good if not g["read"]]
+    unlike = [g for g in good if g["read"] and not g["pillows_pixels"]]
+    lines += ["", f"Good files: {len(good)} JPEG/MPO files of the repository; refused {len(refused)}, "
+              f"read to pixels other than Pillow's {len(unlike)}.", ""]
+    lines += [f"- refused: {g['file']}: {g['error']}" for g in refused]
+    lines += ["| read_image | decoder | median |", "|---|---|---|"]
+    lines += [f"| {t['path']} | {t['decoder']} | {t['median_ms']} ms |" for t in timed]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    tag = report_tag(machine)
+    atomic_write_bytes(args.out_dir / f"jpeg_damage_{tag}.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(args.out_dir / f"jpeg_damage_{tag}.md", text.encode())
+
+
+if __name__ == "__main__":
+    main()

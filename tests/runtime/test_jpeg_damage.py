@@ -1,0 +1,177 @@
+"""Damaged JPEG image data is refused, not decoded grey; good JPEGs decode to Pillow's exact pixels.
+
+libjpeg only warns about damaged entropy-coded data, and Pillow decodes such a file without an error
+(these tests check that it still does, so each case is one the reader must catch itself): the part
+after the damage comes out grey or garbled. The photos are crops of the bundled test photos.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from adassr.runtime.errors import ImageError
+from adassr.runtime.images import read_image
+from adassr.runtime.images.jpeg_reader import decode_jpeg_checked, is_damage, without_header_gaps
+
+REPO = Path(__file__).resolve().parents[2]
+HR = REPO / "tests" / "data" / "hr"
+SAMPLES = REPO / "samples" / "cameras"
+
+
+def _photo(name: str = "coffee.png", h: int = 160, w: int = 224) -> np.ndarray:
+    with Image.open(HR / name) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return rgb[40 : 40 + h, 60 : 60 + w].copy()
+
+
+def _jpeg(pixels: np.ndarray, mode: str = "RGB", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buf, format="JPEG", quality=90, **kwargs)
+    return buf.getvalue()
+
+
+def _jpeg_with_restarts(pixels: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_RST_INTERVAL, 4])
+    assert ok
+    return data.tobytes()
+
+
+def _scan_start(data: bytes) -> int:
+    """Offset of the first entropy-coded byte (after the first SOS segment)."""
+    sos = data.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+
+
+def _cut_keeping_end(data: bytes) -> bytes:
+    """The scan cut in its middle, the end-of-image marker written after it (a write cut short)."""
+    start = _scan_start(data)
+    return data[: start + (len(data) - start) // 2] + b"\xff\xd9"
+
+
+def _bytes_lost(data: bytes) -> bytes:
+    """300 bytes lost from the middle of the scan (a dropped packet)."""
+    middle = _scan_start(data) + (len(data) - _scan_start(data)) // 2
+    return data[:middle] + data[middle + 300 :]
+
+
+def _segment_lost(data: bytes) -> bytes:
+    """One restart interval's data lost, with its RST marker."""
+    first = data.index(b"\xff\xd2", _scan_start(data))  # RST2 .. RST3 dropped: RST4 follows RST1
+    second = data.index(b"\xff\xd3", first + 2)
+    return data[:first] + data[second + 2 :]
+
+
+def _pillow_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        arr = np.asarray(im.convert("RGB") if im.mode == "CMYK" else im)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+DAMAGED = {
+    "cut, end marker kept": lambda: _cut_keeping_end(_jpeg(_photo())),
+    "bytes lost": lambda: _bytes_lost(_jpeg(_photo())),
+    "progressive, cut": lambda: _cut_keeping_end(_jpeg(_photo(), progressive=True)),
+    "grey, bytes lost": lambda: _bytes_lost(_jpeg(_photo(), "L")),
+    "CMYK, cut": lambda: _cut_keeping_end(_jpeg(_photo(), "CMYK")),
+    "restart interval lost": lambda: _segment_lost(_jpeg_with_restarts(_photo())),
+    "MPO first frame, cut": lambda: _cut_keeping_end((SAMPLES / "nintendo" / "frozenpond.mpo").read_bytes()[:60_000]),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_damaged_image_data_is_refused(tmp_path: Path, case: str) -> None:
+    data = DAMAGED[case]()
+    _pillow_pixels(data)  # Pillow alone decodes it without a word: the reader must notice
+    path = tmp_path / ("damaged.mpo" if "MPO" in case else "damaged.jpg")
+    path.write_bytes(data)
+    with pytest.raises(ImageError, match="damaged") as err:
+        read_image(path)
+    assert str(path) in str(err.value) and "grey or garbled" in str(err.value)
+
+
+GOOD = {
+    "baseline 4:2:0": lambda: _jpeg(_photo()),
+    "4:4:4": lambda: _jpeg(_photo(), subsampling=0),
+    "progressive, optimised": lambda: _jpeg(_photo(), progressive=True, optimize=True),
+    "grey": lambda: _jpeg(_photo(), "L"),
+    "RGB without YCbCr (Adobe)": lambda: _jpeg(_photo(), keep_rgb=True),
+    "restart markers": lambda: _jpeg_with_restarts(_photo()),
+    "odd size": lambda: _jpeg(_photo(h=37, w=53)),
+    "camera sample": lambda: (SAMPLES / "canon" / "xmp_test.jpg").read_bytes(),
+    "MPO sample": lambda: (SAMPLES / "nintendo" / "frozenpond.mpo").read_bytes(),
+}
+
+
+@pytest.mark.parametrize("case", list(GOOD))
+def test_good_jpegs_decode_to_pillows_pixels(tmp_path: Path, case: str) -> None:
+    data = GOOD[case]()
+    path = tmp_path / "good.jpg"
+    path.write_bytes(data)
+    with Image.open(path) as im:
+        assert im.mode in ("RGB", "L")
+        size = im.size
+    pixels = decode_jpeg_checked(path, data, "L" if case == "grey" else "RGB", size)
+    assert pixels is not None, "TurboJPEG must decode this file itself"
+    np.testing.assert_array_equal(pixels, _pillow_pixels(data))
+    np.testing.assert_array_equal(read_image(path).pixels, _pillow_pixels(data))
+
+
+def test_cmyk_is_checked_then_decoded_by_pillow(tmp_path: Path) -> None:
+    data = _jpeg(_photo(), "CMYK")
+    path = tmp_path / "cmyk.jpg"
+    path.write_bytes(data)
+    assert decode_jpeg_checked(path, data, "CMYK", (224, 160)) is None
+    np.testing.assert_array_equal(read_image(path).pixels, _pillow_pixels(data))
+
+
+def _with_header_gap(data: bytes) -> bytes:
+    """Five stray bytes before the quantisation table's marker, as some encoders write (libjpeg warns
+    "5 extraneous bytes before marker 0xdb" and decodes the picture correctly)."""
+    dqt = data.index(b"\xff\xdb")
+    return data[:dqt] + b"\x00\x11\x22\x33\x44" + data[dqt:]
+
+
+def test_stray_bytes_between_header_segments_are_not_damage(tmp_path: Path) -> None:
+    good = _jpeg(_photo())
+    gapped = _with_header_gap(good)
+    path = tmp_path / "gap.jpg"
+    path.write_bytes(gapped)
+    assert without_header_gaps(gapped) == good and without_header_gaps(good) is None
+    assert decode_jpeg_checked(path, gapped, "RGB", (224, 160)) is not None  # still decoded here, and checked
+    np.testing.assert_array_equal(read_image(path).pixels, _pillow_pixels(good))
+    damaged = tmp_path / "gap_cut.jpg"
+    damaged.write_bytes(_cut_keeping_end(gapped))
+    with pytest.raises(ImageError, match="damaged"):
+        read_image(damaged)
+
+
+def test_stray_bytes_before_the_end_marker_are_not_damage(tmp_path: Path) -> None:
+    good = _jpeg(_photo())
+    path = tmp_path / "tail.jpg"
+    path.write_bytes(good[:-2] + b"\xff\x00\x12\x34\xff\xd9")
+    np.testing.assert_array_equal(read_image(path).pixels, _pillow_pixels(good))
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xd8", b"\xff\xd8\xff", b"\xff\xd8\xff\xdb\x00",
+                                  b"\xff\xd8\xff\xdb\x00\x40", b"\xff\xd8\x00\x00", b"GIF89a"])
+def test_header_gaps_of_broken_headers(data: bytes) -> None:
+    assert without_header_gaps(data) is None
+
+
+def test_damage_signs() -> None:
+    assert is_damage("Corrupt JPEG data: premature end of data segment")
+    assert is_damage("Corrupt JPEG data: found marker 0xd4 instead of RST2")
+    assert is_damage("Premature end of JPEG file")
+    assert is_damage("Corrupt JPEG data: 344 extraneous bytes before marker 0xd4")  # a restart interval's
+    assert not is_damage("Corrupt JPEG data: 1 extraneous bytes before marker 0xd9")  # padding before the end
+    assert not is_damage("Corrupt JPEG data: 5 extraneous bytes before marker 0xdb")
+    assert not is_damage("Warning: unknown JFIF revision number 3.01")
+
