@@ -2,14 +2,15 @@
 
 Usage (from the repository root)::
 
-    PYTHONPATH=. python benchmarks/jpeg_damage.py [--copies 30] [--seed 0] [--out-dir benchmarks/results]
+    PYTHONPATH=. python benchmarks/jpeg_damage.py [--copies 40] [--seed 0] [--out-dir benchmarks/results]
 
 What it measures:
 
-- detection: for every JPEG of ``benchmarks/data/dev_photos`` and the canon sample, ``--copies``
-  damaged copies (seeded), in turn of three kinds: a stretch of 1-2000 bytes lost inside the scan
-  (a dropped packet), the scan cut at a random point with the end-of-image marker written after it (an
-  interrupted write), one flipped bit inside the scan. Each copy is read with
+- detection: for every JPEG of ``benchmarks/data/dev_photos`` and the canon sample, as it is (baseline)
+  and re-encoded progressive, ``--copies`` damaged copies (seeded), in turn of four kinds: a stretch of
+  1-2000 bytes lost inside the scans (a dropped packet), a stretch of 1-2000 bytes repeated (a packet
+  delivered twice), the scans cut at a random point with the end-of-image marker written after them (an
+  interrupted write), one flipped bit inside the scans. Each copy is read with
   :func:`adassr.runtime.images.read_image`: refused (ImageError) or read, to the good file's pixels
   or to others;
 - false refusals: every JPEG and MPO in the repository (samples, benchmark photos) must read, to
@@ -35,7 +36,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("bytes lost", "cut, end marker kept", "one bit flipped")
+KINDS = ("bytes lost", "a stretch repeated", "cut, end marker kept", "one bit flipped")
+LAYOUTS = ("baseline", "progressive")
 
 
 def _scan_start(data: bytes) -> int:
@@ -48,6 +50,8 @@ def _damaged(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
     at = int(rng.integers(start, len(data) - 2))
     if kind == "bytes lost":
         return data[:at] + data[at + int(rng.integers(1, 2001)) :]
+    if kind == "a stretch repeated":  # a packet delivered twice
+        return data[:at] + data[max(start, at - int(rng.integers(1, 2001))) :]
     if kind == "cut, end marker kept":
         return data[:at] + b"\xff\xd9"
     flipped = bytearray(data)
@@ -55,28 +59,44 @@ def _damaged(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
     return bytes(flipped)
 
 
-def detection(files: list[Path], copies: int, seed: int) -> dict[str, dict[str, int]]:
+def _progressive(source: Path) -> bytes:
+    """The photo re-encoded as a progressive JPEG (quality 95, 4:2:0)."""
+    import io
+
+    with Image.open(source) as im:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=95, progressive=True)
+    return buf.getvalue()
+
+
+def detection(files: list[Path], copies: int, seed: int) -> dict[str, dict[str, dict[str, int]]]:
+    """{layout: {kind: counts}} over ``copies`` damaged copies of each file in each layout."""
     from adassr.runtime.errors import ImageError
     from adassr.runtime.images import read_image
 
     rng = np.random.default_rng(seed)
-    counts = {kind: {"copies": 0, "refused": 0, "read_changed": 0, "read_unchanged": 0} for kind in KINDS}
+    counts = {layout: {kind: {"copies": 0, "refused": 0, "read_changed": 0, "read_unchanged": 0} for kind in KINDS}
+              for layout in LAYOUTS}
     with tempfile.TemporaryDirectory() as tmp:
         for source in files:
-            data = source.read_bytes()
-            good = read_image(source).pixels.astype(np.int16)
-            for k in range(copies):
-                kind = KINDS[k % len(KINDS)]
-                path = Path(tmp) / f"{source.stem}_{k}.jpg"
-                path.write_bytes(_damaged(data, kind, rng))
-                counts[kind]["copies"] += 1
-                try:
-                    pixels = read_image(path).pixels
-                except ImageError:
-                    counts[kind]["refused"] += 1
-                    continue
-                same = pixels.shape == good.shape and np.array_equal(pixels, good)
-                counts[kind]["read_unchanged" if same else "read_changed"] += 1
+            for layout in LAYOUTS:
+                data = source.read_bytes() if layout == "baseline" else _progressive(source)
+                original = Path(tmp) / "good.jpg"
+                original.write_bytes(data)
+                good = read_image(original).pixels
+                for k in range(copies):
+                    kind = KINDS[k % len(KINDS)]
+                    path = Path(tmp) / f"{source.stem}_{layout}_{k}.jpg"
+                    path.write_bytes(_damaged(data, kind, rng))
+                    tally = counts[layout][kind]
+                    tally["copies"] += 1
+                    try:
+                        pixels = read_image(path).pixels
+                    except ImageError:
+                        tally["refused"] += 1
+                        continue
+                    same = pixels.shape == good.shape and np.array_equal(pixels, good)
+                    tally["read_unchanged" if same else "read_changed"] += 1
     return counts
 
 
@@ -118,9 +138,13 @@ def speed(files: list[Path], rounds: int) -> list[dict[str, object]]:
             for (name, file), values in times.items()]
 
 
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / max(whole, 1):.0f} %"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--copies", type=int, default=30, help="damaged copies per photo (default 30)")
+    parser.add_argument("--copies", type=int, default=40, help="damaged copies per photo and layout (default 40)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=15, help="timed reads per file and path (default 15)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -143,11 +167,13 @@ def main() -> None:
               "photos": [str(p.relative_to(ROOT)) for p in photos], "detection": counts, "good_files": good,
               "speed": timed}
     lines = ["# Damaged JPEG data: detection, false refusals, speed", "",
-             f"Machine: {machine}. {len(photos)} photos, {args.copies} damaged copies each (seed {args.seed}), "
-             "the kinds in turn.", "",
-             "| damage | copies | refused | read, pixels changed | read, pixels unchanged |", "|---|---|---|---|---|"]
-    lines += [f"| {kind} | {c['copies']} | {c['refused']} | {c['read_changed']} | {c['read_unchanged']} |"
-              for kind, c in counts.items()]
+             f"Machine: {machine}. {len(photos)} photos as they are (baseline) and re-encoded progressive, "
+             f"{args.copies} damaged copies of each (seed {args.seed}), the kinds in turn.", "",
+             "| layout | damage | copies | refused | read, pixels changed | read, pixels unchanged |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {layout} | {kind} | {c['copies']} | {c['refused']} ({_share(c['refused'], c['copies'])}) "
+              f"| {c['read_changed']} | {c['read_unchanged']} |"
+              for layout, kinds in counts.items() for kind, c in kinds.items()]
     refused = [g for g in good if not g["read"]]
     unlike = [g for g in good if g["read"] and not g["pillows_pixels"]]
     lines += ["", f"Good files: {len(good)} JPEG/MPO files of the repository; refused {len(refused)}, "

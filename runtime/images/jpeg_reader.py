@@ -7,17 +7,27 @@ warning on. A fleet's cameras produce such files (flaky links, full cards), and 
 worse adapting a camera's model to them, silently gives wrong results.
 
 Here libjpeg-turbo decodes through TurboJPEG (``simplejpeg``) with "stop on warning": a warning that
-means damaged data (:data:`DAMAGE_SIGNS`) raises :class:`ImageError`; the pixels are the ones Pillow
-(the same libjpeg-turbo, the same default DCT and upsampling) would give, in half its time and without
-its 4-byte-a-pixel copy. Warnings about metadata rather than pixels (extraneous bytes between header
-segments or before the end marker, as some encoders write; an unknown JFIF revision or Adobe transform;
-a bad ICC chunk) are not damage: extraneous bytes between header segments are dropped and the data
-decoded again, so its entropy-coded data is still checked; for the others the caller decodes the file
-as before (Pillow), unchecked after that first warning, since TurboJPEG stops at the first (before the
-end marker, the whole picture has been checked by then).
+means damaged data raises :class:`ImageError`; the pixels are the ones Pillow (the same libjpeg-turbo,
+the same default DCT and upsampling) would give, faster and without its 4-byte-a-pixel copy. Which
+warnings are damage:
 
-Lost or cut data is found (a lost stretch of a scan, a lost restart interval, a write cut short);
-a flipped bit inside the data mostly garbles a block or a stripe without any sign a decoder can see.
+- :data:`DAMAGE_SIGNS` (data ends early, a bad Huffman or arithmetic code, a restart marker missing,
+  the file ends, a progression out of order), wherever they come;
+- "extraneous bytes" once the first scan has begun: bytes left at a restart marker or before the next
+  scan's tables are another stretch's data (:func:`extraneous_is_damage`); before the end marker, more
+  than :data:`MAX_END_PADDING` bytes that are not one repeated value (a few are an encoder's padding).
+
+Stray bytes between header segments (before the first scan, as some encoders write) are dropped and the
+data decoded again, so its scans are still checked. Other warnings (an unknown JFIF revision or Adobe
+transform, a bad ICC chunk, end padding) are not damage: the caller decodes the file as before (Pillow),
+unchecked after that first warning, since TurboJPEG stops at the first (at end padding the whole picture
+has been checked by then).
+
+What is found, measured by ``benchmarks/jpeg_damage.py``: a scan cut short with its end marker kept,
+nearly every stretch of bytes lost from a baseline scan, most from a progressive one. Not found: a
+flipped bit inside the data (it mostly decodes to a wrong but valid code), a loss whose garbage happens
+to use up the data left exactly, a progressive file cut at a scan boundary (a blurrier picture), and
+damage in arithmetic-coded JPEGs (rare in cameras: libjpeg pads their data with zeros without a word).
 """
 
 from __future__ import annotations
@@ -38,8 +48,17 @@ DAMAGE_SIGNS = (
     "premature end of jpeg file",  # truncated
     "inconsistent progression sequence",  # a progressive scan lost or damaged
 )
-"""Lower-case parts of libjpeg-turbo's warnings (``jerror.h``, JWRN_*) that mean the pixels are wrong (and
-"extraneous bytes" before a restart marker, below)."""
+"""Lower-case parts of libjpeg-turbo's warnings (``jerror.h``, JWRN_*) that mean the pixels are wrong, whatever
+comes with them. "Extraneous bytes" warnings are judged by where they are (:func:`extraneous_is_damage`)."""
+
+MAX_END_PADDING = 16
+"""Most extraneous bytes before the end-of-image marker always taken as an encoder's padding ("1 extraneous
+bytes before marker 0xd9" is common in photo collections). More are padding only when they are one repeated
+value (zeros, fill bytes); otherwise they are scan data left over, as a packet duplicated or misplaced inside
+a scan leaves (its size, most often some hundred bytes or more)."""
+
+_EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})")
+_END = 0xD9
 
 _COLOURSPACE = {"L": "GRAY", "RGB": "RGB", "CMYK": "CMYK"}
 """Pillow's mode of a JPEG -> TurboJPEG's output colour space of the same pixels."""
@@ -48,15 +67,35 @@ _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0-7, SOI: markers
 _SOS = 0xDA
 
 
-_BEFORE_RESTART = re.compile(r"extraneous bytes before marker 0xd[0-7]\b")
-"""Data left over at a restart marker: an interval holds more than its blocks, so another's data ran into it
-(the markers between them lost). Before other markers extra bytes are padding some encoders write."""
-
-
 def is_damage(message: str) -> bool:
-    """Whether a libjpeg-turbo warning means the decoded pixels would be wrong."""
+    """Whether a libjpeg-turbo warning means the decoded pixels would be wrong wherever it comes from."""
     lowered = message.lower()
-    return any(sign in lowered for sign in DAMAGE_SIGNS) or _BEFORE_RESTART.search(lowered) is not None
+    return any(sign in lowered for sign in DAMAGE_SIGNS)
+
+
+def extraneous_bytes(message: str) -> tuple[int, int] | None:
+    """(count, marker) of an "N extraneous bytes before marker 0xXX" warning, else None."""
+    found = _EXTRANEOUS.search(message.lower())
+    return None if found is None else (int(found.group(1)), int(found.group(2), 16))
+
+
+def extraneous_is_damage(data: bytes, count: int, marker: int) -> bool:
+    """Whether ``count`` bytes left over before ``marker`` *after the first scan began* mean damage: data left
+    at a restart marker or before the next scan's tables or header is another stretch's data (a marker lost, a
+    packet duplicated); before the end marker more than :data:`MAX_END_PADDING` bytes are, unless they are one
+    repeated value just before an end marker of ``data``. (Stray bytes between header segments, before the
+    first scan, are harmless and handled apart.)"""
+    if marker != _END:
+        return True
+    if count <= MAX_END_PADDING:
+        return False
+    end = data.find(b"\xff\xd9", 2)  # the image's end marker, or one in an EXIF thumbnail: either will do
+    while end >= count:
+        before = data[end - count : end]
+        if before.count(before[:1]) == count:
+            return False
+        end = data.find(b"\xff\xd9", end + 2)
+    return True
 
 
 def decode_jpeg_checked(p: Path, data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray | None:
@@ -65,7 +104,7 @@ def decode_jpeg_checked(p: Path, data: bytes, mode: str, size: tuple[int, int]) 
     give as Pillow does, a warning that is not damage, an error Pillow reports in its own words).
 
     ``mode`` and ``size`` are Pillow's from the header. Raises :class:`ImageError` when the decoder warns
-    that the image data is damaged (:data:`DAMAGE_SIGNS`).
+    that the image data is damaged (:data:`DAMAGE_SIGNS`, :func:`extraneous_is_damage`).
     """
     colourspace = _COLOURSPACE.get(mode)
     if colourspace is None:
@@ -76,15 +115,16 @@ def decode_jpeg_checked(p: Path, data: bytes, mode: str, size: tuple[int, int]) 
             pixels: np.ndarray = simplejpeg.decode_jpeg(attempt, colorspace=colourspace, strict=True)
         except ValueError as e:
             message = str(e)
-            if is_damage(message):
+            extra = extraneous_bytes(message)
+            if extra is not None and attempt is data:
+                cleaned = without_header_gaps(data)
+                if cleaned is not None:  # stray bytes between header segments: dropped, the scans still checked
+                    attempt = cleaned
+                    continue
+            if is_damage(message) or (extra is not None and extraneous_is_damage(attempt, *extra)):
                 raise ImageError(f"{p}: image data is truncated or damaged (JPEG decoder: {message}); part of the "
                                  "picture would come out grey or garbled; re-copy the file from the camera or "
                                  "re-export it") from e
-            if "extraneous bytes" in message.lower() and attempt is data:
-                cleaned = without_header_gaps(data)
-                if cleaned is not None:
-                    attempt = cleaned
-                    continue
             return None
         if colourspace == "CMYK" or pixels.shape[:2] != (size[1], size[0]):
             return None

@@ -17,7 +17,14 @@ from PIL import Image
 
 from adassr.runtime.errors import ImageError
 from adassr.runtime.images import read_image
-from adassr.runtime.images.jpeg_reader import decode_jpeg_checked, is_damage, without_header_gaps
+from adassr.runtime.images.jpeg_reader import (
+    MAX_END_PADDING,
+    decode_jpeg_checked,
+    extraneous_bytes,
+    extraneous_is_damage,
+    is_damage,
+    without_header_gaps,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HR = REPO / "tests" / "data" / "hr"
@@ -61,6 +68,14 @@ def _bytes_lost(data: bytes) -> bytes:
     return data[:middle] + data[middle + 300 :]
 
 
+def _stretch_repeated(data: bytes, length: int = 300, scan_end: bytes = b"\xff\xd9") -> bytes:
+    """``length`` bytes of the middle of the scan that ends at ``scan_end`` delivered twice (a packet sent
+    again): the scan's blocks end before its data does."""
+    start = _scan_start(data)
+    middle = (start + data.index(scan_end, start)) // 2
+    return data[:middle] + data[middle - length :]
+
+
 def _segment_lost(data: bytes) -> bytes:
     """One restart interval's data lost, with its RST marker."""
     first = data.index(b"\xff\xd2", _scan_start(data))  # RST2 .. RST3 dropped: RST4 follows RST1
@@ -82,6 +97,9 @@ DAMAGED = {
     "grey, bytes lost": lambda: _bytes_lost(_jpeg(_photo(), "L")),
     "CMYK, cut": lambda: _cut_keeping_end(_jpeg(_photo(), "CMYK")),
     "restart interval lost": lambda: _segment_lost(_jpeg_with_restarts(_photo())),
+    "a stretch repeated": lambda: _stretch_repeated(_jpeg(_photo())),
+    "progressive, a stretch of its first scan repeated": lambda: _stretch_repeated(
+        _jpeg(_photo(), progressive=True), scan_end=b"\xff\xc4"),  # data left before the next scan's table
     "MPO first frame, cut": lambda: _cut_keeping_end((SAMPLES / "nintendo" / "frozenpond.mpo").read_bytes()[:60_000]),
 }
 
@@ -153,11 +171,22 @@ def test_stray_bytes_between_header_segments_are_not_damage(tmp_path: Path) -> N
         read_image(damaged)
 
 
-def test_stray_bytes_before_the_end_marker_are_not_damage(tmp_path: Path) -> None:
+@pytest.mark.parametrize("padding", [b"\xff\x00\x12\x34", b"\x55" * 10, b"\x55" * 300, b"\x00" * 4000])
+def test_padding_before_the_end_marker_is_not_damage(tmp_path: Path, padding: bytes) -> None:
+    """A few bytes, or any number of one repeated value, before the end marker: an encoder's padding."""
     good = _jpeg(_photo())
     path = tmp_path / "tail.jpg"
-    path.write_bytes(good[:-2] + b"\xff\x00\x12\x34\xff\xd9")
+    path.write_bytes(good[:-2] + padding + b"\xff\xd9")
     np.testing.assert_array_equal(read_image(path).pixels, _pillow_pixels(good))
+
+
+def test_leftover_data_before_the_end_marker_is_damage(tmp_path: Path) -> None:
+    good = _jpeg(_photo())
+    path = tmp_path / "tail.jpg"
+    leftover = np.random.default_rng(0).integers(0, 255, 300, dtype=np.uint8).tobytes()  # no 0xff: no marker
+    path.write_bytes(good[:-2] + leftover + b"\xff\xd9")
+    with pytest.raises(ImageError, match="extraneous bytes before marker 0xd9"):
+        read_image(path)
 
 
 @pytest.mark.parametrize("data", [b"", b"\xff\xd8", b"\xff\xd8\xff", b"\xff\xd8\xff\xdb\x00",
@@ -170,8 +199,12 @@ def test_damage_signs() -> None:
     assert is_damage("Corrupt JPEG data: premature end of data segment")
     assert is_damage("Corrupt JPEG data: found marker 0xd4 instead of RST2")
     assert is_damage("Premature end of JPEG file")
-    assert is_damage("Corrupt JPEG data: 344 extraneous bytes before marker 0xd4")  # a restart interval's
-    assert not is_damage("Corrupt JPEG data: 1 extraneous bytes before marker 0xd9")  # padding before the end
-    assert not is_damage("Corrupt JPEG data: 5 extraneous bytes before marker 0xdb")
+    assert not is_damage("Corrupt JPEG data: 1 extraneous bytes before marker 0xd9")  # judged by where it is
     assert not is_damage("Warning: unknown JFIF revision number 3.01")
+    assert extraneous_bytes("Corrupt JPEG data: 344 extraneous bytes before marker 0xd4") == (344, 0xD4)
+    assert extraneous_bytes("Corrupt JPEG data: bad Huffman code") is None
+    data = _jpeg(_photo())
+    assert extraneous_is_damage(data, 344, 0xD4) and extraneous_is_damage(data, 2, 0xC4)  # left at RST4, DHT
+    assert not extraneous_is_damage(data, MAX_END_PADDING, 0xD9)
+    assert extraneous_is_damage(data, MAX_END_PADDING + 1, 0xD9)  # the bytes before the end are scan data
 
