@@ -57,6 +57,9 @@ bytes before marker 0xd9" is common in photo collections). More are padding only
 value (zeros, fill bytes); otherwise they are scan data left over, as a packet duplicated or misplaced inside
 a scan leaves (its size, most often some hundred bytes or more)."""
 
+_END_CANDIDATES = 4
+"""End markers after the first scan looked at for the padding (the image's own comes first; bounded, so a
+file of many FFD9 pairs cannot make the check slow)."""
 _EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})")
 _END = 0xD9
 
@@ -89,10 +92,15 @@ def extraneous_is_damage(data: bytes, count: int, marker: int) -> bool:
         return True
     if count <= MAX_END_PADDING:
         return False
-    end = data.find(b"\xff\xd9", 2)  # the image's end marker, or one in an EXIF thumbnail: either will do
-    while end >= count:
+    scan = _first_scan(data)
+    if scan is None:
+        return True
+    end = data.find(b"\xff\xd9", scan)  # scan data holds no FFD9; tables between progressive scans might
+    for _ in range(_END_CANDIDATES):
+        if end < 0:
+            break
         before = data[end - count : end]
-        if before.count(before[:1]) == count:
+        if end >= scan + count and before.count(before[:1]) == count:
             return False
         end = data.find(b"\xff\xd9", end + 2)
     return True
@@ -136,6 +144,20 @@ def without_header_gaps(data: bytes) -> bytes | None:
     """The JPEG with bytes that are not part of any marker segment before its first scan removed (libjpeg
     skips them with an "extraneous bytes" warning), or None when there are none or the header cannot be
     followed. The scans and everything after the first SOS segment are kept as they are."""
+    walked = _walk_header(data)
+    return None if walked is None or not walked[1] else walked[0]
+
+
+def _first_scan(data: bytes) -> int | None:
+    """Offset of the first SOS marker of the image (not one inside an APP segment's thumbnail), or None."""
+    walked = _walk_header(data)
+    return None if walked is None else walked[2]
+
+
+def _walk_header(data: bytes) -> tuple[bytes, bool, int] | None:
+    """(the JPEG without bytes between its header segments, whether any were dropped, the offset of the first
+    SOS marker in ``data``) by following the segments' lengths from SOI, or None when they cannot be
+    followed to a scan."""
     if not data.startswith(b"\xff\xd8"):
         return None
     out = bytearray(data[:2])
@@ -166,7 +188,7 @@ def without_header_gaps(data: bytes) -> bytes | None:
             return None
         if marker == _SOS:
             out += data[i:]
-            return bytes(out) if dropped else None
+            return bytes(out), dropped, i
         out += data[i:end]
         i = end
     return None

@@ -208,3 +208,14 @@ def test_damage_signs() -> None:
     assert not extraneous_is_damage(data, MAX_END_PADDING, 0xD9)
     assert extraneous_is_damage(data, MAX_END_PADDING + 1, 0xD9)  # the bytes before the end are scan data
 
+
+def test_end_padding_is_looked_for_after_the_first_scan_only() -> None:
+    """End markers inside an APP segment (an EXIF thumbnail's, or many of them) are not the image's: the
+    padding is looked for before the end markers that follow the image's first scan."""
+    good = _jpeg(_photo())
+    app = b"\x00" * 400 + b"\xff\xd9" * 20_000
+    padded = good[:2] + b"\xff\xe1" + (len(app) + 2).to_bytes(2, "big") + app + good[2:-2] + b"\x00" * 300 + b"\xff\xd9"
+    assert not extraneous_is_damage(padded, 300, 0xD9)
+    leftover = np.random.default_rng(1).integers(0, 255, 300, dtype=np.uint8).tobytes()
+    assert extraneous_is_damage(padded[:-302] + leftover + b"\xff\xd9", 300, 0xD9)
+
