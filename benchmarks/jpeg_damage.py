@@ -7,10 +7,11 @@ Usage (from the repository root)::
 What it measures:
 
 - detection: for every JPEG of ``benchmarks/data/dev_photos`` and the canon sample, as it is (baseline)
-  and re-encoded progressive, ``--copies`` damaged copies (seeded), in turn of four kinds: a stretch of
+  and re-encoded progressive, ``--copies`` damaged copies (seeded), in turn of five kinds: a stretch of
   1-2000 bytes lost inside the scans (a dropped packet), a stretch of 1-2000 bytes repeated (a packet
   delivered twice), the scans cut at a random point with the end-of-image marker written after them (an
-  interrupted write), one flipped bit inside the scans. Each copy is read with
+  interrupted write), the scans' data zeros from a random point on, the length and the end marker kept
+  (unwritten sectors), one flipped bit inside the scans. Each copy is read with
   :func:`adassr.runtime.images.read_image`: refused (ImageError) or read, to the good file's pixels
   or to others;
 - false refusals: every JPEG and MPO in the repository (samples, benchmark photos) must read, to
@@ -36,13 +37,18 @@ import numpy as np
 from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("bytes lost", "a stretch repeated", "cut, end marker kept", "one bit flipped")
+KINDS = ("bytes lost", "a stretch repeated", "cut, end marker kept", "the rest zero-filled", "one bit flipped")
 LAYOUTS = ("baseline", "progressive")
 
 
 def _scan_start(data: bytes) -> int:
-    sos = data.index(b"\xff\xda")
-    return sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    """The image's first entropy-coded byte (not an EXIF thumbnail's)."""
+    from adassr.runtime.images.jpeg_reader import scan_data_start
+
+    start = scan_data_start(data)
+    if start is None:
+        raise SystemExit("a photo of the benchmark has a header that cannot be followed to its scan")
+    return start
 
 
 def _damaged(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
@@ -54,6 +60,8 @@ def _damaged(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
         return data[:at] + data[max(start, at - int(rng.integers(1, 2001))) :]
     if kind == "cut, end marker kept":
         return data[:at] + b"\xff\xd9"
+    if kind == "the rest zero-filled":  # unwritten sectors, a download's missing range filled in
+        return data[:at] + b"\x00" * (len(data) - 2 - at) + b"\xff\xd9"
     flipped = bytearray(data)
     flipped[at] ^= 1 << int(rng.integers(0, 8))
     return bytes(flipped)

@@ -21,7 +21,8 @@ def test_the_jpeg_damage_benchmark_reports_every_kind(tmp_path: Path) -> None:
     detection = result["detection"]
     assert set(detection) == {"baseline", "progressive"}
     for counts in detection.values():
-        assert set(counts) == {"bytes lost", "a stretch repeated", "cut, end marker kept", "one bit flipped"}
+        assert set(counts) == {"bytes lost", "a stretch repeated", "cut, end marker kept", "the rest zero-filled",
+                               "one bit flipped"}
         assert sum(c["copies"] for c in counts.values()) == 3 * len(result["photos"])  # the kinds in turn
         assert all(c["refused"] + c["read_changed"] + c["read_unchanged"] == c["copies"] for c in counts.values())
         assert counts["cut, end marker kept"]["refused"] == counts["cut, end marker kept"]["copies"] > 0

@@ -85,25 +85,42 @@ def extraneous_bytes(message: str) -> tuple[int, int] | None:
 def extraneous_is_damage(data: bytes, count: int, marker: int) -> bool:
     """Whether ``count`` bytes left over before ``marker`` *after the first scan began* mean damage: data left
     at a restart marker or before the next scan's tables or header is another stretch's data (a marker lost, a
-    packet duplicated); before the end marker more than :data:`MAX_END_PADDING` bytes are, unless they are one
-    repeated value just before an end marker of ``data``. (Stray bytes between header segments, before the
-    first scan, are harmless and handled apart.)"""
+    packet duplicated); before the end marker more than :data:`MAX_END_PADDING` bytes are, unless they are
+    padding: one repeated value just before an end marker of ``data`` (fill bytes 0xFF between them allowed)
+    whose run does not reach on into the scan by more than :data:`MAX_END_PADDING` bytes. A run that does is
+    the scan's tail overwritten (unwritten sectors, a download's missing range filled with zeros): the decoder
+    read its start as scan data. (Stray bytes between header segments, before the first scan, are harmless
+    and handled apart.)"""
     if marker != _END:
         return True
     if count <= MAX_END_PADDING:
         return False
-    scan = _first_scan(data)
+    scan = scan_data_start(data)
     if scan is None:
         return True
     end = data.find(b"\xff\xd9", scan)  # scan data holds no FFD9; tables between progressive scans might
     for _ in range(_END_CANDIDATES):
         if end < 0:
             break
-        before = data[end - count : end]
-        if end >= scan + count and before.count(before[:1]) == count:
+        if _is_padding(data, scan, end, count):
             return False
         end = data.find(b"\xff\xd9", end + 2)
     return True
+
+
+def _is_padding(data: bytes, scan: int, end: int, count: int) -> bool:
+    """Whether the ``count`` bytes before the end marker at ``end`` (and its fill bytes) are one value whose
+    run starts where the scan's data ends, give or take :data:`MAX_END_PADDING` bytes."""
+    while end > scan and data[end - 1] == 0xFF:  # fill bytes before the marker (libjpeg does not count them)
+        end -= 1
+    start = end - count
+    if start < scan:
+        return False
+    padding = data[start:end]
+    if padding.count(padding[:1]) != count:
+        return False
+    reach = data[max(scan, start - MAX_END_PADDING - 1) : start]  # the run may go on this far into the scan
+    return len(reach) <= MAX_END_PADDING or reach.count(padding[:1]) != len(reach)
 
 
 def decode_jpeg_checked(p: Path, data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray | None:
@@ -148,10 +165,14 @@ def without_header_gaps(data: bytes) -> bytes | None:
     return None if walked is None or not walked[1] else walked[0]
 
 
-def _first_scan(data: bytes) -> int | None:
-    """Offset of the first SOS marker of the image (not one inside an APP segment's thumbnail), or None."""
+def scan_data_start(data: bytes) -> int | None:
+    """Offset of the image's first entropy-coded byte (after its first SOS segment, not one inside an APP
+    segment's thumbnail), or None when the header cannot be followed to a scan."""
     walked = _walk_header(data)
-    return None if walked is None else walked[2]
+    if walked is None:
+        return None
+    sos = walked[2]
+    return sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
 
 
 def _walk_header(data: bytes) -> tuple[bytes, bool, int] | None:

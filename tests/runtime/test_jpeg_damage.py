@@ -39,7 +39,8 @@ def _photo(name: str = "coffee.png", h: int = 160, w: int = 224) -> np.ndarray:
 
 def _jpeg(pixels: np.ndarray, mode: str = "RGB", **kwargs: object) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(pixels).convert(mode).save(buf, format="JPEG", quality=90, **kwargs)
+    kwargs.setdefault("quality", 90)
+    Image.fromarray(pixels).convert(mode).save(buf, format="JPEG", **kwargs)
     return buf.getvalue()
 
 
@@ -76,6 +77,14 @@ def _stretch_repeated(data: bytes, length: int = 300, scan_end: bytes = b"\xff\x
     return data[:middle] + data[middle - length :]
 
 
+def _tail_zeroed(data: bytes) -> bytes:
+    """The scan's data zeros from 40 % on, the end marker kept (unwritten sectors, a download's missing range
+    filled in): the decoder reads zeros as codes, then reports the rest as extraneous bytes."""
+    start = _scan_start(data)
+    at = start + (len(data) - start) * 2 // 5
+    return data[:at] + b"\x00" * (len(data) - 2 - at) + b"\xff\xd9"
+
+
 def _segment_lost(data: bytes) -> bytes:
     """One restart interval's data lost, with its RST marker."""
     first = data.index(b"\xff\xd2", _scan_start(data))  # RST2 .. RST3 dropped: RST4 follows RST1
@@ -98,6 +107,7 @@ DAMAGED = {
     "CMYK, cut": lambda: _cut_keeping_end(_jpeg(_photo(), "CMYK")),
     "restart interval lost": lambda: _segment_lost(_jpeg_with_restarts(_photo())),
     "a stretch repeated": lambda: _stretch_repeated(_jpeg(_photo())),
+    "the scan's tail zero-filled": lambda: _tail_zeroed(_jpeg(_photo(), quality=95)),  # decoded on, then left
     "progressive, a stretch of its first scan repeated": lambda: _stretch_repeated(
         _jpeg(_photo(), progressive=True), scan_end=b"\xff\xc4"),  # data left before the next scan's table
     "MPO first frame, cut": lambda: _cut_keeping_end((SAMPLES / "nintendo" / "frozenpond.mpo").read_bytes()[:60_000]),
@@ -171,9 +181,11 @@ def test_stray_bytes_between_header_segments_are_not_damage(tmp_path: Path) -> N
         read_image(damaged)
 
 
-@pytest.mark.parametrize("padding", [b"\xff\x00\x12\x34", b"\x55" * 10, b"\x55" * 300, b"\x00" * 4000])
+@pytest.mark.parametrize("padding", [b"\xff\x00\x12\x34", b"\x55" * 10, b"\x55" * 300, b"\x00" * 4000,
+                                     b"\x00" * 300 + b"\xff"])  # a fill byte before the marker
 def test_padding_before_the_end_marker_is_not_damage(tmp_path: Path, padding: bytes) -> None:
-    """A few bytes, or any number of one repeated value, before the end marker: an encoder's padding."""
+    """A few bytes, or any number of one repeated value after the scan's end, before the end marker (fill bytes
+    0xFF allowed between): an encoder's padding."""
     good = _jpeg(_photo())
     path = tmp_path / "tail.jpg"
     path.write_bytes(good[:-2] + padding + b"\xff\xd9")
