@@ -48,6 +48,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -62,12 +63,13 @@ from adassr.runtime.images import (
     SUPPORTED_WRITE_SUFFIXES,
     ImageWarning,
     LoadedImage,
+    PreparedWrite,
     check_quality,
     check_writable_size,
     is_image_file,
+    prepare_write,
     read_image,
     unreadable_image_entry,
-    write_image,
 )
 from adassr.runtime.links import broken_link
 from adassr.runtime.pipeline import OutputCheck, RuntimeOptions, UpscaleResult
@@ -84,7 +86,7 @@ from adassr.runtime.store import (
     store_option,
 )
 from adassr.runtime.tempfiles import remove_stale_temps
-from adassr.runtime.tile_shape import AUTO_TILE, tile_argument, tiling_options
+from adassr.runtime.tile_shape import AUTO_TILE, mem_available_bytes, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, MAX_PRE_PAD
 from adassr.runtime.upscalers import ImageUpscaler, TileProgress, UpscalerRegistry, runtime_upscalers
 
@@ -512,7 +514,7 @@ class _Outcome:
     replaced: bool = False  # the output file existed before and was replaced
 
 
-def _process_one(
+def _upscale_one(
     serve: Serve,
     source: Path,
     target: Path,
@@ -520,16 +522,16 @@ def _process_one(
     quality: int,
     tiles: Callable[[int, int], None] | None,
     threads: int | None = None,
-) -> tuple[UpscaleResult, list[str]]:
-    """Read, upscale and write one image; the notes are the reader's and the writer's
-    :class:`ImageWarning` messages, each starting with the file it is about."""
+) -> tuple[UpscaleResult, PreparedWrite, list[str]]:
+    """Read and upscale one image and prepare its output file (checked, converted, warned about; not written);
+    the notes are the reader's and the writer's :class:`ImageWarning` messages, each starting with the file it
+    is about. Runs in the calling thread: warnings are recorded process-wide."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImageWarning)
         image = read_image(source)
         result = serve(image, tiles, lambda height, width: check_writable_size(target, height, width))
-        write_image(target, result.pixels, alpha=result.alpha, quality=quality, icc_profile=image.icc_profile,
-                    remove_stale=False,  # removed for every output before the run (remove_stale_outputs)
-                    threads=threads)
+        prepared = prepare_write(target, result.pixels, alpha=result.alpha, quality=quality,
+                                 icc_profile=image.icc_profile, threads=threads)
     named = (f"{source}: ", f"{target}: ")
     notes = [message if message.startswith(named) else f"{target}: {message}"
              for message in (str(w.message) for w in caught if issubclass(w.category, ImageWarning))]
@@ -539,7 +541,33 @@ def _process_one(
     for w in caught:  # re-emit anything that is not ours to handle
         if not issubclass(w.category, ImageWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return result, notes
+    return result, prepared, notes
+
+
+def _write_one(prepared: PreparedWrite) -> None:
+    prepared.write(remove_stale=False)  # stale temporary files were removed for every output before the run
+
+
+OVERLAP_MEMORY_SHARE = 4
+"""A folder run writes an image in the background while the next one is upscaled when the output's pixels
+are at most 1/``OVERLAP_MEMORY_SHARE`` of the memory available then (``MemAvailable``): the overlap holds
+one more output image."""
+OVERLAP_MAX_BYTES_UNKNOWN = 512 << 20
+"""The same bound where the available memory is unknown (no ``/proc/meminfo``)."""
+
+
+def overlap_fits(nbytes: int, available: int | None) -> bool:
+    """Whether an output of ``nbytes`` may be written in the background (see :data:`OVERLAP_MEMORY_SHARE`)."""
+    if available is None:
+        return nbytes <= OVERLAP_MAX_BYTES_UNKNOWN
+    return nbytes * OVERLAP_MEMORY_SHARE <= available
+
+
+def _runs_on_cpu(args: argparse.Namespace, options: RuntimeOptions) -> bool:
+    """Whether the local model computes on the CPU (onnxruntime without a GPU provider, torch on the CPU)."""
+    gpu_providers = any("cuda" in p.lower() or "tensorrt" in p.lower() for p in options.providers)
+    return ((options.backend == "onnxruntime" and not gpu_providers)
+            or (options.backend == "torch" and getattr(args, "device", "auto") == "cpu"))
 
 
 def _check_device_options(args: argparse.Namespace, options: RuntimeOptions) -> None:
@@ -553,9 +581,7 @@ def _check_device_options(args: argparse.Namespace, options: RuntimeOptions) -> 
     if graph and options.backend == "onnxruntime":
         raise ConfigError("--cuda-graph replays the tiles on a GPU with --backend tensorrt / torch; onnxruntime does "
                           "not use it: drop it, or use one of those backends")
-    gpu_providers = any("cuda" in p.lower() or "tensorrt" in p.lower() for p in options.providers)
-    on_cpu = (options.backend == "onnxruntime" and not gpu_providers) or (options.backend == "torch"
-                                                                          and device == "cpu")
+    on_cpu = _runs_on_cpu(args, options)
     if on_cpu and (gpu is not None or graph):
         given = " and ".join(([f"--gpu {gpu}"] if gpu is not None else []) + (["--cuda-graph"] if graph else []))
         runs = (f"--providers {getattr(args, 'providers', 'cpu')}" if options.backend == "onnxruntime"
@@ -606,9 +632,10 @@ def _run_pairs(
     stdout: TextIO | None,
     stderr: TextIO | None,
     skipped: int = 0,
+    overlap_writes: bool = False,
 ) -> int:
     """The batch loop over ``pairs`` with one upscaler (local backend or Triton server); ``skipped``: the
-    outputs ``--skip-existing`` left out (counted in the summary)."""
+    outputs ``--skip-existing`` left out (counted in the summary); ``overlap_writes``: see :func:`run_batch`."""
     return run_batch(
         pairs,
         lambda image, tiles, check: upscaler.upscale(image, camera=camera, progress=tiles, check_output=check),
@@ -618,6 +645,7 @@ def _run_pairs(
         stderr=stderr,
         skipped=skipped,
         threads=args.threads,
+        overlap_writes=overlap_writes,
     )
 
 
@@ -669,7 +697,8 @@ def run_upscale(
 
         with contextlib.closing(open_triton(triton, camera=camera)) as remote:
             _mark_output_in_input(args.input, args.output)  # once every check passed: a refused run marks nothing
-            return _run_pairs(remote, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept)
+            return _run_pairs(remote, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept,
+                              overlap_writes=True)  # the server computes: the local cores encode meanwhile
     _check_device_options(args, options)
     if options.backend == "onnxruntime":
         check_required_providers(options.providers, require=options.require_providers)
@@ -687,7 +716,8 @@ def run_upscale(
         if ready is not None:  # open the first model now: a backend that cannot start fails the run once
             ready(camera=camera)
         _mark_output_in_input(args.input, args.output)  # once every check passed: a refused run marks nothing
-        return _run_pairs(upscaler, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept)
+        return _run_pairs(upscaler, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept,
+                          overlap_writes=not _runs_on_cpu(args, options))
 
 
 def _mark_output_in_input(source: Path, output: Path) -> None:
@@ -745,6 +775,20 @@ Serve = Callable[[LoadedImage, "TileProgress | None", "OutputCheck | None"], Ups
 :data:`adassr.runtime.pipeline.OutputCheck`)."""
 
 
+@dataclass
+class _Written:
+    """An upscaled image whose file is being written (in the background) or was written."""
+
+    source: Path
+    target: Path
+    served: str  # the model line's "[model ...]" text
+    group: str
+    model: str
+    notes: list[str]
+    existed: bool
+    done: Future[None] | None = None  # None: written already (in the foreground)
+
+
 def run_batch(
     pairs: list[tuple[Path, Path]],
     serve: Serve,
@@ -755,12 +799,16 @@ def run_batch(
     stderr: TextIO | None = None,
     skipped: int = 0,
     threads: int | None = None,
+    overlap_writes: bool = False,
 ) -> int:
     """Upscale each (source, target) pair with ``serve``; one bad file is reported and skipped.
 
     Shared by the runtime and the PyTorch path. Returns 0 when every file succeeded, else 1.
     ``skipped`` (outputs ``--skip-existing`` left out) is counted in the summary line. ``threads``:
-    the encoders' threads (``--threads``; None: one per usable core).
+    the encoders' threads (``--threads``; None: one per usable core). ``overlap_writes``: write each
+    image's file on a background thread while the next image is read and upscaled (for models that
+    run on a GPU or a server, where the local cores are idle meanwhile), when the output fits
+    :func:`overlap_fits`; at most one write is in flight, and results are reported in input order.
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
@@ -773,36 +821,75 @@ def run_batch(
     start = time.perf_counter()
     outcomes: list[_Outcome] = []
     bar = _Progress(len(pairs), enabled=progress, stream=err)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adassr-write") if (
+        overlap_writes and len(pairs) > 1) else None
+    pending: _Written | None = None
+
+    def failed(source: Path, exc: BaseException) -> None:
+        if isinstance(exc, (AdassrError, MemoryError)):
+            reason = str(exc) or type(exc).__name__
+            where = "" if str(source) in reason else f"{source}: "
+            bar.write(f"error: {where}{reason} (skipped)", file=err)
+        else:
+            reason = unexpected_error(exc)
+            log.debug("processing %s failed", source, exc_info=exc)
+            bar.write(f"error: {source}: {reason} (skipped)", file=err)
+        outcomes.append(_Outcome(source, None, None, None, reason))
+        bar.advance(source.name)
+
+    def finish(job: _Written | None) -> None:
+        """Report ``job`` once its file is written (waits for a background write)."""
+        if job is None:
+            return
+        if job.done is not None:
+            try:
+                job.done.result()
+            except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
+                failed(job.source, exc)
+                return
+        bar.write(f"{job.source} -> {job.target}  [model {job.served}]", file=out)
+        for note in job.notes:
+            bar.write(f"note: {note}", file=err)
+        outcomes.append(_Outcome(job.source, job.target, job.group, job.model, None, replaced=job.existed))
+        bar.advance(job.source.name)
+
     try:
         for source, target in pairs:
             existed = _entry_exists(target) and target.is_file()
             try:
-                result, notes = _process_one(serve, source, target, quality=quality, tiles=bar.tiles(),
-                                             threads=threads)
-            except (AdassrError, MemoryError) as exc:
-                reason = str(exc) or type(exc).__name__
-                where = "" if str(source) in reason else f"{source}: "
-                bar.write(f"error: {where}{reason} (skipped)", file=err)
-                outcomes.append(_Outcome(source, None, None, None, reason))
+                result, prepared, notes = _upscale_one(serve, source, target, quality=quality, tiles=bar.tiles(),
+                                                       threads=threads)
             except ImportError:  # a missing optional package: the whole run's problem, with its install advice
                 raise
             except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
-                reason = unexpected_error(exc)
-                log.debug("processing %s failed", source, exc_info=True)
-                bar.write(f"error: {source}: {reason} (skipped)", file=err)
-                outcomes.append(_Outcome(source, None, None, None, reason))
-            else:
-                route = result.route
-                served = f"{route.label}, {route.reason}" if route else result.model_label
-                bar.write(f"{source} -> {target}  [model {served}]", file=out)
-                for note in notes:
-                    bar.write(f"note: {note}", file=err)
-                group = (route.camera_group or "(no camera)") if route else "(all)"
-                model = route.model_name if route else result.model_label
-                outcomes.append(_Outcome(source, target, group, model, None, replaced=existed))
-            bar.advance(source.name)
+                finish(pending)  # in input order
+                pending = None
+                failed(source, exc)
+                continue
+            route = result.route
+            job = _Written(source, target, served=f"{route.label}, {route.reason}" if route else result.model_label,
+                           group=(route.camera_group or "(no camera)") if route else "(all)",
+                           model=route.model_name if route else result.model_label, notes=notes, existed=existed)
+            del result  # the prepared write holds the pixels it needs
+            finish(pending)  # the previous image's file, written while this one was upscaled
+            pending = None
+            if writer is not None and overlap_fits(prepared.nbytes, mem_available_bytes()):
+                job.done = writer.submit(_write_one, prepared)
+                pending = job
+                continue
+            try:
+                _write_one(prepared)
+            except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
+                failed(source, exc)
+                continue
+            finish(job)
     finally:
-        bar.close()
+        try:
+            finish(pending)  # also when interrupted: the file in flight is completed and reported
+        finally:
+            if writer is not None:
+                writer.shutdown(wait=True)
+            bar.close()
     say(_summary(outcomes, time.perf_counter() - start, skipped), out)
     return 1 if any(o.error for o in outcomes) else 0
 

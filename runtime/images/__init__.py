@@ -21,7 +21,15 @@ from adassr.runtime.images._model import (
 from adassr.runtime.images.convert import from_float32, to_float32
 from adassr.runtime.images.orientation import apply_orientation
 from adassr.runtime.images.read import image_notes_logged, read_camera_exif, read_image, read_image_size
-from adassr.runtime.images.write import check_quality, check_writable_size, encode_image, size_problem, write_image
+from adassr.runtime.images.write import (
+    PreparedWrite,
+    check_quality,
+    check_writable_size,
+    encode_image,
+    prepare_write,
+    size_problem,
+    write_image,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -30,12 +38,14 @@ __all__ = [
     "AlphaDroppedWarning",
     "ImageWarning",
     "LoadedImage",
+    "PreparedWrite",
     "ProfileDroppedWarning",
     "apply_orientation",
     "check_quality",
     "check_writable_size",
     "encode_image",
     "image_notes_logged",
+    "prepare_write",
     "is_image_file",
     "from_float32",
     "read_camera_exif",

@@ -131,12 +131,49 @@ def write_image(
     ``threads``: PNG, JPEG and TIFF encode strips on that many threads at once (default: one per
     usable physical core, or ``ADASSR_THREADS``; at most 8); the file's bytes do not depend on it.
     """
+    p = _path(path, "write_image")
+    return PreparedWrite(p, _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads)).write(
+        remove_stale=remove_stale)
+
+
+@dataclass(frozen=True)
+class PreparedWrite:
+    """An image checked and converted for its file, every warning about it given, nothing encoded yet:
+    :meth:`write` encodes it into the file (atomically). Lets a caller give the warnings in its own thread
+    and write in another (warnings' filters and records are process-wide, not per thread)."""
+
+    path: Path
+    encoding: _Encoding
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the pixels (and alpha) it holds until written."""
+        return self.encoding.px.nbytes + (0 if self.encoding.al is None else self.encoding.al.nbytes)
+
+    def write(self, *, remove_stale: bool = True) -> Path:
+        """Encode into the file, as :func:`write_image` does; warns about nothing."""
+        _atomic_write(self.path, self.encoding.write_to, remove_stale=remove_stale)
+        return self.path
+
+
+def prepare_write(
+    path: str | os.PathLike[str],
+    pixels: np.ndarray,
+    *,
+    alpha: np.ndarray | None = None,
+    quality: int = 95,
+    icc_profile: bytes | None = None,
+    threads: int | None = None,
+) -> PreparedWrite:
+    """The checks, conversions and warnings of :func:`write_image` (same arguments), without the writing."""
+    p = _path(path, "prepare_write")
+    return PreparedWrite(p, _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads))
+
+
+def _path(path: object, caller: str) -> Path:
     if not isinstance(path, (str, os.PathLike)):
-        raise ImageError(f"write_image takes a file path (str or pathlib.Path), got {type(path).__name__}")
-    p = Path(path)
-    encoding = _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads)
-    _atomic_write(p, encoding.write_to, remove_stale=remove_stale)
-    return p
+        raise ImageError(f"{caller} takes a file path (str or pathlib.Path), got {type(path).__name__}")
+    return Path(path)
 
 
 def encode_image(
