@@ -161,6 +161,10 @@ class TorchUpscaler:
         if camera is not None:
             self._choice(camera)
 
+    def computes_on_cpu(self, route: object = None) -> bool:
+        """Whether the models compute on this machine's CPU (``--device auto`` without CUDA too)."""
+        return bool(self.device.type == "cpu")
+
     def _choice(self, camera: str | None) -> TorchModelChoice:
         """The weights that serve ``camera``, loaded once; a camera whose weights failed to load fails
         again at once with the same error (its checksum is not recomputed for every image)."""

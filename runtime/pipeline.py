@@ -40,7 +40,7 @@ import numpy as np
 
 from adassr.runtime.backends import Backend, ModelCache, ModelKey, open_backend
 from adassr.runtime.backends.onnxruntime import resolve_providers
-from adassr.runtime.backends.ort_options import GpuProviderSettings
+from adassr.runtime.backends.ort_options import CUDA_EP, TRT_EP, GpuProviderSettings
 from adassr.runtime.errors import BackendError, ConfigError, ImageTooLargeError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import (
@@ -435,6 +435,15 @@ class Upscaler:
             plan_tiles(1, 1, self.options.tiling, multiple_of=route.multiple_of)
         self.backend_for(route)
         return route
+
+    def computes_on_cpu(self, route: RouteDecision) -> bool:
+        """Whether ``route``'s model (opened by :meth:`check_ready`) computes on this machine's CPU: an
+        onnxruntime session that uses no GPU provider (requested CUDA falls back to the CPU with a warning
+        where its libraries are missing); a TensorRT engine never does."""
+        if self.options.backend == "tensorrt":
+            return False
+        providers = getattr(self.backend_for(route), "providers", ())
+        return not any(p in (CUDA_EP, TRT_EP) for p in providers)
 
     def upscale(
         self,

@@ -564,7 +564,8 @@ def overlap_fits(nbytes: int, available: int | None) -> bool:
 
 
 def _runs_on_cpu(args: argparse.Namespace, options: RuntimeOptions) -> bool:
-    """Whether the local model computes on the CPU (onnxruntime without a GPU provider, torch on the CPU)."""
+    """Whether the options ask for the CPU (onnxruntime without a GPU provider, torch on the CPU); where the
+    opened model runs is the upscaler's ``computes_on_cpu`` (a requested GPU may fall back to the CPU)."""
     gpu_providers = any("cuda" in p.lower() or "tensorrt" in p.lower() for p in options.providers)
     return ((options.backend == "onnxruntime" and not gpu_providers)
             or (options.backend == "torch" and getattr(args, "device", "auto") == "cpu"))
@@ -713,11 +714,14 @@ def run_upscale(
         entry.prepare(options, camera=camera, samples=[source for source, _ in pairs])
     with contextlib.closing(entry.factory(options)) as upscaler:
         ready = getattr(upscaler, "check_ready", None)
+        route = None
         if ready is not None:  # open the first model now: a backend that cannot start fails the run once
-            ready(camera=camera)
+            route = ready(camera=camera)
+        on_cpu = getattr(upscaler, "computes_on_cpu", None)  # where the opened model really runs
+        local_cpu = on_cpu(route) if on_cpu is not None else _runs_on_cpu(args, options)
         _mark_output_in_input(args.input, args.output)  # once every check passed: a refused run marks nothing
         return _run_pairs(upscaler, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept,
-                          overlap_writes=not _runs_on_cpu(args, options))
+                          overlap_writes=not local_cpu)
 
 
 def _mark_output_in_input(source: Path, output: Path) -> None:
@@ -837,21 +841,31 @@ def run_batch(
         outcomes.append(_Outcome(source, None, None, None, reason))
         bar.advance(source.name)
 
-    def finish(job: _Written | None) -> None:
-        """Report ``job`` once its file is written (waits for a background write)."""
-        if job is None:
-            return
-        if job.done is not None:
-            try:
-                job.done.result()
-            except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
-                failed(job.source, exc)
-                return
+    def report(job: _Written) -> None:
         bar.write(f"{job.source} -> {job.target}  [model {job.served}]", file=out)
         for note in job.notes:
             bar.write(f"note: {note}", file=err)
         outcomes.append(_Outcome(job.source, job.target, job.group, job.model, None, replaced=job.existed))
         bar.advance(job.source.name)
+
+    def finish_pending() -> None:
+        """Wait for the background write in flight, then report it (once, even when interrupted meanwhile)."""
+        nonlocal pending
+        job = pending
+        if job is None:
+            return
+        try:
+            if job.done is not None:
+                job.done.result()  # an interrupt here leaves it pending: the run's cleanup waits again
+        except ImportError:  # a missing optional package: the whole run's problem, with its install advice
+            pending = None
+            raise
+        except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
+            pending = None
+            failed(job.source, exc)
+            return
+        pending = None
+        report(job)
 
     try:
         for source, target in pairs:
@@ -862,8 +876,7 @@ def run_batch(
             except ImportError:  # a missing optional package: the whole run's problem, with its install advice
                 raise
             except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
-                finish(pending)  # in input order
-                pending = None
+                finish_pending()  # in input order
                 failed(source, exc)
                 continue
             route = result.route
@@ -871,21 +884,25 @@ def run_batch(
                            group=(route.camera_group or "(no camera)") if route else "(all)",
                            model=route.model_name if route else result.model_label, notes=notes, existed=existed)
             del result  # the prepared write holds the pixels it needs
-            finish(pending)  # the previous image's file, written while this one was upscaled
-            pending = None
+            finish_pending()  # the previous image's file, written while this one was upscaled
             if writer is not None and overlap_fits(prepared.nbytes, mem_available_bytes()):
                 job.done = writer.submit(_write_one, prepared)
                 pending = job
+                del prepared  # the write holds the pixels until it ends, not the next image's upscale
                 continue
             try:
                 _write_one(prepared)
+            except ImportError:
+                raise
             except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
                 failed(source, exc)
                 continue
-            finish(job)
+            finally:
+                del prepared  # not held through the next image's upscale
+            report(job)
     finally:
         try:
-            finish(pending)  # also when interrupted: the file in flight is completed and reported
+            finish_pending()  # also when interrupted: the file in flight is completed and reported
         finally:
             if writer is not None:
                 writer.shutdown(wait=True)

@@ -144,3 +144,20 @@ def test_torch_backend_takes_the_thread_count(tmp_path: Path) -> None:
         assert torch.get_num_threads() == wanted
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_torch_upscaler_says_where_its_models_compute(tmp_path: Path) -> None:
+    """``--device auto`` on a machine without CUDA computes on the CPU: a folder run keeps its writes in line."""
+    from adassr.adapt.infer import TorchUpscaler
+    from adassr.runtime.pipeline import RuntimeOptions
+
+    upscaler = TorchUpscaler(RuntimeOptions(tmp_path, backend="torch", device="auto"))
+    try:
+        assert upscaler.computes_on_cpu() is (not torch.cuda.is_available())
+    finally:
+        upscaler.close()
+    cpu = TorchUpscaler(RuntimeOptions(tmp_path, backend="torch", device="cpu"))
+    try:
+        assert cpu.computes_on_cpu() is True
+    finally:
+        cpu.close()

@@ -160,3 +160,107 @@ def test_writes_overlap_only_where_the_model_leaves_the_cores_idle(backend: str,
                                                                     device: str, on_cpu: bool) -> None:
     options = RuntimeOptions("models", backend=backend, providers=providers)
     assert upscale_cli._runs_on_cpu(argparse.Namespace(device=device), options) is on_cpu
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_an_output_is_not_held_through_the_next_images_upscale(tmp_path: Path, overlap: bool,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once written, an output's pixels are released: the next image's upscale does not hold them (before, the
+    loop's variable kept the last output alive through the next upscale, written or not)."""
+    import gc
+    import time
+    import weakref
+
+    sources = _photos(tmp_path / "in", 3)
+    made: list[weakref.ref[np.ndarray]] = []
+    alive_at: dict[str, int] = {}
+    written = threading.Semaphore(0)
+    real_write = upscale_cli._write_one
+
+    def write(prepared: PreparedWrite) -> None:
+        real_write(prepared)
+        written.release()
+
+    def serve(image: LoadedImage, tiles: object, check: object) -> UpscaleResult:
+        assert image.path is not None
+        if made:
+            assert written.acquire(timeout=30)  # the previous output is written (in the background or not)
+            deadline = time.monotonic() + 5  # the executor drops its work item right after the write returns
+            while any(ref() is not None for ref in made) and time.monotonic() < deadline:
+                gc.collect()
+                time.sleep(0.01)
+        alive_at[image.path.name] = sum(ref() is not None for ref in made)
+        result = _serve(image, tiles, check)
+        made.append(weakref.ref(result.pixels))
+        return result
+
+    monkeypatch.setattr(upscale_cli, "_write_one", write)
+    assert run_batch(_pairs(sources, tmp_path / "out"), serve, progress=False, stdout=io.StringIO(),
+                     stderr=io.StringIO(), overlap_writes=overlap) == 0
+    assert alive_at == {"img0.png": 0, "img1.png": 0, "img2.png": 0}
+
+
+def test_an_interrupt_while_a_result_is_reported_reports_it_once(tmp_path: Path) -> None:
+    sources = _photos(tmp_path / "in", 3)
+
+    class Interrupting(io.StringIO):
+        def write(self, text: str) -> int:
+            written = super().write(text)
+            if " -> " in text:
+                raise KeyboardInterrupt
+            return written
+
+    out = Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(_pairs(sources, tmp_path / "out"), _serve, progress=False, stdout=out, stderr=io.StringIO(),
+                  overlap_writes=True)
+    assert out.getvalue().count(" -> ") == 1
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_missing_package_in_the_writer_ends_the_run(tmp_path: Path, overlap: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """As before the background writes: an ImportError is the whole run's problem (its install advice), not a
+    failed file."""
+    sources = _photos(tmp_path / "in", 3)
+
+    def write(prepared: PreparedWrite) -> None:
+        raise ImportError("No module named 'cv2'")
+
+    monkeypatch.setattr(upscale_cli, "_write_one", write)
+    with pytest.raises(ImportError, match="cv2"):
+        run_batch(_pairs(sources, tmp_path / "out"), _serve, progress=False, stdout=io.StringIO(),
+                  stderr=io.StringIO(), overlap_writes=overlap)
+
+
+@pytest.mark.parametrize("providers", ["cpu", "cuda,cpu"])
+def test_the_opened_model_decides_whether_writes_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         providers: str) -> None:
+    """A run that asks for CUDA but whose session falls back to the CPU (no CUDA here) keeps its writes in line:
+    the cores compute the model."""
+    import onnxruntime as ort
+
+    from adassr.runtime.store import FALLBACK_CAMERA
+    from adassr.runtime.upscale_cli import add_upscale_arguments, run_upscale
+
+    from ._models import publish_camera
+
+    if providers != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime offers CUDA: the fallback to the CPU is what is tested")
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0)
+    _photos(tmp_path / "in", 2)
+    seen: list[bool] = []
+    real = upscale_cli.run_batch
+
+    def spy(*args: object, **kwargs: object) -> int:
+        seen.append(bool(kwargs.get("overlap_writes")))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(upscale_cli, "run_batch", spy)
+    parser = argparse.ArgumentParser()
+    add_upscale_arguments(parser)
+    args = parser.parse_args(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--store", str(store),
+                              "--providers", providers, "--no-progress"])
+    assert run_upscale(args, stdout=io.StringIO(), stderr=io.StringIO()) == 0
+    assert seen == [False]  # the model computes on the CPU either way
