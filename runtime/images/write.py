@@ -184,22 +184,25 @@ def encode_image(
     quality: int = 95,
     icc_profile: bytes | None = None,
     threads: int | None = None,
+    notes: list[str] | None = None,
 ) -> bytes:
     """The bytes :func:`write_image` would write to a file ending in ``suffix`` (e.g. ``".png"``).
 
-    Same rules and errors as :func:`write_image`; nothing touches the filesystem.
+    Same rules and errors as :func:`write_image`; nothing touches the filesystem. ``notes``: a list that
+    takes the messages of the :class:`ImageWarning` s instead (the process's warnings state is not touched:
+    concurrent encodes in threads keep their notes apart).
     """
     if not isinstance(suffix, str) or not suffix.startswith(".") or "/" in suffix or "\\" in suffix:
         raise ImageError(f"encode_image takes a file suffix with its dot, e.g. '.png', got {suffix!r}; use one of "
                          f"{', '.join(SUPPORTED_WRITE_SUFFIXES)}")
     buf = io.BytesIO()
-    _encoding_for(Path(f"image{suffix}"), suffix, pixels, alpha, quality, icc_profile, threads).write_to(buf)
+    _encoding_for(Path(f"image{suffix}"), suffix, pixels, alpha, quality, icc_profile, threads, notes).write_to(buf)
     return buf.getvalue()
 
 
 def _encoding_for(
     p: Path, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None, quality: int, icc_profile: bytes | None,
-    threads: int | None = None,
+    threads: int | None = None, notes: list[str] | None = None,
 ) -> _Encoding:
     fmt = _FORMAT_BY_SUFFIX.get(suffix.lower())
     if fmt is None:
@@ -214,7 +217,7 @@ def _encoding_for(
         raise ImageError(f"{p}: icc_profile must be bytes or None, got {type(icc_profile).__name__}")
     px, al = _validated(p, pixels, alpha)
     check_writable_size(p, px.shape[0], px.shape[1])
-    return dataclasses.replace(_prepare(p, fmt, px, al, quality, icc_profile or None), threads=threads)
+    return dataclasses.replace(_prepare(p, fmt, px, al, quality, icc_profile or None, notes), threads=threads)
 
 
 def _validated(
@@ -246,9 +249,13 @@ def _validated(
     return np.ascontiguousarray(px), np.ascontiguousarray(al)
 
 
-def _profile_dropped(p: Path, why: str) -> None:
-    warnings.warn(f"{p}: the input's colour profile was not embedded ({why}); colours may look different "
-                  "in colour-managed viewers", ProfileDroppedWarning, stacklevel=5)
+def _profile_dropped(p: Path, why: str, notes: list[str] | None) -> None:
+    message = (f"{p}: the input's colour profile was not embedded ({why}); colours may look different in "
+               "colour-managed viewers")
+    if notes is not None:
+        notes.append(message)
+        return
+    warnings.warn(message, ProfileDroppedWarning, stacklevel=5)
 
 
 @dataclass(frozen=True)
@@ -302,24 +309,25 @@ def _write_webp_with_alpha(out: BinaryIO, px: np.ndarray, al: np.ndarray, *, qua
 
 
 def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: int,
-             icc_profile: bytes | None) -> _Encoding:
-    """The format's conversions and their warnings (at the caller of write_image / encode_image)."""
+             icc_profile: bytes | None, notes: list[str] | None = None) -> _Encoding:
+    """The format's conversions and their warnings (at the caller of write_image / encode_image), or their
+    messages appended to ``notes``."""
     if fmt == "JPEG" and al is not None:
-        warnings.warn(
-            f"{p}: JPEG cannot store alpha; the alpha channel was dropped (PNG or WebP output keeps it)",
-            AlphaDroppedWarning,
-            stacklevel=4,
-        )
+        dropped = f"{p}: JPEG cannot store alpha; the alpha channel was dropped (PNG or WebP output keeps it)"
+        if notes is not None:
+            notes.append(dropped)
+        else:
+            warnings.warn(dropped, AlphaDroppedWarning, stacklevel=4)
         al = None
     if fmt in ("JPEG", "WEBP") and px.dtype == np.uint16:
         px = uint16_to_uint8(px)
         al = None if al is None else uint16_to_uint8(al)
     if icc_profile is not None and not profile_fits(icc_profile, px.shape[2]):
         _profile_dropped(p, f"a {icc_colour_space(icc_profile) or 'malformed'} profile for "
-                            f"{'grey' if px.shape[2] == 1 else 'RGB'} pixels")
+                            f"{'grey' if px.shape[2] == 1 else 'RGB'} pixels", notes)
         icc_profile = None
     if fmt == "JPEG" and icc_profile is not None and len(icc_profile) > MAX_ICC_BYTES:
-        _profile_dropped(p, f"it has {len(icc_profile):,} bytes, more than JPEG's {MAX_ICC_BYTES:,}")
+        _profile_dropped(p, f"it has {len(icc_profile):,} bytes, more than JPEG's {MAX_ICC_BYTES:,}", notes)
         icc_profile = None
     grey_as_rgb = False
     if px.dtype == np.uint16:
@@ -327,11 +335,12 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
             grey_as_rgb = True  # RGBA, made a strip at a time by the encoder
             if icc_profile is not None:
                 icc_profile = None  # a grey profile for RGB pixels
-                _profile_dropped(p, "16-bit grey+alpha TIFF is stored as RGBA, and the profile is a grey one")
+                _profile_dropped(p, "16-bit grey+alpha TIFF is stored as RGBA, and the profile is a grey one",
+                                 notes)
     elif fmt == "WEBP" and px.shape[2] == 1:
         px = np.repeat(px, 3, axis=2)
         if icc_profile is not None:
-            _profile_dropped(p, "WebP stores grey as RGB, and the profile is a grey one")
+            _profile_dropped(p, "WebP stores grey as RGB, and the profile is a grey one", notes)
             icc_profile = None
     return _Encoding(p, fmt, px, al, quality, icc_profile, grey_as_rgb)
 

@@ -89,9 +89,8 @@ def without_path(message: str) -> str:
 
 def encode(pixels: np.ndarray, alpha: np.ndarray | None, *, suffix: str, quality: int,
            icc_profile: bytes | None = None) -> tuple[bytes, list[str]]:
-    """Encoded image bytes and the notes the encoder raised (e.g. alpha dropped by JPEG)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ImageWarning)
-        data = encode_image(suffix, pixels, alpha=alpha, quality=quality, icc_profile=icc_profile)
-    notes = [without_path(str(w.message)) for w in caught if issubclass(w.category, ImageWarning)]
-    return data, notes
+    """Encoded image bytes and the notes the encoder raised (e.g. alpha dropped by JPEG); the notes are kept per
+    call, not through the process's warnings state, which concurrent requests would share."""
+    notes: list[str] = []
+    data = encode_image(suffix, pixels, alpha=alpha, quality=quality, icc_profile=icc_profile, notes=notes)
+    return data, [without_path(note) for note in notes]

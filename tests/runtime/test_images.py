@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import simplejpeg
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageCms, ImageFile, ImageOps
 
 from adassr.runtime.errors import ConfigError, ImageError
 from adassr.runtime.images import (
@@ -1422,3 +1422,37 @@ def test_16_bit_tiffs_with_premultiplied_alpha_or_white_as_zero_read_as_their_8_
     ramp = np.array([[[0], [16448], [32896], [65535]]], np.uint16)
     (tmp_path / "white_is_zero.tif").write_bytes(_tiff16(ramp, photometric=0))
     assert read_image(tmp_path / "white_is_zero.tif").pixels[..., 0].tolist() == [[65535, 49087, 32639, 0]]
+
+
+def test_encode_notes_are_kept_per_call_without_the_warnings_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server encodes concurrent requests' outputs in threads: their notes (alpha dropped, a profile that does
+    not fit) come back per call, not through the process-wide warnings records that threads would share."""
+    from adassr.runtime.images import encode_image
+    from adassr.runtime.server.codec import encode
+
+    grey_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # fits neither grey nor RGB
+    rgb = _photo()
+    alpha = np.full(rgb.shape[:2], 200, np.uint8)
+
+    used: list[str] = []
+    real_warn, real_catch = warnings.warn, warnings.catch_warnings
+
+    def warn(*args: Any, **kwargs: Any) -> None:
+        used.append("warn")
+        real_warn(*args, **kwargs)
+
+    def catch(*args: Any, **kwargs: Any) -> Any:
+        used.append("catch_warnings")
+        return real_catch(*args, **kwargs)
+
+    monkeypatch.setattr(warnings, "warn", warn)
+    monkeypatch.setattr(warnings, "catch_warnings", catch)
+    data, notes = encode(rgb, alpha, suffix=".jpg", quality=90, icc_profile=grey_profile)
+    monkeypatch.undo()
+    assert used == []
+    assert data.startswith(b"\xff\xd8") and len(notes) == 2
+    assert "alpha channel was dropped" in notes[0] and "colour profile was not embedded" in notes[1]
+    assert not notes[0].startswith("image.jpg")  # a request's output has no file name
+    collected: list[str] = []
+    encode_image(".webp", rgb[..., :1], quality=90, icc_profile=grey_profile, notes=collected)
+    assert len(collected) == 1 and "profile" in collected[0]
