@@ -162,7 +162,13 @@ def without_header_gaps(data: bytes) -> bytes | None:
     skips them with an "extraneous bytes" warning), or None when there are none or the header cannot be
     followed. The scans and everything after the first SOS segment are kept as they are."""
     walked = _walk_header(data)
-    return None if walked is None or not walked[1] else walked[0]
+    if walked is None or not walked[1]:
+        return None
+    kept, end = bytearray(), 0
+    for gap_start, gap_end in walked[1]:
+        kept += data[end:gap_start]
+        end = gap_end
+    return bytes(kept + data[end:])
 
 
 def scan_data_start(data: bytes) -> int | None:
@@ -171,24 +177,24 @@ def scan_data_start(data: bytes) -> int | None:
     walked = _walk_header(data)
     if walked is None:
         return None
-    sos = walked[2]
+    sos = walked[0]
     return sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
 
 
-def _walk_header(data: bytes) -> tuple[bytes, bool, int] | None:
-    """(the JPEG without bytes between its header segments, whether any were dropped, the offset of the first
-    SOS marker in ``data``) by following the segments' lengths from SOI, or None when they cannot be
-    followed to a scan."""
+def _walk_header(data: bytes) -> tuple[int, list[tuple[int, int]]] | None:
+    """(the offset of the first SOS marker in ``data``, the (start, end) of the bytes between header segments)
+    by following the segments' lengths from SOI, or None when they cannot be followed to a scan."""
     if not data.startswith(b"\xff\xd8"):
         return None
-    out = bytearray(data[:2])
-    i, n, dropped = 2, len(data), False
+    gaps: list[tuple[int, int]] = []
+    i, n = 2, len(data)
     while i < n:
         if data[i] != 0xFF:
             gap_end = data.find(b"\xff", i)
             if gap_end < 0:
                 return None
-            i, dropped = gap_end, True
+            gaps.append((i, gap_end))
+            i = gap_end
             continue
         while i + 1 < n and data[i + 1] == 0xFF:  # fill bytes before a marker are allowed
             i += 1
@@ -196,10 +202,10 @@ def _walk_header(data: bytes) -> tuple[bytes, bool, int] | None:
             return None
         marker = data[i + 1]
         if marker == 0x00:  # a stuffed zero cannot start a segment: part of the gap
-            i, dropped = i + 2, True
+            gaps.append((i, i + 2))
+            i += 2
             continue
         if marker in _STANDALONE:
-            out += data[i:i + 2]
             i += 2
             continue
         if i + 4 > n:
@@ -208,8 +214,6 @@ def _walk_header(data: bytes) -> tuple[bytes, bool, int] | None:
         if end > n:
             return None
         if marker == _SOS:
-            out += data[i:]
-            return bytes(out), dropped, i
-        out += data[i:end]
+            return i, gaps
         i = end
     return None
