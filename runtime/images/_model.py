@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,3 +151,13 @@ class ProfileDroppedWarning(ImageWarning):
 
 class AlphaDroppedWarning(ImageWarning):
     """An alpha channel was dropped because the output format cannot store it (JPEG)."""
+
+
+def note(notes: list[str] | None, message: str, category: type[ImageWarning], *, stacklevel: int) -> None:
+    """``message`` appended to ``notes``, or without a list warned as ``category``. ``stacklevel`` as
+    :func:`warnings.warn` takes it here (1 is this function). A list keeps the notes of one call apart
+    from other threads' (the warnings machinery is process-wide state)."""
+    if notes is not None:
+        notes.append(message)
+    else:
+        warnings.warn(message, category, stacklevel=stacklevel)

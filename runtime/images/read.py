@@ -58,6 +58,7 @@ from adassr.runtime.images._model import (
     LoadedImage,
     bit_depth_of,
     icc_colour_space,
+    note,
     profile_fits,
 )
 from adassr.runtime.images.containers import (
@@ -104,14 +105,16 @@ _UINT16_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 
 
 def read_image(
-    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, notes: list[str] | None = None
 ) -> LoadedImage:
     """Decode an image file, with EXIF orientation applied and alpha split off.
 
     Raises :class:`ImageError` naming the file and the reason for a missing, empty, truncated,
     damaged, unsupported or too large (over ``max_pixels``, checked from the header before
     decoding) file. Warns (:class:`ImageWarning`) when only the first frame of an animation or a
-    multi-page file is read, or an unreadable EXIF block is ignored.
+    multi-page file is read, or an unreadable EXIF block is ignored; with ``notes``, a list, those
+    messages are appended to it instead and the process's warnings state is not touched (so threads
+    that read at once keep their notes apart).
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
@@ -123,10 +126,10 @@ def read_image(
                 f"{p}: image is {width}x{height} = {width * height:,} pixels, above the limit of "
                 f"{max_pixels:,}, which guards memory; downscale it first"
             )
-        pixels, alpha, exif = _decode(p, im)
+        pixels, alpha, exif = _decode(p, im, notes)
         profile = im.info.get("icc_profile")
         declared = _colour_declaration(im.info, exif)
-        _warn_if_more_frames(im, p)
+        _warn_if_more_frames(im, p, notes)
     dropped = None
     if not isinstance(profile, bytes) or not profile:
         profile = None
@@ -189,7 +192,7 @@ def image_notes_logged(logger: logging.Logger) -> Iterator[None]:
         yield
 
 
-def _warn_if_more_frames(im: ImageFile.ImageFile, p: Path) -> None:
+def _warn_if_more_frames(im: ImageFile.ImageFile, p: Path, notes: list[str] | None) -> None:
     """An :class:`ImageWarning` when the file holds more than the one frame read: an animated WebP or
     PNG, a multi-page TIFF. Not for MPO, whose further frames (a stereo partner, a preview) belong to
     the photo that the first frame is.
@@ -211,7 +214,7 @@ def _warn_if_more_frames(im: ImageFile.ImageFile, p: Path) -> None:
         what = f"holds {count} frames (an animation or a multi-page file)"
     else:
         return
-    warnings.warn(f"{p}: {what}; only the first is read", ImageWarning, stacklevel=3)
+    note(notes, f"{p}: {what}; only the first is read", ImageWarning, stacklevel=4)
 
 
 def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -375,15 +378,12 @@ def _read_bytes(p: Path) -> bytes:
         raise ImageError(f"{p}: cannot read the file ({e.strerror})") from e
 
 
-def _exif(im: Image.Image, p: Path) -> Image.Exif:
+def _exif(im: Image.Image, p: Path, notes: list[str] | None = None) -> Image.Exif:
     try:
         return im.getexif()
     except _METADATA_ERRORS as e:
-        warnings.warn(
-            f"{p}: unreadable EXIF block ignored ({e}); no camera name, orientation as stored",
-            ImageWarning,
-            stacklevel=3,
-        )
+        note(notes, f"{p}: unreadable EXIF block ignored ({e}); no camera name, orientation as stored",
+             ImageWarning, stacklevel=4)
         return Image.Exif()
 
 
@@ -414,7 +414,8 @@ def _clean_text(value: object) -> str | None:
 # ----------------------------------------------------------------------------- decoders
 
 
-def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | None, Image.Exif]:
+def _decode(p: Path, im: ImageFile.ImageFile,
+            notes: list[str] | None) -> tuple[np.ndarray, np.ndarray | None, Image.Exif]:
     """(pixels, alpha, EXIF) in stored orientation."""
     if im.format in ("JPEG", "MPO"):
         data = _read_bytes(p)
@@ -425,10 +426,10 @@ def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | 
         pixels = decode_jpeg_checked(p, data, im.mode, im.size)
         del data
         if pixels is not None:
-            return pixels, None, _exif(im, p)
+            return pixels, None, _exif(im, p, notes)
     if im.format == "TIFF":
         _check_tiff_tiles(p, im)
-        exif = _exif(im, p)  # from the header, before any decoder can act on tag 274
+        exif = _exif(im, p, notes)  # from the header, before any decoder can act on tag 274
         bits = im.tag_v2.get(258, 8)  # type: ignore[attr-defined]
         if im.mode not in _UINT16_MODES and 16 in (bits if isinstance(bits, tuple) else (bits,)):
             stored = (im.tag_v2[256], im.tag_v2[257])  # type: ignore[attr-defined]
@@ -459,9 +460,9 @@ def _decode(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | 
                                  f"{OPENCV_MAX_SIDE:,} pixels, which the 16-bit PNG decoder (OpenCV's libpng) "
                                  "refuses; convert it to 8-bit or cut it into parts")
             pixels, alpha = _decode_opencv(p, data, im.size, grey=png.colour_type == 4)
-            return pixels, alpha, _exif_from_payload(payload, p)
+            return pixels, alpha, _exif_from_payload(payload, p, notes)
     pixels, alpha = _decode_pillow(p, im)
-    return pixels, alpha, _exif(im, p)
+    return pixels, alpha, _exif(im, p, notes)
 
 
 def _unpremultiply(pixels: np.ndarray, alpha: np.ndarray) -> None:
@@ -647,18 +648,15 @@ def _colour_key_alpha(pixels: np.ndarray, key: object) -> np.ndarray | None:
     return np.where(hit, 0, peak).astype(pixels.dtype)
 
 
-def _exif_from_payload(payload: bytes | None, p: Path) -> Image.Exif:
+def _exif_from_payload(payload: bytes | None, p: Path, notes: list[str] | None = None) -> Image.Exif:
     exif = Image.Exif()
     if payload is None:
         return exif
     try:
         exif.load(payload)
     except _METADATA_ERRORS as e:
-        warnings.warn(
-            f"{p}: unreadable EXIF block ignored ({e}); no camera name, orientation as stored",
-            ImageWarning,
-            stacklevel=4,
-        )
+        note(notes, f"{p}: unreadable EXIF block ignored ({e}); no camera name, orientation as stored",
+             ImageWarning, stacklevel=5)
         return Image.Exif()
     return exif
 

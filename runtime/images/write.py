@@ -35,7 +35,6 @@ import errno
 import io
 import os
 import stat
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +47,9 @@ from adassr.runtime.errors import ConfigError, ImageError, ImageTooLargeError
 from adassr.runtime.images._model import (
     SUPPORTED_WRITE_SUFFIXES,
     AlphaDroppedWarning,
-    ImageWarning,
     ProfileDroppedWarning,
     icc_colour_space,
+    note,
     profile_fits,
 )
 from adassr.runtime.images.convert import uint16_to_uint8
@@ -251,18 +250,8 @@ def _validated(
 
 
 def _profile_dropped(p: Path, why: str, notes: list[str] | None) -> None:
-    _note(notes, f"{p}: the input's colour profile was not embedded ({why}); colours may look different in "
+    note(notes, f"{p}: the input's colour profile was not embedded ({why}); colours may look different in "
                  "colour-managed viewers", ProfileDroppedWarning, stacklevel=6)
-
-
-def _note(notes: list[str] | None, message: str, category: type[ImageWarning], *, stacklevel: int) -> None:
-    """``message`` appended to ``notes``, or without a list warned as ``category``; ``stacklevel`` as
-    :func:`warnings.warn` takes it here (1 is this function), so that the warning names the caller of
-    write_image / encode_image."""
-    if notes is not None:
-        notes.append(message)
-    else:
-        warnings.warn(message, category, stacklevel=stacklevel)
 
 
 @dataclass(frozen=True)
@@ -320,7 +309,7 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
     """The format's conversions and their warnings (at the caller of write_image / encode_image), or their
     messages appended to ``notes``."""
     if fmt == "JPEG" and al is not None:
-        _note(notes, f"{p}: JPEG cannot store alpha; the alpha channel was dropped (PNG or WebP output keeps it)",
+        note(notes, f"{p}: JPEG cannot store alpha; the alpha channel was dropped (PNG or WebP output keeps it)",
               AlphaDroppedWarning, stacklevel=5)
         al = None
     if fmt in ("JPEG", "WEBP") and px.dtype == np.uint16:

@@ -9,7 +9,8 @@ Endpoints:
   ``format`` (``png``, ``jpeg``, ``webp``; default ``png``), ``quality`` (1-100, JPEG/WebP,
   default 95). The response is the image, with headers ``X-Adassr-Model`` (camera folder and
   file), ``X-Adassr-Model-Sha256``, ``X-Adassr-Camera-Group``, ``X-Adassr-Route`` (why this
-  model), ``X-Adassr-Latency-Ms`` (server-side) and ``Server-Timing``.
+  model), ``X-Adassr-Latency-Ms`` (server-side), ``Server-Timing`` and, when the reader or the
+  encoder tolerated something (only a first page read, alpha dropped by JPEG), ``X-Adassr-Note``.
 - ``GET /v1/cameras``: the models that serve (loaded, or with ``--max-models`` parked until a
   request needs them) with their manifest summaries, and refused models.
 - ``GET /healthz``: the process answers. ``GET /readyz``: 200 when a model serves and the
@@ -244,7 +245,8 @@ class Server:
         assert self.uploads is not None and self.batcher is not None
         limits = self.config.limits
         start = time.perf_counter()
-        image = self.uploads.decode(body, max_pixels=limits.max_pixels)
+        read_notes: list[str] = []
+        image = self.uploads.decode(body, max_pixels=limits.max_pixels, notes=read_notes)
         decoded = time.perf_counter()
         with self.registry.serving(params.camera, image) as route:  # the model stays open until the tiles are done
             model = route.model
@@ -297,6 +299,7 @@ class Server:
             "X-Adassr-Route": _header_safe(route.reason),
             "Server-Timing": timing,
         }
+        notes = read_notes + notes
         profile_note = image.profile_note()
         if profile_note is not None:
             notes.append(f"{UPLOAD_NAME}: {profile_note}")

@@ -17,13 +17,12 @@ import dataclasses
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from adassr.runtime.errors import AdassrError, ImageError, ImageTooLargeError, PixelLimitError
-from adassr.runtime.images import ImageWarning, LoadedImage, encode_image, read_image
+from adassr.runtime.images import LoadedImage, encode_image, read_image
 
 UPLOAD_NAME = "the uploaded image"
 
@@ -42,8 +41,11 @@ class UploadFolder:
         self.path = Path(tempfile.mkdtemp(prefix="adassr-serve-", dir=base))
         os.chmod(self.path, 0o700)
 
-    def decode(self, data: bytes, *, max_pixels: int) -> LoadedImage:
-        """Decode uploaded bytes; ImageError / ImageTooLargeError with messages about the upload."""
+    def decode(self, data: bytes, *, max_pixels: int, notes: list[str] | None = None) -> LoadedImage:
+        """Decode uploaded bytes; ImageError / ImageTooLargeError with messages about the upload. ``notes``:
+        a list that takes the reader's notes about the upload (only its first frame read, an unreadable EXIF
+        block ignored), each starting with the upload's name; without one they are dropped. They are kept per
+        request: the process's warnings state is not touched."""
         if not data:
             raise ImageError(f"{UPLOAD_NAME} is empty; send the image file's bytes as the request body")
         try:
@@ -51,6 +53,7 @@ class UploadFolder:
         except OSError as exc:
             raise UploadSpaceError(f"the server cannot store the upload for decoding ({exc.strerror or exc}); "
                                    "retry later") from None
+        found: list[str] = []
         try:
             try:
                 with os.fdopen(fd, "wb") as fh:
@@ -58,20 +61,20 @@ class UploadFolder:
             except OSError as exc:  # a full /dev/shm (64 MB in a default Docker container), a file size limit
                 raise UploadSpaceError(f"the server is out of space for uploads ({exc.strerror or exc}); retry "
                                        "later or send a smaller image") from None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ImageWarning)
-                try:
-                    image = read_image(name, max_pixels=max_pixels)
-                except PixelLimitError as exc:  # this server's limit (not the decoder's own guard)
-                    raise PixelLimitError(f"{_scrub(str(exc), name)} (this server's limit, set by its operator "
-                                          "with --max-pixels)") from None
-                except ImageTooLargeError as exc:
-                    raise ImageTooLargeError(_scrub(str(exc), name)) from None
-                except ImageError as exc:
-                    raise ImageError(_scrub(str(exc), name)) from None
+            try:
+                image = read_image(name, max_pixels=max_pixels, notes=found)
+            except PixelLimitError as exc:  # this server's limit (not the decoder's own guard)
+                raise PixelLimitError(f"{_scrub(str(exc), name)} (this server's limit, set by its operator "
+                                      "with --max-pixels)") from None
+            except ImageTooLargeError as exc:
+                raise ImageTooLargeError(_scrub(str(exc), name)) from None
+            except ImageError as exc:
+                raise ImageError(_scrub(str(exc), name)) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
+        if notes is not None:
+            notes.extend(_scrub(message, name) for message in found)
         return dataclasses.replace(image, path=None)  # the upload's temporary name is nobody's business
 
     def close(self) -> None:

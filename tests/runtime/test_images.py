@@ -987,6 +987,37 @@ def test_image_notes_logged_turns_notes_into_log_lines_as_they_come(
         warnings.warn("other warnings pass as Python shows them", DeprecationWarning, stacklevel=1)
 
 
+def test_read_notes_go_to_a_list_without_the_warnings_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server reads concurrent uploads in threads: it silenced the reader's notes with
+    warnings.catch_warnings, process-wide state that threads share (a filter restored by one thread
+    dropped another's), and a client never learnt that only the first page of its file was upscaled.
+    With ``notes`` the messages come back per call and the warnings machinery is not used."""
+    frames = [Image.fromarray(_photo()), Image.fromarray(_photo()[::-1].copy())]
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    used: list[str] = []
+    real_warn, real_catch = warnings.warn, warnings.catch_warnings
+
+    def warn(*args: Any, **kwargs: Any) -> None:
+        used.append("warn")
+        real_warn(*args, **kwargs)
+
+    def catch(*args: Any, **kwargs: Any) -> Any:
+        used.append("catch_warnings")
+        return real_catch(*args, **kwargs)
+
+    collected: list[str] = []
+    monkeypatch.setattr(warnings, "warn", warn)
+    monkeypatch.setattr(warnings, "catch_warnings", catch)
+    image = read_image(tmp_path / "pages.tif", notes=collected)
+    monkeypatch.undo()
+    assert "warn" not in used, used
+    assert collected == [
+        f"{tmp_path / 'pages.tif'}: holds more than one page (a multi-page file); only the first is read"]
+    assert np.array_equal(image.pixels, _photo())
+    with pytest.warns(ImageWarning, match="only the first is read"):  # without a list: a warning, as before
+        read_image(tmp_path / "pages.tif")
+
+
 def test_a_grey_palette_with_an_rgb_profile_is_read_as_rgb_and_keeps_the_profile(tmp_path: Path) -> None:
     """A palette PNG whose colours are all grey was read as grey, and its (valid) RGB profile then dropped
     without a word: Adobe RGB greys shift in colour-managed viewers once the profile is gone."""

@@ -1561,6 +1561,27 @@ def test_a_colour_declaration_without_a_profile_gets_the_same_note_as_from_the_c
         assert "x-adassr-note" not in c.post("/v1/upscale", content=data).headers
 
 
+def test_an_upload_with_more_pages_says_that_only_the_first_was_upscaled(store: Path) -> None:
+    """The server dropped the reader's notes (with process-wide warnings filters that concurrent requests
+    share): a client that sent a multi-page TIFF got its first page back without a word."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pages = [Image.fromarray(np.full((12, 16, 3), v, np.uint8)) for v in (40, 200)]
+    buf = io.BytesIO()
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
+    single = io.BytesIO()
+    pages[0].save(single, format="TIFF")
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        r = c.post("/v1/upscale", content=buf.getvalue())
+        assert r.status_code == 200, r.text
+        assert r.headers["x-adassr-note"] == ("the uploaded image: holds more than one page (a multi-page file); "
+                                              "only the first is read")
+        assert "x-adassr-note" not in c.post("/v1/upscale", content=single.getvalue()).headers
+
+
 def test_a_quoted_store_path_in_a_suggested_command_is_masked(tmp_path: Path) -> None:
     """Hints quote a store path with a space (`--store 'my store'`), which the mask of /v1/cameras' "refused"
     texts did not match: the server's store path reached HTTP clients (a helper's review)."""
