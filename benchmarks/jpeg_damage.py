@@ -11,7 +11,9 @@ What it measures:
   1-2000 bytes lost inside the scans (a dropped packet), a stretch of 1-2000 bytes repeated (a packet
   delivered twice), the scans cut at a random point with the end-of-image marker written after them (an
   interrupted write), the scans' data zeros from a random point on, the length and the end marker kept
-  (unwritten sectors), one flipped bit inside the scans. Each copy is read with
+  (unwritten sectors), one flipped bit inside the scans; and for the progressive layout, the file cut at
+  each of its scan boundaries with the end marker written after it (every one, not sampled: a progressive
+  file's writer interrupted between scans). Each copy is read with
   :func:`adassr.runtime.images.read_image`: refused (ImageError) or read, to the good file's pixels
   or to others;
 - false refusals: every JPEG and MPO in the repository (samples, benchmark photos) must read, to
@@ -38,6 +40,8 @@ from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("bytes lost", "a stretch repeated", "cut, end marker kept", "the rest zero-filled", "one bit flipped")
+AT_SCAN_BOUNDARIES = "cut at a scan boundary, end marker kept"
+"""Not one of the random kinds (their seeded sequence stays as it was): every boundary of the progressive layout."""
 LAYOUTS = ("baseline", "progressive")
 
 
@@ -77,14 +81,27 @@ def _progressive(source: Path) -> bytes:
     return buf.getvalue()
 
 
+def _scan_boundaries(data: bytes) -> list[int]:
+    """Offsets of the SOS markers of the image's scans after its first one (not an EXIF thumbnail's)."""
+    first = data.rfind(b"\xff\xda", 0, _scan_start(data))
+    found, at = [], data.find(b"\xff\xda", first + 2)
+    while at >= 0:
+        found.append(at)
+        at = data.find(b"\xff\xda", at + 2)
+    return found
+
+
 def detection(files: list[Path], copies: int, seed: int) -> dict[str, dict[str, dict[str, int]]]:
     """{layout: {kind: counts}} over ``copies`` damaged copies of each file in each layout."""
     from adassr.runtime.errors import ImageError
     from adassr.runtime.images import read_image
 
     rng = np.random.default_rng(seed)
-    counts = {layout: {kind: {"copies": 0, "refused": 0, "read_changed": 0, "read_unchanged": 0} for kind in KINDS}
-              for layout in LAYOUTS}
+    def blank() -> dict[str, int]:
+        return {"copies": 0, "refused": 0, "read_changed": 0, "read_unchanged": 0}
+
+    counts = {layout: {kind: blank() for kind in KINDS} for layout in LAYOUTS}
+    counts["progressive"][AT_SCAN_BOUNDARIES] = blank()
     with tempfile.TemporaryDirectory() as tmp:
         for source in files:
             for layout in LAYOUTS:
@@ -92,10 +109,12 @@ def detection(files: list[Path], copies: int, seed: int) -> dict[str, dict[str, 
                 original = Path(tmp) / "good.jpg"
                 original.write_bytes(data)
                 good = read_image(original).pixels
-                for k in range(copies):
-                    kind = KINDS[k % len(KINDS)]
+                damaged = [(KINDS[k % len(KINDS)], _damaged(data, KINDS[k % len(KINDS)], rng)) for k in range(copies)]
+                if layout == "progressive":
+                    damaged += [(AT_SCAN_BOUNDARIES, data[:at] + b"\xff\xd9") for at in _scan_boundaries(data)]
+                for k, (kind, copy) in enumerate(damaged):
                     path = Path(tmp) / f"{source.stem}_{layout}_{k}.jpg"
-                    path.write_bytes(_damaged(data, kind, rng))
+                    path.write_bytes(copy)
                     tally = counts[layout][kind]
                     tally["copies"] += 1
                     try:
@@ -176,7 +195,8 @@ def main() -> None:
               "speed": timed}
     lines = ["# Damaged JPEG data: detection, false refusals, speed", "",
              f"Machine: {machine}. {len(photos)} photos as they are (baseline) and re-encoded progressive, "
-             f"{args.copies} damaged copies of each (seed {args.seed}), the kinds in turn.", "",
+             f"{args.copies} damaged copies of each (seed {args.seed}), the kinds in turn; the progressive files also "
+             "cut at every scan boundary.", "",
              "| layout | damage | copies | refused | read, pixels changed | read, pixels unchanged |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {layout} | {kind} | {c['copies']} | {c['refused']} ({_share(c['refused'], c['copies'])}) "

@@ -20,6 +20,9 @@ def test_the_jpeg_damage_benchmark_reports_every_kind(tmp_path: Path) -> None:
     result = json.loads(report.read_text())
     detection = result["detection"]
     assert set(detection) == {"baseline", "progressive"}
+    boundaries = detection["progressive"].pop("cut at a scan boundary, end marker kept")
+    assert boundaries["copies"] >= 5 * len(result["photos"])  # every boundary of each photo's progressive file
+    assert boundaries["refused"] == boundaries["copies"]
     for counts in detection.values():
         assert set(counts) == {"bytes lost", "a stretch repeated", "cut, end marker kept", "the rest zero-filled",
                                "one bit flipped"}

@@ -26,8 +26,12 @@ has been checked by then).
 What is found, measured by ``benchmarks/jpeg_damage.py``: a scan cut short with its end marker kept,
 nearly every stretch of bytes lost from a baseline scan, most from a progressive one. Not found: a
 flipped bit inside the data (it mostly decodes to a wrong but valid code), a loss whose garbage happens
-to use up the data left exactly, a progressive file cut at a scan boundary (a blurrier picture), and
-damage in arithmetic-coded JPEGs (rare in cameras: libjpeg pads their data with zeros without a word).
+to use up the data left exactly, and damage in arithmetic-coded JPEGs (rare in cameras: libjpeg pads their
+data with zeros without a word).
+
+A progressive JPEG whose scans stop before every coefficient of every component has reached full
+precision (:func:`progressive_shortfall`) was cut at a scan boundary with its end marker kept: libjpeg
+decodes it without a word, to a blurrier or coarser picture; it is refused too, before decoding.
 """
 
 from __future__ import annotations
@@ -68,6 +72,12 @@ _COLOURSPACE = {"L": "GRAY", "RGB": "RGB", "CMYK": "CMYK"}
 
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0-7, SOI: markers without a length
 _SOS = 0xDA
+_PROGRESSIVE_HUFFMAN = 0xC2  # SOF2
+_NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+"""A marker after entropy-coded data: 0xFF (fill bytes allowed) then neither a stuffed zero nor a restart."""
+_MAX_SEGMENTS = 10_000
+"""Segments :func:`progressive_shortfall` follows at most (far more than any encoder writes; the decoder's
+own scan limit refuses such files anyway)."""
 
 
 def is_damage(message: str) -> bool:
@@ -123,14 +133,96 @@ def _is_padding(data: bytes, scan: int, end: int, count: int) -> bool:
     return len(reach) <= MAX_END_PADDING or reach.count(padding[:1]) != len(reach)
 
 
+def progressive_shortfall(data: bytes) -> str | None:
+    """For a progressive (SOF2) JPEG whose scans leave a coefficient of a component short of full precision
+    (never coded, or not refined down to its last bit) when the first end marker comes, what is missing, in
+    words; None for a complete one, any other JPEG, or a file whose segments cannot be followed (the
+    decoder judges those). Every encoder's progression ends with each coefficient at full precision (the
+    last scans are its refinements), so a shortfall means later scans are missing: the file was cut at a
+    scan boundary and its end marker written or kept. Follows segment lengths from SOI and, after each scan
+    header, the entropy-coded data to the next marker, so markers inside APP segments (an EXIF thumbnail)
+    do not count."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    components: list[int] | None = None
+    finest: dict[int, list[int]] = {}  # component id -> per coefficient, the lowest approximation bit reached
+    i, n = 2, len(data)
+    for _ in range(_MAX_SEGMENTS):
+        while i + 1 < n and data[i] == 0xFF and data[i + 1] == 0xFF:  # fill bytes
+            i += 1
+        if i + 1 >= n or data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == _END:
+            break
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if i + 4 > n:
+            return None
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if end > n:
+            return None
+        segment = data[i + 4:end]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
+            if marker != _PROGRESSIVE_HUFFMAN:
+                return None
+            if len(segment) < 6 or len(segment) < 6 + 3 * segment[5]:
+                return None
+            components = [segment[6 + 3 * k] for k in range(segment[5])]
+            finest = {c: [99] * 64 for c in components}
+        elif marker == _SOS:
+            if components is None or not segment or len(segment) < 1 + 2 * segment[0] + 3:
+                return None
+            count = segment[0]
+            start, stop, bits = segment[1 + 2 * count], segment[2 + 2 * count], segment[3 + 2 * count]
+            low = bits & 0x0F
+            for c in (segment[1 + 2 * k] for k in range(count)):
+                row = finest.get(c)
+                if row is None or stop > 63 or start > stop:
+                    return None
+                for k in range(start, stop + 1):
+                    row[k] = min(row[k], low)
+            found = _NEXT_MARKER.search(data, end)
+            if found is None:
+                return None
+            i = found.end() - 2
+            continue
+        i = end
+    else:
+        return None
+    if components is None:
+        return None
+    short = []
+    for c in components:
+        missing = [k for k, bit in enumerate(finest[c]) if bit != 0]
+        if missing:
+            never = sum(finest[c][k] == 99 for k in missing)
+            short.append(f"component {c}: {len(missing)} of 64 coefficients short of full precision"
+                         + (f", {never} never coded" if never else ""))
+    return "; ".join(short) or None
+
+
 def decode_jpeg_checked(p: Path, data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray | None:
     """The first frame of JPEG (or MPO) bytes as H x W x C uint8 pixels (C = 1 grey, 3 RGB; CMYK is only
     checked and gives None), or None when the caller should decode with Pillow (a mode TurboJPEG does not
     give as Pillow does, a warning that is not damage, an error Pillow reports in its own words).
 
     ``mode`` and ``size`` are Pillow's from the header. Raises :class:`ImageError` when the decoder warns
-    that the image data is damaged (:data:`DAMAGE_SIGNS`, :func:`extraneous_is_damage`).
+    that the image data is damaged (:data:`DAMAGE_SIGNS`, :func:`extraneous_is_damage`) or when a progressive
+    JPEG's scans stop short of the full picture (:func:`progressive_shortfall`).
     """
+    pixels = _decode_scans_checked(p, data, mode, size)  # damage inside a scan first: its message says more
+    shortfall = progressive_shortfall(data)
+    if shortfall is not None:
+        raise ImageError(f"{p}: image data is truncated (the progressive JPEG ends before its last scans: "
+                         f"{shortfall}); the picture would come out blurred or coarse; re-copy the file from the "
+                         "camera or re-export it")
+    return pixels
+
+
+def _decode_scans_checked(p: Path, data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray | None:
+    """:func:`decode_jpeg_checked` without the progression check."""
     colourspace = _COLOURSPACE.get(mode)
     if colourspace is None:
         return None

@@ -23,6 +23,8 @@ from adassr.runtime.images.jpeg_reader import (
     extraneous_bytes,
     extraneous_is_damage,
     is_damage,
+    progressive_shortfall,
+    scan_data_start,
     without_header_gaps,
 )
 
@@ -150,6 +152,58 @@ def test_good_jpegs_decode_to_pillows_pixels(tmp_path: Path, case: str) -> None:
     assert pixels is not None, "TurboJPEG must decode this file itself"
     np.testing.assert_array_equal(pixels, _pillow_pixels(data))
     np.testing.assert_array_equal(read_image(path).pixels, _pillow_pixels(data))
+
+
+def _with_thumbnail(pixels: np.ndarray, **kwargs: object) -> bytes:
+    """A JPEG with an EXIF block that holds a baseline thumbnail (scan markers inside an APP1 segment)."""
+    thumb = _jpeg(pixels[::4, ::4].copy())
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"
+    head = exif.tobytes()
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", exif=head + thumb, quality=90, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("variant", ["RGB", "grey", "RGB with a thumbnail"])
+def test_a_progressive_jpeg_cut_at_a_scan_boundary_is_refused(tmp_path: Path, variant: str) -> None:
+    """A progressive JPEG whose last scans are missing but whose end marker was written decodes without any
+    warning from libjpeg, to a blurrier or coarser picture (its refinement scans are gone): it was read as
+    good and upscaled, or trained on. Every cut at a scan boundary is refused; the whole file reads."""
+    pixels = _photo()
+    data = (_with_thumbnail(pixels, progressive=True) if "thumbnail" in variant
+            else _jpeg(pixels, "L" if variant == "grey" else "RGB", progressive=True))
+    scans = [at for at in range(len(data)) if data.startswith(b"\xff\xda", at)]
+    image_data = scan_data_start(data)  # the image's own first scan, after the EXIF block and its thumbnail
+    assert image_data is not None
+    own = [at for at in scans if at >= data.rfind(b"\xff\xda", 0, image_data)]
+    assert len(own) >= 6 and (len(scans) > len(own)) == ("thumbnail" in variant)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    assert progressive_shortfall(data) is None
+    np.testing.assert_array_equal(read_image(path).pixels, _pillow_pixels(data))
+    for at in own[1:]:
+        cut = data[:at] + b"\xff\xd9"
+        _pillow_pixels(cut)  # Pillow decodes it without a word
+        assert progressive_shortfall(cut) is not None, at
+        path.write_bytes(cut)
+        with pytest.raises(ImageError, match="image data is truncated .*progressive JPEG ends before its last scans"
+                           ".*short of full precision.*re-copy") as err:
+            read_image(path)
+        assert str(path) in str(err.value)
+
+
+def test_progressive_shortfall_judges_only_progressive_files_it_can_follow() -> None:
+    pixels = _photo(h=48, w=64)
+    progressive = _jpeg(pixels, progressive=True)
+    assert progressive_shortfall(_jpeg(pixels)) is None  # baseline: nothing to judge
+    assert progressive_shortfall(progressive) is None
+    assert progressive_shortfall(progressive[:40]) is None  # the header cannot be followed: the decoder says so
+    assert progressive_shortfall(b"not a jpeg") is None
+    first_scan_only = progressive[:progressive.index(b"\xff\xda", _scan_start(progressive))] + b"\xff\xd9"
+    said = progressive_shortfall(first_scan_only)
+    assert said is not None and said.startswith("component 1: 64 of 64 coefficients short of full precision, 63 "
+                                                "never coded"), said
 
 
 def test_cmyk_is_checked_then_decoded_by_pillow(tmp_path: Path) -> None:
