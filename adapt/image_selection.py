@@ -70,5 +70,6 @@ def select_images(pixel_counts: Sequence[int], *, max_images: int, max_megapixel
         return Selection((smallest,), f"--max-megapixels {max_megapixels:g}")
     raise ConfigError(
         f"every image of the group is larger than --max-megapixels {max_megapixels:g} "
-        f"(the smallest has {pixel_counts[smallest] / 1e6:.1f} MP); raise --max-megapixels"
+        f"(the smallest has {pixel_counts[smallest]:,} pixels, {pixel_counts[smallest] / 1e6:.4g} MP, where the limit "
+        f"allows {int(budget):,}); raise --max-megapixels"
     )

@@ -106,8 +106,12 @@ def test_selection_obeys_the_count_and_the_pixel_budget() -> None:
 def test_selection_fails_clearly_when_no_image_fits_the_budget() -> None:
     from adassr.adapt.image_selection import select_images
 
-    with pytest.raises(ConfigError, match=r"larger than --max-megapixels 5 \(the smallest has 12.0 MP\)"):
+    with pytest.raises(ConfigError, match=r"larger than --max-megapixels 5 \(the smallest has 12,000,000 pixels, "
+                       r"12 MP, where the limit allows 5,000,000\)"):
         select_images([12_000_000, 13_000_000], max_images=8, max_megapixels=5)
+    with pytest.raises(ConfigError) as small:  # said "the smallest has 0.0 MP", below the limit it was over
+        select_images([96 * 96, 100 * 100], max_images=8, max_megapixels=0.009)
+    assert "the smallest has 9,216 pixels, 0.009216 MP, where the limit allows 9,000)" in str(small.value)
 
 
 def test_a_large_group_is_read_in_part_with_one_warning(tmp_path: Path, caplog) -> None:
