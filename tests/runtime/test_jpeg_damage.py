@@ -200,7 +200,11 @@ def test_progressive_shortfall_judges_only_progressive_files_it_can_follow() -> 
     assert progressive_shortfall(progressive) is None
     assert progressive_shortfall(progressive[:40]) is None  # the header cannot be followed: the decoder says so
     assert progressive_shortfall(b"not a jpeg") is None
-    first_scan_only = progressive[:progressive.index(b"\xff\xda", _scan_start(progressive))] + b"\xff\xd9"
+    later = progressive.index(b"\xff\xda", _scan_start(progressive))
+    filled = progressive[:later] + b"\xff\xff\xff" + progressive[later:]  # fill bytes before a marker are allowed
+    assert progressive_shortfall(filled) is None
+    assert progressive_shortfall(filled[:filled.rindex(b"\xff\xda")] + b"\xff\xd9") is not None
+    first_scan_only = progressive[:later] + b"\xff\xd9"
     said = progressive_shortfall(first_scan_only)
     assert said is not None and said.startswith("component 1: 64 of 64 coefficients short of full precision, 63 "
                                                 "never coded"), said
