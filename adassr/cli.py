@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import IO, NoReturn
 
 from adassr import __version__
 
@@ -54,6 +54,26 @@ class OneLineErrors(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+        """``--help``, ``--version`` and usage errors follow the output rules of every command (argparse
+        dropped every OSError and exited 0): a reader gone from stdout (``| head``) exits 1 without a
+        message; a full disk behind ``>`` warns once on stderr; names the encoding cannot hold are escaped."""
+        if not message:
+            return
+        from adassr.runtime.console import lost_stream, printable, reader_gone
+
+        stream = file or sys.stderr
+        try:
+            stream.write(printable(message, stream))
+            stream.flush()
+        except BrokenPipeError as exc:
+            if stream is sys.stdout and reader_gone(stream):
+                lost_stream(stream, exc, warn=False)
+                raise SystemExit(1) from None
+            lost_stream(stream, exc)
+        except OSError as exc:
+            lost_stream(stream, exc)
 
 
 def build_parser(commands: Sequence[Subcommand] = SUBCOMMANDS) -> argparse.ArgumentParser:

@@ -139,6 +139,37 @@ def test_a_reader_that_goes_away_ends_a_command_without_a_traceback(tmp_path, mo
             gone.close()
 
 
+def test_help_and_version_follow_the_output_rules_of_every_command(monkeypatch) -> None:
+    """argparse drops every OSError while printing --help or --version and exits 0: `adassr --version | true`
+    exited 0 where every command exits 1 when its reader has gone, and `adassr --help > /dev/full` lost the
+    text without the warning every command gives (a docs check by a helper)."""
+    import contextlib
+    import os
+
+    for argv in (["--version"], ["upscale", "--help"], ["adapt", "--version"]):
+        read, write = os.pipe()
+        os.close(read)  # the reader went away
+        gone = open(write, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        try:
+            monkeypatch.setattr(sys, "stdout", gone)
+            with pytest.raises(SystemExit) as ended:
+                main(argv)
+        finally:
+            monkeypatch.undo()
+            with contextlib.suppress(OSError):
+                gone.close()
+        assert ended.value.code == 1, argv
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux) to stand in for a full disk")
+    for argv in (["--help"], ["--version"], ["metrics", "--help"]):
+        with open("/dev/full", "w", encoding="utf-8") as full:
+            done = subprocess.run([sys.executable, "-m", "adassr.cli", *argv], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ("warning: cannot write to <stdout> (No space left on device); the run goes on without "
+                               "its lines there\n"), argv
+
+
 def test_a_broken_pipe_that_is_not_stdout_is_an_error_line(monkeypatch, capsys) -> None:
     """Every BrokenPipeError was taken for a `| head` on stdout: one from a socket ended silently."""
     import argparse
