@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from adassr import __version__
 
@@ -55,7 +55,7 @@ class OneLineErrors(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
-    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+    def _print_message(self, message: str, file: Any = None) -> None:  # argparse's: SupportsWrite[str] | None
         """``--help``, ``--version`` and usage errors follow the output rules of every command (argparse
         dropped every OSError and exited 0): a reader gone from stdout (``| head``) exits 1 without a
         message; a full disk behind ``>`` warns once on stderr; names the encoding cannot hold are escaped."""
@@ -63,7 +63,7 @@ class OneLineErrors(argparse.ArgumentParser):
             return
         from adassr.runtime.console import lost_stream, printable, reader_gone
 
-        stream = file or sys.stderr
+        stream: TextIO = file or sys.stderr
         try:
             stream.write(printable(message, stream))
             stream.flush()
