@@ -167,6 +167,21 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
+ARRIVING_S = 120.0
+"""A model file shorter than its manifest records, or missing, that changed within this many seconds may still
+be being copied into the store: its checksum failure is reported only once it stops changing."""
+
+def _folder_files(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime_ns) of the files in ``folder``, by name; empty when it cannot be listed."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                found.append((entry.name, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(found))
+
+
 ON_DEMAND_RETRY_S = 10.0
 """After a model failed to load at a request (``--max-models``), requests for it get 503 for this
 long before the next request tries again (a failed load costs as much as a good one)."""
@@ -240,6 +255,7 @@ class ModelRegistry:
         self._signatures: dict[str, _Signature] = {}
         self._problems: dict[str, str] = {}
         self._tried: dict[str, str] = {}  # camera -> model file of a refused load (its signature includes it)
+        self._arriving: dict[str, tuple[tuple[str, int, int], ...]] = {}  # camera -> its folder at the last poll
         self._unreadable: str | None = None  # why the store folder could not be listed at the last poll
         self._refresh_lock = threading.Lock()
         # Under _lock: the snapshots' swaps, leases, retired models, last use, loads in progress, failures.
@@ -612,6 +628,7 @@ class ModelRegistry:
                 self._signatures.pop(camera, None)
                 self._problems.pop(camera, None)
                 self._tried.pop(camera, None)
+                self._arriving.pop(camera, None)
             for camera in scan.cameras:
                 try:
                     self._refresh_camera(camera, loaded.get(camera), parked.get(camera), changes)
@@ -704,11 +721,14 @@ class ModelRegistry:
                             "%d)", camera, decision.label, self._max_models)
             changes.parked[camera] = decision
             return
+        if self._still_arriving(camera, decision, sig[1]):  # not hashed again at every poll while it grows
+            return
         try:
             decision.verify()
         except StoreError as exc:
             self._refused(camera, "model_checksum", str(exc), sig, load_failed=not same)
             return
+        self._arriving.pop(camera, None)
         self._signatures[camera] = sig
         self._problems.pop(camera, None)
         if same and old is not None:  # the loaded model's file, unchanged
@@ -730,6 +750,32 @@ class ModelRegistry:
                 logger.warning("camera %s has no %s export: serving its %s model (export it again with --precision "
                                "%s to serve %s)", camera, self._precision, decision.precision, self._precision,
                                self._precision)
+
+    def _still_arriving(self, camera: str, decision: RouteDecision, found: tuple[int, int, int] | None) -> bool:
+        """Whether the camera's model file (``found``: its stat, None when missing) looks like a copy in
+        progress (``cp -r nikon nikon-b`` into a live store writes the manifest first, then the other files in
+        any order): missing or shorter than the manifest records, in a folder whose files changed since the
+        last poll and within the last :data:`ARRIVING_S` seconds. Then no failure is counted or logged as an
+        error (one was at every poll while the file grew), the camera's problem says so, and the next poll
+        looks again; once the folder stays as it is from one poll to the next, the failure is reported, once."""
+        record = (decision.manifest.get("artifacts") or {}).get(decision.artifact)
+        expected = record.get("bytes") if isinstance(record, Mapping) else None
+        if not isinstance(expected, int) or (found is not None and found[0] >= expected):
+            return False  # as long as recorded (or no length recorded): the content is what is wrong
+        files = _folder_files(self._store / camera)
+        newest = max((mtime for _, _, mtime in files), default=0)
+        if time.time_ns() - newest > ARRIVING_S * 1e9:
+            return False  # nothing written lately: an old short file is damage, not a copy
+        last = self._arriving.get(camera)
+        self._arriving[camera] = files
+        if last == files:  # unchanged since the last poll: no copy is going on
+            return False
+        have = "missing" if found is None else f"{found[0]:,} of {expected:,} bytes"
+        keeps = " (the previous model keeps serving)" if camera in self.servable() else ""
+        self._problems[camera] = (f"its model file is not complete yet ({have}) and its folder is changing: it may "
+                                  f"still be being copied; the next poll looks again{keeps}")
+        logger.info("camera %s: %s", camera, self._problems[camera])
+        return True
 
     def _superseded(self, camera: str, sig: _Signature) -> bool:
         """Whether the camera's manifest changed since ``sig`` was taken: a newer version was published

@@ -747,6 +747,45 @@ def test_tampered_model_is_refused_and_the_previous_keeps_serving(store: Path) -
         assert c.get("/readyz").status_code == 200
 
 
+def test_a_camera_folder_copied_into_a_live_store_is_loaded_without_false_alarms(
+        store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`cp -r canon canon-b` into a served store writes the manifest first, then the model file: while the file
+    grew, every poll counted a checksum failure and logged "model refused ... rerun the stage that made it"
+    (a helper's hunt). A file still arriving is looked at again; one that stops short is reported once."""
+    import shutil
+
+    from adassr.runtime.server.models import ModelRegistry
+
+    errors: list[str] = []
+    registry = ModelRegistry(store, open_model=default_opener("onnxruntime", providers=("cpu",), threads=1),
+                             on_error=errors.append)
+    registry.refresh()
+    source = store / "canon"
+    (model,) = [p for p in source.iterdir() if p.suffix == ".onnx"]
+    data = model.read_bytes()
+    for copy, stop_at in (("canon-b", len(data)), ("canon-c", len(data) // 2)):
+        folder = store / copy
+        folder.mkdir()
+        shutil.copy(source / "manifest.json", folder / "manifest.json")  # first, as `cp -r` may list it
+        with caplog.at_level(logging.INFO, logger="adassr.runtime.server.models"):
+            registry.refresh()  # the model file not there yet
+            assert "not complete yet (missing)" in registry.problems[copy]
+            for end in range(0, stop_at, max(1, len(data) // 4)):
+                with open(folder / model.name, "ab") as fh:
+                    fh.write(data[end:min(end + len(data) // 4, stop_at)])
+                registry.refresh()
+                if (folder / model.name).stat().st_size < len(data):
+                    assert "not complete yet" in registry.problems[copy] and copy not in registry.models
+            assert errors == [] and "model refused" not in caplog.text
+        if stop_at == len(data):
+            assert registry.models[copy].sha256 == registry.models["canon"].sha256 and copy not in registry.problems
+            continue
+        registry.refresh()  # the file stopped short and stayed so for a poll: damage, reported once
+        registry.refresh()
+        assert errors == ["model_checksum"] and "checksum" in registry.problems[copy]
+        assert copy not in registry.servable()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
