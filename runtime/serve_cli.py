@@ -305,9 +305,9 @@ def _checked_config(args: argparse.Namespace) -> Any:
     limit_opencv_threads(intra_op_threads())
     _check_port(config.host, config.port)
     CameraStore.open(config.store, FALLBACK_CAMERA)  # a missing store fails here, with its message
-    warn_misnamed_folders(config.store)
-    cameras = list_cameras(config.store)
+    cameras = list_cameras(config.store)  # folders it leaves out are named by the models' first refresh
     if not cameras:
+        warn_misnamed_folders(config.store)
         raise ConfigError(
             f"the store {config.store} has no camera with a manifest; export a model first "
             f"(`adassr export --backbone realesrgan-x4plus{store_option(config.store)}` for the fallback)"

@@ -66,7 +66,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -891,17 +891,24 @@ def misnamed_folders(root: str | os.PathLike[str]) -> list[tuple[Path, str]]:
 def warn_misnamed_folders(root: str | os.PathLike[str]) -> None:
     """Log a warning for each folder :func:`list_cameras` leaves out, so that a camera does not vanish silently."""
     for folder, why in misnamed_folders(root):
-        log.warning("the store folder %s holds a manifest but is not used: its name is no camera group name (%s); "
-                    "rename it to a valid name or move it out of the store", folder, why)
+        log.warning("the store folder %s %s", folder, misnamed_note(why))
+
+
+def misnamed_note(why: str) -> str:
+    """What is said of a store folder with a manifest whose name is no camera group name (``why``)."""
+    return (f"holds a manifest but is not used: its name is no camera group name ({why}); rename it to a valid "
+            "name or move it out of the store")
 
 
 @dataclass(frozen=True)
 class StoreScan:
-    """What :func:`scan_store` found: the cameras with a manifest, and the camera folders whose manifest
-    could not be looked up (permissions, I/O errors), by name with the reason."""
+    """What :func:`scan_store` found: the cameras with a manifest, the camera folders whose manifest
+    could not be looked up (permissions, I/O errors), by name with the reason, and the folders with a
+    manifest whose name is no camera group name (:func:`misnamed_folders`), by folder name with why."""
 
     cameras: list[str]
     unreadable: dict[str, str]
+    misnamed: dict[str, str] = field(default_factory=dict)
 
 
 def scan_store(root: str | os.PathLike[str]) -> StoreScan:
@@ -909,8 +916,10 @@ def scan_store(root: str | os.PathLike[str]) -> StoreScan:
     taken for a folder without a manifest (a ``chmod 000`` dropped every model a server had loaded).
     OSError when the store folder exists but cannot be listed; a store that does not exist is empty."""
     unreadable: dict[str, str] = {}
-    cameras = sorted({name for name, problem in _manifest_folders(root, unreadable) if problem is None})
-    return StoreScan(cameras, {name: why for name, why in unreadable.items() if name not in cameras})
+    found = list(_manifest_folders(root, unreadable))
+    cameras = sorted({name for name, problem in found if problem is None})
+    return StoreScan(cameras, {name: why for name, why in unreadable.items() if name not in cameras},
+                     {name: problem for name, problem in found if problem is not None})
 
 
 def _manifest_folders(root: str | os.PathLike[str], unreadable: dict[str, str] | None = None, *,

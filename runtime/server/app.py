@@ -85,7 +85,7 @@ from adassr.runtime.server.scheduler import (
     Ticket,
     TileBatcher,
 )
-from adassr.runtime.store import FALLBACK_CAMERA
+from adassr.runtime.store import FALLBACK_CAMERA, misnamed_note
 
 logger = logging.getLogger(__name__)
 
@@ -613,7 +613,9 @@ def _routes(server: Server) -> list[Route]:
         return _json(
             {
                 "cameras": registry.listing(),
-                "refused": dict(sorted(registry.problems.items())),
+                "refused": dict(sorted({**{folder: f"the store folder {misnamed_note(why)}"
+                                           for folder, why in registry.misnamed.items()},
+                                        **registry.problems}.items())),
                 "fallback": FALLBACK_CAMERA in registry.servable(),
                 "max_models": registry.max_models or None,
             }

@@ -52,7 +52,7 @@ from adassr.runtime.routing import (
     resolve_model,
     unusable_make_reason,
 )
-from adassr.runtime.store import FALLBACK_CAMERA, MANIFEST_NAME, CameraStore, scan_store
+from adassr.runtime.store import FALLBACK_CAMERA, MANIFEST_NAME, CameraStore, misnamed_note, scan_store
 from adassr.runtime.tiling import TilingOptions
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,7 @@ class ModelRegistry:
         self._problems: dict[str, str] = {}
         self._tried: dict[str, str] = {}  # camera -> model file of a refused load (its signature includes it)
         self._arriving: dict[str, tuple[tuple[str, int, int], ...]] = {}  # camera -> its folder at the last poll
+        self._misnamed: dict[str, str] = {}  # store folder with a manifest but no group name -> why
         self._unreadable: str | None = None  # why the store folder could not be listed at the last poll
         self._refresh_lock = threading.Lock()
         # Under _lock: the snapshots' swaps, leases, retired models, last use, loads in progress, failures.
@@ -327,6 +328,11 @@ class ModelRegistry:
     def problems(self) -> Mapping[str, str]:
         """Cameras whose latest model could not be loaded, with the reason (no paths)."""
         return MappingProxyType(dict(self._problems))
+
+    @property
+    def misnamed(self) -> Mapping[str, str]:
+        """Store folders with a manifest that are not used, their names being no camera group names, with why."""
+        return MappingProxyType(dict(self._misnamed))
 
     def listing(self) -> dict[str, dict[str, Any]]:
         """``GET /v1/cameras``'s summary of every camera that serves, loaded or parked, by name."""
@@ -611,6 +617,10 @@ class ModelRegistry:
             if self._unreadable is not None:
                 logger.warning("the model store can be read again")
                 self._unreadable = None
+            for folder, why in scan.misnamed.items():  # once per folder (and reason), at start-up or when it comes
+                if self._misnamed.get(folder) != why:
+                    logger.warning("the store folder %s %s", self._store / folder, misnamed_note(why))
+            self._misnamed = dict(scan.misnamed)
             for camera, why in scan.unreadable.items():  # its folder cannot be read: keep what it serves
                 keeps = " (the loaded model keeps serving)" if camera in servable else ""
                 problem = f"its folder cannot be read ({why}){keeps}"
@@ -623,7 +633,13 @@ class ModelRegistry:
             known = servable | set(self._problems) | set(self._signatures) | set(self._tried)
             for camera in sorted(known - seen):  # manifest gone: stop serving it, forget its problems
                 if camera in servable:
-                    logger.warning("camera %s has no manifest any more; its model is no longer served", camera)
+                    renamed = [folder for folder in scan.misnamed if folder.lower() == camera]
+                    if renamed:  # `mv nokia Nokia`: the folder is there, under a name no camera has
+                        logger.warning("camera %s: its folder is now named %s, which is no camera group name; its "
+                                       "model is no longer served (rename the folder back to %s)", camera,
+                                       renamed[0], camera)
+                    else:
+                        logger.warning("camera %s has no manifest any more; its model is no longer served", camera)
                     changes.gone.add(camera)
                 self._signatures.pop(camera, None)
                 self._problems.pop(camera, None)

@@ -786,6 +786,38 @@ def test_a_camera_folder_copied_into_a_live_store_is_loaded_without_false_alarms
         assert copy not in registry.servable()
 
 
+def test_a_folder_renamed_to_no_camera_name_while_serving_says_why(store: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The misnamed-folder warning was given at start-up only: a served camera's folder renamed to `Canon`, or a
+    folder `Nikon_D750` copied in, vanished without a word, and the log said the manifest was gone (a helper's
+    hunt). The refresh names such folders once each, and /v1/cameras lists them under `refused`."""
+    import shutil
+
+    config = _config(store, reload_interval_s=3600.0)  # the test triggers each refresh itself
+    with running_server(config) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        registry = live.server.registry
+        with caplog.at_level(logging.WARNING, logger="adassr.runtime.server.models"):
+            (store / "canon").rename(store / "Canon")
+            shutil.copytree(store / "Canon", store / "Nikon_D750")
+            registry.refresh()
+            registry.refresh()  # nothing new: nothing said again
+        lines = [r.getMessage() for r in caplog.records]
+        assert [line for line in lines if "canon" in line.lower() and "no longer served" in line] == [
+            "camera canon: its folder is now named Canon, which is no camera group name; its model is no longer "
+            "served (rename the folder back to canon)"]
+        assert sum("the store folder" in line and "Nikon_D750" in line and "is not used" in line for line in lines) == 1
+        assert sum("the store folder" in line and "Canon" in line for line in lines) == 1
+        listed = c.get("/v1/cameras").json()
+        assert "canon" not in listed["cameras"] and set(listed["refused"]) == {"Canon", "Nikon_D750"}
+        assert "lower case, so it would be opened as 'canon'" in listed["refused"]["Canon"]
+        assert str(store) not in str(listed["refused"])
+        (store / "Canon").rename(store / "canon")
+        shutil.rmtree(store / "Nikon_D750")
+        registry.refresh()
+        listed = c.get("/v1/cameras").json()
+        assert "canon" in listed["cameras"] and listed["refused"] == {}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
