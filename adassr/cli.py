@@ -63,7 +63,9 @@ class OneLineErrors(argparse.ArgumentParser):
             return
         from adassr.runtime.console import lost_stream, printable, reader_gone
 
-        stream: TextIO = file or sys.stderr
+        stream: TextIO | None = file or sys.stderr
+        if stream is None:  # started with stderr closed (`2>&-`): nowhere to say it, as argparse does
+            return
         try:
             stream.write(printable(message, stream))
             stream.flush()

@@ -159,6 +159,11 @@ def test_help_and_version_follow_the_output_rules_of_every_command(monkeypatch) 
             with contextlib.suppress(OSError):
                 gone.close()
         assert ended.value.code == 1, argv
+    monkeypatch.setattr(sys, "stderr", None)  # started with stderr closed (`2>&-`): a usage error is still exit 2
+    with pytest.raises(SystemExit) as usage:
+        main(["--bogus"])
+    monkeypatch.undo()
+    assert usage.value.code == 2
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full (Linux) to stand in for a full disk")
     for argv in (["--help"], ["--version"], ["metrics", "--help"]):

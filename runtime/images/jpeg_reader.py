@@ -30,8 +30,10 @@ to use up the data left exactly, and damage in arithmetic-coded JPEGs (rare in c
 data with zeros without a word).
 
 A progressive JPEG whose scans stop before every coefficient of every component has reached full
-precision (:func:`progressive_shortfall`) was cut at a scan boundary with its end marker kept: libjpeg
-decodes it without a word, to a blurrier or coarser picture; it is refused too, before decoding.
+precision (:func:`progressive_shortfall`) decodes without a word from libjpeg, to a blurrier or coarser
+picture: it was cut at a scan boundary with its end marker kept, or written so on purpose (the standard
+allows it, and ``jpegtran -scans`` can), which its headers cannot tell apart; the reader reads it with a
+note (:mod:`adassr.runtime.images.read`), not a refusal.
 """
 
 from __future__ import annotations
@@ -137,12 +139,13 @@ def _is_padding(data: bytes, scan: int, end: int, count: int) -> bool:
 def progressive_shortfall(data: bytes) -> str | None:
     """For a progressive (SOF2) JPEG whose scans leave a coefficient of a component short of full precision
     (never coded, or not refined down to its last bit) when the first end marker comes, what is missing, in
-    words; None for a complete one, any other JPEG, or a file whose segments cannot be followed (the
-    decoder judges those). Every encoder's progression ends with each coefficient at full precision (the
-    last scans are its refinements), so a shortfall means later scans are missing: the file was cut at a
-    scan boundary and its end marker written or kept. Follows segment lengths from SOI and, after each scan
-    header, the entropy-coded data to the next marker, so markers inside APP segments (an EXIF thumbnail)
-    do not count."""
+    words; None for a complete one, any other JPEG, or a file whose segments or scan headers cannot be
+    followed or break the standard's limits (the decoder judges those). Encoders' progressions end with
+    each coefficient at full precision (the last scans are its refinements), so a shortfall mostly means
+    later scans are missing: the file was cut at a scan boundary and its end marker written or kept; the
+    standard also allows a progression that stops early on purpose. Follows segment lengths from SOI and,
+    after each scan header, the entropy-coded data to the next marker, so markers inside APP segments (an
+    EXIF thumbnail) do not count. Never raises; its work is bounded by the file's size."""
     if not data.startswith(b"\xff\xd8"):
         return None
     components: list[int] | None = None
@@ -177,13 +180,18 @@ def progressive_shortfall(data: bytes) -> str | None:
                 return None
             count = segment[0]
             start, stop, bits = segment[1 + 2 * count], segment[2 + 2 * count], segment[3 + 2 * count]
+            ids = [segment[1 + 2 * k] for k in range(count)]
+            # the standard's limits (B.2.3, G.1.1.1.1): 1-4 distinct components of the frame, an AC band of
+            # one component; a crafted header listing 255 components would otherwise cost 255 x 64 steps a scan
+            if not 1 <= count <= 4 or len(set(ids)) != count or (start > 0 and count != 1) or stop > 63 \
+                    or start > stop or (start == 0 and stop != 0):
+                return None
             low = bits & 0x0F
-            for c in (segment[1 + 2 * k] for k in range(count)):
+            for c in ids:
                 row = finest.get(c)
-                if row is None or stop > 63 or start > stop:
+                if row is None:
                     return None
-                for k in range(start, stop + 1):
-                    row[k] = min(row[k], low)
+                row[start:stop + 1] = [min(bit, low) for bit in row[start:stop + 1]]
             found = _NEXT_MARKER.search(data, end)
             if found is None:
                 return None
@@ -210,20 +218,8 @@ def decode_jpeg_checked(p: Path, data: bytes, mode: str, size: tuple[int, int]) 
     give as Pillow does, a warning that is not damage, an error Pillow reports in its own words).
 
     ``mode`` and ``size`` are Pillow's from the header. Raises :class:`ImageError` when the decoder warns
-    that the image data is damaged (:data:`DAMAGE_SIGNS`, :func:`extraneous_is_damage`) or when a progressive
-    JPEG's scans stop short of the full picture (:func:`progressive_shortfall`).
+    that the image data is damaged (:data:`DAMAGE_SIGNS`, :func:`extraneous_is_damage`).
     """
-    pixels = _decode_scans_checked(p, data, mode, size)  # damage inside a scan first: its message says more
-    shortfall = progressive_shortfall(data)
-    if shortfall is not None:
-        raise ImageError(f"{p}: image data is truncated (the progressive JPEG ends before its last scans: "
-                         f"{shortfall}); the picture would come out blurred or coarse; re-copy the file from the "
-                         "camera or re-export it")
-    return pixels
-
-
-def _decode_scans_checked(p: Path, data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray | None:
-    """:func:`decode_jpeg_checked` without the progression check."""
     colourspace = _COLOURSPACE.get(mode)
     if colourspace is None:
         return None

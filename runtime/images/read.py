@@ -68,7 +68,7 @@ from adassr.runtime.images.containers import (
     read_png_header,
     tiff_without_orientation,
 )
-from adassr.runtime.images.jpeg_reader import decode_jpeg_checked
+from adassr.runtime.images.jpeg_reader import decode_jpeg_checked, progressive_shortfall
 from adassr.runtime.images.orientation import ORIENTATION_TAG, apply_orientation
 from adassr.runtime.images.strips import row_strips
 
@@ -417,6 +417,7 @@ def _clean_text(value: object) -> str | None:
 def _decode(p: Path, im: ImageFile.ImageFile,
             notes: list[str] | None) -> tuple[np.ndarray, np.ndarray | None, Image.Exif]:
     """(pixels, alpha, EXIF) in stored orientation."""
+    shortfall = None
     if im.format in ("JPEG", "MPO"):
         data = _read_bytes(p)
         scans = data.count(b"\xff\xda")  # SOS markers: in entropy-coded data 0xFF is escaped
@@ -424,8 +425,10 @@ def _decode(p: Path, im: ImageFile.ImageFile,
             raise ImageError(f"{p}: the JPEG holds {scans:,} scans, more than the {MAX_JPEG_SCANS} any encoder "
                              "writes; the file is damaged or made to stall decoders; re-export it")
         pixels = decode_jpeg_checked(p, data, im.mode, im.size)
+        shortfall = progressive_shortfall(data)
         del data
         if pixels is not None:
+            _note_shortfall(p, shortfall, notes)
             return pixels, None, _exif(im, p, notes)
     if im.format == "TIFF":
         _check_tiff_tiles(p, im)
@@ -462,7 +465,16 @@ def _decode(p: Path, im: ImageFile.ImageFile,
             pixels, alpha = _decode_opencv(p, data, im.size, grey=png.colour_type == 4)
             return pixels, alpha, _exif_from_payload(payload, p, notes)
     pixels, alpha = _decode_pillow(p, im)
+    _note_shortfall(p, shortfall, notes)
     return pixels, alpha, _exif(im, p, notes)
+
+
+def _note_shortfall(p: Path, shortfall: str | None, notes: list[str] | None) -> None:
+    """The note for a progressive JPEG whose scans stop before full precision (:func:`progressive_shortfall`)."""
+    if shortfall is not None:
+        note(notes, f"{p}: the progressive JPEG's scans stop before its picture is complete ({shortfall}), so it "
+                    "reads blurred or coarse: the file was cut between two scans (re-copy it from the camera) or "
+                    "written so on purpose", ImageWarning, stacklevel=4)
 
 
 def _unpremultiply(pixels: np.ndarray, alpha: np.ndarray) -> None:
