@@ -6,11 +6,19 @@ not take (onnxruntime-gpu silently runs on CPU without the CUDA libraries), is a
 logged as a WARNING naming the provider, or raised as :class:`BackendError` with ``require=True``.
 The session's own ``get_providers()`` is the truth, not the list of available providers.
 
+onnxruntime's own fallback is switched off (``enable_fallback=0``): when a session with GPU providers
+failed to start, or a GPU provider failed at run time, it silently rebuilt the session on its
+fallback providers *without their options* (the CUDA EP on device 0 with TF32 on, whatever ``--gpu``
+and the fp32 setting asked) and printed a note on stdout. Here a session that fails to start is
+retried without its first provider, the others keeping their options, and that provider is a
+fallback as above; a provider's failure at run time is a :class:`BackendError` naming it.
+
 onnxruntime is imported when the backend is opened, not when this module is imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +41,24 @@ PROVIDER_ALIASES: dict[str, str] = {
 """Short provider names accepted on the command line -> onnxruntime execution provider names."""
 
 _ONNX_FLOAT_TYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _options_not_taken(session: Any, requested: Sequence[tuple[str, dict[str, str]]]) -> dict[str, str]:
+    """Provider -> the options (device, TF32) the session reports other than requested, for its providers."""
+    try:
+        reported = session.get_provider_options()
+    except Exception:  # noqa: BLE001 - an onnxruntime without it: nothing more to check
+        return {}
+    out: dict[str, str] = {}
+    for name, wanted in requested:
+        have = reported.get(name)
+        if not isinstance(have, dict):
+            continue
+        wrong = [f"{key} {have[key]} instead of {value}" for key, value in wanted.items()
+                 if key in ("device_id", "use_tf32") and key in have and str(have[key]) != value]
+        if wrong:
+            out[name] = f"{name}: {', '.join(wrong)}"
+    return out
 
 
 def resolve_providers(providers: Sequence[str] | str) -> tuple[str, ...]:
@@ -155,18 +181,28 @@ class OnnxRuntimeBackend(Backend):
                 source = self.model_path.read_bytes()  # the store's models are self-contained (no external data)
             except OSError as exc:
                 raise BackendError(f"cannot read the model {self.model_path}: {exc.strerror or exc}") from exc
-        try:
-            session = ort.InferenceSession(source, sess_options=options,
-                                           providers=provider_options(usable, self._gpu))
-        except Exception as exc:  # onnxruntime raises several unrelated pybind exception types
-            raise BackendError(
-                f"onnxruntime cannot load {self.model_path}: {exc}; the file is not a valid model for "
-                "this onnxruntime: re-export it with `adassr export`"
-            ) from exc
+        session = None
+        while session is None:
+            try:
+                session = ort.InferenceSession(source, sess_options=options, enable_fallback=0,
+                                               providers=provider_options(usable, self._gpu))
+            except Exception as exc:  # onnxruntime raises several unrelated pybind exception types
+                if len(usable) == 1:
+                    raise BackendError(
+                        f"onnxruntime cannot load {self.model_path}: {exc}; the file is not a valid model for "
+                        "this onnxruntime: re-export it with `adassr export`"
+                    ) from exc
+                self._fallback([usable[0]], f"its session failed to start ({exc})")
+                usable = usable[1:]  # the others keep their options (device, precision)
+        with contextlib.suppress(AttributeError):  # onnxruntime builds without the keyword: off here too
+            session.disable_fallback()
         actual = tuple(session.get_providers())
         dropped = [p for p in usable if p not in actual]
         if dropped:
             self._fallback(dropped, f"the session runs on {', '.join(actual)}")
+        changed = _options_not_taken(session, provider_options(usable, self._gpu))
+        if changed:  # an onnxruntime that rebuilt the session on its own (options dropped) despite the keyword
+            self._fallback(sorted(changed), f"its options were not taken ({'; '.join(changed.values())})")
         self._bind_io(session)
         self._session = session
         self._actual = actual
@@ -219,8 +255,12 @@ class OnnxRuntimeBackend(Backend):
         try:
             (out,) = session.run([self._output_name], {self._input_name: x})
         except Exception as exc:  # onnxruntime's pybind exception types share no useful base
+            gpu = [p for p in self._actual if p != "CPUExecutionProvider"]
+            hint = (f" (its execution provider {gpu[0]} failed; request the next one, e.g. --providers "
+                    f"{'cuda' if gpu[0] == 'TensorrtExecutionProvider' else 'cpu'})"
+                    if type(exc).__name__ == "EPFail" and gpu else "")
             raise BackendError(
-                f"onnxruntime failed on {self.model_path.name} with input {x.shape} {x.dtype}: {exc}"
+                f"onnxruntime failed on {self.model_path.name} with input {x.shape} {x.dtype}: {exc}{hint}"
             ) from exc
         return np.asarray(out)
 

@@ -99,8 +99,9 @@ def test_session_provider_drop_is_detected(model_path: Path, caplog: pytest.LogC
     monkeypatch.setattr(ort, "get_available_providers", lambda: [*real_available(), "CUDAExecutionProvider"])
     real_session = ort.InferenceSession
 
-    def session(path, sess_options=None, providers=None):
-        return real_session(path, sess_options=sess_options, providers=[p for p in providers if p in real_available()])
+    def session(path, sess_options=None, providers=None, **kwargs):
+        return real_session(path, sess_options=sess_options, providers=[p for p in providers if p in real_available()],
+                            **kwargs)
 
     monkeypatch.setattr(ort, "InferenceSession", session)
     with (caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"),
@@ -109,6 +110,78 @@ def test_session_provider_drop_is_detected(model_path: Path, caplog: pytest.LogC
     assert any("CUDAExecutionProvider" in r.getMessage() and "runs on" in r.getMessage() for r in caplog.records)
     with pytest.raises(BackendError, match="CUDAExecutionProvider"):
         OnnxRuntimeBackend(model_path, providers="cuda,cpu", require=True).open()
+
+
+def test_onnxruntimes_own_fallback_is_off_and_a_failed_start_keeps_the_other_providers_options(
+        model_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    """onnxruntime rebuilt a session whose GPU providers failed to start, or failed at run time, on its fallback
+    providers without their options (the CUDA EP on device 0 with TF32 on, whatever --gpu asked), printing a note
+    on stdout, and the backend went on reporting the providers it opened with (a helper's review)."""
+    from adassr.runtime.backends.ort_options import GpuProviderSettings
+
+    real_available, real_session = ort.get_available_providers, ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", *real_available()])
+    calls: list[tuple[list, dict]] = []
+
+    def session(path, sess_options=None, providers=None, **kwargs):
+        calls.append((list(providers), kwargs))
+        if any(name != "CPUExecutionProvider" for name, _ in providers):  # this box's GPU stack is broken
+            raise RuntimeError(f"{providers[0][0]} cannot start")
+        return real_session(path, sess_options=sess_options, providers=providers, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    with (caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"),
+          OnnxRuntimeBackend(model_path, providers="tensorrt,cuda,cpu",
+                             gpu=GpuProviderSettings(device_id=1)) as backend):
+        assert backend.providers == ("CPUExecutionProvider",)
+        assert backend.infer(_batch(1)).shape[0] == 1
+    assert all(kwargs == {"enable_fallback": 0} for _, kwargs in calls)
+    assert [[name for name, _ in providers] for providers, _ in calls] == [
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+        ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]]
+    assert calls[1][0][0][1]["device_id"] == "1" and calls[1][0][0][1]["use_tf32"] == "0"  # options kept
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 2 and "TensorrtExecutionProvider not in use" in said[0] and "failed to start" in said[0]
+    assert "CUDAExecutionProvider not in use" in said[1]
+    with pytest.raises(BackendError, match="TensorrtExecutionProvider not in use .*failed to start"):
+        OnnxRuntimeBackend(model_path, providers="tensorrt,cuda,cpu", require=True).open()
+
+
+def test_a_provider_failing_at_run_time_is_an_error_not_a_silent_rebuild(model_path: Path, capsys) -> None:
+    from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+
+    with OnnxRuntimeBackend(model_path, providers="cpu") as backend:
+        inner = backend._session._sess
+
+        class Failing:
+            def __getattr__(self, name):  # everything but run is the real session's
+                return getattr(inner, name)
+
+            def run(self, *args, **kwargs):
+                raise EPFail("the provider failed for this shape")
+
+        backend._session._sess = Failing()
+        with pytest.raises(BackendError, match="the provider failed for this shape"):
+            backend.infer(_batch(1))
+        assert backend.providers == ("CPUExecutionProvider",)
+    assert "Falling back" not in capsys.readouterr().out  # onnxruntime's own retry, on stdout, did not run
+
+
+def test_provider_options_the_session_did_not_take_are_a_fallback(model_path: Path, caplog, monkeypatch) -> None:
+    """An onnxruntime that ignores enable_fallback could still rebuild a session on device 0: its reported
+    provider options are compared with the requested ones."""
+    from adassr.runtime.backends import onnxruntime as module
+
+    class Reported:
+        def get_provider_options(self) -> dict:
+            return {"CUDAExecutionProvider": {"device_id": "0", "use_tf32": "1"}, "CPUExecutionProvider": {}}
+
+    requested = [("CUDAExecutionProvider", {"device_id": "1", "use_tf32": "0", "cudnn_conv_use_max_workspace": "1"}),
+                 ("CPUExecutionProvider", {})]
+    assert module._options_not_taken(Reported(), requested) == {
+        "CUDAExecutionProvider": "CUDAExecutionProvider: device_id 0 instead of 1, use_tf32 1 instead of 0"}
+    assert module._options_not_taken(Reported(), requested[1:]) == {}
 
 
 def test_infer_validates_its_input(model_path: Path) -> None:
