@@ -95,12 +95,38 @@ def tensorrt_version() -> str:
     return str(load_tensorrt().__version__)
 
 
+TENSORRT_LOG = logging.getLogger("adassr.tensorrt")
+"""Where TensorRT's own messages go: its warnings and errors show as log lines on stderr, its build
+log (INFO, VERBOSE) with ``-v`` / ``-vv``. TensorRT's built-in ``trt.Logger`` printed to stdout, among
+a command's result lines, and dropped everything below WARNING whatever ``-vv`` asked."""
+
+_LEVELS = (logging.ERROR, logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG)
+
+
+def tensorrt_log_level(severity: int) -> int:
+    """The logging level of a TensorRT message severity: INTERNAL_ERROR (0) and ERROR (1) -> ERROR,
+    WARNING (2) -> WARNING, INFO (3) -> INFO, VERBOSE (4) -> DEBUG."""
+    return _LEVELS[severity] if 0 <= severity < len(_LEVELS) else logging.DEBUG
+
+
 @functools.lru_cache(maxsize=1)
 def _logger() -> trt.ILogger:
     load_tensorrt()
     import tensorrt as trt
 
-    return trt.Logger(trt.Logger.WARNING)
+    class ToLogging(trt.ILogger):  # type: ignore[misc,unused-ignore]  # Any without the stubs
+        """TensorRT's messages to :data:`TENSORRT_LOG` (the documented way: a subclass of ``trt.ILogger``
+        that calls the base ``__init__`` and implements ``log``)."""
+
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            level = tensorrt_log_level(int(severity))
+            if TENSORRT_LOG.isEnabledFor(level):
+                TENSORRT_LOG.log(level, "%s", msg)
+
+    return ToLogging()
 
 
 @dataclass(frozen=True)
@@ -294,6 +320,11 @@ def refit_engine(engine_data: bytes, onnx_path: Path) -> tuple[bytes, float]:
         raise BackendError(f"TensorRT refused the weights of {onnx_path}; rebuild the base engine")
     config = engine.create_serialization_config()
     config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)  # a stripped base: keep the refitted weights
+    # TensorRT >= 10.14 serializes such an engine as not refittable unless asked (NvInferRuntime.h,
+    # kINCLUDE_REFIT); the camera engine is recorded as refittable, so ask where the flag exists
+    include_refit = getattr(trt.SerializationFlag, "INCLUDE_REFIT", None)
+    if include_refit is not None:
+        config.set_flag(include_refit)
     data = bytes(memoryview(engine.serialize_with_config(config)))
     return data, time.perf_counter() - start
 

@@ -61,7 +61,7 @@ class CudaRuntimeApi(Protocol):
 
 
 RUNTIME_ENUMS: dict[str, tuple[str, ...]] = {
-    "cudaError_t": ("cudaSuccess", "cudaErrorInsufficientDriver"),
+    "cudaError_t": ("cudaSuccess", "cudaErrorInsufficientDriver", "cudaErrorNoDevice"),
     "cudaMemcpyKind": ("cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"),
     "cudaStreamCaptureMode": ("cudaStreamCaptureModeThreadLocal",),
 }
@@ -83,16 +83,21 @@ def runtime_api() -> CudaRuntimeApi:
     return cast(CudaRuntimeApi, module)
 
 
+def _describe(err: Any) -> tuple[str, str]:
+    """(name, text) of a CUDA error code, as CUDA gives them."""
+    api = runtime_api()
+    try:
+        return api.cudaGetErrorName(err)[1].decode(), api.cudaGetErrorString(err)[1].decode()
+    except Exception:  # noqa: BLE001 - describing an error must not raise another
+        return str(err), ""
+
+
 def _check(result: tuple[Any, ...], what: str) -> Any:
     """Raise BackendError if ``result[0]`` is not cudaSuccess; return the remaining value(s)."""
     api = runtime_api()
     err = result[0]
     if err != api.cudaError_t.cudaSuccess:
-        try:
-            name = api.cudaGetErrorName(err)[1].decode()
-            text = api.cudaGetErrorString(err)[1].decode()
-        except Exception:  # noqa: BLE001 - describing an error must not raise another
-            name, text = str(err), ""
+        name, text = _describe(err)
         raise BackendError(f"CUDA call {what} failed: {name} ({text}); check the NVIDIA driver and --gpu")
     if len(result) == 1:
         return None
@@ -105,8 +110,9 @@ def _cuda_version(number: int) -> str:
 
 def device_count() -> int:
     """Number of CUDA devices (0 when the driver is missing or finds none). A driver older than the
-    CUDA runtime of the installed cuda-python is a BackendError that says which to install: it would
-    otherwise read as a machine without GPUs."""
+    CUDA runtime of the installed cuda-python is a BackendError that says which to install, and any
+    other failure to start CUDA (a driver and library mismatch, an initialisation error) a BackendError
+    with CUDA's own words: they would otherwise read as a machine without GPUs."""
     api = runtime_api()
     err, count = api.cudaGetDeviceCount()
     if err == api.cudaError_t.cudaSuccess:
@@ -123,7 +129,12 @@ def device_count() -> int:
                 f"driver's CUDA major ({pip_command()} install 'cuda-python>={int(driver) // 1000}.0,<"
                 f"{int(driver) // 1000 + 1}'), or upgrade the driver"
             )
-    return 0
+        return 0  # no driver installed at all: a machine without GPUs
+    if err == api.cudaError_t.cudaErrorNoDevice:
+        return 0
+    name, text = _describe(err)
+    raise BackendError(f"CUDA could not start: {name} ({text}); check the NVIDIA driver and its libraries "
+                       "(nvidia-smi), or run without a GPU option")
 
 
 def set_device(index: int) -> None:

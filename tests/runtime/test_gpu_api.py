@@ -78,6 +78,39 @@ def test_a_driver_older_than_cuda_python_s_runtime_says_which_to_install(monkeyp
     assert cudart.device_count() == 0  # no driver at all: a machine without GPUs
 
 
+def test_other_cuda_start_failures_say_what_cuda_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any CUDA failure but "driver too old" read as "this machine has no CUDA device (or no driver)": a
+    driver and library mismatch, an initialisation error (a helper's review against cuda-python)."""
+    runtime = _cuda_runtime()
+    from adassr.runtime.gpu import cudart
+
+    class Mismatch:
+        def __getattr__(self, name: str) -> object:
+            return getattr(runtime, name)
+
+        def cudaGetDeviceCount(self) -> tuple[object, int]:
+            return runtime.cudaError_t.cudaErrorSystemDriverMismatch, 0
+
+    monkeypatch.setattr(cudart, "runtime_api", Mismatch)
+    with pytest.raises(BackendError, match=r"CUDA could not start: cudaErrorSystemDriverMismatch \(system has "
+                                           r"unsupported display driver / cuda driver combination\); check the NVIDIA"):
+        cudart.set_device(0)
+    monkeypatch.setattr(Mismatch, "cudaGetDeviceCount", lambda self: (runtime.cudaError_t.cudaErrorNoDevice, 0))
+    assert cudart.device_count() == 0  # a driver that finds no device: a machine without GPUs
+
+
+def test_tensorrt_messages_map_onto_log_levels() -> None:
+    """TensorRT's built-in Logger printed to stdout and dropped INFO / VERBOSE whatever -vv asked; its messages
+    now go to the `adassr.tensorrt` logger at these levels (a helper's review against TensorRT's pyCore.cpp)."""
+    import logging
+
+    from adassr.runtime.engines.trt import TENSORRT_LOG, tensorrt_log_level
+
+    assert [tensorrt_log_level(v) for v in range(5)] == [logging.ERROR, logging.ERROR, logging.WARNING, logging.INFO,
+                                                         logging.DEBUG]  # INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE
+    assert tensorrt_log_level(9) == logging.DEBUG and TENSORRT_LOG.name == "adassr.tensorrt"
+
+
 def test_type_stubs_are_not_mistaken_for_tensorrt() -> None:
     from adassr.runtime.engines.trt import load_tensorrt, tensorrt_available
 
