@@ -162,10 +162,8 @@ def progressive_shortfall(data: bytes) -> str | None:
         if marker in _STANDALONE:
             i += 2
             continue
-        if i + 4 > n:
-            return None
-        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
-        if end > n:
+        end = _segment_end(data, i)
+        if end is None:
             return None
         segment = data[i + 4:end]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
@@ -297,12 +295,19 @@ def _walk_header(data: bytes) -> tuple[int, list[tuple[int, int]]] | None:
         if marker in _STANDALONE:
             i += 2
             continue
-        if i + 4 > n:
-            return None
-        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
-        if end > n:
+        end = _segment_end(data, i)
+        if end is None:
             return None
         if marker == _SOS:
             return i, gaps
         i = end
     return None
+
+
+def _segment_end(data: bytes, i: int) -> int | None:
+    """The offset after the marker segment whose marker is at ``i`` (its length field counts from after the
+    marker), or None when the segment runs past the data."""
+    if i + 4 > len(data):
+        return None
+    end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return end if end <= len(data) else None

@@ -987,13 +987,8 @@ def test_image_notes_logged_turns_notes_into_log_lines_as_they_come(
         warnings.warn("other warnings pass as Python shows them", DeprecationWarning, stacklevel=1)
 
 
-def test_read_notes_go_to_a_list_without_the_warnings_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The server reads concurrent uploads in threads: it silenced the reader's notes with
-    warnings.catch_warnings, process-wide state that threads share (a filter restored by one thread
-    dropped another's), and a client never learnt that only the first page of its file was upscaled.
-    With ``notes`` the messages come back per call and the warnings machinery is not used."""
-    frames = [Image.fromarray(_photo()), Image.fromarray(_photo()[::-1].copy())]
-    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+def _watch_warnings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A list that records each use of ``warnings.warn`` and ``warnings.catch_warnings`` (which still work)."""
     used: list[str] = []
     real_warn, real_catch = warnings.warn, warnings.catch_warnings
 
@@ -1005,9 +1000,20 @@ def test_read_notes_go_to_a_list_without_the_warnings_state(tmp_path: Path, monk
         used.append("catch_warnings")
         return real_catch(*args, **kwargs)
 
-    collected: list[str] = []
     monkeypatch.setattr(warnings, "warn", warn)
     monkeypatch.setattr(warnings, "catch_warnings", catch)
+    return used
+
+
+def test_read_notes_go_to_a_list_without_the_warnings_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server reads concurrent uploads in threads: it silenced the reader's notes with
+    warnings.catch_warnings, process-wide state that threads share (a filter restored by one thread
+    dropped another's), and a client never learnt that only the first page of its file was upscaled.
+    With ``notes`` the messages come back per call and the warnings machinery is not used."""
+    frames = [Image.fromarray(_photo()), Image.fromarray(_photo()[::-1].copy())]
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    collected: list[str] = []
+    used = _watch_warnings(monkeypatch)
     image = read_image(tmp_path / "pages.tif", notes=collected)
     monkeypatch.undo()
     assert "warn" not in used, used
@@ -1465,19 +1471,7 @@ def test_encode_notes_are_kept_per_call_without_the_warnings_state(monkeypatch: 
     rgb = _photo()
     alpha = np.full(rgb.shape[:2], 200, np.uint8)
 
-    used: list[str] = []
-    real_warn, real_catch = warnings.warn, warnings.catch_warnings
-
-    def warn(*args: Any, **kwargs: Any) -> None:
-        used.append("warn")
-        real_warn(*args, **kwargs)
-
-    def catch(*args: Any, **kwargs: Any) -> Any:
-        used.append("catch_warnings")
-        return real_catch(*args, **kwargs)
-
-    monkeypatch.setattr(warnings, "warn", warn)
-    monkeypatch.setattr(warnings, "catch_warnings", catch)
+    used = _watch_warnings(monkeypatch)
     data, notes = encode(rgb, alpha, suffix=".jpg", quality=90, icc_profile=grey_profile)
     monkeypatch.undo()
     assert used == []
