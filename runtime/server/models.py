@@ -171,6 +171,7 @@ ARRIVING_S = 120.0
 """A model file shorter than its manifest records, or missing, that changed within this many seconds may still
 be being copied into the store: its checksum failure is reported only once it stops changing."""
 
+
 def _folder_files(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """(name, size, mtime_ns) of the files in ``folder``, by name; empty when it cannot be listed."""
     found = []
