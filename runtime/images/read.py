@@ -112,7 +112,8 @@ def read_image(
     Raises :class:`ImageError` naming the file and the reason for a missing, empty, truncated,
     damaged, unsupported or too large (over ``max_pixels``, checked from the header before
     decoding) file. Warns (:class:`ImageWarning`) when only the first frame of an animation or a
-    multi-page file is read, or an unreadable EXIF block is ignored; with ``notes``, a list, those
+    multi-page file is read, an unreadable EXIF block is ignored, or a progressive JPEG's scans stop
+    before its picture is complete (cut between two scans); with ``notes``, a list, those
     messages are appended to it instead and the process's warnings state is not touched (so threads
     that read at once keep their notes apart).
     """
