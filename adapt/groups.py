@@ -23,6 +23,7 @@ Torch-free: the runtime's router uses the same normalisation (``adassr.runtime.c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -86,7 +87,9 @@ class CameraGroup:
 
 def default_images_dir() -> Path:
     """The bundled samples (``samples/cameras`` of the checkout), or ``./samples/cameras``."""
-    candidates = [Path.cwd() / "samples" / "cameras", Path(__file__).resolve().parents[1] / "samples" / "cameras"]
+    candidates = [Path(__file__).resolve().parents[1] / "samples" / "cameras"]
+    with contextlib.suppress(OSError):  # the working folder was deleted: no samples there
+        candidates.insert(0, Path.cwd() / "samples" / "cameras")
     for candidate in candidates:
         if candidate.is_dir():
             return candidate

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,6 +140,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"error: a connection or pipe this command wrote to was closed by the other end ({exc})",
               file=sys.stderr)
         return 2
+    except MemoryError:  # outside the per-image work, which reports its own (a start-up under a memory limit)
+        logging.getLogger(__name__).debug("out of memory", exc_info=True)
+        print("error: out of memory; free memory or raise the limit (ulimit -v, a container's memory limit)",
+              file=sys.stderr)
+        return 2
+    except OSError as exc:  # the system refused something the command needed (file descriptors, a deleted folder)
+        logging.getLogger(__name__).debug("system error", exc_info=True)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; check the system's limits (ulimit -n, free memory) and the "
+              "folders named (run with -vv for where it happened)", file=sys.stderr)
+        return 2
 
 
 ADAPT_MODULES = frozenset({"torch", "safetensors", "scipy", "onnx", "onnxscript", "tqdm"})
@@ -157,7 +169,15 @@ def _missing_dependency(command: str, exc: ImportError) -> str:
     return f"adassr {command} needs {module or 'a module that failed to import'} ({exc}); {fix}"
 
 
+def _stderr_open() -> None:
+    """Started with stderr closed (``2>&-``) Python sets ``sys.stderr`` to None, and ``print(..., file=None)``
+    writes to stdout: error lines landed in a command's data (``--json``). They go nowhere instead."""
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - the process's stderr until it exits
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _stderr_open()
     try:  # building the parser imports every subcommand's options: Ctrl-C there is no traceback either
         parser = build_parser()
         given = list(sys.argv[1:] if argv is None else argv)
@@ -190,6 +210,7 @@ def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def adapt_main(argv: Sequence[str] | None = None) -> int:
     """``adapt ...`` is ``adassr adapt ...``."""
+    _stderr_open()
     try:
         command = next(c for c in SUBCOMMANDS if c.name == "adapt")
         parser = OneLineErrors(prog="adapt", description=command.help)

@@ -46,8 +46,8 @@ def _checkout_roots() -> list[Path]:
     install), then the working folder when it is one (by its pyproject), never any folder that merely
     has a ``samples/cameras`` of its own (a user's project laid out as adapt's default reads)."""
     roots = [Path(__file__).resolve().parents[1]]
-    cwd = Path.cwd()
     try:
+        cwd = Path.cwd()  # FileNotFoundError when the working folder was deleted: no checkout there
         if 'name = "adassr"' in (cwd / "pyproject.toml").read_text(encoding="utf-8"):
             roots.append(cwd)
     except (OSError, UnicodeDecodeError):

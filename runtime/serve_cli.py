@@ -304,6 +304,9 @@ def _checked_config(args: argparse.Namespace) -> Any:
     # one thread per usable core, as in the other commands (its default counts every CPU of the host)
     limit_opencv_threads(intra_op_threads())
     _check_port(config.host, config.port)
+    from adassr.runtime.server.codec import UploadFolder
+
+    UploadFolder().close()  # no writable temporary folder: one line now, not a traceback at start-up (exit 3)
     CameraStore.open(config.store, FALLBACK_CAMERA)  # a missing store fails here, with its message
     cameras = list_cameras(config.store)  # folders it leaves out are named by the models' first refresh
     if not cameras:

@@ -175,6 +175,57 @@ def test_help_and_version_follow_the_output_rules_of_every_command(monkeypatch) 
                                "its lines there\n"), argv
 
 
+def test_with_stderr_closed_error_lines_stay_out_of_stdout(tmp_path) -> None:
+    """Started with stderr closed (`2>&-`), Python's sys.stderr is None and print(file=None) writes to stdout:
+    `adassr metrics ... --json 2>&-` put its error lines after the JSON object (a helper's hunt)."""
+    import json
+
+    paths = _score_images(tmp_path, ["a.png"])
+    done = subprocess.run([sys.executable, "-m", "adassr.cli", "metrics", "psnr", paths[0], str(tmp_path / "no.png"),
+                           "--ref", paths[0], paths[0], "--json"], stdout=subprocess.PIPE, text=True, timeout=120,
+                          preexec_fn=lambda: os.close(2))
+    assert done.returncode == 1
+    assert list(json.loads(done.stdout)) == [paths[0]]  # the object alone: no error line after it
+
+
+def test_system_errors_and_memory_outside_the_per_image_work_are_one_line(monkeypatch, capsys) -> None:
+    """A MemoryError or an OSError (no file descriptors, a deleted working folder) outside the per-image work
+    ended in a traceback (a helper's hunt under ulimit -v and ulimit -n)."""
+    import argparse
+
+    from adassr.cli import _dispatch
+
+    def out_of_memory(args: argparse.Namespace) -> int:
+        raise MemoryError
+
+    def no_descriptors(args: argparse.Namespace) -> int:
+        raise OSError(24, "Too many open files", "/store/canon/model.onnx")
+
+    assert _dispatch(argparse.Namespace(_run=out_of_memory)) == 2
+    assert capsys.readouterr().err == ("error: out of memory; free memory or raise the limit (ulimit -v, a "
+                                       "container's memory limit)\n")
+    assert _dispatch(argparse.Namespace(_run=no_descriptors)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Too many open files (/store/canon/model.onnx); check the system's limits") and \
+        err.count("\n") == 1
+
+
+def test_a_deleted_working_folder_is_no_checkout_and_no_samples_folder(monkeypatch) -> None:
+    """`adassr upscale` in a working folder that was deleted ended in a FileNotFoundError traceback from the
+    look for a checkout there (a helper's hunt)."""
+    from pathlib import Path
+
+    from adassr.adapt.groups import default_images_dir
+    from adassr.export.crops import checkout_file
+
+    def gone() -> Path:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(Path, "cwd", staticmethod(gone))
+    assert checkout_file(Path("pyproject.toml")) == ROOT / "pyproject.toml"  # the package's own checkout
+    assert default_images_dir() == ROOT / "samples" / "cameras"
+
+
 def test_a_broken_pipe_that_is_not_stdout_is_an_error_line(monkeypatch, capsys) -> None:
     """Every BrokenPipeError was taken for a `| head` on stdout: one from a socket ended silently."""
     import argparse

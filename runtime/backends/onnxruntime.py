@@ -150,6 +150,13 @@ class OnnxRuntimeBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError as exc:
+            import importlib.util
+
+            if importlib.util.find_spec("onnxruntime") is not None:  # there, but its library did not load
+                raise BackendError(
+                    f"onnxruntime is installed but could not be loaded ({exc}); out of memory (a memory limit "
+                    "such as ulimit -v), or a broken install: reinstall it"
+                ) from exc
             from adassr.runtime.install import install_hint
 
             raise BackendError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adassr.runtime.errors import AdassrError, ImageError, ImageTooLargeError, PixelLimitError
+from adassr.runtime.errors import AdassrError, ConfigError, ImageError, ImageTooLargeError, PixelLimitError
 from adassr.runtime.images import LoadedImage, encode_image, read_image
 
 UPLOAD_NAME = "the uploaded image"
@@ -36,10 +37,17 @@ class UploadFolder:
     """A private temporary folder for decoding uploads; :meth:`close` removes it."""
 
     def __init__(self) -> None:
+        """ConfigError when no temporary folder can be made (a read-only root file system without a
+        writable /dev/shm or $TMPDIR)."""
         shm = Path("/dev/shm")
         base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-        self.path = Path(tempfile.mkdtemp(prefix="adassr-serve-", dir=base))
-        os.chmod(self.path, 0o700)
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix="adassr-serve-", dir=base))
+            os.chmod(self.path, 0o700)
+        except OSError as exc:  # mkdtemp's FileNotFoundError: "No usable temporary directory found in [...]"
+            raise ConfigError(f"the server has no writable temporary folder to decode uploads in "
+                              f"({exc.strerror or exc}); set TMPDIR to a writable folder (or make /dev/shm "
+                              "writable)") from None
 
     def decode(self, data: bytes, *, max_pixels: int, notes: list[str] | None = None) -> LoadedImage:
         """Decode uploaded bytes; ImageError / ImageTooLargeError with messages about the upload. ``notes``:
@@ -69,6 +77,10 @@ class UploadFolder:
             except ImageTooLargeError as exc:
                 raise ImageTooLargeError(_scrub(str(exc), name)) from None
             except ImageError as exc:
+                cause = _server_side(exc)
+                if cause is not None:  # the server's own limits, not the upload: a 503 the client may retry
+                    raise UploadSpaceError(f"the server could not read the upload back for decoding "
+                                           f"({cause.strerror or cause}); retry later") from None
                 raise ImageError(_scrub(str(exc), name)) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -79,6 +91,23 @@ class UploadFolder:
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+_SERVER_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO, errno.ENOSPC})
+"""OS errors in reading the server's own copy of an upload that are the server's trouble (out of file
+descriptors or memory, a failing disk), not a damaged upload."""
+
+
+def _server_side(exc: BaseException) -> OSError | None:
+    """The OSError with one of :data:`_SERVER_ERRNOS` behind ``exc`` (its causes followed), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _SERVER_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _scrub(message: str, path: str) -> str:

@@ -184,6 +184,24 @@ def test_provider_options_the_session_did_not_take_are_a_fallback(model_path: Pa
     assert module._options_not_taken(Reported(), requested[1:]) == {}
 
 
+def test_an_installed_onnxruntime_that_fails_to_load_is_not_called_missing(model_path: Path, monkeypatch) -> None:
+    """Under a memory limit onnxruntime's library failed to map, and the error said "onnxruntime is not
+    installed ... pip install" (a helper's hunt under ulimit -v)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("libonnxruntime.so: failed to map segment from shared object")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing)
+    with pytest.raises(BackendError, match=r"onnxruntime is installed but could not be loaded \(.*failed to map "
+                                           r"segment.*\); out of memory"):
+        OnnxRuntimeBackend(model_path).open()
+
+
 def test_infer_validates_its_input(model_path: Path) -> None:
     backend = OnnxRuntimeBackend(model_path)
     with pytest.raises(BackendError, match="not open"):

@@ -1078,6 +1078,58 @@ def test_serve_refuses_a_port_in_use_before_starting(store: Path, capsys: pytest
     assert f"cannot listen on 127.0.0.1:{port}" in captured.err and "adassr serve: http" not in captured.out
 
 
+def test_serve_without_a_writable_temporary_folder_is_one_line_before_starting(
+        store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a read-only root file system without a writable /dev/shm or $TMPDIR the upload folder failed inside
+    uvicorn's start-up: a 31-line traceback and exit 3 (a helper's hunt)."""
+    import tempfile
+
+    from adassr.cli import main
+
+    def no_temp(*args: object, **kwargs: object) -> str:
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp', '/var/tmp']")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", no_temp)
+    assert main(["serve", "--store", str(store), "--port", str(_free_port())]) == 2
+    captured = capsys.readouterr()
+    assert "error: the server has no writable temporary folder to decode uploads in" in captured.err
+    assert "set TMPDIR to a writable folder" in captured.err and "Traceback" not in captured.err
+    assert "adassr serve: http" not in captured.out
+
+
+def test_the_servers_own_file_trouble_is_a_503_not_a_damaged_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of file descriptors, the server could not reopen its own copy of an upload and answered 415 "the
+    file is damaged or unreadable" for a good image: a client is told not to retry (a helper's hunt)."""
+    import errno
+
+    from adassr.runtime.errors import ImageError
+    from adassr.runtime.server import codec
+
+    image = small_png(16, 12, seed=2)
+    uploads = codec.UploadFolder()
+    try:
+        def no_descriptors(path: object, **kwargs: object) -> object:
+            try:
+                raise OSError(errno.EMFILE, "Too many open files")
+            except OSError as exc:
+                raise ImageError(f"{path}: cannot read the file ({exc.strerror})") from exc
+
+        monkeypatch.setattr(codec, "read_image", no_descriptors)
+        with pytest.raises(codec.UploadSpaceError, match=r"could not read the upload back .*Too many open files.*"
+                                                         r"retry later"):
+            uploads.decode(image, max_pixels=10_000)
+
+        def damaged(path: object, **kwargs: object) -> object:
+            raise ImageError(f"{path}: cannot read the image header; the file is damaged or unreadable")
+
+        monkeypatch.setattr(codec, "read_image", damaged)
+        with pytest.raises(ImageError, match="the uploaded image: cannot read the image header") as err:
+            uploads.decode(image, max_pixels=10_000)
+        assert not isinstance(err.value, codec.UploadSpaceError)
+    finally:
+        uploads.close()
+
+
 def test_serve_probes_every_address_the_host_resolves_to(monkeypatch: pytest.MonkeyPatch) -> None:
     """A host such as localhost resolves to several addresses and the server binds them all; the probe
     used to try only the first, so a port taken on the second passed the check and uvicorn failed later."""
