@@ -202,16 +202,26 @@ def _replace_failed(members: list[GroupMember], images: list[np.ndarray], sized:
 
 def _decode_members(members: Sequence[GroupMember],
                     errors: list[tuple[str, ImageError]]) -> tuple[list[GroupMember], list[np.ndarray]]:
-    """The members that decode, and their pixels as float32 RGB; a file that fails goes to ``errors``."""
-    from adassr.runtime.images import image_notes_logged, read_image, to_float32
+    """The members that decode, and their pixels as float32 RGB; a file that fails goes to ``errors``, and so
+    does a progressive JPEG whose scans stop before its picture is complete (cut between two scans): its
+    missing detail would read as the camera's blur to the kernel estimate and the training pairs."""
+    from adassr.runtime.images import INCOMPLETE_SCANS, read_image, to_float32
 
     decoded, images = [], []
     for member in members:
+        notes: list[str] = []
         try:
-            with image_notes_logged(log):
-                loaded = read_image(member.path)
+            loaded = read_image(member.path, notes=notes)
         except ImageError as exc:
             errors.append((str(member.path), exc))
+            continue
+        incomplete = [text for text in notes if INCOMPLETE_SCANS in text]
+        for text in notes:
+            if text not in incomplete:
+                log.warning("%s", text)
+        if incomplete:
+            errors.append((str(member.path), ImageError(f"{incomplete[0]}; left out of the adaptation: its missing "
+                                                        "detail would read as the camera's blur")))
             continue
         if loaded.alpha is not None:
             peak = np.iinfo(loaded.alpha.dtype).max

@@ -20,7 +20,13 @@ from adassr.runtime.images._model import (
 )
 from adassr.runtime.images.convert import from_float32, to_float32
 from adassr.runtime.images.orientation import apply_orientation
-from adassr.runtime.images.read import image_notes_logged, read_camera_exif, read_image, read_image_size
+from adassr.runtime.images.read import (
+    INCOMPLETE_SCANS,
+    image_notes_logged,
+    read_camera_exif,
+    read_image,
+    read_image_size,
+)
 from adassr.runtime.images.write import (
     PreparedWrite,
     check_quality,
@@ -33,6 +39,7 @@ from adassr.runtime.images.write import (
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "INCOMPLETE_SCANS",
     "SUPPORTED_READ_SUFFIXES",
     "SUPPORTED_WRITE_SUFFIXES",
     "AlphaDroppedWarning",

@@ -470,12 +470,17 @@ def _decode(p: Path, im: ImageFile.ImageFile,
     return pixels, alpha, _exif(im, p, notes)
 
 
+INCOMPLETE_SCANS = "the progressive JPEG's scans stop before its picture is complete"
+"""The words of the note on a progressive JPEG whose scans stop before full precision (callers that must
+not use such a picture, as adaptation, look for them)."""
+
+
 def _note_shortfall(p: Path, shortfall: str | None, notes: list[str] | None) -> None:
     """The note for a progressive JPEG whose scans stop before full precision (:func:`progressive_shortfall`)."""
     if shortfall is not None:
-        note(notes, f"{p}: the progressive JPEG's scans stop before its picture is complete ({shortfall}), so it "
-                    "reads blurred or coarse: the file was cut between two scans (re-copy it from the camera) or "
-                    "written so on purpose", ImageWarning, stacklevel=4)
+        note(notes, f"{p}: {INCOMPLETE_SCANS} ({shortfall}), so it reads blurred or coarse: the file was cut "
+                    "between two scans (re-copy it from the camera) or written so on purpose", ImageWarning,
+             stacklevel=4)
 
 
 def _unpremultiply(pixels: np.ndarray, alpha: np.ndarray) -> None:

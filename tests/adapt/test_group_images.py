@@ -265,3 +265,37 @@ def test_a_group_image_with_transparent_pixels_is_named_in_a_warning(tmp_path, c
         _decode_members([GroupMember(tmp_path / "nearly.png", "folder")], errors)
     (message,) = [r.getMessage() for r in caplog.records]
     assert "nearly.png: under 1% of its pixels are transparent" in message  # 2 of 600, never "100%"
+
+
+def test_a_progressive_jpeg_cut_between_scans_is_left_out_of_the_adaptation(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A progressive JPEG cut between two scans reads blurred (its refinement scans are missing): adapt trained
+    on it, and its missing detail read as the camera's blur to the kernel estimate. It is left out, named in
+    the errors (one warning and the manifest's images_skipped); other notes are still logged."""
+    import io
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    from adassr.adapt.groups import GroupMember
+    from adassr.adapt.run import _decode_members
+
+    rng = np.random.default_rng(3)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(buf, format="JPEG", progressive=True)
+    data = buf.getvalue()
+    (tmp_path / "whole.jpg").write_bytes(data)
+    (tmp_path / "cut.jpg").write_bytes(data[:data.rindex(b"\xff\xda")] + b"\xff\xd9")
+    pages = [Image.fromarray(np.full((40, 50, 3), v, np.uint8)) for v in (30, 90)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    errors: list = []
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.run"):
+        decoded, _ = _decode_members([GroupMember(tmp_path / name, "folder")
+                                      for name in ("whole.jpg", "cut.jpg", "pages.tif")], errors)
+    assert [m.path.name for m in decoded] == ["whole.jpg", "pages.tif"]
+    ((path, error),) = errors
+    assert path == str(tmp_path / "cut.jpg")
+    assert "the progressive JPEG's scans stop before its picture is complete" in str(error)
+    assert str(error).endswith("left out of the adaptation: its missing detail would read as the camera's blur")
+    (logged,) = [r.getMessage() for r in caplog.records]
+    assert "pages.tif: holds more than one page" in logged  # the other notes are still logged
