@@ -28,7 +28,7 @@ from adassr.adapt.ema import WeightEma
 from adassr.adapt.loop import Perceptual, external_batch, external_trainer
 from adassr.adapt.precision import Precision
 from adassr.runtime.errors import ConfigError, ImageError
-from adassr.runtime.images import image_notes_logged, is_image_file, read_image, read_image_size, to_float32
+from adassr.runtime.images import INCOMPLETE_SCANS, is_image_file, read_image, read_image_size, to_float32
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +167,22 @@ def check_external_images(directory: Path, *, min_side: int, warn: bool = True) 
 
 def load_external_images(paths: Sequence[Path], *, min_side: int, root: Path) -> list[np.ndarray]:
     """Decode ``paths`` (from :func:`check_external_images`) as float32 RGB; one that fails to decode
-    now (damage past its header) is skipped with a warning; ConfigError when none decodes."""
+    now (damage past its header), or a progressive JPEG cut between two scans (blurred: no sharp target),
+    is skipped with a warning; ConfigError when none decodes."""
     images, reasons = [], []
     for path in paths:
+        notes: list[str] = []
         try:
-            with image_notes_logged(log):
-                pixels = to_float32(read_image(path).pixels)
+            pixels = to_float32(read_image(path, notes=notes).pixels)
         except ImageError as exc:
             reasons.append(str(exc))
+            continue
+        incomplete = [text for text in notes if INCOMPLETE_SCANS in text]
+        for text in notes:
+            if text not in incomplete:
+                log.warning("%s", text)
+        if incomplete:
+            reasons.append(f"{incomplete[0]}; left out: an HR image must be sharp")
             continue
         images.append(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels)
     if not images:

@@ -188,19 +188,30 @@ class OnnxRuntimeBackend(Backend):
                 source = self.model_path.read_bytes()  # the store's models are self-contained (no external data)
             except OSError as exc:
                 raise BackendError(f"cannot read the model {self.model_path}: {exc.strerror or exc}") from exc
+        # Each start drops the first provider of the last; the CPU comes last even when not asked for (as
+        # onnxruntime's own fallback did). A provider is reported only once a later start succeeded: when
+        # every start fails, the model is what is wrong, and only that is said.
+        candidates = usable if usable[-1] == "CPUExecutionProvider" else [*usable, "CPUExecutionProvider"]
+        failed: list[tuple[str, Exception]] = []
         session = None
-        while session is None:
+        for first in range(len(candidates)):
+            tried = candidates[first:]
             try:
                 session = ort.InferenceSession(source, sess_options=options, enable_fallback=0,
-                                               providers=provider_options(usable, self._gpu))
+                                               providers=provider_options(tried, self._gpu))
             except Exception as exc:  # onnxruntime raises several unrelated pybind exception types
-                if len(usable) == 1:
-                    raise BackendError(
-                        f"onnxruntime cannot load {self.model_path}: {exc}; the file is not a valid model for "
-                        "this onnxruntime: re-export it with `adassr export`"
-                    ) from exc
-                self._fallback([usable[0]], f"its session failed to start ({exc})")
-                usable = usable[1:]  # the others keep their options (device, precision)
+                failed.append((candidates[first], exc))
+                continue
+            usable = tried  # the others keep their options (device, precision)
+            break
+        if session is None:
+            last = failed[-1][1]
+            raise BackendError(
+                f"onnxruntime cannot load {self.model_path}: {last}; the file is not a valid model for "
+                "this onnxruntime: re-export it with `adassr export`"
+            ) from last
+        for provider, error in failed:
+            self._fallback([provider], f"its session failed to start ({error})")
         with contextlib.suppress(AttributeError):  # onnxruntime builds without the keyword: off here too
             session.disable_fallback()
         actual = tuple(session.get_providers())

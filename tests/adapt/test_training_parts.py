@@ -305,6 +305,22 @@ def test_external_images_are_checked_from_their_headers(tmp_path: Path, caplog: 
         check_external_images(tmp_path, min_side=128)
     with pytest.raises(ConfigError, match="no images found"):
         check_external_images(tmp_path / "nothing", min_side=96)
+    # A progressive JPEG cut between two scans reads blurred: no sharp target (a review of the change that
+    # left such images out of the camera group but still used them as external HR images).
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (100, 120, 3)).astype(np.uint8)).save(buf, format="JPEG", progressive=True)
+    data = buf.getvalue()
+    (tmp_path / "cut.jpg").write_bytes(data[:data.rindex(b"\xff\xda")] + b"\xff\xd9")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        (image,) = load_external_images([tmp_path / "good.png", tmp_path / "cut.jpg"], min_side=96, root=tmp_path)
+    assert image.shape == (100, 120, 3)
+    assert "--external-hr: skipped 1 of 2 images: " in caplog.text and "cut.jpg: the progressive JPEG's scans stop" \
+        in caplog.text and "left out: an HR image must be sharp" in caplog.text
 
 
 def test_adapt_config_checks_types_at_construction() -> None:

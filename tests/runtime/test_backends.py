@@ -148,6 +148,37 @@ def test_onnxruntimes_own_fallback_is_off_and_a_failed_start_keeps_the_other_pro
         OnnxRuntimeBackend(model_path, providers="tensorrt,cuda,cpu", require=True).open()
 
 
+def test_a_model_no_provider_can_load_is_a_model_error_and_gpu_only_requests_end_on_the_cpu(
+        model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    """The retry blamed each provider as soon as its start failed: a model no onnxruntime can load (an opset
+    too new, a damaged file) gave "CUDAExecutionProvider not in use ... install onnxruntime-gpu" warnings, or
+    under --require-providers only that error; and `--providers cuda` failing to start said "re-export the
+    model" where onnxruntime's own fallback had run it on the CPU with a warning (a review of the change)."""
+    real_available, real_session = ort.get_available_providers, ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real_available()])
+
+    def session(path, sess_options=None, providers=None, **kwargs):
+        if any(name == "CUDAExecutionProvider" for name, _ in providers):  # a device that fails to start
+            raise RuntimeError("CUDA failure 101: invalid device ordinal")
+        return real_session(path, sess_options=sess_options, providers=providers, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    for require in (False, True):
+        with caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"), \
+                pytest.raises(BackendError, match=r"onnxruntime cannot load .*broken.onnx: .*re-export it"):
+            OnnxRuntimeBackend(broken, providers="cuda,cpu", require=require).open()
+        assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # no provider blamed
+    with (caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"),
+          OnnxRuntimeBackend(model_path, providers="cuda") as backend):  # GPU only: the CPU as the last start
+        assert backend.providers == ("CPUExecutionProvider",)
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "CUDAExecutionProvider not in use" in said and "invalid device ordinal" in said
+    with pytest.raises(BackendError, match="CUDAExecutionProvider not in use .*invalid device ordinal"):
+        OnnxRuntimeBackend(model_path, providers="cuda", require=True).open()
+
+
 def test_a_provider_failing_at_run_time_is_an_error_not_a_silent_rebuild(model_path: Path, capsys) -> None:
     from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
 
