@@ -116,6 +116,19 @@ def triton_url(url: str) -> str:
 
 
 
+def _quiet_interrupts() -> None:
+    """Ctrl-C during a request: the gevent hub under ``tritonclient.http`` printed the KeyboardInterrupt and a
+    timestamp on stderr before passing it on (the CLI then says "interrupted" itself). Adding it to this
+    thread's hub's ``NOT_ERROR`` (gevent's documented setting) stops only the printing; it still propagates."""
+    try:
+        import gevent
+    except ImportError:  # a tritonclient without gevent: nothing prints it
+        return
+    hub = gevent.get_hub()
+    if not issubclass(KeyboardInterrupt, hub.NOT_ERROR):
+        hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
+
+
 class TritonUpscaler:
     """A tritonclient HTTP client plus the model configs it has read (cached per model name)."""
 
@@ -136,6 +149,7 @@ class TritonUpscaler:
 
             raise ConfigError(f"the Triton client needs tritonclient[http] ({exc}); {install_hint('serve')}") from exc
         self._http = httpclient
+        _quiet_interrupts()
         connect = timeout_s if connect_timeout_s is None else connect_timeout_s
         self._url = url = triton_url(url)
         try:

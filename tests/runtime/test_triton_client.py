@@ -174,3 +174,43 @@ def test_a_server_that_accepts_and_never_answers_is_reported_within_the_connect_
         for conn in held:
             conn.close()
         listener.close()
+
+
+def test_ctrl_c_during_a_triton_request_says_only_interrupted(tmp_path: Path) -> None:
+    """Ctrl-C while a request waited on the server: the gevent hub under tritonclient.http printed the
+    KeyboardInterrupt and a timestamp on stderr before the CLI's own "interrupted" (a helper's hunt)."""
+    import signal
+    import socket
+    import sys
+
+    pytest.importorskip("tritonclient.http")
+    (tmp_path / "a.png").write_bytes(_small_png_bytes())
+    with socket.socket() as hung:  # accepts the connection and never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(1)
+        hung.settimeout(120)
+        port = hung.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "adassr.cli", "upscale", "-i", str(tmp_path / "a.png"), "-o",
+                                 str(tmp_path / "o.png"), "--triton", f"127.0.0.1:{port}", "--no-progress"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            conn, _ = hung.accept()  # the client is inside its first request
+            with conn:
+                time.sleep(1.0)  # waiting for the answer, in gevent's loop
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130 and err == "interrupted\n", err
+    assert not (tmp_path / "o.png").exists()
+
+
+def _small_png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 16, 3), 90, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
