@@ -87,6 +87,11 @@ MAX_MANIFEST_BYTES = 16 << 20  # a manifest is kilobytes; engine records of many
 _LOCK_OPEN_ATTEMPTS = 20  # opening a camera's lock file while another writer removes the unused folder
 ENGINES_FOLDER = "engines"
 """A camera's TensorRT engines: files in ``<camera>/engines/``, records under the manifest key of the same name."""
+ORT_TRT_CACHE_DIR = "ort-trt"
+"""onnxruntime's TensorRT engine caches: ``<camera>/engines/ort-trt/<ONNX sha256[:16]>-...``, one folder per ONNX
+file, precision, profiles and onnxruntime version; a folder goes when no manifest names its ONNX file any more."""
+_ORT_TRT_CACHE_NAME = re.compile(r"^([0-9a-f]{16})-")
+_ONNX_CONTENT_NAME = re.compile(r"\.([0-9a-f]{16})\.onnx$")
 FALLBACK_BACKBONE = "realesrgan-x4plus"  # the registry backbone exported as the fallback by default
 MODEL_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")  # precisions of exported models (not training)
 MODEL_FILES: Mapping[str, str] = MappingProxyType({"fp32": "model.onnx", "fp16": "model_fp16.onnx"})
@@ -738,6 +743,28 @@ class CameraStore:
             with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
                 (self.directory / name).unlink()
                 removed.append(name)
+        return removed + self._remove_stale_ort_trt_caches(keep)
+
+    def _remove_stale_ort_trt_caches(self, keep: set[str]) -> list[str]:
+        """Remove onnxruntime's TensorRT cache folders of ONNX files that no name in ``keep`` is (a new ONNX
+        file gets a new folder, so the old one would never be read again: tens to hundreds of MB each)."""
+        engines = self.directory / ENGINES_FOLDER
+        caches = engines / ORT_TRT_CACHE_DIR
+        if engines.is_symlink() or caches.is_symlink():
+            return []  # shared engines elsewhere are not the camera's to clean
+        current = {match.group(1) for name in keep if (match := _ONNX_CONTENT_NAME.search(name))}
+        try:
+            entries = list(os.scandir(caches))
+        except OSError:  # no such folder: no onnxruntime TensorRT session ever ran for this camera
+            return []
+        removed = []
+        for entry in entries:
+            match = _ORT_TRT_CACHE_NAME.match(entry.name)
+            if match is None or match.group(1) in current or not entry.is_dir(follow_symlinks=False):
+                continue
+            _remove_tree(Path(entry.path), why="onnxruntime's TensorRT engine cache of an ONNX file the camera no "
+                                               "longer has")
+            removed.append(f"{ENGINES_FOLDER}/{ORT_TRT_CACHE_DIR}/{entry.name}")
         return removed
 
 
@@ -1001,12 +1028,11 @@ def _check_extra(name: str, extra: Mapping[str, Any] | None) -> None:
                           f"objects): {exc}") from None
 
 
-def _remove_tree(folder: Path) -> None:
-    """Remove a failed writer's stray folder; what cannot be removed is named in a warning."""
+def _remove_tree(folder: Path, *, why: str = "which a failed writer left in the store") -> None:
+    """Remove a stray folder (a failed writer's by default); what cannot be removed is named in a warning."""
     def warn(_function: object, path: str, problem: object) -> None:
         error = problem[1] if isinstance(problem, tuple) else problem  # onerror's exc_info, onexc's exception
-        log.warning("could not remove %s, which a failed writer left in the store (%s); delete it by hand", path,
-                    error)
+        log.warning("could not remove %s, %s (%s); delete it by hand", path, why, error)
 
     if sys.version_info >= (3, 12):
         shutil.rmtree(folder, onexc=warn)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from adassr.runtime.engines.key import ProfileShape
 from adassr.runtime.errors import ConfigError
+from adassr.runtime.store import ENGINES_FOLDER, ORT_TRT_CACHE_DIR
 
 TRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
-ORT_TRT_CACHE_DIR = "ort-trt"
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def ort_trt_cache_dir(camera_dir: Path, onnx_sha256: str, precision: str, profil
     """``<camera>/engines/ort-trt/<onnx sha[:16]>-<precision>-ort<version>-<profiles digest[:8]>``."""
     text = json.dumps([p.to_json() for p in profiles], sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return camera_dir / "engines" / ORT_TRT_CACHE_DIR / f"{onnx_sha256[:16]}-{precision}-ort{ort_version}-{digest}"
+    return camera_dir / ENGINES_FOLDER / ORT_TRT_CACHE_DIR / f"{onnx_sha256[:16]}-{precision}-ort{ort_version}-{digest}"
 
 
 def provider_options(providers: Sequence[str], settings: GpuProviderSettings) -> list[tuple[str, dict[str, str]]]:

@@ -257,6 +257,38 @@ def test_a_linked_engines_folder_is_never_cleaned_through_the_link(tmp_path: Pat
     assert sorted(p.name for p in shared.iterdir())[-1] == "other.engine" and len(list(shared.iterdir())) == 2
 
 
+def test_onnxruntime_tensorrt_caches_go_with_their_onnx_file(tmp_path: Path) -> None:
+    """onnxruntime's TensorRT cache folder is keyed by the ONNX file's sha256; one for an ONNX file the camera
+    no longer has was never read again nor removed (tens to hundreds of MB per re-export; a helper's hunt).
+    It stays while the previous manifest names its file (a running upscale may use it), then goes."""
+    from adassr.runtime.backends.ort_options import ort_trt_cache_dir
+    from adassr.runtime.engines import plan_profiles
+    from adassr.runtime.tiling import TilingOptions
+
+    from ._models import build_tiny_sr
+
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    profiles = plan_profiles(TilingOptions(tile=96)).profiles
+
+    def cache_of(record: dict) -> Path:
+        folder = ort_trt_cache_dir(store.directory, record["sha256"], "fp32", profiles, "1.32.0")
+        folder.mkdir(parents=True)
+        (folder / "TensorrtExecutionProvider_cache_sm90.engine").write_bytes(b"engine")
+        return folder
+
+    def export(seed: int) -> dict:
+        return store.publish("model.onnx", lambda p: p.write_bytes(build_tiny_sr(seed=seed)), stage="export")
+
+    first = cache_of(export(seed=0))
+    second = cache_of(export(seed=1))
+    unknown = store.directory / "engines" / "ort-trt" / "notes"  # not a cache folder's name: left alone
+    unknown.mkdir()
+    assert first.is_dir() and second.is_dir()  # the first one's ONNX file is superseded, still readable
+    _publish_text(store, "other.bin", "an unrelated commit")
+    assert not first.exists() and (second / "TensorrtExecutionProvider_cache_sm90.engine").is_file()
+    assert unknown.is_dir()
+
+
 def test_an_atomic_write_is_fsynced_before_its_rename_and_the_folder_after(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """No test noticed a store write that skipped its fsyncs (a power cut after the rename could leave an
