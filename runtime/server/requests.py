@@ -8,6 +8,7 @@ the body or the multipart file part named ``image``. Everything invalid becomes 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 
@@ -91,6 +92,17 @@ MAX_FIELD_BYTES = 64 * 1024
 """The largest text field of a multipart body (the options are a few characters each)."""
 
 
+_BOUNDARY = re.compile(r';\s*boundary\s*=\s*(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
+
+
+def _closing_delimiter(headers: Headers) -> bytes | None:
+    """``--<boundary>--``, the line that ends a multipart body (RFC 2046), or None without a boundary."""
+    match = _BOUNDARY.search(headers.get("content-type", ""))
+    if match is None:
+        return None
+    return b"--" + (match.group(1) or match.group(2)).encode("latin-1", "replace") + b"--"
+
+
 async def parse_multipart(headers: Headers, body: bytes) -> tuple[bytes, dict[str, str]]:
     """The ``image`` file part's bytes and the text fields of a multipart body (HttpError 400/422)."""
 
@@ -145,6 +157,14 @@ async def parse_multipart(headers: Headers, body: bytes) -> tuple[bytes, dict[st
             else:
                 fields[name] = value
         if image is None:
+            closing = _closing_delimiter(headers)
+            if closing is not None and closing not in body:  # the parser drops a part that never ended
+                raise HttpError(
+                    400,
+                    "bad_request",
+                    f"malformed multipart body: it ends before its closing boundary {closing.decode('latin-1')!r}, "
+                    "so its last part is incomplete; was the upload cut short? Send the whole body",
+                )
             raise HttpError(
                 400,
                 "bad_request",

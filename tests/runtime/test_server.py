@@ -1661,6 +1661,30 @@ def test_multipart_parts_and_content_codings_get_errors_that_say_what_was_sent(s
         assert "unknown parameter(s) ''; valid:" in _assert_json_error(empty_name, 422, "invalid_parameter")
 
 
+def test_a_multipart_body_cut_before_its_closing_boundary_says_so() -> None:
+    """A multipart upload cut short (its image part never ended) was answered "no file part named 'image'",
+    which sent the client looking for a naming mistake (a helper's hunt)."""
+    import asyncio
+
+    from starlette.datastructures import Headers
+
+    from adassr.runtime.server.requests import HttpError, parse_multipart
+
+    image = small_png(8, 8)
+    body = (b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--XyZ--\r\n")
+    for boundary in ("XyZ", '"XyZ"'):
+        headers = Headers({"content-type": f"multipart/form-data; charset=utf-8; boundary={boundary}"})
+        assert asyncio.run(parse_multipart(headers, body))[0] == image
+        for cut in (body[:-9], body[:len(body) // 2]):
+            with pytest.raises(HttpError, match="ends before its closing boundary '--XyZ--'") as info:
+                asyncio.run(parse_multipart(headers, cut))
+            assert info.value.status == 400
+    no_image = b'--XyZ\r\nContent-Disposition: form-data; name="camera"\r\n\r\nnikon\r\n--XyZ--\r\n'
+    with pytest.raises(HttpError, match="no file part named 'image'"):
+        asyncio.run(parse_multipart(Headers({"content-type": "multipart/form-data; boundary=XyZ"}), no_image))
+
+
 def test_a_colour_declaration_without_a_profile_gets_the_same_note_as_from_the_cli(store: Path) -> None:
     """The server rebuilt the decoded upload without its untagged colour declaration, so a PNG with gAMA 1
     got no X-Adassr-Note, although `adassr upscale` notes it (a helper's review)."""
