@@ -19,6 +19,7 @@ sums to ``N`` (mean 1) per image by construction; with ``exclude_radius`` it sum
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -41,7 +42,7 @@ def _checked_features(features: torch.Tensor, pool: int, heads: int) -> torch.Te
     if not features.is_floating_point():
         raise ConfigError(f"features must be a float tensor, got {features.dtype}")
     for name, value in (("pool", pool), ("heads", heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
     return features if features.dtype in DTYPES else features.to(torch.float32)
 
@@ -87,6 +88,7 @@ def pooled_attention_map(
         ConfigError: invalid ``pool``, ``heads`` or other options.
     """
     features = _checked_features(features, pool, heads)
+    pool, heads = int(pool), int(heads)  # NumPy integers pass, as in attention_colsum
     b = features.shape[0]
     pooled = F.avg_pool2d(features, pool, ceil_mode=True) if pool > 1 else features
     h, w = pooled.shape[-2:]

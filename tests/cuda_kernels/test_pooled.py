@@ -95,6 +95,10 @@ def test_errors() -> None:
         pooled_attention_map(feats, 0, 3)
     with pytest.raises(ConfigError, match="heads must be"):
         pooled_attention_map(feats, 2, 0)
+    with pytest.raises(ConfigError, match="pool must be"):
+        pooled_attention_map(feats, 2.0, 3)  # type: ignore[arg-type]
+    # NumPy integers pass, as they do in attention_colsum (they were refused here; a helper's hunt)
+    torch.testing.assert_close(pooled_attention_map(feats, np.int64(4), np.int32(3)), pooled_attention_map(feats, 4, 3))
     with pytest.raises(ShapeError, match="token_transform output"):
         pooled_attention_map(feats, 4, 3, token_transform=lambda t: t[:, :5])
     for empty in ((1, 8, 0, 4), (1, 8, 4, 0), (0, 8, 4, 4)):  # a raw torch error with pool > 1
