@@ -23,8 +23,9 @@ masked in both passes; the mask is only evaluated for block pairs whose grid
 rows can be that close. A row with every key excluded gets ``lse = +inf`` and
 contributes nothing.
 
-Block sizes: autotuned on a GPU (key: head dim, exclusion flag, dtype and a
-power-of-two bucket of N, so images of similar size reuse one tuning); under
+Block sizes: autotuned on a GPU (key: head dim, exclusion flag, precision and a
+power-of-two bucket of N, so images of similar size reuse one tuning; Triton's
+autotuner adds the tensors' dtypes to the key itself); under
 ``TRITON_INTERPRET=1`` a fixed configuration is used because ``triton.autotune``
 does not run in the interpreter, and bf16 tiles are cast to float32 before
 ``tl.dot`` because the interpreter's bf16 dot gives wrong results.
