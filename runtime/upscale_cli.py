@@ -8,7 +8,8 @@
   and every image of a subfolder one level down (``DIR/nikon/x.jpg``, the layout ``adapt --images``
   reads) to ``OUTDIR/<subfolder>/<stem>.<ext>``; the output folder itself is never read, nor is a
   subfolder an earlier run wrote (it holds :data:`OUTPUT_MARKER`; a warning names it), and one of
-  DIR's subfolders that holds images of its own is refused as OUTDIR unless an earlier run wrote it.
+  DIR's subfolders that holds images of its own is refused as OUTDIR unless an earlier run wrote it
+  (also where OUTDIR is a link to it, or it a link to OUTDIR).
   An output that is one of the run's input files (a link in OUTDIR back into DIR) is refused
   before any work. Two inputs that would get the same name, or a name a mirrored subfolder
   takes, keep their input suffix in the stem (``a_jpg.png``), and a number when that name is taken
@@ -85,7 +86,7 @@ from adassr.runtime.store import (
     store_argument,
     store_option,
 )
-from adassr.runtime.tempfiles import remove_stale_temps
+from adassr.runtime.tempfiles import NAME_MAX, remove_stale_temps
 from adassr.runtime.tile_shape import AUTO_TILE, mem_available_bytes, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, MAX_PRE_PAD
 from adassr.runtime.upscalers import ImageUpscaler, TileProgress, UpscalerRegistry, runtime_upscalers
@@ -264,7 +265,7 @@ def _input_folders(source: Path, output: Path) -> list[tuple[Path, Path]]:
             continue
         name, n = sub.name, 2
         while name.casefold() in used or (name != sub.name and name.casefold() in names):
-            name, n = f"{sub.name}_{n}", n + 1  # Nikon/ and nikon/ are one folder on macOS and Windows
+            name, n = _numbered(sub.name, n), n + 1  # Nikon/ and nikon/ are one folder on macOS and Windows
         if name != sub.name:
             log.warning("the outputs of %s go to %s: a folder whose name differs only in case from another's "
                         "would be the same folder on a case-insensitive file system", sub, output / name)
@@ -273,14 +274,34 @@ def _input_folders(source: Path, output: Path) -> list[tuple[Path, Path]]:
     return folders
 
 
+def _numbered(name: str, n: int) -> str:
+    """``<name>_<n>``, with ``name`` cut (by characters) where the whole would pass :data:`NAME_MAX` bytes: a
+    name the run makes itself must never fail (a folder that cannot be made stops the whole run)."""
+    tail = f"_{n}"
+    while len(os.fsencode(name + tail)) > NAME_MAX and len(name) > 1:
+        name = name[:-1]
+    return name + tail
+
+
 def is_camera_folder_of(source: Path, output: Path) -> bool:
-    """Whether ``output`` is a subfolder of ``source`` one level down: a folder a run reads as a camera's.
-    Where ``output`` is a link, its own place counts, not its target's: the next run lists the link."""
+    """Whether a run of ``source`` reads ``output`` as one of its camera folders (one level down): by its
+    own place (where ``output`` is a link, the next run lists the link), by its target (a link from
+    elsewhere to ``source/nikon``), or through a link in ``source`` to it (``source/nikon -> output``)."""
     try:
-        place = Path(os.path.abspath(output)).parent.resolve()
-        return place == source.resolve() and output.resolve() != source.resolve()
+        top, out = source.resolve(), output.resolve()
+        if out == top:
+            return False
+        if out.parent == top or Path(os.path.abspath(output)).parent.resolve() == top:
+            return True
+        with os.scandir(top) as entries:
+            links = [Path(entry.path) for entry in entries if entry.is_symlink()]
     except (OSError, RuntimeError):  # a broken link: reported where the output folder is made
         return False
+    for link in links:
+        with contextlib.suppress(OSError, RuntimeError):  # a broken link or a loop: not the output folder
+            if link.resolve() == out:
+                return True
+    return False
 
 
 def _check_output_in_input(source: Path, output: Path) -> None:
@@ -291,7 +312,8 @@ def _check_output_in_input(source: Path, output: Path) -> None:
         return
     if _list_images(output):
         raise ConfigError(
-            f"the output folder {output} is a folder of the input {source} and holds images of its own, which the "
+            f"the output folder {output} is a folder of the input {source} (directly or through a link) and holds "
+            "images of its own, which the "
             "run would skip and could overwrite; choose an output folder outside the input, or an empty one"
         )
 

@@ -431,6 +431,38 @@ def test_an_output_folder_that_is_a_camera_folder_of_the_input_with_photos_is_re
     assert code == 0 and photo.read_bytes() == before
 
 
+def test_an_output_folder_linked_to_or_from_a_camera_folder_of_the_input_with_photos_is_refused(
+        store: Path, tmp_path: Path) -> None:
+    """`-o out` with out -> p/nikon, or p/nikon -> out, skipped p/nikon's photos without a word and overwrote
+    p/nikon/a.png with the upscaled p/a.png (exit 0; a helper's hunt): the link's target counts too."""
+    src = tmp_path / "p"
+    (src / "nikon").mkdir(parents=True)
+    _small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", src / "a.jpg")
+    photo = _small_jpeg_with_exif(SAMPLES / "nokia" / "iptc.jpg", src / "nikon" / "a.jpg")
+    before = photo.read_bytes()
+    (tmp_path / "out").symlink_to(src / "nikon")
+    with pytest.raises(ConfigError, match="holds images of its own"):
+        _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--tile", "0", "--no-progress")
+    assert photo.read_bytes() == before
+    # the other way round: the camera folder is a link to the output folder, which holds the photos
+    other = tmp_path / "q"
+    other.mkdir()
+    _small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", other / "a.jpg")
+    (other / "nikon").symlink_to(src / "nikon")
+    with pytest.raises(ConfigError, match="holds images of its own"):
+        plan_outputs(other, src / "nikon", "auto")
+    # an empty folder reached through a link is fine, and marked, so that the next run skips it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "to_empty").symlink_to(empty)
+    (other / "nikon").unlink()
+    (other / "nikon").symlink_to(empty)
+    code, _, _ = _run("-i", str(other), "-o", str(tmp_path / "to_empty"), "--store", str(store), "--tile", "0",
+                      "--no-progress")
+    assert code == 0 and (empty / "a.jpg").is_file() and (empty / OUTPUT_MARKER).exists()
+    assert photo.read_bytes() == before
+
+
 def test_an_earlier_runs_output_folder_is_not_read_by_a_later_run(store: Path, tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """`-i p -o p/out`, then `-i p -o o2`: the second run upscaled p/out/a.png, the first run's x4
@@ -798,6 +830,11 @@ def test_folders_whose_names_differ_in_case_get_separate_outputs_and_names_stay_
     pairs = plan_outputs(src2, tmp_path / "out3", "auto")
     assert sorted(str(t.relative_to(tmp_path / "out3")) for _, t in pairs) == [
         "Nikon/x.png", "nikon_2/y.png", "nikon_3/z.png"]
+    # a renamed folder is cut to fit the file system's 255 bytes: a name the run makes itself never fails
+    src3 = tmp_path / "in3"
+    _tiny_images(src3 / ("N" * 255) / "x.png", src3 / ("n" * 255) / "y.png", src3 / "top.png")
+    pairs = plan_outputs(src3, tmp_path / "out4", "auto")
+    assert sorted(t.parent.name for _, t in pairs)[:2] == ["N" * 255, "n" * 253 + "_2"]
     assert any(line.startswith(f"{src}/new\\nline.png -> ") for line in out.splitlines())
     (src / "bad\nname.png").write_bytes(b"not an image")
     code, out, _ = _run("-i", str(src), "-o", str(tmp_path / "out2"), "--store", str(store), "--no-progress")
