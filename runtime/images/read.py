@@ -36,6 +36,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import stat
 import struct
 import threading
@@ -342,8 +343,10 @@ def _open_header(p: Path, source: Path | io.BytesIO | None = None, *,
     except Image.DecompressionBombError as e:
         hard = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0  # where Pillow's warning turns an error
         if max_pixels is not None and max_pixels < hard:  # above the caller's limit too: that is the one to name
+            counted = re.search(r"\((\d+) pixels\)", str(e))  # Pillow: "Image size (N pixels) exceeds limit of M"
+            size = f"{int(counted.group(1)):,}" if counted else f"over {hard:,}"
             raise PixelLimitError(
-                f"{p}: image is over {hard:,} pixels, above the limit of {max_pixels:,}, which guards memory; "
+                f"{p}: image is {size} pixels, above the limit of {max_pixels:,}, which guards memory; "
                 "downscale it first"
             ) from e
         raise ImageTooLargeError(

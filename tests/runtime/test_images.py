@@ -1412,12 +1412,13 @@ def test_a_one_bit_grey_png_keeps_its_transparent_colour(tmp_path: Path) -> None
 
 def test_an_image_over_the_decoders_guard_names_the_callers_limit(tmp_path: Path) -> None:
     """A header over Pillow's decompression-bomb guard (about 179 MP) was refused quoting that guard, not the
-    caller's --max-pixels (16 MP for serve): a client that downscaled to 170 MP got a second refusal."""
+    caller's --max-pixels (16 MP for serve): a client that downscaled to 170 MP got a second refusal. The
+    image's own size is named (it said "over 178,956,970 pixels" for any size past the guard)."""
     from adassr.runtime.errors import PixelLimitError
 
     path = tmp_path / "huge.png"
     path.write_bytes(_png_claiming(13000, 14000))  # 182 MP in its header
-    with pytest.raises(PixelLimitError, match=r"huge\.png: image is over 178,956,970 pixels, above the limit of "
+    with pytest.raises(PixelLimitError, match=r"huge\.png: image is 182,000,000 pixels, above the limit of "
                                               r"16,000,000, which guards memory"):
         read_image(path, max_pixels=16_000_000)
     with pytest.raises(ImageError, match="decoder's guard against decompression bombs"):
