@@ -14,10 +14,11 @@ from PIL import Image
 
 from adassr.runtime.errors import CameraError, ConfigError, StoreError
 from adassr.runtime.images import read_image, write_image
+from adassr.runtime.output_plan import OUTPUT_MARKER, plan_outputs
 from adassr.runtime.pipeline import RuntimeOptions, Upscaler
 from adassr.runtime.store import FALLBACK_CAMERA
 from adassr.runtime.tiling import TilingOptions, plan_tiles
-from adassr.runtime.upscale_cli import OUTPUT_MARKER, add_upscale_arguments, plan_outputs, run_upscale
+from adassr.runtime.upscale_cli import add_upscale_arguments, run_upscale
 from adassr.runtime.upscalers import UpscalerEntry, runtime_upscalers
 
 from ._models import publish_camera
