@@ -45,7 +45,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -234,47 +234,94 @@ def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
 def read_camera_exif(path: str | os.PathLike[str]) -> tuple[str | None, str | None]:
     """EXIF (Make, Model) from the file header, without decoding pixels.
 
-    Values are stripped of NULs and whitespace; None when absent. For PNG an eXIf chunk after the
-    image data is found by walking the chunk list (seeking over the data, decoding nothing), so the
-    Make is the one :func:`read_image` reports: adapt's groups and the runtime's routing agree.
+    Values are stripped of NULs and whitespace; None when absent. For PNG the EXIF is found by walking
+    the chunk list (seeking over the image data, decoding nothing), by the rule :func:`read_image` follows
+    (:func:`_png_exif`), so the Make is the one it reports: adapt's groups and the runtime's routing agree.
     """
     p = _checked_file(path)
     with _open_header(p) as im:
-        if im.format == "PNG" and "exif" not in im.info:
-            exif = _exif_from_payload(_png_exif_chunk(p), p)  # getexif() would decode the whole image
-        else:
-            exif = _exif(im, p)
+        exif = _png_exif(p) if im.format == "PNG" else _exif(im, p)
         make, model, _ = _camera_fields(exif)
     return make, model
 
 
 _MAX_PNG_CHUNKS = 1_000_000
-"""How many chunks :func:`_png_exif_chunk` walks at most (a PNG of millions of tiny chunks is no photo)."""
+"""How many chunks :func:`_png_exif_payload` walks at most (a PNG of millions of tiny chunks is no photo)."""
+_RAW_EXIF_KEYWORD = b"Raw profile type exif"
+"""The text chunk in which ImageMagick and exiv2 stored EXIF in PNG before the eXIf chunk existed."""
+_MAX_RAW_PROFILE_BYTES = 1 << 20
+"""The most bytes of a legacy EXIF text chunk read, compressed or not (EXIF is at most 64 KiB, 128 KiB as hex)."""
 
 
-def _png_exif_chunk(p: Path) -> bytes | None:
-    """The payload of a PNG's first eXIf chunk wherever it is, or None (also for a damaged chunk list)."""
+def _png_exif(p: Path, notes: list[str] | None = None, data: bytes | None = None) -> Image.Exif:
+    """A PNG's EXIF, by one rule for every reader: the first eXIf chunk wherever it lies (a second one, which
+    the PNG specification does not allow, is ignored); without one, the legacy ``Raw profile type exif``
+    text chunk. ``data``: the file's bytes, where the caller holds them already."""
     try:
-        with p.open("rb", buffering=0) as fh:  # 8-byte reads and seeks: no 4 KiB read per chunk
-            size = os.fstat(fh.fileno()).st_size
-            if fh.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
-                return None
-            for _ in range(_MAX_PNG_CHUNKS):
-                head = fh.read(8)
-                if len(head) < 8:
-                    return None
-                length, kind = struct.unpack(">I", head[:4])[0], head[4:]
-                if length > size - fh.tell():  # a length past the end: damaged (never allocate it)
-                    return None
-                if kind == b"eXIf":
-                    payload = fh.read(length)
-                    return payload if len(payload) == length else None
-                if kind == b"IEND":
-                    return None
-                fh.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+        if data is not None:
+            payload = _png_exif_payload(io.BytesIO(data), len(data))
+        else:
+            with p.open("rb", buffering=0) as fh:  # 8-byte reads and seeks: no 4 KiB read per chunk
+                payload = _png_exif_payload(fh, os.fstat(fh.fileno()).st_size)
     except OSError:
+        payload = None
+    except (ValueError, zlib.error) as e:
+        note(notes, f"{p}: unreadable EXIF block ignored (its 'Raw profile type exif' text: {e}); no camera name, "
+                    "orientation as stored", ImageWarning, stacklevel=3)
+        payload = None
+    return _exif_from_payload(payload, p, notes)
+
+
+def _png_exif_payload(fh: BinaryIO, size: int) -> bytes | None:
+    """The first eXIf chunk's payload, else the EXIF of the first legacy text chunk; None without either (also
+    past a damaged chunk). ValueError or zlib.error for a legacy text chunk that cannot be read."""
+    if fh.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
         return None
-    return None
+    legacy: tuple[bytes, bytes] | None = None  # (chunk type, data after the keyword) of the first legacy chunk
+    for _ in range(_MAX_PNG_CHUNKS):
+        head = fh.read(8)
+        if len(head) < 8:
+            break
+        length, kind = struct.unpack(">I", head[:4])[0], head[4:]
+        start = fh.tell()
+        if length > size - start:  # a length past the end: damaged (never allocate it)
+            break
+        if kind == b"eXIf":
+            payload = fh.read(length)
+            return payload if len(payload) == length else None
+        if kind == b"IEND":
+            break
+        if (legacy is None and kind in (b"tEXt", b"zTXt", b"iTXt") and length <= _MAX_RAW_PROFILE_BYTES
+                and fh.read(len(_RAW_EXIF_KEYWORD) + 1) == _RAW_EXIF_KEYWORD + b"\0"):
+            legacy = kind, fh.read(length - len(_RAW_EXIF_KEYWORD) - 1)
+        fh.seek(start + length + 4)  # past the data and its CRC
+    return None if legacy is None else _raw_profile_exif(*legacy)
+
+
+def _raw_profile_exif(kind: bytes, body: bytes) -> bytes:
+    """The EXIF bytes of a legacy ``Raw profile type exif`` chunk's data after its keyword: ``\\nexif\\n  <length>\\n``
+    then the bytes in hex over several lines, as text (tEXt), compressed (zTXt) or international (iTXt)."""
+    if kind == b"zTXt":
+        body = _inflate(body[1:])  # a compression method byte, then zlib data
+    elif kind == b"iTXt":  # compression flag, method, language tag NUL, translated keyword NUL, text
+        compressed, rest = body[:1] == b"\1", body[2:]
+        parts = rest.split(b"\0", 2)
+        if len(parts) < 3:
+            raise ValueError("an iTXt chunk without its language and translated keyword")
+        body = _inflate(parts[2]) if compressed else parts[2]
+    lines = body.decode("latin-1").split("\n")
+    if len(lines) < 4 or lines[1].strip() != "exif":
+        raise ValueError("not in the 'exif, length, hex' layout")
+    return bytes.fromhex("".join(lines[3:]))  # Exif.load drops a JPEG APP1 "Exif\0\0" prefix itself
+
+
+def _inflate(data: bytes) -> bytes:
+    """zlib data inflated to at most :data:`_MAX_RAW_PROFILE_BYTES` (ValueError past that: no bomb is inflated)."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, _MAX_RAW_PROFILE_BYTES)
+    if inflater.unconsumed_tail:
+        raise ValueError(f"it inflates past {_MAX_RAW_PROFILE_BYTES:,} bytes")
+    return out
 
 
 # ----------------------------------------------------------------------------- file and header
@@ -456,7 +503,9 @@ def _decode(p: Path, im: ImageFile.ImageFile,
     if im.format == "PNG":
         png = read_png_header(_head(p))
         if png is not None and png.bit_depth == 16 and png.colour_type in (2, 4, 6):
-            data, payload = png_without_exif(_read_bytes(p))
+            data, _ = png_without_exif(whole := _read_bytes(p))
+            exif = _png_exif(p, notes, whole)
+            del whole
             counts = png_chunk_counts(data)
             texts = sum(counts.get(kind, 0) for kind in (b"tEXt", b"zTXt", b"iTXt"))
             if texts > MAX_PNG_TEXT_CHUNKS:
@@ -467,10 +516,12 @@ def _decode(p: Path, im: ImageFile.ImageFile,
                                  f"{OPENCV_MAX_SIDE:,} pixels, which the 16-bit PNG decoder (OpenCV's libpng) "
                                  "refuses; convert it to 8-bit or cut it into parts")
             pixels, alpha = _decode_opencv(p, data, im.size, grey=png.colour_type == 4)
-            return pixels, alpha, _exif_from_payload(payload, p, notes)
+            return pixels, alpha, exif
     pixels, alpha = _decode_pillow(p, im)
     _note_shortfall(p, shortfall, notes)
-    return pixels, alpha, _exif(im, p, notes)
+    # PNG: by the rule read_camera_exif follows (Pillow's getexif takes the last of two eXIf chunks once the
+    # image is loaded, and a legacy text chunk only in 8-bit images)
+    return pixels, alpha, _png_exif(p, notes) if im.format == "PNG" else _exif(im, p, notes)
 
 
 INCOMPLETE_SCANS = "the progressive JPEG's scans stop before its picture is complete"
