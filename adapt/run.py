@@ -625,6 +625,27 @@ def _resolve_compute(config: AdaptConfig) -> _Compute:
     return _Compute(device, precision, _resolve_trainable(config.trainable, device), threads, governor)
 
 
+def _check_store_folder_holds_no_photo(folder: Path, group: CameraGroup) -> None:
+    """ConfigError when the camera's store folder is (through a link) a folder of the group's photos, or one
+    above them: the weights, manifest and report would be written among the photos, and the next scan would
+    take that folder for a store's and skip its photos."""
+    try:
+        place = folder.resolve()
+    except (OSError, RuntimeError):  # a loop of links: reported where the store opens the folder
+        return
+    for member in group.members:
+        try:
+            photo = member.path.resolve()
+        except (OSError, RuntimeError):  # a photo behind a loop of links: reported where it is read
+            continue
+        if place in photo.parents:
+            raise ConfigError(
+                f"the camera's store folder {folder} is {place} (through a link), which holds its photo "
+                f"{member.path}: adapt would write its model and manifest among the photos; point the store "
+                "folder, or --store, elsewhere"
+            )
+
+
 def adapt_camera(
     group: CameraGroup,
     config: AdaptConfig,
@@ -662,6 +683,7 @@ def adapt_camera(
     # reads them to find a validation photo)
     group = CameraGroup(group.name, tuple(GroupMember(m.path.absolute(), m.derivation) for m in group.members))
     new_camera = not CameraStore(Path(store_root).expanduser(), group.name).directory.exists()  # names: validated
+    _check_store_folder_holds_no_photo(CameraStore(Path(store_root).expanduser(), group.name).directory, group)
     store = CameraStore.open(store_root, group.name, create=True)
     try:
         return _adapt_in_store(store, group, config, backbone_name, start=start, registry=registry,

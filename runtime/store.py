@@ -602,6 +602,7 @@ class CameraStore:
         With ``timeout_s`` 0 fail at once when another process holds it. Not re-entrant: inside a
         transaction, use the transaction's methods, not :meth:`publish` / :meth:`update_manifest`.
         """
+        self._check_not_an_alias()
         held: set[tuple[int, int]] = _HELD_LOCKS.__dict__.setdefault("files", set())
         deadline = time.monotonic() + timeout_s
         waiting = False
@@ -646,6 +647,22 @@ class CameraStore:
                 held.discard(key)
         finally:
             os.close(fd)  # closing releases the flock
+
+    def _check_not_an_alias(self) -> None:
+        """StoreError when the camera's folder is a link to another camera's folder of this store (``canon ->
+        nikon``, an alias for serving): a write through it would replace the other camera's model."""
+        if not self.directory.is_symlink():
+            return
+        try:
+            target, root = self.directory.resolve(strict=True), self.root.resolve(strict=True)
+        except (OSError, RuntimeError):  # a link to nothing or a loop: reported where the folder is read
+            return
+        if target.parent == root and target.name != self.camera:
+            raise StoreError(
+                f"the camera folder {self.directory} is a link to {target}, the folder of camera {target.name!r} in "
+                f"the same store: writing camera {self.camera!r} there would replace the model of {target.name!r}; "
+                f"remove the link (a copy, cp -r, makes a camera of its own), or adapt or export {target.name!r} itself"
+            )
 
     def _open_lock_file(self, held: set[tuple[int, int]]) -> tuple[int, tuple[int, int]]:
         """Open (creating it and the folder) the lock file; ``(fd, (device, inode))``.

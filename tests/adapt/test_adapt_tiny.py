@@ -14,6 +14,7 @@ from adassr.adapt.groups import select_group
 from adassr.adapt.run import adapt_camera, manifest_record
 from adassr.adapt.weights import load_backbone, load_safetensors_weights, save_safetensors_weights
 from adassr.export.onnx import export_camera
+from adassr.runtime.errors import ConfigError
 from adassr.runtime.images import read_image, write_image
 from adassr.runtime.pipeline import RuntimeOptions, Upscaler
 from adassr.runtime.store import CameraStore
@@ -44,6 +45,20 @@ def test_registry_backbone_from_a_safetensors_file(tiny: BackboneRegistry) -> No
     loaded = load_backbone("tiny", registry=tiny)
     assert loaded.entry.name == "tiny" and len(loaded.model.body) == 2
     assert loaded.source.startswith("safetensors ")
+
+
+def test_a_store_folder_linked_to_the_photos_is_refused_before_any_work(tiny: BackboneRegistry, camera_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """`<store>/nokia -> photos/nokia`: adapt wrote its weights, manifest and report among the photos, and
+    from then on the scan took that folder for a store's and skipped its photos (a helper's hunt)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "nokia").symlink_to(camera_dir / "nokia")
+    before = sorted(p.name for p in (camera_dir / "nokia").iterdir())
+    config = cpu_demo_defaults().with_overrides(steps=1, lr_patch=12, eval_crop=48, feature_bank=4)
+    with pytest.raises(ConfigError, match="holds its photo .*crop.png: adapt would write its model and manifest"):
+        adapt_camera(select_group(camera_dir, "nokia"), config, store_root=store, backbone_name="tiny", registry=tiny)
+    assert sorted(p.name for p in (camera_dir / "nokia").iterdir()) == before
 
 
 def test_adapt_export_serve_with_a_tiny_backbone(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path,

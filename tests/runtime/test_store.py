@@ -289,6 +289,28 @@ def test_onnxruntime_tensorrt_caches_go_with_their_onnx_file(tmp_path: Path) -> 
     assert unknown.is_dir()
 
 
+def test_a_camera_folder_that_links_to_another_cameras_folder_is_never_written_through(tmp_path: Path) -> None:
+    """`<store>/canon -> nikon` (an alias for serving): adapting or exporting canon committed into nikon's folder,
+    replacing nikon's model and rewriting its manifest as canon's (a helper's hunt). Reading through it still
+    works, and a link to a folder outside the store (storage elsewhere) can be written."""
+    nikon = CameraStore.open(tmp_path, "nikon", create=True)
+    _publish_text(nikon, "w.bin", "nikon's model")
+    (tmp_path / "canon").symlink_to("nikon")
+    alias = CameraStore.open(tmp_path, "canon")
+    assert alias.verified_path("w.bin").read_text() == "nikon's model"
+    before = nikon.manifest_path.read_bytes()
+    with pytest.raises(StoreError, match="a link to .*the folder of camera 'nikon' in the same store"):
+        _publish_text(alias, "w.bin", "canon's model")
+    with pytest.raises(StoreError, match="would replace the model of 'nikon'"), alias.transaction():
+        pass
+    assert nikon.manifest_path.read_bytes() == before and nikon.verified_path("w.bin").read_text() == "nikon's model"
+    elsewhere = tmp_path.parent / f"{tmp_path.name}_disk2" / "sony"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "sony").symlink_to(elsewhere)
+    _publish_text(CameraStore.open(tmp_path, "sony"), "w.bin", "sony's model")
+    assert (elsewhere / "manifest.json").is_file()
+
+
 def test_an_atomic_write_is_fsynced_before_its_rename_and_the_folder_after(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """No test noticed a store write that skipped its fsyncs (a power cut after the rename could leave an
