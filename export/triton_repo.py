@@ -740,10 +740,15 @@ def _check_one_tensorrt_target(repo: Path, plans: Sequence[_Plan]) -> None:
         )
 
 
-def _check_apart(repo: Path, store_root: Path) -> None:
-    """``ExportError`` when the repository and the store are one folder or one holds the other."""
+def _check_apart(repo: Path, store_root: Path, *, model: str | None = None) -> None:
+    """``ExportError`` when the repository (or, with ``model``, that model's folder, perhaps a link) and the store
+    are one folder or one holds the other."""
     a, b = repo.resolve(), store_root.resolve()
     if a == b or b in a.parents or a in b.parents:
+        if model is not None:
+            raise ExportError(f"the folder of the Triton model {model!r}, {repo}, is {a} (through a link), which is "
+                              f"in the model store {store_root} or holds it: the model's config and versions would "
+                              "be written among the store's files; remove the link")
         raise ExportError(f"the Triton repository {repo} and the model store {store_root} must be separate folders "
                           "(neither inside the other): Triton loads every folder of its repository as a model")
 
@@ -796,6 +801,8 @@ def write_repository(
         try:
             with _repository_lock(out):
                 plans = [plan_model(out, source, opts) for source in sources]  # every check before any write
+                for plan in plans:
+                    _check_apart(plan.model_dir, root, model=plan.name)
                 _check_one_tensorrt_target(out, plans)
                 return [write_model(plan) for plan in plans]
         except BaseException:

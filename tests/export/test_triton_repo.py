@@ -377,6 +377,16 @@ def test_every_camera_is_checked_before_any_is_written(store: Path, tmp_path: Pa
         with pytest.raises(ExportError, match="must be separate folders"):
             write_repository(inside, store, ["canon"])
     assert not (store / "canon" / "adassr_canon").exists()
+    # a model folder that is a link into the store (or to the store) passed that check, and the model's config,
+    # versions and provenance were written among the camera's files (a helper's hunt)
+    repo.mkdir()
+    for target in (store / "canon", store):
+        (repo / "adassr_canon").symlink_to(target)
+        before = sorted(p.name for p in (store / "canon").iterdir())
+        with pytest.raises(ExportError, match="through a link.*in the model store .* or holds it"):
+            write_repository(repo, store, ["canon"])
+        assert sorted(p.name for p in (store / "canon").iterdir()) == before
+        (repo / "adassr_canon").unlink()
     with pytest.raises(ExportError, match="options must be a TritonRepoOptions"):
         write_repository(repo, store, ["canon"], {"tile": 256})  # type: ignore[arg-type]
 
