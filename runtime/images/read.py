@@ -272,6 +272,22 @@ def _png_exif(p: Path, notes: list[str] | None = None, data: bytes | None = None
     return _exif_from_payload(payload, p, notes)
 
 
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')
+
+
+def _with_xmp_orientation(exif: Image.Exif, info: Mapping[Any, Any]) -> Image.Exif:
+    """``exif`` with the orientation of the image's XMP packet where it has none, as Pillow's ``getexif`` does
+    for every format (so a PNG turns as it did when Pillow read its EXIF, and a 16-bit one as an 8-bit one)."""
+    if ORIENTATION_TAG not in exif:
+        xmp = info.get("XML:com.adobe.xmp") or info.get("xmp")
+        if isinstance(xmp, str):
+            xmp = xmp.encode("utf-8", "replace")
+        match = _XMP_ORIENTATION.search(xmp) if isinstance(xmp, bytes) else None
+        if match:
+            exif[ORIENTATION_TAG] = int(match[2])
+    return exif
+
+
 def _png_exif_payload(fh: BinaryIO, size: int) -> bytes | None:
     """The first eXIf chunk's payload, else the EXIF of the first legacy text chunk; None without either (also
     past a damaged chunk). ValueError or zlib.error for a legacy text chunk that cannot be read."""
@@ -504,7 +520,7 @@ def _decode(p: Path, im: ImageFile.ImageFile,
         png = read_png_header(_head(p))
         if png is not None and png.bit_depth == 16 and png.colour_type in (2, 4, 6):
             data, _ = png_without_exif(whole := _read_bytes(p))
-            exif = _png_exif(p, notes, whole)
+            exif = _with_xmp_orientation(_png_exif(p, notes, whole), im.info)
             del whole
             counts = png_chunk_counts(data)
             texts = sum(counts.get(kind, 0) for kind in (b"tEXt", b"zTXt", b"iTXt"))
@@ -521,7 +537,9 @@ def _decode(p: Path, im: ImageFile.ImageFile,
     _note_shortfall(p, shortfall, notes)
     # PNG: by the rule read_camera_exif follows (Pillow's getexif takes the last of two eXIf chunks once the
     # image is loaded, and a legacy text chunk only in 8-bit images)
-    return pixels, alpha, _png_exif(p, notes) if im.format == "PNG" else _exif(im, p, notes)
+    if im.format == "PNG":
+        return pixels, alpha, _with_xmp_orientation(_png_exif(p, notes), im.info)
+    return pixels, alpha, _exif(im, p, notes)
 
 
 INCOMPLETE_SCANS = "the progressive JPEG's scans stop before its picture is complete"

@@ -383,6 +383,32 @@ def test_a_pngs_make_is_the_same_for_adapt_and_the_runtime(tmp_path: Path, depth
         assert read_camera_exif(bomb) == (None, None)
 
 
+@pytest.mark.parametrize("depth", [8, 16])
+def test_a_pngs_xmp_orientation_turns_it_when_its_exif_has_none(tmp_path: Path, depth: int) -> None:
+    """Pillow's getexif takes the orientation of an XMP packet where the EXIF has none: the 8-bit PNGs turned by
+    it, and must still do so now that a PNG's EXIF is read by the project's own rule; 16-bit ones too (they
+    ignored it)."""
+    rgb = np.random.default_rng(2).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    if depth == 8:
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        png = buf.getvalue()
+    else:
+        png = cv2.imencode(".png", rgb[..., ::-1].astype(np.uint16) * 257)[1].tobytes()
+    after_ihdr, iend = 8 + 8 + 13 + 4, png.rindex(b"IEND") - 4
+    xmp = _png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0<x:xmpmeta><rdf:Description tiff:Orientation=\"6\"/>"
+                                  b"</x:xmpmeta>")
+    turned = tmp_path / "xmp.png"
+    turned.write_bytes(png[:after_ihdr] + xmp + png[after_ihdr:])
+    assert read_image(turned).pixels.shape[:2] == (16, 12)  # orientation 6: a quarter turn
+    exif = Image.Exif()
+    exif[274] = 1
+    upright = tmp_path / "exif_wins.png"
+    upright.write_bytes(png[:after_ihdr] + xmp + png[after_ihdr:iend] + _png_chunk(b"eXIf", exif.tobytes()[6:])
+                        + png[iend:])
+    assert read_image(upright).pixels.shape[:2] == (12, 16)
+
+
 def test_read_image_size_decodes_no_pixels(no_decode: None, tmp_path: Path) -> None:
     assert read_image_size(SAMPLES / "canon" / "flower.jpg") == (480, 360)
     assert read_image_size(SAMPLES / "nintendo" / "frozenpond.mpo") == (640, 480)
