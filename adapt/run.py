@@ -685,6 +685,7 @@ def adapt_camera(
     new_camera = not CameraStore(Path(store_root).expanduser(), group.name).directory.exists()  # names: validated
     _check_store_folder_holds_no_photo(CameraStore(Path(store_root).expanduser(), group.name).directory, group)
     store = CameraStore.open(store_root, group.name, create=True)
+    store.refuse_alias()  # before the training, not at its end
     try:
         return _adapt_in_store(store, group, config, backbone_name, start=start, registry=registry,
                                progress=progress, keep_on_interrupt=keep_on_interrupt, replace=replace)

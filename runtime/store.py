@@ -602,7 +602,6 @@ class CameraStore:
         With ``timeout_s`` 0 fail at once when another process holds it. Not re-entrant: inside a
         transaction, use the transaction's methods, not :meth:`publish` / :meth:`update_manifest`.
         """
-        self._check_not_an_alias()
         held: set[tuple[int, int]] = _HELD_LOCKS.__dict__.setdefault("files", set())
         deadline = time.monotonic() + timeout_s
         waiting = False
@@ -648,16 +647,18 @@ class CameraStore:
         finally:
             os.close(fd)  # closing releases the flock
 
-    def _check_not_an_alias(self) -> None:
+    def refuse_alias(self) -> None:
         """StoreError when the camera's folder is a link to another camera's folder of this store (``canon ->
-        nikon``, an alias for serving): a write through it would replace the other camera's model."""
+        nikon``, an alias for serving): a model written through it would replace the other camera's. Checked by
+        every :meth:`StoreTransaction.stage` (engines and their records, built from the other camera's own
+        model, may still be written through an alias), and by ``adapt`` before it trains."""
         if not self.directory.is_symlink():
             return
         try:
             target, root = self.directory.resolve(strict=True), self.root.resolve(strict=True)
         except (OSError, RuntimeError):  # a link to nothing or a loop: reported where the folder is read
             return
-        if target.parent == root and target.name != self.camera:
+        if target.parent == root and target.name != self.camera and _is_group_name(target.name):
             raise StoreError(
                 f"the camera folder {self.directory} is a link to {target}, the folder of camera {target.name!r} in "
                 f"the same store: writing camera {self.camera!r} there would replace the model of {target.name!r}; "
@@ -809,6 +810,7 @@ class StoreTransaction:
         """
         if self._committed:
             raise StoreError("this store transaction is already committed; open a new one")
+        self.store.refuse_alias()
         target = self.store.path(name)  # validates the name
         _check_extra(name, extra)
         fd, tmp = create_temp(target)

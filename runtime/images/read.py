@@ -39,13 +39,12 @@ import os
 import re
 import stat
 import struct
-import threading
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import IO, Any, BinaryIO, TextIO, cast
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -97,9 +96,6 @@ OPENCV_MAX_SIDE = 1_000_000
 """OpenCV's libpng refuses 16-bit images with a side longer than this."""
 OPENCV_MAX_TIFF_SIDE = 1 << 20
 """OpenCV refuses images with a side longer than this (``CV_IO_MAX_IMAGE_WIDTH``)."""
-
-# Guards the warning-filter change around Image.open against our own concurrent calls.
-_OPEN_LOCK = threading.Lock()
 
 _TO_RGB_MODES = {"CMYK", "YCbCr", "HSV", "RGBX"}
 _UINT16_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
@@ -277,7 +273,8 @@ _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')
 
 def _with_xmp_orientation(exif: Image.Exif, info: Mapping[Any, Any]) -> Image.Exif:
     """``exif`` with the orientation of the image's XMP packet where it has none, as Pillow's ``getexif`` does
-    for every format (so a PNG turns as it did when Pillow read its EXIF, and a 16-bit one as an 8-bit one)."""
+    for every format (so a PNG turns as it did when Pillow read its EXIF). ``info`` of a 16-bit PNG, which Pillow
+    never loads, holds only an XMP packet before the image data; an 8-bit one's holds one after it too."""
     if ORIENTATION_TAG not in exif:
         xmp = info.get("XML:com.adobe.xmp") or info.get("xmp")
         if isinstance(xmp, str):
@@ -326,7 +323,7 @@ def _raw_profile_exif(kind: bytes, body: bytes) -> bytes:
             raise ValueError("an iTXt chunk without its language and translated keyword")
         body = _inflate(parts[2]) if compressed else parts[2]
     lines = body.decode("latin-1").split("\n")
-    if len(lines) < 4 or lines[1].strip() != "exif":
+    if len(lines) < 4:  # the name and length lines are not checked: Pillow never did
         raise ValueError("not in the 'exif, length, hex' layout")
     return bytes.fromhex("".join(lines[3:]))  # Exif.load drops a JPEG APP1 "Exif\0\0" prefix itself
 
@@ -387,7 +384,7 @@ def _starts_like_tiff(source: Path | io.BytesIO) -> bool:
 
 
 @contextmanager
-def _open_header(p: Path, source: Path | io.BytesIO | None = None, *,
+def _open_header(p: Path, source: io.BytesIO | None = None, *,
                  max_pixels: int | None = None) -> Iterator[ImageFile.ImageFile]:
     """Open with Pillow (header only) and close afterwards; every failure is an ImageError.
 
@@ -399,23 +396,10 @@ def _open_header(p: Path, source: Path | io.BytesIO | None = None, *,
             "turn truncated files into grey-filled images; set it back to False"
         )
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            # max_pixels is the limit that counts; read_image checks it right after opening.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(p if source is None else source, formats=PILLOW_OPENERS)
-    except Image.DecompressionBombError as e:
-        hard = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0  # where Pillow's warning turns an error
-        if max_pixels is not None and max_pixels < hard:  # above the caller's limit too: that is the one to name
-            counted = re.search(r"\((\d+) pixels\)", str(e))  # Pillow: "Image size (N pixels) exceeds limit of M"
-            size = f"{int(counted.group(1)):,}" if counted else f"over {hard:,}"
-            raise PixelLimitError(
-                f"{p}: image is {size} pixels, above the limit of {max_pixels:,}, which guards memory; "
-                "downscale it first"
-            ) from e
-        raise ImageTooLargeError(
-            f"{p}: image is larger than the decoder's guard against decompression bombs ({e}); "
-            "downscale it first"
-        ) from e
+        im = _pillow_open(p, source)
+    except Image.DecompressionBombError as e:  # not raised by _pillow_open; kept for a plugin that checks itself
+        raise ImageTooLargeError(f"{p}: image is larger than the decoder's guard against decompression bombs ({e}); "
+                                 "downscale it first") from e
     except PermissionError as e:
         raise ImageError(f"{p}: permission denied; check the file's permissions") from e
     except UnidentifiedImageError as e:
@@ -433,9 +417,51 @@ def _open_header(p: Path, source: Path | io.BytesIO | None = None, *,
             f"{p}: cannot read the image header ({e}); the file is damaged or unreadable"
         ) from e
     try:
+        _check_bomb_guard(p, im, max_pixels)
         yield im
     finally:
         im.close()
+
+
+def _pillow_open(p: Path, source: io.BytesIO | None) -> ImageFile.ImageFile:
+    """``Image.open(..., formats=PILLOW_OPENERS)`` without Pillow's decompression-bomb check, which warns through
+    the process-wide warnings module between one and two times ``Image.MAX_IMAGE_PIXELS``: silencing it with
+    ``warnings.catch_warnings`` undid the warning hooks other threads had set meanwhile (a server's decoding
+    thread broke a caller's recording of warnings). :func:`_check_bomb_guard` applies the check's limit."""
+    Image.init()  # every plugin registered, as Image.open does for a format it has not loaded yet
+    if source is None:
+        with open(p, "rb") as fh:
+            prefix = fh.read(16)
+    else:
+        source.seek(0)
+        prefix = source.read(16)
+    for name in PILLOW_OPENERS:
+        factory, accept = Image.OPEN[name]
+        accepted = accept is None or accept(prefix)
+        if not accepted or isinstance(accepted, str):  # a str: the format's support is not installed
+            continue
+        if source is not None:
+            source.seek(0)
+        try:  # a path: the image opens (and closes) the file itself
+            return factory(cast(IO[bytes], os.fspath(p)) if source is None else source, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):  # not this format after all, as Image.open
+            continue
+    raise UnidentifiedImageError(f"cannot identify image file {os.fspath(p)!r}")
+
+
+def _check_bomb_guard(p: Path, im: Image.Image, max_pixels: int | None) -> None:
+    """Pillow's hard limit (twice ``Image.MAX_IMAGE_PIXELS``), named with the caller's ``max_pixels`` where that
+    is the lower one: a client that downscaled to just under the guard would get a second refusal."""
+    guard = Image.MAX_IMAGE_PIXELS
+    width, height = im.size
+    pixels = max(1, width) * max(1, height)
+    if guard is None or pixels <= 2 * guard:
+        return
+    if max_pixels is not None and max_pixels < 2 * guard:
+        raise PixelLimitError(f"{p}: image is {width}x{height} = {pixels:,} pixels, above the limit of {max_pixels:,}, "
+                              "which guards memory; downscale it first")
+    raise ImageTooLargeError(f"{p}: image is {width}x{height} = {pixels:,} pixels, larger than the decoder's guard "
+                             f"against decompression bombs ({2 * guard:,} pixels); downscale it first")
 
 
 def _read_bytes(p: Path) -> bytes:

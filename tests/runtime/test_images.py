@@ -357,6 +357,8 @@ def test_a_pngs_make_is_the_same_for_adapt_and_the_runtime(tmp_path: Path, depth
                                              + png[after_ihdr:], "NIKON CORPORATION")
              for kind in (b"tEXt", b"zTXt", b"iTXt")}
     files["legacy_after.png"] = (png[:iend] + _legacy_exif_chunk(b"zTXt", "SONY") + png[iend:], "SONY")
+    upper = _legacy_exif_chunk(b"tEXt", "Ricoh").replace(b"\nexif\n", b"\nEXIF\n")  # Pillow reads only the hex
+    files["legacy_upper.png"] = (png[:after_ihdr] + _png_chunk(b"tEXt", upper[8:-4]) + png[after_ihdr:], "Ricoh")
     canon, nikon = _png_chunk(b"eXIf", _make_exif("Canon")), _png_chunk(b"eXIf", _make_exif("Nikon"))
     files["two_after.png"] = (png[:iend] + canon + nikon + png[iend:], "Canon")
     files["two_around.png"] = (png[:after_ihdr] + canon + png[after_ihdr:iend] + nikon + png[iend:], "Canon")
@@ -702,7 +704,8 @@ def test_decompression_bomb_headers(tmp_path: Path, no_decode: None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         # over Pillow's guard and over max_pixels: max_pixels is the limit named (it is the one that counts)
-        with pytest.raises(ImageError, match="image is 900,000,000 pixels, above the limit of 100,000,000") as err:
+        with pytest.raises(ImageError,
+                           match="image is 30000x30000 = 900,000,000 pixels, above the limit of 100,000,000") as err:
             read_image(huge)
         assert str(huge) in str(err.value) and str(err.value).endswith("downscale it first")
         assert "MAX_IMAGE_PIXELS" not in str(err.value)  # library advice, no use to a server's client
@@ -737,6 +740,28 @@ def test_pillow_warning_superseded_by_max_pixels(
             read_image(path, max_pixels=1599)
     leaked = [f for f in warnings.filters if f[2] is Image.DecompressionBombWarning]
     assert leaked == []  # read_image's filter change did not outlive the call
+
+
+def test_reading_with_notes_leaves_the_warning_hooks_of_other_threads_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header open silenced Pillow's bomb warning with warnings.catch_warnings, which puts the process's
+    filters and showwarning back as they were when it began: a hook another thread installed meanwhile (a
+    caller recording warnings beside a server's decoding threads) was undone (a helper's hunt)."""
+    path = _save(tmp_path / "g.png", Image.fromarray(_photo(40, 40)))
+
+    def other_threads_hook(*args: object, **kwargs: object) -> None:
+        pass
+
+    factory, accept = Image.OPEN["PNG"]
+
+    def opening(fp: Any, filename: Any) -> Any:
+        warnings.showwarning = other_threads_hook  # installed by another thread while this one opens the file
+        return factory(fp, filename)
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back after the test
+    monkeypatch.setitem(Image.OPEN, "PNG", (opening, accept))
+    assert read_image(path, notes=[]).pixels.shape == (40, 40, 3)
+    assert warnings.showwarning is other_threads_hook
 
 
 @pytest.mark.parametrize("value", [0, -5, 1.5, True])
@@ -1506,8 +1531,8 @@ def test_an_image_over_the_decoders_guard_names_the_callers_limit(tmp_path: Path
 
     path = tmp_path / "huge.png"
     path.write_bytes(_png_claiming(13000, 14000))  # 182 MP in its header
-    with pytest.raises(PixelLimitError, match=r"huge\.png: image is 182,000,000 pixels, above the limit of "
-                                              r"16,000,000, which guards memory"):
+    with pytest.raises(PixelLimitError, match=r"huge\.png: image is 13000x14000 = 182,000,000 pixels, above the "
+                                              r"limit of 16,000,000, which guards memory"):
         read_image(path, max_pixels=16_000_000)
     with pytest.raises(ImageError, match="decoder's guard against decompression bombs"):
         read_image(path, max_pixels=300_000_000)  # a limit above the guard: the guard is what stops it

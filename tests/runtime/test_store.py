@@ -301,13 +301,21 @@ def test_a_camera_folder_that_links_to_another_cameras_folder_is_never_written_t
     before = nikon.manifest_path.read_bytes()
     with pytest.raises(StoreError, match="a link to .*the folder of camera 'nikon' in the same store"):
         _publish_text(alias, "w.bin", "canon's model")
-    with pytest.raises(StoreError, match="would replace the model of 'nikon'"), alias.transaction():
-        pass
+    with alias.transaction() as tx, pytest.raises(StoreError, match="would replace the model of 'nikon'"):
+        tx.stage("w.bin", lambda p: p.write_text("canon's model"), stage="test")
     assert nikon.manifest_path.read_bytes() == before and nikon.verified_path("w.bin").read_text() == "nikon's model"
-    elsewhere = tmp_path.parent / f"{tmp_path.name}_disk2" / "sony"
-    elsewhere.mkdir(parents=True)
-    (tmp_path / "sony").symlink_to(elsewhere)
+    assert [p.name for p in nikon.directory.iterdir() if p.name.startswith("w.")] == [
+        nikon.artifact_path("w.bin").name]
+    with alias.transaction() as tx:  # engines built from nikon's own model may be recorded through the alias
+        tx.commit()
+    # a link to a folder whose name is no camera's (Canon/ is not served as a camera) is no alias
+    (tmp_path / "Sony").mkdir()
+    (tmp_path / "sony").symlink_to("Sony")
     _publish_text(CameraStore.open(tmp_path, "sony"), "w.bin", "sony's model")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}_disk2" / "fuji"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "fuji").symlink_to(elsewhere)
+    _publish_text(CameraStore.open(tmp_path, "fuji"), "w.bin", "fuji's model")
     assert (elsewhere / "manifest.json").is_file()
 
 
