@@ -648,22 +648,48 @@ class CameraStore:
             os.close(fd)  # closing releases the flock
 
     def refuse_alias(self) -> None:
-        """StoreError when the camera's folder is a link to another camera's folder of this store (``canon ->
-        nikon``, an alias for serving): a model written through it would replace the other camera's. Checked by
-        every :meth:`StoreTransaction.stage` (engines and their records, built from the other camera's own
-        model, may still be written through an alias), and by ``adapt`` before it trains."""
-        if not self.directory.is_symlink():
-            return
+        """StoreError when another camera name of this store reaches this camera's folder too (``canon -> nikon``,
+        an alias for serving, or two links to one folder elsewhere) and the folder is that camera's: a model
+        written under this name would replace the other camera's. The folder belongs to the name its manifest
+        records, else to the name that is no link. Checked by every :meth:`StoreTransaction.stage` (engines and
+        their records, built from the folder's own model, may still be written through an alias), and by
+        ``adapt`` before it trains."""
         try:
-            target, root = self.directory.resolve(strict=True), self.root.resolve(strict=True)
-        except (OSError, RuntimeError):  # a link to nothing or a loop: reported where the folder is read
+            own = os.stat(self.directory)
+        except OSError:  # no folder yet, or one that cannot be looked into (reported where it is read)
             return
-        if target.parent == root and target.name != self.camera and _is_group_name(target.name):
-            raise StoreError(
-                f"the camera folder {self.directory} is a link to {target}, the folder of camera {target.name!r} in "
-                f"the same store: writing camera {self.camera!r} there would replace the model of {target.name!r}; "
-                f"remove the link (a copy, cp -r, makes a camera of its own), or adapt or export {target.name!r} itself"
-            )
+        sharing = []
+        try:
+            with os.scandir(self.root) as entries:
+                for entry in entries:
+                    if entry.name == self.camera or not _is_group_name(entry.name):
+                        continue
+                    with contextlib.suppress(OSError):
+                        other = entry.stat()  # through links
+                        if (other.st_dev, other.st_ino) == (own.st_dev, own.st_ino):
+                            sharing.append(entry.name)
+        except OSError:
+            return
+        if not sharing:
+            return
+        names = {self.camera, *sharing}
+        recorded = None
+        with contextlib.suppress(StoreError):
+            recorded = self.read_manifest_or_empty().get("camera")
+        if recorded in names:
+            owner = recorded
+        else:
+            real = [name for name in names if not (self.root / name).is_symlink()]
+            owner = real[0] if len(real) == 1 else None
+        if owner == self.camera:
+            return
+        whose = f"camera {owner!r}" if owner is not None else f"camera(s) {', '.join(map(repr, sorted(sharing)))}"
+        model = repr(owner) if owner is not None else "that camera"
+        raise StoreError(
+            f"the camera folder {self.directory} is also the folder of {whose} in this store "
+            f"({os.path.realpath(self.directory)}): writing camera {self.camera!r} there would replace the model of "
+            f"{model}; remove the link (a copy, cp -r, makes a camera of its own), or adapt or export {model} itself"
+        )
 
     def _open_lock_file(self, held: set[tuple[int, int]]) -> tuple[int, tuple[int, int]]:
         """Open (creating it and the folder) the lock file; ``(fd, (device, inode))``.

@@ -39,6 +39,7 @@ import os
 import re
 import stat
 import struct
+import threading
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping
@@ -112,7 +113,9 @@ def read_image(
     multi-page file is read, an unreadable EXIF block is ignored, or a progressive JPEG's scans stop
     before its picture is complete (cut between two scans); with ``notes``, a list, those
     messages are appended to it instead and the process's warnings state is not touched (so threads
-    that read at once keep their notes apart).
+    that read at once keep their notes apart), except while a TIFF of more than Pillow's
+    ``Image.MAX_IMAGE_PIXELS`` (about 89 MP) that ``max_pixels`` allows is decoded: Pillow's TIFF decoder
+    warns then, and only a process-wide filter silences it.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
@@ -397,7 +400,13 @@ def _open_header(p: Path, source: io.BytesIO | None = None, *,
         )
     try:
         im = _pillow_open(p, source)
-    except Image.DecompressionBombError as e:  # not raised by _pillow_open; kept for a plugin that checks itself
+    except Image.DecompressionBombError as e:  # a plugin that checks its header itself (WebP in Pillow 13)
+        hard = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0  # where Pillow's warning turns an error
+        if max_pixels is not None and max_pixels < hard:  # above the caller's limit too: that is the one to name
+            counted = re.search(r"\((\d+) pixels\)", str(e))  # Pillow: "Image size (N pixels) exceeds limit of M"
+            size = f"{int(counted.group(1)):,}" if counted else f"over {hard:,}"
+            raise PixelLimitError(f"{p}: image is {size} pixels, above the limit of {max_pixels:,}, which guards "
+                                  "memory; downscale it first") from e
         raise ImageTooLargeError(f"{p}: image is larger than the decoder's guard against decompression bombs ({e}); "
                                  "downscale it first") from e
     except PermissionError as e:
@@ -605,7 +614,7 @@ def _check_tiff_tiles(p: Path, im: ImageFile.ImageFile) -> None:
 
 def _decode_pillow(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.ndarray | None]:
     try:
-        im.load()  # full decode: a truncated file raises here
+        _load(im)  # full decode: a truncated file raises here
         return _pillow_arrays(im, p)
     except AssertionError as e:  # Pillow's invariants on file data (a palette image without its palette)
         raise ImageError(f"{p}: image data is damaged ({str(e) or 'an inconsistent structure'}); re-copy or re-export "
@@ -614,6 +623,22 @@ def _decode_pillow(p: Path, im: ImageFile.ImageFile) -> tuple[np.ndarray, np.nda
         raise ImageError(
             f"{p}: image data is truncated or damaged ({e}); re-copy or re-export the file"
         ) from e
+
+
+_BOMB_WARNING_LOCK = threading.Lock()
+
+
+def _load(im: ImageFile.ImageFile) -> None:
+    """``im.load()``. Pillow's TIFF decoder runs the decompression-bomb check again as it decodes, and warns
+    above ``Image.MAX_IMAGE_PIXELS`` (about 89 MP) where ``max_pixels`` allowed the image: only there is the
+    warning silenced, which touches the process's warnings state (no other way exists before Python 3.14)."""
+    guard = Image.MAX_IMAGE_PIXELS
+    if im.format != "TIFF" or guard is None or im.size[0] * im.size[1] <= guard:
+        im.load()
+        return
+    with _BOMB_WARNING_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im.load()
 
 
 def _pillow_arrays(im: Image.Image, p: Path) -> tuple[np.ndarray, np.ndarray | None]:

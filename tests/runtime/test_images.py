@@ -728,14 +728,16 @@ def test_decompression_bomb_headers(tmp_path: Path, no_decode: None) -> None:
             read_image(HR / "chelsea.png", max_pixels=1000)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".jpg", ".webp", ".bmp"])
 def test_pillow_warning_superseded_by_max_pixels(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
 ) -> None:
-    path = _save(tmp_path / "g.png", Image.fromarray(_photo(40, 40)[..., 0]))
+    """Every format: Pillow's TIFF decoder warned again while decoding (a review's finding)."""
+    path = _save(tmp_path / f"g{suffix}", Image.fromarray(_photo(40, 40)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 px: Pillow warns, below 2x
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert read_image(path).pixels.shape == (40, 40, 1)
+        assert read_image(path).pixels.shape[:2] == (40, 40)
         with pytest.raises(ImageError, match="above the limit of 1,599, which guards memory; downscale it first"):
             read_image(path, max_pixels=1599)
     leaked = [f for f in warnings.filters if f[2] is Image.DecompressionBombWarning]
@@ -1536,6 +1538,17 @@ def test_an_image_over_the_decoders_guard_names_the_callers_limit(tmp_path: Path
         read_image(path, max_pixels=16_000_000)
     with pytest.raises(ImageError, match="decoder's guard against decompression bombs"):
         read_image(path, max_pixels=300_000_000)  # a limit above the guard: the guard is what stops it
+    # a format whose decoder checks its own header (WebP, Pillow 13) names the caller's limit too (a review)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "WEBP", lossless=True)
+    webp = bytearray(buf.getvalue())
+    assert webp[12:16] == b"VP8L" and webp[20] == 0x2F
+    bits = struct.unpack("<I", webp[21:25])[0] & ~((1 << 28) - 1)
+    webp[21:25] = struct.pack("<I", bits | (14000 - 1) | ((14000 - 1) << 14))  # 14000 x 14000 in its header
+    (tmp_path / "huge.webp").write_bytes(bytes(webp))
+    with pytest.raises(PixelLimitError, match=r"huge\.webp: image is 196,000,000 pixels, above the limit of "
+                                              r"16,000,000"):
+        read_image(tmp_path / "huge.webp", max_pixels=16_000_000)
 
 
 @pytest.mark.parametrize(("depth", "key", "scale"), [(2, 3, 85), (4, 9, 17)])

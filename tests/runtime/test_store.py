@@ -299,7 +299,7 @@ def test_a_camera_folder_that_links_to_another_cameras_folder_is_never_written_t
     alias = CameraStore.open(tmp_path, "canon")
     assert alias.verified_path("w.bin").read_text() == "nikon's model"
     before = nikon.manifest_path.read_bytes()
-    with pytest.raises(StoreError, match="a link to .*the folder of camera 'nikon' in the same store"):
+    with pytest.raises(StoreError, match="is also the folder of camera 'nikon' in this store"):
         _publish_text(alias, "w.bin", "canon's model")
     with alias.transaction() as tx, pytest.raises(StoreError, match="would replace the model of 'nikon'"):
         tx.stage("w.bin", lambda p: p.write_text("canon's model"), stage="test")
@@ -317,6 +317,15 @@ def test_a_camera_folder_that_links_to_another_cameras_folder_is_never_written_t
     (tmp_path / "fuji").symlink_to(elsewhere)
     _publish_text(CameraStore.open(tmp_path, "fuji"), "w.bin", "fuji's model")
     assert (elsewhere / "manifest.json").is_file()
+    # an alias of that link, and a second link to the same folder elsewhere, are aliases too (the first review
+    # of this check only looked for links that end in the store)
+    (tmp_path / "leica").symlink_to("fuji")
+    (tmp_path / "pentax").symlink_to(elsewhere)
+    for alias_name in ("leica", "pentax"):
+        with pytest.raises(StoreError, match="would replace the model of 'fuji'"):
+            _publish_text(CameraStore.open(tmp_path, alias_name), "w.bin", "not fuji's model")
+    _publish_text(CameraStore.open(tmp_path, "fuji"), "w.bin", "fuji's newer model")
+    assert CameraStore.open(tmp_path, "pentax").verified_path("w.bin").read_text() == "fuji's newer model"
 
 
 def test_an_atomic_write_is_fsynced_before_its_rename_and_the_folder_after(tmp_path: Path,
