@@ -321,6 +321,18 @@ def test_a_png_exif_after_the_image_data_is_read_without_decoding(no_decode: Non
     assert asked and max(asked) < 2**20, asked
 
 
+def _png_to_splice(depth: int, *, seed: int) -> tuple[bytes, int, int]:
+    """A 16 x 12 RGB PNG of ``depth`` bits, where chunks go after IHDR, and where before IEND."""
+    rgb = np.random.default_rng(seed).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    if depth == 8:
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        png = buf.getvalue()
+    else:
+        png = cv2.imencode(".png", rgb[..., ::-1].astype(np.uint16) * 257)[1].tobytes()
+    return png, 8 + 8 + 13 + 4, png.rindex(b"IEND") - 4
+
+
 def _make_exif(make: str) -> bytes:
     exif = Image.Exif()
     exif[271] = make
@@ -345,14 +357,7 @@ def test_a_pngs_make_is_the_same_for_adapt_and_the_runtime(tmp_path: Path, depth
     trained on it (its folder's group instead), a 16-bit one to the fallback, and one with two eXIf chunks
     went to one camera's group and the other camera's model (a helper's hunt). One rule now: the first
     eXIf chunk, else the legacy text chunk."""
-    rgb = np.random.default_rng(1).integers(0, 255, (12, 16, 3), dtype=np.uint8)
-    if depth == 8:
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG")
-        png = buf.getvalue()
-    else:
-        png = cv2.imencode(".png", rgb[..., ::-1].astype(np.uint16) * 257)[1].tobytes()
-    after_ihdr, iend = 8 + 8 + 13 + 4, png.rindex(b"IEND") - 4
+    png, after_ihdr, iend = _png_to_splice(depth, seed=1)
     files = {f"legacy_{kind.decode()}.png": (png[:after_ihdr] + _legacy_exif_chunk(kind, "NIKON CORPORATION")
                                              + png[after_ihdr:], "NIKON CORPORATION")
              for kind in (b"tEXt", b"zTXt", b"iTXt")}
@@ -390,14 +395,7 @@ def test_a_pngs_xmp_orientation_turns_it_when_its_exif_has_none(tmp_path: Path, 
     """Pillow's getexif takes the orientation of an XMP packet where the EXIF has none: the 8-bit PNGs turned by
     it, and must still do so now that a PNG's EXIF is read by the project's own rule; 16-bit ones too (they
     ignored it)."""
-    rgb = np.random.default_rng(2).integers(0, 255, (12, 16, 3), dtype=np.uint8)
-    if depth == 8:
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG")
-        png = buf.getvalue()
-    else:
-        png = cv2.imencode(".png", rgb[..., ::-1].astype(np.uint16) * 257)[1].tobytes()
-    after_ihdr, iend = 8 + 8 + 13 + 4, png.rindex(b"IEND") - 4
+    png, after_ihdr, iend = _png_to_splice(depth, seed=2)
     xmp = _png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0<x:xmpmeta><rdf:Description tiff:Orientation=\"6\"/>"
                                   b"</x:xmpmeta>")
     turned = tmp_path / "xmp.png"
