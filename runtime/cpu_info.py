@@ -5,9 +5,13 @@ Detection reads Linux's ``/proc/cpuinfo``, the process's CPU affinity, the cgrou
 exposes it, ``cpufreq/cpuinfo_max_freq``. Elsewhere it falls back to ``os.cpu_count()`` and an
 unknown clock.
 
-Usable physical cores = min(CPUs in the affinity mask, ceil(cgroup quota)) / hardware threads per
-core (at least 1). Intra-op thread pools should use that many threads: more threads than cores
-only makes the spinning workers of OpenMP / onnxruntime steal each other's time.
+Usable physical cores = min(the distinct cores of the CPUs in the affinity mask, ceil(cgroup quota)),
+the cores read from the ``physical id`` and ``core id`` of each CPU in ``/proc/cpuinfo`` (so SMT
+siblings count once, a mask of two CPUs on two cores counts two, and a hybrid CPU's P-cores with SMT
+and E-cores without are counted right); the quota is the smallest of the process's own cgroup and
+those above it. Without core ids: min(mask, ceil(quota)) / hardware threads per core (at least 1).
+Intra-op thread pools should use that many threads: more threads than cores only makes the spinning
+workers of OpenMP / onnxruntime steal each other's time.
 
 Nominal fp32 peak (GFLOP/s) = usable physical cores x clock (GHz) x FMA units per core x fp32
 lanes per vector x 2 (an FMA is a multiply and an add):
@@ -39,6 +43,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +117,19 @@ class Fp32Peak:
                 f"({self.isa}) x 2 FLOP/FMA = {value}")
 
 
+def cpu_cores(text: str) -> dict[int, tuple[str, str]]:
+    """``{processor number: (physical id, core id)}`` of the ``/proc/cpuinfo`` blocks that list a core id
+    (SMT siblings share one pair; the cores of a hybrid CPU with and without SMT are told apart)."""
+    cores: dict[int, tuple[str, str]] = {}
+    for block in text.split("\n\n"):
+        fields = dict((key.strip(), value.strip()) for key, sep, value in
+                      (line.partition(":") for line in block.splitlines()) if sep)
+        number = _int(fields.get("processor"))
+        if number is not None and "core id" in fields:
+            cores[number] = (fields.get("physical id", "0"), fields["core id"])
+    return cores
+
+
 def parse_cpuinfo(text: str) -> dict[str, str]:
     """The first processor block of ``/proc/cpuinfo`` as ``{key: value}``; also counts cores.
 
@@ -140,18 +158,56 @@ def parse_cpuinfo(text: str) -> dict[str, str]:
     return first
 
 
-def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """CPUs allowed by the cgroup quota (v2 ``cpu.max`` or v1 ``cfs_quota_us``), None when unlimited."""
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"), *,
+                     self_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup quotas (v2 ``cpu.max``, v1 ``cfs_quota_us``) of this process's own cgroup
+    (``self_cgroup``; a service started by systemd or a job scheduler sits below the mount's root) and of
+    every cgroup above it: the smallest, None when none is limited."""
+    v2, v1 = _own_cgroups(self_cgroup)
+    limits = [_v2_quota(folder / "cpu.max") for folder in _up_to(root, v2)]
+    limits += [_v1_quota(folder) for folder in _up_to(root / "cpu", v1)]
+    found = [limit for limit in limits if limit is not None]
+    return min(found) if found else None
+
+
+def _own_cgroups(self_cgroup: Path) -> tuple[str, str]:
+    """This process's cgroup v2 path and cgroup v1 ``cpu`` path (``""``: the root, also when unknown)."""
+    v2 = v1 = ""
     try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota != "max" and float(period) > 0:
-            return float(quota) / float(period)
-        return None
+        text = self_cgroup.read_text()
+    except OSError:
+        return v2, v1
+    for line in text.splitlines():
+        _, sep, rest = line.partition(":")
+        controllers, sep2, path = rest.partition(":")
+        if not (sep and sep2):
+            continue
+        if controllers == "":
+            v2 = path
+        elif "cpu" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _up_to(base: Path, path: str) -> list[Path]:
+    """``base/path`` and each folder above it up to ``base`` (only those that exist; ``..`` is never followed)."""
+    parts = [part for part in path.strip("/").split("/") if part and part not in (".", "..")]
+    folders = [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+    return [folder for folder in folders if folder.is_dir()]
+
+
+def _v2_quota(path: Path) -> float | None:
+    try:
+        quota, period = path.read_text().split()[:2]
+        return float(quota) / float(period) if quota != "max" and float(period) > 0 else None
     except (OSError, ValueError):
-        pass
+        return None
+
+
+def _v1_quota(folder: Path) -> float | None:
     try:
-        q = float((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        p = float((root / "cpu" / "cpu.cfs_period_us").read_text())
+        q = float((folder / "cpu.cfs_quota_us").read_text())
+        p = float((folder / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
     return q / p if q > 0 and p > 0 else None
@@ -176,20 +232,24 @@ def detect_cpu(
     *,
     sys_cpu: Path = Path("/sys/devices/system/cpu"),
     cgroup: Path = Path("/sys/fs/cgroup"),
-    affinity: int | None = None,
+    self_cgroup: Path = Path("/proc/self/cgroup"),
+    affinity: int | Collection[int] | None = None,
 ) -> CpuInfo:
-    """Detect the CPU this process runs on (see the module docstring for the rules)."""
+    """Detect the CPU this process runs on (see the module docstring for the rules). ``affinity``: the CPUs
+    this process may run on (a count ``n`` stands for CPUs ``0..n-1``); default its affinity mask."""
     try:
-        info = parse_cpuinfo(cpuinfo.read_text())
+        text = cpuinfo.read_text()
     except OSError:
-        info = {"_physical_cores": "", "_processors": "0"}
+        text = ""
+    info = parse_cpuinfo(text) if text else {"_physical_cores": "", "_processors": "0"}
     if affinity is None:
         try:
-            affinity = len(os.sched_getaffinity(0))
+            affinity = os.sched_getaffinity(0)
         except (AttributeError, OSError):
             affinity = os.cpu_count() or 1
-    logical = max(1, affinity)
-    quota = cgroup_cpu_limit(cgroup)
+    allowed = set(range(affinity)) if isinstance(affinity, int) else set(affinity)
+    logical = max(1, len(allowed))
+    quota = cgroup_cpu_limit(cgroup, self_cgroup=self_cgroup)
     if quota is not None:
         logical = max(1, min(logical, math.ceil(quota)))
     processors = _int(info.get("_processors")) or 0
@@ -201,7 +261,12 @@ def detect_cpu(
         siblings, per_socket = _int(info.get("siblings")), _int(info.get("cpu cores"))
         if siblings and per_socket and siblings > per_socket:
             tpc = max(1, siblings // per_socket)
-    physical = max(1, logical // tpc)
+    core_of = cpu_cores(text)
+    if core_of:  # the cores the allowed CPUs sit on (a CPU that cpuinfo does not list counts as a core)
+        cores = len({core_of.get(cpu, ("cpu", str(cpu))) for cpu in allowed}) if allowed else 1
+        physical = max(1, min(cores, logical))  # a quota of n CPUs may run n threads on n different cores
+    else:
+        physical = max(1, logical // tpc)
     clock = _max_freq_mhz(sys_cpu)
     source = "cpuinfo_max_freq"
     if clock is None:

@@ -102,6 +102,52 @@ def test_cgroup_v1(tmp_path: Path) -> None:
     assert cgroup_cpu_limit(tmp_path / "cg1") == pytest.approx(3.0)
 
 
+def test_usable_cores_are_the_cores_of_the_allowed_cpus(tmp_path: Path) -> None:
+    """One machine-wide SMT ratio divided the allowed CPUs: two CPUs on two cores of an SMT machine (taskset,
+    or a 2-CPU quota) got one thread, and a hybrid CPU (P-cores with SMT, E-cores without) more threads than
+    cores (a helper's hunt)."""
+    kw = dict(flags=AVX2_FLAGS, vendor="GenuineIntel", family=6, model=151, name="Core")
+    smt = _write(tmp_path, "".join(_block(p, core=p % 4, siblings=8, cores=4, **kw) for p in range(8)))
+    nocg, self_cg = tmp_path / "nocg", tmp_path / "none"
+
+    def cores(path: Path, affinity: int | set[int], cgroup: Path = nocg) -> int:
+        return detect_cpu(path, sys_cpu=tmp_path, cgroup=cgroup, self_cgroup=self_cg, affinity=affinity).physical_cores
+
+    assert cores(smt, 8) == 4 and cores(smt, {0, 4}) == 1  # siblings count once
+    assert cores(smt, {0, 1}) == 2 and cores(smt, {0, 1, 2, 3}) == 4  # two CPUs on two cores: two threads
+    cg = tmp_path / "cg"
+    cg.mkdir()
+    (cg / "cpu.max").write_text("200000 100000\n")
+    assert cores(smt, 8, cg) == 2  # a quota of two CPUs may run on two cores
+    # Alder Lake style: 2 P-cores (ids 0, 4) with SMT siblings, then 4 E-cores (ids 8-11) without
+    ids = [0, 0, 4, 4, 8, 9, 10, 11]
+    hybrid = _write(tmp_path, "".join(_block(p, core=c, siblings=8, cores=6, **kw) for p, c in enumerate(ids)))
+    assert cores(hybrid, 8) == 6 and cores(hybrid, {0, 1, 4}) == 2
+
+
+def test_the_quota_of_the_process_own_cgroup_counts(tmp_path: Path) -> None:
+    """Under systemd (CPUQuota=) or a job scheduler the process's cgroup is below the mount's root, whose
+    cpu.max was the only one read: a half-core quota gave two threads (a helper's hunt)."""
+    root = tmp_path / "cg"
+    service = root / "system.slice" / "job.service"
+    service.mkdir(parents=True)
+    (service / "cpu.max").write_text("50000 100000\n")
+    own = tmp_path / "self_cgroup"
+    own.write_text("0::/system.slice/job.service\n")
+    assert cgroup_cpu_limit(root, self_cgroup=own) == pytest.approx(0.5)
+    (root / "system.slice" / "cpu.max").write_text("300000 100000\n")  # a parent's looser quota: the least counts
+    (service / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(root, self_cgroup=own) == pytest.approx(3.0)
+    own.write_text("0::/../../etc\n")  # never above the mount
+    assert cgroup_cpu_limit(root, self_cgroup=own) is None
+    v1 = tmp_path / "cg1" / "cpu" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("150000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    own.write_text("4:cpu,cpuacct:/docker/abc\n1:name=systemd:/\n")
+    assert cgroup_cpu_limit(tmp_path / "cg1", self_cgroup=own) == pytest.approx(1.5)
+
+
 def test_missing_cpuinfo_falls_back(tmp_path: Path) -> None:
     cpu = detect_cpu(tmp_path / "absent", sys_cpu=tmp_path, cgroup=tmp_path, affinity=3)
     assert cpu.physical_cores == 3 and cpu.clock_mhz is None and cpu.isa == "sse2"
