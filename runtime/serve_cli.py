@@ -365,6 +365,7 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
     import uvicorn
 
     from adassr.runtime.server.http_protocol import header_timeout_protocol
+    from adassr.runtime.server.log_limits import limit_client_noise
 
     server_state = app.state.server
 
@@ -413,6 +414,7 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
         # uvicorn asks the streams whether they are terminals (for colours): a closed one (`>&-`) is None
         use_colors=False if sys.stdout is None or sys.stderr is None else None,
     )
+    limit_client_noise()  # after uvicorn.Config, which configures uvicorn's loggers
     return DrainingServer(uv_config)
 
 

@@ -153,8 +153,12 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0) -> t
             if not unread or self._peer_eof or not self._real.can_write_eof():
                 self._real.close()
                 return
+            try:
+                self._real.write_eof()  # FIN once the response has left the buffer
+            except OSError:  # the client reset the connection already: nothing is left to linger for
+                self._real.close()
+                return
             self._lingering = True
-            self._real.write_eof()  # FIN once the response has left the buffer
             self._real.resume_reading()  # uvicorn pauses reading while a body waits for the app
             self._linger_buffered = self._real.get_write_buffer_size()
             self._linger_timer = self.loop.call_later(LINGER_S, self._linger_check)

@@ -1661,6 +1661,20 @@ def test_multipart_parts_and_content_codings_get_errors_that_say_what_was_sent(s
         assert "unknown parameter(s) ''; valid:" in _assert_json_error(empty_name, 422, "invalid_parameter")
 
 
+def test_serve_limits_what_clients_make_uvicorn_log(store: Path) -> None:
+    """`adassr serve` puts the limit of client-caused log lines on uvicorn's logger (see
+    tests/runtime/test_server_log_limits.py for the limit itself)."""
+    import logging
+
+    from adassr.runtime.serve_cli import _uvicorn_server
+    from adassr.runtime.server.app import create_app
+    from adassr.runtime.server.log_limits import ClientNoiseLimit
+
+    config = _config(store)
+    _uvicorn_server(create_app(config), config)
+    assert any(isinstance(f, ClientNoiseLimit) for f in logging.getLogger("uvicorn.error").filters)
+
+
 def test_a_multipart_body_cut_before_its_closing_boundary_says_so() -> None:
     """A multipart upload cut short (its image part never ended) was answered "no file part named 'image'",
     which sent the client looking for a naming mistake (a helper's hunt)."""
