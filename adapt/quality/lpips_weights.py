@@ -167,8 +167,12 @@ def _read_sums(folder: Path) -> dict[str, str]:
     path = folder / SUMS_NAME
     if not path.exists():
         return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # damaged: no checksum in it can be trusted (a fetch writes the file anew)
+        return {}
     sums = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2:
             sums[parts[1]] = parts[0]

@@ -94,6 +94,15 @@ def test_stored_state_round_trips_and_detects_corruption(tmp_path: Path) -> None
     path.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="sha256"):
         load_lpips("alex", cache_dir=tmp_path)
+    # a checksum file that is no text: a WeightsError saying to fetch again, and storing again repairs it (it
+    # ended metrics and fetch-weights in a UnicodeDecodeError traceback, and storing failed the same way)
+    sums = path.parent / lw.SUMS_NAME
+    sums.write_bytes(b"\xff\xfegarbage\n")
+    with pytest.raises(WeightsError, match="fetch-weights lpips"):
+        load_lpips("alex", cache_dir=tmp_path)
+    assert not lw.lpips_weights_present("alex", tmp_path)
+    lw.store_lpips_state("alex", model.state_dict(), tmp_path, source="test", source_sha256="0" * 64)
+    load_lpips("alex", cache_dir=tmp_path)
 
 
 def test_converts_flax_layout() -> None:

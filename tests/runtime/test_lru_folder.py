@@ -1,0 +1,48 @@
+"""The byte cap of the cache folders (weight maps, ONNX graphs): least recently used files go first."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from adassr.runtime.lru_folder import evict_least_recent
+
+
+def _entry(folder: Path, name: str, size: int, age_s: float) -> Path:
+    path = folder / name
+    path.write_bytes(b"x" * size)
+    os.utime(path, (1_700_000_000 - age_s,) * 2)
+    return path
+
+
+def test_an_entry_that_cannot_be_removed_does_not_stop_the_eviction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The first file eviction could not remove (another user's in a shared folder: EPERM; a folder of an entry's
+    name) ended it for good: the cap was never enforced again, and each write warned that it had failed, though
+    it had not (a helper's hunt)."""
+    (tmp_path / f"{'0' * 64}.npy").mkdir()  # oldest of all, and no file: neither counted nor removed
+    os.utime(tmp_path / f"{'0' * 64}.npy", (1_600_000_000,) * 2)
+    foreign = _entry(tmp_path, "a.npy", 100, age_s=50)
+    older = _entry(tmp_path, "b.npy", 100, age_s=40)
+    newer = [_entry(tmp_path, f"{c}.npy", 100, age_s=30 - i) for i, c in enumerate("cdef")]
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name == foreign.name:
+            raise PermissionError(1, "Operation not permitted")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with caplog.at_level(logging.WARNING, logger="adassr.runtime.lru_folder"):
+        evict_least_recent(tmp_path, "*.npy", 300)
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == [f"{'0' * 64}.npy", "a.npy", "e.npy", "f.npy"]  # 300 bytes with the one that stays
+        assert not older.exists() and newer[-1].exists() and not caplog.records  # the cap is met: no word
+        evict_least_recent(tmp_path, "*.npy", 50)  # a cap only the file that stays keeps it from
+        evict_least_recent(tmp_path, "*.npy", 50)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{'0' * 64}.npy", "a.npy"]
+    (warning,) = [r.getMessage() for r in caplog.records]  # once for the folder, not once per write
+    assert "stays above its cap" in warning and "a.npy (Operation not permitted)" in warning
