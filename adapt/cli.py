@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 
 from adassr.adapt.config import AdaptConfig, AttentionConfig, CliField, cli_fields
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, store_argument
+
+log = logging.getLogger(__name__)
 
 
 def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +68,9 @@ def _select(args: argparse.Namespace):
     if args.image is not None:
         if args.images is not None:
             raise ConfigError("use either --images DIR (a camera group) or --image PATH (one image), not both")
-        return single_image_group(args.image, args.camera)
+        group = single_image_group(args.image, args.camera)
+        _warn_if_a_folder_routes_elsewhere(group, Path(args.store).expanduser())
+        return group
     if not args.camera or not args.camera.strip():
         raise ConfigError("--camera NAME is required (or --image PATH); `adapt --list` shows the groups")
     images = Path(args.images or default_images_dir()).expanduser()
@@ -75,7 +80,36 @@ def _select(args: argparse.Namespace):
         raise ConfigError(f"--images {images} is {'' if images.resolve() == store.resolve() else 'inside '}the model "
                           f"store --store {store}, which holds models and reports, not photos; point --images at "
                           "the folder of the camera's photos")
-    return select_group(images, args.camera)
+    group = select_group(images, args.camera)
+    _warn_if_a_folder_routes_elsewhere(group, store)
+    return group
+
+
+def _warn_if_a_folder_routes_elsewhere(group: Any, store: Path) -> None:
+    """One warning for the images of ``group`` that sit in a folder named after another camera of the store:
+    ``upscale`` and ``serve`` route them by that folder first, so the model adapted here would not serve them
+    (``--images photos/nikon --camera canon`` with nikon in the store)."""
+    import os
+
+    from adassr.runtime.cameras import validate_group_name
+    from adassr.runtime.errors import CameraError
+    from adassr.runtime.store import MANIFEST_NAME
+
+    elsewhere: dict[str, list[Path]] = {}
+    for member in group.members:
+        folder = Path(os.path.abspath(member.path)).parent  # named as routing names it: by the link, not its target
+        try:
+            name = validate_group_name(folder.name)
+        except CameraError:
+            continue
+        if name != group.name and (store / name / MANIFEST_NAME).is_file():
+            elsewhere.setdefault(name, []).append(member.path)
+    for name, paths in sorted(elsewhere.items()):
+        log.warning(
+            "%d image(s) of group %r, e.g. %s, sit in a folder named after camera %r of the store: upscale and "
+            "serve route them by that folder to %r, so the model adapted here will not serve them (unless asked "
+            "for with --camera %s); move them into a folder of their own", len(paths), group.name, paths[0], name,
+            name, group.name)
 
 
 def _progress_printer(total_hint: int):

@@ -366,11 +366,6 @@ def _same_maker_elsewhere(groups: dict[str, CameraGroup], wanted: str) -> list[s
     return [other for other in same_brand_names(wanted, groups) if by_make(other) or by_make(wanted)]
 
 
-_FOLDER_BEATS = ("filename-prefix", "none")
-"""How loose images were grouped that a folder named after a camera takes in: a name prefix (``DSC_``,
-``IMG_``: often a camera's default, not its maker) or nothing. An EXIF Make names the camera itself."""
-
-
 def _is_named(directory: Path, wanted: str) -> bool:
     """Whether the folder ``directory`` itself is named after camera group ``wanted``."""
     # abspath, not resolve: "." gets its name, and a linked folder is named by its link, as its images
@@ -380,16 +375,17 @@ def _is_named(directory: Path, wanted: str) -> bool:
 
 def _with_folder_named_group(groups: dict[str, CameraGroup], directory: Path, wanted: str) -> dict[str, CameraGroup]:
     """``groups``, where ``directory`` itself is named ``wanted`` (``--images photos/nikon --camera
-    nikon``), with its loose images that name no camera or only by a file-name prefix (``DSC_0001.png``
-    without EXIF) joining group ``wanted``: the folder rule applied to the folder given (images with an
-    EXIF Make of another camera stay in that camera's group)."""
+    nikon``), with all its loose images joining group ``wanted``: the folder rule applied to the folder
+    given, as to a subfolder, and as ``upscale`` and ``serve`` route them once ``wanted`` is in the store
+    (the folder first). Images with another camera's EXIF Make join too: they were kept in that camera's
+    group, whose model never served them."""
     if wanted == UNGROUPED or not _is_named(directory, wanted):
         return groups
     top = directory.expanduser()
     joined: list[GroupMember] = []
     rest: dict[str, CameraGroup] = {}
     for name, group in groups.items():
-        moves = [m.derivation in _FOLDER_BEATS and m.path.parent == top for m in group.members]
+        moves = [m.path.parent == top for m in group.members]
         joined += [GroupMember(m.path, "folder") for m, move in zip(group.members, moves, strict=True) if move]
         kept = tuple(m for m, move in zip(group.members, moves, strict=True) if not move)  # one pass, not N x N
         if kept and name != wanted:

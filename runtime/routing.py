@@ -215,8 +215,9 @@ def route_by_image(image: LoadedImage | str | os.PathLike[str] | None,
 
     A folder or file name counts only when ``has_camera`` says that camera is there (the store, or
     the Triton server): most folders and names are not camera names. The EXIF Make's group counts
-    whenever there is one (without a model for it the fallback serves, saying why). ``group`` is
-    None when nothing applies.
+    whenever there is one (without a model for it the fallback serves, saying why), and so does a Make
+    that gives no valid group name (the fallback serves it: ``adapt`` leaves such an image out of every
+    group, so no prefix's camera was trained on it). ``group`` is None when nothing applies.
     """
     path = _image_path(image)
     folder = _valid_group(path.parent.name) if path is not None and path.parent.name else None
@@ -225,6 +226,8 @@ def route_by_image(image: LoadedImage | str | os.PathLike[str] | None,
     group, make = camera_group_of(image)
     if group is not None:
         return group, "exif-make", make
+    if make and normalise_camera_name(make):  # a Make that names no valid group (too long, "con"): adapt leaves
+        return None, "exif-make", make  # such an image out, so the fallback serves it, not a file-name prefix
     by_name = camera_from_filename(path.name) if path is not None else None
     if by_name is not None and has_camera(by_name):
         return by_name, "filename-prefix", make

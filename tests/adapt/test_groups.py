@@ -118,8 +118,9 @@ def test_marks_ground_truth_needs_an_hr_token() -> None:
 
 
 def test_images_in_a_folder_named_after_the_camera_join_its_group(tmp_path: Path) -> None:
-    """`adapt --images photos/nikon --camera nikon`: loose images without EXIF Make or name prefix
-    belong to the folder's camera (the folder rule applied to the folder given)."""
+    """`adapt --images photos/nikon --camera nikon`: the folder's loose images belong to the folder's camera
+    (the folder rule applied to the folder given), those with another camera's EXIF Make too: upscale routes
+    them by the folder, so they stayed in canon's group, whose model never served them (a helper's hunt)."""
     folder = tmp_path / "nikon"
     folder.mkdir()
     _noise_png(folder / "0001.png", 1)
@@ -127,12 +128,12 @@ def test_images_in_a_folder_named_after_the_camera_join_its_group(tmp_path: Path
     _noise_png(folder / "Nikon_003_LR4.png", 3)
     _noise_png(folder / "DSC_0004.png", 4)  # a camera's default name prefix, no EXIF: used to be group 'dsc'
     _noise_png(folder / "IMG_0005.png", 5)
-    shutil.copy(SAMPLES / "canon" / "flower.jpg", folder / "other.jpg")  # EXIF Canon: stays canon
+    shutil.copy(SAMPLES / "canon" / "flower.jpg", folder / "other.jpg")  # EXIF Canon: joins too
     group = select_group(folder, "nikon")
     assert [m.path.name for m in group.members] == ["0001.png", "0002.png", "DSC_0004.png", "IMG_0005.png",
-                                                    "Nikon_003_LR4.png"]
+                                                    "Nikon_003_LR4.png", "other.jpg"]
     assert {m.derivation for m in group.members} == {"folder"}
-    assert [m.path.name for m in select_group(folder, "canon").members] == ["other.jpg"]
+    assert [m.path.name for m in select_group(folder, "canon").members] == ["other.jpg"]  # asked for by Make
     elsewhere = tmp_path / "photos"
     elsewhere.mkdir()
     _noise_png(elsewhere / "0001.png")
@@ -140,6 +141,36 @@ def test_images_in_a_folder_named_after_the_camera_join_its_group(tmp_path: Path
         select_group(elsewhere, "nikon")
     with pytest.raises(CameraError, match=r"unknown camera group 'nikno' in .*\. Did you mean 'nikon'\?"):
         select_group(folder, "nikno")
+
+
+def test_adapt_warns_when_a_folder_named_after_another_store_camera_will_route_the_images_there(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`--images photos/nikon --camera canon` (or `--image photos/nikon/x.jpg`) with nikon in the store: canon
+    was trained on images that upscale and serve route to nikon by their folder (a helper's hunt)."""
+    import argparse
+    import logging
+
+    from adassr.adapt.cli import _select
+
+    folder = tmp_path / "photos" / "nikon"
+    folder.mkdir(parents=True)
+    shutil.copy(SAMPLES / "canon" / "flower.jpg", folder / "other.jpg")
+    store = tmp_path / "store"
+
+    def select(**given: object) -> list[str]:
+        args = argparse.Namespace(**{"image": None, "images": None, "camera": None, "store": store, **given})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="adassr.adapt.cli"):
+            assert [m.path.name for m in _select(args).members] == ["other.jpg"]
+        return [r.getMessage() for r in caplog.records]
+
+    assert select(images=folder, camera="canon") == []  # nikon is no camera of the store yet: routed by Make
+    (store / "nikon").mkdir(parents=True)
+    (store / "nikon" / "manifest.json").write_text("{}")
+    for given in ({"images": folder, "camera": "canon"}, {"image": folder / "other.jpg"}):
+        (warning,) = select(**given)
+        assert "sit in a folder named after camera 'nikon' of the store" in warning and "--camera canon" in warning
+    assert select(images=folder, camera="nikon") == []  # the folder's own camera
 
 
 def test_a_folder_of_ground_truth_only_is_no_group_and_says_so(tmp_path: Path) -> None:

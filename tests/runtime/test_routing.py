@@ -179,6 +179,13 @@ def test_overlong_exif_make_is_served_by_the_fallback(store: Path, tmp_path: Pat
     assert d.is_fallback and "names no valid camera group" in d.reason
     d = resolve_model(store, image=read_image(path))
     assert d.is_fallback
+    # also under a camera's file-name prefix: adapt leaves the image out of every group, so canon's model was
+    # never trained on it; it was served by canon (a helper's hunt)
+    prefixed = tmp_path / "Canon_001_LR4.jpg"
+    prefixed.write_bytes(path.read_bytes())
+    for source in (prefixed, read_image(prefixed)):
+        d = resolve_model(store, image=source)
+        assert d.is_fallback and "names no valid camera group" in d.reason
 
 
 def test_realsr_style_file_names_route_to_their_camera_when_it_is_in_the_store(store: Path, tmp_path: Path) -> None:
