@@ -36,14 +36,17 @@ class CpuBench:
 
 
 def cpu_bench() -> CpuBench:
-    """The CPU, torch's thread count as ``adapt`` sets it, its nominal fp32 peak and the backbone."""
+    """The CPU, torch's thread count as ``adapt`` sets it, the nominal fp32 peak of that many cores (at most
+    the usable ones) at the ISA PyTorch may use (``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA``), as
+    ``adassr bench latency``'s roofline counts it, and the backbone."""
     from adassr.adapt.cpu_setup import configure_cpu_threads
     from adassr.adapt.weights import load_backbone
-    from adassr.runtime.cpu_info import detect_cpu, fp32_peak
+    from adassr.runtime.cpu_info import detect_cpu, fp32_peak, isa_cap_from_env
 
     cpu = detect_cpu()
     threads = configure_cpu_threads()
-    return CpuBench(cpu, threads, fp32_peak(cpu).gflops, load_backbone().model.eval())
+    peak = fp32_peak(cpu, isa_cap=isa_cap_from_env(), cores=min(threads, cpu.physical_cores))
+    return CpuBench(cpu, threads, peak.gflops, load_backbone().model.eval())
 
 
 def write_results(out: Path, stem: str, cpu: Any, result: dict[str, Any], lines: list[str]) -> Path:

@@ -2,10 +2,11 @@
 
 For each LR size (square crops of a photo: ``--image``, else the bundled sample of a checkout):
 one warm-up, then ``--repeats`` timed calls; p50/p95/p99 latency, output megapixels per second
-and the process's peak RSS. The same weights run in PyTorch eager fp32 (the way Real-ESRGAN's
-inference script runs them) for the speed ratio, and the largest size also runs tiled vs untiled
-in the runtime. Results are written as JSON and Markdown under ``--out`` (default
-``benchmarks/results``), named after the machine. The command line (parsing, saving) is
+and the process's peak RSS during that row's calls (reset before each row where Linux allows it;
+otherwise the peak since the process started, which the report says). The same weights run in
+PyTorch eager fp32 (the way Real-ESRGAN's inference script runs them) for the speed ratio, and the
+largest size also runs tiled vs untiled in the runtime. Results are written as JSON and Markdown
+under ``--out`` (default ``benchmarks/results``), named after the machine. The command line (parsing, saving) is
 :mod:`adassr.export.bench_cli`.
 """
 
@@ -216,7 +217,26 @@ def _crop(size: int, photo: Path | None) -> np.ndarray:
     return np.ascontiguousarray(image[top : top + size, left : left + size])
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (Linux: ``5`` written to ``/proc/self/clear_refs`` resets ``VmHWM``), so that
+    a row's peak is its own, not an earlier row's nor the GEMM ceiling's matrices; False where it cannot be."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def _peak_rss_mb() -> float:
+    """The process's peak RSS since :func:`_reset_peak_rss` (``VmHWM``), else since it started (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -281,17 +301,20 @@ def _size_rows(options: LatencyOptions, backend: Any, torch_model: Callable[[np.
 
     x = _crop(size, options.image).transpose(2, 0, 1)[None].copy()
     out_mp = (size * scale) ** 2 / 1e6
+    own = _reset_peak_rss()
     stats = time_calls(functools.partial(backend.infer, x), options.repeats)
     rss = _peak_rss_mb()  # before the GEMM ceiling: its matrices are not the model's memory
     ceiling = {"gemm_gflops": ort_gemm_gflops(threads)} if on_cpu else {}  # measured just after
     rows = [{"backend": f"{options.backend} ({','.join(backend.providers)})", "size": size, **stats,
-             "out_mpix_per_s": out_mp / (stats["p50_ms"] / 1000.0), "peak_rss_mb": rss, **ceiling}]
+             "out_mpix_per_s": out_mp / (stats["p50_ms"] / 1000.0), "peak_rss_mb": rss, "peak_rss_of_row": own,
+             **ceiling}]
     if torch_model is not None:
+        own = _reset_peak_rss()
         t_stats = time_calls(functools.partial(torch_model, x), options.repeats)
         t_rss = _peak_rss_mb()
         rows.append({"backend": "torch eager fp32", "size": size, **t_stats,
                      "out_mpix_per_s": out_mp / (t_stats["p50_ms"] / 1000.0), "peak_rss_mb": t_rss,
-                     "gemm_gflops": torch_gemm_gflops(threads)})
+                     "peak_rss_of_row": own, "gemm_gflops": torch_gemm_gflops(threads)})
     return rows
 
 
@@ -366,6 +389,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['backend']} | {r['size']} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} "
                      f"| {r['out_mpix_per_s']:.3f} | {r['peak_rss_mb']:.0f} |")
     lines.append("")
+    if not all(r.get("peak_rss_of_row", False) for r in result["rows"]):
+        lines += ["Peak RSS: the process's peak since it started (this system could not reset it per row), so a "
+                  "row may show an earlier row's or the GEMM ceiling's memory.", ""]
     for size, ratio in result["onnxruntime_speedup_vs_torch"].items():
         how = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
         lines.append(f"- onnxruntime vs PyTorch eager fp32 at LR {size}x{size}: {how} (p50)")

@@ -1,11 +1,13 @@
 """Inference latency on a GPU against the compute bound: PyTorch modes, TensorRT, onnxruntime-gpu.
 
-The work of one call is counted from the model itself (:func:`macs_per_lr_pixel`: every Conv2d's
-multiply-accumulates per LR input pixel, measured with forward hooks; RRDBNet x4 with 23 blocks
-gives 17.93 M). One frame of H x W LR pixels costs ``2 * MACs * H * W`` FLOP (4.65 TFLOP for
-480 x 270); the *compute bound* is that divided by the GPU's dense fp16 tensor-core peak
-(:data:`GPU_PEAKS`), and each measurement is reported as the fraction of that bound reached
-(bound time / measured time) together with its effective TFLOP/s.
+The work of one call is counted from the model itself (``adassr bench latency`` counts every Conv's
+multiply-accumulates per LR input pixel in the fp32 ONNX graph,
+:func:`adassr.export.roofline.conv_macs_per_input_pixel`; :func:`macs_per_lr_pixel` counts the same with
+forward hooks on a PyTorch model; RRDBNet x4 with 23 blocks gives 17.93 M). One frame of H x W LR
+pixels costs ``2 * MACs * H * W`` FLOP (4.65 TFLOP for 480 x 270); the *compute bound* is that
+divided by the GPU's dense fp16 tensor-core peak (:data:`GPU_PEAKS`), and each measurement is
+reported as the fraction of that bound reached (bound time / measured time) together with its
+effective TFLOP/s.
 
 Timing: ``warmup`` calls, then ``repeats`` calls each ended by a device synchronisation;
 p50 / p95 / p99 in milliseconds. ``device`` rows time the model on a tensor already on the GPU;

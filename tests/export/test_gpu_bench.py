@@ -85,6 +85,12 @@ def test_cpu_latency_report_rows_and_tiling(store: Path) -> None:
     assert result["onnxruntime_speedup_vs_torch"] == {}
     assert result["tiled_vs_untiled"]["tiles"] == 4
     assert result["tiled_vs_untiled"]["size"] == 32
+    # each row's peak RSS is its own: the GEMM ceiling's three 2048 x 2048 fp32 matrices (48 MB), measured
+    # after the first row, were in every later row's lifetime peak (a helper's hunt)
+    if Path("/proc/self/clear_refs").exists():
+        first, second = result["rows"]
+        assert second["peak_rss_mb"] < first["peak_rss_mb"] + 30, result["rows"]
+        assert first["peak_rss_of_row"] and second["peak_rss_of_row"]
 
 
 def test_bench_command_writes_the_report(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
