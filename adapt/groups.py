@@ -106,6 +106,7 @@ class SkippedSource:
     path: Path
     reason: str
     group: str | None = None  # the group the image would have joined, when known
+    unnamed: bool = False  # an image whose EXIF Make or name prefix gives no valid group name
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ def scan_groups(directory: str | Path) -> GroupScan:
     for path in _sorted_images(entries):
         name, how, problem = _group_by_metadata(path)
         if problem is not None:
-            skipped.append(SkippedSource(path, problem))
+            skipped.append(SkippedSource(path, problem, unnamed=not marks_ground_truth(path)))
         elif name in conflicts:
             skipped.append(SkippedSource(path, conflicts[name]))
         elif marks_ground_truth(path):
@@ -319,7 +320,7 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
     if wanted == UNGROUPED:
         raise CameraError(_UNGROUPED_IS_NO_CAMERA)
     scan = scan_groups(directory)
-    groups = _with_folder_named_group(scan.groups, Path(directory), wanted)
+    groups = _with_folder_named_group(scan, Path(directory), wanted)
     if wanted in scan.conflicts:
         raise CameraError(f"camera group {wanted!r} in {directory} is ambiguous: {scan.conflicts[wanted]}")
     own = _is_named(Path(directory), wanted)
@@ -373,16 +374,20 @@ def _is_named(directory: Path, wanted: str) -> bool:
     return _valid_name(Path(os.path.abspath(directory.expanduser())).name) == wanted
 
 
-def _with_folder_named_group(groups: dict[str, CameraGroup], directory: Path, wanted: str) -> dict[str, CameraGroup]:
-    """``groups``, where ``directory`` itself is named ``wanted`` (``--images photos/nikon --camera
+def _with_folder_named_group(scan: GroupScan, directory: Path, wanted: str) -> dict[str, CameraGroup]:
+    """``scan.groups``, where ``directory`` itself is named ``wanted`` (``--images photos/nikon --camera
     nikon``), with all its loose images joining group ``wanted``: the folder rule applied to the folder
     given, as to a subfolder, and as ``upscale`` and ``serve`` route them once ``wanted`` is in the store
-    (the folder first). Images with another camera's EXIF Make join too: they were kept in that camera's
-    group, whose model never served them."""
+    (the folder first). Images with another camera's EXIF Make join too (they were kept in that camera's
+    group, whose model never served them), and so do those whose Make or name prefix gives no valid group
+    name (skipped before, and told to go in a folder named after their camera, where they were)."""
+    groups = scan.groups
     if wanted == UNGROUPED or not _is_named(directory, wanted):
         return groups
     top = directory.expanduser()
-    joined: list[GroupMember] = []
+    known = {_file_identity(m.path) for group in groups.values() for m in group.members}
+    joined: list[GroupMember] = [GroupMember(s.path, "folder") for s in scan.skipped
+                                 if s.unnamed and s.path.parent == top and _file_identity(s.path) not in known]
     rest: dict[str, CameraGroup] = {}
     for name, group in groups.items():
         moves = [m.path.parent == top for m in group.members]

@@ -129,9 +129,14 @@ def test_images_in_a_folder_named_after_the_camera_join_its_group(tmp_path: Path
     _noise_png(folder / "DSC_0004.png", 4)  # a camera's default name prefix, no EXIF: used to be group 'dsc'
     _noise_png(folder / "IMG_0005.png", 5)
     shutil.copy(SAMPLES / "canon" / "flower.jpg", folder / "other.jpg")  # EXIF Canon: joins too
+    _noise_png(folder / "Con_006.png", 6)  # names no valid group (skipped elsewhere): joins too (a review)
+    exif = Image.Exif()
+    exif[271] = "CON"
+    Image.open(folder / "0001.png").save(folder / "con_make.jpg", exif=exif.tobytes())
     group = select_group(folder, "nikon")
-    assert [m.path.name for m in group.members] == ["0001.png", "0002.png", "DSC_0004.png", "IMG_0005.png",
-                                                    "Nikon_003_LR4.png", "other.jpg"]
+    assert [m.path.name for m in group.members] == ["0001.png", "0002.png", "Con_006.png", "DSC_0004.png",
+                                                    "IMG_0005.png", "Nikon_003_LR4.png", "con_make.jpg",
+                                                    "other.jpg"]
     assert {m.derivation for m in group.members} == {"folder"}
     assert [m.path.name for m in select_group(folder, "canon").members] == ["other.jpg"]  # asked for by Make
     elsewhere = tmp_path / "photos"
