@@ -836,7 +836,8 @@ class StoreTransaction:
         """
         if self._committed:
             raise StoreError("this store transaction is already committed; open a new one")
-        self.store.refuse_alias()
+        if not self._staged:  # once a transaction: the store's folder is read for it
+            self.store.refuse_alias()
         target = self.store.path(name)  # validates the name
         _check_extra(name, extra)
         fd, tmp = create_temp(target)
