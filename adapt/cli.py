@@ -132,13 +132,13 @@ def _progress_printer(total_hint: int):
 
 def run_adapt(args: argparse.Namespace) -> int:
     if args.list:
-        from adassr.adapt.groups import default_images_dir, scan_groups
+        from adassr.adapt.groups import default_images_dir, listed_groups
 
         if args.image is not None:
             print("error: --list lists the camera groups of --images DIR; drop --image", file=sys.stderr)
             return 2
         folder = args.images or default_images_dir()
-        scan = scan_groups(folder)
+        scan = listed_groups(folder)
         if not scan.groups and not scan.skipped:
             print(f"error: no images in {folder} or its camera subfolders; pass the folder of your photos with "
                   "--images DIR", file=sys.stderr)

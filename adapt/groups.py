@@ -309,6 +309,20 @@ def _file_identity(path: Path) -> object | None:
     return os.path.realpath(path)
 
 
+def listed_groups(directory: str | Path) -> GroupScan:
+    """What ``adapt --list`` shows: :func:`scan_groups`, where ``directory`` itself is named after a camera
+    group, with its loose images in that group as ``adapt --camera NAME`` takes them (and as ``upscale``
+    and ``serve`` route them by the folder): the skipped ones that joined are no longer listed as skipped."""
+    scan = scan_groups(directory)
+    own = _valid_name(Path(os.path.abspath(Path(directory).expanduser())).name)
+    if own is None or own == UNGROUPED:
+        return scan
+    groups = _with_folder_named_group(scan, Path(directory), own)
+    taken = {_file_identity(m.path) for m in groups[own].members} if own in groups else set()
+    skipped = tuple(s for s in scan.skipped if not (s.unnamed and _file_identity(s.path) in taken))
+    return GroupScan(groups, skipped, scan.conflicts)
+
+
 def discover_groups(directory: str | Path) -> dict[str, CameraGroup]:
     """All usable camera groups under ``directory``, keyed by group name (skipped sources left out)."""
     return scan_groups(directory).groups

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adassr.adapt.groups import discover_groups, scan_groups, select_group, single_image_group
+from adassr.adapt.groups import GROUND_TRUTH_REASON, discover_groups, scan_groups, select_group, single_image_group
 from adassr.runtime.errors import CameraError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
@@ -146,6 +146,29 @@ def test_images_in_a_folder_named_after_the_camera_join_its_group(tmp_path: Path
         select_group(elsewhere, "nikon")
     with pytest.raises(CameraError, match=r"unknown camera group 'nikno' in .*\. Did you mean 'nikon'\?"):
         select_group(folder, "nikno")
+
+
+def test_adapt_list_of_a_folder_named_after_a_camera_shows_its_images_in_that_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`adapt --list --images photos/nikon` showed what `adapt --camera nikon` does not do: an image naming
+    no valid group listed as skipped (it is adapted with nikon), one with a Canon Make in group canon."""
+    from adassr.cli import main
+
+    folder = tmp_path / "nikon"
+    folder.mkdir()
+    _noise_png(folder / "0001.png", 1)
+    _noise_png(folder / "Con_002.png", 2)  # names no valid group
+    shutil.copy(SAMPLES / "canon" / "flower.jpg", folder / "other.jpg")  # EXIF Canon
+    _noise_png(folder / "tree_HR.png", 3)  # ground truth: skipped in any case
+    assert main(["adapt", "--list", "--images", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["nikon (3 image(s), by folder)",
+                     f"skipped {folder / 'tree_HR.png'}: {GROUND_TRUTH_REASON}"]
+    assert [m.path.name for m in select_group(folder, "nikon").members] == ["0001.png", "Con_002.png", "other.jpg"]
+    assert main(["adapt", "--list", "--images", str(tmp_path)]) == 0  # its parent: the folder rule, as before
+    assert capsys.readouterr().out.splitlines() == ["nikon (3 image(s), by folder)",
+                                                    f"skipped {folder / 'tree_HR.png'}: {GROUND_TRUTH_REASON}"]
 
 
 def test_adapt_warns_when_a_folder_named_after_another_store_camera_will_route_the_images_there(
