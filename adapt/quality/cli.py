@@ -1,7 +1,7 @@
 """``adassr metrics`` and ``adassr fetch-weights`` subcommands (wired by the umbrella CLI).
 
 ``adassr metrics niqe|lpips|psnr|ssim PATH... [--ref PATH...] [--crop-border N]
-[--channel y|rgb|gray] [--json] [--device DEV]``
+[--channel y|rgb|gray] [--json] [--device DEV] [--max-pixels N]``
 
 - niqe is no-reference (``--ref`` is an error); lpips, psnr and ssim need exactly one
   ``--ref`` per PATH, of the same size. A PATH may be a folder: its images (directly inside,
@@ -13,7 +13,8 @@
   reference: psnr and ssim refuse it with ``--channel y`` or ``rgb`` (those conversions need colour on
   both sides) and score it with ``--channel gray`` (both sides become grey), lpips repeats the grey
   channel (its network takes colour, as pyiqa does). An alpha channel is not scored
-  (a note says so).
+  (a note says so). Images over ``--max-pixels`` (default 100 MP, as every reader) are refused
+  from their header, with the advice to raise it or to score crops (a downscale changes the score).
 - Output: one line per image, ``<path>\\t<score>`` (shortest round-trip float; ``inf``
   for PSNR of identical images; a path with control characters, a tab or a newline, is written
   with them and its backslashes escaped), or with ``--json`` one object mapping each path to
@@ -33,21 +34,24 @@ torch is imported only inside the run functions, so building the parser stays ch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import os
 import sys
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from adassr.runtime.errors import AdassrError, ConfigError, unexpected_error
+from adassr.runtime.errors import AdassrError, ConfigError, ImageTooLargeError, PixelLimitError, unexpected_error
 
 METRICS = ("niqe", "lpips", "psnr", "ssim")
 _CHANNELS = {"niqe": ("gray", "y"), "psnr": ("y", "rgb", "gray"), "ssim": ("y", "rgb", "gray"), "lpips": ()}
 _DEFAULT_CHANNEL = {"niqe": "gray", "psnr": "y", "ssim": "y"}
+DEFAULT_MAX_PIXELS = 100_000_000  # the readers' default (runtime.images, not imported to build the parser); a test
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,9 @@ def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel", choices=("y", "rgb", "gray"), default=None,
                         help="psnr/ssim: y (default), rgb or gray; niqe: gray (default, original) or y")
     parser.add_argument("--json", action="store_true", help="print one JSON object path -> score")
+    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                        help=f"largest image scored, in pixels (default {DEFAULT_MAX_PIXELS:,}, which guards memory: "
+                             "the metrics hold several float copies of an image and its reference)")
     parser.add_argument("--device", default="cpu", help="torch device for lpips: cpu (default), cuda or cuda:N")
 
 
@@ -151,6 +158,10 @@ def _pairs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     pairs: list[tuple[str, str | None]] = []
     for path, ref in zip(paths, refs, strict=True):
         if Path(path).is_dir() != Path(ref).is_dir():
+            missing = [p for p in (path, ref) if not os.path.lexists(p)]
+            if missing:
+                folder = path if Path(path).is_dir() else ref
+                raise ConfigError(f"{missing[0]} does not exist (paired with the folder {folder}); check the path")
             kind = "a folder" if Path(path).is_dir() else "a file"
             raise ConfigError(f"{path} is {kind} but its --ref {ref} is not: pair a folder with a folder "
                               "(images matched by file name) or a file with a file")
@@ -248,6 +259,8 @@ def run_metrics(args: argparse.Namespace) -> int:
     try:
         if args.crop_border < 0:
             raise ConfigError(f"--crop-border must be >= 0, got {args.crop_border}")
+        if args.max_pixels is not None and args.max_pixels < 1:
+            raise ConfigError(f"--max-pixels must be >= 1, got {args.max_pixels}")
         _size_thread_pools(args.metric)
         pairs = _pairs(args)
         scorer = _scorer(args, _channel(args))
@@ -294,9 +307,10 @@ def _score_all(args: argparse.Namespace, pairs: list[tuple[str, Any]], scorer: C
         try:
             if isinstance(ref, _NoReference):
                 raise ConfigError(str(ref))
-            with image_notes_logged(log):
-                loaded = read_image(path)
-                loaded_ref = read_image(ref) if ref is not None else None
+            limit = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+            with image_notes_logged(log), _metrics_size_advice():
+                loaded = read_image(path, max_pixels=limit)
+                loaded_ref = read_image(ref, max_pixels=limit) if ref is not None else None
             image, reference = loaded.pixels, (loaded_ref.pixels if loaded_ref is not None else None)
             for what, item in ((path, loaded), (ref, loaded_ref)):
                 if item is not None and item.alpha is not None:
@@ -326,6 +340,24 @@ def _score_all(args: argparse.Namespace, pairs: list[tuple[str, Any]], scorer: C
             _print([(path, score)], as_json=False)
             if sys.stdout is not None:  # None when started with stdout closed
                 sys.stdout.flush()
+
+
+_DOWNSCALE = "; downscale it first"
+_CROP = "score crops cut at the same place from the image and its reference (a downscale changes the score)"
+
+
+@contextlib.contextmanager
+def _metrics_size_advice() -> Iterator[None]:
+    """A reader's size refusal with what to do when scoring: a downscale, the reader's advice, changes the score."""
+    try:
+        yield
+    except ImageTooLargeError as exc:
+        text = str(exc)
+        if not text.endswith(_DOWNSCALE):
+            raise
+        advice = (f"raise --max-pixels if the memory is there, or {_CROP}" if isinstance(exc, PixelLimitError)
+                  else _CROP)
+        raise type(exc)(f"{text[:-len(_DOWNSCALE)]}; {advice}") from exc
 
 
 def _print(scores: list[tuple[str, float]], as_json: bool) -> None:

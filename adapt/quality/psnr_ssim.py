@@ -66,6 +66,10 @@ def _prepare(
     if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
         raise ConfigError(f"crop_border must be an integer >= 0, got {crop_border!r}")
     a, b = to_255(image, "image"), to_255(reference, "reference")
+    if a.shape[:2] == b.shape[:2] and sorted((a.shape[2], b.shape[2])) == [1, 3]:
+        grey, colour = ("image", "reference") if a.shape[2] == 1 else ("reference", "image")
+        raise ConfigError(f"the {grey} is grey and the {colour} in colour: channel {channel!r} needs colour on both "
+                          "sides; score both as grey with channel 'gray' (`adassr metrics --channel gray`)")
     if a.shape != b.shape:
         raise ShapeError("image vs reference", a.shape, f"the reference's shape {b.shape}")
     if crop_border:

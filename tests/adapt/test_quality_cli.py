@@ -106,10 +106,10 @@ def test_an_unexpected_error_in_one_file_is_reported_and_the_rest_scored(
 
     real = images.read_image
 
-    def read(path: object) -> object:
+    def read(path: object, **options: object) -> object:
         if str(path) == D6:
             raise TypeError("Missing dimensions")  # what Pillow raised on a damaged TIFF page directory
-        return real(path)  # type: ignore[arg-type]
+        return real(path, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(images, "read_image", read)
     out, err = _partial(capsys, "niqe", D6, D4)
@@ -292,3 +292,46 @@ def test_a_name_with_a_tab_or_newline_stays_on_its_line(tmp_path: Path, capsys: 
 
     # a name of bytes that are no UTF-8 (a lone surrogate) crashed a strict UTF-8 stdout, losing every score
     assert _one_field("bad\udcff.png") == "bad\\udcff.png"
+
+
+def test_a_missing_path_paired_with_a_folder_is_named_missing(capsys: pytest.CaptureFixture[str],
+                                                              tmp_path: Path) -> None:
+    """It was "a file but its --ref is not" (or "a folder but its --ref is not"): the pairing, not the typo."""
+    (tmp_path / "hr").mkdir()
+    missing = tmp_path / "sr"
+    err = _fail(capsys, "psnr", str(missing), "--ref", str(tmp_path / "hr"))
+    assert f"{missing} does not exist (paired with the folder {tmp_path / 'hr'}); check the path" in err
+    err = _fail(capsys, "psnr", str(tmp_path / "hr"), "--ref", str(missing))
+    assert f"{missing} does not exist" in err and "pair a folder" not in err
+
+
+def test_a_grey_image_against_a_colour_reference_names_channel_gray(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    grey = tmp_path / "grey.png"
+    Image.open(D4).convert("L").save(grey)
+    for metric in ("psnr", "ssim"):
+        out, err = _partial(capsys, metric, str(grey), "--ref", R4)
+        assert out == "" and "the image is grey and the reference in colour: channel 'y' needs colour" in err
+        assert "--channel gray" in err and "shape" not in err
+    out, err = _partial(capsys, "psnr", R4, "--ref", str(grey), "--channel", "rgb")
+    assert "the reference is grey and the image in colour: channel 'rgb'" in err
+    assert _metrics("psnr", str(grey), "--ref", R4, "--channel", "gray") == 0  # the way the message shows
+
+
+def test_max_pixels_sets_the_largest_image_scored_and_the_refusal_says_what_to_do(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adassr.adapt.quality import cli
+    from adassr.runtime.images import DEFAULT_MAX_PIXELS
+
+    assert cli.DEFAULT_MAX_PIXELS == DEFAULT_MAX_PIXELS  # the parser's copy of the readers' default
+    width, height = Image.open(D4).size
+    out, err = _partial(capsys, "niqe", D4, "--max-pixels", str(width * height - 1))
+    assert out == "" and f"above the limit of {width * height - 1:,}" in err
+    assert "raise --max-pixels if the memory is there, or score crops cut at the same place" in err
+    assert "downscale it first" not in err
+    out, err = _partial(capsys, "psnr", D4, "--ref", R4, "--max-pixels", str(width * height - 1))
+    assert out == "" and "score crops" in err
+    assert _metrics("niqe", D4, "--max-pixels", str(width * height)) == 0
+    assert capsys.readouterr().out.startswith(f"{D4}\t")
+    assert "--max-pixels must be >= 1, got 0" in _fail(capsys, "niqe", D4, "--max-pixels", "0")
