@@ -108,8 +108,35 @@ def _run_triton(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """``adassr export``; SIGINT / SIGTERM stop it with one line saying what was published (exit 130 / 143)."""
+    from adassr.adapt.interrupts import Interrupted, catch_interrupts
+
+    done: list[str] = []  # "onnx" once the camera's ONNX export is committed
+    try:
+        with catch_interrupts():
+            if args.triton_repo is not None:
+                return _run_triton(args)
+            return _run_export(args, done)
+    except Interrupted as exc:
+        print(f"export: {exc}; {_interrupted_note(args, exc.kept or bool(done))}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _interrupted_note(args: argparse.Namespace, onnx_published: bool) -> str:
+    """What a stopped export left, for its one line."""
     if args.triton_repo is not None:
-        return _run_triton(args)
+        return ("the Triton repository holds complete model versions only (each is put in place whole) and the "
+                "store is unchanged; run the export again to finish it")
+    what = "the fallback" if args.camera is None else f"camera {args.camera[0]!r}"
+    if not onnx_published:
+        return f"nothing was published: the model and exports of {what} are unchanged"
+    if getattr(args, "engine", "none") == "tensorrt":
+        return ("the ONNX export was published; the TensorRT engine was not finished (run the export again with "
+                "--engine tensorrt)")
+    return "the signal came as the export was saved, which completed: the ONNX export is published"
+
+
+def _run_export(args: argparse.Namespace, done: list[str]) -> int:
     if args.camera is None and args.backbone is None:
         from adassr.export.errors import ExportError
 
@@ -143,6 +170,7 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         result = export_fallback(args.store, args.backbone, precision=onnx_precision,
                                  validation_image=args.validation_image)
+    done.append("onnx")
     from adassr.runtime.store import CameraStore
 
     store = CameraStore.open(args.store, result.camera)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from adassr.adapt.interrupts import Interrupted, deferred
 from adassr.export.crops import ValidationInput, bundled_photos, find_validation_photo, photo_crops, validation_inputs
 from adassr.export.errors import ExportError
 from adassr.export.graph_cache import GraphCache, cached_export, store_graph_folder
@@ -532,7 +533,11 @@ def publish_models(tx: StoreTransaction, models: Sequence[ValidatedModel], ident
             del artifacts[name]
         exports.update(records)
 
-    tx.commit(update)
+    try:
+        with deferred():  # a signal now waits for the commit (under catch_interrupts; else nothing changes)
+            tx.commit(update)
+    except Interrupted as late:  # raised only after a commit that completed
+        raise Interrupted(late.signum, kept=True) from None
     return records
 
 

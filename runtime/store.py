@@ -629,10 +629,13 @@ class CameraStore:
                 log.warning("another adassr process%s is writing camera %r in %s; waiting for it (up to %.0f s)",
                             self._holder(), self.camera, self.root, timeout_s)
             if time.monotonic() >= deadline:
+                holder = self._holder()
+                stopped = (f"; if it does not end (a stopped or hung process: `ps -p {holder[6:-1]}`), end it"
+                           if holder else "")
                 raise StoreError(
-                    f"another adassr process is writing camera {self.camera!r} in "
+                    f"another adassr process{holder} is writing camera {self.camera!r} in "
                     f"{self.root} (lock {self.directory / LOCK_NAME}); wait for it to "
-                    "finish, or use another --store"
+                    f"finish, or use another --store{stopped}"
                 )
             time.sleep(poll_s)
         try:

@@ -682,3 +682,62 @@ def test_export_sizes_its_thread_pools_like_every_command(tmp_path: Path, monkey
     monkeypatch.setenv("ADASSR_THREADS", "1")
     session = open_session(build_tiny_sr(seed=0))
     assert session.get_session_options().intra_op_num_threads == 1
+
+
+def _export_by_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """``adassr export --camera CAMERA`` on the tiny backbone (its registry passed in for the test)."""
+    real = onnx_export.export_camera
+    monkeypatch.setattr(onnx_export, "export_camera",
+                        lambda *args, **kwargs: real(*args, **kwargs, registry=REGISTRY))
+    return run_export(_cli(["--camera", CAMERA, "--store", str(tmp_path)]))
+
+
+def test_a_signal_during_the_export_publishes_nothing_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGINT printed only "interrupted", SIGTERM nothing at all (a helper's hunt): one line now says what was kept."""
+    import os
+    import signal
+
+    make_store(tmp_path)
+    before = CameraStore.open(tmp_path, CAMERA).read_manifest()
+    real = onnx_export.torch_reference
+
+    def signalled(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        os.kill(os.getpid(), signal.SIGTERM)  # while the export is validated
+        return real(model, batch)
+
+    monkeypatch.setattr(onnx_export, "torch_reference", signalled)
+    assert _export_by_cli(tmp_path, monkeypatch) == 143
+    err = capsys.readouterr().err
+    assert err == (f"export: interrupted by SIGTERM; nothing was published: the model and exports of camera "
+                   f"'{CAMERA}' are unchanged\n")
+    assert CameraStore.open(tmp_path, CAMERA).read_manifest() == before
+    assert sorted(p.name for p in (tmp_path / CAMERA).iterdir()) == sorted(
+        p.name for p in (tmp_path / CAMERA).iterdir() if not p.name.endswith(".tmp"))
+    assert not list((tmp_path / CAMERA).glob("model*.onnx"))
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are put back
+
+
+def test_a_signal_while_the_export_commits_waits_for_it_and_says_it_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import signal
+
+    from adassr.runtime.store import StoreTransaction
+
+    make_store(tmp_path)
+    real = StoreTransaction.commit
+
+    def commit(self: StoreTransaction, *args: object, **kwargs: object) -> dict:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the manifest is written
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StoreTransaction, "commit", commit)
+    assert _export_by_cli(tmp_path, monkeypatch) == 130
+    assert capsys.readouterr().err == ("export: interrupted by SIGINT; the signal came as the export was saved, "
+                                       "which completed: the ONNX export is published\n")
+    files, manifest = _published(tmp_path)
+    assert len(files) == 1 and manifest["exports"]["onnx"]["file"] == "model.onnx"
+    assert sha256_file(tmp_path / CAMERA / files[0]) == manifest["exports"]["onnx"]["sha256"]

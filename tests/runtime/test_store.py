@@ -212,8 +212,11 @@ def test_lock_serialises_writers(tmp_path: Path) -> None:
     try:
         assert ready.wait(20)
         store = CameraStore.open(tmp_path, "canon", create=True)
-        with pytest.raises(StoreError, match="another adassr process"), store.lock(timeout_s=0.3):
+        with pytest.raises(StoreError, match="another adassr process") as refused, store.lock(timeout_s=0.3):
             pass
+        # the holder named, so that a stopped or hung one can be found (a helper's hunt)
+        assert f"another adassr process (pid {child.pid}) is writing camera 'canon'" in str(refused.value)
+        assert f"`ps -p {child.pid}`), end it" in str(refused.value)
     finally:
         release.set()
         child.join(10)
