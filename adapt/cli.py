@@ -150,18 +150,18 @@ def run_adapt(args: argparse.Namespace) -> int:
         return 0
     from adassr.adapt.interrupts import Interrupted, catch_interrupts
 
-    published: list[bool] = []  # set once adapt_camera has returned: the new model is committed
+    published: list[bool] = []  # set by adapt_camera as it commits the new model
     try:
         with catch_interrupts():
             return _adapt(args, published)
     except Interrupted as exc:
         if exc.note:
             print(f"adapt: {exc}; {exc.note}", file=sys.stderr)
-        elif published:
-            print(f"adapt: {exc} after the run had finished; the new model is published", file=sys.stderr)
-        elif exc.kept:
+        elif exc.kept:  # the weights of the run the signal stopped (published is set too)
             print(f"adapt: {exc}; the best weights evaluated so far were published (--keep-on-interrupt; "
                   "the manifest says \"interrupted\": true)", file=sys.stderr)
+        elif published:
+            print(f"adapt: {exc} after the run had finished; the new model is published", file=sys.stderr)
         elif args.keep_on_interrupt:
             print(f"adapt: {exc} before any adapted weights were evaluated; nothing was published (the camera's "
                   "model, if it has one, is unchanged)", file=sys.stderr)
@@ -198,14 +198,13 @@ def _adapt(args: argparse.Namespace, published: list[bool]) -> int:
           f"{config.steps} steps max", file=sys.stderr)
     outcome = adapt_camera(group, config, store_root=args.store, backbone_name=args.backbone,
                            progress=_progress_printer(config.steps), keep_on_interrupt=args.keep_on_interrupt,
-                           replace=args.replace)
+                           replace=args.replace, on_published=lambda: published.append(True))
     if outcome.kept_current:
         print(f"camera {outcome.camera}: NIQE {outcome.niqe_before:.3f} (backbone) -> {outcome.niqe_after:.3f} "
               f"(the camera's current model, kept); {outcome.steps} steps in {outcome.wall_time_s:.0f} s; "
               f"{outcome.stop_reason}")
         print(f"artifacts: {outcome.store_dir} (unchanged)")
         return 0
-    published.append(True)
     if outcome.kept_backbone:
         verdict = "kept the backbone (see the stop reason)"
     elif outcome.niqe_after > outcome.niqe_before:

@@ -656,6 +656,7 @@ def adapt_camera(
     progress: Callable[[ProgressEvent], None] | None = None,
     keep_on_interrupt: bool = False,
     replace: bool = False,
+    on_published: Callable[[], None] | None = None,
 ) -> AdaptOutcome:
     """Adapt backbone ``backbone_name`` (of ``registry``, default: the bundled backbones) to ``group``
     and publish ``adapted.safetensors`` and the manifest into ``<store_root>/<camera>/``.
@@ -673,6 +674,9 @@ def adapt_camera(
     when no evaluated weights beat the backbone by then, nothing is published (the previous model
     stays) and ``Interrupted`` says so in its ``note``. A signal during the commit waits for it, and
     the ``Interrupted`` raised afterwards says the model was published (``kept=True``).
+    ``on_published()`` is called as the new model is committed, before a signal can be acted on again: a
+    signal in the moments after (the outcome returned) raises a plain ``Interrupted`` that the caller must
+    not read as "nothing was published".
 
     A camera that has an adapted model keeps it when it scores better on this run's evaluation crops
     than the run's result (:func:`_current_model_stays`; ``AdaptOutcome.kept_current``); ``replace``
@@ -688,7 +692,8 @@ def adapt_camera(
     store.refuse_alias()  # before the training, not at its end
     try:
         return _adapt_in_store(store, group, config, backbone_name, start=start, registry=registry,
-                               progress=progress, keep_on_interrupt=keep_on_interrupt, replace=replace)
+                               progress=progress, keep_on_interrupt=keep_on_interrupt, replace=replace,
+                               on_published=on_published)
     except BaseException:
         if new_camera:  # a first run that published nothing leaves no empty camera folder behind
             store.remove_if_unused()
@@ -698,7 +703,7 @@ def adapt_camera(
 def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig, backbone_name: str, *,
                     start: float, registry: BackboneRegistry | None,
                     progress: Callable[[ProgressEvent], None] | None, keep_on_interrupt: bool,
-                    replace: bool = False) -> AdaptOutcome:
+                    replace: bool = False, on_published: Callable[[], None] | None = None) -> AdaptOutcome:
     """:func:`adapt_camera`'s work in the opened camera folder ``store``."""
     store_root = store.root
     if config.lambda_perceptual > 0:  # missing LPIPS weights fail before the backbone is converted (67 MB cached)
@@ -744,6 +749,8 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
                 record = _stage_artifacts(tx, _Run(group, config, backbone, base_state, compute, start), inputs,
                                           result)
                 committed = tx.commit(functools.partial(_replace_adapt_fields, record=record))
+                if on_published is not None:  # told before a signal can come again (the caller's record of it)
+                    on_published()
         except Interrupted as late:  # raised only after a commit that completed (see deferred)
             if result.interrupted is None:
                 raise Interrupted(late.signum, kept=True, note=(

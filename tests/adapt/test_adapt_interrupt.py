@@ -228,3 +228,31 @@ def test_a_signal_while_the_finished_run_is_saved_publishes_it(setup: tuple[Back
     store = _published_despite_the_signal(registry, images, tmp_path, exit_code=130)
     referenced = {record["file"] for record in store.read_manifest()["artifacts"].values()}
     assert {p.name for p in store.directory.iterdir() if p.suffix in (".safetensors", ".png")} <= referenced
+
+
+def test_a_signal_just_after_the_commit_is_told_as_published(setup: tuple[BackboneRegistry, Path], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A signal between the commit and adapt_camera's return said "nothing was published" of a model that was
+    (a helper's hunt: the CLI learnt of the commit only from the return)."""
+    import functools
+
+    import adassr.adapt.run as run
+    from adassr.cli import main
+
+    registry, images = setup
+    real_outcome = run.AdaptOutcome
+
+    def outcome_then_signal(*args, **kwargs):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)  # the commit is done, adapt_camera not yet returned
+        return real_outcome(*args, **kwargs)
+
+    monkeypatch.setattr(run, "AdaptOutcome", outcome_then_signal)
+    monkeypatch.setattr(run, "adapt_camera", functools.partial(run.adapt_camera, registry=registry))
+    argv = ["adapt", "--camera", "nokia", "--images", str(images), "--store", str(tmp_path), "--backbone", "tiny",
+            "--steps", "2", "--eval-every", "1", "--patch", "12", "--eval-crop", "48", "--lambda-perceptual", "0",
+            "--feature-bank", "4"]
+    assert main(argv) == 130
+    assert "adapt: interrupted by SIGINT after the run had finished; the new model is published" in \
+        capsys.readouterr().err
+    CameraStore.open(tmp_path, "nokia").verified_path("adapted.safetensors")
