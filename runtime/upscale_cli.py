@@ -413,6 +413,10 @@ def run_upscale(
     check_quality(args.quality, what="--quality")
     triton = _triton_options(args)
     check_threads(args.threads)
+    if triton is not None and (unused := _local_options_given(args, registry)):
+        say(f"note: {' '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with --triton: the server runs "
+            "the models of its repository, whose tile and batch `adassr export --triton-repo` fixed",
+            stderr if stderr is not None else sys.stderr)
     # with --triton the repository fixes the tile and the batch: --tile and --tile-batch are not used, so they are
     # not checked against local rules either (--tile 64 was refused for the default overlap of an unused tile)
     try:
@@ -490,6 +494,22 @@ def _warn_if_camera_missing(camera: str, store: Path, stderr: TextIO) -> None:
     advice = ("" if hint else f"; adapt it with `adapt --camera {name}{store_option(store)}`")  # not a typo's
     print(f"warning: camera {name!r} has no model in the store {store} (cameras: {listed}).{hint} "
           f"Its images get the unadapted fallback model{advice}.", file=stderr)
+
+
+def _local_options_given(args: argparse.Namespace, upscalers: UpscalerRegistry) -> list[str]:
+    """The options of a local run given other values than their defaults (``--tile 256``), as typed."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_upscale_arguments(parser, upscalers)
+    defaults = vars(parser.parse_args(["-i", ".", "-o", "."]))
+    local = ("backend", "providers", "require_providers", "precision", "gpu", "cuda_graph", "device", "tile",
+             "tile_batch", "backbone")
+    given = []
+    for dest in local:
+        value = getattr(args, dest, defaults[dest])
+        if value != defaults[dest]:
+            flag = "--" + dest.replace("_", "-")
+            given.append(flag if isinstance(value, bool) else f"{flag} {value}")
+    return given
 
 
 def _triton_options(args: argparse.Namespace) -> TritonRunOptions | None:

@@ -24,7 +24,7 @@ from adassr.runtime.errors import ConfigError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.pipeline import OutputCheck, UpscaleResult, check_outscale
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX, TritonUpscaler, camera_model_name, triton_url
-from adassr.runtime.tiling import DEFAULT_PRE_PAD
+from adassr.runtime.tiling import DEFAULT_PRE_PAD, MAX_PRE_PAD
 from adassr.runtime.upscalers import TileProgress
 
 CONNECT_TIMEOUT_S = 10.0
@@ -46,8 +46,11 @@ class TritonRunOptions:
         object.__setattr__(self, "url", triton_url(self.url))
         if self.model is not None and not self.model.strip():
             raise ConfigError("--triton-model is empty; name a model of the Triton repository")
-        if (self.overlap is not None and self.overlap < 0) or self.pre_pad < 0:
-            raise ConfigError("--tile-overlap and --pre-pad must be 0 or more")
+        if self.overlap is not None and self.overlap < 0:
+            raise ConfigError(f"--tile-overlap must be 0 or more, got {self.overlap}")
+        if not 0 <= self.pre_pad <= MAX_PRE_PAD:  # as without --triton: before any image, not at each
+            raise ConfigError(f"--pre-pad must be from 0 to {MAX_PRE_PAD} LR pixels (context for the borders; more "
+                              f"only costs time), got {self.pre_pad}")
         check_outscale(self.outscale)
 
 

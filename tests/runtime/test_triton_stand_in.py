@@ -58,6 +58,8 @@ def test_a_folder_through_triton_equals_the_local_run(setup: tuple[Path, Path, P
     assert "a_canon.png  [model adassr_canon on Triton, exif-make]" in stdout
     assert "b_nokia.png  [model adassr__fallback on Triton, fallback]" in stdout
     assert "c_bad.jpg" in stderr and "2 ok, 1 failed" in stdout
+    # said, not silently ignored (a helper's hunt); --tile-overlap is used (it must fit the repository's tile)
+    assert f"note: --tile {TILE} is not used with --triton: the server runs the models of its repository" in stderr
     assert sorted(p.name for p in out.iterdir()) == ["a_canon.png", "b_nokia.png"]
     for name in ("a_canon.png", "b_nokia.png"):
         assert _same_pixels(out / name, local / name), name
@@ -109,6 +111,12 @@ def test_the_overlap_fits_the_repositorys_tile(setup: tuple[Path, Path, Path], t
         err = capsys.readouterr().err
         assert code == 2 and "--tile-overlap 32 is too large" in err, err
         assert len(calls) == n and not (tmp_path / "x.png").exists()
+        for pre_pad in ("200", "-1"):  # was checked at each image (failing each, exit 1), as pre_pad
+            code = main(["upscale", "-i", str(src), "-o", str(tmp_path / "y"), "--triton", url, "--pre-pad", pre_pad])
+            err = capsys.readouterr().err
+            assert code == 2 and err == f"error: --pre-pad must be from 0 to 128 LR pixels (context for the borders; " \
+                                        f"more only costs time), got {pre_pad}\n", err
+            assert len(calls) == n and not (tmp_path / "y").exists()
 
 
 @pytest.mark.parametrize(("fault", "message"), [
