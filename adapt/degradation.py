@@ -32,8 +32,8 @@ import math
 import cv2
 import numpy as np
 
-from adassr.adapt.quality.float_range import check_float_range
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
+from adassr.runtime.images.float_range import check_float_range
 
 __all__ = [
     "bicubic_kernel",

@@ -34,9 +34,11 @@ TokenTransform = Callable[[torch.Tensor], torch.Tensor]
 
 def _checked_features(features: torch.Tensor, pool: int, heads: int) -> torch.Tensor:
     """``features`` checked to be a ``(B, C, H, W)`` float tensor (in a supported dtype) and the options ints >= 1."""
-    if not isinstance(features, torch.Tensor) or features.dim() != 4:
-        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else ()
-        raise ShapeError("features", shape, "(B, C, H, W)")
+    if not isinstance(features, torch.Tensor):
+        raise ConfigError(f"features must be a torch tensor (B, C, H, W), got {type(features).__module__}."
+                          f"{type(features).__qualname__} (a numpy array: torch.from_numpy it)")
+    if features.dim() != 4:
+        raise ShapeError("features", tuple(features.shape), "(B, C, H, W)")
     if min(features.shape) < 1:
         raise ShapeError("features", tuple(features.shape), "(B, C, H, W) with every size >= 1")
     if not features.is_floating_point():

@@ -131,11 +131,25 @@ def check_output_budget(height: int, width: int, scale: int, outscale: float,
     return target
 
 
+_RESIZABLE = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.float32, np.float64))
+
+
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize ``H x W [x C]`` to ``size = (height, width)``: INTER_AREA shrinking, INTER_CUBIC otherwise.
 
     Float input is clipped to [0, 1]; uint8 / uint16 input is saturated by OpenCV. The dtype is kept.
+    Other arrays and sizes are refused (ConfigError), as OpenCV refused some with its own error and resized
+    others (int16) as they were.
     """
+    if not isinstance(image, np.ndarray) or image.dtype not in _RESIZABLE or image.ndim not in (2, 3) \
+            or min(image.shape, default=0) < 1:
+        what = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
+                else f"{type(image).__module__}.{type(image).__qualname__}")
+        raise ConfigError(f"resize takes a non-empty H x W or H x W x C array of uint8, uint16, float32 or float64, "
+                          f"got {what}")
+    if (not isinstance(size, tuple) or len(size) != 2
+            or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in size)):
+        raise ConfigError(f"resize size must be (height, width) of positive integers, got {size!r}")
     h, w = image.shape[:2]
     if (h, w) == size:
         return image
@@ -215,6 +229,10 @@ def upscale_pixels(
     scale = check_positive_int("scale", scale)  # before the output is allocated
     if not isinstance(tiling, TilingOptions):
         raise ConfigError(f"tiling must be a TilingOptions, got {type(tiling).__name__}")
+    for name, array in (("pixels", pixels), ("alpha", alpha)):
+        if not isinstance(array, np.ndarray) and not (name == "alpha" and array is None):
+            raise ConfigError(f"{name} must be a numpy array (uint8 or uint16), got {type(array).__module__}."
+                              f"{type(array).__qualname__}")
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
         raise ConfigError(f"pixels must be H x W x 1 or H x W x 3, got shape {pixels.shape}")
     if pixels.dtype not in (np.uint8, np.uint16):

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adassr.adapt.quality.float_range import check_float_range
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
+from adassr.runtime.images.float_range import check_float_range
 
 Net = Literal["alex", "vgg"]
 

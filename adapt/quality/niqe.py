@@ -26,7 +26,7 @@ Input conventions (the original works on 8-bit images): uint8 arrays are used as
 is; uint16 arrays are scaled to 8 bits (round(v / 257)); floating arrays are taken
 in [0, 1], clipped and quantised to 8 bits (round(255 x)), i.e. scored as if saved as an
 8-bit image (values below -0.5 or above 1.5 mean another scale and are refused,
-:mod:`.float_range`). ``crop_border`` removes that many pixels on each side first.
+:mod:`adassr.runtime.images.float_range`). ``crop_border`` removes that many pixels on each side first.
 
 Float noise in flat regions: where the 7x7 neighbourhood is constant, the exact MSCN
 value is 0 but every implementation computes a rounding residue (about 1e-14) whose
@@ -57,8 +57,8 @@ from typing import Literal
 
 import numpy as np
 
-from adassr.adapt.quality.float_range import check_float_range
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
+from adassr.runtime.images.float_range import check_float_range
 
 Convert = Literal["gray", "y"]
 
@@ -194,34 +194,35 @@ def _round_half_away(x: np.ndarray) -> np.ndarray:
     return np.floor(x + 0.5)
 
 
-def to_uint8_levels(image: np.ndarray) -> np.ndarray:
-    """Image as float64 8-bit levels (integers 0..255), HxW or HxWxC."""
+def to_uint8_levels(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """Image as float64 8-bit levels (integers 0..255), HxW or HxWxC (``what`` names it in errors)."""
     if image.dtype == np.uint8:
         return image.astype(np.float64)
     if image.dtype == np.uint16:
         return _round_half_away(image.astype(np.float64) / 257.0)
     if np.issubdtype(image.dtype, np.floating):
         if not np.all(np.isfinite(image)):
-            raise ImageError("image has NaN or infinite values: pass a finite image in [0, 1]")
+            raise ImageError(f"{what} has NaN or infinite values: pass a finite image in [0, 1]")
         if image.size:
-            check_float_range(float(image.min()), float(image.max()))
+            check_float_range(float(image.min()), float(image.max()), what)
         return _round_half_away(np.clip(image.astype(np.float64), 0.0, 1.0) * 255.0)
     raise ImageError(
-        f"image dtype {image.dtype} is not supported: pass uint8, uint16 or float in [0, 1]"
+        f"{what} dtype {image.dtype} is not supported: pass uint8, uint16 or float in [0, 1]"
     )
 
 
-def to_luma(image: np.ndarray, convert: Convert = "gray") -> np.ndarray:
-    """The 2-D float64 luminance NIQE scores (integer levels), from HxW, HxWx1 or HxWx3."""
+def to_luma(image: np.ndarray, convert: Convert = "gray", what: str = "NIQE input") -> np.ndarray:
+    """The 2-D float64 luminance NIQE scores (integer levels), from HxW, HxWx1 or HxWx3 (``what`` names
+    the image in errors)."""
     if convert not in ("gray", "y"):
         raise ConfigError(f"convert must be 'gray' or 'y', got {convert!r}")
-    levels = to_uint8_levels(image)
+    levels = to_uint8_levels(image, what)
     if levels.ndim == 3 and levels.shape[2] == 1:
         levels = levels[:, :, 0]
     if levels.ndim == 2:
         return levels
     if levels.ndim != 3 or levels.shape[2] != 3:
-        raise ShapeError("NIQE input", image.shape, "HxW, HxWx1 or HxWx3")
+        raise ShapeError(what, image.shape, "HxW, HxWx1 or HxWx3")
     r, g, b = levels[:, :, 0], levels[:, :, 1], levels[:, :, 2]
     if convert == "gray":
         c0, c1, c2 = RGB2GRAY_COEFFS

@@ -171,6 +171,9 @@ def niqe_torch(images: Tensor, *, crop_border: int = 0, convert: Convert = "gray
         raise ConfigError(f"convert must be 'gray' or 'y', got {convert!r}")
     if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
         raise ConfigError(f"crop_border must be an int >= 0, got {crop_border!r}")
+    if not isinstance(images, Tensor):
+        raise ConfigError(f"niqe_torch expects a torch tensor (B, C, H, W), got {type(images).__module__}."
+                          f"{type(images).__qualname__} (for a numpy image: adassr.adapt.quality.niqe.niqe)")
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ShapeError("niqe_torch images", tuple(images.shape), "(B, 3, H, W) or (B, 1, H, W)")
     if not images.is_floating_point():

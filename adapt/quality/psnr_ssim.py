@@ -2,7 +2,7 @@
 
 - Pixels are taken on the [0, 255] scale in float64 (uint8 as is, uint16 * 255/65535,
   float in [0, 1] * 255; a float image with values below -0.5 or above 1.5 is on another scale and
-  refused, :mod:`.float_range`); ``crop_border`` pixels are removed on each side.
+  refused, :mod:`adassr.runtime.images.float_range`); ``crop_border`` pixels are removed on each side.
 - ``channel='y'`` (default): the BT.601 luma of MATLAB ``rgb2ycbcr``,
   ``16 + (65.481 R + 128.553 G + 24.966 B) / 255``, kept in float (not rounded), as
   BasicSR does. ``channel='rgb'``: all three channels (single-channel images are used
@@ -24,8 +24,8 @@ from typing import Literal
 import numpy as np
 from scipy.ndimage import correlate1d
 
-from adassr.adapt.quality.float_range import check_float_range
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
+from adassr.runtime.images.float_range import check_float_range
 
 Channel = Literal["y", "rgb", "gray"]
 
@@ -48,11 +48,11 @@ def to_255(image: np.ndarray, what: str = "image") -> np.ndarray:
             check_float_range(float(a.min()), float(a.max()), what)
         out = a.astype(np.float64) * 255.0
     else:
-        raise ImageError(f"image dtype {a.dtype} is not supported: pass uint8, uint16 or float in [0, 1]")
+        raise ImageError(f"{what} dtype {a.dtype} is not supported: pass uint8, uint16 or float in [0, 1]")
     if out.ndim == 2:
         out = out[:, :, None]
     if out.ndim != 3 or out.shape[2] not in (1, 3):
-        raise ShapeError("image", a.shape, "HxW, HxWx1 or HxWx3")
+        raise ShapeError(what, a.shape, "HxW, HxWx1 or HxWx3")
     return out
 
 
@@ -62,7 +62,7 @@ def _prepare(
     if channel not in ("y", "rgb", "gray"):
         raise ConfigError(f"channel must be 'y', 'rgb' or 'gray', got {channel!r}")
     if channel == "gray":
-        image, reference = _gray(image), _gray(reference)
+        image, reference = _gray(image, "image"), _gray(reference, "reference")
     if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
         raise ConfigError(f"crop_border must be an integer >= 0, got {crop_border!r}")
     a, b = to_255(image, "image"), to_255(reference, "reference")
@@ -82,11 +82,11 @@ def _prepare(
     return a, b
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
+def _gray(image: np.ndarray, what: str) -> np.ndarray:
     """MATLAB rgb2gray on 8-bit levels, rounded, as uint8 HxW (gray input passes through)."""
     from adassr.adapt.quality.niqe import to_luma
 
-    return to_luma(np.asarray(image), "gray").astype(np.uint8)
+    return to_luma(np.asarray(image), "gray", what).astype(np.uint8)
 
 
 def rgb_to_y(rgb255: np.ndarray) -> np.ndarray:

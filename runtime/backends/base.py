@@ -8,18 +8,21 @@ on exit. A backend holds its session and nothing per call, so one instance may s
 from __future__ import annotations
 
 import abc
+import os
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
-from adassr.runtime.errors import BackendError, ModelOutputError, ShapeError
+from adassr.runtime.errors import BackendError, ConfigError, ModelOutputError, ShapeError
 
 
 class Backend(abc.ABC):
     """One loaded model. Subclasses implement ``_open``, ``_infer`` and ``_close``."""
 
     def __init__(self, model_path: str | Path) -> None:
+        if not isinstance(model_path, (str, os.PathLike)):
+            raise ConfigError(f"model_path must be a path (str or os.PathLike), got {type(model_path).__qualname__}")
         self._model_path = Path(model_path)
         self._opened = False
 
@@ -75,7 +78,10 @@ class Backend(abc.ABC):
                 f"the {self.name} backend for {self._model_path.name} is not open (or was closed); "
                 "call open() or use it as a context manager"
             )
-        if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1] != 3:
+        if not isinstance(batch, np.ndarray):
+            raise BackendError(f"model input must be a numpy array, got {type(batch).__module__}."
+                               f"{type(batch).__qualname__} (a torch tensor: .numpy() it)")
+        if batch.ndim != 4 or batch.shape[1] != 3:
             shape = getattr(batch, "shape", ())
             raise ShapeError("model input batch", tuple(shape), "(N, 3, H, W) RGB")
         if not np.issubdtype(batch.dtype, np.floating):

@@ -69,6 +69,9 @@ def resolve_providers(providers: Sequence[str] | str) -> tuple[str, ...]:
     """
     if isinstance(providers, str):
         items = [p.strip() for p in providers.split(",")]
+    elif not isinstance(providers, Sequence):
+        raise ConfigError(f"providers must be a comma-separated string or a list of provider names, got "
+                          f"{type(providers).__qualname__}")
     else:
         items = [str(p).strip() for p in providers]
     by_lower = {k: v for k, v in PROVIDER_ALIASES.items()} | {v.lower(): v for v in PROVIDER_ALIASES.values()}
@@ -105,10 +108,12 @@ class OnnxRuntimeBackend(Backend):
         gpu: GpuProviderSettings | None = None,
     ) -> None:
         super().__init__(model_path)
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be >= 1 (or None for one per usable physical core), got {threads}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
+            raise ConfigError(f"threads must be an integer >= 1 (or None for one per usable physical core), got "
+                              f"{threads!r}")
         self._requested = resolve_providers(providers)
-        self._threads = threads
+        self._threads = None if threads is None else int(threads)
         self._require = require
         self._want_input = input_name
         self._want_output = output_name

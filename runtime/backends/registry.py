@@ -6,6 +6,7 @@ backend when it opens, never here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -80,6 +81,8 @@ def open_backend(
     factory = BACKENDS.get(kind)
     if factory is None:
         raise ConfigError(f"unknown backend {kind!r}; valid backends are {', '.join(BACKENDS)}")
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise ConfigError(f"model_path must be a path (str or os.PathLike), got {type(model_path).__qualname__}")
     backend = factory(
         Path(model_path),
         providers=providers,

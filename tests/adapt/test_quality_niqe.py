@@ -162,3 +162,9 @@ def test_torch_cuda_matches_cpu() -> None:
     gpu = niqe_torch(x.cuda())
     assert gpu.device.type == "cuda"
     np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), rtol=1e-9)
+
+
+def test_niqe_torch_names_a_numpy_array_as_the_wrong_type() -> None:
+    """It failed with numpy's AttributeError (a helper's hunt of the library API)."""
+    with pytest.raises(ConfigError, match="niqe_torch expects a torch tensor .*got numpy.ndarray"):
+        niqe_torch(np.zeros((1, 3, 96, 96), np.float32))  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import pytest
 from scipy.signal import convolve2d
 
 from adassr.adapt.quality.psnr_ssim import psnr, ssim
-from adassr.runtime.errors import ConfigError, ShapeError
+from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 from adassr.runtime.images import read_image, to_float32
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,8 +115,21 @@ def test_float_images_on_another_scale_are_refused_not_scored() -> None:
     with pytest.raises(ImageError, match="NaN") as info:
         psnr(np.full(dist.shape, np.nan, np.float32), ref, channel="gray")
     assert "NIQE" not in str(info.value)
-    from adassr.adapt.quality.float_range import check_float_range
+    from adassr.runtime.images.float_range import check_float_range
 
     for low, high in ((math.nan, math.nan), (0.0, math.inf), (-math.inf, 1.0)):
         with pytest.raises(ImageError, match="NaN or infinite"):  # NaN compared as in range
             check_float_range(low, high)
+
+
+@pytest.mark.parametrize("channel", ["y", "rgb", "gray"])
+def test_errors_name_the_argument_at_fault(channel: str) -> None:
+    """A bad reference was reported as "image ..." (with channel gray as "NIQE input"): a helper's hunt."""
+    ok = np.zeros((40, 44, 3), np.uint8)
+    with pytest.raises(ImageError, match=r"^reference dtype int16 is not supported"):
+        psnr(ok, ok.astype(np.int16), channel=channel)  # type: ignore[arg-type]
+    with pytest.raises(ShapeError, match=r"^reference: got shape \(1, 40, 44, 3\)"):
+        ssim(ok, ok[None], channel=channel)  # type: ignore[arg-type]
+    with pytest.raises(ImageError, match=r"^image is float with values in \[0, 255\]"):
+        psnr(np.full((40, 44, 3), 255.0, np.float32) * np.linspace(0, 1, 44, dtype=np.float32)[None, :, None], ok,
+             channel=channel)  # type: ignore[arg-type]

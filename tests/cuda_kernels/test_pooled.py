@@ -91,6 +91,8 @@ def test_errors() -> None:
         pooled_attention_map(feats, 4, 2)  # 9 channels
     with pytest.raises(ShapeError, match=r"\(B, C, H, W\)"):
         pooled_attention_map(feats[0], 4, 3)
+    with pytest.raises(ConfigError, match="features must be a torch tensor .*got numpy.ndarray"):  # was "shape ()"
+        pooled_attention_map(feats.numpy(), 4, 3)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="pool must be"):
         pooled_attention_map(feats, 0, 3)
     with pytest.raises(ConfigError, match="heads must be"):

@@ -246,6 +246,8 @@ def test_infer_validates_its_input(model_path: Path) -> None:
             backend.infer(np.zeros((1, 3, 8, 8), np.uint8))
         with pytest.raises(ShapeError, match="empty"):
             backend.infer(np.zeros((0, 3, 8, 8), np.float32))
+        with pytest.raises(BackendError, match="must be a numpy array, got builtins.list"):  # was "got shape ()"
+            backend.infer(_batch().tolist())  # type: ignore[arg-type]
 
 
 def test_context_manager_closes_and_a_closed_backend_refuses(model_path: Path) -> None:
@@ -412,3 +414,15 @@ def test_failed_open_leaves_no_entry() -> None:
     assert len(cache) == 0
     with pytest.raises(ConfigError, match=">= 1"):
         ModelCache(0)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"threads": 1.5}, "threads must be an integer >= 1"),  # was onnxruntime's "incompatible function arguments"
+    ({"threads": True}, "threads must be an integer >= 1"),
+    ({"providers": None}, "providers must be a comma-separated string or a list"),  # was "not iterable"
+])
+def test_open_backend_refuses_option_types_with_its_own_words(model_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        open_backend("onnxruntime", model_path, **kwargs)
+    with pytest.raises(ConfigError, match="model_path must be a path .*got int"):
+        open_backend("onnxruntime", 3)  # type: ignore[arg-type]

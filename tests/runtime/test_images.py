@@ -1173,8 +1173,19 @@ def test_float_roundtrip_is_exact() -> None:
 
 
 def test_from_float32_clips_rounds_and_refuses() -> None:
-    a = np.array([-0.5, 0.0, 0.4 / 255, 0.6 / 255, 1.0, 7.0], np.float32)
+    a = np.array([-0.5, 0.0, 0.4 / 255, 0.6 / 255, 1.0, 1.5], np.float32)  # a model's overshoot: clipped
     np.testing.assert_array_equal(from_float32(a, 8), [0, 0, 0, 1, 255, 255])
+    # another scale (0-255 levels as float) became white, +inf the peak (a helper's hunt of the library API)
+    with pytest.raises(ImageError, match=r"values in \[0.5, 255\], not on the \[0, 1\] scale: divide 8-bit"):
+        from_float32(np.array([0.5, 2.0, 255.0], np.float32), 8)
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        from_float32(np.array([0.5, np.inf], np.float32), 16)
+    for not_an_array in ([0.5], None):
+        with pytest.raises(ImageError, match="expects a numpy array, got builtins"):
+            from_float32(not_an_array, 8)  # type: ignore[arg-type]
+        with pytest.raises(ImageError, match="expects a numpy array"):
+            to_float32(not_an_array)  # type: ignore[arg-type]
+    assert from_float32(np.zeros((0, 3), np.float32), 8).shape == (0, 3)
     assert from_float32(a, 16).dtype == np.uint16
     assert from_float32(np.array([1.0], np.float16), 16)[0] == 65535  # no float16 overflow
     with pytest.raises(ImageError, match="NaN"):

@@ -308,3 +308,25 @@ def test_the_upscaler_names_what_it_takes(tmp_path: Path) -> None:
         LoadedImage([[0]], None, 8, None, None, None)  # type: ignore[arg-type]
     with pytest.raises(ImageError, match="use uint8 .* or uint16"):
         LoadedImage(np.zeros((2, 2, 3), ">u2"), None, 16, None, None, None)
+
+
+def test_arrays_of_other_types_get_typed_errors_naming_what_was_given() -> None:
+    """A list, a torch tensor or an int16 image went to numpy or OpenCV (AttributeError, cv2.error, or an int16
+    resize without a word): a helper's hunt of the library API."""
+    from adassr.runtime.pipeline import resize
+
+    with pytest.raises(ConfigError, match="resize takes .* got int16 array of shape"):
+        resize(np.zeros((4, 4), np.int16), (8, 8))
+    with pytest.raises(ConfigError, match="got builtins.list"):
+        resize([[0, 1]], (8, 8))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="got uint8 array of shape \\(0, 4\\)"):
+        resize(np.zeros((0, 4), np.uint8), (8, 8))
+    for size in ((0, 0), (-5, 10), [8, 8], (8.0, 8)):
+        with pytest.raises(ConfigError, match="size must be \\(height, width\\) of positive integers"):
+            resize(np.zeros((4, 4), np.uint8), size)  # type: ignore[arg-type]
+    assert resize(np.zeros((4, 4, 1), np.uint16), (np.int64(8), 8)).shape == (8, 8, 1)
+    with pytest.raises(ConfigError, match="pixels must be a numpy array .*got builtins.list"):
+        upscale_pixels([[[0, 0, 0]]], _overshooting_model, scale=4, tiling=TilingOptions(tile=0))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="alpha must be a numpy array .*got builtins.list"):
+        upscale_pixels(np.zeros((2, 2, 3), np.uint8), _overshooting_model, scale=4, tiling=TilingOptions(tile=0),
+                       alpha=[[0, 0], [0, 0]])  # type: ignore[arg-type]

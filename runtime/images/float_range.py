@@ -1,4 +1,4 @@
-"""The range a float image given to a quality metric (or a degradation) must lie in, and its check."""
+"""The range a float image given to a metric, a degradation or an integer conversion must lie in, and its check."""
 
 from __future__ import annotations
 
