@@ -6,7 +6,10 @@ takes nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from adassr.runtime.cpu_info import MAX_THREADS
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.routing import check_serving_precision
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, TilingOptions
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -162,7 +167,9 @@ class ServerConfig:
 
 
 def read_token_file(path: str | Path) -> str:
-    """The bearer token stored in ``path`` (surrounding whitespace stripped); ConfigError if unusable."""
+    """The bearer token stored in ``path`` (surrounding whitespace stripped); ConfigError if unusable. A file
+    that users other than its owner may read or write is warned about. Read once: the server keeps the token
+    it started with (restart it to change it)."""
     p = Path(path).expanduser()
     try:
         text = p.read_text(encoding="utf-8")
@@ -176,4 +183,9 @@ def read_token_file(path: str | Path) -> str:
             f"token file {p} must hold one non-empty secret of printable ASCII characters without spaces "
             f"(an HTTP header carries no other characters reliably; e.g. `openssl rand -hex 32 > {p}`)"
         )
+    with contextlib.suppress(OSError):
+        mode = p.stat().st_mode
+        if mode & 0o077:
+            logger.warning("the token file %s can be read by other users (mode %03o): `chmod 600 %s`", p,
+                           stat.S_IMODE(mode), p)
     return token

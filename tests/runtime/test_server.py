@@ -295,10 +295,16 @@ def test_status_codes_and_error_bodies(store: Path) -> None:
         assert _metric(text, "adassr_errors_total", 'kind="too_large"') >= 2
 
 
-def test_token_auth(store: Path, tmp_path: Path) -> None:
+def test_token_auth(store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    token = read_token_file(token_file)
+    token_file.chmod(0o644)
+    with caplog.at_level("WARNING"):
+        token = read_token_file(token_file)
+    assert f"the token file {token_file} can be read by other users (mode 644): `chmod 600" in caplog.text
+    caplog.clear()
+    token_file.chmod(0o600)
+    assert read_token_file(token_file) == token and "token" not in caplog.text
     canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
     with running_server(_config(store, token=token)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
