@@ -764,17 +764,38 @@ class CameraStore:
             if not (self.directory / ENGINES_FOLDER).is_symlink():  # not through a link to a folder elsewhere
                 remove_stale_temps(self.directory / ENGINES_FOLDER, locked=True)  # a build killed mid-write
             manifest = self.read_manifest_or_empty()
-            self._remove_orphans(manifest, previous=None)
-            tx = StoreTransaction(self, manifest)
+            scan = self.manifest_matches_folder(manifest)
+            self._remove_orphans(manifest, previous=None, scan=scan)
+            tx = StoreTransaction(self, manifest, scan=scan)
             try:
                 yield tx
             finally:
                 tx._discard()
 
-    def _remove_orphans(self, manifest: Mapping[str, Any], previous: Mapping[str, Any] | None) -> list[str]:
-        """Remove content-addressed files (and files ``previous`` referenced) that ``manifest`` does not refer to."""
+    def manifest_matches_folder(self, manifest: Mapping[str, Any]) -> bool:
+        """Whether ``manifest`` refers to at least one file, every file it refers to is in the camera's folder and
+        every export names a recorded artifact: only then are the folder's other content-addressed files known
+        to be leftovers (of a killed writer, of a cut clean-up). A missing manifest, or one that lost or changed
+        its records (edited by hand, replaced, linked to another camera's), says nothing of them."""
+        files = _referenced_files(manifest)
+        exports = manifest.get("exports") or {}
+        artifacts = manifest.get("artifacts") or {}
+        if not files or not isinstance(exports, Mapping):
+            return False
+        if not all(isinstance(r, Mapping) and r.get("file") in artifacts for r in exports.values()):
+            return False
+        return all((self.directory / name).is_file() for name in files)
+
+    def _remove_orphans(self, manifest: Mapping[str, Any], previous: Mapping[str, Any] | None, *,
+                        scan: bool) -> list[str]:
+        """Remove the files ``previous`` referenced and, with ``scan``, the folder's other content-addressed files,
+        that ``manifest`` does not refer to. ``scan`` only where the manifest the transaction began with matched the
+        folder (:meth:`manifest_matches_folder`): else the unlisted files may be the camera's weights and models,
+        and a failed command took them with it."""
         keep = _referenced_files(manifest) | _superseded_files(manifest) | {MANIFEST_NAME, LOCK_NAME}
         candidates = (_referenced_files(previous) | _superseded_files(previous)) if previous is not None else set()
+        if not scan:
+            return [name for name in sorted(candidates - keep) if self._unlink(name)]
         with contextlib.suppress(OSError):
             candidates.update(e.name for e in os.scandir(self.directory)
                               if _CONTENT_NAME.match(e.name) and not e.name.startswith("."))
@@ -783,14 +804,18 @@ class CameraStore:
             with contextlib.suppress(OSError):  # engines no record refers to (re-adapting forgets the records)
                 candidates.update(f"{ENGINES_FOLDER}/{e.name}" for e in os.scandir(engines) if e.name.endswith(
                     ".engine") and not e.name.startswith(".") and e.is_file(follow_symlinks=False))
-        removed = []
-        for name in sorted(candidates - keep):
-            if "/" in name and (self.directory / name).parent.is_symlink():
-                continue  # never through a link out of the camera's folder
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-                (self.directory / name).unlink()
-                removed.append(name)
+        removed = [name for name in sorted(candidates - keep) if self._unlink(name)]
         return removed + self._remove_stale_ort_trt_caches(keep)
+
+    def _unlink(self, name: str) -> bool:
+        """Remove the camera's file ``name`` (never through a link out of its folder); whether it was removed."""
+        if "/" in name and (self.directory / name).parent.is_symlink():
+            return False
+        try:
+            (self.directory / name).unlink()
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            return False
+        return True
 
     def _remove_stale_ort_trt_caches(self, keep: set[str]) -> list[str]:
         """Remove onnxruntime's TensorRT cache folders of ONNX files that no name in ``keep`` is (a new ONNX
@@ -822,8 +847,11 @@ class StoreTransaction:
     of the validated current manifest; staged files are referenced only once committed.
     """
 
-    def __init__(self, store: CameraStore, manifest: dict[str, Any]) -> None:
+    def __init__(self, store: CameraStore, manifest: dict[str, Any], *, scan: bool | None = None) -> None:
+        """``scan``: whether the commit may remove content-addressed files no manifest lists (default: whether
+        ``manifest`` matches the folder, :meth:`CameraStore.manifest_matches_folder`)."""
         self.store = store
+        self._scan = store.manifest_matches_folder(manifest) if scan is None else scan
         self.previous = manifest
         self.manifest = copy.deepcopy(manifest)
         self._staged: dict[str, dict[str, Any]] = {}
@@ -923,7 +951,7 @@ class StoreTransaction:
             # in place: it is committed then, and its staged files must not be discarded.
             self._committed = self._committed or _file_holds(self.store.manifest_path, data)
         self._committed = True
-        self.store._remove_orphans(manifest, previous=self.previous)
+        self.store._remove_orphans(manifest, previous=self.previous, scan=self._scan)
         return manifest
 
     def _discard(self) -> None:

@@ -418,3 +418,55 @@ def test_a_folder_removed_while_the_lock_file_is_opened_is_made_again(tmp_path: 
         tx.commit()
     monkeypatch.undo()
     assert len(raced) == 2 and store.exists()
+
+
+def _damaged(root: Path, how: str) -> tuple[CameraStore, Path]:
+    """Camera 'cama' published, then its manifest damaged ``how``; returns the store and its model file."""
+    store = publish_camera(root, "cama", seed=1)
+    publish_camera(root, "camb", seed=2)
+    model = store.artifact_path("model.onnx", store.read_manifest())
+    manifest = json.loads(store.manifest_path.read_text())
+    if how == "missing":
+        store.manifest_path.unlink()
+    elif how == "no artifacts":
+        del manifest["artifacts"]
+        del manifest["exports"]
+        store.manifest_path.write_text(json.dumps(manifest))
+    elif how == "wrong file":
+        manifest["artifacts"]["model.onnx"]["file"] = "model.onnx"
+        store.manifest_path.write_text(json.dumps(manifest))
+    elif how == "export without artifact":
+        manifest["artifacts"] = {"notes.txt": _text(store, "notes.txt", "a file of its own")}
+        manifest["exports"] = json.loads(store.manifest_path.read_text())["exports"] | manifest["exports"]
+        store.manifest_path.write_text(json.dumps(manifest))
+    else:  # another camera's manifest, through a link
+        store.manifest_path.unlink()
+        store.manifest_path.symlink_to(root / "camb" / "manifest.json")
+    return store, model
+
+
+@pytest.mark.parametrize("how", ["missing", "no artifacts", "wrong file", "export without artifact", "linked"])
+def test_a_manifest_that_does_not_match_its_folder_never_costs_the_camera_its_files(tmp_path: Path, how: str) -> None:
+    """A transaction swept every content-addressed file its manifest did not list as it began, so a command that
+    then failed (an export refusing the damaged manifest, an adapt with no usable image) had deleted the camera's
+    model or weights (a helper's hunt of damaged manifests)."""
+    store, model = _damaged(tmp_path / "s", how)
+    data = model.read_bytes()
+    with pytest.raises(RuntimeError, match="the command fails"), store.transaction():
+        raise RuntimeError("the command fails after the transaction began")
+    assert model.read_bytes() == data
+    if how != "linked":  # a commit on that state keeps the unlisted file too
+        with store.transaction() as tx:
+            tx.stage("notes.txt", lambda p: p.write_text("kept"), stage="test")
+            tx.commit()
+        assert model.read_bytes() == data
+
+
+def test_a_manifest_that_matches_its_folder_still_sweeps_a_killed_writers_files(tmp_path: Path) -> None:
+    store = publish_camera(tmp_path / "s", "cama", seed=1)
+    stray = store.directory / "model.0123456789abcdef.onnx"  # staged by a writer killed before its commit
+    stray.write_bytes(b"left behind")
+    with store.transaction():
+        pass
+    assert not stray.exists()
+    store.artifact_path("model.onnx", store.read_manifest()).read_bytes()
