@@ -258,6 +258,7 @@ class ModelRegistry:
         self._tried: dict[str, str] = {}  # camera -> model file of a refused load (its signature includes it)
         self._arriving: dict[str, tuple[tuple[str, int, int], ...]] = {}  # camera -> its folder at the last poll
         self._misnamed: dict[str, str] = {}  # store folder with a manifest but no group name -> why
+        self._unexported: set[str] = set()  # cameras adapted but not exported (no model of their own yet)
         self._unreadable: str | None = None  # why the store folder could not be listed at the last poll
         self._refresh_lock = threading.Lock()
         # Under _lock: the snapshots' swaps, leases, retired models, last use, loads in progress, failures.
@@ -403,7 +404,13 @@ class ModelRegistry:
             servable.discard(FALLBACK_CAMERA)
         known = ", ".join(sorted(servable)) or "none"
         problem = self._problems.get(camera)
-        why = f" Its model was refused: {problem}." if problem else closest_camera_hint(camera, servable)
+        if problem:
+            why = f" Its model was refused: {problem}."
+        elif camera in self._unexported and camera not in servable:
+            why = (f" It is adapted but not exported yet: run `adassr export --camera {camera}` (this server loads "
+                   "it at its next look at the store).")
+        else:
+            why = closest_camera_hint(camera, servable)
         return UnknownCamera(
             f"camera {camera!r} has no model on this server (cameras: {known}).{why} "
             "Omit 'camera' to route by the image's EXIF Make, or adapt and export that camera"
@@ -645,6 +652,7 @@ class ModelRegistry:
                 self._signatures.pop(camera, None)
                 self._problems.pop(camera, None)
                 self._tried.pop(camera, None)
+                self._unexported.discard(camera)
                 self._arriving.pop(camera, None)
             for camera in scan.cameras:
                 try:
@@ -717,13 +725,16 @@ class ModelRegistry:
             if _has_no_export(self._store, camera):  # adapted, not exported yet (and no fallback): no problem
                 self._signatures[camera] = sig
                 self._problems.pop(camera, None)
+                self._unexported.add(camera)
                 return
             self._refused(camera, "model_load", f"cannot read the manifest: {exc}", sig)
             return
         if decision.model_camera != camera:  # adapted but not exported (yet): keep what serves
             self._signatures[camera] = sig
             self._problems.pop(camera, None)  # e.g. "its folder cannot be read", now that it can be
+            self._unexported.add(camera)
             return
+        self._unexported.discard(camera)
         # The manifest's stat taken before it was read: had a commit come in between, the next poll sees the
         # change and loads again (a stat taken now could describe the newer manifest, and its model would
         # then never be picked up).

@@ -1377,6 +1377,13 @@ def test_a_deleted_refused_camera_and_an_unexported_one_are_no_problems(store: P
     lonely = ModelRegistry(bare, open_model=opener)
     lonely.refresh()
     assert dict(lonely.problems) == {} and dict(lonely.models) == {}
+    # asked for by name: told to export it, not "Did you mean" another camera (a helper's hunt)
+    from adassr.runtime.server.models import UnknownCamera
+
+    with pytest.raises(UnknownCamera, match=r"'nokia' has no model on this server \(cameras: none\)\. It is adapted "
+                                            r"but not exported yet: run `adassr export --camera nokia`"):
+        with lonely.serving("nokia", None):  # type: ignore[arg-type]
+            pass
 
 
 def test_limits_that_would_overflow_the_waits_are_refused(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
