@@ -81,6 +81,8 @@ MIN_SIDE = 8
 """The smallest LR side a latency case may have."""
 MAX_SIDE = 4096
 """The largest LR side a latency case may have (its x4 output is 16384 px wide: 3 GB of float32)."""
+MAX_REPEATS = 10_000
+"""The most timed calls per case (2**70 was accepted and never ended)."""
 MAX_CALL_OUTPUT_PIXELS = (4 * MAX_SIDE) ** 2
 """The most x4 output pixels one timed call (``--batch`` frames) may make: one frame of the largest side."""
 
@@ -110,8 +112,8 @@ def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
     from adassr.runtime.errors import ConfigError
     from adassr.runtime.preflight import check_output_folders, check_threads
 
-    if options.repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1, got {options.repeats}")
+    if not 1 <= options.repeats <= MAX_REPEATS:
+        raise ConfigError(f"--repeats must be from 1 to {MAX_REPEATS}, got {options.repeats}")
     if options.batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {options.batch}")
     check_threads(options.threads)

@@ -62,12 +62,14 @@ from adassr.runtime.store import (
     try_exclusive_lock,
 )
 from adassr.runtime.tempfiles import create_temp, current_umask, remove_stale_temps
+from adassr.runtime.tiling import MAX_TILE
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
-MAX_TILE = 8192
+MAX_TRITON_BATCH = 1024  # as serve --max-batch (config.pbtxt's fields are int32: a huge one fails in Triton)
+MAX_INSTANCES = 256
 """The largest tile side (input pixels) a repository is written for: a 4K frame fits in one tile."""
 DEFAULT_PREFIX = "adassr_"
 PROVENANCE = "adassr_versions.json"
@@ -105,14 +107,16 @@ class TritonRepoOptions:
         if len(set(self.preferred_batch_sizes)) != len(self.preferred_batch_sizes):
             raise ExportError(f"preferred batch sizes {self.preferred_batch_sizes} repeat a size; give each once")
         object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(self.preferred_batch_sizes)))
-        if self.max_batch_size < 1:
-            raise ExportError(f"--max-batch must be >= 1, got {self.max_batch_size}")
+        if not 1 <= self.max_batch_size <= MAX_TRITON_BATCH:
+            raise ExportError(f"--max-batch must be from 1 to {MAX_TRITON_BATCH}, got {self.max_batch_size}")
         if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
             raise ExportError(
                 f"preferred batch sizes {self.preferred_batch_sizes} must lie in 1..{self.max_batch_size}"
             )
-        if self.max_queue_delay_us < 0 or self.instance_count < 1:
-            raise ExportError("max queue delay must be >= 0 and the instance count >= 1")
+        if not 1 <= self.instance_count <= MAX_INSTANCES:
+            raise ExportError(f"--instances must be from 1 to {MAX_INSTANCES}, got {self.instance_count}")
+        if self.max_queue_delay_us < 0:
+            raise ExportError(f"the max queue delay must be >= 0 microseconds, got {self.max_queue_delay_us}")
         if self.instance_kind not in INSTANCE_KINDS:
             raise ExportError(f"unknown instance kind {self.instance_kind!r}; valid: {', '.join(INSTANCE_KINDS)}")
         if not re.match(r"^[A-Za-z0-9_.-]*$", self.prefix):

@@ -76,6 +76,9 @@ InferFn = Callable[[np.ndarray], np.ndarray]
 
 
 MAX_PRE_PAD = 128
+MAX_TILE = 8192
+"""The largest fixed tile a server or a Triton repository takes (input pixels a side): a model's activations
+for one such tile already fill tens of GB."""
 """The largest ``pre_pad``: several times the receptive-field radius of the supported models;
 larger values add only work (the padded canvas grows with its square)."""
 

@@ -18,7 +18,7 @@ from adassr.runtime.backends.onnxruntime import resolve_providers
 from adassr.runtime.cpu_info import MAX_THREADS
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.routing import check_serving_precision
-from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, TilingOptions
+from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, MAX_TILE, TilingOptions
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,8 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be > 0 and at most {MAX_TIMEOUT_S:g} s, got {value!r}")
         if self.token is not None and not self.token:
             raise ConfigError("the token is empty; put a non-empty secret in the token file")
+        if isinstance(self.tile, int) and self.tile > MAX_TILE:  # with pad_to_tile every request allocated it
+            raise ConfigError(f"tile must be from 0 (untiled) to {MAX_TILE} input pixels, got {self.tile}")
         self.tiling  # validates tile / overlap / pre_pad  # noqa: B018
         if self.backend == "tensorrt" and self.tile == 0:
             raise ConfigError("the tensorrt backend needs tiles (its engines have fixed profiles): pass --tile N, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -369,6 +370,15 @@ def test_time_budget_leaves_room_for_the_last_evaluation(monkeypatch: pytest.Mon
 def test_time_budget_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="time-budget"):
         _config(time_budget=0)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"batch": 100_000}, "--batch must be at most 512, got 100000"),  # drew its pairs past any time budget
+    ({"lr": 1e30}, "--lr must be at most 1 (the default is 1e-4), got 1e+30"),  # NaN outputs for the whole run
+])
+def test_absurd_batches_and_learning_rates_are_refused(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        AdaptConfig(**change)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("name", "flag"), [("lr", "--lr"), ("time_budget", "--time-budget"),

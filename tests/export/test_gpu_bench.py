@@ -177,6 +177,7 @@ def test_bad_options_fail_before_any_timing(store: Path, tmp_path: Path, monkeyp
         (["--frame", "40x30"], "the CPU report times fp32 square crops one at a time"),
         (["--precision", "fp16", "--batch", "2"], "--precision fp16, --batch 2 belong to the GPU report"),
         (["--batch", "0"], "--batch must be >= 1, got 0"),
+        (["--repeats", str(2**70)], f"--repeats must be from 1 to 10000, got {2**70}"),  # ran until killed
         (["--gpu", "0"], "--gpu 0 times onnxruntime on the GPU, but --providers cpu runs on the CPU"),
         (["--threads", "0"], "--threads must be an integer from 1 to 1024"),
         (["--camera", "nope"], "camera 'nope' has no exported model"),

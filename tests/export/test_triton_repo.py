@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -201,6 +202,17 @@ def test_trt_accelerator_has_one_profile_for_the_batches_a_cache_and_a_warm_up(s
 ])
 def test_trt_accelerator_options_that_cannot_work_are_refused(options: dict[str, object], message: str) -> None:
     with pytest.raises(ExportError, match=message):
+        TritonRepoOptions(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"max_batch_size": 2**70}, f"--max-batch must be from 1 to 1024, got {2**70}"),  # written into config.pbtxt
+    ({"max_batch_size": 0}, "--max-batch must be from 1 to 1024, got 0"),
+    ({"instance_count": 2**70}, f"--instances must be from 1 to 256, got {2**70}"),  # int32 fields in Triton
+    ({"instance_count": 0}, "--instances must be from 1 to 256, got 0"),  # was about a queue delay never set
+])
+def test_counts_triton_cannot_take_are_refused_naming_the_option(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ExportError, match=re.escape(message)):
         TritonRepoOptions(**options)  # type: ignore[arg-type]
 
 

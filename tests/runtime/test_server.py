@@ -1380,10 +1380,10 @@ def test_a_deleted_refused_camera_and_an_unexported_one_are_no_problems(store: P
     # asked for by name: told to export it, not "Did you mean" another camera (a helper's hunt)
     from adassr.runtime.server.models import UnknownCamera
 
-    with pytest.raises(UnknownCamera, match=r"'nokia' has no model on this server \(cameras: none\)\. It is adapted "
-                                            r"but not exported yet: run `adassr export --camera nokia`"):
-        with lonely.serving("nokia", None):  # type: ignore[arg-type]
-            pass
+    unexported = r"'nokia' has no model on this server \(cameras: none\)\. It is adapted but not exported yet: run " \
+                 r"`adassr export --camera nokia`"
+    with pytest.raises(UnknownCamera, match=unexported), lonely.serving("nokia", None):  # type: ignore[arg-type]
+        pass
 
 
 def test_limits_that_would_overflow_the_waits_are_refused(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1393,7 +1393,10 @@ def test_limits_that_would_overflow_the_waits_are_refused(store: Path, capsys: p
 
     for extra, message in ((["--max-wait-ms", "1e13"], "--max-wait-ms must be from 0 to 60000 ms"),
                            (["--request-timeout", "1e10"], "--request-timeout must be at most 604800 s"),
-                           (["--max-batch", "200000"], "--max-batch must be at most 1024")):
+                           (["--max-batch", "200000"], "--max-batch must be at most 1024"),
+                           # with --pad-to-tile every request allocated the tile (27.9 GiB): 500s, a helper's hunt
+                           (["--tile", "100000", "--pad-to-tile"], "--tile must be from 0 (untiled) to 8192 input "
+                                                                   "pixels, got 100000")):
         assert main(["serve", "--store", str(store), "--port", "0", *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
 
