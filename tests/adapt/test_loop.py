@@ -374,9 +374,8 @@ def test_time_budget_must_be_positive() -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"batch": 100_000}, "--batch must be at most 512, got 100000"),  # drew its pairs past any time budget
-    ({"lr": 1e30}, "--lr must be at most 1 (the default is 1e-4), got 1e+30"),  # NaN outputs for the whole run
 ])
-def test_absurd_batches_and_learning_rates_are_refused(change: dict[str, object], message: str) -> None:
+def test_absurd_batches_are_refused(change: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         AdaptConfig(**change)  # type: ignore[arg-type]
 
