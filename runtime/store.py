@@ -629,9 +629,9 @@ class CameraStore:
                 log.warning("another adassr process%s is writing camera %r in %s; waiting for it (up to %.0f s)",
                             self._holder(), self.camera, self.root, timeout_s)
             if time.monotonic() >= deadline:
-                holder = self._holder()
-                stopped = (f"; if it does not end (a stopped or hung process: `ps -p {holder[6:-1]}`), end it"
-                           if holder else "")
+                pid = self._holder_pid()
+                holder = f" (pid {pid})" if pid else ""
+                stopped = f"; if it does not end (a stopped or hung process: `ps -p {pid}`), end it" if pid else ""
                 raise StoreError(
                     f"another adassr process{holder} is writing camera {self.camera!r} in "
                     f"{self.root} (lock {self.directory / LOCK_NAME}); wait for it to "
@@ -733,13 +733,18 @@ class CameraStore:
             )
         return fd, key
 
-    def _holder(self) -> str:
-        """`` (pid N)`` of the process that holds the lock (it writes its pid into the file), or ``""``."""
+    def _holder_pid(self) -> str | None:
+        """The pid of the process that holds the lock (it writes its pid into the file), or None."""
         try:
             text = (self.directory / LOCK_NAME).read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
-            return ""
-        return f" (pid {text})" if text.isdigit() else ""
+            return None
+        return text if text.isdigit() else None
+
+    def _holder(self) -> str:
+        """`` (pid N)`` of the process that holds the lock, or ``""``."""
+        pid = self._holder_pid()
+        return f" (pid {pid})" if pid else ""
 
     def _lock_file_is(self, key: tuple[int, int]) -> bool:
         """Whether the lock file's path still names the file locked (another process may have removed
