@@ -42,7 +42,7 @@ from adassr.adapt.precision import Precision, resolve_device, resolve_precision
 from adassr.adapt.report import REPORT_FILE
 from adassr.adapt.weight_map_cache import WeightMapCache, store_cache_folder
 from adassr.runtime.errors import ConfigError, ImageError, StoreError, WeightsError
-from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction
+from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction, camera_folder_for_writing
 
 if TYPE_CHECKING:
     from adassr.adapt.image_selection import Selection
@@ -686,18 +686,13 @@ def adapt_camera(
     # absolute paths: the manifest's image records must not depend on where adapt was started (export
     # reads them to find a validation photo)
     group = CameraGroup(group.name, tuple(GroupMember(m.path.absolute(), m.derivation) for m in group.members))
-    new_camera = not CameraStore(Path(store_root).expanduser(), group.name).directory.exists()  # names: validated
     _check_store_folder_holds_no_photo(CameraStore(Path(store_root).expanduser(), group.name).directory, group)
-    store = CameraStore.open(store_root, group.name, create=True)
-    store.refuse_alias()  # before the training, not at its end
-    try:
+    # a first run that published nothing leaves no empty camera folder (nor a store root it made) behind
+    with camera_folder_for_writing(store_root, group.name) as store:
+        store.refuse_alias()  # before the training, not at its end
         return _adapt_in_store(store, group, config, backbone_name, start=start, registry=registry,
                                progress=progress, keep_on_interrupt=keep_on_interrupt, replace=replace,
                                on_published=on_published)
-    except BaseException:
-        if new_camera:  # a first run that published nothing leaves no empty camera folder behind
-            store.remove_if_unused()
-        raise
 
 
 def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig, backbone_name: str, *,

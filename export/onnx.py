@@ -52,6 +52,7 @@ from adassr.runtime.store import (
     MODEL_PRECISIONS,
     CameraStore,
     StoreTransaction,
+    camera_folder_for_writing,
 )
 
 if TYPE_CHECKING:
@@ -634,8 +635,8 @@ def export_loaded_fallback(store_root: str | os.PathLike[str], loaded: LoadedBac
     digest = state_dict_sha256(loaded.model.state_dict())
     identity = ModelIdentity(FALLBACK_CAMERA, loaded.entry.name, loaded.scale, digest)
     photo = find_validation_photo((), validation_image)  # before the store is touched
-    store = CameraStore.open(store_root, FALLBACK_CAMERA, create=True)
-    with _removed_if_left_empty(store), store.transaction(timeout_s=lock_timeout_s) as tx:
+    with camera_folder_for_writing(store_root, FALLBACK_CAMERA) as store, \
+            store.transaction(timeout_s=lock_timeout_s) as tx:
         existing = _current_exports(tx.manifest, precisions, digest) if if_missing else None
         if existing is not None:
             return ExportResult(store.camera, store.directory, existing)
@@ -649,17 +650,6 @@ def export_loaded_fallback(store_root: str | os.PathLike[str], loaded: LoadedBac
         }
         records = publish_models(tx, models, identity, fields)
     return ExportResult(store.camera, store.directory, records)
-
-
-@contextlib.contextmanager
-def _removed_if_left_empty(store: CameraStore) -> Iterator[None]:
-    """When the block fails, remove ``store``'s folder if it holds nothing but its lock file
-    (:meth:`CameraStore.remove_if_unused`): a first export that fails leaves no empty camera."""
-    try:
-        yield
-    except BaseException:
-        store.remove_if_unused()
-        raise
 
 
 def export_fallback(store_root: str | os.PathLike[str], backbone: str, *, precision: str = "fp32",

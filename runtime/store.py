@@ -845,6 +845,26 @@ class CameraStore:
         return removed
 
 
+
+@contextlib.contextmanager
+def camera_folder_for_writing(root: str | os.PathLike[str], camera: str) -> Iterator[CameraStore]:
+    """Open ``<root>/<camera>`` with ``create=True`` for a writer that may be its first. When the
+    block fails (an error or an interrupt), what the opening made and nothing holds is removed again:
+    the camera folder when this call created it and it holds nothing but its lock file
+    (:meth:`CameraStore.remove_if_unused`), and the store root when this call created it and it is
+    left empty. A failed first run leaves no empty folder behind; folders that existed stay, empty or not."""
+    root_path = Path(root).expanduser()
+    new_root = not os.path.lexists(root_path)
+    new_camera = not os.path.lexists(CameraStore(root_path, camera_name(camera)).directory)
+    store = CameraStore.open(root_path, camera, create=True)
+    try:
+        yield store
+    except BaseException:
+        if new_camera and store.remove_if_unused() and new_root:
+            with contextlib.suppress(OSError):  # not empty (another camera, a cache): it stays, as it should
+                root_path.rmdir()
+        raise
+
 class StoreTransaction:
     """New artifacts and manifest changes of one camera, published together by :meth:`commit`.
 

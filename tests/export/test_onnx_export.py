@@ -360,7 +360,7 @@ def test_fallback_export_records_the_weights_it_publishes_and_a_failed_first_lea
     bad_photo.write_text("no")
     with pytest.raises(AdassrError):
         onnx_export.export_loaded_fallback(tmp_path / "new-store", loaded, validation_image=bad_photo)
-    assert not (tmp_path / "new-store" / FALLBACK_CAMERA).exists()
+    assert not (tmp_path / "new-store").exists()
 
     def failing_build(*args: object, **kwargs: object) -> None:
         raise ExportError("the export failed")
@@ -368,7 +368,7 @@ def test_fallback_export_records_the_weights_it_publishes_and_a_failed_first_lea
     monkeypatch.setattr(onnx_export, "build_models", failing_build)
     with pytest.raises(ExportError, match="the export failed"):
         onnx_export.export_loaded_fallback(tmp_path / "new-store", loaded, validation_image=PHOTO)
-    assert not (tmp_path / "new-store" / FALLBACK_CAMERA).exists()  # a first export failed: no empty folder
+    assert not (tmp_path / "new-store").exists()  # a first export failed: no empty folder, nor the new store
     assert (tmp_path / "store" / FALLBACK_CAMERA / "manifest.json").exists()
 
 

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from adassr.runtime.errors import StoreError
 from adassr.runtime.routing import resolve_model
-from adassr.runtime.store import CameraStore, sha256_file
+from adassr.runtime.store import CameraStore, camera_folder_for_writing, sha256_file
 from adassr.runtime.tempfiles import NAME_MAX, create_temp, remove_stale_temps, temp_stem
 
 from ._models import build_tiny_sr, publish_camera
@@ -418,6 +418,35 @@ def test_a_folder_removed_while_the_lock_file_is_opened_is_made_again(tmp_path: 
         tx.commit()
     monkeypatch.undo()
     assert len(raced) == 2 and store.exists()
+
+
+def test_a_failed_first_writer_removes_the_folders_it_made_and_nothing_else(tmp_path: Path) -> None:
+    """A failed first run left an empty store root behind (`adapt --store NEW` refused after the
+    store was opened); a store root that existed, or that holds anything else, stays."""
+    new_root = tmp_path / "new" / "store"
+    with pytest.raises(KeyError), camera_folder_for_writing(new_root, "canon") as store:
+        assert store.directory.is_dir()
+        raise KeyError("the run failed")
+    assert not new_root.exists() and (tmp_path / "new").is_dir()  # the store root, not its parents
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(KeyError), camera_folder_for_writing(existing, "canon"):
+        raise KeyError("the run failed")
+    assert existing.is_dir() and not any(existing.iterdir())
+    (existing / "canon").mkdir()  # a camera folder that existed (empty) stays too
+    with pytest.raises(KeyError), camera_folder_for_writing(existing, "canon"):
+        raise KeyError("the run failed")
+    assert (existing / "canon").is_dir()
+
+    with pytest.raises(KeyError), camera_folder_for_writing(new_root, "canon") as store:
+        publish_camera(new_root, "sony", seed=1)  # another camera published meanwhile: the root is in use
+        raise KeyError("the run failed")
+    assert not store.exists() and (new_root / "sony" / "manifest.json").is_file()
+
+    with camera_folder_for_writing(tmp_path / "kept", "canon") as store, store.transaction() as tx:
+        tx.commit()  # a run that succeeds keeps everything
+    assert store.exists()
 
 
 def _damaged(root: Path, how: str) -> tuple[CameraStore, Path]:
