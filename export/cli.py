@@ -94,7 +94,14 @@ def _run_triton(args: argparse.Namespace) -> int:
         trt_accelerator=args.trt_accelerator, trt_cache_dir=args.trt_cache_dir, trt_profile=args.trt_profile,
         precision=args.precision,
     )
-    for model in write_repository(args.triton_repo, args.store, args.camera, options):
+    skipped: list[str] = []
+
+    def left_out(camera: str, reason: str) -> None:  # the whole store only: the other cameras go on
+        skipped.append(camera)
+        print(f"warning: camera {camera!r} left out: {reason}; its Triton model, if it has one, is unchanged",
+              file=sys.stderr)
+
+    for model in write_repository(args.triton_repo, args.store, args.camera, options, on_skip=left_out):
         state = "new version" if model.new_version else "unchanged"
         print(f"{model.camera}: {model.directory}/{model.version} ({state}, sha256 {model.sha256[:12]}...)")
         if model.previous_store is not None:
@@ -104,6 +111,10 @@ def _run_triton(args: argparse.Namespace) -> int:
     if args.camera is None:  # the whole store: what the repository may now serve wrongly
         for warning in repository_warnings(args.triton_repo, args.store, options):
             print(f"warning: {warning}", file=sys.stderr)
+    if skipped:
+        print(f"error: {len(skipped)} camera(s) left out ({', '.join(sorted(skipped))}), each named above with its "
+              "reason; the others are published", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -42,7 +42,7 @@ import re
 import shlex
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -687,6 +687,18 @@ def repository_warnings(repo: str | os.PathLike[str], store_root: str | os.PathL
     return warnings
 
 
+def _has_exports(root: Path, camera: str, on_skip: Callable[[str, str], None] | None) -> bool:
+    """Whether the store's ``camera`` has an export; a manifest that cannot be read is reported to
+    ``on_skip`` (False) when given, else raises."""
+    try:
+        return bool(_store_camera(root, camera).read_manifest().get("exports"))
+    except StoreError as exc:
+        if on_skip is None:
+            raise
+        on_skip(camera, str(exc))
+        return False
+
+
 def _safe_name(camera: str, prefix: str) -> str:
     try:
         return model_name(camera, prefix)
@@ -762,12 +774,19 @@ def write_repository(
     store_root: str | os.PathLike[str],
     cameras: Sequence[str] | None = None,
     options: TritonRepoOptions | None = None,
+    *,
+    on_skip: Callable[[str, str], None] | None = None,
 ) -> list[TritonModel]:
     """Write the Triton model of every camera in ``cameras`` (default: every exported camera, fallback included).
 
     Every camera's export is checked before anything is written, so a bad name or a camera without
     the export asked for leaves the repository as it was. The repository may be neither inside the
-    store nor around it (Triton would take the store's folders for models)."""
+    store nor around it (Triton would take the store's folders for models).
+
+    With the whole store (no ``cameras``) and ``on_skip``, a camera whose manifest or export cannot be
+    used (damaged, a file missing or changed, no export of the precision or engine asked for) is left
+    out and reported as ``on_skip(camera, reason)``, so that one broken camera does not hold back the
+    others; its Triton model, if it has one, stays as it was. ExportError when no camera is left."""
     opts = options or TritonRepoOptions()
     if not isinstance(opts, TritonRepoOptions):
         raise ExportError(f"options must be a TritonRepoOptions, got {type(opts).__name__}")
@@ -781,9 +800,10 @@ def write_repository(
         for folder, why in misnamed_folders(root)[:1]:  # the whole store was asked for: none may go missing
             raise ExportError(f"the store folder {folder} holds a manifest, but its name is no camera group name "
                               f"({why}); rename it or move it out of the store")
-        chosen = [c for c in list_cameras(root) if (_store_camera(root, c).read_manifest().get("exports") or {})]
+        chosen = [c for c in list_cameras(root) if _has_exports(root, c, on_skip)]
         if not chosen:
             raise ExportError(f"no camera in {root} has an export; run `adassr export` first")
+    skip = on_skip if not cameras else None
     out = Path(repo).expanduser()
     _check_apart(out, root)
     if out.exists() and not out.is_dir():
@@ -798,9 +818,17 @@ def write_repository(
             if store.camera in seen:  # one camera named twice ("canon", "Canon"): one model, one new version
                 continue
             seen.add(store.camera)
-            sources.append(_source(store, store.read_manifest(), opts))
-        for source in sources:
-            model_name(source.camera, opts.prefix)  # before the repository folder is made
+            try:
+                source = _source(store, store.read_manifest(), opts)
+                model_name(source.camera, opts.prefix)  # before the repository folder is made
+            except (ExportError, StoreError) as exc:
+                if skip is None:
+                    raise
+                skip(store.camera, str(exc))
+                continue
+            sources.append(source)
+        if not sources:
+            raise ExportError(f"no camera in {root} could be published (each is named above); mend them, then rerun")
         out.mkdir(parents=True, exist_ok=True)
         try:
             with _repository_lock(out):

@@ -771,3 +771,44 @@ def test_a_missing_fp16_export_names_the_command_that_makes_it(store: Path, tmp_
     with pytest.raises(ExportError, match=rf"camera '_fallback' has no fp16 ONNX export; run `adassr export --backbone "
                                           rf"realesrgan-x4plus --precision fp16 --store {store}`"):
         write_repository(tmp_path / "repo", store, [FALLBACK_CAMERA], TritonRepoOptions(precision="fp16"))
+
+
+def test_one_broken_camera_does_not_hold_back_the_whole_store(store: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`export --triton-repo DIR` of the whole store stopped at the first damaged camera, so one broken
+    manifest held back every other camera's new version. Now each broken camera is named and left out
+    (its Triton model as it was), the others are published, and the exit code is 1."""
+    repo = tmp_path / "repo"
+    publish_camera(store, "sony", seed=3)
+    publish_camera(store, "nikon", seed=4)
+    write_repository(repo, store)
+    sony_config = (repo / "adassr_sony" / "config.pbtxt").read_text()
+    (store / "sony" / "manifest.json").write_text("{damaged")
+    nikon = CameraStore.open(store, "nikon")
+    nikon.artifact_path("model.onnx", nikon.read_manifest()).write_bytes(b"changed")  # fails its checksum
+    publish_camera(store, "canon", seed=5, fp16=True)  # a new version to publish
+
+    with pytest.raises(StoreError, match="sony"):  # the library without on_skip: as before
+        write_repository(repo, store)
+    skipped: list[tuple[str, str]] = []
+    models = write_repository(repo, store, on_skip=lambda camera, why: skipped.append((camera, why)))
+    assert sorted(m.camera for m in models) == [FALLBACK_CAMERA, "canon"]
+    reasons = dict(skipped)
+    assert sorted(reasons) == ["nikon", "sony"] and len(skipped) == 2
+    assert "fails its checksum" in reasons["nikon"] and "manifest.json" in reasons["sony"]
+    assert (repo / "adassr_sony" / "config.pbtxt").read_text() == sony_config  # its model as it was
+    with pytest.raises(StoreError, match="sony"):  # named cameras are checked as a whole, as before
+        write_repository(repo, store, ["canon", "sony"], on_skip=lambda camera, why: None)
+
+    publish_camera(store, "canon", seed=6, fp16=True)
+    assert main(["export", "--store", str(store), "--triton-repo", str(repo)]) == 1
+    captured = capsys.readouterr()
+    assert "warning: camera 'sony' left out: " in captured.err and "its Triton model, if it has one, is unchanged" \
+        in captured.err
+    assert "error: 2 camera(s) left out (nikon, sony)" in captured.err
+    assert "canon: " in captured.out and "(new version" in captured.out
+
+    for camera in ("canon", FALLBACK_CAMERA):
+        (store / camera / "manifest.json").write_text("{damaged")
+    with pytest.raises(ExportError, match="no camera in .* could be published"):
+        write_repository(repo, store, on_skip=lambda camera, why: None)
