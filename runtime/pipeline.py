@@ -388,6 +388,17 @@ def engine_for_route(route: RouteDecision, opts: RuntimeOptions) -> Path:
     return ensure_camera_engine(request, TensorRTToolkit()).path
 
 
+def checked_against_route(backend: Backend, route: RouteDecision) -> Backend:
+    """``backend`` (open), once its model file's metadata agrees with ``route``'s manifest
+    (:meth:`RouteDecision.check_model_metadata`: the scale); closed, and the StoreError raised, when not."""
+    try:
+        route.check_model_metadata(backend.model_metadata())
+    except BaseException:
+        backend.close()
+        raise
+    return backend
+
+
 class Upscaler:
     """Routes each image to its camera's model and upscales it, keeping open models in an LRU.
 
@@ -426,7 +437,7 @@ class Upscaler:
             gpu = gpu_settings(route, opts)
             if opts.backend == "tensorrt":
                 path = engine_for_route(route, opts)
-            return open_backend(
+            return checked_against_route(open_backend(
                 opts.backend,
                 path,
                 providers=opts.providers,
@@ -436,7 +447,7 @@ class Upscaler:
                 output_name=route.output_name,
                 gpu=gpu,
                 cuda_graph=opts.cuda_graph,
-            )
+            ), route)
 
         return key, _open
 

@@ -103,6 +103,22 @@ class RouteDecision:
         """Check the model file against the manifest's sha256 (StoreError if it fails); return it."""
         return self.store.verified_path(self.artifact, self.manifest)
 
+    def check_model_metadata(self, metadata: Mapping[str, str]) -> None:
+        """StoreError when the opened model file's own metadata (``adassr export`` records its scale
+        there) contradicts the manifest's scale, which sizes every output: a hand-edited manifest then
+        fails when the model is opened, not as a server that says it is ready and answers every image
+        with an error. A file without that record (made by other tools) is not checked."""
+        recorded = metadata.get("scale")
+        if recorded is None or recorded == str(self.scale):
+            return
+        raise StoreError(
+            f"{self.store.manifest_path} says camera {self.model_camera!r} upscales x{self.scale}, but its model "
+            f"file {self.onnx_path.name} records x{recorded}: the manifest was edited or damaged; set its 'scale' "
+            f"(and the exports' 'scale') back to {recorded}, or export the camera again (`adassr export "
+            f"{'--backbone NAME' if self.is_fallback else f'--camera {self.model_camera}'}"
+            f"{store_option(self.store.root)}`)"
+        )
+
 
 @dataclass(frozen=True)
 class _Found:

@@ -41,6 +41,11 @@ class Backend(abc.ABC):
     def model_path(self) -> Path:
         return self._model_path
 
+    def model_metadata(self) -> dict[str, str]:
+        """The model file's own key-value metadata (an ONNX file's ``metadata_props``: ``adassr export``
+        records camera, scale, precision there), valid once opened; empty where the backend has none."""
+        return {}
+
     @property
     def is_open(self) -> bool:
         return self._opened

@@ -137,6 +137,13 @@ class OnnxRuntimeBackend(Backend):
         """Providers the session actually uses (``session.get_providers()``), empty until opened."""
         return self._actual
 
+    def model_metadata(self) -> dict[str, str]:
+        """The ONNX file's ``metadata_props`` (``session.get_modelmeta().custom_metadata_map``)."""
+        session = self._session
+        if session is None:
+            return {}
+        return {str(k): str(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+
     @property
     def input_dtype(self) -> np.dtype[Any]:
         return np.dtype(self._input_dtype)

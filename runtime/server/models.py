@@ -878,14 +878,16 @@ def default_opener(
             # CUDA device 0: ``serve --gpu N`` selects the GPU through CUDA_VISIBLE_DEVICES.
             path = engine_for_route(route, RuntimeOptions(route.store.root, backend=backend, precision=precision,
                                                           tiling=tiling))
-        return open_backend(
+        from adassr.runtime.pipeline import checked_against_route
+
+        return checked_against_route(open_backend(
             backend,
             path,
             providers=providers,
             threads=threads,
             input_name=route.input_name,
             output_name=route.output_name,
-        )
+        ), route)
 
     return _open
 

@@ -22,8 +22,10 @@ RF_RADIUS = 10  # 1 + 2 + 4 + 2 + 1
 _DILATIONS = (1, 2, 4, 2, 1)
 
 
-def build_tiny_sr(*, seed: int = 0, channels: int = 8, fp16: bool = False, scale: int = SCALE) -> bytes:
-    """Serialized ONNX model: input ``lr`` N x 3 x H x W -> output ``sr`` N x 3 x sH x sW."""
+def build_tiny_sr(*, seed: int = 0, channels: int = 8, fp16: bool = False, scale: int = SCALE,
+                  metadata: dict[str, str] | None = None) -> bytes:
+    """Serialized ONNX model: input ``lr`` N x 3 x H x W -> output ``sr`` N x 3 x sH x sW; ``metadata``
+    becomes its ``metadata_props`` (as ``adassr export`` records camera, scale, ...)."""
     rng = np.random.default_rng(seed)
     elem = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
     nodes: list[onnx.NodeProto] = []
@@ -62,6 +64,8 @@ def build_tiny_sr(*, seed: int = 0, channels: int = 8, fp16: bool = False, scale
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="adassr-tests")
     model.ir_version = 8
+    if metadata:
+        helper.set_model_props(model, metadata)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
@@ -80,6 +84,7 @@ def publish_camera(
     scale: int = SCALE,
     input_name: str = "lr",
     output_name: str = "sr",
+    metadata: dict[str, str] | None = None,
 ) -> CameraStore:
     """Publish ``model.onnx`` (and ``model_fp16.onnx`` with ``fp16``) with manifest export records, in one
     commit as ``adassr export`` does (the previous version's files stay until the camera's next commit)."""
@@ -88,7 +93,7 @@ def publish_camera(
     records: dict[str, Any] = {}
     with store.transaction(timeout_s=30) as tx:
         for key, name, half in files:
-            data = build_tiny_sr(seed=seed, fp16=half, scale=scale)
+            data = build_tiny_sr(seed=seed, fp16=half, scale=scale, metadata=metadata)
             tx.stage(name, lambda p, data=data: p.write_bytes(data), stage="export")
             records[key] = {
                 "file": name,

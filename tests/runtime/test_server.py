@@ -753,6 +753,34 @@ def test_tampered_model_is_refused_and_the_previous_keeps_serving(store: Path) -
         assert c.get("/readyz").status_code == 200
 
 
+def test_a_manifest_scale_that_contradicts_the_model_file_is_refused_at_load(tmp_path: Path) -> None:
+    """A hand-edited manifest "scale" (2 for a x4 model) was served: /readyz said ready and then every
+    image of the camera failed with a 500 "model output has shape ...". The model file's own record
+    of its scale (`adassr export` writes it) is now checked when the model is opened."""
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0, metadata={"scale": "4"})
+    canon = publish_camera(store, "canon", seed=1, metadata={"scale": "4"})
+
+    def edit(manifest: dict) -> None:
+        manifest["scale"] = 2
+        for record in manifest["exports"].values():
+            record["scale"] = 2
+
+    canon.update_manifest(edit)
+    image = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        cameras = c.get("/v1/cameras").json()
+        assert "canon" not in cameras["cameras"]
+        refused = cameras["refused"]["canon"]
+        assert "says camera 'canon' upscales x2, but its model file" in refused and "records x4" in refused
+        assert "--camera canon" in refused
+        reply = c.post("/v1/upscale", content=image)  # served as any camera without a usable model is
+        assert reply.status_code == 200 and reply.headers["x-adassr-model"] == "_fallback/model.onnx"
+        assert reply.headers["x-adassr-route"] == "fallback: no model for 'canon'"
+        assert "canon" not in live.server.registry.models
+
+
+
 def test_a_camera_folder_copied_into_a_live_store_is_loaded_without_false_alarms(
         store: Path, caplog: pytest.LogCaptureFixture) -> None:
     """`cp -r canon canon-b` into a served store writes the manifest first, then the model file: while the file

@@ -907,3 +907,18 @@ def test_a_bad_adassr_threads_is_refused_before_any_image_even_with_threads(
     with pytest.raises(ConfigError, match="ADASSR_THREADS must be an integer"):
         _run("-i", str(big), "-o", str(tmp_path / "out.png"), "--store", str(store), "--threads", "2", "--no-progress")
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_manifest_scale_that_contradicts_the_model_file_stops_before_any_image(tmp_path: Path) -> None:
+    """A hand-edited manifest "scale" failed each image with "model output has shape ..."; the model
+    file's own record of its scale is checked when it is opened: one whole-run error for --camera."""
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0, metadata={"scale": "4"})
+    canon = publish_camera(store, "canon", seed=1, metadata={"scale": "4"})
+    src = _small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", tmp_path / "in.jpg")
+    args = ("-i", str(src), "--store", str(store), "--camera", "canon", "--no-progress")
+    assert _run(*args, "-o", str(tmp_path / "ok.png"))[0] == 0
+    canon.update_manifest(lambda m: [m.update(scale=2)] + [r.update(scale=2) for r in m["exports"].values()])
+    with pytest.raises(StoreError, match=r"says camera 'canon' upscales x2, but its model file .* records x4"):
+        _run(*args, "-o", str(tmp_path / "bad.png"))  # the CLI's main() prints it as one line, exit 2
+    assert not (tmp_path / "bad.png").exists()
