@@ -278,7 +278,7 @@ def _upscale_one(
         image = read_image(source)
         result = serve(image, tiles, lambda height, width: check_writable_size(target, height, width))
         prepared = prepare_write(target, result.pixels, alpha=result.alpha, quality=quality,
-                                 icc_profile=image.icc_profile, threads=threads)
+                                 icc_profile=image.icc_profile, threads=threads, exif=image.exif)
     named = (f"{source}: ", f"{target}: ")
     notes = [message if message.startswith(named) else f"{target}: {message}"
              for message in (str(w.message) for w in caught if issubclass(w.category, ImageWarning))]

@@ -80,6 +80,9 @@ class LoadedImage:
     an output; None when there was none. ``untagged_colour`` names a colour declaration of a file
     without an ICC profile that is not plain sRGB (a PNG ``gAMA`` or ``cHRM`` chunk, the EXIF
     ColorSpace "Uncalibrated" of a camera set to Adobe RGB), which writers cannot carry: a note too.
+    ``exif`` is the photo's EXIF as an output carries it over (camera, date, exposure, GPS; without
+    orientation, pixel size, resolution, thumbnail and maker note: see :mod:`adassr.runtime.images.exif`),
+    a TIFF-structured payload for the writers' ``exif``; None when the file has none.
     """
 
     pixels: np.ndarray
@@ -91,6 +94,7 @@ class LoadedImage:
     icc_profile: bytes | None = None
     dropped_profile: str | None = None
     untagged_colour: str | None = None  # a colour declaration other than ICC, which no output carries
+    exif: bytes | None = None  # the EXIF an output carries over (adassr.runtime.images.exif.carried_exif)
 
     def profile_note(self) -> str | None:
         """The note for an output of this image when its file's profile was dropped, or its colours were

@@ -15,8 +15,9 @@ rows at 4:4:4 or grey and 128 at 4:2:0, so rows over about 5,000 RGB pixels make
 content).
 
 The result is the file that OpenCV writes for the whole image with the same quality, chroma
-subsampling and restart interval (tests check this byte for byte), plus the ICC profile in APP2
-segments. The restart markers cost 2 bytes a row of blocks, and the restarts a few bytes more.
+subsampling and restart interval (tests check this byte for byte), plus the photo's EXIF in an APP1
+segment and the ICC profile in APP2 segments. The restart markers cost 2 bytes a row of blocks, and
+the restarts a few bytes more.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import BinaryIO
 import numpy as np
 
 from adassr.runtime.errors import ImageError
+from adassr.runtime.images.exif import EXIF_PREFIX, MAX_JPEG_EXIF_BYTES
 from adassr.runtime.images.strips import StripPool, row_strips
 
 _STRIP_BYTES = 2 << 20  # raw bytes encoded at a time (at least one group of 8 rows of blocks)
@@ -44,10 +46,12 @@ def subsampling_for(quality: int) -> str:
 
 
 def write_jpeg(out: BinaryIO, pixels: np.ndarray, *, quality: int, icc_profile: bytes | None = None,
-               threads: int | None = None) -> None:
+               exif: bytes | None = None, threads: int | None = None) -> None:
     """Write H x W x C (C in {1, 3}) uint8 RGB or grey ``pixels`` to ``out`` as a baseline JPEG.
 
     ``quality`` is libjpeg's 1-100 scale (:func:`subsampling_for` picks the chroma subsampling).
+    ``exif`` (a TIFF-structured EXIF payload of at most
+    :data:`~adassr.runtime.images.exif.MAX_JPEG_EXIF_BYTES`) goes in an APP1 segment after JFIF's APP0.
     ``threads`` encode strips at once (default: one per usable core; see
     :class:`~adassr.runtime.images.strips.StripPool`); the bytes do not depend on it. The caller
     checks shapes, dtype and size (:func:`adassr.runtime.images.write.write_image` does).
@@ -59,17 +63,17 @@ def write_jpeg(out: BinaryIO, pixels: np.ndarray, *, quality: int, icc_profile: 
     strips = list(row_strips(h, w * c, _STRIP_BYTES, multiple=block * _BLOCK_ROWS_PER_STRIP_UNIT))
     with StripPool(len(strips), threads) as pool:
         _write_strips(out, pool.ordered(lambda rows: _split(_encode_strip(pixels[rows], params)), strips), h,
-                      icc_profile)
+                      icc_profile, exif)
 
 
 def _write_strips(out: BinaryIO, encoded: Iterator[tuple[bytes, memoryview]], height: int,
-                  icc_profile: bytes | None) -> None:
+                  icc_profile: bytes | None, exif: bytes | None = None) -> None:
     """The file from each strip's header and scan, in order (see the module docstring)."""
     first_header: bytes | None = None
     for header, scan in encoded:
         if first_header is None:
             first_header = header
-            out.write(_whole_image_header(header, height, icc_profile))
+            out.write(_whole_image_header(header, height, icc_profile, exif))
         else:
             if _without_height(header) != _without_height(first_header):
                 raise ImageError("OpenCV encoded the JPEG strips with different tables; write .png instead, "
@@ -142,15 +146,24 @@ def _without_height(header: bytes) -> bytes:
     return header[:start + 5] + header[start + 7:]
 
 
-def _whole_image_header(header: bytes, height: int, icc_profile: bytes | None) -> bytes:
-    """The first strip's header with the whole image's height and the ICC profile after APP0."""
+def _whole_image_header(header: bytes, height: int, icc_profile: bytes | None, exif: bytes | None = None) -> bytes:
+    """The first strip's header with the whole image's height, and the EXIF (APP1) and the ICC profile
+    (APP2) after APP0."""
     start, _ = _sof(header)  # FF C0, length (2), precision (1), height (2), width (2), ...
     header = header[:start + 5] + struct.pack(">H", height) + header[start + 7:]
-    if not icc_profile:
+    if not icc_profile and not exif:
         return header
     segments = _segments(header)
     after = segments[0][2] if segments[0][0] == 0xE0 else 2  # after JFIF's APP0, else after SOI
-    return header[:after] + icc_segments(icc_profile) + header[after:]
+    added = (exif_segment(exif) if exif else b"") + (icc_segments(icc_profile) if icc_profile else b"")
+    return header[:after] + added + header[after:]
+
+
+def exif_segment(exif: bytes) -> bytes:
+    """``exif`` (a TIFF-structured payload) as the APP1 segment that carries it in a JPEG."""
+    if not 1 <= len(exif) <= MAX_JPEG_EXIF_BYTES:
+        raise ImageError(f"a JPEG holds EXIF blocks of 1 to {MAX_JPEG_EXIF_BYTES:,} bytes, got {len(exif):,}")
+    return b"\xff\xe1" + struct.pack(">H", 2 + len(EXIF_PREFIX) + len(exif)) + EXIF_PREFIX + exif
 
 
 def icc_segments(icc_profile: bytes) -> bytes:

@@ -48,11 +48,13 @@ def write_png(
     *,
     alpha: np.ndarray | None = None,
     icc_profile: bytes | None = None,
+    exif: bytes | None = None,
     level: int = 1,
     threads: int | None = None,
 ) -> None:
     """Write ``pixels`` (H x W x C, C in {1, 3}, uint8 or uint16) and optional ``alpha`` (H x W, the
-    same dtype) to ``out`` as a PNG with zlib ``level`` (0-9); ``icc_profile`` goes in an iCCP chunk.
+    same dtype) to ``out`` as a PNG with zlib ``level`` (0-9); ``icc_profile`` goes in an iCCP chunk,
+    ``exif`` (a TIFF-structured EXIF payload) in an eXIf chunk, both before the image data.
     ``threads`` filter and compress blocks at once (default: one per usable physical core, or
     ``ADASSR_THREADS``; at most 8); the file's bytes do not depend on it.
 
@@ -74,6 +76,8 @@ def write_png(
     out.write(png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, _COLOUR_TYPE[samples], 0, 0, 0)))
     if icc_profile:
         out.write(png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile)))  # name, NUL, method 0
+    if exif:
+        out.write(png_chunk(b"eXIf", exif))
 
     def rows_of(rows: slice) -> np.ndarray:
         block = interleaved(pixels[rows], None if alpha is None else alpha[rows], byteorder=">")  # big-endian

@@ -69,6 +69,7 @@ from adassr.runtime.images.containers import (
     read_png_header,
     tiff_without_orientation,
 )
+from adassr.runtime.images.exif import carried_exif
 from adassr.runtime.images.jpeg_reader import decode_jpeg_checked, progressive_shortfall
 from adassr.runtime.images.orientation import ORIENTATION_TAG, apply_orientation
 from adassr.runtime.images.strips import row_strips
@@ -147,6 +148,7 @@ def read_image(
         icc_profile=profile,
         dropped_profile=dropped,
         untagged_colour=declared if profile is None and dropped is None else None,
+        exif=carried_exif(exif),
     )
 
 

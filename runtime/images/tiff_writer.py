@@ -13,17 +13,20 @@ over 3.5 GiB, so that the offsets cannot overflow), one plane of interleaved sam
 (BlackIsZero) or RGB with an optional unassociated alpha (ExtraSamples = 2), 8 or 16 bits, Adobe
 Deflate compression (zlib) with the horizontal-differencing predictor (libtiff, Pillow and OpenCV
 read it; at zlib level 1 an 8-bit photograph comes out about 40 % smaller than Pillow's Deflate TIFF
-without it), and the ICC profile in tag 34675.
+without it), the ICC profile in tag 34675, and the photo's EXIF (:mod:`adassr.runtime.images.exif`: its
+description tags in IFD0, its Exif and GPS directories after the strips; not in a BigTIFF).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from typing import BinaryIO
 
 import numpy as np
 
+from adassr.runtime.images.exif import tiff_exif_blob
 from adassr.runtime.images.strips import StripPool, interleaved, row_strips, strip_rows
 
 _STRIP_BYTES = 1 << 20  # raw bytes compressed at a time (at least one row)
@@ -32,18 +35,25 @@ _SHORT, _LONG, _UNDEFINED, _LONG8 = 3, 4, 7, 16
 _FORMAT = {_SHORT: "H", _LONG: "I", _UNDEFINED: "B", _LONG8: "Q"}
 
 
+def is_bigtiff(height: int, width: int, samples: int, itemsize: int) -> bool:
+    """Whether :func:`write_tiff` writes an image of this size as a BigTIFF (8-byte offsets)."""
+    return height * width * samples * itemsize > _BIG_OVER
+
+
 def write_tiff(
     out: BinaryIO,
     pixels: np.ndarray,
     *,
     alpha: np.ndarray | None = None,
     icc_profile: bytes | None = None,
+    exif: bytes | None = None,
     level: int = 6,
     grey_as_rgb: bool = False,
     threads: int | None = None,
 ) -> None:
     """Write H x W x C (C in {1, 3}) uint8 or uint16 ``pixels`` (and an H x W ``alpha`` of the same
-    dtype) to the seekable ``out`` as a Deflate-compressed TIFF at zlib ``level``. ``grey_as_rgb``
+    dtype) to the seekable ``out`` as a Deflate-compressed TIFF at zlib ``level``. ``exif`` (a payload of
+    :func:`adassr.runtime.images.exif.carried_exif`) is left out of a BigTIFF. ``grey_as_rgb``
     stores grey pixels as RGB (each strip's grey repeated, not the whole image's). ``threads``
     compress strips at once (default: one per usable core; see
     :class:`~adassr.runtime.images.strips.StripPool`); the bytes do not depend on it.
@@ -55,7 +65,7 @@ def write_tiff(
     samples = c + (alpha is not None)
     bits = pixels.dtype.itemsize * 8
     row_bytes = w * samples * pixels.dtype.itemsize
-    big = h * row_bytes > _BIG_OVER
+    big = is_bigtiff(h, w, samples, pixels.dtype.itemsize)
     offset_type = _LONG8 if big else _LONG
     rows_per_strip = strip_rows(row_bytes, _STRIP_BYTES)
     start = out.tell()
@@ -92,7 +102,13 @@ def write_tiff(
     entries.append((339, _SHORT, [1] * samples))  # unsigned integers
     if icc_profile:
         entries.append((34675, _UNDEFINED, icc_profile))
-    ifd_at = _write_ifd(out, start, entries, big)
+    packed: list[tuple[int, int, int, bytes]] = []
+    if exif and not big:
+        if (out.tell() - start) % 2:
+            out.write(b"\0")  # a directory starts on a word boundary
+        blob, packed = tiff_exif_blob(exif, out.tell() - start)
+        out.write(blob)
+    ifd_at = _write_ifd(out, start, entries, big, packed)
     end = out.tell()
     out.seek(start + (8 if big else 4))
     out.write(struct.pack("<Q" if big else "<I", ifd_at))
@@ -106,10 +122,13 @@ def _differenced(strip: np.ndarray) -> np.ndarray:
     return out
 
 
-def _write_ifd(out: BinaryIO, start: int, entries: list[tuple[int, int, list[int] | bytes]], big: bool) -> int:
-    """Write the values that do not fit in their entries, then the IFD; return the IFD's offset."""
+def _write_ifd(out: BinaryIO, start: int, entries: list[tuple[int, int, list[int] | bytes]], big: bool,
+               prepacked: Sequence[tuple[int, int, int, bytes]] = ()) -> int:
+    """Write the values that do not fit in their entries, then the IFD (its entries sorted by tag, with
+    the ``prepacked`` ``(tag, type, count, value field)`` ones, whose values are already written); return
+    the IFD's offset."""
     inline = 8 if big else 4
-    packed = []
+    packed = list(prepacked)
     for tag, kind, values in entries:
         raw = bytes(values) if isinstance(values, bytes) else struct.pack(f"<{len(values)}{_FORMAT[kind]}", *values)
         if len(raw) > inline:
@@ -119,6 +138,7 @@ def _write_ifd(out: BinaryIO, start: int, entries: list[tuple[int, int, list[int
             out.write(raw)
             raw = struct.pack("<Q" if big else "<I", at)
         packed.append((tag, kind, len(values), raw.ljust(inline, b"\0")))
+    packed.sort(key=lambda entry: entry[0])  # TIFF wants the entries in ascending tag order
     if (out.tell() - start) % 2:
         out.write(b"\0")
     ifd_at = out.tell() - start

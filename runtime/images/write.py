@@ -19,6 +19,10 @@ the horizontal-differencing predictor. A colour profile (``icc_profile``) is emb
 writer: PNG gets an iCCP chunk after IHDR, JPEG APP2 segments, WebP an ICCP chunk and TIFF the ICC tag
 (34675); a grey profile for WebP's RGB, or for 16-bit grey+alpha TIFF (stored as RGBA), and a profile
 over JPEG's 16,707,345 bytes (255 APP2 segments) are dropped with a :class:`ProfileDroppedWarning`.
+The photo's EXIF (``exif``, see :mod:`adassr.runtime.images.exif` for what it keeps) is embedded by
+every writer too: JPEG in an APP1 segment, PNG in an eXIf chunk, WebP in an EXIF chunk, TIFF in its
+IFD0 with the Exif and GPS directories; a block over one JPEG segment, or a BigTIFF, goes without it
+(an :class:`ImageWarning` says so).
 
 The file is written to a temporary file in the destination directory, fsynced and renamed over the
 destination (PNG, JPEG and TIFF are encoded straight into it, WebP in memory first, as libwebp
@@ -47,15 +51,17 @@ from adassr.runtime.errors import ConfigError, ImageError, ImageTooLargeError
 from adassr.runtime.images._model import (
     SUPPORTED_WRITE_SUFFIXES,
     AlphaDroppedWarning,
+    ImageWarning,
     ProfileDroppedWarning,
     icc_colour_space,
     note,
     profile_fits,
 )
 from adassr.runtime.images.convert import uint16_to_uint8
+from adassr.runtime.images.exif import MAX_JPEG_EXIF_BYTES
 from adassr.runtime.images.jpeg_writer import MAX_ICC_BYTES, write_jpeg
 from adassr.runtime.images.png_writer import write_png
-from adassr.runtime.images.tiff_writer import write_tiff
+from adassr.runtime.images.tiff_writer import is_bigtiff, write_tiff
 from adassr.runtime.images.webp_writer import write_webp
 from adassr.runtime.tempfiles import create_temp, remove_stale_temps
 
@@ -114,14 +120,18 @@ def write_image(
     icc_profile: bytes | None = None,
     remove_stale: bool = True,
     threads: int | None = None,
+    exif: bytes | None = None,
 ) -> Path:
     """Write H x W x C (C in {1, 3}; H x W is taken as grey) uint8/uint16 pixels; return the path.
 
     ``alpha`` is H x W with the pixels' dtype. ``quality`` (1-100) applies to JPEG and WebP.
     ``icc_profile`` (e.g. :attr:`LoadedImage.icc_profile`) is embedded when it fits the stored
     pixels; where it cannot be (a grey profile for WebP's or 16-bit grey+alpha TIFF's RGB) a
-    :class:`ProfileDroppedWarning` says so. PNG, JPEG and TIFF are encoded straight into the temporary
-    file, without a copy of the encoded image in memory.
+    :class:`ProfileDroppedWarning` says so. ``exif`` (:attr:`LoadedImage.exif`, a TIFF-structured EXIF
+    payload) is embedded by every format (JPEG APP1, PNG eXIf, WebP EXIF, TIFF IFD0 and its Exif and GPS
+    directories); where it cannot be (a block over JPEG's 64 KiB, a BigTIFF) an :class:`ImageWarning`
+    says so. PNG, JPEG and TIFF are encoded straight into the temporary file, without a copy of the
+    encoded image in memory.
 
     ``remove_stale``: first remove the temporary files of ``path`` that killed writers left (reading the
     folder). A batch that writes many files into one folder removes them for all its outputs once
@@ -132,8 +142,8 @@ def write_image(
     usable physical core, or ``ADASSR_THREADS``; at most 8); the file's bytes do not depend on it.
     """
     p = _path(path, "write_image")
-    return PreparedWrite(p, _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads)).write(
-        remove_stale=remove_stale)
+    return PreparedWrite(p, _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads,
+                                          exif=exif)).write(remove_stale=remove_stale)
 
 
 @dataclass(frozen=True)
@@ -164,10 +174,11 @@ def prepare_write(
     quality: int = 95,
     icc_profile: bytes | None = None,
     threads: int | None = None,
+    exif: bytes | None = None,
 ) -> PreparedWrite:
     """The checks, conversions and warnings of :func:`write_image` (same arguments), without the writing."""
     p = _path(path, "prepare_write")
-    return PreparedWrite(p, _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads))
+    return PreparedWrite(p, _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads, exif=exif))
 
 
 def _path(path: object, caller: str) -> Path:
@@ -185,6 +196,7 @@ def encode_image(
     icc_profile: bytes | None = None,
     threads: int | None = None,
     notes: list[str] | None = None,
+    exif: bytes | None = None,
 ) -> bytes:
     """The bytes :func:`write_image` would write to a file ending in ``suffix`` (e.g. ``".png"``).
 
@@ -196,13 +208,14 @@ def encode_image(
         raise ImageError(f"encode_image takes a file suffix with its dot, e.g. '.png', got {suffix!r}; use one of "
                          f"{', '.join(SUPPORTED_WRITE_SUFFIXES)}")
     buf = io.BytesIO()
-    _encoding_for(Path(f"image{suffix}"), suffix, pixels, alpha, quality, icc_profile, threads, notes).write_to(buf)
+    _encoding_for(Path(f"image{suffix}"), suffix, pixels, alpha, quality, icc_profile, threads, notes,
+                  exif=exif).write_to(buf)
     return buf.getvalue()
 
 
 def _encoding_for(
     p: Path, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None, quality: int, icc_profile: bytes | None,
-    threads: int | None = None, notes: list[str] | None = None,
+    threads: int | None = None, notes: list[str] | None = None, *, exif: bytes | None = None,
 ) -> _Encoding:
     fmt = _FORMAT_BY_SUFFIX.get(suffix.lower())
     if fmt is None:
@@ -215,9 +228,30 @@ def _encoding_for(
         raise ConfigError(f"threads must be an integer >= 1 or None (one per usable core), got {threads!r}")
     if icc_profile is not None and not isinstance(icc_profile, bytes):
         raise ImageError(f"{p}: icc_profile must be bytes or None, got {type(icc_profile).__name__}")
+    if exif is not None and not isinstance(exif, bytes):
+        raise ImageError(f"{p}: exif must be bytes (LoadedImage.exif) or None, got {type(exif).__name__}")
     px, al = _validated(p, pixels, alpha)
     check_writable_size(p, px.shape[0], px.shape[1])
-    return dataclasses.replace(_prepare(p, fmt, px, al, quality, icc_profile or None, notes), threads=threads)
+    encoding = _prepare(p, fmt, px, al, quality, icc_profile or None, notes)
+    return dataclasses.replace(encoding, threads=threads, exif=_exif_for(encoding, exif or None, notes))
+
+
+def _exif_for(encoding: _Encoding, exif: bytes | None, notes: list[str] | None) -> bytes | None:
+    """``exif`` when ``encoding``'s file can hold it, else None and a note."""
+    if exif is None:
+        return None
+    why = None
+    if encoding.fmt == "JPEG" and len(exif) > MAX_JPEG_EXIF_BYTES:
+        why = f"it has {len(exif):,} bytes, more than one JPEG segment holds ({MAX_JPEG_EXIF_BYTES:,})"
+    elif encoding.fmt == "TIFF":
+        samples = (3 if encoding.grey_as_rgb else encoding.px.shape[2]) + (encoding.al is not None)
+        if is_bigtiff(encoding.px.shape[0], encoding.px.shape[1], samples, encoding.px.itemsize):
+            why = "the image is written as a BigTIFF, which this writer gives no EXIF directories"
+    if why is None:
+        return exif
+    note(notes, f"{encoding.p}: the photo's EXIF (camera, date, ...) was not carried over ({why}); write PNG "
+                "to keep it", ImageWarning, stacklevel=5)
+    return None
 
 
 def _validated(
@@ -266,6 +300,7 @@ class _Encoding:
     icc_profile: bytes | None  # one that fits, or None
     grey_as_rgb: bool = False  # TIFF: store grey pixels as RGB (16-bit grey+alpha)
     threads: int | None = None  # PNG, JPEG, TIFF: strips encoded at once (None: one per usable core)
+    exif: bytes | None = None  # the EXIF payload to embed (one the format holds), or None
 
     def write_to(self, out: BinaryIO) -> None:
         """Encode into ``out``; ImageError (naming the file) for what the encoder refuses, OSError for
@@ -277,25 +312,29 @@ class _Encoding:
 
     def _encode(self, out: BinaryIO) -> None:
         if self.fmt == "PNG":
-            write_png(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_PNG_LEVEL,
+            write_png(out, self.px, alpha=self.al, icc_profile=self.icc_profile, exif=self.exif, level=_PNG_LEVEL,
                       threads=self.threads)
         elif self.fmt == "JPEG":
-            write_jpeg(out, self.px, quality=self.quality, icc_profile=self.icc_profile, threads=self.threads)
+            write_jpeg(out, self.px, quality=self.quality, icc_profile=self.icc_profile, exif=self.exif,
+                       threads=self.threads)
         elif self.fmt == "TIFF":
-            write_tiff(out, self.px, alpha=self.al, icc_profile=self.icc_profile, level=_TIFF_LEVEL,
+            write_tiff(out, self.px, alpha=self.al, icc_profile=self.icc_profile, exif=self.exif, level=_TIFF_LEVEL,
                        grey_as_rgb=self.grey_as_rgb, threads=self.threads)
         elif self.al is None:  # WebP (RGB: _prepare made grey RGB)
-            write_webp(out, self.px, quality=self.quality, icc_profile=self.icc_profile)
+            write_webp(out, self.px, quality=self.quality, icc_profile=self.icc_profile, exif=self.exif)
         else:
-            _write_webp_with_alpha(out, self.px, self.al, quality=self.quality, icc_profile=self.icc_profile)
+            _write_webp_with_alpha(out, self.px, self.al, quality=self.quality, icc_profile=self.icc_profile,
+                                   exif=self.exif)
 
 
 def _write_webp_with_alpha(out: BinaryIO, px: np.ndarray, al: np.ndarray, *, quality: int,
-                           icc_profile: bytes | None) -> None:
+                           icc_profile: bytes | None, exif: bytes | None = None) -> None:
     """WebP with alpha through Pillow, whose ``exact`` keeps the colours under transparent pixels."""
     options: dict[str, object] = {"quality": quality, "exact": True}
     if icc_profile is not None:
         options["icc_profile"] = icc_profile
+    if exif is not None:
+        options["exif"] = exif
     try:
         Image.fromarray(np.dstack([px, al])).save(out, format="WEBP", **options)
     except (OSError, ValueError, KeyError) as e:

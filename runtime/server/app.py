@@ -282,7 +282,7 @@ class Server:
         ticket.check()
         try:
             data, notes = encode(pixels, alpha, suffix=params.suffix, quality=params.quality,
-                                 icc_profile=image.icc_profile)
+                                 icc_profile=image.icc_profile, exif=image.exif)
         except ImageError as exc:  # the upload was fine: the output could not be encoded (not a 415)
             logger.error("encoding the output failed: %s", exc)
             raise HttpError(500, "encode", f"the output could not be encoded as {params.suffix[1:]}: "

@@ -120,9 +120,10 @@ def without_path(message: str) -> str:
 
 
 def encode(pixels: np.ndarray, alpha: np.ndarray | None, *, suffix: str, quality: int,
-           icc_profile: bytes | None = None) -> tuple[bytes, list[str]]:
+           icc_profile: bytes | None = None, exif: bytes | None = None) -> tuple[bytes, list[str]]:
     """Encoded image bytes and the notes the encoder raised (e.g. alpha dropped by JPEG); the notes are kept per
     call, not through the process's warnings state, which concurrent requests would share."""
     notes: list[str] = []
-    data = encode_image(suffix, pixels, alpha=alpha, quality=quality, icc_profile=icc_profile, notes=notes)
+    data = encode_image(suffix, pixels, alpha=alpha, quality=quality, icc_profile=icc_profile, notes=notes,
+                        exif=exif)
     return data, [without_path(note) for note in notes]

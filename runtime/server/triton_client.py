@@ -14,7 +14,7 @@ Example::
     with TritonUpscaler("localhost:8000") as triton:
         image = read_image("photo.jpg")
         pixels, alpha, model = triton.upscale(image)          # routed by the photo's camera (folder, EXIF Make)
-        write_image("photo_x4.png", pixels, alpha=alpha, icc_profile=image.icc_profile)
+        write_image("photo_x4.png", pixels, alpha=alpha, icc_profile=image.icc_profile, exif=image.exif)
 
 Needs ``tritonclient[http]`` (in the ``serve`` extra); it is imported when a client is made.
 """

@@ -1,0 +1,160 @@
+"""The photo's EXIF travels into its upscaled output (camera, date, exposure, GPS), without what the new
+pixels make wrong (orientation, pixel size, resolution, thumbnail, maker note).
+
+Before, every output lost the whole block, with no note, although the README promised that outputs
+keep what a photo carries where the format can hold it (a helper's hunt): a photo library lost its
+capture dates, and an upscaled photo the EXIF Make that routes it to its camera's model.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, TiffImagePlugin
+
+from adassr.runtime.images import ImageWarning, encode_image, read_camera_exif, read_image, write_image
+from adassr.runtime.images.exif import EXIF_IFD, GPS_IFD, INTEROP_IFD, MAX_JPEG_EXIF_BYTES, carried_exif
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOWER = ROOT / "samples" / "cameras" / "canon" / "flower.jpg"  # a Canon PowerShot S40 photo
+FORMATS = (".jpg", ".png", ".webp", ".tif")
+
+
+def _exif_of(path_or_bytes: Path | bytes) -> Image.Exif:
+    """The file's EXIF with its directories loaded (a TIFF's are read from the file when first asked for)."""
+    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
+    with Image.open(source) as im:
+        exif = im.getexif()
+        for ifd in (EXIF_IFD, GPS_IFD, INTEROP_IFD):
+            exif.get_ifd(ifd)
+        return exif
+
+
+def _photo_with_everything(path: Path) -> Path:
+    """A JPEG with orientation 6, IFD0 description tags, an Exif directory (capture date, pixel size,
+    maker note, interoperability with the related image size) and GPS."""
+    exif = Image.Exif()
+    exif[271], exif[272], exif[306], exif[274] = "TestMake", "Model X", "2024:01:02 03:04:05", 6
+    exif[282], exif[283], exif[296] = 300.0, 300.0, 2  # 300 dpi
+    exif[33432] = "(c) the photographer"
+    sub = exif.get_ifd(EXIF_IFD)
+    sub[36867], sub[33434], sub[0xA002], sub[0xA003] = "2023:05:06 07:08:09", 0.004, 48, 64
+    sub[0x927C] = b"vendor data with offsets" * 4  # MakerNote
+    sub[INTEROP_IFD] = {1: "R98", 0x1001: 48, 0x1002: 64}
+    exif.get_ifd(GPS_IFD).update({1: "N", 2: (52.0, 31.0, 12.0)})
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 48, 3), np.uint8)  # stored 48 wide, 64 high
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    return path
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_every_format_carries_the_photos_exif_without_what_the_pixels_make_wrong(tmp_path: Path,
+                                                                                 suffix: str) -> None:
+    image = read_image(_photo_with_everything(tmp_path / "photo.jpg"))
+    assert image.pixels.shape[:2] == (48, 64)  # orientation 6 applied
+    out = write_image(tmp_path / f"out{suffix}", image.pixels, exif=image.exif)
+    exif = _exif_of(out)
+    assert (exif.get(271), exif.get(272), exif.get(306), exif.get(33432)) == (
+        "TestMake", "Model X", "2024:01:02 03:04:05", "(c) the photographer")
+    for dropped in (274, 282, 283, 296):  # orientation applied; 300 dpi would print the x4 image 4x as large
+        assert dropped not in exif
+    sub = exif.get_ifd(EXIF_IFD)
+    assert sub.get(36867) == "2023:05:06 07:08:09" and float(sub[33434]) == pytest.approx(0.004)
+    assert 0xA002 not in sub and 0xA003 not in sub and 0x927C not in sub
+    assert exif.get_ifd(INTEROP_IFD) == {1: "R98"}
+    gps = exif.get_ifd(GPS_IFD)
+    assert gps[1] == "N" and [float(v) for v in gps[2]] == [52.0, 31.0, 12.0]
+    again = read_image(out)
+    assert again.pixels.shape == image.pixels.shape and again.exif_make == "TestMake"
+    assert read_camera_exif(out) == ("TestMake", "Model X")  # an upscaled photo still routes to its camera
+    with Image.open(out) as im:  # Pillow decodes every output as before
+        assert im.size == (64, 48)
+
+
+def test_a_tiff_inputs_structure_tags_are_not_taken_for_exif(tmp_path: Path) -> None:
+    """A TIFF's getexif() is its whole IFD0 (strips, bits per sample, ...): only the description goes on."""
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[271], info[306] = "TiffMake", "2020:02:02 02:02:02"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "in.tif", tiffinfo=info)
+    image = read_image(tmp_path / "in.tif")
+    assert image.exif is not None
+    for suffix in FORMATS:
+        exif = _exif_of(encode_image(suffix, image.pixels, exif=image.exif))
+        assert exif.get(271) == "TiffMake" and exif.get(306) == "2020:02:02 02:02:02"
+        if suffix != ".tif":  # the TIFF output's own structure tags are its own
+            assert not {256, 257, 258, 259, 273, 279} & set(exif)
+
+
+def test_photos_without_exif_and_bundled_camera_photos(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "plain.png")
+    assert read_image(tmp_path / "plain.png").exif is None
+    flower = read_image(FLOWER)
+    assert flower.exif is not None
+    exif = _exif_of(encode_image(".jpg", flower.pixels, exif=flower.exif))
+    assert exif.get(271) == "Canon" and exif.get_ifd(EXIF_IFD).get(36867) == "2003:12:14 12:01:44"
+
+
+def test_a_block_too_large_for_jpeg_is_dropped_with_a_note_and_kept_by_png(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[271], exif[270] = "BigMake", "x" * (MAX_JPEG_EXIF_BYTES + 10)
+    payload = carried_exif(exif)
+    assert payload is not None and len(payload) > MAX_JPEG_EXIF_BYTES
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    notes: list[str] = []
+    data = encode_image(".jpg", pixels, exif=payload, notes=notes)
+    assert 271 not in _exif_of(data)
+    assert len(notes) == 1 and "EXIF (camera, date, ...) was not carried over" in notes[0] and "JPEG" in notes[0]
+    with pytest.warns(ImageWarning, match="was not carried over"):
+        write_image(tmp_path / "big.jpg", pixels, exif=payload)
+    assert _exif_of(encode_image(".png", pixels, exif=payload)).get(271) == "BigMake"
+
+
+def test_a_bigtiff_goes_without_exif_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    import adassr.runtime.images.write as write_module
+
+    exif = Image.Exif()
+    exif[271] = "Make"
+    payload = carried_exif(exif)
+    monkeypatch.setattr(write_module, "is_bigtiff", lambda *size: True)  # a 3.5 GiB array is no unit test
+    notes: list[str] = []
+    data = encode_image(".tif", np.zeros((8, 8, 3), np.uint8), exif=payload, notes=notes)
+    assert 271 not in _exif_of(data) and "BigTIFF" in notes[0]
+
+
+def test_exif_that_cannot_be_written_back_is_left_out_not_a_crash() -> None:
+    exif = Image.Exif()
+    exif[271] = "Make"
+    exif[270] = 1.5j  # no TIFF type holds it
+    assert carried_exif(exif) is None
+    assert carried_exif(Image.Exif()) is None
+    with pytest.raises(Exception, match="exif must be bytes"):
+        encode_image(".png", np.zeros((4, 4, 3), np.uint8), exif="Make")  # type: ignore[arg-type]
+
+
+def test_upscale_and_serve_outputs_carry_the_exif(tmp_path: Path) -> None:
+    import httpx
+
+    from adassr.cli import main
+    from adassr.runtime.server.config import ServerConfig
+    from adassr.runtime.store import FALLBACK_CAMERA
+
+    from ._models import publish_camera
+    from ._server import running_server
+
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0)
+    photo = _photo_with_everything(tmp_path / "photo.jpg")
+    assert main(["upscale", "-i", str(photo), "-o", str(tmp_path / "out.png"), "--store", str(store),
+                 "--no-progress"]) == 0
+    exif = _exif_of(tmp_path / "out.png")
+    assert exif.get(271) == "TestMake" and exif.get_ifd(EXIF_IFD).get(36867) == "2023:05:06 07:08:09"
+    assert 274 not in exif
+    config = ServerConfig(store=store, tile=64, overlap=8, threads=1)
+    with running_server(config) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        reply = client.post("/v1/upscale?format=jpeg", content=photo.read_bytes())
+        assert reply.status_code == 200
+        served = _exif_of(reply.content)
+        assert served.get(272) == "Model X" and served.get_ifd(GPS_IFD)[1] == "N" and 274 not in served
