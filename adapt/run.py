@@ -42,7 +42,13 @@ from adassr.adapt.precision import Precision, resolve_device, resolve_precision
 from adassr.adapt.report import REPORT_FILE
 from adassr.adapt.weight_map_cache import WeightMapCache, store_cache_folder
 from adassr.runtime.errors import ConfigError, ImageError, StoreError, WeightsError
-from adassr.runtime.store import ADAPTED_WEIGHTS, CameraStore, StoreTransaction, camera_folder_for_writing
+from adassr.runtime.store import (
+    ADAPTED_WEIGHTS,
+    CameraStore,
+    StoreTransaction,
+    camera_folder_for_writing,
+    sha256_file,
+)
 
 if TYPE_CHECKING:
     from adassr.adapt.image_selection import Selection
@@ -82,6 +88,7 @@ class LoadedGroup:
     readable: int  # members whose header could be read (the ones selection chose from)
     limited_by: str | None  # the limit that left readable members out (None: none was left out)
     too_small: tuple[tuple[str, int, int], ...] = ()  # (path, width, height) left out by header size
+    duplicates: tuple[tuple[str, str], ...] = ()  # (path, the earlier path with the same bytes) left out
 
 
 def load_group_images(group: CameraGroup, *, max_images: int | None = None,
@@ -94,7 +101,9 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
     damaged, not an image, over the pixel limit) is skipped with one warning naming it and why, so
     one bad file does not stop a camera's adaptation. With ``min_side``, images whose header says a
     side is shorter are left out before the selection while any image is large enough (they could
-    not be used, and must not take the places of usable ones), with one warning naming them.
+    not be used, and must not take the places of usable ones), with one warning naming them. A file
+    with the same bytes as one before it in name order (a photo copied twice into the folder) is left
+    out with one warning: it would weigh twice in training and in the early stop's score.
     Raises ImageError when no image can be read
     (a one-image group: that image's own error), ConfigError when the group has no images.
     """
@@ -102,6 +111,11 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
         raise ConfigError(f"camera group {group.name!r} has no images")
     errors: list[tuple[str, ImageError]] = []
     sized = _header_sizes(group.members, errors)
+    sized, duplicates = _without_duplicates(sized, errors)
+    if duplicates:
+        log.warning("camera group %r: left out %d file(s) with the same bytes as another of the group (a copy "
+                    "would weigh twice): %s", group.name, len(duplicates),
+                    ", ".join(f"{p} (= {q})" for p, q in duplicates))
     too_small: tuple[tuple[str, int, int], ...] = ()
     if min_side is not None and any(min(w, h) >= min_side for _, w, h in sized):
         too_small = tuple((str(m.path), w, h) for m, w, h in sized if min(w, h) < min_side)
@@ -136,7 +150,38 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
                     group.name, len(unreadable), len(group.members), len(images),
                     "; ".join(reason for _, reason in unreadable))
     return LoadedGroup(CameraGroup(group.name, tuple(members)), images, unreadable, readable_headers,
-                       selection.limited_by, too_small)
+                       selection.limited_by, too_small, duplicates)
+
+
+def _without_duplicates(sized: list[tuple[GroupMember, int, int]], errors: list[tuple[str, ImageError]],
+                        ) -> tuple[list[tuple[GroupMember, int, int]], tuple[tuple[str, str], ...]]:
+    """``sized`` without the files whose bytes equal an earlier one's, and ``(path, earlier path)`` of
+    each left out. Only files that share their size in bytes and pixels are read and hashed (a large
+    group is not read whole for this); one that cannot be read goes to ``errors``."""
+    by_size: dict[tuple[int, int, int], list[int]] = {}
+    for index, (member, width, height) in enumerate(sized):
+        try:
+            nbytes = member.path.stat().st_size
+        except OSError:
+            continue  # its decode names the problem
+        by_size.setdefault((nbytes, width, height), []).append(index)
+    dropped: dict[int, str] = {}
+    for indices in (ix for ix in by_size.values() if len(ix) > 1):
+        first_by_digest: dict[str, str] = {}
+        for index in indices:
+            path = sized[index][0].path
+            try:
+                digest = sha256_file(path)
+            except OSError as exc:
+                errors.append((str(path), ImageError(f"{path}: cannot be read ({exc.strerror or exc})")))
+                dropped[index] = ""
+                continue
+            if digest in first_by_digest:
+                dropped[index] = first_by_digest[digest]
+            else:
+                first_by_digest[digest] = str(path)
+    kept = [entry for index, entry in enumerate(sized) if index not in dropped]
+    return kept, tuple((str(sized[i][0].path), same) for i, same in sorted(dropped.items()) if same)
 
 
 def _header_sizes(members: Sequence[GroupMember],
@@ -357,6 +402,7 @@ class _Inputs:
     metric: Callable[[torch.Tensor], torch.Tensor]
     perceptual: Perceptual | None
     too_small: tuple[tuple[str, int, int], ...] = ()  # (path, width, height) left out by header size
+    duplicates: tuple[tuple[str, str], ...] = ()  # (path, the earlier path with the same bytes) left out
 
 
 def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, scale: int, *,
@@ -381,7 +427,8 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
     crops = evaluation_crops(evaluated, config.eval_crop, config.eval_max_images)
     return _Inputs(images, kernel, usable.config, usable, used_paths, loaded.unreadable, selection,
                    _weight_maps(model, images, config, device, precision, map_cache),
-                   crops, evaluated_paths[: len(crops)], _niqe_metric(device), perceptual, loaded.too_small)
+                   crops, evaluated_paths[: len(crops)], _niqe_metric(device), perceptual, loaded.too_small,
+                   loaded.duplicates)
 
 
 def _structured(images: list[np.ndarray], paths: Sequence[str], kernel: KernelEstimate,
@@ -903,7 +950,8 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
         versions=_versions(), device=run.compute.device_name, weights_sha256=weights_record["weights_sha256"],
     )
     record["pairs"] = _pairs_record(inputs.usable, inputs.used_paths, inputs.unreadable,
-                                    requested_lr_patch=run.config.lr_patch, too_small=inputs.too_small)
+                                    requested_lr_patch=run.config.lr_patch, too_small=inputs.too_small,
+                                    duplicates=inputs.duplicates)
     record["pairs"]["selection"] = dict(inputs.selection)
     # the crops as scored: an image smaller than --eval-crop is scored whole (the requested size stays in "crop")
     record["niqe_evaluation"]["crop_sizes"] = [[int(c.shape[0]), int(c.shape[1])] for c in inputs.crops]
@@ -915,9 +963,10 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
 
 
 def _pairs_record(usable: UsableImages, used_paths: Sequence[str], unreadable: Sequence[tuple[str, str]], *,
-                  requested_lr_patch: int, too_small: Sequence[tuple[str, int, int]] = ()) -> dict[str, Any]:
+                  requested_lr_patch: int, too_small: Sequence[tuple[str, int, int]] = (),
+                  duplicates: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """The manifest's ``pairs`` field: the LR patch used and requested, the minimum image side, and
-    the images used and skipped (unreadable, or too small for the patch); pure: no I/O."""
+    the images used and skipped (unreadable, too small for the patch, or a copy of another); pure: no I/O."""
     return {
         "lr_patch": usable.config.lr_patch, "requested_lr_patch": requested_lr_patch, "min_side": usable.minimum,
         "images_used": list(used_paths),
@@ -925,7 +974,8 @@ def _pairs_record(usable: UsableImages, used_paths: Sequence[str], unreadable: S
             {"path": p, "width": w, "height": h, "reason": f"smaller than {usable.minimum} LR px per side"}
             for p, w, h in usable.skipped] + [
             {"path": p, "width": w, "height": h, "reason": "too small for the LR patch with any kernel (header)"}
-            for p, w, h in too_small],
+            for p, w, h in too_small] + [
+            {"path": p, "reason": f"the same bytes as {same}"} for p, same in duplicates],
     }
 
 

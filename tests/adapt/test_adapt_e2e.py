@@ -177,13 +177,17 @@ def test_max_images_reads_part_of_a_large_group_and_records_it(camera_dir: Path,
     pixels = read_image(camera_dir / "nokia" / "crop.png").pixels
     for i in range(3):
         write_image(root / "nokia" / f"p{i}.png", np.ascontiguousarray(np.rot90(pixels, i)))
+    (root / "nokia" / "p3.png").write_bytes((root / "nokia" / "p0.png").read_bytes())  # a copy: left out
     store = tmp_path / "store"
     assert _adapt(root, store, "--max-images", "1") == 0
     manifest = CameraStore.open(store, "nokia").read_manifest()
     assert [Path(p).name for p in manifest["pairs"]["images_used"]] == ["p1.png"]
-    assert manifest["pairs"]["selection"] == {"images_in_group": 3, "readable": 3, "read": 1, "max_images": 1,
+    assert manifest["pairs"]["selection"] == {"images_in_group": 4, "readable": 3, "read": 1, "max_images": 1,
                                               "max_megapixels": 100.0, "limited_by": "--max-images 1"}
-    assert manifest["config"]["max_images"] == 1 and len(manifest["images"]) == 3
+    assert manifest["pairs"]["images_skipped"] == [
+        {"path": str(root.absolute() / "nokia" / "p3.png"),
+         "reason": f"the same bytes as {root.absolute() / 'nokia' / 'p0.png'}"}]
+    assert manifest["config"]["max_images"] == 1 and len(manifest["images"]) == 4
 
 
 def test_group_without_a_readable_image_fails_cleanly(tmp_path: Path, capsys) -> None:

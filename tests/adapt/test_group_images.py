@@ -299,3 +299,26 @@ def test_a_progressive_jpeg_cut_between_scans_is_left_out_of_the_adaptation(tmp_
     assert str(error).endswith("left out of the adaptation: its missing detail would read as the camera's blur")
     (logged,) = [r.getMessage() for r in caplog.records]
     assert "pages.tif: holds more than one page" in logged  # the other notes are still logged
+
+
+def test_copies_of_one_photo_are_left_out_with_one_warning_and_recorded(files: dict[str, Path], tmp_path: Path,
+                                                                       caplog) -> None:  # type: ignore[no-untyped-def]
+    """Five copies of one photo were a five-image group: it weighed five times in training and in the
+    early stop's score, and the only message invited reading more of the copies (a helper's hunt)."""
+    import shutil
+
+    copies = [shutil.copyfile(files["good"], tmp_path / f"copy{k}.png") for k in range(3)]
+    same_size_other = tmp_path / "other.png"  # the same byte count and pixel size, other bytes: kept
+    data = bytearray(files["good"].read_bytes())
+    data[-20] ^= 1  # a different file of the same length
+    same_size_other.write_bytes(bytes(data))
+    group = _group(files["good"], *map(Path, copies), files["gray"], same_size_other)
+    with caplog.at_level(logging.WARNING):
+        loaded = load_group_images(group, max_images=3)
+    assert loaded.group.paths[:2] == (files["good"], files["gray"])
+    assert [(Path(p).name, Path(q).name) for p, q in loaded.duplicates] == [
+        ("copy0.png", "good.png"), ("copy1.png", "good.png"), ("copy2.png", "good.png")]
+    warned = [r.getMessage() for r in caplog.records if "same bytes" in r.getMessage()]
+    assert len(warned) == 1 and "left out 3 file(s)" in warned[0] and "copy2.png (= " in warned[0]
+    seen = {p.name for p in loaded.group.paths} | {Path(p).name for p, _ in loaded.unreadable}
+    assert "other.png" in seen  # decoded (or refused for its damage), never taken for a copy
