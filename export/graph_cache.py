@@ -59,7 +59,8 @@ def store_graph_folder(store_root: str | os.PathLike[str]) -> Path:
     return Path(store_root).joinpath(*STORE_FOLDER)
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
+    """The installed version of ``package`` (its distribution name), or ``"absent"``."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -83,7 +84,7 @@ def graph_key(model: torch.nn.Module, settings: str) -> str:
     record = {
         "format": CACHE_FORMAT, "class": f"{cls.__module__}.{cls.__qualname__}",
         "source": _module_source_sha256(cls), "state": entries, "settings": settings,
-        "versions": {p: _version(p) for p in ("torch", "onnx", "onnxscript")},
+        "versions": {p: package_version(p) for p in ("torch", "onnx", "onnxscript")},
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 

@@ -43,7 +43,7 @@ import numpy as np
 from adassr.adapt.interrupts import Interrupted, deferred
 from adassr.export.crops import ValidationInput, bundled_photos, find_validation_photo, photo_crops, validation_inputs
 from adassr.export.errors import ExportError
-from adassr.export.graph_cache import GraphCache, cached_export, store_graph_folder
+from adassr.export.graph_cache import GraphCache, cached_export, package_version, store_graph_folder
 from adassr.runtime.errors import StoreError
 from adassr.runtime.store import (
     EXPORT_KEYS,
@@ -70,6 +70,14 @@ OPSET = 20
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2  # max abs on [0, 1]; measured worst case 0.0046 (docs/export.md)
 FP16_MEAN_TOLERANCE = 2e-3  # mean abs; measured at most 1.5e-4 (a systematic error shows here first)
+
+
+def _tool_versions() -> dict[str, str]:
+    """The versions of what made and validated an export (its manifest record's provenance)."""
+    import adassr
+
+    return {"adassr": adassr.__version__,
+            **{name: package_version(name) for name in ("torch", "onnx", "onnxscript", "onnxruntime")}}
 
 
 @dataclass(frozen=True)
@@ -463,6 +471,7 @@ def build_models(model: torch.nn.Module, identity: ModelIdentity, precisions: Se
         "scale": identity.scale, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "io_dtype": "float32",
         "opset": OPSET, "weights_sha256": identity.weights_sha256, "backbone": identity.backbone,
         "export_time_s": export_s, "graph_from_cache": from_cache, "validated_on": where,
+        "versions": _tool_versions(),
     }
     models = []
     if "fp32" in precisions:

@@ -191,6 +191,14 @@ def test_manifest_records_exports_with_checksums(exported: tuple[Path, onnx_expo
         assert rec["sha256"] == sha256_file(on_disk) == manifest["artifacts"][file]["sha256"]
         assert manifest["artifacts"][file]["stage"] == "export"
         assert str(PHOTO) in rec["validated_on"]  # the first *readable* camera image
+        import onnxruntime
+        import torch
+
+        import adassr  # what made and validated it (provenance)
+
+        assert rec["versions"]["adassr"] == adassr.__version__ and rec["versions"]["torch"] in torch.__version__
+        assert rec["versions"]["onnxruntime"] == onnxruntime.__version__ and set(rec["versions"]) == {
+            "adassr", "torch", "onnx", "onnxscript", "onnxruntime"}
     assert 0 <= onnx_rec["max_abs_error_vs_torch"] <= 1e-4 == onnx_rec["tolerance"]
     assert 0 < fp16_rec["max_abs_error_vs_torch"] <= fp16_rec["tolerance"] == onnx_export.FP16_TOLERANCE
     # conv_first + 2 RRDB x (3 RDB x (Mul + Add) + Mul + Add) + the trunk Add
