@@ -11,7 +11,8 @@ Layout::
 Artifacts have a logical name (``adapted.safetensors``, ``model.onnx``, ...), the key of
 ``manifest["artifacts"][<name>] = {"file", "sha256", "bytes", "stage", "created", ...}``; the
 file on disk (``file``) is content-addressed, so a new version never overwrites the one the
-current manifest describes. Readers resolve names through the manifest and verify the sha256
+current manifest describes; ``created`` is when these bytes were first written under that name (an
+unchanged re-export keeps it). Readers resolve names through the manifest and verify the sha256
 before trusting a file (:meth:`CameraStore.verified_path`).
 
 Transactions (:meth:`CameraStore.transaction`): a writer takes the camera's exclusive lock
@@ -928,7 +929,7 @@ class StoreTransaction:
                     "and permissions (the previous model is unchanged)"
                 ) from exc
             record: dict[str, Any] = {"file": final.name, "sha256": digest, "bytes": size, "stage": stage,
-                                      "created": _now()}
+                                      "created": self._created(name, digest)}
             if extra:
                 record.update(extra)
             self._staged[name] = record
@@ -952,6 +953,15 @@ class StoreTransaction:
         if final.name not in keep:
             with contextlib.suppress(FileNotFoundError):
                 final.unlink()
+
+    def _created(self, name: str, digest: str) -> str:
+        """When artifact ``name`` with content ``digest`` was first made: the previous record's time when
+        the camera already has these bytes under that name (an unchanged re-export), else now."""
+        artifacts = (self.previous or {}).get("artifacts")
+        before = artifacts.get(name) if isinstance(artifacts, Mapping) else None
+        if isinstance(before, Mapping) and before.get("sha256") == digest and isinstance(before.get("created"), str):
+            return before["created"]
+        return _now()
 
     def commit(self, update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Apply ``update`` to the new manifest, replace ``manifest.json`` atomically (the commit point),

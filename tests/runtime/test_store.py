@@ -29,6 +29,19 @@ def test_publish_records_checksum_and_verifies(tmp_path: Path) -> None:
 
 
 
+def test_an_unchanged_artifact_keeps_its_creation_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unchanged re-export rewrote "created" of the same bytes (a helper's review of provenance)."""
+    import adassr.runtime.store as store_module
+
+    store = CameraStore.open(tmp_path, "nikon", create=True)
+    monkeypatch.setattr(store_module, "_now", lambda: "2026-01-01T00:00:00+00:00")
+    first = _publish_text(store, "a.bin", "hello")
+    monkeypatch.setattr(store_module, "_now", lambda: "2026-02-02T00:00:00+00:00")
+    assert _publish_text(store, "a.bin", "hello")["created"] == first["created"] == "2026-01-01T00:00:00+00:00"
+    assert _publish_text(store, "a.bin", "changed")["created"] == "2026-02-02T00:00:00+00:00"
+    assert store.read_manifest()["artifacts"]["a.bin"]["created"] == "2026-02-02T00:00:00+00:00"
+
+
 def test_a_copied_camera_folder_serves_under_its_folder_name(tmp_path: Path) -> None:
     """The folder name is the camera: a copy keeps working, and its next commit rewrites the copied
     manifest's informational 'camera' field to the folder name."""
