@@ -959,9 +959,8 @@ class StoreTransaction:
         the camera already has these bytes under that name (an unchanged re-export), else now."""
         artifacts = (self.previous or {}).get("artifacts")
         before = artifacts.get(name) if isinstance(artifacts, Mapping) else None
-        if isinstance(before, Mapping) and before.get("sha256") == digest and isinstance(before.get("created"), str):
-            return before["created"]
-        return _now()
+        created = before.get("created") if isinstance(before, Mapping) and before.get("sha256") == digest else None
+        return created if isinstance(created, str) else _now()
 
     def commit(self, update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Apply ``update`` to the new manifest, replace ``manifest.json`` atomically (the commit point),
