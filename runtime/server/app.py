@@ -358,7 +358,7 @@ class Server:
                 return Response(status_code=CLIENT_GONE)
             camera_label = output.camera
             elapsed_ms = 1000 * (time.monotonic() - arrived)
-            headers = dict(output.headers, **{"X-Adassr-Latency-Ms": f"{elapsed_ms:.1f}"})
+            headers = dict(output.headers, **{"X-Adassr-Latency-Ms": f"{elapsed_ms:.1f}", "Vary": "Accept"})
             status = 200
             return Response(output.data, media_type=output.media_type, headers=headers)
         except asyncio.CancelledError:  # the HTTP server cancelled the request (shutdown past the drain timeout)
@@ -515,7 +515,7 @@ class Server:
                 if name in values:
                     raise HttpError(422, "invalid_parameter", f"parameter {name!r} given twice (query and form)")
                 values[name] = value
-        params = parse_params(values, limits.max_outscale)
+        params = parse_params(values, limits.max_outscale, request.headers.get("accept"))
         return body, params
 
     async def _read_body(self, request: Request) -> bytes:

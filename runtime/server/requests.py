@@ -51,8 +51,45 @@ class UpscaleParams:
     quality: int
 
 
-def parse_params(values: Mapping[str, str], max_outscale: float) -> UpscaleParams:
-    """Validate request options (HttpError 422 naming the parameter and the valid values)."""
+_NEGOTIATED = (("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/webp"))  # ties: the first
+
+
+def negotiated_format(accept: str | None) -> str:
+    """The output format an ``Accept`` header asks for: the image type it gives the highest q-value (the
+    most specific of its media ranges decides each type's; ties go to PNG, then JPEG), PNG without the
+    header, or when it accepts none of them (such a header is disregarded, as RFC 9110 allows, rather
+    than refused: HTTP libraries send ``Accept: application/json`` by default)."""
+    if not accept:
+        return "png"
+    ranges: list[tuple[str, float]] = []
+    for part in accept.split(","):
+        media, *parameters = (field.strip() for field in part.split(";"))
+        q = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = math.nan
+        if media and math.isfinite(q) and 0 <= q <= 1:  # a malformed range is left out
+            ranges.append((media.lower(), q))
+
+    def quality(media_type: str) -> float:
+        best: tuple[int, float] | None = None  # (specificity, q)
+        for media, q in ranges:
+            specificity = {media_type: 2, media_type.split("/")[0] + "/*": 1, "*/*": 0}.get(media)
+            if specificity is not None and (best is None or specificity > best[0]):
+                best = (specificity, q)
+        return 0.0 if best is None else best[1]
+
+    q, key = max(((quality(media_type), -rank), key) for rank, (key, media_type) in enumerate(_NEGOTIATED))
+    return key if q[0] > 0 else "png"
+
+
+def parse_params(values: Mapping[str, str], max_outscale: float, accept: str | None = None) -> UpscaleParams:
+    """Validate request options (HttpError 422 naming the parameter and the valid values); without a
+    ``format``, the ``accept`` header picks it (:func:`negotiated_format`)."""
     unknown = sorted(set(values) - set(PARAMETERS))
     if unknown:
         raise HttpError(
@@ -72,7 +109,7 @@ def parse_params(values: Mapping[str, str], max_outscale: float) -> UpscaleParam
                 "invalid_parameter",
                 f"outscale must be a number in (0, {max_outscale:g}], got {values['outscale']!r}",
             )
-    fmt = (values.get("format") or "png").lower()
+    fmt = (values.get("format") or negotiated_format(accept)).lower()
     if fmt not in OUTPUT_FORMATS:
         raise HttpError(
             422, "invalid_parameter", f"format {values.get('format')!r} is not supported; use png, jpeg or webp"

@@ -170,6 +170,14 @@ def test_endpoints_and_responses_match_the_cli(store: Path, tmp_path: Path) -> N
             r = client.post("/v1/upscale", params={"format": fmt, "quality": "90"}, content=canon)
             assert r.status_code == 200 and r.headers["content-type"] == media
             assert decode(r.content).shape == (192, 192, 3)
+        # Without format, Accept picks it (it was ignored: PNG whatever the client asked for); format wins.
+        for accept, media in (("image/jpeg", "image/jpeg"), ("image/webp, image/png;q=0.5", "image/webp"),
+                              ("application/json", "image/png"), ("*/*", "image/png")):
+            r = client.post("/v1/upscale", headers={"Accept": accept}, content=canon)
+            assert r.status_code == 200 and r.headers["content-type"] == media and r.headers["vary"] == "Accept"
+            assert decode(r.content).shape == (192, 192, 3)
+        r = client.post("/v1/upscale", params={"format": "png"}, headers={"Accept": "image/jpeg"}, content=canon)
+        assert r.headers["content-type"] == "image/png"
 
         metrics = client.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
@@ -178,6 +186,21 @@ def test_endpoints_and_responses_match_the_cli(store: Path, tmp_path: Path) -> N
         assert _metric(text, "adassr_model_loads_total", 'camera="canon",result="ok"') == 1
         for name in ("adassr_queue_depth", "adassr_inflight_requests", "adassr_batch_tiles_count"):
             assert name in text
+
+
+@pytest.mark.parametrize(("accept", "chosen"), [
+    (None, "png"), ("", "png"), ("*/*", "png"), ("image/*", "png"), ("image/jpeg", "jpeg"),
+    ("image/png;q=0, image/*", "jpeg"),  # PNG refused, any other image accepted: the next in line
+    ("image/*;q=0.2, image/webp", "webp"),  # the most specific range decides a type's q
+    ("image/jpeg;q=abc, image/webp;q=0.1", "webp"),  # a malformed range is left out
+    ("IMAGE/JPEG; Q=0.9 ,image/png;q=0.8", "jpeg"),
+    ("application/json", "png"), ("image/png;q=0,image/jpeg;q=0,image/webp;q=0", "png"),  # disregarded
+])
+def test_the_accept_header_picks_the_output_format(accept: str | None, chosen: str) -> None:
+    from adassr.runtime.server.requests import negotiated_format, parse_params
+
+    assert negotiated_format(accept) == chosen
+    assert parse_params({"format": "webp"}, 8.0, accept).media_type == "image/webp"  # format wins
 
 
 def test_a_long_exif_make_does_not_make_the_response_unreadable(store: Path) -> None:
