@@ -83,8 +83,8 @@ def negotiated_format(accept: str | None) -> str:
                 best = (specificity, q)
         return 0.0 if best is None else best[1]
 
-    q, key = max(((quality(media_type), -rank), key) for rank, (key, media_type) in enumerate(_NEGOTIATED))
-    return key if q[0] > 0 else "png"
+    (best, _), key = max(((quality(media_type), -rank), key) for rank, (key, media_type) in enumerate(_NEGOTIATED))
+    return key if best > 0 else "png"
 
 
 def parse_params(values: Mapping[str, str], max_outscale: float, accept: str | None = None) -> UpscaleParams:
