@@ -830,19 +830,22 @@ def write_repository(
         if not sources:
             raise ExportError(f"no camera in {root} could be published (each is named above); mend them, then rerun")
         out.mkdir(parents=True, exist_ok=True)
-        try:
-            with _repository_lock(out):
+        with _repository_lock(out):
+            try:
                 plans = [plan_model(out, source, opts) for source in sources]  # every check before any write
                 for plan in plans:
                     _check_apart(plan.model_dir, root, model=plan.name)
                 _check_one_tensorrt_target(out, plans)
                 return [write_model(plan) for plan in plans]
-        except BaseException:
-            if created and {p.name for p in out.iterdir()} == {LOCK_FILE}:  # made by this run, left empty
-                with contextlib.suppress(OSError):
-                    (out / LOCK_FILE).unlink()
-                    out.rmdir()
-            raise
+            except BaseException:
+                # Only the lock holder cleans up, while it holds the lock: an export that lost the race for
+                # a new repository removed the winner's lock file and folder (then a third export ran
+                # beside the winner).
+                if created and {p.name for p in out.iterdir()} == {LOCK_FILE}:  # made by this run, left empty
+                    with contextlib.suppress(OSError):
+                        (out / LOCK_FILE).unlink()
+                        out.rmdir()
+                raise
     except OSError as exc:
         raise ExportError(f"cannot write the Triton repository {out}: {exc.strerror or exc}"
                           f"{f' ({exc.filename})' if exc.filename else ''}; choose a writable folder with "

@@ -812,3 +812,39 @@ def test_one_broken_camera_does_not_hold_back_the_whole_store(store: Path, tmp_p
         (store / camera / "manifest.json").write_text("{damaged")
     with pytest.raises(ExportError, match="no camera in .* could be published"):
         write_repository(repo, store, on_skip=lambda camera, why: None)
+
+
+def test_an_export_that_loses_the_race_for_a_new_repository_leaves_the_winner_alone(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two exports into a repository that did not exist: the one that lost the lock removed the winner's
+    lock file and the folder (the winner then failed, and a third export could run beside it) (a helper's
+    hunt of concurrent processes)."""
+    import os
+
+    import adassr.export.triton_repo as triton_repo
+    from adassr.runtime.store import try_exclusive_lock
+
+    repo = tmp_path / "new-repo"
+    real_source = triton_repo._source
+    held: list[int] = []
+
+    def winner_arrives(*args: object, **kwargs: object) -> object:  # after the loser saw no repository
+        if not held:
+            repo.mkdir()
+            fd = os.open(repo / triton_repo.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+            assert try_exclusive_lock(fd)  # another open file: as another process holds it
+            held.append(fd)
+        return real_source(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(triton_repo, "_source", winner_arrives)
+    try:
+        with pytest.raises(ExportError, match="another adassr export is writing"):
+            write_repository(repo, store, ["canon"])
+        assert (repo / triton_repo.LOCK_FILE).is_file()  # the winner's lock and folder stay
+        assert os.path.samestat(os.fstat(held[0]), os.stat(repo / triton_repo.LOCK_FILE))
+    finally:
+        for fd in held:
+            os.close(fd)
+    monkeypatch.undo()
+    (model,) = write_repository(repo, store, ["canon"])  # the winner's turn, in effect: it works
+    assert model.version == 1
