@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 
 from adassr.adapt.quality.lpips import LPIPS, Net
 from adassr.adapt.weights.cache import default_cache_dir
+from adassr.adapt.weights.safetensors_bytes import safetensors_bytes
 from adassr.runtime.errors import WeightsError
 from adassr.runtime.store import atomic_write_bytes
 
@@ -290,7 +290,7 @@ def store_lpips_state(
     _check_state(net, state, f"LPIPS-{net} state to store")
     path = weights_path(net, cache_dir)
     meta = {"format": FORMAT, "net": net, "source": source, "source_sha256": source_sha256}
-    data = save_safetensors_bytes({k: v.contiguous() for k, v in state.items()}, metadata=meta)
+    data = safetensors_bytes({k: v.contiguous() for k, v in state.items()}, metadata=meta)
     atomic_write_bytes(path, data)
     sums = _read_sums(path.parent)
     sums[path.name] = _sha256(data)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 
+from adassr.adapt.weights.safetensors_bytes import safetensors_bytes
 from adassr.adapt.weights.state import check_state_dict, state_dict_sha256
 from adassr.runtime.errors import WeightsError
 from adassr.runtime.store import atomic_write_bytes
@@ -81,7 +81,7 @@ def write_cached_state(path: str | Path, state: Mapping[str, Tensor], metadata: 
     """
     digest = state_dict_sha256(state)
     meta = {**metadata, "format": CACHE_FORMAT, "weights_sha256": digest}
-    atomic_write_bytes(path, save_safetensors_bytes(dict(state), metadata=meta))
+    atomic_write_bytes(path, safetensors_bytes(dict(state), metadata=meta))
     return digest
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor, nn
 
 from adassr.adapt.archs.registry import DEFAULT_BACKBONE, BackboneEntry, BackboneRegistry, default_registry
 from adassr.adapt.weights.cache import atomic_write_bytes
 from adassr.adapt.weights.delta import DELTA_FORMAT
+from adassr.adapt.weights.safetensors_bytes import safetensors_bytes
 from adassr.adapt.weights.state import (
     LoadedBackbone,
     assemble,
@@ -98,7 +98,7 @@ def save_safetensors_weights(
     state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in checked.items()}
     digest = state_dict_sha256(state)
     meta = {**(metadata or {}), "format": WEIGHTS_FORMAT, "backbone": entry.name, "weights_sha256": digest}
-    data = save_safetensors_bytes(state, metadata=meta)
+    data = safetensors_bytes(state, metadata=meta)
     if atomic:
         atomic_write_bytes(path, data)
     else:
@@ -134,7 +134,7 @@ def save_delta_weights(
                            "backbone's weights from before adaptation as base_state")
     delta = changed_tensors(raw, base)
     meta = {**(metadata or {}), **delta_metadata(raw, delta, backbone.entry.name, backbone.weights_sha256)}
-    data = save_safetensors_bytes(delta, metadata=meta)
+    data = safetensors_bytes(delta, metadata=meta)
     if atomic:
         atomic_write_bytes(path, data)
     else:

@@ -114,3 +114,19 @@ def test_weights_with_nan_are_never_saved(tmp_path: Path) -> None:
         save_delta_weights(tmp_path / "d.safetensors", adapted, backbone)
     with pytest.raises(WeightsError, match="NaN or infinite"):
         save_safetensors_weights(tmp_path / "f.safetensors", adapted, TINY)
+
+
+def test_equal_weights_give_equal_files(tmp_path: Path) -> None:
+    """safetensors writes its metadata keys in a hash map's order, which changes between calls: the same
+    seed's adaptation published a weights file of other bytes (another content-addressed name, its
+    exports dropped) although its weights were identical (a helper's hunt of reproducibility)."""
+    backbone = _backbone(0)
+    adapted = _adapted(backbone)
+    delta_files = {save_delta_weights(tmp_path / f"d{k}.safetensors", adapted, backbone) for k in range(6)}
+    assert len(delta_files) == 1
+    assert len({(tmp_path / f"d{k}.safetensors").read_bytes() for k in range(6)}) == 1
+    for k in range(6):
+        save_safetensors_weights(tmp_path / f"f{k}.safetensors", adapted, TINY)
+    assert len({(tmp_path / f"f{k}.safetensors").read_bytes() for k in range(6)}) == 1
+    loaded = load_safetensors_weights(tmp_path / "f0.safetensors", TINY)  # still a valid file with its metadata
+    assert state_dict_sha256(loaded.model.state_dict()) == state_dict_sha256(adapted)
