@@ -624,13 +624,20 @@ def manifest_record(
 
 
 def _replace_adapt_fields(manifest: dict[str, Any], record: Mapping[str, Any]) -> None:
-    """Write the adapt fields; exports and TensorRT engines made from older weights are forgotten
-    (export again), and so is the previous run's report when this run drew none."""
+    """Write the adapt fields; exports and TensorRT engines made from other weights are forgotten
+    (export again), and so is the previous run's report when this run drew none. Exports of the very
+    weights this run publishes (a rerun with the same seed and images) stay valid and are kept."""
+    exports = manifest.get("exports")
+    same_weights = (isinstance(exports, Mapping) and bool(exports) and record.get("weights_sha256") is not None
+                    and all(isinstance(r, Mapping) and r.get("weights_sha256") == record["weights_sha256"]
+                            for r in exports.values()))
     manifest.update(record)
-    manifest.pop("exports", None)
-    manifest.pop("engines", None)
     artifacts = manifest.get("artifacts", {})
-    stale = [n for n, r in artifacts.items() if r.get("stage") == "export"]
+    stale = []
+    if not same_weights:
+        manifest.pop("exports", None)
+        manifest.pop("engines", None)
+        stale = [n for n, r in artifacts.items() if r.get("stage") == "export"]
     if not record.get("report") and REPORT_FILE in artifacts:
         stale.append(REPORT_FILE)
     for name in stale:

@@ -132,6 +132,13 @@ def test_adapt_export_upscale_round_trip(camera_dir: Path, tmp_path: Path, capsy
     got = read_image(out).pixels.astype(np.float32) / 255
     assert got.shape == (160, 192, 3)
     assert np.abs(got - ref).max() <= 1 / 255 + 1e-4
+    # The same run again publishes the same weights file, and its export stays (both were replaced: the
+    # weights file's bytes changed from run to run, and re-adapting always dropped the exports).
+    assert _adapt(camera_dir, store, "--replace") == 0
+    again = CameraStore.open(store, "nokia").read_manifest()
+    assert again["artifacts"]["adapted.safetensors"] == manifest["artifacts"]["adapted.safetensors"]
+    assert again["exports"] == manifest["exports"] and again["artifacts"]["model.onnx"] == manifest["artifacts"][
+        "model.onnx"]
 
 
 def test_admm_with_an_external_step_runs(camera_dir: Path, tmp_path: Path) -> None:

@@ -133,3 +133,19 @@ def test_other_runtime_errors_are_not_reported_as_out_of_memory(
     with pytest.raises(RuntimeError, match="a bug"):
         main(["adapt", "--camera", "nokia", "--images", str(camera_dir), "--store", str(tmp_path),
               "--steps", "2", "--lambda-perceptual", "0", "--patch", "12"])
+
+
+def test_re_adapting_keeps_only_the_exports_of_the_weights_it_publishes() -> None:
+    from adassr.adapt.run import _replace_adapt_fields
+
+    def manifest() -> dict:
+        return {"weights_sha256": "old", "exports": {"onnx": {"file": "model.onnx", "weights_sha256": "old"}},
+                "engines": {"e": {}}, "artifacts": {"model.onnx": {"stage": "export"},
+                                                     "adapted.safetensors": {"stage": "adapt"}}}
+
+    other = manifest()
+    _replace_adapt_fields(other, {"weights_sha256": "new", "report": None})
+    assert "exports" not in other and "engines" not in other and list(other["artifacts"]) == ["adapted.safetensors"]
+    same = manifest()
+    _replace_adapt_fields(same, {"weights_sha256": "old", "report": None})
+    assert same["exports"] == manifest()["exports"] and "model.onnx" in same["artifacts"] and same["engines"]
