@@ -41,7 +41,7 @@ import numpy as np
 from adassr.runtime.backends import Backend, ModelCache, ModelKey, open_backend
 from adassr.runtime.backends.onnxruntime import resolve_providers
 from adassr.runtime.backends.ort_options import CUDA_EP, TRT_EP, GpuProviderSettings
-from adassr.runtime.errors import BackendError, ConfigError, ImageTooLargeError
+from adassr.runtime.errors import AdassrError, BackendError, ConfigError, ImageTooLargeError
 from adassr.runtime.images import LoadedImage
 from adassr.runtime.routing import (
     RouteDecision,
@@ -370,6 +370,8 @@ def gpu_settings(route: RouteDecision, opts: RuntimeOptions) -> GpuProviderSetti
 
 
 TENSORRT_STREAMS = 2
+_REROUTES = 3
+"""Times an image is routed again when newer exports replaced its model file as it was opened."""
 """Concurrent streams of the runtime's TensorRT backend (its engines hold one profile per stream)."""
 
 
@@ -458,12 +460,34 @@ class Upscaler:
         from adassr.runtime.preflight import check_store_serves
 
         first = check_store_serves(self.options.store, camera=camera)
-        route = resolve_model(self.options.store, camera=camera if camera is not None else first,
-                              precision=model_precision(self.options.precision), verify=False)
+
+        def resolve() -> RouteDecision:
+            return resolve_model(self.options.store, camera=camera if camera is not None else first,
+                                 precision=model_precision(self.options.precision), verify=False)
+
+        route = resolve()
         if camera is not None:  # every image goes to this model: a tile it cannot take is one error, now
             plan_tiles(1, 1, self.options.tiling, multiple_of=route.multiple_of)
-        self.backend_for(route)
+        route, _ = self._rerouted(resolve, self.backend_for, route)
         return route
+
+    def _rerouted(self, resolve: Callable[[], RouteDecision], open_model: Callable[[RouteDecision], Backend],
+                  route: RouteDecision) -> tuple[RouteDecision, Backend]:
+        """``route`` and ``open_model(route)``; when the model file is gone because newer exports of the
+        camera replaced it between the routing and the opening (the previous version's file is kept for
+        one more commit only: two commits in a moment), routed again with ``resolve``, up to
+        :data:`_REROUTES` times. Any other failure is raised as it is."""
+        for attempt in range(_REROUTES + 1):
+            try:
+                return route, open_model(route)
+            except AdassrError:
+                if attempt == _REROUTES or route.onnx_path.exists():
+                    raise
+                newer = resolve()
+                if newer.onnx_path == route.onnx_path:  # the manifest still names it: truly missing
+                    raise
+                route = newer
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def computes_on_cpu(self, route: RouteDecision) -> bool:
         """Whether ``route``'s model (opened by :meth:`check_ready`) computes on this machine's CPU: an
@@ -486,8 +510,11 @@ class Upscaler:
             raise ConfigError(f"Upscaler.upscale takes a LoadedImage, got {type(image).__name__}: read a file with "
                               "adassr.runtime.images.read_image(path), or wrap pixels in LoadedImage(pixels, None, "
                               "8, None, None, None); upscale_pixels takes bare arrays")
-        route = self.route(image, camera=camera)
-        with self.cache.lease(*self._cache_entry(route)) as backend:  # open until every tile is done
+        with contextlib.ExitStack() as leases:  # the model stays open until every tile is done
+            route, backend = self._rerouted(
+                lambda: self.route(image, camera=camera),
+                lambda chosen: leases.enter_context(self.cache.lease(*self._cache_entry(chosen))),
+                self.route(image, camera=camera))
             return upscale_image(
                 image,
                 backend,

@@ -330,3 +330,43 @@ def test_arrays_of_other_types_get_typed_errors_naming_what_was_given() -> None:
     with pytest.raises(ConfigError, match="alpha must be a numpy array .*got builtins.list"):
         upscale_pixels(np.zeros((2, 2, 3), np.uint8), _overshooting_model, scale=4, tiling=TilingOptions(tile=0),
                        alpha=[[0, 0], [0, 0]])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("when", ["first image", "check_ready"])
+def test_a_model_file_replaced_by_two_exports_while_it_opens_is_routed_again(tmp_path: Path, when: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two commits between an image's routing and its model's opening removed the file the route named
+    (the previous version's file is kept for one commit): `upscale` failed "does not exist; export it",
+    or skipped images, while the camera was re-exported in quick succession (a helper's hunt)."""
+    from adassr.runtime.routing import RouteDecision
+
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0)
+    publish_camera(store, "canon", seed=1)
+    real_verify = RouteDecision.verify
+    replaced: list[str] = []
+
+    def two_exports_first(route: RouteDecision) -> Path:
+        if not replaced:
+            replaced.append(route.sha256)
+            publish_camera(store, "canon", seed=2)
+            publish_camera(store, "canon", seed=3)  # the file the route names is gone now
+        return real_verify(route)
+
+    monkeypatch.setattr(RouteDecision, "verify", two_exports_first)
+    upscaler = Upscaler(RuntimeOptions(store=store, tiling=TILING))
+    image = LoadedImage(np.full((20, 24, 3), 128, np.uint8), None, 8, None, None, None)
+    with upscaler:
+        if when == "check_ready":
+            route = upscaler.check_ready(camera="canon")
+        else:
+            route = upscaler.upscale(image, camera="canon").route
+    newest = CameraStore.open(store, "canon").read_manifest()["artifacts"]["model.onnx"]["sha256"]
+    assert replaced and replaced[0] != newest and route.sha256 == newest
+
+    monkeypatch.undo()
+    missing = CameraStore.open(store, "canon")
+    missing.artifact_path("model.onnx", missing.read_manifest()).unlink()  # truly missing: said at once
+    with Upscaler(RuntimeOptions(store=store, tiling=TILING)) as upscaler, \
+            pytest.raises(StoreError, match="listed in the manifest but missing"):
+        upscaler.upscale(image, camera="canon")
