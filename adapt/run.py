@@ -153,6 +153,14 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
                        selection.limited_by, too_small, duplicates)
 
 
+def _file_sha256(path: str) -> str | None:
+    """The file's sha256, or None when it cannot be read (any more: it was decoded a moment ago)."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
 def _without_duplicates(sized: list[tuple[GroupMember, int, int]], errors: list[tuple[str, ImageError]],
                         ) -> tuple[list[tuple[GroupMember, int, int]], tuple[tuple[str, str], ...]]:
     """``sized`` without the files whose bytes equal an earlier one's, and ``(path, earlier path)`` of
@@ -394,6 +402,7 @@ class _Inputs:
     pair_config: PairConfig
     usable: UsableImages
     used_paths: list[str]
+    used_sha256: list[str | None]  # each used image file's sha256 (None: it could not be read again)
     unreadable: tuple[tuple[str, str], ...]  # (path, reason) of the images that could not be read
     selection: dict[str, Any]  # how many of the group's images were read, and under which limits
     weights: list[np.ndarray] | None
@@ -420,12 +429,13 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
                                min_side=min_image_size(pair_config, known or (1, 1)))  # too small for any kernel
     images, kernel, usable = _usable_images_and_kernel(loaded.images, loaded.group, pair_config, config.kernel)
     used_paths = [str(loaded.group.members[i].path) for i in usable.indices]
+    used_sha256 = [_file_sha256(path) for path in used_paths]  # provenance: a photo edited later is seen
     selection = {"images_in_group": len(group.members), "readable": loaded.readable, "read": len(loaded.images),
                  "max_images": config.max_images, "max_megapixels": config.max_megapixels,
                  "limited_by": loaded.limited_by}
     evaluated, evaluated_paths = _structured(images, used_paths, kernel, group.name)
     crops = evaluation_crops(evaluated, config.eval_crop, config.eval_max_images)
-    return _Inputs(images, kernel, usable.config, usable, used_paths, loaded.unreadable, selection,
+    return _Inputs(images, kernel, usable.config, usable, used_paths, used_sha256, loaded.unreadable, selection,
                    _weight_maps(model, images, config, device, precision, map_cache),
                    crops, evaluated_paths[: len(crops)], _niqe_metric(device), perceptual, loaded.too_small,
                    loaded.duplicates)
@@ -956,7 +966,7 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
         precision=run.compute.precision.name, trainable=run.compute.trainable, wall_time_s=wall,
         versions=_versions(), device=run.compute.device_name, weights_sha256=weights_record["weights_sha256"],
     )
-    record["pairs"] = _pairs_record(inputs.usable, inputs.used_paths, inputs.unreadable,
+    record["pairs"] = _pairs_record(inputs.usable, inputs.used_paths, inputs.unreadable, used_sha256=inputs.used_sha256,
                                     requested_lr_patch=run.config.lr_patch, too_small=inputs.too_small,
                                     duplicates=inputs.duplicates)
     record["pairs"]["selection"] = dict(inputs.selection)
@@ -971,12 +981,14 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
 
 def _pairs_record(usable: UsableImages, used_paths: Sequence[str], unreadable: Sequence[tuple[str, str]], *,
                   requested_lr_patch: int, too_small: Sequence[tuple[str, int, int]] = (),
-                  duplicates: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-    """The manifest's ``pairs`` field: the LR patch used and requested, the minimum image side, and
-    the images used and skipped (unreadable, too small for the patch, or a copy of another); pure: no I/O."""
+                  duplicates: Sequence[tuple[str, str]] = (), used_sha256: Sequence[str | None] = ()
+                  ) -> dict[str, Any]:
+    """The manifest's ``pairs`` field: the LR patch used and requested, the minimum image side, the
+    images used (and their files' sha256) and skipped (unreadable, too small for the patch, or a copy of
+    another); pure: no I/O."""
     return {
         "lr_patch": usable.config.lr_patch, "requested_lr_patch": requested_lr_patch, "min_side": usable.minimum,
-        "images_used": list(used_paths),
+        "images_used": list(used_paths), "images_used_sha256": list(used_sha256),
         "images_skipped": [{"path": p, "reason": f"unreadable: {why}"} for p, why in unreadable] + [
             {"path": p, "width": w, "height": h, "reason": f"smaller than {usable.minimum} LR px per side"}
             for p, w, h in usable.skipped] + [

@@ -10,7 +10,7 @@ import pytest
 
 from adassr.cli import main
 from adassr.runtime.images import read_image, write_image
-from adassr.runtime.store import CameraStore
+from adassr.runtime.store import CameraStore, sha256_file
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "cameras"
 REQUIRED_KEYS = {"camera", "images", "backbone", "scale", "kernel", "niqe_before", "niqe_after", "per_image",
@@ -60,6 +60,8 @@ def test_adapt_end_to_end_writes_artifacts(camera_dir: Path, tmp_path: Path, cap
     assert (timing["plain_steps"], timing["period_first_steps"], timing["evaluations"]) == (0, 2, 3)
     assert timing["setup_s"] > 0 and timing["period_first_steps_s"] > 0 and timing["evaluations_s"] > 0
     assert manifest["images"][0]["derivation"] == "folder"
+    pairs = manifest["pairs"]  # each used photo's bytes are recorded: one edited later is seen
+    assert pairs["images_used_sha256"] == [sha256_file(p) for p in pairs["images_used"]] != []
     threads = manifest["threads"]  # CPU: the pool it started with; changes only if other processes got busy
     assert threads["max"] >= 1 and isinstance(threads["automatic"], bool)
     assert all(c["to"] != c["from"] and 1 <= c["to"] <= threads["max"] for c in threads["changes"])
