@@ -121,8 +121,9 @@ def load_group_images(group: CameraGroup, *, max_images: int | None = None,
         too_small = tuple((str(m.path), w, h) for m, w, h in sized if min(w, h) < min_side)
         sized = [(m, w, h) for m, w, h in sized if min(w, h) >= min_side]
         if too_small:
-            log.warning("camera group %r: skipped %d image(s) too small for any training pair (under %d px per "
-                        "side): %s", group.name, len(too_small), min_side,
+            log.warning("camera group %r: skipped %d image(s) too small for the configured LR patch (under %d px "
+                        "per side; the patch shrinks for small images only when no image of the group is large "
+                        "enough): %s", group.name, len(too_small), min_side,
                         ", ".join(f"{p} ({w}x{h})" for p, w, h in too_small))
     readable_headers = len(sized) + len(too_small)
     selection, members, images = _select_and_decode(sized, max_images, max_megapixels, errors)
