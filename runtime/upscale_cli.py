@@ -144,6 +144,9 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
     parser.add_argument("--quality", type=int, default=95,
                         help="JPEG / WebP quality (default 95); WebP is written lossy at every quality, 100 too "
                              "(a lossless WebP input gives a lossy output: --ext png keeps every pixel)")
+    parser.add_argument("--no-exif", action="store_true",
+                        help="write outputs without the photos' EXIF (camera, date, GPS, ...), which they carry "
+                             "by default; the colour profile stays")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress on stderr (off a terminal there is no bar anyway: one line per image)")
     parser.add_argument("--skip-existing", action="store_true",
@@ -269,6 +272,7 @@ def _upscale_one(
     quality: int,
     tiles: Callable[[int, int], None] | None,
     threads: int | None = None,
+    exif: bool = True,
 ) -> tuple[UpscaleResult, PreparedWrite, list[str]]:
     """Read and upscale one image and prepare its output file (checked, converted, warned about; not written);
     the notes are the reader's and the writer's :class:`ImageWarning` messages, each starting with the file it
@@ -278,7 +282,7 @@ def _upscale_one(
         image = read_image(source)
         result = serve(image, tiles, lambda height, width: check_writable_size(target, height, width))
         prepared = prepare_write(target, result.pixels, alpha=result.alpha, quality=quality,
-                                 icc_profile=image.icc_profile, threads=threads, exif=image.exif)
+                                 icc_profile=image.icc_profile, threads=threads, exif=image.exif if exif else None)
     named = (f"{source}: ", f"{target}: ")
     notes = [message if message.startswith(named) else f"{target}: {message}"
              for message in (str(w.message) for w in caught if issubclass(w.category, ImageWarning))]
@@ -388,6 +392,7 @@ def _run_pairs(
         pairs,
         lambda image, tiles, check: upscaler.upscale(image, camera=camera, progress=tiles, check_output=check),
         quality=args.quality,
+        exif=not getattr(args, "no_exif", False),
         progress=not args.no_progress,
         stdout=stdout,
         stderr=stderr,
@@ -559,6 +564,7 @@ def run_batch(
     skipped: int = 0,
     threads: int | None = None,
     overlap_writes: bool = False,
+    exif: bool = True,
 ) -> int:
     """Upscale each (source, target) pair with ``serve``; one bad file is reported and skipped.
 
@@ -568,6 +574,7 @@ def run_batch(
     image's file on a background thread while the next image is read and upscaled (for models that
     run on a GPU or a server, where the local cores are idle meanwhile), when the output fits
     :func:`overlap_fits`; at most one write is in flight, and results are reported in input order.
+    ``exif``: the outputs carry their photos' EXIF (``--no-exif``: they do not).
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
@@ -627,7 +634,7 @@ def run_batch(
             existed = entry_exists(target) and target.is_file()
             try:
                 result, prepared, notes = _upscale_one(serve, source, target, quality=quality, tiles=bar.tiles(),
-                                                       threads=threads)
+                                                       threads=threads, exif=exif)
             except ImportError:  # a missing optional package: the whole run's problem, with its install advice
                 raise
             except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed

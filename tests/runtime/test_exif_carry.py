@@ -152,6 +152,9 @@ def test_upscale_and_serve_outputs_carry_the_exif(tmp_path: Path) -> None:
     exif = _exif_of(tmp_path / "out.png")
     assert exif.get(271) == "TestMake" and exif.get_ifd(EXIF_IFD).get(36867) == "2023:05:06 07:08:09"
     assert 274 not in exif
+    assert main(["upscale", "-i", str(photo), "-o", str(tmp_path / "bare.png"), "--store", str(store),
+                 "--no-progress", "--no-exif"]) == 0
+    assert not len(_exif_of(tmp_path / "bare.png"))
     config = ServerConfig(store=store, tile=64, overlap=8, threads=1)
     with running_server(config) as live, httpx.Client(base_url=live.url, timeout=60) as client:
         reply = client.post("/v1/upscale?format=jpeg", content=photo.read_bytes())
