@@ -1,25 +1,31 @@
 """The EXIF block an upscaled image carries over from its photo.
 
 What is kept: the photo's description (IFD0: camera make and model, date, description, artist,
-copyright, software, rating) and its Exif and GPS sub-directories (capture date, exposure, lens,
-location, ...). What is not: anything the new pixels make wrong or that cannot be relocated
-safely: the orientation (already applied to the pixels), the pixel dimensions (``PixelXDimension``
-/ ``PixelYDimension``, and the interoperability directory's related image size), resolution (the
-same DPI would print the x4 image four times as large), the image structure tags of a TIFF
-(strips, bits per sample, compression, ...), the thumbnail (IFD1, of the original pixels) and the
-maker note (vendor data with offsets into the original file, which a move breaks).
+copyright, software, rating) and its Exif and GPS directories (capture date, exposure, lens,
+location, ...), with the interoperability directory. What is not: anything the new pixels make
+wrong or that cannot be moved safely: the orientation (already applied to the pixels), the pixel
+dimensions (``PixelXDimension`` / ``PixelYDimension``, and the interoperability directory's related
+image size), the resolution (the same DPI would print the x4 image four times as large), a TIFF's
+image structure tags (strips, bits per sample, compression, ...), the thumbnail (IFD1, of the
+original pixels) and the maker note (vendor data with offsets into the original file, which a move
+breaks).
 
-The payload is TIFF-structured (a TIFF header and IFD0, without JPEG's ``Exif\\0\\0`` prefix): what
-PNG's ``eXIf`` chunk and WebP's ``EXIF`` chunk hold, and JPEG's APP1 segment after the prefix.
-TIFF output takes the same directories into its own IFD0 (:func:`tiff_exif_blob`).
+The entries are copied as they are stored: their type, count and value bytes (only put into
+little-endian order), never through a decoded value, so text in any encoding (a UTF-8 ``Make`` or
+``Artist``), ``UNDEFINED`` fields and rationals come out as they went in. The payload is
+TIFF-structured (a little-endian TIFF header and IFD0, without JPEG's ``Exif\\0\\0`` prefix): what
+PNG's ``eXIf`` chunk and WebP's ``EXIF`` chunk hold, and JPEG's APP1 segment after the prefix. TIFF
+output takes the same directories into its own IFD0 (:func:`tiff_exif_blob`). A source that is
+malformed beyond an entry (a directory out of the data, a loop of directories) carries nothing;
+an entry of an unknown type, or a value over 1 MiB, is left out.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Any
-
-from PIL import Image
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
 
 EXIF_PREFIX = b"Exif\x00\x00"
 MAX_JPEG_EXIF_BYTES = 65_535 - 2 - len(EXIF_PREFIX)
@@ -42,71 +48,176 @@ _EXIF_DROPPED = frozenset({
     0xA002,  # PixelXDimension
     0xA003,  # PixelYDimension
     0x927C,  # MakerNote
-    INTEROP_IFD,  # re-added below without its related image size
 })
 _INTEROP_DROPPED = frozenset({0x1001, 0x1002})  # RelatedImageWidth, RelatedImageLength
 
+# TIFF field types: bytes per value, and the size of the unit whose byte order a value has (1: none)
+_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_UNIT_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 4, 6: 1, 7: 1, 8: 2, 9: 4, 10: 4, 11: 4, 12: 8, 13: 4}
+_LONG = 4
+_MAX_ENTRIES = 1024  # per directory: a camera writes a few dozen
+_MAX_VALUE_BYTES = 1 << 20
 
-def carried_exif(exif: Image.Exif) -> bytes | None:
-    """The EXIF payload an output of the image carries (see the module docstring), or None when the
-    photo has nothing worth carrying or its values cannot be written back (malformed tags)."""
-    out = Image.Exif()
-    for tag in _IFD0_KEPT:
-        if tag in exif:
-            out[tag] = exif[tag]
-    try:
-        sub = {k: v for k, v in exif.get_ifd(EXIF_IFD).items() if k not in _EXIF_DROPPED}
-        interop = {k: v for k, v in exif.get_ifd(INTEROP_IFD).items() if k not in _INTEROP_DROPPED}
-        gps = dict(exif.get_ifd(GPS_IFD))
-    except (KeyError, ValueError, TypeError, struct.error, OSError):  # a damaged sub-directory: IFD0 only
-        sub, interop, gps = {}, {}, {}
-    if interop:
-        sub[INTEROP_IFD] = interop
-    if sub:
-        out[EXIF_IFD] = sub
-    if gps:
-        out[GPS_IFD] = gps
-    if not len(out):
+
+@dataclass(frozen=True)
+class _Entry:
+    tag: int
+    kind: int  # the TIFF field type
+    count: int
+    data: bytes  # the value, little-endian
+
+
+@dataclass(frozen=True)
+class _Directory:
+    entries: tuple[_Entry, ...]
+    children: tuple[tuple[int, _Directory], ...] = ()  # (pointer tag, directory)
+
+
+def carried_exif(payload: bytes | None) -> bytes | None:
+    """The EXIF payload an output carries (see the module docstring) from a photo's raw EXIF block
+    (TIFF-structured, with or without the ``Exif\\0\\0`` prefix), or None when it has nothing worth
+    carrying or cannot be read."""
+    if not payload:
         return None
+    data = payload[len(EXIF_PREFIX):] if payload.startswith(EXIF_PREFIX) else payload
+
+    def read(offset: int, size: int) -> bytes:
+        if offset < 0 or offset + size > len(data):
+            raise ValueError("out of the EXIF block")
+        return data[offset:offset + size]
+
+    return _carried(read)
+
+
+def carried_tiff_exif(fh: BinaryIO) -> bytes | None:
+    """:func:`carried_exif` of a TIFF file's own first directory (a TIFF keeps its EXIF there)."""
+    def read(offset: int, size: int) -> bytes:
+        fh.seek(offset)
+        chunk = fh.read(size)
+        if len(chunk) != size:
+            raise ValueError("out of the file")
+        return chunk
+
+    return _carried(read)
+
+
+def _carried(read: Callable[[int, int], bytes]) -> bytes | None:
     try:
-        data = out.tobytes()
-    except (KeyError, ValueError, TypeError, AttributeError, struct.error, OverflowError):  # a tag Pillow cannot write
+        tree = _read_tree(read)
+    except (ValueError, struct.error, OSError):
         return None
-    return data[len(EXIF_PREFIX):] if data.startswith(EXIF_PREFIX) else data
+    if tree is None or not (tree.entries or tree.children):
+        return None
+    return b"II*\x00" + struct.pack("<I", 8) + _directory_bytes(tree, 8)[0]
 
 
-def exif_fields(payload: bytes) -> tuple[dict[int, Any], dict[int, Any], dict[int, Any]]:
-    """IFD0's tags, the Exif sub-directory (its interoperability directory as a dict under
-    ``INTEROP_IFD``) and the GPS sub-directory of a payload made by :func:`carried_exif`."""
-    exif = Image.Exif()
-    exif.load(payload)
-    ifd0 = {k: v for k, v in exif.items() if k not in (EXIF_IFD, GPS_IFD)}
-    sub = dict(exif.get_ifd(EXIF_IFD))
-    if INTEROP_IFD in sub:
-        sub[INTEROP_IFD] = dict(exif.get_ifd(INTEROP_IFD))
-    return ifd0, sub, dict(exif.get_ifd(GPS_IFD))
+def _read_tree(read: Callable[[int, int], bytes]) -> _Directory | None:
+    """IFD0's kept entries, with the Exif (and in it the interoperability) and GPS directories."""
+    head = read(0, 8)
+    endian = {b"II*\x00": "<", b"MM\x00*": ">"}.get(head[:4])
+    if endian is None:  # BigTIFF or no TIFF structure
+        return None
+    seen: set[int] = set()
+    ifd0, pointers = _entries(read, endian, struct.unpack(endian + "I", head[4:])[0], seen)
+    children = []
+    for tag, dropped in ((EXIF_IFD, _EXIF_DROPPED), (GPS_IFD, frozenset[int]())):
+        if tag not in pointers:
+            continue
+        sub, sub_pointers = _entries(read, endian, pointers[tag], seen)
+        nested: tuple[tuple[int, _Directory], ...] = ()
+        if tag == EXIF_IFD and INTEROP_IFD in sub_pointers:
+            interop, _ = _entries(read, endian, sub_pointers[INTEROP_IFD], seen)
+            kept_interop = _kept(interop, _INTEROP_DROPPED, keep_only=None)
+            nested = ((INTEROP_IFD, _Directory(kept_interop)),) if kept_interop else ()
+        kept = _kept(sub, dropped, keep_only=None)
+        if kept or nested:
+            children.append((tag, _Directory(kept, nested)))
+    return _Directory(_kept(ifd0, frozenset(), keep_only=_IFD0_KEPT), tuple(children))
+
+
+def _kept(entries: dict[int, _Entry], dropped: frozenset[int], *,
+          keep_only: frozenset[int] | None) -> tuple[_Entry, ...]:
+    return tuple(e for t, e in sorted(entries.items())
+                 if t not in dropped and (keep_only is None or t in keep_only))
+
+
+def _entries(read: Callable[[int, int], bytes], endian: str, offset: int,
+             seen: set[int]) -> tuple[dict[int, _Entry], dict[int, int]]:
+    """A directory's entries by tag (values little-endian), and the offsets its pointers to the Exif,
+    GPS and interoperability directories point at."""
+    if offset in seen:
+        raise ValueError("a loop of directories")
+    seen.add(offset)
+    (count,) = struct.unpack(endian + "H", read(offset, 2))
+    if count > _MAX_ENTRIES:
+        raise ValueError("too many entries")
+    raw = read(offset + 2, 12 * count)
+    found: dict[int, _Entry] = {}
+    pointers: dict[int, int] = {}
+    for k in range(count):
+        tag, kind, n = struct.unpack_from(endian + "HHI", raw, 12 * k)
+        field = raw[12 * k + 8:12 * k + 12]
+        if tag in (EXIF_IFD, GPS_IFD, INTEROP_IFD):
+            if kind in (_LONG, 13) and n == 1:
+                pointers[tag] = struct.unpack(endian + "I", field)[0]
+            continue
+        size = _TYPE_BYTES.get(kind, 0) * n
+        if size == 0 or size > _MAX_VALUE_BYTES:  # an unknown type, or absurd: this entry only is left out
+            continue
+        value = field[:size] if size <= 4 else read(struct.unpack(endian + "I", field)[0], size)
+        found[tag] = _Entry(tag, kind, n, _little(value, _UNIT_BYTES[kind], endian))
+    return found, pointers
+
+
+def _little(value: bytes, unit: int, endian: str) -> bytes:
+    """``value`` (units of ``unit`` bytes in ``endian`` order) in little-endian order."""
+    if endian == "<" or unit == 1:
+        return value
+    return b"".join(value[i:i + unit][::-1] for i in range(0, len(value), unit))
+
+
+def _padded(data: bytes) -> bytes:
+    return data + b"\0" * (len(data) % 2)  # values start on a word boundary
+
+
+def _directory_bytes(directory: _Directory, at: int) -> tuple[bytes, list[tuple[int, int, int, bytes]]]:
+    """``directory`` laid out at offset ``at`` (even): its entries, next-directory pointer, values and
+    sub-directories; and its ``(tag, type, count, 4-byte field)`` entries."""
+    data, entries = _values_and_children(directory, at + 2 + 12 * (len(directory.entries) +
+                                                                  len(directory.children)) + 4)
+    head = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", t, k, n) + f for t, k, n, f in entries)
+    return head + struct.pack("<I", 0) + data, entries
+
+
+def _values_and_children(directory: _Directory, at: int) -> tuple[bytes, list[tuple[int, int, int, bytes]]]:
+    """The out-of-line values and the sub-directories of ``directory``, laid out from offset ``at``
+    (even), and its entries (sorted by tag, as TIFF wants) whose fields point there."""
+    values = b""
+    entries = []
+    for e in directory.entries:
+        if len(e.data) <= 4:
+            entries.append((e.tag, e.kind, e.count, e.data.ljust(4, b"\0")))
+        else:
+            entries.append((e.tag, e.kind, e.count, struct.pack("<I", at + len(values))))
+            values += _padded(e.data)
+    blobs = b""
+    for tag, child in directory.children:
+        where = at + len(values) + len(blobs)
+        entries.append((tag, _LONG, 1, struct.pack("<I", where)))
+        blobs += _directory_bytes(child, where)[0]
+    return values + blobs, sorted(entries, key=lambda entry: entry[0])
 
 
 def tiff_exif_blob(payload: bytes, at: int) -> tuple[bytes, list[tuple[int, int, int, bytes]]]:
-    """``payload``'s directories for a little-endian TIFF whose next bytes start at offset ``at``:
-    the bytes to write there, and the ``(tag, type, count, value field)`` entries (4-byte fields,
-    offsets absolute) to put in the TIFF's IFD0, among its own.
+    """A payload of :func:`carried_exif` for a little-endian TIFF whose next bytes start at (even) offset
+    ``at``: the bytes to write there (IFD0's out-of-line values, then the Exif and GPS directories),
+    and the ``(tag, type, count, value field)`` entries to put in the TIFF's own IFD0."""
+    def read(offset: int, size: int) -> bytes:
+        if offset + size > len(payload):
+            raise ValueError("out of the EXIF payload")
+        return payload[offset:offset + size]
 
-    Pillow lays the tags out as one directory at ``at`` followed by its values and sub-directories;
-    that directory's entries are taken into IFD0 and its own header is never read (unused bytes,
-    which TIFF allows)."""
-    from PIL import TiffImagePlugin
-
-    ifd0, sub, gps = exif_fields(payload)
-    ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II")
-    for tag, value in ifd0.items():
-        ifd[tag] = value
-    if sub:
-        ifd[EXIF_IFD] = sub
-    if gps:
-        ifd[GPS_IFD] = gps
-    data = ifd.tobytes(at)
-    (count,) = struct.unpack_from("<H", data)
-    entries = [struct.unpack_from("<HHI4s", data, 2 + 12 * k) for k in range(count)]
-    return data, [(int(tag), int(kind), int(n), bytes(field)) for tag, kind, n, field in entries]
-
+    tree = _read_tree(read)
+    if tree is None:
+        return b"", []
+    return _values_and_children(tree, at)

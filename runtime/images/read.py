@@ -69,7 +69,7 @@ from adassr.runtime.images.containers import (
     read_png_header,
     tiff_without_orientation,
 )
-from adassr.runtime.images.exif import carried_exif
+from adassr.runtime.images.exif import carried_exif, carried_tiff_exif
 from adassr.runtime.images.jpeg_reader import decode_jpeg_checked, progressive_shortfall
 from adassr.runtime.images.orientation import ORIENTATION_TAG, apply_orientation
 from adassr.runtime.images.strips import row_strips
@@ -129,6 +129,7 @@ def read_image(
                 f"{max_pixels:,}, which guards memory; downscale it first"
             )
         pixels, alpha, exif = _decode(p, im, notes)
+        carried = _carried_exif(p, im)
         profile = im.info.get("icc_profile")
         declared = _colour_declaration(im.info, exif)
         _warn_if_more_frames(im, p, notes)
@@ -148,8 +149,26 @@ def read_image(
         icc_profile=profile,
         dropped_profile=dropped,
         untagged_colour=declared if profile is None and dropped is None else None,
-        exif=carried_exif(exif),
+        exif=carried,
     )
+
+
+def _carried_exif(p: Path, im: ImageFile.ImageFile) -> bytes | None:
+    """The EXIF an output of the image carries (:func:`carried_exif`), from the file's raw EXIF block: JPEG's
+    and WebP's as Pillow found it, PNG's by the rule :func:`_png_exif` follows, a TIFF's own first directory."""
+    if im.format in ("JPEG", "MPO", "WEBP"):
+        raw = im.info.get("exif")
+        return carried_exif(raw) if isinstance(raw, bytes) else None
+    try:
+        if im.format == "PNG":
+            with p.open("rb", buffering=0) as fh:
+                return carried_exif(_png_exif_payload(fh, os.fstat(fh.fileno()).st_size))
+        if im.format == "TIFF":
+            with p.open("rb") as fh:
+                return carried_tiff_exif(fh)
+    except (OSError, ValueError, zlib.error):  # the pixels were read: an output then carries no EXIF
+        return None
+    return None
 
 
 _SRGB_GAMMA = 1 / 2.2  # PNG gAMA of sRGB (0.45455)

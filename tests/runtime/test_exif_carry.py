@@ -9,6 +9,7 @@ capture dates, and an upscaled photo the EXIF Make that routes it to its camera'
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +101,7 @@ def test_photos_without_exif_and_bundled_camera_photos(tmp_path: Path) -> None:
 def test_a_block_too_large_for_jpeg_is_dropped_with_a_note_and_kept_by_png(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[271], exif[270] = "BigMake", "x" * (MAX_JPEG_EXIF_BYTES + 10)
-    payload = carried_exif(exif)
+    payload = carried_exif(exif.tobytes())
     assert payload is not None and len(payload) > MAX_JPEG_EXIF_BYTES
     pixels = np.zeros((16, 16, 3), np.uint8)
     notes: list[str] = []
@@ -117,19 +118,116 @@ def test_a_bigtiff_goes_without_exif_with_a_note(monkeypatch: pytest.MonkeyPatch
 
     exif = Image.Exif()
     exif[271] = "Make"
-    payload = carried_exif(exif)
+    payload = carried_exif(exif.tobytes())
     monkeypatch.setattr(write_module, "is_bigtiff", lambda *size: True)  # a 3.5 GiB array is no unit test
     notes: list[str] = []
     data = encode_image(".tif", np.zeros((8, 8, 3), np.uint8), exif=payload, notes=notes)
     assert 271 not in _exif_of(data) and "BigTIFF" in notes[0]
 
 
-def test_exif_that_cannot_be_written_back_is_left_out_not_a_crash() -> None:
-    exif = Image.Exif()
-    exif[271] = "Make"
-    exif[270] = 1.5j  # no TIFF type holds it
-    assert carried_exif(exif) is None
-    assert carried_exif(Image.Exif()) is None
+def _block(endian: str, ifd0: list[tuple[int, int, int, bytes]],
+           exif_dir: Sequence[tuple[int, int, int, bytes]] = ()) -> bytes:
+    """A raw EXIF block (``Exif\\0\\0``, TIFF header, IFD0 and an Exif directory) from
+    ``(tag, type, count, value bytes in endian's order)`` entries, laid out by hand as cameras do."""
+    import struct
+
+    def directory(entries: list[tuple[int, int, int, bytes]], at: int) -> bytes:
+        values_at = at + 2 + 12 * len(entries) + 4
+        head, values = struct.pack(endian + "H", len(entries)), b""
+        for tag, kind, count, value in entries:
+            if len(value) <= 4:
+                head += struct.pack(endian + "HHI", tag, kind, count) + value.ljust(4, b"\0")
+            else:
+                head += struct.pack(endian + "HHII", tag, kind, count, values_at + len(values))
+                values += value + b"\0" * (len(value) % 2)
+        return head + struct.pack(endian + "I", 0) + values
+
+    order = b"II*\x00" if endian == "<" else b"MM\x00*"
+    first = [*ifd0, (EXIF_IFD, 4, 1, b"\0\0\0\0")] if exif_dir else list(ifd0)
+    size = len(directory(first, 8))
+    if exif_dir:
+        first[-1] = (EXIF_IFD, 4, 1, struct.pack(endian + "I", 8 + size))
+    tiff = order + struct.pack(endian + "I", 8) + directory(first, 8)
+    if exif_dir:
+        tiff += directory(list(exif_dir), 8 + size)
+    return b"Exif\x00\x00" + tiff
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_entries_are_carried_as_stored_text_types_and_rationals(tmp_path: Path, endian: str) -> None:
+    """Pillow's model rewrote the entries: a UTF-8 Make became '??ikon ??' (and an upscaled photo then
+    routed to another camera), UNDEFINED fields became BYTE, rationals were reduced (a helper's review)."""
+    import struct
+
+    make = "Ñikon ©".encode() + b"\0"
+    artist = "José Müller".encode() + b"\0"
+    rational = struct.pack(endian + "II", 28, 10)  # FNumber 2.8 as the camera stored it
+    comment = b"UNICODE\0" + "héllo".encode("utf-16-be" if endian == ">" else "utf-16-le")
+    block = _block(endian, [(271, 2, len(make), make), (272, 2, 5, b"D850\0"), (274, 3, 1,
+                                                                                  struct.pack(endian + "H", 6)),
+                            (315, 2, len(artist), artist)],
+                   [(33437, 5, 1, rational), (0x9286, 7, len(comment), comment),
+                    (0x9101, 7, 4, b"\x01\x02\x03\x00"), (0xA002, 4, 1, struct.pack(endian + "I", 4000))])
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photo, exif=block)
+    image = read_image(photo)
+    assert read_camera_exif(photo) == ("Ñikon ©", "D850")
+    for suffix in FORMATS:
+        out = write_image(tmp_path / f"out{suffix}", image.pixels, exif=image.exif)
+        assert read_camera_exif(out) == ("Ñikon ©", "D850")  # routed to the same camera as the photo
+        assert read_image(out).exif == image.exif  # the block travels unchanged through every format
+    from PIL import TiffImagePlugin
+
+    payload = image.exif
+    assert payload is not None
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(payload[:8])
+    ifd.load(_at(payload, 8))
+    assert ifd.tagtype[271] == 2 and 274 not in ifd
+    exif_at = ifd[EXIF_IFD]
+    sub = TiffImagePlugin.ImageFileDirectory_v2(payload[:8])
+    sub.load(_at(payload, exif_at))
+    assert sub.tagtype[0x9286] == 7 and sub.tagtype[0x9101] == 7 and 0xA002 not in sub
+    assert sub.tagtype[33437] == 5 and sub[33437].numerator == 28 and sub[33437].denominator == 10
+
+
+def _at(data: bytes, offset: int) -> io.BytesIO:
+    stream = io.BytesIO(data)
+    stream.seek(offset)
+    return stream
+
+
+def test_a_tiff_photo_carries_its_exif_and_gps_directories(tmp_path: Path) -> None:
+    """A TIFF keeps its Exif and GPS directories in the file, which Pillow reads when first asked for:
+    asked after the file was closed, they came back empty (a helper's review)."""
+    source = read_image(_photo_with_everything(tmp_path / "photo.jpg"))
+    tif = write_image(tmp_path / "photo.tif", source.pixels, exif=source.exif)
+    again = read_image(tif)
+    assert again.exif == source.exif
+    exif = _exif_of(write_image(tmp_path / "out.png", again.pixels, exif=again.exif))
+    assert exif.get_ifd(EXIF_IFD).get(36867) == "2023:05:06 07:08:09" and exif.get_ifd(GPS_IFD)[1] == "N"
+
+
+@pytest.mark.parametrize("damage", ["no TIFF header", "IFD0 out of the block", "a loop", "unknown type",
+                                    "BigTIFF"])
+def test_a_malformed_block_carries_nothing_or_leaves_the_entry_out(damage: str) -> None:
+    import struct
+
+    good = _block("<", [(271, 2, 5, b"Make\0"), (306, 2, 20, b"2024:01:02 03:04:05\0")])[6:]
+    if damage == "no TIFF header":
+        assert carried_exif(b"JUNK" + good[4:]) is None
+    elif damage == "IFD0 out of the block":
+        assert carried_exif(good[:4] + struct.pack("<I", 10_000) + good[8:]) is None
+    elif damage == "a loop":  # IFD0's Exif pointer points at IFD0 itself
+        looped = _block("<", [(271, 2, 5, b"Make\0"), (EXIF_IFD, 4, 1, struct.pack("<I", 8))])[6:]
+        assert carried_exif(looped) is None
+    elif damage == "unknown type":
+        odd = _block("<", [(271, 2, 5, b"Make\0"), (306, 99, 20, b"\0\0\0\0")])[6:]
+        exif = Image.Exif()
+        exif.load(carried_exif(odd) or b"")
+        assert exif.get(271) == "Make" and 306 not in exif
+    else:
+        assert carried_exif(b"II+\x00" + good[4:]) is None
+    assert carried_exif(b"") is None and carried_exif(None) is None
     with pytest.raises(Exception, match="exif must be bytes"):
         encode_image(".png", np.zeros((4, 4, 3), np.uint8), exif="Make")  # type: ignore[arg-type]
 
