@@ -57,8 +57,20 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from script_cli import (  # noqa: E402
+    ScriptError,
+    existing_file,
+    output_dir,
+    positive_int,
+    read_json,
+    run_script,
+)
+
+from adassr.runtime.store import atomic_write_bytes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CANON = ROOT / "samples" / "cameras" / "canon" / "xmp_test.jpg"
@@ -213,14 +225,23 @@ def fill_hr_niqe(paths: list[Path], fuji_path: Path) -> int:
     """Add the HR crops' NIQE to result files written before it was recorded, and rewrite them."""
     specs = {g.name: g for g in GROUPS + DEV_GROUPS}
     cache: dict[tuple[str, int], np.ndarray] = {}
-    for path in paths:
-        result = json.loads(path.read_text())
+    results = [(path, read_result(path)) for path in paths]  # every file is checked before any is rewritten
+    for path, result in results:
         for name, g in result["groups"].items():
             if "hr" not in g and name in specs:
                 g["hr"] = hr_niqe(build_group(specs[name], fuji_path, cache)[0])
         _save(result, path.parent, path.stem)
         print(f"rewrote {path} and its .md")
     return 0
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A result file of this script (``adaptation_quality_v2_*.json``); anything else is a :class:`ScriptError`."""
+    what = "a result file of benchmarks/adaptation_quality.py (adaptation_quality_v2_*.json)"
+    data = read_json(path, what)
+    if not (isinstance(data, dict) and isinstance(data.get("groups"), dict) and {"machine", "ablation"} <= set(data)):
+        raise ScriptError(f"{path} is no result of this script: pass {what}")
+    return data
 
 
 def baseline_key(lrs: dict[str, np.ndarray], backbone_sha256: str) -> str:
@@ -458,16 +479,14 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         for gname, r in real.items():
             lines.append(f"| {gname} | {r['images']} | {r['niqe_before']:.3f} | {r['niqe_after']:.3f} | {r['steps']} | "
                          f"{r['stop_reason']} | {r['wall_s']:.0f} |")
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def write_result(result: dict[str, Any], out: Path, stem: str,
                  markdown: Callable[[dict[str, Any], Path], None]) -> None:
     """``<out>/<stem>.json`` (atomically) and ``<stem>.md`` (written by ``markdown``)."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{stem}.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out / f"{stem}.json")
+    atomic_write_bytes(out / f"{stem}.json", (json.dumps(result, indent=1) + "\n").encode())
     markdown(result, out / f"{stem}.md")
 
 
@@ -479,7 +498,7 @@ def _save(result: dict[str, Any], out: Path, stem: str) -> None:
 def merge_results(paths: list[Path], out: Path, tag: str) -> int:
     """Union of the groups (and real groups) of several result files of the same ablation; a group in
     several files (other seeds, ``--first-seed``) gets the union of its runs."""
-    parts = [json.loads(p.read_text()) for p in paths]
+    parts = [read_result(p) for p in paths]
     ablations = {p["ablation"] for p in parts}
     if len(ablations) != 1:
         print(f"refusing to merge different ablations: {sorted(ablations)}", file=sys.stderr)
@@ -529,7 +548,7 @@ def _seed_spread(part: dict[str, Any], groups: list[str], metric: str) -> str:
 def ablation_table(paths: list[Path], out: Path) -> int:
     """One Markdown table comparing result files (one ablation each) by group: dLPIPS and dNIQE vs the
     backbone, with the machine of each file (the CPU budget is a time budget, so steps depend on it)."""
-    parts = [json.loads(p.read_text()) for p in paths]
+    parts = [read_result(p) for p in paths]
     groups = sorted({g for part in parts for g, v in part["groups"].items() if v.get("runs")})
     machines = sorted({part["machine"] for part in parts})
     label = {m: chr(ord("A") + i) for i, m in enumerate(machines)}
@@ -562,15 +581,14 @@ def ablation_table(paths: list[Path], out: Path) -> int:
                      + f" | {_seed_spread(part, groups, 'lpips')} | {_seed_spread(part, groups, 'niqe')} | "
                      f"{kept}/{n_runs} | {np.mean(steps):.0f} | {np.mean(walls):.0f} | `{path.name}` |")
     lines += ["", "Machines: " + "; ".join(f"{label[m]}: {m}" for m in machines) + ".", ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    atomic_write_bytes(out, "\n".join(lines).encode())
     print(out.read_text())
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seeds", type=int, default=3, help="how many adaptation seeds (default 3)")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="the first seed: seeds run first..first+N-1 (default 0); --merge joins the runs")
@@ -578,10 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fujifilm", type=Path, default=FUJI, help="path of fujifilm.mpo (Pillow's test image)")
     parser.add_argument("--real-groups", default="", help="comma-separated samples/cameras groups to adapt "
                         "and score by NIQE (e.g. canon,nintendo,nokia); default none")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--no-pictures", action="store_true", help="skip the PNG crop grids and curves")
     ablation = parser.add_argument_group("ablations (default: the product's defaults for the device)")
-    ablation.add_argument("--steps", type=int, default=None)
+    ablation.add_argument("--steps", type=positive_int, default=None)
     ablation.add_argument("--kernel", choices=("estimate", "bicubic"), default=None)
     ablation.add_argument("--no-augment", action="store_true", help="plain crops, no augmentation")
     ablation.add_argument("--no-early-stop", action="store_true",
@@ -591,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     ablation.add_argument("--lambda-perceptual", type=float, default=None)
     ablation.add_argument("--lambda-gan", type=float, default=None)
     ablation.add_argument("--ema-decay", type=float, default=None)
-    ablation.add_argument("--feature-bank", type=int, default=None, help="tail mode: pairs per evaluation period")
+    ablation.add_argument("--feature-bank", type=positive_int, default=None,
+                          help="tail mode: pairs per evaluation period")
     ablation.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                           help="training autocast (default auto: bf16 where the CPU has it natively and it is "
                           "faster, else fp32); fp32 on a bf16 CPU shows the quality AVX2-only CPUs get")
@@ -599,12 +618,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSON file of bicubic/backbone scores by LR images and backbone, reused by "
                              "runs without pictures (ablations)")
     parser.add_argument("--tag", default="", help="suffix of the result files (for ablations)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--ablation-table", nargs="+", type=Path, metavar="JSON",
+    parser.add_argument("--out", type=output_dir, default=RESULTS)
+    parser.add_argument("--ablation-table", nargs="+", type=existing_file, metavar="JSON",
                         help="write results/adaptation_quality_v2_cpu_ablations.md comparing these result files")
-    parser.add_argument("--hr-niqe", nargs="+", type=Path, metavar="JSON",
+    parser.add_argument("--hr-niqe", nargs="+", type=existing_file, metavar="JSON",
                         help="add the HR crops' NIQE to result files that lack it, rewrite them and exit")
-    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+    parser.add_argument("--merge", nargs="+", type=existing_file, metavar="JSON",
                         help="combine result files of one ablation run as separate processes (e.g. one per "
                         "group) into <out>/adaptation_quality_v2_cpu[_<tag>].*, then exit")
     args = parser.parse_args(argv)
@@ -727,4 +746,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -35,6 +35,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from script_cli import int_at_least, output_dir, positive_int, run_script  # noqa: E402
+
 SAMPLE = ROOT / "samples" / "cameras" / "nokia" / "iptc.jpg"
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -73,8 +78,10 @@ def _run(model_state, build, sampler_factory, crops, config, device, precision, 
     model.load_state_dict(model_state)
     start = time.perf_counter()
     with counter if counter is not None else contextlib.nullcontext():
-        run_internal_step(model, sampler_factory(), crops, lambda sr: torch.zeros(sr.shape[0]), config,
-                          device=device, precision=precision, trainable=trainable, perceptual=perceptual)
+        result = run_internal_step(model, sampler_factory(), crops, lambda sr: torch.zeros(sr.shape[0]), config,
+                                   device=device, precision=precision, trainable=trainable, perceptual=perceptual)
+    if result.interrupted is not None:  # the loop caught Ctrl-C / SIGTERM: this run's time is no measurement
+        raise KeyboardInterrupt
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -82,23 +89,21 @@ def _run(model_state, build, sampler_factory, crops, config, device, precision, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--steps", type=int_at_least(2), default=12,
+                        help="steps of the timed run (>= 2: the time per step is a difference against a 1-step run)")
+    parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument("--out", type=output_dir, default=RESULTS)
     parser.add_argument("--tag", default="", help="suffix of the result files")
-    parser.add_argument("--lr-patch", type=int, default=None, help="LR patch side (default: the device's default)")
+    parser.add_argument("--lr-patch", type=int_at_least(8), default=None,
+                        help="LR patch side, >= 8 (default: the device's default)")
     parser.add_argument("--trainable", default="tail,all", help="comma-separated trainable modes (tail, all)")
     parser.add_argument("--precisions", default=None,
                         help="comma-separated precisions (default fp32,bf16, plus fp16 on CUDA)")
     args = parser.parse_args(argv)
-    if args.steps < 2:
-        parser.error("--steps must be at least 2 (the time per step is a difference against a 1-step run)")
     modes = [m.strip() for m in args.trainable.split(",") if m.strip()]
     if not modes or any(m not in ("tail", "all") for m in modes):
         parser.error(f"--trainable takes tail and/or all, got {args.trainable!r}")
-    if args.lr_patch is not None and args.lr_patch < 8:
-        parser.error(f"--lr-patch must be at least 8 LR pixels, got {args.lr_patch}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -206,4 +211,4 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -60,6 +60,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a plain checkout (GPU box)
     sys.path.insert(0, str(ROOT))
 
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_cli import output_dir, positive_int, run_script  # noqa: E402
+
 from adassr.cuda_kernels import attention_colsum  # noqa: E402
 from adassr.cuda_kernels.reference import chunked_colsum, dense_colsum_float64  # noqa: E402
 
@@ -465,13 +470,13 @@ def markdown(result: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU (interpreter Triton)")
-    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--out-dir", type=output_dir, default=ROOT / "benchmarks" / "results")
     p.add_argument("--sizes", default=None, help="comma-separated N (default 4096,16384,65536)")
     p.add_argument("--dims", default=None, help="comma-separated d (default 32,64)")
-    p.add_argument("--heads", type=int, default=None, help="heads H (default 4)")
+    p.add_argument("--heads", type=positive_int, default=None, help="heads H (default 4)")
     p.add_argument("--dtypes", default=None, help="comma-separated dtypes (default fp16,bf16)")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 10, smoke 2)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="timed repeats (default 10, smoke 2)")
     p.add_argument("--no-check", action="store_true", help="skip the correctness checks")
     p.add_argument("--interp-worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -560,4 +565,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from script_cli import output_dir, positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_round_args(description: str, argv: list[str] | None) -> argparse.Namespace:
     """``--rounds`` (>= 1, default 3) and ``--out`` (default ``benchmarks/results``)."""
     parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be >= 1")
-    return args
+    parser.add_argument("--rounds", type=positive_int, default=3, help="timed rounds (>= 1)")
+    parser.add_argument("--out", type=output_dir, default=ROOT / "benchmarks" / "results",
+                        help="results folder (default benchmarks/results)")
+    return parser.parse_args(argv)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_cli import output_dir, run_script  # noqa: E402
+
 SAMPLE = ROOT / "samples" / "cameras" / "nokia" / "iptc.jpg"
 RESULTS = ROOT / "benchmarks" / "results"
 BUSY_CODE = "while True: pass"
@@ -64,7 +69,8 @@ def load_commands(load: float) -> list[list[str]]:
 @contextmanager
 def busy_processes(load: float) -> Iterator[None]:
     """Other processes keeping ``load`` CPUs busy for the duration of the block (killed on exit, whatever happens)."""
-    children = [subprocess.Popen(command) for command in load_commands(load)]
+    # a session of their own: a Ctrl-C in the terminal stops this process, which kills them (no traceback of theirs)
+    children = [subprocess.Popen(command, start_new_session=True) for command in load_commands(load)]
     try:
         time.sleep(1.0 if children else 0.0)  # let them start spinning
         yield
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loads", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 1.0, 2.0],
                         help="other processes' load in CPUs (whole spinners plus a duty-cycled one)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=output_dir, default=RESULTS)
     args = parser.parse_args(argv)
     if args.steps < 4:
         parser.error("--steps must be at least 4 (steps 2 to N-1 are timed)")
@@ -132,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         model = backbone.entry.build()
         model.load_state_dict(state)
         sampler = make_pair_sampler([image], kernel, PairConfig(scale=4, lr_patch=config.lr_patch), seed=0)
-        run_internal_step(model, sampler, crops, lambda sr: torch.zeros(sr.shape[0]), config, device=device,
-                          precision=precision, trainable="tail", perceptual=perceptual, progress=progress)
+        result = run_internal_step(model, sampler, crops, lambda sr: torch.zeros(sr.shape[0]), config, device=device,
+                                   precision=precision, trainable="tail", perceptual=perceptual, progress=progress)
+        if result.interrupted is not None:  # the loop caught Ctrl-C: stop here, not after every load's runs
+            raise KeyboardInterrupt
 
     rows = []
     for load in args.loads:
@@ -177,4 +185,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

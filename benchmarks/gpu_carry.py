@@ -373,4 +373,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from script_cli import run_script  # this folder is sys.path[0] for a script
+
+    run_script(main)

@@ -801,4 +801,6 @@ def _record(summary: dict[str, Any], args: argparse.Namespace, start: float) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from script_cli import run_script  # this folder is sys.path[0] for a script
+
+    run_script(main)

@@ -26,8 +26,11 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from script_cli import ScriptError, non_negative_int, output_dir, positive_int, run_script  # noqa: E402
 
 PHOTOS = sorted((ROOT / "samples" / "cameras").glob("*/*.jp*g"))
 
@@ -68,24 +71,35 @@ def quantise(model: Path, out: Path, input_name: str, method: str, n_calib: int)
     return time.perf_counter() - start
 
 
+def open_model(ort: Any, model: Path, options: Any) -> Any:
+    """An onnxruntime CPU session of ``model``; a file onnxruntime cannot load is a :class:`ScriptError`."""
+    try:
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's load errors derive from Exception only
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ScriptError(f"{model} is not an ONNX model onnxruntime can load ({reason}); pass an exported "
+                          "fp32 model.<sha>.onnx (adassr export --camera NAME)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from adassr.adapt.quality.psnr_ssim import psnr
     from adassr.runtime.cpu_info import detect_cpu
+    from adassr.runtime.store import atomic_write_bytes
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="an exported fp32 model.<sha>.onnx")
     parser.add_argument("--method", choices=("minmax", "percentile"), nargs="+", default=["minmax", "percentile"])
-    parser.add_argument("--calibration-crops", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--calibration-crops", type=positive_int, default=8)
+    parser.add_argument("--threads", type=non_negative_int, default=2, help="0: onnxruntime's default")
+    parser.add_argument("--out", type=output_dir, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     if not args.model.is_file():
         parser.error(f"{args.model} not found: export a camera first (adassr export --camera NAME)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
-    fp32 = ort.InferenceSession(str(args.model), options, providers=["CPUExecutionProvider"])
+    fp32 = open_model(ort, args.model, options)
     name = fp32.get_inputs()[0].name
     tests = crops(3, 128, seed=7)
 
@@ -118,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             print(method, json.dumps(result["int8"][method]), flush=True)
     slug = "".join(c if c.isalnum() else "-" for c in cpu.model_name.lower()).strip("-")[:40]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"int8_probe_{slug}.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_bytes(args.out / f"int8_probe_{slug}.json", (json.dumps(result, indent=1) + "\n").encode())
     fp32_med = float(np.median(result["fp32_s"]))
     lines = [f"# int8 vs fp32 on the onnxruntime CPU provider ({cpu.model_name})", "",
              f"Flags: {', '.join(result['flags'])}; {args.threads} threads; model `{args.model.name}`; "
@@ -130,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| int8 QDQ, {method} calibration | {med:.2f} | {fp32_med / med:.2f}x | "
                      + ", ".join(f"{v:.1f}" for v in r["psnr_vs_fp32_db"]) + " | "
                      + ", ".join(f"{v:.3f}" for v in r["max_abs_vs_fp32"]) + " |")
-    (args.out / f"int8_probe_{slug}.md").write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(args.out / f"int8_probe_{slug}.md", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,6 +41,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_cli import non_negative_int, output_dir, run_script  # noqa: E402
+
 KINDS = ("bytes lost", "a stretch repeated", "cut, end marker kept", "the rest zero-filled", "one bit flipped")
 AT_SCAN_BOUNDARIES = "cut at a scan boundary, end marker kept"
 """Not one of the random kinds (their seeded sequence stays as it was): every boundary of the progressive layout."""
@@ -175,9 +181,9 @@ def _share(part: int, whole: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--copies", type=int, default=40, help="damaged copies per photo and layout (default 40)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--rounds", type=int, default=15, help="timed reads per file and path (default 15)")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out-dir", type=output_dir, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.copies < 1 or args.rounds < 1:
         parser.error("--copies and --rounds must be at least 1")
@@ -222,4 +228,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -54,8 +54,11 @@ from PIL import Image
 from scipy.optimize import least_squares
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from script_cli import existing_file, int_at_least, non_negative_int, output_file, positive_int, run_script  # noqa: E402
 
 from adassr.adapt.degradation import blur_downsample, gaussian_kernel  # noqa: E402
 from adassr.adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
@@ -207,14 +210,14 @@ def bias_report(named: list[tuple[str, np.ndarray]], *, scale: int, n_kernels: i
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
-    parser.add_argument("--kernels", type=int, default=40, help="random kernels per scale")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="default: results/kernel_calibration.json, "
+    parser.add_argument("--scales", type=int_at_least(2), nargs="+", default=[2, 3, 4], help="scales (>= 2)")
+    parser.add_argument("--kernels", type=positive_int, default=40, help="random kernels per scale (>= 1)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--out", type=output_file, default=None, help="default: results/kernel_calibration.json, "
                         "with --bias results/kernel_calibration_bias.json")
     parser.add_argument("--extra-photo", type=Path, action="append", default=[],
                         help="another large sharp photo to calibrate on, downscaled by 2-4 (repeatable)")
-    parser.add_argument("--native-photo", type=Path, action="append", default=[],
+    parser.add_argument("--native-photo", type=existing_file, action="append", default=[],
                         help="a photo to calibrate on at its own resolution (repeatable)")
     parser.add_argument("--bias", action="store_true",
                         help="report the current constants' bias per kind of photo instead of fitting "
@@ -257,4 +260,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -33,8 +33,20 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from script_cli import (  # noqa: E402
+    existing_dir,
+    float_list,
+    non_negative_float,
+    non_negative_int,
+    output_dir,
+    positive_float,
+    positive_int,
+    run_script,
+)
 
 SCALE = 4
 CROP = 512
@@ -129,18 +141,20 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hr-dir", type=Path, default=ROOT / "benchmarks" / "data" / "dev_photos")
-    parser.add_argument("--gains", default="1.0,1.6,2.2")
-    parser.add_argument("--noises", default="0,2,5", help="Gaussian sensor noise sigmas in 8-bit levels")
+    parser.add_argument("--hr-dir", type=existing_dir, default=ROOT / "benchmarks" / "data" / "dev_photos")
+    parser.add_argument("--gains", type=float_list(positive_float), default="1.0,1.6,2.2",
+                        help="comma-separated exposure gains (> 0)")
+    parser.add_argument("--noises", type=float_list(non_negative_float), default="0,2,5",
+                        help="comma-separated Gaussian sensor noise sigmas in 8-bit levels (>= 0)")
     parser.add_argument("--machine", default=None, help="the machine, as the report names it (default: the CPU)")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out-dir", type=output_dir, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default="")
     parser.add_argument("--keep-clipped", action="store_true",
                         help="count clipped pixels as any other (the estimator before clipping was handled)")
-    parser.add_argument("--clip-reach", type=int, default=None,
+    parser.add_argument("--clip-reach", type=non_negative_int, default=None,
                         help="pixels around clipped areas that do not count as structure for the flat-image "
                              "check (default: features.CLIP_REACH)")
-    parser.add_argument("--max-photos", type=int, default=None)
+    parser.add_argument("--max-photos", type=positive_int, default=None, help="use the first N photos (>= 1)")
     args = parser.parse_args(argv)
     from adassr.adapt.kernel import features
     from adassr.runtime.store import atomic_write_bytes
@@ -150,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep_clipped:
         features.CLIP_MARGIN = -1.0  # nothing counts as clipped
     photos = load_photos(args.hr_dir)[: args.max_photos]
-    rows = run(photos, [float(g) for g in args.gains.split(",")], [float(n) for n in args.noises.split(",")])
+    rows = run(photos, args.gains, args.noises)
     try:
         hr_label = str(args.hr_dir.resolve().relative_to(ROOT))
     except ValueError:
@@ -172,4 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -44,6 +44,7 @@ from kernel_estimation import (  # noqa: E402
     synthesize,
     this_machine,
 )
+from script_cli import existing_dir, output_dir, run_script  # noqa: E402
 
 from adassr.adapt.kernel import estimate_kernel  # noqa: E402
 from adassr.adapt.kernel.agreement import DIRECTION_AGREEMENT_WARN, warn_threshold  # noqa: E402
@@ -173,7 +174,7 @@ def report(rows: list[dict], label: str, machine: str, wall: float, *, single: b
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conditions", default="5/60,0/none", help="NOISE/QUALITY list (noise in 1/255)")
-    parser.add_argument("--hr-dir", type=Path, default=DEV_PHOTOS, help="the group's sharp photos")
+    parser.add_argument("--hr-dir", type=existing_dir, default=DEV_PHOTOS, help="the group's sharp photos")
     parser.add_argument("--calibration-crops", action="store_true", help="use the calibration crops instead")
     parser.add_argument("--round", action="store_true", help=f"add {len(ROUND)} round kernels (false alarms)")
     parser.add_argument("--held-out", action="store_true",
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="estimate each photo alone (the direction check then compares its tiles or quadrants)")
     parser.add_argument("--angles", default=",".join(f"{a:g}" for a in ANGLES),
                         help="comma-separated true angles in degrees (default 0-150 in steps of 30)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=output_dir, default=RESULTS)
     args = parser.parse_args(argv)
     conditions = parse_conditions(args.conditions)
     try:
@@ -214,4 +215,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -51,6 +51,7 @@ for path in (ROOT, ROOT / "benchmarks"):
 
 from kernel_direction_agreement import DEV_PHOTOS, RESULTS, kernels, parse_conditions  # noqa: E402
 from kernel_estimation import _jpeg, _save, angle_error, load_hr, synthesize, this_machine  # noqa: E402
+from script_cli import output_dir, run_script  # noqa: E402
 
 from adassr.adapt.kernel.estimate import (  # noqa: E402
     KernelEstimationConfig,
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-crops", action="store_true", help="the calibration crops instead of the "
                                                                           "development photos")
     parser.add_argument("--mirror", action="store_true", help="flip the photos left-right first")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=output_dir, default=RESULTS)
     args = parser.parse_args(argv)
     conditions = parse_conditions(args.conditions)
     if args.calibration_crops:
@@ -254,4 +255,4 @@ def _row_record(row: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

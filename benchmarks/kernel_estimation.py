@@ -43,15 +43,18 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from script_cli import existing_dir, output_dir, positive_float, run_script  # noqa: E402
 
 from adassr.adapt.degradation import (  # noqa: E402
     bicubic_kernel,
@@ -61,6 +64,7 @@ from adassr.adapt.degradation import (  # noqa: E402
 )
 from adassr.adapt.kernel import KernelEstimationConfig, estimate_kernel  # noqa: E402
 from adassr.export.bench import machine_name  # noqa: E402
+from adassr.runtime.errors import ConfigError  # noqa: E402
 from adassr.runtime.store import atomic_write_bytes  # noqa: E402
 
 HR_DIR = ROOT / "tests" / "data" / "hr"
@@ -510,6 +514,36 @@ def config_from_json(values: dict) -> KernelEstimationConfig:
     return KernelEstimationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+def config_argument(text: str) -> KernelEstimationConfig:
+    """``--config-json``: KernelEstimationConfig overrides as inline JSON (``'{"pixel_snr": 4}'``) or the path
+    of a JSON file holding that object."""
+    source = "the inline JSON"
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"{text!r} is neither inline JSON (an object, '{{\"name\": value}}') "
+                                             "nor the path of a JSON file")
+        try:
+            text, source = path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {path}: {exc}") from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{source} is not valid JSON ({exc})") from None
+    if not isinstance(values, dict):
+        raise argparse.ArgumentTypeError(f"{source} must be a JSON object of KernelEstimationConfig settings")
+    known = {f.name for f in fields(KernelEstimationConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown KernelEstimationConfig setting(s) {unknown}; "
+                                         f"choose from {sorted(known)}")
+    try:
+        return config_from_json(values)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _read_robustness_result(path: Path, option: str) -> dict:
     """A result file of ``--robustness``, with its ``rows`` and ``config``; a clear error otherwise."""
     try:
@@ -633,8 +667,10 @@ def robustness_stem(rows: list[dict], scored: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 angles instead of 6")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--config-json", default="{}", help="KernelEstimationConfig overrides (development)")
+    parser.add_argument("--out", type=output_dir, default=RESULTS)
+    parser.add_argument("--config-json", type=config_argument, default="{}", metavar="JSON",
+                        help="KernelEstimationConfig overrides (development): inline JSON, e.g. "
+                             "'{\"pixel_snr\": 4}', or the path of a JSON file holding such an object")
     parser.add_argument("--robustness", action="store_true",
                         help="group mode over noise 0/2/5 and JPEG none/95/75/60 (kernel_robustness.*; with --quick "
                              "kernel_robustness_quick.*)")
@@ -642,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="rewrite the report of an earlier --robustness result from its rows (no estimation "
                              "is run), under the JSON's own name in --out (a variant, e.g. "
                              "kernel_robustness_hr_q60_vote.json, replaced the headline kernel_robustness.*)")
-    parser.add_argument("--wall-seconds", type=float,
+    parser.add_argument("--wall-seconds", type=positive_float,
                         help="with --report-from: the original run's wall time, for files written before "
                              "it was recorded")
     parser.add_argument("--noises", type=parse_noises, default=ROBUST_NOISES, metavar="LIST",
@@ -657,15 +693,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --merge-rows or --report-from: the results' file name without suffix (default: "
                              "kernel_robustness[_quick][_<folder>] for --merge-rows, the JSON's own for --report-from)")
     parser.add_argument("--machine", help="the machine, as the report names it")
-    parser.add_argument("--hr-dir", type=Path, default=HR_DIR, metavar="DIR",
+    parser.add_argument("--hr-dir", type=existing_dir, default=HR_DIR, metavar="DIR",
                         help="with --robustness: make the group from these photos instead of tests/data/hr "
                              "(e.g. benchmarks/data/dev_photos); files kernel_robustness[_quick]_<folder name>.*")
     args = parser.parse_args(argv)
     if args.hr_dir != HR_DIR and not args.robustness:
         raise SystemExit("--hr-dir goes with --robustness (the single-image benchmark scores tests/data/hr); "
                          "add --robustness")
-    overrides = json.loads(args.config_json)
-    config = config_from_json(overrides)
+    config = args.config_json
     machine = args.machine or this_machine()
     t0 = time.perf_counter()
     if args.name is not None and not (args.merge_rows or args.report_from):
@@ -692,4 +727,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

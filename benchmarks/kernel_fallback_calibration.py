@@ -31,6 +31,7 @@ for extra in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(extra))
 
 from kernel_calibration import calibration_images  # noqa: E402
+from script_cli import non_negative_int, output_dir, positive_int, run_script  # noqa: E402
 
 from adassr.adapt.degradation import blur_downsample, gaussian_kernel, jpeg_roundtrip  # noqa: E402
 from adassr.adapt.kernel import estimate_kernel  # noqa: E402
@@ -82,9 +83,9 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kernels", type=int, default=12, help="random kernels per condition")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--kernels", type=positive_int, default=12, help="random kernels per condition (>= 1)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--out", type=output_dir, default=RESULTS, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     images = [img for _, img in calibration_images()]
     rng = np.random.default_rng(args.seed)
@@ -121,4 +122,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

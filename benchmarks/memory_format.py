@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cpu_bench_setup import cpu_bench, parse_round_args, write_results
+from script_cli import run_script
 
 TAIL_FROM = 20  # the CPU default: the last 3 of 23 blocks are trained
 
@@ -128,4 +129,4 @@ def _write(out: Path, cpu: Any, threads: int, peak: float | None, torch_version:
     write_results(out, "memory_format", cpu, result, lines)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

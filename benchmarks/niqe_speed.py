@@ -31,6 +31,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from script_cli import output_dir, positive_int, run_script  # noqa: E402
+
 IMAGE = ROOT / "samples" / "cameras" / "canon" / "xmp_test.jpg"
 
 
@@ -88,14 +93,32 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def torch_device(text: str) -> str:
+    """``--torch-device``: ``cpu``, or ``cuda`` / ``cuda:N`` of a GPU torch sees."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; pass cpu or cuda (cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: this benchmark runs on cpu or cuda (cuda:N)")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            have = f"CUDA devices 0-{count - 1}" if count else "no CUDA GPU visible to torch"
+            raise argparse.ArgumentTypeError(f"{text!r} is not available: this machine has {have}; pass cpu")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--machine", default=None,
                         help="name of this machine for the record (default: the detected CPU, and the GPU when "
                              "--torch-device is a CUDA device)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--torch-device", default="cpu")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per measurement (>= 1)")
+    parser.add_argument("--torch-device", type=torch_device, default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--out-dir", type=output_dir, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -163,4 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

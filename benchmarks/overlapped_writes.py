@@ -25,6 +25,7 @@ import argparse
 import io
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,11 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_cli import output_dir, run_script  # noqa: E402
 
 
 def _crops(folder: Path, count: int) -> list[Path]:
@@ -57,7 +63,7 @@ def main() -> None:
                         help="time the stand-in model takes per image, without using the CPU (default 1.0)")
     parser.add_argument("--formats", default="png,jpg")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out-dir", type=output_dir, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     formats = [f.strip().lstrip(".") for f in args.formats.split(",") if f.strip()]
     if args.images < 2 or args.rounds < 1 or args.model_seconds < 0 or not formats:
@@ -128,4 +134,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

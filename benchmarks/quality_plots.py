@@ -113,8 +113,11 @@ def attention_maps_main(argv: list[str] | None = None) -> int:
     import torch
 
     root = Path(__file__).resolve().parents[1]
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    for path in (root, root / "benchmarks"):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    from script_cli import existing_file, output_file
+
     from adassr.adapt.attention import compute_weight_map
     from adassr.adapt.config import cpu_demo_defaults
     from adassr.adapt.precision import resolve_precision
@@ -122,9 +125,9 @@ def attention_maps_main(argv: list[str] | None = None) -> int:
     from adassr.runtime.images import read_image, to_float32
 
     parser = argparse.ArgumentParser(description=attention_maps_main.__doc__)
-    parser.add_argument("--images", nargs="+", type=Path, default=[
+    parser.add_argument("--images", nargs="+", type=existing_file, default=[
         root / "samples" / "cameras" / "canon" / "flower.jpg", root / "samples" / "cameras" / "nokia" / "iptc.jpg"])
-    parser.add_argument("--out", type=Path, default=root / "benchmarks" / "results" / "attention_maps.png")
+    parser.add_argument("--out", type=output_file, default=root / "benchmarks" / "results" / "attention_maps.png")
     args = parser.parse_args(argv)
     device = torch.device("cpu")
     model = load_backbone(device="cpu").model.eval()
@@ -144,4 +147,6 @@ def attention_maps_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(attention_maps_main())
+    from script_cli import run_script
+
+    run_script(attention_maps_main)

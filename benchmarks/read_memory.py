@@ -29,6 +29,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_cli import int_at_least, output_dir, run_script  # noqa: E402
+
 CHILD = r"""
 import json, re, sys
 from adassr.runtime.images import read_image
@@ -87,14 +92,12 @@ def _files(folder: Path, width: int, height: int) -> list[tuple[str, Path]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--width", type=int, default=4000)
-    parser.add_argument("--height", type=int, default=3000)
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--width", type=int_at_least(8), default=4000)
+    parser.add_argument("--height", type=int_at_least(8), default=3000)
+    parser.add_argument("--out-dir", type=output_dir, default=Path("benchmarks/results"))
     args = parser.parse_args()
     if not Path("/proc/self/clear_refs").exists():
         parser.error("this benchmark reads Linux's /proc/self/status and resets its peak with /proc/self/clear_refs")
-    if args.width < 8 or args.height < 8:
-        parser.error("--width and --height must be at least 8")
     from adassr.export.bench import machine_name
     from adassr.runtime.cpu_info import report_tag
     from adassr.runtime.store import atomic_write_bytes
@@ -129,4 +132,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -56,6 +56,19 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from script_cli import (  # noqa: E402
+    existing_dir,
+    int_at_least,
+    non_negative_int,
+    output_dir,
+    positive_float,
+    positive_int,
+    run_script,
+)
+
 SAMPLES = ROOT / "samples" / "cameras"
 SCALE = 4
 TILE, OVERLAP = 64, 16
@@ -317,28 +330,45 @@ def summarise(stats: LevelStats) -> dict[str, Any]:
     }
 
 
+def client_counts(text: str) -> list[int]:
+    """``--clients``: comma-separated client counts, each >= 1."""
+    counts = [int_at_least(1)(part.strip()) for part in text.split(",") if part.strip()]
+    if not counts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated client counts, got {text!r}")
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per client count (default 20)")
-    parser.add_argument("--clients", default="1,4,16,64", help="client counts (default 1,4,16,64)")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--max-queue", type=int, default=12)
-    parser.add_argument("--max-models", type=int, default=0,
+    parser.add_argument("--duration", type=positive_float, default=20.0,
+                        help="seconds per client count, > 0 (default 20)")
+    parser.add_argument("--clients", type=client_counts, default="1,4,16,64",
+                        help="comma-separated client counts, each >= 1 (default 1,4,16,64)")
+    parser.add_argument("--workers", type=positive_int, default=4)
+    parser.add_argument("--max-queue", type=non_negative_int, default=12)
+    parser.add_argument("--max-models", type=non_negative_int, default=0,
                         help="serve --max-models (default 0: every model open); 1 with the three cameras makes "
                         "most requests load their model")
-    parser.add_argument("--max-batch", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per model call (default 1)")
+    parser.add_argument("--max-batch", type=positive_int, default=4)
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="onnxruntime threads per model call (default 1)")
     parser.add_argument(
-        "--inference-threads", type=int, default=os.cpu_count() or 1, help="model calls at once (default: one per core)"
+        "--inference-threads", type=positive_int, default=os.cpu_count() or 1,
+        help="model calls at once (default: one per core)"
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, s (default 60)")
-    parser.add_argument("--store", type=Path, default=None, help="benchmark this store instead of the built one")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--timeout", type=positive_float, default=60.0,
+                        help="client timeout per request, s, > 5: the server's is 5 s less (default 60)")
+    parser.add_argument("--store", type=existing_dir, default=None,
+                        help="benchmark this store instead of the built one")
+    parser.add_argument("--out-dir", type=output_dir, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    if args.timeout <= 5:
+        parser.error(f"--timeout must be more than 5 s (the server's request timeout is 5 s less), "
+                     f"got {args.timeout:g}")
     from adassr.export.bench import machine_name
     from adassr.runtime.store import atomic_write_bytes
 
-    levels = [int(c) for c in args.clients.split(",")]
+    levels = args.clients
     with tempfile.TemporaryDirectory(prefix="adassr-serve-load-") as tmp:
         work = Path(tmp)
         store = args.store or work / "store"
@@ -502,4 +532,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

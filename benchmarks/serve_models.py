@@ -40,6 +40,11 @@ from typing import Any
 
 import numpy as np
 
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_cli import existing_dir, output_dir, positive_int, run_script  # noqa: E402
+
 MB = 1e6
 
 
@@ -124,12 +129,13 @@ def _child(store: Path, mode: str, max_models: int, rounds: int, threads: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", type=Path, required=True, help="a store with an exported camera (or _fallback)")
+    parser.add_argument("--store", type=existing_dir, required=True,
+                        help="a store with an exported camera (or _fallback)")
     parser.add_argument("--cameras", type=int, default=6)
     parser.add_argument("--max-models", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--threads", type=positive_int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--out-dir", type=output_dir, default=Path("benchmarks/results"))
     parser.add_argument("--child", choices=("lazy", "eager"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -204,4 +210,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -34,6 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_cli import non_negative_int, output_dir, positive_int, run_script  # noqa: E402
+
 MB = 1_000_000
 SCALE = 4
 
@@ -120,10 +125,10 @@ def measure(width: int, height: int, tile: int, file_suffix: str | None = None) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--width", type=int, default=3000)
-    parser.add_argument("--height", type=int, default=2000)
-    parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--width", type=positive_int, default=3000)
+    parser.add_argument("--height", type=positive_int, default=2000)
+    parser.add_argument("--tile", type=non_negative_int, default=512)
+    parser.add_argument("--out-dir", type=output_dir, default=Path("benchmarks/results"))
     parser.add_argument("--files", default="", help="end-to-end cases: output suffixes, e.g. png,jpg")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--source", default=None, help=argparse.SUPPRESS)
@@ -133,6 +138,7 @@ def main() -> None:
         _child(args.child, args.width, args.height, args.tile, args.source, args.target)
         return
     from adassr.export.bench import machine_name
+    from adassr.runtime.images import SUPPORTED_WRITE_SUFFIXES
     from adassr.runtime.store import atomic_write_bytes
     from adassr.runtime.tiling import DEFAULT_OVERLAP
 
@@ -140,6 +146,10 @@ def main() -> None:
         parser.error(f"--tile must be 0 (untiled) or more than twice the CLI's tile overlap {DEFAULT_OVERLAP}, "
                      f"got {args.tile}")
     suffixes = [s.strip().lstrip(".") for s in args.files.split(",") if s.strip()]
+    unknown = [s for s in suffixes if f".{s.lower()}" not in SUPPORTED_WRITE_SUFFIXES]
+    if unknown:  # before the first case, not after it
+        parser.error(f"--files takes output suffixes of {', '.join(x.lstrip('.') for x in SUPPORTED_WRITE_SUFFIXES)}, "
+                     f"got {', '.join(unknown)}")
     rows = [measure(args.width, args.height, args.tile)]
     rows += [measure(args.width, args.height, args.tile, suffix) for suffix in suffixes]
     machine = machine_name()
@@ -167,4 +177,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from script_cli import ScriptError, existing_dir, existing_file, output_dir, run_script  # noqa: E402
 
 
 def _measure(image: Path, store: Path, camera: str, tile: str) -> dict[str, Any]:
@@ -64,13 +68,15 @@ def _measure(image: Path, store: Path, camera: str, tile: str) -> dict[str, Any]
         OnnxRuntimeBackend._open = timed_open  # type: ignore[method-assign]
         try:
             start = time.perf_counter()
-            code = run_upscale(args, stdout=io.StringIO(), stderr=io.StringIO())
+            errors = io.StringIO()
+            code = run_upscale(args, stdout=io.StringIO(), stderr=errors)
             whole = time.perf_counter() - start
         finally:
             OnnxRuntimeBackend._infer = original_infer  # type: ignore[method-assign]
             OnnxRuntimeBackend._open = original_open  # type: ignore[method-assign]
         if code != 0:
-            raise SystemExit(f"upscale failed with exit status {code}")
+            said = (errors.getvalue().strip().splitlines() or ["no message"])[-1]
+            raise ScriptError(f"upscale failed with exit status {code}: {said}")
         size = out_path.stat().st_size
     network = sum(t for _, t in calls)
     th, tw = plan.tile_shape
@@ -85,12 +91,12 @@ def _measure(image: Path, store: Path, camera: str, tile: str) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", type=Path, default=Path("models"))
+    parser.add_argument("--store", type=existing_dir, default=Path("models"), help="the store (default ./models)")
     parser.add_argument("--camera", default="_fallback")
-    parser.add_argument("--image", type=Path, default=ROOT / "samples" / "cameras" / "nokia" / "iptc.jpg")
+    parser.add_argument("--image", type=existing_file, default=ROOT / "samples" / "cameras" / "nokia" / "iptc.jpg")
     parser.add_argument("--tiles", default="auto,512", help="--tile settings to compare (default auto,512)")
     parser.add_argument("--note", default="", help="free text recorded with the results (e.g. machine load)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=output_dir, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
     from adassr.runtime.cpu_info import detect_cpu
@@ -149,4 +155,4 @@ def _write(args: argparse.Namespace, cpu: Any, rows: list[dict[str, Any]]) -> No
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

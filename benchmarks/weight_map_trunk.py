@@ -137,4 +137,6 @@ def _write(out: Path, cpu: Any, threads: int, peak: float | None, torch_version:
     write_results(out, "weight_map_trunk", cpu, result, lines)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script_cli import run_script  # this folder is sys.path[0] for a script
+
+    run_script(main)

@@ -58,8 +58,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import adaptation_quality as aq  # noqa: E402  (a sibling benchmark: groups, adaptation, machine name)
+from script_cli import (  # noqa: E402
+    ScriptError,
+    existing_file,
+    non_negative_int,
+    output_dir,
+    positive_int,
+    read_json,
+    run_script,
+)
 
 from adassr.adapt.config import cpu_demo_defaults  # noqa: E402
+from adassr.runtime.store import atomic_write_bytes  # noqa: E402
 
 RESULTS = aq.RESULTS
 CANDIDATES = ("niqe", "bp_l1", "ival_l1", "ival_lpips", "neg_detail")
@@ -284,7 +294,17 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             lines.append("")
     lines.append("bp L1 and ival L1 are in 8-bit levels; detail is the mean absolute Laplacian of the SR luma "
                  "(8-bit levels, higher is more detail).")
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def read_result(path: Path, keys: tuple[str, ...] = ("groups",)) -> dict[str, Any]:
+    """A result file of this script (``weight_selection_*.json``) holding the objects ``keys``; anything else
+    is a :class:`ScriptError`."""
+    what = "a result file of benchmarks/weight_selection.py (weight_selection_*.json)"
+    data = read_json(path, what)
+    if not (isinstance(data, dict) and all(isinstance(data.get(key), dict) for key in keys)):
+        raise ScriptError(f"{path} is no result of this script: pass {what}")
+    return data
 
 
 def save(result: dict[str, Any], out: Path, stem: str) -> None:
@@ -301,8 +321,7 @@ def plot_trajectories(paths: list[Path], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(name, g) for path in paths for name, g in json.loads(path.read_text())["groups"].items()
-              if g.get("runs")]
+    groups = [(name, g) for path in paths for name, g in read_result(path)["groups"].items() if g.get("runs")]
     fig, axes = plt.subplots(2, len(groups), figsize=(3.4 * len(groups), 5.6), squeeze=False, sharex=True)
     for col, (name, g) in enumerate(groups):
         for run in g["runs"]:
@@ -353,25 +372,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu",
                         help="cpu (the product's CPU defaults) or cuda (its GPU defaults: the paper's settings, "
                              "all layers); the early stop and the CPU time budget are off on both")
-    parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--seeds", type=positive_int, default=1)
+    parser.add_argument("--first-seed", type=non_negative_int, default=0)
     parser.add_argument("--steps", type=int, default=500,
                         help="training steps (default 500: well past the CPU schedule of 100, to see the drift)")
     parser.add_argument("--prox-mu", type=float, default=None, help="proximal weight mu (default: the product's)")
     parser.add_argument("--lambda-perceptual", type=float, default=None)
     parser.add_argument("--fujifilm", type=Path, default=aq.FUJI)
     parser.add_argument("--tag", default="dev")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--plot", nargs="+", type=Path, metavar="JSON",
+    parser.add_argument("--out", type=output_dir, default=RESULTS)
+    parser.add_argument("--plot", nargs="+", type=existing_file, metavar="JSON",
                         help="only draw the trajectories of these result files into "
                              "<out>/weight_selection_trajectories.png (needs matplotlib)")
-    parser.add_argument("--resummarise", nargs="+", type=Path, metavar="JSON",
+    parser.add_argument("--resummarise", nargs="+", type=existing_file, metavar="JSON",
                         help="only recompute the rule summary of these result files (after a change of the "
                              "rules; the trajectories are kept) and rewrite them with their Markdown")
     args = parser.parse_args(argv)
     if args.resummarise:
-        for path in args.resummarise:
-            save(json.loads(path.read_text()), path.parent, path.stem)
+        # every file is checked before any is rewritten
+        results = [(path, read_result(path, ("groups", "config"))) for path in args.resummarise]
+        for path, result in results:
+            save(result, path.parent, path.stem)
             print(f"rewrote {path} and {path.with_suffix('.md')}")
         return 0
     if args.plot:
@@ -389,8 +410,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in specs]
     if unknown:
         parser.error(f"unknown group(s) {unknown}; choose from {list(specs)}")
-    if args.seeds < 1 or args.first_seed < 0:
-        parser.error("--seeds must be >= 1 and --first-seed >= 0")
     if args.steps < PRODUCT_STEPS:
         parser.error(f"--steps must be at least {PRODUCT_STEPS}: the summary replays the CPU schedule's "
                      f"{PRODUCT_STEPS}-step rules on every trajectory")
@@ -443,4 +462,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -22,6 +22,7 @@ import argparse
 import io
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,11 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_cli import output_dir, positive_int, run_script  # noqa: E402
+
 PHOTO = ROOT / "samples" / "cameras" / "canon" / "xmp_test.jpg"
 
 
@@ -93,8 +99,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=6000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="threads of the parallel run (default: every core)")
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="threads of the parallel run (default: every core)")
+    parser.add_argument("--out-dir", type=output_dir, default=Path("benchmarks/results"))
     args = parser.parse_args()
     if args.width < 64 or args.repeats < 1:
         parser.error("--width must be at least 64 and --repeats at least 1")
@@ -133,4 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
