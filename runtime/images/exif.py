@@ -17,7 +17,9 @@ TIFF-structured (a little-endian TIFF header and IFD0, without JPEG's ``Exif\\0\
 PNG's ``eXIf`` chunk and WebP's ``EXIF`` chunk hold, and JPEG's APP1 segment after the prefix. TIFF
 output takes the same directories into its own IFD0 (:func:`tiff_exif_blob`). A source that is
 malformed beyond an entry (a directory out of the data, a loop of directories) carries nothing;
-an entry of an unknown type, or a value over 1 MiB, is left out.
+an entry of an unknown type, with its value out of the data, or whose value would take the values
+carried past 1 MiB is left out (a TIFF upload can name 1024 entries of gigabytes each: they are
+never read, nor are the values of entries that are not carried).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ _TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 
 _UNIT_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 4, 6: 1, 7: 1, 8: 2, 9: 4, 10: 4, 11: 4, 12: 8, 13: 4}
 _LONG = 4
 _MAX_ENTRIES = 1024  # per directory: a camera writes a few dozen
-_MAX_VALUE_BYTES = 1 << 20
+_MAX_VALUE_BYTES = 1 << 20  # all the values carried together (a JPEG's whole EXIF is at most 64 KiB)
 
 
 @dataclass(frozen=True)
@@ -118,33 +120,33 @@ def _read_tree(read: Callable[[int, int], bytes]) -> _Directory | None:
     if endian is None:  # BigTIFF or no TIFF structure
         return None
     seen: set[int] = set()
-    ifd0, pointers = _entries(read, endian, struct.unpack(endian + "I", head[4:])[0], seen)
+    budget = [_MAX_VALUE_BYTES]  # value bytes left to read, for the whole tree
+
+    def directory(offset: int, keep: Callable[[int], bool]) -> tuple[tuple[_Entry, ...], dict[int, int]]:
+        return _entries(read, endian, offset, seen, budget, keep)
+
+    ifd0, pointers = directory(struct.unpack(endian + "I", head[4:])[0], lambda tag: tag in _IFD0_KEPT)
     children = []
-    for tag, dropped in ((EXIF_IFD, _EXIF_DROPPED), (GPS_IFD, frozenset[int]())):
-        if tag not in pointers:
-            continue
-        sub, sub_pointers = _entries(read, endian, pointers[tag], seen)
+    if EXIF_IFD in pointers:
+        sub, sub_pointers = directory(pointers[EXIF_IFD], lambda tag: tag not in _EXIF_DROPPED)
         nested: tuple[tuple[int, _Directory], ...] = ()
-        if tag == EXIF_IFD and INTEROP_IFD in sub_pointers:
-            interop, _ = _entries(read, endian, sub_pointers[INTEROP_IFD], seen)
-            kept_interop = _kept(interop, _INTEROP_DROPPED, keep_only=None)
-            nested = ((INTEROP_IFD, _Directory(kept_interop)),) if kept_interop else ()
-        kept = _kept(sub, dropped, keep_only=None)
-        if kept or nested:
-            children.append((tag, _Directory(kept, nested)))
-    return _Directory(_kept(ifd0, frozenset(), keep_only=_IFD0_KEPT), tuple(children))
+        if INTEROP_IFD in sub_pointers:
+            interop, _ = directory(sub_pointers[INTEROP_IFD], lambda tag: tag not in _INTEROP_DROPPED)
+            nested = ((INTEROP_IFD, _Directory(interop)),) if interop else ()
+        if sub or nested:
+            children.append((EXIF_IFD, _Directory(sub, nested)))
+    if GPS_IFD in pointers:
+        gps, _ = directory(pointers[GPS_IFD], lambda tag: True)
+        if gps:
+            children.append((GPS_IFD, _Directory(gps)))
+    return _Directory(ifd0, tuple(children))
 
 
-def _kept(entries: dict[int, _Entry], dropped: frozenset[int], *,
-          keep_only: frozenset[int] | None) -> tuple[_Entry, ...]:
-    return tuple(e for t, e in sorted(entries.items())
-                 if t not in dropped and (keep_only is None or t in keep_only))
-
-
-def _entries(read: Callable[[int, int], bytes], endian: str, offset: int,
-             seen: set[int]) -> tuple[dict[int, _Entry], dict[int, int]]:
-    """A directory's entries by tag (values little-endian), and the offsets its pointers to the Exif,
-    GPS and interoperability directories point at."""
+def _entries(read: Callable[[int, int], bytes], endian: str, offset: int, seen: set[int], budget: list[int],
+             keep: Callable[[int], bool]) -> tuple[tuple[_Entry, ...], dict[int, int]]:
+    """The entries of the directory at ``offset`` whose tag ``keep`` accepts, sorted by tag (values
+    little-endian; the others' values are never read), and the offsets its pointers to the Exif, GPS
+    and interoperability directories point at; ``budget[0]``: the value bytes still to be read."""
     if offset in seen:
         raise ValueError("a loop of directories")
     seen.add(offset)
@@ -162,11 +164,15 @@ def _entries(read: Callable[[int, int], bytes], endian: str, offset: int,
                 pointers[tag] = struct.unpack(endian + "I", field)[0]
             continue
         size = _TYPE_BYTES.get(kind, 0) * n
-        if size == 0 or size > _MAX_VALUE_BYTES:  # an unknown type, or absurd: this entry only is left out
+        if not keep(tag) or size == 0 or size > budget[0]:  # not carried, an unknown type, or past the budget
             continue
-        value = field[:size] if size <= 4 else read(struct.unpack(endian + "I", field)[0], size)
+        budget[0] -= size
+        try:
+            value = field[:size] if size <= 4 else read(struct.unpack(endian + "I", field)[0], size)
+        except ValueError:  # a value out of the data: this entry only is left out
+            continue
         found[tag] = _Entry(tag, kind, n, _little(value, _UNIT_BYTES[kind], endian))
-    return found, pointers
+    return tuple(found[tag] for tag in sorted(found)), pointers
 
 
 def _little(value: bytes, unit: int, endian: str) -> bytes:

@@ -259,3 +259,29 @@ def test_upscale_and_serve_outputs_carry_the_exif(tmp_path: Path) -> None:
         assert reply.status_code == 200
         served = _exif_of(reply.content)
         assert served.get(272) == "Model X" and served.get_ifd(GPS_IFD)[1] == "N" and 274 not in served
+
+
+def test_a_tiff_naming_huge_values_is_not_read_past_a_budget() -> None:
+    """A TIFF upload can name 1024 entries of gigabytes each at one offset: the values carried are
+    capped (1 MiB in all), so reading its EXIF costs next to nothing."""
+    import struct
+
+    from adassr.runtime.images.exif import carried_tiff_exif
+
+    class Counting(io.BytesIO):
+        read_bytes = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            data = super().read(size)
+            Counting.read_bytes += len(data)
+            return data
+
+    entries = [(271, 2, 4, b"Mak\0")] + [(40091 + k % 5, 1, 1 << 30, b"\0\0\0\0") for k in range(5)]
+    entries += [(50000 + k, 7, 900_000, struct.pack("<I", 8)) for k in range(900)]  # 810 MB named, 1 MiB read
+    head = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", t, k, n) + f for t, k, n, f in entries)
+    tiff = b"II*\0" + struct.pack("<I", 8) + head + struct.pack("<I", 0) + b"\0" * (2 << 20)
+    payload = carried_tiff_exif(Counting(tiff))
+    assert Counting.read_bytes < 4 << 20
+    exif = Image.Exif()
+    exif.load(payload or b"")
+    assert exif.get(271) == "Mak"
