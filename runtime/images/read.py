@@ -407,6 +407,41 @@ def _starts_like_tiff(source: Path | io.BytesIO) -> bool:
     return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
+_TIFF_VALUE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+
+
+def _tiff_directory_damage(source: Path | io.BytesIO) -> str | None:
+    """What is wrong with a classic TIFF's first directory, when it or one of its values lies outside the
+    file (the file was cut short, or an offset damaged: Pillow then stops reading the directory at that
+    tag and takes the image for a layout it does not know); None when nothing is found."""
+    try:
+        with contextlib.ExitStack() as stack:
+            fh: IO[bytes] = (io.BytesIO(source.getvalue()) if isinstance(source, io.BytesIO)
+                             else stack.enter_context(open(source, "rb")))
+            size = fh.seek(0, io.SEEK_END)
+            fh.seek(0)
+            head = fh.read(8)
+            endian = {b"II*\x00": "<", b"MM\x00*": ">"}.get(head[:4])
+            if endian is None:
+                return None
+            (at,) = struct.unpack(endian + "I", head[4:])
+            if at + 2 > size:
+                return "its first directory lies outside the file"
+            fh.seek(at)
+            (count,) = struct.unpack(endian + "H", fh.read(2))
+            raw = fh.read(12 * count)
+            if len(raw) < 12 * count:
+                return "its first directory runs past the end of the file"
+            for k in range(count):
+                tag, kind, n, offset = struct.unpack_from(endian + "HHII", raw, 12 * k)
+                length = _TIFF_VALUE_BYTES.get(kind, 0) * n
+                if length > 4 and offset + length > size:
+                    return f"the value of its tag {tag} lies outside the file"
+    except (OSError, struct.error):
+        return None
+    return None
+
+
 @contextmanager
 def _open_header(p: Path, source: io.BytesIO | None = None, *,
                  max_pixels: int | None = None) -> Iterator[ImageFile.ImageFile]:
@@ -433,6 +468,10 @@ def _open_header(p: Path, source: io.BytesIO | None = None, *,
     except PermissionError as e:
         raise ImageError(f"{p}: permission denied; check the file's permissions") from e
     except UnidentifiedImageError as e:
+        damage = _tiff_directory_damage(p if source is None else source)
+        if damage is not None:
+            raise ImageError(f"{p}: a damaged TIFF: {damage} (the file was cut short or corrupted); re-copy or "
+                             "re-export it") from e
         if _starts_like_tiff(p if source is None else source):
             raise ImageError(
                 f"{p}: a TIFF whose pixel layout the decoder does not take (32-bit float or integer colour, or "

@@ -639,6 +639,37 @@ def test_32bit_modes_are_refused(tmp_path: Path, dtype: type) -> None:
         read_image(colour)
 
 
+@pytest.mark.parametrize("damage", ["a tag's value offset", "the directory offset", "cut inside the directory"])
+def test_a_tiff_whose_directory_points_outside_the_file_is_named_damaged(tmp_path: Path, damage: str) -> None:
+    """One flipped bit in the offset of the Model tag's text made Pillow stop reading the directory, and
+    the reader said "a TIFF whose pixel layout the decoder does not take (32-bit float ...)" (a helper's
+    fuzzing): the file is damaged, and the message says so."""
+    import io
+    import struct
+
+    exif = Image.Exif()
+    exif[271], exif[272] = "Canon", "Canon EOS 5D Mark IV"
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 48, 3), 128, np.uint8)).save(buf, "TIFF", exif=exif)
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    if damage == "a tag's value offset":
+        for k in range(struct.unpack_from("<H", data, ifd)[0]):
+            if struct.unpack_from("<H", data, ifd + 2 + 12 * k)[0] == 272:
+                struct.pack_into("<I", data, ifd + 2 + 12 * k + 8, len(data) + 100)
+        expected = "the value of its tag 272 lies outside the file"
+    elif damage == "the directory offset":
+        struct.pack_into("<I", data, 4, len(data) + 10)
+        expected = "its first directory lies outside the file"
+    else:
+        data = data[: ifd + 2 + 12 * 3]
+        expected = "its first directory runs past the end of the file"
+    path = tmp_path / "damaged.tif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=f"a damaged TIFF: {expected} .*re-copy or re-export it"):
+        read_image(path)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
