@@ -34,13 +34,13 @@ import numpy as np
 from adassr.adapt.config import AttentionConfig
 from adassr.runtime.errors import StoreError
 from adassr.runtime.lru_folder import evict_least_recent, remove_dead_writes
-from adassr.runtime.store import atomic_write_bytes
+from adassr.runtime.store import CACHE_FOLDER, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "adassr-weight-map/1"
 MAX_CACHE_BYTES = 256 * 1024 * 1024
-STORE_FOLDER = ("_cache", "weight_maps")  # under the store root; "_" never starts a camera name
+STORE_FOLDER = (CACHE_FOLDER, "weight_maps")  # under the store root
 
 
 def store_cache_folder(store_root: Path) -> Path:

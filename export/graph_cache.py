@@ -40,7 +40,7 @@ import numpy as np
 
 from adassr.runtime.errors import StoreError
 from adassr.runtime.lru_folder import evict_least_recent, remove_dead_writes
-from adassr.runtime.store import atomic_write_bytes
+from adassr.runtime.store import CACHE_FOLDER, atomic_write_bytes
 
 if TYPE_CHECKING:
     import onnx
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = "adassr-onnx-graph/1"
 MAX_CACHE_BYTES = 512 * 1024 * 1024
 KEY_PROPERTY = "adassr.graph_cache_key"  # metadata_props entry of a cached file: its own key
-STORE_FOLDER = ("_cache", "onnx_graphs")  # under the store root; "_" never starts a camera name
+STORE_FOLDER = (CACHE_FOLDER, "onnx_graphs")  # under the store root
 
 
 def store_graph_folder(store_root: str | os.PathLike[str]) -> Path:

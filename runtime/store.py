@@ -852,8 +852,10 @@ def camera_folder_for_writing(root: str | os.PathLike[str], camera: str) -> Iter
     """Open ``<root>/<camera>`` with ``create=True`` for a writer that may be its first. When the
     block fails (an error or an interrupt), what the opening made and nothing holds is removed again:
     the camera folder when this call created it and it holds nothing but its lock file
-    (:meth:`CameraStore.remove_if_unused`), and the store root when this call created it and it is
-    left empty. A failed first run leaves no empty folder behind; folders that existed stay, empty or not."""
+    (:meth:`CameraStore.remove_if_unused`), and the store root when this call created it and it holds
+    nothing else then but the caches the run began (``_cache``: a mistyped ``--store`` interrupted after
+    the export's graph was cached left 67 MB behind). A failed first run leaves no folder behind; folders
+    that existed stay, empty or not, and so does a new root where another camera appeared meanwhile."""
     root_path = Path(root).expanduser()
     new_root = not os.path.lexists(root_path)
     new_camera = not os.path.lexists(CameraStore(root_path, camera_name(camera)).directory)
@@ -862,9 +864,16 @@ def camera_folder_for_writing(root: str | os.PathLike[str], camera: str) -> Iter
         yield store
     except BaseException:
         if new_camera and store.remove_if_unused() and new_root:
-            with contextlib.suppress(OSError):  # not empty (another camera, a cache): it stays, as it should
-                root_path.rmdir()
+            with contextlib.suppress(OSError):  # anything else there (another camera's folder): it stays
+                if {entry.name for entry in os.scandir(root_path)} <= {CACHE_FOLDER}:
+                    if (root_path / CACHE_FOLDER).is_dir() and not (root_path / CACHE_FOLDER).is_symlink():
+                        _remove_tree(root_path / CACHE_FOLDER, why="the caches of a first run that failed")
+                    root_path.rmdir()
         raise
+
+CACHE_FOLDER = "_cache"
+"""The store root's folder of caches that only save time (weight maps, ONNX graphs); ``_`` starts no camera name."""
+
 
 class StoreTransaction:
     """New artifacts and manifest changes of one camera, published together by :meth:`commit`.

@@ -448,6 +448,17 @@ def test_a_failed_first_writer_removes_the_folders_it_made_and_nothing_else(tmp_
         tx.commit()  # a run that succeeds keeps everything
     assert store.exists()
 
+    cached = tmp_path / "cached"  # a mistyped --store interrupted after the run cached its ONNX graph
+    with pytest.raises(KeyboardInterrupt), camera_folder_for_writing(cached, "canon"):
+        (cached / "_cache" / "onnx_graphs").mkdir(parents=True)
+        (cached / "_cache" / "onnx_graphs" / "graph.onnx").write_bytes(b"67 MB of graph")
+        raise KeyboardInterrupt
+    assert not cached.exists()
+    with pytest.raises(KeyboardInterrupt), camera_folder_for_writing(existing, "canon"):  # an existing store's
+        (existing / "_cache").mkdir()  # caches stay
+        raise KeyboardInterrupt
+    assert (existing / "_cache").is_dir()
+
 
 def _damaged(root: Path, how: str) -> tuple[CameraStore, Path]:
     """Camera 'cama' published, then its manifest damaged ``how``; returns the store and its model file."""
