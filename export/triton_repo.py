@@ -275,6 +275,27 @@ class _Source:
     store_root: str  # the store's absolute path, recorded with each version
 
 
+def _check_recorded_scale(store: CameraStore, manifest: Mapping[str, Any], record: Mapping[str, Any],
+                          path: Path) -> None:
+    """ExportError when the scale the ONNX file records (``adassr export`` writes it into its metadata)
+    contradicts the manifest's, which sizes the config's output: a hand-edited manifest gave a config
+    whose output dims Triton would refuse at every request. A file without the record is not checked."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - a protobuf DecodeError and kin: the file is not a model
+        raise ExportError(f"camera {store.camera!r}: {path} is no readable ONNX model ({exc}); run "
+                          f"`adassr export {_export_what(store, manifest)}{store_option(store.root)}` again") from exc
+    recorded = {entry.key: entry.value for entry in proto.metadata_props}.get("scale")
+    scale = record.get("scale", manifest.get("scale"))
+    if recorded is not None and recorded != str(scale):
+        raise ExportError(f"camera {store.camera!r}: its manifest says the model upscales x{scale}, but its model "
+                          f"file {path.name} records x{recorded}: the manifest was edited or damaged; set its "
+                          f"'scale' back to {recorded}, or run `adassr export {_export_what(store, manifest)}"
+                          f"{store_option(store.root)}` again")
+
+
 def _source(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> _Source:
     """The camera's export record, the file to copy (checked against the manifest) and, for
     ``tensorrt_plan``, the engine's record."""
@@ -291,6 +312,7 @@ def _source(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
         path = store.verified_path(str(record["file"]), manifest)
     except Exception as exc:  # noqa: BLE001 - StoreError with the reason (missing, checksum)
         raise ExportError(f"camera {store.camera!r}: {exc}") from exc
+    _check_recorded_scale(store, manifest, record, path)
     if options.platform == "tensorrt_plan":
         engine = _engine(store, manifest, options)
         return _Source(store.camera, manifest, record, EngineCache.for_camera(store).path_of(engine),

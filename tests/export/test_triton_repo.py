@@ -848,3 +848,18 @@ def test_an_export_that_loses_the_race_for_a_new_repository_leaves_the_winner_al
     monkeypatch.undo()
     (model,) = write_repository(repo, store, ["canon"])  # the winner's turn, in effect: it works
     assert model.version == 1
+
+
+def test_a_manifest_scale_that_contradicts_the_model_file_is_refused(tmp_path: Path) -> None:
+    """A hand-edited manifest 'scale' wrote a config whose output dims Triton refuses at every request (a
+    helper's review): the scale the ONNX file records (adassr export writes it) is checked."""
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0, metadata={"scale": "4"})
+    canon = publish_camera(store, "canon", seed=1, metadata={"scale": "4"})
+    canon.update_manifest(lambda m: [m.update(scale=2)] + [r.update(scale=2) for r in m["exports"].values()])
+    with pytest.raises(ExportError, match=r"its manifest says the model upscales x2, but its model file .* records "
+                                          r"x4.*adassr export --camera canon"):
+        write_repository(tmp_path / "repo", store, ["canon"])
+    skipped: list[str] = []
+    (model,) = write_repository(tmp_path / "repo", store, on_skip=lambda camera, why: skipped.append(camera))
+    assert model.camera == FALLBACK_CAMERA and skipped == ["canon"]  # the whole store: the others go on
