@@ -856,20 +856,31 @@ def camera_folder_for_writing(root: str | os.PathLike[str], camera: str) -> Iter
     nothing else then but the caches the run began (``_cache``: a mistyped ``--store`` interrupted after
     the export's graph was cached left 67 MB behind). A failed first run leaves no folder behind; folders
     that existed stay, empty or not, and so does a new root where another camera appeared meanwhile."""
-    root_path = Path(root).expanduser()
-    new_root = not os.path.lexists(root_path)
-    new_camera = not os.path.lexists(CameraStore(root_path, camera_name(camera)).directory)
-    store = CameraStore.open(root_path, camera, create=True)
+    given = Path(root).expanduser()
+    real_root = Path(os.path.realpath(given))  # `typo/../store` is the existing `store`: never taken for new
+    new_root = not os.path.lexists(real_root)
+    new_camera = not os.path.lexists(CameraStore(given, camera_name(camera)).directory)
+    store = CameraStore.open(given, camera, create=True)
+    made = _identity(real_root) if new_root else None  # the folder this call made, and no other
     try:
         yield store
     except BaseException:
-        if new_camera and store.remove_if_unused() and new_root:
+        if new_camera and store.remove_if_unused() and made is not None and _identity(real_root) == made:
             with contextlib.suppress(OSError):  # anything else there (another camera's folder): it stays
-                if {entry.name for entry in os.scandir(root_path)} <= {CACHE_FOLDER}:
-                    if (root_path / CACHE_FOLDER).is_dir() and not (root_path / CACHE_FOLDER).is_symlink():
-                        _remove_tree(root_path / CACHE_FOLDER, why="the caches of a first run that failed")
-                    root_path.rmdir()
+                if {entry.name for entry in os.scandir(real_root)} <= {CACHE_FOLDER}:
+                    if (real_root / CACHE_FOLDER).is_dir() and not (real_root / CACHE_FOLDER).is_symlink():
+                        _remove_tree(real_root / CACHE_FOLDER, why="the caches of a first run that failed")
+                    real_root.rmdir()
         raise
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``folder`` (not following a final link), or None when it cannot be looked at."""
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 CACHE_FOLDER = "_cache"
 """The store root's folder of caches that only save time (weight maps, ONNX graphs); ``_`` starts no camera name."""

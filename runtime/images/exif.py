@@ -166,11 +166,11 @@ def _entries(read: Callable[[int, int], bytes], endian: str, offset: int, seen: 
         size = _TYPE_BYTES.get(kind, 0) * n
         if not keep(tag) or size == 0 or size > budget[0]:  # not carried, an unknown type, or past the budget
             continue
-        budget[0] -= size
         try:
             value = field[:size] if size <= 4 else read(struct.unpack(endian + "I", field)[0], size)
-        except ValueError:  # a value out of the data: this entry only is left out
+        except ValueError:  # a value out of the data: this entry only is left out (and costs no budget)
             continue
+        budget[0] -= size
         found[tag] = _Entry(tag, kind, n, _little(value, _UNIT_BYTES[kind], endian))
     return tuple(found[tag] for tag in sorted(found)), pointers
 

@@ -285,3 +285,16 @@ def test_a_tiff_naming_huge_values_is_not_read_past_a_budget() -> None:
     exif = Image.Exif()
     exif.load(payload or b"")
     assert exif.get(271) == "Mak"
+
+
+@pytest.mark.parametrize("count", [100, 1 << 20, (1 << 20) + 1])
+def test_an_entry_out_of_the_data_costs_the_others_nothing(count: int) -> None:
+    """An entry whose value lay out of the data was charged to the 1 MiB budget before it was read: one
+    claiming 1 MiB left no budget for Make and Model, and nothing was carried (a helper's review)."""
+    import struct
+
+    entries = [(270, 2, count, struct.pack("<I", 0x7FFF0000)), (271, 2, 11, b"Nokia Corp\0"),
+               (272, 2, 11, b"Lumia 1020\0")]
+    exif = Image.Exif()
+    exif.load(carried_exif(_block("<", entries)) or b"")
+    assert (exif.get(271), exif.get(272), exif.get(270)) == ("Nokia Corp", "Lumia 1020", None)

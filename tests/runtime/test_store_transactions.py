@@ -459,6 +459,13 @@ def test_a_failed_first_writer_removes_the_folders_it_made_and_nothing_else(tmp_
         raise KeyboardInterrupt
     assert (existing / "_cache").is_dir()
 
+    kept = tmp_path / "kept-cache"  # `typo/../kept-cache` is this existing store: its caches are no run's
+    (kept / "_cache" / "onnx_graphs").mkdir(parents=True)
+    (kept / "_cache" / "onnx_graphs" / "graph.onnx").write_bytes(b"precious")
+    with pytest.raises(KeyboardInterrupt), camera_folder_for_writing(tmp_path / "typo" / ".." / "kept-cache", "x"):
+        raise KeyboardInterrupt
+    assert (kept / "_cache" / "onnx_graphs" / "graph.onnx").read_bytes() == b"precious"
+
 
 def _damaged(root: Path, how: str) -> tuple[CameraStore, Path]:
     """Camera 'cama' published, then its manifest damaged ``how``; returns the store and its model file."""
