@@ -54,7 +54,7 @@ _EXIF_DROPPED = frozenset({
 _INTEROP_DROPPED = frozenset({0x1001, 0x1002})  # RelatedImageWidth, RelatedImageLength
 
 # TIFF field types: bytes per value, and the size of the unit whose byte order a value has (1: none)
-_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
 _UNIT_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 4, 6: 1, 7: 1, 8: 2, 9: 4, 10: 4, 11: 4, 12: 8, 13: 4}
 _LONG = 4
 _MAX_ENTRIES = 1024  # per directory: a camera writes a few dozen
@@ -82,13 +82,17 @@ def carried_exif(payload: bytes | None) -> bytes | None:
     if not payload:
         return None
     data = payload[len(EXIF_PREFIX):] if payload.startswith(EXIF_PREFIX) else payload
+    return _carried(_reader(data))
 
+
+def _reader(data: bytes) -> Callable[[int, int], bytes]:
+    """``read(offset, size)`` over ``data``; ValueError for a range out of it."""
     def read(offset: int, size: int) -> bytes:
         if offset < 0 or offset + size > len(data):
             raise ValueError("out of the EXIF block")
         return data[offset:offset + size]
 
-    return _carried(read)
+    return read
 
 
 def carried_tiff_exif(fh: BinaryIO) -> bytes | None:
@@ -163,7 +167,7 @@ def _entries(read: Callable[[int, int], bytes], endian: str, offset: int, seen: 
             if kind in (_LONG, 13) and n == 1:
                 pointers[tag] = struct.unpack(endian + "I", field)[0]
             continue
-        size = _TYPE_BYTES.get(kind, 0) * n
+        size = TIFF_TYPE_BYTES.get(kind, 0) * n
         if not keep(tag) or size == 0 or size > budget[0]:  # not carried, an unknown type, or past the budget
             continue
         try:
@@ -218,12 +222,7 @@ def tiff_exif_blob(payload: bytes, at: int) -> tuple[bytes, list[tuple[int, int,
     """A payload of :func:`carried_exif` for a little-endian TIFF whose next bytes start at (even) offset
     ``at``: the bytes to write there (IFD0's out-of-line values, then the Exif and GPS directories),
     and the ``(tag, type, count, value field)`` entries to put in the TIFF's own IFD0."""
-    def read(offset: int, size: int) -> bytes:
-        if offset + size > len(payload):
-            raise ValueError("out of the EXIF payload")
-        return payload[offset:offset + size]
-
-    tree = _read_tree(read)
+    tree = _read_tree(_reader(payload))
     if tree is None:
         return b"", []
     return _values_and_children(tree, at)

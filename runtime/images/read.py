@@ -69,7 +69,7 @@ from adassr.runtime.images.containers import (
     read_png_header,
     tiff_without_orientation,
 )
-from adassr.runtime.images.exif import carried_exif, carried_tiff_exif
+from adassr.runtime.images.exif import TIFF_TYPE_BYTES, carried_exif, carried_tiff_exif
 from adassr.runtime.images.jpeg_reader import decode_jpeg_checked, progressive_shortfall
 from adassr.runtime.images.orientation import ORIENTATION_TAG, apply_orientation
 from adassr.runtime.images.strips import row_strips
@@ -407,9 +407,6 @@ def _starts_like_tiff(source: Path | io.BytesIO) -> bool:
     return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-_TIFF_VALUE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
-
-
 def _tiff_directory_damage(source: Path | io.BytesIO) -> str | None:
     """What is wrong with a classic TIFF's first directory, when it or one of its values lies outside the
     file (the file was cut short, or an offset damaged: Pillow then stops reading the directory at that
@@ -434,7 +431,7 @@ def _tiff_directory_damage(source: Path | io.BytesIO) -> str | None:
                 return "its first directory runs past the end of the file"
             for k in range(count):
                 tag, kind, n, offset = struct.unpack_from(endian + "HHII", raw, 12 * k)
-                length = _TIFF_VALUE_BYTES.get(kind, 0) * n
+                length = TIFF_TYPE_BYTES.get(kind, 0) * n
                 if length > 4 and offset + length > size:
                     return f"the value of its tag {tag} lies outside the file"
     except (OSError, struct.error):
