@@ -199,6 +199,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _add_scheduling_arguments(parser, d)
     _add_tiling_arguments(parser)
     _add_limit_arguments(parser, d, lim)
+    parser.add_argument(
+        "--no-exif",
+        action="store_true",
+        help="send no EXIF (camera, dates, GPS) in any response, whatever a request asks (default: carry the "
+        "upload's EXIF unless the request says exif=false)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -256,6 +262,7 @@ def _config(args: argparse.Namespace) -> Any:
         reload_interval_s=args.reload_interval,
         max_models=args.max_models,
         drain_timeout_s=args.drain_timeout,
+        exif=not args.no_exif,
         token=read_token_file(args.token_file) if args.token_file is not None else None,
         limits=limits,
     )

@@ -281,8 +281,9 @@ class Server:
         inferred = time.perf_counter()
         ticket.check()
         try:
+            carried = image.exif if params.exif is not False and self.config.exif else None
             data, notes = encode(pixels, alpha, suffix=params.suffix, quality=params.quality,
-                                 icc_profile=image.icc_profile, exif=image.exif)
+                                 icc_profile=image.icc_profile, exif=carried)
         except ImageError as exc:  # the upload was fine: the output could not be encoded (not a 415)
             logger.error("encoding the output failed: %s", exc)
             raise HttpError(500, "encode", f"the output could not be encoded as {params.suffix[1:]}: "
@@ -300,6 +301,8 @@ class Server:
             "Server-Timing": timing,
         }
         notes = read_notes + notes
+        if params.exif and image.exif and not self.config.exif:
+            notes.append("the EXIF was left out: this server runs with --no-exif")
         profile_note = image.profile_note()
         if profile_note is not None:
             notes.append(f"{UPLOAD_NAME}: {profile_note}")

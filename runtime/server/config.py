@@ -87,6 +87,8 @@ class ServerConfig:
     - ``max_models``: 0 keeps every camera's model open; above 0, at most that many stay open, the
       others are verified and opened at their first request, the least recently used closing.
     - ``token``: when set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <token>``.
+    - ``exif``: responses carry the upload's EXIF (camera, dates, GPS) unless a request says
+      ``exif=false``; False (``--no-exif``): no response carries any, whatever the request asks.
     """
 
     store: Path
@@ -108,6 +110,7 @@ class ServerConfig:
     reload_interval_s: float = 2.0
     max_models: int = 0
     drain_timeout_s: float = 30.0
+    exif: bool = True
     token: str | None = field(default=None, repr=False)
     limits: Limits = field(default_factory=Limits)
 

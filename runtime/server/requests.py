@@ -20,7 +20,7 @@ from adassr.runtime.errors import ConfigError
 from adassr.runtime.images import check_quality
 from adassr.runtime.server.config import OUTPUT_FORMATS
 
-PARAMETERS = ("camera", "outscale", "format", "quality")
+PARAMETERS = ("camera", "outscale", "format", "quality", "exif")
 MAX_FORM_FIELDS = 32
 """Text fields a multipart body may hold (more: 400); unknown or repeated ones among them get 422."""
 
@@ -49,6 +49,7 @@ class UpscaleParams:
     suffix: str
     media_type: str
     quality: int
+    exif: bool | None = None  # carry the upload's EXIF into the output (False: none; None: not said)
 
 
 _NEGOTIATED = (("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/webp"))  # ties: the first
@@ -122,7 +123,16 @@ def parse_params(values: Mapping[str, str], max_outscale: float, accept: str | N
         except ConfigError as exc:
             raise HttpError(422, "invalid_parameter", str(exc)) from None
     suffix, media_type = OUTPUT_FORMATS[fmt]
-    return UpscaleParams(camera, outscale, suffix, media_type, quality)
+    exif: bool | None = None
+    if values.get("exif") not in (None, ""):
+        choice = _BOOLEANS.get(values["exif"].strip().lower())
+        if choice is None:
+            raise HttpError(422, "invalid_parameter", f"exif must be true or false (1 or 0), got {values['exif']!r}")
+        exif = choice
+    return UpscaleParams(camera, outscale, suffix, media_type, quality, exif)
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 MAX_FIELD_BYTES = 64 * 1024

@@ -259,6 +259,38 @@ def test_upscale_and_serve_outputs_carry_the_exif(tmp_path: Path) -> None:
         assert reply.status_code == 200
         served = _exif_of(reply.content)
         assert served.get(272) == "Model X" and served.get_ifd(GPS_IFD)[1] == "N" and 274 not in served
+        bare = client.post("/v1/upscale?format=jpeg&exif=false", content=photo.read_bytes())
+        assert bare.status_code == 200 and not len(_exif_of(bare.content))
+        odd = client.post("/v1/upscale?exif=maybe", content=photo.read_bytes())
+        assert odd.status_code == 422 and "exif must be true or false" in odd.json()["message"]
+
+
+def test_serve_no_exif_sends_none_whatever_a_request_asks(tmp_path: Path) -> None:
+    """A fleet that must not pass GPS positions on: ``serve --no-exif`` strips every response, and a
+    request asking ``exif=true`` is told why its output has none."""
+    import argparse
+
+    import httpx
+
+    from adassr.runtime.serve_cli import add_serve_arguments, config_from_args
+    from adassr.runtime.store import FALLBACK_CAMERA
+
+    from ._models import publish_camera
+    from ._server import running_server
+
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0)
+    photo = _photo_with_everything(tmp_path / "photo.jpg")
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    config = config_from_args(parser.parse_args(["--store", str(store), "--tile", "64", "--tile-overlap", "8",
+                                                 "--threads", "1", "--no-exif"]))
+    assert config.exif is False
+    with running_server(config) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        for query, note in (("format=png", False), ("format=jpeg&exif=true", True)):
+            reply = client.post(f"/v1/upscale?{query}", content=photo.read_bytes())
+            assert reply.status_code == 200 and not len(_exif_of(reply.content))
+            assert ("--no-exif" in reply.headers.get("x-adassr-note", "")) is note
 
 
 def test_a_tiff_naming_huge_values_is_not_read_past_a_budget() -> None:
