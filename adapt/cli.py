@@ -194,7 +194,7 @@ def _adapt(args: argparse.Namespace, published: list[bool]) -> int:
     select_gpu(getattr(args, "gpu", None))
     group = _select(args)
     config = _config(args)
-    print(f"adapting {args.backbone} to camera group '{group.name}' ({len(group.members)} image(s)); "
+    print(f"adapting {args.backbone} to camera group '{group.name}' ({len(group.members)} image file(s) found); "
           f"{config.steps} steps max", file=sys.stderr)
     outcome = adapt_camera(group, config, store_root=args.store, backbone_name=args.backbone,
                            progress=_progress_printer(config.steps), keep_on_interrupt=args.keep_on_interrupt,

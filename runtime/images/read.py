@@ -198,7 +198,9 @@ def _colour_declaration(info: Mapping[Any, Any], exif: Image.Exif) -> str | None
 def image_notes_logged(logger: logging.Logger) -> Iterator[None]:
     """Inside the block, the reader's :class:`ImageWarning` notes become ``logger`` warnings, for
     callers that print no notes of their own (adaptation, metrics). Each is logged when it is raised,
-    so a later failure loses none; other warnings are shown as Python would show them."""
+    so a later failure loses none. Pillow's own warnings as it reads a damaged file ("Truncated File
+    Read") are logged too, as notes of the decoder rather than as a line of its source code; other
+    warnings are shown as Python would show them."""
     with warnings.catch_warnings():
         warnings.simplefilter("always", ImageWarning)
         shown = warnings.showwarning
@@ -207,11 +209,18 @@ def image_notes_logged(logger: logging.Logger) -> Iterator[None]:
                  file: TextIO | None = None, line: str | None = None) -> None:
             if issubclass(category, ImageWarning):
                 logger.warning("%s", message)
+            elif _from_pillow(filename):
+                logger.warning("the image decoder (Pillow) noted: %s", message)
             else:
                 shown(message, category, filename, lineno, file, line)
 
         warnings.showwarning = show
         yield
+
+
+def _from_pillow(filename: str) -> bool:
+    """Whether a warning was raised by Pillow's code (its plugins warn about damaged files)."""
+    return Path(filename).parent.name == "PIL"
 
 
 def _warn_if_more_frames(im: ImageFile.ImageFile, p: Path, notes: list[str] | None) -> None:

@@ -1132,6 +1132,35 @@ def test_image_notes_logged_turns_notes_into_log_lines_as_they_come(
         warnings.warn("other warnings pass as Python shows them", DeprecationWarning, stacklevel=1)
 
 
+def test_pillows_warnings_on_a_damaged_file_become_log_lines(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """``adassr metrics`` on a damaged TIFF printed Pillow's "site-packages/PIL/TiffImagePlugin.py:982:
+    UserWarning: Truncated File Read" and a line of Pillow's source above its own error."""
+    import logging
+    import struct
+
+    from adassr.runtime.images import image_notes_logged
+
+    exif = Image.Exif()
+    exif[271], exif[272] = "Canon", "Canon EOS 5D Mark IV"
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 48, 3), 128, np.uint8)).save(buf, "TIFF", exif=exif)
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd)[0]):
+        if struct.unpack_from("<H", data, ifd + 2 + 12 * k)[0] == 272:
+            struct.pack_into("<I", data, ifd + 2 + 12 * k + 8, len(data) + 100)
+    (tmp_path / "damaged.tif").write_bytes(bytes(data))
+    logger = logging.getLogger("test.notes")
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with caplog.at_level(logging.WARNING, logger="test.notes"), image_notes_logged(logger), \
+                pytest.raises(ImageError, match="a damaged TIFF"):
+            read_image(tmp_path / "damaged.tif")
+    assert not [w for w in shown if issubclass(w.category, UserWarning)]
+    assert {r.getMessage() for r in caplog.records} == {"the image decoder (Pillow) noted: Truncated File Read"}
+
+
 def _watch_warnings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """A list that records each use of ``warnings.warn`` and ``warnings.catch_warnings`` (which still work)."""
     used: list[str] = []
