@@ -118,6 +118,7 @@ class TensorRTBackend(Backend):
         self._io: _Io | None = None
         self._next = 0
         self._pick = threading.Lock()
+        self._scale: int | None = None  # the engine's output / input size, found when opened
 
     @property
     def name(self) -> str:
@@ -126,6 +127,12 @@ class TensorRTBackend(Backend):
     @property
     def providers(self) -> tuple[str, ...]:
         return (f"cuda:{self._device}",) if self._opened else ()
+
+    def model_metadata(self) -> dict[str, str]:
+        """``{"scale": ...}``: an engine file holds no key-value metadata, but the output shape TensorRT
+        infers for the largest input says the engine's scale, which the manifest's must match (a hand-edited
+        manifest, an engine built from another camera's ONNX: caught at open, as for ONNX files)."""
+        return {} if self._scale is None or not self._opened else {"scale": str(self._scale)}
 
     # -- open / close -----------------------------------------------------------------------------
     def _open(self) -> None:
@@ -150,6 +157,8 @@ class TensorRTBackend(Backend):
             _release_after_failure(exc, [slot.free for slot in slots])
             raise
         self._engine, self._io, self._slots = engine, io, slots
+        out = slots[0].out_shape if slots else None
+        self._scale = engine_scale(io.max_input, out) if out is not None else None
 
     def _describe(self, trt: Any, engine: trt.ICudaEngine) -> _Io:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -250,6 +259,7 @@ class TensorRTBackend(Backend):
             self._slots = []
             self._engine = None
             self._io = None
+            self._scale = None
 
     # -- inference --------------------------------------------------------------------------------
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -346,6 +356,17 @@ class TensorRTBackend(Backend):
         slot.stream.synchronize()
         results[index] = np.array(slot.host_out.view(self._io.output_dtype, out_shape), dtype=np.float32)
         slot.pending = None
+
+
+def engine_scale(input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> int | None:
+    """The integer factor an NCHW engine maps ``input_shape`` to ``output_shape`` by (height and width
+    alike), or None when the shapes show none (then the scale is not checked)."""
+    if len(input_shape) != 4 or len(output_shape) != 4 or min(input_shape[2:]) < 1:
+        return None
+    (h, w), (out_h, out_w) = input_shape[2:], output_shape[2:]
+    if out_h % h or out_w % w or out_h // h != out_w // w:
+        return None
+    return out_h // h
 
 
 def _numpy_dtype(trt: Any, engine: trt.ICudaEngine, name: str) -> np.dtype[Any]:

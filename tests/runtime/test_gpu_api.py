@@ -274,3 +274,16 @@ def test_close_waits_for_a_running_call_before_it_frees_the_slot_and_forgets_the
     closing.join(5)
     assert not closing.is_alive() and backend._io is None and backend._slots == []
     assert sorted(log) == ["din", "dout", "hin", "hout", "stream"]
+
+
+def test_the_tensorrt_backend_reads_the_engines_scale_from_its_shapes() -> None:
+    """An engine file has no metadata; the scale the manifest's is checked against (as an ONNX file's
+    record is) comes from the output shape TensorRT infers for the largest input."""
+    from adassr.runtime.backends.tensorrt import TensorRTBackend, engine_scale
+
+    assert engine_scale((2, 3, 256, 192), (2, 3, 1024, 768)) == 4
+    assert engine_scale((1, 3, 64, 64), (1, 3, 128, 128)) == 2
+    assert engine_scale((1, 3, 64, 64), (1, 3, 256, 128)) is None  # not one factor: not checked
+    assert engine_scale((1, 3, 64, 60), (1, 3, 256, 250)) is None
+    assert engine_scale((1, 3, 0, 64), (1, 3, 0, 256)) is None
+    assert TensorRTBackend("x.engine").model_metadata() == {}  # not open: nothing to say

@@ -168,5 +168,6 @@ def test_engine_of_a_model_that_is_not_x4_returns_its_own_scale(tmp_path: Path, 
     want = _reference(CameraStore.open(tmp_path, "cam").verified_path("model.onnx"), batch)
     with TensorRTBackend(result.path, streams=1) as backend:
         got = backend.infer(batch)
+        assert backend.model_metadata() == {"scale": str(scale)}  # what the manifest's scale is checked against
     assert got.shape == (3, 3, 24 * scale, 20 * scale) == want.shape
     assert np.abs(got - want).max() < 2e-4
