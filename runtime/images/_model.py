@@ -51,10 +51,11 @@ _DTYPE_BITS = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}
 
 def icc_colour_space(profile: bytes | None) -> str | None:
     """The data colour space of an ICC profile (header bytes 16-19: ``"RGB"``, ``"GRAY"``,
-    ``"CMYK"``, ...), or None for no profile or one too short to have a header."""
+    ``"CMYK"``, ...), or None for no profile or one too short to have a header. Bytes other than
+    printable ASCII show as ``?`` (the name goes into notes, terminals and HTTP headers)."""
     if not profile or len(profile) < 128:
         return None
-    return profile[16:20].decode("latin-1").strip()
+    return "".join(chr(b) if 0x20 <= b <= 0x7E else "?" for b in profile[16:20]).strip()
 
 
 def profile_fits(profile: bytes | None, channels: int) -> bool:

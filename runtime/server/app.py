@@ -106,8 +106,10 @@ httpx failed on a 60 KB one; nginx's default buffer is 4-8 KB for all of them)."
 
 
 def _header_safe(text: str) -> str:
-    """``text`` as one ASCII header line of at most :data:`MAX_HEADER_VALUE` characters."""
-    safe = text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")
+    """``text`` as one header line of printable ASCII (anything else, control characters and NUL from an
+    upload's bytes included, becomes ``?``; RFC 9110 forbids them, and h11 refused to send the response)
+    of at most :data:`MAX_HEADER_VALUE` characters."""
+    safe = "".join(c if " " <= c <= "~" else " " if c in "\r\n\t" else "?" for c in text)
     return safe if len(safe) <= MAX_HEADER_VALUE else safe[: MAX_HEADER_VALUE - 3] + "..."
 
 

@@ -221,6 +221,29 @@ def test_a_long_exif_make_does_not_make_the_response_unreadable(store: Path) -> 
     from adassr.runtime.server.app import MAX_HEADER_VALUE, _header_safe
 
     assert len(_header_safe("x" * 5000)) == MAX_HEADER_VALUE and _header_safe("a\r\nb") == "a  b"
+    assert _header_safe("RG\x00\x00 é\x7f\x1b[31m") == "RG?? ???[31m"
+
+
+def test_an_upload_whose_profile_names_control_characters_gets_a_clean_note(store: Path) -> None:
+    """A 32x32 PNG whose ICC header names the colour space "RG\\0\\0" got no response at all (h11 refused
+    the NUL in X-Adassr-Note and dropped the connection, which the metrics counted as a 200); with
+    bytes such as 0x01 and 0x7f the response carried control characters that proxies reject."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    for space in (b"RG\x00\x00", b"A\x01\x7fB", b"\x1b[2J"):
+        profile = bytearray(200)
+        profile[16:16 + len(space)] = space
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(buffer, format="PNG", icc_profile=bytes(profile))
+        with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+            r = client.post("/v1/upscale", content=buffer.getvalue())
+            assert r.status_code == 200, r.text
+            note = r.headers["x-adassr-note"]
+            assert "colour profile does not describe its RGB pixels" in note
+            assert all(" " <= c <= "~" for c in note), note
 
 
 def test_outputs_too_large_for_the_limit_or_the_format_are_413_before_any_model_call(store: Path) -> None:
