@@ -639,6 +639,61 @@ def test_32bit_modes_are_refused(tmp_path: Path, dtype: type) -> None:
         read_image(colour)
 
 
+def _rle8_bmp(index: np.ndarray, palette: np.ndarray) -> bytes:
+    """A bottom-up RLE8 BMP of the H x W palette ``index`` (runs of up to 255, end of line, end of bitmap)."""
+    import struct
+
+    height, width = index.shape
+    data = bytearray()
+    for row in index[::-1]:
+        x = 0
+        while x < width:
+            n = 1
+            while x + n < width and row[x + n] == row[x] and n < 255:
+                n += 1
+            data += bytes([n, int(row[x])])
+            x += n
+        data += b"\0\0"
+    data += b"\0\1"
+    table = b"".join(bytes([int(b), int(g), int(r), 0]) for r, g, b in palette)
+    offset = 14 + 40 + len(table)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(data), 2835, 2835, len(palette), 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + table + bytes(data)
+
+
+def test_run_length_coded_bmps_read_as_pillow_reads_them_without_its_python_decoder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow decodes RLE BMPs in Python, a byte at a time: a 17 KB file of 4000x4000 one-pixel rows held a
+    server worker for 5 s, 40 MB of zero-move escapes for 18 s (a helper's hostile-input hunt). They are
+    decoded by OpenCV: the same pixels, grey when every pixel is, damage refused."""
+    from PIL import BmpImagePlugin
+
+    rng = np.random.default_rng(3)
+    index = (np.arange(40 * 70).reshape(40, 70) // 23 % 256).astype(np.uint8)
+    index[5:15, 10:40] = rng.integers(0, 256, (10, 30))
+    colours = rng.integers(0, 256, (256, 3)).astype(np.uint8)
+    greys = np.repeat(rng.permutation(256).astype(np.uint8)[:, None], 3, axis=1)  # grey, not a ramp
+    expected = {}
+    for name, palette in (("colour", colours), ("grey", greys)):
+        (tmp_path / f"{name}.bmp").write_bytes(_rle8_bmp(index, palette))
+        with Image.open(tmp_path / f"{name}.bmp") as im:
+            assert im.info["compression"] == 1
+            expected[name] = np.asarray(im.convert("RGB"))
+
+    def python_decoder(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("Pillow's Python RLE decoder was used")
+
+    monkeypatch.setattr(BmpImagePlugin.BmpRleDecoder, "decode", python_decoder)
+    colour, grey = read_image(tmp_path / "colour.bmp"), read_image(tmp_path / "grey.bmp")
+    assert colour.pixels.shape == (40, 70, 3) and np.array_equal(colour.pixels, expected["colour"])
+    assert grey.pixels.shape == (40, 70, 1) and np.array_equal(grey.pixels[..., 0], expected["grey"][..., 0])
+    assert colour.alpha is None and grey.alpha is None
+    data = (tmp_path / "colour.bmp").read_bytes()
+    (tmp_path / "cut.bmp").write_bytes(data[: len(data) - 200])
+    with pytest.raises(ImageError, match="run-length coded BMP data is truncated or damaged"):
+        read_image(tmp_path / "cut.bmp")
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")  # Pillow warns as it stops at the damage
 @pytest.mark.parametrize("damage", ["a tag's value offset", "the directory offset", "cut inside the directory"])
 def test_a_tiff_whose_directory_points_outside_the_file_is_named_damaged(tmp_path: Path, damage: str) -> None:
