@@ -16,7 +16,8 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse
 
-from adassr.runtime.errors import ConfigError
+from adassr.runtime.cameras import camera_name
+from adassr.runtime.errors import CameraError, ConfigError
 from adassr.runtime.images import check_quality
 from adassr.runtime.server.config import OUTPUT_FORMATS
 
@@ -98,6 +99,11 @@ def parse_params(values: Mapping[str, str], max_outscale: float, accept: str | N
             f"unknown parameter(s) {', '.join(map(repr, unknown))}; valid: {', '.join(PARAMETERS)}"
         )
     camera = values.get("camera") or None
+    if camera is not None:
+        try:  # a name no group can have is refused before the body is decoded (the registry checks it again)
+            camera_name(camera)
+        except CameraError as exc:
+            raise HttpError(422, "invalid_parameter", str(exc)) from None
     outscale: float | None = None
     if values.get("outscale") not in (None, ""):
         try:

@@ -310,6 +310,9 @@ def test_status_codes_and_error_bodies(store: Path) -> None:
             {"camera": "../etc"},
         ):
             _assert_json_error(c.post("/v1/upscale", params=params, content=canon), 422, "invalid_parameter")
+        # an impossible camera name is refused before the body is decoded (it was a 415 here, after the decode)
+        _assert_json_error(c.post("/v1/upscale", params={"camera": "../etc"}, content=b"no image"), 422,
+                           "invalid_parameter")
         message = _assert_json_error(  # the last value used to win, silently
             c.post("/v1/upscale", params=[("camera", "canon"), ("camera", "nikon")], content=canon), 422,
             "invalid_parameter",
