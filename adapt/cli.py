@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from adassr.adapt.config import AdaptConfig, AttentionConfig, CliField, cli_fields
+from adassr.runtime.console import one_line
 from adassr.runtime.store import DEFAULT_STORE, FALLBACK_BACKBONE, store_argument
 
 log = logging.getLogger(__name__)
@@ -140,13 +141,13 @@ def run_adapt(args: argparse.Namespace) -> int:
         folder = args.images or default_images_dir()
         scan = listed_groups(folder)
         if not scan.groups and not scan.skipped:
-            print(f"error: no images in {folder} or its camera subfolders; pass the folder of your photos with "
-                  "--images DIR", file=sys.stderr)
+            print(f"error: no images in {one_line(str(folder))} or its camera subfolders; pass the folder of your "
+                  "photos with --images DIR", file=sys.stderr)
             return 2
         for group in scan.groups.values():
-            print(group.describe())
+            print(one_line(group.describe()))
         for skipped in scan.skipped:
-            print(f"skipped {skipped.path}: {skipped.reason}")
+            print(one_line(f"skipped {skipped.path}: {skipped.reason}"))
         return 0
     from adassr.adapt.interrupts import Interrupted, catch_interrupts
 
@@ -156,7 +157,7 @@ def run_adapt(args: argparse.Namespace) -> int:
             return _adapt(args, published)
     except Interrupted as exc:
         if exc.note:
-            print(f"adapt: {exc}; {exc.note}", file=sys.stderr)
+            print(one_line(f"adapt: {exc}; {exc.note}"), file=sys.stderr)
         elif exc.kept:  # the weights of the run the signal stopped (published is set too)
             print(f"adapt: {exc}; the best weights evaluated so far were published (--keep-on-interrupt; "
                   "the manifest says \"interrupted\": true)", file=sys.stderr)
@@ -172,7 +173,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     except (MemoryError, RuntimeError) as exc:
         if not _is_out_of_memory(exc):
             raise
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first_line = one_line((str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
         print(f"error: out of memory while adapting ({first_line}); nothing was published, the previous model "
               "is unchanged. Read fewer or smaller images (--max-images, --max-megapixels), or lower --batch, "
               "--patch or --feature-bank", file=sys.stderr)
@@ -203,7 +204,7 @@ def _adapt(args: argparse.Namespace, published: list[bool]) -> int:
         print(f"camera {outcome.camera}: NIQE {outcome.niqe_before:.3f} (backbone) -> {outcome.niqe_after:.3f} "
               f"(the camera's current model, kept); {outcome.steps} steps in {outcome.wall_time_s:.0f} s; "
               f"{outcome.stop_reason}")
-        print(f"artifacts: {outcome.store_dir} (unchanged)")
+        print(f"artifacts: {one_line(str(outcome.store_dir))} (unchanged)")
         return 0
     if outcome.kept_backbone:
         verdict = "kept the backbone (see the stop reason)"
@@ -216,5 +217,5 @@ def _adapt(args: argparse.Namespace, published: list[bool]) -> int:
     if outcome.kernel:
         print(f"blur kernel: {outcome.kernel}")
     report = f", {outcome.report}" if outcome.report else ""
-    print(f"artifacts: {outcome.store_dir} (adapted.safetensors, manifest.json{report})")
+    print(f"artifacts: {one_line(str(outcome.store_dir))} (adapted.safetensors, manifest.json{report})")
     return 0

@@ -144,7 +144,10 @@ class TorchUpscaler:
         choice = self._choice(chosen)
         start = time.perf_counter()
         if progress is None and image.height * image.width > 256 * 256:
-            print(f"upscaling {image.path} ({image.width}x{image.height}) on {self.device}...", file=sys.stderr)
+            from adassr.runtime.console import one_line
+
+            print(f"upscaling {one_line(str(image.path))} ({image.width}x{image.height}) on {self.device}...",
+                  file=sys.stderr)
         if chosen not in self._backends:  # one runner per model: CUDA graphs are captured once
             backend = TorchBackend(choice.model, self.device, choice.label, self.run_options)
             backend.open()

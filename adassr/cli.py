@@ -105,7 +105,11 @@ def _fill(parser: argparse.ArgumentParser, command: Subcommand) -> argparse.Argu
 
 def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from adassr.runtime.console import OneLineFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -121,7 +125,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                 sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is handled below, not a traceback
         return code
     except AdassrError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from adassr.runtime.console import one_line
+
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except ImportError as exc:  # an optional dependency this command needs is not installed
         print(f"error: {_missing_dependency(getattr(args, 'command', 'adapt'), exc)}", file=sys.stderr)
@@ -147,7 +153,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 2
     except OSError as exc:  # the system refused something the command needed (file descriptors, a deleted folder)
         logging.getLogger(__name__).debug("system error", exc_info=True)
-        where = f" ({exc.filename})" if exc.filename else ""
+        from adassr.runtime.console import one_line
+
+        where = f" ({one_line(str(exc.filename))})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}; check the system's limits (ulimit -n, free memory) and the "
               "folders named (run with -vv for where it happened)", file=sys.stderr)
         return 2

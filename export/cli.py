@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adassr.export.triton_repo import PLATFORMS
+from adassr.runtime.console import one_line
 from adassr.runtime.store import DEFAULT_STORE, MODEL_PRECISIONS, store_argument
 
 if TYPE_CHECKING:
@@ -98,19 +99,21 @@ def _run_triton(args: argparse.Namespace) -> int:
 
     def left_out(camera: str, reason: str) -> None:  # the whole store only: the other cameras go on
         skipped.append(camera)
-        print(f"warning: camera {camera!r} left out: {reason}; its Triton model, if it has one, is unchanged",
-              file=sys.stderr)
+        print(one_line(f"warning: camera {camera!r} left out: {reason}; its Triton model, if it has one, is "
+                       "unchanged"), file=sys.stderr)
 
     for model in write_repository(args.triton_repo, args.store, args.camera, options, on_skip=left_out):
         state = "new version" if model.new_version else "unchanged"
-        print(f"{model.camera}: {model.directory}/{model.version} ({state}, sha256 {model.sha256[:12]}...)")
+        print(f"{model.camera}: {one_line(str(model.directory))}/{model.version} ({state}, "
+              f"sha256 {model.sha256[:12]}...)")
         if model.previous_store is not None:
-            print(f"warning: the Triton model {model.name!r} was last published from the store {model.previous_store}, "
-                  f"not {Path(args.store).expanduser()}: two stores with a camera {model.camera!r} now share it "
-                  "(unless the store has moved); give one of them another --triton-prefix", file=sys.stderr)
+            print(f"warning: the Triton model {model.name!r} was last published from the store "
+                  f"{one_line(str(model.previous_store))}, not {one_line(str(Path(args.store).expanduser()))}: "
+                  f"two stores with a camera {model.camera!r} now share it (unless the store has moved); give "
+                  "one of them another --triton-prefix", file=sys.stderr)
     if args.camera is None:  # the whole store: what the repository may now serve wrongly
         for warning in repository_warnings(args.triton_repo, args.store, options):
-            print(f"warning: {warning}", file=sys.stderr)
+            print(f"warning: {one_line(warning)}", file=sys.stderr)
     if skipped:
         print(f"error: {len(skipped)} camera(s) left out ({', '.join(sorted(skipped))}), each named above with its "
               "reason; the others are published", file=sys.stderr)
@@ -129,7 +132,7 @@ def run_export(args: argparse.Namespace) -> int:
                 return _run_triton(args)
             return _run_export(args, done)
     except Interrupted as exc:
-        print(f"export: {exc}; {_interrupted_note(args, exc.kept or bool(done))}", file=sys.stderr)
+        print(one_line(f"export: {exc}; {_interrupted_note(args, exc.kept or bool(done))}"), file=sys.stderr)
         return exc.exit_code
 
 
@@ -189,7 +192,7 @@ def _run_export(args: argparse.Namespace, done: list[str]) -> int:
     for record in result.exports.values():
         path = store.artifact_path(record["file"], manifest)  # the content-addressed file on disk
         print(
-            f"{result.camera}: {path} ({record['precision']}, {record['bytes'] / 1e6:.1f} MB, "
+            f"{result.camera}: {one_line(str(path))} ({record['precision']}, {record['bytes'] / 1e6:.1f} MB, "
             f"sha256 {record['sha256'][:12]}...), max abs error vs PyTorch fp32 "
             f"{record['max_abs_error_vs_torch']:.2g} (tolerance {record['tolerance']:g}), "
             f"export {record['export_time_s']:.1f} s"
@@ -272,7 +275,7 @@ def _build_engine(options: EngineOptions, store: Path, camera: str) -> None:
     result = export_engine(store, camera, options)
     record = result.record
     how = "reused" if not result.built else ("refitted" if record.base else "built")
-    line = (f"{camera}: TensorRT {precision} engine {result.path} {how} for {record.key.gpu} "
+    line = (f"{camera}: TensorRT {precision} engine {one_line(str(result.path))} {how} for {record.key.gpu} "
             f"(TensorRT {record.key.tensorrt_version}, key {record.key.digest[:16]})")
     if result.base is not None:
         base_how = "built now" if result.base_built else "reused"

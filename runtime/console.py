@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import select
 import sys
@@ -39,6 +40,16 @@ def one_line(text: str) -> str:
 
 
 _BREAKS = ("Cc", "Zl", "Zp")
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log lines whose message is :func:`one_line`: a file name or an EXIF field in a warning cannot split
+    it into a forged ``WARNING ...`` line or send escape sequences to the terminal (a traceback after the
+    message stays as it is)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
 
 def say(text: str, stream: TextIO | None, *, end: str = "\n") -> bool:

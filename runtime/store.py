@@ -108,13 +108,17 @@ _CONTENT_NAME = re.compile(r"^.+\.[0-9a-f]{16}(\.[A-Za-z0-9_]+)?$")
 
 def store_option(root: str | os.PathLike[str]) -> str:
     """`` --store ROOT`` for a command suggested to the user, or nothing for the default store: a hint
-    without it, followed as given, would write into ./models and leave the user's store as it was."""
+    without it, followed as given, would write into ./models and leave the user's store as it was. A
+    relative root starting with ``-`` is written ``./-root`` (argparse would take it for an option)."""
     given = Path(root).expanduser()
     try:
         default = given.resolve() == DEFAULT_STORE.resolve()
     except (OSError, RuntimeError):
         default = False
-    return "" if default else f" --store {shlex.quote(str(given))}"
+    text = str(given)
+    if text.startswith("-"):  # `--store -dstore` reads as an option: a path it is, from the current folder
+        text = os.path.join(".", text)
+    return "" if default else f" --store {shlex.quote(text)}"
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:

@@ -382,3 +382,27 @@ def test_usage_errors_are_one_line(capsys) -> None:
         with pytest.raises(SystemExit):
             main(argv)
         assert capsys.readouterr().err == f"{prog}: error: unrecognized arguments: {argv[-1]} (see {prog} --help)\n"
+
+
+def test_names_with_control_characters_cannot_forge_lines_or_reach_the_terminal_raw(tmp_path: Path) -> None:
+    """A file named ``esc\\x1b[2J\\nFAKE line.png`` cleared the terminal and started a line of its own in
+    `metrics` errors and warnings, `adapt` warnings and the top-level ``error:`` line (only `upscale`
+    escaped names; a helper's hunt of untrusted text)."""
+    import logging
+
+    from adassr.runtime.console import OneLineFormatter
+
+    hostile = "esc\x1b[2J\nFAKE line"
+    for name in (f"{hostile}.png", "anim.png"):
+        (tmp_path / name).write_bytes(b"not an image")
+    record = logging.LogRecord("adassr.adapt.run", logging.WARNING, __file__, 1, "skipped %s", (hostile,), None)
+    line = OneLineFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert line == "WARNING adassr.adapt.run: skipped esc\\x1b[2J\\nFAKE line"
+    runs = (["metrics", "psnr", str(tmp_path / f"{hostile}.png"), "--ref", str(tmp_path / "anim.png")],
+            ["upscale", "-i", str(tmp_path / f"missing{hostile}.png"), "-o", str(tmp_path / "out.png"),
+             "--store", str(tmp_path / "store")])
+    for argv in runs:
+        done = subprocess.run([sys.executable, "-m", "adassr.cli", *argv], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode != 0 and "\\x1b[2J\\nFAKE line" in done.stderr, done.stderr
+        assert "\x1b" not in done.stderr and not any(line.startswith("FAKE") for line in done.stderr.splitlines())

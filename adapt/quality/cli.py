@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from adassr.runtime.console import one_line
 from adassr.runtime.errors import AdassrError, ConfigError, ImageTooLargeError, PixelLimitError, unexpected_error
 
 METRICS = ("niqe", "lpips", "psnr", "ssim")
@@ -93,7 +94,7 @@ def _same_file(path: str) -> Path:
 
 
 def _fail(command: str, message: str, code: int) -> int:
-    print(f"adassr {command}: error: {message}", file=sys.stderr)
+    print(f"adassr {command}: error: {one_line(message)}", file=sys.stderr)
     return code
 
 
@@ -290,8 +291,9 @@ def run_metrics(args: argparse.Namespace) -> int:
               f"{left_out}", file=sys.stderr)
     if failed:
         for _, message in failed:
-            print(f"adassr metrics: error: {message} (skipped)", file=sys.stderr)
-        print(f"adassr metrics: scored {len(scores)}, failed {len(failed)}: {', '.join(p for p, _ in failed)}",
+            print(f"adassr metrics: error: {one_line(message)} (skipped)", file=sys.stderr)
+        print(f"adassr metrics: scored {len(scores)}, failed {len(failed)}: "
+              f"{', '.join(one_line(p) for p, _ in failed)}",
               file=sys.stderr)
         return 1
     return 0
@@ -314,8 +316,8 @@ def _score_all(args: argparse.Namespace, pairs: list[tuple[str, Any]], scorer: C
             image, reference = loaded.pixels, (loaded_ref.pixels if loaded_ref is not None else None)
             for what, item in ((path, loaded), (ref, loaded_ref)):
                 if item is not None and item.alpha is not None:
-                    print(f"adassr metrics: note: {what} has an alpha channel, which is not scored (colour only)",
-                          file=sys.stderr)
+                    print(f"adassr metrics: note: {one_line(str(what))} has an alpha channel, which is not scored "
+                          "(colour only)", file=sys.stderr)
             if reference is not None and image.shape[:2] != reference.shape[:2]:
                 raise ConfigError(
                     f"image is {image.shape[1]}x{image.shape[0]} but its reference {ref} is "
