@@ -133,11 +133,23 @@ class TritonRepoOptions:
             raise ExportError("--no-trt-profile changes --trt-accelerator's settings; add --trt-accelerator")
         if self.trt_cache_dir is not None and not self.trt_accelerator:
             raise ExportError("--trt-cache-dir is where --trt-accelerator keeps its engines; add --trt-accelerator")
+        if self.trt_cache_dir is not None and not _is_utf8(self.trt_cache_dir):
+            raise ExportError(f"--trt-cache-dir must be UTF-8 text (Triton reads its config as UTF-8); "
+                              f"{self.trt_cache_dir!r} holds bytes that are not: choose another folder name")
         if self.trt_cache_dir is not None and not self.trt_cache_dir.startswith("/"):
             raise ExportError(f"--trt-cache-dir must be an absolute path on the Triton host (a persistent volume "
                               f"outside the model repository), not {self.trt_cache_dir!r}")
         if self.precision not in ("fp32", "fp16"):
             raise ExportError(f"unknown precision {self.precision!r}; valid: fp32, fp16")
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates (Python's stand-ins for a file name's non-UTF-8 bytes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -166,7 +178,14 @@ def model_name(camera: str, prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def _pb_string(text: str) -> str:
-    return json.dumps(text)  # a JSON string literal is a valid protobuf text-format string
+    """A protobuf text-format string literal of ``text``: printable ASCII as it is (``"`` and ``\\``
+    escaped), every other byte of its UTF-8 as an octal escape. (JSON's ``\\uXXXX`` escapes, written
+    before, are no escapes of the text format: Python's protobuf parser refused an emoji's surrogate pair.)"""
+    out = []
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        out.append("\\" + char if char in '"\\' else char if 0x20 <= byte <= 0x7E else f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
 
 
 def render_config(

@@ -194,10 +194,23 @@ def test_trt_accelerator_has_one_profile_for_the_batches_a_cache_and_a_warm_up(s
     assert sorted(accel.parameters) == ["precision_mode", "trt_engine_cache_enable", "trt_engine_cache_path"]
 
 
+def test_a_cache_folder_of_any_unicode_name_reads_back_from_the_config(store: Path, tmp_path: Path) -> None:
+    """JSON escapes (``\\ud83d\\ude00`` for an emoji) were written into config.pbtxt, which protobuf's text
+    format does not take as escapes: the parser refused them or named another folder."""
+    folder = "/var/cache/trt \U0001F600 café\n\x1b\"q\\"
+    options = TritonRepoOptions(tile=64, max_batch_size=4, preferred_batch_sizes=(4,), trt_accelerator=True,
+                                trt_cache_dir=folder)
+    (model,) = write_repository(tmp_path / "repo", store, ["canon"], options)
+    text = (model.directory / "config.pbtxt").read_text(encoding="ascii")
+    (accel,) = _parse(model.directory / "config.pbtxt").optimization.execution_accelerators.gpu_execution_accelerator
+    assert accel.parameters["trt_timing_cache_path"] == f"{folder}/adassr_canon" and "\\u" not in text
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"trt_accelerator": True, "instance_kind": "KIND_CPU"}, "would do nothing"),
     ({"trt_cache_dir": "/var/cache/trt"}, "add --trt-accelerator"),
     ({"trt_accelerator": True, "trt_cache_dir": "cache/trt"}, "absolute path on the Triton host"),
+    ({"trt_accelerator": True, "trt_cache_dir": "/cache/caf\udcff/x"}, "must be UTF-8 text"),  # a non-UTF-8 name
     ({"trt_profile": False}, "add --trt-accelerator"),
 ])
 def test_trt_accelerator_options_that_cannot_work_are_refused(options: dict[str, object], message: str) -> None:
