@@ -218,4 +218,11 @@ def _adapt(args: argparse.Namespace, published: list[bool]) -> int:
         print(f"blur kernel: {outcome.kernel}")
     report = f", {outcome.report}" if outcome.report else ""
     print(f"artifacts: {one_line(str(outcome.store_dir))} (adapted.safetensors, manifest.json{report})")
+    if outcome.exports_dropped:
+        from adassr.runtime.store import store_option
+
+        print(f"note: the camera's ONNX and TensorRT exports were made from its previous weights and are dropped; "
+              f"until `adassr export --camera {outcome.camera}{store_option(args.store)}` runs, a running server "
+              "keeps serving the previous model and the store holds no model of the new weights",
+              file=sys.stderr)
     return 0

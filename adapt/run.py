@@ -76,6 +76,7 @@ class AdaptOutcome:
     kernel: str = ""  # the blur kernel the training pairs used, in words (KernelEstimate.describe)
     report: str | None = None  # the report artifact's name (report.png), None when none was drawn
     kept_current: bool = False  # the camera's current model stayed (better on this run's crops): nothing published
+    exports_dropped: bool = False  # the camera had exports of other weights, which this commit forgot (export again)
 
 
 @dataclass(frozen=True)
@@ -819,9 +820,11 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
             raise Interrupted(result.interrupted, kept=True) from None
     if result.interrupted is not None:
         raise Interrupted(result.interrupted, kept=True)
+    previous_exports = tx.previous.get("exports") if isinstance(tx.previous, Mapping) else None
     return AdaptOutcome(group.name, store.directory, store.artifact_path(WEIGHTS_FILE, committed),
                         record["niqe_before"], record["niqe_after"], result.kept_backbone, result.steps,
-                        result.stop_reason, record["wall_time_s"], inputs.kernel.describe(), record["report"])
+                        result.stop_reason, record["wall_time_s"], inputs.kernel.describe(), record["report"],
+                        exports_dropped=bool(previous_exports) and not committed.get("exports"))
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,14 @@ from adassr.runtime.routing import (
     resolve_model,
     unusable_make_reason,
 )
-from adassr.runtime.store import FALLBACK_CAMERA, MANIFEST_NAME, CameraStore, misnamed_note, scan_store
+from adassr.runtime.store import (
+    FALLBACK_CAMERA,
+    MANIFEST_NAME,
+    CameraStore,
+    misnamed_note,
+    scan_store,
+    store_option,
+)
 from adassr.runtime.tiling import TilingOptions
 
 logger = logging.getLogger(__name__)
@@ -343,6 +350,9 @@ class ModelRegistry:
         for name, decision in parked.items():
             if name not in out:
                 out[name] = model_summary(name, decision, engine_precision(self._precision, decision.precision), None)
+        for name in set(out) & set(self._unexported):  # a copy: the refresh thread may change the set
+            out[name] = {**out[name], "stale": "the camera was adapted again and its new weights are not exported: "
+                         f"this model serves until `adassr export --camera {name}` runs"}
         return dict(sorted(out.items()))
 
     # -- serving ----------------------------------------------------------------------------
@@ -725,14 +735,14 @@ class ModelRegistry:
             if _has_no_export(self._store, camera):  # adapted, not exported yet (and no fallback): no problem
                 self._signatures[camera] = sig
                 self._problems.pop(camera, None)
-                self._unexported.add(camera)
+                self._mark_unexported(camera, served)
                 return
             self._refused(camera, "model_load", f"cannot read the manifest: {exc}", sig)
             return
         if decision.model_camera != camera:  # adapted but not exported (yet): keep what serves
             self._signatures[camera] = sig
             self._problems.pop(camera, None)  # e.g. "its folder cannot be read", now that it can be
-            self._unexported.add(camera)
+            self._mark_unexported(camera, served)
             return
         self._unexported.discard(camera)
         # The manifest's stat taken before it was read: had a commit come in between, the next poll sees the
@@ -778,6 +788,15 @@ class ModelRegistry:
                 logger.warning("camera %s has no %s export: serving its %s model (export it again with --precision "
                                "%s to serve %s)", camera, self._precision, decision.precision, self._precision,
                                self._precision)
+
+    def _mark_unexported(self, camera: str, served: RouteDecision | None) -> None:
+        """Note that ``camera``'s manifest has no export of its weights (adapted, or adapted again, and not
+        exported since): a model it served keeps serving, and the log says so once."""
+        if camera not in self._unexported and served is not None:
+            logger.warning("camera %s was adapted again and has no export of its new weights: its previous model "
+                           "(%s) keeps serving until `adassr export --camera %s%s` runs", camera, served.label,
+                           camera, store_option(self._store))
+        self._unexported.add(camera)
 
     def _still_arriving(self, camera: str, decision: RouteDecision, found: tuple[int, int, int] | None) -> bool:
         """Whether the camera's model file (``found``: its stat, None when missing) looks like a copy in

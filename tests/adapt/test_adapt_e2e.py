@@ -136,11 +136,20 @@ def test_adapt_export_upscale_round_trip(camera_dir: Path, tmp_path: Path, capsy
     assert np.abs(got - ref).max() <= 1 / 255 + 1e-4
     # The same run again publishes the same weights file, and its export stays (both were replaced: the
     # weights file's bytes changed from run to run, and re-adapting always dropped the exports).
+    capsys.readouterr()
     assert _adapt(camera_dir, store, "--replace") == 0
     again = CameraStore.open(store, "nokia").read_manifest()
     assert again["artifacts"]["adapted.safetensors"] == manifest["artifacts"]["adapted.safetensors"]
     assert again["exports"] == manifest["exports"] and again["artifacts"]["model.onnx"] == manifest["artifacts"][
         "model.onnx"]
+    assert "are dropped" not in capsys.readouterr().err
+    # Other weights: the exports are dropped, and adapt says so with the command that makes new ones (it
+    # said nothing, and the camera was off-line for new servers until an export nobody was told to run).
+    assert _adapt(camera_dir, store, "--replace", "--seed", "2") == 0
+    assert "exports" not in CameraStore.open(store, "nokia").read_manifest()
+    err = capsys.readouterr().err
+    assert f"exports were made from its previous weights and are dropped; until `adassr export --camera nokia " \
+           f"--store {store}` runs" in " ".join(err.split())
 
 
 def test_admm_with_an_external_step_runs(camera_dir: Path, tmp_path: Path) -> None:

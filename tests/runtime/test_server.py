@@ -1463,6 +1463,38 @@ def test_a_deleted_refused_camera_and_an_unexported_one_are_no_problems(store: P
         pass
 
 
+def test_a_served_camera_adapted_again_keeps_serving_and_says_it_is_stale(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Re-adapting drops the camera's exports (made from the old weights): a running server kept serving the
+    old model without a word, while /v1/cameras and the docs said a re-adapted camera is swapped in (a
+    helper's first journey with a camera of their own)."""
+    import logging
+
+    from adassr.runtime.server.models import ModelRegistry, default_opener
+    from adassr.runtime.store import CameraStore
+
+    publish_camera(tmp_path, "nokia", seed=3)
+    registry = ModelRegistry(tmp_path, open_model=default_opener("onnxruntime", providers=("cpu",), threads=1))
+    registry.refresh()
+    served = registry.listing()["nokia"]
+    assert "stale" not in served
+    CameraStore.open(tmp_path, "nokia").update_manifest(lambda m: m.pop("exports"))  # as adapt's commit does
+    with caplog.at_level(logging.WARNING, logger="adassr.runtime.server.models"):
+        registry.refresh()
+        registry.refresh()
+    listed = registry.listing()["nokia"]
+    assert listed["sha256"] == served["sha256"] and dict(registry.problems) == {}
+    assert "`adassr export --camera nokia` runs" in listed["stale"]
+    warned = [r.getMessage() for r in caplog.records if "adapted again" in r.getMessage()]
+    assert len(warned) == 1 and f"`adassr export --camera nokia --store {tmp_path}` runs" in warned[0]
+    publish_camera(tmp_path, "nokia", seed=4)  # exported again: swapped in, no longer stale
+    registry.refresh()
+    listed = registry.listing()["nokia"]
+    assert "stale" not in listed and listed["sha256"] != served["sha256"]
+    for model in list(registry.models.values()):
+        model.backend.close()
+
+
 def test_limits_that_would_overflow_the_waits_are_refused(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--max-wait-ms 1e13 killed the batcher thread (every request 504, /readyz 200); --request-timeout
     1e10 made every upscale a 500."""
