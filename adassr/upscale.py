@@ -143,7 +143,8 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
                                  samples: Sequence[Path] = ()) -> None:
     """Make sure the store can serve: export ``options.backbone`` as the fallback model when needed.
 
-    Nothing happens when the store already has the requested camera's model or a fallback model.
+    Nothing happens when the store already has the requested camera's model or a fallback model, nor
+    when every one of ``samples`` (the run's inputs) is routed to a camera the store has a model for.
     Without torch, a store with any camera's export serves the images of those cameras (the others
     fail one by one, naming the export to run); with none, ``StoreError`` names the command to run.
     The export is validated on the bundled sample photos, else on the first input that can be read.
@@ -151,6 +152,8 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
     store = Path(options.store)
     if can_serve(store, camera=camera, precision=model_precision(options.precision)):
         return
+    if camera is None and samples and _all_routed_to_cameras(store, samples):
+        return  # nothing needs the fallback (it was exported, 67 MB, for photos its cameras serve)
     from adassr.export.crops import SAMPLE_PHOTO, checkout_file
 
     command = f"adassr export --backbone {options.backbone} --store {shlex.quote(str(store))}"
@@ -180,6 +183,34 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
             raise _no_validation_photo(command)
     export_fallback(store, options.backbone, precision="fp32", validation_image=validation,
                     lock_timeout_s=FIRST_USE_WAIT_S, if_missing=True)  # another first use may be exporting it
+
+
+def _all_routed_to_cameras(store: Path, samples: Sequence[Path]) -> bool:
+    """Whether each input is routed (folder, EXIF Make, file-name prefix, as the upscale routes it) to a
+    camera the store has an export for. Reads headers only; an input that cannot be read needs no model."""
+    from adassr.runtime.preflight import exported_cameras
+    from adassr.runtime.routing import route_by_image
+
+    try:
+        cameras = set(exported_cameras(store))
+    except AdassrError:
+        return False
+    cameras.discard(FALLBACK_CAMERA)
+    if not cameras:
+        return False
+    from adassr.runtime.store import CameraStore
+
+    def in_store(name: str) -> bool:  # as resolve_model: any camera with a manifest, exported or not
+        return CameraStore.open(store, name).exists()
+
+    for sample in samples:
+        try:
+            group, _, _ = route_by_image(sample, in_store)
+        except (AdassrError, OSError):
+            continue  # it fails on its own when it is read
+        if group not in cameras:
+            return False
+    return True
 
 
 def _has_export(store: Path) -> bool:

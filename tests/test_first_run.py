@@ -124,6 +124,32 @@ def test_a_first_use_export_validates_on_a_readable_input_when_no_samples_are_in
         export_fallback_on_first_use(options, camera=None, samples=[bad, tiny])
 
 
+def test_the_fallback_is_not_exported_for_inputs_the_stores_cameras_serve(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder of an exported camera's photos made the first upscale export the 67 MB fallback ("no model in
+    the store serves this yet"), though every photo was then upscaled by the camera's own model (a helper's
+    journey with a camera of their own)."""
+    import adassr.export.onnx as onnx_export
+    from adassr.runtime.pipeline import RuntimeOptions
+    from adassr.upscale import export_fallback_on_first_use
+    from tests.runtime._models import publish_camera
+
+    exported: list[object] = []
+    monkeypatch.setattr(onnx_export, "export_fallback", lambda *a, **k: exported.append(a))
+    store = tmp_path / "models"
+    publish_camera(store, "cam1")
+    (tmp_path / "in" / "cam1").mkdir(parents=True)
+    (tmp_path / "in" / "other").mkdir()
+    served = [write_image(tmp_path / "in" / "cam1" / f"{k}.png", np.full((12, 10, 3), 90, np.uint8))
+              for k in range(3)]
+    options = RuntimeOptions(store)
+    export_fallback_on_first_use(options, camera=None, samples=served)
+    assert exported == []
+    stranger = write_image(tmp_path / "in" / "other" / "x.png", np.full((12, 10, 3), 90, np.uint8))
+    export_fallback_on_first_use(options, camera=None, samples=[*served, stranger])  # this one needs the fallback
+    assert len(exported) == 1
+
+
 def test_backend_options_that_would_be_ignored_and_an_unknown_backbone_are_errors(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--providers / --require-providers with --backend torch, and --backbone nosuch with onnxruntime and a
