@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adassr.runtime.cameras import (
-    FILENAME_PREFIX,
+    camera_prefix,
     closest_camera_hint,
     normalise_camera_name,
     same_brand_names,
@@ -144,14 +144,14 @@ def _group_by_metadata(path: Path) -> tuple[str, str, str | None]:
                     "(1-64 characters a-z 0-9 _ - .); put the image in a folder named after its camera"
                 )
             return valid, "exif-make", None
-    match = FILENAME_PREFIX.match(path.name)
-    if match:
-        name = normalise_camera_name(match.group(1))
+    prefix = camera_prefix(path.name)
+    if prefix is not None:
+        name = normalise_camera_name(prefix)
         if name:
             valid = _valid_name(name)
             if valid is None:
                 return "", "filename-prefix", (
-                    f"its file-name prefix {match.group(1)[:40]!r} is not a valid group name; "
+                    f"its file-name prefix {prefix[:40]!r} is not a valid group name; "
                     "put the image in a folder named after its camera"
                 )
             return valid, "filename-prefix", None
@@ -353,11 +353,16 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
             "and in its subfolders)"
         )
     if wanted not in groups:
-        found = "; ".join(g.describe() for g in groups.values())
+        listed = listed_groups(directory).groups  # as `adapt --list` names them
+        found = "; ".join(g.describe() for g in listed.values())
+        own = _valid_name(Path(os.path.abspath(Path(directory).expanduser())).name)
+        named = (f" The folder {directory} is itself named {own!r}, so its loose images are group {own!r}: adapt "
+                 f"them with --camera {own}, or put them in a folder named {wanted}."
+                 if own is not None and own != UNGROUPED and own in listed else "")
         raise CameraError(
             f"unknown camera group {camera!r} in {directory}."
-            f"{closest_camera_hint(wanted, [g for g in groups if g != UNGROUPED])} "
-            f"Groups found: {found}. (Images that name no "
+            f"{closest_camera_hint(wanted, [g for g in listed if g != UNGROUPED])} "
+            f"Groups found: {found}.{named} (Images that name no "
             "camera are 'ungrouped'; in a folder named after the camera they join its group.)"
         )
     if ground_truth:

@@ -118,20 +118,35 @@ def camera_name(name: str) -> str:
 
 FILENAME_PREFIX = re.compile(r"^([A-Za-z][A-Za-z]+)[_\-]")
 """A RealSR-style camera prefix of a file name: ``Nikon_006_LR4.png`` -> ``Nikon``."""
+GENERIC_FILE_PREFIXES = frozenset({
+    "img", "image", "dsc", "dscn", "dscf", "pxl", "mvimg", "vid", "pano", "photo", "pic", "scan", "screenshot",
+    "gopr", "frame", "snapshot",
+})
+"""File-name prefixes cameras and phones give every photo (``IMG_1001.JPG``: Canon, iPhone; ``DSC_``, ``DSCF``,
+``PXL_``): they name no camera, so they make no group (a folder of stripped photos became camera ``img``)."""
+
+
+def camera_prefix(name: str) -> str | None:
+    """The RealSR-style camera prefix of file name ``name`` as written (``Nikon_006_LR4.png`` -> ``Nikon``),
+    or None when it has none or the prefix is one every camera writes (:data:`GENERIC_FILE_PREFIXES`)."""
+    match = FILENAME_PREFIX.match(name)
+    if match is None or match.group(1).lower() in GENERIC_FILE_PREFIXES:
+        return None
+    return match.group(1)
 
 
 def camera_from_filename(name: str) -> str | None:
     """The camera group a RealSR-style file name starts with (``Nikon_006_LR4.png`` -> ``nikon``), or None.
 
     The rule ``adapt`` uses to group a flat folder of images without EXIF Make; None when the name
-    has no such prefix or it gives no valid group name.
+    has no such prefix, a generic one (``IMG_``), or it gives no valid group name.
     """
     from adassr.runtime.errors import CameraError
 
-    match = FILENAME_PREFIX.match(name)
-    if match is None:
+    prefix = camera_prefix(name)
+    if prefix is None:
         return None
-    group = normalise_camera_name(match.group(1))
+    group = normalise_camera_name(prefix)
     if not group:
         return None
     try:

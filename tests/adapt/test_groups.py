@@ -148,6 +148,31 @@ def test_images_in_a_folder_named_after_the_camera_join_its_group(tmp_path: Path
         select_group(folder, "nikno")
 
 
+def test_generic_photo_name_prefixes_make_no_camera_and_the_error_names_the_folders_group(tmp_path: Path) -> None:
+    """Stripped photos named IMG_1001.JPG (Canon's and the iPhone's default) became camera 'img'; and
+    `adapt --images photos/2026-11 --camera dashcam` listed that 'img' group where `adapt --list` showed
+    '2026-11', never saying that the folder's own name made the group (a helper's journey)."""
+    from adassr.runtime.cameras import camera_from_filename
+
+    assert [camera_from_filename(n) for n in ("IMG_1001.JPG", "DSCF0001.jpg", "PXL_2026.jpg", "dsc-1.png",
+                                              "Nikon_006_LR4.png", "DJI_0001.JPG")] == [
+        None, None, None, None, "nikon", "dji"]
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    for k in range(2):
+        _noise_png(flat / f"IMG_{k:04d}.png", k)
+    assert set(scan_groups(flat).groups) == {"ungrouped"}
+    dated = tmp_path / "2026-11"
+    dated.mkdir()
+    for k in range(2):
+        _noise_png(dated / f"IMG_{k:04d}.png", k)
+    with pytest.raises(CameraError, match=r"Groups found: 2026-11 \(2 image\(s\), by folder\)\. The folder .* is "
+                                          r"itself named '2026-11', so its loose images are group '2026-11': adapt "
+                                          r"them with --camera 2026-11, or put them in a folder named dashcam\."):
+        select_group(dated, "dashcam")
+    assert len(select_group(dated, "2026-11").members) == 2
+
+
 def test_adapt_list_of_a_folder_named_after_a_camera_shows_its_images_in_that_group(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
