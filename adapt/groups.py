@@ -355,10 +355,10 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
     if wanted not in groups:
         listed = listed_groups(directory).groups  # as `adapt --list` names them
         found = "; ".join(g.describe() for g in listed.values())
-        own = _valid_name(Path(os.path.abspath(Path(directory).expanduser())).name)
-        named = (f" The folder {directory} is itself named {own!r}, so its loose images are group {own!r}: adapt "
-                 f"them with --camera {own}, or put them in a folder named {wanted}."
-                 if own is not None and own != UNGROUPED and own in listed else "")
+        folder = _valid_name(Path(os.path.abspath(Path(directory).expanduser())).name)
+        named = (f" The folder {directory} is itself named {folder!r}, so its loose images are group {folder!r}: "
+                 f"adapt them with --camera {folder}, or put them in a folder named {wanted}."
+                 if folder is not None and folder != UNGROUPED and folder in listed else "")
         raise CameraError(
             f"unknown camera group {camera!r} in {directory}."
             f"{closest_camera_hint(wanted, [g for g in listed if g != UNGROUPED])} "
