@@ -14,7 +14,9 @@ group are the same as last time, so each map is stored under a key of everything
 Files are ``<folder>/<key>.npy`` (the adaptation uses ``<store>/_cache/weight_maps``), written
 atomically. A file that cannot be read, or holds the wrong shape or non-finite values, is ignored
 (with a log line) and replaced by a fresh map. The folder is capped at :data:`MAX_CACHE_BYTES`:
-after a write the least recently used files are removed.
+after a write the least recently used files are removed, never the maps of the run writing (a group
+of large photos whose maps exceed the cap evicted its own first maps as it wrote the last ones, so a
+re-run computed every map again); such a run leaves the folder above the cap until later runs' writes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from io import BytesIO
 from pathlib import Path
 
@@ -58,6 +60,7 @@ class WeightMapCache:
     precision: str
     device_type: str
     max_bytes: int = MAX_CACHE_BYTES
+    used: set[str] = field(default_factory=set, compare=False, repr=False)  # this run's map files: never evicted
 
     def key(self, image: np.ndarray) -> str:
         """Hex sha256 of the image's pixels and shape together with this cache's settings."""
@@ -71,6 +74,7 @@ class WeightMapCache:
     def get_or_compute(self, image: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """The weight map of ``image`` (``H x W`` float32): from the cache, else ``compute(image)``, then stored."""
         path = self.folder / f"{self.key(image)}.npy"
+        self.used.add(path.name)
         remove_dead_writes(self.folder)
         cached = self._load(path, image.shape[:2])
         if cached is not None:
@@ -115,4 +119,4 @@ class WeightMapCache:
                         self.folder, exc)
 
     def _evict(self) -> None:
-        evict_least_recent(self.folder, "*.npy", self.max_bytes)
+        evict_least_recent(self.folder, "*.npy", self.max_bytes, keep=self.used)

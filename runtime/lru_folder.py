@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from stat import S_ISREG
 
@@ -22,9 +23,11 @@ def remove_dead_writes(folder: Path) -> None:
     remove_stale_temps(folder, older_than_s=STALE_TEMP_AGE_S)
 
 
-def evict_least_recent(folder: Path, pattern: str, max_bytes: int) -> None:
+def evict_least_recent(folder: Path, pattern: str, max_bytes: int, *, keep: Collection[str] = ()) -> None:
     """Remove the files of ``folder`` matching ``pattern``, oldest modification time first, until
-    the rest hold at most ``max_bytes``. Files that vanish meanwhile are skipped, and so are those that
+    the rest hold at most ``max_bytes``; the files named in ``keep`` are never removed (a run's own
+    entries, which a cap smaller than the run needs would otherwise evict one by one: nothing reused).
+    Files that vanish meanwhile are skipped, and so are those that
     cannot be removed (another user's in a shared folder, a folder of that name): eviction goes on with
     the next one, and one warning names them (each folder once a process). Temporary files that killed
     writers left (over an hour old) go too."""
@@ -38,6 +41,7 @@ def evict_least_recent(folder: Path, pattern: str, max_bytes: int) -> None:
         if S_ISREG(stat.st_mode):  # a folder of that name is no entry of the cache: never counted nor removed
             entries.append((stat.st_mtime, stat.st_size, entry))
     total = sum(size for _, size, _ in entries)
+    entries = [e for e in entries if e[2].name not in keep]  # counted, never removed
     kept: list[str] = []
     for _, size, entry in sorted(entries, key=lambda e: e[0]):
         if total <= max_bytes:

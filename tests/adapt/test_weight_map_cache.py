@@ -106,7 +106,7 @@ def test_folder_is_capped_least_recently_used_first(tmp_path: Path, image: np.nd
     cache = _cache(tmp_path, max_bytes=2 * one_map)
     images = [np.clip(image + i / 255, 0, 1).astype(np.float32) for i in range(3)]
     for i, im in enumerate(images[:2]):
-        cache.get_or_compute(im, compute)
+        _cache(tmp_path, max_bytes=2 * one_map).get_or_compute(im, compute)  # two earlier runs
         path = tmp_path / f"{cache.key(im)}.npy"
         os.utime(path, (1000 + i, 1000 + i))
     cache.get_or_compute(images[0], compute)  # a hit makes the first map the most recently used
@@ -114,6 +114,23 @@ def test_folder_is_capped_least_recently_used_first(tmp_path: Path, image: np.nd
     names = {p.name for p in tmp_path.glob("*.npy")}
     assert names == {f"{cache.key(images[0])}.npy", f"{cache.key(images[2])}.npy"}
     assert compute.calls == 3
+
+
+def test_a_run_whose_maps_exceed_the_cap_keeps_them_all_for_the_next_run(tmp_path: Path, image: np.ndarray) -> None:
+    """Six 12 MP photos need 288 MB of maps against a 256 MB cap: each write evicted the run's own oldest
+    map, so the next run found none of the maps it needed and computed every one again (a helper's hunt)."""
+    compute = _Counting()
+    one_map = image.shape[0] * image.shape[1] * 4 + 128
+    images = [np.clip(image + i / 255, 0, 1).astype(np.float32) for i in range(4)]
+    for run in range(3):
+        cache = _cache(tmp_path, max_bytes=2 * one_map)
+        for im in images:
+            cache.get_or_compute(im, compute)
+        assert compute.calls == 4, run  # computed once, in the first run; the later runs reuse all four
+    assert len(list(tmp_path.glob("*.npy"))) == 4
+    other = _cache(tmp_path, max_bytes=2 * one_map)  # another group's run: the older maps go, to the cap
+    other.get_or_compute(np.clip(image + 9 / 255, 0, 1).astype(np.float32), compute)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
 
 
 def test_an_unwritable_cache_does_not_fail_the_run(tmp_path: Path, image: np.ndarray,
