@@ -163,8 +163,9 @@ class AdaptConfig:
         "lambda of Eq. 8: the external data term's weight against the proximal term (1e-3, the paper; K > 1)"))
     time_budget: float | None = field(default=None, metadata=cli(
         "seconds for the whole run (set-up included): training stops early enough for its last "
-        "evaluation to end within it; saving follows; at least one step and its evaluation run "
-        "(CPU default 270, GPU none)"))
+        "evaluation to end within it; saving follows; at least one step and its evaluation run, and the "
+        "set-up before training (reading, kernel estimate, loss-weight maps) is not cut short: a warning says "
+        "when it leaves training under half the budget (CPU default 270, GPU none)"))
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ For K = 1 (the default) Theta_e is the pretrained backbone and u = 0, so Theta_t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -414,6 +415,8 @@ class _Inputs:
     perceptual: Perceptual | None
     too_small: tuple[tuple[str, int, int], ...] = ()  # (path, width, height) left out by header size
     duplicates: tuple[tuple[str, str], ...] = ()  # (path, the earlier path with the same bytes) left out
+    prepared_s: float = 0.0  # seconds from the run's start to the end of this preparation (the manifest's
+    # timing.before_training_s: reading, kernel estimation, loss-weight maps, metrics)
 
 
 def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, scale: int, *,
@@ -471,9 +474,12 @@ def _training_budget(config: AdaptConfig, start: float) -> AdaptConfig:
     setup = time.perf_counter() - start
     left = config.time_budget - setup
     if left < SETUP_WARNING_SHARE * config.time_budget:
-        log.warning("set-up took %.0f s of the %.0f s time budget, leaving %.0f s for training: a later run "
-                    "on the same images reuses the cached weight maps; else read fewer images (--max-images) "
-                    "or raise --time-budget", setup, config.time_budget, max(left, 0.0))
+        log.warning("the set-up before training (loading the backbone, reading the images, the kernel estimate, "
+                    "the loss-weight maps; the manifest's timing.before_training_s) took %.0f s of the %.0f s time "
+                    "budget, which it cannot cut short, leaving %.0f s for training (at least one step and its "
+                    "evaluation run): a later run on the same images reuses the cached weight maps; else read "
+                    "fewer images (--max-images) or raise --time-budget", setup, config.time_budget,
+                    max(left, 0.0))
     return replace(config, time_budget=max(left, 1e-3))
 
 
@@ -781,6 +787,7 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
             compute.governor.adjust(force=True)  # the weight maps' trunk sizes its pool from torch's
         inputs = _prepare_inputs(group, config, backbone.model, backbone.scale, device=compute.device,
                                  precision=compute.precision, map_cache=map_cache)
+        inputs = dataclasses.replace(inputs, prepared_s=round(time.perf_counter() - start, 2))  # (replace: an argument)
         result = _run_admm(backbone.model, inputs, _training_budget(config, start), base_state, scale=backbone.scale,
                            device=compute.device, precision=compute.precision, trainable=compute.trainable,
                            progress=governed(progress, compute.governor))
@@ -977,6 +984,8 @@ def _stage_artifacts(tx: StoreTransaction, run: _Run, inputs: _Inputs, result: I
     # the crops as scored: an image smaller than --eval-crop is scored whole (the requested size stays in "crop")
     record["niqe_evaluation"]["crop_sizes"] = [[int(c.shape[0]), int(c.shape[1])] for c in inputs.crops]
     record["report"] = report
+    # the loop's own set-up is timing.setup_s; what came before it (the time budget counts both) goes first
+    record["timing"] = {"before_training_s": inputs.prepared_s, **record["timing"]}
     record["threads"] = run.compute.threads_record()  # None on a GPU (replaces an earlier CPU run's record)
     if result.interrupted is not None:
         record["stop_reason"] += "; best evaluated weights kept (--keep-on-interrupt)"

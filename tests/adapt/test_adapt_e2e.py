@@ -59,6 +59,7 @@ def test_adapt_end_to_end_writes_artifacts(camera_dir: Path, tmp_path: Path, cap
     timing = manifest["timing"]  # --eval-every 1: every step starts a period; the backbone is evaluated too
     assert (timing["plain_steps"], timing["period_first_steps"], timing["evaluations"]) == (0, 2, 3)
     assert timing["setup_s"] > 0 and timing["period_first_steps_s"] > 0 and timing["evaluations_s"] > 0
+    assert 0 < timing["before_training_s"] < manifest["wall_time_s"]  # reading, kernel, weight maps: from the start
     assert manifest["images"][0]["derivation"] == "folder"
     pairs = manifest["pairs"]  # each used photo's bytes are recorded: one edited later is seen
     assert pairs["images_used_sha256"] == [sha256_file(p) for p in pairs["images_used"]] != []

@@ -73,7 +73,8 @@ def test_a_set_up_that_eats_most_of_the_budget_is_reported_once(caplog) -> None:
         left = _training_budget(config, time.perf_counter() - 80.0).time_budget
     assert 15.0 < left <= 20.0
     (record,) = caplog.records
-    assert "set-up took 80 s of the 100 s time budget, leaving 20 s" in record.getMessage()
+    assert "timing.before_training_s) took 80 s of the 100 s time budget, which it cannot cut short, leaving " \
+           "20 s" in record.getMessage()
     assert "--max-images" in record.getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
