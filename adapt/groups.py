@@ -279,12 +279,14 @@ def _resolved(path: Path) -> Path:
 
 def _drop_repeated_files(members: dict[str, list[GroupMember]], skipped: list[SkippedSource]) -> None:
     """Keep each file once: a symbolic or hard link to an image already listed would be trained and
-    scored as another photo (and take a place of --max-images). The first in group and path order stays."""
+    scored as another photo (and take a place of --max-images). The one in a camera's subfolder stays (a
+    link put in ``nikon/`` to a loose photo is a photo of nikon: the loose file went to another group, and
+    nikon lost it); among equals the real file, then the first in group and path order."""
     seen: dict[object, Path] = {}
     dropped: set[Path] = set()
     everyone = [(name, member) for name in sorted(members) for member in members[name]]
-    # real files first, then links: a link to a file is dropped, never the file it names
-    for _, member in sorted(everyone, key=lambda item: item[1].path.is_symlink()):
+    # camera folders' files first, then real files before links: a link is dropped, not the file it names
+    for _, member in sorted(everyone, key=lambda item: (item[1].derivation != "folder", item[1].path.is_symlink())):
         key = _file_identity(member.path)
         if key is None:  # reported when it is read
             continue

@@ -354,6 +354,13 @@ def test_links_add_no_image_and_no_group(tmp_path: Path) -> None:
     reasons = {s.path.name: s.reason for s in scan.skipped}
     assert all("same file as" in reasons[name] for name in ("0.png", "c.png", "d.png"))
     assert all("is a link to" in reasons[name] for name in ("all", "card", "nokia2"))
+    # a link in a camera's folder to a loose photo: the photo is that camera's (it went to the loose
+    # file's group, and the camera lost it; a helper's hunt)
+    (nokia / "flower_link.jpg").symlink_to(tmp_path / "flower.jpg")
+    scan = scan_groups(tmp_path)
+    assert [m.path.name for m in scan.groups["nokia"].members] == ["a.png", "b.png", "flower_link.jpg"]
+    assert "canon" not in scan.groups
+    assert "same file as" in {s.path.name: s.reason for s in scan.skipped}["flower.jpg"]
 
 
 def test_a_filesystem_without_inode_numbers_keeps_every_image(tmp_path: Path,
