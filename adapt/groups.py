@@ -194,6 +194,28 @@ def _is_store_camera_folder(folder: Path) -> bool:
     return isinstance(data, dict) and "schema_version" in data and isinstance(data.get("artifacts"), dict)
 
 
+_NESTED_REASON = "it holds no images itself, only in folders below it"
+_BELOW_LIMIT = 2000
+"""Folder entries :func:`_image_below` looks at, at most (a tree of millions must not stall a scan)."""
+
+
+def _image_below(folder: Path) -> Path | None:
+    """An image in a folder below ``folder`` (up to three levels, hidden folders and links left out, at
+    most :data:`_BELOW_LIMIT` entries looked at), or None."""
+    seen = 0
+    for top, dirs, files in os.walk(folder):
+        depth = len(Path(top).relative_to(folder).parts)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and depth < 3)
+        if depth > 0:
+            for name in sorted(files):
+                if is_image_file(Path(top) / name):
+                    return Path(top) / name
+        seen += len(dirs) + len(files)
+        if seen > _BELOW_LIMIT:
+            return None
+    return None
+
+
 def scan_groups(directory: str | Path) -> GroupScan:
     """All camera groups under ``directory``, plus what was skipped and why (see the module docstring)."""
     root = Path(directory).expanduser()
@@ -226,6 +248,12 @@ def scan_groups(directory: str | Path) -> GroupScan:
         images, broken = _sorted_images(listing), _unreadable_entries(listing)
         if not images:  # no group (nor a case clash with one) from a folder without a readable image
             skipped.extend(SkippedSource(p, why) for p, why in broken)
+            deeper = _image_below(sub)
+            if deeper is not None and not broken:  # camera/2026-11/IMG_1001.JPG: say why it is no group
+                skipped.append(SkippedSource(sub, (
+                    f"{_NESTED_REASON} (e.g. {deeper.relative_to(sub)}), which "
+                    f"adapt does not read (a camera's photos sit directly in its folder): move or link them "
+                    f"into {sub}")))
             continue
         if _is_store_camera_folder(sub):  # a camera folder of a model store: reports, not photos
             skipped.append(SkippedSource(sub, (
@@ -349,11 +377,16 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
             f"ground truth ({len(ground_truth)}, e.g. {ground_truth[0].name}); adapt needs the camera's LR "
             "images (RealSR: the _LR files)"
         )
+    nested = [s for s in scan.skipped if s.reason.startswith(_NESTED_REASON)]
+    wanted_nested = [s for s in nested if s.path.name.lower() == wanted]
+    nested_note = "".join(f" {s.path}: {s.reason}." for s in (wanted_nested or nested)[:1])
     if not groups:
         raise CameraError(
             f"no images found in {directory} (looked for {', '.join(SUPPORTED_READ_SUFFIXES)} files in it "
-            "and in its subfolders)"
+            f"and in its subfolders).{nested_note}"
         )
+    if wanted not in groups and wanted_nested:
+        raise CameraError(f"camera group {wanted!r} has no images:{nested_note}")
     if wanted not in groups:
         listed = listed_groups(directory).groups  # as `adapt --list` names them
         found = "; ".join(g.describe() for g in listed.values())

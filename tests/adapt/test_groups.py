@@ -173,6 +173,24 @@ def test_generic_photo_name_prefixes_make_no_camera_and_the_error_names_the_fold
     assert len(select_group(dated, "2026-11").members) == 2
 
 
+def test_a_camera_folder_whose_photos_sit_in_dated_subfolders_says_so(tmp_path: Path) -> None:
+    """photos/dashcam/2026-11/*.JPG: adapt said "no images in photos or its camera subfolders; pass the folder
+    of your photos", which the user had done (a helper's journey with a camera of their own)."""
+    dated = tmp_path / "photos" / "dashcam" / "2026-11"
+    dated.mkdir(parents=True)
+    _noise_png(dated / "IMG_1001.png")
+    scan = scan_groups(tmp_path / "photos")
+    (skipped,) = scan.skipped
+    assert skipped.path == tmp_path / "photos" / "dashcam" and not scan.groups
+    assert "only in folders below it (e.g. 2026-11/IMG_1001.png)" in skipped.reason
+    with pytest.raises(CameraError, match=r"no images found in .*dashcam: it holds no images itself, only in folders "
+                                          r"below it .* move or link them into .*dashcam"):
+        select_group(tmp_path / "photos", "dashcam")
+    _noise_png(tmp_path / "photos" / "other.png")  # a loose photo: a group exists, dashcam still has none
+    with pytest.raises(CameraError, match=r"camera group 'dashcam' has no images: .*only in folders below it"):
+        select_group(tmp_path / "photos", "dashcam")
+
+
 def test_adapt_list_of_a_folder_named_after_a_camera_shows_its_images_in_that_group(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
