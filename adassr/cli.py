@@ -41,6 +41,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "adassr.upscale", "add_upscale_arguments", "run_upscale"),
     Subcommand("serve", "HTTP server: upscaling with camera routing, dynamic batching and metrics",
                "adassr.runtime.serve_cli", "add_serve_arguments", "run_serve"),
+    Subcommand("cameras", "list the cameras of a model store: adapted, exported, engines (--verify: checksums)",
+               "adassr.runtime.cameras_cli", "add_cameras_arguments", "run_cameras"),
     Subcommand("bench", "benchmarks (latency)", "adassr.export.bench_cli", "add_bench_arguments", "run_bench"),
     Subcommand("metrics", "image-quality metrics: niqe, lpips, psnr, ssim",
                "adassr.adapt.quality.cli", "add_metrics_arguments", "run_metrics"),

@@ -1,0 +1,68 @@
+"""`adassr cameras`: what a store holds, without a server (a helper's journey found no command for it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adassr.cli import main
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
+
+from ._models import publish_camera
+
+
+def _store(tmp_path: Path) -> Path:
+    store = tmp_path / "models"
+    publish_camera(store, FALLBACK_CAMERA, seed=0)
+    publish_camera(store, "canon", seed=1, fp16=True)
+    dashcam = CameraStore.open(store, "dashcam", create=True)  # adapted, not exported yet
+    dashcam.publish("adapted.safetensors", lambda p: p.write_bytes(b"weights"), stage="adapt")
+    dashcam.update_manifest(lambda m: m.update(niqe_before=5.5, niqe_after=5.25, kept_backbone=False, scale=4))
+    return store
+
+
+def test_each_camera_is_listed_with_its_state_and_the_command_it_needs(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    store = _store(tmp_path)
+    (store / "Broken").mkdir()  # a manifest under a name no camera has
+    (store / "Broken" / "manifest.json").write_text("{}")
+    assert main(["cameras", "--store", str(store)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("_fallback: exported (fp32); x4")
+    assert lines[1].startswith("canon: exported (fp16, fp32); x4")
+    assert lines[2].startswith("dashcam: adapted, not exported; NIQE 5.500 -> 5.250; x4")
+    assert lines[2].endswith(f"run `adassr export --camera dashcam --store {store}`")
+    assert lines[3].startswith("Broken: holds a manifest but is not used")
+    assert main(["cameras", "--store", str(store), "--json"]) == 0
+    listed = {c["camera"]: c for c in json.loads(capsys.readouterr().out)["cameras"]}
+    assert listed["dashcam"]["state"] == "adapted, not exported" and listed["canon"]["exports"] == ["fp16", "fp32"]
+
+
+def test_verify_names_a_file_that_fails_its_checksum_and_exits_1(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    store = _store(tmp_path)
+    assert main(["cameras", "--store", str(store), "--verify"]) == 0
+    assert "canon: exported (fp16, fp32); x4" in capsys.readouterr().out
+    canon = CameraStore.open(store, "canon")
+    model = canon.artifact_path("model.onnx")
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 1
+    model.write_bytes(bytes(data))
+    (store / "nikon").mkdir()
+    (store / "nikon" / "manifest.json").write_text("not json")
+    assert main(["cameras", "--store", str(store), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "canon: refused: " in out and "sha256" in out
+    assert "nikon: refused: " in out and "dashcam: adapted, not exported" in out
+    assert main(["cameras", "--store", str(store)]) == 1  # the damaged manifest is named without --verify too
+    capsys.readouterr()
+
+
+def test_a_missing_store_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cameras", "--store", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["cameras", "--store", str(tmp_path / "empty")]) == 0
+    assert "holds no camera yet" in capsys.readouterr().out
