@@ -346,6 +346,8 @@ def resolve_model(
             return decision
         explicit = "explicitly requested camera " if camera is not None else ""
         camera_why = f"{why}{_same_brand_note(root, group)}"
+        if why == "adapted but not exported":  # the command that gives its photos their own model
+            camera_why += f": run `adassr export --camera {group}{store_option(root)}`"
         reason = f"fallback: no model for {explicit}{group!r} ({camera_why})"
     else:
         reason = _no_group_reason(make, image)

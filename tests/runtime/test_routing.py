@@ -94,7 +94,8 @@ def test_adapted_but_not_exported_camera_falls_back(store: Path) -> None:
     nikon = CameraStore.open(store, "nikon", create=True)
     nikon.update_manifest(lambda m: m.update(weights_sha256="0" * 64))
     d = resolve_model(store, camera="nikon")
-    assert d.is_fallback and "adapted but not exported" in d.reason
+    assert d.is_fallback
+    assert f"(adapted but not exported: run `adassr export --camera nikon --store {store}`)" in d.reason
     assert adapted_but_not_exported(store, "nikon") and adapted_but_not_exported(store, "nikon", precision="fp16")
     assert not adapted_but_not_exported(store, "canon")  # exported
     assert not adapted_but_not_exported(store, "sony")  # unknown
