@@ -200,12 +200,14 @@ _BELOW_LIMIT = 2000
 
 
 def _image_below(folder: Path) -> Path | None:
-    """An image in a folder below ``folder`` (up to three levels, hidden folders and links left out, at
-    most :data:`_BELOW_LIMIT` entries looked at), or None."""
+    """An image in a folder below ``folder`` (up to three levels, hidden folders, links and a model store's
+    camera folders left out, at most :data:`_BELOW_LIMIT` entries looked at), or None."""
     seen = 0
     for top, dirs, files in os.walk(folder):
         depth = len(Path(top).relative_to(folder).parts)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and depth < 3)
+        # a model store's camera folders hold adapt's reports, not photos (a store inside --images)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and depth < 3
+                         and not _is_store_camera_folder(Path(top) / d))
         if depth > 0:
             for name in sorted(files):
                 if is_image_file(Path(top) / name):

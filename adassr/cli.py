@@ -186,8 +186,16 @@ def _stderr_open() -> None:
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - the process's stderr until it exits
 
 
+def _quiet_opencv() -> None:
+    """OpenCV's own lines on a damaged file ("[ERROR:0@0.08] global loadsave.cpp ...") go around logging,
+    beside the reader's one-line error: only fatal ones are printed. OpenCV reads the variable when it
+    loads, which building the parser does; a value the user set stays."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _stderr_open()
+    _quiet_opencv()
     try:  # building the parser imports every subcommand's options: Ctrl-C there is no traceback either
         parser = build_parser()
         given = list(sys.argv[1:] if argv is None else argv)
@@ -221,6 +229,7 @@ def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 def adapt_main(argv: Sequence[str] | None = None) -> int:
     """``adapt ...`` is ``adassr adapt ...``."""
     _stderr_open()
+    _quiet_opencv()
     try:
         command = next(c for c in SUBCOMMANDS if c.name == "adapt")
         parser = OneLineErrors(prog="adapt", description=command.help)

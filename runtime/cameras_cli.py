@@ -171,8 +171,9 @@ def run_cameras(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=1))
     else:
         if not summaries:
-            print(f"the store {one_line(str(store))} holds no camera yet (adapt --camera NAME, or adassr export "
-                  "--backbone NAME for the fallback)")
+            option = one_line(store_option(store))
+            print(f"the store {one_line(str(store))} holds no camera yet (adapt --camera NAME{option}, or adassr "
+                  f"export --backbone NAME{option} for the fallback)")
         for summary in summaries:
             print(one_line(describe(summary, store)))
         for name, why in misnamed:

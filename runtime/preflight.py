@@ -68,9 +68,10 @@ def check_required_providers(providers: Sequence[str], *, require: bool) -> None
         )
 
 
-def exported_cameras(store_root: str | os.PathLike[str]) -> list[str]:
+def exported_cameras(store_root: str | os.PathLike[str], *, warn: bool = True) -> list[str]:
     """Camera folders (the fallback first) whose manifest lists at least one export. A camera whose
-    manifest cannot be read is left out with a warning: it must not stop the other cameras' images
+    manifest cannot be read is left out with a warning (``warn``: a caller that looks before the run's
+    own check says nothing): it must not stop the other cameras' images
     (its own fail one by one, naming the problem; asked for with ``--camera``, it fails the run)."""
     root = Path(store_root).expanduser()
     found = []
@@ -78,7 +79,8 @@ def exported_cameras(store_root: str | os.PathLike[str]) -> list[str]:
         try:
             manifest = CameraStore.open(root, camera).read_manifest()
         except StoreError as exc:
-            log.warning("camera %s of the store is not used: %s", camera, exc)
+            if warn:
+                log.warning("camera %s of the store is not used: %s", camera, exc)
             continue
         if manifest.get("exports"):
             found.append(camera)

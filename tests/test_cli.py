@@ -406,3 +406,24 @@ def test_names_with_control_characters_cannot_forge_lines_or_reach_the_terminal_
                               timeout=300)
         assert done.returncode != 0 and "\\x1b[2J\\nFAKE line" in done.stderr, done.stderr
         assert "\x1b" not in done.stderr and not any(line.startswith("FAKE") for line in done.stderr.splitlines())
+
+
+def test_opencv_prints_nothing_of_its_own_on_a_damaged_file(tmp_path: Path) -> None:
+    """A cut run-length BMP (decoded by OpenCV) printed "[ERROR:0@0.03] global loadsave.cpp:1412 imdecode_
+    ..." around logging, beside the reader's own one-line error (a helper's review)."""
+    import struct
+
+    data = bytearray()
+    for _ in range(40):
+        data += bytes([40, 7]) + b"\0\0"  # one run of 40 pixels a row, then the end of the line
+    data += b"\0\1"
+    table = b"".join(bytes([i, i, 255 - i, 0]) for i in range(256))
+    offset = 14 + 40 + len(table)
+    info = struct.pack("<IiiHHIIiiII", 40, 40, 40, 1, 8, 1, len(data), 2835, 2835, 256, 0)
+    whole = b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + table + bytes(data)
+    (tmp_path / "cut.bmp").write_bytes(whole[:-60])
+    done = subprocess.run([sys.executable, "-m", "adassr.cli", "metrics", "niqe", str(tmp_path / "cut.bmp")],
+                          capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in __import__("os").environ.items() if k != "OPENCV_LOG_LEVEL"})
+    assert done.returncode == 1 and "run-length coded BMP data is truncated or damaged" in done.stderr
+    assert "loadsave" not in done.stderr and "[ERROR" not in done.stderr, done.stderr

@@ -352,7 +352,7 @@ class ModelRegistry:
                 out[name] = model_summary(name, decision, engine_precision(self._precision, decision.precision), None)
         for name in set(out) & set(self._unexported):  # a copy: the refresh thread may change the set
             out[name] = {**out[name], "stale": "the camera was adapted again and its new weights are not exported: "
-                         f"this model serves until `adassr export --camera {name}` runs"}
+                         f"this model serves until `adassr export --camera {name}{store_option(self._store)}` runs"}
         return dict(sorted(out.items()))
 
     # -- serving ----------------------------------------------------------------------------

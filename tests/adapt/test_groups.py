@@ -186,6 +186,11 @@ def test_a_camera_folder_whose_photos_sit_in_dated_subfolders_says_so(tmp_path: 
     with pytest.raises(CameraError, match=r"no images found in .*dashcam: it holds no images itself, only in folders "
                                           r"below it .* move or link them into .*dashcam"):
         select_group(tmp_path / "photos", "dashcam")
+    store = tmp_path / "photos" / "models" / "canon"  # a model store inside the photos: its reports are no photos
+    store.mkdir(parents=True)
+    (store / "manifest.json").write_text('{"schema_version": 1, "camera": "canon", "artifacts": {}}')
+    _noise_png(store / "report.png")
+    assert [s.path.name for s in scan_groups(tmp_path / "photos").skipped] == ["dashcam"]
     _noise_png(tmp_path / "photos" / "other.png")  # a loose photo: a group exists, dashcam still has none
     with pytest.raises(CameraError, match=r"camera group 'dashcam' has no images: .*only in folders below it"):
         select_group(tmp_path / "photos", "dashcam")

@@ -65,4 +65,4 @@ def test_a_missing_store_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["cameras", "--store", str(tmp_path / "empty")]) == 0
-    assert "holds no camera yet" in capsys.readouterr().out
+    assert f"holds no camera yet (adapt --camera NAME --store {tmp_path / 'empty'}, or" in capsys.readouterr().out

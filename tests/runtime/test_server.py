@@ -1484,7 +1484,7 @@ def test_a_served_camera_adapted_again_keeps_serving_and_says_it_is_stale(
         registry.refresh()
     listed = registry.listing()["nokia"]
     assert listed["sha256"] == served["sha256"] and dict(registry.problems) == {}
-    assert "`adassr export --camera nokia` runs" in listed["stale"]
+    assert f"`adassr export --camera nokia --store {tmp_path}` runs" in listed["stale"]
     warned = [r.getMessage() for r in caplog.records if "adapted again" in r.getMessage()]
     assert len(warned) == 1 and f"`adassr export --camera nokia --store {tmp_path}` runs" in warned[0]
     publish_camera(tmp_path, "nokia", seed=4)  # exported again: swapped in, no longer stale
