@@ -605,6 +605,7 @@ def write_model(plan: _Plan) -> TritonModel:
     # calls, not for the copy. An ONNX model's earlier versions take the new dims as well. The config is
     # rewritten only when it changes: Triton in poll mode reloads a model whose files changed.
     copy = _copy_model_file(source, model_dir.parent, f"{plan.name}.{plan.file_name}") if plan.new else None
+    _remove_dead_staging(model_dir)
     created = not model_dir.exists()
     staging: Path | None = None
     config_written = published = False
@@ -659,6 +660,22 @@ def write_model(plan: _Plan) -> TritonModel:
     atomic_write_bytes(model_dir / PROVENANCE,
                        (json.dumps(provenance, indent=1, sort_keys=True) + "\n").encode("utf-8"))
     return result
+
+
+_STAGING = re.compile(r"^\.\d+\..+$")
+"""A version's hidden staging folder in its model folder (``.<version>.<random>``, see :func:`write_model`)."""
+
+
+def _remove_dead_staging(model_dir: Path) -> None:
+    """Remove the staging folders killed exports left in ``model_dir`` (a whole model's copy each; nothing
+    removed them). Called under the repository's lock: no other export is staging there."""
+    try:
+        entries = list(os.scandir(model_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if _STAGING.match(entry.name) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _publish_version(staging: Path, version_dir: Path) -> None:

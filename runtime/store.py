@@ -505,7 +505,7 @@ class CameraStore:
         try:
             data = json.loads(text)
         except (ValueError, RecursionError) as exc:  # ValueError: also an integer of thousands of digits
-            msg = (f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError)
+            msg = (f"{exc.msg.removesuffix(' at')} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError)
                    else "nested too deeply" if isinstance(exc, RecursionError) else str(exc))
             raise StoreError(f"{path} is not valid JSON ({msg}); {damaged_manifest_advice(path)}") from exc
         version = data.get("schema_version") if isinstance(data, dict) else None

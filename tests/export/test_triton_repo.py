@@ -644,9 +644,16 @@ def test_a_new_version_never_appears_without_its_config(store: Path, tmp_path: P
     # the copy of an export that was killed (its pid is gone) is removed by the next export of that model
     killed = repo / f".{second.name}.model.onnx.999999999.0123456789ab.tmp"
     killed.write_bytes(b"half a model")
+    # and so is the staging folder of one killed between the move into it and the rename (a whole model's
+    # copy each, which stayed for good; a helper's hunt of the reliability promises)
+    staged = repo / second.name / ".3.04s_kv00"
+    staged.mkdir()
+    (staged / "model.onnx").write_bytes(b"a whole model")
     monkeypatch.setattr(triton_repo, "_publish_version", real)
     write_repository(repo, store, ["canon"], TritonRepoOptions(tile=96))
     assert sorted(p.name for p in repo.iterdir()) == [".adassr.lock", second.name]
+    assert sorted(p.name for p in (repo / second.name).iterdir()) == ["1", "2", "3", "adassr_versions.json",
+                                                                      "config.pbtxt"]
 
 
 def test_the_served_version_never_gets_the_next_versions_engine_cache(store: Path, tmp_path: Path,

@@ -151,6 +151,9 @@ def test_manifest_errors_are_clear(tmp_path: Path) -> None:
     atomic_write_bytes(store.manifest_path, b"{not json")
     with pytest.raises(StoreError, match="not valid JSON"):
         store.read_manifest()
+    atomic_write_bytes(store.manifest_path, b'{\n"camera": "sony')  # cut inside a string
+    with pytest.raises(StoreError, match=r"\(Unterminated string starting at line 2\)"):  # "at at line" before
+        store.read_manifest()
     store.manifest_path.write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(StoreError, match="written by a newer adassr .schema_version 99.*upgrade adassr"):
         store.read_manifest()  # not damaged: moving it away would throw a good model away
