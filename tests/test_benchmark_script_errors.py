@@ -66,6 +66,8 @@ CASES = [
     ("kernel_clipping.py", ["--max-photos", "-1", "--out-dir", "{out}"], "--max-photos"),
     ("kernel_clipping.py", ["--hr-dir", "{file}", "--out-dir", "{out}"], "{file}"),
     ("kernel_clipping.py", ["--gains", "abc", "--out-dir", "{out}"], "--gains"),
+    ("kernel_letterbox.py", ["--qualities", "101", "--out-dir", "{out}"], "--qualities"),
+    ("kernel_letterbox.py", ["--hr-dir", "{file}", "--out-dir", "{out}"], "{file}"),
     ("niqe_speed.py", ["--torch-device", "nosuch", "--out-dir", "{out}"], "--torch-device"),
     ("niqe_speed.py", ["--repeats", "0", "--out-dir", "{out}"], "--repeats"),
     ("int8_probe.py", ["--model", "{text}", "--out", "{out}"], "{text}"),

@@ -95,6 +95,12 @@ class KernelEstimationConfig:
     # dominate. Chosen on benchmarks/data/dev_photos (benchmarks/README.md, "The direction the images
     # vote for"), checked on tests/data/hr.
     direction_from: str = "images"
+    # Letterbox bars and frames added after capture (rows or columns of one colour along an image's
+    # edges): their edges are sharp, made by the recorder and not by the lens, and pulled a small image's
+    # estimate sharp and along the bar (benchmarks/README.md, "Letterbox bars"). Such border rows and
+    # columns are left out, with ``bar_margin`` px more beyond them (a JPEG's ringing around the bar's
+    # edge), where at least ``min_side`` remains. 0: nothing left out.
+    bar_margin: int = 8
 
     def __post_init__(self) -> None:
         if not self.pixel_snr >= 0:
@@ -125,6 +131,8 @@ class KernelEstimationConfig:
             raise ConfigError("fallback_sigma must be > 0 and the fallback gaps >= 0")
         if self.max_evaluations < 10:
             raise ConfigError(f"max_evaluations must be >= 10, got {self.max_evaluations}")
+        if self.bar_margin < 0:
+            raise ConfigError(f"bar_margin must be >= 0 (0: border bars are not left out), got {self.bar_margin}")
         if self.direction_from not in ("fit", "images"):
             raise ConfigError(f"direction_from must be 'fit' or 'images', got {self.direction_from!r}")
 
@@ -160,6 +168,55 @@ def _luma(image: Any, index: int) -> np.ndarray:
             "divide 8-bit levels by 255 and 16-bit ones by 65535"
         )
     return y
+
+
+BAR_TOLERANCE = 2.0 / 255.0
+"""How far a bar's pixels may lie from its colour (luma): a bar added digitally is one value; a frame's
+rows of photo content always vary more than this along a whole row."""
+MIN_BAR = 2
+"""Rows (or columns) of one colour along an edge needed to call them a bar (one flat edge row is common)."""
+
+
+MAX_BAR_SHARE = 0.25
+"""The most of a side one bar may cover: letterbox and pillarbox bars cover 12-22 % a side (2.39:1 or 4:3 or
+1:1 pictures in 16:9 frames); a flat area larger than this is part of the picture (a wall, a sky)."""
+
+
+def _bar_depth(lines: np.ndarray) -> int:
+    """How many of ``lines`` (rows from an image's edge inwards, as a 2-D array) are one bar: each within
+    :data:`BAR_TOLERANCE` of the first line's median along its whole length, at least :data:`MIN_BAR` of
+    them and at most :data:`MAX_BAR_SHARE` of all (else 0)."""
+    if lines.shape[0] == 0:
+        return 0
+    colour = float(np.median(lines[0]))
+    limit = int(MAX_BAR_SHARE * lines.shape[0])
+    depth = 0
+    for line in lines[: limit + 1]:
+        if float(np.max(np.abs(line - colour))) > BAR_TOLERANCE:
+            break
+        depth += 1
+    return depth if MIN_BAR <= depth <= limit else 0
+
+
+def _whole_blocks(n: int, block: int = 8) -> int:
+    return -(-n // block) * block
+
+
+def without_border_bars(y: np.ndarray, config: KernelEstimationConfig) -> np.ndarray:
+    """``y`` without letterbox or pillarbox bars along its edges and ``config.bar_margin`` px beyond them;
+    ``y`` itself when it has none, or when less than ``config.min_side`` would remain."""
+    h, w = y.shape
+    top, bottom = _bar_depth(y), _bar_depth(y[::-1])
+    left, right = _bar_depth(y.T), _bar_depth(y.T[::-1])
+    if not (top or bottom or left or right):
+        return y
+    m = config.bar_margin
+    # the top and left cuts are rounded up to whole 8x8 blocks: jpeg_blockiness reads the JPEG block grid
+    r0, r1 = (_whole_blocks(top + m) if top else 0), h - (bottom + m if bottom else 0)
+    c0, c1 = (_whole_blocks(left + m) if left else 0), w - (right + m if right else 0)
+    if min(r1 - r0, c1 - c0) < config.min_side:
+        return y
+    return y[r0:r1, c0:c1]
 
 
 def _tiles(y: np.ndarray, config: KernelEstimationConfig) -> list[np.ndarray]:
@@ -432,7 +489,7 @@ def _checked_lumas(images: Sequence[np.ndarray], config: KernelEstimationConfig,
         if min(y.shape) < config.min_side:
             raise ShapeError(f"image {i}", y.shape, f"at least {config.min_side}x{config.min_side} LR pixels")
         if i in keep:
-            lumas[i] = y
+            lumas[i] = without_border_bars(y, config) if config.bar_margin else y
     return lumas
 
 

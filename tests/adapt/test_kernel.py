@@ -467,3 +467,36 @@ def test_a_flat_image_with_one_dot_gets_no_confidence() -> None:
     estimate = estimate_kernel([flat], scale=SCALE)
     assert estimate.confidence < 0.1, estimate.describe()
     assert estimate.diagnostics.get("n_pixels", 0) < 1000
+
+
+def test_letterbox_bars_are_left_out_of_the_estimate(photos: list[np.ndarray]) -> None:
+    """Bars a recorder adds (black, video black, grey; at the top and bottom or the sides) have sharp edges
+    no lens made: they pulled a small frame's estimate sharp and along the bar. The bars and 8 px beyond
+    them (rounded to the JPEG block grid at the top and left) are left out, so a framed picture gives the
+    estimate its picture alone gives; a picture without bars, or one that would be too small, is kept."""
+    from adassr.adapt.kernel.estimate import without_border_bars
+
+    config = KernelEstimationConfig()
+    lr = _lr(photos[1], (2.4, 1.2, 30.0))
+    y = lr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert without_border_bars(y, config) is y  # no bars: the image itself
+    framed = lr.copy()
+    framed[:6], framed[-6:] = 16 / 255, 16 / 255
+    framed[:, :5] = 16 / 255
+    inner = without_border_bars(framed.astype(np.float64) @ np.array([0.299, 0.587, 0.114]), config)
+    h, w = framed.shape[:2]
+    assert inner.shape == (h - 16 - 14, w - 16)  # top 6 + 8 -> 16 (the block grid), bottom 6 + 8, left 5 + 8 -> 16
+    framed_est = estimate_kernel([framed], scale=SCALE)
+    inside = estimate_kernel([np.ascontiguousarray(framed[16:h - 14, 16:])], scale=SCALE)
+    assert (framed_est.sigma_x, framed_est.sigma_y, framed_est.theta_deg) == (
+        inside.sigma_x, inside.sigma_y, inside.theta_deg)
+    kept = estimate_kernel([framed], scale=SCALE, config=KernelEstimationConfig(bar_margin=0))
+    assert (kept.sigma_x, kept.sigma_y) != (framed_est.sigma_x, framed_est.sigma_y)  # the bars counted before
+    half = y.copy()
+    half[y.shape[0] // 2:] = 0.5  # a flat half (a wall, a sky) is part of the picture, no bar
+    assert without_border_bars(half, config) is half
+    tiny = np.full((40, 40), 0.5)
+    tiny[:4] = 0.0
+    assert without_border_bars(tiny, config) is tiny  # 40 - 16 rows would be under min_side (32)
+    with pytest.raises(ConfigError, match="bar_margin must be >= 0"):
+        KernelEstimationConfig(bar_margin=-1)
