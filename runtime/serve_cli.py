@@ -129,7 +129,8 @@ def _add_limit_arguments(parser: argparse.ArgumentParser, d: Any, lim: Any) -> N
         "--token-file",
         type=Path,
         default=None,
-        help="file holding a bearer token; then /v1/* and /metrics need 'Authorization: Bearer <token>'",
+        help="file holding a bearer token; then /v1/* and /metrics need 'Authorization: Bearer <token>' (the "
+        "file is read again when it changes: replace it to rotate the token)",
     )
     parser.add_argument(
         "--max-body-mb",
@@ -264,6 +265,7 @@ def _config(args: argparse.Namespace) -> Any:
         drain_timeout_s=args.drain_timeout,
         exif=not args.no_exif,
         token=read_token_file(args.token_file) if args.token_file is not None else None,
+        token_file=Path(args.token_file).expanduser() if args.token_file is not None else None,
         limits=limits,
     )
 

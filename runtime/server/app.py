@@ -68,7 +68,7 @@ from adassr.runtime.images import size_problem
 from adassr.runtime.pipeline import output_size, upscale_pixels
 from adassr.runtime.routing import RouteDecision
 from adassr.runtime.server.codec import UPLOAD_NAME, UploadFolder, UploadSpaceError, encode, without_path
-from adassr.runtime.server.config import ServerConfig
+from adassr.runtime.server.config import ServerConfig, TokenWatch
 from adassr.runtime.server.metrics import ServerMetrics
 from adassr.runtime.server.models import (
     ModelRegistry,
@@ -146,6 +146,7 @@ class Server:
                                  lambda: self.receiving)
         self._lock = threading.Lock()
         self._token = config.token.encode("utf-8") if config.token else None
+        self._token_watch = TokenWatch(config.token_file) if config.token_file is not None else None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -176,6 +177,10 @@ class Server:
             except Exception:  # never let the watcher die: log and keep serving
                 logger.exception("model refresh failed")
                 self.metrics.errors.labels("model_load").inc()
+            if self._token_watch is not None:
+                token = await asyncio.to_thread(self._token_watch.changed)
+                if token is not None:
+                    self._token = token.encode("utf-8")  # one assignment: each request sees one token or the other
 
     async def stop(self) -> None:
         self.draining = True

@@ -86,7 +86,9 @@ class ServerConfig:
     - ``reload_interval_s``: how often the store's manifests and model files are checked.
     - ``max_models``: 0 keeps every camera's model open; above 0, at most that many stay open, the
       others are verified and opened at their first request, the least recently used closing.
-    - ``token``: when set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <token>``.
+    - ``token``: when set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <token>``;
+      ``token_file``: the file it was read from, read again when it changes (every
+      ``reload_interval_s``): a rotated token takes effect without a restart.
     - ``exif``: responses carry the upload's EXIF (camera, dates, GPS) unless a request says
       ``exif=false``; False (``--no-exif``): no response carries any, whatever the request asks.
     """
@@ -112,6 +114,7 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     exif: bool = True
     token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -147,6 +150,8 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be > 0 and at most {MAX_TIMEOUT_S:g} s, got {value!r}")
         if self.token is not None and not self.token:
             raise ConfigError("the token is empty; put a non-empty secret in the token file")
+        if self.token_file is not None and self.token is None:
+            raise ConfigError("token_file is given without the token read from it (read_token_file)")
         if isinstance(self.tile, int) and self.tile > MAX_TILE:  # with pad_to_tile every request allocated it
             raise ConfigError(f"tile must be from 0 (untiled) to {MAX_TILE} input pixels, got {self.tile}")
         self.tiling  # validates tile / overlap / pre_pad  # noqa: B018
@@ -173,8 +178,8 @@ class ServerConfig:
 
 def read_token_file(path: str | Path) -> str:
     """The bearer token stored in ``path`` (surrounding whitespace stripped); ConfigError if unusable. A file
-    that users other than its owner may read or write is warned about. Read once: the server keeps the token
-    it started with (restart it to change it)."""
+    that users other than its owner may read or write is warned about. The server reads it again when the
+    file changes (:class:`TokenWatch`)."""
     p = Path(path).expanduser()
     try:
         text = p.read_text(encoding="utf-8")
@@ -194,3 +199,35 @@ def read_token_file(path: str | Path) -> str:
             logger.warning("the token file %s can be read by other users (mode %03o): `chmod 600 %s`", p,
                            stat.S_IMODE(mode), p)
     return token
+
+
+def _file_state(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class TokenWatch:
+    """The token file, read again when it changes (its inode, size or times): :meth:`changed` returns the new
+    token, or None when the file is unchanged or its new content is unusable (missing, empty, half written):
+    then the token in use stays, and the log says why once per change (a rotation must neither lock every
+    client out nor switch the check off)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._state = _file_state(path)
+
+    def changed(self) -> str | None:
+        state = _file_state(self.path)
+        if state == self._state:
+            return None
+        self._state = state
+        try:
+            token = read_token_file(self.path)
+        except ConfigError as exc:
+            logger.error("the token file changed but cannot be used (%s); the previous token stays in use", exc)
+            return None
+        logger.info("the token file %s changed: its new token is in use", self.path)
+        return token

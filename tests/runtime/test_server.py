@@ -383,6 +383,47 @@ def test_token_auth(store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixtur
         read_token_file(token_file)
 
 
+def test_a_rotated_token_takes_effect_without_a_restart(store: Path, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The token file was read once: rotating a leaked token meant restarting every server. It is read
+    again when it changes; a change that leaves it unusable (empty, half written) keeps the token in use."""
+    import logging
+    import os
+    import time
+
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token\n")
+    token_file.chmod(0o600)
+    config = _config(store, token=read_token_file(token_file), token_file=token_file, reload_interval_s=0.1)
+
+    def status(client: httpx.Client, token: str) -> int:
+        return client.get("/v1/cameras", headers={"authorization": f"Bearer {token}"}).status_code
+
+    def until(check: Callable[[], bool]) -> bool:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if check():
+                return True
+            time.sleep(0.05)
+        return False
+
+    with caplog.at_level(logging.INFO, logger="adassr.runtime.server.config"), running_server(config) as live, \
+            httpx.Client(base_url=live.url, timeout=60) as c:
+        assert status(c, "first-token") == 200 and status(c, "second-token") == 401
+        fresh = tmp_path / "token.new"
+        fresh.write_text("second-token\n")
+        fresh.chmod(0o600)
+        os.replace(fresh, token_file)  # as a rotation writes it
+        assert until(lambda: status(c, "second-token") == 200)
+        assert status(c, "first-token") == 401
+        token_file.write_text("")  # a rotation caught half way: the token in use stays
+        assert until(lambda: "cannot be used" in caplog.text)
+        assert status(c, "second-token") == 200 and status(c, "x") == 401
+    assert "the previous token stays in use" in caplog.text and "second-token" not in caplog.text
+    with pytest.raises(ConfigError, match="token_file is given without the token"):
+        _config(store, token_file=token_file)
+
+
 def test_serve_refuses_a_bad_thread_override_at_start(store: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """It used to start, never become ready and log the error for every model, forever."""
