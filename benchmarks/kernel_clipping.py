@@ -38,14 +38,17 @@ for _path in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(_path))
 
 from script_cli import (  # noqa: E402
+    default_machine,
     existing_dir,
     float_list,
+    folder_label,
     non_negative_float,
     non_negative_int,
     output_dir,
     positive_float,
     positive_int,
     run_script,
+    write_report,
 )
 
 SCALE = 4
@@ -157,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-photos", type=positive_int, default=None, help="use the first N photos (>= 1)")
     args = parser.parse_args(argv)
     from adassr.adapt.kernel import features
-    from adassr.runtime.store import atomic_write_bytes
 
     if args.clip_reach is not None:
         features.CLIP_REACH = args.clip_reach
@@ -165,23 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         features.CLIP_MARGIN = -1.0  # nothing counts as clipped
     photos = load_photos(args.hr_dir)[: args.max_photos]
     rows = run(photos, args.gains, args.noises)
-    try:
-        hr_label = str(args.hr_dir.resolve().relative_to(ROOT))
-    except ValueError:
-        hr_label = str(args.hr_dir)
-    if args.machine is None:
-        from adassr.export.bench import machine_name
-
-        args.machine = f"CPU {machine_name()}"
-    result = {"machine": args.machine, "hr_dir": hr_label, "n_photos": len(photos),
+    result = {"machine": default_machine(args.machine), "hr_dir": folder_label(args.hr_dir, ROOT),
+              "n_photos": len(photos),
               "variant": ("clipped areas counted (before)" if args.keep_clipped else
                           f"clipped pixels left out; {features.CLIP_REACH} px around them are no structure"),
               "kernels": KERNELS, "rows": rows}
     name = f"kernel_clipping_{args.hr_dir.name}" + (f"_{args.tag}" if args.tag else "")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out_dir / f"{name}.json", (json.dumps(result, indent=1) + "\n").encode())
-    atomic_write_bytes(args.out_dir / f"{name}.md", to_markdown(result).encode())
-    print(f"results: {args.out_dir / name}.md")
+    write_report(args.out_dir, name, result, to_markdown(result))
     return 0
 
 

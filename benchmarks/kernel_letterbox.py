@@ -38,13 +38,16 @@ for _path in (ROOT, ROOT / "benchmarks"):
 
 from kernel_clipping import KERNELS, SCALE, _distance, angle_error  # noqa: E402
 from script_cli import (  # noqa: E402
+    default_machine,
     existing_dir,
     float_list,
+    folder_label,
     non_negative_float,
     non_negative_int,
     output_dir,
     positive_int,
     run_script,
+    write_report,
 )
 
 HEIGHT, WIDTH = 576, 768
@@ -161,26 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-photos", type=positive_int, default=None, help="use the first N photos (>= 1)")
     args = parser.parse_args(argv)
     from adassr.adapt.kernel import KernelEstimationConfig
-    from adassr.runtime.store import atomic_write_bytes
 
     margin = KernelEstimationConfig().bar_margin if args.bar_margin is None else args.bar_margin
     photos = load_photos(args.hr_dir)[: args.max_photos]
     rows = run(photos, args.noises, args.qualities, margin)
-    try:
-        hr_label = str(args.hr_dir.resolve().relative_to(ROOT))
-    except ValueError:
-        hr_label = str(args.hr_dir)
-    if args.machine is None:
-        from adassr.export.bench import machine_name
-
-        args.machine = f"CPU {machine_name()}"
-    result = {"machine": args.machine, "hr_dir": hr_label, "n_photos": len(photos), "bar_margin": margin,
-              "kernels": KERNELS, "rows": rows}
+    result = {"machine": default_machine(args.machine), "hr_dir": folder_label(args.hr_dir, ROOT),
+              "n_photos": len(photos), "bar_margin": margin, "kernels": KERNELS, "rows": rows}
     name = f"kernel_letterbox_{args.hr_dir.name}" + (f"_{args.tag}" if args.tag else "")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out_dir / f"{name}.json", (json.dumps(result, indent=1) + "\n").encode())
-    atomic_write_bytes(args.out_dir / f"{name}.md", to_markdown(result).encode())
-    print(f"results: {args.out_dir / name}.md")
+    write_report(args.out_dir, name, result, to_markdown(result))
     return 0
 
 

@@ -126,6 +126,33 @@ def output_file(text: str) -> Path:
     return path
 
 
+def folder_label(folder: Path, root: Path) -> str:
+    """How a report names a folder of photos: relative to the repository ``root`` when inside it."""
+    try:
+        return str(folder.resolve().relative_to(root))
+    except ValueError:
+        return str(folder)
+
+
+def default_machine(machine: str | None) -> str:
+    """The machine a report names: ``machine`` as given, else the detected CPU."""
+    if machine is not None:
+        return machine
+    from adassr.export.bench import machine_name
+
+    return f"CPU {machine_name()}"
+
+
+def write_report(out_dir: Path, name: str, result: dict[str, Any], markdown: str) -> None:
+    """``<out_dir>/<name>.json`` and ``.md`` (atomic writes), and the line that says where they are."""
+    from adassr.runtime.store import atomic_write_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / f"{name}.json", (json.dumps(result, indent=1) + "\n").encode())
+    atomic_write_bytes(out_dir / f"{name}.md", markdown.encode())
+    print(f"results: {out_dir / name}.md")
+
+
 def read_json(path: Path, what: str = "a JSON file") -> Any:
     """The parsed contents of ``path``; a folder, a missing file or text that is not JSON is a :class:`ScriptError`."""
     if path.is_dir():

@@ -694,25 +694,34 @@ def test_run_length_coded_bmps_read_as_pillow_reads_them_without_its_python_deco
         read_image(tmp_path / "cut.bmp")
 
 
+def _tiff_with_camera_tags() -> tuple[bytearray, int]:
+    """A small RGB TIFF with Make and Model tags, and the offset of its first directory."""
+    exif = Image.Exif()
+    exif[271], exif[272] = "Canon", "Canon EOS 5D Mark IV"
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 48, 3), 128, np.uint8)).save(buf, "TIFF", exif=exif)
+    data = bytearray(buf.getvalue())
+    return data, struct.unpack_from("<I", data, 4)[0]
+
+
+def _point_model_past_the_end(data: bytearray, ifd: int) -> None:
+    """Damage: the Model tag's value offset points 100 bytes past the end of the file."""
+    for k in range(struct.unpack_from("<H", data, ifd)[0]):
+        if struct.unpack_from("<H", data, ifd + 2 + 12 * k)[0] == 272:
+            struct.pack_into("<I", data, ifd + 2 + 12 * k + 8, len(data) + 100)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")  # Pillow warns as it stops at the damage
 @pytest.mark.parametrize("damage", ["a tag's value offset", "the directory offset", "cut inside the directory"])
 def test_a_tiff_whose_directory_points_outside_the_file_is_named_damaged(tmp_path: Path, damage: str) -> None:
     """One flipped bit in the offset of the Model tag's text made Pillow stop reading the directory, and
     the reader said "a TIFF whose pixel layout the decoder does not take (32-bit float ...)" (a helper's
     fuzzing): the file is damaged, and the message says so."""
-    import io
     import struct
 
-    exif = Image.Exif()
-    exif[271], exif[272] = "Canon", "Canon EOS 5D Mark IV"
-    buf = io.BytesIO()
-    Image.fromarray(np.full((32, 48, 3), 128, np.uint8)).save(buf, "TIFF", exif=exif)
-    data = bytearray(buf.getvalue())
-    ifd = struct.unpack_from("<I", data, 4)[0]
+    data, ifd = _tiff_with_camera_tags()
     if damage == "a tag's value offset":
-        for k in range(struct.unpack_from("<H", data, ifd)[0]):
-            if struct.unpack_from("<H", data, ifd + 2 + 12 * k)[0] == 272:
-                struct.pack_into("<I", data, ifd + 2 + 12 * k + 8, len(data) + 100)
+        _point_model_past_the_end(data, ifd)
         expected = "the value of its tag 272 lies outside the file"
     elif damage == "the directory offset":
         struct.pack_into("<I", data, 4, len(data) + 10)
@@ -1192,19 +1201,11 @@ def test_pillows_warnings_on_a_damaged_file_become_log_lines(tmp_path: Path,
     """``adassr metrics`` on a damaged TIFF printed Pillow's "site-packages/PIL/TiffImagePlugin.py:982:
     UserWarning: Truncated File Read" and a line of Pillow's source above its own error."""
     import logging
-    import struct
 
     from adassr.runtime.images import image_notes_logged
 
-    exif = Image.Exif()
-    exif[271], exif[272] = "Canon", "Canon EOS 5D Mark IV"
-    buf = io.BytesIO()
-    Image.fromarray(np.full((32, 48, 3), 128, np.uint8)).save(buf, "TIFF", exif=exif)
-    data = bytearray(buf.getvalue())
-    ifd = struct.unpack_from("<I", data, 4)[0]
-    for k in range(struct.unpack_from("<H", data, ifd)[0]):
-        if struct.unpack_from("<H", data, ifd + 2 + 12 * k)[0] == 272:
-            struct.pack_into("<I", data, ifd + 2 + 12 * k + 8, len(data) + 100)
+    data, ifd = _tiff_with_camera_tags()
+    _point_model_past_the_end(data, ifd)
     (tmp_path / "damaged.tif").write_bytes(bytes(data))
     logger = logging.getLogger("test.notes")
     with warnings.catch_warnings(record=True) as shown:
