@@ -662,8 +662,9 @@ def write_model(plan: _Plan) -> TritonModel:
     return result
 
 
-_STAGING = re.compile(r"^\.\d+\..+$")
-"""A version's hidden staging folder in its model folder (``.<version>.<random>``, see :func:`write_model`)."""
+_STAGING = re.compile(r"^\.\d+\.[a-z0-9_]{8}$")
+"""A version's hidden staging folder in its model folder (``.<version>.<mkdtemp's 8 characters>``, see
+:func:`write_model`): a folder a user made there (``.1.bak``) does not match."""
 
 
 def _remove_dead_staging(model_dir: Path) -> None:

@@ -96,10 +96,10 @@ class KernelEstimationConfig:
     # vote for"), checked on tests/data/hr.
     direction_from: str = "images"
     # Letterbox bars and frames added after capture (rows or columns of one colour along an image's
-    # edges): their edges are sharp, made by the recorder and not by the lens, and pulled a small image's
-    # estimate sharp and along the bar (benchmarks/README.md, "Letterbox bars"). Such border rows and
-    # columns are left out, with ``bar_margin`` px more beyond them (a JPEG's ringing around the bar's
-    # edge), where at least ``min_side`` remains. 0: nothing left out.
+    # edges, up to MAX_BAR_SHARE of a side): their edges are sharp, made by the recorder and not by the
+    # lens, and pulled a small image's estimate sharp and along the bar (benchmarks/README.md, "Letterbox
+    # bars"). Such border rows and columns are left out, with ``bar_margin`` px more beyond them (a JPEG's
+    # ringing around the bar's edge), where at least ``min_side`` remains. 0: nothing left out.
     bar_margin: int = 8
 
     def __post_init__(self) -> None:
@@ -177,9 +177,10 @@ MIN_BAR = 2
 """Rows (or columns) of one colour along an edge needed to call them a bar (one flat edge row is common)."""
 
 
-MAX_BAR_SHARE = 0.25
-"""The most of a side one bar may cover: letterbox and pillarbox bars cover 12-22 % a side (2.39:1 or 4:3 or
-1:1 pictures in 16:9 frames); a flat area larger than this is part of the picture (a wall, a sky)."""
+MAX_BAR_SHARE = 0.4
+"""The most of a side one bar may cover: letterbox and pillarbox bars cover 12-22 % a side (2.39:1, 4:3 or
+1:1 pictures in 16:9 frames), 34 % for an upright 9:16 video in a 16:9 frame; a flat area larger than
+this is part of the picture (a wall, a sky)."""
 
 
 def _bar_depth(lines: np.ndarray) -> int:
@@ -204,18 +205,30 @@ def _whole_blocks(n: int, block: int = 8) -> int:
 
 def without_border_bars(y: np.ndarray, config: KernelEstimationConfig) -> np.ndarray:
     """``y`` without letterbox or pillarbox bars along its edges and ``config.bar_margin`` px beyond them;
-    ``y`` itself when it has none, or when less than ``config.min_side`` would remain."""
+    ``y`` itself when it has none, or when less than ``config.min_side`` would remain. Looked for twice: a
+    letterbox inside a pillarbox of another colour is one colour along its rows only once the columns are cut."""
+    inner = y
+    for _ in range(2):
+        cut = _cut_bars(inner, config)
+        if cut is None:
+            break
+        inner = cut
+    return inner
+
+
+def _cut_bars(y: np.ndarray, config: KernelEstimationConfig) -> np.ndarray | None:
+    """``y`` without the bars along its edges (and the margin), or None: none, or too little would remain."""
     h, w = y.shape
     top, bottom = _bar_depth(y), _bar_depth(y[::-1])
     left, right = _bar_depth(y.T), _bar_depth(y.T[::-1])
     if not (top or bottom or left or right):
-        return y
+        return None
     m = config.bar_margin
     # the top and left cuts are rounded up to whole 8x8 blocks: jpeg_blockiness reads the JPEG block grid
     r0, r1 = (_whole_blocks(top + m) if top else 0), h - (bottom + m if bottom else 0)
     c0, c1 = (_whole_blocks(left + m) if left else 0), w - (right + m if right else 0)
     if min(r1 - r0, c1 - c0) < config.min_side:
-        return y
+        return None
     return y[r0:r1, c0:c1]
 
 

@@ -146,7 +146,8 @@ class Server:
                                  lambda: self.receiving)
         self._lock = threading.Lock()
         self._token = config.token.encode("utf-8") if config.token else None
-        self._token_watch = TokenWatch(config.token_file) if config.token_file is not None else None
+        self._token_watch = (TokenWatch(config.token_file, config.token)
+                             if config.token_file is not None and config.token is not None else None)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

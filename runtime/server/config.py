@@ -210,17 +210,20 @@ def _file_state(path: Path) -> tuple[int, int, int, int] | None:
 
 
 class TokenWatch:
-    """The token file, read again when it changes (its inode, size or times): :meth:`changed` returns the new
-    token, or None when the file is unchanged or its new content is unusable (missing, empty, half written):
-    then the token in use stays, and the log says why once per change (a rotation must neither lock every
-    client out nor switch the check off)."""
+    """The token file, read again when it changes (its inode, size or times; the first look reads it, so a
+    rotation between the start-up's read and this watch is not missed): :meth:`changed` returns a token other
+    than the one in use, or None when the file is unchanged, holds the same token, or its new content is
+    unusable (missing, empty, not a token): then the token in use stays, and the log says why once per change
+    (a rotation must neither lock every client out nor switch the check off). A file written in place can
+    be read half written, which is a valid-looking token: rotate by renaming a complete file into place."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, token: str) -> None:
         self.path = path
-        self._state = _file_state(path)
+        self._token = token
+        self._state: tuple[int, int, int, int] | None | str = "not looked at yet"
 
     def changed(self) -> str | None:
-        state = _file_state(self.path)
+        state = _file_state(self.path)  # None: missing (said once, until the file changes again)
         if state == self._state:
             return None
         self._state = state
@@ -229,5 +232,8 @@ class TokenWatch:
         except ConfigError as exc:
             logger.error("the token file changed but cannot be used (%s); the previous token stays in use", exc)
             return None
+        if token == self._token:
+            return None
+        self._token = token
         logger.info("the token file %s changed: its new token is in use", self.path)
         return token

@@ -495,6 +495,12 @@ def test_letterbox_bars_are_left_out_of_the_estimate(photos: list[np.ndarray]) -
     half = y.copy()
     half[y.shape[0] // 2:] = 0.5  # a flat half (a wall, a sky) is part of the picture, no bar
     assert without_border_bars(half, config) is half
+    boxed = np.pad(y, ((10, 10), (0, 0)), constant_values=0.0)  # a black letterbox ...
+    boxed = np.pad(boxed, ((0, 0), (12, 12)), constant_values=0.5)  # ... in a grey pillarbox: found in two looks
+    h2, w2 = boxed.shape  # columns first (12 + 8 -> 24 on the left, 12 + 8 on the right), then the rows
+    assert without_border_bars(boxed, config).shape == (h2 - 24 - 18, w2 - 24 - 20)
+    upright = np.pad(y, ((0, 0), (int(0.34 * y.shape[1] / 0.32), int(0.34 * y.shape[1] / 0.32))))
+    assert without_border_bars(upright, config).shape[1] < y.shape[1]  # a 9:16 video's 34 % pillars are bars
     tiny = np.full((40, 40), 0.5)
     tiny[:4] = 0.0
     assert without_border_bars(tiny, config) is tiny  # 40 - 16 rows would be under min_side (32)

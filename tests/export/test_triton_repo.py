@@ -649,11 +649,12 @@ def test_a_new_version_never_appears_without_its_config(store: Path, tmp_path: P
     staged = repo / second.name / ".3.04s_kv00"
     staged.mkdir()
     (staged / "model.onnx").write_bytes(b"a whole model")
+    (repo / second.name / ".1.bak").mkdir()  # a user's folder is no staging folder: it stays
     monkeypatch.setattr(triton_repo, "_publish_version", real)
     write_repository(repo, store, ["canon"], TritonRepoOptions(tile=96))
     assert sorted(p.name for p in repo.iterdir()) == [".adassr.lock", second.name]
-    assert sorted(p.name for p in (repo / second.name).iterdir()) == ["1", "2", "3", "adassr_versions.json",
-                                                                      "config.pbtxt"]
+    assert sorted(p.name for p in (repo / second.name).iterdir()) == [".1.bak", "1", "2", "3",
+                                                                      "adassr_versions.json", "config.pbtxt"]
 
 
 def test_the_served_version_never_gets_the_next_versions_engine_cache(store: Path, tmp_path: Path,

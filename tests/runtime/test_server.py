@@ -386,7 +386,7 @@ def test_token_auth(store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixtur
 def test_a_rotated_token_takes_effect_without_a_restart(store: Path, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     """The token file was read once: rotating a leaked token meant restarting every server. It is read
-    again when it changes; a change that leaves it unusable (empty, half written) keeps the token in use."""
+    again when it changes; a change that leaves it unusable (empty) keeps the token in use."""
     import logging
     import os
     import time
@@ -422,6 +422,13 @@ def test_a_rotated_token_takes_effect_without_a_restart(store: Path, tmp_path: P
     assert "the previous token stays in use" in caplog.text and "second-token" not in caplog.text
     with pytest.raises(ConfigError, match="token_file is given without the token"):
         _config(store, token_file=token_file)
+    from adassr.runtime.server.config import TokenWatch
+
+    token_file.write_text("third-token\n")
+    watch = TokenWatch(token_file, "second-token")  # the file was rotated between the read and the watch
+    assert watch.changed() == "third-token" and watch.changed() is None
+    token_file.chmod(0o600)  # a change that leaves the token as it was: nothing to swap
+    assert watch.changed() is None
 
 
 def test_serve_refuses_a_bad_thread_override_at_start(store: Path, monkeypatch: pytest.MonkeyPatch,
