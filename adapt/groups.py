@@ -195,6 +195,7 @@ def _is_store_camera_folder(folder: Path) -> bool:
 
 
 _NESTED_REASON = "it holds no images itself, only in folders below it"
+_BELOW_CAMERA_REASON = "photos in folders below the camera folder"
 _BELOW_LIMIT = 2000
 """Folder entries :func:`_image_below` looks at, at most (a tree of millions must not stall a scan)."""
 
@@ -271,6 +272,12 @@ def scan_groups(directory: str | Path) -> GroupScan:
             continue
         folders[name].append(sub)
         members[name].extend(GroupMember(p, "folder") for p in images if not marks_ground_truth(p))
+        deeper = _image_below(sub)
+        if deeper is not None:  # nikon/ holds photos, and more in nikon/2026-11/: those are not read
+            below = sub / deeper.relative_to(sub).parts[0]
+            skipped.append(SkippedSource(below, (
+                f"{_BELOW_CAMERA_REASON} {sub.name}/ are not read (e.g. {deeper.relative_to(sub)}; a camera's "
+                f"photos sit directly in its folder): move or link them into {sub}"), name))
         skipped.extend(SkippedSource(p, why, name) for p, why in broken)
         skipped.extend(SkippedSource(p, GROUND_TRUTH_REASON, name) for p in images if marks_ground_truth(p))
     conflicts: dict[str, str] = {}
@@ -402,6 +409,8 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
             f"Groups found: {found}.{named} (Images that name no "
             "camera are 'ungrouped'; in a folder named after the camera they join its group.)"
         )
+    for below in (s for s in scan.skipped if s.group == wanted and s.reason.startswith(_BELOW_CAMERA_REASON)):
+        log.warning("camera group %r: %s", wanted, below.reason)
     if ground_truth:
         log.warning("camera group %r: left out %d image(s) whose names mark them as high-resolution ground truth "
                     "(e.g. %s); adaptation learns from the camera's LR images only", wanted, len(ground_truth),

@@ -173,7 +173,8 @@ def _add_limit_arguments(parser: argparse.ArgumentParser, d: Any, lim: Any) -> N
         "--reload-interval",
         type=float,
         default=d.reload_interval_s,
-        help=f"seconds between checks of the store for changed models (default {d.reload_interval_s:g})",
+        help=f"seconds between checks of the store for changed models and of --token-file for a new token "
+        f"(default {d.reload_interval_s:g})",
     )
     parser.add_argument(
         "--max-models",

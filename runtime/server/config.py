@@ -235,5 +235,5 @@ class TokenWatch:
         if token == self._token:
             return None
         self._token = token
-        logger.info("the token file %s changed: its new token is in use", self.path)
+        logger.warning("the token file %s changed: its new token is in use", self.path)
         return token

@@ -173,7 +173,8 @@ def test_generic_photo_name_prefixes_make_no_camera_and_the_error_names_the_fold
     assert len(select_group(dated, "2026-11").members) == 2
 
 
-def test_a_camera_folder_whose_photos_sit_in_dated_subfolders_says_so(tmp_path: Path) -> None:
+def test_a_camera_folder_whose_photos_sit_in_dated_subfolders_says_so(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """photos/dashcam/2026-11/*.JPG: adapt said "no images in photos or its camera subfolders; pass the folder
     of your photos", which the user had done (a helper's journey with a camera of their own)."""
     dated = tmp_path / "photos" / "dashcam" / "2026-11"
@@ -191,6 +192,17 @@ def test_a_camera_folder_whose_photos_sit_in_dated_subfolders_says_so(tmp_path: 
     (store / "manifest.json").write_text('{"schema_version": 1, "camera": "canon", "artifacts": {}}')
     _noise_png(store / "report.png")
     assert [s.path.name for s in scan_groups(tmp_path / "photos").skipped] == ["dashcam"]
+    nikon = tmp_path / "photos" / "nikon"  # photos of its own, and more below: those are named, not read
+    (nikon / "2026-11").mkdir(parents=True)
+    _noise_png(nikon / "a.png")
+    _noise_png(nikon / "2026-11" / "b.png", 2)
+    scan = scan_groups(tmp_path / "photos")
+    (below,) = [s for s in scan.skipped if s.group == "nikon"]
+    assert below.path == nikon / "2026-11" and "are not read (e.g. 2026-11/b.png" in below.reason
+    with caplog.at_level("WARNING"):
+        assert [m.path.name for m in select_group(tmp_path / "photos", "nikon").members] == ["a.png"]
+    assert "camera group 'nikon': photos in folders below the camera folder nikon/ are not read" in caplog.text
+    shutil.rmtree(nikon)
     _noise_png(tmp_path / "photos" / "other.png")  # a loose photo: a group exists, dashcam still has none
     with pytest.raises(CameraError, match=r"camera group 'dashcam' has no images: .*only in folders below it"):
         select_group(tmp_path / "photos", "dashcam")
