@@ -129,8 +129,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
                         help="tile size in input pixels, 0 = no tiling, or auto (default): the least work "
                              "with tiles that fit half the free memory (the whole image when it fits)")
     parser.add_argument("--tile-overlap", type=int, default=None,
-                        help=f"input pixels shared by neighbouring tiles (default {DEFAULT_OVERLAP}; with --triton "
-                             "the default shrinks to fit a small tile, a value given here must fit)")
+                        help=f"input pixels shared by neighbouring tiles (default {DEFAULT_OVERLAP}, shrunk to fit a "
+                             "small tile: less than half of it; a value given here must fit)")
     parser.add_argument("--tile-batch", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"tiles per model call (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--pre-pad", type=int, default=DEFAULT_PRE_PAD,
@@ -138,7 +138,7 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
                              f"at most {MAX_PRE_PAD})")
     parser.add_argument("--outscale", type=float, default=None,
                         help="final upscaling factor (default: the model's scale, e.g. 4); the output size is rounded "
-                             "to the nearest pixel, halves up")
+                             "to the nearest pixel, halves up, and is at least 1 pixel a side")
     parser.add_argument("--ext", default="auto",
                         help="output format for folders / output folders: auto (as the input), png, jpg, webp, tif")
     parser.add_argument("--quality", type=int, default=95,
@@ -356,7 +356,9 @@ def options_from_args(args: argparse.Namespace, upscalers: UpscalerRegistry) -> 
     if not entry.any_size and tile == AUTO_TILE:
         tile = DEFAULT_TILE  # fixed-shape models (TensorRT engines) are built for one tile shape
     # A model that takes any size runs a small image at its own size, not padded to a full tile.
-    overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
+    overlap = args.tile_overlap
+    if overlap is None:  # the default shrinks to fit a small tile (`--tile 64` failed: overlap 32 must be < 32)
+        overlap = min(DEFAULT_OVERLAP, (tile - 1) // 2) if isinstance(tile, int) and tile > 0 else DEFAULT_OVERLAP
     tiling = tiling_options(tile, overlap=overlap, pre_pad=args.pre_pad,
                             batch_size=args.tile_batch, pad_to_tile=not entry.any_size)
     return RuntimeOptions(

@@ -288,6 +288,9 @@ def test_argument_and_store_problems_raise(store: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="less than half the tile"):
         _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store),
              "--tile", "32", "--tile-overlap", "16")
+    # without --tile-overlap the default (32) shrinks to fit a small tile: `--tile 64` alone failed
+    assert _run("-i", str(img), "-o", str(tmp_path / "small_tiles.png"), "--store", str(store), "--tile", "16",
+                "--no-progress")[0] == 0
     with pytest.raises(CameraError):
         _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), "--camera", "no/such")
     for extra, message in ((["--pre-pad", "100000"], "--pre-pad must be from 0 to 128"),  # named by the option
