@@ -111,7 +111,8 @@ def _add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
         "--tile", type=int, default=DEFAULT_TILE, help=f"tile size, input pixels (default {DEFAULT_TILE})"
     )
     parser.add_argument(
-        "--tile-overlap", type=int, default=DEFAULT_OVERLAP, help=f"overlap between tiles (default {DEFAULT_OVERLAP})"
+        "--tile-overlap", type=int, default=None,
+        help=f"overlap between tiles (default {DEFAULT_OVERLAP}, shrunk to less than half a small --tile)"
     )
     parser.add_argument(
         "--pre-pad", type=int, default=DEFAULT_PRE_PAD, help=f"reflect padding (default {DEFAULT_PRE_PAD})"
@@ -258,7 +259,8 @@ def _config(args: argparse.Namespace) -> Any:
         max_wait_ms=args.max_wait_ms,
         inference_threads=args.inference_threads,
         tile=args.tile,
-        overlap=args.tile_overlap,
+        overlap=(args.tile_overlap if args.tile_overlap is not None  # the default shrinks to fit a small tile
+                 else min(DEFAULT_OVERLAP, (args.tile - 1) // 2) if args.tile > 0 else DEFAULT_OVERLAP),
         pre_pad=args.pre_pad,
         pad_to_tile=args.pad_to_tile,
         reload_interval_s=args.reload_interval,

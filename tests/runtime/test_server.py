@@ -473,6 +473,14 @@ def test_serve_options_are_refused_by_their_names(store: Path, capsys: pytest.Ca
                            (["--max-queue", "-1"], "--max-queue must be an integer >= 0")):
         assert main(["serve", "--store", str(store), "--port", "0", *extra]) == 2, extra
         assert f"error: {message}" in capsys.readouterr().err, extra
+    import argparse
+
+    from adassr.runtime.serve_cli import add_serve_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    for extra, overlap in ((["--tile", "64"], 31), ([], 32), (["--tile", "0"], 32)):  # `--tile 64` alone: 2 before
+        assert config_from_args(parser.parse_args(["--store", str(store), *extra])).overlap == overlap, extra
 
 
 
