@@ -68,7 +68,18 @@ class CameraSummary:
 
 def summarise(store: Path, camera: str, *, verify: bool = False) -> CameraSummary:
     """The summary of one camera folder; a damaged manifest or (with ``verify``) a file that fails its
-    sha256 becomes the summary's ``problem``, never an exception."""
+    sha256 becomes the summary's ``problem``, never an exception. A verification that fails while the
+    camera's manifest changed meanwhile (an export committed during the check removes the previous
+    files) is done again once, on the new manifest."""
+    summary = _summarise(store, camera, verify=verify)
+    if summary.problem is not None and verify:
+        again = _summarise(store, camera, verify=verify)
+        if again.updated != summary.updated or again.problem is None:
+            return again
+    return summary
+
+
+def _summarise(store: Path, camera: str, *, verify: bool) -> CameraSummary:
     cam = CameraStore.open(store, camera)
     try:
         manifest = cam.read_manifest()

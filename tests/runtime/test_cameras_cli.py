@@ -66,3 +66,26 @@ def test_a_missing_store_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     (tmp_path / "empty").mkdir()
     assert main(["cameras", "--store", str(tmp_path / "empty")]) == 0
     assert f"holds no camera yet (adapt --camera NAME --store {tmp_path / 'empty'}, or" in capsys.readouterr().out
+
+
+def test_verify_looks_again_when_an_export_replaced_the_files_meanwhile(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export committed during `--verify` removes the previous model file: the check failed with "listed in
+    the manifest but missing" though the camera was fine (a helper's load test: 2 in 59,836)."""
+    from adassr.runtime.cameras_cli import summarise
+    from adassr.runtime.errors import StoreError
+
+    store = _store(tmp_path)
+    real = CameraStore.verified_path
+    calls: list[str] = []
+
+    def racing(self: CameraStore, name: str, manifest: object = None) -> Path:
+        calls.append(name)
+        if len(calls) == 1:
+            raise StoreError(f"{name} is listed in the manifest but missing (another process may have just "
+                             "replaced it: retry)")
+        return real(self, name, manifest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CameraStore, "verified_path", racing)
+    summary = summarise(store, "canon", verify=True)
+    assert summary.problem is None and len(summary.verified) == 2 and len(calls) == 3
