@@ -135,9 +135,11 @@ def run_adapt(args: argparse.Namespace) -> int:
     if args.list:
         from adassr.adapt.groups import default_images_dir, listed_groups
 
-        if args.image is not None:
-            print("error: --list lists the camera groups of --images DIR; drop --image", file=sys.stderr)
+        if args.image is not None or args.camera is not None:  # ignored in silence before
+            given = "--image" if args.image is not None else "--camera"
+            print(f"error: --list lists the camera groups of --images DIR; drop {given}", file=sys.stderr)
             return 2
+        _config(args)  # invalid training values fail here too (ConfigError: exit 2), not only without --list
         folder = args.images or default_images_dir()
         scan = listed_groups(folder)
         if not scan.groups and not scan.skipped:

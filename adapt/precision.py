@@ -115,5 +115,11 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
         raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
     if name not in COMPUTE_PRECISIONS:
         raise ConfigError(f"--precision {requested!r} is not valid; choose one of: {', '.join(TRAINING_PRECISIONS)}")
+    if name == "bf16" and kind == "cpu" and requested == "bf16":
+        from adassr.runtime.cpu_info import detect_cpu
+
+        if not detect_cpu().native_bf16:  # emulated: a --steps 1 run did not finish in 400 s (fp32: 80 s)
+            log.warning("--precision bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX-BF16), so bf16 is "
+                        "emulated and many times slower than fp32; leave --precision out (auto picks fp32 here)")
     log.info("precision %s on %s (%s)", name, kind, reason)
     return Precision(name, kind)

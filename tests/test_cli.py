@@ -77,6 +77,10 @@ def test_listing_and_exporting_the_wrong_thing_say_so(tmp_path, capsys) -> None:
     assert f"no images in {empty}" in capsys.readouterr().err
     assert main(["adapt", "--list", "--image", "x.png"]) == 2
     assert "drop --image" in capsys.readouterr().err
+    assert main(["adapt", "--list", "--camera", "nope"]) == 2  # ignored in silence, exit 0, before
+    assert "drop --camera" in capsys.readouterr().err
+    assert main(["adapt", "--list", "--steps", "0"]) == 2  # a value adapt refuses is refused with --list too
+    assert "--steps" in capsys.readouterr().err
     store = tmp_path / "store"
     (store / "_fallback").mkdir(parents=True)
     assert main(["export", "--camera", "_fallback", "--store", str(store)]) == 2
@@ -113,6 +117,25 @@ def test_commands_that_need_torch_say_so_in_one_line_without_it(tmp_path, argv: 
     assert "Traceback" not in done.stderr
     (line,) = [text for text in done.stderr.splitlines() if text.startswith("error:")]
     assert f"adassr {argv[0]} needs torch" in line and f"pip install -e '{ROOT}[adapt,cpu-torch]'" in line
+
+
+def test_bf16_asked_for_on_a_cpu_without_bf16_is_warned(caplog, monkeypatch) -> None:
+    """Emulated bf16: a --steps 1 run did not finish in 400 s where fp32 took 80 s, without a word."""
+    import logging
+
+    import torch
+
+    import adassr.runtime.cpu_info as cpu_info
+    from adassr.adapt.precision import resolve_precision
+
+    real = cpu_info.detect_cpu()
+    for flags, warned in ((frozenset({"avx2", "fma"}), True), (frozenset({"avx2", "avx512_bf16"}), False)):
+        monkeypatch.setattr(cpu_info, "detect_cpu", lambda flags=flags: __import__("dataclasses").replace(
+            real, flags=flags))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="adassr.adapt.precision"):
+            assert resolve_precision("bf16", torch.device("cpu")).name == "bf16"
+        assert ("no bf16 instructions" in caplog.text) is warned
 
 
 def test_a_reader_that_goes_away_ends_a_command_without_a_traceback(tmp_path, monkeypatch) -> None:
