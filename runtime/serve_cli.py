@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import importlib.util
 import logging
 import math
+import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +41,13 @@ from adassr.runtime.store import (
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD
 
 logger = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 2048
+"""Connections the kernel holds for the server before it accepts them (uvicorn's default ``backlog``)."""
+
+FORCED_STOP_S = 5.0
+"""After a second Ctrl-C, the most seconds the app's own shutdown may take (the models' and the upload
+folder's clean-up; a request's tile already on a worker ends first)."""
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -315,7 +326,6 @@ def _checked_config(args: argparse.Namespace) -> Any:
     # a bad ADASSR_THREADS fails here, not in every model load; OpenCV's pool (decoding, resizing) gets
     # one thread per usable core, as in the other commands (its default counts every CPU of the host)
     limit_opencv_threads(intra_op_threads())
-    _check_port(config.host, config.port)
     from adassr.runtime.server.codec import UploadFolder
 
     UploadFolder().close()  # no writable temporary folder: one line now, not a traceback at start-up (exit 3)
@@ -346,29 +356,55 @@ def _exported(store: Path, camera: str) -> bool:
         return True
 
 
-def _check_port(host: str, port: int) -> None:
-    """ConfigError when ``host:port`` cannot be listened on (in use, no permission, unknown host), before
-    the banner and the models: uvicorn would print its own error and exit 3 after start-up."""
-    import socket
-
+def _bind_listeners(host: str, port: int) -> list[socket.socket] | None:
+    """Sockets listening on every address ``host:port`` resolves to, before the banner and the models (None
+    for ``--port 0``: the system chooses a free port as uvicorn binds). The port is the server's from now on:
+    with a probe that let it go, a process taking it while the models loaded (minutes with TensorRT) made
+    uvicorn print its own error and exit 3, and a second server on the port loaded all its models first.
+    (Bound alone, it is not: Linux lets two sockets with SO_REUSEADDR bind one port until one listens.)
+    A connection made while the models load waits in the backlog and is answered once they are loaded.
+    ConfigError when an address cannot be used (in use, no permission, not this machine's, unknown host)."""
     if port == 0:
-        return
+        return None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host") from None
     # The server binds every address the host resolves to (asyncio's create_server does, e.g. ::1 and
-    # 127.0.0.1 for localhost), so each one is probed; one taken is enough to fail the start.
+    # 127.0.0.1 for localhost); one that cannot be bound is enough to fail the start.
+    bound: list[socket.socket] = []
     for family, kind, proto, _, address in dict.fromkeys(infos):
         try:
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no obstacle
-                if family == socket.AF_INET6:
-                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio does
-                probe.bind(address)
+            sock = socket.socket(family, kind, proto)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port} ({address[0]}: {exc.strerror or exc}); another "
-                              "process may use the port: choose another --port, or stop that process") from None
+            _close_all(bound)
+            raise ConfigError(f"cannot listen on {host}:{port} ({address[0]}: {exc.strerror or exc}); "
+                              "check --host") from None
+        bound.append(sock)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no obstacle
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio does
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            _close_all(bound)
+            raise ConfigError(f"cannot listen on {host}:{port} ({address[0]}: {exc.strerror or exc}); "
+                              f"{_bind_advice(exc, port)}") from None
+    return bound
+
+
+def _bind_advice(exc: OSError, port: int) -> str:
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "the address is not one of this machine's: check --host (0.0.0.0 listens on all of them)"
+    if exc.errno == errno.EACCES and port < 1024:
+        return "ports below 1024 need privileges: choose --port 1024 or above, or run behind a proxy"
+    return "another process may use the port: choose another --port, or stop that process"
+
+
+def _close_all(sockets: list[socket.socket] | None) -> None:
+    for sock in sockets or ():
+        sock.close()
 
 
 def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] | None = None) -> Any:
@@ -386,9 +422,13 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             server_state.start_draining()
+            forcing = self.should_exit and sig == signal.SIGINT and not self.force_exit
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal after shutting down; a clean drain exits with 0 instead.
             self._captured_signals.clear()
+            if forcing:  # uvicorn's force quit: the requests in flight are cancelled (answered 503)
+                server_state.forced = True
+                logger.warning("a second Ctrl-C: stopping now, without waiting for the requests in flight")
 
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
@@ -405,9 +445,25 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
                 timeout, setattr, server_state, "stopping", True)
             try:
                 await super().shutdown(sockets)
+                if self.force_exit:
+                    await self._forced_stop()
             finally:
                 if marker is not None:
                     marker.cancel()
+
+        async def _forced_stop(self) -> None:
+            """After a second Ctrl-C uvicorn neither waits for the requests nor runs the app's shutdown: the
+            loop's end cancelled both, the app's mid-way (a traceback). Here the requests are cancelled
+            first, each answered 503 and its queued tiles withdrawn, then the app stops (its models closed,
+            its temporary uploads removed), each within :data:`FORCED_STOP_S`."""
+            tasks = list(self.server_state.tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=FORCED_STOP_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FORCED_STOP_S):
+                    await self.lifespan.shutdown()
 
     level = logging.getLogger().getEffectiveLevel()
     uv_config = uvicorn.Config(
@@ -442,7 +498,14 @@ def run_serve(args: argparse.Namespace) -> int:
         say(f"adassr serve: http://{host}:{port} (store {config.store}, {config.workers} workers, batch "
             f"{config.max_batch}{cap}); SIGTERM drains", sys.stdout)
 
-    server = _uvicorn_server(create_app(config), config, on_listening=banner)
-    server.run()
+    listeners = _bind_listeners(config.host, config.port)
+    try:
+        server = _uvicorn_server(create_app(config), config, on_listening=banner)
+        server.run(sockets=listeners)
+    finally:
+        _close_all(listeners)
+    if server.force_exit:
+        print("adassr serve: stopped by a second Ctrl-C without waiting for the requests in flight", flush=True)
+        return 130
     print("adassr serve: stopped", flush=True)
     return 0

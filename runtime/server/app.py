@@ -138,6 +138,7 @@ class Server:
         self.draining = False
         self.stopping = False  # set when the drain timeout is up (serve_cli) or a request is cancelled at
         # shutdown: queued work never starts after that
+        self.forced = False  # set by a second Ctrl-C (serve_cli): the requests in flight are cancelled at once
         self.admitted = 0  # requests whose body is in, processing or waiting for a worker
         self.receiving = 0  # bytes of the bodies still arriving (they hold no admission slot)
         self.waiting = 0
@@ -377,11 +378,10 @@ class Server:
             # traceback and sent its plain 500. The queued work was withdrawn on the way out.
             status = 503
             self.metrics.errors.labels("not_ready").inc()  # as for the other 503 not_ready answers
-            logger.warning("%s %s cancelled: the server shut down past its drain timeout", request.method,
-                           request.url.path)
-            return HttpError(503, "not_ready", "the request was cancelled when the server shut down past its "
-                             "drain timeout; retry on another instance",
-                             {"Retry-After": "5", "Connection": "close"}).response()
+            why = "was stopped at once (a second Ctrl-C)" if self.forced else "shut down past its drain timeout"
+            logger.warning("%s %s cancelled: the server %s", request.method, request.url.path, why)
+            return HttpError(503, "not_ready", f"the request was cancelled when the server {why}; retry on "
+                             "another instance", {"Retry-After": "5", "Connection": "close"}).response()
         except HttpError as exc:
             status = exc.status
             raise
@@ -627,6 +627,7 @@ def _routes(server: Server) -> list[Route]:
                 "refused": dict(sorted({**{folder: f"the store folder {misnamed_note(why)}"
                                            for folder, why in registry.misnamed.items()},
                                         **registry.problems}.items())),
+                "store_problem": registry.store_problem,  # why the store cannot be read now (null: it can)
                 "fallback": FALLBACK_CAMERA in registry.servable(),
                 "max_models": registry.max_models or None,
             }

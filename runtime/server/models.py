@@ -26,6 +26,7 @@ explicitly named camera with no loaded model is an error (404), not a silent fal
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import math
@@ -63,6 +64,9 @@ from adassr.runtime.store import (
 from adassr.runtime.tiling import TilingOptions
 
 logger = logging.getLogger(__name__)
+
+STORE_GONE = "the store folder is not there (an unmounted volume, or moved or deleted?)"
+"""Why a running server's store cannot be read when its folder is gone: its loaded models keep serving."""
 
 _Signature = tuple[tuple[int, int, int], tuple[int, int, int] | None]
 
@@ -337,6 +341,11 @@ class ModelRegistry:
     def problems(self) -> Mapping[str, str]:
         """Cameras whose latest model could not be loaded, with the reason (no paths)."""
         return MappingProxyType(dict(self._problems))
+
+    @property
+    def store_problem(self) -> str | None:
+        """Why the store folder could not be listed at the last poll (no path), None when it could."""
+        return self._unreadable
 
     @property
     def misnamed(self) -> Mapping[str, str]:
@@ -623,6 +632,8 @@ class ModelRegistry:
             servable = set(loaded) | set(parked)
             changes = _Changes()
             try:
+                if not self._store.is_dir():  # an unmounted volume, a moved or deleted folder: not an empty store
+                    raise FileNotFoundError(errno.ENOENT, STORE_GONE)
                 scan = scan_store(self._store)
             except OSError as exc:  # cannot be listed (permissions, I/O): not an empty store
                 why = exc.strerror or str(exc)

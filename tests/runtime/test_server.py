@@ -957,6 +957,35 @@ def test_a_folder_renamed_to_no_camera_name_while_serving_says_why(store: Path,
         assert "canon" in listed["cameras"] and listed["refused"] == {}
 
 
+def test_a_store_folder_gone_while_serving_keeps_the_models_and_says_why(store: Path, tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A store folder unmounted, moved or deleted under a running server counted as an empty store: every
+    model was dropped, /readyz went 503, and nothing said the store was gone (a helper's hunt of serve under
+    supervision). It is now a store that cannot be read: the loaded models keep serving, one error line,
+    /v1/cameras says why, and the store is read again when it is back."""
+    config = _config(store, reload_interval_s=3600.0)  # the test triggers each refresh itself
+    canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
+    with running_server(config) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        registry = live.server.registry
+        served = set(registry.servable())
+        assert c.get("/v1/cameras").json()["store_problem"] is None
+        with caplog.at_level(logging.WARNING, logger="adassr.runtime.server.models"):
+            store.rename(tmp_path / "away")
+            for _ in range(2):
+                assert registry.refresh() is False
+            assert set(registry.servable()) == served and c.get("/readyz").status_code == 200
+            r = c.post("/v1/upscale", content=canon)
+            assert r.status_code == 200 and r.headers["X-Adassr-Model"].startswith("canon/")
+            listed = c.get("/v1/cameras").json()
+            assert "not there" in listed["store_problem"] and set(listed["cameras"]) == served
+            (tmp_path / "away").rename(store)
+            registry.refresh()
+        assert c.get("/v1/cameras").json()["store_problem"] is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("the model store cannot be read (the store folder is not there" in line for line in lines) == 1
+    assert "the model store can be read again" in lines and not any("no manifest any more" in x for x in lines)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -1021,6 +1050,53 @@ def test_sigterm_drains_in_flight_requests(store: Path, tmp_path: Path) -> None:
             proc.wait(10)
     output = proc.stdout.read() if proc.stdout else ""
     assert "stopped" in output
+
+
+def test_a_second_ctrl_c_stops_at_once_answering_503_and_exits_130(store: Path) -> None:
+    """uvicorn's force quit (a second Ctrl-C while draining) said the requests passed the drain timeout
+    (1 s of 60), printed a traceback of the app's cancelled shutdown and exited 0 (a helper's hunt of
+    serve under supervision): now the requests are answered 503 naming the second Ctrl-C, exit 130."""
+    proc, url = _serve_process(store)
+    image = small_png(400, 400, seed=6)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as c, cf.ThreadPoolExecutor(2) as pool:
+            clients = [httpx.Client(base_url=url, timeout=120) for _ in range(2)]
+            in_flight = [pool.submit(k.post, "/v1/upscale", content=image) for k in clients]
+            _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_inflight_requests") == 2)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            responses = [f.result() for f in in_flight]
+            for k in clients:
+                k.close()
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    for r in responses:
+        _assert_json_error(r, 503, "not_ready")
+        assert "stopped at once (a second Ctrl-C)" in r.json()["message"]
+    output = proc.stdout.read() if proc.stdout else ""
+    assert "stopped by a second Ctrl-C" in output and "Traceback" not in output, output
+
+
+def test_a_second_server_on_the_port_fails_at_once(store: Path) -> None:
+    """The port is listened on before the models load: a second server on it fails with one line and exit 2
+    at once (it had loaded every model before uvicorn's own error and exit 3, when it came while the first
+    was still loading)."""
+    proc, url = _serve_process(store)
+    port = url.rsplit(":", 1)[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    try:
+        second = subprocess.run([sys.executable, "-m", "adassr.cli", "serve", "--store", str(store), "--port", port],
+                                env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert second.returncode == 2, second.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in second.stderr and "another process may use the port" in second.stderr
+    assert "adassr serve: http" not in second.stdout
 
 
 def test_server_modules_import_without_torch() -> None:
@@ -1275,7 +1351,7 @@ def test_serve_probes_every_address_the_host_resolves_to(monkeypatch: pytest.Mon
     import socket
 
     from adassr.runtime.errors import ConfigError
-    from adassr.runtime.serve_cli import _check_port
+    from adassr.runtime.serve_cli import _bind_listeners
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -1284,18 +1360,24 @@ def test_serve_probes_every_address_the_host_resolves_to(monkeypatch: pytest.Mon
         free_first = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
                       (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
         monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: free_first)
-        with pytest.raises(ConfigError, match=rf"cannot listen on twohomed:{port} \(127\.0\.0\.1: "):
-            _check_port("twohomed", port)
+        with pytest.raises(ConfigError, match=rf"cannot listen on twohomed:{port} \(127\.0\.0\.1: .*another "
+                                              "process may use the port"):
+            _bind_listeners("twohomed", port)
         monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: free_first[:1])
-        _check_port("twohomed", port)  # 127.0.0.2 alone is free
+        listeners = _bind_listeners("twohomed", port)  # 127.0.0.2 alone is free
+        assert listeners is not None and [s.getsockname() for s in listeners] == [("127.0.0.2", port)]
+        for sock in listeners:
+            sock.close()
 
 
 def test_serve_refuses_an_unknown_host_before_starting() -> None:
     from adassr.runtime.errors import ConfigError
-    from adassr.runtime.serve_cli import _check_port
+    from adassr.runtime.serve_cli import _bind_listeners
 
     with pytest.raises(ConfigError, match="check --host"):
-        _check_port("no-such-host.invalid", 8080)
+        _bind_listeners("no-such-host.invalid", 8080)
+    with pytest.raises(ConfigError, match=r"not one of this machine's: check --host"):  # was "choose another --port"
+        _bind_listeners("192.0.2.1", 8080)  # TEST-NET-1: documentation only, on no machine
 
 
 def test_a_model_that_fails_to_open_is_reported_once_until_its_files_change(store: Path) -> None:
