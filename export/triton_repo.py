@@ -294,11 +294,13 @@ class _Source:
     store_root: str  # the store's absolute path, recorded with each version
 
 
-def _check_recorded_scale(store: CameraStore, manifest: Mapping[str, Any], record: Mapping[str, Any],
-                          path: Path) -> None:
+def _check_stored_model(store: CameraStore, manifest: Mapping[str, Any], record: Mapping[str, Any],
+                        path: Path, *, check_ir: bool) -> None:
     """ExportError when the scale the ONNX file records (``adassr export`` writes it into its metadata)
     contradicts the manifest's, which sizes the config's output: a hand-edited manifest gave a config
-    whose output dims Triton would refuse at every request. A file without the record is not checked."""
+    whose output dims Triton would refuse at every request. A file without the record is not checked.
+    With ``check_ir`` (the file itself is published), also when the file declares an ONNX IR version
+    above the exports' (:data:`adassr.export.onnx.IR_VERSION`): a store exported by an older adassr."""
     import onnx
 
     try:
@@ -306,6 +308,15 @@ def _check_recorded_scale(store: CameraStore, manifest: Mapping[str, Any], recor
     except Exception as exc:  # noqa: BLE001 - a protobuf DecodeError and kin: the file is not a model
         raise ExportError(f"camera {store.camera!r}: {path} is no readable ONNX model ({exc}); run "
                           f"`adassr export {_export_what(store, manifest)}{store_option(store.root)}` again") from exc
+    if check_ir:
+        from adassr.export.onnx import IR_VERSION
+
+        if proto.ir_version > IR_VERSION:  # an export made before the exports declared IR 9
+            raise ExportError(
+                f"camera {store.camera!r}: its model file {path.name} declares ONNX IR version {proto.ir_version}, "
+                f"which Triton releases bundling onnxruntime before 1.18 refuse to load (the exports declare IR "
+                f"{IR_VERSION} since); run `adassr export {_export_what(store, manifest)}{store_option(store.root)}` "
+                "again to write it anew")
     recorded = {entry.key: entry.value for entry in proto.metadata_props}.get("scale")
     scale = record.get("scale", manifest.get("scale"))
     if recorded is not None and recorded != str(scale):
@@ -331,7 +342,7 @@ def _source(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
         path = store.verified_path(str(record["file"]), manifest)
     except Exception as exc:  # noqa: BLE001 - StoreError with the reason (missing, checksum)
         raise ExportError(f"camera {store.camera!r}: {exc}") from exc
-    _check_recorded_scale(store, manifest, record, path)
+    _check_stored_model(store, manifest, record, path, check_ir=options.platform != "tensorrt_plan")
     if options.platform == "tensorrt_plan":
         engine = _engine(store, manifest, options)
         return _Source(store.camera, manifest, record, EngineCache.for_camera(store).path_of(engine),

@@ -218,10 +218,7 @@ class OnnxRuntimeBackend(Backend):
             break
         if session is None:
             last = failed[-1][1]
-            raise BackendError(
-                f"onnxruntime cannot load {self.model_path}: {last}; the file is not a valid model for "
-                "this onnxruntime: re-export it with `adassr export`"
-            ) from last
+            raise BackendError(f"onnxruntime cannot load {self.model_path}: {last}; {_load_hint(last)}") from last
         for provider, error in failed:
             self._fallback([provider], f"its session failed to start ({error})")
         with contextlib.suppress(AttributeError):  # onnxruntime builds without the keyword: off here too
@@ -297,3 +294,13 @@ class OnnxRuntimeBackend(Backend):
     def _close(self) -> None:
         self._session = None
         self._actual = ()
+
+
+def _load_hint(error: Exception) -> str:
+    """What to do about a model file onnxruntime refused: a newer ONNX IR version than it knows (a store
+    exported by an older adassr, whose exports declared IR 10) has two cures; anything else, re-exporting."""
+    if "IR version" in str(error):
+        return ("the model declares an ONNX IR version this onnxruntime cannot load: upgrade onnxruntime to 1.18 "
+                "or later, or re-export the camera's model with `adassr export --camera CAMERA --store STORE` "
+                "(the exports declare IR 9, which onnxruntime loads from 1.17 on)")
+    return "the file is not a valid model for this onnxruntime: re-export it with `adassr export`"

@@ -884,3 +884,25 @@ def test_a_manifest_scale_that_contradicts_the_model_file_is_refused(tmp_path: P
     skipped: list[str] = []
     (model,) = write_repository(tmp_path / "repo", store, on_skip=lambda camera, why: skipped.append(camera))
     assert model.camera == FALLBACK_CAMERA and skipped == ["canon"]  # the whole store: the others go on
+
+
+def test_a_stored_model_of_a_newer_ir_version_is_refused(tmp_path: Path) -> None:
+    """An export made before the exports declared IR 9 (IR 10) was copied into the repository without a word,
+    for Triton releases bundling onnxruntime < 1.18 to refuse (a helper's hunt of stores across versions)."""
+    import onnx
+
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0)
+    canon = publish_camera(store, "canon", seed=1)
+    manifest = canon.read_manifest()
+    name = manifest["exports"]["onnx"]["file"]
+    path = canon.artifact_path(name, manifest)
+    proto = onnx.load(str(path))
+    proto.ir_version = 10
+    data = proto.SerializeToString()
+    path.write_bytes(data)
+    canon.update_manifest(lambda m: m["artifacts"][name].update(sha256=hashlib.sha256(data).hexdigest()))
+    with pytest.raises(ExportError, match=r"camera 'canon': its model file .* declares ONNX IR version 10.*"
+                                          r"run `adassr export --camera canon --store .*` again"):
+        write_repository(tmp_path / "repo", store, ["canon"])
+    assert not (tmp_path / "repo" / "adassr_canon").exists()

@@ -426,3 +426,18 @@ def test_open_backend_refuses_option_types_with_its_own_words(model_path: Path, 
         open_backend("onnxruntime", model_path, **kwargs)
     with pytest.raises(ConfigError, match="model_path must be a path .*got int"):
         open_backend("onnxruntime", 3)  # type: ignore[arg-type]
+
+
+def test_a_model_of_an_ir_version_onnxruntime_does_not_know_gets_both_cures(model_path: Path, tmp_path: Path) -> None:
+    """A store exported by an older adassr (IR 10) on onnxruntime 1.17 was told only to re-export, which a
+    runtime-only install cannot do (a helper's hunt of stores across versions): upgrading is said too.
+    (IR 99 stands in for it: the onnxruntime installed here loads IR 10.)"""
+    import onnx
+
+    proto = onnx.load(str(model_path))
+    proto.ir_version = 99
+    newer = tmp_path / "newer.onnx"
+    newer.write_bytes(proto.SerializeToString())
+    with pytest.raises(BackendError, match=r"(?s)cannot load .*newer.onnx: .*IR version.*upgrade onnxruntime to 1.18 "
+                                           r"or later, or re-export .*adassr export --camera"):
+        open_backend("onnxruntime", newer)
