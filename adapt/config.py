@@ -30,10 +30,15 @@ def cli(help: str, *, flag: str | None = None, choices: tuple[str, ...] | None =
 
 
 MAX_SEED = 2**31 - 1
-MAX_LOSS_WEIGHT = 1e6
-MAX_BATCH = 512  # training pairs a step (a huge one drew all its pairs before the first step, past any time budget)
-"""The largest loss weight (--lambda-*, --prox-mu): far above any useful value, far below float32's overflow."""
 """The largest ``seed``: the run derives further seeds from it (``seed + 1000 * k``) for numpy and torch."""
+
+MAX_LOSS_WEIGHT = 1e6
+"""The largest loss weight (--lambda-*, --prox-mu): far above any useful value, far below float32's overflow."""
+
+MAX_BATCH = 512
+"""The most training pairs a step (a huge batch drew all its pairs before the first step, past any time
+budget); on the CPU the memory left bounds it further (:mod:`adassr.adapt.training_memory`)."""
+
 
 @dataclass(frozen=True)
 class CliField:

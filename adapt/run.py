@@ -781,6 +781,7 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
     with store.transaction() as tx:
         backbone, base_state = _load_backbone(backbone_name, compute.device, registry)
         _check_before_setup(config, backbone.scale, blocks=len(backbone.model.body), trainable=compute.trainable)
+        _check_memory(config, backbone.scale, compute)  # a batch the machine cannot hold fails now, not minutes on
         map_cache = WeightMapCache(store_cache_folder(store_root), backbone.weights_sha256, config.attention,
                                    compute.precision.name, compute.device.type)
         if compute.governor is not None:
@@ -788,6 +789,7 @@ def _adapt_in_store(store: CameraStore, group: CameraGroup, config: AdaptConfig,
         inputs = _prepare_inputs(group, config, backbone.model, backbone.scale, device=compute.device,
                                  precision=compute.precision, map_cache=map_cache)
         inputs = dataclasses.replace(inputs, prepared_s=round(time.perf_counter() - start, 2))  # (replace: an argument)
+        _check_memory(config, backbone.scale, compute)  # again: the images read and their maps hold memory now
         result = _run_admm(backbone.model, inputs, _training_budget(config, start), base_state, scale=backbone.scale,
                            device=compute.device, precision=compute.precision, trainable=compute.trainable,
                            progress=governed(progress, compute.governor))
@@ -938,6 +940,15 @@ def _check_before_setup(config: AdaptConfig, scale: int, *, blocks: int, trainab
         from adassr.adapt.external import check_external_images
 
         check_external_images(config.external_hr, min_side=config.lr_patch * scale)
+
+
+def _check_memory(config: AdaptConfig, scale: int, compute: _Compute) -> None:
+    """A CPU run's training must fit the memory left (:mod:`adassr.adapt.training_memory`): the kernel's
+    out-of-memory killer ends it without a word. A GPU run's out-of-memory error is reported by ``adapt``."""
+    if compute.device.type == "cpu":
+        from adassr.adapt.training_memory import check_training_memory
+
+        check_training_memory(config, scale=scale, trainable=compute.trainable)
 
 
 def _load_backbone(name: str, device: torch.device,

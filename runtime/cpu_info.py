@@ -170,8 +170,31 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"), *,
     return min(found) if found else None
 
 
-def _own_cgroups(self_cgroup: Path) -> tuple[str, str]:
-    """This process's cgroup v2 path and cgroup v1 ``cpu`` path (``""``: the root, also when unknown)."""
+def cgroup_memory_left(root: Path = Path("/sys/fs/cgroup"), *,
+                       self_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes this process's cgroups still allow (v2 ``memory.max`` less ``memory.current``, v1
+    ``memory.limit_in_bytes`` less ``memory.usage_in_bytes``), of its own cgroup and every one above it: the
+    least, None when none is limited. A container's limit, which ``MemAvailable`` (the host's) does not show."""
+    v2, v1 = _own_cgroups(self_cgroup, "memory")
+    lefts = [_left(folder / "memory.max", folder / "memory.current") for folder in _up_to(root, v2)]
+    lefts += [_left(folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes")
+              for folder in _up_to(root / "memory", v1)]
+    found = [left for left in lefts if left is not None]
+    return min(found) if found else None
+
+
+def _left(limit_file: Path, usage_file: Path) -> int | None:
+    try:
+        limit = limit_file.read_text().strip()
+        if limit == "max" or int(limit) >= 2**62:  # v1 writes "no limit" as a page-rounded 2**63 - 1
+            return None
+        return max(0, int(limit) - int(usage_file.read_text().strip()))
+    except (OSError, ValueError):
+        return None
+
+
+def _own_cgroups(self_cgroup: Path, v1_controller: str = "cpu") -> tuple[str, str]:
+    """This process's cgroup v2 path and cgroup v1 ``v1_controller`` path (``""``: the root, also when unknown)."""
     v2 = v1 = ""
     try:
         text = self_cgroup.read_text()
@@ -184,7 +207,7 @@ def _own_cgroups(self_cgroup: Path) -> tuple[str, str]:
             continue
         if controllers == "":
             v2 = path
-        elif "cpu" in controllers.split(","):
+        elif v1_controller in controllers.split(","):
             v1 = path
     return v2, v1
 

@@ -379,3 +379,24 @@ def test_tiny_images_do_not_take_the_places_of_usable_ones(tiny: BackboneRegistr
     assert pairs["images_used"] == [str(folder / "z_photo.png")]
     skipped = {s["path"] for s in pairs["images_skipped"] if "too small" in s["reason"]}
     assert skipped == {str(folder / f"t{i:02d}.png") for i in range(19)}
+
+
+def test_a_batch_the_memory_cannot_hold_fails_before_the_set_up(tiny: BackboneRegistry, camera_dir: Path,
+                                                                tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`adapt --batch 512` on the CPU was killed by the kernel's out-of-memory killer minutes into the run,
+    without a word: the training's memory is estimated before the set-up and the largest batch that fits
+    named (here the memory left is set to 2 GB)."""
+    import adassr.adapt.run as run
+    import adassr.adapt.training_memory as training_memory
+
+    def no_set_up(*_a: object, **_k: object) -> None:
+        raise AssertionError("the set-up ran although the batch could not fit")
+
+    monkeypatch.setattr(run, "_prepare_inputs", no_set_up)
+    monkeypatch.setattr(training_memory, "memory_left_bytes", lambda: 2 * 1024**3)
+    config = cpu_demo_defaults().with_overrides(steps=2, batch=512, device="cpu")
+    with pytest.raises(ConfigError, match=r"training on the CPU with --batch 512 .* is left: use --batch \d+ or less"):
+        adapt_camera(select_group(camera_dir, "nokia"), config, store_root=tmp_path, backbone_name="tiny",
+                     registry=tiny)
+    assert not (tmp_path / "nokia").exists()
