@@ -107,6 +107,10 @@ def uses_gpu_report(options: LatencyOptions) -> bool:
     return options.gpu is not None or options.backend != "onnxruntime"
 
 
+def _belong(options: list[str]) -> str:
+    return "belongs" if len(options) == 1 else "belong"
+
+
 def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
     """Everything about ``options`` that can be checked before any timing (``ConfigError``): sizes,
     frame (the GPU report's option), repeats, threads, and that the results folder can be written."""
@@ -158,9 +162,9 @@ def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
         if options.backend != "onnxruntime" and options.providers != defaults.providers:
             ignored.append(f"--providers {options.providers}")
         if ignored:
-            raise ConfigError(f"{', '.join(ignored)} belong to the CPU report of onnxruntime (without --gpu, "
-                              f"--backend onnxruntime); the GPU report of --backend {options.backend} times whole "
-                              "frames: drop them")
+            raise ConfigError(f"{', '.join(ignored)} {_belong(ignored)} to the CPU report of onnxruntime (without "
+                              f"--gpu, --backend onnxruntime); the GPU report of --backend {options.backend} times "
+                              "whole frames: drop them")
     if Path(options.out).suffix.lower() in (".json", ".md", ".txt", ".csv") and not Path(options.out).is_dir():
         raise ConfigError(f"--out names the results folder (the report's .json and .md are named after the "
                           f"machine), not a file: {options.out}; pass a folder, e.g. --out {Path(options.out).parent}")
@@ -172,8 +176,8 @@ def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
                                             (f"--batch {options.batch}", options.batch != 1),
                                             ("--cuda-graph", options.cuda_graph)) if given]
         if ignored:
-            raise ConfigError(f"{', '.join(ignored)} belong to the GPU report (with --gpu N or --backend tensorrt / "
-                              "torch); the CPU report times fp32 square crops one at a time: use --sizes")
+            raise ConfigError(f"{', '.join(ignored)} {_belong(ignored)} to the GPU report (with --gpu N or --backend "
+                              "tensorrt / torch); the CPU report times fp32 square crops one at a time: use --sizes")
     if options.gpu is not None and options.backend == "onnxruntime":
         from adassr.runtime.backends.onnxruntime import resolve_providers
 

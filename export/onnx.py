@@ -53,6 +53,7 @@ from adassr.runtime.store import (
     CameraStore,
     StoreTransaction,
     camera_folder_for_writing,
+    store_option,
 )
 
 if TYPE_CHECKING:
@@ -594,7 +595,7 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
     precisions = resolve_precisions(precision)
     if camera == FALLBACK_CAMERA:
         raise ExportError(f"{FALLBACK_CAMERA} holds the unadapted backbone, not adapted weights: export it with "
-                          "`adassr export --backbone NAME` (e.g. realesrgan-x4plus)")
+                          f"`adassr export --backbone NAME{store_option(store_root)}` (e.g. realesrgan-x4plus)")
     store = CameraStore.open(store_root, camera)
     if not store.exists():
         store.read_manifest()  # StoreError naming the camera and what to run first

@@ -491,10 +491,11 @@ class CameraStore:
                                  f"{damaged_manifest_advice(path)}") from None
             if self.camera == FALLBACK_CAMERA:
                 raise StoreError(f"the store has no fallback model ({path} is missing); export it with "
-                                 f"`adassr export --backbone {FALLBACK_BACKBONE}`") from None
+                                 f"`adassr export --backbone {FALLBACK_BACKBONE}{store_option(self.root)}`") from None
             hint = closest_camera_hint(self.camera, list_cameras(self.directory.parent))
             advice = ("" if hint else  # a likely typo: no advice to adapt it under the mistyped name
-                      f" Adapt it with `adapt --camera {self.camera}` (or export a backbone) first")
+                      f" Adapt it with `adassr adapt --camera {self.camera}{store_option(self.root)}` (or export a "
+                      "backbone) first")
             raise StoreError(f"no manifest for camera {self.camera!r} at {path}.{hint}{advice}") from None
         except UnicodeDecodeError as exc:
             raise StoreError(f"{path} is not UTF-8 text ({exc.reason}); {damaged_manifest_advice(path)}") from exc

@@ -48,6 +48,7 @@ from typing import Any
 
 from adassr.runtime.console import one_line
 from adassr.runtime.errors import AdassrError, ConfigError, ImageTooLargeError, PixelLimitError, unexpected_error
+from adassr.runtime.output_plan import given_path
 
 METRICS = ("niqe", "lpips", "psnr", "ssim")
 _CHANNELS = {"niqe": ("gray", "y"), "psnr": ("y", "rgb", "gray"), "ssim": ("y", "rgb", "gray"), "lpips": ()}
@@ -57,13 +58,20 @@ DEFAULT_MAX_PIXELS = 100_000_000  # the readers' default (runtime.images, not im
 log = logging.getLogger(__name__)
 
 
+def _path_text(text: str) -> str:
+    """A PATH argument, as given; ``-`` and an empty one are usage errors (exit 2) as in ``upscale``, not
+    files that fail (exit 1)."""
+    given_path(text)
+    return text
+
+
 def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``adassr metrics``."""
     parser.add_argument("metric", choices=METRICS, help="metric to compute")
-    parser.add_argument("paths", nargs="+", metavar="PATH",
+    parser.add_argument("paths", nargs="+", metavar="PATH", type=_path_text,
                         help="images to score (the distorted / SR images), or folders of them (a folder's --ref is a "
                              "folder too, its images paired by file name)")
-    parser.add_argument("--ref", nargs="+", metavar="PATH", default=None,
+    parser.add_argument("--ref", nargs="+", metavar="PATH", default=None, type=_path_text,
                         help="reference images, one per PATH in the same order (lpips, psnr, ssim); put it "
                              "after the PATHs, since it takes every path that follows")
     parser.add_argument("--crop-border", type=int, default=0, metavar="N",

@@ -337,3 +337,17 @@ def test_max_pixels_sets_the_largest_image_scored_and_the_refusal_says_what_to_d
     assert _metrics("niqe", D4, "--max-pixels", str(width * height)) == 0
     assert capsys.readouterr().out.startswith(f"{D4}\t")
     assert "--max-pixels must be >= 1, got 0" in _fail(capsys, "niqe", D4, "--max-pixels", "0")
+
+
+@pytest.mark.parametrize("argv", [["niqe", "-"], ["niqe", ""], ["psnr", D4, "--ref", "-"]])
+def test_standard_input_and_an_empty_path_are_usage_errors(argv: list[str],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`metrics niqe -` counted '-' as a file that failed (exit 1, "some files failed"); upscale refuses it as
+    a usage error (exit 2), and so does metrics now (a helper's hunt of the scripting contract)."""
+    from adassr.cli import main
+
+    with pytest.raises(SystemExit) as exited:  # argparse's exit for a usage error
+        main(["metrics", *argv])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not supported; name a file or folder" in err or "is empty" in err

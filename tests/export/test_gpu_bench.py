@@ -202,7 +202,7 @@ def test_bad_options_fail_before_any_timing(store: Path, tmp_path: Path, monkeyp
     for extra, message in [
         (["--tile", "64", "--no-torch"], "--tile 64, --no-torch belong to the CPU report"),  # silently ignored
         (["--tiled-size", "64", "--tile-overlap", "8"], "--tiled-size 64, --tile-overlap 8 belong to the CPU report"),
-        (["--providers", "cuda"], "--providers cuda belong to the CPU report"),
+        (["--providers", "cuda"], "--providers cuda belongs to the CPU report"),
         (["--sizes", "32"], "--frame and --sizes both give the sizes"),
         (["--batch", "1000000"], "--batch 1000000 of the largest size (384 LR pixels) makes more than"),  # OOM-kill
     ]:

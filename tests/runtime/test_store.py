@@ -203,7 +203,10 @@ def test_missing_manifest_names_the_close_camera(tmp_path: Path) -> None:
         CameraStore.open(tmp_path, "nokai").read_manifest()  # no advice to adapt the typo
     with pytest.raises(StoreError) as info:
         CameraStore.open(tmp_path, "sony").read_manifest()
-    assert "Did you mean" not in str(info.value) and "adapt --camera sony" in str(info.value)
+    assert "Did you mean" not in str(info.value)
+    assert f"`adassr adapt --camera sony --store {tmp_path}`" in str(info.value)  # the store given (it was left out)
+    with pytest.raises(StoreError, match=rf"`adassr export --backbone realesrgan-x4plus --store {tmp_path}`"):
+        CameraStore.open(tmp_path, "_fallback").read_manifest()
 
 
 def test_unwritable_store(tmp_path: Path) -> None:
