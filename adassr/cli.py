@@ -8,9 +8,11 @@ the run function, so ``adassr --help`` and the runtime subcommands never load to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -240,5 +242,33 @@ def adapt_main(argv: Sequence[str] | None = None) -> int:
     return _dispatch(args)
 
 
+def console_main() -> int:
+    """The ``adassr`` console command: :func:`main`, then :func:`_quiet_exit`."""
+    return _quiet_exit(main())
+
+
+def console_adapt_main() -> int:
+    """The ``adapt`` console command: :func:`adapt_main`, then :func:`_quiet_exit`."""
+    return _quiet_exit(adapt_main())
+
+
+def _quiet_exit(code: int) -> int:
+    """The command has finished with ``code``: from now on a Ctrl-C (while the interpreter shuts down,
+    joining a thread, running the libraries' exit handlers) ends the process at once with that code, its
+    output flushed, instead of printing a traceback of whatever the signal interrupted. Only for the
+    console commands: :func:`main` called in a process of the caller's leaves its signals alone."""
+
+    def now(signum: int, frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                with contextlib.suppress(Exception):  # a closed or full stream: exit all the same
+                    stream.flush()
+        os._exit(code)
+
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to install
+        signal.signal(signal.SIGINT, now)
+    return code
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())

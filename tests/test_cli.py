@@ -450,3 +450,34 @@ def test_opencv_prints_nothing_of_its_own_on_a_damaged_file(tmp_path: Path) -> N
                           env={k: v for k, v in __import__("os").environ.items() if k != "OPENCV_LOG_LEVEL"})
     assert done.returncode == 1 and "run-length coded BMP data is truncated or damaged" in done.stderr
     assert "loadsave" not in done.stderr and "[ERROR" not in done.stderr, done.stderr
+
+
+def test_a_ctrl_c_after_the_command_finished_exits_with_its_code_and_no_traceback(tmp_path: Path) -> None:
+    """A Ctrl-C while the interpreter shut down (after adapt's save, joining a thread, the libraries' exit
+    handlers) printed a traceback of whatever it interrupted. The console commands now exit at once with the
+    finished command's code. (The slow exit handler stands in for a library's.)"""
+    import signal
+    import time
+
+    code = ("import atexit, sys, time\n"
+            "atexit.register(time.sleep, 30)\n"
+            "from adassr.cli import console_main\n"
+            "sys.argv = ['adassr', 'cameras', '--store', sys.argv[1]]\n"
+            "sys.exit(console_main())\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "no-store")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # the command's one error line: it has finished, the exit handlers run
+        assert first.startswith("error:"), first
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 2  # the command's own code (a missing store)
+        assert time.monotonic() - started < 10
+        rest = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
