@@ -468,7 +468,8 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
     level = logging.getLogger().getEffectiveLevel()
     uv_config = uvicorn.Config(
         app,
-        http=header_timeout_protocol(config.limits.header_timeout_s, config.limits.send_timeout_s),
+        http=header_timeout_protocol(config.limits.header_timeout_s, config.limits.send_timeout_s,
+                                     on_send_failed=server_state.count_send_failure),
         host=config.host,
         port=config.port,
         lifespan="on",

@@ -184,6 +184,10 @@ class Server:
                 if token is not None:
                     self._token = token.encode("utf-8")  # one assignment: each request sees one token or the other
 
+    def count_send_failure(self) -> None:
+        """A response its client did not take whole (the HTTP protocol's ``on_send_failed``)."""
+        self.metrics.errors.labels("send_failed").inc()
+
     async def stop(self) -> None:
         self.draining = True
         self.stopping = True

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from collections.abc import Callable
 from typing import Any, cast
 
 import h11
@@ -85,9 +86,13 @@ class _LingeringTransport:
         return getattr(self._transport, name)
 
 
-def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0) -> type[H11Protocol]:
+def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0,
+                            on_send_failed: Callable[[], None] | None = None) -> type[H11Protocol]:
     """An ``H11Protocol`` subclass with a header timeout of ``timeout_s``, a send timeout of
-    ``send_timeout_s`` and lingering closes (module docstring)."""
+    ``send_timeout_s`` and lingering closes (module docstring). ``on_send_failed()`` is called once for
+    each connection that ends before its client took the whole response: dropped by the send timeout,
+    or lost (reset, broken) while some of the response still waited to be sent. The app counted the
+    response when it handed it over (its status in the latency histogram), so this is the only sign."""
 
     class HeaderTimeoutProtocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
@@ -96,6 +101,7 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0) -> t
         _real: asyncio.Transport
         closing = False  # close_connection was called: the connection closes or lingers
         _lingering = False
+        _send_dropped = False  # the send timeout aborted the connection
         _peer_eof = False
         _linger_buffered = 0  # the write buffer's size at the last lingering check
         _written = 0  # bytes handed to the transport
@@ -137,8 +143,13 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0) -> t
                 self._send_timer = self.loop.call_later(min(SEND_CHECK_S, send_timeout_s / 4), self._send_check)
 
         def connection_lost(self, exc: Exception | None) -> None:
+            # the send check runs while some of a response waits in the buffer: a connection lost with an
+            # error meanwhile lost that part (the transport has emptied its buffer by now)
+            lost_unsent = exc is not None and self._send_timer is not None
             for timer in ("_header_timer", "_send_timer", "_linger_timer"):
                 self._cancel(timer)
+            if (lost_unsent or self._send_dropped) and on_send_failed is not None:
+                on_send_failed()
             super().connection_lost(exc)
 
         def close_connection(self) -> None:
@@ -187,6 +198,7 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0) -> t
                 self._sent, self._sent_at = sent, now
             elif now - self._sent_at >= send_timeout_s:  # a closing transport too: its close waits for the flush
                 self.logger.info("a client took none of its response for %g s: connection dropped", send_timeout_s)
+                self._send_dropped = True
                 self._real.abort()
                 return
             self._send_timer = self.loop.call_later(min(SEND_CHECK_S, send_timeout_s / 4), self._send_check)

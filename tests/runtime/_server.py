@@ -47,7 +47,8 @@ def running_server(
             lifespan="on",
             log_level="warning",
             timeout_graceful_shutdown=10,
-            http=header_timeout_protocol(config.limits.header_timeout_s, config.limits.send_timeout_s),
+            http=header_timeout_protocol(config.limits.header_timeout_s, config.limits.send_timeout_s,
+                                         on_send_failed=app.state.server.count_send_failure),
         )
     )
     thread = threading.Thread(target=uv.run, daemon=True)

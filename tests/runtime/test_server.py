@@ -1221,9 +1221,37 @@ def test_a_client_that_reads_nothing_of_its_response_is_dropped(store: Path) -> 
             assert _connections_close(live, within_s=60.0)
         finally:
             sock.close()
+        metrics = httpx.get(f"{live.url}/metrics", timeout=30).text  # the 200 counted is known not delivered
+        assert _metric(metrics, "adassr_errors_total", 'kind="send_failed"') == 1
         with httpx.Client(base_url=live.url, timeout=60) as c:  # a client that reads is served
             r = c.post("/v1/upscale", content=body, headers={"content-type": "image/png"})
             assert r.status_code == 200 and len(r.content) > 5 * 2**20
+
+
+def test_a_client_that_resets_mid_download_is_counted_as_a_failed_send(store: Path) -> None:
+    """The latency histogram counts a response as its status when the app hands it over: a client gone
+    mid-download was a plain 200 in the metrics. `adassr_errors_total{kind="send_failed"}` now counts it;
+    a client that read its whole response is not counted."""
+    import struct
+
+    body = _noise_png(400)  # ~6 MB response, more than the socket buffers hold
+    with running_server(_config(store)) as live:
+        host, port = live.url.removeprefix("http://").split(":")
+        with httpx.Client(base_url=live.url, timeout=60) as c:
+            assert c.post("/v1/upscale", content=body, headers={"content-type": "image/png"}).status_code == 200
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        sock.sendall(b"POST /v1/upscale HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert sock.recv(12) == b"HTTP/1.1 200"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        sock.close()
+        _wait_for(lambda: _metric(httpx.get(f"{live.url}/metrics", timeout=30).text, "adassr_errors_total",
+                                  'kind="send_failed"') == 1)
+        time.sleep(0.5)
+        assert _metric(httpx.get(f"{live.url}/metrics", timeout=30).text, "adassr_errors_total",
+                       'kind="send_failed"') == 1  # once, and not for the client that read it all
 
 
 def test_a_client_reading_slowly_but_steadily_gets_its_whole_response(store: Path) -> None:
