@@ -9,7 +9,9 @@ when it is made (torch, the backbone, the images read):
   (:data:`TRAIN_BYTES_PER_HR_PIXEL`, by what trains);
 - tail mode: each pair of the feature bank (its frozen-front features, its target and loss weights,
   and its target's LPIPS-VGG reference features, :data:`BANK_BYTES_PER_LR_PIXEL` per LR pixel of its
-  patch), which holds as many pairs as a period draws, at most ``--feature-bank`` and at least a batch;
+  patch; without the perceptual term no VGG features), which holds as many pairs as a period draws, at
+  most ``--feature-bank`` and at least a batch (an upper bound: a pair's features are computed at its
+  first draw, and about a third are never drawn);
 - :data:`SETUP_BYTES` for the rest (Adam's moments, the EMA copy, the evaluation's outputs).
 
 Measured (peak resident memory of ``adapt`` on two photos of the canon sample group, 2 steps, patch
@@ -37,6 +39,9 @@ BANK_BYTES_PER_LR_PIXEL = 8800
 maps (512 B), the HR target and its weight map (256 B) and the LPIPS-VGG features of the target
 (7.8 kB: five layers, 64 channels at the HR size down to 512 at 1/16 of it), all float32."""
 
+BANK_BYTES_PER_LR_PIXEL_WITHOUT_PERCEPTUAL = 800
+"""The same without the perceptual term (``--lambda-perceptual 0``): no LPIPS-VGG features are kept."""
+
 SETUP_BYTES = 512 * 1024**2
 """The rest of a run's memory beyond the batch and the bank (optimiser moments, the EMA copy of the
 trained weights, the evaluation's outputs), rounded up."""
@@ -51,7 +56,9 @@ def training_bytes(config: AdaptConfig, *, scale: int, trainable: str) -> int:
     """The estimated memory a CPU training run needs beyond what the process holds before it."""
     lr_pixels = config.lr_patch**2
     per_pair = TRAIN_BYTES_PER_HR_PIXEL[trainable] * lr_pixels * scale**2
-    bank = BANK_BYTES_PER_LR_PIXEL * lr_pixels * bank_pairs(config) if trainable == "tail" else 0
+    per_bank_pixel = (BANK_BYTES_PER_LR_PIXEL if config.lambda_perceptual > 0
+                      else BANK_BYTES_PER_LR_PIXEL_WITHOUT_PERCEPTUAL)
+    bank = per_bank_pixel * lr_pixels * bank_pairs(config) if trainable == "tail" else 0
     return SETUP_BYTES + config.batch * per_pair + bank
 
 

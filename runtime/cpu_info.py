@@ -176,21 +176,36 @@ def cgroup_memory_left(root: Path = Path("/sys/fs/cgroup"), *,
     ``memory.limit_in_bytes`` less ``memory.usage_in_bytes``), of its own cgroup and every one above it: the
     least, None when none is limited. A container's limit, which ``MemAvailable`` (the host's) does not show."""
     v2, v1 = _own_cgroups(self_cgroup, "memory")
-    lefts = [_left(folder / "memory.max", folder / "memory.current") for folder in _up_to(root, v2)]
-    lefts += [_left(folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes")
+    lefts = [_left(folder, "memory.max", "memory.current", "inactive_file") for folder in _up_to(root, v2)]
+    lefts += [_left(folder, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
               for folder in _up_to(root / "memory", v1)]
     found = [left for left in lefts if left is not None]
     return min(found) if found else None
 
 
-def _left(limit_file: Path, usage_file: Path) -> int | None:
+def _left(folder: Path, limit_name: str, usage_name: str, reclaimable: str) -> int | None:
+    """The limit less the usage, whose page cache not in active use (``reclaimable`` in ``memory.stat``)
+    counts as free: the kernel drops it before it kills (as ``docker stats`` and the kubelet count)."""
     try:
-        limit = limit_file.read_text().strip()
+        limit = (folder / limit_name).read_text().strip()
         if limit == "max" or int(limit) >= 2**62:  # v1 writes "no limit" as a page-rounded 2**63 - 1
             return None
-        return max(0, int(limit) - int(usage_file.read_text().strip()))
+        usage = int((folder / usage_name).read_text().strip())
     except (OSError, ValueError):
         return None
+    return max(0, int(limit) - max(0, usage - _stat(folder / "memory.stat", reclaimable)))
+
+
+def _stat(path: Path, key: str) -> int:
+    """``key``'s value in a cgroup's ``memory.stat``; 0 when it cannot be read."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _own_cgroups(self_cgroup: Path, v1_controller: str = "cpu") -> tuple[str, str]:

@@ -407,9 +407,13 @@ def _close_all(sockets: list[socket.socket] | None) -> None:
         sock.close()
 
 
-def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] | None = None) -> Any:
+def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] | None = None,
+                    listeners: list[socket.socket] | None = None) -> Any:
     """A uvicorn server for ``app`` that marks the app draining as soon as a stop signal arrives and calls
-    ``on_listening(port)`` once its sockets are bound (the port the system chose for ``--port 0``)."""
+    ``on_listening(port)`` once its sockets are bound (the port the system chose for ``--port 0``).
+    ``listeners``: the sockets its ``run`` is given; a stop signal before the models are loaded closes
+    them at once (the clients waiting in their backlog are refused, not kept until the load ends) and
+    empties the list, so that no server is started on them."""
     import uvicorn
 
     from adassr.runtime.server.http_protocol import header_timeout_protocol
@@ -420,15 +424,33 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
     class DrainingServer(uvicorn.Server):
         """uvicorn's server, which marks the app draining as soon as a stop signal arrives."""
 
+        _loop: asyncio.AbstractEventLoop | None = None
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            server_state.start_draining()
+            server_state.start_draining()  # also: no further model is loaded
             forcing = self.should_exit and sig == signal.SIGINT and not self.force_exit
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal after shutting down; a clean drain exits with 0 instead.
             self._captured_signals.clear()
+            if not self.started and listeners:  # still loading: nobody is answered before the exit
+                _close_all(listeners)
+                listeners.clear()
+                logger.warning("stopping before the models were loaded: the model being loaded finishes first")
             if forcing:  # uvicorn's force quit: the requests in flight are cancelled (answered 503)
                 server_state.forced = True
                 logger.warning("a second Ctrl-C: stopping now, without waiting for the requests in flight")
+                if self._loop is not None:  # now: uvicorn's shutdown may wait for their connections first
+                    self._loop.call_soon_threadsafe(self._cancel_requests)
+
+        def _cancel_requests(self) -> list[asyncio.Task[Any]]:
+            tasks = list(self.server_state.tasks)
+            for task in tasks:
+                task.cancel()
+            return tasks
+
+        async def serve(self, sockets: Any = None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
 
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
@@ -456,9 +478,7 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
             loop's end cancelled both, the app's mid-way (a traceback). Here the requests are cancelled
             first, each answered 503 and its queued tiles withdrawn, then the app stops (its models closed,
             its temporary uploads removed), each within :data:`FORCED_STOP_S`."""
-            tasks = list(self.server_state.tasks)
-            for task in tasks:
-                task.cancel()
+            tasks = self._cancel_requests()
             if tasks:
                 await asyncio.wait(tasks, timeout=FORCED_STOP_S)
             with contextlib.suppress(TimeoutError):
@@ -501,7 +521,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     listeners = _bind_listeners(config.host, config.port)
     try:
-        server = _uvicorn_server(create_app(config), config, on_listening=banner)
+        server = _uvicorn_server(create_app(config), config, on_listening=banner, listeners=listeners)
         server.run(sockets=listeners)
     finally:
         _close_all(listeners)

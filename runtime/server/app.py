@@ -207,8 +207,10 @@ class Server:
             self.waiting += delta
 
     def start_draining(self) -> None:
-        """Stop admitting upscale requests (503) and report not ready; in-flight work continues."""
+        """Stop admitting upscale requests (503) and report not ready; in-flight work continues, and no
+        further model is loaded (a start-up stopped while its models load ends after the current one)."""
         self.draining = True
+        self.registry.stop_loading()
 
     def _record_batch(self, record: BatchRecord) -> None:
         self.metrics.batch_tiles.observe(record.tiles)

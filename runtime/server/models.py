@@ -65,8 +65,18 @@ from adassr.runtime.tiling import TilingOptions
 
 logger = logging.getLogger(__name__)
 
-STORE_GONE = "the store folder is not there (an unmounted volume, or moved or deleted?)"
+STORE_GONE = "the store folder is not there (moved or deleted?)"
 """Why a running server's store cannot be read when its folder is gone: its loaded models keep serving."""
+
+STORE_EMPTIED = ("the store folder is empty (an unmounted volume? everything in it deleted? restart the server to "
+                 "serve an empty store)")
+"""Why a running server's store cannot be read when its folder, which held the models it serves, is empty
+now: an unmounted volume leaves its mount point so. Its loaded models keep serving."""
+
+
+def _empty_folder(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return next(entries, None) is None
 
 _Signature = tuple[tuple[int, int, int], tuple[int, int, int] | None]
 
@@ -271,6 +281,7 @@ class ModelRegistry:
         self._misnamed: dict[str, str] = {}  # store folder with a manifest but no group name -> why
         self._unexported: set[str] = set()  # cameras adapted but not exported (no model of their own yet)
         self._unreadable: str | None = None  # why the store folder could not be listed at the last poll
+        self._stop_loading = threading.Event()  # set when the server stops: a refresh loads no further model
         self._refresh_lock = threading.Lock()
         # Under _lock: the snapshots' swaps, leases, retired models, last use, loads in progress, failures.
         self._lock = threading.Lock()
@@ -341,6 +352,10 @@ class ModelRegistry:
     def problems(self) -> Mapping[str, str]:
         """Cameras whose latest model could not be loaded, with the reason (no paths)."""
         return MappingProxyType(dict(self._problems))
+
+    def stop_loading(self) -> None:
+        """The server stops: refreshes load no further model (one being loaded finishes)."""
+        self._stop_loading.set()
 
     @property
     def store_problem(self) -> str | None:
@@ -632,8 +647,10 @@ class ModelRegistry:
             servable = set(loaded) | set(parked)
             changes = _Changes()
             try:
-                if not self._store.is_dir():  # an unmounted volume, a moved or deleted folder: not an empty store
+                if not self._store.is_dir():  # a moved or deleted folder: not an empty store
                     raise FileNotFoundError(errno.ENOENT, STORE_GONE)
+                if servable and _empty_folder(self._store):  # an unmounted volume leaves its empty mount point
+                    raise FileNotFoundError(errno.ENOENT, STORE_EMPTIED)
                 scan = scan_store(self._store)
             except OSError as exc:  # cannot be listed (permissions, I/O): not an empty store
                 why = exc.strerror or str(exc)
@@ -676,6 +693,8 @@ class ModelRegistry:
                 self._unexported.discard(camera)
                 self._arriving.pop(camera, None)
             for camera in scan.cameras:
+                if self._stop_loading.is_set():  # a start-up stopped by a signal ends after the model it loads
+                    break
                 try:
                     self._refresh_camera(camera, loaded.get(camera), parked.get(camera), changes)
                 except OSError as exc:  # a file gone between two reads: this camera waits for the next poll

@@ -44,6 +44,8 @@ def test_all_parameters_need_more_than_the_tail_and_the_bank_is_counted_in_tail_
     assert bank_pairs(config.with_overrides(batch=512)) == 512  # at least a batch
     assert training_bytes(config.with_overrides(batch=64), scale=4, trainable="all") > \
         training_bytes(config.with_overrides(batch=64), scale=4, trainable="tail")
+    without_vgg = config.with_overrides(lambda_perceptual=0.0)  # no LPIPS-VGG features in the bank
+    assert training_bytes(without_vgg, scale=4, trainable="tail") < training_bytes(config, scale=4, trainable="tail")
     small_bank = config.with_overrides(feature_bank=8)
     assert training_bytes(small_bank, scale=4, trainable="tail") < training_bytes(config, scale=4, trainable="tail")
     assert training_bytes(small_bank, scale=4, trainable="all") == training_bytes(config, scale=4, trainable="all")
@@ -86,6 +88,11 @@ def test_a_containers_memory_limit_is_read_from_its_cgroup(tmp_path: Path) -> No
     (root / "system.slice" / "memory.max").write_text(f"{2 * GB}\n")  # a parent's smaller limit counts
     (root / "system.slice" / "memory.current").write_text(f"{GB}\n")
     assert cgroup_memory_left(root, self_cgroup=v2) == GB
+    # page cache the kernel can drop is no use: a container that read 3 GB of photos (a helper's review)
+    (own / "memory.current").write_text(f"{3 * GB + GB // 2}\n")
+    (own / "memory.stat").write_text(f"anon {GB // 2}\nfile {3 * GB}\nactive_file 0\ninactive_file {3 * GB}\n")
+    (root / "system.slice" / "memory.max").write_text("max\n")
+    assert cgroup_memory_left(root, self_cgroup=v2) == 4 * GB - GB // 2
 
     v1_root = tmp_path / "v1"
     mine = v1_root / "memory" / "docker" / "abc"
@@ -97,4 +104,6 @@ def test_a_containers_memory_limit_is_read_from_its_cgroup(tmp_path: Path) -> No
     (mine / "memory.limit_in_bytes").write_text(f"{2 * GB}\n")
     (mine / "memory.usage_in_bytes").write_text(f"{GB // 2}\n")
     assert cgroup_memory_left(v1_root, self_cgroup=v1) == GB + GB // 2
+    (mine / "memory.stat").write_text(f"cache {GB // 4}\ninactive_file 0\ntotal_inactive_file {GB // 4}\n")
+    assert cgroup_memory_left(v1_root, self_cgroup=v1) == GB + GB // 2 + GB // 4
     assert cgroup_memory_left(tmp_path / "none", self_cgroup=tmp_path / "absent") is None

@@ -980,10 +980,22 @@ def test_a_store_folder_gone_while_serving_keeps_the_models_and_says_why(store: 
             assert "not there" in listed["store_problem"] and set(listed["cameras"]) == served
             (tmp_path / "away").rename(store)
             registry.refresh()
+            assert c.get("/v1/cameras").json()["store_problem"] is None
+            # an unmounted volume leaves its mount point, empty (a helper's review: the folder's presence let
+            # that pass for an empty store, and every model was dropped)
+            store.rename(tmp_path / "volume")
+            store.mkdir()
+            assert registry.refresh() is False
+            assert set(registry.servable()) == served and c.get("/readyz").status_code == 200
+            assert "the store folder is empty" in c.get("/v1/cameras").json()["store_problem"]
+            store.rmdir()
+            (tmp_path / "volume").rename(store)
+            registry.refresh()
         assert c.get("/v1/cameras").json()["store_problem"] is None
     lines = [r.getMessage() for r in caplog.records]
     assert sum("the model store cannot be read (the store folder is not there" in line for line in lines) == 1
-    assert "the model store can be read again" in lines and not any("no manifest any more" in x for x in lines)
+    assert sum("the model store cannot be read (the store folder is empty" in line for line in lines) == 1
+    assert lines.count("the model store can be read again") == 2 and not any("no manifest any more" in x for x in lines)
 
 
 def _free_port() -> int:
@@ -1097,6 +1109,58 @@ def test_a_second_server_on_the_port_fails_at_once(store: Path) -> None:
     assert second.returncode == 2, second.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in second.stderr and "another process may use the port" in second.stderr
     assert "adassr serve: http" not in second.stdout
+
+
+_SLOW_LOADS = """
+import sys, time
+from adassr.runtime.server import models
+real = models.ModelRegistry._refresh_camera
+def slow(self, *args, **kwargs):
+    print("loading", flush=True, file=sys.stderr)
+    time.sleep(4)  # a model load as slow as a TensorRT engine build, for each camera
+    return real(self, *args, **kwargs)
+models.ModelRegistry._refresh_camera = slow
+from adassr.cli import console_main
+sys.argv = ["adassr", "serve", *sys.argv[1:]]
+sys.exit(console_main())
+"""
+
+
+def test_a_stop_signal_while_the_models_load_refuses_the_waiting_clients_and_loads_no_more(
+        store: Path, tmp_path: Path) -> None:
+    """The port is listened on before the models load: a SIGTERM then kept the socket, and the clients in its
+    backlog, until every model had loaded (minutes with TensorRT), and they were reset at the end (a helper's
+    review). The listeners now close at the signal and no further model is loaded."""
+    publish_camera(store, "sony", seed=2)  # three cameras: 12 s of loading
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_LOADS, "--store", str(store), "--port", str(port),
+                             "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline().strip() == "loading"  # the port is listened on by now
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=30)  # held in the backlog
+        waiting.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            answer = waiting.recv(100)  # refused now (reset or closed), not answered after the loads
+        except ConnectionResetError:
+            answer = b""
+        refused_after = time.monotonic() - started
+        waiting.close()
+        assert answer == b""
+        assert proc.wait(timeout=60) == 0
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert refused_after < 3.5, refused_after  # (12 s before: after every load)
+    assert took < 10.0, took  # the model being loaded finishes (4 s), the other two are not loaded (12 s)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "stopping before the models were loaded" in err and "loading" not in err.splitlines(), err  # one load
+    assert "adassr serve: http" not in (proc.stdout.read() if proc.stdout else "")
 
 
 def test_server_modules_import_without_torch() -> None:
