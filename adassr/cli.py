@@ -137,9 +137,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"error: {_missing_dependency(getattr(args, 'command', 'adapt'), exc)}", file=sys.stderr)
         logging.getLogger(__name__).debug("import failure", exc_info=True)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal a command turned into one (runtime.signals)
         print("interrupted", file=sys.stderr)
-        return 130
+        return int(getattr(exc, "exit_code", 130))
     except BrokenPipeError as exc:
         from adassr.runtime.console import lost_stream, reader_gone
 

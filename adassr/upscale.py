@@ -249,5 +249,9 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_upscale(args: argparse.Namespace) -> int:
-    """Run ``adassr upscale`` with the upscalers of :func:`upscalers`."""
-    return _run_runtime(args, upscalers=upscalers())
+    """Run ``adassr upscale`` with the upscalers of :func:`upscalers`; SIGTERM and SIGHUP stop it as Ctrl-C
+    does (the file being written is finished, no temporary file is left; exit 143 / 129)."""
+    from adassr.runtime.signals import terminate_as_interrupt
+
+    with terminate_as_interrupt():
+        return _run_runtime(args, upscalers=upscalers())
