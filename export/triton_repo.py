@@ -39,7 +39,6 @@ import dataclasses
 import json
 import os
 import re
-import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,6 +57,7 @@ from adassr.runtime.store import (
     list_cameras,
     misnamed_folders,
     sha256_file,
+    shell_path,
     store_option,
     try_exclusive_lock,
 )
@@ -433,7 +433,7 @@ def _export_what(store: CameraStore, manifest: Mapping[str, Any]) -> str:
 def _engine_command(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> str:
     """The command that builds the engine ``--platform tensorrt_plan`` needs."""
     precision = " --precision fp16" if options.precision == "fp16" else ""
-    return (f"adassr export {_export_what(store, manifest)} --store {shlex.quote(str(store.root))} "
+    return (f"adassr export {_export_what(store, manifest)} --store {shell_path(store.root)} "
             f"--engine tensorrt{precision} "
             f"--tile {options.tile} --tile-batch {options.max_batch_size}")
 
@@ -560,7 +560,8 @@ def plan_model(repo: Path, source: _Source, options: TritonRepoOptions) -> _Plan
     scale = record.get("scale", manifest.get("scale"))
     if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= 16:
         raise ExportError(f"camera {camera!r}: its export record and manifest give no valid integer 'scale' (got "
-                          f"{scale!r}), which the Triton config needs; run `adassr export --camera {camera}` again")
+                          f"{scale!r}), which the Triton config needs; run `adassr export --camera {camera}"
+                          f"{store_option(source.store_root)}` again")
     config = render_config(name, camera=camera, record=record, scale=scale, options=options, model_sha256=digest)
     version = latest if unchanged and latest is not None else max([0, *versions]) + 1  # ours start at 1
     interim = None
@@ -737,8 +738,8 @@ def repository_warnings(repo: str | os.PathLike[str], store_root: str | os.PathL
             continue  # write_repository reports a damaged camera itself
         if exports:
             continue
-        command = ("`adassr export --backbone realesrgan-x4plus`" if camera == FALLBACK_CAMERA
-                   else f"`adassr export --camera {camera}`")
+        command = (f"`adassr export --backbone realesrgan-x4plus{store_option(root)}`" if camera == FALLBACK_CAMERA
+                   else f"`adassr export --camera {camera}{store_option(root)}`")
         if (out / _safe_name(camera, opts.prefix)).is_dir():
             warnings.append(f"camera {camera!r} has no export now (adapted again since?): its Triton model still "
                             f"serves the earlier export; run {command}, then rerun")
@@ -872,7 +873,9 @@ def write_repository(
                               f"({why}); rename it or move it out of the store")
         chosen = [c for c in list_cameras(root) if _has_exports(root, c, on_skip)]
         if not chosen:
-            raise ExportError(f"no camera in {root} has an export; run `adassr export` first")
+            raise ExportError(f"no camera in {root} has an export; run `adassr export --camera NAME"
+                              f"{store_option(root)}` (or `adassr export --backbone realesrgan-x4plus"
+                              f"{store_option(root)}`) first")
     skip = on_skip if not cameras else None
     out = Path(repo).expanduser()
     _check_apart(out, root)

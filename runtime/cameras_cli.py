@@ -25,8 +25,10 @@ from adassr.runtime.store import (
     ADAPTED_WEIGHTS,
     DEFAULT_STORE,
     EXPORT_KEYS,
+    FALLBACK_BACKBONE,
     FALLBACK_CAMERA,
     CameraStore,
+    adapt_command,
     misnamed_note,
     scan_store,
     store_argument,
@@ -145,8 +147,8 @@ def describe(summary: CameraSummary, store: Path) -> str:
     if s.state in ("adapted, not exported", "exports of earlier weights"):
         parts.append(f"run `adassr export --camera {s.camera}{option}`")
     elif s.state == "no model":
-        parts.append(f"run `adapt --camera {s.camera}{option}`" if s.camera != FALLBACK_CAMERA
-                     else f"run `adassr export --backbone NAME{option}`")
+        parts.append(f"run `{adapt_command(s.camera, store)}`" if s.camera != FALLBACK_CAMERA
+                     else f"run `adassr export --backbone {FALLBACK_BACKBONE}{option}`")
     return f"{s.camera}: " + "; ".join(parts)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from adassr.runtime.cameras import camera_name
 from adassr.runtime.cpu_info import MAX_THREADS
 from adassr.runtime.errors import BackendError, ConfigError, StoreError
-from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, list_cameras, warn_misnamed_folders
+from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, list_cameras, store_option, warn_misnamed_folders
 from adassr.runtime.tempfiles import create_temp
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def check_store_serves(store_root: str | os.PathLike[str], *, camera: str | None
     if not cameras:
         raise StoreError(
             f"the model store {root} holds no exported model; export the fallback with "
-            "`adassr export --backbone realesrgan-x4plus`, or adapt and export a camera"
+            f"`adassr export --backbone realesrgan-x4plus{store_option(root)}`, or adapt and export a camera"
         )
     if camera is not None:
         camera = camera_name(camera)  # as routing reads it
@@ -112,6 +112,7 @@ def check_store_serves(store_root: str | os.PathLike[str], *, camera: str | None
             return camera if camera in cameras else FALLBACK_CAMERA
         raise StoreError(
             f"no exported model for camera {camera!r} and no fallback model in {root}; "
-            f"run `adassr export --camera {camera}` or `adassr export --backbone realesrgan-x4plus`"
+            f"run `adassr export --camera {camera}{store_option(root)}` or `adassr export --backbone "
+            f"realesrgan-x4plus{store_option(root)}`"
         )
     return cameras[0]

@@ -36,6 +36,7 @@ from adassr.runtime.store import (
     FALLBACK_BACKBONE,
     FALLBACK_CAMERA,
     MODEL_PRECISIONS,
+    PHOTO_FOLDER,
     CameraStore,
     list_cameras,
     store_option,
@@ -143,10 +144,16 @@ def _find_export(root: Path, camera: str, precision: str) -> tuple[_Found | None
             continue
         if not isinstance(record, Mapping) or not isinstance(record.get("file"), str):
             raise StoreError(
-                f"{store.manifest_path}: exports[{key!r}] has no 'file'; rerun `adassr export --camera {camera}`"
+                f"{store.manifest_path}: exports[{key!r}] has no 'file'; rerun `adassr export {_export_what(store)}"
+                f"{store_option(store.root)}`"
             )
         return _Found(store, manifest, key, record), ""
     return None, "adapted but not exported" if manifest.get("weights_sha256") else "no exported model"
+
+
+def _export_what(store: CameraStore) -> str:
+    """What ``adassr export`` takes to export ``store``'s camera again (the fallback: its backbone)."""
+    return f"--backbone {FALLBACK_BACKBONE}" if store.camera == FALLBACK_CAMERA else f"--camera {store.camera}"
 
 
 def _served(export_key: str) -> str:
@@ -161,7 +168,7 @@ def _decision(found: _Found, *, requested: str | None, group: str | None, reason
     if not isinstance(artifact, Mapping) or not artifact.get("sha256"):
         raise StoreError(
             f"{store.manifest_path}: {name} is exported but has no sha256 artifact record; "
-            f"rerun `adassr export` for {store.camera!r}"
+            f"rerun `adassr export {_export_what(store)}{store_option(store.root)}`"
         )
     scale = record.get("scale", manifest.get("scale"))
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
@@ -358,8 +365,8 @@ def resolve_model(
         raise StoreError(
             f"no model for {wanted} in {root} and no fallback model in {root / FALLBACK_CAMERA} "
             f"({fallback_why}); export one with `adassr export --backbone {FALLBACK_BACKBONE}{store_option(root)}`, "
-            f"or adapt and export the camera with `adapt --camera NAME{store_option(root)}` then `adassr export "
-            f"--camera NAME{store_option(root)}`"
+            f"or adapt and export the camera with `adassr adapt --camera NAME --images {PHOTO_FOLDER}"
+            f"{store_option(root)}` then `adassr export --camera NAME{store_option(root)}`"
         )
     if fallback.key != EXPORT_KEYS[precision]:
         reason += f"; no {precision} fallback export, serving {_served(fallback.key)}"

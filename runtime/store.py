@@ -106,6 +106,15 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_NAME = re.compile(r"^.+\.[0-9a-f]{16}(\.[A-Za-z0-9_]+)?$")
 
 
+def shell_path(path: str | os.PathLike[str]) -> str:
+    """``path`` for a command line the user copies: quoted for the shell, and a relative path starting with
+    ``-`` written ``./-path`` (``mv``, ``chmod`` and argparse would take it for an option)."""
+    text = str(path)
+    if text.startswith("-"):
+        text = os.path.join(".", text)
+    return shlex.quote(text)
+
+
 def store_option(root: str | os.PathLike[str]) -> str:
     """`` --store ROOT`` for a command suggested to the user, or nothing for the default store: a hint
     without it, followed as given, would write into ./models and leave the user's store as it was. A
@@ -115,10 +124,34 @@ def store_option(root: str | os.PathLike[str]) -> str:
         default = given.resolve() == DEFAULT_STORE.resolve()
     except (OSError, RuntimeError):
         default = False
-    text = str(given)
-    if text.startswith("-"):  # `--store -dstore` reads as an option: a path it is, from the current folder
-        text = os.path.join(".", text)
-    return "" if default else f" --store {shlex.quote(text)}"
+    return "" if default else f" --store {shell_path(given)}"
+
+
+PHOTO_FOLDER = "PHOTO_FOLDER"
+"""What an ``adapt`` command suggested to the user names as ``--images`` where the camera's photos are not
+known: without ``--images`` adapt reads the bundled samples (for a camera named like one of them, canon,
+nintendo or nokia, it would adapt to those without a word)."""
+
+
+def photo_folder(manifest: Mapping[str, Any] | None) -> str | None:
+    """The folder of the photos a camera was adapted on (the deepest one holding every image its manifest
+    records), as ``adapt --images`` takes it with ``--camera``; None when the manifest records none."""
+    records = (manifest or {}).get("images") or ()
+    paths = [r["path"] for r in records if isinstance(r, Mapping) and isinstance(r.get("path"), str) and r["path"]]
+    if not paths:
+        return None
+    try:
+        return os.path.commonpath([os.path.dirname(p) or "." for p in paths])
+    except ValueError:  # absolute and relative paths mixed (a hand-edited manifest)
+        return None
+
+
+def adapt_command(camera: str, root: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None) -> str:
+    """The ``adassr adapt`` command that (re)builds ``camera`` in the store ``root``: on the photos its manifest
+    records, else on :data:`PHOTO_FOLDER` for the user to fill in."""
+    photos = photo_folder(manifest)
+    images = shell_path(photos) if photos is not None else PHOTO_FOLDER
+    return f"adassr adapt --camera {camera} --images {images}{store_option(root)}"
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
@@ -275,12 +308,11 @@ def try_exclusive_lock(fd: int) -> bool:
 def damaged_manifest_advice(path: Path) -> str:
     """The way out of a manifest that cannot be read: every stage refuses the camera until it is gone
     (rerunning the stage that wrote it fails the same way, since it reads the manifest first)."""
-    camera, store = path.parent.name, shlex.quote(str(path.parent.parent))
-    rebuild = (f"`adapt --camera {camera} --images <its photos> --store {store}` (then `adassr export --camera "
-               f"{camera} --store {store}`)" if camera != FALLBACK_CAMERA
-               else f"`adassr export --backbone realesrgan-x4plus --store {store}`")
+    camera, store = path.parent.name, f" --store {shell_path(path.parent.parent)}"
+    rebuild = (f"`{adapt_command(camera, path.parent.parent)}` (then `adassr export --camera {camera}{store}`)"
+               if camera != FALLBACK_CAMERA else f"`adassr export --backbone realesrgan-x4plus{store}`")
     return (f"every stage refuses this camera while the manifest is damaged: move it away "
-            f"(`mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.damaged')}`), then rebuild the camera "
+            f"(`mv {shell_path(path)} {shell_path(str(path) + '.damaged')}`), then rebuild the camera "
             f"with {rebuild}")
 
 
@@ -494,8 +526,7 @@ class CameraStore:
                                  f"`adassr export --backbone {FALLBACK_BACKBONE}{store_option(self.root)}`") from None
             hint = closest_camera_hint(self.camera, list_cameras(self.directory.parent))
             advice = ("" if hint else  # a likely typo: no advice to adapt it under the mistyped name
-                      f" Adapt it with `adassr adapt --camera {self.camera}{store_option(self.root)}` (or export a "
-                      "backbone) first")
+                      f" Adapt it with `{adapt_command(self.camera, self.root)}` (or export a backbone) first")
             raise StoreError(f"no manifest for camera {self.camera!r} at {path}.{hint}{advice}") from None
         except UnicodeDecodeError as exc:
             raise StoreError(f"{path} is not UTF-8 text ({exc.reason}); {damaged_manifest_advice(path)}") from exc

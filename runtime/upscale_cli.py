@@ -83,9 +83,9 @@ from adassr.runtime.store import (
     FALLBACK_BACKBONE,
     FALLBACK_CAMERA,
     CameraStore,
+    adapt_command,
     list_cameras,
     store_argument,
-    store_option,
 )
 from adassr.runtime.tile_shape import AUTO_TILE, mem_available_bytes, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, MAX_PRE_PAD
@@ -498,7 +498,7 @@ def _warn_if_camera_missing(camera: str, store: Path, stderr: TextIO) -> None:
         return
     listed = ", ".join(known) if known else "none yet"
     hint = closest_camera_hint(name, known)
-    advice = ("" if hint else f"; adapt it with `adapt --camera {name}{store_option(store)}`")  # not a typo's
+    advice = ("" if hint else f"; adapt it with `{adapt_command(name, store)}`")  # not a typo's
     print(f"warning: camera {name!r} has no model in the store {store} (cameras: {listed}).{hint} "
           f"Its images get the unadapted fallback model{advice}.", file=stderr)
 

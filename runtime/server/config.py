@@ -18,6 +18,7 @@ from adassr.runtime.backends.onnxruntime import resolve_providers
 from adassr.runtime.cpu_info import MAX_THREADS
 from adassr.runtime.errors import ConfigError
 from adassr.runtime.routing import check_serving_precision
+from adassr.runtime.store import shell_path
 from adassr.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_PRE_PAD, MAX_TILE, TilingOptions
 
 logger = logging.getLogger(__name__)
@@ -191,13 +192,13 @@ def read_token_file(path: str | Path) -> str:
     if not token or any(ch.isspace() for ch in token) or not token.isascii() or not token.isprintable():
         raise ConfigError(
             f"token file {p} must hold one non-empty secret of printable ASCII characters without spaces "
-            f"(an HTTP header carries no other characters reliably; e.g. `openssl rand -hex 32 > {p}`)"
+            f"(an HTTP header carries no other characters reliably; e.g. `openssl rand -hex 32 > {shell_path(p)}`)"
         )
     with contextlib.suppress(OSError):
         mode = p.stat().st_mode
         if mode & 0o077:
             logger.warning("the token file %s can be read by other users (mode %03o): `chmod 600 %s`", p,
-                           stat.S_IMODE(mode), p)
+                           stat.S_IMODE(mode), shell_path(p))
     return token
 
 

@@ -419,7 +419,7 @@ class ModelRegistry:
             raise NoModel(
                 "this image names no camera with a model here and the server has no fallback model; "
                 "pass 'camera' (GET /v1/cameras lists them), or export one with "
-                "`adassr export --backbone realesrgan-x4plus`"
+                f"`adassr export --backbone realesrgan-x4plus{store_option(self._store)}`"
             ) from None
         if unavailable is not None:
             reason = f"fallback: the model for {group!r} could not be loaded"
@@ -441,8 +441,8 @@ class ModelRegistry:
         if problem:
             why = f" Its model was refused: {problem}."
         elif camera in self._unexported and camera not in servable:
-            why = (f" It is adapted but not exported yet: run `adassr export --camera {camera}` (this server loads "
-                   "it at its next look at the store).")
+            why = (f" It is adapted but not exported yet: run `adassr export --camera {camera}"
+                   f"{store_option(self._store)}` (this server loads it at its next look at the store).")
         else:
             why = closest_camera_hint(camera, servable)
         return UnknownCamera(
@@ -812,8 +812,8 @@ class ModelRegistry:
         if decision.precision != model_precision(self._precision):  # e.g. --precision fp16, only an fp32 export
             if self._precision == "bf16":  # the bf16 engine is built from model.onnx, the fp32 export
                 logger.warning("camera %s has no model.onnx (its fp32 export) to build a bf16 engine from: serving "
-                               "its %s model (run `adassr export --camera %s` to serve bf16)", camera,
-                               decision.precision, camera)
+                               "its %s model (run `adassr export --camera %s%s` to serve bf16)", camera,
+                               decision.precision, camera, store_option(self._store))
             else:
                 logger.warning("camera %s has no %s export: serving its %s model (export it again with --precision "
                                "%s to serve %s)", camera, self._precision, decision.precision, self._precision,

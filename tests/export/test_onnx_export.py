@@ -318,7 +318,9 @@ def test_non_finite_weights_or_outputs_are_refused_before_the_export(tmp_path: P
 
     monkeypatch.setattr(onnx_export, "export_fp32", no_trace)
     with pytest.raises(ExportError, match=f"the weights of '{CAMERA}' hold NaN or infinite values \\(1 tensor"
-                                          f"\\(s\\), e.g. 'conv_first.weight'\\); adapt the camera again"):
+                                          f"\\(s\\), e.g. 'conv_first.weight'\\); adapt the camera again, then "
+                                          f"export it \\(`adassr adapt --camera {CAMERA} --images .* --store "
+                                          f"{tmp_path}`, then `adassr export --camera {CAMERA} --store {tmp_path}`\\)"):
         onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
     monkeypatch.undo()
     make_store(tmp_path)  # finite weights whose output overflows: PyTorch's own output is named

@@ -493,7 +493,7 @@ def test_models_the_store_no_longer_backs_are_named(store: Path, tmp_path: Path,
     assert main(["export", "--store", str(store), "--triton-repo", str(repo)]) == 0
     err = capsys.readouterr().err
     assert ("warning: camera 'canon' has no export now (adapted again since?): its Triton model still serves the "
-            "earlier export; run `adassr export --camera canon`, then rerun") in err
+            f"earlier export; run `adassr export --camera canon --store {store}`, then rerun") in err
     assert "warning: camera 'fresh' has no export, so it has no Triton model" in err
     assert "warning: the Triton model 'adassr_gone' serves camera 'gone', which this store does not have (any " \
            f"more); unless another store writes it into this repository, remove {repo / 'adassr_gone'}" in err

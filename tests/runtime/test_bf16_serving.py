@@ -107,4 +107,4 @@ def test_a_camera_without_model_onnx_is_served_fp16_with_the_right_advice(tmp_pa
     assert registry.models["canon"].served_precision == "fp16"
     (note,) = [r.getMessage() for r in caplog.records if "canon" in r.getMessage()]
     assert "no model.onnx (its fp32 export) to build a bf16 engine from" in note
-    assert "`adassr export --camera canon`" in note and "--precision bf16" not in note
+    assert f"`adassr export --camera canon --store {root}`" in note and "--precision bf16" not in note

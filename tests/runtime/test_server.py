@@ -354,6 +354,15 @@ def test_token_auth(store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixtur
     caplog.clear()
     token_file.chmod(0o600)
     assert read_token_file(token_file) == token and "token" not in caplog.text
+    spaced = tmp_path / "my token"  # the hints are quoted: `chmod 600 /x/my token` failed as pasted (a helper's hunt)
+    spaced.write_text("s3cret-token\n")
+    spaced.chmod(0o644)
+    with caplog.at_level("WARNING"):
+        read_token_file(spaced)
+    assert f"`chmod 600 '{spaced}'`" in caplog.text
+    spaced.write_text("two words\n")
+    with pytest.raises(ConfigError, match=re.escape(f"`openssl rand -hex 32 > '{spaced}'`")):
+        read_token_file(spaced)
     canon = small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 40)
     with running_server(_config(store, token=token)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
@@ -1688,7 +1697,7 @@ def test_a_deleted_refused_camera_and_an_unexported_one_are_no_problems(store: P
     from adassr.runtime.server.models import UnknownCamera
 
     unexported = r"'nokia' has no model on this server \(cameras: none\)\. It is adapted but not exported yet: run " \
-                 r"`adassr export --camera nokia`"
+                 r"`adassr export --camera nokia --store \S+`"  # the server's store (a helper's hunt: it was left out)
     with pytest.raises(UnknownCamera, match=unexported), lonely.serving("nokia", None):  # type: ignore[arg-type]
         pass
 

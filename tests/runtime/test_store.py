@@ -171,7 +171,7 @@ def test_a_damaged_manifest_names_the_way_out_and_the_way_out_works(tmp_path: Pa
             call()
         message = str(info.value)
         assert f"mv {store.manifest_path} {store.manifest_path}.damaged" in message
-        assert f"adapt --camera nokia --images <its photos> --store {tmp_path}" in message
+        assert f"adassr adapt --camera nokia --images PHOTO_FOLDER --store {tmp_path}" in message
         assert "rerun the stage" not in message
     store.manifest_path.rename(store.manifest_path.with_name("manifest.json.damaged"))
     with store.transaction() as tx:
@@ -204,7 +204,8 @@ def test_missing_manifest_names_the_close_camera(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as info:
         CameraStore.open(tmp_path, "sony").read_manifest()
     assert "Did you mean" not in str(info.value)
-    assert f"`adassr adapt --camera sony --store {tmp_path}`" in str(info.value)  # the store given (it was left out)
+    # the store given (it was left out), and --images (without it adapt reads the bundled samples: a helper's hunt)
+    assert f"`adassr adapt --camera sony --images PHOTO_FOLDER --store {tmp_path}`" in str(info.value)
     with pytest.raises(StoreError, match=rf"`adassr export --backbone realesrgan-x4plus --store {tmp_path}`"):
         CameraStore.open(tmp_path, "_fallback").read_manifest()
 
@@ -437,3 +438,24 @@ def test_the_damaged_manifest_advice_quotes_its_paths(tmp_path: Path) -> None:
     advice = damaged_manifest_advice(manifest)
     quoted = shlex.quote(str(tmp_path / "my store"))
     assert f"--store {quoted}`" in advice and f"`mv {shlex.quote(str(manifest))} " in advice
+
+
+def test_suggested_commands_survive_a_store_named_with_a_dash_and_name_the_photos(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hints followed as printed (a helper's hunt): `mv -dstore/canon/manifest.json ...` is an option to mv and
+    `--store -dstore` one to argparse; an adapt hint without --images adapts the bundled samples (for a camera
+    named like one of them) or fails. A relative path starting with '-' is written ./-path, and the photos are
+    the ones the manifest records, or PHOTO_FOLDER to fill in."""
+    from adassr.runtime.store import adapt_command, damaged_manifest_advice, photo_folder, shell_path
+
+    monkeypatch.chdir(tmp_path)
+    advice = damaged_manifest_advice(Path("-dstore") / "canon" / "manifest.json")
+    assert "`mv ./-dstore/canon/manifest.json ./-dstore/canon/manifest.json.damaged`" in advice
+    assert "`adassr adapt --camera canon --images PHOTO_FOLDER --store ./-dstore`" in advice
+    assert "`adassr export --camera canon --store ./-dstore`" in advice
+    assert shell_path("my photos") == "'my photos'" and shell_path("/abs/-x") == "/abs/-x"
+    manifest = {"images": [{"path": "/data/cams/nikon/a.jpg", "derivation": "folder"},
+                           {"path": "/data/cams/nikon/day 2/b.jpg", "derivation": "folder"}]}
+    assert photo_folder(manifest) == "/data/cams/nikon" and photo_folder({}) is None
+    assert adapt_command("nikon", "my store", manifest) == \
+        "adassr adapt --camera nikon --images /data/cams/nikon --store 'my store'"

@@ -853,7 +853,7 @@ def test_the_missing_camera_warning_is_only_for_a_missing_camera_and_names_the_s
     _tiny_images(tmp_path / "a.png")
     code, _, err = _run("-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o1.png"), "--store", str(store),
                         "--camera", "sony", "--no-progress")
-    assert code == 0 and f"adapt it with `adapt --camera sony --store {store}`" in err
+    assert code == 0 and f"adapt it with `adassr adapt --camera sony --images PHOTO_FOLDER --store {store}`" in err
     (store / "canon").rename(tmp_path / "canon_elsewhere")
     (store / "canon").symlink_to("canon")  # a loop
     err_stream = io.StringIO()
