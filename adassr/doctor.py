@@ -1,0 +1,261 @@
+"""``adassr doctor``: what this installation can run, and what to install for the rest.
+
+A user setting up a GPU box asked "why does upscale run on the CPU?" and "why does adapt say it needs
+torch?" one error at a time. ``doctor`` looks at everything once, importing nothing it does not have
+to (each optional package is looked up, then imported in a ``try`` for its version and devices), and
+prints one line per finding: ``ok`` (usable), ``--`` (not available: what it is for and the command that
+installs it) or ``!!`` (present but broken, with the error). Then, per command, whether it can run.
+
+Nothing is downloaded, written or started (no GPU context beyond torch's device query). Exit 0: the
+report is information; a broken installation shows as ``!!`` lines. ``--json`` prints the same as one
+object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import adassr
+from adassr.runtime.console import one_line, say
+from adassr.runtime.install import install_hint
+from adassr.runtime.store import DEFAULT_STORE, store_argument
+
+OK, MISSING, BROKEN = "ok", "--", "!!"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report."""
+
+    section: str  # "system", "package", "weights", "store", "command"
+    name: str
+    status: str  # OK, MISSING or BROKEN
+    detail: str
+    fix: str = ""  # what to run or do (MISSING / BROKEN)
+
+    def line(self) -> str:
+        fix = f"; {self.fix}" if self.fix else ""
+        return one_line(f"[{self.status}] {self.name}: {self.detail}{fix}")
+
+
+def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``adassr doctor``."""
+    parser.add_argument("--store", type=store_argument, default=DEFAULT_STORE,
+                        help=f"artifact store to look at (default ./{DEFAULT_STORE})")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    """Look, print, exit 0."""
+    findings = diagnose(Path(args.store))
+    if args.json:
+        print(json.dumps({"adassr": adassr.__version__, "findings": [asdict(f) for f in findings]}, indent=1))
+        return 0
+    section = None
+    for finding in findings:
+        if finding.section != section:
+            section = finding.section
+            say(f"{section}:", sys.stdout)
+        say(f"  {finding.line()}", sys.stdout)
+    return 0
+
+
+def diagnose(store: Path) -> list[Finding]:
+    """Every finding, in report order."""
+    findings = _system()
+    packages = _packages()
+    findings += packages
+    have = {f.name for f in packages if f.status == OK}
+    findings += _weights(have)
+    findings += _store(store)
+    findings += _commands(findings)
+    return findings
+
+
+def _system() -> list[Finding]:
+    from adassr.runtime.cpu_info import cgroup_memory_left, detect_cpu
+    from adassr.runtime.tile_shape import mem_available_bytes
+
+    cpu = detect_cpu()
+    bf16 = "native bf16" if cpu.native_bf16 else "no native bf16 (bf16 training is emulated: slow)"
+    known = [n for n in (mem_available_bytes(), cgroup_memory_left()) if n is not None]
+    memory = f"{min(known) / 1024**3:.1f} GB available" if known else "unknown"
+    return [
+        Finding("system", "adassr", OK, f"{adassr.__version__} on Python {platform.python_version()} "
+                f"({sys.executable}), {platform.system()} {platform.machine()}"),
+        Finding("system", "cpu", OK, f"{cpu.model_name or 'unknown model'}: {cpu.physical_cores} usable cores, "
+                f"{cpu.isa}, {bf16}"),
+        Finding("system", "memory", OK, memory),
+    ]
+
+
+@dataclass(frozen=True)
+class _Package:
+    name: str  # import name
+    distribution: str
+    purpose: str
+    extra: str  # the pip extra that brings it
+    probe: Callable[[Any], str] | None = None  # more detail from the imported module
+
+
+def _ort_detail(ort: Any) -> str:
+    providers = list(ort.get_available_providers())
+    return "providers " + ", ".join(providers)
+
+
+def _torch_detail(torch: Any) -> str:
+    if not torch.cuda.is_available():
+        return f"CUDA not available (build {torch.version.cuda or 'CPU only'})"
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return f"CUDA {torch.version.cuda}, GPU {', '.join(names)}"
+
+
+_PACKAGES = (
+    _Package("numpy", "numpy", "every command", ""),
+    _Package("cv2", "opencv-python-headless", "image reading and resizing", ""),
+    _Package("onnxruntime", "onnxruntime", "upscale and serve with onnxruntime (CPU: [cpu], GPU: [gpu])", "cpu",
+             _ort_detail),
+    _Package("torch", "torch", "adapt, export, metrics, --backend torch", "adapt,cpu-torch", _torch_detail),
+    _Package("onnx", "onnx", "export", "adapt"),
+    _Package("onnxscript", "onnxscript", "export", "adapt"),
+    _Package("safetensors", "safetensors", "adapt, export", "adapt"),
+    _Package("scipy", "scipy", "adapt (kernel estimation), metrics (NIQE)", "adapt"),
+    _Package("starlette", "starlette", "serve", "serve"),
+    _Package("uvicorn", "uvicorn", "serve", "serve"),
+    _Package("tritonclient", "tritonclient", "upscale --triton, serving through Triton", "serve"),
+    _Package("matplotlib", "matplotlib", "adapt's report.png", "plots"),
+    _Package("triton", "triton", "the fused attention kernel on a GPU", "gpu"),
+    _Package("cuda", "cuda-python", "CUDA buffers for TensorRT engines", "gpu"),
+    _Package("tensorrt", "tensorrt-cu12", "--engine tensorrt / --backend tensorrt", "tensorrt"),
+)
+
+
+def _version(distribution: str, module: Any) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return str(getattr(module, "__version__", "version unknown"))
+
+
+def _packages() -> list[Finding]:
+    findings = []
+    for package in _PACKAGES:
+        if package.name == "tensorrt":  # a namespace package of type stubs imports too: ask the runtime's own check
+            findings.append(_tensorrt(package))
+            continue
+        if importlib.util.find_spec(package.name) is None:
+            fix = f"install: {install_hint(package.extra)}" if package.extra else "reinstall adassr"
+            findings.append(Finding("package", package.name, MISSING, f"not installed (for {package.purpose})", fix))
+            continue
+        try:
+            module = importlib.import_module(package.name)
+            detail = _version(package.distribution, module)
+            if package.probe is not None:
+                detail += f", {package.probe(module)}"
+        except Exception as exc:  # noqa: BLE001 - a broken install (missing shared library, ABI mismatch): reported
+            findings.append(Finding("package", package.name, BROKEN, f"installed but fails to import: {exc}",
+                                    f"reinstall it: {install_hint(package.extra) if package.extra else 'pip'}"))
+            continue
+        findings.append(Finding("package", package.name, OK, f"{detail} (for {package.purpose})"))
+    return findings
+
+
+def _tensorrt(package: _Package) -> Finding:
+    from adassr.runtime.engines.trt import tensorrt_unavailable_reason, tensorrt_version
+
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        return Finding("package", package.name, MISSING, f"not usable (for {package.purpose}): {reason}")
+    return Finding("package", package.name, OK, f"{tensorrt_version()} (for {package.purpose})")
+
+
+def _weights(have: set[str]) -> list[Finding]:
+    if "torch" not in have:
+        return [Finding("weights", "backbones", MISSING, "not looked at: they are read with torch (adapt, export)")]
+    from adassr.adapt.archs import BackboneRegistry, WeightSource, default_registry
+    from adassr.adapt.quality.lpips_weights import FETCH_HINT, weights_path
+    from adassr.runtime.errors import AdassrError
+
+    registry: BackboneRegistry = default_registry()
+    findings = []
+    for entry in registry:
+        if not isinstance(entry.source, WeightSource):
+            continue
+        try:
+            entry.source.resolve()
+        except AdassrError as exc:
+            findings.append(Finding("weights", entry.name, MISSING, str(exc)))
+            continue
+        findings.append(Finding("weights", entry.name, OK, entry.source.describe()))
+    path = weights_path("vgg")
+    findings.append(Finding("weights", "lpips-vgg", OK, str(path)) if path.exists() else
+                    Finding("weights", "lpips-vgg", MISSING,
+                            "not fetched (adapt's perceptual term and `metrics lpips` need them)", FETCH_HINT))
+    return findings
+
+
+def _store(root: Path) -> list[Finding]:
+    from adassr.runtime.preflight import exported_cameras
+    from adassr.runtime.store import FALLBACK_CAMERA, list_cameras, store_option
+
+    if not root.is_dir():
+        return [Finding("store", str(root), MISSING, "no store here (adapt or export create it)",
+                        f"`adassr export --backbone realesrgan-x4plus{store_option(root)}` makes one with the "
+                        "fallback model")]
+    try:
+        cameras = list_cameras(root)
+        exported = exported_cameras(root, warn=False)
+    except OSError as exc:
+        return [Finding("store", str(root), BROKEN, f"cannot be read: {exc.strerror or exc}", "check its permissions")]
+    adapted = [c for c in cameras if c != FALLBACK_CAMERA]
+    ready = [c for c in exported if c != FALLBACK_CAMERA]
+    fallback = ("the fallback model is exported" if FALLBACK_CAMERA in exported
+                else "no fallback model (upscale exports it at first use where torch is installed)")
+    return [Finding("store", str(root), OK, f"{len(adapted)} camera(s), {len(ready)} exported; {fallback}; "
+                    f"`adassr cameras{store_option(root)}` lists them")]
+
+
+def _commands(findings: list[Finding]) -> list[Finding]:
+    ok = {(f.section, f.name) for f in findings if f.status == OK}
+    detail = {(f.section, f.name): f.detail for f in findings}
+
+    def has(*names: str) -> bool:
+        return all(("package", n) in ok for n in names)
+
+    def missing(*names: str) -> str:
+        return ", ".join(n for n in names if ("package", n) not in ok)
+
+    def command(name: str, needs: tuple[str, ...], what: str, extra: str, more: str = "") -> Finding:
+        if has(*needs):
+            return Finding("command", name, OK, what + more)
+        return Finding("command", name, MISSING, f"{what}: needs {missing(*needs)}", f"install: {install_hint(extra)}")
+
+    ort = detail.get(("package", "onnxruntime"), "")
+    gpu_ort = "CUDAExecutionProvider" in ort
+    backbone = ("weights", "realesrgan-x4plus") in ok
+    lpips = ("weights", "lpips-vgg") in ok
+    adapt_note = "" if backbone and lpips else (
+        " (but " + " and ".join(w for w, present in (("the backbone weights", backbone), ("the LPIPS weights", lpips))
+                                if not present) + " are missing: see above)")
+    rows = [
+        command("upscale / serve on the CPU", ("onnxruntime",), "onnxruntime", "cpu"),
+        Finding("command", "upscale / serve on a GPU", OK if gpu_ort else MISSING,
+                "onnxruntime with its CUDA provider" if gpu_ort else "onnxruntime has no CUDA provider here",
+                "" if gpu_ort else f"on a GPU box: {install_hint('gpu')} (instead of the cpu extra)"),
+        command("TensorRT engines", ("tensorrt", "cuda"), "TensorRT and cuda-python", "tensorrt,gpu"),
+        command("serve", ("starlette", "uvicorn"), "the HTTP server", "serve"),
+        command("adapt", ("torch", "safetensors", "scipy"), "adaptation", "adapt,cpu-torch", adapt_note),
+        command("export", ("torch", "onnx", "onnxscript", "onnxruntime"), "ONNX export and its validation",
+                "adapt,cpu,cpu-torch"),
+    ]
+    return rows

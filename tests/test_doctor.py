@@ -1,0 +1,74 @@
+"""``adassr doctor``: what the installation can run, on this machine's real packages and a real store."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from adassr.cli import main
+from adassr.runtime.store import FALLBACK_CAMERA
+
+from .runtime._models import publish_camera
+
+
+def test_the_report_names_every_section_and_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "my store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0)
+    publish_camera(store, "canon", seed=1)
+    assert main(["doctor", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    for section in ("system:", "package:", "weights:", "store:", "command:"):
+        assert f"\n{section}\n" in f"\n{out}"
+    assert "[ok] onnxruntime: " in out and "CPUExecutionProvider" in out  # the test extra installs it
+    assert "[ok] upscale / serve on the CPU: onnxruntime" in out
+    assert "1 camera(s), 1 exported; the fallback model is exported" in out
+    assert f"`adassr cameras --store '{store}'` lists them" in out
+
+
+def test_json_has_one_finding_per_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--store", str(tmp_path / "none"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    statuses = {f["status"] for f in report["findings"]}
+    assert statuses <= {"ok", "--", "!!"} and report["adassr"]
+    (store,) = [f for f in report["findings"] if f["section"] == "store"]
+    assert store["status"] == "--" and "adassr export --backbone realesrgan-x4plus --store" in store["fix"]
+
+
+def test_a_missing_and_a_broken_package_are_told_apart(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    real_find, real_import = importlib.util.find_spec, importlib.import_module
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "starlette" else real_find(name, *args)  # type: ignore[arg-type]
+
+    def import_module(name: str, *args: object) -> object:
+        if name == "scipy":
+            raise ImportError("libopenblas.so.0: cannot open shared object file")
+        return real_import(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "[--] starlette: not installed (for serve); install: " in out and "[serve]" in out
+    assert "[--] serve: the HTTP server: needs starlette; install: " in out
+    assert "[!!] scipy: installed but fails to import: libopenblas.so.0" in out
+    assert "[--] adapt: adaptation: needs scipy" in out
+
+
+def test_type_stubs_are_not_tensorrt(capsys: pytest.CaptureFixture[str]) -> None:
+    """The `tensorrt-stubs` package makes `import tensorrt` work (a namespace package): doctor asks the
+    runtime's own check, which needs TensorRT 10's Builder and Runtime."""
+    from adassr.runtime.engines.trt import tensorrt_unavailable_reason
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    reason = tensorrt_unavailable_reason()
+    if reason is None:  # a machine with TensorRT 10
+        assert "[ok] tensorrt: 10." in out
+    else:
+        assert "[--] tensorrt: not usable" in out and "[--] TensorRT engines" in out
