@@ -185,8 +185,8 @@ def run_cameras(args: argparse.Namespace) -> int:
     else:
         if not summaries:
             option = one_line(store_option(store))
-            print(f"the store {one_line(str(store))} holds no camera yet (adapt --camera NAME{option}, or adassr "
-                  f"export --backbone NAME{option} for the fallback)")
+            print(f"the store {one_line(str(store))} holds no camera yet (`{one_line(adapt_command('NAME', store))}`, "
+                  f"or `adassr export --backbone {FALLBACK_BACKBONE}{option}` for the fallback)")
         for summary in summaries:
             print(one_line(describe(summary, store)))
         for name, why in misnamed:

@@ -433,7 +433,7 @@ class CameraStore:
             )
         elif not root_path.is_dir():
             raise StoreError(
-                f"the model store {root_path} does not exist; run `adapt --camera NAME{store_option(root_path)}` and "
+                f"the model store {root_path} does not exist; run `{adapt_command('NAME', root_path)}` and "
                 f"`adassr export --camera NAME{store_option(root_path)}`, or `adassr export --backbone "
                 f"realesrgan-x4plus{store_option(root_path)}` for the fallback model, first; or point "
                 "--store at an existing store"

@@ -65,7 +65,8 @@ def test_a_missing_store_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["cameras", "--store", str(tmp_path / "empty")]) == 0
-    assert f"holds no camera yet (adapt --camera NAME --store {tmp_path / 'empty'}, or" in capsys.readouterr().out
+    assert (f"holds no camera yet (`adassr adapt --camera NAME --images PHOTO_FOLDER --store {tmp_path / 'empty'}`, "
+            f"or `adassr export --backbone realesrgan-x4plus --store {tmp_path / 'empty'}`") in capsys.readouterr().out
 
 
 def test_verify_looks_again_when_an_export_replaced_the_files_meanwhile(tmp_path: Path,

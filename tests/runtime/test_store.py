@@ -422,7 +422,8 @@ def test_suggested_commands_name_a_store_other_than_the_default(tmp_path: Path,
     assert store_option("elsewhere") == " --store elsewhere"
     assert store_option("my store") == " --store 'my store'"  # pasted as printed, it still works
     assert store_option("-dstore") == " --store ./-dstore"  # `--store -dstore`: "expected one argument"
-    with pytest.raises(StoreError, match=r"run `adapt --camera NAME --store nowhere` and `adassr export --camera NAME "
+    with pytest.raises(StoreError, match=r"run `adassr adapt --camera NAME --images PHOTO_FOLDER --store nowhere` and "
+                                         r"`adassr export --camera NAME "
                                          r"--store nowhere`, or `adassr export --backbone realesrgan-x4plus --store "
                                          r"nowhere`"):
         CameraStore.open("nowhere", "canon")
