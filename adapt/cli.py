@@ -50,12 +50,16 @@ def _config_options() -> list[CliField]:
     return cli_fields(AdaptConfig) + cli_fields(AttentionConfig)
 
 
-def _config(args: argparse.Namespace) -> AdaptConfig:
+def _config(args: argparse.Namespace, *, device_type: str | None = None) -> AdaptConfig:
+    """The run's config from the options; ``device_type`` (``cpu`` / ``cuda``) picks the defaults without
+    asking torch which device ``--device auto`` means."""
     from adassr.adapt.config import cpu_demo_defaults, gpu_defaults
-    from adassr.adapt.precision import resolve_device
 
-    device = resolve_device(args.device or "auto")
-    base = gpu_defaults() if device.type == "cuda" else cpu_demo_defaults()
+    if device_type is None:
+        from adassr.adapt.precision import resolve_device
+
+        device_type = resolve_device(args.device or "auto").type
+    base = gpu_defaults() if device_type == "cuda" else cpu_demo_defaults()
     given = vars(args)
     config = base.with_overrides(**{o.name: given[o.dest] for o in cli_fields(AdaptConfig)})
     attention = config.attention.with_overrides(**{o.name: given[o.dest] for o in cli_fields(AttentionConfig)})
@@ -139,7 +143,9 @@ def run_adapt(args: argparse.Namespace) -> int:
             given = "--image" if args.image is not None else "--camera"
             print(f"error: --list lists the camera groups of --images DIR; drop {given}", file=sys.stderr)
             return 2
-        _config(args)  # invalid training values fail here too (ConfigError: exit 2), not only without --list
+        # invalid training values fail here too (ConfigError: exit 2), not only without --list; torch is not needed
+        # to list the groups (a runtime-only install asks how upscale will group its photos), so not asked
+        _config(args, device_type="cuda" if args.device == "cuda" else "cpu")
         folder = args.images or default_images_dir()
         scan = listed_groups(folder)
         if not scan.groups and not scan.skipped:

@@ -177,7 +177,7 @@ def _missing_dependency(command: str, exc: ImportError) -> str:
 
     module = (exc.name or "").split(".")[0]
     if module in ADAPT_MODULES:
-        fix = f"install the adapt extra: {adapt_extra()} (GPU box: {ADAPT_EXTRA_GPU})"
+        fix = f"install the adapt extra: {adapt_extra()} ({ADAPT_EXTRA_GPU})"
     else:
         fix = "install the extra that brings it (README, Install), or reinstall adassr"
     return f"adassr {command} needs {module or 'a module that failed to import'} ({exc}); {fix}"

@@ -77,7 +77,7 @@ def diagnose(store: Path) -> list[Finding]:
     findings += packages
     have = {f.name for f in packages if f.status == OK}
     findings += _weights(have)
-    findings += _store(store)
+    findings += _store(store, can_export={"torch", "onnx", "onnxscript", "onnxruntime"} <= have)
     findings += _commands(findings)
     return findings
 
@@ -125,13 +125,15 @@ _PACKAGES = (
     _Package("cv2", "opencv-python-headless", "image reading and resizing", ""),
     _Package("onnxruntime", "onnxruntime", "upscale and serve with onnxruntime (CPU: [cpu], GPU: [gpu])", "cpu",
              _ort_detail),
-    _Package("torch", "torch", "adapt, export, metrics, --backend torch", "adapt,cpu-torch", _torch_detail),
+    _Package("torch", "torch", "adapt, export, metrics lpips, --backend torch", "adapt,cpu,cpu-torch", _torch_detail),
     _Package("onnx", "onnx", "export", "adapt"),
     _Package("onnxscript", "onnxscript", "export", "adapt"),
     _Package("safetensors", "safetensors", "adapt, export", "adapt"),
-    _Package("scipy", "scipy", "adapt (kernel estimation), metrics (NIQE)", "adapt"),
+    _Package("scipy", "scipy", "adapt (kernel estimation), metrics psnr / ssim", "adapt"),
     _Package("starlette", "starlette", "serve", "serve"),
     _Package("uvicorn", "uvicorn", "serve", "serve"),
+    _Package("prometheus_client", "prometheus-client", "serve (its metrics)", "serve"),
+    _Package("multipart", "python-multipart", "serve (multipart uploads)", "serve"),
     _Package("tritonclient", "tritonclient", "upscale --triton, serving through Triton", "serve"),
     _Package("matplotlib", "matplotlib", "adapt's report.png", "plots"),
     _Package("triton", "triton", "the fused attention kernel on a GPU", "gpu"),
@@ -204,14 +206,15 @@ def _weights(have: set[str]) -> list[Finding]:
     return findings
 
 
-def _store(root: Path) -> list[Finding]:
+def _store(root: Path, *, can_export: bool) -> list[Finding]:
     from adassr.runtime.preflight import exported_cameras
     from adassr.runtime.store import FALLBACK_CAMERA, list_cameras, store_option
 
     if not root.is_dir():
+        needs = "" if can_export else " (once export can run: see its line below)"
         return [Finding("store", str(root), MISSING, "no store here (adapt or export create it)",
                         f"`adassr export --backbone realesrgan-x4plus{store_option(root)}` makes one with the "
-                        "fallback model")]
+                        f"fallback model{needs}")]
     try:
         cameras = list_cameras(root)
         exported = exported_cameras(root, warn=False)
@@ -253,9 +256,11 @@ def _commands(findings: list[Finding]) -> list[Finding]:
                 "onnxruntime with its CUDA provider" if gpu_ort else "onnxruntime has no CUDA provider here",
                 "" if gpu_ort else f"on a GPU box: {install_hint('gpu')} (instead of the cpu extra)"),
         command("TensorRT engines", ("tensorrt", "cuda"), "TensorRT and cuda-python", "tensorrt,gpu"),
-        command("serve", ("starlette", "uvicorn"), "the HTTP server", "serve"),
-        command("adapt", ("torch", "safetensors", "scipy"), "adaptation", "adapt,cpu-torch", adapt_note),
+        command("serve", ("starlette", "uvicorn", "prometheus_client", "multipart"), "the HTTP server", "serve"),
+        command("adapt", ("torch", "safetensors", "scipy"), "adaptation", "adapt,cpu,cpu-torch", adapt_note),
         command("export", ("torch", "onnx", "onnxscript", "onnxruntime"), "ONNX export and its validation",
+                "adapt,cpu,cpu-torch"),
+        command("bench latency", ("onnxruntime", "onnx"), "latency of the exported models (with torch: PyTorch's too)",
                 "adapt,cpu,cpu-torch"),
     ]
     return rows

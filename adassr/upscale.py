@@ -30,12 +30,13 @@ from adassr.runtime.upscale_cli import add_upscale_arguments as _add_runtime_arg
 from adassr.runtime.upscale_cli import run_upscale as _run_runtime
 from adassr.runtime.upscalers import ImageUpscaler, UpscalerEntry, UpscalerRegistry, runtime_upscalers
 
-ADAPT_EXTRA_GPU = "on a GPU box, a CUDA torch, then the 'adapt' extra alone"
+ADAPT_EXTRA_GPU = "on a GPU box: a CUDA build of torch first, then the 'adapt' and 'gpu' extras"
 
 
 def adapt_extra() -> str:
-    """The pip command adding the adapt extra with the CPU torch (a GPU box installs a CUDA torch first)."""
-    return install_hint("adapt,cpu-torch")
+    """The pip command adding the adapt extra with the CPU torch and onnxruntime, which export validates with
+    (the README main job's extras; a GPU box installs a CUDA torch first, :data:`ADAPT_EXTRA_GPU`)."""
+    return install_hint("adapt,cpu,cpu-torch")
 
 
 def _torch_upscaler(options: RuntimeOptions) -> ImageUpscaler:
@@ -249,7 +250,7 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_upscale(args: argparse.Namespace) -> int:
     """Run ``adassr upscale`` with the upscalers of :func:`upscalers`; SIGTERM and SIGHUP stop it as Ctrl-C
-    does (the file being written is finished, no temporary file is left; exit 143 / 129)."""
+    does (no temporary file is left; exit 143 / 129), within seconds (:mod:`adassr.runtime.signals`)."""
     from adassr.runtime.signals import terminate_as_interrupt
 
     with terminate_as_interrupt():

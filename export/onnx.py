@@ -254,17 +254,28 @@ def torch_reference(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch)).float().numpy()
 
 
+def _no_onnxruntime(exc: BaseException | str) -> ExportError:
+    from adassr.runtime.install import install_hint
+
+    return ExportError(f"validating the export needs onnxruntime ({exc}); {install_hint('cpu')} (on a CUDA box the "
+                       "'gpu' extra instead of 'cpu')")
+
+
+def require_onnxruntime() -> None:
+    """ExportError now, before the minutes of tracing, when onnxruntime, which validates every export, is not
+    installed (it failed only at the validation, after the trace)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise _no_onnxruntime("No module named 'onnxruntime'")
+
+
 def open_session(data: bytes) -> Any:
     """An onnxruntime CPU session for a serialized model, with the I/O names checked."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        from adassr.runtime.install import install_hint
-
-        raise ExportError(
-            f"validating the export needs onnxruntime ({exc}); {install_hint('cpu')} (on a CUDA box the 'gpu' "
-            "extra instead of 'cpu')"
-        ) from exc
+        raise _no_onnxruntime(exc) from exc
     from adassr.runtime.cpu_info import intra_op_threads
 
     options = ort.SessionOptions()
@@ -594,6 +605,7 @@ def export_camera(store_root: str | os.PathLike[str], camera: str, *, precision:
     from adassr.runtime.store import ADAPTED_WEIGHTS as WEIGHTS_FILE
 
     precisions = resolve_precisions(precision)
+    require_onnxruntime()
     if camera == FALLBACK_CAMERA:
         raise ExportError(f"{FALLBACK_CAMERA} holds the unadapted backbone, not adapted weights: export it with "
                           f"`adassr export --backbone NAME{store_option(store_root)}` (e.g. realesrgan-x4plus)")
@@ -648,6 +660,7 @@ def export_loaded_fallback(store_root: str | os.PathLike[str], loaded: LoadedBac
     from adassr.adapt.weights import state_dict_sha256
 
     precisions = resolve_precisions(precision)
+    require_onnxruntime()
     digest = state_dict_sha256(loaded.model.state_dict())
     identity = ModelIdentity(FALLBACK_CAMERA, loaded.entry.name, loaded.scale, digest)
     photo = find_validation_photo((), validation_image)  # before the store is touched
@@ -680,6 +693,7 @@ def export_fallback(store_root: str | os.PathLike[str], backbone: str, *, precis
     :func:`export_loaded_fallback`)."""
     from adassr.adapt.weights import load_backbone
 
+    require_onnxruntime()  # before the backbone's conversion
     loaded = load_backbone(backbone, registry=registry)
     return export_loaded_fallback(store_root, loaded, precision=precision, validation_image=validation_image,
                                   lock_timeout_s=lock_timeout_s, if_missing=if_missing)

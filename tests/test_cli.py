@@ -116,7 +116,7 @@ def test_commands_that_need_torch_say_so_in_one_line_without_it(tmp_path, argv: 
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     (line,) = [text for text in done.stderr.splitlines() if text.startswith("error:")]
-    assert f"adassr {argv[0]} needs torch" in line and f"pip install -e '{ROOT}[adapt,cpu-torch]'" in line
+    assert f"adassr {argv[0]} needs torch" in line and f"pip install -e '{ROOT}[adapt,cpu,cpu-torch]'" in line
 
 
 def test_bf16_asked_for_on_a_cpu_without_bf16_is_warned(caplog, monkeypatch) -> None:
@@ -481,3 +481,24 @@ def test_a_ctrl_c_after_the_command_finished_exits_with_its_code_and_no_tracebac
             proc.kill()
             proc.wait(10)
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+
+
+def test_adapt_list_needs_no_torch() -> None:
+    """A runtime-only install (no torch) was told `adassr adapt needs torch` by `adapt --list`, which the README
+    points to for seeing how upscale groups photos (a helper's minimal-install journey)."""
+    code = (
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked')\n"
+        "sys.meta_path.insert(0, _Block())\n"
+        "from adassr.cli import adapt_main\n"
+        "code = adapt_main(['--list'])\n"
+        "assert 'torch' not in sys.modules\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert "nokia" in proc.stdout and "canon" in proc.stdout

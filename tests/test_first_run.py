@@ -31,7 +31,7 @@ def test_without_torch_one_line_says_the_command(photo: Path, tmp_path: Path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     root = Path(__file__).resolve().parents[1]
-    command = (f"pip install -e '{root}[adapt,cpu-torch]' && adassr export --backbone "
+    command = (f"pip install -e '{root}[adapt,cpu,cpu-torch]' && adassr export --backbone "
                f"realesrgan-x4plus --store {store}")
     assert command in err[0]
     assert not (tmp_path / "out.png").exists() and not store.exists()

@@ -751,3 +751,23 @@ def test_a_signal_while_the_export_commits_waits_for_it_and_says_it_is_published
     files, manifest = _published(tmp_path)
     assert len(files) == 1 and manifest["exports"]["onnx"]["file"] == "model.onnx"
     assert sha256_file(tmp_path / CAMERA / files[0]) == manifest["exports"]["onnx"]["sha256"]
+
+
+def test_without_onnxruntime_the_export_fails_before_tracing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime validates every export: without it the export traced for a minute, then failed (a helper's
+    minimal-install journey); it fails at once now, naming the extra."""
+    import importlib.util
+
+    make_store(tmp_path)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+
+    def no_trace(*_a: object, **_k: object) -> None:
+        raise AssertionError("traced although onnxruntime is missing")
+
+    monkeypatch.setattr(onnx_export, "export_fp32", no_trace)
+    with pytest.raises(ExportError, match=r"validating the export needs onnxruntime .*\[cpu\]"):
+        onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
+    with pytest.raises(ExportError, match="validating the export needs onnxruntime"):
+        onnx_export.export_fallback(tmp_path, "realesrgan-x4plus")
