@@ -54,6 +54,7 @@ from adassr.runtime.store import (
     FALLBACK_CAMERA,
     CameraStore,
     atomic_write_bytes,
+    export_arguments,
     list_cameras,
     misnamed_folders,
     sha256_file,
@@ -421,13 +422,8 @@ def _engine(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepo
 
 
 def _export_what(store: CameraStore, manifest: Mapping[str, Any]) -> str:
-    """What `adassr export` takes to export this camera: ``--camera NAME``, or for the fallback (exported from
-    its backbone, not as a camera) ``--backbone NAME``."""
-    if store.camera == FALLBACK_CAMERA:
-        backbone = manifest.get("backbone")
-        name = backbone.get("name") if isinstance(backbone, Mapping) else None
-        return f"--backbone {name if isinstance(name, str) else 'realesrgan-x4plus'}"
-    return f"--camera {store.camera}"
+    """What `adassr export` takes to export this camera (:func:`adassr.runtime.store.export_arguments`)."""
+    return export_arguments(store.camera, manifest)
 
 
 def _engine_command(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> str:

@@ -38,6 +38,7 @@ from adassr.runtime.store import (
     MODEL_PRECISIONS,
     PHOTO_FOLDER,
     CameraStore,
+    export_arguments,
     list_cameras,
     store_option,
 )
@@ -137,23 +138,19 @@ def _find_export(root: Path, camera: str, precision: str) -> tuple[_Found | None
     manifest = store.read_manifest()
     exports = manifest.get("exports") or {}
     if not isinstance(exports, Mapping):
-        raise StoreError(f"{store.manifest_path}: 'exports' is not an object; rerun `adassr export`")
+        raise StoreError(f"{store.manifest_path}: 'exports' is not an object; rerun `adassr export "
+                         f"{export_arguments(store.camera, manifest)}{store_option(store.root)}`")
     for key in dict.fromkeys((EXPORT_KEYS[precision], EXPORT_KEYS["fp32"], EXPORT_KEYS["fp16"])):
         record = exports.get(key)
         if record is None:
             continue
         if not isinstance(record, Mapping) or not isinstance(record.get("file"), str):
             raise StoreError(
-                f"{store.manifest_path}: exports[{key!r}] has no 'file'; rerun `adassr export {_export_what(store)}"
-                f"{store_option(store.root)}`"
+                f"{store.manifest_path}: exports[{key!r}] has no 'file'; rerun `adassr export "
+                f"{export_arguments(store.camera, manifest)}{store_option(store.root)}`"
             )
         return _Found(store, manifest, key, record), ""
     return None, "adapted but not exported" if manifest.get("weights_sha256") else "no exported model"
-
-
-def _export_what(store: CameraStore) -> str:
-    """What ``adassr export`` takes to export ``store``'s camera again (the fallback: its backbone)."""
-    return f"--backbone {FALLBACK_BACKBONE}" if store.camera == FALLBACK_CAMERA else f"--camera {store.camera}"
 
 
 def _served(export_key: str) -> str:
@@ -168,7 +165,7 @@ def _decision(found: _Found, *, requested: str | None, group: str | None, reason
     if not isinstance(artifact, Mapping) or not artifact.get("sha256"):
         raise StoreError(
             f"{store.manifest_path}: {name} is exported but has no sha256 artifact record; "
-            f"rerun `adassr export {_export_what(store)}{store_option(store.root)}`"
+            f"rerun `adassr export {export_arguments(store.camera, manifest)}{store_option(store.root)}`"
         )
     scale = record.get("scale", manifest.get("scale"))
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:

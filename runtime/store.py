@@ -148,10 +148,24 @@ def photo_folder(manifest: Mapping[str, Any] | None) -> str | None:
 
 def adapt_command(camera: str, root: str | os.PathLike[str], manifest: Mapping[str, Any] | None = None) -> str:
     """The ``adassr adapt`` command that (re)builds ``camera`` in the store ``root``: on the photos its manifest
-    records, else on :data:`PHOTO_FOLDER` for the user to fill in."""
+    records (``--image PATH`` for a camera adapted on one image), else on :data:`PHOTO_FOLDER` for the user to
+    fill in."""
+    records = [r for r in (manifest or {}).get("images") or () if isinstance(r, Mapping)]
+    if len(records) == 1 and records[0].get("derivation") == "single-image" and isinstance(records[0].get("path"), str):
+        return f"adassr adapt --image {shell_path(records[0]['path'])} --camera {camera}{store_option(root)}"
     photos = photo_folder(manifest)
     images = shell_path(photos) if photos is not None else PHOTO_FOLDER
     return f"adassr adapt --camera {camera} --images {images}{store_option(root)}"
+
+
+def export_arguments(camera: str, manifest: Mapping[str, Any] | None) -> str:
+    """What ``adassr export`` takes to export ``camera`` again: ``--camera NAME``, or for the fallback (exported
+    from its backbone, not as a camera) ``--backbone NAME``, the one its manifest records."""
+    if camera != FALLBACK_CAMERA:
+        return f"--camera {camera}"
+    backbone = (manifest or {}).get("backbone")
+    name = backbone.get("name") if isinstance(backbone, Mapping) else None
+    return f"--backbone {name if isinstance(name, str) and name else FALLBACK_BACKBONE}"
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:

@@ -164,3 +164,21 @@ def _own_temps(folder: Path) -> frozenset[str]:
         else:
             del _OWN[key]
         return frozenset(alive)
+
+
+def remove_own_temps(timeout_s: float = 1.0) -> int:
+    """Remove every temporary file this process is writing (for a process about to end in the middle of its
+    writes: see :mod:`adassr.runtime.signals`); the number removed. Gives up after ``timeout_s`` waiting
+    for the record's lock."""
+    if not _OWN_LOCK.acquire(timeout=timeout_s):
+        return 0
+    try:
+        paths = [os.path.join(folder, name) for folder, names in _OWN.items() for name in names]
+    finally:
+        _OWN_LOCK.release()
+    removed = 0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            removed += 1
+    return removed

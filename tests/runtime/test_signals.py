@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +34,49 @@ def test_an_ignored_sighup_stays_ignored() -> None:
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert Terminated(signal.SIGHUP).exit_code == 129
+
+
+_STUCK = """
+import sys
+from pathlib import Path
+import numpy as np
+from adassr.runtime.signals import terminate_as_interrupt
+from adassr.runtime.tempfiles import create_temp
+a = np.ones((8000, 8000), dtype=np.float32)
+with terminate_as_interrupt(grace_s=float(sys.argv[2])):
+    fd, tmp = create_temp(Path(sys.argv[1]))
+    print(tmp, flush=True)
+    # one long call that releases the GIL, as onnxruntime's run on a large tile: no Python handler runs meanwhile
+    for _ in range(100):
+        a @ a
+"""
+
+
+@pytest.mark.parametrize("grace_s, signals", [(1.0, 1), (60.0, 2)])
+def test_a_signal_during_a_long_call_ends_the_process_within_the_grace_and_removes_its_temporaries(
+        tmp_path: Path, grace_s: float, signals: int) -> None:
+    """The Python handler waits for the call to end (a minute for a big tile on a CPU, past docker stop's 10 s):
+    a thread hears of the signal at once and ends the process after the grace, or at a second signal (a
+    helper's review)."""
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK, str(tmp_path / "out.png"), str(grace_s)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout is not None
+        temp = Path(proc.stdout.readline().strip())
+        assert temp.exists()
+        started = time.monotonic()
+        for _ in range(signals):
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+        assert proc.wait(timeout=30) == 143
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert took < 10, took
+    assert not temp.exists() and list(tmp_path.iterdir()) == []
+    err = proc.stderr.read() if proc.stderr else ""
+    assert err.startswith("interrupted: ") and "temporary file(s) removed" in err, err
+    assert ("a second signal (SIGTERM)" in err) == (signals == 2)

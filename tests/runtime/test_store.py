@@ -460,3 +460,17 @@ def test_suggested_commands_survive_a_store_named_with_a_dash_and_name_the_photo
     assert photo_folder(manifest) == "/data/cams/nikon" and photo_folder({}) is None
     assert adapt_command("nikon", "my store", manifest) == \
         "adassr adapt --camera nikon --images /data/cams/nikon --store 'my store'"
+    # a camera adapted on one image: its folder would be another group, or every photo there (a helper's review)
+    single = {"images": [{"path": "/data/shots/IMG_0001.png", "derivation": "single-image"}]}
+    assert adapt_command("mycam", "s", single) == \
+        "adassr adapt --image /data/shots/IMG_0001.png --camera mycam --store s"
+
+
+def test_the_fallback_is_exported_again_from_the_backbone_its_manifest_names() -> None:
+    """`adassr export --backbone realesrgan-x4plus` was suggested for a realsr-df2k fallback: pasted, it replaced
+    the user's fallback with another backbone (a helper's review)."""
+    from adassr.runtime.store import export_arguments
+
+    assert export_arguments("_fallback", {"backbone": {"name": "realsr-df2k"}}) == "--backbone realsr-df2k"
+    assert export_arguments("_fallback", {}) == "--backbone realesrgan-x4plus"
+    assert export_arguments("canon", {"backbone": {"name": "realsr-df2k"}}) == "--camera canon"
