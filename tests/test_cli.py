@@ -486,13 +486,10 @@ def test_a_ctrl_c_after_the_command_finished_exits_with_its_code_and_no_tracebac
 def test_adapt_list_needs_no_torch() -> None:
     """A runtime-only install (no torch) was told `adassr adapt needs torch` by `adapt --list`, which the README
     points to for seeing how upscale groups photos (a helper's minimal-install journey)."""
+    from ._no_torch import BLOCK_TORCH
+
     code = (
-        "import sys\n"
-        "class _Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is blocked')\n"
-        "sys.meta_path.insert(0, _Block())\n"
+        BLOCK_TORCH +
         "from adassr.cli import adapt_main\n"
         "code = adapt_main(['--list'])\n"
         "assert 'torch' not in sys.modules\n"

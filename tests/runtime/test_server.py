@@ -1176,13 +1176,10 @@ def test_server_modules_import_without_torch() -> None:
     import subprocess
     import sys
 
+    from .._no_torch import BLOCK_TORCH
+
     code = (
-        "import sys\n"
-        "class _Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is blocked')\n"
-        "sys.meta_path.insert(0, _Block())\n"
+        BLOCK_TORCH +
         "import adassr.runtime.server.app, adassr.runtime.serve_cli, adassr.runtime.server.triton_client\n"
         "from adassr.cli import build_parser\n"
         "build_parser().parse_args(['serve', '--store', 'x'])\n"
