@@ -1,9 +1,10 @@
 """``adassr serve``: the HTTP upscaling server on uvicorn (torch-free; needs the ``serve`` extra).
 
-Binds to 127.0.0.1 unless ``--host`` says otherwise. SIGTERM (or Ctrl-C) drains: the server
-stops accepting connections and upscale requests (503, ``/readyz`` 503), finishes the requests
-in flight (up to ``--drain-timeout`` seconds), then exits. starlette and uvicorn are imported
-inside :func:`run_serve` only.
+Binds to 127.0.0.1 unless ``--host`` says otherwise, and takes the port before the models load
+(:func:`_bind_listeners`). SIGTERM (or Ctrl-C) drains: the server stops accepting connections and
+upscale requests (503, ``/readyz`` 503), finishes the requests in flight (up to ``--drain-timeout``
+seconds), then exits 0; a second Ctrl-C stops at once (130); a signal while the models load closes
+the port and loads no further model. starlette and uvicorn are imported inside :func:`run_serve` only.
 """
 
 from __future__ import annotations
