@@ -106,6 +106,14 @@ class _Package:
     purpose: str
     extra: str  # the pip extra that brings it
     probe: Callable[[Any], str] | None = None  # more detail from the imported module
+    module: str = ""  # the module to import when not ``name`` (a newer name first)
+
+    def importable(self) -> str | None:
+        """The module to import for it, None when it is not installed."""
+        for candidate in (self.module, self.name):
+            if candidate and importlib.util.find_spec(candidate) is not None:
+                return candidate
+        return None
 
 
 def _ort_detail(ort: Any) -> str:
@@ -133,7 +141,8 @@ _PACKAGES = (
     _Package("starlette", "starlette", "serve", "serve"),
     _Package("uvicorn", "uvicorn", "serve", "serve"),
     _Package("prometheus_client", "prometheus-client", "serve (its metrics)", "serve"),
-    _Package("multipart", "python-multipart", "serve (multipart uploads)", "serve"),
+    _Package("multipart", "python-multipart", "serve (multipart uploads)", "serve",
+             module="python_multipart"),  # `multipart` is its deprecated name (a warning at import)
     _Package("tritonclient", "tritonclient", "upscale --triton, serving through Triton", "serve"),
     _Package("matplotlib", "matplotlib", "adapt's report.png", "plots"),
     _Package("triton", "triton", "the fused attention kernel on a GPU", "gpu"),
@@ -155,12 +164,13 @@ def _packages() -> list[Finding]:
         if package.name == "tensorrt":  # a namespace package of type stubs imports too: ask the runtime's own check
             findings.append(_tensorrt(package))
             continue
-        if importlib.util.find_spec(package.name) is None:
+        importable = package.importable()
+        if importable is None:
             fix = f"install: {install_hint(package.extra)}" if package.extra else "reinstall adassr"
             findings.append(Finding("package", package.name, MISSING, f"not installed (for {package.purpose})", fix))
             continue
         try:
-            module = importlib.import_module(package.name)
+            module = importlib.import_module(importable)
             detail = _version(package.distribution, module)
             if package.probe is not None:
                 detail += f", {package.probe(module)}"
