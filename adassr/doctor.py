@@ -217,25 +217,39 @@ def _weights(have: set[str]) -> list[Finding]:
 
 
 def _store(root: Path, *, can_export: bool) -> list[Finding]:
+    from adassr.runtime.errors import AdassrError
     from adassr.runtime.preflight import exported_cameras
-    from adassr.runtime.store import FALLBACK_CAMERA, list_cameras, store_option
+    from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, scan_store, store_option
 
+    if root.exists() and not root.is_dir():
+        return [Finding("store", str(root), BROKEN, "is a file, not a store folder",
+                        "point --store at the folder that holds a folder per camera")]
     if not root.is_dir():
         needs = "" if can_export else " (once export can run: see its line below)"
         return [Finding("store", str(root), MISSING, "no store here (adapt or export create it)",
                         f"`adassr export --backbone realesrgan-x4plus{store_option(root)}` makes one with the "
                         f"fallback model{needs}")]
     try:
-        cameras = list_cameras(root)
-        exported = exported_cameras(root, warn=False)
+        scan = scan_store(root)  # raises when the folder cannot be listed (list_cameras would say "no camera")
     except OSError as exc:
         return [Finding("store", str(root), BROKEN, f"cannot be read: {exc.strerror or exc}", "check its permissions")]
-    adapted = [c for c in cameras if c != FALLBACK_CAMERA]
+    findings = [Finding("store", f"{root}/{camera}", BROKEN, f"its folder cannot be read ({why})",
+                        "check its permissions") for camera, why in scan.unreadable.items()]
+    cameras = []
+    for camera in scan.cameras:
+        try:
+            CameraStore.open(root, camera).read_manifest()
+        except AdassrError as exc:  # damaged, or written by a newer adassr: every command refuses the camera
+            findings.append(Finding("store", f"{root}/{camera}", BROKEN, f"refused: {exc}"))
+            continue
+        cameras.append(camera)
+    exported = [c for c in exported_cameras(root, warn=False) if c in cameras]
     ready = [c for c in exported if c != FALLBACK_CAMERA]
     fallback = ("the fallback model is exported" if FALLBACK_CAMERA in exported
                 else "no fallback model (upscale exports it at first use where torch is installed)")
+    adapted = [c for c in cameras if c != FALLBACK_CAMERA]
     return [Finding("store", str(root), OK, f"{len(adapted)} camera(s), {len(ready)} exported; {fallback}; "
-                    f"`adassr cameras{store_option(root)}` lists them")]
+                    f"`adassr cameras{store_option(root)}` lists them"), *findings]
 
 
 def _commands(findings: list[Finding]) -> list[Finding]:

@@ -123,6 +123,8 @@ def terminate_as_interrupt(signals: tuple[signal.Signals, ...] = STOP_SIGNALS, *
         yield
     finally:
         done.set()
+        with contextlib.suppress(OSError):  # wake it now (a 0 is no signal), not at its next poll: every run's end
+            os.write(write_fd, b"\0")
         watcher.join()
         signal.set_wakeup_fd(old_wakeup)
         os.close(write_fd)

@@ -72,3 +72,21 @@ def test_type_stubs_are_not_tensorrt(capsys: pytest.CaptureFixture[str]) -> None
         assert "[ok] tensorrt: 10." in out
     else:
         assert "[--] tensorrt: not usable" in out and "[--] TensorRT engines" in out
+
+
+def test_a_damaged_camera_and_a_file_for_a_store_are_broken_not_ok(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Doctor said [ok] for a store with a damaged manifest (every command refuses that camera) and offered to
+    make a store where a file is (a helper's review)."""
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0)
+    publish_camera(store, "canon", seed=1)
+    (store / "canon" / "manifest.json").write_text('{"broken')
+    assert main(["doctor", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "0 camera(s), 0 exported; the fallback model is exported" in out
+    assert f"[!!] {store}/canon: refused: " in out and "manifest.json.damaged" in out
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    assert main(["doctor", "--store", str(afile)]) == 0
+    assert f"[!!] {afile}: is a file, not a store folder" in capsys.readouterr().out
