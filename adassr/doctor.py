@@ -218,7 +218,6 @@ def _weights(have: set[str]) -> list[Finding]:
 
 def _store(root: Path, *, can_export: bool) -> list[Finding]:
     from adassr.runtime.errors import AdassrError
-    from adassr.runtime.preflight import exported_cameras
     from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, scan_store, store_option
 
     if root.exists() and not root.is_dir():
@@ -235,15 +234,16 @@ def _store(root: Path, *, can_export: bool) -> list[Finding]:
         return [Finding("store", str(root), BROKEN, f"cannot be read: {exc.strerror or exc}", "check its permissions")]
     findings = [Finding("store", f"{root}/{camera}", BROKEN, f"its folder cannot be read ({why})",
                         "check its permissions") for camera, why in scan.unreadable.items()]
-    cameras = []
+    cameras, exported = [], []
     for camera in scan.cameras:
         try:
-            CameraStore.open(root, camera).read_manifest()
+            manifest = CameraStore.open(root, camera).read_manifest()
         except AdassrError as exc:  # damaged, or written by a newer adassr: every command refuses the camera
             findings.append(Finding("store", f"{root}/{camera}", BROKEN, f"refused: {exc}"))
             continue
         cameras.append(camera)
-    exported = [c for c in exported_cameras(root, warn=False) if c in cameras]
+        if manifest.get("exports"):
+            exported.append(camera)
     ready = [c for c in exported if c != FALLBACK_CAMERA]
     fallback = ("the fallback model is exported" if FALLBACK_CAMERA in exported
                 else "no fallback model (upscale exports it at first use where torch is installed)")

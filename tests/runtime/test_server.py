@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -1046,19 +1046,30 @@ def _serve_process(store: Path) -> tuple[subprocess.Popen[str], str]:
     raise AssertionError("three free ports were taken before the server could bind them")
 
 
+def _signal_with_uploads_in_flight(proc: subprocess.Popen[str], url: str, uploads: int,
+                                   signals: Sequence[signal.Signals]) -> list[httpx.Response]:
+    """Send ``uploads`` requests (about 250 tiles each: long enough to be in flight), wait until all are, send
+    ``signals`` half a second apart, and return the responses."""
+    image = small_png(400, 400, seed=6)
+    with httpx.Client(base_url=url, timeout=120) as c, cf.ThreadPoolExecutor(uploads) as pool:
+        clients = [httpx.Client(base_url=url, timeout=120) for _ in range(uploads)]
+        in_flight = [pool.submit(k.post, "/v1/upscale", content=image) for k in clients]
+        _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_inflight_requests") == uploads)
+        for k, sig in enumerate(signals):
+            if k:
+                time.sleep(0.5)
+            proc.send_signal(sig)
+        responses = [f.result() for f in in_flight]
+        for k in clients:
+            k.close()
+    return responses
+
+
 def test_sigterm_drains_in_flight_requests(store: Path, tmp_path: Path) -> None:
     """A real `adassr serve` process: SIGTERM while a request runs; it completes, then the process exits 0."""
     proc, url = _serve_process(store)
-    image = small_png(400, 400, seed=6)  # about 250 tiles each: long enough to be in flight at SIGTERM
     try:
-        with httpx.Client(base_url=url, timeout=120) as c, cf.ThreadPoolExecutor(3) as pool:
-            clients = [httpx.Client(base_url=url, timeout=120) for _ in range(3)]
-            in_flight = [pool.submit(k.post, "/v1/upscale", content=image) for k in clients]
-            _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_inflight_requests") == 3)
-            proc.send_signal(signal.SIGTERM)
-            responses = [f.result() for f in in_flight]
-            for k in clients:
-                k.close()
+        responses = _signal_with_uploads_in_flight(proc, url, 3, [signal.SIGTERM])
         assert [r.status_code for r in responses] == [200, 200, 200]
         assert all(decode(r.content).shape == (1600, 1600, 3) for r in responses)
         assert len({r.content for r in responses}) == 1
@@ -1078,18 +1089,8 @@ def test_a_second_ctrl_c_stops_at_once_answering_503_and_exits_130(store: Path) 
     (1 s of 60), printed a traceback of the app's cancelled shutdown and exited 0 (a helper's hunt of
     serve under supervision): now the requests are answered 503 naming the second Ctrl-C, exit 130."""
     proc, url = _serve_process(store)
-    image = small_png(400, 400, seed=6)
     try:
-        with httpx.Client(base_url=url, timeout=120) as c, cf.ThreadPoolExecutor(2) as pool:
-            clients = [httpx.Client(base_url=url, timeout=120) for _ in range(2)]
-            in_flight = [pool.submit(k.post, "/v1/upscale", content=image) for k in clients]
-            _wait_for(lambda: _metric(c.get("/metrics").text, "adassr_inflight_requests") == 2)
-            proc.send_signal(signal.SIGINT)
-            time.sleep(0.5)
-            proc.send_signal(signal.SIGINT)
-            responses = [f.result() for f in in_flight]
-            for k in clients:
-                k.close()
+        responses = _signal_with_uploads_in_flight(proc, url, 2, [signal.SIGINT, signal.SIGINT])
         assert proc.wait(timeout=60) == 130
     finally:
         if proc.poll() is None:
