@@ -8,7 +8,8 @@ see the socket. :func:`header_timeout_protocol` returns a protocol class that ad
   headers slowly, or never finishes them). The body has its own limit in the app
   (``Limits.body_timeout_s``, answered with 408);
 - a send timeout: a connection whose client takes none of its response for ``send_timeout_s``
-  while some of it waits in the write buffer is aborted, which frees the buffered response; a plain
+  while some of it waits in the write buffer (or, on Linux, unacknowledged in the socket's send queue)
+  is aborted, which frees the buffered response; a plain
   close would wait for the buffer to flush, forever, and hold the connection (and a server's drain)
   open. Progress is what the client acknowledged (bytes written, minus those in the write buffer and,
   on Linux, in the socket's send queue), checked every ``SEND_CHECK_S`` or so: a client reading
@@ -138,13 +139,16 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0,
         def wrote(self, size: int) -> None:
             """``size`` bytes went to the transport: watch that they leave its buffer."""
             self._written += size
-            if self._send_timer is None and self._real.get_write_buffer_size() > 0:
+            # a write that failed (the client reset already) empties the buffer and closes the transport:
+            # watched too, so that its connection_lost(exc) counts the loss
+            if self._send_timer is None and (self._waiting_to_be_taken() or self._real.is_closing()):
                 self._sent, self._sent_at = self._acknowledged(), self.loop.time()
                 self._send_timer = self.loop.call_later(min(SEND_CHECK_S, send_timeout_s / 4), self._send_check)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            # the send check runs while some of a response waits in the buffer: a connection lost with an
-            # error meanwhile lost that part (the transport has emptied its buffer by now)
+            # the send check runs while some of a response waits in the write buffer or the socket's send
+            # queue: a connection lost with an error meanwhile lost that part (the transport has emptied its
+            # buffer by now)
             lost_unsent = exc is not None and self._send_timer is not None
             for timer in ("_header_timer", "_send_timer", "_linger_timer"):
                 self._cancel(timer)
@@ -188,11 +192,21 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0,
         def _acknowledged(self) -> int:
             return self._written - self._real.get_write_buffer_size() - _send_queue(self._real)
 
+        def _waiting_to_be_taken(self) -> bool:
+            """Whether some of what was written has not reached the client: in the write buffer or, on
+            Linux, in the socket's send queue (a response the kernel took whole is still lost by a reset
+            that comes before the client has acknowledged it)."""
+            return self._real.get_write_buffer_size() > 0 or _send_queue(self._real) > 0
+
         def _send_check(self) -> None:
             self._send_timer = None
-            buffered = self._real.get_write_buffer_size()
-            if buffered == 0:
-                return  # all sent: the next write watches again
+            if not self._waiting_to_be_taken():
+                if self._real.is_closing():
+                    # a send error empties the write buffer and closes the transport, whose
+                    # connection_lost(exc) follows a loop step later: watching on until then lets it count
+                    # the loss (a plain close ends with connection_lost(None): nothing counted)
+                    self._send_timer = self.loop.call_later(min(SEND_CHECK_S, send_timeout_s / 4), self._send_check)
+                return  # all taken: the next write watches again
             now, sent = self.loop.time(), self._acknowledged()
             if sent > self._sent:
                 self._sent, self._sent_at = sent, now
