@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import contextvars
 import hmac
 import json
 import logging
@@ -77,6 +78,7 @@ from adassr.runtime.server.models import (
     UnknownCamera,
     default_opener,
 )
+from adassr.runtime.server.request_ids import RequestIdMiddleware, log_prefix
 from adassr.runtime.server.requests import HttpError, UpscaleParams, parse_multipart, parse_params
 from adassr.runtime.server.scheduler import (
     BatchRecord,
@@ -300,7 +302,7 @@ class Server:
             data, notes = encode(pixels, alpha, suffix=params.suffix, quality=params.quality,
                                  icc_profile=image.icc_profile, exif=carried)
         except ImageError as exc:  # the upload was fine: the output could not be encoded (not a 415)
-            logger.error("encoding the output failed: %s", exc)
+            logger.error("%sencoding the output failed: %s", log_prefix(), exc)
             raise HttpError(500, "encode", f"the output could not be encoded as {params.suffix[1:]}: "
                             f"{without_path(str(exc))}; ask for format=png") from None
         encoded = time.perf_counter()
@@ -385,7 +387,7 @@ class Server:
             status = 503
             self.metrics.errors.labels("not_ready").inc()  # as for the other 503 not_ready answers
             why = "was stopped at once (a second Ctrl-C)" if self.forced else "shut down past its drain timeout"
-            logger.warning("%s %s cancelled: the server %s", request.method, request.url.path, why)
+            logger.warning("%s%s %s cancelled: the server %s", log_prefix(), request.method, request.url.path, why)
             return HttpError(503, "not_ready", f"the request was cancelled when the server {why}; retry on "
                              "another instance", {"Retry-After": "5", "Connection": "close"}).response()
         except HttpError as exc:
@@ -431,7 +433,9 @@ class Server:
                     raise RequestCancelled("request abandoned before it started")
             return self.process(body, params, ticket)
 
-        work: asyncio.Future[UpscaleOutput] = asyncio.ensure_future(loop.run_in_executor(self.workers, _run))
+        context = contextvars.copy_context()  # the request ID (request_ids.current) for its log lines
+        work: asyncio.Future[UpscaleOutput] = asyncio.ensure_future(
+            loop.run_in_executor(self.workers, context.run, _run))
         gone: asyncio.Future[None] = asyncio.ensure_future(_wait_disconnect(request))
         waiting: list[asyncio.Future[Any]] = [work, gone]
         def abandon(reason: str) -> None:
@@ -473,7 +477,7 @@ class Server:
         if isinstance(exc, RequestCancelled):
             return HttpError(503, "not_ready", "the request was cancelled while the server shut down; retry")
         if isinstance(exc, UploadSpaceError):
-            logger.error("%s", exc)
+            logger.error("%s%s", log_prefix(), exc)
             return HttpError(503, "overloaded", str(exc), {"Retry-After": self.retry_after()})
         if isinstance(exc, ImageTooLargeError):
             return HttpError(413, "too_large", str(exc))
@@ -489,11 +493,11 @@ class Server:
         if isinstance(exc, CameraError):
             return HttpError(422, "invalid_parameter", str(exc))
         if isinstance(exc, BackendError):
-            logger.error("inference failed: %s", exc)
+            logger.error("%sinference failed: %s", log_prefix(), exc)
             return HttpError(500, "inference", f"the model failed on this image: {exc}")
         if isinstance(exc, AdassrError):
             return HttpError(422, "invalid_parameter", str(exc))
-        logger.exception("unexpected error while upscaling")
+        logger.exception("%sunexpected error while upscaling", log_prefix())
         return HttpError(500, "internal", "unexpected server error; the server log has the details")
 
     async def _read_request(self, request: Request) -> tuple[bytes, UpscaleParams]:
@@ -684,6 +688,7 @@ def create_app(config: ServerConfig, *, open_model: Callable[[RouteDecision], Ba
             await server.stop()
 
     app = Starlette(routes=_routes(server), exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    app.add_middleware(RequestIdMiddleware)  # X-Request-ID on every response, request_id in error bodies
     app.router.redirect_slashes = False  # `/v1/upscale/` is an unknown path (JSON 404), not a bodiless 307
     app.state.server = server
     return app

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from adassr.runtime.cameras import camera_name
 from adassr.runtime.errors import CameraError, ConfigError
 from adassr.runtime.images import check_quality
+from adassr.runtime.server import request_ids
 from adassr.runtime.server.config import OUTPUT_FORMATS
 
 PARAMETERS = ("camera", "outscale", "format", "quality", "exif")
@@ -27,7 +28,8 @@ MAX_FORM_FIELDS = 32
 
 
 class HttpError(Exception):
-    """An error answered as ``{"error", "status", "message"}`` JSON."""
+    """An error answered as ``{"error", "status", "message", "request_id"}`` JSON (``request_id``: the
+    request's ``X-Request-ID``, :mod:`adassr.runtime.server.request_ids`)."""
 
     def __init__(self, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -37,7 +39,8 @@ class HttpError(Exception):
         self.headers = dict(headers or {})
 
     def response(self) -> JSONResponse:
-        body = {"error": self.kind, "status": self.status, "message": self.message}
+        body = {"error": self.kind, "status": self.status, "message": self.message,
+                "request_id": request_ids.current.get()}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 

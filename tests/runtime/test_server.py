@@ -801,6 +801,58 @@ def test_a_model_wrong_for_its_manifest_is_a_500_inference_not_the_client_s_422(
         assert _metric(c.get("/metrics").text, "adassr_errors_total", 'kind="inference"') == 1
 
 
+def test_every_response_names_its_request_and_the_log_lines_about_it_do_too(
+    store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator finds a client's failed request in the server log by its X-Request-ID: the client's
+    own usable value is kept, anything else replaced by a new random one; error bodies carry it."""
+    import adassr.runtime.server.app as app_module
+    from adassr.runtime.errors import ImageError
+
+    real = default_opener("onnxruntime", providers=("CPUExecutionProvider",), threads=1)
+    gate = threading.Event()
+    gate.set()
+    half = lambda route: _HalfSize(real(route), gate).open()  # noqa: E731
+    image = small_png(20, 20, seed=3)
+    generated = re.compile(r"[0-9a-f]{32}")
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        first, second = c.post("/v1/upscale", content=image), c.get("/healthz")
+        assert first.status_code == 200 and second.status_code == 200
+        ids = [first.headers["x-request-id"], second.headers["x-request-id"]]
+        assert all(generated.fullmatch(i) for i in ids) and ids[0] != ids[1]
+        sent = "lb-7f3a:42/trace=1.2"
+        ok = c.post("/v1/upscale", content=image, headers={"X-Request-ID": sent})
+        assert ok.status_code == 200 and ok.headers["x-request-id"] == sent
+        refused = c.post("/v1/upscale", content=b"not an image", headers={"X-Request-ID": sent})
+        _assert_json_error(refused, 415, "unsupported_image")
+        assert refused.headers["x-request-id"] == sent and refused.json()["request_id"] == sent
+        lost = c.get("/v2/nothing", headers={"X-Request-ID": "abc"})  # Starlette's own 404
+        assert lost.headers["x-request-id"] == "abc" and lost.json()["request_id"] == "abc"
+        for unusable in ("has space", "x" * 129, "tab\tinside", ""):
+            r = c.get("/healthz", headers={"X-Request-ID": unusable})
+            assert generated.fullmatch(r.headers["x-request-id"]), unusable
+        r = c.get("/healthz", headers=[("X-Request-ID", "caf\u00e9".encode())])
+        assert generated.fullmatch(r.headers["x-request-id"])
+        assert len(r.headers.get_list("x-request-id")) == 1
+        # a failure logged on the worker thread (the output could not be encoded) names the request
+        def no_encoder(*args: object, **kwargs: object) -> None:
+            raise ImageError("no encoder here")
+        monkeypatch.setattr(app_module, "encode", no_encoder)
+        with caplog.at_level(logging.ERROR, logger="adassr.runtime.server.app"):
+            failed = c.post("/v1/upscale", content=image, headers={"X-Request-ID": "enc-1"})
+        assert failed.status_code == 500 and failed.json()["request_id"] == "enc-1"
+        assert any(rec.getMessage().startswith("request enc-1: encoding the output failed")
+                   for rec in caplog.records), [rec.getMessage() for rec in caplog.records]
+    caplog.clear()
+    with running_server(_config(store), open_model=half) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        with caplog.at_level(logging.ERROR, logger="adassr.runtime.server.app"):
+            broken = c.post("/v1/upscale", content=image)
+        _assert_json_error(broken, 500, "inference")
+        rid = broken.headers["x-request-id"]
+        assert broken.json()["request_id"] == rid
+        assert any(rec.getMessage().startswith(f"request {rid}: inference failed") for rec in caplog.records)
+
+
 # --------------------------------------------------------------------------------- lifecycle
 
 
