@@ -27,7 +27,7 @@ from typing import Any
 
 import adassr
 from adassr.runtime.console import one_line, say
-from adassr.runtime.install import install_hint
+from adassr.runtime.install import install_hint, pip_command
 from adassr.runtime.store import DEFAULT_STORE, store_argument
 
 OK, MISSING, BROKEN = "ok", "--", "!!"
@@ -176,10 +176,24 @@ def _packages() -> list[Finding]:
                 detail += f", {package.probe(module)}"
         except Exception as exc:  # noqa: BLE001 - a broken install (missing shared library, ABI mismatch): reported
             findings.append(Finding("package", package.name, BROKEN, f"installed but fails to import: {exc}",
-                                    f"reinstall it: {install_hint(package.extra) if package.extra else 'pip'}"))
+                                    f"reinstall it: {_reinstall_command(package.distribution)}"))
             continue
         findings.append(Finding("package", package.name, OK, f"{detail} (for {package.purpose})"))
     return findings
+
+
+def _reinstall_command(distribution: str) -> str:
+    """The pip command that replaces an installed but broken ``distribution`` by a fresh copy of the same
+    version (``install -e '.[extra]'`` would find it "already satisfied" and leave it broken)."""
+    try:
+        version = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:  # files without pip's record: the newest release
+        return f"{pip_command()} install --force-reinstall --no-deps {distribution}"
+    command = f"{pip_command()} install --force-reinstall --no-deps '{distribution}=={version}'"
+    if "+" in version:  # a local version (torch's +cpu): only the index it came from has it
+        command += (f" --index-url URL (the index {distribution} {version} came from, e.g. "
+                    "https://download.pytorch.org/whl/cpu for torch's +cpu builds)")
+    return command
 
 
 def _tensorrt(package: _Package) -> Finding:
@@ -239,7 +253,7 @@ def _store(root: Path, *, can_export: bool) -> list[Finding]:
         try:
             manifest = CameraStore.open(root, camera).read_manifest()
         except AdassrError as exc:  # damaged, or written by a newer adassr: every command refuses the camera
-            findings.append(Finding("store", f"{root}/{camera}", BROKEN, f"refused: {exc}"))
+            findings.append(_refused(root, camera, str(exc)))
             continue
         cameras.append(camera)
         if manifest.get("exports"):
@@ -250,6 +264,18 @@ def _store(root: Path, *, can_export: bool) -> list[Finding]:
     adapted = [c for c in cameras if c != FALLBACK_CAMERA]
     return [Finding("store", str(root), OK, f"{len(adapted)} camera(s), {len(ready)} exported; {fallback}; "
                     f"`adassr cameras{store_option(root)}` lists them"), *findings]
+
+
+def _refused(root: Path, camera: str, message: str) -> Finding:
+    """A camera every command refuses; the way out of a damaged manifest goes into ``fix``, as for the
+    other findings (``--json`` readers look there)."""
+    from adassr.runtime.store import MANIFEST_NAME, damaged_manifest_advice
+
+    advice = damaged_manifest_advice(root / camera / MANIFEST_NAME)
+    if message.endswith(advice):
+        return Finding("store", f"{root}/{camera}", BROKEN, f"refused: {message[:-len(advice)].rstrip('; ')}",
+                       advice[0].upper() + advice[1:])
+    return Finding("store", f"{root}/{camera}", BROKEN, f"refused: {message}")
 
 
 def _commands(findings: list[Finding]) -> list[Finding]:
@@ -277,10 +303,12 @@ def _commands(findings: list[Finding]) -> list[Finding]:
     rows = [
         command("upscale / serve on the CPU", ("onnxruntime",), "onnxruntime", "cpu"),
         Finding("command", "upscale / serve on a GPU", OK if gpu_ort else MISSING,
-                "onnxruntime with its CUDA provider" if gpu_ort else "onnxruntime has no CUDA provider here",
+                "onnxruntime with its CUDA provider" if gpu_ort else
+                "onnxruntime has no CUDA provider here" if has("onnxruntime") else "onnxruntime is not installed",
                 "" if gpu_ort else f"on a GPU box: {install_hint('gpu')} (instead of the cpu extra)"),
         command("TensorRT engines", ("tensorrt", "cuda"), "TensorRT and cuda-python", "tensorrt,gpu"),
-        command("serve", ("starlette", "uvicorn", "prometheus_client", "multipart"), "the HTTP server", "serve"),
+        command("serve", ("starlette", "uvicorn", "prometheus_client", "multipart"),
+                "the HTTP server (its models run as the upscale lines above say)", "serve"),
         command("adapt", ("torch", "safetensors", "scipy"), "adaptation", "adapt,cpu,cpu-torch", adapt_note),
         command("export", ("torch", "onnx", "onnxscript", "onnxruntime"), "ONNX export and its validation",
                 "adapt,cpu,cpu-torch"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 from pathlib import Path
@@ -55,9 +56,23 @@ def test_a_missing_and_a_broken_package_are_told_apart(monkeypatch: pytest.Monke
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "[--] starlette: not installed (for serve); install: " in out and "[serve]" in out
-    assert "[--] serve: the HTTP server: needs starlette; install: " in out
     assert "[!!] scipy: installed but fails to import: libopenblas.so.0" in out
     assert "[--] adapt: adaptation: needs scipy" in out
+    # the fix replaces the broken copy: `install -e '.[adapt]'` found scipy "already satisfied" and left it
+    version = importlib.metadata.version("scipy")
+    assert f"install --force-reinstall --no-deps 'scipy=={version}'" in out
+    assert "[--] serve: the HTTP server (its models run as the upscale lines above say): needs starlette" in out
+
+
+def test_without_onnxruntime_the_gpu_line_says_it_is_not_installed(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real_find(name, *a))
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "[--] upscale / serve on a GPU: onnxruntime is not installed;" in out
+    assert "no CUDA provider" not in out
 
 
 def test_type_stubs_are_not_tensorrt(capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,6 +101,11 @@ def test_a_damaged_camera_and_a_file_for_a_store_are_broken_not_ok(tmp_path: Pat
     out = capsys.readouterr().out
     assert "0 camera(s), 0 exported; the fallback model is exported" in out
     assert f"[!!] {store}/canon: refused: " in out and "manifest.json.damaged" in out
+    assert main(["doctor", "--store", str(store), "--json"]) == 0
+    (refused,) = [f for f in json.loads(capsys.readouterr().out)["findings"] if f["name"] == f"{store}/canon"]
+    assert refused["status"] == "!!" and "is not valid JSON" in refused["detail"]
+    assert refused["fix"].startswith("Every stage refuses this camera") and "manifest.json.damaged" in refused["fix"]
+    assert "mv " not in refused["detail"]  # --json readers find the way out in `fix`, as for other findings
     afile = tmp_path / "afile"
     afile.write_text("hi")
     assert main(["doctor", "--store", str(afile)]) == 0
