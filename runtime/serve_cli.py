@@ -220,6 +220,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="send no EXIF (camera, dates, GPS) in any response, whatever a request asks (default: carry the "
         "upload's EXIF unless the request says exif=false)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines (stderr) as text, or json: one object per line with time, level, logger, message and "
+        "the request_id of the request a line is about, for log collectors (default text)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -409,13 +416,15 @@ def _close_all(sockets: list[socket.socket] | None) -> None:
 
 
 def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] | None = None,
-                    listeners: list[socket.socket] | None = None) -> Any:
+                    listeners: list[socket.socket] | None = None, *, json_logs: bool = False) -> Any:
     """A uvicorn server for ``app`` that marks the app draining as soon as a stop signal arrives and calls
     ``on_listening(port)`` once its sockets are bound (the port the system chose for ``--port 0``).
     ``listeners``: the sockets its ``run`` is given; a stop signal before the models are loaded closes
     them at once (the clients waiting in their backlog are refused, not kept until the load ends) and
-    empties the list, so that no server is started on them."""
+    empties the list, so that no server is started on them. ``json_logs``: uvicorn configures no handlers
+    of its own, so its lines (errors, access) reach the root logger's JSON handler."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from adassr.runtime.server.http_protocol import header_timeout_protocol
     from adassr.runtime.server.log_limits import limit_client_noise
@@ -499,6 +508,7 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
         timeout_graceful_shutdown=cast(int, float(config.drain_timeout_s)),
         timeout_keep_alive=5,
         log_level=logging.getLevelName(level).lower() if level < logging.WARNING else "warning",
+        log_config=None if json_logs else LOGGING_CONFIG,
         access_log=level <= logging.INFO,
         server_header=False,
         # uvicorn asks the streams whether they are terminals (for colours): a closed one (`>&-`) is None
@@ -511,6 +521,11 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
 def run_serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM / SIGINT; 0 after a clean drain."""
     config = _checked_config(args)
+    json_logs = getattr(args, "log_format", "text") == "json"
+    if json_logs:
+        from adassr.runtime.server.log_format import use_json_logs
+
+        use_json_logs()
 
     from adassr.runtime.server.app import create_app
 
@@ -522,7 +537,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     listeners = _bind_listeners(config.host, config.port)
     try:
-        server = _uvicorn_server(create_app(config), config, on_listening=banner, listeners=listeners)
+        server = _uvicorn_server(create_app(config), config, on_listening=banner, listeners=listeners,
+                                 json_logs=json_logs)
         server.run(sockets=listeners)
     finally:
         _close_all(listeners)

@@ -93,7 +93,8 @@ def _receive(read_fd: int, wanted: set[int], done: threading.Event, grace_s: flo
                 stop_signal = signum if signum in wanted else 0
         if stop_signal and first is not None and now - first >= grace_s:
             _quit_now(stop_signal, f"{signal.Signals(stop_signal).name} came during a call that had not ended "
-                                   f"{now - first:.0f} s later (loading or exporting a model, or a model call on a large tile)")
+                                   f"{now - first:.0f} s later (loading or exporting a model, or a model call on "
+                                   "a large tile)")
 
 
 @contextlib.contextmanager

@@ -1065,7 +1065,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve_process(store: Path) -> tuple[subprocess.Popen[str], str]:
+def _serve_process(store: Path, extra: Sequence[str] = ()) -> tuple[subprocess.Popen[str], str]:
     """A real `adassr serve` process on a free port. The port is free when chosen but another process may
     take it before the server binds it; the server then exits at once saying so, and another port is tried."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
@@ -1073,7 +1073,8 @@ def _serve_process(store: Path) -> tuple[subprocess.Popen[str], str]:
         port = _free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "adassr.cli", "serve", "--store", str(store), "--port", str(port),
-             "--tile", "32", "--tile-overlap", "8", "--max-batch", "1", "--threads", "1", "--drain-timeout", "60"],
+             "--tile", "32", "--tile-overlap", "8", "--max-batch", "1", "--threads", "1", "--drain-timeout", "60",
+             *extra],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         url = f"http://127.0.0.1:{port}"
@@ -1115,6 +1116,36 @@ def _signal_with_uploads_in_flight(proc: subprocess.Popen[str], url: str, upload
         for k in clients:
             k.close()
     return responses
+
+
+def test_json_logs_are_one_object_a_line_and_name_the_request(store: Path) -> None:
+    """`serve --log-format json`: every log line (the server's, uvicorn's start-up and access lines) is one
+    JSON object; a line about a request carries its request_id, the one its response named."""
+    import json
+
+    proc, url = _serve_process(store, ["--log-format", "json", "-v"])
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            ok = c.post("/v1/upscale", content=small_png(20, 20, seed=2), headers={"X-Request-ID": "json-ok"})
+            refused = c.post("/v1/upscale", content=b"not\nan image")
+        assert ok.status_code == 200 and refused.status_code == 415
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    output = proc.stdout.read() if proc.stdout else ""
+    lines = output.splitlines()
+    text = [line for line in lines if not line.startswith("{")]
+    assert all(line.startswith("adassr serve: ") for line in text), text  # stdout's banner and last line only
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    assert entries and all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"]) for e in entries)
+    assert any(e["logger"].startswith("uvicorn") and "startup complete" in e["message"] for e in entries)
+    access = {e.get("request_id"): e["message"] for e in entries if e["logger"] == "uvicorn.access"}
+    assert '"POST /v1/upscale HTTP/1.1" 200' in access["json-ok"]
+    assert '"POST /v1/upscale HTTP/1.1" 415' in access[refused.headers["x-request-id"]]
 
 
 def test_sigterm_drains_in_flight_requests(store: Path, tmp_path: Path) -> None:
