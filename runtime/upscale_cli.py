@@ -45,7 +45,7 @@ import logging
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +89,7 @@ from adassr.runtime.store import (
 )
 from adassr.runtime.tile_shape import AUTO_TILE, mem_available_bytes, tile_argument, tiling_options
 from adassr.runtime.tiling import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_PRE_PAD, DEFAULT_TILE, MAX_PRE_PAD
+from adassr.runtime.upscale_report import check_report_path
 from adassr.runtime.upscalers import ImageUpscaler, TileProgress, UpscalerRegistry, runtime_upscalers
 
 if TYPE_CHECKING:
@@ -152,6 +153,10 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
     parser.add_argument("--skip-existing", action="store_true",
                         help="leave alone every output file that exists already and skip its input (resume an "
                              "interrupted folder run); without it existing outputs are replaced, and counted")
+    parser.add_argument("--report", type=given_path, default=None, metavar="FILE",
+                        help="write a JSON report when the run ends, however it ends: every input with its "
+                             "status (ok, failed with the error, skipped, not_done), output, camera group and "
+                             "model")
     triton = parser.add_argument_group("a Triton Inference Server instead of local models")
     triton.add_argument("--triton", default=None, metavar="URL",
                         help="upscale on the Triton server at URL (host:port of its HTTP endpoint) serving "
@@ -262,6 +267,8 @@ class _Outcome:
     model: str | None  # the model that served it
     error: str | None
     replaced: bool = False  # the output file existed before and was replaced
+    route: str | None = None  # the model and why it was chosen, as the output line names it
+    notes: tuple[str, ...] = ()  # what was tolerated about the image (the ``note:`` lines)
 
 
 def _upscale_one(
@@ -387,9 +394,11 @@ def _run_pairs(
     stderr: TextIO | None,
     skipped: int = 0,
     overlap_writes: bool = False,
+    planned: Sequence[tuple[Path, Path]] | None = None,
 ) -> int:
     """The batch loop over ``pairs`` with one upscaler (local backend or Triton server); ``skipped``: the
-    outputs ``--skip-existing`` left out (counted in the summary); ``overlap_writes``: see :func:`run_batch`."""
+    outputs ``--skip-existing`` left out (counted in the summary); ``overlap_writes``: see :func:`run_batch`;
+    ``planned``: every pair before ``--skip-existing`` (for ``--report``)."""
     return run_batch(
         pairs,
         lambda image, tiles, check: upscaler.upscale(image, camera=camera, progress=tiles, check_output=check),
@@ -401,6 +410,8 @@ def _run_pairs(
         skipped=skipped,
         threads=args.threads,
         overlap_writes=overlap_writes,
+        report_path=getattr(args, "report", None),
+        planned=planned,
     )
 
 
@@ -441,14 +452,21 @@ def run_upscale(
     if camera is not None:
         camera = camera_name(camera)  # the store's spelling; CameraError for a bad name, before any work
     check_output_folders(target for _, target in pairs)
+    report = getattr(args, "report", None)
+    if report is not None:
+        check_report_path(report, pairs)
     out = stdout if stdout is not None else sys.stdout
     remove_stale_outputs(pairs)
     kept = 0
+    planned = pairs
     if getattr(args, "skip_existing", False):
         pairs, kept = skip_existing(pairs)
         if kept:
             say(f"skipping {kept} image{'s' if kept != 1 else ''} whose output exists (--skip-existing)", out)
         if not pairs:
+            if report is not None and not save_report(report, planned, pairs, [], seconds=0.0, finished=True,
+                                                      stderr=stderr if stderr is not None else sys.stderr):
+                return 1
             say(f"upscaled 0 ok, 0 failed; {kept} skipped: every output exists (--skip-existing)", out)
             return 0
     if triton is not None:
@@ -456,8 +474,9 @@ def run_upscale(
 
         with contextlib.closing(open_triton(triton, camera=camera)) as remote:
             mark_output_in_input(args.input, args.output)  # once every check passed: a refused run marks nothing
+            # the server computes: the local cores encode meanwhile
             return _run_pairs(remote, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept,
-                              overlap_writes=True)  # the server computes: the local cores encode meanwhile
+                              overlap_writes=True, planned=planned)
     _check_device_options(args, options)
     if options.backend == "onnxruntime":
         check_required_providers(options.providers, require=options.require_providers)
@@ -479,7 +498,7 @@ def run_upscale(
         local_cpu = on_cpu(route) if on_cpu is not None else _runs_on_cpu(args, options)
         mark_output_in_input(args.input, args.output)  # once every check passed: a refused run marks nothing
         return _run_pairs(upscaler, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept,
-                          overlap_writes=not local_cpu)
+                          overlap_writes=not local_cpu, planned=planned)
 
 
 def _warn_if_camera_missing(camera: str, store: Path, stderr: TextIO) -> None:
@@ -567,6 +586,8 @@ def run_batch(
     threads: int | None = None,
     overlap_writes: bool = False,
     exif: bool = True,
+    report_path: Path | None = None,
+    planned: Sequence[tuple[Path, Path]] | None = None,
 ) -> int:
     """Upscale each (source, target) pair with ``serve``; one bad file is reported and skipped.
 
@@ -576,7 +597,10 @@ def run_batch(
     image's file on a background thread while the next image is read and upscaled (for models that
     run on a GPU or a server, where the local cores are idle meanwhile), when the output fits
     :func:`overlap_fits`; at most one write is in flight, and results are reported in input order.
-    ``exif``: the outputs carry their photos' EXIF (``--no-exif``: they do not).
+    ``exif``: the outputs carry their photos' EXIF (``--no-exif``: they do not). ``report_path``: where to write
+    the run's JSON report when it ends, however it ends (:mod:`adassr.runtime.upscale_report`; a report that
+    cannot be written is an error line and exit 1); ``planned``: every pair of the run in input order,
+    those ``--skip-existing`` left out included (default ``pairs``).
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
@@ -592,6 +616,8 @@ def run_batch(
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adassr-write") if (
         overlap_writes and len(pairs) > 1) else None
     pending: _Written | None = None
+    finished = False  # every pair was tried (not ended early by an interrupt or a missing package)
+    report_saved = True
 
     def failed(source: Path, exc: BaseException) -> None:
         if isinstance(exc, (AdassrError, MemoryError)):
@@ -609,7 +635,8 @@ def run_batch(
         bar.write(f"{job.source} -> {job.target}  [model {job.served}]", file=out)
         for note in job.notes:
             bar.write(f"note: {note}", file=err)
-        outcomes.append(_Outcome(job.source, job.target, job.group, job.model, None, replaced=job.existed))
+        outcomes.append(_Outcome(job.source, job.target, job.group, job.model, None, replaced=job.existed,
+                                 route=job.served, notes=tuple(job.notes)))
         bar.advance(job.source.name)
 
     def finish_pending() -> None:
@@ -664,6 +691,8 @@ def run_batch(
             finally:
                 del prepared  # not held through the next image's upscale
             report(job)
+        finish_pending()
+        finished = True
     finally:
         try:
             finish_pending()  # also when interrupted: the file in flight is completed and reported
@@ -671,8 +700,41 @@ def run_batch(
             if writer is not None:
                 writer.shutdown(wait=True)
             bar.close()
+            if report_path is not None:  # also when interrupted: what was done, and what was not
+                report_saved = save_report(report_path, planned if planned is not None else pairs, pairs, outcomes,
+                                           seconds=time.perf_counter() - start, finished=finished, stderr=err)
     say(_summary(outcomes, time.perf_counter() - start, skipped), out)
-    return 1 if any(o.error for o in outcomes) else 0
+    return 1 if any(o.error for o in outcomes) or not report_saved else 0
+
+
+def save_report(report: Path, planned: Sequence[tuple[Path, Path]], ran: Sequence[tuple[Path, Path]],
+                outcomes: Sequence[_Outcome], *, seconds: float, finished: bool, stderr: TextIO) -> bool:
+    """Write the run's report: one record per ``planned`` pair, in order (those not in ``ran`` were left out by
+    ``--skip-existing``; those of ``ran`` without an outcome were not reached). False, with an error line, when
+    it cannot be written (the images stay as written)."""
+    from adassr.runtime.upscale_report import FileRecord, write_report
+
+    done = {o.source: o for o in outcomes}
+    attempted = {source for source, _ in ran}
+    records = []
+    for source, target in planned:
+        o = done.get(source)
+        if source not in attempted:
+            records.append(FileRecord(source, target, "skipped"))
+        elif o is None:
+            records.append(FileRecord(source, target, "not_done"))
+        elif o.error is not None:
+            records.append(FileRecord(source, target, "failed", error=o.error))
+        else:
+            records.append(FileRecord(source, o.target, "ok", group=o.group, model=o.model, route=o.route,
+                                      replaced=o.replaced, notes=o.notes))
+    try:
+        write_report(report, records, seconds=seconds, finished=finished)
+    except (AdassrError, OSError) as exc:
+        say(f"error: cannot write the report {report}: {exc}; the images were written as the lines above say",
+            stderr)
+        return False
+    return True
 
 
 def _summary(outcomes: list[_Outcome], seconds: float, skipped: int = 0) -> str:

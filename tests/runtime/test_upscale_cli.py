@@ -925,3 +925,92 @@ def test_a_manifest_scale_that_contradicts_the_model_file_stops_before_any_image
     with pytest.raises(StoreError, match=r"says camera 'canon' upscales x2, but its model file .* records x4"):
         _run(*args, "-o", str(tmp_path / "bad.png"))  # the CLI's main() prints it as one line, exit 2
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_a_report_says_what_happened_to_every_input(store: Path, tmp_path: Path) -> None:
+    """`--report FILE`: one JSON record per input, in input order, with its status, output, camera group
+    and model; the failed one with the error the run printed; one that --skip-existing kept as skipped."""
+    import json
+
+    src = _two_small_pngs(tmp_path / "in")
+    (src / "img2.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    write_image(src / "img3.png", np.full((12, 10, 3), 90, np.uint8))
+    dst = tmp_path / "out"
+    dst.mkdir()
+    write_image(dst / "img3.png", np.full((5, 5, 3), 1, np.uint8))  # kept by --skip-existing
+    report = tmp_path / "report.json"
+    code, out, err = _run("-i", str(src), "-o", str(dst), "--store", str(store), "--camera", "canon",
+                          "--no-progress", "--skip-existing", "--report", str(report))
+    assert code == 1 and "img2.png" in err
+    doc = json.loads(report.read_text())
+    assert doc["finished"] is True and doc["command"] == "upscale" and doc["report_version"] == 1
+    assert doc["counts"] == {"ok": 2, "failed": 1, "skipped": 1, "not_done": 0}
+    files = doc["files"]
+    assert [Path(f["input"]).name for f in files] == ["img0.png", "img1.png", "img2.png", "img3.png"]
+    assert [f["status"] for f in files] == ["ok", "ok", "failed", "skipped"]
+    assert files[0]["output"] == str(dst / "img0.png") and files[0]["camera_group"] == "canon"
+    assert files[0]["model"] == "canon/model.onnx" and files[0]["replaced"] is False
+    assert files[0]["route"] and files[0]["route"] in out  # as the output line names it
+    assert files[2]["error"] and files[2]["error"] in err and files[2]["output"] == str(dst / "img2.png")
+    assert files[3]["output"] == str(dst / "img3.png") and "error" not in files[3]
+    assert not list(tmp_path.glob(".report.json*"))  # written atomically: no temporary file left
+
+    code, out, err = _run("-i", str(src / "img3.png"), "-o", str(dst / "img3.png"), "--store", str(store),
+                          "--skip-existing", "--report", str(report))  # everything exists: still reported
+    assert code == 0 and json.loads(report.read_text())["counts"] == {"ok": 0, "failed": 0, "skipped": 1,
+                                                                       "not_done": 0}
+
+
+def test_an_interrupted_run_still_writes_its_report(store: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after the first image: the report says the run did not finish and which inputs are left."""
+    import json
+
+    import adassr.runtime.upscale_cli as cli
+
+    src = _two_small_pngs(tmp_path / "in")
+    write_image(src / "img2.png", np.full((12, 10, 3), 90, np.uint8))
+    real = cli._upscale_one
+    calls: list[Path] = []
+
+    def interrupted_at_the_second(serve, source, target, **kw):  # type: ignore[no-untyped-def]
+        calls.append(source)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(serve, source, target, **kw)
+
+    monkeypatch.setattr(cli, "_upscale_one", interrupted_at_the_second)
+    report = tmp_path / "report.json"
+    with pytest.raises(KeyboardInterrupt):
+        _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--camera", "canon",
+             "--no-progress", "--report", str(report))
+    doc = json.loads(report.read_text())
+    assert doc["finished"] is False
+    assert [f["status"] for f in doc["files"]] == ["ok", "not_done", "not_done"]
+    assert doc["counts"]["not_done"] == 2
+
+
+def test_a_report_that_cannot_go_where_asked_is_refused_before_any_work(store: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    src = _two_small_pngs(tmp_path / "in")
+    out = tmp_path / "out"
+    base = ("-i", str(src), "-o", str(out), "--store", str(store), "--camera", "canon", "--no-progress")
+    for report, says in ((tmp_path / "missing" / "r.json", "does not exist"), (tmp_path, "is a folder"),
+                         (src / "img0.png", "is an input image"), (out / "img1.png", "is an output image")):
+        with pytest.raises(ConfigError, match=says):
+            _run(*base, "--report", str(report))
+    assert not out.exists()  # refused before any image
+    code, stdout, err = _run(*base, "--report", str(out / "report.json"))  # in the output folder the run makes
+    assert code == 0 and json.loads((out / "report.json").read_text())["counts"]["ok"] == 2
+
+    import adassr.runtime.upscale_report as upscale_report
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise StoreError("cannot write report.json: No space left on device")
+
+    monkeypatch.setattr(upscale_report, "write_report", disk_full)
+    code, stdout, err = _run(*base, "--report", str(tmp_path / "report.json"))
+    assert code == 1 and "error: cannot write the report" in err and "No space left" in err
+    assert "2 ok, 0 failed" in stdout  # the images were written all the same
