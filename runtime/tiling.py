@@ -244,19 +244,6 @@ def plan_tiles(
     return TilePlan(height=height, width=width, pre_pad=options.pre_pad, rows=rows, cols=cols)
 
 
-def make_canvas(image: np.ndarray, plan: TilePlan) -> np.ndarray:
-    """Reflect-pad an ``H x W x C`` image to the plan's canvas (pre-pad all round, rest bottom/right)."""
-    p = plan.pre_pad
-    extra_h = plan.rows.canvas - plan.height - 2 * p
-    extra_w = plan.cols.canvas - plan.width - 2 * p
-    if extra_h < 0 or extra_w < 0 or image.shape[:2] != (plan.height, plan.width):
-        raise ShapeError("image", image.shape, f"({plan.height}, {plan.width}, C) as planned")
-    pads = ((p, p + extra_h), (p, p + extra_w)) + ((0, 0),) * (image.ndim - 2)
-    if not any(a or b for a, b in pads):
-        return image
-    return np.pad(image, pads, mode="reflect")
-
-
 RegionSink = Callable[[int, int, np.ndarray], None]
 """Receives finished output: ``sink(y, x, block)`` with ``block`` an ``h x w x 3`` float32 array of final
 (blended, unclipped) values for output rows ``y:y+h`` and columns ``x:x+w``, valid during the call only

@@ -133,6 +133,11 @@ def test_to_dict_is_json_and_round_trips(photos):
     np.testing.assert_allclose(back.kernel, est.kernel, atol=1e-12)
     with pytest.raises(ConfigError):
         KernelEstimate.from_dict({"sigma_x": 1.0})
+    # a hand-edited or damaged manifest whose kernel does not sum to 1 would shift every training pair's
+    # brightness: refused, saying so
+    for bad in (np.asarray(d["kernel"]) * 1.1, np.asarray(d["kernel"]) * np.nan):
+        with pytest.raises(ConfigError, match="summing to 1"):
+            KernelEstimate.from_dict(dict(d, kernel=bad.tolist()))
 
 
 def test_bicubic_estimate_is_the_imresize_kernel():
@@ -143,6 +148,9 @@ def test_bicubic_estimate_is_the_imresize_kernel():
     assert bicubic_kernel_estimate(3).kernel.shape == (11, 11)
     with pytest.raises(ConfigError):
         bicubic_kernel_estimate(0)
+    fallback = bicubic_kernel_estimate(4, reason="flat images")  # the estimator's fallback: no confidence
+    assert fallback.method == METHOD_FALLBACK and fallback.confidence == 0.0
+    assert fallback.diagnostics["reason"] == "flat images"
 
 
 def test_flat_and_pure_noise_images_fall_back_to_bicubic_with_a_reason():
@@ -282,6 +290,25 @@ def test_fallback_returns_the_fixed_gaussian_with_the_reason(photos):
     assert json.loads(json.dumps(forced.to_dict()))["method"] == METHOD_FIXED_GAUSSIAN
     with pytest.raises(ConfigError, match="fallback"):
         KernelEstimationConfig(fallback_gap=-1.0)
+
+
+def test_the_fixed_gaussian_check_at_the_default_settings(photos):
+    """The check's numbers on fixed images at the default config (the test above sets its thresholds from
+    the measured gap, so a wrong gap passed it): the allowance grows with JPEG blockiness; the gap is the
+    fixed Gaussian's loss over the best one, minus 1, so it is small where the blur is G(1.6) and many
+    times the best loss where the blur is far from it (a helper's mutants: no blockiness term, the fixed
+    sigma not converted to LR pixels, the gap divided by the fixed loss)."""
+    config = KernelEstimationConfig()
+    at_fixed = estimate_kernel([_jpeg(_lr(p, (1.6, 1.6, 0.0), noise=3.0 / 255, seed=i), 70)
+                                for i, p in enumerate(photos)], scale=SCALE)
+    d = at_fixed.diagnostics
+    assert d["jpeg_blockiness"] > 0.1 and d["fallback_gap_allowed"] > 0
+    assert d["fallback_gap_allowed"] == pytest.approx(config.fallback_gap
+                                                      + config.fallback_gap_per_blockiness * d["jpeg_blockiness"])
+    far = estimate_kernel([_lr(p, (3.2, 1.6, 75.0), noise=3.0 / 255, seed=i) for i, p in enumerate(photos)],
+                          scale=SCALE)
+    assert far.method == METHOD_CROSS_SCALE and far.diagnostics["fixed_gaussian_loss_gap"] > 5.0  # 26.8 measured
+    assert d["fixed_gaussian_loss_gap"] < 3.0  # 1.58 measured: the calibration reads these small photos wider
 
 
 def test_banded_luma_tiles_and_blockiness_equal_the_whole_image_computation():

@@ -126,7 +126,7 @@ def test_a_bigtiff_goes_without_exif_with_a_note(monkeypatch: pytest.MonkeyPatch
 
 
 def _block(endian: str, ifd0: list[tuple[int, int, int, bytes]],
-           exif_dir: Sequence[tuple[int, int, int, bytes]] = ()) -> bytes:
+           exif_dir: Sequence[tuple[int, int, int, bytes]] = (), pointer_type: int = 4) -> bytes:
     """A raw EXIF block (``Exif\\0\\0``, TIFF header, IFD0 and an Exif directory) from
     ``(tag, type, count, value bytes in endian's order)`` entries, laid out by hand as cameras do."""
     import struct
@@ -143,10 +143,10 @@ def _block(endian: str, ifd0: list[tuple[int, int, int, bytes]],
         return head + struct.pack(endian + "I", 0) + values
 
     order = b"II*\x00" if endian == "<" else b"MM\x00*"
-    first = [*ifd0, (EXIF_IFD, 4, 1, b"\0\0\0\0")] if exif_dir else list(ifd0)
+    first = [*ifd0, (EXIF_IFD, pointer_type, 1, b"\0\0\0\0")] if exif_dir else list(ifd0)
     size = len(directory(first, 8))
     if exif_dir:
-        first[-1] = (EXIF_IFD, 4, 1, struct.pack(endian + "I", 8 + size))
+        first[-1] = (EXIF_IFD, pointer_type, 1, struct.pack(endian + "I", 8 + size))
     tiff = order + struct.pack(endian + "I", 8) + directory(first, 8)
     if exif_dir:
         tiff += directory(list(exif_dir), 8 + size)
@@ -188,6 +188,47 @@ def test_entries_are_carried_as_stored_text_types_and_rationals(tmp_path: Path, 
     sub.load(_at(payload, exif_at))
     assert sub.tagtype[0x9286] == 7 and sub.tagtype[0x9101] == 7 and 0xA002 not in sub
     assert sub.tagtype[33437] == 5 and sub[33437].numerator == 28 and sub[33437].denominator == 10
+
+
+def _walk(payload: bytes, at: int = 8) -> list[tuple[int, int, int, int]]:
+    """Every entry of a carried (little-endian) payload's directories: ``(tag, type, count, value offset or
+    -1 when the value is inline)``, the Exif, GPS and interoperability directories followed."""
+    import struct
+
+    (count,) = struct.unpack_from("<H", payload, at)
+    found = []
+    for k in range(count):
+        tag, kind, n, field = struct.unpack_from("<HHII", payload, at + 2 + 12 * k)
+        if tag in (EXIF_IFD, GPS_IFD, INTEROP_IFD):
+            found += _walk(payload, field)
+            continue
+        size = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 7: 1, 9: 4, 10: 8}[kind] * n
+        found.append((tag, kind, n, field if size > 4 else -1))
+    return found
+
+
+def test_the_carried_block_is_what_strict_readers_take() -> None:
+    """Values start on even offsets (TIFF 6.0: "word boundary"), an Exif pointer stored as type IFD (13,
+    as some cameras write it) is followed, and a photo whose first directory holds only entries that are
+    not carried (orientation) still carries its Exif directory: its capture date (a helper's mutants
+    survived each of these)."""
+    import struct
+
+    odd = [(271, 2, 5, b"Sony\0"), (272, 2, 9, b"ILCE-7M3\0"), (305, 2, 7, b"ver1.0\0")]  # 5, 9, 7 bytes
+    date = b"2026:12:06 10:00:00\0"
+    payload = carried_exif(_block("<", odd, [(0x9003, 2, len(date), date), (0x9286, 7, 3, b"abc")]))
+    assert payload is not None
+    entries = _walk(payload)
+    assert {e[0] for e in entries} == {271, 272, 305, 0x9003, 0x9286}
+    assert all(offset % 2 == 0 for *_, offset in entries if offset >= 0), entries
+    assert payload[entries[[e[0] for e in entries].index(0x9003)][3]:][:len(date)] == date
+
+    as_ifd = carried_exif(_block("<", odd, [(0x9003, 2, len(date), date)], pointer_type=13))
+    assert as_ifd is not None and 0x9003 in {e[0] for e in _walk(as_ifd)}
+
+    only_dropped = carried_exif(_block("<", [(274, 3, 1, struct.pack("<H", 6))], [(0x9003, 2, len(date), date)]))
+    assert only_dropped is not None
+    assert [e[0] for e in _walk(only_dropped)] == [0x9003]  # the orientation stays behind, the date travels
 
 
 def _at(data: bytes, offset: int) -> io.BytesIO:

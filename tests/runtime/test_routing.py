@@ -83,6 +83,7 @@ def test_unknown_explicit_camera_falls_back_and_says_so(store: Path) -> None:
     d = resolve_model(store, camera="nikon")
     assert d.model_camera == FALLBACK_CAMERA and d.camera_requested == "nikon"
     assert "explicitly requested camera 'nikon'" in d.reason and d.reason.startswith("fallback:")
+    assert d.reason.endswith("(no manifest)")  # not "no exported model": the camera is not in the store at all
 
 
 def test_image_without_exif_make_falls_back(store: Path) -> None:
@@ -204,6 +205,10 @@ def test_realsr_style_file_names_route_to_their_camera_when_it_is_in_the_store(s
     other = tmp_path / "IMG_0001.png"
     shutil.copy(NO_EXIF_PNG, other)
     d = resolve_model(store, image=other)
+    assert d.is_fallback and d.reason == "fallback: no EXIF Make" and d.camera_group is None
+    no_model = tmp_path / "Nikon_006_LR4.png"  # a real prefix, but no nikon in the store: no made-up group
+    shutil.copy(NO_EXIF_PNG, no_model)
+    d = resolve_model(store, image=no_model)
     assert d.is_fallback and d.reason == "fallback: no EXIF Make" and d.camera_group is None
     exif_wins = tmp_path / "Nikon_001_LR4.jpg"
     shutil.copy(CANON_JPG, exif_wins)

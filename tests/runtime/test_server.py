@@ -828,7 +828,9 @@ def test_every_response_names_its_request_and_the_log_lines_about_it_do_too(
         assert refused.headers["x-request-id"] == sent and refused.json()["request_id"] == sent
         lost = c.get("/v2/nothing", headers={"X-Request-ID": "abc"})  # Starlette's own 404
         assert lost.headers["x-request-id"] == "abc" and lost.json()["request_id"] == "abc"
-        for unusable in ("has space", "x" * 129, "tab\tinside", ""):
+        for usable in ("x" * 128, "req_abc~1", "dHJhY2U+/w=="):  # the longest; `_`, `~`; base64 with `+`
+            assert c.get("/healthz", headers={"X-Request-ID": usable}).headers["x-request-id"] == usable
+        for unusable in ("has space", "x" * 129, "tab\tinside", "", "a,b", "semi;colon"):
             r = c.get("/healthz", headers={"X-Request-ID": unusable})
             assert generated.fullmatch(r.headers["x-request-id"]), unusable
         r = c.get("/healthz", headers=[("X-Request-ID", "caf\u00e9".encode())])

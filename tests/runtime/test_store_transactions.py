@@ -89,6 +89,24 @@ def test_artifacts_and_manifest_commit_together_and_old_files_go(tmp_path: Path)
     assert store.read_manifest()["superseded_files"] == []
 
 
+def test_a_failed_transaction_that_staged_a_superseded_file_again_keeps_it(tmp_path: Path) -> None:
+    """Commit A, commit B (A's file is superseded: kept one commit for readers of the old manifest), then a
+    transaction stages A's bytes again (content-addressed: A's very file) and fails: its clean-up must not
+    delete A's file, which a reader of the previous manifest may still open."""
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _text(store, "w.bin", "A")
+    first = store.read_manifest()
+    _text(store, "w.bin", "B")
+    second = store.read_manifest()
+    superseded = store.path(first["artifacts"]["w.bin"]["file"])
+    assert superseded.name in second["superseded_files"] and superseded.exists()
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.stage("w.bin", lambda p: p.write_text("A"), stage="test")
+        raise RuntimeError("crash before the commit")
+    assert superseded.exists() and store.verified_path("w.bin", first).read_text() == "A"
+    assert store.verified_path("w.bin").read_text() == "B"
+
+
 def _crash_after_staging(root: str) -> None:  # runs in a child process
     store = CameraStore.open(root, "canon")
     with store.transaction() as tx:

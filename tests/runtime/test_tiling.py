@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from adassr.runtime.errors import ConfigError, ShapeError
-from adassr.runtime.tiling import TilingOptions, make_canvas, plan_tiles, upscale_tiled
+from adassr.runtime.tiling import TilingOptions, plan_tiles, upscale_tiled
 
 from ._models import RF_RADIUS, SCALE, build_tiny_sr
 
@@ -110,14 +110,30 @@ def test_small_image_is_padded_to_one_tile_or_run_at_its_size() -> None:
     assert untiled.n_tiles == 1 and untiled.tile_shape == (320, 328)
 
 
-def test_canvas_is_reflect_padded() -> None:
-    img = np.arange(5 * 7 * 3, dtype=np.float32).reshape(5, 7, 3)
-    plan = plan_tiles(5, 7, TilingOptions(tile=32, overlap=8, pre_pad=2))
-    canvas = make_canvas(img, plan)
-    assert canvas.shape == (32, 32, 3)
-    np.testing.assert_array_equal(canvas[2:7, 2:9], img)
-    np.testing.assert_array_equal(canvas[0, 2:9], img[2])  # reflect, not edge or zero
-    np.testing.assert_array_equal(canvas[2:7, 1], img[:, 1])
+@pytest.mark.parametrize(("height", "width", "options"), [
+    (5, 7, TilingOptions(tile=32, overlap=8, pre_pad=2)),  # one tile, the canvas far beyond the image
+    (40, 50, TilingOptions(tile=16, overlap=4, pre_pad=10)),  # many tiles, a pre-pad near a tile's size
+    (3, 30, TilingOptions(tile=0, pre_pad=10)),  # pre-pad longer than the image: reflected again and again
+    (1, 9, TilingOptions(tile=8, overlap=2, pre_pad=3)),  # one row: every padded row is that row
+])
+def test_every_tile_is_cut_from_the_reflect_padded_canvas(height: int, width: int, options: TilingOptions) -> None:
+    """Each tile the model sees equals that window of ``np.pad(mode="reflect")`` (pre-pad all round, the
+    rest bottom and right): tiled and untiled runs share the cutting code, so only this comparison sees a
+    wrong padding (a helper's mutant shifted the reflection by one and changed borders by 106/255)."""
+    from adassr.runtime.tiling import _cut_batch
+
+    img = np.arange(height * width * 3, dtype=np.float32).reshape(height, width, 3)
+    plan = plan_tiles(height, width, options)
+    p = plan.pre_pad
+    extra_h, extra_w = plan.rows.canvas - height - 2 * p, plan.cols.canvas - width - 2 * p
+    canvas = np.pad(img, ((0, 0), (p, p + extra_w), (0, 0)), mode="reflect")
+    # one row has nothing to reflect: the cutter repeats it
+    canvas = np.pad(canvas, ((p, p + extra_h), (0, 0), (0, 0)), mode="reflect" if height > 1 else "edge")
+    tiles = list(plan.tiles())
+    batch = _cut_batch(img, plan, tiles, lambda tile: tile)
+    th, tw = plan.tile_shape
+    for k, (_, _, y, x) in enumerate(tiles):
+        np.testing.assert_array_equal(batch[k].transpose(1, 2, 0), canvas[y:y + th, x:x + tw])
 
 
 @pytest.mark.parametrize(
