@@ -16,13 +16,14 @@ import errno
 import importlib.util
 import logging
 import math
+import os
 import signal
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from adassr.runtime.backends import BACKENDS
 from adassr.runtime.console import say
@@ -536,14 +537,28 @@ def run_serve(args: argparse.Namespace) -> int:
             f"{config.max_batch}{cap}); SIGTERM drains", sys.stdout)
 
     listeners = _bind_listeners(config.host, config.port)
+    app = create_app(config)
     try:
-        server = _uvicorn_server(create_app(config), config, on_listening=banner, listeners=listeners,
-                                 json_logs=json_logs)
+        server = _uvicorn_server(app, config, on_listening=banner, listeners=listeners, json_logs=json_logs)
         server.run(sockets=listeners)
     finally:
         _close_all(listeners)
     if server.force_exit:
         print("adassr serve: stopped by a second Ctrl-C without waiting for the requests in flight", flush=True)
-        return 130
+        _exit_without_waiting(app.state.server, 130)
     print("adassr serve: stopped", flush=True)
     return 0
+
+
+def _exit_without_waiting(server_state: Any, code: int) -> NoReturn:
+    """End the process now: a model call still running on a worker (half a minute for a large tile on a
+    CPU) would otherwise hold the interpreter's exit, which joins every worker thread. The uploads' folder
+    is removed first (the app's forced stop did it already, unless the stop came while models loaded)."""
+    uploads = getattr(server_state, "uploads", None)
+    if uploads is not None:
+        uploads.close()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+    os._exit(code)

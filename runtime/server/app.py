@@ -197,6 +197,17 @@ class Server:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        if self.forced:
+            # a second Ctrl-C: nothing waits for the model calls still running (a large tile on a CPU takes
+            # half a minute; the process then ends without them, see serve_cli). The uploads' folder goes
+            # first: an open upload file stays readable to its worker until the process ends.
+            if self.uploads is not None:
+                self.uploads.close()
+            if self.workers is not None:
+                self.workers.shutdown(wait=False, cancel_futures=True)
+            if self.batcher is not None:
+                self.batcher.close(0.0)
+            return
         if self.workers is not None:  # work not yet started is dropped; started work ends at its next model call
             await asyncio.to_thread(self.workers.shutdown, True, cancel_futures=True)
         if self.batcher is not None:

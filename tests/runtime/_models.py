@@ -85,6 +85,7 @@ def publish_camera(
     input_name: str = "lr",
     output_name: str = "sr",
     metadata: dict[str, str] | None = None,
+    channels: int = 8,
 ) -> CameraStore:
     """Publish ``model.onnx`` (and ``model_fp16.onnx`` with ``fp16``) with manifest export records, in one
     commit as ``adassr export`` does (the previous version's files stay until the camera's next commit)."""
@@ -93,7 +94,7 @@ def publish_camera(
     records: dict[str, Any] = {}
     with store.transaction(timeout_s=30) as tx:
         for key, name, half in files:
-            data = build_tiny_sr(seed=seed, fp16=half, scale=scale, metadata=metadata)
+            data = build_tiny_sr(seed=seed, fp16=half, scale=scale, metadata=metadata, channels=channels)
             tx.stage(name, lambda p, data=data: p.write_bytes(data), stage="export")
             records[key] = {
                 "file": name,

@@ -1188,6 +1188,42 @@ def test_a_second_ctrl_c_stops_at_once_answering_503_and_exits_130(store: Path) 
     assert "stopped by a second Ctrl-C" in output and "Traceback" not in output, output
 
 
+def test_a_second_ctrl_c_does_not_wait_for_a_long_model_call(tmp_path: Path) -> None:
+    """A model call on a large tile takes half a minute on a CPU: the second Ctrl-C waited for it (the
+    interpreter's exit joins the worker threads), then printed a traceback of the app's cancelled shutdown
+    and left the uploads' folder behind (a helper's hunt). Now it ends at once, the folder removed."""
+    import tempfile
+
+    slow = tmp_path / "slow"
+    publish_camera(slow, FALLBACK_CAMERA, channels=256)  # about 9 s a call on a 448-px tile (AMD EPYC, 1 thread)
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    before = set(base.glob("adassr-serve-*"))
+    proc, url = _serve_process(slow, ["--tile", "448", "--tile-overlap", "16"])
+    try:
+        with httpx.Client(base_url=url, timeout=120) as c, cf.ThreadPoolExecutor(1) as pool:
+            request = pool.submit(c.post, "/v1/upscale", content=small_png(460, 460, seed=6))
+            with httpx.Client(base_url=url, timeout=30) as probe:
+                _wait_for(lambda: _metric(probe.get("/metrics").text, "adassr_inflight_requests") == 1)
+            time.sleep(1.0)  # its first model call runs
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            second = time.monotonic()
+            assert proc.wait(timeout=120) == 130
+            took = time.monotonic() - second
+            response = request.result()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    _assert_json_error(response, 503, "not_ready")
+    assert took < 4.0, f"the exit waited {took:.1f} s for the model call"
+    output = proc.stdout.read() if proc.stdout else ""
+    assert "stopped by a second Ctrl-C" in output and "Traceback" not in output, output
+    assert not set(base.glob("adassr-serve-*")) - before  # the uploads' folder went
+
+
 def test_a_second_server_on_the_port_fails_at_once(store: Path) -> None:
     """The port is listened on before the models load: a second server on it fails with one line and exit 2
     at once (it had loaded every model before uvicorn's own error and exit 3, when it came while the first
