@@ -23,7 +23,7 @@ class EarlyStopper:
     observation as the best, so the last evaluated weights are kept whatever their score unless their
     outputs went flat on some crops (``eligible=False``); the history is the same.
     ``baseline_margin`` is added to the baseline's score when it competes for the best: a later
-    observation is kept over the baseline unless it is worse by more than the margin (the history
+    observation is kept over the baseline unless it is worse by the margin or more (the history
     and the plateau rule see the true scores).
     """
 

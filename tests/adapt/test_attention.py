@@ -323,3 +323,21 @@ def test_trunk_features_match_the_plain_forward_and_leave_the_model_as_it_was(
     assert got.is_contiguous()
     torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
     assert [p.is_contiguous() for p in small_model.parameters()] == formats
+
+
+def test_the_token_grid_is_placed_at_the_token_centres() -> None:
+    """A token's weight belongs to the pixels it pooled: its peak is centred on ``(i + 0.5) * pool`` and a
+    resize to another size interpolates (a helper's mutants, corner-aligned bilinear and nearest-neighbour
+    resizing, moved weights by up to 1.5 LR px or made them blocky, and passed)."""
+    from adassr.adapt.attention import _to_image_map
+
+    grid = torch.zeros(3, 4)
+    grid[1, 2] = 1.0  # one token: rows 4..7 and columns 8..11 of a 12 x 16 image at pool 4
+    m = _to_image_map(grid + 0.01, 4, (12, 16), (12, 16))
+    peak = m.max()
+    assert m[5, 9] == pytest.approx(peak) and m[6, 10] == pytest.approx(peak)  # around the centre (6, 10)
+    assert m[5, 9] == pytest.approx(m[6, 9]) == pytest.approx(m[5, 10])
+    assert m[4, 8] == pytest.approx(m[7, 11]) and m[4, 8] < peak  # symmetric about the centre, lower at the edge
+    larger = _to_image_map(torch.arange(1.0, 13.0).reshape(3, 4), 4, (12, 16), (24, 32))  # a ramp
+    assert larger.shape == (24, 32) and larger.mean() == pytest.approx(1.0, rel=1e-5)
+    assert np.mean(larger[:, 1:] == larger[:, :-1]) < 0.5  # interpolated, not repeated pixel pairs

@@ -203,6 +203,9 @@ def test_noise_flip_and_image_choice_frequencies(photos: list[np.ndarray]) -> No
     assert abs(kinds.count(NOISE_POISSON) / 2000 - 0.16) < 0.03
     sigmas = [d.noise.level for d in draws if d.noise.kind == NOISE_GAUSSIAN]
     assert min(sigmas) >= 1 / 255 and max(sigmas) <= 10 / 255
+    noisy = [d.noise for d in draws if d.noise.kind != NOISE_NONE]
+    grey = sum(n.gray for n in noisy) / len(noisy)
+    assert abs(grey - config.p_gray_noise) < 0.06, grey  # 0.4: grey noise in 40 % of the noisy pairs
     flips = np.bincount([d.dihedral for d in draws], minlength=8)
     assert flips.min() > 180 and flips.max() < 320  # 250 expected each
     # Probability proportional to area: chelsea 451x300, coffee 600x400.

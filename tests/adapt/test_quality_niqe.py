@@ -168,3 +168,15 @@ def test_niqe_torch_names_a_numpy_array_as_the_wrong_type() -> None:
     """It failed with numpy's AttributeError (a helper's hunt of the library API)."""
     with pytest.raises(ConfigError, match="niqe_torch expects a torch tensor .*got numpy.ndarray"):
         niqe_torch(np.zeros((1, 3, 96, 96), np.float32))  # type: ignore[arg-type]
+
+
+def test_a_single_complete_block_is_nan_not_a_crash() -> None:
+    """Weights whose outputs went mostly flat leave few blocks with finite features; the early stop takes
+    NaN for "no score". One complete block has no covariance: NaN (a helper's mutant let it through to an
+    SVD that did not converge and ended the adaptation)."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(5, 36))
+    features[1:, 3] = np.nan  # only the first block is complete
+    assert np.isnan(niqe_mod.niqe_distance(features))
+    features[2, 3] = 0.5  # two complete blocks: a score
+    assert np.isfinite(niqe_mod.niqe_distance(features))

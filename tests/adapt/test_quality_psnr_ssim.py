@@ -90,6 +90,9 @@ def test_errors() -> None:
         psnr(dist, ref[:-1])
     with pytest.raises(ShapeError):
         ssim(dist[:8, :8], ref[:8, :8])
+    for narrow in (np.s_[:40, :10], np.s_[:10, :40]):  # one side under the 11-px window: an error, not NaN
+        with pytest.raises(ShapeError, match="at least 11x11"):
+            ssim(dist[narrow], ref[narrow])
     with pytest.raises(ConfigError):
         psnr(dist, ref, channel="lab")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):

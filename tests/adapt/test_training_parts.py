@@ -122,6 +122,14 @@ def test_weighted_l1() -> None:
         weighted_l1(sr, hr[:, :, :2])
     with pytest.raises(ShapeError):
         weighted_l1(sr, hr, w[:, :, :2])
+    # The weight must act where it is: an error only in the top rows counts with their weight (a helper's
+    # mutants, mean(error) * mean(weight) and a transposed map, passed the uniform case above).
+    err = torch.zeros(1, 3, 4, 4)
+    err[:, :, 0] = 1.0  # the first row is wrong
+    weight = torch.full((1, 1, 4, 4), 0.5)
+    weight[:, :, 0] = 3.5  # and weighted 3.5 (the map averages 1.25)
+    assert weighted_l1(err, torch.zeros_like(err), weight).item() == pytest.approx(3.5 / 4)
+    assert weighted_l1(err, torch.zeros_like(err)).item() == pytest.approx(1 / 4)
 
 
 def test_early_stopping_with_scripted_metric() -> None:
@@ -174,6 +182,15 @@ def test_backbone_margin_keeps_adapted_weights_that_are_slightly_worse_by_niqe()
     for bad in (-0.1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="baseline_margin"):
             EarlyStopper(baseline_margin=bad)
+    # ties (numbers exact in binary): worse by exactly the margin keeps the backbone; equal to the best
+    # so far keeps the earlier weights; a decrease of exactly min_delta is progress, not a plateau step
+    stopper = EarlyStopper(baseline_margin=0.5)
+    stopper.observe(0, 4.0)
+    assert not stopper.observe(50, 4.5).is_best and stopper.best_step == 0
+    stopper = EarlyStopper(min_delta=0.5, patience=1)
+    stopper.observe(0, 5.0)
+    assert not stopper.observe(50, 4.5).stop and stopper.observe(100, 4.5).stop
+    assert stopper.best_step == 50  # the tie at step 100 does not replace it
 
 
 def test_ineligible_weights_never_become_the_best_but_count_for_the_plateau() -> None:
