@@ -85,6 +85,8 @@ def test_adapt_list_shows_groups_and_skipped_folders(tmp_path: Path, capsys: pyt
         ("nokai", " Did you mean 'nokia'?"),  # transposed letters
         ("NINTEDO", " Did you mean 'nintendo'?"),  # a letter missing, any case
         ("fuji", " Did you mean 'fujifilm'?"),  # an abbreviation
+        ("fuj", " Did you mean 'fujifilm'?"),  # three letters are the shortest abbreviation named
+        ("fu", ""),
         ("nikon", ""),  # shares letters with canon, but is another make
         ("sony", ""),
         ("nokia", ""),  # the name itself is no typo

@@ -294,6 +294,22 @@ def test_tensorrt_plan_needs_an_engine_in_the_store(store: Path, tmp_path: Path)
     assert sorted(p.name for p in model.directory.iterdir() if p.is_dir()) == ["1"]
 
 
+def test_an_engine_whose_profile_starts_above_batch_one_or_the_tile_is_not_taken(store: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Triton sends any batch from 1 to max_batch_size: a profile from batch 2, or from a tile larger than the
+    repository's, fails the smaller requests at run time, so such an engine is refused when the repository is
+    written (a helper's mutant dropped the lower-bound check and passed)."""
+    options = TritonRepoOptions(platform="tensorrt_plan", tile=64, max_batch_size=4, preferred_batch_sizes=(4,))
+    for k, low in enumerate(((2, 3, 64, 64), (1, 3, 96, 96))):
+        cam = CameraStore.open(store, "canon")
+        _store_engine(cam, b"a-plan-of-another-profile-%d" % k, profile=(low, (4, 3, 128, 128), (4, 3, 128, 128)))
+        with pytest.raises(ExportError, match="profile takes batches"):
+            write_repository(tmp_path / f"repo{k}", store, ["canon"], options)
+        publish_camera(store, "canon", seed=10 + k)  # a new export: the next engine is the only current one
+    with pytest.raises(ExportError, match=r"must lie in 1\.\.4"):
+        TritonRepoOptions(max_batch_size=4, preferred_batch_sizes=(2, 8))
+
+
 def test_plans_of_different_tensorrt_releases_never_share_a_repository(store: Path, tmp_path: Path) -> None:
     """Each camera's engines were checked on their own: a repository could hold one camera's plan for
     TensorRT 10.13 and another's for 10.8, of which any one Triton release loads only one (a helper's review)."""

@@ -215,6 +215,7 @@ def test_realsr_style_file_names_route_to_their_camera_when_it_is_in_the_store(s
     assert resolve_model(store, image=exif_wins).reason == "exif-make"
     assert camera_from_filename("Nikon_006_LR4.png") == "nikon" and camera_from_filename("42.png") is None
     assert camera_from_filename("x_1.png") is None  # one letter is not a prefix
+    assert camera_from_filename("Sony-0042.png") == "sony"  # a hyphen separates the prefix too
 
 
 def test_a_fallback_names_a_store_camera_of_the_same_brand(store: Path) -> None:
@@ -280,6 +281,10 @@ def test_a_utf8_or_accented_exif_make_keeps_its_letters(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(photo, exif=exif.tobytes())
     assert read_camera_exif(photo)[0] == "Café" and camera_group_of(photo)[0] == "cafe"
     assert normalise_camera_name("ŠKODA") == "skoda" and normalise_camera_name("小米") == ""
+    # the makers' renamed companies keep their group: an Olympus camera's model serves the OM System photos
+    assert normalise_camera_name("OM Digital Solutions") == "olympus"
+    assert normalise_camera_name("OLYMPUS IMAGING CORP.") == "olympus"
+    assert normalise_camera_name("EASTMAN KODAK COMPANY") == "kodak" and normalise_camera_name("HMD Global") == "nokia"
 
 
 def test_a_relative_path_routes_by_its_folder_as_adapt_groups_it(tmp_path: Path,

@@ -93,3 +93,65 @@ def test_a_failed_model_call_drops_the_failed_request_s_queued_tiles() -> None:
         assert model.calls == [2] and batcher.depth == 0 and records == []
     finally:
         batcher.close(timeout=5)
+
+
+def test_a_lone_request_does_not_wait_max_wait_for_company() -> None:
+    """When every pipeline that could add tiles is waiting for results, a part batch runs at once: a
+    single request's model calls must not each wait --max-wait-ms (a helper's mutant made every call wait)."""
+    import concurrent.futures as cf
+
+    batcher = TileBatcher(max_batch=4, max_wait_s=30.0)
+    model = _Doubling()
+    infer = batcher.infer_fn("a", model, Ticket(time.monotonic() + 120))  # type: ignore[arg-type]
+
+    def one_request() -> list[float]:
+        with batcher.producer():
+            return [float(infer(np.ones((1, 3, 4, 4), np.float32)).max()) for _ in range(3)]
+
+    try:
+        with cf.ThreadPoolExecutor(1) as pool:
+            assert pool.submit(one_request).result(timeout=20) == [2.0, 2.0, 2.0]  # not after 3 x 30 s
+        assert model.calls == [1, 1, 1]
+    finally:
+        batcher.close(timeout=5)
+
+
+class _Slow(_Doubling):
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.5)
+        return super().infer(batch)
+
+
+def test_the_oldest_waiting_tile_runs_first() -> None:
+    """Two part batches due at once: the one whose tile waited longest runs first, so one camera's or tile
+    shape's requests cannot starve another's (a helper's mutant ran the newest first)."""
+    order: list[str] = []
+    batcher = TileBatcher(max_batch=2, max_wait_s=0.05, on_batch=lambda r: None)
+    busy, a, b = _Slow(), _Doubling(), _Doubling()
+    a.infer = lambda batch: (order.append("a"), batch * 2)[1]  # type: ignore[method-assign]
+    b.infer = lambda batch: (order.append("b"), batch * 2)[1]  # type: ignore[method-assign]
+    ticket = Ticket(time.monotonic() + 60)
+    tile = np.ones((3, 4, 4), np.float32)
+    try:
+        with batcher.producer():  # still preparing tiles: nothing is idle, part batches wait for max_wait
+            first = [batcher.submit("busy", busy, tile, ticket) for _ in range(2)]  # type: ignore[arg-type]
+            time.sleep(0.1)  # the full batch is on the (single) inference thread for 0.5 s
+            older = batcher.submit("a", a, tile, ticket)  # type: ignore[arg-type]
+            time.sleep(0.1)
+            newer = batcher.submit("b", b, tile, ticket)  # type: ignore[arg-type]
+            for future in (*first, older, newer):
+                future.result(timeout=20)
+        assert order == ["a", "b"]
+    finally:
+        batcher.close(timeout=5)
+
+
+def test_a_ticket_keeps_its_first_reason() -> None:
+    ticket = Ticket(time.monotonic() + 60)
+    calls: list[int] = []
+    ticket.on_cancel(lambda: calls.append(1))
+    ticket.cancel("deadline")
+    ticket.cancel("client disconnected")  # the request's outcome and metric stay the deadline's
+    assert ticket.cancelled and ticket.reason == "deadline" and calls == [1]
+    with pytest.raises(RequestCancelled, match="deadline"):
+        ticket.check()

@@ -352,6 +352,11 @@ def test_token_auth(store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixtur
         token = read_token_file(token_file)
     assert f"the token file {token_file} can be read by other users (mode 644): `chmod 600" in caplog.text
     caplog.clear()
+    token_file.chmod(0o640)  # readable by the group is readable by other users too
+    with caplog.at_level("WARNING"):
+        read_token_file(token_file)
+    assert "can be read by other users (mode 640)" in caplog.text
+    caplog.clear()
     token_file.chmod(0o600)
     assert read_token_file(token_file) == token and "token" not in caplog.text
     spaced = tmp_path / "my token"  # the hints are quoted: `chmod 600 /x/my token` failed as pasted (a helper's hunt)
@@ -464,6 +469,11 @@ def test_config_validation(store: Path) -> None:
             ServerConfig(store=store, threads=threads)
     with pytest.raises(ConfigError, match="pre_pad must be from 0 to 128"):
         ServerConfig(store=store, pre_pad=100000)
+    with pytest.raises(ConfigError, match="the token is empty"):  # compare_digest(b"", b"") would let all in
+        ServerConfig(store=store, token="")
+    for name in ("reload_interval_s", "drain_timeout_s"):  # 0: a store re-scan in a busy loop
+        with pytest.raises(ConfigError, match=f"{name} must be > 0"):
+            ServerConfig(store=store, **{name: 0.0})  # type: ignore[arg-type]
     assert ServerConfig(store=store).host == "127.0.0.1"
 
 

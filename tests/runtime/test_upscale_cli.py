@@ -263,6 +263,20 @@ def test_renamed_outputs_never_collide(store: Path, tmp_path: Path) -> None:
     grey_x_jpg = read_image(tmp_path / "out" / "x_jpg_2.png").pixels  # from x.jpg, not x_jpg.png
     assert grey_x_jpg.shape == (40, 48, 3)
     assert not np.array_equal(grey_x_jpg, read_image(tmp_path / "out" / "x_jpg.png").pixels)
+    write_image(src / "x_jpg_2.png", images["x.png"])  # the numbered name is taken too: the number goes on
+    targets = [t.name for _, t in plan_outputs(src, tmp_path / "out", "png")]
+    assert len(set(targets)) == 4 and "x_jpg_3.png" in targets, targets
+
+
+def test_skip_existing_keeps_a_link_in_an_outputs_place(tmp_path: Path) -> None:
+    """A link there, even one to nothing, is never written over (it is counted as existing)."""
+    from adassr.runtime.output_plan import skip_existing
+
+    (tmp_path / "out").mkdir()
+    dangling = tmp_path / "out" / "a.png"
+    dangling.symlink_to(tmp_path / "nowhere.png")
+    pairs = [(tmp_path / "a.png", dangling), (tmp_path / "b.png", tmp_path / "out" / "b.png")]
+    assert skip_existing(pairs) == ([pairs[1]], 1)
 
 
 def test_the_colour_profile_reaches_the_output(store: Path, tmp_path: Path) -> None:
@@ -834,6 +848,10 @@ def test_folders_whose_names_differ_in_case_get_separate_outputs_and_names_stay_
     pairs = plan_outputs(src2, tmp_path / "out3", "auto")
     assert sorted(str(t.relative_to(tmp_path / "out3")) for _, t in pairs) == [
         "Nikon/x.png", "nikon_2/y.png", "nikon_3/z.png"]
+    src4 = tmp_path / "in4"  # capitals both: NIKON/ and Nikon/ are one folder on macOS too
+    _tiny_images(src4 / "NIKON" / "x.png", src4 / "Nikon" / "y.png")
+    folders = [t.parent.name for _, t in plan_outputs(src4, tmp_path / "out5", "auto")]
+    assert len({f.casefold() for f in folders}) == 2, folders
     # a renamed folder is cut to fit the file system's 255 bytes: a name the run makes itself never fails
     src3 = tmp_path / "in3"
     _tiny_images(src3 / ("N" * 255) / "x.png", src3 / ("n" * 255) / "y.png", src3 / "top.png")
@@ -960,6 +978,19 @@ def test_a_report_says_what_happened_to_every_input(store: Path, tmp_path: Path)
     assert code == 0 and json.loads(report.read_text())["counts"] == {"ok": 0, "failed": 0, "skipped": 1,
                                                                        "not_done": 0}
 
+    # an output replaced, and an image with a note (an animation: its first frame only), recorded as such
+    frames = [Image.fromarray(np.full((12, 10, 3), v, np.uint8)) for v in (30, 200)]
+    frames[0].save(src / "img4.png", save_all=True, append_images=frames[1:])
+    (src / "img2.png").unlink()
+    code, out, err = _run("-i", str(src), "-o", str(dst), "--store", str(store), "--camera", "canon",
+                          "--no-progress", "--report", str(report))
+    assert code == 0, err
+    files = {Path(f["input"]).name: f for f in json.loads(report.read_text())["files"]}
+    assert files["img0.png"]["replaced"] is True and files["img3.png"]["replaced"] is True
+    assert files["img4.png"]["replaced"] is False and files["img4.png"]["notes"]
+    assert all(note in err for note in files["img4.png"]["notes"]) and "only the first is read" in err
+    assert files["img0.png"]["notes"] == []
+
 
 def test_an_interrupted_run_still_writes_its_report(store: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -998,7 +1029,8 @@ def test_a_report_that_cannot_go_where_asked_is_refused_before_any_work(store: P
     out = tmp_path / "out"
     base = ("-i", str(src), "-o", str(out), "--store", str(store), "--camera", "canon", "--no-progress")
     for report, says in ((tmp_path / "missing" / "r.json", "does not exist"), (tmp_path, "is a folder"),
-                         (src / "img0.png", "is an input image"), (out / "img1.png", "is an output image")):
+                         (src / "img0.png", "is an input image"), (out / "img1.png", "is an output image"),
+                         (src / ".." / "in" / "img1.png", "is an input image")):  # another spelling of it
         with pytest.raises(ConfigError, match=says):
             _run(*base, "--report", str(report))
     assert not out.exists()  # refused before any image
@@ -1014,3 +1046,5 @@ def test_a_report_that_cannot_go_where_asked_is_refused_before_any_work(store: P
     code, stdout, err = _run(*base, "--report", str(tmp_path / "report.json"))
     assert code == 1 and "error: cannot write the report" in err and "No space left" in err
     assert "2 ok, 0 failed" in stdout  # the images were written all the same
+    code, stdout, err = _run(*base, "--skip-existing", "--report", str(tmp_path / "report.json"))
+    assert code == 1 and "error: cannot write the report" in err  # every output exists: the report still counts
