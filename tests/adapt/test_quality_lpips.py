@@ -157,6 +157,33 @@ def test_wrong_sdist_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "cache" / "lpips" / "alex.safetensors").exists()
 
 
+def test_vgg_backbone_is_torchvision_s_vgg16_layout() -> None:
+    """The VGG taps follow torchvision's ``vgg16().features`` configuration (64, 64, M, 128, 128, M, 256 x 3,
+    M, 512 x 3, M, 512 x 3; max-pools; taps relu1_2, relu2_2, relu3_3, relu4_3, relu5_3), built here from the
+    configuration on the model's own (random) weights: no official VGG values are at hand, and the ranking
+    test above passed with average pools and taps one layer early (a helper's mutants)."""
+    import torch.nn.functional as F
+
+    model = LPIPS("vgg")
+    convs = iter(model.backbone.convs)
+    x = torch.rand(1, 3, 48, 40)
+    h = (x * 2.0 - 1.0 - model.shift) / model.scale
+    taps = []
+    for block in (2, 2, 3, 3, 3):
+        for _ in range(block):
+            h = F.relu(next(convs)(h))
+        taps.append(h)
+        h = F.max_pool2d(h, kernel_size=2, stride=2)
+    with torch.no_grad():
+        got = model.feature_maps(x)
+    assert len(got) == 5
+    for mine, theirs in zip(got, taps, strict=True):
+        torch.testing.assert_close(mine, theirs)
+    with pytest.raises(ShapeError, match=">= 16"):  # four pools: the last tap needs 16 px
+        model.feature_maps(x[..., :15, :15])
+    assert [t.shape[-1] for t in model.feature_maps(x[..., :16, :16])] == [16, 8, 4, 2, 1]
+
+
 def test_shape_checks() -> None:
     model = LPIPS("alex")
     x = torch.rand(1, 3, 40, 40)

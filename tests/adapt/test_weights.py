@@ -361,6 +361,20 @@ def test_pth_with_wrong_shape_names_the_key(tmp_path: Path) -> None:
         load_checkpoint(path, _tiny_entry(dataclasses.replace(TINY, num_feat=16)))
 
 
+def test_pth_with_a_transposed_or_integer_tensor_names_the_key(tmp_path: Path) -> None:
+    """The same number of values in another shape (a transposed layer), or integers (a quantised model), are
+    the wrong weights: refused naming the key, not loaded as garbage or failed in load_state_dict (a
+    helper's mutants compared only element counts, or let integers through, and passed)."""
+    state = _tiny_model(1).state_dict()
+    weight = state["conv_first.weight"]  # (8, 3, 3, 3)
+    torch.save({**state, "conv_first.weight": weight.reshape(3, 8, 3, 3)}, tmp_path / "reshaped.pth")
+    with pytest.raises(WeightsError, match=r"'conv_first\.weight' has shape \(3, 8, 3, 3\), expected \(8, 3, 3, 3\)"):
+        load_checkpoint(tmp_path / "reshaped.pth", _tiny_entry())
+    torch.save({**state, "conv_first.weight": (weight * 100).to(torch.int32)}, tmp_path / "int.pth")
+    with pytest.raises(WeightsError, match=r"'conv_first\.weight' is not a floating-point tensor"):
+        load_checkpoint(tmp_path / "int.pth", _tiny_entry())
+
+
 def test_pth_missing_and_unexpected_keys(tmp_path: Path) -> None:
     state = _tiny_model(1).state_dict()
     missing = {k: v for k, v in state.items() if k != "body.1.rdb3.conv5.bias"}

@@ -331,6 +331,35 @@ def test_non_finite_weights_or_outputs_are_refused_before_the_export(tmp_path: P
     assert "exports" not in _published(tmp_path)[1]
 
 
+def test_the_fp16_checks_each_refuse_what_they_are_for(exported: tuple[Path, onnx_export.ExportResult],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of the fp16 validation's three checks, against references made to fail only it: one pixel far
+    off (max abs), every pixel a little off (mean abs, a systematic error) and onnxruntime's own run (a
+    helper's mutants disabled each check or loosened the tolerance 100-fold, and every test passed)."""
+    from adassr.export.crops import ValidationInput
+
+    root, _ = exported
+    data = CameraStore.open(root, CAMERA).verified_path("model_fp16.onnx").read_bytes()
+    proto = onnx.load_from_string(data)
+    batch = photo_batch((1, 20, 20))
+    exact = evaluate_fp16_storage(proto, {"lr": batch}).output
+
+    def cases(reference: np.ndarray) -> list[onnx_export.Case]:
+        return [onnx_export.Case(ValidationInput(batch, "a crop"), reference)]
+
+    report = onnx_export.validate_fp16(data, proto, cases(exact))
+    assert report.max_abs_error == 0.0 and report.onnxruntime_max_abs_error <= onnx_export.FP16_TOLERANCE
+    one_off = exact.copy()
+    one_off[0, 0, 5, 5] += 0.05  # 2.5x the max tolerance, far under the mean's
+    with pytest.raises(ExportError, match="fp16"):
+        onnx_export.validate_fp16(data, proto, cases(one_off), onnxruntime_cases=0)
+    with pytest.raises(ExportError, match="mean abs"):  # each pixel within the max tolerance
+        onnx_export.validate_fp16(data, proto, cases(exact + 0.005), onnxruntime_cases=0)
+    monkeypatch.setattr(onnx_export, "run_session", lambda session, batch: exact + 0.05)
+    with pytest.raises(ExportError, match="onnxruntime"):
+        onnx_export.validate_fp16(data, proto, cases(exact))
+
+
 def test_failed_fp16_validation_publishes_neither_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import adassr.export.fp16 as fp16
 

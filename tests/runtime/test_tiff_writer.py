@@ -134,3 +134,48 @@ def test_the_file_does_not_depend_on_the_threads(monkeypatch: pytest.MonkeyPatch
         files.append(buf.getvalue())
     assert files[0] == files[1] == files[2]
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(files[0]))), pixels)
+
+
+def test_the_directory_is_in_tag_order_with_exif_and_its_size_counts_bytes() -> None:
+    """TIFF 6.0 wants a directory's tags in ascending order (libtiff warns "tags are not sorted" and strict
+    readers refuse such a file); the carried EXIF's IFD0 entries (Make 271, ...) go in among the image's
+    own. The BigTIFF switch counts bytes, so 16-bit images switch at half the pixels (a helper's mutants:
+    unsorted tags, and a size in samples, passed)."""
+    import struct
+
+    from adassr.runtime.images.exif import carried_exif
+
+    exif = Image.Exif()
+    exif[271], exif[272], exif[305] = "Canon", "Canon PowerShot S40", "Firmware 1.10"
+    out = io.BytesIO()
+    write_tiff(out, _photo()[:16, :24], exif=carried_exif(exif.tobytes()))
+    data = out.getvalue()
+    assert data[:4] == b"II*\x00"
+    (first,) = struct.unpack_from("<I", data, 4)
+    (count,) = struct.unpack_from("<H", data, first)
+    tags = [struct.unpack_from("<H", data, first + 2 + 12 * k)[0] for k in range(count)]
+    assert {256, 271, 272, 305}.issubset(tags) and tags == sorted(tags), tags
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.getexif()[271] == "Canon"
+
+    limit = tiff_writer._BIG_OVER
+    pixels = limit // 4  # RGB: 3/4 of the limit at 8 bits, 3/2 of it at 16
+    assert not tiff_writer.is_bigtiff(1, pixels, 3, 1) and tiff_writer.is_bigtiff(1, pixels, 3, 2)
+
+
+def test_a_bigtiff_written_directly_leaves_the_exif_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The carried EXIF's 4-byte value fields fit a classic TIFF's 12-byte entries, not BigTIFF's 20-byte
+    ones: write_tiff leaves it out of a BigTIFF itself (write_image drops it with a note before)."""
+    from adassr.runtime.images.exif import carried_exif
+
+    monkeypatch.setattr(tiff_writer, "_BIG_OVER", 0)
+    exif = Image.Exif()
+    exif[271] = "Canon"
+    path = tmp_path / "big.tif"
+    with path.open("wb") as out:
+        write_tiff(out, _photo()[:8, :8], exif=carried_exif(exif.tobytes()))
+    assert path.read_bytes()[:4] == b"II+\x00"
+    decoded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert decoded is not None and decoded.shape == (8, 8, 3)
+    with Image.open(path) as im:
+        assert 271 not in im.getexif()
