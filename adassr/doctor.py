@@ -176,10 +176,19 @@ def _packages() -> list[Finding]:
                 detail += f", {package.probe(module)}"
         except Exception as exc:  # noqa: BLE001 - a broken install (missing shared library, ABI mismatch): reported
             findings.append(Finding("package", package.name, BROKEN, f"installed but fails to import: {exc}",
-                                    f"reinstall it: {_reinstall_command(package.distribution)}"))
+                                    f"reinstall it: {_reinstall_command(_owner(importable, package.distribution))}"))
             continue
         findings.append(Finding("package", package.name, OK, f"{detail} (for {package.purpose})"))
     return findings
+
+
+def _owner(module: str, distribution: str) -> str:
+    """The installed distribution that provides the top-level ``module`` (``onnxruntime`` may come from
+    ``onnxruntime-gpu``, ``cv2`` from ``opencv-python``), else ``distribution``."""
+    owners = importlib.metadata.packages_distributions().get(module, [])
+    if distribution in owners or not owners:
+        return distribution
+    return sorted(owners)[0]
 
 
 def _reinstall_command(distribution: str) -> str:

@@ -521,12 +521,12 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM / SIGINT; 0 after a clean drain."""
-    config = _checked_config(args)
     json_logs = getattr(args, "log_format", "text") == "json"
-    if json_logs:
+    if json_logs:  # before the checks, whose warnings (a token file others can read) are log lines too
         from adassr.runtime.server.log_format import use_json_logs
 
         use_json_logs()
+    config = _checked_config(args)
 
     from adassr.runtime.server.app import create_app
 

@@ -455,6 +455,11 @@ def run_upscale(
     report = getattr(args, "report", None)
     if report is not None:
         check_report_path(report, pairs)
+        # replaced when the run ends: a run that fails as a whole from here on leaves "not finished", not the
+        # previous run's report
+        if not save_report(report, pairs, pairs, [], seconds=0.0, finished=False,
+                           stderr=stderr if stderr is not None else sys.stderr):
+            raise ConfigError(f"--report {report} cannot be written (see the error above); choose another place")
     out = stdout if stdout is not None else sys.stdout
     remove_stale_outputs(pairs)
     kept = 0

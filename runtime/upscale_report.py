@@ -12,6 +12,11 @@ record per input, in input order::
 
 ``status``: ``ok``, ``failed`` (with ``error``, the message printed on stderr), ``skipped``
 (``--skip-existing`` found its output) or ``not_done``. Paths are written as the run printed them.
+
+Once the run's checks of its paths have passed, a first report says ``"finished": false`` with every
+input ``not_done``; the run's end replaces it. So a run that then fails as a whole (exit 2: a backend
+that cannot start, an unreachable Triton server, a missing package) leaves a report that says so, never
+the previous run's.
 """
 
 from __future__ import annotations
@@ -58,8 +63,8 @@ class FileRecord:
 
 def check_report_path(report: Path, pairs: Sequence[tuple[Path, Path]]) -> Path:
     """``report`` when a report can go there; :class:`ConfigError` before any work when it cannot (it is a
-    folder, one of the run's inputs or outputs, or its folder is missing and is not an output folder the run
-    makes)."""
+    folder, or one the run makes for its outputs, one of the run's inputs or outputs, or its folder is
+    missing and is not an output folder the run makes)."""
     if report.is_dir():
         raise ConfigError(f"--report {report} is a folder; give a file name, e.g. {report / 'upscale-report.json'}")
     resolved = report.resolve()
@@ -68,6 +73,9 @@ def check_report_path(report: Path, pairs: Sequence[tuple[Path, Path]]) -> Path:
             if path.resolve() == resolved:
                 raise ConfigError(f"--report {report} is {what} of this run; choose another file name")
     made_by_the_run = {target.parent.resolve() for _, target in pairs}  # an output folder is made before any image
+    if any(resolved == folder or resolved in folder.parents for folder in made_by_the_run):
+        raise ConfigError(f"--report {report} is a folder this run writes its images into; give a file name, e.g. "
+                          f"{report / 'upscale-report.json'}")
     if not report.parent.is_dir() and report.parent.resolve() not in made_by_the_run:
         raise ConfigError(f"--report {report}: the folder {report.parent} does not exist; create it or choose "
                           "another place")

@@ -64,6 +64,31 @@ def test_a_missing_and_a_broken_package_are_told_apart(monkeypatch: pytest.Monke
     assert "[--] serve: the HTTP server (its models run as the upscale lines above say): needs starlette" in out
 
 
+def test_a_broken_module_is_reinstalled_from_the_distribution_that_owns_it(monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """On a [gpu] box `onnxruntime` is the module of `onnxruntime-gpu`: the fix must not add the CPU package,
+    which conflicts with it (a helper's review)."""
+    real_import, real_owners = importlib.import_module, importlib.metadata.packages_distributions
+    real_version = importlib.metadata.version
+
+    def import_module(name: str, *args: object) -> object:
+        if name == "onnxruntime":
+            raise ImportError("libcudnn.so.9: cannot open shared object file")
+        return real_import(name, *args)  # type: ignore[arg-type]
+
+    def version(distribution: str) -> str:
+        return "1.23.2" if distribution == "onnxruntime-gpu" else real_version(distribution)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    monkeypatch.setattr(importlib.metadata, "packages_distributions",
+                        lambda: {**real_owners(), "onnxruntime": ["onnxruntime-gpu"]})
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "install --force-reinstall --no-deps 'onnxruntime-gpu==1.23.2'" in out
+    assert "'onnxruntime==" not in out
+
+
 def test_without_onnxruntime_the_gpu_line_says_it_is_not_installed(monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     real_find = importlib.util.find_spec

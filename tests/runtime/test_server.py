@@ -1135,9 +1135,12 @@ def test_json_logs_are_one_object_a_line_and_name_the_request(store: Path) -> No
     JSON object; a line about a request carries its request_id, the one its response named."""
     import json
 
-    proc, url = _serve_process(store, ["--log-format", "json", "-v"])
+    token = store.parent / "token"
+    token.write_text("json-logs-token\n")
+    token.chmod(0o644)  # its warning comes while the options are checked, before the server starts
+    proc, url = _serve_process(store, ["--log-format", "json", "-v", "--token-file", str(token)])
     try:
-        with httpx.Client(base_url=url, timeout=60) as c:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": "Bearer json-logs-token"}) as c:
             ok = c.post("/v1/upscale", content=small_png(20, 20, seed=2), headers={"X-Request-ID": "json-ok"})
             refused = c.post("/v1/upscale", content=b"not\nan image")
         assert ok.status_code == 200 and refused.status_code == 415
@@ -1155,6 +1158,7 @@ def test_json_logs_are_one_object_a_line_and_name_the_request(store: Path) -> No
     assert entries and all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"]) for e in entries)
     assert any(e["logger"].startswith("uvicorn") and "startup complete" in e["message"] for e in entries)
+    assert any("can be read by other users" in e["message"] for e in entries)
     access = {e.get("request_id"): e["message"] for e in entries if e["logger"] == "uvicorn.access"}
     assert '"POST /v1/upscale HTTP/1.1" 200' in access["json-ok"]
     assert '"POST /v1/upscale HTTP/1.1" 415' in access[refused.headers["x-request-id"]]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adassr.runtime.errors import CameraError, ConfigError, StoreError
+from adassr.runtime.errors import BackendError, CameraError, ConfigError, StoreError
 from adassr.runtime.images import read_image, write_image
 from adassr.runtime.output_plan import OUTPUT_MARKER, plan_outputs
 from adassr.runtime.pipeline import RuntimeOptions, Upscaler
@@ -1030,7 +1030,8 @@ def test_a_report_that_cannot_go_where_asked_is_refused_before_any_work(store: P
     base = ("-i", str(src), "-o", str(out), "--store", str(store), "--camera", "canon", "--no-progress")
     for report, says in ((tmp_path / "missing" / "r.json", "does not exist"), (tmp_path, "is a folder"),
                          (src / "img0.png", "is an input image"), (out / "img1.png", "is an output image"),
-                         (src / ".." / "in" / "img1.png", "is an input image")):  # another spelling of it
+                         (src / ".." / "in" / "img1.png", "is an input image"),  # another spelling of it
+                         (out, "a folder this run writes its images into")):  # not there yet: the run makes it
         with pytest.raises(ConfigError, match=says):
             _run(*base, "--report", str(report))
     assert not out.exists()  # refused before any image
@@ -1039,12 +1040,41 @@ def test_a_report_that_cannot_go_where_asked_is_refused_before_any_work(store: P
 
     import adassr.runtime.upscale_report as upscale_report
 
-    def disk_full(*args: object, **kwargs: object) -> None:
-        raise StoreError("cannot write report.json: No space left on device")
+    real_write = upscale_report.write_report
 
-    monkeypatch.setattr(upscale_report, "write_report", disk_full)
+    def full_at_the_end(report: Path, records: object, *, seconds: float, finished: bool) -> None:
+        if finished:
+            raise StoreError("cannot write report.json: No space left on device")
+        real_write(report, records, seconds=seconds, finished=finished)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(upscale_report, "write_report", full_at_the_end)
     code, stdout, err = _run(*base, "--report", str(tmp_path / "report.json"))
     assert code == 1 and "error: cannot write the report" in err and "No space left" in err
     assert "2 ok, 0 failed" in stdout  # the images were written all the same
     code, stdout, err = _run(*base, "--skip-existing", "--report", str(tmp_path / "report.json"))
     assert code == 1 and "error: cannot write the report" in err  # every output exists: the report still counts
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise StoreError("cannot write report.json: No space left on device")
+
+    monkeypatch.setattr(upscale_report, "write_report", disk_full)  # not even the first report: no work
+    shutil.rmtree(out)
+    with pytest.raises(ConfigError, match="cannot be written"):
+        _run(*base, "--report", str(tmp_path / "report.json"))
+    assert not out.exists()
+
+
+def test_a_run_that_fails_as_a_whole_leaves_a_report_that_says_so(store: Path, tmp_path: Path) -> None:
+    """The previous run's report, "finished" and all ok, stayed in place when the next run stopped at its
+    backend check (exit 2): a script read the old run's results (a helper's review)."""
+    import json
+
+    src = _two_small_pngs(tmp_path / "in")
+    report = tmp_path / "report.json"
+    base = ("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--camera", "canon",
+            "--no-progress", "--report", str(report))
+    assert _run(*base)[0] == 0 and json.loads(report.read_text())["finished"] is True
+    with pytest.raises(BackendError):  # a provider this machine lacks, required: the run fails before any image
+        _run(*base, "--providers", "cuda", "--require-providers")
+    doc = json.loads(report.read_text())
+    assert doc["finished"] is False and [f["status"] for f in doc["files"]] == ["not_done", "not_done"]
