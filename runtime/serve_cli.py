@@ -221,9 +221,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="send no EXIF (camera, dates, GPS) in any response, whatever a request asks (default: carry the "
         "upload's EXIF unless the request says exif=false)",
     )
+    from adassr.runtime.server.log_format import LOG_FORMATS
+
     parser.add_argument(
         "--log-format",
-        choices=("text", "json"),
+        choices=LOG_FORMATS,
         default="text",
         help="log lines (stderr) as text, or json: one object per line with time, level, logger, message and "
         "the request_id of the request a line is about, for log collectors (default text)",

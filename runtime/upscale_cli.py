@@ -452,15 +452,15 @@ def run_upscale(
     if camera is not None:
         camera = camera_name(camera)  # the store's spelling; CameraError for a bad name, before any work
     check_output_folders(target for _, target in pairs)
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
     report = getattr(args, "report", None)
     if report is not None:
         check_report_path(report, pairs)
         # replaced when the run ends: a run that fails as a whole from here on leaves "not finished", not the
         # previous run's report
-        if not save_report(report, pairs, pairs, [], seconds=0.0, finished=False,
-                           stderr=stderr if stderr is not None else sys.stderr):
+        if not save_report(report, pairs, pairs, [], seconds=0.0, finished=False, stderr=err):
             raise ConfigError(f"--report {report} cannot be written (see the error above); choose another place")
-    out = stdout if stdout is not None else sys.stdout
     remove_stale_outputs(pairs)
     kept = 0
     planned = pairs
@@ -470,7 +470,7 @@ def run_upscale(
             say(f"skipping {kept} image{'s' if kept != 1 else ''} whose output exists (--skip-existing)", out)
         if not pairs:
             if report is not None and not save_report(report, planned, pairs, [], seconds=0.0, finished=True,
-                                                      stderr=stderr if stderr is not None else sys.stderr):
+                                                      stderr=err):
                 return 1
             say(f"upscaled 0 ok, 0 failed; {kept} skipped: every output exists (--skip-existing)", out)
             return 0
@@ -490,7 +490,7 @@ def run_upscale(
                           f"{options.backend} does not use them (it runs on --device / --gpu): drop them, or use "
                           "--backend onnxruntime")
     if camera is not None:
-        _warn_if_camera_missing(camera, Path(args.store), stderr if stderr is not None else sys.stderr)
+        _warn_if_camera_missing(camera, Path(args.store), err)
     entry = registry.get(options.backend)
     if entry.prepare is not None:
         entry.prepare(options, camera=camera, samples=[source for source, _ in pairs])

@@ -1,7 +1,7 @@
 """``adassr upscale --report FILE``: what happened to every input, as JSON, for the scripts that run
 folder jobs (a nightly batch per camera, a retry of the failed files).
 
-The report is written once, atomically, when the run ends: also when it ends early (Ctrl-C, SIGTERM,
+The report is written atomically when the run ends: also when it ends early (Ctrl-C, SIGTERM,
 a missing package), with ``"finished": false`` and the inputs never reached listed as
 ``"not_done"``, so a script can tell a complete run from a partial one and knows what is left. One
 record per input, in input order::

@@ -143,7 +143,7 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0,
             # watched too, so that its connection_lost(exc) counts the loss
             if self._send_timer is None and (self._waiting_to_be_taken() or self._real.is_closing()):
                 self._sent, self._sent_at = self._acknowledged(), self.loop.time()
-                self._send_timer = self.loop.call_later(min(SEND_CHECK_S, send_timeout_s / 4), self._send_check)
+                self._watch_sends()
 
         def connection_lost(self, exc: Exception | None) -> None:
             # the send check runs while some of a response waits in the write buffer or the socket's send
@@ -192,6 +192,10 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0,
         def _acknowledged(self) -> int:
             return self._written - self._real.get_write_buffer_size() - _send_queue(self._real)
 
+        def _watch_sends(self) -> None:
+            """Check the send progress again in :data:`SEND_CHECK_S` (at most a quarter of the send timeout)."""
+            self._send_timer = self.loop.call_later(min(SEND_CHECK_S, send_timeout_s / 4), self._send_check)
+
         def _waiting_to_be_taken(self) -> bool:
             """Whether some of what was written has not reached the client: in the write buffer or, on
             Linux, in the socket's send queue (a response the kernel took whole is still lost by a reset
@@ -205,7 +209,7 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0,
                     # a send error empties the write buffer and closes the transport, whose
                     # connection_lost(exc) follows a loop step later: watching on until then lets it count
                     # the loss (a plain close ends with connection_lost(None): nothing counted)
-                    self._send_timer = self.loop.call_later(min(SEND_CHECK_S, send_timeout_s / 4), self._send_check)
+                    self._watch_sends()
                 return  # all taken: the next write watches again
             now, sent = self.loop.time(), self._acknowledged()
             if sent > self._sent:
@@ -215,7 +219,7 @@ def header_timeout_protocol(timeout_s: float, send_timeout_s: float = 30.0,
                 self._send_dropped = True
                 self._real.abort()
                 return
-            self._send_timer = self.loop.call_later(min(SEND_CHECK_S, send_timeout_s / 4), self._send_check)
+            self._watch_sends()
 
         def _arm(self) -> None:
             self._cancel("_header_timer")
