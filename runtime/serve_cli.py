@@ -1,10 +1,11 @@
 """``adassr serve``: the HTTP upscaling server on uvicorn (torch-free; needs the ``serve`` extra).
 
 Binds to 127.0.0.1 unless ``--host`` says otherwise, and takes the port before the models load
-(:func:`_bind_listeners`). SIGTERM (or Ctrl-C) drains: the server stops accepting connections and
-upscale requests (503, ``/readyz`` 503), finishes the requests in flight (up to ``--drain-timeout``
-seconds), then exits 0; a second Ctrl-C stops at once (130); a signal while the models load closes
-the port and loads no further model. starlette and uvicorn are imported inside :func:`run_serve` only.
+(:func:`_bind_listeners`). SIGTERM (or Ctrl-C, or SIGHUP unless ignored) drains: the server stops
+accepting connections and upscale requests (503, ``/readyz`` 503), finishes the requests in flight
+(up to ``--drain-timeout`` seconds), then exits 0; a second Ctrl-C stops at once (130); a signal
+while the models load closes the port and loads no further model. starlette and uvicorn are
+imported inside :func:`run_serve` only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, cast
@@ -464,6 +466,24 @@ def _uvicorn_server(app: Any, config: Any, on_listening: Callable[[int], None] |
         async def serve(self, sockets: Any = None) -> None:
             self._loop = asyncio.get_running_loop()
             await super().serve(sockets)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """uvicorn's handlers for SIGINT and SIGTERM, and SIGHUP (a closed terminal or SSH session)
+            drains the same way: its default ended the process at once, the requests in flight reset and
+            the uploads' folder left behind. Left alone where it is ignored (under ``nohup``)."""
+            hangup = getattr(signal, "SIGHUP", None)
+            if (hangup is None or threading.current_thread() is not threading.main_thread()
+                    or signal.getsignal(hangup) is signal.SIG_IGN):
+                with super().capture_signals():
+                    yield
+                return
+            previous = signal.signal(hangup, self.handle_exit)
+            try:
+                with super().capture_signals():
+                    yield
+            finally:
+                signal.signal(hangup, previous)
 
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)

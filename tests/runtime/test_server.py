@@ -1077,9 +1077,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve_process(store: Path, extra: Sequence[str] = ()) -> tuple[subprocess.Popen[str], str]:
+def _serve_process(store: Path, extra: Sequence[str] = (), *,
+                   ignore_hangup: bool = False) -> tuple[subprocess.Popen[str], str]:
     """A real `adassr serve` process on a free port. The port is free when chosen but another process may
-    take it before the server binds it; the server then exits at once saying so, and another port is tried."""
+    take it before the server binds it; the server then exits at once saying so, and another port is tried.
+    ``ignore_hangup``: started with SIGHUP ignored, as ``nohup`` does."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
     for _ in range(3):
         port = _free_port()
@@ -1088,6 +1090,7 @@ def _serve_process(store: Path, extra: Sequence[str] = ()) -> tuple[subprocess.P
              "--tile", "32", "--tile-overlap", "8", "--max-batch", "1", "--threads", "1", "--drain-timeout", "60",
              *extra],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hangup else None,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -1164,11 +1167,23 @@ def test_json_logs_are_one_object_a_line_and_name_the_request(store: Path) -> No
     assert '"POST /v1/upscale HTTP/1.1" 415' in access[refused.headers["x-request-id"]]
 
 
-def test_sigterm_drains_in_flight_requests(store: Path, tmp_path: Path) -> None:
-    """A real `adassr serve` process: SIGTERM while a request runs; it completes, then the process exits 0."""
+def _uploads_base() -> Path:
+    """Where the server keeps its uploads' folder (``adassr-serve-*``)."""
+    import tempfile
+
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_drains_in_flight_requests(store: Path, stop: signal.Signals) -> None:
+    """A real `adassr serve` process: SIGTERM while requests run; they complete, then the process exits 0.
+    SIGHUP (a closed terminal) ended it at once, resetting the requests and leaving the uploads' folder
+    (a known limit until now): it drains the same way."""
+    before = set(_uploads_base().glob("adassr-serve-*"))
     proc, url = _serve_process(store)
     try:
-        responses = _signal_with_uploads_in_flight(proc, url, 3, [signal.SIGTERM])
+        responses = _signal_with_uploads_in_flight(proc, url, 3, [stop])
         assert [r.status_code for r in responses] == [200, 200, 200]
         assert all(decode(r.content).shape == (1600, 1600, 3) for r in responses)
         assert len({r.content for r in responses}) == 1
@@ -1181,6 +1196,25 @@ def test_sigterm_drains_in_flight_requests(store: Path, tmp_path: Path) -> None:
             proc.wait(10)
     output = proc.stdout.read() if proc.stdout else ""
     assert "stopped" in output
+    assert not set(_uploads_base().glob("adassr-serve-*")) - before  # the uploads' folder went
+
+
+def test_sighup_is_left_ignored_under_nohup(store: Path) -> None:
+    """Under ``nohup`` SIGHUP is ignored on purpose: the server must keep serving, not drain."""
+    proc, url = _serve_process(store, ignore_hangup=True)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            assert c.get("/readyz").status_code == 200
+            assert c.post("/v1/upscale", content=small_png(20, 20, seed=2)).status_code == 200
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_a_second_ctrl_c_stops_at_once_answering_503_and_exits_130(store: Path) -> None:
@@ -1206,12 +1240,9 @@ def test_a_second_ctrl_c_does_not_wait_for_a_long_model_call(tmp_path: Path) -> 
     """A model call on a large tile takes half a minute on a CPU: the second Ctrl-C waited for it (the
     interpreter's exit joins the worker threads), then printed a traceback of the app's cancelled shutdown
     and left the uploads' folder behind (a helper's hunt). Now it ends at once, the folder removed."""
-    import tempfile
-
     slow = tmp_path / "slow"
     publish_camera(slow, FALLBACK_CAMERA, channels=256)  # about 9 s a call on a 448-px tile (AMD EPYC, 1 thread)
-    shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    base = _uploads_base()
     before = set(base.glob("adassr-serve-*"))
     proc, url = _serve_process(slow, ["--tile", "448", "--tile-overlap", "16"])
     try:
