@@ -499,6 +499,12 @@ def test_a_first_use_export_waits_for_another_and_takes_its_result(tmp_path: Pat
     monkeypatch.setattr(onnx_export, "build_models", no_export)
     assert onnx_export.export_loaded_fallback(tmp_path, loaded, validation_image=PHOTO,
                                               if_missing=True).exports == fallback.exports
+    # Exports of other weights (a backbone package upgraded) are not current: exported again.
+    monkeypatch.undo()
+    other = _tiny_loaded(tmp_path / "c.safetensors", seed=5)
+    renewed = onnx_export.export_loaded_fallback(tmp_path, other, validation_image=PHOTO, if_missing=True)
+    assert renewed.exports != fallback.exports
+    assert {r["weights_sha256"] for r in renewed.exports.values()} == {other.weights_sha256}
 
 
 def test_keep_fp32_fixes_an_overflowing_op() -> None:

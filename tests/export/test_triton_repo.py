@@ -66,6 +66,18 @@ def test_repository_layout_and_configs_parse(store: Path, tmp_path: Path) -> Non
         assert (info.tile, info.scale, info.input_name, info.output_name, info.max_batch_size) == (64, 4, "lr", "sr", 8)
 
 
+def test_output_dims_follow_the_camera_scale(tmp_path: Path) -> None:
+    """A x2 camera's output is [3, 2t, 2t]: every tested camera was x4, so dims of 4t for any scale went
+    unnoticed (mutation testing), and Triton refuses a model whose outputs contradict its config."""
+    store = tmp_path / "store"
+    publish_camera(store, "x2cam", seed=3, scale=2)
+    repo = tmp_path / "repo"
+    write_repository(repo, store, ["x2cam"], options=TritonRepoOptions(tile=48))
+    config = _parse(repo / "adassr_x2cam" / "config.pbtxt")
+    assert list(config.input[0].dims) == [3, 48, 48] and list(config.output[0].dims) == [3, 96, 96]
+    assert config.parameters["adassr_scale"].string_value == "2"
+
+
 def test_the_schema_check_is_real(store: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_repository(repo, store, ["canon"])
@@ -223,6 +235,8 @@ def test_trt_accelerator_options_that_cannot_work_are_refused(options: dict[str,
     ({"max_batch_size": 0}, "--max-batch must be from 1 to 1024, got 0"),
     ({"instance_count": 2**70}, f"--instances must be from 1 to 256, got {2**70}"),  # int32 fields in Triton
     ({"instance_count": 0}, "--instances must be from 1 to 256, got 0"),  # was about a queue delay never set
+    ({"max_queue_delay_us": -1}, "the max queue delay must be >= 0 microseconds, got -1"),  # uint64 in Triton
+    ({"tile": 7}, "--tile must be from 8 to"),
 ])
 def test_counts_triton_cannot_take_are_refused_naming_the_option(options: dict[str, object], message: str) -> None:
     with pytest.raises(ExportError, match=re.escape(message)):

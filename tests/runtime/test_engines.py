@@ -66,6 +66,37 @@ def test_key_digest_changes_with_every_field_and_round_trips() -> None:
     assert key.file_name.endswith(key.digest[:16] + ".engine")
 
 
+@pytest.mark.parametrize("stored, phrase", [
+    (_key(source_sha256="b" * 64), "built from ONNX model bbbbbbbbbbbb..."),
+    (_key(tensorrt_version="10.14.1"), "built with TensorRT 10.14.1"),
+    (_key(gpu=GpuIdentity("NVIDIA H200", (9, 1))), "built for NVIDIA H200 (sm_91)"),
+    (_key(precision="bf16"), "precision bf16, fp16 is wanted"),
+    (_key(profiles=PROFILE + PROFILE), "profiles min"),
+    (_key(optimization_level=5), "optimisation level 5, 3 is wanted"),
+    (_key(refittable=True), "refittable=True weight_stripped=False, wanted refittable=False"),
+    (_key(kind="base"), "a base engine, a camera engine is needed"),
+    (_key(key_version=1), "engine key format 1"),
+], ids=["source", "tensorrt", "compute-capability", "precision", "profiles", "level", "refit", "kind", "format"])
+def test_mismatch_names_every_differing_field(stored: EngineKey, phrase: str) -> None:
+    """The log line that says why an engine is rebuilt (minutes) must name the field that differs: a
+    reason missing (only the compute capability, a second profile or the key format differing) left it
+    empty (mutation testing)."""
+    reasons = explain_mismatch(stored, _key())
+    assert len(reasons) == 1 and phrase in reasons[0], reasons
+
+
+def test_mismatch_names_an_older_bf16_layer_set() -> None:
+    reasons = explain_mismatch(_key(precision="bf16", bf16_layers=1), _key(precision="bf16"))
+    assert len(reasons) == 1 and "bf16 layer set 1" in reasons[0], reasons
+
+
+def test_profile_opt_outside_min_max_is_refused() -> None:
+    with pytest.raises(ConfigError, match="min <= opt <= max"):
+        ProfileShape((1, 3, 8, 8), (4, 3, 8, 8), (2, 3, 8, 8))
+    with pytest.raises(ConfigError, match="min <= opt <= max"):
+        ProfileShape((1, 3, 16, 16), (1, 3, 8, 8), (1, 3, 32, 32))
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"precision": "int8"}, "precision must be one of fp32, fp16, bf16"),
     ({"source_sha256": "xyz"}, "64 lowercase hex"),
