@@ -159,7 +159,9 @@ def test_manifest_errors_are_clear(tmp_path: Path) -> None:
         store.read_manifest()  # not damaged: moving it away would throw a good model away
 
 
-@pytest.mark.parametrize("damage", [b"{bad", b"[1, 2]", b'{"schema_version": 1, "artifacts": []}', b"\xff\xfe"])
+@pytest.mark.parametrize("damage", [b"{bad", b"[1, 2]", b'{"schema_version": 1, "artifacts": []}', b"\xff\xfe",
+                                    b'{"camera": "nokia", "artifacts": {}}', b'{"schema_version": 0, "artifacts": {}}',
+                                    b'{"schema_version": "1", "artifacts": {}}'])
 def test_a_damaged_manifest_names_the_way_out_and_the_way_out_works(tmp_path: Path, damage: bytes) -> None:
     """Rerunning the stage that wrote it cannot help (every stage reads the manifest first): the message
     says to move it away, and after that a new transaction (what adapt and export open) succeeds."""
@@ -280,6 +282,49 @@ def test_a_linked_engines_folder_is_never_cleaned_through_the_link(tmp_path: Pat
     assert sorted(p.name for p in shared.iterdir())[-1] == "other.engine" and len(list(shared.iterdir())) == 2
 
 
+def test_an_engine_record_dropped_never_deletes_through_a_linked_engines_folder(tmp_path: Path) -> None:
+    """The clean-up of a dropped record (a re-adapt forgets the engine records) and of superseded files
+    must not delete through `<camera>/engines` linked to a shared folder: another camera's engine may
+    have that name (mutation testing: only the folder scan was covered)."""
+    store = CameraStore.open(tmp_path / "store", "canon", create=True)
+    _publish_text(store, "w.bin", "good")
+    shared = tmp_path / "shared_engines"
+    shared.mkdir()
+    (shared / "a.engine").write_text("an engine other cameras use")
+    (store.directory / "engines").symlink_to(shared)
+    store.update_manifest(lambda m: m.__setitem__("engines", {"k": {"file": "engines/a.engine"}}))
+    store.update_manifest(lambda m: m.pop("engines"))  # dropped: superseded for one commit
+    store.update_manifest(lambda m: None)  # then the superseded files go
+    assert (shared / "a.engine").read_text() == "an engine other cameras use"
+
+
+def test_a_commit_of_an_invalid_manifest_is_refused_and_the_old_one_stays(tmp_path: Path) -> None:
+    """A stage writing a bad value (scale 0) must not commit it: every reader would then refuse the
+    camera as damaged and its working model would be lost (mutation testing)."""
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _publish_text(store, "w.bin", "good")
+    before = store.manifest_path.read_bytes()
+    with pytest.raises(StoreError), store.transaction() as tx:
+        tx.stage("x.bin", lambda p: p.write_text("new"), stage="test")
+        tx.commit(lambda m: m.update(scale=0))
+    assert store.manifest_path.read_bytes() == before
+    assert store.verified_path("w.bin").read_text() == "good"
+    assert sorted(p.name for p in store.directory.iterdir() if "x" in p.name) == []  # the staged file went
+
+
+def test_removing_an_unused_folder_keeps_the_lock_of_a_folder_in_use(tmp_path: Path) -> None:
+    """The lock file goes only with the folder: removed from a folder in use, a third writer would lock a
+    new file while another holds the old one, two writers at once (mutation testing)."""
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    _publish_text(store, "w.bin", "good")
+    assert store.remove_if_unused() is False
+    assert (store.directory / ".lock").is_file() and store.read_manifest()["camera"] == "canon"
+    empty = CameraStore.open(tmp_path, "sony", create=True)
+    with empty.lock():
+        pass
+    assert empty.remove_if_unused() is True and not empty.directory.exists()
+
+
 def test_onnxruntime_tensorrt_caches_go_with_their_onnx_file(tmp_path: Path) -> None:
     """onnxruntime's TensorRT cache folder is keyed by the ONNX file's sha256; one for an ONNX file the camera
     no longer has was never read again nor removed (tens to hundreds of MB per re-export; a helper's hunt).
@@ -390,6 +435,38 @@ def test_an_atomic_write_is_fsynced_before_its_rename_and_the_folder_after(tmp_p
         atomic_write_bytes(target, b"newer")
     monkeypatch.undo()
     assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_a_staged_file_is_fsynced_before_its_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A staged weights file must reach the disk before its content-addressed name does: else a power cut
+    leaves a committed manifest naming an empty file (mutation testing: only atomic writes were checked)."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("names the fsynced descriptors through Linux's /proc/self/fd")
+    import adassr.runtime.store as store_module
+
+    store = CameraStore.open(tmp_path, "canon", create=True)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        events.append(("replace", str(src)))
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    monkeypatch.setattr(store_module.os, "replace", replace)
+    with store.transaction() as tx:
+        record = tx.stage("w.bin", lambda p: p.write_text("weights"), stage="test")
+        staged = [path for kind, path in events if kind == "replace"]
+        tx.commit()
+    monkeypatch.undo()
+    (renamed,) = staged
+    assert events.index(("fsync", renamed)) < events.index(("replace", renamed))
+    assert ("fsync", str(store.directory)) in events[events.index(("replace", renamed)):]
+    assert store.verified_path("w.bin").read_text() == "weights" and record["sha256"]
 
 
 def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
