@@ -210,6 +210,20 @@ def test_against_a_kept_backbone_the_current_model_has_the_early_stop_s_margin(
     first = store.read_manifest()
     assert not first["kept_backbone"]
     backbone_scores = [p["niqe_before"] for p in first["per_image"]]
+    # A run whose training diverged publishes nothing over a model, even one the margin would replace
+    # (mutation testing: the rule above kept the current model in every case tested).
+    real_loss = loop._Trainer.loss
+
+    def nan_loss(self: loop._Trainer, batch: object) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, sr = real_loss(self, batch)  # type: ignore[arg-type]
+        return loss * float("nan"), sr
+
+    monkeypatch.setattr(loop, "evaluate_model", lambda *a, **k: [b + 0.2 for b in backbone_scores])
+    monkeypatch.setattr(loop._Trainer, "loss", nan_loss)
+    diverged = adapt_camera(group, config, store_root=tmp_path, backbone_name="tiny", registry=tiny)
+    assert diverged.kept_current and "diverged" in diverged.stop_reason, diverged.stop_reason
+    assert store.read_manifest() == first
+    monkeypatch.setattr(loop._Trainer, "loss", real_loss)
     for worse_by, stays in ((0.05, True), (0.2, False)):
         monkeypatch.setattr(loop, "evaluate_model", lambda *a, d=worse_by, **k: [b + d for b in backbone_scores])
         outcome = adapt_camera(group, config.with_overrides(lr=1e10), store_root=tmp_path, backbone_name="tiny",
