@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -441,3 +442,189 @@ def test_a_model_of_an_ir_version_onnxruntime_does_not_know_gets_both_cures(mode
     with pytest.raises(BackendError, match=r"(?s)cannot load .*newer.onnx: .*IR version.*upgrade onnxruntime to 1.18 "
                                            r"or later, or re-export .*adassr export --camera"):
         open_backend("onnxruntime", newer)
+
+
+# -- from mutation testing: behaviour no test checked ---------------------------------------------
+
+
+def test_a_gpu_only_request_on_a_cpu_build_runs_on_the_cpu_with_a_warning(
+        model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`--providers cuda` alone on an onnxruntime without it: the CPU runs it (an IndexError if the CPU
+    were not put last), or --require-providers refuses."""
+    gpu = _unavailable_gpu_provider()
+    with (caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"),
+          OnnxRuntimeBackend(model_path, providers=gpu) as backend):
+        assert backend.providers == ("CPUExecutionProvider",)
+        assert backend.infer(_batch(1)).shape == (1, 3, 12 * SCALE, 9 * SCALE)
+    assert any(resolve_providers(gpu)[0] in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    with pytest.raises(BackendError, match=resolve_providers(gpu)[0]):
+        OnnxRuntimeBackend(model_path, providers=gpu, require=True).open()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_thread_count_asked_for_is_the_sessions(model_path: Path, threads: int) -> None:
+    """--threads must reach the session: a dropped value silently used every core the box offers."""
+    with OnnxRuntimeBackend(model_path, threads=threads) as backend:
+        assert backend._session.get_session_options().intra_op_num_threads == threads
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_zero_or_negative_threads_are_refused(model_path: Path, threads: int) -> None:
+    """onnxruntime reads 0 as one thread per host core: the opposite of a limit."""
+    with pytest.raises(ConfigError, match="threads must be an integer >= 1"):
+        OnnxRuntimeBackend(model_path, threads=threads)
+
+
+def test_options_a_session_did_not_take_warn_or_refuse_when_opening(model_path: Path, caplog, monkeypatch) -> None:
+    """The check of the options the session reports (device, TF32) acts when a model opens."""
+    from adassr.runtime.backends import onnxruntime as module
+
+    monkeypatch.setattr(module, "_options_not_taken", lambda *_a: {
+        "CUDAExecutionProvider": "CUDAExecutionProvider: device_id 0 instead of 1"})
+    with (caplog.at_level(logging.WARNING, logger="adassr.runtime.backends.onnxruntime"),
+          OnnxRuntimeBackend(model_path) as backend):
+        assert backend.infer(_batch(1)).shape[0] == 1
+    assert any("its options were not taken (CUDAExecutionProvider: device_id 0 instead of 1)" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(BackendError, match="device_id 0 instead of 1"):
+        OnnxRuntimeBackend(model_path, require=True).open()
+
+
+def _graph(tmp_path: Path, name: str, inputs: list[tuple[str, int]], outputs: list[str]) -> Path:
+    """A tiny ONNX model: ``inputs`` (name, channels) of NCHW float, each output an Identity of the first."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Identity", [inputs[0][0]], [out]) for out in outputs]
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", c, "H", "W"]) for n, c in inputs],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["N", inputs[0][1], "H", "W"]) for o in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("inputs, outputs, message", [
+    ([("lr", 3), ("extra", 3)], ["sr"], r"has 2 inputs .*exactly one NCHW image input"),
+    ([("lr", 1)], ["sr"], r"input 'lr' has shape \['N', 1, 'H', 'W'\]; expected \[N, 3, H, W\]"),
+    ([("lr", 4)], ["sr"], r"expected \[N, 3, H, W\]"),
+    ([("lr", 3)], ["sr", "aux"], r"has outputs \['sr', 'aux'\]; name the image output"),
+], ids=["two-inputs", "grey-input", "rgba-input", "two-outputs"])
+def test_models_that_are_not_one_image_in_one_image_out_are_refused_at_open(
+        tmp_path: Path, inputs: list[tuple[str, int]], outputs: list[str], message: str) -> None:
+    """Such a model was taken at open (the first output used silently, or onnxruntime's error at run time)
+    when these checks were dropped (mutation testing)."""
+    with pytest.raises(BackendError, match=message):
+        OnnxRuntimeBackend(_graph(tmp_path, "odd", inputs, outputs)).open()
+    with OnnxRuntimeBackend(_graph(tmp_path, "named", [("lr", 3)], ["sr", "aux"]), output_name="sr") as backend:
+        assert backend.infer(_batch(1)).shape == (1, 3, 12, 9)  # named in the manifest: taken
+
+
+def test_a_model_under_a_path_that_is_not_utf8_opens(model_path: Path, tmp_path: Path) -> None:
+    """onnxruntime's bindings take only text paths: such a model is read as bytes."""
+    odd = tmp_path / os.fsdecode(b"camera-\xff.onnx")
+    try:
+        odd.write_bytes(model_path.read_bytes())
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    with OnnxRuntimeBackend(odd) as backend:
+        assert backend.infer(_batch(1)).shape == (1, 3, 12 * SCALE, 9 * SCALE)
+
+
+def test_a_model_every_provider_refuses_is_described_by_the_cpu_s_error(tmp_path: Path, monkeypatch) -> None:
+    """The GPU start's error (a device problem) is not the model's: the message is the last start's."""
+    real_available, real_session = ort.get_available_providers, ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real_available()])
+
+    def session(path, sess_options=None, providers=None, **kwargs):
+        if any(name == "CUDAExecutionProvider" for name, _ in providers):
+            raise RuntimeError("CUDA failure 101: invalid device ordinal")
+        return real_session(path, sess_options=sess_options, providers=providers, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    with pytest.raises(BackendError) as info:
+        OnnxRuntimeBackend(broken, providers="cuda,cpu").open()
+    assert "invalid device ordinal" not in str(info.value) and "re-export it" in str(info.value)
+
+
+@pytest.mark.parametrize("failed, advice", [
+    (("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"), "--providers cuda"),
+    (("CUDAExecutionProvider", "CPUExecutionProvider"), "--providers cpu"),
+])
+def test_a_provider_failing_at_run_time_names_the_next_one_to_request(
+        model_path: Path, failed: tuple[str, ...], advice: str) -> None:
+    from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+
+    with OnnxRuntimeBackend(model_path, providers="cpu") as backend:
+        inner = backend._session._sess
+
+        class Failing:
+            def __getattr__(self, name):
+                return getattr(inner, name)
+
+            def run(self, *args, **kwargs):
+                raise EPFail("the provider failed for this shape")
+
+        backend._session._sess = Failing()
+        backend._actual = failed  # as if the session ran on these
+        with pytest.raises(BackendError, match=f"its execution provider {failed[0]} failed; request the next one, "
+                                               f"e.g. {advice}"):
+            backend.infer(_batch(1))
+
+
+def test_a_cached_backend_someone_closed_is_opened_again() -> None:
+    cache = ModelCache(2)
+    first = cache.get(_key("a"), lambda: _CountingBackend("a"))
+    first.close()
+    again = cache.get(_key("a"), lambda: _CountingBackend("a"))
+    assert again is not first and again.is_open
+    assert again.infer(_batch(1)).shape == (1, 3, 12, 9)
+
+
+def test_an_output_of_the_wrong_batch_or_channels_is_a_model_output_error() -> None:
+    from adassr.runtime.errors import ModelOutputError
+
+    class Wrong(_CountingBackend):
+        def __init__(self, cut: str) -> None:
+            super().__init__("wrong")
+            self.cut = cut
+
+        def _infer(self, batch: np.ndarray) -> np.ndarray:
+            return batch[:1] if self.cut == "batch" else batch[:, :1]
+
+    for cut in ("batch", "channels"):
+        with Wrong(cut) as backend, pytest.raises(ModelOutputError, match=r"output of wrong.onnx"):
+            backend.infer(_batch(2))
+
+
+def test_the_tensorrt_factory_passes_the_gpu_and_cuda_graph(monkeypatch, tmp_path: Path) -> None:
+    """`--gpu 1 --cuda-graph` must reach the TensorRT backend (it ran on device 0 without graphs otherwise);
+    the backend itself needs a GPU, so its constructor is recorded here."""
+    import adassr.runtime.backends.tensorrt as trt_module
+    from adassr.runtime.backends.ort_options import GpuProviderSettings
+
+    seen: dict[str, object] = {}
+
+    class Recorded(_CountingBackend):
+        def __init__(self, path: Path, **kwargs: object) -> None:
+            super().__init__("engine")
+            seen.update(kwargs)
+
+    monkeypatch.setattr(trt_module, "TensorRTBackend", Recorded)
+    backend = open_backend("tensorrt", tmp_path / "camera.engine", gpu=GpuProviderSettings(device_id=1),
+                           cuda_graph=True)
+    assert backend.is_open and seen == {"device": 1, "streams": 2, "cuda_graph": True}
+
+
+def test_no_tensorrt_cache_folder_is_made_for_a_session_without_tensorrt(model_path: Path, tmp_path: Path) -> None:
+    from adassr.runtime.backends.ort_options import GpuProviderSettings
+
+    cache = tmp_path / "trt-cache"
+    with OnnxRuntimeBackend(model_path, gpu=GpuProviderSettings(cache_dir=cache)) as backend:
+        assert backend.providers == ("CPUExecutionProvider",)
+    assert not cache.exists()
