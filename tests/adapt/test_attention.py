@@ -278,6 +278,10 @@ def test_bad_inputs_raise_typed_errors(small_model: RRDBNet, photo: np.ndarray) 
     for bad_config in ({"temperature": 0.0}, {"highpass": 4}, {"texture_floor": -1.0}, {"max_side": 4}):
         with pytest.raises(ConfigError):
             AttentionConfig(**bad_config)
+    # Finite features but a temperature that overflows the logits: an all-NaN map passed every later check
+    # (np.clip keeps NaN, and a NaN mean is not <= 0) when the grid's check was dropped (mutation testing).
+    with pytest.raises(ConfigError, match="temperature"):
+        compute_weight_map(small_model, photo, AttentionConfig(temperature=1e39), device=CPU, precision=FP32)
 
 
 def test_an_overflowing_trunk_is_computed_again_in_fp32_never_taken_for_a_flat_image(

@@ -26,7 +26,7 @@ class ColsumCase:
     grid_w: int | None = None
     radius: int = 0
     logit: float = 1.0  # scale = logit / sqrt(d); 300 gives |scale q.k| ~ 1e3
-    layout: str = "bhnd"  # "bnhd": q, k are transposed views (non-standard strides)
+    layout: str = "bhnd"  # "bnhd": q, k are transposed views (non-standard strides); "bhdn": last dim strided
     seed: int = 0
 
     @property
@@ -47,6 +47,9 @@ class ColsumCase:
         if self.layout == "bnhd":
             q = torch.randn(self.b, self.n, self.h, self.d, generator=gen).to(dtype).transpose(1, 2)
             k = torch.randn(self.b, self.n, self.h, self.d, generator=gen).to(dtype).transpose(1, 2)
+        elif self.layout == "bhdn":  # stride(-1) == n: the kernel reads unit-stride rows, so a copy is due
+            q = torch.randn(self.b, self.h, self.d, self.n, generator=gen).to(dtype).transpose(-1, -2)
+            k = torch.randn(self.b, self.h, self.d, self.n, generator=gen).to(dtype).transpose(-1, -2)
         else:
             q = torch.randn(self.b, self.h, self.n, self.d, generator=gen).to(dtype)
             k = torch.randn(self.b, self.h, self.n, self.d, generator=gen).to(dtype)
@@ -75,6 +78,7 @@ CASES = (
     ColsumCase("bf16_100", 1, 2, 100, 16, "bf16", seed=2),
     ColsumCase("b3h4_65", 3, 4, 65, 16, seed=3),
     ColsumCase("strided_fp16", 2, 2, 90, 16, "fp16", layout="bnhd", seed=4),
+    ColsumCase("last_dim_strided", 1, 2, 70, 16, layout="bhdn", seed=17),
     ColsumCase("large_fp32", 1, 2, 150, 16, logit=300.0, seed=5),
     ColsumCase("large_fp16", 1, 2, 130, 32, "fp16", logit=300.0, seed=6),
     ColsumCase("large_bf16", 1, 1, 97, 16, "bf16", logit=300.0, seed=7),
@@ -84,6 +88,10 @@ CASES = (
     ColsumCase("excl2_bf16_11x6", 1, 2, 66, 16, "bf16", grid_w=11, radius=2, seed=11),
     ColsumCase("excl1_column", 1, 1, 40, 16, grid_w=1, radius=1, seed=12),
     ColsumCase("excl1_large", 1, 1, 96, 16, grid_w=12, radius=1, logit=300.0, seed=13),
+    # Rows whose first key block is wholly excluded but later ones are not (their running maximum is
+    # still -inf after that block: a missing guard made them NaN, and they dropped out of the sums).
+    ColsumCase("first_block_excluded_8x16", 1, 1, 128, 16, grid_w=8, radius=7, seed=18),
+    ColsumCase("first_block_excluded_4x16", 1, 2, 64, 16, grid_w=4, radius=3, seed=19),
     # Fully excluded rows: the centre of a 3x3 grid at r=1; every row of a 3x2 grid at r=2.
     ColsumCase("full_centre_3x3", 1, 2, 9, 16, grid_w=3, radius=1, seed=14),
     ColsumCase("full_all_3x2", 1, 1, 6, 16, grid_w=3, radius=2, seed=15),

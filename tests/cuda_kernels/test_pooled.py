@@ -77,6 +77,15 @@ def test_scale_and_token_transform_are_applied() -> None:
     assert dup.shape == base.shape
 
 
+def test_float64_features_and_transforms_are_computed_in_float32() -> None:
+    """As documented: float64 was refused by the kernel's dtype check when the conversion was dropped."""
+    feats = photo_features()
+    base = pooled_attention_map(feats, 4, 3, exclude_radius=1)
+    torch.testing.assert_close(pooled_attention_map(feats.double(), 4, 3, exclude_radius=1), base)
+    doubled = pooled_attention_map(feats, 4, 3, exclude_radius=1, token_transform=lambda t: t.double())
+    torch.testing.assert_close(doubled, base)
+
+
 def test_batch_items_are_independent() -> None:
     feats = photo_features()
     other = torch.flip(feats, dims=[3])

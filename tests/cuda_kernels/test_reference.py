@@ -119,6 +119,7 @@ def _qk(shape=(1, 2, 10, 16), dtype=torch.float32):
         (dict(grid_w=3, exclude_radius=1), ShapeError, "multiple of grid_w=3"),
         (dict(grid_w=0), ConfigError, "grid_w must be"),
         (dict(exclude_radius=-1), ConfigError, "exclude_radius must be"),
+        (dict(grid_w=5, exclude_radius=True), ConfigError, "exclude_radius must be"),  # not taken as 1
         (dict(backend="cuda"), ConfigError, "backend 'cuda' is unknown"),
     ],
 )
