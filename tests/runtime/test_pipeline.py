@@ -370,3 +370,81 @@ def test_a_model_file_replaced_by_two_exports_while_it_opens_is_routed_again(tmp
     with Upscaler(RuntimeOptions(store=store, tiling=TILING)) as upscaler, \
             pytest.raises(StoreError, match="listed in the manifest but missing"):
         upscaler.upscale(image, camera="canon")
+
+
+# -- from mutation testing: behaviour no test checked ---------------------------------------------
+
+
+def test_a_re_exported_camera_is_served_by_its_new_model(tmp_path: Path) -> None:
+    """The model cache is keyed by the model file's sha256: with the camera's name alone, the old open model
+    went on serving after a re-export."""
+    publish_camera(tmp_path, FALLBACK_CAMERA, seed=0)
+    publish_camera(tmp_path, "canon", seed=1)
+    image = LoadedImage(np.random.default_rng(3).integers(0, 255, (24, 24, 3), dtype=np.uint8), None, 8,
+                        None, None, None)
+    with Upscaler(RuntimeOptions(store=tmp_path, threads=1)) as up:
+        before = up.upscale(image, camera="canon")
+        publish_camera(tmp_path, "canon", seed=7)  # adapted and exported again
+        after = up.upscale(image, camera="canon")
+    assert before.route is not None and after.route is not None
+    assert after.route.sha256 != before.route.sha256 and after.route.sha256[:12] in after.model_label
+    assert not np.array_equal(before.pixels, after.pixels)
+
+
+def test_gpu_settings_follow_the_precision_of_the_model_served(tmp_path: Path) -> None:
+    """fp16 provider settings for an fp16 model, whatever precision was asked for: an fp16 request served by
+    a camera's fp32 model must not be run as fp16, nor the reverse."""
+    from adassr.runtime.pipeline import gpu_settings
+    from adassr.runtime.routing import resolve_model
+
+    publish_camera(tmp_path, FALLBACK_CAMERA, seed=0)  # fp32 only
+    publish_camera(tmp_path, "canon", seed=1, fp16=True)
+    fp16_opts = RuntimeOptions(store=tmp_path, precision="fp16")
+    fp32_served = resolve_model(tmp_path, camera=FALLBACK_CAMERA, precision="fp16")
+    assert fp32_served.precision == "fp32" and not gpu_settings(fp32_served, fp16_opts).fp16
+    fp16_served = resolve_model(tmp_path, camera="canon", precision="fp16")
+    assert fp16_served.precision == "fp16" and gpu_settings(fp16_served, fp16_opts).fp16
+    assert not gpu_settings(resolve_model(tmp_path, camera="canon"), RuntimeOptions(store=tmp_path)).fp16
+
+
+def test_a_model_refused_by_its_metadata_is_closed(tmp_path: Path) -> None:
+    """A model whose file contradicts the manifest's scale is refused: closed, not left open (a session, or
+    GPU memory, leaked per retry in the server)."""
+    import json
+
+    from adassr.runtime.backends import open_backend
+    from adassr.runtime.pipeline import checked_against_route
+    from adassr.runtime.routing import resolve_model
+
+    publish_camera(tmp_path, "canon", seed=1, metadata={"scale": "4"})
+    manifest_path = tmp_path / "canon" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["scale"] = 2
+    manifest["exports"]["onnx"]["scale"] = 2  # hand-edited
+    manifest_path.write_text(json.dumps(manifest))
+    route = resolve_model(tmp_path, camera="canon")
+    backend = open_backend("onnxruntime", route.onnx_path)
+    with pytest.raises(StoreError, match="records x4"):
+        checked_against_route(backend, route)
+    assert not backend.is_open
+
+
+def test_resize_enlarging_floats_stays_within_0_and_1() -> None:
+    """Bicubic overshoots at edges: float output is clipped to [0, 1], as documented."""
+    from adassr.runtime.pipeline import resize
+
+    edge = np.zeros((8, 8, 3), np.float32)
+    edge[:, 4:] = 1.0
+    assert cv2.resize(edge, (24, 24), interpolation=cv2.INTER_CUBIC).max() > 1.0  # what is clipped
+    out = resize(edge, (24, 24))
+    assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"cache_size": 0}, "cache_size must be an integer >= 1, got 0"),
+    ({"outscale": True}, "outscale"),
+    ({"threads": 0}, "threads must be None"),
+])
+def test_runtime_options_refuse_zero_caches_and_bool_scales(kwargs: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        RuntimeOptions(store=Path("x"), **kwargs)

@@ -364,3 +364,59 @@ def test_a_camera_folder_that_cannot_be_looked_into_is_an_error_not_the_fallback
     (store / "nikon").write_text("not a camera folder")  # a file where the folder would be: no camera either
     assert resolve_model(store, camera="nikon").is_fallback
     assert "nikon" not in scan_store(store).cameras and "nikon" not in scan_store(store).unreadable
+
+
+# -- from mutation testing: behaviour no test checked ---------------------------------------------
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"file": None}, r"exports\['onnx'\] (has no|needs a plain) 'file'"),
+    ({"file": 3}, r"exports\['onnx'\] (has no|needs a plain) 'file'"),
+    ({"scale": 0}, r"(?i)scale"),
+    ({"multiple_of": 0}, r"multiple_of"),
+], ids=["file-missing", "file-not-text", "scale-0", "multiple-of-0"])
+def test_a_damaged_export_record_is_one_store_error_naming_the_manifest(store: Path, change: dict,
+                                                                         message: str) -> None:
+    """Not a KeyError, nor one error per image deep in the tiling."""
+    import json
+
+    path = store / "canon" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    record = manifest["exports"]["onnx"]
+    for key, value in change.items():
+        if value is None:
+            record.pop(key)
+        else:
+            record[key] = value
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=message) as info:
+        resolve_model(store, camera="canon")
+    assert "manifest.json" in str(info.value)
+
+
+def test_an_unknown_camera_can_be_served_by_the_fallback(store: Path, tmp_path: Path) -> None:
+    from adassr.runtime.routing import can_serve
+
+    assert can_serve(store, camera="unknown") and can_serve(store, camera="canon") and can_serve(store)
+    only_camera = tmp_path / "only"
+    publish_camera(only_camera, "canon", seed=1)
+    assert can_serve(only_camera, camera="canon")
+    assert not can_serve(only_camera, camera="unknown") and not can_serve(only_camera)
+
+
+def test_a_tampered_fallback_model_is_caught_by_its_checksum(store: Path) -> None:
+    path = CameraStore.open(store, FALLBACK_CAMERA).artifact_path("model.onnx")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="fails its checksum"):
+        resolve_model(store, image=NO_EXIF_PNG)
+    with pytest.raises(StoreError, match="fails its checksum"):
+        resolve_model(store, camera="unknown")
+
+
+def test_an_unknown_precision_is_a_config_error(store: Path) -> None:
+    from adassr.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown precision 'bf16'; valid: fp32, fp16"):
+        resolve_model(store, camera="canon", precision="bf16")

@@ -244,6 +244,22 @@ def test_output_naming(tmp_path: Path) -> None:
         plan_outputs(src, tmp_path / "out", "gif")
     with pytest.raises(ConfigError, match="reads as an image file name"):
         plan_outputs(src, tmp_path / "result.png", "auto")  # would have become a folder named result.png
+    existing = tmp_path / "notes"
+    existing.write_text("a file")
+    with pytest.raises(ConfigError, match="the input is a folder, so the output .*notes must be a folder, not a file"):
+        plan_outputs(src, existing, "auto")
+
+
+def test_output_names_differing_only_in_case_never_share_a_file(tmp_path: Path) -> None:
+    """x.jpg and x.JPG, or A.png and a.bmp, would write one file on a case-insensitive file system (macOS,
+    Windows), one image lost (mutation testing: the case folding of the clash check was untested)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("x.jpg", "x.JPG", "A.png", "a.bmp"):
+        (src / name).write_bytes(b"x")
+    pairs = {s.name: t.name for s, t in plan_outputs(src, tmp_path / "out", "auto")}
+    assert len({name.lower() for name in pairs.values()}) == 4, pairs
+    assert pairs["A.png"] == "A_png.png" and pairs["a.bmp"] == "a_bmp.png"
 
 
 def test_renamed_outputs_never_collide(store: Path, tmp_path: Path) -> None:
