@@ -414,3 +414,94 @@ def test_a_batch_the_memory_cannot_hold_fails_before_the_set_up(tiny: BackboneRe
         adapt_camera(select_group(camera_dir, "nokia"), config, store_root=tmp_path, backbone_name="tiny",
                      registry=tiny)
     assert not (tmp_path / "nokia").exists()
+
+
+# -- from mutation testing: a re-run's comparison with the current model ------------------------
+
+
+def _rerun_config():  # type: ignore[no-untyped-def]
+    return cpu_demo_defaults().with_overrides(steps=4, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                              lambda_perceptual=0, feature_bank=4, precision="fp32",
+                                              backbone_margin=0)
+
+
+def test_a_current_model_that_cannot_be_read_is_replaced_by_a_re_run(
+        tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Re-adapting is how a camera whose weights file is damaged is repaired: the re-run must publish, with
+    a warning, not fail after its whole training."""
+    import logging
+
+    torch.set_num_threads(1)
+    group = select_group(camera_dir, "nokia")
+    first = adapt_camera(group, _rerun_config(), store_root=tmp_path, backbone_name="tiny", registry=tiny)
+    data = first.weights_path.read_bytes()
+    first.weights_path.write_bytes(data[: len(data) // 2])  # truncated on disk
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.run"):
+        second = adapt_camera(group, _rerun_config().with_overrides(seed=2), store_root=tmp_path,
+                              backbone_name="tiny", registry=tiny)
+    assert not second.kept_current
+    assert any("current adapted weights cannot be read" in r.getMessage() for r in caplog.records)
+    store = CameraStore.open(tmp_path, "nokia")
+    assert store.verified_path("adapted.safetensors") == second.weights_path
+
+
+def test_a_current_model_that_loses_crops_does_not_stay(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A current model whose output goes flat on a crop (no NIQE there) must not win on the mean of the crops
+    it still scores: it would keep a model that breaks some images over this run's result."""
+    import math
+
+    import adassr.adapt.loop as loop
+    import adassr.adapt.run as run
+
+    torch.set_num_threads(1)
+    photos = tmp_path / "photos" / "nokia"
+    photos.mkdir(parents=True)
+    pixels = read_image(camera_dir / "nokia" / "crop.png").pixels
+    write_image(photos / "a.png", pixels)
+    write_image(photos / "b.png", np.ascontiguousarray(pixels[::-1, ::-1]))  # two images: two evaluation crops
+    group = select_group(photos.parent, "nokia")
+    adapt_camera(group, _rerun_config(), store_root=tmp_path / "store", backbone_name="tiny", registry=tiny)
+    real_current, real_evaluate = run._current_weights, loop.evaluate_model
+    current_models: list[object] = []
+    crops: list[int] = []
+
+    def current(*args: object, **kwargs: object) -> object:
+        model = real_current(*args, **kwargs)  # type: ignore[arg-type]
+        current_models.append(model)
+        return model
+
+    def evaluate(model: object, *args: object, **kwargs: object) -> list[float]:
+        scores = real_evaluate(model, *args, **kwargs)  # type: ignore[arg-type]
+        if any(model is m for m in current_models):
+            crops.append(len(scores))
+            return [math.nan] + [s - 5.0 for s in scores[1:]]  # flat on one crop, far better on the others
+        return scores
+
+    monkeypatch.setattr(run, "_current_weights", current)
+    monkeypatch.setattr(loop, "evaluate_model", evaluate)
+    second = adapt_camera(group, _rerun_config().with_overrides(seed=2), store_root=tmp_path / "store",
+                          backbone_name="tiny", registry=tiny)
+    assert crops and crops[0] >= 2  # the current model was scored, on more than the crop it loses
+    assert not second.kept_current
+
+
+def test_adapting_through_an_alias_of_another_camera_is_refused_before_any_work(
+        tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`<store>/nokia -> <store>/sony`: refused at the start, not after the training (at the first write)."""
+    import adassr.adapt.run as run
+    from adassr.runtime.errors import StoreError
+
+    store = tmp_path / "store"
+    sony = CameraStore.open(store, "sony", create=True)
+    sony.publish("w.bin", lambda p: p.write_text("sony's model"), stage="test")
+    (store / "nokia").symlink_to(store / "sony")
+
+    def no_work(*_a: object, **_k: object) -> None:
+        raise AssertionError("the set-up ran although the camera folder is another camera's")
+
+    monkeypatch.setattr(run, "_prepare_inputs", no_work)
+    with pytest.raises(StoreError, match="would replace the model of 'sony'"):
+        adapt_camera(select_group(camera_dir, "nokia"), _rerun_config(), store_root=store, backbone_name="tiny",
+                     registry=tiny)
+    assert sony.verified_path("w.bin").read_text() == "sony's model"
