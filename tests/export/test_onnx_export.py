@@ -201,6 +201,9 @@ def test_manifest_records_exports_with_checksums(exported: tuple[Path, onnx_expo
             "adassr", "torch", "onnx", "onnxscript", "onnxruntime"}
     assert 0 <= onnx_rec["max_abs_error_vs_torch"] <= 1e-4 == onnx_rec["tolerance"]
     assert 0 < fp16_rec["max_abs_error_vs_torch"] <= fp16_rec["tolerance"] == onnx_export.FP16_TOLERANCE
+    # onnxruntime ran the fp16 file too (fp16 input rounding: never exactly 0); 0.0 read as a perfect check
+    # when the export stopped running it (mutation testing)
+    assert 0 < fp16_rec["onnxruntime_cpu_max_abs_error_vs_torch"] <= fp16_rec["tolerance"]
     # conv_first + 2 RRDB x (3 RDB x (Mul + Add) + Mul + Add) + the trunk Add
     assert fp16_rec["fp32_node_count"] == 1 + 2 * (3 * 2 + 2) + 1
     assert 0 < fp16_rec["max_abs_activation"] < FP16_MAX
@@ -263,6 +266,63 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="checksum"):
         onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
     assert not list((tmp_path / CAMERA).glob("model*.onnx"))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("weights_sha256", "0" * 64, r"holds weights .*the manifest records 000000000000\.\.\.; the store is inconsistent"),
+    ("scale", 2, r"manifest scale 2 differs from backbone 'tiny-test' \(x4\)"),
+])
+def test_a_manifest_contradicting_its_weights_is_refused(tmp_path: Path, field: str, value: object,
+                                                         message: str) -> None:
+    """The weights file passes its checksum, but the manifest's digest or scale is another's (a partial or
+    hand edit): the export would publish a model under the wrong digest or scale."""
+    make_store(tmp_path)
+    CameraStore.open(tmp_path, CAMERA).update_manifest(lambda m: m.update({field: value}))
+    with pytest.raises(StoreError, match=message):
+        onnx_export.export_camera(tmp_path, CAMERA, registry=REGISTRY)
+    assert not list((tmp_path / CAMERA).glob("model*.onnx"))
+
+
+def test_a_backbone_whose_stated_scale_is_not_what_it_does_is_refused(tmp_path: Path) -> None:
+    """onnxruntime is compared with PyTorch, so both equally wrong would pass: the output shape is checked
+    against the registry's scale."""
+    from adassr.export.crops import ValidationInput
+
+    model = TINY.build().eval()
+    batch = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
+    with pytest.raises(ExportError, match=r"maps \(1, 3, 16, 16\) to \(1, 3, 64, 64\), not \(N, 3, 2H, 2W\)"):
+        onnx_export.reference_cases(model, [ValidationInput(batch, "a crop")], scale=2)
+
+
+def test_outputs_of_another_shape_are_an_export_error() -> None:
+    with pytest.raises(ExportError, match=r"returned shape \(1, 3, 8, 8\), PyTorch \(1, 3, 16, 16\), on a crop"):
+        onnx_export._compare("onnxruntime", np.zeros((1, 3, 8, 8)), np.zeros((1, 3, 16, 16)), 1e-4, "a crop")
+
+
+def test_the_recorded_fp32_error_is_the_largest_over_the_cases(exported: tuple[Path, onnx_export.ExportResult]) -> None:
+    import onnx
+
+    from adassr.export.crops import ValidationInput
+
+    root, _ = exported
+    path = CameraStore.open(root, CAMERA).verified_path("model.onnx")
+    data = path.read_bytes()
+    batch = np.random.default_rng(1).random((1, 3, 12, 12), dtype=np.float32)
+    got = onnx_export.run_session(onnx_export.open_session(data), batch)
+    cases = [onnx_export.Case(ValidationInput(batch, "first"), got + 6e-5),
+             onnx_export.Case(ValidationInput(batch, "second"), got + 1e-5)]
+    assert onnx_export.validate_fp32(data, onnx.load_from_string(data), cases) == pytest.approx(6e-5, rel=0.05)
+
+
+def test_an_export_of_one_precision_keeps_the_other_of_the_same_weights(tmp_path: Path) -> None:
+    """fp32, then fp16 of the same weights: both stay published and readable."""
+    make_store(tmp_path)
+    onnx_export.export_camera(tmp_path, CAMERA, precision="fp32", registry=REGISTRY)
+    onnx_export.export_camera(tmp_path, CAMERA, precision="fp16", registry=REGISTRY)
+    store = CameraStore.open(tmp_path, CAMERA)
+    assert set(store.read_manifest()["exports"]) == {"onnx", "onnx_fp16"}
+    store.update_manifest(lambda m: None)  # a later commit: superseded files go, published ones stay
+    assert store.verified_path("model.onnx").is_file() and store.verified_path("model_fp16.onnx").is_file()
 
 
 def test_missing_store_camera_and_weights(tmp_path: Path) -> None:
