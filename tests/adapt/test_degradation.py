@@ -201,3 +201,51 @@ def test_jpeg_roundtrip_loses_more_at_lower_quality_and_checks_its_input():
     for wrong in (img * 255, (img * 255).astype(np.uint8)):  # 8-bit levels: once came back almost white
         with pytest.raises(ImageError, match="divide 8-bit levels by 255"):
             jpeg_roundtrip(wrong, 90)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_blur_downsample_whole_output_with_symmetric_borders(scale):
+    """The tests compared the interior only: a pad one row short (zeros at the bottom) or the other
+    reflection (BORDER_REFLECT_101) changed border pixels by 0.2-0.3 unnoticed (mutation testing).
+    Reference: symmetric padding, then the direct sum at s*j + (s-1)/2."""
+    rng = np.random.default_rng(scale)
+    for h, w in ((30, 37), (33, 31)):
+        image = rng.random((h, w, 3)).astype(np.float32)
+        kernel = rng.random((scale + 6, scale + 4)) ** 2
+        kernel /= kernel.sum()
+        kh, kw = kernel.shape
+        out = blur_downsample(image, kernel, scale)
+        pad = max(kh, kw) + scale
+        padded = np.pad(image.astype(np.float64), ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+        ref = np.zeros((h // scale, w // scale, 3))
+        for j in range(h // scale):
+            for i in range(w // scale):
+                # out[j] = sum_u k[u] x[s j + (s-1)/2 - (u - (kh-1)/2)]: an integer index, the parities matching
+                for u in range(kh):
+                    for v in range(kw):
+                        y = scale * j + (scale + kh) // 2 - 1 - u
+                        x = scale * i + (scale + kw) // 2 - 1 - v
+                        ref[j, i] += kernel[u, v] * padded[pad + y, pad + x]
+        np.testing.assert_allclose(out, ref, atol=2e-5)
+
+
+def test_a_kernel_of_the_wrong_width_parity_alone_is_refused():
+    kernel = np.full((14, 13), 1 / (14 * 13))
+    with pytest.raises(ShapeError, match="parity of scale 4"):
+        blur_downsample(np.zeros((40, 40), np.float32), kernel, 4)
+    with pytest.raises(ShapeError, match="parity of scale 4"):
+        blur_downsample(np.zeros((40, 40), np.float32), kernel.T, 4)
+
+
+def test_jpeg_roundtrip_rounds_to_the_nearest_level():
+    """Flat patches come back exactly at quality 100: 0.2 is level 51, not 50 (a truncation bias)."""
+    for value in (0.2, 0.55, 0.999):
+        flat = np.full((16, 16, 3), value, np.float32)
+        assert np.all(jpeg_roundtrip(flat, 100) == np.float32(round(value * 255) / 255.0)), value
+
+
+def test_kernel_covariance_of_a_kernel_summing_to_zero_is_refused():
+    kernel = np.zeros((5, 5))
+    kernel[2, 1], kernel[2, 3] = 1.0, -1.0
+    with pytest.raises(ConfigError, match="positive sum"):
+        kernel_covariance(kernel)

@@ -412,3 +412,155 @@ def test_group_fails_only_when_no_image_can_be_used(photo: np.ndarray) -> None:
         select_usable_images([], config)
     with pytest.raises(ShapeError):
         select_usable_images([photo[..., 0]], config)
+
+
+# --------------------------------------------------------------------------- from mutation testing
+
+
+def test_portrait_images_are_cropped_across_their_whole_width(photo: np.ndarray) -> None:
+    """Every image of the tests was landscape: an x range taken from the height went unnoticed."""
+    portrait = np.ascontiguousarray(photo.transpose(1, 0, 2)[:, :150])  # 150 wide, 451 high
+    sampler = make_pair_sampler([portrait], KERNEL, PLAIN, seed=4)
+    batch = sampler.sample(64)
+    half = (sampler.geometry.crop - 1) / 2.0
+    xs = [p.centre_xy[0] for p in batch.params]
+    ys = [p.centre_xy[1] for p in batch.params]
+    for n, params in enumerate(batch.params):
+        crop = _crop_of(portrait, sampler, params)
+        m = sampler.geometry.margin
+        np.testing.assert_array_equal(batch.hr[n].transpose(1, 2, 0), crop[m : m + 48, m : m + 48])
+    free_x, free_y = 150 - sampler.geometry.crop, 451 - sampler.geometry.crop
+    assert min(xs) - half < 0.25 * free_x and max(xs) - half > 0.75 * free_x
+    assert min(ys) - half < 0.25 * free_y and max(ys) - half > 0.75 * free_y
+
+
+def test_zooming_out_is_anti_aliased_by_default() -> None:
+    """Every affine test switched anti-aliasing off: the default path (a Gaussian pre-blur before a
+    zoom-out) was never checked; without it the targets of noise are aliased (higher variance)."""
+    noise = np.random.default_rng(0).random((400, 400, 3), dtype=np.float32)
+    spread = {}
+    for antialias in (True, False):
+        config = dataclasses.replace(PLAIN, p_affine=1.0, affine_scale=(0.5, 0.5), affine_rotate_deg=0.0,
+                                     affine_shear_deg=0.0, affine_antialias=antialias)
+        spread[antialias] = float(make_pair_sampler([noise], KERNEL, config, seed=2).sample(8).hr.std())
+    assert spread[True] < 0.85 * spread[False], spread
+
+
+@pytest.mark.parametrize("make_bad, error, words", [
+    (lambda k: np.where(np.arange(k.size).reshape(k.shape) == 5, np.nan, k), ConfigError, "non-finite"),
+    (lambda k: k * 1.01, ConfigError, "sum to 1"),
+    (lambda k: np.pad(k, ((0, 0), (0, 1))), None, None),  # a wrong-parity width: shifted half a pixel, fine
+], ids=["nan", "sums-to-1.01", "odd-width"])
+def test_kernels_that_are_not_a_blur_are_refused(photo: np.ndarray, make_bad, error, words) -> None:
+    bad = make_bad(KERNEL.astype(np.float64))
+    if error is None:
+        make_pair_sampler([photo], bad, PLAIN, seed=0).sample(1)
+        return
+    with pytest.raises(error, match=words):
+        make_pair_sampler([photo], bad, PLAIN, seed=0)
+
+
+def test_a_kernel_summing_nearly_to_one_is_renormalised(photo: np.ndarray) -> None:
+    exact = make_pair_sampler([photo], KERNEL, PLAIN, seed=3).sample(2)
+    near = make_pair_sampler([photo], KERNEL * 1.0005, PLAIN, seed=3).sample(2)
+    np.testing.assert_allclose(near.lr, exact.lr, atol=1e-6)
+
+
+def test_non_finite_weight_maps_and_images_out_of_range_are_refused(photo: np.ndarray) -> None:
+    weight = np.ones(photo.shape[:2], np.float32)
+    weight[3, 3] = np.nan  # NaN < 0 is False: a sign check alone lets it through, and the loss turns NaN
+    with pytest.raises(ConfigError, match="non-finite or negative"):
+        make_pair_sampler([photo], KERNEL, PLAIN, weights=[weight], seed=0)
+    with pytest.raises(ImageError, match=r"expected \[0, 1\] \(divide 8-bit by 255\)"):
+        validate_images([photo * 255.0], PLAIN)  # 8-bit levels as float
+
+
+def test_inputs_stay_in_range_with_a_kernel_of_negative_lobes() -> None:
+    """Black and white stripes under a bicubic kernel (negative lobes) overshoot [0, 1]: clipped."""
+    from adassr.adapt.degradation import bicubic_kernel, blur_downsample
+
+    kernel = bicubic_kernel(4)
+    stripes = np.zeros((200, 200, 3), np.float32)
+    stripes[:, (np.arange(200) // 9) % 2 == 1] = 1.0
+    raw = blur_downsample(stripes, kernel, 4)
+    assert raw.min() < -0.01 and raw.max() > 1.01  # what the clip is for
+    batch = make_pair_sampler([stripes], kernel, PLAIN, seed=6).sample(16)
+    assert batch.lr.min() >= 0.0 and batch.lr.max() <= 1.0
+
+
+@pytest.mark.parametrize("ops", [0, len(PHOTOMETRIC_OPS) + 1])
+def test_photometric_op_counts_outside_the_list_are_refused(ops: int) -> None:
+    with pytest.raises(ConfigError, match="photometric_max_ops must be in 1"):
+        PairConfig(photometric_max_ops=ops)
+
+
+def test_a_wide_short_kernel_gets_a_margin_for_its_width(photo: np.ndarray) -> None:
+    """Every test kernel was square: a margin from the kernel's height alone cut the convolution of a wide
+    one short; the pair must still be the convolution then the centre sampling."""
+    rng = np.random.default_rng(1)
+    kernel = rng.random((4, 12)) ** 3
+    kernel /= kernel.sum()
+    sampler = make_pair_sampler([photo], kernel, PLAIN, seed=2)
+    geo = sampler.geometry
+    s, p, m = 4, 12, geo.margin
+    batch = sampler.sample(2)
+    for n, params in enumerate(batch.params):
+        crop = _crop_of(photo, sampler, params).astype(np.float64)
+        ref = np.zeros((p, p, 3))
+        kh, kw = kernel.shape
+        for u in range(kh):
+            for v in range(kw):
+                dy, dx = (s + kh) // 2 - 1 - u, (s + kw) // 2 - 1 - v
+                ref += kernel[u, v] * crop[m + dy : m + dy + s * p : s, m + dx : m + dx + s * p : s]
+        np.testing.assert_allclose(batch.lr[n].transpose(1, 2, 0), ref, atol=2e-5)
+
+
+def test_grey_poisson_noise_is_the_same_in_every_channel(photo: np.ndarray) -> None:
+    image = photo[:64, :64]
+    noisy = add_noise(image, NoiseParams(kind=NOISE_POISSON, level=1.0, gray=True, seed=3))
+    inner = (image > 0.05).all(axis=2) & (image < 0.95).all(axis=2)  # no clipping there
+    delta = (noisy - image)[inner]
+    assert np.abs(delta).max() > 0
+    np.testing.assert_allclose(delta[:, 0], delta[:, 1], atol=1e-6)
+    np.testing.assert_allclose(delta[:, 0], delta[:, 2], atol=1e-6)
+
+
+def test_contrast_turns_about_the_patch_mean() -> None:
+    """About the patch's mean luminance, as documented: its mean stays (no clipping on a mid-grey patch)."""
+    from adassr.adapt.augment import luminance
+
+    patch = (0.3 + 0.1 * np.random.default_rng(0).random((32, 32, 3))).astype(np.float32)
+    out = photometric_op(patch, "contrast", 0.8)
+    assert abs(float(luminance(out).mean()) - float(luminance(patch).mean())) < 1e-5
+    assert out.std() > patch.std()
+
+
+def test_probabilities_above_one_and_empty_batches_are_refused(photo: np.ndarray) -> None:
+    with pytest.raises(ConfigError, match="p_affine must be a probability in \\[0, 1\\], got 1.5"):
+        PairConfig(p_affine=1.5)
+    sampler = make_pair_sampler([photo], KERNEL, PLAIN, seed=0)
+    with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
+        sampler.sample(0)
+    with pytest.raises(ConfigError, match="got 2 weight maps for 1 images"):
+        make_pair_sampler([photo], KERNEL, PLAIN, weights=[np.ones(photo.shape[:2], np.float32)] * 2, seed=0)
+    assert PairConfig(image_choice="uniform").without_augmentation().image_choice == "uniform"
+
+
+def test_photometric_draws_take_one_to_max_distinct_ops(photo: np.ndarray) -> None:
+    config = dataclasses.replace(PLAIN, p_photometric=1.0, photometric_max_ops=3)
+    params = make_pair_sampler([photo], KERNEL, config, seed=9).sample(60).params
+    counts = [len(p.photometric) for p in params]
+    assert set(counts) == {1, 2, 3}, counts
+    assert all(len({name for name, _ in p.photometric}) == len(p.photometric) for p in params)
+
+
+def test_float64_images_are_sampled_as_float32(photo: np.ndarray) -> None:
+    batch = make_pair_sampler([photo.astype(np.float64)], KERNEL, PLAIN, seed=1).sample(2)
+    same = make_pair_sampler([photo], KERNEL, PLAIN, seed=1).sample(2)
+    np.testing.assert_array_equal(batch.hr, same.hr)
+    np.testing.assert_allclose(batch.lr, same.lr, atol=1e-6)
+
+
+def test_a_dihedral_index_outside_0_to_7_is_refused(photo: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="dihedral"):
+        dihedral(photo[:4, :4], 8)
