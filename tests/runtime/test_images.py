@@ -1734,3 +1734,75 @@ def test_encode_notes_are_kept_per_call_without_the_warnings_state(monkeypatch: 
     collected: list[str] = []
     encode_image(".webp", rgb[..., :1], quality=90, icc_profile=grey_profile, notes=collected)
     assert len(collected) == 1 and "profile" in collected[0]
+
+
+# -- from mutation testing: behaviour no test checked ---------------------------------------------
+
+
+@pytest.mark.parametrize("with_alpha", [False, True])
+def test_16bit_pixels_written_to_webp_are_rounded_to_8_bits(tmp_path: Path, with_alpha: bool) -> None:
+    """WebP holds 8 bits: 16-bit pixels are rounded as for JPEG (taken as 8-bit they came back up to 254
+    levels off, with no warning)."""
+    ramp = np.linspace(0, 65535, 64 * 64).astype(np.uint16).reshape(64, 64, 1).repeat(3, axis=2)
+    alpha = None
+    if with_alpha:
+        alpha = np.full((64, 64), 65535, np.uint16)
+        alpha[:, 48:] = 32896  # 128 in 8 bits
+    back = read_image(write_image(tmp_path / "a.webp", ramp, alpha=alpha, quality=100))
+    assert back.bit_depth == 8
+    assert np.abs(back.pixels.astype(int) - uint16_to_uint8(ramp).astype(int)).max() <= 4
+    if with_alpha:
+        assert back.alpha is not None
+        assert int(back.alpha[:, :48].min()) == 255 and abs(int(back.alpha[:, 48:].mean()) - 128) <= 1
+
+
+def test_webp_with_alpha_keeps_the_colour_under_transparent_pixels(tmp_path: Path) -> None:
+    """As documented: the RGB under alpha 0 is kept (WebP's encoder may otherwise flatten it)."""
+    rgb = _photo()
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :32] = 0
+    back = read_image(write_image(tmp_path / "a.webp", rgb, alpha=alpha, quality=100))
+    assert back.alpha is not None and int(back.alpha[:, :32].max()) == 0
+    assert np.abs(back.pixels[:, :32].astype(int) - rgb[:, :32].astype(int)).mean() < 3
+
+
+def test_16bit_grey_with_alpha_png_keeps_its_grey_profile(tmp_path: Path) -> None:
+    """Only TIFF stores 16-bit grey+alpha as RGBA: a PNG keeps grey+alpha and its grey profile."""
+    grey16 = (_photo()[..., :1].astype(np.uint16) * 257).copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProfileDroppedWarning)
+        path = write_image(tmp_path / "ga.png", grey16, alpha=grey16[..., 0].copy(), icc_profile=_profile(b"GRAY"))
+    back = read_image(path)
+    assert back.icc_profile == _profile(b"GRAY") and back.bit_depth == 16
+    np.testing.assert_array_equal(back.pixels[..., :1] if back.pixels.ndim == 3 else back.pixels[..., None], grey16)
+
+
+def test_a_write_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
+    """A temporary file of a writer whose process is gone is removed by the next write of that name."""
+    stale = tmp_path / ".a.png.999999999.0123456789ab.tmp"  # a pid no process has
+    stale.write_bytes(b"half an image")
+    other = tmp_path / ".b.png.999999999.0123456789ab.tmp"  # another name's: left to its own writer
+    other.write_bytes(b"half another")
+    write_image(tmp_path / "a.png", _photo())
+    assert not stale.exists() and other.exists()
+
+
+def test_a_written_image_s_folder_is_fsynced_after_the_rename(tmp_path: Path, monkeypatch) -> None:
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("names the fsynced descriptors through Linux's /proc/self/fd")
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_image(tmp_path / "a.png", _photo())
+    monkeypatch.undo()
+    assert events.index(("replace", str(tmp_path / "a.png"))) < events.index(("fsync", str(tmp_path)))
