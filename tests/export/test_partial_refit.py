@@ -260,6 +260,39 @@ def test_a_refused_partial_refit_falls_back_to_a_full_one_once(
     assert len(kit.calls) == calls and not again.built and again.path == result.path
 
 
+def test_a_refusal_outlives_a_rebuild_and_ends_with_another_base(scratch: Path) -> None:
+    """The refusal is kept in the record of a full refit rebuilt later (a damaged engine): forgotten, the next
+    run tried the partial refit again, refused again. And it holds for that partial base only: a record of a
+    refusal from another base (the backbone exported again) gets the partial refit tried again (mutation
+    testing)."""
+    kit = WeightMapToolkit(refuse_partial=True)
+    first = _ensure(scratch, "canon", kit)
+    assert first.record.refit is not None and first.record.refit.partial_failed_base is not None
+    first.path.write_text("damaged")  # fails its checksum: rebuilt
+    calls = len(kit.calls)
+    rebuilt = _ensure(scratch, "canon", kit)
+    assert rebuilt.built and "refit_partial" not in [c[0] for c in kit.calls[calls:]]
+    assert rebuilt.record.refit is not None
+    assert rebuilt.record.refit.partial_failed_base == first.record.refit.partial_failed_base
+    rebuilt.path.write_text("damaged")
+    calls = len(kit.calls)
+    _ensure(scratch, "canon", kit)
+    assert "refit_partial" not in [c[0] for c in kit.calls[calls:]]  # still not retried
+
+    store = CameraStore.open(scratch, "canon")
+
+    def refused_from_another_base(manifest: dict) -> None:
+        for record in manifest["engines"].values():
+            if record.get("refit"):
+                record["refit"]["partial_failed_base"] = "0" * 64
+
+    store.update_manifest(refused_from_another_base)
+    _ensure(scratch, "canon", kit).path.write_text("damaged")
+    calls = len(kit.calls)
+    _ensure(scratch, "canon", kit)
+    assert "refit_partial" in [c[0] for c in kit.calls[calls:]]
+
+
 def test_turning_partial_refits_off_refits_every_weight(scratch: Path) -> None:
     kit = WeightMapToolkit()
     result = ensure_camera_engine(EngineRequest(scratch, "canon", "fp16", PROFILE, partial_refit=False), kit)

@@ -444,6 +444,37 @@ def test_damaged_base_is_rebuilt_and_refitted_engines_stay_valid(tmp_path: Path)
     again = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit())
     # a refitted camera engine holds all its weights: it does not depend on the base's bytes
     assert again.base_built and not again.built and again.path == first.path
+    # the rebuilt base (the same file name) stays: deleting it as the damaged one's file cost a rebuild each run
+    assert again.base is not None
+    rebuilt = EngineCache.shared(tmp_path).path_of(again.base)
+    assert rebuilt.is_file() and sha256_file(rebuilt) == again.base.sha256
+    third = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit())
+    assert not third.base_built and not third.built
+
+
+def test_a_build_that_writes_an_empty_engine_records_nothing(tmp_path: Path) -> None:
+    class EmptyBuilds(FileToolkit):
+        def build(self, onnx_path: Path, key: EngineKey, *, input_name: str, timing_cache: Path,
+                  target: Path) -> float:
+            target.write_bytes(b"")
+            return 0.1
+
+    store = _camera(tmp_path, "canon", 0, structure=None)
+    with pytest.raises(StoreError, match="produced no engine; nothing was recorded"):
+        ensure_camera_engine(_request(tmp_path, "canon", refit=False), EmptyBuilds())
+    assert not store.read_manifest().get("engines")
+
+
+def test_an_unreadable_shared_index_is_an_error_not_an_empty_one(tmp_path: Path) -> None:
+    """Read as empty, the next build rewrote it with its own record alone: other GPUs' bases forgotten."""
+    _camera(tmp_path, "canon", 0)
+    ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit())
+    index = tmp_path / "_engines" / "index.json"
+    index.write_text("{garbage")
+    _camera(tmp_path, "nokia", 1)
+    with pytest.raises(StoreError, match="index.json is unreadable .*delete it to rebuild the shared engines"):
+        ensure_camera_engine(_request(tmp_path, "nokia"), FileToolkit())
+    assert index.read_text() == "{garbage"
 
 
 def test_camera_engine_refitted_from_another_base_is_refitted_again(

@@ -46,3 +46,31 @@ def test_an_entry_that_cannot_be_removed_does_not_stop_the_eviction(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{'0' * 64}.npy", "a.npy"]
     (warning,) = [r.getMessage() for r in caplog.records]  # once for the folder, not once per write
     assert "stays above its cap" in warning and "a.npy (Operation not permitted)" in warning
+
+
+def test_entries_kept_for_the_run_are_never_evicted(tmp_path: Path) -> None:
+    """A cap below what a run needs must not evict that run's own entries (the cache would thrash)."""
+    _entry(tmp_path, "a.npy", 100, age_s=50)  # the oldest, but in use
+    _entry(tmp_path, "b.npy", 100, age_s=40)
+    _entry(tmp_path, "c.npy", 100, age_s=30)
+    evict_least_recent(tmp_path, "*.npy", 0, keep={"a.npy", "c.npy"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "c.npy"]
+
+
+def test_a_temporary_file_of_another_user_s_live_process_is_not_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.kill(pid, 0) on another user's process fails with EPERM: the process is alive, its file is in use."""
+    import errno
+
+    from adassr.runtime import tempfiles
+
+    def kill(pid: int, sig: int) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(tempfiles.os, "kill", kill)
+    assert not tempfiles.is_stale_temp(".model.onnx.4242.0123456789ab.tmp")
+
+    def gone(pid: int, sig: int) -> None:
+        raise ProcessLookupError(errno.ESRCH, "No such process")
+
+    monkeypatch.setattr(tempfiles.os, "kill", gone)
+    assert tempfiles.is_stale_temp(".model.onnx.4242.0123456789ab.tmp")
