@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -195,6 +196,7 @@ def test_endpoints_and_responses_match_the_cli(store: Path, tmp_path: Path) -> N
     ("image/jpeg;q=abc, image/webp;q=0.1", "webp"),  # a malformed range is left out
     ("IMAGE/JPEG; Q=0.9 ,image/png;q=0.8", "jpeg"),
     ("application/json", "png"), ("image/png;q=0,image/jpeg;q=0,image/webp;q=0", "png"),  # disregarded
+    ("image/webp;q=5, image/png", "png"),  # q above 1 is malformed: that range is left out
 ])
 def test_the_accept_header_picks_the_output_format(accept: str | None, chosen: str) -> None:
     from adassr.runtime.server.requests import negotiated_format, parse_params
@@ -342,6 +344,24 @@ def test_status_codes_and_error_bodies(store: Path) -> None:
         text = c.get("/metrics").text
         assert _metric(text, "adassr_errors_total", 'kind="unsupported_image"') >= 3
         assert _metric(text, "adassr_errors_total", 'kind="too_large"') >= 2
+        # From mutation testing: a value given in the query and the form, or twice in the form, is refused
+        # (one silently won); the limits are inclusive; an upload sent without a length is held to the limit.
+        message = _assert_json_error(c.post("/v1/upscale", params={"camera": "canon"}, data={"camera": "nikon"},
+                                            files={"image": ("a.jpg", canon)}), 422, "invalid_parameter")
+        assert "given twice" in message
+        message = _assert_json_error(c.post("/v1/upscale", data={"format": ["png", "jpeg"]},
+                                            files={"image": ("a.jpg", canon)}), 422, "invalid_parameter")
+        assert "'format' given twice" in message
+        assert c.post("/v1/upscale", params={"outscale": "8"}, content=canon).status_code == 200  # the maximum
+        jpegs = {q: c.post("/v1/upscale", params={"format": "jpeg", **({"quality": q} if q else {})},
+                           content=canon).content for q in ("", "95", "90")}
+        assert jpegs[""] == jpegs["95"] != jpegs["90"]  # the documented default quality, as the CLI's
+        _assert_json_error(c.post("/v1/upscale", content=b"\0" * 200_000), 415, "unsupported_image")  # at the limit
+        _assert_json_error(c.post("/v1/upscale", content=iter([b"\0" * 200_001])), 413, "too_large")  # chunked
+        # Every upload, answered or refused, is removed from the server's folder, which others cannot read.
+        uploads = live.server.uploads
+        assert uploads is not None and stat.S_IMODE(os.stat(uploads.path).st_mode) == 0o700
+        assert list(Path(uploads.path).iterdir()) == []
 
 
 def test_token_auth(store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -380,13 +400,16 @@ def test_token_auth(store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixtur
         _assert_json_error(
             c.post("/v1/upscale", content=canon, headers={"authorization": "Basic s3cret-token"}), 401, "unauthorized"
         )
+        for near in ("s", "s3cret-toke", "s3cret-token2", "s3cret-token s3cret-token"):  # no prefix or extension
+            _assert_json_error(c.post("/v1/upscale", content=canon, headers={"authorization": f"Bearer {near}"}),
+                               401, "unauthorized")
         _assert_json_error(c.get("/metrics"), 401, "unauthorized")
         _assert_json_error(c.get("/v1/cameras"), 401, "unauthorized")
         ok = {"authorization": "Bearer s3cret-token"}
         assert c.post("/v1/upscale", content=canon, headers=ok).status_code == 200
         assert c.get("/metrics", headers=ok).status_code == 200
         text = c.get("/metrics", headers=ok).text  # refusals before admission are in the latency histogram too
-        assert _metric(text, "adassr_request_duration_seconds_count", 'camera="none",status="401"') == 3
+        assert _metric(text, "adassr_request_duration_seconds_count", 'camera="none",status="401"') == 7
     token_file.write_text("  \n")
     with pytest.raises(ConfigError, match="non-empty"):
         read_token_file(token_file)
