@@ -130,3 +130,31 @@ def test_equal_weights_give_equal_files(tmp_path: Path) -> None:
     assert len({(tmp_path / f"f{k}.safetensors").read_bytes() for k in range(6)}) == 1
     loaded = load_safetensors_weights(tmp_path / "f0.safetensors", TINY)  # still a valid file with its metadata
     assert state_dict_sha256(loaded.model.state_dict()) == state_dict_sha256(adapted)
+
+
+def test_a_delta_keeps_the_metadata_it_was_given(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    backbone = _backbone(0)
+    path = tmp_path / "delta.safetensors"
+    save_delta_weights(path, _adapted(backbone), backbone, metadata={"camera": "nokia"})
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    assert meta["camera"] == "nokia" and meta["backbone_weights_sha256"] == backbone.weights_sha256
+
+
+def test_a_delta_that_does_not_name_its_backbone_weights_is_refused(tmp_path: Path) -> None:
+    """Without the backbone's digest a delta would be combined with any backbone weights."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    backbone = _backbone(0)
+    path = tmp_path / "delta.safetensors"
+    save_delta_weights(path, _adapted(backbone), backbone)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - a safetensors handle
+    del meta["backbone_weights_sha256"], meta["weights_sha256"]
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(WeightsError, match="refusing to combine them"):
+        load_safetensors_weights(path, TINY, base=backbone)

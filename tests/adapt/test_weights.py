@@ -163,6 +163,23 @@ def test_float32_tag_is_accepted(tmp_path: Path, anime_files: tuple[str, bytes])
         (lambda t: t.replace("0=1 1=2.000000e+00", "0=2 1=2.000000e+00", 1), "not nearest-neighbour x2"),
         (lambda t: t.replace("6=18432", "6=18433", 1), "weight count 18433, expected 18432"),
         (lambda t: "7767518" + t[7:], "not an ncnn param file"),
+        # from mutation testing: each structure check the module promises, edited once
+        (lambda t: t.replace("268 473", "268 474", 1), "header declares 474 blobs but the layers produce 473"),
+        (lambda t: t.replace("-23310=1,2.000000e-01", "-23310=1,1.000000e-01", 1), "expected LeakyReLU slope 0.2"),
+        (lambda t: t.replace("-23310=1,2.000000e-01", "-23310=1,2.100000e-01", 1), "expected LeakyReLU slope 0.2"),
+        (lambda t: t.replace("-23310=1,2.000000e-01", "-23310=2,2.000000e-01", 1),
+         "array declares 2 values but has 1"),
+        (lambda t: t.replace("Concat                   Concat_3", "Crop                     Concat_3", 1),
+         "unexpected layer type.s. Crop"),
+        (lambda t: t.replace("-23301=2,2.000000e-01,1.000000e+00", "-23301=2,3.000000e-01,1.000000e+00", 1),
+         "Eltwise Add_16 is not the residual sum"),
+        (lambda t: t.replace("0=1 1=2.000000e+00 2=2.000000e+00", "0=1 1=3.000000e+00 2=2.000000e+00", 1),
+         "Interp Resize_310 is not nearest-neighbour x2"),
+        (lambda t: t.replace("Resize_314               1 1 508 513", "Resize_314               1 1 506 513", 1),
+         "the second Interp does not read conv_up1"),
+        (lambda t: t.replace("195 0=32 1=3", "195 0=32 1=5", 1), "has kernel size 5, expected 3"),
+        (lambda t: t.replace("Conv_0                   1 1 data 193", "Conv_0                   1 1 data_x 193", 1),
+         "the first Convolution does not read the single Input layer"),
     ],
 )
 def test_bad_param_is_rejected(tmp_path: Path, anime_files: tuple[str, bytes], edit, message: str) -> None:
@@ -447,3 +464,96 @@ def test_state_dict_digest_depends_on_values_names_and_shapes() -> None:
     assert state_dict_sha256(base) != state_dict_sha256({**base, "b": torch.tensor([1.0, 1.0, 1.0, 2.0])})
     assert state_dict_sha256(base) != state_dict_sha256({"c": base["a"], "b": base["b"]})
     assert state_dict_sha256(base) != state_dict_sha256({**base, "a": torch.zeros(3, 2)})
+
+
+# -- from mutation testing: behaviour no test checked ---------------------------------------------
+
+
+def test_a_param_file_changed_after_its_cached_load_is_checked_again(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache records the .param's sha256 too: a hit skips the structure checks, so a .param edited after
+    the first load (only the .bin is pinned) would never be checked again."""
+    import shutil
+    import sys
+
+    from adassr.adapt.archs.registry import WeightSource
+
+    param, bin_path = _entry(ANIME).source.resolve()
+    package = tmp_path / "pkgs" / "fake_anime_weights"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    shutil.copy(param, package / "m.param")
+    shutil.copy(bin_path, package / "m.bin")
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    sys.modules.pop("fake_anime_weights", None)
+    entry = dataclasses.replace(_entry(ANIME), name="fake-anime",
+                                source=WeightSource("fake-anime-weights", "fake_anime_weights", "m.param", "m.bin"))
+    registry = BackboneRegistry([entry])
+    load_backbone("fake-anime", cache_dir=tmp_path / "cache", registry=registry)
+    text = (package / "m.param").read_text()
+    (package / "m.param").write_text(text.replace("-23310=1,2.000000e-01", "-23310=1,1.000000e-01", 1))
+    with pytest.raises(WeightsError, match="expected LeakyReLU slope 0.2"):
+        load_backbone("fake-anime", cache_dir=tmp_path / "cache", registry=registry)
+
+
+def test_a_safetensors_backbone_is_loaded_on_the_device_asked_for(tmp_path: Path) -> None:
+    """A device the machine lacks is refused for a safetensors backbone as for an ncnn one, not ignored."""
+    from adassr.adapt.archs.registry import SafetensorsSource
+
+    path = tmp_path / "tiny.safetensors"
+    save_safetensors_weights(path, _tiny_model(1), _tiny_entry())
+    entry = dataclasses.replace(_tiny_entry(), source=SafetensorsSource(path))
+    registry = BackboneRegistry([entry])
+    assert load_backbone("tiny", registry=registry).weights_sha256 == state_dict_sha256(_tiny_model(1).state_dict())
+    with pytest.raises(ConfigError, match="'cuda:7'"):
+        load_backbone("tiny", registry=registry, device="cuda:7")
+
+
+def test_a_gpu_index_past_the_last_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adassr.adapt.weights.state import checked_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert checked_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match="this machine has 1 CUDA GPU.s., numbered from 0"):
+        checked_device("cuda:1")
+
+
+def test_metadata_given_to_a_save_cannot_override_what_the_loader_checks(tmp_path: Path) -> None:
+    model, entry = _tiny_model(3), _tiny_entry()
+    path = tmp_path / "w.safetensors"
+    digest = save_safetensors_weights(path, model, entry, metadata={
+        "backbone": "other", "weights_sha256": "0" * 64, "format": "delta", "camera": "nokia"})
+    assert load_safetensors_weights(path, entry).weights_sha256 == digest
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata()["camera"] == "nokia"
+
+
+def test_a_failed_save_leaves_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from adassr.runtime import store as store_module
+
+    path = tmp_path / "w.safetensors"
+    save_safetensors_weights(path, _tiny_model(1), _tiny_entry())
+    before = path.read_bytes()
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store_module.os, "fsync", failing)
+    with pytest.raises(Exception, match="Input/output error"):
+        save_safetensors_weights(path, _tiny_model(2), _tiny_entry())
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["w.safetensors"]
+
+
+@pytest.mark.parametrize("payload", [[1, 2], {"params": torch.zeros(1)}, torch.zeros(3)],
+                         ids=["list", "params-tensor", "tensor"])
+def test_a_checkpoint_that_is_not_a_state_dict_is_a_weights_error(tmp_path: Path, payload: object) -> None:
+    path = tmp_path / "odd.pth"
+    torch.save(payload, path)
+    with pytest.raises(WeightsError, match="not a state dict"):
+        load_checkpoint(path, _tiny_entry())
