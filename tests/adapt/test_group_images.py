@@ -101,6 +101,8 @@ def test_selection_obeys_the_count_and_the_pixel_budget() -> None:
     mixed = [1_000_000, 50_000_000, 2_000_000]
     assert select_images(mixed, max_images=1, max_megapixels=10).indices == (0,)  # the middle one is too big
     assert select_images([], max_images=8, max_megapixels=1).indices == ()
+    # images of unequal size: as many as the pixel budget holds (one fewer was taken on a rounding)
+    assert len(select_images([10**6] * 4 + [10**7], max_images=8, max_megapixels=5).indices) == 2
 
 
 def test_selection_fails_clearly_when_no_image_fits_the_budget() -> None:

@@ -44,6 +44,24 @@ def test_unknown_group_lists_what_was_found() -> None:
     assert "by folder" in message
 
 
+def test_a_camera_named_in_another_case_or_with_spaces_finds_its_group(tmp_path: Path) -> None:
+    (tmp_path / "nikon").mkdir()
+    _noise_png(tmp_path / "nikon" / "a.png")
+    assert select_group(tmp_path, " Nikon ").name == "nikon"
+
+
+def test_a_loose_image_of_a_group_refused_for_a_case_clash_makes_no_group(tmp_path: Path) -> None:
+    """Folders Tiny/ and tiny/ are refused as one ambiguous group: a loose Tiny_001_LR4.png must not make
+    `adapt --list` show a group `tiny` that `adapt --camera tiny` then refuses."""
+    for folder in ("Tiny", "tiny"):
+        (tmp_path / folder).mkdir()
+        _noise_png(tmp_path / folder / "a.png")
+    _noise_png(tmp_path / "Tiny_001_LR4.png")
+    scan = scan_groups(tmp_path)
+    assert "tiny" not in scan.groups and "tiny" in scan.conflicts
+    assert any(s.path.name == "Tiny_001_LR4.png" for s in scan.skipped)
+
+
 def test_empty_and_missing_folders(tmp_path: Path) -> None:
     with pytest.raises(CameraError, match="no images found"):
         select_group(tmp_path, "canon")

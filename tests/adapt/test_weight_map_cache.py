@@ -71,7 +71,7 @@ def test_anything_the_map_depends_on_changes_the_key(tmp_path: Path, image: np.n
     assert compute.calls == 2
 
 
-@pytest.mark.parametrize("damage", ["truncated", "wrong shape", "not finite", "huge header", "short data"])
+@pytest.mark.parametrize("damage", ["truncated", "wrong shape", "not finite", "huge header", "short data", "float64"])
 def test_a_bad_file_is_recomputed_and_replaced(tmp_path: Path, image: np.ndarray, damage: str,
                                                caplog: pytest.LogCaptureFixture) -> None:
     compute = _Counting()
@@ -82,6 +82,8 @@ def test_a_bad_file_is_recomputed_and_replaced(tmp_path: Path, image: np.ndarray
         path.write_bytes(path.read_bytes()[:40])
     elif damage == "wrong shape":
         np.save(path, good[:-1])
+    elif damage == "float64":  # the right shape, another type: the map is float32 as documented
+        np.save(path, good.astype(np.float64))
     elif damage in ("huge header", "short data"):  # a header whose shape the data does not hold
         shape = (10**6, 10**6) if damage == "huge header" else good.shape
         with path.open("wb") as f:  # the huge one stopped the run with MemoryError (3.6 TiB allocated)
@@ -95,7 +97,21 @@ def test_a_bad_file_is_recomputed_and_replaced(tmp_path: Path, image: np.ndarray
         again = cache.get_or_compute(image, compute)
     assert compute.calls == 2 and "recomputing" in caplog.text
     np.testing.assert_array_equal(again, good)
+    assert again.dtype == np.float32
     np.testing.assert_array_equal(np.load(path), good)  # the bad file was replaced
+
+
+def test_a_hit_marks_the_map_recently_used(tmp_path: Path, image: np.ndarray) -> None:
+    """Maps reused by every re-adaptation must not be evicted first: a hit refreshes the file's time."""
+    import os
+
+    compute = _Counting()
+    cache = _cache(tmp_path)
+    cache.get_or_compute(image, compute)
+    path = tmp_path / f"{cache.key(image)}.npy"
+    os.utime(path, (1000, 1000))
+    _cache(tmp_path).get_or_compute(image, compute)
+    assert compute.calls == 1 and path.stat().st_mtime > 1000
 
 
 def test_folder_is_capped_least_recently_used_first(tmp_path: Path, image: np.ndarray) -> None:
