@@ -67,6 +67,51 @@ def test_initializers_that_do_not_match_the_weights_are_not_used(tmp_path: Path)
     assert cache.get(_model(0, SMALLER)) is None
 
 
+def test_a_graph_that_does_not_name_every_weight_is_not_cached_and_a_hit_marks_it_used(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """(Mutation testing.) A graph with a weight folded away can never be filled: caching it cost a warning
+    and a fresh export every time. And a hit refreshes the file's time, so the graph every export uses is
+    not the first one evicted."""
+    import logging
+    import os
+
+    model = _model(0)
+    proto = onnx_export.trace_fp32(model)
+    folded = onnx.ModelProto()
+    folded.CopyFrom(proto)
+    folded.graph.initializer[0].name = "renamed_by_a_folding_pass"
+    cache = _cache(tmp_path / "graphs")
+    with caplog.at_level(logging.INFO, logger="adassr.export.graph_cache"):
+        cache.put(model, folded)
+    assert not (cache.folder.exists() and list(cache.folder.glob("*.onnx")))
+    assert "not caching the ONNX graph" in caplog.text
+    cache.put(model, proto)
+    path = cache.path(model)
+    os.utime(path, (1000, 1000))
+    assert cache.get(_model(1)) is not None and path.stat().st_mtime > 1000
+
+
+def test_a_cache_that_cannot_be_written_or_touched_does_not_fail_the_export(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from adassr.export import graph_cache
+
+    model = _model(0)
+    proto = onnx_export.trace_fp32(model)
+    cache = _cache(tmp_path / "graphs")
+
+    def full(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(graph_cache, "atomic_write_bytes", full)
+    cache.put(model, proto)  # a warning, no exception
+    monkeypatch.undo()
+    cache.put(model, proto)
+    monkeypatch.setattr(graph_cache.os, "utime", full)  # a read-only cache folder
+    assert cache.get(model) is not None
+
+
 def test_store_exports_use_the_cache_and_record_it(tmp_path: Path) -> None:
     make_store(tmp_path, CAMERA, seed=0)
     make_store(tmp_path, "second", seed=1)

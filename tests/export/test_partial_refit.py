@@ -89,6 +89,22 @@ def test_diff_of_the_backbones_own_weights_is_empty(store: Path, precision: str)
     assert diff.changed == () and diff.total > 0
 
 
+def test_the_structure_hash_covers_weight_shapes() -> None:
+    """Two graphs whose weights differ in shape only are not one structure (the hash keys the weight-stripped
+    base engines a camera is refitted into)."""
+    from adassr.runtime.engines.onnx_weights import structure_sha256
+
+    base = onnx.load_from_string(build_tiny_sr(seed=3))
+    reshaped = onnx.ModelProto()
+    reshaped.CopyFrom(base)
+    init = next(i for i in reshaped.graph.initializer if len(i.dims) >= 2)
+    values = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array(values.reshape(values.shape[0], -1), init.name))
+    assert structure_sha256(reshaped) != structure_sha256(base)
+    with pytest.raises(WeightsError, match=init.name):
+        diff_initializers(reshaped, base)
+
+
 def test_diff_refuses_another_structure(store: Path) -> None:
     fp32, fp16 = (onnx.load(str(_onnx(store, "canon", p))) for p in ("fp32", "fp16"))
     with pytest.raises(WeightsError, match=r"not the same network structure \(initializers only in the camera's "
