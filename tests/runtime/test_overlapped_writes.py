@@ -264,3 +264,23 @@ def test_the_opened_model_decides_whether_writes_overlap(tmp_path: Path, monkeyp
                               "--providers", providers, "--no-progress"])
     assert run_upscale(args, stdout=io.StringIO(), stderr=io.StringIO()) == 0
     assert seen == [False]  # the model computes on the CPU either way
+
+
+def test_an_upscale_that_fails_is_reported_after_the_image_before_it(tmp_path: Path) -> None:
+    """Reports come in input order on one terminal: img1's error after img0's line, whose write was still
+    in flight when img1 failed (mutation testing). The error line names its file."""
+    from adassr.runtime.errors import BackendError
+
+    sources = _photos(tmp_path / "in", 3)
+
+    def serve(image: LoadedImage, tiles: object, check: object) -> UpscaleResult:
+        if image.path is not None and image.path.name == "img1.png":
+            raise BackendError("the model failed")
+        return _serve(image, tiles, check)
+
+    both = io.StringIO()  # stdout and stderr on one terminal
+    assert run_batch(_pairs(sources, tmp_path / "out"), serve, progress=False, stdout=both, stderr=both,
+                     overlap_writes=True) == 1
+    lines = [line for line in both.getvalue().splitlines() if "[model" in line or line.startswith("error:")]
+    assert [line.split(" -> ")[0] for line in lines] == [str(sources[0]), f"error: {sources[1]}: the model failed "
+                                                         "(skipped)", str(sources[2])]

@@ -14,13 +14,32 @@ import pytest
 from adassr.runtime.signals import Terminated, terminate_as_interrupt
 
 
-def test_sigterm_raises_terminated_and_the_previous_handlers_come_back() -> None:
-    before = signal.getsignal(signal.SIGTERM)
+@pytest.mark.parametrize("stop, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_raises_terminated_and_the_previous_handlers_come_back(stop: signal.Signals, code: int) -> None:
+    """SIGHUP too (a closed terminal): the command stops as at Ctrl-C, exit 129, no temporary file left."""
+    before = signal.getsignal(stop)
     with pytest.raises(KeyboardInterrupt) as caught, terminate_as_interrupt():
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), stop)
         time.sleep(5)  # the handler raises here, at once
-    assert isinstance(caught.value, Terminated) and caught.value.exit_code == 143
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert isinstance(caught.value, Terminated) and caught.value.exit_code == code
+    assert signal.getsignal(stop) is before
+
+
+def test_outside_the_main_thread_nothing_changes() -> None:
+    """A library caller running an upscale on a worker thread (signals are the main thread's only)."""
+    import threading
+
+    seen: list[object] = []
+
+    def work() -> None:
+        with terminate_as_interrupt():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(10)
+    assert seen == [before]
 
 
 def test_an_ignored_sighup_stays_ignored() -> None:
@@ -52,9 +71,10 @@ with terminate_as_interrupt(grace_s=float(sys.argv[2])):
 """
 
 
-@pytest.mark.parametrize("grace_s, signals", [(1.0, 1), (60.0, 2)])
+@pytest.mark.parametrize("grace_s, signals, stop", [(1.0, 1, signal.SIGTERM), (60.0, 2, signal.SIGTERM),
+                                                     (60.0, 2, signal.SIGINT)], ids=["grace", "second", "ctrl-c-twice"])
 def test_a_signal_during_a_long_call_ends_the_process_within_the_grace_and_removes_its_temporaries(
-        tmp_path: Path, grace_s: float, signals: int) -> None:
+        tmp_path: Path, grace_s: float, signals: int, stop: signal.Signals) -> None:
     """The Python handler waits for the call to end (a minute for a big tile on a CPU, past docker stop's 10 s):
     a thread hears of the signal at once and ends the process after the grace, or at a second signal (a
     helper's review)."""
@@ -68,16 +88,46 @@ def test_a_signal_during_a_long_call_ends_the_process_within_the_grace_and_remov
         time.sleep(1.0)  # inside the long call by now (a signal before it is handled at once: no grace needed)
         started = time.monotonic()
         for _ in range(signals):
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(stop)
             time.sleep(0.3)
-        assert proc.wait(timeout=30) == 143
+        assert proc.wait(timeout=30) == 128 + int(stop)
         took = time.monotonic() - started
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert took < 10, took
+    assert took < (grace_s + 2.5 if signals == 1 else 10), took  # within docker stop's 10 s
     assert not temp.exists() and list(tmp_path.iterdir()) == []
     err = proc.stderr.read() if proc.stderr else ""
     assert err.startswith("interrupted: ") and "temporary file(s) removed" in err, err
-    assert ("a second signal (SIGTERM)" in err) == (signals == 2)
+    assert (f"a second signal ({stop.name})" in err) == (signals == 2)
+
+
+_SLOW_CALLS = """
+import sys
+import numpy as np
+from adassr.runtime.signals import terminate_as_interrupt
+a = np.ones((4000, 4000), dtype=np.float32)
+with terminate_as_interrupt(grace_s=0.5):
+    print("started", flush=True)
+    for _ in range(40):
+        a @ a  # calls of a few seconds on a small CPU, longer than the grace
+"""
+
+
+def test_one_ctrl_c_is_left_to_python_and_starts_no_forced_exit() -> None:
+    """Ctrl-C raises KeyboardInterrupt when the call ends (the command then writes its report and summary);
+    only a second one, or a stop signal, ends the process at the grace."""
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CALLS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "KeyboardInterrupt" in err and "interrupted: " not in err, err

@@ -329,6 +329,13 @@ def test_argument_and_store_problems_raise(store: Path, tmp_path: Path) -> None:
                            (["--gpu", "-1"], "--gpu must be an integer >= 0")):
         with pytest.raises(ConfigError, match=f"^{message}"):
             _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), *extra)
+    # from mutation testing: refused as one usage error before any image, not per image or silently
+    for extra, message in ((["--quality", "150"], "--quality"),
+                           (["--gpu", "1"], "--gpu 1 .*--providers cpu"),  # the CPU would run it, ignoring it
+                           (["--cuda-graph"], "--cuda-graph")):
+        with pytest.raises(ConfigError, match=message):
+            _run("-i", str(img), "-o", str(tmp_path / "o.png"), "--store", str(store), *extra)
+        assert not (tmp_path / "o.png").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="no images"):
@@ -979,6 +986,7 @@ def test_a_report_says_what_happened_to_every_input(store: Path, tmp_path: Path)
     doc = json.loads(report.read_text())
     assert doc["finished"] is True and doc["command"] == "upscale" and doc["report_version"] == 1
     assert doc["counts"] == {"ok": 2, "failed": 1, "skipped": 1, "not_done": 0}
+    assert 0 < doc["seconds"] < 600  # the run's wall time
     files = doc["files"]
     assert [Path(f["input"]).name for f in files] == ["img0.png", "img1.png", "img2.png", "img3.png"]
     assert [f["status"] for f in files] == ["ok", "ok", "failed", "skipped"]
