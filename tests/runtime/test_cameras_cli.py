@@ -90,3 +90,54 @@ def test_verify_looks_again_when_an_export_replaced_the_files_meanwhile(tmp_path
     monkeypatch.setattr(CameraStore, "verified_path", racing)
     summary = summarise(store, "canon", verify=True)
     assert summary.problem is None and len(summary.verified) == 2 and len(calls) == 3
+
+
+# -- from mutation testing: behaviour no test checked ---------------------------------------------
+
+
+def test_exports_of_earlier_weights_are_shown_with_the_command_that_renews_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Adapted again, exported in one precision only: the camera says its exports are outdated."""
+    store = _store(tmp_path)
+
+    def readapted(manifest: dict) -> None:
+        manifest["weights_sha256"] = "new"
+        manifest["exports"]["onnx"]["weights_sha256"] = "old"
+        manifest["exports"]["onnx_fp16"]["weights_sha256"] = "new"
+
+    CameraStore.open(store, "canon").update_manifest(readapted)
+    main(["cameras", "--store", str(store)])
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("canon:")]
+    assert "exports of earlier weights" in line and f"adassr export --camera canon --store {store}" in line
+
+
+def test_verify_checks_the_adapted_weights_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = _store(tmp_path)
+    weights = CameraStore.open(store, "dashcam").artifact_path("adapted.safetensors")
+    weights.write_bytes(b"weightz")
+    assert main(["cameras", "--store", str(store), "--verify"]) == 1
+    assert "dashcam: refused" in capsys.readouterr().out
+
+
+def test_a_camera_folder_that_is_a_broken_link_is_named_not_left_out(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    store = _store(tmp_path)
+    os.symlink(tmp_path / "nonexistent", store / "nikon")
+    assert main(["cameras", "--store", str(store)]) == 1
+    out = capsys.readouterr().out
+    assert "nikon: refused: its folder cannot be read" in out
+
+
+def test_a_broken_link_above_a_path_is_named(tmp_path: Path) -> None:
+    """An -o or a store under a dangling link: the link is named, not a bare "File exists" (the folders
+    above the path are looked at, nearest first)."""
+    import os
+
+    from adassr.runtime.links import broken_link
+
+    os.symlink(tmp_path / "gone", tmp_path / "l")
+    said = broken_link(tmp_path / "l" / "sub" / "x.png")
+    assert said is not None and said.startswith(f"{tmp_path / 'l'} is a symbolic link to")
+    assert broken_link(tmp_path / "fine" / "x.png") is None

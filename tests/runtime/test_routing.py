@@ -420,3 +420,18 @@ def test_an_unknown_precision_is_a_config_error(store: Path) -> None:
 
     with pytest.raises(ConfigError, match="unknown precision 'bf16'; valid: fp32, fp16"):
         resolve_model(store, camera="canon", precision="bf16")
+
+
+def test_group_names_the_store_reserves_or_windows_refuses_never_come_from_names() -> None:
+    """(Mutation testing.) A leading underscore is the store's own (`_fallback`), CON and NUL are devices on
+    Windows: no camera group; `_FALLBACK` asks for the fallback as `_fallback` does; a name typed under a C
+    locale (surrogate-escaped UTF-8) keeps its letters; a maker's noise words make no group."""
+    from adassr.runtime.cameras import camera_from_filename, camera_name, normalise_camera_name, validate_group_name
+    from adassr.runtime.errors import CameraError
+
+    with pytest.raises(CameraError):
+        validate_group_name("_foo")
+    assert camera_from_filename("CON_001.png") is None and camera_from_filename("Nul_2.png") is None
+    assert camera_name(" _FALLBACK ") == FALLBACK_CAMERA
+    assert normalise_camera_name("\udcc3\udc91OKIA") == "nokia"
+    assert normalise_camera_name("Digital Camera Co") == ""
