@@ -85,20 +85,24 @@ def test_plain_pair_is_convolution_then_centre_sampling(photo: np.ndarray) -> No
     kernel = rng.random((6, 6)) ** 3
     kernel /= kernel.sum()
     sampler = make_pair_sampler([photo], kernel, PLAIN, seed=1)
-    geo = sampler.geometry
-    s, p, m = 4, 12, geo.margin
+    m = sampler.geometry.margin
     batch = sampler.sample(3)
     for n, params in enumerate(batch.params):
         crop = _crop_of(photo, sampler, params).astype(np.float64)
         np.testing.assert_array_equal(batch.hr[n].transpose(1, 2, 0), crop[m : m + 48, m : m + 48])
-        ref = np.zeros((p, p, 3))
-        kh, kw = kernel.shape
-        for u in range(kh):
-            for v in range(kw):
-                dy = (s + kh) // 2 - 1 - u  # (s-1)/2 - (u - (kh-1)/2), an integer for even s, kh
-                dx = (s + kw) // 2 - 1 - v
-                ref += kernel[u, v] * crop[m + dy : m + dy + s * p : s, m + dx : m + dx + s * p : s]
-        np.testing.assert_allclose(batch.lr[n].transpose(1, 2, 0), ref, atol=2e-5)
+        np.testing.assert_allclose(batch.lr[n].transpose(1, 2, 0), _direct_lr(crop, kernel, m), atol=2e-5)
+
+
+def _direct_lr(crop: np.ndarray, kernel: np.ndarray, margin: int, s: int = 4, p: int = 12) -> np.ndarray:
+    """y_rd[i,j] = sum k[u,v] y[s i + (s-1)/2 - (u - cu), ...] of a crop (float64), the direct sum."""
+    ref = np.zeros((p, p, 3))
+    kh, kw = kernel.shape
+    for u in range(kh):
+        for v in range(kw):
+            dy = (s + kh) // 2 - 1 - u  # (s-1)/2 - (u - (kh-1)/2), an integer for even s, kh
+            dx = (s + kw) // 2 - 1 - v
+            ref += kernel[u, v] * crop[margin + dy : margin + dy + s * p : s, margin + dx : margin + dx + s * p : s]
+    return ref
 
 
 def test_phase_with_delta_and_box_kernels(photo: np.ndarray) -> None:
@@ -501,18 +505,11 @@ def test_a_wide_short_kernel_gets_a_margin_for_its_width(photo: np.ndarray) -> N
     kernel = rng.random((4, 12)) ** 3
     kernel /= kernel.sum()
     sampler = make_pair_sampler([photo], kernel, PLAIN, seed=2)
-    geo = sampler.geometry
-    s, p, m = 4, 12, geo.margin
     batch = sampler.sample(2)
     for n, params in enumerate(batch.params):
         crop = _crop_of(photo, sampler, params).astype(np.float64)
-        ref = np.zeros((p, p, 3))
-        kh, kw = kernel.shape
-        for u in range(kh):
-            for v in range(kw):
-                dy, dx = (s + kh) // 2 - 1 - u, (s + kw) // 2 - 1 - v
-                ref += kernel[u, v] * crop[m + dy : m + dy + s * p : s, m + dx : m + dx + s * p : s]
-        np.testing.assert_allclose(batch.lr[n].transpose(1, 2, 0), ref, atol=2e-5)
+        np.testing.assert_allclose(batch.lr[n].transpose(1, 2, 0), _direct_lr(crop, kernel, sampler.geometry.margin),
+                                   atol=2e-5)
 
 
 def test_grey_poisson_noise_is_the_same_in_every_channel(photo: np.ndarray) -> None:

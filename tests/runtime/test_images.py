@@ -1788,21 +1788,9 @@ def test_a_write_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
 
 
 def test_a_written_image_s_folder_is_fsynced_after_the_rename(tmp_path: Path, monkeypatch) -> None:
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("names the fsynced descriptors through Linux's /proc/self/fd")
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    from ._fs_events import record_fsyncs_and_renames
 
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src: object, dst: object) -> None:
-        events.append(("replace", str(dst)))
-        real_replace(src, dst)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    events = record_fsyncs_and_renames(monkeypatch)
     write_image(tmp_path / "a.png", _photo())
     monkeypatch.undo()
-    assert events.index(("replace", str(tmp_path / "a.png"))) < events.index(("fsync", str(tmp_path)))
+    assert events.index(("replaced", str(tmp_path / "a.png"))) < events.index(("fsync", str(tmp_path)))

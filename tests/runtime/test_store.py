@@ -400,32 +400,19 @@ def test_an_atomic_write_is_fsynced_before_its_rename_and_the_folder_after(tmp_p
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """No test noticed a store write that skipped its fsyncs (a power cut after the rename could leave an
     empty manifest); a failing fsync must leave the old file and no temporary one."""
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("names the fsynced descriptors through Linux's /proc/self/fd")
     import adassr.runtime.store as store_module
+
+    from ._fs_events import record_fsyncs_and_renames
 
     target = tmp_path / "manifest.json"
     target.write_bytes(b"old")
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src: object, dst: object) -> None:
-        events.append(("replace", str(src)))
-        real_replace(src, dst)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store_module.os, "fsync", fsync)
-    monkeypatch.setattr(store_module.os, "replace", replace)
+    events = record_fsyncs_and_renames(monkeypatch)
     atomic_write_bytes(target, b"new")
     monkeypatch.undo()
     assert target.read_bytes() == b"new"
     (renamed,) = [path for kind, path in events if kind == "replace"]
-    kinds = [(kind, path) for kind, path in events]
-    assert kinds.index(("fsync", renamed)) < kinds.index(("replace", renamed))  # the data first, then the name
-    assert kinds[-1] == ("fsync", str(tmp_path))  # and the folder, so the rename survives a power cut
+    assert events.index(("fsync", renamed)) < events.index(("replace", renamed))  # the data first, then the name
+    assert events[-1] == ("fsync", str(tmp_path))  # and the folder, so the rename survives a power cut
 
     def failing(fd: int) -> None:
         raise OSError(5, "Input/output error")
@@ -440,24 +427,10 @@ def test_an_atomic_write_is_fsynced_before_its_rename_and_the_folder_after(tmp_p
 def test_a_staged_file_is_fsynced_before_its_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A staged weights file must reach the disk before its content-addressed name does: else a power cut
     leaves a committed manifest naming an empty file (mutation testing: only atomic writes were checked)."""
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("names the fsynced descriptors through Linux's /proc/self/fd")
-    import adassr.runtime.store as store_module
+    from ._fs_events import record_fsyncs_and_renames
 
     store = CameraStore.open(tmp_path, "canon", create=True)
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src: object, dst: object) -> None:
-        events.append(("replace", str(src)))
-        real_replace(src, dst)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store_module.os, "fsync", fsync)
-    monkeypatch.setattr(store_module.os, "replace", replace)
+    events = record_fsyncs_and_renames(monkeypatch)
     with store.transaction() as tx:
         record = tx.stage("w.bin", lambda p: p.write_text("weights"), stage="test")
         staged = [path for kind, path in events if kind == "replace"]
