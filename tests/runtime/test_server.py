@@ -1113,7 +1113,8 @@ def _serve_process(store: Path, extra: Sequence[str] = (), *,
              "--tile", "32", "--tile-overlap", "8", "--max-batch", "1", "--threads", "1", "--drain-timeout", "60",
              *extra],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hangup else None,
+            # SIGHUP as a terminal's session has it: the test run itself may be under nohup (ignored, inherited)
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN if ignore_hangup else signal.SIG_DFL),
         )
         url = f"http://127.0.0.1:{port}"
         try:

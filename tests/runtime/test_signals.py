@@ -17,12 +17,15 @@ from adassr.runtime.signals import Terminated, terminate_as_interrupt
 @pytest.mark.parametrize("stop, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"])
 def test_a_stop_signal_raises_terminated_and_the_previous_handlers_come_back(stop: signal.Signals, code: int) -> None:
     """SIGHUP too (a closed terminal): the command stops as at Ctrl-C, exit 129, no temporary file left."""
-    before = signal.getsignal(stop)
-    with pytest.raises(KeyboardInterrupt) as caught, terminate_as_interrupt():
-        os.kill(os.getpid(), stop)
-        time.sleep(5)  # the handler raises here, at once
-    assert isinstance(caught.value, Terminated) and caught.value.exit_code == code
-    assert signal.getsignal(stop) is before
+    outer = signal.signal(stop, signal.SIG_DFL)  # as in a terminal: the test run itself may be under nohup
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught, terminate_as_interrupt():
+            os.kill(os.getpid(), stop)
+            time.sleep(5)  # the handler raises here, at once
+        assert isinstance(caught.value, Terminated) and caught.value.exit_code == code
+        assert signal.getsignal(stop) is signal.SIG_DFL
+    finally:
+        signal.signal(stop, outer)
 
 
 def test_outside_the_main_thread_nothing_changes() -> None:
