@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -1138,6 +1138,23 @@ def _serve_process(store: Path, extra: Sequence[str] = (), *,
     raise AssertionError("three free ports were taken before the server could bind them")
 
 
+@contextlib.contextmanager
+def _reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``proc`` killed at the block's end if it is still running (a failed test leaves no server behind)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, and the server's clean exit after its drain."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+
+
 def _signal_with_uploads_in_flight(proc: subprocess.Popen[str], url: str, uploads: int,
                                    signals: Sequence[signal.Signals]) -> list[httpx.Response]:
     """Send ``uploads`` requests (about 250 tiles each: long enough to be in flight), wait until all are, send
@@ -1166,17 +1183,12 @@ def test_json_logs_are_one_object_a_line_and_name_the_request(store: Path) -> No
     token.write_text("json-logs-token\n")
     token.chmod(0o644)  # its warning comes while the options are checked, before the server starts
     proc, url = _serve_process(store, ["--log-format", "json", "-v", "--token-file", str(token)])
-    try:
+    with _reaped(proc):
         with httpx.Client(base_url=url, timeout=60, headers={"Authorization": "Bearer json-logs-token"}) as c:
             ok = c.post("/v1/upscale", content=small_png(20, 20, seed=2), headers={"X-Request-ID": "json-ok"})
             refused = c.post("/v1/upscale", content=b"not\nan image")
         assert ok.status_code == 200 and refused.status_code == 415
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _drain(proc)
     output = proc.stdout.read() if proc.stdout else ""
     lines = output.splitlines()
     text = [line for line in lines if not line.startswith("{")]
@@ -1226,19 +1238,14 @@ def test_a_stop_signal_drains_in_flight_requests(store: Path, stop: signal.Signa
 def test_sighup_is_left_ignored_under_nohup(store: Path) -> None:
     """Under ``nohup`` SIGHUP is ignored on purpose: the server must keep serving, not drain."""
     proc, url = _serve_process(store, ignore_hangup=True)
-    try:
+    with _reaped(proc):
         proc.send_signal(signal.SIGHUP)
         time.sleep(1.0)
         with httpx.Client(base_url=url, timeout=30) as c:
             assert c.get("/readyz").status_code == 200
             assert c.post("/v1/upscale", content=small_png(20, 20, seed=2)).status_code == 200
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _drain(proc)
 
 
 def test_a_second_ctrl_c_stops_at_once_answering_503_and_exits_130(store: Path) -> None:
