@@ -135,3 +135,22 @@ def test_a_damaged_camera_and_a_file_for_a_store_are_broken_not_ok(tmp_path: Pat
     afile.write_text("hi")
     assert main(["doctor", "--store", str(afile)]) == 0
     assert f"[!!] {afile}: is a file, not a store folder" in capsys.readouterr().out
+
+
+def test_the_store_line_counts_exported_cameras_and_memory_is_the_least_known(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An adapted camera that is not exported yet is a camera but not an exported one, and the memory line
+    shows the tighter of the machine's and the container's (cgroup) limit (mutation testing)."""
+    from adassr.runtime import cpu_info, tile_shape
+    from adassr.runtime.store import CameraStore
+
+    store = tmp_path / "store"
+    publish_camera(store, "canon", seed=1)
+    CameraStore.open(store, "dashcam", create=True).publish(
+        "adapted.safetensors", lambda p: p.write_bytes(b"weights"), stage="adapt")
+    monkeypatch.setattr(tile_shape, "mem_available_bytes", lambda: 8 * 1024**3)
+    monkeypatch.setattr(cpu_info, "cgroup_memory_left", lambda: 3 * 1024**3 // 2)
+    assert main(["doctor", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "2 camera(s), 1 exported; no fallback model" in out
+    assert "[ok] memory: 1.5 GB available" in out

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from adassr.runtime.cpu_info import (
+    CpuInfo,
     cgroup_cpu_limit,
     cpu_key,
     detect_cpu,
@@ -186,3 +187,42 @@ def test_cpu_key_distinguishes_isa(tmp_path: Path) -> None:
 def test_this_machine() -> None:
     cpu = detect_cpu()
     assert cpu.physical_cores >= 1 and cpu.logical_cpus >= cpu.physical_cores
+
+
+def test_the_widest_isa_needs_fma_for_avx2_and_either_bf16_flag_counts(tmp_path: Path) -> None:
+    """AVX2 without FMA (some VMs mask it) issues a multiply and an add, not two FMAs: counted as AVX;
+    a CPU with AMX-BF16 but no AVX512-BF16 flag still has native bf16 (mutation testing)."""
+    def cpu(flags: str) -> CpuInfo:
+        return detect_cpu(_write(tmp_path, _block(0, core=0, flags=flags, vendor="GenuineIntel", family=6,
+                                                  model=143, name="Xeon")),
+                          sys_cpu=tmp_path / "nosys", cgroup=tmp_path / "nocg", affinity=1)
+
+    no_fma = cpu("fpu sse sse2 avx avx2")
+    assert no_fma.isa == "avx" and fp32_peak(no_fma).fma_units == 1 and fp32_peak(no_fma).lanes == 8
+    assert cpu("fpu sse sse2 avx fma avx2").isa == "avx2"
+    assert cpu(f"{AVX512_FLAGS} amx_tile amx_bf16".replace("avx512_bf16 ", "")).native_bf16
+    assert not cpu(AVX2_FLAGS).native_bf16
+
+
+def test_cgroup_quotas_nested_and_named_controllers(tmp_path: Path) -> None:
+    """The tightest of the own cgroup and its parents wins, ``..`` never leaves the mount, and the v1 cpu
+    controller is matched by name, not as a substring of ``cpuset`` (mutation testing)."""
+    root = tmp_path / "cg"
+    service = root / "slice" / "job"
+    service.mkdir(parents=True)
+    (service / "cpu.max").write_text("50000 100000\n")
+    (root / "slice" / "cpu.max").write_text("300000 100000\n")
+    own = tmp_path / "self_cgroup"
+    own.write_text("0::/slice/job\n")
+    assert cgroup_cpu_limit(root, self_cgroup=own) == pytest.approx(0.5)  # own tighter than its parent
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "cpu.max").write_text("25000 100000\n")
+    own.write_text("0::/../outside\n")  # would read tmp_path/outside if `..` were followed
+    assert cgroup_cpu_limit(root, self_cgroup=own) is None
+    v1 = tmp_path / "cg1" / "cpu" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("150000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    own.write_text("4:cpu,cpuacct:/docker/abc\n5:cpuset:/elsewhere\n3:cpuacct:/elsewhere\n")
+    assert cgroup_cpu_limit(tmp_path / "cg1", self_cgroup=own) == pytest.approx(1.5)
