@@ -17,7 +17,7 @@ HR = ROOT / "tests" / "data" / "hr"
 ARTIFACTS = ROOT / "tests" / "_artifacts"
 FUJI = Path(__file__).resolve().parents[2] / "samples" / "large" / "fujifilm.mpo"  # 10 MP, 2 frames
 
-SIZES = [(1, 1), (2, 3), (5, 7), (31, 64), (64, 64), (65, 200), (97, 181), (300, 301), (44, 45)]
+SIZES = [(1, 1), (2, 3), (5, 7), (31, 64), (64, 64), (65, 200), (97, 181), (300, 301), (44, 45), (133, 133)]
 OPTIONS = [
     TilingOptions(tile=0),
     TilingOptions(tile=32, overlap=8, pre_pad=0),
@@ -27,6 +27,7 @@ OPTIONS = [
     TilingOptions(tile=64, overlap=16, pad_to_tile=False),
     TilingOptions(overlap=16, max_tile_pixels=48 * 48),
     TilingOptions(overlap=8, pre_pad=0, max_tile_pixels=40 * 30),
+    TilingOptions(tile=80, overlap=27, pre_pad=0),  # an odd overlap: the seam centre is a half pixel
 ]
 
 
@@ -144,6 +145,9 @@ def test_every_tile_is_cut_from_the_reflect_padded_canvas(height: int, width: in
         (dict(overlap=-2), "overlap"),
         (dict(batch_size=0), "batch size"),
         (dict(pre_pad=-1), "pre_pad"),
+        (dict(overlap=-1), "overlap"),
+        (dict(pre_pad=129), "pre_pad must be from 0 to 128"),
+        (dict(overlap=8, max_tile_pixels=288), "too large for --tile auto"),  # 17 x 17 = 289 is the least
     ],
 )
 def test_invalid_options_name_the_fix(kwargs: dict, match: str) -> None:
@@ -311,3 +315,76 @@ def test_bad_scale_multiple_of_and_options_are_typed_errors() -> None:
     assert TilingOptions(overlap=300, max_tile_pixels=10**6).overlap == 300
     big_endian = np.full((2, 2), 65535, dtype=">u2")
     assert to_float32(big_endian).max() == 1.0  # read from a big-endian file: it is uint16 too
+
+
+def test_auto_tiles_keep_the_model_multiple_and_the_overlap_bound() -> None:
+    """Automatic tiles were sized on the unrounded canvas: a model that needs multiples of 8 got 32 x 105
+    tiles (mutation testing). The least tile area for an overlap o is (2 o + 1)^2."""
+    for size in [(101, 101), (45, 301), (30, 30)]:
+        for multiple in (8, 16):
+            opts = TilingOptions(overlap=8, pre_pad=2, max_tile_pixels=3600)
+            th, tw = plan_tiles(*size, opts, multiple_of=multiple).tile_shape
+            assert th % multiple == 0 and tw % multiple == 0, (size, multiple, th, tw)
+    assert TilingOptions(overlap=8, max_tile_pixels=289).max_tile_pixels == 289
+
+    def needs_eight(batch: np.ndarray) -> np.ndarray:
+        assert batch.shape[2] % 8 == 0 and batch.shape[3] % 8 == 0, batch.shape
+        return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+    img = np.random.default_rng(0).random((101, 101, 3), dtype=np.float32)
+    out = upscale_tiled(img, needs_eight, scale=2, multiple_of=8,
+                        options=TilingOptions(overlap=8, pre_pad=2, max_tile_pixels=3600))
+    np.testing.assert_allclose(out, img.repeat(2, 0).repeat(2, 1), atol=1e-6)
+
+
+def test_neighbours_cross_fade_linearly_over_a_quarter_of_the_overlap() -> None:
+    """A hard cut at the seam centre kept the weights a partition of unity, and the seams grew from 38 to
+    46 levels of 255 at overlap 8 (mutation testing)."""
+    rows = plan_tiles(200, 8, TilingOptions(tile=128, overlap=32)).rows
+    assert rows.ramp == 8.0
+    for scale in (1, 4):
+        w = rows.weights(1, scale)
+        fade = w[(w > 0) & (w < 1)]
+        assert fade.size == 8 * scale  # overlap / 4 LR pixels
+        np.testing.assert_allclose(np.diff(fade), 1.0 / (8 * scale))
+
+
+def test_empty_images_and_bad_arrays_are_typed_errors_at_every_entry() -> None:
+    """An image with no rows came back as an empty output, and run_tiles (public) passed a 1- or 4-channel
+    image on to the model, which was then blamed (mutation testing)."""
+    from adassr.runtime.tiling import run_tiles
+
+    opts = TilingOptions(tile=0)
+    for shape in [(0, 5, 3), (5, 0, 3)]:
+        with pytest.raises(ShapeError, match="at least 1 x 1 pixels"):
+            upscale_tiled(np.zeros(shape, np.float32), _nearest(2), scale=2, options=opts)
+    with pytest.raises(ShapeError, match="at least 1 x 1 pixels"):
+        plan_tiles(0, 5, opts)
+    with pytest.raises(ConfigError, match="must be a TilingOptions"):
+        plan_tiles(10, 10, None)  # type: ignore[arg-type]
+    sink = lambda y, x, block: None  # noqa: E731
+    for shape, expected in [((20, 20, 1), r"\(H, W, 3\)"), ((20, 20, 4), r"\(H, W, 3\)"), ((20, 20), r"\(H, W, C\)")]:
+        with pytest.raises(ShapeError, match=expected):
+            run_tiles(np.zeros(shape, np.float32), _nearest(2), scale=2, options=opts, sink=sink)
+
+
+def test_the_model_gets_a_contiguous_float32_batch_whatever_the_converter_returns() -> None:
+    seen: list[tuple[np.dtype, bool]] = []
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        seen.append((batch.dtype, batch.flags.c_contiguous))
+        return batch.repeat(2, axis=2).repeat(2, axis=3)
+
+    from adassr.runtime.tiling import run_tiles
+
+    img = np.random.default_rng(2).random((40, 50, 3)).astype(np.float32)
+    as_float64 = lambda tile: tile.astype(np.float64)  # noqa: E731
+    for to_float in (None, as_float64):
+        out = np.zeros((80, 100, 3), np.float32)
+
+        def sink(y: int, x: int, block: np.ndarray, out: np.ndarray = out) -> None:
+            out[y:y + block.shape[0], x:x + block.shape[1]] = block
+
+        run_tiles(img, infer, scale=2, options=TilingOptions(tile=32, overlap=8), sink=sink, to_float=to_float)
+        np.testing.assert_allclose(out, img.repeat(2, 0).repeat(2, 1), atol=1e-6)
+    assert len(seen) >= 2 and all(dtype == np.float32 and contiguous for dtype, contiguous in seen)
