@@ -155,3 +155,188 @@ def test_a_ticket_keeps_its_first_reason() -> None:
     assert ticket.cancelled and ticket.reason == "deadline" and calls == [1]
     with pytest.raises(RequestCancelled, match="deadline"):
         ticket.check()
+
+
+# -- what mutation testing changed unnoticed (each test fails under its mutant) ---------------------
+TILE = np.ones((3, 4, 4), np.float32)
+
+
+def _ticket() -> Ticket:
+    return Ticket(time.monotonic() + 60)
+
+
+def test_tiles_of_different_shapes_never_share_a_model_call() -> None:
+    """The server runs small images at their own size (no padding to the tile): two such requests to one
+    camera must not be stacked into one call, where np.stack would fail both."""
+    import concurrent.futures as cf
+    import threading
+
+    batcher = TileBatcher(max_batch=4, max_wait_s=0.2)
+    model = _Doubling()
+    shapes = [(1, 3, 4, 4), (1, 3, 8, 8)]
+    gate = threading.Barrier(2)
+
+    def one(shape: tuple[int, ...]) -> tuple[int, ...]:
+        infer = batcher.infer_fn("m", model, _ticket())  # type: ignore[arg-type]
+        with batcher.producer():
+            gate.wait()
+            return infer(np.ones(shape, np.float32)).shape
+
+    try:
+        with batcher.producer(), cf.ThreadPoolExecutor(2) as pool:  # held: no part batch before max_wait
+            futures = [pool.submit(one, s) for s in shapes]
+            assert [f.result(timeout=20) for f in futures] == shapes
+        assert sorted(model.calls) == [1, 1]
+    finally:
+        batcher.close(timeout=5)
+
+
+def test_a_tile_submitted_after_close_is_refused_not_left_waiting() -> None:
+    from adassr.runtime.errors import BackendError
+
+    batcher = TileBatcher(max_batch=2, max_wait_s=0.01)
+    batcher.close(timeout=5)
+    with pytest.raises(BackendError, match="shutting down"):
+        batcher.submit("a", _Doubling(), TILE, _ticket())  # type: ignore[arg-type]
+
+
+def test_submit_wakes_an_idle_inference_thread() -> None:
+    batcher = TileBatcher(max_batch=1, max_wait_s=30.0)
+    try:
+        time.sleep(0.3)  # the inference thread waits on an empty queue
+        assert batcher.submit("a", _Doubling(), TILE, _ticket()).result(timeout=10).max() == 2.0  # type: ignore[arg-type]
+    finally:
+        batcher.close(timeout=5)
+
+
+def test_a_finished_model_call_does_not_leave_its_request_counted_as_blocked() -> None:
+    """A request whose call returned is no longer waiting for results; were it still counted, every part
+    batch would look idle and run alone (and the producer count must go up and down with the pipelines)."""
+    import concurrent.futures as cf
+
+    batcher = TileBatcher(max_batch=4, max_wait_s=30.0)
+    model = _Doubling()
+    infer = batcher.infer_fn("a", model, Ticket(time.monotonic() + 120))  # type: ignore[arg-type]
+
+    def request() -> np.ndarray:
+        with batcher.producer():
+            infer(np.ones((4, 3, 4, 4), np.float32))  # a full batch: runs at once
+            return infer(np.ones((1, 3, 4, 4), np.float32))  # a part batch: waits for the other pipeline
+
+    other = batcher.producer()
+    other.__enter__()
+    try:
+        with cf.ThreadPoolExecutor(1) as pool:
+            second = pool.submit(request)
+            time.sleep(1.0)
+            assert model.calls == [4] and not second.done()
+            other.__exit__(None, None, None)  # the other pipeline ends: the part batch is due at once
+            assert second.result(timeout=10).max() == 2.0
+        assert model.calls == [4, 1]
+    finally:
+        batcher.close(timeout=5)
+
+
+def _raise(*_: object) -> None:
+    raise RuntimeError("metrics broken")
+
+
+def test_failing_callbacks_never_end_the_inference_thread() -> None:
+    model = _FailsOnce()
+    batcher = TileBatcher(max_batch=2, max_wait_s=0.01, on_batch=_raise, on_cancelled_tiles=_raise)
+    try:
+        ticket = _ticket()
+        with batcher.producer():
+            futures = [batcher.submit("k", model, TILE, ticket) for _ in range(3)]  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="simulated"):
+            futures[0].result(timeout=10)
+        for _ in range(2):  # the failed request's third tile was dropped: both callbacks raised on the thread
+            later = [batcher.submit("k", model, TILE, _ticket()) for _ in range(2)]  # type: ignore[arg-type]
+            assert [float(f.result(timeout=10).max()) for f in later] == [2.0, 2.0]
+    finally:
+        batcher.close(timeout=5)
+
+
+def test_close_runs_a_part_batch_at_once_even_while_a_pipeline_is_open() -> None:
+    batcher = TileBatcher(max_batch=4, max_wait_s=30.0)
+    with batcher.producer():
+        future = batcher.submit("a", _Doubling(), TILE, _ticket())  # type: ignore[arg-type]
+        batcher.close(timeout=5)
+        assert future.result(timeout=5).max() == 2.0
+
+
+def test_a_part_batch_runs_after_max_wait_while_another_pipeline_prepares_tiles() -> None:
+    batcher = TileBatcher(max_batch=4, max_wait_s=0.1)
+    try:
+        with batcher.producer():  # never submits: nothing else wakes the inference thread
+            assert batcher.submit("a", _Doubling(), TILE, _ticket()).result(timeout=10).max() == 2.0  # type: ignore[arg-type]
+    finally:
+        batcher.close(timeout=5)
+
+
+class _Short(_Doubling):
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch.shape[0])
+        return batch[:1] * 2 if len(self.calls) == 1 else batch * 2
+
+
+def test_a_short_model_output_fails_its_tiles_and_the_batcher_goes_on() -> None:
+    """A backend that returns fewer rows than it got must fail that batch's tiles, not the inference
+    thread (every later request would hang until its deadline)."""
+    model = _Short()
+    batcher = TileBatcher(max_batch=2, max_wait_s=30.0)
+    try:
+        with batcher.producer():  # a full batch of two runs at once; no part batch of one before it
+            first = [batcher.submit("k", model, TILE, _ticket()) for _ in range(2)]  # type: ignore[arg-type]
+            for f in first:
+                with pytest.raises(IndexError):
+                    f.result(timeout=10)
+            later = [batcher.submit("k", model, TILE, _ticket()) for _ in range(2)]  # type: ignore[arg-type]
+            assert [float(f.result(timeout=10).max()) for f in later] == [2.0, 2.0]
+    finally:
+        batcher.close(timeout=5)
+
+
+def test_a_batch_record_counts_requests_not_tiles() -> None:
+    records: list[BatchRecord] = []
+    batcher = TileBatcher(max_batch=2, max_wait_s=30.0, on_batch=records.append)
+    try:
+        ticket = _ticket()
+        with batcher.producer():
+            for f in [batcher.submit("k", _Doubling(), TILE, ticket) for _ in range(2)]:  # type: ignore[arg-type]
+                f.result(timeout=10)
+    finally:
+        batcher.close(timeout=5)
+    assert records == [BatchRecord("k", 2, 1)]
+
+
+def test_close_waits_for_the_queued_work_and_stops_every_thread() -> None:
+    """The server closes its models right after close() returns: a call still running then would use a
+    closed model; and every inference thread must wake to stop, not only one."""
+    batcher = TileBatcher(max_batch=1, max_wait_s=0.01)
+    future = batcher.submit("a", _Slow(), TILE, _ticket())  # type: ignore[arg-type]
+    batcher.close(timeout=10)
+    assert future.done()
+    three = TileBatcher(max_batch=1, max_wait_s=0.01, threads=3)
+    time.sleep(0.2)  # all three wait on the empty queue
+    started = time.monotonic()
+    three.close(timeout=5)
+    assert not any(t.is_alive() for t in three._threads) and time.monotonic() - started < 4
+
+
+def test_model_calls_run_on_every_inference_thread() -> None:
+    import threading
+
+    meet = threading.Barrier(2, timeout=5)
+
+    class _Meets(_Doubling):
+        def infer(self, batch: np.ndarray) -> np.ndarray:
+            meet.wait()  # both calls must be running at once
+            return batch * 2
+
+    batcher = TileBatcher(max_batch=1, max_wait_s=0.01, threads=2)
+    try:
+        futures = [batcher.submit(k, _Meets(), TILE, _ticket()) for k in "ab"]  # type: ignore[arg-type]
+        assert [float(f.result(timeout=10).max()) for f in futures] == [2.0, 2.0]
+    finally:
+        batcher.close(timeout=5)
