@@ -90,6 +90,8 @@ def _pid_alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
+    except OverflowError:  # beyond a C pid_t: no process has it (a foreign or damaged name)
+        return False
     except OSError as exc:
         return exc.errno == errno.EPERM  # exists, owned by someone else
     return True

@@ -74,3 +74,23 @@ def test_a_temporary_file_of_another_user_s_live_process_is_not_stale(monkeypatc
 
     monkeypatch.setattr(tempfiles.os, "kill", gone)
     assert tempfiles.is_stale_temp(".model.onnx.4242.0123456789ab.tmp")
+
+
+def test_a_temporary_file_named_with_an_impossible_pid_is_a_dead_writer_s(tmp_path: Path) -> None:
+    """A process id beyond a C pid_t in a temporary file's name (a foreign or damaged name in a shared cache
+    folder) made os.kill raise OverflowError, which escaped every use of that cache, hit or miss, until the
+    file was removed by hand (a helper's hunt)."""
+    from adassr.runtime.tempfiles import is_stale_temp, remove_stale_temps
+
+    names = [".m.npy.99999999999999999999.0123456789ab.tmp", ".m.npy.4294967297.0123456789ab.tmp"]
+    for name in names:
+        _entry(tmp_path, name, 10, age_s=0)  # (_entry's files are years old)
+        assert is_stale_temp(name)
+    assert sorted(remove_stale_temps(tmp_path)) == sorted(names)
+    for name in names:
+        _entry(tmp_path, name, 10, age_s=0)
+    _entry(tmp_path, "a.npy", 100, age_s=50)
+    _entry(tmp_path, "b.npy", 100, age_s=40)
+    _entry(tmp_path, "c.npy", 100, age_s=30)
+    evict_least_recent(tmp_path, "*.npy", 200)  # stops as soon as the rest fit: only the oldest goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npy", "c.npy"]
