@@ -570,3 +570,140 @@ def test_adassr_serve_with_max_models_says_so_and_serves(store: Path) -> None:
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "at most 2 models open); SIGTERM drains" in output
+
+
+# -- what mutation testing changed unnoticed (each test fails under its mutant) ---------------------
+def test_a_version_superseded_while_it_opens_is_not_installed(store: Path, image: LoadedImage) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, 2)
+    v1 = registry.parked["sony"].sha256
+    done: list[int] = []
+
+    def republish(route: RouteDecision) -> None:
+        if route.sha256 == v1 and not done:
+            done.append(1)
+            publish_camera(store, "sony", seed=51)
+            registry.refresh()  # parks the new version while the old one opens
+
+    opener.before_open = republish
+    with registry.serving("sony", image) as route:
+        assert route.model.sha256 != v1
+    assert registry.models["sony"].sha256 == registry.listing()["sony"]["sha256"] != v1
+
+
+def test_a_model_that_opened_after_a_failure_is_not_refused_again_after_eviction(
+        store: Path, image: LoadedImage, monkeypatch: pytest.MonkeyPatch) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, 1)
+    opener.failing.add("canon")
+    with pytest.raises(ModelUnavailable):
+        _serve(registry, "canon", image)
+    opener.failing.clear()
+    monkeypatch.setattr(models_module, "ON_DEMAND_RETRY_S", 0.0)
+    assert _serve(registry, "canon", image) == "canon"  # opened: the failure is over
+    monkeypatch.setattr(models_module, "ON_DEMAND_RETRY_S", 10.0)
+    assert _serve(registry, "nikon", image) == "nikon"  # canon evicted
+    assert _serve(registry, "canon", image) == "canon"  # opens again: no 503 from the old failure
+
+
+def test_the_previous_version_is_verified_before_it_serves(store: Path, image: LoadedImage) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, 2)
+    old = registry.parked["sony"]
+    publish_camera(store, "sony", seed=31)
+    registry.refresh()
+    new = registry.parked["sony"]
+    assert new.sha256 != old.sha256
+    old.onnx_path.write_bytes(new.onnx_path.read_bytes())  # the previous file replaced: fails its checksum
+    real = opener.real
+
+    def refuse_new(route: RouteDecision) -> Backend:
+        if route.sha256 == new.sha256:
+            raise BackendError("this engine cannot be built on this GPU")
+        return real(route)
+
+    opener.real = refuse_new
+    with pytest.raises(ModelUnavailable):
+        _serve(registry, "sony", image)
+    assert opener.opened == []
+
+
+def test_retry_failed_releases_the_model_it_opened(store: Path, image: LoadedImage,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, 2)
+    opener.failing.update(registry.servable())
+    for camera in sorted(registry.servable()):
+        with pytest.raises(ModelUnavailable):
+            _serve(registry, camera, image)
+    opener.failing.clear()
+    monkeypatch.setattr(models_module, "ON_DEMAND_RETRY_S", 0.0)
+    assert registry.retry_failed() is True
+    _serve(registry, "canon", image)
+    _serve(registry, "nikon", image)  # the fallback evicted: nothing uses it, so it closes
+    assert FALLBACK_CAMERA in opener.closed
+
+
+def test_a_parked_camera_adapted_again_is_not_served_by_the_fallback(store: Path, image: LoadedImage) -> None:
+    from adassr.runtime.store import CameraStore
+
+    opener = Opener()
+    registry = _registry(store, opener, 2)
+    CameraStore.open(store, "sony").update_manifest(lambda m: m.pop("exports"))  # adapted again, not exported
+    opener.failing.add("sony")  # its (old) model cannot open now
+    with pytest.raises(ModelUnavailable):  # not the fallback's model served as sony's
+        _serve(registry, "sony", image)
+
+
+def test_a_version_that_opened_does_not_fall_back_to_the_one_before_it_later(store: Path, image: LoadedImage) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, 1)
+    publish_camera(store, "sony", seed=31)
+    registry.refresh()
+    new = registry.parked["sony"].sha256
+    with registry.serving("sony", image) as route:
+        assert route.model.sha256 == new  # the new version opened fine
+    _serve(registry, "nikon", image)  # sony evicted
+    real = opener.real
+
+    def refuse_new(route: RouteDecision) -> Backend:
+        if route.sha256 == new:
+            raise BackendError("out of GPU memory")  # e.g. at its next open
+        return real(route)
+
+    opener.real = refuse_new
+    with pytest.raises(ModelUnavailable):  # not the older version, which the newer one had replaced
+        _serve(registry, "sony", image)
+
+
+def test_a_bool_max_models_is_refused_by_the_registry() -> None:
+    with pytest.raises(ConfigError, match="max_models"):
+        ModelRegistry(Path("."), open_model=Opener(), max_models=True)
+
+
+def test_an_empty_store_at_start_is_no_store_problem(tmp_path: Path) -> None:
+    errors: list[str] = []
+    root = tmp_path / "store"
+    root.mkdir()
+    registry = ModelRegistry(root, open_model=Opener(), on_error=errors.append)
+    registry.refresh()
+    assert registry.store_problem is None and errors == []
+
+
+def test_a_version_loaded_at_a_request_during_a_refresh_that_replaces_it_is_closed(
+        store: Path, image: LoadedImage, monkeypatch: pytest.MonkeyPatch) -> None:
+    opener = Opener()
+    registry = _registry(store, opener, 2)
+    publish_camera(store, "sony", seed=61)
+    real_resolve = models_module.resolve_model
+    served: list[str] = []
+
+    def resolve_while_a_request_loads_the_old_version(*args: object, **kwargs: object) -> object:
+        if kwargs.get("camera") == "sony" and not served:
+            served.append(_serve(registry, "sony", image))  # the parked (old) version opens at a request
+        return real_resolve(*args, **kwargs)
+
+    monkeypatch.setattr(models_module, "resolve_model", resolve_while_a_request_loads_the_old_version)
+    assert registry.refresh() is True
+    assert served == ["sony"] and "sony" in registry.parked  # the new version parked in its place
+    assert opener.closed == ["sony"]  # the old version, no longer served and unused, closed
