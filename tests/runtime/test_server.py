@@ -478,6 +478,60 @@ def test_serve_refuses_a_bad_thread_override_at_start(store: Path, monkeypatch: 
     assert "ADASSR_THREADS must be an integer from 1 to 1024" in capsys.readouterr().err
 
 
+def test_every_request_limit_is_checked_by_its_name() -> None:
+    """Only max_pixels was tried: the other limits' checks could go unnoticed (mutation testing), and a NaN or
+    zero timeout let `serve` start with a limit that never fires or always does."""
+    import math
+
+    for name in ("max_body_bytes", "max_pixels", "max_output_pixels"):
+        for bad in (0, -1, 1.5, True, "10"):
+            with pytest.raises(ConfigError, match=f"{name} must be a positive integer"):
+                Limits(**{name: bad})  # type: ignore[arg-type]
+        assert getattr(Limits(**{name: 1}), name) == 1
+    for name in ("max_outscale", "header_timeout_s", "body_timeout_s", "send_timeout_s", "request_timeout_s"):
+        for bad in (0, -1.0, math.nan, math.inf, "1"):
+            with pytest.raises(ConfigError, match=f"{name} must be a positive number"):
+                Limits(**{name: bad})  # type: ignore[arg-type]
+        assert getattr(Limits(**{name: 0.5}), name) == 0.5
+    for name in ("header_timeout_s", "body_timeout_s", "send_timeout_s", "request_timeout_s"):
+        with pytest.raises(ConfigError, match=f"{name} must be at most 604800 s"):
+            Limits(**{name: 7 * 24 * 3600.0 + 1})
+        assert getattr(Limits(**{name: 7 * 24 * 3600.0}), name) == 7 * 24 * 3600.0
+
+
+def test_the_first_request_id_header_names_the_request_and_the_response_carries_one() -> None:
+    """Two X-Request-ID headers (a proxy that adds its own): the first names the request; the response has
+    exactly one, which replaces any the app set (mutation testing)."""
+    import asyncio
+
+    from adassr.runtime.server import request_ids
+
+    seen: list[str | None] = []
+    sent: list[dict[str, object]] = []
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        seen.append(request_ids.current.get())
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"x-request-id", b"app-set"), (b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    async def record(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request"}
+
+    scope = {"type": "http", "headers": [(b"X-Request-ID", b"first"), (b"x-request-id", b"second")]}
+    async def one_request() -> str | None:
+        await request_ids.RequestIdMiddleware(app)(scope, receive, record)  # type: ignore[arg-type]
+        return request_ids.current.get()  # after the request, in the same task: no ID left behind
+
+    assert asyncio.run(one_request()) is None and seen == ["first"]
+    headers = sent[0]["headers"]
+    assert [v for k, v in headers if k == b"x-request-id"] == [b"first"]  # type: ignore[attr-defined]
+    assert (b"content-type", b"text/plain") in headers  # type: ignore[operator]
+
+
 def test_config_validation(store: Path) -> None:
     with pytest.raises(ConfigError, match="workers"):
         ServerConfig(store=store, workers=0)
