@@ -372,3 +372,73 @@ def test_an_entry_out_of_the_data_costs_the_others_nothing(count: int) -> None:
     exif = Image.Exif()
     exif.load(carried_exif(_block("<", entries)) or b"")
     assert (exif.get(271), exif.get(272), exif.get(270)) == ("Nokia Corp", "Lumia 1020", None)
+
+
+def test_big_endian_shorts_are_swapped_and_ifd0_entries_stay_sorted() -> None:
+    """A Motorola-order block's SHORT values copied unswapped would carry ISO 100 as 25600; and the directory
+    pointers appended after IFD0's entries must still come in tag order, XP tags (0x9C9B...) after them, or
+    strict readers skip the entries (mutation testing)."""
+    import struct
+
+    iso, area = struct.pack(">H", 100), struct.pack(">4H", 10, 20, 300, 400)  # one inline, one out of line
+    title = "Hafen".encode("utf-16-le") + b"\0\0"
+    block = _block(">", [(271, 2, 5, b"Make\0"), (0x9C9B, 1, len(title), title)],
+                   [(0x8827, 3, 1, iso), (0x9214, 3, 4, area), (0x9209, 3, 1, struct.pack(">H", 16))])
+    payload = carried_exif(block)
+    assert payload is not None
+    exif = Image.Exif()
+    exif.load(payload)
+    sub = exif.get_ifd(EXIF_IFD)
+    assert (sub[0x8827], sub[0x9214], sub[0x9209]) == (100, (10, 20, 300, 400), 16)
+    (count,) = struct.unpack_from("<H", payload, 8)
+    tags = [struct.unpack_from("<H", payload, 10 + 12 * k)[0] for k in range(count)]
+    assert tags == sorted(tags) and EXIF_IFD in tags and 0x9C9B in tags
+
+
+def test_a_tiff_value_cut_short_by_the_file_end_is_left_out() -> None:
+    """An entry whose value runs past the end of a TIFF file is left out, as from a block in memory: carried
+    with its full count, it would be a corrupt entry in every output (mutation testing)."""
+    import struct
+
+    from adassr.runtime.images.exif import carried_tiff_exif
+
+    artist = b"Jane Photographer\0\0\0"  # 20 bytes named, 10 in the file
+    ifd = (struct.pack("<H", 2) + struct.pack("<HHI", 271, 2, 4) + b"Abc\0" + struct.pack("<HHII", 315, 2, 20, 38)
+           + struct.pack("<I", 0))
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd + artist[:10]
+    for payload in (carried_exif(b"Exif\x00\x00" + tiff), carried_tiff_exif(io.BytesIO(tiff))):
+        assert payload is not None
+        (count,) = struct.unpack_from("<H", payload, 8)  # (Pillow would drop the cut entry itself, with a warning)
+        assert count == 1 and struct.unpack_from("<H", payload, 10)[0] == 271
+        exif = Image.Exif()
+        exif.load(payload)
+        assert exif.get(271) == "Abc"
+
+
+def test_the_value_budget_counts_every_entry_read() -> None:
+    """Values of 600 KiB each: the 1 MiB budget is for all of them together, not per entry, or a crafted TIFF
+    makes every read pull up to a GiB per directory (mutation testing)."""
+    import struct
+
+    from adassr.runtime.images.exif import carried_tiff_exif
+
+    class Counting(io.BytesIO):
+        read_bytes = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            data = super().read(size)
+            Counting.read_bytes += len(data)
+            return data
+
+    big = 600 * 1024
+    tags = (270, 315, 33432)  # description, artist, copyright: carried IFD0 text
+    values_at = 8 + 2 + 12 * len(tags) + 4
+    head = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHII", tag, 2, big, values_at + k * big) for k, tag in enumerate(tags))
+    text = b"".join(bytes([65 + k]) * (big - 1) + b"\0" for k in range(len(tags)))
+    tiff = b"II*\x00" + struct.pack("<I", 8) + head + struct.pack("<I", 0) + text
+    payload = carried_tiff_exif(Counting(tiff))
+    exif = Image.Exif()
+    exif.load(payload or b"")
+    assert sum(tag in exif for tag in tags) <= 1
+    assert Counting.read_bytes < 1.3 * 2**20

@@ -1794,3 +1794,15 @@ def test_a_written_image_s_folder_is_fsynced_after_the_rename(tmp_path: Path, mo
     write_image(tmp_path / "a.png", _photo())
     monkeypatch.undo()
     assert events.index(("replaced", str(tmp_path / "a.png"))) < events.index(("fsync", str(tmp_path)))
+
+
+def test_every_orientation_gives_a_contiguous_array() -> None:
+    """A turned image as a negative-stride view: torch.from_numpy refuses those, and encoders copy them
+    (mutation testing)."""
+    from adassr.runtime.images.orientation import apply_orientation
+
+    a = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    for orientation in range(2, 9):
+        turned = apply_orientation(a, orientation)
+        assert turned.flags.c_contiguous, orientation
+        assert turned.shape == ((2, 3, 3) if orientation <= 4 else (3, 2, 3))

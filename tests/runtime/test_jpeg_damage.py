@@ -113,6 +113,9 @@ DAMAGED = {
     "progressive, a stretch of its first scan repeated": lambda: _stretch_repeated(
         _jpeg(_photo(), progressive=True), scan_end=b"\xff\xc4"),  # data left before the next scan's table
     "MPO first frame, cut": lambda: _cut_keeping_end((SAMPLES / "nintendo" / "frozenpond.mpo").read_bytes()[:60_000]),
+    # the header's stray bytes are dropped once; the scan's own extraneous bytes are then damage, not a second
+    # cleaning and a decode through Pillow unchecked (mutation testing)
+    "stray header bytes, and a stretch repeated": lambda: _stretch_repeated(_with_header_gap(_jpeg(_photo()))),
 }
 
 
@@ -282,6 +285,9 @@ def test_damage_signs() -> None:
     assert is_damage("Corrupt JPEG data: premature end of data segment")
     assert is_damage("Corrupt JPEG data: found marker 0xd4 instead of RST2")
     assert is_damage("Premature end of JPEG file")
+    assert is_damage("Corrupt JPEG data: bad Huffman code")  # libjpeg-turbo's JWRN_* texts (jerror.h)
+    assert is_damage("Corrupt JPEG data: bad arithmetic code")
+    assert is_damage("Inconsistent progression sequence for component 0 coefficient 1")
     assert not is_damage("Corrupt JPEG data: 1 extraneous bytes before marker 0xd9")  # judged by where it is
     assert not is_damage("Warning: unknown JFIF revision number 3.01")
     assert extraneous_bytes("Corrupt JPEG data: 344 extraneous bytes before marker 0xd4") == (344, 0xD4)
