@@ -66,11 +66,6 @@ def current_umask() -> int:
     return mask
 
 
-def default_file_mode() -> int:
-    """``0o666`` minus the umask: the mode ``open(path, "w")`` would give a new file."""
-    return 0o666 & ~current_umask()
-
-
 def create_temp(target: Path) -> tuple[int, Path]:
     """Create an empty temporary file for ``target`` (O_EXCL, umask-derived mode); ``(fd, path)``."""
     while True:

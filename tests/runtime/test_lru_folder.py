@@ -94,3 +94,42 @@ def test_a_temporary_file_named_with_an_impossible_pid_is_a_dead_writer_s(tmp_pa
     _entry(tmp_path, "c.npy", 100, age_s=30)
     evict_least_recent(tmp_path, "*.npy", 200)  # stops as soon as the rest fit: only the oldest goes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npy", "c.npy"]
+
+
+def test_kept_entries_count_toward_the_cap_and_only_the_pattern_s_files_go(tmp_path: Path) -> None:
+    """Entries kept for the run still count (else the folder ends above its cap), files of other names are
+    never touched, and a symbolic link that loops is skipped, not an error (mutation testing)."""
+    for name, age in (("a.npy", 50), ("b.npy", 40), ("c.npy", 30)):
+        _entry(tmp_path, name, 100, age_s=age)
+    evict_least_recent(tmp_path, "*.npy", 200, keep={"c.npy"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npy", "c.npy"]
+    other = tmp_path / "other"
+    other.mkdir()
+    _entry(other, "notes.txt", 1000, age_s=100)
+    _entry(other, "a.npy", 100, age_s=50)
+    evict_least_recent(other, "*.npy", 100)
+    assert sorted(p.name for p in other.iterdir()) == ["a.npy", "notes.txt"]
+    looped = tmp_path / "looped"
+    looped.mkdir()
+    (looped / "loop.npy").symlink_to(looped / "loop.npy")
+    _entry(looped, "a.npy", 100, age_s=50)
+    _entry(looped, "b.npy", 100, age_s=40)
+    evict_least_recent(looped, "*.npy", 100)
+    assert sorted(p.name for p in looped.iterdir()) == ["b.npy", "loop.npy"]
+
+
+def test_a_file_another_process_evicted_first_counts_as_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    for name, age in (("a.npy", 50), ("b.npy", 40), ("c.npy", 30)):
+        _entry(tmp_path, name, 100, age_s=age)
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name == "a.npy":
+            real_unlink(self)  # another process evicted it just before
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with caplog.at_level(logging.WARNING, logger="adassr.runtime.lru_folder"):
+        evict_least_recent(tmp_path, "*.npy", 200)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npy", "c.npy"] and not caplog.records

@@ -72,3 +72,32 @@ def test_a_close_after_the_client_reset_the_connection_raises_nothing() -> None:
     assert protocol._real.closed and not protocol._lingering
 
 
+
+
+def test_a_steady_flood_is_logged_once_a_minute_with_the_count_since_the_last_line() -> None:
+    """A sliding window logged a flood of one line a second once and never again; the count must restart at
+    each line logged, and a line with nothing left out carries no count (mutation testing)."""
+    now = [0.0]
+    limit = ClientNoiseLimit(clock=lambda: now[0])
+    passed = 0
+    for _ in range(300):  # one a second for five minutes
+        passed += limit.filter(_record("Unsupported upgrade request."))
+        now[0] += 1
+    assert passed == 5
+    now[0] += INTERVAL_S
+    counted = ClientNoiseLimit(clock=lambda: now[0])
+    for burst, expected in ((10, "(9 more"), (4, "(4 more")):  # the first of 10 logged; all 4 left out
+        for _ in range(burst):
+            counted.filter(_record("Unsupported upgrade request."))
+        now[0] += INTERVAL_S
+        line = _record("Unsupported upgrade request.")
+        assert counted.filter(line) and expected in line.getMessage()
+    quiet = ClientNoiseLimit(clock=lambda: now[0])
+    assert quiet.filter(_record("Invalid HTTP request received."))
+    assert [quiet.filter(_record("Invalid HTTP request received.")) for _ in range(100)].count(True) == 0
+    now[0] += INTERVAL_S
+    line = _record("Invalid HTTP request received.")
+    assert quiet.filter(line) and "more" in line.getMessage()
+    now[0] += INTERVAL_S
+    line = _record("Invalid HTTP request received.")
+    assert quiet.filter(line) and line.getMessage() == "Invalid HTTP request received."
