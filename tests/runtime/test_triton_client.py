@@ -214,3 +214,67 @@ def _small_png_bytes() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((12, 16, 3), 90, np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+_GOOD_CONFIG = {
+    "name": "adassr_canon",
+    "max_batch_size": 8,
+    "input": [{"name": "lr", "data_type": "TYPE_FP32", "dims": ["3", "128", "128"]}],
+    "output": [{"name": "sr", "data_type": "TYPE_FP32", "dims": ["3", "512", "512"]}],
+    "parameters": {"adassr_scale": {"string_value": "4"}},
+}
+
+
+def test_the_config_s_multiple_wire_type_batch_and_default_overlap_are_used() -> None:
+    """What mutation testing changed unnoticed: the repository's size multiple, an fp16 repository's wire type
+    (a real Triton refuses FP32 data for it), a batch of at least 1, and the default overlap (32, not the
+    most a 128 px tile fits)."""
+    info = parse_model_config({**_GOOD_CONFIG, "parameters": {"adassr_scale": {"string_value": "4"},
+                                                                "adassr_multiple_of": {"string_value": "8"}}})
+    assert info.multiple_of == 8
+    half = [{**_GOOD_CONFIG["input"][0], "data_type": "TYPE_FP16"}]  # type: ignore[index]
+    assert parse_model_config({**_GOOD_CONFIG, "input": half}).datatype == "FP16"
+    assert parse_model_config({**_GOOD_CONFIG, "max_batch_size": 0}).max_batch_size == 1
+    client = TritonUpscaler("localhost:1")  # no request made
+    tiling = client.tiling_for(parse_model_config(_GOOD_CONFIG))
+    assert (tiling.tile, tiling.overlap, tiling.batch_size, tiling.pad_to_tile) == (128, 32, 8, True)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"input": [{"name": "lr", "data_type": "TYPE_FP32", "dims": ["3", "x", "x"]}]}, "not one adassr wrote"),
+    ({"input": [_GOOD_CONFIG["input"][0]] * 2}, "not one adassr wrote"),  # type: ignore[index]
+    ({"input": [{"name": "lr", "data_type": "TYPE_FP32", "dims": [3, 64]}]}, "input dims"),
+    ({"input": [{"name": "lr", "data_type": "TYPE_FP32", "dims": [3, 64, 64, 1]}]}, "input dims"),
+    ({"input": [{"name": "lr", "data_type": "TYPE_FP32", "dims": [3, 0, 0]}], "parameters": {}}, "input dims"),
+    ({"output": [{"name": "sr", "data_type": "TYPE_FP32", "dims": [1, 512, 512]}]}, "output dims"),
+])
+def test_configs_adassr_did_not_write_are_backend_errors(change: dict[str, object], match: str) -> None:
+    with pytest.raises(BackendError, match=match):
+        parse_model_config({**_GOOD_CONFIG, **change})
+
+
+def test_triton_urls() -> None:
+    from adassr.runtime.errors import ConfigError
+    from adassr.runtime.server.triton_client import triton_url
+
+    assert triton_url("http://h:1/") == "h:1" and triton_url("HTTP://h:1") == "h:1"
+    assert triton_url(" localhost:8000/v2 ") == "localhost:8000/v2"
+    for bad in ("ftp://h:1", "https://h:1", ":8000", "/x", "", "h:0", "h:abc", "h:99999"):
+        with pytest.raises(ConfigError, match="Triton URL"):
+            triton_url(bad)
+
+
+def test_a_camera_is_spelt_and_checked_through_the_python_api(tmp_path: Path) -> None:
+    from adassr.runtime.errors import CameraError
+
+    image = read_image(_write_png(tmp_path))
+    client = TritonUpscaler("localhost:1", prefix="fleet_")
+    assert client.route(image, "Canon") == ("fleet_canon", "explicit")
+    with pytest.raises(CameraError):
+        client.route(image, "../x")
+
+
+def _write_png(tmp_path: Path) -> Path:
+    path = tmp_path / "small.png"
+    path.write_bytes(_small_png_bytes())
+    return path

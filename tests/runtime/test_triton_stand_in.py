@@ -177,3 +177,71 @@ def test_a_camera_model_that_is_not_ready_fails_its_images_instead_of_the_fallba
         triton.not_ready.clear()
         assert main(["upscale", "-i", str(src / "a_canon.jpg"), "-o", str(tmp_path / "a.png"), "--triton",
                      triton.url, "--tile", "64", "--no-progress"]) == 0
+
+
+def test_outscale_small_images_and_the_model_options_reach_triton(setup: tuple[Path, Path, Path],
+                                                                  tmp_path: Path) -> None:
+    """What mutation testing changed unnoticed: --outscale through Triton, an image smaller than the
+    repository's tile (padded to it: Triton refuses other shapes), --triton-model and --triton-prefix."""
+    from adassr.runtime.images import write_image
+
+    store, repo, src = setup
+    one = src / "a_canon.jpg"
+    small = src.parent / "tiny.png"
+    write_image(small, (np.random.default_rng(4).random((20, 24, 3)) * 255).astype(np.uint8))
+    tiling = ("--tile", str(TILE), "--tile-overlap", "15", "--no-progress")
+    for name, source, extra in (("half", one, ("--outscale", "2")), ("small", small, ())):
+        ref = tmp_path / f"{name}_ref.png"
+        assert upscale_cli("-i", str(source), "-o", str(ref), "--store", str(store), "--camera", "canon", *tiling,
+                           *extra)[0] == 0
+        with fake_triton(repo) as triton:
+            out = tmp_path / f"{name}.png"
+            code, _, stderr = upscale_cli("-i", str(source), "-o", str(out), "--triton", triton.url, "--camera",
+                                          "canon", "--no-progress", *extra)
+            assert code == 0, stderr
+            assert {c["shape"][1:] for c in triton.calls} == {(3, TILE, TILE)}
+        assert _same_pixels(out, ref), name
+    h, w = read_image(one).pixels.shape[:2]
+    assert read_image(tmp_path / "half.png").pixels.shape[:2] == (2 * h, 2 * w)
+    with fake_triton(repo) as triton:
+        code, stdout, stderr = upscale_cli("-i", str(one), "-o", str(tmp_path / "m.png"), "--triton", triton.url,
+                                           "--triton-model", f"adassr_{FALLBACK_CAMERA}", "--no-progress")
+        assert code == 0, stderr
+        assert f"[model adassr_{FALLBACK_CAMERA} on Triton, --triton-model]" in stdout
+        assert {c["model"] for c in triton.calls} == {f"adassr_{FALLBACK_CAMERA}"}
+    fleet = tmp_path / "fleet"
+    write_repository(fleet, store, options=TritonRepoOptions(tile=TILE, max_batch_size=4, preferred_batch_sizes=(2, 4),
+                                                             prefix="fleet_",
+                                                             instance_kind="KIND_CPU"))
+    with fake_triton(fleet) as triton:
+        for camera in (("--camera", "canon"), ()):  # chosen, and routed by the photo's EXIF Make
+            code, stdout, stderr = upscale_cli("-i", str(one), "-o", str(tmp_path / f"p{len(camera)}.png"), "--triton",
+                                               triton.url, "--triton-prefix", "fleet_", *camera, "--no-progress")
+            assert code == 0, stderr
+            assert {c["model"] for c in triton.calls} == {"fleet_canon"}
+
+
+def test_transparency_and_the_pre_pad_reach_the_output_through_triton(setup: tuple[Path, Path, Path],
+                                                                      tmp_path: Path) -> None:
+    """A PNG's alpha and --pre-pad were dropped unnoticed on the Triton path (mutation testing): the output
+    must equal the local run's, alpha included."""
+    from adassr.runtime.images import write_image
+
+    store, repo, _ = setup
+    rgb = (np.random.default_rng(5).random((40, 44, 3)) * 255).astype(np.uint8)
+    alpha = np.repeat(np.linspace(0, 255, 44, dtype=np.uint8)[None, :], 40, axis=0)
+    source = tmp_path / "logo.png"
+    write_image(source, rgb, alpha=alpha)
+    for pre_pad in ("0", "12"):
+        ref = tmp_path / f"ref{pre_pad}.png"
+        assert upscale_cli("-i", str(source), "-o", str(ref), "--store", str(store), "--camera", "canon", "--tile",
+                           str(TILE), "--tile-overlap", "15", "--pre-pad", pre_pad, "--no-progress")[0] == 0
+        with fake_triton(repo) as triton:
+            out = tmp_path / f"t{pre_pad}.png"
+            code, _, stderr = upscale_cli("-i", str(source), "-o", str(out), "--triton", triton.url, "--camera",
+                                          "canon", "--pre-pad", pre_pad, "--no-progress")
+            assert code == 0, stderr
+        got, want = read_image(out), read_image(ref)
+        assert got.alpha is not None and want.alpha is not None and got.alpha.shape == (160, 176), pre_pad
+        assert np.array_equal(got.alpha, want.alpha) and _same_pixels(out, ref), pre_pad
+    assert not _same_pixels(tmp_path / "t0.png", tmp_path / "t12.png")  # the pre-pad changes the borders
