@@ -130,3 +130,19 @@ def test_a_busy_process_on_our_cpus_is_seen_and_our_own_work_is_not() -> None:
     # machine only adds to that
     assert own.busy_cpus < max(background.busy_cpus, background_after.busy_cpus) + 0.7
     assert other.busy_cpus >= 0.8
+
+
+def test_load_counts_only_the_cpus_this_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under taskset or a cpuset the host's other CPUs are not ours; a truncated /proc/self/stat is no load
+    reading; busy CPUs stay within 0..cpus (mutation testing)."""
+    from adassr.runtime import cpu_load
+    from adassr.runtime.cpu_load import CpuTicks, busy_elsewhere, read_ticks
+
+    (tmp_path / "stat").write_text("cpu0 1 0 0 1 0 0 0 0\ncpu1 5 0 0 1 0 0 0 0\n")
+    (tmp_path / "self").write_text("1 (x) S " + " ".join(["0"] * 50))
+    monkeypatch.setattr(cpu_load, "_affinity", lambda: {0})
+    assert read_ticks(tmp_path / "stat", tmp_path / "self") == CpuTicks(1, 2, 0, 1)
+    (tmp_path / "self").write_text("1 (x) S 0")
+    assert read_ticks(tmp_path / "stat", tmp_path / "self") is None
+    assert busy_elsewhere(CpuTicks(0, 0, 0, 2), CpuTicks(100, 100, 300, 2)).busy_cpus == 0.0
+    assert busy_elsewhere(CpuTicks(0, 0, 0, 2), CpuTicks(300, 100, 0, 2)).busy_cpus == 2.0

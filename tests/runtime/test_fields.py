@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from adassr.runtime.errors import ConfigError
-from adassr.runtime.fields import check_field_types
+from adassr.runtime.fields import check_field_types, named_by_option
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,33 @@ def test_the_label_names_the_field_as_the_caller_spells_it() -> None:
 
     with pytest.raises(ConfigError, match="^--steps must be an integer"):
         Flagged(steps="100")  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _Typed:
+    rate: float = 1.0
+    flag: bool = True
+    sizes: tuple[int, ...] = (4,)
+    names: tuple[str, ...] = ("a",)
+    span: tuple[float, float] = (0.5, 1.0)
+    nest: tuple[tuple[int, int], ...] = ()
+    folder: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+
+
+@pytest.mark.parametrize("kw", [dict(rate=True), dict(rate=10**400), dict(flag=1), dict(names="ab"),
+                                dict(span=(1.0, 2.0, 3.0)), dict(folder=b"x")])
+def test_values_of_the_wrong_kind_are_config_errors(kw: dict[str, object]) -> None:
+    """A bool for a float, 1 for a bool, a string for a tuple of strings, an int too large for a float, a tuple
+    too long, bytes for a path (mutation testing: each went through, or failed with a raw error)."""
+    with pytest.raises(ConfigError):
+        _Typed(**kw)  # type: ignore[arg-type]
+
+
+def test_empty_and_nested_tuples_are_accepted_and_option_names_match_whole_words() -> None:
+    assert _Typed(sizes=()).sizes == () and _Typed(nest=((1, 2), (3, 4))).nest == ((1, 2), (3, 4))
+    options = {"tile": "--tile", "tile overlap": "--tile-overlap"}
+    assert named_by_option("tile overlap must be >= 0", options) == "--tile-overlap must be >= 0"
+    assert named_by_option("tiles must be few", options) == "tiles must be few"

@@ -139,3 +139,27 @@ def test_budget_from_memory(tmp_path: Path) -> None:
     meminfo.write_text("MemTotal:       24684000 kB\nMemAvailable:    1000 kB\n")
     assert mem_available_bytes(meminfo) == 1000 * 1024
     assert mem_available_bytes(tmp_path / "absent") is None
+
+
+def test_literal_shapes_and_budgets_for_what_mutation_testing_changed_unnoticed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Literal values, not the module's own constants (a changed constant checked against itself went
+    unnoticed): the least-work tile with its tie rule and size multiple, and the memory budget."""
+    import argparse
+
+    from adassr.runtime import tile_shape
+    from adassr.runtime.tile_shape import auto_max_tile_pixels, choose_tile_shape, tile_argument, tiling_options
+
+    assert choose_tile_shape(3044, 4052, max_pixels=512 * 512, overlap=0) == (435, 579)  # 49 tiles, not 84
+    assert choose_tile_shape(1000, 1000, max_pixels=90000, overlap=16, multiple_of=8) == (216, 344)
+    assert choose_tile_shape(480, 512, max_pixels=65536, overlap=4, multiple_of=8) == (480, 136)  # ties: fewer
+    th, tw = choose_tile_shape(772, 1200, max_pixels=40000, overlap=0, multiple_of=4)
+    assert th % 4 == 0 and tw % 4 == 0
+    assert auto_max_tile_pixels(2 * 1024**3) == 65536  # 2 GiB free: tiles that fit it
+    assert auto_max_tile_pixels(1 << 40) == 512 * 512  # the cap: the old fixed tile's memory
+    monkeypatch.setattr(tile_shape, "mem_available_bytes", lambda: None)
+    assert auto_max_tile_pixels() == 512 * 512  # memory unknown (no /proc): not the smallest tiles
+    assert tile_argument(" Auto ") == "auto"
+    with pytest.raises(argparse.ArgumentTypeError):
+        tile_argument("-1")
+    assert tiling_options(256, overlap=8, pre_pad=0, batch_size=1, pad_to_tile=True).pad_to_tile is True
