@@ -110,3 +110,12 @@ def publish_camera(
 
         tx.commit(_update)
     return store
+
+
+def fallback_and_canon(root: Path) -> Path:
+    """A store at ``root`` with the fallback model (seed 0) and a ``canon`` camera (seed 1); returns ``root``."""
+    from adassr.runtime.store import FALLBACK_CAMERA
+
+    publish_camera(root, FALLBACK_CAMERA, seed=0)
+    publish_camera(root, "canon", seed=1)
+    return root

@@ -141,12 +141,16 @@ def test_the_quota_of_the_process_own_cgroup_counts(tmp_path: Path) -> None:
     assert cgroup_cpu_limit(root, self_cgroup=own) == pytest.approx(3.0)
     own.write_text("0::/../../etc\n")  # never above the mount
     assert cgroup_cpu_limit(root, self_cgroup=own) is None
-    v1 = tmp_path / "cg1" / "cpu" / "docker" / "abc"
+    _docker_v1_quota(tmp_path / "cg1")  # 1.5 CPUs for /docker/abc
+    own.write_text("4:cpu,cpuacct:/docker/abc\n1:name=systemd:/\n")
+    assert cgroup_cpu_limit(tmp_path / "cg1", self_cgroup=own) == pytest.approx(1.5)
+
+
+def _docker_v1_quota(root: Path) -> None:
+    v1 = root / "cpu" / "docker" / "abc"
     v1.mkdir(parents=True)
     (v1 / "cpu.cfs_quota_us").write_text("150000\n")
     (v1 / "cpu.cfs_period_us").write_text("100000\n")
-    own.write_text("4:cpu,cpuacct:/docker/abc\n1:name=systemd:/\n")
-    assert cgroup_cpu_limit(tmp_path / "cg1", self_cgroup=own) == pytest.approx(1.5)
 
 
 def test_missing_cpuinfo_falls_back(tmp_path: Path) -> None:
@@ -220,9 +224,6 @@ def test_cgroup_quotas_nested_and_named_controllers(tmp_path: Path) -> None:
     (outside / "cpu.max").write_text("25000 100000\n")
     own.write_text("0::/../outside\n")  # would read tmp_path/outside if `..` were followed
     assert cgroup_cpu_limit(root, self_cgroup=own) is None
-    v1 = tmp_path / "cg1" / "cpu" / "docker" / "abc"
-    v1.mkdir(parents=True)
-    (v1 / "cpu.cfs_quota_us").write_text("150000\n")
-    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    _docker_v1_quota(tmp_path / "cg1")  # 1.5 CPUs for /docker/abc
     own.write_text("4:cpu,cpuacct:/docker/abc\n5:cpuset:/elsewhere\n3:cpuacct:/elsewhere\n")
     assert cgroup_cpu_limit(tmp_path / "cg1", self_cgroup=own) == pytest.approx(1.5)

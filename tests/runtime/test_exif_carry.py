@@ -231,6 +231,17 @@ def test_the_carried_block_is_what_strict_readers_take() -> None:
     assert [e[0] for e in _walk(only_dropped)] == [0x9003]  # the orientation stays behind, the date travels
 
 
+class _CountingReads(io.BytesIO):
+    """A file that counts the bytes read from it (one count per test: reset ``read_bytes`` first)."""
+
+    read_bytes = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        _CountingReads.read_bytes += len(data)
+        return data
+
+
 def _at(data: bytes, offset: int) -> io.BytesIO:
     stream = io.BytesIO(data)
     stream.seek(offset)
@@ -342,20 +353,13 @@ def test_a_tiff_naming_huge_values_is_not_read_past_a_budget() -> None:
 
     from adassr.runtime.images.exif import carried_tiff_exif
 
-    class Counting(io.BytesIO):
-        read_bytes = 0
-
-        def read(self, size: int | None = -1) -> bytes:
-            data = super().read(size)
-            Counting.read_bytes += len(data)
-            return data
-
     entries = [(271, 2, 4, b"Mak\0")] + [(40091 + k % 5, 1, 1 << 30, b"\0\0\0\0") for k in range(5)]
     entries += [(50000 + k, 7, 900_000, struct.pack("<I", 8)) for k in range(900)]  # 810 MB named, 1 MiB read
     head = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", t, k, n) + f for t, k, n, f in entries)
     tiff = b"II*\0" + struct.pack("<I", 8) + head + struct.pack("<I", 0) + b"\0" * (2 << 20)
-    payload = carried_tiff_exif(Counting(tiff))
-    assert Counting.read_bytes < 4 << 20
+    _CountingReads.read_bytes = 0
+    payload = carried_tiff_exif(_CountingReads(tiff))
+    assert _CountingReads.read_bytes < 4 << 20
     exif = Image.Exif()
     exif.load(payload or b"")
     assert exif.get(271) == "Mak"
@@ -422,14 +426,6 @@ def test_the_value_budget_counts_every_entry_read() -> None:
 
     from adassr.runtime.images.exif import carried_tiff_exif
 
-    class Counting(io.BytesIO):
-        read_bytes = 0
-
-        def read(self, size: int | None = -1) -> bytes:
-            data = super().read(size)
-            Counting.read_bytes += len(data)
-            return data
-
     big = 600 * 1024
     tags = (270, 315, 33432)  # description, artist, copyright: carried IFD0 text
     values_at = 8 + 2 + 12 * len(tags) + 4
@@ -437,8 +433,9 @@ def test_the_value_budget_counts_every_entry_read() -> None:
         struct.pack("<HHII", tag, 2, big, values_at + k * big) for k, tag in enumerate(tags))
     text = b"".join(bytes([65 + k]) * (big - 1) + b"\0" for k in range(len(tags)))
     tiff = b"II*\x00" + struct.pack("<I", 8) + head + struct.pack("<I", 0) + text
-    payload = carried_tiff_exif(Counting(tiff))
+    _CountingReads.read_bytes = 0
+    payload = carried_tiff_exif(_CountingReads(tiff))
     exif = Image.Exif()
     exif.load(payload or b"")
     assert sum(tag in exif for tag in tags) <= 1
-    assert Counting.read_bytes < 1.3 * 2**20
+    assert _CountingReads.read_bytes < 1.3 * 2**20

@@ -18,19 +18,15 @@ import pytest
 
 from adassr.runtime.server.config import Limits
 from adassr.runtime.server.http_protocol import LINGER_S, header_timeout_protocol
-from adassr.runtime.store import FALLBACK_CAMERA
 
-from ._models import publish_camera
+from ._models import fallback_and_canon
 from ._server import running_server, small_png
 from .test_server import _config, _metric
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    publish_camera(root, FALLBACK_CAMERA, seed=0)
-    publish_camera(root, "canon", seed=1)
-    return root
+    return fallback_and_canon(tmp_path / "store")
 
 
 class FakeLoop:

@@ -31,7 +31,7 @@ from adassr.runtime.server.config import Limits, ServerConfig, read_token_file
 from adassr.runtime.server.models import default_opener
 from adassr.runtime.store import FALLBACK_CAMERA
 
-from ._models import publish_camera
+from ._models import fallback_and_canon, publish_camera
 from ._server import (
     SAMPLES,
     LiveServer,
@@ -49,10 +49,7 @@ TILE, OVERLAP = 32, 8
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    publish_camera(root, FALLBACK_CAMERA, seed=0)
-    publish_camera(root, "canon", seed=1)
-    return root
+    return fallback_and_canon(tmp_path / "store")
 
 
 def _config(store: Path, **kw: object) -> ServerConfig:

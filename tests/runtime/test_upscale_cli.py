@@ -21,7 +21,7 @@ from adassr.runtime.tiling import TilingOptions, plan_tiles
 from adassr.runtime.upscale_cli import add_upscale_arguments, run_upscale
 from adassr.runtime.upscalers import UpscalerEntry, runtime_upscalers
 
-from ._models import publish_camera
+from ._models import fallback_and_canon, publish_camera
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "cameras"
@@ -55,10 +55,7 @@ def _small_jpeg_with_exif(src: Path, dst: Path, size: int = 40) -> Path:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    publish_camera(root, FALLBACK_CAMERA, seed=0)
-    publish_camera(root, "canon", seed=1)
-    return root
+    return fallback_and_canon(tmp_path / "store")
 
 
 def test_folder_with_one_corrupt_image(store: Path, tmp_path: Path) -> None:
