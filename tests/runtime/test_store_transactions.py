@@ -20,16 +20,11 @@ from adassr.runtime.store import CameraStore, camera_folder_for_writing, sha256_
 from adassr.runtime.tempfiles import NAME_MAX, create_temp, remove_stale_temps, temp_stem
 
 from ._models import build_tiny_sr, publish_camera
+from ._processes import dead_pid
 
 
 def _text(store: CameraStore, name: str, text: str) -> dict:
     return store.publish(name, lambda p: p.write_text(text), stage="test")
-
-
-def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    return int(proc.stdout)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -121,7 +116,7 @@ def test_killed_writer_leaves_old_model_and_next_lock_holder_cleans_up(tmp_path:
             f"_crash_after_staging({str(tmp_path)!r})")
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 9
-    stale = tmp_path / "canon" / f".w.bin.{_dead_pid()}.0123abcd.tmp"
+    stale = tmp_path / "canon" / f".w.bin.{dead_pid()}.0123abcd.tmp"
     stale.write_text("left by kill -9")
     names = {p.name for p in store.directory.iterdir()}
     assert len(names) == 5  # .lock, manifest, old file, orphaned staged file, stale tmp
@@ -134,7 +129,7 @@ def test_killed_writer_leaves_old_model_and_next_lock_holder_cleans_up(tmp_path:
 
 def test_stale_temporaries_of_live_processes_are_kept(tmp_path: Path) -> None:
     live = tmp_path / f".x.png.{os.getpid()}.00ff.tmp"
-    dead = tmp_path / f".x.png.{_dead_pid()}.00ff.tmp"
+    dead = tmp_path / f".x.png.{dead_pid()}.00ff.tmp"
     other = tmp_path / "x.png.tmp"
     for p in (live, dead, other):
         p.write_text("t")
@@ -168,7 +163,7 @@ def test_temporaries_of_killed_engine_builds_and_cache_writes_are_removed(tmp_pa
 
     store = CameraStore.open(tmp_path, "canon", create=True)
     _text(store, "w.bin", "x")
-    dead = _dead_pid()
+    dead = dead_pid()
     engines = store.directory / "engines"
     engines.mkdir()
     partial = engines / f".camera-fp16-x.engine.{dead}.0123abcd.tmp"
@@ -215,9 +210,9 @@ def test_a_long_file_name_gets_a_temporary_file_and_its_stale_ones_are_found(tmp
     fd, tmp = create_temp(target)
     os.close(fd)
     assert len(os.fsencode(tmp.name)) <= NAME_MAX and temp_stem(name) in tmp.name
-    stale = tmp.with_name(tmp.name.replace(f".{os.getpid()}.", f".{_dead_pid()}."))
+    stale = tmp.with_name(tmp.name.replace(f".{os.getpid()}.", f".{dead_pid()}."))
     tmp.rename(stale)
-    other = tmp_path / f".{temp_stem('c' * 236 + '.png')}.{_dead_pid()}.00ff.tmp"
+    other = tmp_path / f".{temp_stem('c' * 236 + '.png')}.{dead_pid()}.00ff.tmp"
     other.write_text("another target's")
     assert remove_stale_temps(tmp_path, target=name) == [stale.name]
     assert other.exists() and target.is_file()

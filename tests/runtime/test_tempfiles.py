@@ -13,11 +13,7 @@ import pytest
 from adassr.runtime import tempfiles
 from adassr.runtime.tempfiles import create_temp, current_umask, remove_stale_temps
 
-
-def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
+from ._processes import dead_pid
 
 
 def test_a_live_process_s_temporary_file_is_kept(tmp_path: Path) -> None:
@@ -34,7 +30,7 @@ def test_a_live_process_s_temporary_file_is_kept(tmp_path: Path) -> None:
 def test_only_whole_temporary_names_are_removed_and_pid_0_is_nobody_s(tmp_path: Path) -> None:
     """A user's ``....tmp.bak`` is no temporary file of ours; pid 0 (os.kill(0, 0) signals our own process
     group, so it looked alive) is no writer's."""
-    dead = _dead_pid()
+    dead = dead_pid()
     names = [f".x.png.{dead}.00ff.tmp.bak", f".x.png.{dead}.00ff.tmpx", ".x.png..00ff.tmp"]
     for name in names:
         (tmp_path / name).write_text("user data")
@@ -55,7 +51,7 @@ def test_this_process_s_temporary_file_made_by_a_relative_path_is_kept_under_the
 
 def test_a_sweep_skips_what_it_cannot_remove_or_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another user's stale file in a shared folder, or a "folder" that is a file: nothing removed, no error."""
-    (tmp_path / f".x.png.{_dead_pid()}.00ff.tmp").write_text("t")
+    (tmp_path / f".x.png.{dead_pid()}.00ff.tmp").write_text("t")
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert remove_stale_temps(a_file) == []

@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,14 +30,19 @@ from ._server import SAMPLES, cli_output, decode, free_ports, small_jpeg_with_ex
 PYTRITON_PYTHON = os.environ.get("ADASSR_PYTRITON_PYTHON")
 
 
-def test_parse_model_config_rejects_foreign_configs() -> None:
-    good = {
+def _model_config(tile: int) -> dict[str, Any]:
+    """A model config as ``--triton-repo`` writes it (x4, batches of up to 8), for a ``tile`` px tile."""
+    return {
         "name": "adassr_canon",
         "max_batch_size": 8,
-        "input": [{"name": "lr", "data_type": "TYPE_FP32", "dims": ["3", "64", "64"]}],
-        "output": [{"name": "sr", "data_type": "TYPE_FP32", "dims": ["3", "256", "256"]}],
+        "input": [{"name": "lr", "data_type": "TYPE_FP32", "dims": ["3", str(tile), str(tile)]}],
+        "output": [{"name": "sr", "data_type": "TYPE_FP32", "dims": ["3", str(4 * tile), str(4 * tile)]}],
         "parameters": {"adassr_scale": {"string_value": "4"}},
     }
+
+
+def test_parse_model_config_rejects_foreign_configs() -> None:
+    good = _model_config(64)
     info = parse_model_config(good)
     assert (info.tile, info.scale, info.max_batch_size, info.datatype) == (64, 4, 8, "FP32")
     from adassr.runtime.errors import BackendError
@@ -216,13 +222,7 @@ def _small_png_bytes() -> bytes:
     return buf.getvalue()
 
 
-_GOOD_CONFIG = {
-    "name": "adassr_canon",
-    "max_batch_size": 8,
-    "input": [{"name": "lr", "data_type": "TYPE_FP32", "dims": ["3", "128", "128"]}],
-    "output": [{"name": "sr", "data_type": "TYPE_FP32", "dims": ["3", "512", "512"]}],
-    "parameters": {"adassr_scale": {"string_value": "4"}},
-}
+_GOOD_CONFIG = _model_config(128)
 
 
 def test_the_config_s_multiple_wire_type_batch_and_default_overlap_are_used() -> None:
