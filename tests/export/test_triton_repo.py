@@ -180,7 +180,8 @@ def test_trt_accelerator_has_one_profile_for_the_batches_a_cache_and_a_warm_up(s
     (warmup,) = config.model_warmup
     assert warmup.batch_size == 4 and list(warmup.inputs) == ["lr"]
     tiles = warmup.inputs["lr"]
-    assert list(tiles.dims) == [3, 64, 64] and tiles.zero_data and tiles.data_type == model_config_pb2.TYPE_FP32
+    assert list(tiles.dims) == [3, 64, 64] and tiles.zero_data
+    assert tiles.data_type == config.input[0].data_type == model_config_pb2.TYPE_FP16  # the export's io_dtype
     (plain,) = write_repository(tmp_path / "plain", store, ["canon"],
                                 TritonRepoOptions(tile=64, max_batch_size=4, preferred_batch_sizes=(4,),
                                                   trt_accelerator=True))

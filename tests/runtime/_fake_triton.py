@@ -4,8 +4,9 @@ version of each model of a repository ``write_repository`` wrote, through onnxru
 
 It reads each model's ``config.pbtxt`` with Triton's own protobuf schema (``model_config_pb2`` from
 tritonclient) and refuses inputs whose shape the config does not allow, as Triton does. Runs in a
-thread of the test process; ``fault`` makes every inference answer NaN (``"nan"``) or a cropped
-output (``"short"``). The real-server tests (opt-in, PyTriton) cover what a stand-in cannot.
+thread of the test process; ``fault`` makes every inference answer NaN (``"nan"``), a cropped
+output (``"short"``) or nothing until the block ends (``"hang"``). The real-server tests (opt-in,
+PyTriton) cover what a stand-in cannot.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ import onnxruntime as ort
 
 _WIRE_TYPES = {"FP32": np.float32, "FP16": np.float16}
 _MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/[0-9]+)?(/ready|/config|/infer)?$")
+
+
+def _wire_type(data_type: int) -> str:
+    """``FP32`` / ``FP16``: the wire type of a config's ``TYPE_FP32`` / ``TYPE_FP16``."""
+    from tritonclient.grpc import model_config_pb2
+
+    return str(model_config_pb2.DataType.Name(data_type)).removeprefix("TYPE_")
 
 
 def _load_models(repo: Path) -> dict[str, tuple[Any, ort.InferenceSession]]:
@@ -67,6 +75,7 @@ def fake_triton(repo: Path, *, fault: str | None = None) -> Iterator[FakeTriton]
     models = _load_models(repo)
     calls: list[dict[str, Any]] = []
     not_ready: set[str] = set()
+    released = threading.Event()  # "hang": inferences wait for this, set when the block ends
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -130,15 +139,24 @@ def fake_triton(repo: Path, *, fault: str | None = None) -> Iterator[FakeTriton]
             if batch is None or list(batch.shape[1:]) != list(spec.dims) or batch.shape[0] > config.max_batch_size:
                 shape = None if batch is None else list(batch.shape)
                 return self._error(f"unexpected shape for input '{spec.name}' for model '{name}': {shape}")
-            calls.append({"model": name, "shape": tuple(batch.shape)})
-            (result,) = session.run(None, {spec.name: batch.astype(np.float32)})
+            wire = _wire_type(spec.data_type)
+            sent = next(item["datatype"] for item in request["inputs"] if item["name"] == spec.name)
+            if sent != wire:  # Triton refuses data of another type than the config's
+                return self._error(f"unexpected datatype TYPE_{sent} for inference input '{spec.name}', "
+                                   f"expecting TYPE_{wire} for model '{name}'")
+            calls.append({"model": name, "shape": tuple(batch.shape), "datatype": sent})
+            if fault == "hang":
+                released.wait()
+                return None
+            (result,) = session.run(None, {spec.name: batch})
             if fault == "nan":
                 result[...] = np.nan
             elif fault == "short":
                 result = result[:, :, :-4]
-            data = np.ascontiguousarray(result, dtype=np.float32).tobytes()
+            out_wire = _wire_type(config.output[0].data_type)  # answered in the config's type, as Triton does
+            data = np.ascontiguousarray(result, dtype=_WIRE_TYPES[out_wire]).tobytes()
             header = json.dumps({"model_name": name, "model_version": "1", "outputs": [{
-                "name": config.output[0].name, "datatype": "FP32", "shape": list(result.shape),
+                "name": config.output[0].name, "datatype": out_wire, "shape": list(result.shape),
                 "parameters": {"binary_data_size": len(data)}}]}).encode()
             return self._answer(200, header + data, {"Inference-Header-Content-Length": str(len(header))})
 
@@ -148,6 +166,7 @@ def fake_triton(repo: Path, *, fault: str | None = None) -> Iterator[FakeTriton]
     try:
         yield FakeTriton(f"127.0.0.1:{server.server_address[1]}", calls, models, repo, not_ready)
     finally:
+        released.set()
         server.shutdown()
         server.server_close()
         thread.join(10)

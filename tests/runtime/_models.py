@@ -100,6 +100,7 @@ def publish_camera(
                 "file": name,
                 "scale": scale,
                 "precision": "fp16" if half else "fp32",
+                "io_dtype": "float16" if half else "float32",  # build_tiny_sr's fp16 model takes and gives fp16
                 "input_name": input_name,
                 "output_name": output_name,
             }

@@ -278,3 +278,26 @@ def _write_png(tmp_path: Path) -> Path:
     path = tmp_path / "small.png"
     path.write_bytes(_small_png_bytes())
     return path
+
+
+def test_an_inference_the_server_never_answers_fails_within_the_network_timeout(tmp_path: Path) -> None:
+    """``timeout_s`` bounds each request, apart from the connect timeout (mutation testing swapped them
+    unnoticed): a server that takes the tiles and never answers fails the image after ``timeout_s``."""
+    from adassr.export.triton_repo import TritonRepoOptions, write_repository
+    from adassr.runtime.images import LoadedImage
+
+    from ._fake_triton import fake_triton
+    from ._models import fallback_and_canon
+
+    pytest.importorskip("tritonclient.grpc")  # the stand-in reads config.pbtxt with Triton's protobuf schema
+    repo = tmp_path / "repo"
+    write_repository(repo, fallback_and_canon(tmp_path / "store"),
+                     options=TritonRepoOptions(tile=32, max_batch_size=2, preferred_batch_sizes=(2,),
+                                               instance_kind="KIND_CPU"))
+    image = LoadedImage(np.full((24, 24, 3), 128, np.uint8), None, 8, None, None, None)
+    with fake_triton(repo, fault="hang") as triton, \
+            TritonUpscaler(triton.url, timeout_s=1.0, connect_timeout_s=60.0) as client:
+        start = time.monotonic()
+        with pytest.raises(BackendError, match="Triton failed on model 'adassr_canon'"):
+            client.upscale(image, camera="canon")
+        assert time.monotonic() - start < 30

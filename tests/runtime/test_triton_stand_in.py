@@ -245,3 +245,69 @@ def test_transparency_and_the_pre_pad_reach_the_output_through_triton(setup: tup
         assert got.alpha is not None and want.alpha is not None and got.alpha.shape == (160, 176), pre_pad
         assert np.array_equal(got.alpha, want.alpha) and _same_pixels(out, ref), pre_pad
     assert not _same_pixels(tmp_path / "t0.png", tmp_path / "t12.png")  # the pre-pad changes the borders
+
+
+def test_an_fp16_repository_gets_fp16_tensors_and_equals_the_local_fp16_run(tmp_path: Path) -> None:
+    """The client's wire type was changed unnoticed (mutation testing): a real Triton refuses FP32 data for an
+    fp16 model, as the stand-in does; the output must equal the local run of the same fp16 export."""
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0, fp16=True)
+    publish_camera(store, "canon", seed=1, fp16=True)
+    repo = tmp_path / "repo"
+    write_repository(repo, store, options=TritonRepoOptions(tile=TILE, max_batch_size=4, preferred_batch_sizes=(2, 4),
+                                                           instance_kind="KIND_CPU", precision="fp16"))
+    source = tmp_path / "a_canon.jpg"
+    source.write_bytes(small_jpeg_with_exif(SAMPLES / "canon" / "flower.jpg", 48))
+    ref = tmp_path / "ref.png"
+    tiling = ("--tile", str(TILE), "--tile-overlap", "8", "--no-progress")
+    code, _, stderr = upscale_cli("-i", str(source), "-o", str(ref), "--store", str(store), "--camera", "canon",
+                                  "--precision", "fp16", *tiling)
+    assert code == 0, stderr
+    with fake_triton(repo) as triton:
+        out = tmp_path / "out.png"
+        code, _, stderr = upscale_cli("-i", str(source), "-o", str(out), "--triton", triton.url, "--camera", "canon",
+                                      *tiling)
+        assert code == 0, stderr
+        assert triton.calls and {c["datatype"] for c in triton.calls} == {"FP16"}
+    assert _same_pixels(out, ref)
+
+
+def test_a_persistent_fault_is_not_retried_with_the_same_config(setup: tuple[Path, Path, Path]) -> None:
+    """A failed batch reads the model's config again and retries only when it changed: with the same config the
+    retry ran every tile a second time for the same error (mutation testing)."""
+    from adassr.runtime.errors import ShapeError
+    from adassr.runtime.server.triton_client import TritonUpscaler
+
+    _, repo, src = setup
+    image = read_image(src / "a_canon.jpg")
+    with fake_triton(repo, fault="short") as triton, TritonUpscaler(triton.url) as client:
+        with pytest.raises(ShapeError):
+            client.upscale(image, camera="canon")
+        assert len(triton.calls) == 1  # the first batch failed; nothing was sent again
+
+
+def test_progress_and_the_output_check_reach_the_tiling_through_triton(setup: tuple[Path, Path, Path]) -> None:
+    """``progress`` and ``check_output`` of :meth:`TritonUpscaler.upscale` were dropped unnoticed (mutation
+    testing): progress counts the tiles from 0, and a refusing check stops the image before any tile is sent."""
+    from adassr.runtime.errors import ImageError
+    from adassr.runtime.server.triton_client import TritonUpscaler
+
+    _, repo, src = setup
+    image = read_image(src / "a_canon.jpg")
+    seen: list[tuple[int, int]] = []
+    checked: list[tuple[int, int]] = []
+
+    def refuse(height: int, width: int) -> None:
+        raise ImageError(f"cannot write {height}x{width}")
+
+    with fake_triton(repo) as triton, TritonUpscaler(triton.url) as client:
+        pixels, _, _ = client.upscale(image, camera="canon", progress=lambda done, total: seen.append((done, total)),
+                                      check_output=lambda h, w: checked.append((h, w)))
+        h, w = image.pixels.shape[:2]
+        assert pixels.shape[:2] == checked[0] == (4 * h, 4 * w)
+        total = seen[0][1]
+        assert seen[0] == (0, total) and seen[-1] == (total, total) and total > 1
+        sent = len(triton.calls)
+        with pytest.raises(ImageError, match="cannot write"):
+            client.upscale(image, camera="canon", check_output=refuse)
+        assert len(triton.calls) == sent
