@@ -318,6 +318,7 @@ def _check_stored_model(store: CameraStore, manifest: Mapping[str, Any], record:
                 f"which Triton releases bundling onnxruntime before 1.18 refuse to load (the exports declare IR "
                 f"{IR_VERSION} since); run `adassr export {_export_what(store, manifest)}{store_option(store.root)}` "
                 "again to write it anew")
+    _check_tensors(store, manifest, record, proto, path)
     recorded = {entry.key: entry.value for entry in proto.metadata_props}.get("scale")
     scale = record.get("scale", manifest.get("scale"))
     if recorded is not None and recorded != str(scale):
@@ -325,6 +326,33 @@ def _check_stored_model(store: CameraStore, manifest: Mapping[str, Any], record:
                           f"file {path.name} records x{recorded}: the manifest was edited or damaged; set its "
                           f"'scale' back to {recorded}, or run `adassr export {_export_what(store, manifest)}"
                           f"{store_option(store.root)}` again")
+
+
+_ONNX_ELEM_TYPES = {1: "float32", 10: "float16"}  # onnx.TensorProto.FLOAT, FLOAT16
+
+
+def _check_tensors(store: CameraStore, manifest: Mapping[str, Any], record: Mapping[str, Any], proto: Any,
+                   path: Path) -> None:
+    """ExportError when the model file has no input or output of the record's name, or of another element
+    type than the record's ``io_dtype``: Triton refuses to load such a config (a hand-edited or damaged
+    manifest). A record without names is left to :func:`render_config`, which says so."""
+    io_dtype = str(record.get("io_dtype", "float32"))
+    graph = proto.graph
+    for role, name, tensors in (("input", record.get("input_name"), graph.input),
+                                ("output", record.get("output_name"), graph.output)):
+        if not isinstance(name, str):
+            continue
+        found = next((t for t in tensors if t.name == name), None)
+        fix = (f"run `adassr export {_export_what(store, manifest)}{store_option(store.root)}` again (the manifest "
+               "was edited or damaged)")
+        if found is None:
+            names = ", ".join(repr(t.name) for t in tensors) or "none"
+            raise ExportError(f"camera {store.camera!r}: its manifest names the model's {role} {name!r}, but "
+                              f"{path.name} has no such {role} ({role}s: {names}); {fix}")
+        elem = _ONNX_ELEM_TYPES.get(found.type.tensor_type.elem_type, f"ONNX type {found.type.tensor_type.elem_type}")
+        if elem != io_dtype:
+            raise ExportError(f"camera {store.camera!r}: its manifest says the model's {role} {name!r} is {io_dtype}, "
+                              f"but {path.name} declares {elem}; {fix}")
 
 
 def _source(store: CameraStore, manifest: Mapping[str, Any], options: TritonRepoOptions) -> _Source:

@@ -937,3 +937,21 @@ def test_a_stored_model_of_a_newer_ir_version_is_refused(tmp_path: Path) -> None
                                           r"run `adassr export --camera canon --store .*` again"):
         write_repository(tmp_path / "repo", store, ["canon"])
     assert not (tmp_path / "repo" / "adassr_canon").exists()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("io_dtype", "float16", r"says the model's input 'lr' is float16, but model\S*\.onnx declares float32"),
+    ("input_name", "input", r"names the model's input 'input', but model\S*\.onnx has no such input \(inputs: 'lr'\)"),
+    ("output_name", "out", r"names the model's output 'out', but model\S*\.onnx has no such output \(outputs: 'sr'\)"),
+])
+def test_a_manifest_whose_tensors_contradict_the_model_file_is_refused(tmp_path: Path, field: str, value: str,
+                                                                       message: str) -> None:
+    """A hand-edited manifest's tensor names or type went into config.pbtxt unchecked, for Triton to refuse the
+    model when it loads it: the model file's own inputs and outputs are checked against the record."""
+    store = tmp_path / "store"
+    publish_camera(store, FALLBACK_CAMERA, seed=0)
+    canon = publish_camera(store, "canon", seed=1)
+    canon.update_manifest(lambda m: m["exports"]["onnx"].update({field: value}))
+    with pytest.raises(ExportError, match=f"camera 'canon': its manifest {message}; run `adassr export --camera canon"):
+        write_repository(tmp_path / "repo", store, ["canon"])
+    assert not (tmp_path / "repo" / "adassr_canon").exists()
