@@ -280,3 +280,80 @@ def test_the_fallback_camera_is_named_in_any_case(store: Path, tmp_path: Path) -
                  "--out", str(tmp_path / "out")]) == 0
     names = [p.name for p in (tmp_path / "out").glob("*.json")]
     assert len(names) == 1 and "camera" not in names[0]  # the fallback's report, named as the default run's
+
+
+def test_macs_count_groups_and_non_square_kernels() -> None:
+    import torch
+
+    from adassr.export.gpu_bench import macs_per_lr_pixel
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, (1, 3), padding=(0, 1)),
+                                torch.nn.Conv2d(4, 8, 3, padding=1, groups=2))
+    assert macs_per_lr_pixel(model) == pytest.approx(4 * 3 * 3 + 8 * 2 * 9)  # 180.0
+    assert not model[0]._forward_hooks  # the counting hooks are removed
+
+
+def test_roofline_row_percentiles() -> None:
+    row = Roofline(1e6, 100, None, None).row("x", [float(v) for v in range(1, 101)], 400)
+    assert (row["p50_ms"], row["p95_ms"], row["p99_ms"]) == pytest.approx((50.5, 95.05, 99.01))
+    assert row["repeats"] == 100 and row["fraction_of_bound"] is None
+    assert row["out_mpix_per_s"] == pytest.approx(400 / 1e6 / 0.0505)
+
+
+def test_time_ms_warms_up_then_times_each_call_up_to_its_synchronisation() -> None:
+    import time
+
+    from adassr.export.gpu_bench import time_ms
+
+    calls: list[str] = []
+
+    def sync() -> None:
+        calls.append("sync")
+        time.sleep(0.005)  # the device work a synchronisation waits for belongs to the call
+
+    times = time_ms(lambda: calls.append("fn"), sync, warmup=2, repeats=3)
+    assert calls == ["fn", "fn", "sync"] + ["fn", "sync"] * 3
+    assert len(times) == 3 and min(times) >= 5.0
+
+
+def test_the_batch_counts_in_the_work_and_the_output_pixels(store: Path) -> None:
+    result = run_gpu_latency(_args(store, batch=2, frame="24x16", repeats=1))
+    (row,) = result["rows"]
+    flop = 2 * result["macs_per_lr_pixel"] * 2 * 16 * 24
+    assert row["effective_tflops"] == pytest.approx(flop / (row["p50_ms"] / 1e3) / 1e12)
+    torch_rows = run_gpu_latency(_args(store, backend="torch", batch=2, frame="24x16", repeats=1))["rows"]
+    assert [r["mode"] for r in torch_rows] == ["torch fp32 (device)", "torch fp32 (end-to-end)"]
+    for r in torch_rows:
+        assert r["out_mpix_per_s"] == pytest.approx(2 * 16 * 24 * 16 / 1e6 / (r["p50_ms"] / 1e3))
+        assert r["effective_tflops"] == pytest.approx(flop / (r["p50_ms"] / 1e3) / 1e12)
+
+
+def test_the_frame_is_height_by_width(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--frame 40x24`` is 40 wide and 24 high: the timed batch is N x 3 x 24 x 40."""
+    from adassr.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    shapes: list[tuple[int, ...]] = []
+    infer = OnnxRuntimeBackend.infer
+
+    def recording(self: OnnxRuntimeBackend, frame: Any, *a: Any, **k: Any) -> Any:
+        shapes.append(frame.shape)
+        return infer(self, frame, *a, **k)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "infer", recording)
+    (row,) = run_gpu_latency(_args(store, frame="40x24", repeats=1))["rows"]
+    assert row["lr_size"] == "40x24" and set(shapes) == {(2, 3, 24, 40)}
+
+
+def test_gpu_markdown_columns() -> None:
+    result = {"backend": "torch", "machine": "NVIDIA H200", "peak": ("H200", 989.4e12), "macs_per_lr_pixel": 17.93e6,
+              "model": {"camera": "nokia", "file": "model.onnx"},
+              "rows": [{"mode": "torch fp16 (device)", "lr_size": "480x270", "batch": 2, "p50_ms": 9.4,
+                        "p95_ms": 9.71, "p99_ms": 9.99, "out_mpix_per_s": 441.19, "effective_tflops": 494.68,
+                        "fraction_of_bound": 0.5, "gpu_memory_mib": 1234.4},
+                       {"mode": "torch fp16 CUDA graph", "lr_size": "480x270", "batch": 2, "error": "OOM"}]}
+    lines = gpu_markdown(result).splitlines()
+    assert "17.93 M MAC per LR pixel; compute bound at H200 dense fp16 peak 989 TFLOP/s." in lines[2]
+    header = lines[4]
+    assert header == "| mode | LR | batch | p50 ms | p95 ms | p99 ms | output MP/s | TFLOP/s | of bound | GPU MiB |"
+    assert lines[6] == "| torch fp16 (device) | 480x270 | 2 | 9.40 | 9.71 | 9.99 | 441.19 | 494.68 | 50.0% | 1234 |"
+    assert lines[7].count("|") == header.count("|")

@@ -88,3 +88,24 @@ def test_cpu_report_files_name_the_vector_isa() -> None:
     assert report_tag("AMD EPYC, 2 cores", avx2) == "amd-epyc-2-cores-avx2"
     assert report_tag("AMD EPYC, 2 cores", avx512_bf16) == "amd-epyc-2-cores-avx512-bf16"
     assert report_tag("NVIDIA H200") == "nvidia-h200"  # a GPU report: the GPU alone
+
+
+def test_the_aten_isa_cap_lowers_the_torch_peak_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ATEN_CPU_CAPABILITY=default`` holds PyTorch to SSE2; onnxruntime's MLAS still runs AVX2."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    rows = [{"backend": "onnxruntime (CPUExecutionProvider)", "size": 100, "p50_ms": 1000.0},
+            {"backend": "torch eager fp32", "size": 100, "p50_ms": 2000.0}]
+    roof = cpu_roofline(rows, 1e6, 2, cpu=_cpu())
+    assert roof["isa_cap_for_torch"] == "sse2"
+    assert roof["nominal_peak"]["onnxruntime"]["gflops"] == pytest.approx(160.0)
+    assert roof["nominal_peak"]["torch"]["gflops"] == pytest.approx(40.0)  # 2 x 2.5 GHz x 1 unit x 4 lanes x 2
+    ort, torch_row = roof["rows"]
+    assert ort["of_nominal_peak"] == pytest.approx(20.0 / 160.0)
+    assert torch_row["of_nominal_peak"] == pytest.approx(10.0 / 40.0)
+
+
+def test_the_work_line_is_in_millions_of_mac() -> None:
+    rows = [{"backend": "onnxruntime (CPUExecutionProvider)", "size": 16, "p50_ms": 10.0}]
+    text = "\n".join(roofline_markdown(cpu_roofline(rows, 17_926_848, 2, cpu=_cpu())))
+    assert "Work: 2 x 17.93 M MAC per input pixel (Conv only)." in text
