@@ -576,6 +576,40 @@ def test_serve_options_are_refused_by_their_names(store: Path, capsys: pytest.Ca
         assert config_from_args(parser.parse_args(["--store", str(store), *extra])).overlap == overlap, extra
 
 
+def test_every_serve_option_reaches_the_server_configuration(store: Path, tmp_path: Path) -> None:
+    """Each limit and setting typed on the command line is the one the server runs with: an option parsed
+    but not passed on (or scaled wrongly) would leave the default in force without a word."""
+    import argparse
+
+    from adassr.runtime.serve_cli import add_serve_arguments, config_from_args
+
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-value\n")
+    token.chmod(0o600)
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    config = config_from_args(parser.parse_args([
+        "--store", str(store), "--host", "127.0.0.2", "--port", "8123", "--providers", "cuda,cpu",
+        "--precision", "fp16", "--threads", "3", "--workers", "5", "--max-queue", "7", "--max-batch", "6",
+        "--max-wait-ms", "2.5", "--inference-threads", "2", "--tile", "96", "--tile-overlap", "8",
+        "--pre-pad", "4", "--pad-to-tile", "--token-file", str(token), "--max-body-mb", "2",
+        "--max-pixels", "1234567", "--request-timeout", "61", "--body-timeout", "11", "--send-timeout", "12",
+        "--header-timeout", "3", "--reload-interval", "0.5", "--max-models", "2", "--drain-timeout", "4.5",
+        "--no-exif",
+    ]))
+    assert (config.host, config.port, config.precision) == ("127.0.0.2", 8123, "fp16")
+    assert config.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert (config.threads, config.workers, config.max_queue, config.max_batch, config.max_wait_ms,
+            config.inference_threads) == (3, 5, 7, 6, 2.5, 2)
+    assert (config.tile, config.overlap, config.pre_pad, config.pad_to_tile) == (96, 8, 4, True)
+    assert (config.reload_interval_s, config.max_models, config.drain_timeout_s, config.exif) == (0.5, 2, 4.5, False)
+    assert config.token == "s3cret-token-value" and config.token_file == token
+    limits = config.limits
+    assert limits.max_body_bytes == 2 * 2**20 and limits.max_pixels == 1234567
+    assert (limits.request_timeout_s, limits.body_timeout_s, limits.send_timeout_s,
+            limits.header_timeout_s) == (61, 11, 12, 3)
+
+
 
 def test_tensorrt_serving_opens_the_engine_whose_profiles_take_the_batcher_s_tiles(
         store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -530,3 +530,30 @@ def test_a_manifest_that_matches_its_folder_still_sweeps_a_killed_writers_files(
         pass
     assert not stray.exists()
     store.artifact_path("model.onnx", store.read_manifest()).read_bytes()
+
+
+def test_external_data_in_constants_subgraphs_sparse_tensors_and_functions_is_found() -> None:
+    """Every place the module docstring names: a Constant's ``t``, an If's ``g``, a sparse initializer, a
+    sparse_tensor attribute and a function's node each name their external file (else unverified bytes load)."""
+    from adassr.runtime.onnx_external import external_data_files
+
+    def model(node: onnx.NodeProto, **graph_kw: object) -> onnx.ModelProto:
+        graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+                                  **graph_kw)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    constant = helper.make_node("Constant", [], ["y"], value=_external("c", "constant.bin"))
+    assert external_data_files(model(constant).SerializeToString()) == ["constant.bin"]
+    inner = helper.make_graph([], "inner", [], [], [_external("t1", "branch.bin")])
+    branch = helper.make_node("Custom", [], ["y"], domain="x", g=inner)
+    assert external_data_files(model(branch).SerializeToString()) == ["branch.bin"]
+    sparse = helper.make_sparse_tensor(_external("v", "values.bin"), _external("i", "indices.bin"), [8])
+    plain = helper.make_node("Identity", ["y"], ["z"])
+    assert external_data_files(model(plain, sparse_initializer=[sparse]).SerializeToString()) == [
+        "values.bin", "indices.bin"]
+    node = helper.make_node("Custom", [], ["y"], domain="x", s=sparse)
+    assert external_data_files(model(node).SerializeToString()) == ["values.bin", "indices.bin"]
+    with_function = model(plain)
+    with_function.functions.add().node.append(
+        helper.make_node("Constant", [], ["k"], value=_external("f", "function.bin")))
+    assert external_data_files(with_function.SerializeToString()) == ["function.bin"]
