@@ -564,7 +564,9 @@ def test_serve_options_are_refused_by_their_names(store: Path, capsys: pytest.Ca
                            (["--send-timeout", "1e9"], "--send-timeout must be at most 604800 s"),
                            (["--tile", "32", "--tile-overlap", "16"], "--tile-overlap 16 is too large for tile 32"),
                            (["--max-queue", "-1"], "--max-queue must be an integer >= 0")):
-        assert main(["serve", "--store", str(store), "--port", "0", *extra]) == 2, extra
+        # a store that does not exist: were a refusal lost, the run ends on the store (exit 2, another
+        # message) instead of serving forever
+        assert main(["serve", "--store", str(store / "absent"), "--port", "0", *extra]) == 2, extra
         assert f"error: {message}" in capsys.readouterr().err, extra
     import argparse
 
