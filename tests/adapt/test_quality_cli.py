@@ -351,3 +351,53 @@ def test_standard_input_and_an_empty_path_are_usage_errors(argv: list[str],
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "is not supported; name a file or folder" in err or "is empty" in err
+
+
+def test_more_references_than_paths_is_a_whole_run_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "1 image(s) but 2 reference(s)" in _fail(capsys, "psnr", D4, "--ref", R4, R6)
+
+
+def test_the_mean_is_over_the_finite_scores_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _metrics("psnr", D4, D6, "--ref", R4, D6) == 0
+    err = capsys.readouterr().err
+    finite = psnr(read_image(D4).pixels, read_image(R4).pixels)
+    assert f"mean psnr over 1 image(s): {finite!r} (1 infinite left out)" in err
+
+
+@pytest.mark.parametrize("metric", ["psnr", "ssim"])
+def test_crop_border_applies_to_psnr_and_ssim(metric: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from adassr.adapt.quality import psnr_ssim
+
+    fn = getattr(psnr_ssim, metric)
+    dist, ref = read_image(D4).pixels, read_image(R4).pixels
+    assert _metrics(metric, D4, "--ref", R4, "--crop-border", "8", "--json") == 0
+    got = json.loads(capsys.readouterr().out)[D4]
+    assert got == fn(dist[8:-8, 8:-8], ref[8:-8, 8:-8]) and got != fn(dist, ref)
+
+
+def test_lpips_crop_border_and_a_grey_image(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--crop-border crops both sides of the image for lpips; a grey image is scored as its grey RGB copy."""
+    if not lw.lpips_weights_present("alex", default_cache_dir()):
+        pytest.skip(f"LPIPS weights not in {default_cache_dir()}: run `adassr fetch-weights lpips`")
+    dist, ref = read_image(D4).pixels[:96, :128], read_image(R4).pixels[:96, :128]
+    files = {}
+    for name, pixels in (("d", dist), ("r", ref), ("g", dist[..., 1]), ("dc", dist[8:-8, 8:-8]),
+                         ("rc", ref[8:-8, 8:-8]), ("g3c", np.repeat(dist[8:-8, 8:-8, 1:2], 3, axis=2))):
+        files[name] = str(tmp_path / f"{name}.png")
+        Image.fromarray(np.ascontiguousarray(pixels)).save(files[name])
+    assert _metrics("lpips", files["d"], files["g"], "--ref", files["r"], files["r"], "--crop-border", "8",
+                    "--json") == 0
+    cropped = json.loads(capsys.readouterr().out)
+    assert _metrics("lpips", files["dc"], files["g3c"], "--ref", files["rc"], files["rc"], "--json") == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert cropped[files["d"]] == pytest.approx(plain[files["dc"]], abs=1e-6)
+    assert cropped[files["g"]] == pytest.approx(plain[files["g3c"]], abs=1e-6)
+
+
+def test_a_backslash_in_a_name_with_a_tab_is_escaped_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    r"""Without it `a\tb` (a backslash and a t) and `a<TAB>b` would print the same."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.open(D4).save(folder / "x\\t\ty.png")
+    assert _metrics("niqe", str(folder)) == 0
+    assert capsys.readouterr().out.startswith(f"{folder}/x\\\\t\\ty.png\t")

@@ -136,3 +136,66 @@ def test_errors_name_the_argument_at_fault(channel: str) -> None:
     with pytest.raises(ImageError, match=r"^image is float with values in \[0, 255\]"):
         psnr(np.full((40, 44, 3), 255.0, np.float32) * np.linspace(0, 1, 44, dtype=np.float32)[None, :, None], ok,
              channel=channel)  # type: ignore[arg-type]
+
+
+def _plain_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Wang et al. ssim_index.m on one plane: 11x11 Gaussian (sigma 1.5), 'valid' 2-D filtering, mean of the map."""
+    x = np.arange(11) - 5.0
+    g = np.outer(np.exp(-x * x / 4.5), np.exp(-x * x / 4.5))
+    w = g / g.sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    ma, mb = convolve2d(a, w, mode="valid"), convolve2d(b, w, mode="valid")
+    va = convolve2d(a * a, w, mode="valid") - ma**2
+    vb = convolve2d(b * b, w, mode="valid") - mb**2
+    cab = convolve2d(a * b, w, mode="valid") - ma * mb
+    return float((((2 * ma * mb + c1) * (2 * cab + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))).mean())
+
+
+def _plain_y(rgb: np.ndarray) -> np.ndarray:
+    """MATLAB rgb2ycbcr luma of 8-bit RGB, unrounded (BasicSR ``bgr2ycbcr(y_only=True)`` on RGB order)."""
+    r, g, b = (rgb[..., c].astype(np.float64) for c in range(3))
+    return 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+
+
+def test_y_channel_scores_match_a_plain_bt601_computation() -> None:
+    """R and B coefficients swapped, or the +16 offset dropped (SSIM's C1 is not offset-free), went unnoticed."""
+    dist, ref = _pair("I04")
+    dist, ref = dist[:96, :128], ref[:96, :128]
+    ya, yb = _plain_y(dist), _plain_y(ref)
+    assert psnr(dist, ref) == pytest.approx(10 * math.log10(255**2 / np.mean((ya - yb) ** 2)), rel=1e-12)
+    assert ssim(dist, ref) == pytest.approx(_plain_ssim(ya, yb), rel=1e-12)
+
+
+def test_rgb_ssim_is_the_mean_of_the_three_channel_ssims() -> None:
+    dist, ref = _pair("I06")
+    dist, ref = dist[:64, :80], ref[:64, :80]
+    per_channel = [_plain_ssim(dist[..., c].astype(np.float64), ref[..., c].astype(np.float64)) for c in range(3)]
+    assert len(set(per_channel)) == 3  # the channels differ: a score of one channel alone would show
+    assert ssim(dist, ref, channel="rgb") == pytest.approx(np.mean(per_channel), rel=1e-12)
+
+
+def test_ssim_of_exactly_one_window() -> None:
+    """11x11 is the smallest image SSIM is defined on (one window), not an error."""
+    dist, ref = _pair("I04")
+    a, b = dist[100:111, 200:211], ref[100:111, 200:211]
+    assert ssim(a, b) == pytest.approx(_plain_ssim(_plain_y(a), _plain_y(b)), rel=1e-12)
+    assert ssim(dist[100:115, 200:215], ref[100:115, 200:215], crop_border=2) == pytest.approx(
+        _plain_ssim(_plain_y(dist[102:113, 202:213]), _plain_y(ref[102:113, 202:213])), rel=1e-12)
+
+
+def test_a_crop_border_that_leaves_no_pixels_is_an_error_not_nan() -> None:
+    dist, ref = _pair("I04")
+    small_d, small_r = dist[:20, :30], ref[:20, :30]
+    assert math.isfinite(psnr(small_d, small_r, crop_border=9))  # 2x12 pixels left
+    for crop in (10, 15):
+        with pytest.raises(ShapeError, match="at least 1x1"):
+            psnr(small_d, small_r, crop_border=crop)
+
+
+def test_four_channel_arrays_are_refused() -> None:
+    """An RGBA array is not scored (its alpha would count in channel 'rgb'); the CLI drops alpha when reading."""
+    dist, ref = _pair("I04")
+    alpha = np.full(dist.shape[:2] + (1,), 255, np.uint8)
+    for channel in ("y", "rgb"):
+        with pytest.raises(ShapeError, match="HxWx3"):
+            psnr(np.concatenate([dist, alpha], 2), np.concatenate([ref, alpha], 2), channel=channel)  # type: ignore[arg-type]
