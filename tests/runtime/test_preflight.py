@@ -177,3 +177,28 @@ def test_a_dangling_or_damaged_manifest_is_reported_not_skipped_or_misnamed(tmp_
     with pytest.raises(StoreError, match="is a loop of links"):
         check_store_serves(tmp_path, camera="canon")
     assert check_store_serves(tmp_path, camera="nokia") == "nokia"
+
+
+def test_the_largest_thread_count_is_accepted() -> None:
+    from adassr.runtime.cpu_info import MAX_THREADS
+
+    check_threads(MAX_THREADS)
+    check_threads(1)
+    with pytest.raises(ConfigError, match="--threads must be an integer from 1"):
+        check_threads(MAX_THREADS + 1)
+
+
+def test_the_fallback_is_tried_first_and_a_damaged_camera_is_no_exported_one(tmp_path: Path) -> None:
+    """The fallback comes first even before a camera whose name sorts before ``_`` (digits), and a camera
+    whose manifest cannot be read is not counted as exported (else a store holding only it "serves")."""
+    from adassr.runtime.preflight import exported_cameras
+
+    publish_camera(tmp_path, "1d")
+    (tmp_path / "1d" / "manifest.json").write_text("{")
+    assert exported_cameras(tmp_path, warn=False) == []
+    with pytest.raises(StoreError, match="holds no exported model"):
+        check_store_serves(tmp_path, camera=None)
+    publish_camera(tmp_path, "0cam")
+    publish_camera(tmp_path, "_fallback")
+    assert exported_cameras(tmp_path, warn=False) == ["_fallback", "0cam"]
+    assert check_store_serves(tmp_path, camera=None) == "_fallback"

@@ -557,3 +557,92 @@ def test_external_data_in_constants_subgraphs_sparse_tensors_and_functions_is_fo
     with_function.functions.add().node.append(
         helper.make_node("Constant", [], ["k"], value=_external("f", "function.bin")))
     assert external_data_files(with_function.SerializeToString()) == ["function.bin"]
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, wire: int, payload: bytes = b"") -> bytes:
+    key = _varint_bytes(number << 3 | wire)
+    if wire == 2:
+        return key + _varint_bytes(len(payload)) + payload
+    return key + payload
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"\x80" * 10 + b"\x01\x00", "an 11-byte varint key (protobuf allows 10)"),
+    (_field(99, 0, b"\xff" * 10 + b"\x01"), "an 11-byte varint value"),
+    (_field(99, 1, b"\0" * 7), "a fixed 64-bit value cut short"),
+    (_field(99, 5, b"\0" * 3), "a fixed 32-bit value cut short"),
+    (b"\x3a\x05\x00", "a graph whose length runs past the end of the file"),
+    (_field(7, 2, _field(1, 2, b"\x2a\x09\x00")), "a node whose attribute's length runs past the node"),
+    (_field(7, 2, _field(99, 1, b"\0" * 4)), "a graph whose fixed 64-bit field runs past the graph"),
+    (_field(1, 3) + _field(1, 4), "a group (wire types 3 and 4)"),
+    (_field(2, 6), "wire type 6"),
+    (_field(7, 2, _field(1, 7)), "wire type 7 inside a graph"),
+])
+def test_malformed_protobuf_is_a_store_error_never_another_exception_or_accepted(data: bytes, why: str) -> None:
+    from adassr.runtime.onnx_external import external_data_files
+
+    with pytest.raises(StoreError, match="not a well-formed ONNX file"):
+        external_data_files(data, name="m.onnx")
+
+
+def test_wire_types_and_long_varints_that_onnx_writes_are_read_past_exactly() -> None:
+    """An ``axis=-1`` attribute is a 10-byte varint and unknown fixed 64/32-bit fields are skipped by their
+    size: the scanner must neither refuse the model nor lose its step and miss the external file after them."""
+    from adassr.runtime.onnx_external import external_data_files
+
+    tensor = _external("w", "after.bin")
+    graph = helper.make_graph([helper.make_node("Concat", ["a", "b"], ["y"], axis=-1)], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [tensor])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    assert b"\xff" * 9 + b"\x01" in model  # the 10-byte varint of -1
+    assert external_data_files(model) == ["after.bin"]
+    skipped = _field(99, 1, b"\x3a\x7f" * 4) + _field(98, 5, b"\x3a\x7f\x3a\x7f")  # look like a graph if misread
+    assert external_data_files(skipped + model) == ["after.bin"]
+
+
+def _nested_graph(levels: int, tensor: onnx.TensorProto) -> bytes:
+    """A model whose graph holds a node whose ``g`` attribute holds a graph ... ``levels`` deep, the innermost
+    graph having ``tensor`` as its initializer (3 messages per level: graph, node, attribute)."""
+    graph = _field(5, 2, tensor.SerializeToString())
+    for _ in range(levels):
+        graph = _field(1, 2, _field(5, 2, _field(6, 2, graph)))  # GraphProto.node > NodeProto.attribute > .g
+    return _field(7, 2, graph)
+
+
+def test_nesting_is_followed_to_the_limit_and_refused_past_it_as_a_store_error() -> None:
+    from adassr.runtime.onnx_external import external_data_files
+
+    tensor = _external("t", "deep.bin")
+    assert external_data_files(_nested_graph(20, tensor)) == ["deep.bin"]  # the tensor at depth 62 of 64
+    for levels in (21, 400):  # depth 65: just past the limit; far past Python's recursion limit
+        with pytest.raises(StoreError, match="not a well-formed ONNX file.*nesting too deep"):
+            external_data_files(_nested_graph(levels, tensor))
+
+
+def test_a_missing_external_data_file_fails_verification(tmp_path: Path) -> None:
+    src = _model_with_external_data(tmp_path)
+    store = CameraStore.open(tmp_path / "store", "canon", create=True)
+    (store.directory / "model.onnx").write_bytes(src.read_bytes())
+    weights = (tmp_path / "weights.bin").read_bytes()
+    import hashlib
+
+    record = {"sha256": sha256_file(src), "stage": "export",
+              "external_data": [{"file": "weights.bin", "sha256": hashlib.sha256(weights).hexdigest()}]}
+    store.update_manifest(lambda m: m["artifacts"].update({"model.onnx": record}))
+    with pytest.raises(StoreError, match="weights.bin \\(external data of model.onnx\\) is missing"):
+        store.verified_path("model.onnx")
+    (store.directory / "weights.bin").mkdir()  # a folder of that name is no data file either
+    with pytest.raises(StoreError, match="is missing or fails its checksum"):
+        store.verified_path("model.onnx")
+    (store.directory / "weights.bin").rmdir()
+    (store.directory / "weights.bin").write_bytes(weights)
+    assert store.verified_path("model.onnx") == store.directory / "model.onnx"
