@@ -190,3 +190,21 @@ def test_entry_build_matches_arch() -> None:
     model = entry.build()
     assert model.num_block == 2 and model.conv_first.out_channels == 8
     assert isinstance(BackboneRegistry([entry]).get(entry.name).build(), RRDBNet)
+
+
+def test_entry_build_uses_every_size_of_its_arch() -> None:
+    """Sizes that are not the usual ratios (growth = feat / 2, 3 in, 3 out) reach the model."""
+    entry = dataclasses.replace(default_registry().get(DEFAULT_BACKBONE),
+                                arch=ArchParams(num_in_ch=1, num_out_ch=2, num_feat=6, num_block=1, num_grow_ch=5))
+    state = entry.build().state_dict()
+    assert state["conv_first.weight"].shape == (6, 1, 3, 3)
+    assert state["body.0.rdb1.conv1.weight"].shape == (5, 6, 3, 3)
+    assert state["body.0.rdb1.conv5.weight"].shape == (6, 6 + 4 * 5, 3, 3)
+    assert state["conv_last.weight"].shape == (2, 6, 3, 3)
+
+
+def test_iterating_a_registry_gives_every_entry_in_order() -> None:
+    registry = default_registry()
+    assert [entry.name for entry in registry] == registry.names() == ["realesrgan-x4plus", "realesrgan-x4plus-anime",
+                                                                      "realsr-df2k"]
+    assert len(registry) == 3 and "realsr-df2k" in registry and "nope" not in registry

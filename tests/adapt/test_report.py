@@ -91,3 +91,24 @@ def test_report_of_a_large_image_renders(tmp_path: Path) -> None:
     report_module.render_report(path, title="big", history=[(0, 5.0), (50, 4.8)], losses=[(1, 0.3), (2, 0.2)],
                                 image=image, weight=weight, best_step=50)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _pixels_near(pixels: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> int:
+    return int((np.abs(pixels.astype(int) - np.array(rgb)).max(axis=2) < tol).sum())
+
+
+@pytest.mark.skipif(not report_module.matplotlib_available(), reason="matplotlib (the plots extra) not installed")
+def test_report_draws_the_training_loss_and_the_kept_step(tmp_path: Path) -> None:
+    """The orange loss curve (alpha 0.7 on white) appears only with losses, the green line of the kept
+    step only when a step was kept (0: the backbone)."""
+    image = np.full((60, 80, 3), 0.5, np.float32)
+    history, losses = [(0, 5.0), (10, 4.6), (20, 4.7)], [(i, 1.0 / i) for i in range(1, 41)]
+    counts = {}
+    for name, loss, best in (("both", losses, 10), ("no-loss", [], 10), ("backbone", losses, 0)):
+        path = tmp_path / f"{name}.png"
+        report_module.render_report(path, title=name, history=history, losses=loss, image=image, weight=None,
+                                    best_step=best)
+        pixels = read_image(path).pixels
+        counts[name] = (_pixels_near(pixels, (255, 165, 86)), _pixels_near(pixels, (44, 160, 44)))
+    assert counts["both"][0] > 50 and counts["both"][1] > 10, counts
+    assert counts["no-loss"][0] == 0 and counts["backbone"][1] == 0, counts

@@ -393,3 +393,30 @@ def test_absurd_finite_loss_weights_are_refused(field_: str, value: float) -> No
     with pytest.raises(ConfigError, match=re.escape(f"got {value!r}")):
         AdaptConfig(**{field_: value})
     AdaptConfig(**{field_: 1.0})
+
+
+@pytest.mark.parametrize(("external_steps", "expected"), [(2, 2), (None, 3)])
+def test_the_external_step_runs_external_steps_or_else_steps(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             external_steps: int | None, expected: int) -> None:
+    """``--external-steps`` sets the external step's length; unset, it is ``--steps`` (an earlier
+    mutation hunt found that always using ``steps`` went unnoticed)."""
+    import logging
+
+    from adassr.adapt.archs.rrdbnet import RRDBNet
+    from adassr.adapt.config import AdaptConfig
+    from adassr.adapt.external import run_external_step
+    from adassr.adapt.precision import Precision
+    from adassr.runtime.images import write_image
+
+    write_image(tmp_path / "hr.png", np.random.default_rng(0).integers(0, 256, (40, 40, 3)).astype(np.uint8))
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4)
+    anchors = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    config = AdaptConfig(steps=3, external_steps=external_steps, lr_patch=8, batch=1, lambda_perceptual=0.0,
+                         admm_iters=2, external_hr=tmp_path)
+    with caplog.at_level(logging.INFO, logger="adassr.adapt.external"):
+        state = run_external_step(model, anchors, config, device=torch.device("cpu"),
+                                  precision=Precision("fp32", "cpu"), scale=4, seed=0)
+    assert state is not None and set(state) == set(anchors)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("external step ")]
+    assert [line.split()[2] for line in logged] == [f"{i}/{expected}" for i in range(1, expected + 1)]

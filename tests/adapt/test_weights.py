@@ -557,3 +557,26 @@ def test_a_checkpoint_that_is_not_a_state_dict_is_a_weights_error(tmp_path: Path
     torch.save(payload, path)
     with pytest.raises(WeightsError, match="not a state dict"):
         load_checkpoint(path, _tiny_entry())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_a_half_or_double_checkpoint_loads_as_float32_with_the_float32_digest(tmp_path: Path,
+                                                                              dtype: torch.dtype) -> None:
+    """The digest is that of the float32 tensors, whatever the file's dtype (the module docstring), and
+    the model is float32 in eval mode."""
+    state = {key: value.to(dtype) for key, value in _tiny_model(4).state_dict().items()}
+    path = tmp_path / "model.pth"
+    torch.save({"params_ema": state}, path)
+    loaded = load_checkpoint(path, _tiny_entry())
+    assert {p.dtype for p in loaded.model.state_dict().values()} == {torch.float32}
+    assert not loaded.model.training
+    assert loaded.weights_sha256 == state_dict_sha256({k: v.float() for k, v in state.items()})
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adassr.adapt.weights.state import checked_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(ConfigError, match="has no CUDA GPU; use 'cpu'"):
+            checked_device(name)
