@@ -586,6 +586,67 @@ def test_a_cached_backend_someone_closed_is_opened_again() -> None:
     assert again.infer(_batch(1)).shape == (1, 3, 12, 9)
 
 
+def test_a_model_opened_again_after_someone_closed_it_is_the_most_recently_used() -> None:
+    cache = ModelCache(2)
+    cache.get(_key("a"), lambda: _CountingBackend("a")).close()
+    b = cache.get(_key("b"), lambda: _CountingBackend("b"))
+    a = cache.get(_key("a"), lambda: _CountingBackend("a"))  # opened again: now the most recent
+    cache.get(_key("c"), lambda: _CountingBackend("c"))  # evicts b, not the model just handed out
+    assert a.is_open and not b.is_open and cache.keys() == [_key("a"), _key("c")]
+
+
+def test_clear_keeps_a_leased_model_open_until_its_lease_ends() -> None:
+    cache = ModelCache(2)
+    with cache.lease(_key("a"), lambda: _CountingBackend("a")) as a:
+        other = cache.get(_key("b"), lambda: _CountingBackend("b"))
+        cache.clear()  # another thread clears while a's image runs
+        assert a.is_open and a.infer(_batch(1)).shape == (1, 3, 12, 9)
+        assert not other.is_open and len(cache) == 0
+    assert not a.is_open and a.closed == 1
+
+
+def test_a_retired_model_is_released_when_its_lease_ends() -> None:
+    import gc
+    import weakref
+
+    cache = ModelCache(1)
+    with cache.lease(_key("a"), lambda: _CountingBackend("a")) as a:
+        cache.get(_key("b"), lambda: _CountingBackend("b"))  # evicts a while leased
+    assert a.closed == 1
+    ref = weakref.ref(a)
+    del a
+    gc.collect()
+    assert ref() is None  # the cache keeps no reference to a model it closed
+
+
+def test_open_and_close_run_once_however_often_they_are_called() -> None:
+    _CountingBackend.opened = 0
+    backend = _CountingBackend("a")
+    assert backend.open() is backend and backend.open() is backend
+    assert _CountingBackend.opened == 1
+    backend.close()
+    backend.close()
+    assert backend.closed == 1
+
+
+def test_a_model_path_that_is_not_a_path_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="model_path must be a path"):
+        OnnxRuntimeBackend(3)  # type: ignore[arg-type]
+
+
+def test_inputs_and_outputs_of_another_rank_are_refused() -> None:
+    from adassr.runtime.errors import ModelOutputError
+
+    class Flat(_CountingBackend):
+        def _infer(self, batch: np.ndarray) -> np.ndarray:
+            return batch[..., 0]
+
+    with _CountingBackend("a") as backend, pytest.raises(ShapeError, match=r"\(N, 3, H, W\)"):
+        backend.infer(np.zeros((2, 3, 8, 8, 1), np.float32))
+    with Flat("flat") as backend, pytest.raises(ModelOutputError, match="output of flat.onnx"):
+        backend.infer(_batch(2))
+
+
 def test_an_output_of_the_wrong_batch_or_channels_is_a_model_output_error() -> None:
     from adassr.runtime.errors import ModelOutputError
 

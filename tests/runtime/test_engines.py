@@ -178,6 +178,36 @@ def test_select_profile_refuses_shapes_outside_every_profile() -> None:
     with pytest.raises(ShapeError, match="rebuild the engine for these tile settings"):
         select_profile(PROFILE, (3, 3, 64, 64))
     assert select_profile((exact_profile(1, 8, 8), *PROFILE), (2, 3, 64, 64)) == 1
+    assert select_profile((*PROFILE, *PROFILE), (2, 3, 64, 64)) == 0  # the first of equal copies
+    assert exact_profile(2, 8, 16) == ProfileShape((2, 3, 8, 16), (2, 3, 8, 16), (2, 3, 8, 16))  # height, width
+
+
+def test_unpadded_tiles_get_a_dynamic_profile_up_to_the_tile_from_one_image_to_the_batch() -> None:
+    """Without pad_to_tile the largest input is the tile (not max_side), and a small image sends one tile."""
+    options = TilingOptions(tile=48, overlap=8, batch_size=4, pad_to_tile=False)
+    plan = plan_profiles(options, min_side=8, opt_side=32)
+    assert plan.profiles == (ProfileShape((1, 3, 8, 8), (4, 3, 32, 32), (4, 3, 48, 48)),)
+    assert plan.fixed_tile == 0
+    shapes: list[tuple[int, ...]] = []
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        shapes.append(batch.shape)
+        return np.repeat(np.repeat(batch, 2, axis=2), 2, axis=3)
+
+    upscale_tiled(np.zeros((10, 10, 3), np.float32), infer, scale=2, options=options)
+    assert shapes == [(1, 3, 30, 30)] and plan.select(shapes[0]) == 0
+
+
+def test_dynamic_profile_bounds_are_clamped_or_refused_with_their_own_words() -> None:
+    untiled = TilingOptions(tile=0, batch_size=2)
+    assert plan_profiles(untiled, min_side=64, opt_side=32, max_side=128).profiles[0].opt == (2, 3, 64, 64)
+    assert plan_profiles(untiled, min_side=0, max_side=64).profiles[0].min == (1, 3, 1, 1)
+    assert plan_profiles(TilingOptions(tile=8, overlap=0, pad_to_tile=False), min_side=8).profiles == (
+        ProfileShape((1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8)),)  # the tile equal to min_side is fine
+    with pytest.raises(ConfigError, match="largest input side 4 is below the smallest 8"):
+        plan_profiles(TilingOptions(tile=4, overlap=0, pad_to_tile=False), min_side=8)
+    with pytest.raises(ConfigError, match="multiple_of must be >= 1"):
+        plan_profiles(TilingOptions(tile=128), multiple_of=0)
 
 
 # -- the engine manager with a file-writing toolkit -----------------------------------------------
