@@ -145,3 +145,14 @@ def test_a_folder_of_broken_links_does_not_clash_with_a_real_camera_folder(tmp_p
     scan = scan_groups(tmp_path)
     assert [m.path.name for m in scan.groups["canon"].members] == ["a.png"] and not scan.conflicts
     assert [s.path.name for s in scan.skipped] == ["b.jpg"]
+
+
+def test_group_name_limits_and_spelling() -> None:
+    assert validate_group_name("a" * 64) == "a" * 64
+    with pytest.raises(CameraError, match="1-64 characters"):
+        validate_group_name("a" * 65)
+    assert validate_group_name("  Nikon ") == "nikon"  # as typed, with stray spaces
+    with pytest.raises(CameraError, match="must be a string, got int"):
+        validate_group_name(5)  # type: ignore[arg-type]
+    with pytest.raises(CameraError, match="'ÑOKIA X'"):  # named as typed, not as surrogate escapes
+        validate_group_name("\udcc3\udc91OKIA X")

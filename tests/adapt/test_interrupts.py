@@ -45,3 +45,42 @@ def test_keyboard_interrupt_counts_as_sigint() -> None:
     exc = as_interrupted(KeyboardInterrupt())
     assert exc is not None and exc.exit_code == 130
     assert as_interrupted(ValueError()) is None
+
+
+def test_the_first_of_two_held_signals_is_the_one_raised() -> None:
+    """Ctrl-C then SIGTERM during a commit: the run stops as the first asked (130), not the second."""
+    with pytest.raises(Interrupted) as info, catch_interrupts(), deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+    assert info.value.signum == signal.SIGINT and info.value.exit_code == 130
+
+
+def test_a_nested_deferred_block_holds_the_signal_until_the_outer_one_ends() -> None:
+    done = []
+    with pytest.raises(Interrupted) as info, catch_interrupts(), deferred():
+        with deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        done.append("rest of the commit")  # the outer block is still a commit: not cut here
+    assert done == ["rest of the commit"] and info.value.exit_code == 143
+
+
+def test_catch_interrupts_outside_the_main_thread_changes_nothing() -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with catch_interrupts(), deferred():
+                pass
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            errors.append(exc)
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert errors == [] and signal.getsignal(signal.SIGTERM) is before

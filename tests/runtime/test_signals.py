@@ -134,3 +134,36 @@ def test_one_ctrl_c_is_left_to_python_and_starts_no_forced_exit() -> None:
             proc.wait(10)
     err = proc.stderr.read() if proc.stderr else ""
     assert "KeyboardInterrupt" in err and "interrupted: " not in err, err
+
+
+def test_ctrl_c_after_a_stop_signal_ends_with_the_stop_signals_code(tmp_path: Path) -> None:
+    """SIGTERM (docker stop) then Ctrl-C: the process was stopped by SIGTERM, so it exits 143, not 130."""
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK, str(tmp_path / "out.png"), "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout is not None
+        Path(proc.stdout.readline().strip())
+        time.sleep(1.0)  # inside the long call by now
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 128 + int(signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "a second signal (SIGINT)" in err, err
+
+
+def test_the_previous_wakeup_fd_comes_back() -> None:
+    """After the block the wakeup fd is the caller's again, not the block's closed pipe (whose number the
+    next open file may get, and every later signal would write a byte into it)."""
+    before = signal.set_wakeup_fd(-1)
+    try:
+        with terminate_as_interrupt():
+            pass
+        assert signal.set_wakeup_fd(-1) == -1
+    finally:
+        signal.set_wakeup_fd(before)
