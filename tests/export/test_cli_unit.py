@@ -15,9 +15,9 @@ from adassr.export.bench_cli import _variant_tag, add_bench_arguments, latency_o
 from adassr.export.cli import _engine_options, _interrupted_note, add_export_arguments, run_export
 from adassr.export.errors import ExportError
 from adassr.runtime.errors import AdassrError, ConfigError
-from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
+from adassr.runtime.store import CameraStore
 
-from ..runtime._models import publish_camera
+from ..runtime._models import fallback_and_canon
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:
@@ -28,10 +28,7 @@ def _cli(argv: list[str]) -> argparse.Namespace:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    publish_camera(root, FALLBACK_CAMERA, seed=0)
-    publish_camera(root, "canon", seed=1, fp16=True)
-    return root
+    return fallback_and_canon(tmp_path / "store", canon_fp16=True)
 
 
 def test_every_triton_option_reaches_the_config(store: Path, tmp_path: Path) -> None:

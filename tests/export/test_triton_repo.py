@@ -19,15 +19,12 @@ from adassr.runtime.errors import StoreError
 from adassr.runtime.server.triton_client import parse_model_config
 from adassr.runtime.store import FALLBACK_CAMERA, CameraStore
 
-from ..runtime._models import publish_camera
+from ..runtime._models import fallback_and_canon, publish_camera
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    publish_camera(root, FALLBACK_CAMERA, seed=0)
-    publish_camera(root, "canon", seed=1, fp16=True)
-    return root
+    return fallback_and_canon(tmp_path / "store", canon_fp16=True)
 
 
 def _parse(path: Path) -> model_config_pb2.ModelConfig:

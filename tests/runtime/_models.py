@@ -113,10 +113,11 @@ def publish_camera(
     return store
 
 
-def fallback_and_canon(root: Path) -> Path:
-    """A store at ``root`` with the fallback model (seed 0) and a ``canon`` camera (seed 1); returns ``root``."""
+def fallback_and_canon(root: Path, *, canon_fp16: bool = False) -> Path:
+    """A store at ``root`` with the fallback model (seed 0) and a ``canon`` camera (seed 1; with ``canon_fp16``
+    also its fp16 export); returns ``root``."""
     from adassr.runtime.store import FALLBACK_CAMERA
 
     publish_camera(root, FALLBACK_CAMERA, seed=0)
-    publish_camera(root, "canon", seed=1)
+    publish_camera(root, "canon", seed=1, fp16=canon_fp16)
     return root
