@@ -105,3 +105,93 @@ def test_bad_input_and_settings_are_refused() -> None:
         OnnxRuntimeTrunk(model, threads=0)
     with pytest.raises(BackendError, match="H x W x 3"):
         OnnxRuntimeTrunk(model)(np.zeros((8, 8), np.float32))
+
+
+def test_an_image_with_the_wrong_channel_count_is_refused_before_onnxruntime_runs() -> None:
+    model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4).eval()
+    with pytest.raises(BackendError, match="H x W x 3"):
+        OnnxRuntimeTrunk(model, threads=1)(np.zeros((8, 8, 4), np.float32))
+    gray = RRDBNet(num_in_ch=1, num_feat=8, num_block=1, num_grow_ch=4).eval()
+    with pytest.raises(BackendError, match="H x W x 1"):
+        OnnxRuntimeTrunk(gray, threads=1)(_photo(20, 14))
+
+
+def test_the_session_runs_on_the_requested_threads_and_on_pytorchs_by_default() -> None:
+    from adassr.runtime.cpu_info import intra_op_threads
+
+    model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4).eval()
+    image = _photo(20, 14)
+    other = intra_op_threads() + 1  # differs from the default, so the setting must be the one used
+    trunk = OnnxRuntimeTrunk(model, threads=other)
+    trunk(image)
+    assert trunk._session.get_session_options().intra_op_num_threads == other
+    before = torch.get_num_threads()
+    torch.set_num_threads(other)
+    try:
+        chosen = feature_trunk(model, device=CPU, precision=FP32)
+        chosen(image)
+    finally:
+        torch.set_num_threads(before)
+    assert isinstance(chosen, OnnxRuntimeTrunk)
+    assert chosen._session.get_session_options().intra_op_num_threads == other
+
+
+def test_without_onnxruntime_the_trunk_is_pytorchs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    assert not feature_trunk_module._onnxruntime_available()
+    model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4).eval()
+    assert not isinstance(feature_trunk(model, device=CPU, precision=FP32), OnnxRuntimeTrunk)
+
+
+def test_the_pytorch_trunk_computes_in_the_given_precision() -> None:
+    from adassr.adapt.attention import trunk_features
+
+    torch.manual_seed(2)
+    model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4).eval()
+    image = _photo(20, 14)
+    bf16 = Precision("bf16", "cpu")
+    got = feature_trunk(model, device=CPU, precision=bf16)(image)
+    torch.testing.assert_close(got, trunk_features(model, image, device=CPU, precision=bf16), rtol=0, atol=0)
+    assert float((got - _torch_features(model, image)).abs().max()) > 1e-4  # not the fp32 features
+
+
+def test_graph_declares_the_channels_of_its_input_and_output() -> None:
+    model = RRDBNet(num_in_ch=1, num_feat=8, num_block=1, num_grow_ch=4)
+    graph = trunk_graph(model).graph
+
+    def dims(value: object) -> list[object]:
+        return [d.dim_value or d.dim_param for d in value.type.tensor_type.shape.dim]  # type: ignore[attr-defined]
+
+    assert dims(graph.input[0]) == [1, 1, "height", "width"]
+    assert dims(graph.output[0]) == [1, 8, "height", "width"]
+
+
+def test_a_half_precision_model_gives_a_float32_graph() -> None:
+    import copy
+
+    from onnx import TensorProto
+
+    torch.manual_seed(3)
+    model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4).eval().half()
+    image = _photo(20, 14)
+    want = OnnxRuntimeTrunk(copy.deepcopy(model).float(), threads=1)(image)  # the fp16 weights, in fp32
+    graph = trunk_graph(model)
+    assert {i.data_type for i in graph.graph.initializer} == {TensorProto.FLOAT}
+    torch.testing.assert_close(OnnxRuntimeTrunk(model, threads=1)(image), want)
+
+
+def test_a_float64_image_gives_the_float32_features() -> None:
+    torch.manual_seed(4)
+    model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4).eval()
+    image = _photo(20, 14)
+    trunk = OnnxRuntimeTrunk(model, threads=1)
+    torch.testing.assert_close(trunk(image.astype(np.float64)), trunk(image))
+
+
+def test_a_graph_onnxruntime_cannot_load_is_a_backend_error() -> None:
+    model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4).eval()
+    model.conv_body = torch.nn.Conv2d(8, 6, 3, padding=1)  # 6 channels cannot be added to conv_first's 8
+    with pytest.raises(BackendError, match="cannot load the trunk graph"):
+        OnnxRuntimeTrunk(model, threads=1)(_photo(20, 14))
