@@ -82,7 +82,11 @@ class OnnxRuntimeTrunk:
         if self._session is None:
             self._session = self._open()
         x = np.ascontiguousarray(np.asarray(image, np.float32).transpose(2, 0, 1)[None])
-        (features,) = self._session.run(None, {"lr": x})
+        try:
+            (features,) = self._session.run(None, {"lr": x})
+        except Exception as exc:  # onnxruntime's pybind exception types (a failed allocation, a shape it refuses)
+            raise BackendError(f"onnxruntime failed on the trunk of the weight maps for a {image.shape[1]}x"
+                               f"{image.shape[0]} image: {exc}") from exc
         return torch.from_numpy(features)
 
 

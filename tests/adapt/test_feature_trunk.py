@@ -195,3 +195,12 @@ def test_a_graph_onnxruntime_cannot_load_is_a_backend_error() -> None:
     model.conv_body = torch.nn.Conv2d(8, 6, 3, padding=1)  # 6 channels cannot be added to conv_first's 8
     with pytest.raises(BackendError, match="cannot load the trunk graph"):
         OnnxRuntimeTrunk(model, threads=1)(_photo(20, 14))
+
+
+def test_a_graph_onnxruntime_loads_but_cannot_run_is_a_backend_error() -> None:
+    """Errors while the session runs (a failed allocation, a kernel whose shape the graph's weights contradict)
+    escaped as onnxruntime's own exception types; they are BackendErrors naming the image's size."""
+    model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4).eval()
+    model.conv_first = torch.nn.Conv2d(3, 8, (3, 1), padding=(1, 0))  # the graph declares 3x3 kernels
+    with pytest.raises(BackendError, match="onnxruntime failed on the trunk of the weight maps for a 20x14 image"):
+        OnnxRuntimeTrunk(model, threads=1)(_photo(20, 14))
