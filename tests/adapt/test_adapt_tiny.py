@@ -505,3 +505,44 @@ def test_adapting_through_an_alias_of_another_camera_is_refused_before_any_work(
         adapt_camera(select_group(camera_dir, "nokia"), _rerun_config(), store_root=store, backbone_name="tiny",
                      registry=tiny)
     assert sony.verified_path("w.bin").read_text() == "sony's model"
+
+
+def test_the_manifest_records_the_patch_the_images_allowed_and_what_was_used(tiny: BackboneRegistry,
+                                                                             tmp_path: Path) -> None:
+    """No image fits the requested 40 px patch: the patch shrinks to what the largest allows (without
+    augmentation: --no-augment leaves more of the image for the patch), training uses that patch, and the
+    manifest records both sizes, the minimum side, each used file's sha256, the one evaluated image
+    (--eval-max-images 1), the set-up's time and the kernel the outcome names."""
+    from adassr.adapt.pairs import PairConfig, min_image_size
+    from adassr.runtime.store import sha256_file
+
+    folder = tmp_path / "images" / "cam"
+    folder.mkdir(parents=True)
+    pixels = read_image(SAMPLES / "nokia" / "iptc.jpg").pixels
+    write_image(folder / "a.png", np.ascontiguousarray(pixels[200:330, 250:380]))
+    write_image(folder / "b.png", np.ascontiguousarray(pixels[60:190, 400:530]))
+    config = cpu_demo_defaults().with_overrides(steps=1, eval_every=1, lr_patch=40, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4, augment=False,
+                                                eval_max_images=1)
+    outcome = adapt_camera(select_group(tmp_path / "images", "cam"), config, store_root=tmp_path / "store",
+                           backbone_name="tiny", registry=tiny)
+    manifest = CameraStore.open(tmp_path / "store", "cam").read_manifest()
+    pairs = manifest["pairs"]
+    shape = tuple(np.asarray(manifest["kernel"]["kernel"]).shape)
+    plain = PairConfig(scale=4, lr_patch=40).without_augmentation()
+    fitting = max(p for p in range(1, 41) if min_image_size(_with_patch(plain, p), shape) <= 130)
+    assert pairs["requested_lr_patch"] == 40 and pairs["lr_patch"] == fitting < 40
+    assert pairs["min_side"] == min_image_size(_with_patch(plain, fitting), shape)
+    assert pairs["images_used"] == [str(folder / "a.png"), str(folder / "b.png")]
+    assert pairs["images_used_sha256"] == [sha256_file(p) for p in pairs["images_used"]]
+    assert [p["path"] for p in manifest["per_image"]] == manifest["niqe_evaluation"]["images"] == [
+        str(folder / "a.png")]
+    assert manifest["timing"]["before_training_s"] > 0
+    assert outcome.kernel.startswith("Gaussian sigma") and manifest["steps"] == outcome.steps == 1
+    assert outcome.report == manifest["report"]  # report.png, or None without matplotlib
+
+
+def _with_patch(config, patch: int):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    return dataclasses.replace(config, lr_patch=patch)

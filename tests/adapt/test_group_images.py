@@ -324,3 +324,81 @@ def test_copies_of_one_photo_are_left_out_with_one_warning_and_recorded(files: d
     assert len(warned) == 1 and "left out 3 file(s)" in warned[0] and "copy2.png (= " in warned[0]
     seen = {p.name for p in loaded.group.paths} | {Path(p).name for p, _ in loaded.unreadable}
     assert "other.png" in seen  # decoded (or refused for its damage), never taken for a copy
+
+
+def test_an_image_exactly_the_minimum_size_is_used_and_a_smaller_one_counted_readable(tmp_path: Path) -> None:
+    """``min_side`` is the least side that serves: an image of exactly that side is read, not named too small;
+    one under it is left out but counted among the readable headers (the manifest's selection.readable)."""
+    photo = read_image(HR / "coffee.png").pixels
+    large, exact, small = tmp_path / "a_large.png", tmp_path / "b_exact.png", tmp_path / "c_small.png"
+    write_image(large, np.ascontiguousarray(photo[:80, :90]))
+    write_image(exact, np.ascontiguousarray(photo[10:60, 5:75]))  # 70 x 50
+    write_image(small, np.ascontiguousarray(photo[20:69, :70]))  # 70 x 49
+    loaded = load_group_images(_group(large, exact, small), min_side=50)
+    assert loaded.group.paths == (large, exact)
+    assert loaded.too_small == ((str(small), 70, 49),)
+    assert loaded.readable == 3
+
+
+def test_images_replacing_undecodable_ones_keep_the_pixel_budget(tmp_path: Path) -> None:
+    """A chosen file that does not decode gives its place to another only within --max-megapixels."""
+    photo = read_image(HR / "coffee.png").pixels
+    big, bad, good = tmp_path / "a_big.png", tmp_path / "b_bad.png", tmp_path / "c_good.png"
+    write_image(big, np.ascontiguousarray(photo[:100, :80]))  # 8000 px: over the 4500 px budget
+    _truncated(bad, write_image(bad, np.ascontiguousarray(photo[:50, :40])))  # 2000 px, header good
+    write_image(good, np.ascontiguousarray(photo[50:100, 40:80]))  # 2000 px
+    loaded = load_group_images(_group(big, bad, good), max_megapixels=0.0045)
+    assert loaded.group.paths == (good,)
+    # two chosen files fail: the first replacement counts against the budget of the second
+    folder = tmp_path / "two"
+    folder.mkdir()
+    a, t1, c, t2 = (folder / f"{n}.png" for n in ("a", "t1", "c", "t2"))
+    write_image(a, np.ascontiguousarray(photo[:50, :40]))  # 2000 px
+    _truncated(t1, write_image(t1, np.ascontiguousarray(photo[50:100, :40])))
+    write_image(c, np.ascontiguousarray(photo[:100, 40:80]))  # 4000 px: fits alone, not beside a
+    _truncated(t2, write_image(t2, np.ascontiguousarray(photo[100:150, :40])))
+    loaded = load_group_images(_group(a, t1, c, t2), max_images=2, max_megapixels=0.0045)
+    assert loaded.group.paths == (a,)
+    assert sum(im.shape[0] * im.shape[1] for im in loaded.images) <= 4500
+
+
+def test_replacements_keep_the_groups_name_order(tmp_path: Path) -> None:
+    """The image read in place of one that does not decode takes its place in name order."""
+    photo = read_image(HR / "coffee.png").pixels
+    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    _truncated(a, write_image(a, np.ascontiguousarray(photo[:60, :80])))
+    write_image(b, np.ascontiguousarray(photo[60:120, :80]))
+    write_image(c, np.ascontiguousarray(photo[:60, 80:160]))
+    loaded = load_group_images(_group(a, b, c), max_images=2)  # chooses a and c; b takes a's place
+    assert loaded.group.paths == (b, c)
+    assert np.allclose(loaded.images[0], read_image(b).pixels / 255.0, atol=1e-6)
+
+
+def test_images_too_small_for_the_estimated_kernel_are_named_and_left_out(caplog) -> None:
+    """An image the header check let through but too small for the patch with the kernel's margin is
+    left out of the kernel estimate and of training, with one warning naming it; the kernel's
+    diagnostics name the images its indices count (a flat one among them)."""
+    from adassr.adapt.pairs import PairConfig
+    from adassr.adapt.run import _usable_images_and_kernel
+
+    photo = read_image(HR / "coffee.png").pixels
+    small = np.ascontiguousarray(photo[:40, :40] / 255.0, dtype=np.float32)
+    flat = np.full((150, 150, 3), 0.5, np.float32)
+    textured = np.ascontiguousarray(photo[:130, :130] / 255.0, dtype=np.float32)
+    names = ("/x/a_small.png", "/x/b_flat.png", "/x/c_textured.png")
+    group = CameraGroup("cam", tuple(GroupMember(Path(n), "folder") for n in names))
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.run"):
+        used, kernel, usable = _usable_images_and_kernel([small, flat, textured], group,
+                                                          PairConfig(scale=4, lr_patch=12), "estimate")
+    assert len(used) == 2 and used[0] is flat and used[1] is textured and usable.indices == (1, 2)
+    diag = kernel.diagnostics
+    assert diag["image_paths"] == ["/x/b_flat.png", "/x/c_textured.png"]
+    assert [diag["image_paths"][i] for i in diag["images_skipped_flat"]] == ["/x/b_flat.png"]
+    assert all(0 <= i < 2 for i in diag["images_used"])
+    (message,) = [r.getMessage() for r in caplog.records if "a_small.png" in r.getMessage()]
+    assert "camera group 'cam': skipped 1 image(s)" in message and "/x/a_small.png (40x40)" in message
+    from adassr.adapt.run import _pairs_record
+
+    record = _pairs_record(usable, list(names[1:]), (), requested_lr_patch=12)
+    assert record["images_skipped"] == [{"path": "/x/a_small.png", "width": 40, "height": 40,
+                                         "reason": f"smaller than {usable.minimum} LR px per side"}]
