@@ -395,6 +395,32 @@ def test_tiny_images_do_not_take_the_places_of_usable_ones(tiny: BackboneRegistr
     assert skipped == {str(folder / f"t{i:02d}.png") for i in range(19)}
 
 
+def test_with_the_bicubic_kernel_images_too_small_for_it_do_not_take_the_places_of_usable_ones(
+        tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path) -> None:
+    """With ``--kernel bicubic`` the kernel's size is known before reading: the header check must use it, or
+    images large enough for a 1x1 kernel but not for bicubic's take the places of usable ones (mutation
+    testing: checked with (1, 1), the photo was not among the eight read and the run failed)."""
+    from adassr.adapt.pairs import PairConfig, min_image_size
+    from adassr.adapt.run import _known_kernel_shape
+
+    pair = PairConfig(scale=4, lr_patch=12)
+    lowest, needed = min_image_size(pair, (1, 1)), min_image_size(pair, _known_kernel_shape("bicubic", 4))
+    side = (lowest + needed) // 2
+    assert lowest <= side < needed
+    folder = tmp_path / "images" / "thumbs"
+    folder.mkdir(parents=True)
+    photo = read_image(camera_dir / "nokia" / "crop.png").pixels
+    for i in range(19):
+        write_image(folder / f"t{i:02d}.png", np.ascontiguousarray(photo[i:i + side, :side]))
+    write_image(folder / "z_photo.png", photo)
+    config = cpu_demo_defaults().with_overrides(steps=2, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4, max_images=8, kernel="bicubic")
+    adapt_camera(select_group(tmp_path / "images", "thumbs"), config, store_root=tmp_path / "store",
+                 backbone_name="tiny", registry=tiny)
+    pairs = CameraStore.open(tmp_path / "store", "thumbs").read_manifest()["pairs"]
+    assert pairs["images_used"] == [str(folder / "z_photo.png")]
+
+
 def test_a_batch_the_memory_cannot_hold_fails_before_the_set_up(tiny: BackboneRegistry, camera_dir: Path,
                                                                 tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
