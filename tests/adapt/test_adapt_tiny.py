@@ -421,6 +421,29 @@ def test_with_the_bicubic_kernel_images_too_small_for_it_do_not_take_the_places_
     assert pairs["images_used"] == [str(folder / "z_photo.png")]
 
 
+def test_training_gets_the_time_budget_less_the_set_up(tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--time-budget`` counts the whole run: handing training the whole budget on top of the set-up went
+    unnoticed (mutation testing). The internal step's budget is recorded on its way in (the real step runs)."""
+    import adassr.adapt.run as run
+
+    budgets: list[float | None] = []
+    real = run.run_internal_step
+
+    def recording(model, sampler, crops, metric, config, **kwargs):  # type: ignore[no-untyped-def]
+        budgets.append(config.time_budget)
+        return real(model, sampler, crops, metric, config, **kwargs)
+
+    monkeypatch.setattr(run, "run_internal_step", recording)
+    config = cpu_demo_defaults().with_overrides(steps=1, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4, time_budget=1000.0)
+    adapt_camera(select_group(camera_dir, "nokia"), config, store_root=tmp_path / "store", backbone_name="tiny",
+                 registry=tiny)
+    set_up = CameraStore.open(tmp_path / "store", "nokia").read_manifest()["timing"]["before_training_s"]
+    assert len(budgets) == 1 and budgets[0] is not None and set_up > 0
+    assert budgets[0] <= 1000.0 - set_up
+
+
 def test_a_batch_the_memory_cannot_hold_fails_before_the_set_up(tiny: BackboneRegistry, camera_dir: Path,
                                                                 tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
