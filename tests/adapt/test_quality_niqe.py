@@ -180,3 +180,42 @@ def test_a_single_complete_block_is_nan_not_a_crash() -> None:
     assert np.isnan(niqe_mod.niqe_distance(features))
     features[2, 3] = 0.5  # two complete blocks: a score
     assert np.isfinite(niqe_mod.niqe_distance(features))
+
+
+def test_torch_quantises_and_clamps_float_outputs_like_an_8bit_save() -> None:
+    """SR outputs are not on 8-bit levels and overshoot [0, 1]: scored as round(255 x) clipped to 0..255."""
+    pixels = _pixels(CALIB / "dist_I06.png")[:96, :192]
+    x = _batch(pixels).to(torch.float64)
+    below = x - 0.3 / 255.0  # rounds back up to the same levels (0 clamps to 0)
+    np.testing.assert_allclose(niqe_torch(below).numpy(), [niqe(pixels)], rtol=1e-9)
+    overshoot = x * 1.4 - 0.2  # a fifth of the range below 0, more above 1
+    levels = np.clip(np.floor(overshoot[0].permute(1, 2, 0).numpy() * 255.0 + 0.5), 0, 255).astype(np.uint8)
+    np.testing.assert_allclose(niqe_torch(overshoot).numpy(), [niqe(levels)], rtol=1e-9)
+
+
+def test_torch_refuses_one_block_and_integer_images() -> None:
+    pixels = _pixels(CALIB / "dist_I06.png")
+    x = _batch(pixels)
+    with pytest.raises(ShapeError, match="two 96x96 blocks"):
+        niqe_torch(x[..., :96, :96])  # exactly one block
+    with pytest.raises(ConfigError, match="floating images"):
+        niqe_torch(torch.from_numpy(pixels).permute(2, 0, 1)[None])  # uint8 would be clamped to 0 / 1
+
+
+def test_torch_crop_border_crops_every_side() -> None:
+    pixels = _pixels(CALIB / "dist_I04.png")[:200, :196]  # cropped by 4: 192 x 188, one block column
+    got = niqe_torch(_batch(pixels), crop_border=4)
+    np.testing.assert_allclose(got.numpy(), [niqe(pixels, crop_border=4)], rtol=1e-9)
+
+
+def test_torch_distance_is_nan_for_one_complete_block_and_spares_the_batch() -> None:
+    """As the numpy niqe_distance: one complete block has no covariance -> NaN, without failing the SVD
+    of the other images of the batch."""
+    from adassr.adapt.quality.niqe_torch import _distance
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2, 5, 36))
+    features[0, 1:, 3] = np.nan  # image 0: only its first block is complete
+    got = _distance(torch.from_numpy(features)).numpy()
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1], niqe_mod.niqe_distance(features[1]), rtol=1e-9)

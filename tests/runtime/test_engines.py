@@ -572,3 +572,15 @@ def test_profile_copies_give_each_stream_its_own_profile() -> None:
     assert len(plan.profiles) == 3 and len(set(plan.profiles)) == 1
     with pytest.raises(ConfigError, match="copies must be >= 1"):
         plan_profiles(TilingOptions(tile=128), copies=0)
+
+
+@pytest.mark.parametrize("structure", [None, "c" * 64], ids=["own-build", "refit"])
+def test_the_export_record_names_the_input_and_the_scale(tmp_path: Path, structure: str | None) -> None:
+    """An export whose input is not called "lr", of a x2 model: the build gets its input name and the
+    result its scale (not the defaults)."""
+    store = _camera(tmp_path, "canon", 0, structure=structure)
+    with store.transaction() as tx:
+        tx.commit(lambda m: m["exports"]["onnx"].update({"input_name": "image", "scale": 2}))
+    got = ensure_camera_engine(_request(tmp_path, "canon"), FileToolkit())
+    assert got.scale == 2
+    assert got.path.read_text().split(" refitted")[0].endswith("input image")
