@@ -557,6 +557,17 @@ def test_external_data_in_constants_subgraphs_sparse_tensors_and_functions_is_fo
     with_function.functions.add().node.append(
         helper.make_node("Constant", [], ["k"], value=_external("f", "function.bin")))
     assert external_data_files(with_function.SerializeToString()) == ["function.bin"]
+    defaults = model(plain)  # a function's default attribute values (attribute_proto)
+    defaults.functions.add().attribute_proto.append(helper.make_attribute("w", _external("d", "default.bin")))
+    assert external_data_files(defaults.SerializeToString()) == ["default.bin"]
+    many = helper.make_node("Custom", [], ["y"], domain="x")
+    many.attribute.append(helper.make_attribute("ss", [sparse]))  # a sparse_tensors attribute
+    assert external_data_files(model(many).SerializeToString()) == ["values.bin", "indices.bin"]
+    for field in ("initialization", "algorithm"):  # training graphs
+        trained = model(plain)
+        getattr(trained.training_info.add(), field).CopyFrom(
+            helper.make_graph([], "t", [], [], [_external("s", f"{field}.bin")]))
+        assert external_data_files(trained.SerializeToString()) == [f"{field}.bin"], field
 
 
 def _varint_bytes(value: int) -> bytes:
