@@ -21,9 +21,9 @@ def broken_link(path: str | os.PathLike[str]) -> str | None:
             continue
         try:
             os.stat(candidate)
-        except FileNotFoundError:
-            return f"{candidate} is a symbolic link to {os.readlink(candidate)}, which does not exist"
         except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # ENOTDIR: a link to a_file/sub goes through a file
+                return f"{candidate} is a symbolic link to {os.readlink(candidate)}, which does not exist"
             if exc.errno == errno.ELOOP:
                 return f"{candidate} is a loop of symbolic links"
     return None

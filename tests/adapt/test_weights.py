@@ -580,3 +580,10 @@ def test_a_cuda_device_on_a_machine_without_one_is_a_config_error(monkeypatch: p
     for name in ("cuda", "cuda:0"):
         with pytest.raises(ConfigError, match="has no CUDA GPU; use 'cpu'"):
             checked_device(name)
+
+
+def test_an_ncnn_backbone_is_loaded_on_the_device_asked_for(tmp_path: Path) -> None:
+    """A device the machine lacks is refused for an ncnn backbone too, not silently replaced by the CPU."""
+    assert next(load_backbone(ANIME, cache_dir=tmp_path, device="cpu").model.parameters()).device.type == "cpu"
+    with pytest.raises(ConfigError, match="'cuda:7'"):
+        load_backbone(ANIME, cache_dir=tmp_path, device="cuda:7")

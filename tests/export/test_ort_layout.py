@@ -71,3 +71,50 @@ def test_bf16_engines_keep_the_scalings_written_as_convs_in_fp32() -> None:
               if keeps_fp32("CONVOLUTION", name, reads_input=node.input[0] == "lr")}
     assert pinned == {"outer_scale/scale_as_conv", next(name for name, n in convs.items() if n.input[0] == "lr")}
     assert keeps_fp32("ELEMENTWISE", "any", reads_input=False) and not keeps_fp32("CONCATENATION", "x", False)
+
+
+def _mixed_model() -> onnx.ModelProto:
+    """Input scaling (a Mul on the graph input), a Constant-node scalar written first, two unnamed Muls
+    with different scalars, an Add of a scalar (not a Mul: kept), an int64 and a 5-D scalar Mul (kept)."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2, "w0"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, "w1"),
+             numpy_helper.from_array(np.array(0.3, np.float32), "c03"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "k"),
+             numpy_helper.from_array(np.array(3, np.int64), "i3"),
+             numpy_helper.from_array(np.array([2], np.int64), "ax")]
+    nodes = [helper.make_node("Mul", ["lr", "k"], ["x0"]),
+             helper.make_node("Conv", ["x0", "w0"], ["a"], pads=[1] * 4),
+             helper.make_node("Conv", ["a", "w1"], ["b"], pads=[1] * 4),
+             helper.make_node("Add", ["a", "b"], ["s"]),
+             helper.make_node("Constant", [], ["c02"], value=numpy_helper.from_array(np.array(0.2, np.float32))),
+             helper.make_node("Mul", ["c02", "s"], ["p"]),
+             helper.make_node("Mul", ["s", "c03"], ["q"]),
+             helper.make_node("Add", ["s", "c03"], ["r"]),
+             helper.make_node("Cast", ["s"], ["si"], to=TensorProto.INT64),
+             helper.make_node("Mul", ["si", "i3"], ["ti"]),
+             helper.make_node("Cast", ["ti"], ["t"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["s", "ax"], ["s5"]),
+             helper.make_node("Mul", ["s5", "c03"], ["u5"]),
+             helper.make_node("Squeeze", ["u5", "ax"], ["u"]),
+             helper.make_node("Concat", ["p", "q", "r", "t", "u"], ["sr"], axis=1)]
+    graph = helper.make_graph(nodes, "mixed",
+                              [helper.make_tensor_value_info("lr", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["N", 40, "H", "W"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_only_float_4d_scalar_muls_not_after_a_conv_are_rewritten_whichever_side_the_scalar_is_on() -> None:
+    model = _mixed_model()
+    rewritten, count = scalar_muls_as_convs(model)
+    assert count == 2  # p (a Constant node's scalar, written first) and q; not the input's Mul, the Add,
+    ops = {n.output[0]: n.op_type for n in rewritten.graph.node}  # the int64 Mul or the 5-D Mul
+    assert (ops["p"], ops["q"], ops["x0"], ops["r"], ops["ti"], ops["u5"]) == ("Conv", "Conv", "Mul", "Add", "Mul",
+                                                                              "Mul")
+    assert len({i.name for i in rewritten.graph.initializer}) == len(rewritten.graph.initializer)
+    onnx.checker.check_model(rewritten)
+    x = np.random.default_rng(3).random((1, 3, 7, 9), dtype=np.float32) * 255
+    np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=0, atol=1e-5)

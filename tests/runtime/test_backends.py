@@ -689,3 +689,21 @@ def test_no_tensorrt_cache_folder_is_made_for_a_session_without_tensorrt(model_p
     with OnnxRuntimeBackend(model_path, gpu=GpuProviderSettings(cache_dir=cache)) as backend:
         assert backend.providers == ("CPUExecutionProvider",)
     assert not cache.exists()
+
+
+def test_open_backend_refuses_an_empty_kind_and_a_tensorrt_file_that_is_not_an_engine() -> None:
+    with pytest.raises(ConfigError, match="unknown backend ''; valid backends are onnxruntime, tensorrt"):
+        open_backend("", "m.onnx")
+    with pytest.raises(BackendError, match="runs TensorRT engines, not m.plan"):
+        open_backend("tensorrt", "m.plan")
+
+
+def test_open_backend_hands_the_gpu_settings_and_require_to_onnxruntime(model_path: Path) -> None:
+    from adassr.runtime.backends.ort_options import GpuProviderSettings
+
+    settings = GpuProviderSettings(device_id=1, fp16=True)
+    with open_backend("onnxruntime", model_path, gpu=settings) as backend:
+        assert backend._gpu is settings  # the CUDA / TensorRT options (device, precision) come from it
+    gpu = _unavailable_gpu_provider()
+    with pytest.raises(BackendError, match=resolve_providers(gpu)[0]):
+        open_backend("onnxruntime", model_path, providers=gpu, require=True)

@@ -141,3 +141,20 @@ def test_a_broken_link_above_a_path_is_named(tmp_path: Path) -> None:
     said = broken_link(tmp_path / "l" / "sub" / "x.png")
     assert said is not None and said.startswith(f"{tmp_path / 'l'} is a symbolic link to")
     assert broken_link(tmp_path / "fine" / "x.png") is None
+
+
+def test_a_link_through_a_file_is_not_called_a_loop(tmp_path: Path) -> None:
+    """os.stat on a link to ``a_file/sub`` fails with ENOTDIR, not ELOOP: that is no loop of links, but a link
+    to nothing (it went unnamed, and the callers showed a bare "File exists")."""
+    import os
+
+    from adassr.runtime.links import broken_link
+
+    (tmp_path / "a_file").write_text("x")
+    os.symlink(tmp_path / "a_file" / "sub", tmp_path / "l")
+    target = tmp_path / "a_file" / "sub"
+    assert broken_link(tmp_path / "l") == f"{tmp_path / 'l'} is a symbolic link to {target}, which does not exist"
+    assert broken_link(tmp_path / "l" / "x.png") == broken_link(tmp_path / "l")
+    loop = tmp_path / "loop"
+    os.symlink(loop, loop)
+    assert broken_link(loop / "x.png") == f"{loop} is a loop of symbolic links"

@@ -74,3 +74,19 @@ def test_backend_with_gpu_settings_opens_and_reports_the_real_providers(tmp_path
         assert backend.providers[-1] == "CPUExecutionProvider"
         out = backend.infer(np.zeros((1, 3, 4, 4), np.float32))
         assert out.shape == (1, 3, 4 * SCALE, 4 * SCALE)
+
+
+def test_every_tensorrt_optimisation_level_0_to_5_is_taken_and_only_those() -> None:
+    for level in (0, 5):
+        ((_, opts),) = provider_options([TRT_EP], GpuProviderSettings(optimization_level=level))
+        assert opts["trt_builder_optimization_level"] == str(level)
+    for level in (-1, 6):
+        with pytest.raises(ConfigError, match="0-5"):
+            GpuProviderSettings(optimization_level=level)
+
+
+def test_cache_folder_depends_on_every_profile_not_only_the_first(tmp_path: Path) -> None:
+    first = ProfileShape((1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8))
+    second = ProfileShape((1, 3, 16, 16), (2, 3, 32, 32), (2, 3, 64, 64))
+    one = ort_trt_cache_dir(tmp_path, "f" * 64, "fp32", (first,), "1.20.1")
+    assert one != ort_trt_cache_dir(tmp_path, "f" * 64, "fp32", (first, second), "1.20.1")
