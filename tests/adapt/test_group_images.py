@@ -85,10 +85,12 @@ def test_evenly_spaced_indices_cover_the_range() -> None:
             assert len(set(chosen)) == k and chosen == sorted(chosen) and chosen[0] >= 0 and chosen[-1] < n
     with pytest.raises(ValueError):
         evenly_spaced(3, 4)
+    with pytest.raises(ValueError):
+        evenly_spaced(3, 0)
 
 
 def test_selection_obeys_the_count_and_the_pixel_budget() -> None:
-    from adassr.adapt.image_selection import select_images
+    from adassr.adapt.image_selection import Selection, select_images
 
     twelve_mp = [12_000_000] * 100
     everything = select_images(twelve_mp[:5], max_images=8, max_megapixels=200)
@@ -100,6 +102,11 @@ def test_selection_obeys_the_count_and_the_pixel_budget() -> None:
     assert select_images(twelve_mp, max_images=64, max_megapixels=200) == by_pixels  # deterministic
     mixed = [1_000_000, 50_000_000, 2_000_000]
     assert select_images(mixed, max_images=1, max_megapixels=10).indices == (0,)  # the middle one is too big
+    # the fallback takes the smallest image wherever it is, up to the budget itself, and says why
+    last_smallest = select_images([20_000_000, 50_000_000, 10_000_000], max_images=1, max_megapixels=10)
+    assert last_smallest == Selection((2,), "--max-megapixels 10")
+    with pytest.raises(ConfigError, match="--max-images must be >= 1, got 0"):
+        select_images([10**6] * 3, max_images=0, max_megapixels=10)
     assert select_images([], max_images=8, max_megapixels=1).indices == ()
     # images of unequal size: as many as the pixel budget holds (one fewer was taken on a rounding)
     assert len(select_images([10**6] * 4 + [10**7], max_images=8, max_megapixels=5).indices) == 2

@@ -74,7 +74,16 @@ def test_consensus_of_known_directions():
     assert consensus_direction([(2.0, 1.0, 0.0), (2.0, 1.0, math.pi / 2)]) is None
 
 
-@pytest.mark.parametrize("bad", [[], [(0.0, 1.0, 0.0)], [(1.0, -1.0, 0.0)], [(1.0, 1.0, math.nan)],
+def test_minor_first_fits_vote_with_their_major_axis():
+    t = math.radians(30.0)
+    # (1, 2, t) is a kernel elongated across t: its log-ratio weighs for t + 90 deg, never against t
+    assert consensus_direction([(1.0, 2.0, t)] * 3) == pytest.approx(t - math.pi / 2)
+    across = direction_agreement([(2.0, 1.0, t), (1.0, 3.0, t)])
+    assert across == pytest.approx((math.log(3.0) - math.log(2.0)) / (math.log(3.0) + math.log(2.0)))
+
+
+@pytest.mark.parametrize("bad", [[], [(0.0, 1.0, 0.0)], [(1.0, -1.0, 0.0)], [(1.0, 0.0, 0.0)],
+                                 [(1.0, 1.0, math.nan)],
                                  [(math.inf, 1.0, 0.0)]])
 def test_agreement_rejects_bad_fits(bad):
     with pytest.raises(ConfigError):

@@ -81,3 +81,13 @@ def test_a_set_up_that_eats_most_of_the_budget_is_reported_once(caplog) -> None:
         assert _training_budget(config, time.perf_counter() - 150.0).time_budget == 1e-3
     assert "leaving 0 s" in caplog.records[0].getMessage()
     assert _training_budget(AdaptConfig(), time.perf_counter() - 1e6).time_budget is None
+
+
+def test_the_latest_period_start_replaces_the_earlier_one() -> None:
+    budget, times = _budget(100.0)
+    times.record_step(15.0, starts_period=True)
+    times.record_step(15.0, starts_period=True)
+    times.record_eval(5.0)
+    assert times.last_period_start_s == 15.0 and times.to_dict()["period_first_steps_s"] == 30.0
+    assert not budget.stop_after_evaluation(79.0)  # 79 + 15 + 5 < 100: the next period still fits
+    assert budget.stop_after_evaluation(80.0)

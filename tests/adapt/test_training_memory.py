@@ -107,3 +107,29 @@ def test_a_containers_memory_limit_is_read_from_its_cgroup(tmp_path: Path) -> No
     (mine / "memory.stat").write_text(f"cache {GB // 4}\ninactive_file 0\ntotal_inactive_file {GB // 4}\n")
     assert cgroup_memory_left(v1_root, self_cgroup=v1) == GB + GB // 2 + GB // 4
     assert cgroup_memory_left(tmp_path / "none", self_cgroup=tmp_path / "absent") is None
+
+
+def test_the_bank_holds_no_more_pairs_than_a_period_or_the_run_draws() -> None:
+    config = cpu_demo_defaults()  # batch 4, a bank of 200
+    assert bank_pairs(config.with_overrides(eval_every=10)) == 40  # a period of 10 steps draws 40 pairs
+    assert bank_pairs(config.with_overrides(steps=5)) == 20  # a run of 5 steps (shorter than a period) draws 20
+
+
+def test_the_set_up_is_counted_once_on_top_of_the_batch() -> None:
+    from adassr.adapt.training_memory import SETUP_BYTES
+
+    config = cpu_demo_defaults()
+    one, two = (training_bytes(config.with_overrides(batch=b), scale=4, trainable="all") for b in (1, 2))
+    assert one - (two - one) == SETUP_BYTES  # what a batch of none would still need
+
+
+def test_the_limits_are_inclusive_and_a_batch_of_one_is_named() -> None:
+    config = cpu_demo_defaults().with_overrides(batch=11)
+    exactly = training_bytes(config, scale=4, trainable="tail")
+    check_training_memory(config, scale=4, trainable="tail", available=exactly)  # equal to what is left: fits
+    ten = training_bytes(config.with_overrides(batch=10), scale=4, trainable="tail")
+    with pytest.raises(ConfigError, match=r"use --batch 10 or less"):
+        check_training_memory(config, scale=4, trainable="tail", available=ten)
+    one = training_bytes(config.with_overrides(batch=1), scale=4, trainable="tail")
+    with pytest.raises(ConfigError, match=r"use --batch 1 or less"):  # not "even --batch 1 does not fit"
+        check_training_memory(config, scale=4, trainable="tail", available=one)
