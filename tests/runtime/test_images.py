@@ -1806,3 +1806,14 @@ def test_every_orientation_gives_a_contiguous_array() -> None:
         turned = apply_orientation(a, orientation)
         assert turned.flags.c_contiguous, orientation
         assert turned.shape == ((2, 3, 3) if orientation <= 4 else (3, 2, 3))
+
+
+def test_float_conversions_keep_their_types_ranges_and_byte_orders() -> None:
+    """From mutation testing: a big-endian uint16 (as read from a file) converts as uint16; bit_depth 8 gives
+    uint8; values just above 1.5 are another scale, refused."""
+    big_endian = np.array([0, 257, 65535], dtype=">u2")
+    np.testing.assert_array_equal(to_float32(big_endian), np.array([0, 257, 65535], np.float32) / 65535)
+    assert from_float32(np.array([0.0, 0.5, 1.0], np.float32), 8).dtype == np.uint8
+    assert from_float32(np.array([0.0, 1.5], np.float32), 8).tolist() == [0, 255]
+    with pytest.raises(ImageError, match="not on the \\[0, 1\\] scale"):
+        from_float32(np.array([0.0, 1.6], np.float32), 8)
