@@ -311,3 +311,32 @@ def test_progress_and_the_output_check_reach_the_tiling_through_triton(setup: tu
         with pytest.raises(ImageError, match="cannot write"):
             client.upscale(image, camera="canon", check_output=refuse)
         assert len(triton.calls) == sent
+
+
+def test_run_options_are_checked_and_the_result_reports_the_scale_served(setup: tuple[Path, Path, Path]) -> None:
+    """``TritonRunOptions`` refuses what ``upscale --triton`` must refuse before the first image, and a result's
+    ``outscale`` is the one asked for, else the model's scale (mutation testing changed both unnoticed)."""
+    from adassr.runtime.errors import ConfigError
+    from adassr.runtime.server.triton_upscale import TritonRunOptions, open_triton
+    from adassr.runtime.tiling import MAX_PRE_PAD
+
+    for kwargs, words in (({"model": " "}, "--triton-model is empty"), ({"overlap": -1}, "--tile-overlap must be 0"),
+                          ({"pre_pad": -1}, "--pre-pad must be from 0"),
+                          ({"pre_pad": MAX_PRE_PAD + 1}, "--pre-pad must be from 0"),
+                          ({"outscale": 0.0}, "outscale")):
+        with pytest.raises(ConfigError, match=words):
+            TritonRunOptions(url="localhost:8000", **kwargs)  # type: ignore[arg-type]
+    assert TritonRunOptions(url="http://localhost:8000", pre_pad=MAX_PRE_PAD, overlap=0).url == "localhost:8000"
+    _, repo, src = setup
+    image = read_image(src / "a_canon.jpg")
+    h, w = image.pixels.shape[:2]
+    with fake_triton(repo) as triton:
+        for outscale, want in ((None, 4.0), (2.0, 2.0)):
+            upscaler = open_triton(TritonRunOptions(url=triton.url, outscale=outscale), camera="canon")
+            try:
+                result = upscaler.upscale(image, camera="canon")
+            finally:
+                upscaler.close()
+            assert (result.scale, result.outscale) == (4, want)
+            assert result.pixels.shape[:2] == (round(want * h), round(want * w))
+            assert result.model_name == "adassr_canon on Triton, explicit"
