@@ -27,9 +27,16 @@ def _block_model() -> onnx.ModelProto:
              helper.make_node("Conv", ["s", "w2"], ["d"], pads=[1] * 4),
              helper.make_node("Mul", ["c05", "d"], ["half"], name="after_conv"),
              helper.make_node("Concat", ["scaled", "half"], ["sr"], axis=1)]
-    graph = helper.make_graph(nodes, "block",
+    return _checked_model(nodes, inits, "block", out_channels=16)
+
+
+def _checked_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], name: str, *,
+                   out_channels: int) -> onnx.ModelProto:
+    """A checked opset-17 model of ``nodes`` from ``lr`` (N x 3 x H x W) to ``sr`` (N x out_channels x H x W)."""
+    graph = helper.make_graph(nodes, name,
                               [helper.make_tensor_value_info("lr", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["N", 16, "H", "W"])], inits)
+                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["N", out_channels, "H", "W"])],
+                              inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -98,13 +105,7 @@ def _mixed_model() -> onnx.ModelProto:
              helper.make_node("Mul", ["s5", "c03"], ["u5"]),
              helper.make_node("Squeeze", ["u5", "ax"], ["u"]),
              helper.make_node("Concat", ["p", "q", "r", "t", "u"], ["sr"], axis=1)]
-    graph = helper.make_graph(nodes, "mixed",
-                              [helper.make_tensor_value_info("lr", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                              [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["N", 40, "H", "W"])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return _checked_model(nodes, inits, "mixed", out_channels=40)
 
 
 def test_only_float_4d_scalar_muls_not_after_a_conv_are_rewritten_whichever_side_the_scalar_is_on() -> None:
