@@ -337,19 +337,20 @@ def _check_tensors(store: CameraStore, manifest: Mapping[str, Any], record: Mapp
     type than the record's ``io_dtype``: Triton refuses to load such a config (a hand-edited or damaged
     manifest). A record without names is left to :func:`render_config`, which says so."""
     io_dtype = str(record.get("io_dtype", "float32"))
+    fix = (f"run `adassr export {_export_what(store, manifest)}{store_option(store.root)}` again (the manifest "
+           "was edited or damaged)")
     graph = proto.graph
     for role, name, tensors in (("input", record.get("input_name"), graph.input),
                                 ("output", record.get("output_name"), graph.output)):
         if not isinstance(name, str):
             continue
         found = next((t for t in tensors if t.name == name), None)
-        fix = (f"run `adassr export {_export_what(store, manifest)}{store_option(store.root)}` again (the manifest "
-               "was edited or damaged)")
         if found is None:
             names = ", ".join(repr(t.name) for t in tensors) or "none"
             raise ExportError(f"camera {store.camera!r}: its manifest names the model's {role} {name!r}, but "
                               f"{path.name} has no such {role} ({role}s: {names}); {fix}")
-        elem = _ONNX_ELEM_TYPES.get(found.type.tensor_type.elem_type, f"ONNX type {found.type.tensor_type.elem_type}")
+        code = found.type.tensor_type.elem_type
+        elem = _ONNX_ELEM_TYPES.get(code, f"ONNX type {code}")
         if elem != io_dtype:
             raise ExportError(f"camera {store.camera!r}: its manifest says the model's {role} {name!r} is {io_dtype}, "
                               f"but {path.name} declares {elem}; {fix}")
