@@ -68,6 +68,8 @@ CASES = [
     ("kernel_clipping.py", ["--gains", "abc", "--out-dir", "{out}"], "--gains"),
     ("kernel_letterbox.py", ["--qualities", "101", "--out-dir", "{out}"], "--qualities"),
     ("kernel_letterbox.py", ["--hr-dir", "{file}", "--out-dir", "{out}"], "{file}"),
+    ("kernel_flat_frames.py", ["--qualities", "0", "--out-dir", "{out}"], "--qualities"),
+    ("kernel_flat_frames.py", ["--noises", "-1", "--out-dir", "{out}"], "--noises"),
     ("niqe_speed.py", ["--torch-device", "nosuch", "--out-dir", "{out}"], "--torch-device"),
     ("niqe_speed.py", ["--repeats", "0", "--out-dir", "{out}"], "--repeats"),
     ("int8_probe.py", ["--model", "{text}", "--out", "{out}"], "{text}"),

@@ -44,7 +44,10 @@ Deviations from the paper: AdaSSR takes the kernel from an external estimator; t
 training-free and restricted to anisotropic Gaussians.
 
 Flat inputs: an image whose most structured pixels hold no more gradient energy than its noise
-carries no blur information; it is skipped in group mode, and when no image is usable the result
+carries no blur information, nor one whose structure is faint (steps of an 8-bit level or two) or
+low in contrast and no more than noise when averaged down by 4 (a flat noisy frame after JPEG,
+which removed the high band the noise estimate reads; benchmarks/README.md, "Flat frames after
+JPEG"); it is skipped in group mode, and when no image is usable the result
 is the bicubic kernel (the backbones' training degradation, the same as ``--kernel bicubic``)
 with ``method="fallback-bicubic"``, ``confidence=0`` and the reason in ``diagnostics``, so a
 camera group does not fail on a flat picture. Malformed input (not arrays, wrong shape, NaN,

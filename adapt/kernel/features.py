@@ -188,6 +188,42 @@ CLIP_AWAY_SHARE = 0.25
 its unclipped pixels (a tile mostly blown out keeps its clipped edges' blurred surroundings)."""
 
 
+FAINT_STRUCTURE = 2.0 / 255
+"""Structure amplitude (the root of a tile's top-30% local gradient energy over white noise's gain, in
+luma units) below which a tile is flat whatever its noise estimate says: steps of one or two 8-bit
+levels are JPEG's quantised block means or banding, not edges a lens blurred."""
+
+LOW_CONTRAST = 7.0 / 255
+"""Below this structure amplitude a tile must also stand out at :data:`COARSE_FACTOR` times coarser
+scale (:data:`COARSE_MIN_SNR`). JPEG removes the high band that the noise estimate reads, so a flat
+noisy frame after JPEG looked structured at its own scale (benchmarks/README.md, "Flat frames after
+JPEG"); averaged down by 4, its noise is white again and measurable."""
+
+COARSE_FACTOR = 4
+COARSE_MIN_SIDE = 24
+"""Coarse check only where the averaged tile keeps this many pixels per side (else it is skipped)."""
+COARSE_MIN_SNR = 16.0
+"""Top-30% gradient energy over the noise's, at the coarse scale, that a low-contrast tile needs."""
+QUANTISATION_SIGMA = 1.0 / (255 * math.sqrt(12.0))
+"""The smallest noise sigma the coarse check assumes: 8-bit rounding (a constant area reads as 0)."""
+
+
+def coarse_signal_to_noise(y: np.ndarray, bank: DerivativeBank) -> float | None:
+    """``y`` averaged down by :data:`COARSE_FACTOR`: mean of its top 30% local (5x5) gradient energy
+    over white noise's at its noise estimate (at least :data:`QUANTISATION_SIGMA`); ``None`` when the
+    averaged image is under :data:`COARSE_MIN_SIDE` pixels per side."""
+    f = COARSE_FACTOR
+    h, w = (y.shape[0] // f) * f, (y.shape[1] // f) * f
+    if min(h, w) < COARSE_MIN_SIDE * f:
+        return None
+    c = cv2.resize(np.ascontiguousarray(y[:h, :w]), (w // f, h // f), interpolation=cv2.INTER_AREA)
+    b = CrossScaleSample.BORDER
+    energy = cv2.boxFilter(bank.gradient_energy(c), -1, (5, 5), borderType=cv2.BORDER_REFLECT)[b:-b, b:-b]
+    top = energy[energy >= np.quantile(energy, 0.7)]
+    sigma = max(noise_sigma(c), QUANTISATION_SIGMA)
+    return float(top.mean()) / (bank.gradient_noise_gain() * sigma**2)
+
+
 def _away_from(clipped: np.ndarray, reach: int) -> np.ndarray:
     """Pixels farther than ``reach`` from any ``clipped`` pixel (all of them in most photos)."""
     if not clipped.any():
@@ -274,10 +310,22 @@ class CrossScaleSample:
             self.structure_energy = float(top.mean())
         else:
             self.structure_energy = 0.0
+        self.faint = self._faint(y)
         self.index = np.flatnonzero(mask)
         self.n_pixels = int(self.index.size)
         self._derivs = spec.bank.apply(y, self.index) if self.n_pixels else None
         self._set_subtracted_noise(subtract_sigma)
+
+    def _faint(self, y: np.ndarray) -> bool:
+        """Whether the tile's structure is too faint to be a lens's: below :data:`FAINT_STRUCTURE`, or
+        below :data:`LOW_CONTRAST` and no more than noise at the coarse scale."""
+        amplitude = math.sqrt(self.structure_energy / self.spec.bank.gradient_noise_gain())
+        if amplitude >= LOW_CONTRAST:
+            return False
+        if amplitude < FAINT_STRUCTURE:
+            return True
+        snr = coarse_signal_to_noise(y, self.spec.bank)
+        return snr is not None and snr < COARSE_MIN_SNR
 
     def _set_subtracted_noise(self, sigma: float) -> None:
         self.noise_var = sigma**2 * self.n_pixels  # the subtracted noise part's scale
@@ -292,9 +340,11 @@ class CrossScaleSample:
         return other
 
     def informative(self, min_snr: float) -> bool:
-        """Whether the top 30% of local gradient energy stands above the noise's share."""
+        """Whether the top 30% of local gradient energy stands above the noise's share (and a faint
+        tile's also at the coarse scale, where JPEG left the noise)."""
         noise_energy = self.spec.bank.gradient_noise_gain() * self.noise_sigma**2
-        return self.n_pixels >= 64 and self.structure_energy > max(min_snr * noise_energy, 1e-10)
+        return (self.n_pixels >= 64 and self.structure_energy > max(min_snr * noise_energy, 1e-10)
+                and not self.faint)
 
     def mismatch(self, cov_lr: np.ndarray) -> np.ndarray:
         """``features(y) - features(downsample_2(y * G(3 cov_lr)))`` (the 4 phases pooled)."""

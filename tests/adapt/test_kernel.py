@@ -231,6 +231,73 @@ def test_clipped_areas_do_not_hide_the_noise(photos):
         (alone.sigma_x, alone.sigma_y, alone.theta_deg))
 
 
+def _flat_jpeg_frame(noise_255: float, quality: int, shape: tuple[int, int] = (256, 320), seed: int = 0) -> np.ndarray:
+    """A flat grey frame (a wall, a covered lens, a night sky) with sensor noise, then JPEG."""
+    rng = np.random.default_rng(seed)
+    frame = np.clip(0.45 + rng.normal(0, noise_255 / 255, (*shape, 3)), 0, 1).astype(np.float32)
+    return _jpeg(frame, quality)
+
+
+@pytest.mark.parametrize(("noise_255", "quality"), [(2, 90), (2, 60), (3, 75), (5, 75), (5, 50), (8, 75)])
+def test_a_flat_noisy_frame_after_jpeg_is_found_flat(noise_255: float, quality: int) -> None:
+    """JPEG removes the high band the noise estimate reads, so such a frame's low-frequency remains
+    counted as structure: it got a confident kernel of its own (49 of 72 such frames on the
+    development grid, benchmarks/README.md "Flat frames after JPEG")."""
+    est = estimate_kernel([_flat_jpeg_frame(noise_255, quality)], scale=SCALE)
+    assert est.method == METHOD_FALLBACK and est.confidence == 0.0, (noise_255, quality, est.method)
+
+
+@pytest.mark.parametrize("quality", [None, 75])
+def test_an_8_bit_banded_gradient_is_found_flat(quality: int | None) -> None:
+    """A smooth gradient stored in 8 bits is steps of one level, and its noise estimate is 0: every
+    step counted as an edge (the fit ended at the search floor). Steps of one or two levels are
+    no lens's edges, whatever the noise estimate."""
+    ramp = np.round((0.2 + 0.4 * np.linspace(0, 1, 320))[None, :].repeat(256, 0) * 255) / 255
+    image = np.repeat(ramp[..., None], 3, axis=2).astype(np.float32)
+    est = estimate_kernel([image if quality is None else _jpeg(image, quality)], scale=SCALE)
+    assert est.method == METHOD_FALLBACK and est.confidence == 0.0
+
+
+def test_a_flat_jpeg_frame_in_a_group_is_skipped_and_changes_nothing(photos):
+    """Before, it was fitted with the photos and, as the group's smallest noise estimate, cut the
+    noise subtracted from all of them (the kernel moved from 1.82 x 1.60 to 2.04 x 1.88 px on
+    development photos at noise 5, q75)."""
+    lrs = [_jpeg(_lr(p, (2.4, 1.2, 30.0), noise=5 / 255, seed=i), 75) for i, p in enumerate(photos[:3])]
+    alone = estimate_kernel(lrs, scale=SCALE)
+    est = estimate_kernel([*lrs, _flat_jpeg_frame(5, 75, shape=lrs[0].shape[:2])], scale=SCALE)
+    assert est.diagnostics["images_skipped_flat"] == [3] and est.diagnostics["images_used"] == [0, 1, 2]
+    assert (est.sigma_x, est.sigma_y, est.theta_deg) == (alone.sigma_x, alone.sigma_y, alone.theta_deg)
+
+
+def test_faint_structure_counts_when_it_stands_out_at_the_coarse_scale(photos):
+    """A photo at a tenth of its contrast (a dim scene) is below the low-contrast amplitude, yet its
+    edges stand far above the noise when averaged down by 4: it stays usable, while the same
+    amplitude of JPEG-filtered noise does not."""
+    from adassr.adapt.kernel.features import (
+        COARSE_MIN_SNR,
+        FAINT_STRUCTURE,
+        LOW_CONTRAST,
+        CrossScaleSample,
+        FeatureSpec,
+        coarse_signal_to_noise,
+    )
+
+    spec = FeatureSpec(derivative_sigma=0.0, orders=(1, 2), n_directions=8, anisotropy_weight=0.5)
+    luma = np.array([0.299, 0.587, 0.114])
+    dim = 0.4 + 0.1 * (_lr(photos[2], (2.4, 1.2, 30.0)) @ luma - 0.4)  # coffee at a tenth of its contrast
+    dim = np.clip(dim + np.random.default_rng(3).normal(0, 1 / 255, dim.shape), 0, 1)
+    sample = CrossScaleSample(dim, spec, 1.0, 8.0)
+    amplitude = math.sqrt(sample.structure_energy / spec.bank.gradient_noise_gain())
+    assert FAINT_STRUCTURE < amplitude < LOW_CONTRAST  # the coarse check decides
+    assert coarse_signal_to_noise(dim, spec.bank) > COARSE_MIN_SNR and not sample.faint
+    assert sample.informative(4.0)
+    noise = _flat_jpeg_frame(5, 60) @ luma
+    flat = CrossScaleSample(noise, spec, 1.0, 8.0)
+    assert FAINT_STRUCTURE < math.sqrt(flat.structure_energy / spec.bank.gradient_noise_gain()) < LOW_CONTRAST
+    assert coarse_signal_to_noise(noise, spec.bank) < COARSE_MIN_SNR and flat.faint and not flat.informative(4.0)
+    assert coarse_signal_to_noise(noise[:90, :90], spec.bank) is None  # too small to average down by 4
+
+
 def test_a_group_with_one_usable_image_is_fitted_as_one_image(photos):
     """The other images all flat: the fit is the single image's, so is its calibration."""
     lr = _lr(photos[0], (2.4, 1.2, 30.0))
