@@ -385,9 +385,9 @@ def _usable_images_and_kernel(images: list[np.ndarray], group: CameraGroup, pair
     # the diagnostics' image indices (images_used, images_skipped_flat) count these images, in this order
     kernel = replace(kernel, diagnostics={**kernel.diagnostics, "image_paths": [names[i] for i in first.indices]})
     log.info("camera group %r: blur kernel %s", group.name, kernel.describe())
-    uncertain = kernel.direction_warning()
-    if uncertain:
-        log.warning("camera group %r: %s", group.name, uncertain)
+    for doubt in (kernel.direction_warning(), kernel.faint_warning()):
+        if doubt:
+            log.warning("camera group %r: %s", group.name, doubt)
     kh, kw = np.asarray(kernel.kernel).shape
     usable = select_usable_images(images, pair_config, names=names, kernel_shape=(int(kh), int(kw)))
     message = usable.warning()
@@ -448,8 +448,9 @@ def _prepare_inputs(group: CameraGroup, config: AdaptConfig, model: RRDBNet, sca
 
 def _structured(images: list[np.ndarray], paths: Sequence[str], kernel: KernelEstimate,
                 camera: str) -> tuple[list[np.ndarray], list[str]]:
-    """``images`` without those the kernel estimate found to carry no structure above their noise
-    (``images_skipped_flat``): NIQE of a flat picture swings widely and would decide, alone,
+    """``images`` without those the kernel estimate found to carry no structure above their noise, or
+    only faint structure beside the others' clear edges (``images_skipped_flat``, which includes
+    ``images_skipped_faint``): NIQE of a flat picture swings widely and would decide, alone,
     whether the adapted weights are kept. All of them when that would leave none."""
     diag = kernel.diagnostics
     estimated_on = list(diag.get("image_paths") or [])
@@ -463,7 +464,7 @@ def _structured(images: list[np.ndarray], paths: Sequence[str], kernel: KernelEs
                     "detail", camera, ", ".join(sorted(flat)))
         return list(images), list(paths)
     log.warning("camera group %r: left out of the NIQE evaluation, as they carry no structure above their "
-                "noise: %s", camera, ", ".join(sorted(flat)))
+                "noise (or only faint structure beside the others' clear edges): %s", camera, ", ".join(sorted(flat)))
     return [image for image, _ in keep], [path for _, path in keep]
 
 

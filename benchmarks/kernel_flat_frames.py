@@ -9,15 +9,22 @@ Usage (from the repository root)::
 Frames alone: frames of 256 x 320 LR px (HR 1024 x 1280 blurred by G(1.6) and downsampled by 4), each
 kind (flat grey at 0.25, 0.5 and 0.8; a vignette, 0.6 falling to 0.3 at the corners; a linear
 gradient 0.2 -> 0.7 across), with Gaussian noise of each ``--noises`` sigma (8-bit levels; noise 0
-rounded to 8 bits), then JPEG at each ``--qualities``. Nothing in them carries blur information, so
-the estimate should be the bicubic fallback (``method="fallback-bicubic"``, confidence 0). Each
-cell: the method and the confidence.
+rounded to 8 bits), then JPEG at each ``--qualities``. Nothing in them carries blur information. Alone,
+the estimate should either be the bicubic fallback (``method="fallback-bicubic"``, confidence 0:
+no structure above the noise) or say it read faint structure only
+(``diagnostics["faint_structure_only"]``, which ``adapt`` turns into a warning); a dim, densely
+textured photo looks the same, so a group of such frames only is still fitted. Each cell: the
+method, the confidence and the flag.
 
 Groups: the photos of ``--hr-dir`` (centre crops of 768 x 576 px, LR 192 x 144) as one camera, each of
 the six kernels of ``kernel_clipping.py``, at noise/JPEG pairs (2, q75), (3, q90), (5, q75), (5, q60),
 estimated with and without a grey frame of the same noise and JPEG added to the group: the mean L2
 distance of the 26-tap HR kernels to the truth both ways, how often the frame was skipped, and how
 often a photo was (it should never be).
+
+Dim photos alone: each photo's crop at a half and a quarter of its contrast (about its mean), clean
+(8-bit rounding only), one estimate per photo and kernel: the mean L2 distance, how many fell back to
+bicubic, how many were flagged faint. Dimming must not cost a photo its fit.
 
 Run it on another commit with ``PYTHONPATH=<that checkout>`` and ``--tag before`` for the comparison.
 Results: ``<out-dir>/kernel_flat_frames_<folder>[_<tag>].{md,json}`` (atomic writes), the machine named.
@@ -97,7 +104,8 @@ def run_frames(noises: list[float], qualities: list[int | None]) -> list[dict[st
                 frame = degrade(hr, (1.6, 1.6, 0.0), noise / 255.0, quality, seed=0)
                 est = estimate_kernel([frame], scale=SCALE)
                 rows.append({"frame": name, "noise": noise, "quality": quality, "method": est.method,
-                             "confidence": est.confidence})
+                             "confidence": est.confidence,
+                             "faint": bool(est.diagnostics.get("faint_structure_only", False))})
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -128,17 +136,44 @@ def run_groups(photos: list[np.ndarray]) -> list[dict[str, Any]]:
     return rows
 
 
+DIM_CONTRASTS = (0.5, 0.25)
+"""Contrast factors of the dim photos (about each crop's mean)."""
+
+
+def run_dim_photos(photos: list[np.ndarray]) -> list[dict[str, Any]]:
+    from adassr.adapt.kernel import estimate_kernel
+
+    rows = []
+    for factor in DIM_CONTRASTS:
+        dists, fallbacks, faint = [], 0, 0
+        for index, true in enumerate(KERNELS):
+            for i, hr in enumerate(photos):
+                dim = np.clip(hr.mean() + factor * (hr - hr.mean()), 0.0, 1.0).astype(np.float32)
+                est = estimate_kernel([degrade(dim, true, 0.0, None, seed=100 * index + i)], scale=SCALE)
+                dists.append(_distance((est.sigma_x, est.sigma_y, est.theta_deg), true))
+                fallbacks += est.method == "fallback-bicubic"
+                faint += bool(est.diagnostics.get("faint_structure_only", False))
+        rows.append({"contrast": factor, "mean_l2": float(np.mean(dists)), "fallbacks": fallbacks,
+                     "faint": faint, "estimates": len(dists)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     frames = result["frames"]
     flat = sum(r["method"] == "fallback-bicubic" for r in frames)
+    said = sum(r["method"] == "fallback-bicubic" or bool(r.get("faint")) for r in frames)
     lines = [f"# Kernel estimation on flat frames after JPEG{' (' + result['tag'] + ')' if result['tag'] else ''}",
              "", f"Machine: {result['machine']}.", "",
              f"## Frames alone ({FRAME_HR[1] // SCALE} x {FRAME_HR[0] // SCALE} LR): {flat} of {len(frames)} "
-             "found flat (bicubic fallback, confidence 0)", "",
-             "| frame | noise /255 | JPEG | method | confidence |", "|---|---|---|---|---|"]
+             f"found flat (bicubic fallback, confidence 0); {said} of {len(frames)} either that or flagged as "
+             "read from faint structure only", "",
+             "| frame | noise /255 | JPEG | method | confidence | faint structure only |", "|---|---|---|---|---|---|"]
     for r in frames:
         quality = "none" if r["quality"] is None else f"q{r['quality']}"
-        lines.append(f"| {r['frame']} | {r['noise']:g} | {quality} | {r['method']} | {r['confidence']:.2f} |")
+        faint = "-" if "faint" not in r else ("yes" if r["faint"] else "no")
+        lines.append(f"| {r['frame']} | {r['noise']:g} | {quality} | {r['method']} | {r['confidence']:.2f} "
+                     f"| {faint} |")
     lines += ["", f"## Groups: {result['n_photos']} photos of `{result['hr_dir']}` (centre crops, LR "
               f"{result['lr_size']}) with and without a grey {FLAT_LEVEL:g} frame", "",
               "| noise /255 | JPEG | mean L2 photos alone | mean L2 with the frame | frame skipped | photos skipped |",
@@ -146,6 +181,12 @@ def to_markdown(result: dict[str, Any]) -> str:
     for r in result["groups"]:
         lines.append(f"| {r['noise']:g} | q{r['quality']} | {r['mean_l2_photos']:.4f} | {r['mean_l2_with_frame']:.4f} "
                      f"| {r['frame_skipped']} of {r['groups']} | {r['photos_skipped']} |")
+    lines += ["", f"## Dim photos alone (the same crops, clean, at a fraction of their contrast; "
+              f"{len(result['kernels'])} kernels)", "",
+              "| contrast | mean L2 | bicubic fallbacks | flagged faint |", "|---|---|---|---|"]
+    for r in result.get("dim_photos", []):
+        lines.append(f"| {r['contrast']:g} | {r['mean_l2']:.4f} | {r['fallbacks']} of {r['estimates']} "
+                     f"| {r['faint']} of {r['estimates']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -164,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     photos = load_photos(args.hr_dir)[: args.max_photos]
     result = {"machine": default_machine(args.machine), "tag": args.tag, "hr_dir": folder_label(args.hr_dir, ROOT),
               "n_photos": len(photos), "lr_size": f"{photos[0].shape[1] // SCALE} x {photos[0].shape[0] // SCALE}",
-              "kernels": KERNELS, "frames": run_frames(args.noises, args.qualities), "groups": run_groups(photos)}
+              "kernels": KERNELS, "frames": run_frames(args.noises, args.qualities), "groups": run_groups(photos),
+              "dim_photos": run_dim_photos(photos)}
     name = f"kernel_flat_frames_{args.hr_dir.name}" + (f"_{args.tag}" if args.tag else "")
     write_report(args.out_dir, name, result, to_markdown(result))
     return 0

@@ -40,14 +40,18 @@ def test_the_report_has_the_frames_and_the_groups(tool: ModuleType, tmp_path: Pa
     monkeypatch.setattr(tool, "KERNELS", [(2.4, 1.2, 30.0)])
     monkeypatch.setattr(tool, "GROUP_CONDITIONS", [(5.0, 75)])
     monkeypatch.setattr(tool, "FRAME_HR", (512, 640))
+    monkeypatch.setattr(tool, "DIM_CONTRASTS", (0.5,))
     assert tool.main(["--hr-dir", str(photo_dir), "--noises", "5", "--qualities", "75", "--out-dir",
                       str(tmp_path), "--machine", "test"]) == 0
     result = json.loads((tmp_path / "kernel_flat_frames_photos.json").read_text())
     assert [r["frame"] for r in result["frames"]] == ["grey 0.25", "grey 0.5", "grey 0.8", "vignette", "gradient"]
-    grey = result["frames"][1]
-    assert grey["method"] == "fallback-bicubic" and grey["confidence"] == 0.0
+    grey = result["frames"][1]  # alone, a flat JPEG frame is fitted but flagged (a dim group looks the same)
+    assert grey["faint"] and grey["method"] != "fallback-bicubic"
     [group] = result["groups"]
     assert group["frame_skipped"] == 1 and group["photos_skipped"] == 0 and group["groups"] == 1
     assert group["mean_l2_with_frame"] == group["mean_l2_photos"] > 0
+    [dim] = result["dim_photos"]
+    assert dim["contrast"] == 0.5 and dim["estimates"] == 2 and dim["fallbacks"] == 0 and dim["mean_l2"] > 0
     text = (tmp_path / "kernel_flat_frames_photos.md").read_text()
-    assert "| grey 0.5 | 5 | q75 | fallback-bicubic | 0.00 |" in text and "| 5 | q75 |" in text
+    assert f"| grey 0.5 | 5 | q75 | {grey['method']} | {grey['confidence']:.2f} | yes |" in text
+    assert "| 5 | q75 |" in text and "| 0.5 |" in text

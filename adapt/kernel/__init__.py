@@ -44,13 +44,17 @@ Deviations from the paper: AdaSSR takes the kernel from an external estimator; t
 training-free and restricted to anisotropic Gaussians.
 
 Flat inputs: an image whose most structured pixels hold no more gradient energy than its noise
-carries no blur information, nor one whose structure is faint (steps of an 8-bit level or two) or
-low in contrast and no more than noise when averaged down by 4 (a flat noisy frame after JPEG,
-which removed the high band the noise estimate reads; benchmarks/README.md, "Flat frames after
-JPEG"); it is skipped in group mode, and when no image is usable the result
+carries no blur information; it is skipped in group mode, and when no image is usable the result
 is the bicubic kernel (the backbones' training degradation, the same as ``--kernel bicubic``)
 with ``method="fallback-bicubic"``, ``confidence=0`` and the reason in ``diagnostics``, so a
-camera group does not fail on a flat picture. Malformed input (not arrays, wrong shape, NaN,
+camera group does not fail on a flat picture. Faint structure (edges of an 8-bit level or two, or
+under 7/255 and no more than noise when averaged down by 4) is a second choice: a flat noisy frame
+after JPEG looks like that (JPEG removed the high band its noise estimate reads), and so does a dim,
+densely textured photo. Beside images with clear structure, faint tiles are left out and an image
+with only faint ones is skipped (``diagnostics["images_skipped_faint"]``, also in
+``images_skipped_flat``); when everything is faint it is fitted and ``diagnostics["faint_structure_only"]``
+says so (:meth:`KernelEstimate.faint_warning`; benchmarks/README.md, "Flat frames after JPEG").
+Malformed input (not arrays, wrong shape, NaN,
 uint8, no images, sides below ``min_side``) raises a typed error.
 """
 

@@ -330,20 +330,21 @@ def estimate_kernel(
     lumas = _checked_lumas(images, config, chosen)
     spec = FeatureSpec(derivative_sigma=config.derivative_sigma, orders=config.orders,
                        n_directions=config.n_directions, anisotropy_weight=config.anisotropy_weight)
-    per_image, skipped, noise = _usable_tiles(lumas, chosen, spec, config)
+    usable = _usable_tiles(lumas, chosen, spec, config)
     # the images actually fitted: a group whose other images were all flat is fitted (and calibrated)
     # as the one image it is
-    mode = "group" if len(per_image) > 1 else "single"
-    used = [i for i in chosen if i not in skipped]
+    mode = "group" if len(usable.per_image) > 1 else "single"
     diag: dict[str, Any] = {
         "mode": mode,
         "n_images": len(images),
-        "images_used": used,
-        "images_skipped_flat": skipped,
+        "images_used": usable.used,
+        "images_skipped_flat": usable.skipped,
+        "images_skipped_faint": usable.skipped_faint,
+        "faint_structure_only": usable.all_faint,
     }
-    if not per_image:
+    if not usable.per_image:
         return _bicubic_fallback(scale, diag, t0)
-    samples = _Samples(per_image, noise, [lumas[i] for i in used], spec)
+    samples = _Samples(usable.per_image, usable.noise, [lumas[i] for i in usable.used], spec)
     return _cross_scale_estimate(samples, config, scale=scale, mode=mode, diag=diag, t0=t0)
 
 
@@ -506,28 +507,56 @@ def _checked_lumas(images: Sequence[np.ndarray], config: KernelEstimationConfig,
     return lumas
 
 
+@dataclass(frozen=True)
+class _UsableTiles:
+    """What :func:`_usable_tiles` found: the tiles each usable image contributes, the images skipped
+    (no informative tile, or only faint ones beside others' clear structure), and whether every
+    tile used is faint (:attr:`CrossScaleSample.faint`)."""
+
+    per_image: list[list[CrossScaleSample]]
+    used: list[int]  # image indices, in the order of per_image
+    skipped: list[int]  # sorted
+    skipped_faint: list[int]  # the skipped images whose informative tiles were all faint
+    noise: list[float]  # noise sigma per usable image
+    all_faint: bool
+
+
+def _prefer_clear(tiles: Sequence[CrossScaleSample]) -> list[CrossScaleSample]:
+    """The tiles that are not faint, when there are any; else all of them."""
+    clear = [t for t in tiles if not t.faint]
+    return clear if clear else list(tiles)
+
+
 def _usable_tiles(
     lumas: Mapping[int, np.ndarray], chosen: Sequence[int], spec: FeatureSpec, config: KernelEstimationConfig
-) -> tuple[list[list[CrossScaleSample]], list[int], list[float]]:
-    """``(informative tiles per usable image, indices of images with none, noise sigma per usable image)``.
+) -> _UsableTiles:
+    """The informative tiles of each chosen image, with a preference: when any tile of the group has
+    clear structure, faint tiles are left out and an image with only faint ones is skipped (a flat
+    noisy frame after JPEG would otherwise be fitted and, as the group's smallest noise estimate, cut
+    the noise subtracted from every photo); when every informative tile is faint (a dim, densely
+    textured group, or flat frames only), they are all used, as nothing clearer exists.
 
     With ``config.noise_share`` > 0 the tiles subtract the noise share at :func:`_subtracted_sigma`."""
-    per_image: list[list[CrossScaleSample]] = []
+    informative: dict[int, list[CrossScaleSample]] = {}
     skipped: list[int] = []
-    noise: list[float] = []
     for i in chosen:
         samples = [CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr)
                    for t in _tiles(lumas[i], config)]
         good = [s for s in samples if s.informative(config.min_signal_to_noise)]
-        if not good:
+        if good:
+            informative[i] = good
+        else:
             skipped.append(i)
-            continue
-        noise.append(float(np.median([s.noise_sigma for s in good])))
-        per_image.append(good)
+    any_clear = any(not s.faint for good in informative.values() for s in good)
+    skipped_faint = [i for i, good in informative.items() if any_clear and all(s.faint for s in good)]
+    used = [i for i in informative if i not in skipped_faint]
+    per_image = [_prefer_clear(informative[i]) for i in used]
+    noise = [float(np.median([s.noise_sigma for s in tiles])) for tiles in per_image]
     if config.noise_share > 0 and per_image:
         sigma = _subtracted_sigma(noise, config.noise_share)
         per_image = [[s.subtracting(sigma) for s in tiles] for tiles in per_image]
-    return per_image, skipped, noise
+    return _UsableTiles(per_image, used, sorted(skipped + skipped_faint), skipped_faint, noise,
+                        all_faint=bool(per_image) and not any_clear)
 
 
 def _subtracted_sigma(noise: Sequence[float], share: float) -> float:
@@ -638,7 +667,7 @@ def _image_parts(samples: _Samples, config: KernelEstimationConfig) -> list[Cros
         return []
     quads = [y[r:r + h // 2, c:c + w // 2] for r in (0, h // 2) for c in (0, w // 2)]
     parts = [CrossScaleSample(q, samples.spec, config.structure_fraction, config.pixel_snr) for q in quads]
-    parts = [part for part in parts if part.informative(config.min_signal_to_noise)]
+    parts = _prefer_clear([part for part in parts if part.informative(config.min_signal_to_noise)])
     if config.noise_share > 0:
         sigma = _subtracted_sigma(samples.noise, config.noise_share)
         parts = [part.subtracting(sigma) for part in parts]

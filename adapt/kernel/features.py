@@ -190,28 +190,33 @@ its unclipped pixels (a tile mostly blown out keeps its clipped edges' blurred s
 
 FAINT_STRUCTURE = 2.0 / 255
 """Structure amplitude (the root of a tile's top-30% local gradient energy over white noise's gain, in
-luma units) below which a tile is flat whatever its noise estimate says: steps of one or two 8-bit
-levels are JPEG's quantised block means or banding, not edges a lens blurred."""
+luma units) below which a tile is faint whatever its noise estimate says: steps of one or two 8-bit
+levels are JPEG's quantised block means or banding more often than edges a lens blurred."""
 
 LOW_CONTRAST = 7.0 / 255
-"""Below this structure amplitude a tile must also stand out at :data:`COARSE_FACTOR` times coarser
-scale (:data:`COARSE_MIN_SNR`). JPEG removes the high band that the noise estimate reads, so a flat
-noisy frame after JPEG looked structured at its own scale (benchmarks/README.md, "Flat frames after
-JPEG"); averaged down by 4, its noise is white again and measurable."""
+"""Below this structure amplitude a tile is faint unless it also stands out at :data:`COARSE_FACTOR`
+times coarser scale (:data:`COARSE_MIN_SNR`). JPEG removes the high band that the noise estimate
+reads, so a flat noisy frame after JPEG looked structured at its own scale (benchmarks/README.md,
+"Flat frames after JPEG"); averaged down by 4, its noise is white again and measurable."""
 
 COARSE_FACTOR = 4
 COARSE_MIN_SIDE = 24
 """Coarse check only where the averaged tile keeps this many pixels per side (else it is skipped)."""
 COARSE_MIN_SNR = 16.0
 """Top-30% gradient energy over the noise's, at the coarse scale, that a low-contrast tile needs."""
+COARSE_SPREAD = 4
+"""Coarse pixels beyond the blocks near clipping that still see a clipped edge (the 5x5 box and the
+5-tap derivative filters each reach 2): the coarse check leaves them out too."""
 QUANTISATION_SIGMA = 1.0 / (255 * math.sqrt(12.0))
 """The smallest noise sigma the coarse check assumes: 8-bit rounding (a constant area reads as 0)."""
 
 
-def coarse_signal_to_noise(y: np.ndarray, bank: DerivativeBank) -> float | None:
+def coarse_signal_to_noise(y: np.ndarray, bank: DerivativeBank, away: np.ndarray | None = None) -> float | None:
     """``y`` averaged down by :data:`COARSE_FACTOR`: mean of its top 30% local (5x5) gradient energy
     over white noise's at its noise estimate (at least :data:`QUANTISATION_SIGMA`); ``None`` when the
-    averaged image is under :data:`COARSE_MIN_SIDE` pixels per side."""
+    averaged image is under :data:`COARSE_MIN_SIDE` pixels per side. ``away`` (``y``'s shape): the
+    pixels far enough from clipping to count (:data:`CLIP_REACH`; default all), as at full scale:
+    a blown lamp's edge in a flat frame is clipping's, not structure."""
     f = COARSE_FACTOR
     h, w = (y.shape[0] // f) * f, (y.shape[1] // f) * f
     if min(h, w) < COARSE_MIN_SIDE * f:
@@ -219,6 +224,13 @@ def coarse_signal_to_noise(y: np.ndarray, bank: DerivativeBank) -> float | None:
     c = cv2.resize(np.ascontiguousarray(y[:h, :w]), (w // f, h // f), interpolation=cv2.INTER_AREA)
     b = CrossScaleSample.BORDER
     energy = cv2.boxFilter(bank.gradient_energy(c), -1, (5, 5), borderType=cv2.BORDER_REFLECT)[b:-b, b:-b]
+    if away is not None and not away.all():
+        # a block with any pixel near clipping, and the blocks the 5x5 box and the 5-tap filters spread it to
+        near = cv2.resize(np.ascontiguousarray(~away[:h, :w], dtype=np.float32), (w // f, h // f),
+                          interpolation=cv2.INTER_AREA) > 0
+        block_away = _away_from(near, COARSE_SPREAD)[b:-b, b:-b]
+        if np.count_nonzero(block_away) >= CLIP_AWAY_SHARE * block_away.size:  # else its edges are all it has
+            energy = energy[block_away]
     top = energy[energy >= np.quantile(energy, 0.7)]
     sigma = max(noise_sigma(c), QUANTISATION_SIGMA)
     return float(top.mean()) / (bank.gradient_noise_gain() * sigma**2)
@@ -286,7 +298,8 @@ class CrossScaleSample:
         clipped = _clipped(y)
         usable = ~clipped[b:h - b, b:w - b]  # clipped pixels carry no blur: never counted
         inner = energy[b:h - b, b:w - b][usable]
-        structural = energy[b:h - b, b:w - b][_away_from(clipped, CLIP_REACH)[b:h - b, b:w - b]]
+        away = _away_from(clipped, CLIP_REACH)
+        structural = energy[b:h - b, b:w - b][away[b:h - b, b:w - b]]
         if structural.size < CLIP_AWAY_SHARE * inner.size:  # mostly clipped: its edges are all it has
             structural = inner
         mask = np.zeros((h, w), dtype=bool)
@@ -310,21 +323,23 @@ class CrossScaleSample:
             self.structure_energy = float(top.mean())
         else:
             self.structure_energy = 0.0
-        self.faint = self._faint(y)
+        self.faint = self._faint(y, away)
         self.index = np.flatnonzero(mask)
         self.n_pixels = int(self.index.size)
         self._derivs = spec.bank.apply(y, self.index) if self.n_pixels else None
         self._set_subtracted_noise(subtract_sigma)
 
-    def _faint(self, y: np.ndarray) -> bool:
-        """Whether the tile's structure is too faint to be a lens's: below :data:`FAINT_STRUCTURE`, or
-        below :data:`LOW_CONTRAST` and no more than noise at the coarse scale."""
+    def _faint(self, y: np.ndarray, away: np.ndarray) -> bool:
+        """Whether the tile's structure is faint: below :data:`FAINT_STRUCTURE`, or below
+        :data:`LOW_CONTRAST` and no more than noise at the coarse scale. A flat noisy frame after JPEG
+        is faint, and so is a dim, densely textured photo: the estimate prefers the tiles that are not
+        (``estimate._usable_tiles``)."""
         amplitude = math.sqrt(self.structure_energy / self.spec.bank.gradient_noise_gain())
         if amplitude >= LOW_CONTRAST:
             return False
         if amplitude < FAINT_STRUCTURE:
             return True
-        snr = coarse_signal_to_noise(y, self.spec.bank)
+        snr = coarse_signal_to_noise(y, self.spec.bank, away)
         return snr is not None and snr < COARSE_MIN_SNR
 
     def _set_subtracted_noise(self, sigma: float) -> None:
@@ -340,11 +355,9 @@ class CrossScaleSample:
         return other
 
     def informative(self, min_snr: float) -> bool:
-        """Whether the top 30% of local gradient energy stands above the noise's share (and a faint
-        tile's also at the coarse scale, where JPEG left the noise)."""
+        """Whether the top 30% of local gradient energy stands above the noise's share."""
         noise_energy = self.spec.bank.gradient_noise_gain() * self.noise_sigma**2
-        return (self.n_pixels >= 64 and self.structure_energy > max(min_snr * noise_energy, 1e-10)
-                and not self.faint)
+        return self.n_pixels >= 64 and self.structure_energy > max(min_snr * noise_energy, 1e-10)
 
     def mismatch(self, cov_lr: np.ndarray) -> np.ndarray:
         """``features(y) - features(downsample_2(y * G(3 cov_lr)))`` (the 4 phases pooled)."""

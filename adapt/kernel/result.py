@@ -106,6 +106,17 @@ class KernelEstimate:
                 f"photos dominated by one edge direction cause this. {more} of varied content, or less "
                 "compressed ones, make it reliable")
 
+    def faint_warning(self) -> str | None:
+        """A message when the kernel was fitted on faint structure only (``diagnostics["faint_structure_only"]``:
+        every informative tile under 7/255 of edge amplitude and hardly above the noise at a coarse
+        scale); None otherwise."""
+        if not self.diagnostics.get("faint_structure_only") or self.method in (METHOD_BICUBIC, METHOD_FALLBACK):
+            return None
+        return ("the blur kernel was fitted on faint structure only (edges under 7/255 that hardly stand above "
+                "the noise when averaged down by 4): a dim, low-contrast group, or flat frames (a wall, a covered "
+                "lens) whose noise JPEG smoothed. If these are flat frames, the kernel is not the camera's: add "
+                "photos with clear edges, or adapt with --kernel bicubic")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the manifest (angle in degrees, kernel as a 2-D list)."""
         return {

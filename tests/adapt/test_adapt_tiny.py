@@ -375,6 +375,44 @@ def test_a_group_of_flat_pictures_is_published_with_a_warning_and_valid_json(
     assert all(s is None or isinstance(s, float) for s in scores)
 
 
+def test_flat_jpeg_frames_beside_a_photo_are_left_out_and_alone_warn(
+        tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A flat noisy frame after JPEG (a wall, a covered lens) looks structured to its own noise estimate:
+    beside a photo it is left out of the kernel and the NIQE evaluation; a group of such frames only
+    is fitted (a dim, textured group looks the same) and the run says what the kernel was read from."""
+    import logging
+
+    from adassr.adapt.degradation import jpeg_roundtrip
+
+    rng = np.random.default_rng(0)
+    frames = [jpeg_roundtrip(np.clip(0.45 + rng.normal(0, 5 / 255, (160, 200, 3)), 0, 1).astype(np.float32), 60)
+              for _ in range(2)]
+    mixed, walls = tmp_path / "images" / "mixed", tmp_path / "images" / "walls"
+    for folder in (mixed, walls):
+        folder.mkdir(parents=True)
+        for i, frame in enumerate(frames):
+            write_image(folder / f"wall{i}.png", np.round(frame * 255).astype(np.uint8))
+    write_image(mixed / "photo.png", read_image(camera_dir / "nokia" / "crop.png").pixels)
+    config = cpu_demo_defaults().with_overrides(steps=2, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4)
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.run"):
+        adapt_camera(select_group(tmp_path / "images", "mixed"), config, store_root=tmp_path / "store",
+                     backbone_name="tiny", registry=tiny)
+    manifest = CameraStore.open(tmp_path / "store", "mixed").read_manifest()
+    diag = manifest["kernel"]["diagnostics"]
+    assert sorted(diag["image_paths"][i] for i in diag["images_skipped_faint"]) == [str(mixed / "wall0.png"),
+                                                                                   str(mixed / "wall1.png")]
+    assert manifest["niqe_evaluation"]["images"] == [str(mixed / "photo.png")]
+    assert "faint structure only" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.run"):
+        adapt_camera(select_group(tmp_path / "images", "walls"), config, store_root=tmp_path / "store",
+                     backbone_name="tiny", registry=tiny)
+    assert "camera group 'walls': the blur kernel was fitted on faint structure only" in caplog.text
+    assert CameraStore.open(tmp_path / "store", "walls").read_manifest()["kernel"]["diagnostics"][
+        "faint_structure_only"]
+
+
 def test_tiny_images_do_not_take_the_places_of_usable_ones(tiny: BackboneRegistry, camera_dir: Path,
                                                            tmp_path: Path) -> None:
     """Nineteen thumbnails and one photo, eight read: the evenly spaced pick skipped the photo, and the
