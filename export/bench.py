@@ -12,6 +12,7 @@ under ``--out`` (default ``benchmarks/results``), named after the machine. The c
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import platform
 import resource
@@ -224,9 +225,23 @@ def _crop(size: int, photo: Path | None) -> np.ndarray:
     return np.ascontiguousarray(image[top : top + size, left : left + size])
 
 
+def _release_freed_memory() -> None:
+    """Hand the heap's freed pages back to the system (glibc's ``malloc_trim``; nothing elsewhere). A long-lived
+    process keeps freed blocks resident: after a CI run's earlier tests, the GEMM ceiling's 48 MB of matrices,
+    freed, stayed in the next row's RSS and so in its peak."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+
+
 def _reset_peak_rss() -> bool:
-    """Reset the process's peak RSS (Linux: ``5`` written to ``/proc/self/clear_refs`` resets ``VmHWM``), so that
-    a row's peak is its own, not an earlier row's nor the GEMM ceiling's matrices; False where it cannot be."""
+    """Reset the process's peak RSS (Linux: ``5`` written to ``/proc/self/clear_refs`` resets ``VmHWM``, after the
+    freed heap pages are handed back), so that a row's peak is its own, not an earlier row's nor the GEMM ceiling's
+    matrices; False where it cannot be."""
+    _release_freed_memory()
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")

@@ -478,8 +478,8 @@ def test_training_gets_the_time_budget_less_the_set_up(tiny: BackboneRegistry, c
     adapt_camera(select_group(camera_dir, "nokia"), config, store_root=tmp_path / "store", backbone_name="tiny",
                  registry=tiny)
     set_up = CameraStore.open(tmp_path / "store", "nokia").read_manifest()["timing"]["before_training_s"]
-    assert len(budgets) == 1 and budgets[0] is not None and set_up > 0
-    assert budgets[0] <= 1000.0 - set_up
+    assert len(budgets) == 1 and budgets[0] is not None and set_up > 0.01
+    assert budgets[0] <= 1000.0 - set_up + 0.01  # the manifest rounds the set-up to 0.01 s
 
 
 def test_a_batch_the_memory_cannot_hold_fails_before_the_set_up(tiny: BackboneRegistry, camera_dir: Path,
