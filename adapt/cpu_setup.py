@@ -109,8 +109,9 @@ class ThreadGovernor:
         if wanted != self.threads:
             # the first change is a warning (it explains a slower run), later ones are details
             log.log(logging.INFO if self.changes else logging.WARNING,
-                    "other processes kept %.1f of %d CPUs busy: %s from %d to %d threads (ADASSR_THREADS=N fixes "
-                    "the count)", load.busy_cpus, load.cpus, "shrinking" if wanted < self.threads else "growing",
+                    "other processes kept %.1f of %d CPUs busy: %s from %d to %d threads (the weights depend on the "
+                    "thread count in their last bits; ADASSR_THREADS=N fixes it, for the same weights in a rerun)",
+                    load.busy_cpus, load.cpus, "shrinking" if wanted < self.threads else "growing",
                     self.threads, wanted)
             self.changes.append((self.threads, wanted, load.busy_cpus))
             self._set(wanted)

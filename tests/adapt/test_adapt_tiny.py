@@ -136,7 +136,7 @@ def test_re_adapting_reuses_the_weight_maps(tiny: BackboneRegistry, camera_dir: 
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(attention, "compute_weight_map", counting)
-    torch.set_num_threads(1)
+    monkeypatch.setenv("ADASSR_THREADS", "1")  # the same run needs the same thread count (docs/cpu.md)
     config = cpu_demo_defaults().with_overrides(steps=2, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
                                                 lambda_perceptual=0, feature_bank=4, precision="fp32")
     group = select_group(camera_dir, "nokia")

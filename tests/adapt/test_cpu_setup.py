@@ -171,6 +171,8 @@ def test_governor_shrinks_while_others_are_busy_and_grows_back(caplog: pytest.Lo
     assert governor.changes == [(2, 1, 1.0), (1, 2, 0.2)]
     levels = {r.getMessage().split(": ")[1].split(" (")[0]: r.levelname for r in caplog.records}
     assert levels == {"shrinking from 2 to 1 threads": "WARNING", "growing from 1 to 2 threads": "INFO"}
+    # the weights depend on the thread count: the warning says how to get the same weights in a rerun
+    assert "ADASSR_THREADS=N fixes it, for the same weights in a rerun" in caplog.records[0].getMessage()
 
 
 def test_governed_progress_adjusts_before_every_event() -> None:
