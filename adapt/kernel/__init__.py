@@ -54,6 +54,11 @@ densely textured photo. Beside images with clear structure, faint tiles are left
 with only faint ones is skipped (``diagnostics["images_skipped_faint"]``, also in
 ``images_skipped_flat``); when everything is faint it is fitted and ``diagnostics["faint_structure_only"]``
 says so (:meth:`KernelEstimate.faint_warning`; benchmarks/README.md, "Flat frames after JPEG").
+Content drawn after capture (a recorder's burnt-in timestamp, a sensor's hot pixels) is sharper than
+the camera's blur allows and, at full contrast, carried half of a small frame's derivative energy: pixels
+far sharper and stronger than a tile's own structure in every direction are left out
+(:mod:`adassr.adapt.kernel.too_sharp`; ``diagnostics["n_pixels_too_sharp"]``; benchmarks/README.md,
+"Burnt-in text and hot pixels").
 Malformed input (not arrays, wrong shape, NaN,
 uint8, no images, sides below ``min_side``) raises a typed error.
 """

@@ -101,6 +101,11 @@ class KernelEstimationConfig:
     # bars"). Such border rows and columns are left out, with ``bar_margin`` px more beyond them (a JPEG's
     # ringing around the bar's edge), where at least ``min_side`` remains. 0: nothing left out.
     bar_margin: int = 8
+    # Burnt-in text (a timestamp, a camera name) and hot pixels, drawn after capture: pixels far sharper
+    # and stronger than the tile's own structure in every direction are left out
+    # (adassr.adapt.kernel.too_sharp; benchmarks/README.md, "Burnt-in text and hot pixels"). False:
+    # nothing left out.
+    leave_out_too_sharp: bool = True
 
     def __post_init__(self) -> None:
         if not self.pixel_snr >= 0:
@@ -363,6 +368,10 @@ class _Samples:
         return int(sum(t.n_pixels for tiles in self.per_image for t in tiles))
 
     @property
+    def n_too_sharp(self) -> int:
+        return int(sum(t.n_too_sharp for tiles in self.per_image for t in tiles))
+
+    @property
     def n_tiles(self) -> int:
         return sum(len(tiles) for tiles in self.per_image)
 
@@ -433,6 +442,7 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
         "calibration": [a, b],
         "residual_rms": residual,
         "n_pixels": samples.n_pixels,
+        "n_pixels_too_sharp": samples.n_too_sharp,  # left out as drawn after capture (too_sharp.py)
         "n_tiles": samples.n_tiles,
         "noise_sigma": float(np.median(samples.noise)),
         "noise_sigma_subtracted": _subtracted_sigma(samples.noise, config.noise_share),
@@ -540,7 +550,8 @@ def _usable_tiles(
     informative: dict[int, list[CrossScaleSample]] = {}
     skipped: list[int] = []
     for i in chosen:
-        samples = [CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr)
+        samples = [CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr,
+                                    leave_out_too_sharp=config.leave_out_too_sharp)
                    for t in _tiles(lumas[i], config)]
         good = [s for s in samples if s.informative(config.min_signal_to_noise)]
         if good:
@@ -666,7 +677,8 @@ def _image_parts(samples: _Samples, config: KernelEstimationConfig) -> list[Cros
     if min(h, w) < 2 * PART_MIN_SIDE:
         return []
     quads = [y[r:r + h // 2, c:c + w // 2] for r in (0, h // 2) for c in (0, w // 2)]
-    parts = [CrossScaleSample(q, samples.spec, config.structure_fraction, config.pixel_snr) for q in quads]
+    parts = [CrossScaleSample(q, samples.spec, config.structure_fraction, config.pixel_snr,
+                              leave_out_too_sharp=config.leave_out_too_sharp) for q in quads]
     parts = _prefer_clear([part for part in parts if part.informative(config.min_signal_to_noise)])
     if config.noise_share > 0:
         sigma = _subtracted_sigma(samples.noise, config.noise_share)

@@ -20,6 +20,8 @@ import math
 import cv2
 import numpy as np
 
+from adassr.adapt.kernel.too_sharp import too_sharp
+
 __all__ = ["FeatureSpec", "CrossScaleSample", "noise_sigma"]
 
 
@@ -273,6 +275,9 @@ class CrossScaleSample:
     reads as a very sharp kernel and pins the minor axis at the search floor; on clean or
     textured images (nearly) every pixel passes, so the calibration still holds.
 
+    ``leave_out_too_sharp`` leaves out content drawn after capture (burnt-in text, hot pixels:
+    :mod:`adassr.adapt.kernel.too_sharp`); ``n_too_sharp`` counts the pixels it left out.
+
     ``subtract_sigma`` > 0 subtracts the expected contribution of white noise of that sigma
     (closed form, :meth:`DerivativeBank.noise_gram`) from each directional energy of ``y`` and,
     for every candidate blur, of ``z`` (the noise blurred by ``G(3 C)`` and seen through the
@@ -283,7 +288,7 @@ class CrossScaleSample:
     BORDER = 4
 
     def __init__(self, y: np.ndarray, spec: FeatureSpec, fraction: float, pixel_snr: float = 0.0,
-                 min_kept: float = 0.3, subtract_sigma: float = 0.0) -> None:
+                 min_kept: float = 0.3, subtract_sigma: float = 0.0, leave_out_too_sharp: bool = False) -> None:
         h, w = y.shape
         self.shape = (h, w)
         self.spec = spec
@@ -318,6 +323,11 @@ class CrossScaleSample:
             placed = np.zeros(usable.shape, dtype=bool)
             placed[usable] = keep
             mask[b:h - b, b:w - b] = placed
+        self.n_too_sharp = 0
+        if leave_out_too_sharp and mask.any():
+            drawn = too_sharp(y, spec.bank, mask)
+            self.n_too_sharp = int(np.count_nonzero(drawn & mask))
+            mask &= ~drawn
         if structural.size:
             top = structural[structural >= np.quantile(structural, 0.7)]
             self.structure_energy = float(top.mean())

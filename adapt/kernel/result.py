@@ -88,6 +88,11 @@ class KernelEstimate:
         agreement = self.direction_agreement
         if agreement is not None:
             details.append(f"direction agreement {math.floor(agreement * 1000) / 1000:.3f}")  # as the warning
+        drawn = int(self.diagnostics.get("n_pixels_too_sharp", 0))
+        if drawn:
+            share = drawn / (drawn + int(self.diagnostics.get("n_pixels", 0)))
+            details.append(f"{100 * share:.1f} % of the pixels left out as drawn after capture: burnt-in text, "
+                           "hot pixels")
         return f"{text} ({', '.join(details)})"
 
     def direction_warning(self) -> str | None:

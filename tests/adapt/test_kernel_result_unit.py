@@ -62,6 +62,13 @@ def test_describe_names_a_fallback_bicubic_and_a_slightly_elongated_gaussian() -
     assert text.startswith("Gaussian sigma 1.60 x 1.50 HR px, major axis at 30 deg"), text
 
 
+def test_describe_says_how_much_was_left_out_as_drawn_after_capture() -> None:
+    assert "drawn after capture" not in _estimate(n_pixels=9700, n_pixels_too_sharp=0).describe()
+    text = _estimate(n_pixels=9700, n_pixels_too_sharp=300).describe()
+    assert text.endswith("confidence 0.42, 3.0 % of the pixels left out as drawn after capture: burnt-in text, "
+                         "hot pixels)"), text
+
+
 @pytest.mark.parametrize("scale", [True, 0, -1, 2.0])
 def test_bicubic_estimate_refuses_a_scale_that_is_not_a_positive_int(scale: object) -> None:
     with pytest.raises(ConfigError, match="scale must be a positive integer"):
