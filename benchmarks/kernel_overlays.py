@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ for _path in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(_path))
 
 from kernel_clipping import KERNELS, SCALE, _distance  # noqa: E402
-from kernel_letterbox import load_photos  # noqa: E402
+from kernel_letterbox import framed_group, load_photos  # noqa: E402
 from script_cli import (  # noqa: E402
     default_machine,
     existing_dir,
@@ -98,18 +97,14 @@ def hot_pixel_places(shape: tuple[int, ...], count: int, seed: int) -> tuple[np.
 def camera_group(photos: list[np.ndarray], kernel: tuple[float, float, float], *, noise: float,
                  quality: int | None, seed: int, stamp: str | None = None, hot: int = 0,
                  night: bool = False) -> list[np.ndarray]:
-    """The LR frames of one synthetic camera (``noise`` in [0, 1] units), marked, then JPEG."""
-    from adassr.adapt.degradation import blur_downsample, gaussian_kernel, jpeg_roundtrip
+    """The LR frames of one synthetic camera (``noise`` in [0, 1] units), marked, then JPEG: blurred, downsampled
+    and noisy as ``kernel_letterbox.framed_group`` makes them (without bars or JPEG), then marked."""
+    from adassr.adapt.degradation import jpeg_roundtrip
 
-    k = gaussian_kernel(kernel[0], kernel[1], math.radians(kernel[2]), scale=SCALE)
     hrs = [*photos, np.full_like(photos[0], NIGHT_LEVEL)] if night else list(photos)
     places = None
     frames = []
-    for i, hr in enumerate(hrs):
-        lr = blur_downsample(hr, k, SCALE)
-        if noise:
-            lr = lr + np.random.default_rng(seed * 100 + i).normal(0.0, noise, lr.shape).astype(np.float32)
-        lr = np.clip(lr, 0.0, 1.0).astype(np.float32)
+    for i, lr in enumerate(framed_group(hrs, kernel, bar=None, noise=noise, quality=None, seed=seed)):
         if stamp is not None:
             lr = burn_in_stamp(lr, i, stamp)
         if night and i == len(photos):
