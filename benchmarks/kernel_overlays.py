@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     PYTHONPATH=. python benchmarks/kernel_overlays.py [--hr-dir benchmarks/data/dev_photos]
         [--variants clean,stamp,...] [--conditions 0:none,2:90,3:75,5:60] [--keep-too-sharp]
+        [--keep-fixed-defects]
         [--machine "..."] [--out-dir benchmarks/results] [--tag NAME]
 
 Each synthetic camera: the photos of ``--hr-dir`` (centre crops of 768 x 576 px, LR 192 x 144 at x4, as
@@ -18,13 +19,17 @@ JPEG-compressed (``--conditions``: noise in 8-bit levels and quality, ``none`` f
 - ``hot30`` / ``hot50``: 30 or 50 single LR pixels at full white, at the same places in every frame
   (a sensor's defects);
 - ``stamp+hot30``: both;
-- ``night``: the clean photos plus one dark frame (grey 0.05 with the same noise) carrying the stamp.
+- ``night``: the clean photos plus one dark frame (grey 0.05 with the same noise) carrying the stamp;
+- ``static`` / ``static+hot30``: a fixed camera, one scene in every frame (the kernel's photo, in turn,
+  as many times as there are photos, each frame with its own noise draw): its texture sits at the same
+  places in every frame, as a sensor's defects do.
 
 Per row: the mean L2 distance of the 26-tap HR kernels to the truth, how many of the six estimates are
 closer than the fixed G(1.6), the mean confidence, the methods, and the share of counted pixels the
-estimator left out as drawn after capture (``diagnostics["n_pixels_too_sharp"]``).
-``--keep-too-sharp`` runs the estimator without that rule (``KernelEstimationConfig.leave_out_too_sharp``
-False, the estimator before it), for the comparison.
+estimator left out as drawn after capture (``diagnostics["n_pixels_too_sharp"]``) and around the
+defects found across the frames (``diagnostics["n_pixels_fixed_defects"]``). ``--keep-too-sharp`` runs
+the estimator without the first rule (``KernelEstimationConfig.leave_out_too_sharp`` False),
+``--keep-fixed-defects`` without the second (``leave_out_fixed_defects`` False), for the comparison.
 
 Results: ``<out-dir>/kernel_overlays_<folder>[_<tag>].{md,json}`` (atomic writes), the machine named.
 """
@@ -66,6 +71,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hot50": {"hot": 50},
     "stamp+hot30": {"stamp": "small", "hot": 30},
     "night": {"night": True},
+    "static": {"static": True},
+    "static+hot30": {"static": True, "hot": 30},
 }
 CONDITIONS: list[tuple[float, int | None]] = [(0.0, None), (2.0, 90), (3.0, 75), (5.0, 60)]
 NIGHT_LEVEL = 0.05
@@ -96,12 +103,15 @@ def hot_pixel_places(shape: tuple[int, ...], count: int, seed: int) -> tuple[np.
 
 def camera_group(photos: list[np.ndarray], kernel: tuple[float, float, float], *, noise: float,
                  quality: int | None, seed: int, stamp: str | None = None, hot: int = 0,
-                 night: bool = False) -> list[np.ndarray]:
+                 night: bool = False, static: bool = False) -> list[np.ndarray]:
     """The LR frames of one synthetic camera (``noise`` in [0, 1] units), marked, then JPEG: blurred, downsampled
-    and noisy as ``kernel_letterbox.framed_group`` makes them (without bars or JPEG), then marked."""
+    and noisy as ``kernel_letterbox.framed_group`` makes them (without bars or JPEG), then marked. ``static``:
+    photo number ``seed`` (modulo their count) in every frame."""
     from adassr.adapt.degradation import jpeg_roundtrip
 
-    hrs = [*photos, np.full_like(photos[0], NIGHT_LEVEL)] if night else list(photos)
+    hrs = [photos[seed % len(photos)]] * len(photos) if static else list(photos)
+    if night:
+        hrs.append(np.full_like(photos[0], NIGHT_LEVEL))
     places = None
     frames = []
     for i, lr in enumerate(framed_group(hrs, kernel, bar=None, noise=noise, quality=None, seed=seed)):
@@ -118,15 +128,15 @@ def camera_group(photos: list[np.ndarray], kernel: tuple[float, float, float], *
 
 
 def run(photos: list[np.ndarray], variants: list[str], conditions: list[tuple[float, int | None]],
-        leave_out: bool) -> list[dict[str, Any]]:
+        leave_out: bool, leave_out_defects: bool = True) -> list[dict[str, Any]]:
     from adassr.adapt.kernel import KernelEstimationConfig, estimate_kernel
 
-    config = KernelEstimationConfig(leave_out_too_sharp=leave_out)
+    config = KernelEstimationConfig(leave_out_too_sharp=leave_out, leave_out_fixed_defects=leave_out_defects)
     rows = []
     for name in variants:
         for noise, quality in conditions:
             start = time.perf_counter()
-            dists, closer, confidence, methods, dropped = [], 0, [], [], []
+            dists, closer, confidence, methods, dropped, defects = [], 0, [], [], [], []
             for index, true in enumerate(KERNELS):
                 frames = camera_group(photos, true, noise=noise / 255.0, quality=quality, seed=index,
                                       **VARIANTS[name])
@@ -136,31 +146,40 @@ def run(photos: list[np.ndarray], variants: list[str], conditions: list[tuple[fl
                 closer += dist < _distance(FIXED, true)
                 confidence.append(est.confidence)
                 methods.append(est.method)
-                counted = est.diagnostics.get("n_pixels", 0) + est.diagnostics.get("n_pixels_too_sharp", 0)
-                dropped.append(est.diagnostics.get("n_pixels_too_sharp", 0) / max(counted, 1))
+                drawn = est.diagnostics.get("n_pixels_too_sharp", 0)
+                near_defects = est.diagnostics.get("n_pixels_fixed_defects", 0)
+                counted = max(est.diagnostics.get("n_pixels", 0) + drawn + near_defects, 1)
+                dropped.append(drawn / counted)
+                defects.append(near_defects / counted)
             rows.append({"variant": name, "noise": noise, "quality": quality, "mean_l2": float(np.mean(dists)),
                          "fixed_l2": float(np.mean([_distance(FIXED, k) for k in KERNELS])), "closer": closer,
                          "estimates": len(KERNELS), "mean_confidence": float(np.mean(confidence)),
                          "methods": {m: methods.count(m) for m in sorted(set(methods))},
-                         "left_out_share": float(np.mean(dropped)), "seconds": time.perf_counter() - start})
+                         "left_out_share": float(np.mean(dropped)), "defects_share": float(np.mean(defects)),
+                         "seconds": time.perf_counter() - start})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def to_markdown(result: dict[str, Any]) -> str:
     rule = "left out" if result["leave_out_too_sharp"] else "kept (--keep-too-sharp: the estimator without the rule)"
+    defects = ("left out" if result.get("leave_out_fixed_defects", True)
+               else "kept (--keep-fixed-defects: the estimator without the rule)")
     tag = f" ({result['tag']})" if result["tag"] else ""
     lines = [f"# Kernel estimation on frames with burnt-in text and hot pixels{tag}",
              "", f"Machine: {result['machine']}. Photos: `{result['hr_dir']}` ({result['n_photos']}, LR "
              f"{result['lr_size']}); {len(KERNELS)} kernels per row, group mode; content drawn after capture "
-             f"{rule}. The fixed G(1.6)'s mean L2 distance to these kernels: {result['fixed_l2']:.4f}.", "",
+             f"{rule}; a sensor's defects found across the frames {defects}. The fixed G(1.6)'s mean L2 "
+             f"distance to these kernels: {result['fixed_l2']:.4f}.", "",
              "| frames | noise /255 | JPEG | mean L2 | closer than G(1.6) | mean confidence | methods "
-             "| counted pixels left out |", "|---|---|---|---|---|---|---|---|"]
+             "| counted pixels left out: drawn after capture | around defects |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         quality = "none" if r["quality"] is None else f"q{r['quality']}"
         methods = ", ".join(f"{m} {n}" for m, n in r["methods"].items())
         lines.append(f"| {r['variant']} | {r['noise']:g} | {quality} | {r['mean_l2']:.4f} | {r['closer']} of "
-                     f"{r['estimates']} | {r['mean_confidence']:.2f} | {methods} | {100 * r['left_out_share']:.1f} % |")
+                     f"{r['estimates']} | {r['mean_confidence']:.2f} | {methods} | {100 * r['left_out_share']:.1f} % "
+                     f"| {100 * r.get('defects_share', 0.0):.1f} % |")
     return "\n".join(lines) + "\n"
 
 
@@ -198,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated NOISE:QUALITY pairs (default 0:none,2:90,3:75,5:60)")
     parser.add_argument("--keep-too-sharp", action="store_true",
                         help="the estimator without the rule that leaves out content drawn after capture")
+    parser.add_argument("--keep-fixed-defects", action="store_true",
+                        help="the estimator without the rule that leaves out a sensor's defects found across frames")
     parser.add_argument("--machine", default=None, help="the machine, as the report names it (default: the CPU)")
     parser.add_argument("--out-dir", type=output_dir, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default="")
@@ -205,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     photos = load_photos(args.hr_dir)
     result = {"machine": default_machine(args.machine), "tag": args.tag, "hr_dir": folder_label(args.hr_dir, ROOT),
               "n_photos": len(photos), "lr_size": f"{photos[0].shape[1] // SCALE} x {photos[0].shape[0] // SCALE}",
-              "leave_out_too_sharp": not args.keep_too_sharp, "kernels": KERNELS,
+              "leave_out_too_sharp": not args.keep_too_sharp,
+              "leave_out_fixed_defects": not args.keep_fixed_defects, "kernels": KERNELS,
               "fixed_l2": float(np.mean([_distance(FIXED, k) for k in KERNELS])),
-              "rows": run(photos, args.variants, args.conditions, not args.keep_too_sharp)}
+              "rows": run(photos, args.variants, args.conditions, not args.keep_too_sharp,
+                          not args.keep_fixed_defects)}
     name = f"kernel_overlays_{args.hr_dir.name}" + (f"_{args.tag}" if args.tag else "")
     write_report(args.out_dir, name, result, to_markdown(result))
     return 0

@@ -58,7 +58,9 @@ Content drawn after capture (a recorder's burnt-in timestamp, a sensor's hot pix
 the camera's blur allows and, at full contrast, carried half of a small frame's derivative energy: pixels
 far sharper and stronger than a tile's own structure in every direction are left out
 (:mod:`adassr.adapt.kernel.too_sharp`; ``diagnostics["n_pixels_too_sharp"]``; benchmarks/README.md,
-"Burnt-in text and hot pixels").
+"Burnt-in text and hot pixels"). A sensor's hot and dead pixels are found across the frames too: single
+pixels that stand out of all their neighbours at the same place in most frames of one size are left out
+of all of them (:mod:`adassr.adapt.kernel.fixed_defects`; ``diagnostics["n_pixels_fixed_defects"]``).
 Malformed input (not arrays, wrong shape, NaN,
 uint8, no images, sides below ``min_side``) raises a typed error.
 """

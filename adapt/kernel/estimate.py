@@ -16,6 +16,7 @@ from scipy.optimize import minimize
 from adassr.adapt.degradation import gaussian_kernel, kernel_size, params_from_covariance
 from adassr.adapt.kernel.agreement import consensus_direction, direction_agreement
 from adassr.adapt.kernel.features import CrossScaleSample, FeatureSpec
+from adassr.adapt.kernel.fixed_defects import fixed_defects
 from adassr.adapt.kernel.result import (
     METHOD_CROSS_SCALE,
     METHOD_FIXED_GAUSSIAN,
@@ -106,6 +107,10 @@ class KernelEstimationConfig:
     # (adassr.adapt.kernel.too_sharp; benchmarks/README.md, "Burnt-in text and hot pixels"). False:
     # nothing left out.
     leave_out_too_sharp: bool = True
+    # A sensor's hot and dead pixels: single pixels that stand out of all their neighbours at the same
+    # place in most frames of one size are left out of all of them (adassr.adapt.kernel.fixed_defects;
+    # benchmarks/README.md, "Burnt-in text and hot pixels"). False: nothing left out.
+    leave_out_fixed_defects: bool = True
 
     def __post_init__(self) -> None:
         if not self.pixel_snr >= 0:
@@ -237,14 +242,18 @@ def _cut_bars(y: np.ndarray, config: KernelEstimationConfig) -> np.ndarray | Non
     return y[r0:r1, c0:c1]
 
 
-def _tiles(y: np.ndarray, config: KernelEstimationConfig) -> list[np.ndarray]:
+Window = tuple[slice, slice]
+"""A tile's rows and columns in its image."""
+
+
+def _tiles(y: np.ndarray, config: KernelEstimationConfig) -> list[Window]:
     """The image itself, or its most structured ``tile``-sized windows when it is larger (a side
     shorter than ``tile`` is kept whole: a long, thin strip gives windows of its width, so the fit's
     time stays bounded by ``max_tiles_per_image`` windows whatever the image's length)."""
     h, w = y.shape
     t = config.tile
     if h * w <= t * t * config.max_tiles_per_image:
-        return [y]
+        return [(slice(0, h), slice(0, w))]
     th, tw = min(t, h), min(t, w)
     cands: list[tuple[float, int, int]] = []
     for r in range(0, h - th + 1, th):  # one band of tiles at a time: the same values, a band's memory
@@ -255,7 +264,7 @@ def _tiles(y: np.ndarray, config: KernelEstimationConfig) -> list[np.ndarray]:
         energy = (gx * gx + gy * gy)[r - top:r - top + th]
         cands.extend((float(np.median(energy[:, c:c + tw])), r, c) for c in range(0, w - tw + 1, tw))
     cands.sort(key=lambda item: -item[0])
-    return [y[r:r + th, c:c + tw] for _, r, c in cands[:config.max_tiles_per_image]]
+    return [(slice(r, r + th), slice(c, c + tw)) for _, r, c in cands[:config.max_tiles_per_image]]
 
 
 def jpeg_blockiness(y: np.ndarray, block: int = 8) -> float:
@@ -372,6 +381,10 @@ class _Samples:
         return int(sum(t.n_too_sharp for tiles in self.per_image for t in tiles))
 
     @property
+    def n_fixed_defects(self) -> int:
+        return int(sum(t.n_fixed_defects for tiles in self.per_image for t in tiles))
+
+    @property
     def n_tiles(self) -> int:
         return sum(len(tiles) for tiles in self.per_image)
 
@@ -443,6 +456,7 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
         "residual_rms": residual,
         "n_pixels": samples.n_pixels,
         "n_pixels_too_sharp": samples.n_too_sharp,  # left out as drawn after capture (too_sharp.py)
+        "n_pixels_fixed_defects": samples.n_fixed_defects,  # left out around a sensor's defects (fixed_defects.py)
         "n_tiles": samples.n_tiles,
         "noise_sigma": float(np.median(samples.noise)),
         "noise_sigma_subtracted": _subtracted_sigma(samples.noise, config.noise_share),
@@ -549,10 +563,13 @@ def _usable_tiles(
     With ``config.noise_share`` > 0 the tiles subtract the noise share at :func:`_subtracted_sigma`."""
     informative: dict[int, list[CrossScaleSample]] = {}
     skipped: list[int] = []
+    defects = fixed_defects({i: lumas[i] for i in chosen}) if config.leave_out_fixed_defects else {}
     for i in chosen:
-        samples = [CrossScaleSample(t, spec, config.structure_fraction, config.pixel_snr,
-                                    leave_out_too_sharp=config.leave_out_too_sharp)
-                   for t in _tiles(lumas[i], config)]
+        mask = defects.get(i)
+        samples = [CrossScaleSample(lumas[i][window], spec, config.structure_fraction, config.pixel_snr,
+                                    leave_out_too_sharp=config.leave_out_too_sharp,
+                                    left_out=None if mask is None else mask[window])
+                   for window in _tiles(lumas[i], config)]
         good = [s for s in samples if s.informative(config.min_signal_to_noise)]
         if good:
             informative[i] = good

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from adassr.adapt.kernel.too_sharp import too_sharp
+from adassr.runtime.errors import ShapeError
 
 __all__ = ["FeatureSpec", "CrossScaleSample", "noise_sigma"]
 
@@ -277,6 +278,9 @@ class CrossScaleSample:
 
     ``leave_out_too_sharp`` leaves out content drawn after capture (burnt-in text, hot pixels:
     :mod:`adassr.adapt.kernel.too_sharp`); ``n_too_sharp`` counts the pixels it left out.
+    ``left_out`` (a boolean mask of ``y``'s shape) leaves out pixels the caller found, before that
+    rule (a sensor's defects: :mod:`adassr.adapt.kernel.fixed_defects`); ``n_fixed_defects`` counts
+    those that would have been counted.
 
     ``subtract_sigma`` > 0 subtracts the expected contribution of white noise of that sigma
     (closed form, :meth:`DerivativeBank.noise_gram`) from each directional energy of ``y`` and,
@@ -288,7 +292,8 @@ class CrossScaleSample:
     BORDER = 4
 
     def __init__(self, y: np.ndarray, spec: FeatureSpec, fraction: float, pixel_snr: float = 0.0,
-                 min_kept: float = 0.3, subtract_sigma: float = 0.0, leave_out_too_sharp: bool = False) -> None:
+                 min_kept: float = 0.3, subtract_sigma: float = 0.0, leave_out_too_sharp: bool = False,
+                 left_out: np.ndarray | None = None) -> None:
         h, w = y.shape
         self.shape = (h, w)
         self.spec = spec
@@ -323,6 +328,12 @@ class CrossScaleSample:
             placed = np.zeros(usable.shape, dtype=bool)
             placed[usable] = keep
             mask[b:h - b, b:w - b] = placed
+        self.n_fixed_defects = 0
+        if left_out is not None:
+            if left_out.shape != y.shape:
+                raise ShapeError("CrossScaleSample left_out", tuple(left_out.shape), f"the tile's shape {y.shape}")
+            self.n_fixed_defects = int(np.count_nonzero(left_out & mask))
+            mask &= ~left_out
         self.n_too_sharp = 0
         if leave_out_too_sharp and mask.any():
             drawn = too_sharp(y, spec.bank, mask)

@@ -89,10 +89,14 @@ class KernelEstimate:
         if agreement is not None:
             details.append(f"direction agreement {math.floor(agreement * 1000) / 1000:.3f}")  # as the warning
         drawn = int(self.diagnostics.get("n_pixels_too_sharp", 0))
+        defects = int(self.diagnostics.get("n_pixels_fixed_defects", 0))
+        counted = drawn + defects + int(self.diagnostics.get("n_pixels", 0))
         if drawn:
-            share = drawn / (drawn + int(self.diagnostics.get("n_pixels", 0)))
-            details.append(f"{100 * share:.1f} % of the pixels left out as drawn after capture: burnt-in text, "
-                           "hot pixels")
+            details.append(f"{100 * drawn / counted:.1f} % of the pixels left out as drawn after capture: "
+                           "burnt-in text, hot pixels")
+        if defects:
+            details.append(f"{100 * defects / counted:.1f} % left out around the sensor's defects: pixels that "
+                           "stand out at the same places in most frames")
         return f"{text} ({', '.join(details)})"
 
     def direction_warning(self) -> str | None:

@@ -69,6 +69,14 @@ def test_describe_says_how_much_was_left_out_as_drawn_after_capture() -> None:
                          "hot pixels)"), text
 
 
+def test_describe_says_how_much_was_left_out_around_the_sensor_s_defects() -> None:
+    assert "defects" not in _estimate(n_pixels=9700, n_pixels_fixed_defects=0).describe()
+    text = _estimate(n_pixels=9500, n_pixels_too_sharp=300, n_pixels_fixed_defects=200).describe()
+    assert text.endswith("confidence 0.42, 3.0 % of the pixels left out as drawn after capture: burnt-in text, "
+                         "hot pixels, 2.0 % left out around the sensor's defects: pixels that stand out at the "
+                         "same places in most frames)"), text
+
+
 @pytest.mark.parametrize("scale", [True, 0, -1, 2.0])
 def test_bicubic_estimate_refuses_a_scale_that_is_not_a_positive_int(scale: object) -> None:
     with pytest.raises(ConfigError, match="scale must be a positive integer"):
