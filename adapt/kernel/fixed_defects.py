@@ -85,6 +85,8 @@ def fixed_defects(lumas: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
     size = 2 * REACH + 1
     found: dict[int, np.ndarray] = {}
     for shape, indices in by_shape.items():
+        if len(indices) < MIN_FRAMES:  # no place can be a peak in enough of them: skip the filtering
+            continue
         counts = np.zeros(shape, dtype=np.int32)
         for index in indices:
             counts += _peaks(lumas[index])
