@@ -88,10 +88,10 @@ def collect(photos: list[tuple[str, np.ndarray]], conditions: list[tuple[float, 
         for i, (a, b, theta) in enumerate(kernels(False)):
             rng = np.random.default_rng(i)  # the same draws as kernel_direction_agreement.py
             lrs = [_jpeg(synthesize(hr, (a, b, theta), noise, rng), quality) for _, hr in photos]
-            lumas = _checked_lumas(lrs, config)
-            per_image, _, _ = _usable_tiles(lumas, _select_images(len(lumas), config.max_images), spec, config)
+            chosen = _select_images(len(lrs), config.max_images)
+            usable = _usable_tiles(_checked_lumas(lrs, config, chosen), chosen, spec, config)
             images = []
-            for tiles in per_image:
+            for tiles in usable.per_image:
                 fit = _fit_covariance([tiles], config)
                 profile = [fit.loss(_log_cov(fit.raw_major, fit.raw_minor, math.radians(p))) for p in PHIS]
                 images.append({"major": fit.raw_major, "minor": fit.raw_minor, "theta": fit.theta,

@@ -58,3 +58,13 @@ def test_score_and_report(tool: ModuleType) -> None:
     assert record["images"][1]["theta_deg"] == pytest.approx(50.0) and "profile" not in record["images"][0]
     assert "| elongation (the product's) | 10.0 | 20.0 | 15.0 | 50 % | 15.0 |" in text
     assert "| 5/60 | +10 | - |" in text and "| 0/none | - | -20 |" in text
+
+
+def test_collect_fits_each_image_of_a_group(tool: ModuleType) -> None:
+    """Against the estimator's own helpers (it called them with their old signatures before)."""
+    photos = [(name, hr[:256, :256]) for name, hr in tool.load_hr()[:2]]
+    rows = tool.collect(photos, [(0.0, None)], tool.KernelEstimationConfig())
+    assert len(rows) == len(tool.kernels(False)) and all(r["noise"] == 0.0 and r["quality"] is None for r in rows)
+    assert all(len(r["images"]) == 2 for r in rows)
+    assert all(len(image["profile"]) == len(tool.PHIS) and image["major"] >= image["minor"] > 0
+               for r in rows for image in r["images"])
