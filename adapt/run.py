@@ -385,7 +385,7 @@ def _usable_images_and_kernel(images: list[np.ndarray], group: CameraGroup, pair
     # the diagnostics' image indices (images_used, images_skipped_flat) count these images, in this order
     kernel = replace(kernel, diagnostics={**kernel.diagnostics, "image_paths": [names[i] for i in first.indices]})
     log.info("camera group %r: blur kernel %s", group.name, kernel.describe())
-    for doubt in (kernel.direction_warning(), kernel.faint_warning()):
+    for doubt in (kernel.direction_warning(), kernel.faint_warning(), kernel.scene_warning()):
         if doubt:
             log.warning("camera group %r: %s", group.name, doubt)
     kh, kw = np.asarray(kernel.kernel).shape

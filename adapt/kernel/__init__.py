@@ -61,6 +61,14 @@ far sharper and stronger than a tile's own structure in every direction are left
 "Burnt-in text and hot pixels"). A sensor's hot and dead pixels are found across the frames too: single
 pixels that stand out of all their neighbours at the same place in most frames of one size are left out
 of all of them (:mod:`adassr.adapt.kernel.fixed_defects`; ``diagnostics["n_pixels_fixed_defects"]``).
+Frames of one scene (a fixed camera's view again and again) count as one image
+(:mod:`adassr.adapt.kernel.scenes`; ``diagnostics["n_scenes"]``, ``["scene_of_image"]``): the pooled fit
+weighs scenes equally and each scene votes once on the direction, since a scene's content biases the
+estimate whatever number of frames show it; a group of one scene is fitted and calibrated as a single
+image and :meth:`KernelEstimate.scene_warning` says so (benchmarks/README.md, "How many scenes a kernel
+needs"). ``confidence`` is the modelled probability that the kernel is closer to the truth than the fixed
+G(1.6), from the scenes, JPEG, noise, the direction agreement and the fit
+(:mod:`adassr.adapt.kernel.confidence`; benchmarks/README.md, "What the confidence says").
 Malformed input (not arrays, wrong shape, NaN,
 uint8, no images, sides below ``min_side``) raises a typed error.
 """

@@ -15,6 +15,7 @@ from scipy.optimize import minimize
 
 from adassr.adapt.degradation import gaussian_kernel, kernel_size, params_from_covariance
 from adassr.adapt.kernel.agreement import consensus_direction, direction_agreement
+from adassr.adapt.kernel.confidence import kernel_confidence
 from adassr.adapt.kernel.features import CrossScaleSample, FeatureSpec
 from adassr.adapt.kernel.fixed_defects import fixed_defects
 from adassr.adapt.kernel.result import (
@@ -23,6 +24,7 @@ from adassr.adapt.kernel.result import (
     KernelEstimate,
     bicubic_kernel_estimate,
 )
+from adassr.adapt.kernel.scenes import scene_labels
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 __all__ = ["CALIBRATION", "KernelEstimationConfig", "estimate_kernel"]
@@ -111,6 +113,11 @@ class KernelEstimationConfig:
     # place in most frames of one size are left out of all of them (adassr.adapt.kernel.fixed_defects;
     # benchmarks/README.md, "Burnt-in text and hot pixels"). False: nothing left out.
     leave_out_fixed_defects: bool = True
+    # Frames of one scene (a fixed camera's view again and again: adassr.adapt.kernel.scenes) count as one
+    # image: the pooled fit weighs scenes equally, the direction vote has one voice per scene, and a group of
+    # one scene is fitted and calibrated as a single image (benchmarks/README.md, "How many scenes a kernel
+    # needs"). False: every frame counts as an image of its own.
+    group_scenes: bool = True
 
     def __post_init__(self) -> None:
         if not self.pixel_snr >= 0:
@@ -331,8 +338,10 @@ def estimate_kernel(
     Returns a :class:`KernelEstimate` with ``method="cross-scale-derivative-energy"``, or the
     bicubic kernel with ``method="fallback-bicubic"`` and ``confidence=0`` when no image carries
     structure above its noise (flat images; the reason is in ``diagnostics["reason"]``).
-    ``confidence`` = ``clip(1 - residual_rms / 0.3, 0, 1) * min(1, pixels / 4000)``: a heuristic
-    from the fit's feature residual and the amount of data. Raises :class:`ConfigError`,
+    ``confidence``: the modelled probability that the estimate is closer to the true kernel than the
+    fixed G(1.6) (:func:`adassr.adapt.kernel.confidence.kernel_confidence`, from the diagnostics: the
+    scenes, JPEG blockiness, noise, direction agreement, loss gap, residual and the estimate's distance
+    from G(1.6)); 0 where G(1.6) itself is returned. Raises :class:`ConfigError`,
     :class:`ImageError` or :class:`ShapeError` on malformed input.
     """
     t0 = time.perf_counter()
@@ -345,9 +354,12 @@ def estimate_kernel(
     spec = FeatureSpec(derivative_sigma=config.derivative_sigma, orders=config.orders,
                        n_directions=config.n_directions, anisotropy_weight=config.anisotropy_weight)
     usable = _usable_tiles(lumas, chosen, spec, config)
-    # the images actually fitted: a group whose other images were all flat is fitted (and calibrated)
-    # as the one image it is
-    mode = "group" if len(usable.per_image) > 1 else "single"
+    used_lumas = [lumas[i] for i in usable.used]
+    scenes = scene_labels(used_lumas) if config.group_scenes else list(range(len(used_lumas)))
+    n_scenes = len(set(scenes))
+    # the scenes actually fitted: a group whose other images were all flat, or whose frames all show one
+    # scene, is fitted (and calibrated) as the one image it is
+    mode = "group" if n_scenes > 1 else "single"
     diag: dict[str, Any] = {
         "mode": mode,
         "n_images": len(images),
@@ -355,22 +367,43 @@ def estimate_kernel(
         "images_skipped_flat": usable.skipped,
         "images_skipped_faint": usable.skipped_faint,
         "faint_structure_only": usable.all_faint,
+        "n_scenes": n_scenes,
     }
+    if n_scenes < len(scenes):
+        diag["scene_of_image"] = scenes  # in the order of images_used
     if not usable.per_image:
         return _bicubic_fallback(scale, diag, t0)
-    samples = _Samples(usable.per_image, usable.noise, [lumas[i] for i in usable.used], spec)
+    samples = _Samples(usable.per_image, usable.noise, used_lumas, spec, scenes)
     return _cross_scale_estimate(samples, config, scale=scale, mode=mode, diag=diag, t0=t0)
 
 
 @dataclass(frozen=True)
 class _Samples:
     """What the fit reads: the informative tiles of each usable image, the noise sigma of each
-    usable image, the usable images' luma, and the feature definition."""
+    usable image, the usable images' luma, the feature definition, and the scene of each usable image
+    (labels 0, 1, ...: :func:`adassr.adapt.kernel.scenes.scene_labels`)."""
 
     per_image: list[list[CrossScaleSample]]
     noise: list[float]
     lumas: list[np.ndarray]
     spec: FeatureSpec
+    scenes: list[int]
+
+    @property
+    def n_scenes(self) -> int:
+        return len(set(self.scenes))
+
+    @property
+    def weights(self) -> list[float]:
+        """Each image's weight in the pooled loss: every scene weighs the same, shared by its frames."""
+        counts = {label: self.scenes.count(label) for label in set(self.scenes)}
+        return [1.0 / (len(counts) * counts[label]) for label in self.scenes]
+
+    @property
+    def per_scene(self) -> list[list[CrossScaleSample]]:
+        """The tiles of each scene's frames, together, in the order of the labels."""
+        return [[t for tiles, label in zip(self.per_image, self.scenes, strict=True) if label == scene
+                 for t in tiles] for scene in range(self.n_scenes)]
 
     @property
     def n_pixels(self) -> int:
@@ -421,15 +454,15 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
     """Fit the kernel to ``samples``, calibrate it to HR pixels and return it, or the fixed Gaussian
     when that fits as well (:attr:`_FixedGaussianCheck.use_fixed`); ``diag`` (the caller's
     diagnostics, updated in place) becomes the estimate's diagnostics."""
-    fit = _fit_covariance(samples.per_image, config)
+    fit = _fit_covariance(samples.per_image, config, weights=samples.weights, robust=samples.n_scenes > 1)
     a, b = _calibration_of(config, scale, mode)
     blockiness = float(np.median([jpeg_blockiness(y) for y in samples.lumas]))
     check = _check_fixed_gaussian(fit, (a, b), blockiness, config, scale)
-    group = len(samples.per_image) > 1
+    group = samples.n_scenes > 1
     # With the fixed Gaussian returned, the direction still makes the estimate reported before the fallback.
     if config.direction_check and (not check.use_fixed or (group and config.direction_from == "images")):
         if group:
-            directions, fits = _per_image_directions(samples.per_image, config)
+            directions, fits = _per_scene_directions(samples, config)
             diag.update(directions)
             consensus = consensus_direction([(f.raw_major, f.raw_minor, f.theta) for f in fits])
             if config.direction_from == "images" and consensus is not None:
@@ -443,7 +476,6 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
         diag.pop("direction_agreement", None)
         diag.pop("direction_check", None)
     residual = math.sqrt(fit.best_loss / samples.spec.size)
-    confidence = _confidence(residual, samples.n_pixels, check)
     sx, sy = _calibrated_sigmas(fit, (a, b), scale)
     diag.update({
         "fixed_gaussian_sigma": config.fallback_sigma,
@@ -464,6 +496,8 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
         "wall_time_s": time.perf_counter() - t0,
     })
     theta, method = fit.theta, METHOD_CROSS_SCALE
+    # the returned fixed Gaussian is G(1.6) itself: never closer to the truth than G(1.6)
+    confidence = 0.0 if check.use_fixed else kernel_confidence(diag, scale)
     if check.use_fixed:
         diag["reason"] = _fixed_gaussian_reason(config.fallback_sigma, check)
         sx = sy = float(config.fallback_sigma)
@@ -493,16 +527,6 @@ def _calibrated_sigmas(fit: _CrossScaleFit, calibration: tuple[float, float], sc
     sx = max((fit.raw_major - b) / a, floor) * scale
     sy = max((fit.raw_minor - b) / a, floor) * scale
     return (sy, sx) if sy > sx else (sx, sy)
-
-
-def _confidence(residual: float, n_pixels: int, check: _FixedGaussianCheck) -> float:
-    """The heuristic of :func:`estimate_kernel`'s docstring, in [0, 1]; with the fixed-Gaussian
-    fallback enabled it is also scaled by the distinguishability from the fixed Gaussian (0 at
-    the fallback threshold, 1 at 4x it)."""
-    confidence = float(np.clip(1.0 - residual / 0.3, 0.0, 1.0) * min(1.0, n_pixels / 4000.0))
-    if check.allowed_gap > 0:
-        confidence *= float(np.clip((check.gap - check.allowed_gap) / (3.0 * check.allowed_gap), 0.0, 1.0))
-    return confidence
 
 
 def _fixed_gaussian_reason(sigma: float, check: _FixedGaussianCheck) -> str:
@@ -605,19 +629,23 @@ def _bicubic_fallback(scale: int, diag: dict[str, Any], t0: float) -> KernelEsti
                           fallback.kernel, fallback.method, 0.0, diag)
 
 
-def _fit_covariance(per_image: list[list[CrossScaleSample]], config: KernelEstimationConfig) -> _CrossScaleFit:
+def _fit_covariance(per_image: list[list[CrossScaleSample]], config: KernelEstimationConfig, *,
+                    weights: Sequence[float] | None = None, robust: bool | None = None) -> _CrossScaleFit:
     """Minimise the (robust, group-mode) cross-scale mismatch over log-covariances: a coarse isotropic
-    grid, then Nelder-Mead; the optimum's eigen-sigmas are clipped to ``sigma_lr_range``."""
+    grid, then Nelder-Mead; the optimum's eigen-sigmas are clipped to ``sigma_lr_range``. ``weights``:
+    of each image's loss (default: equal), summing to 1; ``robust`` (default: more than one image):
+    whether ``config.robust_scale`` applies."""
     lo, hi = config.sigma_lr_range
-    c = config.robust_scale if len(per_image) > 1 else 0.0
+    c = config.robust_scale if (len(per_image) > 1 if robust is None else robust) else 0.0
+    w = np.full(len(per_image), 1.0 / len(per_image)) if weights is None else np.asarray(weights, dtype=np.float64)
 
     def image_loss(tiles: list[CrossScaleSample], cov: np.ndarray) -> float:
         return float(np.mean([float(d @ d) for d in (t.mismatch(cov) for t in tiles)]))
 
     def loss(v: np.ndarray) -> float:
         cov = _cov_from_log(v, lo, hi)
-        losses = [image_loss(tiles, cov) for tiles in per_image]
-        total = float(np.mean([c * math.log1p(x / c) for x in losses] if c > 0 else losses))
+        losses = np.array([image_loss(tiles, cov) for tiles in per_image])
+        total = float(w @ (c * np.log1p(losses / c) if c > 0 else losses))
         if config.isotropy_prior > 0:
             ev = np.linalg.eigvalsh(cov)
             total += config.isotropy_prior * (0.5 * math.log(ev[1] / ev[0])) ** 2
@@ -658,11 +686,15 @@ def _refit_at_direction(fit: _CrossScaleFit, theta: float, config: KernelEstimat
     return _CrossScaleFit(major, minor, theta, float(res.fun), fit.evaluations + int(res.nfev), fit.loss)
 
 
-def _per_image_directions(per_image: list[list[CrossScaleSample]],
+def _per_scene_directions(samples: _Samples,
                           config: KernelEstimationConfig) -> tuple[dict[str, Any], list[_CrossScaleFit]]:
-    """Each image fitted alone: its direction (degrees) and raw axis ratio, in the order of the
-    diagnostics' ``images_used``, and their agreement; and the fits."""
-    return _direction_fits(per_image, config, check="images", key="per_image")
+    """Each scene fitted alone (its frames' tiles together): its direction (degrees) and raw axis ratio,
+    and their agreement; and the fits. Where every image is a scene of its own the keys are
+    ``per_image_*``, in the order of the diagnostics' ``images_used``, else ``per_scene_*``, in the order
+    of the labels of ``scene_of_image``."""
+    if samples.n_scenes == len(samples.per_image):
+        return _direction_fits(samples.per_image, config, check="images", key="per_image")
+    return _direction_fits(samples.per_scene, config, check="images", key="per_scene")
 
 
 def _direction_fits(items: list[list[CrossScaleSample]], config: KernelEstimationConfig, *, check: str,

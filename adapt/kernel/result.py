@@ -39,8 +39,9 @@ class KernelEstimate:
     towards +y (rows, downwards); :meth:`to_dict` reports it in degrees. ``kernel``: the
     normalised float64 array (read-only) that :func:`adassr.adapt.degradation.blur_downsample` uses, its
     sides of the parity of ``scale``. For the bicubic kernel the sigmas are those of the closest
-    Gaussian (L2), for reference only. ``confidence`` in [0, 1] is a heuristic (see
-    :func:`adassr.adapt.kernel.estimate_kernel`); ``diagnostics`` holds JSON-friendly details.
+    Gaussian (L2), for reference only. ``confidence`` in [0, 1]: the modelled probability that the
+    kernel is closer to the camera's true one than the fixed G(1.6) (see
+    :mod:`adassr.adapt.kernel.confidence`); ``diagnostics`` holds JSON-friendly details.
     """
 
     sigma_x: float
@@ -97,7 +98,26 @@ class KernelEstimate:
         if defects:
             details.append(f"{100 * defects / counted:.1f} % left out around the sensor's defects: pixels that "
                            "stand out at the same places in most frames")
+        scenes, frames = self._scenes()
+        if scenes < frames:
+            details.append(f"{frames} frames of {scenes} scene{'s' if scenes > 1 else ''}")
         return f"{text} ({', '.join(details)})"
+
+    def _scenes(self) -> tuple[int, int]:
+        """``(scenes, frames)`` the estimate was fitted on (both the frames' count for records without scenes)."""
+        frames = len(self.diagnostics.get("images_used", []))
+        return int(self.diagnostics.get("n_scenes", frames)), frames
+
+    def scene_warning(self) -> str | None:
+        """A message when several frames were fitted and all show one scene (a fixed camera): the kernel then
+        rests on that scene's content alone; None otherwise."""
+        scenes, frames = self._scenes()
+        if scenes != 1 or frames < 2 or self.method in (METHOD_BICUBIC, METHOD_FALLBACK):
+            return None
+        return (f"the {frames} frames used for the blur kernel all show one scene (a fixed camera's view), so the "
+                "kernel rests on that scene's content alone and was fitted as one image: one scene's edges bias "
+                "it as much as a single photo's. Photos of other scenes from the same camera, or adapting with "
+                "--kernel bicubic, avoid that")
 
     def direction_warning(self) -> str | None:
         """A message when the kernel is elongated but the images (one image: its parts) disagree on its

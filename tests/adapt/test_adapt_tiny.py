@@ -633,3 +633,26 @@ def _with_patch(config, patch: int):  # type: ignore[no-untyped-def]
     import dataclasses
 
     return dataclasses.replace(config, lr_patch=patch)
+
+
+def test_a_fixed_cameras_frames_are_one_scene_and_the_run_says_so(
+        tiny: BackboneRegistry, camera_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Frames of one view (a CCTV camera) count as one image in the kernel estimate: the manifest records
+    one scene and the single-image fit, and the run warns that the kernel rests on that scene."""
+    import logging
+
+    view = read_image(camera_dir / "nokia" / "crop.png").pixels.astype(np.float32)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images" / "gate"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        frame = np.clip(view + rng.normal(0, 2, view.shape), 0, 255)
+        write_image(folder / f"frame{i}.png", np.round(frame).astype(np.uint8))
+    config = cpu_demo_defaults().with_overrides(steps=2, eval_every=1, lr_patch=12, eval_crop=48, seed=1,
+                                                lambda_perceptual=0, feature_bank=4)
+    with caplog.at_level(logging.WARNING, logger="adassr.adapt.run"):
+        adapt_camera(select_group(tmp_path / "images", "gate"), config, store_root=tmp_path / "store",
+                     backbone_name="tiny", registry=tiny)
+    assert "camera group 'gate': the 2 frames used for the blur kernel all show one scene" in caplog.text
+    diag = CameraStore.open(tmp_path / "store", "gate").read_manifest()["kernel"]["diagnostics"]
+    assert diag["n_scenes"] == 1 and diag["scene_of_image"] == [0, 0] and diag["mode"] == "single"

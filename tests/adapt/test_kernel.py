@@ -749,21 +749,21 @@ def test_a_faint_image_too_small_for_the_coarse_check_counts(photos: list[np.nda
 
 
 def test_confidence_follows_the_documented_formula(photos: list[np.ndarray]) -> None:
-    """``clip(1 - residual_rms / 0.3, 0, 1) * min(1, pixels / 4000)``, times
-    ``clip((gap - allowed) / (3 allowed), 0, 1)`` where the fixed-Gaussian check is on; with it off
+    """The logistic model of adapt/kernel/confidence.py over the features its diagnostics give, recomputed
+    from the manifest's record; 0 where the fixed Gaussian is returned; with the fixed-Gaussian check off
     (allowed gap 0) a gap of 0 does not return the fixed Gaussian."""
+    from adassr.adapt.kernel.confidence import WEIGHTS, confidence_features, kernel_confidence, logistic
     from adassr.adapt.kernel.estimate import _FixedGaussianCheck
 
     lrs = [_jpeg(_lr(p, (2.4, 1.2, 60.0), noise=2 / 255, seed=i), 80)[:96, :96] for i, p in enumerate(photos[:2])]
-    for config in (KernelEstimationConfig(direction_check=False, fallback_gap_per_blockiness=0.0),
-                   KernelEstimationConfig(direction_check=False, fallback_gap=0.01)):
-        est = estimate_kernel(lrs, scale=SCALE, config=config)
-        d = est.diagnostics
-        want = min(max(1.0 - d["residual_rms"] / 0.3, 0.0), 1.0) * min(1.0, d["n_pixels"] / 4000)
-        if d["fallback_gap_allowed"] > 0:
-            allowed = d["fallback_gap_allowed"]
-            want *= min(max((d["fixed_gaussian_loss_gap"] - allowed) / (3 * allowed), 0.0), 1.0)
-        assert 0.0 < want < 1.0 and est.confidence == pytest.approx(want, rel=1e-9), (want, est.confidence)
+    est = estimate_kernel(lrs, scale=SCALE, config=KernelEstimationConfig(fallback_gap_per_blockiness=0.0))
+    assert est.method == METHOD_CROSS_SCALE
+    record = json.loads(json.dumps(est.to_dict()))["diagnostics"]
+    want = logistic(WEIGHTS[0] + float(np.dot(WEIGHTS[1:], confidence_features(record, SCALE))))
+    assert 0.0 < want < 1.0 and est.confidence == pytest.approx(want, rel=1e-9)
+    assert kernel_confidence(record, SCALE) == pytest.approx(est.confidence, rel=1e-12)
+    fixed = estimate_kernel(lrs, scale=SCALE, config=KernelEstimationConfig(fallback_gap=10.0))
+    assert fixed.method == METHOD_FIXED_GAUSSIAN and fixed.confidence == 0.0
     assert not _FixedGaussianCheck(0.0, 0.0, 0.0).use_fixed
 
 
@@ -806,6 +806,9 @@ def test_each_mode_and_scale_gets_its_own_calibration(photos: list[np.ndarray]) 
     config = KernelEstimationConfig(direction_check=False, calibration=((1.0, 0.0), (2.0, 0.0)))
     lr = _lr(photos[0], (2.4, 1.2, 30.0))
     assert estimate_kernel([lr], scale=SCALE, config=config).diagnostics["calibration"] == [2.0, 0.0]
-    assert estimate_kernel([lr, lr], scale=SCALE, config=config).diagnostics["calibration"] == [1.0, 0.0]
+    other = _lr(photos[1], (2.4, 1.2, 30.0))
+    assert estimate_kernel([lr, other], scale=SCALE, config=config).diagnostics["calibration"] == [1.0, 0.0]
+    # two frames of one scene are one image: the single image's calibration
+    assert estimate_kernel([lr, lr], scale=SCALE, config=config).diagnostics["calibration"] == [2.0, 0.0]
     est = estimate_kernel([lr], scale=8, config=KernelEstimationConfig(direction_check=False))
     assert est.diagnostics["calibration"] == list(CALIBRATION[4]["single"])

@@ -1,0 +1,133 @@
+"""Frames of one scene (a fixed camera) count as one image in the blur-kernel estimate
+(adapt/kernel/scenes.py).
+
+The bundled clean photos, cropped to one size, blurred by a known kernel, then given noise, JPEG, another
+exposure or a passer-by; the threshold was chosen on benchmarks/data/dev_photos, not on these photos.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from adassr.adapt.degradation import blur_downsample, gaussian_kernel, jpeg_roundtrip
+from adassr.adapt.kernel import KernelEstimationConfig, estimate_kernel
+from adassr.adapt.kernel.scenes import CORRELATION, scene_labels
+
+SCALE = 4
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+HR_SIZE = (296, 448)  # every bundled photo holds it
+KERNEL = (2.4, 1.2, 30.0)
+
+
+def _frames(photos: list[np.ndarray]) -> list[np.ndarray]:
+    """Each photo's centre crop of :data:`HR_SIZE`, blurred by :data:`KERNEL` and downsampled: LR RGB."""
+    k = gaussian_kernel(KERNEL[0], KERNEL[1], math.radians(KERNEL[2]), scale=SCALE)
+    out = []
+    for p in photos:
+        top, left = (p.shape[0] - HR_SIZE[0]) // 2, (p.shape[1] - HR_SIZE[1]) // 2
+        out.append(np.clip(blur_downsample(p[top:top + HR_SIZE[0], left:left + HR_SIZE[1]], k, SCALE), 0, 1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def frames(acceptance_photos: list[np.ndarray]) -> list[np.ndarray]:
+    return _frames(acceptance_photos)
+
+
+def _noisy(lr: np.ndarray, seed: int, sigma: float = 5 / 255, quality: int = 60) -> np.ndarray:
+    noisy = lr + np.random.default_rng(seed).normal(0.0, sigma, lr.shape).astype(np.float32)
+    return jpeg_roundtrip(np.clip(noisy, 0, 1).astype(np.float32), quality)
+
+
+def test_a_scene_is_known_again_through_noise_jpeg_exposure_and_a_passer_by(frames: list[np.ndarray]) -> None:
+    a, b = frames[0], frames[1]
+    darker = np.clip((0.4 * a) ** 0.8, 0, 1).astype(np.float32)  # dusk: gain and gamma
+    passer = a.copy()
+    h, w = a.shape[:2]
+    passer[h // 3: 2 * h // 3, w // 3: w // 3 + w // 8] = 0.1  # a dark coat over 1/24 of the view
+    group = [a, _noisy(a, 1), _noisy(darker, 2), passer, b, _noisy(b, 3)]
+    assert scene_labels([f @ LUMA for f in group]) == [0, 0, 0, 0, 1, 1]
+
+
+def test_different_photos_and_sizes_are_different_scenes(frames: list[np.ndarray]) -> None:
+    lumas = [f @ LUMA for f in frames]
+    assert scene_labels(lumas) == list(range(len(lumas)))
+    crop = lumas[0][:, : lumas[0].shape[1] - 8]  # the same view, another size: not compared
+    flat = np.full_like(lumas[0], 0.5)  # no contrast: a scene of its own, never joined
+    assert scene_labels([lumas[0], crop, flat, flat.copy()]) == [0, 1, 2, 3]
+
+
+def test_the_threshold_is_what_separates(frames: list[np.ndarray]) -> None:
+    """A view mostly replaced by another photo (65 %) is another scene; a tenth of another photo in it (a
+    passer-by) leaves it the same scene."""
+    a, b = frames[0] @ LUMA, frames[3] @ LUMA
+    b = (b - b.mean()) * (a.std() / b.std()) + a.mean()  # the same contrast: only the content differs
+    assert scene_labels([a, 0.35 * a + 0.65 * b]) == [0, 1]
+    assert scene_labels([a, 0.9 * a + 0.1 * b]) == [0, 0]
+    assert 0.5 < CORRELATION < 0.95
+
+
+def test_a_frame_like_two_scenes_joins_the_first(frames: list[np.ndarray]) -> None:
+    """Two views that correlate by about 0.5 are two scenes; their blend matches both (about 0.87) and joins
+    the first."""
+    a, x = ((f @ LUMA - (f @ LUMA).mean()) / (f @ LUMA).std() for f in (frames[0], frames[3]))
+    b = 0.5 * a + math.sqrt(0.75) * x
+    assert scene_labels([a, b, a + b]) == [0, 1, 0]
+    assert scene_labels([b, a, a + b]) == [0, 1, 0]
+
+
+def test_scene_labels_rejects_colour_frames(frames: list[np.ndarray]) -> None:
+    with pytest.raises(ValueError, match="2-D lumas"):
+        scene_labels([frames[0]])
+
+
+def _same(a, b, confidence_within: float = 1e-12) -> None:
+    assert (a.sigma_x, a.sigma_y, a.theta) == pytest.approx((b.sigma_x, b.sigma_y, b.theta), rel=1e-9, abs=1e-12)
+    assert a.confidence == pytest.approx(b.confidence, abs=confidence_within)
+
+
+def test_scenes_weigh_the_same_whatever_their_frame_count(frames: list[np.ndarray]) -> None:
+    """Three copies of one view and one other view: the estimate of the two views, each counted once (the
+    pooled loss, the direction each scene votes for); counting frames instead changes it."""
+    a, b = frames[0], frames[1]
+    config = KernelEstimationConfig()
+    two = estimate_kernel([a, b], scale=SCALE, config=config)
+    repeated = estimate_kernel([a, a, a, b], scale=SCALE, config=config)
+    _same(repeated, two, confidence_within=0.02)  # the median JPEG blockiness and noise are the frames'
+    d = repeated.diagnostics
+    assert d["mode"] == "group" and d["n_scenes"] == 2 and d["scene_of_image"] == [0, 0, 0, 1]
+    assert len(d["per_scene_theta_deg"]) == 2 and "per_image_theta_deg" not in d
+    assert d["per_scene_theta_deg"] == pytest.approx(two.diagnostics["per_image_theta_deg"])
+    assert "scene_of_image" not in two.diagnostics and two.diagnostics["n_scenes"] == 2
+    frames_counted = estimate_kernel([a, a, a, b], scale=SCALE, config=KernelEstimationConfig(group_scenes=False))
+    assert frames_counted.diagnostics["n_scenes"] == 4 and "scene_of_image" not in frames_counted.diagnostics
+    assert (frames_counted.sigma_x, frames_counted.sigma_y) != pytest.approx((two.sigma_x, two.sigma_y), rel=1e-3)
+
+
+def test_one_scene_is_fitted_and_calibrated_as_one_image(frames: list[np.ndarray]) -> None:
+    """Two frames (three would look for a sensor's defects across them, which a fixed camera's texture is
+    too: benchmarks/README.md)."""
+    a = frames[2]
+    one = estimate_kernel([a], scale=SCALE)
+    static = estimate_kernel([a, a.copy()], scale=SCALE)
+    _same(static, one)
+    d = static.diagnostics
+    assert d["mode"] == "single" and d["n_scenes"] == 1 and d["scene_of_image"] == [0, 0]
+    assert d["calibration"] == one.diagnostics["calibration"] and d.get("direction_check") in ("parts", None)
+    assert d.get("per_part_theta_deg") == one.diagnostics.get("per_part_theta_deg")
+    assert "2 frames of 1 scene" in static.describe() and "scene" not in one.describe()
+    warning = static.scene_warning()
+    assert warning is not None and "2 frames" in warning and "one scene" in warning and "--kernel bicubic" in warning
+    assert one.scene_warning() is None
+
+
+def test_a_fixed_camera_with_noise_is_still_one_scene(frames: list[np.ndarray]) -> None:
+    """Noisy, compressed frames of one view: one scene, fitted as a single image, warned about."""
+    static = estimate_kernel([_noisy(frames[1], seed) for seed in range(4)], scale=SCALE)
+    assert static.diagnostics["n_scenes"] == 1 and static.diagnostics["mode"] == "single"
+    assert static.scene_warning() is not None
+    varied = estimate_kernel([_noisy(f, seed) for seed, f in enumerate(frames[:4])], scale=SCALE)
+    assert varied.diagnostics["n_scenes"] == 4 and varied.scene_warning() is None

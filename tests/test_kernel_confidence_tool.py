@@ -1,0 +1,78 @@
+"""benchmarks/kernel_confidence.py: its groups, the logistic fit, the scores, and the committed weights
+refitted from the committed rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ROOT / "benchmarks" / "results" / "kernel_confidence_rows"
+
+
+@pytest.fixture(scope="module")
+def tool(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("kernel_confidence.py")
+
+
+def test_the_frames_show_their_scenes_in_turn(tool: ModuleType) -> None:
+    a, b = np.full((64, 96, 3), 0.2, np.float32), np.full((64, 96, 3), 0.7, np.float32)
+    frames = tool.camera_frames([a, b], (1.6, 1.6, 0.0), noise=0.0, quality=None, rng=np.random.default_rng(0))
+    assert len(frames) == tool.FRAMES and all(f.shape == (16, 24, 3) for f in frames)
+    assert [round(float(f.mean()), 2) for f in frames[:4]] == [0.2, 0.7, 0.2, 0.7]
+    noisy = tool.camera_frames([a], (1.6, 1.6, 0.0), noise=5.0, quality=None, rng=np.random.default_rng(0))
+    assert not np.array_equal(noisy[0], noisy[1]) and 3.5 < 255 * float(noisy[0].std()) < 6.5
+    rng = np.random.default_rng(1)
+    kernels = [tool.random_kernel(rng) for _ in range(200)]
+    assert all(3.2 >= k[0] >= k[1] >= 0.8 and 0 <= k[2] < 180 and k[0] / k[1] <= 3.0 + 1e-3 for k in kernels)
+
+
+def test_the_logistic_fit_finds_known_weights(tool: ModuleType) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 2)) * [1.0, 3.0] + [0.0, 5.0]
+    truth = np.array([-1.0, 2.0, -0.5])
+    y = (rng.random(len(x)) < 1 / (1 + np.exp(-(truth[0] + x @ truth[1:])))).astype(float)
+    assert tool.fit_logistic(x, y) == pytest.approx(truth, abs=0.12)
+
+
+def test_auc_and_the_old_formula(tool: ModuleType) -> None:
+    assert tool.auc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert tool.auc([0.1, 0.9], [True, False]) == 0.0 and tool.auc([0.5, 0.5], [True, False]) == 0.5
+    assert math.isnan(tool.auc([0.5], [True]))
+    d = {"residual_rms": 0.06, "n_pixels": 2000, "fallback_gap_allowed": 0.02, "fixed_gaussian_loss_gap": 0.05}
+    assert tool.old_confidence(d) == pytest.approx(0.8 * 0.5 * 0.5)
+    assert tool.old_confidence({**d, "fallback_gap_allowed": 0.0}) == pytest.approx(0.4)
+
+
+def test_collect_writes_a_row_a_group(tool: ModuleType, tmp_path: Path) -> None:
+    photos = [p[:256, :256] for p in tool.load_scenes(ROOT / "tests" / "data" / "hr")[:3]]
+    with (tmp_path / "rows.jsonl").open("w") as out:
+        out.write(json.dumps({"hr_dir": "x", "seed": 3, "groups": 2, "lr_sizes": ["64 x 64"], "machine": "m"}) + "\n")
+        rows = tool.collect(photos, 2, 3, out)
+    again, sources = tool.load_rows([tmp_path / "rows.jsonl"])
+    assert again == json.loads(json.dumps(rows)) and len(rows) == 2
+    assert sources == ["2 groups of x (LR 64 x 64), seed 3, m"]
+    for row in rows:
+        assert row["scenes"] in (1, 2, 3) and row["diagnostics"]["n_scenes"] == row["scenes"]
+        assert row["dist"] >= 0 and row["dist_g16"] > 0 and set(tool.RECORDED) <= set(row["diagnostics"])
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    with pytest.raises(SystemExit, match="not a file written by 'collect'"):
+        tool.load_rows([tmp_path / "bad.jsonl"])
+
+
+def test_the_committed_weights_are_what_the_committed_rows_fit(tool: ModuleType) -> None:
+    """adapt/kernel/confidence.py WEIGHTS = the report's fit on the development photos' rows."""
+    from adassr.adapt.kernel.confidence import WEIGHTS
+
+    result = tool.report(sorted(ROWS.glob("dev_photos_*.jsonl")), sorted(ROWS.glob("hr_*.jsonl")), "test machine")
+    assert result["weights"] == pytest.approx(list(WEIGHTS), abs=1e-4)
+    check = result["check"]
+    assert check["n_fitted"] == 198 and check["auc_new"] > check["auc_old"] + 0.2
+    text = tool.to_markdown(result)
+    assert "| log_scenes | 2.1638 |" in text and "Checked on (held out)" in text
