@@ -399,6 +399,12 @@ class _Samples:
         counts = {label: self.scenes.count(label) for label in set(self.scenes)}
         return [1.0 / (len(counts) * counts[label]) for label in self.scenes]
 
+    def scene_median(self, values: Sequence[float]) -> float:
+        """The median over the scenes of each scene's median of ``values`` (one per usable image): a scene
+        counts once, whatever its number of frames."""
+        return float(np.median([np.median([v for v, label in zip(values, self.scenes, strict=True) if label == scene])
+                                for scene in range(self.n_scenes)]))
+
     @property
     def per_scene(self) -> list[list[CrossScaleSample]]:
         """The tiles of each scene's frames, together, in the order of the labels."""
@@ -456,7 +462,7 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
     diagnostics, updated in place) becomes the estimate's diagnostics."""
     fit = _fit_covariance(samples.per_image, config, weights=samples.weights, robust=samples.n_scenes > 1)
     a, b = _calibration_of(config, scale, mode)
-    blockiness = float(np.median([jpeg_blockiness(y) for y in samples.lumas]))
+    blockiness = samples.scene_median([jpeg_blockiness(y) for y in samples.lumas])
     check = _check_fixed_gaussian(fit, (a, b), blockiness, config, scale)
     group = samples.n_scenes > 1
     # With the fixed Gaussian returned, the direction still makes the estimate reported before the fallback.
@@ -490,7 +496,7 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
         "n_pixels_too_sharp": samples.n_too_sharp,  # left out as drawn after capture (too_sharp.py)
         "n_pixels_fixed_defects": samples.n_fixed_defects,  # left out around a sensor's defects (fixed_defects.py)
         "n_tiles": samples.n_tiles,
-        "noise_sigma": float(np.median(samples.noise)),
+        "noise_sigma": samples.scene_median(samples.noise),
         "noise_sigma_subtracted": _subtracted_sigma(samples.noise, config.noise_share),
         "evaluations": fit.evaluations,
         "wall_time_s": time.perf_counter() - t0,

@@ -84,9 +84,14 @@ def test_scene_labels_rejects_colour_frames(frames: list[np.ndarray]) -> None:
         scene_labels([frames[0]])
 
 
-def _same(a, b, confidence_within: float = 1e-12) -> None:
+def _same(a, b) -> None:
     assert (a.sigma_x, a.sigma_y, a.theta) == pytest.approx((b.sigma_x, b.sigma_y, b.theta), rel=1e-9, abs=1e-12)
-    assert a.confidence == pytest.approx(b.confidence, abs=confidence_within)
+    assert a.confidence == pytest.approx(b.confidence, rel=1e-9, abs=1e-12)
+
+
+def d_equal(a, b, *keys: str) -> bool:
+    """The diagnostics ``keys`` of ``a`` and ``b`` agree to 1e-12."""
+    return all(a.diagnostics[k] == pytest.approx(b.diagnostics[k], rel=1e-12, abs=1e-15) for k in keys)
 
 
 def test_scenes_weigh_the_same_whatever_their_frame_count(frames: list[np.ndarray]) -> None:
@@ -96,7 +101,8 @@ def test_scenes_weigh_the_same_whatever_their_frame_count(frames: list[np.ndarra
     config = KernelEstimationConfig()
     two = estimate_kernel([a, b], scale=SCALE, config=config)
     repeated = estimate_kernel([a, a, a, b], scale=SCALE, config=config)
-    _same(repeated, two, confidence_within=0.02)  # the median JPEG blockiness and noise are the frames'
+    _same(repeated, two)
+    assert d_equal(repeated, two, "jpeg_blockiness", "noise_sigma")
     d = repeated.diagnostics
     assert d["mode"] == "group" and d["n_scenes"] == 2 and d["scene_of_image"] == [0, 0, 0, 1]
     assert len(d["per_scene_theta_deg"]) == 2 and "per_image_theta_deg" not in d
