@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FEATURES", "WEIGHTS", "confidence_features", "kernel_confidence", "logistic"]
+__all__ = ["FEATURES", "WEIGHTS", "confidence_features", "kernel_confidence", "logistic", "returned_a_fallback"]
 
 FEATURES = ("log_scenes", "jpeg_blockiness", "noise_255", "direction_agreement", "no_direction_agreement",
             "log_loss_gap", "residual_rms", "distance_from_fixed")
@@ -83,11 +83,25 @@ def logistic(z: float) -> float:
     return e / (1.0 + e)
 
 
+def returned_a_fallback(diagnostics: Mapping[str, Any]) -> bool:
+    """Whether the record's kernel is a fallback rather than the estimate: no estimate was made (the
+    bicubic kernel: no ``estimate_before_fallback``), or the fixed Gaussian was returned (the loss gap
+    within the allowed one, the rule of :func:`adassr.adapt.kernel.estimate_kernel`)."""
+    if "estimate_before_fallback" not in diagnostics:
+        return True
+    allowed = float(diagnostics.get("fallback_gap_allowed", 0.0))
+    return allowed > 0 and float(diagnostics.get("fixed_gaussian_loss_gap", math.inf)) <= allowed
+
+
 def kernel_confidence(diagnostics: Mapping[str, Any], scale: int = 4,
                       weights: tuple[float, ...] = WEIGHTS) -> float:
     """The modelled probability (in [0, 1]) that the estimate described by ``diagnostics`` is closer to
-    the true kernel than G(1.6) (see the module doc); ``weights``: the intercept and one weight per feature."""
+    the true kernel than G(1.6) (see the module doc); ``weights``: the intercept and one weight per feature.
+    0 for a record whose kernel is a fallback: the fixed Gaussian (its loss gap within the allowed one)
+    or the bicubic kernel (no estimate was made)."""
     if len(weights) != len(FEATURES) + 1:
         raise ValueError(f"weights must be the intercept and {len(FEATURES)} feature weights; got {len(weights)}")
+    if returned_a_fallback(diagnostics):
+        return 0.0
     f = confidence_features(diagnostics, scale)
     return logistic(float(weights[0] + np.dot(weights[1:], f)))

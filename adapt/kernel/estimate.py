@@ -502,8 +502,8 @@ def _cross_scale_estimate(samples: _Samples, config: KernelEstimationConfig, *, 
         "wall_time_s": time.perf_counter() - t0,
     })
     theta, method = fit.theta, METHOD_CROSS_SCALE
-    # the returned fixed Gaussian is G(1.6) itself: never closer to the truth than G(1.6)
-    confidence = 0.0 if check.use_fixed else kernel_confidence(diag, scale)
+    # 0 where the fixed Gaussian is returned (the same rule, read from diag): G(1.6) is never closer than itself
+    confidence = kernel_confidence(diag, scale)
     if check.use_fixed:
         diag["reason"] = _fixed_gaussian_reason(config.fallback_sigma, check)
         sx = sy = float(config.fallback_sigma)

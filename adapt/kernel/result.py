@@ -112,7 +112,7 @@ class KernelEstimate:
         """A message when several frames were fitted and all show one scene (a fixed camera): the kernel then
         rests on that scene's content alone; None otherwise."""
         scenes, frames = self._scenes()
-        if scenes != 1 or frames < 2 or self.method in (METHOD_BICUBIC, METHOD_FALLBACK):
+        if scenes != 1 or frames < 2 or self.method != METHOD_CROSS_SCALE:
             return None
         return (f"the {frames} frames used for the blur kernel all show one scene (a fixed camera's view), so the "
                 "kernel rests on that scene's content alone and was fitted as one image: one scene's edges bias "

@@ -97,3 +97,23 @@ def test_heavy_jpeg_is_trusted_less(photos: list[np.ndarray]) -> None:
     q60 = estimate_kernel(_frames(photos[:4], kernel, quality=60), scale=SCALE)
     assert q60.diagnostics["jpeg_blockiness"] > plain.diagnostics["jpeg_blockiness"] + 0.1
     assert q60.confidence < plain.confidence, (plain.describe(), q60.describe())
+
+
+def test_a_fallback_records_confidence_is_0_when_recomputed(photos: list[np.ndarray]) -> None:
+    """A manifest's kernel record gives back its confidence: 0 for the fixed Gaussian (its loss gap within
+    the allowed one) and for the bicubic fallback (no estimate), whose records lack the fit's keys."""
+    import json
+
+    from adassr.adapt.kernel import METHOD_FALLBACK, METHOD_FIXED_GAUSSIAN, KernelEstimate, KernelEstimationConfig
+
+    frames = _frames([photos[0]] * 3, (2.4, 1.2, 30.0))
+    fixed = estimate_kernel(frames, scale=SCALE, config=KernelEstimationConfig(fallback_gap=50.0))
+    flat = estimate_kernel([np.full((64, 64), 0.5, np.float32)] * 2, scale=SCALE)
+    assert (fixed.method, flat.method) == (METHOD_FIXED_GAUSSIAN, METHOD_FALLBACK)
+    for est in (fixed, flat):
+        back = KernelEstimate.from_dict(json.loads(json.dumps(est.to_dict())))
+        assert est.confidence == back.confidence == kernel_confidence(back.diagnostics, SCALE) == 0.0
+    assert fixed.scene_warning() is None  # G(1.6) is returned: nothing rests on the scene
+    estimated = estimate_kernel(frames, scale=SCALE)
+    assert estimated.method == METHOD_CROSS_SCALE and estimated.scene_warning() is not None
+    assert kernel_confidence(estimated.to_dict()["diagnostics"], SCALE) == pytest.approx(estimated.confidence)
