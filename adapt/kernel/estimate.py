@@ -220,21 +220,33 @@ def _whole_blocks(n: int, block: int = 8) -> int:
     return -(-n // block) * block
 
 
+Window = tuple[slice, slice]
+"""A tile's (or an image's content's) rows and columns in its image."""
+
+
 def without_border_bars(y: np.ndarray, config: KernelEstimationConfig) -> np.ndarray:
     """``y`` without letterbox or pillarbox bars along its edges and ``config.bar_margin`` px beyond them;
     ``y`` itself when it has none, or when less than ``config.min_side`` would remain. Looked for twice: a
     letterbox inside a pillarbox of another colour is one colour along its rows only once the columns are cut."""
-    inner = y
+    rows, cols = border_bar_window(y, config)
+    return y if (rows, cols) == (slice(0, y.shape[0]), slice(0, y.shape[1])) else y[rows, cols]
+
+
+def border_bar_window(y: np.ndarray, config: KernelEstimationConfig) -> Window:
+    """The rows and columns of ``y`` that :func:`without_border_bars` keeps (all of them where it keeps ``y``)."""
+    r0, r1, c0, c1 = 0, y.shape[0], 0, y.shape[1]
     for _ in range(2):
-        cut = _cut_bars(inner, config)
+        cut = _cut_bars(y[r0:r1, c0:c1], config)
         if cut is None:
             break
-        inner = cut
-    return inner
+        rows, cols = cut
+        r0, r1, c0, c1 = r0 + rows.start, r0 + rows.stop, c0 + cols.start, c0 + cols.stop
+    return slice(r0, r1), slice(c0, c1)
 
 
-def _cut_bars(y: np.ndarray, config: KernelEstimationConfig) -> np.ndarray | None:
-    """``y`` without the bars along its edges (and the margin), or None: none, or too little would remain."""
+def _cut_bars(y: np.ndarray, config: KernelEstimationConfig) -> Window | None:
+    """The window of ``y`` without the bars along its edges (and the margin), or None: none, or too little
+    would remain."""
     h, w = y.shape
     top, bottom = _bar_depth(y), _bar_depth(y[::-1])
     left, right = _bar_depth(y.T), _bar_depth(y.T[::-1])
@@ -246,11 +258,7 @@ def _cut_bars(y: np.ndarray, config: KernelEstimationConfig) -> np.ndarray | Non
     c0, c1 = (_whole_blocks(left + m) if left else 0), w - (right + m if right else 0)
     if min(r1 - r0, c1 - c0) < config.min_side:
         return None
-    return y[r0:r1, c0:c1]
-
-
-Window = tuple[slice, slice]
-"""A tile's rows and columns in its image."""
+    return slice(r0, r1), slice(c0, c1)
 
 
 def _tiles(y: np.ndarray, config: KernelEstimationConfig) -> list[Window]:
@@ -355,7 +363,7 @@ def estimate_kernel(
                        n_directions=config.n_directions, anisotropy_weight=config.anisotropy_weight)
     usable = _usable_tiles(lumas, chosen, spec, config)
     used_lumas = [lumas[i] for i in usable.used]
-    scenes = scene_labels(used_lumas) if config.group_scenes else list(range(len(used_lumas)))
+    scenes = _scene_labels(images, usable.used, config) if config.group_scenes else list(range(len(used_lumas)))
     n_scenes = len(set(scenes))
     # the scenes actually fitted: a group whose other images were all flat, or whose frames all show one
     # scene, is fitted (and calibrated) as the one image it is
@@ -375,6 +383,15 @@ def estimate_kernel(
         return _bicubic_fallback(scale, diag, t0)
     samples = _Samples(usable.per_image, usable.noise, used_lumas, spec, scenes)
     return _cross_scale_estimate(samples, config, scale=scale, mode=mode, diag=diag, t0=t0)
+
+
+def _scene_labels(images: Sequence[np.ndarray], used: Sequence[int], config: KernelEstimationConfig) -> list[int]:
+    """The scene of each ``used`` image (:func:`adassr.adapt.kernel.scenes.scene_labels`), its frames compared
+    whole, over the content both keep inside their border bars: frames of one size are compared even where
+    JPEG made their bars' cuts differ, and shared bars do not make different views alike. The bars are looked
+    for also where ``config.bar_margin`` is 0 (the fit keeps them; the comparison cuts them without a margin)."""
+    lumas = [_luma(images[i], i) for i in used]
+    return scene_labels(lumas, [border_bar_window(y, config) for y in lumas])
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,12 @@ Two frames show the same scene when they have the same size and their thumbnails
 over :data:`THUMB` x :data:`THUMB` blocks, which also averages most of the noise and JPEG error away)
 correlate by at least :data:`CORRELATION` (Pearson: a change of exposure, gain or offset does not
 matter; a moving person or car lowers it only by the share of the view it covers). Frames are taken in
-order and each joins the first scene whose first frame it matches, else starts a new scene. A frame
-without contrast at that scale (a flat or black frame) is a scene of its own. The threshold was chosen
-on the development photos (benchmarks/data/dev_photos), never on tests/data/hr.
+order and each joins the first scene whose first frame it matches, else starts a new scene. Frames
+are compared over the part both hold inside their letterbox or pillarbox bars (the estimator passes
+each frame's window): JPEG can make one view's bars cut to other depths, and bars shared by different
+views would make them alike. A frame without contrast at that scale (a flat or black frame) is a scene
+of its own. The threshold was chosen on the development photos (benchmarks/data/dev_photos), never on
+tests/data/hr.
 """
 
 from __future__ import annotations
@@ -32,42 +35,75 @@ the view replaced by another photo's content (a passer-by) by 0.73-0.91."""
 THUMB = 4
 """Side of the blocks a thumbnail averages (LR pixels); smaller for frames under 16 thumbnail pixels a side."""
 _MIN_THUMB_SIDE = 16
+_MIN_CELLS = 16
+"""Fewer thumbnail cells inside both frames' windows than this: not compared."""
 _FLAT = 1e-4
 """A thumbnail whose standard deviation is below this (in [0, 1] luma) has no contrast to compare."""
+Window = tuple[slice, slice]
 
 
-def _thumbnail(y: np.ndarray) -> np.ndarray | None:
-    """``y`` averaged over blocks, zero mean and unit variance, flattened; None when it has no contrast."""
-    h, w = y.shape
+def _block(shape: tuple[int, ...]) -> int:
+    """The thumbnail block for frames of ``shape``: :data:`THUMB`, halved until the thumbnail has at least
+    16 pixels a side (or 1)."""
     block = THUMB
-    while block > 1 and min(h, w) // block < _MIN_THUMB_SIDE:
+    while block > 1 and min(shape) // block < _MIN_THUMB_SIDE:
         block //= 2
+    return block
+
+
+def _thumbnail(y: np.ndarray, block: int) -> np.ndarray:
+    """``y`` averaged over ``block`` x ``block`` blocks (float64)."""
+    h, w = y.shape
     y32 = np.ascontiguousarray(y, dtype=np.float32)
-    small = cv2.resize(y32, (max(w // block, 1), max(h // block, 1)), interpolation=cv2.INTER_AREA)
-    small = small.astype(np.float64).ravel()
-    spread = float(small.std())
-    if spread < _FLAT:
+    return cv2.resize(y32, (max(w // block, 1), max(h // block, 1)), interpolation=cv2.INTER_AREA).astype(np.float64)
+
+
+def _inside(a: Window, b: Window, block: int, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The thumbnail cells inside both windows (whole blocks only)."""
+    def span(x: slice, y: slice, n: int) -> slice:
+        lo, hi = max(x.start, y.start), min(x.stop, y.stop)
+        return slice(-(-lo // block), min(hi // block, n))
+    return span(a[0], b[0], shape[0]), span(a[1], b[1], shape[1])
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation of two thumbnails' cells; None when either has no contrast or too few cells."""
+    if a.size < _MIN_CELLS:
         return None
-    return (small - small.mean()) / spread
+    x, y = a.ravel() - a.mean(), b.ravel() - b.mean()
+    sx, sy = float(np.sqrt(x @ x / x.size)), float(np.sqrt(y @ y / y.size))
+    if sx < _FLAT or sy < _FLAT:
+        return None
+    return float(x @ y) / (x.size * sx * sy)
 
 
-def scene_labels(lumas: Sequence[np.ndarray]) -> list[int]:
+def scene_labels(lumas: Sequence[np.ndarray], windows: Sequence[Window] | None = None) -> list[int]:
     """The scene of each frame of ``lumas`` (2-D float lumas in [0, 1]): labels 0, 1, ... in the order the
-    scenes first appear; frames of one label are of one size and match that scene's first frame."""
-    leaders: list[tuple[tuple[int, ...], np.ndarray | None]] = []
+    scenes first appear; frames of one label are of one size and match that scene's first frame.
+    ``windows``: each frame's content (rows, columns) inside its border bars, default the whole frame; two
+    frames are compared over the part both windows hold."""
+    if windows is not None and len(windows) != len(lumas):
+        raise ValueError(f"scene_labels takes one window per frame; got {len(windows)} for {len(lumas)} frames")
+    leaders: list[int] = []
+    thumbs: list[np.ndarray] = []
     labels: list[int] = []
-    for y in lumas:
+    for i, y in enumerate(lumas):
         if y.ndim != 2:
             raise ValueError(f"scene_labels takes 2-D lumas; got shape {y.shape}")
-        thumb = _thumbnail(y)
+        thumbs.append(_thumbnail(y, _block(y.shape)))
         label = None
-        if thumb is not None:
-            for index, (shape, leader) in enumerate(leaders):
-                if shape == y.shape and leader is not None and float(thumb @ leader) / thumb.size >= CORRELATION:
-                    label = index
-                    break
+        for scene, j in enumerate(leaders):
+            if lumas[j].shape != y.shape:
+                continue
+            whole = (slice(0, y.shape[0]), slice(0, y.shape[1]))
+            cells = _inside(windows[i] if windows else whole, windows[j] if windows else whole, _block(y.shape),
+                            thumbs[i].shape)
+            value = _correlation(thumbs[i][cells], thumbs[j][cells])
+            if value is not None and value >= CORRELATION:
+                label = scene
+                break
         if label is None:
             label = len(leaders)
-            leaders.append((tuple(y.shape), thumb))
+            leaders.append(i)
         labels.append(label)
     return labels

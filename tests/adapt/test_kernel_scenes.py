@@ -137,3 +137,43 @@ def test_a_fixed_camera_with_noise_is_still_one_scene(frames: list[np.ndarray]) 
     assert static.scene_warning() is not None
     varied = estimate_kernel([_noisy(f, seed) for seed, f in enumerate(frames[:4])], scale=SCALE)
     assert varied.diagnostics["n_scenes"] == 4 and varied.scene_warning() is None
+
+
+def _boxed(f: np.ndarray, top: int = 14, side: int = 19, level: float = 0.0) -> np.ndarray:
+    """``f`` inside letterbox and pillarbox bars of one level, as a recorder adds them."""
+    out = np.full((f.shape[0] + 2 * top, f.shape[1] + 2 * side, 3), level, np.float32)
+    out[top:top + f.shape[0], side:side + f.shape[1]] = f
+    return out
+
+
+def test_one_boxed_view_stays_one_scene_whatever_its_jpeg(frames: list[np.ndarray]) -> None:
+    """JPEG of another quality cuts a frame's bars to another depth: the frames were then of other sizes,
+    never compared, and one view came out as four scenes (a review helper's finding)."""
+    view = frames[0]
+    group = []
+    for i, quality in enumerate((None, 95, 90, 75, 60, 50)):
+        noisy = np.clip(view + np.random.default_rng(i).normal(0, 2 / 255, view.shape), 0, 1).astype(np.float32)
+        group.append(_boxed(noisy) if quality is None else jpeg_roundtrip(_boxed(noisy), quality))
+    est = estimate_kernel(group, scale=SCALE)
+    assert est.diagnostics["n_scenes"] == 1 and est.diagnostics["mode"] == "single"
+    assert est.scene_warning() is not None
+
+
+def test_shared_bars_do_not_make_two_views_one(frames: list[np.ndarray]) -> None:
+    """Wide bars of one level around two different views (17 % of the width a side): compared inside the
+    bars, even where the fit keeps them (``bar_margin=0``), they stay two scenes."""
+    from adassr.adapt.kernel.scenes import scene_labels as labels
+
+    pair = [_boxed(f, top=0, side=23, level=0.06) for f in (frames[1], frames[3])]
+    assert labels([f @ LUMA for f in pair]) == [0, 0]  # whole frames: the bars make them alike
+    for config in (KernelEstimationConfig(), KernelEstimationConfig(bar_margin=0)):
+        assert estimate_kernel(pair, scale=SCALE, config=config).diagnostics["n_scenes"] == 2
+    with pytest.raises(ValueError, match="one window per frame"):
+        labels([f @ LUMA for f in pair], [(slice(0, 10), slice(0, 10))])
+
+
+def test_frames_are_compared_over_the_cells_both_windows_hold() -> None:
+    from adassr.adapt.kernel.scenes import _inside
+
+    cells = _inside((slice(0, 100), slice(8, 90)), (slice(4, 96), slice(0, 80)), 4, (25, 25))
+    assert cells == (slice(1, 24), slice(2, 20))  # whole blocks inside both
