@@ -812,3 +812,14 @@ def test_each_mode_and_scale_gets_its_own_calibration(photos: list[np.ndarray]) 
     assert estimate_kernel([lr, lr], scale=SCALE, config=config).diagnostics["calibration"] == [2.0, 0.0]
     est = estimate_kernel([lr], scale=8, config=KernelEstimationConfig(direction_check=False))
     assert est.diagnostics["calibration"] == list(CALIBRATION[4]["single"])
+
+
+def test_a_letterbox_inside_a_pillarbox_keeps_the_picture_itself() -> None:
+    """Found in two looks (columns, then rows): the window is the picture's own rows and columns, not one of
+    its size shifted onto the bars."""
+    from adassr.adapt.kernel.estimate import border_bar_window
+
+    y = np.random.default_rng(0).uniform(0.2, 0.8, (96, 128))
+    boxed = np.pad(np.pad(y, ((10, 10), (0, 0)), constant_values=0.0), ((0, 0), (12, 12)), constant_values=0.5)
+    h, w = boxed.shape
+    assert border_bar_window(boxed, KernelEstimationConfig()) == (slice(24, h - 18), slice(24, w - 20))

@@ -117,3 +117,15 @@ def test_a_fallback_records_confidence_is_0_when_recomputed(photos: list[np.ndar
     estimated = estimate_kernel(frames, scale=SCALE)
     assert estimated.method == METHOD_CROSS_SCALE and estimated.scene_warning() is not None
     assert kernel_confidence(estimated.to_dict()["diagnostics"], SCALE) == pytest.approx(estimated.confidence)
+
+
+@pytest.mark.parametrize("scale, taps", [(4, 26), (2, 26), (3, 25)])
+def test_the_distance_from_g16_is_on_the_scored_support(scale: int, taps: int) -> None:
+    """The L2 distance to G(1.6) on the support kernel_clipping.py scores with: 26 HR taps for even scales,
+    25 for odd ones."""
+    d = _diagnostics()
+    est = d["estimate_before_fallback"]
+    mine = gaussian_kernel(est["sigma_x"], est["sigma_y"], math.radians(est["theta_deg"]), scale=scale, size=taps)
+    fixed = gaussian_kernel(1.6, 1.6, 0.0, scale=scale, size=taps)
+    distance = dict(zip(FEATURES, confidence_features(d, scale), strict=True))["distance_from_fixed"]
+    assert distance == pytest.approx(float(np.linalg.norm(mine - fixed)), rel=1e-9)

@@ -177,3 +177,98 @@ def test_frames_are_compared_over_the_cells_both_windows_hold() -> None:
 
     cells = _inside((slice(0, 100), slice(8, 90)), (slice(4, 96), slice(0, 80)), 4, (25, 25))
     assert cells == (slice(1, 24), slice(2, 20))  # whole blocks inside both
+
+
+def _cells(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two orthonormal random fields of 24 x 32 thumbnail cells."""
+    u, v = np.random.default_rng(seed).normal(size=(2, 24, 32))
+    u = (u - u.mean()) / u.std()
+    v -= v.mean()
+    v -= (v * u).mean() * u
+    return u, v / v.std()
+
+
+def _blocks(cells: np.ndarray) -> np.ndarray:
+    """An LR luma whose 4 x 4 blocks are ``cells``: its thumbnail is ``cells`` itself (up to gain and offset)."""
+    return 0.5 + 0.1 * np.kron(cells, np.ones((4, 4)))
+
+
+def test_two_frames_are_one_scene_from_a_correlation_of_0_7() -> None:
+    """Thumbnails correlating by 0.68 are two scenes, by 0.72 one (the documented threshold, 0.7)."""
+    u, v = _cells(0)
+    a = _blocks(u)
+    assert scene_labels([a, _blocks(0.68 * u + math.sqrt(1 - 0.68**2) * v)]) == [0, 1]
+    assert scene_labels([a, _blocks(0.72 * u + math.sqrt(1 - 0.72**2) * v)]) == [0, 0]
+
+
+def test_too_few_cells_in_both_windows_are_not_compared() -> None:
+    """Two views alike only in the 2 x 2 cells both windows hold: too few to compare, two scenes."""
+    u, v = _cells(1)
+    v[:2, :2] = u[:2, :2]
+    windows = [(slice(0, 8), slice(0, 128)), (slice(0, 96), slice(0, 8))]
+    assert scene_labels([_blocks(u), _blocks(v)], windows) == [0, 1]
+
+
+def test_small_frames_are_compared_whole(frames: list[np.ndarray]) -> None:
+    """48 x 48 frames (2 x 2 blocks): two views that share only their top-left quarter are two scenes."""
+    a, other = ((f @ LUMA)[:48, :48] for f in (frames[0], frames[1]))
+    b = other.copy()
+    b[:24, :24] = a[:24, :24]
+    assert scene_labels([a, b]) == [0, 1]
+
+
+def test_a_dim_noisy_view_is_one_scene(frames: list[np.ndarray]) -> None:
+    """A fixed camera at night: low contrast (std 0.013-0.018) under noise 3/255. The thumbnail's block
+    average takes most of the noise away, so its frames are still one scene."""
+    rng = np.random.default_rng(0)
+    for f in (frames[1], frames[3]):
+        dim = 0.3 + 0.15 * (f @ LUMA - 0.4)
+        assert scene_labels([np.clip(dim + rng.normal(0, 3 / 255, dim.shape), 0, 1) for _ in range(4)]) == [0] * 4
+
+
+def test_a_one_scene_group_is_fitted_without_the_robust_loss(frames: list[np.ndarray]) -> None:
+    """``robust_scale`` applies to a group of scenes; frames of one scene are fitted as the one image they
+    are, so the robust loss (and the loss gap to G(1.6) it would change) stays off."""
+    a = frames[2]
+    config = KernelEstimationConfig(robust_scale=0.01)
+    _same(estimate_kernel([a, a.copy()], scale=SCALE, config=config), estimate_kernel([a], scale=SCALE, config=config))
+
+
+def test_scenes_are_those_of_the_frames_used(frames: list[np.ndarray]) -> None:
+    """A flat frame first (skipped): the scenes are read from the frames actually fitted, so two copies of
+    one view and another view are two scenes weighing the same, as without the flat frame."""
+    a, b = frames[0], frames[1]
+    flat = np.full_like(a, 0.5)
+    with_flat = estimate_kernel([flat, a, a.copy(), b], scale=SCALE)
+    without = estimate_kernel([a, a.copy(), b], scale=SCALE)
+    assert with_flat.diagnostics["images_used"] == [1, 2, 3]
+    assert with_flat.diagnostics["scene_of_image"] == without.diagnostics["scene_of_image"] == [0, 0, 1]
+    _same(with_flat, without)
+
+
+def test_a_black_frame_beside_a_view_is_a_scene_of_its_own(frames: list[np.ndarray]) -> None:
+    """A frame without contrast is never compared, whether it comes before or after a view with contrast."""
+    a = frames[0] @ LUMA
+    black = np.zeros_like(a)
+    assert scene_labels([a, black]) == [0, 1] and scene_labels([black, a]) == [0, 1]
+
+
+def test_a_part_block_inside_a_window_is_left_out() -> None:
+    from adassr.adapt.kernel.scenes import _inside
+
+    assert _inside((slice(5, 100), slice(1, 99)), (slice(0, 100), slice(0, 100)), 4, (25, 25)) == (
+        slice(2, 25), slice(1, 24))
+
+
+def test_a_record_written_before_scenes_were_counted_counts_its_frames() -> None:
+    """An older manifest's record has no ``n_scenes``: its images were fitted as images of their own, so it
+    gets no scene text and no warning."""
+    from adassr.adapt.kernel import METHOD_CROSS_SCALE, KernelEstimate
+
+    k = gaussian_kernel(2.4, 1.2, math.radians(30.0), scale=SCALE, size=26)
+    old = KernelEstimate(2.4, 1.2, math.radians(30.0), SCALE, k, METHOD_CROSS_SCALE, 0.5,
+                         {"mode": "group", "images_used": [0, 1, 2]})
+    assert "scene" not in old.describe() and old.scene_warning() is None
+    three = KernelEstimate(2.4, 1.2, math.radians(30.0), SCALE, k, METHOD_CROSS_SCALE, 0.5,
+                           {"mode": "group", "images_used": [0, 1, 2], "n_scenes": 2, "scene_of_image": [0, 0, 1]})
+    assert "3 frames of 2 scenes" in three.describe() and three.scene_warning() is None
