@@ -24,7 +24,7 @@ from adassr.adapt.kernel.result import (
     KernelEstimate,
     bicubic_kernel_estimate,
 )
-from adassr.adapt.kernel.scenes import scene_labels
+from adassr.adapt.kernel.scenes import labels_of, summarise
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 __all__ = ["CALIBRATION", "KernelEstimationConfig", "estimate_kernel"]
@@ -390,8 +390,11 @@ def _scene_labels(images: Sequence[np.ndarray], used: Sequence[int], config: Ker
     whole, over the content both keep inside their border bars: frames of one size are compared even where
     JPEG made their bars' cuts differ, and shared bars do not make different views alike. The bars are looked
     for also where ``config.bar_margin`` is 0 (the fit keeps them; the comparison cuts them without a margin)."""
-    lumas = [_luma(images[i], i) for i in used]
-    return scene_labels(lumas, [border_bar_window(y, config) for y in lumas])
+    summaries = []
+    for i in used:  # one luma at a time: a group of 16 large frames keeps only their thumbnails
+        y = _luma(images[i], i)
+        summaries.append(summarise(y, border_bar_window(y, config)))
+    return labels_of(summaries)
 
 
 @dataclass(frozen=True)

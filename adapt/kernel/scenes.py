@@ -21,11 +21,12 @@ tests/data/hr.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-__all__ = ["CORRELATION", "THUMB", "scene_labels"]
+__all__ = ["CORRELATION", "THUMB", "FrameSummary", "labels_of", "scene_labels", "summarise"]
 
 CORRELATION = 0.7
 """Smallest correlation of two thumbnails of one scene. On the development photos (LR 192 x 144) two
@@ -77,6 +78,46 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(x @ y) / (x.size * sx * sy)
 
 
+@dataclass(frozen=True)
+class FrameSummary:
+    """What frames are compared by: the frame's size, its content window and its thumbnail (a frame's
+    luma need not be kept while the others are summarised)."""
+
+    shape: tuple[int, int]
+    window: Window
+    thumbnail: np.ndarray
+
+
+def summarise(y: np.ndarray, window: Window | None = None) -> FrameSummary:
+    """The :class:`FrameSummary` of a 2-D luma ``y`` (float in [0, 1]); ``window``: its content inside its
+    border bars, default the whole frame."""
+    if y.ndim != 2:
+        raise ValueError(f"scene_labels takes 2-D lumas; got shape {y.shape}")
+    h, w = y.shape
+    return FrameSummary((h, w), window or (slice(0, h), slice(0, w)), _thumbnail(y, _block(y.shape)))
+
+
+def labels_of(frames: Sequence[FrameSummary]) -> list[int]:
+    """The scene of each frame (see :func:`scene_labels`)."""
+    leaders: list[FrameSummary] = []
+    labels: list[int] = []
+    for frame in frames:
+        label = None
+        for scene, leader in enumerate(leaders):
+            if leader.shape != frame.shape:
+                continue
+            cells = _inside(frame.window, leader.window, _block(frame.shape), frame.thumbnail.shape)
+            value = _correlation(frame.thumbnail[cells], leader.thumbnail[cells])
+            if value is not None and value >= CORRELATION:
+                label = scene
+                break
+        if label is None:
+            label = len(leaders)
+            leaders.append(frame)
+        labels.append(label)
+    return labels
+
+
 def scene_labels(lumas: Sequence[np.ndarray], windows: Sequence[Window] | None = None) -> list[int]:
     """The scene of each frame of ``lumas`` (2-D float lumas in [0, 1]): labels 0, 1, ... in the order the
     scenes first appear; frames of one label are of one size and match that scene's first frame.
@@ -84,26 +125,4 @@ def scene_labels(lumas: Sequence[np.ndarray], windows: Sequence[Window] | None =
     frames are compared over the part both windows hold."""
     if windows is not None and len(windows) != len(lumas):
         raise ValueError(f"scene_labels takes one window per frame; got {len(windows)} for {len(lumas)} frames")
-    leaders: list[int] = []
-    thumbs: list[np.ndarray] = []
-    labels: list[int] = []
-    for i, y in enumerate(lumas):
-        if y.ndim != 2:
-            raise ValueError(f"scene_labels takes 2-D lumas; got shape {y.shape}")
-        thumbs.append(_thumbnail(y, _block(y.shape)))
-        label = None
-        for scene, j in enumerate(leaders):
-            if lumas[j].shape != y.shape:
-                continue
-            whole = (slice(0, y.shape[0]), slice(0, y.shape[1]))
-            cells = _inside(windows[i] if windows else whole, windows[j] if windows else whole, _block(y.shape),
-                            thumbs[i].shape)
-            value = _correlation(thumbs[i][cells], thumbs[j][cells])
-            if value is not None and value >= CORRELATION:
-                label = scene
-                break
-        if label is None:
-            label = len(leaders)
-            leaders.append(i)
-        labels.append(label)
-    return labels
+    return labels_of([summarise(y, windows[i] if windows else None) for i, y in enumerate(lumas)])
