@@ -43,6 +43,7 @@ for _path in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(_path))
 
 from kernel_clipping import SCALE, _distance  # noqa: E402
+from kernel_overlays import FIXED  # noqa: E402
 from script_cli import (  # noqa: E402
     default_machine,
     existing_dir,
@@ -53,8 +54,6 @@ from script_cli import (  # noqa: E402
     write_report,
 )
 
-FIXED = (1.6, 1.6, 0.0)
-"""The yardstick: the fixed Gaussian G(1.6) HR px."""
 SCENES = (1, 2, 3, 4, 8)
 FRAMES = 8
 NOISES = (0.0, 2.0, 5.0)
