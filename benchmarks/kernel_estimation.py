@@ -392,7 +392,8 @@ def robustness(angles: tuple[float, ...], config: KernelEstimationConfig,
                              "final": [est.sigma_x, est.sigma_y, est.theta_deg], "method": est.method,
                              "confidence": est.confidence, "dist_estimate": d_before, "dist_final": d_final,
                              "dist_g16": float(np.linalg.norm(g16 - kt)), "seconds": seconds,
-                             "blockiness": float(est.diagnostics.get("jpeg_blockiness", float("nan")))})
+                             "blockiness": float(est.diagnostics.get("jpeg_blockiness", float("nan"))),
+                             "gap": float(est.diagnostics.get("fixed_gaussian_loss_gap", float("nan")))})
             print(f"noise {noise:g} JPEG {quality}: done", flush=True)
     scored = {"dir": scored_label(hr_dir), "images": [name for name, _ in hrs],
               "lr_sizes": {name: [s // SCALE for s in hr.shape[:2]] for name, hr in hrs}}

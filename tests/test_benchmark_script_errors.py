@@ -55,6 +55,9 @@ CASES = [
     # (script, arguments with {out} / {file} / {folder} / {text} placeholders, what the error line names)
     ("kernel_fallback_calibration.py", ["--kernels", "-2", "--out", "{out}"], "--kernels"),
     ("kernel_fallback_calibration.py", ["--out", "{file}"], "--out"),
+    ("kernel_fallback_calibration.py", ["--evaluate", "{file}", "--out", "{out}"], "--name"),
+    ("kernel_fallback_calibration.py", ["--name", "x", "--out", "{out}"], "--name"),
+    ("kernel_fallback_calibration.py", ["--evaluate", "{text}", "--name", "x", "--out", "{out}"], "{text}"),
     ("adaptation_quality.py", ["--steps", "0", "--out", "{out}"], "--steps"),
     ("adaptation_quality.py", ["--ema-decay", "2", "--out", "{out}"], "--ema-decay"),  # adassr's ConfigError
     ("adaptation_quality.py", ["--merge", "{folder}", "--out", "{out}"], "{folder}"),

@@ -438,15 +438,19 @@ def test_fallback_returns_the_fixed_gaussian_with_the_reason(photos):
         KernelEstimationConfig(fallback_gap=-1.0)
 
 
-def test_the_fixed_gaussian_check_at_the_default_settings(photos):
-    """The check's numbers on fixed images at the default config (the test above sets its thresholds from
-    the measured gap, so a wrong gap passed it): the allowance grows with JPEG blockiness; the gap is the
-    fixed Gaussian's loss over the best one, minus 1, so it is small where the blur is G(1.6) and many
-    times the best loss where the blur is far from it (a helper's mutants: no blockiness term, the fixed
-    sigma not converted to LR pixels, the gap divided by the fixed loss)."""
-    config = KernelEstimationConfig()
-    at_fixed = estimate_kernel([_jpeg(_lr(p, (1.6, 1.6, 0.0), noise=3.0 / 255, seed=i), 70)
-                                for i, p in enumerate(photos)], scale=SCALE)
+def test_the_fixed_gaussian_check_with_a_blockiness_allowance(photos):
+    """The check's numbers on fixed images (the test above sets its thresholds from the measured gap, so a
+    wrong gap passed it): the allowance grows with JPEG blockiness; the gap is the fixed Gaussian's loss
+    over the best one, minus 1, so it is small where the blur is G(1.6) and many times the best loss where
+    the blur is far from it (a helper's mutants: no blockiness term, the fixed sigma not converted to LR
+    pixels, the gap divided by the fixed loss). At the default settings the check is off: the same
+    images give the estimate itself, with a confidence, and no allowance."""
+    config = KernelEstimationConfig(fallback_gap_per_blockiness=0.05)
+    lrs = [_jpeg(_lr(p, (1.6, 1.6, 0.0), noise=3.0 / 255, seed=i), 70) for i, p in enumerate(photos)]
+    at_fixed = estimate_kernel(lrs, scale=SCALE, config=config)
+    default = estimate_kernel(lrs, scale=SCALE)
+    assert default.method == METHOD_CROSS_SCALE and default.confidence > 0.0
+    assert default.diagnostics["fallback_gap_allowed"] == 0.0 and "reason" not in default.diagnostics
     d = at_fixed.diagnostics
     assert d["jpeg_blockiness"] > 0.1 and d["fallback_gap_allowed"] > 0
     assert d["fallback_gap_allowed"] == pytest.approx(config.fallback_gap
