@@ -16,7 +16,8 @@ its own noise draw), Gaussian noise 0, 2 or 5 /255 and JPEG quality none, 95, 75
 estimator's diagnostics (what the confidence model reads), its estimate and whether that is closer to
 the true kernel than the fixed G(1.6) (L2 over a 26-tap HR support). The photos of
 ``benchmarks/kernel_letterbox.py`` are used as it crops them (768 x 576, LR 192 x 144) when they are
-large enough, else whole (cropped to a multiple of 4).
+large enough, else whole (cropped to a multiple of the scale). ``--scale 2`` / ``3`` makes x2 / x3 groups:
+each photo is resized by 1/2 / 3/4 first, so that the frames show the same content at the same LR size.
 
 ``report``: fits the confidence model (:mod:`adassr.adapt.kernel.confidence`: a logistic regression of
 "closer than G(1.6)" on its features) on the ``--fit`` rows, and shows on the ``--check`` rows (other
@@ -42,7 +43,7 @@ for _path in (ROOT, ROOT / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from kernel_clipping import SCALE, _distance  # noqa: E402
+from kernel_clipping import SCALE  # noqa: E402
 from kernel_overlays import FIXED  # noqa: E402
 from script_cli import (  # noqa: E402
     default_machine,
@@ -64,20 +65,42 @@ RECORDED = ("mode", "n_scenes", "images_used", "residual_rms", "n_pixels", "fixe
 BANDS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0001)
 
 
-def load_scenes(hr_dir: Path) -> list[np.ndarray]:
+def load_scenes(hr_dir: Path, scale: int = SCALE) -> list[np.ndarray]:
     """The photos of ``hr_dir`` as HR scenes: cropped as ``kernel_letterbox`` crops them when all are
-    large enough, else whole, cropped to a multiple of the scale."""
+    large enough, else whole. At a ``scale`` other than 4 each is first resized by ``scale / 4`` (area
+    averaging), so that the frames show the same content at the same LR size at every scale; then cropped
+    to a multiple of ``scale``."""
+    import cv2
     from kernel_estimation import load_hr
     from kernel_letterbox import HEIGHT, WIDTH
 
     photos = [hr for _, hr in load_hr(hr_dir)]
     if all(p.shape[0] >= HEIGHT and p.shape[1] >= WIDTH for p in photos):
-        out = []
+        cropped = []
         for p in photos:
             top, left = (p.shape[0] - HEIGHT) // 2, (p.shape[1] - WIDTH) // 2
-            out.append(np.ascontiguousarray(p[top: top + HEIGHT, left: left + WIDTH]))
-        return out
-    return photos
+            cropped.append(p[top: top + HEIGHT, left: left + WIDTH])
+        photos = cropped
+    out = []
+    for p in photos:
+        if scale != SCALE:
+            size = (round(p.shape[1] * scale / SCALE), round(p.shape[0] * scale / SCALE))
+            p = cv2.resize(p, size, interpolation=cv2.INTER_AREA)
+        h, w = (p.shape[0] // scale) * scale, (p.shape[1] // scale) * scale
+        out.append(np.ascontiguousarray(p[:h, :w]))
+    return out
+
+
+def kernel_distance(a: tuple[float, float, float], b: tuple[float, float, float], scale: int = SCALE) -> float:
+    """L2 distance between two Gaussian kernels (sigmas in HR px, angle in deg) on the support the
+    confidence's distance uses at ``scale`` (26 HR taps for an even scale, 25 for an odd one; at x4 the
+    distance of ``kernel_clipping.py``)."""
+    from adassr.adapt.degradation import gaussian_kernel
+
+    size = 26 if scale % 2 == 0 else 25
+    ka = gaussian_kernel(a[0], a[1], math.radians(a[2]), scale=scale, size=size)
+    kb = gaussian_kernel(b[0], b[1], math.radians(b[2]), scale=scale, size=size)
+    return float(np.linalg.norm(ka - kb))
 
 
 def random_kernel(rng: np.random.Generator) -> tuple[float, float, float]:
@@ -89,12 +112,13 @@ def random_kernel(rng: np.random.Generator) -> tuple[float, float, float]:
 
 
 def camera_frames(scenes: list[np.ndarray], kernel: tuple[float, float, float], *, noise: float,
-                  quality: int | None, rng: np.random.Generator) -> list[np.ndarray]:
-    """:data:`FRAMES` LR frames showing ``scenes`` in turn: blurred, downsampled, noisy (``noise`` /255), JPEG."""
+                  quality: int | None, rng: np.random.Generator, scale: int = SCALE) -> list[np.ndarray]:
+    """:data:`FRAMES` LR frames showing ``scenes`` in turn: blurred, downsampled by ``scale``, noisy
+    (``noise`` /255), JPEG."""
     from adassr.adapt.degradation import blur_downsample, gaussian_kernel, jpeg_roundtrip
 
-    k = gaussian_kernel(kernel[0], kernel[1], math.radians(kernel[2]), scale=SCALE)
-    lrs = [blur_downsample(hr, k, SCALE) for hr in scenes]
+    k = gaussian_kernel(kernel[0], kernel[1], math.radians(kernel[2]), scale=scale)
+    lrs = [blur_downsample(hr, k, scale) for hr in scenes]
     frames = []
     for i in range(FRAMES):
         lr = lrs[i % len(lrs)]
@@ -105,8 +129,9 @@ def camera_frames(scenes: list[np.ndarray], kernel: tuple[float, float, float], 
     return frames
 
 
-def collect(photos: list[np.ndarray], groups: int, seed: int, out: Any) -> list[dict[str, Any]]:
-    """``groups`` rows (see the module doc), each written to ``out`` (a text file) as a JSON line when done."""
+def collect(photos: list[np.ndarray], groups: int, seed: int, out: Any, scale: int = SCALE) -> list[dict[str, Any]]:
+    """``groups`` rows (see the module doc) at ``scale``, each written to ``out`` (a text file) as a JSON
+    line when done."""
     from adassr.adapt.kernel import estimate_kernel
 
     rng = np.random.default_rng(seed)
@@ -118,17 +143,17 @@ def collect(photos: list[np.ndarray], groups: int, seed: int, out: Any) -> list[
         picked = [photos[int(i)] for i in rng.choice(len(photos), size=k, replace=False)]
         noise = float(rng.choice(NOISES))
         quality = QUALITIES[int(rng.integers(len(QUALITIES)))]
-        frames = camera_frames(picked, kernel, noise=noise, quality=quality, rng=rng)
+        frames = camera_frames(picked, kernel, noise=noise, quality=quality, rng=rng, scale=scale)
         start = time.perf_counter()
-        est = estimate_kernel(frames, scale=SCALE)
-        dist = _distance((est.sigma_x, est.sigma_y, est.theta_deg), kernel)
+        est = estimate_kernel(frames, scale=scale)
+        dist = kernel_distance((est.sigma_x, est.sigma_y, est.theta_deg), kernel, scale)
         before = est.diagnostics.get("estimate_before_fallback")
-        dist_before = dist if before is None else _distance(
-            (before["sigma_x"], before["sigma_y"], before["theta_deg"]), kernel)
-        rows.append({"group": g, "kernel": kernel, "scenes": k, "noise": noise, "quality": quality,
+        dist_before = dist if before is None else kernel_distance(
+            (before["sigma_x"], before["sigma_y"], before["theta_deg"]), kernel, scale)
+        rows.append({"group": g, "scale": scale, "kernel": kernel, "scenes": k, "noise": noise, "quality": quality,
                      "method": est.method,
                      "estimate": [est.sigma_x, est.sigma_y, est.theta_deg], "dist": dist,
-                     "dist_before_fallback": dist_before, "dist_g16": _distance(FIXED, kernel),
+                     "dist_before_fallback": dist_before, "dist_g16": kernel_distance(FIXED, kernel, scale),
                      "diagnostics": {key: est.diagnostics.get(key) for key in RECORDED},
                      "seconds": time.perf_counter() - start})
         out.write(json.dumps(rows[-1]) + "\n")
@@ -147,7 +172,7 @@ def load_rows(paths: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
         try:
             header, *lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             found = [row for row in lines if "dist" in row]
-            label = f"{header['hr_dir']} (LR {', '.join(header['lr_sizes'])})"
+            label = f"{header['hr_dir']} (LR {', '.join(header['lr_sizes'])}, x{header.get('scale', SCALE)})"
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SystemExit(f"{path}: not a file written by 'collect' ({exc})") from exc
         rows.extend(found)
@@ -216,7 +241,7 @@ def summary(rows: list[dict[str, Any]], weights: tuple[float, ...]) -> dict[str,
     from adassr.adapt.kernel.confidence import kernel_confidence
 
     fitted = fitted_rows(rows)
-    new = [kernel_confidence(r["diagnostics"], SCALE, weights) for r in fitted]
+    new = [kernel_confidence(r["diagnostics"], r.get("scale", SCALE), weights) for r in fitted]
     old = [old_confidence(r["diagnostics"]) for r in fitted]
     labels = [closer(r) for r in fitted]
     out: dict[str, Any] = {
@@ -260,8 +285,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     for part in ("fit", "check"):
         s = result[part]
         lines += ["", f"## {'Fitted on' if part == 'fit' else 'Checked on (held out)'}", "",
-                  f"{s['n']} groups, {s['n_fitted']} with the estimate returned (the others got the fixed "
-                  f"Gaussian: confidence 0), {100 * s['closer']:.0f} % of those closer than G(1.6). AUC (the chance "
+                  f"{s['n']} groups, {s['n_fitted']} with the estimate returned (the others got a fallback "
+                  f"kernel, the fixed Gaussian or the bicubic one: confidence 0), {100 * s['closer']:.0f} % "
+                  "of those closer than G(1.6). AUC (the chance "
                   f"that a closer estimate gets the higher confidence): {s['auc_new']:.3f} (old {s['auc_old']:.3f}); "
                   f"Brier score {s['brier_new']:.3f} (old {s['brier_old']:.3f}).", "",
                   "| confidence | groups (model) | closer (model) | groups (old) | closer (old) |",
@@ -288,7 +314,7 @@ def report(fit_paths: list[Path], check_paths: list[Path], machine: str | None) 
     train = fitted_rows(fit_rows)
     if len(train) < 20 or len({closer(r) for r in train}) < 2:
         raise SystemExit(f"--fit: {len(train)} fitted rows, need at least 20 with both outcomes")
-    x = np.array([confidence_features(r["diagnostics"], SCALE) for r in train])
+    x = np.array([confidence_features(r["diagnostics"], r.get("scale", SCALE)) for r in train])
     y = np.array([float(closer(r)) for r in train])
     weights = tuple(float(v) for v in fit_logistic(x, y))
     return {"machine": default_machine(machine), "fit_sources": fit_sources, "check_sources": check_sources,
@@ -304,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", type=Path, required=True, help="JSON lines: a header, then one row a line")
     c.add_argument("--machine", default=None)
+    c.add_argument("--scale", type=int, choices=(2, 3, 4), default=SCALE,
+                   help="super-resolution scale (default 4; the photos are resized so that the LR size stays)")
     r = sub.add_parser("report", help="fit the confidence model on --fit rows and check it on --check rows")
     r.add_argument("--fit", type=Path, required=True, nargs="+")
     r.add_argument("--check", type=Path, required=True, nargs="+")
@@ -312,14 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--tag", default="", help="results as kernel_confidence_<tag>.{md,json}")
     args = parser.parse_args(argv)
     if args.command == "collect":
-        photos = load_scenes(args.hr_dir)
+        photos = load_scenes(args.hr_dir, args.scale)
         header = {"hr_dir": folder_label(args.hr_dir, ROOT), "seed": args.seed, "groups": args.groups,
-                  "lr_sizes": sorted({f"{p.shape[1] // SCALE} x {p.shape[0] // SCALE}" for p in photos}),
+                  "scale": args.scale,
+                  "lr_sizes": sorted({f"{p.shape[1] // args.scale} x {p.shape[0] // args.scale}" for p in photos}),
                   "machine": default_machine(args.machine)}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w") as out:
             out.write(json.dumps(header) + "\n")
-            collect(photos, args.groups, args.seed, out)
+            collect(photos, args.groups, args.seed, out, args.scale)
         return 0
     result = report(args.fit, args.check, args.machine)
     write_report(args.out_dir, "kernel_confidence" + (f"_{args.tag}" if args.tag else ""), result, to_markdown(result))

@@ -57,13 +57,34 @@ def test_collect_writes_a_row_a_group(tool: ModuleType, tmp_path: Path) -> None:
         rows = tool.collect(photos, 2, 3, out)
     again, sources = tool.load_rows([tmp_path / "rows.jsonl"])
     assert again == json.loads(json.dumps(rows)) and len(rows) == 2
-    assert sources == ["2 groups of x (LR 64 x 64), seed 3, m"]
+    assert sources == ["2 groups of x (LR 64 x 64, x4), seed 3, m"]
     for row in rows:
         assert row["scenes"] in (1, 2, 3) and row["diagnostics"]["n_scenes"] == row["scenes"]
         assert row["dist"] >= 0 and row["dist_g16"] > 0 and set(tool.RECORDED) <= set(row["diagnostics"])
     (tmp_path / "bad.jsonl").write_text("not json\n")
     with pytest.raises(SystemExit, match="not a file written by 'collect'"):
         tool.load_rows([tmp_path / "bad.jsonl"])
+
+
+def test_collect_at_another_scale_keeps_the_lr_size_and_measures_there(tool: ModuleType, tmp_path: Path) -> None:
+    at4 = tool.load_scenes(ROOT / "tests" / "data" / "hr")[:2]
+    at2 = tool.load_scenes(ROOT / "tests" / "data" / "hr", 2)[:2]
+    for big, small in zip(at4, at2, strict=True):
+        assert small.shape[0] % 2 == 0 and small.shape[1] % 2 == 0
+        assert abs(small.shape[0] // 2 - big.shape[0] // 4) <= 1 and abs(small.shape[1] // 2 - big.shape[1] // 4) <= 1
+    frames = tool.camera_frames([at2[0]], (1.6, 1.6, 0.0), noise=0.0, quality=None, rng=np.random.default_rng(0),
+                                scale=2)
+    assert frames[0].shape[:2] == (at2[0].shape[0] // 2, at2[0].shape[1] // 2)
+    # the distance is measured on the support the confidence uses at the scale (26 HR taps at x2 and x4, 25
+    # at x3), wide enough that the scale hardly matters
+    pair = ((2.0, 1.0, 30.0), (1.6, 1.6, 0.0))
+    assert tool.kernel_distance(pair[0], pair[0], 2) == 0.0 and tool.kernel_distance(*pair, 2) > 0.05
+    assert tool.kernel_distance(*pair, 2) == pytest.approx(tool.kernel_distance(*pair, 4), rel=1e-12)
+    assert tool.kernel_distance(*pair, 3) == pytest.approx(tool.kernel_distance(*pair, 4), rel=1e-4)
+    with (tmp_path / "rows.jsonl").open("w") as out:
+        rows = tool.collect([p[:128, :128] for p in at2], 1, 5, out, scale=2)
+    assert rows[0]["scale"] == 2 and rows[0]["dist_g16"] == pytest.approx(
+        tool.kernel_distance(tool.FIXED, tuple(rows[0]["kernel"]), 2))
 
 
 def test_the_committed_weights_are_what_the_committed_rows_fit(tool: ModuleType) -> None:
