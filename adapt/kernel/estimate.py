@@ -354,7 +354,8 @@ def estimate_kernel(
     ``confidence``: the modelled probability that the estimate is closer to the true kernel than the
     fixed G(1.6) (:func:`adassr.adapt.kernel.confidence.kernel_confidence`, from the diagnostics: the
     scenes, JPEG blockiness, noise, direction agreement, loss gap, residual and the estimate's distance
-    from G(1.6)); 0 where G(1.6) itself is returned. Raises :class:`ConfigError`,
+    from G(1.6)); 0 where G(1.6) itself is returned (only with the fixed-Gaussian check switched on:
+    ``fallback_gap`` / ``fallback_gap_per_blockiness``, both 0 by default). Raises :class:`ConfigError`,
     :class:`ImageError` or :class:`ShapeError` on malformed input.
     """
     t0 = time.perf_counter()
