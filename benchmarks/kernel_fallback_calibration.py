@@ -120,6 +120,12 @@ def _row_of(gap: Any, blockiness: Any, dist_est: Any, dist_g16: Any) -> dict[str
             "dist_g16": float(dist_g16)}
 
 
+def _with_an_estimate(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The rows where an estimate was made: a robustness row of the bicubic fallback records its loss gap
+    and blockiness as NaN, and ``dist_estimate`` is then the bicubic kernel's."""
+    return [r for r in rows if math.isfinite(r["gap"]) and math.isfinite(r["blockiness"])]
+
+
 def recorded_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of ``path`` as ``choose`` takes them (``gap``, ``blockiness``, ``dist_est``: the estimate
     before any fallback, ``dist_g16``): JSON lines of ``kernel_confidence.py collect`` (rows without an
@@ -134,19 +140,30 @@ def recorded_rows(path: Path) -> list[dict[str, Any]]:
                     for r in lines[1:] if "estimate_before_fallback" in r.get("diagnostics", {})]
         rows = json.loads(text)["rows"]
         if rows and "dist_est" in rows[0]:  # this script's own result
-            return [_row_of(r["gap"], r["blockiness"], r["dist_est"], r["dist_g16"]) for r in rows]
+            return _with_an_estimate([_row_of(r["gap"], r["blockiness"], r["dist_est"], r["dist_g16"])
+                                      for r in rows])
         if rows and "gap" not in rows[0]:
             raise ScriptError(f"{path} has no loss gap per row (written before kernel_estimation.py "
                               "recorded it); run its --robustness again")
-        return [_row_of(r["gap"], r["blockiness"], r["dist_estimate"], r["dist_g16"]) for r in rows]
+        return _with_an_estimate([_row_of(r["gap"], r["blockiness"], r["dist_estimate"], r["dist_g16"])
+                                  for r in rows])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ScriptError(f"{path}: not rows of kernel_confidence.py collect (.jsonl), of "
                           f"kernel_estimation.py --robustness or of this script (.json): {exc!r}") from exc
 
 
 def evaluate(paths: list[Path]) -> dict[str, Any]:
-    """The thresholds of :data:`EVALUATED` scored on each file's rows and on all of them."""
-    sets = {p.name: recorded_rows(p) for p in paths}
+    """The thresholds of :data:`EVALUATED` scored on each file's rows and on all of them ("all"). A file is
+    named by its file name, or by its absolute path where two files share a name (or one is named "all"); the same
+    file twice is refused (its rows would count twice in "all")."""
+    resolved = [p.resolve() for p in paths]
+    twice = sorted({str(p) for p in paths if resolved.count(p.resolve()) > 1})
+    if twice:
+        raise ScriptError(f"{', '.join(twice)} given more than once to --evaluate; give each file once")
+    names = [p.name for p in paths]
+    labels = [p.name if names.count(p.name) == 1 and p.name != "all" else str(r) for p, r in zip(paths, resolved,
+                                                                                                 strict=True)]
+    sets = {label: recorded_rows(p) for label, p in zip(labels, paths, strict=True)}
     sets["all"] = [r for rows in list(sets.values()) for r in rows]
     out: dict[str, Any] = {}
     for name, rows in sets.items():
@@ -184,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluate:
         if not args.name:
             parser.error("--evaluate needs --name (the results' file name without suffix)")
+        if Path(args.name).name != args.name or args.name in (".", ".."):
+            parser.error(f"--name {args.name!r}: give a file name without a folder (the results go to --out)")
         result = {"sets": evaluate(args.evaluate)}
         atomic_write_bytes(args.out / f"{args.name}.json", (json.dumps(result, indent=1) + "\n").encode("utf-8"))
         atomic_write_bytes(args.out / f"{args.name}.md", evaluation_markdown(result).encode("utf-8"))

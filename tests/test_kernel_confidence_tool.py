@@ -97,3 +97,53 @@ def test_the_committed_weights_are_what_the_committed_rows_fit(tool: ModuleType)
     assert check["n_fitted"] == 198 and check["auc_new"] > check["auc_old"] + 0.2
     text = tool.to_markdown(result)
     assert "| log_scenes | 2.1638 |" in text and "Checked on (held out)" in text
+
+
+def test_collect_from_the_command_line_estimates_at_its_scale(tool: ModuleType, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``collect --scale 2``: the photos resized by 1/2, the frames downsampled by 2 and estimated at x2,
+    the header and the report's source line saying x2 (mutants: the scale not passed on to load_scenes,
+    collect, camera_frames or estimate_kernel; the LR sizes or the label at x4)."""
+    from PIL import Image
+
+    import adassr.adapt.kernel as kernel_pkg
+
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    for name in ("astronaut", "coffee"):
+        with Image.open(ROOT / "tests" / "data" / "hr" / f"{name}.png") as im:
+            im.convert("RGB").crop((0, 0, 256, 256)).save(hr_dir / f"{name}.png")
+    seen = []
+    real = kernel_pkg.estimate_kernel
+
+    def spy(frames, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((kwargs.get("scale"), {f.shape[:2] for f in frames}))
+        return real(frames, *args, **kwargs)
+
+    monkeypatch.setattr(kernel_pkg, "estimate_kernel", spy)
+    out = tmp_path / "rows.jsonl"
+    assert tool.main(["collect", "--hr-dir", str(hr_dir), "--groups", "1", "--seed", "2", "--scale", "2",
+                      "--out", str(out), "--machine", "m"]) == 0
+    assert seen == [(2, {(64, 64)})]
+    header, row = (json.loads(line) for line in out.read_text().splitlines())
+    assert header["scale"] == 2 and header["lr_sizes"] == ["64 x 64"] and row["scale"] == 2
+    rows, sources = tool.load_rows([out])
+    assert rows == [row] and sources == [f"1 groups of {hr_dir} (LR 64 x 64, x2), seed 2, m"]
+
+
+def test_the_report_reads_each_rows_scale(tool: ModuleType) -> None:
+    """The x3 rows are scored and fitted with the confidence at x3 (its distance to G(1.6) on 25 taps):
+    the committed x3 check is what the report gives, and a fit on x3 rows is the fit of their x3 features
+    (mutants: the summary's or the fit's features at x4)."""
+    from adassr.adapt.kernel.confidence import confidence_features
+
+    x3 = ROWS / "scale3_dev_photos_seed30.jsonl"
+    committed = json.loads((ROOT / "benchmarks" / "results" / "kernel_confidence_x3.json").read_text())
+    result = tool.report(sorted(ROWS.glob("dev_photos_*.jsonl")), [x3], "test machine")
+    for key in ("brier_new", "auc_new", "n_fitted"):
+        assert result["check"][key] == pytest.approx(committed["check"][key], abs=1e-9)
+    rows, _ = tool.load_rows([x3])
+    train = tool.fitted_rows(rows)
+    x = np.array([confidence_features(r["diagnostics"], 3) for r in train])
+    y = np.array([float(tool.closer(r)) for r in train])
+    assert tool.report([x3], [x3], "m")["weights"] == pytest.approx(list(tool.fit_logistic(x, y)), rel=1e-9)

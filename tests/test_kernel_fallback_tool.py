@@ -98,3 +98,87 @@ def test_the_committed_rows_put_the_old_default_behind_the_fallback_off(tool: Mo
                 for pair in ((0.0, 0.0), (0.0, 0.05)))
     assert old["fallback_when_estimate_closer"] > old["fallback_when_estimate_further"] > 0
     assert old["mean_dist"] > off["mean_dist"] and old["closer_rate"] < off["closer_rate"]
+
+
+def test_a_zero_allowance_never_fires_even_on_a_zero_gap(tool: ModuleType) -> None:
+    """The estimator's rule (``allowed_gap > 0 and gap <= allowed_gap``): a loss gap of exactly 0 (G(1.6) fits
+    as well as the optimum; 9 of the committed collect rows) does not fire where the allowance is 0, so
+    "off" scores the estimate itself (a mutant: the ``allowed > 0`` guard dropped)."""
+    rows = [_row(0.0, 0.3, 0.05, 0.06), _row(0.0, 0.0, 0.04, 0.05), _row(0.5, 0.3, 0.02, 0.10)]
+    off = tool.scored_rule(rows, 0.0, 0.0)
+    assert off["fired"] == 0 and off["mean_dist"] == pytest.approx((0.05 + 0.04 + 0.02) / 3)
+    by_jpeg = tool.scored_rule(rows, 0.0, 0.2)  # allowance 0.06 on the JPEG rows, still 0 without JPEG
+    assert by_jpeg["fired"] == 1 and by_jpeg["mean_dist"] == pytest.approx((0.06 + 0.04 + 0.02) / 3)
+
+
+def test_the_grid_search_scores_the_product_default_and_the_previous_one(tool: ModuleType) -> None:
+    from adassr.adapt.kernel import KernelEstimationConfig
+
+    default = KernelEstimationConfig()
+    fit = tool.choose(ROWS_BY_HAND)
+    assert fit["product_default"] == tool.scored_rule(ROWS_BY_HAND, default.fallback_gap,
+                                                      default.fallback_gap_per_blockiness)
+    assert fit["previous_default"] == tool.scored_rule(ROWS_BY_HAND, 0.0, 0.05)
+    assert fit["previous_default"]["fired"] == 2 and fit["product_default"]["fired"] == 0  # the default is off
+
+
+def test_evaluate_writes_a_line_per_set_and_threshold(tool: ModuleType, tmp_path: Path) -> None:
+    """``--evaluate ... --name``: the JSON and the Markdown table hold every file's set and "all", with the
+    rule's count on the closer estimate and the closer share in percent."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"rows": ROWS_BY_HAND[:2]}))
+    b.write_text(json.dumps({"rows": ROWS_BY_HAND[2:]}))
+    assert tool.main(["--evaluate", str(a), str(b), "--name", "ev", "--out", str(tmp_path / "out")]) == 0
+    sets = json.loads((tmp_path / "out" / "ev.json").read_text())["sets"]
+    assert [(k, v["n"]) for k, v in sets.items()] == [("a.json", 2), ("b.json", 2), ("all", 4)]
+    text = (tmp_path / "out" / "ev.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 3 * len(tool.EVALUATED)
+    # the old default on all four rows: fires on the two small gaps, one of them on the closer estimate
+    assert "| all | 4 | 0 | 0.05 | 2 | 1 | 0.04750 | 50.0 % |" in rows
+    # gap0 0.01 fires on the three small gaps' rows, two of them on the closer estimate
+    assert "| all | 4 | 0.01 | 0 | 3 | 2 | 0.05000 | 25.0 % |" in rows
+    assert "| a.json | 2 | 0 | 0 | 0 | 0 | 0.07000 | 50.0 % |" in rows
+
+
+def test_files_of_one_name_keep_their_own_sets_and_a_file_given_twice_is_refused(
+        tool: ModuleType, tmp_path: Path) -> None:
+    """Every calibration run writes kernel_fallback_calibration.json, and split robustness runs each write
+    kernel_robustness.json: files of one name are told apart by their paths, not merged into one set
+    (the second used to replace the first, in its own entry and in "all")."""
+    first, second, named_all = tmp_path / "d1" / "k.json", tmp_path / "d2" / "k.json", tmp_path / "d3" / "all"
+    for path, rows in ((first, ROWS_BY_HAND[:1]), (second, ROWS_BY_HAND[1:3]), (named_all, ROWS_BY_HAND[3:])):
+        path.parent.mkdir()
+        path.write_text(json.dumps({"rows": rows}))
+    result = tool.evaluate([first, second, named_all])
+    assert {k: v["n"] for k, v in result.items()} == {
+        str(first.resolve()): 1, str(second.resolve()): 2, str(named_all.resolve()): 1, "all": 4}
+    with pytest.raises(tool.ScriptError, match="given more than once"):
+        tool.evaluate([first, tmp_path / "d1" / ".." / "d1" / "k.json"])
+
+
+def test_robustness_rows_without_an_estimate_are_left_out(tool: ModuleType, tmp_path: Path) -> None:
+    """A robustness row of the bicubic fallback (no estimate: its gap and blockiness NaN, its distance the
+    bicubic kernel's) counts no more than the same row of a collect file does."""
+    grid = tmp_path / "kernel_robustness_x.json"
+    nan = float("nan")
+    grid.write_text(json.dumps({"rows": [
+        {"gap": 0.5, "blockiness": 0.3, "dist_estimate": 0.02, "dist_g16": 0.10},
+        {"gap": nan, "blockiness": nan, "dist_estimate": 0.3, "dist_g16": 0.10}]}))
+    assert tool.recorded_rows(grid) == [_row(0.5, 0.3, 0.02, 0.10)]
+    only_bicubic = tmp_path / "kernel_robustness_y.json"
+    only_bicubic.write_text(json.dumps({"rows": [{"gap": nan, "blockiness": nan, "dist_estimate": 0.3,
+                                                  "dist_g16": 0.10}]}))
+    with pytest.raises(tool.ScriptError, match="no rows with an estimate"):
+        tool.evaluate([only_bicubic])
+
+
+@pytest.mark.parametrize("name", ["sub/ev", "../ev", ".."])
+def test_a_name_with_a_folder_is_refused_before_anything_is_written(
+        tool: ModuleType, tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "a.json"
+    rows.write_text(json.dumps({"rows": ROWS_BY_HAND}))
+    with pytest.raises(SystemExit) as stop:
+        tool.main(["--evaluate", str(rows), "--name", name, "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2 and "--name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
