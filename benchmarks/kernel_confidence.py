@@ -93,14 +93,10 @@ def load_scenes(hr_dir: Path, scale: int = SCALE) -> list[np.ndarray]:
 
 def kernel_distance(a: tuple[float, float, float], b: tuple[float, float, float], scale: int = SCALE) -> float:
     """L2 distance between two Gaussian kernels (sigmas in HR px, angle in deg) on the support the
-    confidence's distance uses at ``scale`` (26 HR taps for an even scale, 25 for an odd one; at x4 the
-    distance of ``kernel_clipping.py``)."""
-    from adassr.adapt.degradation import gaussian_kernel
+    confidence's distance uses at ``scale`` (:func:`adassr.adapt.kernel.confidence.kernel_distance`)."""
+    from adassr.adapt.kernel.confidence import kernel_distance as distance
 
-    size = 26 if scale % 2 == 0 else 25
-    ka = gaussian_kernel(a[0], a[1], math.radians(a[2]), scale=scale, size=size)
-    kb = gaussian_kernel(b[0], b[1], math.radians(b[2]), scale=scale, size=size)
-    return float(np.linalg.norm(ka - kb))
+    return distance(a, b, scale)
 
 
 def random_kernel(rng: np.random.Generator) -> tuple[float, float, float]:

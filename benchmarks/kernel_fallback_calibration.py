@@ -95,20 +95,17 @@ def scored_rule(rows: list[dict[str, Any]], g0: float, gb: float) -> dict[str, A
 
 def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Grid search of (gap0, per_blockiness) minimising the mean distance of the returned kernel."""
-    def scored(g0: float, gb: float) -> dict[str, Any]:
-        return scored_rule(rows, g0, gb)
-
-    baseline = scored(0.0, 0.0)
+    baseline = scored_rule(rows, 0.0, 0.0)
     best = baseline
     for g0 in (0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2):
         for gb in (0.0, 0.05, 0.1, 0.2, 0.4, 0.8):
-            candidate = scored(g0, gb)
+            candidate = scored_rule(rows, g0, gb)
             if candidate["mean_dist"] < best["mean_dist"] - 1e-9:
                 best = candidate
     default = KernelEstimationConfig()
     return {"best": best, "no_fallback": baseline,
-            "product_default": scored(default.fallback_gap, default.fallback_gap_per_blockiness),
-            "previous_default": scored(*PREVIOUS_DEFAULT)}
+            "product_default": scored_rule(rows, default.fallback_gap, default.fallback_gap_per_blockiness),
+            "previous_default": scored_rule(rows, *PREVIOUS_DEFAULT)}
 
 
 EVALUATED = ((0.0, 0.0), (0.0, 0.05), (0.0, 0.2), (0.01, 0.0), (0.05, 0.0), (0.05, 0.2), (0.2, 0.8))

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FEATURES", "WEIGHTS", "confidence_features", "kernel_confidence", "logistic", "returned_a_fallback"]
+__all__ = ["FEATURES", "WEIGHTS", "confidence_features", "kernel_confidence", "kernel_distance", "logistic",
+           "returned_a_fallback"]
 
 FEATURES = ("log_scenes", "jpeg_blockiness", "noise_255", "direction_agreement", "no_direction_agreement",
             "log_loss_gap", "residual_rms", "distance_from_fixed")
@@ -41,16 +42,22 @@ FIXED_SIGMA = 1.6
 """HR sigma of the fixed Gaussian the estimate is compared with."""
 
 
-def _distance_from_fixed(estimate: Mapping[str, Any], scale: int) -> float:
-    """L2 distance between the estimate's kernel and G(:data:`FIXED_SIGMA`) on a 26-tap HR support
-    (the distance ``benchmarks/kernel_clipping.py`` scores with)."""
+def kernel_distance(a: tuple[float, float, float], b: tuple[float, float, float], scale: int) -> float:
+    """L2 distance between two Gaussian kernels ``(sigma_x, sigma_y, theta_deg)`` (sigmas in HR px) on a
+    26-tap HR support at an even ``scale``, 25 at an odd one (the distance ``benchmarks/kernel_clipping.py``
+    scores with at x4)."""
     from adassr.adapt.degradation import gaussian_kernel
 
     size = 26 if scale % 2 == 0 else 25
-    mine = gaussian_kernel(float(estimate["sigma_x"]), float(estimate["sigma_y"]),
-                           math.radians(float(estimate["theta_deg"])), scale=scale, size=size)
-    fixed = gaussian_kernel(FIXED_SIGMA, FIXED_SIGMA, 0.0, scale=scale, size=size)
-    return float(np.linalg.norm(mine - fixed))
+    ka = gaussian_kernel(a[0], a[1], math.radians(a[2]), scale=scale, size=size)
+    kb = gaussian_kernel(b[0], b[1], math.radians(b[2]), scale=scale, size=size)
+    return float(np.linalg.norm(ka - kb))
+
+
+def _distance_from_fixed(estimate: Mapping[str, Any], scale: int) -> float:
+    """:func:`kernel_distance` between the estimate and G(:data:`FIXED_SIGMA`)."""
+    mine = (float(estimate["sigma_x"]), float(estimate["sigma_y"]), float(estimate["theta_deg"]))
+    return kernel_distance(mine, (FIXED_SIGMA, FIXED_SIGMA, 0.0), scale)
 
 
 def confidence_features(diagnostics: Mapping[str, Any], scale: int = 4) -> np.ndarray:

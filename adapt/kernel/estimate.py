@@ -364,12 +364,13 @@ def estimate_kernel(
     scale = _check_scale(scale)
     images = list(images)
     chosen = _select_images(len(images), config.max_images)
-    lumas = _checked_lumas(images, config, chosen)
+    frames = _checked_frames(images, config, chosen)
+    lumas = _cut_lumas(frames, config)
     spec = FeatureSpec(derivative_sigma=config.derivative_sigma, orders=config.orders,
                        n_directions=config.n_directions, anisotropy_weight=config.anisotropy_weight)
     usable = _usable_tiles(lumas, chosen, spec, config)
     used_lumas = [lumas[i] for i in usable.used]
-    scenes = _scene_labels(images, usable.used, config) if config.group_scenes else list(range(len(used_lumas)))
+    scenes = _scene_labels(frames, usable.used) if config.group_scenes else list(range(len(used_lumas)))
     n_scenes = len(set(scenes))
     # the scenes actually fitted: a group whose other images were all flat, or whose frames all show one
     # scene, is fitted (and calibrated) as the one image it is
@@ -391,16 +392,13 @@ def estimate_kernel(
     return _cross_scale_estimate(samples, config, scale=scale, mode=mode, diag=diag, t0=t0)
 
 
-def _scene_labels(images: Sequence[np.ndarray], used: Sequence[int], config: KernelEstimationConfig) -> list[int]:
+def _scene_labels(frames: Mapping[int, tuple[np.ndarray, Window]], used: Sequence[int]) -> list[int]:
     """The scene of each ``used`` image (:func:`adassr.adapt.kernel.scenes.scene_labels`), its frames compared
     whole, over the content both keep inside their border bars: frames of one size are compared even where
     JPEG made their bars' cuts differ, and shared bars do not make different views alike. The bars are looked
-    for also where ``config.bar_margin`` is 0 (the fit keeps them; the comparison cuts them without a margin)."""
-    summaries = []
-    for i in used:  # one luma at a time: a group of 16 large frames keeps only their thumbnails
-        y = _luma(images[i], i)
-        summaries.append(summarise(y, border_bar_window(y, config)))
-    return labels_of(summaries)
+    for also where ``config.bar_margin`` is 0 (the fit keeps them; the comparison cuts them without a margin).
+    ``frames``: :func:`_checked_frames`'s whole lumas and bar windows."""
+    return labels_of([summarise(*frames[i]) for i in used])
 
 
 @dataclass(frozen=True)
@@ -571,20 +569,35 @@ def _fixed_gaussian_reason(sigma: float, check: _FixedGaussianCheck) -> str:
 
 def _checked_lumas(images: Sequence[np.ndarray], config: KernelEstimationConfig,
                    chosen: Sequence[int]) -> dict[int, np.ndarray]:
-    """The luma of the ``chosen`` images, by index; every image is checked (``ConfigError`` /
-    ``ShapeError`` / ``ImageError`` for no images, bad ones or too small ones), but only the chosen
-    ones keep their float64 luma (a group of 64 images kept 8 bytes a pixel of each, 16 of them used)."""
+    """The luma of the ``chosen`` images, by index, without their border bars where ``config.bar_margin``
+    is set; every image is checked (``ConfigError`` / ``ShapeError`` / ``ImageError`` for no images, bad
+    ones or too small ones), but only the chosen ones keep their float64 luma (a group of 64 images kept 8
+    bytes a pixel of each, 16 of them used)."""
+    return _cut_lumas(_checked_frames(images, config, chosen), config)
+
+
+def _checked_frames(images: Sequence[np.ndarray], config: KernelEstimationConfig,
+                    chosen: Sequence[int]) -> dict[int, tuple[np.ndarray, Window]]:
+    """The whole luma of each ``chosen`` image and the window inside its border bars
+    (:func:`border_bar_window`), by index, every image checked as :func:`_checked_lumas` says: the fit
+    reads the window (:func:`_cut_lumas`), the scene comparison the whole frame with it."""
     if not images:
         raise ConfigError("no images given to estimate_kernel: pass at least one LR image")
     keep = set(chosen)
-    lumas: dict[int, np.ndarray] = {}
+    frames: dict[int, tuple[np.ndarray, Window]] = {}
     for i, img in enumerate(images):
         y = _luma(img, i)
         if min(y.shape) < config.min_side:
             raise ShapeError(f"image {i}", y.shape, f"at least {config.min_side}x{config.min_side} LR pixels")
         if i in keep:
-            lumas[i] = without_border_bars(y, config) if config.bar_margin else y
-    return lumas
+            frames[i] = (y, border_bar_window(y, config))
+    return frames
+
+
+def _cut_lumas(frames: Mapping[int, tuple[np.ndarray, Window]],
+               config: KernelEstimationConfig) -> dict[int, np.ndarray]:
+    """The lumas the fit reads: each frame inside its bar window where ``config.bar_margin`` is set, else whole."""
+    return {i: (y[window] if config.bar_margin else y) for i, (y, window) in frames.items()}
 
 
 @dataclass(frozen=True)
