@@ -24,7 +24,7 @@ from adassr.adapt.kernel.result import (
     KernelEstimate,
     bicubic_kernel_estimate,
 )
-from adassr.adapt.kernel.scenes import labels_of, summarise
+from adassr.adapt.kernel.scenes import Window, labels_of, summarise
 from adassr.runtime.errors import ConfigError, ImageError, ShapeError
 
 __all__ = ["CALIBRATION", "KernelEstimationConfig", "estimate_kernel"]
@@ -223,10 +223,6 @@ def _bar_depth(lines: np.ndarray) -> int:
 
 def _whole_blocks(n: int, block: int = 8) -> int:
     return -(-n // block) * block
-
-
-Window = tuple[slice, slice]
-"""A tile's (or an image's content's) rows and columns in its image."""
 
 
 def without_border_bars(y: np.ndarray, config: KernelEstimationConfig) -> np.ndarray:

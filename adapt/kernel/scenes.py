@@ -41,6 +41,7 @@ _MIN_CELLS = 16
 _FLAT = 1e-4
 """A thumbnail whose standard deviation is below this (in [0, 1] luma) has no contrast to compare."""
 Window = tuple[slice, slice]
+"""A tile's (or an image's content's) rows and columns in its image."""
 
 
 def _block(shape: tuple[int, ...]) -> int:
