@@ -17,6 +17,9 @@ Names that are not valid group names (a folder ``My Camera/``, an EXIF Make long
 limit) never fail the other groups: :func:`scan_groups` lists them as skipped with the reason.
 Folders whose names differ only in case (``Tiny/`` and ``tiny/``) would name the same group and
 are refused: both are skipped, and selecting that group raises CameraError saying why.
+Files in camera formats that are not read (a phone's ``.heic``, raw files: see
+``adassr.runtime.images.camera_formats``) are listed as skipped too; selecting a group warns once
+naming those it loses, and a group of only such files is refused saying what to convert them to.
 
 Torch-free: the runtime's router uses the same normalisation (``adassr.runtime.cameras``).
 """
@@ -43,6 +46,7 @@ from adassr.runtime.cameras import (
 )
 from adassr.runtime.errors import CameraError, ImageError
 from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file, unreadable_image_entry
+from adassr.runtime.images.camera_formats import advice, left_out_note, suffix_format
 from adassr.runtime.store import MANIFEST_NAME, MAX_MANIFEST_BYTES
 
 UNGROUPED = "ungrouped"
@@ -180,6 +184,20 @@ def _unreadable_entries(paths: Iterable[Path]) -> list[tuple[Path, str]]:
     return found
 
 
+UNREAD_FORMAT_REASON = "a format adassr does not read"
+
+
+def _unread_format_entries(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+    """``(file, why it is skipped)`` for visible files whose suffix names a camera format that is not read
+    (HEIF, raw, ...): named as skipped, so a folder of a phone's ``.heic`` photos is not half-used in silence."""
+    found = []
+    for path in sorted(paths):
+        kind = suffix_format(path)
+        if kind is not None and not path.name.startswith(".") and path.is_file():
+            found.append((path, f"a {kind} file, {UNREAD_FORMAT_REASON}: {advice(kind)}"))
+    return found
+
+
 def _is_store_camera_folder(folder: Path) -> bool:
     """Whether ``folder`` is a camera folder of a model store: its ``manifest.json`` is adassr's (other
     tools write files of that name too)."""
@@ -249,8 +267,10 @@ def scan_groups(directory: str | Path) -> GroupScan:
             skipped.append(SkippedSource(sub, f"cannot read the folder ({exc.strerror or exc}); check its permissions"))
             continue
         images, broken = _sorted_images(listing), _unreadable_entries(listing)
+        unread = _unread_format_entries(listing)
         if not images:  # no group (nor a case clash with one) from a folder without a readable image
             skipped.extend(SkippedSource(p, why) for p, why in broken)
+            skipped.extend(SkippedSource(p, why, _valid_name(sub.name)) for p, why in unread)
             deeper = _image_below(sub)
             if deeper is not None and not broken:  # camera/2026-11/IMG_1001.JPG: say why it is no group
                 skipped.append(SkippedSource(sub, (
@@ -279,6 +299,7 @@ def scan_groups(directory: str | Path) -> GroupScan:
                 f"{_BELOW_CAMERA_REASON} {sub.name}/ are not read (e.g. {deeper.relative_to(sub)}; a camera's "
                 f"photos sit directly in its folder): move or link them into {sub}"), name))
         skipped.extend(SkippedSource(p, why, name) for p, why in broken)
+        skipped.extend(SkippedSource(p, why, name) for p, why in unread)
         skipped.extend(SkippedSource(p, GROUND_TRUTH_REASON, name) for p in images if marks_ground_truth(p))
     conflicts: dict[str, str] = {}
     for name, subs in folders.items():
@@ -291,6 +312,7 @@ def scan_groups(directory: str | Path) -> GroupScan:
             skipped.extend(SkippedSource(s, conflicts[name]) for s in subs)
             del members[name]
     skipped.extend(SkippedSource(path, why) for path, why in _unreadable_entries(entries))
+    skipped.extend(SkippedSource(path, why) for path, why in _unread_format_entries(entries))
     for path in _sorted_images(entries):
         name, how, problem = _group_by_metadata(path)
         if problem is not None:
@@ -377,6 +399,7 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
     if wanted in scan.conflicts:
         raise CameraError(f"camera group {wanted!r} in {directory} is ambiguous: {scan.conflicts[wanted]}")
     own = _is_named(Path(directory), wanted)
+    directory_path = Path(directory).expanduser()
     ground_truth = [s.path for s in scan.skipped
                     if (s.group == wanted or (own and s.path.parent == Path(directory).expanduser()))
                     and s.reason == GROUND_TRUTH_REASON]
@@ -389,13 +412,18 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
     nested = [s for s in scan.skipped if s.reason.startswith(_NESTED_REASON)]
     wanted_nested = [s for s in nested if s.path.name.lower() == wanted]
     nested_note = "".join(f" {s.path}: {s.reason}." for s in (wanted_nested or nested)[:1])
+    unread = [s for s in scan.skipped if UNREAD_FORMAT_REASON in s.reason]
+    wanted_unread = [s.path for s in unread if s.group == wanted or (own and s.path.parent == directory_path)]
     if not groups:
+        unread_note = left_out_note(s.path for s in unread)
         raise CameraError(
             f"no images found in {directory} (looked for {', '.join(SUPPORTED_READ_SUFFIXES)} files in it "
-            f"and in its subfolders).{nested_note}"
+            f"and in its subfolders).{nested_note}{f' {unread_note}.' if unread_note else ''}"
         )
     if wanted not in groups and wanted_nested:
         raise CameraError(f"camera group {wanted!r} has no images:{nested_note}")
+    if wanted not in groups and wanted_unread:
+        raise CameraError(f"camera group {wanted!r} has no images adassr reads: {left_out_note(wanted_unread)}")
     if wanted not in groups:
         listed = listed_groups(directory).groups  # as `adapt --list` names them
         found = "; ".join(g.describe() for g in listed.values())
@@ -411,6 +439,8 @@ def select_group(directory: str | Path, camera: str) -> CameraGroup:
         )
     for below in (s for s in scan.skipped if s.group == wanted and s.reason.startswith(_BELOW_CAMERA_REASON)):
         log.warning("camera group %r: %s", wanted, below.reason)
+    if wanted_unread:
+        log.warning("camera group %r: %s", wanted, left_out_note(wanted_unread))
     if ground_truth:
         log.warning("camera group %r: left out %d image(s) whose names mark them as high-resolution ground truth "
                     "(e.g. %s); adaptation learns from the camera's LR images only", wanted, len(ground_truth),

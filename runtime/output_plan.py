@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from adassr.runtime.errors import ConfigError
@@ -23,6 +24,7 @@ from adassr.runtime.images import (
     is_image_file,
     unreadable_image_entry,
 )
+from adassr.runtime.images.camera_formats import left_out_note, suffix_format
 from adassr.runtime.links import broken_link
 from adassr.runtime.tempfiles import NAME_MAX, remove_stale_temps
 
@@ -66,6 +68,23 @@ def _list_images(folder: Path) -> list[Path]:
     except OSError as exc:
         raise ConfigError(f"cannot read the folder {folder} ({exc.strerror or exc}); check its permissions, "
                           "or move it out of the input") from None
+
+
+def _unread_format_files(folders: Sequence[tuple[Path, Path]]) -> list[Path]:
+    """The visible files of the input ``folders`` whose suffix names a camera format that is not read."""
+    found = []
+    for folder, _ in folders:
+        with contextlib.suppress(OSError):  # a folder that cannot be listed was refused by _list_images
+            found += sorted(p for p in folder.iterdir() if suffix_format(p) is not None and p.is_file())
+    return found
+
+
+def left_out_photos(source: Path, output: Path) -> str | None:
+    """A note naming the files of a folder input (and its camera subfolders) that ``upscale`` leaves out for
+    their format (HEIF, raw, ...), with what to do; None when there are none or ``source`` is a file."""
+    if not source.is_dir():
+        return None
+    return left_out_note(_unread_format_files(_input_folders(source, output)))
 
 
 OUTPUT_MARKER = ".adassr-upscale-output"
@@ -229,8 +248,10 @@ def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]
         for index, (folder, target) in enumerate(folders):
             pairs.extend(_folder_pairs(_list_images(folder), target, ext, subfolders if index == 0 else frozenset()))
         if not pairs:
+            note = left_out_note(_unread_format_files(folders))
             raise ConfigError(
                 f"no images in {source} or its subfolders (looked for {', '.join(SUPPORTED_READ_SUFFIXES)})"
+                + (f"; {note}" if note else "")
             )
         _check_no_input_overwritten(pairs)
         return pairs

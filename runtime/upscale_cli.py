@@ -16,7 +16,9 @@
   too (``a_jpg_2.png``): no output ever overwrites another. OUTDIR
   with an image suffix (``-o result.png``) is refused: it reads as a file name.
   A bad file is reported on stderr (file and reason) and skipped; it never aborts the batch nor
-  leaves a partial output (files are written atomically).
+  leaves a partial output (files are written atomically). Files of DIR in camera formats that are
+  not read (HEIF, raw: :mod:`adassr.runtime.images.camera_formats`) are named in one note. When
+  no input's header can be read, no model is prepared or opened: each input fails as it is read.
 - An output file that exists already is replaced, and the summary counts the replaced files;
   ``--skip-existing`` keeps it and skips its input instead (an interrupted folder run resumes where
   it stopped: outputs are written atomically, so an existing one is complete). The output names are
@@ -45,7 +47,7 @@ import logging
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +56,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from adassr.runtime.cameras import camera_name, closest_camera_hint, validate_group_name
 from adassr.runtime.console import lost_stream, one_line, printable, say
 from adassr.runtime.cpu_info import intra_op_threads, limit_opencv_threads
-from adassr.runtime.errors import AdassrError, ConfigError, unexpected_error
+from adassr.runtime.errors import AdassrError, ConfigError, StoreError, unexpected_error
 from adassr.runtime.fields import named_by_option
 from adassr.runtime.images import (
     ImageWarning,
@@ -64,11 +66,13 @@ from adassr.runtime.images import (
     check_writable_size,
     prepare_write,
     read_image,
+    read_image_size,
 )
 from adassr.runtime.links import broken_link
 from adassr.runtime.output_plan import (
     entry_exists,
     given_path,
+    left_out_photos,
     mark_output_in_input,
     plan_outputs,
     remove_stale_outputs,
@@ -445,6 +449,8 @@ def run_upscale(
     cores = intra_op_threads()  # a bad ADASSR_THREADS is a usage error before any image, even with --threads
     limit_opencv_threads(options.threads or cores)
     pairs = plan_outputs(args.input, args.output, args.ext)
+    if (left_out := left_out_photos(args.input, args.output)) is not None:
+        say(f"note: {left_out}", stderr if stderr is not None else sys.stderr)
     if args.input.is_file() and not args.output.exists() and args.output.suffix and pairs[0][1] != args.output:
         say(f"note: {args.output} has no image suffix, so it is taken as a folder: writing "  # a typo such as .jgp
             f"{pairs[0][1]}", stderr if stderr is not None else sys.stderr)
@@ -492,6 +498,12 @@ def run_upscale(
     if camera is not None:
         _warn_if_camera_missing(camera, Path(args.store), err)
     entry = registry.get(options.backend)
+    if not _any_header_readable(source for source, _ in pairs):
+        # each input fails on its own when it is read: no model is opened, nor exported on first use (a minute
+        # of work before a folder of HEIF photos or a damaged file was named)
+        mark_output_in_input(args.input, args.output)
+        return _run_pairs(_NoInputReadable(), pairs, args, camera=camera, stdout=stdout, stderr=stderr,
+                          skipped=kept, planned=planned)
     if entry.prepare is not None:
         entry.prepare(options, camera=camera, samples=[source for source, _ in pairs])
     with contextlib.closing(entry.factory(options)) as upscaler:
@@ -504,6 +516,30 @@ def run_upscale(
         mark_output_in_input(args.input, args.output)  # once every check passed: a refused run marks nothing
         return _run_pairs(upscaler, pairs, args, camera=camera, stdout=stdout, stderr=stderr, skipped=kept,
                           overlap_writes=not local_cpu, planned=planned)
+
+
+def _any_header_readable(sources: Iterable[Path]) -> bool:
+    """Whether the header of one of ``sources`` can be read (stops at the first that can)."""
+    for source in sources:
+        try:
+            read_image_size(source)
+        except AdassrError:
+            continue
+        return True
+    return False
+
+
+class _NoInputReadable:
+    """The upscaler of a run none of whose inputs could be read when it started: every image fails when it
+    is read, so none reaches :meth:`upscale`, except a file replaced meanwhile, which is refused."""
+
+    def upscale(self, image: LoadedImage, *, camera: str | None = None, progress: TileProgress | None = None,
+                check_output: OutputCheck | None = None) -> UpscaleResult:
+        raise StoreError(f"{image.path}: no model was opened for this run, since none of its inputs could be read "
+                         "when it started (the file was replaced meanwhile); run again")
+
+    def close(self) -> None:
+        pass
 
 
 def _warn_if_camera_missing(camera: str, store: Path, stderr: TextIO) -> None:

@@ -62,6 +62,7 @@ from adassr.runtime.images._model import (
     note,
     profile_fits,
 )
+from adassr.runtime.images.camera_formats import RAW, advice, raw_tiff_problem, sniffed_format
 from adassr.runtime.images.containers import (
     PNG_SIGNATURE,
     png_chunk_counts,
@@ -483,6 +484,10 @@ def _open_header(p: Path, source: io.BytesIO | None = None, *,
                 f"{p}: a TIFF whose pixel layout the decoder does not take (32-bit float or integer colour, or "
                 "an unusual sample layout or compression); convert it to an 8- or 16-bit grey or RGB image first"
             ) from e
+        kind = sniffed_format(_prefix(p, source))
+        if kind is not None:
+            raise ImageError(f"{p}: a {kind} image, a format adassr does not read (it reads "
+                             f"{', '.join(READ_FORMATS)}); {advice(kind)}") from e
         raise ImageError(
             f"{p}: not a readable image (supported: {', '.join(READ_FORMATS)}); the file is "
             "another format, damaged, or not an image"
@@ -492,10 +497,27 @@ def _open_header(p: Path, source: io.BytesIO | None = None, *,
             f"{p}: cannot read the image header ({e}); the file is damaged or unreadable"
         ) from e
     try:
+        if im.format == "TIFF":
+            _check_not_raw(p, im, source)
         _check_bomb_guard(p, im, max_pixels)
         yield im
     finally:
         im.close()
+
+
+def _prefix(p: Path, source: io.BytesIO | None, n: int = 16) -> bytes:
+    """The first ``n`` bytes of the file (or of ``source``, its bytes)."""
+    return source.getvalue()[:n] if source is not None else _head(p, n)
+
+
+def _check_not_raw(p: Path, im: ImageFile.ImageFile, source: io.BytesIO | None) -> None:
+    """ImageError for a raw camera file built on TIFF (DNG, NEF, CR2, ...): Pillow opens it, but as its
+    first image, a preview or undeveloped data, which would be upscaled in place of the photo."""
+    problem = raw_tiff_problem(im.tag_v2)  # type: ignore[attr-defined]
+    if problem is None and sniffed_format(_prefix(p, source)) == RAW:
+        problem = "a raw camera file (Canon CR2)"
+    if problem is not None:
+        raise ImageError(f"{p}: {problem}; adassr reads developed photos: {advice(RAW)}")
 
 
 def _pillow_open(p: Path, source: io.BytesIO | None) -> ImageFile.ImageFile:

@@ -438,3 +438,41 @@ def test_a_filesystem_without_inode_numbers_keeps_every_image(tmp_path: Path,
     monkeypatch.setattr(Path, "stat", no_inode)
     scan = scan_groups(tmp_path)
     assert [m.path.name for m in scan.groups["nokia"].members] == ["a.png", "b.png", "c.png"]
+
+
+def _heif(path: Path) -> Path:
+    """A file that begins as a phone's HEIF photo does (its ftyp box)."""
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 100)
+    return path
+
+
+def test_heif_and_raw_photos_are_named_as_skipped_and_a_group_of_them_only_says_why(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A phone's .heic photos were left out without a word: a group of only HEIF photos was an 'unknown
+    camera group', and a group with some lost them in silence."""
+    import logging
+
+    for name in ("nikon", "iphone"):
+        (tmp_path / name).mkdir()
+    _noise_png(tmp_path / "nikon" / "a.png")
+    (tmp_path / "nikon" / "DSC_0001.NEF").write_bytes(b"II*\x00" + b"\x00" * 60)
+    _heif(tmp_path / "iphone" / "IMG_0001.HEIC")
+    _heif(tmp_path / "iphone" / "IMG_0002.heic")
+    _heif(tmp_path / "IMG_0003.HEIC")
+    scan = scan_groups(tmp_path)
+    assert list(scan.groups) == ["nikon"]
+    skipped = sorted((s.group or "", s.path.name) for s in scan.skipped)
+    assert skipped == [("", "IMG_0003.HEIC"), ("iphone", "IMG_0001.HEIC"), ("iphone", "IMG_0002.heic"),
+                       ("nikon", "DSC_0001.NEF")]
+    assert all("a format adassr does not read" in s.reason for s in scan.skipped)
+    with pytest.raises(CameraError, match=r"camera group 'iphone' has no images adassr reads: 2 files .* HEIF "
+                                          r"\(HEIC\) files \(2: IMG_0001.HEIC, IMG_0002.heic\): convert to JPEG"):
+        select_group(tmp_path, "iphone")
+    with caplog.at_level(logging.WARNING):
+        assert [m.path.name for m in select_group(tmp_path, "nikon").members] == ["a.png"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "camera group 'nikon': 1 file in formats adassr does not read was left out: raw files (1: DSC_0001.NEF)" \
+        in warning
+    with pytest.raises(CameraError, match=r"no images found in .*\. 2 files in formats adassr does not read were "
+                                          r"left out: HEIF \(HEIC\) files \(2: IMG_0001.HEIC, IMG_0002.heic\)"):
+        select_group(tmp_path / "iphone", "iphone")

@@ -84,3 +84,11 @@ def test_an_oserror_of_the_upload_itself_is_not_a_503(uploads: codec.UploadFolde
     with pytest.raises(ImageError, match="the uploaded image: the file is damaged") as err:
         uploads.decode(small_png(4, 4), max_pixels=10_000)
     assert not isinstance(err.value, codec.UploadSpaceError)
+
+
+def test_a_heif_upload_is_named_as_such_without_the_temporary_name(uploads: codec.UploadFolder) -> None:
+    heif = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 100
+    with pytest.raises(ImageError, match=r"the uploaded image: a HEIF \(HEIC\) image, a format adassr does not "
+                                         r"read") as err:
+        uploads.decode(heif, max_pixels=10_000)
+    assert "upload-" not in str(err.value)

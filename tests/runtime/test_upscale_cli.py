@@ -19,7 +19,7 @@ from adassr.runtime.pipeline import RuntimeOptions, Upscaler
 from adassr.runtime.store import FALLBACK_CAMERA
 from adassr.runtime.tiling import TilingOptions, plan_tiles
 from adassr.runtime.upscale_cli import add_upscale_arguments, run_upscale
-from adassr.runtime.upscalers import UpscalerEntry, runtime_upscalers
+from adassr.runtime.upscalers import UpscalerEntry, UpscalerRegistry, runtime_upscalers
 
 from ._models import fallback_and_canon, publish_camera
 
@@ -1099,3 +1099,67 @@ def test_a_run_that_fails_as_a_whole_leaves_a_report_that_says_so(store: Path, t
         _run(*base, "--providers", "cuda", "--require-providers")
     doc = json.loads(report.read_text())
     assert doc["finished"] is False and [f["status"] for f in doc["files"]] == ["not_done", "not_done"]
+
+
+def _heif(path: Path) -> Path:
+    """A file that begins as a phone's HEIF photo does (its ftyp box)."""
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 100)
+    return path
+
+
+def test_a_folders_heif_and_raw_photos_are_named_and_the_rest_upscaled(store: Path, tmp_path: Path) -> None:
+    """A phone's .heic photos beside its JPEGs were left out of a folder run without a word."""
+    src = _two_small_pngs(tmp_path / "in")
+    _heif(src / "IMG_0001.HEIC")
+    (src / "canon").mkdir()
+    _heif(src / "canon" / "IMG_0002.heic")
+    (src / "canon" / "DSC_0001.NEF").write_bytes(b"II*\x00" + b"\x00" * 60)
+    _heif(src / ".IMG_0003.HEIC")  # hidden: not a photo of the run
+    code, out, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--camera", "canon",
+                          "--no-progress")
+    assert code == 0, err
+    assert "note: 3 files in formats adassr does not read were left out" in err
+    assert "HEIF (HEIC) files (2: IMG_0001.HEIC, IMG_0002.heic)" in err and "raw files (1: DSC_0001.NEF)" in err
+    assert ".IMG_0003" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0.png", "img1.png"]
+    assert "2 ok, 0 failed" in out
+    phone = tmp_path / "phone"
+    phone.mkdir()
+    _heif(phone / "IMG_0009.HEIC")
+    with pytest.raises(ConfigError, match=r"no images in .*; 1 file in formats adassr does not read was left out: "
+                                          r"HEIF \(HEIC\) files \(1: IMG_0009.HEIC\): convert to JPEG or PNG"):
+        plan_outputs(phone, tmp_path / "o3", "auto")
+
+
+def test_a_run_none_of_whose_inputs_can_be_read_opens_no_model(tmp_path: Path) -> None:
+    """With an empty store, `upscale -i IMG.HEIC` exported the fallback backbone (a minute on 2 cores) before
+    it named the file it cannot read; no model is prepared or opened for inputs none of which can be read."""
+    calls: list[str] = []
+
+    def prepare(options, *, camera, samples):  # type: ignore[no-untyped-def]
+        calls.append("prepare")
+
+    def factory(options):  # type: ignore[no-untyped-def]
+        calls.append("factory")
+        raise AssertionError("no upscaler is built")
+
+    upscalers = UpscalerRegistry([UpscalerEntry("onnxruntime", factory, "test", prepare=prepare)])
+    src = tmp_path / "in"
+    src.mkdir()
+    _heif(src / "IMG_0001.jpg")  # renamed: the content decides
+    (src / "empty.png").write_bytes(b"")
+    parser = argparse.ArgumentParser()
+    add_upscale_arguments(parser, upscalers)
+    args = parser.parse_args(["-i", str(src), "-o", str(tmp_path / "out"), "--store", str(tmp_path / "none"),
+                              "--no-progress"])
+    out, err = io.StringIO(), io.StringIO()
+    assert run_upscale(args, upscalers=upscalers, stdout=out, stderr=err) == 1
+    assert calls == []
+    assert "IMG_0001.jpg: a HEIF (HEIC) image" in err.getvalue() and "empty.png: file is empty" in err.getvalue()
+    assert "0 ok, 2 failed" in out.getvalue() and "models: none" in out.getvalue()
+    assert not (tmp_path / "none").exists()
+    # one input that can be read: the run prepares and opens its model as before
+    write_image(src / "ok.png", np.full((12, 10, 3), 40, np.uint8))
+    with pytest.raises(AssertionError, match="no upscaler is built"):
+        run_upscale(args, upscalers=upscalers, stdout=io.StringIO(), stderr=io.StringIO())
+    assert calls == ["prepare", "factory"]
