@@ -30,7 +30,7 @@ from adassr.runtime.tempfiles import NAME_MAX, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
-_AUTO_EXT = {".mpo": ".jpg", ".bmp": ".png"}
+_AUTO_EXT = {".mpo": ".jpg", ".jfif": ".jpg", ".jpe": ".jpg", ".bmp": ".png"}
 
 def _output_suffix(ext: str, source: Path) -> str:
     if ext == "auto":

@@ -23,7 +23,7 @@
   ``--skip-existing`` keeps it and skips its input instead (an interrupted folder run resumes where
   it stopped: outputs are written atomically, so an existing one is complete). The output names are
   planned from all inputs first, so they are the same whether or not some are skipped.
-- ``--ext auto`` keeps the input's format where it can be written (MPO -> jpg, BMP -> png); WebP is
+- ``--ext auto`` keeps the input's format where it can be written (MPO, JFIF -> jpg, BMP -> png); WebP is
   written lossy at ``--quality`` (a lossless WebP input too).
 - Each image prints which model served it; a summary line ends the run.
 - Exit status: 0 all images done, 1 some failed, 2 a whole-run problem, checked before the first

@@ -13,8 +13,10 @@ from adassr.runtime.errors import ImageError
 DEFAULT_MAX_PIXELS = 100_000_000
 
 SUPPORTED_READ_SUFFIXES: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".mpo", ".webp", ".tif", ".tiff", ".bmp",
+    ".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".mpo", ".webp", ".tif", ".tiff", ".bmp",
 )
+"""Suffixes a folder's images are listed by (any case; ``.jfif`` and ``.jpe`` are JPEG files as browsers and
+messaging apps save them). The content decides the format when a file is read."""
 SUPPORTED_WRITE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 

@@ -181,7 +181,7 @@ def test_import_loads_no_torch() -> None:
 def test_constants() -> None:
     assert DEFAULT_MAX_PIXELS == 100_000_000
     assert set(SUPPORTED_WRITE_SUFFIXES) <= set(SUPPORTED_READ_SUFFIXES)
-    expected = {".png", ".jpg", ".jpeg", ".mpo", ".webp", ".tif", ".tiff", ".bmp"}
+    expected = {".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".mpo", ".webp", ".tif", ".tiff", ".bmp"}
     assert set(SUPPORTED_READ_SUFFIXES) == expected
 
 

@@ -224,10 +224,12 @@ def _empty_dir(tmp_path: Path) -> Path:
 def test_output_naming(tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()
-    for name in ("a.jpg", "a.png", "b.mpo", "b.JPG", "c.bmp", "d.txt"):
+    for name in ("a.jpg", "a.png", "b.mpo", "b.JPG", "c.bmp", "d.txt", "e.jfif", "f.JPE"):
         (src / name).write_bytes(b"x")
     pairs = {s.name: t.name for s, t in plan_outputs(src, tmp_path / "out", "auto")}
-    assert pairs == {"a.jpg": "a.jpg", "a.png": "a.png", "b.mpo": "b_mpo.jpg", "b.JPG": "b_jpg.jpg", "c.bmp": "c.png"}
+    # .jfif and .jpe: JPEG files as browsers and messaging apps save them (they were left out of a folder)
+    assert pairs == {"a.jpg": "a.jpg", "a.png": "a.png", "b.mpo": "b_mpo.jpg", "b.JPG": "b_jpg.jpg", "c.bmp": "c.png",
+                     "e.jfif": "e.jpg", "f.JPE": "f.jpg"}
     pairs = {s.name: t.name for s, t in plan_outputs(src, tmp_path / "out", "png")}
     assert pairs["a.jpg"] == "a_jpg.png" and pairs["a.png"] == "a_png.png"
     one = src / "a.jpg"
