@@ -79,14 +79,6 @@ def _unread_format_files(folders: Sequence[tuple[Path, Path]]) -> list[Path]:
     return found
 
 
-def left_out_photos(source: Path, output: Path) -> str | None:
-    """A note naming the files of a folder input (and its camera subfolders) that ``upscale`` leaves out for
-    their format (HEIF, raw, ...), with what to do; None when there are none or ``source`` is a file."""
-    if not source.is_dir():
-        return None
-    return left_out_note(_unread_format_files(_input_folders(source, output)))
-
-
 OUTPUT_MARKER = ".adassr-upscale-output"
 """Left in an output folder that lies in the input folder, one level down (where the run reads camera
 folders): it tells a later run that the images there are outputs, not photos to protect."""
@@ -220,8 +212,9 @@ def _folder_pairs(inputs: list[Path], target: Path, ext: str,
     return pairs
 
 
-def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]]:
-    """``(input, output)`` pairs for a file or a folder (see the module docstring)."""
+def plan_outputs(source: Path, output: Path, ext: str, *, notes: list[str] | None = None) -> list[tuple[Path, Path]]:
+    """``(input, output)`` pairs for a file or a folder (see the module docstring). With ``notes``, a list, a
+    note naming the files of a folder input left out for their format (HEIF, raw, ...) is appended to it."""
     for path, option in ((source, "-i"), (output, "-o")):
         try:
             os.lstat(path)
@@ -247,13 +240,15 @@ def plan_outputs(source: Path, output: Path, ext: str) -> list[tuple[Path, Path]
         subfolders = frozenset(target.name.lower() for _, target in folders[1:])
         for index, (folder, target) in enumerate(folders):
             pairs.extend(_folder_pairs(_list_images(folder), target, ext, subfolders if index == 0 else frozenset()))
+        note = left_out_note(_unread_format_files(folders))
         if not pairs:
-            note = left_out_note(_unread_format_files(folders))
             raise ConfigError(
                 f"no images in {source} or its subfolders (looked for {', '.join(SUPPORTED_READ_SUFFIXES)})"
                 + (f"; {note}" if note else "")
             )
         _check_no_input_overwritten(pairs)
+        if note is not None and notes is not None:
+            notes.append(note)
         return pairs
     is_file_target = output.suffix.lower() in SUPPORTED_WRITE_SUFFIXES and not output.is_dir()
     if is_file_target:

@@ -72,7 +72,6 @@ from adassr.runtime.links import broken_link
 from adassr.runtime.output_plan import (
     entry_exists,
     given_path,
-    left_out_photos,
     mark_output_in_input,
     plan_outputs,
     remove_stale_outputs,
@@ -448,9 +447,10 @@ def run_upscale(
         raise ConfigError(named_by_option(str(exc), _OPTION_OF_FIELD)) from None
     cores = intra_op_threads()  # a bad ADASSR_THREADS is a usage error before any image, even with --threads
     limit_opencv_threads(options.threads or cores)
-    pairs = plan_outputs(args.input, args.output, args.ext)
-    if (left_out := left_out_photos(args.input, args.output)) is not None:
-        say(f"note: {left_out}", stderr if stderr is not None else sys.stderr)
+    left_out: list[str] = []
+    pairs = plan_outputs(args.input, args.output, args.ext, notes=left_out)
+    for note in left_out:
+        say(f"note: {note}", stderr if stderr is not None else sys.stderr)
     if args.input.is_file() and not args.output.exists() and args.output.suffix and pairs[0][1] != args.output:
         say(f"note: {args.output} has no image suffix, so it is taken as a folder: writing "  # a typo such as .jgp
             f"{pairs[0][1]}", stderr if stderr is not None else sys.stderr)

@@ -62,7 +62,7 @@ from adassr.runtime.images._model import (
     note,
     profile_fits,
 )
-from adassr.runtime.images.camera_formats import RAW, advice, raw_tiff_problem, sniffed_format
+from adassr.runtime.images.camera_formats import DNG_VERSION_TAG, RAW, advice, raw_tiff_problem, sniffed_format
 from adassr.runtime.images.containers import (
     PNG_SIGNATURE,
     png_chunk_counts,
@@ -417,10 +417,13 @@ def _starts_like_tiff(source: Path | io.BytesIO) -> bool:
     return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _tiff_directory_damage(source: Path | io.BytesIO) -> str | None:
-    """What is wrong with a classic TIFF's first directory, when it or one of its values lies outside the
-    file (the file was cut short, or an offset damaged: Pillow then stops reading the directory at that
-    tag and takes the image for a layout it does not know); None when nothing is found."""
+_TiffEntry = tuple[int, int, int, int]
+"""A TIFF directory entry: tag, type, count, value or offset."""
+
+
+def _tiff_first_directory(source: Path | io.BytesIO) -> tuple[list[_TiffEntry], int] | str | None:
+    """A classic TIFF's first directory entries and the file's size; a str saying what is wrong when the
+    directory lies or runs outside the file; None for no classic TIFF header or an unreadable file."""
     try:
         with contextlib.ExitStack() as stack:
             fh: IO[bytes] = (io.BytesIO(source.getvalue()) if isinstance(source, io.BytesIO)
@@ -439,14 +442,31 @@ def _tiff_directory_damage(source: Path | io.BytesIO) -> str | None:
             raw = fh.read(12 * count)
             if len(raw) < 12 * count:
                 return "its first directory runs past the end of the file"
-            for k in range(count):
-                tag, kind, n, offset = struct.unpack_from(endian + "HHII", raw, 12 * k)
-                length = TIFF_TYPE_BYTES.get(kind, 0) * n
-                if length > 4 and offset + length > size:
-                    return f"the value of its tag {tag} lies outside the file"
+            entries = [struct.unpack_from(endian + "HHII", raw, 12 * k) for k in range(count)]
     except (OSError, struct.error):
         return None
+    return entries, size
+
+
+def _tiff_directory_damage(source: Path | io.BytesIO) -> str | None:
+    """What is wrong with a classic TIFF's first directory, when it or one of its values lies outside the
+    file (the file was cut short, or an offset damaged: Pillow then stops reading the directory at that
+    tag and takes the image for a layout it does not know); None when nothing is found."""
+    directory = _tiff_first_directory(source)
+    if directory is None or isinstance(directory, str):
+        return directory
+    entries, size = directory
+    for tag, kind, n, offset in entries:
+        length = TIFF_TYPE_BYTES.get(kind, 0) * n
+        if length > 4 and offset + length > size:
+            return f"the value of its tag {tag} lies outside the file"
     return None
+
+
+def _is_dng(source: Path | io.BytesIO) -> bool:
+    """Whether a classic TIFF's first directory holds the DNG version tag."""
+    directory = _tiff_first_directory(source)
+    return isinstance(directory, tuple) and any(tag == DNG_VERSION_TAG for tag, *_ in directory[0])
 
 
 @contextmanager
@@ -479,6 +499,9 @@ def _open_header(p: Path, source: io.BytesIO | None = None, *,
         if damage is not None:
             raise ImageError(f"{p}: a damaged TIFF: {damage} (the file was cut short or corrupted); re-copy or "
                              "re-export it") from e
+        if _is_dng(p if source is None else source):  # its first image the sensor's mosaic, as Android writes
+            raise ImageError(f"{p}: a DNG raw file (its first image is the sensor's undeveloped data); "
+                             f"{advice(RAW)}") from e
         if _starts_like_tiff(p if source is None else source):
             raise ImageError(
                 f"{p}: a TIFF whose pixel layout the decoder does not take (32-bit float or integer colour, or "

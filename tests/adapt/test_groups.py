@@ -476,3 +476,23 @@ def test_heif_and_raw_photos_are_named_as_skipped_and_a_group_of_them_only_says_
     with pytest.raises(CameraError, match=r"no images found in .*\. 2 files in formats adassr does not read were "
                                           r"left out: HEIF \(HEIC\) files \(2: IMG_0001.HEIC, IMG_0002.heic\)"):
         select_group(tmp_path / "iphone", "iphone")
+
+
+def test_heif_files_only_are_skipped_and_those_of_the_folder_given_are_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder named like a photo, and macOS's hidden ._IMG.HEIC companions, are no photos left out; the loose
+    HEIF photos of a folder given as --images with its own camera name are the group's."""
+    import logging
+
+    phone = tmp_path / "iphone"
+    (phone / "album.heic").mkdir(parents=True)
+    _noise_png(phone / "a.png")
+    _heif(phone / "IMG_0001.HEIC")
+    _heif(phone / "._IMG_0001.HEIC")
+    assert [s.path.name for s in scan_groups(phone).skipped] == ["IMG_0001.HEIC"]
+    assert [s.path.name for s in scan_groups(tmp_path).skipped] == ["IMG_0001.HEIC"]
+    with caplog.at_level(logging.WARNING):
+        assert [m.path.name for m in select_group(phone, "iphone").members] == ["a.png"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("camera group 'iphone': 1 file in formats adassr does not read was left out: HEIF (HEIC) files "
+               "(1: IMG_0001.HEIC)" in w for w in warnings), warnings

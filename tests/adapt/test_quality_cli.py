@@ -158,6 +158,8 @@ def test_folders_are_scored_image_by_image_and_paired_by_file_stem(
     (empty / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40)
     assert "no images in the folder" in (err := _fail(capsys, "niqe", str(empty)))
     assert "HEIF (HEIC) files (1: IMG_0001.HEIC): convert to JPEG or PNG first" in err
+    (empty / "album.heic").mkdir()  # a folder: no photo left out
+    assert "(1: IMG_0001.HEIC)" in (err := _fail(capsys, "niqe", str(empty))) and "album.heic" not in err
 
 
 def test_lpips_without_weights(

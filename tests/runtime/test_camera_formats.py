@@ -41,7 +41,7 @@ def _tiff(path: Path, tags: dict[int, tuple[int, object]], size: tuple[int, int]
 
 @pytest.mark.parametrize(("head", "kind"), [
     (_ftyp(b"heic"), HEIF), (_ftyp(b"mif1"), HEIF), (_ftyp(b"heix"), HEIF),
-    (_ftyp(b"avif"), AVIF), (_ftyp(b"crx "), RAW),
+    (_ftyp(b"avif"), AVIF), (_ftyp(b"avis"), AVIF), (_ftyp(b"crx "), RAW),
     (b"\xff\x0a\xfa\x7f" + b"\x00" * 28, JPEG_XL), (b"\x00\x00\x00\x0cJXL \r\n\x87\n" + b"\x00" * 20, JPEG_XL),
     (b"IIRO\x08\x00\x00\x00" + b"\x00" * 24, RAW), (b"IIU\x00\x08\x00\x00\x00" + b"\x00" * 24, RAW),
     (b"FUJIFILMCCD-RAW 0201" + b"\x00" * 12, RAW), (b"II*\x00\x10\x00\x00\x00CR\x02\x00" + b"\x00" * 20, RAW),
@@ -137,3 +137,46 @@ def test_the_note_counts_and_names_the_files_left_out_by_kind() -> None:
     assert ".IMG_9" not in note and "a.jpg" not in note
     assert (left_out_note([Path("x.heif")]) or "").startswith("1 file in formats adassr does not read was left out")
     assert left_out_note([Path("a.jpg"), Path(".b.heic")]) is None
+
+
+def test_a_canon_cr2_that_pillow_opens_is_refused_not_read_as_its_first_image(tmp_path: Path) -> None:
+    """A CR2 is a TIFF with Canon's ``CR`` mark after its header and no DNG nor preview tag in its first
+    directory: Pillow opens it at that image (a preview), which must be refused as a raw file."""
+    width, height = 8, 6
+    entries = [(256, 3, width), (257, 3, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 0),
+               (277, 3, 1), (278, 3, height), (279, 4, width * height)]
+    ifd_at = 16
+    pixels_at = ifd_at + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", tag, kind, 1, pixels_at if tag == 273 else value) if kind == 4
+        else struct.pack("<HHIHH", tag, kind, 1, value, 0) for tag, kind, value in entries) + b"\x00" * 4
+    cr2 = tmp_path / "IMG_0001.tif"  # renamed: the content decides
+    cr2.write_bytes(b"II*\x00" + struct.pack("<I", ifd_at) + b"CR\x02\x00" + b"\x00" * 4 + ifd
+                    + bytes(width * height))
+    plain = tmp_path / "plain.tif"
+    plain.write_bytes(cr2.read_bytes()[:8] + b"\x00" * 8 + cr2.read_bytes()[16:])  # the same without the mark
+    assert read_image(plain).pixels.shape[:2] == (height, width)
+    for reader in (read_image, read_image_size):
+        with pytest.raises(ImageError, match=r"IMG_0001\.tif: a raw camera file \(Canon CR2\).*develop"):
+            reader(cr2)
+
+
+def test_a_dng_whose_first_image_is_the_sensors_mosaic_is_named_a_dng(tmp_path: Path) -> None:
+    """Android's DngCreator without a thumbnail puts the colour-filter-array data first, which Pillow cannot
+    open: it was told to convert 'an unusual sample layout' to 8- or 16-bit RGB, not to develop a raw file."""
+    dng = _tiff(tmp_path / "IMG_20261207.dng", {50706: (1, b"\x01\x04\x00\x00")})
+    data = bytearray(dng.read_bytes())
+    at = data.find(struct.pack("<HHI", 262, 3, 1))  # Photometric, RGB -> colour filter array (32803)
+    assert at > 0
+    data[at + 8:at + 10] = struct.pack("<H", 32803)
+    dng.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"IMG_20261207\.dng: a DNG raw file \(its first image is the sensor's "
+                                         r"undeveloped data\); develop to a 16-bit TIFF"):
+        read_image(dng)
+    plain = _tiff(tmp_path / "cfa.tif", {})  # the same layout without the DNG tag: the general message
+    data = bytearray(plain.read_bytes())
+    at = data.find(struct.pack("<HHI", 262, 3, 1))
+    data[at + 8:at + 10] = struct.pack("<H", 32803)
+    plain.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="a TIFF whose pixel layout the decoder does not take"):
+        read_image(plain)

@@ -1165,3 +1165,69 @@ def test_a_run_none_of_whose_inputs_can_be_read_opens_no_model(tmp_path: Path) -
     with pytest.raises(AssertionError, match="no upscaler is built"):
         run_upscale(args, upscalers=upscalers, stdout=io.StringIO(), stderr=io.StringIO())
     assert calls == ["prepare", "factory"]
+
+
+def test_the_heif_note_names_files_only(tmp_path: Path) -> None:
+    """Folders named like HEIF photos, hidden files (macOS's ._IMG.HEIC) and a file input are no photos left out."""
+    src = _two_small_pngs(tmp_path / "in")
+    (src / "album.heic").mkdir()  # a folder, not a photo
+    (src / "canon").mkdir()
+    _heif(src / "canon" / "._IMG_0002.HEIC")
+    _heif(src / "canon" / "IMG_0002.HEIC")
+    notes: list[str] = []
+    plan_outputs(src, tmp_path / "out", "auto", notes=notes)
+    (note,) = notes
+    assert note.startswith("1 file in formats adassr does not read was left out: HEIF (HEIC) files (1: IMG_0002.HEIC)")
+    assert "album.heic" not in note and "._IMG" not in note
+    for one in (src / "img0.png", src / "canon" / "IMG_0002.HEIC"):  # a file input: nothing left out
+        notes.clear()
+        plan_outputs(one, tmp_path / "out", "auto", notes=notes)
+        assert notes == []
+
+
+def test_a_folder_runs_warnings_about_its_folders_come_once(store: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The note about HEIF photos listed the folders a second time, and each warning about a folder not read
+    (a link to another, an earlier run's output) came twice."""
+    src = _two_small_pngs(tmp_path / "in")
+    (src / "canon").mkdir()
+    _heif(src / "canon" / "IMG_0002.HEIC")
+    (src / "canon_link").symlink_to(src / "canon", target_is_directory=True)
+    with caplog.at_level(logging.WARNING):
+        code, _, err = _run("-i", str(src), "-o", str(tmp_path / "out"), "--store", str(store), "--camera", "canon",
+                            "--no-progress")
+    assert code == 0, err
+    warned = [r.getMessage() for r in caplog.records if "not reading" in r.getMessage()]
+    assert len(warned) == 1 and "canon_link" in warned[0]
+    assert err.count("formats adassr does not read") == 1
+
+
+def test_a_run_none_of_whose_inputs_can_be_read_counts_the_kept_outputs(tmp_path: Path) -> None:
+    """--skip-existing's kept outputs are counted in the summary of a run that opens no model too."""
+    def factory(options):  # type: ignore[no-untyped-def]
+        raise AssertionError("no upscaler is built")
+
+    upscalers = UpscalerRegistry([UpscalerEntry("onnxruntime", factory, "test")])
+    src = tmp_path / "in"
+    src.mkdir()
+    _heif(src / "IMG_0001.jpg")
+    _heif(src / "IMG_0002.jpg")
+    (tmp_path / "out").mkdir()
+    write_image(tmp_path / "out" / "IMG_0001.jpg", np.full((8, 8, 3), 40, np.uint8))
+    parser = argparse.ArgumentParser()
+    add_upscale_arguments(parser, upscalers)
+    args = parser.parse_args(["-i", str(src), "-o", str(tmp_path / "out"), "--store", str(tmp_path / "none"),
+                              "--no-progress", "--skip-existing"])
+    out, err = io.StringIO(), io.StringIO()
+    assert run_upscale(args, upscalers=upscalers, stdout=out, stderr=err) == 1
+    assert "upscaled 0 ok, 1 failed" in out.getvalue() and "models: none; 1 skipped: output exists" in out.getvalue()
+    assert "IMG_0002.jpg: a HEIF (HEIC) image" in err.getvalue()
+
+
+def test_a_run_none_of_whose_inputs_could_be_read_refuses_a_file_replaced_meanwhile(tmp_path: Path) -> None:
+    from adassr.runtime.images import LoadedImage
+    from adassr.runtime.upscale_cli import _NoInputReadable
+
+    image = LoadedImage(np.zeros((4, 4, 3), np.uint8), None, 8, None, None, tmp_path / "a.png")
+    with pytest.raises(StoreError, match=r"a\.png: no model was opened for this run"):
+        _NoInputReadable().upscale(image)
