@@ -28,7 +28,14 @@ from adassr.adapt.ema import WeightEma
 from adassr.adapt.loop import Perceptual, external_batch, external_trainer
 from adassr.adapt.precision import Precision
 from adassr.runtime.errors import ConfigError, ImageError
-from adassr.runtime.images import INCOMPLETE_SCANS, is_image_file, read_image, read_image_size, to_float32
+from adassr.runtime.images import (
+    INCOMPLETE_SCANS,
+    is_image_file,
+    read_image,
+    read_image_size,
+    to_float32,
+    used_peak,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +180,8 @@ def load_external_images(paths: Sequence[Path], *, min_side: int, root: Path) ->
     for path in paths:
         notes: list[str] = []
         try:
-            pixels = to_float32(read_image(path, notes=notes).pixels)
+            raw = read_image(path, notes=notes).pixels
+            pixels = to_float32(raw, peak=used_peak(raw))  # as upscale serves it
         except ImageError as exc:
             reasons.append(str(exc))
             continue

@@ -261,7 +261,7 @@ def _decode_members(members: Sequence[GroupMember],
     """The members that decode, and their pixels as float32 RGB; a file that fails goes to ``errors``, and so
     does a progressive JPEG whose scans stop before its picture is complete (cut between two scans): its
     missing detail would read as the camera's blur to the kernel estimate and the training pairs."""
-    from adassr.runtime.images import INCOMPLETE_SCANS, read_image, to_float32
+    from adassr.runtime.images import INCOMPLETE_SCANS, read_image, to_float32, used_peak
 
     decoded, images = [], []
     for member in members:
@@ -287,7 +287,7 @@ def _decode_members(members: Sequence[GroupMember],
                                                                              "over 99%" if clear < 1 else "all")
                 log.warning("%s: %s of its pixels are transparent; adaptation trains on the colours stored under "
                             "them (its alpha is not used): adapt on opaque photos of the camera", member.path, share)
-        pixels = to_float32(loaded.pixels)
+        pixels = to_float32(loaded.pixels, peak=used_peak(loaded.pixels))  # as upscale serves it
         if pixels.shape[2] == 1:
             pixels = np.repeat(pixels, 3, axis=2)
         decoded.append(member)

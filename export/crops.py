@@ -123,9 +123,10 @@ def usable_photo(path: Path) -> bool:
 
 def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     """A photo as float32 RGB H x W x 3 in [0, 1] (grey replicated, alpha dropped)."""
-    from adassr.runtime.images import read_image, to_float32
+    from adassr.runtime.images import read_image, to_float32, used_peak
 
-    pixels = to_float32(read_image(path).pixels)
+    raw = read_image(path).pixels
+    pixels = to_float32(raw, peak=used_peak(raw))  # as upscale serves it
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
     return np.ascontiguousarray(pixels[:, :, :3], dtype=np.float32)

@@ -1,6 +1,8 @@
 """Image -> model -> output: colour handling, alpha, bit depth, tiling and ``outscale``.
 
-- Colour: the model sees RGB float32 in [0, 1] (uint8 / 255, uint16 / 65535). A grey image is
+- Colour: the model sees RGB float32 in [0, 1] (uint8 / 255, uint16 / 65535, or a 16-bit image whose
+  values stop at 1023, 4095 or 16383, the 10-, 12- or 14-bit samples of scientific cameras, divided by
+  that: :func:`adassr.runtime.images.convert.used_peak`; the output keeps that range). A grey image is
   replicated to RGB for the model and brought back to grey with BT.601 luma
   (0.299 R + 0.587 G + 0.114 B, what OpenCV's RGB2GRAY, Pillow's "L" and Real-ESRGAN's inference
   script use), so a model that tints slightly cannot shift the grey level the way a plain channel
@@ -43,6 +45,7 @@ from adassr.runtime.backends.onnxruntime import resolve_providers
 from adassr.runtime.backends.ort_options import CUDA_EP, TRT_EP, GpuProviderSettings
 from adassr.runtime.errors import AdassrError, BackendError, ConfigError, ImageTooLargeError
 from adassr.runtime.images import LoadedImage
+from adassr.runtime.images.convert import used_peak
 from adassr.runtime.routing import (
     RouteDecision,
     check_serving_precision,
@@ -167,15 +170,15 @@ class NonFiniteOutputError(BackendError):
     """The model's output has NaN or Inf values (the message names the model when the route is known)."""
 
 
-def _finisher(channels: int, dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray], None]:
+def _finisher(channels: int, dtype: np.dtype, top: float) -> Callable[[np.ndarray, np.ndarray], None]:
     """``finish(block, dest)``: a float32 RGB block (H x W x 3, any strides) clipped, made grey by luma
     for ``channels`` 1, rounded and written into ``dest`` (H x W x ``channels`` of ``dtype``).
 
     RGB is worked on channel by channel (``block`` is mostly a view of the model's channels-first
     tile, whose planes have contiguous rows) and interleaved once, as integers, straight into
     ``dest``: a transposing float copy and four more full passes took a quarter of the time spent
-    outside the model (a helper's profile of 4000x3000 inputs at x4)."""
-    peak = np.float32(np.iinfo(dtype).max)
+    outside the model (a helper's profile of 4000x3000 inputs at x4). The model's 1.0 becomes ``top``."""
+    peak = np.float32(top)
 
     def check_finite(work: np.ndarray) -> None:
         if not (np.isfinite(work.min()) and np.isfinite(work.max())):  # a NaN or an Inf reaches min or max
@@ -248,14 +251,14 @@ def upscale_pixels(
     target = check_output_budget(h, w, scale, factor, max_output_pixels)
     if check_output is not None:
         check_output(*target)
-    peak = np.float32(np.iinfo(pixels.dtype).max)
+    peak = np.float32(used_peak(pixels))  # a 12-bit camera's 16-bit file: 4095, not 65535
 
     def to_float(tile: np.ndarray) -> np.ndarray:
         rgb = tile.astype(np.float32) / peak
         return np.repeat(rgb, 3, axis=2) if channels == 1 else rgb
 
     out = np.empty((h * scale, w * scale, channels), dtype=pixels.dtype)
-    finish = _finisher(channels, pixels.dtype)
+    finish = _finisher(channels, pixels.dtype, float(peak))
 
     def sink(y: int, x: int, block: np.ndarray) -> None:
         finish(block, out[y : y + block.shape[0], x : x + block.shape[1]])

@@ -18,7 +18,7 @@ from adassr.runtime.images._model import (
     is_image_file,
     unreadable_image_entry,
 )
-from adassr.runtime.images.convert import from_float32, to_float32
+from adassr.runtime.images.convert import from_float32, to_float32, used_peak
 from adassr.runtime.images.orientation import apply_orientation
 from adassr.runtime.images.read import (
     INCOMPLETE_SCANS,
@@ -61,5 +61,6 @@ __all__ = [
     "size_problem",
     "to_float32",
     "unreadable_image_entry",
+    "used_peak",
     "write_image",
 ]

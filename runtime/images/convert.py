@@ -17,12 +17,40 @@ def _array(a: object, what: str) -> np.ndarray:
     return a
 
 
-def to_float32(a: np.ndarray) -> np.ndarray:
-    """uint8 or uint16 -> float32 in [0, 1] (divided by 255 or 65535); a new array."""
-    peak = _MAX.get(_array(a, "to_float32").dtype.newbyteorder("="))  # a big-endian uint16 (from a file) is uint16 too
-    if peak is None:
+SAMPLE_PEAKS: tuple[int, ...] = (1023, 4095, 16383, 65535)
+"""The top levels of 10-, 12-, 14- and 16-bit samples, which 16-bit files hold (see :func:`used_peak`)."""
+
+
+def used_peak(a: np.ndarray) -> int:
+    """The level a model's 1.0 stands for in ``a``'s pixels: 255 for uint8; for uint16 the smallest of
+    :data:`SAMPLE_PEAKS` that holds ``a``'s largest value.
+
+    Scientific, microscope and machine-vision cameras store 10-, 12- or 14-bit samples in 16-bit files
+    (a 12-bit image's values stop at 4095) and say so nowhere a reader can rely on. Divided by 65535 such
+    an image is 16 times darker than its camera made it, and the model, which learnt photos, served it as
+    another picture: the fallback backbone's output of a crop of the canon sample at 10 / 12 / 14 bits was
+    5 / 18 / 28 dB from the same crop served at full range (``benchmarks/sample_range.py``). Served at its
+    sample range, and brought back to it, it comes out as the full-range photo would (62-85 dB, rounding).
+    A 16-bit photo under a quarter of full range everywhere is served stretched the same way.
+    """
+    dtype = _array(a, "used_peak").dtype.newbyteorder("=")
+    if dtype == np.uint8:
+        return 255
+    if dtype != np.uint16:
+        raise ImageError(f"used_peak expects uint8 or uint16 pixels, got {a.dtype}")
+    top = int(a.max()) if a.size else 0
+    return next(peak for peak in SAMPLE_PEAKS if top <= peak)
+
+
+def to_float32(a: np.ndarray, *, peak: int | None = None) -> np.ndarray:
+    """uint8 or uint16 -> float32, divided by ``peak`` (default 255 or 65535, the container's range; the
+    model's input takes :func:`used_peak`); a new array."""
+    full = _MAX.get(_array(a, "to_float32").dtype.newbyteorder("="))  # a big-endian uint16 (from a file) is uint16 too
+    if full is None:
         raise ImageError(f"to_float32 expects uint8 or uint16 pixels, got {a.dtype}")
-    return a.astype(np.float32) / np.float32(peak)
+    if peak is not None and (isinstance(peak, bool) or not isinstance(peak, int) or not 0 < peak <= full):
+        raise ConfigError(f"peak must be an integer in 1-{full} for {a.dtype} pixels, got {peak!r}")
+    return a.astype(np.float32) / np.float32(full if peak is None else peak)
 
 
 def from_float32(a: np.ndarray, bit_depth: int) -> np.ndarray:

@@ -409,3 +409,27 @@ def test_images_too_small_for_the_estimated_kernel_are_named_and_left_out(caplog
     record = _pairs_record(usable, list(names[1:]), (), requested_lr_patch=12)
     assert record["images_skipped"] == [{"path": "/x/a_small.png", "width": 40, "height": 40,
                                          "reason": f"smaller than {usable.minimum} LR px per side"}]
+
+
+def test_a_12_bit_camera_image_trains_at_its_sample_range_as_upscale_serves_it(tmp_path: Path) -> None:
+    """A 16-bit file of 12-bit samples was divided by 65535 for training while upscale now serves it divided
+    by 4095: the adapted model would have learnt a 16 times darker camera than the one it serves."""
+    import numpy as np
+
+    from adassr.adapt.groups import GroupMember
+    from adassr.adapt.run import _decode_members
+    from adassr.runtime.images import write_image
+
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 4096, (30, 40, 3)).astype(np.uint16)
+    pixels[0, 0] = 4095
+    write_image(tmp_path / "scope.tif", pixels)
+    full = pixels.astype(np.uint16) * 16  # the same at 16 bits' range: served as it is
+    write_image(tmp_path / "full.png", full)
+    errors: list = []
+    _, (twelve, sixteen) = _decode_members([GroupMember(tmp_path / "scope.tif", "folder"),
+                                            GroupMember(tmp_path / "full.png", "folder")], errors)
+    assert errors == []
+    np.testing.assert_allclose(twelve, pixels / 4095.0, atol=1e-6)
+    assert twelve.max() == 1.0
+    np.testing.assert_allclose(sixteen, full / 65535.0, atol=1e-6)

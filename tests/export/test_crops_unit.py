@@ -123,3 +123,11 @@ def test_a_photo_exactly_the_crop_size_is_used_for_the_fp16_check(tmp_path: Path
     pixels = (np.random.default_rng(5).random((24, 24, 3)) * 255).astype(np.uint8)
     crops = photo_crops([write_image(tmp_path / "exact.png", pixels)], size=24)
     assert crops is not None and crops.batch.shape == (1, 3, 24, 24)
+
+
+def test_a_12_bit_photo_reads_at_its_sample_range(tmp_path: Path) -> None:
+    """The export's validation crops are read as upscale serves them: 12-bit samples divided by 4095."""
+    scope = np.random.default_rng(1).integers(0, 4096, (20, 30)).astype(np.uint16)
+    scope[0, 0] = 4095
+    rgb = read_rgb(write_image(tmp_path / "scope.png", scope))
+    np.testing.assert_allclose(rgb[:, :, 0], scope / 4095.0, atol=1e-6)

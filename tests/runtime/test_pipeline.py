@@ -151,6 +151,58 @@ def test_tiles_are_finished_as_clip_scale_and_round_of_the_blended_output(dtype:
     assert out.min() == 0 and out.max() == peak  # the overshoot was clipped on both sides
 
 
+@pytest.mark.parametrize("bits", [10, 12, 14])
+def test_a_16_bit_file_of_fewer_bits_is_served_at_its_sample_range(bits: int) -> None:
+    """A microscope's 12-bit samples in a 16-bit file were divided by 65535: the model saw them 16 times too
+    dark (the fallback backbone served a 12-bit crop 18 dB from its full-range output). The model now sees them
+    divided by 2^bits - 1, and the output keeps that range: the same result as the full-range file, scaled."""
+    from adassr.runtime.images.convert import used_peak
+    from adassr.runtime.tiling import upscale_tiled
+
+    top = 2**bits - 1
+    rng = np.random.default_rng(bits)
+    pixels = rng.integers(0, top + 1, (40, 50, 3)).astype(np.uint16)
+    pixels[0, 0, 0] = top
+    assert used_peak(pixels) == top
+    seen: list[float] = []
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        seen.append(float(batch.max()))
+        return _overshooting_model(batch)
+
+    tiling = TilingOptions(tile=32, overlap=8)
+    out, _ = upscale_pixels(pixels, model, scale=4, tiling=tiling)
+    assert max(seen) == 1.0  # the brightest sample is the model's white, not 1/16 of it
+    blended = upscale_tiled(pixels.astype(np.float32) / np.float32(top), _overshooting_model, scale=4, options=tiling)
+    want = np.rint(np.clip(blended, 0.0, 1.0) * np.float32(top)).astype(np.uint16)
+    assert np.array_equal(out, want) and out.max() == top  # clipped to the sample range, not to 65535
+    full = (pixels.astype(np.uint32) * 65535 // top).astype(np.uint16)  # the same photo at full range
+    out_full, _ = upscale_pixels(full, _overshooting_model, scale=4, tiling=tiling)
+    assert np.abs(out.astype(np.float64) / top - out_full.astype(np.float64) / 65535).max() < 1.5 / top
+
+
+def test_the_sample_range_of_uint16_pixels_is_the_smallest_that_holds_them() -> None:
+    from adassr.runtime.images.convert import used_peak
+
+    for top, want in ((0, 1023), (1023, 1023), (1024, 4095), (4095, 4095), (4096, 16383), (16383, 16383),
+                      (16384, 65535), (65535, 65535)):
+        px = np.zeros((3, 4, 1), np.uint16)
+        px[2, 3, 0] = top
+        assert used_peak(px) == want, top
+        assert used_peak(px.astype(">u2")) == want  # a big-endian file's array
+    assert used_peak(np.full((2, 2, 3), 7, np.uint8)) == 255  # 8-bit: the full range, whatever the values
+    assert used_peak(np.zeros((0, 0, 3), np.uint16)) == 1023
+    with pytest.raises(ImageError, match="uint8 or uint16"):
+        used_peak(np.zeros((2, 2, 3), np.float32))
+    assert to_float32(np.array([[[4095]]], np.uint16), peak=4095)[0, 0, 0] == 1.0
+    assert to_float32(np.array([[[4095]]], np.uint16))[0, 0, 0] == np.float32(4095 / 65535)
+    for bad in (0, 65536, True, 2.0):
+        with pytest.raises(ConfigError, match="peak must be an integer in 1-65535"):
+            to_float32(np.zeros((1, 1, 1), np.uint16), peak=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="peak must be an integer in 1-255"):
+        to_float32(np.zeros((1, 1, 1), np.uint8), peak=1023)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("band", ["middle", "border"])  # a tile's own pixels; its border, which the seams blend
 def test_any_non_finite_value_is_an_error(rgb8: np.ndarray, bad: float, band: str) -> None:
