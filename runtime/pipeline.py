@@ -266,6 +266,8 @@ def upscale_pixels(
     run_tiles(pixels, infer, scale=scale, options=tiling, sink=sink, multiple_of=multiple_of,
               to_float=to_float, progress=progress)
     result = resize(out, target)
+    if peak < np.iinfo(pixels.dtype).max:  # cubic enlarging overshoots: keep a 12-bit image's output 12-bit
+        np.minimum(result, pixels.dtype.type(peak), out=result)
     out_alpha = None if alpha is None else resize(alpha, target)
     return result, out_alpha
 

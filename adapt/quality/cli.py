@@ -247,7 +247,7 @@ def _lpips_scorer(device: str, crop: int) -> Callable[[Any, Any], float]:
                           "--device cpu") from exc
 
     def tensor(pixels: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(to_float32(pixels)).permute(2, 0, 1)
+        x = torch.from_numpy(pixels if pixels.dtype == np.float32 else to_float32(pixels)).permute(2, 0, 1)
         if x.shape[0] == 1:
             x = x.expand(3, -1, -1)
         if crop:
@@ -310,6 +310,26 @@ def run_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_sample_range(image: Any, reference: Any) -> tuple[Any, Any]:
+    """16-bit pixels as float32 at their sample range, as ``upscale`` serves them (``used_peak``): a 12-bit
+    camera's file (values up to 4095) was scored as a 16 times darker picture (NIQE 11.3 against 4.7 for the
+    same crop at full range). A pair of 16-bit files shares the larger range, so their difference is
+    measured on one scale; 8-bit pixels are passed as they are."""
+    import numpy as np
+
+    from adassr.runtime.images import to_float32, used_peak
+
+    wide = [a for a in (image, reference) if a is not None and a.dtype == np.uint16]
+    if not wide:
+        return image, reference
+    peak = max(used_peak(a) for a in wide)
+
+    def scaled(a: Any) -> Any:
+        return to_float32(a, peak=peak) if a is not None and a.dtype == np.uint16 else a
+
+    return scaled(image), scaled(reference)
+
+
 def _score_all(args: argparse.Namespace, pairs: list[tuple[str, Any]], scorer: Callable[..., float],
                scores: list[tuple[str, float]], failed: list[tuple[str, str]]) -> None:
     """Score each pair in order into ``scores`` / ``failed``; without --json each score's line is printed as it
@@ -334,7 +354,7 @@ def _score_all(args: argparse.Namespace, pairs: list[tuple[str, Any]], scorer: C
                     f"image is {image.shape[1]}x{image.shape[0]} but its reference {ref} is "
                     f"{reference.shape[1]}x{reference.shape[0]}: pair images of the same size"
                 )
-            score = scorer(image, reference)
+            score = scorer(*_at_sample_range(image, reference))
             if math.isnan(score):
                 raise ConfigError(f"{args.metric} is undefined (NaN) on this image: too flat or smooth for its "
                                   "statistics")

@@ -433,3 +433,33 @@ def test_a_12_bit_camera_image_trains_at_its_sample_range_as_upscale_serves_it(t
     np.testing.assert_allclose(twelve, pixels / 4095.0, atol=1e-6)
     assert twelve.max() == 1.0
     np.testing.assert_allclose(sixteen, full / 65535.0, atol=1e-6)
+
+
+def test_12_bit_grey_and_transparent_images_train_at_the_range_of_all_their_samples(tmp_path: Path) -> None:
+    """Grey images, images with alpha and images whose brightest sample is the last row's blue are all
+    divided by their sample range over every pixel and channel (upscale's :func:`used_peak`), and so are
+    --external-hr images."""
+    import numpy as np
+
+    from adassr.adapt.external import load_external_images
+    from adassr.adapt.groups import GroupMember
+    from adassr.adapt.run import _decode_members
+    from adassr.runtime.images import write_image
+
+    rng = np.random.default_rng(6)
+    grey = rng.integers(0, 1024, (30, 40)).astype(np.uint16)
+    grey[-1, -1] = 4095
+    rgb = rng.integers(0, 1024, (30, 40, 3)).astype(np.uint16)
+    rgb[-1, -1, 2] = 4095
+    alpha = np.full((30, 40), 65535, np.uint16)
+    paths = [write_image(tmp_path / "grey.png", grey), write_image(tmp_path / "rgb.png", rgb),
+             write_image(tmp_path / "rgba.png", rgb, alpha=alpha)]
+    errors: list = []
+    _, images = _decode_members([GroupMember(Path(p), "folder") for p in paths], errors)
+    assert errors == [] and len(images) == 3
+    np.testing.assert_allclose(images[0], np.repeat(grey[..., None], 3, axis=2) / 4095.0, atol=1e-6)
+    for image in images[1:]:
+        np.testing.assert_allclose(image, rgb / 4095.0, atol=1e-6)
+    external = load_external_images([Path(p) for p in paths[:2]], min_side=8, root=tmp_path)
+    np.testing.assert_allclose(external[0], images[0], atol=1e-6)
+    np.testing.assert_allclose(external[1], images[1], atol=1e-6)

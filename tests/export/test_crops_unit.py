@@ -131,3 +131,11 @@ def test_a_12_bit_photo_reads_at_its_sample_range(tmp_path: Path) -> None:
     scope[0, 0] = 4095
     rgb = read_rgb(write_image(tmp_path / "scope.png", scope))
     np.testing.assert_allclose(rgb[:, :, 0], scope / 4095.0, atol=1e-6)
+
+
+def test_a_12_bit_rgb_photo_reads_at_the_range_of_all_its_channels(tmp_path: Path) -> None:
+    """The sample range is every channel's: the brightest sample here is the last pixel's blue."""
+    scope = np.random.default_rng(2).integers(0, 1024, (20, 30, 3)).astype(np.uint16)
+    scope[-1, -1, 2] = 4095
+    rgb = read_rgb(write_image(tmp_path / "scope.png", scope))
+    np.testing.assert_allclose(rgb, scope / 4095.0, atol=1e-6)

@@ -181,6 +181,62 @@ def test_a_16_bit_file_of_fewer_bits_is_served_at_its_sample_range(bits: int) ->
     assert np.abs(out.astype(np.float64) / top - out_full.astype(np.float64) / 65535).max() < 1.5 / top
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_sample_range_is_the_whole_images_in_every_channel_and_grey_keeps_it(channels: int) -> None:
+    """The range is taken over the whole image (every tile's and every channel's values: the brightest sample
+    here is the last row's blue, or grey's last pixel), before tiling; a grey 12-bit image is served and
+    finished at 4095 too, and an opaque 16-bit alpha does not widen the pixels' range."""
+    from adassr.runtime.tiling import upscale_tiled
+
+    rng = np.random.default_rng(11)
+    pixels = rng.integers(0, 1024, (70, 90, channels)).astype(np.uint16)
+    pixels[-1, -1, -1] = 4095  # the only sample above 1023: a 12-bit image
+    alpha = np.full((70, 90), 65535, np.uint16)
+    seen: list[float] = []
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        seen.append(float(batch.max()))
+        return _overshooting_model(batch)
+
+    tiling = TilingOptions(tile=32, overlap=8)
+    out, out_alpha = upscale_pixels(pixels, model, scale=4, tiling=tiling, alpha=alpha)
+    assert max(seen) == 1.0  # the brightest sample was the model's white
+    rgb = np.repeat(pixels, 3, axis=2) if channels == 1 else pixels
+    work = np.clip(upscale_tiled(rgb.astype(np.float32) / np.float32(4095), _overshooting_model, scale=4,
+                                 options=tiling), 0.0, 1.0)
+    if channels == 1:
+        from adassr.runtime.pipeline import LUMA_BT601
+
+        work = np.clip((work @ LUMA_BT601)[..., None], 0.0, 1.0)
+    want = np.rint(work * np.float32(4095)).astype(np.uint16)
+    assert np.array_equal(out, want) and out.max() == 4095
+    assert out_alpha is not None and out_alpha.min() == 65535  # alpha keeps its own (full) range
+
+
+def test_to_float32_divides_by_each_sample_range_peak() -> None:
+    for peak in (1023, 4095, 16383, 65535):
+        a = np.array([[[peak, 0, peak // 2]]], np.uint16)
+        assert to_float32(a, peak=peak)[0, 0, 0] == 1.0, peak
+        assert to_float32(a.astype(">u2"), peak=peak)[0, 0, 0] == 1.0, peak
+    assert to_float32(np.array([[[255]]], np.uint8), peak=255)[0, 0, 0] == 1.0
+
+
+def test_an_outscale_above_the_models_scale_keeps_the_sample_range() -> None:
+    """Cubic enlarging (--outscale 8 from a x4 model) overshoots at edges: a 12-bit image's output held values
+    above 4095, so it read as 14-bit and a second upscale or an adaptation saw it 4 times too dark."""
+    from adassr.runtime.images.convert import used_peak
+
+    pixels = np.zeros((24, 24, 3), np.uint16)
+    pixels[:, 12:] = 4095  # a hard edge at the sample range's top
+    out, _ = upscale_pixels(pixels, lambda b: b.repeat(4, axis=2).repeat(4, axis=3), scale=4,
+                            tiling=TilingOptions(tile=0), outscale=8)
+    assert out.shape == (192, 192, 3) and out.max() == 4095 and used_peak(out) == 4095
+    full = pixels * 16  # at the container's top: saturated by the dtype as before
+    out, _ = upscale_pixels(full, lambda b: b.repeat(4, axis=2).repeat(4, axis=3), scale=4,
+                            tiling=TilingOptions(tile=0), outscale=8)
+    assert out.max() == 65535
+
+
 def test_the_sample_range_of_uint16_pixels_is_the_smallest_that_holds_them() -> None:
     from adassr.runtime.images.convert import used_peak
 
