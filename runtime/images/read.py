@@ -502,15 +502,15 @@ def _open_header(p: Path, source: io.BytesIO | None = None, *,
         if _is_dng(p if source is None else source):  # its first image the sensor's mosaic, as Android writes
             raise ImageError(f"{p}: a DNG raw file (its first image is the sensor's undeveloped data); "
                              f"{advice(RAW)}") from e
+        kind = sniffed_format(_prefix(p, source))  # before the TIFF layouts: a CR2 starts as a TIFF does
+        if kind is not None:
+            raise ImageError(f"{p}: a {kind} image, a format adassr does not read (it reads "
+                             f"{', '.join(READ_FORMATS)}); {advice(kind)}") from e
         if _starts_like_tiff(p if source is None else source):
             raise ImageError(
                 f"{p}: a TIFF whose pixel layout the decoder does not take (32-bit float or integer colour, or "
                 "an unusual sample layout or compression); convert it to an 8- or 16-bit grey or RGB image first"
             ) from e
-        kind = sniffed_format(_prefix(p, source))
-        if kind is not None:
-            raise ImageError(f"{p}: a {kind} image, a format adassr does not read (it reads "
-                             f"{', '.join(READ_FORMATS)}); {advice(kind)}") from e
         raise ImageError(
             f"{p}: not a readable image (supported: {', '.join(READ_FORMATS)}); the file is "
             "another format, damaged, or not an image"

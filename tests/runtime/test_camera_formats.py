@@ -159,6 +159,13 @@ def test_a_canon_cr2_that_pillow_opens_is_refused_not_read_as_its_first_image(tm
     for reader in (read_image, read_image_size):
         with pytest.raises(ImageError, match=r"IMG_0001\.tif: a raw camera file \(Canon CR2\).*develop"):
             reader(cr2)
+    # its first image a layout Pillow cannot open (the sensor's mosaic): still named a raw file, not a TIFF layout
+    data = bytearray(cr2.read_bytes())
+    at = data.find(struct.pack("<HHIH", 262, 3, 1, 1))
+    data[at + 8:at + 10] = struct.pack("<H", 32803)
+    cr2.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"IMG_0001\.tif: a raw image, a format adassr does not read .*develop"):
+        read_image(cr2)
 
 
 def test_a_dng_whose_first_image_is_the_sensors_mosaic_is_named_a_dng(tmp_path: Path) -> None:
