@@ -137,7 +137,7 @@ def _progress_printer(total_hint: int):
 
 def run_adapt(args: argparse.Namespace) -> int:
     if args.list:
-        from adassr.adapt.groups import default_images_dir, listed_groups
+        from adassr.adapt.groups import default_images_dir, listed_groups, skipped_lines
 
         if args.image is not None or args.camera is not None:  # ignored in silence before
             given = "--image" if args.image is not None else "--camera"
@@ -154,8 +154,8 @@ def run_adapt(args: argparse.Namespace) -> int:
             return 2
         for group in scan.groups.values():
             print(one_line(group.describe()))
-        for skipped in scan.skipped:
-            print(one_line(f"skipped {skipped.path}: {skipped.reason}"))
+        for line in skipped_lines(scan.skipped):
+            print(one_line(line))
         return 0
     from adassr.adapt.interrupts import Interrupted, catch_interrupts
 

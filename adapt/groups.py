@@ -198,6 +198,23 @@ def _unread_format_entries(paths: Iterable[Path]) -> list[tuple[Path, str]]:
     return found
 
 
+def skipped_lines(skipped: Iterable[SkippedSource]) -> list[str]:
+    """``adapt --list``'s lines for what a scan skipped, in order: one per source, except the files in formats
+    that are not read, one line per folder (a phone's folder of 500 ``.heic`` photos is one line, not 500)."""
+    entries: list[str | Path] = []  # a line, or the folder whose unread files take this place
+    unread: dict[Path, list[Path]] = {}
+    for source in skipped:
+        if UNREAD_FORMAT_REASON not in source.reason:
+            entries.append(f"skipped {source.path}: {source.reason}")
+            continue
+        folder = source.path.parent
+        if folder not in unread:
+            entries.append(folder)
+            unread[folder] = []
+        unread[folder].append(source.path)
+    return [f"skipped in {e}: {left_out_note(unread[e])}" if isinstance(e, Path) else e for e in entries]
+
+
 def _is_store_camera_folder(folder: Path) -> bool:
     """Whether ``folder`` is a camera folder of a model store: its ``manifest.json`` is adassr's (other
     tools write files of that name too)."""

@@ -496,3 +496,27 @@ def test_heif_files_only_are_skipped_and_those_of_the_folder_given_are_warned_ab
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("camera group 'iphone': 1 file in formats adassr does not read was left out: HEIF (HEIC) files "
                "(1: IMG_0001.HEIC)" in w for w in warnings), warnings
+
+
+def test_adapt_list_names_a_folders_heif_photos_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A phone's folder of 500 .heic photos printed 500 `skipped` lines with the same advice; one line per
+    folder now, in the listing's order, the other skipped sources as before."""
+    from adassr.cli import main
+
+    (tmp_path / "iphone").mkdir()
+    (tmp_path / "nikon").mkdir()
+    for k in range(5):
+        _heif(tmp_path / "iphone" / f"IMG_000{k}.HEIC")
+    _noise_png(tmp_path / "nikon" / "a.png")
+    _noise_png(tmp_path / "nikon" / "a_HR.png")
+    (tmp_path / "nikon" / "DSC_0001.NEF").write_bytes(b"II*\x00" + b"\x00" * 60)
+    assert main(["adapt", "--list", "--images", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "nikon (1 image(s), by folder)"
+    assert lines[1].startswith(f"skipped in {tmp_path / 'iphone'}: 5 files in formats adassr does not read were "
+                               "left out: HEIF (HEIC) files (5: IMG_0000.HEIC, IMG_0001.HEIC, IMG_0002.HEIC, ...)")
+    assert lines[2:] == [
+        f"skipped in {tmp_path / 'nikon'}: 1 file in formats adassr does not read was left out: raw files "
+        "(1: DSC_0001.NEF): develop to a 16-bit TIFF or PNG (or a JPEG) in a raw converter first (e.g. darktable, "
+        "RawTherapee, `dcraw -T -6`)",
+        f"skipped {tmp_path / 'nikon' / 'a_HR.png'}: {GROUND_TRUTH_REASON}"]
