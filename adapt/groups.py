@@ -46,7 +46,7 @@ from adassr.runtime.cameras import (
 )
 from adassr.runtime.errors import CameraError, ImageError
 from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file, unreadable_image_entry
-from adassr.runtime.images.camera_formats import advice, left_out_note, suffix_format
+from adassr.runtime.images.camera_formats import advice, left_out_note, suffix_format, unread_photos
 from adassr.runtime.store import MANIFEST_NAME, MAX_MANIFEST_BYTES
 
 UNGROUPED = "ungrouped"
@@ -190,12 +190,8 @@ UNREAD_FORMAT_REASON = "a format adassr does not read"
 def _unread_format_entries(paths: Iterable[Path]) -> list[tuple[Path, str]]:
     """``(file, why it is skipped)`` for visible files whose suffix names a camera format that is not read
     (HEIF, raw, ...): named as skipped, so a folder of a phone's ``.heic`` photos is not half-used in silence."""
-    found = []
-    for path in sorted(paths):
-        kind = suffix_format(path)
-        if kind is not None and not path.name.startswith(".") and path.is_file():
-            found.append((path, f"a {kind} file, {UNREAD_FORMAT_REASON}: {advice(kind)}"))
-    return found
+    return [(path, f"a {kind} file, {UNREAD_FORMAT_REASON}: {advice(kind)}")
+            for path in unread_photos(paths) if (kind := suffix_format(path)) is not None]
 
 
 def skipped_lines(skipped: Iterable[SkippedSource]) -> list[str]:

@@ -24,7 +24,7 @@ from adassr.runtime.images import (
     is_image_file,
     unreadable_image_entry,
 )
-from adassr.runtime.images.camera_formats import left_out_note, suffix_format
+from adassr.runtime.images.camera_formats import left_out_note, unread_photos
 from adassr.runtime.links import broken_link
 from adassr.runtime.tempfiles import NAME_MAX, remove_stale_temps
 
@@ -75,7 +75,7 @@ def _unread_format_files(folders: Sequence[tuple[Path, Path]]) -> list[Path]:
     found = []
     for folder, _ in folders:
         with contextlib.suppress(OSError):  # a folder that cannot be listed was refused by _list_images
-            found += sorted(p for p in folder.iterdir() if suffix_format(p) is not None and p.is_file())
+            found += unread_photos(folder.iterdir())
     return found
 
 

@@ -117,14 +117,14 @@ class _NoReference(str):
 def _folder_images(folder: Path) -> list[Path]:
     """The images directly inside ``folder``, sorted by name; ``ConfigError`` when there are none."""
     from adassr.runtime.images import SUPPORTED_READ_SUFFIXES, is_image_file, unreadable_image_entry
-    from adassr.runtime.images.camera_formats import left_out_note
+    from adassr.runtime.images.camera_formats import left_out_note, unread_photos
 
     try:  # a broken link or a FIFO named like an image is listed: scoring it fails, and says so
         images = sorted(p for p in folder.iterdir() if is_image_file(p) or unreadable_image_entry(p) is not None)
     except OSError as exc:
         raise ConfigError(f"cannot list the folder {folder}: {exc.strerror or exc}") from exc
     if not images:
-        note = left_out_note(p for p in folder.iterdir() if p.is_file())
+        note = left_out_note(unread_photos(folder.iterdir()))
         raise ConfigError(f"no images in the folder {folder} (looked for {', '.join(SUPPORTED_READ_SUFFIXES)})"
                           + (f"; {note}" if note else ""))
     return images

@@ -67,6 +67,12 @@ def suffix_format(path: Path) -> str | None:
     return UNREAD_PHOTO_SUFFIXES.get(path.suffix.lower())
 
 
+def unread_photos(paths: Iterable[Path]) -> list[Path]:
+    """The visible regular files among ``paths`` whose suffix names an unread camera format, sorted: what a
+    folder's listing names as left out (a folder named ``x.heic`` or macOS's ``._IMG.HEIC`` is none)."""
+    return sorted(p for p in paths if suffix_format(p) is not None and not p.name.startswith(".") and p.is_file())
+
+
 def sniffed_format(head: bytes) -> str | None:
     """The kind of unread camera format a file's first bytes (16 or more) show, or None.
 

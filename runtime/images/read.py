@@ -421,7 +421,11 @@ _TiffEntry = tuple[int, int, int, int]
 """A TIFF directory entry: tag, type, count, value or offset."""
 
 
-def _tiff_first_directory(source: Path | io.BytesIO) -> tuple[list[_TiffEntry], int] | str | None:
+_TiffDirectory = tuple[list[_TiffEntry], int] | str | None
+"""What :func:`_tiff_first_directory` read."""
+
+
+def _tiff_first_directory(source: Path | io.BytesIO) -> _TiffDirectory:
     """A classic TIFF's first directory entries and the file's size; a str saying what is wrong when the
     directory lies or runs outside the file; None for no classic TIFF header or an unreadable file."""
     try:
@@ -448,11 +452,10 @@ def _tiff_first_directory(source: Path | io.BytesIO) -> tuple[list[_TiffEntry], 
     return entries, size
 
 
-def _tiff_directory_damage(source: Path | io.BytesIO) -> str | None:
-    """What is wrong with a classic TIFF's first directory, when it or one of its values lies outside the
+def _tiff_directory_damage(directory: _TiffDirectory) -> str | None:
+    """What is wrong with a classic TIFF's first ``directory``, when it or one of its values lies outside the
     file (the file was cut short, or an offset damaged: Pillow then stops reading the directory at that
     tag and takes the image for a layout it does not know); None when nothing is found."""
-    directory = _tiff_first_directory(source)
     if directory is None or isinstance(directory, str):
         return directory
     entries, size = directory
@@ -463,9 +466,8 @@ def _tiff_directory_damage(source: Path | io.BytesIO) -> str | None:
     return None
 
 
-def _is_dng(source: Path | io.BytesIO) -> bool:
-    """Whether a classic TIFF's first directory holds the DNG version tag."""
-    directory = _tiff_first_directory(source)
+def _is_dng(directory: _TiffDirectory) -> bool:
+    """Whether a classic TIFF's first ``directory`` holds the DNG version tag."""
     return isinstance(directory, tuple) and any(tag == DNG_VERSION_TAG for tag, *_ in directory[0])
 
 
@@ -495,11 +497,12 @@ def _open_header(p: Path, source: io.BytesIO | None = None, *,
     except PermissionError as e:
         raise ImageError(f"{p}: permission denied; check the file's permissions") from e
     except UnidentifiedImageError as e:
-        damage = _tiff_directory_damage(p if source is None else source)
+        directory = _tiff_first_directory(p if source is None else source)  # read once for both checks
+        damage = _tiff_directory_damage(directory)
         if damage is not None:
             raise ImageError(f"{p}: a damaged TIFF: {damage} (the file was cut short or corrupted); re-copy or "
                              "re-export it") from e
-        if _is_dng(p if source is None else source):  # its first image the sensor's mosaic, as Android writes
+        if _is_dng(directory):  # its first image the sensor's mosaic, as Android writes
             raise ImageError(f"{p}: a DNG raw file (its first image is the sensor's undeveloped data); "
                              f"{advice(RAW)}") from e
         kind = sniffed_format(_prefix(p, source))  # before the TIFF layouts: a CR2 starts as a TIFF does
