@@ -11,7 +11,7 @@
   bicubic interpolation on its integer values (``cv2.INTER_CUBIC``, saturated; ``INTER_AREA`` if the
   output is smaller than the input), as Real-ESRGAN does with its non-model alpha option.
 - Bit depth: the output has the input's bit depth (16-bit in, 16-bit out; the writer rounds to
-  8 bits for JPEG / WebP).
+  8 bits for JPEG / WebP, the input's sample range standing for 255: ``write_image(..., peak=)``).
 - ``outscale``: the model's x``scale`` output, already in the output dtype, is resized to
   ``outscale * size`` rounded to the nearest pixel, halves up (47 px at x2.5 -> 118, 45 px -> 113;
   Real-ESRGAN truncates, which makes x2.5 of 47 px 117).

@@ -67,6 +67,7 @@ from adassr.runtime.images import (
     prepare_write,
     read_image,
     read_image_size,
+    used_peak,
 )
 from adassr.runtime.links import broken_link
 from adassr.runtime.output_plan import (
@@ -292,7 +293,8 @@ def _upscale_one(
         image = read_image(source)
         result = serve(image, tiles, lambda height, width: check_writable_size(target, height, width))
         prepared = prepare_write(target, result.pixels, alpha=result.alpha, quality=quality,
-                                 icc_profile=image.icc_profile, threads=threads, exif=image.exif if exif else None)
+                                 icc_profile=image.icc_profile, threads=threads, exif=image.exif if exif else None,
+                                 peak=used_peak(image.pixels))  # a 12-bit file's 4095 is white in a JPEG
     named = (f"{source}: ", f"{target}: ")
     notes = [message if message.startswith(named) else f"{target}: {message}"
              for message in (str(w.message) for w in caught if issubclass(w.category, ImageWarning))]

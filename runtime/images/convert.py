@@ -71,6 +71,14 @@ def from_float32(a: np.ndarray, bit_depth: int) -> np.ndarray:
     return scaled.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
-def uint16_to_uint8(a: np.ndarray) -> np.ndarray:
-    """Round uint16 to the nearest uint8 level: round(v * 255 / 65535) = round(v / 257), exact."""
-    return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+def uint16_to_uint8(a: np.ndarray, peak: int = 65535) -> np.ndarray:
+    """Round uint16 to the nearest uint8 level, ``peak`` standing for 255: round(v * 255 / peak), exact
+    (at 65535: round(v / 257)); values above ``peak`` become 255. ``peak`` (1-65535) is a 16-bit file's
+    sample range (:func:`used_peak`: 4095 for a 12-bit camera's file, whose values at 65535 would come out
+    at 16 of 255, nearly black)."""
+    if isinstance(peak, bool) or not isinstance(peak, int) or not 0 < peak <= 65535:
+        raise ConfigError(f"peak must be an integer in 1-65535, got {peak!r}")
+    if peak == 65535:
+        return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    levels = (a.astype(np.uint32) * 510 + peak) // (2 * peak)  # floor(v * 255 / peak + 1/2): halves up
+    return np.minimum(levels, 255).astype(np.uint8)

@@ -121,6 +121,7 @@ def write_image(
     remove_stale: bool = True,
     threads: int | None = None,
     exif: bytes | None = None,
+    peak: int | None = None,
 ) -> Path:
     """Write H x W x C (C in {1, 3}; H x W is taken as grey) uint8/uint16 pixels; return the path.
 
@@ -140,10 +141,17 @@ def write_image(
 
     ``threads``: PNG, JPEG and TIFF encode strips on that many threads at once (default: one per
     usable physical core, or ``ADASSR_THREADS``; at most 8); the file's bytes do not depend on it.
+
+    ``peak`` (16-bit pixels): the level that stands for white, 65535 by default. A microscope's or
+    machine-vision camera's 16-bit file of 12-bit samples stops at 4095 (the upscaled output keeps that
+    range: :func:`adassr.runtime.images.convert.used_peak` of the input); written to JPEG or WebP, which hold
+    8 bits, at 65535 it came out at 16 of 255, nearly black. With ``peak=4095`` 4095 becomes 255. PNG and
+    TIFF store 16-bit values as they are, whatever ``peak``. Alpha converts at ``peak`` too when its
+    values stay within it, else at 65535.
     """
     p = _path(path, "write_image")
     return PreparedWrite(p, _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads,
-                                          exif=exif)).write(remove_stale=remove_stale)
+                                          exif=exif, peak=peak)).write(remove_stale=remove_stale)
 
 
 @dataclass(frozen=True)
@@ -175,10 +183,12 @@ def prepare_write(
     icc_profile: bytes | None = None,
     threads: int | None = None,
     exif: bytes | None = None,
+    peak: int | None = None,
 ) -> PreparedWrite:
     """The checks, conversions and warnings of :func:`write_image` (same arguments), without the writing."""
     p = _path(path, "prepare_write")
-    return PreparedWrite(p, _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads, exif=exif))
+    return PreparedWrite(p, _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads, exif=exif,
+                                          peak=peak))
 
 
 def _path(path: object, caller: str) -> Path:
@@ -197,6 +207,7 @@ def encode_image(
     threads: int | None = None,
     notes: list[str] | None = None,
     exif: bytes | None = None,
+    peak: int | None = None,
 ) -> bytes:
     """The bytes :func:`write_image` would write to a file ending in ``suffix`` (e.g. ``".png"``).
 
@@ -209,13 +220,14 @@ def encode_image(
                          f"{', '.join(SUPPORTED_WRITE_SUFFIXES)}")
     buf = io.BytesIO()
     _encoding_for(Path(f"image{suffix}"), suffix, pixels, alpha, quality, icc_profile, threads, notes,
-                  exif=exif).write_to(buf)
+                  exif=exif, peak=peak).write_to(buf)
     return buf.getvalue()
 
 
 def _encoding_for(
     p: Path, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None, quality: int, icc_profile: bytes | None,
     threads: int | None = None, notes: list[str] | None = None, *, exif: bytes | None = None,
+    peak: int | None = None,
 ) -> _Encoding:
     fmt = _FORMAT_BY_SUFFIX.get(suffix.lower())
     if fmt is None:
@@ -231,8 +243,9 @@ def _encoding_for(
     if exif is not None and not isinstance(exif, bytes):
         raise ImageError(f"{p}: exif must be bytes (LoadedImage.exif) or None, got {type(exif).__name__}")
     px, al = _validated(p, pixels, alpha)
+    white = _checked_peak(p, px.dtype, peak)
     check_writable_size(p, px.shape[0], px.shape[1])
-    encoding = _prepare(p, fmt, px, al, quality, icc_profile or None, notes)
+    encoding = _prepare(p, fmt, px, al, quality, icc_profile or None, notes, white)
     return dataclasses.replace(encoding, threads=threads, exif=_exif_for(encoding, exif or None, notes))
 
 
@@ -281,6 +294,20 @@ def _validated(
             f"{alpha.shape} {alpha.dtype}"
         )
     return np.ascontiguousarray(px), np.ascontiguousarray(al)
+
+
+def _checked_peak(p: Path, dtype: np.dtype, peak: object) -> int:
+    """The level that stands for white in pixels of ``dtype``: ``peak``, or the container's top when None."""
+    full = 255 if dtype == np.uint8 else 65535
+    if peak is None:
+        return full
+    if isinstance(peak, bool) or not isinstance(peak, int) or not 0 < peak <= full:
+        raise ConfigError(f"{p}: peak must be an integer from 1 to {full} for {dtype} pixels (the level that "
+                          f"stands for white, e.g. used_peak(input pixels)), got {peak!r}")
+    if dtype == np.uint8 and peak != full:
+        raise ConfigError(f"{p}: peak applies to 16-bit pixels; 8-bit pixels are written as they are (pass 255 or "
+                          f"None), got {peak}")
+    return peak
 
 
 def _profile_dropped(p: Path, why: str, notes: list[str] | None) -> None:
@@ -344,16 +371,17 @@ def _write_webp_with_alpha(out: BinaryIO, px: np.ndarray, al: np.ndarray, *, qua
 
 
 def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: int,
-             icc_profile: bytes | None, notes: list[str] | None = None) -> _Encoding:
+             icc_profile: bytes | None, notes: list[str] | None = None, peak: int = 65535) -> _Encoding:
     """The format's conversions and their warnings (at the caller of write_image / encode_image), or their
-    messages appended to ``notes``."""
+    messages appended to ``notes``. ``peak``: the 16-bit level that an 8-bit format's 255 stands for."""
     if fmt == "JPEG" and al is not None:
         note(notes, f"{p}: JPEG cannot store alpha; the alpha channel was dropped (PNG or WebP output keeps it)",
               AlphaDroppedWarning, stacklevel=5)
         al = None
     if fmt in ("JPEG", "WEBP") and px.dtype == np.uint16:
-        px = uint16_to_uint8(px)
-        al = None if al is None else uint16_to_uint8(al)
+        px = uint16_to_uint8(px, peak)
+        if al is not None:  # at the pixels' range when it holds the alpha (a 12-bit file's), else at 16 bits
+            al = uint16_to_uint8(al, peak if int(al.max()) <= peak else 65535)
     if icc_profile is not None and not profile_fits(icc_profile, px.shape[2]):
         _profile_dropped(p, f"a {icc_colour_space(icc_profile) or 'malformed'} profile for "
                             f"{'grey' if px.shape[2] == 1 else 'RGB'} pixels", notes)

@@ -65,7 +65,7 @@ from adassr.runtime.errors import (
     ImageError,
     ImageTooLargeError,
 )
-from adassr.runtime.images import size_problem
+from adassr.runtime.images import size_problem, used_peak
 from adassr.runtime.pipeline import output_size, upscale_pixels
 from adassr.runtime.routing import RouteDecision
 from adassr.runtime.server.codec import UPLOAD_NAME, UploadFolder, UploadSpaceError, encode, without_path
@@ -311,7 +311,7 @@ class Server:
         try:
             carried = image.exif if params.exif is not False and self.config.exif else None
             data, notes = encode(pixels, alpha, suffix=params.suffix, quality=params.quality,
-                                 icc_profile=image.icc_profile, exif=carried)
+                                 icc_profile=image.icc_profile, exif=carried, peak=used_peak(image.pixels))
         except ImageError as exc:  # the upload was fine: the output could not be encoded (not a 415)
             logger.error("%sencoding the output failed: %s", log_prefix(), exc)
             raise HttpError(500, "encode", f"the output could not be encoded as {params.suffix[1:]}: "

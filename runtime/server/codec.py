@@ -120,10 +120,12 @@ def without_path(message: str) -> str:
 
 
 def encode(pixels: np.ndarray, alpha: np.ndarray | None, *, suffix: str, quality: int,
-           icc_profile: bytes | None = None, exif: bytes | None = None) -> tuple[bytes, list[str]]:
+           icc_profile: bytes | None = None, exif: bytes | None = None,
+           peak: int | None = None) -> tuple[bytes, list[str]]:
     """Encoded image bytes and the notes the encoder raised (e.g. alpha dropped by JPEG); the notes are kept per
-    call, not through the process's warnings state, which concurrent requests would share."""
+    call, not through the process's warnings state, which concurrent requests would share. ``peak``: the
+    16-bit level that stands for white (the upload's sample range), as :func:`encode_image` takes it."""
     notes: list[str] = []
     data = encode_image(suffix, pixels, alpha=alpha, quality=quality, icc_profile=icc_profile, notes=notes,
-                        exif=exif)
+                        exif=exif, peak=peak)
     return data, [without_path(note) for note in notes]

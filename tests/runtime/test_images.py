@@ -1015,6 +1015,47 @@ def test_write_16bit_to_8bit_formats_rounds(tmp_path: Path) -> None:
     np.testing.assert_array_equal(uint16_to_uint8(every), exact)
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".webp"])
+def test_a_12_bit_image_keeps_its_brightness_in_8_bit_formats(tmp_path: Path, suffix: str) -> None:
+    """A 16-bit file of 12-bit samples (values up to 4095; the upscaled output keeps that range) written to
+    JPEG or WebP was divided by 257: white came out at 16 of 255, nearly black. With the input's sample
+    range as ``peak`` it comes out as the 8-bit photo would."""
+    rgb = _photo()
+    twelve = np.round(rgb.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    want = _roundtrip(tmp_path / f"eight{suffix}", rgb).pixels.astype(int)
+    dark = _roundtrip(tmp_path / f"dark{suffix}", twelve).pixels
+    assert dark.max() <= 17  # the default: 65535 stands for white
+    path = tmp_path / f"twelve{suffix}"
+    assert write_image(path, twelve, peak=4095) == path
+    got = read_image(path).pixels.astype(int)
+    assert np.abs(got - want).mean() < 0.5 and np.abs(got - want).max() <= 3
+    again = encode_image(suffix, twelve, peak=4095, quality=95)
+    assert again == path.read_bytes()
+
+
+def test_peak_converts_16_bit_levels_and_alpha_exactly(tmp_path: Path) -> None:
+    every = np.arange(65536, dtype=np.uint16)
+    for peak in (1023, 4095, 16383, 65535, 1000):
+        want = np.minimum(np.floor(every.astype(np.float64) * 255 / peak + 0.5), 255).astype(np.uint8)
+        np.testing.assert_array_equal(uint16_to_uint8(every, peak), want)
+    # alpha: at the pixels' range when it holds it (a 12-bit file's alpha), else at 16 bits
+    px = np.full((8, 8, 3), 4095, np.uint16)
+    for alpha, opaque in ((np.full((8, 8), 4095, np.uint16), 255), (np.full((8, 8), 65535, np.uint16), 255),
+                          (np.full((8, 8), 2048, np.uint16), 128), (np.full((8, 8), 32896, np.uint16), 128)):
+        alpha[:, :2] = 0  # not opaque everywhere: the reader keeps it
+        back = read_image(write_image(tmp_path / "a.webp", px, alpha=alpha, peak=4095))
+        assert back.alpha is not None and int(back.alpha[4, 6]) == opaque, int(alpha[4, 6])
+        assert int(back.pixels[4, 4, 0]) == 255
+    # 16-bit formats keep the values as they are
+    assert int(read_image(write_image(tmp_path / "k.png", px, peak=4095)).pixels.max()) == 4095
+    for bad, pixels in ((0, px), (65536, px), (True, px), (4095.0, px), (4095, px[..., :1].astype(np.uint8))):
+        with pytest.raises(ConfigError, match="peak"):
+            write_image(tmp_path / "bad.jpg", pixels, peak=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "bad.jpg").exists()
+    grey8 = read_image(write_image(tmp_path / "u8.jpg", np.full((8, 8, 1), 120, np.uint8), peak=255)).pixels
+    assert abs(int(grey8.max()) - 120) <= 1 and abs(int(grey8.min()) - 120) <= 1  # 8-bit: as it is
+
+
 def test_write_rejects_bad_input_and_leaves_nothing(tmp_path: Path) -> None:
     rgb = _photo()
     bad = [

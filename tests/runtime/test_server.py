@@ -1663,6 +1663,15 @@ def test_alpha_and_16_bit_images_match_the_cli(store: Path, tmp_path: Path) -> N
         deep = c.post("/v1/upscale", content=png16.tobytes()).content
         decoded = cv2.imdecode(np.frombuffer(deep, np.uint8), cv2.IMREAD_UNCHANGED)
         assert decoded.dtype == np.uint16 and decoded.shape == (120, 136, 3)  # 16 bits in, 16 bits out
+        # a 12-bit camera's 16-bit file asked for as JPEG: as bright as its 8-bit version, not 1/16 of it
+        photo = rng.integers(0, 256, (30, 34, 3), dtype=np.uint8)
+        ok, png12 = cv2.imencode(".png", np.round(photo * (4095 / 255)).astype(np.uint16))
+        ok8, png8 = cv2.imencode(".png", photo)
+        assert ok and ok8
+        jpegs = [cv2.imdecode(np.frombuffer(c.post("/v1/upscale", params={"format": "jpeg"}, content=data.tobytes())
+                                            .content, np.uint8), cv2.IMREAD_UNCHANGED).astype(int)
+                 for data in (png12, png8)]
+        assert jpegs[1].mean() > 60 and np.abs(jpegs[0] - jpegs[1]).mean() < 1.0
 
 
 def test_serve_refuses_a_port_in_use_before_starting(store: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -154,6 +154,23 @@ def test_sixteen_bit_png_in_sixteen_bit_png_out(store: Path, tmp_path: Path) -> 
     assert "fallback: no EXIF Make" in out
 
 
+def test_a_12_bit_tiff_upscaled_to_jpeg_keeps_its_brightness(store: Path, tmp_path: Path) -> None:
+    """A microscope's 16-bit TIFF of 12-bit samples written as JPEG came out nearly black (4095 of 65535 is 16
+    of 255); it now comes out as the same photo in 8 bits does."""
+    with Image.open(SAMPLES / "canon" / "flower.jpg") as im:
+        rgb = np.asarray(im.convert("RGB"))[200:240, 300:340].copy()
+    eight = write_image(tmp_path / "eight.png", rgb)
+    twelve = write_image(tmp_path / "twelve.tif", np.round(rgb * (4095 / 255)).astype(np.uint16))
+    for src in (eight, twelve):
+        code, _, err = _run("-i", str(src), "-o", str(tmp_path / f"{src.stem}.jpg"), "--store", str(store),
+                            "--camera", "canon", "--no-progress")
+        assert code == 0, err
+    want = read_image(tmp_path / "eight.jpg").pixels.astype(int)
+    got = read_image(tmp_path / "twelve.jpg").pixels.astype(int)
+    assert got.shape == want.shape == (160, 160, 3) and want.mean() > 60
+    assert np.abs(got - want).mean() < 1.0, (got.mean(), want.mean())
+
+
 def test_rgba_in_rgba_out(store: Path, tmp_path: Path) -> None:
     px = np.full((16, 16, 3), 120, np.uint8)
     alpha = np.zeros((16, 16), np.uint8)
