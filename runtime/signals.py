@@ -12,8 +12,9 @@ model call waits for the call to end: a minute for a large tile on a CPU, past t
 and ``timeout -k`` give before SIGKILL. A thread therefore hears of each signal at once (through
 ``signal.set_wakeup_fd``) and, if the command has not stopped within :data:`GRACE_S` of a stop signal
 (or at a second signal, Ctrl-C included), ends the process itself: it removes the temporary files the
-process is writing, says so, and exits with the same code. The outputs already complete stay; the one
-in progress is not written.
+process is writing, says so, runs the command's :func:`last_words` (``upscale --report`` writes its
+report), and exits with the same code. The outputs already complete stay; the one in progress is not
+written.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from adassr.runtime.tempfiles import remove_own_temps
@@ -37,6 +38,13 @@ GRACE_S = 5.0
 process ends without it."""
 
 _POLL_S = 0.05  # how often the watching thread looks whether the block has ended
+
+LAST_WORDS_S = 2.0
+"""Seconds the :func:`last_words` of a process that must end now get, all together (a report on a hung
+network share must not keep it from ending within ``docker stop``'s 10 s)."""
+
+_LAST_WORDS: list[Callable[[], object]] = []  # what must be done before the process ends without its command
+_LAST_WORDS_LOCK = threading.Lock()
 
 
 class Terminated(KeyboardInterrupt):
@@ -56,6 +64,42 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 
+@contextlib.contextmanager
+def last_words(callback: Callable[[], object]) -> Iterator[None]:
+    """Within the block, ``callback`` runs (in another thread, at most :data:`LAST_WORDS_S`) when a stop
+    signal must end the process without waiting for its command (module docstring): ``upscale --report``
+    writes the report of what was done. It must say itself what went wrong (it runs as the process ends);
+    an exception it lets out is named on stderr."""
+    with _LAST_WORDS_LOCK:
+        _LAST_WORDS.append(callback)
+    try:
+        yield
+    finally:
+        with _LAST_WORDS_LOCK:
+            _LAST_WORDS.remove(callback)
+
+
+def _say_last_words() -> None:
+    """Run the registered :func:`last_words`, newest first, within :data:`LAST_WORDS_S` in all."""
+    with _LAST_WORDS_LOCK:
+        callbacks = list(reversed(_LAST_WORDS))
+    if not callbacks:
+        return
+
+    def run() -> None:
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - the process is ending: named, not raised
+                with contextlib.suppress(Exception):
+                    if sys.stderr is not None:
+                        sys.stderr.write(f"error: while stopping: {type(exc).__name__}: {exc}\n")
+
+    speaker = threading.Thread(target=run, name="adassr-last-words", daemon=True)
+    speaker.start()
+    speaker.join(LAST_WORDS_S)
+
+
 def _quit_now(signum: int, why: str) -> None:
     removed = remove_own_temps()
     left = f", {removed} temporary file(s) removed" if removed else ""
@@ -63,6 +107,11 @@ def _quit_now(signum: int, why: str) -> None:
         if sys.stderr is not None:
             sys.stderr.write(f"interrupted: {why}; stopped without waiting for it (the image in progress is not "
                              f"written{left})\n")
+            sys.stderr.flush()
+    _say_last_words()
+    remove_own_temps()  # a last word that did not finish in time leaves no temporary file either
+    with contextlib.suppress(Exception):
+        if sys.stderr is not None:
             sys.stderr.flush()
     with contextlib.suppress(Exception):
         if sys.stdout is not None:

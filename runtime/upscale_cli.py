@@ -82,6 +82,7 @@ from adassr.runtime.pipeline import OutputCheck, RuntimeOptions, UpscaleResult
 from adassr.runtime.preflight import check_output_folders, check_required_providers, check_threads
 from adassr.runtime.routing import SERVING_PRECISIONS
 from adassr.runtime.server.triton_client import DEFAULT_PREFIX as DEFAULT_TRITON_PREFIX
+from adassr.runtime.signals import last_words
 from adassr.runtime.store import (
     DEFAULT_STORE,
     FALLBACK_BACKBONE,
@@ -701,51 +702,57 @@ def run_batch(
         pending = None
         report(job)
 
-    try:
-        for source, target in pairs:
-            existed = entry_exists(target) and target.is_file()
-            try:
-                result, prepared, notes = _upscale_one(serve, source, target, quality=quality, tiles=bar.tiles(),
-                                                       threads=threads, exif=exif)
-            except ImportError:  # a missing optional package: the whole run's problem, with its install advice
-                raise
-            except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
-                finish_pending()  # in input order
-                failed(source, exc)
-                continue
-            route = result.route
-            job = _Written(source, target, served=f"{route.label}, {route.reason}" if route else result.model_label,
-                           group=(route.camera_group or "(no camera)") if route else "(all)",
-                           model=route.model_name if route else result.model_label, notes=notes, existed=existed)
-            del result  # the prepared write holds the pixels it needs
-            finish_pending()  # the previous image's file, written while this one was upscaled
-            if writer is not None and overlap_fits(prepared.nbytes, mem_available_bytes()):
-                job.done = writer.submit(_write_one, prepared)
-                pending = job
-                del prepared  # the write holds the pixels until it ends, not the next image's upscale
-                continue
-            try:
-                _write_one(prepared)
-            except ImportError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
-                failed(source, exc)
-                continue
-            finally:
-                del prepared  # not held through the next image's upscale
-            report(job)
-        finish_pending()
-        finished = True
-    finally:
+    def last_report() -> None:  # when a stop signal ends the process without the finally below
+        if report_path is not None:
+            save_report(report_path, planned if planned is not None else pairs, pairs, list(outcomes),
+                        seconds=time.perf_counter() - start, finished=False, stderr=err)
+
+    with last_words(last_report) if report_path is not None else contextlib.nullcontext():
         try:
-            finish_pending()  # also when interrupted: the file in flight is completed and reported
+            for source, target in pairs:
+                existed = entry_exists(target) and target.is_file()
+                try:
+                    result, prepared, notes = _upscale_one(serve, source, target, quality=quality, tiles=bar.tiles(),
+                                                           threads=threads, exif=exif)
+                except ImportError:  # a missing optional package: the whole run's problem, with its install advice
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
+                    finish_pending()  # in input order
+                    failed(source, exc)
+                    continue
+                route = result.route
+                job = _Written(source, target, served=f"{route.label}, {route.reason}" if route else result.model_label,
+                               group=(route.camera_group or "(no camera)") if route else "(all)",
+                               model=route.model_name if route else result.model_label, notes=notes, existed=existed)
+                del result  # the prepared write holds the pixels it needs
+                finish_pending()  # the previous image's file, written while this one was upscaled
+                if writer is not None and overlap_fits(prepared.nbytes, mem_available_bytes()):
+                    job.done = writer.submit(_write_one, prepared)
+                    pending = job
+                    del prepared  # the write holds the pixels until it ends, not the next image's upscale
+                    continue
+                try:
+                    _write_one(prepared)
+                except ImportError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed
+                    failed(source, exc)
+                    continue
+                finally:
+                    del prepared  # not held through the next image's upscale
+                report(job)
+            finish_pending()
+            finished = True
         finally:
-            if writer is not None:
-                writer.shutdown(wait=True)
-            bar.close()
-            if report_path is not None:  # also when interrupted: what was done, and what was not
-                report_saved = save_report(report_path, planned if planned is not None else pairs, pairs, outcomes,
-                                           seconds=time.perf_counter() - start, finished=finished, stderr=err)
+            try:
+                finish_pending()  # also when interrupted: the file in flight is completed and reported
+            finally:
+                if writer is not None:
+                    writer.shutdown(wait=True)
+                bar.close()
+                if report_path is not None:  # also when interrupted: what was done, and what was not
+                    report_saved = save_report(report_path, planned if planned is not None else pairs, pairs, outcomes,
+                                               seconds=time.perf_counter() - start, finished=finished, stderr=err)
     say(_summary(outcomes, time.perf_counter() - start, skipped), out)
     return 1 if any(o.error for o in outcomes) or not report_saved else 0
 

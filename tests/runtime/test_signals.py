@@ -167,3 +167,110 @@ def test_the_previous_wakeup_fd_comes_back() -> None:
         assert signal.set_wakeup_fd(-1) == -1
     finally:
         signal.set_wakeup_fd(before)
+
+
+_STUCK_BATCH = """
+import sys
+from pathlib import Path
+import numpy as np
+from adassr.runtime.images import write_image
+from adassr.runtime.pipeline import UpscaleResult
+from adassr.runtime.signals import terminate_as_interrupt
+from adassr.runtime.upscale_cli import run_batch
+
+folder = Path(sys.argv[1])
+pairs = []
+for k in range(3):
+    pairs.append((write_image(folder / f"img{k}.png", np.full((12, 10, 3), 40 * k, np.uint8)),
+                  folder / "out" / f"img{k}.png"))
+a = np.ones((8000, 8000), dtype=np.float32)
+
+def serve(image, tiles, check):
+    if image.path.name == "img1.png":
+        print("stuck", flush=True)
+        for _ in range(100):
+            a @ a  # a model call on a large tile: no Python handler runs meanwhile
+    return UpscaleResult(np.repeat(np.repeat(image.pixels, 2, 0), 2, 1), None, 8, 2, 2.0, model_name="x2")
+
+with terminate_as_interrupt(grace_s=0.5):
+    run_batch(pairs, serve, progress=False, report_path=folder / "report.json")
+"""
+
+
+def test_upscale_writes_its_report_when_a_stop_signal_ends_the_process(tmp_path: Path) -> None:
+    """``--report`` is written "however the run ends": a SIGTERM during a long model call ended the process
+    after the grace without one (docker stop, a batch scheduler's time limit)."""
+    import json
+
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK_BATCH, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout is not None
+        while "stuck" not in (line := proc.stdout.readline()):  # after img0's output line
+            assert line, "the batch ended before its second image"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["finished"] is False
+    assert [f["status"] for f in doc["files"]] == ["ok", "not_done", "not_done"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0.png"]  # no temporary file either
+
+
+_LAST_WORDS = """
+import sys
+import time
+import numpy as np
+from adassr.runtime.signals import last_words, terminate_as_interrupt
+
+def hang():
+    time.sleep(60)  # a report on a network share that does not answer
+
+def fail():
+    raise OSError(5, "Input/output error")
+
+a = np.ones((8000, 8000), dtype=np.float32)
+with terminate_as_interrupt(grace_s=0.5), last_words(hang), last_words(fail):
+    print("started", flush=True)
+    for _ in range(100):
+        a @ a
+"""
+
+
+def test_last_words_that_fail_or_hang_neither_crash_nor_keep_the_process(tmp_path: Path) -> None:
+    from adassr.runtime.signals import LAST_WORDS_S
+
+    proc = subprocess.Popen([sys.executable, "-c", _LAST_WORDS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "error: while stopping: OSError: [Errno 5] Input/output error" in err, err
+    assert took < 0.5 + LAST_WORDS_S + 4, took  # the hanging one is not waited for past LAST_WORDS_S
+
+
+def test_last_words_are_registered_only_within_their_block() -> None:
+    from adassr.runtime import signals
+
+    def word() -> None:
+        pass
+
+    with signals.last_words(word):
+        assert [word] == signals._LAST_WORDS
+    assert signals._LAST_WORDS == []
+    with pytest.raises(RuntimeError), signals.last_words(word):
+        raise RuntimeError
+    assert signals._LAST_WORDS == []
