@@ -9,7 +9,8 @@
   pick could.
 - Alpha: never goes through the model. It is resized on its own straight to the output size with
   bicubic interpolation on its integer values (``cv2.INTER_CUBIC``, saturated; ``INTER_AREA`` if the
-  output is smaller than the input), as Real-ESRGAN does with its non-model alpha option.
+  output is smaller than the input), as Real-ESRGAN does with its non-model alpha option; a 16-bit
+  alpha is clipped to its own sample range, as the pixels are (a 12-bit file's stays under 4095).
 - Bit depth: the output has the input's bit depth (16-bit in, 16-bit out; the writer rounds to
   8 bits for JPEG / WebP, the input's sample range standing for 255: ``write_image(..., peak=)``).
 - ``outscale``: the model's x``scale`` output, already in the output dtype, is resized to
@@ -268,7 +269,11 @@ def upscale_pixels(
     result = resize(out, target)
     if peak < np.iinfo(pixels.dtype).max:  # cubic enlarging overshoots: keep a 12-bit image's output 12-bit
         np.minimum(result, pixels.dtype.type(peak), out=result)
-    out_alpha = None if alpha is None else resize(alpha, target)
+    if alpha is None:
+        return result, None
+    out_alpha = resize(alpha, target)
+    if (alpha_peak := used_peak(alpha)) < np.iinfo(alpha.dtype).max:  # a 12-bit alpha's overshoot too
+        np.minimum(out_alpha, alpha.dtype.type(alpha_peak), out=out_alpha)
     return result, out_alpha
 
 

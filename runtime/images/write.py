@@ -57,7 +57,7 @@ from adassr.runtime.images._model import (
     note,
     profile_fits,
 )
-from adassr.runtime.images.convert import uint16_to_uint8
+from adassr.runtime.images.convert import uint16_to_uint8, used_peak
 from adassr.runtime.images.exif import MAX_JPEG_EXIF_BYTES
 from adassr.runtime.images.jpeg_writer import MAX_ICC_BYTES, write_jpeg
 from adassr.runtime.images.png_writer import write_png
@@ -146,8 +146,9 @@ def write_image(
     machine-vision camera's 16-bit file of 12-bit samples stops at 4095 (the upscaled output keeps that
     range: :func:`adassr.runtime.images.convert.used_peak` of the input); written to JPEG or WebP, which hold
     8 bits, at 65535 it came out at 16 of 255, nearly black. With ``peak=4095`` 4095 becomes 255. PNG and
-    TIFF store 16-bit values as they are, whatever ``peak``. Alpha converts at ``peak`` too when its
-    values stay within it, else at 65535.
+    TIFF store 16-bit values as they are, whatever ``peak``. Alpha converts at ``peak`` or at its own
+    range (:func:`~adassr.runtime.images.convert.used_peak` of the alpha), whichever is wider: a 12-bit
+    file's alpha at 4095 also when its pixels are dark, a 16-bit alpha at 65535.
     """
     p = _path(path, "write_image")
     return PreparedWrite(p, _encoding_for(p, p.suffix, pixels, alpha, quality, icc_profile, threads,
@@ -380,8 +381,8 @@ def _prepare(p: Path, fmt: str, px: np.ndarray, al: np.ndarray | None, quality: 
         al = None
     if fmt in ("JPEG", "WEBP") and px.dtype == np.uint16:
         px = uint16_to_uint8(px, peak)
-        if al is not None:  # at the pixels' range when it holds the alpha (a 12-bit file's), else at 16 bits
-            al = uint16_to_uint8(al, peak if int(al.max()) <= peak else 65535)
+        if al is not None:  # at the pixels' range, or the alpha's own where that is wider (a 16-bit alpha)
+            al = uint16_to_uint8(al, max(peak, used_peak(al)))
     if icc_profile is not None and not profile_fits(icc_profile, px.shape[2]):
         _profile_dropped(p, f"a {icc_colour_space(icc_profile) or 'malformed'} profile for "
                             f"{'grey' if px.shape[2] == 1 else 'RGB'} pixels", notes)

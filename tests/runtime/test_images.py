@@ -1056,6 +1056,23 @@ def test_peak_converts_16_bit_levels_and_alpha_exactly(tmp_path: Path) -> None:
     assert abs(int(grey8.max()) - 120) <= 1 and abs(int(grey8.min()) - 120) <= 1  # 8-bit: as it is
 
 
+def test_a_bad_peak_is_refused_whatever_the_format_and_dtype(tmp_path: Path) -> None:
+    """peak is checked before any conversion: a PNG or TIFF (which ignore it) and 8-bit pixels (which are
+    written as they are) refuse a bad one too, and uint16_to_uint8 itself does not take True, 2.5 or 0
+    (0 divided by zero and gave black with a RuntimeWarning)."""
+    px16 = np.full((8, 8, 3), 4095, np.uint16)
+    px8 = np.full((8, 8, 3), 120, np.uint8)
+    for suffix in (".png", ".tif", ".jpg"):
+        for bad, pixels in ((0, px16), (True, px16), (4095.0, px16), (100, px8), (True, px8)):
+            with pytest.raises(ConfigError, match="peak"):
+                write_image(tmp_path / f"bad{suffix}", pixels, peak=bad)  # type: ignore[arg-type]
+            assert not (tmp_path / f"bad{suffix}").exists()
+    every = np.arange(65536, dtype=np.uint16)
+    for bad in (True, 2.5, 0, -1, 65536):
+        with pytest.raises(ConfigError, match="peak"):
+            uint16_to_uint8(every, bad)  # type: ignore[arg-type]
+
+
 def test_write_rejects_bad_input_and_leaves_nothing(tmp_path: Path) -> None:
     rgb = _photo()
     bad = [

@@ -1674,6 +1674,24 @@ def test_alpha_and_16_bit_images_match_the_cli(store: Path, tmp_path: Path) -> N
         assert jpegs[1].mean() > 60 and np.abs(jpegs[0] - jpegs[1]).mean() < 1.0
 
 
+def test_a_12_bit_upload_with_16_bit_alpha_keeps_its_brightness_in_webp(store: Path) -> None:
+    """The upload's pixels' sample range stands for white whether or not it has alpha (a 16-bit alpha,
+    opaque at 65535, converts at 16 bits)."""
+    import numpy as np
+
+    from adassr.runtime.images import encode_image
+
+    px = np.full((16, 16, 3), 3000, np.uint16)
+    alpha = np.zeros((16, 16), np.uint16)
+    alpha[4:12, 4:12] = 65535
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        r = c.post("/v1/upscale", params={"format": "webp"}, content=encode_image(".png", px, alpha=alpha))
+        assert r.status_code == 200, r.text
+    out = decode(r.content)
+    assert out.shape == (64, 64, 4) and out[32, 32, 3] == 255 and out[2, 2, 3] == 0
+    assert abs(int(out[32, 32, :3].mean()) - 187) <= 6  # 3000 of 4095, not 12 of 255
+
+
 def test_serve_refuses_a_port_in_use_before_starting(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """uvicorn used to print the banner, then its own error, and exit 3."""
     import socket

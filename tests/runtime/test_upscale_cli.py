@@ -171,6 +171,40 @@ def test_a_12_bit_tiff_upscaled_to_jpeg_keeps_its_brightness(store: Path, tmp_pa
     assert np.abs(got - want).mean() < 1.0, (got.mean(), want.mean())
 
 
+def test_a_12_bit_image_with_16_bit_alpha_keeps_its_brightness_and_its_alpha(store: Path, tmp_path: Path) -> None:
+    """A 12-bit camera's pixels with a 16-bit alpha (opaque at 65535), upscaled to WebP: the pixels'
+    sample range (used_peak of the input's pixels, not of its alpha) stands for white, and the alpha
+    converts at 16 bits."""
+    px = np.full((16, 16, 3), 3000, np.uint16)
+    alpha = np.zeros((16, 16), np.uint16)
+    alpha[4:12, 4:12] = 65535
+    src = write_image(tmp_path / "logo12.tif", px, alpha=alpha)
+    code, _, err = _run("-i", str(src), "-o", str(tmp_path / "logo.webp"), "--store", str(store), "--no-progress")
+    assert code == 0, err
+    result = read_image(tmp_path / "logo.webp")
+    assert result.alpha is not None and result.alpha[32, 32] == 255 and result.alpha[2, 2] == 0
+    assert abs(int(result.pixels[32, 32].mean()) - 187) <= 6  # 3000 of 4095, not 12 of 255
+
+
+@pytest.mark.parametrize("level", [3000, 900], ids=["bright", "dark"])
+def test_a_12_bit_alpha_stays_opaque_in_webp(store: Path, tmp_path: Path, level: int) -> None:
+    """The alpha's cubic resize overshot a 12-bit file's 4095 (4545 at a hard edge), so the writer took it for
+    16-bit alpha: opaque came out at 16 of 255 (a review helper). The resized alpha keeps its range, and converts
+    at it also when the pixels are darker than a quarter of it (their range 1023)."""
+    px = np.full((16, 16, 3), level, np.uint16)
+    alpha = np.zeros((16, 16), np.uint16)
+    alpha[4:12, 4:12] = 4095  # a 12-bit file's alpha: opaque at 4095
+    src = write_image(tmp_path / "logo12.tif", px, alpha=alpha)
+    for suffix in (".webp", ".png"):
+        code, _, err = _run("-i", str(src), "-o", str(tmp_path / f"logo{suffix}"), "--store", str(store),
+                            "--no-progress")
+        assert code == 0, err
+    result = read_image(tmp_path / "logo.webp")
+    assert result.alpha is not None and result.alpha[32, 32] == 255 and result.alpha[2, 2] == 0
+    deep = read_image(tmp_path / "logo.png")
+    assert deep.alpha is not None and int(deep.alpha.max()) == 4095  # no overshoot above the 12-bit range
+
+
 def test_rgba_in_rgba_out(store: Path, tmp_path: Path) -> None:
     px = np.full((16, 16, 3), 120, np.uint8)
     alpha = np.zeros((16, 16), np.uint8)
