@@ -154,6 +154,8 @@ def run_adapt(args: argparse.Namespace) -> int:
             return 2
         for group in scan.groups.values():
             print(one_line(group.describe()))
+            if group.name == scan.folder_group and (also := scan.also_line()) is not None:
+                print(one_line(also))
         for line in skipped_lines(scan.skipped):
             print(one_line(line))
         return 0

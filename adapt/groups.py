@@ -34,7 +34,7 @@ import re
 import stat
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from adassr.runtime.cameras import (
@@ -120,6 +120,23 @@ class GroupScan:
     groups: dict[str, CameraGroup]
     skipped: tuple[SkippedSource, ...]
     conflicts: dict[str, str]  # group name -> why it is refused
+    folder_group: str | None = None  # listed_groups: the group the folder given forms by its own name, if any
+    also: dict[str, CameraGroup] = field(default_factory=dict)
+    """:func:`listed_groups` only: the groups that the loose images of :attr:`folder_group` (all of them in it)
+    form by their own file-name prefix or EXIF Make, which ``--camera`` of that name takes alone (RealSR's flat
+    folder ``Test/`` of ``Canon_*`` and ``Nikon_*`` files)."""
+
+    def also_line(self) -> str | None:
+        """The line ``adapt --list`` prints under :attr:`folder_group` when :attr:`also` is not empty."""
+        if self.folder_group is None or not self.also or self.folder_group not in self.groups:
+            return None
+        names = list(self.also)
+        count = sum(len(group.members) for group in self.also.values())
+        others = f" (or {', '.join(names[1:])})" if names[1:] else ""
+        return (f"{self.folder_group}: {count} of its images also name their camera: "
+                f"{'; '.join(group.describe() for group in self.also.values())}; --camera {names[0]}{others} adapts "
+                f"those alone, --camera {self.folder_group} all {len(self.groups[self.folder_group].members)} "
+                "(the folder's name)")
 
 
 def _valid_name(name: str) -> str | None:
@@ -394,7 +411,12 @@ def listed_groups(directory: str | Path) -> GroupScan:
     groups = _with_folder_named_group(scan, Path(directory), own)
     taken = {_file_identity(m.path) for m in groups[own].members} if own in groups else set()
     skipped = tuple(s for s in scan.skipped if not (s.unnamed and _file_identity(s.path) in taken))
-    return GroupScan(groups, skipped, scan.conflicts)
+    also = {}
+    for name, group in scan.groups.items():
+        loose = tuple(m for m in group.members if _file_identity(m.path) in taken)
+        if name not in (own, UNGROUPED) and loose:
+            also[name] = CameraGroup(name, loose)
+    return GroupScan(groups, skipped, scan.conflicts, own if own in groups else None, also)
 
 
 def discover_groups(directory: str | Path) -> dict[str, CameraGroup]:

@@ -242,11 +242,41 @@ def test_adapt_list_of_a_folder_named_after_a_camera_shows_its_images_in_that_gr
     assert main(["adapt", "--list", "--images", str(folder)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["nikon (3 image(s), by folder)",
+                     "nikon: 1 of its images also name their camera: canon (1 image(s), by EXIF Make); --camera canon "
+                     "adapts those alone, --camera nikon all 3 (the folder's name)",
                      f"skipped {folder / 'tree_HR.png'}: {GROUND_TRUTH_REASON}"]
     assert [m.path.name for m in select_group(folder, "nikon").members] == ["0001.png", "Con_002.png", "other.jpg"]
+    assert [m.path.name for m in select_group(folder, "canon").members] == ["other.jpg"]  # as the line says
     assert main(["adapt", "--list", "--images", str(tmp_path)]) == 0  # its parent: the folder rule, as before
     assert capsys.readouterr().out.splitlines() == ["nikon (3 image(s), by folder)",
                                                     f"skipped {folder / 'tree_HR.png'}: {GROUND_TRUTH_REASON}"]
+
+
+def test_adapt_list_of_a_flat_folder_of_several_cameras_names_the_groups_their_names_form(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RealSR's flat layout (``Test/`` of ``Canon_*`` and ``Nikon_*`` files): `adapt --list` showed one group
+    named after the folder, while `adapt --camera canon` took the Canon images alone, a group the list never
+    showed (a docs audit). Both are listed now, each as the command takes it."""
+    from adassr.cli import main
+
+    folder = tmp_path / "Test"
+    folder.mkdir()
+    for k, name in enumerate(("Canon_006_LR4.png", "Canon_007_LR4.png", "Nikon_001_LR4.png", "IMG_0001.png")):
+        _noise_png(folder / name, k)
+    shutil.copy(SAMPLES / "canon" / "flower.jpg", folder / "flower.jpg")  # EXIF Canon
+    assert main(["adapt", "--list", "--images", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "test (5 image(s), by folder)",
+        "test: 4 of its images also name their camera: canon (3 image(s), by EXIF Make, by file-name prefix); "
+        "nikon (1 image(s), by file-name prefix); --camera canon (or nikon) adapts those alone, --camera test all 5 "
+        "(the folder's name)"]
+    assert [m.path.name for m in select_group(folder, "canon").members] == [
+        "Canon_006_LR4.png", "Canon_007_LR4.png", "flower.jpg"]
+    assert [m.path.name for m in select_group(folder, "nikon").members] == ["Nikon_001_LR4.png"]
+    assert len(select_group(folder, "test").members) == 5
+    assert main(["adapt", "--list", "--images", str(tmp_path)]) == 0  # from its parent: one folder group, no line
+    assert capsys.readouterr().out.splitlines() == ["test (5 image(s), by folder)"]
 
 
 def test_adapt_warns_when_a_folder_named_after_another_store_camera_will_route_the_images_there(
