@@ -194,17 +194,24 @@ def check_latency_options(options: LatencyOptions, *, gpu_report: bool) -> None:
 def resolve_bench_model(options: LatencyOptions, *, precision: str = "fp32") -> Any:
     """The store's route for ``options.camera``; ``ConfigError`` when a named camera would only be
     served by the fallback (a benchmark of the wrong model is worse than none)."""
-    from adassr.runtime.cameras import camera_name
+    from adassr.runtime.cameras import camera_name, closest_camera_hint
     from adassr.runtime.errors import ConfigError
     from adassr.runtime.routing import resolve_model
-    from adassr.runtime.store import FALLBACK_CAMERA, store_option
+    from adassr.runtime.store import FALLBACK_CAMERA, CameraStore, adapt_command, list_cameras, store_option
 
     route = resolve_model(options.store, camera=options.camera, precision=precision)
-    if camera_name(options.camera) != FALLBACK_CAMERA and route.is_fallback:
-        raise ConfigError(
-            f"camera {options.camera!r} has no exported model in {options.store} ({route.reason}); export it with "
-            f"`adassr export --camera {options.camera}{store_option(options.store)}`, or time the fallback with "
-            f"--camera {FALLBACK_CAMERA}")
+    name = camera_name(options.camera)
+    if name != FALLBACK_CAMERA and route.is_fallback:
+        export = f"`adassr export --camera {name}{store_option(options.store)}`"
+        if CameraStore.open(options.store, name).exists():  # adapted, not exported
+            advice = f"export it with {export}"
+        else:  # the export command alone would fail: nothing was adapted under that name
+            known = [c for c in list_cameras(options.store) if c != FALLBACK_CAMERA]
+            hint = closest_camera_hint(name, known)
+            advice = (f"the store has no such camera ({', '.join(known) or 'none yet'}).{hint} Adapt it with "
+                      f"`{adapt_command(name, options.store)}`, then {export}")
+        raise ConfigError(f"camera {options.camera!r} has no exported model in {options.store} ({route.reason}); "
+                          f"{advice}, or time the fallback with --camera {FALLBACK_CAMERA}")
     return route
 
 

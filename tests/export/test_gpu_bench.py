@@ -216,6 +216,30 @@ def test_bad_options_fail_before_any_timing(store: Path, tmp_path: Path, monkeyp
         run_gpu_latency(_args(store, camera="nope"))
 
 
+def test_bench_of_a_camera_without_a_model_says_what_to_run_first(store: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench latency --camera nope` said "export it with `adassr export --camera nope`", which fails in turn when
+    nothing was adapted under that name (a docs audit): adapt first then, export when adapted."""
+    from adassr.cli import main
+    from adassr.runtime.store import CameraStore
+
+    publish_camera(store, "canon", seed=2)
+    adapted = CameraStore.open(store, "sony", create=True)  # adapted, never exported
+    with adapted.transaction(timeout_s=30) as tx:
+        tx.commit(lambda manifest: manifest.update(scale=4))
+    base = ["bench", "latency", "--store", str(store), "--sizes", "16", "--no-torch", "--repeats", "1"]
+    assert main([*base, "--camera", "sony"]) == 2
+    err = capsys.readouterr().err
+    assert f"export it with `adassr export --camera sony --store {store}`" in err and "Adapt it" not in err
+    assert main([*base, "--camera", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "the store has no such camera (canon, sony)" in err and "Did you mean" not in err
+    assert "Adapt it with `adassr adapt --camera nope --images" in err
+    assert f"then `adassr export --camera nope --store {store}`" in err
+    assert main([*base, "--camera", "cannon"]) == 2
+    assert "Did you mean 'canon'?" in capsys.readouterr().err
+
+
 def test_reports_of_other_backends_and_cameras_do_not_replace_each_other(store: Path, tmp_path: Path) -> None:
     """Every report of a machine was named after the machine only: a torch run replaced the onnxruntime one."""
     from adassr.cli import main
