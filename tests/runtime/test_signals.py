@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,41 @@ def test_an_ignored_sighup_stays_ignored() -> None:
     assert Terminated(signal.SIGHUP).exit_code == 129
 
 
+@dataclass(frozen=True)
+class _Stopped:
+    code: int
+    ready: str  # the stdout line the script said it was ready with
+    err: str
+    took: float  # seconds from the first signal to the exit
+
+
+def _stop(script: str, *args: str, ready: str, stops: tuple[signal.Signals, ...], settle_s: float = 0.5,
+          gap_s: float = 0.3, timeout_s: float = 30, check: Callable[[str], bool] = bool) -> _Stopped:
+    """Run ``script`` in a fresh Python, wait for its first stdout line containing ``ready`` (and ``settle_s``
+    more: inside its long call by then; ``check`` of that line must hold), send it ``stops`` ``gap_s`` apart,
+    and wait for its end."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout is not None
+        while ready not in (line := proc.stdout.readline()):
+            assert line, f"the script ended before it printed {ready!r}"
+        assert check(line.strip()), line
+        time.sleep(settle_s)
+        started = time.monotonic()
+        for k, stop in enumerate(stops):
+            if k:
+                time.sleep(gap_s)
+            proc.send_signal(stop)
+        code = proc.wait(timeout=timeout_s)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return _Stopped(code, line.strip(), proc.stderr.read() if proc.stderr else "", took)
+
+
 _STUCK = """
 import sys
 from pathlib import Path
@@ -81,27 +118,12 @@ def test_a_signal_during_a_long_call_ends_the_process_within_the_grace_and_remov
     """The Python handler waits for the call to end (a minute for a big tile on a CPU, past docker stop's 10 s):
     a thread hears of the signal at once and ends the process after the grace, or at a second signal (a
     helper's review)."""
-    proc = subprocess.Popen([sys.executable, "-c", _STUCK, str(tmp_path / "out.png"), str(grace_s)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert proc.stdout is not None
-        temp = Path(proc.stdout.readline().strip())
-        assert temp.exists()
-        time.sleep(1.0)  # inside the long call by now (a signal before it is handled at once: no grace needed)
-        started = time.monotonic()
-        for _ in range(signals):
-            proc.send_signal(stop)
-            time.sleep(0.3)
-        assert proc.wait(timeout=30) == 128 + int(stop)
-        took = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert took < (grace_s + 2.5 if signals == 1 else 10), took  # within docker stop's 10 s
-    assert not temp.exists() and list(tmp_path.iterdir()) == []
-    err = proc.stderr.read() if proc.stderr else ""
+    run = _stop(_STUCK, str(tmp_path / "out.png"), str(grace_s), ready="", stops=(stop,) * signals, settle_s=1.0,
+                check=lambda temp: Path(temp).exists())
+    assert run.code == 128 + int(stop)
+    assert run.took < (grace_s + 2.5 if signals == 1 else 10), run.took  # within docker stop's 10 s
+    assert not Path(run.ready).exists() and list(tmp_path.iterdir()) == []
+    err = run.err
     assert err.startswith("interrupted: ") and "temporary file(s) removed" in err, err
     assert (f"a second signal ({stop.name})" in err) == (signals == 2)
 
@@ -121,39 +143,16 @@ with terminate_as_interrupt(grace_s=0.5):
 def test_one_ctrl_c_is_left_to_python_and_starts_no_forced_exit() -> None:
     """Ctrl-C raises KeyboardInterrupt when the call ends (the command then writes its report and summary);
     only a second one, or a stop signal, ends the process at the grace."""
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CALLS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    err = proc.stderr.read() if proc.stderr else ""
+    err = _stop(_SLOW_CALLS, ready="started", stops=(signal.SIGINT,), settle_s=0.3, timeout_s=120).err
     assert "KeyboardInterrupt" in err and "interrupted: " not in err, err
 
 
 def test_ctrl_c_after_a_stop_signal_ends_with_the_stop_signals_code(tmp_path: Path) -> None:
     """SIGTERM (docker stop) then Ctrl-C: the process was stopped by SIGTERM, so it exits 143, not 130."""
-    proc = subprocess.Popen([sys.executable, "-c", _STUCK, str(tmp_path / "out.png"), "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert proc.stdout is not None
-        Path(proc.stdout.readline().strip())
-        time.sleep(1.0)  # inside the long call by now
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 128 + int(signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    err = proc.stderr.read() if proc.stderr else ""
+    run = _stop(_STUCK, str(tmp_path / "out.png"), "60", ready="", stops=(signal.SIGTERM, signal.SIGINT),
+                settle_s=1.0)
+    assert run.code == 128 + int(signal.SIGTERM)
+    err = run.err
     assert "a second signal (SIGINT)" in err, err
 
 
@@ -202,19 +201,7 @@ def test_upscale_writes_its_report_when_a_stop_signal_ends_the_process(tmp_path:
     after the grace without one (docker stop, a batch scheduler's time limit)."""
     import json
 
-    proc = subprocess.Popen([sys.executable, "-c", _STUCK_BATCH, str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert proc.stdout is not None
-        while "stuck" not in (line := proc.stdout.readline()):  # after img0's output line
-            assert line, "the batch ended before its second image"
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 143
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    assert _stop(_STUCK_BATCH, str(tmp_path), ready="stuck", stops=(signal.SIGTERM,)).code == 143  # after img0
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["finished"] is False
     assert [f["status"] for f in doc["files"]] == ["ok", "not_done", "not_done"]
@@ -244,21 +231,10 @@ with terminate_as_interrupt(grace_s=0.5), last_words(hang), last_words(fail):
 def test_last_words_that_fail_or_hang_neither_crash_nor_keep_the_process(tmp_path: Path) -> None:
     from adassr.runtime.signals import LAST_WORDS_S
 
-    proc = subprocess.Popen([sys.executable, "-c", _LAST_WORDS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
-        time.sleep(0.5)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 143
-        took = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    err = proc.stderr.read() if proc.stderr else ""
-    assert "error: while stopping: OSError: [Errno 5] Input/output error" in err, err
+    run = _stop(_LAST_WORDS, ready="started", stops=(signal.SIGTERM,))
+    assert run.code == 143
+    assert "error: while stopping: OSError: [Errno 5] Input/output error" in run.err, run.err
+    took = run.took
     assert took < 0.5 + LAST_WORDS_S + 4, took  # the hanging one is not waited for past LAST_WORDS_S
 
 
