@@ -44,9 +44,9 @@ import numpy as np
 from adassr.runtime.backends import Backend, ModelCache, ModelKey, open_backend
 from adassr.runtime.backends.onnxruntime import resolve_providers
 from adassr.runtime.backends.ort_options import CUDA_EP, TRT_EP, GpuProviderSettings
-from adassr.runtime.errors import AdassrError, BackendError, ConfigError, ImageTooLargeError
+from adassr.runtime.errors import AdassrError, BackendError, ConfigError, ImageError, ImageTooLargeError
 from adassr.runtime.images import LoadedImage
-from adassr.runtime.images.convert import used_peak
+from adassr.runtime.images.convert import checked_peak, used_peak
 from adassr.runtime.routing import (
     RouteDecision,
     check_serving_precision,
@@ -220,8 +220,13 @@ def upscale_pixels(
     progress: Callable[[int, int], None] | None = None,
     max_output_pixels: int = MAX_OUTPUT_PIXELS,
     check_output: OutputCheck | None = None,
+    peak: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Upscale uint8/uint16 ``H x W x C`` pixels (C 1 or 3) and optional ``H x W`` alpha.
+
+    ``peak``: the level that stands for white (the model's 1.0) in 16-bit pixels, where the caller knows the
+    camera's sample range (:attr:`LoadedImage.sample_peak`); None: :func:`used_peak` of the pixels. Pixels
+    above it are an ImageError (they would be clipped).
 
     Returns ``(pixels, alpha)`` with the input's dtype and channel count. Memory: the model's
     ``scale`` x output is allocated once in the final dtype and filled tile by tile (see
@@ -252,14 +257,15 @@ def upscale_pixels(
     target = check_output_budget(h, w, scale, factor, max_output_pixels)
     if check_output is not None:
         check_output(*target)
-    peak = np.float32(used_peak(pixels))  # a 12-bit camera's 16-bit file: 4095, not 65535
+    white = used_peak(pixels) if peak is None else _given_peak(pixels, peak)  # a 12-bit camera's file: 4095
+    peak32 = np.float32(white)
 
     def to_float(tile: np.ndarray) -> np.ndarray:
-        rgb = tile.astype(np.float32) / peak
+        rgb = tile.astype(np.float32) / peak32
         return np.repeat(rgb, 3, axis=2) if channels == 1 else rgb
 
     out = np.empty((h * scale, w * scale, channels), dtype=pixels.dtype)
-    finish = _finisher(channels, pixels.dtype, float(peak))
+    finish = _finisher(channels, pixels.dtype, float(white))
 
     def sink(y: int, x: int, block: np.ndarray) -> None:
         finish(block, out[y : y + block.shape[0], x : x + block.shape[1]])
@@ -267,14 +273,24 @@ def upscale_pixels(
     run_tiles(pixels, infer, scale=scale, options=tiling, sink=sink, multiple_of=multiple_of,
               to_float=to_float, progress=progress)
     result = resize(out, target)
-    if peak < np.iinfo(pixels.dtype).max:  # cubic enlarging overshoots: keep a 12-bit image's output 12-bit
-        np.minimum(result, pixels.dtype.type(peak), out=result)
+    if white < np.iinfo(pixels.dtype).max:  # cubic enlarging overshoots: keep a 12-bit image's output 12-bit
+        np.minimum(result, pixels.dtype.type(white), out=result)
     if alpha is None:
         return result, None
     out_alpha = resize(alpha, target)
     if (alpha_peak := used_peak(alpha)) < np.iinfo(alpha.dtype).max:  # a 12-bit alpha's overshoot too
         np.minimum(out_alpha, alpha.dtype.type(alpha_peak), out=out_alpha)
     return result, out_alpha
+
+
+def _given_peak(pixels: np.ndarray, peak: object) -> int:
+    """``peak`` checked for ``pixels``: a level of their dtype that none of them exceeds."""
+    white = checked_peak(pixels.dtype, peak)
+    top = int(pixels.max()) if pixels.size else 0
+    if top > white:
+        raise ImageError(f"the pixels reach {top}, above the top level {white} of the sample range given "
+                         f"({white.bit_length()} bits); give a wider one, or none (the values decide)")
+    return white
 
 
 def upscale_image(
@@ -301,6 +317,7 @@ def upscale_image(
             multiple_of=multiple_of,
             progress=progress,
             check_output=check_output,
+            peak=image.sample_peak,
         )
     except NonFiniteOutputError as exc:
         if route is None:

@@ -49,7 +49,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -67,8 +67,8 @@ from adassr.runtime.images import (
     prepare_write,
     read_image,
     read_image_size,
-    used_peak,
 )
+from adassr.runtime.images.convert import parse_sample_bits
 from adassr.runtime.links import broken_link
 from adassr.runtime.output_plan import (
     entry_exists,
@@ -145,6 +145,10 @@ def add_upscale_arguments(parser: argparse.ArgumentParser, upscalers: UpscalerRe
     parser.add_argument("--outscale", type=float, default=None,
                         help="final upscaling factor (default: the model's scale, e.g. 4); the output size is rounded "
                              "to the nearest pixel, halves up, and is at least 1 pixel a side")
+    parser.add_argument("--sample-bits", type=sample_bits_argument, default=None, metavar="{auto,9..16}",
+                        help="16-bit inputs: the bits of the camera's samples, whose top level stands for white for "
+                             "the model and in JPEG / WebP outputs (default auto: a file whose values stop at 1023, "
+                             "4095 or 16383 is taken for 10-, 12- or 14-bit samples; 16 for a dark 16-bit photo)")
     parser.add_argument("--ext", default="auto",
                         help="output format for folders / output folders: auto (as the input), png, jpg, webp, tif")
     parser.add_argument("--quality", type=int, default=95,
@@ -276,6 +280,14 @@ class _Outcome:
     notes: tuple[str, ...] = ()  # what was tolerated about the image (the ``note:`` lines)
 
 
+def sample_bits_argument(text: str) -> int | None:
+    """``--sample-bits``: None for auto, else the bits (9-16) of a 16-bit file's samples."""
+    try:
+        return parse_sample_bits(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("sample bits ")) from None
+
+
 def _upscale_one(
     serve: Serve,
     source: Path,
@@ -285,17 +297,21 @@ def _upscale_one(
     tiles: Callable[[int, int], None] | None,
     threads: int | None = None,
     exif: bool = True,
+    sample_bits: int | None = None,
 ) -> tuple[UpscaleResult, PreparedWrite, list[str]]:
     """Read and upscale one image and prepare its output file (checked, converted, warned about; not written);
     the notes are the reader's and the writer's :class:`ImageWarning` messages, each starting with the file it
-    is about. Runs in the calling thread: warnings are recorded process-wide."""
+    is about. Runs in the calling thread: warnings are recorded process-wide. ``sample_bits``: a 16-bit image's
+    samples' bits (``--sample-bits``; None: the values decide)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImageWarning)
         image = read_image(source)
+        if sample_bits is not None and image.bit_depth == 16:
+            image = replace(image, sample_peak=(1 << sample_bits) - 1)
         result = serve(image, tiles, lambda height, width: check_writable_size(target, height, width))
         prepared = prepare_write(target, result.pixels, alpha=result.alpha, quality=quality,
                                  icc_profile=image.icc_profile, threads=threads, exif=image.exif if exif else None,
-                                 peak=used_peak(image.pixels))  # a 12-bit file's 4095 is white in a JPEG
+                                 peak=image.white())  # a 12-bit file's 4095 is white in a JPEG
     named = (f"{source}: ", f"{target}: ")
     notes = [message if message.startswith(named) else f"{target}: {message}"
              for message in (str(w.message) for w in caught if issubclass(w.category, ImageWarning))]
@@ -418,6 +434,7 @@ def _run_pairs(
         overlap_writes=overlap_writes,
         report_path=getattr(args, "report", None),
         planned=planned,
+        sample_bits=getattr(args, "sample_bits", None),
     )
 
 
@@ -632,6 +649,7 @@ def run_batch(
     exif: bool = True,
     report_path: Path | None = None,
     planned: Sequence[tuple[Path, Path]] | None = None,
+    sample_bits: int | None = None,
 ) -> int:
     """Upscale each (source, target) pair with ``serve``; one bad file is reported and skipped.
 
@@ -644,7 +662,7 @@ def run_batch(
     ``exif``: the outputs carry their photos' EXIF (``--no-exif``: they do not). ``report_path``: where to write
     the run's JSON report when it ends, however it ends (:mod:`adassr.runtime.upscale_report`; a report that
     cannot be written is an error line and exit 1); ``planned``: every pair of the run in input order,
-    those ``--skip-existing`` left out included (default ``pairs``).
+    those ``--skip-existing`` left out included (default ``pairs``). ``sample_bits``: ``--sample-bits`` (None: auto).
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
@@ -713,7 +731,7 @@ def run_batch(
                 existed = entry_exists(target) and target.is_file()
                 try:
                     result, prepared, notes = _upscale_one(serve, source, target, quality=quality, tiles=bar.tiles(),
-                                                           threads=threads, exif=exif)
+                                                           threads=threads, exif=exif, sample_bits=sample_bits)
                 except ImportError:  # a missing optional package: the whole run's problem, with its install advice
                     raise
                 except Exception as exc:  # noqa: BLE001 - one file never ends the batch; reported, not swallowed

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from adassr.runtime.errors import ImageError
+from adassr.runtime.images.convert import used_peak
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -98,6 +99,14 @@ class LoadedImage:
     dropped_profile: str | None = None
     untagged_colour: str | None = None  # a colour declaration other than ICC, which no output carries
     exif: bytes | None = None  # the EXIF an output carries over (adassr.runtime.images.exif.carried_exif)
+    sample_peak: int | None = None
+    """16-bit pixels: the level that stands for white, where the caller knows the camera's sample range
+    (``upscale --sample-bits 16``: 65535 for a dark 16-bit photo); None: :meth:`white` lets the values decide."""
+
+    def white(self) -> int:
+        """The level that stands for white in :attr:`pixels`: :attr:`sample_peak` when given, else
+        :func:`~adassr.runtime.images.convert.used_peak` (255 for 8-bit pixels)."""
+        return self.sample_peak if self.sample_peak is not None else used_peak(self.pixels)
 
     def profile_note(self) -> str | None:
         """The note for an output of this image when its file's profile was dropped, or its colours were

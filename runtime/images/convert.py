@@ -42,6 +42,31 @@ def used_peak(a: np.ndarray) -> int:
     return next(peak for peak in SAMPLE_PEAKS if top <= peak)
 
 
+def checked_peak(dtype: np.dtype, peak: object) -> int:
+    """``peak`` as the level that stands for white in pixels of ``dtype`` (uint8: 255 only; uint16: 1-65535);
+    ConfigError for anything else (a bool, a float, a NumPy integer: pass ``int(...)``)."""
+    full = 255 if np.dtype(dtype).newbyteorder("=") == np.uint8 else 65535
+    if isinstance(peak, bool) or not isinstance(peak, int) or not 0 < peak <= full:
+        raise ConfigError(f"peak must be an integer from 1 to {full} for {dtype} pixels (the level that stands for "
+                          f"white, e.g. used_peak(input pixels)), got {peak!r}")
+    if full == 255 and peak != full:
+        raise ConfigError(f"peak applies to 16-bit pixels; 8-bit pixels stand as they are (pass 255 or None), "
+                          f"got {peak}")
+    return peak
+
+
+def parse_sample_bits(text: str) -> int | None:
+    """``auto`` (any case) -> None (the values decide: :func:`used_peak`), ``9``-``16`` -> that number of bits of a
+    16-bit file's samples (its top level ``2 ** bits - 1`` stands for white); ConfigError otherwise."""
+    if text.strip().lower() == "auto":
+        return None
+    bits = int(text) if text.strip().isascii() and text.strip().isdigit() else 0
+    if not 9 <= bits <= 16:
+        raise ConfigError(f"sample bits must be auto or a number of bits from 9 to 16 (12 for a 12-bit camera's "
+                          f"16-bit files, 16 for a dark 16-bit photo), got {text!r}")
+    return bits
+
+
 def to_float32(a: np.ndarray, *, peak: int | None = None) -> np.ndarray:
     """uint8 or uint16 -> float32, divided by ``peak`` (default 255 or 65535, the container's range; the
     model's input takes :func:`used_peak`); a new array."""

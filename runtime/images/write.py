@@ -57,7 +57,7 @@ from adassr.runtime.images._model import (
     note,
     profile_fits,
 )
-from adassr.runtime.images.convert import uint16_to_uint8, used_peak
+from adassr.runtime.images.convert import checked_peak, uint16_to_uint8, used_peak
 from adassr.runtime.images.exif import MAX_JPEG_EXIF_BYTES
 from adassr.runtime.images.jpeg_writer import MAX_ICC_BYTES, write_jpeg
 from adassr.runtime.images.png_writer import write_png
@@ -299,16 +299,12 @@ def _validated(
 
 def _checked_peak(p: Path, dtype: np.dtype, peak: object) -> int:
     """The level that stands for white in pixels of ``dtype``: ``peak``, or the container's top when None."""
-    full = 255 if dtype == np.uint8 else 65535
     if peak is None:
-        return full
-    if isinstance(peak, bool) or not isinstance(peak, int) or not 0 < peak <= full:
-        raise ConfigError(f"{p}: peak must be an integer from 1 to {full} for {dtype} pixels (the level that "
-                          f"stands for white, e.g. used_peak(input pixels)), got {peak!r}")
-    if dtype == np.uint8 and peak != full:
-        raise ConfigError(f"{p}: peak applies to 16-bit pixels; 8-bit pixels are written as they are (pass 255 or "
-                          f"None), got {peak}")
-    return peak
+        return 255 if dtype == np.uint8 else 65535
+    try:
+        return checked_peak(dtype, peak)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
 
 
 def _profile_dropped(p: Path, why: str, notes: list[str] | None) -> None:

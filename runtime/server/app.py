@@ -40,6 +40,7 @@ import asyncio
 import concurrent.futures as cf
 import contextlib
 import contextvars
+import dataclasses
 import hmac
 import json
 import logging
@@ -65,7 +66,7 @@ from adassr.runtime.errors import (
     ImageError,
     ImageTooLargeError,
 )
-from adassr.runtime.images import size_problem, used_peak
+from adassr.runtime.images import LoadedImage, size_problem
 from adassr.runtime.pipeline import output_size, upscale_pixels
 from adassr.runtime.routing import RouteDecision
 from adassr.runtime.server.codec import UPLOAD_NAME, UploadFolder, UploadSpaceError, encode, without_path
@@ -105,6 +106,16 @@ class UpscaleOutput:
 MAX_HEADER_VALUE = 1024
 """Longest value of an ``X-Adassr-*`` response header: clients and proxies refuse long headers (curl and
 httpx failed on a 60 KB one; nginx's default buffer is 4-8 KB for all of them)."""
+
+
+def _with_sample_bits(image: LoadedImage, bits: int) -> LoadedImage:
+    """``image`` with the ``sample_bits`` of its request; 422 when its values exceed that range's top level."""
+    peak = (1 << bits) - 1
+    top = int(image.pixels.max()) if image.pixels.size else 0
+    if top > peak:
+        raise HttpError(422, "invalid_parameter", f"sample_bits={bits}: the upload's values reach {top}, above "
+                        f"{peak}, the top level of {bits}-bit samples; send a wider sample_bits, or auto")
+    return dataclasses.replace(image, sample_peak=peak)
 
 
 def _header_safe(text: str) -> str:
@@ -275,6 +286,8 @@ class Server:
         start = time.perf_counter()
         read_notes: list[str] = []
         image = self.uploads.decode(body, max_pixels=limits.max_pixels, notes=read_notes)
+        if params.sample_bits is not None and image.bit_depth == 16:
+            image = _with_sample_bits(image, params.sample_bits)
         decoded = time.perf_counter()
         with self.registry.serving(params.camera, image) as route:  # the model stays open until the tiles are done
             model = route.model
@@ -305,13 +318,14 @@ class Server:
                     multiple_of=model.route.multiple_of,
                     max_output_pixels=limits.max_output_pixels,
                     check_output=check_format,
+                    peak=image.sample_peak,
                 )
         inferred = time.perf_counter()
         ticket.check()
         try:
             carried = image.exif if params.exif is not False and self.config.exif else None
             data, notes = encode(pixels, alpha, suffix=params.suffix, quality=params.quality,
-                                 icc_profile=image.icc_profile, exif=carried, peak=used_peak(image.pixels))
+                                 icc_profile=image.icc_profile, exif=carried, peak=image.white())
         except ImageError as exc:  # the upload was fine: the output could not be encoded (not a 415)
             logger.error("%sencoding the output failed: %s", log_prefix(), exc)
             raise HttpError(500, "encode", f"the output could not be encoded as {params.suffix[1:]}: "

@@ -19,10 +19,11 @@ from starlette.responses import JSONResponse
 from adassr.runtime.cameras import camera_name
 from adassr.runtime.errors import CameraError, ConfigError
 from adassr.runtime.images import check_quality
+from adassr.runtime.images.convert import parse_sample_bits
 from adassr.runtime.server import request_ids
 from adassr.runtime.server.config import OUTPUT_FORMATS
 
-PARAMETERS = ("camera", "outscale", "format", "quality", "exif")
+PARAMETERS = ("camera", "outscale", "format", "quality", "exif", "sample_bits")
 MAX_FORM_FIELDS = 32
 """Text fields a multipart body may hold (more: 400); unknown or repeated ones among them get 422."""
 
@@ -54,6 +55,7 @@ class UpscaleParams:
     media_type: str
     quality: int
     exif: bool | None = None  # carry the upload's EXIF into the output (False: none; None: not said)
+    sample_bits: int | None = None  # a 16-bit upload's samples' bits (None: auto, the values decide)
 
 
 _NEGOTIATED = (("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/webp"))  # ties: the first
@@ -138,7 +140,13 @@ def parse_params(values: Mapping[str, str], max_outscale: float, accept: str | N
         if choice is None:
             raise HttpError(422, "invalid_parameter", f"exif must be true or false (1 or 0), got {values['exif']!r}")
         exif = choice
-    return UpscaleParams(camera, outscale, suffix, media_type, quality, exif)
+    sample_bits: int | None = None
+    if values.get("sample_bits") not in (None, ""):
+        try:
+            sample_bits = parse_sample_bits(values["sample_bits"])
+        except ConfigError as exc:
+            raise HttpError(422, "invalid_parameter", str(exc).replace("sample bits", "sample_bits", 1)) from None
+    return UpscaleParams(camera, outscale, suffix, media_type, quality, exif, sample_bits)
 
 
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}

@@ -295,7 +295,7 @@ class TritonUpscaler:
         def run(info: TritonModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
             return upscale_pixels(image.pixels, self.infer_fn(info), scale=info.scale, tiling=self.tiling_for(info),
                                   alpha=image.alpha, outscale=outscale, multiple_of=info.multiple_of,
-                                  progress=progress, check_output=check_output)
+                                  progress=progress, check_output=check_output, peak=image.sample_peak)
 
         try:
             try:

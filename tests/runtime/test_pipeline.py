@@ -259,6 +259,29 @@ def test_the_sample_range_of_uint16_pixels_is_the_smallest_that_holds_them() -> 
         to_float32(np.zeros((1, 1, 1), np.uint8), peak=1023)
 
 
+def test_a_given_peak_is_checked_and_used() -> None:
+    """``upscale_pixels(peak=)``: the caller's sample range (``--sample-bits``) in place of the values' guess."""
+    pixels = np.full((8, 8, 3), 16000, np.uint16)
+    seen: list[float] = []
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        seen.append(float(batch.max()))
+        return np.repeat(np.repeat(batch, 2, axis=2), 2, axis=3)
+
+    tiling = TilingOptions(tile=0)
+    out, _ = upscale_pixels(pixels, infer, scale=2, tiling=tiling, peak=65535)
+    assert abs(seen[-1] - 16000 / 65535) < 1e-6 and int(out.max()) == 16000
+    upscale_pixels(pixels, infer, scale=2, tiling=tiling)  # auto: 14-bit samples
+    assert abs(seen[-1] - 16000 / 16383) < 1e-6
+    with pytest.raises(ImageError, match="the pixels reach 16000, above the top level 4095"):
+        upscale_pixels(pixels, infer, scale=2, tiling=tiling, peak=4095)
+    for bad in (0, 65536, True, 4095.0):
+        with pytest.raises(ConfigError, match="peak"):
+            upscale_pixels(pixels, infer, scale=2, tiling=tiling, peak=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="8-bit pixels stand as they are"):
+        upscale_pixels(np.zeros((8, 8, 3), np.uint8), infer, scale=2, tiling=tiling, peak=100)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("band", ["middle", "border"])  # a tile's own pixels; its border, which the seams blend
 def test_any_non_finite_value_is_an_error(rgb8: np.ndarray, bad: float, band: str) -> None:

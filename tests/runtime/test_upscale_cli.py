@@ -171,6 +171,36 @@ def test_a_12_bit_tiff_upscaled_to_jpeg_keeps_its_brightness(store: Path, tmp_pa
     assert np.abs(got - want).mean() < 1.0, (got.mean(), want.mean())
 
 
+def test_sample_bits_tells_a_dark_16_bit_photo_from_a_14_bit_cameras_file(store: Path, tmp_path: Path) -> None:
+    """A 16-bit photo darker than a quarter of full range everywhere looks like a 14-bit camera's file: auto
+    serves it at 16383 and brightens its JPEG 4x; `--sample-bits 16` serves it at 65535, as dark as it is."""
+    with Image.open(SAMPLES / "canon" / "flower.jpg") as im:
+        rgb = np.asarray(im.convert("RGB"))[200:240, 300:340].copy()
+    dark = write_image(tmp_path / "dark.png", (rgb.astype(np.uint16) * 257) // 4)  # at most 16383
+    outs = {}
+    for bits in ("auto", "16", "14"):
+        out = tmp_path / f"dark_{bits}.jpg"
+        code, _, err = _run("-i", str(dark), "-o", str(out), "--store", str(store), "--camera", "canon",
+                            "--no-progress", "--sample-bits", bits)
+        assert code == 0, err
+        outs[bits] = read_image(out).pixels.astype(float).mean()
+    assert abs(outs["auto"] - rgb.mean()) < 0.1 * rgb.mean()  # taken for 14-bit samples: the top level is white
+    assert outs["14"] == outs["auto"]
+    assert abs(outs["16"] - rgb.mean() / 4) < 0.1 * rgb.mean() / 4, outs  # as dark as its values say
+    code, _, err = _run("-i", str(dark), "-o", str(tmp_path / "eight.jpg"), "--store", str(store),
+                        "--no-progress", "--sample-bits", "12")
+    assert code == 1 and "above the top level 4095 of the sample range given (12 bits)" in err, err
+    assert not (tmp_path / "eight.jpg").exists()
+    eight = write_image(tmp_path / "eight.png", rgb)  # 8-bit inputs stand as they are
+    code, _, err = _run("-i", str(eight), "-o", str(tmp_path / "eight_out.png"), "--store", str(store),
+                        "--no-progress", "--sample-bits", "10")
+    assert code == 0, err
+    for bad in ("8", "17", "twelve", ""):
+        with pytest.raises(SystemExit):
+            _parse("-i", str(dark), "-o", str(tmp_path / "x.png"), "--sample-bits", bad)
+    assert _parse("-i", "a", "-o", "b", "--sample-bits", "AUTO").sample_bits is None
+
+
 def test_a_12_bit_image_with_16_bit_alpha_keeps_its_brightness_and_its_alpha(store: Path, tmp_path: Path) -> None:
     """A 12-bit camera's pixels with a 16-bit alpha (opaque at 65535), upscaled to WebP: the pixels'
     sample range (used_peak of the input's pixels, not of its alpha) stands for white, and the alpha
