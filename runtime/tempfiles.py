@@ -78,7 +78,8 @@ def create_temp(target: Path) -> tuple[int, Path]:
         return fd, tmp
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (ours, or another user's); False for 0, negatives and impossible ones."""
     if pid <= 0:
         return False
     if pid == os.getpid():
@@ -95,7 +96,7 @@ def _pid_alive(pid: int) -> bool:
 def is_stale_temp(name: str) -> bool:
     """True for a temporary-file name (see :func:`temp_path`) whose writer process is gone."""
     match = _TEMP_RE.match(name)
-    return match is not None and not _pid_alive(int(match.group("pid")))
+    return match is not None and not pid_alive(int(match.group("pid")))
 
 
 ABANDONED_AFTER_S = 24 * 3600.0
@@ -131,7 +132,7 @@ def remove_stale_temps(folder: Path, *, target: str | Iterable[str] | None = Non
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             if not locked:
                 age = now - entry.stat(follow_symlinks=False).st_mtime
-                if (_pid_alive(int(match.group("pid"))) and age < ABANDONED_AFTER_S) or age < older_than_s:
+                if (pid_alive(int(match.group("pid"))) and age < ABANDONED_AFTER_S) or age < older_than_s:
                     continue
             if entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +26,9 @@ import numpy as np
 
 from adassr.runtime.errors import AdassrError, ConfigError, ImageError, ImageTooLargeError, PixelLimitError
 from adassr.runtime.images import LoadedImage, encode_image, read_image
+from adassr.runtime.tempfiles import pid_alive
+
+logger = logging.getLogger(__name__)
 
 UPLOAD_NAME = "the uploaded image"
 
@@ -33,16 +38,55 @@ class UploadSpaceError(AdassrError):
     client's fault."""
 
 
+UPLOADS_PREFIX = "adassr-serve-"
+"""Start of the name of a server's uploads' folder: ``adassr-serve-<pid>-<random>``."""
+_STALE_FOLDER = re.compile(re.escape(UPLOADS_PREFIX) + r"(?P<pid>\d{1,10})-[^/]+\Z")
+
+
+def remove_stale_upload_folders(base: Path) -> list[Path]:
+    """Remove the uploads' folders in ``base`` that servers of this user left when killed (SIGKILL, the OOM
+    killer): their process is gone. In /dev/shm they hold memory, with the uploads that were in flight, until
+    the machine restarts. Returns the folders removed; one that cannot be looked at or removed is left."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STALE_FOLDER.match(entry.name)
+        if match is None or pid_alive(int(match.group("pid"))):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            shutil.rmtree(entry.path)
+        except OSError as exc:
+            logger.warning("could not remove %s, the uploads' folder of a server that is gone: %s", entry.path,
+                           exc.strerror or exc)
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def uploads_base() -> Path | None:
+    """Where uploads' folders go: /dev/shm when it is writable (memory), else None (the temporary folder)."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 class UploadFolder:
     """A private temporary folder for decoding uploads; :meth:`close` removes it."""
 
     def __init__(self) -> None:
         """ConfigError when no temporary folder can be made (a read-only root file system without a
-        writable /dev/shm or $TMPDIR)."""
-        shm = Path("/dev/shm")
-        base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+        writable /dev/shm or $TMPDIR). The folders killed servers left there are removed first (logged)."""
+        base = uploads_base()
+        stale = remove_stale_upload_folders(base if base is not None else Path(tempfile.gettempdir()))
+        if stale:
+            logger.info("removed %d uploads' folder(s) that killed servers left: %s", len(stale),
+                        ", ".join(str(p) for p in stale))
         try:
-            self.path = Path(tempfile.mkdtemp(prefix="adassr-serve-", dir=base))
+            self.path = Path(tempfile.mkdtemp(prefix=f"{UPLOADS_PREFIX}{os.getpid()}-", dir=base))
             os.chmod(self.path, 0o700)
         except OSError as exc:  # mkdtemp's FileNotFoundError: "No usable temporary directory found in [...]"
             raise ConfigError(f"the server has no writable temporary folder to decode uploads in "

@@ -1290,12 +1290,13 @@ def test_json_logs_are_one_object_a_line_and_name_the_request(store: Path) -> No
     assert '"POST /v1/upscale HTTP/1.1" 415' in access[refused.headers["x-request-id"]]
 
 
-def _uploads_base() -> Path:
-    """Where the server keeps its uploads' folder (``adassr-serve-*``)."""
+def _uploads_folders(pid: int) -> list[Path]:
+    """The uploads' folders of the server process ``pid`` (``adassr-serve-<pid>-*``: not another test run's)."""
     import tempfile
 
-    shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    from adassr.runtime.server.codec import uploads_base
+
+    return list((uploads_base() or Path(tempfile.gettempdir())).glob(f"adassr-serve-{pid}-*"))
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
@@ -1303,8 +1304,8 @@ def test_a_stop_signal_drains_in_flight_requests(store: Path, stop: signal.Signa
     """A real `adassr serve` process: SIGTERM while requests run; they complete, then the process exits 0.
     SIGHUP (a closed terminal) ended it at once, resetting the requests and leaving the uploads' folder
     (a known limit until now): it drains the same way."""
-    before = set(_uploads_base().glob("adassr-serve-*"))
     proc, url = _serve_process(store)
+    assert len(_uploads_folders(proc.pid)) == 1
     try:
         responses = _signal_with_uploads_in_flight(proc, url, 3, [stop])
         assert [r.status_code for r in responses] == [200, 200, 200]
@@ -1319,7 +1320,39 @@ def test_a_stop_signal_drains_in_flight_requests(store: Path, stop: signal.Signa
             proc.wait(10)
     output = proc.stdout.read() if proc.stdout else ""
     assert "stopped" in output
-    assert not set(_uploads_base().glob("adassr-serve-*")) - before  # the uploads' folder went
+    assert not _uploads_folders(proc.pid)  # the uploads' folder went
+
+
+def test_a_server_removes_the_uploads_folders_that_killed_servers_left(store: Path, tmp_path: Path) -> None:
+    """A server killed by SIGKILL (the OOM killer) left its uploads' folder in /dev/shm, holding memory (and the
+    uploads in flight) until the machine restarted. The next server removes those of processes that are gone,
+    and leaves a live server's and any other folder alone."""
+    from adassr.runtime.server.codec import remove_stale_upload_folders
+
+    proc, _ = _serve_process(store)
+    (folder,) = _uploads_folders(proc.pid)
+    (folder / "upload-abc").write_bytes(b"x" * 1000)  # an upload in flight when it was killed
+    proc.kill()
+    proc.wait(10)
+    assert folder.exists()
+    live, _ = _serve_process(store)
+    try:
+        assert not folder.exists()  # removed by the next server as it started
+        assert len(_uploads_folders(live.pid)) == 1
+    finally:
+        live.terminate()
+        live.wait(60)
+    base = tmp_path / "shm"
+    base.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    kept = [base / f"adassr-serve-{os.getpid()}-abc", base / "adassr-serve-xyz", base / "other-folder"]
+    for path in [*kept, base / f"adassr-serve-{dead.pid}-abc"]:
+        path.mkdir()
+    (base / f"adassr-serve-{dead.pid}-def").write_text("a file, not a server's folder")
+    assert remove_stale_upload_folders(base) == [base / f"adassr-serve-{dead.pid}-abc"]
+    assert sorted(base.iterdir()) == sorted([*kept, base / f"adassr-serve-{dead.pid}-def"])
+    assert remove_stale_upload_folders(tmp_path / "missing") == []
 
 
 def test_sighup_is_left_ignored_under_nohup(store: Path) -> None:
@@ -1364,9 +1397,8 @@ def test_a_second_ctrl_c_does_not_wait_for_a_long_model_call(tmp_path: Path) -> 
     and left the uploads' folder behind (a helper's hunt). Now it ends at once, the folder removed."""
     slow = tmp_path / "slow"
     publish_camera(slow, FALLBACK_CAMERA, channels=256)  # about 9 s a call on a 448-px tile (AMD EPYC, 1 thread)
-    base = _uploads_base()
-    before = set(base.glob("adassr-serve-*"))
     proc, url = _serve_process(slow, ["--tile", "448", "--tile-overlap", "16"])
+    assert len(_uploads_folders(proc.pid)) == 1
     try:
         with httpx.Client(base_url=url, timeout=120) as c, cf.ThreadPoolExecutor(1) as pool:
             request = pool.submit(c.post, "/v1/upscale", content=small_png(460, 460, seed=6))
@@ -1388,7 +1420,7 @@ def test_a_second_ctrl_c_does_not_wait_for_a_long_model_call(tmp_path: Path) -> 
     assert took < 4.0, f"the exit waited {took:.1f} s for the model call"
     output = proc.stdout.read() if proc.stdout else ""
     assert "stopped by a second Ctrl-C" in output and "Traceback" not in output, output
-    assert not set(base.glob("adassr-serve-*")) - before  # the uploads' folder went
+    assert not _uploads_folders(proc.pid)  # the uploads' folder went
 
 
 def test_a_second_server_on_the_port_fails_at_once(store: Path) -> None:
@@ -1690,6 +1722,30 @@ def test_a_12_bit_upload_with_16_bit_alpha_keeps_its_brightness_in_webp(store: P
     out = decode(r.content)
     assert out.shape == (64, 64, 4) and out[32, 32, 3] == 255 and out[2, 2, 3] == 0
     assert abs(int(out[32, 32, :3].mean()) - 187) <= 6  # 3000 of 4095, not 12 of 255
+
+
+def test_sample_bits_tells_a_dark_16_bit_upload_from_a_14_bit_cameras(store: Path) -> None:
+    """``sample_bits=16``: a 16-bit photo darker than a quarter of full range comes back as dark as it is (auto takes
+    it for 14-bit samples and brightens its JPEG 4x); a range its values exceed, or no number of bits, is a 422."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    photo = rng.integers(60, 256, (30, 34, 3), dtype=np.uint8)
+    ok, png = cv2.imencode(".png", (photo.astype(np.uint16) * 257) // 4)  # at most 16383
+    assert ok
+    means = {}
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        for bits in ("auto", "16", ""):
+            r = c.post("/v1/upscale", params={"format": "jpeg", "sample_bits": bits}, content=png.tobytes())
+            assert r.status_code == 200, r.text
+            means[bits] = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_UNCHANGED).mean()
+        for bits, message in (("12", "sample_bits=12: the upload's values reach"), ("8", "sample_bits must be auto"),
+                              ("x", "sample_bits must be auto")):
+            r = c.post("/v1/upscale", params={"sample_bits": bits}, content=png.tobytes())
+            assert r.status_code == 422 and message in r.text, (bits, r.text)
+    assert means["auto"] == means[""] and abs(means["auto"] - photo.mean()) < 0.1 * photo.mean(), means
+    assert abs(means["16"] - photo.mean() / 4) < 0.1 * photo.mean() / 4, means
 
 
 def test_serve_refuses_a_port_in_use_before_starting(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
