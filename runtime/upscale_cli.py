@@ -634,6 +634,18 @@ class _Written:
     existed: bool
     done: Future[None] | None = None  # None: written already (in the foreground)
 
+    def line(self) -> str:
+        return f"{self.source} -> {self.target}  [model {self.served}]"
+
+    def outcome(self) -> _Outcome:
+        return _Outcome(self.source, self.target, self.group, self.model, None, replaced=self.existed,
+                        route=self.served, notes=tuple(self.notes))
+
+    def written(self) -> bool:
+        """Whether its file is complete: written in the foreground, or its background write ended without error
+        (not waited for)."""
+        return self.done is None or (self.done.done() and not self.done.cancelled() and self.done.exception() is None)
+
 
 def run_batch(
     pairs: list[tuple[Path, Path]],
@@ -694,11 +706,10 @@ def run_batch(
         bar.advance(source.name)
 
     def report(job: _Written) -> None:
-        bar.write(f"{job.source} -> {job.target}  [model {job.served}]", file=out)
+        bar.write(job.line(), file=out)
         for note in job.notes:
             bar.write(f"note: {note}", file=err)
-        outcomes.append(_Outcome(job.source, job.target, job.group, job.model, None, replaced=job.existed,
-                                 route=job.served, notes=tuple(job.notes)))
+        outcomes.append(job.outcome())
         bar.advance(job.source.name)
 
     def finish_pending() -> None:
@@ -721,8 +732,13 @@ def run_batch(
         report(job)
 
     def last_report() -> None:  # when a stop signal ends the process without the finally below
+        done = list(outcomes)
+        job = pending
+        if job is not None and job.written():  # written in the background, not reported yet: the next image's
+            say(job.line(), out)                # model call came first
+            done.append(job.outcome())
         if report_path is not None:
-            save_report(report_path, planned if planned is not None else pairs, pairs, list(outcomes),
+            save_report(report_path, planned if planned is not None else pairs, pairs, done,
                         seconds=time.perf_counter() - start, finished=False, stderr=err)
 
     with last_words(last_report) if report_path is not None else contextlib.nullcontext():

@@ -65,6 +65,7 @@ class _Stopped:
     code: int
     ready: str  # the stdout line the script said it was ready with
     err: str
+    out: str  # all its stdout
     took: float  # seconds from the first signal to the exit
 
 
@@ -75,10 +76,12 @@ def _stop(script: str, *args: str, ready: str, stops: tuple[signal.Signals, ...]
     and wait for its end."""
     proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=Path(__file__).resolve().parents[2])
+    lines: list[str] = []
     try:
         assert proc.stdout is not None
         while ready not in (line := proc.stdout.readline()):
             assert line, f"the script ended before it printed {ready!r}"
+            lines.append(line)
         assert check(line.strip()), line
         time.sleep(settle_s)
         started = time.monotonic()
@@ -92,7 +95,8 @@ def _stop(script: str, *args: str, ready: str, stops: tuple[signal.Signals, ...]
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    return _Stopped(code, line.strip(), proc.stderr.read() if proc.stderr else "", took)
+    out = "".join([*lines, line, proc.stdout.read() if proc.stdout else ""])
+    return _Stopped(code, line.strip(), proc.stderr.read() if proc.stderr else "", out, took)
 
 
 _STUCK = """
@@ -192,16 +196,20 @@ def serve(image, tiles, check):
     return UpscaleResult(np.repeat(np.repeat(image.pixels, 2, 0), 2, 1), None, 8, 2, 2.0, model_name="x2")
 
 with terminate_as_interrupt(grace_s=0.5):
-    run_batch(pairs, serve, progress=False, report_path=folder / "report.json")
+    run_batch(pairs, serve, progress=False, report_path=folder / "report.json", overlap_writes=sys.argv[2] == "1")
 """
 
 
-def test_upscale_writes_its_report_when_a_stop_signal_ends_the_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("overlap", [False, True], ids=["foreground-writes", "background-writes"])
+def test_upscale_writes_its_report_when_a_stop_signal_ends_the_process(tmp_path: Path, overlap: bool) -> None:
     """``--report`` is written "however the run ends": a SIGTERM during a long model call ended the process
-    after the grace without one (docker stop, a batch scheduler's time limit)."""
+    after the grace without one (docker stop, a batch scheduler's time limit). An image written in the background
+    (GPU, Triton) during that call is reported done, with its line (a review helper: it was `not_done`)."""
     import json
 
-    assert _stop(_STUCK_BATCH, str(tmp_path), ready="stuck", stops=(signal.SIGTERM,)).code == 143  # after img0
+    run = _stop(_STUCK_BATCH, str(tmp_path), "1" if overlap else "0", ready="stuck", stops=(signal.SIGTERM,))
+    assert run.code == 143
+    assert f"{tmp_path / 'img0.png'} -> {tmp_path / 'out' / 'img0.png'}  [model x2]" in run.out
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["finished"] is False
     assert [f["status"] for f in doc["files"]] == ["ok", "not_done", "not_done"]
@@ -250,3 +258,86 @@ def test_last_words_are_registered_only_within_their_block() -> None:
     with pytest.raises(RuntimeError), signals.last_words(word):
         raise RuntimeError
     assert signals._LAST_WORDS == []
+
+
+def test_every_last_word_runs_and_any_error_of_one_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each registered last word runs (newest first), also after one that failed with any exception."""
+    from adassr.runtime import signals
+
+    said: list[str] = []
+
+    def newer() -> None:
+        said.append("newer")
+
+    def broken() -> None:
+        said.append("broken")
+        raise ValueError("bad value")
+
+    def oldest() -> None:
+        said.append("oldest")
+
+    with signals.last_words(oldest), signals.last_words(broken), signals.last_words(newer):
+        signals._say_last_words()
+    assert said == ["newer", "broken", "oldest"]
+    assert "error: while stopping: ValueError: bad value" in capsys.readouterr().err
+
+
+def test_the_last_words_and_the_grace_fit_in_docker_stops_ten_seconds() -> None:
+    from adassr.runtime.signals import GRACE_S, LAST_WORDS_S
+
+    assert GRACE_S + LAST_WORDS_S < 10
+
+
+_HANGING_WRITE = """
+import os
+import sys
+import time
+from pathlib import Path
+from adassr.runtime import signals
+from adassr.runtime.tempfiles import create_temp
+
+folder = Path(sys.argv[1])
+
+def slow_report():
+    fd, _ = create_temp(folder / "report.json")  # a report on a share that stopped answering
+    os.close(fd)
+    time.sleep(60)
+
+with signals.last_words(slow_report):
+    signals._quit_now(15, "a test")
+"""
+
+
+def test_a_last_word_cut_off_leaves_no_temporary_file(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", _HANGING_WRITE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=30, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 143, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_of_the_last_words_keeps_the_inputs_skip_existing_left_out(tmp_path: Path) -> None:
+    """The report written as a stop signal ends the process lists every planned input, as the run's end does."""
+    import json
+
+    import numpy as np
+
+    from adassr.runtime import signals
+    from adassr.runtime.images import write_image
+    from adassr.runtime.pipeline import UpscaleResult
+    from adassr.runtime.upscale_cli import run_batch
+
+    planned = [(write_image(tmp_path / f"img{k}.png", np.full((12, 10, 3), 40 * k, np.uint8)),
+                tmp_path / "out" / f"img{k}.png") for k in range(3)]
+    report = tmp_path / "report.json"
+    seen: list[dict[str, object]] = []
+
+    def serve(image, tiles, check):  # type: ignore[no-untyped-def]
+        if image.path.name == "img2.png":
+            signals._LAST_WORDS[-1]()  # as the watcher thread calls it
+            seen.append(json.loads(report.read_text()))
+        return UpscaleResult(np.repeat(np.repeat(image.pixels, 2, 0), 2, 1), None, 8, 2, 2.0, model_name="x2")
+
+    run_batch(planned[1:], serve, progress=False, report_path=report, planned=planned)
+    (doc,) = seen
+    assert doc["finished"] is False
+    assert [f["status"] for f in doc["files"]] == ["skipped", "ok", "not_done"]
