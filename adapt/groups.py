@@ -122,21 +122,23 @@ class GroupScan:
     conflicts: dict[str, str]  # group name -> why it is refused
     folder_group: str | None = None  # listed_groups: the group the folder given forms by its own name, if any
     also: dict[str, CameraGroup] = field(default_factory=dict)
-    """:func:`listed_groups` only: the groups that the loose images of :attr:`folder_group` (all of them in it)
-    form by their own file-name prefix or EXIF Make, which ``--camera`` of that name takes alone (RealSR's flat
-    folder ``Test/`` of ``Canon_*`` and ``Nikon_*`` files)."""
+    """:func:`listed_groups` only: the groups that some loose images of :attr:`folder_group` (all of them in it)
+    belong to as well, by their own file-name prefix or EXIF Make, as ``--camera`` of that name takes them
+    (RealSR's flat folder ``Test/`` of ``Canon_*`` and ``Nikon_*`` files: groups ``canon`` and ``nikon``)."""
 
     def also_line(self) -> str | None:
-        """The line ``adapt --list`` prints under :attr:`folder_group` when :attr:`also` is not empty."""
+        """The line ``adapt --list`` prints under :attr:`folder_group` when :attr:`also` is not empty: the
+        listed groups that share its images."""
         if self.folder_group is None or not self.also or self.folder_group not in self.groups:
             return None
+        folder = self.groups[self.folder_group]
+        mine = {_file_identity(m.path) for m in folder.members}
+        shared = {_file_identity(m.path) for group in self.also.values() for m in group.members} & mine
         names = list(self.also)
-        count = sum(len(group.members) for group in self.also.values())
-        others = f" (or {', '.join(names[1:])})" if names[1:] else ""
-        return (f"{self.folder_group}: {count} of its images also name their camera: "
-                f"{'; '.join(group.describe() for group in self.also.values())}; --camera {names[0]}{others} adapts "
-                f"those alone, --camera {self.folder_group} all {len(self.groups[self.folder_group].members)} "
-                "(the folder's name)")
+        listed = f"group {names[0]}" if len(names) == 1 else f"groups {', '.join(names[:-1])} and {names[-1]}"
+        return (f"{self.folder_group}: {len(shared)} of its {len(folder.members)} images also name their camera, by "
+                f"file-name prefix or EXIF Make, so they are in {listed} too (--camera {names[0]} adapts that "
+                f"group as listed, --camera {self.folder_group} the folder's {len(folder.members)})")
 
 
 def _valid_name(name: str) -> str | None:
@@ -411,12 +413,11 @@ def listed_groups(directory: str | Path) -> GroupScan:
     groups = _with_folder_named_group(scan, Path(directory), own)
     taken = {_file_identity(m.path) for m in groups[own].members} if own in groups else set()
     skipped = tuple(s for s in scan.skipped if not (s.unnamed and _file_identity(s.path) in taken))
-    also = {}
-    for name, group in scan.groups.items():
-        loose = tuple(m for m in group.members if _file_identity(m.path) in taken)
-        if name not in (own, UNGROUPED) and loose:
-            also[name] = CameraGroup(name, loose)
-    return GroupScan(groups, skipped, scan.conflicts, own if own in groups else None, also)
+    also = {name: group for name, group in scan.groups.items()  # as --camera NAME takes them: whole
+            if name not in (own, UNGROUPED) and any(_file_identity(m.path) in taken for m in group.members)}
+    listed = {name: also.get(name, group) for name, group in groups.items()}
+    listed.update((name, group) for name, group in also.items() if name not in listed)  # all its images moved
+    return GroupScan(dict(sorted(listed.items())), skipped, scan.conflicts, own if own in groups else None, also)
 
 
 def discover_groups(directory: str | Path) -> dict[str, CameraGroup]:

@@ -241,9 +241,10 @@ def test_adapt_list_of_a_folder_named_after_a_camera_shows_its_images_in_that_gr
     _noise_png(folder / "tree_HR.png", 3)  # ground truth: skipped in any case
     assert main(["adapt", "--list", "--images", str(folder)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines == ["nikon (3 image(s), by folder)",
-                     "nikon: 1 of its images also name their camera: canon (1 image(s), by EXIF Make); --camera canon "
-                     "adapts those alone, --camera nikon all 3 (the folder's name)",
+    assert lines == ["canon (1 image(s), by EXIF Make)",
+                     "nikon (3 image(s), by folder)",
+                     "nikon: 1 of its 3 images also name their camera, by file-name prefix or EXIF Make, so they are "
+                     "in group canon too (--camera canon adapts that group as listed, --camera nikon the folder's 3)",
                      f"skipped {folder / 'tree_HR.png'}: {GROUND_TRUTH_REASON}"]
     assert [m.path.name for m in select_group(folder, "nikon").members] == ["0001.png", "Con_002.png", "other.jpg"]
     assert [m.path.name for m in select_group(folder, "canon").members] == ["other.jpg"]  # as the line says
@@ -267,16 +268,50 @@ def test_adapt_list_of_a_flat_folder_of_several_cameras_names_the_groups_their_n
     shutil.copy(SAMPLES / "canon" / "flower.jpg", folder / "flower.jpg")  # EXIF Canon
     assert main(["adapt", "--list", "--images", str(folder)]) == 0
     assert capsys.readouterr().out.splitlines() == [
+        "canon (3 image(s), by EXIF Make, by file-name prefix)",
+        "nikon (1 image(s), by file-name prefix)",
         "test (5 image(s), by folder)",
-        "test: 4 of its images also name their camera: canon (3 image(s), by EXIF Make, by file-name prefix); "
-        "nikon (1 image(s), by file-name prefix); --camera canon (or nikon) adapts those alone, --camera test all 5 "
-        "(the folder's name)"]
+        "test: 4 of its 5 images also name their camera, by file-name prefix or EXIF Make, so they are in groups "
+        "canon and nikon too (--camera canon adapts that group as listed, --camera test the folder's 5)"]
     assert [m.path.name for m in select_group(folder, "canon").members] == [
         "Canon_006_LR4.png", "Canon_007_LR4.png", "flower.jpg"]
     assert [m.path.name for m in select_group(folder, "nikon").members] == ["Nikon_001_LR4.png"]
     assert len(select_group(folder, "test").members) == 5
+    (folder / "canon").mkdir()  # a camera folder inside it too: --camera canon takes both, and the list says so
+    _noise_png(folder / "canon" / "a.png", 7)
+    assert main(["adapt", "--list", "--images", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "canon (4 image(s), by EXIF Make, by file-name prefix, by folder)"
+    assert len(select_group(folder, "canon").members) == 4
+    (folder / "canon" / "a.png").unlink()
+    (folder / "canon").rmdir()
     assert main(["adapt", "--list", "--images", str(tmp_path)]) == 0  # from its parent: one folder group, no line
     assert capsys.readouterr().out.splitlines() == ["test (5 image(s), by folder)"]
+
+
+def test_adapt_list_of_a_folder_named_after_a_prefix_group_names_only_the_other_groups(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder ``canon/`` of ``Canon_*`` and ``Nikon_*`` files: the line names nikon, never canon itself (whose
+    --camera takes the whole folder); a folder whose images name no other camera gets no line at all."""
+    from adassr.cli import main
+
+    folder = tmp_path / "canon"
+    folder.mkdir()
+    for k, name in enumerate(("Canon_006_LR4.png", "Canon_007_LR4.png", "Nikon_001_LR4.png")):
+        _noise_png(folder / name, k)
+    assert main(["adapt", "--list", "--images", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "canon (3 image(s), by folder)",
+        "canon: 1 of its 3 images also name their camera, by file-name prefix or EXIF Make, so they are in group "
+        "nikon too (--camera nikon adapts that group as listed, --camera canon the folder's 3)",
+        "nikon (1 image(s), by file-name prefix)"]
+    assert len(select_group(folder, "canon").members) == 3
+    assert [m.path.name for m in select_group(folder, "nikon").members] == ["Nikon_001_LR4.png"]
+    plain = tmp_path / "nikon"
+    plain.mkdir()
+    _noise_png(plain / "0001.png", 4)
+    assert main(["adapt", "--list", "--images", str(plain)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["nikon (1 image(s), by folder)"]
 
 
 def test_adapt_warns_when_a_folder_named_after_another_store_camera_will_route_the_images_there(

@@ -234,7 +234,7 @@ def test_bench_of_a_camera_without_a_model_says_what_to_run_first(store: Path,
     assert main([*base, "--camera", "nope"]) == 2
     err = capsys.readouterr().err
     assert "the store has no such camera (canon, sony)" in err and "Did you mean" not in err
-    assert "Adapt it with `adassr adapt --camera nope --images" in err
+    assert f"Adapt it with `adassr adapt --camera nope --images PHOTO_FOLDER --store {store}`" in err
     assert f"then `adassr export --camera nope --store {store}`" in err
     assert main([*base, "--camera", "cannon"]) == 2
     assert "Did you mean 'canon'?" in capsys.readouterr().err
