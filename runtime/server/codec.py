@@ -26,7 +26,6 @@ import numpy as np
 
 from adassr.runtime.errors import AdassrError, ConfigError, ImageError, ImageTooLargeError, PixelLimitError
 from adassr.runtime.images import LoadedImage, encode_image, read_image
-from adassr.runtime.tempfiles import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -40,30 +39,47 @@ class UploadSpaceError(AdassrError):
 
 UPLOADS_PREFIX = "adassr-serve-"
 """Start of the name of a server's uploads' folder: ``adassr-serve-<pid>-<random>``."""
-_STALE_FOLDER = re.compile(re.escape(UPLOADS_PREFIX) + r"(?P<pid>\d{1,10})-[^/]+\Z")
+_SERVER_FOLDER = re.compile(re.escape(UPLOADS_PREFIX) + r"\d{1,10}-[^/]+\Z")
+_STARTING_PREFIX = f".{UPLOADS_PREFIX}starting-"  # not a server's folder until it is locked and renamed
+_DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
 
 
 def remove_stale_upload_folders(base: Path) -> list[Path]:
     """Remove the uploads' folders in ``base`` that servers of this user left when killed (SIGKILL, the OOM
-    killer): their process is gone. In /dev/shm they hold memory, with the uploads that were in flight, until
-    the machine restarts. Returns the folders removed; one that cannot be looked at or removed is left."""
+    killer). In /dev/shm they hold memory, with the uploads that were in flight, until the machine restarts.
+
+    A running server holds an exclusive ``flock`` on its folder; a folder whose lock can be taken belongs to no
+    running server. (Not its pid: a server in another pid namespace that shares /dev/shm, a container of the
+    same pod, has a pid that means nothing here, and a restarted container's server gets its killed
+    predecessor's pid.) Returns the folders removed; one that cannot be looked at or removed is left, logged."""
+    import fcntl
+
     removed: list[Path] = []
     try:
         entries = list(os.scandir(base))
     except OSError:
         return removed
     for entry in entries:
-        match = _STALE_FOLDER.match(entry.name)
-        if match is None or pid_alive(int(match.group("pid"))):
+        if _SERVER_FOLDER.match(entry.name) is None:
             continue
         try:
             if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
                 continue
+            fd = os.open(entry.path, _DIRECTORY_FLAGS)
+        except OSError:
+            continue  # gone meanwhile, or not ours to look into
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a running server's
             shutil.rmtree(entry.path)
         except OSError as exc:
             logger.warning("could not remove %s, the uploads' folder of a server that is gone: %s", entry.path,
                            exc.strerror or exc)
             continue
+        finally:
+            os.close(fd)
         removed.append(Path(entry.path))
     return removed
 
@@ -75,20 +91,32 @@ def uploads_base() -> Path | None:
 
 
 class UploadFolder:
-    """A private temporary folder for decoding uploads; :meth:`close` removes it."""
+    """A private temporary folder for decoding uploads, locked while the server runs (see
+    :func:`remove_stale_upload_folders`); :meth:`close` removes it."""
 
     def __init__(self) -> None:
         """ConfigError when no temporary folder can be made (a read-only root file system without a
         writable /dev/shm or $TMPDIR). The folders killed servers left there are removed first (logged)."""
+        import fcntl
+
         base = uploads_base()
         stale = remove_stale_upload_folders(base if base is not None else Path(tempfile.gettempdir()))
         if stale:
             logger.info("removed %d uploads' folder(s) that killed servers left: %s", len(stale),
                         ", ".join(str(p) for p in stale))
-        try:
-            self.path = Path(tempfile.mkdtemp(prefix=f"{UPLOADS_PREFIX}{os.getpid()}-", dir=base))
-            os.chmod(self.path, 0o700)
+        starting: Path | None = None
+        self._lock = -1
+        try:  # made under a name no cleaning looks at, locked, then named: never seen unlocked
+            starting = Path(tempfile.mkdtemp(prefix=_STARTING_PREFIX, dir=base))
+            os.chmod(starting, 0o700)
+            self._lock = os.open(starting, _DIRECTORY_FLAGS)
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.path = starting.with_name(f"{UPLOADS_PREFIX}{os.getpid()}-{starting.name[len(_STARTING_PREFIX):]}")
+            os.rename(starting, self.path)
         except OSError as exc:  # mkdtemp's FileNotFoundError: "No usable temporary directory found in [...]"
+            if starting is not None:
+                shutil.rmtree(starting, ignore_errors=True)
+            self._unlock()
             raise ConfigError(f"the server has no writable temporary folder to decode uploads in "
                               f"({exc.strerror or exc}); set TMPDIR to a writable folder (or make /dev/shm "
                               "writable)") from None
@@ -135,6 +163,13 @@ class UploadFolder:
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        lock, self._lock = self._lock, -1  # closed once: a second close must not close a reused descriptor
+        if lock >= 0:
+            with contextlib.suppress(OSError):
+                os.close(lock)
 
 
 _SERVER_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO, errno.ENOSPC})

@@ -1346,13 +1346,53 @@ def test_a_server_removes_the_uploads_folders_that_killed_servers_left(store: Pa
     base.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait(10)
-    kept = [base / f"adassr-serve-{os.getpid()}-abc", base / "adassr-serve-xyz", base / "other-folder"]
+    kept = [base / "adassr-serve-xyz", base / "other-folder", base / ".adassr-serve-starting-abc"]
     for path in [*kept, base / f"adassr-serve-{dead.pid}-abc"]:
         path.mkdir()
     (base / f"adassr-serve-{dead.pid}-def").write_text("a file, not a server's folder")
     assert remove_stale_upload_folders(base) == [base / f"adassr-serve-{dead.pid}-abc"]
     assert sorted(base.iterdir()) == sorted([*kept, base / f"adassr-serve-{dead.pid}-def"])
     assert remove_stale_upload_folders(tmp_path / "missing") == []
+
+
+def test_a_running_servers_folder_is_known_by_its_lock_not_its_pid(tmp_path: Path) -> None:
+    """The cleaning judged a folder by the pid in its name (a review helper): a server in another pid namespace
+    that shares /dev/shm (a container of the same pod) lost its live folder to the next server (every upload
+    then a 503), and a restarted container's server, which gets its killed predecessor's pid, never removed
+    the predecessor's. A running server holds a lock on its folder: that decides."""
+    import fcntl
+
+    from adassr.runtime.server.codec import UploadFolder, remove_stale_upload_folders
+
+    base = tmp_path / "shm"
+    base.mkdir()
+    other_namespace = base / "adassr-serve-403-live"  # pid 403 in its own namespace: no such process here
+    other_namespace.mkdir()
+    (other_namespace / "upload-in-flight").write_bytes(b"x")
+    predecessor = base / f"adassr-serve-{os.getpid()}-killed"  # the same pid as this (restarted) server
+    predecessor.mkdir()
+    held = os.open(other_namespace, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert remove_stale_upload_folders(base) == [predecessor]
+        assert (other_namespace / "upload-in-flight").exists()
+    finally:
+        os.close(held)
+    assert remove_stale_upload_folders(base) == [other_namespace]  # once its server is gone
+    folder = UploadFolder()  # a real one, in the process's temporary folder
+    try:
+        probe = os.open(folder.path, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while it runs
+        finally:
+            os.close(probe)
+        assert folder.path in [p for p in folder.path.parent.iterdir()]
+        assert remove_stale_upload_folders(folder.path.parent).count(folder.path) == 0
+    finally:
+        folder.close()
+        folder.close()  # twice is harmless
+    assert not folder.path.exists()
 
 
 def test_sighup_is_left_ignored_under_nohup(store: Path) -> None:
@@ -1746,6 +1786,127 @@ def test_sample_bits_tells_a_dark_16_bit_upload_from_a_14_bit_cameras(store: Pat
             assert r.status_code == 422 and message in r.text, (bits, r.text)
     assert means["auto"] == means[""] and abs(means["auto"] - photo.mean()) < 0.1 * photo.mean(), means
     assert abs(means["16"] - photo.mean() / 4) < 0.1 * photo.mean() / 4, means
+
+
+def test_sample_bits_serves_an_upload_as_upscale_does_and_leaves_8_bit_uploads_alone(store: Path,
+                                                                                      tmp_path: Path) -> None:
+    """``sample_bits=16``: the model sees the upload at full range, as ``upscale --sample-bits 16`` serves the file
+    (not only its JPEG: a PNG response too); an 8-bit upload with ``sample_bits`` is served as without it."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    photo = rng.integers(60, 256, (30, 34, 3), dtype=np.uint8)
+    ok, png16 = cv2.imencode(".png", (photo.astype(np.uint16) * 257) // 4)  # at most 16383: auto takes 14 bits
+    ok8, png8 = cv2.imencode(".png", photo)
+    assert ok and ok8
+
+    def pixels(data: bytes) -> np.ndarray:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+    full = pixels(cli_output(store, png16.tobytes(), tmp_path, name="full.png", tile=TILE, overlap=OVERLAP,
+                             extra=("--sample-bits", "16")))
+    auto = pixels(cli_output(store, png16.tobytes(), tmp_path, name="auto.png", tile=TILE, overlap=OVERLAP))
+    assert full.dtype == np.uint16 and not np.array_equal(full, auto)  # the model's input differs
+    with running_server(_config(store)) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        r = c.post("/v1/upscale", params={"format": "png", "sample_bits": "16"}, content=png16.tobytes())
+        assert r.status_code == 200, r.text
+        assert np.array_equal(pixels(r.content), full)
+        eight = [c.post("/v1/upscale", params={"format": "png", **extra}, content=png8.tobytes())
+                 for extra in ({"sample_bits": "12"}, {})]
+    assert [e.status_code for e in eight] == [200, 200], eight[0].text
+    assert np.array_equal(pixels(eight[0].content), pixels(eight[1].content))
+
+
+def test_uploads_folders_of_dead_servers_are_all_removed_and_others_kept(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Every dead server's folder goes (not only the first); a name no process can have (beyond a pid_t) is a dead
+    server's, not an error at start-up; a link named like one, and another user's folders, stay."""
+    from adassr.runtime.server import codec
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    base = tmp_path / "shm"
+    stale = [base / f"adassr-serve-{dead.pid}-abc", base / f"adassr-serve-{dead.pid}-def",
+             base / "adassr-serve-9999999999-xyz"]
+    for path in stale:
+        path.mkdir(parents=True)
+        (path / "upload-x").write_bytes(b"x")
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("not a server's")
+    link = base / f"adassr-serve-{dead.pid}-link"
+    link.symlink_to(target, target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="adassr.runtime.server.codec"):
+        assert sorted(codec.remove_stale_upload_folders(base)) == sorted(stale)
+    assert list(base.iterdir()) == [link] and (target / "keep.txt").exists()
+    assert caplog.text == ""  # a link named like a folder is no folder: left alone, not a failed removal
+    link.unlink()
+    for path in stale:
+        path.mkdir()
+    uid = os.getuid()
+    monkeypatch.setattr(codec.os, "getuid", lambda: uid + 1)  # as another user sees them
+    assert codec.remove_stale_upload_folders(base) == []
+    assert sorted(base.iterdir()) == sorted(stale)
+
+
+def test_uploads_folders_that_cannot_be_removed_are_logged_and_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A stale folder that cannot be removed (a file in it another user made read-only, as root cannot be made to
+    fail here) is a warning, not a server that fails to start; the next one is still removed."""
+    import shutil
+
+    from adassr.runtime.server import codec
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    base = tmp_path / "shm"
+    locked, free = base / f"adassr-serve-{dead.pid}-aaa", base / f"adassr-serve-{dead.pid}-bbb"
+    locked.mkdir(parents=True)
+    free.mkdir()
+    rmtree = shutil.rmtree
+
+    def refuse(path: str, *args: object, **kwargs: object) -> None:
+        if path == str(locked):
+            raise PermissionError(13, "Permission denied", path)
+        rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(codec.shutil, "rmtree", refuse)
+    with caplog.at_level(logging.WARNING, logger="adassr.runtime.server.codec"):
+        assert codec.remove_stale_upload_folders(base) == [free]
+    assert locked.exists() and not free.exists()
+    assert f"could not remove {locked}" in caplog.text and "Permission denied" in caplog.text
+
+
+def test_uploads_folders_in_the_temporary_folder_are_cleaned_without_dev_shm(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a writable /dev/shm the folders go in $TMPDIR: a killed server's left there is removed too, and the
+    new one is named by this process's pid. A live process's own folder and another user's process count as alive."""
+    import errno
+    import tempfile
+
+    from adassr.runtime import tempfiles
+    from adassr.runtime.server import codec
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    monkeypatch.setattr(codec, "uploads_base", lambda: None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale = tmp_path / f"adassr-serve-{dead.pid}-abc"
+    stale.mkdir()
+    folder = codec.UploadFolder()
+    try:
+        assert not stale.exists()
+        assert folder.path.parent == tmp_path and folder.path.name.startswith(f"adassr-serve-{os.getpid()}-")
+    finally:
+        folder.close()
+
+    def not_permitted(pid: int, sig: int) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(tempfiles.os, "kill", not_permitted)  # a process of another user
+    assert tempfiles.pid_alive(dead.pid)
 
 
 def test_serve_refuses_a_port_in_use_before_starting(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
