@@ -314,6 +314,39 @@ def test_adapt_list_of_a_folder_named_after_a_prefix_group_names_only_the_other_
     assert capsys.readouterr().out.splitlines() == ["nikon (1 image(s), by folder)"]
 
 
+@pytest.mark.parametrize("layout", [
+    ("Test", ("Canon_1_LR4.png", "Canon_2_LR4.png", "Nikon_1_LR4.png", "x.png", "Canon_1_HR.png")),
+    ("canon", ("canon/a.png", "canon/b.png", "nikon/c.png", "Canon_9.png", "IMG_1.png", "Nikon_5.png")),
+    ("nikon", ("canon/a.png", "canon/b.png", "Canon_1.png", "Nikon_1.png", "x.png", "sony/z.png", "Sony_3.png")),
+    ("nokia", ("flower.jpg", "iptc.jpg", "canon/flower2.jpg", "plain.png")),
+    ("test", ("Canon_1_HR.png", "Canon_2_HR.png", "Nikon_1_LR4.png", "Nikon_1_HR.png")),
+    ("fuji", ("fujifilm/a.png", "Fujifilm_1.png", "Fuji_2.png", "DSC_1.png")),
+], ids=["flat", "camera-subfolders", "subfolder-and-prefix", "exif-makes", "ground-truth", "prefix-of-subfolder"])
+def test_every_group_adapt_list_shows_has_the_members_camera_takes(tmp_path: Path, layout: tuple[str, tuple[str, ...]]
+                                                                   ) -> None:
+    """Each group `adapt --list` prints is the group `adapt --camera NAME` adapts, member for member, and the line
+    under the folder's group counts the folder's images that the other listed groups share."""
+    from adassr.adapt.groups import UNGROUPED, listed_groups
+
+    name, files = layout
+    folder = tmp_path / name
+    for k, file in enumerate(files):
+        (folder / file).parent.mkdir(parents=True, exist_ok=True)
+        if file.endswith(".jpg"):  # a real camera's EXIF Make (canon, nokia)
+            shutil.copy(SAMPLES / ("nokia/iptc.jpg" if file == "iptc.jpg" else "canon/flower.jpg"), folder / file)
+        else:
+            _noise_png(folder / file, k)
+    scan = listed_groups(folder)
+    for group in scan.groups.values():
+        if group.name != UNGROUPED:
+            assert [m.path for m in group.members] == [m.path for m in select_group(folder, group.name).members]
+    line = scan.also_line()
+    if scan.also:
+        own = {m.path for m in scan.groups[name.lower()].members}
+        shared = own & {m.path for g in scan.also.values() for m in g.members}
+        assert line is not None and line.startswith(f"{name.lower()}: {len(shared)} of its {len(own)} images "), line
+
+
 def test_adapt_warns_when_a_folder_named_after_another_store_camera_will_route_the_images_there(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """`--images photos/nikon --camera canon` (or `--image photos/nikon/x.jpg`) with nikon in the store: canon

@@ -282,6 +282,52 @@ def test_a_given_peak_is_checked_and_used() -> None:
         upscale_pixels(np.zeros((8, 8, 3), np.uint8), infer, scale=2, tiling=tiling, peak=100)
 
 
+def _nearest(batch: np.ndarray) -> np.ndarray:
+    """A stand-in x2 model: each pixel repeated (its output holds exactly its input's levels)."""
+    return np.repeat(np.repeat(batch, 2, axis=2), 2, axis=3)
+
+
+def test_a_given_peak_takes_pixels_that_reach_it_in_any_channel_and_refuses_one_level_more() -> None:
+    """A 12-bit camera's file whose brightest sample is 4095 is served at ``peak=4095``; a single sample one
+    level above, in any channel (the blue one here), is an error, not clipped in silence."""
+    tiling = TilingOptions(tile=0)
+    pixels = np.full((8, 8, 3), 100, np.uint16)
+    pixels[3, 4, 2] = 4095
+    out, _ = upscale_pixels(pixels, _nearest, scale=2, tiling=tiling, peak=4095)
+    assert int(out.max()) == 4095 and int(out[6, 8, 2]) == 4095
+    pixels[5, 1, 2] = 4096
+    with pytest.raises(ImageError, match="the pixels reach 4096, above the top level 4095"):
+        upscale_pixels(pixels, _nearest, scale=2, tiling=tiling, peak=4095)
+
+
+def test_a_given_peak_bounds_the_overshoot_of_an_outscale_not_the_values_range() -> None:
+    """Cubic enlarging overshoots a hard edge: clipped at the top level of the sample range given (4095), not at
+    the one the values would suggest (1023 for an image that stops at 1000), and at that level for an edge at it
+    (15 bits too, where the values alone would leave it unclipped)."""
+    tiling = TilingOptions(tile=0)
+    edge = np.zeros((16, 16, 3), np.uint16)
+    edge[:, 8:] = 1000
+    out, _ = upscale_pixels(edge, _nearest, scale=2, tiling=tiling, outscale=3, peak=4095)
+    assert 1023 < int(out.max()) <= 4095
+    auto, _ = upscale_pixels(edge, _nearest, scale=2, tiling=tiling, outscale=3)
+    assert int(auto.max()) == 1023  # without a peak the values' range (10 bits) bounds it
+    edge[:, 8:] = 4095
+    out, _ = upscale_pixels(edge, _nearest, scale=2, tiling=tiling, outscale=3, peak=4095)
+    assert int(out.max()) == 4095
+    edge[:, 8:] = 32767  # 15-bit samples, whose values would pass for 16-bit ones
+    out, _ = upscale_pixels(edge, _nearest, scale=2, tiling=tiling, outscale=3, peak=32767)
+    assert int(out.max()) == 32767
+
+
+def test_sample_bits_are_auto_or_9_to_16_ascii_digits() -> None:
+    from adassr.runtime.images.convert import parse_sample_bits
+
+    assert [parse_sample_bits(t) for t in ("9", "12", " 16 ", "AUTO", " auto")] == [9, 12, 16, None, None]
+    for bad in ("8", "17", "", "12.0", "+12", "\u00b2", "\u0661\u0662"):  # superscript two, Arabic-Indic 12
+        with pytest.raises(ConfigError, match="sample bits must be auto or a number of bits from 9 to 16"):
+            parse_sample_bits(bad)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("band", ["middle", "border"])  # a tile's own pixels; its border, which the seams blend
 def test_any_non_finite_value_is_an_error(rgb8: np.ndarray, bad: float, band: str) -> None:

@@ -341,3 +341,64 @@ def test_the_report_of_the_last_words_keeps_the_inputs_skip_existing_left_out(tm
     (doc,) = seen
     assert doc["finished"] is False
     assert [f["status"] for f in doc["files"]] == ["skipped", "ok", "not_done"]
+
+
+def test_the_report_of_the_last_words_counts_a_background_write_only_once_it_ended_well(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last words count an image whose background write had ended as done; one whose write is still running
+    (its file not there yet) or failed is not (its report said ok for a file that was never written)."""
+    import json
+    import threading
+
+    import numpy as np
+
+    from adassr.runtime import signals, upscale_cli
+    from adassr.runtime.images import write_image
+    from adassr.runtime.pipeline import UpscaleResult
+
+    pairs = [(write_image(tmp_path / f"img{k}.png", np.full((12, 10, 3), 40 * k, np.uint8)),
+              tmp_path / "out" / f"img{k}.png") for k in range(2)]
+    report = tmp_path / "report.json"
+    release = threading.Event()
+    write = upscale_cli._write_one
+
+    def held(prepared):  # type: ignore[no-untyped-def]
+        release.wait(30)  # a slow disk: still writing when the stop signal comes
+        write(prepared)
+
+    seen: list[list[str]] = []
+
+    def serve(image, tiles, check):  # type: ignore[no-untyped-def]
+        if image.path.name == "img1.png":
+            signals._LAST_WORDS[-1]()  # as the watcher thread calls it
+            seen.append([f["status"] for f in json.loads(report.read_text())["files"]])
+            release.set()
+        return UpscaleResult(np.repeat(np.repeat(image.pixels, 2, 0), 2, 1), None, 8, 2, 2.0, model_name="x2")
+
+    monkeypatch.setattr(upscale_cli, "_write_one", held)
+    upscale_cli.run_batch(pairs, serve, progress=False, report_path=report, overlap_writes=True)
+    assert seen == [["not_done", "not_done"]]
+    assert [f["status"] for f in json.loads(report.read_text())["files"]] == ["ok", "ok"]
+
+
+def test_a_background_write_is_written_once_it_ended_without_error() -> None:
+    from concurrent.futures import Future
+
+    from adassr.runtime.upscale_cli import _Written
+
+    def job(done: Future[None] | None) -> _Written:
+        return _Written(Path("a.png"), Path("b.png"), "x2", "(all)", "x2", [], False, done)
+
+    assert job(None).written()  # written in the foreground
+    running: Future[None] = Future()
+    assert not job(running).written()
+    failed: Future[None] = Future()
+    failed.set_exception(OSError(28, "No space left on device"))
+    assert not job(failed).written()
+    cancelled: Future[None] = Future()
+    cancelled.cancel()
+    assert not job(cancelled).written()
+    ended: Future[None] = Future()
+    ended.set_result(None)
+    assert job(ended).written()
+

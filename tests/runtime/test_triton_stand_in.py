@@ -67,6 +67,32 @@ def test_a_folder_through_triton_equals_the_local_run(setup: tuple[Path, Path, P
     assert {c["model"] for c in calls} == {"adassr_canon", f"adassr_{FALLBACK_CAMERA}"}
 
 
+def test_sample_bits_are_honoured_through_triton(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """``--triton`` with ``--sample-bits 16``: the tiles go to the server at full range, as a local run's do (a
+    dark 16-bit photo that auto takes for 14-bit samples); a range its values exceed fails the image, named."""
+    from adassr.runtime.images import write_image
+
+    store, repo, _ = setup
+    rng = np.random.default_rng(4)
+    dark = write_image(tmp_path / "dark.png", rng.integers(0, 16384, (40, 36, 3)).astype(np.uint16))
+    tiling = ("--tile", str(TILE), "--tile-overlap", "8", "--no-progress", "--camera", "canon")
+    local = tmp_path / "local.png"
+    assert upscale_cli("-i", str(dark), "-o", str(local), "--store", str(store), "--sample-bits", "16",
+                       *tiling)[0] == 0
+    with fake_triton(repo) as triton:
+        outs = {}
+        for bits in ("16", "auto"):
+            outs[bits] = tmp_path / f"t{bits}.png"
+            code, _, stderr = upscale_cli("-i", str(dark), "-o", str(outs[bits]), "--triton", triton.url,
+                                          "--sample-bits", bits, *tiling)
+            assert code == 0, stderr
+        code, _, stderr = upscale_cli("-i", str(dark), "-o", str(tmp_path / "t12.png"), "--triton", triton.url,
+                                      "--sample-bits", "12", *tiling)
+    assert _same_pixels(outs["16"], local) and not _same_pixels(outs["auto"], local)
+    assert code == 1 and "above the top level 4095 of the sample range given (12 bits)" in stderr, stderr
+    assert not (tmp_path / "t12.png").exists()
+
+
 def test_camera_is_spelt_as_the_store_spells_it(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """``--camera Canon`` works locally; on Triton it asked for ``adassr_Canon`` (model names are
     case-sensitive) and the whole run failed."""
