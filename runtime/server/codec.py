@@ -40,7 +40,6 @@ class UploadSpaceError(AdassrError):
 UPLOADS_PREFIX = "adassr-serve-"
 """Start of the name of a server's uploads' folder: ``adassr-serve-<pid>-<random>``."""
 _SERVER_FOLDER = re.compile(re.escape(UPLOADS_PREFIX) + r"\d{1,10}-[^/]+\Z")
-_STARTING_PREFIX = f".{UPLOADS_PREFIX}starting-"  # not a server's folder until it is locked and renamed
 _DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
 
 
@@ -73,7 +72,11 @@ def remove_stale_upload_folders(base: Path) -> list[Path]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a running server's
+            if not _same_folder(fd, entry.path):
+                continue  # removed by another server starting at the same time (and perhaps made again)
             shutil.rmtree(entry.path)
+        except FileNotFoundError:
+            continue  # another server starting at the same time removed it first
         except OSError as exc:
             logger.warning("could not remove %s, the uploads' folder of a server that is gone: %s", entry.path,
                            exc.strerror or exc)
@@ -82,6 +85,15 @@ def remove_stale_upload_folders(base: Path) -> list[Path]:
             os.close(fd)
         removed.append(Path(entry.path))
     return removed
+
+
+def _same_folder(fd: int, path: str | os.PathLike[str]) -> bool:
+    """Whether the folder open as ``fd`` is still the one at ``path`` (not removed, nor replaced)."""
+    try:
+        held, named = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 def uploads_base() -> Path | None:
@@ -104,19 +116,28 @@ class UploadFolder:
         if stale:
             logger.info("removed %d uploads' folder(s) that killed servers left: %s", len(stale),
                         ", ".join(str(p) for p in stale))
-        starting: Path | None = None
         self._lock = -1
-        try:  # made under a name no cleaning looks at, locked, then named: never seen unlocked
-            starting = Path(tempfile.mkdtemp(prefix=_STARTING_PREFIX, dir=base))
-            os.chmod(starting, 0o700)
-            self._lock = os.open(starting, _DIRECTORY_FLAGS)
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.path = starting.with_name(f"{UPLOADS_PREFIX}{os.getpid()}-{starting.name[len(_STARTING_PREFIX):]}")
-            os.rename(starting, self.path)
+        made: Path | None = None
+        try:
+            for _ in range(5):  # made, then locked at once; made again in the rare case a cleaner took it between
+                made = Path(tempfile.mkdtemp(prefix=f"{UPLOADS_PREFIX}{os.getpid()}-", dir=base))
+                try:
+                    self._lock = os.open(made, _DIRECTORY_FLAGS)
+                    fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except (BlockingIOError, FileNotFoundError):  # a server starting beside took it for a stale one
+                    self._unlock()
+                    continue
+                if _same_folder(self._lock, made):
+                    break
+                self._unlock()
+            else:
+                raise OSError(errno.EBUSY, "servers starting beside it kept removing its new folder")
+            self.path = made
+            os.chmod(self.path, 0o700)
         except OSError as exc:  # mkdtemp's FileNotFoundError: "No usable temporary directory found in [...]"
-            if starting is not None:
-                shutil.rmtree(starting, ignore_errors=True)
             self._unlock()
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
             raise ConfigError(f"the server has no writable temporary folder to decode uploads in "
                               f"({exc.strerror or exc}); set TMPDIR to a writable folder (or make /dev/shm "
                               "writable)") from None

@@ -1909,6 +1909,57 @@ def test_uploads_folders_in_the_temporary_folder_are_cleaned_without_dev_shm(tmp
     assert tempfiles.pid_alive(dead.pid)
 
 
+def test_servers_starting_together_neither_fail_nor_warn_over_each_others_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A review helper's finds: the folder was made under a starting name and renamed to a predictable one,
+    which another local user could take first (the server then refused to start); and of two servers starting
+    together, the second to lock a stale folder found it gone and warned. Now the folder is made under its own
+    unique name and locked at once, made again when a starting server took it for a stale one meanwhile."""
+    import fcntl
+    import shutil
+    import tempfile
+
+    from adassr.runtime.server import codec
+
+    monkeypatch.setattr(codec, "uploads_base", lambda: None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    real_flock = fcntl.flock
+    calls: list[int] = []
+
+    def busy_once(fd: int, op: int) -> None:
+        calls.append(op)
+        if len(calls) == 1:
+            raise BlockingIOError(11, "Resource temporarily unavailable")  # a starting server holds it
+        real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", busy_once)
+    folder = codec.UploadFolder()
+    try:
+        assert len(calls) == 2 and folder.path.exists()
+    finally:
+        folder.close()
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    gone = tmp_path / f"adassr-serve-{dead.pid}-gone"
+    gone.mkdir()
+    rmtree = shutil.rmtree
+
+    def removed_first(path: str, *args: object, **kwargs: object) -> None:
+        rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+        raise FileNotFoundError(2, "No such file or directory", path)  # as when another server removed it first
+
+    monkeypatch.setattr(codec.shutil, "rmtree", removed_first)
+    with caplog.at_level(logging.WARNING, logger="adassr.runtime.server.codec"):
+        assert codec.remove_stale_upload_folders(tmp_path) == []
+    assert caplog.text == "" and not gone.exists()
+    monkeypatch.setattr(codec.shutil, "rmtree", rmtree)
+    replaced = tmp_path / f"adassr-serve-{dead.pid}-new"
+    replaced.mkdir()
+    monkeypatch.setattr(codec, "_same_folder", lambda fd, path: False)  # removed and made again meanwhile
+    assert codec.remove_stale_upload_folders(tmp_path) == [] and replaced.exists()
+
+
 def test_serve_refuses_a_port_in_use_before_starting(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """uvicorn used to print the banner, then its own error, and exit 3."""
     import socket
